@@ -1,0 +1,174 @@
+"""YAML text → typed Resources, or a list of Problems that say exactly what is wrong.
+
+Everything here is pure except `load_paths`, which reads files. A load with any
+error yields no resources at all: callers keep their previous configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from plait.api.errors import ConfigError, Problem
+from plait.api.resources import SPEC_MODELS, ObjectMeta, Resource, Source
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+# Kinds that are valid Kubernetes/Istio objects but that plait does not act on yet.
+KNOWN_IGNORED_KINDS = {
+    "Namespace", "ServiceAccount", "Deployment", "ConfigMap", "Secret", "Pod",
+    "PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication",
+    "EnvoyFilter", "WorkloadGroup", "ProxyConfig", "Telemetry", "WasmPlugin",
+}
+
+
+@dataclass
+class LoadResult:
+    resources: list[Resource] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    def raise_for_errors(self) -> list[Resource]:
+        if self.errors:
+            raise ConfigError(self.problems)
+        return self.resources
+
+
+def _path(loc: Iterable[Any], prefix: str) -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith(("function-", "constrained-")):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown field; check its spelling against Istio's API reference (field names are camelCase)"
+    if kind == "missing":
+        return "required field is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
+        msg = f"{msg} (got {err.get('input')!r})"
+    return msg
+
+
+def _problems_from_validation(exc: ValidationError, base: Problem, prefix: str) -> list[Problem]:
+    out = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        # Pydantic reports union members and dict keys as extra loc entries; keep the field path.
+        loc = [p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("str", "int")))]
+        out.append(Problem(**{**base.__dict__, "path": _path(loc, prefix), "message": _message(err)}))
+    return out
+
+
+def parse_document(doc: Any, source: Source) -> tuple[list[Resource], list[Problem]]:
+    """One YAML document (already parsed) → resources or problems. `kind: List` is unpacked."""
+    base = Problem(message="", file=source.file, document=source.document)
+    if not isinstance(doc, dict):
+        return [], [Problem(**{**base.__dict__, "message": f"expected a mapping with apiVersion, kind, metadata; got {type(doc).__name__}"})]
+    kind, api_version = doc.get("kind"), doc.get("apiVersion")
+    if kind == "List" and isinstance(doc.get("items"), list):
+        resources, problems = [], []
+        for item in doc["items"]:
+            r, p = parse_document(item, source)
+            resources += r
+            problems += p
+        return resources, problems
+    if not isinstance(kind, str) or not isinstance(api_version, str):
+        return [], [Problem(**{**base.__dict__, "path": "kind" if not isinstance(kind, str) else "apiVersion",
+                               "message": "every document needs apiVersion and kind"})]
+    meta_raw = doc.get("metadata") or {}
+    name = meta_raw.get("name", "") if isinstance(meta_raw, dict) else ""
+    namespace = (meta_raw.get("namespace") if isinstance(meta_raw, dict) else None) or "default"
+    base = Problem(message="", file=source.file, document=source.document, kind=kind, namespace=namespace, name=name)
+    if kind not in SPEC_MODELS:
+        if kind in KNOWN_IGNORED_KINDS:
+            return [], [Problem(**{**base.__dict__, "severity": "warning",
+                                   "message": f"kind {kind} is not acted on by plait yet; ignored"})]
+        supported = ", ".join(sorted(SPEC_MODELS))
+        return [], [Problem(**{**base.__dict__, "path": "kind", "message": f"unsupported kind {kind!r}; plait reads {supported}"})]
+    versions, model = SPEC_MODELS[kind]
+    if api_version not in versions:
+        return [], [Problem(**{**base.__dict__, "path": "apiVersion",
+                               "message": f"{api_version!r} is not an apiVersion of {kind}; expected one of {', '.join(versions)}"})]
+    unknown = sorted(set(doc) - {"apiVersion", "kind", "metadata", "spec", "status"})
+    if unknown:
+        return [], [Problem(**{**base.__dict__, "path": unknown[0], "message": "unknown top-level field; expected apiVersion, kind, metadata, spec"})]
+    try:
+        meta = ObjectMeta.model_validate(meta_raw)
+    except ValidationError as exc:
+        return [], _problems_from_validation(exc, base, "metadata")
+    try:
+        spec = model.model_validate(doc.get("spec") or {})
+    except ValidationError as exc:
+        return [], _problems_from_validation(exc, base, "spec")
+    return [Resource(kind=kind, api_version=api_version, meta=meta, spec=spec, source=source)], []
+
+
+def parse_text(text: str, file: str = "<input>") -> LoadResult:
+    """A (possibly multi-document) YAML text → LoadResult with per-document problems."""
+    result = LoadResult()
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        result.problems.append(Problem(file=file, message=f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"))
+        return result
+    for index, doc in enumerate(docs):
+        if doc is None:
+            continue
+        resources, problems = parse_document(doc, Source(file=file, document=index))
+        result.resources += resources
+        result.problems += problems
+    return result
+
+
+def yaml_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file())
+    return [path]
+
+
+def load_paths(paths: Iterable[str | Path]) -> LoadResult:
+    """Read YAML files and directories (recursively), then check references across objects."""
+    from plait.api.checks import check_references
+
+    result = LoadResult()
+    for path in map(Path, paths):
+        if not path.exists():
+            result.problems.append(Problem(file=str(path), message="no such file or directory"))
+            continue
+        for file in yaml_files(path):
+            part = parse_text(file.read_text(encoding="utf-8"), str(file))
+            result.resources += part.resources
+            result.problems += part.problems
+    result.problems += check_references(result.resources)
+    return result
+
+
+def load_text(text: str, file: str = "<input>") -> LoadResult:
+    from plait.api.checks import check_references
+
+    result = parse_text(text, file)
+    result.problems += check_references(result.resources)
+    return result

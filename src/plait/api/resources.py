@@ -1,0 +1,112 @@
+"""Typed configuration objects: metadata + spec of each supported kind."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from plait.api import networking as net
+from plait.api.common import Labels
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+class ObjectMeta(BaseModel):
+    """Kubernetes metadata; fields the API server adds (uid, managedFields…) are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    namespace: str = "default"
+    labels: Labels = {}
+    annotations: dict[str, str] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _dns_name(cls, name: str) -> str:
+        if len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
+            raise ValueError(f"{name!r} is not a valid name: use lower-case letters, digits, '-' and '.'")
+        return name
+
+    @field_validator("namespace")
+    @classmethod
+    def _dns_label(cls, namespace: str) -> str:
+        if len(namespace) > 63 or not _DNS1123_LABEL.match(namespace):
+            raise ValueError(f"{namespace!r} is not a valid namespace: use lower-case letters, digits and '-'")
+        return namespace
+
+
+class K8sServicePort(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    name: str = ""
+    port: int = Field(ge=1, le=65535)
+    target_port: int | str | None = Field(default=None, alias="targetPort")
+    protocol: str = "TCP"
+    app_protocol: str | None = Field(default=None, alias="appProtocol")
+
+
+class K8sServiceSpec(BaseModel):
+    """The parts of a core/v1 Service the mesh uses; the rest is the API server's business."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    selector: Labels = {}
+    ports: list[K8sServicePort] = []
+    cluster_ip: str | None = Field(default=None, alias="clusterIP")
+    type: str = "ClusterIP"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an object came from, so problems can point at it."""
+
+    file: str = "<input>"
+    document: int | None = None
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One configuration object of a supported kind."""
+
+    kind: str
+    api_version: str
+    meta: ObjectMeta
+    spec: Any
+    source: Source = field(default=Source(), compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def namespace(self) -> str:
+        return self.meta.namespace
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.meta.namespace, self.meta.name)
+
+    def config_path(self) -> str:
+        """Istio's config reference, as it appears in route metadata: /apis/GROUP/VERSION/namespaces/NS/KIND/NAME."""
+        group_version = self.api_version if "/" in self.api_version else f"core/{self.api_version}"
+        kind = re.sub(r"(?<!^)(?=[A-Z])", "-", self.kind).lower()
+        return f"/apis/{group_version}/namespaces/{self.namespace}/{kind}/{self.name}"
+
+
+NETWORKING_VERSIONS = ("networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3")
+
+# kind → (accepted apiVersions, spec model)
+SPEC_MODELS: dict[str, tuple[tuple[str, ...], type[BaseModel]]] = {
+    "VirtualService": (NETWORKING_VERSIONS, net.VirtualServiceSpec),
+    "DestinationRule": (NETWORKING_VERSIONS, net.DestinationRuleSpec),
+    "ServiceEntry": (NETWORKING_VERSIONS, net.ServiceEntrySpec),
+    "Gateway": (NETWORKING_VERSIONS, net.GatewaySpec),
+    "Sidecar": (NETWORKING_VERSIONS, net.SidecarSpec),
+    "WorkloadEntry": (NETWORKING_VERSIONS, net.WorkloadEntrySpec),
+    "Service": (("v1",), K8sServiceSpec),
+}

@@ -1,0 +1,177 @@
+"""MeshSnapshot: an immutable, indexed view of all configuration and the service registry.
+
+Translation only reads it. A new snapshot is made per change; `with_changes`
+keeps the (expensive) registry index when only routing config changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from plait.api.resources import Resource
+from plait.model.hosts import fqdn, matches
+from plait.model.proxy import Proxy
+from plait.model.services import Endpoint, Port, Service, build_registry, visible
+
+ROOT_NAMESPACE = "istio-system"
+REGISTRY_KINDS = frozenset({"Service", "ServiceEntry", "WorkloadEntry"})
+MESH_GATEWAY = "mesh"
+
+Key = tuple[str, str, str]  # (kind, namespace, name)
+
+
+@dataclass(frozen=True)
+class InboundPort:
+    """A port this proxy's own workload serves for some service."""
+
+    service: Service
+    port: Port
+    endpoint: Endpoint
+
+
+def _by_name(resources: Iterable[Resource]) -> list[Resource]:
+    return sorted(resources, key=lambda r: (r.namespace, r.name))
+
+
+def gateway_ref(name: str, namespace: str) -> str:
+    """``bookinfo-gateway`` written in namespace ``default`` → ``default/bookinfo-gateway``; ``mesh`` stays."""
+    if name == MESH_GATEWAY or "/" in name:
+        return name
+    return f"{namespace}/{name}"
+
+
+class MeshSnapshot:
+    def __init__(self, resources: Iterable[Resource], *, root_namespace: str = ROOT_NAMESPACE,
+                 _registry: dict[str, Service] | None = None):
+        self.resources: dict[Key, Resource] = {r.key: r for r in resources}
+        self.root_namespace = root_namespace
+        self.services: dict[str, Service] = (
+            _registry if _registry is not None else
+            build_registry(r for r in self.resources.values() if r.kind in REGISTRY_KINDS))
+        self._index()
+
+    def _index(self) -> None:
+        by_kind: dict[str, list[Resource]] = {}
+        for r in self.resources.values():
+            by_kind.setdefault(r.kind, []).append(r)
+        self.virtual_services = _by_name(by_kind.get("VirtualService", []))
+        self.destination_rules = _by_name(by_kind.get("DestinationRule", []))
+        self.gateways = _by_name(by_kind.get("Gateway", []))
+        self.sidecars = _by_name(by_kind.get("Sidecar", []))
+        self.workload_entries = _by_name(by_kind.get("WorkloadEntry", []))
+        self._endpoints_by_workload: dict[str, list[InboundPort]] = {}
+        for svc in self.services.values():
+            for port in svc.ports:
+                for ep in svc.endpoints.get(port.number, ()):
+                    if ep.workload:
+                        self._endpoints_by_workload.setdefault(ep.workload, []).append(InboundPort(svc, port, ep))
+
+    def with_changes(self, upserts: Iterable[Resource] = (), deletes: Iterable[Key] = ()) -> "MeshSnapshot":
+        resources = dict(self.resources)
+        upserts, deletes = list(upserts), list(deletes)
+        for key in deletes:
+            resources.pop(key, None)
+        for r in upserts:
+            resources[r.key] = r
+        touched = {r.kind for r in upserts} | {k[0] for k in deletes}
+        registry = None if touched & REGISTRY_KINDS else self.services
+        return MeshSnapshot(resources.values(), root_namespace=self.root_namespace, _registry=registry)
+
+    # ------------------------------------------------------------ scoping
+
+    def sidecar_for(self, proxy: Proxy) -> Resource | None:
+        """The Sidecar that applies: one selecting the workload, else its namespace's default, else the root's."""
+        candidates = [s for s in self.sidecars if s.namespace == proxy.namespace]
+        for s in candidates:
+            sel = s.spec.workload_selector
+            if sel and sel.labels and all(proxy.labels.get(k) == v for k, v in sel.labels.items()):
+                return s
+        for s in candidates:
+            if not s.spec.workload_selector:
+                return s
+        return next((s for s in self.sidecars if s.namespace == self.root_namespace and not s.spec.workload_selector), None)
+
+    def outbound_policy(self, proxy: Proxy) -> str:
+        sidecar = self.sidecar_for(proxy)
+        policy = sidecar.spec.outbound_traffic_policy if sidecar else None
+        return policy.mode if policy else "ALLOW_ANY"
+
+    def _egress_hosts(self, proxy: Proxy) -> list[tuple[str, str]] | None:
+        """(namespace pattern, host pattern) pairs the proxy's Sidecar imports; None means everything."""
+        sidecar = self.sidecar_for(proxy)
+        if proxy.kind != "sidecar" or sidecar is None or not sidecar.spec.egress:
+            return None
+        pairs = []
+        for listener in sidecar.spec.egress:
+            for entry in listener.hosts:
+                ns, host = entry.split("/", 1)
+                pairs.append((proxy.namespace if ns == "." else ns, host))
+        return pairs
+
+    @staticmethod
+    def _imported(pairs: list[tuple[str, str]] | None, namespace: str, hosts: Iterable[str]) -> bool:
+        if pairs is None:
+            return True
+        hosts = list(hosts)
+        return any(ns != "~" and (ns == "*" or ns == namespace) and any(matches(h, host) or matches(host, h)
+                                                                        for host in hosts)
+                   for ns, h in pairs)
+
+    def services_for(self, proxy: Proxy) -> list[Service]:
+        """Services this proxy may reach: exported to its namespace and imported by its Sidecar."""
+        pairs = self._egress_hosts(proxy)
+        return [s for s in sorted(self.services.values(), key=lambda s: s.hostname)
+                if visible(s.namespace, s.export_to, proxy.namespace)
+                and self._imported(pairs, s.namespace, [s.hostname])]
+
+    def virtual_services_for(self, proxy: Proxy, gateway: str = MESH_GATEWAY) -> list[Resource]:
+        """VirtualServices bound to `gateway` (``mesh`` = sidecars) and visible to the proxy."""
+        pairs = self._egress_hosts(proxy) if gateway == MESH_GATEWAY else None
+        out = []
+        for vs in self.virtual_services:
+            bound = [gateway_ref(g, vs.namespace) for g in vs.spec.gateways] or [MESH_GATEWAY]
+            if gateway not in bound:
+                continue
+            if not visible(vs.namespace, vs.spec.export_to, proxy.namespace) and gateway == MESH_GATEWAY:
+                continue
+            if self._imported(pairs, vs.namespace, vs.spec.hosts):
+                out.append(vs)
+        return out
+
+    def destination_rule_for(self, proxy: Proxy, service: Service) -> Resource | None:
+        """Istio's precedence: the proxy's namespace, then the service's, then the root namespace;
+        within one namespace an exact host beats a wildcard."""
+        def candidates(namespace: str) -> list[Resource]:
+            found = [dr for dr in self.destination_rules if dr.namespace == namespace
+                     and visible(dr.namespace, dr.spec.export_to, proxy.namespace)
+                     and matches(fqdn(dr.spec.host, dr.namespace), service.hostname)]
+            return sorted(found, key=lambda dr: len(fqdn(dr.spec.host, dr.namespace).lstrip("*")), reverse=True)
+
+        for namespace in (proxy.namespace, service.namespace, self.root_namespace):
+            found = candidates(namespace)
+            if found:
+                return found[0]
+        return None
+
+    def gateways_for(self, proxy: Proxy) -> list[Resource]:
+        if proxy.kind != "router":
+            return []
+        return [g for g in self.gateways if all(proxy.labels.get(k) == v for k, v in g.spec.selector.items())]
+
+    def inbound_ports(self, proxy: Proxy) -> list[InboundPort]:
+        """The service ports the proxy's own workload serves (deduplicated by workload port)."""
+        seen, out = set(), []
+        for ip in self._endpoints_by_workload.get(proxy.workload, []):
+            if ip.endpoint.port not in seen:
+                seen.add(ip.endpoint.port)
+                out.append(ip)
+        return sorted(out, key=lambda ip: ip.endpoint.port)
+
+    def workload(self, name: str) -> Resource | None:
+        """A WorkloadEntry by ``name`` or ``namespace/name``."""
+        ns, _, short = name.rpartition("/")
+        for we in self.workload_entries:
+            if we.name == short and (not ns or we.namespace == ns):
+                return we
+        return None

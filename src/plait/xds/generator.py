@@ -1,0 +1,92 @@
+"""(MeshSnapshot, Proxy) → ResourceSet: everything one Envoy is sent. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from plait.model.hosts import fqdn, matches
+from plait.model.proxy import Proxy
+from plait.model.snapshot import MeshSnapshot
+from plait.xds.resources import ResourceSet
+from plait.xds.translate import clusters as cds
+from plait.xds.translate import endpoints as eds
+from plait.xds.translate import listeners as lds
+from plait.xds.translate import routes as rds
+
+
+def _http_ports(services) -> list[int]:
+    return sorted({p.number for s in services for p in s.ports if p.protocol.is_http or p.protocol.value == "AUTO"})
+
+
+def generate(snapshot: MeshSnapshot, proxy: Proxy) -> ResourceSet:
+    """All listeners, routes, clusters and endpoints for one proxy."""
+    services = snapshot.services_for(proxy)
+    out = ResourceSet()
+    out.add_clusters(cds.special_clusters(proxy))
+    out.add_clusters(cds.outbound_clusters(snapshot, proxy, services))
+    for svc in services:
+        out.add_endpoints(eds.service_load_assignments(snapshot, proxy, svc))
+    if proxy.kind == "router":
+        out.add_listeners(lds.gateway_listeners(snapshot, proxy))
+    else:
+        inbound = snapshot.inbound_ports(proxy)
+        out.add_clusters(cds.inbound_cluster(proxy, i) for i in inbound)
+        vss = snapshot.virtual_services_for(proxy)
+        if proxy.mode == "capture":
+            out.add_listeners([lds.virtual_outbound(snapshot, proxy), lds.virtual_inbound(inbound)])
+            out.add_listeners(lds.outbound_service_listeners(snapshot, proxy, services, vss))
+        else:
+            out.add_listeners(lds.explicit_proxy_listeners(proxy, inbound))
+    out.add_routes(generate_routes(snapshot, proxy))
+    return out
+
+
+def route_names(snapshot: MeshSnapshot, proxy: Proxy) -> list[str]:
+    if proxy.kind == "router":
+        return sorted({lds.gateway_route_name(server, gw, port)
+                       for port, servers in lds.gateway_servers(snapshot, proxy).items()
+                       for gw, server in servers if server.port.protocol.upper() in ("HTTP", "HTTPS", "HTTP2", "GRPC")
+                       and not (server.tls and server.tls.mode in ("PASSTHROUGH", "AUTO_PASSTHROUGH"))})
+    if proxy.mode == "proxy":
+        return ["explicit_proxy"]
+    ports = _http_ports(snapshot.services_for(proxy))
+    if 80 not in ports and _unregistered_vs_hosts(snapshot, proxy):
+        ports.append(80)
+    return [str(p) for p in ports]
+
+
+def _unregistered_vs_hosts(snapshot: MeshSnapshot, proxy: Proxy) -> bool:
+    return any(fqdn(h, vs.namespace) not in snapshot.services and not h.startswith("*") and vs.spec.http
+               for vs in snapshot.virtual_services_for(proxy) for h in vs.spec.hosts)
+
+
+def affected_route_names(snapshot: MeshSnapshot, proxy: Proxy, hosts: Iterable[str]) -> list[str]:
+    """Route configurations that a change to VirtualServices for `hosts` (FQDNs) can alter."""
+    names = route_names(snapshot, proxy)
+    if proxy.kind == "router" or proxy.mode == "proxy":
+        return names
+    hosts = list(hosts)
+    ports = {str(p.number) for s in snapshot.services_for(proxy) if any(matches(h, s.hostname) for h in hosts)
+             for p in s.ports}
+    if any(h not in snapshot.services for h in hosts):
+        ports.add("80")
+    return [n for n in names if n in ports]
+
+
+def generate_routes(snapshot: MeshSnapshot, proxy: Proxy, only: Iterable[str] | None = None) -> list[dict]:
+    """Route configurations for a proxy; `only` limits the work to the named ones (incremental pushes)."""
+    wanted = set(only) if only is not None else None
+    names = [n for n in route_names(snapshot, proxy) if wanted is None or n in wanted]
+    if not names:
+        return []
+    if proxy.kind == "router":
+        servers_by_name: dict[str, list] = {}
+        for port, servers in lds.gateway_servers(snapshot, proxy).items():
+            for gw, server in servers:
+                servers_by_name.setdefault(lds.gateway_route_name(server, gw, port), []).append((gw, server))
+        return [rds.gateway_route_config(snapshot, proxy, n, servers_by_name[n]) for n in names]
+    services = snapshot.services_for(proxy)
+    vss = snapshot.virtual_services_for(proxy)
+    if proxy.mode == "proxy":
+        return [rds.explicit_proxy_route_config(snapshot, proxy, services, vss)]
+    return [rds.sidecar_route_config(snapshot, proxy, int(n), services, vss) for n in names]

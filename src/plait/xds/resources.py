@@ -1,0 +1,39 @@
+"""ResourceSet: the named Envoy resources (as Envoy's JSON form) that one proxy receives."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from plait.xds.translate.common import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+
+# Short names as used by istioctl and the CLI, in the order Envoy should receive them.
+TYPE_URLS = {"cds": CLUSTER_TYPE, "eds": ENDPOINT_TYPE, "lds": LISTENER_TYPE, "rds": ROUTE_TYPE}
+
+
+@dataclass
+class ResourceSet:
+    clusters: dict[str, dict] = field(default_factory=dict)
+    endpoints: dict[str, dict] = field(default_factory=dict)
+    listeners: dict[str, dict] = field(default_factory=dict)
+    routes: dict[str, dict] = field(default_factory=dict)
+
+    def add_clusters(self, items: Iterable[dict]) -> None:
+        self.clusters.update((c["name"], c) for c in items)
+
+    def add_endpoints(self, items: Iterable[dict]) -> None:
+        self.endpoints.update((e["cluster_name"], e) for e in items)
+
+    def add_listeners(self, items: Iterable[dict]) -> None:
+        self.listeners.update((item["name"], item) for item in items)
+
+    def add_routes(self, items: Iterable[dict]) -> None:
+        self.routes.update((r["name"], r) for r in items)
+
+    def of_type(self, short: str) -> dict[str, dict]:
+        return {"cds": self.clusters, "eds": self.endpoints, "lds": self.listeners, "rds": self.routes}[short]
+
+    def to_dict(self, types: Iterable[str] = ("cds", "eds", "lds", "rds")) -> dict[str, list[dict]]:
+        """Canonical form for golden files and `plait translate`: each type sorted by name."""
+        return {short: [items[name] for name in sorted(items)] for short in types
+                for items in [self.of_type(short)]}

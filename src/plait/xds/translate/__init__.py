@@ -1,0 +1,2 @@
+"""One pure module per Envoy resource kind; each takes the snapshot and proxy and returns dicts
+in Envoy's JSON form (``@type`` on typed configs), following Istio's names and defaults."""

@@ -1,0 +1,268 @@
+"""Clusters (CDS): one per service port and per DestinationRule subset, plus Istio's special ones."""
+
+from __future__ import annotations
+
+from plait.api import networking as net
+from plait.api.common import parse_duration
+from plait.model.protocol import Protocol
+from plait.model.proxy import Proxy
+from plait.model.services import Endpoint, Port, Service
+from plait.model.snapshot import InboundPort, MeshSnapshot
+from plait.xds.translate.common import (
+    ADS, BLACKHOLE_CLUSTER, DNS_CACHE, DYNAMIC_FORWARD_PROXY_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, MAX_UINT32,
+    PASSTHROUGH_CLUSTER, TYPE, ads_secret, cluster_name, duration, sds_secret, socket_address)
+from plait.xds.translate.endpoints import load_assignment
+
+DEFAULT_CONNECT_TIMEOUT = "10s"  # Istio's meshConfig.connectTimeout default
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+UPSTREAM_TLS = TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+ISTIO_ALPN = ["istio-peer-exchange", "istio"]
+
+_LB = {"ROUND_ROBIN": "ROUND_ROBIN", "LEAST_CONN": "LEAST_REQUEST", "LEAST_REQUEST": "LEAST_REQUEST",
+       "RANDOM": "RANDOM", "UNSPECIFIED": "ROUND_ROBIN"}
+
+
+def merge_policy(base: net.TrafficPolicy | None, override: net.TrafficPolicy | None, port: int) -> net.TrafficPolicy | None:
+    """A subset's policy overrides the top level field by field (loadBalancer, connectionPool, …), as in Istio."""
+    base_p = base.for_port(port) if base else None
+    over_p = override.for_port(port) if override else None
+    if base_p is None or over_p is None:
+        return over_p or base_p
+    merged = base_p.model_dump(exclude={"port_level_settings"})
+    merged.update({k: v for k, v in over_p.model_dump(exclude={"port_level_settings"}).items() if v is not None})
+    return net.TrafficPolicy.model_validate(merged)
+
+
+def _circuit_breakers(pool: net.ConnectionPoolSettings | None) -> dict:
+    """Istio lifts Envoy's default limits (1024) to 2^32-1 unless the DestinationRule sets them."""
+    tcp, http = (pool.tcp if pool else None), (pool.http if pool else None)
+
+    def pick(value: int | None) -> int:
+        return MAX_UINT32 if value is None or value == 0 else value
+
+    return {"thresholds": [{
+        "max_connections": pick(tcp.max_connections if tcp else None),
+        "max_pending_requests": pick(http.http1_max_pending_requests if http else None),
+        "max_requests": pick(http.http2_max_requests if http else None),
+        "max_retries": pick(http.max_retries if http else None),
+        "track_remaining": True,
+    }]}
+
+
+def _outlier_detection(od: net.OutlierDetection) -> tuple[dict, int | None]:
+    """Envoy outlier detection + the panic threshold (Istio's minHealthPercent)."""
+    out: dict = {"enforcing_success_rate": 0}
+    five_xx = od.consecutive_5xx_errors
+    gateway = od.consecutive_gateway_errors
+    if five_xx is None and gateway is None and od.consecutive_errors is not None:
+        gateway = od.consecutive_errors  # Istio maps the deprecated field to gateway errors
+    if five_xx is not None:
+        out["consecutive_5xx"] = five_xx
+        out["enforcing_consecutive_5xx"] = 100 if five_xx > 0 else 0
+    else:
+        out["enforcing_consecutive_5xx"] = 0
+    if gateway is not None:
+        out["consecutive_gateway_failure"] = gateway
+        out["enforcing_consecutive_gateway_failure"] = 100 if gateway > 0 else 0
+    if od.split_external_local_origin_errors:
+        out["split_external_local_origin_errors"] = True
+        if od.consecutive_local_origin_failures is not None:
+            out["consecutive_local_origin_failure"] = od.consecutive_local_origin_failures
+            out["enforcing_consecutive_local_origin_failure"] = 100
+    if od.interval:
+        out["interval"] = duration(od.interval)
+    if od.base_ejection_time:
+        out["base_ejection_time"] = duration(od.base_ejection_time)
+    if od.max_ejection_percent is not None:
+        out["max_ejection_percent"] = od.max_ejection_percent
+    return out, od.min_health_percent
+
+
+def _upstream_tls(tls: net.ClientTLSSettings, svc: Service, port: Port, subset: str | None,
+                  snapshot_sans: list[str]) -> dict | None:
+    if tls.mode == "DISABLE":
+        return None
+    context: dict = {}
+    if tls.mode == "ISTIO_MUTUAL":
+        context = {
+            "tls_certificate_sds_secret_configs": [sds_secret("default")],
+            "combined_validation_context": {
+                "default_validation_context": {"match_typed_subject_alt_names": [
+                    {"san_type": "URI", "matcher": {"exact": san}} for san in (tls.subject_alt_names or snapshot_sans)]},
+                "validation_context_sds_secret_config": sds_secret("ROOTCA")},
+            "alpn_protocols": ISTIO_ALPN,
+        }
+        sni = tls.sni or f"outbound_.{port.number}_.{subset or ''}_.{svc.hostname}"
+    else:
+        if tls.credential_name:
+            context["tls_certificate_sds_secret_configs"] = [ads_secret(tls.credential_name)] if tls.mode == "MUTUAL" else []
+            validation: dict = {"validation_context_sds_secret_config": ads_secret(f"{tls.credential_name}-cacert")}
+        else:
+            if tls.mode == "MUTUAL":
+                context["tls_certificates"] = [{"certificate_chain": {"filename": tls.client_certificate},
+                                                "private_key": {"filename": tls.private_key}}]
+            validation = {}
+            if tls.ca_certificates and not tls.insecure_skip_verify:
+                validation = {"validation_context": {"trusted_ca": {"filename": tls.ca_certificates}}}
+        if tls.subject_alt_names and "validation_context" in validation:
+            validation["validation_context"]["match_typed_subject_alt_names"] = [
+                {"san_type": "DNS", "matcher": {"exact": san}} for san in tls.subject_alt_names]
+        context.update(validation)
+        if not context.get("tls_certificate_sds_secret_configs"):
+            context.pop("tls_certificate_sds_secret_configs", None)
+        sni = tls.sni or (svc.hostname if not svc.hostname.startswith("*") else None)
+    tls_context: dict = {"@type": UPSTREAM_TLS, "common_tls_context": context}
+    if sni:
+        tls_context["sni"] = sni
+    return {"name": "envoy.transport_sockets.tls", "typed_config": tls_context}
+
+
+def _http_protocol_options(port: Port, policy: net.TrafficPolicy | None) -> dict | None:
+    """Upstream HTTP version and connection limits; None where Envoy's default (HTTP/1.1) is right."""
+    if not (port.protocol.is_http or port.protocol is Protocol.AUTO):
+        return None
+    http = policy.connection_pool.http if policy and policy.connection_pool else None
+    tcp = policy.connection_pool.tcp if policy and policy.connection_pool else None
+    common: dict = {}
+    if http and http.idle_timeout:
+        common["idle_timeout"] = duration(http.idle_timeout)
+    if http and http.max_requests_per_connection:
+        common["max_requests_per_connection"] = http.max_requests_per_connection
+    if tcp and tcp.max_connection_duration:
+        common["max_connection_duration"] = duration(tcp.max_connection_duration)
+    options: dict = {"@type": TYPE + HTTP_OPTIONS}
+    if (http and http.use_client_protocol) or port.protocol is Protocol.AUTO:
+        options["use_downstream_protocol_config"] = {"http_protocol_options": {}, "http2_protocol_options": {}}
+    elif port.protocol.is_http2 or (http is not None and http.h2_upgrade_policy == "UPGRADE"):
+        options["explicit_http_config"] = {"http2_protocol_options": {}}
+    elif common:
+        options["explicit_http_config"] = {"http_protocol_options": {}}
+    else:
+        return None
+    if common:
+        options["common_http_protocol_options"] = common
+    return {HTTP_OPTIONS: options}
+
+
+def _apply_policy(cluster: dict, policy: net.TrafficPolicy | None, port: Port) -> None:
+    pool = policy.connection_pool if policy else None
+    if pool and pool.tcp and pool.tcp.connect_timeout:
+        cluster["connect_timeout"] = duration(pool.tcp.connect_timeout)
+    if pool and pool.tcp and pool.tcp.tcp_keepalive:
+        ka = pool.tcp.tcp_keepalive
+        keepalive = {}
+        if ka.probes:
+            keepalive["keepalive_probes"] = ka.probes
+        if ka.time:
+            keepalive["keepalive_time"] = max(1, int(parse_duration(ka.time)))
+        if ka.interval:
+            keepalive["keepalive_interval"] = max(1, int(parse_duration(ka.interval)))
+        cluster["upstream_connection_options"] = {"tcp_keepalive": keepalive}
+    cluster["circuit_breakers"] = _circuit_breakers(pool)
+    protocol_options = _http_protocol_options(port, policy)
+    if protocol_options:
+        cluster["typed_extension_protocol_options"] = protocol_options
+    lb = policy.load_balancer if policy else None
+    if lb and lb.consistent_hash:
+        ch = lb.consistent_hash
+        if ch.maglev:
+            cluster["lb_policy"] = "MAGLEV"
+            if ch.maglev.table_size:
+                cluster["maglev_lb_config"] = {"table_size": ch.maglev.table_size}
+        else:
+            cluster["lb_policy"] = "RING_HASH"
+            size = (ch.ring_hash.minimum_ring_size if ch.ring_hash else None) or ch.minimum_ring_size
+            if size:
+                cluster["ring_hash_lb_config"] = {"minimum_ring_size": size}
+    elif lb and lb.simple == "PASSTHROUGH":
+        cluster["type"] = "ORIGINAL_DST"
+        cluster["lb_policy"] = "CLUSTER_PROVIDED"
+        cluster.pop("eds_cluster_config", None)
+        cluster.pop("load_assignment", None)
+    elif lb and lb.simple:
+        cluster["lb_policy"] = _LB[lb.simple]
+    if policy and policy.outlier_detection:
+        outlier, panic = _outlier_detection(policy.outlier_detection)
+        cluster["outlier_detection"] = outlier
+        if panic is not None:
+            cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": panic}}
+
+
+def build_cluster(svc: Service, port: Port, subset: str | None, policy: net.TrafficPolicy | None,
+                  sans: list[str]) -> dict:
+    name = cluster_name("outbound", port.number, subset, svc.hostname)
+    cluster: dict = {"name": name, "connect_timeout": DEFAULT_CONNECT_TIMEOUT}
+    if svc.resolution in ("EDS", "STATIC"):
+        cluster["type"] = "EDS"
+        cluster["eds_cluster_config"] = {"eds_config": ADS, "service_name": name}
+    elif svc.resolution in ("DNS", "DNS_ROUND_ROBIN"):
+        cluster["type"] = "STRICT_DNS" if svc.resolution == "DNS" else "LOGICAL_DNS"
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+        endpoints = svc.endpoints.get(port.number) or (
+            Endpoint(address=svc.hostname, port=port.target_port or port.number),)
+        cluster["load_assignment"] = load_assignment(name, endpoints)
+    else:  # NONE: send to wherever the app was going
+        cluster["type"] = "ORIGINAL_DST"
+        cluster["lb_policy"] = "CLUSTER_PROVIDED"
+    _apply_policy(cluster, policy, port)
+    tls = policy.tls if policy else None
+    if tls:
+        socket = _upstream_tls(tls, svc, port, subset, sans)
+        if socket:
+            cluster["transport_socket"] = socket
+    return cluster
+
+
+def service_sans(svc: Service, trust_domain: str = "cluster.local") -> list[str]:
+    """SPIFFE identities of the workloads behind a service, for ISTIO_MUTUAL verification."""
+    accounts = sorted({(ep.namespace, ep.service_account or "default")
+                       for eps in svc.endpoints.values() for ep in eps})
+    return [f"spiffe://{trust_domain}/ns/{ns}/sa/{sa}" for ns, sa in accounts]
+
+
+def outbound_clusters(snapshot: MeshSnapshot, proxy: Proxy, services: list[Service]) -> list[dict]:
+    out = []
+    for svc in services:
+        dr = snapshot.destination_rule_for(proxy, svc)
+        spec: net.DestinationRuleSpec | None = dr.spec if dr else None
+        sans = service_sans(svc)
+        for port in svc.ports:
+            if port.protocol is Protocol.UDP:
+                continue
+            top = spec.traffic_policy.for_port(port.number) if spec and spec.traffic_policy else None
+            out.append(build_cluster(svc, port, None, top, sans))
+            for subset in spec.subsets if spec else ():
+                out.append(build_cluster(svc, port, subset.name,
+                                         merge_policy(spec.traffic_policy, subset.traffic_policy, port.number), sans))
+    return out
+
+
+def inbound_cluster(proxy: Proxy, inbound: InboundPort) -> dict:
+    """``inbound|9080||``: the sidecar's path to its own application."""
+    name = cluster_name("inbound", inbound.endpoint.port, None, "")
+    cluster = {"name": name, "type": "STATIC", "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+               "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                   {"endpoint": {"address": socket_address(proxy.app_address, inbound.endpoint.port)}}]}]},
+               "circuit_breakers": _circuit_breakers(None)}
+    if inbound.port.protocol.is_http2:
+        cluster["typed_extension_protocol_options"] = {HTTP_OPTIONS: {
+            "@type": TYPE + HTTP_OPTIONS, "explicit_http_config": {"http2_protocol_options": {}}}}
+    return cluster
+
+
+def special_clusters(proxy: Proxy) -> list[dict]:
+    clusters = [
+        {"name": PASSTHROUGH_CLUSTER, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+         "connect_timeout": DEFAULT_CONNECT_TIMEOUT, "circuit_breakers": _circuit_breakers(None)},
+        {"name": BLACKHOLE_CLUSTER, "type": "STATIC", "connect_timeout": DEFAULT_CONNECT_TIMEOUT},
+    ]
+    if proxy.kind == "sidecar" and proxy.mode == "capture":
+        clusters.append({"name": INBOUND_PASSTHROUGH_CLUSTER, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+                         "connect_timeout": DEFAULT_CONNECT_TIMEOUT, "circuit_breakers": _circuit_breakers(None)})
+    if proxy.kind == "sidecar" and proxy.mode == "proxy":
+        clusters.append({"name": DYNAMIC_FORWARD_PROXY_CLUSTER, "lb_policy": "CLUSTER_PROVIDED",
+                         "connect_timeout": DEFAULT_CONNECT_TIMEOUT, "cluster_type": {
+                             "name": "envoy.clusters.dynamic_forward_proxy",
+                             "typed_config": {"@type": TYPE + "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig",
+                                              "dns_cache_config": DNS_CACHE}}})
+    return clusters

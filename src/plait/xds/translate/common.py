@@ -1,0 +1,141 @@
+"""Building blocks shared by the per-kind translators: names, durations, matchers, filters."""
+
+from __future__ import annotations
+
+from plait.api.common import Percent, StringMatch, parse_duration
+
+TYPE = "type.googleapis.com/"
+CLUSTER_TYPE = TYPE + "envoy.config.cluster.v3.Cluster"
+LISTENER_TYPE = TYPE + "envoy.config.listener.v3.Listener"
+ROUTE_TYPE = TYPE + "envoy.config.route.v3.RouteConfiguration"
+ENDPOINT_TYPE = TYPE + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET_TYPE = TYPE + "envoy.extensions.transport_sockets.tls.v3.Secret"
+
+PASSTHROUGH_CLUSTER = "PassthroughCluster"
+BLACKHOLE_CLUSTER = "BlackHoleCluster"
+INBOUND_PASSTHROUGH_CLUSTER = "InboundPassthroughCluster"
+DYNAMIC_FORWARD_PROXY_CLUSTER = "DynamicForwardProxyCluster"
+SDS_CLUSTER = "sds-grpc"  # defined in the agent's bootstrap, as in Istio
+
+ADS = {"ads": {}, "resource_api_version": "V3"}
+ALLOW_ANY, REGISTRY_ONLY = "ALLOW_ANY", "REGISTRY_ONLY"
+
+MAX_UINT32 = 4294967295
+
+
+def cluster_name(direction: str, port: int, subset: str | None, host: str) -> str:
+    """Istio's cluster name: ``outbound|9080|v2|reviews.default.svc.cluster.local``, ``inbound|9080||``."""
+    return f"{direction}|{port}|{subset or ''}|{host}"
+
+
+def parse_cluster_name(name: str) -> tuple[str, int, str, str] | None:
+    parts = name.split("|")
+    if len(parts) != 4 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1]), parts[2], parts[3]
+
+
+def duration(text: str | float) -> str:
+    """Envoy's JSON duration (``"7s"``, ``"0.250s"``) from a user duration or seconds."""
+    seconds = parse_duration(text) if isinstance(text, str) else float(text)
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds:.9f}".rstrip("0") + "s"
+
+
+def fraction(percentage: Percent | None, legacy_percent: int | None = None) -> dict:
+    """A FractionalPercent: Istio's double percentage becomes parts per million."""
+    if percentage is not None:
+        return {"numerator": round(percentage.value * 10_000), "denominator": "MILLION"}
+    if legacy_percent is not None:
+        return {"numerator": legacy_percent, "denominator": "HUNDRED"}
+    return {"numerator": 100, "denominator": "HUNDRED"}
+
+
+def string_matcher(match: StringMatch, ignore_case: bool = False) -> dict:
+    kind = match.kind
+    if kind == "regex":
+        out: dict = {"safe_regex": {"regex": match.value}}
+    elif kind == "present":
+        out = {"safe_regex": {"regex": ".*"}}
+    else:
+        out = {kind: match.value}
+    if ignore_case and kind != "regex":
+        out["ignore_case"] = True
+    return out
+
+
+def socket_address(address: str, port: int) -> dict:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def typed(name: str, type_name: str, **config) -> dict:
+    return {"name": name, "typed_config": {"@type": TYPE + type_name, **config}}
+
+
+def tcp_proxy(stat_prefix: str, cluster: str | None = None, weighted: list[tuple[str, int]] | None = None) -> dict:
+    config: dict = {"stat_prefix": stat_prefix}
+    if weighted and len(weighted) > 1:
+        config["weighted_clusters"] = {"clusters": [{"name": c, "weight": w} for c, w in weighted]}
+    else:
+        config["cluster"] = weighted[0][0] if weighted else cluster
+    return typed("envoy.filters.network.tcp_proxy", "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", **config)
+
+
+FAULT_FILTER = "envoy.filters.http.fault"
+CORS_FILTER = "envoy.filters.http.cors"
+ROUTER_FILTER = "envoy.filters.http.router"
+DFP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
+DNS_CACHE = {"name": "dynamic_forward_proxy_cache_config", "dns_lookup_family": "V4_PREFERRED"}
+
+
+def http_filters(*, dynamic_forward_proxy: bool = False) -> list[dict]:
+    filters = [
+        typed(FAULT_FILTER, "envoy.extensions.filters.http.fault.v3.HTTPFault"),
+        typed(CORS_FILTER, "envoy.extensions.filters.http.cors.v3.Cors"),
+    ]
+    if dynamic_forward_proxy:
+        filters.append(typed(DFP_FILTER, "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
+                             dns_cache_config=DNS_CACHE))
+    filters.append(typed(ROUTER_FILTER, "envoy.extensions.filters.http.router.v3.Router"))
+    return filters
+
+
+def http_connection_manager(stat_prefix: str, *, rds: str | None = None, route_config: dict | None = None,
+                            gateway: bool = False, dynamic_forward_proxy: bool = False) -> dict:
+    config: dict = {"stat_prefix": stat_prefix}
+    if rds is not None:
+        config["rds"] = {"config_source": ADS, "route_config_name": rds}
+    else:
+        config["route_config"] = route_config
+    config.update({
+        "http_filters": http_filters(dynamic_forward_proxy=dynamic_forward_proxy),
+        "use_remote_address": gateway,
+        "normalize_path": True,
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
+        "stream_idle_timeout": "0s",
+    })
+    return typed("envoy.filters.network.http_connection_manager",
+                 "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", **config)
+
+
+LISTENER_FILTERS = {
+    "original_dst": typed("envoy.filters.listener.original_dst",
+                          "envoy.extensions.filters.listener.original_dst.v3.OriginalDst"),
+    "tls_inspector": typed("envoy.filters.listener.tls_inspector",
+                           "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"),
+    "http_inspector": typed("envoy.filters.listener.http_inspector",
+                            "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"),
+}
+
+
+def sds_secret(name: str) -> dict:
+    """An SDS reference to the agent's secret server (Istio's ``default`` / ``ROOTCA``)."""
+    return {"name": name, "sds_config": {"api_config_source": {
+        "api_type": "GRPC", "transport_api_version": "V3",
+        "grpc_services": [{"envoy_grpc": {"cluster_name": SDS_CLUSTER}}]}, "resource_api_version": "V3"}}
+
+
+def ads_secret(name: str) -> dict:
+    """An SDS reference served by the control plane over ADS (gateway credentialName)."""
+    return {"name": name, "sds_config": ADS}

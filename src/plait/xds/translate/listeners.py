@@ -1,0 +1,320 @@
+"""Listeners (LDS) for sidecars (capture and explicit-proxy mode) and gateways.
+
+Capture mode follows Istio: iptables sends outbound traffic to ``virtualOutbound``
+(15001), which hands each connection to the listener for its original
+destination (``0.0.0.0_9080`` for HTTP ports, ``<vip>_<port>`` for TCP/TLS), or
+passes it through; inbound traffic arrives at ``virtualInbound`` (15006).
+Explicit-proxy mode has no capture: apps send HTTP to the sidecar as their
+HTTP_PROXY, and peers reach the workload's inbound listeners directly.
+"""
+
+from __future__ import annotations
+
+from plait.api import networking as net
+from plait.api.resources import Resource
+from plait.model.hosts import fqdn, matches
+from plait.model.protocol import Protocol
+from plait.model.proxy import EXPLICIT_PROXY_PORT, INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, Proxy
+from plait.model.services import Port, Service
+from plait.model.snapshot import InboundPort, MeshSnapshot
+from plait.xds.translate.common import (
+    BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, LISTENER_FILTERS, PASSTHROUGH_CLUSTER, REGISTRY_ONLY, TYPE,
+    ads_secret, cluster_name, http_connection_manager, sds_secret, socket_address, tcp_proxy)
+from plait.xds.translate.routes import RouteContext, destination_cluster, inbound_route_config
+
+HTTP_SNIFF = {"application_protocols": ["http/1.1", "h2c"]}
+DOWNSTREAM_TLS = TYPE + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+
+
+def _listener(name: str, address: str, port: int, chains: list[dict], *, bind: bool = True,
+              direction: str = "OUTBOUND", filters: tuple[str, ...] = (), default_chain: dict | None = None) -> dict:
+    listener: dict = {"name": name, "address": socket_address(address, port), "filter_chains": chains,
+                      "traffic_direction": direction}
+    if default_chain:
+        listener["default_filter_chain"] = default_chain
+    if filters:
+        listener["listener_filters"] = [LISTENER_FILTERS[f] for f in filters]
+    if not bind:
+        listener["bind_to_port"] = False
+    return listener
+
+
+def _weighted(route: net.TCPRoute | net.TLSRoute, ctx: RouteContext, namespace: str) -> list[tuple[str, int]]:
+    return [(destination_cluster(d.destination, ctx, namespace), d.weight or 100) for d in route.route
+            if d.weight is None or d.weight > 0 or len(route.route) == 1]
+
+
+def _l4_applies(m: net.L4MatchAttributes, ctx: RouteContext) -> bool:
+    if m.port is not None and ctx.port is not None and m.port != ctx.port:
+        return False
+    if m.source_labels and not all(ctx.proxy.labels.get(k) == v for k, v in m.source_labels.items()):
+        return False
+    return not (m.source_namespace and m.source_namespace != ctx.proxy.namespace)
+
+
+def _cidr_ranges(subnets: list[str]) -> list[dict]:
+    out = []
+    for subnet in subnets:
+        address, _, length = subnet.partition("/")
+        out.append({"address_prefix": address, "prefix_len": int(length or 32)})
+    return out
+
+
+def tcp_chains(vs: Resource | None, ctx: RouteContext, stat: str, default: str) -> list[dict]:
+    """Filter chains for a TCP port: VirtualService tcp routes by destination subnet, else the default cluster."""
+    chains: dict[str, dict] = {}
+    for route in vs.spec.tcp if vs else []:
+        for m in route.match or [net.L4MatchAttributes()]:
+            if not _l4_applies(m, ctx):
+                continue
+            key = ",".join(sorted(m.destination_subnets))
+            if key in chains:
+                continue
+            chain: dict = {"filters": [tcp_proxy(stat, weighted=_weighted(route, ctx, vs.namespace))]}
+            if m.destination_subnets:
+                chain["filter_chain_match"] = {"prefix_ranges": _cidr_ranges(m.destination_subnets)}
+            chains[key] = chain
+    chains.setdefault("", {"filters": [tcp_proxy(stat, default)]})
+    return list(chains.values())
+
+
+def tls_chains(vs: Resource | None, ctx: RouteContext, stat: str, allowed_hosts: list[str] | None = None) -> list[dict]:
+    """Filter chains for TLS by SNI from VirtualService tls routes (sniHosts)."""
+    chains, seen = [], set()
+    for route in vs.spec.tls if vs else []:
+        for m in route.match:
+            if not _l4_applies(m, ctx):
+                continue
+            names = [h for h in m.sni_hosts if allowed_hosts is None or any(matches(a, h) for a in allowed_hosts)]
+            names = [n for n in names if n not in seen]
+            if not names:
+                continue
+            seen.update(names)
+            match: dict = {"server_names": names, "transport_protocol": "tls"}
+            if m.destination_subnets:
+                match["prefix_ranges"] = _cidr_ranges(m.destination_subnets)
+            chains.append({"filter_chain_match": match,
+                           "filters": [tcp_proxy(stat, weighted=_weighted(route, ctx, vs.namespace))]})
+    return chains
+
+
+def _vs_for(virtual_services: list[Resource], hostname: str) -> Resource | None:
+    return next((vs for vs in virtual_services for h in vs.spec.hosts if matches(fqdn(h, vs.namespace), hostname)), None)
+
+
+def outbound_service_listeners(snapshot: MeshSnapshot, proxy: Proxy, services: list[Service],
+                               virtual_services: list[Resource]) -> list[dict]:
+    """Capture-mode listeners that virtualOutbound hands connections to (not bound to ports)."""
+    listeners: dict[str, dict] = {}
+    for svc in services:
+        for port in svc.ports:
+            listener = _outbound_listener(snapshot, proxy, svc, port, virtual_services)
+            if listener and listener["name"] not in listeners:
+                listeners[listener["name"]] = listener
+    return [listeners[name] for name in sorted(listeners)]
+
+
+def _outbound_listener(snapshot: MeshSnapshot, proxy: Proxy, svc: Service, port: Port,
+                       virtual_services: list[Resource]) -> dict | None:
+    p, ctx = port.number, RouteContext(snapshot, proxy, port.number)
+    default = cluster_name("outbound", p, None, svc.hostname)
+    if port.protocol.is_http:
+        hcm = http_connection_manager(f"outbound_0.0.0.0_{p}", rds=str(p))
+        return _listener(f"0.0.0.0_{p}", "0.0.0.0", p, [{"filters": [hcm]}], bind=False)
+    if port.protocol is Protocol.UDP:
+        return None
+    address = svc.address
+    vs = _vs_for(virtual_services, svc.hostname)
+    stat = f"outbound|{p}||{svc.hostname}"
+    if port.protocol is Protocol.AUTO:
+        hcm = http_connection_manager(f"outbound_0.0.0.0_{p}", rds=str(p))
+        fallback = default if address != "0.0.0.0" else PASSTHROUGH_CLUSTER
+        chains = [{"filter_chain_match": HTTP_SNIFF, "filters": [hcm]}, {"filters": [tcp_proxy(stat, fallback)]}]
+        return _listener(f"{address}_{p}", address, p, chains, bind=False, filters=("http_inspector",))
+    if port.protocol.is_tls:
+        chains = tls_chains(vs, ctx, stat)
+        if address == "0.0.0.0":  # no VIP: pick the service by SNI
+            if not any(matches(n, svc.hostname) for c in chains for n in c["filter_chain_match"]["server_names"]):
+                chains.append({"filter_chain_match": {"server_names": [svc.hostname]},
+                               "filters": [tcp_proxy(stat, default)]})
+            return _listener(f"0.0.0.0_{p}", "0.0.0.0", p, chains, bind=False, filters=("tls_inspector",),
+                             default_chain={"filters": [tcp_proxy("PassthroughCluster", PASSTHROUGH_CLUSTER)]})
+        chains.append({"filters": [tcp_proxy(stat, default)]})
+        return _listener(f"{address}_{p}", address, p, chains, bind=False, filters=("tls_inspector",))
+    if address == "0.0.0.0":
+        return None  # a TCP service without an address cannot be told apart from others on its port
+    return _listener(f"{address}_{p}", address, p, tcp_chains(vs, ctx, stat, default), bind=False)
+
+
+def virtual_outbound(snapshot: MeshSnapshot, proxy: Proxy) -> dict:
+    cluster = BLACKHOLE_CLUSTER if snapshot.outbound_policy(proxy) == REGISTRY_ONLY else PASSTHROUGH_CLUSTER
+    chain = {"name": "virtualOutbound-catchall-tcp", "filters": [tcp_proxy(cluster, cluster)]}
+    listener = _listener("virtualOutbound", "0.0.0.0", OUTBOUND_CAPTURE_PORT, [chain])
+    listener["use_original_dst"] = True
+    return listener
+
+
+def _inbound_filters(inbound: InboundPort, port: int) -> list[dict]:
+    cluster = cluster_name("inbound", port, None, "")
+    if inbound.port.protocol.is_http:
+        return [http_connection_manager(f"inbound_0.0.0.0_{port}", route_config=inbound_route_config(cluster, port))]
+    return [tcp_proxy(cluster, cluster)]
+
+
+def _inbound_chains(inbound: InboundPort, match: dict) -> list[dict]:
+    port = inbound.endpoint.port
+    if inbound.port.protocol is Protocol.AUTO:
+        cluster = cluster_name("inbound", port, None, "")
+        hcm = http_connection_manager(f"inbound_0.0.0.0_{port}", route_config=inbound_route_config(cluster, port))
+        return [{"name": f"inbound|{port}|http", "filter_chain_match": {**match, **HTTP_SNIFF}, "filters": [hcm]},
+                {"name": f"inbound|{port}|tcp", "filter_chain_match": match, "filters": [tcp_proxy(cluster, cluster)]}]
+    return [{"name": f"inbound|{port}", "filter_chain_match": match, "filters": _inbound_filters(inbound, port)}]
+
+
+def virtual_inbound(inbound_ports: list[InboundPort]) -> dict:
+    chains = []
+    for inbound in inbound_ports:
+        chains += _inbound_chains(inbound, {"destination_port": inbound.endpoint.port})
+    default = {"name": "virtualInbound-catchall", "filters": [
+        tcp_proxy(INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER)]}
+    filters = ("original_dst", "http_inspector") if any(
+        i.port.protocol is Protocol.AUTO for i in inbound_ports) else ("original_dst",)
+    return _listener("virtualInbound", "0.0.0.0", INBOUND_CAPTURE_PORT, chains, direction="INBOUND",
+                     filters=filters, default_chain=default)
+
+
+def explicit_proxy_listeners(proxy: Proxy, inbound_ports: list[InboundPort]) -> list[dict]:
+    """Explicit-proxy mode: the HTTP_PROXY listener and one bound inbound listener per workload port."""
+    hcm = http_connection_manager("outbound_explicit_proxy", rds="explicit_proxy", dynamic_forward_proxy=True)
+    out = [_listener("explicit_proxy", proxy.ip, EXPLICIT_PROXY_PORT, [{"filters": [hcm]}])]
+    for inbound in inbound_ports:
+        port = inbound.endpoint.port
+        filters = ("http_inspector",) if inbound.port.protocol is Protocol.AUTO else ()
+        chains = _inbound_chains(inbound, {})
+        chains = [c if c["filter_chain_match"] else {k: v for k, v in c.items() if k != "filter_chain_match"}
+                  for c in chains]
+        out.append(_listener(f"{proxy.ip}_{port}", proxy.ip, port, chains, direction="INBOUND", filters=filters))
+    return out
+
+
+# ------------------------------------------------------------------ gateways
+
+
+def gateway_route_name(server: net.Server, gateway: Resource, listen_port: int) -> str:
+    """Istio's names: ``http.80`` for plain HTTP, ``https.443.<port name>.<gateway>.<namespace>`` for HTTPS."""
+    if server.port.protocol.upper() in ("HTTP", "HTTP2", "GRPC") and not (server.tls and server.tls.mode):
+        return f"http.{listen_port}"
+    return f"https.{server.port.number}.{server.port.name}.{gateway.name}.{gateway.namespace}"
+
+
+def _downstream_tls(tls: net.ServerTLSSettings) -> dict:
+    context: dict = {}
+    if tls.mode == "ISTIO_MUTUAL":
+        context = {"tls_certificate_sds_secret_configs": [sds_secret("default")],
+                   "validation_context_sds_secret_config": sds_secret("ROOTCA")}
+    elif tls.credential_name or tls.credential_names:
+        names = tls.credential_names or [tls.credential_name]
+        context["tls_certificate_sds_secret_configs"] = [ads_secret(n) for n in names]
+        if tls.mode == "MUTUAL":
+            context["validation_context_sds_secret_config"] = ads_secret(f"{names[0]}-cacert")
+    else:
+        context["tls_certificates"] = [{"certificate_chain": {"filename": tls.server_certificate},
+                                        "private_key": {"filename": tls.private_key}}]
+        if tls.mode == "MUTUAL" and tls.ca_certificates:
+            context["validation_context"] = {"trusted_ca": {"filename": tls.ca_certificates}}
+    if tls.min_protocol_version or tls.max_protocol_version:
+        params: dict = {}
+        if tls.min_protocol_version:
+            params["tls_minimum_protocol_version"] = tls.min_protocol_version
+        if tls.max_protocol_version:
+            params["tls_maximum_protocol_version"] = tls.max_protocol_version
+        context["tls_params"] = params
+    context["alpn_protocols"] = ["h2", "http/1.1"]
+    out: dict = {"@type": DOWNSTREAM_TLS, "common_tls_context": context}
+    if tls.mode in ("MUTUAL", "ISTIO_MUTUAL"):
+        out["require_client_certificate"] = True
+    return {"name": "envoy.transport_sockets.tls", "typed_config": out}
+
+
+def _server_names(server: net.Server) -> list[str]:
+    hosts = [h.rpartition("/")[2] for h in server.hosts]
+    return [] if "*" in hosts else hosts
+
+
+def _gateway_server_chains(snapshot: MeshSnapshot, proxy: Proxy, gw: Resource, server: net.Server,
+                           listen_port: int) -> list[dict]:
+    protocol = server.port.protocol.upper()
+    mode = server.tls.mode if server.tls else None
+    ref = f"{gw.namespace}/{gw.name}"
+    ctx = RouteContext(snapshot, proxy, None, gateway=ref)
+    stat = f"outbound_0.0.0.0_{listen_port}"
+    if mode in ("PASSTHROUGH", "AUTO_PASSTHROUGH") or (protocol == "TLS" and mode not in ("SIMPLE", "MUTUAL", "ISTIO_MUTUAL")):
+        if mode == "AUTO_PASSTHROUGH":
+            return _auto_passthrough_chains(snapshot, proxy, stat)
+        hosts = [h.rpartition("/")[2] for h in server.hosts]
+        chains = []
+        for vs in snapshot.virtual_services_for(proxy, gateway=ref):
+            chains += tls_chains(vs, ctx, stat, allowed_hosts=hosts)
+        return chains
+    if protocol in ("TCP", "MONGO", "MYSQL", "REDIS") or (protocol == "TLS" and mode):
+        for vs in snapshot.virtual_services_for(proxy, gateway=ref):
+            if vs.spec.tcp:
+                chains = tcp_chains(vs, RouteContext(snapshot, proxy, server.port.number, ref), stat, BLACKHOLE_CLUSTER)
+                if mode:
+                    for chain in chains:
+                        chain["transport_socket"] = _downstream_tls(server.tls)
+                return chains
+        return []
+    hcm = http_connection_manager(stat, rds=gateway_route_name(server, gw, listen_port), gateway=True)
+    chain: dict = {"filters": [hcm]}
+    if mode in ("SIMPLE", "MUTUAL", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"):
+        chain["transport_socket"] = _downstream_tls(server.tls)
+        match: dict = {"transport_protocol": "tls"}
+        names = _server_names(server)
+        if names:
+            match["server_names"] = names
+        chain["filter_chain_match"] = match
+    return [chain]
+
+
+def _auto_passthrough_chains(snapshot: MeshSnapshot, proxy: Proxy, stat: str) -> list[dict]:
+    """SNI ``outbound_.<port>_.<subset>_.<host>`` → that cluster, for cross-network passthrough."""
+    chains = []
+    for svc in snapshot.services_for(proxy):
+        dr = snapshot.destination_rule_for(proxy, svc)
+        subsets = [None] + [s.name for s in (dr.spec.subsets if dr else [])]
+        for port in svc.ports:
+            for subset in subsets:
+                sni = f"outbound_.{port.number}_.{subset or ''}_.{svc.hostname}"
+                chains.append({"filter_chain_match": {"server_names": [sni], "transport_protocol": "tls"},
+                               "filters": [tcp_proxy(stat, cluster_name("outbound", port.number, subset, svc.hostname))]})
+    return chains
+
+
+def gateway_servers(snapshot: MeshSnapshot, proxy: Proxy) -> dict[int, list[tuple[Resource, net.Server]]]:
+    """Servers of the Gateways that select this proxy, grouped by the port it listens on."""
+    by_port: dict[int, list[tuple[Resource, net.Server]]] = {}
+    for gw in snapshot.gateways_for(proxy):
+        for server in gw.spec.servers:
+            by_port.setdefault(proxy.listen_port(server.port.number), []).append((gw, server))
+    return by_port
+
+
+def gateway_listeners(snapshot: MeshSnapshot, proxy: Proxy) -> list[dict]:
+    out = []
+    for listen_port, servers in sorted(gateway_servers(snapshot, proxy).items()):
+        chains, seen_http = [], False
+        for gw, server in servers:
+            for chain in _gateway_server_chains(snapshot, proxy, gw, server, listen_port):
+                plain = "filter_chain_match" not in chain
+                if plain and seen_http:
+                    continue  # plain-HTTP servers on one port share one chain and one route config
+                seen_http = seen_http or plain
+                chains.append(chain)
+        if not chains:
+            continue
+        needs_tls = any(c.get("filter_chain_match", {}).get("transport_protocol") == "tls" for c in chains)
+        bind = servers[0][1].bind or "0.0.0.0"
+        out.append(_listener(f"{bind}_{listen_port}", bind, listen_port, chains,
+                             filters=("tls_inspector",) if needs_tls else ()))
+    return out

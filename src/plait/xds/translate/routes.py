@@ -1,0 +1,476 @@
+"""Routes (RDS): VirtualService HTTP routes → Envoy route configurations.
+
+Sidecars get one route configuration per outbound HTTP port (named after the
+port, ``"9080"``), whose virtual hosts carry every name a client may use for a
+service; gateways get one per server port (``http.80``). A service that no
+VirtualService routes gets Istio's default route.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+from plait.api import networking as net
+from plait.api.resources import Resource
+from plait.model.hosts import client_names, fqdn, matches
+from plait.model.proxy import Proxy
+from plait.model.services import Service
+from plait.model.snapshot import MESH_GATEWAY, MeshSnapshot, gateway_ref
+from plait.xds.translate.common import (
+    BLACKHOLE_CLUSTER, CORS_FILTER, DYNAMIC_FORWARD_PROXY_CLUSTER, FAULT_FILTER, PASSTHROUGH_CLUSTER, TYPE,
+    cluster_name, duration, fraction, string_matcher)
+
+DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+_REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
+                   308: "PERMANENT_REDIRECT"}
+_GRPC_CODES = {name: i for i, name in enumerate(
+    ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+     "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+     "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"])}
+
+
+@dataclass(frozen=True)
+class RouteContext:
+    """What a VirtualService's routes are being built for."""
+
+    snapshot: MeshSnapshot
+    proxy: Proxy
+    port: int | None  # the listener port on sidecars; None on gateways
+    gateway: str = MESH_GATEWAY  # "mesh" or "namespace/name"
+
+
+def default_retry_policy() -> dict:
+    return {
+        "retry_on": DEFAULT_RETRY_ON,
+        "num_retries": 2,
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+            "@type": TYPE + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+        "host_selection_retry_max_attempts": "5",
+        "retriable_status_codes": [503],
+    }
+
+
+def retry_policy(retries: net.HTTPRetry | None) -> dict | None:
+    if retries is None:
+        return default_retry_policy()
+    if retries.attempts == 0:
+        return None
+    policy = default_retry_policy()
+    policy["num_retries"] = retries.attempts
+    if retries.retry_on:
+        tokens = [t.strip() for t in retries.retry_on.split(",") if t.strip()]
+        codes = [int(t) for t in tokens if t.isdigit()]
+        on = [t for t in tokens if not t.isdigit()]
+        if codes and "retriable-status-codes" not in on:
+            on.append("retriable-status-codes")
+        policy["retry_on"] = ",".join(on)
+        policy["retriable_status_codes"] = codes
+        if not codes:
+            del policy["retriable_status_codes"]
+    if retries.per_try_timeout:
+        policy["per_try_timeout"] = duration(retries.per_try_timeout)
+    return policy
+
+
+def _header_value_options(ops: net.HeaderOperations | None) -> tuple[list[dict], list[str]]:
+    if ops is None:
+        return [], []
+    add = [{"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"} for k, v in ops.set.items()]
+    add += [{"header": {"key": k, "value": v}, "append_action": "APPEND_IF_EXISTS_OR_ADD"} for k, v in ops.add.items()]
+    return add, list(ops.remove)
+
+
+def _apply_headers(target: dict, headers: net.Headers | None) -> None:
+    if headers is None:
+        return
+    for side, ops in (("request", headers.request), ("response", headers.response)):
+        add, remove = _header_value_options(ops)
+        if add:
+            target.setdefault(f"{side}_headers_to_add", []).extend(add)
+        if remove:
+            target.setdefault(f"{side}_headers_to_remove", []).extend(remove)
+
+
+def _header_matcher(name: str, match: net.StringMatch, invert: bool = False) -> dict:
+    out: dict = {"name": name}
+    if match.kind == "present":
+        out["present_match"] = True
+    else:
+        out["string_match"] = string_matcher(match)
+    if invert:
+        out["invert_match"] = True
+    return out
+
+
+def route_match(m: net.HTTPMatchRequest | None) -> dict:
+    if m is None:
+        return {"prefix": "/"}
+    out: dict = {}
+    if m.uri is None or m.uri.kind == "present":
+        out["prefix"] = "/"
+    elif m.uri.kind == "regex":
+        out["safe_regex"] = {"regex": m.uri.value}
+    elif m.uri.kind == "exact":
+        out["path"] = m.uri.value
+    else:
+        out["prefix"] = m.uri.value
+    if m.ignore_uri_case:
+        out["case_sensitive"] = False
+    headers = []
+    for pseudo, value in ((":authority", m.authority), (":scheme", m.scheme), (":method", m.method)):
+        if value is not None:
+            headers.append(_header_matcher(pseudo, value))
+    headers += [_header_matcher(name, value) for name, value in sorted(m.headers.items())]
+    headers += [_header_matcher(name, value, invert=True) for name, value in sorted(m.without_headers.items())]
+    if headers:
+        out["headers"] = headers
+    if m.query_params:
+        out["query_parameters"] = [
+            {"name": k, "present_match": True} if v.kind == "present" else {"name": k, "string_match": string_matcher(v)}
+            for k, v in sorted(m.query_params.items())]
+    return out
+
+
+def _match_applies(m: net.HTTPMatchRequest | None, ctx: RouteContext, vs_namespace: str) -> bool:
+    """Matches on port, source labels, source namespace and gateways are decided here, per proxy."""
+    if m is None:
+        return True
+    if m.port is not None and ctx.port is not None and m.port != ctx.port:
+        return False
+    if m.source_labels and not all(ctx.proxy.labels.get(k) == v for k, v in m.source_labels.items()):
+        return False
+    if m.source_namespace and m.source_namespace != ctx.proxy.namespace:
+        return False
+    if m.gateways:
+        if ctx.gateway not in {gateway_ref(g, vs_namespace) for g in m.gateways}:
+            return False
+    return True
+
+
+def destination_cluster(dest: net.Destination, ctx: RouteContext, vs_namespace: str) -> str:
+    """The cluster for a destination; the port defaults to the service's only port, else the listener's."""
+    host = fqdn(dest.host, vs_namespace)
+    port = dest.port.number if dest.port else None
+    if port is None:
+        svc = ctx.snapshot.services.get(host)
+        if svc and len(svc.ports) == 1:
+            port = svc.ports[0].number
+        elif svc and ctx.port is not None and svc.port(ctx.port):
+            port = ctx.port
+        elif svc and svc.ports:
+            port = next((p.number for p in svc.ports if p.protocol.is_http), svc.ports[0].number)
+        else:
+            port = ctx.port or 80
+    return cluster_name("outbound", port, dest.subset, host)
+
+
+def hash_policy(ctx: RouteContext, host: str) -> list[dict]:
+    """Consistent-hash keys come from the destination's DestinationRule, set on the route."""
+    svc = ctx.snapshot.services.get(host)
+    dr = ctx.snapshot.destination_rule_for(ctx.proxy, svc) if svc else None
+    lb = dr.spec.traffic_policy.load_balancer if dr and dr.spec.traffic_policy else None
+    ch = lb.consistent_hash if lb else None
+    if ch is None:
+        return []
+    if ch.http_header_name:
+        return [{"header": {"header_name": ch.http_header_name}}]
+    if ch.http_cookie:
+        cookie: dict = {"name": ch.http_cookie.name}
+        if ch.http_cookie.path:
+            cookie["path"] = ch.http_cookie.path
+        if ch.http_cookie.ttl:
+            cookie["ttl"] = duration(ch.http_cookie.ttl)
+        return [{"cookie": cookie}]
+    if ch.use_source_ip:
+        return [{"connection_properties": {"source_ip": True}}]
+    return [{"query_parameter": {"name": ch.http_query_parameter_name}}]
+
+
+def _fault(fault: net.HTTPFaultInjection) -> dict:
+    config: dict = {"@type": TYPE + "envoy.extensions.filters.http.fault.v3.HTTPFault"}
+    if fault.delay:
+        config["delay"] = {"fixed_delay": duration(fault.delay.fixed_delay),
+                           "percentage": fraction(fault.delay.percentage, fault.delay.percent)}
+    if fault.abort:
+        abort: dict = {"percentage": fraction(fault.abort.percentage, fault.abort.percent)}
+        if fault.abort.http_status is not None:
+            abort["http_status"] = fault.abort.http_status
+        else:
+            code = fault.abort.grpc_status or "UNKNOWN"
+            abort["grpc_status"] = int(code) if code.isdigit() else _GRPC_CODES.get(code.upper(), 2)
+        config["abort"] = abort
+    return config
+
+
+def _cors(cors: net.CorsPolicy) -> dict:
+    config: dict = {"@type": TYPE + "envoy.extensions.filters.http.cors.v3.CorsPolicy"}
+    origins = [string_matcher(o) for o in cors.allow_origins] + [{"exact": o} for o in cors.allow_origin]
+    if origins:
+        config["allow_origin_string_match"] = origins
+    for field in ("allow_methods", "allow_headers", "expose_headers"):
+        values = getattr(cors, field)
+        if values:
+            config[field] = ",".join(values)
+    if cors.max_age:
+        config["max_age"] = str(int(duration(cors.max_age).rstrip("s").split(".")[0]))
+    if cors.allow_credentials is not None:
+        config["allow_credentials"] = cors.allow_credentials
+    return config
+
+
+def _route_action(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, match: net.HTTPMatchRequest | None) -> dict:
+    destinations = [d for d in http.route if d.weight is None or d.weight > 0 or len(http.route) == 1]
+    action: dict = {}
+    if len(destinations) == 1:
+        action["cluster"] = destination_cluster(destinations[0].destination, ctx, vs_namespace)
+    else:
+        clusters = []
+        for d in destinations:
+            entry: dict = {"name": destination_cluster(d.destination, ctx, vs_namespace), "weight": d.weight}
+            _apply_headers(entry, d.headers)
+            clusters.append(entry)
+        action["weighted_clusters"] = {"clusters": clusters}
+    action["timeout"] = duration(http.timeout) if http.timeout else "0s"
+    policy = retry_policy(http.retries)
+    if policy:
+        action["retry_policy"] = policy
+    if http.rewrite:
+        if http.rewrite.uri is not None:
+            if match and match.uri and match.uri.kind == "regex":
+                action["regex_rewrite"] = {"pattern": {"regex": match.uri.value}, "substitution": http.rewrite.uri}
+            else:
+                action["prefix_rewrite"] = http.rewrite.uri
+        if http.rewrite.uri_regex_rewrite:
+            action["regex_rewrite"] = {"pattern": {"regex": http.rewrite.uri_regex_rewrite.match},
+                                       "substitution": http.rewrite.uri_regex_rewrite.rewrite}
+        if http.rewrite.authority:
+            action["host_rewrite_literal"] = http.rewrite.authority
+    mirrors = [(m.destination, m.percentage) for m in http.mirrors]
+    if http.mirror:
+        legacy = net.Percent(value=http.mirror_percent) if http.mirror_percent is not None else None
+        mirrors.append((http.mirror, http.mirror_percentage or legacy))
+    if mirrors:
+        action["request_mirror_policies"] = [
+            {"cluster": destination_cluster(dest, ctx, vs_namespace),
+             "runtime_fraction": {"default_value": fraction(pct)}, "trace_sampled": False}
+            for dest, pct in mirrors]
+    hashes = hash_policy(ctx, fqdn(destinations[0].destination.host, vs_namespace)) if destinations else []
+    if hashes:
+        action["hash_policy"] = hashes
+    action["max_grpc_timeout"] = action["timeout"]
+    return action
+
+
+def _redirect(redirect: net.HTTPRedirect) -> dict:
+    out: dict = {"response_code": _REDIRECT_CODES[redirect.redirect_code]}
+    if redirect.uri:
+        out["path_redirect"] = redirect.uri
+    if redirect.authority:
+        out["host_redirect"] = redirect.authority
+    if redirect.port:
+        out["port_redirect"] = redirect.port
+    if redirect.scheme:
+        out["scheme_redirect"] = redirect.scheme
+    return out
+
+
+def _direct_response(dr: net.HTTPDirectResponse) -> dict:
+    out: dict = {"status": dr.status}
+    if dr.body and dr.body.string is not None:
+        out["body"] = {"inline_string": dr.body.string}
+    elif dr.body and dr.body.bytes is not None:
+        out["body"] = {"inline_bytes": base64.b64encode(base64.b64decode(dr.body.bytes)).decode()}
+    return out
+
+
+def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> list[dict]:
+    """Envoy routes for one VirtualService: one per (http route, match), in order."""
+    out = []
+    for i, http in enumerate(vs.spec.http):
+        for j, m in enumerate(http.match or [None]):
+            if not _match_applies(m, ctx, vs.namespace):
+                continue
+            route: dict = {"match": route_match(m)}
+            name = ".".join(n for n in (http.name, m.name if m else None) if n)
+            if name:
+                route["name"] = name
+            if http.redirect:
+                route["redirect"] = _redirect(http.redirect)
+            elif http.direct_response:
+                route["direct_response"] = _direct_response(http.direct_response)
+            else:
+                route["route"] = _route_action(http, ctx, vs.namespace, m)
+            per_filter: dict = {}
+            if http.fault:
+                per_filter[FAULT_FILTER] = _fault(http.fault)
+            if http.cors_policy:
+                per_filter[CORS_FILTER] = _cors(http.cors_policy)
+            if per_filter:
+                route["typed_per_filter_config"] = per_filter
+            _apply_headers(route, http.headers)
+            if len(http.route) == 1 and "route" in route:
+                _apply_headers(route, http.route[0].headers)
+            route["metadata"] = {"filter_metadata": {
+                "istio": {"config": vs.config_path()},
+                "plait": {"route": f"http[{i}]" + (f".match[{j}]" if m else "")}}}
+            route["decorator"] = {"operation": f"{vhost_name}/*"}
+            out.append(route)
+            if m is None or m == net.HTTPMatchRequest():
+                return out  # a catch-all: nothing after it can match
+    return out
+
+
+def default_route(svc: Service, port: int, ctx: RouteContext) -> dict:
+    action: dict = {"cluster": cluster_name("outbound", port, None, svc.hostname), "timeout": "0s",
+                    "retry_policy": default_retry_policy(), "max_grpc_timeout": "0s"}
+    hashes = hash_policy(ctx, svc.hostname)
+    if hashes:
+        action["hash_policy"] = hashes
+    return {"name": "default", "match": {"prefix": "/"}, "route": action,
+            "decorator": {"operation": f"{svc.hostname}:{port}/*"}}
+
+
+def _vs_by_host(virtual_services: list[Resource]) -> list[tuple[str, Resource]]:
+    return [(fqdn(h, vs.namespace), vs) for vs in virtual_services for h in vs.spec.hosts]
+
+
+def _vs_for_service(pairs: list[tuple[str, Resource]], hostname: str) -> Resource | None:
+    """The VirtualService that routes a service: an exact host wins over a wildcard; first by name otherwise."""
+    exact = next((vs for h, vs in pairs if h == hostname), None)
+    if exact:
+        return exact
+    wild = sorted(((h, vs) for h, vs in pairs if h.startswith("*") and matches(h, hostname)),
+                  key=lambda p: -len(p[0]))
+    return wild[0][1] if wild else None
+
+
+def catch_all_vhost(policy: str, explicit_proxy: bool = False) -> dict:
+    if policy == "REGISTRY_ONLY":
+        return {"name": "block_all", "domains": ["*"], "routes": [
+            {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 502}}]}
+    cluster = DYNAMIC_FORWARD_PROXY_CLUSTER if explicit_proxy else PASSTHROUGH_CLUSTER
+    return {"name": "allow_any", "domains": ["*"], "routes": [
+        {"name": "allow_any", "match": {"prefix": "/"},
+         "route": {"cluster": cluster, "timeout": "0s", "max_grpc_timeout": "0s"}}]}
+
+
+def service_vhost(svc: Service, port: int, ctx: RouteContext, pairs: list[tuple[str, Resource]],
+                  domains: list[str]) -> dict:
+    name = f"{svc.hostname}:{port}"
+    vs = _vs_for_service(pairs, svc.hostname)
+    routes = virtual_service_routes(vs, ctx, name) if vs and vs.spec.http else [default_route(svc, port, ctx)]
+    vhost: dict = {"name": name, "domains": domains, "routes": routes, "include_request_attempt_count": True}
+    return vhost
+
+
+def sidecar_route_config(snapshot: MeshSnapshot, proxy: Proxy, port: int, services: list[Service],
+                         virtual_services: list[Resource]) -> dict:
+    """Route configuration ``"<port>"`` for a capture-mode sidecar."""
+    ctx = RouteContext(snapshot, proxy, port)
+    pairs = _vs_by_host(virtual_services)
+    vhosts, used = [], set()
+    for svc in services:
+        p = svc.port(port)
+        if p is None or not (p.protocol.is_http or p.protocol.value == "AUTO"):
+            continue
+        domains = [d for d in client_names(svc.hostname, port, proxy.namespace, svc.addresses) if d not in used]
+        used.update(domains)
+        vhosts.append(service_vhost(svc, port, ctx, pairs, domains))
+    if port == 80:
+        vhosts += _vhosts_for_unregistered_hosts(snapshot, ctx, pairs, used)
+    vhosts.append(catch_all_vhost(snapshot.outbound_policy(proxy)))
+    return {"name": str(port), "virtual_hosts": vhosts, "validate_clusters": False}
+
+
+def _vhosts_for_unregistered_hosts(snapshot: MeshSnapshot, ctx: RouteContext, pairs: list[tuple[str, Resource]],
+                                   used: set[str]) -> list[dict]:
+    """VirtualService hosts with no service behind them are served on port 80, as Istio does."""
+    out = []
+    for host, vs in pairs:
+        if host in snapshot.services or host.startswith("*") or not vs.spec.http or host in used:
+            continue
+        used.update({host, f"{host}:80"})
+        out.append({"name": f"{host}:80", "domains": [host, f"{host}:80"],
+                    "routes": virtual_service_routes(vs, ctx, f"{host}:80"), "include_request_attempt_count": True})
+    return out
+
+
+def explicit_proxy_route_config(snapshot: MeshSnapshot, proxy: Proxy, services: list[Service],
+                                virtual_services: list[Resource]) -> dict:
+    """One route configuration for the HTTP_PROXY listener: services on every port, told apart by Host."""
+    pairs = _vs_by_host(virtual_services)
+    vhosts, used = [], set()
+    for svc in services:
+        for p in svc.ports:
+            if not (p.protocol.is_http or p.protocol.value == "AUTO"):
+                continue
+            ctx = RouteContext(snapshot, proxy, p.number)
+            names = client_names(svc.hostname, p.number, proxy.namespace, svc.addresses)
+            domains = [d for d in names if (d.endswith(f":{p.number}") or p.number == 80) and d not in used]
+            used.update(domains)
+            vhosts.append(service_vhost(svc, p.number, ctx, pairs, domains))
+    vhosts += _vhosts_for_unregistered_hosts(snapshot, RouteContext(snapshot, proxy, 80), pairs, used)
+    vhosts.append(catch_all_vhost(snapshot.outbound_policy(proxy), explicit_proxy=True))
+    return {"name": "explicit_proxy", "virtual_hosts": vhosts, "validate_clusters": False}
+
+
+def inbound_route_config(cluster: str, port: int) -> dict:
+    return {"name": cluster, "validate_clusters": False, "virtual_hosts": [{
+        "name": f"inbound|http|{port}", "domains": ["*"], "routes": [{
+            "name": "default", "match": {"prefix": "/"},
+            "route": {"cluster": cluster, "timeout": "0s", "max_grpc_timeout": "0s"},
+            "decorator": {"operation": f"inbound|{port}/*"}}]}]}
+
+
+def _gateway_domains(vs_host: str, server_host: str) -> str | None:
+    """The narrower of a VirtualService host and a Gateway server host, if they overlap."""
+    if matches(server_host, vs_host):
+        return vs_host
+    if matches(vs_host, server_host):
+        return server_host
+    return None
+
+
+def _server_host_applies(entry: str, gateway_ns: str, vs_ns: str) -> str | None:
+    """``ns/host`` filters VirtualServices by namespace (``.`` = the Gateway's, ``*`` = any)."""
+    ns, _, host = entry.rpartition("/")
+    if ns in ("", "*") or (ns == "." and vs_ns == gateway_ns) or ns == vs_ns:
+        return host
+    return None
+
+
+def gateway_route_config(snapshot: MeshSnapshot, proxy: Proxy, name: str,
+                         servers: list[tuple[Resource, net.Server]]) -> dict:
+    """Route configuration for the HTTP(S) servers that share one gateway port."""
+    vhosts: dict[str, dict] = {}
+
+    def vhost_for(domain: str, port: int) -> dict:
+        return vhosts.setdefault(domain, {
+            "name": f"{domain}:{port}", "domains": [domain] if domain == "*" else [domain, f"{domain}:*"],
+            "routes": [], "include_request_attempt_count": True})
+
+    for gw, server in servers:
+        ref = f"{gw.namespace}/{gw.name}"
+        ctx = RouteContext(snapshot, proxy, None, gateway=ref)
+        if server.tls and server.tls.https_redirect:
+            for entry in server.hosts:
+                vhost_for(entry.rpartition("/")[2], server.port.number)["require_tls"] = "ALL"
+        for vs in snapshot.virtual_services_for(proxy, gateway=ref):
+            if not vs.spec.http:
+                continue
+            for vs_host in vs.spec.hosts:
+                for entry in server.hosts:
+                    host = _server_host_applies(entry, gw.namespace, vs.namespace)
+                    domain = _gateway_domains(vs_host, host) if host else None
+                    if domain is None:
+                        continue
+                    vhost = vhost_for(domain, server.port.number)
+                    if not any(r.get("metadata", {}).get("filter_metadata", {}).get("istio", {}).get("config")
+                               == vs.config_path() for r in vhost["routes"]):
+                        vhost["routes"] += virtual_service_routes(vs, ctx, vhost["name"])
+    for vhost in vhosts.values():
+        if not vhost["routes"] and vhost.get("require_tls"):
+            vhost["routes"] = [{"match": {"prefix": "/"}, "direct_response": {"status": 404}}]
+    return {"name": name, "virtual_hosts": sorted(vhosts.values(), key=lambda v: (v["domains"][0] == "*", v["name"])),
+            "validate_clusters": False}
