@@ -6,7 +6,7 @@ import re
 from typing import Annotated
 
 import re2
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -41,14 +41,16 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def _check_duration(text: str) -> str:
+def _check_duration(text: object) -> str:
+    if not isinstance(text, str):
+        raise ValueError(f"expected a duration string such as '5s' or '250ms' (got {text!r})")
     seconds = parse_duration(text)
     if 0 < seconds < 0.001:
         raise ValueError(f"duration {text!r} is shorter than the 1ms minimum")
     return text
 
 
-Duration = Annotated[str, AfterValidator(_check_duration)]
+Duration = Annotated[str, BeforeValidator(_check_duration)]
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False

@@ -44,6 +44,19 @@ Cidr = Annotated[str, AfterValidator(check_cidr)]
 # ---------------------------------------------------------------- VirtualService
 
 
+def check_weights(destinations: list) -> list:
+    """With several destinations, weights must add up to 100 (Istio's rule)."""
+    if len(destinations) > 1:
+        total = sum(d.weight or 0 for d in destinations)
+        if total != 100:
+            raise ValueError(f"route weights add up to {total}; with several destinations they must add up to 100")
+    return destinations
+
+
+Weighted = AfterValidator(check_weights)
+
+
+
 class Destination(IstioModel):
     host: str
     subset: str | None = None
@@ -197,7 +210,7 @@ class CorsPolicy(IstioModel):
 class HTTPRoute(IstioModel):
     name: str | None = None
     match: list[HTTPMatchRequest] = []
-    route: list[HTTPRouteDestination] = []
+    route: Annotated[list[HTTPRouteDestination], Weighted] = []
     redirect: HTTPRedirect | None = None
     direct_response: HTTPDirectResponse | None = None
     rewrite: HTTPRewrite | None = None
@@ -219,17 +232,9 @@ class HTTPRoute(IstioModel):
             raise ValueError("an HTTP route needs one of route, redirect or directResponse")
         if len(actions) > 1:
             raise ValueError(f"set only one of route, redirect, directResponse (got {', '.join(actions)})")
-        check_weights(self.route)
         if self.mirror and self.mirrors:
             raise ValueError("set only one of mirror and mirrors")
         return self
-
-
-def check_weights(destinations: list[HTTPRouteDestination] | list[RouteDestination]) -> None:
-    if len(destinations) > 1:
-        total = sum(d.weight or 0 for d in destinations)
-        if total != 100:
-            raise ValueError(f"route weights add up to {total}; with several destinations they must add up to 100")
 
 
 class L4MatchAttributes(IstioModel):
@@ -246,22 +251,12 @@ class TLSMatchAttributes(L4MatchAttributes):
 
 class TCPRoute(IstioModel):
     match: list[L4MatchAttributes] = []
-    route: list[RouteDestination] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _weights(self) -> "TCPRoute":
-        check_weights(self.route)
-        return self
+    route: Annotated[list[RouteDestination], Field(min_length=1), Weighted]
 
 
 class TLSRoute(IstioModel):
     match: list[TLSMatchAttributes] = Field(min_length=1)
-    route: list[RouteDestination] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _weights(self) -> "TLSRoute":
-        check_weights(self.route)
-        return self
+    route: Annotated[list[RouteDestination], Field(min_length=1), Weighted]
 
 
 class VirtualServiceSpec(IstioModel):

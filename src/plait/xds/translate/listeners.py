@@ -137,8 +137,9 @@ def _outbound_listener(snapshot: MeshSnapshot, proxy: Proxy, svc: Service, port:
             if not any(matches(n, svc.hostname) for c in chains for n in c["filter_chain_match"]["server_names"]):
                 chains.append({"filter_chain_match": {"server_names": [svc.hostname]},
                                "filters": [tcp_proxy(stat, default)]})
+            fallback = BLACKHOLE_CLUSTER if snapshot.outbound_policy(proxy) == REGISTRY_ONLY else PASSTHROUGH_CLUSTER
             return _listener(f"0.0.0.0_{p}", "0.0.0.0", p, chains, bind=False, filters=("tls_inspector",),
-                             default_chain={"filters": [tcp_proxy("PassthroughCluster", PASSTHROUGH_CLUSTER)]})
+                             default_chain={"filters": [tcp_proxy(fallback, fallback)]})
         chains.append({"filters": [tcp_proxy(stat, default)]})
         return _listener(f"{address}_{p}", address, p, chains, bind=False, filters=("tls_inspector",))
     if address == "0.0.0.0":

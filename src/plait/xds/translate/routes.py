@@ -19,7 +19,8 @@ from plait.model.services import Service
 from plait.model.snapshot import MESH_GATEWAY, MeshSnapshot, gateway_ref
 from plait.xds.translate.common import (
     BLACKHOLE_CLUSTER, CORS_FILTER, DYNAMIC_FORWARD_PROXY_CLUSTER, FAULT_FILTER, PASSTHROUGH_CLUSTER, TYPE,
-    cluster_name, duration, fraction, string_matcher)
+    cluster_name, duration, fraction, parse_cluster_name, string_matcher)
+from plait.xds.translate.clusters import merge_policy
 
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 _REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
@@ -165,12 +166,16 @@ def destination_cluster(dest: net.Destination, ctx: RouteContext, vs_namespace: 
     return cluster_name("outbound", port, dest.subset, host)
 
 
-def hash_policy(ctx: RouteContext, host: str) -> list[dict]:
-    """Consistent-hash keys come from the destination's DestinationRule, set on the route."""
+def hash_policy(ctx: RouteContext, cluster: str) -> list[dict]:
+    """Consistent-hash keys come from the destination's effective DestinationRule policy, set on the route."""
+    _, port, subset, host = parse_cluster_name(cluster) or ("", 0, "", "")
     svc = ctx.snapshot.services.get(host)
     dr = ctx.snapshot.destination_rule_for(ctx.proxy, svc) if svc else None
-    lb = dr.spec.traffic_policy.load_balancer if dr and dr.spec.traffic_policy else None
-    ch = lb.consistent_hash if lb else None
+    if dr is None:
+        return []
+    subset_policy = next((s.traffic_policy for s in dr.spec.subsets if s.name == subset), None)
+    policy = merge_policy(dr.spec.traffic_policy, subset_policy, port)
+    ch = policy.load_balancer.consistent_hash if policy and policy.load_balancer else None
     if ch is None:
         return []
     if ch.http_header_name:
@@ -255,10 +260,10 @@ def _route_action(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, mat
             {"cluster": destination_cluster(dest, ctx, vs_namespace),
              "runtime_fraction": {"default_value": fraction(pct)}, "trace_sampled": False}
             for dest, pct in mirrors]
-    hashes = hash_policy(ctx, fqdn(destinations[0].destination.host, vs_namespace)) if destinations else []
+    hashes = hash_policy(ctx, action["cluster"]) if "cluster" in action else []
     if hashes:
         action["hash_policy"] = hashes
-    action["max_grpc_timeout"] = action["timeout"]
+    action["max_stream_duration"] = {"grpc_timeout_header_max": action["timeout"]}
     return action
 
 
@@ -323,8 +328,9 @@ def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> 
 
 def default_route(svc: Service, port: int, ctx: RouteContext) -> dict:
     action: dict = {"cluster": cluster_name("outbound", port, None, svc.hostname), "timeout": "0s",
-                    "retry_policy": default_retry_policy(), "max_grpc_timeout": "0s"}
-    hashes = hash_policy(ctx, svc.hostname)
+                    "retry_policy": default_retry_policy(),
+                    "max_stream_duration": {"grpc_timeout_header_max": "0s"}}
+    hashes = hash_policy(ctx, action["cluster"])
     if hashes:
         action["hash_policy"] = hashes
     return {"name": "default", "match": {"prefix": "/"}, "route": action,
@@ -352,7 +358,7 @@ def catch_all_vhost(policy: str, explicit_proxy: bool = False) -> dict:
     cluster = DYNAMIC_FORWARD_PROXY_CLUSTER if explicit_proxy else PASSTHROUGH_CLUSTER
     return {"name": "allow_any", "domains": ["*"], "routes": [
         {"name": "allow_any", "match": {"prefix": "/"},
-         "route": {"cluster": cluster, "timeout": "0s", "max_grpc_timeout": "0s"}}]}
+         "route": {"cluster": cluster, "timeout": "0s"}}]}
 
 
 def service_vhost(svc: Service, port: int, ctx: RouteContext, pairs: list[tuple[str, Resource]],
@@ -419,7 +425,7 @@ def inbound_route_config(cluster: str, port: int) -> dict:
     return {"name": cluster, "validate_clusters": False, "virtual_hosts": [{
         "name": f"inbound|http|{port}", "domains": ["*"], "routes": [{
             "name": "default", "match": {"prefix": "/"},
-            "route": {"cluster": cluster, "timeout": "0s", "max_grpc_timeout": "0s"},
+            "route": {"cluster": cluster, "timeout": "0s"},
             "decorator": {"operation": f"inbound|{port}/*"}}]}]}
 
 

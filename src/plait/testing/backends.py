@@ -1,0 +1,168 @@
+"""Loopback backends that tell who answered: HTTP servers and a TCP banner/echo server, in threads.
+
+Flows in: a name, a 127.x.y.z address and a port, and the behaviour to show
+(a status, "fail the first N requests", a delay). Flows out: answers that name
+the backend, and a record of what it received (`HttpBackend.requests`,
+`TcpBackend.connections`) for tests to assert on.
+
+`HttpBackend` answers every request with JSON ``{"name", "method", "path",
+"headers"}`` (header names lower-cased) over HTTP/1.1 keep-alive. `TcpBackend`
+sends ``<name>\\n`` on connect, then echoes what it receives. Both are context
+managers: entering binds and serves in a daemon thread, leaving stops serving
+and closes the socket. A request being delayed does not hold up `stop`.
+Behaviour may be changed while serving; a lock guards it and the records.
+"""
+
+from __future__ import annotations
+
+import json
+import socketserver
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+CONNECTION_TIMEOUT = 30.0  # an idle keep-alive connection's thread ends after this
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+
+
+class _Server:
+    """Serve a socketserver in a daemon thread; stop it cleanly."""
+
+    def __init__(self, server: socketserver.BaseServer):
+        self.server = server
+        self.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+class _ThreadingHTTPServer(ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+class _ThreadingTCPServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+class HttpBackend:
+    """An HTTP server at ``address:port`` that answers with its own name.
+
+    `status`: the answer's status; `fail_first`: how many first requests get
+    `fail_status` instead; `delay`: seconds to wait before answering.
+    """
+
+    def __init__(self, name: str, address: str, port: int, *, status: int = 200, fail_first: int = 0,
+                 fail_status: int = 503, delay: float = 0.0):
+        self.name, self.address, self.port = name, address, port
+        self.status, self.fail_first, self.fail_status, self.delay = status, fail_first, fail_status, delay
+        self.requests: list[ReceivedRequest] = []
+        self.lock = threading.Lock()
+        self._server: _Server | None = None
+
+    @property
+    def count(self) -> int:
+        with self.lock:
+            return len(self.requests)
+
+    def reset(self) -> None:
+        """Forget the requests received so far (`fail_first` counts from here again)."""
+        with self.lock:
+            self.requests.clear()
+
+    def _record(self, request: ReceivedRequest) -> tuple[int, float]:
+        """Keep `request`; the status and delay it gets."""
+        with self.lock:
+            self.requests.append(request)
+            failing = len(self.requests) <= self.fail_first
+            return (self.fail_status if failing else self.status), self.delay
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = CONNECTION_TIMEOUT
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                status, delay = backend._record(ReceivedRequest(self.command, self.path, headers, body))
+                if delay:
+                    time.sleep(delay)
+                payload = json.dumps({"name": backend.name, "method": self.command, "path": self.path,
+                                      "headers": headers}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _answer
+
+            def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+                pass
+
+        return Handler
+
+    def __enter__(self) -> "HttpBackend":
+        self._server = _Server(_ThreadingHTTPServer((self.address, self.port), self._handler()))
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._server:
+            self._server.stop()
+            self._server = None
+
+
+class TcpBackend:
+    """A TCP server at ``address:port`` that sends ``<name>\\n`` on connect, then echoes."""
+
+    def __init__(self, name: str, address: str, port: int):
+        self.name, self.address, self.port = name, address, port
+        self.connections = 0
+        self.lock = threading.Lock()
+        self._server: _Server | None = None
+
+    def _handler(self) -> type[socketserver.BaseRequestHandler]:
+        backend = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                with backend.lock:
+                    backend.connections += 1
+                self.request.settimeout(CONNECTION_TIMEOUT)
+                self.request.sendall(f"{backend.name}\n".encode())
+                try:
+                    while data := self.request.recv(65536):
+                        self.request.sendall(data)
+                except (TimeoutError, ConnectionError):
+                    pass
+
+        return Handler
+
+    def __enter__(self) -> "TcpBackend":
+        self._server = _Server(_ThreadingTCPServer((self.address, self.port), self._handler()))
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._server:
+            self._server.stop()
+            self._server = None
