@@ -7,7 +7,8 @@ Measures (each repeated, median with min/max): building the MeshSnapshot; full
 translation for one sidecar (capture mode) and for the ingress gateway; the
 same ResourceSets converted to protobuf (json_format.ParseDict) and serialised,
 reported apart; the incremental path after one VirtualService changes
-(with_changes → affected_route_names → generate_routes). Also peak RSS, the
+(with_changes → affected_route_names → generate_routes; its with_changes step
+and the rebuilt routes' protobuf conversion are also reported apart). Also peak RSS, the
 memory held by the snapshot and one proxy's resources, resource counts and
 sizes. Prints a table with pass/fail against the targets and writes JSON.
 `--profile` adds cProfile's top functions for the sidecar translation and the
@@ -55,6 +56,7 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # 
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 
+from plait.api import Resource
 from plait.model import MeshSnapshot, Proxy
 from plait.testing.synthetic import MeshShape, gateway_proxy, load_one, mesh_resources, sidecar_proxy, \
     virtual_service_yaml
@@ -125,7 +127,13 @@ def to_protobuf(resources: ResourceSet) -> list[any_pb2.Any]:
     return serialise(to_messages(resources))
 
 
-def incremental(snapshot: MeshSnapshot, proxy: Proxy, changed_vs, hosts: list[str]) -> tuple[list[str], list[dict]]:
+def routes_to_protobuf(routes: list[dict]) -> list[any_pb2.Any]:
+    """Rebuilt route configurations as an incremental push would send them."""
+    return serialise([json_format.ParseDict(r, route_pb2.RouteConfiguration()) for r in routes])
+
+
+def incremental(snapshot: MeshSnapshot, proxy: Proxy, changed_vs: Resource,
+                hosts: list[str]) -> tuple[list[str], list[dict]]:
     """The rebuild after one VirtualService changed: a new snapshot, then only the routes it can affect."""
     updated = snapshot.with_changes(upserts=[changed_vs])
     names = affected_route_names(updated, proxy, hosts)
@@ -188,7 +196,7 @@ def run(args: argparse.Namespace) -> dict:
     routed = shape.routed_every if shape.services > shape.routed_every else 0  # a VS the sidecar sees, not its own
     changed_vs = load_one(virtual_service_yaml(shape, routed, v1_weight=80))
     hosts = [shape.hostname(routed)]
-    rebuilt_names, _ = incremental(snapshot, sidecar, changed_vs, hosts)
+    rebuilt_names, rebuilt_routes = incremental(snapshot, sidecar, changed_vs, hosts)
     sidecar_messages = to_messages(sidecar_resources)
     gateway_messages = to_messages(gateway_resources)
 
@@ -204,6 +212,7 @@ def run(args: argparse.Namespace) -> dict:
         "translate_and_protobuf_sidecar": timed(lambda: to_protobuf(generate(snapshot, sidecar)), n),
         "incremental_vs_change": timed(lambda: incremental(snapshot, sidecar, changed_vs, hosts), n),
         "incremental_with_changes_only": timed(lambda: snapshot.with_changes(upserts=[changed_vs]), n),
+        "incremental_routes_to_protobuf": timed(lambda: routes_to_protobuf(rebuilt_routes), n),
     }
     peak = peak_rss_mb()
     memory = {

@@ -42,7 +42,7 @@ def load_or_exit(paths: list[Path], show_warnings: bool = True) -> LoadResult:
     result = load_paths(paths)
     if result.errors:
         print_problems(result.problems)
-        err.print(f"[red]{len(result.errors)} error(s)[/]; nothing was applied. Fix them and run the command again.")
+        err.print(f"[red]{len(result.errors)} error(s)[/]; nothing from this input was used. Fix them and run the command again.")
         raise typer.Exit(1)
     if show_warnings:
         print_problems(result.warnings)

@@ -48,9 +48,6 @@ class Proxy:
     def workload(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def listen_port(self, port: int) -> int:
-        return self.listen_ports.get(port, port)
-
     @classmethod
     def from_node_id(cls, node_id: str, **kw) -> "Proxy":
         kind, ip, pod, _ = node_id.split("~", 3)

@@ -159,10 +159,14 @@ class MeshSnapshot:
             return []
         return [g for g in self.gateways if all(proxy.labels.get(k) == v for k, v in g.spec.selector.items())]
 
+    def workload_ports(self, proxy: Proxy) -> list[InboundPort]:
+        """Every (service, port) the proxy's own workload is an endpoint of."""
+        return self._endpoints_by_workload.get(proxy.workload, [])
+
     def inbound_ports(self, proxy: Proxy) -> list[InboundPort]:
         """The service ports the proxy's own workload serves (deduplicated by workload port)."""
         seen, out = set(), []
-        for ip in self._endpoints_by_workload.get(proxy.workload, []):
+        for ip in self.workload_ports(proxy):
             if ip.endpoint.port not in seen:
                 seen.add(ip.endpoint.port)
                 out.append(ip)

@@ -11,16 +11,30 @@ sends ``<name>\\n`` on connect, then echoes what it receives. Both are context
 managers: entering binds and serves in a daemon thread, leaving stops serving
 and closes the socket. A request being delayed does not hold up `stop`.
 Behaviour may be changed while serving; a lock guards it and the records.
+
+`loopback_subnet()` hands out a ``127.0.N`` prefix that no other process using
+it holds (an flock per prefix), so test runs side by side do not collide;
+`service_yaml` writes the Kubernetes Service and WorkloadEntries that put
+backends behind a service name.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import random
 import socketserver
+import tempfile
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import yaml
 
 CONNECTION_TIMEOUT = 30.0  # an idle keep-alive connection's thread ends after this
 
@@ -97,6 +111,7 @@ class HttpBackend:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             timeout = CONNECTION_TIMEOUT
+            disable_nagle_algorithm = True  # headers and body go out in two writes
 
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -166,3 +181,47 @@ class TcpBackend:
         if self._server:
             self._server.stop()
             self._server = None
+
+
+SUBNET_RANGE = range(128, 255)  # 127.0.N: kept clear of the low numbers people pick by hand
+LOCK_DIRECTORY = Path(tempfile.gettempdir()) / "plait-loopback-subnets"
+
+
+@contextlib.contextmanager
+def loopback_subnet() -> Iterator[str]:
+    """A ``127.0.N`` prefix held exclusively (across processes) until the block ends."""
+    LOCK_DIRECTORY.mkdir(exist_ok=True)
+    candidates = list(SUBNET_RANGE)
+    random.shuffle(candidates)
+    for n in candidates:
+        fd = os.open(LOCK_DIRECTORY / f"127.0.{n}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            yield f"127.0.{n}"
+        finally:
+            os.close(fd)  # closing releases the lock
+        return
+    raise RuntimeError(f"every 127.0.N subnet in {SUBNET_RANGE} is in use")
+
+
+def service_yaml(service: str, port: int, versions: Mapping[str, HttpBackend | TcpBackend], *,
+                 port_name: str = "http", namespace: str = "default") -> str:
+    """A Kubernetes Service (selector ``app: <service>``) and one WorkloadEntry per backend.
+
+    Each WorkloadEntry is ``<service>-<version>``, labelled ``app`` and ``version``, at the
+    backend's address, its port given by the ``ports: {<port_name>: <backend port>}`` map.
+    """
+    documents: list[dict] = [{
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": service, "namespace": namespace},
+        "spec": {"selector": {"app": service}, "ports": [{"name": port_name, "port": port}]}}]
+    for version, backend in versions.items():
+        documents.append({
+            "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+            "metadata": {"name": f"{service}-{version}", "namespace": namespace},
+            "spec": {"address": backend.address, "labels": {"app": service, "version": version},
+                     "ports": {port_name: backend.port}}})
+    return "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in documents)

@@ -292,12 +292,20 @@ def _auto_passthrough_chains(snapshot: MeshSnapshot, proxy: Proxy, stat: str) ->
     return chains
 
 
+def gateway_listen_port(snapshot: MeshSnapshot, proxy: Proxy, port: int) -> int:
+    """Where a gateway listens for a server port: an explicit mapping, else the targetPort of the
+    gateway's own Service port (80 → 8080, as Istio's gateways do), else the port itself."""
+    if port in proxy.listen_ports:
+        return proxy.listen_ports[port]
+    return next((ip.endpoint.port for ip in snapshot.workload_ports(proxy) if ip.port.number == port), port)
+
+
 def gateway_servers(snapshot: MeshSnapshot, proxy: Proxy) -> dict[int, list[tuple[Resource, net.Server]]]:
     """Servers of the Gateways that select this proxy, grouped by the port it listens on."""
     by_port: dict[int, list[tuple[Resource, net.Server]]] = {}
     for gw in snapshot.gateways_for(proxy):
         for server in gw.spec.servers:
-            by_port.setdefault(proxy.listen_port(server.port.number), []).append((gw, server))
+            by_port.setdefault(gateway_listen_port(snapshot, proxy, server.port.number), []).append((gw, server))
     return by_port
 
 
