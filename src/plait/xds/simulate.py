@@ -102,23 +102,24 @@ class Request:
     @property
     def authority(self) -> str:
         """The Host header: given explicitly, else the URL's host, with ``:port`` when the URL has one."""
-        given = self.header("host") or self.header(":authority")
-        if given is not None:
-            return given
+        given = self._values("host") or self._values(":authority")
+        if given:
+            return given[0]
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}" if self.explicit_port else host
 
+    def _values(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k == name]
+
     def header(self, name: str) -> str | None:
         """A header's value as Envoy matches it (repeated headers joined with ','); pseudo-headers too."""
+        if name in (":authority", "host"):
+            return self.authority
         pseudo = {":method": self.method, ":scheme": self.scheme,
                   ":path": self.path + (f"?{self.query}" if self.query else "")}
         if name in pseudo:
             return pseudo[name]
-        if name == ":authority":
-            name = "host"
-        values = [v for k, v in self.headers if k == name]
-        if not values and name == "host":
-            return None if any(k == ":authority" for k, _ in self.headers) is False else self.header(":authority")
+        values = self._values(name)
         return ",".join(values) if values else None
 
 
