@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import importlib
 import io
 import json
 import os
@@ -36,25 +37,10 @@ from pathlib import Path
 
 from google.protobuf import any_pb2, json_format
 
-# Envoy's message types, and the modules that define every `@type` the translation emits
-# (json_format resolves `@type` only for message types already imported).
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
-from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as _dfp_cluster  # noqa: F401
-from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
-from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import dynamic_forward_proxy_pb2  # noqa: F401
-from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
-from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
-from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2  # noqa: F401
-from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2  # noqa: F401
-from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
-from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
-from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 
 from plait.api import Resource
 from plait.model import MeshSnapshot, Proxy
@@ -62,6 +48,26 @@ from plait.testing.synthetic import MeshShape, gateway_proxy, load_one, mesh_res
     virtual_service_yaml
 from plait.xds.generator import affected_route_names, generate, generate_routes
 from plait.xds.resources import TYPE_URLS, ResourceSet
+
+# json_format resolves an `@type` only once its message type is imported: every type the translation emits.
+TYPED_CONFIG_MODULES = [
+    "envoy.extensions.clusters.dynamic_forward_proxy.v3.cluster_pb2",
+    "envoy.extensions.filters.http.cors.v3.cors_pb2",
+    "envoy.extensions.filters.http.dynamic_forward_proxy.v3.dynamic_forward_proxy_pb2",
+    "envoy.extensions.filters.http.fault.v3.fault_pb2",
+    "envoy.extensions.filters.http.router.v3.router_pb2",
+    "envoy.extensions.filters.listener.http_inspector.v3.http_inspector_pb2",
+    "envoy.extensions.filters.listener.original_dst.v3.original_dst_pb2",
+    "envoy.extensions.filters.listener.tls_inspector.v3.tls_inspector_pb2",
+    "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
+    "envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2",
+    "envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2",
+    "envoy.extensions.transport_sockets.tls.v3.secret_pb2",
+    "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
+    "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
+]
+for _module in TYPED_CONFIG_MODULES:
+    importlib.import_module(_module)
 
 MESSAGE_TYPES = {"cds": cluster_pb2.Cluster, "eds": endpoint_pb2.ClusterLoadAssignment,
                  "lds": listener_pb2.Listener, "rds": route_pb2.RouteConfiguration}

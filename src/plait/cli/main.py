@@ -118,5 +118,8 @@ def version() -> None:
         out.print(f"envoy: not available ({exc})")
 
 
+from plait.cli import explain as _explain; _explain.register(app)  # noqa: E402, E702
+
+
 def main() -> None:
     app()

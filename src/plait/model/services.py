@@ -89,13 +89,30 @@ def _k8s_target(target: int | str | None, we: net.WorkloadEntrySpec, number: int
     return we.ports.get(name, number)
 
 
-def from_k8s_service(svc: Resource, workloads: list[Resource], domain: str = DOMAIN_SUFFIX) -> Service:
+class WorkloadIndex:
+    """WorkloadEntries by (namespace, label, value), so selectors need not scan them all."""
+
+    def __init__(self, workloads: Iterable[Resource]):
+        self._by_label: dict[tuple[str, str, str], list[Resource]] = {}
+        for we in workloads:
+            for label in we.spec.labels.items():
+                self._by_label.setdefault((we.meta.namespace, *label), []).append(we)
+
+    def select(self, namespace: str, selector: Mapping[str, str]) -> list[Resource]:
+        """Workloads in `namespace` carrying every label of a non-empty selector."""
+        if not selector:
+            return []
+        first, *rest = selector.items()
+        candidates = self._by_label.get((namespace, *first), [])
+        return [we for we in candidates if all(we.spec.labels.get(k) == v for k, v in rest)]
+
+
+def from_k8s_service(svc: Resource, workloads: WorkloadIndex, domain: str = DOMAIN_SUFFIX) -> Service:
     spec: K8sServiceSpec = svc.spec
     ports = tuple(Port(p.name, p.port, proto.from_port(p.name, p.app_protocol, p.protocol), p.target_port)
                   for p in spec.ports)
     endpoints: dict[int, tuple[Endpoint, ...]] = {}
-    selected = [we for we in workloads if spec.selector and we.namespace == svc.namespace
-                and all(we.spec.labels.get(k) == v for k, v in spec.selector.items())]
+    selected = workloads.select(svc.namespace, spec.selector)
     for port in spec.ports:
         eps = []
         for we in selected:
@@ -109,14 +126,13 @@ def from_k8s_service(svc: Resource, workloads: list[Resource], domain: str = DOM
                    endpoints=MappingProxyType(endpoints))
 
 
-def from_service_entry(se: Resource, workloads: list[Resource]) -> list[Service]:
+def from_service_entry(se: Resource, workloads: WorkloadIndex) -> list[Service]:
     """One Service per host, as Istio does; endpoints from the entry or from selected WorkloadEntries."""
     spec: net.ServiceEntrySpec = se.spec
     ports = tuple(Port(p.name, p.number, proto.parse(p.protocol) or proto.from_port(p.name), p.target_port)
                   for p in spec.ports)
     if spec.workload_selector:
-        sources = [(we, we.spec) for we in workloads if we.namespace == se.namespace
-                   and all(we.spec.labels.get(k) == v for k, v in spec.workload_selector.labels.items())]
+        sources = [(we, we.spec) for we in workloads.select(se.namespace, spec.workload_selector.labels)]
     else:
         sources = [(None, e) for e in spec.endpoints]
     services = []
@@ -139,7 +155,7 @@ def from_service_entry(se: Resource, workloads: list[Resource]) -> list[Service]
 def build_registry(resources: Iterable[Resource], domain: str = DOMAIN_SUFFIX) -> dict[str, Service]:
     """All services by hostname. Kubernetes Services win over ServiceEntries for the same host."""
     resources = list(resources)
-    workloads = [r for r in resources if r.kind == "WorkloadEntry"]
+    workloads = WorkloadIndex(r for r in resources if r.kind == "WorkloadEntry")
     registry: dict[str, Service] = {}
     for r in sorted((r for r in resources if r.kind == "ServiceEntry"), key=lambda r: (r.namespace, r.name)):
         for svc in from_service_entry(r, workloads):

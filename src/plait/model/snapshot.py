@@ -34,6 +34,28 @@ def _by_name(resources: Iterable[Resource]) -> list[Resource]:
     return sorted(resources, key=lambda r: (r.namespace, r.name))
 
 
+def _index_rules(rules: list[Resource]) -> dict[str, tuple[dict[str, Resource], list[tuple[str, Resource]]]]:
+    """DestinationRules per namespace: exact hosts in a dict, wildcards most specific first."""
+    index: dict[str, tuple[dict[str, Resource], list[tuple[str, Resource]]]] = {}
+    for dr in rules:
+        exact, wild = index.setdefault(dr.namespace, ({}, []))
+        host = fqdn(dr.spec.host, dr.namespace)
+        if host.startswith("*"):
+            wild.append((host, dr))
+        else:
+            exact.setdefault(host, dr)
+    for _, wild in index.values():
+        wild.sort(key=lambda pair: -len(pair[0]))
+    return index
+
+
+def _uses_consistent_hash(dr: Resource) -> bool:
+    """Does any policy of this DestinationRule (top, subset or port level) hash requests?"""
+    policies = [dr.spec.traffic_policy, *(s.traffic_policy for s in dr.spec.subsets)]
+    balancers = [lb for p in policies if p for lb in (p.load_balancer, *(pl.load_balancer for pl in p.port_level_settings))]
+    return any(lb and lb.consistent_hash for lb in balancers)
+
+
 def gateway_ref(name: str, namespace: str) -> str:
     """``bookinfo-gateway`` written in namespace ``default`` → ``default/bookinfo-gateway``; ``mesh`` stays."""
     if name == MESH_GATEWAY or "/" in name:
@@ -41,33 +63,44 @@ def gateway_ref(name: str, namespace: str) -> str:
     return f"{namespace}/{name}"
 
 
-class MeshSnapshot:
-    def __init__(self, resources: Iterable[Resource], *, root_namespace: str = ROOT_NAMESPACE,
-                 _registry: dict[str, Service] | None = None):
-        self.resources: dict[Key, Resource] = {r.key: r for r in resources}
-        self.root_namespace = root_namespace
-        self.services: dict[str, Service] = (
-            _registry if _registry is not None else
-            build_registry(r for r in self.resources.values() if r.kind in REGISTRY_KINDS))
-        self._index()
+class Registry:
+    """Services by hostname and, per workload, the service ports it serves. Built only when
+    Services, ServiceEntries or WorkloadEntries change."""
 
-    def _index(self) -> None:
-        by_kind: dict[str, list[Resource]] = {}
-        for r in self.resources.values():
-            by_kind.setdefault(r.kind, []).append(r)
-        self.virtual_services = _by_name(by_kind.get("VirtualService", []))
-        self.destination_rules = _by_name(by_kind.get("DestinationRule", []))
-        self.gateways = _by_name(by_kind.get("Gateway", []))
-        self.sidecars = _by_name(by_kind.get("Sidecar", []))
-        self.workload_entries = _by_name(by_kind.get("WorkloadEntry", []))
-        self._endpoints_by_workload: dict[str, list[InboundPort]] = {}
+    def __init__(self, resources: Iterable[Resource]):
+        self.services: dict[str, Service] = build_registry(resources)
+        self.ports_by_workload: dict[str, list[InboundPort]] = {}
         for svc in self.services.values():
             for port in svc.ports:
                 for ep in svc.endpoints.get(port.number, ()):
                     if ep.workload:
-                        self._endpoints_by_workload.setdefault(ep.workload, []).append(InboundPort(svc, port, ep))
+                        self.ports_by_workload.setdefault(ep.workload, []).append(InboundPort(svc, port, ep))
+
+
+class MeshSnapshot:
+    def __init__(self, resources: Iterable[Resource], *, root_namespace: str = ROOT_NAMESPACE,
+                 _registry: Registry | None = None, _by_kind: dict[str, list[Resource]] | None = None):
+        self.resources: dict[Key, Resource] = (
+            resources if isinstance(resources, dict) else {r.key: r for r in resources})
+        self.root_namespace = root_namespace
+        self.registry = _registry or Registry(r for r in self.resources.values() if r.kind in REGISTRY_KINDS)
+        self.services = self.registry.services
+        if _by_kind is None:
+            _by_kind = {}
+            for r in self.resources.values():
+                _by_kind.setdefault(r.kind, []).append(r)
+            _by_kind = {kind: _by_name(items) for kind, items in _by_kind.items()}
+        self._by_kind = _by_kind
+        self.virtual_services = _by_kind.get("VirtualService", [])
+        self.destination_rules = _by_kind.get("DestinationRule", [])
+        self.gateways = _by_kind.get("Gateway", [])
+        self.sidecars = _by_kind.get("Sidecar", [])
+        self.workload_entries = _by_kind.get("WorkloadEntry", [])
+        self._rules = _index_rules(self.destination_rules)
+        self.hashing_rules = any(_uses_consistent_hash(dr) for dr in self.destination_rules)
 
     def with_changes(self, upserts: Iterable[Resource] = (), deletes: Iterable[Key] = ()) -> "MeshSnapshot":
+        """A new snapshot with some objects replaced or removed; untouched indexes are shared."""
         resources = dict(self.resources)
         upserts, deletes = list(upserts), list(deletes)
         for key in deletes:
@@ -75,8 +108,11 @@ class MeshSnapshot:
         for r in upserts:
             resources[r.key] = r
         touched = {r.kind for r in upserts} | {k[0] for k in deletes}
-        registry = None if touched & REGISTRY_KINDS else self.services
-        return MeshSnapshot(resources.values(), root_namespace=self.root_namespace, _registry=registry)
+        by_kind = dict(self._by_kind)
+        for kind in touched:
+            by_kind[kind] = _by_name(r for r in resources.values() if r.kind == kind)
+        registry = None if touched & REGISTRY_KINDS else self.registry
+        return MeshSnapshot(resources, root_namespace=self.root_namespace, _registry=registry, _by_kind=by_kind)
 
     # ------------------------------------------------------------ scoping
 
@@ -141,17 +177,15 @@ class MeshSnapshot:
 
     def destination_rule_for(self, proxy: Proxy, service: Service) -> Resource | None:
         """Istio's precedence: the proxy's namespace, then the service's, then the root namespace;
-        within one namespace an exact host beats a wildcard."""
-        def candidates(namespace: str) -> list[Resource]:
-            found = [dr for dr in self.destination_rules if dr.namespace == namespace
-                     and visible(dr.namespace, dr.spec.export_to, proxy.namespace)
-                     and matches(fqdn(dr.spec.host, dr.namespace), service.hostname)]
-            return sorted(found, key=lambda dr: len(fqdn(dr.spec.host, dr.namespace).lstrip("*")), reverse=True)
-
+        within one namespace an exact host beats a wildcard, a longer wildcard a shorter one."""
         for namespace in (proxy.namespace, service.namespace, self.root_namespace):
-            found = candidates(namespace)
-            if found:
-                return found[0]
+            exact, wild = self._rules.get(namespace, ({}, []))
+            dr = exact.get(service.hostname)
+            if dr is not None and visible(dr.namespace, dr.spec.export_to, proxy.namespace):
+                return dr
+            for host, dr in wild:
+                if matches(host, service.hostname) and visible(dr.namespace, dr.spec.export_to, proxy.namespace):
+                    return dr
         return None
 
     def gateways_for(self, proxy: Proxy) -> list[Resource]:
@@ -161,7 +195,7 @@ class MeshSnapshot:
 
     def workload_ports(self, proxy: Proxy) -> list[InboundPort]:
         """Every (service, port) the proxy's own workload is an endpoint of."""
-        return self._endpoints_by_workload.get(proxy.workload, [])
+        return self.registry.ports_by_workload.get(proxy.workload, [])
 
     def inbound_ports(self, proxy: Proxy) -> list[InboundPort]:
         """The service ports the proxy's own workload serves (deduplicated by workload port)."""

@@ -108,6 +108,8 @@ def outbound_service_listeners(snapshot: MeshSnapshot, proxy: Proxy, services: l
     listeners: dict[str, dict] = {}
     for svc in services:
         for port in svc.ports:
+            if port.protocol.is_http and f"0.0.0.0_{port.number}" in listeners:
+                continue  # HTTP ports share one listener
             listener = _outbound_listener(snapshot, proxy, svc, port, virtual_services)
             if listener and listener["name"] not in listeners:
                 listeners[listener["name"]] = listener

@@ -31,6 +31,9 @@ _GRPC_CODES = {name: i for i, name in enumerate(
      "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"])}
 
 
+_MATCH_ALL = net.HTTPMatchRequest()
+
+
 @dataclass(frozen=True)
 class RouteContext:
     """What a VirtualService's routes are being built for."""
@@ -168,6 +171,8 @@ def destination_cluster(dest: net.Destination, ctx: RouteContext, vs_namespace: 
 
 def hash_policy(ctx: RouteContext, cluster: str) -> list[dict]:
     """Consistent-hash keys come from the destination's effective DestinationRule policy, set on the route."""
+    if not ctx.snapshot.hashing_rules:
+        return []
     _, port, subset, host = parse_cluster_name(cluster) or ("", 0, "", "")
     svc = ctx.snapshot.services.get(host)
     dr = ctx.snapshot.destination_rule_for(ctx.proxy, svc) if svc else None
@@ -321,7 +326,7 @@ def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> 
                 "plait": {"route": f"http[{i}]" + (f".match[{j}]" if m else "")}}}
             route["decorator"] = {"operation": f"{vhost_name}/*"}
             out.append(route)
-            if m is None or m == net.HTTPMatchRequest():
+            if m is None or m == _MATCH_ALL:
                 return out  # a catch-all: nothing after it can match
     return out
 
@@ -337,18 +342,23 @@ def default_route(svc: Service, port: int, ctx: RouteContext) -> dict:
             "decorator": {"operation": f"{svc.hostname}:{port}/*"}}
 
 
-def _vs_by_host(virtual_services: list[Resource]) -> list[tuple[str, Resource]]:
-    return [(fqdn(h, vs.namespace), vs) for vs in virtual_services for h in vs.spec.hosts]
+class HostIndex:
+    """VirtualServices by the host they route: exact FQDNs in a dict, wildcards most specific first.
+    For one host the first VirtualService by namespace/name wins, as for sidecars in Istio."""
 
+    def __init__(self, virtual_services: list[Resource]):
+        self.pairs = [(fqdn(h, vs.namespace), vs) for vs in virtual_services for h in vs.spec.hosts]
+        self.exact: dict[str, Resource] = {}
+        for host, vs in self.pairs:
+            if not host.startswith("*"):
+                self.exact.setdefault(host, vs)
+        self.wild = sorted(((h, vs) for h, vs in self.pairs if h.startswith("*")), key=lambda p: -len(p[0]))
 
-def _vs_for_service(pairs: list[tuple[str, Resource]], hostname: str) -> Resource | None:
-    """The VirtualService that routes a service: an exact host wins over a wildcard; first by name otherwise."""
-    exact = next((vs for h, vs in pairs if h == hostname), None)
-    if exact:
-        return exact
-    wild = sorted(((h, vs) for h, vs in pairs if h.startswith("*") and matches(h, hostname)),
-                  key=lambda p: -len(p[0]))
-    return wild[0][1] if wild else None
+    def lookup(self, hostname: str) -> Resource | None:
+        found = self.exact.get(hostname)
+        if found is not None:
+            return found
+        return next((vs for host, vs in self.wild if matches(host, hostname)), None)
 
 
 def catch_all_vhost(policy: str, explicit_proxy: bool = False) -> dict:
@@ -361,10 +371,9 @@ def catch_all_vhost(policy: str, explicit_proxy: bool = False) -> dict:
          "route": {"cluster": cluster, "timeout": "0s"}}]}
 
 
-def service_vhost(svc: Service, port: int, ctx: RouteContext, pairs: list[tuple[str, Resource]],
-                  domains: list[str]) -> dict:
+def service_vhost(svc: Service, port: int, ctx: RouteContext, index: HostIndex, domains: list[str]) -> dict:
     name = f"{svc.hostname}:{port}"
-    vs = _vs_for_service(pairs, svc.hostname)
+    vs = index.lookup(svc.hostname)
     routes = virtual_service_routes(vs, ctx, name) if vs and vs.spec.http else [default_route(svc, port, ctx)]
     vhost: dict = {"name": name, "domains": domains, "routes": routes, "include_request_attempt_count": True}
     return vhost
@@ -374,7 +383,7 @@ def sidecar_route_config(snapshot: MeshSnapshot, proxy: Proxy, port: int, servic
                          virtual_services: list[Resource]) -> dict:
     """Route configuration ``"<port>"`` for a capture-mode sidecar."""
     ctx = RouteContext(snapshot, proxy, port)
-    pairs = _vs_by_host(virtual_services)
+    index = HostIndex(virtual_services)
     vhosts, used = [], set()
     for svc in services:
         p = svc.port(port)
@@ -382,18 +391,18 @@ def sidecar_route_config(snapshot: MeshSnapshot, proxy: Proxy, port: int, servic
             continue
         domains = [d for d in client_names(svc.hostname, port, proxy.namespace, svc.addresses) if d not in used]
         used.update(domains)
-        vhosts.append(service_vhost(svc, port, ctx, pairs, domains))
+        vhosts.append(service_vhost(svc, port, ctx, index, domains))
     if port == 80:
-        vhosts += _vhosts_for_unregistered_hosts(snapshot, ctx, pairs, used)
+        vhosts += _vhosts_for_unregistered_hosts(snapshot, ctx, index, used)
     vhosts.append(catch_all_vhost(snapshot.outbound_policy(proxy)))
     return {"name": str(port), "virtual_hosts": vhosts, "validate_clusters": False}
 
 
-def _vhosts_for_unregistered_hosts(snapshot: MeshSnapshot, ctx: RouteContext, pairs: list[tuple[str, Resource]],
+def _vhosts_for_unregistered_hosts(snapshot: MeshSnapshot, ctx: RouteContext, index: HostIndex,
                                    used: set[str]) -> list[dict]:
     """VirtualService hosts with no service behind them are served on port 80, as Istio does."""
     out = []
-    for host, vs in pairs:
+    for host, vs in index.pairs:
         if host in snapshot.services or host.startswith("*") or not vs.spec.http or host in used:
             continue
         used.update({host, f"{host}:80"})
@@ -405,7 +414,7 @@ def _vhosts_for_unregistered_hosts(snapshot: MeshSnapshot, ctx: RouteContext, pa
 def explicit_proxy_route_config(snapshot: MeshSnapshot, proxy: Proxy, services: list[Service],
                                 virtual_services: list[Resource]) -> dict:
     """One route configuration for the HTTP_PROXY listener: services on every port, told apart by Host."""
-    pairs = _vs_by_host(virtual_services)
+    index = HostIndex(virtual_services)
     vhosts, used = [], set()
     for svc in services:
         for p in svc.ports:
@@ -415,8 +424,8 @@ def explicit_proxy_route_config(snapshot: MeshSnapshot, proxy: Proxy, services: 
             names = client_names(svc.hostname, p.number, proxy.namespace, svc.addresses)
             domains = [d for d in names if (d.endswith(f":{p.number}") or p.number == 80) and d not in used]
             used.update(domains)
-            vhosts.append(service_vhost(svc, p.number, ctx, pairs, domains))
-    vhosts += _vhosts_for_unregistered_hosts(snapshot, RouteContext(snapshot, proxy, 80), pairs, used)
+            vhosts.append(service_vhost(svc, p.number, ctx, index, domains))
+    vhosts += _vhosts_for_unregistered_hosts(snapshot, RouteContext(snapshot, proxy, 80), index, used)
     vhosts.append(catch_all_vhost(snapshot.outbound_policy(proxy), explicit_proxy=True))
     return {"name": "explicit_proxy", "virtual_hosts": vhosts, "validate_clusters": False}
 

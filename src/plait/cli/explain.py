@@ -1,0 +1,353 @@
+"""``plait explain`` and ``plait demo bookinfo``: where a request goes, and why.
+
+Both are thin shells over ``plait.xds.simulate``: load the configuration, build
+the source proxy's Envoy resources, follow the request as Envoy would, print
+the outcome. Nothing runs and nothing is sent; the answer comes from the
+configuration alone. ``register(app)`` adds both commands to the ``plait`` CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from plait.api.resources import Resource
+from plait.model import MeshSnapshot
+from plait.model.services import Endpoint as RegistryEndpoint
+from plait.xds.simulate import ClusterTarget, Outcome, Policies, Request, simulate_mesh
+from plait.xds.translate.common import parse_cluster_name
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo" / "bookinfo"
+
+
+# ----------------------------------------------------------------------------- plait explain
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """``'end-user: jason'`` → ``('end-user', 'jason')``; a leading ``:`` (pseudo-header) is kept."""
+    lead = ":" if text.startswith(":") else ""
+    name, sep, value = text[len(lead):].partition(":")
+    if not sep or not name.strip():
+        raise ValueError(f"header {text!r} is not of the form 'name: value'")
+    return lead + name.strip(), value.strip()
+
+
+def endpoint_index(snapshot: MeshSnapshot) -> dict[str, RegistryEndpoint]:
+    """Registry endpoints by ``address:port``, to name the workload behind an Envoy endpoint."""
+    return {f"{ep.address}:{ep.port}": ep for svc in snapshot.services.values()
+            for eps in svc.endpoints.values() for ep in eps}
+
+
+def explain(
+    filename: Annotated[list[Path], typer.Option(
+        "-f", "--filename", help="A YAML file or a directory of them (read recursively). Repeatable.")],
+    source: Annotated[str, typer.Option(
+        "--from", help="The workload sending the request (WorkloadEntry name or namespace/name); "
+                       "a gateway workload (istio=ingressgateway) receives it instead.")],
+    url: Annotated[str, typer.Option("--url", help="The request URL, e.g. http://reviews:9080/reviews/0")],
+    header: Annotated[list[str], typer.Option(
+        "-H", "--header", help="A request header 'name: value'. Repeatable.")] = [],  # noqa: B006
+    method: Annotated[str, typer.Option("--method", "-X", help="HTTP method.")] = "GET",
+    mode: Annotated[str, typer.Option(help="Sidecar mode: 'capture' (iptables) or 'proxy' (HTTP_PROXY).")] = "capture",
+    output: Annotated[str, typer.Option("-o", "--output", help="text or json")] = "text",
+) -> None:
+    """Follow a request through the source proxy's Envoy configuration, as Envoy would.
+
+    Shows the listener, filter chain, route configuration, virtual host and route chosen (with the
+    VirtualService rule behind it), the clusters with their weights and endpoints, and the policies
+    applied: timeout, retries, fault injection, mirroring, rewrites, header changes.
+
+    Example: [bold]plait explain -f mesh/ --from productpage-v1 --url http://reviews:9080/reviews/0 -H 'end-user: jason'[/]
+    """
+    from plait.cli.main import load_or_exit, proxy_for
+
+    if mode not in ("capture", "proxy") or output not in ("text", "json"):
+        err.print("[red]error[/]: --mode takes capture or proxy; -o takes text or json")
+        raise typer.Exit(2)
+    try:
+        request = Request.from_url(url, method, [parse_header(h) for h in header])
+    except ValueError as exc:
+        err.print(f"[red]error[/]: {exc}", markup=True)
+        raise typer.Exit(1) from None
+    snapshot = MeshSnapshot(load_or_exit(filename, show_warnings=False).resources)
+    outcome = simulate_mesh(snapshot, proxy_for(snapshot, source, mode), request)
+    workloads = endpoint_index(snapshot)
+    if output == "json":
+        out.print(json.dumps(outcome_json(outcome, workloads), indent=2), markup=False)
+    else:
+        print_outcome(outcome, workloads)
+
+
+def outcome_json(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> dict:
+    """The Outcome as JSON, each endpoint with the workload and labels behind it when known."""
+    data = dataclasses.asdict(outcome)
+    data["summary"] = outcome.summary()
+    for cluster in data["clusters"]:
+        for endpoint in cluster["endpoints"]:
+            known = workloads.get(endpoint["address"])
+            endpoint["workload"] = known.workload if known else None
+            endpoint["labels"] = dict(known.labels) if known else {}
+    return data
+
+
+def print_outcome(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> None:
+    request = outcome.request
+    out.print(f"[bold]{request.method} {request.url}[/]  from [bold]{outcome.proxy}[/] ({outcome.mode})")
+    for name, value in request.headers:
+        out.print(f"  [dim]{name}:[/] {value}")
+    out.print()
+    hops = Table.grid(padding=(0, 2))
+    for hop in outcome.hops:
+        hops.add_row(f"[cyan]{hop.stage}[/]", f"[bold]{hop.name}[/]", f"[dim]{hop.why}[/]")
+    out.print(hops)
+    for skipped in outcome.skipped_routes:
+        out.print(f"  [dim]skipped route {skipped}[/]")
+    out.print()
+    print_result(outcome, workloads)
+    print_policies(outcome.policies)
+    for note in outcome.notes:
+        out.print(f"[yellow]note[/]: {note}")
+
+
+def _labels(endpoint_address: str, workloads: dict[str, RegistryEndpoint]) -> str:
+    known = workloads.get(endpoint_address)
+    if known is None:
+        return ""
+    labels = " ".join(f"{k}={v}" for k, v in sorted(known.labels.items()))
+    return f"{known.workload or ''}  [dim]{labels}[/]"
+
+
+def print_result(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> None:
+    if outcome.action in ("redirect", "direct_response") or outcome.status is not None or not outcome.clusters:
+        colour = "yellow" if outcome.action in ("redirect", "direct_response") else "red"
+        out.print(f"[{colour}]→ {outcome.summary()}[/]")
+        return
+    out.print("[green]→ lands on[/]" + (" (TCP)" if outcome.protocol == "tcp" else ""))
+    for cluster in outcome.clusters:
+        weight = f"{cluster.percent:g}%"
+        out.print(f"  [bold]{cluster.name}[/]  {weight}  [dim]{cluster.kind}[/]"
+                  + (f"  [yellow]{cluster.note}[/]" if cluster.note else ""))
+        for endpoint in cluster.endpoints:
+            out.print(f"      {endpoint.address}  {_labels(endpoint.address, workloads)}")
+        for change in cluster.request_headers:
+            out.print(f"      [dim]request header: {change}[/]")
+    if outcome.upstream_path and outcome.upstream_path != request_target(outcome.request):
+        out.print(f"  [dim]upstream path[/] {outcome.upstream_path}")
+
+
+def request_target(request: Request) -> str:
+    return request.path + (f"?{request.query}" if request.query else "")
+
+
+def describe_fault(policies: Policies) -> str:
+    fault = policies.fault
+    if fault is None:
+        return ""
+    parts = []
+    if fault.delay:
+        parts.append(f"delay {fault.delay} ({fault.delay_percent:g}%)")
+    if fault.abort_http_status is not None or fault.abort_grpc_status is not None:
+        code = fault.abort_http_status if fault.abort_http_status is not None else f"grpc {fault.abort_grpc_status}"
+        parts.append(f"abort {code} ({fault.abort_percent:g}%)")
+    return ", ".join(parts)
+
+
+def policy_lines(policies: Policies) -> list[tuple[str, str]]:
+    """(name, description) for each policy the route applies."""
+    lines = [("timeout", policies.timeout or "")]
+    if policies.retries:
+        r = policies.retries
+        codes = f" (status {', '.join(map(str, r.retriable_status_codes))})" if r.retriable_status_codes else ""
+        per_try = f", {r.per_try_timeout} per try" if r.per_try_timeout else ""
+        lines.append(("retries", f"{r.attempts} on {r.retry_on}{codes}{per_try}"))
+    lines.append(("fault", describe_fault(policies)))
+    lines += [("mirror", f"{cluster} ({share:g}%)") for cluster, share in policies.mirrors]
+    lines += [("rewrite", change) for change in policies.rewrite]
+    lines += [("request header", change) for change in policies.request_headers]
+    lines += [("response header", change) for change in policies.response_headers]
+    lines += [("hash", key) for key in policies.hash_policy]
+    if policies.cors:
+        lines.append(("cors", ", ".join(f"{k}={v}" for k, v in policies.cors.items() if k != "@type")))
+    return [(name, text) for name, text in lines if text]
+
+
+def print_policies(policies: Policies) -> None:
+    lines = policy_lines(policies)
+    if not lines:
+        return
+    out.print("\n[cyan]policies[/]")
+    grid = Table.grid(padding=(0, 2))
+    for name, text in lines:
+        grid.add_row(f"  {name}", text)
+    out.print(grid)
+
+
+# ----------------------------------------------------------------------------- plait demo bookinfo
+
+
+@dataclass(frozen=True)
+class Scenario:
+    title: str
+    lesson: str
+    files: tuple[str, ...]  # VirtualService files applied in order, as `kubectl apply` would
+
+
+SCENARIOS = (
+    Scenario("No VirtualService", "Istio's default: round robin over every reviews pod (v1, v2, v3).", ()),
+    Scenario("virtual-service-all-v1.yaml", "Request routing: every service pinned to v1.",
+             ("virtual-service-all-v1.yaml",)),
+    Scenario("virtual-service-reviews-test-v2.yaml", "Routing on a header: jason gets reviews v2, everyone else v1.",
+             ("virtual-service-all-v1.yaml", "virtual-service-reviews-test-v2.yaml")),
+    Scenario("virtual-service-reviews-jason-v2-v3.yaml", "jason gets reviews v2, everyone else v3.",
+             ("virtual-service-all-v1.yaml", "virtual-service-reviews-jason-v2-v3.yaml")),
+    Scenario("virtual-service-reviews-80-20.yaml", "Traffic shifting: 80% of requests to v1, 20% to v2.",
+             ("virtual-service-all-v1.yaml", "virtual-service-reviews-80-20.yaml")),
+    Scenario("virtual-service-ratings-test-delay.yaml", "Fault injection: ratings answers jason after a 7s delay.",
+             ("virtual-service-all-v1.yaml", "virtual-service-reviews-test-v2.yaml",
+              "virtual-service-ratings-test-delay.yaml")),
+    Scenario("virtual-service-ratings-test-abort.yaml", "Fault injection: ratings answers jason with HTTP 500.",
+             ("virtual-service-all-v1.yaml", "virtual-service-reviews-test-v2.yaml",
+              "virtual-service-ratings-test-abort.yaml")),
+)
+
+JASON = (("end-user", "jason"),)
+# (label, source workload, URL, headers)
+DEMO_REQUESTS = (
+    ("productpage → reviews", "productpage-v1", "http://reviews:9080/reviews/0", ()),
+    ("productpage → reviews", "productpage-v1", "http://reviews:9080/reviews/0", JASON),
+    ("reviews v2 → ratings", "reviews-v2", "http://ratings:9080/ratings/0", ()),
+    ("reviews v2 → ratings", "reviews-v2", "http://ratings:9080/ratings/0", JASON),
+    ("gateway → /productpage", "istio-ingressgateway", "http://bookinfo.example.com/productpage", ()),
+    ("gateway → /admin", "istio-ingressgateway", "http://bookinfo.example.com/admin", ()),
+)
+BASE_FILES = ("services.yaml", "networking/bookinfo-gateway.yaml", "networking/destination-rule-all.yaml")
+
+
+def _load(files: list[Path]) -> list[Resource]:
+    from plait.cli.main import load_or_exit
+
+    return load_or_exit(files, show_warnings=False).resources
+
+
+def scenario_snapshot(base: list[Resource], scenario: Scenario, cache: dict[str, list[Resource]]) -> MeshSnapshot:
+    """The base config with the scenario's files applied in order (a later object replaces an earlier one)."""
+    objects = {r.key: r for r in base}
+    for name in scenario.files:
+        if name not in cache:
+            cache[name] = _load([DEMO_DIR / "networking" / name])
+        objects.update((r.key, r) for r in cache[name])
+    return MeshSnapshot(objects.values())
+
+
+def lands_on(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> str:
+    """A short answer: ``reviews v2``, ``reviews v1 80% · reviews v2 20%``, ``404 no route``."""
+    if outcome.status is not None or not outcome.clusters:
+        flag = f" ({outcome.response_flag})" if outcome.response_flag else ""
+        return f"[red]{outcome.status or 'fails'}{flag} no route[/]" if outcome.response_flag == "NR" else \
+            f"[red]{outcome.summary()}[/]"
+    parts = [_cluster_short(c, workloads) for c in outcome.clusters]
+    if len(parts) == 1:
+        return parts[0]
+    return " · ".join(f"{part} {c.percent:g}%" for part, c in zip(parts, outcome.clusters))
+
+
+def _cluster_short(cluster: ClusterTarget, workloads: dict[str, RegistryEndpoint]) -> str:
+    parsed = parse_cluster_name(cluster.name)
+    if parsed is None:
+        return cluster.name
+    _, _, subset, host = parsed
+    service = host.split(".")[0]
+    if subset:
+        return f"{service} {subset}"
+    versions = sorted({workloads[e.address].labels.get("version", "?") for e in cluster.endpoints
+                       if e.address in workloads})
+    if len(versions) > 1:
+        return f"{service} {' | '.join(versions)} (round robin)"
+    return f"{service} {versions[0]}" if versions else service
+
+
+def _rule(outcome: Outcome) -> str:
+    if outcome.virtual_service:
+        return f"{outcome.virtual_service.split('/')[-1]} {outcome.vs_route}"
+    return "default route" if outcome.route == "default" else ""
+
+
+def scenario_rows(snapshot: MeshSnapshot) -> list[tuple[str, str, str, str]]:
+    """(request, lands on, rule, fault) for each demo request."""
+    from plait.cli.main import proxy_for
+
+    workloads, proxies, rows = endpoint_index(snapshot), {}, []
+    for label, workload, url, headers in DEMO_REQUESTS:
+        proxy = proxies.setdefault(workload, proxy_for(snapshot, workload, "capture"))
+        outcome = simulate_mesh(snapshot, proxy, Request.from_url(url, headers=headers))
+        shown = label + "".join(f"  [magenta]{k}: {v}[/]" for k, v in headers)
+        rows.append((shown, lands_on(outcome, workloads), _rule(outcome), describe_fault(outcome.policies)))
+    return rows
+
+
+def scenario_table(scenario: Scenario, snapshot: MeshSnapshot, number: int) -> Table:
+    rows = scenario_rows(snapshot)
+    table = Table(title=f"[bold]{number}. {scenario.title}[/]\n[dim]{scenario.lesson}[/]", title_justify="left",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    columns = ["request", "lands on", "rule"] + (["fault"] if any(row[3] for row in rows) else [])
+    for column in columns:
+        table.add_column(column, style="yellow" if column == "fault" else None)
+    for row in rows:
+        table.add_row(*row[:len(columns)])
+    return table
+
+
+def next_step_hint() -> str:
+    """The `plait explain` command line for jason's request to reviews, with paths the user can paste."""
+    def show(path: Path) -> str:
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
+
+    files = ["services.yaml", "networking/destination-rule-all.yaml", "networking/virtual-service-reviews-jason-v2-v3.yaml"]
+    args = [arg for f in files for arg in ("-f", shlex.quote(show(DEMO_DIR / f)))]
+    return ("plait explain " + " ".join(args)
+            + " --from productpage-v1 --url http://reviews:9080/reviews/0 -H 'end-user: jason'")
+
+
+def bookinfo() -> None:
+    """Istio's Bookinfo routing tasks, explained: for each sample VirtualService, where requests land.
+
+    Loads the Bookinfo services and Istio's own sample files (shipped with plait), and for each task
+    scenario follows a few requests through the proxies' Envoy configuration: productpage → reviews
+    with and without the end-user: jason header, reviews v2 → ratings, and the ingress gateway.
+    """
+    base = _load([DEMO_DIR / f for f in BASE_FILES])
+    out.print("[bold]Bookinfo[/], routed by Istio's sample configuration "
+              f"[dim]({DEMO_DIR})[/]. Each table: where each request lands, and by which rule.\n")
+    cache: dict[str, list[Resource]] = {}
+    for number, scenario in enumerate(SCENARIOS, 1):
+        snapshot = scenario_snapshot(base, scenario, cache)
+        out.print(scenario_table(scenario, snapshot, number))
+        if scenario.files:
+            out.print(f"   [dim]applied: {', '.join(scenario.files)}[/]")
+        out.print()
+    out.print("[bold]Next[/]: see every step Envoy takes for one request (listener, route, cluster, endpoints, "
+              f"policies):\n  [green]{next_step_hint()}[/]", markup=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``plait explain`` and ``plait demo bookinfo`` to the CLI."""
+    app.command()(explain)
+    demo = typer.Typer(name="demo", help="Sample applications with Istio's own configuration, explained.",
+                       no_args_is_help=True)
+    demo.command("bookinfo")(bookinfo)
+    app.add_typer(demo, name="demo")
