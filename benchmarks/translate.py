@@ -1,6 +1,6 @@
 """Translation benchmark: how fast plait turns a 1,000-service mesh into one proxy's Envoy config.
 
-Run:  /work/main/.venv/bin/python benchmarks/translate.py [--services 1000] [--repeat 7]
+Run:  .venv/bin/python benchmarks/translate.py [--services 1000] [--repeat 7]
           [--out benchmarks/results/translate.json] [--profile]
 
 Measures (each repeated, median with min/max): building the MeshSnapshot; full

@@ -252,11 +252,11 @@ def scenario_snapshot(base: list[Resource], scenario: Scenario, cache: dict[str,
 
 
 def lands_on(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> str:
-    """A short answer: ``reviews v2``, ``reviews v1 80% · reviews v2 20%``, ``404 no route``."""
+    """A short answer: ``reviews v2``, ``reviews v1 80% · reviews v2 20%``, ``404 no route (NR)``."""
+    if outcome.response_flag == "NR":
+        return "[red]404 no route (NR)[/]"
     if outcome.status is not None or not outcome.clusters:
-        flag = f" ({outcome.response_flag})" if outcome.response_flag else ""
-        return f"[red]{outcome.status or 'fails'}{flag} no route[/]" if outcome.response_flag == "NR" else \
-            f"[red]{outcome.summary()}[/]"
+        return f"[red]{outcome.summary()}[/]"
     parts = [_cluster_short(c, workloads) for c in outcome.clusters]
     if len(parts) == 1:
         return parts[0]
@@ -284,16 +284,16 @@ def _rule(outcome: Outcome) -> str:
     return "default route" if outcome.route == "default" else ""
 
 
-def scenario_rows(snapshot: MeshSnapshot) -> list[tuple[str, str, str, str]]:
-    """(request, lands on, rule, fault) for each demo request."""
+def scenario_rows(snapshot: MeshSnapshot) -> list[tuple[str, ...]]:
+    """(request, end-user, lands on, rule, fault) for each demo request."""
     from plait.cli.main import proxy_for
 
     workloads, proxies, rows = endpoint_index(snapshot), {}, []
     for label, workload, url, headers in DEMO_REQUESTS:
         proxy = proxies.setdefault(workload, proxy_for(snapshot, workload, "capture"))
         outcome = simulate_mesh(snapshot, proxy, Request.from_url(url, headers=headers))
-        shown = label + "".join(f"  [magenta]{k}: {v}[/]" for k, v in headers)
-        rows.append((shown, lands_on(outcome, workloads), _rule(outcome), describe_fault(outcome.policies)))
+        user = dict(headers).get("end-user", "")
+        rows.append((label, user, lands_on(outcome, workloads), _rule(outcome), describe_fault(outcome.policies)))
     return rows
 
 
@@ -301,9 +301,10 @@ def scenario_table(scenario: Scenario, snapshot: MeshSnapshot, number: int) -> T
     rows = scenario_rows(snapshot)
     table = Table(title=f"[bold]{number}. {scenario.title}[/]\n[dim]{scenario.lesson}[/]", title_justify="left",
                   box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    columns = ["request", "lands on", "rule"] + (["fault"] if any(row[3] for row in rows) else [])
+    columns = ["request", "end-user", "lands on", "rule"] + (["fault"] if any(row[4] for row in rows) else [])
+    styles = {"end-user": "magenta", "lands on": "bold", "fault": "yellow"}
     for column in columns:
-        table.add_column(column, style="yellow" if column == "fault" else None)
+        table.add_column(column, style=styles.get(column))
     for row in rows:
         table.add_row(*row[:len(columns)])
     return table
