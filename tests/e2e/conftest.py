@@ -104,6 +104,10 @@ class Mesh:
     def tcp_backend(self, name: str, host: int, port: int) -> TcpBackend:
         return self.stack.enter_context(TcpBackend(name, f"{self.net}.{host}", port))
 
+    def direct(self, backend: HttpBackend, path: str, headers: dict[str, str] | None = None) -> Reply:
+        """A request straight to a backend, bypassing Envoy."""
+        return http_request(backend.address, backend.port, path, headers)
+
     def envoy(self, proxy: Proxy, *yaml_parts: str) -> EnvoyProcess:
         """Load the YAML, translate it for `proxy`, and run Envoy on the static bootstrap."""
         resources = load_text("---\n".join(yaml_parts)).raise_for_errors()

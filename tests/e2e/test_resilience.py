@@ -210,11 +210,6 @@ def test_fault_with_percentage_zero_never_fires(mesh):
     assert ratings.count == 50
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "translation bug in plait.xds.translate.routes: every route action gets "
-    "max_stream_duration.grpc_timeout_header_max, which puts Envoy's router in 'new timeouts' mode where "
-    "RouteAction.timeout is ignored, so a VirtualService timeout never fires (Istio sets the deprecated "
-    "max_grpc_timeout instead for this reason)"))
 def test_timeout_gives_504_before_the_slow_backend_answers(mesh):
     reviews = mesh.http_backend("reviews-v1", 11, delay=2.0)
     sidecar = mesh.sidecar(service_yaml("reviews", 9080, {"v1": reviews}), TIMEOUT)
@@ -222,7 +217,7 @@ def test_timeout_gives_504_before_the_slow_backend_answers(mesh):
     reply = sidecar.get("http://reviews:9080/")
     assert reply.status == 504
     assert b"upstream request timeout" in reply.body
-    assert 0.5 <= reply.elapsed < 1.5
+    assert 0.45 <= reply.elapsed < 1.5  # Envoy timers may fire a millisecond early
 
 
 def test_retries_hide_failures_from_the_client(mesh):
@@ -295,11 +290,6 @@ def test_circuit_breaker_overflow_answers_503_overloaded(mesh):
     assert sidecar.envoy.stat(f"cluster.{REVIEWS_CLUSTER}.upstream_rq_pending_overflow") == len(overflowed)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "translation bug in plait.xds.translate.clusters._outlier_detection: without minHealthPercent no "
-    "common_lb_config.healthy_panic_threshold is set, so Envoy's default panic threshold (50%) applies and, "
-    "once most endpoints are ejected, Envoy sends traffic to the ejected ones again; Istio sets "
-    "healthy_panic_threshold to minHealthPercent (0 when unset) whenever outlierDetection is present"))
 def test_outlier_detection_ejects_most_endpoints_without_panic_like_istio(mesh):
     good = mesh.http_backend("reviews-good", 11)
     bad = [mesh.http_backend(f"reviews-bad{i}", 12 + i, status=500) for i in range(2)]

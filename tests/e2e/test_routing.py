@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from plait.testing.backends import service_yaml
 
 REVIEWS_SUBSETS = """
@@ -159,6 +161,16 @@ spec:
         subset: v2
 """
 
+REGISTRY_ONLY = """
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata:
+  name: default
+spec:
+  outboundTrafficPolicy:
+    mode: REGISTRY_ONLY
+"""
+
 
 def test_header_match_routes_jason_to_v2_and_everyone_else_to_v1(mesh):
     v1, v2 = mesh.http_backend("reviews-v1", 11), mesh.http_backend("reviews-v2", 12)
@@ -216,3 +228,14 @@ def test_ingress_gateway_routes_by_host_and_path(mesh):
     assert gateway.get(80, "/reviews/7", "elsewhere.example.com").status == 404  # no virtual host for the name
     assert v1.count == 0
     assert v2.requests[0].headers["host"] == "bookinfo.example.com"
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("", 200), (REGISTRY_ONLY, 502)], ids=["allow-any", "registry-only"])
+def test_explicit_proxy_forwards_unregistered_hosts_unless_registry_only(mesh, policy, expected):
+    reviews, outside = mesh.http_backend("reviews-v1", 11), mesh.http_backend("outside", 30)
+    sidecar = mesh.sidecar(service_yaml("reviews", 9080, {"v1": reviews}), policy)
+
+    reply = sidecar.get(f"http://{outside.address}:{outside.port}/anything")
+    assert reply.status == expected
+    assert outside.count == (1 if expected == 200 else 0)
+    assert sidecar.get("http://reviews:9080/").backend == "reviews-v1"  # registered services work either way

@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from plait.api.resources import Resource
@@ -69,7 +70,8 @@ def explain(
     VirtualService rule behind it), the clusters with their weights and endpoints, and the policies
     applied: timeout, retries, fault injection, mirroring, rewrites, header changes.
 
-    Example: [bold]plait explain -f mesh/ --from productpage-v1 --url http://reviews:9080/reviews/0 -H 'end-user: jason'[/]
+    Example: [bold]plait explain -f mesh/ --from productpage-v1 --url http://reviews:9080/reviews/0
+    -H 'end-user: jason'[/]
     """
     from plait.cli.main import load_or_exit, proxy_for
 
@@ -82,12 +84,13 @@ def explain(
         err.print(f"[red]error[/]: {exc}", markup=True)
         raise typer.Exit(1) from None
     snapshot = MeshSnapshot(load_or_exit(filename, show_warnings=False).resources)
-    outcome = simulate_mesh(snapshot, proxy_for(snapshot, source, mode), request)
+    proxy = proxy_for(snapshot, source, mode)
+    outcome = simulate_mesh(snapshot, proxy, request)
     workloads = endpoint_index(snapshot)
     if output == "json":
         out.print(json.dumps(outcome_json(outcome, workloads), indent=2), markup=False)
     else:
-        print_outcome(outcome, workloads)
+        print_outcome(outcome, workloads, source=proxy.workload)
 
 
 def outcome_json(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> dict:
@@ -102,23 +105,25 @@ def outcome_json(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> di
     return data
 
 
-def print_outcome(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> None:
+def print_outcome(outcome: Outcome, workloads: dict[str, RegistryEndpoint], source: str) -> None:
     request = outcome.request
-    out.print(f"[bold]{request.method} {request.url}[/]  from [bold]{outcome.proxy}[/] ({outcome.mode})")
+    out.print(f"[bold]{escape(request.method)} {escape(request.url)}[/]  from [bold]{escape(source)}[/] "
+              f"({outcome.mode})\n  [dim]proxy {escape(outcome.proxy)}[/]")
     for name, value in request.headers:
-        out.print(f"  [dim]{name}:[/] {value}")
+        out.print(f"  [dim]header[/] {escape(name)}: {escape(value)}")
     out.print()
-    hops = Table.grid(padding=(0, 2))
     for hop in outcome.hops:
-        hops.add_row(f"[cyan]{hop.stage}[/]", f"[bold]{hop.name}[/]", f"[dim]{hop.why}[/]")
-    out.print(hops)
+        out.print(f"  [cyan]{hop.stage:<13}[/] [bold]{escape(hop.name)}[/]")
+        if hop.why:
+            out.print(f"  {'':<13} [dim]{escape(hop.why)}[/]")
     for skipped in outcome.skipped_routes:
-        out.print(f"  [dim]skipped route {skipped}[/]")
+        out.print(f"  [dim]{'skipped':<13} route {escape(skipped)}[/]")
     out.print()
     print_result(outcome, workloads)
     print_policies(outcome.policies)
-    for note in outcome.notes:
-        out.print(f"[yellow]note[/]: {note}")
+    failed = outcome.status is not None or outcome.response_flag or not outcome.clusters
+    for note in outcome.notes[:-1] if failed else outcome.notes:
+        out.print(f"[yellow]note[/]: {escape(note)}")
 
 
 def _labels(endpoint_address: str, workloads: dict[str, RegistryEndpoint]) -> str:
@@ -126,25 +131,24 @@ def _labels(endpoint_address: str, workloads: dict[str, RegistryEndpoint]) -> st
     if known is None:
         return ""
     labels = " ".join(f"{k}={v}" for k, v in sorted(known.labels.items()))
-    return f"{known.workload or ''}  [dim]{labels}[/]"
+    return f"{escape(known.workload or '')}  [dim]{escape(labels)}[/]"
 
 
 def print_result(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> None:
     if outcome.action in ("redirect", "direct_response") or outcome.status is not None or not outcome.clusters:
         colour = "yellow" if outcome.action in ("redirect", "direct_response") else "red"
-        out.print(f"[{colour}]→ {outcome.summary()}[/]")
+        out.print(f"[{colour}]→ {escape(outcome.summary())}[/]")
         return
     out.print("[green]→ lands on[/]" + (" (TCP)" if outcome.protocol == "tcp" else ""))
     for cluster in outcome.clusters:
-        weight = f"{cluster.percent:g}%"
-        out.print(f"  [bold]{cluster.name}[/]  {weight}  [dim]{cluster.kind}[/]"
-                  + (f"  [yellow]{cluster.note}[/]" if cluster.note else ""))
+        note = f"  [yellow]{escape(cluster.note)}[/]" if cluster.note else ""
+        out.print(f"  [bold]{escape(cluster.name)}[/]  {cluster.percent:g}%  [dim]{cluster.kind}[/]{note}")
         for endpoint in cluster.endpoints:
-            out.print(f"      {endpoint.address}  {_labels(endpoint.address, workloads)}")
+            out.print(f"      {escape(endpoint.address)}  {_labels(endpoint.address, workloads)}")
         for change in cluster.request_headers:
-            out.print(f"      [dim]request header: {change}[/]")
+            out.print(f"      [dim]request header: {escape(change)}[/]")
     if outcome.upstream_path and outcome.upstream_path != request_target(outcome.request):
-        out.print(f"  [dim]upstream path[/] {outcome.upstream_path}")
+        out.print(f"  [dim]upstream path[/] {escape(outcome.upstream_path)}")
 
 
 def request_target(request: Request) -> str:
@@ -185,13 +189,10 @@ def policy_lines(policies: Policies) -> list[tuple[str, str]]:
 
 def print_policies(policies: Policies) -> None:
     lines = policy_lines(policies)
-    if not lines:
-        return
-    out.print("\n[cyan]policies[/]")
-    grid = Table.grid(padding=(0, 2))
+    if lines:
+        out.print("\n[cyan]policies[/]")
     for name, text in lines:
-        grid.add_row(f"  {name}", text)
-    out.print(grid)
+        out.print(f"  {name:<16} {escape(text)}")
 
 
 # ----------------------------------------------------------------------------- plait demo bookinfo
@@ -227,8 +228,8 @@ JASON = (("end-user", "jason"),)
 DEMO_REQUESTS = (
     ("productpage → reviews", "productpage-v1", "http://reviews:9080/reviews/0", ()),
     ("productpage → reviews", "productpage-v1", "http://reviews:9080/reviews/0", JASON),
-    ("reviews v2 → ratings", "reviews-v2", "http://ratings:9080/ratings/0", ()),
-    ("reviews v2 → ratings", "reviews-v2", "http://ratings:9080/ratings/0", JASON),
+    ("reviews-v2 → ratings", "reviews-v2", "http://ratings:9080/ratings/0", ()),
+    ("reviews-v2 → ratings", "reviews-v2", "http://ratings:9080/ratings/0", JASON),
     ("gateway → /productpage", "istio-ingressgateway", "http://bookinfo.example.com/productpage", ()),
     ("gateway → /admin", "istio-ingressgateway", "http://bookinfo.example.com/admin", ()),
 )
@@ -256,11 +257,15 @@ def lands_on(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> str:
     if outcome.response_flag == "NR":
         return "[red]404 no route (NR)[/]"
     if outcome.status is not None or not outcome.clusters:
-        return f"[red]{outcome.summary()}[/]"
-    parts = [_cluster_short(c, workloads) for c in outcome.clusters]
+        return f"[red]{escape(outcome.summary())}[/]"
+    parts = [escape(_cluster_short(c, workloads)) for c in outcome.clusters]
     if len(parts) == 1:
         return parts[0]
-    return " · ".join(f"{part} {c.percent:g}%" for part, c in zip(parts, outcome.clusters))
+    services = {part.split(" ")[0] for part in parts}
+    if len(services) == 1:  # "reviews v1 80%, v2 20%"
+        return services.pop() + " " + ", ".join(f"{part.partition(' ')[2]} {c.percent:g}%"
+                                                for part, c in zip(parts, outcome.clusters))
+    return ", ".join(f"{part} {c.percent:g}%" for part, c in zip(parts, outcome.clusters))
 
 
 def _cluster_short(cluster: ClusterTarget, workloads: dict[str, RegistryEndpoint]) -> str:
@@ -274,39 +279,43 @@ def _cluster_short(cluster: ClusterTarget, workloads: dict[str, RegistryEndpoint
     versions = sorted({workloads[e.address].labels.get("version", "?") for e in cluster.endpoints
                        if e.address in workloads})
     if len(versions) > 1:
-        return f"{service} {' | '.join(versions)} (round robin)"
+        return f"{service} {', '.join(versions)}"
     return f"{service} {versions[0]}" if versions else service
 
 
 def _rule(outcome: Outcome) -> str:
     if outcome.virtual_service:
         return f"{outcome.virtual_service.split('/')[-1]} {outcome.vs_route}"
-    return "default route" if outcome.route == "default" else ""
+    if outcome.route == "default":
+        spread = any(len(c.endpoints) > 1 for c in outcome.clusters)
+        return "default: round robin" if spread else "default route"
+    return ""
 
 
-def scenario_rows(snapshot: MeshSnapshot) -> list[tuple[str, ...]]:
-    """(request, end-user, lands on, rule, fault) for each demo request."""
+def scenario_rows(snapshot: MeshSnapshot) -> list[tuple[str, str, str]]:
+    """(request, lands on, rule) for each demo request; a fault is shown under where it lands."""
     from plait.cli.main import proxy_for
 
     workloads, proxies, rows = endpoint_index(snapshot), {}, []
     for label, workload, url, headers in DEMO_REQUESTS:
         proxy = proxies.setdefault(workload, proxy_for(snapshot, workload, "capture"))
         outcome = simulate_mesh(snapshot, proxy, Request.from_url(url, headers=headers))
-        user = dict(headers).get("end-user", "")
-        rows.append((label, user, lands_on(outcome, workloads), _rule(outcome), describe_fault(outcome.policies)))
+        user = dict(headers).get("end-user")
+        fault = describe_fault(outcome.policies)
+        rows.append((label + (f" [magenta]{escape(user)}[/]" if user else ""),
+                     lands_on(outcome, workloads) + (f"\n[yellow]{escape(fault)}[/]" if fault else ""),
+                     escape(_rule(outcome))))
     return rows
 
 
 def scenario_table(scenario: Scenario, snapshot: MeshSnapshot, number: int) -> Table:
-    rows = scenario_rows(snapshot)
     table = Table(title=f"[bold]{number}. {scenario.title}[/]\n[dim]{scenario.lesson}[/]", title_justify="left",
                   box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    columns = ["request", "end-user", "lands on", "rule"] + (["fault"] if any(row[4] for row in rows) else [])
-    styles = {"end-user": "magenta", "lands on": "bold", "fault": "yellow"}
-    for column in columns:
-        table.add_column(column, style=styles.get(column))
-    for row in rows:
-        table.add_row(*row[:len(columns)])
+    table.add_column("request", overflow="fold")
+    table.add_column("lands on", style="bold", overflow="fold")
+    table.add_column("rule", overflow="fold")
+    for row in scenario_rows(snapshot):
+        table.add_row(*row)
     return table
 
 
@@ -318,7 +327,8 @@ def next_step_hint() -> str:
         except ValueError:
             return str(path)
 
-    files = ["services.yaml", "networking/destination-rule-all.yaml", "networking/virtual-service-reviews-jason-v2-v3.yaml"]
+    files = ["services.yaml", "networking/destination-rule-all.yaml",
+             "networking/virtual-service-reviews-jason-v2-v3.yaml"]
     args = [arg for f in files for arg in ("-f", shlex.quote(show(DEMO_DIR / f)))]
     return ("plait explain " + " ".join(args)
             + " --from productpage-v1 --url http://reviews:9080/reviews/0 -H 'end-user: jason'")
@@ -332,8 +342,11 @@ def bookinfo() -> None:
     with and without the end-user: jason header, reviews v2 → ratings, and the ingress gateway.
     """
     base = _load([DEMO_DIR / f for f in BASE_FILES])
-    out.print("[bold]Bookinfo[/], routed by Istio's sample configuration "
-              f"[dim]({DEMO_DIR})[/]. Each table: where each request lands, and by which rule.\n")
+    out.print("[bold]Bookinfo[/], routed by Istio's own sample configuration, one task at a time.\n"
+              "Each table follows requests through the Envoy configuration plait generates: where each lands "
+              "and by which rule (VirtualService http\\[i].match\\[j]).\n"
+              "[magenta]jason[/] marks a request with the header end-user: jason "
+              f"(Bookinfo's logged-in user).  [dim]Files: {DEMO_DIR}[/]\n")
     cache: dict[str, list[Resource]] = {}
     for number, scenario in enumerate(SCENARIOS, 1):
         snapshot = scenario_snapshot(base, scenario, cache)

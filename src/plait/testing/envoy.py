@@ -6,7 +6,8 @@ about it: readiness, `/stats` counters, `/clusters` host health.
 
 `run_envoy(bootstrap)` is a context manager: it writes the bootstrap to a
 directory, starts Envoy with ``--disable-hot-restart`` (so many can run side by
-side), learns the admin port Envoy picked (admin port 0 + ``--admin-address-path``),
+side), puts the admin API on 127.0.0.1 at a free port (port 0; Envoy reports the
+one it got through ``--admin-address-path``) unless told a port,
 waits until ``/ready`` says LIVE and every listener that binds a port is
 listed in ``/listeners``, and on exit stops that one process by PID: SIGTERM,
 then SIGKILL after a timeout. Envoy's output goes to ``envoy.log`` in the
@@ -34,6 +35,7 @@ from plait.xds.static import find_envoy
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 POLL_INTERVAL = 0.05
+_ADMIN_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via HTTP_PROXY
 
 
 class EnvoyStartError(RuntimeError):
@@ -70,7 +72,7 @@ class EnvoyProcess:
 
     def admin(self, path: str, timeout: float = 5.0) -> str:
         """GET an admin endpoint (``/ready``, ``/stats?filter=…``) and return its body."""
-        with urllib.request.urlopen(f"http://{self.admin_address}{path}", timeout=timeout) as response:
+        with _ADMIN_OPENER.open(f"http://{self.admin_address}{path}", timeout=timeout) as response:
             return response.read().decode()
 
     def stats(self, pattern: str = "") -> dict[str, int]:
@@ -155,28 +157,34 @@ def _wait_until_ready(envoy: EnvoyProcess, listeners: list[str], deadline: float
     raise EnvoyStartError(f"Envoy was not ready with listeners {listeners} in time:\n{envoy.log_tail()}")
 
 
+def _admin_on_loopback(bootstrap: dict, port: int) -> dict:
+    return {**bootstrap, "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+
+
 @contextlib.contextmanager
 def run_envoy(bootstrap: dict, *, workdir: str | Path | None = None, listeners: list[str] | None = None,
-              concurrency: int = 1, log_level: str = "info", envoy: str | None = None,
+              admin_port: int = 0, concurrency: int = 1, log_level: str = "info", envoy: str | None = None,
               start_timeout: float = START_TIMEOUT) -> Iterator[EnvoyProcess]:
     """Start Envoy on `bootstrap`, wait until it serves `listeners` (default: every bound one), stop it after.
 
     `workdir` keeps the bootstrap and ``envoy.log`` (a temporary directory, removed after, if not given).
     """
     with contextlib.ExitStack() as stack:
-        directory = Path(workdir) if workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="envoy-")))
+        directory = Path(workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="envoy-")))
         directory.mkdir(parents=True, exist_ok=True)
-        config, admin_path, log_path = directory / "bootstrap.json", directory / "admin-address", directory / "envoy.log"
-        config.write_text(json.dumps(bootstrap, indent=1))
+        config, admin_path = directory / "bootstrap.json", directory / "admin-address"
+        config.write_text(json.dumps(_admin_on_loopback(bootstrap, admin_port), indent=1))
         admin_path.unlink(missing_ok=True)
         command = [envoy or find_envoy(), "-c", str(config), "--disable-hot-restart",
                    "--admin-address-path", str(admin_path), "--concurrency", str(concurrency),
                    "--log-level", log_level]
+        log_path = directory / "envoy.log"
         log = stack.enter_context(log_path.open("w"))
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         envoy_process = EnvoyProcess(process, "", log_path)
         stack.callback(envoy_process.stop)
         deadline = time.monotonic() + start_timeout
         envoy_process.admin_address = _wait_for_admin_address(envoy_process, admin_path, deadline)
-        _wait_until_ready(envoy_process, bound_listener_names(bootstrap) if listeners is None else listeners, deadline)
+        expected = bound_listener_names(bootstrap) if listeners is None else listeners
+        _wait_until_ready(envoy_process, expected, deadline)
         yield envoy_process

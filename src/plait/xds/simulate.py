@@ -55,6 +55,7 @@ ENVOY_DEFAULT_TIMEOUT = "15s"
 _DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
 _REDIRECT_CODES = {"MOVED_PERMANENTLY": 301, "FOUND": 302, "SEE_OTHER": 303, "TEMPORARY_REDIRECT": 307,
                    "PERMANENT_REDIRECT": 308}
+RESPONSE_FLAGS = {"NR": "no route", "NC": "no cluster", "UH": "no healthy upstream"}
 _VS_PATH = re.compile(r"/namespaces/([^/]+)/virtual-service/([^/]+)$")
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
@@ -77,7 +78,7 @@ class Request:
     explicit_port: bool = False
 
     @classmethod
-    def from_url(cls, url: str, method: str = "GET", headers: Iterable[tuple[str, str]] = ()) -> "Request":
+    def from_url(cls, url: str, method: str = "GET", headers: Iterable[tuple[str, str]] = ()) -> Request:
         """Parse ``http[s]://host[:port]/path?query``; a URL without a scheme is taken as http://."""
         text = url.strip()
         if "://" not in text:
@@ -234,7 +235,7 @@ class Outcome:
     def step(self, stage: str, name: str, why: str = "") -> None:
         self.hops.append(Hop(stage, name, why))
 
-    def fail(self, status: int | None, flag: str | None, why: str) -> "Outcome":
+    def fail(self, status: int | None, flag: str | None, why: str) -> Outcome:
         self.status, self.response_flag = status, flag
         self.notes.append(why)
         return self
@@ -249,9 +250,10 @@ class Outcome:
             return f"{self.status} redirect to {self.location}"
         if self.action == "direct_response":
             return f"{self.status} direct response" + (f": {self.body!r}" if self.body else "")
-        if self.status is not None or not self.clusters:
+        if self.status is not None or self.response_flag or not self.clusters:
+            what = f"{self.status or ''} {RESPONSE_FLAGS.get(self.response_flag or '', '')}".strip()
             flag = f" ({self.response_flag})" if self.response_flag else ""
-            return f"{self.status or 'no response'}{flag}: {self.notes[-1] if self.notes else 'nothing matched'}"
+            return f"{what or 'fails'}{flag}: {self.notes[-1] if self.notes else 'nothing matched'}"
         if len(self.clusters) == 1:
             return self.clusters[0].name
         return ", ".join(f"{c.percent:g}% {c.name}" for c in self.clusters)
@@ -379,7 +381,8 @@ def _captured_listener(resources: ResourceSet, proxy: Proxy, request: Request, o
     wildcard = _listener_at(resources, "0.0.0.0", port, skip=CAPTURE_LISTENER)
     if wildcard:
         out.step("listener", wildcard["name"],
-                 f"virtualOutbound hands the connection on: no listener on {ip or host}:{port}, the wildcard 0.0.0.0:{port}")
+                 f"virtualOutbound hands the connection on: no listener on {ip or host}:{port}, "
+                 f"the wildcard 0.0.0.0:{port}")
         return wildcard, conn
     capture = resources.listeners.get(CAPTURE_LISTENER)
     if capture is None:
@@ -631,7 +634,8 @@ def describe_header_match(hm: dict) -> str:
         return f"header {name} {'present' if present else 'absent'}"
     if "string_match" in hm:
         return f"header {name}{invert} {describe_string_match(hm['string_match'])}"
-    return f"header {name}{invert} " + ", ".join(f"{k} {v!r}" for k, v in hm.items() if k not in ("name", "invert_match"))
+    rest = ", ".join(f"{k} {v!r}" for k, v in hm.items() if k not in ("name", "invert_match"))
+    return f"header {name}{invert} {rest}"
 
 
 def header_mismatch(hm: dict, request: Request) -> str | None:
@@ -772,9 +776,10 @@ def _settle(out: Outcome, http: bool) -> Outcome:
     live = [c for c in out.clusters if c.percent > 0]
     if live and all(not c.exists or not c.endpoints for c in live):
         missing = all(not c.exists for c in live)
-        flag, what = ("NC", "no such cluster") if missing else ("UH", "no endpoints")
-        return out.fail(503 if http else None, flag,
-                        f"{what}: Envoy " + ("answers 503" if http else "closes the connection"))
+        what = "no such cluster" if missing else "no endpoints"
+        names = ", ".join(c.name for c in live)
+        end = "" if http else ": Envoy closes the connection"
+        return out.fail(503 if http else None, "NC" if missing else "UH", f"{names}: {what}{end}")
     return out
 
 
@@ -842,10 +847,11 @@ def _policies(route: dict, vhost: dict, route_config: dict, action: dict, hcm: d
                         cors=_per_filter(CORS, route, vhost, route_config) or action.get("cors") or vhost.get("cors"))
     filters = {f.get("name") for f in hcm.get("http_filters", [])}
     if policies.fault and FAULT not in filters:
-        notes.append("the route configures a fault but the HTTP filters lack envoy.filters.http.fault: nothing is injected")
+        notes.append("the route configures a fault but the HTTP filters lack envoy.filters.http.fault: "
+                     "nothing is injected")
     timeout = action.get("timeout")
     policies.timeout = f"{ENVOY_DEFAULT_TIMEOUT} (Envoy's default)" if timeout is None else (
-        "none" if timeout in ("0s", "0") else timeout)
+        "none (0s disables it)" if timeout in ("0s", "0") else timeout)
     policies.retries = _retries(action.get("retry_policy") or vhost.get("retry_policy"))
     policies.mirrors = [(m.get("cluster", ""), percent(m.get("runtime_fraction", {}).get("default_value")))
                         for m in action.get("request_mirror_policies", [])]
@@ -930,7 +936,8 @@ def _follow_route(index: int, route: dict, vhost: dict, route_config: dict, hcm:
     owner = f"VirtualService {out.virtual_service} {out.vs_route}" if out.virtual_service else (
         "Istio's default route (no VirtualService)" if route.get("name") == "default" else "")
     conditions = describe_match(route.get("match", {}))
-    out.step("route", _route_label(index, route), "; ".join(filter(None, [owner, f"matches {conditions}"])))
+    name = f"#{index}" + (f" {route['name']}" if route.get("name") else "")
+    out.step("route", name, "; ".join(filter(None, [owner, f"matches {conditions}"])))
     match = route.get("match", {})
     if "redirect" in route:
         return _redirect(route["redirect"], match, request, out)
@@ -970,7 +977,7 @@ def _prepare(hcm: dict, request: Request, conn: Connection, out: Outcome) -> Req
 def _follow_http(hcm: dict, chain: dict, request: Request, conn: Connection, out: Outcome,
                  resources: ResourceSet) -> Outcome:
     tls_chain = "transport_socket" in chain
-    if (request.scheme == "https") != tls_chain and not (request.method == "CONNECT"):
+    if (request.scheme == "https") != tls_chain and request.method != "CONNECT":
         what = "TLS to a plain-HTTP" if not tls_chain else "plain HTTP to a TLS-terminating"
         return out.fail(None, None, f"the client sends {what} connection manager: the request fails")
     route_config, name, source = _route_config(hcm, resources)
@@ -981,7 +988,7 @@ def _follow_http(hcm: dict, chain: dict, request: Request, conn: Connection, out
     request = _prepare(hcm, request, conn, out)
     vhost, why = find_virtual_host(route_config, request.authority)
     if vhost is None:
-        return out.fail(404, "NR", f"{why}: Envoy answers 404 (NR, no route)")
+        return out.fail(404, "NR", why)
     out.virtual_host = vhost.get("name", "")
     out.step("virtual host", out.virtual_host, f"Host {request.authority!r} → {why}")
     if vhost.get("require_tls") in ("ALL", "EXTERNAL_ONLY") and not tls_chain:
@@ -994,13 +1001,16 @@ def _follow_http(hcm: dict, chain: dict, request: Request, conn: Connection, out
         if reason is None:
             return _follow_route(index, route, vhost, route_config, hcm, request, out, resources, conn)
         out.skipped_routes.append(f"{_route_label(index, route)}: {reason}")
-    return out.fail(404, "NR", f"no route of {out.virtual_host} matches: Envoy answers 404 (NR, no route)")
+    count = len(vhost.get("routes", []))
+    return out.fail(404, "NR", f"none of the {count} route(s) of virtual host {out.virtual_host} matches")
 
 
 def _follow_tcp(tcp: dict, request: Request, conn: Connection, out: Outcome, resources: ResourceSet) -> Outcome:
     out.protocol, out.action = "tcp", "tcp_proxy"
     weighted = tcp.get("weighted_clusters", {}).get("clusters")
-    entries = [(c["name"], int(c.get("weight", 0)), []) for c in weighted] if weighted else [(tcp.get("cluster", ""), None, [])]
+    entries: list[tuple[str, int | None, list[str]]] = [(tcp.get("cluster", ""), None, [])]
+    if weighted:
+        entries = [(c["name"], int(c.get("weight", 0)), []) for c in weighted]
     out.step("tcp proxy", ", ".join(name for name, _, _ in entries), "the bytes are proxied as TCP: no HTTP routing")
     out.clusters = _targets(entries, resources, conn, request)
     return _settle(out, http=False)

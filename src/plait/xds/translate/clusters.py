@@ -19,7 +19,8 @@ UPSTREAM_TLS = TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsCont
 ISTIO_ALPN = ["istio-peer-exchange", "istio"]
 
 _LB = {"ROUND_ROBIN": "ROUND_ROBIN", "LEAST_CONN": "LEAST_REQUEST", "LEAST_REQUEST": "LEAST_REQUEST",
-       "RANDOM": "RANDOM", "UNSPECIFIED": "ROUND_ROBIN"}
+       "RANDOM": "RANDOM", "UNSPECIFIED": "LEAST_REQUEST"}
+DEFAULT_LB = "LEAST_REQUEST"  # Istio's default since 1.14
 
 
 def merge_policy(base: net.TrafficPolicy | None, override: net.TrafficPolicy | None, port: int) -> net.TrafficPolicy | None:
@@ -181,11 +182,14 @@ def _apply_policy(cluster: dict, policy: net.TrafficPolicy | None, port: Port) -
         cluster.pop("load_assignment", None)
     elif lb and lb.simple:
         cluster["lb_policy"] = _LB[lb.simple]
+    elif cluster.get("type") != "ORIGINAL_DST":
+        cluster["lb_policy"] = DEFAULT_LB
     if policy and policy.outlier_detection:
         outlier, panic = _outlier_detection(policy.outlier_detection)
         cluster["outlier_detection"] = outlier
-        if panic is not None:
-            cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": panic}}
+        # As Istio: minHealthPercent (0 unless set), so ejected hosts stay ejected instead of Envoy's
+        # default 50% panic mode spreading traffic over them again.
+        cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": panic or 0}}
 
 
 def build_cluster(svc: Service, port: Port, subset: str | None, policy: net.TrafficPolicy | None,

@@ -102,6 +102,8 @@ def _header_matcher(name: str, match: net.StringMatch, invert: bool = False) -> 
         out["present_match"] = True
     else:
         out["string_match"] = string_matcher(match)
+        if invert:  # as Istio: a request without the header does not carry the unwanted value
+            out["treat_missing_header_as_empty"] = True
     if invert:
         out["invert_match"] = True
     return out
@@ -268,7 +270,9 @@ def _route_action(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, mat
     hashes = hash_policy(ctx, action["cluster"]) if "cluster" in action else []
     if hashes:
         action["hash_policy"] = hashes
-    action["max_stream_duration"] = {"grpc_timeout_header_max": action["timeout"]}
+    # As Istio: gRPC requests honour grpc-timeout up to the route timeout. (max_stream_duration,
+    # Envoy's replacement, silently disables the route timeout, so it is not used.)
+    action["max_grpc_timeout"] = action["timeout"]
     return action
 
 
@@ -334,7 +338,7 @@ def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> 
 def default_route(svc: Service, port: int, ctx: RouteContext) -> dict:
     action: dict = {"cluster": cluster_name("outbound", port, None, svc.hostname), "timeout": "0s",
                     "retry_policy": default_retry_policy(),
-                    "max_stream_duration": {"grpc_timeout_header_max": "0s"}}
+                    "max_grpc_timeout": "0s"}
     hashes = hash_policy(ctx, action["cluster"])
     if hashes:
         action["hash_policy"] = hashes
