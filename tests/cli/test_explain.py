@@ -112,3 +112,29 @@ def test_the_installed_command_runs_the_demo_and_its_hint() -> None:
                            check=False, cwd=repo)
     assert again.returncode == 0, again.stderr
     assert "outbound|9080|v2|reviews.default.svc.cluster.local" in again.stdout
+
+
+def doc_examples() -> list[tuple[list[str], str]]:
+    """(arguments, shown output) of each complete `$ plait explain` example in docs/explain.md."""
+    doc = (BOOKINFO.parents[3] / "docs" / "explain.md").read_text()
+    examples = []
+    for block in doc.split("```\n$ plait explain ")[1:]:
+        text = "plait explain " + block.split("```", 1)[0]
+        if "…" in text:
+            continue  # abridged
+        command, _, shown = text.partition("\n")
+        while command.endswith("\\"):
+            more, _, shown = shown.partition("\n")
+            command = command[:-1] + more
+        args = shlex.split(command.replace("src/plait/demo/bookinfo", str(BOOKINFO)))[1:]
+        examples.append((args, shown))
+    return examples
+
+
+def test_the_docs_show_real_output() -> None:
+    examples = doc_examples()
+    assert len(examples) == 2
+    for args, shown in examples:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert [line.rstrip() for line in result.output.strip().splitlines()] == shown.strip().splitlines()

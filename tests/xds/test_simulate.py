@@ -116,6 +116,14 @@ def test_no_virtual_host_is_a_404_no_route() -> None:
     assert "no virtual host" in outcome.summary()
 
 
+def test_strip_any_host_port_routes_on_the_bare_host() -> None:
+    resources = mesh([to("shop-v1")], domains=("shop",))
+    resources.listeners["0.0.0.0_80"]["filter_chains"][0]["filters"][0]["typed_config"]["strip_any_host_port"] = True
+    assert run(resources, "http://shop/", (("host", "shop:8080"),)).cluster_names == ["shop-v1"]
+    resources.listeners["0.0.0.0_80"]["filter_chains"][0]["filters"][0]["typed_config"]["strip_any_host_port"] = False
+    assert run(resources, "http://shop/", (("host", "shop:8080"),)).response_flag == "NR"
+
+
 # ----------------------------------------------------------------------------- route matching
 
 
@@ -212,11 +220,13 @@ def test_dot_segments_are_removed_before_routing() -> None:
 
 
 def test_weighted_clusters_report_their_shares_and_endpoints() -> None:
-    action = {"weighted_clusters": {"clusters": [{"name": "shop-v1", "weight": 80}, {"name": "shop-v2", "weight": 20},
+    v2 = {"name": "shop-v2", "weight": 20, "response_headers_to_add": [{"header": {"key": "x-v", "value": "2"}}]}
+    action = {"weighted_clusters": {"clusters": [{"name": "shop-v1", "weight": 80}, v2,
                                                  {"name": "shop-v3", "weight": 0}]}}
     outcome = run(mesh([{"match": {"prefix": "/"}, "route": action}]), "http://shop/")
     assert [(c.name, c.percent) for c in outcome.clusters] == [("shop-v1", 80.0), ("shop-v2", 20.0), ("shop-v3", 0.0)]
     assert [e.address for e in outcome.clusters[0].endpoints] == ["10.2.0.1:8080"]
+    assert outcome.clusters[1].header_changes == ["response add x-v: 2"]
     assert outcome.status is None  # the missing shop-v3 never gets traffic
     assert "no such cluster" in outcome.clusters[2].note
 
@@ -230,8 +240,12 @@ def test_redirect_builds_the_location() -> None:
 
 def test_redirect_with_prefix_rewrite_and_host() -> None:
     route = {"match": {"prefix": "/v1/"}, "redirect": {"host_redirect": "api.example.com", "prefix_rewrite": "/v2/"}}
-    outcome = run(mesh([route]), "http://shop/v1/items")
+    outcome = run(mesh([route]), "http://shop:80/v1/items")
     assert (outcome.status, outcome.location) == (301, "http://api.example.com/v2/items")
+    port = {"match": {"prefix": "/"}, "redirect": {"port_redirect": 8443, "https_redirect": True}}
+    assert run(mesh([port]), "http://shop:80/x").location == "https://shop:8443/x"
+    keep = {"match": {"prefix": "/"}, "redirect": {"https_redirect": True}}
+    assert run(mesh([keep]), "http://shop/x", (("host", "shop:8080"),)).location == "https://shop:8080/x"
 
 
 def test_direct_response() -> None:
@@ -336,6 +350,9 @@ def test_capture_mode_prefers_the_exact_address_listener_then_the_wildcard_then_
     passthrough = run(resources, "http://10.9.9.9:5432/")
     assert (passthrough.listener, passthrough.cluster_names) == ("virtualOutbound", ["PassthroughCluster"])
     assert passthrough.clusters[0].endpoints[0].address == "10.9.9.9:5432"
+    local = run(resources, "http://127.0.0.1:80/")
+    assert (local.action, local.listener, local.clusters) == ("bypass", None, [])
+    assert "loopback" in local.summary()
 
 
 # ----------------------------------------------------------------------------- through the generator
@@ -406,3 +423,6 @@ def test_without_headers_matches_a_request_that_lacks_the_header() -> None:
     snap = snapshot(WITHOUT_HEADERS)
     outcome = simulate_mesh(snap, client(snap), Request.from_url("http://shop/"))
     assert outcome.vs_route == "http[0].match[0]"
+    jason = simulate_mesh(snap, client(snap), Request.from_url("http://shop/", headers=[("end-user", "jason")]))
+    assert jason.vs_route == "http[1]"
+

@@ -66,12 +66,11 @@ def explain(
 ) -> None:
     """Follow a request through the source proxy's Envoy configuration, as Envoy would.
 
-    Shows the listener, filter chain, route configuration, virtual host and route chosen (with the
-    VirtualService rule behind it), the clusters with their weights and endpoints, and the policies
-    applied: timeout, retries, fault injection, mirroring, rewrites, header changes.
+    Shows each choice and why: listener, filter chain, route configuration, virtual host, route.
 
-    Example: [bold]plait explain -f mesh/ --from productpage-v1 --url http://reviews:9080/reviews/0
-    -H 'end-user: jason'[/]
+    Then the VirtualService rule, the clusters with their weights and endpoints, and the policies applied.
+
+    Example: [bold]plait explain -f mesh/ --from productpage-v1 --url http://reviews:9080/ -H 'end-user: jason'[/]
     """
     from plait.cli.main import load_or_exit, proxy_for
 
@@ -88,7 +87,7 @@ def explain(
     outcome = simulate_mesh(snapshot, proxy, request)
     workloads = endpoint_index(snapshot)
     if output == "json":
-        out.print(json.dumps(outcome_json(outcome, workloads), indent=2), markup=False)
+        out.print(json.dumps(outcome_json(outcome, workloads), indent=2, ensure_ascii=False), markup=False)
     else:
         print_outcome(outcome, workloads, source=proxy.workload)
 
@@ -96,6 +95,7 @@ def explain(
 def outcome_json(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> dict:
     """The Outcome as JSON, each endpoint with the workload and labels behind it when known."""
     data = dataclasses.asdict(outcome)
+    data["request"].update(url=outcome.request.url, authority=outcome.request.authority)
     data["summary"] = outcome.summary()
     for cluster in data["clusters"]:
         for endpoint in cluster["endpoints"]:
@@ -113,17 +113,23 @@ def print_outcome(outcome: Outcome, workloads: dict[str, RegistryEndpoint], sour
         out.print(f"  [dim]header[/] {escape(name)}: {escape(value)}")
     out.print()
     for hop in outcome.hops:
+        if hop.stage == "route":
+            print_skipped(outcome)
         out.print(f"  [cyan]{hop.stage:<13}[/] [bold]{escape(hop.name)}[/]")
         if hop.why:
             out.print(f"  {'':<13} [dim]{escape(hop.why)}[/]")
-    for skipped in outcome.skipped_routes:
-        out.print(f"  [dim]{'skipped':<13} route {escape(skipped)}[/]")
+    if outcome.route is None:
+        print_skipped(outcome)
     out.print()
     print_result(outcome, workloads)
     print_policies(outcome.policies)
-    failed = outcome.status is not None or outcome.response_flag or not outcome.clusters
-    for note in outcome.notes[:-1] if failed else outcome.notes:
+    for note in outcome.notes[:-1] if outcome.failed or outcome.action == "bypass" else outcome.notes:
         out.print(f"[yellow]note[/]: {escape(note)}")
+
+
+def print_skipped(outcome: Outcome) -> None:
+    for skipped in outcome.skipped_routes:
+        out.print(f"  [dim]{'skipped':<13} route {escape(skipped)}[/]")
 
 
 def _labels(endpoint_address: str, workloads: dict[str, RegistryEndpoint]) -> str:
@@ -135,8 +141,8 @@ def _labels(endpoint_address: str, workloads: dict[str, RegistryEndpoint]) -> st
 
 
 def print_result(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> None:
-    if outcome.action in ("redirect", "direct_response") or outcome.status is not None or not outcome.clusters:
-        colour = "yellow" if outcome.action in ("redirect", "direct_response") else "red"
+    if outcome.failed or outcome.action in ("redirect", "direct_response", "bypass"):
+        colour = "red" if outcome.failed else "yellow"
         out.print(f"[{colour}]→ {escape(outcome.summary())}[/]")
         return
     out.print("[green]→ lands on[/]" + (" (TCP)" if outcome.protocol == "tcp" else ""))
@@ -145,8 +151,8 @@ def print_result(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> No
         out.print(f"  [bold]{escape(cluster.name)}[/]  {cluster.percent:g}%  [dim]{cluster.kind}[/]{note}")
         for endpoint in cluster.endpoints:
             out.print(f"      {escape(endpoint.address)}  {_labels(endpoint.address, workloads)}")
-        for change in cluster.request_headers:
-            out.print(f"      [dim]request header: {escape(change)}[/]")
+        for change in cluster.header_changes:
+            out.print(f"      [dim]header {escape(change)}[/]")
     if outcome.upstream_path and outcome.upstream_path != request_target(outcome.request):
         out.print(f"  [dim]upstream path[/] {escape(outcome.upstream_path)}")
 
@@ -206,7 +212,7 @@ class Scenario:
 
 
 SCENARIOS = (
-    Scenario("No VirtualService", "Istio's default: round robin over every reviews pod (v1, v2, v3).", ()),
+    Scenario("No VirtualService", "Istio's default: least-request load balancing over every reviews pod (v1, v2, v3).", ()),
     Scenario("virtual-service-all-v1.yaml", "Request routing: every service pinned to v1.",
              ("virtual-service-all-v1.yaml",)),
     Scenario("virtual-service-reviews-test-v2.yaml", "Routing on a header: jason gets reviews v2, everyone else v1.",
@@ -253,10 +259,10 @@ def scenario_snapshot(base: list[Resource], scenario: Scenario, cache: dict[str,
 
 
 def lands_on(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> str:
-    """A short answer: ``reviews v2``, ``reviews v1 80% · reviews v2 20%``, ``404 no route (NR)``."""
+    """A short answer: ``reviews v2``, ``reviews v1 80%, v2 20%``, ``404 no route (NR)``."""
     if outcome.response_flag == "NR":
         return "[red]404 no route (NR)[/]"
-    if outcome.status is not None or not outcome.clusters:
+    if outcome.failed or outcome.action in ("redirect", "direct_response", "bypass"):
         return f"[red]{escape(outcome.summary())}[/]"
     parts = [escape(_cluster_short(c, workloads)) for c in outcome.clusters]
     if len(parts) == 1:
@@ -288,7 +294,7 @@ def _rule(outcome: Outcome) -> str:
         return f"{outcome.virtual_service.split('/')[-1]} {outcome.vs_route}"
     if outcome.route == "default":
         spread = any(len(c.endpoints) > 1 for c in outcome.clusters)
-        return "default: round robin" if spread else "default route"
+        return "default: all pods" if spread else "default route"
     return ""
 
 
@@ -319,17 +325,19 @@ def scenario_table(scenario: Scenario, snapshot: MeshSnapshot, number: int) -> T
     return table
 
 
+def shown_path(path: Path) -> str:
+    """A path as the user can type it: relative to the working directory when below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def next_step_hint() -> str:
     """The `plait explain` command line for jason's request to reviews, with paths the user can paste."""
-    def show(path: Path) -> str:
-        try:
-            return str(path.relative_to(Path.cwd()))
-        except ValueError:
-            return str(path)
-
     files = ["services.yaml", "networking/destination-rule-all.yaml",
              "networking/virtual-service-reviews-jason-v2-v3.yaml"]
-    args = [arg for f in files for arg in ("-f", shlex.quote(show(DEMO_DIR / f)))]
+    args = [arg for f in files for arg in ("-f", shlex.quote(shown_path(DEMO_DIR / f)))]
     return ("plait explain " + " ".join(args)
             + " --from productpage-v1 --url http://reviews:9080/reviews/0 -H 'end-user: jason'")
 
@@ -337,16 +345,14 @@ def next_step_hint() -> str:
 def bookinfo() -> None:
     """Istio's Bookinfo routing tasks, explained: for each sample VirtualService, where requests land.
 
-    Loads the Bookinfo services and Istio's own sample files (shipped with plait), and for each task
-    scenario follows a few requests through the proxies' Envoy configuration: productpage → reviews
-    with and without the end-user: jason header, reviews v2 → ratings, and the ingress gateway.
+    Uses the Bookinfo services and Istio's own sample files, shipped with plait; nothing is started.
     """
     base = _load([DEMO_DIR / f for f in BASE_FILES])
     out.print("[bold]Bookinfo[/], routed by Istio's own sample configuration, one task at a time.\n"
               "Each table follows requests through the Envoy configuration plait generates: where each lands "
               "and by which rule (VirtualService http\\[i].match\\[j]).\n"
               "[magenta]jason[/] marks a request with the header end-user: jason "
-              f"(Bookinfo's logged-in user).  [dim]Files: {DEMO_DIR}[/]\n")
+              f"(Bookinfo's logged-in user).  [dim]Files: {shown_path(DEMO_DIR)}[/]\n")
     cache: dict[str, list[Resource]] = {}
     for number, scenario in enumerate(SCENARIOS, 1):
         snapshot = scenario_snapshot(base, scenario, cache)
@@ -355,7 +361,7 @@ def bookinfo() -> None:
             out.print(f"   [dim]applied: {', '.join(scenario.files)}[/]")
         out.print()
     out.print("[bold]Next[/]: see every step Envoy takes for one request (listener, route, cluster, endpoints, "
-              f"policies):\n  [green]{next_step_hint()}[/]", markup=True)
+              f"policies):\n  [green]{escape(next_step_hint())}[/]", markup=True)
 
 
 def register(app: typer.Typer) -> None:

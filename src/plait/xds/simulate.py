@@ -169,7 +169,7 @@ class ClusterTarget:
     endpoints: list[Endpoint] = field(default_factory=list)
     exists: bool = True
     note: str = ""
-    request_headers: list[str] = field(default_factory=list)
+    header_changes: list[str] = field(default_factory=list)  # a weighted cluster's own, "request set x: y"
 
 
 @dataclass
@@ -241,6 +241,12 @@ class Outcome:
         return self
 
     @property
+    def failed(self) -> bool:
+        """Envoy does not forward the request (and does not answer it with a redirect or direct response)."""
+        answered = self.action in ("redirect", "direct_response", "bypass")
+        return not answered and (self.status is not None or self.response_flag is not None or not self.clusters)
+
+    @property
     def cluster_names(self) -> list[str]:
         return [c.name for c in self.clusters]
 
@@ -250,7 +256,9 @@ class Outcome:
             return f"{self.status} redirect to {self.location}"
         if self.action == "direct_response":
             return f"{self.status} direct response" + (f": {self.body!r}" if self.body else "")
-        if self.status is not None or self.response_flag or not self.clusters:
+        if self.action == "bypass":
+            return f"not through the sidecar: {self.notes[-1]}"
+        if self.failed:
             what = f"{self.status or ''} {RESPONSE_FLAGS.get(self.response_flag or '', '')}".strip()
             flag = f" ({self.response_flag})" if self.response_flag else ""
             return f"{what or 'fails'}{flag}: {self.notes[-1] if self.notes else 'nothing matched'}"
@@ -373,6 +381,11 @@ def _captured_listener(resources: ResourceSet, proxy: Proxy, request: Request, o
         out.step("destination", f"{ip}:{port}", "an IP address" if ip == host else f"{host} resolves to {ip}")
     else:
         out.step("destination", f"{host}:{port}", f"{host} is not a name the mesh resolves: only port {port} is known")
+    if ip and ipaddress.ip_address(ip).is_loopback:
+        out.action = "bypass"
+        out.notes.append("iptables does not capture traffic to loopback: it goes straight to the local "
+                         "application, the sidecar is not involved")
+        return None
     conn = Connection(dest_ip=ip, dest_port=port, source_ip=proxy.ip)
     exact = _listener_at(resources, ip, port, skip=CAPTURE_LISTENER) if ip else None
     if exact:
@@ -765,7 +778,7 @@ def _targets(entries: list[tuple[str, int | None, list[str]]], resources: Resour
     out = []
     for name, weight, headers in entries:
         target = cluster_target(name, resources, conn, request)
-        target.weight, target.request_headers = weight, headers
+        target.weight, target.header_changes = weight, headers
         target.percent = 100.0 if weight is None else (100.0 * weight / total if total else 0.0)
         out.append(target)
     return out
@@ -892,12 +905,14 @@ def _rewrite(action: dict, match: dict, request: Request, out: Outcome) -> None:
 
 
 def _redirect(spec: dict, match: dict, request: Request, out: Outcome) -> Outcome:
-    """Envoy answers itself with a redirect; Location is rebuilt from the request and the rule."""
+    """Envoy answers itself with a redirect; Location is rebuilt from the request and the rule
+    (a new scheme drops the request's port when it was the old scheme's default)."""
     scheme = spec.get("scheme_redirect") or ("https" if spec.get("https_redirect") else request.scheme)
-    host = spec.get("host_redirect") or request.authority
+    host = spec.get("host_redirect") or request.authority  # a new host drops the request's port
+    default_port = {"http": ":80", "https": ":443"}[request.scheme]
     if spec.get("port_redirect"):
         host = f"{_strip_port(host)}:{spec['port_redirect']}"
-    elif scheme != request.scheme and host.endswith((":80", ":443")):
+    elif scheme != request.scheme and host.endswith(default_port):
         host = _strip_port(host)
     path = spec.get("path_redirect") or _rewritten_path(spec, match, request)
     query = "" if spec.get("strip_query") or "?" in path or not request.query else f"?{request.query}"
@@ -919,7 +934,8 @@ def _direct_response(spec: dict, out: Outcome) -> Outcome:
 def _route_clusters(action: dict, request: Request, out: Outcome) -> list[tuple[str, int | None, list[str]]]:
     if "weighted_clusters" in action:
         out.action = "weighted_clusters"
-        return [(c.get("name", ""), int(c.get("weight", 0)), header_changes(c, "request"))
+        return [(c.get("name", ""), int(c.get("weight", 0)),
+                 [f"{side} {change}" for side in ("request", "response") for change in header_changes(c, side)])
                 for c in action["weighted_clusters"].get("clusters", [])]
     out.action = "cluster"
     if "cluster_header" in action:
@@ -970,7 +986,8 @@ def _prepare(hcm: dict, request: Request, conn: Connection, out: Outcome) -> Req
     strip = hcm.get("strip_any_host_port") or (
         hcm.get("strip_matching_host_port") and authority.endswith(f":{conn.dest_port}"))
     if strip and _strip_port(authority) != authority:
-        request = replace(request, headers=request.headers + (("host", _strip_port(authority)),))
+        kept = tuple((k, v) for k, v in request.headers if k not in ("host", ":authority"))
+        request = replace(request, headers=kept + (("host", _strip_port(authority)),))
     return request
 
 
