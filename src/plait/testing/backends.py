@@ -73,12 +73,36 @@ class _ThreadingTCPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
 
 
-class HttpBackend:
+class _Backend:
+    """A server run in a thread while the backend is entered as a context manager."""
+
+    server_class: type[socketserver.BaseServer]
+    address: str
+    port: int
+    _server: _Server | None = None
+
+    def _handler(self) -> type[socketserver.BaseRequestHandler]:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._server = _Server(self.server_class((self.address, self.port), self._handler()))
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._server:
+            self._server.stop()
+            self._server = None
+
+
+class HttpBackend(_Backend):
     """An HTTP server at ``address:port`` that answers with its own name.
 
     `status`: the answer's status; `fail_first`: how many first requests get
     `fail_status` instead; `delay`: seconds to wait before answering.
     """
+
+    server_class = _ThreadingHTTPServer
 
     def __init__(self, name: str, address: str, port: int, *, status: int = 200, fail_first: int = 0,
                  fail_status: int = 503, delay: float = 0.0):
@@ -86,7 +110,6 @@ class HttpBackend:
         self.status, self.fail_first, self.fail_status, self.delay = status, fail_first, fail_status, delay
         self.requests: list[ReceivedRequest] = []
         self.lock = threading.Lock()
-        self._server: _Server | None = None
 
     @property
     def count(self) -> int:
@@ -135,25 +158,15 @@ class HttpBackend:
 
         return Handler
 
-    def __enter__(self) -> "HttpBackend":
-        self._server = _Server(_ThreadingHTTPServer((self.address, self.port), self._handler()))
-        self._server.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._server:
-            self._server.stop()
-            self._server = None
-
-
-class TcpBackend:
+class TcpBackend(_Backend):
     """A TCP server at ``address:port`` that sends ``<name>\\n`` on connect, then echoes."""
+
+    server_class = _ThreadingTCPServer
 
     def __init__(self, name: str, address: str, port: int):
         self.name, self.address, self.port = name, address, port
         self.connections = 0
         self.lock = threading.Lock()
-        self._server: _Server | None = None
 
     def _handler(self) -> type[socketserver.BaseRequestHandler]:
         backend = self
@@ -172,15 +185,6 @@ class TcpBackend:
 
         return Handler
 
-    def __enter__(self) -> "TcpBackend":
-        self._server = _Server(_ThreadingTCPServer((self.address, self.port), self._handler()))
-        self._server.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._server:
-            self._server.stop()
-            self._server = None
 
 
 SUBNET_RANGE = range(128, 255)  # 127.0.N: kept clear of the low numbers people pick by hand
