@@ -91,6 +91,16 @@ class Resource:
     def key(self) -> tuple[str, str, str]:
         return (self.kind, self.meta.namespace, self.meta.name)
 
+    def to_dict(self) -> dict:
+        """The object as a user would write it: only the fields that were set, Istio's field names."""
+        meta: dict = {"name": self.meta.name, "namespace": self.meta.namespace}
+        if self.meta.labels:
+            meta["labels"] = dict(self.meta.labels)
+        if self.meta.annotations:
+            meta["annotations"] = dict(self.meta.annotations)
+        return {"apiVersion": self.api_version, "kind": self.kind, "metadata": meta,
+                "spec": self.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)}
+
     def config_path(self) -> str:
         """Istio's config reference, as it appears in route metadata: /apis/GROUP/VERSION/namespaces/NS/KIND/NAME."""
         group_version = self.api_version if "/" in self.api_version else f"core/{self.api_version}"

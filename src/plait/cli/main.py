@@ -118,7 +118,10 @@ def version() -> None:
         out.print(f"envoy: not available ({exc})")
 
 
-from plait.cli import explain as _explain; _explain.register(app)  # noqa: E402, E702
+from plait.cli import controlplane as _controlplane, explain as _explain  # noqa: E402
+
+_explain.register(app)
+_controlplane.register(app)
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ class Endpoint:
     service_account: str | None = None
     workload: str | None = None  # "namespace/name" of the WorkloadEntry (or pod) behind it
     namespace: str = "default"
+    ready: bool = True  # a workload that is not ready stays out of EDS (it keeps its own inbound config)
 
     def has_labels(self, selector: Mapping[str, str]) -> bool:
         return all(self.labels.get(k) == v for k, v in selector.items())
@@ -73,11 +74,15 @@ def visible(owner_namespace: str, export_to: Iterable[str], viewer_namespace: st
     return viewer_namespace in export
 
 
+READY_ANNOTATION = "plait.io/ready"  # "false" on a WorkloadEntry: registered but not ready
+
+
 def _workload_endpoint(we: Resource | None, spec: net.WorkloadEntrySpec, port: int, namespace: str) -> Endpoint:
     return Endpoint(
         address=spec.address, port=port, labels=MappingProxyType(dict(spec.labels)), locality=spec.locality,
         weight=spec.weight, service_account=spec.service_account or "default",
-        workload=f"{we.namespace}/{we.name}" if we else None, namespace=namespace)
+        workload=f"{we.namespace}/{we.name}" if we else None, namespace=namespace,
+        ready=not we or we.meta.annotations.get(READY_ANNOTATION) != "false")
 
 
 def _k8s_target(target: int | str | None, we: net.WorkloadEntrySpec, number: int, name: str) -> int | None:

@@ -20,7 +20,7 @@ def _locality(text: str | None) -> dict:
 def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> dict:
     """Endpoints grouped by locality (``region/zone/subzone``), weights kept."""
     groups: dict[str, list[dict]] = {}
-    for ep in sorted(endpoints, key=lambda e: (e.locality or "", e.address, e.port)):
+    for ep in sorted((e for e in endpoints if e.ready), key=lambda e: (e.locality or "", e.address, e.port)):
         lb_endpoint: dict = {"endpoint": {"address": socket_address(ep.address, ep.port)}}
         if ep.weight:
             lb_endpoint["load_balancing_weight"] = ep.weight

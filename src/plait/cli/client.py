@@ -1,0 +1,67 @@
+"""Small blocking HTTP clients for the CLI: the control plane's API and an Envoy's admin API."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_CONTROL_PLANE = "localhost"
+HTTP_PORT = 15014
+
+
+class ClientError(Exception):
+    """The server could not be reached or refused the request; `problems` when it said why."""
+
+    def __init__(self, message: str, status: int | None = None, problems: list[dict] | None = None):
+        super().__init__(message)
+        self.status, self.problems = status, problems or []
+
+
+def control_plane_url(value: str | None = None) -> str:
+    """``--control-plane`` / ``PLAIT_CONTROL_PLANE``: a host, ``host:port`` (the HTTP API port), or a URL."""
+    value = value or os.environ.get("PLAIT_CONTROL_PLANE") or DEFAULT_CONTROL_PLANE
+    if value.startswith(("http://", "https://")):
+        return value.rstrip("/")
+    host, _, port = value.partition(":")
+    return f"http://{host}:{port or HTTP_PORT}"
+
+
+@dataclass
+class Http:
+    base: str
+    what: str = "the control plane"
+    timeout: float = 30.0
+
+    def request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/yaml") -> Any:
+        req = urllib.request.Request(self.base + path, data=body, method=method,
+                                     headers={"Content-Type": content_type} if body is not None else {})
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through HTTP_PROXY
+        try:
+            with opener.open(req, timeout=self.timeout) as resp:
+                data = resp.read()
+        except urllib.error.HTTPError as exc:
+            data = exc.read()
+            try:
+                payload = json.loads(data)
+            except ValueError:
+                payload = {}
+            raise ClientError(payload.get("error") or f"{self.what} answered {exc.code}", exc.code,
+                              payload.get("problems")) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ClientError(f"cannot reach {self.what} at {self.base} ({reason}); is it running? "
+                              "Start one with 'plait control-plane', or point --control-plane / "
+                              "PLAIT_CONTROL_PLANE at it") from None
+        if not data:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:
+            return data.decode(errors="replace")
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)

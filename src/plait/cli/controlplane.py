@@ -1,0 +1,174 @@
+"""Commands that run or talk to the control plane: control-plane, apply, delete, get, proxy-status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.table import Table
+
+from plait.api.common import parse_duration
+from plait.api.errors import Problem
+from plait.api.loader import yaml_files
+from plait.cli.client import ClientError, Http, control_plane_url
+
+ControlPlane = Annotated[str | None, typer.Option(
+    "--control-plane", help="Control plane host, host:port (HTTP API, default port 15014) or URL. "
+                            "Default: $PLAIT_CONTROL_PLANE or localhost.")]
+Files = Annotated[list[str], typer.Option("-f", "--filename", help="YAML file, directory (recursive) or '-' "
+                                                                    "for standard input. Repeatable.")]
+
+
+def _out():
+    from plait.cli.main import err, out
+    return out, err
+
+
+def fail(exc: ClientError) -> None:
+    out, err = _out()
+    if exc.problems:
+        from plait.cli.main import print_problems
+        print_problems([Problem(**p) for p in exc.problems])
+        err.print(f"[red]{sum(p['severity'] == 'error' for p in exc.problems)} error(s)[/]; nothing was applied. "
+                  "Fix them and run the command again.")
+    else:
+        err.print(f"[red]error[/]: {exc}")
+    raise typer.Exit(1)
+
+
+def read_inputs(filenames: list[str]) -> list[tuple[str, str]]:
+    """(name, text) for every YAML input; '-' reads standard input."""
+    inputs = []
+    for name in filenames:
+        if name == "-":
+            inputs.append(("<stdin>", sys.stdin.read()))
+            continue
+        path = Path(name)
+        if not path.exists():
+            _, err = _out()
+            err.print(f"[red]error[/]: {name}: no such file or directory")
+            raise typer.Exit(1)
+        inputs += [(str(f), f.read_text()) for f in yaml_files(path)]
+    return inputs
+
+
+def _joined(filenames: list[str]) -> tuple[str, str]:
+    """Every input as one multi-document request, so it is applied all together or not at all."""
+    inputs = read_inputs(filenames)
+    name = inputs[0][0] if len(inputs) == 1 else ", ".join(n for n, _ in inputs)
+    return name, "\n---\n".join(text for _, text in inputs)
+
+
+def control_plane(
+    config_dir: Annotated[Path, typer.Option(help="Directory of Istio YAML; watched for edits.")] = Path("mesh"),
+    host: Annotated[str, typer.Option(help="Address to listen on (use 0.0.0.0 to serve other hosts).")] = "127.0.0.1",
+    xds_port: Annotated[int, typer.Option(help="ADS (gRPC) port for Envoy.")] = 15010,
+    http_port: Annotated[int, typer.Option(help="HTTP API, debug and /metrics port.")] = 15014,
+    debounce: Annotated[str, typer.Option(help="Coalesce changes for this long before pushing.")] = "100ms",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the control plane (plait's istiod): serve xDS to Envoys from a directory of Istio config.
+
+    Envoys connect over ADS (state-of-the-world or delta) on --xds-port; the CLI and agents use the
+    HTTP API on --http-port. Config changes (plait apply, or edits in --config-dir) are pushed to
+    the proxies they concern within the debounce interval.
+
+    Example: [bold]plait control-plane --config-dir mesh/[/]  then  [bold]plait apply -f reviews-80-20.yaml[/]
+    """
+    from plait.controlplane.app import Settings, run
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(config_dir=config_dir, host=host, xds_port=xds_port, http_port=http_port,
+                        debounce=parse_duration(debounce))
+    try:
+        asyncio.run(run(settings))
+    except OSError as exc:
+        _out()[1].print(f"[red]error[/]: cannot start the control plane: {exc}")
+        raise typer.Exit(1) from None
+
+
+def _summarise(result: dict, verb: str) -> None:
+    out, _ = _out()
+    from plait.cli.main import print_problems
+    print_problems([Problem(**p) for p in result.get("problems", [])])
+    for label in ("created", "updated", "deleted", "unchanged"):
+        for ref in result.get(label, []):
+            out.print(f"{ref} {label}")
+    if not any(result.get(k) for k in ("created", "updated", "deleted", "unchanged")):
+        out.print(f"nothing to {verb}")
+
+
+def apply(filename: Files, control_plane: ControlPlane = None,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate against the live config; change nothing.")] = False) -> None:
+    """Create or update Istio config in the running mesh: every document, or none.
+
+    The input is validated with the rest of the mesh's config first; on any error nothing changes
+    and the errors name file, document, object and field. Applied objects are stored in the
+    control plane's config directory, so a restart keeps them.
+
+    Example: [bold]plait apply -f samples/bookinfo/networking/virtual-service-reviews-80-20.yaml[/]
+    """
+    name, text = _joined(filename)
+    query = f"?filename={name}" + ("&dryRun=true" if dry_run else "")
+    try:
+        result = Http(control_plane_url(control_plane)).request("POST", "/api/v1/config" + query, text.encode())
+    except ClientError as exc:
+        fail(exc)
+    _summarise(result, "apply")
+
+
+def delete(filename: Files, control_plane: ControlPlane = None) -> None:
+    """Delete the objects the YAML names (kind, namespace, name) from the running mesh: all, or none.
+
+    Example: [bold]plait delete -f virtual-service-reviews-80-20.yaml[/]
+    """
+    name, text = _joined(filename)
+    try:
+        result = Http(control_plane_url(control_plane)).request("POST", f"/api/v1/config/delete?filename={name}",
+                                                                text.encode())
+    except ClientError as exc:
+        fail(exc)
+    _summarise(result, "delete")
+
+
+def get(kind: Annotated[str, typer.Argument(help="VirtualService, DestinationRule, ServiceEntry, Gateway, "
+                                                 "Sidecar, WorkloadEntry or Service (any case)")],
+        name: Annotated[str | None, typer.Argument(help="Object name; all when omitted")] = None,
+        namespace: Annotated[str | None, typer.Option("-n", "--namespace", help="Namespace; all when omitted")] = None,
+        output: Annotated[str, typer.Option("-o", "--output", help="table, yaml or json")] = "table",
+        control_plane: ControlPlane = None) -> None:
+    """List stored Istio config, as kubectl get does.
+
+    Example: [bold]plait get virtualservice reviews -o yaml[/]
+    """
+    query = f"?kind={kind}" + (f"&name={name}" if name else "") + (f"&namespace={namespace}" if namespace else "")
+    try:
+        items = Http(control_plane_url(control_plane)).get("/api/v1/config" + query)["items"]
+    except ClientError as exc:
+        fail(exc)
+    out, err = _out()
+    if name and not items:
+        err.print(f"[red]error[/]: {kind} {namespace or '*'}/{name} not found")
+        raise typer.Exit(1)
+    if output == "json":
+        out.print(json.dumps(items if not name else items[0], indent=2), markup=False)
+    elif output == "yaml":
+        out.print(yaml.safe_dump_all(items, sort_keys=False), markup=False, end="")
+    else:
+        table = Table("NAMESPACE", "NAME", "KIND", box=None, header_style="bold")
+        for item in items:
+            table.add_row(item["metadata"]["namespace"], item["metadata"]["name"], item["kind"])
+        out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("control-plane")(control_plane)
+    app.command()(apply)
+    app.command()(delete)
+    app.command()(get)

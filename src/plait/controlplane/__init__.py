@@ -1,0 +1,8 @@
+"""plait's istiod: the control-plane process (flows in: the config directory, API calls and
+registered workloads; flows out: xDS to every proxy).
+
+`mesh.MeshState` owns the sources and the current MeshSnapshot and debounces changes;
+`api.Api` is the HTTP API and debug port; `app.run` wires them to the xDS hub and the
+ADS server and handles shutdown. Everything runs on one asyncio event loop; snapshot
+builds and translation are synchronous and short.
+"""

@@ -1,0 +1,180 @@
+"""The configuration directory: YAML files that hold the mesh's Istio config (``--config-dir``).
+
+The store keeps the last good set of Resources. Edits made by hand are picked up
+by `poll()`; if the directory no longer validates, the previous configuration stays
+in force and the problems are kept for the user to see. `apply` and `delete`
+validate the whole resulting configuration first, then write every file, so a
+rejected request changes nothing. Objects written by the store live in
+``<dir>/<namespace>/<kind>-<name>.yaml``; an object that a user's file holds is
+rewritten in place (other documents of that file are kept).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from plait.api.checks import check_references
+from plait.api.errors import Problem
+from plait.api.loader import LoadResult, load_paths, yaml_files
+from plait.api.resources import Resource
+
+Key = tuple[str, str, str]
+
+
+@dataclass
+class Change:
+    """What an apply/delete/reload did: keys created, updated, deleted (or the problems that stopped it)."""
+
+    created: list[Key] = field(default_factory=list)
+    updated: list[Key] = field(default_factory=list)
+    deleted: list[Key] = field(default_factory=list)
+    unchanged: list[Key] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def keys(self) -> set[Key]:
+        return set(self.created) | set(self.updated) | set(self.deleted)
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.severity == "error" for p in self.problems)
+
+
+def diff(old: dict[Key, Resource], new: dict[Key, Resource]) -> Change:
+    change = Change()
+    for key, resource in new.items():
+        if key not in old:
+            change.created.append(key)
+        elif old[key] != resource:
+            change.updated.append(key)
+        else:
+            change.unchanged.append(key)
+    change.deleted = [key for key in old if key not in new]
+    return change
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".plait-", suffix=".tmp", delete=False) as f:
+        f.write(text)
+        temp = f.name
+    os.replace(temp, path)
+
+
+def _dump(documents: list[dict]) -> str:
+    return yaml.safe_dump_all(documents, sort_keys=False)
+
+
+class FileStore:
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.resources: dict[Key, Resource] = {}
+        self.problems: list[Problem] = []  # why the directory's current contents are not in force
+        self._stamp: tuple = ()
+
+    # ------------------------------------------------------------ reading
+
+    def _fingerprint(self) -> tuple:
+        files = yaml_files(self.directory) if self.directory.exists() else []
+        return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+
+    def load(self) -> Change:
+        """Read the directory; keep the previous configuration if it has errors."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._stamp = self._fingerprint()
+        result: LoadResult = load_paths([self.directory])
+        if result.errors:
+            self.problems = result.problems
+            return Change(problems=result.problems)
+        new = {r.key: r for r in result.resources}
+        change = diff(self.resources, new)
+        change.problems = result.warnings
+        self.resources, self.problems = new, result.warnings
+        return change
+
+    def poll(self) -> Change | None:
+        """Reload if any file changed since the last look; None when nothing did."""
+        if self._fingerprint() == self._stamp:
+            return None
+        return self.load()
+
+    # ------------------------------------------------------------ writing
+
+    def _candidate(self, upserts: list[Resource], deletes: list[Key]) -> tuple[dict[Key, Resource], list[Problem]]:
+        candidate = dict(self.resources)
+        for key in deletes:
+            candidate.pop(key, None)
+        for r in upserts:
+            candidate[r.key] = r
+        problems = [p for p in check_references(list(candidate.values())) if p.severity == "error"]
+        return candidate, problems
+
+    def apply(self, resources: list[Resource], *, dry_run: bool = False) -> Change:
+        """Create or update objects: all of them, or (on any error) none."""
+        keys = [r.key for r in resources]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            return Change(problems=[Problem(message=f"{k[0]} {k[1]}/{k[2]} appears twice in the input")
+                                    for k in repeated])
+        candidate, problems = self._candidate(resources, [])
+        change = diff(self.resources, candidate)
+        change.problems = problems
+        if change.ok and not dry_run:
+            self._persist(candidate, upserts=[r for r in resources if r.key in change.keys], deletes=[])
+        return change
+
+    def delete(self, keys: list[Key], *, dry_run: bool = False) -> Change:
+        missing = [k for k in keys if k not in self.resources]
+        if missing:
+            return Change(problems=[Problem(message=f"{k[0]} {k[1]}/{k[2]} does not exist", kind=k[0],
+                                            namespace=k[1], name=k[2]) for k in missing])
+        candidate, problems = self._candidate([], keys)
+        change = diff(self.resources, candidate)
+        change.problems = problems
+        if change.ok and not dry_run:
+            self._persist(candidate, upserts=[], deletes=keys)
+        return change
+
+    def _own_path(self, r: Resource) -> Path:
+        return self.directory / r.namespace / f"{r.kind.lower()}-{r.name}.yaml"
+
+    def _persist(self, candidate: dict[Key, Resource], upserts: list[Resource], deletes: list[Key]) -> None:
+        """Write the changed objects (in place in the file that holds them, else in the store's own
+        file), then reread the directory so each object's source (file, document) is exact."""
+        by_file: dict[Path, dict[Key, dict | None]] = {}
+        for key in deletes:
+            by_file.setdefault(Path(self.resources[key].source.file), {})[key] = None
+        for r in upserts:
+            current = self.resources.get(r.key)
+            path = Path(current.source.file) if current else self._own_path(r)
+            by_file.setdefault(path, {})[r.key] = r.to_dict()
+        for path, edits in by_file.items():
+            self._rewrite(path, edits)
+        reread = load_paths([self.directory])
+        self._stamp = self._fingerprint()
+        self.resources = candidate if reread.errors else {r.key: r for r in reread.resources}
+
+    def _rewrite(self, path: Path, edits: dict[Key, dict | None]) -> None:
+        documents = [d for d in yaml.safe_load_all(path.read_text())] if path.exists() else []
+        kept, seen = [], set()
+        for doc in documents:
+            if not isinstance(doc, dict):
+                continue
+            meta = doc.get("metadata") or {}
+            key = (doc.get("kind"), meta.get("namespace") or "default", meta.get("name"))
+            if key in edits:
+                seen.add(key)
+                if edits[key] is not None:
+                    kept.append(edits[key])
+            else:
+                kept.append(doc)
+        kept += [doc for key, doc in edits.items() if key not in seen and doc is not None]
+        if kept:
+            _write_atomically(path, _dump(kept))
+        elif path.exists():
+            path.unlink()
