@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
@@ -23,7 +24,8 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
-out = Console(highlight=False, soft_wrap=True)
+# Piped output is not cut to 80 columns: tables stay whole for grep and scripts, as kubectl's do.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 FilesOption = Annotated[list[Path], typer.Option(
@@ -118,10 +120,11 @@ def version() -> None:
         out.print(f"envoy: not available ({exc})")
 
 
-from plait.cli import controlplane as _controlplane, explain as _explain  # noqa: E402
+from plait.cli import controlplane as _controlplane, explain as _explain, proxies as _proxies  # noqa: E402
 
 _explain.register(app)
 _controlplane.register(app)
+_proxies.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,159 @@
+"""proxy-status and proxy-config: what the control plane sent, and what each Envoy holds."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+import yaml
+from rich.table import Table
+
+from plait.cli import envoyconfig
+from plait.cli.client import ClientError, Http, control_plane_url
+from plait.cli.controlplane import ControlPlane, fail
+
+TYPES = ("cds", "lds", "eds", "rds")
+Admin = Annotated[str | None, typer.Option(
+    "--admin", help="The proxy's Envoy admin address (host:port). Default: the address its agent reported.")]
+
+
+def _out():
+    from plait.cli.main import err, out
+    return out, err
+
+
+def _statuses(control_plane: str | None) -> list[dict]:
+    try:
+        return Http(control_plane_url(control_plane)).get("/debug/syncz")
+    except ClientError as exc:
+        fail(exc)
+        raise
+
+
+def _find(statuses: list[dict], proxy: str) -> dict:
+    """A proxy by full node id, or by a unique part of it (``reviews-v1``, ``reviews-v1.default``)."""
+    exact = [s for s in statuses if s["proxy_id"] == proxy]
+    found = exact or [s for s in statuses if proxy in s["proxy_id"]]
+    if len(found) != 1:
+        _, err = _out()
+        known = ", ".join(s["proxy_id"] for s in statuses) or "none connected"
+        err.print(f"[red]error[/]: {'no' if not found else 'more than one'} proxy matches {proxy!r}; known: {known}")
+        raise typer.Exit(1)
+    return found[0]
+
+
+def _state(status: dict, short: str) -> str:
+    t = status.get("types", {}).get(short, {})
+    state = t.get("state", "NOT SENT")
+    if state == "NACKED" and t.get("nack_message"):
+        return f"NACKED ({t['nack_message'][:80]})"
+    return state
+
+
+def proxy_status(proxy: Annotated[str | None, typer.Argument(help="Show one proxy in detail")] = None,
+                 control_plane: ControlPlane = None, admin: Admin = None) -> None:
+    """Show every connected proxy and whether it has the latest config, per xDS type, as istioctl does.
+
+    SYNCED: sent and acknowledged; NOT SENT: nothing sent yet; STALE: sent, not acknowledged yet;
+    NACKED: Envoy rejected it (the reason is shown) and keeps serving its last good config.
+    With a PROXY: what the control plane sent compared with what that Envoy reports holding.
+
+    Example: [bold]plait proxy-status[/]   [bold]plait proxy-status reviews-v1[/]
+    """
+    out, _ = _out()
+    statuses = _statuses(control_plane)
+    if proxy:
+        return _proxy_diff(_find(statuses, proxy), control_plane, admin)
+    table = Table("NAME", "CDS", "LDS", "EDS", "RDS", "ENVOY VERSION", box=None, header_style="bold")
+    for s in sorted(statuses, key=lambda s: s["proxy_id"]):
+        table.add_row(s["proxy_id"], *(_state(s, t) for t in TYPES), s.get("envoy_version") or "-")
+    out.print(table)
+    if not statuses:
+        out.print("no proxies connected")
+
+
+def admin_address(status: dict, override: str | None) -> str:
+    address = override or status.get("admin_address")
+    if not address:
+        _, err = _out()
+        err.print(f"[red]error[/]: the control plane does not know the admin address of {status['proxy_id']}; "
+                  "pass --admin HOST:PORT")
+        raise typer.Exit(1)
+    return address
+
+
+def _envoy(address: str) -> Http:
+    return Http(f"http://{address}", what=f"the Envoy admin API at {address}")
+
+
+def _proxy_diff(status: dict, control_plane: str | None, admin: str | None) -> None:
+    out, _ = _out()
+    try:
+        sent = Http(control_plane_url(control_plane)).get(f"/debug/config_dump?proxy={status['proxy_id']}")
+        held = envoyconfig.resource_names(_envoy(admin_address(status, admin)).get("/config_dump?include_eds"))
+    except ClientError as exc:
+        fail(exc)
+        raise
+    clean = True
+    for short in TYPES:
+        names = {r.get("name") or r.get("cluster_name") for r in sent.get(short, [])}
+        missing, extra = sorted(names - held[short]), sorted(held[short] - names - _bootstrap_only(short))
+        state = _state(status, short)
+        if missing or extra or state != "SYNCED":
+            clean = False
+        out.print(f"{short.upper()}: {state}; sent {len(names)}, Envoy holds {len(held[short])}"
+                  + (f"; not in Envoy: {', '.join(missing[:5])}" if missing else "")
+                  + (f"; only in Envoy: {', '.join(extra[:5])}" if extra else ""))
+    out.print("Envoy holds what the control plane sent." if clean else "Envoy differs from what was sent (above).")
+
+
+def _bootstrap_only(short: str) -> set[str]:
+    return {"xds-grpc", "sds-grpc", "prometheus_stats", "agent"} if short == "cds" else set()
+
+
+CONFIG_KINDS = ("cluster", "listener", "route", "endpoint", "bootstrap")
+
+
+def proxy_config(kind: Annotated[str, typer.Argument(help="cluster, listener, route, endpoint or bootstrap")],
+                 proxy: Annotated[str, typer.Argument(help="Proxy id, or a unique part such as reviews-v1")],
+                 output: Annotated[str, typer.Option("-o", "--output", help="short, yaml or json")] = "short",
+                 control_plane: ControlPlane = None, admin: Admin = None) -> None:
+    """Show what one Envoy holds, read from its admin API: a short table by default, as istioctl does.
+
+    Example: [bold]plait proxy-config route reviews-v1[/]   [bold]plait proxy-config cluster reviews-v1 -o yaml[/]
+    """
+    out, err = _out()
+    if kind.rstrip("s") not in CONFIG_KINDS or output not in ("short", "yaml", "json"):
+        err.print(f"[red]error[/]: KIND is one of {', '.join(CONFIG_KINDS)}; -o is short, yaml or json")
+        raise typer.Exit(2)
+    kind = kind.rstrip("s")
+    address = admin or admin_address(_find(_statuses(control_plane), proxy), None)
+    try:
+        envoy = _envoy(address)
+        dump = envoy.get("/config_dump?include_eds" if kind == "endpoint" else "/config_dump")
+        data = envoy.get("/clusters?format=json") if kind == "endpoint" and output == "short" else None
+    except ClientError as exc:
+        fail(exc)
+        raise
+    if output != "short" or kind == "bootstrap":
+        full = {"cluster": envoyconfig.clusters, "listener": envoyconfig.listeners, "route": envoyconfig.routes,
+                "endpoint": envoyconfig.endpoints, "bootstrap": envoyconfig.bootstrap}[kind](dump)
+        text = json.dumps(full, indent=2) if output == "json" else yaml.safe_dump(full, sort_keys=False)
+        out.print(text, markup=False, end="" if output != "json" else "\n")
+        return
+    headers, rows = {
+        "cluster": (("SERVICE FQDN", "PORT", "SUBSET", "DIRECTION", "TYPE"), lambda: envoyconfig.cluster_rows(dump)),
+        "listener": (("NAME", "ADDRESS", "PORT", "MATCH", "DESTINATION"), lambda: envoyconfig.listener_rows(dump)),
+        "route": (("NAME", "VHOST NAME", "DOMAINS", "MATCH", "VIRTUAL SERVICE"), lambda: envoyconfig.route_rows(dump)),
+        "endpoint": (("ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER"), lambda: envoyconfig.endpoint_rows(data)),
+    }[kind]
+    table = Table(*headers, box=None, header_style="bold")
+    for row in rows():
+        table.add_row(*row)
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("proxy-status")(proxy_status)
+    app.command("proxy-config")(proxy_config)
