@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import importlib
 import io
 import json
 import os
@@ -50,24 +49,7 @@ from plait.xds.generator import affected_route_names, generate, generate_routes
 from plait.xds.resources import TYPE_URLS, ResourceSet
 
 # json_format resolves an `@type` only once its message type is imported: every type the translation emits.
-TYPED_CONFIG_MODULES = [
-    "envoy.extensions.clusters.dynamic_forward_proxy.v3.cluster_pb2",
-    "envoy.extensions.filters.http.cors.v3.cors_pb2",
-    "envoy.extensions.filters.http.dynamic_forward_proxy.v3.dynamic_forward_proxy_pb2",
-    "envoy.extensions.filters.http.fault.v3.fault_pb2",
-    "envoy.extensions.filters.http.router.v3.router_pb2",
-    "envoy.extensions.filters.listener.http_inspector.v3.http_inspector_pb2",
-    "envoy.extensions.filters.listener.original_dst.v3.original_dst_pb2",
-    "envoy.extensions.filters.listener.tls_inspector.v3.tls_inspector_pb2",
-    "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
-    "envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2",
-    "envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2",
-    "envoy.extensions.transport_sockets.tls.v3.secret_pb2",
-    "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
-    "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
-]
-for _module in TYPED_CONFIG_MODULES:
-    importlib.import_module(_module)
+import plait.xds.publish  # noqa: E402,F401 - imports every message type the translator's `@type`s name
 
 MESSAGE_TYPES = {"cds": cluster_pb2.Cluster, "eds": endpoint_pb2.ClusterLoadAssignment,
                  "lds": listener_pb2.Listener, "rds": route_pb2.RouteConfiguration}

@@ -24,44 +24,13 @@ from plait.api import load_text
 from plait.model import MeshSnapshot, Proxy
 from plait.model.proxy import EXPLICIT_PROXY_PORT
 from plait.testing.backends import HttpBackend, TcpBackend, loopback_subnet
+from plait.testing.http import REQUEST_TIMEOUT, Reply, http_request  # noqa: F401 (tests import them from here)
 from plait.testing.envoy import EnvoyProcess, run_envoy
 from plait.xds.generator import generate
 from plait.xds.static import static_bootstrap
 
 BACKEND_PORT = 8080
 CLIENT_HOST = 1  # the client sidecar (and gateway) is 127.0.N.1
-REQUEST_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: dict[str, str]  # names lower-cased
-    body: bytes
-    elapsed: float  # seconds from sending to the end of the body
-
-    @property
-    def backend(self) -> str | None:
-        """The name of the backend that answered, or None for Envoy's own replies."""
-        try:
-            return json.loads(self.body).get("name")
-        except (ValueError, AttributeError):
-            return None
-
-
-def http_request(address: str, port: int, target: str, headers: dict[str, str] | None = None,
-                 method: str = "GET", timeout: float = REQUEST_TIMEOUT) -> Reply:
-    """One request on a new connection; `target` is a path, or an absolute URL for a proxy."""
-    connection = http.client.HTTPConnection(address, port, timeout=timeout)
-    try:
-        start = time.monotonic()
-        connection.request(method, target, headers=headers or {})
-        response = connection.getresponse()
-        body = response.read()
-        elapsed = time.monotonic() - start
-        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body, elapsed)
-    finally:
-        connection.close()
 
 
 class Sidecar:

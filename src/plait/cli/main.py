@@ -120,10 +120,11 @@ def version() -> None:
         out.print(f"envoy: not available ({exc})")
 
 
-from plait.cli import controlplane as _controlplane, explain as _explain, proxies as _proxies  # noqa: E402
+from plait.cli import agent as _agent, controlplane as _controlplane, explain as _explain, proxies as _proxies  # noqa: E402,I001
 
 _explain.register(app)
 _controlplane.register(app)
+_agent.register(app)
 _proxies.register(app)
 
 

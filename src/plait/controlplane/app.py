@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from plait.controlplane import testhooks
 from plait.controlplane.api import Api
 from plait.controlplane.mesh import MeshState
 from plait.model import MeshSnapshot
@@ -58,7 +59,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     loaded = store.load()
     for p in loaded.problems:
         log.log(logging.ERROR if p.severity == "error" else logging.WARNING, "%s", p)
-    hub = XdsHub(MeshSnapshot([]))
+    hub = XdsHub(MeshSnapshot([]), mutate=testhooks.from_environment())
     metrics = OwnMetrics()
 
     def publish(snapshot: MeshSnapshot, changed: set) -> None:

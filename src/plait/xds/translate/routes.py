@@ -270,9 +270,6 @@ def _route_action(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, mat
     hashes = hash_policy(ctx, action["cluster"]) if "cluster" in action else []
     if hashes:
         action["hash_policy"] = hashes
-    # As Istio: gRPC requests honour grpc-timeout up to the route timeout. (max_stream_duration,
-    # Envoy's replacement, silently disables the route timeout, so it is not used.)
-    action["max_grpc_timeout"] = action["timeout"]
     return action
 
 
@@ -337,8 +334,7 @@ def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> 
 
 def default_route(svc: Service, port: int, ctx: RouteContext) -> dict:
     action: dict = {"cluster": cluster_name("outbound", port, None, svc.hostname), "timeout": "0s",
-                    "retry_policy": default_retry_policy(),
-                    "max_grpc_timeout": "0s"}
+                    "retry_policy": default_retry_policy()}
     hashes = hash_policy(ctx, action["cluster"])
     if hashes:
         action["hash_policy"] = hashes

@@ -1,0 +1,5 @@
+"""``python -m plait`` runs the CLI."""
+
+from plait.cli.main import main
+
+main()

@@ -1,0 +1,398 @@
+"""The xDS hub: the current MeshSnapshot, the connected proxies and what each of them is sent.
+
+Flows in: snapshots (`update`, from the control plane's sources) and ADS streams
+(`connect`, from `plait.xds.server`, with the node of the stream's first request).
+Flows out: per stream, the responses its protocol state machine (`plait.xds.protocol`)
+makes when resources change or requests arrive; `statuses()`, `config_dump()` and
+Prometheus metrics (`metrics`).
+
+Sharing: proxies whose translation is identical form a generation group, keyed on
+what translation reads from a Proxy: kind, mode, namespace, app address, the labels
+that some Sidecar workloadSelector, VirtualService sourceLabels or Gateway selector
+names, its IP in explicit-proxy mode, and its workload's ports (the inbound side).
+Each group is generated (`plait.xds.generator`) and published (`plait.xds.publish`)
+once; its members hold references to the same ResourceMaps, so per-proxy memory is
+the protocol state only. With a `mutate` hook (tests only) every proxy is its own group.
+
+Updates: `change_impact` says which groups a change can reach; those are regenerated
+(only their route configurations when only HTTP routes of VirtualServices changed),
+the rest keep theirs. Content hashes turn a no-op regeneration into no push.
+Errors in user config never escape: a group whose generation fails keeps its last
+good resources and records the error.
+
+Convergence: each `update` is an `UpdateRecord`; it waits for every proxy that was
+sent something to have no type left STALE (an ACK, or a NACK, ends the wait).
+
+State is owned by the hub and must be used from one thread: the event loop that runs
+the ADS server. `update` and `connect` run translation synchronously (CPU, no I/O).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from google.protobuf import json_format
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from plait.model import MeshSnapshot, Proxy
+from plait.model.snapshot import Key
+from plait.xds.generator import affected_route_names, generate, generate_routes, route_names
+from plait.xds.protocol import STALE, Ack, AdsStream, Nack, Response, TypeStatus
+from plait.xds.publish import EVERYTHING, TYPES, Impact, Publisher, Published, change_impact
+from plait.xds.resources import ResourceSet
+
+log = logging.getLogger(__name__)
+
+Mutate = Callable[[Proxy, ResourceSet], ResourceSet]
+RECENT_UPDATES = 32
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+# ------------------------------------------------------------------ node → Proxy
+
+def proxy_from_node(node) -> Proxy:
+    """A Proxy from an Envoy node (envoy.config.core.v3.Node): Istio's node id plus metadata
+    NAMESPACE, LABELS, SERVICE_ACCOUNT, PLAIT_MODE / INTERCEPTION_MODE and APP_ADDRESS."""
+    meta = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+    parts = node.id.split("~")
+    if len(parts) != 4 or parts[0] not in ("sidecar", "router") or "." not in parts[2]:
+        raise ValueError(f"node id {node.id!r} is not kind~ip~name.namespace~domain")
+    mode = meta.get("PLAIT_MODE")
+    if mode not in ("capture", "proxy"):
+        mode = "proxy" if meta.get("INTERCEPTION_MODE") == "NONE" else "capture"
+    labels = meta.get("LABELS") if isinstance(meta.get("LABELS"), dict) else {}
+    return Proxy.from_node_id(node.id, labels=MappingProxyType({str(k): str(v) for k, v in labels.items()}),
+                              mode=mode, service_account=str(meta.get("SERVICE_ACCOUNT") or "default"),
+                              app_address=str(meta.get("APP_ADDRESS") or "127.0.0.1"))
+
+
+def admin_address(node) -> str | None:
+    """Where the proxy's Envoy admin API listens, as its agent reports it (node metadata ADMIN_ADDRESS)."""
+    field = node.metadata.fields.get("ADMIN_ADDRESS") if node.HasField("metadata") else None
+    return field.string_value if field is not None and field.string_value else None
+
+
+def envoy_version(node) -> str:
+    if node.HasField("user_agent_build_version"):
+        v = node.user_agent_build_version.version
+        return f"{v.major_number}.{v.minor_number}.{v.patch}"
+    return node.user_agent_version
+
+
+def selector_label_keys(snapshot: MeshSnapshot) -> tuple[str, ...]:
+    """Label keys translation may compare with a proxy's labels."""
+    keys: set[str] = set()
+    for sidecar in snapshot.sidecars:
+        if sidecar.spec.workload_selector:
+            keys.update(sidecar.spec.workload_selector.labels)
+    for gateway in snapshot.gateways:
+        keys.update(gateway.spec.selector)
+    for vs in snapshot.virtual_services:
+        for route in (*vs.spec.http, *vs.spec.tcp, *vs.spec.tls):
+            for match in route.match:
+                keys.update(match.source_labels)
+    return tuple(sorted(keys))
+
+
+# ------------------------------------------------------------------ records and statuses
+
+@dataclass
+class UpdateRecord:
+    """One `update`: when it started, how many groups it regenerated, and per proxy it reached,
+    seconds until that proxy had acknowledged (or rejected) everything sent."""
+
+    started: float
+    regenerated: int = 0
+    waiting: set[int] = field(default_factory=set)  # connection ids still to answer
+    acked: dict[str, float] = field(default_factory=dict)
+    finished: float | None = None  # when the last proxy it reached answered (clock of the hub)
+
+
+@dataclass
+class ProxyStatus:
+    proxy_id: str
+    proxy: Proxy
+    envoy_version: str
+    connected_at: float  # seconds since the epoch
+    stream: str  # "sotw" | "delta"
+    types: dict[str, TypeStatus]
+    errors: tuple[str, ...] = ()  # generation and conversion errors (its last good resources are kept)
+    warnings: tuple[str, ...] = ()  # references to missing clusters, endpoints or route configurations
+    admin_address: str | None = None  # the proxy's Envoy admin API, for proxy-config
+
+    def to_dict(self) -> dict:
+        p = self.proxy
+        return {"proxy_id": self.proxy_id, "envoy_version": self.envoy_version, "connected_at": self.connected_at,
+                "admin_address": self.admin_address,
+                "stream": self.stream, "types": {short: s.to_dict() for short, s in self.types.items()},
+                "errors": list(self.errors), "warnings": list(self.warnings),
+                "proxy": {"kind": p.kind, "ip": p.ip, "name": p.name, "namespace": p.namespace,
+                          "labels": dict(p.labels), "mode": p.mode, "service_account": p.service_account,
+                          "app_address": p.app_address}}
+
+
+class _Group:
+    """Proxies that translate identically: one generation, one Published, shared."""
+
+    __slots__ = ("key", "proxy", "published", "route_names", "hosts", "error")
+
+    def __init__(self, key: tuple, proxy: Proxy):
+        self.key, self.proxy = key, proxy
+        self.published: Published | None = None
+        self.route_names: frozenset[str] = frozenset()  # of its last full generation
+        self.hosts: frozenset[str] = frozenset()  # services its proxies see
+        self.error = ""
+
+
+class ProxyConnection:
+    """One ADS stream of one proxy, as the server sees it: hand it requests, take its pushes."""
+
+    def __init__(self, hub: "XdsHub", conn_id: int, node, proxy: Proxy, *, delta: bool, wake: Callable[[], None]):
+        self.hub, self.id, self.proxy = hub, conn_id, proxy
+        self.proxy_id = node.id
+        self.envoy_version = envoy_version(node)
+        self.admin_address = admin_address(node)
+        self.connected_at = time.time()
+        self.stream = AdsStream(delta=delta)
+        self.group: _Group | None = None
+        self._wake = wake
+        self._next: Published | None = None
+        self._dirty = False
+        self._new_records: list[UpdateRecord] = []
+        self._pending: list[UpdateRecord] = []
+
+    def receive(self, request) -> list[Response]:
+        return self.hub._after(self, self.stream.receive(request))
+
+    def take_pushes(self) -> list[Response]:
+        """Responses for resources that changed since the last call (after a wake-up)."""
+        self._dirty = False
+        responses = self.hub._after(self, self.stream.update(self._next))
+        records, self._new_records = self._new_records, []
+        if responses:
+            self._pending += records
+        else:  # nothing new for this proxy after all: those updates did not reach it
+            for record in records:
+                self.hub._stop_waiting(record, self)
+        self.hub._settle(self)
+        return responses
+
+    def _assign(self, published: Published | None, record: UpdateRecord) -> None:
+        self._next = published
+        record.waiting.add(self.id)
+        self._new_records.append(record)
+        if not self._dirty:
+            self._dirty = True
+            self._wake()
+
+
+# ------------------------------------------------------------------ the hub
+
+class XdsHub:
+    """The snapshot, the connected proxies and their resources; see the module docstring."""
+
+    def __init__(self, snapshot: MeshSnapshot, *, mutate: Mutate | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.snapshot = snapshot
+        self._mutate = mutate
+        self._clock = clock
+        self._publisher = Publisher()
+        self._label_keys = selector_label_keys(snapshot)
+        self._groups: dict[tuple, _Group] = {}
+        self._connections: dict[int, ProxyConnection] = {}
+        self._ids = itertools.count(1)
+        self.updates: collections.deque[UpdateRecord] = collections.deque(maxlen=RECENT_UPDATES)
+        self.metrics = CollectorRegistry()
+        self._pushes = Counter("plait_xds_pushes", "xDS responses sent, by type", ["type"], registry=self.metrics)
+        self._push_seconds = Histogram("plait_xds_push_seconds", "Time to regenerate and publish after a change",
+                                       buckets=SECONDS_BUCKETS, registry=self.metrics)
+        self._connected = Gauge("plait_xds_connected_proxies", "Connected ADS streams", registry=self.metrics)
+        self._nacks = Counter("plait_xds_nacks", "xDS responses rejected by proxies, by type", ["type"],
+                              registry=self.metrics)
+        self._convergence = Histogram("plait_xds_convergence_seconds",
+                                      "Config change until every affected proxy acknowledged it",
+                                      buckets=SECONDS_BUCKETS, registry=self.metrics)
+
+    # -------------------------------------------------------------- streams
+
+    def connect(self, node, *, delta: bool, wake: Callable[[], None]) -> ProxyConnection:
+        """A new stream from the node of its first request; `wake` is called (once until the
+        next `take_pushes`) when it has something to push. Raises ValueError on a bad node id."""
+        proxy = proxy_from_node(node)
+        conn = ProxyConnection(self, next(self._ids), node, proxy, delta=delta, wake=wake)
+        group = self._group_for(proxy)
+        if group.published is None and not group.error:
+            self._generate(group, None, EVERYTHING)
+        conn.group = group
+        conn.stream.published = conn._next = group.published
+        self._connections[conn.id] = conn
+        self._connected.set(len(self._connections))
+        return conn
+
+    def disconnect(self, conn: ProxyConnection) -> None:
+        if self._connections.pop(conn.id, None) is None:
+            return
+        for record in conn._pending + conn._new_records:
+            self._stop_waiting(record, conn)
+        self._connected.set(len(self._connections))
+
+    def _after(self, conn: ProxyConnection, outputs: list) -> list[Response]:
+        responses = []
+        for item in outputs:
+            if isinstance(item, Response):
+                responses.append(item)
+                self._pushes.labels(item.type).inc()
+            elif isinstance(item, Nack):
+                self._nacks.labels(item.type).inc()
+                log.warning("%s rejected %s (nonce %s): %s", conn.proxy_id, item.type, item.nonce, item.message)
+            elif isinstance(item, Ack):
+                log.debug("%s acknowledged %s version %s", conn.proxy_id, item.type, item.version)
+        if outputs:
+            self._settle(conn)
+        return responses
+
+    def _settle(self, conn: ProxyConnection) -> None:
+        if not conn._pending or any(s.state == STALE for s in conn.stream.statuses().values()):
+            return
+        now = self._clock()
+        for record in conn._pending:
+            record.acked[conn.proxy_id] = now - record.started
+            self._stop_waiting(record, conn)
+        conn._pending = []
+
+    def _stop_waiting(self, record: UpdateRecord, conn: ProxyConnection) -> None:
+        record.waiting.discard(conn.id)
+        if not record.waiting and record.finished is None:
+            record.finished = self._clock()
+            if record.acked:
+                self._convergence.observe(max(record.acked.values()))
+
+    # -------------------------------------------------------------- updates
+
+    def update(self, snapshot: MeshSnapshot, changed: Iterable[Key] | None = None) -> None:
+        """A new snapshot; `changed` = (kind, namespace, name) of the objects that changed (None: unknown)."""
+        record = UpdateRecord(started=self._clock())
+        old, self.snapshot = self.snapshot, snapshot
+        try:
+            impact = change_impact(old, snapshot, changed)
+        except Exception:  # a change we cannot analyse: assume it reaches everyone
+            log.exception("change analysis failed; regenerating every proxy")
+            impact = EVERYTHING
+        self._label_keys = selector_label_keys(snapshot)
+        previous = self._regroup()
+        for group in self._groups.values():
+            if group.key in previous or group.published is None or group.error:
+                self._generate(group, previous.get(group.key, group.published), EVERYTHING)
+                record.regenerated += 1
+            elif impact.affects(group.proxy.kind, group.proxy.namespace, group.hosts):
+                self._generate(group, group.published, impact)
+                record.regenerated += 1
+        for conn in self._connections.values():
+            if conn.group.published is not conn._next:
+                conn._assign(conn.group.published, record)
+        self._push_seconds.observe(self._clock() - record.started)
+        self.updates.append(record)
+        if not record.waiting:
+            record.finished = self._clock()
+
+    def _regroup(self) -> dict[tuple, Published | None]:
+        """Recompute every connection's group; returns new groups' keys → a last good Published."""
+        groups: dict[tuple, _Group] = {}
+        fresh: dict[tuple, Published | None] = {}
+        for conn in self._connections.values():
+            key = self._group_key(conn.proxy)
+            if key not in groups:  # its first live member represents it
+                group = self._groups.get(key)
+                if group is None:
+                    group = _Group(key, conn.proxy)
+                    fresh[key] = conn.group.published if conn.group else None
+                group.proxy = conn.proxy
+                groups[key] = group
+            conn.group = groups[key]
+        self._groups = groups
+        return fresh
+
+    def _group_key(self, proxy: Proxy) -> tuple:
+        workload = tuple((p.port.number, p.port.protocol, p.endpoint.port) for p in self.snapshot.workload_ports(proxy))
+        key = (proxy.kind, proxy.mode, proxy.namespace, proxy.app_address, proxy.ip if proxy.mode == "proxy" else "",
+               tuple(sorted(proxy.listen_ports.items())), tuple((k, proxy.labels.get(k)) for k in self._label_keys),
+               workload)
+        return key + (proxy.id,) if self._mutate else key
+
+    def _group_for(self, proxy: Proxy) -> _Group:
+        key = self._group_key(proxy)
+        if key not in self._groups:
+            self._groups[key] = _Group(key, proxy)
+        return self._groups[key]
+
+    def _generate(self, group: _Group, previous: Published | None, impact: Impact) -> None:
+        """Regenerate and publish one group; on any error keep its last good resources."""
+        proxy = group.proxy
+        try:
+            published = self._routes_update(group, impact)
+            if published is None:
+                resources = generate(self.snapshot, proxy)
+                if self._mutate:
+                    resources = self._mutate(proxy, resources)
+                published = self._publisher.publish(resources, previous)
+                group.route_names = frozenset(resources.routes)
+            group.hosts = frozenset(s.hostname for s in self.snapshot.services_for(proxy))
+        except Exception as error:  # user config must never take the control plane down
+            group.error = f"generation failed: {type(error).__name__}: {error}"
+            log.exception("generating resources for %s failed; keeping its last good ones", proxy.id)
+            if group.published is None:  # a new group: its proxies keep what they had
+                group.published = previous
+            return
+        group.error = ""
+        for message in published.errors:
+            log.warning("%s: %s", proxy.id, message)
+        if not _same(group.published, published):
+            group.published = published
+
+    def _routes_update(self, group: _Group, impact: Impact) -> Published | None:
+        """When only HTTP routes changed: just the route configurations they reach, published over
+        the group's current resources. None when more may change (then everything is regenerated)."""
+        proxy = group.proxy
+        if not impact.routes_only or proxy.kind != "sidecar" or self._mutate or group.published is None \
+                or frozenset(route_names(self.snapshot, proxy)) != group.route_names:
+            return None
+        names = affected_route_names(self.snapshot, proxy, impact.hosts)
+        return self._publisher.publish_routes(generate_routes(self.snapshot, proxy, only=names), group.published)
+
+    # -------------------------------------------------------------- reporting
+
+    def statuses(self) -> list[ProxyStatus]:
+        out = []
+        for conn in sorted(self._connections.values(), key=lambda c: (c.proxy_id, c.id)):
+            group = conn.group
+            published = group.published if group else None
+            errors = (published.errors if published else ()) + ((group.error,) if group and group.error else ())
+            out.append(ProxyStatus(conn.proxy_id, conn.proxy, conn.envoy_version, conn.connected_at, conn.stream.kind,
+                                   {s: dataclasses.replace(t) for s, t in conn.stream.statuses().items()},
+                                   errors, published.warnings if published else (), conn.admin_address))
+        return out
+
+    def config_dump(self, proxy_id: str) -> dict | None:
+        """What the newest stream of that proxy was last sent: {type: [resources in Envoy's JSON form]}."""
+        streams = [c for c in self._connections.values() if c.proxy_id == proxy_id]
+        if not streams:
+            return None
+        stream = max(streams, key=lambda c: c.id).stream
+        return {short: [r.to_dict() for _, r in sorted(stream.held(short).items())] for short in TYPES}
+
+    @property
+    def last_update(self) -> UpdateRecord | None:
+        return self.updates[-1] if self.updates else None
+
+
+def _same(a: Published | None, b: Published) -> bool:
+    """Would `b` send nothing new compared with `a`?"""
+    return a is not None and a.warnings == b.warnings and a.errors == b.errors and all(
+        a.types[s] is b.types[s] or a.types[s].version == b.types[s].version for s in TYPES)

@@ -1,0 +1,400 @@
+"""Publishing: one proxy's ResourceSet (Envoy JSON form) → versioned protobuf resources for ADS.
+
+Flows in: a `ResourceSet` from `plait.xds.generator` and the previous `Published` of
+the same proxies. Flows out: a `Published`: per type (cds, eds, lds, rds) a
+`ResourceMap` {name: VersionedResource}, plus the warnings and errors found.
+
+* A resource's version is the content hash of its canonical JSON (sorted keys, no
+  spaces): an unchanged resource keeps its version, so it is never sent again.
+* Conversion (`json_format.ParseDict`, pure Python and slow: ~200 ms for a
+  1,000-service sidecar) is cached by content hash: one `VersionedResource` per
+  distinct content, shared by every proxy and every push that holds it (the cache
+  holds them weakly: one lives as long as some ResourceMap holds it). Route
+  configurations are converted virtual host by virtual host (an LRU cache of their
+  bytes), so a change to one VirtualService converts one virtual host, not all 1,000.
+* Checks before publishing: every cluster a route or listener names, every EDS and
+  every RDS name must exist (a missing one is a warning); a resource that fails
+  conversion is left out with an error, and its previous version, if any, is kept.
+* `change_impact` says which proxies a change of config objects can affect.
+
+State: a `Publisher` owns its conversion caches. Nothing here blocks or does I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import weakref
+from collections import OrderedDict
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from google.protobuf import any_pb2, json_format
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from plait.model.hosts import fqdn, matches
+from plait.model.snapshot import REGISTRY_KINDS, Key, MeshSnapshot, gateway_ref
+from plait.xds.resources import TYPE_URLS, ResourceSet
+
+TYPES = ("cds", "eds", "lds", "rds")  # also the push order: make before break
+MESSAGES = {"cds": cluster_pb2.Cluster, "eds": endpoint_pb2.ClusterLoadAssignment,
+            "lds": listener_pb2.Listener, "rds": route_pb2.RouteConfiguration}
+# json_format resolves an "@type" only once its message type is imported: every type translation emits.
+TYPED_CONFIG_MODULES = [
+    "envoy.extensions.clusters.dynamic_forward_proxy.v3.cluster_pb2",
+    "envoy.extensions.filters.http.cors.v3.cors_pb2",
+    "envoy.extensions.filters.http.dynamic_forward_proxy.v3.dynamic_forward_proxy_pb2",
+    "envoy.extensions.filters.http.fault.v3.fault_pb2",
+    "envoy.extensions.filters.http.router.v3.router_pb2",
+    "envoy.extensions.filters.listener.http_inspector.v3.http_inspector_pb2",
+    "envoy.extensions.filters.listener.original_dst.v3.original_dst_pb2",
+    "envoy.extensions.filters.listener.tls_inspector.v3.tls_inspector_pb2",
+    "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
+    "envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2",
+    "envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2",
+    "envoy.extensions.transport_sockets.tls.v3.secret_pb2",
+    "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
+    "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
+]
+for _module in TYPED_CONFIG_MODULES:
+    importlib.import_module(_module)
+
+VHOST_CACHE_SIZE = 50_000
+
+
+# ------------------------------------------------------------------ protobuf wire format
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def wire_field(number: int, payload: bytes | str) -> bytes:
+    """One length-delimited field (bytes, string or embedded message) in protobuf's wire format."""
+    data = payload.encode() if isinstance(payload, str) else payload
+    return varint(number << 3 | 2) + varint(len(data)) + data
+
+
+def digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+
+
+def content_hash(item: object) -> str:
+    """The version of a resource: a hash of its canonical JSON."""
+    return digest(json.dumps(item, sort_keys=True, separators=(",", ":")))
+
+
+# ------------------------------------------------------------------ published resources
+
+class VersionedResource:
+    """One resource as sent: its type, name, version (content hash) and serialised message.
+    Immutable; one object per distinct content, shared by every proxy that holds it."""
+
+    __slots__ = ("type_url", "name", "version", "value", "__weakref__")
+
+    def __init__(self, type_url: str, name: str, version: str, value: bytes):
+        self.type_url, self.name, self.version, self.value = type_url, name, version, value
+
+    def any_bytes(self) -> bytes:
+        """The serialised google.protobuf.Any that carries it."""
+        return wire_field(1, self.type_url) + wire_field(2, self.value)
+
+    def to_any(self) -> any_pb2.Any:
+        return any_pb2.Any(type_url=self.type_url, value=self.value)
+
+    def to_dict(self) -> dict:
+        """Envoy's JSON form (proto field names), decoded from what is sent."""
+        message = MESSAGES[SHORT_NAMES[self.type_url]].FromString(self.value)
+        return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+    def __repr__(self) -> str:
+        return f"VersionedResource({self.name!r}, {self.version})"
+
+
+SHORT_NAMES = {url: short for short, url in TYPE_URLS.items()}
+
+
+class ResourceMap:
+    """The resources of one type for one proxy (shared by proxies that translate alike), with a
+    version for the whole set. `memo` belongs to `plait.xds.protocol` (diffs from other maps)."""
+
+    __slots__ = ("type_url", "resources", "version", "memo", "__weakref__")
+
+    def __init__(self, type_url: str, resources: Mapping[str, VersionedResource]):
+        self.type_url = type_url
+        self.resources = dict(resources)
+        self.version = digest(",".join(f"{n}={r.version}" for n, r in sorted(self.resources.items())))
+        self.memo: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.resources)
+
+    def __repr__(self) -> str:
+        return f"ResourceMap({SHORT_NAMES.get(self.type_url)}, {len(self.resources)} resources, {self.version})"
+
+
+@dataclass(frozen=True)
+class Published:
+    """Everything one proxy may be sent, per type, in push order; plus what was wrong with it."""
+
+    types: dict[str, ResourceMap]
+    warnings: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+    @classmethod
+    def empty(cls) -> "Published":
+        return cls({short: ResourceMap(TYPE_URLS[short], {}) for short in TYPES})
+
+
+# ------------------------------------------------------------------ converting, with caches
+
+class Publisher:
+    """Converts ResourceSets, caching conversions by content hash across proxies and pushes."""
+
+    def __init__(self, *, vhost_cache_size: int = VHOST_CACHE_SIZE):
+        self._converted: weakref.WeakValueDictionary[tuple[str, str], VersionedResource] = \
+            weakref.WeakValueDictionary()
+        self._vhosts: OrderedDict[str, bytes] = OrderedDict()
+        self._vhost_cache_size = vhost_cache_size
+        self.conversions = 0  # resources actually converted (for tests and benchmarks)
+        self.vhost_conversions = 0  # virtual hosts actually run through ParseDict
+
+    def publish(self, resources: ResourceSet, previous: Published | None = None) -> Published:
+        """Every type converted; `previous` supplies last good versions of resources that fail."""
+        errors: list[str] = []
+        maps = {}
+        for short in TYPES:
+            last = previous.types[short] if previous is not None else None
+            maps[short] = self._publish_type(short, resources.of_type(short), last, errors)
+        return Published(maps, tuple(check_references(resources)), tuple(errors))
+
+    def publish_routes(self, routes: list[dict], previous: Published) -> Published:
+        """`previous` with some route configurations replaced (the rest of it is known unchanged)."""
+        errors: list[str] = []
+        last = previous.types["rds"]
+        changed = self._publish_type("rds", {r["name"]: r for r in routes}, None, errors, last.resources)
+        merged = {**last.resources, **changed.resources}
+        fresh = ResourceMap(last.type_url, merged)
+        clusters = previous.types["cds"].resources
+        prefixes = tuple(f"rds {r['name']}:" for r in routes)
+        warnings = [w for w in previous.warnings if not w.startswith(prefixes)]
+        warnings += [w for r in routes for w in _route_warnings(r["name"], r, clusters)]
+        stale = tuple(e for e in previous.errors if not e.startswith(prefixes))
+        return Published({**previous.types, "rds": last if fresh.version == last.version else fresh},
+                         tuple(warnings), stale + tuple(errors))
+
+    def _publish_type(self, short: str, items: Mapping[str, dict], last: ResourceMap | None,
+                      errors: list[str], fallback: Mapping[str, VersionedResource] | None = None) -> ResourceMap:
+        """The new map of one type; `last` itself when nothing in it changed (so it is not re-sent)."""
+        out = {}
+        fallback = fallback if fallback is not None else (last.resources if last is not None else {})
+        for name, item in items.items():
+            try:
+                out[name] = self.convert(short, name, item)
+            except Exception as error:  # anything ParseDict raises on a bad resource: keep the last good one
+                kept = fallback.get(name)
+                errors.append(f"{short} {name}: {error}" + ("" if kept is None else " (kept the previous version)"))
+                if kept is not None:
+                    out[name] = kept
+        fresh = ResourceMap(TYPE_URLS[short], out)
+        return last if last is not None and last.version == fresh.version else fresh
+
+    def convert(self, short: str, name: str, item: dict) -> VersionedResource:
+        if short == "rds":
+            return self._convert_route(name, item)
+        version = content_hash(item)
+        found = self._converted.get((short, version))
+        if found is not None:
+            return found
+        value = json_format.ParseDict(item, MESSAGES[short]()).SerializeToString()
+        return self._remember(short, VersionedResource(TYPE_URLS[short], name, version, value))
+
+    def _remember(self, short: str, resource: VersionedResource) -> VersionedResource:
+        self.conversions += 1
+        self._converted[(short, resource.version)] = resource
+        return resource
+
+    def _convert_route(self, name: str, item: dict) -> VersionedResource:
+        """A RouteConfiguration as its fields without virtual hosts, then each virtual host
+        appended as field 2 (protobuf concatenates repeated fields), each cached apart."""
+        head = {k: v for k, v in item.items() if k != "virtual_hosts"}
+        vhosts = [(content_hash(vh), vh) for vh in item.get("virtual_hosts", ())]
+        version = digest(content_hash(head) + "".join(h for h, _ in vhosts))
+        found = self._converted.get(("rds", version))
+        if found is not None:
+            return found
+        parts = [json_format.ParseDict(head, route_pb2.RouteConfiguration()).SerializeToString()]
+        parts += [wire_field(2, self._vhost_bytes(h, vh)) for h, vh in vhosts]
+        return self._remember("rds", VersionedResource(TYPE_URLS["rds"], name, version, b"".join(parts)))
+
+    def _vhost_bytes(self, key: str, vhost: dict) -> bytes:
+        data = self._vhosts.get(key)
+        if data is not None:
+            self._vhosts.move_to_end(key)
+            return data
+        data = json_format.ParseDict(vhost, route_components_pb2.VirtualHost()).SerializeToString()
+        self.vhost_conversions += 1
+        self._vhosts[key] = data
+        if len(self._vhosts) > self._vhost_cache_size:
+            self._vhosts.popitem(last=False)
+        return data
+
+
+# ------------------------------------------------------------------ consistency checks
+
+def _action_clusters(action: dict) -> Iterator[str]:
+    if isinstance(action.get("cluster"), str):
+        yield action["cluster"]
+    for weighted in action.get("weighted_clusters", {}).get("clusters", ()):
+        yield weighted["name"]
+    for mirror in action.get("request_mirror_policies", ()):
+        if isinstance(mirror.get("cluster"), str):
+            yield mirror["cluster"]
+
+
+def _route_config_clusters(config: dict) -> Iterator[str]:
+    for vhost in config.get("virtual_hosts", ()):
+        for route in vhost.get("routes", ()):
+            yield from _action_clusters(route.get("route", {}))
+
+
+def _listener_references(node: object) -> Iterator[tuple[str, str]]:
+    """("cluster", name) and ("route", name) pairs a listener refers to, at any depth."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _listener_references(item)
+    elif isinstance(node, dict):
+        if "route_config" in node and isinstance(node["route_config"], dict):
+            yield from (("cluster", c) for c in _route_config_clusters(node["route_config"]))
+        elif "rds" in node and isinstance(node["rds"], dict):
+            yield "route", node["rds"].get("route_config_name", "")
+        yield from (("cluster", c) for c in _action_clusters(node))
+        for key, value in node.items():
+            if key not in ("route_config", "rds") and isinstance(value, (dict, list)):
+                yield from _listener_references(value)
+
+
+def _route_warnings(name: str, config: dict, clusters: Collection[str]) -> list[str]:
+    missing = sorted({c for c in _route_config_clusters(config) if c not in clusters})
+    return [f"rds {name}: route to unknown cluster {c}" for c in missing]
+
+
+def check_references(resources: ResourceSet) -> list[str]:
+    """Warnings for names that point nowhere: route/listener clusters, EDS names, RDS names."""
+    warnings: list[str] = []
+    for name, config in sorted(resources.routes.items()):
+        warnings += _route_warnings(name, config, resources.clusters)
+    for name, listener in sorted(resources.listeners.items()):
+        refs = set(_listener_references(listener))
+        warnings += [f"lds {name}: unknown cluster {n}" for kind, n in sorted(refs)
+                     if kind == "cluster" and n not in resources.clusters]
+        warnings += [f"lds {name}: unknown route configuration {n}" for kind, n in sorted(refs)
+                     if kind == "route" and n not in resources.routes]
+    for name, cluster in sorted(resources.clusters.items()):
+        if cluster.get("type") == "EDS":
+            eds_name = cluster.get("eds_cluster_config", {}).get("service_name") or name
+            if eds_name not in resources.endpoints:
+                warnings.append(f"cds {name}: no endpoints named {eds_name}")
+    return warnings
+
+
+# ------------------------------------------------------------------ which proxies a change can affect
+
+@dataclass(frozen=True)
+class Impact:
+    """Which proxies a change can affect. `hosts` are FQDNs or wildcard patterns; a proxy that sees
+    one of them is affected. `routes_only`: only the HTTP routes of mesh VirtualServices changed,
+    for registered HTTP-only services, so a sidecar's clusters and listeners stay as they are."""
+
+    everything: bool = False
+    hosts: frozenset[str] = frozenset()
+    namespaces: frozenset[str] = frozenset()  # Sidecar changes: every proxy in these namespaces
+    routers: bool = False  # Gateway changes and gateway-bound VirtualServices: every gateway
+    routes_only: bool = False
+
+    def affects(self, kind: str, namespace: str, visible_hosts: Collection[str]) -> bool:
+        if self.everything or namespace in self.namespaces or (self.routers and kind == "router"):
+            return True
+        return any(h in visible_hosts if not h.startswith("*") else any(matches(h, v) for v in visible_hosts)
+                   for h in self.hosts)
+
+
+EVERYTHING = Impact(everything=True)
+
+
+def _versions(old: MeshSnapshot, new: MeshSnapshot, key: Key) -> list:
+    return [r for r in (old.resources.get(key), new.resources.get(key)) if r is not None]
+
+
+def _registry_hosts(old: MeshSnapshot, new: MeshSnapshot) -> set[str] | None:
+    """Hostnames whose service changed; None when a service appeared, vanished or changed
+    visibility (who sees it then is not known without asking every proxy)."""
+    if old.registry is new.registry:
+        return set()
+    changed = set()
+    for host in old.services.keys() | new.services.keys():
+        before, after = old.services.get(host), new.services.get(host)
+        if before == after:
+            continue
+        if before is None or after is None or before.export_to != after.export_to:
+            return None
+        changed.add(host)
+    return changed
+
+
+def _http_only(snapshot: MeshSnapshot, host: str) -> bool:
+    service = snapshot.services.get(host)
+    return service is not None and all(p.protocol.is_http for p in service.ports)
+
+
+def _virtual_service_impact(old: MeshSnapshot, new: MeshSnapshot, versions: list) -> tuple[set[str], bool, bool]:
+    """(hosts, gateway-bound?, could this change touch more than HTTP routes?)"""
+    hosts, routers, more = set(), False, False
+    for vs in versions:
+        vs_hosts = {fqdn(h, vs.namespace) for h in vs.spec.hosts}
+        hosts |= vs_hosts
+        bound = [gateway_ref(g, vs.namespace) for g in vs.spec.gateways] or ["mesh"]
+        routers = routers or any(g != "mesh" for g in bound)
+        more = more or bool(vs.spec.tcp or vs.spec.tls) or not all(
+            _http_only(old, h) and _http_only(new, h) for h in vs_hosts)
+    return hosts, routers, more
+
+
+def change_impact(old: MeshSnapshot, new: MeshSnapshot, changed: Iterable[Key] | None) -> Impact:
+    """Which proxies changed config objects (kind, namespace, name) can affect; when unsure, all."""
+    if changed is None:
+        return EVERYTHING
+    changed = list(changed)
+    hosts: set[str] = set()
+    namespaces: set[str] = set()
+    routers, routes_only = False, True
+    for key in changed:
+        kind, namespace, _ = key
+        if kind == "VirtualService":
+            vs_hosts, vs_routers, more = _virtual_service_impact(old, new, _versions(old, new, key))
+            hosts |= vs_hosts
+            routers, routes_only = routers or vs_routers, routes_only and not more
+            continue
+        routes_only = False
+        if kind == "DestinationRule":
+            hosts |= {fqdn(dr.spec.host, dr.namespace) for dr in _versions(old, new, key)}
+        elif kind == "Sidecar":
+            namespaces.add(namespace)
+        elif kind == "Gateway":
+            routers = True
+        elif kind not in REGISTRY_KINDS:
+            return EVERYTHING
+    registry = _registry_hosts(old, new)
+    unregistered = any(not h.startswith("*") and h not in old.services and h not in new.services for h in hosts)
+    if registry is None or unregistered or new.root_namespace in namespaces:
+        return EVERYTHING
+    return Impact(hosts=frozenset(hosts | registry), namespaces=frozenset(namespaces), routers=routers,
+                  routes_only=routes_only and bool(changed) and not registry)

@@ -1,0 +1,292 @@
+"""The hub without a network: what each proxy is given (exactly what the generator makes for it),
+which proxies share it, which are regenerated for which change, errors, convergence and metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
+
+from plait.api import load_paths, load_text
+from plait.model import MeshSnapshot, Proxy
+from plait.testing.ads_client import make_node
+from plait.testing.synthetic import MeshShape, load_one, mesh_resources, virtual_service_yaml
+from plait.xds.generator import generate
+from plait.xds.hub import XdsHub, proxy_from_node
+from plait.xds.protocol import NACKED, SYNCED
+from plait.xds.publish import TYPES, Publisher
+from plait.xds.resources import TYPE_URLS
+
+TESTDATA = Path(__file__).parent / "testdata"
+BOOKINFO = Path(__file__).parents[2] / "src/plait/demo/bookinfo"
+SHAPE = MeshShape(services=24, namespaces=4, endpoints_per_service=2, routed_every=4)
+
+
+class FakeEnvoy:
+    """Drives one hub connection as a state-of-the-world Envoy would, subscribing to every name."""
+
+    def __init__(self, hub: XdsHub, proxy: Proxy, *, delta: bool = False):
+        self.wakes = 0
+        self.conn = hub.connect(make_node(proxy), delta=delta, wake=self._wake)
+        self.names: dict[str, list[str]] = {}
+
+    def _wake(self) -> None:
+        self.wakes += 1
+
+    def request(self, short: str, response=None, error: str | None = None):
+        return discovery_pb2.DiscoveryRequest(
+            type_url=TYPE_URLS[short], resource_names=self.names[short],
+            response_nonce=response.nonce if response else "", version_info=response.payload.version if response else "",
+            error_detail=status_pb2.Status(code=3, message=error) if error else None)
+
+    def answer(self, responses, error: str | None = None) -> None:
+        for response in responses:
+            self.conn.receive(self.request(response.type, response, error))
+
+    def sync(self) -> None:
+        published = self.conn.stream.published
+        for short in TYPES:
+            self.names[short] = [] if short in ("cds", "lds") else sorted(published.types[short].resources)
+            self.answer(self.conn.receive(self.request(short)))
+
+    def pushes(self):
+        return self.conn.take_pushes()
+
+
+def sidecar(name: str, namespace: str, *, hosts: str = "./*") -> str:
+    return f"""apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  egress:
+  - hosts: ["{hosts}", "istio-system/*"]
+"""
+
+
+def synthetic(scoped: bool) -> MeshSnapshot:
+    resources = mesh_resources(SHAPE)
+    if scoped:
+        resources += load_text("---\n".join(sidecar("default", f"mesh-{i}") for i in range(4))).raise_for_errors()
+    return MeshSnapshot(resources)
+
+
+def workload_proxy(snapshot: MeshSnapshot, index: int, endpoint: int = 0, **changes) -> Proxy:
+    we = snapshot.workload(f"{SHAPE.namespace(index)}/{SHAPE.workload_name(index, endpoint)}")
+    return dataclasses.replace(Proxy.from_workload_entry(we), **changes)
+
+
+def synced(hub: XdsHub, proxies) -> list[FakeEnvoy]:
+    envoys = [FakeEnvoy(hub, p) for p in proxies]
+    for envoy in envoys:
+        envoy.sync()
+    return envoys
+
+
+# ------------------------------------------------------------------ what a proxy gets
+
+def _testdata_cases():
+    for path in sorted(TESTDATA.glob("*.input.yaml")):
+        snapshot = MeshSnapshot(load_text(path.read_text(), path.name).raise_for_errors())
+        yield path.name, snapshot
+    services = load_paths([BOOKINFO / "services.yaml", BOOKINFO / "networking/bookinfo-gateway.yaml"])
+    yield "bookinfo", MeshSnapshot(services.raise_for_errors())
+
+
+@pytest.mark.parametrize("mode", ["capture", "proxy"])
+def test_every_proxy_gets_exactly_what_the_generator_makes_for_it(mode):
+    """Sharing must never change a proxy's resources: all testdata workloads, all at once."""
+    publisher = Publisher()
+    for case, snapshot in _testdata_cases():
+        hub = XdsHub(snapshot)
+        for we in snapshot.workload_entries:
+            proxy = Proxy.from_workload_entry(we, mode=mode)
+            got = hub.connect(make_node(proxy), delta=False, wake=lambda: None).stream.published
+            want = publisher.publish(generate(snapshot, proxy))
+            assert {s: m.version for s, m in got.types.items()} == {s: m.version for s, m in want.types.items()}, \
+                f"{case}: {proxy.id}"
+
+
+def test_alike_proxies_share_resources_and_others_do_not():
+    snapshot = MeshSnapshot(load_paths([BOOKINFO / "services.yaml"]).raise_for_errors())
+    hub = XdsHub(snapshot)
+
+    def published(workload: str, **changes):
+        proxy = dataclasses.replace(Proxy.from_workload_entry(snapshot.workload(workload)), **changes)
+        return hub.connect(make_node(proxy), delta=False, wake=lambda: None).stream.published
+
+    assert published("reviews-v1") is published("ratings-v1")  # same namespace, same inbound port 9080
+    assert published("reviews-v1") is not published("reviews-v1", mode="proxy", ip="127.0.0.2")
+    assert published("reviews-v1", mode="proxy", ip="127.0.0.2") is not published("reviews-v1", mode="proxy",
+                                                                                    ip="127.0.0.3")
+    assert published("reviews-v1", app_address="127.0.0.9") is not published("reviews-v1")
+
+
+def test_labels_split_groups_only_when_a_selector_reads_them():
+    snapshot = synthetic(scoped=False)
+    hub = XdsHub(snapshot)
+    a, b = synced(hub, [workload_proxy(snapshot, 0), workload_proxy(snapshot, 4)])  # mesh-0, other labels
+    assert a.conn.stream.published is b.conn.stream.published
+    selecting = load_one(sidecar("for-svc-0000", "mesh-0").replace(
+        "spec:\n", "spec:\n  workloadSelector: {labels: {app: svc-0000}}\n"))
+    hub.update(snapshot.with_changes(upserts=[selecting]), [selecting.key])
+    assert [r.type for r in a.pushes()] == ["cds", "rds"]  # scoped to its namespace now
+    assert b.pushes() == []
+    assert a.conn.stream.published is not b.conn.stream.published
+
+
+def test_proxy_from_node_reads_istio_metadata():
+    proxy = Proxy(kind="sidecar", ip="10.0.0.5", name="web-1", namespace="shop", labels={"app": "web"},
+                  mode="proxy", service_account="web-sa", app_address="127.0.0.7")
+    assert proxy_from_node(make_node(proxy)) == dataclasses.replace(proxy, labels=dict(proxy.labels))
+    with pytest.raises(ValueError):
+        proxy_from_node(base_pb2.Node(id="not-istio"))
+
+
+# ------------------------------------------------------------------ which proxies a change reaches
+
+def _change_svc(snapshot: MeshSnapshot, index: int, weight: int):
+    vs = load_one(virtual_service_yaml(SHAPE, index, v1_weight=weight))
+    return snapshot.with_changes(upserts=[vs]), [vs.key]
+
+
+def test_with_sidecar_scoping_a_change_reaches_only_the_namespace_that_sees_it():
+    snapshot = synthetic(scoped=True)
+    hub = XdsHub(snapshot)
+    envoys = synced(hub, [workload_proxy(snapshot, i) for i in range(4)])  # one per namespace mesh-0..3
+    new, keys = _change_svc(snapshot, 4, 50)  # svc-0004 lives in mesh-0
+    hub.update(new, keys)
+    assert hub.last_update.regenerated == 1
+    pushed = [[(r.type, r.names) for r in e.pushes()] for e in envoys]
+    assert pushed == [[("rds", ["8080"])], [], [], []]
+    assert [e.wakes for e in envoys] == [1, 0, 0, 0]
+
+
+def test_without_scoping_a_route_change_reaches_every_proxy_but_only_routes_are_rebuilt():
+    snapshot = synthetic(scoped=False)
+    hub = XdsHub(snapshot)
+    envoys = synced(hub, [workload_proxy(snapshot, i) for i in range(4)])
+    before = [e.conn.stream.published for e in envoys]
+    hub.update(*_change_svc(snapshot, 4, 50))
+    for envoy, old in zip(envoys, before):
+        assert [r.type for r in envoy.pushes()] == ["rds"]
+        new = envoy.conn.stream.published
+        assert all(new.types[s] is old.types[s] for s in ("cds", "eds", "lds"))
+
+
+def test_an_endpoint_change_pushes_endpoints_only_and_a_no_op_pushes_nothing():
+    snapshot = synthetic(scoped=False)
+    hub = XdsHub(snapshot)
+    envoys = synced(hub, [workload_proxy(snapshot, i) for i in range(4)])
+    we = snapshot.workload(f"{SHAPE.namespace(5)}/{SHAPE.workload_name(5, 1)}")
+    moved = dataclasses.replace(we, spec=we.spec.model_copy(update={"address": "10.200.0.1"}))
+    hub.update(snapshot.with_changes(upserts=[moved]), [we.key])
+    assert [[(r.type, r.names) for r in e.pushes()] for e in envoys] == \
+           [[("eds", ["outbound|8080||svc-0005.mesh-1.svc.cluster.local"])]] * 4
+    hub.update(hub.snapshot, None)  # "unknown change": everything regenerated, nothing differs
+    assert hub.last_update.regenerated == 4 and all(e.pushes() == [] for e in envoys)
+
+
+# ------------------------------------------------------------------ errors
+
+def test_a_failing_generation_keeps_the_last_good_resources_and_is_reported():
+    snapshot = synthetic(scoped=False)
+    fail = {"on": False}
+
+    def mutate(proxy, resources):
+        if fail["on"]:
+            raise RuntimeError("broken translation")
+        return resources
+
+    hub = XdsHub(snapshot, mutate=mutate)
+    (envoy,) = synced(hub, [workload_proxy(snapshot, 0)])
+    good = envoy.conn.stream.published
+    fail["on"] = True
+    hub.update(*_change_svc(snapshot, 4, 50))
+    assert envoy.conn.stream.published is good and envoy.pushes() == []
+    (status,) = hub.statuses()
+    assert status.errors == ("generation failed: RuntimeError: broken translation",)
+    fail["on"] = False
+    hub.update(*_change_svc(hub.snapshot, 4, 40))
+    assert [r.type for r in envoy.pushes()] == ["rds"] and hub.statuses()[0].errors == ()
+
+
+def test_an_unconvertible_resource_is_left_out_with_an_error_and_the_rest_is_sent():
+    snapshot = synthetic(scoped=False)
+
+    def mutate(proxy, resources):
+        resources.clusters["bad"] = {"name": "bad", "type": "NO_SUCH_TYPE"}
+        return resources
+
+    hub = XdsHub(snapshot, mutate=mutate)
+    (envoy,) = synced(hub, [workload_proxy(snapshot, 0)])
+    assert "bad" not in envoy.conn.stream.held("cds")
+    assert "outbound|8080||svc-0001.mesh-1.svc.cluster.local" in envoy.conn.stream.held("cds")
+    assert any(e.startswith("cds bad:") for e in hub.statuses()[0].errors)
+
+
+# ------------------------------------------------------------------ status, convergence, metrics
+
+def test_statuses_config_dump_convergence_and_metrics():
+    snapshot = synthetic(scoped=False)
+    hub = XdsHub(snapshot)
+    envoys = synced(hub, [workload_proxy(snapshot, i) for i in range(2)])
+    (status, _) = hub.statuses()
+    assert {s: t.state for s, t in status.types.items()} == dict.fromkeys(TYPES, SYNCED)
+    assert status.stream == "sotw" and status.envoy_version == "1.40.0"
+    assert status.to_dict()["proxy"]["namespace"] == "mesh-0"
+    dump = hub.config_dump(status.proxy_id)
+    assert {c["name"] for c in dump["cds"]} == set(envoys[0].conn.stream.published.types["cds"].resources)
+    assert hub.config_dump("sidecar~1.2.3.4~nobody.none~none.svc.cluster.local") is None
+
+    hub.update(*_change_svc(snapshot, 4, 50))
+    record = hub.last_update
+    assert record.finished is None and len(record.waiting) == 2
+    envoys[0].answer(envoys[0].pushes())
+    pushes = envoys[1].pushes()
+    assert record.finished is None
+    envoys[1].answer(pushes, error="no thanks")
+    assert record.finished is not None and set(record.acked) == {e.conn.proxy_id for e in envoys}
+    assert hub.statuses()[1].types["rds"].state == NACKED
+    assert hub.statuses()[1].types["rds"].nack_message == "no thanks"
+    sample = hub.metrics.get_sample_value
+    assert sample("plait_xds_convergence_seconds_count") == 1
+    assert sample("plait_xds_nacks_total", {"type": "rds"}) == 1
+    assert sample("plait_xds_pushes_total", {"type": "rds"}) == 4
+    assert sample("plait_xds_connected_proxies") == 2 and sample("plait_xds_push_seconds_count") == 1
+    hub.disconnect(envoys[0].conn)
+    assert sample("plait_xds_connected_proxies") == 1 and len(hub.statuses()) == 1
+
+
+def test_a_disconnect_ends_the_wait_for_that_proxy():
+    snapshot = synthetic(scoped=False)
+    hub = XdsHub(snapshot)
+    (envoy,) = synced(hub, [workload_proxy(snapshot, 0)])
+    hub.update(*_change_svc(snapshot, 4, 50))
+    envoy.pushes()
+    hub.disconnect(envoy.conn)
+    assert hub.last_update.finished is not None and hub.last_update.acked == {}
+
+
+def test_per_proxy_memory_is_small_beyond_the_shared_resources():
+    snapshot = MeshSnapshot(mesh_resources(MeshShape(services=200, endpoints_per_service=2)))
+    hub = XdsHub(snapshot)
+    proxies = [Proxy(kind="sidecar", ip=f"10.128.0.{i + 1}", name=f"svc-{i:04d}-0", namespace="mesh-0")
+               for i in range(0, 200, 4)]
+    synced(hub, proxies[:1])  # the shared part: generated and published once
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        envoys = synced(hub, proxies[1:])
+        gc.collect()
+        per_proxy = (tracemalloc.get_traced_memory()[0] - start) / len(envoys)
+    finally:
+        tracemalloc.stop()
+    assert all(e.conn.stream.published is envoys[0].conn.stream.published for e in envoys)
+    assert per_proxy < 20_000, f"{per_proxy:.0f} bytes per proxy"

@@ -1,0 +1,192 @@
+"""Publishing: content-hash versions, the conversion caches, consistency checks, bad resources,
+and which proxies a change can affect."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from envoy.config.route.v3 import route_pb2
+from plait.api import load_paths, load_text
+from plait.model import MeshSnapshot, Proxy
+from plait.xds.generator import generate
+from plait.xds.publish import Publisher, change_impact, check_references, content_hash
+from plait.xds.resources import ResourceSet
+
+BOOKINFO = Path(__file__).parents[2] / "src/plait/demo/bookinfo"
+NETWORKING = BOOKINFO / "networking"
+
+
+def bookinfo(*files: str) -> MeshSnapshot:
+    paths = [BOOKINFO / "services.yaml", NETWORKING / "destination-rule-all.yaml", *(NETWORKING / f for f in files)]
+    return MeshSnapshot(load_paths(paths).raise_for_errors())
+
+
+def productpage(snapshot: MeshSnapshot) -> Proxy:
+    return Proxy.from_workload_entry(snapshot.workload("productpage-v1"))
+
+
+def versions(published) -> dict[str, dict[str, str]]:
+    return {short: {n: r.version for n, r in m.resources.items()} for short, m in published.types.items()}
+
+
+def test_versions_are_content_hashes_stable_across_runs_and_key_order():
+    assert content_hash({"a": 1, "b": [1, {"c": 2, "d": 3}]}) == content_hash({"b": [1, {"d": 3, "c": 2}], "a": 1})
+    snapshot = bookinfo("virtual-service-reviews-jason-v2-v3.yaml")
+    first = Publisher().publish(generate(snapshot, productpage(snapshot)))
+    second = Publisher().publish(generate(snapshot, productpage(snapshot)))
+    assert versions(first) == versions(second)
+    assert {s: m.version for s, m in first.types.items()} == {s: m.version for s, m in second.types.items()}
+
+
+def test_an_unchanged_resource_is_converted_once_and_shared():
+    snapshot = bookinfo()
+    publisher = Publisher()
+    first = publisher.publish(generate(snapshot, productpage(snapshot)))
+    converted = publisher.conversions
+    reviews = Proxy.from_workload_entry(snapshot.workload("reviews-v2"))
+    second = publisher.publish(generate(snapshot, reviews), first)
+    assert publisher.conversions == converted  # same namespace and ports: identical resources
+    for short in first.types:
+        assert second.types[short] is first.types[short]  # no change: the very same map, nothing to send
+    name = "outbound|9080|v1|reviews.default.svc.cluster.local"
+    assert second.types["cds"].resources[name] is first.types["cds"].resources[name]
+
+
+def test_one_changed_virtual_host_is_the_only_one_converted_again():
+    snapshot = bookinfo()
+    publisher = Publisher()
+    before = publisher.publish(generate(snapshot, productpage(snapshot)))
+    changed = bookinfo("virtual-service-reviews-test-v2.yaml")
+    vhosts = publisher.vhost_conversions
+    after = publisher.publish(generate(changed, productpage(changed)), before)
+    assert publisher.vhost_conversions == vhosts + 1
+    assert after.types["rds"].version != before.types["rds"].version
+    assert after.types["cds"] is before.types["cds"]
+
+
+def test_route_configurations_converted_by_virtual_host_equal_parse_dict_of_the_whole():
+    snapshot = bookinfo("virtual-service-reviews-jason-v2-v3.yaml")
+    resources = generate(snapshot, productpage(snapshot))
+    published = Publisher().publish(resources)
+    for name, config in resources.routes.items():
+        whole = json_format.ParseDict(config, route_pb2.RouteConfiguration())
+        assert route_pb2.RouteConfiguration.FromString(published.types["rds"].resources[name].value) == whole
+
+
+def test_decoded_resources_are_envoy_json():
+    snapshot = bookinfo()
+    resources = generate(snapshot, productpage(snapshot))
+    published = Publisher().publish(resources)
+    cluster = published.types["cds"].resources["outbound|9080||reviews.default.svc.cluster.local"].to_dict()
+    assert cluster["name"] == "outbound|9080||reviews.default.svc.cluster.local" and cluster["type"] == "EDS"
+
+
+def test_references_to_missing_resources_are_warnings():
+    snapshot = bookinfo("virtual-service-all-v1.yaml")
+    resources = generate(snapshot, productpage(snapshot))
+    assert check_references(resources) == []
+    broken = ResourceSet(dict(resources.clusters), dict(resources.endpoints), dict(resources.listeners),
+                         dict(resources.routes))
+    del broken.clusters["outbound|9080|v1|reviews.default.svc.cluster.local"]
+    del broken.endpoints["outbound|9080|v1|ratings.default.svc.cluster.local"]
+    del broken.routes["9080"]
+    warnings = Publisher().publish(broken).warnings
+    assert "cds outbound|9080|v1|ratings.default.svc.cluster.local: no endpoints named " \
+           "outbound|9080|v1|ratings.default.svc.cluster.local" in warnings
+    assert "lds 0.0.0.0_9080: unknown route configuration 9080" in warnings
+    broken.routes = dict(resources.routes)
+    assert "rds 9080: route to unknown cluster outbound|9080|v1|reviews.default.svc.cluster.local" in \
+           check_references(broken)
+
+
+def test_a_resource_that_fails_conversion_is_dropped_or_keeps_its_last_good_version():
+    snapshot = bookinfo()
+    resources = generate(snapshot, productpage(snapshot))
+    publisher = Publisher()
+    good = publisher.publish(resources)
+    name = "outbound|9080||reviews.default.svc.cluster.local"
+    bad = copy.deepcopy(resources)
+    bad.clusters[name]["no_such_field"] = 1
+    bad.clusters["brand-new"] = {"name": "brand-new", "type": "NOT_A_TYPE"}
+    published = publisher.publish(bad, good)
+    assert published.types["cds"].resources[name] is good.types["cds"].resources[name]
+    assert "brand-new" not in published.types["cds"].resources
+    (kept,) = [e for e in published.errors if e.startswith(f"cds {name}:")]
+    assert "no_such_field" in kept and kept.endswith("(kept the previous version)")
+    assert any(e.startswith("cds brand-new:") for e in published.errors)
+    first_time = publisher.publish(bad)  # nothing to fall back on: dropped
+    assert name not in first_time.types["cds"].resources
+
+
+def test_publish_routes_replaces_only_route_configurations():
+    snapshot = bookinfo()
+    publisher = Publisher()
+    before = publisher.publish(generate(snapshot, productpage(snapshot)))
+    changed = bookinfo("virtual-service-all-v1.yaml")
+    routes = list(generate(changed, productpage(changed)).routes.values())
+    after = publisher.publish_routes(routes, before)
+    assert all(after.types[s] is before.types[s] for s in ("cds", "eds", "lds"))
+    assert after.types["rds"].version == publisher.publish(generate(changed, productpage(changed))).types["rds"].version
+
+
+# ------------------------------------------------------------------ change impact
+
+VS_TCP = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  tcp:
+  - route:
+    - destination: {host: ratings}
+"""
+
+
+def with_files(snapshot: MeshSnapshot, *files: str):
+    added = load_paths([NETWORKING / f for f in files]).raise_for_errors()
+    return snapshot.with_changes(upserts=added), [r.key for r in added]
+
+
+def test_impact_of_a_virtual_service_is_its_hosts_and_routes_only():
+    snapshot = bookinfo()
+    new, keys = with_files(snapshot, "virtual-service-reviews-test-v2.yaml")
+    impact = change_impact(snapshot, new, keys)
+    assert impact.hosts == {"reviews.default.svc.cluster.local"} and impact.routes_only and not impact.everything
+    assert impact.affects("sidecar", "default", {"reviews.default.svc.cluster.local"})
+    assert not impact.affects("sidecar", "other", {"details.default.svc.cluster.local"})
+    tcp = load_text(VS_TCP).raise_for_errors()
+    assert not change_impact(snapshot, snapshot.with_changes(upserts=tcp), [tcp[0].key]).routes_only
+
+
+def test_impact_of_gateways_sidecars_rules_and_endpoints():
+    snapshot = bookinfo()
+    new, keys = with_files(snapshot, "bookinfo-gateway.yaml")
+    impact = change_impact(snapshot, new, keys)
+    assert impact.routers and impact.affects("router", "istio-system", set())
+    dr_key = ("DestinationRule", "default", "reviews")
+    assert change_impact(snapshot, snapshot.with_changes(deletes=[dr_key]), [dr_key]).hosts == {
+        "reviews.default.svc.cluster.local"}
+    we = snapshot.workload("ratings-v1")
+    moved = dataclasses.replace(we, spec=we.spec.model_copy(update={"address": "10.244.9.9"}))
+    impact = change_impact(snapshot, snapshot.with_changes(upserts=[moved]), [we.key])
+    assert impact.hosts == {"ratings.default.svc.cluster.local"} and not impact.routes_only
+    sidecar = ("Sidecar", "default", "default")
+    assert change_impact(snapshot, snapshot, [sidecar]).namespaces == {"default"}
+    assert change_impact(snapshot, snapshot, [("Sidecar", "istio-system", "default")]).everything
+
+
+def test_unsure_changes_reach_everyone():
+    snapshot = bookinfo()
+    assert change_impact(snapshot, snapshot, None).everything
+    assert change_impact(snapshot, snapshot, [("AuthorizationPolicy", "default", "x")]).everything
+    new_service = load_text("""apiVersion: v1
+kind: Service
+metadata: {name: extra, namespace: default}
+spec:
+  ports: [{name: http, port: 80}]
+""").raise_for_errors()
+    assert change_impact(snapshot, snapshot.with_changes(upserts=new_service), [new_service[0].key]).everything
