@@ -279,3 +279,34 @@ def test_apply_rejects_bad_config_and_changes_nothing(mesh: Mesh) -> None:
     assert rejected.value.status == 400
     assert rejected.value.problems[0]["path"] == "spec.http[0].timeout"
     assert not any(i["metadata"]["name"] == "x" for i in mesh.cp.api.get("/api/v1/config")["items"])
+
+
+def cli(mesh: Mesh, *args: str) -> str:
+    from typer.testing import CliRunner
+
+    from plait.cli.main import app
+
+    result = CliRunner().invoke(app, [*args, "--control-plane", f"127.0.0.1:{mesh.cp.http_port}"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_proxy_status_for_one_proxy_compares_sent_with_held(mesh: Mesh) -> None:
+    text = cli(mesh, "proxy-status", "client.default")
+    assert "Envoy holds what the control plane sent." in text
+    assert text.count("SYNCED") == 4
+
+
+def test_proxy_config_finds_the_envoy_through_the_control_plane(mesh: Mesh) -> None:
+    routes = cli(mesh, "proxy-config", "route", "client.default")
+    assert "explicit_proxy" in routes and "reviews.default.svc.cluster.local:9080" in routes
+    endpoints = cli(mesh, "proxy-config", "endpoint", "client.default")
+    assert f"{mesh.net}.11:8080" in endpoints
+
+
+def test_version_and_metrics(mesh: Mesh) -> None:
+    assert "control plane version: 0." in cli(mesh, "version")
+    metrics = mesh.cp.api.get("/metrics")
+    for name in ("plait_xds_pushes_total", "plait_xds_push_seconds", "plait_xds_connected_proxies 3.0",
+                 "plait_xds_nacks_total", "plait_xds_convergence_seconds", "plait_snapshot_rebuilds_total"):
+        assert name in metrics, name

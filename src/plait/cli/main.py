@@ -106,18 +106,26 @@ def translate(
 
 
 @app.command()
-def version() -> None:
-    """Print the plait and Envoy versions."""
+def version(control_plane: Annotated[str | None, typer.Option(
+        "--control-plane", help="Control plane host, host:port or URL (default $PLAIT_CONTROL_PLANE or localhost).")] = None,
+) -> None:
+    """Print the versions of this client, the control plane (if one answers) and Envoy."""
     import subprocess
 
+    from plait.cli.client import ClientError, Http, control_plane_url
     from plait.xds.static import find_envoy
 
-    out.print(f"plait {__version__}")
+    out.print(f"client version: {__version__}")
+    try:
+        remote = Http(control_plane_url(control_plane), timeout=3).get("/version")
+        out.print(f"control plane version: {remote['plait']}")
+    except ClientError:
+        out.print("control plane version: none running at " + control_plane_url(control_plane))
     try:
         text = subprocess.run([find_envoy(), "--version"], capture_output=True, text=True, timeout=30).stdout
-        out.print(f"envoy {text.split('version:')[-1].strip()}")
+        out.print(f"envoy version: {text.split('version:')[-1].strip()}")
     except (FileNotFoundError, subprocess.SubprocessError) as exc:
-        out.print(f"envoy: not available ({exc})")
+        out.print(f"envoy version: not available ({exc})")
 
 
 from plait.cli import agent as _agent, controlplane as _controlplane, explain as _explain, proxies as _proxies  # noqa: E402,I001

@@ -98,7 +98,9 @@ def _proxy_diff(status: dict, control_plane: str | None, admin: str | None) -> N
     clean = True
     for short in TYPES:
         names = {r.get("name") or r.get("cluster_name") for r in sent.get(short, [])}
-        missing, extra = sorted(names - held[short]), sorted(held[short] - names - _bootstrap_only(short))
+        missing = sorted(names - held[short])
+        # Envoy lists endpoints of every cluster (static, DNS too), so only missing EDS names count.
+        extra = [] if short == "eds" else sorted(held[short] - names - _bootstrap_only(short))
         state = _state(status, short)
         if missing or extra or state != "SYNCED":
             clean = False
