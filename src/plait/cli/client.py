@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -51,7 +52,7 @@ class Http:
                 payload = {}
             raise ClientError(payload.get("error") or f"{self.what} answered {exc.code}", exc.code,
                               payload.get("problems")) from None
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise ClientError(f"cannot reach {self.what} at {self.base} ({reason}); is it running? "
                               "Start one with 'plait control-plane', or point --control-plane / "

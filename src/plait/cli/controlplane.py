@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlencode
 
 import typer
 import yaml
@@ -30,12 +31,12 @@ def _out():
     return out, err
 
 
-def fail(exc: ClientError) -> None:
+def fail(exc: ClientError, verb: str = "applied") -> None:
     out, err = _out()
     if exc.problems:
         from plait.cli.main import print_problems
         print_problems([Problem(**p) for p in exc.problems])
-        err.print(f"[red]{sum(p['severity'] == 'error' for p in exc.problems)} error(s)[/]; nothing was applied. "
+        err.print(f"[red]{sum(p['severity'] == 'error' for p in exc.problems)} error(s)[/]; nothing was {verb}. "
                   "Fix them and run the command again.")
     else:
         err.print(f"[red]error[/]: {exc}")
@@ -115,7 +116,7 @@ def apply(filename: Files, control_plane: ControlPlane = None,
     Example: [bold]plait apply -f samples/bookinfo/networking/virtual-service-reviews-80-20.yaml[/]
     """
     name, text = _joined(filename)
-    query = f"?filename={name}" + ("&dryRun=true" if dry_run else "")
+    query = "?" + urlencode({"filename": name, **({"dryRun": "true"} if dry_run else {})})
     try:
         result = Http(control_plane_url(control_plane)).request("POST", "/api/v1/config" + query, text.encode())
     except ClientError as exc:
@@ -130,11 +131,25 @@ def delete(filename: Files, control_plane: ControlPlane = None) -> None:
     """
     name, text = _joined(filename)
     try:
-        result = Http(control_plane_url(control_plane)).request("POST", f"/api/v1/config/delete?filename={name}",
+        result = Http(control_plane_url(control_plane)).request("POST", "/api/v1/config/delete?" + urlencode({"filename": name}),
                                                                 text.encode())
     except ClientError as exc:
-        fail(exc)
+        fail(exc, "deleted")
     _summarise(result, "delete")
+
+
+KIND_NAMES = {"vs": "VirtualService", "dr": "DestinationRule", "se": "ServiceEntry", "gw": "Gateway",
+              "we": "WorkloadEntry", "svc": "Service"}
+
+
+def kind_name(text: str) -> str:
+    """kubectl habits: ``vs``, ``virtualservice`` and ``virtualservices`` all mean VirtualService."""
+    lowered = text.lower()
+    if lowered in KIND_NAMES:
+        return KIND_NAMES[lowered]
+    if lowered.endswith("ies"):
+        return lowered[:-3] + "y"
+    return lowered.removesuffix("s")
 
 
 def get(kind: Annotated[str, typer.Argument(help="VirtualService, DestinationRule, ServiceEntry, Gateway, "
@@ -147,7 +162,7 @@ def get(kind: Annotated[str, typer.Argument(help="VirtualService, DestinationRul
 
     Example: [bold]plait get virtualservice reviews -o yaml[/]
     """
-    query = f"?kind={kind}" + (f"&name={name}" if name else "") + (f"&namespace={namespace}" if namespace else "")
+    query = "?" + urlencode({k: v for k, v in (("kind", kind_name(kind)), ("name", name), ("namespace", namespace)) if v})
     try:
         items = Http(control_plane_url(control_plane)).get("/api/v1/config" + query)["items"]
     except ClientError as exc:
@@ -160,6 +175,8 @@ def get(kind: Annotated[str, typer.Argument(help="VirtualService, DestinationRul
         out.print(json.dumps(items if not name else items[0], indent=2), markup=False)
     elif output == "yaml":
         out.print(yaml.safe_dump_all(items, sort_keys=False), markup=False, end="")
+    elif not items:
+        out.print("No resources found")
     else:
         table = Table("NAMESPACE", "NAME", "KIND", box=None, header_style="bold")
         for item in items:

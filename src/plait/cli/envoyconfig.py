@@ -142,9 +142,11 @@ def endpoint_rows(clusters_json: dict) -> list[tuple[str, ...]]:
 
 
 def resource_names(dump: dict) -> dict[str, set[str]]:
-    """Names of what Envoy holds, by xDS short type — for comparing with what was sent."""
-    return {"cds": {c["name"] for c in clusters(dump)}, "lds": {l["name"] for l in listeners(dump)},
-            "rds": {r.get("name", "") for r in routes(dump)},
+    """Names of what Envoy got over xDS (not its bootstrap or inline config), by short type."""
+    cds, lds, rds = section(dump, "cluster"), section(dump, "listener"), section(dump, "route")
+    return {"cds": {c["cluster"]["name"] for c in cds.get("dynamic_active_clusters", [])},
+            "lds": {item["name"] for item in lds.get("dynamic_listeners", []) if "active_state" in item},
+            "rds": {r["route_config"].get("name", "") for r in rds.get("dynamic_route_configs", [])},
             "eds": {e.get("cluster_name", "") for e in endpoints(dump)}}
 
 

@@ -100,7 +100,7 @@ def _proxy_diff(status: dict, control_plane: str | None, admin: str | None) -> N
         names = {r.get("name") or r.get("cluster_name") for r in sent.get(short, [])}
         missing = sorted(names - held[short])
         # Envoy lists endpoints of every cluster (static, DNS too), so only missing EDS names count.
-        extra = [] if short == "eds" else sorted(held[short] - names - _bootstrap_only(short))
+        extra = [] if short == "eds" else sorted(held[short] - names)
         state = _state(status, short)
         if missing or extra or state != "SYNCED":
             clean = False
@@ -108,10 +108,6 @@ def _proxy_diff(status: dict, control_plane: str | None, admin: str | None) -> N
                   + (f"; not in Envoy: {', '.join(missing[:5])}" if missing else "")
                   + (f"; only in Envoy: {', '.join(extra[:5])}" if extra else ""))
     out.print("Envoy holds what the control plane sent." if clean else "Envoy differs from what was sent (above).")
-
-
-def _bootstrap_only(short: str) -> set[str]:
-    return {"xds-grpc", "sds-grpc", "prometheus_stats", "agent"} if short == "cds" else set()
 
 
 CONFIG_KINDS = ("cluster", "listener", "route", "endpoint", "bootstrap")

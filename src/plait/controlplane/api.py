@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from plait import __version__
 from plait.api.errors import Problem
-from plait.api.loader import LoadResult, load_text
+from plait.api.loader import LoadResult, parse_text
 from plait.controlplane.mesh import MeshState
 from plait.sources.files import Change
 from plait.sources.workloads import parse_workload
@@ -107,7 +107,8 @@ class Api:
         return web.json_response({"items": items, "problems": [problem_dict(p) for p in self.state.store.problems]})
 
     async def _parse(self, request: web.Request) -> LoadResult:
-        return load_text(await request.text(), request.query.get("filename", "<request>"))
+        """Parse and validate each document; references are checked against the whole mesh by the store."""
+        return parse_text(await request.text(), request.query.get("filename", "<request>"))
 
     async def apply(self, request: web.Request) -> web.Response:
         parsed = await self._parse(request)
@@ -127,7 +128,7 @@ class Api:
             return _rejected(parsed.problems)
         change = self.state.store.delete([r.key for r in parsed.resources])
         if not change.ok:
-            return _rejected(change.problems, status=404 if all("does not exist" in p.message
+            return _rejected(change.problems, status=404 if all("not found" in p.message
                                                                 for p in change.problems) else 400)
         self.state.changed()
         return web.json_response(change_dict(change))

@@ -106,12 +106,16 @@ class FileStore:
     # ------------------------------------------------------------ writing
 
     def _candidate(self, upserts: list[Resource], deletes: list[Key]) -> tuple[dict[Key, Resource], list[Problem]]:
+        """The configuration after the change, and its problems: every error, and the warnings
+        about the objects being changed (a dangling reference elsewhere is old news)."""
         candidate = dict(self.resources)
         for key in deletes:
             candidate.pop(key, None)
         for r in upserts:
             candidate[r.key] = r
-        problems = [p for p in check_references(list(candidate.values())) if p.severity == "error"]
+        touched = {(r.kind, r.namespace, r.name) for r in upserts}
+        problems = [p for p in check_references(list(candidate.values()))
+                    if p.severity == "error" or (p.kind, p.namespace, p.name) in touched]
         return candidate, problems
 
     def apply(self, resources: list[Resource], *, dry_run: bool = False) -> Change:
@@ -122,7 +126,7 @@ class FileStore:
             return Change(problems=[Problem(message=f"{k[0]} {k[1]}/{k[2]} appears twice in the input")
                                     for k in repeated])
         candidate, problems = self._candidate(resources, [])
-        change = diff(self.resources, candidate)
+        change = diff({k: v for k, v in self.resources.items() if k in keys}, {k: candidate[k] for k in keys})
         change.problems = problems
         if change.ok and not dry_run:
             self._persist(candidate, upserts=[r for r in resources if r.key in change.keys], deletes=[])
@@ -131,11 +135,10 @@ class FileStore:
     def delete(self, keys: list[Key], *, dry_run: bool = False) -> Change:
         missing = [k for k in keys if k not in self.resources]
         if missing:
-            return Change(problems=[Problem(message=f"{k[0]} {k[1]}/{k[2]} does not exist", kind=k[0],
-                                            namespace=k[1], name=k[2]) for k in missing])
+            return Change(problems=[Problem(message="not found in the mesh's configuration", file="delete request",
+                                            kind=k[0], namespace=k[1], name=k[2]) for k in missing])
         candidate, problems = self._candidate([], keys)
-        change = diff(self.resources, candidate)
-        change.problems = problems
+        change = Change(deleted=list(keys), problems=problems)
         if change.ok and not dry_run:
             self._persist(candidate, upserts=[], deletes=keys)
         return change
