@@ -310,3 +310,24 @@ def test_version_and_metrics(mesh: Mesh) -> None:
     for name in ("plait_xds_pushes_total", "plait_xds_push_seconds", "plait_xds_connected_proxies 3.0",
                  "plait_xds_nacks_total", "plait_xds_convergence_seconds", "plait_snapshot_rebuilds_total"):
         assert name in metrics, name
+
+
+def test_cli_apply_get_and_delete(mesh: Mesh, tmp_path: Path) -> None:
+    sample = BOOKINFO / "virtual-service-reviews-test-v2.yaml"
+    assert "VirtualService default/reviews created" in cli(mesh, "apply", "-f", str(sample))
+    assert "VirtualService default/reviews unchanged" in cli(mesh, "apply", "-f", str(sample))
+    listed = yaml.safe_load(cli(mesh, "get", "vs", "reviews", "-o", "yaml"))
+    assert listed["spec"]["http"][0]["match"][0]["headers"]["end-user"] == {"exact": "jason"}
+    stored = mesh.cp.config_dir / "default" / "virtualservice-reviews.yaml"
+    assert stored.exists()  # persisted, so a restart reloads it
+    assert "VirtualService default/reviews deleted" in cli(mesh, "delete", "-f", str(sample))
+    assert not stored.exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(sample.read_text().replace("subset: v2", "subset: v2\n    timeout: soon"))
+    from typer.testing import CliRunner
+
+    from plait.cli.main import app
+
+    result = CliRunner().invoke(app, ["apply", "-f", str(bad), "--control-plane", f"127.0.0.1:{mesh.cp.http_port}"])
+    assert result.exit_code == 1
+    assert "nothing was applied" in result.output
