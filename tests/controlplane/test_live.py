@@ -331,3 +331,14 @@ def test_cli_apply_get_and_delete(mesh: Mesh, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["apply", "-f", str(bad), "--control-plane", f"127.0.0.1:{mesh.cp.http_port}"])
     assert result.exit_code == 1
     assert "nothing was applied" in result.output
+
+
+def test_bad_api_requests_get_400_with_a_reason(mesh: Mesh) -> None:
+    for body in (b"not json", b'{"address": "10.0.0.1", "ports": {"http": "x"}}'):
+        with pytest.raises(ClientError) as refused:
+            mesh.cp.api.request("PUT", "/api/v1/workloads/default/broken", body, "application/json")
+        assert refused.value.status == 400
+    with pytest.raises(ClientError) as missing:
+        mesh.cp.api.request("PUT", "/api/v1/workloads/default/nobody/ready", b'{"ready": true}', "application/json")
+    assert missing.value.status == 404
+    assert mesh.cp.api.get("/ready")  # still serving

@@ -20,6 +20,7 @@ Handlers only translate between HTTP and `MeshState`/the hub; errors are JSON
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -54,6 +55,18 @@ def change_dict(change: Change) -> dict:
 
 def _rejected(problems: list[Problem], status: int = 400) -> web.Response:
     return web.json_response({"problems": [problem_dict(p) for p in problems]}, status=status)
+
+
+async def _json_object(request: web.Request) -> dict:
+    """The request body as a JSON object, or a 400 that says what was expected."""
+    try:
+        body = json.loads(await request.text())
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text='{"error": "expected a JSON object body, e.g. {\\"address\\": \\"10.0.0.1\\"}"}',
+                                 content_type="application/json")
+    return body
 
 
 class Api:
@@ -139,7 +152,7 @@ class Api:
         return web.json_response([dataclasses.asdict(w) for w in self.state.registry.workloads.values()])
 
     async def register(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await _json_object(request)
         body.update(namespace=request.match_info["namespace"], name=request.match_info["name"])
         try:
             workload = parse_workload(body)
@@ -151,7 +164,7 @@ class Api:
         return web.json_response(dataclasses.asdict(workload))
 
     async def set_ready(self, request: web.Request) -> web.Response:
-        ready = bool((await request.json()).get("ready"))
+        ready = bool((await _json_object(request)).get("ready"))
         key = self.state.registry.set_ready(request.match_info["namespace"], request.match_info["name"], ready)
         if key is None:
             return web.json_response({"error": "no such workload"}, status=404)
