@@ -342,3 +342,25 @@ def test_bad_api_requests_get_400_with_a_reason(mesh: Mesh) -> None:
         mesh.cp.api.request("PUT", "/api/v1/workloads/default/nobody/ready", b'{"ready": true}', "application/json")
     assert missing.value.status == 404
     assert mesh.cp.api.get("/ready")  # still serving
+
+
+def test_an_agent_registers_its_workload_and_leaves_eds_before_it_stops(mesh: Mesh, tmp_path: Path) -> None:
+    """`plait agent --register`: the workload joins EDS once its proxy is ready, and on SIGTERM it
+    leaves every EDS while its Envoy drains — so callers see no failed request."""
+    app = HttpBackend("reviews-v5", f"{mesh.net}.115", 8080)
+    agent = AgentProcess(mesh.cp, tmp_path, mode="proxy", name="reviews-v5", ip=f"{mesh.net}.15",
+                         labels={"app": "reviews", "version": "v5"}, app_address=app.address,
+                         extra=["--register", "http=8080", "--control-plane-api", f"http://127.0.0.1:{mesh.cp.http_port}",
+                                "--drain-duration", "2"])
+    with app, Load(mesh) as load:
+        agent.start()
+        try:
+            mesh.eventually(lambda: app.count > 0, "the registered workload to receive traffic through its sidecar")
+            assert any(w["name"] == "reviews-v5" and w["ready"] for w in mesh.cp.api.get("/api/v1/workloads"))
+        finally:
+            agent.stop()
+        seen = app.count
+        time.sleep(0.5)
+        assert app.count == seen
+    assert not any(w["name"] == "reviews-v5" for w in mesh.cp.api.get("/api/v1/workloads"))
+    assert len(load.results) > 30 and load.failures == []

@@ -25,6 +25,7 @@ from plait.agent.admin import AdminUnavailable, EnvoyAdmin
 from plait.agent.app import app_environment, start_app, wait_for_app
 from plait.agent.bootstrap import BootstrapSettings, build_bootstrap
 from plait.agent.processes import describe_exit, exit_status
+from plait.agent.registration import Registration, deregister, keep_registered
 from plait.agent.readiness import Readiness, check_readiness, wait_until_ready
 from plait.agent.status import StatusServer
 from plait.agent.supervisor import EnvoySupervisor, envoy_argv
@@ -54,6 +55,7 @@ class AgentConfig:
     drain_seconds: float = 5.0
     app_command: tuple[str, ...] = ()
     envoy: str | None = None  # default: plait.xds.static.find_envoy()
+    registration: Registration | None = None  # register the workload with the control plane
 
 
 async def run_agent(config: AgentConfig) -> int:
@@ -85,6 +87,7 @@ class Agent:
         log.info("proxy %s; status on %s:%d, Envoy admin on 127.0.0.1:%d, control plane %s (%s)",
                  self.proxy.id, self.config.status_address, self.config.status_port,
                  self.config.bootstrap.admin_port, self.config.bootstrap.control_plane, self.config.bootstrap.xds)
+        registered = self._start_registration()
         with self._signal_handlers():
             try:
                 await envoy.start()
@@ -94,8 +97,28 @@ class Agent:
                 await self._drain()
                 return 0
             finally:
+                await self._stop_registration(registered)
                 await envoy.stop()
                 await status.close()
+
+    def _start_registration(self) -> asyncio.Task | None:
+        reg = self.config.registration
+        if reg is None:
+            return None
+
+        async def ready() -> bool:
+            app_running = not self.config.app_command or (self.app is not None and self.app.returncode is None)
+            return app_running and (await self.readiness()).ready
+
+        self._registration_stop = asyncio.Event()
+        return asyncio.create_task(keep_registered(reg, ready, self._registration_stop))
+
+    async def _stop_registration(self, task: asyncio.Task | None) -> None:
+        if task is None or self.config.registration is None:
+            return
+        self._registration_stop.set()
+        await task
+        await deregister(self.config.registration)
 
     def _write_bootstrap(self) -> Path:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +150,8 @@ class Agent:
 
     async def _drain(self) -> None:
         self.draining = True
+        if self.config.registration is not None:
+            self._registration_stop.set()  # leave every EDS first, then drain
         path = "/drain_listeners?inboundonly&graceful" if self.proxy.kind == "sidecar" else "/drain_listeners?graceful"
         try:
             await self.admin.post(path)

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from plait.agent.bootstrap import DEFAULT_CONTROL_PLANE, BootstrapSettings, parse_control_plane, proxy_for_mode
+from plait.agent.registration import Registration
 from plait.agent.run import SDS_SOCKET, AgentConfig, default_state_dir, run_agent
 
 MODES = ("capture", "proxy", "gateway")
@@ -86,6 +87,12 @@ def agent(
     concurrency: Annotated[int, typer.Option(help="Envoy worker threads.")] = 1,
     drain_duration: Annotated[float, typer.Option(help="Seconds Envoy drains before it is stopped.")] = 5.0,
     log_level: Annotated[str, typer.Option(help="Envoy's log level.")] = "warning",
+    register_ports: Annotated[str | None, typer.Option(
+        "--register", help="Register this workload with the control plane, with these ports (NAME=PORT,…; "
+                           "'' for none): ready when the proxy (and app) is, not ready while draining, "
+                           "removed on exit. Needs --control-plane-api.")] = None,
+    control_plane_api: Annotated[str | None, typer.Option(
+        help="The control plane's HTTP API for --register. Default: http://HOST:15014 of --control-plane.")] = None,
     app_command: Annotated[list[str] | None, typer.Argument(
         metavar="-- APP COMMAND", help="Started once the proxy is ready.", show_default=False)] = None,
 ) -> None:
@@ -101,7 +108,10 @@ def agent(
                                     xds=_check_choice(xds, ("sotw", "delta"), "--xds"),  # type: ignore[arg-type]
                                     sds_socket=str(directory.absolute() / SDS_SOCKET)),
         state_dir=directory, status_port=status_port, concurrency=concurrency, drain_seconds=drain_duration,
-        envoy_log_level=_check_choice(log_level, ENVOY_LOG_LEVELS, "--log-level"), app_command=tuple(app_command or ()))
+        envoy_log_level=_check_choice(log_level, ENVOY_LOG_LEVELS, "--log-level"), app_command=tuple(app_command or ()),
+        registration=None if register_ports is None else Registration(
+            api=control_plane_api or f"http://{parse_control_plane(control_plane)[0]}:15014", proxy=proxy, address=ip,
+            ports={k: int(v) for k, v in parse_labels(register_ports).items()}))
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="[agent] %(message)s")
     try:
         code = asyncio.run(run_agent(config))
