@@ -11,11 +11,7 @@ them. Everything started is stopped when the test ends.
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import socket
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest

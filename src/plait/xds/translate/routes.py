@@ -18,7 +18,7 @@ from plait.model.proxy import Proxy
 from plait.model.services import Service
 from plait.model.snapshot import MESH_GATEWAY, MeshSnapshot, gateway_ref
 from plait.xds.translate.common import (
-    BLACKHOLE_CLUSTER, CORS_FILTER, DYNAMIC_FORWARD_PROXY_CLUSTER, FAULT_FILTER, PASSTHROUGH_CLUSTER, TYPE,
+    CORS_FILTER, DYNAMIC_FORWARD_PROXY_CLUSTER, FAULT_FILTER, PASSTHROUGH_CLUSTER, TYPE,
     cluster_name, duration, fraction, parse_cluster_name, string_matcher)
 from plait.xds.translate.clusters import merge_policy
 
