@@ -75,12 +75,14 @@ def test_delete_rewrites_a_users_multi_document_file(tmp_path: Path) -> None:
 
 
 def test_update_in_place_keeps_the_object_in_the_users_file(tmp_path: Path) -> None:
-    (tmp_path / "bookinfo.yaml").write_text(SERVICE + "---\n" + VS % "1s")
+    (tmp_path / "bookinfo.yaml").write_text("# reviews, by the platform team\n" + SERVICE + "---\n" + VS % "1s")
     store = FileStore(tmp_path)
     store.load()
     store.apply(resources(VS % "5s"))
     assert [p.name for p in tmp_path.rglob("*.yaml")] == ["bookinfo.yaml"]
-    assert "timeout: 5s" in (tmp_path / "bookinfo.yaml").read_text()
+    text = (tmp_path / "bookinfo.yaml").read_text()
+    assert "timeout: 5s" in text
+    assert text.startswith("# reviews, by the platform team\n")  # other documents are kept as written
 
 
 def test_hand_edits_are_picked_up_and_a_broken_edit_keeps_the_last_good_config(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from plait.api.errors import ConfigError, Problem
 from plait.api.resources import SPEC_MODELS, ObjectMeta, Resource, Source
 
 YAML_SUFFIXES = (".yaml", ".yml")
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML has it: ~10x faster
 
 # Kinds that are valid Kubernetes/Istio objects but that plait does not act on yet.
 KNOWN_IGNORED_KINDS = {
@@ -128,7 +129,7 @@ def parse_text(text: str, file: str = "<input>") -> LoadResult:
     """A (possibly multi-document) YAML text → LoadResult with per-document problems."""
     result = LoadResult()
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = list(yaml.load_all(text, Loader=SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -11,7 +11,9 @@ rewritten in place (other documents of that file are kept).
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +22,11 @@ import yaml
 
 from plait.api.checks import check_references
 from plait.api.errors import Problem
-from plait.api.loader import LoadResult, load_paths, yaml_files
-from plait.api.resources import Resource
+from plait.api.loader import LoadResult, SafeLoader, load_paths, yaml_files
+from plait.api.resources import Resource, Source
 
 Key = tuple[str, str, str]
+SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 @dataclass
@@ -67,7 +70,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _dump(documents: list[dict]) -> str:
-    return yaml.safe_dump_all(documents, sort_keys=False)
+    return yaml.dump_all(documents, Dumper=SafeDumper, sort_keys=False)
 
 
 class FileStore:
@@ -148,36 +151,55 @@ class FileStore:
 
     def _persist(self, candidate: dict[Key, Resource], upserts: list[Resource], deletes: list[Key]) -> None:
         """Write the changed objects (in place in the file that holds them, else in the store's own
-        file), then reread the directory so each object's source (file, document) is exact."""
+        file); only the files concerned are read and written."""
         by_file: dict[Path, dict[Key, dict | None]] = {}
         for key in deletes:
             by_file.setdefault(Path(self.resources[key].source.file), {})[key] = None
+        placed = {}
         for r in upserts:
             current = self.resources.get(r.key)
             path = Path(current.source.file) if current else self._own_path(r)
             by_file.setdefault(path, {})[r.key] = r.to_dict()
+            placed[r.key] = dataclasses.replace(r, source=Source(file=str(path)))
         for path, edits in by_file.items():
             self._rewrite(path, edits)
-        reread = load_paths([self.directory])
         self._stamp = self._fingerprint()
-        self.resources = candidate if reread.errors else {r.key: r for r in reread.resources}
+        self.resources = {**candidate, **placed}
 
     def _rewrite(self, path: Path, edits: dict[Key, dict | None]) -> None:
-        documents = [d for d in yaml.safe_load_all(path.read_text())] if path.exists() else []
+        """Replace, remove or append documents in one file; every other document is kept as written
+        (comments included) and only the documents that may be edited are parsed."""
+        chunks = _DOCUMENT_SEPARATOR.split(path.read_text()) if path.exists() else []
         kept, seen = [], set()
-        for doc in documents:
-            if not isinstance(doc, dict):
+        for chunk in chunks:
+            key = _edited_key(chunk, edits)
+            if key is None:
+                kept.append(chunk if chunk.endswith("\n") else chunk + "\n")
                 continue
-            meta = doc.get("metadata") or {}
-            key = (doc.get("kind"), meta.get("namespace") or "default", meta.get("name"))
-            if key in edits:
-                seen.add(key)
-                if edits[key] is not None:
-                    kept.append(edits[key])
-            else:
-                kept.append(doc)
-        kept += [doc for key, doc in edits.items() if key not in seen and doc is not None]
+            seen.add(key)
+            if edits[key] is not None:
+                kept.append(_dump([edits[key]]))
+        kept += [_dump([doc]) for key, doc in edits.items() if key not in seen and doc is not None]
+        kept = [chunk for chunk in kept if chunk.strip()]
         if kept:
-            _write_atomically(path, _dump(kept))
+            _write_atomically(path, "---\n".join(kept))
         elif path.exists():
             path.unlink()
+
+
+_DOCUMENT_SEPARATOR = re.compile(r"^---[ \t]*(?:#.*)?\n", re.M)
+
+
+def _edited_key(chunk: str, edits: dict[Key, dict | None]) -> Key | None:
+    """The key of the object this YAML document defines, if it is one being edited."""
+    if not any(key[2] in chunk for key in edits):
+        return None
+    try:
+        doc = yaml.load(chunk, Loader=SafeLoader)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    meta = doc.get("metadata") or {}
+    key = (doc.get("kind"), meta.get("namespace") or "default", meta.get("name"))
+    return key if key in edits else None

@@ -25,10 +25,19 @@ from plait.cli.client import ClientError, Http
 STARTUP_TIMEOUT = 30.0
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 now and not handed out before by this process (the kernel may offer
+    a just-released port again, and several processes take theirs only later)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> None:
