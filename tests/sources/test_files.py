@@ -126,3 +126,17 @@ def test_a_workload_that_is_not_ready_leaves_eds_but_keeps_its_inbound_config() 
     ready = generate(MeshSnapshot([*resources(SERVICE), *registry.resources().values()]), proxy)
     (group,) = ready.endpoints["outbound|9080||reviews.default.svc.cluster.local"]["endpoints"]
     assert group["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"] == "10.0.0.1"
+
+
+def test_objects_are_only_ever_written_inside_the_directory(tmp_path: Path) -> None:
+    """Applying a file twice and deleting must never touch the file the input came from."""
+    source = tmp_path / "input" / "vs.yaml"
+    source.parent.mkdir()
+    source.write_text(VS % "1s")
+    store = FileStore(tmp_path / "mesh")
+    store.load()
+    for _ in range(2):
+        store.apply(load_text(source.read_text(), str(source)).raise_for_errors())
+    store.delete([("VirtualService", "default", "reviews")])
+    assert source.read_text() == VS % "1s"
+    assert list((tmp_path / "mesh").rglob("*.yaml")) == []

@@ -132,7 +132,7 @@ class FileStore:
         change = diff({k: v for k, v in self.resources.items() if k in keys}, {k: candidate[k] for k in keys})
         change.problems = problems
         if change.ok and not dry_run:
-            self._persist(candidate, upserts=[r for r in resources if r.key in change.keys], deletes=[])
+            self._persist(upserts=[r for r in resources if r.key in change.keys], deletes=[])
         return change
 
     def delete(self, keys: list[Key], *, dry_run: bool = False) -> Change:
@@ -140,16 +140,16 @@ class FileStore:
         if missing:
             return Change(problems=[Problem(message="not found in the mesh's configuration", file="delete request",
                                             kind=k[0], namespace=k[1], name=k[2]) for k in missing])
-        candidate, problems = self._candidate([], keys)
+        _, problems = self._candidate([], keys)
         change = Change(deleted=list(keys), problems=problems)
         if change.ok and not dry_run:
-            self._persist(candidate, upserts=[], deletes=keys)
+            self._persist(upserts=[], deletes=keys)
         return change
 
     def _own_path(self, r: Resource) -> Path:
         return self.directory / r.namespace / f"{r.kind.lower()}-{r.name}.yaml"
 
-    def _persist(self, candidate: dict[Key, Resource], upserts: list[Resource], deletes: list[Key]) -> None:
+    def _persist(self, upserts: list[Resource], deletes: list[Key]) -> None:
         """Write the changed objects (in place in the file that holds them, else in the store's own
         file); only the files concerned are read and written."""
         by_file: dict[Path, dict[Key, dict | None]] = {}
@@ -164,7 +164,9 @@ class FileStore:
         for path, edits in by_file.items():
             self._rewrite(path, edits)
         self._stamp = self._fingerprint()
-        self.resources = {**candidate, **placed}
+        # Only what was written changes: an input equal to a stored object keeps the stored one
+        # (whose source is the directory's file, never the file the input came from).
+        self.resources = {k: v for k, v in self.resources.items() if k not in deletes} | placed
 
     def _rewrite(self, path: Path, edits: dict[Key, dict | None]) -> None:
         """Replace, remove or append documents in one file; every other document is kept as written
