@@ -197,11 +197,16 @@ def test_bookinfo_samples_give_the_documented_behaviour(mesh: Mesh) -> None:
         assert set(counts) == {"reviews-v1", "reviews-v2"}
         assert 320 - 4.5 * 8 <= counts["reviews-v1"] <= 320 + 4.5 * 8  # binomial(400, 0.8): sd 8
 
+        mesh.apply_sample("virtual-service-ratings-test-delay.yaml")
+        mesh.eventually(lambda: mesh.get("http://ratings:9080/", jason).elapsed >= 6.9, "the 7s delay for jason")
+        assert mesh.get("http://ratings:9080/").elapsed < 1.0  # others are not delayed
+
         mesh.apply_sample("virtual-service-ratings-test-abort.yaml")
         mesh.eventually(lambda: mesh.get("http://ratings:9080/", jason).status == 500, "abort for jason")
         assert mesh.get("http://ratings:9080/").status == 200
     finally:
-        mesh.remove_sample("virtual-service-reviews-80-20.yaml", "virtual-service-ratings-test-abort.yaml")
+        mesh.remove_sample("virtual-service-reviews-80-20.yaml", "virtual-service-ratings-test-abort.yaml",
+                           "virtual-service-ratings-test-delay.yaml")
 
 
 def test_an_endpoint_added_and_removed_follows_eds_without_failed_requests(mesh: Mesh) -> None:
