@@ -30,6 +30,7 @@ class Registration:
     proxy: Proxy
     address: str  # where peers reach this workload: the proxy's IP
     ports: dict[str, int]
+    app_probe: str | None = None  # the app's readiness URL (its readinessProbe.httpGet), checked directly
 
     @property
     def url(self) -> str:
@@ -55,6 +56,16 @@ async def keep_registered(reg: Registration, is_ready: Callable[[], Awaitable[bo
             except TimeoutError:
                 pass
         await _send(session, "PUT", reg.url + "/ready", {"ready": False})
+
+
+async def app_probe_ok(url: str) -> bool:
+    """The app's own readiness check: a 2xx or 3xx answer within a second, as Kubernetes counts it."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1), trust_env=False) as session:
+            async with session.get(url, allow_redirects=False) as resp:
+                return 200 <= resp.status < 400
+    except (aiohttp.ClientError, TimeoutError):
+        return False
 
 
 async def deregister(reg: Registration) -> None:

@@ -25,7 +25,7 @@ from plait.agent.admin import AdminUnavailable, EnvoyAdmin
 from plait.agent.app import app_environment, start_app, wait_for_app
 from plait.agent.bootstrap import BootstrapSettings, build_bootstrap
 from plait.agent.processes import describe_exit, exit_status
-from plait.agent.registration import Registration, deregister, keep_registered
+from plait.agent.registration import Registration, app_probe_ok, deregister, keep_registered
 from plait.agent.readiness import Readiness, check_readiness, wait_until_ready
 from plait.agent.status import StatusServer
 from plait.agent.supervisor import EnvoySupervisor, envoy_argv
@@ -108,7 +108,9 @@ class Agent:
 
         async def ready() -> bool:
             app_running = not self.config.app_command or (self.app is not None and self.app.returncode is None)
-            return app_running and (await self.readiness()).ready
+            if not (app_running and (await self.readiness()).ready):
+                return False
+            return reg.app_probe is None or await app_probe_ok(reg.app_probe)
 
         self._registration_stop = asyncio.Event()
         return asyncio.create_task(keep_registered(reg, ready, self._registration_stop))

@@ -91,6 +91,8 @@ def agent(
         "--register", help="Register this workload with the control plane, with these ports (NAME=PORT,…; "
                            "'' for none): ready when the proxy (and app) is, not ready while draining, "
                            "removed on exit. Needs --control-plane-api.")] = None,
+    app_probe: Annotated[str | None, typer.Option(
+        help="With --register: the app's readiness URL (its readinessProbe); not ready until it answers 2xx.")] = None,
     control_plane_api: Annotated[str | None, typer.Option(
         help="The control plane's HTTP API for --register. Default: http://HOST:15014 of --control-plane.")] = None,
     app_command: Annotated[list[str] | None, typer.Argument(
@@ -111,7 +113,7 @@ def agent(
         envoy_log_level=_check_choice(log_level, ENVOY_LOG_LEVELS, "--log-level"), app_command=tuple(app_command or ()),
         registration=None if register_ports is None else Registration(
             api=control_plane_api or f"http://{parse_control_plane(control_plane)[0]}:15014", proxy=proxy, address=ip,
-            ports={k: int(v) for k, v in parse_labels(register_ports).items()}))
+            ports={k: int(v) for k, v in parse_labels(register_ports).items()}, app_probe=app_probe))
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="[agent] %(message)s")
     try:
         code = asyncio.run(run_agent(config))

@@ -1,0 +1,223 @@
+"""`plait up`, `plait down`, `plait status`: the local mesh from Kubernetes manifests, no cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from plait.cli.client import ClientError, Http
+from plait.runtime.local import API_PORT, STATE_FILE, LocalMesh, State
+from plait.runtime.manifests import load_manifests
+
+StateDir = Annotated[Path, typer.Option(help="Run directory: logs, the control plane's config, state.")]
+UP_TIMEOUT = 180.0
+
+
+def _out():
+    from plait.cli.main import err, out
+    return out, err
+
+
+def pick_mode(requested: str) -> str:
+    """`auto` is capture when it can be (Linux, root, iptables), else proxy."""
+    if requested != "auto":
+        return requested
+    from shutil import which
+
+    if sys.platform.startswith("linux") and os.geteuid() == 0 and which("iptables-restore") and which("ip"):
+        try:
+            import plait.runtime.netns  # noqa: F401 - capture plumbing present
+            return "capture"
+        except ImportError:
+            pass
+    return "proxy"
+
+
+def _pod_rows(state: State) -> list[tuple[str, ...]]:
+    try:
+        syncz = {s["proxy_id"]: s for s in Http(f"http://127.0.0.1:{API_PORT}", timeout=2).get("/debug/syncz")}
+        workloads = {(w["namespace"], w["name"]): w for w in Http(f"http://127.0.0.1:{API_PORT}", timeout=2)
+                     .get("/api/v1/workloads")}
+    except ClientError:
+        syncz, workloads = {}, {}
+    rows = []
+    for pod in state.pods:
+        status = next((s for pid, s in syncz.items() if f"~{pod.name}.{pod.namespace}~" in pid), None)
+        # NOT SENT is fine for a type the proxy has nothing of (a gateway without routes)
+        synced = status and all(t["state"] in ("SYNCED", "NOT SENT") for t in status["types"].values()) \
+            and status["types"]["cds"]["state"] == "SYNCED"
+        ready = workloads.get((pod.namespace, pod.name), {}).get("ready", False)
+        rows.append((f"{pod.namespace}/{pod.name}", pod.ip, "ready" if ready else "starting",
+                     "SYNCED" if synced else ("connected" if status else "-"), str(pod.restarts)))
+    return rows
+
+
+def status_table(state: State) -> Table:
+    table = Table("POD", "ADDRESS", "READY", "PROXY", "RESTARTS", box=None, header_style="bold",
+                  title=f"plait local mesh ({state.mode} mode) — ingress {state.ingress}", title_justify="left")
+    for row in _pod_rows(state):
+        table.add_row(*row)
+    return table
+
+
+def all_ready(state: State) -> bool:
+    rows = _pod_rows(state)
+    return bool(rows) and all(r[2] == "ready" and r[3] == "SYNCED" for r in rows)
+
+
+def _load_or_exit(files: list[Path]):
+    from plait.cli.main import print_problems
+
+    manifests = load_manifests(files)
+    if manifests.errors:
+        print_problems(manifests.errors)
+        _out()[1].print(f"[red]{len(manifests.errors)} error(s)[/]; nothing was started.")
+        raise typer.Exit(1)
+    return manifests
+
+
+async def _foreground(mesh: LocalMesh, quiet: bool) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, mesh.stop.set)
+    started = asyncio.Event()
+    task = asyncio.create_task(mesh.run(started))
+    if quiet:
+        await task
+        return
+    out, _ = _out()
+    await asyncio.wait({task, asyncio.create_task(started.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    with Live(status_table(mesh.state), console=out, refresh_per_second=2) as live:
+        while not task.done():
+            live.update(await asyncio.to_thread(status_table, mesh.state))
+            await asyncio.wait({task}, timeout=1.0)
+    await task
+
+
+def up(
+    filename: Annotated[list[Path], typer.Option("-f", "--filename", help="Kubernetes manifests (Deployments, "
+                                                 "Services, …) and Istio config: files or directories.")],
+    mode: Annotated[str, typer.Option(help="auto (capture when root on Linux, else proxy), capture or proxy.")] = "auto",
+    detach: Annotated[bool, typer.Option("-d", "--detach", help="Return once every pod is ready and synced.")] = False,
+    state_dir: StateDir = Path(".plait"),
+    ingress_port: Annotated[int, typer.Option(help="Host port of the ingress gateway (its port 80).")] = 8080,
+    quiet: Annotated[bool, typer.Option(hidden=True)] = False,
+) -> None:
+    """Run a mesh on this machine from ordinary Kubernetes manifests: no cluster needed.
+
+    Each Deployment replica becomes a pod: its container's command runs as a local process (the image
+    is ignored, so the same files work on Kubernetes) beside a sidecar Envoy run by plait agent. An
+    ingress gateway listens on 127.0.0.1:--ingress-port. Modes: [bold]capture[/] (root: a network
+    namespace per pod with Istio's iptables rules; apps never see the proxy) or [bold]proxy[/] (any
+    user: apps reach services through their sidecar as HTTP_PROXY). Ctrl-C stops everything.
+
+    Example: [bold]plait up -f samples/bookinfo/ -d[/]  then  [bold]plait status[/], [bold]plait apply -f …[/], [bold]plait down[/]
+    """
+    out, err = _out()
+    manifests = _load_or_exit(filename)
+    chosen = pick_mode(mode)
+    if mode == "auto":
+        out.print(f"mode: {chosen} ({'root with iptables' if chosen == 'capture' else 'no root/iptables: apps use their sidecar as HTTP_PROXY'})")
+    existing = State.load(state_dir)
+    if existing and existing.supervisor_pid and _alive(existing.supervisor_pid):
+        err.print(f"[red]error[/]: a mesh is already running from {state_dir} (pid {existing.supervisor_pid}); "
+                  "stop it with 'plait down' first")
+        raise typer.Exit(1)
+    if detach:
+        return _detach(filename, chosen, state_dir, ingress_port)
+    mesh = LocalMesh(manifests, state_dir, mode=chosen, ingress_port=ingress_port)
+    try:
+        asyncio.run(_foreground(mesh, quiet))
+    except RuntimeError as exc:
+        err.print(f"[red]error[/]: {exc}")
+        raise typer.Exit(1) from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _detach(files: list[Path], mode: str, state_dir: Path, ingress_port: int) -> None:
+    out, err = _out()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "logs").mkdir(exist_ok=True)
+    args = [sys.executable, "-m", "plait", "up", "--mode", mode, "--state-dir", str(state_dir),
+            "--ingress-port", str(ingress_port), "--quiet"] + [a for f in files for a in ("-f", str(f))]
+    with open(state_dir / "logs" / "up.log", "ab") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    started = time.monotonic()
+    with out.status("starting the mesh…") as spinner:
+        while time.monotonic() - started < UP_TIMEOUT:
+            if process.poll() is not None:
+                err.print(f"[red]error[/]: the mesh stopped; see {state_dir / 'logs' / 'up.log'}")
+                raise typer.Exit(1)
+            state = State.load(state_dir)
+            if state and state.pods and all_ready(state):
+                out.print(status_table(state))
+                out.print(f"ready in {time.monotonic() - started:.1f}s. Open {state.ingress}  —  "
+                          "'plait status' to watch, 'plait down' to stop.")
+                return
+            if state:
+                ready = sum(r[2] == "ready" for r in _pod_rows(state))
+                spinner.update(f"starting the mesh… {ready}/{len(state.pods)} pods ready")
+            time.sleep(0.5)
+    err.print(f"[red]error[/]: not every pod was ready after {UP_TIMEOUT:.0f}s; see 'plait status' and "
+              f"{state_dir / 'logs'}")
+    raise typer.Exit(1)
+
+
+def down(state_dir: StateDir = Path(".plait")) -> None:
+    """Stop the local mesh started with 'plait up -d': pods drained, processes stopped, nothing left behind."""
+    out, err = _out()
+    state = State.load(state_dir)
+    if state is None or not state.supervisor_pid or not _alive(state.supervisor_pid):
+        out.print(f"no mesh running from {state_dir}")
+        return
+    os.kill(state.supervisor_pid, signal.SIGTERM)
+    with out.status("stopping the mesh…"):
+        deadline = time.monotonic() + 60
+        while _alive(state.supervisor_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    leftovers = [p for p in [state.control_plane_pid] + [pod.pid for pod in state.pods] if p and _alive(p)]
+    if leftovers:
+        err.print(f"[red]error[/]: processes still running: {leftovers}")
+        raise typer.Exit(1)
+    out.print("stopped; nothing left running.")
+
+
+def status(state_dir: StateDir = Path(".plait")) -> None:
+    """List the local mesh's pods (address, ready, proxy sync, restarts), its services and the mode."""
+    out, _ = _out()
+    state = State.load(state_dir)
+    if state is None:
+        out.print(f"no mesh running from {state_dir} (start one with 'plait up -f …' or 'plait demo bookinfo')")
+        raise typer.Exit(1)
+    out.print(status_table(state))
+    services = Table("SERVICE", "ADDRESS", box=None, header_style="bold")
+    for name, vip in sorted(state.services.items()):
+        services.add_row(name, vip)
+    out.print(services)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(down)
+    app.command()(status)
+
+
+__all__ = ["STATE_FILE", "register"]

@@ -1,0 +1,292 @@
+"""The local mesh: the control plane, every pod (app + `plait agent` sidecar) and the gateways as
+processes on this machine, supervised until stopped.
+
+`LocalMesh.run()` starts the control plane, applies the Services (with VIPs) and
+Istio config, starts one `plait agent … --register … -- APP` per pod (the agent
+holds the app until its proxy is ready, and registers the workload, ready only
+when proxy and app are) and the ingress/egress gateways, then restarts any pod
+process that exits (with backoff, counting restarts) until `stop` is set; then it
+stops everything by PID. State (pods, addresses, PIDs) is written to
+``<state-dir>/state.json`` for `plait status` and `plait down`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from plait.api.resources import Resource
+from plait.runtime.addresses import Addresses
+from plait.runtime.manifests import Deployment, Manifests
+
+log = logging.getLogger("plait.runtime")
+XDS_PORT, API_PORT = 15010, 15014
+BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
+STATE_FILE = "state.json"
+
+
+@dataclass
+class Pod:
+    name: str
+    namespace: str
+    deployment: str
+    labels: dict[str, str]
+    service_account: str
+    ip: str  # the sidecar's address: what peers reach
+    app_ip: str  # where the app listens (explicit-proxy mode); the pod IP in capture mode
+    admin_port: int
+    status_port: int
+    command: list[str]
+    env: dict[str, str]
+    ports: dict[str, int]
+    probe: str | None = None
+    kind: str = "sidecar"  # or "gateway"
+    pid: int | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    log: str = ""
+
+
+@dataclass
+class State:
+    mode: str
+    state_dir: str
+    control_plane_pid: int | None = None
+    supervisor_pid: int | None = None
+    ingress: str = ""
+    pods: list[Pod] = field(default_factory=list)
+    services: dict[str, str] = field(default_factory=dict)  # "ns/name" → VIP
+
+    def save(self) -> None:
+        path = Path(self.state_dir) / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> "State | None":
+        path = state_dir / STATE_FILE
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        data["pods"] = [Pod(**p) for p in data.get("pods", [])]
+        return cls(**data)
+
+
+def _probe_url(container, app_ip: str) -> str | None:
+    probe = container.readiness_probe.http_get if container.readiness_probe else None
+    if probe is None:
+        return None
+    port = probe.port if isinstance(probe.port, int) else next(
+        (p.container_port for p in container.ports if p.name == probe.port), 80)
+    return f"http://{app_ip}:{port}{probe.path}"
+
+
+def pods_for(deployment: Deployment, addresses: Addresses, mode: str) -> list[Pod]:
+    """One Pod per replica of a Deployment: addresses, ports, the first container's command and env."""
+    container = deployment.containers[0]
+    pods = []
+    for name in deployment.pod_names():
+        ip = addresses.pod_ip()
+        app_ip = addresses.app_ip() if mode == "proxy" else ip
+        ports = {p.name or f"port-{p.container_port}": p.container_port for p in container.ports}
+        env = {e.name: e.value for e in container.env}
+        env.update(POD_NAME=name, POD_NAMESPACE=deployment.namespace, BIND_ADDRESS=app_ip,
+                   NO_PROXY=f"127.0.0.1,localhost,{app_ip}")
+        if container.ports:
+            env.setdefault("PORT", str(container.ports[0].container_port))
+        pods.append(Pod(name=name, namespace=deployment.namespace, deployment=deployment.name,
+                        labels=dict(deployment.labels), service_account=deployment.service_account, ip=ip,
+                        app_ip=app_ip, admin_port=addresses.port(), status_port=addresses.port(),
+                        command=list(container.command) + list(container.args), env=env, ports=ports,
+                        probe=_probe_url(container, app_ip)))
+    return pods
+
+
+def gateway_pod(name: str, labels: dict[str, str], ports: dict[str, int], addresses: Addresses) -> Pod:
+    return Pod(name=name, namespace="istio-system", deployment=name, labels=labels,
+               service_account=f"{name}-service-account", ip="127.0.0.1", app_ip="127.0.0.1",
+               admin_port=addresses.port(), status_port=addresses.port(), command=[], env={}, ports=ports,
+               kind="gateway")
+
+
+def gateway_services(ingress_port: int, egress_port: int) -> list[dict]:
+    """Istio's gateway Services: the Gateway's server ports map to where the gateways listen."""
+    def service(name: str, labels: dict, ports: list[dict]) -> dict:
+        return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "istio-system"},
+                "spec": {"selector": labels, "ports": ports}}
+    return [
+        service("istio-ingressgateway", {"istio": "ingressgateway"},
+                [{"name": "http2", "port": 80, "targetPort": ingress_port}]),
+        service("istio-egressgateway", {"istio": "egressgateway"},
+                [{"name": "http2", "port": 80, "targetPort": egress_port}]),
+    ]
+
+
+def config_documents(manifests: Manifests, addresses: Addresses, state: State) -> list[dict]:
+    """Everything for the control plane; Services without a clusterIP get a VIP, as Kubernetes gives."""
+    docs = []
+    for r in manifests.config.resources:
+        doc = r.to_dict()
+        if r.kind == "Service" and not doc["spec"].get("clusterIP"):
+            doc["spec"]["clusterIP"] = addresses.service_ip()
+        if r.kind == "Service":
+            state.services[f"{r.namespace}/{r.name}"] = doc["spec"]["clusterIP"]
+        docs.append(doc)
+    return docs
+
+
+class LocalMesh:
+    def __init__(self, manifests: Manifests, state_dir: Path, *, mode: str = "proxy", ingress_port: int = 8080,
+                 egress_port: int = 8081, python: str = sys.executable):
+        self.manifests, self.state_dir, self.mode, self.python = manifests, state_dir, mode, python
+        self.ingress_port, self.egress_port = ingress_port, egress_port
+        self.addresses = Addresses(mode)
+        self.state = State(mode=mode, state_dir=str(state_dir), supervisor_pid=os.getpid(),
+                           ingress=f"http://127.0.0.1:{ingress_port}/")
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self.control_plane: asyncio.subprocess.Process | None = None
+        self.stop = asyncio.Event()
+
+    # ------------------------------------------------------------ processes
+
+    async def _spawn(self, args: list[str], log_name: str, env: dict[str, str] | None = None):
+        log_path = self.state_dir / "logs" / f"{log_name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        from plait.agent.processes import die_with_parent
+
+        with open(log_path, "ab") as out:
+            process = await asyncio.create_subprocess_exec(
+                self.python, "-m", "plait", *args, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **(env or {})}, start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM))
+        return process, str(log_path)
+
+    def _agent_args(self, pod: Pod) -> list[str]:
+        args = ["agent", "--mode", "gateway" if pod.kind == "gateway" else self.mode, "--name", pod.name,
+                "--namespace", pod.namespace, "--ip", pod.ip, "--app-address", pod.app_ip,
+                "--labels", ",".join(f"{k}={v}" for k, v in pod.labels.items()),
+                "--service-account", pod.service_account, "--admin-port", str(pod.admin_port),
+                "--status-port", str(pod.status_port), "--control-plane", f"127.0.0.1:{XDS_PORT}",
+                "--control-plane-api", f"http://127.0.0.1:{API_PORT}", "--drain-duration", "1",
+                "--state-dir", str(self.state_dir / "pods" / pod.name),
+                "--register", ",".join(f"{k}={v}" for k, v in pod.ports.items())]
+        if pod.probe:
+            args += ["--app-probe", pod.probe]
+        if pod.command:
+            args += ["--", *pod.command]
+        return args
+
+    async def _start_pod(self, pod: Pod) -> None:
+        process, pod.log = await self._spawn(self._agent_args(pod), pod.name, pod.env)
+        self.processes[pod.name] = process
+        pod.pid, pod.started_at = process.pid, time.time()
+        self.state.save()
+
+    async def _supervise(self, pod: Pod) -> None:
+        """Restart a pod whose process exited, with exponential backoff, until the mesh stops."""
+        backoff = BACKOFF_START
+        while not self.stop.is_set():
+            process = self.processes[pod.name]
+            await process.wait()
+            if self.stop.is_set():
+                return
+            pod.restarts += 1
+            log.warning("pod %s exited (%s); restart %d in %.1fs", pod.name, process.returncode, pod.restarts, backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), backoff)
+            if self.stop.is_set():
+                return
+            backoff = BACKOFF_START if time.time() - pod.started_at > 30 else min(backoff * 2, BACKOFF_MAX)
+            await self._start_pod(pod)
+
+    # ------------------------------------------------------------ the mesh
+
+    async def _start_control_plane(self) -> None:
+        config_dir = self.state_dir / "mesh"
+        self.control_plane, _ = await self._spawn(
+            ["control-plane", "--config-dir", str(config_dir), "--xds-port", str(XDS_PORT),
+             "--http-port", str(API_PORT)], "control-plane")
+        self.state.control_plane_pid = self.control_plane.pid
+        from plait.cli.client import ClientError, Http
+
+        api = Http(f"http://127.0.0.1:{API_PORT}")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.control_plane.returncode is not None:
+                raise RuntimeError(f"the control plane exited; see {self.state_dir / 'logs' / 'control-plane.log'}")
+            try:
+                await asyncio.to_thread(api.get, "/ready")
+                return
+            except ClientError:
+                await asyncio.sleep(0.1)
+        raise RuntimeError("the control plane did not become ready in 30 s")
+
+    async def _apply_config(self) -> None:
+        from plait.cli.client import Http
+
+        docs = gateway_services(self.ingress_port, self.egress_port) + config_documents(
+            self.manifests, self.addresses, self.state)
+        text = yaml.safe_dump_all(docs, sort_keys=False)
+        await asyncio.to_thread(Http(f"http://127.0.0.1:{API_PORT}").request, "POST",
+                                "/api/v1/config?filename=plait-up", text.encode())
+
+    def plan(self) -> list[Pod]:
+        pods = [p for d in self.manifests.deployments for p in pods_for(d, self.addresses, self.mode)]
+        pods.append(gateway_pod("istio-ingressgateway", {"app": "istio-ingressgateway", "istio": "ingressgateway"},
+                                {"http2": self.ingress_port}, self.addresses))
+        pods.append(gateway_pod("istio-egressgateway", {"app": "istio-egressgateway", "istio": "egressgateway"},
+                                {"http2": self.egress_port}, self.addresses))
+        return pods
+
+    async def run(self, started: asyncio.Event | None = None) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._start_control_plane()
+            await self._apply_config()
+            self.state.pods = self.plan()
+            for pod in self.state.pods:
+                await self._start_pod(pod)
+            supervisors = [asyncio.create_task(self._supervise(p)) for p in self.state.pods]
+            if started:
+                started.set()
+            await self.stop.wait()
+            for task in supervisors:
+                task.cancel()
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """SIGTERM every pod (agents drain their Envoys), then the control plane; SIGKILL stragglers."""
+        self.stop.set()
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        await _wait_all(list(self.processes.values()), 10)
+        if self.control_plane:
+            with contextlib.suppress(ProcessLookupError):
+                self.control_plane.send_signal(signal.SIGTERM)
+            await _wait_all([self.control_plane], 10)
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / STATE_FILE).unlink()
+
+
+async def _wait_all(processes: list[asyncio.subprocess.Process], timeout: float) -> None:
+    try:
+        await asyncio.wait_for(asyncio.gather(*(p.wait() for p in processes)), timeout)
+    except TimeoutError:
+        for p in processes:
+            if p.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
+        await asyncio.gather(*(p.wait() for p in processes))
