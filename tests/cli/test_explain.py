@@ -79,7 +79,7 @@ def test_bad_url_and_bad_header_exit_1_with_a_reason() -> None:
 
 def test_demo_bookinfo_explains_every_task() -> None:
     started = time.monotonic()
-    result = runner.invoke(app, ["demo", "bookinfo"])
+    result = runner.invoke(app, ["demo", "bookinfo", "--explain"])
     elapsed = time.monotonic() - started
     assert result.exit_code == 0, result.output
     for expected in ("No VirtualService", "virtual-service-all-v1.yaml", "virtual-service-reviews-test-v2.yaml",
@@ -94,7 +94,7 @@ def test_demo_bookinfo_explains_every_task() -> None:
 
 
 def test_demo_tables_say_where_jason_lands() -> None:
-    output = runner.invoke(app, ["demo", "bookinfo"]).output
+    output = runner.invoke(app, ["demo", "bookinfo", "--explain"]).output
     jason_v2_v3 = output.split("virtual-service-reviews-jason-v2-v3.yaml", 1)[1].split("5. ", 1)[0]
     rows = [line for line in jason_v2_v3.splitlines() if line.startswith("productpage → reviews")]
     assert "reviews v3" in rows[0] and "jason" in rows[1] and "reviews v2" in rows[1]
@@ -103,7 +103,7 @@ def test_demo_tables_say_where_jason_lands() -> None:
 def test_the_installed_command_runs_the_demo_and_its_hint() -> None:
     plait = Path(sys.executable).parent / "plait"
     repo = BOOKINFO.parents[3]
-    demo = subprocess.run([str(plait), "demo", "bookinfo"], capture_output=True, text=True, timeout=120,
+    demo = subprocess.run([str(plait), "demo", "bookinfo", "--explain"], capture_output=True, text=True, timeout=120,
                           check=False, cwd=repo)
     assert demo.returncode == 0, demo.stderr
     hint = demo.stdout.strip().splitlines()[-1].strip()

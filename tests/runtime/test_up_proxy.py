@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 
 from plait.runtime.local import State
 from plait.testing.http import http_request
-from plait.testing.live import free_port, wait_until
+from plait.testing.live import free_port, run_plait as plait, wait_until
 
 MANIFEST = """
 apiVersion: v1
@@ -55,12 +53,6 @@ spec:
   gateways: [gw]
   http: [{route: [{destination: {host: web}}]}]
 """
-
-
-def plait(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
-    return subprocess.run([sys.executable, "-m", "plait", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
 
 
 def children(pid: int) -> list[int]:

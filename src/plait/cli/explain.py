@@ -346,6 +346,7 @@ def bookinfo() -> None:
     """Istio's Bookinfo routing tasks, explained: for each sample VirtualService, where requests land.
 
     Uses the Bookinfo services and Istio's own sample files, shipped with plait; nothing is started.
+    This is `plait demo bookinfo --explain`.
     """
     base = _load([DEMO_DIR / f for f in BASE_FILES])
     out.print("[bold]Bookinfo[/], routed by Istio's own sample configuration, one task at a time.\n"
@@ -365,9 +366,5 @@ def bookinfo() -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``plait explain`` and ``plait demo bookinfo`` to the CLI."""
+    """Add ``plait explain`` to the CLI (``plait demo bookinfo --explain`` calls `bookinfo`)."""
     app.command()(explain)
-    demo = typer.Typer(name="demo", help="Sample applications with Istio's own configuration, explained.",
-                       no_args_is_help=True)
-    demo.command("bookinfo")(bookinfo)
-    app.add_typer(demo, name="demo")

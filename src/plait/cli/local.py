@@ -112,6 +112,7 @@ def up(
     state_dir: StateDir = Path(".plait"),
     ingress_port: Annotated[int, typer.Option(help="Host port of the ingress gateway (its port 80).")] = 8080,
     quiet: Annotated[bool, typer.Option(hidden=True)] = False,
+    landing: Annotated[str, typer.Option(hidden=True, help="Path to suggest opening on the ingress.")] = "/",
 ) -> None:
     """Run a mesh on this machine from ordinary Kubernetes manifests: no cluster needed.
 
@@ -134,8 +135,8 @@ def up(
                   "stop it with 'plait down' first")
         raise typer.Exit(1)
     if detach:
-        return _detach(filename, chosen, state_dir, ingress_port)
-    mesh = LocalMesh(manifests, state_dir, mode=chosen, ingress_port=ingress_port)
+        return _detach(filename, chosen, state_dir, ingress_port, landing)
+    mesh = LocalMesh(manifests, state_dir, mode=chosen, ingress_port=ingress_port, landing=landing)
     try:
         asyncio.run(_foreground(mesh, quiet))
     except RuntimeError as exc:
@@ -151,12 +152,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _detach(files: list[Path], mode: str, state_dir: Path, ingress_port: int) -> None:
+def _detach(files: list[Path], mode: str, state_dir: Path, ingress_port: int, landing: str) -> None:
     out, err = _out()
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "logs").mkdir(exist_ok=True)
     args = [sys.executable, "-m", "plait", "up", "--mode", mode, "--state-dir", str(state_dir),
-            "--ingress-port", str(ingress_port), "--quiet"] + [a for f in files for a in ("-f", str(f))]
+            "--ingress-port", str(ingress_port), "--landing", landing, "--quiet"] + [a for f in files for a in ("-f", str(f))]
     with open(state_dir / "logs" / "up.log", "ab") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
@@ -214,10 +215,41 @@ def status(state_dir: StateDir = Path(".plait")) -> None:
     out.print(services)
 
 
+BOOKINFO = Path(__file__).parents[1] / "demo" / "bookinfo"
+
+
+def demo_bookinfo(
+    detach: Annotated[bool, typer.Option("-d", "--detach", help="Return once every pod is ready and synced.")] = False,
+    mode: Annotated[str, typer.Option(help="auto (capture when root on Linux, else proxy), capture or proxy.")] = "auto",
+    state_dir: StateDir = Path(".plait"),
+    ingress_port: Annotated[int, typer.Option(help="Host port of the ingress gateway.")] = 8080,
+    explain: Annotated[bool, typer.Option("--explain", help="Start nothing: show how each of Istio's Bookinfo "
+                                                           "routing samples routes requests.")] = False,
+) -> None:
+    """Istio's Bookinfo on this machine: productpage, details, reviews v1/v2/v3, ratings, each with a
+    sidecar, behind an ingress gateway programmed by Istio's bookinfo-gateway.yaml.
+
+    Then, as in Istio's tasks: [bold]plait apply -f src/plait/demo/bookinfo/networking/destination-rule-all.yaml[/]
+    and [bold]…/virtual-service-reviews-jason-v2-v3.yaml[/], log in as jason on the product page, and watch the stars change.
+
+    Example: [bold]plait demo bookinfo -d[/]  then open http://127.0.0.1:8080/productpage
+    """
+    if explain:
+        from plait.cli.explain import bookinfo
+
+        return bookinfo()
+    up(filename=[BOOKINFO / "manifests", BOOKINFO / "networking" / "bookinfo-gateway.yaml"], mode=mode,
+       detach=detach, state_dir=state_dir, ingress_port=ingress_port, landing="/productpage")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(up)
     app.command()(down)
     app.command()(status)
+    demo = typer.Typer(name="demo", help="Sample applications, run in a local mesh or explained.",
+                       no_args_is_help=True)
+    demo.command("bookinfo")(demo_bookinfo)
+    app.add_typer(demo, name="demo")
 
 
 __all__ = ["STATE_FILE", "register"]

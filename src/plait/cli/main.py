@@ -128,13 +128,14 @@ def version(control_plane: Annotated[str | None, typer.Option(
         out.print(f"envoy version: not available ({exc})")
 
 
-from plait.cli import agent as _agent, controlplane as _controlplane, explain as _explain, local as _local, proxies as _proxies  # noqa: E402,I001
+from plait.cli import agent as _agent, controlplane as _controlplane, explain as _explain, iptables as _iptables, local as _local, proxies as _proxies  # noqa: E402,I001
 
 _explain.register(app)
 _controlplane.register(app)
 _agent.register(app)
 _proxies.register(app)
 _local.register(app)
+_iptables.register(app)
 
 
 def main() -> None:

@@ -102,7 +102,9 @@ def pods_for(deployment: Deployment, addresses: Addresses, mode: str) -> list[Po
         ports = {p.name or f"port-{p.container_port}": p.container_port for p in container.ports}
         env = {e.name: e.value for e in container.env}
         env.update(POD_NAME=name, POD_NAMESPACE=deployment.namespace, BIND_ADDRESS=app_ip,
-                   NO_PROXY=f"127.0.0.1,localhost,{app_ip}")
+                   NO_PROXY=f"127.0.0.1,localhost,{app_ip}",
+                   # "python" in a container command is plait's own Python, with plait importable
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
         if container.ports:
             env.setdefault("PORT", str(container.ports[0].container_port))
         pods.append(Pod(name=name, namespace=deployment.namespace, deployment=deployment.name,
@@ -148,12 +150,12 @@ def config_documents(manifests: Manifests, addresses: Addresses, state: State) -
 
 class LocalMesh:
     def __init__(self, manifests: Manifests, state_dir: Path, *, mode: str = "proxy", ingress_port: int = 8080,
-                 egress_port: int = 8081, python: str = sys.executable):
+                 egress_port: int = 8081, python: str = sys.executable, landing: str = "/"):
         self.manifests, self.state_dir, self.mode, self.python = manifests, state_dir, mode, python
         self.ingress_port, self.egress_port = ingress_port, egress_port
         self.addresses = Addresses(mode)
         self.state = State(mode=mode, state_dir=str(state_dir), supervisor_pid=os.getpid(),
-                           ingress=f"http://127.0.0.1:{ingress_port}/")
+                           ingress=f"http://127.0.0.1:{ingress_port}{landing}")
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         self.control_plane: asyncio.subprocess.Process | None = None
         self.stop = asyncio.Event()

@@ -27,12 +27,12 @@ class Reply:
 
 
 def http_request(address: str, port: int, target: str, headers: dict[str, str] | None = None,
-                 method: str = "GET", timeout: float = REQUEST_TIMEOUT) -> Reply:
+                 method: str = "GET", timeout: float = REQUEST_TIMEOUT, body: bytes | None = None) -> Reply:
     """One request on a new connection; `target` is a path, or an absolute URL for a proxy."""
     connection = http.client.HTTPConnection(address, port, timeout=timeout)
     try:
         start = time.monotonic()
-        connection.request(method, target, headers=headers or {})
+        connection.request(method, target, body=body, headers=headers or {})
         response = connection.getresponse()
         body = response.read()
         elapsed = time.monotonic() - start

@@ -196,3 +196,10 @@ class AgentProcess(PlaitProcess):
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def run_plait(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run the ``plait`` command as a user would (no HTTP_PROXY from the test's environment)."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
+    return subprocess.run([sys.executable, "-m", "plait", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
