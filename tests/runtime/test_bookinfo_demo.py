@@ -14,7 +14,7 @@ import pytest
 from plait.testing.http import http_request
 from plait.testing.live import free_port, run_plait as plait, wait_until
 
-MODES = ["proxy"]  # capture mode joins when its plumbing lands (it needs root, which CI has)
+MODES = ["proxy", "capture"]  # capture needs root (CI runs as root) and fails loudly without it
 
 NETWORKING = Path(__file__).parents[2] / "src" / "plait" / "demo" / "bookinfo" / "networking"
 
@@ -61,6 +61,10 @@ def demo(request, tmp_path_factory):
     finally:
         down = plait("down", cwd=workdir)
         assert down.returncode == 0 and "nothing left running" in down.stdout, down.stdout + down.stderr
+        if request.param == "capture":  # no namespaces, veths, bridge or hosts files left behind
+            from plait.runtime import netns
+
+            assert netns.leftovers(netns.Network()) == []
 
 
 def apply(workdir: Path, *names: str) -> None:

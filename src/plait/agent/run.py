@@ -56,6 +56,7 @@ class AgentConfig:
     app_command: tuple[str, ...] = ()
     envoy: str | None = None  # default: plait.xds.static.find_envoy()
     registration: Registration | None = None  # register the workload with the control plane
+    proxy_uid: int | None = None  # run Envoy as this user (capture mode: 1337, which iptables skips)
 
 
 async def run_agent(config: AgentConfig) -> int:
@@ -80,6 +81,7 @@ class Agent:
     async def run(self) -> int:
         bootstrap_path = self._write_bootstrap()
         argv = envoy_argv(self.config.envoy or find_envoy(), bootstrap_path, concurrency=self.config.concurrency,
+                          proxy_uid=self.config.proxy_uid,
                           log_level=self.config.envoy_log_level, drain_seconds=self.config.drain_seconds)
         envoy = EnvoySupervisor(argv, pid_file=self.config.state_dir / PID_FILE)
         status = StatusServer(self.readiness, self.admin)

@@ -29,11 +29,19 @@ LOG_LINE_LIMIT = 1 << 20
 
 
 def envoy_argv(envoy: str, bootstrap_path: Path, *, concurrency: int, log_level: str,
-               drain_seconds: float) -> list[str]:
-    """Envoy's command line: no hot restart (many Envoys share a host), Istio's drain settings."""
-    return [envoy, "-c", str(bootstrap_path), "--disable-hot-restart", "--concurrency", str(concurrency),
+               drain_seconds: float, proxy_uid: int | None = None) -> list[str]:
+    """Envoy's command line: no hot restart (many Envoys share a host), Istio's drain settings.
+
+    With `proxy_uid` (capture mode) Envoy runs as that user, whose connections iptables leaves
+    alone, and gets its bootstrap inline (that user may not be able to read the state directory).
+    """
+    config = ["--config-yaml", bootstrap_path.read_text()] if proxy_uid is not None else ["-c", str(bootstrap_path)]
+    argv = [envoy, *config, "--disable-hot-restart", "--concurrency", str(concurrency),
             "--log-level", log_level, "--drain-time-s", str(max(1, math.ceil(drain_seconds))),
             "--drain-strategy", "immediate"]
+    if proxy_uid is None:
+        return argv
+    return ["setpriv", f"--reuid={proxy_uid}", f"--regid={proxy_uid}", "--clear-groups", *argv]
 
 
 @dataclass

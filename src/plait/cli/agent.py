@@ -91,6 +91,8 @@ def agent(
         "--register", help="Register this workload with the control plane, with these ports (NAME=PORT,…; "
                            "'' for none): ready when the proxy (and app) is, not ready while draining, "
                            "removed on exit. Needs --control-plane-api.")] = None,
+    proxy_uid: Annotated[int | None, typer.Option(
+        help="Run Envoy as this user: 1337 in capture mode, whose traffic iptables does not redirect.")] = None,
     app_probe: Annotated[str | None, typer.Option(
         help="With --register: the app's readiness URL (its readinessProbe); not ready until it answers 2xx.")] = None,
     control_plane_api: Annotated[str | None, typer.Option(
@@ -111,6 +113,7 @@ def agent(
                                     sds_socket=str(directory.absolute() / SDS_SOCKET)),
         state_dir=directory, status_port=status_port, concurrency=concurrency, drain_seconds=drain_duration,
         envoy_log_level=_check_choice(log_level, ENVOY_LOG_LEVELS, "--log-level"), app_command=tuple(app_command or ()),
+        proxy_uid=proxy_uid,
         registration=None if register_ports is None else Registration(
             api=control_plane_api or f"http://{parse_control_plane(control_plane)[0]}:15014", proxy=proxy, address=ip,
             ports={k: int(v) for k, v in parse_labels(register_ports).items()}, app_probe=app_probe))

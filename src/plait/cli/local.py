@@ -28,19 +28,17 @@ def _out():
     return out, err
 
 
-def pick_mode(requested: str) -> str:
-    """`auto` is capture when it can be (Linux, root, iptables), else proxy."""
-    if requested != "auto":
-        return requested
-    from shutil import which
+def pick_mode(requested: str) -> tuple[str, str]:
+    """The mode to run and why: `auto` is capture when it can be (Linux, root, ip, iptables), else proxy."""
+    from plait.runtime.netns import why_not_capture
 
-    if sys.platform.startswith("linux") and os.geteuid() == 0 and which("iptables-restore") and which("ip"):
-        try:
-            import plait.runtime.netns  # noqa: F401 - capture plumbing present
-            return "capture"
-        except ImportError:
-            pass
-    return "proxy"
+    reason = why_not_capture()
+    if requested == "capture" and reason:
+        _out()[1].print(f"[red]error[/]: {reason}")
+        raise typer.Exit(1)
+    if requested != "auto":
+        return requested, "as asked"
+    return ("proxy", reason) if reason else ("capture", "root with network namespaces and iptables")
 
 
 def _pod_rows(state: State) -> list[tuple[str, ...]]:
@@ -126,9 +124,9 @@ def up(
     """
     out, err = _out()
     manifests = _load_or_exit(filename)
-    chosen = pick_mode(mode)
+    chosen, why = pick_mode(mode)
     if mode == "auto":
-        out.print(f"mode: {chosen} ({'root with iptables' if chosen == 'capture' else 'no root/iptables: apps use their sidecar as HTTP_PROXY'})")
+        out.print(f"mode: {chosen} ({why})")
     existing = State.load(state_dir)
     if existing and existing.supervisor_pid and _alive(existing.supervisor_pid):
         err.print(f"[red]error[/]: a mesh is already running from {state_dir} (pid {existing.supervisor_pid}); "

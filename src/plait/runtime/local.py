@@ -25,7 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from plait.api.resources import Resource
+from plait.runtime import iptables
+from plait.runtime import netns as capture
 from plait.runtime.addresses import Addresses
 from plait.runtime.manifests import Deployment, Manifests
 
@@ -98,10 +99,12 @@ def pods_for(deployment: Deployment, addresses: Addresses, mode: str) -> list[Po
     pods = []
     for name in deployment.pod_names():
         ip = addresses.pod_ip()
-        app_ip = addresses.app_ip() if mode == "proxy" else ip
+        # explicit-proxy: the app has a loopback address of its own; capture: the pod's own loopback
+        app_ip = addresses.app_ip() if mode == "proxy" else "127.0.0.1"
         ports = {p.name or f"port-{p.container_port}": p.container_port for p in container.ports}
         env = {e.name: e.value for e in container.env}
-        env.update(POD_NAME=name, POD_NAMESPACE=deployment.namespace, BIND_ADDRESS=app_ip,
+        env.update(POD_NAME=name, POD_NAMESPACE=deployment.namespace,
+                   BIND_ADDRESS=app_ip if mode == "proxy" else "0.0.0.0",
                    NO_PROXY=f"127.0.0.1,localhost,{app_ip}",
                    # "python" in a container command is plait's own Python, with plait importable
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -115,9 +118,11 @@ def pods_for(deployment: Deployment, addresses: Addresses, mode: str) -> list[Po
     return pods
 
 
-def gateway_pod(name: str, labels: dict[str, str], ports: dict[str, int], addresses: Addresses) -> Pod:
+def gateway_pod(name: str, labels: dict[str, str], ports: dict[str, int], addresses: Addresses, ip: str) -> Pod:
+    """Gateways run on the host: reachable at 127.0.0.1 from it and, in capture mode, at the bridge's
+    address from the pods."""
     return Pod(name=name, namespace="istio-system", deployment=name, labels=labels,
-               service_account=f"{name}-service-account", ip="127.0.0.1", app_ip="127.0.0.1",
+               service_account=f"{name}-service-account", ip=ip, app_ip="127.0.0.1",
                admin_port=addresses.port(), status_port=addresses.port(), command=[], env={}, ports=ports,
                kind="gateway")
 
@@ -154,6 +159,7 @@ class LocalMesh:
         self.manifests, self.state_dir, self.mode, self.python = manifests, state_dir, mode, python
         self.ingress_port, self.egress_port = ingress_port, egress_port
         self.addresses = Addresses(mode)
+        self.network = capture.Network()
         self.state = State(mode=mode, state_dir=str(state_dir), supervisor_pid=os.getpid(),
                            ingress=f"http://127.0.0.1:{ingress_port}{landing}")
         self.processes: dict[str, asyncio.subprocess.Process] = {}
@@ -162,35 +168,44 @@ class LocalMesh:
 
     # ------------------------------------------------------------ processes
 
-    async def _spawn(self, args: list[str], log_name: str, env: dict[str, str] | None = None):
+    async def _spawn(self, args: list[str], log_name: str, env: dict[str, str] | None = None,
+                     netns: str | None = None):
         log_path = self.state_dir / "logs" / f"{log_name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         from plait.agent.processes import die_with_parent
 
+        argv = [self.python, "-m", "plait", *args]
+        if netns:
+            argv = capture.exec_argv(netns, argv)
         with open(log_path, "ab") as out:
             process = await asyncio.create_subprocess_exec(
-                self.python, "-m", "plait", *args, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                *argv, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **(env or {})}, start_new_session=True,
                 preexec_fn=die_with_parent(signal.SIGTERM))
         return process, str(log_path)
 
     def _agent_args(self, pod: Pod) -> list[str]:
+        in_pod = self.mode == "capture" and pod.kind != "gateway"
+        control_plane = self.network.gateway if in_pod else "127.0.0.1"
         args = ["agent", "--mode", "gateway" if pod.kind == "gateway" else self.mode, "--name", pod.name,
                 "--namespace", pod.namespace, "--ip", pod.ip, "--app-address", pod.app_ip,
                 "--labels", ",".join(f"{k}={v}" for k, v in pod.labels.items()),
                 "--service-account", pod.service_account, "--admin-port", str(pod.admin_port),
-                "--status-port", str(pod.status_port), "--control-plane", f"127.0.0.1:{XDS_PORT}",
-                "--control-plane-api", f"http://127.0.0.1:{API_PORT}", "--drain-duration", "1",
+                "--status-port", str(pod.status_port), "--control-plane", f"{control_plane}:{XDS_PORT}",
+                "--control-plane-api", f"http://{control_plane}:{API_PORT}", "--drain-duration", "1",
                 "--state-dir", str(self.state_dir / "pods" / pod.name),
                 "--register", ",".join(f"{k}={v}" for k, v in pod.ports.items())]
         if pod.probe:
             args += ["--app-probe", pod.probe]
+        if in_pod:
+            args += ["--proxy-uid", str(capture.PROXY_UID)]
         if pod.command:
             args += ["--", *pod.command]
         return args
 
     async def _start_pod(self, pod: Pod) -> None:
-        process, pod.log = await self._spawn(self._agent_args(pod), pod.name, pod.env)
+        netns = self.network.namespace(pod.name) if self.mode == "capture" and pod.kind != "gateway" else None
+        process, pod.log = await self._spawn(self._agent_args(pod), pod.name, pod.env, netns)
         self.processes[pod.name] = process
         pod.pid, pod.started_at = process.pid, time.time()
         self.state.save()
@@ -216,9 +231,10 @@ class LocalMesh:
 
     async def _start_control_plane(self) -> None:
         config_dir = self.state_dir / "mesh"
+        host = "0.0.0.0" if self.mode == "capture" else "127.0.0.1"  # capture: pods reach it over the bridge
         self.control_plane, _ = await self._spawn(
             ["control-plane", "--config-dir", str(config_dir), "--xds-port", str(XDS_PORT),
-             "--http-port", str(API_PORT)], "control-plane")
+             "--http-port", str(API_PORT), "--host", host], "control-plane")
         self.state.control_plane_pid = self.control_plane.pid
         from plait.cli.client import ClientError, Http
 
@@ -245,11 +261,39 @@ class LocalMesh:
 
     def plan(self) -> list[Pod]:
         pods = [p for d in self.manifests.deployments for p in pods_for(d, self.addresses, self.mode)]
+        gateway_ip = self.network.gateway if self.mode == "capture" else "127.0.0.1"
         pods.append(gateway_pod("istio-ingressgateway", {"app": "istio-ingressgateway", "istio": "ingressgateway"},
-                                {"http2": self.ingress_port}, self.addresses))
+                                {"http2": self.ingress_port}, self.addresses, gateway_ip))
         pods.append(gateway_pod("istio-egressgateway", {"app": "istio-egressgateway", "istio": "egressgateway"},
-                                {"http2": self.egress_port}, self.addresses))
+                                {"http2": self.egress_port}, self.addresses, gateway_ip))
         return pods
+
+    def _hosts(self, namespace: str) -> dict[str, list[str]]:
+        """A pod's hosts file: each service's VIP with the names Kubernetes DNS would give it."""
+        out = {}
+        for ref, vip in self.state.services.items():
+            ns, name = ref.split("/")
+            names = [f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
+            out[vip] = ([name] if ns == namespace else []) + names
+        return out
+
+    def _create_namespaces(self) -> None:
+        """Capture mode: the bridge, a network namespace per pod, Istio's iptables rules in each."""
+        capture.ensure_bridge(self.network)
+        rules = iptables.CaptureConfig.from_flags(outbound_ranges_exclude=f"{self.network.gateway}/32")
+        for pod in self.state.pods:
+            if pod.kind == "gateway":
+                continue
+            namespace = capture.add_pod(self.network, pod.name, pod.ip, self._hosts(pod.namespace))
+            iptables.apply(rules, netns=namespace)
+
+    def _remove_namespaces(self) -> None:
+        for pod in self.state.pods:
+            if pod.kind != "gateway":
+                for pid in capture.namespace_pids(self.network.namespace(pod.name)):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+        capture.teardown(self.network)
 
     async def run(self, started: asyncio.Event | None = None) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -257,6 +301,8 @@ class LocalMesh:
             await self._start_control_plane()
             await self._apply_config()
             self.state.pods = self.plan()
+            if self.mode == "capture":
+                self._create_namespaces()
             for pod in self.state.pods:
                 await self._start_pod(pod)
             supervisors = [asyncio.create_task(self._supervise(p)) for p in self.state.pods]
@@ -279,6 +325,8 @@ class LocalMesh:
             with contextlib.suppress(ProcessLookupError):
                 self.control_plane.send_signal(signal.SIGTERM)
             await _wait_all([self.control_plane], 10)
+        if self.mode == "capture":
+            self._remove_namespaces()
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / STATE_FILE).unlink()
 

