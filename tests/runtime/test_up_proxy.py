@@ -43,7 +43,11 @@ kind: Gateway
 metadata: {name: gw}
 spec:
   selector: {istio: ingressgateway}
-  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+  servers:
+  - {port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, serverCertificate: CERT, privateKey: KEY}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -71,14 +75,16 @@ def alive(pid: int) -> bool:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("up")
-    (workdir / "app.yaml").write_text(MANIFEST)
-    port = free_port()
+    certs = Path(__file__).parents[1] / "xds" / "testdata" / "certs"
+    (workdir / "app.yaml").write_text(MANIFEST.replace("CERT", str(certs / "cert.pem")).replace("KEY", str(certs / "key.pem")))
+    port, tls_port = free_port(), free_port()
     started = time.monotonic()
-    result = plait("up", "-f", "app.yaml", "-d", "--mode", "proxy", "--ingress-port", str(port), cwd=workdir)
+    result = plait("up", "-f", "app.yaml", "-d", "--mode", "proxy", "--ingress-port", str(port),
+                   "--ingress-tls-port", str(tls_port), cwd=workdir)
     assert result.returncode == 0, result.stdout + result.stderr
     elapsed = time.monotonic() - started
     try:
-        yield workdir, port, elapsed
+        yield workdir, port, elapsed, tls_port
     finally:
         state = State.load(workdir / ".plait")
         down = plait("down", cwd=workdir)
@@ -89,7 +95,7 @@ def mesh(tmp_path_factory):
 
 
 def test_up_detached_returns_when_everything_is_ready(mesh) -> None:
-    workdir, _, elapsed = mesh
+    workdir, _, elapsed, _ = mesh
     status = plait("status", cwd=workdir)
     assert status.returncode == 0
     for pod in ("default/web-v1-0", "default/web-v1-1", "istio-system/istio-ingressgateway"):
@@ -100,7 +106,7 @@ def test_up_detached_returns_when_everything_is_ready(mesh) -> None:
 
 
 def test_ingress_gateway_and_sidecar_to_sidecar_traffic(mesh) -> None:
-    workdir, port, _ = mesh
+    workdir, port, _, _ = mesh
     assert http_request("127.0.0.1", port, "/").status == 200
     state = State.load(workdir / ".plait")
     web0 = next(p for p in state.pods if p.name == "web-v1-0")
@@ -109,7 +115,7 @@ def test_ingress_gateway_and_sidecar_to_sidecar_traffic(mesh) -> None:
 
 
 def test_a_killed_app_is_restarted_and_traffic_recovers(mesh) -> None:
-    workdir, port, _ = mesh
+    workdir, port, _, _ = mesh
     state = State.load(workdir / ".plait")
     pod = next(p for p in state.pods if p.name == "web-v1-1")
     apps = [c for c in children(pod.pid) if "envoy" not in Path(f"/proc/{c}/cmdline").read_text()]
@@ -120,3 +126,19 @@ def test_a_killed_app_is_restarted_and_traffic_recovers(mesh) -> None:
                                        if "web-v1-1" in l), 60, "the restarted pod to be ready")
     assert [http_request("127.0.0.1", port, "/").status for _ in range(20)] == [200] * 20
     assert " 1 " in next(l for l in plait("status", cwd=workdir).stdout.splitlines() if "web-v1-1" in l) + " "
+
+
+def test_https_server_with_a_user_certificate_on_the_ingress_gateway(mesh) -> None:
+    import http.client
+    import ssl
+
+    _, _, _, tls_port = mesh
+    context = ssl.create_default_context(cafile=str(Path(__file__).parents[1] / "xds" / "testdata" / "certs" / "cert.pem"))
+    context.check_hostname = False  # the test certificate names store.example.com
+    connection = http.client.HTTPSConnection("127.0.0.1", tls_port, context=context, timeout=10)
+    try:
+        connection.request("GET", "/")
+        assert connection.getresponse().status == 200
+        assert connection.sock.version().startswith("TLS")
+    finally:
+        connection.close()

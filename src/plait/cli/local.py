@@ -109,6 +109,7 @@ def up(
     detach: Annotated[bool, typer.Option("-d", "--detach", help="Return once every pod is ready and synced.")] = False,
     state_dir: StateDir = Path(".plait"),
     ingress_port: Annotated[int, typer.Option(help="Host port of the ingress gateway (its port 80).")] = 8080,
+    ingress_tls_port: Annotated[int, typer.Option(help="Host port of the ingress gateway's port 443 (HTTPS servers).")] = 8443,
     quiet: Annotated[bool, typer.Option(hidden=True)] = False,
     landing: Annotated[str, typer.Option(hidden=True, help="Path to suggest opening on the ingress.")] = "/",
 ) -> None:
@@ -133,8 +134,9 @@ def up(
                   "stop it with 'plait down' first")
         raise typer.Exit(1)
     if detach:
-        return _detach(filename, chosen, state_dir, ingress_port, landing)
-    mesh = LocalMesh(manifests, state_dir, mode=chosen, ingress_port=ingress_port, landing=landing)
+        return _detach(filename, chosen, state_dir, ingress_port, ingress_tls_port, landing)
+    mesh = LocalMesh(manifests, state_dir, mode=chosen, ingress_port=ingress_port, ingress_tls_port=ingress_tls_port,
+                     landing=landing)
     try:
         asyncio.run(_foreground(mesh, quiet))
     except RuntimeError as exc:
@@ -150,12 +152,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _detach(files: list[Path], mode: str, state_dir: Path, ingress_port: int, landing: str) -> None:
+def _detach(files: list[Path], mode: str, state_dir: Path, ingress_port: int, ingress_tls_port: int,
+            landing: str) -> None:
     out, err = _out()
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "logs").mkdir(exist_ok=True)
     args = [sys.executable, "-m", "plait", "up", "--mode", mode, "--state-dir", str(state_dir),
-            "--ingress-port", str(ingress_port), "--landing", landing, "--quiet"] + [a for f in files for a in ("-f", str(f))]
+            "--ingress-port", str(ingress_port), "--ingress-tls-port", str(ingress_tls_port), "--landing", landing,
+            "--quiet"] + [a for f in files for a in ("-f", str(f))]
     with open(state_dir / "logs" / "up.log", "ab") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
@@ -237,7 +241,7 @@ def demo_bookinfo(
 
         return bookinfo()
     up(filename=[BOOKINFO / "manifests", BOOKINFO / "networking" / "bookinfo-gateway.yaml"], mode=mode,
-       detach=detach, state_dir=state_dir, ingress_port=ingress_port, landing="/productpage")
+       detach=detach, state_dir=state_dir, ingress_port=ingress_port, ingress_tls_port=8443, landing="/productpage")
 
 
 def register(app: typer.Typer) -> None:

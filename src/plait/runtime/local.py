@@ -127,14 +127,15 @@ def gateway_pod(name: str, labels: dict[str, str], ports: dict[str, int], addres
                kind="gateway")
 
 
-def gateway_services(ingress_port: int, egress_port: int) -> list[dict]:
+def gateway_services(ingress_port: int, egress_port: int, ingress_tls_port: int) -> list[dict]:
     """Istio's gateway Services: the Gateway's server ports map to where the gateways listen."""
     def service(name: str, labels: dict, ports: list[dict]) -> dict:
         return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "istio-system"},
                 "spec": {"selector": labels, "ports": ports}}
     return [
         service("istio-ingressgateway", {"istio": "ingressgateway"},
-                [{"name": "http2", "port": 80, "targetPort": ingress_port}]),
+                [{"name": "http2", "port": 80, "targetPort": ingress_port},
+                 {"name": "https", "port": 443, "targetPort": ingress_tls_port}]),
         service("istio-egressgateway", {"istio": "egressgateway"},
                 [{"name": "http2", "port": 80, "targetPort": egress_port}]),
     ]
@@ -155,9 +156,10 @@ def config_documents(manifests: Manifests, addresses: Addresses, state: State) -
 
 class LocalMesh:
     def __init__(self, manifests: Manifests, state_dir: Path, *, mode: str = "proxy", ingress_port: int = 8080,
-                 egress_port: int = 8081, python: str = sys.executable, landing: str = "/"):
+                 egress_port: int = 8081, ingress_tls_port: int = 8443, python: str = sys.executable,
+                 landing: str = "/"):
         self.manifests, self.state_dir, self.mode, self.python = manifests, state_dir, mode, python
-        self.ingress_port, self.egress_port = ingress_port, egress_port
+        self.ingress_port, self.egress_port, self.ingress_tls_port = ingress_port, egress_port, ingress_tls_port
         self.addresses = Addresses(mode)
         self.network = capture.Network()
         self.state = State(mode=mode, state_dir=str(state_dir), supervisor_pid=os.getpid(),
@@ -253,7 +255,7 @@ class LocalMesh:
     async def _apply_config(self) -> None:
         from plait.cli.client import Http
 
-        docs = gateway_services(self.ingress_port, self.egress_port) + config_documents(
+        docs = gateway_services(self.ingress_port, self.egress_port, self.ingress_tls_port) + config_documents(
             self.manifests, self.addresses, self.state)
         text = yaml.safe_dump_all(docs, sort_keys=False)
         await asyncio.to_thread(Http(f"http://127.0.0.1:{API_PORT}").request, "POST",
@@ -263,7 +265,8 @@ class LocalMesh:
         pods = [p for d in self.manifests.deployments for p in pods_for(d, self.addresses, self.mode)]
         gateway_ip = self.network.gateway if self.mode == "capture" else "127.0.0.1"
         pods.append(gateway_pod("istio-ingressgateway", {"app": "istio-ingressgateway", "istio": "ingressgateway"},
-                                {"http2": self.ingress_port}, self.addresses, gateway_ip))
+                                {"http2": self.ingress_port, "https": self.ingress_tls_port}, self.addresses,
+                                gateway_ip))
         pods.append(gateway_pod("istio-egressgateway", {"app": "istio-egressgateway", "istio": "egressgateway"},
                                 {"http2": self.egress_port}, self.addresses, gateway_ip))
         return pods
