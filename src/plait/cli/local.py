@@ -100,6 +100,7 @@ async def _foreground(mesh: LocalMesh, quiet: bool) -> None:
             live.update(await asyncio.to_thread(status_table, mesh.state))
             await asyncio.wait({task}, timeout=1.0)
     await task
+    out.print("stopped; nothing left running.")
 
 
 def up(
