@@ -127,3 +127,22 @@ def test_fault_injection_tasks(demo) -> None:
 def test_startup_time_is_recorded(demo) -> None:
     _, _, elapsed = demo
     assert elapsed < 120  # the target (≤ 15 s) is measured in benchmarks/, not asserted here
+
+
+def test_a_killed_replica_is_restarted_and_the_page_recovers(demo) -> None:
+    import os
+    import signal
+
+    from plait.runtime.local import State
+
+    workdir, browser, _ = demo
+    pod = next(p for p in State.load(workdir / ".plait").pods if p.name == "productpage-v1-0")
+    children = Path(f"/proc/{pod.pid}/task/{pod.pid}/children").read_text().split()
+    apps = [int(c) for c in children if "plait.demo.bookinfo.apps" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert apps, "productpage's app process was not found under its agent"
+    os.kill(apps[0], signal.SIGKILL)
+    wait_until(lambda: next(p for p in State.load(workdir / ".plait").pods
+                            if p.name == "productpage-v1-0").restarts >= 1, 30, "productpage to be restarted")
+    wait_until(lambda: browser.page(timeout=5).status == 200, 60, "the product page to come back")
+    status = plait("status", cwd=workdir).stdout
+    assert " 1 " in next(line for line in status.splitlines() if "productpage-v1-0" in line) + " "
