@@ -168,7 +168,10 @@ def _detach(files: list[Path], mode: str, state_dir: Path, ingress_port: int, in
     with out.status("starting the mesh…") as spinner:
         while time.monotonic() - started < UP_TIMEOUT:
             if process.poll() is not None:
-                err.print(f"[red]error[/]: the mesh stopped; see {state_dir / 'logs' / 'up.log'}")
+                log_lines = (state_dir / "logs" / "up.log").read_text(errors="replace").strip().splitlines()
+                reason = next((line for line in reversed(log_lines) if "error" in line.lower()), "")
+                err.print(f"the mesh stopped{': ' + reason.removeprefix('error: ') if reason else ''} "
+                          f"(log: {state_dir / 'logs' / 'up.log'})", markup=False, style="red")
                 raise typer.Exit(1)
             state = State.load(state_dir)
             if state and state.pods and all_ready(state):

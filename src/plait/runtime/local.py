@@ -232,6 +232,10 @@ class LocalMesh:
     # ------------------------------------------------------------ the mesh
 
     async def _start_control_plane(self) -> None:
+        for port in (XDS_PORT, API_PORT):
+            if not _port_free(port):
+                raise RuntimeError(f"port {port} is in use: another control plane (another 'plait up'?) is "
+                                   "running on this machine; stop it with 'plait down' first")
         config_dir = self.state_dir / "mesh"
         host = "0.0.0.0" if self.mode == "capture" else "127.0.0.1"  # capture: pods reach it over the bridge
         self.control_plane, _ = await self._spawn(
@@ -291,12 +295,15 @@ class LocalMesh:
             iptables.apply(rules, netns=namespace)
 
     def _remove_namespaces(self) -> None:
+        """Only this mesh's pods; the bridge too once no namespace is left on it."""
         for pod in self.state.pods:
             if pod.kind != "gateway":
                 for pid in capture.namespace_pids(self.network.namespace(pod.name)):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-        capture.teardown(self.network)
+                capture.remove_pod(self.network, pod.name)
+        if not capture.namespaces(self.network):
+            capture.teardown(self.network)
 
     async def run(self, started: asyncio.Event | None = None) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -332,6 +339,17 @@ class LocalMesh:
             self._remove_namespaces()
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / STATE_FILE).unlink()
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
 async def _wait_all(processes: list[asyncio.subprocess.Process], timeout: float) -> None:
