@@ -67,6 +67,8 @@ class State:
     ingress: str = ""
     pods: list[Pod] = field(default_factory=list)
     services: dict[str, str] = field(default_factory=dict)  # "ns/name" → VIP
+    # ServiceEntry host → an address pods resolve it to (its own, else one that is only ever captured)
+    external_hosts: dict[str, str] = field(default_factory=dict)
 
     def save(self) -> None:
         path = Path(self.state_dir) / STATE_FILE
@@ -150,6 +152,11 @@ def config_documents(manifests: Manifests, addresses: Addresses, state: State) -
             doc["spec"]["clusterIP"] = addresses.service_ip()
         if r.kind == "Service":
             state.services[f"{r.namespace}/{r.name}"] = doc["spec"]["clusterIP"]
+        if r.kind == "ServiceEntry":
+            for host in r.spec.hosts:
+                if not host.startswith("*"):
+                    state.external_hosts[host] = next(
+                        (a for a in r.spec.addresses if "/" not in a), None) or addresses.external_ip()
         docs.append(doc)
     return docs
 
@@ -282,6 +289,8 @@ class LocalMesh:
             ns, name = ref.split("/")
             names = [f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
             out[vip] = ([name] if ns == namespace else []) + names
+        for host, address in self.state.external_hosts.items():
+            out.setdefault(address, []).append(host)
         return out
 
     def _create_namespaces(self) -> None:
@@ -345,6 +354,7 @@ def _port_free(port: int) -> bool:
     import socket
 
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed connection in TIME_WAIT is no server
         try:
             s.bind(("0.0.0.0", port))
         except OSError:

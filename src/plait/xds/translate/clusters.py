@@ -261,8 +261,11 @@ def special_clusters(proxy: Proxy) -> list[dict]:
         {"name": BLACKHOLE_CLUSTER, "type": "STATIC", "connect_timeout": DEFAULT_CONNECT_TIMEOUT},
     ]
     if proxy.kind == "sidecar" and proxy.mode == "capture":
+        # From 127.0.0.6, as Istio: iptables lets that source through, so a connection to the pod's own
+        # address on a port no Service names reaches the app instead of looping back into Envoy.
         clusters.append({"name": INBOUND_PASSTHROUGH_CLUSTER, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
-                         "connect_timeout": DEFAULT_CONNECT_TIMEOUT, "circuit_breakers": _circuit_breakers(None)})
+                         "connect_timeout": DEFAULT_CONNECT_TIMEOUT, "circuit_breakers": _circuit_breakers(None),
+                         "upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0}}})
     if proxy.kind == "sidecar" and proxy.mode == "proxy":
         clusters.append({"name": DYNAMIC_FORWARD_PROXY_CLUSTER, "lb_policy": "CLUSTER_PROVIDED",
                          "connect_timeout": DEFAULT_CONNECT_TIMEOUT, "cluster_type": {
