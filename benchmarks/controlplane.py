@@ -40,7 +40,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import re
 import shutil
 import signal
@@ -54,6 +53,7 @@ from pathlib import Path
 
 import grpc
 
+from common import machine
 from plait.model import Proxy
 from plait.testing.ads_client import AdsClient, make_node
 from plait.testing.backends import loopback_subnet
@@ -549,15 +549,6 @@ def summarise(runs: list[dict]) -> dict[str, dict[str, float]]:
 def verdicts(summary: dict) -> list[dict]:
     return [{"scenario": s, "figure": f, "target": target, "unit": unit, "measured": summary[s][f]["median"],
              "pass": summary[s][f]["median"] <= target} for s, f, target, unit in TARGETS if s in summary]
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal")))
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem_kb / 2**20, 1),
-            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def run(args: argparse.Namespace) -> dict:

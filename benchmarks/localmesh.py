@@ -59,6 +59,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from plait.agent.processes import alive
 from plait.runtime import netns
 from plait.runtime.local import API_PORT, XDS_PORT, State
 from plait.testing.live import free_port, run_plait
@@ -136,14 +137,6 @@ spec:
 
 def stats(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def kill(pid: int | None) -> None:

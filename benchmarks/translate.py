@@ -23,7 +23,6 @@ import gc
 import io
 import json
 import os
-import platform
 import pstats
 import resource
 import statistics
@@ -41,6 +40,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 
+from common import machine
 from plait.api import Resource
 from plait.model import MeshSnapshot, Proxy
 from plait.testing.synthetic import MeshShape, gateway_proxy, load_one, mesh_resources, sidecar_proxy, \
@@ -144,15 +144,6 @@ def counts(resources: ResourceSet) -> dict:
         "json_bytes": len(json.dumps(resources.to_dict(), separators=(",", ":"))),
         "protobuf_bytes": sum(a.ByteSize() for a in to_protobuf(resources)),
     }
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal")))
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem_kb / 2**20, 1),
-            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def profile_top(fn: Callable[[], object], limit: int = 25) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from plait.agent.processes import alive
 from plait.runtime import netns
 from plait.runtime.local import State
 from plait.testing.backends import HttpBackend
@@ -235,14 +236,6 @@ def wait_for_no_other_mesh() -> None:
     """Local meshes share fixed ports and the capture bridge: wait (bounded) until none runs here."""
     wait_until(lambda: not any(listening(p) for p in MESH_PORTS) and not netns.leftovers(netns.Network()),
                120, f"another local mesh on this machine to stop (ports {MESH_PORTS}, bridge plait0)", interval=1)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def stop(mesh: Mesh) -> None:

@@ -34,6 +34,15 @@ def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
     return preexec
 
 
+def alive(pid: int) -> bool:
+    """Is a process with this PID still there (not necessarily our child)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def describe_exit(returncode: int) -> str:
     """``exited with status 1`` or ``was killed by SIGKILL``."""
     if returncode < 0:

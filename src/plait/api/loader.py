@@ -48,14 +48,10 @@ class LoadResult:
 
 
 def _path(loc: Iterable[Any], prefix: str) -> str:
+    """``spec`` + (``http``, 0, ``timeout``) → ``spec.http[0].timeout``."""
     out = prefix
     for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("function-after", "function-before") or str(part).startswith(("function-", "constrained-")):
-            continue
-        else:
-            out += f".{part}" if out else str(part)
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 

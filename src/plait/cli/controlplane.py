@@ -17,6 +17,7 @@ from rich.table import Table
 from plait.api.common import parse_duration
 from plait.api.errors import Problem
 from plait.api.loader import yaml_files
+from plait.cli.console import err, out, print_problems
 from plait.cli.client import ClientError, Http, control_plane_url
 
 ControlPlane = Annotated[str | None, typer.Option(
@@ -26,15 +27,8 @@ Files = Annotated[list[str], typer.Option("-f", "--filename", help="YAML file, d
                                                                     "for standard input. Repeatable.")]
 
 
-def _out():
-    from plait.cli.main import err, out
-    return out, err
-
-
 def fail(exc: ClientError, verb: str = "applied") -> None:
-    out, err = _out()
     if exc.problems:
-        from plait.cli.main import print_problems
         print_problems([Problem(**p) for p in exc.problems])
         err.print(f"[red]{sum(p['severity'] == 'error' for p in exc.problems)} error(s)[/]; nothing was {verb}. "
                   "Fix them and run the command again.")
@@ -52,7 +46,6 @@ def read_inputs(filenames: list[str]) -> list[tuple[str, str]]:
             continue
         path = Path(name)
         if not path.exists():
-            _, err = _out()
             err.print(f"[red]error[/]: {name}: no such file or directory")
             raise typer.Exit(1)
         inputs += [(str(f), f.read_text()) for f in yaml_files(path)]
@@ -90,13 +83,11 @@ def control_plane(
     try:
         asyncio.run(run(settings))
     except OSError as exc:
-        _out()[1].print(f"[red]error[/]: cannot start the control plane: {exc}")
+        err.print(f"[red]error[/]: cannot start the control plane: {exc}")
         raise typer.Exit(1) from None
 
 
 def _summarise(result: dict, verb: str) -> None:
-    out, _ = _out()
-    from plait.cli.main import print_problems
     print_problems([Problem(**p) for p in result.get("problems", [])])
     for label in ("created", "updated", "deleted", "unchanged"):
         for ref in result.get(label, []):
@@ -167,7 +158,6 @@ def get(kind: Annotated[str, typer.Argument(help="VirtualService, DestinationRul
         items = Http(control_plane_url(control_plane)).get("/api/v1/config" + query)["items"]
     except ClientError as exc:
         fail(exc)
-    out, err = _out()
     if name and not items:
         err.print(f"[red]error[/]: {kind} {namespace or '*'}/{name} not found")
         raise typer.Exit(1)

@@ -15,17 +15,14 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from plait.agent.processes import alive
 from plait.cli.client import ClientError, Http
+from plait.cli.console import err, out, print_problems
 from plait.runtime.local import API_PORT, STATE_FILE, LocalMesh, State
 from plait.runtime.manifests import load_manifests
 
 StateDir = Annotated[Path, typer.Option(help="Run directory: logs, the control plane's config, state.")]
 UP_TIMEOUT = 180.0
-
-
-def _out():
-    from plait.cli.main import err, out
-    return out, err
 
 
 def pick_mode(requested: str) -> tuple[str, str]:
@@ -34,7 +31,7 @@ def pick_mode(requested: str) -> tuple[str, str]:
 
     reason = why_not_capture()
     if requested == "capture" and reason:
-        _out()[1].print(f"[red]error[/]: {reason}")
+        err.print(f"[red]error[/]: {reason}")
         raise typer.Exit(1)
     if requested != "auto":
         return requested, "as asked"
@@ -74,12 +71,11 @@ def all_ready(state: State) -> bool:
 
 
 def _load_or_exit(files: list[Path]):
-    from plait.cli.main import print_problems
 
     manifests = load_manifests(files)
     if manifests.errors:
         print_problems(manifests.errors)
-        _out()[1].print(f"[red]{len(manifests.errors)} error(s)[/]; nothing was started.")
+        err.print(f"[red]{len(manifests.errors)} error(s)[/]; nothing was started.")
         raise typer.Exit(1)
     return manifests
 
@@ -93,7 +89,6 @@ async def _foreground(mesh: LocalMesh, quiet: bool) -> None:
     if quiet:
         await task
         return
-    out, _ = _out()
     await asyncio.wait({task, asyncio.create_task(started.wait())}, return_when=asyncio.FIRST_COMPLETED)
     with Live(status_table(mesh.state), console=out, refresh_per_second=2) as live:
         while not task.done():
@@ -124,13 +119,12 @@ def up(
 
     Example: [bold]plait up -f samples/bookinfo/ -d[/]  then  [bold]plait status[/], [bold]plait apply -f …[/], [bold]plait down[/]
     """
-    out, err = _out()
     manifests = _load_or_exit(filename)
     chosen, why = pick_mode(mode)
     if mode == "auto":
         out.print(f"mode: {chosen} ({why})")
     existing = State.load(state_dir)
-    if existing and existing.supervisor_pid and _alive(existing.supervisor_pid):
+    if existing and existing.supervisor_pid and alive(existing.supervisor_pid):
         err.print(f"[red]error[/]: a mesh is already running from {state_dir} (pid {existing.supervisor_pid}); "
                   "stop it with 'plait down' first")
         raise typer.Exit(1)
@@ -145,17 +139,8 @@ def up(
         raise typer.Exit(1) from None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
 def _detach(files: list[Path], mode: str, state_dir: Path, ingress_port: int, ingress_tls_port: int,
             landing: str) -> None:
-    out, err = _out()
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "logs").mkdir(exist_ok=True)
     args = [sys.executable, "-m", "plait", "up", "--mode", mode, "--state-dir", str(state_dir),
@@ -190,17 +175,16 @@ def _detach(files: list[Path], mode: str, state_dir: Path, ingress_port: int, in
 
 def down(state_dir: StateDir = Path(".plait")) -> None:
     """Stop the local mesh started with 'plait up -d': pods drained, processes stopped, nothing left behind."""
-    out, err = _out()
     state = State.load(state_dir)
-    if state is None or not state.supervisor_pid or not _alive(state.supervisor_pid):
+    if state is None or not state.supervisor_pid or not alive(state.supervisor_pid):
         out.print(f"no mesh running from {state_dir}")
         return
     os.kill(state.supervisor_pid, signal.SIGTERM)
     with out.status("stopping the mesh…"):
         deadline = time.monotonic() + 60
-        while _alive(state.supervisor_pid) and time.monotonic() < deadline:
+        while alive(state.supervisor_pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-    leftovers = [p for p in [state.control_plane_pid] + [pod.pid for pod in state.pods] if p and _alive(p)]
+    leftovers = [p for p in [state.control_plane_pid] + [pod.pid for pod in state.pods] if p and alive(p)]
     if leftovers:
         err.print(f"[red]error[/]: processes still running: {leftovers}")
         raise typer.Exit(1)
@@ -209,7 +193,6 @@ def down(state_dir: StateDir = Path(".plait")) -> None:
 
 def status(state_dir: StateDir = Path(".plait")) -> None:
     """List the local mesh's pods (address, ready, proxy sync, restarts), its services and the mode."""
-    out, _ = _out()
     state = State.load(state_dir)
     if state is None:
         out.print(f"no mesh running from {state_dir} (start one with 'plait up -f …' or 'plait demo bookinfo')")

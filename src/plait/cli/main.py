@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import yaml
-from rich.console import Console
 
 from plait import __version__
 from plait.api import LoadResult, load_paths
-from plait.api.errors import Problem
+from plait.cli.console import err, out, print_problems  # noqa: F401 (commands import them from here)
 from plait.model import MeshSnapshot, Proxy
 
 app = typer.Typer(
@@ -24,19 +22,9 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
-# Piped output is not cut to 80 columns: tables stay whole for grep and scripts, as kubectl's do.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 FilesOption = Annotated[list[Path], typer.Option(
     "-f", "--filename", help="A YAML file or a directory of them (read recursively). Repeatable.")]
-
-
-def print_problems(problems: list[Problem]) -> None:
-    for p in problems:
-        colour = "red" if p.severity == "error" else "yellow"
-        err.print(f"[{colour}]{p.severity}[/]: {p.where()}" + (f": [bold]{p.path}[/]" if p.path else "")
-                  + f": {p.message}", markup=True)
 
 
 def load_or_exit(paths: list[Path], show_warnings: bool = True) -> LoadResult:

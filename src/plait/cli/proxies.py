@@ -10,17 +10,13 @@ import yaml
 from rich.table import Table
 
 from plait.cli import envoyconfig
+from plait.cli.console import err, out
 from plait.cli.client import ClientError, Http, control_plane_url
 from plait.cli.controlplane import ControlPlane, fail
 
 TYPES = ("cds", "lds", "eds", "rds")
 Admin = Annotated[str | None, typer.Option(
     "--admin", help="The proxy's Envoy admin address (host:port). Default: the address its agent reported.")]
-
-
-def _out():
-    from plait.cli.main import err, out
-    return out, err
 
 
 def _statuses(control_plane: str | None) -> list[dict]:
@@ -36,7 +32,6 @@ def _find(statuses: list[dict], proxy: str) -> dict:
     exact = [s for s in statuses if s["proxy_id"] == proxy]
     found = exact or [s for s in statuses if proxy in s["proxy_id"]]
     if len(found) != 1:
-        _, err = _out()
         known = ", ".join(s["proxy_id"] for s in statuses) or "none connected"
         err.print(f"[red]error[/]: {'no' if not found else 'more than one'} proxy matches {proxy!r}; known: {known}")
         raise typer.Exit(1)
@@ -61,7 +56,6 @@ def proxy_status(proxy: Annotated[str | None, typer.Argument(help="Show one prox
 
     Example: [bold]plait proxy-status[/]   [bold]plait proxy-status reviews-v1[/]
     """
-    out, _ = _out()
     statuses = _statuses(control_plane)
     if proxy:
         return _proxy_diff(_find(statuses, proxy), control_plane, admin)
@@ -76,7 +70,6 @@ def proxy_status(proxy: Annotated[str | None, typer.Argument(help="Show one prox
 def admin_address(status: dict, override: str | None) -> str:
     address = override or status.get("admin_address")
     if not address:
-        _, err = _out()
         err.print(f"[red]error[/]: the control plane does not know the admin address of {status['proxy_id']}; "
                   "pass --admin HOST:PORT")
         raise typer.Exit(1)
@@ -88,7 +81,6 @@ def _envoy(address: str) -> Http:
 
 
 def _proxy_diff(status: dict, control_plane: str | None, admin: str | None) -> None:
-    out, _ = _out()
     try:
         sent = Http(control_plane_url(control_plane)).get(f"/debug/config_dump?proxy={status['proxy_id']}")
         held = envoyconfig.resource_names(_envoy(admin_address(status, admin)).get("/config_dump?include_eds"))
@@ -121,7 +113,6 @@ def proxy_config(kind: Annotated[str, typer.Argument(help="cluster, listener, ro
 
     Example: [bold]plait proxy-config route reviews-v1[/]   [bold]plait proxy-config cluster reviews-v1 -o yaml[/]
     """
-    out, err = _out()
     if kind.rstrip("s") not in CONFIG_KINDS or output not in ("short", "yaml", "json"):
         err.print(f"[red]error[/]: KIND is one of {', '.join(CONFIG_KINDS)}; -o is short, yaml or json")
         raise typer.Exit(2)
