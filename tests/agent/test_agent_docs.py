@@ -42,7 +42,8 @@ def test_worked_example(start_agent, tmp_path: Path) -> None:
         started = [subprocess.Popen([sys.executable, "-m", "http.server", "8081", "--bind", f"{subnet}.2"],
                                     cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
                    subprocess.Popen([str(PLAIT), "control-plane", "--config-dir", str(tmp_path / "mesh"),
-                                     "--xds-port", str(xds_port), "--http-port", str(http_port)],
+                                     "--xds-port", str(xds_port), "--http-port", str(http_port),
+                                     "--ca-port", str(free_port()), "--state-dir", str(tmp_path / "cp-state")],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
         try:
             wait_for(lambda: listening(f"{subnet}.2", 8081), "the reviews backend")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -138,3 +140,135 @@ def test_the_docs_show_real_output() -> None:
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
         assert [line.rstrip() for line in result.output.strip().splitlines()] == shown.strip().splitlines()
+
+
+# ----------------------------------------------------------------------------- authorization
+
+AUTHZ_POLICIES = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-productpage, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/bookinfo-productpage"]}}]
+    to: [{operation: {methods: ["GET"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-delete, namespace: default}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {methods: ["DELETE"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: ratings-jwt, namespace: default}
+spec:
+  selector: {matchLabels: {app: ratings}}
+  jwtRules: [{issuer: "https://issuer.example.com", jwksUri: "https://issuer.example.com/jwks.json"}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ratings-needs-jwt, namespace: default}
+spec:
+  selector: {matchLabels: {app: ratings}}
+  rules: [{from: [{source: {requestPrincipals: ["https://issuer.example.com/*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ingress-from-partners, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  rules: [{from: [{source: {remoteIpBlocks: ["203.0.113.0/24"]}}]}]
+"""
+
+
+def secured_mesh(directory: Path) -> list[str]:
+    """Bookinfo whose workloads have sidecars with certificates (tlsMode label), plus AUTHZ_POLICIES."""
+    services = (BOOKINFO / "services.yaml").read_text()
+    services = re.sub(r"labels: \{app: (\w+), version: (v\d)\}",
+                      r"labels: {app: \1, version: \2, security.istio.io/tlsMode: istio}", services)
+    (directory / "services.yaml").write_text(services)
+    (directory / "security.yaml").write_text(AUTHZ_POLICIES)
+    files = [directory, BOOKINFO / "networking" / "bookinfo-gateway.yaml",
+             BOOKINFO / "networking" / "destination-rule-all.yaml"]
+    return [a for f in files for a in ("-f", str(f))]
+
+
+def unsigned_token(**claims) -> str:
+    def part(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'RS256', 'kid': 'k'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+def test_explain_names_the_allow_policy_and_the_field_that_matched(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["explain", *secured_mesh(tmp_path), "--from", "productpage-v1",
+                                 "--url", "http://reviews:9080/reviews/0"])
+    assert result.exit_code == 0, result.output
+    for expected in (
+            "authorization at default/reviews-v1, default/reviews-v2, default/reviews-v3",
+            "filter chain inbound|9080|mtls",
+            "source        spiffe://cluster.local/ns/default/sa/bookinfo-productpage (mTLS), 10.244.0.16",
+            "no DENY policy matched (DENY policies: default/deny-delete)",
+            "→ ALLOWED by default/allow-productpage rules[0] (from[0].source.principals matched "
+            "spiffe://cluster.local/ns/default/sa/bookinfo-productpage; to[0].operation.methods matched GET)"):
+        assert expected in result.output, expected
+    assert "→ lands on" in result.output
+
+
+def test_explain_a_request_no_allow_policy_lets_through(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["explain", *secured_mesh(tmp_path), "--from", "ratings-v1",
+                                 "--url", "http://reviews:9080/reviews/0"])
+    assert result.exit_code == 0, result.output
+    for expected in (
+            "→ lands on",  # the client's sidecar forwards it; the destination's refuses it
+            "default/allow-productpage rules[0]: from[0].source.principals did not match "
+            "spiffe://cluster.local/ns/default/sa/bookinfo-ratings",
+            "→ DENIED: no ALLOW policy matched (policies in force: default/allow-productpage)",
+            "→ 403: default/reviews-v1 (and 2 more): DENIED: no ALLOW policy matched"):
+        assert expected in result.output, expected
+
+
+def test_explain_a_deny_policy_and_an_assumed_identity(tmp_path: Path) -> None:
+    args = [*secured_mesh(tmp_path), "--from", "ratings-v1", "--url", "http://reviews:9080/reviews/0"]
+    delete = runner.invoke(app, ["explain", *args, "-X", "DELETE",
+                                 "--source-principal", "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"])
+    assert "DENIED by DENY policy default/deny-delete rules[0] (to[0].operation.methods matched DELETE)" in delete.output
+    assumed = runner.invoke(app, ["explain", *args, "--source-principal",
+                                  "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"])
+    assert "→ ALLOWED by default/allow-productpage rules[0]" in assumed.output
+
+
+def test_explain_jwt_outcomes(tmp_path: Path) -> None:
+    args = ["explain", *secured_mesh(tmp_path), "--from", "reviews-v2", "--url", "http://ratings:9080/ratings/0"]
+    missing = runner.invoke(app, args)
+    assert "no token: allowed by RequestAuthentication default/ratings-jwt (allow missing" in missing.output
+    assert "from[0].source.requestPrincipals did not match no verified token" in missing.output
+    assert "→ 403: default/ratings-v1: DENIED: no ALLOW policy matched" in missing.output
+    token = unsigned_token(iss="https://issuer.example.com", sub="alice", exp=int(time.time()) + 600)
+    valid = runner.invoke(app, [*args, "-H", f"Authorization: Bearer {token}"])
+    assert ("token from issuer https://issuer.example.com (https://issuer.example.com/alice) in the header "
+            "authorization, accepted if its signature is good; its signature is not checked here: Envoy verifies "
+            "it against the keys at https://issuer.example.com/jwks.json") in valid.output
+    assert ("→ ALLOWED by default/ratings-needs-jwt rules[0] (from[0].source.requestPrincipals matched "
+            "https://issuer.example.com/alice)") in valid.output
+    expired = unsigned_token(iss="https://issuer.example.com", sub="alice", exp=int(time.time()) - 3600)
+    rejected = runner.invoke(app, [*args, "-H", f"Authorization: Bearer {expired}"])
+    assert "→ UNAUTHENTICATED: 401 Jwt is expired" in rejected.output
+    assert "→ 401: default/ratings-v1: UNAUTHENTICATED: 401 Jwt is expired" in rejected.output
+
+
+def test_explain_a_gateway_policy_on_the_outside_client(tmp_path: Path) -> None:
+    args = ["explain", *secured_mesh(tmp_path), "--from", "istio-ingressgateway",
+            "--url", "http://bookinfo.example.com/productpage"]
+    stranger = runner.invoke(app, [*args, "--source-ip", "198.51.100.4"])
+    assert "authorization at istio-system/istio-ingressgateway (gateway)" in stranger.output
+    assert "from[0].source.remoteIpBlocks did not match 198.51.100.4" in stranger.output
+    assert "→ 403: istio-system/istio-ingressgateway (gateway): DENIED: no ALLOW policy matched" in stranger.output
+    partner = runner.invoke(app, [*args, "--source-ip", "203.0.113.8", "-o", "json"])
+    data = json.loads(partner.stdout)
+    assert data["status"] is None and data["summary"] == "outbound|9080||productpage.default.svc.cluster.local"
+    assert data["authorization"][0]["summary"].startswith(
+        "ALLOWED by istio-system/ingress-from-partners rules[0] (from[0].source.remoteIpBlocks matched 203.0.113.8)")

@@ -1,13 +1,22 @@
-"""plait proxy-config reads a real Envoy's admin API and prints istioctl-style tables."""
+"""plait proxy-config reads a real Envoy's admin API and prints istioctl-style tables; `secret`
+decodes the certificates Envoy holds (static secrets and one delivered over file-based SDS)."""
 
 from __future__ import annotations
 
+import datetime
+import json
 from pathlib import Path
 
 import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
 from plait.api import load_paths
+from plait.cli.envoyconfig import chain_root
 from plait.cli.main import app
 from plait.model import MeshSnapshot, Proxy
 from plait.testing.envoy import run_envoy
@@ -53,5 +62,202 @@ def test_endpoints_table_and_yaml_output(envoy) -> None:
 
 
 def test_unknown_kind_is_refused() -> None:
-    result = CliRunner().invoke(app, ["proxy-config", "secrets", "x", "--admin", "127.0.0.1:1"])
+    result = CliRunner().invoke(app, ["proxy-config", "certificates", "x", "--admin", "127.0.0.1:1"])
     assert result.exit_code == 2 and "KIND is one of" in result.output
+
+
+# ------------------------------------------------------------------ secrets
+
+NOW = datetime.datetime.now(datetime.UTC)
+SPIFFE = "spiffe://cluster.local/ns/default/sa/productpage"
+LONG_SPIFFE = "spiffe://cluster.local/ns/bookinfo-production-eu-west/sa/productpage-with-a-long-service-account"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cluster.local"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def make_cert(subject: x509.Name, key, *, issuer: x509.Name | None = None, issuer_key=None, ca: bool = False,
+              uri: str | None = None, dns: str | None = None, not_before: datetime.datetime | None = None,
+              hours: float = 24) -> x509.Certificate:
+    """A certificate for `key`, signed by `issuer_key` (self-signed without one)."""
+    start = not_before or NOW - datetime.timedelta(minutes=5)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer or subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(start).not_valid_after(start + datetime.timedelta(hours=hours))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if uri or dns:
+        names = [x509.UniformResourceIdentifier(uri)] if uri else [x509.DNSName(dns)]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+def pem(*certs: x509.Certificate) -> str:
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
+
+
+def key_pem(key) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def tls_secret(name: str, chain: str, key) -> dict:
+    return {"name": name, "tls_certificate": {"certificate_chain": {"inline_string": chain},
+                                              "private_key": {"inline_string": key_pem(key)}}}
+
+
+class Pki:
+    """A mesh root, workload certificates under it (directly and through an intermediate), an
+    expired one, an impostor that names the root as issuer but is signed by another key, and a
+    gateway certificate from an unrelated CA."""
+
+    def __init__(self) -> None:
+        self.root_key, self.other_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+        self.root = make_cert(_name("plait root"), self.root_key, ca=True)
+        self.leaf_key = ec.generate_private_key(ec.SECP256R1())
+        under_root = {"issuer": self.root.subject, "issuer_key": self.root_key}
+        self.leaf = make_cert(x509.Name([]), self.leaf_key, uri=SPIFFE, hours=1, **under_root)
+        self.intermediate = make_cert(_name("plait intermediate"), self.other_key, ca=True, **under_root)
+        self.via_intermediate = make_cert(x509.Name([]), self.leaf_key, uri=SPIFFE, issuer=self.intermediate.subject,
+                                          issuer_key=self.other_key)
+        self.expired = make_cert(x509.Name([]), self.leaf_key, uri=SPIFFE, hours=1,
+                                 not_before=NOW - datetime.timedelta(hours=3), **under_root)
+        self.impostor = make_cert(x509.Name([]), self.leaf_key, uri=LONG_SPIFFE, issuer=self.root.subject,
+                                  issuer_key=self.other_key)
+        self.gateway_root = make_cert(_name("acme root"), self.other_key, ca=True)
+        self.gateway = make_cert(_name("bookinfo.example.com"), self.leaf_key, dns="bookinfo.example.com",
+                                 issuer=self.gateway_root.subject, issuer_key=self.other_key)
+
+    def bootstrap(self, sds_file: Path) -> dict:
+        """Static secrets as the agent's SDS would name them, plus a gateway credential that a
+        cluster takes from file-based SDS (so Envoy lists it among its dynamic secrets)."""
+        sds_file.write_text(json.dumps({"resources": [{"@type": SECRET, **tls_secret(
+            "bookinfo-credential", pem(self.gateway), self.leaf_key)}]}))
+        sds = {"name": "bookinfo-credential", "sds_config": {"path_config_source": {"path": str(sds_file)}}}
+        tls = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {"tls_certificate_sds_secret_configs": [sds]}}}
+        return {"node": {"id": "router~127.0.0.1~gw.istio-system~istio-system.svc.cluster.local", "cluster": "gw"},
+                "static_resources": {
+                    "secrets": [tls_secret("default", pem(self.leaf), self.leaf_key),
+                                {"name": "ROOTCA", "validation_context": {"trusted_ca": {"inline_string": pem(self.root)}}},
+                                tls_secret("rotated", pem(self.via_intermediate, self.intermediate), self.leaf_key),
+                                tls_secret("stale", pem(self.expired), self.leaf_key),
+                                tls_secret("impostor", pem(self.impostor), self.leaf_key)],
+                    "clusters": [{"name": "to-gateway", "type": "STATIC", "transport_socket": tls,
+                                  "load_assignment": {"cluster_name": "to-gateway", "endpoints": []}}]}}
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    return Pki()
+
+
+@pytest.fixture(scope="module")
+def envoy_with_secrets(pki, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("envoy-secrets")
+    with run_envoy(pki.bootstrap(workdir / "sds.json"), workdir=workdir) as e:
+        yield e
+
+
+def _row(text: str, name: str) -> str:
+    return next(line for line in text.splitlines() if line.split() and line.split()[0] == name)
+
+
+def test_secret_table_shows_identity_serial_validity_and_root(envoy_with_secrets, pki) -> None:
+    text = run("proxy-config", "secret", "gw", "--admin", envoy_with_secrets.admin_address)
+    for column in ("RESOURCE NAME", "TYPE", "STATUS", "VALID CERT", "SERIAL NUMBER", "NOT AFTER", "NOT BEFORE",
+                   "IDENTITY", "ROOT"):
+        assert column in text
+    default = _row(text, "default")
+    assert "Cert Chain" in default and "STATIC" in default and " true " in default
+    assert format(pki.leaf.serial_number, "x") in default and SPIFFE in default
+    assert pki.leaf.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ") in default
+    root_fingerprint = pki.root.fingerprint(hashes.SHA256()).hex()
+    assert f"chains to ROOTCA (plait root sha256:{root_fingerprint[:12]})" in default
+    rootca = _row(text, "ROOTCA")
+    assert " CA " in rootca and format(pki.root.serial_number, "x") in rootca and root_fingerprint[:12] in rootca
+
+
+def test_secret_table_flags_expired_unverified_and_foreign_certificates(envoy_with_secrets, pki) -> None:
+    text = run("proxy-config", "secret", "gw", "--admin", envoy_with_secrets.admin_address)
+    assert "chains to ROOTCA" in _row(text, "rotated")  # leaf → intermediate → the root in ROOTCA
+    assert " false " in _row(text, "stale")
+    impostor = _row(text, "impostor")  # names the root as issuer, but the root's key did not sign it
+    assert LONG_SPIFFE in impostor  # a wide row is not cut short
+    assert impostor.rstrip().endswith("NOT VERIFIED: issuer in no CA secret (plait root)")
+    gateway = _row(text, "bookinfo-credential")  # the one delivered over (file-based) SDS
+    assert "ACTIVE" in gateway and "bookinfo.example.com" in gateway
+    assert gateway.rstrip().endswith("NOT VERIFIED: issuer in no CA secret (acme root)")
+
+
+def test_secret_yaml_and_json_give_every_certificate(envoy_with_secrets, pki) -> None:
+    dumped = yaml.safe_load(run("proxy-config", "secret", "gw", "--admin", envoy_with_secrets.admin_address,
+                                "-o", "yaml"))
+    by_name = {s["name"]: s for s in dumped}
+    assert set(by_name) == {"default", "ROOTCA", "rotated", "stale", "impostor", "bookinfo-credential"}
+    default = by_name["default"]
+    assert default["identity"] == [SPIFFE] and default["valid"] is True and default["type"] == "Cert Chain"
+    assert default["root"] == {"subject": "CN=plait root,O=cluster.local", "chains_to": "ROOTCA",
+                               "sha256": pki.root.fingerprint(hashes.SHA256()).hex()}
+    assert default["certificates"][0]["serial"] == format(pki.leaf.serial_number, "x")
+    assert [c["subject"] for c in by_name["rotated"]["certificates"]] == ["", "CN=plait intermediate,O=cluster.local"]
+    assert by_name["stale"]["certificates"][0]["validity"] == "expired" and by_name["stale"]["valid"] is False
+    assert by_name["bookinfo-credential"]["status"] == "ACTIVE"
+    assert by_name["bookinfo-credential"]["identity"] == ["bookinfo.example.com"]
+    assert by_name["bookinfo-credential"]["root"]["chains_to"] is None
+    as_json = json.loads(run("proxy-config", "secret", "gw", "--admin", envoy_with_secrets.admin_address,
+                             "-o", "json"))
+    assert as_json == dumped
+
+
+def test_a_proxy_without_identity_has_no_secrets(envoy) -> None:
+    text = run("proxy-config", "secret", "productpage", "--admin", envoy.admin_address)
+    assert "no secrets: this proxy has no workload identity" in text and "--token-file" in text
+    assert yaml.safe_load(run("proxy-config", "secret", "productpage", "--admin", envoy.admin_address,
+                              "-o", "yaml")) == []
+
+
+def test_a_proxy_with_identity_but_no_tls_yet_says_so(tmp_path) -> None:
+    node = {"id": "sidecar~127.0.0.1~productpage.default~default.svc.cluster.local", "cluster": "productpage",
+            "metadata": {"PLAIT_IDENTITY": SPIFFE}}
+    with run_envoy({"node": node}, workdir=tmp_path) as envoy:
+        text = run("proxy-config", "secret", "productpage", "--admin", envoy.admin_address)
+    assert f"no secrets yet: this proxy's identity is {SPIFFE}, but nothing in its configuration uses" in text
+
+
+def test_chain_root_checks_every_link_and_the_anchor(pki) -> None:
+    trust = {"ROOTCA": [pki.root]}
+    assert chain_root([pki.via_intermediate, pki.intermediate, pki.root], trust)["chains_to"] == "ROOTCA"
+    missing = chain_root([pki.via_intermediate, pki.root], trust)  # the intermediate left out
+    assert missing == {"chains_to": None, "problem": "chain broken: certificate 1 not signed by certificate 2"}
+    foreign = chain_root([pki.gateway_root], trust)
+    assert foreign["chains_to"] is None and foreign["problem"] == "self-signed, in no CA secret"
+    assert chain_root([pki.leaf], {"acme": [pki.gateway_root], "ROOTCA": [pki.root]})["chains_to"] == "ROOTCA"
+
+
+def test_a_secret_the_agent_has_not_served_yet_is_warming(tmp_path) -> None:
+    """Envoy asks the agent's SDS socket for `default`; nothing answers, so it stays warming."""
+    sds = {"name": "default", "sds_config": {"initial_fetch_timeout": "0.1s", "resource_api_version": "V3",
+                                             "api_config_source": {"api_type": "GRPC", "transport_api_version": "V3",
+                                                                   "grpc_services": [{"envoy_grpc": {
+                                                                       "cluster_name": "sds-grpc"}}]}}}
+    h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}}
+    socket = {"pipe": {"path": str(tmp_path / "sds.sock")}}
+    tls = {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {"tls_certificate_sds_secret_configs": [sds]}}}
+    bootstrap = {"node": {"id": "sidecar~127.0.0.1~productpage.default~default.svc.cluster.local", "cluster": "p"},
+                 "static_resources": {"clusters": [
+                     {"name": "sds-grpc", "type": "STATIC", "typed_extension_protocol_options": h2,
+                      "load_assignment": {"cluster_name": "sds-grpc",
+                                          "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket}}]}]}},
+                     {"name": "outbound", "type": "STATIC", "transport_socket": tls,
+                      "load_assignment": {"cluster_name": "outbound", "endpoints": []}}]}}
+    with run_envoy(bootstrap, workdir=tmp_path / "envoy") as envoy:
+        row = _row(run("proxy-config", "secret", "productpage", "--admin", envoy.admin_address), "default")
+    assert "WARMING" in row and "not received yet: is the SDS server (the proxy's agent) serving?" in row

@@ -1,6 +1,7 @@
 """Golden tests: tests/xds/testdata/NN-name.input.yaml → NN-name.golden.yaml.
 
-The input's first line names the proxy: ``# proxy: WORKLOAD [capture|proxy]``.
+The input's first line names the proxy: ``# proxy: WORKLOAD [capture|proxy] [identity]``
+(``identity``: its agent serves it mesh certificates, so it does mTLS).
 Regenerate with ``REFRESH_GOLDEN=1 pytest tests/xds/test_golden.py``; a failure
 prints a unified diff. Every golden is also checked by the real Envoy
 (``envoy --mode validate`` on a static bootstrap holding the resources).
@@ -8,6 +9,7 @@ prints a unified diff. Every golden is also checked by the real Envoy
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -20,12 +22,13 @@ import yaml
 from plait.api import load_text
 from plait.model import MeshSnapshot, Proxy
 from plait.xds.generator import generate
+from plait.xds.publish import Publisher
 from plait.xds.resources import ResourceSet
 from plait.xds.static import envoy_validate, static_bootstrap
 
 TESTDATA = Path(__file__).parent / "testdata"
 CASES = sorted(p.name.removesuffix(".input.yaml") for p in TESTDATA.glob("*.input.yaml"))
-_PROXY_LINE = re.compile(r"^# proxy: (\S+)(?: (capture|proxy))?$", re.M)
+_PROXY_LINE = re.compile(r"^# proxy: (\S+)(?: (capture|proxy))?( identity)?$", re.M)
 
 
 def translate_case(case: str):
@@ -35,7 +38,10 @@ def translate_case(case: str):
     snapshot = MeshSnapshot(load_text(text, f"{case}.input.yaml").raise_for_errors())
     we = snapshot.workload(found.group(1))
     assert we is not None, f"{case}: no WorkloadEntry {found.group(1)}"
-    return generate(snapshot, Proxy.from_workload_entry(we, mode=found.group(2) or "capture"))
+    proxy = Proxy.from_workload_entry(we, mode=found.group(2) or "capture")
+    if found.group(3):
+        proxy = dataclasses.replace(proxy, identity=proxy.spiffe_id)
+    return generate(snapshot, proxy)
 
 
 def canonical(resources) -> str:
@@ -54,6 +60,12 @@ def test_golden(case: str) -> None:
         diff = "".join(difflib.unified_diff(expected.splitlines(True), actual.splitlines(True),
                                             f"{case}.golden.yaml", "generated"))
         pytest.fail(f"translation of {case} changed (REFRESH_GOLDEN=1 to accept):\n{diff}")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden_publishes(case: str) -> None:
+    """The control plane can serialise every resource (each @type's protobuf module is loaded)."""
+    assert Publisher().publish(translate_case(case)).errors == ()
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -12,10 +12,19 @@ reads with ``-c``. It follows Istio's ``envoy_bootstrap.json``:
   for them without a fetch timeout (so Envoy is not ready before its first
   config);
 * static clusters ``xds-grpc`` (HTTP/2 to the control plane, STATIC for an IP,
-  STRICT_DNS for a name, TCP keepalive) and ``sds-grpc`` (HTTP/2 on a unix
-  socket, served by the agent in a later issue; declared now so that
-  ISTIO_MUTUAL configuration is valid);
+  STRICT_DNS for a name, TCP keepalive) and ``sds-grpc`` (HTTP/2 on the unix
+  socket where the agent serves the ``default`` and ``ROOTCA`` secrets,
+  `plait.agent.sds`; declared even without certificates, so that ISTIO_MUTUAL
+  configuration is valid);
 * Istio's runtime defaults, connection limit and stats tags.
+
+A proxy with an identity (its agent has a token and serves certificates) also
+has ``PLAIT_IDENTITY`` in its metadata, the label
+``security.istio.io/tlsMode: istio`` if it is a sidecar (mesh clients then use
+mTLS to it, as Istio's injector labels pods; gateways are called in
+plaintext), and its ADS stream carries ``authorization: Bearer TOKEN``
+(``initial_metadata``), which the control plane checks with
+``--xds-auth strict``.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from urllib.parse import urlsplit
 
 from plait import __version__
 from plait.model import Proxy
+from plait.model.proxy import TLS_MODE_LABEL
 from plait.xds.static import XDS_CLUSTER
 from plait.xds.translate.common import SDS_CLUSTER
 
@@ -73,23 +83,30 @@ class BootstrapSettings:
     admin_port: int = 15000
     xds: XdsFlavour = "sotw"
     sds_socket: str = "/tmp/plait-sds.sock"
+    token: str | None = None  # the pod's token, sent on the ADS stream
 
 
 def proxy_for_mode(mode: AgentMode, *, name: str, namespace: str, ip: str, labels: dict[str, str] | None = None,
-                   service_account: str = "default", app_address: str = "127.0.0.1") -> Proxy:
-    """The `Proxy` an agent stands for: a capture or explicit-proxy sidecar, or a gateway (``router``)."""
+                   service_account: str = "default", app_address: str = "127.0.0.1",
+                   identity: str | None = None) -> Proxy:
+    """The `Proxy` an agent stands for: a capture or explicit-proxy sidecar, or a gateway (``router``).
+    A sidecar with an `identity` (SPIFFE id) is labelled ``security.istio.io/tlsMode: istio``."""
     if mode not in ("capture", "proxy", "gateway"):
         raise ValueError(f"mode must be capture, proxy or gateway, not {mode!r}")
     kind = "router" if mode == "gateway" else "sidecar"
-    return Proxy(kind=kind, ip=ip, name=name, namespace=namespace, labels=dict(labels or {}),
+    labels = dict(labels or {})
+    if identity and kind == "sidecar":
+        labels[TLS_MODE_LABEL] = "istio"
+    return Proxy(kind=kind, ip=ip, name=name, namespace=namespace, labels=labels,
                  mode="capture" if mode == "capture" else "proxy", service_account=service_account,
-                 app_address=app_address)
+                 app_address=app_address, identity=identity)
 
 
 def node_metadata(proxy: Proxy, admin_port: int = 15000) -> dict:
     """``node.metadata`` with Istio's key names; the control plane rebuilds the Proxy from them.
-    ``ADMIN_ADDRESS`` tells `plait proxy-config` where this Envoy's admin API is."""
-    return {
+    ``ADMIN_ADDRESS`` tells `plait proxy-config` where this Envoy's admin API is; ``PLAIT_IDENTITY``
+    (only when the agent serves certificates) is the SPIFFE id of those certificates."""
+    metadata = {
         "NAMESPACE": proxy.namespace,
         "LABELS": dict(proxy.labels),
         "SERVICE_ACCOUNT": proxy.service_account,
@@ -100,6 +117,9 @@ def node_metadata(proxy: Proxy, admin_port: int = 15000) -> dict:
         "APP_ADDRESS": proxy.app_address,
         "ADMIN_ADDRESS": f"127.0.0.1:{admin_port}",
     }
+    if proxy.identity:
+        metadata["PLAIT_IDENTITY"] = proxy.identity
+    return metadata
 
 
 def parse_control_plane(text: str) -> tuple[str, int]:
@@ -152,15 +172,19 @@ def sds_cluster(socket_path: str) -> dict:
             "typed_extension_protocol_options": HTTP2_ONLY}
 
 
-def ads_config(xds: XdsFlavour) -> dict:
+def ads_config(xds: XdsFlavour, token: str | None = None) -> dict:
+    """One ADS stream to ``xds-grpc``; with a `token`, gRPC metadata ``authorization: Bearer TOKEN``."""
     if xds not in ("sotw", "delta"):
         raise ValueError(f"xds must be sotw or delta, not {xds!r}")
+    # Reconnect quickly after a control-plane restart (Envoy's default backoff grows to 30 s).
+    service: dict = {"envoy_grpc": {"cluster_name": XDS_CLUSTER, "retry_policy": {
+        "retry_back_off": {"base_interval": "0.2s", "max_interval": "5s"}}}}
+    if token:
+        service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {token}"}]
     return {"api_type": "DELTA_GRPC" if xds == "delta" else "GRPC",
             "transport_api_version": "V3",
             "set_node_on_first_message_only": True,
-            # Reconnect quickly after a control-plane restart (Envoy's default backoff grows to 30 s).
-            "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER, "retry_policy": {
-                "retry_back_off": {"base_interval": "0.2s", "max_interval": "5s"}}}}]}
+            "grpc_services": [service]}
 
 
 def build_bootstrap(settings: BootstrapSettings) -> dict:
@@ -168,7 +192,7 @@ def build_bootstrap(settings: BootstrapSettings) -> dict:
     return {
         "node": {"id": proxy.id, "cluster": f"{proxy.name}.{proxy.namespace}", "metadata": node_metadata(proxy, settings.admin_port)},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": settings.admin_port}}},
-        "dynamic_resources": {"ads_config": ads_config(settings.xds), "cds_config": ADS_SOURCE,
+        "dynamic_resources": {"ads_config": ads_config(settings.xds, settings.token), "cds_config": ADS_SOURCE,
                               "lds_config": ADS_SOURCE},
         "static_resources": {"clusters": [xds_cluster(settings.control_plane), sds_cluster(settings.sds_socket)]},
         "layered_runtime": {"layers": [{"name": "global config", "static_layer": RUNTIME_DEFAULTS},

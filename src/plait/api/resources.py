@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from plait.api import networking as net
+from plait.api import security as sec
 from plait.api.common import Labels
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -109,6 +110,7 @@ class Resource:
 
 
 NETWORKING_VERSIONS = ("networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3")
+SECURITY_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
 
 # kind → (accepted apiVersions, spec model)
 SPEC_MODELS: dict[str, tuple[tuple[str, ...], type[BaseModel]]] = {
@@ -118,5 +120,8 @@ SPEC_MODELS: dict[str, tuple[tuple[str, ...], type[BaseModel]]] = {
     "Gateway": (NETWORKING_VERSIONS, net.GatewaySpec),
     "Sidecar": (NETWORKING_VERSIONS, net.SidecarSpec),
     "WorkloadEntry": (NETWORKING_VERSIONS, net.WorkloadEntrySpec),
+    "PeerAuthentication": (SECURITY_VERSIONS, sec.PeerAuthenticationSpec),
+    "AuthorizationPolicy": (SECURITY_VERSIONS, sec.AuthorizationPolicySpec),
+    "RequestAuthentication": (SECURITY_VERSIONS, sec.RequestAuthenticationSpec),
     "Service": (("v1",), K8sServiceSpec),
 }

@@ -15,11 +15,19 @@ from typing import Annotated
 
 import typer
 
-from plait.agent.bootstrap import DEFAULT_CONTROL_PLANE, BootstrapSettings, parse_control_plane, proxy_for_mode
+from plait.agent.bootstrap import (
+    DEFAULT_CONTROL_PLANE,
+    BootstrapSettings,
+    parse_control_plane,
+    proxy_for_mode,
+)
 from plait.agent.registration import Registration
-from plait.agent.run import SDS_SOCKET, AgentConfig, default_state_dir, run_agent
+from plait.agent.run import AgentConfig, IdentitySettings, default_state_dir, run_agent
+from plait.api.common import parse_duration
+from plait.model.proxy import TRUST_DOMAIN, spiffe_id
 
 MODES = ("capture", "proxy", "gateway")
+CA_PORT = 15012
 ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
 
 HELP = """Run Envoy for one workload (a sidecar) or one gateway, bootstrapped to the control plane.
@@ -34,6 +42,15 @@ Modes: [bold]capture[/] (sidecar; traffic redirected by iptables to 15001/15006)
 [bold]proxy[/] (sidecar as an explicit HTTP proxy on IP:15001; the app gets HTTP_PROXY),
 [bold]gateway[/] (an ingress or egress gateway; select it with --labels istio=ingressgateway).
 
+With [bold]--token-file[/] the workload has an identity,
+[bold]spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT[/]: the agent makes a private key (kept in
+memory), sends a CSR with the token to the CA (--ca-address, TLS checked against --root-cert), serves
+the certificate and the root to Envoy over SDS ([bold]default[/], [bold]ROOTCA[/]) on a unix socket,
+and renews it at half its --cert-ttl. Envoy starts only once the first certificate is there; if the
+CA refuses the identity the agent exits with status 1. A sidecar with an identity is labelled
+[bold]security.istio.io/tlsMode=istio[/], so other sidecars call it with mutual TLS, and the token
+authenticates its xDS stream and its --register calls.
+
 After [bold]--[/], an application command is started only once the proxy is ready
 (Istio's holdApplicationUntilProxyStarts); signals are forwarded to it, Envoy is drained when
 it exits, and the agent exits with its status.
@@ -42,6 +59,12 @@ Sidecar for reviews-v1, explicit-proxy mode, app held until the proxy is ready:
 
   [bold]plait agent --mode proxy --name reviews-v1 --namespace default --ip 127.0.10.1 \\
     --labels app=reviews,version=v1 --service-account bookinfo-reviews -- python -m http.server 9080[/]
+
+The same sidecar with a certificate from the local control plane's CA:
+
+  [bold]plait agent --mode proxy --name reviews-v1 --ip 127.0.10.1 --labels app=reviews,version=v1 \\
+    --service-account bookinfo-reviews --token-file reviews.token \\
+    --root-cert .plait/control-plane/ca/root-cert.pem[/]
 
 Ingress gateway:
 
@@ -73,7 +96,9 @@ def agent(
     mode: Annotated[str, typer.Option(help="capture | proxy | gateway.")] = "capture",
     namespace: Annotated[str, typer.Option(help="Workload namespace.")] = "default",
     labels: Annotated[str, typer.Option(help="Workload labels, KEY=VALUE,KEY=VALUE.")] = "",
-    service_account: Annotated[str, typer.Option(help="Service account (the workload's identity).")] = "default",
+    service_account: Annotated[str, typer.Option(
+        help="Service account: the workload's identity, spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT.")
+    ] = "default",
     control_plane: Annotated[str, typer.Option(
         envvar="PLAIT_CONTROL_PLANE",
         help="ADS server HOST:PORT; a bare HOST or an http:// URL means that host's port 15010.",
@@ -83,7 +108,8 @@ def agent(
     status_port: Annotated[int, typer.Option(help="Readiness port (/healthz/ready), on all addresses.")] = 15021,
     app_address: Annotated[str, typer.Option(help="Where the sidecar reaches its application.")] = "127.0.0.1",
     state_dir: Annotated[Path | None, typer.Option(
-        help="Bootstrap, Envoy PID file and SDS socket. Default: $TMPDIR/plait-agent/NAME.NS.")] = None,
+        help="Bootstrap (0600), Envoy PID file, and proxy/ with the SDS socket. "
+             "Default: $TMPDIR/plait-agent/NAME.NS.")] = None,
     concurrency: Annotated[int, typer.Option(help="Envoy worker threads.")] = 1,
     drain_duration: Annotated[float, typer.Option(help="Seconds Envoy drains before it is stopped.")] = 5.0,
     log_level: Annotated[str, typer.Option(help="Envoy's log level.")] = "warning",
@@ -97,6 +123,23 @@ def agent(
         help="With --register: the app's readiness URL (its readinessProbe); not ready until it answers 2xx.")] = None,
     control_plane_api: Annotated[str | None, typer.Option(
         help="The control plane's HTTP API for --register. Default: http://HOST:15014 of --control-plane.")] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        envvar="PLAIT_TOKEN_FILE",
+        help="The pod's token (Istio's istio-token): with it the agent gets a certificate for "
+             "spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT and serves it to Envoy over SDS; the CA signs "
+             "only the identity the token was issued for. Re-read before each renewal. Without it: no "
+             "certificates, plaintext only.")] = None,
+    ca_address: Annotated[str | None, typer.Option(
+        help="The CA, HOST:PORT (TLS, gRPC). Default: port 15012 of the --control-plane host.")] = None,
+    root_cert: Annotated[Path | None, typer.Option(
+        envvar="PLAIT_ROOT_CERT",
+        help="PEM root certificate that the CA's TLS certificate must chain to; the local control plane "
+             "writes it to STATE_DIR/ca/root-cert.pem (default .plait/control-plane/ca/root-cert.pem). "
+             "Needed with --token-file.")] = None,
+    cert_ttl: Annotated[str, typer.Option(
+        help="Lifetime to ask the CA for (24h, 1h, 90s…); the agent renews at half of it.")] = "24h",
+    trust_domain: Annotated[str, typer.Option(
+        help="Trust domain of the identity (its SPIFFE id's host); the CA's must match.")] = TRUST_DOMAIN,
     app_command: Annotated[list[str] | None, typer.Argument(
         metavar="-- APP COMMAND", help="Started once the proxy is ready.", show_default=False)] = None,
 ) -> None:
@@ -104,19 +147,22 @@ def agent(
         parse_control_plane(control_plane)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--control-plane") from None
+    identity = None if token_file is None else IdentitySettings(
+        token_file=token_file, root_cert=_root_cert(root_cert), ca_address=ca_address or _ca_address(control_plane),
+        ttl_seconds=_ttl_seconds(cert_ttl))
     proxy = proxy_for_mode(_check_choice(mode, MODES, "--mode"), name=name, namespace=namespace, ip=ip,  # type: ignore[arg-type]
-                           labels=parse_labels(labels), service_account=service_account, app_address=app_address)
-    directory = state_dir or default_state_dir(name, namespace)
+                           labels=parse_labels(labels), service_account=service_account, app_address=app_address,
+                           identity=spiffe_id(namespace, service_account, trust_domain) if identity else None)
     config = AgentConfig(
         bootstrap=BootstrapSettings(proxy=proxy, control_plane=control_plane, admin_port=admin_port,
-                                    xds=_check_choice(xds, ("sotw", "delta"), "--xds"),  # type: ignore[arg-type]
-                                    sds_socket=str(directory.absolute() / SDS_SOCKET)),
-        state_dir=directory, status_port=status_port, concurrency=concurrency, drain_seconds=drain_duration,
-        envoy_log_level=_check_choice(log_level, ENVOY_LOG_LEVELS, "--log-level"), app_command=tuple(app_command or ()),
-        proxy_uid=proxy_uid,
+                                    xds=_check_choice(xds, ("sotw", "delta"), "--xds")),  # type: ignore[arg-type]
+        state_dir=state_dir or default_state_dir(name, namespace), status_port=status_port, concurrency=concurrency,
+        drain_seconds=drain_duration, envoy_log_level=_check_choice(log_level, ENVOY_LOG_LEVELS, "--log-level"),
+        app_command=tuple(app_command or ()), proxy_uid=proxy_uid, identity=identity,
         registration=None if register_ports is None else Registration(
             api=control_plane_api or f"http://{parse_control_plane(control_plane)[0]}:15014", proxy=proxy, address=ip,
-            ports={k: int(v) for k, v in parse_labels(register_ports).items()}, app_probe=app_probe))
+            ports={k: int(v) for k, v in parse_labels(register_ports).items()}, app_probe=app_probe,
+            token_file=token_file))
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="[agent] %(message)s")
     try:
         code = asyncio.run(run_agent(config))
@@ -124,6 +170,29 @@ def agent(
         typer.echo(f"[agent] error: {exc}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+def _ca_address(control_plane: str) -> str:
+    host = parse_control_plane(control_plane)[0]
+    return f"[{host}]:{CA_PORT}" if ":" in host else f"{host}:{CA_PORT}"
+
+
+def _root_cert(path: Path | None) -> Path:
+    if path is None:
+        raise typer.BadParameter("--token-file needs the CA's root certificate, e.g. "
+                                 "--root-cert .plait/control-plane/ca/root-cert.pem (or PLAIT_ROOT_CERT)",
+                                 param_hint="--root-cert")
+    return path
+
+
+def _ttl_seconds(text: str) -> int:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--cert-ttl") from None
+    if seconds < 2:
+        raise typer.BadParameter(f"{text!r} is shorter than the 2s minimum", param_hint="--cert-ttl")
+    return round(seconds)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,9 @@
-"""Small blocking HTTP clients for the CLI: the control plane's API and an Envoy's admin API."""
+"""Small blocking HTTP clients for the CLI: the control plane's API and an Envoy's admin API.
+
+Requests to the control plane carry ``Authorization: Bearer $PLAIT_API_TOKEN`` when that is set:
+the API answers anyone on its own host (127.0.0.1, ::1) and others only with its admin token
+(the file ``api-token`` in the control plane's state directory).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from typing import Any
 
 DEFAULT_CONTROL_PLANE = "localhost"
 HTTP_PORT = 15014
+CONTROL_PLANE = "the control plane"
+TOKEN_ENV = "PLAIT_API_TOKEN"
 
 
 class ClientError(Exception):
@@ -34,12 +41,23 @@ def control_plane_url(value: str | None = None) -> str:
 @dataclass
 class Http:
     base: str
-    what: str = "the control plane"
+    what: str = CONTROL_PLANE
     timeout: float = 30.0
+    token: str | None = None  # sent as a bearer token; the control plane's defaults to $PLAIT_API_TOKEN
+
+    def __post_init__(self) -> None:
+        if self.token is None and self.what == CONTROL_PLANE:
+            self.token = os.environ.get(TOKEN_ENV, "").strip() or None
+
+    def headers(self, body: bytes | None, content_type: str) -> dict[str, str]:
+        headers = {"Content-Type": content_type} if body is not None else {}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
 
     def request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/yaml") -> Any:
         req = urllib.request.Request(self.base + path, data=body, method=method,
-                                     headers={"Content-Type": content_type} if body is not None else {})
+                                     headers=self.headers(body, content_type))
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through HTTP_PROXY
         try:
             with opener.open(req, timeout=self.timeout) as resp:
@@ -54,9 +72,9 @@ class Http:
                               payload.get("problems")) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ClientError(f"cannot reach {self.what} at {self.base} ({reason}); is it running? "
-                              "Start one with 'plait control-plane', or point --control-plane / "
-                              "PLAIT_CONTROL_PLANE at it") from None
+            hint = (" Start one with 'plait control-plane', or point --control-plane / PLAIT_CONTROL_PLANE at it"
+                    if self.what == CONTROL_PLANE else "")
+            raise ClientError(f"cannot reach {self.what} at {self.base} ({reason}); is it running?{hint}") from None
         if not data:
             return None
         try:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlencode
@@ -59,29 +60,68 @@ def _joined(filenames: list[str]) -> tuple[str, str]:
     return name, "\n---\n".join(text for _, text in inputs)
 
 
+class XdsAuth(str, Enum):
+    permissive = "permissive"
+    strict = "strict"
+
+
 def control_plane(
     config_dir: Annotated[Path, typer.Option(help="Directory of Istio YAML; watched for edits.")] = Path("mesh"),
     host: Annotated[str, typer.Option(help="Address to listen on (use 0.0.0.0 to serve other hosts).")] = "127.0.0.1",
     xds_port: Annotated[int, typer.Option(help="ADS (gRPC) port for Envoy.")] = 15010,
     http_port: Annotated[int, typer.Option(help="HTTP API, debug and /metrics port.")] = 15014,
     debounce: Annotated[str, typer.Option(help="Coalesce changes for this long before pushing.")] = "100ms",
+    state_dir: Annotated[Path, typer.Option(
+        help="Where the control plane keeps its state. The CA lives in DIR/ca/ (mode 0700, keys 0600): "
+             "its root, its key unless --cacerts is given, and the key that signs pod tokens. Agents trust "
+             "DIR/ca/root-cert.pem.")] = Path(".plait/control-plane"),
+    ca_port: Annotated[int, typer.Option(
+        help="CA port (gRPC over TLS, Istio's IstioCertificateService): agents send a CSR and their pod "
+             "token here and get their workload certificate.")] = 15012,
+    cacerts: Annotated[Path | None, typer.Option(
+        help="Istio's plug-in CA directory (the files of the cacerts secret: ca-cert.pem, ca-key.pem, "
+             "root-cert.pem, cert-chain.pem), to sign with your own intermediate under your own root. "
+             "Default: a self-signed root generated in --state-dir.")] = None,
+    workload_cert_ttl: Annotated[str, typer.Option(
+        help="Lifetime of workload certificates when the agent asks for none, e.g. 24h or 10m (at most "
+             "2160h, Istio's 90 days). Agents renew at half life.")] = "24h",
+    xds_auth: Annotated[XdsAuth, typer.Option(
+        help="permissive: any Envoy may connect to ADS. strict: an ADS stream needs gRPC metadata "
+             "'authorization: Bearer <pod token>' whose namespace and service account match the node's "
+             "(NAMESPACE / SERVICE_ACCOUNT metadata); others are refused.")] = XdsAuth.permissive,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Run the control plane (plait's istiod): serve xDS to Envoys from a directory of Istio config.
+    """Run the control plane (plait's istiod): serve xDS to Envoys from a directory of Istio config,
+    and sign workload certificates.
 
     Envoys connect over ADS (state-of-the-world or delta) on --xds-port; the CLI and agents use the
     HTTP API on --http-port. Config changes (plait apply, or edits in --config-dir) are pushed to
-    the proxies they concern within the debounce interval.
+    the proxies they concern within the debounce interval. Agents get SPIFFE certificates
+    (spiffe://cluster.local/ns/NS/sa/SA) from the CA on --ca-port, proving who they are with a pod
+    token; the CA signs only the token's own identity.
 
     Example: [bold]plait control-plane --config-dir mesh/[/]  then  [bold]plait apply -f reviews-80-20.yaml[/]
     """
+    from plait.ca.authority import MAX_WORKLOAD_TTL, CaError
     from plait.controlplane.app import Settings, run
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cert_ttl = parse_duration(workload_cert_ttl)
+    except ValueError as exc:
+        err.print(f"[red]error[/]: --workload-cert-ttl: {exc}")
+        raise typer.Exit(2) from None
+    if not 60 <= cert_ttl <= MAX_WORKLOAD_TTL:
+        err.print(f"[red]error[/]: --workload-cert-ttl {workload_cert_ttl} must be between 1m and 2160h")
+        raise typer.Exit(2)
     settings = Settings(config_dir=config_dir, host=host, xds_port=xds_port, http_port=http_port,
-                        debounce=parse_duration(debounce))
+                        debounce=parse_duration(debounce), state_dir=state_dir, ca_port=ca_port,
+                        cacerts_dir=cacerts, workload_cert_ttl=int(cert_ttl), xds_auth=xds_auth.value)
     try:
         asyncio.run(run(settings))
+    except CaError as exc:
+        err.print(f"[red]error[/]: certificate authority: {exc}")
+        raise typer.Exit(1) from None
     except OSError as exc:
         err.print(f"[red]error[/]: cannot start the control plane: {exc}")
         raise typer.Exit(1) from None

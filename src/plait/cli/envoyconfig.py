@@ -1,8 +1,19 @@
-"""Envoy's admin config_dump → the short tables `plait proxy-config` prints (as istioctl's). Pure."""
+"""Envoy's admin config_dump → the short tables `plait proxy-config` prints (as istioctl's), and its
+SDS secrets decoded (identity, serial, validity, the root a chain leads to). Pure but for reading a
+certificate file a secret may name."""
 
 from __future__ import annotations
 
+import base64
+import itertools
+from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 
 from plait.xds.translate.common import parse_cluster_name
 
@@ -152,3 +163,180 @@ def resource_names(dump: dict) -> dict[str, set[str]]:
 
 def bootstrap(dump: dict) -> Any:
     return section(dump, "bootstrap").get("bootstrap", {})
+
+
+
+# ------------------------------------------------------------------ secrets (SDS)
+
+SECRETS_DUMP = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
+NOT_RECEIVED = "not received yet: is the SDS server (the proxy's agent) serving?"
+FINGERPRINT_PREFIX = 12  # hex digits of a SHA-256 fingerprint shown in tables
+SECRET_LISTS = (("static_secrets", "STATIC"), ("dynamic_active_secrets", "ACTIVE"),
+                ("dynamic_warming_secrets", "WARMING"))
+
+
+def secret_entries(dump: dict) -> list[dict]:
+    """Every secret Envoy holds (``default``, ``ROOTCA``, gateway credentials), with its status."""
+    part = next((c for c in dump.get("configs", []) if c.get("@type") == SECRETS_DUMP), {})
+    return [{**entry, "status": status} for key, status in SECRET_LISTS for entry in part.get(key, [])]
+
+
+def _data_source(source: dict) -> tuple[bytes | None, str | None]:
+    """The PEM in an Envoy DataSource, or why it is not available here."""
+    if "inline_string" in source:
+        return source["inline_string"].encode(), None
+    if "inline_bytes" in source:
+        return base64.b64decode(source["inline_bytes"]), None
+    if "filename" in source:
+        try:
+            return Path(source["filename"]).read_bytes(), None
+        except OSError as exc:
+            return None, f"certificate file {source['filename']} is not readable here ({exc.strerror})"
+    return None, "no certificate in this secret"
+
+
+def _secret_pem(secret: dict) -> tuple[str, bytes | None, str | None]:
+    """(type as istioctl names it, PEM, problem) of one Secret resource."""
+    if "tls_certificate" in secret:
+        return ("Cert Chain", *_data_source(secret["tls_certificate"].get("certificate_chain", {})))
+    if "validation_context" in secret:
+        return ("CA", *_data_source(secret["validation_context"].get("trusted_ca", {})))
+    other = next((k for k in secret if k not in ("@type", "name")), None)
+    if other is None:
+        return "-", None, NOT_RECEIVED
+    return other.replace("_", " ").title(), None, None
+
+
+def _load(pem: bytes | None) -> tuple[list[x509.Certificate], str | None]:
+    if not pem:
+        return [], None
+    try:
+        return x509.load_pem_x509_certificates(pem), None
+    except ValueError as exc:
+        return [], f"not a PEM certificate chain ({exc})"
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True when `cert` names `issuer` as its issuer and `issuer`'s key verifies its signature."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def _sans(cert: x509.Certificate, kind: type) -> list[str]:
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(n) for n in names.get_values_for_type(kind)]
+
+
+def _time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _validity(cert: x509.Certificate, now: datetime) -> str:
+    if now < cert.not_valid_before_utc:
+        return "not yet valid"
+    return "expired" if now > cert.not_valid_after_utc else "valid"
+
+
+def certificate_info(cert: x509.Certificate, now: datetime) -> dict:
+    """What a person checks in one certificate: who it names, its serial (hex) and validity."""
+    return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
+            "serial": format(cert.serial_number, "x"), "uri_sans": _sans(cert, x509.UniformResourceIdentifier),
+            "dns_sans": _sans(cert, x509.DNSName), "not_before": _time(cert.not_valid_before_utc),
+            "not_after": _time(cert.not_valid_after_utc), "validity": _validity(cert, now),
+            "sha256": _fingerprint(cert)}
+
+
+def _root(cert: x509.Certificate, chains_to: str | None, **problem: str) -> dict:
+    return {"chains_to": chains_to, "subject": cert.subject.rfc4514_string(), "sha256": _fingerprint(cert), **problem}
+
+
+def chain_root(chain: list[x509.Certificate], trust: dict[str, list[x509.Certificate]]) -> dict:
+    """Where a chain (leaf first) leads: every link is checked, then the CA secret whose certificate
+    is the chain's last one or signed it (``chains_to``); else the problem, in words."""
+    for i, (cert, issuer) in enumerate(itertools.pairwise(chain), start=1):
+        if not _signed_by(cert, issuer):
+            return {"chains_to": None, "problem": f"chain broken: certificate {i} not signed by certificate {i + 1}"}
+    last = chain[-1]
+    for secret_name, roots in trust.items():
+        for root in roots:
+            if root == last or _signed_by(last, root):
+                return _root(root, secret_name)
+    if _signed_by(last, last):
+        return _root(last, None, problem="self-signed, in no CA secret")
+    return {"chains_to": None, "subject": last.issuer.rfc4514_string(), "problem": "issuer in no CA secret"}
+
+
+def _secret_info(entry: dict, trust: dict[str, list[x509.Certificate]], now: datetime) -> dict:
+    kind, pem, problem = _secret_pem(entry.get("secret", {}))
+    certs, bad_pem = _load(pem)
+    infos = [certificate_info(c, now) for c in certs]
+    info: dict[str, Any] = {"name": entry["name"], "type": kind, "status": entry["status"]}
+    info.update({k: entry[k] for k in ("version_info", "last_updated") if k in entry})
+    if infos:
+        leaf = infos[0]
+        info["identity"] = list(leaf["uri_sans"] or leaf["dns_sans"] or [leaf["subject"]])
+        info["valid"] = all(c["validity"] == "valid" for c in infos)
+        info["root"] = chain_root(certs, trust) if kind == "Cert Chain" else None
+    info["certificates"] = infos
+    if problem or bad_pem:
+        info["problem"] = problem or bad_pem
+    return info
+
+
+def secrets(dump: dict, now: datetime) -> list[dict]:
+    """Each secret decoded: identity (URI SANs, i.e. the SPIFFE id, else DNS SANs), serial, validity
+    at `now`, and for certificate chains the CA secret (``ROOTCA``) they chain to. ``default`` and
+    ``ROOTCA`` first, then by name."""
+    entries = secret_entries(dump)
+    trust: dict[str, list[x509.Certificate]] = {}
+    for entry in entries:
+        kind, pem, _ = _secret_pem(entry.get("secret", {}))
+        if kind == "CA":
+            trust[entry["name"]] = _load(pem)[0]
+    infos = [_secret_info(entry, trust, now) for entry in entries]
+    return sorted(infos, key=lambda info: (info["name"] != "default", info["name"] != "ROOTCA", info["name"]))
+
+
+def _common_name(subject: str) -> str:
+    """``CN=plait root,O=cluster.local`` → ``plait root``; the whole name when it has no CN."""
+    try:
+        names = x509.Name.from_rfc4514_string(subject).get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError:
+        return subject
+    return str(names[0].value) if names else subject
+
+
+def _short_root(root: dict | None, cert: dict) -> str:
+    if root is None:  # a CA certificate: it is a root itself
+        return f"{_common_name(cert['subject'])} sha256:{cert['sha256'][:FINGERPRINT_PREFIX]}"
+    if root.get("chains_to"):
+        return (f"chains to {root['chains_to']} ({_common_name(root['subject'])} "
+                f"sha256:{root['sha256'][:FINGERPRINT_PREFIX]})")
+    return f"NOT VERIFIED: {root['problem']}" + (f" ({_common_name(root['subject'])})" if root.get("subject") else "")
+
+
+def secret_rows(infos: list[dict]) -> list[tuple[str, ...]]:
+    """RESOURCE NAME, TYPE, STATUS, VALID CERT, SERIAL NUMBER, NOT AFTER, NOT BEFORE (as istioctl),
+    then IDENTITY and ROOT: one row per certificate chain (its leaf), one per CA certificate."""
+    rows = []
+    for info in infos:
+        certs = info["certificates"] if info["type"] == "CA" else info["certificates"][:1]
+        if not certs:
+            rows.append((info["name"], info["type"], info["status"], "-", "-", "-", "-", "-",
+                         info.get("problem", "-")))
+        for cert in certs:
+            valid = "true" if info["valid"] else "false"
+            identity = ",".join(cert["uri_sans"] or cert["dns_sans"]) or cert["subject"]
+            rows.append((info["name"], info["type"], info["status"], valid, cert["serial"], cert["not_after"],
+                         cert["not_before"], identity, _short_root(info["root"], cert)))
+    return rows

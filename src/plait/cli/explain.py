@@ -3,7 +3,11 @@
 Both are thin shells over ``plait.xds.simulate``: load the configuration, build
 the source proxy's Envoy resources, follow the request as Envoy would, print
 the outcome. Nothing runs and nothing is sent; the answer comes from the
-configuration alone. ``register(app)`` adds both commands to the ``plait`` CLI.
+configuration alone. When AuthorizationPolicies or RequestAuthentications are
+in force, explain also says which policy allowed or denied the request at the
+gateway and at each destination workload, and why (a JWT in the request is
+decoded locally, its signature checked against inline keys only).
+``register(app)`` adds both commands to the ``plait`` CLI.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -24,7 +29,9 @@ from rich.table import Table
 from plait.api.resources import Resource
 from plait.model import MeshSnapshot
 from plait.model.services import Endpoint as RegistryEndpoint
-from plait.xds.simulate import ClusterTarget, Outcome, Policies, Request, simulate_mesh
+from plait.xds.simulate import Authorization, ClusterTarget, Outcome, Policies, Request, simulate_mesh
+from plait.xds.simulate.inbound import Caller, with_mesh_identity
+from plait.xds.simulate.rbac import Peer
 from plait.xds.translate.common import parse_cluster_name
 
 out = Console(highlight=False, soft_wrap=True)
@@ -63,12 +70,19 @@ def explain(
     method: Annotated[str, typer.Option("--method", "-X", help="HTTP method.")] = "GET",
     mode: Annotated[str, typer.Option(help="Sidecar mode: 'capture' (iptables) or 'proxy' (HTTP_PROXY).")] = "capture",
     output: Annotated[str, typer.Option("-o", "--output", help="text or json")] = "text",
+    source_principal: Annotated[str | None, typer.Option(
+        "--source-principal", help="Assume the caller presents this mTLS identity "
+                                   "(spiffe://cluster.local/ns/NS/sa/SA) to the destination.")] = None,
+    source_ip: Annotated[str | None, typer.Option(
+        "--source-ip", help="The caller's address: the outside client of a gateway, or instead of the "
+                            "source workload's.")] = None,
 ) -> None:
     """Follow a request through the source proxy's Envoy configuration, as Envoy would.
 
     Shows each choice and why: listener, filter chain, route configuration, virtual host, route.
 
-    Then the VirtualService rule, the clusters with their weights and endpoints, and the policies applied.
+    Then the VirtualService rule, the clusters with their weights and endpoints, and the policies applied;
+    with AuthorizationPolicies or RequestAuthentications in force, which policy allowed or denied it, and why.
 
     Example: [bold]plait explain -f mesh/ --from productpage-v1 --url http://reviews:9080/ -H 'end-user: jason'[/]
     """
@@ -83,8 +97,9 @@ def explain(
         err.print(f"[red]error[/]: {exc}", markup=True)
         raise typer.Exit(1) from None
     snapshot = MeshSnapshot(load_or_exit(filename, show_warnings=False).resources)
-    proxy = proxy_for(snapshot, source, mode)
-    outcome = simulate_mesh(snapshot, proxy, request)
+    proxy = with_mesh_identity(proxy_for(snapshot, source, mode), snapshot)
+    caller = Caller(ip=source_ip, principal=source_principal)
+    outcome = simulate_mesh(snapshot, proxy, request, now=time.time(), caller=caller)
     workloads = endpoint_index(snapshot)
     if output == "json":
         out.print(json.dumps(outcome_json(outcome, workloads), indent=2, ensure_ascii=False), markup=False)
@@ -121,10 +136,46 @@ def print_outcome(outcome: Outcome, workloads: dict[str, RegistryEndpoint], sour
     if outcome.route is None:
         print_skipped(outcome)
     out.print()
-    print_result(outcome, workloads)
+    refused_there = refused_by_destination(outcome)
+    print_result(outcome, workloads, refused_there)
     print_policies(outcome.policies)
+    print_authorization(outcome.authorization)
+    if refused_there:
+        out.print(f"\n[red]→ {escape(outcome.summary())}[/]")
     for note in outcome.notes[:-1] if outcome.failed or outcome.action == "bypass" else outcome.notes:
         out.print(f"[yellow]note[/]: {escape(note)}")
+
+
+def refused_by_destination(outcome: Outcome) -> bool:
+    """The request is forwarded, and the destination's sidecar answers 401/403 (or closes the connection)."""
+    checks = [a for a in outcome.authorization if a.role == "destination"]
+    return outcome.failed and bool(outcome.clusters) and bool(checks) and all(a.denied for a in checks)
+
+
+def _source(peer: Peer) -> str:
+    who = f"{peer.principal} (mTLS)" if peer.principal else "no peer certificate (plaintext)"
+    return f"{who}, {peer.source_ip or 'address unknown'}"
+
+
+def authorization_groups(checks: list[Authorization]) -> list[tuple[list[str], Authorization]]:
+    """Workloads that decide alike, listed together: (their names, one of their decisions)."""
+    groups: dict[tuple, tuple[list[str], Authorization]] = {}
+    for auth in checks:
+        key = (auth.summary, tuple(auth.details), tuple(auth.jwt_lines), _source(auth.peer))
+        groups.setdefault(key, ([], auth))[0].append(auth.proxy + (" (gateway)" if auth.role == "gateway" else ""))
+    return list(groups.values())
+
+
+def print_authorization(checks: list[Authorization]) -> None:
+    for proxies, auth in authorization_groups(checks):
+        out.print(f"\n[cyan]authorization[/] at [bold]{escape(', '.join(proxies))}[/]  [dim]{escape(auth.where)}[/]")
+        out.print(f"  {'source':<13} {escape(_source(auth.peer))}")
+        for line in auth.jwt_lines:
+            out.print(f"  {'jwt':<13} {escape(line)}")
+        for line in auth.details:
+            out.print(f"  {'':<13} [dim]{escape(line)}[/]")
+        colour = "red" if auth.denied else "green"
+        out.print(f"  [{colour}]→ {escape(auth.summary)}[/]")
 
 
 def print_skipped(outcome: Outcome) -> None:
@@ -140,8 +191,8 @@ def _labels(endpoint_address: str, workloads: dict[str, RegistryEndpoint]) -> st
     return f"{escape(known.workload or '')}  [dim]{escape(labels)}[/]"
 
 
-def print_result(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> None:
-    if outcome.failed or outcome.action in ("redirect", "direct_response", "bypass"):
+def print_result(outcome: Outcome, workloads: dict[str, RegistryEndpoint], refused_there: bool = False) -> None:
+    if not refused_there and (outcome.failed or outcome.action in ("redirect", "direct_response", "bypass")):
         colour = "red" if outcome.failed else "yellow"
         out.print(f"[{colour}]→ {escape(outcome.summary())}[/]")
         return

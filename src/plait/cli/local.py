@@ -106,6 +106,8 @@ def up(
     state_dir: StateDir = Path(".plait"),
     ingress_port: Annotated[int, typer.Option(help="Host port of the ingress gateway (its port 80).")] = 8080,
     ingress_tls_port: Annotated[int, typer.Option(help="Host port of the ingress gateway's port 443 (HTTPS servers).")] = 8443,
+    cert_ttl: Annotated[str, typer.Option(help="Lifetime of the workload certificates the CA issues to every pod "
+                                                "(agents renew them at half life); e.g. 1m to watch rotation.")] = "24h",
     quiet: Annotated[bool, typer.Option(hidden=True)] = False,
     landing: Annotated[str, typer.Option(hidden=True, help="Path to suggest opening on the ingress.")] = "/",
 ) -> None:
@@ -120,6 +122,7 @@ def up(
     Example: [bold]plait up -f samples/bookinfo/ -d[/]  then  [bold]plait status[/], [bold]plait apply -f …[/], [bold]plait down[/]
     """
     manifests = _load_or_exit(filename)
+    cert_seconds = _duration_or_exit(cert_ttl, "--cert-ttl")
     chosen, why = pick_mode(mode)
     if mode == "auto":
         out.print(f"mode: {chosen} ({why})")
@@ -129,9 +132,9 @@ def up(
                   "stop it with 'plait down' first")
         raise typer.Exit(1)
     if detach:
-        return _detach(filename, chosen, state_dir, ingress_port, ingress_tls_port, landing)
+        return _detach(filename, chosen, state_dir, ingress_port, ingress_tls_port, landing, cert_ttl)
     mesh = LocalMesh(manifests, state_dir, mode=chosen, ingress_port=ingress_port, ingress_tls_port=ingress_tls_port,
-                     landing=landing)
+                     landing=landing, cert_ttl=cert_seconds)
     try:
         asyncio.run(_foreground(mesh, quiet))
     except RuntimeError as exc:
@@ -139,13 +142,23 @@ def up(
         raise typer.Exit(1) from None
 
 
+def _duration_or_exit(text: str, flag: str) -> float:
+    from plait.api.common import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        err.print(f"[red]error[/]: {flag}: {exc}")
+        raise typer.Exit(2) from None
+
+
 def _detach(files: list[Path], mode: str, state_dir: Path, ingress_port: int, ingress_tls_port: int,
-            landing: str) -> None:
+            landing: str, cert_ttl: str) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "logs").mkdir(exist_ok=True)
     args = [sys.executable, "-m", "plait", "up", "--mode", mode, "--state-dir", str(state_dir),
             "--ingress-port", str(ingress_port), "--ingress-tls-port", str(ingress_tls_port), "--landing", landing,
-            "--quiet"] + [a for f in files for a in ("-f", str(f))]
+            "--cert-ttl", cert_ttl, "--quiet"] + [a for f in files for a in ("-f", str(f))]
     with open(state_dir / "logs" / "up.log", "ab") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import os
+
+# Agents and the local mesh start processes while gRPC threads run; gRPC's fork handlers would
+# only log that they are skipped (we exec right after fork), so turn them off before gRPC loads.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import json  # noqa: E402
 from collections import Counter
 from pathlib import Path
 from typing import Annotated

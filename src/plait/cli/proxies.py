@@ -1,17 +1,20 @@
-"""proxy-status and proxy-config: what the control plane sent, and what each Envoy holds."""
+"""proxy-status and proxy-config: what the control plane sent, and what each Envoy holds (its
+configuration and, for `proxy-config secret`, its certificates)."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 import yaml
+from rich.console import Console
 from rich.table import Table
 
 from plait.cli import envoyconfig
-from plait.cli.console import err, out
 from plait.cli.client import ClientError, Http, control_plane_url
+from plait.cli.console import err, out
 from plait.cli.controlplane import ControlPlane, fail
 
 TYPES = ("cds", "lds", "eds", "rds")
@@ -77,7 +80,7 @@ def admin_address(status: dict, override: str | None) -> str:
 
 
 def _envoy(address: str) -> Http:
-    return Http(f"http://{address}", what=f"the Envoy admin API at {address}")
+    return Http(f"http://{address}", what="the proxy's Envoy admin API")
 
 
 def _proxy_diff(status: dict, control_plane: str | None, admin: str | None) -> None:
@@ -102,45 +105,78 @@ def _proxy_diff(status: dict, control_plane: str | None, admin: str | None) -> N
     out.print("Envoy holds what the control plane sent." if clean else "Envoy differs from what was sent (above).")
 
 
-CONFIG_KINDS = ("cluster", "listener", "route", "endpoint", "bootstrap")
+CONFIG_KINDS = ("cluster", "listener", "route", "endpoint", "bootstrap", "secret")
+IDENTITY_METADATA = "PLAIT_IDENTITY"  # node metadata: the SPIFFE id, set by an agent that serves certificates
+NO_IDENTITY = ("no secrets: this proxy has no workload identity (no certificate, so no mTLS); start its agent "
+               "with --token-file (the pod's token) so that it gets certificates from the control plane's CA")
+NOT_USED_YET = ("no secrets yet: this proxy's identity is {}, but nothing in its configuration uses a certificate "
+                "yet (Envoy asks its agent for 'default' and 'ROOTCA' only once a listener or cluster needs them)")
 
 
-def proxy_config(kind: Annotated[str, typer.Argument(help="cluster, listener, route, endpoint or bootstrap")],
+def proxy_config(kind: Annotated[str, typer.Argument(help="cluster, listener, route, endpoint, bootstrap or secret")],
                  proxy: Annotated[str, typer.Argument(help="Proxy id, or a unique part such as reviews-v1")],
                  output: Annotated[str, typer.Option("-o", "--output", help="short, yaml or json")] = "short",
                  control_plane: ControlPlane = None, admin: Admin = None) -> None:
     """Show what one Envoy holds, read from its admin API: a short table by default, as istioctl does.
 
-    Example: [bold]plait proxy-config route reviews-v1[/]   [bold]plait proxy-config cluster reviews-v1 -o yaml[/]
+    [bold]secret[/] decodes its certificates (default: the workload's SPIFFE identity; ROOTCA: the
+    trust bundle): identity, serial, validity and the root each chain leads to.
+
+    Example: [bold]plait proxy-config route reviews-v1[/]   [bold]plait proxy-config secret reviews-v1[/]
     """
     if kind.rstrip("s") not in CONFIG_KINDS or output not in ("short", "yaml", "json"):
         err.print(f"[red]error[/]: KIND is one of {', '.join(CONFIG_KINDS)}; -o is short, yaml or json")
         raise typer.Exit(2)
     kind = kind.rstrip("s")
-    address = admin or admin_address(_find(_statuses(control_plane), proxy), None)
+    envoy = _envoy(admin or admin_address(_find(_statuses(control_plane), proxy), None))
     try:
-        envoy = _envoy(address)
         dump = envoy.get("/config_dump?include_eds" if kind == "endpoint" else "/config_dump")
         data = envoy.get("/clusters?format=json") if kind == "endpoint" and output == "short" else None
     except ClientError as exc:
         fail(exc)
         raise
+    if kind == "secret":
+        return _show_secrets(dump, output)
     if output != "short" or kind == "bootstrap":
         full = {"cluster": envoyconfig.clusters, "listener": envoyconfig.listeners, "route": envoyconfig.routes,
                 "endpoint": envoyconfig.endpoints, "bootstrap": envoyconfig.bootstrap}[kind](dump)
-        text = json.dumps(full, indent=2) if output == "json" else yaml.safe_dump(full, sort_keys=False)
-        out.print(text, markup=False, end="" if output != "json" else "\n")
-        return
+        return _dump(full, output)
     headers, rows = {
         "cluster": (("SERVICE FQDN", "PORT", "SUBSET", "DIRECTION", "TYPE"), lambda: envoyconfig.cluster_rows(dump)),
         "listener": (("NAME", "ADDRESS", "PORT", "MATCH", "DESTINATION"), lambda: envoyconfig.listener_rows(dump)),
         "route": (("NAME", "VHOST NAME", "DOMAINS", "MATCH", "VIRTUAL SERVICE"), lambda: envoyconfig.route_rows(dump)),
         "endpoint": (("ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER"), lambda: envoyconfig.endpoint_rows(data)),
     }[kind]
+    _table(headers, rows())
+
+
+def _dump(data: object, output: str) -> None:
+    """-o yaml / -o json (yaml for -o short of what has no table)."""
+    text = json.dumps(data, indent=2) if output == "json" else yaml.safe_dump(data, sort_keys=False)
+    out.print(text, markup=False, end="" if output != "json" else "\n")
+
+
+def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Rows as a table that is never cut short: a line too long for the terminal wraps, as kubectl's do."""
     table = Table(*headers, box=None, header_style="bold")
-    for row in rows():
+    for row in rows:
         table.add_row(*row)
-    out.print(table)
+    needed = sum(max(len(cell) for cell in column) + 2 for column in zip(headers, *rows, strict=True))
+    wide = Console(file=out.file, highlight=False, soft_wrap=True, width=max(needed, out.width),
+                   force_terminal=out.is_terminal, no_color=out.no_color)
+    wide.print(table)
+
+
+def _show_secrets(dump: dict, output: str) -> None:
+    secrets = envoyconfig.secrets(dump, datetime.now(UTC))
+    if output != "short":
+        return _dump(secrets, output)
+    if not secrets:
+        identity = envoyconfig.bootstrap(dump).get("node", {}).get("metadata", {}).get(IDENTITY_METADATA)
+        out.print(NOT_USED_YET.format(identity) if identity else NO_IDENTITY, markup=False)
+        return
+    _table(("RESOURCE NAME", "TYPE", "STATUS", "VALID CERT", "SERIAL NUMBER", "NOT AFTER", "NOT BEFORE",
+            "IDENTITY", "ROOT"), envoyconfig.secret_rows(secrets))
 
 
 def register(app: typer.Typer) -> None:

@@ -15,12 +15,25 @@
 
 Handlers only translate between HTTP and `MeshState`/the hub; errors are JSON
 ``{"problems": [...]}`` with the same fields `plait validate` prints.
+
+Access (when the control plane gives an admin token; without one everything is open, as before):
+requests from the host itself (peer 127.0.0.1 or ::1; not 127.1.x.y, where proxy-mode pods
+live) are allowed; from elsewhere, /ready, /metrics and /version are open (as istiod's 15014),
+workload registration (PUT/DELETE /api/v1/workloads/{ns}/{name}…) takes a pod's token for that
+namespace and service account, and everything else takes the admin token: 401 without it, 403
+when a pod's token does not entitle it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hmac
+import ipaddress
 import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -29,9 +42,42 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from plait import __version__
 from plait.api.errors import Problem
 from plait.api.loader import LoadResult, parse_text
+from plait.ca.authority import make_private_dir, write_file
+from plait.ca.tokens import InvalidToken
 from plait.controlplane.mesh import MeshState
 from plait.sources.files import Change
 from plait.sources.workloads import parse_workload
+
+log = logging.getLogger("plait.controlplane")
+HOST_PEERS = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+OPEN_ROUTES = ("/ready", "/metrics", "/version")
+WORKLOAD_ROUTES = ("/api/v1/workloads/{namespace}/{name}", "/api/v1/workloads/{namespace}/{name}/ready")
+HOW_TO_GET_ACCESS = ("run the CLI on the control plane's host, or set PLAIT_API_TOKEN to the control plane's "
+                     "admin token (the file api-token in its state directory)")
+
+
+def admin_token_path(state_dir: Path) -> Path:
+    return state_dir / "api-token"
+
+
+def load_or_create_admin_token(path: Path) -> str:
+    """The admin token kept in `path`, created the first time (random, 0600, in a 0700 directory).
+    It survives restarts, so a token handed out keeps working; delete the file and restart to change it."""
+    if not path.exists():
+        make_private_dir(path.parent)
+        try:
+            write_file(path, secrets.token_urlsafe(32).encode(), exclusive=True)
+        except FileExistsError:
+            pass  # another process made it first; use theirs
+    return path.read_text().strip()
+
+
+class PodIdentity(Protocol):
+    namespace: str
+    service_account: str
+
+
+TokenVerifier = Callable[[str], PodIdentity]  # raises InvalidToken, e.g. plait.ca.tokens.TokenIssuer.verify
 
 
 class HubView(Protocol):
@@ -69,13 +115,94 @@ async def _json_object(request: web.Request) -> dict:
     return body
 
 
+def _error(kind: type[web.HTTPException], message: str) -> web.HTTPException:
+    return kind(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def _unauthorized(message: str) -> web.HTTPException:
+    error = _error(web.HTTPUnauthorized, message)
+    error.headers["WWW-Authenticate"] = 'Bearer realm="plait"'
+    return error
+
+
+def _peer_ip(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The TCP peer's address (never a forwarded header); an IPv4-mapped IPv6 address as IPv4."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    if not isinstance(peer, tuple):
+        return None
+    try:
+        ip = ipaddress.ip_address(peer[0].split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+class Access:
+    """Who may call which route; `admin_token` None leaves the API open to every peer (the old default)."""
+
+    def __init__(self, admin_token: str | None = None, token_verifier: TokenVerifier | None = None):
+        self.admin_token = admin_token.encode() if admin_token else None
+        self.token_verifier = token_verifier
+
+    def check(self, request: web.Request) -> None:
+        """Return if the request may go on to its handler; raise 401 otherwise."""
+        if self._trusted(request) or self._route(request) in OPEN_ROUTES:
+            return
+        if self._route(request) in WORKLOAD_ROUTES and request.method in ("PUT", "DELETE"):
+            self._verified(request)
+            return
+        log.warning("refused %s %s from %s: no admin token", request.method, request.path, _peer_ip(request))
+        given = " (the one given is not it)" if _bearer(request) else ""
+        raise _unauthorized(f"{request.method} {request.path} from {_peer_ip(request)} needs the admin token"
+                            f"{given}: {HOW_TO_GET_ACCESS}")
+
+    def pod_identity(self, request: web.Request) -> PodIdentity | None:
+        """Whose pod token authorised this request; None when no pod token was needed."""
+        return None if self._trusted(request) else self._verified(request)
+
+    def _trusted(self, request: web.Request) -> bool:
+        """The API is open, or the caller is on the host, or it gave the admin token (compared in constant time)."""
+        if self.admin_token is None or _peer_ip(request) in HOST_PEERS:
+            return True
+        token = _bearer(request)
+        return token is not None and hmac.compare_digest(token.encode(), self.admin_token)
+
+    @staticmethod
+    def _route(request: web.Request) -> str | None:
+        resource = request.match_info.route.resource
+        return resource.canonical if resource is not None else None
+
+    def _verified(self, request: web.Request) -> PodIdentity:
+        how = "send the pod's token (the agent's --token-file) as Authorization: Bearer TOKEN"
+        token = _bearer(request)
+        if token is None or self.token_verifier is None:
+            reason = "needs a pod's token" if token is None else "takes no pod tokens here (no token verifier)"
+            raise _unauthorized(f"registering a workload from {_peer_ip(request)} {reason}: {how}")
+        try:
+            return self.token_verifier(token)
+        except InvalidToken as exc:
+            log.warning("refused %s %s from %s: %s", request.method, request.path, _peer_ip(request), exc)
+            raise _unauthorized(f"the pod token is not valid ({exc}): {how}") from None
+
+
 class Api:
-    def __init__(self, state: MeshState, hub: HubView, own_metrics: CollectorRegistry):
+    def __init__(self, state: MeshState, hub: HubView, own_metrics: CollectorRegistry, *,
+                 admin_token: str | None = None, token_verifier: TokenVerifier | None = None):
         self.state, self.hub, self.own_metrics = state, hub, own_metrics
+        self.access = Access(admin_token, token_verifier)
         self.serving = False  # set once the ADS server listens
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._authenticate])
         app.add_routes([
             web.get("/ready", self.ready), web.get("/metrics", self.metrics), web.get("/version", self.version),
             web.get("/debug/syncz", self.syncz), web.get("/debug/config_dump", self.config_dump),
@@ -87,6 +214,42 @@ class Api:
             web.delete("/api/v1/workloads/{namespace}/{name}", self.deregister),
         ])
         return app
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request,
+                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        self.access.check(request)
+        return await handler(request)
+
+    def _entitled(self, request: web.Request, namespace: str, service_account: str | None) -> None:
+        """403 unless the pod whose token authorised the request belongs to `namespace` and `service_account`."""
+        identity = self.access.pod_identity(request)
+        if identity is None:
+            return
+        if identity.namespace != namespace:
+            reason = f"its token is for namespace {identity.namespace!r}, not {namespace!r}"
+        elif service_account is not None and identity.service_account != service_account:
+            reason = f"its token is for service account {identity.service_account!r}, not {service_account!r}"
+        else:
+            return
+        log.warning("refused %s %s from %s: %s", request.method, request.path, _peer_ip(request), reason)
+        raise _error(web.HTTPForbidden, f"this pod may not {request.method} workload {namespace}/"
+                     f"{request.match_info['name']}: {reason}")
+
+    def _own_address(self, request: web.Request, address: str) -> None:
+        """403 unless a pod registers the address it calls from: a pod cannot register an endpoint
+        that sends other pods' traffic elsewhere."""
+        if self.access.pod_identity(request) is None or str(_peer_ip(request)) == address:
+            return
+        reason = f"it calls from {_peer_ip(request)} but registers address {address}"
+        log.warning("refused %s %s: %s", request.method, request.path, reason)
+        raise _error(web.HTTPForbidden, f"this pod may not register workload {request.match_info['namespace']}/"
+                     f"{request.match_info['name']}: {reason}")
+
+    def _registered_account(self, request: web.Request) -> str | None:
+        workload = self.state.registry.workloads.get(("WorkloadEntry", request.match_info["namespace"],
+                                                      request.match_info["name"]))
+        return workload.service_account if workload else None
 
     async def ready(self, _: web.Request) -> web.Response:
         ok = self.serving and self.state.rebuilds > 0
@@ -159,11 +322,15 @@ class Api:
         except ValueError as exc:
             return _rejected([Problem(message=str(exc), kind="WorkloadEntry", namespace=body["namespace"],
                                       name=body["name"])])
+        self._entitled(request, workload.namespace, workload.service_account)
+        self._entitled(request, workload.namespace, self._registered_account(request))  # no taking over another's
+        self._own_address(request, workload.address)
         self.state.registry.register(workload)
         self.state.changed()
         return web.json_response(dataclasses.asdict(workload))
 
     async def set_ready(self, request: web.Request) -> web.Response:
+        self._entitled(request, request.match_info["namespace"], self._registered_account(request))
         ready = bool((await _json_object(request)).get("ready"))
         key = self.state.registry.set_ready(request.match_info["namespace"], request.match_info["name"], ready)
         if key is None:
@@ -172,6 +339,7 @@ class Api:
         return web.json_response({"ready": ready})
 
     async def deregister(self, request: web.Request) -> web.Response:
+        self._entitled(request, request.match_info["namespace"], self._registered_account(request))
         key = self.state.registry.deregister(request.match_info["namespace"], request.match_info["name"])
         if key is None:
             return web.json_response({"error": "no such workload"}, status=404)

@@ -1,4 +1,5 @@
-"""Run the control plane: load config, start the ADS server and the HTTP API, stop gracefully."""
+"""Run the control plane: load config and the CA, start the ADS server, the CA server and the
+HTTP API, stop gracefully."""
 
 from __future__ import annotations
 
@@ -7,16 +8,21 @@ import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from plait.controlplane import testhooks
-from plait.controlplane.api import Api
+from plait.controlplane.api import Api, admin_token_path, load_or_create_admin_token
 from plait.controlplane.mesh import MeshState
 from plait.model import MeshSnapshot
 from plait.sources.files import FileStore
 from plait.sources.workloads import WorkloadRegistry
+
+if TYPE_CHECKING:
+    from plait.ca.authority import CertificateAuthority
+    from plait.ca.tokens import TokenIssuer
 
 log = logging.getLogger("plait.controlplane")
 
@@ -29,6 +35,11 @@ class Settings:
     http_port: int = 15014
     debounce: float = 0.1
     poll_interval: float = 0.5
+    state_dir: Path = Path(".plait/control-plane")  # the CA's files live in state_dir/ca (owner-only)
+    ca_port: int = 15012
+    cacerts_dir: Path | None = None  # Istio's plug-in CA files; None: a self-signed root in state_dir/ca
+    workload_cert_ttl: int = 24 * 3600  # seconds, when the agent asks for no particular lifetime
+    xds_auth: Literal["permissive", "strict"] = "permissive"
 
 
 class OwnMetrics:
@@ -49,12 +60,26 @@ class OwnMetrics:
             self.objects.labels(kind=kind).set(n)
 
 
+def load_ca(settings: Settings) -> tuple[CertificateAuthority, TokenIssuer]:
+    """The CA and the pod-token verifier; CaError if the CA files are unusable."""
+    from plait.ca.authority import ca_dir_of, fingerprint, load_or_create, root_cert_path
+    from plait.ca.tokens import TokenIssuer, token_key_path
+
+    authority = load_or_create(ca_dir_of(settings.state_dir), cacerts_dir=settings.cacerts_dir)
+    log.info("CA: root %s (SHA-256 %s); signing key %s; trust anchor for agents: %s",
+             authority.root.subject.rfc4514_string(), fingerprint(authority.root), authority.key_path,
+             root_cert_path(settings.state_dir))
+    return authority, TokenIssuer.load_or_create(token_key_path(settings.state_dir))
+
+
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set (or SIGINT/SIGTERM); then stop accepting, close streams, exit."""
+    from plait.ca.service import ads_authenticator, serve_ca
     from plait.xds.hub import XdsHub
     from plait.xds.server import serve_ads
 
     stop = stop or asyncio.Event()
+    authority, tokens = load_ca(settings)
     store = FileStore(settings.config_dir)
     loaded = store.load()
     for p in loaded.problems:
@@ -69,14 +94,19 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
 
     state = MeshState(store, WorkloadRegistry(), debounce=settings.debounce, on_snapshot=publish)
     state.rebuild()
-    ads = await serve_ads(hub, settings.host, settings.xds_port)
-    api = Api(state, hub, metrics.registry)
+    authenticate = ads_authenticator(tokens, registry=metrics.registry) if settings.xds_auth == "strict" else None
+    ads = await serve_ads(hub, settings.host, settings.xds_port, authenticate=authenticate)
+    ca = await serve_ca(authority, tokens, settings.host, settings.ca_port, default_ttl=settings.workload_cert_ttl,
+                        registry=metrics.registry)
+    admin_token = load_or_create_admin_token(admin_token_path(settings.state_dir))
+    api = Api(state, hub, metrics.registry, admin_token=admin_token, token_verifier=tokens.verify)
     runner = web.AppRunner(api.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.http_port).start()
     api.serving = True
-    log.info("control plane ready: xDS on %s:%d, HTTP API on %s:%d, config in %s (%d objects)", settings.host,
-             settings.xds_port, settings.host, settings.http_port, settings.config_dir, len(store.resources))
+    log.info("control plane ready: xDS on %s:%d (auth %s), CA on %s:%d, HTTP API on %s:%d, config in %s "
+             "(%d objects)", settings.host, settings.xds_port, settings.xds_auth, settings.host, settings.ca_port,
+             settings.host, settings.http_port, settings.config_dir, len(store.resources))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -89,5 +119,6 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             task.cancel()
         await runner.cleanup()
         await ads.stop(grace=1.0)
+        await ca.stop(grace=1.0)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -24,6 +24,14 @@ PROMETHEUS_PORT = 15090
 EXPLICIT_PROXY_PORT = 15001  # in proxy mode nothing is captured, so the outbound port serves HTTP_PROXY
 
 
+TRUST_DOMAIN = "cluster.local"
+TLS_MODE_LABEL = "security.istio.io/tlsMode"  # "istio" on workloads with a sidecar that has certificates
+
+
+def spiffe_id(namespace: str, service_account: str, trust_domain: str = TRUST_DOMAIN) -> str:
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+
+
 @dataclass(frozen=True)
 class Proxy:
     """A sidecar or a gateway (router), as named in its xDS node id."""
@@ -38,6 +46,14 @@ class Proxy:
     app_address: str = "127.0.0.1"  # where the sidecar reaches its own application
     # Gateway server port → port the gateway actually listens on (e.g. 80 → 8080 locally).
     listen_ports: Mapping[int, int] = field(default_factory=dict)
+    # Its SPIFFE identity when its agent serves it certificates over SDS (`default`, `ROOTCA`);
+    # None: no certificates, so no mutual TLS to or from this proxy.
+    identity: str | None = None
+
+    @property
+    def spiffe_id(self) -> str:
+        """The identity the mesh gives its service account: ``spiffe://cluster.local/ns/NS/sa/SA``."""
+        return spiffe_id(self.namespace, self.service_account)
 
     @property
     def id(self) -> str:

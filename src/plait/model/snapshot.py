@@ -96,6 +96,9 @@ class MeshSnapshot:
         self.gateways = _by_kind.get("Gateway", [])
         self.sidecars = _by_kind.get("Sidecar", [])
         self.workload_entries = _by_kind.get("WorkloadEntry", [])
+        self.peer_authentications = _by_kind.get("PeerAuthentication", [])
+        self.authorization_policies = _by_kind.get("AuthorizationPolicy", [])
+        self.request_authentications = _by_kind.get("RequestAuthentication", [])
         self._rules = _index_rules(self.destination_rules)
         self.hashing_rules = any(_uses_consistent_hash(dr) for dr in self.destination_rules)
 
@@ -192,6 +195,22 @@ class MeshSnapshot:
         if proxy.kind != "router":
             return []
         return [g for g in self.gateways if all(proxy.labels.get(k) == v for k, v in g.spec.selector.items())]
+
+    def policies_for(self, proxy: Proxy, policies: list[Resource]) -> list[Resource]:
+        """Security policies (PeerAuthentication, AuthorizationPolicy, RequestAuthentication) that apply
+        to a proxy: those in the root namespace (mesh-wide) and in its own namespace, whose selector,
+        if any, matches its labels. Ordered root namespace first, then namespace-wide, then selecting."""
+        def applies(policy: Resource) -> bool:
+            if policy.namespace not in (self.root_namespace, proxy.namespace):
+                return False
+            selector = policy.spec.selector.match_labels if policy.spec.selector else {}
+            return all(proxy.labels.get(k) == v for k, v in selector.items())
+
+        def rank(policy: Resource) -> tuple:
+            return (policy.namespace != self.root_namespace, bool(policy.spec.selector and
+                                                                  policy.spec.selector.match_labels))
+
+        return sorted((p for p in policies if applies(p)), key=rank)
 
     def workload_ports(self, proxy: Proxy) -> list[InboundPort]:
         """Every (service, port) the proxy's own workload is an endpoint of."""

@@ -31,7 +31,8 @@ from plait.runtime.addresses import Addresses
 from plait.runtime.manifests import Deployment, Manifests
 
 log = logging.getLogger("plait.runtime")
-XDS_PORT, API_PORT = 15010, 15014
+XDS_PORT, CA_PORT, API_PORT = 15010, 15012, 15014
+TOKEN_FILE = "istio-token"  # in each pod's directory, as Istio mounts /var/run/secrets/tokens/istio-token
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
 STATE_FILE = "state.json"
 
@@ -84,6 +85,17 @@ class State:
         data = json.loads(path.read_text())
         data["pods"] = [Pod(**p) for p in data.get("pods", [])]
         return cls(**data)
+
+
+def control_plane_state(state_dir: Path) -> Path:
+    """The control plane's own state: the CA (key, root), the token-signing key, the API token."""
+    return state_dir / "control-plane"
+
+
+def pod_argv(state_dir: Path, netns: str, argv: list[str]) -> list[str]:
+    """The command line running `argv` in a capture-mode pod as the mesh runs pods: in its network
+    namespace, with the control plane's keys hidden from it (see `netns.exec_argv`)."""
+    return capture.exec_argv(netns, argv, hide=[control_plane_state(state_dir).resolve()])
 
 
 def _probe_url(container, app_ip: str) -> str | None:
@@ -164,9 +176,10 @@ def config_documents(manifests: Manifests, addresses: Addresses, state: State) -
 class LocalMesh:
     def __init__(self, manifests: Manifests, state_dir: Path, *, mode: str = "proxy", ingress_port: int = 8080,
                  egress_port: int = 8081, ingress_tls_port: int = 8443, python: str = sys.executable,
-                 landing: str = "/"):
+                 landing: str = "/", cert_ttl: float = 24 * 3600):
         self.manifests, self.state_dir, self.mode, self.python = manifests, state_dir, mode, python
         self.ingress_port, self.egress_port, self.ingress_tls_port = ingress_port, egress_port, ingress_tls_port
+        self.cert_ttl = cert_ttl
         self.addresses = Addresses(mode)
         self.network = capture.Network()
         self.state = State(mode=mode, state_dir=str(state_dir), supervisor_pid=os.getpid(),
@@ -177,6 +190,31 @@ class LocalMesh:
 
     # ------------------------------------------------------------ processes
 
+    @property
+    def control_plane_state(self) -> Path:
+        return control_plane_state(self.state_dir)
+
+    @property
+    def root_cert(self) -> Path:
+        """A public copy of the mesh's root certificate, which agents verify the CA's server with."""
+        return self.state_dir / "root-cert.pem"
+
+    def _pod_dir(self, pod: Pod) -> Path:
+        return self.state_dir / "pods" / pod.name
+
+    def _issue_token(self, pod: Pod) -> Path:
+        """The pod's service-account token: what it proves its identity to the CA with (owner-only)."""
+        from plait.ca.tokens import TokenIssuer, token_key_path
+
+        token = TokenIssuer.load_or_create(token_key_path(self.control_plane_state)).issue(
+            pod.namespace, pod.service_account, pod.name)
+        path = self._pod_dir(pod) / TOKEN_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token)
+        return path
+
     async def _spawn(self, args: list[str], log_name: str, env: dict[str, str] | None = None,
                      netns: str | None = None):
         log_path = self.state_dir / "logs" / f"{log_name}.log"
@@ -185,7 +223,7 @@ class LocalMesh:
 
         argv = [self.python, "-m", "plait", *args]
         if netns:
-            argv = capture.exec_argv(netns, argv)
+            argv = pod_argv(self.state_dir, netns, argv)
         with open(log_path, "ab") as out:
             process = await asyncio.create_subprocess_exec(
                 *argv, stdout=out, stderr=asyncio.subprocess.STDOUT,
@@ -202,7 +240,9 @@ class LocalMesh:
                 "--service-account", pod.service_account, "--admin-port", str(pod.admin_port),
                 "--status-port", str(pod.status_port), "--control-plane", f"{control_plane}:{XDS_PORT}",
                 "--control-plane-api", f"http://{control_plane}:{API_PORT}", "--drain-duration", "1",
-                "--state-dir", str(self.state_dir / "pods" / pod.name),
+                "--state-dir", str(self._pod_dir(pod)),
+                "--token-file", str(self._issue_token(pod)), "--root-cert", str(self.root_cert),
+                "--ca-address", f"{control_plane}:{CA_PORT}", "--cert-ttl", f"{round(self.cert_ttl)}s",
                 "--register", ",".join(f"{k}={v}" for k, v in pod.ports.items())]
         if pod.probe:
             args += ["--app-probe", pod.probe]
@@ -239,7 +279,7 @@ class LocalMesh:
     # ------------------------------------------------------------ the mesh
 
     async def _start_control_plane(self) -> None:
-        for port in (XDS_PORT, API_PORT):
+        for port in (XDS_PORT, CA_PORT, API_PORT):
             if not _port_free(port):
                 raise RuntimeError(f"port {port} is in use: another control plane (another 'plait up'?) is "
                                    "running on this machine; stop it with 'plait down' first")
@@ -247,7 +287,8 @@ class LocalMesh:
         host = "0.0.0.0" if self.mode == "capture" else "127.0.0.1"  # capture: pods reach it over the bridge
         self.control_plane, _ = await self._spawn(
             ["control-plane", "--config-dir", str(config_dir), "--xds-port", str(XDS_PORT),
-             "--http-port", str(API_PORT), "--host", host], "control-plane")
+             "--http-port", str(API_PORT), "--ca-port", str(CA_PORT), "--state-dir", str(self.control_plane_state),
+             "--host", host], "control-plane")
         self.state.control_plane_pid = self.control_plane.pid
         from plait.cli.client import ClientError, Http
 
@@ -258,10 +299,19 @@ class LocalMesh:
                 raise RuntimeError(f"the control plane exited; see {self.state_dir / 'logs' / 'control-plane.log'}")
             try:
                 await asyncio.to_thread(api.get, "/ready")
+                self._publish_root_cert()
                 return
             except ClientError:
                 await asyncio.sleep(0.1)
         raise RuntimeError("the control plane did not become ready in 30 s")
+
+    def _publish_root_cert(self) -> None:
+        from plait.ca.authority import root_cert_path
+
+        tmp = self.root_cert.with_suffix(".tmp")
+        tmp.write_bytes(root_cert_path(self.control_plane_state).read_bytes())
+        tmp.chmod(0o644)
+        tmp.replace(self.root_cert)
 
     async def _apply_config(self) -> None:
         from plait.cli.client import Http

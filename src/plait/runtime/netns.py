@@ -173,12 +173,23 @@ def write_hosts(network: Network, pod: str, address: str, hosts: Mapping[str, It
     (directory / "resolv.conf").write_text(RESOLV_CONF, encoding="utf-8")
 
 
-def exec_argv(namespace: str, argv: Sequence[str], *, uid: int | None = None, gid: int | None = None) -> list[str]:
+DROPPED_CAPABILITIES = "-sys_admin,-sys_ptrace,-sys_module"
+
+
+def exec_argv(namespace: str, argv: Sequence[str], *, uid: int | None = None, gid: int | None = None,
+              hide: Sequence[Path] = ()) -> list[str]:
     """The command line running `argv` in `namespace`, as `uid`/`gid` (gid defaults to uid) if given.
 
     Use ``uid=PROXY_UID`` for the sidecar: iptables leaves uid 1337's own connections alone.
+    `hide`: directories to cover with an empty, inaccessible tmpfs in the process's mount namespace
+    (`ip netns exec` gives it a private one); the pod then loses CAP_SYS_ADMIN and CAP_SYS_PTRACE
+    (DROPPED_CAPABILITIES), so not even root in it can unmount that or look through another
+    process's /proc/PID/root.
     """
     prefix = ["ip", "netns", "exec", namespace]
+    if hide:
+        mounts = " && ".join(f'mount -t tmpfs -o size=4k,mode=000 plait-hidden "${i + 1}"' for i in range(len(hide)))
+        prefix += ["sh", "-c", f'{mounts} && shift {len(hide)} && exec setpriv --bounding-set={DROPPED_CAPABILITIES} "$@"', "sh", *map(str, hide)]
     if uid is not None:
         prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid if gid is None else gid}", "--clear-groups"]
     return [*prefix, *argv]

@@ -1,10 +1,12 @@
 """Real plait processes for tests and benchmarks: a control plane and agents, on loopback.
 
 `ControlPlaneProcess` runs ``plait control-plane`` on free ports with a config
-directory; `AgentProcess` runs ``plait agent`` for one proxy. Both are context
-managers that wait until the process is ready, die with the test process
-(PR_SET_PDEATHSIG), and are stopped by PID. `ControlPlaneProcess.api` is the
-CLI's own HTTP client, so tests use the same API as users.
+directory and a state directory (its CA: `root_cert_path`, `ca_address`, and
+`issue_token` to hand a pod its token); `AgentProcess` runs ``plait agent`` for
+one proxy. Both are context managers that wait until the process is ready, die
+with the test process (PR_SET_PDEATHSIG), and are stopped by PID.
+`ControlPlaneProcess.api` is the CLI's own HTTP client, so tests use the same
+API as users.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from plait.agent.processes import die_with_parent
+from plait.ca.authority import root_cert_path, write_file
+from plait.ca.tokens import TokenIssuer, token_key_path
 from plait.cli.client import ClientError, Http
 
 STARTUP_TIMEOUT = 30.0
@@ -96,12 +101,34 @@ class PlaitProcess:
 
 
 class ControlPlaneProcess(PlaitProcess):
-    def __init__(self, config_dir: Path, workdir: Path, *, debounce: str = "100ms", env: dict[str, str] | None = None):
-        self.config_dir, self.xds_port, self.http_port = config_dir, free_port(), free_port()
+    def __init__(self, config_dir: Path, workdir: Path, *, debounce: str = "100ms", env: dict[str, str] | None = None,
+                 state_dir: Path | None = None, extra_args: Sequence[str] = ()):
+        self.config_dir, self.xds_port, self.http_port, self.ca_port = config_dir, free_port(), free_port(), free_port()
+        self.workdir, self.state_dir = workdir, state_dir or workdir / "cp-state"
         super().__init__(["control-plane", "--config-dir", str(config_dir), "--xds-port", str(self.xds_port),
-                          "--http-port", str(self.http_port), "--debounce", debounce], workdir / "control-plane.log",
-                         env)
+                          "--http-port", str(self.http_port), "--debounce", debounce, "--state-dir",
+                          str(self.state_dir), "--ca-port", str(self.ca_port), *extra_args],
+                         workdir / "control-plane.log", env)
         self.api = Http(f"http://127.0.0.1:{self.http_port}")
+
+    @property
+    def ca_address(self) -> str:
+        """What agents are given as --ca-address."""
+        return f"127.0.0.1:{self.ca_port}"
+
+    @property
+    def root_cert_path(self) -> Path:
+        """The mesh's root certificate (exists once the control plane has started)."""
+        return root_cert_path(self.state_dir)
+
+    def issue_token(self, namespace: str, service_account: str, pod: str) -> Path:
+        """A pod token for namespace/service account/pod, written to a file under the work
+        directory, as the local runtime hands one to a pod; returns the file's path."""
+        token = TokenIssuer.load_or_create(token_key_path(self.state_dir)).issue(namespace, service_account, pod)
+        path = self.workdir / "tokens" / f"{namespace}.{service_account}.{pod}.jwt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file(path, token.encode())
+        return path
 
     @property
     def address(self) -> str:
@@ -149,11 +176,12 @@ class ControlPlaneProcess(PlaitProcess):
 
 
 class AgentProcess(PlaitProcess):
-    """``plait agent`` for one proxy; `ip` is the proxy's address (127.x.y.z)."""
+    """``plait agent`` for one proxy; `ip` is the proxy's address (127.x.y.z). `extra` and
+    `extra_args` are appended to the agent's arguments (e.g. ``--token-file``)."""
 
     def __init__(self, control_plane: ControlPlaneProcess, workdir: Path, *, mode: str, name: str, ip: str,
                  labels: dict[str, str] | None = None, namespace: str = "default", app_address: str | None = None,
-                 xds: str = "sotw", extra: list[str] | None = None):
+                 xds: str = "sotw", extra: list[str] | None = None, extra_args: Sequence[str] = ()):
         self.admin_port, self.status_port = free_port(), free_port()
         self.name, self.namespace, self.ip = name, namespace, ip
         state = workdir / f"agent-{name}"
@@ -165,7 +193,7 @@ class AgentProcess(PlaitProcess):
             args += ["--labels", ",".join(f"{k}={v}" for k, v in labels.items())]
         if app_address:
             args += ["--app-address", app_address]
-        super().__init__(args + (extra or []), workdir / f"agent-{name}.log")
+        super().__init__(args + (extra or []) + list(extra_args), workdir / f"agent-{name}.log")
         self.status = Http(f"http://127.0.0.1:{self.status_port}", what=f"agent {name}")
         self.admin = Http(f"http://127.0.0.1:{self.admin_port}", what=f"Envoy of {name}")
 

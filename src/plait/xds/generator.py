@@ -10,6 +10,7 @@ from plait.model.snapshot import MeshSnapshot
 from plait.xds.resources import ResourceSet
 from plait.xds.translate import clusters as cds
 from plait.xds.translate import endpoints as eds
+from plait.xds.translate import jwt
 from plait.xds.translate import listeners as lds
 from plait.xds.translate import routes as rds
 
@@ -24,6 +25,7 @@ def generate(snapshot: MeshSnapshot, proxy: Proxy) -> ResourceSet:
     out = ResourceSet()
     out.add_clusters(cds.special_clusters(proxy))
     out.add_clusters(cds.outbound_clusters(snapshot, proxy, services))
+    out.add_clusters(jwt.jwks_clusters(snapshot, proxy))
     for svc in services:
         out.add_endpoints(eds.service_load_assignments(snapshot, proxy, svc))
     if proxy.kind == "router":
@@ -33,10 +35,10 @@ def generate(snapshot: MeshSnapshot, proxy: Proxy) -> ResourceSet:
         out.add_clusters(cds.inbound_cluster(proxy, i) for i in inbound)
         vss = snapshot.virtual_services_for(proxy)
         if proxy.mode == "capture":
-            out.add_listeners([lds.virtual_outbound(snapshot, proxy), lds.virtual_inbound(inbound)])
+            out.add_listeners([lds.virtual_outbound(snapshot, proxy), lds.virtual_inbound(snapshot, proxy, inbound)])
             out.add_listeners(lds.outbound_service_listeners(snapshot, proxy, services, vss))
         else:
-            out.add_listeners(lds.explicit_proxy_listeners(proxy, inbound))
+            out.add_listeners(lds.explicit_proxy_listeners(snapshot, proxy, inbound))
     out.add_routes(generate_routes(snapshot, proxy))
     return out
 

@@ -9,7 +9,7 @@ Prometheus metrics (`metrics`).
 Sharing: proxies whose translation is identical form a generation group, keyed on
 what translation reads from a Proxy: kind, mode, namespace, app address, the labels
 that some Sidecar workloadSelector, VirtualService sourceLabels or Gateway selector
-names, its IP in explicit-proxy mode, and its workload's ports (the inbound side).
+names or a security policy selects on, its IP in explicit-proxy mode, and its workload's ports (the inbound side).
 Each group is generated (`plait.xds.generator`) and published (`plait.xds.publish`)
 once; its members hold references to the same ResourceMaps, so per-proxy memory is
 the protocol state only. With a `mutate` hook (tests only) every proxy is its own group.
@@ -59,7 +59,7 @@ SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 def proxy_from_node(node) -> Proxy:
     """A Proxy from an Envoy node (envoy.config.core.v3.Node): Istio's node id plus metadata
-    NAMESPACE, LABELS, SERVICE_ACCOUNT, PLAIT_MODE / INTERCEPTION_MODE and APP_ADDRESS."""
+    NAMESPACE, LABELS, SERVICE_ACCOUNT, PLAIT_MODE / INTERCEPTION_MODE, APP_ADDRESS and PLAIT_IDENTITY."""
     meta = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
     parts = node.id.split("~")
     if len(parts) != 4 or parts[0] not in ("sidecar", "router") or "." not in parts[2]:
@@ -70,7 +70,8 @@ def proxy_from_node(node) -> Proxy:
     labels = meta.get("LABELS") if isinstance(meta.get("LABELS"), dict) else {}
     return Proxy.from_node_id(node.id, labels=MappingProxyType({str(k): str(v) for k, v in labels.items()}),
                               mode=mode, service_account=str(meta.get("SERVICE_ACCOUNT") or "default"),
-                              app_address=str(meta.get("APP_ADDRESS") or "127.0.0.1"))
+                              app_address=str(meta.get("APP_ADDRESS") or "127.0.0.1"),
+                              identity=str(meta["PLAIT_IDENTITY"]) if meta.get("PLAIT_IDENTITY") else None)
 
 
 def admin_address(node) -> str | None:
@@ -98,6 +99,10 @@ def selector_label_keys(snapshot: MeshSnapshot) -> tuple[str, ...]:
         for route in (*vs.spec.http, *vs.spec.tcp, *vs.spec.tls):
             for match in route.match:
                 keys.update(match.source_labels)
+    for policy in (*snapshot.peer_authentications, *snapshot.authorization_policies,
+                   *snapshot.request_authentications):
+        if policy.spec.selector:
+            keys.update(policy.spec.selector.match_labels)
     return tuple(sorted(keys))
 
 
@@ -321,7 +326,8 @@ class XdsHub:
 
     def _group_key(self, proxy: Proxy) -> tuple:
         workload = tuple((p.port.number, p.port.protocol, p.endpoint.port) for p in self.snapshot.workload_ports(proxy))
-        key = (proxy.kind, proxy.mode, proxy.namespace, proxy.app_address, proxy.ip if proxy.mode == "proxy" else "",
+        key = (proxy.kind, proxy.mode, proxy.namespace, proxy.identity, proxy.app_address,
+               proxy.ip if proxy.mode == "proxy" else "",
                tuple(sorted(proxy.listen_ports.items())), tuple((k, proxy.labels.get(k)) for k in self._label_keys),
                workload)
         return key + (proxy.id,) if self._mutate else key

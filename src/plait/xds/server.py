@@ -10,6 +10,9 @@ Per stream: the node of the first request identifies the proxy (Envoy may send i
 only there), a reader task queues incoming requests, and the hub's wake-up queues a
 push; one loop takes both in order, so the protocol state is touched by one task.
 When the stream ends, for any reason, the connection leaves the hub.
+With `authenticate` (the control plane's ``--xds-auth strict``), the first request's node and
+the stream's gRPC metadata are checked before the proxy reaches the hub; a refused stream is
+aborted (UNAUTHENTICATED or PERMISSION_DENIED, with the reason) and logged.
 Runs on the event loop that owns the hub; nothing blocks apart from translation,
 which the hub runs synchronously on a new proxy's first request or on an update.
 """
@@ -19,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import NamedTuple
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2, discovery_pb2
@@ -34,6 +38,16 @@ ADS_PORT = 15010
 _WAKE, _CLOSED = object(), object()
 
 
+class Refusal(NamedTuple):
+    """Why a stream may not be served: UNAUTHENTICATED (who is calling is unknown) or
+    PERMISSION_DENIED (known, but not entitled to this node)."""
+    code: grpc.StatusCode
+    reason: str
+
+
+Authenticate = Callable[[dict[str, str], object], "Refusal | None"]  # (gRPC metadata, node) → refusal or None
+
+
 async def _read(requests: AsyncIterator, queue: asyncio.Queue) -> None:
     try:
         async for request in requests:
@@ -44,7 +58,17 @@ async def _read(requests: AsyncIterator, queue: asyncio.Queue) -> None:
         queue.put_nowait(_CLOSED)
 
 
-async def _serve_stream(hub: XdsHub, delta: bool, requests: AsyncIterator,
+async def _admit(authenticate: Authenticate | None, node, context: grpc.aio.ServicerContext) -> None:
+    """Abort the stream unless `authenticate` accepts the caller for `node`."""
+    if authenticate is None:
+        return
+    refusal = authenticate({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}, node)
+    if refusal is not None:
+        log.warning("ADS stream from %s for node %s refused: %s", context.peer(), node.id, refusal.reason)
+        await context.abort(refusal.code, refusal.reason)
+
+
+async def _serve_stream(hub: XdsHub, authenticate: Authenticate | None, delta: bool, requests: AsyncIterator,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[Response]:
     queue: asyncio.Queue = asyncio.Queue()
     reader = asyncio.create_task(_read(requests, queue))
@@ -57,6 +81,7 @@ async def _serve_stream(hub: XdsHub, delta: bool, requests: AsyncIterator,
                 if conn is None:
                     if not item.HasField("node"):
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry the node")
+                    await _admit(authenticate, item.node, context)
                     try:
                         conn = hub.connect(item.node, delta=delta, wake=lambda: queue.put_nowait(_WAKE))
                     except ValueError as error:
@@ -72,10 +97,10 @@ async def _serve_stream(hub: XdsHub, delta: bool, requests: AsyncIterator,
             log.info("%s disconnected", conn.proxy_id)
 
 
-def ads_handler(hub: XdsHub) -> grpc.GenericRpcHandler:
+def ads_handler(hub: XdsHub, authenticate: Authenticate | None = None) -> grpc.GenericRpcHandler:
     """The AggregatedDiscoveryService, both methods, for `hub`."""
     def method(delta: bool, request_type):
-        return grpc.stream_stream_rpc_method_handler(functools.partial(_serve_stream, hub, delta),
+        return grpc.stream_stream_rpc_method_handler(functools.partial(_serve_stream, hub, authenticate, delta),
                                                      request_deserializer=request_type.FromString,
                                                      response_serializer=Response.encode)
     return grpc.method_handlers_generic_handler(SERVICE, {
@@ -84,11 +109,14 @@ def ads_handler(hub: XdsHub) -> grpc.GenericRpcHandler:
     })
 
 
-async def serve_ads(hub: XdsHub, host: str = "0.0.0.0", port: int = ADS_PORT) -> grpc.aio.Server:
-    """Start serving ADS; with port 0 the port chosen is in `server.bound_port`.
-    Stop it with ``await server.stop(grace)``: streams get `grace` seconds, then are cancelled."""
+async def serve_ads(hub: XdsHub, host: str = "0.0.0.0", port: int = ADS_PORT, *,
+                    authenticate: Authenticate | None = None) -> grpc.aio.Server:
+    """Start serving ADS; with port 0 the port chosen is in `server.bound_port`. With
+    `authenticate`, each stream is admitted only if it returns None for the stream's metadata
+    and first node. Stop it with ``await server.stop(grace)``: streams get `grace` seconds,
+    then are cancelled."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)])
-    server.add_generic_rpc_handlers((ads_handler(hub),))
+    server.add_generic_rpc_handlers((ads_handler(hub, authenticate),))
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as error:

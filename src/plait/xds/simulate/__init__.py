@@ -21,24 +21,35 @@ Envoy's rules, as followed here:
   then the longest ``prefix*`` wildcard, then ``*``; the Host is lower-cased
   and keeps its ``:port``;
 * routes: the first whose path, headers and query parameters all match
-  (``safe_regex`` is an RE2 full match on the path without its query).
+  (``safe_regex`` is an RE2 full match on the path without its query);
+* authorization: a connection manager's jwt_authn and RBAC filters run before
+  routing (401/403 stop the request), a TCP chain's network RBAC filters
+  before tcp_proxy; at the other end, the destination sidecar's inbound chain
+  is chosen and its filters run on what the client sends (mTLS or not, as the
+  client's cluster says).
 
 The modules, in the order a request meets them: `request` (the Request, its
 Connection, the Resolver), `listeners` (listener hand-off, filter chains),
 `engine` (`simulate`: the connection manager, the route's action), `routes`
 (virtual hosts, route matching), `policies` (timeouts, retries, faults,
 rewrites…), `clusters` (clusters and endpoints), `outcome` (what comes back),
-`mesh` (`simulate_mesh` over a MeshSnapshot with the mesh's own DNS).
+`mesh` (`simulate_mesh` over a MeshSnapshot with the mesh's own DNS), and for
+authorization `jwt` (jwt_authn), `rbac` (Envoy's RBAC matchers), `authz` (the
+filters in order, explained in Istio's terms) and `inbound` (the destination
+sidecar).
 """
 
 from plait.xds.simulate.engine import simulate
 from plait.xds.simulate.listeners import select_filter_chain
 from plait.xds.simulate.mesh import mesh_resolver, simulate_mesh
-from plait.xds.simulate.outcome import ClusterTarget, Endpoint, Fault, Hop, Outcome, Policies, Retries
+from plait.xds.simulate.inbound import Caller
+from plait.xds.simulate.outcome import Authorization, ClusterTarget, Endpoint, Fault, Hop, Outcome, Policies, Retries
 from plait.xds.simulate.request import Connection, Request, Resolver
 from plait.xds.simulate.routes import find_virtual_host, route_mismatch
 
 __all__ = [
+    "Authorization",
+    "Caller",
     "ClusterTarget",
     "Connection",
     "Endpoint",

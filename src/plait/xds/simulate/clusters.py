@@ -21,7 +21,7 @@ def _endpoints(assignment: dict | None) -> list[Endpoint]:
         for lb in group.get("lb_endpoints", []):
             sock = lb.get("endpoint", {}).get("address", {}).get("socket_address", {})
             out.append(Endpoint(f"{sock.get('address')}:{sock.get('port_value')}", lb.get("load_balancing_weight"),
-                                where))
+                                where, lb.get("metadata", {})))
     return out
 
 

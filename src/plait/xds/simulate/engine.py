@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from plait.model.proxy import Proxy
 from plait.xds.resources import ResourceSet
+from plait.xds.simulate.authz import check_http, check_tcp, has_authz, remote_ip
 from plait.xds.simulate.clusters import cluster_targets, settle
 from plait.xds.simulate.listeners import (
     captured_listener,
@@ -25,6 +26,7 @@ from plait.xds.simulate.listeners import (
 )
 from plait.xds.simulate.outcome import Outcome
 from plait.xds.simulate.policies import header_changes, rewrite, rewritten_path, route_policies
+from plait.xds.simulate.rbac import Peer
 from plait.xds.simulate.request import Connection, Request, Resolver, normalize_path, strip_port
 from plait.xds.simulate.routes import describe_match, find_virtual_host, route_mismatch, virtual_service_of
 
@@ -133,8 +135,25 @@ def _prepare(hcm: dict, request: Request, conn: Connection, out: Outcome) -> Req
     return request
 
 
+def _authorize_http(hcm: dict, request: Request, conn: Connection, out: Outcome, now: float | None) -> bool:
+    """The connection manager's own jwt_authn and RBAC filters (a gateway's: a sidecar's outbound HCM has
+    none); False when Envoy answers 401/403."""
+    filters = hcm.get("http_filters", [])
+    if not has_authz(filters):
+        return True
+    peer = Peer(dest_port=conn.dest_port, source_ip=conn.source_ip, remote_ip=remote_ip(hcm, request, conn.source_ip),
+                dest_ip=conn.dest_ip, sni=conn.server_name, request=request)
+    auth = check_http(filters, peer, now, proxy=out.proxy, where=f"{out.listener}, filter chain {out.filter_chain}",
+                      role="gateway")
+    out.authorization.append(auth)
+    if auth.status:
+        out.fail(auth.status, None, auth.summary)
+        return False
+    return True
+
+
 def _follow_http(hcm: dict, chain: dict, request: Request, conn: Connection, out: Outcome,
-                 resources: ResourceSet) -> Outcome:
+                 resources: ResourceSet, now: float | None) -> Outcome:
     tls_chain = "transport_socket" in chain
     if (request.scheme == "https") != tls_chain and request.method != "CONNECT":
         what = "TLS to a plain-HTTP" if not tls_chain else "plain HTTP to a TLS-terminating"
@@ -145,6 +164,8 @@ def _follow_http(hcm: dict, chain: dict, request: Request, conn: Connection, out
         return out.fail(None, None, f"route configuration {name!r} was never sent: Envoy does not serve the listener")
     out.step("route config", name, f"HTTP connection manager, {source}")
     request = _prepare(hcm, request, conn, out)
+    if not _authorize_http(hcm, request, conn, out, now):
+        return out
     vhost, why = find_virtual_host(route_config, request.authority)
     if vhost is None:
         return out.fail(404, "NR", why)
@@ -175,19 +196,41 @@ def _follow_tcp(tcp: dict, request: Request, conn: Connection, out: Outcome, res
     return settle(out, http=False)
 
 
-def _follow_chain(chain: dict, request: Request, conn: Connection, out: Outcome, resources: ResourceSet) -> Outcome:
+def _authorize_tcp(chain: dict, conn: Connection, out: Outcome) -> bool:
+    """A TCP chain's network RBAC filters (a gateway's); False when they close the connection."""
+    filters = chain.get("filters", [])
+    if not has_authz(filters):
+        return True
+    peer = Peer(dest_port=conn.dest_port, source_ip=conn.source_ip, remote_ip=conn.source_ip, dest_ip=conn.dest_ip,
+                sni=conn.server_name)
+    auth = check_tcp(filters, peer, proxy=out.proxy, where=f"{out.listener}, filter chain {out.filter_chain}",
+                     role="gateway")
+    out.authorization.append(auth)
+    if auth.refused:
+        out.protocol, out.refused = "tcp", True
+        out.fail(None, None, auth.summary)
+        return False
+    return True
+
+
+def _follow_chain(chain: dict, request: Request, conn: Connection, out: Outcome, resources: ResourceSet,
+                  now: float | None) -> Outcome:
     hcm = _filter(chain, HCM)
     if hcm is not None:
-        return _follow_http(hcm, chain, request, conn, out, resources)
+        return _follow_http(hcm, chain, request, conn, out, resources, now)
     tcp = _filter(chain, TCP_PROXY)
     if tcp is not None:
+        if not _authorize_tcp(chain, conn, out):
+            return out
         return _follow_tcp(tcp, request, conn, out, resources)
     names = ", ".join(f.get("name", "?") for f in chain.get("filters", []))
     return out.fail(None, None, f"the filter chain runs {names or 'no filters'}, which plait does not follow")
 
 
-def simulate(resources: ResourceSet, proxy: Proxy, request: Request, resolve: Resolver | None = None) -> Outcome:
-    """Where `request`, sent by the application behind `proxy` (or to the gateway `proxy`), ends up."""
+def simulate(resources: ResourceSet, proxy: Proxy, request: Request, resolve: Resolver | None = None, *,
+             now: float | None = None, source_ip: str | None = None) -> Outcome:
+    """Where `request`, sent by the application behind `proxy` (or to the gateway `proxy`), ends up.
+    `now` (epoch seconds) lets JWT expiry be checked; `source_ip` is the outside client of a gateway."""
     mode = "gateway" if proxy.kind == "router" else f"sidecar, {proxy.mode} mode"
     out = Outcome(request=request, proxy=proxy.id, mode=mode)
     if proxy.kind == "router":
@@ -202,6 +245,8 @@ def simulate(resources: ResourceSet, proxy: Proxy, request: Request, resolve: Re
     if found is None:
         return out
     listener, conn = found
+    if proxy.kind == "router" and source_ip:
+        conn = replace(conn, source_ip=source_ip)
     out.listener = listener.get("name")
     conn = inspect_connection(listener, conn, request)
     chosen = select_filter_chain(listener, conn)
@@ -210,4 +255,4 @@ def simulate(resources: ResourceSet, proxy: Proxy, request: Request, resolve: Re
                                     "Envoy closes the connection")
     out.filter_chain, chain, reasons = chosen
     out.step("filter chain", out.filter_chain, "; ".join(reasons))
-    return _follow_chain(chain, request, conn, out, resources)
+    return _follow_chain(chain, request, conn, out, resources, now)

@@ -27,7 +27,8 @@ def _address(listener: dict) -> tuple[str, int]:
     return sock.get("address", ""), int(sock.get("port_value", 0))
 
 
-def _listener_at(resources: ResourceSet, ip: str, port: int, skip: str = "") -> dict | None:
+def listener_at(resources: ResourceSet, ip: str, port: int, skip: str = "") -> dict | None:
+    """The listener whose address is exactly ip:port."""
     return next((listener for name, listener in sorted(resources.listeners.items())
                  if name != skip and _address(listener) == (ip, port)), None)
 
@@ -48,11 +49,11 @@ def captured_listener(resources: ResourceSet, proxy: Proxy, request: Request, ou
                          "application, the sidecar is not involved")
         return None
     conn = Connection(dest_ip=ip, dest_port=port, source_ip=proxy.ip)
-    exact = _listener_at(resources, ip, port, skip=CAPTURE_LISTENER) if ip else None
+    exact = listener_at(resources, ip, port, skip=CAPTURE_LISTENER) if ip else None
     if exact:
         out.step("listener", exact["name"], f"virtualOutbound hands the connection to the listener on {ip}:{port}")
         return exact, conn
-    wildcard = _listener_at(resources, "0.0.0.0", port, skip=CAPTURE_LISTENER)
+    wildcard = listener_at(resources, "0.0.0.0", port, skip=CAPTURE_LISTENER)
     if wildcard:
         out.step("listener", wildcard["name"],
                  f"virtualOutbound hands the connection on: no listener on {ip or host}:{port}, "
@@ -72,7 +73,7 @@ def gateway_listener(resources: ResourceSet, proxy: Proxy, request: Request,
     ip = request.host if is_ip(request.host) else proxy.ip
     mapped = proxy.listen_ports.get(request.port, request.port)
     for port in dict.fromkeys([mapped, request.port]):
-        listener = _listener_at(resources, ip, port) or _listener_at(resources, "0.0.0.0", port)
+        listener = listener_at(resources, ip, port) or listener_at(resources, "0.0.0.0", port)
         if listener:
             out.destination = f"{ip}:{port}"
             via = f" (port {request.port} is served on {port})" if port != request.port else ""

@@ -3,13 +3,17 @@
 `Outcome` collects each decision (`Hop`), the listener, chain, virtual host and route chosen,
 the clusters (`ClusterTarget` with their `Endpoint`s) and share of traffic, the route's
 `Policies` (timeout, `Retries`, `Fault`, mirrors, header edits, rewrites, hashing, CORS), and
-what Envoy answers itself when it does not forward (status and response flag).
+what Envoy answers itself when it does not forward (status and response flag), and the
+`Authorization` decisions of the proxies that check the request (a gateway's own filters, the
+destination sidecar's jwt_authn and RBAC filters).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from plait.xds.simulate.jwt import JwtOutcome
+from plait.xds.simulate.rbac import Peer, RbacVerdict
 from plait.xds.simulate.request import Request
 
 RESPONSE_FLAGS = {"NR": "no route", "NC": "no cluster", "UH": "no healthy upstream"}
@@ -29,6 +33,7 @@ class Endpoint:
     address: str
     weight: int | None = None
     locality: str | None = None
+    metadata: dict = field(default_factory=dict)  # the lb endpoint's (transport socket match, …)
 
 
 @dataclass
@@ -76,6 +81,27 @@ class Policies:
 
 
 @dataclass
+class Authorization:
+    """What one proxy's jwt_authn and RBAC filters do with the request (or connection)."""
+
+    proxy: str  # the workload (namespace/name) whose filters ran
+    where: str  # listener and filter chain
+    peer: Peer
+    role: str = "destination"  # "gateway": the gateway's own filters, on the request it receives
+    jwt: JwtOutcome | None = None
+    rbac: list[RbacVerdict] = field(default_factory=list)
+    status: int | None = None  # 401/403 when Envoy answers instead of forwarding
+    refused: bool = False  # a TCP connection closed by a network RBAC filter
+    summary: str = ""  # "ALLOWED by …", "DENIED: …", in Istio's terms once explained
+    details: list[str] = field(default_factory=list)
+    jwt_lines: list[str] = field(default_factory=list)
+
+    @property
+    def denied(self) -> bool:
+        return self.status is not None or self.refused
+
+
+@dataclass
 class Outcome:
     """Where a request goes and why. `status` is set when Envoy itself answers (404 NR, 503 NC, redirects…)."""
 
@@ -104,6 +130,8 @@ class Outcome:
     upstream_host: str | None = None
     policies: Policies = field(default_factory=Policies)
     notes: list[str] = field(default_factory=list)
+    authorization: list[Authorization] = field(default_factory=list)
+    refused: bool = False  # the TCP connection is closed by RBAC
 
     def step(self, stage: str, name: str, why: str = "") -> None:
         self.hops.append(Hop(stage, name, why))
@@ -117,7 +145,8 @@ class Outcome:
     def failed(self) -> bool:
         """Envoy does not forward the request (and does not answer it with a redirect or direct response)."""
         answered = self.action in ("redirect", "direct_response", "bypass")
-        return not answered and (self.status is not None or self.response_flag is not None or not self.clusters)
+        return not answered and (self.status is not None or self.response_flag is not None or not self.clusters
+                                 or self.refused)
 
     @property
     def cluster_names(self) -> list[str]:

@@ -1,22 +1,28 @@
-"""Clusters (CDS): one per service port and per DestinationRule subset, plus Istio's special ones."""
+"""Clusters (CDS): one per service port and per DestinationRule subset, plus Istio's special ones.
+
+Upstream TLS follows Istio: a DestinationRule's ``tls`` wins; without one, a client
+that has a mesh identity uses automatic mTLS (mutual TLS to endpoints that carry a
+sidecar, plaintext to the others) unless the destination is outside the mesh or its
+namespace's PeerAuthentication is DISABLE.
+"""
 
 from __future__ import annotations
 
 from plait.api import networking as net
 from plait.api.common import parse_duration
+from plait.model import peer_auth
 from plait.model.protocol import Protocol
-from plait.model.proxy import Proxy
+from plait.model.proxy import Proxy, spiffe_id
 from plait.model.services import Endpoint, Port, Service
 from plait.model.snapshot import InboundPort, MeshSnapshot
 from plait.xds.translate.common import (
     ADS, BLACKHOLE_CLUSTER, DNS_CACHE, DYNAMIC_FORWARD_PROXY_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, MAX_UINT32,
-    PASSTHROUGH_CLUSTER, TYPE, ads_secret, cluster_name, duration, sds_secret, socket_address)
+    PASSTHROUGH_CLUSTER, TYPE, cluster_name, duration, socket_address)
 from plait.xds.translate.endpoints import load_assignment
+from plait.xds.translate.tls import auto_mtls_matches, client_tls, outbound_sni
 
 DEFAULT_CONNECT_TIMEOUT = "10s"  # Istio's meshConfig.connectTimeout default
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-UPSTREAM_TLS = TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-ISTIO_ALPN = ["istio-peer-exchange", "istio"]
 
 _LB = {"ROUND_ROBIN": "ROUND_ROBIN", "LEAST_CONN": "LEAST_REQUEST", "LEAST_REQUEST": "LEAST_REQUEST",
        "RANDOM": "RANDOM", "UNSPECIFIED": "LEAST_REQUEST"}
@@ -77,45 +83,6 @@ def _outlier_detection(od: net.OutlierDetection) -> tuple[dict, int | None]:
     if od.max_ejection_percent is not None:
         out["max_ejection_percent"] = od.max_ejection_percent
     return out, od.min_health_percent
-
-
-def _upstream_tls(tls: net.ClientTLSSettings, svc: Service, port: Port, subset: str | None,
-                  snapshot_sans: list[str]) -> dict | None:
-    if tls.mode == "DISABLE":
-        return None
-    context: dict = {}
-    if tls.mode == "ISTIO_MUTUAL":
-        context = {
-            "tls_certificate_sds_secret_configs": [sds_secret("default")],
-            "combined_validation_context": {
-                "default_validation_context": {"match_typed_subject_alt_names": [
-                    {"san_type": "URI", "matcher": {"exact": san}} for san in (tls.subject_alt_names or snapshot_sans)]},
-                "validation_context_sds_secret_config": sds_secret("ROOTCA")},
-            "alpn_protocols": ISTIO_ALPN,
-        }
-        sni = tls.sni or f"outbound_.{port.number}_.{subset or ''}_.{svc.hostname}"
-    else:
-        if tls.credential_name:
-            context["tls_certificate_sds_secret_configs"] = [ads_secret(tls.credential_name)] if tls.mode == "MUTUAL" else []
-            validation: dict = {"validation_context_sds_secret_config": ads_secret(f"{tls.credential_name}-cacert")}
-        else:
-            if tls.mode == "MUTUAL":
-                context["tls_certificates"] = [{"certificate_chain": {"filename": tls.client_certificate},
-                                                "private_key": {"filename": tls.private_key}}]
-            validation = {}
-            if tls.ca_certificates and not tls.insecure_skip_verify:
-                validation = {"validation_context": {"trusted_ca": {"filename": tls.ca_certificates}}}
-        if tls.subject_alt_names and "validation_context" in validation:
-            validation["validation_context"]["match_typed_subject_alt_names"] = [
-                {"san_type": "DNS", "matcher": {"exact": san}} for san in tls.subject_alt_names]
-        context.update(validation)
-        if not context.get("tls_certificate_sds_secret_configs"):
-            context.pop("tls_certificate_sds_secret_configs", None)
-        sni = tls.sni or (svc.hostname if not svc.hostname.startswith("*") else None)
-    tls_context: dict = {"@type": UPSTREAM_TLS, "common_tls_context": context}
-    if sni:
-        tls_context["sni"] = sni
-    return {"name": "envoy.transport_sockets.tls", "typed_config": tls_context}
 
 
 def _http_protocol_options(port: Port, policy: net.TrafficPolicy | None) -> dict | None:
@@ -193,7 +160,8 @@ def _apply_policy(cluster: dict, policy: net.TrafficPolicy | None, port: Port) -
 
 
 def build_cluster(svc: Service, port: Port, subset: str | None, policy: net.TrafficPolicy | None,
-                  sans: list[str]) -> dict:
+                  sans: list[str], *, auto_mtls: bool = False) -> dict:
+    """One outbound cluster; `auto_mtls`: the client may use Istio's automatic mTLS to this service."""
     name = cluster_name("outbound", port.number, subset, svc.hostname)
     cluster: dict = {"name": name, "connect_timeout": DEFAULT_CONNECT_TIMEOUT}
     if svc.resolution in ("EDS", "STATIC"):
@@ -211,17 +179,27 @@ def build_cluster(svc: Service, port: Port, subset: str | None, policy: net.Traf
     _apply_policy(cluster, policy, port)
     tls = policy.tls if policy else None
     if tls:
-        socket = _upstream_tls(tls, svc, port, subset, sans)
+        socket = client_tls(tls, svc, port, subset, sans)
         if socket:
             cluster["transport_socket"] = socket
+    elif auto_mtls and cluster["type"] != "ORIGINAL_DST":
+        # Original-destination endpoints carry no tlsMode metadata, so they would all match plaintext.
+        cluster["transport_socket_matches"] = auto_mtls_matches(outbound_sni(port, subset, svc), sans)
     return cluster
 
 
-def service_sans(svc: Service, trust_domain: str = "cluster.local") -> list[str]:
-    """SPIFFE identities of the workloads behind a service, for ISTIO_MUTUAL verification."""
+def service_sans(svc: Service) -> list[str]:
+    """SPIFFE identities of the workloads behind a service, which mesh mTLS clients verify."""
     accounts = sorted({(ep.namespace, ep.service_account or "default")
                        for eps in svc.endpoints.values() for ep in eps})
-    return [f"spiffe://{trust_domain}/ns/{ns}/sa/{sa}" for ns, sa in accounts]
+    return [spiffe_id(ns, sa) for ns, sa in accounts]
+
+
+def uses_auto_mtls(snapshot: MeshSnapshot, proxy: Proxy, svc: Service) -> bool:
+    """Istio's auto mTLS applies: the client has certificates, the service is in the mesh, and its
+    namespace (or the mesh) does not turn mTLS off. Workload-level PeerAuthentications do not count."""
+    return (proxy.identity is not None and not svc.mesh_external
+            and peer_auth.namespace_mode(snapshot, svc.namespace) != peer_auth.DISABLE)
 
 
 def outbound_clusters(snapshot: MeshSnapshot, proxy: Proxy, services: list[Service]) -> list[dict]:
@@ -230,14 +208,16 @@ def outbound_clusters(snapshot: MeshSnapshot, proxy: Proxy, services: list[Servi
         dr = snapshot.destination_rule_for(proxy, svc)
         spec: net.DestinationRuleSpec | None = dr.spec if dr else None
         sans = service_sans(svc)
+        auto = uses_auto_mtls(snapshot, proxy, svc)
         for port in svc.ports:
             if port.protocol is Protocol.UDP:
                 continue
             top = spec.traffic_policy.for_port(port.number) if spec and spec.traffic_policy else None
-            out.append(build_cluster(svc, port, None, top, sans))
+            out.append(build_cluster(svc, port, None, top, sans, auto_mtls=auto))
             for subset in spec.subsets if spec else ():
                 out.append(build_cluster(svc, port, subset.name,
-                                         merge_policy(spec.traffic_policy, subset.traffic_policy, port.number), sans))
+                                         merge_policy(spec.traffic_policy, subset.traffic_policy, port.number), sans,
+                                         auto_mtls=auto))
     return out
 
 

@@ -89,11 +89,11 @@ DFP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
 DNS_CACHE = {"name": "dynamic_forward_proxy_cache_config", "dns_lookup_family": "V4_PREFERRED"}
 
 
-def http_filters(*, dynamic_forward_proxy: bool = False) -> list[dict]:
-    filters = [
-        typed(FAULT_FILTER, "envoy.extensions.filters.http.fault.v3.HTTPFault"),
-        typed(CORS_FILTER, "envoy.extensions.filters.http.cors.v3.Cors"),
-    ]
+def http_filters(*, dynamic_forward_proxy: bool = False, authz: list[dict] | None = None) -> list[dict]:
+    """The HCM's filters; `authz` (jwt_authn, RBAC) go first, as in Istio: before fault, CORS and the router."""
+    filters = [*(authz or []),
+               typed(FAULT_FILTER, "envoy.extensions.filters.http.fault.v3.HTTPFault"),
+               typed(CORS_FILTER, "envoy.extensions.filters.http.cors.v3.Cors")]
     if dynamic_forward_proxy:
         filters.append(typed(DFP_FILTER, "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
                              dns_cache_config=DNS_CACHE))
@@ -101,20 +101,30 @@ def http_filters(*, dynamic_forward_proxy: bool = False) -> list[dict]:
     return filters
 
 
+# Istio's sidecar inbound: append the peer's certificate details (subject, URI and DNS SANs) to
+# X-Forwarded-Client-Cert, so the application sees who called it over mTLS.
+FORWARD_CLIENT_CERT = {"forward_client_cert_details": "APPEND_FORWARD",
+                       "set_current_client_cert_details": {"subject": True, "uri": True, "dns": True}}
+
+
 def http_connection_manager(stat_prefix: str, *, rds: str | None = None, route_config: dict | None = None,
-                            gateway: bool = False, dynamic_forward_proxy: bool = False) -> dict:
+                            gateway: bool = False, dynamic_forward_proxy: bool = False,
+                            authz: list[dict] | None = None, forward_client_cert: bool = False) -> dict:
+    """`authz`: filters before the others (see `http_filters`); `forward_client_cert`: Istio's XFCC handling."""
     config: dict = {"stat_prefix": stat_prefix}
     if rds is not None:
         config["rds"] = {"config_source": ADS, "route_config_name": rds}
     else:
         config["route_config"] = route_config
     config.update({
-        "http_filters": http_filters(dynamic_forward_proxy=dynamic_forward_proxy),
+        "http_filters": http_filters(dynamic_forward_proxy=dynamic_forward_proxy, authz=authz),
         "use_remote_address": gateway,
         "normalize_path": True,
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         "stream_idle_timeout": "0s",
     })
+    if forward_client_cert:
+        config.update(FORWARD_CLIENT_CERT)
     return typed("envoy.filters.network.http_connection_manager",
                  "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", **config)
 

@@ -1,13 +1,19 @@
-"""Endpoints (EDS): a ClusterLoadAssignment per EDS cluster; subsets filter by their labels."""
+"""Endpoints (EDS): a ClusterLoadAssignment per EDS cluster; subsets filter by their labels.
+
+As Istio does, an endpoint whose workload has a sidecar with certificates (label
+``security.istio.io/tlsMode: istio``) carries metadata
+``envoy.transport_socket_match: {tlsMode: istio}``, which auto-mTLS clusters match on.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from plait.model.proxy import Proxy
+from plait.model.proxy import TLS_MODE_LABEL, Proxy
 from plait.model.services import Endpoint, Service
 from plait.model.snapshot import MeshSnapshot
 from plait.xds.translate.common import cluster_name, socket_address
+from plait.xds.translate.tls import ISTIO_TLS_MODE, TRANSPORT_SOCKET_MATCH_KEY
 
 
 def _locality(text: str | None) -> dict:
@@ -24,6 +30,8 @@ def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> dict:
         lb_endpoint: dict = {"endpoint": {"address": socket_address(ep.address, ep.port)}}
         if ep.weight:
             lb_endpoint["load_balancing_weight"] = ep.weight
+        if ep.labels.get(TLS_MODE_LABEL) == "istio":
+            lb_endpoint["metadata"] = {"filter_metadata": {TRANSPORT_SOCKET_MATCH_KEY: dict(ISTIO_TLS_MODE)}}
         groups.setdefault(ep.locality or "", []).append(lb_endpoint)
     localities = []
     for locality, lb_endpoints in groups.items():

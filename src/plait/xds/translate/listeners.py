@@ -6,24 +6,36 @@ destination (``0.0.0.0_9080`` for HTTP ports, ``<vip>_<port>`` for TCP/TLS), or
 passes it through; inbound traffic arrives at ``virtualInbound`` (15006).
 Explicit-proxy mode has no capture: apps send HTTP to the sidecar as their
 HTTP_PROXY, and peers reach the workload's inbound listeners directly.
+
+Inbound chains of a proxy with a mesh identity follow the PeerAuthentication
+mode of each workload port (`plait.model.peer_auth`), with Istio's filter chain
+matches: PERMISSIVE takes mTLS (tls_inspector: transport ``tls`` and an Istio
+ALPN) and plaintext (``raw_buffer``); STRICT takes only TLS, and a plaintext
+connection to the port lands on a chain that refuses it (tcp_proxy to
+BlackHoleCluster, stat prefix ``inbound|PORT|strict-mtls-refused-plaintext``)
+instead of the catch-all passthrough; DISABLE is plaintext as before. Every
+inbound HCM gets `rbac.inbound_http_filters` first, every inbound TCP chain
+`rbac.inbound_network_filters` before tcp_proxy.
 """
 
 from __future__ import annotations
 
 from plait.api import networking as net
 from plait.api.resources import Resource
+from plait.model import peer_auth
 from plait.model.hosts import fqdn, matches
 from plait.model.protocol import Protocol
 from plait.model.proxy import EXPLICIT_PROXY_PORT, INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, Proxy
 from plait.model.services import Port, Service
 from plait.model.snapshot import InboundPort, MeshSnapshot
+from plait.xds.translate import rbac
 from plait.xds.translate.common import (
-    BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, LISTENER_FILTERS, PASSTHROUGH_CLUSTER, REGISTRY_ONLY, TYPE,
-    ads_secret, cluster_name, http_connection_manager, sds_secret, socket_address, tcp_proxy)
+    BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, LISTENER_FILTERS, PASSTHROUGH_CLUSTER, REGISTRY_ONLY,
+    cluster_name, http_connection_manager, socket_address, tcp_proxy)
 from plait.xds.translate.routes import RouteContext, destination_cluster, inbound_route_config
+from plait.xds.translate.tls import ALL_MTLS_ALPNS, ISTIO_ALPN, MTLS_HTTP_ALPNS, gateway_server_tls, inbound_mtls
 
 HTTP_SNIFF = {"application_protocols": ["http/1.1", "h2c"]}
-DOWNSTREAM_TLS = TYPE + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 
 
 def _listener(name: str, address: str, port: int, chains: list[dict], *, bind: bool = True,
@@ -157,46 +169,116 @@ def virtual_outbound(snapshot: MeshSnapshot, proxy: Proxy) -> dict:
     return listener
 
 
-def _inbound_filters(inbound: InboundPort, port: int) -> list[dict]:
+# One inbound chain: (name suffix, transport_protocol, application_protocols, what serves it, mTLS?).
+# "http" is the HCM, "tcp" tcp_proxy to the app, "refuse" tcp_proxy to BlackHoleCluster.
+ChainSpec = tuple[str, str | None, list[str] | None, str, bool]
+SNIFFED_HTTP = HTTP_SNIFF["application_protocols"]
+_REFUSE: ChainSpec = ("|plaintext-refused", "raw_buffer", None, "refuse", False)
+_PLAINTEXT: dict[str, list[ChainSpec]] = {
+    "http": [("", None, None, "http", False)],
+    "tcp": [("", None, None, "tcp", False)],
+    "auto": [("|http", None, SNIFFED_HTTP, "http", False), ("|tcp", None, None, "tcp", False)],
+}
+# Ports of unknown protocol (AUTO) over mTLS: Istio clients announce HTTP in ALPN (istio-http/*), which
+# gets the HCM; plait's clients (upstream Envoy has no istio.alpn filter) offer "istio" only, so their
+# connections take the TCP chain: still mTLS, but opaque to L7 policy. Name the port (http-…) for HTTP.
+_PERMISSIVE: dict[str, list[ChainSpec]] = {
+    "http": [("|mtls", "tls", ALL_MTLS_ALPNS, "http", True), ("", "raw_buffer", None, "http", False)],
+    "tcp": [("|mtls", "tls", ALL_MTLS_ALPNS, "tcp", True), ("|tls", "tls", None, "tcp", False),
+            ("", "raw_buffer", None, "tcp", False)],
+    "auto": [("|http-mtls", "tls", MTLS_HTTP_ALPNS, "http", True), ("|tcp-mtls", "tls", ISTIO_ALPN, "tcp", True),
+             ("|tcp-tls", "tls", None, "tcp", False), ("|http", "raw_buffer", SNIFFED_HTTP, "http", False),
+             ("|tcp", "raw_buffer", None, "tcp", False)],
+}
+_STRICT: dict[str, list[ChainSpec]] = {
+    "http": [("|mtls", "tls", None, "http", True), _REFUSE],
+    "tcp": [("|mtls", "tls", None, "tcp", True), _REFUSE],
+    "auto": [("|http-mtls", "tls", MTLS_HTTP_ALPNS, "http", True), ("|tcp-mtls", "tls", None, "tcp", True), _REFUSE],
+}
+_CHAINS_BY_MODE = {peer_auth.PERMISSIVE: _PERMISSIVE, peer_auth.STRICT: _STRICT, peer_auth.DISABLE: _PLAINTEXT}
+
+
+def _protocol_kind(protocol: Protocol) -> str:
+    if protocol.is_http:
+        return "http"
+    return "auto" if protocol is Protocol.AUTO else "tcp"
+
+
+def _inbound_filters(snapshot: MeshSnapshot, proxy: Proxy, port: int, serves: str) -> list[dict]:
     cluster = cluster_name("inbound", port, None, "")
-    if inbound.port.protocol.is_http:
-        return [http_connection_manager(f"inbound_0.0.0.0_{port}", route_config=inbound_route_config(cluster, port))]
-    return [tcp_proxy(cluster, cluster)]
+    if serves == "http":
+        return [http_connection_manager(f"inbound_0.0.0.0_{port}", route_config=inbound_route_config(cluster, port),
+                                        authz=rbac.inbound_http_filters(snapshot, proxy, port),
+                                        forward_client_cert=proxy.identity is not None)]
+    if serves == "refuse":
+        return [tcp_proxy(f"inbound|{port}|strict-mtls-refused-plaintext", BLACKHOLE_CLUSTER)]
+    return [*rbac.inbound_network_filters(snapshot, proxy, port), tcp_proxy(cluster, cluster)]
 
 
-def _inbound_chains(inbound: InboundPort, match: dict) -> list[dict]:
+def inbound_mode(snapshot: MeshSnapshot, proxy: Proxy, port: int) -> str:
+    """The PeerAuthentication mode of a workload port; DISABLE (plaintext) for a proxy without certificates."""
+    if proxy.identity is None:
+        return peer_auth.DISABLE
+    return peer_auth.workload_policy(snapshot, proxy).for_port(port)
+
+
+def _inbound_chains(snapshot: MeshSnapshot, proxy: Proxy, inbound: InboundPort, match: dict) -> list[dict]:
     port = inbound.endpoint.port
-    if inbound.port.protocol is Protocol.AUTO:
-        cluster = cluster_name("inbound", port, None, "")
-        hcm = http_connection_manager(f"inbound_0.0.0.0_{port}", route_config=inbound_route_config(cluster, port))
-        return [{"name": f"inbound|{port}|http", "filter_chain_match": {**match, **HTTP_SNIFF}, "filters": [hcm]},
-                {"name": f"inbound|{port}|tcp", "filter_chain_match": match, "filters": [tcp_proxy(cluster, cluster)]}]
-    return [{"name": f"inbound|{port}", "filter_chain_match": match, "filters": _inbound_filters(inbound, port)}]
+    specs = _CHAINS_BY_MODE[inbound_mode(snapshot, proxy, port)][_protocol_kind(inbound.port.protocol)]
+    chains = []
+    for suffix, transport, alpns, serves, mtls in specs:
+        chain_match = dict(match)
+        if transport:
+            chain_match["transport_protocol"] = transport
+        if alpns:
+            chain_match["application_protocols"] = alpns
+        chain: dict = {"name": f"inbound|{port}{suffix}"}
+        if chain_match:
+            chain["filter_chain_match"] = chain_match
+        chain["filters"] = _inbound_filters(snapshot, proxy, port, serves)
+        if mtls:
+            chain["transport_socket"] = inbound_mtls()
+        chains.append(chain)
+    return chains
 
 
-def virtual_inbound(inbound_ports: list[InboundPort]) -> dict:
+def _inbound_listener_filters(chains: list[dict], *, capture: bool) -> tuple[str, ...]:
+    """original_dst (capture), tls_inspector where a chain matches TLS, http_inspector where one sniffs HTTP."""
+    chain_matches = [c.get("filter_chain_match", {}) for c in chains]
+    needed = {"original_dst": capture,
+              "tls_inspector": any(m.get("transport_protocol") for m in chain_matches),
+              "http_inspector": any(set(m.get("application_protocols", ())) & set(SNIFFED_HTTP) for m in chain_matches)}
+    return tuple(name for name, wanted in needed.items() if wanted)
+
+
+def _catch_all(snapshot: MeshSnapshot, proxy: Proxy) -> dict:
+    """Traffic to ports no service names goes to the app as it is; under a workload-wide STRICT
+    policy it must be mTLS too, as in Istio."""
+    chain: dict = {"name": "virtualInbound-catchall", "filters": [
+        tcp_proxy(INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER)]}
+    if proxy.identity is not None and peer_auth.workload_policy(snapshot, proxy).mode == peer_auth.STRICT:
+        chain["transport_socket"] = inbound_mtls()
+    return chain
+
+
+def virtual_inbound(snapshot: MeshSnapshot, proxy: Proxy, inbound_ports: list[InboundPort]) -> dict:
     chains = []
     for inbound in inbound_ports:
-        chains += _inbound_chains(inbound, {"destination_port": inbound.endpoint.port})
-    default = {"name": "virtualInbound-catchall", "filters": [
-        tcp_proxy(INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER)]}
-    filters = ("original_dst", "http_inspector") if any(
-        i.port.protocol is Protocol.AUTO for i in inbound_ports) else ("original_dst",)
+        chains += _inbound_chains(snapshot, proxy, inbound, {"destination_port": inbound.endpoint.port})
     return _listener("virtualInbound", "0.0.0.0", INBOUND_CAPTURE_PORT, chains, direction="INBOUND",
-                     filters=filters, default_chain=default)
+                     filters=_inbound_listener_filters(chains, capture=True),
+                     default_chain=_catch_all(snapshot, proxy))
 
 
-def explicit_proxy_listeners(proxy: Proxy, inbound_ports: list[InboundPort]) -> list[dict]:
+def explicit_proxy_listeners(snapshot: MeshSnapshot, proxy: Proxy, inbound_ports: list[InboundPort]) -> list[dict]:
     """Explicit-proxy mode: the HTTP_PROXY listener and one bound inbound listener per workload port."""
     hcm = http_connection_manager("outbound_explicit_proxy", rds="explicit_proxy", dynamic_forward_proxy=True)
     out = [_listener("explicit_proxy", proxy.ip, EXPLICIT_PROXY_PORT, [{"filters": [hcm]}])]
     for inbound in inbound_ports:
         port = inbound.endpoint.port
-        filters = ("http_inspector",) if inbound.port.protocol is Protocol.AUTO else ()
-        chains = _inbound_chains(inbound, {})
-        chains = [c if c["filter_chain_match"] else {k: v for k, v in c.items() if k != "filter_chain_match"}
-                  for c in chains]
-        out.append(_listener(f"{proxy.ip}_{port}", proxy.ip, port, chains, direction="INBOUND", filters=filters))
+        chains = _inbound_chains(snapshot, proxy, inbound, {})
+        out.append(_listener(f"{proxy.ip}_{port}", proxy.ip, port, chains, direction="INBOUND",
+                             filters=_inbound_listener_filters(chains, capture=False)))
     return out
 
 
@@ -208,35 +290,6 @@ def gateway_route_name(server: net.Server, gateway: Resource, listen_port: int) 
     if server.port.protocol.upper() in ("HTTP", "HTTP2", "GRPC") and not (server.tls and server.tls.mode):
         return f"http.{listen_port}"
     return f"https.{server.port.number}.{server.port.name}.{gateway.name}.{gateway.namespace}"
-
-
-def _downstream_tls(tls: net.ServerTLSSettings) -> dict:
-    context: dict = {}
-    if tls.mode == "ISTIO_MUTUAL":
-        context = {"tls_certificate_sds_secret_configs": [sds_secret("default")],
-                   "validation_context_sds_secret_config": sds_secret("ROOTCA")}
-    elif tls.credential_name or tls.credential_names:
-        names = tls.credential_names or [tls.credential_name]
-        context["tls_certificate_sds_secret_configs"] = [ads_secret(n) for n in names]
-        if tls.mode == "MUTUAL":
-            context["validation_context_sds_secret_config"] = ads_secret(f"{names[0]}-cacert")
-    else:
-        context["tls_certificates"] = [{"certificate_chain": {"filename": tls.server_certificate},
-                                        "private_key": {"filename": tls.private_key}}]
-        if tls.mode == "MUTUAL" and tls.ca_certificates:
-            context["validation_context"] = {"trusted_ca": {"filename": tls.ca_certificates}}
-    if tls.min_protocol_version or tls.max_protocol_version:
-        params: dict = {}
-        if tls.min_protocol_version:
-            params["tls_minimum_protocol_version"] = tls.min_protocol_version
-        if tls.max_protocol_version:
-            params["tls_maximum_protocol_version"] = tls.max_protocol_version
-        context["tls_params"] = params
-    context["alpn_protocols"] = ["h2", "http/1.1"]
-    out: dict = {"@type": DOWNSTREAM_TLS, "common_tls_context": context}
-    if tls.mode in ("MUTUAL", "ISTIO_MUTUAL"):
-        out["require_client_certificate"] = True
-    return {"name": "envoy.transport_sockets.tls", "typed_config": out}
 
 
 def _server_names(server: net.Server) -> list[str]:
@@ -253,31 +306,38 @@ def _gateway_server_chains(snapshot: MeshSnapshot, proxy: Proxy, gw: Resource, s
     stat = f"outbound_0.0.0.0_{listen_port}"
     if mode in ("PASSTHROUGH", "AUTO_PASSTHROUGH") or (protocol == "TLS" and mode not in ("SIMPLE", "MUTUAL", "ISTIO_MUTUAL")):
         if mode == "AUTO_PASSTHROUGH":
-            return _auto_passthrough_chains(snapshot, proxy, stat)
+            return _with_network_authz(snapshot, proxy, listen_port, _auto_passthrough_chains(snapshot, proxy, stat))
         hosts = [h.rpartition("/")[2] for h in server.hosts]
         chains = []
         for vs in snapshot.virtual_services_for(proxy, gateway=ref):
             chains += tls_chains(vs, ctx, stat, allowed_hosts=hosts)
-        return chains
+        return _with_network_authz(snapshot, proxy, listen_port, chains)
     if protocol in ("TCP", "MONGO", "MYSQL", "REDIS") or (protocol == "TLS" and mode):
         for vs in snapshot.virtual_services_for(proxy, gateway=ref):
             if vs.spec.tcp:
                 chains = tcp_chains(vs, RouteContext(snapshot, proxy, server.port.number, ref), stat, BLACKHOLE_CLUSTER)
                 if mode:
                     for chain in chains:
-                        chain["transport_socket"] = _downstream_tls(server.tls)
-                return chains
+                        chain["transport_socket"] = gateway_server_tls(server.tls)
+                return _with_network_authz(snapshot, proxy, listen_port, chains)
         return []
-    hcm = http_connection_manager(stat, rds=gateway_route_name(server, gw, listen_port), gateway=True)
+    hcm = http_connection_manager(stat, rds=gateway_route_name(server, gw, listen_port), gateway=True,
+                                  authz=rbac.inbound_http_filters(snapshot, proxy, listen_port))
     chain: dict = {"filters": [hcm]}
     if mode in ("SIMPLE", "MUTUAL", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"):
-        chain["transport_socket"] = _downstream_tls(server.tls)
+        chain["transport_socket"] = gateway_server_tls(server.tls)
         match: dict = {"transport_protocol": "tls"}
         names = _server_names(server)
         if names:
             match["server_names"] = names
         chain["filter_chain_match"] = match
     return [chain]
+
+
+def _with_network_authz(snapshot: MeshSnapshot, proxy: Proxy, listen_port: int, chains: list[dict]) -> list[dict]:
+    """A gateway's TCP chains: its network RBAC filters before tcp_proxy."""
+    authz = rbac.inbound_network_filters(snapshot, proxy, listen_port)
+    return [{**chain, "filters": [*authz, *chain["filters"]]} for chain in chains] if authz else chains
 
 
 def _auto_passthrough_chains(snapshot: MeshSnapshot, proxy: Proxy, stat: str) -> list[dict]:
