@@ -168,18 +168,19 @@ def wait_for_machine(mode: str, timeout: float = MACHINE_WAIT_S) -> None:
         sys.exit(f"another local mesh is running ({busy}); this benchmark needs the machine to itself")
 
 
-def isolate() -> None:
-    """Re-run this script in a network and mount namespace of its own (root): its meshes get their own
-    loopback (the local mesh's fixed ports 15010/15014, 127.1.x.x pod addresses), bridge, /run/netns
-    and a private copy of /etc (for /etc/netns), so another local mesh on the machine neither
-    disturbs the figures nor is disturbed; everything in the namespace goes when it ends."""
+def isolate(script: Path = Path(__file__)) -> None:
+    """Re-run `script` (this one by default) with this process's arguments in a network and mount
+    namespace of its own (root): its meshes get their own loopback (the local mesh's fixed ports
+    15010/15014, 127.1.x.x pod addresses), bridge, /run/netns and a private copy of /etc (for
+    /etc/netns), so another local mesh on the machine neither disturbs the figures nor is
+    disturbed; everything in the namespace goes when it ends."""
     etc_copy = tempfile.mkdtemp(prefix="localmesh-etc-")
     try:
         subprocess.run(["cp", "-a", "/etc/.", etc_copy], check=True, timeout=60)
         Path("/run/netns").mkdir(parents=True, exist_ok=True)
         setup = 'set -e; mount --bind "$1" /etc; mount -t tmpfs localmesh /run/netns; ip link set lo up; shift; exec "$@"'
         argv = ["unshare", "--mount", "--net", "--propagation", "private", "--", "sh", "-c", setup, "sh", etc_copy,
-                sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
+                sys.executable, str(script.resolve()), *sys.argv[1:]]
         code = subprocess.run(argv, check=False, env={**os.environ, ISOLATED_ENV: "1"}).returncode
     finally:
         shutil.rmtree(etc_copy, ignore_errors=True)

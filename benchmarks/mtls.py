@@ -4,7 +4,7 @@ and off (a new sidecar-to-sidecar connection, so a new TLS handshake, for every 
 
 Run:  .venv/bin/python benchmarks/mtls.py [--repeat 3] [--duration 8] [--connections 16] [--threads 2]
           [--modes proxy capture] [--no-isolate] [--out benchmarks/results/mtls.json]
-          (about 7 minutes with the defaults; root for capture mode)
+          (about 6 minutes with the defaults; root for capture mode)
 
 Needs wrk and nginx (Debian: ``apt-get install -y wrk nginx-light``).
 
@@ -28,11 +28,20 @@ warms up 1 s. The configurations run in the order plaintext, mtls, mtls_no_reuse
 reversed on every other repeat, so the two sides of each pair are neighbours in time. Each runs
 the two loads (c16: --connections, --threads, --duration s; c1: 1 connection, half the duration);
 around each wrk run the client sidecar's counters for the backend cluster (``ssl.handshake``,
-``upstream_cx_total``) are read, showing how many TLS handshakes and connections the run made.
+``ssl.session_reused``, ``upstream_cx_total``, ``ssl.versions.*``, ``ssl.ciphers.*``) are read,
+showing how many TLS handshakes (of which resumed sessions) and connections the run made, and with
+what TLS.
+
+In capture mode the client pod's network namespace gets ``net.ipv4.tcp_tw_reuse=1``: connections
+the client sidecar closes sit in TIME_WAIT for 60 s, and without reuse (which Linux does by default
+only on loopback, so in proxy mode already) the plaintext runs without connection reuse exhaust
+the ~28k ephemeral ports and end up measuring connect()'s search for a free one. (mTLS ones barely
+leave TIME_WAIT behind: the backend's close_notify reaches the closed client socket, which resets.)
 
 Derived figures, taken pair by pair within a repeat then as medians: the cost of mTLS with reuse
 (mtls − plaintext), without reuse (mtls_no_reuse − plaintext_no_reuse), and the handshake's
-(the second minus the first): Envoy CPU µs per request (both sidecars), latency ms, req/s ratios.
+(the second minus the first), and, for scale, a new plaintext connection per request
+(plaintext_no_reuse − plaintext): Envoy CPU µs per request (both sidecars), latency ms, req/s ratios.
 
 As root the script re-runs itself in a network and mount namespace of its own (localmesh.py's
 ``isolate``), so meshes others run on the machine neither collide with nor disturb it. Prints a
@@ -44,11 +53,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -66,7 +77,9 @@ SWITCH_TIMEOUT_S = 30.0
 # the client sidecar's counters of the backend cluster (summed over its transport socket matches)
 COUNTERS = {"ssl.handshake": "ssl_handshakes", "ssl.session_reused": "ssl_sessions_reused",
             "upstream_cx_total": "connections"}
-ADMIN_FETCH = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+TLS_PARAMETERS = re.compile(r"ssl\.(versions|ciphers|curves|sigalgs)\.")
+ADMIN_FETCH = ("import sys, urllib.request; "
+               "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())")
 
 PLAINTEXT_DOC = """apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -97,13 +110,12 @@ def reuses(config: str) -> bool:
 # ------------------------------------------------------------------ the sidecars' admin APIs
 
 class Sidecar:
-    """One pod's sidecar Envoy: its admin API (on the pod's loopback: inside its network namespace in
-    capture mode) and its PID."""
+    """One pod's sidecar Envoy, through its admin API (on the pod's loopback: inside its network namespace
+    in capture mode)."""
 
     def __init__(self, pod: Pod, mode: str):
         self.pod = pod
         self.namespace = netns.Network().namespace(pod.name) if mode == "capture" else None
-        self.envoy_pid = lm.envoy_pid(pod.pid)
 
     def admin(self, path: str) -> str:
         argv = [sys.executable, "-c", ADMIN_FETCH, f"http://127.0.0.1:{self.pod.admin_port}{path}"]
@@ -113,20 +125,15 @@ class Sidecar:
         return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=15, env=env).stdout
 
     def backend_counters(self) -> dict[str, int]:
-        """TLS handshakes and connections of the backend cluster so far (every transport socket match)."""
-        pattern = urllib.parse.quote("^cluster\\." + BACKEND_CLUSTER.replace("|", "\\|").replace(".", "\\."))
-        counters = dict.fromkeys(COUNTERS.values(), 0)
-        for line in self.admin(f"/stats?filter={pattern}").splitlines():
-            name, _, value = line.partition(": ")
-            for stat, counter in COUNTERS.items():
-                if name.endswith("." + stat):
-                    counters[counter] += int(value)
-        return counters
+        """The client's counters of the backend cluster, by name after the cluster's (histograms, whose
+        values are not integers, left out)."""
+        query = urllib.parse.quote(f"^cluster\\.{re.escape(BACKEND_CLUSTER)}\\.")
+        lines = [line.partition(": ") for line in self.admin(f"/stats?filter={query}").splitlines()]
+        prefix = f"cluster.{BACKEND_CLUSTER}."
+        return {name.removeprefix(prefix): int(value) for name, _, value in lines if value.isdigit()}
 
     def reuse_time_wait_ports(self) -> None:
-        """Let the pod's new connections reuse local ports in TIME_WAIT (``net.ipv4.tcp_tw_reuse=1``), as
-        Linux already does on loopback (proxy mode): without it, capture mode's plaintext runs without
-        connection reuse run out of ephemeral ports (~28k per 60 s) and measure connect()'s port search."""
+        """Let the pod's new connections reuse local ports in TIME_WAIT (see the module's docstring)."""
         subprocess.run(["ip", "netns", "exec", self.namespace, "sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1"],
                        check=True, timeout=15)
 
@@ -164,18 +171,29 @@ def switch(current: str, target: str, workdir: Path, client: Sidecar, backend: S
     deadline = time.monotonic() + SWITCH_TIMEOUT_S
     while not (client_shows(client, target) and backend.accepts_tls() == is_mtls(target)):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the sidecars did not show configuration {target} within {SWITCH_TIMEOUT_S:.0f} s")
+            warming = BACKEND_CLUSTER in client.admin("/config_dump?resource=dynamic_warming_clusters")
+            raise RuntimeError(f"the sidecars did not show configuration {target} within {SWITCH_TIMEOUT_S:.0f} s"
+                               + (" (the client's backend cluster is still warming: Envoy waits for its endpoints"
+                                  " to be sent again)" if warming else ""))
         time.sleep(0.2)
+
+
+def connection_figures(before: dict[str, int], after: dict[str, int]) -> dict:
+    """What the client sidecar's backend counters moved by: TLS handshakes (of which resumed sessions),
+    connections, and the TLS versions, ciphers, curves and signature algorithms used."""
+    moved = {name: value - before.get(name, 0) for name, value in after.items() if value != before.get(name, 0)}
+    figures = {counter: sum(v for name, v in moved.items() if name == stat or name.endswith("." + stat))
+               for stat, counter in COUNTERS.items()}
+    figures["tls"] = {name.removeprefix("ssl."): v for name, v in moved.items() if TLS_PARAMETERS.match(name)}
+    return figures
 
 
 def measure(mesh: dict, load: dict, client: Sidecar) -> dict:
     """One wrk run through the mesh, with both Envoys' CPU and the client's handshakes and connections."""
     before = client.backend_counters()
-    figures = lm.wrk(mesh["url"], load, host=mesh.get("host"), namespace=mesh.get("namespace"), envoys=mesh["envoys"])
-    after = client.backend_counters()
-    for counter in before:
-        figures[counter] = after[counter] - before[counter]
-    return figures
+    figures = lm.wrk(mesh["url"], load, host=mesh.get("host"), namespace=mesh.get("namespace"),
+                     envoys=mesh["envoys"])
+    return {**figures, **connection_figures(before, client.backend_counters())}
 
 
 def config_order(repeat_index: int) -> tuple[str, ...]:
@@ -215,6 +233,7 @@ def per_config(runs: list[dict]) -> dict:
     for counter in COUNTERS.values():
         out[counter] = lm.stats([r[counter] for r in runs])
         out[f"{counter}_per_request"] = lm.stats([round(r[counter] / r["requests"], 4) for r in runs])
+    out["tls"] = dict(sum((Counter(r["tls"]) for r in runs), Counter()))
     out["non_2xx"] = sum(r["non_2xx"] for r in runs)
     out["socket_errors"] = [r["socket_errors"] for r in runs if r["socket_errors"]]
     return out
@@ -223,7 +242,8 @@ def per_config(runs: list[dict]) -> dict:
 def difference(a: dict, b: dict) -> dict:
     """What run `b` adds over run `a`: CPU µs per request (both sidecars), latency ms, req/s ratio."""
     return {"cpu_us_per_request": sum(b["envoy_cpu_us_per_request"]) - sum(a["envoy_cpu_us_per_request"]),
-            "p50_ms": b["p50_ms"] - a["p50_ms"], "p99_ms": b["p99_ms"] - a["p99_ms"], "rps_ratio": b["rps"] / a["rps"]}
+            "p50_ms": b["p50_ms"] - a["p50_ms"], "p99_ms": b["p99_ms"] - a["p99_ms"],
+            "rps_ratio": b["rps"] / a["rps"]}
 
 
 def summarise_pairs(pairs: list[dict]) -> dict:
@@ -264,30 +284,41 @@ def bench_mode(mode: str, opts: argparse.Namespace) -> dict:
             runs = run_configs(mesh, workdir, client, backend, opts, mode)
             down()
     return {"mesh_target": {k: v for k, v in mesh.items() if k != "envoys"}, "up_s": round(up_s, 2),
+            "time_wait_reuse_in_client_pod": mode == "capture",
             "loads": lm.loads(opts), **{name: summarise_load([r for r in runs if r["load"] == name])
                                          for name in lm.loads(opts)}, "runs": runs}
 
 
 # ------------------------------------------------------------------ report
 
+COSTS = {"mtls_cost_with_reuse": "mTLS, reuse", "mtls_cost_without_reuse": "mTLS, no reuse",
+         "handshake_cost": "handshake", "plaintext_new_connection_cost": "new plaintext conn"}
+
+
+def print_config(prefix: str, config: str, c: dict) -> None:
+    per_request = " ".join(f"{c[f'{counter}_per_request']['median']:{width}.4f}"
+                           for counter, width in zip(COUNTERS.values(), (15, 12, 10)))
+    print(f"{prefix} {config:<19} {lm.cell(c['rps'], '.0f'):>20} {lm.cell(c['p50_ms'], '.3f'):>20} "
+          f"{lm.cell(c['p99_ms'], '.3f'):>20} {c['envoy_cpu_us_per_request']['both']['median']:11.1f} {per_request}")
+
+
+def print_cost(prefix: str, label: str, d: dict) -> None:
+    ratio = f", req/s ×{d['rps_ratio']['median']:.3f}" if "rps_ratio" in d else ""
+    print(f"{prefix} cost of {label:<19} CPU {d['cpu_us_per_request']['median']:+6.1f} µs/req, "
+          f"p50 {d['p50_ms']['median']:+.3f} ms, p99 {d['p99_ms']['median']:+.3f} ms{ratio}")
+
+
 def print_report(results: dict) -> None:
     print("\nmTLS against plaintext on the mesh path (client → sidecar → sidecar → nginx); medians [min–max]")
     print(f"{'mode':<8} {'load':<5} {'config':<19} {'req/s':>20} {'p50 ms':>20} {'p99 ms':>20} "
-          f"{'CPU µs/req':>11} {'handshakes/req':>15} {'conns/req':>10}")
+          f"{'CPU µs/req':>11} {'handshakes/req':>15} {'resumed/req':>12} {'conns/req':>10}")
     for mode, by_load in results.items():
         for name in by_load["loads"]:
-            load = "c16" if name == "loaded" else "c1"
-            r = by_load[name]
-            for config, c in r["configs"].items():
-                print(f"{mode:<8} {load:<5} {config:<19} {lm.cell(c['rps'], '.0f'):>20} {lm.cell(c['p50_ms'], '.3f'):>20} "
-                      f"{lm.cell(c['p99_ms'], '.3f'):>20} {c['envoy_cpu_us_per_request']['both']['median']:11.1f} "
-                      f"{c['ssl_handshakes_per_request']['median']:15.4f} {c['connections_per_request']['median']:10.4f}")
-            for label, key in (("mTLS, reuse", "mtls_cost_with_reuse"), ("mTLS, no reuse", "mtls_cost_without_reuse"),
-                               ("handshake", "handshake_cost"), ("new plaintext conn", "plaintext_new_connection_cost")):
-                d = r[key]
-                ratio = f", req/s ×{d['rps_ratio']['median']:.3f}" if "rps_ratio" in d else ""
-                print(f"{mode:<8} {load:<5} cost of {label:<19} CPU {d['cpu_us_per_request']['median']:+6.1f} µs/req, "
-                      f"p50 {d['p50_ms']['median']:+.3f} ms, p99 {d['p99_ms']['median']:+.3f} ms{ratio}")
+            prefix = f"{mode:<8} {'c16' if name == 'loaded' else 'c1':<5}"
+            for config, figures in by_load[name]["configs"].items():
+                print_config(prefix, config, figures)
+            for key, label in COSTS.items():
+                print_cost(prefix, label, by_load[name][key])
 
 
 def main() -> None:
@@ -307,7 +338,8 @@ def main() -> None:
         lm.isolate(Path(__file__))
     started = time.monotonic()
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "machine": {**machine(), "wrk": lm.tool_version(["wrk", "-v"]), "nginx": lm.tool_version(["nginx", "-v"]),
+              "machine": {**machine(), "wrk": lm.tool_version(["wrk", "-v"]),
+                          "nginx": lm.tool_version(["nginx", "-v"]),
                           "envoy": lm.tool_version([str(find_envoy()), "--version"])},
               "settings": {"repeat": opts.repeat, "duration_s": opts.duration, "connections": opts.connections,
                            "wrk_threads": opts.threads, "body_bytes": len(lm.BODY), "modes": opts.modes,

@@ -68,6 +68,14 @@ def only(outputs) -> Response:
     return response
 
 
+def cds_push(outputs) -> Response:
+    """The CDS response of a push that changed cluster "a", after checking that the only other
+    response resends a's endpoints (Envoy warms an updated cluster until it gets them)."""
+    first, *rest = responses(outputs)
+    assert first.type == "cds" and [(r.type, r.names) for r in rest] in ([], [("eds", ["a"])])
+    return first
+
+
 def synced_sotw_stream(p: Published) -> AdsStream:
     """A SotW stream with all four types requested and ACKed, as Envoy leaves it after start-up."""
     stream = AdsStream(published=p)
@@ -152,7 +160,7 @@ def test_a_removed_cluster_is_a_full_cds_set_without_it():
 
 def test_a_nack_records_its_message_and_the_last_good_state_is_resent_next_time():
     stream = synced_sotw_stream(published())
-    bad = only(stream.update(published(timeout="-1s")))
+    bad = cds_push(stream.update(published(timeout="-1s")))
     assert bad.type == "cds"
     events = stream.receive(sotw("cds", nonce=bad.nonce, version=stream.status("cds").acked_version,
                                  error="cluster a: invalid connect_timeout"))
@@ -166,7 +174,7 @@ def test_a_nack_records_its_message_and_the_last_good_state_is_resent_next_time(
     assert [r.type for r in stream.update(published(timeout="-1s", route_to="b"))] == ["rds"]
     assert stream.status("cds").state == NACKED
     # ... the next different version is sent, as a change from the last good state.
-    fixed = only(stream.update(published(timeout="2s", route_to="b")))
+    fixed = cds_push(stream.update(published(timeout="2s", route_to="b")))
     stream.receive(sotw("cds", nonce=fixed.nonce, version=fixed.payload.version))
     assert stream.status("cds").state == SYNCED and stream.status("cds").nack_message == ""
 
@@ -182,13 +190,26 @@ def test_going_back_to_what_the_client_holds_after_a_nack_is_sent_so_it_can_ack(
     delta_stream = AdsStream(delta=True, published=published())
     answer(delta_stream, only(delta_stream.receive(delta("cds"))))
     for stream in (synced_sotw_stream(published()), delta_stream):
-        answer(stream, only(stream.update(published(timeout="-1s"))), error="no")
+        answer(stream, cds_push(stream.update(published(timeout="-1s"))), error="no")
         assert stream.status("cds").state == NACKED
-        back = only(stream.update(published()))  # the last good content again: nothing new, still sent
+        back = cds_push(stream.update(published()))  # the last good content again: nothing new, still sent
         assert back.names == ([] if stream.delta else ["a", "b"])
         answer(stream, back)
         assert stream.status("cds").state == SYNCED
         assert stream.update(published()) == []
+
+
+def test_an_updated_cluster_gets_its_endpoints_again_unchanged_or_not():
+    delta_stream = AdsStream(delta=True, published=published())
+    for short, names in (("cds", ()), ("eds", ("a", "b"))):
+        answer(delta_stream, only(delta_stream.receive(delta(short, subscribe=names))))
+    for stream in (synced_sotw_stream(published()), delta_stream):
+        pushed = responses(stream.update(published(timeout="3s")))  # cluster a changes, endpoints do not
+        assert [(r.type, r.names) for r in pushed] == [("cds", ["a", "b"] if not stream.delta else ["a"]),
+                                                        ("eds", ["a"])]
+        for response in pushed:
+            answer(stream, response)
+        assert stream.update(published(timeout="3s")) == []  # nothing new: nothing resent
 
 
 def test_a_new_stream_is_sent_everything_again():
@@ -264,7 +285,7 @@ def test_delta_reconnect_sends_only_what_differs_from_initial_versions():
 def test_delta_nack_then_fix():
     stream = AdsStream(delta=True, published=published())
     stream.receive(delta("cds", nonce=only(stream.receive(delta("cds"))).nonce))
-    bad = only(stream.update(published(timeout="-1s")))
+    bad = cds_push(stream.update(published(timeout="-1s")))
     assert stream.receive(delta("cds", nonce=bad.nonce, error="bad a")) == [Nack("cds", bad.nonce, "bad a")]
     assert stream.status("cds").state == NACKED
     fixed = only(stream.update(published(timeout="3s")))

@@ -17,7 +17,9 @@ Rules, per type URL (cds, eds, lds, rds; other types are ignored):
 * What is sent: SotW sends the full set for wildcard types whenever anything in it
   changed, and only changed resources for named types (Envoy keeps named resources
   it is not sent); delta sends changed resources and `removed_resources`.
-* Pushes go in the order CDS, EDS, LDS, RDS (make before break).
+* Pushes go in the order CDS, EDS, LDS, RDS (make before break). An updated cluster is
+  warming in Envoy until it receives its endpoints again, so the endpoints of every
+  cluster a CDS push changes are resent with the EDS push that follows, changed or not.
 
 Sharing: proxies that hold the same resources share `ResourceMap`s; what to send
 from one map to another is computed once (memo on the new map) and serialised once
@@ -293,6 +295,20 @@ class AdsStream:
         state.acked = (state.held, state.held_names)
         return [Ack(state.short, status.acked_version, nonce)]
 
+    @staticmethod
+    def _updated(state: _TypeState, payload: Payload) -> frozenset[str]:
+        """Resources the client holds in another version, which this payload replaces."""
+        return frozenset(r.name for r in payload.resources
+                         if _held_version(state.held, state.held_names, r.name) not in (None, r.version))
+
+    def _forget_endpoints_of(self, clusters: frozenset[str]) -> None:
+        """Envoy warms an updated cluster until it gets that cluster's endpoints again, even unchanged
+        ones; so the next EDS push resends them (it follows this CDS push)."""
+        eds = self._types.get("eds")
+        if not clusters or eds is None or eds.held is None:
+            return
+        eds.held_names = intern_names(frozenset(_held_names(eds.held, eds.held_names)) - clusters)
+
     def _subscribe(self, state: _TypeState, names: frozenset[str] | None) -> None:
         """A new subscription; the client forgets what it no longer subscribes to."""
         state.names = names
@@ -314,6 +330,8 @@ class AdsStream:
             return []
         if payload.nonce in (status.nonce, state.answered):
             payload = payload.renamed()
+        if state.short == "cds":
+            self._forget_endpoints_of(self._updated(state, payload))
         state.held, state.held_names = current, state.names
         status.state, status.sent_version, status.nonce = STALE, current.version, payload.nonce
         return [Response(payload)]
