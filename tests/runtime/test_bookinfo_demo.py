@@ -164,11 +164,14 @@ def test_istio_mutual_destination_rules(demo) -> None:
     workdir, browser = demo
     apply(workdir, "destination-rule-all-mtls.yaml", "virtual-service-all-v1.yaml")
     eventually(lambda: {browser.stars() for _ in range(10)} == {"none"}, "all-v1 over ISTIO_MUTUAL: reviews v1")
-    dump = json.loads(envoy_admin(workdir, "productpage-v1-0", "/config_dump"))
-    clusters = next(c for c in dump["configs"] if c["@type"].endswith("ClustersConfigDump"))
-    v1 = next(c["cluster"] for c in clusters["dynamic_active_clusters"]
-              if c["cluster"]["name"] == "outbound|9080|v1|reviews.default.svc.cluster.local")
-    tls = v1["transport_socket"]["typed_config"]["common_tls_context"]  # the rule's, for every endpoint
+    def active_v1() -> dict:
+        dump = json.loads(envoy_admin(workdir, "productpage-v1-0", "/config_dump"))
+        clusters = next(c for c in dump["configs"] if c["@type"].endswith("ClustersConfigDump"))
+        return next(c["cluster"] for c in clusters["dynamic_active_clusters"]
+                    if c["cluster"]["name"] == "outbound|9080|v1|reviews.default.svc.cluster.local")
+
+    eventually(lambda: "transport_socket" in active_v1(), "the v1 cluster active with the rule's ISTIO_MUTUAL")
+    tls = active_v1()["transport_socket"]["typed_config"]["common_tls_context"]  # the rule's, for every endpoint
     assert tls["tls_certificate_sds_secret_configs"][0]["name"] == "default"
     assert "ROOTCA" in json.dumps(tls["combined_validation_context"])
     assert "spiffe://cluster.local/ns/default/sa/bookinfo-reviews" in json.dumps(tls)
