@@ -9,9 +9,11 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from meshes import down_leaves_nothing, envoy_admin, wait_for_no_other_mesh
 
 from plait.testing.http import http_request
-from plait.testing.live import free_port, run_plait as plait, wait_until
+from plait.testing.live import free_port, wait_until
+from plait.testing.live import run_plait as plait
 
 MODES = ["proxy", "capture"]  # capture needs root (CI runs as root) and fails loudly without it
 
@@ -51,18 +53,14 @@ class Browser:
 def demo(request, tmp_path_factory):
     workdir = tmp_path_factory.mktemp(f"bookinfo-{request.param}")
     port = free_port()
+    wait_for_no_other_mesh()
     result = plait("demo", "bookinfo", "-d", "--mode", request.param, "--ingress-port", str(port), cwd=workdir)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"http://127.0.0.1:{port}/productpage" in result.stdout
     try:
         yield workdir, Browser(port)
     finally:
-        down = plait("down", cwd=workdir)
-        assert down.returncode == 0 and "nothing left running" in down.stdout, down.stdout + down.stderr
-        if request.param == "capture":  # no namespaces, veths, bridge or hosts files left behind
-            from plait.runtime import netns
-
-            assert netns.leftovers(netns.Network()) == []
+        down_leaves_nothing(workdir, workdir / ".plait", request.param)
 
 
 def apply(workdir: Path, *names: str) -> None:
@@ -141,22 +139,6 @@ def test_a_killed_replica_is_restarted_and_the_page_recovers(demo) -> None:
     assert " 1 " in next(line for line in status.splitlines() if "productpage-v1-0" in line) + " "
 
 
-def envoy_admin(workdir: Path, pod_name: str, path: str) -> str:
-    """A GET on a pod's Envoy admin API, on 127.0.0.1 where that Envoy runs (in capture mode inside the pod)."""
-    import subprocess
-
-    from plait.runtime import netns
-    from plait.runtime.local import State, pod_argv
-
-    state = State.load(workdir / ".plait")
-    pod = next(p for p in state.pods if p.name == pod_name)
-    if state.mode == "proxy":
-        return http_request("127.0.0.1", pod.admin_port, path).body.decode()
-    argv = pod_argv(workdir / ".plait", netns.Network().namespace(pod_name),
-                    ["curl", "-sf", "--max-time", "5", f"http://127.0.0.1:{pod.admin_port}{path}"])
-    return subprocess.run(argv, capture_output=True, text=True, timeout=20, check=True).stdout
-
-
 def test_istio_mutual_destination_rules(demo) -> None:
     """Istio's destination-rule-all-mtls.yaml: ISTIO_MUTUAL from the rules themselves, the page unchanged."""
     import json
@@ -165,7 +147,7 @@ def test_istio_mutual_destination_rules(demo) -> None:
     apply(workdir, "destination-rule-all-mtls.yaml", "virtual-service-all-v1.yaml")
     eventually(lambda: {browser.stars() for _ in range(10)} == {"none"}, "all-v1 over ISTIO_MUTUAL: reviews v1")
     def active_v1() -> dict:
-        dump = json.loads(envoy_admin(workdir, "productpage-v1-0", "/config_dump"))
+        dump = json.loads(envoy_admin(workdir / ".plait", "productpage-v1-0", "/config_dump"))
         clusters = next(c for c in dump["configs"] if c["@type"].endswith("ClustersConfigDump"))
         return next(c["cluster"] for c in clusters["dynamic_active_clusters"]
                     if c["cluster"]["name"] == "outbound|9080|v1|reviews.default.svc.cluster.local")
@@ -175,7 +157,7 @@ def test_istio_mutual_destination_rules(demo) -> None:
     assert tls["tls_certificate_sds_secret_configs"][0]["name"] == "default"
     assert "ROOTCA" in json.dumps(tls["combined_validation_context"])
     assert "spiffe://cluster.local/ns/default/sa/bookinfo-reviews" in json.dumps(tls)
-    stats = envoy_admin(workdir, "productpage-v1-0", "/stats?filter=^cluster\\.outbound\\|9080\\|v1\\|reviews")
+    stats = envoy_admin(workdir / ".plait", "productpage-v1-0", "/stats?filter=^cluster\\.outbound\\|9080\\|v1\\|reviews")
     handshakes = re.search(r"^cluster\.outbound\|9080\|v1\|reviews\.default\.svc\.cluster\.local\.ssl\.handshake: (\d+)$",
                            stats, flags=re.MULTILINE)
     assert handshakes and int(handshakes.group(1)) > 0, stats

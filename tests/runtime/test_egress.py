@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -26,8 +25,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from meshes import down_leaves_nothing, wait_for_no_other_mesh
 
-from plait.agent.processes import alive
 from plait.runtime import netns
 from plait.runtime.local import State
 from plait.testing.backends import HttpBackend
@@ -40,7 +39,6 @@ DOC = Path(__file__).parents[2] / "docs" / "egress.md"
 EXTERNAL_HOST = "httpbin.external.test"
 EXTERNAL_ADDRESS = "240.240.0.1"  # the ServiceEntry's address: what the host name resolves to in a pod
 DOC_EXTERNAL_PORT = 8000  # where the docs' external server listens; the test picks a free port
-MESH_PORTS = (15010, 15014, 8081)  # the control plane's xDS and API ports, the egress gateway's port
 
 CLIENT = """\
 apiVersion: v1
@@ -226,31 +224,6 @@ class Mesh:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_for_no_other_mesh() -> None:
-    """Local meshes share fixed ports and the capture bridge: wait (bounded) until none runs here."""
-    wait_until(lambda: not any(listening(p) for p in MESH_PORTS) and not netns.leftovers(netns.Network()),
-               120, f"another local mesh on this machine to stop (ports {MESH_PORTS}, bridge plait0)", interval=1)
-
-
-def stop(mesh: Mesh) -> None:
-    """`plait down`, then check that nothing is left: processes, and in capture mode namespaces,
-    veths, the bridge and hosts files."""
-    state = State.load(mesh.state_dir)
-    down = plait("down", "--state-dir", str(mesh.state_dir), cwd=mesh.workdir)
-    assert down.returncode == 0 and "nothing left running" in down.stdout, down.stdout + down.stderr
-    if state:
-        pids = [state.supervisor_pid, state.control_plane_pid] + [p.pid for p in state.pods]
-        assert not [pid for pid in pids if pid and alive(pid)]
-    if mesh.mode == "capture":
-        assert netns.leftovers(netns.Network()) == []
-
-
 @pytest.fixture(scope="module", params=MODES)
 def mesh(request, tmp_path_factory):
     workdir = tmp_path_factory.mktemp(f"egress-{request.param}")
@@ -258,7 +231,7 @@ def mesh(request, tmp_path_factory):
         mesh = Mesh(request.param, workdir, workdir / "state", external)
         (workdir / "client.yaml").write_text(CLIENT)
         (workdir / "egress.yaml").write_text(egress_yaml(external.port))
-        wait_for_no_other_mesh()
+        wait_for_no_other_mesh(extra_ports=(8081,))
         started = time.monotonic()
         try:
             up = plait("up", "-f", "client.yaml", "-f", "egress.yaml", "-d", "--mode", mesh.mode,
@@ -267,7 +240,7 @@ def mesh(request, tmp_path_factory):
             print(f"{mesh.mode}: mesh ready in {time.monotonic() - started:.1f}s")
             yield mesh
         finally:
-            stop(mesh)
+            down_leaves_nothing(mesh.workdir, mesh.state_dir, mesh.mode)
 
 
 def test_external_host_is_reached_through_the_egress_gateway(mesh: Mesh) -> None:

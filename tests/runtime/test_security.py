@@ -42,7 +42,6 @@ import contextlib
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -55,8 +54,8 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from meshes import down_leaves_nothing, envoy_admin, wait_for_no_other_mesh
 
-from plait.agent.processes import alive
 from plait.ca.authority import root_cert_path
 from plait.ca.tokens import token_key_path
 from plait.cli import envoyconfig
@@ -71,7 +70,6 @@ from plait.testing.live import run_plait as plait
 MODES = ["proxy", "capture"]  # capture needs root (CI runs as root) and fails loudly without it
 BOOKINFO = Path(__file__).parents[2] / "src" / "plait" / "demo" / "bookinfo"
 CERT_TTL = 10  # seconds: agents renew at half life, so every certificate rotates every ~5 s
-MESH_PORTS = (15010, 15012, 15014)
 TRUST = "spiffe://cluster.local/ns/default/sa/"
 ISSUER = SUBJECT = "testing@secure.istio.io"  # as in Istio's JWT tasks
 
@@ -166,7 +164,7 @@ class Mesh:
 
     def in_pod(self, pod: str, argv: list[str], timeout: float = 20) -> subprocess.CompletedProcess:
         """Capture mode: run `argv` inside `pod` exactly as the mesh runs the pod's processes."""
-        argv = pod_argv(self.state_dir, netns.Network().namespace(pod), argv)
+        argv = pod_argv(self.state_dir, pod, argv)
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
     def curl(self, pod: str, url: str, headers: dict[str, str] | None = None) -> CurlReply:
@@ -184,13 +182,7 @@ class Mesh:
         return CurlReply(done.returncode, int(status or 0), body)
 
     def admin(self, pod: str, path: str) -> str:
-        """A GET on `pod`'s Envoy admin API (127.0.0.1 where that Envoy runs: in a capture pod, its own)."""
-        where = self.pod(pod)
-        if self.mode == "capture" and where.kind != "gateway":
-            done = self.in_pod(pod, ["curl", "-sf", "--max-time", "5", f"http://127.0.0.1:{where.admin_port}{path}"])
-            assert done.returncode == 0, f"{pod} admin {path}: curl exit {done.returncode} {done.stderr}"
-            return done.stdout
-        return http_request("127.0.0.1", where.admin_port, path).body.decode()
+        return envoy_admin(self.state_dir, pod, path)
 
     def counter(self, pod: str, name: str) -> int:
         """One Envoy stat of `pod` (0 while Envoy does not have it yet)."""
@@ -277,29 +269,6 @@ def page_keeps_working(mesh: Mesh) -> None:
     assert all(complete(mesh.page()) for _ in range(5))
 
 
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_for_no_other_mesh() -> None:
-    """Local meshes share fixed ports and the capture bridge: wait (bounded) until none runs here."""
-    wait_until(lambda: not any(listening(p) for p in MESH_PORTS) and not netns.leftovers(netns.Network()),
-               120, f"another local mesh on this machine to stop (ports {MESH_PORTS}, bridge plait0)", interval=1)
-
-
-def stop(mesh: Mesh) -> None:
-    """`plait down`, then check that nothing is left: processes, and in capture mode namespaces."""
-    state = State.load(mesh.state_dir)
-    down = plait("down", "--state-dir", str(mesh.state_dir), cwd=mesh.workdir)
-    assert down.returncode == 0 and "nothing left running" in down.stdout, down.stdout + down.stderr
-    pids = [state.supervisor_pid, state.control_plane_pid] + [p.pid for p in state.pods]
-    assert not [pid for pid in pids if pid and alive(pid)]
-    if mesh.mode == "capture":
-        assert netns.leftovers(netns.Network()) == []
-
-
 @pytest.fixture(scope="module", params=MODES)
 def mesh(request, tmp_path_factory):
     workdir = tmp_path_factory.mktemp(f"security-{request.param}")
@@ -316,7 +285,7 @@ def mesh(request, tmp_path_factory):
         yield mesh
     finally:
         if State.load(mesh.state_dir):  # nothing to stop when `plait up` refused to start
-            stop(mesh)
+            down_leaves_nothing(mesh.workdir, mesh.state_dir, mesh.mode)
 
 
 capture_only = pytest.mark.parametrize("mesh", ["capture"], indirect=True)

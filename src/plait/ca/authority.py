@@ -18,10 +18,12 @@ then the intermediates, then the root last.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +100,16 @@ def write_file(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool = 
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def load_or_create_secret(path: Path, make: Callable[[], bytes]) -> bytes:
+    """The secret kept in `path`, created the first time by `make` (0600, in a 0700 directory).
+    Safe when several processes call it at once: one file wins, all read it."""
+    if not path.exists():
+        make_private_dir(path.parent)
+        with contextlib.suppress(FileExistsError):  # another process made it first; use theirs
+            write_file(path, make(), exclusive=True)
+    return path.read_bytes()
 
 
 def pem(cert: x509.Certificate) -> bytes:

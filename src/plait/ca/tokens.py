@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from plait.ca.authority import ca_dir_of, make_private_dir, write_file
+from plait.ca.authority import ca_dir_of, load_or_create_secret
 
 ISSUER = "plait/local"
 AUDIENCE = "istio-ca"
@@ -78,14 +78,7 @@ class TokenIssuer:
     def load_or_create(cls, path: Path) -> TokenIssuer:
         """The key at `path`, created (random, 0600, in a 0700 directory) if absent. Safe when
         the runtime and the control plane both call it at once: one file wins, both read it."""
-        path = Path(path)
-        if not path.exists():
-            make_private_dir(path.parent)
-            try:
-                write_file(path, os.urandom(KEY_BYTES), exclusive=True)
-            except FileExistsError:
-                pass
-        return cls(path.read_bytes())
+        return cls(load_or_create_secret(Path(path), lambda: os.urandom(KEY_BYTES)))
 
     def issue(self, namespace: str, service_account: str, pod: str, ttl_seconds: int = DEFAULT_TTL, *,
               now: float | None = None) -> str:

@@ -42,7 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from plait import __version__
 from plait.api.errors import Problem
 from plait.api.loader import LoadResult, parse_text
-from plait.ca.authority import make_private_dir, write_file
+from plait.ca.authority import load_or_create_secret
 from plait.ca.tokens import InvalidToken
 from plait.controlplane.mesh import MeshState
 from plait.sources.files import Change
@@ -63,13 +63,7 @@ def admin_token_path(state_dir: Path) -> Path:
 def load_or_create_admin_token(path: Path) -> str:
     """The admin token kept in `path`, created the first time (random, 0600, in a 0700 directory).
     It survives restarts, so a token handed out keeps working; delete the file and restart to change it."""
-    if not path.exists():
-        make_private_dir(path.parent)
-        try:
-            write_file(path, secrets.token_urlsafe(32).encode(), exclusive=True)
-        except FileExistsError:
-            pass  # another process made it first; use theirs
-    return path.read_text().strip()
+    return load_or_create_secret(path, lambda: secrets.token_urlsafe(32).encode()).decode().strip()
 
 
 class PodIdentity(Protocol):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -92,10 +93,11 @@ def control_plane_state(state_dir: Path) -> Path:
     return state_dir / "control-plane"
 
 
-def pod_argv(state_dir: Path, netns: str, argv: list[str]) -> list[str]:
+def pod_argv(state_dir: Path, pod_name: str, argv: list[str]) -> list[str]:
     """The command line running `argv` in a capture-mode pod as the mesh runs pods: in its network
     namespace, with the control plane's keys hidden from it (see `netns.exec_argv`)."""
-    return capture.exec_argv(netns, argv, hide=[control_plane_state(state_dir).resolve()])
+    return capture.exec_argv(capture.Network().namespace(pod_name), argv,
+                             hide=[control_plane_state(state_dir).resolve()])
 
 
 def _probe_url(container, app_ip: str) -> str | None:
@@ -204,26 +206,30 @@ class LocalMesh:
 
     def _issue_token(self, pod: Pod) -> Path:
         """The pod's service-account token: what it proves its identity to the CA with (owner-only)."""
-        from plait.ca.tokens import TokenIssuer, token_key_path
+        from plait.ca.authority import write_file
 
-        token = TokenIssuer.load_or_create(token_key_path(self.control_plane_state)).issue(
-            pod.namespace, pod.service_account, pod.name)
         path = self._pod_dir(pod) / TOKEN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(token)
+        write_file(path, self._tokens.issue(pod.namespace, pod.service_account, pod.name).encode())
         return path
 
+    @functools.cached_property
+    def _tokens(self):
+        """The control plane's token issuer (its key is read once, after the control plane made it)."""
+        from plait.ca.tokens import TokenIssuer, token_key_path
+
+        return TokenIssuer.load_or_create(token_key_path(self.control_plane_state))
+
     async def _spawn(self, args: list[str], log_name: str, env: dict[str, str] | None = None,
-                     netns: str | None = None):
+                     pod_name: str | None = None):
+        """Start `plait ARGS`, logging to logs/LOG_NAME.log; with `pod_name`, inside that capture-mode pod."""
         log_path = self.state_dir / "logs" / f"{log_name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         from plait.agent.processes import die_with_parent
 
         argv = [self.python, "-m", "plait", *args]
-        if netns:
-            argv = pod_argv(self.state_dir, netns, argv)
+        if pod_name:
+            argv = pod_argv(self.state_dir, pod_name, argv)
         with open(log_path, "ab") as out:
             process = await asyncio.create_subprocess_exec(
                 *argv, stdout=out, stderr=asyncio.subprocess.STDOUT,
@@ -253,8 +259,8 @@ class LocalMesh:
         return args
 
     async def _start_pod(self, pod: Pod) -> None:
-        netns = self.network.namespace(pod.name) if self.mode == "capture" and pod.kind != "gateway" else None
-        process, pod.log = await self._spawn(self._agent_args(pod), pod.name, pod.env, netns)
+        in_pod = self.mode == "capture" and pod.kind != "gateway"
+        process, pod.log = await self._spawn(self._agent_args(pod), pod.name, pod.env, pod.name if in_pod else None)
         self.processes[pod.name] = process
         pod.pid, pod.started_at = process.pid, time.time()
         self.state.save()
@@ -306,12 +312,9 @@ class LocalMesh:
         raise RuntimeError("the control plane did not become ready in 30 s")
 
     def _publish_root_cert(self) -> None:
-        from plait.ca.authority import root_cert_path
+        from plait.ca.authority import root_cert_path, write_file
 
-        tmp = self.root_cert.with_suffix(".tmp")
-        tmp.write_bytes(root_cert_path(self.control_plane_state).read_bytes())
-        tmp.chmod(0o644)
-        tmp.replace(self.root_cert)
+        write_file(self.root_cert, root_cert_path(self.control_plane_state).read_bytes(), mode=0o644)
 
     async def _apply_config(self) -> None:
         from plait.cli.client import Http

@@ -316,18 +316,14 @@ def rule_clauses(rule: Rule, namespace: str, *, for_tcp: bool, action: str) -> l
     that cannot be translated (an ALLOW rule is then left out, a DENY rule loses the condition)."""
     out: list[Clause] = []
     options = {"for_tcp": for_tcp, "action": action}
-    for i, entry in enumerate(rule.from_):
-        source = entry.source.model_dump(by_alias=True)
-        for field, key in SOURCE_FIELDS:
-            label = f"from[{i}].source."
-            out += _clauses(label + field, ATTRIBUTES[key], i, source[field], source[_not(field)], namespace,
-                            not_label=label + _not(field), **options)
-    for i, entry in enumerate(rule.to):
-        operation = entry.operation.model_dump(by_alias=True)
-        for field, key in OPERATION_FIELDS:
-            label = f"to[{i}].operation."
-            out += _clauses(label + field, ATTRIBUTES[key], i, operation[field], operation[_not(field)], namespace,
-                            not_label=label + _not(field), **options)
+    sides = (("from[{}].source.", [e.source for e in rule.from_], SOURCE_FIELDS),
+             ("to[{}].operation.", [e.operation for e in rule.to], OPERATION_FIELDS))
+    for prefix, entries, fields in sides:
+        for i, entry in enumerate(entries):
+            values, label = entry.model_dump(by_alias=True), prefix.format(i)
+            for field, key in fields:
+                out += _clauses(label + field, ATTRIBUTES[key], i, values[field], values[_not(field)], namespace,
+                                not_label=label + _not(field), **options)
     for i, condition in enumerate(rule.when):
         try:
             attr = attribute(condition.key)

@@ -1,0 +1,55 @@
+"""Helpers shared by the tests that run whole local meshes (`plait up -d` … `plait down`)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+from plait.agent.processes import alive
+from plait.runtime import netns
+from plait.runtime.local import API_PORT, CA_PORT, XDS_PORT, State, pod_argv
+from plait.testing.http import http_request
+from plait.testing.live import run_plait, wait_until
+
+CONTROL_PLANE_PORTS = (XDS_PORT, CA_PORT, API_PORT)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for_no_other_mesh(extra_ports: tuple[int, ...] = ()) -> None:
+    """Local meshes share fixed ports and the capture bridge: wait (bounded) until none runs here."""
+    ports = CONTROL_PLANE_PORTS + extra_ports
+    wait_until(lambda: not any(listening(p) for p in ports) and not netns.leftovers(netns.Network()),
+               120, f"another local mesh on this machine to stop (ports {ports}, bridge plait0)", interval=1)
+
+
+def down_leaves_nothing(workdir: Path, state_dir: Path, mode: str) -> None:
+    """`plait down`, then check that nothing is left: processes, and in capture mode namespaces,
+    veths, the bridge and hosts files."""
+    state = State.load(state_dir)
+    down = run_plait("down", "--state-dir", str(state_dir), cwd=workdir)
+    assert down.returncode == 0 and "nothing left running" in down.stdout, down.stdout + down.stderr
+    if state:
+        pids = [state.supervisor_pid, state.control_plane_pid] + [p.pid for p in state.pods]
+        assert not [pid for pid in pids if pid and alive(pid)]
+    if mode == "capture":
+        assert netns.leftovers(netns.Network()) == []
+
+
+def envoy_admin(state_dir: Path, pod_name: str, path: str) -> str:
+    """A GET on a pod's Envoy admin API, on 127.0.0.1 where that Envoy runs: in a capture-mode pod
+    its own loopback, reached by running curl inside the pod exactly as the mesh runs the pod."""
+    state = State.load(state_dir)
+    pod = next(p for p in state.pods if p.name == pod_name)
+    if state.mode == "proxy" or pod.kind == "gateway":
+        return http_request("127.0.0.1", pod.admin_port, path).body.decode()
+    argv = pod_argv(state_dir, pod_name,
+                    ["curl", "-sf", "--max-time", "5", f"http://127.0.0.1:{pod.admin_port}{path}"])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+    assert done.returncode == 0, f"{pod_name} admin {path}: curl exit {done.returncode} {done.stderr}"
+    return done.stdout
