@@ -558,15 +558,16 @@ def test_a_pod_cannot_read_the_control_plane_keys(mesh: Mesh) -> None:
 
 
 @capture_only
-@pytest.mark.xfail(strict=True, reason=(
-    "capture-mode pods run as root with CAP_DAC_OVERRIDE and see the whole run directory: only the control "
-    "plane's state is hidden (plait.runtime.local.pod_argv), so any pod reads <state>/pods/<other pod>/istio-token "
-    "and gets that pod's identity from the CA (and can connect to its SDS socket <state>/pods/<pod>/proxy/sds.sock, "
-    "which serves the private key)"))
 def test_a_pod_cannot_use_another_pods_token(mesh: Mesh) -> None:
-    stolen = mesh.state_dir / "pods" / "reviews-v1-0" / TOKEN_FILE
-    done = mesh.in_pod("ratings-v1-0", ["cat", str(stolen)])
-    assert done.returncode != 0 and done.stdout == "", "the ratings pod read reviews' token"
+    """Each pod sees only its own directory under <state>/pods: not another pod's token (which the
+    CA would take as that pod's identity) nor its SDS socket (which serves its private key)."""
+    others = mesh.state_dir / "pods" / "reviews-v1-0"
+    for stolen in (others / TOKEN_FILE, others / "proxy" / "sds.sock"):
+        done = mesh.in_pod("ratings-v1-0", ["cat", str(stolen)])
+        assert done.returncode != 0 and done.stdout == "", f"the ratings pod read {stolen}"
+    assert mesh.in_pod("ratings-v1-0", ["ls", "-A", str(mesh.state_dir / "pods")]).stdout.split() == ["ratings-v1-0"]
+    own = mesh.in_pod("ratings-v1-0", ["cat", str(mesh.state_dir / "pods" / "ratings-v1-0" / TOKEN_FILE)])
+    assert own.returncode == 0 and own.stdout.count(".") == 2  # its own token: a JWT
 
 
 @capture_only

@@ -95,9 +95,12 @@ def control_plane_state(state_dir: Path) -> Path:
 
 def pod_argv(state_dir: Path, pod_name: str, argv: list[str]) -> list[str]:
     """The command line running `argv` in a capture-mode pod as the mesh runs pods: in its network
-    namespace, with the control plane's keys hidden from it (see `netns.exec_argv`)."""
+    namespace, seeing neither the control plane's keys nor other pods' directories (their tokens,
+    their SDS sockets), only its own (see `netns.exec_argv`)."""
+    state_dir = state_dir.resolve()
     return capture.exec_argv(capture.Network().namespace(pod_name), argv,
-                             hide=[control_plane_state(state_dir).resolve()])
+                             hide=[control_plane_state(state_dir), state_dir / "pods"],
+                             keep=state_dir / "pods" / pod_name)
 
 
 def _probe_url(container, app_ip: str) -> str | None:

@@ -177,22 +177,35 @@ DROPPED_CAPABILITIES = "-sys_admin,-sys_ptrace,-sys_module"
 
 
 def exec_argv(namespace: str, argv: Sequence[str], *, uid: int | None = None, gid: int | None = None,
-              hide: Sequence[Path] = ()) -> list[str]:
+              hide: Sequence[Path] = (), keep: Path | None = None) -> list[str]:
     """The command line running `argv` in `namespace`, as `uid`/`gid` (gid defaults to uid) if given.
 
     Use ``uid=PROXY_UID`` for the sidecar: iptables leaves uid 1337's own connections alone.
-    `hide`: directories to cover with an empty, inaccessible tmpfs in the process's mount namespace
-    (`ip netns exec` gives it a private one); the pod then loses CAP_SYS_ADMIN and CAP_SYS_PTRACE
-    (DROPPED_CAPABILITIES), so not even root in it can unmount that or look through another
-    process's /proc/PID/root.
+    `hide`: directories to cover with an empty tmpfs in the process's mount namespace (`ip netns
+    exec` gives it a private one); `keep`: a directory inside one of them that stays visible (it is
+    opened before the cover goes on and bind-mounted back through that descriptor). The process then
+    loses CAP_SYS_ADMIN and CAP_SYS_PTRACE (DROPPED_CAPABILITIES), so not even root in it can unmount
+    a cover or look through another process's /proc/PID/root.
     """
     prefix = ["ip", "netns", "exec", namespace]
     if hide:
-        mounts = " && ".join(f'mount -t tmpfs -o size=4k,mode=000 plait-hidden "${i + 1}"' for i in range(len(hide)))
-        prefix += ["sh", "-c", f'{mounts} && shift {len(hide)} && exec setpriv --bounding-set={DROPPED_CAPABILITIES} "$@"', "sh", *map(str, hide)]
+        prefix += ["sh", "-c", _cover_script(hide, keep), "sh", *map(str, hide), *([str(keep)] if keep else [])]
     if uid is not None:
         prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid if gid is None else gid}", "--clear-groups"]
     return [*prefix, *argv]
+
+
+def _cover_script(hide: Sequence[Path], keep: Path | None) -> str:
+    """sh -c script for `exec_argv`: positional parameters are the hidden directories, then `keep`."""
+    steps = ['exec 3<"${%d}"' % (len(hide) + 1)] if keep else []
+    for i, path in enumerate(hide, 1):
+        mode = "711" if keep and path in keep.parents else "000"  # 711: a path through, no listing
+        steps.append(f'mount -t tmpfs -o size=4k,mode={mode} plait-hidden "${{{i}}}"')
+    if keep:
+        at = '"${%d}"' % (len(hide) + 1)
+        steps.append(f"mkdir -p {at} && mount --no-canonicalize --bind /proc/self/fd/3 {at} && exec 3<&-")
+    shift = len(hide) + (1 if keep else 0)
+    return " && ".join(steps) + f' && shift {shift} && exec setpriv --bounding-set={DROPPED_CAPABILITIES} "$@"'
 
 
 def namespace_pids(namespace: str) -> list[int]:
