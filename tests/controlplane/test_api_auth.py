@@ -20,7 +20,7 @@ from plait.controlplane.api import Api, admin_token_path, load_or_create_admin_t
 from plait.controlplane.mesh import MeshState
 from plait.model import MeshSnapshot
 from plait.sources.files import FileStore
-from plait.sources.workloads import WorkloadRegistry
+from plait.sources.workloads import WorkloadRegistry, parse_workload
 from plait.xds.hub import XdsHub
 
 ADMIN = "admin-token-0123456789abcdef"
@@ -226,3 +226,24 @@ def test_the_admin_token_file_is_owner_only_and_kept_across_restarts(tmp_path) -
     assert len(token) >= 40 and path.stat().st_mode & 0o777 == 0o600
     assert path.parent.stat().st_mode & 0o777 == 0o700
     assert load_or_create_admin_token(path) == token
+
+
+def test_mesh_state_settles_only_once_a_change_is_in_the_snapshot(tmp_path) -> None:
+    """/debug/syncz waits on `settled()`, so a workload registered before it asks is in what proxies
+    were sent (`plait up -d` relies on this to not call a mesh ready a debounce interval too early)."""
+    async def test() -> None:
+        store = FileStore(tmp_path)
+        store.load()
+        state = MeshState(store, WorkloadRegistry(), debounce=0.2)
+        state.rebuild()
+        task = asyncio.create_task(state.run())
+        try:
+            state.registry.register(parse_workload({"name": "w", "namespace": "default", "address": "10.0.0.1"}))
+            state.changed()
+            assert state.snapshot.workload("default/w") is None  # still debouncing
+            await asyncio.wait_for(state.settled(), 2)
+            assert state.snapshot.workload("default/w") is not None
+        finally:
+            task.cancel()
+
+    asyncio.run(test())

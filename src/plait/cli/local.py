@@ -40,9 +40,10 @@ def pick_mode(requested: str) -> tuple[str, str]:
 
 def _pod_rows(state: State) -> list[tuple[str, ...]]:
     try:
-        syncz = {s["proxy_id"]: s for s in Http(f"http://127.0.0.1:{API_PORT}", timeout=2).get("/debug/syncz")}
-        workloads = {(w["namespace"], w["name"]): w for w in Http(f"http://127.0.0.1:{API_PORT}", timeout=2)
-                     .get("/api/v1/workloads")}
+        api = Http(f"http://127.0.0.1:{API_PORT}", timeout=2)
+        # workloads first: syncz answers once their registrations are in what proxies were sent
+        workloads = {(w["namespace"], w["name"]): w for w in api.get("/api/v1/workloads")}
+        syncz = {s["proxy_id"]: s for s in api.get("/debug/syncz")}
     except ClientError:
         syncz, workloads = {}, {}
     rows = []

@@ -257,6 +257,7 @@ class Api:
         return web.json_response({"plait": __version__})
 
     async def syncz(self, _: web.Request) -> web.Response:
+        await self.state.settled()  # what proxies were sent reflects every change made before this request
         return web.json_response([s.to_dict() for s in self.hub.statuses()])
 
     async def config_dump(self, request: web.Request) -> web.Response:

@@ -60,6 +60,14 @@ class MeshState:
         """Something changed: rebuild after the debounce interval (changes meanwhile are coalesced)."""
         self._pending.set()
 
+    async def settled(self) -> None:
+        """Return once every change received so far is in the snapshot (and handed to the hub), which
+        takes at most about one debounce interval; bounded in case changes never stop coming."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5 * self.debounce + 1
+        while self._pending.is_set() and loop.time() < deadline:
+            await asyncio.sleep(max(self.debounce / 4, 0.005))
+
     async def run(self) -> None:
         while True:
             await self._pending.wait()
