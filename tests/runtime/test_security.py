@@ -230,11 +230,18 @@ class Mesh:
         statuses = Http("http://127.0.0.1:15014").get("/debug/syncz")
         return all(t["state"] in ("SYNCED", "NOT SENT") for s in statuses for t in s["types"].values())
 
+    def drained(self) -> bool:
+        """No Envoy still serves a connection on a replaced listener or filter chain."""
+        return not any(self.counter(pod.name, f"listener_manager.total_{what}_draining")
+                       for pod in State.load(self.state_dir).pods for what in ("listeners", "filter_chains"))
+
     def settle(self, predicate, what: str) -> None:
-        """Wait until a config change shows (`predicate`), every proxy has acknowledged it, and it shows
-        every time (a connection opened before the change keeps its old filter chain until drained)."""
+        """Wait until a config change shows (`predicate`), every proxy has acknowledged it, every Envoy
+        has drained what it replaced (a connection opened before the change keeps its old filter chain
+        for one more request or the drain time, 1 s locally), and it shows every time."""
         eventually(predicate, what)
         eventually(self.synced, f"every proxy to acknowledge the change ({what})")
+        eventually(self.drained, f"every Envoy to drain its replaced filter chains ({what})")
         eventually(lambda: all(predicate() for _ in range(5)), f"{what}, every time")
 
     @contextlib.contextmanager
@@ -366,7 +373,8 @@ def test_workload_strict_and_a_port_level_exception(mesh: Mesh) -> None:
 
 def test_only_productpage_may_call_reviews(mesh: Mesh) -> None:
     reviews = "http://reviews:9080/reviews/0"
-    assert mesh.curl("ratings-v1-0", reviews).status == 200
+    # pooled connections to every reviews pod, which must not outlive the policy change (see settle)
+    assert all(mesh.curl("ratings-v1-0", reviews).status == 200 for _ in range(10))
     with mesh.applied(ALLOW_PRODUCTPAGE_TO_REVIEWS):
         mesh.settle(lambda: mesh.curl("ratings-v1-0", reviews).status == 403, "the policy to deny ratings")
         for caller in ("ratings-v1-0", "details-v1-0"):
