@@ -31,7 +31,7 @@ Needs wrk and nginx (Debian: ``apt-get install -y wrk nginx-light``).
 
 As root the script re-runs itself in a network and mount namespace of its own (``unshare``, a
 private copy of /etc and /run/netns; ``--no-isolate`` to skip): the local mesh uses fixed ports
-(15010, 15014), 127.1.x.x/127.2.x.x addresses, the bridge ``plait0`` and ``/etc/netns``, so it
+(15012, 15014), 127.1.x.x/127.2.x.x addresses, the bridge ``plait0`` and ``/etc/netns``, so it
 could otherwise collide with a mesh someone else runs on the machine. Loopback inside a network
 namespace is the same kernel path as outside. Without root (``--modes proxy``), or with
 ``--no-isolate``, it waits (bounded) for the machine to be free of other meshes before each one.
@@ -61,7 +61,7 @@ from pathlib import Path
 
 from plait.agent.processes import alive
 from plait.runtime import netns
-from plait.runtime.local import API_PORT, XDS_PORT, State
+from plait.runtime.local import API_PORT, CA_PORT, State
 from plait.testing.live import free_port, run_plait
 
 MODES = ("proxy", "capture")
@@ -151,8 +151,8 @@ def port_busy(port: int) -> bool:
 
 def other_mesh(mode: str) -> str:
     """What shows another local mesh on this machine (one at a time: fixed ports, one bridge), or ''."""
-    if any(port_busy(p) for p in (API_PORT, XDS_PORT)):
-        return f"ports {XDS_PORT}/{API_PORT} are in use"
+    if any(port_busy(p) for p in (API_PORT, CA_PORT)):
+        return f"ports {CA_PORT}/{API_PORT} are in use"
     network = netns.Network()
     if mode == "capture" and (netns.namespaces(network) or netns.link_exists(network.bridge)):
         return f"the bridge {network.bridge} or namespaces {network.prefix}* exist"
@@ -171,7 +171,7 @@ def wait_for_machine(mode: str, timeout: float = MACHINE_WAIT_S) -> None:
 def isolate(script: Path = Path(__file__)) -> None:
     """Re-run `script` (this one by default) with this process's arguments in a network and mount
     namespace of its own (root): its meshes get their own loopback (the local mesh's fixed ports
-    15010/15014, 127.1.x.x pod addresses), bridge, /run/netns and a private copy of /etc (for
+    15012/15014, 127.1.x.x pod addresses), bridge, /run/netns and a private copy of /etc (for
     /etc/netns), so another local mesh on the machine neither disturbs the figures nor is
     disturbed; everything in the namespace goes when it ends."""
     etc_copy = tempfile.mkdtemp(prefix="localmesh-etc-")

@@ -9,6 +9,7 @@ Envoy's admin ``/certs`` to see what it serves.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import itertools
 import json
@@ -30,7 +31,7 @@ from google.protobuf import json_format
 from test_agent_bootstrap import TESTDATA, canonical
 from typer.testing import CliRunner
 
-from plait.agent.bootstrap import BootstrapSettings, build_bootstrap, proxy_for_mode
+from plait.agent.bootstrap import CONTROL_PLANE_NAME, BootstrapSettings, build_bootstrap, proxy_for_mode
 from plait.agent.identity import (
     MIN_ROTATION_DELAY,
     CertificateError,
@@ -43,6 +44,7 @@ from plait.agent.registration import Registration, keep_registered
 from plait.agent.run import reachable_by
 from plait.ca.authority import (
     CertificateAuthority,
+    SERVER_DNS_NAMES,
     CsrRefused,
     check_csr,
     generate_root,
@@ -239,7 +241,8 @@ def sidecar_with_identity() -> BootstrapSettings:
     return BootstrapSettings(
         proxy=proxy_for_mode("proxy", name="reviews-v1", namespace="default", ip="127.0.10.1",
                              labels={"app": "reviews"}, service_account="reviews", identity=REVIEWS),
-        control_plane="127.0.0.1:15010", sds_socket="/run/plait/reviews/proxy/sds.sock", token="header.payload.sig")
+        control_plane="127.0.0.1:15012", sds_socket="/run/plait/reviews/proxy/sds.sock", token="header.payload.sig",
+        xds_tls=True)
 
 
 def test_golden_bootstrap_with_an_identity_and_real_envoy_accepts_it() -> None:
@@ -280,6 +283,19 @@ def test_the_ads_stream_carries_the_token_and_envoy_accepts_it() -> None:
     assert service["initial_metadata"] == [{"key": "authorization", "value": "Bearer header.payload.sig"}]
     verdict = envoy_validate(bootstrap)
     assert verdict.ok, verdict.output
+
+
+def test_xds_over_tls_checks_the_control_plane_name_against_rootca() -> None:
+    [xds] = [c for c in build_bootstrap(sidecar_with_identity())["static_resources"]["clusters"]
+             if c["name"] == "xds-grpc"]
+    tls = xds["transport_socket"]["typed_config"]
+    assert tls["sni"] == CONTROL_PLANE_NAME == SERVER_DNS_NAMES[0]  # what the control plane's certificate names
+    validation = tls["common_tls_context"]["combined_validation_context"]
+    assert validation["validation_context_sds_secret_config"]["name"] == "ROOTCA"
+    assert validation["default_validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": CONTROL_PLANE_NAME}}]
+    plaintext = build_bootstrap(dataclasses.replace(sidecar_with_identity(), xds_tls=False))
+    assert all("transport_socket" not in c for c in plaintext["static_resources"]["clusters"])
 
 
 def test_without_an_identity_there_is_no_token_and_no_identity() -> None:
@@ -351,7 +367,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def control_plane(tmp_path_factory) -> Iterator[ControlPlaneProcess]:
-    """With strict xDS authentication (a stream needs the pod's token) and a CA that grants what agents ask."""
+    """With strict xDS authentication (xDS only over TLS on the CA's port, a stream needs the pod's token)
+    and a CA that grants what agents ask."""
     work = tmp_path_factory.mktemp("identity")
     (work / "mesh").mkdir()
     (work / "mesh" / "upstream.yaml").write_text(MESH)  # ISTIO_MUTUAL: Envoy asks SDS for default and ROOTCA
@@ -369,7 +386,7 @@ def subnet() -> Iterator[str]:
 def agent(cp: ControlPlaneProcess, tmp_path: Path, ip: str, *, sa: str = "reviews", token_sa: str | None = None,
           ttl: str = "1h", flags: tuple[str, ...] = ()) -> AgentProcess:
     token = cp.issue_token("default", token_sa or sa, f"{sa}-v1")
-    return AgentProcess(cp, tmp_path, mode="proxy", name=f"{sa}-v1", ip=ip, labels={"app": sa},
+    return AgentProcess(cp, tmp_path, mode="proxy", name=f"{sa}-v1", ip=ip, labels={"app": sa}, tls=True,
                         extra_args=["--service-account", sa, "--token-file", str(token), "--root-cert",
                                     str(cp.root_cert_path), "--ca-address", cp.ca_address, "--cert-ttl", ttl, *flags])
 
@@ -404,6 +421,17 @@ def test_an_agent_with_a_token_serves_its_spiffe_certificate(control_plane, subn
     took = re.search(rf"certificate for {re.escape(REVIEWS)}: serial \w+, valid until .* \(took (\d+) ms\)", log)
     assert took, log
     assert log.index("certificate for") < log.index("Envoy started")  # Envoy starts with its certificate there
+
+
+def test_envoy_gets_its_config_over_tls_with_its_token(control_plane, subnet, tmp_path: Path) -> None:
+    """The fixture's control plane is strict: no plaintext port, so whatever Envoy holds came over TLS."""
+    with agent(control_plane, tmp_path, f"{subnet}.5") as sidecar:
+        stats = {s["name"]: s.get("value") for s in
+                 sidecar.admin.get("/stats?format=json&filter=^cluster\\.xds-grpc\\.")["stats"] if "name" in s}
+        assert stats["cluster.xds-grpc.ssl.handshake"] >= 1 and stats["cluster.xds-grpc.ssl.connection_error"] == 0
+        [status] = [s for s in control_plane.api.get("/debug/syncz") if s["proxy_id"] == sidecar.proxy_id]
+        assert {t["state"] for t in status["types"].values()} <= {"SYNCED", "NOT SENT"}
+        assert status["types"]["lds"]["state"] == "SYNCED"
 
 
 def test_certificates_rotate_at_half_life_before_they_expire(control_plane, subnet, tmp_path: Path) -> None:
@@ -478,3 +506,11 @@ def test_cert_ttl_is_checked(tmp_path: Path, ttl: str, message: str) -> None:
     result = CliRunner().invoke(cli_app, ["agent", "--name", "a", "--ip", "127.0.0.1", "--token-file", "t",
                                           "--root-cert", "r", "--cert-ttl", ttl])
     assert result.exit_code == 2 and message in result.output
+
+
+def test_the_tls_port_without_a_token_is_a_usage_error_that_says_what_to_do() -> None:
+    result = CliRunner().invoke(cli_app, ["agent", "--name", "a", "--ip", "127.0.0.1", "--control-plane",
+                                          "127.0.0.1:15012"], env={"PLAIT_TOKEN_FILE": ""})
+    assert result.exit_code == 2
+    said = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())  # unwrapped from rich's error box
+    assert "port 15012 is the control plane's TLS port, where xDS needs a pod token: give --token-file" in said

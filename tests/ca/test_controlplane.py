@@ -1,13 +1,16 @@
 """The CA inside the real control plane: ``plait control-plane --xds-auth strict`` creates its CA
-owner-only in --state-dir, answers CSRs on --ca-port, and admits an ADS stream only with a pod
-token that matches the node (an accepted stream is checked with the in-process ADS client,
-which sends the token as gRPC metadata through a client interceptor, as Envoy sends its
-initial_metadata; refused streams with a bare stream, which shows how it ended).
+owner-only in --state-dir, answers CSRs on --ca-port, serves xDS there too over TLS (its
+certificate names istiod.istio-system.svc and chains to the root), admits an ADS stream only
+with a pod token that matches the node (an accepted stream is checked with the in-process ADS
+client, which sends the token as gRPC metadata through a client interceptor, as Envoy sends its
+initial_metadata; refused streams with a bare stream, which shows how it ended), and opens no
+plaintext xDS port.
 Bad plug-in CA files stop the command with a clear error."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import stat
 import urllib.request
 
@@ -18,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from plait.agent.bootstrap import CONTROL_PLANE_NAME
 from plait.ca.client import CertificateRefused, new_key_and_csr, request_certificate
 from plait.model import Proxy
 from plait.testing.ads_client import SERVICE, AdsClient, make_node
@@ -49,11 +53,18 @@ def control_plane(tmp_path_factory):
         yield cp
 
 
+def tls_channel(cp: ControlPlaneProcess, interceptors=()) -> grpc.aio.Channel:
+    """To the control plane's TLS port, trusting only the mesh root, expecting Envoy's SNI name."""
+    credentials = grpc.ssl_channel_credentials(root_certificates=cp.root_cert_path.read_bytes())
+    return grpc.aio.secure_channel(cp.ca_address, credentials, interceptors=list(interceptors),
+                                   options=[("grpc.ssl_target_name_override", CONTROL_PLANE_NAME)])
+
+
 def clusters_received(cp: ControlPlaneProcess, proxy: Proxy, token: str) -> list[str]:
     """The clusters the in-process ADS client holds once synced, sending `token`."""
     async def run():
-        async with (grpc.aio.insecure_channel(cp.address, interceptors=[BearerToken(token)]) as channel,
-                    AdsClient(cp.address, make_node(proxy), channel=channel) as client):
+        async with (tls_channel(cp, [BearerToken(token)]) as channel,
+                    AdsClient(cp.ca_address, make_node(proxy), channel=channel) as client):
             await client.wait_synced(TIMEOUT)
             return sorted(client.held["cds"])
     return asyncio.run(asyncio.wait_for(run(), TIMEOUT))
@@ -63,7 +74,7 @@ def refusal(cp: ControlPlaneProcess, proxy: Proxy, token: str | None) -> tuple[g
     """How a stream whose first request carries `proxy`'s node ends (it must end: refused)."""
     async def run():
         metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        async with grpc.aio.insecure_channel(cp.address) as channel:
+        async with tls_channel(cp) as channel:
             call = channel.stream_stream(f"{SERVICE}StreamAggregatedResources",
                                          request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
                                          response_deserializer=discovery_pb2.DiscoveryResponse.FromString)(
@@ -107,6 +118,12 @@ def test_the_control_plane_answers_csrs(control_plane):
 def test_strict_ads_admits_a_node_with_its_own_token(control_plane):
     clusters = clusters_received(control_plane, PRODUCTPAGE, token(control_plane, "default", "bookinfo-productpage"))
     assert "PassthroughCluster" in clusters
+
+
+def test_strict_opens_no_plaintext_xds_port(control_plane):
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", control_plane.xds_port), timeout=5).close()
+    assert "plaintext xDS off (--xds-auth strict)" in control_plane.log_path.read_text()
 
 
 def test_strict_ads_refuses_a_node_without_a_token(control_plane):

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from plait.agent.processes import alive
 from plait.runtime import netns
-from plait.runtime.local import API_PORT, CA_PORT, XDS_PORT, State, pod_argv
+from plait.runtime.local import API_PORT, CA_PORT, State, pod_argv
 from plait.testing.http import http_request
 from plait.testing.live import run_plait, wait_until
 
-CONTROL_PLANE_PORTS = (XDS_PORT, CA_PORT, API_PORT)
+CONTROL_PLANE_PORTS = (CA_PORT, API_PORT)
 
 
 def listening(port: int) -> bool:

@@ -31,7 +31,7 @@ sidecar as its proxy (and so borrow its identity) and reach every Envoy admin AP
 check here is what still holds there: each Envoy admin API listens on 127.0.0.1 alone. Use capture
 mode where isolation matters.
 
-Only one local mesh runs on a machine at a time (fixed ports 15010/15012/15014); the two modes'
+Only one local mesh runs on a machine at a time (fixed ports 15012/15014); the two modes'
 meshes run one after the other.
 """
 
@@ -54,7 +54,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from meshes import down_leaves_nothing, envoy_admin, wait_for_no_other_mesh
+from meshes import down_leaves_nothing, envoy_admin, listening, wait_for_no_other_mesh
 
 from plait.ca.authority import root_cert_path
 from plait.ca.tokens import token_key_path
@@ -544,6 +544,19 @@ def test_a_pod_asking_for_another_identity_is_refused_and_logged(mesh: Mesh) -> 
     log = mesh.state_dir / "logs" / "control-plane.log"
     eventually(lambda: any("certificate refused (wrong_identity)" in line and other in line and "ratings-v1-0" in line
                            for line in log.read_text().splitlines()), "the refusal in the control plane's log", 5)
+
+
+def test_every_proxy_gets_its_config_over_tls_and_there_is_no_plaintext_xds(mesh: Mesh) -> None:
+    """`plait up` runs the control plane with --xds-auth strict: xDS only on 15012, TLS, the pod's token."""
+    assert not listening(15010)
+    statuses = Http("http://127.0.0.1:15014").get("/debug/syncz")
+    pods = State.load(mesh.state_dir).pods
+    assert {s["proxy"]["name"] for s in statuses} == {pod.name for pod in pods}  # all connected, over 15012
+    for pod in pods:
+        assert mesh.counter(pod.name, "cluster.xds-grpc.ssl.handshake") >= 1, pod.name
+        assert mesh.counter(pod.name, "cluster.xds-grpc.ssl.connection_error") == 0, pod.name
+    log = (mesh.state_dir / "logs" / "control-plane.log").read_text()
+    assert "plaintext xDS off (--xds-auth strict)" in log
 
 
 # ------------------------------------------------------------------ what a pod cannot reach

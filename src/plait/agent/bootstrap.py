@@ -23,8 +23,11 @@ has ``PLAIT_IDENTITY`` in its metadata, the label
 ``security.istio.io/tlsMode: istio`` if it is a sidecar (mesh clients then use
 mTLS to it, as Istio's injector labels pods; gateways are called in
 plaintext), and its ADS stream carries ``authorization: Bearer TOKEN``
-(``initial_metadata``), which the control plane checks with
-``--xds-auth strict``.
+(``initial_metadata``), which the control plane checks on its TLS port and with
+``--xds-auth strict``. With ``xds_tls`` (the agent talks to the control plane's
+TLS port, istiod's 15012) ``xds-grpc`` is TLS: SNI and DNS SAN
+``istiod.istio-system.svc``, verified against the ``ROOTCA`` the agent serves
+over SDS, ALPN h2; the token then never crosses the network in clear.
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ from plait import __version__
 from plait.model import Proxy
 from plait.model.proxy import TLS_MODE_LABEL
 from plait.xds.static import XDS_CLUSTER
-from plait.xds.translate.common import SDS_CLUSTER
+from plait.xds.translate.common import SDS_CLUSTER, sds_secret
 
 AgentMode = Literal["capture", "proxy", "gateway"]
 XdsFlavour = Literal["sotw", "delta"]
 ADS_PORT = 15010
 DEFAULT_CONTROL_PLANE = f"127.0.0.1:{ADS_PORT}"
+CONTROL_PLANE_NAME = "istiod.istio-system.svc"  # the name the control plane's TLS certificate carries
 
 HTTP2_ONLY = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
     "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -84,6 +88,7 @@ class BootstrapSettings:
     xds: XdsFlavour = "sotw"
     sds_socket: str = "/tmp/plait-sds.sock"
     token: str | None = None  # the pod's token, sent on the ADS stream
+    xds_tls: bool = False  # TLS to the control plane, verified against the ROOTCA secret (needs an identity)
 
 
 def proxy_for_mode(mode: AgentMode, *, name: str, namespace: str, ip: str, labels: dict[str, str] | None = None,
@@ -150,8 +155,9 @@ def _endpoint(cluster: str, address: dict) -> dict:
     return {"cluster_name": cluster, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]}
 
 
-def xds_cluster(control_plane: str) -> dict:
-    """HTTP/2 to the control plane; a name is resolved (IPv4 first) and re-resolved as DNS changes."""
+def xds_cluster(control_plane: str, tls: bool = False) -> dict:
+    """HTTP/2 to the control plane; a name is resolved (IPv4 first) and re-resolved as DNS changes.
+    With `tls`, the control plane's certificate must chain to ROOTCA and name CONTROL_PLANE_NAME."""
     host, port = parse_control_plane(control_plane)
     cluster = {
         "name": XDS_CLUSTER,
@@ -163,7 +169,19 @@ def xds_cluster(control_plane: str) -> dict:
     }
     if not is_ip(host):
         cluster.update(dns_lookup_family="V4_PREFERRED", respect_dns_ttl=True)
+    if tls:
+        cluster["transport_socket"] = control_plane_tls()
     return cluster
+
+
+def control_plane_tls() -> dict:
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "sni": CONTROL_PLANE_NAME,
+        "common_tls_context": {"alpn_protocols": ["h2"], "combined_validation_context": {
+            "default_validation_context": {"match_typed_subject_alt_names": [
+                {"san_type": "DNS", "matcher": {"exact": CONTROL_PLANE_NAME}}]},
+            "validation_context_sds_secret_config": sds_secret("ROOTCA")}}}}
 
 
 def sds_cluster(socket_path: str) -> dict:
@@ -194,7 +212,8 @@ def build_bootstrap(settings: BootstrapSettings) -> dict:
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": settings.admin_port}}},
         "dynamic_resources": {"ads_config": ads_config(settings.xds, settings.token), "cds_config": ADS_SOURCE,
                               "lds_config": ADS_SOURCE},
-        "static_resources": {"clusters": [xds_cluster(settings.control_plane), sds_cluster(settings.sds_socket)]},
+        "static_resources": {"clusters": [xds_cluster(settings.control_plane, settings.xds_tls),
+                                                 sds_cluster(settings.sds_socket)]},
         "layered_runtime": {"layers": [{"name": "global config", "static_layer": RUNTIME_DEFAULTS},
                                        {"name": "admin", "admin_layer": {}}]},
         "overload_manager": OVERLOAD_MANAGER,

@@ -1,5 +1,5 @@
 """The CA's gRPC service (Istio's ``IstioCertificateService/CreateCertificate``, TLS) and the
-identity check the ADS server uses with ``--xds-auth strict``.
+identity check of ADS streams on that TLS port (the control plane serves xDS there too).
 
 A caller proves who it is with gRPC metadata ``authorization: Bearer <pod token>``
 (`plait.ca.tokens`); the CA signs a CSR only for the identity that token gives,
@@ -98,14 +98,15 @@ class CaService:
 
 async def serve_ca(authority: CertificateAuthority, tokens: TokenIssuer, host: str, port: int = CA_PORT, *,
                    trust_domain: str = TRUST_DOMAIN, default_ttl: int = DEFAULT_WORKLOAD_TTL,
-                   max_ttl: int = MAX_WORKLOAD_TTL, registry: CollectorRegistry | None = None) -> grpc.aio.Server:
-    """Start the CA's gRPC server over TLS on host:port (port 0: see `server.bound_port`).
-    Stop it with ``await server.stop(grace)``."""
+                   max_ttl: int = MAX_WORKLOAD_TTL, registry: CollectorRegistry | None = None,
+                   also: tuple[grpc.GenericRpcHandler, ...] = ()) -> grpc.aio.Server:
+    """Start the CA's gRPC server over TLS on host:port (port 0: see `server.bound_port`), serving
+    `also` too (the control plane's xDS, as istiod's 15012 does). Stop it with ``await server.stop(grace)``."""
     service = CaService(authority, tokens, trust_domain=trust_domain, default_ttl=default_ttl, max_ttl=max_ttl,
                         metrics=CaMetrics(registry or CollectorRegistry()))
     key, chain = authority.issue_server_certificate()
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((service.handler(),))
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)])
+    server.add_generic_rpc_handlers((service.handler(), *also))
     try:
         bound = server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials([(key, b"".join(chain))]))
     except RuntimeError as error:
@@ -116,9 +117,9 @@ async def serve_ca(authority: CertificateAuthority, tokens: TokenIssuer, host: s
 
 
 def ads_authenticator(tokens: TokenIssuer, *, registry: CollectorRegistry | None = None) -> Authenticate:
-    """For `serve_ads`: a stream is admitted only with a valid pod token whose namespace and
+    """For `ads_handler`: a stream is admitted only with a valid pod token whose namespace and
     service account are the node's (node id and NAMESPACE / SERVICE_ACCOUNT metadata)."""
-    rejected = Counter("plait_xds_rejected_streams_total", "ADS streams refused by --xds-auth strict",
+    rejected = Counter("plait_xds_rejected_streams_total", "ADS streams refused on the TLS port (no, invalid or wrong pod token)",
                        ["reason"], registry=registry or CollectorRegistry())
 
     def authenticate(metadata: dict[str, str], node) -> Refusal | None:
@@ -132,8 +133,8 @@ def ads_authenticator(tokens: TokenIssuer, *, registry: CollectorRegistry | None
 def _check_node(tokens: TokenIssuer, metadata: dict[str, str], node) -> Refusal | None:
     token = bearer_token(metadata)
     if token is None:
-        return Refusal(grpc.StatusCode.UNAUTHENTICATED, "no token: this control plane requires gRPC metadata "
-                       "'authorization: Bearer <pod token>' on ADS streams (--xds-auth strict)")
+        return Refusal(grpc.StatusCode.UNAUTHENTICATED, "no token: xDS on this port needs gRPC metadata "
+                       "'authorization: Bearer <pod token>' (plait agent --token-file)")
     try:
         caller = tokens.verify(token)
     except InvalidToken as error:

@@ -49,7 +49,9 @@ the certificate and the root to Envoy over SDS ([bold]default[/], [bold]ROOTCA[/
 and renews it at half its --cert-ttl. Envoy starts only once the first certificate is there; if the
 CA refuses the identity the agent exits with status 1. A sidecar with an identity is labelled
 [bold]security.istio.io/tlsMode=istio[/], so other sidecars call it with mutual TLS, and the token
-authenticates its xDS stream and its --register calls.
+authenticates its xDS stream and its --register calls. When --control-plane is the CA's address
+(istiod's port [bold]15012[/], which serves xDS too) Envoy reaches the control plane over TLS,
+checking its certificate (istiod.istio-system.svc) against the root; port 15010 is plaintext.
 
 After [bold]--[/], an application command is started only once the proxy is ready
 (Istio's holdApplicationUntilProxyStarts); signals are forwarded to it, Envoy is drained when
@@ -101,7 +103,8 @@ def agent(
     ] = "default",
     control_plane: Annotated[str, typer.Option(
         envvar="PLAIT_CONTROL_PLANE",
-        help="ADS server HOST:PORT; a bare HOST or an http:// URL means that host's port 15010.",
+        help="ADS server HOST:PORT; a bare HOST or an http:// URL means that host's port 15010 (plaintext). "
+             "HOST:15012 (the CA's address) is TLS and needs --token-file.",
     )] = DEFAULT_CONTROL_PLANE,
     xds: Annotated[str, typer.Option(help="sotw (state of the world) or delta xDS.")] = "sotw",
     admin_port: Annotated[int, typer.Option(help="Envoy admin port on 127.0.0.1.")] = 15000,
@@ -150,12 +153,14 @@ def agent(
     identity = None if token_file is None else IdentitySettings(
         token_file=token_file, root_cert=_root_cert(root_cert), ca_address=ca_address or _ca_address(control_plane),
         ttl_seconds=_ttl_seconds(cert_ttl))
+    xds_tls = _xds_over_tls(control_plane, identity)
     proxy = proxy_for_mode(_check_choice(mode, MODES, "--mode"), name=name, namespace=namespace, ip=ip,  # type: ignore[arg-type]
                            labels=parse_labels(labels), service_account=service_account, app_address=app_address,
                            identity=spiffe_id(namespace, service_account, trust_domain) if identity else None)
     config = AgentConfig(
         bootstrap=BootstrapSettings(proxy=proxy, control_plane=control_plane, admin_port=admin_port,
-                                    xds=_check_choice(xds, ("sotw", "delta"), "--xds")),  # type: ignore[arg-type]
+                                    xds=_check_choice(xds, ("sotw", "delta"), "--xds"),  # type: ignore[arg-type]
+                                    xds_tls=xds_tls),
         state_dir=state_dir or default_state_dir(name, namespace), status_port=status_port, concurrency=concurrency,
         drain_seconds=drain_duration, envoy_log_level=_check_choice(log_level, ENVOY_LOG_LEVELS, "--log-level"),
         app_command=tuple(app_command or ()), proxy_uid=proxy_uid, identity=identity,
@@ -175,6 +180,21 @@ def agent(
 def _ca_address(control_plane: str) -> str:
     host = parse_control_plane(control_plane)[0]
     return f"[{host}]:{CA_PORT}" if ":" in host else f"{host}:{CA_PORT}"
+
+
+def _xds_over_tls(control_plane: str, identity: IdentitySettings | None) -> bool:
+    """TLS when the ADS address is the CA's (the control plane's TLS port serves both, as istiod's 15012)."""
+    address = parse_control_plane(control_plane)
+    if identity is not None:
+        try:
+            return address == parse_control_plane(identity.ca_address)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--ca-address") from None
+    if address[1] == CA_PORT:
+        raise typer.BadParameter(f"port {CA_PORT} is the control plane's TLS port, where xDS needs a pod token: "
+                                 "give --token-file and --root-cert, or use port 15010 (plaintext)",
+                                 param_hint="--control-plane")
+    return False
 
 
 def _root_cert(path: Path | None) -> Path:

@@ -68,7 +68,8 @@ class XdsAuth(str, Enum):
 def control_plane(
     config_dir: Annotated[Path, typer.Option(help="Directory of Istio YAML; watched for edits.")] = Path("mesh"),
     host: Annotated[str, typer.Option(help="Address to listen on (use 0.0.0.0 to serve other hosts).")] = "127.0.0.1",
-    xds_port: Annotated[int, typer.Option(help="ADS (gRPC) port for Envoy.")] = 15010,
+    xds_port: Annotated[int, typer.Option(help="Plaintext ADS (gRPC) port for Envoy, unauthenticated; "
+                                               "none with --xds-auth strict.")] = 15010,
     http_port: Annotated[int, typer.Option(help="HTTP API, debug and /metrics port.")] = 15014,
     debounce: Annotated[str, typer.Option(help="Coalesce changes for this long before pushing.")] = "100ms",
     state_dir: Annotated[Path, typer.Option(
@@ -76,8 +77,8 @@ def control_plane(
              "its root, its key unless --cacerts is given, and the key that signs pod tokens. Agents trust "
              "DIR/ca/root-cert.pem.")] = Path(".plait/control-plane"),
     ca_port: Annotated[int, typer.Option(
-        help="CA port (gRPC over TLS, Istio's IstioCertificateService): agents send a CSR and their pod "
-             "token here and get their workload certificate.")] = 15012,
+        help="TLS port (gRPC), istiod's 15012: the CA (Istio's IstioCertificateService; agents send a CSR and "
+             "their pod token and get their workload certificate) and xDS authenticated by pod token.")] = 15012,
     cacerts: Annotated[Path | None, typer.Option(
         help="Istio's plug-in CA directory (the files of the cacerts secret: ca-cert.pem, ca-key.pem, "
              "root-cert.pem, cert-chain.pem), to sign with your own intermediate under your own root. "
@@ -86,16 +87,18 @@ def control_plane(
         help="Lifetime of workload certificates when the agent asks for none, e.g. 24h or 10m (at most "
              "2160h, Istio's 90 days). Agents renew at half life.")] = "24h",
     xds_auth: Annotated[XdsAuth, typer.Option(
-        help="permissive: any Envoy may connect to ADS. strict: an ADS stream needs gRPC metadata "
+        help="xDS is always served over TLS on --ca-port, where a stream needs gRPC metadata "
              "'authorization: Bearer <pod token>' whose namespace and service account match the node's "
-             "(NAMESPACE / SERVICE_ACCOUNT metadata); others are refused.")] = XdsAuth.permissive,
+             "(NAMESPACE / SERVICE_ACCOUNT metadata). permissive: plaintext xDS on --xds-port too, open to "
+             "any Envoy (istiod's 15010). strict: no plaintext port; every proxy is authenticated and "
+             "its xDS encrypted.")] = XdsAuth.permissive,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the control plane (plait's istiod): serve xDS to Envoys from a directory of Istio config,
     and sign workload certificates.
 
-    Envoys connect over ADS (state-of-the-world or delta) on --xds-port; the CLI and agents use the
-    HTTP API on --http-port. Config changes (plait apply, or edits in --config-dir) are pushed to
+    Envoys connect over ADS (state-of-the-world or delta) on --xds-port (plaintext) or, with their pod
+    token, over TLS on --ca-port; the CLI and agents use the HTTP API on --http-port. Config changes (plait apply, or edits in --config-dir) are pushed to
     the proxies they concern within the debounce interval. Agents get SPIFFE certificates
     (spiffe://cluster.local/ns/NS/sa/SA) from the CA on --ca-port, proving who they are with a pod
     token; the CA signs only the token's own identity.

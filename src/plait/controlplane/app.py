@@ -76,7 +76,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set (or SIGINT/SIGTERM); then stop accepting, close streams, exit."""
     from plait.ca.service import ads_authenticator, serve_ca
     from plait.xds.hub import XdsHub
-    from plait.xds.server import serve_ads
+    from plait.xds.server import ads_handler, serve_ads
 
     stop = stop or asyncio.Event()
     authority, tokens = load_ca(settings)
@@ -94,18 +94,20 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
 
     state = MeshState(store, WorkloadRegistry(), debounce=settings.debounce, on_snapshot=publish)
     state.rebuild()
-    authenticate = ads_authenticator(tokens, registry=metrics.registry) if settings.xds_auth == "strict" else None
-    ads = await serve_ads(hub, settings.host, settings.xds_port, authenticate=authenticate)
+    # xDS over TLS with a pod token beside the CA (istiod's 15012); plaintext xDS (15010) unless strict
+    ads = None if settings.xds_auth == "strict" else await serve_ads(hub, settings.host, settings.xds_port)
+    tls_ads = ads_handler(hub, ads_authenticator(tokens, registry=metrics.registry))
     ca = await serve_ca(authority, tokens, settings.host, settings.ca_port, default_ttl=settings.workload_cert_ttl,
-                        registry=metrics.registry)
+                        registry=metrics.registry, also=(tls_ads,))
     admin_token = load_or_create_admin_token(admin_token_path(settings.state_dir))
     api = Api(state, hub, metrics.registry, admin_token=admin_token, token_verifier=tokens.verify)
     runner = web.AppRunner(api.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.http_port).start()
     api.serving = True
-    log.info("control plane ready: xDS on %s:%d (auth %s), CA on %s:%d, HTTP API on %s:%d, config in %s "
-             "(%d objects)", settings.host, settings.xds_port, settings.xds_auth, settings.host, settings.ca_port,
+    plaintext = "off (--xds-auth strict)" if ads is None else f"{settings.host}:{settings.xds_port}"
+    log.info("control plane ready: xDS and CA over TLS on %s:%d (pod tokens), plaintext xDS %s, HTTP API on "
+             "%s:%d, config in %s (%d objects)", settings.host, settings.ca_port, plaintext,
              settings.host, settings.http_port, settings.config_dir, len(store.resources))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -118,7 +120,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         for task in tasks:
             task.cancel()
         await runner.cleanup()
-        await ads.stop(grace=1.0)
+        if ads is not None:
+            await ads.stop(grace=1.0)
         await ca.stop(grace=1.0)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -32,7 +32,7 @@ from plait.runtime.addresses import Addresses
 from plait.runtime.manifests import Deployment, Manifests
 
 log = logging.getLogger("plait.runtime")
-XDS_PORT, CA_PORT, API_PORT = 15010, 15012, 15014
+CA_PORT, API_PORT = 15012, 15014  # xDS and the CA over TLS (istiod's 15012), the HTTP API
 TOKEN_FILE = "istio-token"  # in each pod's directory, as Istio mounts /var/run/secrets/tokens/istio-token
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
 STATE_FILE = "state.json"
@@ -247,7 +247,7 @@ class LocalMesh:
                 "--namespace", pod.namespace, "--ip", pod.ip, "--app-address", pod.app_ip,
                 "--labels", ",".join(f"{k}={v}" for k, v in pod.labels.items()),
                 "--service-account", pod.service_account, "--admin-port", str(pod.admin_port),
-                "--status-port", str(pod.status_port), "--control-plane", f"{control_plane}:{XDS_PORT}",
+                "--status-port", str(pod.status_port), "--control-plane", f"{control_plane}:{CA_PORT}",
                 "--control-plane-api", f"http://{control_plane}:{API_PORT}", "--drain-duration", "1",
                 "--state-dir", str(self._pod_dir(pod)),
                 "--token-file", str(self._issue_token(pod)), "--root-cert", str(self.root_cert),
@@ -288,14 +288,14 @@ class LocalMesh:
     # ------------------------------------------------------------ the mesh
 
     async def _start_control_plane(self) -> None:
-        for port in (XDS_PORT, CA_PORT, API_PORT):
+        for port in (CA_PORT, API_PORT):
             if not _port_free(port):
                 raise RuntimeError(f"port {port} is in use: another control plane (another 'plait up'?) is "
                                    "running on this machine; stop it with 'plait down' first")
         config_dir = self.state_dir / "mesh"
         host = "0.0.0.0" if self.mode == "capture" else "127.0.0.1"  # capture: pods reach it over the bridge
         self.control_plane, _ = await self._spawn(
-            ["control-plane", "--config-dir", str(config_dir), "--xds-port", str(XDS_PORT),
+            ["control-plane", "--config-dir", str(config_dir), "--xds-auth", "strict",
              "--http-port", str(API_PORT), "--ca-port", str(CA_PORT), "--state-dir", str(self.control_plane_state),
              "--host", host], "control-plane")
         self.state.control_plane_pid = self.control_plane.pid

@@ -177,16 +177,18 @@ class ControlPlaneProcess(PlaitProcess):
 
 class AgentProcess(PlaitProcess):
     """``plait agent`` for one proxy; `ip` is the proxy's address (127.x.y.z). `extra` and
-    `extra_args` are appended to the agent's arguments (e.g. ``--token-file``)."""
+    `extra_args` are appended to the agent's arguments (e.g. ``--token-file``). With `tls` its
+    Envoy gets xDS from the control plane's TLS port (it then needs a token and the root)."""
 
     def __init__(self, control_plane: ControlPlaneProcess, workdir: Path, *, mode: str, name: str, ip: str,
                  labels: dict[str, str] | None = None, namespace: str = "default", app_address: str | None = None,
-                 xds: str = "sotw", extra: list[str] | None = None, extra_args: Sequence[str] = ()):
+                 xds: str = "sotw", extra: list[str] | None = None, extra_args: Sequence[str] = (),
+                 tls: bool = False):
         self.admin_port, self.status_port = free_port(), free_port()
         self.name, self.namespace, self.ip = name, namespace, ip
         state = workdir / f"agent-{name}"
         args = ["agent", "--mode", mode, "--name", name, "--namespace", namespace, "--ip", ip,
-                "--control-plane", control_plane.address, "--admin-port", str(self.admin_port),
+                "--control-plane", control_plane.ca_address if tls else control_plane.address, "--admin-port", str(self.admin_port),
                 "--status-port", str(self.status_port), "--state-dir", str(state), "--xds", xds,
                 "--drain-duration", "0.5"]
         if labels:
