@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
 from plait.api import load_paths
+from plait.cli import proxies
+from plait.cli.client import ClientError, Http
 from plait.cli.envoyconfig import chain_root
 from plait.cli.main import app
 from plait.model import MeshSnapshot, Proxy
@@ -261,3 +264,29 @@ def test_a_secret_the_agent_has_not_served_yet_is_warming(tmp_path) -> None:
     with run_envoy(bootstrap, workdir=tmp_path / "envoy") as envoy:
         row = _row(run("proxy-config", "secret", "productpage", "--admin", envoy.admin_address), "default")
     assert "WARMING" in row and "not received yet: is the SDS server (the proxy's agent) serving?" in row
+
+
+# ------------------------------------------------------------------ where the admin API is read
+
+
+def status_of(mode: str, kind: str = "sidecar") -> dict:
+    return {"proxy_id": f"{kind}~10.244.0.9~ratings-v1-0.default~default.svc.cluster.local",
+            "admin_address": "127.0.0.1:15123", "proxy": {"name": "ratings-v1-0", "mode": mode, "kind": kind}}
+
+
+def test_a_capture_mode_pod_is_read_inside_its_network_namespace(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(proxies, "NETNS_DIR", tmp_path)
+    (tmp_path / "plait-ratings-v1-0").touch()  # what `ip netns add` leaves in /run/netns
+    assert proxies.admin_api(status_of("capture"), None) == proxies.PodAdmin("plait-ratings-v1-0", "127.0.0.1:15123")
+    # an explicit-proxy sidecar, a gateway (on the host), --admin, or no such namespace: plain HTTP
+    for status, override in ((status_of("proxy"), None), (status_of("capture", "router"), None),
+                             (status_of("capture"), "127.0.0.1:9")):
+        assert isinstance(proxies.admin_api(status, override), Http)
+    (tmp_path / "plait-ratings-v1-0").unlink()
+    assert proxies.admin_api(status_of("capture"), None).base == "http://127.0.0.1:15123"
+
+
+def test_a_pod_namespace_that_is_gone_is_a_clear_error() -> None:
+    with pytest.raises(ClientError, match=r"cannot reach the proxy's Envoy admin API at http://127.0.0.1:1/ready "
+                                          r"in network namespace plait-no-such-pod-\d+: "):
+        proxies.PodAdmin(f"plait-no-such-pod-{os.getpid()}", "127.0.0.1:1").get("/ready")

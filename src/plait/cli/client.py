@@ -75,12 +75,17 @@ class Http:
             hint = (" Start one with 'plait control-plane', or point --control-plane / PLAIT_CONTROL_PLANE at it"
                     if self.what == CONTROL_PLANE else "")
             raise ClientError(f"cannot reach {self.what} at {self.base} ({reason}); is it running?{hint}") from None
-        if not data:
-            return None
-        try:
-            return json.loads(data)
-        except ValueError:
-            return data.decode(errors="replace")
+        return decode(data)
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
+
+
+def decode(data: bytes) -> Any:
+    """A response body: None when empty, parsed JSON when it is JSON, else text."""
+    if not data:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data.decode(errors="replace")

@@ -4,8 +4,13 @@ configuration and, for `proxy-config secret`, its certificates)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -13,13 +18,16 @@ from rich.console import Console
 from rich.table import Table
 
 from plait.cli import envoyconfig
-from plait.cli.client import ClientError, Http, control_plane_url
+from plait.cli.client import ClientError, Http, control_plane_url, decode
 from plait.cli.console import err, out
 from plait.cli.controlplane import ControlPlane, fail
+from plait.runtime import netns
 
 TYPES = ("cds", "lds", "eds", "rds")
+NETNS_DIR = Path("/run/netns")
 Admin = Annotated[str | None, typer.Option(
-    "--admin", help="The proxy's Envoy admin address (host:port). Default: the address its agent reported.")]
+    "--admin", help="The proxy's Envoy admin address (host:port). Default: the address its agent reported, "
+                    "read inside the pod's network namespace for a capture-mode pod of the local mesh (root).")]
 
 
 def _statuses(control_plane: str | None) -> list[dict]:
@@ -79,14 +87,55 @@ def admin_address(status: dict, override: str | None) -> str:
     return address
 
 
-def _envoy(address: str) -> Http:
-    return Http(f"http://{address}", what="the proxy's Envoy admin API")
+ADMIN_API = "the proxy's Envoy admin API"
+# GET argv[1] and write the body to stdout; run inside a pod's network namespace by PodAdmin
+FETCH = ("import sys, urllib.request\n"
+         "opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))\n"
+         "sys.stdout.buffer.write(opener.open(sys.argv[1], timeout=30).read())")
+
+
+@dataclass
+class PodAdmin:
+    """The Envoy admin API of a capture-mode pod of the local mesh: on the pod's own loopback, so the
+    request runs inside the pod's network namespace (needs root, as `plait up` in capture mode did;
+    istioctl port-forwards through the Kubernetes API instead)."""
+
+    namespace: str
+    address: str
+
+    def get(self, path: str) -> Any:
+        url = f"http://{self.address}{path}"
+        try:
+            done = subprocess.run(netns.exec_argv(self.namespace, [sys.executable, "-c", FETCH, url]),
+                                  capture_output=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ClientError(f"cannot reach {ADMIN_API} at {url} in network namespace {self.namespace}: {exc}") \
+                from None
+        if done.returncode != 0:
+            why = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+            hint = " (entering a pod's network namespace needs root)" if os.geteuid() != 0 else ""
+            raise ClientError(f"cannot reach {ADMIN_API} at {url} in network namespace {self.namespace}: "
+                              f"{why}{hint}")
+        return decode(done.stdout)
+
+
+def admin_api(status: dict, override: str | None) -> Http | PodAdmin:
+    """Where to read a proxy's Envoy: --admin if given; a capture-mode sidecar of the local mesh
+    through its network namespace; else the admin address its agent reported."""
+    if override:
+        return Http(f"http://{override}", what=ADMIN_API)
+    address, proxy = admin_address(status, None), status.get("proxy", {})
+    if proxy.get("mode") == "capture" and proxy.get("kind") == "sidecar":
+        namespace = netns.Network().namespace(proxy["name"])
+        if (NETNS_DIR / namespace).exists():
+            return PodAdmin(namespace, address)
+    return Http(f"http://{address}", what=ADMIN_API)
 
 
 def _proxy_diff(status: dict, control_plane: str | None, admin: str | None) -> None:
     try:
         sent = Http(control_plane_url(control_plane)).get(f"/debug/config_dump?proxy={status['proxy_id']}")
-        held = envoyconfig.resource_names(_envoy(admin_address(status, admin)).get("/config_dump?include_eds"))
+        held = envoyconfig.resource_names(admin_api(status, admin).get("/config_dump?include_eds"))
     except ClientError as exc:
         fail(exc)
         raise
@@ -128,8 +177,8 @@ def proxy_config(kind: Annotated[str, typer.Argument(help="cluster, listener, ro
         err.print(f"[red]error[/]: KIND is one of {', '.join(CONFIG_KINDS)}; -o is short, yaml or json")
         raise typer.Exit(2)
     kind = kind.rstrip("s")
-    envoy = _envoy(admin or admin_address(_find(_statuses(control_plane), proxy), None))
     try:
+        envoy = admin_api({} if admin else _find(_statuses(control_plane), proxy), admin)
         dump = envoy.get("/config_dump?include_eds" if kind == "endpoint" else "/config_dump")
         data = envoy.get("/clusters?format=json") if kind == "endpoint" and output == "short" else None
     except ClientError as exc:
