@@ -19,7 +19,7 @@ from plait.testing.ads_client import make_node
 from plait.testing.synthetic import MeshShape, load_one, mesh_resources, virtual_service_yaml
 from plait.xds.generator import generate
 from plait.xds.hub import XdsHub, proxy_from_node
-from plait.xds.protocol import NACKED, SYNCED
+from plait.xds.protocol import NACKED, STALE, SYNCED
 from plait.xds.publish import TYPES, Publisher
 from plait.xds.resources import TYPE_URLS
 
@@ -247,7 +247,10 @@ def test_statuses_config_dump_convergence_and_metrics():
     hub.update(*_change_svc(snapshot, 4, 50))
     record = hub.last_update
     assert record.finished is None and len(record.waiting) == 2
+    # assigned, not yet sent (the streams' tasks have not run): not SYNCED, or a readiness check could pass early
+    assert {t.state for s in hub.statuses() for t in s.types.values()} == {STALE}
     envoys[0].answer(envoys[0].pushes())
+    assert {t.state for t in hub.statuses()[0].types.values()} == {SYNCED}
     pushes = envoys[1].pushes()
     assert record.finished is None
     envoys[1].answer(pushes, error="no thanks")

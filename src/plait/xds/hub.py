@@ -44,7 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from plait.model import MeshSnapshot, Proxy
 from plait.model.snapshot import Key
 from plait.xds.generator import affected_route_names, generate, generate_routes, route_names
-from plait.xds.protocol import STALE, Ack, AdsStream, Nack, Response, TypeStatus
+from plait.xds.protocol import STALE, SYNCED, Ack, AdsStream, Nack, Response, TypeStatus
 from plait.xds.publish import EVERYTHING, TYPES, Impact, Publisher, Published, change_impact
 from plait.xds.resources import ResourceSet
 
@@ -380,8 +380,12 @@ class XdsHub:
             group = conn.group
             published = group.published if group else None
             errors = (published.errors if published else ()) + ((group.error,) if group and group.error else ())
+            types = {s: dataclasses.replace(t) for s, t in conn.stream.statuses().items()}
+            if conn._dirty:  # an update is assigned but not yet sent: what it holds is not the latest
+                for t in types.values():
+                    t.state = STALE if t.state == SYNCED else t.state
             out.append(ProxyStatus(conn.proxy_id, conn.proxy, conn.envoy_version, conn.connected_at, conn.stream.kind,
-                                   {s: dataclasses.replace(t) for s, t in conn.stream.statuses().items()},
+                                   types,
                                    errors, published.warnings if published else (), conn.admin_address))
         return out
 
