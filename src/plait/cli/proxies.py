@@ -62,7 +62,8 @@ def proxy_status(proxy: Annotated[str | None, typer.Argument(help="Show one prox
     """Show every connected proxy and whether it has the latest config, per xDS type, as istioctl does.
 
     SYNCED: sent and acknowledged; NOT SENT: nothing sent yet; STALE: newer config sent (or about to
-    be), not acknowledged yet; NACKED: Envoy rejected it (the reason is shown) and keeps serving its last good config.
+    be), not acknowledged yet; NACKED: Envoy rejected it (the reason is shown) and keeps serving its
+    last good config.
     With a PROXY: what the control plane sent compared with what that Envoy reports holding.
 
     Example: [bold]plait proxy-status[/]   [bold]plait proxy-status reviews-v1[/]
