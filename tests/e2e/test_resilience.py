@@ -262,8 +262,10 @@ def test_outlier_detection_ejects_the_failing_endpoint(mesh):
     bad = mesh.http_backend("reviews-bad", 12, status=500)
     sidecar = mesh.sidecar(service_yaml("reviews", 9080, {"good": good, "bad": bad}), OUTLIER_DETECTION)
 
-    first = [sidecar.get("http://reviews:9080/").status for _ in range(4)]
-    assert 500 in first
+    first: list[int] = []  # until the load balancer (random choices) picks the bad endpoint once
+    while 500 not in first and len(first) < 30:
+        first.append(sidecar.get("http://reviews:9080/").status)
+    assert 500 in first, first
     assert wait_until(lambda: any(h.outlier_ejected for h in sidecar.envoy.cluster_hosts(REVIEWS_CLUSTER)))
     ejected = [h.address for h in sidecar.envoy.cluster_hosts(REVIEWS_CLUSTER) if h.outlier_ejected]
     assert ejected == [bad.address]
@@ -295,8 +297,11 @@ def test_outlier_detection_ejects_most_endpoints_without_panic_like_istio(mesh):
     sidecar = mesh.sidecar(service_yaml("reviews", 9080, {"good": good, "bad0": bad[0], "bad1": bad[1]}),
                            OUTLIER_DETECTION)
 
-    for _ in range(6):
+    for _ in range(40):  # until the load balancer (random choices) has picked each bad endpoint once
+        if all(b.count for b in bad):
+            break
         sidecar.get("http://reviews:9080/")
+    assert all(b.count for b in bad)
     assert wait_until(lambda: sum(h.outlier_ejected for h in sidecar.envoy.cluster_hosts(REVIEWS_CLUSTER)) == 2)
     time.sleep(1.1)  # Envoy delivers a second health change within common_lb_config.update_merge_window (1s) late
 
