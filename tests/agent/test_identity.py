@@ -429,9 +429,11 @@ def test_envoy_gets_its_config_over_tls_with_its_token(control_plane, subnet, tm
         stats = {s["name"]: s.get("value") for s in
                  sidecar.admin.get("/stats?format=json&filter=^cluster\\.xds-grpc\\.")["stats"] if "name" in s}
         assert stats["cluster.xds-grpc.ssl.handshake"] >= 1 and stats["cluster.xds-grpc.ssl.connection_error"] == 0
-        [status] = [s for s in control_plane.api.get("/debug/syncz") if s["proxy_id"] == sidecar.proxy_id]
-        assert {t["state"] for t in status["types"].values()} <= {"SYNCED", "NOT SENT"}
-        assert status["types"]["lds"]["state"] == "SYNCED"
+        def synced() -> bool:
+            [status] = [s for s in control_plane.api.get("/debug/syncz") if s["proxy_id"] == sidecar.proxy_id]
+            states = {short: t["state"] for short, t in status["types"].items()}
+            return set(states.values()) <= {"SYNCED", "NOT SENT"} and states["lds"] == "SYNCED"
+        wait_until(synced, 10, "its config acknowledged")
 
 
 def test_certificates_rotate_at_half_life_before_they_expire(control_plane, subnet, tmp_path: Path) -> None:

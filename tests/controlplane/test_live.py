@@ -152,7 +152,13 @@ class Load:
         return [s for s in self.results if s != 200]
 
 
+def all_synced(mesh: Mesh):
+    """A predicate: every proxy has acknowledged the newest configuration (STALE while it is on its way)."""
+    return lambda: all(t["state"] == "SYNCED" for s in mesh.cp.api.get("/debug/syncz") for t in s["types"].values())
+
+
 def test_every_proxy_is_synced_with_its_envoy_version(mesh: Mesh) -> None:
+    mesh.eventually(all_synced(mesh), "every proxy to be SYNCED")  # the last registration may be on its way
     statuses = mesh.cp.statuses()
     for agent in mesh.agents.values():
         status = statuses[agent.proxy_id]
@@ -270,6 +276,7 @@ def test_proxy_status_cli_shows_every_proxy(mesh: Mesh) -> None:
 
     from plait.cli.main import app
 
+    mesh.eventually(all_synced(mesh), "every proxy to be SYNCED")  # the previous test's last change may be on its way
     result = CliRunner().invoke(app, ["proxy-status", "--control-plane", f"127.0.0.1:{mesh.cp.http_port}"])
     assert result.exit_code == 0, result.output
     for agent in mesh.agents.values():
