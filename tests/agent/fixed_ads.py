@@ -57,28 +57,28 @@ class FixedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.resources = resources
         self.nodes: list[base_pb2.Node] = []
 
-    async def StreamAggregatedResources(self, requests, context):
+    async def _answer_once_per_type(self, requests, response):
+        """Record nodes; answer each resource type's first request with `response(type_url)`."""
         answered: set[str] = set()
         async for request in requests:
             if request.HasField("node"):
                 self.nodes.append(request.node)
             if request.type_url in self.resources and request.type_url not in answered:
                 answered.add(request.type_url)
-                yield discovery_pb2.DiscoveryResponse(
-                    version_info="1", type_url=request.type_url, nonce=f"{request.type_url}/1",
-                    resources=list(self.resources[request.type_url].values()))
+                yield response(request.type_url)
+
+    async def StreamAggregatedResources(self, requests, context):
+        async for response in self._answer_once_per_type(requests, lambda type_url: discovery_pb2.DiscoveryResponse(
+                version_info="1", type_url=type_url, nonce=f"{type_url}/1",
+                resources=list(self.resources[type_url].values()))):
+            yield response
 
     async def DeltaAggregatedResources(self, requests, context):
-        answered: set[str] = set()
-        async for request in requests:
-            if request.HasField("node"):
-                self.nodes.append(request.node)
-            if request.type_url in self.resources and request.type_url not in answered:
-                answered.add(request.type_url)
-                yield discovery_pb2.DeltaDiscoveryResponse(
-                    system_version_info="1", type_url=request.type_url, nonce=f"{request.type_url}/1",
-                    resources=[discovery_pb2.Resource(name=name, version="1", resource=resource)
-                               for name, resource in self.resources[request.type_url].items()])
+        async for response in self._answer_once_per_type(requests, lambda type_url: discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info="1", type_url=type_url, nonce=f"{type_url}/1",
+                resources=[discovery_pb2.Resource(name=name, version="1", resource=resource)
+                           for name, resource in self.resources[type_url].items()])):
+            yield response
 
 
 class FixedAdsServer:

@@ -125,13 +125,18 @@ def test_app_starts_only_once_ready_and_its_status_is_the_agents(start_agent, ad
     assert not alive(envoy)
 
 
-def test_sigterm_reaches_the_app_and_the_agent_exits_with_its_status(start_agent, ads_server, tmp_path: Path) -> None:
+def agent_with_a_waiting_app(start_agent, ads_server, tmp_path: Path):
+    """An agent whose app has started and waits for a signal: (agent, Envoy's pid, the app's pid, its record)."""
     server, status_port = ads_server(), free_port()
     command, record = app_command(tmp_path, status_port, mode="wait")
     agent = start_agent(control_plane_port=server.port, status_port=status_port, app=command)
     envoy = agent.envoy_pid()
     wait_for(lambda: record_lines(record), "the app to start")
-    app_pid = int(record_lines(record)[0].split()[1])
+    return agent, envoy, int(record_lines(record)[0].split()[1]), record
+
+
+def test_sigterm_reaches_the_app_and_the_agent_exits_with_its_status(start_agent, ads_server, tmp_path: Path) -> None:
+    agent, envoy, app_pid, record = agent_with_a_waiting_app(start_agent, ads_server, tmp_path)
     agent.process.send_signal(signal.SIGTERM)
     assert agent.wait_exit() == 3
     assert record_lines(record)[1:] == ["terminated"]
@@ -139,12 +144,7 @@ def test_sigterm_reaches_the_app_and_the_agent_exits_with_its_status(start_agent
 
 
 def test_agent_killed_takes_envoy_and_app_with_it(start_agent, ads_server, tmp_path: Path) -> None:
-    server, status_port = ads_server(), free_port()
-    command, record = app_command(tmp_path, status_port, mode="wait")
-    agent = start_agent(control_plane_port=server.port, status_port=status_port, app=command)
-    envoy = agent.envoy_pid()
-    wait_for(lambda: record_lines(record), "the app to start")
-    app_pid = int(record_lines(record)[0].split()[1])
+    agent, envoy, app_pid, _ = agent_with_a_waiting_app(start_agent, ads_server, tmp_path)
     agent.process.kill()
     agent.wait_exit()
     wait_for(lambda: not alive(envoy) and not alive(app_pid), "Envoy and the app to die with the agent", timeout=5)

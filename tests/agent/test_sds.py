@@ -190,7 +190,7 @@ def test_stale_nonces_are_ignored_but_new_names_are_answered(root: Root) -> None
 
 def test_the_socket_is_0600_and_owned_by_the_proxy_user(tmp_path: Path, root: Root) -> None:
     if os.geteuid() != 0:
-        pytest.skip("chown to the proxy user needs root")
+        pytest.fail("chown to the proxy user needs root; CI runs this as root")
 
     async def serve() -> os.stat_result:
         server = SdsServer(tmp_path / "sds.sock", owner_uid=1337)
@@ -216,7 +216,7 @@ def test_proxy_dir_is_in_the_state_dir_when_the_proxy_user_can_reach_it(tmp_path
 
 def test_proxy_dir_moves_to_tmp_when_a_parent_is_closed_to_the_proxy_user(tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("chown to the proxy user needs root")
+        pytest.fail("chown to the proxy user needs root; CI runs this as root")
     closed = tmp_path / "closed"
     (closed / "agent").mkdir(parents=True)
     closed.chmod(0o700)

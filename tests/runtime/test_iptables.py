@@ -251,15 +251,6 @@ def network() -> Iterator[netns.Network]:
     assert netns.leftovers(net) == []
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 def listen(processes: list[subprocess.Popen[str]], ns: str, *ports: str, uid: int | None = None) -> None:
     proc = subprocess.Popen(netns.exec_argv(ns, [sys.executable, "-I", "-c", LISTENER, *ports], uid=uid),
                             stdout=subprocess.PIPE, text=True)

@@ -85,15 +85,6 @@ def network() -> Iterator[Network]:
     netns.teardown(net)
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 def address(network: Network, host: int) -> str:
     return f"{network.gateway.rsplit('.', 1)[0]}.{host}"
 

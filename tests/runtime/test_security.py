@@ -232,8 +232,13 @@ class Mesh:
 
     def drained(self) -> bool:
         """No Envoy still serves a connection on a replaced listener or filter chain."""
-        return not any(self.counter(pod.name, f"listener_manager.total_{what}_draining")
-                       for pod in State.load(self.state_dir).pods for what in ("listeners", "filter_chains"))
+        draining = "/stats?filter=^listener_manager\\.total_(listeners|filter_chains)_draining$"
+        for pod in State.load(self.state_dir).pods:
+            values = [int(line.partition(": ")[2]) for line in self.admin(pod.name, draining).splitlines()]
+            assert len(values) == 2, (pod.name, values)  # both gauges: the filter matches what it should
+            if any(values):
+                return False
+        return True
 
     def settle(self, predicate, what: str) -> None:
         """Wait until a config change shows (`predicate`), every proxy has acknowledged it, every Envoy

@@ -79,8 +79,8 @@ def proxy_status(proxy: Annotated[str | None, typer.Argument(help="Show one prox
         out.print("no proxies connected")
 
 
-def admin_address(status: dict, override: str | None) -> str:
-    address = override or status.get("admin_address")
+def admin_address(status: dict) -> str:
+    address = status.get("admin_address")
     if not address:
         err.print(f"[red]error[/]: the control plane does not know the admin address of {status['proxy_id']}; "
                   "pass --admin HOST:PORT")
@@ -125,7 +125,7 @@ def admin_api(status: dict, override: str | None) -> Http | PodAdmin:
     through its network namespace; else the admin address its agent reported."""
     if override:
         return Http(f"http://{override}", what=ADMIN_API)
-    address, proxy = admin_address(status, None), status.get("proxy", {})
+    address, proxy = admin_address(status), status.get("proxy", {})
     if proxy.get("mode") == "capture" and proxy.get("kind") == "sidecar":
         namespace = netns.Network().namespace(proxy["name"])
         if (NETNS_DIR / namespace).exists():
