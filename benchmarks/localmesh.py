@@ -59,7 +59,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from plait.agent.processes import alive
+from plait.host.processes import alive
 from plait.runtime import netns
 from plait.runtime.local import API_PORT, CA_PORT, State
 from plait.testing.live import free_port, run_plait

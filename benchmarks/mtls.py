@@ -66,10 +66,10 @@ from pathlib import Path
 import localmesh as lm
 from common import machine
 
+from plait.host.envoy_binary import find_envoy
 from plait.runtime import netns
 from plait.runtime.local import Pod
 from plait.testing.live import run_plait
-from plait.xds.static import find_envoy
 
 BACKEND_CLUSTER = "outbound|9080||backend.default.svc.cluster.local"
 CONFIGS = ("plaintext", "mtls", "mtls_no_reuse", "plaintext_no_reuse")  # one step apart, in this order

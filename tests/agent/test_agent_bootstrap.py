@@ -16,7 +16,13 @@ import pytest
 
 from plait import __version__
 from plait.agent.bootstrap import (
-    BootstrapSettings, build_bootstrap, node_metadata, parse_control_plane, proxy_for_mode, xds_cluster)
+    BootstrapSettings,
+    build_bootstrap,
+    node_metadata,
+    parse_control_plane,
+    proxy_for_mode,
+    xds_cluster,
+)
 from plait.model import Proxy
 from plait.xds.static import envoy_validate
 

@@ -8,10 +8,10 @@ import typer
 from plait.agent.admin import parse_stats
 from plait.agent.app import app_environment
 from plait.agent.bootstrap import proxy_for_mode
-from plait.agent.processes import describe_exit, exit_status
 from plait.agent.readiness import Readiness, readiness_of
 from plait.agent.supervisor import Backoff, envoy_argv
 from plait.cli.agent import parse_labels
+from plait.host.processes import describe_exit, exit_status
 
 CONFIG = {"cluster_manager.cds.update_success": 1, "listener_manager.lds.update_success": 1}
 

@@ -43,8 +43,8 @@ from plait.agent.identity import (
 from plait.agent.registration import Registration, keep_registered
 from plait.agent.run import reachable_by
 from plait.ca.authority import (
-    CertificateAuthority,
     SERVER_DNS_NAMES,
+    CertificateAuthority,
     CsrRefused,
     check_csr,
     generate_root,

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from plait.api import load_paths
 from plait.cli import proxies
-from plait.cli.client import ClientError, Http
 from plait.cli.envoyconfig import chain_root
 from plait.cli.main import app
+from plait.client import ClientError, Http
 from plait.model import MeshSnapshot, Proxy
 from plait.testing.envoy import run_envoy
 from plait.xds.generator import generate
@@ -46,7 +46,7 @@ def run(*args: str) -> str:
 def test_clusters_table(envoy) -> None:
     text = run("proxy-config", "cluster", "productpage", "--admin", envoy.admin_address)
     assert "SERVICE FQDN" in text
-    line = next(l for l in text.splitlines() if "reviews.default.svc.cluster.local" in l and " v2 " in l)
+    line = next(row for row in text.splitlines() if "reviews.default.svc.cluster.local" in row and " v2 " in row)
     assert "9080" in line and "outbound" in line
 
 

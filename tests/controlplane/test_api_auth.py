@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from plait.ca.tokens import TokenIssuer
-from plait.cli.client import Http
+from plait.client import Http
 from plait.controlplane.api import Api, admin_token_path, load_or_create_admin_token
 from plait.controlplane.mesh import MeshState
 from plait.model import MeshSnapshot

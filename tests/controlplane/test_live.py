@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from plait.cli.client import ClientError
+from plait.client import ClientError
 from plait.controlplane.testhooks import REJECTED_ROUTE_ENV
 from plait.model.proxy import EXPLICIT_PROXY_PORT
 from plait.testing.backends import HttpBackend, loopback_subnet

@@ -6,7 +6,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from plait.agent.processes import alive
+from plait.host.processes import alive
 from plait.runtime import netns
 from plait.runtime.local import API_PORT, CA_PORT, State, pod_argv
 from plait.testing.http import http_request

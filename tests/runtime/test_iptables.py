@@ -24,6 +24,7 @@ import typer
 from typer.testing import CliRunner
 
 from plait.cli.iptables import register
+from plait.host.envoy_binary import find_envoy
 from plait.runtime import netns
 from plait.runtime.iptables import (
     CHAINS,
@@ -35,7 +36,6 @@ from plait.runtime.iptables import (
     render_rules,
     save_nat,
 )
-from plait.xds.static import find_envoy
 
 ISTIO_INIT_FLAGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "",
                     "-b", "*", "-d", "15090,15021,15020"]

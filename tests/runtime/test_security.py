@@ -59,7 +59,7 @@ from meshes import down_leaves_nothing, envoy_admin, listening, wait_for_no_othe
 from plait.ca.authority import root_cert_path
 from plait.ca.tokens import token_key_path
 from plait.cli import envoyconfig
-from plait.cli.client import Http
+from plait.client import Http
 from plait.controlplane.api import admin_token_path
 from plait.runtime import netns
 from plait.runtime.local import TOKEN_FILE, Pod, State, control_plane_state, pod_argv

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from plait.agent.processes import alive
+from plait.host.processes import alive
 from plait.runtime.local import State
 from plait.testing.http import http_request
 from plait.testing.live import free_port, wait_until
@@ -112,10 +112,10 @@ def test_a_killed_app_is_restarted_and_traffic_recovers(mesh) -> None:
     assert apps, "the app process of web-v1-1 was not found"
     os.kill(apps[0], signal.SIGKILL)
     wait_until(lambda: State.load(workdir / ".plait").pods[1].restarts >= 1, 30, "the pod to be restarted")
-    wait_until(lambda: "ready" in next(l for l in plait("status", cwd=workdir).stdout.splitlines()
-                                       if "web-v1-1" in l), 60, "the restarted pod to be ready")
+    wait_until(lambda: "ready" in next(row for row in plait("status", cwd=workdir).stdout.splitlines()
+                                       if "web-v1-1" in row), 60, "the restarted pod to be ready")
     assert [http_request("127.0.0.1", port, "/").status for _ in range(20)] == [200] * 20
-    assert " 1 " in next(l for l in plait("status", cwd=workdir).stdout.splitlines() if "web-v1-1" in l) + " "
+    assert " 1 " in next(row for row in plait("status", cwd=workdir).stdout.splitlines() if "web-v1-1" in row) + " "
 
 
 def test_https_server_with_a_user_certificate_on_the_ingress_gateway(mesh) -> None:

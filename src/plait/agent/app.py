@@ -13,7 +13,7 @@ import contextlib
 import signal
 from collections.abc import Mapping, Sequence
 
-from plait.agent.processes import die_with_parent
+from plait.host.processes import die_with_parent
 from plait.model import Proxy
 from plait.model.proxy import EXPLICIT_PROXY_PORT
 

@@ -43,7 +43,6 @@ from plait.agent.admin import AdminUnavailable, EnvoyAdmin
 from plait.agent.app import app_environment, start_app, wait_for_app
 from plait.agent.bootstrap import BootstrapSettings, build_bootstrap
 from plait.agent.identity import CertificateError, CertificateManager, read_token
-from plait.agent.processes import describe_exit, exit_status
 from plait.agent.readiness import Readiness, check_readiness, wait_until_ready
 from plait.agent.registration import (
     Registration,
@@ -54,7 +53,8 @@ from plait.agent.registration import (
 from plait.agent.sds import SdsServer
 from plait.agent.status import StatusServer
 from plait.agent.supervisor import EnvoySupervisor, envoy_argv
-from plait.xds.static import find_envoy
+from plait.host.envoy_binary import find_envoy
+from plait.host.processes import describe_exit, exit_status
 
 log = logging.getLogger("plait.agent")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -91,7 +91,7 @@ class AgentConfig:
     envoy_log_level: str = "warning"
     drain_seconds: float = 5.0
     app_command: tuple[str, ...] = ()
-    envoy: str | None = None  # default: plait.xds.static.find_envoy()
+    envoy: str | None = None  # default: plait.host.envoy_binary.find_envoy()
     registration: Registration | None = None  # register the workload with the control plane
     proxy_uid: int | None = None  # run Envoy as this user (capture mode: 1337, which iptables skips)
     identity: IdentitySettings | None = None  # get a certificate and serve it over SDS

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from plait.agent.processes import describe_exit, die_with_parent, stop_process
+from plait.host.processes import describe_exit, die_with_parent, stop_process
 
 log = logging.getLogger("plait.agent")
 LOG_LINE_LIMIT = 1 << 20

@@ -18,8 +18,10 @@ from rich.table import Table
 from plait.api.common import parse_duration
 from plait.api.errors import Problem
 from plait.api.loader import yaml_files
+from plait.ca.authority import MAX_WORKLOAD_TTL, CaError
 from plait.cli.console import err, out, print_problems
-from plait.cli.client import ClientError, Http, control_plane_url
+from plait.client import ClientError, Http, control_plane_url
+from plait.controlplane.app import Settings, run
 
 ControlPlane = Annotated[str | None, typer.Option(
     "--control-plane", help="Control plane host, host:port (HTTP API, default port 15014) or URL. "
@@ -98,16 +100,13 @@ def control_plane(
     and sign workload certificates.
 
     Envoys connect over ADS (state-of-the-world or delta) on --xds-port (plaintext) or, with their pod
-    token, over TLS on --ca-port; the CLI and agents use the HTTP API on --http-port. Config changes (plait apply, or edits in --config-dir) are pushed to
-    the proxies they concern within the debounce interval. Agents get SPIFFE certificates
+    token, over TLS on --ca-port; the CLI and agents use the HTTP API on --http-port. Config changes (plait apply,
+    or edits in --config-dir) are pushed to the proxies they concern within the debounce interval. Agents get SPIFFE certificates
     (spiffe://cluster.local/ns/NS/sa/SA) from the CA on --ca-port, proving who they are with a pod
     token; the CA signs only the token's own identity.
 
     Example: [bold]plait control-plane --config-dir mesh/[/]  then  [bold]plait apply -f reviews-80-20.yaml[/]
     """
-    from plait.ca.authority import MAX_WORKLOAD_TTL, CaError
-    from plait.controlplane.app import Settings, run
-
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cert_ttl = parse_duration(workload_cert_ttl)

@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from plait.api.resources import Resource
+from plait.cli.common import load_or_exit, proxy_for
 from plait.model import MeshSnapshot
 from plait.model.services import Endpoint as RegistryEndpoint
 from plait.xds.simulate import Authorization, ClusterTarget, Outcome, Policies, Request, simulate_mesh
@@ -86,8 +87,6 @@ def explain(
 
     Example: [bold]plait explain -f mesh/ --from productpage-v1 --url http://reviews:9080/ -H 'end-user: jason'[/]
     """
-    from plait.cli.main import load_or_exit, proxy_for
-
     if mode not in ("capture", "proxy") or output not in ("text", "json"):
         err.print("[red]error[/]: --mode takes capture or proxy; -o takes text or json")
         raise typer.Exit(2)
@@ -294,8 +293,6 @@ BASE_FILES = ("services.yaml", "networking/bookinfo-gateway.yaml", "networking/d
 
 
 def _load(files: list[Path]) -> list[Resource]:
-    from plait.cli.main import load_or_exit
-
     return load_or_exit(files, show_warnings=False).resources
 
 
@@ -351,8 +348,6 @@ def _rule(outcome: Outcome) -> str:
 
 def scenario_rows(snapshot: MeshSnapshot) -> list[tuple[str, str, str]]:
     """(request, lands on, rule) for each demo request; a fault is shown under where it lands."""
-    from plait.cli.main import proxy_for
-
     workloads, proxies, rows = endpoint_index(snapshot), {}, []
     for label, workload, url, headers in DEMO_REQUESTS:
         proxy = proxies.setdefault(workload, proxy_for(snapshot, workload, "capture"))

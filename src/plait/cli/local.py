@@ -15,11 +15,14 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from plait.agent.processes import alive
-from plait.cli.client import ClientError, Http
+from plait.api.common import parse_duration
 from plait.cli.console import err, out, print_problems
-from plait.runtime.local import API_PORT, STATE_FILE, LocalMesh, State
+from plait.cli.explain import bookinfo
+from plait.client import ClientError, Http
+from plait.host.processes import alive
+from plait.runtime.local import API_PORT, LocalMesh, State
 from plait.runtime.manifests import load_manifests
+from plait.runtime.netns import why_not_capture
 
 StateDir = Annotated[Path, typer.Option(help="Run directory: logs, the control plane's config, state.")]
 UP_TIMEOUT = 180.0
@@ -27,8 +30,6 @@ UP_TIMEOUT = 180.0
 
 def pick_mode(requested: str) -> tuple[str, str]:
     """The mode to run and why: `auto` is capture when it can be (Linux, root, ip, iptables), else proxy."""
-    from plait.runtime.netns import why_not_capture
-
     reason = why_not_capture()
     if requested == "capture" and reason:
         err.print(f"[red]error[/]: {reason}")
@@ -144,8 +145,6 @@ def up(
 
 
 def _duration_or_exit(text: str, flag: str) -> float:
-    from plait.api.common import parse_duration
-
     try:
         return parse_duration(text)
     except ValueError as exc:
@@ -238,8 +237,6 @@ def demo_bookinfo(
     Example: [bold]plait demo bookinfo -d[/]  then open http://127.0.0.1:8080/productpage
     """
     if explain:
-        from plait.cli.explain import bookinfo
-
         return bookinfo()
     up(filename=[BOOKINFO / "manifests", BOOKINFO / "networking" / "bookinfo-gateway.yaml"], mode=mode,
        detach=detach, state_dir=state_dir, ingress_port=ingress_port, ingress_tls_port=8443, landing="/productpage")
@@ -254,5 +251,3 @@ def register(app: typer.Typer) -> None:
     demo.command("bookinfo")(demo_bookinfo)
     app.add_typer(demo, name="demo")
 
-
-__all__ = ["STATE_FILE", "register"]

@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from plait.cli import envoyconfig
-from plait.cli.client import ClientError, Http, control_plane_url, decode
 from plait.cli.console import err, out
 from plait.cli.controlplane import ControlPlane, fail
+from plait.client import ClientError, Http, control_plane_url, decode
 from plait.runtime import netns
 
 TYPES = ("cds", "lds", "eds", "rds")

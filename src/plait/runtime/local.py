@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,10 @@ from pathlib import Path
 
 import yaml
 
+from plait.ca.authority import root_cert_path, write_file
+from plait.ca.tokens import TokenIssuer, token_key_path
+from plait.client import ClientError, Http
+from plait.host.processes import die_with_parent
 from plait.runtime import iptables
 from plait.runtime import netns as capture
 from plait.runtime.addresses import Addresses
@@ -209,8 +214,6 @@ class LocalMesh:
 
     def _issue_token(self, pod: Pod) -> Path:
         """The pod's service-account token: what it proves its identity to the CA with (owner-only)."""
-        from plait.ca.authority import write_file
-
         path = self._pod_dir(pod) / TOKEN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         write_file(path, self._tokens.issue(pod.namespace, pod.service_account, pod.name).encode())
@@ -219,8 +222,6 @@ class LocalMesh:
     @functools.cached_property
     def _tokens(self):
         """The control plane's token issuer (its key is read once, after the control plane made it)."""
-        from plait.ca.tokens import TokenIssuer, token_key_path
-
         return TokenIssuer.load_or_create(token_key_path(self.control_plane_state))
 
     async def _spawn(self, args: list[str], log_name: str, env: dict[str, str] | None = None,
@@ -228,8 +229,6 @@ class LocalMesh:
         """Start `plait ARGS`, logging to logs/LOG_NAME.log; with `pod_name`, inside that capture-mode pod."""
         log_path = self.state_dir / "logs" / f"{log_name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        from plait.agent.processes import die_with_parent
-
         argv = [self.python, "-m", "plait", *args]
         if pod_name:
             argv = pod_argv(self.state_dir, pod_name, argv)
@@ -299,8 +298,6 @@ class LocalMesh:
              "--http-port", str(API_PORT), "--ca-port", str(CA_PORT), "--state-dir", str(self.control_plane_state),
              "--host", host], "control-plane")
         self.state.control_plane_pid = self.control_plane.pid
-        from plait.cli.client import ClientError, Http
-
         api = Http(f"http://127.0.0.1:{API_PORT}")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -315,13 +312,9 @@ class LocalMesh:
         raise RuntimeError("the control plane did not become ready in 30 s")
 
     def _publish_root_cert(self) -> None:
-        from plait.ca.authority import root_cert_path, write_file
-
         write_file(self.root_cert, root_cert_path(self.control_plane_state).read_bytes(), mode=0o644)
 
     async def _apply_config(self) -> None:
-        from plait.cli.client import Http
-
         docs = gateway_services(self.ingress_port, self.egress_port, self.ingress_tls_port) + config_documents(
             self.manifests, self.addresses, self.state)
         text = yaml.safe_dump_all(docs, sort_keys=False)
@@ -407,8 +400,6 @@ class LocalMesh:
 
 
 def _port_free(port: int) -> bool:
-    import socket
-
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed connection in TIME_WAIT is no server
         try:

@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plait.api.errors import Problem
 from plait.api.loader import LoadResult, SafeLoader, load_paths, yaml_files
 from plait.api.resources import ObjectMeta
-
-import yaml
 
 
 class _K8s(BaseModel):

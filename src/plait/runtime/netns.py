@@ -197,12 +197,12 @@ def exec_argv(namespace: str, argv: Sequence[str], *, uid: int | None = None, gi
 
 def _cover_script(hide: Sequence[Path], keep: Path | None) -> str:
     """sh -c script for `exec_argv`: positional parameters are the hidden directories, then `keep`."""
-    steps = ['exec 3<"${%d}"' % (len(hide) + 1)] if keep else []
+    steps = [f'exec 3<"${{{len(hide) + 1}}}"'] if keep else []
     for i, path in enumerate(hide, 1):
         mode = "711" if keep and path in keep.parents else "000"  # 711: a path through, no listing
         steps.append(f'mount -t tmpfs -o size=4k,mode={mode} plait-hidden "${{{i}}}"')
     if keep:
-        at = '"${%d}"' % (len(hide) + 1)
+        at = f'"${{{len(hide) + 1}}}"'
         steps.append(f"mkdir -p {at} && mount --no-canonicalize --bind /proc/self/fd/3 {at} && exec 3<&-")
     shift = len(hide) + (1 if keep else 0)
     return " && ".join(steps) + f' && shift {shift} && exec setpriv --bounding-set={DROPPED_CAPABILITIES} "$@"'

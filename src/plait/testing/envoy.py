@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from plait.xds.static import find_envoy
+from plait.host.envoy_binary import find_envoy
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0

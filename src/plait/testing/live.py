@@ -22,10 +22,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from plait.agent.processes import die_with_parent
 from plait.ca.authority import root_cert_path, write_file
 from plait.ca.tokens import TokenIssuer, token_key_path
-from plait.cli.client import ClientError, Http
+from plait.client import ClientError, Http
+from plait.host.processes import die_with_parent
 
 STARTUP_TIMEOUT = 30.0
 

@@ -1,4 +1,7 @@
-"""Small blocking HTTP clients for the CLI: the control plane's API and an Envoy's admin API.
+"""Small blocking HTTP clients: the control plane's API and an Envoy's admin API.
+
+Used by the CLI, the local mesh runtime and the test harnesses, so it sits below all of them and
+imports nothing from plait.
 
 Requests to the control plane carry ``Authorization: Bearer $PLAIT_API_TOKEN`` when that is set:
 the API answers anyone on its own host (127.0.0.1, ::1) and others only with its admin token

@@ -1,0 +1,47 @@
+"""The code's shape is checked with its behaviour: the import layers of DESIGN.md (import-linter's
+contracts in pyproject.toml), the linter (ruff check) and, once the tree is formatted, the formatter.
+
+Each test runs the tool as CI would and fails with the tool's own report.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE = ["src", "tests", "benchmarks"]
+
+
+def tool(name: str) -> str:
+    """The tool installed beside this Python (the test extra), else on PATH."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    assert found, f"{name} is not installed: install the test extra (pip install -e '.[test]'), as ./dev test does"
+    return found
+
+
+def run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_imports_follow_the_layers_of_design_md() -> None:
+    result = run(tool("lint-imports"), "--no-cache")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+def test_ruff_finds_nothing() -> None:
+    result = run(tool("ruff"), "check", "--no-cache", *CODE)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(os.environ.get("PLAIT_CHECK_FORMAT") != "1",
+                    reason="the tree is not formatted yet; set PLAIT_CHECK_FORMAT=1 to check")
+def test_code_is_formatted() -> None:
+    result = run(tool("ruff"), "format", "--check", "--no-cache", *CODE)
+    assert result.returncode == 0, result.stdout + result.stderr
