@@ -20,7 +20,7 @@ from plait.cli.console import err, out, print_problems
 from plait.cli.explain import bookinfo
 from plait.client import ClientError, Http
 from plait.host.processes import alive
-from plait.runtime.local import API_PORT, LocalMesh, State
+from plait.runtime.local import API_PORT, LocalMesh, Pod, State, crash_looping, log_tail
 from plait.runtime.manifests import load_manifests
 from plait.runtime.netns import why_not_capture
 
@@ -59,16 +59,27 @@ def _pod_rows(state: State) -> list[tuple[str, ...]]:
     return rows
 
 
-def status_table(state: State) -> Table:
+def status_table(state: State, rows: list[tuple[str, ...]] | None = None) -> Table:
     table = Table("POD", "ADDRESS", "READY", "PROXY", "RESTARTS", box=None, header_style="bold",
                   title=f"plait local mesh ({state.mode} mode) — ingress {state.ingress}", title_justify="left")
-    for row in _pod_rows(state):
+    for row in _pod_rows(state) if rows is None else rows:
         table.add_row(*row)
     return table
 
 
-def all_ready(state: State) -> bool:
-    rows = _pod_rows(state)
+def ready_pods(rows: list[tuple[str, ...]]) -> set[str]:
+    """``namespace/name`` of the pods whose status row says ready."""
+    return {row[0] for row in rows if row[2] == "ready"}
+
+
+def crash_report(pod: Pod) -> str:
+    """What `plait up` says of a crash-looping pod: its name, its restarts, the last lines of its log."""
+    tail = "\n".join(f"  | {line}" for line in log_tail(pod.log)) or "  (its log is empty)"
+    return (f"pod {pod.namespace}/{pod.name} keeps crashing: restarted {pod.restarts} times without becoming "
+            f"ready. Last lines of its log ({pod.log}):\n{tail}")
+
+
+def _all_ready(rows: list[tuple[str, ...]]) -> bool:
     return bool(rows) and all(r[2] == "ready" and r[3] == "SYNCED" for r in rows)
 
 
@@ -92,9 +103,15 @@ async def _foreground(mesh: LocalMesh, quiet: bool) -> None:
         await task
         return
     await asyncio.wait({task, asyncio.create_task(started.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    reported: set[str] = set()
     with Live(status_table(mesh.state), console=out, refresh_per_second=2) as live:
         while not task.done():
-            live.update(await asyncio.to_thread(status_table, mesh.state))
+            rows = await asyncio.to_thread(_pod_rows, mesh.state)
+            live.update(status_table(mesh.state, rows))
+            for pod in crash_looping(mesh.state.pods, ready_pods(rows)):
+                if pod.name not in reported:
+                    reported.add(pod.name)
+                    live.console.print(crash_report(pod), markup=False, style="red")
             await asyncio.wait({task}, timeout=1.0)
     await task
     out.print("stopped; nothing left running.")
@@ -172,17 +189,28 @@ def _detach(files: list[Path], mode: str, state_dir: Path, ingress_port: int, in
                           f"(log: {state_dir / 'logs' / 'up.log'})", markup=False, style="red")
                 raise typer.Exit(1)
             state = State.load(state_dir)
-            if state and state.pods and all_ready(state):
-                out.print(status_table(state))
+            rows = _pod_rows(state) if state else []
+            if state and state.pods and _all_ready(rows):
+                out.print(status_table(state, rows))
                 out.print(f"ready in {time.monotonic() - started:.1f}s. Open {state.ingress}  —  "
                           "'plait status' to watch, 'plait down' to stop.")
                 return
+            crashing = crash_looping(state.pods, ready_pods(rows)) if state else []
+            if crashing:
+                _fail_crash_looping(crashing, state_dir)
             if state:
-                ready = sum(r[2] == "ready" for r in _pod_rows(state))
-                spinner.update(f"starting the mesh… {ready}/{len(state.pods)} pods ready")
+                spinner.update(f"starting the mesh… {len(ready_pods(rows))}/{len(state.pods)} pods ready")
             time.sleep(0.5)
     err.print(f"[red]error[/]: not every pod was ready after {UP_TIMEOUT:.0f}s; see 'plait status' and "
               f"{state_dir / 'logs'}")
+    raise typer.Exit(1)
+
+
+def _fail_crash_looping(pods: list[Pod], state_dir: Path) -> None:
+    for pod in pods:
+        err.print(crash_report(pod), markup=False, style="red")
+    err.print(f"error: {len(pods)} pod(s) keep crashing; the mesh is still running ('plait status' to watch, "
+              f"'plait down' to stop; logs in {state_dir / 'logs'})", markup=False, style="red")
     raise typer.Exit(1)
 
 

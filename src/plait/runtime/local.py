@@ -34,12 +34,15 @@ from plait.host.processes import die_with_parent
 from plait.runtime import iptables
 from plait.runtime import netns as capture
 from plait.runtime.addresses import Addresses
-from plait.runtime.manifests import Deployment, Manifests
+from plait.runtime.manifests import Deployment, Manifests, pod_fields
 
 log = logging.getLogger("plait.runtime")
 CA_PORT, API_PORT = 15012, 15014  # xDS and the CA over TLS (istiod's 15012), the HTTP API
 TOKEN_FILE = "istio-token"  # in each pod's directory, as Istio mounts /var/run/secrets/tokens/istio-token
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
+# A pod restarted this often and not ready is crash-looping (Kubernetes' CrashLoopBackOff): `plait up` says so.
+CRASH_LOOP_RESTARTS = 3
+LOG_TAIL_LINES = 12
 STATE_FILE = "state.json"
 
 
@@ -93,6 +96,21 @@ class State:
         return cls(**data)
 
 
+def crash_looping(pods: list[Pod], ready: set[str]) -> list[Pod]:
+    """Pods restarted `CRASH_LOOP_RESTARTS` times or more that are not ready now (by ``namespace/name``)."""
+    return [pod for pod in pods
+            if pod.restarts >= CRASH_LOOP_RESTARTS and f"{pod.namespace}/{pod.name}" not in ready]
+
+
+def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last lines of a pod's log (its agent and its app), without Envoy's own ``[envoy]`` lines."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("[envoy]")][-lines:]
+
+
 def control_plane_state(state_dir: Path) -> Path:
     """The control plane's own state: the CA (key, root), the token-signing key, the API token."""
     return state_dir / "control-plane"
@@ -118,7 +136,12 @@ def _probe_url(container, app_ip: str) -> str | None:
 
 
 def pods_for(deployment: Deployment, addresses: Addresses, mode: str) -> list[Pod]:
-    """One Pod per replica of a Deployment: addresses, ports, the first container's command and env."""
+    """One Pod per replica of a Deployment: addresses, ports, the first container's command and env.
+
+    The environment is the container's ``env`` (``$(VAR)`` and ``fieldRef`` resolved as the kubelet does;
+    ``status.podIP`` is where the app listens: its own address in explicit-proxy mode) over ``PORT`` (the
+    first container port), under what the runtime provides (POD_NAME, POD_NAMESPACE, BIND_ADDRESS,
+    NO_PROXY, PATH); command and args then expand their ``$(VAR)`` references from it."""
     container = deployment.containers[0]
     pods = []
     for name in deployment.pod_names():
@@ -126,19 +149,19 @@ def pods_for(deployment: Deployment, addresses: Addresses, mode: str) -> list[Po
         # explicit-proxy: the app has a loopback address of its own; capture: the pod's own loopback
         app_ip = addresses.app_ip() if mode == "proxy" else "127.0.0.1"
         ports = {p.name or f"port-{p.container_port}": p.container_port for p in container.ports}
-        env = {e.name: e.value for e in container.env}
-        env.update(POD_NAME=name, POD_NAMESPACE=deployment.namespace,
-                   BIND_ADDRESS=app_ip if mode == "proxy" else "0.0.0.0",
-                   NO_PROXY=f"127.0.0.1,localhost,{app_ip}",
-                   # "python" in a container command is plait's own Python, with plait importable
-                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-        if container.ports:
-            env.setdefault("PORT", str(container.ports[0].container_port))
+        provided = dict(POD_NAME=name, POD_NAMESPACE=deployment.namespace,
+                        BIND_ADDRESS=app_ip if mode == "proxy" else "0.0.0.0",
+                        NO_PROXY=f"127.0.0.1,localhost,{app_ip}",
+                        # "python" in a container command is plait's own Python, with plait importable
+                        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        defaults = {"PORT": str(container.ports[0].container_port)} if container.ports else {}
+        fields = pod_fields(name, deployment.namespace, deployment.service_account,
+                            app_ip if mode == "proxy" else ip, deployment.labels)
+        env = container.environment(fields, defaults, provided)
         pods.append(Pod(name=name, namespace=deployment.namespace, deployment=deployment.name,
                         labels=dict(deployment.labels), service_account=deployment.service_account, ip=ip,
                         app_ip=app_ip, admin_port=addresses.port(), status_port=addresses.port(),
-                        command=list(container.command) + list(container.args), env=env, ports=ports,
-                        probe=_probe_url(container, app_ip)))
+                        command=container.argv(env), env=env, ports=ports, probe=_probe_url(container, app_ip)))
     return pods
 
 

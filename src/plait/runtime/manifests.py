@@ -4,10 +4,16 @@ The same files run on Kubernetes later, so only the fields a local process needs
 are read (replicas, pod template labels, serviceAccountName, containers' command,
 args, env, ports, readinessProbe.httpGet); everything else — the image above all —
 is ignored. Services and Istio kinds go to the control plane as they are.
+
+As the kubelet does, ``$(VAR)`` in a container's command, args and env values expands from its
+environment (`plait.runtime.expansion`), and ``env[].valueFrom.fieldRef`` gives the pod's name,
+namespace, service account, IP or a label (`pod_fields`).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,15 +23,34 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from plait.api.errors import Problem
 from plait.api.loader import LoadResult, SafeLoader, load_paths, yaml_files
 from plait.api.resources import ObjectMeta
+from plait.runtime.expansion import expand
 
 
 class _K8s(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
 
+# Downward-API fields a local pod has (`pod_fields`), besides ``metadata.labels['KEY']``.
+FIELD_PATHS = ("metadata.name", "metadata.namespace", "spec.serviceAccountName", "status.podIP", "status.podIPs")
+LABEL_FIELD = re.compile(r"^metadata\.labels\['([^']+)'\]$")
+
+
+class FieldRef(_K8s):
+    field_path: str = Field(alias="fieldPath")
+
+
+class EnvVarSource(_K8s):
+    field_ref: FieldRef | None = Field(default=None, alias="fieldRef")
+    # Kinds the local mesh has no objects for: refused with a clear error (see `env_problems`).
+    config_map_key_ref: dict | None = Field(default=None, alias="configMapKeyRef")
+    secret_key_ref: dict | None = Field(default=None, alias="secretKeyRef")
+    resource_field_ref: dict | None = Field(default=None, alias="resourceFieldRef")
+
+
 class EnvVar(_K8s):
     name: str
     value: str = ""
+    value_from: EnvVarSource | None = Field(default=None, alias="valueFrom")
 
 
 class ContainerPort(_K8s):
@@ -49,6 +74,23 @@ class Container(_K8s):
     env: list[EnvVar] = []
     ports: list[ContainerPort] = []
     readiness_probe: Probe | None = Field(default=None, alias="readinessProbe")
+
+    def environment(self, fields: Mapping[str, str], defaults: Mapping[str, str],
+                    provided: Mapping[str, str]) -> dict[str, str]:
+        """The process environment, as the kubelet builds it: each ``env`` value in order, its ``$(VAR)``
+        references expanded from the variables before it; ``valueFrom.fieldRef`` from the pod's `fields`.
+        `defaults` give way to the manifest's variables; the runtime's `provided` ones win over both."""
+        env = dict(defaults)
+        for var in self.env:
+            if var.value_from and var.value_from.field_ref:
+                env[var.name] = fields.get(var.value_from.field_ref.field_path, "")
+            else:
+                env[var.name] = expand(var.value, {**env, **provided})
+        return {**env, **provided}
+
+    def argv(self, environment: Mapping[str, str]) -> list[str]:
+        """``command`` then ``args``, with their ``$(VAR)`` references expanded from `environment`."""
+        return [expand(item, environment) for item in [*self.command, *self.args]]
 
 
 class PodSpec(_K8s):
@@ -95,6 +137,45 @@ class Manifests:
         return [p for p in self.problems + self.config.problems if p.severity == "error"]
 
 
+def pod_fields(name: str, namespace: str, service_account: str, ip: str, labels: Mapping[str, str]) -> dict[str, str]:
+    """The values of a pod's downward-API ``fieldRef`` paths."""
+    fields = {"metadata.name": name, "metadata.namespace": namespace, "spec.serviceAccountName": service_account,
+              "status.podIP": ip, "status.podIPs": ip}
+    fields.update((f"metadata.labels['{key}']", value) for key, value in labels.items())
+    return fields
+
+
+def env_problems(containers: list[Container]) -> list[tuple[str, str]]:
+    """(field path, message) for each ``env`` entry the local mesh cannot give a value, as Kubernetes' API
+    refuses an entry with both ``value`` and ``valueFrom``."""
+    problems = []
+    for i, container in enumerate(containers):
+        for j, var in enumerate(container.env):
+            path = f"spec.template.spec.containers[{i}].env[{j}]"
+            source = var.value_from
+            if source is None:
+                continue
+            if var.value:
+                problems.append((path, f"{var.name}: may not have both 'value' and 'valueFrom'"))
+            elif source.field_ref is None:
+                kinds = [alias for alias, value in (("configMapKeyRef", source.config_map_key_ref),
+                                                    ("secretKeyRef", source.secret_key_ref),
+                                                    ("resourceFieldRef", source.resource_field_ref)) if value is not None]
+                what = f"valueFrom.{kinds[0]}" if kinds else "valueFrom without fieldRef"
+                problems.append((f"{path}.valueFrom", f"{var.name}: {what} is not supported by plait's local "
+                                                      "mesh yet; use 'value' or valueFrom.fieldRef"))
+            elif not known_field(source.field_ref.field_path):
+                problems.append((f"{path}.valueFrom.fieldRef.fieldPath",
+                                 f"{var.name}: {source.field_ref.field_path!r} is not a field a local pod has; "
+                                 f"expected one of {', '.join(FIELD_PATHS)} or metadata.labels['KEY']"))
+    return problems
+
+
+def known_field(path: str) -> bool:
+    """A downward-API path a local pod has a value for (a label the pod lacks is empty, as in Kubernetes)."""
+    return path in FIELD_PATHS or LABEL_FIELD.match(path) is not None
+
+
 def _deployment(doc: dict, file: str, index: int) -> tuple[Deployment | None, list[Problem]]:
     meta_raw = doc.get("metadata") or {}
     base = dict(file=file, document=index, kind="Deployment", name=meta_raw.get("name", ""),
@@ -108,6 +189,8 @@ def _deployment(doc: dict, file: str, index: int) -> tuple[Deployment | None, li
     problems = [Problem(message="container has no command; locally plait runs the container's command "
                                 "(the image is not used)", path=f"spec.template.spec.containers[{i}].command", **base)
                 for i, c in enumerate(spec.template.spec.containers) if not c.command]
+    problems += [Problem(message=message, path=path, **base)
+                 for path, message in env_problems(spec.template.spec.containers)]
     if problems:
         return None, problems
     return Deployment(name=meta.name, namespace=meta.namespace, replicas=spec.replicas,
