@@ -277,11 +277,11 @@ def test_proxy_status_cli_shows_every_proxy(mesh: Mesh) -> None:
     from plait.cli.main import app
 
     mesh.eventually(all_synced(mesh), "every proxy to be SYNCED")  # the previous test's last change may be on its way
-    result = CliRunner().invoke(app, ["proxy-status", "--control-plane", f"127.0.0.1:{mesh.cp.http_port}"])
+    result = CliRunner().invoke(app, ["proxy-status", "-o", "wide", "--control-plane", f"127.0.0.1:{mesh.cp.http_port}"])
     assert result.exit_code == 0, result.output
-    for agent in mesh.agents.values():
-        line = next(l for l in result.output.splitlines() if agent.proxy_id in l)
-        assert line.count("SYNCED") == 4
+    for agent in mesh.agents.values():  # named POD.NAMESPACE as istioctl names them; the node id in wide output
+        row = next(row.split() for row in result.output.splitlines() if agent.proxy_id in row)
+        assert row[0] == f"{agent.name}.{agent.namespace}" and row.count("SYNCED") == 4
 
 
 def test_apply_rejects_bad_config_and_changes_nothing(mesh: Mesh) -> None:

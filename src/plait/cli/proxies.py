@@ -38,15 +38,36 @@ def _statuses(control_plane: str | None) -> list[dict]:
         raise
 
 
+def proxy_name(status: dict) -> str:
+    """The name istioctl gives a proxy: ``POD.NAMESPACE`` (``productpage-v1-0.default``); the node id
+    when the proxy's node carried no pod name."""
+    proxy = status.get("proxy") or {}
+    return f"{proxy['name']}.{proxy['namespace']}" if proxy.get("name") and proxy.get("namespace") \
+        else status["proxy_id"]
+
+
+def find_proxy(statuses: list[dict], proxy: str) -> dict | list[dict]:
+    """The proxy `proxy` names: its node id, its ``POD.NAMESPACE`` name, its pod name alone, else a unique part
+    of either; a list (empty, or of the candidates) when none or several match."""
+    tries = (lambda s: s["proxy_id"] == proxy, lambda s: proxy_name(s) == proxy,
+             lambda s: (s.get("proxy") or {}).get("name") == proxy,
+             lambda s: proxy in s["proxy_id"] or proxy in proxy_name(s))
+    for matches in tries:
+        found = [s for s in statuses if matches(s)]
+        if found:
+            return found[0] if len(found) == 1 else found
+    return []
+
+
 def _find(statuses: list[dict], proxy: str) -> dict:
-    """A proxy by full node id, or by a unique part of it (``reviews-v1``, ``reviews-v1.default``)."""
-    exact = [s for s in statuses if s["proxy_id"] == proxy]
-    found = exact or [s for s in statuses if proxy in s["proxy_id"]]
-    if len(found) != 1:
-        known = ", ".join(s["proxy_id"] for s in statuses) or "none connected"
-        err.print(f"[red]error[/]: {'no' if not found else 'more than one'} proxy matches {proxy!r}; known: {known}")
+    found = find_proxy(statuses, proxy)
+    if isinstance(found, list):
+        names = ", ".join(proxy_name(s) for s in found or statuses) or "none connected"
+        which = f"more than one proxy matches {proxy!r}: {names}" if found else \
+            f"no proxy matches {proxy!r}; known: {names}"
+        err.print(f"[red]error[/]: {which}", markup=True)
         raise typer.Exit(1)
-    return found[0]
+    return found
 
 
 def _state(status: dict, short: str) -> str:
@@ -57,23 +78,33 @@ def _state(status: dict, short: str) -> str:
     return state
 
 
-def proxy_status(proxy: Annotated[str | None, typer.Argument(help="Show one proxy in detail")] = None,
+def proxy_status(proxy: Annotated[str | None, typer.Argument(
+                     help="Show one proxy in detail: POD.NAMESPACE, the pod name or the full node id")] = None,
+                 output: Annotated[str, typer.Option(
+                     "-o", "--output", help="'wide' adds each proxy's full node id")] = "",
                  control_plane: ControlPlane = None, admin: Admin = None) -> None:
     """Show every connected proxy and whether it has the latest config, per xDS type, as istioctl does.
+
+    Proxies are named POD.NAMESPACE, as istioctl names them ([bold]-o wide[/] adds the node id).
 
     SYNCED: sent and acknowledged; NOT SENT: nothing sent yet; STALE: newer config sent (or about to
     be), not acknowledged yet; NACKED: Envoy rejected it (the reason is shown) and keeps serving its
     last good config.
     With a PROXY: what the control plane sent compared with what that Envoy reports holding.
 
-    Example: [bold]plait proxy-status[/]   [bold]plait proxy-status reviews-v1[/]
+    Example: [bold]plait proxy-status[/]   [bold]plait proxy-status reviews-v1-0.default[/]
     """
+    if output not in ("", "wide"):
+        err.print("[red]error[/]: -o takes wide")
+        raise typer.Exit(2)
     statuses = _statuses(control_plane)
     if proxy:
         return _proxy_diff(_find(statuses, proxy), control_plane, admin)
-    table = Table("NAME", "CDS", "LDS", "EDS", "RDS", "ENVOY VERSION", box=None, header_style="bold")
-    for s in sorted(statuses, key=lambda s: s["proxy_id"]):
-        table.add_row(s["proxy_id"], *(_state(s, t) for t in TYPES), s.get("envoy_version") or "-")
+    wide = ("NODE ID",) if output == "wide" else ()
+    table = Table("NAME", "CDS", "LDS", "EDS", "RDS", "ENVOY VERSION", *wide, box=None, header_style="bold")
+    for s in sorted(statuses, key=lambda s: (proxy_name(s), s["proxy_id"])):
+        table.add_row(proxy_name(s), *(_state(s, t) for t in TYPES), s.get("envoy_version") or "-",
+                      *((s["proxy_id"],) if wide else ()))
     out.print(table)
     if not statuses:
         out.print("no proxies connected")
@@ -82,7 +113,7 @@ def proxy_status(proxy: Annotated[str | None, typer.Argument(help="Show one prox
 def admin_address(status: dict) -> str:
     address = status.get("admin_address")
     if not address:
-        err.print(f"[red]error[/]: the control plane does not know the admin address of {status['proxy_id']}; "
+        err.print(f"[red]error[/]: the control plane does not know the admin address of {proxy_name(status)}; "
                   "pass --admin HOST:PORT")
         raise typer.Exit(1)
     return address
@@ -164,7 +195,8 @@ NOT_USED_YET = ("no secrets yet: this proxy's identity is {}, but nothing in its
 
 
 def proxy_config(kind: Annotated[str, typer.Argument(help="cluster, listener, route, endpoint, bootstrap or secret")],
-                 proxy: Annotated[str, typer.Argument(help="Proxy id, or a unique part such as reviews-v1")],
+                 proxy: Annotated[str, typer.Argument(
+                     help="The proxy: POD.NAMESPACE (as proxy-status names it), the pod name or the node id")],
                  output: Annotated[str, typer.Option("-o", "--output", help="short, yaml or json")] = "short",
                  control_plane: ControlPlane = None, admin: Admin = None) -> None:
     """Show what one Envoy holds, read from its admin API: a short table by default, as istioctl does.
@@ -172,7 +204,7 @@ def proxy_config(kind: Annotated[str, typer.Argument(help="cluster, listener, ro
     [bold]secret[/] decodes its certificates (default: the workload's SPIFFE identity; ROOTCA: the
     trust bundle): identity, serial, validity and the root each chain leads to.
 
-    Example: [bold]plait proxy-config route reviews-v1[/]   [bold]plait proxy-config secret reviews-v1[/]
+    Example: [bold]plait proxy-config route reviews-v1-0.default[/]   [bold]plait proxy-config secret reviews-v1-0[/]
     """
     if kind.rstrip("s") not in CONFIG_KINDS or output not in ("short", "yaml", "json"):
         err.print(f"[red]error[/]: KIND is one of {', '.join(CONFIG_KINDS)}; -o is short, yaml or json")
