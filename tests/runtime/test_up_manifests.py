@@ -4,7 +4,11 @@ last lines of its log. Real processes, explicit-proxy mode (no root needed)."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +16,7 @@ from meshes import down_leaves_nothing, wait_for_no_other_mesh
 
 from plait.runtime.local import CRASH_LOOP_RESTARTS, State
 from plait.testing.http import http_request
-from plait.testing.live import free_port
+from plait.testing.live import free_port, wait_until
 from plait.testing.live import run_plait as plait
 
 SERVICE_AND_ROUTE = """
@@ -105,3 +109,23 @@ def test_a_crash_looping_pod_fails_up_with_its_log(workdir: Path) -> None:
     assert "cannot open the database" in result.stderr
     assert "the application exited with status 3" in result.stderr
     assert "not every pod was ready after" not in result.stderr
+
+
+def test_a_crash_looping_pod_is_reported_in_the_foreground_too(tmp_path: Path) -> None:
+    wait_for_no_other_mesh()
+    (tmp_path / "app.yaml").write_text(CRASH_LOOP)
+    output = tmp_path / "up.out"
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
+    with open(output, "wb") as sink:
+        up = subprocess.Popen([sys.executable, "-m", "plait", "up", "-f", "app.yaml", "--mode", "proxy",
+                               "--ingress-port", str(free_port()), "--ingress-tls-port", str(free_port())],
+                              cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until(lambda: "keeps crashing" in output.read_text(errors="replace"), 120,
+                   f"plait up to report the crash loop ({output})", interval=0.5)
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+    text = output.read_text(errors="replace")
+    assert text.count("pod default/web-0 keeps crashing") == 1  # once per pod, above the live table
+    assert "cannot open the database" in text and "stopped; nothing left running." in text
