@@ -4,13 +4,17 @@ what Istio's tasks describe, seen as a user sees it — through the product page
 from __future__ import annotations
 
 import collections
+import json
+import os
 import re
+import signal
 import urllib.parse
 from pathlib import Path
 
 import pytest
 from meshes import down_leaves_nothing, envoy_admin, wait_for_no_other_mesh
 
+from plait.runtime.local import State
 from plait.testing.http import http_request
 from plait.testing.live import free_port, wait_until
 from plait.testing.live import run_plait as plait
@@ -121,11 +125,6 @@ def test_fault_injection_tasks(demo) -> None:
 
 
 def test_a_killed_replica_is_restarted_and_the_page_recovers(demo) -> None:
-    import os
-    import signal
-
-    from plait.runtime.local import State
-
     workdir, browser = demo
     pod = next(p for p in State.load(workdir / ".plait").pods if p.name == "productpage-v1-0")
     children = Path(f"/proc/{pod.pid}/task/{pod.pid}/children").read_text().split()
@@ -141,8 +140,6 @@ def test_a_killed_replica_is_restarted_and_the_page_recovers(demo) -> None:
 
 def test_istio_mutual_destination_rules(demo) -> None:
     """Istio's destination-rule-all-mtls.yaml: ISTIO_MUTUAL from the rules themselves, the page unchanged."""
-    import json
-
     workdir, browser = demo
     apply(workdir, "destination-rule-all-mtls.yaml", "virtual-service-all-v1.yaml")
     eventually(lambda: {browser.stars() for _ in range(10)} == {"none"}, "all-v1 over ISTIO_MUTUAL: reviews v1")

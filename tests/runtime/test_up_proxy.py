@@ -3,8 +3,10 @@ gateway, a killed app restarted, and `plait down` leaving nothing behind. Real p
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
+import ssl
 from pathlib import Path
 
 import pytest
@@ -119,9 +121,6 @@ def test_a_killed_app_is_restarted_and_traffic_recovers(mesh) -> None:
 
 
 def test_https_server_with_a_user_certificate_on_the_ingress_gateway(mesh) -> None:
-    import http.client
-    import ssl
-
     _, _, tls_port = mesh
     context = ssl.create_default_context(cafile=str(Path(__file__).parents[1] / "xds" / "testdata" / "certs" / "cert.pem"))
     context.check_hostname = False  # the test certificate names store.example.com
