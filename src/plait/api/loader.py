@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from plait.api.checks import check_references
 from plait.api.errors import ConfigError, Problem
 from plait.api.resources import SPEC_MODELS, ObjectMeta, Resource, Source
 
@@ -147,8 +148,6 @@ def yaml_files(path: Path) -> list[Path]:
 
 def load_paths(paths: Iterable[str | Path]) -> LoadResult:
     """Read YAML files and directories (recursively), then check references across objects."""
-    from plait.api.checks import check_references
-
     result = LoadResult()
     for path in map(Path, paths):
         if not path.exists():
@@ -163,8 +162,6 @@ def load_paths(paths: Iterable[str | Path]) -> LoadResult:
 
 
 def load_text(text: str, file: str = "<input>") -> LoadResult:
-    from plait.api.checks import check_references
-
     result = parse_text(text, file)
     result.problems += check_references(result.resources)
     return result
