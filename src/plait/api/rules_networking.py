@@ -131,7 +131,7 @@ def destination_rule(dr: net.DestinationRuleSpec) -> Iterator[Finding]:
 
 def traffic_policy(path: str, policy: Any) -> Iterator[Finding]:
     """A TrafficPolicy or a port-level one: never empty; each part checked."""
-    if unset(policy):
+    if not policy.model_fields_set - {"port"}:
         yield path, "a traffic policy needs at least one setting (remove it, or set e.g. loadBalancer)"
     if policy.connection_pool is not None:
         yield from connection_pool(f"{path}.connectionPool", policy.connection_pool)

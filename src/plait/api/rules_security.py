@@ -5,11 +5,13 @@ Each public function takes a validated spec and yields ``(path inside spec, mess
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from plait.api import security as sec
 from plait.api.rules import Finding, empty_strings, selector
 
+_CLAIM_HEADER = re.compile(r"^[-_A-Za-z0-9]+$")
 _IDENTITY_FIELDS = ("principals", "not_principals", "namespaces", "not_namespaces")
 _ACCOUNT_FIELDS = ("service_accounts", "not_service_accounts")
 
@@ -71,3 +73,7 @@ def request_authentication(spec: sec.RequestAuthenticationSpec) -> Iterator[Find
         yield from empty_strings(f"jwtRules[{i}].audiences", rule.audiences)
         yield from empty_strings(f"jwtRules[{i}].fromParams", rule.from_params)
         yield from empty_strings(f"jwtRules[{i}].fromCookies", rule.from_cookies)
+        for j, claim in enumerate(rule.output_claim_to_headers):
+            if not _CLAIM_HEADER.match(claim.header):
+                yield (f"jwtRules[{i}].outputClaimToHeaders[{j}].header",
+                       f"{claim.header!r} is not a header name (letters, digits, '-' and '_')")
