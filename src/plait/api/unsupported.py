@@ -53,6 +53,7 @@ NOT_SUPPORTED_KINDS: dict[str, str] = {
     "Telemetry": "telemetry.istio.io",
     "WasmPlugin": "extensions.istio.io",
     "TrafficExtension": "extensions.istio.io",
+    "IstioOperator": "install.istio.io",
 }
 
 # API groups none of whose kinds plait reads yet.
