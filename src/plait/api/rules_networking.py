@@ -28,7 +28,8 @@ def virtual_service(vs: net.VirtualServiceSpec) -> Iterator[Finding]:
     for i in range(len(vs.hosts)):
         for j in range(i + 1, len(vs.hosts)):
             if hosts_overlap(vs.hosts[i], vs.hosts[j]):
-                yield f"hosts[{j}]", f"duplicate hosts: {vs.hosts[i]!r} and {vs.hosts[j]!r} overlap; list each host once"
+                yield f"hosts[{j}]", (f"duplicate hosts: {vs.hosts[i]!r} and {vs.hosts[j]!r} overlap; "
+                                      "list each host once")
     for i, name in enumerate(vs.gateways):
         yield from gateway_name(f"gateways[{i}]", name)
     for i, route in enumerate(vs.http):
@@ -110,7 +111,8 @@ def sni_hosts(path: str, names: list[str], vs_hosts: list[str]) -> Iterator[Find
     """Each SNI host must lie within one of the VirtualService's hosts."""
     for i, name in enumerate(names):
         if not any(_sni_within(name, host) for host in vs_hosts):
-            yield f"{path}[{i}]", f"SNI host {name!r} is not within any of the VirtualService's hosts ({', '.join(vs_hosts)})"
+            yield f"{path}[{i}]", (f"SNI host {name!r} is not within any of the VirtualService's hosts "
+                                   f"({', '.join(vs_hosts)})")
 
 
 # ---------------------------------------------------------------- DestinationRule
@@ -208,7 +210,8 @@ def gateway_server(path: str, server: net.Server) -> Iterator[Finding]:
     if server.tls is not None and protocol not in ("HTTPS", "TLS"):
         tls = server.tls
         if protocol not in ("HTTP", "HTTP2", "HTTP_PROXY", "GRPC", "GRPC-WEB") or (
-                tls.mode not in (None, "PASSTHROUGH") or tls.ca_certificates or tls.private_key or tls.server_certificate):
+                tls.mode not in (None, "PASSTHROUGH") or tls.ca_certificates or tls.private_key
+                or tls.server_certificate):
             yield f"{path}.tls", f"a {port.protocol} server cannot have TLS settings (only httpsRedirect on HTTP)"
     if server.tls is not None:
         yield from server_tls(f"{path}.tls", server.tls)
@@ -227,7 +230,8 @@ def server_tls(path: str, tls: net.ServerTLSSettings) -> Iterator[Finding]:
         yield path, "set only one of credentialName, credentialNames, serverCertificate/privateKey"
     by_credential = tls.credential_name or tls.credential_names
     if tls.mode in ("MUTUAL", "OPTIONAL_MUTUAL") and not by_credential and not tls.ca_certificates:
-        yield f"{path}.caCertificates", f"tls mode {tls.mode} needs caCertificates to verify clients (or a credentialName)"
+        yield f"{path}.caCertificates", (f"tls mode {tls.mode} needs caCertificates to verify clients "
+                                         "(or a credentialName)")
 
 
 # ---------------------------------------------------------------- ServiceEntry, WorkloadEntry
@@ -246,7 +250,8 @@ def service_entry(se: net.ServiceEntrySpec) -> Iterator[Finding]:
     if se.resolution != "NONE" and len(se.hosts) > 1 and any(
             (p.protocol or "TCP").upper() not in ("HTTP", "HTTP2", "HTTP_PROXY", "GRPC", "GRPC-WEB", "HTTPS", "TLS")
             for p in se.ports):
-        yield "hosts", "several hosts need HTTP or TLS ports (with plain TCP the hosts cannot be told apart), or resolution NONE"
+        yield "hosts", ("several hosts need HTTP or TLS ports (with plain TCP the hosts cannot be told apart), "
+                        "or resolution NONE")
     yield from export_to("exportTo", se.export_to)
 
 
