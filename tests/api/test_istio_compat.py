@@ -136,3 +136,10 @@ def test_a_service_entry_with_unquoted_ipv6_addresses_loads() -> None:
     (se,) = load_text(text).raise_for_errors()
     assert se.spec.addresses == ["2001:db8::1", "2001:db8::/64"]
     assert se.spec.endpoints[0].address == "2001:db8::10"
+
+
+def test_a_key_written_twice_is_refused_as_kubectl_refuses_it() -> None:
+    problem = only_error(VS.replace("  hosts: [reviews]\n", "  hosts: [reviews]\n  hosts: [ratings]\n"))
+    assert problem.message == "not valid YAML at line 6, column 3: found duplicate key 'hosts'"
+    (doc,) = load_documents("base: &b {a: 1, b: 2}\nx:\n  <<: *b\n  a: 3\n")
+    assert doc["x"] == {"a": 3, "b": 2}  # a merged key may still be overridden

@@ -1,12 +1,14 @@
 """YAML read the way Kubernetes reads it (sigs.k8s.io/yaml, i.e. go-yaml v2), not as YAML 1.1.
 
-Two differences from PyYAML's SafeLoader matter for Istio configuration:
+Three differences from PyYAML's SafeLoader matter for Istio configuration:
 
 * scalars: go-yaml keeps ``10:30`` (sexagesimal in YAML 1.1) and ``2001-12-14``
   (a timestamp) as strings, and reads ``1e3`` as a number; booleans stay
   YAML 1.1's (``yes``/``no``/``on``/``off``), as in go-yaml v2;
 * flow collections: a ``:`` not followed by a blank does not end a plain
-  scalar, so ``addresses: [2001:db8::1, fe80::]`` is a list of two strings.
+  scalar, so ``addresses: [2001:db8::1, fe80::]`` is a list of two strings;
+* a key repeated in one mapping is an error (kubectl's strict field
+  validation), not a silent "last one wins".
 
 `load_documents` uses libyaml when PyYAML has it (`FastLoader`, which has the
 scalar rules only) and falls back to the pure-Python scanner below for texts
@@ -19,7 +21,8 @@ import re
 from typing import Any
 
 import yaml
-from yaml.constructor import SafeConstructor
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.nodes import MappingNode, ScalarNode
 from yaml.resolver import BaseResolver
 from yaml.scanner import ScannerError
 from yaml.tokens import ScalarToken
@@ -45,6 +48,23 @@ class KubeResolver(BaseResolver):
 
 for _tag, _pattern, _first in _IMPLICIT:
     KubeResolver.add_implicit_resolver(_tag, re.compile(f"^(?:{_pattern})$"), list(_first))
+
+
+class KubeConstructor(SafeConstructor):
+    """SafeConstructor that refuses a key written twice in one mapping (``<<`` merges may still be overridden)."""
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, MappingNode):
+            seen: set[tuple[str, str]] = set()
+            for key_node, _ in node.value:
+                if not isinstance(key_node, ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise ConstructorError("while constructing a mapping", node.start_mark,
+                                           f"found duplicate key {key_node.value!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 class KubeScanner(yaml.scanner.Scanner):
@@ -81,21 +101,21 @@ class KubeScanner(yaml.scanner.Scanner):
 
 
 class _PureLoader(yaml.reader.Reader, KubeScanner, yaml.parser.Parser, yaml.composer.Composer,
-                  SafeConstructor, KubeResolver):
+                  KubeConstructor, KubeResolver):
     def __init__(self, stream: str):
         yaml.reader.Reader.__init__(self, stream)
         KubeScanner.__init__(self)
         yaml.parser.Parser.__init__(self)
         yaml.composer.Composer.__init__(self)
-        SafeConstructor.__init__(self)
+        KubeConstructor.__init__(self)
         KubeResolver.__init__(self)
 
 
 if hasattr(yaml, "CParser"):
-    class FastLoader(yaml.CParser, SafeConstructor, KubeResolver):  # libyaml: ~10x faster
+    class FastLoader(yaml.CParser, KubeConstructor, KubeResolver):  # libyaml: ~10x faster
         def __init__(self, stream: str):
             yaml.CParser.__init__(self, stream)
-            SafeConstructor.__init__(self)
+            KubeConstructor.__init__(self)
             KubeResolver.__init__(self)
 else:  # pragma: no cover - PyYAML built without libyaml
     FastLoader = _PureLoader  # type: ignore[misc, assignment]
