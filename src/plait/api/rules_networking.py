@@ -15,6 +15,7 @@ from plait.api.rules import (
 )
 
 MESH = "mesh"
+CORS_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE", "*")
 
 # ---------------------------------------------------------------- VirtualService
 
@@ -69,6 +70,63 @@ def http_route(path: str, route: net.HTTPRoute) -> Iterator[Finding]:
         yield from destination(f"{path}.mirrors[{i}].destination", mirror.destination)
     if route.retries:
         yield from retries(f"{path}.retries", route.retries)
+    yield from route_conflicts(path, route)
+    yield from header_operations(f"{path}.headers", route.headers)
+    for i, dest in enumerate(route.route):
+        yield from header_operations(f"{path}.route[{i}].headers", dest.headers)
+    if route.redirect is not None:
+        yield from redirect(f"{path}.redirect", route.redirect)
+    if route.rewrite is not None and not (route.rewrite.uri or route.rewrite.uri_regex_rewrite or route.rewrite.authority):
+        yield f"{path}.rewrite", "a rewrite needs uri, uriRegexRewrite or authority"
+    if route.cors_policy is not None:
+        for i, method in enumerate(route.cors_policy.allow_methods):
+            if method not in CORS_METHODS:
+                yield f"{path}.corsPolicy.allowMethods[{i}]", f"{method!r} is not an HTTP method ({', '.join(CORS_METHODS)})"
+    for i, match in enumerate(route.match):
+        yield from string_matches(f"{path}.match[{i}]", match)
+
+
+def route_conflicts(path: str, route: net.HTTPRoute) -> Iterator[Finding]:
+    """A redirect or a direct response ends the request: a fault or a rewrite beside it is a mistake."""
+    for action, present in (("redirect", route.redirect), ("directResponse", route.direct_response)):
+        if present is not None:
+            for name, other in (("fault", route.fault), ("rewrite", route.rewrite)):
+                if other is not None:
+                    yield f"{path}.{name}", f"an HTTP route cannot have both {action} and {name}"
+
+
+def header_operations(path: str, headers: net.Headers | None) -> Iterator[Finding]:
+    """Envoy cannot set pseudo-headers (``:path``) nor, except through authority rewriting, ``host``."""
+    for side in ("request", "response"):
+        ops = getattr(headers, side) if headers is not None else None
+        if ops is None:
+            continue
+        for verb, names in (("set", ops.set), ("add", ops.add), ("remove", ops.remove)):
+            for name in names:
+                authority_ok = side == "request" and verb != "remove" and name.lower() in (":authority", "host")
+                if not name or ((name.startswith(":") or name.lower() == "host") and not authority_ok):
+                    yield f"{path}.{side}.{verb}", f"header {name!r} cannot be changed here"
+
+
+def redirect(path: str, target: net.HTTPRedirect) -> Iterator[Finding]:
+    if not (target.uri or target.authority or target.scheme or target.port or target.derive_port):
+        yield path, "a redirect needs uri, authority, scheme or port"
+    if target.scheme is not None and target.scheme not in ("http", "https"):
+        yield f"{path}.scheme", f"redirect scheme {target.scheme!r} must be 'http' or 'https'"
+
+
+def string_matches(path: str, match: net.HTTPMatchRequest) -> Iterator[Finding]:
+    """An empty prefix or regex matches everything: Istio refuses it except for the uri prefix."""
+    named = [("scheme", match.scheme), ("method", match.method), ("authority", match.authority)]
+    named += [(f"headers.{k}", v) for k, v in match.headers.items()]
+    named += [(f"queryParams.{k}", v) for k, v in match.query_params.items()]
+    for name, string_match in [("uri", match.uri), *named]:
+        if string_match is None:
+            continue
+        if string_match.regex == "":
+            yield f"{path}.{name}.regex", "an empty regex; remove the match or write a pattern"
+        if string_match.prefix == "" and name != "uri":
+            yield f"{path}.{name}.prefix", "an empty prefix; remove the match or write a prefix"
 
 
 def destination(path: str, dest: net.Destination) -> Iterator[Finding]:
