@@ -143,3 +143,9 @@ def test_a_key_written_twice_is_refused_as_kubectl_refuses_it() -> None:
     assert problem.message == "not valid YAML at line 6, column 3: found duplicate key 'hosts'"
     (doc,) = load_documents("base: &b {a: 1, b: 2}\nx:\n  <<: *b\n  a: 3\n")
     assert doc["x"] == {"a": 3, "b": 2}  # a merged key may still be overridden
+
+
+def test_without_headers_regex_star_means_absent_as_in_istio() -> None:
+    text = VS.replace("  - route:", "  - match: [{withoutHeaders: {x-debug: {regex: '*'}}}]\n    route:")
+    (vs,) = load_text(text).raise_for_errors()
+    assert vs.spec.http[0].match[0].without_headers["x-debug"].kind == "present"

@@ -1,9 +1,15 @@
-"""Hostnames as Istio reads them: short names, FQDNs and wildcards (the api layer's share).
+"""Hostnames and addresses as Istio reads them: short names, FQDNs, wildcards, CIDRs (the api layer's share).
 
 `plait.model.hosts` re-exports these and adds what translation needs on top.
 """
 
 from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 DOMAIN_SUFFIX = "svc.cluster.local"
 
@@ -30,3 +36,34 @@ def matches(pattern: str, host: str) -> bool:
             return host[1:].endswith(suffix)
         return host.endswith(suffix)
     return False
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_WILDCARD_LABEL = re.compile(r"^\*(-?[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)?$")  # *, *foo, *-foo (Istio's rule)
+
+
+def check_host(host: str) -> str:
+    """A DNS name whose first label may be a wildcard (``*``, ``*.example.com``, ``*-foo.example.com``).
+
+    As in Istio, a trailing dot is allowed (``istio.io.``)."""
+    first, _, rest = host.partition(".")
+    labels = rest.removesuffix(".").split(".") if rest else []
+    if not host or len(host) > 255 or not (_WILDCARD_LABEL.match(first) or _HOST_LABEL.match(first)) \
+            or not all(_HOST_LABEL.match(label) for label in labels):
+        raise ValueError(f"{host!r} is not a valid host; expected a DNS name such as 'reviews', "
+                         "'reviews.default.svc.cluster.local' or a wildcard such as '*.example.com'")
+    return host
+
+
+Host = Annotated[str, AfterValidator(check_host)]
+
+
+def check_cidr(text: str) -> str:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address or CIDR block such as '10.0.0.0/16'") from None
+    return text
+
+
+Cidr = Annotated[str, AfterValidator(check_cidr)]

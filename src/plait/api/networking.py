@@ -6,43 +6,13 @@ unknown fields so that a typo is an error, not a silently ignored setting.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AliasChoices, Field, field_validator, model_validator
 
 from plait.api.common import Duration, IstioModel, Labels, Percent, PortSelector, Regex, StringMatch
-
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_WILDCARD_LABEL = re.compile(r"^\*(-?[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)?$")  # *, *foo, *-foo (Istio's rule)
-
-
-def check_host(host: str) -> str:
-    """A DNS name whose first label may be a wildcard (``*``, ``*.example.com``, ``*-foo.example.com``).
-
-    As in Istio, a trailing dot is allowed (``istio.io.``)."""
-    first, _, rest = host.partition(".")
-    labels = rest.removesuffix(".").split(".") if rest else []
-    if not host or len(host) > 255 or not (_WILDCARD_LABEL.match(first) or _HOST_LABEL.match(first)) \
-            or not all(_HOST_LABEL.match(label) for label in labels):
-        raise ValueError(f"{host!r} is not a valid host; expected a DNS name such as 'reviews', "
-                         "'reviews.default.svc.cluster.local' or a wildcard such as '*.example.com'")
-    return host
-
-
-Host = Annotated[str, AfterValidator(check_host)]
-
-
-def check_cidr(text: str) -> str:
-    try:
-        ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IP address or CIDR block such as '10.0.0.0/16'") from None
-    return text
-
-
-Cidr = Annotated[str, AfterValidator(check_cidr)]
+from plait.api.hosts import Cidr, Host, check_host
 
 # ---------------------------------------------------------------- VirtualService
 
@@ -112,6 +82,14 @@ class HTTPMatchRequest(IstioModel):
     without_headers: dict[str, StringMatch] = {}
     source_namespace: str | None = None
     stat_prefix: str | None = None
+
+    @field_validator("without_headers", mode="before")
+    @classmethod
+    def _regex_star_is_presence(cls, headers: object) -> object:
+        """``withoutHeaders: {x: {regex: "*"}}`` means "x is absent" in Istio ("*" is not read as RE2)."""
+        if isinstance(headers, dict):
+            return {name: {} if match == {"regex": "*"} else match for name, match in headers.items()}
+        return headers
 
     @field_validator("headers", "without_headers")
     @classmethod

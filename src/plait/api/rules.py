@@ -14,8 +14,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from plait.api.hosts import matches
-from plait.api.networking import check_host
+from plait.api.hosts import check_host, matches
 
 Finding = tuple[str, str]
 

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, AliasChoices, Field, field_validator, model_validator
 
 from plait.api.common import Duration, IstioModel, Labels
-from plait.api.networking import Cidr
+from plait.api.hosts import Cidr
 from plait.api.unsupported import NOT_SUPPORTED_CONDITION_KEYS
 
 MtlsMode = Literal["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]
