@@ -149,3 +149,9 @@ def test_without_headers_regex_star_means_absent_as_in_istio() -> None:
     text = VS.replace("  - route:", "  - match: [{withoutHeaders: {x-debug: {regex: '*'}}}]\n    route:")
     (vs,) = load_text(text).raise_for_errors()
     assert vs.spec.http[0].match[0].without_headers["x-debug"].kind == "present"
+
+
+def test_a_kind_with_a_model_wins_over_the_not_supported_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(unsupported.NOT_SUPPORTED_KINDS, "VirtualService", "networking.istio.io")
+    assert load_text(VS).resources
+    assert "is not an apiVersion of VirtualService" in only_error(VS.replace("/v1\n", "/v9\n", 1)).message

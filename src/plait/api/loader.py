@@ -19,7 +19,9 @@ from plait.api.checks import check_references
 from plait.api.errors import ConfigError, Problem
 from plait.api.kubeyaml import FastLoader, load_documents
 from plait.api.resources import SPEC_MODELS, SPEC_RULES, ObjectMeta, Resource, Source
-from plait.api.unsupported import field_not_supported, kind_not_supported, value_not_supported
+from plait.api.unsupported import (
+    NOT_SUPPORTED_GROUPS, field_not_supported, kind_not_supported, value_not_supported,
+)
 
 YAML_SUFFIXES = (".yaml", ".yml")
 SafeLoader = FastLoader  # for yaml.load callers elsewhere: Kubernetes' scalar rules (load_documents does both)
@@ -100,8 +102,9 @@ def _kind_refusal(kind: str, api_version: str) -> dict[str, str] | None:
     """Why a document of this kind is not loaded (path, message, severity), or None to load it.
 
     A kind with a model always loads; the not-supported lists only name what has none."""
-    if kind in SPEC_MODELS and api_version in SPEC_MODELS[kind][0]:
-        return None
+    if kind in SPEC_MODELS and (api_version in SPEC_MODELS[kind][0]
+                                or api_version.rpartition("/")[0] not in NOT_SUPPORTED_GROUPS):
+        return None  # a wrong apiVersion of a modelled kind is reported by the caller
     not_supported = kind_not_supported(kind, api_version)
     if not_supported:
         return {"path": "kind", "message": not_supported}
