@@ -97,12 +97,12 @@ spec:
     ("  http:\n  - route: [{destination: {host: reviews}}]\n    timeout: soon\n", "spec.http[0].timeout", "not a duration"),
     ("  http:\n  - route: [{destination: {host: reviews}}]\n    retries: {attempts: many}\n",
      "spec.http[0].retries.attempts", "integer"),
-    ("  http:\n  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 60}\n"
-     "    - {destination: {host: reviews, subset: v2}, weight: 30}\n", "spec.http[0].route", "add up to 90"),
+    ("  http:\n  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 0}\n"
+     "    - {destination: {host: reviews, subset: v2}}\n", "spec.http[0].route", "total weight must not be 0"),
     ("  http:\n  - match: [{uri: {regex: '(?<=x)y'}}]\n    route: [{destination: {host: reviews}}]\n",
      "spec.http[0].match[0].uri.regex", "RE2"),
-    ("  http:\n  - match: [{headers: {X-User: {exact: a}}}]\n    route: [{destination: {host: reviews}}]\n",
-     "spec.http[0].match[0].headers", "lower case"),
+    ("  http:\n  - match: [{headers: {'x user': {exact: a}}}]\n    route: [{destination: {host: reviews}}]\n",
+     "spec.http[0].match[0].headers", "not a valid HTTP header name"),
     ("  http:\n  - match: [{uri: {exact: /a, prefix: /b}}]\n    route: [{destination: {host: reviews}}]\n",
      "spec.http[0].match[0].uri", "only one of"),
     ("  http:\n  - fault: {abort: {percentage: {value: 50}}}\n    route: [{destination: {host: reviews}}]\n",
@@ -175,11 +175,14 @@ def test_unknown_kind_and_api_version_and_bad_yaml() -> None:
     assert "not valid YAML at line 2" in problem.message
 
 
-def test_kinds_for_later_are_ignored_with_a_warning() -> None:
-    result = load_text("apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: default}\n"
-                       "spec: {}\n")
-    assert not result.errors and result.resources == []
-    assert "not acted on" in result.warnings[0].message
+def test_istio_kinds_without_a_model_are_not_supported_yet_and_kubernetes_kinds_ignored() -> None:
+    result = load_text("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: w}\n"
+                       "spec: {url: oci://x}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n")
+    assert result.resources == []
+    (error,) = result.errors
+    assert error.message == "kind WasmPlugin (extensions.istio.io/v1alpha1) is not supported by plait yet"
+    assert (error.kind, error.path) == ("WasmPlugin", "kind")
+    assert "not acted on" in result.warnings[0].message and result.warnings[0].kind == "Deployment"
 
 
 def test_nothing_is_used_when_anything_is_wrong() -> None:

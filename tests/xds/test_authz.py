@@ -110,8 +110,11 @@ def test_principals_with_wildcards_are_spiffe_uri_sans() -> None:
 
 def test_namespaces_and_service_accounts_are_regexes_on_the_principal() -> None:
     rule = only_rule(policy({"rules": [{"from": [{"source": {
-        "namespaces": ["prod", "team-*"], "notNamespaces": ["prod.legacy"], "serviceAccounts": ["ops/deployer", "bot"]}}]}]}))
-    accounts, namespaces, not_namespaces = principal_ids(rule)
+        "namespaces": ["prod", "team-*"], "notNamespaces": ["prod.legacy"]}}]}]}))
+    namespaces, not_namespaces = principal_ids(rule)
+    # Istio refuses serviceAccounts beside namespaces or principals in one source: a source of their own
+    (accounts,) = principal_ids(only_rule(policy({"rules": [{"from": [{"source": {
+        "serviceAccounts": ["ops/deployer", "bot"]}}]}]})))
 
     def regexes(ids: list[dict]) -> list[str]:
         return [p["authenticated"]["principal_name"]["safe_regex"]["regex"] for p in ids]
@@ -230,8 +233,9 @@ def test_scope_root_namespace_namespace_and_selector() -> None:
 def test_every_kind_of_rule_is_valid_envoy_config() -> None:
     everything = policy({"rules": [{
         "from": [{"source": {"principals": ["*"], "notPrincipals": ["a*"], "requestPrincipals": ["i/s", "*"],
-                             "namespaces": ["n*"], "serviceAccounts": ["s"], "ipBlocks": ["10.0.0.0/8"],
-                             "remoteIpBlocks": ["1.1.1.1"], "notRemoteIpBlocks": ["::1"]}}],
+                             "namespaces": ["n*"], "ipBlocks": ["10.0.0.0/8"],
+                             "remoteIpBlocks": ["1.1.1.1"], "notRemoteIpBlocks": ["::1"]}},
+                 {"source": {"serviceAccounts": ["s"]}}],  # Istio refuses it beside namespaces/principals
         "to": [{"operation": {"hosts": ["*"], "methods": ["*T"], "paths": ["/{**}"], "ports": ["1"]}}],
         "when": [{"key": k, "values": ["v*"]} for k in (
             "request.headers[h]", "source.namespace", "source.principal", "source.serviceAccount",

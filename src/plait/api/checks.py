@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from plait.api.errors import Problem
 from plait.api.resources import Resource
-from plait.model.hosts import fqdn, matches
+from plait.api.hosts import fqdn, matches
 
 
 def _problem(r: Resource, path: str, message: str, severity: str = "error") -> Problem:

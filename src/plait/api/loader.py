@@ -13,18 +13,21 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic.alias_generators import to_camel
 
+from plait.api.checks import check_references
 from plait.api.errors import ConfigError, Problem
-from plait.api.resources import SPEC_MODELS, ObjectMeta, Resource, Source
+from plait.api.kubeyaml import FastLoader, load_documents
+from plait.api.resources import SPEC_MODELS, SPEC_RULES, ObjectMeta, Resource, Source
+from plait.api.unsupported import (
+    NOT_SUPPORTED_GROUPS, field_not_supported, kind_not_supported, value_not_supported,
+)
 
 YAML_SUFFIXES = (".yaml", ".yml")
-SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML has it: ~10x faster
+SafeLoader = FastLoader  # for yaml.load callers elsewhere: Kubernetes' scalar rules (load_documents does both)
 
-# Kinds that are valid Kubernetes/Istio objects but that plait does not act on yet.
-KNOWN_IGNORED_KINDS = {
-    "Namespace", "ServiceAccount", "Deployment", "ConfigMap", "Secret", "Pod",
-    "EnvoyFilter", "WorkloadGroup", "ProxyConfig", "Telemetry", "WasmPlugin",
-}
+# Kubernetes kinds that may sit beside Istio configuration; plait's config loader skips them.
+KNOWN_IGNORED_KINDS = {"Namespace", "ServiceAccount", "Deployment", "ConfigMap", "Secret", "Pod"}
 
 
 @dataclass
@@ -54,14 +57,32 @@ def _path(loc: Iterable[Any], prefix: str) -> str:
     return out
 
 
-def _message(err: dict[str, Any]) -> str:
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return "unknown field; check its spelling against Istio's API reference (field names are camelCase)"
-    if kind == "missing":
+def _field_path(loc: Iterable[Any]) -> str:
+    """(``http``, 0, ``retries``, ``backoff``) → ``http.retries.backoff``: the form unsupported.py lists."""
+    return ".".join(str(part) for part in loc if isinstance(part, str))
+
+
+def _unknown_field_message(kind: str, loc: list[Any]) -> str:
+    name = str(loc[-1]) if loc else ""
+    if field_not_supported(kind, _field_path(loc)):
+        return f"{name} is an Istio field that is not supported by plait yet; remove it or see docs/configuration.md"
+    camel = to_camel(name)
+    if "_" in name and camel != name:
+        return (f"unknown field {name!r}: field names are camelCase as in Istio's API and Kubernetes "
+                f"(write {camel!r})")
+    return "unknown field; check its spelling against Istio's API reference (field names are camelCase)"
+
+
+def _message(err: dict[str, Any], kind: str, loc: list[Any]) -> str:
+    error_type = err["type"]
+    if error_type == "extra_forbidden":
+        return _unknown_field_message(kind, loc)
+    if error_type == "missing":
         return "required field is missing"
+    if error_type == "literal_error" and value_not_supported(kind, _field_path(loc), err.get("input")):
+        return f"{err.get('input')!r} is valid in Istio but not supported by plait yet"
     msg = err["msg"].removeprefix("Value error, ")
-    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
+    if error_type.endswith("_type") or error_type.endswith("_parsing") or error_type == "literal_error":
         msg = f"{msg} (got {err.get('input')!r})"
     return msg
 
@@ -72,8 +93,27 @@ def _problems_from_validation(exc: ValidationError, base: Problem, prefix: str) 
         loc = list(err["loc"])
         # Pydantic reports union members and dict keys as extra loc entries; keep the field path.
         loc = [p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("str", "int")))]
-        out.append(Problem(**{**base.__dict__, "path": _path(loc, prefix), "message": _message(err)}))
+        message = _message(err, base.kind if prefix == "spec" else "", loc)
+        out.append(Problem(**{**base.__dict__, "path": _path(loc, prefix), "message": message}))
     return out
+
+
+def _kind_refusal(kind: str, api_version: str) -> dict[str, str] | None:
+    """Why a document of this kind is not loaded (path, message, severity), or None to load it.
+
+    A kind with a model always loads; the not-supported lists only name what has none."""
+    if kind in SPEC_MODELS and (api_version in SPEC_MODELS[kind][0]
+                                or api_version.rpartition("/")[0] not in NOT_SUPPORTED_GROUPS):
+        return None  # a wrong apiVersion of a modelled kind is reported by the caller
+    not_supported = kind_not_supported(kind, api_version)
+    if not_supported:
+        return {"path": "kind", "message": not_supported}
+    if kind in SPEC_MODELS:
+        return None
+    if kind in KNOWN_IGNORED_KINDS:
+        return {"severity": "warning", "message": f"kind {kind} is not acted on by plait yet; ignored"}
+    supported = ", ".join(sorted(SPEC_MODELS))
+    return {"path": "kind", "message": f"unsupported kind {kind!r}; plait reads {supported}"}
 
 
 def parse_document(doc: Any, source: Source) -> tuple[list[Resource], list[Problem]]:
@@ -96,12 +136,9 @@ def parse_document(doc: Any, source: Source) -> tuple[list[Resource], list[Probl
     name = meta_raw.get("name", "") if isinstance(meta_raw, dict) else ""
     namespace = (meta_raw.get("namespace") if isinstance(meta_raw, dict) else None) or "default"
     base = Problem(message="", file=source.file, document=source.document, kind=kind, namespace=namespace, name=name)
-    if kind not in SPEC_MODELS:
-        if kind in KNOWN_IGNORED_KINDS:
-            return [], [Problem(**{**base.__dict__, "severity": "warning",
-                                   "message": f"kind {kind} is not acted on by plait yet; ignored"})]
-        supported = ", ".join(sorted(SPEC_MODELS))
-        return [], [Problem(**{**base.__dict__, "path": "kind", "message": f"unsupported kind {kind!r}; plait reads {supported}"})]
+    refusal = _kind_refusal(kind, api_version)
+    if refusal:
+        return [], [Problem(**{**base.__dict__, **refusal})]
     versions, model = SPEC_MODELS[kind]
     if api_version not in versions:
         return [], [Problem(**{**base.__dict__, "path": "apiVersion",
@@ -114,9 +151,14 @@ def parse_document(doc: Any, source: Source) -> tuple[list[Resource], list[Probl
     except ValidationError as exc:
         return [], _problems_from_validation(exc, base, "metadata")
     try:
-        spec = model.model_validate(doc.get("spec") or {})
+        spec = model.model_validate(doc.get("spec") or {}, by_alias=True, by_name=False)
     except ValidationError as exc:
         return [], _problems_from_validation(exc, base, "spec")
+    rules = SPEC_RULES.get(kind)
+    findings = list(rules(spec)) if rules else []
+    if findings:
+        return [], [Problem(**{**base.__dict__, "path": _path([path], "spec"), "message": message})
+                    for path, message in findings]
     return [Resource(kind=kind, api_version=api_version, meta=meta, spec=spec, source=source)], []
 
 
@@ -124,7 +166,7 @@ def parse_text(text: str, file: str = "<input>") -> LoadResult:
     """A (possibly multi-document) YAML text → LoadResult with per-document problems."""
     result = LoadResult()
     try:
-        docs = list(yaml.load_all(text, Loader=SafeLoader))
+        docs = load_documents(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -147,8 +189,6 @@ def yaml_files(path: Path) -> list[Path]:
 
 def load_paths(paths: Iterable[str | Path]) -> LoadResult:
     """Read YAML files and directories (recursively), then check references across objects."""
-    from plait.api.checks import check_references
-
     result = LoadResult()
     for path in map(Path, paths):
         if not path.exists():
@@ -163,8 +203,6 @@ def load_paths(paths: Iterable[str | Path]) -> LoadResult:
 
 
 def load_text(text: str, file: str = "<input>") -> LoadResult:
-    from plait.api.checks import check_references
-
     result = parse_text(text, file)
     result.problems += check_references(result.resources)
     return result

@@ -6,50 +6,21 @@ unknown fields so that a typo is an error, not a silently ignored setting.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, Field, field_validator, model_validator
 
 from plait.api.common import Duration, IstioModel, Labels, Percent, PortSelector, Regex, StringMatch
-
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-
-
-def check_host(host: str) -> str:
-    """A DNS name, optionally with a leading ``*.`` wildcard, or ``*`` alone."""
-    name = host[2:] if host.startswith("*.") else host
-    if host == "*":
-        return host
-    if not name or len(name) > 253 or not all(_HOST_LABEL.match(label) for label in name.split(".")):
-        raise ValueError(f"{host!r} is not a valid host; expected a DNS name such as 'reviews', "
-                         "'reviews.default.svc.cluster.local' or a wildcard such as '*.example.com'")
-    return host
-
-
-Host = Annotated[str, AfterValidator(check_host)]
-
-
-def check_cidr(text: str) -> str:
-    try:
-        ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IP address or CIDR block such as '10.0.0.0/16'") from None
-    return text
-
-
-Cidr = Annotated[str, AfterValidator(check_cidr)]
+from plait.api.hosts import Cidr, Host, check_host
 
 # ---------------------------------------------------------------- VirtualService
 
 
 def check_weights(destinations: list) -> list:
-    """With several destinations, weights must add up to 100 (Istio's rule)."""
-    if len(destinations) > 1:
-        total = sum(d.weight or 0 for d in destinations)
-        if total != 100:
-            raise ValueError(f"route weights add up to {total}; with several destinations they must add up to 100")
+    """With several destinations, some weight must be set; Istio normalises totals other than 100."""
+    if len(destinations) > 1 and sum(d.weight or 0 for d in destinations) == 0:
+        raise ValueError("with several destinations, the total weight must not be 0")
     return destinations
 
 
@@ -76,13 +47,24 @@ class Headers(IstioModel):
 
 class HTTPRouteDestination(IstioModel):
     destination: Destination
-    weight: int | None = Field(default=None, ge=0, le=100)
+    weight: int | None = Field(default=None, ge=0)
     headers: Headers | None = None
 
 
 class RouteDestination(IstioModel):
     destination: Destination
-    weight: int | None = Field(default=None, ge=0, le=100)
+    weight: int | None = Field(default=None, ge=0)
+
+
+JWT_CLAIM_PREFIX = "@request.auth.claims"
+_HEADER_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def check_header_name(name: str) -> str:
+    """An HTTP header name (RFC 7230 token), or a JWT claim route key such as ``@request.auth.claims.groups``."""
+    if not (name.startswith(JWT_CLAIM_PREFIX) or _HEADER_TOKEN.match(name)):
+        raise ValueError(f"{name!r} is not a valid HTTP header name")
+    return name
 
 
 class HTTPMatchRequest(IstioModel):
@@ -101,13 +83,21 @@ class HTTPMatchRequest(IstioModel):
     source_namespace: str | None = None
     stat_prefix: str | None = None
 
+    @field_validator("without_headers", mode="before")
+    @classmethod
+    def _regex_star_is_presence(cls, headers: object) -> object:
+        """``withoutHeaders: {x: {regex: "*"}}`` means "x is absent" in Istio ("*" is not read as RE2)."""
+        if isinstance(headers, dict):
+            return {name: {} if match == {"regex": "*"} else match for name, match in headers.items()}
+        return headers
+
     @field_validator("headers", "without_headers")
     @classmethod
     def _lowercase_header_names(cls, headers: dict[str, StringMatch]) -> dict[str, StringMatch]:
+        """HTTP header names are case-insensitive: lower-case them as Istio does (JWT claim names keep their case)."""
         for name in headers:
-            if name != name.lower():
-                raise ValueError(f"header name {name!r} must be lower case")
-        return headers
+            check_header_name(name)
+        return {name if name.startswith(JWT_CLAIM_PREFIX) else name.lower(): match for name, match in headers.items()}
 
 
 class HTTPRedirect(IstioModel):
@@ -220,7 +210,8 @@ class HTTPRoute(IstioModel):
     mirror: Destination | None = None
     mirrors: list[HTTPMirrorPolicy] = []
     mirror_percentage: Percent | None = None
-    mirror_percent: int | None = Field(default=None, ge=0, le=100)
+    mirror_percent: int | None = Field(default=None, ge=0, le=100,  # the CRD also lists the legacy spelling
+                                       validation_alias=AliasChoices("mirrorPercent", "mirror_percent"))
     cors_policy: CorsPolicy | None = None
     headers: Headers | None = None
 
@@ -477,8 +468,6 @@ class ServiceEntrySpec(IstioModel):
 
     @model_validator(mode="after")
     def _resolution_rules(self) -> "ServiceEntrySpec":
-        if self.resolution == "STATIC" and not (self.endpoints or self.workload_selector):
-            raise ValueError("resolution STATIC needs endpoints or a workloadSelector")
         if self.endpoints and self.workload_selector:
             raise ValueError("set only one of endpoints and workloadSelector")
         if self.resolution in ("DNS", "DNS_ROUND_ROBIN") and not self.endpoints:
@@ -486,8 +475,6 @@ class ServiceEntrySpec(IstioModel):
             if wild:
                 raise ValueError(f"resolution {self.resolution} cannot resolve wildcard hosts ({', '.join(wild)}); "
                                  "use resolution NONE or list endpoints")
-        if not self.ports:
-            raise ValueError("a ServiceEntry needs at least one port in spec.ports")
         return self
 
 
@@ -501,6 +488,7 @@ class GatewayPort(IstioModel):
     target_port: int | None = Field(default=None, ge=1, le=65535)
 
 
+TlsProtocolVersion = Literal["TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"]
 TlsServerMode = Literal["PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"]
 
 
@@ -513,8 +501,8 @@ class ServerTLSSettings(IstioModel):
     credential_name: str | None = None
     credential_names: list[str] = []
     subject_alt_names: list[str] = []
-    min_protocol_version: str | None = None
-    max_protocol_version: str | None = None
+    min_protocol_version: TlsProtocolVersion | None = None
+    max_protocol_version: TlsProtocolVersion | None = None
     cipher_suites: list[str] = []
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from plait.api import networking as net
+from plait.api import rules_networking as net_rules
+from plait.api import rules_security as sec_rules
 from plait.api import security as sec
 from plait.api.common import Labels
 
@@ -124,4 +127,17 @@ SPEC_MODELS: dict[str, tuple[tuple[str, ...], type[BaseModel]]] = {
     "AuthorizationPolicy": (SECURITY_VERSIONS, sec.AuthorizationPolicySpec),
     "RequestAuthentication": (SECURITY_VERSIONS, sec.RequestAuthenticationSpec),
     "Service": (("v1",), K8sServiceSpec),
+}
+
+# kind → Istio's cross-field rules (rules_networking, rules_security): spec → (path in spec, message)
+SPEC_RULES: dict[str, Callable[[Any], Iterable[tuple[str, str]]]] = {
+    "VirtualService": net_rules.virtual_service,
+    "DestinationRule": net_rules.destination_rule,
+    "ServiceEntry": net_rules.service_entry,
+    "Gateway": net_rules.gateway,
+    "Sidecar": net_rules.sidecar,
+    "WorkloadEntry": net_rules.workload_entry,
+    "PeerAuthentication": sec_rules.peer_authentication,
+    "AuthorizationPolicy": sec_rules.authorization_policy,
+    "RequestAuthentication": sec_rules.request_authentication,
 }

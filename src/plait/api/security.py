@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, Field, field_validator, model_validator
 
 from plait.api.common import Duration, IstioModel, Labels
-from plait.api.networking import Cidr
+from plait.api.hosts import Cidr
+from plait.api.unsupported import NOT_SUPPORTED_CONDITION_KEYS
 
 MtlsMode = Literal["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]
 
@@ -75,6 +76,8 @@ def check_condition_key(key: str) -> str:
         if not bracket or not rest.endswith("]") or len(rest) < 2:
             raise ValueError(f"{key!r}: {base} needs a name in brackets, e.g. {base}[x-token]")
         return key
+    if not bracket and base not in CONDITION_KEYS and base in NOT_SUPPORTED_CONDITION_KEYS:
+        raise ValueError(f"condition key {key!r} is valid in Istio but not supported by plait yet")
     if bracket or base not in CONDITION_KEYS:
         raise ValueError(f"unknown condition key {key!r}; expected one of "
                          + ", ".join(k + ("[...]" if k in BRACKETED_KEYS else "") for k in CONDITION_KEYS))
@@ -146,10 +149,10 @@ class AuthorizationPolicySpec(IstioModel):
     @model_validator(mode="after")
     def _custom_needs_provider(self) -> "AuthorizationPolicySpec":
         if self.action == "CUSTOM":
-            raise ValueError("action CUSTOM (external authorization) is not supported by plait; "
+            raise ValueError("action CUSTOM (external authorization) is valid in Istio but not supported by plait yet; "
                              "use ALLOW, DENY or AUDIT")
         if self.provider is not None:
-            raise ValueError("provider is only used with action CUSTOM, which plait does not support")
+            raise ValueError("provider is only used with action CUSTOM, which is not supported by plait yet")
         return self
 
 
@@ -168,7 +171,7 @@ class ClaimToHeader(IstioModel):
 class JwtRule(IstioModel):
     issuer: str = Field(min_length=1)
     audiences: list[str] = []
-    jwks_uri: str | None = None
+    jwks_uri: str | None = Field(default=None, validation_alias=AliasChoices("jwksUri", "jwks_uri"))  # both in the CRD
     jwks: str | None = None
     from_headers: list[JwtHeader] = []
     from_params: list[str] = []

@@ -2,31 +2,9 @@
 
 from __future__ import annotations
 
-DOMAIN_SUFFIX = "svc.cluster.local"
+from plait.api.hosts import DOMAIN_SUFFIX, fqdn, matches
 
-
-def fqdn(host: str, namespace: str, domain: str = DOMAIN_SUFFIX) -> str:
-    """Resolve a host written in `namespace` the way Istio does.
-
-    ``reviews`` → ``reviews.<namespace>.svc.cluster.local``; a name with a dot,
-    or a wildcard, is taken as written (so ``reviews.prod`` is *not* expanded,
-    exactly as in Istio: write the FQDN).
-    """
-    if "." in host or host.startswith("*"):
-        return host
-    return f"{host}.{namespace}.{domain}"
-
-
-def matches(pattern: str, host: str) -> bool:
-    """Does a (possibly wildcard) host pattern cover `host`? ``*`` covers all."""
-    if pattern == "*" or pattern == host:
-        return True
-    if pattern.startswith("*"):
-        suffix = pattern[1:]
-        if host.startswith("*"):
-            return host[1:].endswith(suffix)
-        return host.endswith(suffix)
-    return False
+__all__ = ["DOMAIN_SUFFIX", "client_names", "fqdn", "matches", "overlaps"]
 
 
 def overlaps(a: str, b: str) -> bool:
