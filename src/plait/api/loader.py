@@ -17,14 +17,16 @@ from pydantic.alias_generators import to_camel
 
 from plait.api.checks import check_references
 from plait.api.errors import ConfigError, Problem
-from plait.api.kubeyaml import FastLoader, load_documents
+from plait.api.kubeyaml import load_documents
 from plait.api.resources import SPEC_MODELS, SPEC_RULES, ObjectMeta, Resource, Source
 from plait.api.unsupported import (
-    NOT_SUPPORTED_GROUPS, field_not_supported, kind_not_supported, value_not_supported,
+    NOT_SUPPORTED_GROUPS,
+    field_not_supported,
+    kind_not_supported,
+    value_not_supported,
 )
 
 YAML_SUFFIXES = (".yaml", ".yml")
-SafeLoader = FastLoader  # for yaml.load callers elsewhere: Kubernetes' scalar rules (load_documents does both)
 
 # Kubernetes kinds that may sit beside Istio configuration; plait's config loader skips them.
 KNOWN_IGNORED_KINDS = {"Namespace", "ServiceAccount", "Deployment", "ConfigMap", "Secret", "Pod"}

@@ -21,7 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plait.api.errors import Problem
-from plait.api.loader import LoadResult, SafeLoader, load_paths, yaml_files
+from plait.api.kubeyaml import load_documents
+from plait.api.loader import LoadResult, load_paths, yaml_files
 from plait.api.resources import ObjectMeta
 from plait.runtime.expansion import expand
 
@@ -205,7 +206,7 @@ def load_manifests(paths: list[str | Path]) -> Manifests:
     for path in map(Path, paths):
         for file in yaml_files(path) if path.exists() else []:
             try:
-                docs = list(yaml.load_all(file.read_text(), Loader=SafeLoader))
+                docs = load_documents(file.read_text())
             except yaml.YAMLError:
                 continue  # already reported by load_paths
             for index, doc in enumerate(docs):

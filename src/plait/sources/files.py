@@ -22,7 +22,8 @@ import yaml
 
 from plait.api.checks import check_references
 from plait.api.errors import Problem
-from plait.api.loader import LoadResult, SafeLoader, load_paths, yaml_files
+from plait.api.kubeyaml import load_documents
+from plait.api.loader import LoadResult, load_paths, yaml_files
 from plait.api.resources import Resource, Source
 
 Key = tuple[str, str, str]
@@ -197,7 +198,8 @@ def _edited_key(chunk: str, edits: dict[Key, dict | None]) -> Key | None:
     if not any(key[2] in chunk for key in edits):
         return None
     try:
-        doc = yaml.load(chunk, Loader=SafeLoader)
+        docs = load_documents(chunk)
+        doc = docs[0] if len(docs) == 1 else None
     except yaml.YAMLError:
         return None
     if not isinstance(doc, dict):
