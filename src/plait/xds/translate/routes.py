@@ -372,9 +372,13 @@ def catch_all_vhost(policy: str, explicit_proxy: bool = False) -> dict:
 
 
 def service_vhost(svc: Service, port: int, ctx: RouteContext, index: HostIndex, domains: list[str]) -> dict:
+    """The service's virtual host: its VirtualService's routes for this proxy, else the default route.
+    As Istio, a VirtualService none of whose routes apply to the proxy (``sourceLabels``,
+    ``sourceNamespace``, ``gateways``, ``port``) is set aside, so the service keeps its default route."""
     name = f"{svc.hostname}:{port}"
     vs = index.lookup(svc.hostname)
-    routes = virtual_service_routes(vs, ctx, name) if vs and vs.spec.http else [default_route(svc, port, ctx)]
+    routes = virtual_service_routes(vs, ctx, name) if vs and vs.spec.http else []
+    routes = routes or [default_route(svc, port, ctx)]
     vhost: dict = {"name": name, "domains": domains, "routes": routes, "include_request_attempt_count": True}
     return vhost
 
@@ -405,9 +409,12 @@ def _vhosts_for_unregistered_hosts(snapshot: MeshSnapshot, ctx: RouteContext, in
     for host, vs in index.pairs:
         if host in snapshot.services or host.startswith("*") or not vs.spec.http or host in used:
             continue
+        routes = virtual_service_routes(vs, ctx, f"{host}:80")
+        if not routes:  # none applies to this proxy: Istio leaves the host to the catch-all
+            continue
         used.update({host, f"{host}:80"})
         out.append({"name": f"{host}:80", "domains": [host, f"{host}:80"],
-                    "routes": virtual_service_routes(vs, ctx, f"{host}:80"), "include_request_attempt_count": True})
+                    "routes": routes, "include_request_attempt_count": True})
     return out
 
 
