@@ -177,6 +177,7 @@ class JwtRule(IstioModel):
     output_claim_to_headers: list[ClaimToHeader] = []
     forward_original_token: bool = False
     timeout: Duration | None = None
+    space_delimited_claims: list[str] | None = None
 
     @field_validator("jwks_uri")
     @classmethod

@@ -21,6 +21,8 @@ from plait.xds.translate.common import (
     CORS_FILTER, DYNAMIC_FORWARD_PROXY_CLUSTER, FAULT_FILTER, PASSTHROUGH_CLUSTER, TYPE,
     cluster_name, duration, fraction, parse_cluster_name, string_matcher)
 from plait.xds.translate.clusters import merge_policy
+from plait.xds.translate.jwt import JWT_FILTER
+from plait.xds.translate.jwt import PAYLOAD_KEY as JWT_PAYLOAD_KEY
 
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 _REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
@@ -109,6 +111,35 @@ def _header_matcher(name: str, match: net.StringMatch, invert: bool = False) -> 
     return out
 
 
+JWT_CLAIM_HEADER = "@request.auth.claims"
+
+
+def jwt_claim_path(header: str) -> list[str] | None:
+    """Istio's claim routing: ``@request.auth.claims.a.b`` or ``@request.auth.claims[a][b]`` →
+    [``a``, ``b``]; None for a real header name."""
+    if not header.lower().startswith(JWT_CLAIM_HEADER):
+        return None
+    rest = header[len(JWT_CLAIM_HEADER):]
+    if rest.startswith(".") and len(rest) > 1:
+        return rest[1:].split(".")
+    if rest.startswith("[") and rest.endswith("]") and len(rest) > 2:
+        return rest[1:-1].split("][")
+    return None
+
+
+def _claim_matcher(claims: list[str], match: net.StringMatch, invert: bool = False) -> dict:
+    """As Istio: a dynamic-metadata matcher on jwt_authn's verified payload, true when the claim is
+    the string or a list holding it."""
+    def value() -> dict:
+        return {"present_match": True} if match.kind == "present" else {"string_match": string_matcher(match)}
+
+    out: dict = {"filter": JWT_FILTER, "path": [{"key": key} for key in [JWT_PAYLOAD_KEY, *claims]],
+                 "value": {"or_match": {"value_matchers": [{"list_match": {"one_of": value()}}, value()]}}}
+    if invert:
+        out["invert"] = True
+    return out
+
+
 def route_match(m: net.HTTPMatchRequest | None) -> dict:
     if m is None:
         return {"prefix": "/"}
@@ -127,10 +158,20 @@ def route_match(m: net.HTTPMatchRequest | None) -> dict:
     for pseudo, value in ((":authority", m.authority), (":scheme", m.scheme), (":method", m.method)):
         if value is not None:
             headers.append(_header_matcher(pseudo, value))
-    headers += [_header_matcher(name, value) for name, value in sorted(m.headers.items())]
-    headers += [_header_matcher(name, value, invert=True) for name, value in sorted(m.without_headers.items())]
+    claims, plain, plain_without = [], {}, {}
+    for headers_of, invert, plain_of in ((m.headers, False, plain), (m.without_headers, True, plain_without)):
+        for name, value in sorted(headers_of.items()):
+            path = jwt_claim_path(name)
+            if path is None:
+                plain_of[name] = value
+            else:
+                claims.append(_claim_matcher(path, value, invert))
+    headers += [_header_matcher(name, value) for name, value in plain.items()]
+    headers += [_header_matcher(name, value, invert=True) for name, value in plain_without.items()]
     if headers:
         out["headers"] = headers
+    if claims:
+        out["dynamic_metadata"] = claims
     if m.query_params:
         out["query_parameters"] = [
             {"name": k, "present_match": True} if v.kind == "present" else {"name": k, "string_match": string_matcher(v)}
