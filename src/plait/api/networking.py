@@ -45,11 +45,10 @@ Cidr = Annotated[str, AfterValidator(check_cidr)]
 
 
 def check_weights(destinations: list) -> list:
-    """With several destinations, weights must add up to 100 (Istio's rule)."""
-    if len(destinations) > 1:
-        total = sum(d.weight or 0 for d in destinations)
-        if total != 100:
-            raise ValueError(f"route weights add up to {total}; with several destinations they must add up to 100")
+    """With several destinations, some weight must be above 0 (Istio's rule; weights are relative:
+    Envoy sends each destination its weight over their sum)."""
+    if len(destinations) > 1 and sum(d.weight or 0 for d in destinations) == 0:
+        raise ValueError("route weights add up to 0; with several destinations at least one needs a weight")
     return destinations
 
 
@@ -76,13 +75,13 @@ class Headers(IstioModel):
 
 class HTTPRouteDestination(IstioModel):
     destination: Destination
-    weight: int | None = Field(default=None, ge=0, le=100)
+    weight: int | None = Field(default=None, ge=0, le=2**31 - 1)
     headers: Headers | None = None
 
 
 class RouteDestination(IstioModel):
     destination: Destination
-    weight: int | None = Field(default=None, ge=0, le=100)
+    weight: int | None = Field(default=None, ge=0, le=2**31 - 1)
 
 
 class HTTPMatchRequest(IstioModel):
