@@ -4,6 +4,8 @@ retry settings, weights that do not add up to 100."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from plait.api import load_text
@@ -68,3 +70,54 @@ def test_a_virtual_service_with_no_route_for_the_client_leaves_the_default_route
     else:
         assert (simulated.route, simulated.virtual_service, simulated.cluster_names) == (
             "default", None, ["outbound|9080||reviews.default.svc.cluster.local"])
+
+
+UNEVEN_WEIGHTS = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 1}
+    - {destination: {host: reviews, subset: v2}, weight: 3}
+    - {destination: {host: reviews, subset: v2}, weight: 0}
+"""
+
+
+def test_weights_that_do_not_add_up_to_100_are_shares_of_their_sum(mesh):
+    v1, v2 = mesh.http_backend("reviews-v1", 11), mesh.http_backend("reviews-v2", 12)
+    sidecar = LabelledSidecar(mesh, {"app": "client"}, service_yaml("reviews", 9080, {"v1": v1, "v2": v2}),
+                              REVIEWS_SUBSETS, UNEVEN_WEIGHTS)
+    simulated = sidecar.simulate("http://reviews:9080/")
+    assert [(c.weight, c.percent) for c in simulated.clusters] == [(1, 25.0), (3, 75.0)]  # weight 0 dropped
+    total = 400
+    to_v1 = [sidecar.get("http://reviews:9080/").backend for _ in range(total)].count("reviews-v1")
+    sigma = math.sqrt(total * 0.25 * 0.75)
+    assert abs(to_v1 - 0.25 * total) <= 4.5 * sigma, f"{to_v1}/{total} went to v1"
+
+
+RETRIES = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews}}]
+    retries: {attempts: 3, retryOn: "5xx", backoff: 5ms, retryIgnorePreviousHosts: false,
+              retryRemoteLocalities: true}
+"""
+
+
+def test_retries_with_backoff_same_host_and_remote_localities_hide_failures(mesh):
+    reviews = mesh.http_backend("reviews-v1", 11, fail_first=2, fail_status=500)
+    sidecar = LabelledSidecar(mesh, {"app": "client"}, service_yaml("reviews", 9080, {"v1": reviews}), RETRIES)
+    reply = sidecar.get("http://reviews:9080/")
+    assert (reply.status, reply.backend) == (200, "reviews-v1")
+    # one host and retries allowed back on it: the third try succeeds there
+    assert [r.headers["x-envoy-attempt-count"] for r in reviews.requests] == ["1", "2", "3"]
+    retries = sidecar.simulate("http://reviews:9080/").policies.retries
+    assert (retries.attempts, retries.retry_on) == (3, "5xx")
+    assert retries.how == ["possibly on the same host", "each in the next locality priority", "backoff from 0.005s"]

@@ -157,6 +157,8 @@ class HTTPRetry(IstioModel):
     per_try_timeout: Duration | None = None
     retry_on: str | None = None
     retry_remote_localities: bool | None = None
+    retry_ignore_previous_hosts: bool | None = None
+    backoff: Duration | None = None
 
 
 class FaultDelay(IstioModel):
@@ -280,10 +282,16 @@ class VirtualServiceSpec(IstioModel):
 LbSimple = Literal["UNSPECIFIED", "ROUND_ROBIN", "LEAST_CONN", "LEAST_REQUEST", "RANDOM", "PASSTHROUGH"]
 
 
+class CookieAttribute(IstioModel):
+    name: str = Field(min_length=1)
+    value: str | None = None
+
+
 class HTTPCookie(IstioModel):
     name: str
     path: str | None = None
     ttl: Duration | None = None
+    attributes: list[CookieAttribute] = []
 
 
 class RingHash(IstioModel):

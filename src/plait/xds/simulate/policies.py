@@ -63,12 +63,27 @@ def _fault(config: dict | None) -> Fault | None:
     return fault
 
 
+def _retry_how(policy: dict) -> list[str]:
+    """How Envoy picks where each retry goes, and when, where it differs from Istio's default (each
+    retry on another host, at once)."""
+    predicates = [p.get("name", "") for p in policy.get("retry_host_predicate", [])]
+    how = [] if "envoy.retry_host_predicates.previous_hosts" in predicates else ["possibly on the same host"]
+    if policy.get("retry_priority", {}).get("name") == "envoy.retry_priorities.previous_priorities":
+        how.append("each in the next locality priority")
+    elif "retry_priority" in policy:
+        how.append(f"priorities chosen by {policy['retry_priority'].get('name')}")
+    if base := policy.get("retry_back_off", {}).get("base_interval"):
+        how.append(f"backoff from {base}")
+    return how
+
+
 def _retries(policy: dict | None) -> Retries | None:
     if policy is None:
         return None
     return Retries(attempts=int(policy.get("num_retries", 1)), retry_on=policy.get("retry_on", ""),
                    per_try_timeout=policy.get("per_try_timeout"),
-                   retriable_status_codes=[int(c) for c in policy.get("retriable_status_codes", [])])
+                   retriable_status_codes=[int(c) for c in policy.get("retriable_status_codes", [])],
+                   how=_retry_how(policy))
 
 
 def _describe_hash(policy: dict) -> str:

@@ -46,36 +46,62 @@ class RouteContext:
     gateway: str = MESH_GATEWAY  # "mesh" or "namespace/name"
 
 
-def default_retry_policy() -> dict:
-    return {
-        "retry_on": DEFAULT_RETRY_ON,
-        "num_retries": 2,
-        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
-            "@type": TYPE + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
-        "host_selection_retry_max_attempts": "5",
-        "retriable_status_codes": [503],
-    }
+def _previous_hosts() -> dict:
+    return {"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+        "@type": TYPE + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}
 
 
-def retry_policy(retries: net.HTTPRetry | None) -> dict | None:
+def _previous_priorities() -> dict:
+    """``retryRemoteLocalities``: each retry goes to the next priority (locality), as Istio sets it."""
+    return {"name": "envoy.retry_priorities.previous_priorities", "typed_config": {
+        "@type": TYPE + "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+        "update_frequency": 2}}
+
+
+def default_retry_policy(consistent_hash: bool = False) -> dict:
+    """Istio's default: 2 retries on connection failures and 503, each on another host unless the
+    route hashes to a host (consistent hashing keeps retries on it)."""
+    policy: dict = {"retry_on": DEFAULT_RETRY_ON, "num_retries": 2}
+    if not consistent_hash:
+        policy["retry_host_predicate"] = [_previous_hosts()]
+    policy["host_selection_retry_max_attempts"] = "5"
+    policy["retriable_status_codes"] = [503]
+    return policy
+
+
+def _retry_on(text: str) -> tuple[str, list[int]]:
+    """Istio's retryOn: numbers are status codes (adding ``retriable-status-codes``), the rest Envoy's words."""
+    tokens = [t.strip() for t in text.split(",") if t.strip()]
+    codes = [int(t) for t in tokens if t.isdigit()]
+    on = [t for t in tokens if not t.isdigit()]
+    if codes and "retriable-status-codes" not in on:
+        on.append("retriable-status-codes")
+    return ",".join(on), codes
+
+
+def retry_policy(retries: net.HTTPRetry | None, consistent_hash: bool = False) -> dict | None:
+    """Envoy's retry policy for a route's ``retries`` (Istio's ``retry.ConvertPolicy``)."""
     if retries is None:
-        return default_retry_policy()
+        return default_retry_policy(consistent_hash)
     if retries.attempts == 0:
         return None
-    policy = default_retry_policy()
+    policy = default_retry_policy(consistent_hash)
     policy["num_retries"] = retries.attempts
     if retries.retry_on:
-        tokens = [t.strip() for t in retries.retry_on.split(",") if t.strip()]
-        codes = [int(t) for t in tokens if t.isdigit()]
-        on = [t for t in tokens if not t.isdigit()]
-        if codes and "retriable-status-codes" not in on:
-            on.append("retriable-status-codes")
-        policy["retry_on"] = ",".join(on)
+        policy["retry_on"], codes = _retry_on(retries.retry_on)
         policy["retriable_status_codes"] = codes
         if not codes:
             del policy["retriable_status_codes"]
     if retries.per_try_timeout:
         policy["per_try_timeout"] = duration(retries.per_try_timeout)
+    if retries.retry_ignore_previous_hosts is not None:
+        policy.pop("retry_host_predicate", None)
+        if retries.retry_ignore_previous_hosts:
+            policy["retry_host_predicate"] = [_previous_hosts()]
+    if retries.retry_remote_localities:
+        policy["retry_priority"] = _previous_priorities()
+    if retries.backoff:
+        policy["retry_back_off"] = {"base_interval": duration(retries.backoff)}
     return policy
 
 
@@ -234,6 +260,9 @@ def hash_policy(ctx: RouteContext, cluster: str) -> list[dict]:
             cookie["path"] = ch.http_cookie.path
         if ch.http_cookie.ttl:
             cookie["ttl"] = duration(ch.http_cookie.ttl)
+        if ch.http_cookie.attributes:
+            cookie["attributes"] = [{"name": a.name, **({"value": a.value} if a.value is not None else {})}
+                                    for a in ch.http_cookie.attributes]
         return [{"cookie": cookie}]
     if ch.use_source_ip:
         return [{"connection_properties": {"source_ip": True}}]
@@ -272,20 +301,30 @@ def _cors(cors: net.CorsPolicy) -> dict:
     return config
 
 
+def _destinations(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, action: dict) -> list[dict]:
+    """One destination is the route's cluster; several are weighted clusters, weights as written
+    (relative: Envoy divides by their sum), those without weight dropped, as Istio. Returns the
+    hash policies of the destinations' DestinationRules."""
+    if len(http.route) == 1:
+        action["cluster"] = destination_cluster(http.route[0].destination, ctx, vs_namespace)
+        return hash_policy(ctx, action["cluster"])
+    clusters, hashes = [], []
+    for d in http.route:
+        if not d.weight:
+            continue
+        entry: dict = {"name": destination_cluster(d.destination, ctx, vs_namespace), "weight": d.weight}
+        _apply_headers(entry, d.headers)
+        clusters.append(entry)
+        hashes += hash_policy(ctx, entry["name"])
+    action["weighted_clusters"] = {"clusters": clusters}
+    return hashes
+
+
 def _route_action(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, match: net.HTTPMatchRequest | None) -> dict:
-    destinations = [d for d in http.route if d.weight is None or d.weight > 0 or len(http.route) == 1]
     action: dict = {}
-    if len(destinations) == 1:
-        action["cluster"] = destination_cluster(destinations[0].destination, ctx, vs_namespace)
-    else:
-        clusters = []
-        for d in destinations:
-            entry: dict = {"name": destination_cluster(d.destination, ctx, vs_namespace), "weight": d.weight}
-            _apply_headers(entry, d.headers)
-            clusters.append(entry)
-        action["weighted_clusters"] = {"clusters": clusters}
+    hashes = _destinations(http, ctx, vs_namespace, action)
     action["timeout"] = duration(http.timeout) if http.timeout else "0s"
-    policy = retry_policy(http.retries)
+    policy = retry_policy(http.retries, consistent_hash=bool(hashes) and "cluster" in action)
     if policy:
         action["retry_policy"] = policy
     if http.rewrite:
@@ -308,7 +347,6 @@ def _route_action(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, mat
             {"cluster": destination_cluster(dest, ctx, vs_namespace),
              "runtime_fraction": {"default_value": fraction(pct)}, "trace_sampled": False}
             for dest, pct in mirrors]
-    hashes = hash_policy(ctx, action["cluster"]) if "cluster" in action else []
     if hashes:
         action["hash_policy"] = hashes
     return action
