@@ -121,3 +121,47 @@ def test_retries_with_backoff_same_host_and_remote_localities_hide_failures(mesh
     retries = sidecar.simulate("http://reviews:9080/").policies.retries
     assert (retries.attempts, retries.retry_on) == (3, "5xx")
     assert retries.how == ["possibly on the same host", "each in the next locality priority", "backoff from 0.005s"]
+
+
+DELEGATION = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-root}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /reviews}}]
+    delegate: {name: reviews-routes}
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /reviews/moved, authority: reviews.default, derivePort: FROM_REQUEST_PORT}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-routes}
+spec:
+  http:
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{uri: {prefix: /elsewhere}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+"""
+
+
+def test_a_delegate_virtual_services_routes_serve_under_the_roots_match(mesh):
+    v1, v2 = mesh.http_backend("reviews-v1", 11), mesh.http_backend("reviews-v2", 12)
+    sidecar = LabelledSidecar(mesh, {"app": "client"}, service_yaml("reviews", 9080, {"v1": v1, "v2": v2}),
+                              REVIEWS_SUBSETS, DELEGATION)
+    cases = [("/reviews/1", {"end-user": "jason"}, "reviews-v2", "http[0].delegate[default/reviews-routes].http[0]"),
+             ("/reviews/1", {}, "reviews-v1", "http[0].delegate[default/reviews-routes].http[2]"),
+             ("/elsewhere", {}, None, None)]  # outside the root's /reviews: the delegate's route was dropped
+    for path, headers, backend, rule in cases:
+        reply, simulated = sidecar.get(f"http://reviews:9080{path}", headers), sidecar.simulate(
+            f"http://reviews:9080{path}", headers)
+        assert (reply.backend, simulated.vs_route and simulated.vs_route.rsplit(".match", 1)[0]) == (backend, rule)
+        if backend is None:
+            assert (reply.status, simulated.status) == (404, 404)
+    moved = sidecar.get("http://reviews:9080/old")
+    # a new authority drops the request's port; derivePort FROM_REQUEST_PORT puts the listener's back
+    assert (moved.status, moved.headers["location"]) == (301, "http://reviews.default:9080/reviews/moved")
+    assert sidecar.simulate("http://reviews:9080/old").location == "http://reviews.default:9080/reviews/moved"

@@ -512,7 +512,7 @@ kind: VirtualService
 metadata: {{name: httpbin, namespace: default}}
 spec:
   hosts: ["*"]
-  gateways: [httpbin-gateway, mesh]
+  gateways: [httpbin-gateway]
   http:
   - match:
     - uri: {{prefix: /headers}}
@@ -586,11 +586,11 @@ def test_envoy_routes_on_claims_at_the_gateway_as_simulated(tmp_path, signer: Si
             assert (got, simulated) == (expected, expected), claims
 
 
-def test_claim_routes_never_match_at_a_sidecar_which_has_no_jwt_filter_outbound(signer: Signer) -> None:
-    snapshot = claim_routing_mesh("127.0.0", signer, {})
-    client = workload(snapshot_of(), "client", mode="capture")
-    token = {"authorization": f"Bearer {signer.token(groups='group1')}"}
-    outcome = simulate_mesh(snapshot, client, Request.from_url("http://httpbin:8000/headers",
-                                                               headers=list(token.items())), now=time.time())
-    assert outcome.cluster_names == ["outbound|8000|v1|httpbin.default.svc.cluster.local"]
-    assert any("JWT claim groups exact 'group1'" in skipped for skipped in outcome.skipped_routes)
+@pytest.mark.parametrize("gateways", [[], ["httpbin-gateway", "mesh"]])
+def test_claim_routing_on_sidecars_is_refused_as_istio_refuses_it(gateways: list[str]) -> None:
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "httpbin"},
+          "spec": {"hosts": ["httpbin"], "gateways": gateways, "http": [{
+              "match": [{"headers": {"@request.auth.claims.groups": {"exact": "group1"}}}],
+              "route": [{"destination": {"host": "httpbin"}}]}]}}
+    errors = load_text(json.dumps(vs)).errors
+    assert len(errors) == 1 and "only supported for gateways" in str(errors[0])

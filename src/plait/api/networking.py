@@ -208,8 +208,16 @@ class CorsPolicy(IstioModel):
     unmatched_preflights: Literal["UNSPECIFIED", "FORWARD", "IGNORE"] | None = None
 
 
+class Delegate(IstioModel):
+    """A VirtualService (without hosts) whose http routes are merged under this route's matches."""
+
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+
+
 class HTTPRoute(IstioModel):
     name: str | None = None
+    delegate: Delegate | None = None
     match: list[HTTPMatchRequest] = []
     route: Annotated[list[HTTPRouteDestination], Weighted] = []
     redirect: HTTPRedirect | None = None
@@ -229,8 +237,12 @@ class HTTPRoute(IstioModel):
     def _action(self) -> "HTTPRoute":
         actions = [a for a, v in (("route", self.route), ("redirect", self.redirect),
                                   ("directResponse", self.direct_response)) if v]
+        if self.delegate is not None:
+            if self.route or self.redirect:
+                raise ValueError("a root HTTP route with a delegate must not specify route or redirect")
+            return self
         if not actions:
-            raise ValueError("an HTTP route needs one of route, redirect or directResponse")
+            raise ValueError("an HTTP route needs one of route, redirect, directResponse or delegate")
         if len(actions) > 1:
             raise ValueError(f"set only one of route, redirect, directResponse (got {', '.join(actions)})")
         if self.mirror and self.mirrors:
@@ -270,10 +282,29 @@ class VirtualServiceSpec(IstioModel):
 
     @model_validator(mode="after")
     def _has_hosts(self) -> "VirtualServiceSpec":
-        if not self.hosts:
-            raise ValueError("a VirtualService needs at least one host in spec.hosts")
+        if not self.hosts:  # a delegate: its http routes are merged into a root VirtualService's
+            wrong = [f for f in ("gateways", "tls", "tcp") if getattr(self, f)]
+            if wrong:
+                raise ValueError(f"a delegate VirtualService (no hosts) must have no {' or '.join(wrong)}")
+            if not self.http:
+                raise ValueError("a VirtualService needs hosts, or http routes when it is a delegate (no hosts)")
+            if any(h.delegate for h in self.http):
+                raise ValueError("a delegate VirtualService (no hosts) cannot delegate again")
         if not (self.http or self.tls or self.tcp):
             raise ValueError("a VirtualService needs at least one of http, tls or tcp routes")
+        return self
+
+    @model_validator(mode="after")
+    def _claims_only_on_gateways(self) -> "VirtualServiceSpec":
+        """Istio: ``@request.auth.claims`` matches need a VirtualService bound to gateways only."""
+        if self.gateways and "mesh" not in self.gateways:
+            return self
+        for route in self.http:
+            for match in route.match:
+                for name in (*match.headers, *match.without_headers):
+                    if name.lower().startswith("@request.auth.claims"):
+                        raise ValueError(f"JWT claim based routing ({name}) is only supported for gateways: "
+                                         "list gateways (and not mesh) in spec.gateways")
         return self
 
 

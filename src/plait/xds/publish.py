@@ -384,6 +384,8 @@ def change_impact(old: MeshSnapshot, new: MeshSnapshot, changed: Iterable[Key] |
     for key in changed:
         kind, namespace, _ = key
         if kind == "VirtualService":
+            if any(not vs.spec.hosts for vs in _versions(old, new, key)):
+                return EVERYTHING  # a delegate: which roots bring it in is not indexed
             vs_hosts, vs_routers, more = _virtual_service_impact(old, new, _versions(old, new, key))
             hosts |= vs_hosts
             routers, routes_only = routers or vs_routers, routes_only and not more

@@ -21,6 +21,7 @@ from plait.xds.translate.common import (
     CORS_FILTER, DYNAMIC_FORWARD_PROXY_CLUSTER, FAULT_FILTER, PASSTHROUGH_CLUSTER, TYPE,
     cluster_name, duration, fraction, parse_cluster_name, string_matcher)
 from plait.xds.translate.clusters import merge_policy
+from plait.xds.translate.delegate import http_routes
 from plait.xds.translate.jwt import JWT_FILTER
 from plait.xds.translate.jwt import PAYLOAD_KEY as JWT_PAYLOAD_KEY
 
@@ -44,6 +45,8 @@ class RouteContext:
     proxy: Proxy
     port: int | None  # the listener port on sidecars; None on gateways
     gateway: str = MESH_GATEWAY  # "mesh" or "namespace/name"
+    server_port: int | None = None  # a gateway server's port (the request's port, for redirects)
+    tls: bool = False  # the gateway server terminates TLS
 
 
 def _previous_hosts() -> dict:
@@ -352,14 +355,29 @@ def _route_action(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, mat
     return action
 
 
-def _redirect(redirect: net.HTTPRedirect) -> dict:
+def _redirect_port(redirect: net.HTTPRedirect, ctx: RouteContext) -> int | None:
+    """Istio: ``derivePort: FROM_REQUEST_PORT`` is the port the route serves; the scheme's default
+    port is left out of Location."""
+    if redirect.port is None and redirect.derive_port is None:
+        return None
+    port = redirect.port
+    if redirect.derive_port == "FROM_REQUEST_PORT":
+        port = ctx.server_port if ctx.server_port is not None else ctx.port
+    scheme = redirect.scheme or ("https" if ctx.tls else "http")
+    if (scheme, port) in (("http", 80), ("https", 443)):
+        return None
+    return port
+
+
+def _redirect(redirect: net.HTTPRedirect, ctx: RouteContext) -> dict:
     out: dict = {"response_code": _REDIRECT_CODES[redirect.redirect_code]}
     if redirect.uri:
         out["path_redirect"] = redirect.uri
     if redirect.authority:
         out["host_redirect"] = redirect.authority
-    if redirect.port:
-        out["port_redirect"] = redirect.port
+    port = _redirect_port(redirect, ctx)
+    if port:
+        out["port_redirect"] = port
     if redirect.scheme:
         out["scheme_redirect"] = redirect.scheme
     return out
@@ -375,9 +393,9 @@ def _direct_response(dr: net.HTTPDirectResponse) -> dict:
 
 
 def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> list[dict]:
-    """Envoy routes for one VirtualService: one per (http route, match), in order."""
+    """Envoy routes for one VirtualService: one per (http route, match), in order, delegates merged in."""
     out = []
-    for i, http in enumerate(vs.spec.http):
+    for label, http in http_routes(vs, ctx.snapshot):
         for j, m in enumerate(http.match or [None]):
             if not _match_applies(m, ctx, vs.namespace):
                 continue
@@ -386,7 +404,7 @@ def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> 
             if name:
                 route["name"] = name
             if http.redirect:
-                route["redirect"] = _redirect(http.redirect)
+                route["redirect"] = _redirect(http.redirect, ctx)
             elif http.direct_response:
                 route["direct_response"] = _direct_response(http.direct_response)
             else:
@@ -403,7 +421,7 @@ def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> 
                 _apply_headers(route, http.route[0].headers)
             route["metadata"] = {"filter_metadata": {
                 "istio": {"config": vs.config_path()},
-                "plait": {"route": f"http[{i}]" + (f".match[{j}]" if m else "")}}}
+                "plait": {"route": label + (f".match[{j}]" if m else "")}}}
             route["decorator"] = {"operation": f"{vhost_name}/*"}
             out.append(route)
             if m is None or m == _MATCH_ALL:
@@ -553,7 +571,8 @@ def gateway_route_config(snapshot: MeshSnapshot, proxy: Proxy, name: str,
 
     for gw, server in servers:
         ref = f"{gw.namespace}/{gw.name}"
-        ctx = RouteContext(snapshot, proxy, None, gateway=ref)
+        ctx = RouteContext(snapshot, proxy, None, gateway=ref, server_port=server.port.number,
+                           tls=server.tls is not None)  # as Istio's IsTLS
         if server.tls and server.tls.https_redirect:
             for entry in server.hosts:
                 vhost_for(entry.rpartition("/")[2], server.port.number)["require_tls"] = "ALL"
