@@ -4,7 +4,10 @@ retry settings, weights that do not add up to 100."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import socket
+import threading
 
 import pytest
 
@@ -165,3 +168,56 @@ def test_a_delegate_virtual_services_routes_serve_under_the_roots_match(mesh):
     # a new authority drops the request's port; derivePort FROM_REQUEST_PORT puts the listener's back
     assert (moved.status, moved.headers["location"]) == (301, "http://reviews.default:9080/reviews/moved")
     assert sidecar.simulate("http://reviews:9080/old").location == "http://reviews.default:9080/reviews/moved"
+
+
+class FirstLineServer:
+    """An HTTP/1.1 server on one address that records the first line of each connection (a PROXY
+    protocol v1 header when the client sends one) and answers 200."""
+
+    def __init__(self, address: str, port: int):
+        self.address, self.port, self.lines = address, port, []  # lines: list[str]
+        self.listener = socket.create_server((address, port))
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                with conn:
+                    data = b""
+                    while b"\r\n\r\n" not in data and (chunk := conn.recv(4096)):
+                        data += chunk
+                    self.lines.append(data.split(b"\r\n", 1)[0].decode())
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+
+    def __enter__(self) -> "FirstLineServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        self.listener.close()
+        self.thread.join(timeout=5)
+
+
+PROXY_PROTOCOL = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: legacy}
+spec:
+  host: legacy
+  trafficPolicy: {proxyProtocol: {version: V1}}
+"""
+
+
+def test_proxy_protocol_sends_the_clients_address_first(mesh):
+    address = f"{mesh.net}.20"
+    with FirstLineServer(address, 8080) as server:
+        sidecar = LabelledSidecar(mesh, {"app": "client"}, service_yaml("legacy", 9080, {"v1": server}),
+                                  PROXY_PROTOCOL)
+        reply = sidecar.get("http://legacy:9080/")
+        assert (reply.status, reply.body) == (200, b"ok")
+        # the downstream connection's addresses: the test client, and the sidecar's proxy listener
+        proxy, tcp4, source, destination, _, port = server.lines[0].split(" ")
+        assert (proxy, tcp4, source, destination, port) == ("PROXY", "TCP4", "127.0.0.1", mesh.client_ip, "15001")

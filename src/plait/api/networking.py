@@ -351,10 +351,35 @@ class ConsistentHashLB(IstioModel):
         return self
 
 
+class WarmupConfiguration(IstioModel):
+    duration: Duration
+    minimum_percent: float | None = Field(default=None, ge=0, le=100)
+    aggression: float | None = Field(default=None, ge=1)
+
+
+class LocalityDistribute(IstioModel):
+    from_: str = Field(alias="from")
+    to: dict[str, int] = {}
+
+
+class LocalityFailover(IstioModel):
+    from_: str = Field(alias="from")
+    to: str
+
+
+class LocalityLoadBalancerSetting(IstioModel):
+    distribute: list[LocalityDistribute] = []
+    failover: list[LocalityFailover] = []
+    failover_priority: list[str] = []
+    enabled: bool | None = None
+
+
 class LoadBalancerSettings(IstioModel):
     simple: LbSimple | None = None
     consistent_hash: ConsistentHashLB | None = None
+    locality_lb_setting: LocalityLoadBalancerSetting | None = None
     warmup_duration_secs: Duration | None = None
+    warmup: WarmupConfiguration | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> "LoadBalancerSettings":
@@ -377,6 +402,11 @@ class TCPSettings(IstioModel):
     idle_timeout: Duration | None = None
 
 
+class ConnectionKeepalive(IstioModel):
+    interval: Duration | None = None
+    timeout: Duration | None = None
+
+
 class HTTPSettings(IstioModel):
     http1_max_pending_requests: int | None = Field(default=None, ge=0)
     http2_max_requests: int | None = Field(default=None, ge=0)
@@ -386,6 +416,7 @@ class HTTPSettings(IstioModel):
     h2_upgrade_policy: Literal["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"] | None = None
     use_client_protocol: bool | None = None
     max_concurrent_streams: int | None = Field(default=None, ge=0)
+    http2_keep_alive: ConnectionKeepalive | None = None
 
 
 class ConnectionPoolSettings(IstioModel):
@@ -433,12 +464,24 @@ class PortTrafficPolicy(IstioModel):
     tls: ClientTLSSettings | None = None
 
 
+class ProxyProtocol(IstioModel):
+    version: Literal["V1", "V2"] = "V1"
+
+
+class RetryBudget(IstioModel):
+    percent: float | None = Field(default=None, ge=0, le=100)
+    min_retry_concurrency: int | None = Field(default=None, ge=0)
+    budget_interval: Duration | None = None
+
+
 class TrafficPolicy(IstioModel):
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPoolSettings | None = None
     outlier_detection: OutlierDetection | None = None
     tls: ClientTLSSettings | None = None
     port_level_settings: list[PortTrafficPolicy] = []
+    proxy_protocol: ProxyProtocol | None = None
+    retry_budget: RetryBudget | None = None
 
     def for_port(self, port: int) -> "TrafficPolicy":
         """The policy in force on one port: port-level settings override the top level."""
