@@ -22,10 +22,9 @@ from plait.xds.translate.common import (
     cluster_name, duration, fraction, parse_cluster_name, string_matcher)
 from plait.xds.translate.clusters import merge_policy
 from plait.xds.translate.delegate import http_routes
-from plait.xds.translate.jwt import JWT_FILTER
-from plait.xds.translate.jwt import PAYLOAD_KEY as JWT_PAYLOAD_KEY
+from plait.xds.translate.matches import route_match
+from plait.xds.translate.retries import default_retry_policy, retry_policy
 
-DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 _REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
                    308: "PERMANENT_REDIRECT"}
 _GRPC_CODES = {name: i for i, name in enumerate(
@@ -49,65 +48,6 @@ class RouteContext:
     tls: bool = False  # the gateway server terminates TLS
 
 
-def _previous_hosts() -> dict:
-    return {"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
-        "@type": TYPE + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}
-
-
-def _previous_priorities() -> dict:
-    """``retryRemoteLocalities``: each retry goes to the next priority (locality), as Istio sets it."""
-    return {"name": "envoy.retry_priorities.previous_priorities", "typed_config": {
-        "@type": TYPE + "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
-        "update_frequency": 2}}
-
-
-def default_retry_policy(consistent_hash: bool = False) -> dict:
-    """Istio's default: 2 retries on connection failures and 503, each on another host unless the
-    route hashes to a host (consistent hashing keeps retries on it)."""
-    policy: dict = {"retry_on": DEFAULT_RETRY_ON, "num_retries": 2}
-    if not consistent_hash:
-        policy["retry_host_predicate"] = [_previous_hosts()]
-    policy["host_selection_retry_max_attempts"] = "5"
-    policy["retriable_status_codes"] = [503]
-    return policy
-
-
-def _retry_on(text: str) -> tuple[str, list[int]]:
-    """Istio's retryOn: numbers are status codes (adding ``retriable-status-codes``), the rest Envoy's words."""
-    tokens = [t.strip() for t in text.split(",") if t.strip()]
-    codes = [int(t) for t in tokens if t.isdigit()]
-    on = [t for t in tokens if not t.isdigit()]
-    if codes and "retriable-status-codes" not in on:
-        on.append("retriable-status-codes")
-    return ",".join(on), codes
-
-
-def retry_policy(retries: net.HTTPRetry | None, consistent_hash: bool = False) -> dict | None:
-    """Envoy's retry policy for a route's ``retries`` (Istio's ``retry.ConvertPolicy``)."""
-    if retries is None:
-        return default_retry_policy(consistent_hash)
-    if retries.attempts == 0:
-        return None
-    policy = default_retry_policy(consistent_hash)
-    policy["num_retries"] = retries.attempts
-    if retries.retry_on:
-        policy["retry_on"], codes = _retry_on(retries.retry_on)
-        policy["retriable_status_codes"] = codes
-        if not codes:
-            del policy["retriable_status_codes"]
-    if retries.per_try_timeout:
-        policy["per_try_timeout"] = duration(retries.per_try_timeout)
-    if retries.retry_ignore_previous_hosts is not None:
-        policy.pop("retry_host_predicate", None)
-        if retries.retry_ignore_previous_hosts:
-            policy["retry_host_predicate"] = [_previous_hosts()]
-    if retries.retry_remote_localities:
-        policy["retry_priority"] = _previous_priorities()
-    if retries.backoff:
-        policy["retry_back_off"] = {"base_interval": duration(retries.backoff)}
-    return policy
-
-
 def _header_value_options(ops: net.HeaderOperations | None) -> tuple[list[dict], list[str]]:
     if ops is None:
         return [], []
@@ -125,87 +65,6 @@ def _apply_headers(target: dict, headers: net.Headers | None) -> None:
             target.setdefault(f"{side}_headers_to_add", []).extend(add)
         if remove:
             target.setdefault(f"{side}_headers_to_remove", []).extend(remove)
-
-
-def _header_matcher(name: str, match: net.StringMatch, invert: bool = False) -> dict:
-    out: dict = {"name": name}
-    if match.kind == "present":
-        out["present_match"] = True
-    else:
-        out["string_match"] = string_matcher(match)
-        if invert:  # as Istio: a request without the header does not carry the unwanted value
-            out["treat_missing_header_as_empty"] = True
-    if invert:
-        out["invert_match"] = True
-    return out
-
-
-JWT_CLAIM_HEADER = "@request.auth.claims"
-
-
-def jwt_claim_path(header: str) -> list[str] | None:
-    """Istio's claim routing: ``@request.auth.claims.a.b`` or ``@request.auth.claims[a][b]`` →
-    [``a``, ``b``]; None for a real header name."""
-    if not header.lower().startswith(JWT_CLAIM_HEADER):
-        return None
-    rest = header[len(JWT_CLAIM_HEADER):]
-    if rest.startswith(".") and len(rest) > 1:
-        return rest[1:].split(".")
-    if rest.startswith("[") and rest.endswith("]") and len(rest) > 2:
-        return rest[1:-1].split("][")
-    return None
-
-
-def _claim_matcher(claims: list[str], match: net.StringMatch, invert: bool = False) -> dict:
-    """As Istio: a dynamic-metadata matcher on jwt_authn's verified payload, true when the claim is
-    the string or a list holding it."""
-    def value() -> dict:
-        return {"present_match": True} if match.kind == "present" else {"string_match": string_matcher(match)}
-
-    out: dict = {"filter": JWT_FILTER, "path": [{"key": key} for key in [JWT_PAYLOAD_KEY, *claims]],
-                 "value": {"or_match": {"value_matchers": [{"list_match": {"one_of": value()}}, value()]}}}
-    if invert:
-        out["invert"] = True
-    return out
-
-
-def route_match(m: net.HTTPMatchRequest | None) -> dict:
-    if m is None:
-        return {"prefix": "/"}
-    out: dict = {}
-    if m.uri is None or m.uri.kind == "present":
-        out["prefix"] = "/"
-    elif m.uri.kind == "regex":
-        out["safe_regex"] = {"regex": m.uri.value}
-    elif m.uri.kind == "exact":
-        out["path"] = m.uri.value
-    else:
-        out["prefix"] = m.uri.value
-    if m.ignore_uri_case:
-        out["case_sensitive"] = False
-    headers = []
-    for pseudo, value in ((":authority", m.authority), (":scheme", m.scheme), (":method", m.method)):
-        if value is not None:
-            headers.append(_header_matcher(pseudo, value))
-    claims, plain, plain_without = [], {}, {}
-    for headers_of, invert, plain_of in ((m.headers, False, plain), (m.without_headers, True, plain_without)):
-        for name, value in sorted(headers_of.items()):
-            path = jwt_claim_path(name)
-            if path is None:
-                plain_of[name] = value
-            else:
-                claims.append(_claim_matcher(path, value, invert))
-    headers += [_header_matcher(name, value) for name, value in plain.items()]
-    headers += [_header_matcher(name, value, invert=True) for name, value in plain_without.items()]
-    if headers:
-        out["headers"] = headers
-    if claims:
-        out["dynamic_metadata"] = claims
-    if m.query_params:
-        out["query_parameters"] = [
-            {"name": k, "present_match": True} if v.kind == "present" else {"name": k, "string_match": string_matcher(v)}
-            for k, v in sorted(m.query_params.items())]
-    return out
 
 
 def _match_applies(m: net.HTTPMatchRequest | None, ctx: RouteContext, vs_namespace: str) -> bool:
