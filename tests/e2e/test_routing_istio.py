@@ -221,3 +221,14 @@ def test_proxy_protocol_sends_the_clients_address_first(mesh):
         # the downstream connection's addresses: the test client, and the sidecar's proxy listener
         proxy, tcp4, source, destination, _, port = server.lines[0].split(" ")
         assert (proxy, tcp4, source, destination, port) == ("PROXY", "TCP4", "127.0.0.1", mesh.client_ip, "15001")
+
+
+def test_a_grpc_timeout_header_times_the_request_out_as_istio_lets_it(mesh):
+    slow = mesh.http_backend("reviews-v1", 11, delay=3.0)
+    sidecar = LabelledSidecar(mesh, {"app": "client"}, service_yaml("reviews", 9080, {"v1": slow}))
+    deadline = {"grpc-timeout": "200m", "content-type": "application/grpc"}
+    reply = sidecar.get("http://reviews:9080/", deadline)  # no route timeout: the client's deadline holds
+    assert (reply.backend, reply.headers.get("grpc-message")) == (None, "upstream request timeout")
+    assert sidecar.simulate("http://reviews:9080/", deadline).policies.timeout == "0.2s (the grpc-timeout header 200m)"
+    not_grpc = {"grpc-timeout": "200m"}  # Envoy reads the header on gRPC requests only
+    assert sidecar.simulate("http://reviews:9080/", not_grpc).policies.timeout == "none (0s disables it)"

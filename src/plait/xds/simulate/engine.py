@@ -108,7 +108,7 @@ def _follow_route(index: int, route: dict, vhost: dict, route_config: dict, hcm:
     action = route.get("route")
     if action is None:
         return out.fail(None, None, f"the route's action ({', '.join(route)}) is not one plait follows")
-    out.policies, notes = route_policies(route, vhost, route_config, action, hcm)
+    out.policies, notes = route_policies(route, vhost, route_config, action, hcm, request)
     out.notes += notes
     rewrite(action, match, request, out)
     out.clusters = cluster_targets(_route_clusters(action, request, out), resources, conn, request)

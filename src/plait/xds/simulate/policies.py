@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from plait.api.common import parse_duration
 from plait.xds.simulate.outcome import Fault, Outcome, Policies, Retries
 from plait.xds.simulate.request import Request
 from plait.xds.simulate.routes import regex
@@ -104,7 +105,26 @@ def _per_filter(name: str, *levels: dict) -> dict | None:
                  if name in lvl.get("typed_per_filter_config", {})), None)
 
 
-def route_policies(route: dict, vhost: dict, route_config: dict, action: dict, hcm: dict) -> tuple[Policies, list[str]]:
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def _grpc_timeout(action: dict, request: Request | None) -> str | None:
+    """A gRPC client's ``grpc-timeout`` header as the route timeout, where the route lets it count
+    (``max_grpc_timeout``, or ``max_stream_duration.grpc_timeout_header_max``), capped there unless 0."""
+    cap = action.get("max_grpc_timeout", action.get("max_stream_duration", {}).get("grpc_timeout_header_max"))
+    grpc = request is not None and (request.header("content-type") or "").startswith("application/grpc")
+    header = request.header("grpc-timeout") if request and grpc else None
+    if cap is None or not header or header[-1] not in _GRPC_UNITS or not header[:-1].isdigit():
+        return None
+    seconds = int(header[:-1]) * _GRPC_UNITS[header[-1]]
+    limit = parse_duration(cap)
+    if limit and seconds > limit:
+        return f"{cap} (the grpc-timeout header {header}, capped by the route)"
+    return f"{seconds:g}s (the grpc-timeout header {header})"
+
+
+def route_policies(route: dict, vhost: dict, route_config: dict, action: dict, hcm: dict,
+                   request: Request | None = None) -> tuple[Policies, list[str]]:
     notes = []
     policies = Policies(fault=_fault(_per_filter(FAULT, route, vhost, route_config)),
                         cors=_per_filter(CORS, route, vhost, route_config) or action.get("cors") or vhost.get("cors"))
@@ -115,6 +135,9 @@ def route_policies(route: dict, vhost: dict, route_config: dict, action: dict, h
     timeout = action.get("timeout")
     policies.timeout = f"{ENVOY_DEFAULT_TIMEOUT} (Envoy's default)" if timeout is None else (
         "none (0s disables it)" if timeout in ("0s", "0") else timeout)
+    grpc = _grpc_timeout(action, request)
+    if grpc:
+        policies.timeout = grpc
     policies.retries = _retries(action.get("retry_policy") or vhost.get("retry_policy"))
     policies.mirrors = [(m.get("cluster", ""), percent(m.get("runtime_fraction", {}).get("default_value")))
                         for m in action.get("request_mirror_policies", [])]

@@ -186,6 +186,7 @@ def _route_action(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, mat
     action: dict = {}
     hashes = _destinations(http, ctx, vs_namespace, action)
     action["timeout"] = duration(http.timeout) if http.timeout else "0s"
+    action["max_grpc_timeout"] = action["timeout"]  # as Istio: a client's grpc-timeout counts, up to the route's
     policy = retry_policy(http.retries, consistent_hash=bool(hashes) and "cluster" in action)
     if policy:
         action["retry_policy"] = policy
@@ -290,6 +291,7 @@ def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> 
 
 def default_route(svc: Service, port: int, ctx: RouteContext) -> dict:
     action: dict = {"cluster": cluster_name("outbound", port, None, svc.hostname), "timeout": "0s",
+                    "max_grpc_timeout": "0s",
                     "retry_policy": default_retry_policy()}
     hashes = hash_policy(ctx, action["cluster"])
     if hashes:
@@ -397,7 +399,8 @@ def inbound_route_config(cluster: str, port: int) -> dict:
     return {"name": cluster, "validate_clusters": False, "virtual_hosts": [{
         "name": f"inbound|http|{port}", "domains": ["*"], "routes": [{
             "name": "default", "match": {"prefix": "/"},
-            "route": {"cluster": cluster, "timeout": "0s"},
+            "route": {"cluster": cluster, "timeout": "0s",
+                      "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"}},
             "decorator": {"operation": f"inbound|{port}/*"}}]}]}
 
 
