@@ -232,3 +232,25 @@ def test_a_grpc_timeout_header_times_the_request_out_as_istio_lets_it(mesh):
     assert sidecar.simulate("http://reviews:9080/", deadline).policies.timeout == "0.2s (the grpc-timeout header 200m)"
     not_grpc = {"grpc-timeout": "200m"}  # Envoy reads the header on gRPC requests only
     assert sidecar.simulate("http://reviews:9080/", not_grpc).policies.timeout == "none (0s disables it)"
+
+
+HOST_HEADER = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - headers: {request: {set: {host: reviews.internal, x-from: mesh}, remove: [":path"]}}
+    route: [{destination: {host: reviews}}]
+"""
+
+
+def test_setting_the_host_header_rewrites_the_host_as_istio_does(mesh):
+    reviews = mesh.http_backend("reviews-v1", 11)
+    sidecar = LabelledSidecar(mesh, {"app": "client"}, service_yaml("reviews", 9080, {"v1": reviews}), HOST_HEADER)
+    assert sidecar.get("http://reviews:9080/reviews/1").backend == "reviews-v1"
+    received = reviews.requests[0]
+    assert (received.headers["host"], received.headers["x-from"], received.path) == (
+        "reviews.internal", "mesh", "/reviews/1")
+    assert sidecar.simulate("http://reviews:9080/reviews/1").upstream_host == "reviews.internal"

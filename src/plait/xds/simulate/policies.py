@@ -47,6 +47,8 @@ def header_changes(obj: dict, side: str) -> list[str]:
             "APPEND_IF_EXISTS_OR_ADD" if option.get("append", True) else "OVERWRITE_IF_EXISTS_OR_ADD")
         header = option.get("header", {})
         out.append(f"{_APPEND_ACTIONS.get(action, action)} {header.get('key')}: {header.get('value', '')}")
+    if side == "request" and "host_rewrite_literal" in obj and "cluster" not in obj and "weighted_clusters" not in obj:
+        out.append(f"Host rewritten to {obj['host_rewrite_literal']}")  # a weighted cluster's own rewrite
     return out + [f"remove {name}" for name in obj.get(f"{side}_headers_to_remove", [])]
 
 

@@ -48,12 +48,31 @@ class RouteContext:
     tls: bool = False  # the gateway server terminates TLS
 
 
+def _internal(name: str) -> bool:
+    """Pseudo-headers and Host, which Envoy does not let header operations touch (Istio drops them)."""
+    return name.startswith(":") or name.lower() == "host"
+
+
 def _header_value_options(ops: net.HeaderOperations | None) -> tuple[list[dict], list[str]]:
     if ops is None:
         return [], []
-    add = [{"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"} for k, v in ops.set.items()]
-    add += [{"header": {"key": k, "value": v}, "append_action": "APPEND_IF_EXISTS_OR_ADD"} for k, v in ops.add.items()]
-    return add, list(ops.remove)
+    add = [{"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+           for k, v in ops.set.items() if not _internal(k)]
+    add += [{"header": {"key": k, "value": v}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
+            for k, v in ops.add.items() if not _internal(k)]
+    return add, [k for k in ops.remove if not _internal(k)]
+
+
+def header_authority(headers: net.Headers | None) -> str | None:
+    """A request ``set`` (else ``add``) of ``:authority`` or ``host``: Istio rewrites the Host with it."""
+    ops = headers.request if headers else None
+    if ops is None:
+        return None
+    for values in (ops.set, ops.add):
+        found = [v for k, v in values.items() if k.lower() in (":authority", "host")]
+        if found:
+            return found[-1]
+    return None
 
 
 def _apply_headers(target: dict, headers: net.Headers | None) -> None:
@@ -176,6 +195,8 @@ def _destinations(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, act
             continue
         entry: dict = {"name": destination_cluster(d.destination, ctx, vs_namespace), "weight": d.weight}
         _apply_headers(entry, d.headers)
+        if header_authority(d.headers):
+            entry["host_rewrite_literal"] = header_authority(d.headers)
         clusters.append(entry)
         hashes += hash_policy(ctx, entry["name"])
     action["weighted_clusters"] = {"clusters": clusters}
@@ -199,8 +220,10 @@ def _route_action(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, mat
         if http.rewrite.uri_regex_rewrite:
             action["regex_rewrite"] = {"pattern": {"regex": http.rewrite.uri_regex_rewrite.match},
                                        "substitution": http.rewrite.uri_regex_rewrite.rewrite}
-        if http.rewrite.authority:
-            action["host_rewrite_literal"] = http.rewrite.authority
+    authority = (http.rewrite.authority if http.rewrite else None) or header_authority(http.headers) or (
+        header_authority(http.route[0].headers) if len(http.route) == 1 else None)
+    if authority:
+        action["host_rewrite_literal"] = authority
     mirrors = [(m.destination, m.percentage) for m in http.mirrors]
     if http.mirror:
         legacy = net.Percent(value=http.mirror_percent) if http.mirror_percent is not None else None
@@ -263,6 +286,8 @@ def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> 
             name = ".".join(n for n in (http.name, m.name if m else None) if n)
             if name:
                 route["name"] = name
+            if m and m.stat_prefix:
+                route["stat_prefix"] = m.stat_prefix
             if http.redirect:
                 route["redirect"] = _redirect(http.redirect, ctx)
             elif http.direct_response:
