@@ -179,6 +179,8 @@ def _cors(cors: net.CorsPolicy) -> dict:
         config["max_age"] = str(int(duration(cors.max_age).rstrip("s").split(".")[0]))
     if cors.allow_credentials is not None:
         config["allow_credentials"] = cors.allow_credentials
+    # As Istio: preflights from origins not allowed go on to the app unless unmatchedPreflights is IGNORE.
+    config["forward_not_matching_preflights"] = cors.unmatched_preflights != "IGNORE"
     return config
 
 
