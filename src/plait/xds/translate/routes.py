@@ -87,19 +87,19 @@ def _apply_headers(target: dict, headers: net.Headers | None) -> None:
 
 
 def _match_applies(m: net.HTTPMatchRequest | None, ctx: RouteContext, vs_namespace: str) -> bool:
-    """Matches on port, source labels, source namespace and gateways are decided here, per proxy."""
+    """Matches on port, gateways, source labels and source namespace are decided here, per proxy, as
+    Istio's TranslateRoute: the port is the listener's (a gateway server's on gateways); a match that
+    names gateways is decided by them alone, else by sourceLabels and sourceNamespace."""
     if m is None:
         return True
-    if m.port is not None and ctx.port is not None and m.port != ctx.port:
-        return False
-    if m.source_labels and not all(ctx.proxy.labels.get(k) == v for k, v in m.source_labels.items()):
-        return False
-    if m.source_namespace and m.source_namespace != ctx.proxy.namespace:
+    port = ctx.port if ctx.port is not None else ctx.server_port
+    if m.port is not None and port is not None and m.port != port:
         return False
     if m.gateways:
-        if ctx.gateway not in {gateway_ref(g, vs_namespace) for g in m.gateways}:
-            return False
-    return True
+        return ctx.gateway in {gateway_ref(g, vs_namespace) for g in m.gateways}
+    if m.source_labels and not all(ctx.proxy.labels.get(k) == v for k, v in m.source_labels.items()):
+        return False
+    return not m.source_namespace or m.source_namespace == ctx.proxy.namespace
 
 
 def destination_cluster(dest: net.Destination, ctx: RouteContext, vs_namespace: str) -> str:
