@@ -137,6 +137,8 @@ spec:
     delegate: {name: reviews-routes}
   - match: [{uri: {prefix: /old}}]
     redirect: {uri: /reviews/moved, authority: reviews.default, derivePort: FROM_REQUEST_PORT}
+  - match: [{uri: {prefix: /legacy/}}]
+    redirect: {prefixRewrite: /reviews/, redirectCode: 308}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -168,6 +170,9 @@ def test_a_delegate_virtual_services_routes_serve_under_the_roots_match(mesh):
     # a new authority drops the request's port; derivePort FROM_REQUEST_PORT puts the listener's back
     assert (moved.status, moved.headers["location"]) == (301, "http://reviews.default:9080/reviews/moved")
     assert sidecar.simulate("http://reviews:9080/old").location == "http://reviews.default:9080/reviews/moved"
+    renamed = sidecar.get("http://reviews:9080/legacy/7?x=1")
+    assert (renamed.status, renamed.headers["location"]) == (308, "http://reviews:9080/reviews/7?x=1")
+    assert sidecar.simulate("http://reviews:9080/legacy/7?x=1").location == "http://reviews:9080/reviews/7?x=1"
 
 
 class FirstLineServer:

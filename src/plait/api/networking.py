@@ -116,6 +116,13 @@ class HTTPRedirect(IstioModel):
     derive_port: Literal["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"] | None = None
     scheme: str | None = None
     redirect_code: int = 301
+    prefix_rewrite: str | None = None
+
+    @model_validator(mode="after")
+    def _one_path(self) -> "HTTPRedirect":
+        if self.uri and self.prefix_rewrite:
+            raise ValueError("set only one of uri and prefixRewrite")
+        return self
 
     @field_validator("redirect_code")
     @classmethod

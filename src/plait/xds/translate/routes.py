@@ -256,7 +256,9 @@ def _redirect_port(redirect: net.HTTPRedirect, ctx: RouteContext) -> int | None:
 
 def _redirect(redirect: net.HTTPRedirect, ctx: RouteContext) -> dict:
     out: dict = {"response_code": _REDIRECT_CODES[redirect.redirect_code]}
-    if redirect.uri:
+    if redirect.prefix_rewrite:
+        out["prefix_rewrite"] = redirect.prefix_rewrite
+    elif redirect.uri:
         out["path_redirect"] = redirect.uri
     if redirect.authority:
         out["host_redirect"] = redirect.authority
