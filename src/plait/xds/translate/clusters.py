@@ -143,25 +143,8 @@ def _http_protocol_options(port: Port, policy: net.TrafficPolicy | None) -> dict
     return {HTTP_OPTIONS: options}
 
 
-def _apply_policy(cluster: dict, policy: net.TrafficPolicy | None, port: Port) -> None:
-    pool = policy.connection_pool if policy else None
-    if pool and pool.tcp and pool.tcp.connect_timeout:
-        cluster["connect_timeout"] = duration(pool.tcp.connect_timeout)
-    if pool and pool.tcp and pool.tcp.tcp_keepalive:
-        ka = pool.tcp.tcp_keepalive
-        keepalive = {}
-        if ka.probes:
-            keepalive["keepalive_probes"] = ka.probes
-        if ka.time:
-            keepalive["keepalive_time"] = max(1, int(parse_duration(ka.time)))
-        if ka.interval:
-            keepalive["keepalive_interval"] = max(1, int(parse_duration(ka.interval)))
-        cluster["upstream_connection_options"] = {"tcp_keepalive": keepalive}
-    cluster["circuit_breakers"] = _circuit_breakers(pool, policy.retry_budget if policy else None)
-    protocol_options = _http_protocol_options(port, policy)
-    if protocol_options:
-        cluster["typed_extension_protocol_options"] = protocol_options
-    lb = policy.load_balancer if policy else None
+def _apply_load_balancer(cluster: dict, lb: net.LoadBalancerSettings | None) -> None:
+    """The load-balancing policy (Istio's default LEAST_REQUEST), hashing, passthrough and slow start."""
     if lb and lb.consistent_hash:
         ch = lb.consistent_hash
         if ch.maglev:
@@ -186,6 +169,27 @@ def _apply_policy(cluster: dict, policy: net.TrafficPolicy | None, port: Port) -
     if slow_start and cluster.get("lb_policy") in ("ROUND_ROBIN", "LEAST_REQUEST"):
         config = "round_robin_lb_config" if cluster["lb_policy"] == "ROUND_ROBIN" else "least_request_lb_config"
         cluster[config] = {"slow_start_config": slow_start}
+
+
+def _apply_policy(cluster: dict, policy: net.TrafficPolicy | None, port: Port) -> None:
+    pool = policy.connection_pool if policy else None
+    if pool and pool.tcp and pool.tcp.connect_timeout:
+        cluster["connect_timeout"] = duration(pool.tcp.connect_timeout)
+    if pool and pool.tcp and pool.tcp.tcp_keepalive:
+        ka = pool.tcp.tcp_keepalive
+        keepalive = {}
+        if ka.probes:
+            keepalive["keepalive_probes"] = ka.probes
+        if ka.time:
+            keepalive["keepalive_time"] = max(1, int(parse_duration(ka.time)))
+        if ka.interval:
+            keepalive["keepalive_interval"] = max(1, int(parse_duration(ka.interval)))
+        cluster["upstream_connection_options"] = {"tcp_keepalive": keepalive}
+    cluster["circuit_breakers"] = _circuit_breakers(pool, policy.retry_budget if policy else None)
+    protocol_options = _http_protocol_options(port, policy)
+    if protocol_options:
+        cluster["typed_extension_protocol_options"] = protocol_options
+    _apply_load_balancer(cluster, policy.load_balancer if policy else None)
     if policy and policy.outlier_detection:
         outlier, panic = _outlier_detection(policy.outlier_detection)
         cluster["outlier_detection"] = outlier
