@@ -259,3 +259,49 @@ def test_setting_the_host_header_rewrites_the_host_as_istio_does(mesh):
     assert (received.headers["host"], received.headers["x-from"], received.path) == (
         "reviews.internal", "mesh", "/reviews/1")
     assert sidecar.simulate("http://reviews:9080/reviews/1").upstream_host == "reviews.internal"
+
+
+TWO_VIRTUAL_SERVICES_ON_A_GATEWAY = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: public}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    bind: {gateway_ip}
+    hosts: [shop.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: a-site}}
+spec:
+  hosts: [shop.example.com]
+  gateways: [public]
+  http:
+  - route: [{{destination: {{host: reviews, subset: v1, port: {{number: 9080}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: b-api}}
+spec:
+  hosts: [shop.example.com]
+  gateways: [public]
+  http:
+  - match: [{{uri: {{prefix: /api}}}}]
+    route: [{{destination: {{host: reviews, subset: v2, port: {{number: 9080}}}}}}]
+"""
+
+
+def test_a_catch_all_of_one_virtual_service_does_not_hide_anothers_routes_on_a_gateway(mesh):
+    v1, v2 = mesh.http_backend("reviews-v1", 11), mesh.http_backend("reviews-v2", 12)
+    parts = (service_yaml("reviews", 9080, {"v1": v1, "v2": v2}), REVIEWS_SUBSETS,
+             TWO_VIRTUAL_SERVICES_ON_A_GATEWAY.format(gateway_ip=mesh.client_ip))
+    gateway = mesh.ingress_gateway(*parts)
+    snapshot = MeshSnapshot(load_text("---\n".join(parts)).raise_for_errors())
+    proxy = Proxy(kind="router", ip=mesh.client_ip, name="istio-ingressgateway", namespace="istio-system",
+                  labels={"istio": "ingressgateway"})
+    for path, backend, vs in (("/api/items", "reviews-v2", "default/b-api"), ("/", "reviews-v1", "default/a-site")):
+        assert gateway.get(80, path, "shop.example.com").backend == backend
+        simulated = simulate_mesh(snapshot, proxy, Request.from_url(f"http://shop.example.com{path}"))
+        assert (simulated.virtual_service, simulated.clusters[0].name.split("|")[2]) == (vs, backend[-2:])

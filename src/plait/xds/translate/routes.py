@@ -33,9 +33,6 @@ _GRPC_CODES = {name: i for i, name in enumerate(
      "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"])}
 
 
-_MATCH_ALL = net.HTTPMatchRequest()
-
-
 @dataclass(frozen=True)
 class RouteContext:
     """What a VirtualService's routes are being built for."""
@@ -313,9 +310,18 @@ def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> 
                 "plait": {"route": label + (f".match[{j}]" if m else "")}}}
             route["decorator"] = {"operation": f"{vhost_name}/*"}
             out.append(route)
-            if m is None or m == _MATCH_ALL:
-                return out  # a catch-all: nothing after it can match
+            if m is None or is_catch_all(route):
+                return out  # as Istio: nothing after a catch-all can match, so nothing more is sent
     return out
+
+
+def is_catch_all(route: dict) -> bool:
+    """Istio's IsCatchAllRoute: path ``/`` (prefix or separated prefix) or regex ``.*``, and no
+    header, query or metadata condition."""
+    match = route.get("match", {})
+    path = match.get("prefix") == "/" or match.get("path_separated_prefix") == "/" or (
+        match.get("safe_regex", {}).get("regex") == ".*")
+    return path and not any(match.get(k) for k in ("headers", "query_parameters", "dynamic_metadata"))
 
 
 def default_route(svc: Service, port: int, ctx: RouteContext) -> dict:
@@ -481,6 +487,9 @@ def gateway_route_config(snapshot: MeshSnapshot, proxy: Proxy, name: str,
                                == vs.config_path() for r in vhost["routes"]):
                         vhost["routes"] += virtual_service_routes(vs, ctx, vhost["name"])
     for vhost in vhosts.values():
+        # As Istio's SortVHostRoutes: catch-alls go last, so another VirtualService's routes stay reachable.
+        vhost["routes"] = ([r for r in vhost["routes"] if not is_catch_all(r)] +
+                           [r for r in vhost["routes"] if is_catch_all(r)])
         if not vhost["routes"] and vhost.get("require_tls"):
             vhost["routes"] = [{"match": {"prefix": "/"}, "direct_response": {"status": 404}}]
     return {"name": name, "virtual_hosts": sorted(vhosts.values(), key=lambda v: (v["domains"][0] == "*", v["name"])),
