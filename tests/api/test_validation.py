@@ -98,7 +98,7 @@ spec:
     ("  http:\n  - route: [{destination: {host: reviews}}]\n    retries: {attempts: many}\n",
      "spec.http[0].retries.attempts", "integer"),
     ("  http:\n  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 0}\n"
-     "    - {destination: {host: reviews, subset: v2}}\n", "spec.http[0].route", "total weight must not be 0"),
+     "    - {destination: {host: reviews, subset: v2}}\n", "spec.http[0].route", "add up to 0"),
     ("  http:\n  - match: [{uri: {regex: '(?<=x)y'}}]\n    route: [{destination: {host: reviews}}]\n",
      "spec.http[0].match[0].uri.regex", "RE2"),
     ("  http:\n  - match: [{headers: {'x user': {exact: a}}}]\n    route: [{destination: {host: reviews}}]\n",

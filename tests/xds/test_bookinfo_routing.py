@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from plait.api import load_paths
+from plait.api import load_paths, load_text
 from plait.model import MeshSnapshot, Proxy
 from plait.xds.simulate import Outcome, Request, simulate_mesh
 
@@ -129,3 +129,25 @@ def test_gateway_sends_bookinfo_paths_to_productpage(path: str, rule: str) -> No
 def test_gateway_answers_404_to_other_paths(path: str) -> None:
     outcome = send(mesh(), "istio-ingressgateway", f"http://bookinfo.example.com{path}")
     assert (outcome.status, outcome.response_flag, outcome.clusters) == (404, "NR", [])
+
+
+RATINGS_FOR_REVIEWS_V2_ONLY = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings]
+  http:
+  - match: [{sourceLabels: {app: reviews, version: v2}}]
+    route: [{destination: {host: ratings, subset: v1}}]
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_virtual_service_for_other_sources_leaves_the_default_route(mode: str) -> None:
+    snapshot = MeshSnapshot([*load_paths(BASE).raise_for_errors(),
+                             *load_text(RATINGS_FOR_REVIEWS_V2_ONLY).raise_for_errors()])
+    chosen = send(snapshot, "reviews-v2", "http://ratings:9080/ratings/0", mode=mode)
+    assert (chosen.cluster_names, chosen.virtual_service) == ([ratings("v1")], "default/ratings")
+    other = send(snapshot, "reviews-v3", "http://ratings:9080/ratings/0", mode=mode)
+    assert (other.cluster_names, other.route, other.status) == ([ratings()], "default", None)

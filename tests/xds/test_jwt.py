@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from plait.api import load_text
 from plait.model import MeshSnapshot, Proxy
-from plait.testing.backends import HttpBackend, loopback_subnet
+from plait.testing.backends import HttpBackend, loopback_subnet, service_yaml
 from plait.testing.envoy import run_envoy
 from plait.testing.http import http_request
 from plait.xds.generator import generate
@@ -186,6 +186,18 @@ def test_token_locations_and_outputs(signer: Signer) -> None:
     assert provider["from_params"] == ["token"] and provider["from_cookies"] == ["session"]
     assert provider["forward"] is True and provider["forward_payload_header"] == "x-jwt-payload"
     assert provider["claim_to_headers"] == [{"header_name": "x-sub", "claim_name": "sub"}]
+
+
+def test_space_delimited_claims_add_to_istios_defaults_and_are_split_in_metadata(signer: Signer) -> None:
+    snapshot = snapshot_of(request_authentication([{"issuer": ISSUER, "jwks": signer.jwks(),
+                                                    "spaceDelimitedClaims": ["roles", "scope"]}]))
+    config = jwt_filter(snapshot)
+    provider = next(iter(config["providers"].values()))
+    assert provider["normalize_payload_in_metadata"] == {"space_delimited_claims": ["permission", "roles", "scope"]}
+    assert "clear_route_cache" not in provider  # a sidecar's jwt_authn is inbound: no claim routes to re-match
+    request = Request.from_url("http://api:8080/", headers=bearer(signer.token(roles="a b", team="x y")))
+    payload = authenticate(config, request, time.time()).metadata["payload"]
+    assert (payload["roles"], payload["team"]) == (["a", "b"], "x y")
 
 
 def test_jwks_uri_is_fetched_by_envoy_through_its_own_cluster() -> None:
@@ -471,3 +483,114 @@ def test_envoy_fetches_a_jwks_uri_through_the_generated_cluster(tmp_path, signer
             assert get(net, {"authorization": f"Bearer {other_signer.token()}"}) == 401
             assert get(net) == 403
         assert keys.fetches >= 1
+
+
+# ------------------------------------------------------------------ routing on claims (gateways)
+
+
+CLAIM_ROUTING = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: httpbin-gateway, namespace: default}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    bind: {net}.1
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  host: httpbin
+  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}},
+            {{name: v3, labels: {{version: v3}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [httpbin-gateway]
+  http:
+  - match:
+    - uri: {{prefix: /headers}}
+      headers: {{"@request.auth.claims.groups": {{exact: group1}}}}
+    route: [{{destination: {{host: httpbin, port: {{number: 8000}}, subset: v2}}}}]
+  - match:
+    - headers: {{"@request.auth.claims[nested][key]": {{prefix: val}}}}
+      withoutHeaders: {{"@request.auth.claims.blocked": {{}}}}
+    route: [{{destination: {{host: httpbin, port: {{number: 8000}}, subset: v3}}}}]
+  - route: [{{destination: {{host: httpbin, port: {{number: 8000}}, subset: v1}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: ingress-jwt, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  jwtRules: [{{issuer: "{issuer}", jwks: '{jwks}'}}]
+"""
+
+
+def claim_routing_mesh(net: str, signer: Signer, backends: dict[str, HttpBackend]) -> MeshSnapshot:
+    text = "\n---\n".join([CLAIM_ROUTING.format(net=net, issuer=ISSUER, jwks=signer.jwks()),
+                           service_yaml("httpbin", 8000, backends)])
+    return MeshSnapshot(load_text(text).raise_for_errors())
+
+
+def ingress_gateway(net: str) -> Proxy:
+    return Proxy(kind="router", ip=f"{net}.1", name="istio-ingressgateway", namespace="istio-system",
+                 labels={"istio": "ingressgateway"})
+
+
+def test_claim_matches_are_metadata_matchers_on_the_verified_payload(signer: Signer) -> None:
+    snapshot = claim_routing_mesh("127.0.0", signer, {})
+    gateway = ingress_gateway("127.0.0")
+    providers = jwt.jwt_authn_filter(snapshot, gateway)["typed_config"]["providers"]
+    assert [p["clear_route_cache"] for p in providers.values()] == [True]  # the route is chosen again
+    route = generate(snapshot, gateway).routes["http.80"]["virtual_hosts"][0]["routes"][0]
+    value = {"string_match": {"exact": "group1"}}
+    assert route["match"]["dynamic_metadata"] == [{
+        "filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "groups"}],
+        "value": {"or_match": {"value_matchers": [{"list_match": {"one_of": value}}, value]}}}]
+    assert "headers" not in route["match"]
+
+
+def test_envoy_routes_on_claims_at_the_gateway_as_simulated(tmp_path, signer: Signer, other_signer: Signer) -> None:
+    cases = [  # (claims, token signer, expected backend or status)
+        ({"groups": ["group2", "group1"]}, signer, "v2"),  # a list holding the value
+        ({"groups": "group1"}, signer, "v2"),  # the value itself
+        ({"groups": ["group2"]}, signer, "v1"),
+        ({"nested": {"key": "value"}}, signer, "v3"),  # a nested claim, by prefix
+        ({"nested": {"key": "value"}, "blocked": True}, signer, "v1"),  # withoutHeaders: the claim is present
+        ({"nested": {"key": "other"}}, signer, "v1"),
+        (None, signer, "v1"),  # no token: no claims
+        ({"groups": "group1"}, other_signer, 401),  # a bad signature is refused before routing
+    ]
+    with loopback_subnet() as net, contextlib.ExitStack() as stack:
+        backends = {v: stack.enter_context(HttpBackend(f"httpbin-{v}", f"{net}.{i}", 8000))
+                    for i, v in ((11, "v1"), (12, "v2"), (13, "v3"))}
+        snapshot, gateway = claim_routing_mesh(net, signer, backends), ingress_gateway(net)
+        stack.enter_context(run_envoy(static_bootstrap(generate(snapshot, gateway)), workdir=tmp_path))
+        for claims, issuer_key, expected in cases:
+            headers = {"host": "httpbin.example.com"}
+            if claims is not None:
+                headers["authorization"] = f"Bearer {issuer_key.token(**claims)}"
+            reply = http_request(f"{net}.1", 80, "/headers", headers)
+            outcome = simulate_mesh(snapshot, gateway, Request.from_url("http://httpbin.example.com/headers",
+                                                                        headers=list(headers.items())),
+                                    now=time.time())
+            got = reply.status if isinstance(expected, int) else (reply.backend or "").removeprefix("httpbin-")
+            simulated = outcome.status if isinstance(expected, int) else outcome.cluster_names[0].split("|")[2]
+            assert (got, simulated) == (expected, expected), claims
+
+
+@pytest.mark.parametrize("gateways", [[], ["httpbin-gateway", "mesh"]])
+def test_claim_routing_on_sidecars_is_refused_as_istio_refuses_it(gateways: list[str]) -> None:
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "httpbin"},
+          "spec": {"hosts": ["httpbin"], "gateways": gateways, "http": [{
+              "match": [{"headers": {"@request.auth.claims.groups": {"exact": "group1"}}}],
+              "route": [{"destination": {"host": "httpbin"}}]}]}}
+    errors = load_text(json.dumps(vs)).errors
+    assert len(errors) == 1 and "only supported for gateways" in str(errors[0])

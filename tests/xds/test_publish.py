@@ -162,6 +162,19 @@ def test_impact_of_a_virtual_service_is_its_hosts_and_routes_only():
     assert not change_impact(snapshot, snapshot.with_changes(upserts=tcp), [tcp[0].key]).routes_only
 
 
+def test_an_edit_to_a_delegate_virtual_service_reaches_every_proxy():
+    snapshot = bookinfo()
+    delegate = load_text("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-routes, namespace: default}
+spec:
+  http: [{route: [{destination: {host: reviews}}]}]
+""").raise_for_errors()
+    impact = change_impact(snapshot, snapshot.with_changes(upserts=delegate), [delegate[0].key])
+    assert impact.everything  # no hosts: the roots that bring it in are not indexed
+
+
 def test_impact_of_gateways_sidecars_rules_and_endpoints():
     snapshot = bookinfo()
     new, keys = with_files(snapshot, "bookinfo-gateway.yaml")

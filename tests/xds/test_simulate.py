@@ -161,6 +161,29 @@ def test_header_matchers_on_a_missing_header(matcher: dict, matches: bool) -> No
     assert (route_mismatch(match, Request.from_url("http://shop/")) is None) is matches
 
 
+CLAIM = {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "groups"}],
+         "value": {"or_match": {"value_matchers": [{"list_match": {"one_of": {"string_match": {"exact": "g1"}}}},
+                                                   {"string_match": {"exact": "g1"}}]}}}
+
+
+def test_dynamic_metadata_matchers_are_reported_when_nothing_evaluates_them() -> None:
+    reason = route_mismatch({"prefix": "/", "dynamic_metadata": [CLAIM]}, Request.from_url("http://shop/"))
+    assert reason == ("wants JWT claim groups exact 'g1' (or a list holding it): "
+                      "dynamic metadata is not simulated here")
+
+
+@pytest.mark.parametrize("verdict", [True, False])
+def test_dynamic_metadata_matchers_take_the_evaluators_verdict(verdict: bool) -> None:
+    seen: list[dict] = []
+
+    def check(mm: dict) -> bool:
+        seen.append(mm)
+        return verdict
+
+    result = route_mismatch({"prefix": "/", "dynamic_metadata": [CLAIM]}, Request.from_url("http://shop/"), check)
+    assert (result is None) is verdict and seen == [CLAIM]
+
+
 def test_repeated_headers_are_matched_joined_with_commas() -> None:
     match = {"prefix": "/", "headers": [{"name": "x-tag", "string_match": {"exact": "a,b"}}]}
     assert route_mismatch(match, Request.from_url("http://shop/", headers=[("x-tag", "a"), ("x-tag", "b")])) is None

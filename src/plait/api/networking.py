@@ -18,9 +18,10 @@ from plait.api.hosts import Cidr, Host, check_host
 
 
 def check_weights(destinations: list) -> list:
-    """With several destinations, some weight must be set; Istio normalises totals other than 100."""
+    """With several destinations, some weight must be above 0 (Istio's rule; weights are relative:
+    Envoy sends each destination its weight over their sum)."""
     if len(destinations) > 1 and sum(d.weight or 0 for d in destinations) == 0:
-        raise ValueError("with several destinations, the total weight must not be 0")
+        raise ValueError("route weights add up to 0; with several destinations at least one needs a weight")
     return destinations
 
 
@@ -47,13 +48,13 @@ class Headers(IstioModel):
 
 class HTTPRouteDestination(IstioModel):
     destination: Destination
-    weight: int | None = Field(default=None, ge=0)
+    weight: int | None = Field(default=None, ge=0, le=2**31 - 1)
     headers: Headers | None = None
 
 
 class RouteDestination(IstioModel):
     destination: Destination
-    weight: int | None = Field(default=None, ge=0)
+    weight: int | None = Field(default=None, ge=0, le=2**31 - 1)
 
 
 JWT_CLAIM_PREFIX = "@request.auth.claims"
@@ -107,6 +108,13 @@ class HTTPRedirect(IstioModel):
     derive_port: Literal["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"] | None = None
     scheme: str | None = None
     redirect_code: int = 301
+    prefix_rewrite: str | None = None
+
+    @model_validator(mode="after")
+    def _one_path(self) -> "HTTPRedirect":
+        if self.uri and self.prefix_rewrite:
+            raise ValueError("set only one of uri and prefixRewrite")
+        return self
 
     @field_validator("redirect_code")
     @classmethod
@@ -148,6 +156,8 @@ class HTTPRetry(IstioModel):
     per_try_timeout: Duration | None = None
     retry_on: str | None = None
     retry_remote_localities: bool | None = None
+    retry_ignore_previous_hosts: bool | None = None
+    backoff: Duration | None = None
 
 
 class FaultDelay(IstioModel):
@@ -197,8 +207,16 @@ class CorsPolicy(IstioModel):
     unmatched_preflights: Literal["UNSPECIFIED", "FORWARD", "IGNORE"] | None = None
 
 
+class Delegate(IstioModel):
+    """A VirtualService (without hosts) whose http routes are merged under this route's matches."""
+
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+
+
 class HTTPRoute(IstioModel):
     name: str | None = None
+    delegate: Delegate | None = None
     match: list[HTTPMatchRequest] = []
     route: Annotated[list[HTTPRouteDestination], Weighted] = []
     redirect: HTTPRedirect | None = None
@@ -219,8 +237,12 @@ class HTTPRoute(IstioModel):
     def _action(self) -> "HTTPRoute":
         actions = [a for a, v in (("route", self.route), ("redirect", self.redirect),
                                   ("directResponse", self.direct_response)) if v]
+        if self.delegate is not None:
+            if self.route or self.redirect:
+                raise ValueError("a root HTTP route with a delegate must not specify route or redirect")
+            return self
         if not actions:
-            raise ValueError("an HTTP route needs one of route, redirect or directResponse")
+            raise ValueError("an HTTP route needs one of route, redirect, directResponse or delegate")
         if len(actions) > 1:
             raise ValueError(f"set only one of route, redirect, directResponse (got {', '.join(actions)})")
         if self.mirror and self.mirrors:
@@ -260,10 +282,29 @@ class VirtualServiceSpec(IstioModel):
 
     @model_validator(mode="after")
     def _has_hosts(self) -> "VirtualServiceSpec":
-        if not self.hosts:
-            raise ValueError("a VirtualService needs at least one host in spec.hosts")
+        if not self.hosts:  # a delegate: its http routes are merged into a root VirtualService's
+            wrong = [f for f in ("gateways", "tls", "tcp") if getattr(self, f)]
+            if wrong:
+                raise ValueError(f"a delegate VirtualService (no hosts) must have no {' or '.join(wrong)}")
+            if not self.http:
+                raise ValueError("a VirtualService needs hosts, or http routes when it is a delegate (no hosts)")
+            if any(h.delegate for h in self.http):
+                raise ValueError("a delegate VirtualService (no hosts) cannot delegate again")
         if not (self.http or self.tls or self.tcp):
             raise ValueError("a VirtualService needs at least one of http, tls or tcp routes")
+        return self
+
+    @model_validator(mode="after")
+    def _claims_only_on_gateways(self) -> "VirtualServiceSpec":
+        """Istio: ``@request.auth.claims`` matches need a VirtualService bound to gateways only."""
+        if self.gateways and "mesh" not in self.gateways:
+            return self
+        for route in self.http:
+            for match in route.match:
+                for name in (*match.headers, *match.without_headers):
+                    if name.lower().startswith("@request.auth.claims"):
+                        raise ValueError(f"JWT claim based routing ({name}) is only supported for gateways: "
+                                         "list gateways (and not mesh) in spec.gateways")
         return self
 
 
@@ -272,10 +313,16 @@ class VirtualServiceSpec(IstioModel):
 LbSimple = Literal["UNSPECIFIED", "ROUND_ROBIN", "LEAST_CONN", "LEAST_REQUEST", "RANDOM", "PASSTHROUGH"]
 
 
+class CookieAttribute(IstioModel):
+    name: str = Field(min_length=1)
+    value: str | None = None
+
+
 class HTTPCookie(IstioModel):
     name: str
     path: str | None = None
     ttl: Duration | None = None
+    attributes: list[CookieAttribute] = []
 
 
 class RingHash(IstioModel):
@@ -304,10 +351,35 @@ class ConsistentHashLB(IstioModel):
         return self
 
 
+class WarmupConfiguration(IstioModel):
+    duration: Duration
+    minimum_percent: float | None = Field(default=None, ge=0, le=100)
+    aggression: float | None = Field(default=None, ge=1)
+
+
+class LocalityDistribute(IstioModel):
+    from_: str = Field(alias="from")
+    to: dict[str, int] = {}
+
+
+class LocalityFailover(IstioModel):
+    from_: str = Field(alias="from")
+    to: str
+
+
+class LocalityLoadBalancerSetting(IstioModel):
+    distribute: list[LocalityDistribute] = []
+    failover: list[LocalityFailover] = []
+    failover_priority: list[str] = []
+    enabled: bool | None = None
+
+
 class LoadBalancerSettings(IstioModel):
     simple: LbSimple | None = None
     consistent_hash: ConsistentHashLB | None = None
+    locality_lb_setting: LocalityLoadBalancerSetting | None = None
     warmup_duration_secs: Duration | None = None
+    warmup: WarmupConfiguration | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> "LoadBalancerSettings":
@@ -330,6 +402,11 @@ class TCPSettings(IstioModel):
     idle_timeout: Duration | None = None
 
 
+class ConnectionKeepalive(IstioModel):
+    interval: Duration | None = None
+    timeout: Duration | None = None
+
+
 class HTTPSettings(IstioModel):
     http1_max_pending_requests: int | None = Field(default=None, ge=0)
     http2_max_requests: int | None = Field(default=None, ge=0)
@@ -339,6 +416,7 @@ class HTTPSettings(IstioModel):
     h2_upgrade_policy: Literal["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"] | None = None
     use_client_protocol: bool | None = None
     max_concurrent_streams: int | None = Field(default=None, ge=0)
+    http2_keep_alive: ConnectionKeepalive | None = None
 
 
 class ConnectionPoolSettings(IstioModel):
@@ -386,12 +464,24 @@ class PortTrafficPolicy(IstioModel):
     tls: ClientTLSSettings | None = None
 
 
+class ProxyProtocol(IstioModel):
+    version: Literal["V1", "V2"] = "V1"
+
+
+class RetryBudget(IstioModel):
+    percent: float | None = Field(default=None, ge=0, le=100)
+    min_retry_concurrency: int | None = Field(default=None, ge=0)
+    budget_interval: Duration | None = None
+
+
 class TrafficPolicy(IstioModel):
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPoolSettings | None = None
     outlier_detection: OutlierDetection | None = None
     tls: ClientTLSSettings | None = None
     port_level_settings: list[PortTrafficPolicy] = []
+    proxy_protocol: ProxyProtocol | None = None
+    retry_budget: RetryBudget | None = None
 
     def for_port(self, port: int) -> "TrafficPolicy":
         """The policy in force on one port: port-level settings override the top level."""

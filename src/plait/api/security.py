@@ -180,6 +180,7 @@ class JwtRule(IstioModel):
     output_claim_to_headers: list[ClaimToHeader] = []
     forward_original_token: bool = False
     timeout: Duration | None = None
+    space_delimited_claims: list[str] | None = None
 
     @field_validator("jwks_uri")
     @classmethod
@@ -193,8 +194,9 @@ class JwtRule(IstioModel):
         if self.jwks and self.jwks_uri:
             raise ValueError("set only one of jwks and jwksUri")
         if not self.jwks and not self.jwks_uri:
-            raise ValueError("a jwtRule needs jwks (inline keys) or jwksUri (plait does not discover keys "
-                             "through OpenID Connect)")
+            raise ValueError("a jwtRule without jwks or jwksUri has its keys discovered through OpenID Connect "
+                             "(<issuer>/.well-known/openid-configuration), which plait does not support yet: "
+                             "set jwksUri to the issuer's jwks_uri, or jwks to the keys")
         return self
 
 

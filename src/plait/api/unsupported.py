@@ -17,15 +17,10 @@ kubernetes/customresourcedefinitions.gen.yaml) against plait's models.
 from __future__ import annotations
 
 NOT_SUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
-    "VirtualService": (
-        "http.delegate", "http.fault.delay.exponentialDelay", "http.redirect.prefixRewrite",
-        "http.retries.backoff", "http.retries.retryIgnorePreviousHosts", "tcp.match.sourceSubnet",
-    ),
+    "VirtualService": ("http.fault.delay.exponentialDelay", "tcp.match.sourceSubnet"),
     "DestinationRule": (
-        "connectionPool.http.http2KeepAlive", "loadBalancer.consistentHash.httpCookie.attributes",
-        "loadBalancer.localityLbSetting", "loadBalancer.warmup", "loadBalancer.zoneAwareLbSetting",
-        "outlierDetection.outlierDetectionHttpErrorCodes", "tls.caCrl",
-        "trafficPolicy.proxyProtocol", "trafficPolicy.retryBudget", "trafficPolicy.tunnel",
+        "loadBalancer.zoneAwareLbSetting", "outlierDetection.outlierDetectionHttpErrorCodes", "tls.caCrl",
+        "trafficPolicy.tunnel",
     ),
     "Gateway": (
         "servers.tls.caCertCredentialName", "servers.tls.caCrl", "servers.tls.insecureSkipVerify",
@@ -34,7 +29,7 @@ NOT_SUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
     "Sidecar": ("inboundConnectionPool", "ingress"),
     "AuthorizationPolicy": ("rules.from.source.trustDomains", "rules.from.source.notTrustDomains",
                             "targetRef", "targetRefs"),
-    "RequestAuthentication": ("jwtRules.presence", "jwtRules.spaceDelimitedClaims", "targetRef", "targetRefs"),
+    "RequestAuthentication": ("jwtRules.presence", "targetRef", "targetRefs"),
 }
 
 # (kind, field path as above) → values Istio accepts there that plait does not act on yet.

@@ -231,7 +231,8 @@ def policy_lines(policies: Policies) -> list[tuple[str, str]]:
         r = policies.retries
         codes = f" (status {', '.join(map(str, r.retriable_status_codes))})" if r.retriable_status_codes else ""
         per_try = f", {r.per_try_timeout} per try" if r.per_try_timeout else ""
-        lines.append(("retries", f"{r.attempts} on {r.retry_on}{codes}{per_try}"))
+        how = f"; {', '.join(r.how)}" if r.how else ""
+        lines.append(("retries", f"{r.attempts} on {r.retry_on}{codes}{per_try}{how}"))
     lines.append(("fault", describe_fault(policies)))
     lines += [("mirror", f"{cluster} ({share:g}%)") for cluster, share in policies.mirrors]
     lines += [("rewrite", change) for change in policies.rewrite]

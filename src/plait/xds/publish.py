@@ -59,6 +59,8 @@ TYPED_CONFIG_MODULES = [
     "envoy.extensions.filters.network.rbac.v3.rbac_pb2",
     "envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2",
     "envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2",
+    "envoy.extensions.retry.priority.previous_priorities.v3.previous_priorities_config_pb2",
+    "envoy.extensions.transport_sockets.proxy_protocol.v3.upstream_proxy_protocol_pb2",
     "envoy.extensions.transport_sockets.raw_buffer.v3.raw_buffer_pb2",
     "envoy.extensions.transport_sockets.tls.v3.secret_pb2",
     "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
@@ -383,6 +385,8 @@ def change_impact(old: MeshSnapshot, new: MeshSnapshot, changed: Iterable[Key] |
     for key in changed:
         kind, namespace, _ = key
         if kind == "VirtualService":
+            if any(not vs.spec.hosts for vs in _versions(old, new, key)):
+                return EVERYTHING  # a delegate: which roots bring it in is not indexed
             vs_hosts, vs_routers, more = _virtual_service_impact(old, new, _versions(old, new, key))
             hosts |= vs_hosts
             routers, routes_only = routers or vs_routers, routes_only and not more

@@ -11,11 +11,12 @@ rebuilt) or ``direct_response``.
 from __future__ import annotations
 
 import base64
+import functools
 from dataclasses import replace
 
 from plait.model.proxy import Proxy
 from plait.xds.resources import ResourceSet
-from plait.xds.simulate.authz import check_http, check_tcp, has_authz, remote_ip
+from plait.xds.simulate.authz import JWT_FILTER, check_http, check_tcp, has_authz, remote_ip
 from plait.xds.simulate.clusters import cluster_targets, settle
 from plait.xds.simulate.listeners import (
     captured_listener,
@@ -26,7 +27,8 @@ from plait.xds.simulate.listeners import (
 )
 from plait.xds.simulate.outcome import Outcome
 from plait.xds.simulate.policies import header_changes, rewrite, rewritten_path, route_policies
-from plait.xds.simulate.rbac import Peer
+from plait.xds.simulate.jwt import routing_metadata
+from plait.xds.simulate.rbac import Peer, metadata_matches
 from plait.xds.simulate.request import Connection, Request, Resolver, normalize_path, strip_port
 from plait.xds.simulate.routes import describe_match, find_virtual_host, route_mismatch, virtual_service_of
 
@@ -106,7 +108,7 @@ def _follow_route(index: int, route: dict, vhost: dict, route_config: dict, hcm:
     action = route.get("route")
     if action is None:
         return out.fail(None, None, f"the route's action ({', '.join(route)}) is not one plait follows")
-    out.policies, notes = route_policies(route, vhost, route_config, action, hcm)
+    out.policies, notes = route_policies(route, vhost, route_config, action, hcm, request)
     out.notes += notes
     rewrite(action, match, request, out)
     out.clusters = cluster_targets(_route_clusters(action, request, out), resources, conn, request)
@@ -135,12 +137,13 @@ def _prepare(hcm: dict, request: Request, conn: Connection, out: Outcome) -> Req
     return request
 
 
-def _authorize_http(hcm: dict, request: Request, conn: Connection, out: Outcome, now: float | None) -> bool:
+def _authorize_http(hcm: dict, request: Request, conn: Connection, out: Outcome,
+                    now: float | None) -> tuple[bool, dict]:
     """The connection manager's own jwt_authn and RBAC filters (a gateway's: a sidecar's outbound HCM has
-    none); False when Envoy answers 401/403."""
+    none); False when Envoy answers 401/403. With it, the dynamic metadata route matching sees."""
     filters = hcm.get("http_filters", [])
     if not has_authz(filters):
-        return True
+        return True, {}
     peer = Peer(dest_port=conn.dest_port, source_ip=conn.source_ip, remote_ip=remote_ip(hcm, request, conn.source_ip),
                 dest_ip=conn.dest_ip, sni=conn.server_name, request=request)
     auth = check_http(filters, peer, now, proxy=out.proxy, where=f"{out.listener}, filter chain {out.filter_chain}",
@@ -148,8 +151,10 @@ def _authorize_http(hcm: dict, request: Request, conn: Connection, out: Outcome,
     out.authorization.append(auth)
     if auth.status:
         out.fail(auth.status, None, auth.summary)
-        return False
-    return True
+        return False, {}
+    jwt_config = next((f.get("typed_config", {}) for f in filters if f.get("name") == JWT_FILTER), {})
+    seen = routing_metadata(jwt_config, auth.jwt) if auth.jwt else {}
+    return True, {JWT_FILTER: seen} if seen else {}
 
 
 def _follow_http(hcm: dict, chain: dict, request: Request, conn: Connection, out: Outcome,
@@ -164,8 +169,10 @@ def _follow_http(hcm: dict, chain: dict, request: Request, conn: Connection, out
         return out.fail(None, None, f"route configuration {name!r} was never sent: Envoy does not serve the listener")
     out.step("route config", name, f"HTTP connection manager, {source}")
     request = _prepare(hcm, request, conn, out)
-    if not _authorize_http(hcm, request, conn, out, now):
+    allowed, metadata = _authorize_http(hcm, request, conn, out, now)
+    if not allowed:
         return out
+    peer = Peer(dest_port=conn.dest_port, metadata=metadata)
     vhost, why = find_virtual_host(route_config, request.authority)
     if vhost is None:
         return out.fail(404, "NR", why)
@@ -177,7 +184,7 @@ def _follow_http(hcm: dict, chain: dict, request: Request, conn: Connection, out
         out.notes.append("the virtual host requires TLS: Envoy redirects to https")
         return out
     for index, route in enumerate(vhost.get("routes", [])):
-        reason = route_mismatch(route.get("match", {}), request)
+        reason = route_mismatch(route.get("match", {}), request, functools.partial(metadata_matches, peer=peer))
         if reason is None:
             return _follow_route(index, route, vhost, route_config, hcm, request, out, resources, conn)
         out.skipped_routes.append(f"{_route_label(index, route)}: {reason}")

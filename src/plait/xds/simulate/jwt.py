@@ -292,3 +292,12 @@ def authenticate(config: Mapping[str, Any], request: Request, now: float | None)
     reason = f"token from issuer {accepted[0].token.issuer} accepted" if accepted and accepted[0].token else \
         "no token: the requirement allows a request without one"
     return JwtOutcome(None, reason, checks, metadata)
+
+
+def routing_metadata(config: Mapping[str, Any], outcome: JwtOutcome) -> dict[str, Any]:
+    """The part of jwt_authn's metadata that route matching sees: Envoy picks the route before the
+    filter runs and picks it again only if the provider that wrote the payload has
+    ``clear_route_cache`` (Istio sets it on gateways, not on sidecars)."""
+    providers = config.get("providers", {})
+    clears = any(check.ok and providers.get(check.provider, {}).get("clear_route_cache") for check in outcome.checks)
+    return dict(outcome.metadata) if clears else {}

@@ -65,6 +65,7 @@ class Retries:
     retry_on: str = ""
     per_try_timeout: str | None = None
     retriable_status_codes: list[int] = field(default_factory=list)
+    how: list[str] = field(default_factory=list)  # host choice, locality, backoff, in words
 
 
 @dataclass

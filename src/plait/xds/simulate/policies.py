@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from plait.api.common import parse_duration
 from plait.xds.simulate.outcome import Fault, Outcome, Policies, Retries
 from plait.xds.simulate.request import Request
 from plait.xds.simulate.routes import regex
@@ -46,6 +47,8 @@ def header_changes(obj: dict, side: str) -> list[str]:
             "APPEND_IF_EXISTS_OR_ADD" if option.get("append", True) else "OVERWRITE_IF_EXISTS_OR_ADD")
         header = option.get("header", {})
         out.append(f"{_APPEND_ACTIONS.get(action, action)} {header.get('key')}: {header.get('value', '')}")
+    if side == "request" and "host_rewrite_literal" in obj and "cluster" not in obj and "weighted_clusters" not in obj:
+        out.append(f"Host rewritten to {obj['host_rewrite_literal']}")  # a weighted cluster's own rewrite
     return out + [f"remove {name}" for name in obj.get(f"{side}_headers_to_remove", [])]
 
 
@@ -63,12 +66,27 @@ def _fault(config: dict | None) -> Fault | None:
     return fault
 
 
+def _retry_how(policy: dict) -> list[str]:
+    """How Envoy picks where each retry goes, and when, where it differs from Istio's default (each
+    retry on another host, at once)."""
+    predicates = [p.get("name", "") for p in policy.get("retry_host_predicate", [])]
+    how = [] if "envoy.retry_host_predicates.previous_hosts" in predicates else ["possibly on the same host"]
+    if policy.get("retry_priority", {}).get("name") == "envoy.retry_priorities.previous_priorities":
+        how.append("each in the next locality priority")
+    elif "retry_priority" in policy:
+        how.append(f"priorities chosen by {policy['retry_priority'].get('name')}")
+    if base := policy.get("retry_back_off", {}).get("base_interval"):
+        how.append(f"backoff from {base}")
+    return how
+
+
 def _retries(policy: dict | None) -> Retries | None:
     if policy is None:
         return None
     return Retries(attempts=int(policy.get("num_retries", 1)), retry_on=policy.get("retry_on", ""),
                    per_try_timeout=policy.get("per_try_timeout"),
-                   retriable_status_codes=[int(c) for c in policy.get("retriable_status_codes", [])])
+                   retriable_status_codes=[int(c) for c in policy.get("retriable_status_codes", [])],
+                   how=_retry_how(policy))
 
 
 def _describe_hash(policy: dict) -> str:
@@ -89,7 +107,26 @@ def _per_filter(name: str, *levels: dict) -> dict | None:
                  if name in lvl.get("typed_per_filter_config", {})), None)
 
 
-def route_policies(route: dict, vhost: dict, route_config: dict, action: dict, hcm: dict) -> tuple[Policies, list[str]]:
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def _grpc_timeout(action: dict, request: Request | None) -> str | None:
+    """A gRPC client's ``grpc-timeout`` header as the route timeout, where the route lets it count
+    (``max_grpc_timeout``, or ``max_stream_duration.grpc_timeout_header_max``), capped there unless 0."""
+    cap = action.get("max_grpc_timeout", action.get("max_stream_duration", {}).get("grpc_timeout_header_max"))
+    grpc = request is not None and (request.header("content-type") or "").startswith("application/grpc")
+    header = request.header("grpc-timeout") if request and grpc else None
+    if cap is None or not header or header[-1] not in _GRPC_UNITS or not header[:-1].isdigit():
+        return None
+    seconds = int(header[:-1]) * _GRPC_UNITS[header[-1]]
+    limit = parse_duration(cap)
+    if limit and seconds > limit:
+        return f"{cap} (the grpc-timeout header {header}, capped by the route)"
+    return f"{seconds:g}s (the grpc-timeout header {header})"
+
+
+def route_policies(route: dict, vhost: dict, route_config: dict, action: dict, hcm: dict,
+                   request: Request | None = None) -> tuple[Policies, list[str]]:
     notes = []
     policies = Policies(fault=_fault(_per_filter(FAULT, route, vhost, route_config)),
                         cors=_per_filter(CORS, route, vhost, route_config) or action.get("cors") or vhost.get("cors"))
@@ -100,6 +137,9 @@ def route_policies(route: dict, vhost: dict, route_config: dict, action: dict, h
     timeout = action.get("timeout")
     policies.timeout = f"{ENVOY_DEFAULT_TIMEOUT} (Envoy's default)" if timeout is None else (
         "none (0s disables it)" if timeout in ("0s", "0") else timeout)
+    grpc = _grpc_timeout(action, request)
+    if grpc:
+        policies.timeout = grpc
     policies.retries = _retries(action.get("retry_policy") or vhost.get("retry_policy"))
     policies.mirrors = [(m.get("cluster", ""), percent(m.get("runtime_fraction", {}).get("default_value")))
                         for m in action.get("request_mirror_policies", [])]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import re2
 
@@ -95,7 +97,11 @@ def find_virtual_host(route_config: dict, authority: str) -> tuple[dict | None, 
 
 
 _PATH_KINDS = ("prefix", "path", "safe_regex", "path_separated_prefix", "connect_matcher")
-_MATCH_KEYS = frozenset(_PATH_KINDS) | {"case_sensitive", "headers", "query_parameters", "grpc"}
+_MATCH_KEYS = frozenset(_PATH_KINDS) | {"case_sensitive", "headers", "query_parameters", "grpc", "dynamic_metadata"}
+JWT_FILTER = "envoy.filters.http.jwt_authn"
+
+MetadataCheck = Callable[[Mapping[str, Any]], bool]
+"""Envoy's MetadataMatcher on the request's dynamic metadata (the simulated filters' output)."""
 
 
 def _path_mismatch(match: dict, request: Request) -> str | None:
@@ -183,8 +189,31 @@ def _query_mismatch(qm: dict, params: dict[str, str]) -> str | None:
     return None
 
 
-def route_mismatch(match: dict, request: Request) -> str | None:
-    """None when the route's match holds for the request, else the first reason it does not."""
+def describe_metadata_match(mm: Mapping[str, Any]) -> str:
+    """``JWT claim groups exact 'admin'`` for Istio's claim matchers, else the filter and path."""
+    keys = [str(segment.get("key")) for segment in mm.get("path", [])]
+    value = mm.get("value", {})
+    plain = next((m for m in value.get("or_match", {}).get("value_matchers", []) if "list_match" not in m), value)
+    how = describe_string_match(plain["string_match"]) if "string_match" in plain else "present"
+    invert = " not" if mm.get("invert") else ""
+    if mm.get("filter") == JWT_FILTER and keys[:1] == ["payload"]:
+        return f"JWT claim {'.'.join(keys[1:])}{invert} {how} (or a list holding it)"
+    return f"metadata {mm.get('filter')}/{'.'.join(keys)}{invert} {how}"
+
+
+def _metadata_mismatch(mm: Mapping[str, Any], check: MetadataCheck | None) -> str | None:
+    if check is None:
+        return f"wants {describe_metadata_match(mm)}: dynamic metadata is not simulated here"
+    if check(mm):
+        return None
+    if mm.get("filter") == JWT_FILTER:
+        return f"wants {describe_metadata_match(mm)}; the verified JWT payload routing sees does not have it"
+    return f"wants {describe_metadata_match(mm)}; the request's metadata does not have it"
+
+
+def route_mismatch(match: dict, request: Request, metadata: MetadataCheck | None = None) -> str | None:
+    """None when the route's match holds for the request, else the first reason it does not.
+    `metadata` evaluates ``dynamic_metadata`` matchers (without it they are reported, not guessed)."""
     unknown = sorted(set(match) - _MATCH_KEYS)
     if unknown:
         return f"matches on {', '.join(unknown)}, which plait cannot evaluate"
@@ -194,6 +223,7 @@ def route_mismatch(match: dict, request: Request) -> str | None:
     reasons += [_query_mismatch(qm, params) for qm in match.get("query_parameters", [])]
     if "grpc" in match and not (request.header("content-type") or "").startswith("application/grpc"):
         reasons.append("wants a gRPC request (content-type application/grpc)")
+    reasons += [_metadata_mismatch(mm, metadata) for mm in match.get("dynamic_metadata", [])]
     return next((r for r in reasons if r), None)
 
 
@@ -212,4 +242,5 @@ def describe_match(match: dict) -> str:
         parts.append(f"query {qm.get('name')} {how}")
     if "grpc" in match:
         parts.append("gRPC")
+    parts += [describe_metadata_match(mm) for mm in match.get("dynamic_metadata", [])]
     return ", ".join(parts)

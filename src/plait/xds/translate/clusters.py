@@ -40,20 +40,38 @@ def merge_policy(base: net.TrafficPolicy | None, override: net.TrafficPolicy | N
     return net.TrafficPolicy.model_validate(merged)
 
 
-def _circuit_breakers(pool: net.ConnectionPoolSettings | None) -> dict:
-    """Istio lifts Envoy's default limits (1024) to 2^32-1 unless the DestinationRule sets them."""
+def _circuit_breakers(pool: net.ConnectionPoolSettings | None, budget: net.RetryBudget | None = None) -> dict:
+    """Istio lifts Envoy's default limits (1024) to 2^32-1 unless the DestinationRule sets them;
+    a ``retryBudget`` (Istio's defaults: 20%, at least 3 concurrent retries) caps retries instead."""
     tcp, http = (pool.tcp if pool else None), (pool.http if pool else None)
 
     def pick(value: int | None) -> int:
         return MAX_UINT32 if value is None or value == 0 else value
 
-    return {"thresholds": [{
+    threshold: dict = {
         "max_connections": pick(tcp.max_connections if tcp else None),
         "max_pending_requests": pick(http.http1_max_pending_requests if http else None),
         "max_requests": pick(http.http2_max_requests if http else None),
         "max_retries": pick(http.max_retries if http else None),
         "track_remaining": True,
-    }]}
+    }
+    if budget is not None:  # budgetInterval has no field in the xDS protos plait publishes with: not sent
+        threshold["retry_budget"] = {"budget_percent": {"value": 20.0 if budget.percent is None else budget.percent},
+                                     "min_retry_concurrency": budget.min_retry_concurrency or 3}
+    return {"thresholds": [threshold]}
+
+
+def _slow_start(lb: net.LoadBalancerSettings | None) -> dict | None:
+    """``warmup`` (or the older ``warmupDurationSecs``) as Envoy's slow start, with Istio's defaults:
+    linear ramp (aggression 1), from 10% of the weight."""
+    if lb is None or (lb.warmup is None and lb.warmup_duration_secs is None):
+        return None
+    if lb.warmup is None:
+        return {"slow_start_window": duration(lb.warmup_duration_secs)}
+    return {"slow_start_window": duration(lb.warmup.duration),
+            "aggression": {"default_value": 1.0 if lb.warmup.aggression is None else lb.warmup.aggression,
+                           "runtime_key": "("},  # as Istio: a key no runtime layer can set
+            "min_weight_percent": {"value": 10.0 if lb.warmup.minimum_percent is None else lb.warmup.minimum_percent}}
 
 
 def _outlier_detection(od: net.OutlierDetection) -> tuple[dict, int | None]:
@@ -85,6 +103,18 @@ def _outlier_detection(od: net.OutlierDetection) -> tuple[dict, int | None]:
     return out, od.min_health_percent
 
 
+def _http2_options(http: net.HTTPSettings | None) -> dict:
+    """HTTP/2 upstream settings Istio passes on: maxConcurrentStreams, http2KeepAlive (PING)."""
+    options: dict = {}
+    if http and http.max_concurrent_streams:
+        options["max_concurrent_streams"] = http.max_concurrent_streams
+    keepalive = http.http2_keep_alive if http else None
+    if keepalive and (keepalive.interval or keepalive.timeout):
+        options["connection_keepalive"] = {k: duration(v) for k, v in
+                                           (("interval", keepalive.interval), ("timeout", keepalive.timeout)) if v}
+    return options
+
+
 def _http_protocol_options(port: Port, policy: net.TrafficPolicy | None) -> dict | None:
     """Upstream HTTP version and connection limits; None where Envoy's default (HTTP/1.1) is right."""
     if not (port.protocol.is_http or port.protocol is Protocol.AUTO):
@@ -92,8 +122,9 @@ def _http_protocol_options(port: Port, policy: net.TrafficPolicy | None) -> dict
     http = policy.connection_pool.http if policy and policy.connection_pool else None
     tcp = policy.connection_pool.tcp if policy and policy.connection_pool else None
     common: dict = {}
-    if http and http.idle_timeout:
-        common["idle_timeout"] = duration(http.idle_timeout)
+    idle = (http.idle_timeout if http else None) or (tcp.idle_timeout if tcp else None)
+    if idle:
+        common["idle_timeout"] = duration(idle)
     if http and http.max_requests_per_connection:
         common["max_requests_per_connection"] = http.max_requests_per_connection
     if tcp and tcp.max_connection_duration:
@@ -102,7 +133,7 @@ def _http_protocol_options(port: Port, policy: net.TrafficPolicy | None) -> dict
     if (http and http.use_client_protocol) or port.protocol is Protocol.AUTO:
         options["use_downstream_protocol_config"] = {"http_protocol_options": {}, "http2_protocol_options": {}}
     elif port.protocol.is_http2 or (http is not None and http.h2_upgrade_policy == "UPGRADE"):
-        options["explicit_http_config"] = {"http2_protocol_options": {}}
+        options["explicit_http_config"] = {"http2_protocol_options": _http2_options(http)}
     elif common:
         options["explicit_http_config"] = {"http_protocol_options": {}}
     else:
@@ -112,25 +143,8 @@ def _http_protocol_options(port: Port, policy: net.TrafficPolicy | None) -> dict
     return {HTTP_OPTIONS: options}
 
 
-def _apply_policy(cluster: dict, policy: net.TrafficPolicy | None, port: Port) -> None:
-    pool = policy.connection_pool if policy else None
-    if pool and pool.tcp and pool.tcp.connect_timeout:
-        cluster["connect_timeout"] = duration(pool.tcp.connect_timeout)
-    if pool and pool.tcp and pool.tcp.tcp_keepalive:
-        ka = pool.tcp.tcp_keepalive
-        keepalive = {}
-        if ka.probes:
-            keepalive["keepalive_probes"] = ka.probes
-        if ka.time:
-            keepalive["keepalive_time"] = max(1, int(parse_duration(ka.time)))
-        if ka.interval:
-            keepalive["keepalive_interval"] = max(1, int(parse_duration(ka.interval)))
-        cluster["upstream_connection_options"] = {"tcp_keepalive": keepalive}
-    cluster["circuit_breakers"] = _circuit_breakers(pool)
-    protocol_options = _http_protocol_options(port, policy)
-    if protocol_options:
-        cluster["typed_extension_protocol_options"] = protocol_options
-    lb = policy.load_balancer if policy else None
+def _apply_load_balancer(cluster: dict, lb: net.LoadBalancerSettings | None) -> None:
+    """The load-balancing policy (Istio's default LEAST_REQUEST), hashing, passthrough and slow start."""
     if lb and lb.consistent_hash:
         ch = lb.consistent_hash
         if ch.maglev:
@@ -151,6 +165,31 @@ def _apply_policy(cluster: dict, policy: net.TrafficPolicy | None, port: Port) -
         cluster["lb_policy"] = _LB[lb.simple]
     elif cluster.get("type") != "ORIGINAL_DST":
         cluster["lb_policy"] = DEFAULT_LB
+    slow_start = _slow_start(lb)
+    if slow_start and cluster.get("lb_policy") in ("ROUND_ROBIN", "LEAST_REQUEST"):
+        config = "round_robin_lb_config" if cluster["lb_policy"] == "ROUND_ROBIN" else "least_request_lb_config"
+        cluster[config] = {"slow_start_config": slow_start}
+
+
+def _apply_policy(cluster: dict, policy: net.TrafficPolicy | None, port: Port) -> None:
+    pool = policy.connection_pool if policy else None
+    if pool and pool.tcp and pool.tcp.connect_timeout:
+        cluster["connect_timeout"] = duration(pool.tcp.connect_timeout)
+    if pool and pool.tcp and pool.tcp.tcp_keepalive:
+        ka = pool.tcp.tcp_keepalive
+        keepalive = {}
+        if ka.probes:
+            keepalive["keepalive_probes"] = ka.probes
+        if ka.time:
+            keepalive["keepalive_time"] = max(1, int(parse_duration(ka.time)))
+        if ka.interval:
+            keepalive["keepalive_interval"] = max(1, int(parse_duration(ka.interval)))
+        cluster["upstream_connection_options"] = {"tcp_keepalive": keepalive}
+    cluster["circuit_breakers"] = _circuit_breakers(pool, policy.retry_budget if policy else None)
+    protocol_options = _http_protocol_options(port, policy)
+    if protocol_options:
+        cluster["typed_extension_protocol_options"] = protocol_options
+    _apply_load_balancer(cluster, policy.load_balancer if policy else None)
     if policy and policy.outlier_detection:
         outlier, panic = _outlier_detection(policy.outlier_detection)
         cluster["outlier_detection"] = outlier
@@ -185,7 +224,26 @@ def build_cluster(svc: Service, port: Port, subset: str | None, policy: net.Traf
     elif auto_mtls and cluster["type"] != "ORIGINAL_DST":
         # Original-destination endpoints carry no tlsMode metadata, so they would all match plaintext.
         cluster["transport_socket_matches"] = auto_mtls_matches(outbound_sni(port, subset, svc), sans)
+    if policy and policy.proxy_protocol:
+        _wrap_in_proxy_protocol(cluster, policy.proxy_protocol.version)
     return cluster
+
+
+def _proxy_protocol_socket(version: str, inner: dict) -> dict:
+    return {"name": "envoy.transport_sockets.upstream_proxy_protocol", "typed_config": {
+        "@type": TYPE + "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport",
+        "config": {"version": version}, "transport_socket": inner}}
+
+
+def _wrap_in_proxy_protocol(cluster: dict, version: str) -> None:
+    """DestinationRule ``proxyProtocol``: each upstream connection starts with a PROXY header (v1 or
+    v2), then runs the transport it had (TLS, auto-mTLS matches, or plain bytes), as Istio wraps it."""
+    plain = {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {
+        "@type": TYPE + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}
+    for match in cluster.get("transport_socket_matches", []):
+        match["transport_socket"] = _proxy_protocol_socket(version, match["transport_socket"])
+    if "transport_socket" in cluster or not cluster.get("transport_socket_matches"):
+        cluster["transport_socket"] = _proxy_protocol_socket(version, cluster.get("transport_socket", plain))
 
 
 def service_sans(svc: Service) -> list[str]:

@@ -7,7 +7,9 @@ and a request without a token goes on unauthenticated (an AuthorizationPolicy as
 ``requestPrincipals`` then denies it). With several providers the requirement is Istio's
 ``any(P1, P2, …, all(any(P1, missing), any(P2, missing), …))``, so providers may share a
 token location. Each provider writes the verified payload to dynamic metadata under the
-filter's name and key ``payload``; the RBAC filters match ``request.auth.*`` there.
+filter's name and key ``payload``; the RBAC filters match ``request.auth.*`` there, and on
+gateways (which clear the route cache once it is written) VirtualService routes match
+``@request.auth.claims`` there too.
 
 A ``jwksUri`` is fetched by Envoy itself (``remote_jwks``) through the cluster
 ``outbound|PORT||HOST``: the mesh's own cluster when the host is a service the proxy sees,
@@ -77,7 +79,9 @@ def _key_source(rule: JwtRule) -> dict:
         "cache_duration": JWKS_CACHE_DURATION}}
 
 
-def _provider(rule: JwtRule) -> dict:
+def _provider(rule: JwtRule, clear_route_cache: bool) -> dict:
+    """One jwtRule as a provider. `clear_route_cache` (gateways, as Istio): the route is chosen again
+    once the payload is in metadata, so VirtualService matches on ``@request.auth.claims`` see it."""
     provider: dict = {"issuer": rule.issuer}
     if rule.audiences:
         provider["audiences"] = list(rule.audiences)
@@ -97,8 +101,17 @@ def _provider(rule: JwtRule) -> dict:
         provider["claim_to_headers"] = [{"header_name": c.header, "claim_name": c.claim}
                                         for c in rule.output_claim_to_headers]
     provider["payload_in_metadata"] = PAYLOAD_KEY
-    provider["normalize_payload_in_metadata"] = {"space_delimited_claims": list(SPACE_DELIMITED_CLAIMS)}
+    provider["normalize_payload_in_metadata"] = {"space_delimited_claims": space_delimited_claims(rule)}
+    if clear_route_cache:
+        provider["clear_route_cache"] = True
     return provider
+
+
+def space_delimited_claims(rule: JwtRule) -> list[str]:
+    """Claims whose "a b" value becomes ["a", "b"]: Istio's defaults plus the rule's, sorted."""
+    if rule.space_delimited_claims is None:
+        return list(SPACE_DELIMITED_CLAIMS)
+    return sorted(set(rule.space_delimited_claims) | set(SPACE_DELIMITED_CLAIMS))
 
 
 def _requirement(names: list[str]) -> dict:
@@ -117,7 +130,7 @@ def jwt_authn_filter(snapshot: MeshSnapshot, proxy: Proxy) -> dict | None:
     rules = jwt_rules(snapshot, proxy)
     if not rules:
         return None
-    providers = {name: _provider(rule) for name, _, rule in rules}
+    providers = {name: _provider(rule, clear_route_cache=proxy.kind != "sidecar") for name, _, rule in rules}
     return typed(JWT_FILTER, JWT_TYPE, providers=providers,
                  rules=[{"match": {"prefix": "/"}, "requires": _requirement(list(providers))}],
                  bypass_cors_preflight=True)

@@ -21,17 +21,16 @@ from plait.xds.translate.common import (
     CORS_FILTER, DYNAMIC_FORWARD_PROXY_CLUSTER, FAULT_FILTER, PASSTHROUGH_CLUSTER, TYPE,
     cluster_name, duration, fraction, parse_cluster_name, string_matcher)
 from plait.xds.translate.clusters import merge_policy
+from plait.xds.translate.delegate import http_routes
+from plait.xds.translate.matches import route_match
+from plait.xds.translate.retries import default_retry_policy, retry_policy
 
-DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 _REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
                    308: "PERMANENT_REDIRECT"}
 _GRPC_CODES = {name: i for i, name in enumerate(
     ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
      "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
      "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"])}
-
-
-_MATCH_ALL = net.HTTPMatchRequest()
 
 
 @dataclass(frozen=True)
@@ -42,47 +41,35 @@ class RouteContext:
     proxy: Proxy
     port: int | None  # the listener port on sidecars; None on gateways
     gateway: str = MESH_GATEWAY  # "mesh" or "namespace/name"
+    server_port: int | None = None  # a gateway server's port (the request's port, for redirects)
+    tls: bool = False  # the gateway server terminates TLS
 
 
-def default_retry_policy() -> dict:
-    return {
-        "retry_on": DEFAULT_RETRY_ON,
-        "num_retries": 2,
-        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
-            "@type": TYPE + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
-        "host_selection_retry_max_attempts": "5",
-        "retriable_status_codes": [503],
-    }
-
-
-def retry_policy(retries: net.HTTPRetry | None) -> dict | None:
-    if retries is None:
-        return default_retry_policy()
-    if retries.attempts == 0:
-        return None
-    policy = default_retry_policy()
-    policy["num_retries"] = retries.attempts
-    if retries.retry_on:
-        tokens = [t.strip() for t in retries.retry_on.split(",") if t.strip()]
-        codes = [int(t) for t in tokens if t.isdigit()]
-        on = [t for t in tokens if not t.isdigit()]
-        if codes and "retriable-status-codes" not in on:
-            on.append("retriable-status-codes")
-        policy["retry_on"] = ",".join(on)
-        policy["retriable_status_codes"] = codes
-        if not codes:
-            del policy["retriable_status_codes"]
-    if retries.per_try_timeout:
-        policy["per_try_timeout"] = duration(retries.per_try_timeout)
-    return policy
+def _internal(name: str) -> bool:
+    """Pseudo-headers and Host, which Envoy does not let header operations touch (Istio drops them)."""
+    return name.startswith(":") or name.lower() == "host"
 
 
 def _header_value_options(ops: net.HeaderOperations | None) -> tuple[list[dict], list[str]]:
     if ops is None:
         return [], []
-    add = [{"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"} for k, v in ops.set.items()]
-    add += [{"header": {"key": k, "value": v}, "append_action": "APPEND_IF_EXISTS_OR_ADD"} for k, v in ops.add.items()]
-    return add, list(ops.remove)
+    add = [{"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+           for k, v in ops.set.items() if not _internal(k)]
+    add += [{"header": {"key": k, "value": v}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
+            for k, v in ops.add.items() if not _internal(k)]
+    return add, [k for k in ops.remove if not _internal(k)]
+
+
+def header_authority(headers: net.Headers | None) -> str | None:
+    """A request ``set`` (else ``add``) of ``:authority`` or ``host``: Istio rewrites the Host with it."""
+    ops = headers.request if headers else None
+    if ops is None:
+        return None
+    for values in (ops.set, ops.add):
+        found = [v for k, v in values.items() if k.lower() in (":authority", "host")]
+        if found:
+            return found[-1]
+    return None
 
 
 def _apply_headers(target: dict, headers: net.Headers | None) -> None:
@@ -96,62 +83,20 @@ def _apply_headers(target: dict, headers: net.Headers | None) -> None:
             target.setdefault(f"{side}_headers_to_remove", []).extend(remove)
 
 
-def _header_matcher(name: str, match: net.StringMatch, invert: bool = False) -> dict:
-    out: dict = {"name": name}
-    if match.kind == "present":
-        out["present_match"] = True
-    else:
-        out["string_match"] = string_matcher(match)
-        if invert:  # as Istio: a request without the header does not carry the unwanted value
-            out["treat_missing_header_as_empty"] = True
-    if invert:
-        out["invert_match"] = True
-    return out
-
-
-def route_match(m: net.HTTPMatchRequest | None) -> dict:
-    if m is None:
-        return {"prefix": "/"}
-    out: dict = {}
-    if m.uri is None or m.uri.kind == "present":
-        out["prefix"] = "/"
-    elif m.uri.kind == "regex":
-        out["safe_regex"] = {"regex": m.uri.value}
-    elif m.uri.kind == "exact":
-        out["path"] = m.uri.value
-    else:
-        out["prefix"] = m.uri.value
-    if m.ignore_uri_case:
-        out["case_sensitive"] = False
-    headers = []
-    for pseudo, value in ((":authority", m.authority), (":scheme", m.scheme), (":method", m.method)):
-        if value is not None:
-            headers.append(_header_matcher(pseudo, value))
-    headers += [_header_matcher(name, value) for name, value in sorted(m.headers.items())]
-    headers += [_header_matcher(name, value, invert=True) for name, value in sorted(m.without_headers.items())]
-    if headers:
-        out["headers"] = headers
-    if m.query_params:
-        out["query_parameters"] = [
-            {"name": k, "present_match": True} if v.kind == "present" else {"name": k, "string_match": string_matcher(v)}
-            for k, v in sorted(m.query_params.items())]
-    return out
-
-
 def _match_applies(m: net.HTTPMatchRequest | None, ctx: RouteContext, vs_namespace: str) -> bool:
-    """Matches on port, source labels, source namespace and gateways are decided here, per proxy."""
+    """Matches on port, gateways, source labels and source namespace are decided here, per proxy, as
+    Istio's TranslateRoute: the port is the listener's (a gateway server's on gateways); a match that
+    names gateways is decided by them alone, else by sourceLabels and sourceNamespace."""
     if m is None:
         return True
-    if m.port is not None and ctx.port is not None and m.port != ctx.port:
-        return False
-    if m.source_labels and not all(ctx.proxy.labels.get(k) == v for k, v in m.source_labels.items()):
-        return False
-    if m.source_namespace and m.source_namespace != ctx.proxy.namespace:
+    port = ctx.port if ctx.port is not None else ctx.server_port
+    if m.port is not None and port is not None and m.port != port:
         return False
     if m.gateways:
-        if ctx.gateway not in {gateway_ref(g, vs_namespace) for g in m.gateways}:
-            return False
-    return True
+        return ctx.gateway in {gateway_ref(g, vs_namespace) for g in m.gateways}
+    if m.source_labels and not all(ctx.proxy.labels.get(k) == v for k, v in m.source_labels.items()):
+        return False
+    return not m.source_namespace or m.source_namespace == ctx.proxy.namespace
 
 
 def destination_cluster(dest: net.Destination, ctx: RouteContext, vs_namespace: str) -> str:
@@ -193,6 +138,9 @@ def hash_policy(ctx: RouteContext, cluster: str) -> list[dict]:
             cookie["path"] = ch.http_cookie.path
         if ch.http_cookie.ttl:
             cookie["ttl"] = duration(ch.http_cookie.ttl)
+        if ch.http_cookie.attributes:
+            cookie["attributes"] = [{"name": a.name, **({"value": a.value} if a.value is not None else {})}
+                                    for a in ch.http_cookie.attributes]
         return [{"cookie": cookie}]
     if ch.use_source_ip:
         return [{"connection_properties": {"source_ip": True}}]
@@ -228,23 +176,38 @@ def _cors(cors: net.CorsPolicy) -> dict:
         config["max_age"] = str(int(duration(cors.max_age).rstrip("s").split(".")[0]))
     if cors.allow_credentials is not None:
         config["allow_credentials"] = cors.allow_credentials
+    # As Istio: preflights from origins not allowed go on to the app unless unmatchedPreflights is IGNORE.
+    config["forward_not_matching_preflights"] = cors.unmatched_preflights != "IGNORE"
     return config
 
 
+def _destinations(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, action: dict) -> list[dict]:
+    """One destination is the route's cluster; several are weighted clusters, weights as written
+    (relative: Envoy divides by their sum), those without weight dropped, as Istio. Returns the
+    hash policies of the destinations' DestinationRules."""
+    if len(http.route) == 1:
+        action["cluster"] = destination_cluster(http.route[0].destination, ctx, vs_namespace)
+        return hash_policy(ctx, action["cluster"])
+    clusters, hashes = [], []
+    for d in http.route:
+        if not d.weight:
+            continue
+        entry: dict = {"name": destination_cluster(d.destination, ctx, vs_namespace), "weight": d.weight}
+        _apply_headers(entry, d.headers)
+        if header_authority(d.headers):
+            entry["host_rewrite_literal"] = header_authority(d.headers)
+        clusters.append(entry)
+        hashes += hash_policy(ctx, entry["name"])
+    action["weighted_clusters"] = {"clusters": clusters}
+    return hashes
+
+
 def _route_action(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, match: net.HTTPMatchRequest | None) -> dict:
-    destinations = [d for d in http.route if d.weight is None or d.weight > 0 or len(http.route) == 1]
     action: dict = {}
-    if len(destinations) == 1:
-        action["cluster"] = destination_cluster(destinations[0].destination, ctx, vs_namespace)
-    else:
-        clusters = []
-        for d in destinations:
-            entry: dict = {"name": destination_cluster(d.destination, ctx, vs_namespace), "weight": d.weight}
-            _apply_headers(entry, d.headers)
-            clusters.append(entry)
-        action["weighted_clusters"] = {"clusters": clusters}
+    hashes = _destinations(http, ctx, vs_namespace, action)
     action["timeout"] = duration(http.timeout) if http.timeout else "0s"
-    policy = retry_policy(http.retries)
+    action["max_grpc_timeout"] = action["timeout"]  # as Istio: a client's grpc-timeout counts, up to the route's
+    policy = retry_policy(http.retries, consistent_hash=bool(hashes) and "cluster" in action)
     if policy:
         action["retry_policy"] = policy
     if http.rewrite:
@@ -256,8 +219,10 @@ def _route_action(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, mat
         if http.rewrite.uri_regex_rewrite:
             action["regex_rewrite"] = {"pattern": {"regex": http.rewrite.uri_regex_rewrite.match},
                                        "substitution": http.rewrite.uri_regex_rewrite.rewrite}
-        if http.rewrite.authority:
-            action["host_rewrite_literal"] = http.rewrite.authority
+    authority = (http.rewrite.authority if http.rewrite else None) or header_authority(http.headers) or (
+        header_authority(http.route[0].headers) if len(http.route) == 1 else None)
+    if authority:
+        action["host_rewrite_literal"] = authority
     mirrors = [(m.destination, m.percentage) for m in http.mirrors]
     if http.mirror:
         legacy = net.Percent(value=http.mirror_percent) if http.mirror_percent is not None else None
@@ -267,20 +232,36 @@ def _route_action(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, mat
             {"cluster": destination_cluster(dest, ctx, vs_namespace),
              "runtime_fraction": {"default_value": fraction(pct)}, "trace_sampled": False}
             for dest, pct in mirrors]
-    hashes = hash_policy(ctx, action["cluster"]) if "cluster" in action else []
     if hashes:
         action["hash_policy"] = hashes
     return action
 
 
-def _redirect(redirect: net.HTTPRedirect) -> dict:
+def _redirect_port(redirect: net.HTTPRedirect, ctx: RouteContext) -> int | None:
+    """Istio: ``derivePort: FROM_REQUEST_PORT`` is the port the route serves; the scheme's default
+    port is left out of Location."""
+    if redirect.port is None and redirect.derive_port is None:
+        return None
+    port = redirect.port
+    if redirect.derive_port == "FROM_REQUEST_PORT":
+        port = ctx.server_port if ctx.server_port is not None else ctx.port
+    scheme = redirect.scheme or ("https" if ctx.tls else "http")
+    if (scheme, port) in (("http", 80), ("https", 443)):
+        return None
+    return port
+
+
+def _redirect(redirect: net.HTTPRedirect, ctx: RouteContext) -> dict:
     out: dict = {"response_code": _REDIRECT_CODES[redirect.redirect_code]}
-    if redirect.uri:
+    if redirect.prefix_rewrite:
+        out["prefix_rewrite"] = redirect.prefix_rewrite
+    elif redirect.uri:
         out["path_redirect"] = redirect.uri
     if redirect.authority:
         out["host_redirect"] = redirect.authority
-    if redirect.port:
-        out["port_redirect"] = redirect.port
+    port = _redirect_port(redirect, ctx)
+    if port:
+        out["port_redirect"] = port
     if redirect.scheme:
         out["scheme_redirect"] = redirect.scheme
     return out
@@ -296,9 +277,9 @@ def _direct_response(dr: net.HTTPDirectResponse) -> dict:
 
 
 def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> list[dict]:
-    """Envoy routes for one VirtualService: one per (http route, match), in order."""
+    """Envoy routes for one VirtualService: one per (http route, match), in order, delegates merged in."""
     out = []
-    for i, http in enumerate(vs.spec.http):
+    for label, http in http_routes(vs, ctx.snapshot):
         for j, m in enumerate(http.match or [None]):
             if not _match_applies(m, ctx, vs.namespace):
                 continue
@@ -306,8 +287,10 @@ def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> 
             name = ".".join(n for n in (http.name, m.name if m else None) if n)
             if name:
                 route["name"] = name
+            if m and m.stat_prefix:
+                route["stat_prefix"] = m.stat_prefix
             if http.redirect:
-                route["redirect"] = _redirect(http.redirect)
+                route["redirect"] = _redirect(http.redirect, ctx)
             elif http.direct_response:
                 route["direct_response"] = _direct_response(http.direct_response)
             else:
@@ -324,16 +307,26 @@ def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> 
                 _apply_headers(route, http.route[0].headers)
             route["metadata"] = {"filter_metadata": {
                 "istio": {"config": vs.config_path()},
-                "plait": {"route": f"http[{i}]" + (f".match[{j}]" if m else "")}}}
+                "plait": {"route": label + (f".match[{j}]" if m else "")}}}
             route["decorator"] = {"operation": f"{vhost_name}/*"}
             out.append(route)
-            if m is None or m == _MATCH_ALL:
-                return out  # a catch-all: nothing after it can match
+            if m is None or is_catch_all(route):
+                return out  # as Istio: nothing after a catch-all can match, so nothing more is sent
     return out
+
+
+def is_catch_all(route: dict) -> bool:
+    """Istio's IsCatchAllRoute: path ``/`` (prefix or separated prefix) or regex ``.*``, and no
+    header, query or metadata condition."""
+    match = route.get("match", {})
+    path = match.get("prefix") == "/" or match.get("path_separated_prefix") == "/" or (
+        match.get("safe_regex", {}).get("regex") == ".*")
+    return path and not any(match.get(k) for k in ("headers", "query_parameters", "dynamic_metadata"))
 
 
 def default_route(svc: Service, port: int, ctx: RouteContext) -> dict:
     action: dict = {"cluster": cluster_name("outbound", port, None, svc.hostname), "timeout": "0s",
+                    "max_grpc_timeout": "0s",
                     "retry_policy": default_retry_policy()}
     hashes = hash_policy(ctx, action["cluster"])
     if hashes:
@@ -372,9 +365,13 @@ def catch_all_vhost(policy: str, explicit_proxy: bool = False) -> dict:
 
 
 def service_vhost(svc: Service, port: int, ctx: RouteContext, index: HostIndex, domains: list[str]) -> dict:
+    """The service's virtual host: its VirtualService's routes for this proxy, else the default route.
+    As Istio, a VirtualService none of whose routes apply to the proxy (``sourceLabels``,
+    ``sourceNamespace``, ``gateways``, ``port``) is set aside, so the service keeps its default route."""
     name = f"{svc.hostname}:{port}"
     vs = index.lookup(svc.hostname)
-    routes = virtual_service_routes(vs, ctx, name) if vs and vs.spec.http else [default_route(svc, port, ctx)]
+    routes = virtual_service_routes(vs, ctx, name) if vs and vs.spec.http else []
+    routes = routes or [default_route(svc, port, ctx)]
     vhost: dict = {"name": name, "domains": domains, "routes": routes, "include_request_attempt_count": True}
     return vhost
 
@@ -405,9 +402,12 @@ def _vhosts_for_unregistered_hosts(snapshot: MeshSnapshot, ctx: RouteContext, in
     for host, vs in index.pairs:
         if host in snapshot.services or host.startswith("*") or not vs.spec.http or host in used:
             continue
+        routes = virtual_service_routes(vs, ctx, f"{host}:80")
+        if not routes:  # none applies to this proxy: Istio leaves the host to the catch-all
+            continue
         used.update({host, f"{host}:80"})
         out.append({"name": f"{host}:80", "domains": [host, f"{host}:80"],
-                    "routes": virtual_service_routes(vs, ctx, f"{host}:80"), "include_request_attempt_count": True})
+                    "routes": routes, "include_request_attempt_count": True})
     return out
 
 
@@ -434,7 +434,8 @@ def inbound_route_config(cluster: str, port: int) -> dict:
     return {"name": cluster, "validate_clusters": False, "virtual_hosts": [{
         "name": f"inbound|http|{port}", "domains": ["*"], "routes": [{
             "name": "default", "match": {"prefix": "/"},
-            "route": {"cluster": cluster, "timeout": "0s"},
+            "route": {"cluster": cluster, "timeout": "0s",
+                      "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"}},
             "decorator": {"operation": f"inbound|{port}/*"}}]}]}
 
 
@@ -467,7 +468,8 @@ def gateway_route_config(snapshot: MeshSnapshot, proxy: Proxy, name: str,
 
     for gw, server in servers:
         ref = f"{gw.namespace}/{gw.name}"
-        ctx = RouteContext(snapshot, proxy, None, gateway=ref)
+        ctx = RouteContext(snapshot, proxy, None, gateway=ref, server_port=server.port.number,
+                           tls=server.tls is not None)  # as Istio's IsTLS
         if server.tls and server.tls.https_redirect:
             for entry in server.hosts:
                 vhost_for(entry.rpartition("/")[2], server.port.number)["require_tls"] = "ALL"
@@ -485,6 +487,9 @@ def gateway_route_config(snapshot: MeshSnapshot, proxy: Proxy, name: str,
                                == vs.config_path() for r in vhost["routes"]):
                         vhost["routes"] += virtual_service_routes(vs, ctx, vhost["name"])
     for vhost in vhosts.values():
+        # As Istio's SortVHostRoutes: catch-alls go last, so another VirtualService's routes stay reachable.
+        vhost["routes"] = ([r for r in vhost["routes"] if not is_catch_all(r)] +
+                           [r for r in vhost["routes"] if is_catch_all(r)])
         if not vhost["routes"] and vhost.get("require_tls"):
             vhost["routes"] = [{"match": {"prefix": "/"}, "direct_response": {"status": 404}}]
     return {"name": name, "virtual_hosts": sorted(vhosts.values(), key=lambda v: (v["domains"][0] == "*", v["name"])),
