@@ -23,7 +23,7 @@ SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAM
 # Kinds that are valid Kubernetes/Istio objects but that plait does not act on yet.
 KNOWN_IGNORED_KINDS = {
     "Namespace", "ServiceAccount", "Deployment", "ConfigMap", "Secret", "Pod",
-    "EnvoyFilter", "WorkloadGroup", "ProxyConfig", "Telemetry", "WasmPlugin",
+    "WorkloadGroup", "Telemetry", "WasmPlugin",
 }
 
 

@@ -47,6 +47,7 @@ from plait.xds.generator import affected_route_names, generate, generate_routes,
 from plait.xds.protocol import STALE, SYNCED, Ack, AdsStream, Nack, Response, TypeStatus
 from plait.xds.publish import EVERYTHING, TYPES, Impact, Publisher, Published, change_impact
 from plait.xds.resources import ResourceSet
+from plait.xds.translate.envoyfilter import GATEWAY_NAME_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,10 @@ def selector_label_keys(snapshot: MeshSnapshot) -> tuple[str, ...]:
         for route in (*vs.spec.http, *vs.spec.tcp, *vs.spec.tls):
             for match in route.match:
                 keys.update(match.source_labels)
+    for ef in snapshot.envoy_filters:
+        keys.update(ef.spec.workload_selector.labels if ef.spec.workload_selector else ())
+        if ef.spec.target_refs:
+            keys.add(GATEWAY_NAME_LABEL)
     for policy in (*snapshot.peer_authentications, *snapshot.authorization_policies,
                    *snapshot.request_authentications):
         if policy.spec.selector:
