@@ -176,7 +176,7 @@ def test_unknown_kind_and_api_version_and_bad_yaml() -> None:
 
 
 def test_kinds_for_later_are_ignored_with_a_warning() -> None:
-    result = load_text("apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: default}\n"
+    result = load_text("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: default}\n"
                        "spec: {}\n")
     assert not result.errors and result.resources == []
     assert "not acted on" in result.warnings[0].message
