@@ -339,6 +339,10 @@ def _check_env_name(name: str) -> str:
     return name
 
 
+class PolicySelector(IstioModel):
+    match_labels: Labels = {}
+
+
 class ProxyImage(IstioModel):
     image_type: str = ""
 
@@ -346,8 +350,8 @@ class ProxyImage(IstioModel):
 class ProxyConfigSpec(IstioModel):
     """Per-workload proxy settings (networking.istio.io/v1beta1 ProxyConfig)."""
 
-    selector: WorkloadSelector | None = None
-    concurrency: int | None = Field(default=None, ge=0)
+    selector: PolicySelector | None = None
+    concurrency: int | None = Field(default=None, ge=0, le=2**31 - 1)
     environment_variables: dict[Annotated[str, AfterValidator(_check_env_name)], str] = {}
     image: ProxyImage | None = None
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from plait.model.proxy_config import effective_proxy_config
 from plait.runtime import iptables
 from plait.runtime import netns as capture
 from plait.runtime.addresses import Addresses
@@ -257,6 +258,10 @@ class LocalMesh:
             args += ["--app-probe", pod.probe]
         if in_pod:
             args += ["--proxy-uid", str(capture.PROXY_UID)]
+        proxy_config = effective_proxy_config(self.manifests.config.resources, pod.namespace, pod.labels)
+        if proxy_config.concurrency is not None:
+            args += ["--concurrency", str(proxy_config.concurrency)]
+        args += [f"--proxy-env={name}={value}" for name, value in proxy_config.environment.items()]
         if pod.command:
             args += ["--", *pod.command]
         return args
