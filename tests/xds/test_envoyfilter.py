@@ -11,10 +11,12 @@ import pytest
 
 from plait.api import load_text
 from plait.model import MeshSnapshot, Proxy
+from plait.testing.ads_client import make_node
 from plait.testing.backends import HttpBackend, loopback_subnet
 from plait.testing.envoy import run_envoy
 from plait.testing.http import http_request
 from plait.xds.generator import generate, generate_routes
+from plait.xds.hub import XdsHub
 from plait.xds.publish import Publisher
 from plait.xds.static import envoy_validate, static_bootstrap
 from plait.xds.translate.envoyfilter import envoy_filters_for
@@ -71,7 +73,8 @@ def http_filter_names(listener: dict) -> list[list[str]]:
 
 LUA = {"name": "envoy.filters.http.lua", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-    "defaultSourceCode": {"inlineString": "function envoy_on_response(h) h:headers():add('x-lua', 'yes') end"}}}
+    "defaultSourceCode": {"inlineString": "function envoy_on_response(response_handle)\n"
+                                          "  response_handle:headers():add(\"x-reviewed-by\", \"lua\")\nend\n"}}}
 SUB_ROUTER = {"filterChain": {"filter": {"name": HCM, "subFilter": {"name": "envoy.filters.http.router"}}}}
 
 
@@ -217,6 +220,24 @@ def test_virtual_host_and_route_patches_also_reach_routes_regenerated_alone() ->
         assert vhost["routes"][-1]["route"]["timeout"] == "9s" and "cluster" in vhost["routes"][-1]["route"]
 
 
+def test_inbound_route_configurations_inside_listeners_are_patched_in_the_inbound_context() -> None:
+    patch = {"applyTo": "VIRTUAL_HOST", "match": {"context": "SIDECAR_INBOUND", "routeConfiguration": {"portNumber": 8080}},
+             "patch": {"operation": "MERGE", "value": {"response_headers_to_add": [{"header": {"key": "x-in", "value": "1"}}]}}}
+    resources = resources_of(envoy_filter([patch]))
+    inbound = resources.listeners["virtualInbound"]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+    assert inbound["virtual_hosts"][0]["response_headers_to_add"][0]["header"]["key"] == "x-in"
+    assert "x-in" not in json.dumps(resources.routes)
+
+
+def test_listener_filters_insert_before_a_named_one() -> None:
+    patch = {"applyTo": "LISTENER_FILTER", "match": {"context": "SIDECAR_INBOUND", "listener": {
+        "listenerFilter": "envoy.filters.listener.original_dst"}},
+        "patch": {"operation": "INSERT_BEFORE", "value": {"name": "envoy.filters.listener.proxy_protocol", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"}}}}
+    names = [f["name"] for f in resources_of(envoy_filter([patch])).listeners["virtualInbound"]["listener_filters"]]
+    assert names[:2] == ["envoy.filters.listener.proxy_protocol", "envoy.filters.listener.original_dst"]
+
+
 def test_listener_add_and_remove() -> None:
     added = {"name": "extra", "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15999}},
              "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
@@ -275,5 +296,31 @@ def test_a_lua_filter_added_by_envoy_filter_answers_through_envoy(tmp_path: Path
         with HttpBackend("api", f"{net}.3", 8080), \
                 run_envoy(static_bootstrap(resources), workdir=tmp_path) as envoy:
             reply = http_request(f"{net}.2", 8080, "/")
-            assert (reply.status, reply.headers.get("x-lua")) == (200, "yes")
+            assert (reply.status, reply.headers.get("x-reviewed-by")) == (200, "lua")
             assert envoy.stat("http.inbound_0.0.0.0_8080.downstream_rq_completed") >= 1
+
+
+# ------------------------------------------------------------------ the hub
+
+
+def test_the_hub_keeps_apart_proxies_an_envoy_filter_tells_apart_and_follows_its_changes() -> None:
+    """Two proxies that differ only in a label the filter selects on get different clusters; a
+    change of the EnvoyFilter reaches both (its change impact is everything)."""
+    def add_cluster(app: str) -> str:
+        return envoy_filter([{"applyTo": "CLUSTER", "match": {"context": "SIDECAR_OUTBOUND"},
+                              "patch": {"operation": "ADD", "value": {"name": "extra", "connect_timeout": "1s"}}}],
+                            workloadSelector={"labels": {"app": app}})
+
+    registry = "apiVersion: v1\nkind: Namespace\nmetadata: {name: default}\n"
+    snapshot = MeshSnapshot(load_text(registry + "---\n" + add_cluster("a")).raise_for_errors())
+    hub = XdsHub(snapshot)
+    one, two = (hub.connect(make_node(Proxy("sidecar", ip, name, labels={"app": app})), delta=False, wake=lambda: None)
+                for ip, name, app in (("10.0.0.5", "one", "a"), ("10.0.0.6", "two", "b")))
+
+    def clusters(conn) -> set[str]:
+        return set(conn.group.published.types["cds"].resources)
+
+    assert "extra" in clusters(one) and "extra" not in clusters(two)
+    changed = snapshot.with_changes(upserts=load_text(add_cluster("b")).raise_for_errors())
+    hub.update(changed, changed=[("EnvoyFilter", "default", "ef")])
+    assert "extra" not in clusters(one) and "extra" in clusters(two)

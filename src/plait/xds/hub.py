@@ -9,7 +9,7 @@ Prometheus metrics (`metrics`).
 Sharing: proxies whose translation is identical form a generation group, keyed on
 what translation reads from a Proxy: kind, mode, namespace, app address, the labels
 that some Sidecar workloadSelector, VirtualService sourceLabels or Gateway selector
-names or a security policy selects on, its IP in explicit-proxy mode, and its workload's ports (the inbound side).
+names or a security policy or EnvoyFilter selects on, its IP in explicit-proxy mode, and its workload's ports (the inbound side).
 Each group is generated (`plait.xds.generator`) and published (`plait.xds.publish`)
 once; its members hold references to the same ResourceMaps, so per-proxy memory is
 the protocol state only. With a `mutate` hook (tests only) every proxy is its own group.
