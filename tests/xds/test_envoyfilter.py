@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from plait.api import load_text
+from plait.api.extensions import KNOWN_METADATA_KEYS
 from plait.model import MeshSnapshot, Proxy
 from plait.testing.ads_client import make_node
 from plait.testing.backends import HttpBackend, loopback_subnet
@@ -19,7 +20,7 @@ from plait.xds.generator import generate, generate_routes
 from plait.xds.hub import XdsHub
 from plait.xds.publish import Publisher
 from plait.xds.static import envoy_validate, static_bootstrap
-from plait.xds.translate.envoyfilter import envoy_filters_for
+from plait.xds.translate.envoyfilter import envoy_filters_for, proxy_metadata
 from plait.xds.translate.protomerge import merge_any, merge_message
 
 TESTDATA = Path(__file__).parent / "testdata"
@@ -156,6 +157,18 @@ def test_proxy_version_and_metadata_match_what_plait_agents_report() -> None:
                                           patch({"metadata": {"NAMESPACE": "default"}}, "in-default"),
                                           patch({"metadata": {"CLUSTER_ID": "k8s"}}, "unknown-key")])).clusters
     assert {"plait-0", "in-default"} <= set(clusters) and not {"istio-1-2", "unknown-key"} & set(clusters)
+
+
+def test_every_metadata_key_plait_reports_is_known_to_validation() -> None:
+    snapshot = snapshot_of()
+    reported = proxy_metadata(proxy_of(snapshot, identity="spiffe://cluster.local/ns/default/sa/api"))
+    assert set(reported) == set(KNOWN_METADATA_KEYS)
+
+
+def test_a_match_names_one_kind_of_object() -> None:
+    result = load_text(envoy_filter([{"applyTo": "CLUSTER", "match": {"cluster": {}, "listener": {}},
+                                      "patch": {"operation": "REMOVE"}}]))
+    assert "set only one of listener, routeConfiguration, cluster (got listener, cluster)" in result.errors[0].message
 
 
 # ------------------------------------------------------------------ operations

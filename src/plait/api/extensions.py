@@ -233,20 +233,21 @@ class EnvoyConfigObjectMatch(IstioModel):
 
     @model_validator(mode="after")
     def _one_object_type(self) -> "EnvoyConfigObjectMatch":
-        set_ = [k for k in ("listener", "routeConfiguration", "cluster", "waypoint")
-                if getattr(self, "route_configuration" if k == "routeConfiguration" else k) is not None]
+        set_ = [name for name in OBJECT_TYPES if getattr(self, name) is not None]
         if len(set_) > 1:
-            raise ValueError(f"set only one of listener, routeConfiguration, cluster (got {', '.join(set_)})")
+            raise ValueError("set only one of listener, routeConfiguration, cluster (got "
+                             f"{', '.join(OBJECT_TYPES[name] for name in set_)})")
         if (self.waypoint is not None) != (self.context == "WAYPOINT"):
             raise ValueError("waypoint matches go with context WAYPOINT only")
         return self
 
     @property
     def object_type(self) -> str | None:
-        for name in ("listener", "route_configuration", "cluster", "waypoint"):
-            if getattr(self, name) is not None:
-                return name
-        return None
+        return next((name for name in OBJECT_TYPES if getattr(self, name) is not None), None)
+
+
+OBJECT_TYPES = {"listener": "listener", "route_configuration": "routeConfiguration", "cluster": "cluster",
+                "waypoint": "waypoint"}  # the oneof of a match: field → Istio's name
 
 
 class Patch(IstioModel):
@@ -367,7 +368,8 @@ def _patch_warnings(i: int, cp: EnvoyConfigObjectPatch) -> list[tuple[str, str]]
     if apply_to in NOT_SUPPORTED_YET:
         out.append((f"{path}.applyTo", f"applyTo {apply_to} is not supported by plait yet; this patch is ignored"))
     elif apply_to == "ROUTE_CONFIGURATION" and op not in ("MERGE", "MERGE_AND_REPLACE_LIST"):
-        out.append((f"{path}.patch.operation", f"{op} has no effect on ROUTE_CONFIGURATION (only MERGE does, as in Istio)"))
+        out.append((f"{path}.patch.operation",
+                    f"{op} has no effect on ROUTE_CONFIGURATION (only MERGE does, as in Istio)"))
     elif op == "REPLACE" and apply_to not in ("HTTP_FILTER", "NETWORK_FILTER", "LISTENER_FILTER", "VIRTUAL_HOST"):
         out.append((f"{path}.patch.operation", f"REPLACE has no effect on {apply_to} (as in Istio)"))
     if cp.patch.filter_class != "UNSPECIFIED":

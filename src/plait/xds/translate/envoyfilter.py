@@ -103,7 +103,7 @@ def patches_for(snapshot: MeshSnapshot, proxy: Proxy) -> Patches:
             operation = cp.patch.operation
             if operation in ("INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST") and cp.apply_to not in ORDERED:
                 operation = "ADD"
-            value = None if cp.patch.value is None else _canonical(cp.apply_to, json.dumps(cp.patch.value, sort_keys=True))
+            value = cp.patch.value and _canonical(cp.apply_to, json.dumps(cp.patch.value, sort_keys=True))
             out.setdefault(cp.apply_to, []).append(
                 ConfigPatch(cp.apply_to, match.context, match, operation, value, f"{ef.namespace}/{ef.name}"))
     return out
@@ -121,7 +121,8 @@ def patch_resources(snapshot: MeshSnapshot, proxy: Proxy, resources: ResourceSet
     clusters = patch_clusters(patches, proxy, copy.deepcopy(resources.clusters), _inbound_hosts(snapshot, proxy))
     out = ResourceSet(clusters=clusters, listeners=listeners, routes=resources.routes)
     kept = {c.get("eds_cluster_config", {}).get("service_name") or name for name, c in clusters.items()}
-    out.endpoints = {name: e for name, e in resources.endpoints.items() if name in kept or name not in resources.clusters}
+    out.endpoints = {name: e for name, e in resources.endpoints.items()
+                     if name in kept or name not in resources.clusters}  # a removed cluster's endpoints go too
     return out
 
 

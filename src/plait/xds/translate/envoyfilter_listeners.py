@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from plait.model.proxy import Proxy
 from plait.xds.translate.envoyfilter_objects import (
-    MERGES, ConfigPatch, Patches, added_in, apply_list_operation, merge_named_filter, patch_route_config)
+    MERGES,
+    ConfigPatch,
+    Patches,
+    added_in,
+    apply_list_operation,
+    merge_named_filter,
+    patch_route_config,
+)
 from plait.xds.translate.protomerge import merge_any, merge_message
 
 HCM = "envoy.filters.network.http_connection_manager"
@@ -122,7 +129,8 @@ def _patch_listener_filters(patches: Patches, context: str, listener: dict) -> N
 
 
 def _patch_chains(patches: Patches, context: str, listener: dict) -> None:
-    chains = [c for c in listener.get("filter_chains", ()) if c.get("filters") and _patch_chain(patches, context, listener, c)]
+    chains = [c for c in listener.get("filter_chains", ())
+              if c.get("filters") and _patch_chain(patches, context, listener, c)]
     default = listener.get("default_filter_chain")
     if default and default.get("filters") and not _patch_chain(patches, context, listener, default):
         del listener["default_filter_chain"]
