@@ -117,8 +117,8 @@ def patch_resources(snapshot: MeshSnapshot, proxy: Proxy, resources: ResourceSet
     patches = patches_for(snapshot, proxy)
     if not patches:
         return resources
-    listeners = patch_listeners(patches, proxy, copy.deepcopy(resources.listeners))
-    clusters = patch_clusters(patches, proxy, copy.deepcopy(resources.clusters), _inbound_hosts(snapshot, proxy))
+    listeners = patch_listeners(patches, proxy, resources.listeners)
+    clusters = patch_clusters(patches, proxy, resources.clusters, _inbound_hosts(snapshot, proxy))
     out = ResourceSet(clusters=clusters, listeners=listeners, routes=resources.routes)
     kept = {c.get("eds_cluster_config", {}).get("service_name") or name for name, c in clusters.items()}
     out.endpoints = {name: e for name, e in resources.endpoints.items()

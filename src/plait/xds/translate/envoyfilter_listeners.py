@@ -9,6 +9,8 @@ SIDECAR_INBOUND, as Istio patches the inbound route configuration when it builds
 
 from __future__ import annotations
 
+import copy
+
 from plait.model.proxy import Proxy
 from plait.xds.translate.envoyfilter_objects import (
     MERGES,
@@ -76,11 +78,27 @@ def _by_name(name: str | None):
     return None if name is None else (lambda item: item.get("name") == name)
 
 
+LISTENER_CLASS = ("LISTENER", "LISTENER_FILTER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER")
+ROUTE_CLASS = ("ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE")
+
+
+def _may_change(patches: Patches, context: str, listener: dict) -> bool:
+    """Could any patch change this listener? (Every patch on a listener's parts matches it first.)"""
+    kinds = LISTENER_CLASS + (ROUTE_CLASS if context == "SIDECAR_INBOUND" else ())
+    return any(p.fits(context) and (kind in ROUTE_CLASS or listener_matches(p, listener))
+               for kind in kinds for p in patches.get(kind, ()) if not (kind == "LISTENER" and p.operation == "ADD"))
+
+
 def patch_listeners(patches: Patches, proxy: Proxy, listeners: dict[str, dict]) -> dict[str, dict]:
-    """Every listener (copies the caller owns) patched; removed ones dropped; added ones appended."""
+    """The listeners patched (a listener a patch may change is copied first: the dicts given are
+    never changed); removed ones dropped; added ones appended."""
     out: dict[str, dict] = {}
-    for name, listener in listeners.items():
-        context = listener_context(proxy, listener)
+    for name, original in listeners.items():
+        context = listener_context(proxy, original)
+        if not _may_change(patches, context, original):
+            out[name] = original
+            continue
+        listener = copy.deepcopy(original)
         if context == "SIDECAR_INBOUND":
             _patch_inline_routes(patches, listener)
         if _patch_listener(patches, context, listener):

@@ -238,18 +238,22 @@ def _merge_cluster(cluster: dict, patch: ConfigPatch) -> None:
 
 def patch_clusters(patches: Patches, proxy: Proxy, clusters: dict[str, dict],
                    inbound_hosts: dict[int, list[str]]) -> dict[str, dict]:
+    """The clusters with CLUSTER patches applied; a cluster a patch changes is copied first (the
+    dicts given are never changed), removed ones are dropped, added ones appended."""
     cluster_patches = patches.get("CLUSTER", ())
     out: dict[str, dict] = {}
-    for name, cluster in clusters.items():
-        context = cluster_context(proxy, name)
+    for name, original in clusters.items():
+        cluster, context, removed = original, cluster_context(proxy, name), False
         for p in cluster_patches:
             if not (p.fits(context) and cluster_matches(p, cluster, inbound_hosts)):
                 continue
             if p.operation == "REMOVE":
+                removed = True
                 break
             if p.operation in MERGES:
+                cluster = copy.deepcopy(original) if cluster is original else cluster
                 _merge_cluster(cluster, p)
-        else:
+        if not removed:
             out[cluster.get("name", name)] = cluster
     add_contexts = GATEWAY_ADD_CONTEXTS if proxy.kind == "router" else SIDECAR_ADD_CONTEXTS
     for p in cluster_patches:
