@@ -1,0 +1,51 @@
+"""An EnvoyFilter through the production path: `plait apply` to a running control plane, pushed over
+ADS to a real Envoy run by `plait agent`, acknowledged, and seen in traffic; deleted, and gone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from plait.testing.backends import HttpBackend, loopback_subnet
+from plait.testing.http import http_request
+from plait.testing.live import AgentProcess, ControlPlaneProcess, wait_until
+
+CONVERGE = 10.0
+
+LUA_FILTER = json.dumps({
+    "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+    "metadata": {"name": "ratings-lua", "namespace": "default"},
+    "spec": {"workloadSelector": {"labels": {"app": "ratings"}}, "configPatches": [{
+        "applyTo": "HTTP_FILTER",
+        "match": {"context": "SIDECAR_INBOUND", "listener": {"portNumber": 9080, "filterChain": {"filter": {
+            "name": "envoy.filters.network.http_connection_manager",
+            "subFilter": {"name": "envoy.filters.http.router"}}}}},
+        "patch": {"operation": "INSERT_BEFORE", "value": {"name": "envoy.filters.http.lua", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "defaultSourceCode": {"inlineString":
+                                  "function envoy_on_response(h) h:headers():add('x-patched', 'lua') end"}}}}}]}})
+
+
+def registry(net: str) -> str:
+    return "\n---\n".join(json.dumps(doc) for doc in (
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ratings"},
+         "spec": {"selector": {"app": "ratings"}, "ports": [{"name": "http", "port": 9080}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": {"name": "ratings-v1"},
+         "spec": {"address": f"{net}.21", "labels": {"app": "ratings", "version": "v1"}}}))
+
+
+def test_an_applied_envoy_filter_reaches_envoy_and_a_deleted_one_leaves_it(tmp_path: Path) -> None:
+    with loopback_subnet() as net, ControlPlaneProcess(tmp_path / "mesh", tmp_path) as cp, \
+            HttpBackend("ratings-v1", f"{net}.121", 9080):
+        cp.apply(registry(net))
+        with AgentProcess(cp, tmp_path, mode="proxy", name="ratings-v1", ip=f"{net}.21",
+                          labels={"app": "ratings", "version": "v1"}, app_address=f"{net}.121", xds="delta") as agent:
+            def header() -> str | None:
+                return http_request(f"{net}.21", 9080, "/", timeout=5).headers.get("x-patched")
+
+            assert header() is None
+            cp.apply(LUA_FILTER)
+            wait_until(lambda: header() == "lua", CONVERGE, "the Lua filter's header")
+            wait_until(lambda: cp.synced(agent.proxy_id), CONVERGE, "the proxy to acknowledge everything")
+            cp.delete(LUA_FILTER)
+            wait_until(lambda: header() is None, CONVERGE, "the header to go with the EnvoyFilter")
