@@ -4,7 +4,9 @@ ADS to a real Envoy run by `plait agent`, acknowledged, and seen in traffic; del
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from collections.abc import Iterator
+
+import pytest
 
 from plait.testing.backends import HttpBackend, loopback_subnet
 from plait.testing.http import http_request
@@ -34,18 +36,51 @@ def registry(net: str) -> str:
          "spec": {"address": f"{net}.21", "labels": {"app": "ratings", "version": "v1"}}}))
 
 
-def test_an_applied_envoy_filter_reaches_envoy_and_a_deleted_one_leaves_it(tmp_path: Path) -> None:
-    with loopback_subnet() as net, ControlPlaneProcess(tmp_path / "mesh", tmp_path) as cp, \
+class Ratings:
+    """The control plane and ratings' sidecar (explicit-proxy mode, delta xDS), its app behind it."""
+
+    def __init__(self, net: str, cp: ControlPlaneProcess, agent: AgentProcess):
+        self.net, self.cp, self.agent = net, cp, agent
+
+    def request(self):
+        return http_request(f"{self.net}.21", 9080, "/", timeout=5)
+
+    def lds(self) -> dict:
+        return self.cp.statuses()[self.agent.proxy_id]["types"]["lds"]
+
+
+@pytest.fixture(scope="module")
+def ratings(tmp_path_factory) -> Iterator[Ratings]:
+    workdir = tmp_path_factory.mktemp("live-envoyfilter")
+    with loopback_subnet() as net, ControlPlaneProcess(workdir / "mesh", workdir) as cp, \
             HttpBackend("ratings-v1", f"{net}.121", 9080):
         cp.apply(registry(net))
-        with AgentProcess(cp, tmp_path, mode="proxy", name="ratings-v1", ip=f"{net}.21",
+        with AgentProcess(cp, workdir, mode="proxy", name="ratings-v1", ip=f"{net}.21",
                           labels={"app": "ratings", "version": "v1"}, app_address=f"{net}.121", xds="delta") as agent:
-            def header() -> str | None:
-                return http_request(f"{net}.21", 9080, "/", timeout=5).headers.get("x-patched")
+            yield Ratings(net, cp, agent)
 
-            assert header() is None
-            cp.apply(LUA_FILTER)
-            wait_until(lambda: header() == "lua", CONVERGE, "the Lua filter's header")
-            wait_until(lambda: cp.synced(agent.proxy_id), CONVERGE, "the proxy to acknowledge everything")
-            cp.delete(LUA_FILTER)
-            wait_until(lambda: header() is None, CONVERGE, "the header to go with the EnvoyFilter")
+
+def test_an_applied_envoy_filter_reaches_envoy_and_a_deleted_one_leaves_it(ratings: Ratings) -> None:
+    def header() -> str | None:
+        return ratings.request().headers.get("x-patched")
+
+    assert header() is None
+    ratings.cp.apply(LUA_FILTER)
+    wait_until(lambda: header() == "lua", CONVERGE, "the Lua filter's header")
+    wait_until(lambda: ratings.cp.synced(ratings.agent.proxy_id), CONVERGE, "the proxy to acknowledge everything")
+    ratings.cp.delete(LUA_FILTER)
+    wait_until(lambda: header() is None, CONVERGE, "the header to go with the EnvoyFilter")
+
+
+def test_a_patch_envoy_refuses_is_nacked_and_the_last_good_listeners_keep_serving(ratings: Ratings) -> None:
+    """ADD appends an HTTP filter after the router, as in Istio: Envoy refuses such a listener."""
+    after_router = LUA_FILTER.replace('"INSERT_BEFORE"', '"ADD"').replace("ratings-lua", "after-router")
+    ratings.cp.apply(after_router)
+    try:
+        wait_until(lambda: ratings.lds()["state"] == "NACKED", CONVERGE, "LDS NACKED")
+        assert "router" in ratings.lds()["nack_message"]
+        reply = ratings.request()
+        assert (reply.status, reply.headers.get("x-patched")) == (200, None)
+    finally:
+        ratings.cp.delete(after_router)
+    wait_until(lambda: ratings.cp.synced(ratings.agent.proxy_id), CONVERGE, "SYNCED once the bad patch is gone")
