@@ -205,6 +205,21 @@ def test_merge_on_the_hcm_merges_its_typed_config_and_keeps_the_rest() -> None:
     assert config["rds"]["route_config_name"] == "8080" and config["http_filters"][-1]["name"] == "envoy.filters.http.router"
 
 
+def test_a_merge_aimed_at_every_http_filter_changes_only_those_of_its_type() -> None:
+    merge = {"applyTo": "HTTP_FILTER", "match": {"context": "SIDECAR_OUTBOUND"}, "patch": {"operation": "MERGE", "value": {
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                         "suppress_envoy_headers": True}}}}
+    named = {**merge, "match": {"context": "SIDECAR_OUTBOUND", "listener": {"filterChain": {"filter": {
+        "name": HCM, "subFilter": {"name": "envoy.filters.http.cors"}}}}}}
+    hcm = resources_of(envoy_filter([merge])).listeners["0.0.0.0_8080"]["filter_chains"][0]["filters"][0]
+    configs = {f["name"]: f["typed_config"] for f in hcm["typed_config"]["http_filters"]}
+    assert configs["envoy.filters.http.router"]["suppress_envoy_headers"] is True
+    assert configs["envoy.filters.http.cors"] == {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}
+    hcm = resources_of(envoy_filter([named])).listeners["0.0.0.0_8080"]["filter_chains"][0]["filters"][0]
+    configs = {f["name"]: f["typed_config"] for f in hcm["typed_config"]["http_filters"]}
+    assert configs["envoy.filters.http.cors"]["@type"].endswith("router.v3.Router")  # named: replaced
+
+
 def test_remove_replace_and_merge_of_clusters() -> None:
     patches = [
         {"applyTo": "CLUSTER", "match": {"cluster": {"name": "BlackHoleCluster"}}, "patch": {"operation": "REMOVE"}},
@@ -298,6 +313,14 @@ def test_a_patch_that_breaks_envoy_config_is_caught_before_envoy_gets_it() -> No
     assert Publisher().publish(resources).errors == ()  # well-formed protobuf…
     verdict = envoy_validate(static_bootstrap(resources))
     assert not verdict.ok and "router" in verdict.output  # …that Envoy itself rejects
+
+
+def test_a_route_a_patch_points_at_a_missing_cluster_is_reported_by_publish() -> None:
+    patch = {"applyTo": "HTTP_ROUTE", "match": {"context": "SIDECAR_OUTBOUND", "routeConfiguration": {"portNumber": 8080}},
+             "patch": {"operation": "INSERT_FIRST", "value": {"name": "lost", "match": {"prefix": "/lost"},
+                                                              "route": {"cluster": "outbound|1|nowhere|none"}}}}
+    published = Publisher().publish(resources_of(envoy_filter([patch])))
+    assert any("unknown cluster outbound|1|nowhere|none" in m for m in (*published.warnings, *published.errors))
 
 
 def test_a_lua_filter_added_by_envoy_filter_answers_through_envoy(tmp_path: Path) -> None:

@@ -139,7 +139,7 @@ def _patch_listener_filters(patches: Patches, context: str, listener: dict) -> N
         if p.operation in MERGES:
             for item in filters if matches else ():
                 if matches(item):
-                    merge_named_filter(item, p)
+                    merge_named_filter(item, p, named=True)
         else:
             filters = apply_list_operation(filters, p, matches)
         if filters or "listener_filters" in listener:
@@ -189,7 +189,7 @@ def _patch_chain(patches: Patches, context: str, listener: dict, chain: dict) ->
     for item in filters:
         for p in network:
             if p.operation == "MERGE" and _filter_name(p) in (None, item.get("name")):
-                merge_named_filter(item, p)
+                merge_named_filter(item, p, named=_filter_name(p) is not None)
         if item.get("name") == HCM:
             _patch_http_filters(http, item)
     return True
@@ -207,5 +207,5 @@ def _patch_http_filters(patches: list[ConfigPatch], hcm: dict) -> None:
     for item in filters:
         for p in mine:
             if p.operation == "MERGE" and _sub_filter_name(p) in (None, item.get("name")):
-                merge_named_filter(item, p)
+                merge_named_filter(item, p, named=_sub_filter_name(p) is not None)
     config["http_filters"] = filters

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from plait.api.extensions import EnvoyConfigObjectMatch
 from plait.model.proxy import Proxy
 from plait.xds.translate.common import INBOUND_PASSTHROUGH_CLUSTER, parse_cluster_name
-from plait.xds.translate.protomerge import merge_any, merge_message
+from plait.xds.translate.protomerge import merge_any, merge_message, type_name_of
 
 MERGES = ("MERGE", "MERGE_AND_REPLACE_LIST")
 SIDECAR_ADD_CONTEXTS = ("ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND")
@@ -72,15 +72,20 @@ def apply_list_operation(items: list, patch: ConfigPatch, matches: Callable[[dic
     return items
 
 
-def merge_named_filter(item: dict, patch: ConfigPatch) -> None:
-    """MERGE into a filter: its name may be overridden, its typed_config merged (MergeAnyWithAny)."""
+def merge_named_filter(item: dict, patch: ConfigPatch, *, named: bool) -> None:
+    """MERGE into a filter: its name may be overridden, its typed_config merged (MergeAnyWithAny).
+    A typed_config of another @type replaces the filter's when the patch `named` this filter; a patch
+    aimed at every filter leaves filters of other types alone (Istio fails on them)."""
     if "typed_config" not in item:
         return  # Istio skips filters without typed_config
     value = patch.value or {}
+    config = value.get("typed_config")
+    if config is not None and not named and type_name_of(config) != type_name_of(item["typed_config"]):
+        return
     if value.get("name"):
         item["name"] = value["name"]
-    if "typed_config" in value:
-        item["typed_config"] = merge_any(item["typed_config"], value["typed_config"])
+    if config is not None:
+        item["typed_config"] = merge_any(item["typed_config"], config)
 
 
 # ------------------------------------------------------------------ route configurations
