@@ -118,6 +118,9 @@ def test_selector_and_target_refs_together_are_refused() -> None:
      "spec.configPatches[0].applyTo", "not supported by plait yet"),
     ({"applyTo": "HTTP_FILTER", "patch": {"operation": "ADD", "filterClass": "AUTHZ", "value": LUA}},
      "spec.configPatches[0].patch.filterClass", "Istio ignores it too"),
+    ({"applyTo": "HTTP_FILTER", "patch": {"operation": "INSERT_BEFORE", "value": {"name": "my-wasm", "config_discovery": {
+        "config_source": {"ads": {}}, "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]}}}},
+     "spec.configPatches[0].patch.value", "which plait does not serve yet"),
     ({"applyTo": "CLUSTER", "patch": {"operation": "REPLACE", "value": {"name": "c"}}},
      "spec.configPatches[0].patch.operation", "REPLACE has no effect on CLUSTER"),
     ({"applyTo": "HTTP_FILTER", "match": {"listener": {"filterChain": {"filter": {"name": "envoy.http_connection_manager"}}}},

@@ -372,6 +372,9 @@ def _patch_warnings(i: int, cp: EnvoyConfigObjectPatch) -> list[tuple[str, str]]
                     f"{op} has no effect on ROUTE_CONFIGURATION (only MERGE does, as in Istio)"))
     elif op == "REPLACE" and apply_to not in ("HTTP_FILTER", "NETWORK_FILTER", "LISTENER_FILTER", "VIRTUAL_HOST"):
         out.append((f"{path}.patch.operation", f"REPLACE has no effect on {apply_to} (as in Istio)"))
+    if isinstance(cp.patch.value, dict) and ({"config_discovery", "configDiscovery"} & set(cp.patch.value)):
+        out.append((f"{path}.patch.value", "config_discovery asks for an EXTENSION_CONFIG (ECDS), which plait does "
+                    "not serve yet: Envoy would wait for it; give the filter a typed_config instead"))
     if cp.patch.filter_class != "UNSPECIFIED":
         out.append((f"{path}.patch.filterClass", "filterClass has no effect (Istio ignores it too): "
                     "ADD appends the filter at the end of the list"))
