@@ -105,6 +105,19 @@ def test_invalid_patches_are_refused_with_the_field_and_the_reason(patch: dict, 
     assert expected in result.errors[0].message
 
 
+def test_durations_may_be_written_as_istio_reads_them() -> None:
+    """Istio decodes values with Go's duration syntax (its integration tests write ``500ms``)."""
+    value = {"name": "c", "dns_refresh_rate": "500ms", "connectTimeout": "1m30s", "typed_extension_protocol_options": {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "common_http_protocol_options": {"idle_timeout": "1h"}}}}
+    cluster = resources_of(envoy_filter([{"applyTo": "CLUSTER", "match": {"context": "SIDECAR_OUTBOUND"},
+                                          "patch": {"operation": "ADD", "value": value}}])).clusters["c"]
+    assert (cluster["dns_refresh_rate"], cluster["connect_timeout"]) == ("0.500s", "90s")
+    options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert options["common_http_protocol_options"]["idle_timeout"] == "3600s"
+
+
 def test_selector_and_target_refs_together_are_refused() -> None:
     result = load_text(envoy_filter([], workloadSelector={"labels": {"app": "x"}},
                                     targetRefs=[{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "g"}]))

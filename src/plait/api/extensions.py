@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from google.protobuf import descriptor_pool, json_format, message_factory
 from pydantic import AfterValidator, Field, model_validator
 
-from plait.api.common import IstioModel, Labels, Regex
+from plait.api.common import IstioModel, Labels, Regex, parse_duration
 
 ApplyTo = Literal["LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER", "ROUTE_CONFIGURATION",
                   "VIRTUAL_HOST", "HTTP_ROUTE", "CLUSTER", "EXTENSION_CONFIG", "BOOTSTRAP", "LISTENER_FILTER"]
@@ -135,6 +135,51 @@ def _unwrap_typed_structs(node: Any) -> Any:
     return node
 
 
+def _protobuf_duration(text: str) -> str:
+    """A Go duration (``500ms``, ``1m30s``: what Istio's JSON decoder accepts) as protobuf's ``0.500s``."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        return text  # ParseDict will say what is wrong with it
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+
+
+def _fields(descriptor) -> dict:
+    return {name: f for f in descriptor.fields for name in (f.name, f.json_name)}
+
+
+def go_durations(node: Any, type_name: str) -> Any:
+    """`node` (JSON of message `type_name`) with every Duration written as Go writes them rewritten
+    in protobuf's form; followed into ``@type``d configs and TypedStructs."""
+    cls = message_class(type_name) if isinstance(node, dict) else None
+    if cls is None:
+        return node
+    if type_name in TYPED_STRUCTS and isinstance(node.get("type_url"), str) and isinstance(node.get("value"), dict):
+        return {**node, "value": go_durations(node["value"], node["type_url"].rpartition("/")[2])}
+    fields = _fields(cls.DESCRIPTOR)
+    return {key: _go_durations_in(value, fields.get(key)) for key, value in node.items()}
+
+
+def _go_durations_in(value: Any, field) -> Any:
+    message = field.message_type if field is not None else None
+    if message is None:
+        return value
+    if message.GetOptions().map_entry:
+        value_field = message.fields_by_name["value"]
+        return {k: _go_durations_in(v, value_field) for k, v in value.items()} if isinstance(value, dict) else value
+    if field.is_repeated and isinstance(value, list):
+        return [_go_durations_one(item, message.full_name) for item in value]
+    return _go_durations_one(value, message.full_name)
+
+
+def _go_durations_one(value: Any, type_name: str) -> Any:
+    if type_name == "google.protobuf.Duration":
+        return _protobuf_duration(value) if isinstance(value, str) else value
+    if type_name == "google.protobuf.Any" and isinstance(value, dict) and isinstance(value.get("@type"), str):
+        return go_durations(value, value["@type"].rpartition("/")[2])
+    return go_durations(value, type_name)
+
+
 def envoy_value(apply_to: str, value: dict, *, strict: bool = False) -> dict:
     """A patch value as the Envoy object of `apply_to`, in Envoy's JSON with proto field names and
     only the fields that are set (as proto merge sees them). Raises ValueError if it is not one."""
@@ -144,7 +189,7 @@ def envoy_value(apply_to: str, value: dict, *, strict: bool = False) -> dict:
         raise ValueError(f"referenced type unknown: {', '.join(unknown)}")
     cls = message_class(type_name)
     try:
-        message = json_format.ParseDict(value, cls(), ignore_unknown_fields=not strict)
+        message = json_format.ParseDict(go_durations(value, type_name), cls(), ignore_unknown_fields=not strict)
     except (json_format.ParseError, ValueError, TypeError) as error:
         raise ValueError(f"not a valid {type_name}: {error}") from None
     return _unwrap_typed_structs(json_format.MessageToDict(message, preserving_proto_field_name=True))
