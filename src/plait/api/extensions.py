@@ -19,9 +19,11 @@ import importlib
 import pkgutil
 from typing import Annotated, Any, Literal
 
+import re2
 from google.protobuf import descriptor_pool, json_format, message_factory
 from pydantic import AfterValidator, Field, model_validator
 
+from plait import __version__
 from plait.api.common import IstioModel, Labels, Regex, parse_duration
 
 ApplyTo = Literal["LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER", "ROUTE_CONFIGURATION",
@@ -423,6 +425,10 @@ def _patch_warnings(i: int, cp: EnvoyConfigObjectPatch) -> list[tuple[str, str]]
     if cp.patch.filter_class != "UNSPECIFIED":
         out.append((f"{path}.patch.filterClass", "filterClass has no effect (Istio ignores it too): "
                     "ADD appends the filter at the end of the list"))
+    if cp.match and cp.match.proxy and cp.match.proxy.proxy_version \
+            and not re2.search(cp.match.proxy.proxy_version, __version__):
+        out.append((f"{path}.match.proxy.proxyVersion", f"matches no plait proxy: they report ISTIO_VERSION "
+                    f"{__version__} (plait's version); this patch applies to none"))
     if cp.match and cp.match.proxy:
         unknown = sorted(set(cp.match.proxy.metadata) - set(KNOWN_METADATA_KEYS))
         if unknown:
