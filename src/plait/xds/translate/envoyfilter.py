@@ -105,7 +105,7 @@ def patches_for(snapshot: MeshSnapshot, proxy: Proxy) -> Patches:
                 operation = "ADD"
             value = cp.patch.value and _canonical(cp.apply_to, json.dumps(cp.patch.value, sort_keys=True))
             out.setdefault(cp.apply_to, []).append(
-                ConfigPatch(cp.apply_to, match.context, match, operation, value, f"{ef.namespace}/{ef.name}"))
+                ConfigPatch(cp.apply_to, match.context, match, operation, value))
     return out
 
 

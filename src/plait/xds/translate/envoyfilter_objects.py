@@ -2,7 +2,8 @@
 
 Pure helpers of `plait.xds.translate.envoyfilter` (which chooses the patches and explains the
 contexts). Route configurations follow Istio's ``rc_patch.go``, clusters ``cluster_patch.go``.
-Every function changes the dicts it is given (callers pass copies) and never shares a patch value.
+`patch_route_config` and the filter helpers change the dicts they are given (callers pass copies);
+`patch_clusters` copies what it changes. No patch value is ever shared with the output.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ class ConfigPatch:
     match: EnvoyConfigObjectMatch
     operation: str
     value: dict | None
-    origin: str  # namespace/name of its EnvoyFilter
 
     def fits(self, context: str) -> bool:
         return self.context in (context, "ANY")
