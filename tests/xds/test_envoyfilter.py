@@ -19,6 +19,7 @@ from plait.testing.http import http_request
 from plait.xds.generator import generate, generate_routes
 from plait.xds.hub import XdsHub
 from plait.xds.publish import Publisher
+from plait.xds.simulate import Request, simulate_mesh
 from plait.xds.static import envoy_validate, static_bootstrap
 from plait.xds.translate.envoyfilter import envoy_filters_for, proxy_metadata
 from plait.xds.translate.protomerge import merge_any, merge_message
@@ -322,6 +323,16 @@ def test_golden_50_applies_only_what_selects_reviews() -> None:
     assert len(resources.clusters) > 5
     outbound = http_filter_names(resources.listeners["0.0.0.0_9080"])[0]
     assert outbound == ["envoy.filters.http.buffer", "envoy.filters.http.router"]  # fault removed, cors replaced
+
+
+def test_explain_follows_the_patched_routes() -> None:
+    """`plait explain` simulates what the proxy is sent: the route golden 50 inserts first answers /healthz."""
+    snapshot = MeshSnapshot(load_text((TESTDATA / "50-envoyfilter-sidecar.input.yaml").read_text()).raise_for_errors())
+    reviews = Proxy.from_workload_entry(snapshot.workload("reviews-v1"))
+    health = simulate_mesh(snapshot, reviews, Request.from_url("http://ratings:9080/healthz"))
+    assert (health.status, health.route) == (200, "health")
+    other = simulate_mesh(snapshot, reviews, Request.from_url("http://ratings:9080/ratings/0"))
+    assert other.status is None and other.clusters[0].name == "outbound|9080||ratings.default.svc.cluster.local"
 
 
 def test_a_patch_that_breaks_envoy_config_is_caught_before_envoy_gets_it() -> None:
