@@ -119,6 +119,14 @@ def test_durations_may_be_written_as_istio_reads_them() -> None:
     assert options["common_http_protocol_options"]["idle_timeout"] == "3600s"
 
 
+def test_a_typed_struct_of_a_type_plait_does_not_know_is_accepted_as_istio_accepts_it() -> None:
+    """Istio's own stats filters were TypedStructs of ``stats.PluginConfig``; protobuf sees only a string."""
+    value = {"name": "istio.stats", "typed_config": {"@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+                                                     "type_url": "type.googleapis.com/stats.PluginConfig", "value": {}}}
+    result = load_text(envoy_filter([{"applyTo": "HTTP_FILTER", "patch": {"operation": "INSERT_FIRST", "value": value}}]))
+    assert not result.errors
+
+
 def test_selector_and_target_refs_together_are_refused() -> None:
     result = load_text(envoy_filter([], workloadSelector={"labels": {"app": "x"}},
                                     targetRefs=[{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "g"}]))

@@ -102,11 +102,12 @@ def message_class(full_name: str) -> type | None:
 
 
 def _type_urls(node: Any) -> set[str]:
-    """Every ``@type`` (and TypedStruct ``type_url``) named anywhere in a JSON value."""
+    """Every ``@type`` named anywhere in a JSON value. (A TypedStruct's ``type_url`` is only a string
+    to protobuf: Istio accepts one it does not know, and so does plait.)"""
     found: set[str] = set()
     if isinstance(node, dict):
         for key, value in node.items():
-            if key in ("@type", "type_url", "typeUrl") and isinstance(value, str):
+            if key == "@type" and isinstance(value, str):
                 found.add(value)
             else:
                 found |= _type_urls(value)
