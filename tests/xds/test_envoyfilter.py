@@ -94,6 +94,9 @@ SUB_ROUTER = {"filterChain": {"filter": {"name": HCM, "subFilter": {"name": "env
     ({"applyTo": "HTTP_FILTER", "patch": {"operation": "ADD", "value": {"name": "x", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.nope.v3.Nope"}}}},
      "spec.configPatches[0]", "referenced type unknown"),
+    ({"applyTo": "HTTP_FILTER", "patch": {"operation": "ADD", "value": {"name": "x", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.filter.http.lua.v2.Lua"}}}},
+     "spec.configPatches[0]", "hint: use Envoy's v3 API"),
     ({"applyTo": "CLUSTER", "patch": {"operation": "ADD", "value": {"connect_timeout": "soon"}}},
      "spec.configPatches[0]", "patch.value: not a valid envoy.config.cluster.v3.Cluster"),
     ({"applyTo": "CLUSTER", "match": {"proxy": {"proxyVersion": "(1"}}, "patch": {"operation": "REMOVE"}},

@@ -117,9 +117,16 @@ def _type_urls(node: Any) -> set[str]:
     return found
 
 
+def _envoy_v2(type_name: str) -> bool:
+    """Envoy's v2 API (``envoy.config.filter.http.lua.v2.Lua``): gone from Envoy and from Istio, though
+    the protobuf package still ships it."""
+    return type_name.startswith("envoy.") and any(part in ("v2", "v2alpha") for part in type_name.split("."))
+
+
 def resolve_types(value: Any) -> list[str]:
-    """Load the modules of every type a value names; returns the names no module defines."""
-    return sorted(url for url in _type_urls(value) if message_class(url.rpartition("/")[2]) is None)
+    """Load the modules of every type a value names; returns the names no module defines (or v2)."""
+    names = (url.rpartition("/")[2] for url in _type_urls(value))
+    return sorted(name for name in names if _envoy_v2(name) or message_class(name) is None)
 
 
 def _unwrap_typed_structs(node: Any) -> Any:
@@ -131,7 +138,7 @@ def _unwrap_typed_structs(node: Any) -> Any:
     node = {k: _unwrap_typed_structs(v) for k, v in node.items()}
     inner = node.get("type_url")
     if node.get("@type", "").rpartition("/")[2] in TYPED_STRUCTS and isinstance(inner, str):
-        cls = message_class(inner.rpartition("/")[2])
+        cls = None if _envoy_v2(inner.rpartition("/")[2]) else message_class(inner.rpartition("/")[2])
         if cls is not None:
             message = json_format.ParseDict(node.get("value") or {}, cls(), ignore_unknown_fields=True)
             return {"@type": inner, **json_format.MessageToDict(message, preserving_proto_field_name=True)}
@@ -189,7 +196,8 @@ def envoy_value(apply_to: str, value: dict, *, strict: bool = False) -> dict:
     type_name = VALUE_TYPES[apply_to]
     unknown = resolve_types(value)
     if unknown:
-        raise ValueError(f"referenced type unknown: {', '.join(unknown)}")
+        hint = " (hint: use Envoy's v3 API; v2 types are gone)" if any(".v2." in u for u in unknown) else ""
+        raise ValueError(f"referenced type unknown: {', '.join(unknown)}{hint}")
     cls = message_class(type_name)
     try:
         message = json_format.ParseDict(go_durations(value, type_name), cls(), ignore_unknown_fields=not strict)
