@@ -148,6 +148,8 @@ def test_selector_and_target_refs_together_are_refused() -> None:
      "spec.configPatches[0].patch.value", "which plait does not serve yet"),
     ({"applyTo": "CLUSTER", "match": {"proxy": {"proxyVersion": r"^1\.2[0-9].*"}}, "patch": {"operation": "REMOVE"}},
      "spec.configPatches[0].match.proxy.proxyVersion", "matches no plait proxy"),
+    ({"applyTo": "CLUSTER", "match": {"proxy": {"proxyVersion": "0" * 1025}}, "patch": {"operation": "REMOVE"}},
+     "spec.configPatches[0].match.proxy.proxyVersion", "longer than 1024 characters"),
     ({"applyTo": "CLUSTER", "patch": {"operation": "REPLACE", "value": {"name": "c"}}},
      "spec.configPatches[0].patch.operation", "REPLACE has no effect on CLUSTER"),
     ({"applyTo": "HTTP_FILTER", "match": {"listener": {"filterChain": {"filter": {"name": "envoy.http_connection_manager"}}}},

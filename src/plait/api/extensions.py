@@ -71,6 +71,7 @@ DEPRECATED_FILTER_NAMES = {
     "envoy.listener.original_dst": "envoy.filters.listener.original_dst",
     "envoy.listener.proxy_protocol": "envoy.filters.listener.proxy_protocol",
 }
+MAX_PROXY_VERSION_LENGTH = 1024  # Istio treats a longer proxyVersion as matching no proxy
 # Node metadata keys plait's proxies carry whose values translation knows (see `xds.translate.envoyfilter`).
 KNOWN_METADATA_KEYS = ("NAMESPACE", "INTERCEPTION_MODE", "PLAIT_MODE", "ISTIO_VERSION", "APP_ADDRESS",
                        "PLAIT_IDENTITY")
@@ -434,7 +435,10 @@ def _patch_warnings(i: int, cp: EnvoyConfigObjectPatch) -> list[tuple[str, str]]
     if cp.patch.filter_class != "UNSPECIFIED":
         out.append((f"{path}.patch.filterClass", "filterClass has no effect (Istio ignores it too): "
                     "ADD appends the filter at the end of the list"))
-    if cp.match and cp.match.proxy and cp.match.proxy.proxy_version \
+    if cp.match and cp.match.proxy and len(cp.match.proxy.proxy_version) > MAX_PROXY_VERSION_LENGTH:
+        out.append((f"{path}.match.proxy.proxyVersion", f"longer than {MAX_PROXY_VERSION_LENGTH} characters: "
+                    "matches no proxy (as in Istio)"))
+    elif cp.match and cp.match.proxy and cp.match.proxy.proxy_version \
             and not re2.search(cp.match.proxy.proxy_version, __version__):
         out.append((f"{path}.match.proxy.proxyVersion", f"matches no plait proxy: they report ISTIO_VERSION "
                     f"{__version__} (plait's version); this patch applies to none"))

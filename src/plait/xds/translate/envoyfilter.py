@@ -27,7 +27,7 @@ import json
 import re2
 
 from plait import __version__
-from plait.api.extensions import EnvoyConfigObjectMatch, envoy_value
+from plait.api.extensions import MAX_PROXY_VERSION_LENGTH, EnvoyConfigObjectMatch, envoy_value
 from plait.api.resources import Resource
 from plait.model.proxy import Proxy
 from plait.model.snapshot import MeshSnapshot
@@ -81,6 +81,8 @@ def _proxy_matches(match: EnvoyConfigObjectMatch, proxy: Proxy) -> bool:
     wanted = match.proxy
     if wanted is None:
         return True
+    if len(wanted.proxy_version) > MAX_PROXY_VERSION_LENGTH:
+        return False
     if wanted.proxy_version and not re2.search(wanted.proxy_version, __version__):
         return False
     known = proxy_metadata(proxy)
