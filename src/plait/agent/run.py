@@ -35,8 +35,8 @@ import shutil
 import signal
 import stat
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from plait.agent.admin import AdminUnavailable, EnvoyAdmin
@@ -87,7 +87,8 @@ class AgentConfig:
     state_dir: Path
     status_port: int = 15021
     status_address: str = "0.0.0.0"
-    concurrency: int = 1
+    concurrency: int = 1  # Envoy worker threads; 0: one per CPU (as Istio's ProxyConfig)
+    proxy_env: Mapping[str, str] = field(default_factory=dict)  # ProxyConfig environmentVariables, for Envoy
     envoy_log_level: str = "warning"
     drain_seconds: float = 5.0
     app_command: tuple[str, ...] = ()
@@ -171,7 +172,8 @@ class Agent:
             self._remove_proxy_dir()
             return 1
         bootstrap_path = self._write_bootstrap(settings)
-        envoy = EnvoySupervisor(self._envoy_argv(bootstrap_path, settings), pid_file=self.config.state_dir / PID_FILE)
+        envoy = EnvoySupervisor(self._envoy_argv(bootstrap_path, settings), pid_file=self.config.state_dir / PID_FILE,
+                                env=self.config.proxy_env)
         status = StatusServer(self.readiness, self.admin)
         await status.start(self.config.status_address, self.config.status_port)
         log.info("proxy %s; status on %s:%d, Envoy admin on 127.0.0.1:%d, control plane %s (%s)",
@@ -220,7 +222,8 @@ class Agent:
 
     def _envoy_argv(self, bootstrap_path: Path, settings: BootstrapSettings) -> list[str]:
         uid = self.config.proxy_uid
-        argv = envoy_argv(self.config.envoy or find_envoy(), bootstrap_path, concurrency=self.config.concurrency,
+        argv = envoy_argv(self.config.envoy or find_envoy(), bootstrap_path,
+                          concurrency=self.config.concurrency or os.cpu_count() or 1,
                           proxy_uid=uid, log_level=self.config.envoy_log_level,
                           drain_seconds=self.config.drain_seconds)
         if uid is None or settings.token is None or self.proxy_dir is None:

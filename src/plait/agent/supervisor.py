@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -63,8 +64,9 @@ class Backoff:
 
 class EnvoySupervisor:
     def __init__(self, argv: list[str], *, pid_file: Path, output: TextIO | None = None,
-                 backoff: Backoff | None = None):
+                 backoff: Backoff | None = None, env: Mapping[str, str] | None = None):
         self.argv = argv
+        self.env = {**os.environ, **env} if env else None  # None: the agent's own environment
         self.pid_file = pid_file
         self._output = output or sys.stderr
         self._backoff = backoff or Backoff()
@@ -94,7 +96,7 @@ class EnvoySupervisor:
         self._process = await asyncio.create_subprocess_exec(
             *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, limit=LOG_LINE_LIMIT, preexec_fn=die_with_parent(signal.SIGKILL),
-            start_new_session=True)  # a terminal's Ctrl-C reaches the agent, which drains first
+            start_new_session=True, env=self.env)  # a terminal's Ctrl-C reaches the agent, which drains first
         self._started_at = time.monotonic()
         self._pump = asyncio.create_task(self._pass_log_through(self._process.stdout))
         temporary = self.pid_file.with_suffix(".tmp")

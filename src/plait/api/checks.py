@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from plait.api.errors import Problem
+from plait.api.extensions import envoy_filter_warnings, proxy_config_warnings
 from plait.api.resources import Resource
 from plait.api.hosts import fqdn, matches
+
+
+EXTENSION_WARNINGS = {"EnvoyFilter": envoy_filter_warnings, "ProxyConfig": proxy_config_warnings}
 
 
 def _problem(r: Resource, path: str, message: str, severity: str = "error") -> Problem:
@@ -43,6 +47,8 @@ def check_references(resources: list[Resource]) -> list[Problem]:
                                      f"first in {first.source.file} document {first.source.document}"))
         seen[r.key] = r
 
+    problems += [_problem(r, path, message, "warning") for r in resources if r.kind in EXTENSION_WARNINGS
+                 for path, message in EXTENSION_WARNINGS[r.kind](r.spec)]
     subsets: dict[str, set[str]] = {}
     for dr in (r for r in resources if r.kind == "DestinationRule"):
         subsets.setdefault(fqdn(dr.spec.host, dr.namespace), set()).update(s.name for s in dr.spec.subsets)

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from plait.api import extensions as ext
 from plait.api import networking as net
 from plait.api import rules_networking as net_rules
 from plait.api import rules_security as sec_rules
@@ -126,6 +127,8 @@ SPEC_MODELS: dict[str, tuple[tuple[str, ...], type[BaseModel]]] = {
     "PeerAuthentication": (SECURITY_VERSIONS, sec.PeerAuthenticationSpec),
     "AuthorizationPolicy": (SECURITY_VERSIONS, sec.AuthorizationPolicySpec),
     "RequestAuthentication": (SECURITY_VERSIONS, sec.RequestAuthenticationSpec),
+    "EnvoyFilter": (("networking.istio.io/v1alpha3",), ext.EnvoyFilterSpec),
+    "ProxyConfig": (("networking.istio.io/v1beta1",), ext.ProxyConfigSpec),
     "Service": (("v1",), K8sServiceSpec),
 }
 

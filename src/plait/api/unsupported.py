@@ -42,8 +42,6 @@ NOT_SUPPORTED_CONDITION_KEYS = ("source.trustDomain",)
 
 # Istio kinds without a model in plait, with their API group.
 NOT_SUPPORTED_KINDS: dict[str, str] = {
-    "EnvoyFilter": "networking.istio.io",
-    "ProxyConfig": "networking.istio.io",
     "WorkloadGroup": "networking.istio.io",
     "Telemetry": "telemetry.istio.io",
     "WasmPlugin": "extensions.istio.io",

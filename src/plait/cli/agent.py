@@ -75,6 +75,23 @@ Ingress gateway:
 """
 
 
+def _parse_env(items: list[str]) -> dict[str, str]:
+    """``["NAME=VALUE", …]`` → a dict (a value may hold ``=`` and ``,``)."""
+    env = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--proxy-env")
+        env[name] = value
+    return env
+
+
+def _check_concurrency(value: int) -> int:
+    if value < 0:
+        raise typer.BadParameter("must be 0 (one worker per CPU) or more", param_hint="--concurrency")
+    return value
+
+
 def parse_labels(text: str) -> dict[str, str]:
     """``app=reviews,version=v1`` → a dict; raises typer.BadParameter on anything else."""
     labels = {}
@@ -113,7 +130,9 @@ def agent(
     state_dir: Annotated[Path | None, typer.Option(
         help="Bootstrap (0600), Envoy PID file, and proxy/ with the SDS socket. "
              "Default: $TMPDIR/plait-agent/NAME.NS.")] = None,
-    concurrency: Annotated[int, typer.Option(help="Envoy worker threads.")] = 1,
+    concurrency: Annotated[int, typer.Option(help="Envoy worker threads; 0: one per CPU (ProxyConfig concurrency).")] = 1,
+    proxy_env: Annotated[list[str] | None, typer.Option(
+        "--proxy-env", help="NAME=VALUE in Envoy's environment (ProxyConfig environmentVariables); repeatable.")] = None,
     drain_duration: Annotated[float, typer.Option(help="Seconds Envoy drains before it is stopped.")] = 5.0,
     log_level: Annotated[str, typer.Option(help="Envoy's log level.")] = "warning",
     register_ports: Annotated[str | None, typer.Option(
@@ -161,7 +180,8 @@ def agent(
         bootstrap=BootstrapSettings(proxy=proxy, control_plane=control_plane, admin_port=admin_port,
                                     xds=_check_choice(xds, ("sotw", "delta"), "--xds"),  # type: ignore[arg-type]
                                     xds_tls=xds_tls),
-        state_dir=state_dir or default_state_dir(name, namespace), status_port=status_port, concurrency=concurrency,
+        state_dir=state_dir or default_state_dir(name, namespace), status_port=status_port,
+        concurrency=_check_concurrency(concurrency), proxy_env=_parse_env(proxy_env or []),
         drain_seconds=drain_duration, envoy_log_level=_check_choice(log_level, ENVOY_LOG_LEVELS, "--log-level"),
         app_command=tuple(app_command or ()), proxy_uid=proxy_uid, identity=identity,
         registration=None if register_ports is None else Registration(

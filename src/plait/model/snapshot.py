@@ -99,6 +99,8 @@ class MeshSnapshot:
         self.peer_authentications = _by_kind.get("PeerAuthentication", [])
         self.authorization_policies = _by_kind.get("AuthorizationPolicy", [])
         self.request_authentications = _by_kind.get("RequestAuthentication", [])
+        self.envoy_filters = _by_kind.get("EnvoyFilter", [])
+        self.proxy_configs = _by_kind.get("ProxyConfig", [])
         self._rules = _index_rules(self.destination_rules)
         self.hashing_rules = any(_uses_consistent_hash(dr) for dr in self.destination_rules)
 

@@ -31,6 +31,7 @@ from plait.ca.authority import root_cert_path, write_file
 from plait.ca.tokens import TokenIssuer, token_key_path
 from plait.client import ClientError, Http
 from plait.host.processes import die_with_parent
+from plait.model.proxy_config import effective_proxy_config
 from plait.runtime import iptables
 from plait.runtime import netns as capture
 from plait.runtime.addresses import Addresses
@@ -279,6 +280,10 @@ class LocalMesh:
             args += ["--app-probe", pod.probe]
         if in_pod:
             args += ["--proxy-uid", str(capture.PROXY_UID)]
+        proxy_config = effective_proxy_config(self.manifests.config.resources, pod.namespace, pod.labels)
+        if proxy_config.concurrency is not None:
+            args += ["--concurrency", str(proxy_config.concurrency)]
+        args += [f"--proxy-env={name}={value}" for name, value in proxy_config.environment.items()]
         if pod.command:
             args += ["--", *pod.command]
         return args

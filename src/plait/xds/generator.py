@@ -10,6 +10,7 @@ from plait.model.snapshot import MeshSnapshot
 from plait.xds.resources import ResourceSet
 from plait.xds.translate import clusters as cds
 from plait.xds.translate import endpoints as eds
+from plait.xds.translate import envoyfilter
 from plait.xds.translate import jwt
 from plait.xds.translate import listeners as lds
 from plait.xds.translate import routes as rds
@@ -40,7 +41,7 @@ def generate(snapshot: MeshSnapshot, proxy: Proxy) -> ResourceSet:
         else:
             out.add_listeners(lds.explicit_proxy_listeners(snapshot, proxy, inbound))
     out.add_routes(generate_routes(snapshot, proxy))
-    return out
+    return envoyfilter.patch_resources(snapshot, proxy, out)
 
 
 def route_names(snapshot: MeshSnapshot, proxy: Proxy) -> list[str]:
@@ -76,7 +77,12 @@ def affected_route_names(snapshot: MeshSnapshot, proxy: Proxy, hosts: Iterable[s
 
 
 def generate_routes(snapshot: MeshSnapshot, proxy: Proxy, only: Iterable[str] | None = None) -> list[dict]:
-    """Route configurations for a proxy; `only` limits the work to the named ones (incremental pushes)."""
+    """Route configurations for a proxy, EnvoyFilter patches applied; `only` limits the work to the
+    named ones (incremental pushes)."""
+    return envoyfilter.patch_route_configs(snapshot, proxy, _generate_routes(snapshot, proxy, only))
+
+
+def _generate_routes(snapshot: MeshSnapshot, proxy: Proxy, only: Iterable[str] | None) -> list[dict]:
     wanted = set(only) if only is not None else None
     names = [n for n in route_names(snapshot, proxy) if wanted is None or n in wanted]
     if not names:

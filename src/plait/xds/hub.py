@@ -9,7 +9,7 @@ Prometheus metrics (`metrics`).
 Sharing: proxies whose translation is identical form a generation group, keyed on
 what translation reads from a Proxy: kind, mode, namespace, app address, the labels
 that some Sidecar workloadSelector, VirtualService sourceLabels or Gateway selector
-names or a security policy selects on, its IP in explicit-proxy mode, and its workload's ports (the inbound side).
+names or a security policy or EnvoyFilter selects on, its IP in explicit-proxy mode, and its workload's ports (the inbound side).
 Each group is generated (`plait.xds.generator`) and published (`plait.xds.publish`)
 once; its members hold references to the same ResourceMaps, so per-proxy memory is
 the protocol state only. With a `mutate` hook (tests only) every proxy is its own group.
@@ -47,6 +47,7 @@ from plait.xds.generator import affected_route_names, generate, generate_routes,
 from plait.xds.protocol import STALE, SYNCED, Ack, AdsStream, Nack, Response, TypeStatus
 from plait.xds.publish import EVERYTHING, TYPES, Impact, Publisher, Published, change_impact
 from plait.xds.resources import ResourceSet
+from plait.xds.translate.envoyfilter import GATEWAY_NAME_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,10 @@ def selector_label_keys(snapshot: MeshSnapshot) -> tuple[str, ...]:
         for route in (*vs.spec.http, *vs.spec.tcp, *vs.spec.tls):
             for match in route.match:
                 keys.update(match.source_labels)
+    for ef in snapshot.envoy_filters:
+        keys.update(ef.spec.workload_selector.labels if ef.spec.workload_selector else ())
+        if ef.spec.target_refs:
+            keys.add(GATEWAY_NAME_LABEL)
     for policy in (*snapshot.peer_authentications, *snapshot.authorization_policies,
                    *snapshot.request_authentications):
         if policy.spec.selector:
