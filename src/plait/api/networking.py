@@ -379,6 +379,7 @@ class ClientTLSSettings(IstioModel):
     subject_alt_names: list[str] = []
     sni: str | None = None
     insecure_skip_verify: bool | None = None
+    ca_crl: str | None = None
 
     @model_validator(mode="after")
     def _mutual_needs_certs(self) -> "ClientTLSSettings":
@@ -504,15 +505,26 @@ class GatewayPort(IstioModel):
 TlsServerMode = Literal["PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"]
 
 
+class TLSCertificate(IstioModel):
+    """One of a Gateway server's ``tls.tlsCertificates`` (e.g. an RSA and an ECDSA pair)."""
+    server_certificate: str | None = None
+    private_key: str | None = None
+    ca_certificates: str | None = None
+
+
 class ServerTLSSettings(IstioModel):
     https_redirect: bool = False
     mode: TlsServerMode | None = None
     server_certificate: str | None = None
     private_key: str | None = None
     ca_certificates: str | None = None
+    ca_crl: str | None = None
     credential_name: str | None = None
     credential_names: list[str] = []
+    tls_certificates: list[TLSCertificate] = []
     subject_alt_names: list[str] = []
+    verify_certificate_spki: list[str] = []
+    verify_certificate_hash: list[str] = []
     min_protocol_version: str | None = None
     max_protocol_version: str | None = None
     cipher_suites: list[str] = []
@@ -540,8 +552,8 @@ class Server(IstioModel):
             raise ValueError(f"a {proto} server needs tls.mode (SIMPLE, MUTUAL, PASSTHROUGH, ...)")
         tls = self.tls
         if tls and tls.mode in ("SIMPLE", "MUTUAL") and not tls.credential_name and not tls.credential_names \
-                and not (tls.server_certificate and tls.private_key):
-            raise ValueError(f"tls mode {tls.mode} needs credentialName, or serverCertificate and privateKey")
+                and not tls.tls_certificates and not (tls.server_certificate and tls.private_key):
+            raise ValueError(f"tls mode {tls.mode} needs credentialName, tlsCertificates, or serverCertificate and privateKey")
         return self
 
 

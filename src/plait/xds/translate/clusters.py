@@ -19,7 +19,7 @@ from plait.xds.translate.common import (
     ADS, BLACKHOLE_CLUSTER, DNS_CACHE, DYNAMIC_FORWARD_PROXY_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, MAX_UINT32,
     PASSTHROUGH_CLUSTER, TYPE, cluster_name, duration, socket_address)
 from plait.xds.translate.endpoints import load_assignment
-from plait.xds.translate.tls import auto_mtls_matches, client_tls, outbound_sni
+from plait.xds.translate.tls import auto_mtls_matches, auto_sni_options, client_tls, outbound_sni
 
 DEFAULT_CONNECT_TIMEOUT = "10s"  # Istio's meshConfig.connectTimeout default
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -98,17 +98,20 @@ def _http_protocol_options(port: Port, policy: net.TrafficPolicy | None) -> dict
         common["max_requests_per_connection"] = http.max_requests_per_connection
     if tcp and tcp.max_connection_duration:
         common["max_connection_duration"] = duration(tcp.max_connection_duration)
+    auto_sni = auto_sni_options(policy.tls if policy else None)
     options: dict = {"@type": TYPE + HTTP_OPTIONS}
     if (http and http.use_client_protocol) or port.protocol is Protocol.AUTO:
         options["use_downstream_protocol_config"] = {"http_protocol_options": {}, "http2_protocol_options": {}}
     elif port.protocol.is_http2 or (http is not None and http.h2_upgrade_policy == "UPGRADE"):
         options["explicit_http_config"] = {"http2_protocol_options": {}}
-    elif common:
+    elif common or auto_sni:
         options["explicit_http_config"] = {"http_protocol_options": {}}
     else:
         return None
     if common:
         options["common_http_protocol_options"] = common
+    if auto_sni:
+        options["upstream_http_protocol_options"] = auto_sni
     return {HTTP_OPTIONS: options}
 
 

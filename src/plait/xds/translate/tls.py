@@ -5,9 +5,18 @@ SPIFFE certificate) and ``ROOTCA`` (the trust bundle), served by the agent.
 Clients verify the server's URI SAN against the SPIFFE ids of the service
 accounts behind the destination; servers require a client certificate from the
 mesh root. Nothing here needs anything beyond upstream Envoy.
+
+TLS origination (DestinationRule ``SIMPLE``/``MUTUAL``) always verifies the
+server, as Istio's VERIFY_CERTIFICATE_AT_CLIENT: against ``caCertificates``, or
+the OS trust bundle without one; ``insecureSkipVerify: true`` is the only way
+off. Without ``sni`` the cluster asks Envoy for Istio's auto SNI (the request's
+host) and, without ``subjectAltNames`` either, auto SAN validation (the
+server's certificate must name that host).
 """
 
 from __future__ import annotations
+
+import ipaddress
 
 from plait.api import networking as net
 from plait.model.proxy import TRUST_DOMAIN
@@ -29,6 +38,9 @@ ALL_MTLS_ALPNS = [*MTLS_HTTP_ALPNS, *ISTIO_ALPN]
 # The server answers with HTTP protocols only: negotiating "istio-peer-exchange" would make an Istio
 # client start its metadata exchange, which plait does not speak (Istio's DisableMxALPN behaviour).
 SERVER_ALPN = ["h2", "http/1.1"]
+
+# The OS trust bundle (Debian's ca-certificates), which Istio calls "system" roots.
+SYSTEM_TRUST_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 TRANSPORT_SOCKET_MATCH_KEY = "envoy.transport_socket_match"  # endpoint metadata auto mTLS matches on
 ISTIO_TLS_MODE = {"tlsMode": "istio"}
@@ -66,6 +78,51 @@ def auto_mtls_matches(sni: str, sans: list[str]) -> list[dict]:
             {"name": "tlsMode-disabled", "match": {}, "transport_socket": RAW_BUFFER}]
 
 
+def san_matchers(sans: list[str]) -> list[dict]:
+    """Exact SAN matchers. Istio matches each name against any SAN type; the typed form names the one
+    the value can be: a URI (``spiffe://…``), an IP address, else a DNS name."""
+    def san_type(san: str) -> str:
+        if "://" in san:
+            return "URI"
+        return "IP_ADDRESS" if _is_ip(san) else "DNS"
+
+    return [{"san_type": san_type(san), "matcher": {"exact": san}} for san in sans]
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _server_validation(tls: net.ClientTLSSettings) -> dict:
+    """What the client checks of the server: the CA (the OS bundle without ``caCertificates``), the
+    ``subjectAltNames``, the ``caCrl``."""
+    validation: dict = {"trusted_ca": {"filename": tls.ca_certificates or SYSTEM_TRUST_BUNDLE}}
+    if tls.subject_alt_names:
+        validation["match_typed_subject_alt_names"] = san_matchers(tls.subject_alt_names)
+    if tls.ca_crl:
+        validation["crl"] = {"filename": tls.ca_crl}
+    return validation
+
+
+def _credential_context(tls: net.ClientTLSSettings) -> dict:
+    """``credentialName``: the client certificate (MUTUAL) and the CA (``<name>-cacert``) over SDS."""
+    context: dict = {}
+    if tls.mode == "MUTUAL":
+        context["tls_certificate_sds_secret_configs"] = [ads_secret(tls.credential_name or "")]
+    if not tls.insecure_skip_verify:
+        default: dict = {}
+        if tls.subject_alt_names:
+            default["match_typed_subject_alt_names"] = san_matchers(tls.subject_alt_names)
+        context["combined_validation_context"] = {
+            "default_validation_context": default,
+            "validation_context_sds_secret_config": ads_secret(f"{tls.credential_name}-cacert")}
+    return context
+
+
 def client_tls(tls: net.ClientTLSSettings, svc: Service, port: Port, subset: str | None,
                sans: list[str]) -> dict | None:
     """A DestinationRule's ``tls``: None for DISABLE, else the upstream TLS socket it asks for."""
@@ -73,26 +130,33 @@ def client_tls(tls: net.ClientTLSSettings, svc: Service, port: Port, subset: str
         return None
     if tls.mode == "ISTIO_MUTUAL":
         return istio_mutual(tls.sni or outbound_sni(port, subset, svc), tls.subject_alt_names or sans)
-    context: dict = {}
     if tls.credential_name:
-        if tls.mode == "MUTUAL":
-            context["tls_certificate_sds_secret_configs"] = [ads_secret(tls.credential_name)]
-        context["validation_context_sds_secret_config"] = ads_secret(f"{tls.credential_name}-cacert")
+        context = _credential_context(tls)
     else:
+        context = {}
         if tls.mode == "MUTUAL":
             context["tls_certificates"] = [{"certificate_chain": {"filename": tls.client_certificate},
                                             "private_key": {"filename": tls.private_key}}]
-        if tls.ca_certificates and not tls.insecure_skip_verify:
-            validation: dict = {"trusted_ca": {"filename": tls.ca_certificates}}
-            if tls.subject_alt_names:
-                validation["match_typed_subject_alt_names"] = [
-                    {"san_type": "DNS", "matcher": {"exact": san}} for san in tls.subject_alt_names]
-            context["validation_context"] = validation
+        if not tls.insecure_skip_verify:
+            context["validation_context"] = _server_validation(tls)
+    if port.protocol.is_http2:
+        context["alpn_protocols"] = ["h2"]
     tls_context: dict = {"@type": UPSTREAM_TLS, "common_tls_context": context}
-    sni = tls.sni or (svc.hostname if not svc.hostname.startswith("*") else None)
-    if sni:
-        tls_context["sni"] = sni
+    if tls.sni:
+        tls_context["sni"] = tls.sni
     return {"name": TLS_SOCKET, "typed_config": tls_context}
+
+
+def auto_sni_options(tls: net.ClientTLSSettings | None) -> dict:
+    """Istio's auto SNI / auto SAN validation for TLS origination, as ``upstream_http_protocol_options``:
+    without ``sni`` the SNI is the request's host; without ``sni`` and ``subjectAltNames`` (and unless
+    ``insecureSkipVerify``) the server's certificate must be valid for that host. Empty otherwise."""
+    if tls is None or tls.mode not in ("SIMPLE", "MUTUAL") or tls.sni:
+        return {}
+    options = {"auto_sni": True}
+    if not tls.subject_alt_names and not tls.insecure_skip_verify:
+        options["auto_san_validation"] = True
+    return options
 
 
 def inbound_mtls() -> dict:
