@@ -13,9 +13,11 @@ matches: PERMISSIVE takes mTLS (tls_inspector: transport ``tls`` and an Istio
 ALPN) and plaintext (``raw_buffer``); STRICT takes only TLS, and a plaintext
 connection to the port lands on a chain that refuses it (tcp_proxy to
 BlackHoleCluster, stat prefix ``inbound|PORT|strict-mtls-refused-plaintext``)
-instead of the catch-all passthrough; DISABLE is plaintext as before. Every
-inbound HCM gets `rbac.inbound_http_filters` first, every inbound TCP chain
-`rbac.inbound_network_filters` before tcp_proxy.
+instead of the passthrough chains; DISABLE is plaintext as before. Ports no
+service declares take ``virtualInbound``'s passthrough chains (to the address
+dialled, as a port of unknown protocol under the workload's mode). Every
+inbound HCM, passthrough ones included, gets `rbac.inbound_http_filters` first,
+every inbound TCP chain `rbac.inbound_network_filters` before tcp_proxy.
 """
 
 from __future__ import annotations
@@ -204,15 +206,19 @@ def _protocol_kind(protocol: Protocol) -> str:
     return "auto" if protocol is Protocol.AUTO else "tcp"
 
 
-def _inbound_filters(snapshot: MeshSnapshot, proxy: Proxy, port: int, serves: str) -> list[dict]:
-    cluster = cluster_name("inbound", port, None, "")
+def _inbound_filters(snapshot: MeshSnapshot, proxy: Proxy, port: int | None, serves: str) -> list[dict]:
+    """The filters of one inbound chain for workload port `port`; None: the passthrough chains, for ports
+    no service declares, which send to the address the client dialled (``InboundPassthroughCluster``)."""
+    cluster = cluster_name("inbound", port, None, "") if port is not None else INBOUND_PASSTHROUGH_CLUSTER
     if serves == "http":
-        return [http_connection_manager(f"inbound_0.0.0.0_{port}", route_config=inbound_route_config(cluster, port),
-                                        authz=rbac.inbound_http_filters(snapshot, proxy, port),
+        return [http_connection_manager(f"inbound_0.0.0.0_{port or 0}",
+                                        route_config=inbound_route_config(cluster, port or 0),
+                                        authz=rbac.inbound_http_filters(snapshot, proxy, port or 0),
                                         forward_client_cert=proxy.identity is not None)]
     if serves == "refuse":
-        return [tcp_proxy(f"inbound|{port}|strict-mtls-refused-plaintext", BLACKHOLE_CLUSTER)]
-    return [*rbac.inbound_network_filters(snapshot, proxy, port), tcp_proxy(cluster, cluster)]
+        stat = f"inbound|{port}" if port is not None else "virtualInbound"
+        return [tcp_proxy(f"{stat}|strict-mtls-refused-plaintext", BLACKHOLE_CLUSTER)]
+    return [*rbac.inbound_network_filters(snapshot, proxy, port or 0), tcp_proxy(cluster, cluster)]
 
 
 def inbound_mode(snapshot: MeshSnapshot, proxy: Proxy, port: int) -> str:
@@ -222,9 +228,8 @@ def inbound_mode(snapshot: MeshSnapshot, proxy: Proxy, port: int) -> str:
     return peer_auth.workload_policy(snapshot, proxy).for_port(port)
 
 
-def _inbound_chains(snapshot: MeshSnapshot, proxy: Proxy, inbound: InboundPort, match: dict) -> list[dict]:
-    port = inbound.endpoint.port
-    specs = _CHAINS_BY_MODE[inbound_mode(snapshot, proxy, port)][_protocol_kind(inbound.port.protocol)]
+def _chains(snapshot: MeshSnapshot, proxy: Proxy, specs: list[ChainSpec], name: str, port: int | None,
+            match: dict) -> list[dict]:
     chains = []
     for suffix, transport, alpns, serves, mtls in specs:
         chain_match = dict(match)
@@ -232,7 +237,7 @@ def _inbound_chains(snapshot: MeshSnapshot, proxy: Proxy, inbound: InboundPort, 
             chain_match["transport_protocol"] = transport
         if alpns:
             chain_match["application_protocols"] = alpns
-        chain: dict = {"name": f"inbound|{port}{suffix}"}
+        chain: dict = {"name": f"{name}{suffix}"}
         if chain_match:
             chain["filter_chain_match"] = chain_match
         chain["filters"] = _inbound_filters(snapshot, proxy, port, serves)
@@ -240,6 +245,12 @@ def _inbound_chains(snapshot: MeshSnapshot, proxy: Proxy, inbound: InboundPort, 
             chain["transport_socket"] = inbound_mtls()
         chains.append(chain)
     return chains
+
+
+def _inbound_chains(snapshot: MeshSnapshot, proxy: Proxy, inbound: InboundPort, match: dict) -> list[dict]:
+    port = inbound.endpoint.port
+    specs = _CHAINS_BY_MODE[inbound_mode(snapshot, proxy, port)][_protocol_kind(inbound.port.protocol)]
+    return _chains(snapshot, proxy, specs, f"inbound|{port}", port, match)
 
 
 def _inbound_listener_filters(chains: list[dict], *, capture: bool) -> tuple[str, ...]:
@@ -251,23 +262,22 @@ def _inbound_listener_filters(chains: list[dict], *, capture: bool) -> tuple[str
     return tuple(name for name, wanted in needed.items() if wanted)
 
 
-def _catch_all(snapshot: MeshSnapshot, proxy: Proxy) -> dict:
-    """Traffic to ports no service names goes to the app as it is; under a workload-wide STRICT
-    policy it must be mTLS too, as in Istio."""
-    chain: dict = {"name": "virtualInbound-catchall", "filters": [
-        tcp_proxy(INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER)]}
-    if proxy.identity is not None and peer_auth.workload_policy(snapshot, proxy).mode == peer_auth.STRICT:
-        chain["transport_socket"] = inbound_mtls()
-    return chain
+def _passthrough_chains(snapshot: MeshSnapshot, proxy: Proxy) -> list[dict]:
+    """Istio's inbound passthrough: ports no service declares, as a port of unknown protocol under the
+    workload's own PeerAuthentication mode (port-level settings do not apply), each chain with the
+    authorization filters of any other port, so a DENY or a non-matching ALLOW refuses it too. No
+    ``destination_port`` in their match: a declared port's chains always win."""
+    mode = peer_auth.workload_policy(snapshot, proxy).mode if proxy.identity is not None else peer_auth.DISABLE
+    return _chains(snapshot, proxy, _CHAINS_BY_MODE[mode]["auto"], "virtualInbound-catchall", None, {})
 
 
 def virtual_inbound(snapshot: MeshSnapshot, proxy: Proxy, inbound_ports: list[InboundPort]) -> dict:
     chains = []
     for inbound in inbound_ports:
         chains += _inbound_chains(snapshot, proxy, inbound, {"destination_port": inbound.endpoint.port})
+    chains += _passthrough_chains(snapshot, proxy)
     return _listener("virtualInbound", "0.0.0.0", INBOUND_CAPTURE_PORT, chains, direction="INBOUND",
-                     filters=_inbound_listener_filters(chains, capture=True),
-                     default_chain=_catch_all(snapshot, proxy))
+                     filters=_inbound_listener_filters(chains, capture=True))
 
 
 def explicit_proxy_listeners(snapshot: MeshSnapshot, proxy: Proxy, inbound_ports: list[InboundPort]) -> list[dict]:
