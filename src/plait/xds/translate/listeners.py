@@ -276,8 +276,29 @@ def virtual_inbound(snapshot: MeshSnapshot, proxy: Proxy, inbound_ports: list[In
     for inbound in inbound_ports:
         chains += _inbound_chains(snapshot, proxy, inbound, {"destination_port": inbound.endpoint.port})
     chains += _passthrough_chains(snapshot, proxy)
-    return _listener("virtualInbound", "0.0.0.0", INBOUND_CAPTURE_PORT, chains, direction="INBOUND",
-                     filters=_inbound_listener_filters(chains, capture=True))
+    listener = _listener("virtualInbound", "0.0.0.0", INBOUND_CAPTURE_PORT, chains, direction="INBOUND",
+                         filters=_inbound_listener_filters(chains, capture=True))
+    _skip_http_inspection(listener, chains)
+    return listener
+
+
+def _skip_http_inspection(listener: dict, chains: list[dict]) -> None:
+    """As Istio: no HTTP sniffing on declared ports whose chains do not need it, so a server-first
+    protocol there is not kept waiting for the client's first bytes (only undeclared ports are)."""
+    sniffing: dict[int, bool] = {}
+    for chain in chains:
+        match = chain.get("filter_chain_match", {})
+        if "destination_port" in match:
+            sniffs = bool(set(match.get("application_protocols", ())) & set(SNIFFED_HTTP))
+            sniffing[match["destination_port"]] = sniffing.get(match["destination_port"], False) or sniffs
+    quiet = sorted(port for port, sniffs in sniffing.items() if not sniffs)
+    filters = listener.get("listener_filters", [])
+    if LISTENER_FILTERS["http_inspector"] not in filters or not quiet:
+        return
+    ranges = [{"destination_port_range": {"start": port, "end": port + 1}} for port in quiet]
+    disabled = ranges[0] if len(ranges) == 1 else {"or_match": {"rules": ranges}}
+    listener["listener_filters"] = [{**f, "filter_disabled": disabled} if f is LISTENER_FILTERS["http_inspector"]
+                                    else f for f in filters]
 
 
 def explicit_proxy_listeners(snapshot: MeshSnapshot, proxy: Proxy, inbound_ports: list[InboundPort]) -> list[dict]:
