@@ -70,10 +70,13 @@ def make_server_files(directory: Path) -> ServerFiles:
 class HttpsBackend(HttpBackend):
     """`HttpBackend` behind TLS with the given certificate; failed handshakes are dropped quietly."""
 
-    def __init__(self, name: str, address: str, port: int, files: ServerFiles):
+    def __init__(self, name: str, address: str, port: int, files: ServerFiles, *, client_ca: Path | None = None):
         super().__init__(name, address, port)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(files.certificate, files.key)
+        if client_ca:  # mutual TLS: a client certificate from this CA is required
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(client_ca)
         base = self.server_class
 
         class TlsServer(base):  # type: ignore[misc, valid-type]
@@ -184,3 +187,63 @@ def test_an_explicit_sni_and_san_replace_the_automatic_ones(origination: Origina
 def test_a_certificate_revoked_by_ca_crl_is_refused(origination: Origination) -> None:
     assert origination.get("revoked.example").status == 503
     assert origination.ssl_stat("revoked.example", "fail_verify_error") >= 1
+
+
+# ------------------------------------------------------------------ DestinationRule workloadSelector
+
+SELECTOR_MESH = """
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: sleep}}
+spec: {{address: {net}.1, labels: {{app: sleep}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: httpbin}}
+spec: {{address: {net}.2, labels: {{app: httpbin}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: trusted}}
+spec:
+  hosts: [trusted.example]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints: [{{address: {net}.30, ports: {{http: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: trusted}}
+spec:
+  host: trusted.example
+  trafficPolicy: {{tls: {{mode: SIMPLE, caCertificates: {ca}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: trusted-for-sleep}}
+spec:
+  host: trusted.example
+  workloadSelector: {{matchLabels: {{app: sleep}}}}
+  trafficPolicy:
+    tls: {{mode: MUTUAL, caCertificates: {ca}, clientCertificate: {ca}, privateKey: {key}}}
+"""
+
+
+def test_a_workload_selector_gives_the_client_certificate_to_the_selected_workload_only(tmp_path: Path) -> None:
+    """The server wants a client certificate (its own, self-signed, doubles as the client CA): sleep's
+    sidecar has it from `trusted-for-sleep`; httpbin's gets `trusted` (SIMPLE) and is refused."""
+    files = make_server_files(tmp_path)
+    with contextlib.ExitStack() as stack:
+        net = stack.enter_context(loopback_subnet())
+        stack.enter_context(HttpsBackend("mtls-server", f"{net}.30", SERVER_PORT, files, client_ca=files.certificate))
+        text = SELECTOR_MESH.format(net=net, port=SERVER_PORT, ca=files.certificate, key=files.key)
+        snapshot = MeshSnapshot(load_text(text).raise_for_errors())
+        statuses = {}
+        for name in ("sleep", "httpbin"):
+            proxy = Proxy.from_workload_entry(snapshot.workload(name), mode="proxy")
+            envoy = stack.enter_context(run_envoy(static_bootstrap(generate(snapshot, proxy)), workdir=tmp_path / name))
+            statuses[name] = http_request(proxy.ip, EXPLICIT_PROXY_PORT, "http://trusted.example/").status
+            handshakes = envoy.stat("cluster.outbound|80||trusted.example.ssl.handshake")
+            assert handshakes == (1 if name == "sleep" else 0), name
+        assert statuses == {"sleep": 200, "httpbin": 503}

@@ -34,19 +34,39 @@ def _by_name(resources: Iterable[Resource]) -> list[Resource]:
     return sorted(resources, key=lambda r: (r.namespace, r.name))
 
 
-def _index_rules(rules: list[Resource]) -> dict[str, tuple[dict[str, Resource], list[tuple[str, Resource]]]]:
-    """DestinationRules per namespace: exact hosts in a dict, wildcards most specific first."""
-    index: dict[str, tuple[dict[str, Resource], list[tuple[str, Resource]]]] = {}
+RuleIndex = dict[str, tuple[dict[str, list[Resource]], list[tuple[str, list[Resource]]]]]
+
+
+def _index_rules(rules: list[Resource]) -> RuleIndex:
+    """DestinationRules per namespace and host: exact hosts in a dict, wildcards most specific first;
+    each host's rules in name order (several may differ only by workloadSelector)."""
+    index: RuleIndex = {}
     for dr in rules:
         exact, wild = index.setdefault(dr.namespace, ({}, []))
         host = fqdn(dr.spec.host, dr.namespace)
         if host.startswith("*"):
-            wild.append((host, dr))
+            entry = next((rules for h, rules in wild if h == host), None)
+            if entry is None:
+                wild.append((host, entry := []))
+            entry.append(dr)
         else:
-            exact.setdefault(host, dr)
+            exact.setdefault(host, []).append(dr)
     for _, wild in index.values():
         wild.sort(key=lambda pair: -len(pair[0]))
     return index
+
+
+def _selects(dr: Resource, proxy: Proxy) -> bool:
+    labels = dr.spec.workload_selector.match_labels if dr.spec.workload_selector else {}
+    return all(proxy.labels.get(k) == v for k, v in labels.items())
+
+
+def _rule_visible(dr: Resource, proxy: Proxy) -> bool:
+    """exportTo, except that a rule with a workloadSelector stays in its namespace (Istio ignores its
+    exportTo) and is seen there by the workloads it selects only."""
+    if dr.spec.workload_selector:
+        return dr.namespace == proxy.namespace and _selects(dr, proxy)
+    return visible(dr.namespace, dr.spec.export_to, proxy.namespace)
 
 
 def _uses_consistent_hash(dr: Resource) -> bool:
@@ -180,15 +200,21 @@ class MeshSnapshot:
 
     def destination_rule_for(self, proxy: Proxy, service: Service) -> Resource | None:
         """Istio's precedence: the proxy's namespace, then the service's, then the root namespace;
-        within one namespace an exact host beats a wildcard, a longer wildcard a shorter one."""
+        within one namespace the most specific host that has rules the proxy may see (an exact host
+        beats a wildcard, a longer wildcard a shorter one), and among that host's rules one whose
+        workloadSelector selects the proxy beats one without selector. As in Istio, once a host has
+        rules in a namespace, the proxy gets one of those or none: a rule selecting other workloads of
+        the proxy's namespace hides the namespace's and the service's less specific rules from it."""
         for namespace in (proxy.namespace, service.namespace, self.root_namespace):
             exact, wild = self._rules.get(namespace, ({}, []))
-            dr = exact.get(service.hostname)
-            if dr is not None and visible(dr.namespace, dr.spec.export_to, proxy.namespace):
-                return dr
-            for host, dr in wild:
-                if matches(host, service.hostname) and visible(dr.namespace, dr.spec.export_to, proxy.namespace):
-                    return dr
+            hosts = [exact.get(service.hostname, [])] + [rules for host, rules in wild
+                                                          if matches(host, service.hostname)]
+            for rules in hosts:
+                seen = [dr for dr in rules if _rule_visible(dr, proxy) or
+                        (dr.spec.workload_selector and dr.namespace == proxy.namespace)]
+                if seen:
+                    chosen = [dr for dr in seen if _rule_visible(dr, proxy)]
+                    return min(chosen, key=lambda dr: not dr.spec.workload_selector, default=None)
         return None
 
     def gateways_for(self, proxy: Proxy) -> list[Resource]:

@@ -19,7 +19,8 @@ from plait.xds.translate.common import (
     ADS, BLACKHOLE_CLUSTER, DNS_CACHE, DYNAMIC_FORWARD_PROXY_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, MAX_UINT32,
     PASSTHROUGH_CLUSTER, TYPE, cluster_name, duration, socket_address)
 from plait.xds.translate.endpoints import load_assignment
-from plait.xds.translate.tls import auto_mtls_matches, auto_sni_options, client_tls, outbound_sni
+from plait.xds.translate.tls import (
+    auto_mtls_matches, auto_sni_options, client_tls, outbound_sni, sidecar_credential_scope)
 
 DEFAULT_CONNECT_TIMEOUT = "10s"  # Istio's meshConfig.connectTimeout default
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -216,11 +217,12 @@ def outbound_clusters(snapshot: MeshSnapshot, proxy: Proxy, services: list[Servi
             if port.protocol is Protocol.UDP:
                 continue
             top = spec.traffic_policy.for_port(port.number) if spec and spec.traffic_policy else None
-            out.append(build_cluster(svc, port, None, top, sans, auto_mtls=auto))
+            out.append(build_cluster(svc, port, None, dr and sidecar_credential_scope(top, proxy, dr), sans,
+                                     auto_mtls=auto))
             for subset in spec.subsets if spec else ():
-                out.append(build_cluster(svc, port, subset.name,
-                                         merge_policy(spec.traffic_policy, subset.traffic_policy, port.number), sans,
-                                         auto_mtls=auto))
+                merged = merge_policy(spec.traffic_policy, subset.traffic_policy, port.number)
+                out.append(build_cluster(svc, port, subset.name, dr and sidecar_credential_scope(merged, proxy, dr),
+                                         sans, auto_mtls=auto))
     return out
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import ipaddress
 
 from plait.api import networking as net
-from plait.model.proxy import TRUST_DOMAIN
+from plait.api.resources import Resource
+from plait.model.proxy import TRUST_DOMAIN, Proxy
 from plait.model.services import Port, Service
 from plait.xds.translate.common import TYPE, ads_secret, sds_secret
 
@@ -145,6 +146,18 @@ def client_tls(tls: net.ClientTLSSettings, svc: Service, port: Port, subset: str
     if tls.sni:
         tls_context["sni"] = tls.sni
     return {"name": TLS_SOCKET, "typed_config": tls_context}
+
+
+def sidecar_credential_scope(policy: net.TrafficPolicy | None, proxy: Proxy,
+                             rule: Resource) -> net.TrafficPolicy | None:
+    """Istio hands a sidecar a DestinationRule's ``credentialName`` (SIMPLE/MUTUAL) only when the rule
+    has a workloadSelector naming it; from a rule without one, Istio builds no TLS at all for sidecars
+    (gateways keep it), so the credential reaches no workload the rule did not name."""
+    tls = policy.tls if policy else None
+    if (policy is None or tls is None or not tls.credential_name or tls.mode not in ("SIMPLE", "MUTUAL")
+            or proxy.kind != "sidecar" or rule.spec.workload_selector):
+        return policy
+    return policy.model_copy(update={"tls": net.ClientTLSSettings(mode="DISABLE")})
 
 
 def auto_sni_options(tls: net.ClientTLSSettings | None) -> dict:
