@@ -521,10 +521,12 @@ class ServerTLSSettings(IstioModel):
     ca_crl: str | None = None
     credential_name: str | None = None
     credential_names: list[str] = []
+    ca_cert_credential_name: str | None = None
     tls_certificates: list[TLSCertificate] = []
     subject_alt_names: list[str] = []
     verify_certificate_spki: list[str] = []
     verify_certificate_hash: list[str] = []
+    insecure_skip_verify: bool | None = None
     min_protocol_version: str | None = None
     max_protocol_version: str | None = None
     cipher_suites: list[str] = []

@@ -185,29 +185,76 @@ def inbound_mtls() -> dict:
                                                  "require_client_certificate": True}}
 
 
+# Istio's ServerTLSSettings.TLSProtocol → Envoy's TlsParameters.TlsProtocol (TLS_AUTO: Envoy's default).
+TLS_PROTOCOLS = {"TLS_AUTO": "TLS_AUTO", "TLSV1_0": "TLSv1_0", "TLSV1_1": "TLSv1_1", "TLSV1_2": "TLSv1_2",
+                 "TLSV1_3": "TLSv1_3"}
+CLIENT_VALIDATING_MODES = ("MUTUAL", "OPTIONAL_MUTUAL")
+
+
+def _tls_params(tls: net.ServerTLSSettings) -> dict:
+    """``minProtocolVersion``, ``maxProtocolVersion``, ``cipherSuites`` (Istio applies them to SIMPLE,
+    MUTUAL and OPTIONAL_MUTUAL servers)."""
+    params: dict = {}
+    for field, key in ((tls.min_protocol_version, "tls_minimum_protocol_version"),
+                       (tls.max_protocol_version, "tls_maximum_protocol_version")):
+        if field and field != "TLS_AUTO":
+            params[key] = TLS_PROTOCOLS.get(field, field)
+    if tls.cipher_suites:
+        params["cipher_suites"] = list(tls.cipher_suites)
+    return params
+
+
+def _client_checks(tls: net.ServerTLSSettings) -> dict:
+    """What a MUTUAL / OPTIONAL_MUTUAL server checks of the client beyond its CA: ``subjectAltNames``,
+    ``verifyCertificateSpki``, ``verifyCertificateHash``, ``caCrl``; ``insecureSkipVerify`` accepts an
+    untrusted chain (the other checks still apply)."""
+    checks: dict = {}
+    if tls.subject_alt_names:
+        checks["match_typed_subject_alt_names"] = san_matchers(tls.subject_alt_names)
+    if tls.verify_certificate_spki:
+        checks["verify_certificate_spki"] = list(tls.verify_certificate_spki)
+    if tls.verify_certificate_hash:
+        checks["verify_certificate_hash"] = list(tls.verify_certificate_hash)
+    if tls.ca_crl:
+        checks["crl"] = {"filename": tls.ca_crl}
+    if tls.insecure_skip_verify:
+        checks["trust_chain_verification"] = "ACCEPT_UNTRUSTED"
+    return checks
+
+
+def _server_credentials(tls: net.ServerTLSSettings) -> dict:
+    """The server's certificates and, for MUTUAL / OPTIONAL_MUTUAL, how it validates clients: over ADS
+    for ``credentialName(s)`` (CA ``caCertCredentialName`` or ``<first name>-cacert``), else files
+    (``serverCertificate``/``privateKey`` or each of ``tlsCertificates``; CA ``caCertificates``)."""
+    validates = tls.mode in CLIENT_VALIDATING_MODES
+    if tls.credential_name or tls.credential_names:
+        names = tls.credential_names or [tls.credential_name or ""]
+        context: dict = {"tls_certificate_sds_secret_configs": [ads_secret(n) for n in names]}
+        if validates:
+            context["combined_validation_context"] = {
+                "default_validation_context": _client_checks(tls),
+                "validation_context_sds_secret_config": ads_secret(tls.ca_cert_credential_name
+                                                                   or f"{names[0]}-cacert")}
+        return context
+    pairs = [(c.server_certificate, c.private_key) for c in tls.tls_certificates] or [
+        (tls.server_certificate, tls.private_key)]
+    context = {"tls_certificates": [{"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}
+                                    for cert, key in pairs]}
+    if validates and tls.ca_certificates:
+        context["validation_context"] = {"trusted_ca": {"filename": tls.ca_certificates}, **_client_checks(tls)}
+    return context
+
+
 def gateway_server_tls(tls: net.ServerTLSSettings) -> dict:
-    """A Gateway server's ``tls`` (SIMPLE, MUTUAL, ISTIO_MUTUAL; files or credentialName)."""
-    context: dict = {}
+    """A Gateway server's ``tls`` (SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL; files or credentialName)."""
     if tls.mode == "ISTIO_MUTUAL":
         context = {"tls_certificate_sds_secret_configs": [sds_secret("default")],
                    "validation_context_sds_secret_config": sds_secret("ROOTCA")}
-    elif tls.credential_name or tls.credential_names:
-        names = tls.credential_names or [tls.credential_name]
-        context["tls_certificate_sds_secret_configs"] = [ads_secret(n) for n in names]
-        if tls.mode == "MUTUAL":
-            context["validation_context_sds_secret_config"] = ads_secret(f"{names[0]}-cacert")
     else:
-        context["tls_certificates"] = [{"certificate_chain": {"filename": tls.server_certificate},
-                                        "private_key": {"filename": tls.private_key}}]
-        if tls.mode == "MUTUAL" and tls.ca_certificates:
-            context["validation_context"] = {"trusted_ca": {"filename": tls.ca_certificates}}
-    if tls.min_protocol_version or tls.max_protocol_version:
-        params: dict = {}
-        if tls.min_protocol_version:
-            params["tls_minimum_protocol_version"] = tls.min_protocol_version
-        if tls.max_protocol_version:
-            params["tls_maximum_protocol_version"] = tls.max_protocol_version
-        context["tls_params"] = params
+        context = _server_credentials(tls)
+        params = _tls_params(tls)
+        if params:
+            context["tls_params"] = params
     context["alpn_protocols"] = ["h2", "http/1.1"]
     out: dict = {"@type": DOWNSTREAM_TLS, "common_tls_context": context}
     if tls.mode in ("MUTUAL", "ISTIO_MUTUAL"):
