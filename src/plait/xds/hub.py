@@ -95,6 +95,9 @@ def selector_label_keys(snapshot: MeshSnapshot) -> tuple[str, ...]:
             keys.update(sidecar.spec.workload_selector.labels)
     for gateway in snapshot.gateways:
         keys.update(gateway.spec.selector)
+    for rule in snapshot.destination_rules:
+        if rule.spec.workload_selector:
+            keys.update(rule.spec.workload_selector.match_labels)
     for vs in snapshot.virtual_services:
         for route in (*vs.spec.http, *vs.spec.tcp, *vs.spec.tls):
             for match in route.match:

@@ -27,6 +27,7 @@ from plait.api.resources import Resource
 from plait.model import peer_auth
 from plait.model.hosts import fqdn, matches
 from plait.model.protocol import Protocol
+from plait.model.protocol import parse as parse_protocol
 from plait.model.proxy import EXPLICIT_PROXY_PORT, INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, Proxy
 from plait.model.services import Port, Service
 from plait.model.snapshot import InboundPort, MeshSnapshot
@@ -316,9 +317,31 @@ def explicit_proxy_listeners(snapshot: MeshSnapshot, proxy: Proxy, inbound_ports
 # ------------------------------------------------------------------ gateways
 
 
+TERMINATING_MODES = ("SIMPLE", "MUTUAL", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL")
+
+
+def gateway_server_kind(server: net.Server) -> str:
+    """How a Gateway server is served, from its protocol (any case) and TLS mode, as Istio:
+    ``http`` (HCM with RDS: HTTP, HTTP2, GRPC, GRPC-WEB, and HTTPS terminated), ``tls-passthrough``
+    (VirtualService ``tls`` routes by SNI: PASSTHROUGH, or TLS without a terminating mode),
+    ``auto-passthrough``, else ``tcp`` (VirtualService ``tcp`` routes: TCP, MONGO, MYSQL, REDIS, and
+    TLS terminated here)."""
+    proto = parse_protocol(server.port.protocol)
+    mode = server.tls.mode if server.tls else None
+    if mode == "AUTO_PASSTHROUGH":
+        return "auto-passthrough"
+    if mode == "PASSTHROUGH" or (proto is Protocol.TLS and mode not in TERMINATING_MODES):
+        return "tls-passthrough"
+    if proto is not None and (proto.is_http or proto is Protocol.HTTPS):
+        return "http"
+    return "tcp"
+
+
 def gateway_route_name(server: net.Server, gateway: Resource, listen_port: int) -> str:
-    """Istio's names: ``http.80`` for plain HTTP, ``https.443.<port name>.<gateway>.<namespace>`` for HTTPS."""
-    if server.port.protocol.upper() in ("HTTP", "HTTP2", "GRPC") and not (server.tls and server.tls.mode):
+    """Istio's names: ``http.80`` for plaintext HTTP protocols, ``https.443.<port name>.<gateway>.<namespace>``
+    for servers that terminate TLS."""
+    proto = parse_protocol(server.port.protocol)
+    if proto is not None and proto.is_http and not (server.tls and server.tls.mode):
         return f"http.{listen_port}"
     return f"https.{server.port.number}.{server.port.name}.{gateway.name}.{gateway.namespace}"
 
@@ -329,21 +352,22 @@ def _server_names(server: net.Server) -> list[str]:
 
 
 def _gateway_server_chains(snapshot: MeshSnapshot, proxy: Proxy, gw: Resource, server: net.Server,
-                           listen_port: int) -> list[dict]:
-    protocol = server.port.protocol.upper()
+                           listen_port: int, *, grpc_web: bool = False) -> list[dict]:
+    """The filter chains of one server; `grpc_web`: its HCM converts gRPC-Web (Istio's GRPC-WEB servers)."""
+    kind = gateway_server_kind(server)
     mode = server.tls.mode if server.tls else None
     ref = f"{gw.namespace}/{gw.name}"
-    ctx = RouteContext(snapshot, proxy, None, gateway=ref)
     stat = f"outbound_0.0.0.0_{listen_port}"
-    if mode in ("PASSTHROUGH", "AUTO_PASSTHROUGH") or (protocol == "TLS" and mode not in ("SIMPLE", "MUTUAL", "ISTIO_MUTUAL")):
-        if mode == "AUTO_PASSTHROUGH":
-            return _with_network_authz(snapshot, proxy, listen_port, _auto_passthrough_chains(snapshot, proxy, stat))
+    if kind == "auto-passthrough":
+        return _with_network_authz(snapshot, proxy, listen_port, _auto_passthrough_chains(snapshot, proxy, stat))
+    if kind == "tls-passthrough":
+        ctx = RouteContext(snapshot, proxy, None, gateway=ref)
         hosts = [h.rpartition("/")[2] for h in server.hosts]
         chains = []
         for vs in snapshot.virtual_services_for(proxy, gateway=ref):
             chains += tls_chains(vs, ctx, stat, allowed_hosts=hosts)
         return _with_network_authz(snapshot, proxy, listen_port, chains)
-    if protocol in ("TCP", "MONGO", "MYSQL", "REDIS") or (protocol == "TLS" and mode):
+    if kind == "tcp":
         for vs in snapshot.virtual_services_for(proxy, gateway=ref):
             if vs.spec.tcp:
                 chains = tcp_chains(vs, RouteContext(snapshot, proxy, server.port.number, ref), stat, BLACKHOLE_CLUSTER)
@@ -353,9 +377,9 @@ def _gateway_server_chains(snapshot: MeshSnapshot, proxy: Proxy, gw: Resource, s
                 return _with_network_authz(snapshot, proxy, listen_port, chains)
         return []
     hcm = http_connection_manager(stat, rds=gateway_route_name(server, gw, listen_port), gateway=True,
-                                  authz=rbac.inbound_http_filters(snapshot, proxy, listen_port))
+                                  authz=rbac.inbound_http_filters(snapshot, proxy, listen_port), grpc_web=grpc_web)
     chain: dict = {"filters": [hcm]}
-    if mode in ("SIMPLE", "MUTUAL", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"):
+    if mode in TERMINATING_MODES:
         chain["transport_socket"] = gateway_server_tls(server.tls)
         match: dict = {"transport_protocol": "tls"}
         names = _server_names(server)
@@ -402,12 +426,19 @@ def gateway_servers(snapshot: MeshSnapshot, proxy: Proxy) -> dict[int, list[tupl
     return by_port
 
 
+def _is_grpc_web(server: net.Server) -> bool:
+    return parse_protocol(server.port.protocol) is Protocol.GRPC_WEB
+
+
 def gateway_listeners(snapshot: MeshSnapshot, proxy: Proxy) -> list[dict]:
     out = []
     for listen_port, servers in sorted(gateway_servers(snapshot, proxy).items()):
         chains, seen_http = [], False
+        # Plaintext HTTP servers of a port share one HCM: it converts gRPC-Web if any of them is GRPC-WEB.
+        plain_grpc_web = any(_is_grpc_web(s) and not (s.tls and s.tls.mode) for _, s in servers)
         for gw, server in servers:
-            for chain in _gateway_server_chains(snapshot, proxy, gw, server, listen_port):
+            grpc_web = _is_grpc_web(server) or (plain_grpc_web and not (server.tls and server.tls.mode))
+            for chain in _gateway_server_chains(snapshot, proxy, gw, server, listen_port, grpc_web=grpc_web):
                 plain = "filter_chain_match" not in chain
                 if plain and seen_http:
                     continue  # plain-HTTP servers on one port share one chain and one route config
