@@ -243,10 +243,18 @@ class L4MatchAttributes(IstioModel):
     source_labels: Labels = {}
     gateways: list[str] = []
     source_namespace: str | None = None
+    source_subnet: str | None = None  # accepted without effect, as Istio (hidden from its docs, unused)
 
 
 class TLSMatchAttributes(L4MatchAttributes):
     sni_hosts: list[Host] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _no_source_subnet(self) -> "TLSMatchAttributes":
+        if self.source_subnet is not None:
+            raise ValueError("sourceSubnet is not a field of a TLS match (Istio removed it); "
+                             "it exists only in tcp matches")
+        return self
 
 
 class TCPRoute(IstioModel):
@@ -586,6 +594,28 @@ class IstioEgressListener(IstioModel):
         return hosts
 
 
+class IstioIngressListener(IstioModel):
+    """A Sidecar ``ingress`` listener: the workload's inbound ports, instead of its services' ports."""
+    port: GatewayPort
+    bind: str | None = None  # accepted; capture mode matches on the port only
+    capture_mode: Literal["DEFAULT", "IPTABLES", "NONE"] | None = None
+    default_endpoint: str | None = None
+    tls: ServerTLSSettings | None = None  # accepted without effect, as Istio (ENABLE_TLS_ON_SIDECAR_INGRESS off)
+    connection_pool: ConnectionPoolSettings | None = None
+
+    @field_validator("default_endpoint")
+    @classmethod
+    def _endpoint_form(cls, value: str | None) -> str | None:
+        if not value or value.startswith("unix://"):
+            return value
+        host, _, port = value.rpartition(":")
+        if host not in ("127.0.0.1", "0.0.0.0", "[::1]", "[::]") or not port.isdigit() \
+                or not 1 <= int(port) <= 65535:
+            raise ValueError(f"defaultEndpoint {value!r} must be 127.0.0.1:PORT, 0.0.0.0:PORT, [::1]:PORT, "
+                             "[::]:PORT or unix:///path")
+        return value
+
+
 class OutboundTrafficPolicy(IstioModel):
     mode: Literal["ALLOW_ANY", "REGISTRY_ONLY"] = "ALLOW_ANY"
     egress_proxy: Destination | None = None
@@ -593,5 +623,7 @@ class OutboundTrafficPolicy(IstioModel):
 
 class SidecarSpec(IstioModel):
     workload_selector: WorkloadSelectorLabels | None = None
+    ingress: list[IstioIngressListener] = []
     egress: list[IstioEgressListener] = []
+    inbound_connection_pool: ConnectionPoolSettings | None = None
     outbound_traffic_policy: OutboundTrafficPolicy | None = None

@@ -7,10 +7,13 @@ keeps the (expensive) registry index when only routing config changed.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from plait.api.networking import ConnectionPoolSettings
 from plait.api.resources import Resource
 from plait.model.hosts import fqdn, matches
+from plait.model.protocol import Protocol
+from plait.model.protocol import parse as parse_protocol
 from plait.model.proxy import Proxy
 from plait.model.services import Endpoint, Port, Service, build_registry, visible
 
@@ -23,11 +26,14 @@ Key = tuple[str, str, str]  # (kind, namespace, name)
 
 @dataclass(frozen=True)
 class InboundPort:
-    """A port this proxy's own workload serves for some service."""
+    """A port this proxy's own workload serves for some service, or that a Sidecar ``ingress`` listener
+    declares (then `default_endpoint` is its ``defaultEndpoint``, ``""`` for the original destination)."""
 
     service: Service
     port: Port
     endpoint: Endpoint
+    default_endpoint: str | None = None
+    connection_pool: ConnectionPoolSettings | None = None  # the Sidecar's, for the inbound cluster
 
 
 def _by_name(resources: Iterable[Resource]) -> list[Resource]:
@@ -243,13 +249,36 @@ class MeshSnapshot:
         return self.registry.ports_by_workload.get(proxy.workload, [])
 
     def inbound_ports(self, proxy: Proxy) -> list[InboundPort]:
-        """The service ports the proxy's own workload serves (deduplicated by workload port)."""
+        """The service ports the proxy's own workload serves (deduplicated by workload port), or, as in
+        Istio, only the ports of its Sidecar's ``ingress`` listeners when it has some; the Sidecar's
+        connection pool (the listener's, else ``inboundConnectionPool``) goes with each."""
+        sidecar = self.sidecar_for(proxy)
+        spec = sidecar.spec if sidecar else None
+        if sidecar is not None and spec.ingress:
+            return sorted(self._ingress_ports(proxy, sidecar), key=lambda ip: ip.endpoint.port)
+        pool = spec.inbound_connection_pool if spec else None
         seen, out = set(), []
         for ip in self.workload_ports(proxy):
             if ip.endpoint.port not in seen:
                 seen.add(ip.endpoint.port)
-                out.append(ip)
+                out.append(replace(ip, connection_pool=pool) if pool else ip)
         return sorted(out, key=lambda ip: ip.endpoint.port)
+
+    def _ingress_ports(self, proxy: Proxy, sidecar: Resource) -> list[InboundPort]:
+        """One per ingress listener; its service is the one the workload serves on that port, else one
+        named after the Sidecar (Istio's stand-in)."""
+        served = {ip.endpoint.port: ip.service for ip in self.workload_ports(proxy)}
+        out = []
+        for listener in sidecar.spec.ingress:
+            number = listener.port.number
+            port = Port(listener.port.name, number, parse_protocol(listener.port.protocol) or Protocol.AUTO)
+            service = served.get(number) or Service(
+                hostname=f"{sidecar.name}.{sidecar.namespace}", namespace=sidecar.namespace, name=sidecar.name,
+                origin="Sidecar", ports=(port,))
+            endpoint = Endpoint(address=proxy.ip, port=number, workload=proxy.workload, namespace=proxy.namespace)
+            out.append(InboundPort(service, port, endpoint, default_endpoint=listener.default_endpoint or "",
+                                   connection_pool=listener.connection_pool or sidecar.spec.inbound_connection_pool))
+        return out
 
     def workload(self, name: str) -> Resource | None:
         """A WorkloadEntry by ``name`` or ``namespace/name``."""

@@ -226,16 +226,54 @@ def outbound_clusters(snapshot: MeshSnapshot, proxy: Proxy, services: list[Servi
     return out
 
 
+def _ingress_address(proxy: Proxy, inbound: InboundPort) -> dict | None:
+    """Where the inbound cluster sends: the app (its address, the workload port), or a Sidecar ingress
+    listener's ``defaultEndpoint`` (``0.0.0.0``/``[::]``: the app's address; ``127.0.0.1``/``[::1]``;
+    ``unix://`` a socket); None: the original destination (an ingress listener without one, captured)."""
+    target = inbound.default_endpoint
+    if target is None or (target == "" and proxy.mode != "capture"):
+        return socket_address(proxy.app_address, inbound.endpoint.port)
+    if target == "":
+        return None
+    if target.startswith("unix://"):
+        return {"pipe": {"path": target.removeprefix("unix://")}}
+    host, _, port = target.rpartition(":")
+    address = proxy.app_address if host in ("0.0.0.0", "[::]") else host.strip("[]")
+    return socket_address(address, int(port))
+
+
+def _inbound_pool(cluster: dict, port: Port, pool: net.ConnectionPoolSettings) -> None:
+    """A Sidecar's connection pool on an inbound cluster, as Istio: limits, timeouts, keepalive and
+    the HTTP connection options (the load balancer and outlier detection do not apply inbound)."""
+    balancer = cluster.get("lb_policy")
+    _apply_policy(cluster, net.TrafficPolicy(connection_pool=pool), port)
+    if balancer is None:
+        cluster.pop("lb_policy", None)
+    options = cluster.get("typed_extension_protocol_options", {}).get(HTTP_OPTIONS)
+    if options and "use_downstream_protocol_config" in options:  # inbound: HTTP/1.1 to the app, as before
+        del options["use_downstream_protocol_config"]
+        options["explicit_http_config"] = {"http_protocol_options": {}}
+
+
 def inbound_cluster(proxy: Proxy, inbound: InboundPort) -> dict:
-    """``inbound|9080||``: the sidecar's path to its own application."""
+    """``inbound|9080||``: the sidecar's path to its own application (or a Sidecar ingress listener's
+    defaultEndpoint)."""
     name = cluster_name("inbound", inbound.endpoint.port, None, "")
-    cluster = {"name": name, "type": "STATIC", "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
-               "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-                   {"endpoint": {"address": socket_address(proxy.app_address, inbound.endpoint.port)}}]}]},
-               "circuit_breakers": _circuit_breakers(None)}
+    address = _ingress_address(proxy, inbound)
+    if address is None:
+        cluster: dict = {"name": name, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+                         "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+                         "upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0}}}
+    else:
+        cluster = {"name": name, "type": "STATIC", "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+                   "load_assignment": {"cluster_name": name, "endpoints": [
+                       {"lb_endpoints": [{"endpoint": {"address": address}}]}]}}
+    cluster["circuit_breakers"] = _circuit_breakers(None)
     if inbound.port.protocol.is_http2:
         cluster["typed_extension_protocol_options"] = {HTTP_OPTIONS: {
             "@type": TYPE + HTTP_OPTIONS, "explicit_http_config": {"http2_protocol_options": {}}}}
+    if inbound.connection_pool:
+        _inbound_pool(cluster, inbound.port, inbound.connection_pool)
     return cluster
 
 
