@@ -99,8 +99,9 @@ def passthrough_bootstrap(snapshot: MeshSnapshot, proxy: Proxy, net: str) -> dic
     passthrough = next(c for c in static["clusters"] if c["name"] == INBOUND_PASSTHROUGH_CLUSTER)
     for key in ("lb_policy", "upstream_bind_config"):
         passthrough.pop(key)
-    passthrough.update({"type": "STATIC", "load_assignment": {"cluster_name": INBOUND_PASSTHROUGH_CLUSTER, "endpoints": [
-        {"lb_endpoints": [{"endpoint": {"address": socket_address(f"{net}.3", UNDECLARED_PORT)}}]}]}})
+    app = {"endpoint": {"address": socket_address(f"{net}.3", UNDECLARED_PORT)}}
+    passthrough.update({"type": "STATIC", "load_assignment": {"cluster_name": INBOUND_PASSTHROUGH_CLUSTER,
+                                                              "endpoints": [{"lb_endpoints": [app]}]}})
     return bootstrap
 
 

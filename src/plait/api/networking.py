@@ -563,7 +563,8 @@ class Server(IstioModel):
         tls = self.tls
         if tls and tls.mode in ("SIMPLE", "MUTUAL") and not tls.credential_name and not tls.credential_names \
                 and not tls.tls_certificates and not (tls.server_certificate and tls.private_key):
-            raise ValueError(f"tls mode {tls.mode} needs credentialName, tlsCertificates, or serverCertificate and privateKey")
+            raise ValueError(f"tls mode {tls.mode} needs credentialName, tlsCertificates, "
+                             "or serverCertificate and privateKey")
         return self
 
 

@@ -25,7 +25,7 @@ from plait.api.resources import Resource
 from plait.api.security import JwtRule
 from plait.model.proxy import Proxy
 from plait.model.snapshot import MeshSnapshot
-from plait.xds.translate.common import TYPE, cluster_name, duration, socket_address, typed
+from plait.xds.translate.common import cluster_name, duration, socket_address, typed
 from plait.xds.translate.tls import SYSTEM_TRUST_BUNDLE, UPSTREAM_TLS
 
 JWT_FILTER = "envoy.filters.http.jwt_authn"

@@ -131,6 +131,8 @@ def client_tls(tls: net.ClientTLSSettings, svc: Service, port: Port, subset: str
         return None
     if tls.mode == "ISTIO_MUTUAL":
         return istio_mutual(tls.sni or outbound_sni(port, subset, svc), tls.subject_alt_names or sans)
+    if not tls.subject_alt_names and svc.subject_alt_names:  # Istio: a ServiceEntry's, for its hosts
+        tls = tls.model_copy(update={"subject_alt_names": list(svc.subject_alt_names)})
     if tls.credential_name:
         context = _credential_context(tls)
     else:
