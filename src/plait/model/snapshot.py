@@ -204,13 +204,15 @@ class MeshSnapshot:
                 out.append(vs)
         return out
 
-    def destination_rule_for(self, proxy: Proxy, service: Service) -> Resource | None:
+    def destination_rule_for(self, proxy: Proxy, service: Service, *, inbound: bool = False) -> Resource | None:
         """Istio's precedence: the proxy's namespace, then the service's, then the root namespace;
         within one namespace the most specific host that has rules the proxy may see (an exact host
         beats a wildcard, a longer wildcard a shorter one), and among that host's rules one whose
         workloadSelector selects the proxy beats one without selector. As in Istio, once a host has
         rules in a namespace, the proxy gets one of those or none: a rule selecting other workloads of
-        the proxy's namespace hides the namespace's and the service's less specific rules from it."""
+        the proxy's namespace hides the namespace's and the service's less specific rules from it.
+        `inbound` (the proxy's own service, for its inbound cluster): selectors are not honoured there,
+        as in Istio, so only a rule without one is returned."""
         for namespace in (proxy.namespace, service.namespace, self.root_namespace):
             exact, wild = self._rules.get(namespace, ({}, []))
             hosts = [exact.get(service.hostname, [])] + [rules for host, rules in wild
@@ -219,7 +221,8 @@ class MeshSnapshot:
                 seen = [dr for dr in rules if _rule_visible(dr, proxy) or
                         (dr.spec.workload_selector and dr.namespace == proxy.namespace)]
                 if seen:
-                    chosen = [dr for dr in seen if _rule_visible(dr, proxy)]
+                    chosen = [dr for dr in seen if _rule_visible(dr, proxy)
+                              and not (inbound and dr.spec.workload_selector)]
                     return min(chosen, key=lambda dr: not dr.spec.workload_selector, default=None)
         return None
 
@@ -261,8 +264,15 @@ class MeshSnapshot:
         for ip in self.workload_ports(proxy):
             if ip.endpoint.port not in seen:
                 seen.add(ip.endpoint.port)
-                out.append(replace(ip, connection_pool=pool) if pool else ip)
+                out.append(replace(ip, connection_pool=pool or self._rule_pool(proxy, ip.service, ip.port.number)))
         return sorted(out, key=lambda ip: ip.endpoint.port)
+
+    def _rule_pool(self, proxy: Proxy, service: Service, port: int) -> ConnectionPoolSettings | None:
+        """The connectionPool of the DestinationRule for the proxy's own service, at that service port:
+        Istio sets it on the receiving side too (a Sidecar's pool overrides it)."""
+        rule = self.destination_rule_for(proxy, service, inbound=True)
+        policy = rule.spec.traffic_policy.for_port(port) if rule and rule.spec.traffic_policy else None
+        return policy.connection_pool if policy else None
 
     def _ingress_ports(self, proxy: Proxy, sidecar: Resource) -> list[InboundPort]:
         """One per ingress listener; its service is the one the workload serves on that port, else one
@@ -276,8 +286,10 @@ class MeshSnapshot:
                 hostname=f"{sidecar.name}.{sidecar.namespace}", namespace=sidecar.namespace, name=sidecar.name,
                 origin="Sidecar", ports=(port,))
             endpoint = Endpoint(address=proxy.ip, port=number, workload=proxy.workload, namespace=proxy.namespace)
+            pool = (listener.connection_pool or sidecar.spec.inbound_connection_pool
+                    or self._rule_pool(proxy, service, number))
             out.append(InboundPort(service, port, endpoint, default_endpoint=listener.default_endpoint or "",
-                                   connection_pool=listener.connection_pool or sidecar.spec.inbound_connection_pool))
+                                   connection_pool=pool))
         return out
 
     def workload(self, name: str) -> Resource | None:

@@ -155,7 +155,7 @@ class _Group:
         self.key, self.proxy = key, proxy
         self.published: Published | None = None
         self.route_names: frozenset[str] = frozenset()  # of its last full generation
-        self.hosts: frozenset[str] = frozenset()  # services its proxies see
+        self.hosts: frozenset[str] = frozenset()  # services its proxies see or serve
         self.error = ""
 
 
@@ -352,7 +352,9 @@ class XdsHub:
                     resources = self._mutate(proxy, resources)
                 published = self._publisher.publish(resources, previous)
                 group.route_names = frozenset(resources.routes)
-            group.hosts = frozenset(s.hostname for s in self.snapshot.services_for(proxy))
+            # The services it sees, and those it serves (their DestinationRules shape its inbound clusters).
+            group.hosts = frozenset(s.hostname for s in self.snapshot.services_for(proxy)) | {
+                ip.service.hostname for ip in self.snapshot.workload_ports(proxy)}
         except Exception as error:  # user config must never take the control plane down
             group.error = f"generation failed: {type(error).__name__}: {error}"
             log.exception("generating resources for %s failed; keeping its last good ones", proxy.id)
