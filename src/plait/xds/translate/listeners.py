@@ -30,7 +30,7 @@ from plait.model.protocol import Protocol
 from plait.model.protocol import parse as parse_protocol
 from plait.model.proxy import EXPLICIT_PROXY_PORT, INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, Proxy
 from plait.model.services import Port, Service
-from plait.model.snapshot import InboundPort, MeshSnapshot
+from plait.model.snapshot import InboundPort, MeshSnapshot, gateway_ref
 from plait.xds.translate import rbac
 from plait.xds.translate.common import (
     BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, LISTENER_FILTERS, PASSTHROUGH_CLUSTER, REGISTRY_ONLY,
@@ -59,12 +59,16 @@ def _weighted(route: net.TCPRoute | net.TLSRoute, ctx: RouteContext, namespace: 
             if d.weight is None or d.weight > 0 or len(route.route) == 1]
 
 
-def _l4_applies(m: net.L4MatchAttributes, ctx: RouteContext) -> bool:
-    if m.port is not None and ctx.port is not None and m.port != ctx.port:
+def _l4_applies(m: net.L4MatchAttributes, ctx: RouteContext, vs_namespace: str, port: int | None = None) -> bool:
+    """Port (`port`: a gateway server's, else the listener's), source labels and namespace, gateways."""
+    port = port if port is not None else ctx.port
+    if m.port is not None and port is not None and m.port != port:
         return False
     if m.source_labels and not all(ctx.proxy.labels.get(k) == v for k, v in m.source_labels.items()):
         return False
-    return not (m.source_namespace and m.source_namespace != ctx.proxy.namespace)
+    if m.source_namespace and m.source_namespace != ctx.proxy.namespace:
+        return False
+    return not m.gateways or ctx.gateway in {gateway_ref(g, vs_namespace) for g in m.gateways}
 
 
 def _cidr_ranges(subnets: list[str]) -> list[dict]:
@@ -80,7 +84,7 @@ def tcp_chains(vs: Resource | None, ctx: RouteContext, stat: str, default: str) 
     chains: dict[str, dict] = {}
     for route in vs.spec.tcp if vs else []:
         for m in route.match or [net.L4MatchAttributes()]:
-            if not _l4_applies(m, ctx):
+            if not _l4_applies(m, ctx, vs.namespace):
                 continue
             key = ",".join(sorted(m.destination_subnets))
             if key in chains:
@@ -93,12 +97,14 @@ def tcp_chains(vs: Resource | None, ctx: RouteContext, stat: str, default: str) 
     return list(chains.values())
 
 
-def tls_chains(vs: Resource | None, ctx: RouteContext, stat: str, allowed_hosts: list[str] | None = None) -> list[dict]:
-    """Filter chains for TLS by SNI from VirtualService tls routes (sniHosts)."""
+def tls_chains(vs: Resource | None, ctx: RouteContext, stat: str, allowed_hosts: list[str] | None = None,
+               server_port: int | None = None) -> list[dict]:
+    """Filter chains for TLS by SNI from VirtualService tls routes (sniHosts); `server_port`: the
+    gateway server's port, which their ``port`` matches."""
     chains, seen = [], set()
     for route in vs.spec.tls if vs else []:
         for m in route.match:
-            if not _l4_applies(m, ctx):
+            if not _l4_applies(m, ctx, vs.namespace, server_port):
                 continue
             names = [h for h in m.sni_hosts if allowed_hosts is None or any(matches(a, h) for a in allowed_hosts)]
             names = [n for n in names if n not in seen]
@@ -365,7 +371,7 @@ def _gateway_server_chains(snapshot: MeshSnapshot, proxy: Proxy, gw: Resource, s
         hosts = [h.rpartition("/")[2] for h in server.hosts]
         chains = []
         for vs in snapshot.virtual_services_for(proxy, gateway=ref):
-            chains += tls_chains(vs, ctx, stat, allowed_hosts=hosts)
+            chains += tls_chains(vs, ctx, stat, allowed_hosts=hosts, server_port=server.port.number)
         return _with_network_authz(snapshot, proxy, listen_port, chains)
     if kind == "tcp":
         for vs in snapshot.virtual_services_for(proxy, gateway=ref):
