@@ -162,6 +162,12 @@ def test_the_server_passes_with_its_ca_certificates(origination: Origination) ->
     assert origination.ssl_stat("trusted.example", "handshake") >= 1
 
 
+def test_a_port_in_the_host_is_not_part_of_the_automatic_sni(origination: Origination) -> None:
+    reply = http_request(f"{origination.net}.1", EXPLICIT_PROXY_PORT, "http://trusted.example:80/",
+                         headers={"Host": "trusted.example:80"})
+    assert (reply.status, reply.backend) == (200, "tls-server")
+
+
 def test_insecure_skip_verify_lets_any_server_through(origination: Origination) -> None:
     reply = origination.get("insecure.example")
     assert (reply.status, reply.backend) == (200, "tls-server")
