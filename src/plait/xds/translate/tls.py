@@ -247,11 +247,24 @@ def _server_credentials(tls: net.ServerTLSSettings) -> dict:
     return context
 
 
+def _istio_mutual_server(tls: net.ServerTLSSettings) -> dict:
+    """ISTIO_MUTUAL: the mesh certificate, clients from the mesh root; as Istio, ``subjectAltNames``,
+    ``caCrl`` and ``insecureSkipVerify`` apply (the pins do not)."""
+    checks = {k: v for k, v in _client_checks(tls).items()
+              if k not in ("verify_certificate_spki", "verify_certificate_hash")}
+    context: dict = {"tls_certificate_sds_secret_configs": [sds_secret("default")]}
+    if checks:
+        context["combined_validation_context"] = {"default_validation_context": checks,
+                                                  "validation_context_sds_secret_config": sds_secret("ROOTCA")}
+    else:
+        context["validation_context_sds_secret_config"] = sds_secret("ROOTCA")
+    return context
+
+
 def gateway_server_tls(tls: net.ServerTLSSettings) -> dict:
     """A Gateway server's ``tls`` (SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL; files or credentialName)."""
     if tls.mode == "ISTIO_MUTUAL":
-        context = {"tls_certificate_sds_secret_configs": [sds_secret("default")],
-                   "validation_context_sds_secret_config": sds_secret("ROOTCA")}
+        context = _istio_mutual_server(tls)
     else:
         context = _server_credentials(tls)
         params = _tls_params(tls)
