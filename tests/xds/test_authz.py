@@ -125,6 +125,25 @@ def test_namespaces_and_service_accounts_are_regexes_on_the_principal() -> None:
     assert regexes(not_namespaces["not_id"]["or_ids"]["ids"]) == [r".*/ns/prod\.legacy/.*"]
 
 
+def test_trust_domains_are_prefixes_of_the_principal_and_match_as_istio() -> None:
+    """Istio's source.trustDomains (extended channel): exact, ``*`` present, one ``*`` inside the domain."""
+    rule = only_rule(policy({"rules": [{"from": [{"source": {
+        "trustDomains": ["cluster.local", "*.corp.example", "*"], "notTrustDomains": ["legacy.local"]}}]}]}))
+    domains, not_domains = principal_ids(rule)
+    assert [p["authenticated"]["principal_name"] for p in domains["or_ids"]["ids"]] == [
+        {"prefix": "spiffe://cluster.local/"},
+        {"safe_regex": {"regex": r"spiffe://[^/]*\.corp\.example/.*"}},
+        {"prefix": "spiffe://"}]
+    assert not_domains["not_id"]["or_ids"]["ids"] == [
+        {"authenticated": {"principal_name": {"prefix": "spiffe://legacy.local/"}}}]
+    matcher = {"and_ids": {"ids": principal_ids(only_rule(policy({"rules": [{"from": [{"source": {
+        "trustDomains": ["*.corp.example"], "notTrustDomains": ["old.corp.example"]}}]}]})))}}
+    for principal, expected in (("spiffe://eu.corp.example/ns/a/sa/b", True),
+                                ("spiffe://old.corp.example/ns/a/sa/b", False),
+                                ("spiffe://cluster.local/ns/corp.example/sa/b", False), (None, False)):
+        assert principal_matches(matcher, Peer(dest_port=80, principal=principal)) is expected, principal
+
+
 def test_ip_blocks_are_the_peer_and_remote_ip_blocks_the_forwarded_client() -> None:
     rule = only_rule(policy({"rules": [{"from": [{"source": {
         "ipBlocks": ["10.1.2.3", "10.2.0.0/16"], "notIpBlocks": ["10.2.9.0/24"], "remoteIpBlocks": ["2001:db8::1"]}}]}]}))
@@ -234,11 +253,12 @@ def test_every_kind_of_rule_is_valid_envoy_config() -> None:
     everything = policy({"rules": [{
         "from": [{"source": {"principals": ["*"], "notPrincipals": ["a*"], "requestPrincipals": ["i/s", "*"],
                              "namespaces": ["n*"], "ipBlocks": ["10.0.0.0/8"],
-                             "remoteIpBlocks": ["1.1.1.1"], "notRemoteIpBlocks": ["::1"]}},
+                             "remoteIpBlocks": ["1.1.1.1"], "notRemoteIpBlocks": ["::1"],
+                             "trustDomains": ["td", "*.td", "*"], "notTrustDomains": ["x.td"]}},
                  {"source": {"serviceAccounts": ["s"]}}],  # Istio refuses it beside namespaces/principals
         "to": [{"operation": {"hosts": ["*"], "methods": ["*T"], "paths": ["/{**}"], "ports": ["1"]}}],
         "when": [{"key": k, "values": ["v*"]} for k in (
-            "request.headers[h]", "source.namespace", "source.principal", "source.serviceAccount",
+            "request.headers[h]", "source.namespace", "source.principal", "source.serviceAccount", "source.trustDomain",
             "request.auth.principal", "request.auth.audiences", "request.auth.presenter", "request.auth.claims[a][b]",
             "connection.sni")] + [{"key": "destination.ip", "values": ["10.0.0.1"]},
                                   {"key": "remote.ip", "notValues": ["10.0.0.1"]}]}]})

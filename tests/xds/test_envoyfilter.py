@@ -214,8 +214,10 @@ def lua_before_router(context: str = "SIDECAR_INBOUND") -> dict:
 def test_insert_before_router_reaches_every_inbound_chain_of_the_port_only() -> None:
     resources = resources_of(envoy_filter([lua_before_router()]), identity="spiffe://cluster.local/ns/default/sa/api")
     inbound = http_filter_names(resources.listeners["virtualInbound"])
-    assert len(inbound) == 2 and all(names[-2:] == ["envoy.filters.http.lua", "envoy.filters.http.router"]
-                                     for names in inbound)
+    patched = [names for names in inbound if "envoy.filters.http.lua" in names]
+    # the port's TLS and plaintext chains; the passthrough chains (other ports) stay as they were
+    assert len(inbound) == 4 and len(patched) == 2
+    assert all(names[-2:] == ["envoy.filters.http.lua", "envoy.filters.http.router"] for names in patched)
     assert "envoy.filters.http.lua" not in json.dumps(resources.listeners["0.0.0.0_8080"])
 
 

@@ -83,7 +83,8 @@ def test_golden_is_valid_envoy_config(case: str) -> None:
 def with_test_certificates(bootstrap: dict) -> dict:
     """Envoy checks that certificate files exist: point the inputs' /etc/... paths at test files."""
     def swap(match: re.Match) -> str:
-        kind = "key.pem" if match.group(1).endswith("key.pem") else "cert.pem"
+        path = match.group(1)
+        kind = "key.pem" if path.endswith("key.pem") else "crl.pem" if path.endswith(".crl") else "cert.pem"
         return f'"filename": "{TESTDATA / "certs" / kind}"'
 
     return json.loads(re.sub(r'"filename": "(/etc/[^"]+)"', swap, json.dumps(bootstrap)))

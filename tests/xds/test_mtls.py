@@ -160,7 +160,8 @@ def test_a_proxy_without_identity_gets_no_mesh_tls() -> None:
     inbound = next(lst for lst in resources["lds"] if lst["name"] == "virtualInbound")
     assert [c["name"] for c in inbound["filter_chains"]] == [
         "inbound|9080", "inbound|9081", "inbound|9082", "inbound|9090", "inbound|9091",
-        "inbound|9092|http", "inbound|9092|tcp", "inbound|9093|http", "inbound|9093|tcp"]
+        "inbound|9092|http", "inbound|9092|tcp", "inbound|9093|http", "inbound|9093|tcp",
+        "virtualInbound-catchall|http", "virtualInbound-catchall|tcp"]
     assert [f["name"] for f in inbound["listener_filters"]] == [
         "envoy.filters.listener.original_dst", "envoy.filters.listener.http_inspector"]
 
@@ -256,8 +257,9 @@ def test_authorization_filters_sit_on_every_inbound_chain(authz_hooks) -> None:
     resources = generate(snapshot, workload_proxy(snapshot, "server"))
     assert "jwks|test" in resources.clusters
     chains = {c["name"]: c for c in resources.listeners["virtualInbound"]["filter_chains"]}
+    assert [n for n in chains if n.startswith("virtualInbound-catchall")], "passthrough chains are inbound too"
     for name, chain in chains.items():
-        port = int(name.split("|")[1])
+        port = 0 if name.startswith("virtualInbound-catchall") else int(name.split("|")[1])  # passthrough: 0
         if name.endswith("plaintext-refused"):
             assert _filter_names(chain) == ["envoy.filters.network.tcp_proxy"]
         elif _filter_names(chain) == ["envoy.filters.network.http_connection_manager"]:

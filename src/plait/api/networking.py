@@ -256,10 +256,18 @@ class L4MatchAttributes(IstioModel):
     source_labels: Labels = {}
     gateways: list[str] = []
     source_namespace: str | None = None
+    source_subnet: str | None = None  # accepted without effect, as Istio (hidden from its docs, unused)
 
 
 class TLSMatchAttributes(L4MatchAttributes):
     sni_hosts: list[Host] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _no_source_subnet(self) -> "TLSMatchAttributes":
+        if self.source_subnet is not None:
+            raise ValueError("sourceSubnet is not a field of a TLS match (Istio removed it); "
+                             "it exists only in tcp matches")
+        return self
 
 
 class TCPRoute(IstioModel):
@@ -448,6 +456,7 @@ class ClientTLSSettings(IstioModel):
     subject_alt_names: list[str] = []
     sni: str | None = None
     insecure_skip_verify: bool | None = None
+    ca_crl: str | None = None
 
     @model_validator(mode="after")
     def _mutual_needs_certs(self) -> "ClientTLSSettings":
@@ -582,15 +591,28 @@ TlsProtocolVersion = Literal["TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1
 TlsServerMode = Literal["PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"]
 
 
+class TLSCertificate(IstioModel):
+    """One of a Gateway server's ``tls.tlsCertificates`` (e.g. an RSA and an ECDSA pair)."""
+    server_certificate: str | None = None
+    private_key: str | None = None
+    ca_certificates: str | None = None
+
+
 class ServerTLSSettings(IstioModel):
     https_redirect: bool = False
     mode: TlsServerMode | None = None
     server_certificate: str | None = None
     private_key: str | None = None
     ca_certificates: str | None = None
+    ca_crl: str | None = None
     credential_name: str | None = None
     credential_names: list[str] = []
+    ca_cert_credential_name: str | None = None
+    tls_certificates: list[TLSCertificate] = []
     subject_alt_names: list[str] = []
+    verify_certificate_spki: list[str] = []
+    verify_certificate_hash: list[str] = []
+    insecure_skip_verify: bool | None = None
     min_protocol_version: TlsProtocolVersion | None = None
     max_protocol_version: TlsProtocolVersion | None = None
     cipher_suites: list[str] = []
@@ -618,8 +640,9 @@ class Server(IstioModel):
             raise ValueError(f"a {proto} server needs tls.mode (SIMPLE, MUTUAL, PASSTHROUGH, ...)")
         tls = self.tls
         if tls and tls.mode in ("SIMPLE", "MUTUAL") and not tls.credential_name and not tls.credential_names \
-                and not (tls.server_certificate and tls.private_key):
-            raise ValueError(f"tls mode {tls.mode} needs credentialName, or serverCertificate and privateKey")
+                and not tls.tls_certificates and not (tls.server_certificate and tls.private_key):
+            raise ValueError(f"tls mode {tls.mode} needs credentialName, tlsCertificates, "
+                             "or serverCertificate and privateKey")
         return self
 
 
@@ -650,6 +673,28 @@ class IstioEgressListener(IstioModel):
         return hosts
 
 
+class IstioIngressListener(IstioModel):
+    """A Sidecar ``ingress`` listener: the workload's inbound ports, instead of its services' ports."""
+    port: GatewayPort
+    bind: str | None = None  # accepted; capture mode matches on the port only
+    capture_mode: Literal["DEFAULT", "IPTABLES", "NONE"] | None = None
+    default_endpoint: str | None = None
+    tls: ServerTLSSettings | None = None  # accepted without effect, as Istio (ENABLE_TLS_ON_SIDECAR_INGRESS off)
+    connection_pool: ConnectionPoolSettings | None = None
+
+    @field_validator("default_endpoint")
+    @classmethod
+    def _endpoint_form(cls, value: str | None) -> str | None:
+        if not value or value.startswith("unix://"):
+            return value
+        host, _, port = value.rpartition(":")
+        if host not in ("127.0.0.1", "0.0.0.0", "[::1]", "[::]") or not port.isdigit() \
+                or not 1 <= int(port) <= 65535:
+            raise ValueError(f"defaultEndpoint {value!r} must be 127.0.0.1:PORT, 0.0.0.0:PORT, [::1]:PORT, "
+                             "[::]:PORT or unix:///path")
+        return value
+
+
 class OutboundTrafficPolicy(IstioModel):
     mode: Literal["ALLOW_ANY", "REGISTRY_ONLY"] = "ALLOW_ANY"
     egress_proxy: Destination | None = None
@@ -657,5 +702,7 @@ class OutboundTrafficPolicy(IstioModel):
 
 class SidecarSpec(IstioModel):
     workload_selector: WorkloadSelectorLabels | None = None
+    ingress: list[IstioIngressListener] = []
     egress: list[IstioEgressListener] = []
+    inbound_connection_pool: ConnectionPoolSettings | None = None
     outbound_traffic_policy: OutboundTrafficPolicy | None = None

@@ -65,7 +65,7 @@ PortString = Annotated[str, AfterValidator(check_port)]
 CONDITION_KEYS = ("request.headers", "source.ip", "remote.ip", "source.namespace", "source.principal",
                   "source.serviceAccount", "request.auth.principal", "request.auth.audiences",
                   "request.auth.presenter", "request.auth.claims", "destination.ip", "destination.port",
-                  "connection.sni")
+                  "connection.sni", "source.trustDomain")
 EXPERIMENTAL_PREFIX = "experimental.envoy.filters."  # experimental.envoy.filters.<filter>[<key>]
 BRACKETED_KEYS = ("request.headers", "request.auth.claims")
 
@@ -97,6 +97,8 @@ class Source(IstioModel):
     not_ip_blocks: list[IpBlock] = []
     remote_ip_blocks: list[IpBlock] = []
     not_remote_ip_blocks: list[IpBlock] = []
+    trust_domains: list[str] = []
+    not_trust_domains: list[str] = []
 
 
 class Operation(IstioModel):

@@ -51,6 +51,7 @@ class Service:
     mesh_external: bool = False
     export_to: frozenset[str] = frozenset({"*"})
     endpoints: Mapping[int, tuple[Endpoint, ...]] = field(default_factory=dict)  # by service port number
+    subject_alt_names: tuple[str, ...] = ()  # a ServiceEntry's: the identities its servers present
 
     @property
     def short_name(self) -> str:
@@ -153,7 +154,8 @@ def from_service_entry(se: Resource, workloads: WorkloadIndex) -> list[Service]:
             hostname=host, namespace=se.namespace, name=se.name, origin="ServiceEntry", ports=ports,
             addresses=tuple(a for a in spec.addresses if "/" not in a or a.endswith("/32")),
             resolution=spec.resolution, mesh_external=spec.location == "MESH_EXTERNAL",
-            export_to=frozenset(spec.export_to or ["*"]), endpoints=MappingProxyType(endpoints)))
+            export_to=frozenset(spec.export_to or ["*"]), endpoints=MappingProxyType(endpoints),
+            subject_alt_names=tuple(spec.subject_alt_names)))
     return services
 
 

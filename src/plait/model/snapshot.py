@@ -7,10 +7,13 @@ keeps the (expensive) registry index when only routing config changed.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from plait.api.networking import ConnectionPoolSettings
 from plait.api.resources import Resource
 from plait.model.hosts import fqdn, matches
+from plait.model.protocol import Protocol
+from plait.model.protocol import parse as parse_protocol
 from plait.model.proxy import Proxy
 from plait.model.services import Endpoint, Port, Service, build_registry, visible
 
@@ -23,30 +26,53 @@ Key = tuple[str, str, str]  # (kind, namespace, name)
 
 @dataclass(frozen=True)
 class InboundPort:
-    """A port this proxy's own workload serves for some service."""
+    """A port this proxy's own workload serves for some service, or that a Sidecar ``ingress`` listener
+    declares (then `default_endpoint` is its ``defaultEndpoint``, ``""`` for the original destination)."""
 
     service: Service
     port: Port
     endpoint: Endpoint
+    default_endpoint: str | None = None
+    connection_pool: ConnectionPoolSettings | None = None  # the Sidecar's, for the inbound cluster
 
 
 def _by_name(resources: Iterable[Resource]) -> list[Resource]:
     return sorted(resources, key=lambda r: (r.namespace, r.name))
 
 
-def _index_rules(rules: list[Resource]) -> dict[str, tuple[dict[str, Resource], list[tuple[str, Resource]]]]:
-    """DestinationRules per namespace: exact hosts in a dict, wildcards most specific first."""
-    index: dict[str, tuple[dict[str, Resource], list[tuple[str, Resource]]]] = {}
+RuleIndex = dict[str, tuple[dict[str, list[Resource]], list[tuple[str, list[Resource]]]]]
+
+
+def _index_rules(rules: list[Resource]) -> RuleIndex:
+    """DestinationRules per namespace and host: exact hosts in a dict, wildcards most specific first;
+    each host's rules in name order (several may differ only by workloadSelector)."""
+    index: RuleIndex = {}
     for dr in rules:
         exact, wild = index.setdefault(dr.namespace, ({}, []))
         host = fqdn(dr.spec.host, dr.namespace)
         if host.startswith("*"):
-            wild.append((host, dr))
+            entry = next((rules for h, rules in wild if h == host), None)
+            if entry is None:
+                wild.append((host, entry := []))
+            entry.append(dr)
         else:
-            exact.setdefault(host, dr)
+            exact.setdefault(host, []).append(dr)
     for _, wild in index.values():
         wild.sort(key=lambda pair: -len(pair[0]))
     return index
+
+
+def _selects(dr: Resource, proxy: Proxy) -> bool:
+    labels = dr.spec.workload_selector.match_labels if dr.spec.workload_selector else {}
+    return all(proxy.labels.get(k) == v for k, v in labels.items())
+
+
+def _rule_visible(dr: Resource, proxy: Proxy) -> bool:
+    """exportTo, except that a rule with a workloadSelector stays in its namespace (Istio ignores its
+    exportTo) and is seen there by the workloads it selects only."""
+    if dr.spec.workload_selector:
+        return dr.namespace == proxy.namespace and _selects(dr, proxy)
+    return visible(dr.namespace, dr.spec.export_to, proxy.namespace)
 
 
 def _uses_consistent_hash(dr: Resource) -> bool:
@@ -180,17 +206,26 @@ class MeshSnapshot:
                 out.append(vs)
         return out
 
-    def destination_rule_for(self, proxy: Proxy, service: Service) -> Resource | None:
+    def destination_rule_for(self, proxy: Proxy, service: Service, *, inbound: bool = False) -> Resource | None:
         """Istio's precedence: the proxy's namespace, then the service's, then the root namespace;
-        within one namespace an exact host beats a wildcard, a longer wildcard a shorter one."""
+        within one namespace the most specific host that has rules the proxy may see (an exact host
+        beats a wildcard, a longer wildcard a shorter one), and among that host's rules one whose
+        workloadSelector selects the proxy beats one without selector. As in Istio, once a host has
+        rules in a namespace, the proxy gets one of those or none: a rule selecting other workloads of
+        the proxy's namespace hides the namespace's and the service's less specific rules from it.
+        `inbound` (the proxy's own service, for its inbound cluster): selectors are not honoured there,
+        as in Istio, so only a rule without one is returned."""
         for namespace in (proxy.namespace, service.namespace, self.root_namespace):
             exact, wild = self._rules.get(namespace, ({}, []))
-            dr = exact.get(service.hostname)
-            if dr is not None and visible(dr.namespace, dr.spec.export_to, proxy.namespace):
-                return dr
-            for host, dr in wild:
-                if matches(host, service.hostname) and visible(dr.namespace, dr.spec.export_to, proxy.namespace):
-                    return dr
+            hosts = [exact.get(service.hostname, [])] + [rules for host, rules in wild
+                                                          if matches(host, service.hostname)]
+            for rules in hosts:
+                seen = [dr for dr in rules if _rule_visible(dr, proxy) or
+                        (dr.spec.workload_selector and dr.namespace == proxy.namespace)]
+                if seen:
+                    chosen = [dr for dr in seen if _rule_visible(dr, proxy)
+                              and not (inbound and dr.spec.workload_selector)]
+                    return min(chosen, key=lambda dr: not dr.spec.workload_selector, default=None)
         return None
 
     def gateways_for(self, proxy: Proxy) -> list[Resource]:
@@ -219,13 +254,45 @@ class MeshSnapshot:
         return self.registry.ports_by_workload.get(proxy.workload, [])
 
     def inbound_ports(self, proxy: Proxy) -> list[InboundPort]:
-        """The service ports the proxy's own workload serves (deduplicated by workload port)."""
+        """The service ports the proxy's own workload serves (deduplicated by workload port), or, as in
+        Istio, only the ports of its Sidecar's ``ingress`` listeners when it has some; the Sidecar's
+        connection pool (the listener's, else ``inboundConnectionPool``) goes with each."""
+        sidecar = self.sidecar_for(proxy)
+        spec = sidecar.spec if sidecar else None
+        if sidecar is not None and spec.ingress:
+            return sorted(self._ingress_ports(proxy, sidecar), key=lambda ip: ip.endpoint.port)
+        pool = spec.inbound_connection_pool if spec else None
         seen, out = set(), []
         for ip in self.workload_ports(proxy):
             if ip.endpoint.port not in seen:
                 seen.add(ip.endpoint.port)
-                out.append(ip)
+                out.append(replace(ip, connection_pool=pool or self._rule_pool(proxy, ip.service, ip.port.number)))
         return sorted(out, key=lambda ip: ip.endpoint.port)
+
+    def _rule_pool(self, proxy: Proxy, service: Service, port: int) -> ConnectionPoolSettings | None:
+        """The connectionPool of the DestinationRule for the proxy's own service, at that service port:
+        Istio sets it on the receiving side too (a Sidecar's pool overrides it)."""
+        rule = self.destination_rule_for(proxy, service, inbound=True)
+        policy = rule.spec.traffic_policy.for_port(port) if rule and rule.spec.traffic_policy else None
+        return policy.connection_pool if policy else None
+
+    def _ingress_ports(self, proxy: Proxy, sidecar: Resource) -> list[InboundPort]:
+        """One per ingress listener; its service is the one the workload serves on that port, else one
+        named after the Sidecar (Istio's stand-in)."""
+        served = {ip.endpoint.port: ip.service for ip in self.workload_ports(proxy)}
+        out = []
+        for listener in sidecar.spec.ingress:
+            number = listener.port.number
+            port = Port(listener.port.name, number, parse_protocol(listener.port.protocol) or Protocol.AUTO)
+            service = served.get(number) or Service(
+                hostname=f"{sidecar.name}.{sidecar.namespace}", namespace=sidecar.namespace, name=sidecar.name,
+                origin="Sidecar", ports=(port,))
+            endpoint = Endpoint(address=proxy.ip, port=number, workload=proxy.workload, namespace=proxy.namespace)
+            pool = (listener.connection_pool or sidecar.spec.inbound_connection_pool
+                    or self._rule_pool(proxy, service, number))
+            out.append(InboundPort(service, port, endpoint, default_endpoint=listener.default_endpoint or "",
+                                   connection_pool=pool))
+        return out
 
     def workload(self, name: str) -> Resource | None:
         """A WorkloadEntry by ``name`` or ``namespace/name``."""

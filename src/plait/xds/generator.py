@@ -48,8 +48,7 @@ def route_names(snapshot: MeshSnapshot, proxy: Proxy) -> list[str]:
     if proxy.kind == "router":
         return sorted({lds.gateway_route_name(server, gw, port)
                        for port, servers in lds.gateway_servers(snapshot, proxy).items()
-                       for gw, server in servers if server.port.protocol.upper() in ("HTTP", "HTTPS", "HTTP2", "GRPC")
-                       and not (server.tls and server.tls.mode in ("PASSTHROUGH", "AUTO_PASSTHROUGH"))})
+                       for gw, server in servers if lds.gateway_server_kind(server) == "http"})
     if proxy.mode == "proxy":
         return ["explicit_proxy"]
     ports = _http_ports(snapshot.services_for(proxy))

@@ -96,6 +96,9 @@ def selector_label_keys(snapshot: MeshSnapshot) -> tuple[str, ...]:
             keys.update(sidecar.spec.workload_selector.labels)
     for gateway in snapshot.gateways:
         keys.update(gateway.spec.selector)
+    for rule in snapshot.destination_rules:
+        if rule.spec.workload_selector:
+            keys.update(rule.spec.workload_selector.match_labels)
     for vs in snapshot.virtual_services:
         for route in (*vs.spec.http, *vs.spec.tcp, *vs.spec.tls):
             for match in route.match:
@@ -157,7 +160,7 @@ class _Group:
         self.key, self.proxy = key, proxy
         self.published: Published | None = None
         self.route_names: frozenset[str] = frozenset()  # of its last full generation
-        self.hosts: frozenset[str] = frozenset()  # services its proxies see
+        self.hosts: frozenset[str] = frozenset()  # services its proxies see or serve
         self.error = ""
 
 
@@ -354,7 +357,9 @@ class XdsHub:
                     resources = self._mutate(proxy, resources)
                 published = self._publisher.publish(resources, previous)
                 group.route_names = frozenset(resources.routes)
-            group.hosts = frozenset(s.hostname for s in self.snapshot.services_for(proxy))
+            # The services it sees, and those it serves (their DestinationRules shape its inbound clusters).
+            group.hosts = frozenset(s.hostname for s in self.snapshot.services_for(proxy)) | {
+                ip.service.hostname for ip in self.snapshot.workload_ports(proxy)}
         except Exception as error:  # user config must never take the control plane down
             group.error = f"generation failed: {type(error).__name__}: {error}"
             log.exception("generating resources for %s failed; keeping its last good ones", proxy.id)

@@ -121,6 +121,7 @@ def observed(label: str, peer: Peer) -> str:
     simple = {
         "principals": principal, "namespaces": principal, "serviceAccounts": principal,
         "source.principal": principal, "source.namespace": principal, "source.serviceAccount": principal,
+        "trustDomains": principal, "source.trustDomain": principal,
         "ipBlocks": peer.source_ip or "unknown", "source.ip": peer.source_ip or "unknown",
         "remoteIpBlocks": peer.remote_ip or "unknown", "remote.ip": peer.remote_ip or "unknown",
         "requestPrincipals": (f"{payload.get('iss', '')}/{payload.get('sub', '')}" if payload else "no verified token"),

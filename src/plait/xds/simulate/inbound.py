@@ -150,20 +150,25 @@ def _governed(snapshot: MeshSnapshot, proxy: Proxy) -> bool:
 
 
 def _destinations(snapshot: MeshSnapshot, targets: list[ClusterTarget], mode: str):
-    """(cluster name, endpoint, destination proxy) once per destination workload under some policy."""
+    """(cluster name, endpoint, destination proxy) once per destination workload under some policy.
+    An original-destination target (passthrough) reaches the workload at that address on any port:
+    its inbound passthrough chains decide."""
     workloads = {f"{ep.address}:{ep.port}": ep.workload for svc in snapshot.services.values()
                  for eps in svc.endpoints.values() for ep in eps if ep.workload}
+    by_address = {we.spec.address: f"{we.namespace}/{we.name}" for we in snapshot.workload_entries}
     seen = set()
     for target in targets:
         for endpoint in target.endpoints:
             workload = workloads.get(endpoint.address)
+            if workload is None and target.kind == "ORIGINAL_DST":
+                workload = by_address.get(endpoint.address.rpartition(":")[0])
             entry = snapshot.workload(workload) if workload and workload not in seen else None
             if entry is None:
                 continue
             seen.add(workload)
             proxy = with_mesh_identity(Proxy.from_workload_entry(entry, mode=mode), snapshot)  # type: ignore[arg-type]
             if proxy.kind == "sidecar" and _governed(snapshot, proxy):
-                yield target.name, endpoint, proxy
+                yield target, endpoint, proxy
 
 
 def destination_checks(snapshot: MeshSnapshot, client: Proxy, resources: ResourceSet, outcome: Outcome,
@@ -171,9 +176,11 @@ def destination_checks(snapshot: MeshSnapshot, client: Proxy, resources: Resourc
     """Authorization at each destination workload the request may reach (those with policies in force)."""
     live = [t for t in outcome.clusters if t.exists and t.percent > 0]
     upstream = _upstream_request(request, outcome)
-    http = outcome.protocol != "tcp"
     out = []
-    for name, endpoint, destination in _destinations(snapshot, live, client.mode):
-        out.append(check_endpoint(snapshot, destination, resources.clusters.get(name, {}), endpoint, client,
+    for target, endpoint, destination in _destinations(snapshot, live, client.mode):
+        # Passed through, the app's own bytes arrive: plaintext HTTP for an http:// request, which the
+        # destination's passthrough chains detect; otherwise what the client's proxy speaks.
+        http = request.scheme == "http" if target.kind == "ORIGINAL_DST" else outcome.protocol != "tcp"
+        out.append(check_endpoint(snapshot, destination, resources.clusters.get(target.name, {}), endpoint, client,
                                   upstream, http, now=now, caller=caller))
     return out

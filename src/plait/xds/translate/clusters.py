@@ -19,7 +19,8 @@ from plait.xds.translate.common import (
     ADS, BLACKHOLE_CLUSTER, DNS_CACHE, DYNAMIC_FORWARD_PROXY_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, MAX_UINT32,
     PASSTHROUGH_CLUSTER, TYPE, cluster_name, duration, socket_address)
 from plait.xds.translate.endpoints import load_assignment
-from plait.xds.translate.tls import auto_mtls_matches, client_tls, outbound_sni
+from plait.xds.translate.tls import (
+    auto_mtls_matches, auto_sni_options, client_tls, outbound_sni, sidecar_credential_scope)
 
 DEFAULT_CONNECT_TIMEOUT = "10s"  # Istio's meshConfig.connectTimeout default
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -129,17 +130,20 @@ def _http_protocol_options(port: Port, policy: net.TrafficPolicy | None) -> dict
         common["max_requests_per_connection"] = http.max_requests_per_connection
     if tcp and tcp.max_connection_duration:
         common["max_connection_duration"] = duration(tcp.max_connection_duration)
+    auto_sni = auto_sni_options(policy.tls if policy else None)
     options: dict = {"@type": TYPE + HTTP_OPTIONS}
     if (http and http.use_client_protocol) or port.protocol is Protocol.AUTO:
         options["use_downstream_protocol_config"] = {"http_protocol_options": {}, "http2_protocol_options": {}}
     elif port.protocol.is_http2 or (http is not None and http.h2_upgrade_policy == "UPGRADE"):
         options["explicit_http_config"] = {"http2_protocol_options": _http2_options(http)}
-    elif common:
+    elif common or auto_sni:
         options["explicit_http_config"] = {"http_protocol_options": {}}
     else:
         return None
     if common:
         options["common_http_protocol_options"] = common
+    if auto_sni:
+        options["upstream_http_protocol_options"] = auto_sni
     return {HTTP_OPTIONS: options}
 
 
@@ -247,10 +251,11 @@ def _wrap_in_proxy_protocol(cluster: dict, version: str) -> None:
 
 
 def service_sans(svc: Service) -> list[str]:
-    """SPIFFE identities of the workloads behind a service, which mesh mTLS clients verify."""
+    """SPIFFE identities of the workloads behind a service, which mesh mTLS clients verify, after a
+    ServiceEntry's own subjectAltNames (as Istio's service accounts of a service)."""
     accounts = sorted({(ep.namespace, ep.service_account or "default")
                        for eps in svc.endpoints.values() for ep in eps})
-    return [spiffe_id(ns, sa) for ns, sa in accounts]
+    return [*svc.subject_alt_names, *(spiffe_id(ns, sa) for ns, sa in accounts)]
 
 
 def uses_auto_mtls(snapshot: MeshSnapshot, proxy: Proxy, svc: Service) -> bool:
@@ -271,24 +276,63 @@ def outbound_clusters(snapshot: MeshSnapshot, proxy: Proxy, services: list[Servi
             if port.protocol is Protocol.UDP:
                 continue
             top = spec.traffic_policy.for_port(port.number) if spec and spec.traffic_policy else None
-            out.append(build_cluster(svc, port, None, top, sans, auto_mtls=auto))
+            out.append(build_cluster(svc, port, None, dr and sidecar_credential_scope(top, proxy, dr), sans,
+                                     auto_mtls=auto))
             for subset in spec.subsets if spec else ():
-                out.append(build_cluster(svc, port, subset.name,
-                                         merge_policy(spec.traffic_policy, subset.traffic_policy, port.number), sans,
-                                         auto_mtls=auto))
+                merged = merge_policy(spec.traffic_policy, subset.traffic_policy, port.number)
+                out.append(build_cluster(svc, port, subset.name, dr and sidecar_credential_scope(merged, proxy, dr),
+                                         sans, auto_mtls=auto))
     return out
 
 
+def _ingress_address(proxy: Proxy, inbound: InboundPort) -> dict | None:
+    """Where the inbound cluster sends: the app (its address, the workload port), or a Sidecar ingress
+    listener's ``defaultEndpoint`` (``0.0.0.0``/``[::]``: the app's address; ``127.0.0.1``/``[::1]``;
+    ``unix://`` a socket); None: the original destination (an ingress listener without one, captured)."""
+    target = inbound.default_endpoint
+    if target is None or (target == "" and proxy.mode != "capture"):
+        return socket_address(proxy.app_address, inbound.endpoint.port)
+    if target == "":
+        return None
+    if target.startswith("unix://"):
+        return {"pipe": {"path": target.removeprefix("unix://")}}
+    host, _, port = target.rpartition(":")
+    address = proxy.app_address if host in ("0.0.0.0", "[::]") else host.strip("[]")
+    return socket_address(address, int(port))
+
+
+def _inbound_pool(cluster: dict, port: Port, pool: net.ConnectionPoolSettings) -> None:
+    """A Sidecar's connection pool on an inbound cluster, as Istio: limits, timeouts, keepalive and
+    the HTTP connection options (the load balancer and outlier detection do not apply inbound)."""
+    balancer = cluster.get("lb_policy")
+    _apply_policy(cluster, net.TrafficPolicy(connection_pool=pool), port)
+    if balancer is None:
+        cluster.pop("lb_policy", None)
+    options = cluster.get("typed_extension_protocol_options", {}).get(HTTP_OPTIONS)
+    if options and "use_downstream_protocol_config" in options:  # inbound: HTTP/1.1 to the app, as before
+        del options["use_downstream_protocol_config"]
+        options["explicit_http_config"] = {"http_protocol_options": {}}
+
+
 def inbound_cluster(proxy: Proxy, inbound: InboundPort) -> dict:
-    """``inbound|9080||``: the sidecar's path to its own application."""
+    """``inbound|9080||``: the sidecar's path to its own application (or a Sidecar ingress listener's
+    defaultEndpoint)."""
     name = cluster_name("inbound", inbound.endpoint.port, None, "")
-    cluster = {"name": name, "type": "STATIC", "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
-               "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-                   {"endpoint": {"address": socket_address(proxy.app_address, inbound.endpoint.port)}}]}]},
-               "circuit_breakers": _circuit_breakers(None)}
+    address = _ingress_address(proxy, inbound)
+    if address is None:
+        cluster: dict = {"name": name, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+                         "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+                         "upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0}}}
+    else:
+        cluster = {"name": name, "type": "STATIC", "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+                   "load_assignment": {"cluster_name": name, "endpoints": [
+                       {"lb_endpoints": [{"endpoint": {"address": address}}]}]}}
+    cluster["circuit_breakers"] = _circuit_breakers(None)
     if inbound.port.protocol.is_http2:
         cluster["typed_extension_protocol_options"] = {HTTP_OPTIONS: {
             "@type": TYPE + HTTP_OPTIONS, "explicit_http_config": {"http2_protocol_options": {}}}}
+    if inbound.connection_pool:
+        _inbound_pool(cluster, inbound.port, inbound.connection_pool)
     return cluster
 
 

@@ -82,6 +82,7 @@ def tcp_proxy(stat_prefix: str, cluster: str | None = None, weighted: list[tuple
     return typed("envoy.filters.network.tcp_proxy", "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", **config)
 
 
+GRPC_WEB_FILTER = "envoy.filters.http.grpc_web"
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
 ROUTER_FILTER = "envoy.filters.http.router"
@@ -89,10 +90,14 @@ DFP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
 DNS_CACHE = {"name": "dynamic_forward_proxy_cache_config", "dns_lookup_family": "V4_PREFERRED"}
 
 
-def http_filters(*, dynamic_forward_proxy: bool = False, authz: list[dict] | None = None) -> list[dict]:
-    """The HCM's filters; `authz` (jwt_authn, RBAC) go first, as in Istio: before fault, CORS and the router."""
-    filters = [*(authz or []),
-               typed(FAULT_FILTER, "envoy.extensions.filters.http.fault.v3.HTTPFault"),
+def http_filters(*, dynamic_forward_proxy: bool = False, authz: list[dict] | None = None,
+                 grpc_web: bool = False) -> list[dict]:
+    """The HCM's filters; `authz` (jwt_authn, RBAC) go first, as in Istio: before grpc_web (`grpc_web`),
+    fault, CORS and the router."""
+    filters = [*(authz or [])]
+    if grpc_web:
+        filters.append(typed(GRPC_WEB_FILTER, "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"))
+    filters += [typed(FAULT_FILTER, "envoy.extensions.filters.http.fault.v3.HTTPFault"),
                typed(CORS_FILTER, "envoy.extensions.filters.http.cors.v3.Cors")]
     if dynamic_forward_proxy:
         filters.append(typed(DFP_FILTER, "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
@@ -109,15 +114,16 @@ FORWARD_CLIENT_CERT = {"forward_client_cert_details": "APPEND_FORWARD",
 
 def http_connection_manager(stat_prefix: str, *, rds: str | None = None, route_config: dict | None = None,
                             gateway: bool = False, dynamic_forward_proxy: bool = False,
-                            authz: list[dict] | None = None, forward_client_cert: bool = False) -> dict:
-    """`authz`: filters before the others (see `http_filters`); `forward_client_cert`: Istio's XFCC handling."""
+                            authz: list[dict] | None = None, forward_client_cert: bool = False,
+                            grpc_web: bool = False) -> dict:
+    """`authz`, `grpc_web`: see `http_filters`; `forward_client_cert`: Istio's XFCC handling."""
     config: dict = {"stat_prefix": stat_prefix}
     if rds is not None:
         config["rds"] = {"config_source": ADS, "route_config_name": rds}
     else:
         config["route_config"] = route_config
     config.update({
-        "http_filters": http_filters(dynamic_forward_proxy=dynamic_forward_proxy, authz=authz),
+        "http_filters": http_filters(dynamic_forward_proxy=dynamic_forward_proxy, authz=authz, grpc_web=grpc_web),
         "use_remote_address": gateway,
         "normalize_path": True,
         "upgrade_configs": [{"upgrade_type": "websocket"}],

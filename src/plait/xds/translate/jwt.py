@@ -27,7 +27,8 @@ from plait.api.resources import Resource
 from plait.api.security import JwtRule
 from plait.model.proxy import Proxy
 from plait.model.snapshot import MeshSnapshot
-from plait.xds.translate.common import TYPE, cluster_name, duration, socket_address, typed
+from plait.xds.translate.common import cluster_name, duration, socket_address, typed
+from plait.xds.translate.tls import SYSTEM_TRUST_BUNDLE, UPSTREAM_TLS
 
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 JWT_TYPE = "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
@@ -35,8 +36,6 @@ PAYLOAD_KEY = "payload"  # dynamic metadata key of the verified payload, as Isti
 SPACE_DELIMITED_CLAIMS = ["permission", "scope"]  # Istio's default: "a b" becomes ["a", "b"] in metadata
 DEFAULT_FETCH_TIMEOUT = "5s"
 JWKS_CACHE_DURATION = "300s"
-SYSTEM_TRUST_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-UPSTREAM_TLS = TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 JWKS_CONNECT_TIMEOUT = "10s"
 
 

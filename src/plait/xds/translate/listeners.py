@@ -13,9 +13,11 @@ matches: PERMISSIVE takes mTLS (tls_inspector: transport ``tls`` and an Istio
 ALPN) and plaintext (``raw_buffer``); STRICT takes only TLS, and a plaintext
 connection to the port lands on a chain that refuses it (tcp_proxy to
 BlackHoleCluster, stat prefix ``inbound|PORT|strict-mtls-refused-plaintext``)
-instead of the catch-all passthrough; DISABLE is plaintext as before. Every
-inbound HCM gets `rbac.inbound_http_filters` first, every inbound TCP chain
-`rbac.inbound_network_filters` before tcp_proxy.
+instead of the passthrough chains; DISABLE is plaintext as before. Ports no
+service declares take ``virtualInbound``'s passthrough chains (to the address
+dialled, as a port of unknown protocol under the workload's mode). Every
+inbound HCM, passthrough ones included, gets `rbac.inbound_http_filters` first,
+every inbound TCP chain `rbac.inbound_network_filters` before tcp_proxy.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from plait.api.resources import Resource
 from plait.model import peer_auth
 from plait.model.hosts import fqdn, matches
 from plait.model.protocol import Protocol
+from plait.model.protocol import parse as parse_protocol
 from plait.model.proxy import EXPLICIT_PROXY_PORT, INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, Proxy
 from plait.model.services import Port, Service
-from plait.model.snapshot import InboundPort, MeshSnapshot
+from plait.model.snapshot import InboundPort, MeshSnapshot, gateway_ref
 from plait.xds.translate import rbac
 from plait.xds.translate.common import (
     BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, LISTENER_FILTERS, PASSTHROUGH_CLUSTER, REGISTRY_ONLY,
@@ -56,12 +59,16 @@ def _weighted(route: net.TCPRoute | net.TLSRoute, ctx: RouteContext, namespace: 
             if d.weight is None or d.weight > 0 or len(route.route) == 1]
 
 
-def _l4_applies(m: net.L4MatchAttributes, ctx: RouteContext) -> bool:
-    if m.port is not None and ctx.port is not None and m.port != ctx.port:
+def _l4_applies(m: net.L4MatchAttributes, ctx: RouteContext, vs_namespace: str, port: int | None = None) -> bool:
+    """Port (`port`: a gateway server's, else the listener's), source labels and namespace, gateways."""
+    port = port if port is not None else ctx.port
+    if m.port is not None and port is not None and m.port != port:
         return False
     if m.source_labels and not all(ctx.proxy.labels.get(k) == v for k, v in m.source_labels.items()):
         return False
-    return not (m.source_namespace and m.source_namespace != ctx.proxy.namespace)
+    if m.source_namespace and m.source_namespace != ctx.proxy.namespace:
+        return False
+    return not m.gateways or ctx.gateway in {gateway_ref(g, vs_namespace) for g in m.gateways}
 
 
 def _cidr_ranges(subnets: list[str]) -> list[dict]:
@@ -77,7 +84,7 @@ def tcp_chains(vs: Resource | None, ctx: RouteContext, stat: str, default: str) 
     chains: dict[str, dict] = {}
     for route in vs.spec.tcp if vs else []:
         for m in route.match or [net.L4MatchAttributes()]:
-            if not _l4_applies(m, ctx):
+            if not _l4_applies(m, ctx, vs.namespace):
                 continue
             key = ",".join(sorted(m.destination_subnets))
             if key in chains:
@@ -90,12 +97,14 @@ def tcp_chains(vs: Resource | None, ctx: RouteContext, stat: str, default: str) 
     return list(chains.values())
 
 
-def tls_chains(vs: Resource | None, ctx: RouteContext, stat: str, allowed_hosts: list[str] | None = None) -> list[dict]:
-    """Filter chains for TLS by SNI from VirtualService tls routes (sniHosts)."""
+def tls_chains(vs: Resource | None, ctx: RouteContext, stat: str, allowed_hosts: list[str] | None = None,
+               server_port: int | None = None) -> list[dict]:
+    """Filter chains for TLS by SNI from VirtualService tls routes (sniHosts); `server_port`: the
+    gateway server's port, which their ``port`` matches."""
     chains, seen = [], set()
     for route in vs.spec.tls if vs else []:
         for m in route.match:
-            if not _l4_applies(m, ctx):
+            if not _l4_applies(m, ctx, vs.namespace, server_port):
                 continue
             names = [h for h in m.sni_hosts if allowed_hosts is None or any(matches(a, h) for a in allowed_hosts)]
             names = [n for n in names if n not in seen]
@@ -204,15 +213,19 @@ def _protocol_kind(protocol: Protocol) -> str:
     return "auto" if protocol is Protocol.AUTO else "tcp"
 
 
-def _inbound_filters(snapshot: MeshSnapshot, proxy: Proxy, port: int, serves: str) -> list[dict]:
-    cluster = cluster_name("inbound", port, None, "")
+def _inbound_filters(snapshot: MeshSnapshot, proxy: Proxy, port: int | None, serves: str) -> list[dict]:
+    """The filters of one inbound chain for workload port `port`; None: the passthrough chains, for ports
+    no service declares, which send to the address the client dialled (``InboundPassthroughCluster``)."""
+    cluster = cluster_name("inbound", port, None, "") if port is not None else INBOUND_PASSTHROUGH_CLUSTER
     if serves == "http":
-        return [http_connection_manager(f"inbound_0.0.0.0_{port}", route_config=inbound_route_config(cluster, port),
-                                        authz=rbac.inbound_http_filters(snapshot, proxy, port),
+        return [http_connection_manager(f"inbound_0.0.0.0_{port or 0}",
+                                        route_config=inbound_route_config(cluster, port or 0),
+                                        authz=rbac.inbound_http_filters(snapshot, proxy, port or 0),
                                         forward_client_cert=proxy.identity is not None)]
     if serves == "refuse":
-        return [tcp_proxy(f"inbound|{port}|strict-mtls-refused-plaintext", BLACKHOLE_CLUSTER)]
-    return [*rbac.inbound_network_filters(snapshot, proxy, port), tcp_proxy(cluster, cluster)]
+        stat = f"inbound|{port}" if port is not None else "virtualInbound"
+        return [tcp_proxy(f"{stat}|strict-mtls-refused-plaintext", BLACKHOLE_CLUSTER)]
+    return [*rbac.inbound_network_filters(snapshot, proxy, port or 0), tcp_proxy(cluster, cluster)]
 
 
 def inbound_mode(snapshot: MeshSnapshot, proxy: Proxy, port: int) -> str:
@@ -222,9 +235,8 @@ def inbound_mode(snapshot: MeshSnapshot, proxy: Proxy, port: int) -> str:
     return peer_auth.workload_policy(snapshot, proxy).for_port(port)
 
 
-def _inbound_chains(snapshot: MeshSnapshot, proxy: Proxy, inbound: InboundPort, match: dict) -> list[dict]:
-    port = inbound.endpoint.port
-    specs = _CHAINS_BY_MODE[inbound_mode(snapshot, proxy, port)][_protocol_kind(inbound.port.protocol)]
+def _chains(snapshot: MeshSnapshot, proxy: Proxy, specs: list[ChainSpec], name: str, port: int | None,
+            match: dict) -> list[dict]:
     chains = []
     for suffix, transport, alpns, serves, mtls in specs:
         chain_match = dict(match)
@@ -232,7 +244,7 @@ def _inbound_chains(snapshot: MeshSnapshot, proxy: Proxy, inbound: InboundPort, 
             chain_match["transport_protocol"] = transport
         if alpns:
             chain_match["application_protocols"] = alpns
-        chain: dict = {"name": f"inbound|{port}{suffix}"}
+        chain: dict = {"name": f"{name}{suffix}"}
         if chain_match:
             chain["filter_chain_match"] = chain_match
         chain["filters"] = _inbound_filters(snapshot, proxy, port, serves)
@@ -240,6 +252,12 @@ def _inbound_chains(snapshot: MeshSnapshot, proxy: Proxy, inbound: InboundPort, 
             chain["transport_socket"] = inbound_mtls()
         chains.append(chain)
     return chains
+
+
+def _inbound_chains(snapshot: MeshSnapshot, proxy: Proxy, inbound: InboundPort, match: dict) -> list[dict]:
+    port = inbound.endpoint.port
+    specs = _CHAINS_BY_MODE[inbound_mode(snapshot, proxy, port)][_protocol_kind(inbound.port.protocol)]
+    return _chains(snapshot, proxy, specs, f"inbound|{port}", port, match)
 
 
 def _inbound_listener_filters(chains: list[dict], *, capture: bool) -> tuple[str, ...]:
@@ -251,23 +269,43 @@ def _inbound_listener_filters(chains: list[dict], *, capture: bool) -> tuple[str
     return tuple(name for name, wanted in needed.items() if wanted)
 
 
-def _catch_all(snapshot: MeshSnapshot, proxy: Proxy) -> dict:
-    """Traffic to ports no service names goes to the app as it is; under a workload-wide STRICT
-    policy it must be mTLS too, as in Istio."""
-    chain: dict = {"name": "virtualInbound-catchall", "filters": [
-        tcp_proxy(INBOUND_PASSTHROUGH_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER)]}
-    if proxy.identity is not None and peer_auth.workload_policy(snapshot, proxy).mode == peer_auth.STRICT:
-        chain["transport_socket"] = inbound_mtls()
-    return chain
+def _passthrough_chains(snapshot: MeshSnapshot, proxy: Proxy) -> list[dict]:
+    """Istio's inbound passthrough: ports no service declares, as a port of unknown protocol under the
+    workload's own PeerAuthentication mode (port-level settings do not apply), each chain with the
+    authorization filters of any other port, so a DENY or a non-matching ALLOW refuses it too. No
+    ``destination_port`` in their match: a declared port's chains always win."""
+    mode = peer_auth.workload_policy(snapshot, proxy).mode if proxy.identity is not None else peer_auth.DISABLE
+    return _chains(snapshot, proxy, _CHAINS_BY_MODE[mode]["auto"], "virtualInbound-catchall", None, {})
 
 
 def virtual_inbound(snapshot: MeshSnapshot, proxy: Proxy, inbound_ports: list[InboundPort]) -> dict:
     chains = []
     for inbound in inbound_ports:
         chains += _inbound_chains(snapshot, proxy, inbound, {"destination_port": inbound.endpoint.port})
-    return _listener("virtualInbound", "0.0.0.0", INBOUND_CAPTURE_PORT, chains, direction="INBOUND",
-                     filters=_inbound_listener_filters(chains, capture=True),
-                     default_chain=_catch_all(snapshot, proxy))
+    chains += _passthrough_chains(snapshot, proxy)
+    listener = _listener("virtualInbound", "0.0.0.0", INBOUND_CAPTURE_PORT, chains, direction="INBOUND",
+                         filters=_inbound_listener_filters(chains, capture=True))
+    _skip_http_inspection(listener, chains)
+    return listener
+
+
+def _skip_http_inspection(listener: dict, chains: list[dict]) -> None:
+    """As Istio: no HTTP sniffing on declared ports whose chains do not need it, so a server-first
+    protocol there is not kept waiting for the client's first bytes (only undeclared ports are)."""
+    sniffing: dict[int, bool] = {}
+    for chain in chains:
+        match = chain.get("filter_chain_match", {})
+        if "destination_port" in match:
+            sniffs = bool(set(match.get("application_protocols", ())) & set(SNIFFED_HTTP))
+            sniffing[match["destination_port"]] = sniffing.get(match["destination_port"], False) or sniffs
+    quiet = sorted(port for port, sniffs in sniffing.items() if not sniffs)
+    filters = listener.get("listener_filters", [])
+    if LISTENER_FILTERS["http_inspector"] not in filters or not quiet:
+        return
+    ranges = [{"destination_port_range": {"start": port, "end": port + 1}} for port in quiet]
+    disabled = ranges[0] if len(ranges) == 1 else {"or_match": {"rules": ranges}}
+    listener["listener_filters"] = [{**f, "filter_disabled": disabled} if f is LISTENER_FILTERS["http_inspector"]
+                                    else f for f in filters]
 
 
 def explicit_proxy_listeners(snapshot: MeshSnapshot, proxy: Proxy, inbound_ports: list[InboundPort]) -> list[dict]:
@@ -285,9 +323,31 @@ def explicit_proxy_listeners(snapshot: MeshSnapshot, proxy: Proxy, inbound_ports
 # ------------------------------------------------------------------ gateways
 
 
+TERMINATING_MODES = ("SIMPLE", "MUTUAL", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL")
+
+
+def gateway_server_kind(server: net.Server) -> str:
+    """How a Gateway server is served, from its protocol (any case) and TLS mode, as Istio:
+    ``http`` (HCM with RDS: HTTP, HTTP2, GRPC, GRPC-WEB, and HTTPS terminated), ``tls-passthrough``
+    (VirtualService ``tls`` routes by SNI: PASSTHROUGH, or TLS without a terminating mode),
+    ``auto-passthrough``, else ``tcp`` (VirtualService ``tcp`` routes: TCP, MONGO, MYSQL, REDIS, and
+    TLS terminated here)."""
+    proto = parse_protocol(server.port.protocol)
+    mode = server.tls.mode if server.tls else None
+    if mode == "AUTO_PASSTHROUGH":
+        return "auto-passthrough"
+    if mode == "PASSTHROUGH" or (proto is Protocol.TLS and mode not in TERMINATING_MODES):
+        return "tls-passthrough"
+    if proto is not None and (proto.is_http or proto is Protocol.HTTPS):
+        return "http"
+    return "tcp"
+
+
 def gateway_route_name(server: net.Server, gateway: Resource, listen_port: int) -> str:
-    """Istio's names: ``http.80`` for plain HTTP, ``https.443.<port name>.<gateway>.<namespace>`` for HTTPS."""
-    if server.port.protocol.upper() in ("HTTP", "HTTP2", "GRPC") and not (server.tls and server.tls.mode):
+    """Istio's names: ``http.80`` for plaintext HTTP protocols, ``https.443.<port name>.<gateway>.<namespace>``
+    for servers that terminate TLS."""
+    proto = parse_protocol(server.port.protocol)
+    if proto is not None and proto.is_http and not (server.tls and server.tls.mode):
         return f"http.{listen_port}"
     return f"https.{server.port.number}.{server.port.name}.{gateway.name}.{gateway.namespace}"
 
@@ -298,21 +358,22 @@ def _server_names(server: net.Server) -> list[str]:
 
 
 def _gateway_server_chains(snapshot: MeshSnapshot, proxy: Proxy, gw: Resource, server: net.Server,
-                           listen_port: int) -> list[dict]:
-    protocol = server.port.protocol.upper()
+                           listen_port: int, *, grpc_web: bool = False) -> list[dict]:
+    """The filter chains of one server; `grpc_web`: its HCM converts gRPC-Web (Istio's GRPC-WEB servers)."""
+    kind = gateway_server_kind(server)
     mode = server.tls.mode if server.tls else None
     ref = f"{gw.namespace}/{gw.name}"
-    ctx = RouteContext(snapshot, proxy, None, gateway=ref)
     stat = f"outbound_0.0.0.0_{listen_port}"
-    if mode in ("PASSTHROUGH", "AUTO_PASSTHROUGH") or (protocol == "TLS" and mode not in ("SIMPLE", "MUTUAL", "ISTIO_MUTUAL")):
-        if mode == "AUTO_PASSTHROUGH":
-            return _with_network_authz(snapshot, proxy, listen_port, _auto_passthrough_chains(snapshot, proxy, stat))
+    if kind == "auto-passthrough":
+        return _with_network_authz(snapshot, proxy, listen_port, _auto_passthrough_chains(snapshot, proxy, stat))
+    if kind == "tls-passthrough":
+        ctx = RouteContext(snapshot, proxy, None, gateway=ref)
         hosts = [h.rpartition("/")[2] for h in server.hosts]
         chains = []
         for vs in snapshot.virtual_services_for(proxy, gateway=ref):
-            chains += tls_chains(vs, ctx, stat, allowed_hosts=hosts)
+            chains += tls_chains(vs, ctx, stat, allowed_hosts=hosts, server_port=server.port.number)
         return _with_network_authz(snapshot, proxy, listen_port, chains)
-    if protocol in ("TCP", "MONGO", "MYSQL", "REDIS") or (protocol == "TLS" and mode):
+    if kind == "tcp":
         for vs in snapshot.virtual_services_for(proxy, gateway=ref):
             if vs.spec.tcp:
                 chains = tcp_chains(vs, RouteContext(snapshot, proxy, server.port.number, ref), stat, BLACKHOLE_CLUSTER)
@@ -322,9 +383,9 @@ def _gateway_server_chains(snapshot: MeshSnapshot, proxy: Proxy, gw: Resource, s
                 return _with_network_authz(snapshot, proxy, listen_port, chains)
         return []
     hcm = http_connection_manager(stat, rds=gateway_route_name(server, gw, listen_port), gateway=True,
-                                  authz=rbac.inbound_http_filters(snapshot, proxy, listen_port))
+                                  authz=rbac.inbound_http_filters(snapshot, proxy, listen_port), grpc_web=grpc_web)
     chain: dict = {"filters": [hcm]}
-    if mode in ("SIMPLE", "MUTUAL", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"):
+    if mode in TERMINATING_MODES:
         chain["transport_socket"] = gateway_server_tls(server.tls)
         match: dict = {"transport_protocol": "tls"}
         names = _server_names(server)
@@ -371,12 +432,19 @@ def gateway_servers(snapshot: MeshSnapshot, proxy: Proxy) -> dict[int, list[tupl
     return by_port
 
 
+def _is_grpc_web(server: net.Server) -> bool:
+    return parse_protocol(server.port.protocol) is Protocol.GRPC_WEB
+
+
 def gateway_listeners(snapshot: MeshSnapshot, proxy: Proxy) -> list[dict]:
     out = []
     for listen_port, servers in sorted(gateway_servers(snapshot, proxy).items()):
         chains, seen_http = [], False
+        # Plaintext HTTP servers of a port share one HCM: it converts gRPC-Web if any of them is GRPC-WEB.
+        plain_grpc_web = any(_is_grpc_web(s) and not (s.tls and s.tls.mode) for _, s in servers)
         for gw, server in servers:
-            for chain in _gateway_server_chains(snapshot, proxy, gw, server, listen_port):
+            grpc_web = _is_grpc_web(server) or (plain_grpc_web and not (server.tls and server.tls.mode))
+            for chain in _gateway_server_chains(snapshot, proxy, gw, server, listen_port, grpc_web=grpc_web):
                 plain = "filter_chain_match" not in chain
                 if plain and seen_http:
                     continue  # plain-HTTP servers on one port share one chain and one route config

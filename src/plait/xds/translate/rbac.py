@@ -15,9 +15,10 @@ OR. An ALLOW policy without rules matches nothing (deny all); ``rules: [{}]`` ma
 
 Wildcards and identities as Istio: ``x*`` prefix, ``*x`` suffix, ``*`` "present" (regex
 ``.+``); principals are the peer certificate's URI SAN ``spiffe://`` + value; namespaces the
-regex ``.*/ns/NS/.*``; serviceAccounts ``ns/sa``; ipBlocks the direct peer address,
-remoteIpBlocks the client address after X-Forwarded-For; requestPrincipals ``iss/sub`` (cut at
-the last ``/``) and ``request.auth.*`` the JWT payload jwt_authn leaves in dynamic metadata.
+regex ``.*/ns/NS/.*``; serviceAccounts ``ns/sa``; trustDomains the prefix ``spiffe://TD/``;
+ipBlocks the direct peer address, remoteIpBlocks the client address after X-Forwarded-For;
+requestPrincipals ``iss/sub`` (cut at the last ``/``) and ``request.auth.*`` the JWT payload
+jwt_authn leaves in dynamic metadata.
 
 TCP chains see no HTTP: a field only HTTP has (hosts, methods, paths, requestPrincipals,
 ``request.headers``, ``request.auth.*``) makes an ALLOW rule unusable, so the rule is left out
@@ -136,6 +137,16 @@ def _service_account(value: str, policy_namespace: str) -> dict:
     return _authenticated({"safe_regex": {"regex": regex}})
 
 
+def _trust_domain(value: str, _: str) -> dict:
+    """The peer's SPIFFE trust domain: ``*`` any, else exact or one ``*`` within the domain name."""
+    if value == "*":
+        return _authenticated({"prefix": SPIFFE})
+    if "*" not in value:
+        return _authenticated({"prefix": f"{SPIFFE}{value}/"})
+    before, _, after = value.partition("*")
+    return _authenticated({"safe_regex": {"regex": f"spiffe://{quote_meta(before)}[^/]*{quote_meta(after)}/.*"}})
+
+
 def _path(value: str) -> dict:
     if "{*}" in value or "{**}" in value:
         template = value.replace("{**}", "**").replace("{*}", "*")
@@ -233,6 +244,7 @@ ATTRIBUTES = {
     "request.auth.principal": Attribute("principal", True, all_values=_request_principals),
     "source.serviceAccount": Attribute("principal", False, _service_account),
     "source.namespace": Attribute("principal", False, _namespace),
+    "source.trustDomain": Attribute("principal", False, _trust_domain),
     "remote.ip": Attribute("principal", False, lambda v, _: {"remote_ip": cidr(v)}),
     "source.ip": Attribute("principal", False, lambda v, _: {"direct_remote_ip": cidr(v)}),
     "request.auth.audiences": Attribute("principal", True, all_values=lambda vs, _: _claim(["aud"], vs)),
@@ -246,7 +258,8 @@ ATTRIBUTES = {
 }
 
 # (API field, attribute), in the order Istio emits them.
-SOURCE_FIELDS = (("principals", "source.principal"), ("requestPrincipals", "request.auth.principal"),
+SOURCE_FIELDS = (("trustDomains", "source.trustDomain"),
+                 ("principals", "source.principal"), ("requestPrincipals", "request.auth.principal"),
                  ("serviceAccounts", "source.serviceAccount"), ("namespaces", "source.namespace"),
                  ("remoteIpBlocks", "remote.ip"), ("ipBlocks", "source.ip"))
 OPERATION_FIELDS = (("hosts", "host"), ("methods", "method"), ("paths", "path"), ("ports", "destination.port"))
