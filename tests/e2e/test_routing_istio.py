@@ -246,7 +246,7 @@ metadata: {name: reviews}
 spec:
   hosts: [reviews]
   http:
-  - headers: {request: {set: {host: reviews.internal, x-from: mesh}, remove: [":path"]}}
+  - headers: {request: {set: {host: reviews.internal, x-from: mesh}}}
     route: [{destination: {host: reviews}}]
 """
 

@@ -21,7 +21,7 @@ from plait.xds.hub import XdsHub
 from plait.xds.publish import Publisher
 from plait.xds.simulate import Request, simulate_mesh
 from plait.xds.static import envoy_validate, static_bootstrap
-from plait.xds.translate.envoyfilter import envoy_filters_for, proxy_metadata
+from plait.xds.envoyfilter import envoy_filters_for, proxy_metadata
 from plait.xds.translate.protomerge import merge_any, merge_message
 
 TESTDATA = Path(__file__).parent / "testdata"

@@ -72,7 +72,7 @@ DEPRECATED_FILTER_NAMES = {
     "envoy.listener.proxy_protocol": "envoy.filters.listener.proxy_protocol",
 }
 MAX_PROXY_VERSION_LENGTH = 1024  # Istio treats a longer proxyVersion as matching no proxy
-# Node metadata keys plait's proxies carry whose values translation knows (see `xds.translate.envoyfilter`).
+# Node metadata keys plait's proxies carry whose values translation knows (see `xds.envoyfilter`).
 KNOWN_METADATA_KEYS = ("NAMESPACE", "INTERCEPTION_MODE", "PLAIT_MODE", "ISTIO_VERSION", "APP_ADDRESS",
                        "PLAIT_IDENTITY")
 

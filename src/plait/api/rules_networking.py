@@ -109,8 +109,9 @@ def header_operations(path: str, headers: net.Headers | None) -> Iterator[Findin
 
 
 def redirect(path: str, target: net.HTTPRedirect) -> Iterator[Finding]:
-    if not (target.uri or target.authority or target.scheme or target.port or target.derive_port):
-        yield path, "a redirect needs uri, authority, scheme or port"
+    if not (target.uri or target.prefix_rewrite or target.authority or target.scheme or target.port
+            or target.derive_port):
+        yield path, "a redirect needs uri, prefixRewrite, authority, scheme or port"
     if target.scheme is not None and target.scheme not in ("http", "https"):
         yield f"{path}.scheme", f"redirect scheme {target.scheme!r} must be 'http' or 'https'"
 

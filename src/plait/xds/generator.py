@@ -10,7 +10,7 @@ from plait.model.snapshot import MeshSnapshot
 from plait.xds.resources import ResourceSet
 from plait.xds.translate import clusters as cds
 from plait.xds.translate import endpoints as eds
-from plait.xds.translate import envoyfilter
+from plait.xds import envoyfilter
 from plait.xds.translate import jwt
 from plait.xds.translate import listeners as lds
 from plait.xds.translate import routes as rds

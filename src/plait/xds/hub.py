@@ -47,7 +47,7 @@ from plait.xds.generator import affected_route_names, generate, generate_routes,
 from plait.xds.protocol import STALE, SYNCED, Ack, AdsStream, Nack, Response, TypeStatus
 from plait.xds.publish import EVERYTHING, TYPES, Impact, Publisher, Published, change_impact
 from plait.xds.resources import ResourceSet
-from plait.xds.translate.envoyfilter import GATEWAY_NAME_LABEL
+from plait.xds.envoyfilter import GATEWAY_NAME_LABEL
 
 log = logging.getLogger(__name__)
 

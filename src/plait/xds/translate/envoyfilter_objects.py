@@ -1,6 +1,6 @@
 """EnvoyFilter patches on one object kind at a time: filter lists, route configurations, clusters.
 
-Pure helpers of `plait.xds.translate.envoyfilter` (which chooses the patches and explains the
+Pure helpers of `plait.xds.envoyfilter` (which chooses the patches and explains the
 contexts). Route configurations follow Istio's ``rc_patch.go``, clusters ``cluster_patch.go``.
 `patch_route_config` and the filter helpers change the dicts they are given (callers pass copies);
 `patch_clusters` copies what it changes. No patch value is ever shared with the output.
