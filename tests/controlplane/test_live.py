@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import collections
+import re
 import threading
 import time
 from pathlib import Path
@@ -75,7 +76,8 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("live")
-    hook = {REJECTED_ROUTE_ENV: "plait-test-rejected"}  # routes with this name are made unacceptable to Envoy
+    # Routes with this name are made unacceptable to Envoy (only those: the push path is production's).
+    hook = {REJECTED_ROUTE_ENV: "plait-test-rejected"}
     with loopback_subnet() as net, ControlPlaneProcess(workdir / "mesh", workdir, env=hook) as cp:
         cp.apply(registry_yaml(net))
         backends = {f"reviews-{v}": HttpBackend(f"reviews-{v}", f"{net}.{i}", 8080)
@@ -320,8 +322,13 @@ def test_version_and_metrics(mesh: Mesh) -> None:
     assert "control plane version: 0." in cli(mesh, "version")
     metrics = mesh.cp.api.get("/metrics")
     for name in ("plait_xds_pushes_total", "plait_xds_push_seconds", "plait_xds_connected_proxies 3.0",
-                 "plait_xds_nacks_total", "plait_xds_convergence_seconds", "plait_snapshot_rebuilds_total"):
+                 "plait_xds_nacks_total", "plait_xds_convergence_seconds", "plait_snapshot_rebuilds_total",
+                 "plait_xds_refused_proxies 0.0"):
         assert name in metrics, name
+    # The test hook is on, yet the production push path ran: route-only changes (deleting a VirtualService
+    # above) regenerated only routes.
+    routes_only = re.search(r'^plait_xds_generations_total\{kind="routes"\} (\S+)$', metrics, re.M)
+    assert routes_only and float(routes_only.group(1)) >= 1, metrics
 
 
 def test_cli_apply_get_and_delete(mesh: Mesh, tmp_path: Path) -> None:

@@ -63,9 +63,32 @@ def test_golden(case: str) -> None:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_golden_publishes(case: str) -> None:
-    """The control plane can serialise every resource (each @type's protobuf module is loaded)."""
-    assert Publisher().publish(translate_case(case)).errors == ()
+def test_golden_publishes_consistently_for_every_proxy(case: str) -> None:
+    """The control plane can serialise every resource (each @type's protobuf module is loaded), and
+    nothing refers to a cluster, route configuration, endpoint set or secret that is not generated:
+    for the golden's proxy and every other workload of the input, in both modes."""
+    publisher = Publisher()
+    named = publisher.publish(translate_case(case))
+    assert (named.errors, named.inconsistencies) == ((), ())
+    snapshot = MeshSnapshot(load_text((TESTDATA / f"{case}.input.yaml").read_text()).raise_for_errors())
+    for we in snapshot.workload_entries:
+        for mode in ("capture", "proxy"):
+            proxy = Proxy.from_workload_entry(we, mode=mode)
+            published = publisher.publish(generate(snapshot, proxy))
+            assert (published.errors, published.inconsistencies) == ((), ()), f"{case}: {proxy.id} ({mode})"
+
+
+def test_credential_secrets_go_only_to_the_proxy_that_names_them() -> None:
+    snapshot = MeshSnapshot(load_text((TESTDATA / "07-gateway-tls.input.yaml").read_text()).raise_for_errors())
+    gateway = generate(snapshot, Proxy.from_workload_entry(snapshot.workload("istio-system/istio-ingressgateway")))
+    assert sorted(gateway.secrets) == ["admin-cert", "admin-cert-cacert"]
+    assert set(gateway.secrets["admin-cert"]["tls_certificate"]) == {"certificate_chain", "private_key"}
+    assert "trusted_ca" in gateway.secrets["admin-cert-cacert"]["validation_context"]
+    shown = yaml.safe_dump(gateway.to_dict(["sds"]))
+    assert "[redacted]" in shown and gateway.secrets["admin-cert"]["tls_certificate"]["private_key"]["inline_bytes"] \
+        not in shown
+    sidecar = generate(snapshot, Proxy.from_workload_entry(snapshot.workload("web/store-1")))
+    assert sidecar.secrets == {}
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -230,6 +230,78 @@ def test_an_unconvertible_resource_is_left_out_with_an_error_and_the_rest_is_sen
     assert any(e.startswith("cds bad:") for e in hub.statuses()[0].errors)
 
 
+def test_a_config_with_a_dangling_reference_is_refused_and_the_last_good_one_stays():
+    """Consistency is an error: a credentialName no Secret provides refuses the gateway's push (the
+    sidecars, which do not name it, carry on); the Secret's return ends the refusal."""
+    snapshot = MeshSnapshot(load_text((TESTDATA / "07-gateway-tls.input.yaml").read_text()).raise_for_errors())
+    secret = ("Secret", "istio-system", "admin-cert")
+    hub = XdsHub(snapshot)
+    gateway, store = synced(hub, [Proxy.from_workload_entry(snapshot.workload(n))
+                                  for n in ("istio-system/istio-ingressgateway", "web/store-1")])
+    good = gateway.conn.stream.published
+    assert sorted(good.types["sds"].resources) == ["admin-cert", "admin-cert-cacert"]
+    assert store.conn.stream.published.types["sds"].resources == {}  # a sidecar never gets the gateway's key
+    hub.update(snapshot.with_changes(deletes=[secret]), [secret])
+    assert gateway.pushes() == [] and gateway.conn.stream.published is good
+    status = next(s for s in hub.statuses() if s.proxy.kind == "router")
+    assert status.refused == (
+        "lds 0.0.0.0_443 refers to secret admin-cert, which nothing serves (credentialName admin-cert: no Secret "
+        "with that name in the proxy's namespace holds it)",
+        "lds 0.0.0.0_443 refers to secret admin-cert-cacert, which nothing serves (credentialName admin-cert: no "
+        "Secret with that name in the proxy's namespace holds it)")
+    assert status.to_dict()["refused"] == list(status.refused)
+    sample = hub.metrics.get_sample_value
+    assert sample("plait_xds_refused_proxies") == 1 and sample("plait_xds_refused_generations_total") == 1
+    hub.update(snapshot, [secret])  # the Secret is back: nothing new to send, and no longer refused
+    assert gateway.pushes() == [] and sample("plait_xds_refused_proxies") == 0
+    assert all(s.refused == () for s in hub.statuses())
+
+
+def test_a_new_proxy_whose_first_config_is_inconsistent_gets_nothing():
+    snapshot = MeshSnapshot(load_text((TESTDATA / "07-gateway-tls.input.yaml").read_text()).raise_for_errors())
+    snapshot = snapshot.with_changes(deletes=[("Secret", "istio-system", "admin-cert")])
+    hub = XdsHub(snapshot)
+    conn = hub.connect(make_node(Proxy.from_workload_entry(snapshot.workload("istio-system/istio-ingressgateway"))),
+                       delta=False, wake=lambda: None)
+    assert conn.stream.published is None and conn.receive(discovery_pb2.DiscoveryRequest(type_url=TYPE_URLS["cds"])) == []
+    assert hub.statuses()[0].refused
+
+
+def test_a_route_to_an_unknown_destination_stays_consistent_on_the_routes_only_path():
+    """Istio sends such a route to a cluster that does not exist (Envoy: 503); plait generates that
+    cluster empty. A routes-only update cannot add clusters, so it falls back to a full generation."""
+    snapshot = synthetic(scoped=False)
+    hub = XdsHub(snapshot)
+    (envoy,) = synced(hub, [workload_proxy(snapshot, 0)])
+    vs = load_one(virtual_service_yaml(SHAPE, 4).replace(
+        f"{{host: {SHAPE.service_name(4)}, subset: v2}}", "{host: nowhere.example.com}", 1))
+    hub.update(snapshot.with_changes(upserts=[vs]), [vs.key])
+    assert hub.statuses()[0].refused == ()
+    assert [r.type for r in envoy.pushes()] == ["cds", "rds"]
+    empty = envoy.conn.stream.published.types["cds"].resources["outbound|8080||nowhere.example.com"].to_dict()
+    assert empty["type"] == "STATIC" and "load_assignment" not in empty
+    assert hub.metrics.get_sample_value("plait_xds_generations_total", {"kind": "full"}) == 2
+
+
+def test_a_mutate_hook_keeps_sharing_and_routes_only_updates():
+    """The test hook edits generated resources; grouping and the routes-only path stay as in production."""
+    snapshot = synthetic(scoped=False)
+    seen = []
+
+    def mutate(proxy, resources):
+        seen.append(sorted(resources.of_type("rds")))
+        return resources
+
+    hub = XdsHub(snapshot, mutate=mutate)
+    envoys = synced(hub, [workload_proxy(snapshot, 0), workload_proxy(snapshot, 0, ip="10.99.0.1")])
+    assert envoys[0].conn.stream.published is envoys[1].conn.stream.published  # one group
+    assert len(seen) == 1
+    hub.update(*_change_svc(snapshot, 4, 50))
+    assert [[r.type for r in e.pushes()] for e in envoys] == [["rds"], ["rds"]]
+    assert hub.metrics.get_sample_value("plait_xds_generations_total", {"kind": "routes"}) == 1
+    assert len(seen) == 2 and seen[-1] == ["8080"]
+
+
 # ------------------------------------------------------------------ status, convergence, metrics
 
 def test_statuses_config_dump_convergence_and_metrics():

@@ -15,14 +15,14 @@ import yaml
 from pydantic import ValidationError
 
 from plait.api.errors import ConfigError, Problem
-from plait.api.resources import SPEC_MODELS, ObjectMeta, Resource, Source
+from plait.api.resources import FLAT_KINDS, SPEC_MODELS, ObjectMeta, Resource, Source
 
 YAML_SUFFIXES = (".yaml", ".yml")
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML has it: ~10x faster
 
 # Kinds that are valid Kubernetes/Istio objects but that plait does not act on yet.
 KNOWN_IGNORED_KINDS = {
-    "Namespace", "ServiceAccount", "Deployment", "ConfigMap", "Secret", "Pod",
+    "Namespace", "ServiceAccount", "Deployment", "ConfigMap", "Pod",
     "EnvoyFilter", "WorkloadGroup", "ProxyConfig", "Telemetry", "WasmPlugin",
 }
 
@@ -107,16 +107,18 @@ def parse_document(doc: Any, source: Source) -> tuple[list[Resource], list[Probl
         return [], [Problem(**{**base.__dict__, "path": "apiVersion",
                                "message": f"{api_version!r} is not an apiVersion of {kind}; expected one of {', '.join(versions)}"})]
     unknown = sorted(set(doc) - {"apiVersion", "kind", "metadata", "spec", "status"})
-    if unknown:
+    if unknown and kind not in FLAT_KINDS:
         return [], [Problem(**{**base.__dict__, "path": unknown[0], "message": "unknown top-level field; expected apiVersion, kind, metadata, spec"})]
     try:
         meta = ObjectMeta.model_validate(meta_raw)
     except ValidationError as exc:
         return [], _problems_from_validation(exc, base, "metadata")
+    flat = kind in FLAT_KINDS
+    body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")} if flat else doc.get("spec")
     try:
-        spec = model.model_validate(doc.get("spec") or {})
+        spec = model.model_validate(body or {})
     except ValidationError as exc:
-        return [], _problems_from_validation(exc, base, "spec")
+        return [], _problems_from_validation(exc, base, "" if flat else "spec")
     return [Resource(kind=kind, api_version=api_version, meta=meta, spec=spec, source=source)], []
 
 

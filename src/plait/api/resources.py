@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from plait.api import networking as net
+from plait.api import secrets
 from plait.api import security as sec
 from plait.api.common import Labels
 
@@ -99,6 +100,9 @@ class Resource:
             meta["labels"] = dict(self.meta.labels)
         if self.meta.annotations:
             meta["annotations"] = dict(self.meta.annotations)
+        if self.kind in FLAT_KINDS:
+            return {"apiVersion": self.api_version, "kind": self.kind, "metadata": meta,
+                    **self.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)}
         return {"apiVersion": self.api_version, "kind": self.kind, "metadata": meta,
                 "spec": self.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)}
 
@@ -124,4 +128,7 @@ SPEC_MODELS: dict[str, tuple[tuple[str, ...], type[BaseModel]]] = {
     "AuthorizationPolicy": (SECURITY_VERSIONS, sec.AuthorizationPolicySpec),
     "RequestAuthentication": (SECURITY_VERSIONS, sec.RequestAuthenticationSpec),
     "Service": (("v1",), K8sServiceSpec),
+    "Secret": (("v1",), secrets.SecretSpec),
 }
+# Kinds whose fields sit at the top level of the document (no ``spec``); the loader reads them as the spec.
+FLAT_KINDS = frozenset({"Secret"})
