@@ -241,6 +241,9 @@ def test_a_config_with_a_dangling_reference_is_refused_and_the_last_good_one_sta
     good = gateway.conn.stream.published
     assert sorted(good.types["sds"].resources) == ["admin-cert", "admin-cert-cacert"]
     assert store.conn.stream.published.types["sds"].resources == {}  # a sidecar never gets the gateway's key
+    dumped = {s["name"]: s for s in hub.config_dump(gateway.conn.proxy_id)["sds"]}
+    assert dumped["admin-cert"]["tls_certificate"]["private_key"] == {"inline_string": "[redacted]"}
+    assert "certificate_chain" in dumped["admin-cert"]["tls_certificate"]
     hub.update(snapshot.with_changes(deletes=[secret]), [secret])
     assert gateway.pushes() == [] and gateway.conn.stream.published is good
     status = next(s for s in hub.statuses() if s.proxy.kind == "router")
