@@ -114,3 +114,45 @@ def with_test_certificates(bootstrap: dict) -> dict:
 
 def test_cases_exist() -> None:
     assert len(CASES) >= 5, "golden cases went missing"
+
+
+def test_a_destination_rule_credential_is_read_from_the_proxys_namespace() -> None:
+    text = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: bank, namespace: shop}
+spec:
+  hosts: [bank.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: bank, namespace: shop}
+spec:
+  host: bank.example.com
+  exportTo: ["*"]
+  trafficPolicy: {tls: {mode: SIMPLE, credentialName: bank-ca}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: bank-ca, namespace: shop}
+stringData: {cacert: CA}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: cart, namespace: shop}
+spec: {address: 10.0.0.1}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: other, namespace: elsewhere}
+spec: {address: 10.0.0.2}
+"""
+    snapshot = MeshSnapshot(load_text(text).raise_for_errors())
+    cart = generate(snapshot, Proxy.from_workload_entry(snapshot.workload("shop/cart")))
+    assert list(cart.secrets) == ["bank-ca-cacert"]  # SIMPLE origination: the CA only
+    assert Publisher().publish(cart).inconsistencies == ()
+    other = generate(snapshot, Proxy.from_workload_entry(snapshot.workload("elsewhere/other")))
+    assert other.secrets == {}
+    assert [p.split(",")[0] for p in Publisher().publish(other).inconsistencies] == \
+        ["cds outbound|443||bank.example.com refers to secret bank-ca-cacert"]
