@@ -23,12 +23,19 @@ from plait.xds.simulate.listeners import (
     gateway_listener,
     inspect_connection,
     select_filter_chain,
+    unmodelled_chain_choice,
 )
 from plait.xds.simulate.outcome import Outcome
 from plait.xds.simulate.policies import header_changes, rewrite, rewritten_path, route_policies
 from plait.xds.simulate.rbac import Peer
 from plait.xds.simulate.request import Connection, Request, Resolver, normalize_path, strip_port
-from plait.xds.simulate.routes import describe_match, find_virtual_host, route_mismatch, virtual_service_of
+from plait.xds.simulate.routes import (
+    describe_match,
+    find_virtual_host,
+    route_mismatch,
+    unmodelled_matchers,
+    virtual_service_of,
+)
 
 HCM = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -105,7 +112,7 @@ def _follow_route(index: int, route: dict, vhost: dict, route_config: dict, hcm:
         return _direct_response(route["direct_response"], out)
     action = route.get("route")
     if action is None:
-        return out.fail(None, None, f"the route's action ({', '.join(route)}) is not one plait follows")
+        return out.not_modelled(f"the route's action ({', '.join(route)}) is not one plait follows")
     out.policies, notes = route_policies(route, vhost, route_config, action, hcm)
     out.notes += notes
     rewrite(action, match, request, out)
@@ -177,6 +184,10 @@ def _follow_http(hcm: dict, chain: dict, request: Request, conn: Connection, out
         out.notes.append("the virtual host requires TLS: Envoy redirects to https")
         return out
     for index, route in enumerate(vhost.get("routes", [])):
+        unknown = unmodelled_matchers(route.get("match", {}))
+        if unknown:
+            return out.not_modelled(f"route {_route_label(index, route)} of virtual host {out.virtual_host} "
+                                    f"matches on {', '.join(unknown)}, which plait does not evaluate")
         reason = route_mismatch(route.get("match", {}), request)
         if reason is None:
             return _follow_route(index, route, vhost, route_config, hcm, request, out, resources, conn)
@@ -224,7 +235,7 @@ def _follow_chain(chain: dict, request: Request, conn: Connection, out: Outcome,
             return out
         return _follow_tcp(tcp, request, conn, out, resources)
     names = ", ".join(f.get("name", "?") for f in chain.get("filters", []))
-    return out.fail(None, None, f"the filter chain runs {names or 'no filters'}, which plait does not follow")
+    return out.not_modelled(f"the filter chain runs {names or 'no filters'}, which plait does not follow")
 
 
 def simulate(resources: ResourceSet, proxy: Proxy, request: Request, resolve: Resolver | None = None, *,
@@ -249,6 +260,9 @@ def simulate(resources: ResourceSet, proxy: Proxy, request: Request, resolve: Re
         conn = replace(conn, source_ip=source_ip)
     out.listener = listener.get("name")
     conn = inspect_connection(listener, conn, request)
+    unknown = unmodelled_chain_choice(listener, conn)
+    if unknown:
+        return out.not_modelled(f"{out.listener}: {unknown}")
     chosen = select_filter_chain(listener, conn)
     if chosen is None:
         return out.fail(None, None, f"no filter chain of {out.listener} matches and it has no default chain: "

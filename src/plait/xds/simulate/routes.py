@@ -183,9 +183,14 @@ def _query_mismatch(qm: dict, params: dict[str, str]) -> str | None:
     return None
 
 
+def unmodelled_matchers(match: dict) -> list[str]:
+    """The fields of a route match the simulator does not evaluate (it must not guess about them)."""
+    return sorted(set(match) - _MATCH_KEYS)
+
+
 def route_mismatch(match: dict, request: Request) -> str | None:
     """None when the route's match holds for the request, else the first reason it does not."""
-    unknown = sorted(set(match) - _MATCH_KEYS)
+    unknown = unmodelled_matchers(match)
     if unknown:
         return f"matches on {', '.join(unknown)}, which plait cannot evaluate"
     reasons = [_path_mismatch(match, request)]
