@@ -48,6 +48,9 @@ def generate(snapshot: MeshSnapshot, proxy: Proxy) -> ResourceSet:
     return out
 
 
+UNKNOWN_DESTINATION = {"filter_metadata": {"plait": {"unknown_destination": True}}}
+
+
 def _known_destination(snapshot: MeshSnapshot, proxy: Proxy, services: dict, name: str) -> bool:
     """Does the proxy know the service, port and subset an ``outbound|PORT|SUBSET|HOST`` name means?"""
     _, port, subset, host = parse_cluster_name(name)
@@ -67,9 +70,15 @@ def unknown_destination_clusters(snapshot: MeshSnapshot, proxy: Proxy, out: Reso
     names |= {n for listener in out.listeners.values() for kind, n in listener_references(listener)
               if kind == "cluster"}
     services = {s.hostname: s for s in snapshot.services_for(proxy)}
-    return [{"name": n, "type": "STATIC", "connect_timeout": "10s"} for n in sorted(names)
-            if n not in out.clusters and n.startswith("outbound|") and parse_cluster_name(n) is not None
-            and not _known_destination(snapshot, proxy, services, n)]
+    return [{"name": n, "type": "STATIC", "connect_timeout": "10s", "metadata": UNKNOWN_DESTINATION}
+            for n in sorted(names) if n not in out.clusters and n.startswith("outbound|")
+            and parse_cluster_name(n) is not None and not _known_destination(snapshot, proxy, services, n)]
+
+
+def has_unknown_destinations(resources: ResourceSet) -> bool:
+    """Are some clusters there only because routes name them (`unknown_destination_clusters`)? Then a
+    change of routes alone can add or drop clusters."""
+    return any(c.get("metadata") == UNKNOWN_DESTINATION for c in resources.clusters.values())
 
 
 def route_names(snapshot: MeshSnapshot, proxy: Proxy) -> list[str]:

@@ -47,7 +47,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from plait.model import MeshSnapshot, Proxy
 from plait.model.snapshot import Key
-from plait.xds.generator import affected_route_names, generate, generate_routes, route_names
+from plait.xds.generator import (
+    affected_route_names,
+    generate,
+    generate_routes,
+    has_unknown_destinations,
+    route_names,
+)
 from plait.xds.protocol import STALE, SYNCED, Ack, AdsStream, Nack, Response, TypeStatus
 from plait.xds.publish import EVERYTHING, TYPES, Impact, Publisher, Published, change_impact
 from plait.xds.resources import ResourceSet
@@ -150,7 +156,7 @@ class ProxyStatus:
 class _Group:
     """Proxies that translate identically: one generation, one Published, shared."""
 
-    __slots__ = ("key", "proxy", "published", "route_names", "hosts", "error", "refused")
+    __slots__ = ("key", "proxy", "published", "route_names", "hosts", "error", "refused", "route_bound")
 
     def __init__(self, key: tuple, proxy: Proxy):
         self.key, self.proxy = key, proxy
@@ -159,6 +165,7 @@ class _Group:
         self.hosts: frozenset[str] = frozenset()  # services its proxies see
         self.error = ""
         self.refused: tuple[str, ...] = ()  # inconsistencies of the newest generation, which was not pushed
+        self.route_bound = False  # some clusters exist only because routes name them: routes alone can change CDS
 
 
 class ProxyConnection:
@@ -362,6 +369,7 @@ class XdsHub:
                     resources = self._mutate(proxy, resources)
                 published = self._publisher.publish(resources, previous)
                 route_names = frozenset(resources.routes)
+                route_bound = has_unknown_destinations(resources)
             self._generations.labels("full" if route_names is not None else "routes").inc()
             group.hosts = frozenset(s.hostname for s in self.snapshot.services_for(proxy))
         except Exception as error:  # user config must never take the control plane down
@@ -378,7 +386,7 @@ class XdsHub:
             self._refuse(group, previous)
             return
         if route_names is not None:
-            group.route_names = route_names
+            group.route_names, group.route_bound = route_names, route_bound
         if not _same(group.published, published):
             group.published = published
 
@@ -400,6 +408,7 @@ class XdsHub:
         the group's current resources. None when more may change (then everything is regenerated)."""
         proxy = group.proxy
         if not impact.routes_only or proxy.kind != "sidecar" or group.published is None or group.refused \
+                or group.route_bound \
                 or frozenset(route_names(self.snapshot, proxy)) != group.route_names:
             return None
         names = affected_route_names(self.snapshot, proxy, impact.hosts)
