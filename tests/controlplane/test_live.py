@@ -486,6 +486,7 @@ def test_a_gateway_credential_is_served_over_ads_and_a_missing_one_is_refused(me
         refused = mesh.cp.statuses()[gateway]["refused"]
         assert any("refers to secret secure-cred, which nothing serves" in r for r in refused), refused
         assert "plait_xds_refused_proxies 1.0" in mesh.cp.api.get("/metrics")
+        assert "REFUSED (the last good config stays): lds " in cli(mesh, "proxy-status", "ingressgateway")
         status, _, served = https_get(f"{mesh.net}.2", 8443, "secure.example.com", cert)  # the last good config
         assert status == 200 and served == ssl.PEM_cert_to_DER_cert(cert)
     finally:
