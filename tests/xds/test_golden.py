@@ -70,7 +70,9 @@ def test_golden_publishes_consistently_for_every_proxy(case: str) -> None:
     publisher = Publisher()
     named = publisher.publish(translate_case(case))
     assert (named.errors, named.inconsistencies) == ((), ())
-    snapshot = MeshSnapshot(load_text((TESTDATA / f"{case}.input.yaml").read_text()).raise_for_errors())
+    loaded = load_text((TESTDATA / f"{case}.input.yaml").read_text())
+    assert loaded.problems == [], f"{case}: {loaded.problems}"  # no warnings either
+    snapshot = MeshSnapshot(loaded.raise_for_errors())
     for we in snapshot.workload_entries:
         for mode in ("capture", "proxy"):
             proxy = Proxy.from_workload_entry(we, mode=mode)

@@ -211,6 +211,9 @@ def test_impact_of_gateways_sidecars_rules_and_endpoints():
     sidecar = ("Sidecar", "default", "default")
     assert change_impact(snapshot, snapshot, [sidecar]).namespaces == {"default"}
     assert change_impact(snapshot, snapshot, [("Sidecar", "istio-system", "default")]).everything
+    secret = change_impact(snapshot, snapshot, [("Secret", "web", "shop-cert")])  # read in its namespace only
+    assert secret.namespaces == {"web"} and not secret.routes_only and not secret.everything
+    assert change_impact(snapshot, snapshot, [("Secret", "istio-system", "gw-cert")]).namespaces == {"istio-system"}
 
 
 def test_unsure_changes_reach_everyone():

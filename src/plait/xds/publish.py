@@ -306,7 +306,7 @@ class Impact:
 
     everything: bool = False
     hosts: frozenset[str] = frozenset()
-    namespaces: frozenset[str] = frozenset()  # Sidecar changes: every proxy in these namespaces
+    namespaces: frozenset[str] = frozenset()  # Sidecar and Secret changes: every proxy in these namespaces
     routers: bool = False  # Gateway changes and gateway-bound VirtualServices: every gateway
     routes_only: bool = False
 
@@ -377,6 +377,10 @@ def change_impact(old: MeshSnapshot, new: MeshSnapshot, changed: Iterable[Key] |
         if kind == "DestinationRule":
             hosts |= {fqdn(dr.spec.host, dr.namespace) for dr in _versions(old, new, key)}
         elif kind == "Sidecar":
+            if namespace == new.root_namespace:  # the mesh-wide default Sidecar
+                return EVERYTHING
+            namespaces.add(namespace)
+        elif kind == "Secret":  # read by the proxies of its own namespace only
             namespaces.add(namespace)
         elif kind == "Gateway":
             routers = True
@@ -384,7 +388,7 @@ def change_impact(old: MeshSnapshot, new: MeshSnapshot, changed: Iterable[Key] |
             return EVERYTHING
     registry = _registry_hosts(old, new)
     unregistered = any(not h.startswith("*") and h not in old.services and h not in new.services for h in hosts)
-    if registry is None or unregistered or new.root_namespace in namespaces:
+    if registry is None or unregistered:
         return EVERYTHING
     return Impact(hosts=frozenset(hosts | registry), namespaces=frozenset(namespaces), routers=routers,
                   routes_only=routes_only and bool(changed) and not registry)
