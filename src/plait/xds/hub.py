@@ -312,7 +312,7 @@ class XdsHub:
         self._label_keys = selector_label_keys(snapshot)
         previous = self._regroup()
         for group in self._groups.values():
-            if group.key in previous or group.published is None or group.error:
+            if group.key in previous or group.published is None or group.error or group.refused:
                 self._generate(group, previous.get(group.key, group.published), EVERYTHING)
                 record.regenerated += 1
             elif impact.affects(group.proxy.kind, group.proxy.namespace, group.hosts):
