@@ -361,16 +361,10 @@ class XdsHub:
         """Regenerate and publish one group; on any error or inconsistency keep its last good resources."""
         proxy = group.proxy
         try:
-            published = self._routes_update(group, impact)
-            route_names = None  # of a full generation
+            published, full = self._routes_update(group, impact), None
             if published is None:
-                resources = generate(self.snapshot, proxy)
-                if self._mutate:
-                    resources = self._mutate(proxy, resources)
-                published = self._publisher.publish(resources, previous)
-                route_names = frozenset(resources.routes)
-                route_bound = has_unknown_destinations(resources)
-            self._generations.labels("full" if route_names is not None else "routes").inc()
+                published, full = self._full_generation(proxy, previous)
+            self._generations.labels("full" if full is not None else "routes").inc()
             group.hosts = frozenset(s.hostname for s in self.snapshot.services_for(proxy))
         except Exception as error:  # user config must never take the control plane down
             group.error = f"generation failed: {type(error).__name__}: {error}"
@@ -385,10 +379,19 @@ class XdsHub:
         if group.refused:
             self._refuse(group, previous)
             return
-        if route_names is not None:
-            group.route_names, group.route_bound = route_names, route_bound
+        if full is not None:
+            group.route_names, group.route_bound = full
         if not _same(group.published, published):
             group.published = published
+
+    def _full_generation(self, proxy: Proxy, previous: Published | None) -> tuple[Published, tuple[frozenset, bool]]:
+        """Everything generated and published; with the route names and whether some clusters exist only
+        because routes name them (see `_Group`)."""
+        resources = generate(self.snapshot, proxy)
+        if self._mutate:
+            resources = self._mutate(proxy, resources)
+        published = self._publisher.publish(resources, previous)
+        return published, (frozenset(resources.routes), has_unknown_destinations(resources))
 
     def _refuse(self, group: _Group, previous: Published | None) -> None:
         """Keep the group's last good resources: its newest generation refers to what does not exist."""
