@@ -57,7 +57,7 @@ REFUSED = [
     ("VirtualService", "hosts: [a]\nhttp: [{redirect: {uri: /b}, fault: {abort: {httpStatus: 500}}}]",
      "spec.http[0].fault", "both redirect and fault"),
     ("VirtualService", "hosts: [a]\nhttp: [{redirect: {redirectCode: 302}}]", "spec.http[0].redirect",
-     "needs uri, authority, scheme or port"),
+     "needs uri, prefixRewrite, authority, scheme or port"),
     ("VirtualService", "hosts: [a]\nhttp: [{redirect: {uri: /b, scheme: ftp}}]", "spec.http[0].redirect.scheme", "'http' or 'https'"),
     ("VirtualService", "hosts: [a]\nhttp: [{rewrite: {}, %s}]" % ROUTE, "spec.http[0].rewrite", "needs uri"),
     ("VirtualService", "hosts: [a]\nhttp: [{headers: {response: {set: {host: x}}}, %s}]" % ROUTE,

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import re
 import threading
 import time
 from pathlib import Path
@@ -75,7 +77,8 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("live")
-    hook = {REJECTED_ROUTE_ENV: "plait-test-rejected"}  # routes with this name are made unacceptable to Envoy
+    # Routes with this name are made unacceptable to Envoy (only those: the push path is production's).
+    hook = {REJECTED_ROUTE_ENV: "plait-test-rejected"}
     with loopback_subnet() as net, ControlPlaneProcess(workdir / "mesh", workdir, env=hook) as cp:
         cp.apply(registry_yaml(net))
         backends = {f"reviews-{v}": HttpBackend(f"reviews-{v}", f"{net}.{i}", 8080)
@@ -320,8 +323,13 @@ def test_version_and_metrics(mesh: Mesh) -> None:
     assert "control plane version: 0." in cli(mesh, "version")
     metrics = mesh.cp.api.get("/metrics")
     for name in ("plait_xds_pushes_total", "plait_xds_push_seconds", "plait_xds_connected_proxies 3.0",
-                 "plait_xds_nacks_total", "plait_xds_convergence_seconds", "plait_snapshot_rebuilds_total"):
+                 "plait_xds_nacks_total", "plait_xds_convergence_seconds", "plait_snapshot_rebuilds_total",
+                 "plait_xds_refused_proxies 0.0"):
         assert name in metrics, name
+    # The test hook is on, yet the production push path ran: route-only changes (deleting a VirtualService
+    # above) regenerated only routes.
+    routes_only = re.search(r'^plait_xds_generations_total\{kind="routes"\} (\S+)$', metrics, re.M)
+    assert routes_only and float(routes_only.group(1)) >= 1, metrics
 
 
 def test_cli_apply_get_and_delete(mesh: Mesh, tmp_path: Path) -> None:
@@ -376,3 +384,114 @@ def test_an_agent_registers_its_workload_and_leaves_eds_before_it_stops(mesh: Me
         assert app.count == seen
     assert not any(w["name"] == "reviews-v5" for w in mesh.cp.api.get("/api/v1/workloads"))
     assert len(load.results) > 30 and load.failures == []
+
+
+# ------------------------------------------------------------------ gateway credentials over SDS (ADS)
+
+def self_signed(host: str) -> tuple[str, str]:
+    """A certificate for `host` (its own CA) and its key, in PEM."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
+
+def https_get(address: str, port: int, host: str, ca_pem: str) -> tuple[int, bytes, bytes]:
+    """(status, body, the server's certificate in DER) of GET / with SNI and Host `host`, the server
+    verified against `ca_pem` (ssl.SSLCertVerificationError when it does not match)."""
+    import http.client
+    import socket
+    import ssl
+
+    context = ssl.create_default_context(cadata=ca_pem)
+    with socket.create_connection((address, port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as tls:
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        response = http.client.HTTPResponse(tls)
+        response.begin()
+        return response.status, response.read(), tls.getpeercert(binary_form=True)
+
+
+def secure_gateway_yaml(net: str, with_secret: str | None) -> str:
+    """An HTTPS Gateway server on the ingress gateway whose certificate comes from credentialName
+    `secure-cred` (a Secret in the gateway's namespace, istio-system), routed to ratings."""
+    docs = f"""apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: secure}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8443, name: https, protocol: HTTPS}}
+    hosts: [secure.example.com]
+    bind: {net}.2
+    tls: {{mode: SIMPLE, credentialName: secure-cred}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: secure}}
+spec:
+  hosts: [secure.example.com]
+  gateways: [secure]
+  http: [{{route: [{{destination: {{host: ratings}}}}]}}]
+"""
+    return docs + (f"---\n{with_secret}" if with_secret else "")
+
+
+def tls_secret(cert: str, key: str) -> str:
+    return yaml.safe_dump({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                           "metadata": {"name": "secure-cred", "namespace": "istio-system"},
+                           "stringData": {"tls.crt": cert, "tls.key": key}})
+
+
+def test_a_gateway_credential_is_served_over_ads_and_a_missing_one_is_refused(mesh: Mesh) -> None:
+    """credentialName → SDS over ADS from a Secret: the gateway answers HTTPS with that certificate;
+    the Secret deleted, the gateway's new config is refused (named in proxy-status) and the last good
+    one keeps serving; the sidecars never hold the key."""
+    import ssl
+
+    cert, key = self_signed("secure.example.com")
+    gateway = mesh.agents["gateway"].proxy_id
+    secret = tls_secret(cert, key)
+    mesh.cp.apply(secure_gateway_yaml(mesh.net, secret))
+    try:
+        mesh.eventually(lambda: https_get(f"{mesh.net}.2", 8443, "secure.example.com", cert)[0] == 200,
+                        "HTTPS on the gateway with the credential")
+        status, body, served = https_get(f"{mesh.net}.2", 8443, "secure.example.com", cert)
+        assert status == 200 and b"ratings-v1" in body
+        assert served == ssl.PEM_cert_to_DER_cert(cert)
+        other, _ = self_signed("secure.example.com")
+        with pytest.raises(ssl.SSLCertVerificationError):  # the check above is a real check
+            https_get(f"{mesh.net}.2", 8443, "secure.example.com", other)
+        statuses = mesh.cp.statuses()
+        assert statuses[gateway]["types"]["sds"]["state"] == "SYNCED"
+        assert all("sds" not in statuses[a.proxy_id]["types"] for n, a in mesh.agents.items() if n != "gateway")
+
+        mesh.cp.delete(secret)
+        mesh.eventually(lambda: mesh.cp.statuses()[gateway]["refused"], "the gateway's new config refused")
+        refused = mesh.cp.statuses()[gateway]["refused"]
+        assert any("refers to secret secure-cred, which nothing serves" in r for r in refused), refused
+        assert "plait_xds_refused_proxies 1.0" in mesh.cp.api.get("/metrics")
+        assert "REFUSED (the last good config stays): lds " in cli(mesh, "proxy-status", "ingressgateway")
+        status, _, served = https_get(f"{mesh.net}.2", 8443, "secure.example.com", cert)  # the last good config
+        assert status == 200 and served == ssl.PEM_cert_to_DER_cert(cert)
+    finally:
+        mesh.cp.delete(secure_gateway_yaml(mesh.net, None))
+        with contextlib.suppress(ClientError):
+            mesh.cp.delete(secret)
+    mesh.eventually(lambda: not mesh.cp.statuses()[gateway]["refused"], "the gateway consistent again")
+    mesh.eventually(all_synced(mesh), "every proxy SYNCED")

@@ -334,8 +334,10 @@ def test_proto_merge_rules() -> None:
 def test_golden_50_applies_only_what_selects_reviews() -> None:
     snapshot = MeshSnapshot(load_text((TESTDATA / "50-envoyfilter-sidecar.input.yaml").read_text()).raise_for_errors())
     resources = generate(snapshot, Proxy.from_workload_entry(snapshot.workload("reviews-v1")))
-    assert "lua_cluster" in resources.clusters  # reviews-lua's ADD; productpage-only's REMOVE did not apply
-    assert len(resources.clusters) > 5
+    assert "lua_cluster" in resources.clusters  # reviews-lua's ADD
+    page = generate(snapshot, Proxy.from_workload_entry(snapshot.workload("productpage-v1")))
+    assert page.clusters["outbound|9080||details.default.svc.cluster.local"]["connect_timeout"] == "3s"
+    assert resources.clusters["outbound|9080||details.default.svc.cluster.local"]["connect_timeout"] != "3s"
     outbound = http_filter_names(resources.listeners["0.0.0.0_9080"])[0]
     assert outbound == ["envoy.filters.http.buffer", "envoy.filters.http.router"]  # fault removed, cors replaced
 
@@ -359,12 +361,16 @@ def test_a_patch_that_breaks_envoy_config_is_caught_before_envoy_gets_it() -> No
     assert not verdict.ok and "router" in verdict.output  # …that Envoy itself rejects
 
 
-def test_a_route_a_patch_points_at_a_missing_cluster_is_reported_by_publish() -> None:
+def test_a_route_a_patch_points_at_an_unknown_destination_gets_istios_503() -> None:
+    """As any route to a destination the proxy does not know: an empty cluster of that name (Envoy
+    answers 503), so the push stays consistent."""
     patch = {"applyTo": "HTTP_ROUTE", "match": {"context": "SIDECAR_OUTBOUND", "routeConfiguration": {"portNumber": 8080}},
              "patch": {"operation": "INSERT_FIRST", "value": {"name": "lost", "match": {"prefix": "/lost"},
                                                               "route": {"cluster": "outbound|1|nowhere|none"}}}}
-    published = Publisher().publish(resources_of(envoy_filter([patch])))
-    assert any("unknown cluster outbound|1|nowhere|none" in m for m in (*published.warnings, *published.errors))
+    resources = resources_of(envoy_filter([patch]))
+    assert resources.clusters["outbound|1|nowhere|none"]["type"] == "STATIC"
+    assert "load_assignment" not in resources.clusters["outbound|1|nowhere|none"]
+    assert Publisher().publish(resources).inconsistencies == ()
 
 
 def test_a_lua_filter_added_by_envoy_filter_answers_through_envoy(tmp_path: Path) -> None:
@@ -404,3 +410,22 @@ def test_the_hub_keeps_apart_proxies_an_envoy_filter_tells_apart_and_follows_its
     changed = snapshot.with_changes(upserts=load_text(add_cluster("b")).raise_for_errors())
     hub.update(changed, changed=[("EnvoyFilter", "default", "ef")])
     assert "extra" not in clusters(one) and "extra" in clusters(two)
+
+
+def test_a_gateway_keeps_its_credentials_when_an_envoy_filter_patches_it() -> None:
+    """Patching works on the whole ResourceSet: the SDS secrets a Gateway's credentialName brings stay."""
+    text = (TESTDATA / "07-gateway-tls.input.yaml").read_text() + """---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: slower-connects, namespace: istio-system}
+spec:
+  configPatches:
+  - applyTo: CLUSTER
+    match: {context: GATEWAY}
+    patch: {operation: MERGE, value: {connect_timeout: 3s}}
+"""
+    snapshot = MeshSnapshot(load_text(text).raise_for_errors())
+    gateway = generate(snapshot, Proxy.from_workload_entry(snapshot.workload("istio-system/istio-ingressgateway")))
+    assert all(c["connect_timeout"] == "3s" for c in gateway.clusters.values())
+    assert "admin-cert" in gateway.secrets
+    assert Publisher().publish(gateway).inconsistencies == ()

@@ -63,9 +63,34 @@ def test_golden(case: str) -> None:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_golden_publishes(case: str) -> None:
-    """The control plane can serialise every resource (each @type's protobuf module is loaded)."""
-    assert Publisher().publish(translate_case(case)).errors == ()
+def test_golden_publishes_consistently_for_every_proxy(case: str) -> None:
+    """The control plane can serialise every resource (each @type's protobuf module is loaded), and
+    nothing refers to a cluster, route configuration, endpoint set or secret that is not generated:
+    for the golden's proxy and every other workload of the input, in both modes."""
+    publisher = Publisher()
+    named = publisher.publish(translate_case(case))
+    assert (named.errors, named.inconsistencies) == ((), ())
+    loaded = load_text((TESTDATA / f"{case}.input.yaml").read_text())
+    assert loaded.problems == [], f"{case}: {loaded.problems}"  # no warnings either
+    snapshot = MeshSnapshot(loaded.raise_for_errors())
+    for we in snapshot.workload_entries:
+        for mode in ("capture", "proxy"):
+            proxy = Proxy.from_workload_entry(we, mode=mode)
+            published = publisher.publish(generate(snapshot, proxy))
+            assert (published.errors, published.inconsistencies) == ((), ()), f"{case}: {proxy.id} ({mode})"
+
+
+def test_credential_secrets_go_only_to_the_proxy_that_names_them() -> None:
+    snapshot = MeshSnapshot(load_text((TESTDATA / "07-gateway-tls.input.yaml").read_text()).raise_for_errors())
+    gateway = generate(snapshot, Proxy.from_workload_entry(snapshot.workload("istio-system/istio-ingressgateway")))
+    assert sorted(gateway.secrets) == ["admin-cert", "admin-cert-cacert"]
+    assert set(gateway.secrets["admin-cert"]["tls_certificate"]) == {"certificate_chain", "private_key"}
+    assert "trusted_ca" in gateway.secrets["admin-cert-cacert"]["validation_context"]
+    shown = yaml.safe_dump(gateway.to_dict(["sds"]))
+    assert "[redacted]" in shown and gateway.secrets["admin-cert"]["tls_certificate"]["private_key"]["inline_bytes"] \
+        not in shown
+    sidecar = generate(snapshot, Proxy.from_workload_entry(snapshot.workload("web/store-1")))
+    assert sidecar.secrets == {}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -92,3 +117,46 @@ def with_test_certificates(bootstrap: dict) -> dict:
 
 def test_cases_exist() -> None:
     assert len(CASES) >= 5, "golden cases went missing"
+
+
+def test_a_destination_rule_credential_is_read_from_the_proxys_namespace() -> None:
+    text = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: bank, namespace: shop}
+spec:
+  hosts: [bank.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: bank, namespace: shop}
+spec:
+  host: bank.example.com
+  exportTo: ["*"]
+  trafficPolicy: {tls: {mode: SIMPLE, credentialName: bank-ca}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: bank-ca, namespace: shop}
+stringData: {cacert: CA}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: cart, namespace: shop}
+spec: {address: 10.0.0.1, labels: {istio: ingressgateway}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: other, namespace: elsewhere}
+spec: {address: 10.0.0.2, labels: {istio: ingressgateway}}
+"""
+    # Gateways: Istio gives a credentialName of a rule without workloadSelector to gateways, not sidecars.
+    snapshot = MeshSnapshot(load_text(text).raise_for_errors())
+    cart = generate(snapshot, Proxy.from_workload_entry(snapshot.workload("shop/cart")))
+    assert list(cart.secrets) == ["bank-ca-cacert"]  # SIMPLE origination: the CA only
+    assert Publisher().publish(cart).inconsistencies == ()
+    other = generate(snapshot, Proxy.from_workload_entry(snapshot.workload("elsewhere/other")))
+    assert other.secrets == {}
+    assert [p.split(",")[0] for p in Publisher().publish(other).inconsistencies] == \
+        ["cds outbound|443||bank.example.com refers to secret bank-ca-cacert"]

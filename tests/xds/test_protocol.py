@@ -233,9 +233,29 @@ def test_types_that_were_never_requested_are_not_pushed():
 
 def test_unknown_types_are_ignored():
     stream = AdsStream(published=published())
-    request = discovery_pb2.DiscoveryRequest(type_url="type.googleapis.com/envoy.extensions.transport_sockets"
-                                                      ".tls.v3.Secret", resource_names=["cert"])
+    request = discovery_pb2.DiscoveryRequest(type_url="type.googleapis.com/envoy.service.runtime.v3.Runtime",
+                                             resource_names=["rtds"])
     assert stream.receive(request) == []
+
+
+def with_secrets(*names: str) -> Published:
+    rs = ResourceSet()
+    rs.add_secrets({"name": n, "validation_context": {"trusted_ca": {"inline_string": f"CA of {n}"}}} for n in names)
+    return PUBLISHER.publish(rs)
+
+
+def test_secrets_are_named_sent_only_as_asked_and_reported_once_asked_for():
+    stream = AdsStream(published=with_secrets("gw-cert", "other-cert"))
+    assert "sds" not in stream.statuses()  # a proxy that never asks for secrets shows none
+    sent = only(stream.receive(sotw("sds", ["gw-cert"])))
+    assert (sent.type, sent.names) == ("sds", ["gw-cert"])
+    assert stream.statuses()["sds"].state == STALE
+    assert isinstance(stream.receive(sotw("sds", ["gw-cert"], nonce=sent.nonce))[0], Ack)
+    assert stream.statuses()["sds"].state == SYNCED
+    assert stream.update(with_secrets("gw-cert", "third")) == []  # nothing it asked for changed
+    rotated = PUBLISHER.publish(ResourceSet(secrets={"gw-cert": {"name": "gw-cert", "validation_context": {
+        "trusted_ca": {"inline_string": "a new CA"}}}}))
+    assert only(stream.update(rotated)).names == ["gw-cert"]
 
 
 def test_nothing_is_sent_before_resources_are_known_then_everything_is():

@@ -13,7 +13,7 @@ from envoy.config.route.v3 import route_pb2
 from plait.api import load_paths, load_text
 from plait.model import MeshSnapshot, Proxy
 from plait.xds.generator import generate
-from plait.xds.publish import Publisher, change_impact, check_references, content_hash
+from plait.xds.publish import Publisher, change_impact, content_hash, inconsistencies
 from plait.xds.resources import ResourceSet
 
 BOOKINFO = Path(__file__).parents[2] / "src/plait/demo/bookinfo"
@@ -85,22 +85,56 @@ def test_decoded_resources_are_envoy_json():
     assert cluster["name"] == "outbound|9080||reviews.default.svc.cluster.local" and cluster["type"] == "EDS"
 
 
-def test_references_to_missing_resources_are_warnings():
+def test_references_to_missing_resources_are_inconsistencies():
     snapshot = bookinfo("virtual-service-all-v1.yaml")
     resources = generate(snapshot, productpage(snapshot))
-    assert check_references(resources) == []
-    broken = ResourceSet(dict(resources.clusters), dict(resources.endpoints), dict(resources.listeners),
-                         dict(resources.routes))
+    assert inconsistencies(resources) == []
+    broken = copy.deepcopy(resources)
     del broken.clusters["outbound|9080|v1|reviews.default.svc.cluster.local"]
     del broken.endpoints["outbound|9080|v1|ratings.default.svc.cluster.local"]
     del broken.routes["9080"]
-    warnings = Publisher().publish(broken).warnings
-    assert "cds outbound|9080|v1|ratings.default.svc.cluster.local: no endpoints named " \
-           "outbound|9080|v1|ratings.default.svc.cluster.local" in warnings
-    assert "lds 0.0.0.0_9080: unknown route configuration 9080" in warnings
+    problems = Publisher().publish(broken).inconsistencies
+    assert "cds outbound|9080|v1|ratings.default.svc.cluster.local asks for endpoints " \
+           "outbound|9080|v1|ratings.default.svc.cluster.local, which are not generated" in problems
+    assert "lds 0.0.0.0_9080 refers to route configuration 9080, which is not generated" in problems
     broken.routes = dict(resources.routes)
-    assert "rds 9080: route to unknown cluster outbound|9080|v1|reviews.default.svc.cluster.local" in \
-           check_references(broken)
+    assert "rds 9080 routes to cluster outbound|9080|v1|reviews.default.svc.cluster.local, which is not generated" \
+        in inconsistencies(broken)
+
+
+def test_weighted_clusters_tcp_proxies_and_grpc_services_are_checked():
+    resources = ResourceSet()
+    resources.add_routes([{"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [
+            {"name": "a", "weight": 50}, {"name": "b", "weight": 50}]}}}]}]}])
+    hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {"rds": {"route_config_name": "r"}}}
+    tcp = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {"cluster": "c"}}
+    grpc = {"envoy_grpc": {"cluster_name": "authz"}}
+    sds = {"envoy_grpc": {"cluster_name": "sds-grpc"}}  # in every bootstrap: not a dangling reference
+    resources.add_listeners([{"name": "l", "filter_chains": [{"filters": [hcm]}, {"filters": [tcp]}],
+                              "access_log": [grpc, sds]}])
+    resources.add_clusters([{"name": "a", "type": "STATIC"}])
+    assert inconsistencies(resources) == [
+        "rds r routes to cluster b, which is not generated",
+        "lds l refers to cluster authz, which is not generated",
+        "lds l refers to cluster c, which is not generated",
+    ]
+
+
+def test_a_secret_asked_for_over_ads_must_be_served():
+    ref = {"name": "gw-cert", "sds_config": {"ads": {}, "resource_api_version": "V3"}}
+    agent = {"name": "default", "sds_config": {"api_config_source": {"api_type": "GRPC"}}}  # the agent serves it
+    socket = {"typed_config": {"common_tls_context": {"tls_certificate_sds_secret_configs": [ref, agent]}}}
+    resources = ResourceSet()
+    resources.add_listeners([{"name": "gw", "filter_chains": [{"transport_socket": socket}]}])
+    resources.add_clusters([{"name": "up", "type": "STATIC", "transport_socket": socket}])
+    assert inconsistencies(resources) == [
+        "lds gw refers to secret gw-cert, which nothing serves (credentialName gw-cert: no Secret with that name "
+        "in the proxy's namespace holds it)",
+        "cds up refers to secret gw-cert, which nothing serves (credentialName gw-cert: no Secret with that name "
+        "in the proxy's namespace holds it)"]
+    resources.add_secrets([{"name": "gw-cert"}])
+    assert inconsistencies(resources) == []
 
 
 def test_a_resource_that_fails_conversion_is_dropped_or_keeps_its_last_good_version():
@@ -190,6 +224,9 @@ def test_impact_of_gateways_sidecars_rules_and_endpoints():
     sidecar = ("Sidecar", "default", "default")
     assert change_impact(snapshot, snapshot, [sidecar]).namespaces == {"default"}
     assert change_impact(snapshot, snapshot, [("Sidecar", "istio-system", "default")]).everything
+    secret = change_impact(snapshot, snapshot, [("Secret", "web", "shop-cert")])  # read in its namespace only
+    assert secret.namespaces == {"web"} and not secret.routes_only and not secret.everything
+    assert change_impact(snapshot, snapshot, [("Secret", "istio-system", "gw-cert")]).namespaces == {"istio-system"}
 
 
 def test_unsure_changes_reach_everyone():

@@ -27,7 +27,11 @@ VIP = {"shop": "10.0.0.1", "db": "10.0.0.2"}
 def hcm(route_config: dict) -> dict:
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
         "@type": HCM_TYPE, "stat_prefix": "test", "route_config": route_config, "normalize_path": True,
-        "http_filters": [{"name": "envoy.filters.http.fault"}, {"name": "envoy.filters.http.router"}]}}
+        "http_filters": [
+            {"name": "envoy.filters.http.fault", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}},
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
 
 
 def eds_cluster(name: str, *addresses: str) -> tuple[dict, dict]:

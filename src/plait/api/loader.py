@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 from plait.api.checks import check_references
 from plait.api.errors import ConfigError, Problem
 from plait.api.kubeyaml import load_documents
-from plait.api.resources import SPEC_MODELS, SPEC_RULES, ObjectMeta, Resource, Source
+from plait.api.resources import FLAT_KINDS, SPEC_MODELS, SPEC_RULES, ObjectMeta, Resource, Source
 from plait.api.unsupported import (
     NOT_SUPPORTED_GROUPS,
     field_not_supported,
@@ -29,7 +29,7 @@ from plait.api.unsupported import (
 YAML_SUFFIXES = (".yaml", ".yml")
 
 # Kubernetes kinds that may sit beside Istio configuration; plait's config loader skips them.
-KNOWN_IGNORED_KINDS = {"Namespace", "ServiceAccount", "Deployment", "ConfigMap", "Secret", "Pod"}
+KNOWN_IGNORED_KINDS = {"Namespace", "ServiceAccount", "Deployment", "ConfigMap", "Pod"}
 
 
 @dataclass
@@ -146,16 +146,18 @@ def parse_document(doc: Any, source: Source) -> tuple[list[Resource], list[Probl
         return [], [Problem(**{**base.__dict__, "path": "apiVersion",
                                "message": f"{api_version!r} is not an apiVersion of {kind}; expected one of {', '.join(versions)}"})]
     unknown = sorted(set(doc) - {"apiVersion", "kind", "metadata", "spec", "status"})
-    if unknown:
+    if unknown and kind not in FLAT_KINDS:
         return [], [Problem(**{**base.__dict__, "path": unknown[0], "message": "unknown top-level field; expected apiVersion, kind, metadata, spec"})]
     try:
         meta = ObjectMeta.model_validate(meta_raw)
     except ValidationError as exc:
         return [], _problems_from_validation(exc, base, "metadata")
+    flat = kind in FLAT_KINDS
+    body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")} if flat else doc.get("spec")
     try:
-        spec = model.model_validate(doc.get("spec") or {}, by_alias=True, by_name=False)
+        spec = model.model_validate(body or {}, by_alias=True, by_name=False)
     except ValidationError as exc:
-        return [], _problems_from_validation(exc, base, "spec")
+        return [], _problems_from_validation(exc, base, "" if flat else "spec")
     rules = SPEC_RULES.get(kind)
     findings = list(rules(spec)) if rules else []
     if findings:

@@ -13,6 +13,7 @@ from plait.api import extensions as ext
 from plait.api import networking as net
 from plait.api import rules_networking as net_rules
 from plait.api import rules_security as sec_rules
+from plait.api import secrets
 from plait.api import security as sec
 from plait.api.common import Labels
 
@@ -103,6 +104,9 @@ class Resource:
             meta["labels"] = dict(self.meta.labels)
         if self.meta.annotations:
             meta["annotations"] = dict(self.meta.annotations)
+        if self.kind in FLAT_KINDS:
+            return {"apiVersion": self.api_version, "kind": self.kind, "metadata": meta,
+                    **self.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)}
         return {"apiVersion": self.api_version, "kind": self.kind, "metadata": meta,
                 "spec": self.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)}
 
@@ -130,6 +134,7 @@ SPEC_MODELS: dict[str, tuple[tuple[str, ...], type[BaseModel]]] = {
     "EnvoyFilter": (("networking.istio.io/v1alpha3",), ext.EnvoyFilterSpec),
     "ProxyConfig": (("networking.istio.io/v1beta1",), ext.ProxyConfigSpec),
     "Service": (("v1",), K8sServiceSpec),
+    "Secret": (("v1",), secrets.SecretSpec),
 }
 
 # kind → Istio's cross-field rules (rules_networking, rules_security): spec → (path in spec, message)
@@ -144,3 +149,6 @@ SPEC_RULES: dict[str, Callable[[Any], Iterable[tuple[str, str]]]] = {
     "AuthorizationPolicy": sec_rules.authorization_policy,
     "RequestAuthentication": sec_rules.request_authentication,
 }
+
+# Kinds whose fields sit at the top level of the document (no ``spec``); the loader reads them as the spec.
+FLAT_KINDS = frozenset({"Secret"})

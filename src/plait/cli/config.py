@@ -40,7 +40,7 @@ def validate(filename: FilesOption) -> None:
 def translate(
     filename: FilesOption,
     proxy: Annotated[str, typer.Option("--proxy", help="Workload (WorkloadEntry name or namespace/name) whose proxy to show.")],
-    type_: Annotated[list[str], typer.Option("--type", "-t", help="cds, eds, lds or rds; repeatable. Default: all.")] = [],  # noqa: B006
+    type_: Annotated[list[str], typer.Option("--type", "-t", help="cds, eds, lds, rds or sds (secrets, private keys redacted); repeatable. Default: cds, eds, lds, rds.")] = [],  # noqa: B006
     mode: Annotated[str, typer.Option(help="Sidecar mode: 'capture' (iptables) or 'proxy' (HTTP_PROXY).")] = "capture",
     output: Annotated[str, typer.Option("-o", "--output", help="yaml or json")] = "yaml",
 ) -> None:
@@ -51,9 +51,9 @@ def translate(
     Example: [bold]plait translate -f mesh/ --proxy productpage-v1 --type rds[/]
     """
     types = type_ or ["cds", "eds", "lds", "rds"]
-    unknown = [t for t in types if t not in ("cds", "eds", "lds", "rds")]
+    unknown = [t for t in types if t not in ("cds", "eds", "lds", "rds", "sds")]
     if unknown or mode not in ("capture", "proxy") or output not in ("yaml", "json"):
-        err.print("[red]error[/]: --type takes cds, eds, lds, rds; --mode capture or proxy; -o yaml or json")
+        err.print("[red]error[/]: --type takes cds, eds, lds, rds, sds; --mode capture or proxy; -o yaml or json")
         raise typer.Exit(2)
     snapshot = MeshSnapshot(load_or_exit(filename, show_warnings=False).resources)
     resources = generate(snapshot, proxy_for(snapshot, proxy, mode)).to_dict(types)

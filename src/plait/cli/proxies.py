@@ -184,6 +184,8 @@ def _proxy_diff(status: dict, control_plane: str | None, admin: str | None) -> N
                   + (f"; not in Envoy: {', '.join(missing[:5])}" if missing else "")
                   + (f"; only in Envoy: {', '.join(extra[:5])}" if extra else ""))
     out.print("Envoy holds what the control plane sent." if clean else "Envoy differs from what was sent (above).")
+    for problem in status.get("refused", []):  # dangling references: the newest config was not pushed
+        out.print(f"REFUSED (the last good config stays): {problem}", markup=False)
 
 
 CONFIG_KINDS = ("cluster", "listener", "route", "endpoint", "bootstrap", "secret")

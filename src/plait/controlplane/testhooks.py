@@ -1,6 +1,8 @@
 """Test hooks, off unless their environment variable is set: ways to make Envoy reject config
 that plait's own validation (rightly) never lets through, so NACK handling can be tested with
-real Envoys. Documented in docs/control-plane.md."""
+real Envoys. The hook edits each generation's resources just before they are published (full
+or routes-only); proxy sharing and the push path stay exactly as in production, so the live
+tests exercise them. Documented in docs/control-plane.md."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ REJECTED_ROUTE_ENV = "PLAIT_TEST_REJECTED_ROUTE"
 
 def rejecting_routes(route_name: str):
     """A hub `mutate` hook: every HTTP route named `route_name` also sets the ``:path`` header,
-    which Envoy refuses (":-prefixed or host headers may not be modified"), so it NACKs."""
+    which Envoy refuses (":-prefixed or host headers may not be modified"), so it NACKs. It reads
+    nothing of the proxy, so it is the same for every member of a generation group."""
 
     def mutate(_: Proxy, resources: ResourceSet) -> ResourceSet:
         for config in resources.routes.values():

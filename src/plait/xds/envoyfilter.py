@@ -121,7 +121,7 @@ def patch_resources(snapshot: MeshSnapshot, proxy: Proxy, resources: ResourceSet
         return resources
     listeners = patch_listeners(patches, proxy, resources.listeners)
     clusters = patch_clusters(patches, proxy, resources.clusters, _inbound_hosts(snapshot, proxy))
-    out = ResourceSet(clusters=clusters, listeners=listeners, routes=resources.routes)
+    out = ResourceSet(clusters=clusters, listeners=listeners, routes=resources.routes, secrets=resources.secrets)
     kept = {c.get("eds_cluster_config", {}).get("service_name") or name for name, c in clusters.items()}
     out.endpoints = {name: e for name, e in resources.endpoints.items()
                      if name in kept or name not in resources.clusters}  # a removed cluster's endpoints go too

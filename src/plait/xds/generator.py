@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from plait.model.hosts import fqdn, matches
 from plait.model.proxy import Proxy
 from plait.model.snapshot import MeshSnapshot
+from plait.xds.references import listener_references, route_config_clusters
 from plait.xds.resources import ResourceSet
 from plait.xds.translate import clusters as cds
 from plait.xds.translate import endpoints as eds
@@ -14,6 +15,8 @@ from plait.xds import envoyfilter
 from plait.xds.translate import jwt
 from plait.xds.translate import listeners as lds
 from plait.xds.translate import routes as rds
+from plait.xds.translate import secrets as sds
+from plait.xds.translate.common import parse_cluster_name
 
 
 def _http_ports(services) -> list[int]:
@@ -21,7 +24,7 @@ def _http_ports(services) -> list[int]:
 
 
 def generate(snapshot: MeshSnapshot, proxy: Proxy) -> ResourceSet:
-    """All listeners, routes, clusters and endpoints for one proxy."""
+    """All listeners, routes, clusters, endpoints and the secrets they name for one proxy."""
     services = snapshot.services_for(proxy)
     out = ResourceSet()
     out.add_clusters(cds.special_clusters(proxy))
@@ -41,7 +44,42 @@ def generate(snapshot: MeshSnapshot, proxy: Proxy) -> ResourceSet:
         else:
             out.add_listeners(lds.explicit_proxy_listeners(snapshot, proxy, inbound))
     out.add_routes(generate_routes(snapshot, proxy))
+    out.add_clusters(unknown_destination_clusters(snapshot, proxy, out))
+    out.add_secrets(sds.credential_secrets(snapshot, proxy, [*out.listeners.values(), *out.clusters.values()]))
     return envoyfilter.patch_resources(snapshot, proxy, out)
+
+
+UNKNOWN_DESTINATION = {"filter_metadata": {"plait": {"unknown_destination": True}}}
+
+
+def _known_destination(snapshot: MeshSnapshot, proxy: Proxy, services: dict, name: str) -> bool:
+    """Does the proxy know the service, port and subset an ``outbound|PORT|SUBSET|HOST`` name means?"""
+    _, port, subset, host = parse_cluster_name(name)
+    service = services.get(host)
+    if service is None or all(p.number != port for p in service.ports):
+        return False
+    rule = snapshot.destination_rule_for(proxy, service) if subset else None
+    return not subset or (rule is not None and any(s.name == subset for s in rule.spec.subsets))
+
+
+def unknown_destination_clusters(snapshot: MeshSnapshot, proxy: Proxy, out: ResourceSet) -> list[dict]:
+    """Clusters for route destinations the proxy does not know (a host not in its registry view, a
+    port the service lacks, a subset no DestinationRule defines). Istio routes them to a cluster it
+    never sends, and Envoy answers 503; plait sends that cluster, empty, so the answer is the same 503
+    (no healthy upstream) while every reference resolves and the push stays consistent."""
+    names = {c for config in out.routes.values() for c in route_config_clusters(config)}
+    names |= {n for listener in out.listeners.values() for kind, n in listener_references(listener)
+              if kind == "cluster"}
+    services = {s.hostname: s for s in snapshot.services_for(proxy)}
+    return [{"name": n, "type": "STATIC", "connect_timeout": "10s", "metadata": UNKNOWN_DESTINATION}
+            for n in sorted(names) if n not in out.clusters and n.startswith("outbound|")
+            and parse_cluster_name(n) is not None and not _known_destination(snapshot, proxy, services, n)]
+
+
+def has_unknown_destinations(resources: ResourceSet) -> bool:
+    """Are some clusters there only because routes name them (`unknown_destination_clusters`)? Then a
+    change of routes alone can add or drop clusters."""
+    return any(c.get("metadata") == UNKNOWN_DESTINATION for c in resources.clusters.values())
 
 
 def route_names(snapshot: MeshSnapshot, proxy: Proxy) -> list[str]:

@@ -12,13 +12,17 @@ that some Sidecar workloadSelector, VirtualService sourceLabels or Gateway selec
 names or a security policy or EnvoyFilter selects on, its IP in explicit-proxy mode, and its workload's ports (the inbound side).
 Each group is generated (`plait.xds.generator`) and published (`plait.xds.publish`)
 once; its members hold references to the same ResourceMaps, so per-proxy memory is
-the protocol state only. With a `mutate` hook (tests only) every proxy is its own group.
+the protocol state only. A `mutate` hook (tests only) edits each group's generated
+resources (full or routes-only) before publishing; it changes nothing else on the path.
 
 Updates: `change_impact` says which groups a change can reach; those are regenerated
 (only their route configurations when only HTTP routes of VirtualServices changed),
 the rest keep theirs. Content hashes turn a no-op regeneration into no push.
 Errors in user config never escape: a group whose generation fails keeps its last
-good resources and records the error.
+good resources and records the error. A generation with dangling references (a route
+to a cluster nobody generates, a credentialName no Secret provides…; see
+`plait.xds.publish.inconsistencies`) is refused the same way: its proxies keep their
+last good config, and the refusal shows in the log, in `statuses()` and in metrics.
 
 Convergence: each `update` is an `UpdateRecord`; it waits for every proxy that was
 sent something to have no type left STALE (an ACK, or a NACK, ends the wait).
@@ -43,7 +47,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from plait.model import MeshSnapshot, Proxy
 from plait.model.snapshot import Key
-from plait.xds.generator import affected_route_names, generate, generate_routes, route_names
+from plait.xds.generator import (
+    affected_route_names,
+    generate,
+    generate_routes,
+    has_unknown_destinations,
+    route_names,
+)
 from plait.xds.protocol import STALE, SYNCED, Ack, AdsStream, Nack, Response, TypeStatus
 from plait.xds.publish import EVERYTHING, TYPES, Impact, Publisher, Published, change_impact
 from plait.xds.resources import ResourceSet
@@ -137,7 +147,7 @@ class ProxyStatus:
     stream: str  # "sotw" | "delta"
     types: dict[str, TypeStatus]
     errors: tuple[str, ...] = ()  # generation and conversion errors (its last good resources are kept)
-    warnings: tuple[str, ...] = ()  # references to missing clusters, endpoints or route configurations
+    refused: tuple[str, ...] = ()  # dangling references that made the newest config unpushable
     admin_address: str | None = None  # the proxy's Envoy admin API, for proxy-config
 
     def to_dict(self) -> dict:
@@ -145,7 +155,7 @@ class ProxyStatus:
         return {"proxy_id": self.proxy_id, "envoy_version": self.envoy_version, "connected_at": self.connected_at,
                 "admin_address": self.admin_address,
                 "stream": self.stream, "types": {short: s.to_dict() for short, s in self.types.items()},
-                "errors": list(self.errors), "warnings": list(self.warnings),
+                "errors": list(self.errors), "refused": list(self.refused),
                 "proxy": {"kind": p.kind, "ip": p.ip, "name": p.name, "namespace": p.namespace,
                           "labels": dict(p.labels), "mode": p.mode, "service_account": p.service_account,
                           "app_address": p.app_address}}
@@ -154,7 +164,7 @@ class ProxyStatus:
 class _Group:
     """Proxies that translate identically: one generation, one Published, shared."""
 
-    __slots__ = ("key", "proxy", "published", "route_names", "hosts", "error")
+    __slots__ = ("key", "proxy", "published", "route_names", "hosts", "error", "refused", "route_bound")
 
     def __init__(self, key: tuple, proxy: Proxy):
         self.key, self.proxy = key, proxy
@@ -162,6 +172,8 @@ class _Group:
         self.route_names: frozenset[str] = frozenset()  # of its last full generation
         self.hosts: frozenset[str] = frozenset()  # services its proxies see or serve
         self.error = ""
+        self.refused: tuple[str, ...] = ()  # inconsistencies of the newest generation, which was not pushed
+        self.route_bound = False  # some clusters exist only because routes name them: routes alone can change CDS
 
 
 class ProxyConnection:
@@ -232,6 +244,13 @@ class XdsHub:
         self._convergence = Histogram("plait_xds_convergence_seconds",
                                       "Config change until every affected proxy acknowledged it",
                                       buckets=SECONDS_BUCKETS, registry=self.metrics)
+        self._generations = Counter("plait_xds_generations", "Group generations, by kind (full or routes-only)",
+                                    ["kind"], registry=self.metrics)
+        self._refusals = Counter("plait_xds_refused_generations",
+                                 "Generations not pushed because they referred to missing resources",
+                                 registry=self.metrics)
+        Gauge("plait_xds_refused_proxies", "Connected proxies whose newest config was refused (they keep "
+              "their last good one)", registry=self.metrics).set_function(self._refused_count)
 
     # -------------------------------------------------------------- streams
 
@@ -301,7 +320,7 @@ class XdsHub:
         self._label_keys = selector_label_keys(snapshot)
         previous = self._regroup()
         for group in self._groups.values():
-            if group.key in previous or group.published is None or group.error:
+            if group.key in previous or group.published is None or group.error or group.refused:
                 self._generate(group, previous.get(group.key, group.published), EVERYTHING)
                 record.regenerated += 1
             elif impact.affects(group.proxy.kind, group.proxy.namespace, group.hosts):
@@ -338,7 +357,7 @@ class XdsHub:
                proxy.ip if proxy.mode == "proxy" else "",
                tuple(sorted(proxy.listen_ports.items())), tuple((k, proxy.labels.get(k)) for k in self._label_keys),
                workload)
-        return key + (proxy.id,) if self._mutate else key
+        return key
 
     def _group_for(self, proxy: Proxy) -> _Group:
         key = self._group_key(proxy)
@@ -347,16 +366,13 @@ class XdsHub:
         return self._groups[key]
 
     def _generate(self, group: _Group, previous: Published | None, impact: Impact) -> None:
-        """Regenerate and publish one group; on any error keep its last good resources."""
+        """Regenerate and publish one group; on any error or inconsistency keep its last good resources."""
         proxy = group.proxy
         try:
-            published = self._routes_update(group, impact)
+            published, full = self._routes_update(group, impact), None
             if published is None:
-                resources = generate(self.snapshot, proxy)
-                if self._mutate:
-                    resources = self._mutate(proxy, resources)
-                published = self._publisher.publish(resources, previous)
-                group.route_names = frozenset(resources.routes)
+                published, full = self._full_generation(proxy, previous)
+            self._generations.labels("full" if full is not None else "routes").inc()
             # The services it sees, and those it serves (their DestinationRules shape its inbound clusters).
             group.hosts = frozenset(s.hostname for s in self.snapshot.services_for(proxy)) | {
                 ip.service.hostname for ip in self.snapshot.workload_ports(proxy)}
@@ -369,18 +385,51 @@ class XdsHub:
         group.error = ""
         for message in published.errors:
             log.warning("%s: %s", proxy.id, message)
+        group.refused = published.inconsistencies
+        if group.refused:
+            self._refuse(group, previous)
+            return
+        if full is not None:
+            group.route_names, group.route_bound = full
         if not _same(group.published, published):
             group.published = published
+
+    def _full_generation(self, proxy: Proxy, previous: Published | None) -> tuple[Published, tuple[frozenset, bool]]:
+        """Everything generated and published; with the route names and whether some clusters exist only
+        because routes name them (see `_Group`)."""
+        resources = generate(self.snapshot, proxy)
+        if self._mutate:
+            resources = self._mutate(proxy, resources)
+        published = self._publisher.publish(resources, previous)
+        return published, (frozenset(resources.routes), has_unknown_destinations(resources))
+
+    def _refuse(self, group: _Group, previous: Published | None) -> None:
+        """Keep the group's last good resources: its newest generation refers to what does not exist."""
+        self._refusals.inc()
+        members = sorted(c.proxy_id for c in self._connections.values() if c.group is group) or [group.proxy.id]
+        shown = ", ".join(members[:3]) + (f" and {len(members) - 3} more" if len(members) > 3 else "")
+        log.error("refusing to push inconsistent config to %s (the last good config stays): %s",
+                  shown, "; ".join(group.refused))
+        if group.published is None:
+            group.published = previous
+
+    def _refused_count(self) -> int:
+        return sum(1 for c in self._connections.values() if c.group is not None and c.group.refused)
 
     def _routes_update(self, group: _Group, impact: Impact) -> Published | None:
         """When only HTTP routes changed: just the route configurations they reach, published over
         the group's current resources. None when more may change (then everything is regenerated)."""
         proxy = group.proxy
-        if not impact.routes_only or proxy.kind != "sidecar" or self._mutate or group.published is None \
+        if not impact.routes_only or proxy.kind != "sidecar" or group.published is None or group.refused \
+                or group.route_bound \
                 or frozenset(route_names(self.snapshot, proxy)) != group.route_names:
             return None
         names = affected_route_names(self.snapshot, proxy, impact.hosts)
-        return self._publisher.publish_routes(generate_routes(self.snapshot, proxy, only=names), group.published)
+        routes = generate_routes(self.snapshot, proxy, only=names)
+        if self._mutate:
+            routes = list(self._mutate(proxy, ResourceSet(routes={r["name"]: r for r in routes})).routes.values())
+        published = self._publisher.publish_routes(routes, group.published)
+        return None if published.inconsistencies else published  # e.g. a new route to a cluster: regenerate all
 
     # -------------------------------------------------------------- reporting
 
@@ -390,13 +439,14 @@ class XdsHub:
             group = conn.group
             published = group.published if group else None
             errors = (published.errors if published else ()) + ((group.error,) if group and group.error else ())
+            refused = group.refused if group else ()
             types = {s: dataclasses.replace(t) for s, t in conn.stream.statuses().items()}
             if conn._dirty:  # an update is assigned but not yet sent: what it holds is not the latest
                 for t in types.values():
                     t.state = STALE if t.state == SYNCED else t.state
             out.append(ProxyStatus(conn.proxy_id, conn.proxy, conn.envoy_version, conn.connected_at, conn.stream.kind,
                                    types,
-                                   errors, published.warnings if published else (), conn.admin_address))
+                                   errors, refused, conn.admin_address))
         return out
 
     def config_dump(self, proxy_id: str) -> dict | None:
@@ -414,5 +464,5 @@ class XdsHub:
 
 def _same(a: Published | None, b: Published) -> bool:
     """Would `b` send nothing new compared with `a`?"""
-    return a is not None and a.warnings == b.warnings and a.errors == b.errors and all(
+    return a is not None and a.inconsistencies == b.inconsistencies and a.errors == b.errors and all(
         a.types[s] is b.types[s] or a.types[s].version == b.types[s].version for s in TYPES)

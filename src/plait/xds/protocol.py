@@ -5,9 +5,10 @@ proxy's current resources, a `plait.xds.publish.Published` (`update`). Flows out
 `Response`s to send (encoded with `Response.encode()`), `Ack` / `Nack` events, and a
 `TypeStatus` per type (SYNCED, NOT SENT, STALE = sent but not acknowledged, NACKED).
 
-Rules, per type URL (cds, eds, lds, rds; other types are ignored):
-* Subscriptions: CDS and LDS are wildcard when no names are given (or "*"); EDS and
-  RDS are always named (an empty list means nothing is wanted).
+Rules, per type URL (cds, eds, lds, rds, sds; other types are ignored):
+* Subscriptions: CDS and LDS are wildcard when no names are given (or "*"); EDS, RDS
+  and SDS (secrets: the credentials a listener or cluster names) are always named (an
+  empty list means nothing is wanted).
 * A request whose nonce is the last one sent ACKs it, or NACKs it when it carries
   error_detail (each nonce is answered once). Other nonces are stale and are not
   ACKs, but a change of resource names is answered whatever nonce it rides on.
@@ -17,7 +18,7 @@ Rules, per type URL (cds, eds, lds, rds; other types are ignored):
 * What is sent: SotW sends the full set for wildcard types whenever anything in it
   changed, and only changed resources for named types (Envoy keeps named resources
   it is not sent); delta sends changed resources and `removed_resources`.
-* Pushes go in the order CDS, EDS, LDS, RDS (make before break). An updated cluster is
+* Pushes go in the order CDS, EDS, LDS, RDS, SDS (make before break). An updated cluster is
   warming in Envoy until it receives its endpoints again, so the endpoints of every
   cluster a CDS push changes are resent with the EDS push that follows, changed or not.
 
@@ -38,6 +39,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from plait.xds.publish import SHORT_NAMES, TYPES, Published, ResourceMap, VersionedResource, wire_field
 
 WILDCARD_TYPES = frozenset({"cds", "lds"})
+ON_REQUEST_TYPES = frozenset({"sds"})  # reported only on streams that subscribed to them
 SYNCED, NOT_SENT, STALE, NACKED = "SYNCED", "NOT SENT", "STALE", "NACKED"
 NAME_SETS_KEPT = 4096
 
@@ -241,7 +243,8 @@ class AdsStream:
         return state.status if state is not None else TypeStatus()
 
     def statuses(self) -> dict[str, TypeStatus]:
-        return {short: self.status(short) for short in TYPES}
+        """Every config type; secrets only once the proxy asked for some (most never do)."""
+        return {short: self.status(short) for short in TYPES if short not in ON_REQUEST_TYPES or short in self._types}
 
     def held(self, short: str) -> dict[str, VersionedResource]:
         """What the client holds of one type, as far as this stream knows (what it was last sent)."""

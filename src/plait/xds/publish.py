@@ -1,8 +1,8 @@
 """Publishing: one proxy's ResourceSet (Envoy JSON form) → versioned protobuf resources for ADS.
 
 Flows in: a `ResourceSet` from `plait.xds.generator` and the previous `Published` of
-the same proxies. Flows out: a `Published`: per type (cds, eds, lds, rds) a
-`ResourceMap` {name: VersionedResource}, plus the warnings and errors found.
+the same proxies. Flows out: a `Published`: per type (cds, eds, lds, rds, sds) a
+`ResourceMap` {name: VersionedResource}, plus the errors and inconsistencies found.
 
 * A resource's version is the content hash of its canonical JSON (sorted keys, no
   spaces): an unchanged resource keeps its version, so it is never sent again.
@@ -12,9 +12,13 @@ the same proxies. Flows out: a `Published`: per type (cds, eds, lds, rds) a
   holds them weakly: one lives as long as some ResourceMap holds it). Route
   configurations are converted virtual host by virtual host (an LRU cache of their
   bytes), so a change to one VirtualService converts one virtual host, not all 1,000.
-* Checks before publishing: every cluster a route or listener names, every EDS and
-  every RDS name must exist (a missing one is a warning); a resource that fails
-  conversion is left out with an error, and its previous version, if any, is kept.
+* Consistency (go-control-plane's `Snapshot.Consistent()`): every cluster a route or
+  listener names (route actions, weighted clusters, mirrors, TCP proxies, JWKS fetches,
+  gRPC services), every EDS name of a cluster, every RDS name of an HTTP connection
+  manager (in any filter chain) and every secret a listener or cluster asks for over ADS
+  must be in the set. A dangling reference is an *inconsistency*: the hub refuses to push
+  such a set and the proxy keeps its last good config. A resource that fails conversion
+  is left out with an error, and its previous version, if any, is kept.
 * `change_impact` says which proxies a change of config objects can affect.
 
 State: a `Publisher` owns its conversion caches. Nothing here blocks or does I/O.
@@ -27,7 +31,7 @@ import importlib
 import json
 import weakref
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf import any_pb2, json_format
@@ -36,13 +40,16 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from plait.model.hosts import fqdn, matches
 from plait.model.snapshot import REGISTRY_KINDS, Key, MeshSnapshot, gateway_ref
 from plait.xds.resources import TYPE_URLS, ResourceSet
+from plait.xds.references import listener_references, route_config_clusters
+from plait.xds.translate.secrets import ads_secret_names, redacted
 
-TYPES = ("cds", "eds", "lds", "rds")  # also the push order: make before break
+TYPES = ("cds", "eds", "lds", "rds", "sds")  # also the push order: make before break
 MESSAGES = {"cds": cluster_pb2.Cluster, "eds": endpoint_pb2.ClusterLoadAssignment,
-            "lds": listener_pb2.Listener, "rds": route_pb2.RouteConfiguration}
+            "lds": listener_pb2.Listener, "rds": route_pb2.RouteConfiguration, "sds": secret_pb2.Secret}
 # json_format resolves an "@type" only once its message type is imported: every type translation emits.
 TYPED_CONFIG_MODULES = [
     "envoy.extensions.clusters.dynamic_forward_proxy.v3.cluster_pb2",
@@ -118,9 +125,11 @@ class VersionedResource:
         return any_pb2.Any(type_url=self.type_url, value=self.value)
 
     def to_dict(self) -> dict:
-        """Envoy's JSON form (proto field names), decoded from what is sent."""
-        message = MESSAGES[SHORT_NAMES[self.type_url]].FromString(self.value)
-        return json_format.MessageToDict(message, preserving_proto_field_name=True)
+        """Envoy's JSON form (proto field names), decoded from what is sent; private keys redacted."""
+        short = SHORT_NAMES[self.type_url]
+        message = MESSAGES[short].FromString(self.value)
+        out = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        return redacted(out) if short == "sds" else out
 
     def __repr__(self) -> str:
         return f"VersionedResource({self.name!r}, {self.version})"
@@ -150,10 +159,12 @@ class ResourceMap:
 
 @dataclass(frozen=True)
 class Published:
-    """Everything one proxy may be sent, per type, in push order; plus what was wrong with it."""
+    """Everything one proxy may be sent, per type, in push order; plus what was wrong with it:
+    `errors` (resources that failed conversion; their last good versions are kept) and
+    `inconsistencies` (dangling references: a set with any must not be pushed)."""
 
     types: dict[str, ResourceMap]
-    warnings: tuple[str, ...] = ()
+    inconsistencies: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
 
     @classmethod
@@ -181,7 +192,7 @@ class Publisher:
         for short in TYPES:
             last = previous.types[short] if previous is not None else None
             maps[short] = self._publish_type(short, resources.of_type(short), last, errors)
-        return Published(maps, tuple(check_references(resources)), tuple(errors))
+        return Published(maps, tuple(inconsistencies(resources)), tuple(errors))
 
     def publish_routes(self, routes: list[dict], previous: Published) -> Published:
         """`previous` with some route configurations replaced (the rest of it is known unchanged)."""
@@ -191,12 +202,12 @@ class Publisher:
         merged = {**last.resources, **changed.resources}
         fresh = ResourceMap(last.type_url, merged)
         clusters = previous.types["cds"].resources
-        prefixes = tuple(f"rds {r['name']}:" for r in routes)
-        warnings = [w for w in previous.warnings if not w.startswith(prefixes)]
-        warnings += [w for r in routes for w in _route_warnings(r["name"], r, clusters)]
+        prefixes = tuple(f"rds {r['name']}" for r in routes)
+        problems = [p for p in previous.inconsistencies if not p.startswith(prefixes)]
+        problems += [p for r in routes for p in _route_problems(r["name"], r, clusters)]
         stale = tuple(e for e in previous.errors if not e.startswith(prefixes))
         return Published({**previous.types, "rds": last if fresh.version == last.version else fresh},
-                         tuple(warnings), stale + tuple(errors))
+                         tuple(problems), stale + tuple(errors))
 
     def _publish_type(self, short: str, items: Mapping[str, dict], last: ResourceMap | None,
                       errors: list[str], fallback: Mapping[str, VersionedResource] | None = None) -> ResourceMap:
@@ -257,60 +268,35 @@ class Publisher:
 
 # ------------------------------------------------------------------ consistency checks
 
-def _action_clusters(action: dict) -> Iterator[str]:
-    if isinstance(action.get("cluster"), str):
-        yield action["cluster"]
-    for weighted in action.get("weighted_clusters", {}).get("clusters", ()):
-        yield weighted["name"]
-    for mirror in action.get("request_mirror_policies", ()):
-        if isinstance(mirror.get("cluster"), str):
-            yield mirror["cluster"]
+def _route_problems(name: str, config: dict, clusters: Collection[str]) -> list[str]:
+    missing = sorted({c for c in route_config_clusters(config) if c not in clusters})
+    return [f"rds {name} routes to cluster {c}, which is not generated" for c in missing]
 
 
-def _route_config_clusters(config: dict) -> Iterator[str]:
-    for vhost in config.get("virtual_hosts", ()):
-        for route in vhost.get("routes", ()):
-            yield from _action_clusters(route.get("route", {}))
+def _secret_problems(short: str, name: str, resource: dict, secrets: Collection[str]) -> list[str]:
+    missing = sorted({s for s in ads_secret_names(resource) if s not in secrets})
+    return [f"{short} {name} refers to secret {s}, which nothing serves (credentialName {s.removesuffix('-cacert')}: "
+            f"no Secret with that name in the proxy's namespace holds it)" for s in missing]
 
 
-def _listener_references(node: object) -> Iterator[tuple[str, str]]:
-    """("cluster", name) and ("route", name) pairs a listener refers to, at any depth."""
-    if isinstance(node, list):
-        for item in node:
-            yield from _listener_references(item)
-    elif isinstance(node, dict):
-        if "route_config" in node and isinstance(node["route_config"], dict):
-            yield from (("cluster", c) for c in _route_config_clusters(node["route_config"]))
-        elif "rds" in node and isinstance(node["rds"], dict):
-            yield "route", node["rds"].get("route_config_name", "")
-        yield from (("cluster", c) for c in _action_clusters(node))
-        for key, value in node.items():
-            if key not in ("route_config", "rds") and isinstance(value, (dict, list)):
-                yield from _listener_references(value)
-
-
-def _route_warnings(name: str, config: dict, clusters: Collection[str]) -> list[str]:
-    missing = sorted({c for c in _route_config_clusters(config) if c not in clusters})
-    return [f"rds {name}: route to unknown cluster {c}" for c in missing]
-
-
-def check_references(resources: ResourceSet) -> list[str]:
-    """Warnings for names that point nowhere: route/listener clusters, EDS names, RDS names."""
-    warnings: list[str] = []
+def inconsistencies(resources: ResourceSet) -> list[str]:
+    """Names that point nowhere (go-control-plane's `Snapshot.Consistent()`): route and listener
+    clusters, RDS names, EDS names and ADS secrets. Each names the referring resource and the missing name."""
+    problems: list[str] = []
     for name, config in sorted(resources.routes.items()):
-        warnings += _route_warnings(name, config, resources.clusters)
+        problems += _route_problems(name, config, resources.clusters)
     for name, listener in sorted(resources.listeners.items()):
-        refs = set(_listener_references(listener))
-        warnings += [f"lds {name}: unknown cluster {n}" for kind, n in sorted(refs)
-                     if kind == "cluster" and n not in resources.clusters]
-        warnings += [f"lds {name}: unknown route configuration {n}" for kind, n in sorted(refs)
-                     if kind == "route" and n not in resources.routes]
+        refs = sorted(set(listener_references(listener)))
+        problems += [f"lds {name} refers to {kind} {ref}, which is not generated" for kind, ref in refs
+                     if ref not in (resources.clusters if kind == "cluster" else resources.routes)]
+        problems += _secret_problems("lds", name, listener, resources.secrets)
     for name, cluster in sorted(resources.clusters.items()):
         if cluster.get("type") == "EDS":
             eds_name = cluster.get("eds_cluster_config", {}).get("service_name") or name
             if eds_name not in resources.endpoints:
-                warnings.append(f"cds {name}: no endpoints named {eds_name}")
-    return warnings
+                problems.append(f"cds {name} asks for endpoints {eds_name}, which are not generated")
+        problems += _secret_problems("cds", name, cluster, resources.secrets)
+    return problems
 
 
 # ------------------------------------------------------------------ which proxies a change can affect
@@ -323,7 +309,7 @@ class Impact:
 
     everything: bool = False
     hosts: frozenset[str] = frozenset()
-    namespaces: frozenset[str] = frozenset()  # Sidecar changes: every proxy in these namespaces
+    namespaces: frozenset[str] = frozenset()  # Sidecar and Secret changes: every proxy in these namespaces
     routers: bool = False  # Gateway changes and gateway-bound VirtualServices: every gateway
     routes_only: bool = False
 
@@ -396,6 +382,10 @@ def change_impact(old: MeshSnapshot, new: MeshSnapshot, changed: Iterable[Key] |
         if kind == "DestinationRule":
             hosts |= {fqdn(dr.spec.host, dr.namespace) for dr in _versions(old, new, key)}
         elif kind == "Sidecar":
+            if namespace == new.root_namespace:  # the mesh-wide default Sidecar
+                return EVERYTHING
+            namespaces.add(namespace)
+        elif kind == "Secret":  # read by the proxies of its own namespace only
             namespaces.add(namespace)
         elif kind == "Gateway":
             routers = True
@@ -403,7 +393,7 @@ def change_impact(old: MeshSnapshot, new: MeshSnapshot, changed: Iterable[Key] |
             return EVERYTHING
     registry = _registry_hosts(old, new)
     unregistered = any(not h.startswith("*") and h not in old.services and h not in new.services for h in hosts)
-    if registry is None or unregistered or new.root_namespace in namespaces:
+    if registry is None or unregistered:
         return EVERYTHING
     return Impact(hosts=frozenset(hosts | registry), namespaces=frozenset(namespaces), routers=routers,
                   routes_only=routes_only and bool(changed) and not registry)

@@ -24,13 +24,20 @@ from plait.xds.simulate.listeners import (
     gateway_listener,
     inspect_connection,
     select_filter_chain,
+    unmodelled_chain_choice,
 )
 from plait.xds.simulate.outcome import Outcome
 from plait.xds.simulate.policies import header_changes, rewrite, rewritten_path, route_policies
 from plait.xds.simulate.jwt import routing_metadata
 from plait.xds.simulate.rbac import Peer, metadata_matches
 from plait.xds.simulate.request import Connection, Request, Resolver, normalize_path, strip_port
-from plait.xds.simulate.routes import describe_match, find_virtual_host, route_mismatch, virtual_service_of
+from plait.xds.simulate.routes import (
+    describe_match,
+    find_virtual_host,
+    route_mismatch,
+    unmodelled_matchers,
+    virtual_service_of,
+)
 
 HCM = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -107,7 +114,7 @@ def _follow_route(index: int, route: dict, vhost: dict, route_config: dict, hcm:
         return _direct_response(route["direct_response"], out)
     action = route.get("route")
     if action is None:
-        return out.fail(None, None, f"the route's action ({', '.join(route)}) is not one plait follows")
+        return out.not_modelled(f"the route's action ({', '.join(route)}) is not one plait follows")
     out.policies, notes = route_policies(route, vhost, route_config, action, hcm, request)
     out.notes += notes
     rewrite(action, match, request, out)
@@ -157,6 +164,30 @@ def _authorize_http(hcm: dict, request: Request, conn: Connection, out: Outcome,
     return True, {JWT_FILTER: seen} if seen else {}
 
 
+# HTTP filters whose effect the simulator knows: it evaluates RBAC and jwt_authn, follows fault
+# injection and CORS in the route's policies; gRPC-Web, buffering and the router leave routing alone.
+MODELLED_HTTP_FILTERS = frozenset("type.googleapis.com/" + name for name in (
+    "envoy.extensions.filters.http.fault.v3.HTTPFault",
+    "envoy.extensions.filters.http.cors.v3.Cors",
+    "envoy.extensions.filters.http.rbac.v3.RBAC",
+    "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+    "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
+    "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
+    "envoy.extensions.filters.http.buffer.v3.Buffer",
+    "envoy.extensions.filters.http.router.v3.Router",
+))
+
+
+def unmodelled_http_filters(hcm: dict) -> list[str]:
+    """The connection manager's HTTP filters the simulator does not know (e.g. Lua or rate limiting
+    added by an EnvoyFilter): what they do to a request is not modelled, so it must not guess."""
+    def types(f: dict) -> list[str]:  # its typed config, or what an extension config (ECDS) may hold
+        return f.get("config_discovery", {}).get("type_urls") or [f.get("typed_config", {}).get("@type")]
+
+    return [f.get("name", "?") for f in hcm.get("http_filters", [])
+            if not all(t in MODELLED_HTTP_FILTERS for t in types(f))]
+
+
 def _follow_http(hcm: dict, chain: dict, request: Request, conn: Connection, out: Outcome,
                  resources: ResourceSet, now: float | None) -> Outcome:
     tls_chain = "transport_socket" in chain
@@ -168,6 +199,10 @@ def _follow_http(hcm: dict, chain: dict, request: Request, conn: Connection, out
     if route_config is None:
         return out.fail(None, None, f"route configuration {name!r} was never sent: Envoy does not serve the listener")
     out.step("route config", name, f"HTTP connection manager, {source}")
+    unknown_filters = unmodelled_http_filters(hcm)
+    if unknown_filters:
+        return out.not_modelled(f"the connection manager runs HTTP filters plait does not simulate: "
+                                f"{', '.join(unknown_filters)}")
     request = _prepare(hcm, request, conn, out)
     allowed, metadata = _authorize_http(hcm, request, conn, out, now)
     if not allowed:
@@ -184,6 +219,10 @@ def _follow_http(hcm: dict, chain: dict, request: Request, conn: Connection, out
         out.notes.append("the virtual host requires TLS: Envoy redirects to https")
         return out
     for index, route in enumerate(vhost.get("routes", [])):
+        unknown = unmodelled_matchers(route.get("match", {}))
+        if unknown:
+            return out.not_modelled(f"route {_route_label(index, route)} of virtual host {out.virtual_host} "
+                                    f"matches on {', '.join(unknown)}, which plait does not evaluate")
         reason = route_mismatch(route.get("match", {}), request, functools.partial(metadata_matches, peer=peer))
         if reason is None:
             return _follow_route(index, route, vhost, route_config, hcm, request, out, resources, conn)
@@ -231,7 +270,7 @@ def _follow_chain(chain: dict, request: Request, conn: Connection, out: Outcome,
             return out
         return _follow_tcp(tcp, request, conn, out, resources)
     names = ", ".join(f.get("name", "?") for f in chain.get("filters", []))
-    return out.fail(None, None, f"the filter chain runs {names or 'no filters'}, which plait does not follow")
+    return out.not_modelled(f"the filter chain runs {names or 'no filters'}, which plait does not follow")
 
 
 def simulate(resources: ResourceSet, proxy: Proxy, request: Request, resolve: Resolver | None = None, *,
@@ -256,6 +295,9 @@ def simulate(resources: ResourceSet, proxy: Proxy, request: Request, resolve: Re
         conn = replace(conn, source_ip=source_ip)
     out.listener = listener.get("name")
     conn = inspect_connection(listener, conn, request)
+    unknown = unmodelled_chain_choice(listener, conn)
+    if unknown:
+        return out.not_modelled(f"{out.listener}: {unknown}")
     chosen = select_filter_chain(listener, conn)
     if chosen is None:
         return out.fail(None, None, f"no filter chain of {out.listener} matches and it has no default chain: "

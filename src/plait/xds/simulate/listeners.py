@@ -203,16 +203,35 @@ _CHAIN_LEVELS = (_by_port, _by_dest_ip, _by_server_name, _by_transport, _by_alpn
                  _by_source_type, _by_source_ip, _by_source_port)
 
 
-def select_filter_chain(listener: dict, conn: Connection) -> tuple[str, dict, list[str]] | None:
-    """Envoy's choice: level by level keep the most specific matching chains; no backtracking."""
+def _matching_chains(listener: dict, conn: Connection) -> tuple[Candidates, list[str], str | None]:
+    """Envoy's levels, most specific first, without backtracking: (chains left, reasons, what of the
+    choice the simulator cannot know, if anything)."""
     cands: Candidates = list(enumerate(listener.get("filter_chains", [])))
     reasons: list[str] = []
     for level in _CHAIN_LEVELS:
+        if level is _by_source_port and any(_fcm(c).get("source_ports") for c in cands):
+            return cands, reasons, "a filter chain matches on source_ports, and the client's port is not known"
         cands, why = level(cands, conn)
         if why:
             reasons.append(why)
         if not cands:
             break
+    if len(cands) > 1:
+        names = ", ".join(c[1].get("name") or f"#{c[0]}" for c in cands)
+        return cands, reasons, f"several filter chains match ({names}): they differ in what plait does not model"
+    return cands, reasons, None
+
+
+def unmodelled_chain_choice(listener: dict, conn: Connection) -> str | None:
+    """Why the simulator cannot tell which filter chain Envoy picks (None when it can); as Istio's
+    simulation reports ErrMultipleFilterChain instead of guessing."""
+    return _matching_chains(listener, conn)[2]
+
+
+def select_filter_chain(listener: dict, conn: Connection) -> tuple[str, dict, list[str]] | None:
+    """Envoy's choice: level by level keep the most specific matching chains; no backtracking.
+    (Check `unmodelled_chain_choice` first: with several chains left, this returns the first.)"""
+    cands, reasons, _ = _matching_chains(listener, conn)
     if cands:
         index, chain = cands[0]
         return chain.get("name") or f"#{index}", chain, reasons or ["no filter_chain_match: it takes any connection"]

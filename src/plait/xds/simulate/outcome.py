@@ -17,6 +17,15 @@ from plait.xds.simulate.rbac import Peer, RbacVerdict
 from plait.xds.simulate.request import Request
 
 RESPONSE_FLAGS = {"NR": "no route", "NC": "no cluster", "UH": "no healthy upstream"}
+# What the simulator does not model and reports as such (`Outcome.not_modelled`), never guessing past it.
+NOT_MODELLED = (
+    "several filter chains match (they differ in what the simulator does not know)",
+    "a filter chain that matches on source_ports (the client's port is not known)",
+    "a route matcher other than path/prefix/regex/path_separated_prefix/CONNECT, headers, query parameters, gRPC",
+    "a route action other than cluster, weighted_clusters, cluster_header, redirect, direct_response",
+    "a filter chain whose network filter is neither an HTTP connection manager nor tcp_proxy",
+    "an HTTP filter other than fault, CORS, RBAC, jwt_authn, gRPC-Web, dynamic forward proxy, buffer and the router",
+)
 
 
 @dataclass
@@ -133,6 +142,7 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
     authorization: list[Authorization] = field(default_factory=list)
     refused: bool = False  # the TCP connection is closed by RBAC
+    unmodelled: str | None = None  # why the simulator cannot say what Envoy does (see `not_modelled`)
 
     def step(self, stage: str, name: str, why: str = "") -> None:
         self.hops.append(Hop(stage, name, why))
@@ -142,12 +152,20 @@ class Outcome:
         self.notes.append(why)
         return self
 
+    def not_modelled(self, why: str) -> Outcome:
+        """Stop: what comes next is something the simulator does not model, so it does not guess.
+        The cases (kept few, and each one listed in NOT_MODELLED): several filter chains match; a
+        route matcher it does not evaluate; a route action, network filter or HTTP filter it does not follow."""
+        self.unmodelled = why
+        self.notes.append(f"not modelled: {why}")
+        return self
+
     @property
     def failed(self) -> bool:
         """Envoy does not forward the request (and does not answer it with a redirect or direct response)."""
         answered = self.action in ("redirect", "direct_response", "bypass")
-        return not answered and (self.status is not None or self.response_flag is not None or not self.clusters
-                                 or self.refused)
+        return self.unmodelled is not None or not answered and (
+            self.status is not None or self.response_flag is not None or not self.clusters or self.refused)
 
     @property
     def cluster_names(self) -> list[str]:
@@ -155,6 +173,8 @@ class Outcome:
 
     def summary(self) -> str:
         """One line: where it lands, or what Envoy answers."""
+        if self.unmodelled is not None:
+            return f"not modelled by plait's simulator: {self.unmodelled}"
         if self.action == "redirect":
             return f"{self.status} redirect to {self.location}"
         if self.action == "direct_response":

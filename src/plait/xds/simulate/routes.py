@@ -211,10 +211,15 @@ def _metadata_mismatch(mm: Mapping[str, Any], check: MetadataCheck | None) -> st
     return f"wants {describe_metadata_match(mm)}; the request's metadata does not have it"
 
 
+def unmodelled_matchers(match: dict) -> list[str]:
+    """The fields of a route match the simulator does not evaluate (it must not guess about them)."""
+    return sorted(set(match) - _MATCH_KEYS)
+
+
 def route_mismatch(match: dict, request: Request, metadata: MetadataCheck | None = None) -> str | None:
     """None when the route's match holds for the request, else the first reason it does not.
     `metadata` evaluates ``dynamic_metadata`` matchers (without it they are reported, not guessed)."""
-    unknown = sorted(set(match) - _MATCH_KEYS)
+    unknown = unmodelled_matchers(match)
     if unknown:
         return f"matches on {', '.join(unknown)}, which plait cannot evaluate"
     reasons = [_path_mismatch(match, request)]
