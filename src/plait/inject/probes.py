@@ -43,8 +43,8 @@ def app_probers(spec: dict[str, Any], status_port: int) -> dict[str, dict[str, A
             continue
         named = {p["name"]: p["containerPort"] for p in container.get("ports") or () if p.get("name")}
         hooks = container.get("lifecycle") or {}
-        for field, kind, handler, actions in [*((f, k, container.get(f), PROBE_ACTIONS) for f, k in PROBES),
-                                              *((f, k, hooks.get(f), HOOK_ACTIONS) for f, k in HOOKS)]:
+        for kind, handler, actions in [*((k, container.get(f), PROBE_ACTIONS) for f, k in PROBES),
+                                       *((k, hooks.get(f), HOOK_ACTIONS) for f, k in HOOKS)]:
             prober = _prober(handler, actions, named, status_port)
             if prober is not None:
                 probers[prober_path(container["name"], kind)] = prober
