@@ -58,8 +58,9 @@ def _inject_object(obj: Any, settings: InjectSettings, where: str, warnings: lis
     if template is None:
         return obj
     injected = _inject_pod_like(out, template, settings, where, warnings)
-    template.clear()
-    template.update(injected)
+    if injected is not template:
+        template.clear()
+        template.update(injected)
     return out
 
 
@@ -68,7 +69,7 @@ def _inject_pod_like(obj: dict[str, Any], pod: dict[str, Any], settings: InjectS
     namespace = (obj.get("metadata") or {}).get("namespace") or (pod.get("metadata") or {}).get("namespace")
     required, reason = injection_required(pod, settings, namespace=namespace)
     if not required:
-        warnings.append(f"skipping injection of {_describe(obj)} ({where}): {reason}")
+        warnings.append(f"{_describe(obj)} ({where}): {reason}")
         return pod
     workload = workload_of_pod(pod) if pod is obj else workload_of_object(obj)
     try:
