@@ -22,6 +22,7 @@ from plait.inject.settings import (
     EXCLUDE_OUTBOUND_IP_RANGES,
     EXCLUDE_OUTBOUND_PORTS,
     INCLUDE_INBOUND_PORTS,
+    INCLUDE_OUTBOUND_PORTS,
     INCLUDE_OUTBOUND_IP_RANGES,
     INTERCEPTION_MODE,
     LOG_LEVEL,
@@ -65,6 +66,7 @@ class PodOptions:
     exclude_outbound_ranges: str  # -x
     include_inbound_ports: str  # -b
     exclude_inbound_ports: str  # -d (with 15090, 15021 and the status port)
+    include_outbound_ports: str | None  # -q, only when annotated
     exclude_outbound_ports: str | None  # -o, only when annotated
     status_port: int  # 0: no probe rewriting, no sidecar readiness probe
     resources: dict[str, Any]
@@ -87,6 +89,8 @@ def pod_options(annotations: Mapping[str, str], settings: InjectSettings) -> Pod
         exclude_outbound_ranges=_ranges(annotations, EXCLUDE_OUTBOUND_IP_RANGES, "", wildcard=False),
         include_inbound_ports=_ports(annotations, INCLUDE_INBOUND_PORTS, "*", wildcard=True),
         exclude_inbound_ports=_ports(annotations, EXCLUDE_INBOUND_PORTS, "", wildcard=False),
+        include_outbound_ports=_ports(annotations, INCLUDE_OUTBOUND_PORTS, "", wildcard=False)
+        if INCLUDE_OUTBOUND_PORTS in annotations else None,
         exclude_outbound_ports=_ports(annotations, EXCLUDE_OUTBOUND_PORTS, "", wildcard=False)
         if EXCLUDE_OUTBOUND_PORTS in annotations else None,
         status_port=_status_port(annotations, settings.status_port),

@@ -111,7 +111,7 @@ def _add_labels(labels: dict[str, str], workload: Workload) -> None:
 
 def iptables_args(options: PodOptions) -> list[str]:
     """istio-iptables' arguments as Istio's template passes them (``-d`` always has 15090,15021 and the status
-    port; ``-o`` only when annotated)."""
+    port; ``-q`` and ``-o`` only when annotated)."""
     excluded_inbound = [str(PROMETHEUS_PORT), str(READINESS_PORT)]
     extra = [p for p in options.exclude_inbound_ports.split(",") if p]
     if options.status_port and str(options.status_port) not in extra:
@@ -120,6 +120,8 @@ def iptables_args(options: PodOptions) -> list[str]:
             "-m", options.interception_mode, "-i", options.include_outbound_ranges,
             "-x", options.exclude_outbound_ranges, "-b", options.include_inbound_ports,
             "-d", ",".join([*excluded_inbound, *extra])]
+    if options.include_outbound_ports is not None:
+        args += ["-q", options.include_outbound_ports]
     if options.exclude_outbound_ports is not None:
         args += ["-o", options.exclude_outbound_ports]
     return args
