@@ -11,13 +11,15 @@ Flows out: `should_inject` → (bool, reason), Istio's decision (`policy`); `inj
 pod (`sidecar`: ``istio-init`` running ``plait iptables``, ``istio-proxy`` running ``plait agent``,
 volumes, probes rewritten through the agent by `probes`, labels, ``sidecar.istio.io/status``);
 `json_patch` → the RFC 6902 operations for the webhook's AdmissionResponse (`patch`);
-`kube_inject` → whole manifests injected offline (`manifests`).
+`kube_inject` → whole manifests injected offline (`manifests`); `review_response` → the webhook's
+AdmissionReview answer (`admission`).
 
 State: none. Everything here is pure (no I/O, no clock): the webhook's HTTP shell and the
 ``plait kube-inject`` command are thin layers above. Nothing blocks. Bad input (an annotation
 that is not what Istio accepts) raises `InjectError` naming the annotation and what was expected.
 """
 
+from plait.inject.admission import review_response
 from plait.inject.manifests import KubeInjectResult, kube_inject
 from plait.inject.patch import json_patch
 from plait.inject.policy import injection_required, should_inject
@@ -26,4 +28,4 @@ from plait.inject.sidecar import inject
 from plait.inject.workload import Workload
 
 __all__ = ["InjectError", "InjectSettings", "KubeInjectResult", "Workload", "inject", "injection_required",
-           "json_patch", "kube_inject", "should_inject"]
+           "json_patch", "kube_inject", "review_response", "should_inject"]
