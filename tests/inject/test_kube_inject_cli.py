@@ -66,3 +66,31 @@ def test_unreadable_and_invalid_yaml_are_named(tmp_path: Path) -> None:
     broken.write_text("kind: [Pod\n")
     invalid = runner.invoke(app, ["kube-inject", "-f", str(broken)])
     assert invalid.exit_code == 1 and f"{broken}: not valid YAML" in invalid.stderr
+
+
+def test_mesh_config_file_sets_the_mesh_defaults(tmp_path: Path) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n"
+                    "  mesh: |\n    trustDomain: example.org\n    enableTracing: false\n    defaultConfig:\n"
+                    "      discoveryAddress: istiod.mesh.svc:15012\n      holdApplicationUntilProxyStarts: true\n"
+                    "      concurrency: 3\n      proxyMetadata: {ISTIO_META_DNS_CAPTURE: 'true'}\n"
+                    "      tracing: {sampling: 1}\n")
+    result = runner.invoke(app, ["kube-inject", "-f", str(TESTDATA / "01-plain-pod.input.yaml"),
+                                 "--meshConfigFile", str(mesh)])
+    assert result.exit_code == 0, result.output
+    [pod] = yaml.safe_load_all(result.stdout)
+    proxy = pod["spec"]["containers"][0]  # held: first
+    args = proxy["args"]
+    assert args[args.index("--control-plane") + 1] == "istiod.mesh.svc:15012"
+    assert args[args.index("--trust-domain") + 1] == "example.org"
+    assert args[args.index("--concurrency") + 1] == "3"
+    assert {"name": "ISTIO_META_DNS_CAPTURE", "value": "true"} in proxy["env"]
+
+
+def test_bad_mesh_config_names_the_file_and_field(tmp_path: Path) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text("defaultConfig:\n  holdApplicationUntilProxyStart: true\n")
+    result = runner.invoke(app, ["kube-inject", "-f", str(TESTDATA / "01-plain-pod.input.yaml"),
+                                 "--meshConfigFile", str(mesh)])
+    assert result.exit_code == 1
+    assert f"{mesh}: defaultConfig: unknown ProxyConfig field 'holdApplicationUntilProxyStart'" in result.stderr

@@ -7,6 +7,7 @@ stderr. ``register(app)`` adds the command.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ import typer
 import yaml
 
 from plait.inject import InjectError, InjectSettings, kube_inject
+from plait.inject.mesh_config import apply_mesh_config, mesh_config_from_text
 from plait.inject.settings import ENVOY_LOG_LEVELS
 
 HELP = "\n\n".join([
@@ -42,6 +44,17 @@ def _read_documents(path: Path) -> list[Any]:
         raise _fail(f"{name}: not valid YAML: {exc}") from None
 
 
+def _with_mesh_config(settings: InjectSettings, path: Path) -> InjectSettings:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise _fail(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return apply_mesh_config(settings, mesh_config_from_text(text, str(path)), str(path))
+    except InjectError as exc:
+        raise _fail(str(exc)) from None
+
+
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(1)
@@ -57,7 +70,8 @@ def kube_inject_command(
     control_plane: Annotated[str | None, typer.Option(
         help="Where sidecars reach xDS and the CA (TLS, HOST:PORT). Default: istiod.istio-system.svc:15012, "
              "or istiod-REVISION… with --revision.", show_default=False)] = None,
-    trust_domain: Annotated[str, typer.Option(help="The mesh's trust domain.")] = "cluster.local",
+    trust_domain: Annotated[str | None, typer.Option(
+        help="The mesh's trust domain. Default: the mesh config's, else cluster.local.", show_default=False)] = None,
     cluster_id: Annotated[str, typer.Option(help="ISTIO_META_CLUSTER_ID of the sidecars.")] = "Kubernetes",
     log_level: Annotated[str, typer.Option(help="Envoy's log level (sidecar.istio.io/logLevel overrides it).")]
     = "warning",
@@ -65,15 +79,22 @@ def kube_inject_command(
         "--hold-application-until-proxy-starts",
         help="Start app containers only once the proxy is ready, in every pod (proxy.istio.io/config can say so "
              "per pod).")] = False,
+    mesh_config_file: Annotated[Path | None, typer.Option(
+        "--meshConfigFile", "--mesh-config-file",
+        help="Istio's MeshConfig (or the istio ConfigMap): trustDomain and defaultConfig's discoveryAddress, "
+             "holdApplicationUntilProxyStarts, concurrency, terminationDrainDuration, proxyMetadata are used.",
+        show_default=False)] = None,
 ) -> None:
     if log_level not in ENVOY_LOG_LEVELS:
         raise typer.BadParameter(f"{log_level!r} is not one of {', '.join(ENVOY_LOG_LEVELS)}", param_hint="--log-level")
-    defaults = InjectSettings()
-    settings = InjectSettings(
-        proxy_image=image or defaults.proxy_image, revision=revision, trust_domain=trust_domain,
-        cluster_id=cluster_id, log_level=log_level, hold_application_until_proxy_starts=hold_application,
-        control_plane=control_plane or (f"istiod-{revision}.istio-system.svc:15012" if revision
-                                        else defaults.control_plane))
+    settings = InjectSettings(revision=revision, cluster_id=cluster_id, log_level=log_level,
+                              control_plane=f"istiod-{revision}.istio-system.svc:15012" if revision
+                              else InjectSettings().control_plane)
+    if mesh_config_file is not None:
+        settings = _with_mesh_config(settings, mesh_config_file)
+    explicit = {"proxy_image": image, "trust_domain": trust_domain, "control_plane": control_plane,
+                "hold_application_until_proxy_starts": hold_application or None}
+    settings = dataclasses.replace(settings, **{k: v for k, v in explicit.items() if v is not None})
     documents = _read_documents(filename)
     try:
         result = kube_inject(documents, settings)

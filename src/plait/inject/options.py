@@ -97,11 +97,12 @@ def pod_options(annotations: Mapping[str, str], settings: InjectSettings) -> Pod
         resources=proxy_resources(annotations, settings.resources),
         log_level=_log_level(annotations, settings.log_level),
         rewrite_probes=_boolean(annotations, REWRITE_PROBES, settings.rewrite_app_probers),
-        hold_application=_proxy_config_bool(proxy_config, "holdApplicationUntilProxyStarts",
+        hold_application=_from_proxy_config(proxy_config, "holdApplicationUntilProxyStarts",
                                             settings.hold_application_until_proxy_starts),
-        concurrency=_concurrency(proxy_config, settings.concurrency),
-        drain_seconds=_drain_seconds(proxy_config, settings.drain_seconds),
-        proxy_metadata=_proxy_metadata(proxy_config),
+        # Istio: 0 means one worker per core; plait keeps the default
+        concurrency=_from_proxy_config(proxy_config, "concurrency", settings.concurrency) or settings.concurrency,
+        drain_seconds=_from_proxy_config(proxy_config, "terminationDrainDuration", settings.drain_seconds),
+        proxy_metadata={**settings.proxy_metadata, **_from_proxy_config(proxy_config, "proxyMetadata", {})},
     )
 
 
@@ -119,11 +120,16 @@ def parse_proxy_config(text: str | None) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise InjectError(f"{where}: expected a ProxyConfig object (fields such as holdApplicationUntilProxyStarts), "
                           f"got {type(config).__name__}")
+    check_proxy_config_fields(config, where)
+    return config
+
+
+def check_proxy_config_fields(config: Mapping[str, Any], where: str) -> None:
+    """Every field is one of Istio's ProxyConfig fields (a typo is an error, not a silent no-op)."""
     for key in config:
         if key not in PROXY_CONFIG_SUPPORTED and key not in PROXY_CONFIG_NO_EFFECT:
             raise InjectError(f"{where}: unknown ProxyConfig field {key!r}; "
                               f"fields that change the sidecar: {', '.join(PROXY_CONFIG_SUPPORTED)}")
-    return config
 
 
 def proxy_resources(annotations: Mapping[str, str], default: Mapping[str, Any]) -> dict[str, Any]:
@@ -205,32 +211,28 @@ def _boolean(annotations: Mapping[str, str], name: str, default: bool) -> bool:
     return default
 
 
-def _proxy_config_bool(config: Mapping[str, Any], field: str, default: bool) -> bool:
-    value = config.get(field, default)
-    if not isinstance(value, bool):
-        raise InjectError(f"annotation {PROXY_CONFIG}: {field}: expected true or false, got {value!r}")
-    return value
+def proxy_config_value(config: Mapping[str, Any], field: str, where: str) -> Any:
+    """One ProxyConfig field that changes the sidecar, checked; InjectError naming `where` and the field."""
+    value = config[field]
+    if field == "holdApplicationUntilProxyStarts":
+        if not isinstance(value, bool):
+            raise InjectError(f"{where}: {field}: expected true or false, got {value!r}")
+        return value
+    if field == "concurrency":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InjectError(f"{where}: concurrency: expected a whole number ≥ 0, got {value!r}")
+        return value
+    if field == "terminationDrainDuration":
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            raise InjectError(f"{where}: terminationDrainDuration: {exc}") from None
+    if field == "proxyMetadata":
+        if not isinstance(value, dict):
+            raise InjectError(f"{where}: proxyMetadata: expected a map of NAME: value")
+        return {str(k): str(v) for k, v in value.items()}
+    raise KeyError(field)
 
 
-def _concurrency(config: Mapping[str, Any], default: int) -> int:
-    value = config.get("concurrency", default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InjectError(f"annotation {PROXY_CONFIG}: concurrency: expected a whole number ≥ 0, got {value!r}")
-    return value or default  # Istio: 0 means one worker per core; plait keeps the default
-
-
-def _drain_seconds(config: Mapping[str, Any], default: float) -> float:
-    if "terminationDrainDuration" not in config:
-        return default
-    value = config["terminationDrainDuration"]
-    try:
-        return parse_duration(str(value))
-    except ValueError as exc:
-        raise InjectError(f"annotation {PROXY_CONFIG}: terminationDrainDuration: {exc}") from None
-
-
-def _proxy_metadata(config: Mapping[str, Any]) -> dict[str, str]:
-    metadata = config.get("proxyMetadata") or {}
-    if not isinstance(metadata, dict):
-        raise InjectError(f"annotation {PROXY_CONFIG}: proxyMetadata: expected a map of NAME: value")
-    return {str(k): str(v) for k, v in metadata.items()}
+def _from_proxy_config(config: Mapping[str, Any], field: str, default: Any) -> Any:
+    return proxy_config_value(config, field, f"annotation {PROXY_CONFIG}") if field in config else default

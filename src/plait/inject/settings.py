@@ -80,6 +80,7 @@ class InjectSettings:
     drain_seconds: float = 5.0  # Istio's terminationDrainDuration
     status_port: int = 15020  # where the agent serves the rewritten app probes (/app-health/…)
     hold_application_until_proxy_starts: bool = False
+    proxy_metadata: dict[str, str] = field(default_factory=dict)  # env of istio-proxy (defaultConfig.proxyMetadata)
     rewrite_app_probers: bool = True
     token_audience: str = "istio-ca"
     image_pull_policy: str | None = None  # None: Kubernetes' default for the image's tag
