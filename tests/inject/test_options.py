@@ -15,6 +15,7 @@ BAD = [
     ("traffic.sidecar.istio.io/includeInboundPorts", "70000", "'70000' is not a port number"),
     ("traffic.sidecar.istio.io/excludeOutboundPorts", "*", "'*' is not a port number"),
     ("status.sidecar.istio.io/port", "x", "'x' is not a port number"),
+    ("readiness.status.sidecar.istio.io/periodSeconds", "5s", "'5s' is not a whole number"),
     ("sidecar.istio.io/proxyCPU", "lots", "'lots' is not a Kubernetes quantity"),
     ("sidecar.istio.io/proxyMemoryLimit", "1 GB", "'1 GB' is not a Kubernetes quantity"),
     ("sidecar.istio.io/logLevel", "verbose", "'verbose' is not one of trace, debug"),

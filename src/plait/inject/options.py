@@ -32,6 +32,9 @@ from plait.inject.settings import (
     PROXY_IMAGE,
     PROXY_MEMORY,
     PROXY_MEMORY_LIMIT,
+    READINESS_FAILURE_THRESHOLD,
+    READINESS_INITIAL_DELAY,
+    READINESS_PERIOD,
     REWRITE_PROBES,
     STATUS_PORT,
     InjectError,
@@ -69,6 +72,7 @@ class PodOptions:
     include_outbound_ports: str | None  # -q, only when annotated
     exclude_outbound_ports: str | None  # -o, only when annotated
     status_port: int  # 0: no probe rewriting, no sidecar readiness probe
+    readiness: tuple[int, int, int]  # the sidecar's readiness probe: initial delay, period, failure threshold
     resources: dict[str, Any]
     log_level: str
     rewrite_probes: bool
@@ -94,6 +98,8 @@ def pod_options(annotations: Mapping[str, str], settings: InjectSettings) -> Pod
         exclude_outbound_ports=_ports(annotations, EXCLUDE_OUTBOUND_PORTS, "", wildcard=False)
         if EXCLUDE_OUTBOUND_PORTS in annotations else None,
         status_port=_status_port(annotations, settings.status_port),
+        readiness=(_seconds(annotations, READINESS_INITIAL_DELAY, 0), _seconds(annotations, READINESS_PERIOD, 15),
+                   _seconds(annotations, READINESS_FAILURE_THRESHOLD, 4)),
         resources=proxy_resources(annotations, settings.resources),
         log_level=_log_level(annotations, settings.log_level),
         rewrite_probes=_boolean(annotations, REWRITE_PROBES, settings.rewrite_app_probers),
@@ -191,6 +197,13 @@ def _status_port(annotations: Mapping[str, str], default: int) -> int:
     value = annotations.get(STATUS_PORT, str(default)).strip()
     if not value.isdigit() or int(value) > 65535:
         raise InjectError(f"annotation {STATUS_PORT}: {value!r} is not a port number (0 turns the status port off)")
+    return int(value)
+
+
+def _seconds(annotations: Mapping[str, str], name: str, default: int) -> int:
+    value = annotations.get(name, str(default)).strip()
+    if not value.isdigit():
+        raise InjectError(f"annotation {name}: {value!r} is not a whole number")
     return int(value)
 
 

@@ -34,6 +34,9 @@ PROXY_IMAGE = "sidecar.istio.io/proxyImage"
 LOG_LEVEL = "sidecar.istio.io/logLevel"
 REWRITE_PROBES = "sidecar.istio.io/rewriteAppHTTPProbers"
 STATUS_PORT = "status.sidecar.istio.io/port"
+READINESS_INITIAL_DELAY = "readiness.status.sidecar.istio.io/initialDelaySeconds"
+READINESS_PERIOD = "readiness.status.sidecar.istio.io/periodSeconds"
+READINESS_FAILURE_THRESHOLD = "readiness.status.sidecar.istio.io/failureThreshold"
 
 # What the injector adds (Istio's names).
 INIT_CONTAINER = "istio-init"

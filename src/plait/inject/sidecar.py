@@ -191,7 +191,8 @@ def proxy_container(options: PodOptions, settings: InjectSettings, *, labels: Ma
         container["imagePullPolicy"] = settings.image_pull_policy
     if options.status_port:
         container["startupProbe"] = _readiness_probe(period=1, failures=600)
-        container["readinessProbe"] = _readiness_probe(period=15, failures=4)
+        delay, period, failures = options.readiness
+        container["readinessProbe"] = _readiness_probe(period=period, failures=failures, delay=delay)
     container["securityContext"] = {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
@@ -210,9 +211,9 @@ def proxy_container(options: PodOptions, settings: InjectSettings, *, labels: Ma
     return container
 
 
-def _readiness_probe(*, period: int, failures: int) -> dict[str, Any]:
+def _readiness_probe(*, period: int, failures: int, delay: int = 0) -> dict[str, Any]:
     """The agent's /healthz/ready (Istio's sidecar startup and readiness probes)."""
-    return {"httpGet": {"path": "/healthz/ready", "port": READINESS_PORT}, "initialDelaySeconds": 0,
+    return {"httpGet": {"path": "/healthz/ready", "port": READINESS_PORT}, "initialDelaySeconds": delay,
             "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures}
 
 
