@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 from agent_harness import PLAIT, free_port, http_get, wait_for
 
+from plait.inject import InjectSettings, inject
 from plait.inject.probes import app_probers, probers_env
 
 APP = r"""
@@ -137,3 +139,45 @@ def test_probers_json_is_what_the_agent_parses() -> None:
     probers = app_probers(app_pod(8080, 9090, 1), status_port=15020)
     assert json.loads(probers_env(probers))["/app-health/web/readyz"] == {
         "httpGet": {"path": "/ok", "port": 8080}, "timeoutSeconds": 2}
+
+
+def test_the_injected_sidecar_command_runs_and_answers_the_kubelets_probe(tmp_path, ads_server, app) -> None:
+    """The istio-proxy container the injector writes, run here: the kubelet's $(VAR)s filled in, the
+    control plane swapped for a local plaintext one (no pod token here), ports moved to free ones."""
+    http_port, _, _ = app
+    pod = {"metadata": {"name": "web"}, "spec": {"containers": [
+        {"name": "web", "readinessProbe": {"httpGet": {"path": "/ok", "port": http_port}}}]}}
+    injected = inject(pod, InjectSettings())
+    web, proxy = injected["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in proxy["env"] if "value" in e}
+    env.update(POD_NAME="web", POD_NAMESPACE="default", INSTANCE_IP="127.0.0.1", SERVICE_ACCOUNT="default")
+    probe_port, status_port = free_port(), free_port()
+    replaced = {"--control-plane": f"127.0.0.1:{ads_server().port}", "--state-dir": str(tmp_path / "proxy"),
+                "--status-port": str(status_port), "--probe-port": str(probe_port)}
+    args = ["agent"]
+    flags = iter(proxy["args"][1:])
+    for flag, value in zip(flags, flags, strict=True):  # every flag of the injected command has a value
+        if flag not in ("--token-file", "--root-cert"):
+            args += [flag, re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], replaced.get(flag, value))]
+    log = (tmp_path / "agent.log").open("w")
+    agent = subprocess.Popen([str(PLAIT), *args, "--admin-port", str(free_port())], env={**os.environ, **env},
+                             stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _status(status_port, "/healthz/ready") == 200, "the injected sidecar to be ready")
+        path = web["readinessProbe"]["httpGet"]["path"]  # what the kubelet now asks, on the probe port
+        assert web["readinessProbe"]["httpGet"]["port"] == 15020 and path == "/app-health/web/readyz"
+        assert _status(probe_port, path) == 200
+    finally:
+        agent.terminate()
+        try:
+            agent.wait(15)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait(5)
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        return http_get(f"http://127.0.0.1:{port}{path}")[0]
+    except OSError:
+        return 0
