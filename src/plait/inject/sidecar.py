@@ -71,8 +71,9 @@ def inject(pod: Mapping[str, Any], settings: InjectSettings, *, workload: Worklo
     proxy = proxy_container(options, settings, labels=labels, workload=workload, app_containers=app_containers,
                             probers=probers)
     injected_init = [init_container(options)] if options.interception_mode != "NONE" else []
-    spec["initContainers"] = [*(spec.get("initContainers") or ()), *injected_init]
-    containers = spec.get("containers") or []
+    inits, injected_init = _apply_overrides(spec.get("initContainers") or [], injected_init)
+    spec["initContainers"] = [*inits, *injected_init]
+    containers, [proxy] = _apply_overrides(spec.get("containers") or [], [proxy])
     spec["containers"] = [proxy, *containers] if options.hold_application else [*containers, proxy]
     injected_volumes = sidecar_volumes(settings)
     spec["volumes"] = [*(spec.get("volumes") or ()), *injected_volumes]
@@ -86,6 +87,35 @@ def inject(pod: Mapping[str, Any], settings: InjectSettings, *, workload: Worklo
         annotations.setdefault(DEFAULT_LOGS_CONTAINER, app_containers[0])
         annotations.setdefault(DEFAULT_CONTAINER, app_containers[0])
     annotations[STATUS] = injection_status(injected_init, [proxy], injected_volumes, secrets, settings)
+    return out
+
+
+def _apply_overrides(existing: list[dict], injected: list[dict]) -> tuple[list[dict], list[dict]]:
+    """A container the pod already has under an injected name customises the injected one (Istio's
+    "customizing injection"): (the pod's other containers, the injected ones with the pod's fields over them)."""
+    by_name = {c.get("name"): c for c in existing}
+    merged = [merge_container(c, by_name[c["name"]]) if c["name"] in by_name else c for c in injected]
+    names = {c["name"] for c in injected}
+    return [c for c in existing if c.get("name") not in names], merged
+
+
+# Lists merged item by item, keyed as Kubernetes' strategic merge keys them.
+_MERGE_KEYS = {"env": "name", "volumeMounts": "mountPath", "ports": "containerPort"}
+
+
+def merge_container(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """`overlay`'s fields over `base`: maps merged recursively, env/volumeMounts/ports by key, the rest replaced."""
+    out = dict(base)
+    for key, value in overlay.items():
+        if key in _MERGE_KEYS and isinstance(value, list) and isinstance(base.get(key), list):
+            item_key = _MERGE_KEYS[key]
+            overrides = {item.get(item_key): item for item in value}
+            kept = [overrides.pop(item.get(item_key), item) for item in base[key]]
+            out[key] = [*kept, *overrides.values()]
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = merge_container(base[key], value)
+        else:
+            out[key] = value
     return out
 
 
