@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -62,3 +63,19 @@ async def wait_until_ready(check: Callable[[], Awaitable[Readiness]], *, interva
             log.info("waiting for the proxy to be ready: %s", readiness.reason)
             next_report += report_every
         await asyncio.sleep(interval)
+
+
+def wait_for_ready_url(url: str, *, timeout: float, period: float = 0.5, request_timeout: float = 0.5) -> bool:
+    """Poll `url` until it answers 200 (True) or `timeout` seconds pass (False): ``plait agent-wait``,
+    Istio's ``pilot-agent wait``, run by the kubelet as istio-proxy's postStart hook to hold the app."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=request_timeout) as response:  # noqa: S310 (http only)
+                if response.status == 200:
+                    return True
+        except (OSError, ValueError):
+            pass  # not listening yet, or not ready (urllib raises HTTPError for 503)
+        if time.monotonic() + period > deadline:
+            return False
+        time.sleep(period)

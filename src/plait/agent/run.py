@@ -41,6 +41,7 @@ from pathlib import Path
 
 from plait.agent.admin import AdminUnavailable, EnvoyAdmin
 from plait.agent.app import app_environment, start_app, wait_for_app
+from plait.agent.app_probe import AppProber
 from plait.agent.bootstrap import BootstrapSettings, build_bootstrap
 from plait.agent.identity import CertificateError, CertificateManager, read_token
 from plait.agent.readiness import Readiness, check_readiness, wait_until_ready
@@ -96,6 +97,8 @@ class AgentConfig:
     registration: Registration | None = None  # register the workload with the control plane
     proxy_uid: int | None = None  # run Envoy as this user (capture mode: 1337, which iptables skips)
     identity: IdentitySettings | None = None  # get a certificate and serve it over SDS
+    probe_port: int | None = None  # also serve the status routes here, with /app-health (Istio's 15020)
+    app_probers: Mapping[str, AppProber] = field(default_factory=dict)  # /app-health path → the app's probe
 
 
 def make_proxy_dir(state_dir: Path, proxy_uid: int | None) -> tuple[Path, bool]:
@@ -174,8 +177,11 @@ class Agent:
         bootstrap_path = self._write_bootstrap(settings)
         envoy = EnvoySupervisor(self._envoy_argv(bootstrap_path, settings), pid_file=self.config.state_dir / PID_FILE,
                                 env=self.config.proxy_env)
-        status = StatusServer(self.readiness, self.admin)
+        status = StatusServer(self.readiness, self.admin, app_probers=self.config.app_probers,
+                              app_address=self.proxy.app_address)
         await status.start(self.config.status_address, self.config.status_port)
+        if self.config.probe_port:
+            await status.start(self.config.status_address, self.config.probe_port)
         log.info("proxy %s; status on %s:%d, Envoy admin on 127.0.0.1:%d, control plane %s (%s)",
                  self.proxy.id, self.config.status_address, self.config.status_port,
                  self.config.bootstrap.admin_port, self.config.bootstrap.control_plane, self.config.bootstrap.xds)

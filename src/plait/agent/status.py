@@ -2,7 +2,9 @@
 
 * ``GET /healthz/ready`` → 200 ``ready`` once the proxy has its first full
   config, else 503 with the reason (also 503 while draining);
-* ``GET /stats/prometheus`` → Envoy's admin ``/stats/prometheus``, passed through.
+* ``GET /stats/prometheus`` → Envoy's admin ``/stats/prometheus``, passed through;
+* ``GET /app-health/CONTAINER/KIND`` → the app's original probe, run by the agent
+  (`plait.agent.app_probe`; 404 for a path the injector did not hand over).
 
 A minimal HTTP/1.1 server on asyncio: one request per connection, GET/HEAD
 only, every read bounded by a timeout.
@@ -11,10 +13,11 @@ only, every read bounded by a timeout.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 
 from plait.agent.admin import AdminUnavailable, EnvoyAdmin
+from plait.agent.app_probe import AppProber, run_prober
 from plait.agent.readiness import Readiness
 
 READ_TIMEOUT = 5.0
@@ -22,18 +25,23 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class StatusServer:
-    def __init__(self, readiness: Callable[[], Awaitable[Readiness]], admin: EnvoyAdmin):
+    def __init__(self, readiness: Callable[[], Awaitable[Readiness]], admin: EnvoyAdmin, *,
+                 app_probers: Mapping[str, AppProber] | None = None, app_address: str = "127.0.0.1"):
         self._readiness = readiness
         self._admin = admin
-        self._server: asyncio.Server | None = None
+        self._app_probers = dict(app_probers or {})
+        self._app_address = app_address
+        self._servers: list[asyncio.Server] = []
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+        """Listen on host:port; call again to serve the same routes on another port too."""
+        self._servers.append(await asyncio.start_server(self._serve, host, port, reuse_address=True))
 
     async def close(self) -> None:
-        if self._server:
-            self._server.close()
-            await self._server.wait_closed()
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
+        self._servers.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -65,4 +73,17 @@ class StatusServer:
             except AdminUnavailable as exc:
                 return HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", f"{exc}\n".encode()
             return HTTPStatus(status), PROMETHEUS_TEXT, body
+        if route.startswith("/app-health/"):
+            return await self._app_health(route)
         return HTTPStatus.NOT_FOUND, "text/plain", b"not found: try /healthz/ready or /stats/prometheus\n"
+
+    async def _app_health(self, route: str) -> tuple[HTTPStatus, str, bytes]:
+        prober = self._app_probers.get(route)
+        if prober is None:
+            return HTTPStatus.NOT_FOUND, "text/plain", f"no app probe {route} (ISTIO_KUBE_APP_PROBERS)\n".encode()
+        result = await run_prober(prober, self._app_address)
+        try:
+            status = HTTPStatus(result.status)
+        except ValueError:
+            status = HTTPStatus.SERVICE_UNAVAILABLE
+        return status, "text/plain", result.detail.encode() + b"\n"

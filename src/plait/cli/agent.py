@@ -15,12 +15,14 @@ from typing import Annotated
 
 import typer
 
+from plait.agent.app_probe import AppProber, ProberError, parse_app_probers
 from plait.agent.bootstrap import (
     DEFAULT_CONTROL_PLANE,
     BootstrapSettings,
     parse_control_plane,
     proxy_for_mode,
 )
+from plait.agent.readiness import wait_for_ready_url
 from plait.agent.registration import Registration
 from plait.agent.run import AgentConfig, IdentitySettings, default_state_dir, run_agent
 from plait.api.common import parse_duration
@@ -90,6 +92,11 @@ def _check_concurrency(value: int) -> int:
     if value < 0:
         raise typer.BadParameter("must be 0 (one worker per CPU) or more", param_hint="--concurrency")
     return value
+
+
+WAIT_HELP = """Wait until the local proxy is ready (Istio's [bold]pilot-agent wait[/]): poll its readiness URL,
+exit 0 once it answers 200, 1 after --timeout. The injector runs it as istio-proxy's postStart hook
+when holdApplicationUntilProxyStarts is set, so the kubelet starts the app containers only then."""
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -162,6 +169,14 @@ def agent(
         help="Lifetime to ask the CA for (24h, 1h, 90s…); the agent renews at half of it.")] = "24h",
     trust_domain: Annotated[str, typer.Option(
         help="Trust domain of the identity (its SPIFFE id's host); the CA's must match.")] = TRUST_DOMAIN,
+    probe_port: Annotated[int | None, typer.Option(
+        help="Also serve the status port's routes on this port, with the app's rewritten probes under "
+             "/app-health/CONTAINER/KIND (Istio's status port 15020; the injector passes it).",
+        show_default=False)] = None,
+    app_probers: Annotated[str | None, typer.Option(
+        envvar="ISTIO_KUBE_APP_PROBERS",
+        help="The app's original probes as JSON, /app-health path → httpGet|tcpSocket|grpc (what the injector "
+             "writes); the agent runs them against --app-address.", show_default=False)] = None,
     app_command: Annotated[list[str] | None, typer.Argument(
         metavar="-- APP COMMAND", help="Started once the proxy is ready.", show_default=False)] = None,
 ) -> None:
@@ -183,7 +198,8 @@ def agent(
         state_dir=state_dir or default_state_dir(name, namespace), status_port=status_port,
         concurrency=_check_concurrency(concurrency), proxy_env=_parse_env(proxy_env or []),
         drain_seconds=drain_duration, envoy_log_level=_check_choice(log_level, ENVOY_LOG_LEVELS, "--log-level"),
-        app_command=tuple(app_command or ()), proxy_uid=proxy_uid, identity=identity,
+        app_command=tuple(app_command or ()), proxy_uid=proxy_uid, identity=identity, probe_port=probe_port,
+        app_probers=_app_probers(app_probers),
         registration=None if register_ports is None else Registration(
             api=control_plane_api or f"http://{parse_control_plane(control_plane)[0]}:15014", proxy=proxy, address=ip,
             ports={k: int(v) for k, v in parse_labels(register_ports).items()}, app_probe=app_probe,
@@ -195,6 +211,25 @@ def agent(
         typer.echo(f"[agent] error: {exc}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+def _app_probers(text: str | None) -> dict[str, AppProber]:
+    try:
+        return parse_app_probers(text)
+    except ProberError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--app-probers") from None
+
+
+def agent_wait(
+    url: Annotated[str, typer.Option(help="The readiness URL to poll.")] = "http://localhost:15021/healthz/ready",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait before giving up (exit 1).")] = 60.0,
+    period: Annotated[float, typer.Option(help="Seconds between two polls.")] = 0.5,
+) -> None:
+    if wait_for_ready_url(url, timeout=timeout, period=period):
+        typer.echo(f"[agent-wait] {url} is ready", err=True)
+        return
+    typer.echo(f"[agent-wait] {url} not ready after {timeout:g}s", err=True)
+    raise typer.Exit(1)
 
 
 def _ca_address(control_plane: str) -> str:
@@ -237,3 +272,4 @@ def _ttl_seconds(text: str) -> int:
 
 def register(app: typer.Typer) -> None:
     app.command(name="agent", help=HELP, no_args_is_help=True)(agent)
+    app.command(name="agent-wait", help=WAIT_HELP)(agent_wait)

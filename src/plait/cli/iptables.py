@@ -45,6 +45,9 @@ def iptables(
         "-d", "--istio-local-exclude-ports", help="Inbound ports never captured (with -b '*').")] = "",
     outbound_ports_exclude: Annotated[str, typer.Option(
         "-o", "--istio-local-outbound-ports-exclude", help="Outbound ports never captured.")] = "",
+    outbound_ports_include: Annotated[str, typer.Option(
+        "-q", "--istio-local-outbound-ports-include",
+        help="Outbound ports always captured, whatever the destination (with -i '' : only these).")] = "",
     dry_run: Annotated[bool, typer.Option("-n", "--dry-run", help="Print the rules; change nothing.")] = False,
     remove: Annotated[bool, typer.Option(
         "--cleanup", "--cleanup-only",
@@ -66,7 +69,8 @@ def iptables(
             proxy_port=proxy_port, inbound_capture_port=inbound_capture_port, proxy_uid=proxy_uid,
             proxy_gid=proxy_gid, interception_mode=interception_mode, outbound_ranges=outbound_ranges,
             outbound_ranges_exclude=outbound_ranges_exclude, inbound_ports=inbound_ports,
-            inbound_ports_exclude=inbound_ports_exclude, outbound_ports_exclude=outbound_ports_exclude)
+            inbound_ports_exclude=inbound_ports_exclude, outbound_ports_exclude=outbound_ports_exclude,
+            outbound_ports_include=outbound_ports_include)
         if dry_run:
             typer.echo(render_rules(config), nl=False)
             return

@@ -1,6 +1,6 @@
 """Istio's sidecar capture rules (what ``istio-iptables`` installs), and installing them.
 
-In: a `CaptureConfig` — the istio-iptables flags (``-p -z -u -g -m -i -x -b -d -o``), parsed by
+In: a `CaptureConfig` — the istio-iptables flags (``-p -z -u -g -m -i -x -b -d -o -q``), parsed by
 `CaptureConfig.from_flags`. Out: `render_rules(config)`, the nat-table rules as
 ``iptables-restore`` input (pure; no I/O). `apply` installs them with
 ``iptables-restore --noflush`` (nft or legacy backend, optionally inside a network namespace)
@@ -61,13 +61,14 @@ class CaptureConfig:
     inbound_ports: Ports = WILDCARD  # -b: inbound ports to capture; "*" = all, () = none
     inbound_ports_exclude: tuple[int, ...] = ()  # -d (with -b "*"); 15090, 15021, 15020 are always excluded
     outbound_ports_exclude: tuple[int, ...] = ()  # -o
+    outbound_ports_include: tuple[int, ...] = ()  # -q: captured whatever their destination (before -i's ranges)
 
     @classmethod
     def from_flags(cls, *, proxy_port: str = "15001", inbound_capture_port: str = "15006",
                    proxy_uid: str = "1337", proxy_gid: str | None = None, interception_mode: str = "REDIRECT",
                    outbound_ranges: str = WILDCARD, outbound_ranges_exclude: str = "",
                    inbound_ports: str = WILDCARD, inbound_ports_exclude: str = "",
-                   outbound_ports_exclude: str = "") -> CaptureConfig:
+                   outbound_ports_exclude: str = "", outbound_ports_include: str = "") -> CaptureConfig:
         """Parse istio-iptables' flag values (strings, comma-separated lists) into a config."""
         if interception_mode.upper() == "TPROXY":
             raise IptablesError("-m TPROXY is not supported: plait redirects inbound traffic with REDIRECT "
@@ -85,6 +86,7 @@ class CaptureConfig:
             inbound_ports=WILDCARD if inbound_ports.strip() == WILDCARD else parse_ports(inbound_ports, "-b"),
             inbound_ports_exclude=parse_ports(inbound_ports_exclude, "-d"),
             outbound_ports_exclude=parse_ports(outbound_ports_exclude, "-o"),
+            outbound_ports_include=parse_ports(outbound_ports_include, "-q"),
         )
 
 
@@ -178,6 +180,7 @@ def outbound_rules(config: CaptureConfig) -> list[str]:
         rules.append(f"-A ISTIO_OUTPUT -m owner {match} {owner} -j RETURN")  # the proxy's own connections
     rules.append(f"-A ISTIO_OUTPUT -d {LOCALHOST} -j RETURN")
     rules += [f"-A ISTIO_OUTPUT -d {cidr} -j RETURN" for cidr in config.outbound_ranges_exclude]
+    rules += [f"-A ISTIO_OUTPUT -p tcp --dport {port} -j ISTIO_REDIRECT" for port in config.outbound_ports_include]
     if config.outbound_ranges == WILDCARD:
         rules.append("-A ISTIO_OUTPUT -j ISTIO_REDIRECT")
     elif config.outbound_ranges:
