@@ -52,8 +52,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-
 from common import machine
+
 from plait.model import Proxy
 from plait.testing.ads_client import AdsClient, make_node
 from plait.testing.backends import loopback_subnet

@@ -30,26 +30,30 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from google.protobuf import any_pb2, json_format
-
+from common import machine
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
-
-from common import machine
-from plait.api import Resource
-from plait.model import MeshSnapshot, Proxy
-from plait.testing.synthetic import MeshShape, gateway_proxy, load_one, mesh_resources, sidecar_proxy, \
-    virtual_service_yaml
-from plait.xds.generator import affected_route_names, generate, generate_routes
-from plait.xds.resources import TYPE_URLS, ResourceSet
+from google.protobuf import any_pb2, json_format
 
 # json_format resolves an `@type` only once its message type is imported: every type the translation emits.
 import plait.xds.publish  # noqa: E402,F401 - imports every message type the translator's `@type`s name
+from plait.api import Resource
+from plait.model import MeshSnapshot, Proxy
+from plait.testing.synthetic import (
+    MeshShape,
+    gateway_proxy,
+    load_one,
+    mesh_resources,
+    sidecar_proxy,
+    virtual_service_yaml,
+)
+from plait.xds.generator import affected_route_names, generate, generate_routes
+from plait.xds.resources import TYPE_URLS, ResourceSet
 
 MESSAGE_TYPES = {"cds": cluster_pb2.Cluster, "eds": endpoint_pb2.ClusterLoadAssignment,
                  "lds": listener_pb2.Listener, "rds": route_pb2.RouteConfiguration}
@@ -204,7 +208,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     results = {
         "benchmark": "translate",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "shape": {"services": shape.services, "endpoints_per_service": shape.endpoints_per_service,
                   "namespaces": shape.namespaces, "routed_every": shape.routed_every,

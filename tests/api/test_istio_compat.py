@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from plait.api import load_text
-from plait.api import security, unsupported
+from plait.api import load_text, security, unsupported
 from plait.api.kubeyaml import load_documents
 
 VS = """apiVersion: networking.istio.io/v1

@@ -8,16 +8,22 @@ import stat
 from pathlib import Path
 
 import pytest
-from ca_pki import (PRODUCTPAGE, REVIEWS, OperatorPki, ca_cert, csr, pem, uri, utcnow, verified_identity,
-                    weak_rsa_csr)
+from ca_pki import PRODUCTPAGE, REVIEWS, OperatorPki, ca_cert, csr, pem, uri, utcnow, verified_identity, weak_rsa_csr
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from plait.ca.authority import (MAX_WORKLOAD_TTL, SERVER_DNS_NAMES, CaError, CsrRefused, check_csr, load_or_create,
-                                root_cert_path)
+from plait.ca.authority import (
+    MAX_WORKLOAD_TTL,
+    SERVER_DNS_NAMES,
+    CaError,
+    CsrRefused,
+    check_csr,
+    load_or_create,
+    root_cert_path,
+)
 
 HOUR = 3600
 

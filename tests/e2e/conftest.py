@@ -20,8 +20,8 @@ from plait.api import load_text
 from plait.model import MeshSnapshot, Proxy
 from plait.model.proxy import EXPLICIT_PROXY_PORT
 from plait.testing.backends import HttpBackend, TcpBackend, loopback_subnet
-from plait.testing.http import REQUEST_TIMEOUT, Reply, http_request  # noqa: F401 (tests import them from here)
 from plait.testing.envoy import EnvoyProcess, run_envoy
+from plait.testing.http import REQUEST_TIMEOUT, Reply, http_request  # noqa: F401 (tests import them from here)
 from plait.xds.generator import generate
 from plait.xds.static import static_bootstrap
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-
 from plait.testing.backends import service_yaml
 
 REVIEWS_CLUSTER = "outbound|9080||reviews.default.svc.cluster.local"

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from test_golden import _PROXY_LINE, CASES, TESTDATA, translate_case  # same directory
 
 from plait.api import load_text
 from plait.model import MeshSnapshot, Proxy
@@ -28,12 +29,10 @@ from plait.testing.differential import (
     simulated_choice,
 )
 from plait.testing.envoy import run_envoy
+from plait.xds.generator import generate
+from plait.xds.resources import ResourceSet
 from plait.xds.simulate import Request, mesh_resolver, simulate
 from plait.xds.simulate.outcome import NOT_MODELLED
-
-from plait.xds.resources import ResourceSet
-from plait.xds.generator import generate
-from test_golden import _PROXY_LINE, CASES, TESTDATA, translate_case  # same directory
 
 
 class NotModelled(UserWarning):

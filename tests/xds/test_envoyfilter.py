@@ -16,12 +16,12 @@ from plait.testing.ads_client import make_node
 from plait.testing.backends import HttpBackend, loopback_subnet
 from plait.testing.envoy import run_envoy
 from plait.testing.http import http_request
+from plait.xds.envoyfilter import envoy_filters_for, proxy_metadata
 from plait.xds.generator import generate, generate_routes
 from plait.xds.hub import XdsHub
 from plait.xds.publish import Publisher
 from plait.xds.simulate import Request, simulate_mesh
 from plait.xds.static import envoy_validate, static_bootstrap
-from plait.xds.envoyfilter import envoy_filters_for, proxy_metadata
 from plait.xds.translate.protomerge import merge_any, merge_message
 
 TESTDATA = Path(__file__).parent / "testdata"

@@ -9,9 +9,9 @@ address of its own; the certificate is the test certificate of tests/xds/testdat
 from __future__ import annotations
 
 import base64
-import datetime
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import http.client
 import socket

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
+
 from plait.xds.protocol import NACKED, NOT_SENT, STALE, SYNCED, Ack, AdsStream, Nack, Response
 from plait.xds.publish import Published, Publisher
 from plait.xds.resources import TYPE_URLS, ResourceSet

@@ -7,9 +7,9 @@ import copy
 import dataclasses
 from pathlib import Path
 
+from envoy.config.route.v3 import route_pb2
 from google.protobuf import json_format
 
-from envoy.config.route.v3 import route_pb2
 from plait.api import load_paths, load_text
 from plait.model import MeshSnapshot, Proxy
 from plait.xds.generator import generate

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
-from envoy.service.discovery.v3 import discovery_pb2
 from plait.api import load_paths
 from plait.model import MeshSnapshot, Proxy
 from plait.testing.ads_client import AdsClient, make_node

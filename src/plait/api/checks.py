@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from plait.api.errors import Problem
 from plait.api.extensions import envoy_filter_warnings, proxy_config_warnings
-from plait.api.resources import Resource
 from plait.api.hosts import fqdn, matches
-
+from plait.api.resources import Resource
 
 EXTENSION_WARNINGS = {"EnvoyFilter": envoy_filter_warnings, "ProxyConfig": proxy_config_warnings}
 

@@ -122,7 +122,8 @@ def parse_document(doc: Any, source: Source) -> tuple[list[Resource], list[Probl
     """One YAML document (already parsed) → resources or problems. `kind: List` is unpacked."""
     base = Problem(message="", file=source.file, document=source.document)
     if not isinstance(doc, dict):
-        return [], [Problem(**{**base.__dict__, "message": f"expected a mapping with apiVersion, kind, metadata; got {type(doc).__name__}"})]
+        expected = f"expected a mapping with apiVersion, kind, metadata; got {type(doc).__name__}"
+        return [], [Problem(**{**base.__dict__, "message": expected})]
     kind, api_version = doc.get("kind"), doc.get("apiVersion")
     if kind == "List" and isinstance(doc.get("items"), list):
         resources, problems = [], []
@@ -147,7 +148,8 @@ def parse_document(doc: Any, source: Source) -> tuple[list[Resource], list[Probl
                                "message": f"{api_version!r} is not an apiVersion of {kind}; expected one of {', '.join(versions)}"})]
     unknown = sorted(set(doc) - {"apiVersion", "kind", "metadata", "spec", "status"})
     if unknown and kind not in FLAT_KINDS:
-        return [], [Problem(**{**base.__dict__, "path": unknown[0], "message": "unknown top-level field; expected apiVersion, kind, metadata, spec"})]
+        expected = "unknown top-level field; expected apiVersion, kind, metadata, spec"
+        return [], [Problem(**{**base.__dict__, "path": unknown[0], "message": expected})]
     try:
         meta = ObjectMeta.model_validate(meta_raw)
     except ValidationError as exc:

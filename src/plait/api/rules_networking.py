@@ -10,8 +10,20 @@ from typing import Any
 
 from plait.api import networking as net
 from plait.api.rules import (
-    DNS1123_LABEL, RETRY_ON, Finding, check_destination_host, duplicates, export_to, hosts_overlap, is_ip,
-    port_name, port_number, protocol_name, selector, status_code, unset,
+    DNS1123_LABEL,
+    RETRY_ON,
+    Finding,
+    check_destination_host,
+    duplicates,
+    export_to,
+    hosts_overlap,
+    is_ip,
+    port_name,
+    port_number,
+    protocol_name,
+    selector,
+    status_code,
+    unset,
 )
 
 MESH = "mesh"

@@ -40,7 +40,8 @@ def validate(filename: FilesOption) -> None:
 def translate(
     filename: FilesOption,
     proxy: Annotated[str, typer.Option("--proxy", help="Workload (WorkloadEntry name or namespace/name) whose proxy to show.")],
-    type_: Annotated[list[str], typer.Option("--type", "-t", help="cds, eds, lds, rds or sds (secrets, private keys redacted); repeatable. Default: cds, eds, lds, rds.")] = [],  # noqa: B006
+    type_: Annotated[list[str], typer.Option("--type", "-t", help=(
+        "cds, eds, lds, rds or sds (secrets, private keys redacted); repeatable. Default: cds, eds, lds, rds."))] = [],  # noqa: B006
     mode: Annotated[str, typer.Option(help="Sidecar mode: 'capture' (iptables) or 'proxy' (HTTP_PROXY).")] = "capture",
     output: Annotated[str, typer.Option("-o", "--output", help="yaml or json")] = "yaml",
 ) -> None:

@@ -25,8 +25,6 @@ import functools
 from collections.abc import Callable
 
 import grpc
-from google.protobuf import any_pb2, struct_pb2
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -34,7 +32,9 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2, struct_pb2
 from google.rpc import status_pb2
+
 from plait.model import Proxy
 from plait.xds.resources import TYPE_URLS
 

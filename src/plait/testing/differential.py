@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import http.client
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -326,7 +325,7 @@ def envoy_address(resources: ResourceSet, proxy: Proxy, probe: Probe, resolve: R
     if probe.dest_ip != "0.0.0.0":
         return addresses.of(probe.dest_ip, False)
     ip = resolve(_host(probe.authority))
-    exact = ip is not None and any(_address(l) == (ip, probe.port) for n, l in resources.listeners.items()
+    exact = ip is not None and any(_address(listener) == (ip, probe.port) for n, listener in resources.listeners.items()
                                    if n not in CAPTURE_LISTENERS)
     return addresses.of(ip, False) if exact else addresses.wildcard
 
@@ -346,7 +345,7 @@ def send_probe(address: str, probe: Probe, *, absolute: bool = False, echo_name:
         headers = {k.lower(): v for k, v in response.getheaders()}
         forwarded = "x-envoy-upstream-service-time" in headers or echo_name.encode() in body
         return response.status, headers, forwarded
-    except (OSError, socket.timeout, http.client.HTTPException) as error:
+    except (TimeoutError, OSError, http.client.HTTPException) as error:
         raise ConnectionError(f"{probe} to {address}: {error}") from error
     finally:
         connection.close()

@@ -7,11 +7,11 @@ from collections.abc import Iterable
 from plait.model.hosts import fqdn, matches
 from plait.model.proxy import Proxy
 from plait.model.snapshot import MeshSnapshot
+from plait.xds import envoyfilter
 from plait.xds.references import listener_references, route_config_clusters
 from plait.xds.resources import ResourceSet
 from plait.xds.translate import clusters as cds
 from plait.xds.translate import endpoints as eds
-from plait.xds import envoyfilter
 from plait.xds.translate import jwt
 from plait.xds.translate import listeners as lds
 from plait.xds.translate import routes as rds

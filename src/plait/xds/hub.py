@@ -47,6 +47,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from plait.model import MeshSnapshot, Proxy
 from plait.model.snapshot import Key
+from plait.xds.envoyfilter import GATEWAY_NAME_LABEL
 from plait.xds.generator import (
     affected_route_names,
     generate,
@@ -55,9 +56,8 @@ from plait.xds.generator import (
     route_names,
 )
 from plait.xds.protocol import STALE, SYNCED, Ack, AdsStream, Nack, Response, TypeStatus
-from plait.xds.publish import EVERYTHING, TYPES, Impact, Publisher, Published, change_impact
+from plait.xds.publish import EVERYTHING, TYPES, Impact, Published, Publisher, change_impact
 from plait.xds.resources import ResourceSet
-from plait.xds.envoyfilter import GATEWAY_NAME_LABEL
 
 log = logging.getLogger(__name__)
 

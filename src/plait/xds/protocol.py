@@ -36,6 +36,7 @@ import weakref
 from dataclasses import asdict, dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
+
 from plait.xds.publish import SHORT_NAMES, TYPES, Published, ResourceMap, VersionedResource, wire_field
 
 WILDCARD_TYPES = frozenset({"cds", "lds"})

@@ -34,17 +34,17 @@ from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from google.protobuf import any_pb2, json_format
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from google.protobuf import any_pb2, json_format
+
 from plait.model.hosts import fqdn, matches
 from plait.model.snapshot import REGISTRY_KINDS, Key, MeshSnapshot, gateway_ref
-from plait.xds.resources import TYPE_URLS, ResourceSet
 from plait.xds.references import listener_references, route_config_clusters
+from plait.xds.resources import TYPE_URLS, ResourceSet
 from plait.xds.translate.secrets import ads_secret_names, redacted
 
 TYPES = ("cds", "eds", "lds", "rds", "sds")  # also the push order: make before break

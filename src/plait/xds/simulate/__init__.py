@@ -40,9 +40,9 @@ sidecar).
 """
 
 from plait.xds.simulate.engine import simulate
+from plait.xds.simulate.inbound import Caller
 from plait.xds.simulate.listeners import select_filter_chain
 from plait.xds.simulate.mesh import mesh_resolver, simulate_mesh
-from plait.xds.simulate.inbound import Caller
 from plait.xds.simulate.outcome import Authorization, ClusterTarget, Endpoint, Fault, Hop, Outcome, Policies, Retries
 from plait.xds.simulate.request import Connection, Request, Resolver
 from plait.xds.simulate.routes import find_virtual_host, route_mismatch

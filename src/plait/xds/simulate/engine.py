@@ -18,6 +18,7 @@ from plait.model.proxy import Proxy
 from plait.xds.resources import ResourceSet
 from plait.xds.simulate.authz import JWT_FILTER, check_http, check_tcp, has_authz, remote_ip
 from plait.xds.simulate.clusters import cluster_targets, settle
+from plait.xds.simulate.jwt import routing_metadata
 from plait.xds.simulate.listeners import (
     captured_listener,
     explicit_listener,
@@ -28,7 +29,6 @@ from plait.xds.simulate.listeners import (
 )
 from plait.xds.simulate.outcome import Outcome
 from plait.xds.simulate.policies import header_changes, rewrite, rewritten_path, route_policies
-from plait.xds.simulate.jwt import routing_metadata
 from plait.xds.simulate.rbac import Peer, metadata_matches
 from plait.xds.simulate.request import Connection, Request, Resolver, normalize_path, strip_port
 from plait.xds.simulate.routes import (

@@ -16,11 +16,26 @@ from plait.model.proxy import Proxy, spiffe_id
 from plait.model.services import Endpoint, Port, Service
 from plait.model.snapshot import InboundPort, MeshSnapshot
 from plait.xds.translate.common import (
-    ADS, BLACKHOLE_CLUSTER, DNS_CACHE, DYNAMIC_FORWARD_PROXY_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, MAX_UINT32,
-    PASSTHROUGH_CLUSTER, TYPE, cluster_name, duration, socket_address)
+    ADS,
+    BLACKHOLE_CLUSTER,
+    DNS_CACHE,
+    DYNAMIC_FORWARD_PROXY_CLUSTER,
+    INBOUND_PASSTHROUGH_CLUSTER,
+    MAX_UINT32,
+    PASSTHROUGH_CLUSTER,
+    TYPE,
+    cluster_name,
+    duration,
+    socket_address,
+)
 from plait.xds.translate.endpoints import load_assignment
 from plait.xds.translate.tls import (
-    auto_mtls_matches, auto_sni_options, client_tls, outbound_sni, sidecar_credential_scope)
+    auto_mtls_matches,
+    auto_sni_options,
+    client_tls,
+    outbound_sni,
+    sidecar_credential_scope,
+)
 
 DEFAULT_CONNECT_TIMEOUT = "10s"  # Istio's meshConfig.connectTimeout default
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"

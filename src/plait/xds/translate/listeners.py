@@ -33,8 +33,16 @@ from plait.model.services import Port, Service
 from plait.model.snapshot import InboundPort, MeshSnapshot, gateway_ref
 from plait.xds.translate import rbac
 from plait.xds.translate.common import (
-    BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, LISTENER_FILTERS, PASSTHROUGH_CLUSTER, REGISTRY_ONLY,
-    cluster_name, http_connection_manager, socket_address, tcp_proxy)
+    BLACKHOLE_CLUSTER,
+    INBOUND_PASSTHROUGH_CLUSTER,
+    LISTENER_FILTERS,
+    PASSTHROUGH_CLUSTER,
+    REGISTRY_ONLY,
+    cluster_name,
+    http_connection_manager,
+    socket_address,
+    tcp_proxy,
+)
 from plait.xds.translate.routes import RouteContext, destination_cluster, inbound_route_config
 from plait.xds.translate.tls import ALL_MTLS_ALPNS, ISTIO_ALPN, MTLS_HTTP_ALPNS, gateway_server_tls, inbound_mtls
 

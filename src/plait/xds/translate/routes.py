@@ -17,10 +17,19 @@ from plait.model.hosts import client_names, fqdn, matches
 from plait.model.proxy import Proxy
 from plait.model.services import Service
 from plait.model.snapshot import MESH_GATEWAY, MeshSnapshot, gateway_ref
-from plait.xds.translate.common import (
-    CORS_FILTER, DYNAMIC_FORWARD_PROXY_CLUSTER, FAULT_FILTER, PASSTHROUGH_CLUSTER, TYPE,
-    cluster_name, duration, fraction, parse_cluster_name, string_matcher)
 from plait.xds.translate.clusters import merge_policy
+from plait.xds.translate.common import (
+    CORS_FILTER,
+    DYNAMIC_FORWARD_PROXY_CLUSTER,
+    FAULT_FILTER,
+    PASSTHROUGH_CLUSTER,
+    TYPE,
+    cluster_name,
+    duration,
+    fraction,
+    parse_cluster_name,
+    string_matcher,
+)
 from plait.xds.translate.delegate import http_routes
 from plait.xds.translate.matches import route_match
 from plait.xds.translate.retries import default_retry_policy, retry_policy

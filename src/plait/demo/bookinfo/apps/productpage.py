@@ -29,8 +29,17 @@ from urllib.parse import quote
 
 from plait.demo.bookinfo.apps import page
 from plait.demo.bookinfo.apps.client import CONTEXT_HEADERS, TRACE_HEADERS, forwarded_headers, get_json, service_url
-from plait.demo.bookinfo.apps.server import (Request, Response, Route, html_response, json_response, log, redirect,
-                                             serve, text_response)
+from plait.demo.bookinfo.apps.server import (
+    Request,
+    Response,
+    Route,
+    html_response,
+    json_response,
+    log,
+    redirect,
+    serve,
+    text_response,
+)
 
 PRODUCTS = [{
     "id": 0,
