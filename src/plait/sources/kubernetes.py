@@ -68,6 +68,11 @@ async def load_configuration(kubeconfig: str | None = None) -> Configuration:
     return configuration
 
 
+async def connect(kubeconfig: str | None = None) -> ApiClient:
+    """An API client for the cluster `load_configuration` finds (close it when done)."""
+    return ApiClient(await load_configuration(kubeconfig))
+
+
 def _status_of(body: bytes | str) -> dict:
     try:
         status = json.loads(body)
@@ -126,7 +131,6 @@ class KubernetesSource:
                         continue
                     listed = await self._list(watched, version, listed)
                 restart = await self._watch(watched, version)
-                self._up()
                 delay = self.backoff[0]
                 if restart is not None:
                     log.info("watch of %s restarts: %s", watched.plural, restart.reason)
@@ -141,6 +145,11 @@ class KubernetesSource:
             except UNREACHABLE as exc:
                 self._down(exc)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.backoff[1])
+            except Exception:  # anything unforeseen (a malformed answer): never stop following the cluster
+                log.exception("watching %s failed; listing it again", watched.plural)
+                version = None
+                await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff[1])
 
     def _up(self) -> None:
