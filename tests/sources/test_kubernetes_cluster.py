@@ -12,6 +12,7 @@ makes the watch relist.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 
 import pytest
@@ -161,9 +162,11 @@ async def _follow_the_cluster(cluster: KubeTestenv, cp: ControlPlaneProcess) -> 
                               CONVERGE)
 
 
-def test_a_watch_whose_resource_version_was_compacted_relists(cluster):
+def test_a_watch_whose_resource_version_was_compacted_relists(cluster, caplog):
     """The API server restarts while etcd's revision has moved on: resuming from the old
     resourceVersion is refused (410 Gone), the source lists again and misses nothing."""
+    caplog.set_level(logging.INFO, logger="plait.sources.kubernetes")
+
     async def scenario() -> None:
         api = await connect(cluster.kubeconfig)
         source = KubernetesSource(api, backoff=(0.1, 1.0))
@@ -171,17 +174,20 @@ def test_a_watch_whose_resource_version_was_compacted_relists(cluster):
         try:
             await asyncio.wait_for(source.wait_synced(), CONVERGE)
             await asyncio.to_thread(cluster.apply, dump(
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "relist"}},
                 {"apiVersion": "networking.istio.io/v1beta1", "kind": "Gateway",
-                 "metadata": {"name": "before", "namespace": "shop"},
+                 "metadata": {"name": "before", "namespace": "relist"},
                  "spec": {"servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}))
-            await until(lambda: ("Gateway", "shop", "before") in source.resources)
+            await until(lambda: ("Gateway", "relist", "before") in source.resources)
             relists = source.relists
             await asyncio.to_thread(cluster.bump_etcd_revision)
             await asyncio.to_thread(cluster.stop)
             await asyncio.to_thread(cluster.start)
-            await asyncio.to_thread(cluster.kubectl, "delete", "-n", "shop", "gateway", "before")
-            await until(lambda: ("Gateway", "shop", "before") not in source.resources)
+            await asyncio.to_thread(cluster.kubectl, "delete", "-n", "relist", "gateways.networking.istio.io", "before")
+            await until(lambda: ("Gateway", "relist", "before") not in source.resources)
             assert source.relists > relists
+            gone = [r.getMessage() for r in caplog.records if "gateways" in r.getMessage() and "410" in r.getMessage()]
+            assert gone, "the watch of gateways was not refused with 410 Gone"
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -201,6 +201,10 @@ class ClusterView:
         key, inputs = object_key(pod), (resource_version(pod), endpoints)
         memo = self._pod_memo.get(key)
         if memo is None or memo[0] != inputs or inputs[0] is None:
-            memo = (inputs, pod_workload(pod, endpoints))
+            try:
+                workload = pod_workload(pod, endpoints)
+            except ValueError:  # a pod plait's model cannot hold (the API server validates pods; never seen)
+                workload = None
+            memo = (inputs, workload)
             self._pod_memo[key] = memo
         return memo[1]

@@ -93,6 +93,7 @@ class KubernetesSource:
         self.reachable = True
         self.relists = 0  # lists made after the first one of each type (410 Gone, a CRD coming back)
         self._synced = asyncio.Event()
+        self._missing: set[str] = set()  # kinds found not served once, while holding objects
 
     # ------------------------------------------------------------ what the control plane reads
 
@@ -137,9 +138,15 @@ class KubernetesSource:
                     version = None if restart.relist else version
             except ApiException as exc:
                 if exc.status in (GONE, 404):  # compacted, or the type is no longer served: look again
+                    log.info("%s: %s %s; listing again", watched.plural, exc.status, exc.reason)
                     version = None
                     continue
-                log.warning("%s %s: %s %s", self.server, watched.plural, exc.status, exc.reason)
+                if exc.status >= 500:  # there but not ready (503 while it starts): retry quietly
+                    log.debug("%s %s: %s %s", self.server, watched.plural, exc.status, exc.reason)
+                elif exc.status == 0:  # the client's own network error
+                    self._down(exc.reason)
+                else:
+                    log.warning("%s %s: %s %s", self.server, watched.plural, exc.status, exc.reason)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff[1])
             except UNREACHABLE as exc:
@@ -157,11 +164,11 @@ class KubernetesSource:
             self.reachable = True
             log.warning("Kubernetes API %s is back; catching up", self.server)
 
-    def _down(self, exc: BaseException) -> None:
+    def _down(self, why: BaseException | str) -> None:
         if self.reachable:
             self.reachable = False
             log.warning("Kubernetes API %s unreachable (%s): proxies keep the last configuration; retrying",
-                        self.server, exc or type(exc).__name__)
+                        self.server, why or type(why).__name__)
 
     async def _get(self, path: str, query: list[tuple[str, str]]) -> dict:
         return await self.api.call_api(path, "GET", query_params=query, header_params={"Accept": "application/json"},
@@ -180,7 +187,14 @@ class KubernetesSource:
                 raise
             if any(r.get("name") == watched.plural for r in listing.get("resources") or ()):
                 self.view.versions[watched.kind] = version
+                self._missing.discard(watched.kind)
                 return version
+        if self.view.collections[watched.kind].objects and watched.kind not in self._missing:
+            # an API server that is starting may not serve a CRD's group yet: forget its objects only
+            # when it is still missing at the next look
+            self._missing.add(watched.kind)
+            log.warning("%s not served by %s; looking again in %.0f s", watched.plural, self.server, self.rediscover)
+            return None
         self._report(self.view.forget(watched.kind))
         self._check_synced()
         return None
