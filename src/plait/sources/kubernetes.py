@@ -140,8 +140,9 @@ class KubernetesSource:
                 if exc.status in (GONE, 404):  # compacted, or the type is no longer served: look again
                     log.info("%s: %s %s; listing again", watched.plural, exc.status, exc.reason)
                     version = None
-                    continue
-                if exc.status >= 500:  # there but not ready (503 while it starts): retry quietly
+                    if exc.status == GONE:
+                        continue
+                elif exc.status >= 500:  # there but not ready (503 while it starts): retry quietly
                     log.debug("%s %s: %s %s", self.server, watched.plural, exc.status, exc.reason)
                 elif exc.status == 0:  # the client's own network error
                     self._down(exc.reason)

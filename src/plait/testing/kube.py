@@ -63,7 +63,7 @@ class KubeTestenv:
         done = subprocess.run([str(kubectl), "--kubeconfig", self.kubeconfig, *args], input=stdin, text=True,
                               capture_output=True)
         if done.returncode:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
+            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()[-2000:]}")
         return done.stdout
 
     def apply(self, yaml_text: str) -> str:
