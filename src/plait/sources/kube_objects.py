@@ -132,23 +132,21 @@ def slice_endpoints(obj: Mapping) -> tuple[SliceEndpoint, ...]:
     return tuple(out)
 
 
-def endpoints_by_pod(slices: Iterable[Mapping]) -> dict[ObjectKey, list[SliceEndpoint]]:
+def endpoints_by_pod(endpoints: Iterable[SliceEndpoint]) -> dict[ObjectKey, list[SliceEndpoint]]:
     """Slice endpoints that name a Pod, by (namespace, pod name)."""
     out: dict[ObjectKey, list[SliceEndpoint]] = {}
-    for obj in slices:
-        for endpoint in slice_endpoints(obj):
-            if endpoint.pod:
-                out.setdefault((endpoint.namespace, endpoint.pod), []).append(endpoint)
+    for endpoint in endpoints:
+        if endpoint.pod:
+            out.setdefault((endpoint.namespace, endpoint.pod), []).append(endpoint)
     return out
 
 
-def endpoints_by_service(slices: Iterable[Mapping]) -> dict[ObjectKey, list[SliceEndpoint]]:
+def endpoints_by_service(endpoints: Iterable[SliceEndpoint]) -> dict[ObjectKey, list[SliceEndpoint]]:
     """Slice endpoints by (namespace, service name)."""
     out: dict[ObjectKey, list[SliceEndpoint]] = {}
-    for obj in slices:
-        for endpoint in slice_endpoints(obj):
-            if endpoint.service:
-                out.setdefault((endpoint.namespace, endpoint.service), []).append(endpoint)
+    for endpoint in endpoints:
+        if endpoint.service:
+            out.setdefault((endpoint.namespace, endpoint.service), []).append(endpoint)
     return out
 
 
@@ -215,14 +213,16 @@ def selectorless_service(service: Resource, endpoints: list[SliceEndpoint]) -> t
     return dataclasses.replace(service, spec=spec), list(entries.values())
 
 
-def registry_resources(services: Mapping[ObjectKey, Resource], pods: Iterable[Mapping], slices: Iterable[Mapping],
-                       *, workload_of: Callable[[Mapping, tuple[SliceEndpoint, ...]], Resource | None] | None = None
+def registry_resources(services: Mapping[ObjectKey, Resource], pods: Iterable[Mapping],
+                       endpoints: Iterable[SliceEndpoint], *,
+                       workload_of: Callable[[Mapping, tuple[SliceEndpoint, ...]], Resource | None] | None = None
                        ) -> dict[Key, Resource]:
-    """Services and the workloads behind them, as the snapshot's registry reads them. `workload_of`
-    (default `pod_workload`) lets a caller memoise the per-pod conversion."""
+    """Services and the workloads behind them (from the Pods and every EndpointSlice's endpoints), as
+    the snapshot's registry reads them. `workload_of` (default `pod_workload`) lets a caller memoise
+    the per-pod conversion."""
     workload_of = workload_of or pod_workload
-    slices = list(slices)
-    by_pod, by_service = endpoints_by_pod(slices), endpoints_by_service(slices)
+    endpoints = list(endpoints)
+    by_pod, by_service = endpoints_by_pod(endpoints), endpoints_by_service(endpoints)
     out: dict[Key, Resource] = {}
     for pod in pods:
         we = workload_of(pod, tuple(by_pod.get(object_key(pod), ())))

@@ -36,9 +36,11 @@ from plait.sources.kube_objects import (
     pod_workload,
     registry_resources,
     resource_version,
+    slice_endpoints,
 )
 
 GONE = 410
+REGISTRY_SOURCES = frozenset({SERVICES.kind, PODS.kind, ENDPOINT_SLICES.kind})
 
 
 @dataclass
@@ -107,6 +109,8 @@ class ClusterView:
         self.invalid: dict[Key, list[Problem]] = {}
         self._config_kinds = {t.kind for t in CONFIG_TYPES} & set(self.collections)
         self._pod_memo: dict[ObjectKey, tuple[tuple, Resource | None]] = {}
+        self._slice_memo: dict[ObjectKey, tuple[str | None, tuple[SliceEndpoint, ...]]] = {}
+        self._registry: dict[Key, Resource] | None = None  # made from Services, Pods and EndpointSlices
         self._resources: dict[Key, Resource] | None = None
 
     # ------------------------------------------------------------ input
@@ -133,6 +137,8 @@ class ClusterView:
         delta = Delta(changed={(kind, *k) for k in stored | gone})
         if delta.changed and kind != NAMESPACES.kind:
             self._resources = None
+            if kind in REGISTRY_SOURCES:
+                self._registry = None
         if kind == SERVICES.kind or kind in self._config_kinds:
             objects = self.collections[kind].objects
             for key in gone:
@@ -184,14 +190,28 @@ class ClusterView:
 
     def resources(self) -> dict[Key, Resource]:
         """The cluster's configuration and registry, as the mesh snapshot reads them."""
-        if self._resources is None:
+        if self._registry is None:
             pods = self._objects(PODS.kind)
-            slices = self._objects(ENDPOINT_SLICES.kind)
-            registry = registry_resources(self.services, pods, slices, workload_of=self._workload)
-            self._resources = {**self.config, **registry}
+            self._registry = registry_resources(self.services, pods, self._slice_endpoints(),
+                                                workload_of=self._workload)
             live = {object_key(p) for p in pods}
             self._pod_memo = {k: v for k, v in self._pod_memo.items() if k in live}
+        if self._resources is None:
+            self._resources = {**self.config, **self._registry}
         return self._resources
+
+    def _slice_endpoints(self) -> list[SliceEndpoint]:
+        """Every EndpointSlice's endpoints; a slice is read again only when its resourceVersion changed."""
+        memo, out = {}, []
+        for key, obj in (self.collections[ENDPOINT_SLICES.kind].objects.items()
+                         if ENDPOINT_SLICES.kind in self.collections else ()):
+            version = resource_version(obj)
+            seen = self._slice_memo.get(key)
+            endpoints = seen[1] if seen and seen[0] == version and version else slice_endpoints(obj)
+            memo[key] = (version, endpoints)
+            out += endpoints
+        self._slice_memo = memo
+        return out
 
     def _objects(self, kind: str) -> list[dict]:
         return list(self.collections[kind].objects.values()) if kind in self.collections else []
