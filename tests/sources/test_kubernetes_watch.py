@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from plait.model import MeshSnapshot
 from plait.model.services import READY_ANNOTATION
-from plait.sources.kube_objects import ENDPOINTS_OF_LABEL, pod_workload, slice_endpoints
+from plait.sources.kube_objects import ENDPOINTS_OF_LABEL, WATCHED_TYPES, pod_workload, slice_endpoints
 from plait.sources.kube_watch import ClusterView, Delta, Restart
 
 
@@ -228,3 +228,17 @@ def test_unchanged_pods_are_not_converted_again():
     first = view.resources()[("WorkloadEntry", "default", "p1")]
     view.on_event("Pod", event("ADDED", pod("p2", "10.1.0.2", rv="2", ready=True)))
     assert view.resources()[("WorkloadEntry", "default", "p1")] is first
+
+
+def test_every_kind_is_watched_at_its_api_path_newest_version_first():
+    paths = {t.kind: [t.path(v) for v in t.versions] for t in WATCHED_TYPES}
+    assert paths["Pod"] == ["/api/v1/pods"]
+    assert paths["EndpointSlice"] == ["/apis/discovery.k8s.io/v1/endpointslices",
+                                      "/apis/discovery.k8s.io/v1beta1/endpointslices"]
+    assert paths["Gateway"] == [f"/apis/networking.istio.io/{v}/gateways" for v in ("v1", "v1beta1", "v1alpha3")]
+    assert paths["ServiceEntry"][0] == "/apis/networking.istio.io/v1/serviceentries"
+    assert paths["AuthorizationPolicy"] == [f"/apis/security.istio.io/{v}/authorizationpolicies"
+                                            for v in ("v1", "v1beta1")]
+    assert set(paths) == {"Namespace", "Service", "Pod", "EndpointSlice", "VirtualService", "DestinationRule",
+                          "ServiceEntry", "Gateway", "Sidecar", "WorkloadEntry", "PeerAuthentication",
+                          "AuthorizationPolicy", "RequestAuthentication"}

@@ -45,7 +45,6 @@ class WatchedType:
     group: str  # "" for the core group
     versions: tuple[str, ...]
     plural: str
-    namespaced: bool = True
 
     def path(self, version: str) -> str:
         """The cluster-wide list/watch path, e.g. /api/v1/pods or /apis/networking.istio.io/v1/gateways."""
@@ -60,16 +59,17 @@ def _plural(kind: str) -> str:
     return lower + ("es" if lower.endswith("s") else "s")
 
 
-def _newest_first(api_versions: Iterable[str]) -> tuple[str, ...]:
+def _version_names(api_versions: Iterable[str]) -> tuple[str, ...]:
+    """``networking.istio.io/v1`` → ``v1``, in the order given (`SPEC_MODELS` lists the newest first)."""
     return tuple(v.split("/", 1)[1] for v in api_versions)
 
 
-NAMESPACES = WatchedType("Namespace", "", ("v1",), "namespaces", namespaced=False)
+NAMESPACES = WatchedType("Namespace", "", ("v1",), "namespaces")
 SERVICES = WatchedType("Service", "", ("v1",), "services")
 PODS = WatchedType("Pod", "", ("v1",), "pods")
 ENDPOINT_SLICES = WatchedType("EndpointSlice", "discovery.k8s.io", ("v1", "v1beta1"), "endpointslices")
 CONFIG_TYPES = tuple(
-    WatchedType(kind, versions[0].split("/")[0], _newest_first(versions), _plural(kind))
+    WatchedType(kind, versions[0].split("/")[0], _version_names(versions), _plural(kind))
     for kind, (versions, _) in SPEC_MODELS.items() if versions in (NETWORKING_VERSIONS, SECURITY_VERSIONS))
 WATCHED_TYPES = (NAMESPACES, SERVICES, PODS, ENDPOINT_SLICES, *CONFIG_TYPES)
 
