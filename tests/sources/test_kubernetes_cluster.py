@@ -208,3 +208,50 @@ def test_kubectl_is_how_config_changes_and_the_http_api_says_so(cluster, tmp_pat
             cp.apply(dump(virtual_service("v1")))
     assert refused.value.status == 400
     assert "change it with kubectl" in refused.value.problems[0]["message"]
+
+
+READER_RULES = [  # what the control plane needs to read the mesh (the install's ClusterRole starts here)
+    {"apiGroups": [""], "resources": ["namespaces", "nodes", "services", "pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["networking.istio.io", "security.istio.io"], "resources": ["*"], "verbs": ["get", "list", "watch"]},
+]
+
+
+def test_with_only_its_rbac_the_control_plane_reads_everything_and_a_kind_it_may_not_list_is_left_aside(
+        cluster, caplog):
+    """Read-only RBAC suffices; without the right to list nodes it starts all the same (no localities)."""
+    caplog.set_level(logging.WARNING, logger="plait.sources.kubernetes")
+    no_nodes = [dict(rule, resources=[r for r in rule["resources"] if r != "nodes"]) for rule in READER_RULES]
+    cluster.apply(dump(
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "plait-reader"},
+         "rules": no_nodes},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "plait-reader"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "plait-reader"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "plait-reader"}]},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "rbac"}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "r", "namespace": "rbac"},
+         "spec": {"host": "r"}}))
+    kubeconfig = cluster.user_kubeconfig("plait-reader")
+
+    async def scenario() -> None:
+        api = await connect(kubeconfig)
+        source = KubernetesSource(api, rediscover=0.5)
+        task = asyncio.create_task(source.run())
+        try:
+            await asyncio.wait_for(source.wait_synced(), CONVERGE)
+            assert ("DestinationRule", "rbac", "r") in source.resources
+            assert source.view.collections["Node"].objects == {}
+            # granted later: read without a restart
+            await asyncio.to_thread(cluster.apply, dump(
+                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                 "metadata": {"name": "plait-reader"}, "rules": READER_RULES},
+                {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "labels": {
+                    "topology.kubernetes.io/region": "eu"}}}))
+            await until(lambda: ("", "n1") in source.view.collections["Node"].objects)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await api.close()
+
+    asyncio.run(scenario())
+    assert any("may not list nodes" in r.getMessage() for r in caplog.records)

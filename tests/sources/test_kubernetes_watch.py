@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from plait.model import MeshSnapshot
 from plait.model.services import READY_ANNOTATION
-from plait.sources.kube_objects import ENDPOINTS_OF_LABEL, WATCHED_TYPES, pod_workload, slice_endpoints
+from plait.sources.kube_objects import ENDPOINTS_OF_LABEL, WATCHED_TYPES, locality, pod_workload, slice_endpoints
 from plait.sources.kube_watch import ClusterView, Delta, Restart
 
 
@@ -239,6 +239,26 @@ def test_every_kind_is_watched_at_its_api_path_newest_version_first():
     assert paths["ServiceEntry"][0] == "/apis/networking.istio.io/v1/serviceentries"
     assert paths["AuthorizationPolicy"] == [f"/apis/security.istio.io/{v}/authorizationpolicies"
                                             for v in ("v1", "v1beta1")]
-    assert set(paths) == {"Namespace", "Service", "Pod", "EndpointSlice", "VirtualService", "DestinationRule",
+    assert set(paths) == {"Namespace", "Node", "Service", "Pod", "EndpointSlice", "VirtualService", "DestinationRule",
                           "ServiceEntry", "Gateway", "Sidecar", "WorkloadEntry", "PeerAuthentication",
                           "AuthorizationPolicy", "RequestAuthentication"}
+
+
+def test_locality_comes_from_the_pods_label_else_from_its_nodes_topology_labels():
+    assert locality({"istio-locality": "us-west.zone1.sub1"}, {"topology.kubernetes.io/region": "eu"}) == "us-west/zone1/sub1"
+    assert locality({}, {"topology.kubernetes.io/region": "eu", "topology.kubernetes.io/zone": "eu-a"}) == "eu/eu-a"
+    assert locality({}, {}) is None
+    view = ClusterView()
+    scheduled = pod("p1", "10.1.0.1", ready=True)
+    scheduled["spec"]["nodeName"] = "n1"
+    node = {"metadata": meta("n1", namespace=None, labels={"topology.kubernetes.io/region": "eu",
+                                                         "topology.kubernetes.io/zone": "eu-a"})}
+    listed(view, Pod=[scheduled], Node=[node])
+    assert view.resources()[("WorkloadEntry", "default", "p1")].spec.locality == "eu/eu-a"
+    # a node's heartbeat (a new resourceVersion, same labels) is no change; a new zone is
+    heartbeat = {**node, "metadata": {**node["metadata"], "resourceVersion": "2"}, "status": {"conditions": []}}
+    assert view.on_event("Node", event("MODIFIED", heartbeat)).changed == set()
+    moved = {**node, "metadata": {**node["metadata"], "resourceVersion": "3",
+                                  "labels": {"topology.kubernetes.io/region": "eu", "topology.kubernetes.io/zone": "eu-b"}}}
+    assert view.on_event("Node", event("MODIFIED", moved)).changed == {("Node", "", "n1")}
+    assert view.resources()[("WorkloadEntry", "default", "p1")].spec.locality == "eu/eu-b"

@@ -65,13 +65,16 @@ def _version_names(api_versions: Iterable[str]) -> tuple[str, ...]:
 
 
 NAMESPACES = WatchedType("Namespace", "", ("v1",), "namespaces")
+NODES = WatchedType("Node", "", ("v1",), "nodes")
 SERVICES = WatchedType("Service", "", ("v1",), "services")
 PODS = WatchedType("Pod", "", ("v1",), "pods")
 ENDPOINT_SLICES = WatchedType("EndpointSlice", "discovery.k8s.io", ("v1", "v1beta1"), "endpointslices")
 CONFIG_TYPES = tuple(
     WatchedType(kind, versions[0].split("/")[0], _version_names(versions), _plural(kind))
     for kind, (versions, _) in SPEC_MODELS.items() if versions in (NETWORKING_VERSIONS, SECURITY_VERSIONS))
-WATCHED_TYPES = (NAMESPACES, SERVICES, PODS, ENDPOINT_SLICES, *CONFIG_TYPES)
+WATCHED_TYPES = (NAMESPACES, NODES, SERVICES, PODS, ENDPOINT_SLICES, *CONFIG_TYPES)
+LOCALITY_LABEL = "istio-locality"  # on a pod: its locality as region.zone.subzone, instead of its node's
+NODE_LOCALITY_LABELS = ("topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone")
 
 
 def object_key(obj: Mapping) -> ObjectKey:
@@ -171,9 +174,19 @@ def _workload_entry(name: str, namespace: str, spec: net.WorkloadEntrySpec, read
                     source=Source(file=f"{SOURCE_FILE} {origin}"))
 
 
-def pod_workload(pod: Mapping, endpoints: Iterable[SliceEndpoint] = ()) -> Resource | None:
-    """A Pod (with the slice endpoints that name it) → its WorkloadEntry; None for a pod that has no
-    address yet or has finished."""
+def locality(pod_labels: Mapping[str, str], node_labels: Mapping[str, str]) -> str | None:
+    """Istio's locality of a pod, ``region/zone/subzone``: its ``istio-locality`` label (written with
+    dots), else its node's topology labels; None when neither says anything."""
+    if pod_labels.get(LOCALITY_LABEL):
+        return pod_labels[LOCALITY_LABEL].replace(".", "/")
+    parts = [node_labels.get(label, "") for label in NODE_LOCALITY_LABELS]
+    return "/".join(parts).rstrip("/") or None
+
+
+def pod_workload(pod: Mapping, endpoints: Iterable[SliceEndpoint] = (),
+                 node_labels: Mapping[str, str] | None = None) -> Resource | None:
+    """A Pod (with the slice endpoints that name it, and its node's labels) → its WorkloadEntry; None
+    for a pod that has no address yet or has finished."""
     namespace, name = object_key(pod)
     status, spec = pod.get("status") or {}, pod.get("spec") or {}
     endpoints = list(endpoints)
@@ -182,8 +195,9 @@ def pod_workload(pod: Mapping, endpoints: Iterable[SliceEndpoint] = ()) -> Resou
         return None
     listed_ready = any(e.ready for e in endpoints) if endpoints else _condition(pod, "Ready")
     ready = listed_ready and not (pod.get("metadata") or {}).get("deletionTimestamp")
-    we = net.WorkloadEntrySpec(address=address, labels=dict((pod.get("metadata") or {}).get("labels") or {}),
-                               ports=_container_ports(pod),
+    labels = dict((pod.get("metadata") or {}).get("labels") or {})
+    we = net.WorkloadEntrySpec(address=address, labels=labels, ports=_container_ports(pod),
+                               locality=locality(labels, node_labels or {}),
                                service_account=spec.get("serviceAccountName") or spec.get("serviceAccount") or "default")
     return _workload_entry(name, namespace, we, ready, f"Pod {namespace}/{name}")
 
@@ -215,7 +229,7 @@ def selectorless_service(service: Resource, endpoints: list[SliceEndpoint]) -> t
 
 def registry_resources(services: Mapping[ObjectKey, Resource], pods: Iterable[Mapping],
                        endpoints: Iterable[SliceEndpoint], *,
-                       workload_of: Callable[[Mapping, tuple[SliceEndpoint, ...]], Resource | None] | None = None
+                       workload_of: Callable[[Mapping, tuple[SliceEndpoint, ...]], Resource | None] | None = None,
                        ) -> dict[Key, Resource]:
     """Services and the workloads behind them (from the Pods and every EndpointSlice's endpoints), as
     the snapshot's registry reads them. `workload_of` (default `pod_workload`) lets a caller memoise

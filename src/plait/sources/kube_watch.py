@@ -24,6 +24,8 @@ from plait.sources.kube_objects import (
     CONFIG_TYPES,
     ENDPOINT_SLICES,
     NAMESPACES,
+    NODE_LOCALITY_LABELS,
+    NODES,
     PODS,
     SERVICES,
     WATCHED_TYPES,
@@ -40,7 +42,7 @@ from plait.sources.kube_objects import (
 )
 
 GONE = 410
-REGISTRY_SOURCES = frozenset({SERVICES.kind, PODS.kind, ENDPOINT_SLICES.kind})
+REGISTRY_SOURCES = frozenset({SERVICES.kind, PODS.kind, ENDPOINT_SLICES.kind, NODES.kind})
 
 
 @dataclass
@@ -110,7 +112,8 @@ class ClusterView:
         self._config_kinds = {t.kind for t in CONFIG_TYPES} & set(self.collections)
         self._pod_memo: dict[ObjectKey, tuple[tuple, Resource | None]] = {}
         self._slice_memo: dict[ObjectKey, tuple[str | None, tuple[SliceEndpoint, ...]]] = {}
-        self._registry: dict[Key, Resource] | None = None  # made from Services, Pods and EndpointSlices
+        self._registry: dict[Key, Resource] | None = None  # made from Services, Pods, EndpointSlices, Nodes
+        self._node_topology: dict[str, tuple[tuple[str, str], ...]] = {}  # node name → its topology labels
         self._resources: dict[Key, Resource] | None = None
 
     # ------------------------------------------------------------ input
@@ -135,6 +138,9 @@ class ClusterView:
 
     def _absorb(self, kind: str, stored: set[ObjectKey], gone: set[ObjectKey]) -> Delta:
         delta = Delta(changed={(kind, *k) for k in stored | gone})
+        if kind == NODES.kind:
+            # nodes change every few seconds (their status); only their topology labels matter here
+            delta.changed = {(kind, *k) for k in stored | gone if self._node_topology_changed(k)}
         if delta.changed and kind != NAMESPACES.kind:
             self._resources = None
             if kind in REGISTRY_SOURCES:
@@ -216,13 +222,30 @@ class ClusterView:
     def _objects(self, kind: str) -> list[dict]:
         return list(self.collections[kind].objects.values()) if kind in self.collections else []
 
+    def _node_topology_changed(self, key: ObjectKey) -> bool:
+        node = self.collections[NODES.kind].objects.get(key)
+        labels = ((node or {}).get("metadata") or {}).get("labels") or {}
+        topology = tuple((k, labels[k]) for k in NODE_LOCALITY_LABELS if k in labels) if node else None
+        if self._node_topology.get(key[1]) == topology:
+            return False
+        if topology is None:
+            self._node_topology.pop(key[1], None)
+        else:
+            self._node_topology[key[1]] = topology
+        return True
+
+    def _node_labels(self, pod: Mapping) -> dict[str, str]:
+        """The topology labels of the pod's node."""
+        return dict(self._node_topology.get((pod.get("spec") or {}).get("nodeName") or "", ()))
+
     def _workload(self, pod: Mapping, endpoints: tuple[SliceEndpoint, ...]) -> Resource | None:
-        """`pod_workload`, remembered while the pod and its endpoints stay the same."""
-        key, inputs = object_key(pod), (resource_version(pod), endpoints)
+        """`pod_workload`, remembered while the pod, its endpoints and its node's labels stay the same."""
+        node_labels = self._node_labels(pod)
+        key, inputs = object_key(pod), (resource_version(pod), endpoints, tuple(sorted(node_labels.items())))
         memo = self._pod_memo.get(key)
         if memo is None or memo[0] != inputs or inputs[0] is None:
             try:
-                workload = pod_workload(pod, endpoints)
+                workload = pod_workload(pod, endpoints, node_labels)
             except ValueError:  # a pod plait's model cannot hold (the API server validates pods; never seen)
                 workload = None
             memo = (inputs, workload)

@@ -40,6 +40,7 @@ from plait.sources.kube_watch import GONE, ClusterView, Delta, Restart
 
 log = logging.getLogger("plait.sources.kubernetes")
 PAGE_SIZE = 500
+FORBIDDEN = 403
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 READ_ONLY = ("the mesh's configuration comes from the Kubernetes API: change it with kubectl "
              "(kubectl apply -f FILE / kubectl delete -f FILE)")
@@ -137,19 +138,10 @@ class KubernetesSource:
                     log.info("watch of %s restarts: %s", watched.plural, restart.reason)
                     version = None if restart.relist else version
             except ApiException as exc:
-                if exc.status in (GONE, 404):  # compacted, or the type is no longer served: look again
-                    log.info("%s: %s %s; listing again", watched.plural, exc.status, exc.reason)
-                    version = None
-                    if exc.status == GONE:
-                        continue
-                elif exc.status >= 500:  # there but not ready (503 while it starts): retry quietly
-                    log.debug("%s %s: %s %s", self.server, watched.plural, exc.status, exc.reason)
-                elif exc.status == 0:  # the client's own network error
-                    self._down(exc.reason)
-                else:
-                    log.warning("%s %s: %s %s", self.server, watched.plural, exc.status, exc.reason)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff[1])
+                pause, relist = self._refused(watched, exc)
+                version = None if relist else version
+                await asyncio.sleep(pause if pause is not None else delay)
+                delay = delay if pause is not None else min(delay * 2, self.backoff[1])
             except UNREACHABLE as exc:
                 self._down(exc)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
@@ -159,6 +151,30 @@ class KubernetesSource:
                 version = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff[1])
+
+    def _refused(self, watched: WatchedType, exc: ApiException) -> tuple[float | None, bool]:
+        """What to do when the API server answers with an error: (how long to wait, None for the
+        growing backoff; whether to discover and list again)."""
+        if exc.status == GONE:  # the resourceVersion was compacted
+            log.info("%s: %s %s; listing again", watched.plural, exc.status, exc.reason)
+            return 0.0, True
+        if exc.status == 404:  # no longer served (a CRD deleted): discovery decides
+            log.info("%s: %s %s; looking for it again", watched.plural, exc.status, exc.reason)
+            return None, True
+        if exc.status == FORBIDDEN:  # no RBAC for it: go on without it (it may be granted later)
+            log.warning("%s may not list %s (%s); going on without them, asking again in %.0f s",
+                        self.server, watched.plural, exc.reason, self.rediscover)
+            if not self.view.collections[watched.kind].synced:
+                self._report(self.view.forget(watched.kind))
+                self._check_synced()
+            return self.rediscover, True
+        if exc.status == 0:  # the client's own network error
+            self._down(exc.reason)
+        elif exc.status >= 500:  # there but not ready (503 while it starts): retry quietly
+            log.debug("%s %s: %s %s", self.server, watched.plural, exc.status, exc.reason)
+        else:
+            log.warning("%s %s: %s %s", self.server, watched.plural, exc.status, exc.reason)
+        return None, False
 
     def _up(self) -> None:
         if not self.reachable:

@@ -7,6 +7,7 @@ client. Found as $PLAIT_KUBE_TESTENV, else ``shared/tools/kube-testenv`` beside 
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shlex
@@ -16,6 +17,11 @@ import tempfile
 import urllib.request
 from base64 import b64encode
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 SEARCHED = ("../shared/tools/kube-testenv", "../../shared/tools/kube-testenv", "/work/shared/tools/kube-testenv")
 
@@ -68,6 +74,34 @@ class KubeTestenv:
 
     def apply(self, yaml_text: str) -> str:
         return self.kubectl("apply", "--validate=false", "-f", "-", stdin=yaml_text)
+
+    def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> str:
+        """A kubeconfig for another identity: a client certificate (CN = user, O = groups) signed by
+        the cluster's CA; what it may do is up to the RBAC objects the test creates."""
+        ca_cert = x509.load_pem_x509_certificate((self.dir / "ca.crt").read_bytes())
+        ca_key = serialization.load_pem_private_key((self.dir / "ca.key").read_bytes(), password=None)
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user),
+                             *(x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups)])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        config = {"apiVersion": "v1", "kind": "Config", "current-context": user,
+                  "clusters": [{"name": "testenv", "cluster": {
+                      "server": self.env["KUBE_TESTENV_SERVER"],
+                      "certificate-authority-data": b64encode((self.dir / "ca.crt").read_bytes()).decode()}}],
+                  "users": [{"name": user, "user": {
+                      "client-certificate-data": b64encode(cert.public_bytes(serialization.Encoding.PEM)).decode(),
+                      "client-key-data": b64encode(pem_key).decode()}}],
+                  "contexts": [{"name": user, "context": {"cluster": "testenv", "user": user}}]}
+        path = self.dir / f"kubeconfig-{user}"
+        path.write_text(json.dumps(config))
+        return str(path)
 
     def bump_etcd_revision(self, times: int = 5) -> None:
         """Write a key of no API type straight into etcd: its revision moves on with no event any watch
