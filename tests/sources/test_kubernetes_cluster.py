@@ -149,6 +149,7 @@ async def _follow_the_cluster(cluster: KubeTestenv, cp: ControlPlaneProcess) -> 
         await client.wait_synced(CONVERGE)
         assert {short: set(client.held[short]) for short in ("cds", "eds", "lds", "rds")} == held
         assert cp.api.get("/ready") == "ready\n"
+        await until(lambda: "plait_kubernetes_api_reachable 0.0" in cp.api.get("/metrics"))
 
         # it comes back (same address, same data): a change made now arrives, nothing restarted
         await asyncio.to_thread(cluster.start)

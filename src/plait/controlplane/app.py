@@ -57,6 +57,13 @@ class OwnMetrics:
                              "invalid object in the cluster, or a configuration directory that does not "
                              "validate); listed by GET /api/v1/config", registry=self.registry)
         self.invalid.set_function(lambda: sum(p.severity == "error" for p in store.problems))
+        if isinstance(store, KubernetesSource):
+            reachable = Gauge("plait_kubernetes_api_reachable", "1 while the Kubernetes API answers; 0 while the "
+                              "control plane serves the last state it read", registry=self.registry)
+            reachable.set_function(lambda: float(store.reachable))
+            relists = Gauge("plait_kubernetes_relists", "Lists made again after the first (410 Gone, a kind "
+                            "served again)", registry=self.registry)
+            relists.set_function(lambda: float(store.relists))
         self.build_seconds = Histogram("plait_snapshot_build_seconds", "Time to build a snapshot and hand it "
                                        "to the hub", registry=self.registry)
 
