@@ -2,7 +2,7 @@
 
 `KubeTestenv` starts one in a fresh directory, runs kubectl against it, and can stop and start
 it again on the same directory and port (etcd's data kept), as an API-server outage looks to a
-client. Found as $PLAIT_KUBE_TESTENV, else ``shared/tools/kube-testenv`` beside the checkout.
+client. Found by `find_testenv`.
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-SEARCHED = ("../shared/tools/kube-testenv", "../../shared/tools/kube-testenv", "/work/shared/tools/kube-testenv")
+SEARCHED = ("shared/tools/kube-testenv", "../shared/tools/kube-testenv", "../../shared/tools/kube-testenv")
 
 
 def find_testenv() -> Path | None:
-    """Where kube-testenv is, or None."""
+    """Where kube-testenv is: $PLAIT_KUBE_TESTENV, else ``shared/tools/kube-testenv`` in or beside the
+    current directory or the checkout (one or two levels up, as for a worktree); None if nowhere."""
     given = os.environ.get("PLAIT_KUBE_TESTENV")
-    candidates = [Path(given)] if given else [Path.cwd() / p for p in SEARCHED]
+    checkout = Path(__file__).resolve().parents[3]
+    candidates = [Path(given)] if given else [base / p for base in (Path.cwd(), checkout) for p in SEARCHED]
     return next((p.resolve() for p in candidates if (p / "start.sh").exists()), None)
 
 
