@@ -6,7 +6,8 @@ watches what the control plane serves: clusters, endpoints and routes follow kub
 delete; an invalid VirtualService is left out with plait validate's message while the rest is
 served; with the API server stopped the control plane keeps serving, and a change made after it
 returns arrives without restarting anything; a resourceVersion compacted meanwhile (410 Gone)
-makes the watch relist.
+makes the watch relist; read-only RBAC suffices; and a real Envoy (run by `plait agent`) routes
+its requests by the VirtualService kubectl applied.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import pytest
 import yaml
 
 from plait.client import ClientError
-from plait.model.proxy import Proxy
+from plait.model.proxy import EXPLICIT_PROXY_PORT, Proxy
 from plait.sources.kubernetes import KubernetesSource, connect
 from plait.testing.ads_client import AdsClient, make_node
+from plait.testing.backends import HttpBackend, loopback_subnet
+from plait.testing.http import http_request
 from plait.testing.kube import KubeTestenv, find_testenv
-from plait.testing.live import ControlPlaneProcess
+from plait.testing.live import AgentProcess, ControlPlaneProcess, wait_until
 
 TOOL = find_testenv()
 pytestmark = pytest.mark.skipif(TOOL is None, reason="kube-testenv not found (set PLAIT_KUBE_TESTENV)")
@@ -256,3 +259,39 @@ def test_with_only_its_rbac_the_control_plane_reads_everything_and_a_kind_it_may
 
     asyncio.run(scenario())
     assert any("may not list nodes" in r.getMessage() for r in caplog.records)
+
+
+def test_a_real_envoy_routes_by_what_kubectl_applied(cluster, tmp_path):
+    """`plait agent` runs Envoy for a client pod of the cluster; its requests to reviews land where
+    the cluster's VirtualService says, and move when kubectl applies another one."""
+    with loopback_subnet() as net, HttpBackend("reviews-v1", f"{net}.11", 8080), \
+            HttpBackend("reviews-v2", f"{net}.12", 8080):
+        subsets = [{"name": v, "labels": {"version": v}} for v in ("v1", "v2")]
+        cluster.apply(dump(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "traffic"}},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": "traffic"},
+             "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080, "targetPort": 8080}]}},
+            *({**pod(f"reviews-{v}", "reviews", v, "bookinfo-reviews"),
+               "metadata": {"name": f"reviews-{v}", "namespace": "traffic", "labels": {"app": "reviews", "version": v}}}
+              for v in ("v1", "v2")),
+            {**endpoint_slice("reviews", [(f"{net}.11", "reviews-v1", True), (f"{net}.12", "reviews-v2", True)]),
+             "metadata": {"name": "reviews-x", "namespace": "traffic", "labels": {"kubernetes.io/service-name": "reviews"}},
+             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]},
+            {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+             "metadata": {"name": "reviews", "namespace": "traffic"}, "spec": {"host": "reviews", "subsets": subsets}},
+            {**virtual_service("v1"), "metadata": {"name": "reviews", "namespace": "traffic"}}))
+        with ControlPlaneProcess(tmp_path / "unused", tmp_path, extra_args=["--kubeconfig", cluster.kubeconfig]) as cp:
+            client = AgentProcess(cp, tmp_path, mode="proxy", name="client", namespace="traffic", ip=f"{net}.1",
+                                  labels={"app": "client"})
+            client.start()
+            try:
+                def landing() -> set[str]:
+                    replies = [http_request(f"{net}.1", EXPLICIT_PROXY_PORT, "http://reviews:9080/", timeout=5)
+                               for _ in range(10)]
+                    return {r.backend for r in replies if r.status == 200}
+
+                wait_until(lambda: landing() == {"reviews-v1"}, CONVERGE, "requests to land on reviews-v1")
+                cluster.apply(dump({**virtual_service("v2"), "metadata": {"name": "reviews", "namespace": "traffic"}}))
+                wait_until(lambda: landing() == {"reviews-v2"}, CONVERGE, "requests to move to reviews-v2")
+            finally:
+                client.stop()
