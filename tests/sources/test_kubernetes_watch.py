@@ -262,3 +262,13 @@ def test_locality_comes_from_the_pods_label_else_from_its_nodes_topology_labels(
                                   "labels": {"topology.kubernetes.io/region": "eu", "topology.kubernetes.io/zone": "eu-b"}}}
     assert view.on_event("Node", event("MODIFIED", moved)).changed == {("Node", "", "n1")}
     assert view.resources()[("WorkloadEntry", "default", "p1")].spec.locality == "eu/eu-b"
+
+
+def test_managed_fields_are_not_kept():
+    view = ClusterView()
+    heavy = pod("p1", "10.1.0.1", ready=True)
+    heavy["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    listed(view, Pod=[heavy])
+    view.on_event("Pod", event("MODIFIED", {**heavy, "metadata": {**heavy["metadata"], "resourceVersion": "2"}}))
+    assert "managedFields" not in view.collections["Pod"].objects[("default", "p1")]["metadata"]
+    assert "managedFields" in heavy["metadata"]  # the caller's object is left alone

@@ -61,6 +61,15 @@ class Restart:
     reason: str
 
 
+def slim(obj: Mapping) -> dict:
+    """The object without what only the API server needs (``metadata.managedFields``, often the
+    largest part of it), to keep thousands of pods small in memory."""
+    meta = obj.get("metadata") or {}
+    if "managedFields" not in meta:
+        return dict(obj)
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
 class Collection:
     """The objects of one watched type as last seen, and the resourceVersion to resume watching from."""
 
@@ -72,7 +81,7 @@ class Collection:
 
     def replace(self, items: Iterable[dict], list_version: str | None) -> tuple[set[ObjectKey], set[ObjectKey]]:
         """A fresh list: (keys stored or changed, keys gone)."""
-        new = {object_key(obj): obj for obj in items}
+        new = {object_key(obj): slim(obj) for obj in items}
         stored = {k for k, obj in new.items()
                   if k not in self.objects or resource_version(self.objects[k]) != resource_version(obj)}
         gone = set(self.objects) - set(new)
@@ -97,7 +106,7 @@ class Collection:
         if kind in ("ADDED", "MODIFIED"):
             if key in self.objects and resource_version(self.objects[key]) == version:
                 return set(), set()
-            self.objects[key] = dict(obj)
+            self.objects[key] = slim(obj)
             return {key}, set()
         return Restart(relist=True, reason=f"unexpected watch event type {kind!r}")
 
