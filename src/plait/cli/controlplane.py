@@ -22,7 +22,7 @@ from plait.ca.authority import MAX_WORKLOAD_TTL, CaError
 from plait.cli.console import err, out, print_problems
 from plait.client import ClientError, Http, control_plane_url
 from plait.controlplane.app import Settings, run
-from plait.sources.kubernetes import KubeConfigError
+from plait.sources.kube_objects import KubeConfigError
 
 ControlPlane = Annotated[str | None, typer.Option(
     "--control-plane", help="Control plane host, host:port (HTTP API, default port 15014) or URL. "

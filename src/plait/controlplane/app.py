@@ -18,12 +18,12 @@ from plait.controlplane.api import Api, admin_token_path, load_or_create_admin_t
 from plait.controlplane.mesh import ConfigSource, MeshState
 from plait.model import MeshSnapshot
 from plait.sources.files import FileStore
-from plait.sources.kubernetes import KubernetesSource, connect
 from plait.sources.workloads import WorkloadRegistry
 
 if TYPE_CHECKING:
     from plait.ca.authority import CertificateAuthority
     from plait.ca.tokens import TokenIssuer
+    from plait.sources.kubernetes import KubernetesSource
 
 log = logging.getLogger("plait.controlplane")
 
@@ -48,7 +48,7 @@ class Settings:
 
 
 class OwnMetrics:
-    def __init__(self, store: ConfigSource) -> None:
+    def __init__(self, store: ConfigSource, cluster: KubernetesSource | None = None) -> None:
         self.registry = CollectorRegistry()
         self.rebuilds = Counter("plait_snapshot_rebuilds_total", "Mesh snapshots built", registry=self.registry)
         self.objects = Gauge("plait_config_objects", "Configuration objects in force", ["kind"],
@@ -57,13 +57,13 @@ class OwnMetrics:
                              "invalid object in the cluster, or a configuration directory that does not "
                              "validate); listed by GET /api/v1/config", registry=self.registry)
         self.invalid.set_function(lambda: sum(p.severity == "error" for p in store.problems))
-        if isinstance(store, KubernetesSource):
+        if cluster is not None:
             reachable = Gauge("plait_kubernetes_api_reachable", "1 while the Kubernetes API answers; 0 while the "
                               "control plane serves the last state it read", registry=self.registry)
-            reachable.set_function(lambda: float(store.reachable))
+            reachable.set_function(lambda: float(cluster.reachable))
             relists = Gauge("plait_kubernetes_relists", "Lists made again after the first (410 Gone, a kind "
                             "served again)", registry=self.registry)
-            relists.set_function(lambda: float(store.relists))
+            relists.set_function(lambda: float(cluster.relists))
         self.build_seconds = Histogram("plait_snapshot_build_seconds", "Time to build a snapshot and hand it "
                                        "to the hub", registry=self.registry)
 
@@ -88,15 +88,21 @@ def load_ca(settings: Settings) -> tuple[CertificateAuthority, TokenIssuer]:
     return authority, TokenIssuer.load_or_create(token_key_path(settings.state_dir))
 
 
-async def open_config(settings: Settings) -> ConfigSource:
-    """The configuration directory, loaded; or (settings.kubernetes) a not yet started cluster source.
+async def open_config(settings: Settings) -> tuple[ConfigSource, KubernetesSource | None]:
+    """The configuration directory, loaded; or (settings.kubernetes) a not yet started cluster source,
+    returned twice (as the mesh's source, and as the cluster to start and watch over).
     KubeConfigError when the kubeconfig is unusable."""
     if settings.kubernetes:
-        return KubernetesSource(await connect(settings.kubeconfig))
+        # imported here: the Kubernetes client takes a quarter of a second to import, which every
+        # other plait command would pay
+        from plait.sources.kubernetes import KubernetesSource, connect
+
+        cluster = KubernetesSource(await connect(settings.kubeconfig))
+        return cluster, cluster
     store = FileStore(settings.config_dir)
     for p in store.load().problems:
         log.log(logging.ERROR if p.severity == "error" else logging.WARNING, "%s", p)
-    return store
+    return store, None
 
 
 async def wait_for_cluster(source: KubernetesSource, stop: asyncio.Event, every: float = 10.0) -> None:
@@ -119,9 +125,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
 
     stop = stop or asyncio.Event()
     authority, tokens = load_ca(settings)
-    store = await open_config(settings)
+    store, cluster = await open_config(settings)
     hub = XdsHub(MeshSnapshot([]), mutate=testhooks.from_environment())
-    metrics = OwnMetrics(store)
+    metrics = OwnMetrics(store, cluster)
 
     def publish(snapshot: MeshSnapshot, changed: set) -> None:
         with metrics.build_seconds.time():
@@ -130,10 +136,10 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
 
     state = MeshState(store, WorkloadRegistry(), debounce=settings.debounce, on_snapshot=publish)
     tasks = [asyncio.create_task(state.run())]
-    if isinstance(store, KubernetesSource):
-        store.on_change = state.changed
-        tasks.append(asyncio.create_task(store.run()))
-        await wait_for_cluster(store, stop)
+    if cluster is not None:
+        cluster.on_change = state.changed
+        tasks.append(asyncio.create_task(cluster.run()))
+        await wait_for_cluster(cluster, stop)
     else:
         tasks.append(asyncio.create_task(state.watch_directory(settings.poll_interval)))
     state.rebuild()
@@ -149,7 +155,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     await web.TCPSite(runner, settings.host, settings.http_port).start()
     api.serving = True
     plaintext = "off (--xds-auth strict)" if ads is None else f"{settings.host}:{settings.xds_port}"
-    where = f"Kubernetes API {store.server}" if isinstance(store, KubernetesSource) else settings.config_dir
+    where = f"Kubernetes API {cluster.server}" if cluster is not None else settings.config_dir
     log.info("control plane ready: xDS and CA over TLS on %s:%d (pod tokens), plaintext xDS %s, HTTP API on "
              "%s:%d, config from %s (%d objects)", settings.host, settings.ca_port, plaintext,
              settings.host, settings.http_port, where, len(store.resources))
@@ -163,8 +169,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if isinstance(store, KubernetesSource):
-            await store.api.close()
+        if cluster is not None:
+            await cluster.api.close()
         await runner.cleanup()
         if ads is not None:
             await ads.stop(grace=1.0)

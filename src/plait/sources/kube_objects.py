@@ -37,6 +37,11 @@ Key = tuple[str, str, str]  # (kind, namespace, name)
 ObjectKey = tuple[str, str]  # (namespace, name) inside one watched type
 
 
+class KubeConfigError(Exception):
+    """No usable kubeconfig: says which file or setting was tried. (Defined here, not beside the
+    client in `kubernetes`, so that catching it does not import the Kubernetes client.)"""
+
+
 @dataclass(frozen=True)
 class WatchedType:
     """One kind of object the control plane lists and watches, with the versions it reads, best first."""

@@ -35,7 +35,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from plait.api.errors import Problem
 from plait.api.resources import Resource
 from plait.sources.files import Change, Key
-from plait.sources.kube_objects import WATCHED_TYPES, WatchedType
+from plait.sources.kube_objects import WATCHED_TYPES, KubeConfigError, WatchedType
 from plait.sources.kube_watch import GONE, ClusterView, Delta, Restart
 
 log = logging.getLogger("plait.sources.kubernetes")
@@ -45,10 +45,6 @@ IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 READ_ONLY = ("the mesh's configuration comes from the Kubernetes API: change it with kubectl "
              "(kubectl apply -f FILE / kubectl delete -f FILE)")
 UNREACHABLE = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
-
-
-class KubeConfigError(Exception):
-    """No usable kubeconfig: says which file or setting was tried."""
 
 
 async def load_configuration(kubeconfig: str | None = None) -> Configuration:
