@@ -22,6 +22,7 @@ from plait.ca.authority import MAX_WORKLOAD_TTL, CaError
 from plait.cli.console import err, out, print_problems
 from plait.client import ClientError, Http, control_plane_url
 from plait.controlplane.app import Settings, run
+from plait.sources.kube_objects import KubeConfigError
 
 ControlPlane = Annotated[str | None, typer.Option(
     "--control-plane", help="Control plane host, host:port (HTTP API, default port 15014) or URL. "
@@ -68,7 +69,15 @@ class XdsAuth(str, Enum):
 
 
 def control_plane(
-    config_dir: Annotated[Path, typer.Option(help="Directory of Istio YAML; watched for edits.")] = Path("mesh"),
+    config_dir: Annotated[Path, typer.Option(help="Directory of Istio YAML; watched for edits. Not used with "
+                                                  "--kubernetes.")] = Path("mesh"),
+    kubernetes: Annotated[bool, typer.Option(
+        "--kubernetes", help="Read the mesh from a Kubernetes cluster instead of --config-dir: watch its Services, "
+                             "EndpointSlices, Pods, Namespaces and Istio CRDs (kubectl apply changes the mesh). "
+                             "The cluster is the one --kubeconfig names, else $KUBECONFIG, else the pod's own "
+                             "service account when run in the cluster, else ~/.kube/config.")] = False,
+    kubeconfig: Annotated[str | None, typer.Option(
+        help="Kubeconfig file of the cluster to read (implies --kubernetes).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (use 0.0.0.0 to serve other hosts).")] = "127.0.0.1",
     xds_port: Annotated[int, typer.Option(help="Plaintext ADS (gRPC) port for Envoy, unauthenticated; "
                                                "none with --xds-auth strict.")] = 15010,
@@ -105,7 +114,13 @@ def control_plane(
     (spiffe://cluster.local/ns/NS/sa/SA) from the CA on --ca-port, proving who they are with a pod
     token; the CA signs only the token's own identity.
 
+    With --kubernetes (or --kubeconfig), the mesh is read from a cluster instead: its Services,
+    EndpointSlices, Pods and Istio objects, changed with kubectl. An invalid Istio object there is left
+    out (its last good version stays in force) and reported in the log and by plait get.
+
     Example: [bold]plait control-plane --config-dir mesh/[/]  then  [bold]plait apply -f reviews-80-20.yaml[/]
+
+    Example: [bold]plait control-plane --kubeconfig ~/.kube/config[/]  then  [bold]kubectl apply -f reviews-80-20.yaml[/]
     """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -118,11 +133,15 @@ def control_plane(
         raise typer.Exit(2)
     settings = Settings(config_dir=config_dir, host=host, xds_port=xds_port, http_port=http_port,
                         debounce=parse_duration(debounce), state_dir=state_dir, ca_port=ca_port,
-                        cacerts_dir=cacerts, workload_cert_ttl=int(cert_ttl), xds_auth=xds_auth.value)
+                        cacerts_dir=cacerts, workload_cert_ttl=int(cert_ttl), xds_auth=xds_auth.value,
+                        kubernetes=kubernetes or kubeconfig is not None, kubeconfig=kubeconfig)
     try:
         asyncio.run(run(settings))
     except CaError as exc:
         err.print(f"[red]error[/]: certificate authority: {exc}")
+        raise typer.Exit(1) from None
+    except KubeConfigError as exc:
+        err.print(f"[red]error[/]: Kubernetes: {exc}")
         raise typer.Exit(1) from None
     except OSError as exc:
         err.print(f"[red]error[/]: cannot start the control plane: {exc}")

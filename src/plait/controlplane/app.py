@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from plait.controlplane import testhooks
 from plait.controlplane.api import Api, admin_token_path, load_or_create_admin_token
-from plait.controlplane.mesh import MeshState
+from plait.controlplane.mesh import ConfigSource, MeshState
 from plait.model import MeshSnapshot
 from plait.sources.files import FileStore
 from plait.sources.workloads import WorkloadRegistry
@@ -23,6 +23,7 @@ from plait.sources.workloads import WorkloadRegistry
 if TYPE_CHECKING:
     from plait.ca.authority import CertificateAuthority
     from plait.ca.tokens import TokenIssuer
+    from plait.sources.kubernetes import KubernetesSource
 
 log = logging.getLogger("plait.controlplane")
 
@@ -40,14 +41,29 @@ class Settings:
     cacerts_dir: Path | None = None  # Istio's plug-in CA files; None: a self-signed root in state_dir/ca
     workload_cert_ttl: int = 24 * 3600  # seconds, when the agent asks for no particular lifetime
     xds_auth: Literal["permissive", "strict"] = "permissive"
+    # Read the configuration and the registry from a Kubernetes cluster instead of config_dir:
+    # kubeconfig, else $KUBECONFIG, else the pod's service account, else ~/.kube/config.
+    kubernetes: bool = False
+    kubeconfig: str | None = None
 
 
 class OwnMetrics:
-    def __init__(self) -> None:
+    def __init__(self, store: ConfigSource, cluster: KubernetesSource | None = None) -> None:
         self.registry = CollectorRegistry()
         self.rebuilds = Counter("plait_snapshot_rebuilds_total", "Mesh snapshots built", registry=self.registry)
         self.objects = Gauge("plait_config_objects", "Configuration objects in force", ["kind"],
                              registry=self.registry)
+        self.invalid = Gauge("plait_config_problems", "Problems that keep configuration out of force (an "
+                             "invalid object in the cluster, or a configuration directory that does not "
+                             "validate); listed by GET /api/v1/config", registry=self.registry)
+        self.invalid.set_function(lambda: sum(p.severity == "error" for p in store.problems))
+        if cluster is not None:
+            reachable = Gauge("plait_kubernetes_api_reachable", "1 while the Kubernetes API answers; 0 while the "
+                              "control plane serves the last state it read", registry=self.registry)
+            reachable.set_function(lambda: float(cluster.reachable))
+            relists = Gauge("plait_kubernetes_relists", "Lists made again after the first (410 Gone, a kind "
+                            "served again)", registry=self.registry)
+            relists.set_function(lambda: float(cluster.relists))
         self.build_seconds = Histogram("plait_snapshot_build_seconds", "Time to build a snapshot and hand it "
                                        "to the hub", registry=self.registry)
 
@@ -72,6 +88,35 @@ def load_ca(settings: Settings) -> tuple[CertificateAuthority, TokenIssuer]:
     return authority, TokenIssuer.load_or_create(token_key_path(settings.state_dir))
 
 
+async def open_config(settings: Settings) -> tuple[ConfigSource, KubernetesSource | None]:
+    """The configuration directory, loaded; or (settings.kubernetes) a not yet started cluster source,
+    returned twice (as the mesh's source, and as the cluster to start and watch over).
+    KubeConfigError when the kubeconfig is unusable."""
+    if settings.kubernetes:
+        # imported here: the Kubernetes client takes a quarter of a second to import, which every
+        # other plait command would pay
+        from plait.sources.kubernetes import KubernetesSource, connect
+
+        cluster = KubernetesSource(await connect(settings.kubeconfig))
+        return cluster, cluster
+    store = FileStore(settings.config_dir)
+    for p in store.load().problems:
+        log.log(logging.ERROR if p.severity == "error" else logging.WARNING, "%s", p)
+    return store, None
+
+
+async def wait_for_cluster(source: KubernetesSource, stop: asyncio.Event, every: float = 10.0) -> None:
+    """Wait until every watched type has been listed once (istiod waits for its caches too), saying
+    so every `every` seconds; nothing is served before, so no proxy gets a half-read mesh."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(source.wait_synced(), every)
+            log.info("read the cluster at %s: %d objects", source.server, len(source.resources))
+            return
+        except TimeoutError:
+            log.warning("still waiting to read the cluster at %s", source.server)
+
+
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set (or SIGINT/SIGTERM); then stop accepting, close streams, exit."""
     from plait.ca.service import ads_authenticator, serve_ca
@@ -80,12 +125,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
 
     stop = stop or asyncio.Event()
     authority, tokens = load_ca(settings)
-    store = FileStore(settings.config_dir)
-    loaded = store.load()
-    for p in loaded.problems:
-        log.log(logging.ERROR if p.severity == "error" else logging.WARNING, "%s", p)
+    store, cluster = await open_config(settings)
     hub = XdsHub(MeshSnapshot([]), mutate=testhooks.from_environment())
-    metrics = OwnMetrics()
+    metrics = OwnMetrics(store, cluster)
 
     def publish(snapshot: MeshSnapshot, changed: set) -> None:
         with metrics.build_seconds.time():
@@ -93,6 +135,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         metrics.observe(snapshot)
 
     state = MeshState(store, WorkloadRegistry(), debounce=settings.debounce, on_snapshot=publish)
+    tasks = [asyncio.create_task(state.run())]
+    if cluster is not None:
+        cluster.on_change = state.changed
+        tasks.append(asyncio.create_task(cluster.run()))
+        await wait_for_cluster(cluster, stop)
+    else:
+        tasks.append(asyncio.create_task(state.watch_directory(settings.poll_interval)))
     state.rebuild()
     # xDS over TLS with a pod token beside the CA (istiod's 15012); plaintext xDS (15010) unless strict
     ads = None if settings.xds_auth == "strict" else await serve_ads(hub, settings.host, settings.xds_port)
@@ -106,19 +155,22 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     await web.TCPSite(runner, settings.host, settings.http_port).start()
     api.serving = True
     plaintext = "off (--xds-auth strict)" if ads is None else f"{settings.host}:{settings.xds_port}"
+    where = f"Kubernetes API {cluster.server}" if cluster is not None else settings.config_dir
     log.info("control plane ready: xDS and CA over TLS on %s:%d (pod tokens), plaintext xDS %s, HTTP API on "
-             "%s:%d, config in %s (%d objects)", settings.host, settings.ca_port, plaintext,
-             settings.host, settings.http_port, settings.config_dir, len(store.resources))
+             "%s:%d, config from %s (%d objects)", settings.host, settings.ca_port, plaintext,
+             settings.host, settings.http_port, where, len(store.resources))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(state.run()), asyncio.create_task(state.watch_directory(settings.poll_interval))]
     try:
         await stop.wait()
     finally:
         log.info("control plane stopping")
         for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if cluster is not None:
+            await cluster.api.close()
         await runner.cleanup()
         if ads is not None:
             await ads.stop(grace=1.0)

@@ -1,7 +1,8 @@
-"""The mesh's current state: configuration directory + registered workloads → MeshSnapshot → hub.
+"""The mesh's current state: configuration (a directory, or a Kubernetes cluster) + registered
+workloads → MeshSnapshot → hub.
 
 `MeshState` owns the sources and the current snapshot. Every change (an API call,
-an edit on disk, a workload registering or becoming ready) calls `changed()`;
+an edit on disk, a watch event, a workload registering or becoming ready) calls `changed()`;
 changes are debounced (coalesced for `debounce` seconds), then one new snapshot
 is made with only the changed objects and handed to the hub, which pushes what
 changed to the proxies it concerns. Runs on the control plane's event loop.
@@ -13,18 +14,34 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
+from plait.api.errors import Problem
 from plait.api.resources import Resource
 from plait.model import MeshSnapshot
-from plait.sources.files import FileStore, diff
+from plait.sources.files import Change, FileStore, diff
 from plait.sources.workloads import WorkloadRegistry
 
 log = logging.getLogger("plait.controlplane")
 Key = tuple[str, str, str]
 
 
+class ConfigSource(Protocol):
+    """Where the mesh's configuration comes from: `FileStore` or `kubernetes.KubernetesSource`."""
+
+    @property
+    def resources(self) -> dict[Key, Resource]: ...
+
+    @property
+    def problems(self) -> list[Problem]: ...
+
+    def apply(self, resources: list[Resource], *, dry_run: bool = False) -> Change: ...
+
+    def delete(self, keys: list[Key], *, dry_run: bool = False) -> Change: ...
+
+
 class MeshState:
-    def __init__(self, store: FileStore, registry: WorkloadRegistry, *, debounce: float = 0.1,
+    def __init__(self, store: ConfigSource, registry: WorkloadRegistry, *, debounce: float = 0.1,
                  on_snapshot: Callable[[MeshSnapshot, set[Key]], None] | None = None):
         self.store, self.registry, self.debounce = store, registry, debounce
         self.on_snapshot = on_snapshot
@@ -35,7 +52,7 @@ class MeshState:
         self._task: asyncio.Task | None = None
 
     def merged_resources(self) -> dict[Key, Resource]:
-        """Config from the directory, with registered workloads on top."""
+        """Config from the directory or the cluster, with registered workloads on top."""
         return {**self.store.resources, **self.registry.resources()}
 
     def rebuild(self) -> set[Key]:
@@ -80,6 +97,8 @@ class MeshState:
 
     async def watch_directory(self, interval: float = 0.5) -> None:
         """Pick up hand edits in the configuration directory."""
+        if not isinstance(self.store, FileStore):
+            raise TypeError("watch_directory needs a FileStore")
         while True:
             await asyncio.sleep(interval)
             try:
