@@ -1,0 +1,313 @@
+"""The control plane's once-per-cluster duties on a real API server (kube-testenv, API-only mode):
+leader election over a Lease (plait.controlplane.kubelease), the root certificate in every
+namespace (plait.controlplane.rootcert) written by the leader only, and the validating webhook
+(plait.controlplane.webhook) called by the API server on `kubectl apply`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from plait.controlplane.kubelease import LeaseElection
+from plait.controlplane.leader import ElectionConfig
+from plait.controlplane.rootcert import CONFIGMAP, ROOT_CERT_KEY, publish_root_cert
+from plait.controlplane.webhook import serve_webhook, tls_context, validating_webhook_configuration
+from plait.testing.kube import KubeTestenv, find_testenv
+from plait.testing.kubeapi import api_client, ensure_namespace
+from plait.testing.live import free_port
+
+TOOL = find_testenv()
+pytestmark = pytest.mark.skipif(TOOL is None, reason="kube-testenv not found (set PLAIT_KUBE_TESTENV)")
+TIMEOUT = 90
+FAST = ElectionConfig(lease_duration=3, renew_deadline=2, retry_period=0.5)
+ROOT_A = "-----BEGIN CERTIFICATE-----\nroot of a\n-----END CERTIFICATE-----\n"
+ROOT_B = "-----BEGIN CERTIFICATE-----\nroot of b\n-----END CERTIFICATE-----\n"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    env = KubeTestenv(TOOL, prefix="kube-h9-kca-cp-").start()
+    try:
+        yield env
+    finally:
+        env.remove()
+
+
+def on_cluster(cluster: KubeTestenv, test) -> None:
+    async def run():
+        api = await api_client(cluster.kubeconfig)
+        try:
+            await test(api)
+        finally:
+            await api.close()
+    asyncio.run(asyncio.wait_for(run(), TIMEOUT))
+
+
+async def eventually(condition: Callable, what: str, timeout: float = 30.0):
+    """Poll `condition` (sync or async) until it returns something true; fail saying `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.1)
+
+
+class Replica:
+    """One control-plane replica taking part in the election; its job notes when it runs."""
+
+    def __init__(self, api, identity: str, running: dict[str, int], namespace: str, *, release: bool = False,
+                 jobs=None):
+        self.identity = identity
+        self.election = LeaseElection(api, namespace=namespace, name="plait-leader", identity=identity, config=FAST,
+                                      release_on_stop=release)
+
+        async def job():
+            running[identity] = running.get(identity, 0) + 1
+            try:
+                await asyncio.Event().wait()
+            finally:
+                running[identity] -= 1
+        self.task = asyncio.create_task(self.election.run([job, *(jobs or [])]))
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def watch_leaders(replicas: list[Replica], running: dict[str, int], seen: list[set[str]],
+                        stop: asyncio.Event) -> None:
+    """Sample who leads and whose job runs, every 50 ms."""
+    while not stop.is_set():
+        leaders = {r.identity for r in replicas if r.election.leading}
+        jobs = {name for name, n in running.items() if n}
+        seen.append(leaders | jobs)
+        await asyncio.sleep(0.05)
+
+
+def test_one_leader_and_a_takeover_when_it_dies(cluster):
+    async def test(api):
+        await ensure_namespace(api, "lease-1")
+        running: dict[str, int] = {}
+        a = Replica(api, "cp-a", running, "lease-1")
+        b = Replica(api, "cp-b", running, "lease-1")
+        first = await eventually(lambda: [r for r in (a, b) if r.election.leading], "a leader")
+        (leader,) = first
+        standby = b if leader is a else a
+        seen: list[set[str]] = []
+        sampling = asyncio.Event()
+        sampler = asyncio.create_task(watch_leaders([a, b], running, seen, sampling))
+        await asyncio.sleep(4 * FAST.lease_duration / 3)  # the leader renews; the standby waits
+        assert standby.election.elector.holder == leader.identity and not standby.election.leading
+        killed_at = time.monotonic()
+        await leader.stop()  # a crash: no release
+        await eventually(lambda: standby.election.leading, "the standby takes over", timeout=30)
+        took = time.monotonic() - killed_at
+        await eventually(lambda: running.get(standby.identity) == 1, "the new leader's job runs")
+        sampling.set()
+        await sampler
+        assert all(len(s) <= 1 for s in seen), "two leaders (or jobs of two replicas) at once"
+        assert running.get(leader.identity, 0) == 0
+        # the standby may take over only after the lease had gone unrenewed for a whole lease duration
+        assert took >= FAST.lease_duration - FAST.retry_period
+        lease = await client.CoordinationV1Api(api).read_namespaced_lease("plait-leader", "lease-1")
+        assert lease.spec.holder_identity == standby.identity and lease.spec.lease_duration_seconds == 3
+        assert lease.spec.lease_transitions == 1
+        await standby.stop()
+    on_cluster(cluster, test)
+
+
+def test_a_graceful_stop_hands_the_lease_over(cluster):
+    async def test(api):
+        await ensure_namespace(api, "lease-2")
+        running: dict[str, int] = {}
+        a = Replica(api, "cp-a", running, "lease-2", release=True)
+        await eventually(lambda: a.election.leading, "a leads")
+        b = Replica(api, "cp-b", running, "lease-2", release=True)
+        await eventually(lambda: b.election.elector.holder == "cp-a", "b sees a leading")
+        await a.stop()
+        lease = await client.CoordinationV1Api(api).read_namespaced_lease("plait-leader", "lease-2")
+        assert lease.spec.holder_identity in ("", None, "cp-b") and running.get("cp-a") == 0
+        await eventually(lambda: b.election.leading and running.get("cp-b") == 1, "b leads and runs its job")
+        await b.stop()
+        lease = await client.CoordinationV1Api(api).read_namespaced_lease("plait-leader", "lease-2")
+        assert lease.spec.holder_identity in ("", None) and lease.spec.lease_duration_seconds == 1
+    on_cluster(cluster, test)
+
+
+# ------------------------------------------------------------------ the root certificate, by the leader
+
+async def root_in(api, namespace: str) -> str | None:
+    try:
+        cm = await client.CoreV1Api(api).read_namespaced_config_map(CONFIGMAP, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return (cm.data or {}).get(ROOT_CERT_KEY)
+
+
+def test_the_leader_publishes_the_root_in_every_namespace_and_keeps_it_there(cluster):
+    async def test(api):
+        core = client.CoreV1Api(api)
+        await ensure_namespace(api, "istio-system")
+        await ensure_namespace(api, "shop")
+        await ensure_namespace(api, "kube-public")
+        running: dict[str, int] = {}
+
+        def publisher(root):
+            async def job():
+                await publish_root_cert(api, root)
+            return job
+        a = Replica(api, "cp-a", running, "istio-system", jobs=[publisher(ROOT_A)])
+        await eventually(lambda: a.election.leading, "a leads")
+        b = Replica(api, "cp-b", running, "istio-system", jobs=[publisher(ROOT_B)])  # never leads while a lives
+        for namespace in ("default", "kube-system", "istio-system", "shop"):
+            await eventually(lambda ns=namespace: _is(root_in(api, ns), ROOT_A), f"the root in {namespace}")
+        cm = await core.read_namespaced_config_map(CONFIGMAP, "shop")
+        assert cm.metadata.labels == {"istio.io/config": "true"}
+        assert await root_in(api, "kube-public") is None  # skipped, as by istiod
+
+        await ensure_namespace(api, "new-team")
+        await eventually(lambda: _is(root_in(api, "new-team"), ROOT_A), "the root in a new namespace")
+
+        cm.data = {ROOT_CERT_KEY: "edited by a user", "notes": "mine"}
+        await core.replace_namespaced_config_map(CONFIGMAP, "shop", cm)
+        restored = await eventually(lambda: _restored(core, "shop"), "the edited root restored")
+        assert restored.data == {ROOT_CERT_KEY: ROOT_A, "notes": "mine"}
+
+        await core.delete_namespaced_config_map(CONFIGMAP, "new-team")
+        await eventually(lambda: _is(root_in(api, "new-team"), ROOT_A), "the deleted ConfigMap recreated")
+        assert not b.election.leading and running.get("cp-b", 0) == 0
+
+        await a.stop()  # crash of the leader: b takes over and publishes its own root
+        await eventually(lambda: _is(root_in(api, "shop"), ROOT_B), "the new leader's root", timeout=30)
+        await b.stop()
+    on_cluster(cluster, test)
+
+
+async def _is(value, expected) -> bool:
+    return (await value) == expected
+
+
+async def _restored(core, namespace):
+    cm = await core.read_namespaced_config_map(CONFIGMAP, namespace)
+    return cm if cm.data.get(ROOT_CERT_KEY) == ROOT_A else None
+
+
+# ------------------------------------------------------------------ the validating webhook
+
+INVALID_VS = """
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+    timeout: 5 seconds
+"""
+VALID_VS = INVALID_VS.replace("5 seconds", "5s")
+INVALID_AP = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ratings, namespace: shop}
+spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source: {}
+"""
+TELEMETRY = """
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: shop}
+spec:
+  accessLogging:
+  - providers: [{name: envoy}]
+"""
+
+
+@pytest.fixture(scope="module")
+def istio_crds(cluster):
+    cluster.load_crds()
+    cluster.kubectl("apply", "-f", "-", stdin="apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n")
+
+
+def kubectl_apply(cluster: KubeTestenv, text: str, *extra: str) -> tuple[bool, str]:
+    try:
+        return True, cluster.kubectl("apply", "--validate=false", *extra, "-f", "-", stdin=text)
+    except RuntimeError as error:
+        return False, str(error)
+
+
+def test_kubectl_apply_of_invalid_istio_config_is_refused_with_plaits_message(cluster, istio_crds, tmp_path):
+    env = cluster.env
+    port = free_port()
+    context = tls_context(Path(env["KUBE_TESTENV_WEBHOOK_CERT"]).read_bytes(),
+                          Path(env["KUBE_TESTENV_WEBHOOK_KEY"]).read_bytes(), tmp_path / "tls")
+    configuration = validating_webhook_configuration(Path(env["KUBE_TESTENV_CA"]).read_bytes(),
+                                                     url=f"https://127.0.0.1:{port}/validate",
+                                                     name="istio-validator-test")
+
+    async def test(api):
+        runner = await serve_webhook(context, "127.0.0.1", port)
+        try:
+            await asyncio.to_thread(cluster.kubectl, "apply", "-f", "-", stdin=yaml.safe_dump(configuration))
+
+            async def denied():  # the API server picks the configuration up shortly after it is stored
+                ok, _ = await asyncio.to_thread(kubectl_apply, cluster, INVALID_VS, "--dry-run=server")
+                return not ok
+            await eventually(denied, "the webhook is called")
+
+            ok, message = await asyncio.to_thread(kubectl_apply, cluster, INVALID_VS)
+            assert not ok
+            assert ('admission webhook "validation.istio.io" denied the request: configuration is invalid: '
+                    "VirtualService shop/reviews: spec.http[0].timeout: '5 seconds' is not a duration") in message
+            assert "not found" in await asyncio.to_thread(_get_error, cluster, "virtualservice", "reviews")
+
+            ok, message = await asyncio.to_thread(kubectl_apply, cluster, INVALID_AP)  # the CRD's schema lets it in
+            assert not ok and ("AuthorizationPolicy shop/ratings: spec.rules[0].from[0].source: a source needs at "
+                               "least one field") in message
+
+            ok, message = await asyncio.to_thread(kubectl_apply, cluster, VALID_VS)
+            assert ok, message
+            stored = yaml.safe_load(await asyncio.to_thread(cluster.kubectl, "get", "-n", "shop", "virtualservice",
+                                                            "reviews", "-o", "yaml"))
+            assert stored["spec"]["http"][0]["timeout"] == "5s"
+            ok, message = await asyncio.to_thread(kubectl_apply, cluster, INVALID_VS)  # an UPDATE is checked too
+            assert not ok and "is not a duration" in message
+
+            ok, message = await asyncio.to_thread(kubectl_apply, cluster, TELEMETRY)  # a kind plait does not read
+            assert ok, message
+        finally:
+            await runner.cleanup()
+        # no control plane answers: Istio config cannot be written unchecked (failurePolicy Fail) …
+        ok, message = await asyncio.to_thread(kubectl_apply, cluster, VALID_VS.replace("5s", "6s"))
+        assert not ok and "failed calling webhook" in message
+        # … but other kinds are never sent to it
+        ok, message = await asyncio.to_thread(kubectl_apply, cluster, TELEMETRY.replace("mesh-default", "other"))
+        assert ok, message
+        await asyncio.to_thread(cluster.kubectl, "delete", "validatingwebhookconfiguration", "istio-validator-test")
+    on_cluster(cluster, test)
+    assert base64.b64decode(configuration["webhooks"][0]["clientConfig"]["caBundle"]).startswith(b"-----BEGIN")
+
+
+def _get_error(cluster: KubeTestenv, kind: str, name: str) -> str:
+    try:
+        return cluster.kubectl("get", "-n", "shop", kind, name)
+    except RuntimeError as error:
+        return str(error)
