@@ -13,15 +13,20 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.x509 import verification
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from plait.ca.client import new_key_and_csr, request_certificate
+from plait.controlplane.app import Settings, run
+from plait.controlplane.kubeidentity import ClusterSettings
 from plait.controlplane.kubelease import LeaseElection
 from plait.controlplane.leader import ElectionConfig
 from plait.controlplane.rootcert import CONFIGMAP, ROOT_CERT_KEY, publish_root_cert
 from plait.controlplane.webhook import serve_webhook, tls_context, validating_webhook_configuration
 from plait.testing.kube import KubeTestenv, find_testenv
-from plait.testing.kubeapi import api_client, ensure_namespace
+from plait.testing.kubeapi import api_client, ensure_namespace, pod_token
 from plait.testing.live import free_port
 
 TOOL = find_testenv()
@@ -311,3 +316,74 @@ def _get_error(cluster: KubeTestenv, kind: str, name: str) -> str:
         return cluster.kubectl("get", "-n", "shop", kind, name)
     except RuntimeError as error:
         return str(error)
+
+
+# ------------------------------------------------------------------ all of it in the control plane
+
+def test_the_control_plane_on_a_cluster_does_all_of_it(cluster, istio_crds, tmp_path):
+    """`plait control-plane` against the cluster: its CA from istio-ca-secret, a pod's certificate
+    through TokenReview over TLS, the root in every namespace, the Lease, and the webhook whose
+    caBundle the leader sets to the mesh's root, so that the API server calls it."""
+    webhook_port = free_port()
+    settings = Settings(config_dir=tmp_path / "mesh", host="127.0.0.1", xds_port=free_port(), http_port=free_port(),
+                        ca_port=free_port(), state_dir=tmp_path / "state", kubernetes=True,
+                        kubeconfig=cluster.kubeconfig,
+                        cluster=ClusterSettings(namespace="istio-system", identity="istiod-0", election=FAST,
+                                                webhook_port=webhook_port,
+                                                webhook_configuration="istio-validator-plait"))
+    (tmp_path / "mesh").mkdir()
+    configuration = validating_webhook_configuration(b"not yet the mesh's root",
+                                                     url=f"https://localhost:{webhook_port}/validate",
+                                                     name="istio-validator-plait")
+
+    async def test(api):
+        core = client.CoreV1Api(api)
+        await ensure_namespace(api, "istio-system")
+        await asyncio.to_thread(cluster.kubectl, "apply", "-f", "-", stdin=yaml.safe_dump(configuration))
+        token = await pod_token(api, "shop", "bookinfo-reviews", pod="reviews-v1-0")
+        stop = asyncio.Event()
+        control_plane = asyncio.create_task(run(settings, stop=stop))
+        try:
+            secret = await eventually(lambda: _secret(core, "istio-ca-secret"), "the CA's Secret")
+            root = base64.b64decode(secret.data["root-cert.pem"])
+            await eventually(lambda: _is(root_in(api, "shop"), root.decode()), "the root in namespace shop")
+            lease = await client.CoordinationV1Api(api).read_namespaced_lease("plait-leader", "istio-system")
+            assert lease.spec.holder_identity == "istiod-0"
+
+            async def denied():
+                ok, _ = await asyncio.to_thread(kubectl_apply, cluster, INVALID_VS, "--dry-run=server")
+                return not ok
+            await eventually(denied, "the API server calls the webhook, trusting the root as caBundle")
+            ok, message = await asyncio.to_thread(kubectl_apply, cluster, INVALID_VS, "--dry-run=server")
+            assert "VirtualService shop/reviews: spec.http[0].timeout: '5 seconds' is not a duration" in message
+
+            identity = "spiffe://cluster.local/ns/shop/sa/bookinfo-reviews"
+            _, csr = new_key_and_csr(identity)
+            chain = await request_certificate(f"127.0.0.1:{settings.ca_port}", root_pem=root, token=token,
+                                              csr_pem=csr, ttl_seconds=3600, timeout=20)
+            assert leaf_identity(chain, root) == identity
+        finally:
+            stop.set()
+            await control_plane
+        lease = await client.CoordinationV1Api(api).read_namespaced_lease("plait-leader", "istio-system")
+        assert lease.spec.holder_identity in ("", None)  # handed over on the way out
+    on_cluster(cluster, test)
+
+
+def leaf_identity(chain: list[bytes], root_pem: bytes) -> str:
+    """The URI SAN of the chain's leaf, once the chain is verified up to `root_pem`."""
+    root = x509.load_pem_x509_certificate(root_pem)
+    certs = [x509.load_pem_x509_certificate(c) for c in chain]
+    verifier = verification.PolicyBuilder().store(verification.Store([root])).build_client_verifier()
+    result = verifier.verify(certs[0], certs[1:])
+    (uri,) = [n.value for n in result.subjects if isinstance(n, x509.UniformResourceIdentifier)]
+    return uri
+
+
+async def _secret(core, name: str):
+    try:
+        return await core.read_namespaced_secret(name, "istio-system")
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise

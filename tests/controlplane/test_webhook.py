@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from plait.api.loader import parse_text
 from plait.api.resources import SPEC_MODELS
 from plait.ca.authority import load_or_create, pem
+from plait.controlplane.kubeidentity import ca_bundle_update
 from plait.controlplane.webhook import (
     VALIDATED_KINDS,
     VALIDATED_RESOURCES,
@@ -177,3 +178,12 @@ def test_served_over_https(tmp_path):
 
 def test_a_request_without_an_object_is_allowed_as_nothing_plait_reads():
     assert admission_response(review(None))["response"]["allowed"] is True
+
+
+def test_the_leader_sets_every_webhooks_ca_bundle_to_the_root_once():
+    config = validating_webhook_configuration(b"old", url="https://localhost:1/validate")
+    config["webhooks"].append({**config["webhooks"][0], "name": "second.validation.istio.io"})
+    updated = ca_bundle_update(config, b"ROOT PEM")
+    assert [w["clientConfig"]["caBundle"] for w in updated["webhooks"]] == ["Uk9PVCBQRU0="] * 2
+    assert updated["webhooks"][0]["clientConfig"]["url"] == "https://localhost:1/validate"
+    assert ca_bundle_update(updated, b"ROOT PEM") is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from plait.controlplane import testhooks
 from plait.controlplane.api import Api, admin_token_path, load_or_create_admin_token
+from plait.controlplane.kubeidentity import ClusterIdentity, ClusterSettings, connect
 from plait.controlplane.mesh import MeshState
 from plait.model import MeshSnapshot
 from plait.sources.files import FileStore
@@ -38,8 +39,13 @@ class Settings:
     state_dir: Path = Path(".plait/control-plane")  # the CA's files live in state_dir/ca (owner-only)
     ca_port: int = 15012
     cacerts_dir: Path | None = None  # Istio's plug-in CA files; None: a self-signed root in state_dir/ca
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)  # identity duties with `kubernetes`
     workload_cert_ttl: int = 24 * 3600  # seconds, when the agent asks for no particular lifetime
     xds_auth: Literal["permissive", "strict"] = "permissive"
+    # Read the configuration and the registry from a Kubernetes cluster instead of config_dir:
+    # kubeconfig, else $KUBECONFIG, else the pod's service account, else ~/.kube/config.
+    kubernetes: bool = False
+    kubeconfig: str | None = None
 
 
 class OwnMetrics:
@@ -72,6 +78,16 @@ def load_ca(settings: Settings) -> tuple[CertificateAuthority, TokenIssuer]:
     return authority, TokenIssuer.load_or_create(token_key_path(settings.state_dir))
 
 
+async def open_cluster(settings: Settings) -> ClusterIdentity:
+    """The control plane's identity on the cluster (its CA from the Secrets there)."""
+    api = await connect(settings.kubeconfig)
+    try:
+        return await ClusterIdentity.open(api, settings.state_dir, settings.cluster)
+    except BaseException:
+        await api.close()
+        raise
+
+
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set (or SIGINT/SIGTERM); then stop accepting, close streams, exit."""
     from plait.ca.service import ads_authenticator, serve_ca
@@ -79,7 +95,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     from plait.xds.server import ads_handler, serve_ads
 
     stop = stop or asyncio.Event()
-    authority, tokens = load_ca(settings)
+    # On Kubernetes: CA from Secrets, TokenReview, webhook, leader's duties (plait.controlplane.kubeidentity)
+    cluster = await open_cluster(settings) if settings.kubernetes else None
+    authority, tokens = (cluster.authority, cluster.authenticator) if cluster else load_ca(settings)
     store = FileStore(settings.config_dir)
     loaded = store.load()
     for p in loaded.problems:
@@ -100,10 +118,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     ca = await serve_ca(authority, tokens, settings.host, settings.ca_port, default_ttl=settings.workload_cert_ttl,
                         registry=metrics.registry, also=(tls_ads,))
     admin_token = load_or_create_admin_token(admin_token_path(settings.state_dir))
-    api = Api(state, hub, metrics.registry, admin_token=admin_token, token_verifier=tokens.verify)
+    api = Api(state, hub, metrics.registry, admin_token=admin_token,
+              token_verifier=None if cluster else tokens.verify)  # on Kubernetes pods are not registered by API
     runner = web.AppRunner(api.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.http_port).start()
+    if cluster:
+        await cluster.start(settings.host, settings.state_dir, metrics.registry)
     api.serving = True
     plaintext = "off (--xds-auth strict)" if ads is None else f"{settings.host}:{settings.xds_port}"
     log.info("control plane ready: xDS and CA over TLS on %s:%d (pod tokens), plaintext xDS %s, HTTP API on "
@@ -119,6 +140,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         log.info("control plane stopping")
         for task in tasks:
             task.cancel()
+        if cluster:
+            await cluster.close()
+            await cluster.api.close()
         await runner.cleanup()
         if ads is not None:
             await ads.stop(grace=1.0)

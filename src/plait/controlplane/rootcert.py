@@ -12,22 +12,23 @@ trust anchor from there. The leader (`plait.controlplane.kubelease`) runs `publi
   ``kube-node-lease``, ``local-path-storage``; not ``kube-system``).
 
 `reconcile` (pure) decides; `publish_root_cert` is the I/O: a list + watch of Namespaces and of
-those ConfigMaps feeding a queue of namespaces, each brought to the wanted state by a GET and,
-when needed, a create or a replace (guarded by the resourceVersion read; a conflict retries).
-The watches are listed again every few minutes and after any error, which also repairs
-anything missed. RBAC: namespaces (list, watch), configmaps (get, list, watch, create, update).
+those ConfigMaps (`plait.controlplane.kubefollow`, which lists again every few minutes and after
+any error, repairing anything missed) feeding a queue of namespaces, each brought to the wanted
+state by a GET and, when needed, a create or a replace (guarded by the resourceVersion read; a
+conflict retries). RBAC: namespaces (list, watch), configmaps (get, list, watch, create, update).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
-from kubernetes_asyncio import client, watch
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from plait.controlplane.kubefollow import follow
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,6 @@ CONFIGMAP = "istio-ca-root-cert"
 ROOT_CERT_KEY = "root-cert.pem"
 LABELS = {"istio.io/config": "true"}
 SKIPPED_NAMESPACES = frozenset({"kube-public", "kube-node-lease", "local-path-storage"})
-WATCH_SECONDS = 300  # each watch is listed again after this long (a resync)
-RETRY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -98,8 +97,8 @@ async def publish_root_cert(api: client.ApiClient, root_pem: str, *, on_written:
             enqueue(cm.metadata.namespace)
 
     selector = f"metadata.name={CONFIGMAP}"
-    followers = [asyncio.create_task(_follow(core.list_namespace, namespace_event)),
-                 asyncio.create_task(_follow(core.list_config_map_for_all_namespaces, configmap_event,
+    followers = [asyncio.create_task(follow(core.list_namespace, namespace_event)),
+                 asyncio.create_task(follow(core.list_config_map_for_all_namespaces, configmap_event,
                                              field_selector=selector))]
     try:
         while True:
@@ -152,25 +151,3 @@ async def _read(core: client.CoreV1Api, namespace: str) -> dict | None:
             return None
         raise
     return core.api_client.sanitize_for_serialization(cm)
-
-
-async def _follow(list_func: Callable[..., Awaitable], on_event: Callable[[str, object], None], **kwargs) -> None:
-    """List, report every item, then watch from the list's resourceVersion; again after the watch
-    ends or fails (410 Gone, the API server away: after a short wait)."""
-    while True:
-        try:
-            listing = await list_func(**kwargs)
-            for item in listing.items:
-                on_event("ADDED", item)
-            async with watch.Watch() as stream:
-                async for event in stream.stream(list_func, resource_version=listing.metadata.resource_version,
-                                                 timeout_seconds=WATCH_SECONDS, **kwargs):
-                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                        on_event(event["type"], event["object"])
-        except ApiException as error:
-            if error.status != 410:
-                log.warning("root certificate: watch failed: %s %s; listing again", error.status, error.reason)
-                await asyncio.sleep(RETRY_SECONDS)
-        except (aiohttp.ClientError, OSError, TimeoutError) as error:
-            log.warning("root certificate: the API server is away (%s); listing again", error)
-            await asyncio.sleep(RETRY_SECONDS)
