@@ -387,3 +387,40 @@ async def _secret(core, name: str):
         if error.status == 404:
             return None
         raise
+
+
+def test_a_failing_leaders_job_is_started_again(cluster):
+    async def test(api):
+        await ensure_namespace(api, "lease-3")
+        starts = []
+
+        async def flaky():
+            starts.append(time.monotonic())
+            if len(starts) == 1:
+                raise RuntimeError("first start fails")
+            await asyncio.Event().wait()
+        election = LeaseElection(api, namespace="lease-3", identity="cp-a", config=FAST)
+        task = asyncio.create_task(election.run([flaky]))
+        await eventually(lambda: len(starts) == 2, "the job started again")
+        assert starts[1] - starts[0] >= FAST.retry_period and election.leading
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    on_cluster(cluster, test)
+
+
+def test_a_leader_cut_off_from_the_api_server_stops_its_jobs_and_leads_again_when_it_returns(cluster):
+    """Last in this module: it stops the module's API server for a while."""
+    async def test(api):
+        await ensure_namespace(api, "lease-4")
+        running: dict[str, int] = {}
+        a = Replica(api, "cp-a", running, "lease-4")
+        await eventually(lambda: a.election.leading and running.get("cp-a") == 1, "a leads")
+        await asyncio.to_thread(cluster.stop)
+        try:
+            await eventually(lambda: not a.election.leading and running.get("cp-a") == 0,
+                             "a stops leading and its job once it cannot renew", timeout=30)
+        finally:
+            await asyncio.to_thread(cluster.start)
+        await eventually(lambda: a.election.leading and running.get("cp-a") == 1, "a leads again", timeout=60)
+        await a.stop()
+    on_cluster(cluster, test)

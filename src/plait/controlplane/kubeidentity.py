@@ -25,6 +25,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -150,3 +151,5 @@ async def _patch_ca_bundle(registration: client.AdmissionregistrationV1Api, name
     except ApiException as error:
         if error.status not in (404, 409):  # gone, or changed meanwhile (the change brings another event)
             log.warning("webhook: cannot set the caBundle of %s: %s %s", name, error.status, error.reason)
+    except (aiohttp.ClientError, OSError, TimeoutError) as error:  # the watch lists again when it is back
+        log.warning("webhook: cannot set the caBundle of %s: the API server is away (%s)", name, error)

@@ -4,7 +4,8 @@
 `plait.controlplane.leader.Elector` what to write, writes it (create, or replace with the
 resourceVersion read, so that of two writers one gets 409 Conflict). While this replica leads,
 each job (an ``async`` callable: publish the root certificate, patch webhooks…) runs as a task;
-when leadership is lost the jobs are cancelled, and started again if it is won back. Cancelling
+when leadership is lost the jobs are cancelled, and started again if it is won back; a job that
+fails is logged and started again a retry period later. Cancelling
 `run` cancels the jobs and, with ``release_on_stop``, hands the Lease back at once.
 
 The control plane needs RBAC for ``leases`` in its namespace (get, create, update).
@@ -42,7 +43,6 @@ class LeaseElection:
         self.namespace, self.name, self.release_on_stop = namespace, name, release_on_stop
         self.elector = Elector(identity, config or ElectionConfig())
         self.clock, self.jitter = clock, jitter
-        self.became_leader = asyncio.Event()  # set while leading (for tests and readiness)
 
     @property
     def leading(self) -> bool:
@@ -59,20 +59,28 @@ class LeaseElection:
                 if self.elector.leading(now) and not running:
                     log.info("leader election: %s leads (Lease %s/%s)", self.elector.identity, self.namespace,
                              self.name)
-                    running = [asyncio.create_task(job(), name=f"leader job {i}") for i, job in enumerate(jobs)]
-                    self.became_leader.set()
+                    running = [asyncio.create_task(self._supervised(job), name=f"leader job {i}")
+                               for i, job in enumerate(jobs)]
                 elif not self.elector.leading(now) and running:
                     log.warning("leader election: %s lost the lease (now held by %r); stopping the leader's jobs",
                                 self.elector.identity, self.elector.holder)
                     await _cancel(running)
                     running = []
-                    self.became_leader.clear()
                 await asyncio.sleep(self.elector.next_attempt_in(now, self.jitter()))
         finally:
             await _cancel(running)
-            self.became_leader.clear()
             if self.release_on_stop:
                 await asyncio.shield(self._release())
+
+    async def _supervised(self, job: Job) -> None:
+        """Run `job`; if it fails, log why and start it again a retry period later."""
+        while True:
+            try:
+                await job()
+                return
+            except Exception:
+                log.exception("leader election: a leader's job failed; starting it again")
+                await asyncio.sleep(self.elector.config.retry_period)
 
     async def _attempt(self) -> None:
         """One read and, when the elector says so, one write; failures only cost time."""

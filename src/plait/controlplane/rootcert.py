@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
+import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -36,6 +36,7 @@ CONFIGMAP = "istio-ca-root-cert"
 ROOT_CERT_KEY = "root-cert.pem"
 LABELS = {"istio.io/config": "true"}
 SKIPPED_NAMESPACES = frozenset({"kube-public", "kube-node-lease", "local-path-storage"})
+RETRY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,8 @@ def concerns(namespace: str, phase: str | None = None) -> bool:
     return namespace not in SKIPPED_NAMESPACES and phase != "Terminating"
 
 
-async def publish_root_cert(api: client.ApiClient, root_pem: str, *, on_written: Callable[[str], None] | None = None
-                            ) -> None:
-    """Keep the root in every namespace until cancelled (the leader's job). `on_written` is told
-    each namespace written (tests, logs)."""
+async def publish_root_cert(api: client.ApiClient, root_pem: str) -> None:
+    """Keep the root in every namespace until cancelled (the leader's job)."""
     core = client.CoreV1Api(api)
     queue: asyncio.Queue[str] = asyncio.Queue()
     pending: set[str] = set()
@@ -104,8 +103,13 @@ async def publish_root_cert(api: client.ApiClient, root_pem: str, *, on_written:
         while True:
             namespace = await queue.get()
             pending.discard(namespace)
-            if await _bring(core, namespace, root_pem) and on_written:
-                on_written(namespace)
+            try:
+                await _bring(core, namespace, root_pem)
+            except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                log.warning("root certificate: namespace %s: the API server is away (%s); trying again",
+                            namespace, error or type(error).__name__)
+                await asyncio.sleep(RETRY_SECONDS)
+                enqueue(namespace)
     finally:
         for task in followers:
             task.cancel()
