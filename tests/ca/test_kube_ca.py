@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import logging
 from pathlib import Path
 
 import grpc
 import pytest
 from ca_pki import OperatorPki, key_pem, pem, utcnow, verified_identity
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes_asyncio import client
 from prometheus_client import CollectorRegistry
 
@@ -245,3 +250,28 @@ def test_a_broken_cacerts_secret_is_an_error_naming_it(cluster, tmp_path):
         _, where = await load_cluster_ca(api, tmp_path / "ca", namespace="plait-d")  # no signing CA: passed over
         assert where == "Secret plait-d/istio-ca-secret (new)"
     on_cluster(cluster, test)
+
+
+def test_without_rbac_for_secrets_the_error_says_what_is_needed(cluster, tmp_path):
+    """A user the API server knows (a client certificate from the cluster's CA) without any role."""
+    ca_cert = x509.load_pem_x509_certificate((Path(cluster.dir) / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((Path(cluster.dir) / "ca.key").read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = utcnow()
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nobody")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (tmp_path / "nobody.crt").write_bytes(pem(cert))
+    (tmp_path / "nobody.key").write_bytes(key_pem(key))
+
+    async def test():
+        configuration = client.Configuration(host=cluster.env["KUBE_TESTENV_SERVER"])
+        configuration.ssl_ca_cert = str(Path(cluster.dir) / "ca.crt")
+        configuration.cert_file, configuration.key_file = str(tmp_path / "nobody.crt"), str(tmp_path / "nobody.key")
+        async with client.ApiClient(configuration) as api:
+            with pytest.raises(CaError, match="403 Forbidden; the control plane needs get and create on secrets in "
+                                              "namespace istio-system"):
+                await load_cluster_ca(api, tmp_path / "ca", namespace="istio-system")
+    asyncio.run(asyncio.wait_for(test(), TIMEOUT))

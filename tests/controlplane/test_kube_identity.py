@@ -18,9 +18,10 @@ from cryptography.x509 import verification
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from plait.ca.authority import pem
 from plait.ca.client import new_key_and_csr, request_certificate
 from plait.controlplane.app import Settings, run
-from plait.controlplane.kubeidentity import ClusterSettings
+from plait.controlplane.kubeidentity import ClusterIdentity, ClusterSettings
 from plait.controlplane.kubelease import LeaseElection
 from plait.controlplane.leader import ElectionConfig
 from plait.controlplane.rootcert import CONFIGMAP, ROOT_CERT_KEY, publish_root_cert
@@ -405,6 +406,18 @@ def test_a_failing_leaders_job_is_started_again(cluster):
         assert starts[1] - starts[0] >= FAST.retry_period and election.leading
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+    on_cluster(cluster, test)
+
+
+def test_the_control_planes_namespace_is_created_when_missing(cluster, tmp_path):
+    """Run from outside the cluster, for development: its Secrets and Lease need the namespace."""
+    async def test(api):
+        settings = ClusterSettings(namespace="plait-dev", identity="laptop", election=FAST)
+        identity = await ClusterIdentity.open(api, tmp_path / "state", settings)
+        namespace = await client.CoreV1Api(api).read_namespace("plait-dev")
+        assert namespace.metadata.name == "plait-dev"
+        secret = await client.CoreV1Api(api).read_namespaced_secret("istio-ca-secret", "plait-dev")
+        assert base64.b64decode(secret.data["root-cert.pem"]) == pem(identity.authority.root)
     on_cluster(cluster, test)
 
 

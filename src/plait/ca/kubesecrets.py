@@ -49,9 +49,19 @@ SIGNING_FILES = ("ca-cert.pem", "ca-key.pem")
 
 async def load_cluster_ca(api: client.ApiClient, ca_dir: Path, *, namespace: str = "istio-system",
                           trust_domain: str = TRUST_DOMAIN) -> tuple[CertificateAuthority, str]:
-    """(the CA, which Secret it came from). CaError if a Secret holds an unusable CA;
-    ApiException if the API server refuses (e.g. no RBAC)."""
-    core = client.CoreV1Api(api)
+    """(the CA, which Secret it came from). CaError if a Secret holds an unusable CA or the API
+    server refuses to read or create them (no RBAC, no such namespace)."""
+    try:
+        return await _load_cluster_ca(client.CoreV1Api(api), ca_dir, namespace, trust_domain)
+    except ApiException as error:
+        hint = {403: f"; the control plane needs get and create on secrets in namespace {namespace}",
+                404: f"; does namespace {namespace} exist?"}.get(error.status, "")
+        raise CaError(f"cannot read or create the CA's Secrets in namespace {namespace}: {error.status} "
+                      f"{error.reason}{hint}") from None
+
+
+async def _load_cluster_ca(core: client.CoreV1Api, ca_dir: Path, namespace: str, trust_domain: str
+                           ) -> tuple[CertificateAuthority, str]:
     plugin = await _read(core, namespace, PLUGIN_SECRET)
     if plugin is not None:
         if all(plugin.get(name) for name in SIGNING_FILES):

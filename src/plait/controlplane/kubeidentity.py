@@ -31,7 +31,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
-from plait.ca.authority import CertificateAuthority, ca_dir_of, fingerprint, pem
+from plait.ca.authority import CaError, CertificateAuthority, ca_dir_of, fingerprint, pem
 from plait.ca.kubeauth import TokenReviewAuthenticator
 from plait.ca.kubesecrets import load_cluster_ca
 from plait.ca.tokens import AUDIENCE
@@ -84,7 +84,9 @@ class ClusterIdentity:
 
     @classmethod
     async def open(cls, api: client.ApiClient, state_dir: Path, settings: ClusterSettings) -> ClusterIdentity:
-        """Load the CA from the cluster's Secrets (CaError if they hold an unusable CA)."""
+        """Load the CA from the cluster's Secrets (CaError if they hold an unusable CA); the namespace
+        is created if missing (a control plane run from outside the cluster, for development)."""
+        await _ensure_namespace(api, settings.namespace)
         authority, where = await load_cluster_ca(api, ca_dir_of(state_dir), namespace=settings.namespace)
         log.info("CA from %s: root %s (SHA-256 %s)", where, authority.root.subject.rfc4514_string(),
                  fingerprint(authority.root))
@@ -111,6 +113,24 @@ class ClusterIdentity:
             await asyncio.gather(self._election, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+async def _ensure_namespace(api: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(api)
+    try:
+        await core.read_namespace(namespace)
+    except ApiException as error:
+        if error.status == 403:  # may not look: in its own namespace in a cluster, which exists
+            return
+        if error.status != 404:
+            raise CaError(f"cannot read namespace {namespace}: {error.status} {error.reason}") from None
+        try:
+            await core.create_namespace({"metadata": {"name": namespace}})
+            log.info("created namespace %s for the control plane's Secrets and Lease", namespace)
+        except ApiException as create_error:
+            if create_error.status != 409:
+                raise CaError(f"namespace {namespace} does not exist and cannot be created: "
+                              f"{create_error.status} {create_error.reason}") from None
 
 
 def ca_bundle_update(configuration: dict, ca_bundle: bytes) -> dict | None:
