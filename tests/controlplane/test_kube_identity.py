@@ -21,7 +21,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from plait.ca.authority import pem
 from plait.ca.client import new_key_and_csr, request_certificate
 from plait.controlplane.app import Settings, run
-from plait.controlplane.kubeidentity import ClusterIdentity, ClusterSettings
+from plait.controlplane.kubeidentity import CLUSTER_RULES, NAMESPACE_RULES, ClusterIdentity, ClusterSettings
 from plait.controlplane.kubelease import LeaseElection
 from plait.controlplane.leader import ElectionConfig
 from plait.controlplane.rootcert import CONFIGMAP, ROOT_CERT_KEY, publish_root_cert
@@ -419,6 +419,68 @@ def test_the_control_planes_namespace_is_created_when_missing(cluster, tmp_path)
         secret = await client.CoreV1Api(api).read_namespaced_secret("istio-ca-secret", "plait-dev")
         assert base64.b64decode(secret.data["root-cert.pem"]) == pem(identity.authority.root)
     on_cluster(cluster, test)
+
+
+def test_the_rbac_rules_given_are_all_the_duties_need(cluster, tmp_path):
+    """The duties run as a service account bound to exactly CLUSTER_RULES and NAMESPACE_RULES."""
+    webhook_port = free_port()
+
+    async def test(admin):
+        rbac = client.RbacAuthorizationV1Api(admin)
+        await ensure_namespace(admin, "plait-rbac")
+        subject = [{"kind": "ServiceAccount", "name": "istiod", "namespace": "plait-rbac"}]
+        await rbac.create_cluster_role({"metadata": {"name": "plait-rbac-test"}, "rules": list(CLUSTER_RULES)})
+        await rbac.create_cluster_role_binding({
+            "metadata": {"name": "plait-rbac-test"}, "subjects": subject,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "plait-rbac-test"}})
+        await rbac.create_namespaced_role("plait-rbac", {"metadata": {"name": "istiod"}, "rules": list(NAMESPACE_RULES)})
+        await rbac.create_namespaced_role_binding("plait-rbac", {
+            "metadata": {"name": "istiod"}, "subjects": subject,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "istiod"}})
+        configuration = validating_webhook_configuration(b"", url=f"https://localhost:{webhook_port}/validate",
+                                                         name="plait-rbac-validator")
+        await asyncio.to_thread(cluster.kubectl, "apply", "-f", "-", stdin=yaml.safe_dump(configuration))
+        own_token = await pod_token(admin, "plait-rbac", "istiod", audiences=())
+        pods_token = await pod_token(admin, "shop", "bookinfo-ratings")
+
+        restricted = client.Configuration(host=cluster.env["KUBE_TESTENV_SERVER"],
+                                          api_key={"BearerToken": own_token}, api_key_prefix={"BearerToken": "Bearer"})
+        restricted.ssl_ca_cert = cluster.env["KUBE_TESTENV_CA"]
+        async with client.ApiClient(restricted) as api:
+            with pytest.raises(ApiException) as forbidden:  # it really is restricted
+                await client.CoreV1Api(api).list_secret_for_all_namespaces()
+            assert forbidden.value.status == 403
+            assert "system:serviceaccount:plait-rbac:istiod" in str(forbidden.value.body)
+            await eventually(lambda: _role_in_force(api), "the Role bound (the API server's RBAC cache)")
+            settings = ClusterSettings(namespace="plait-rbac", identity="istiod-0", election=FAST,
+                                       webhook_port=webhook_port, webhook_configuration="plait-rbac-validator")
+            identity = await ClusterIdentity.open(api, tmp_path / "state", settings)
+            await identity.start("127.0.0.1", tmp_path / "state")
+            try:
+                root = pem(identity.authority.root)
+                await eventually(lambda: identity.election.leading, "it leads")
+                await eventually(lambda: _is(root_in(admin, "default"), root.decode()), "the root published")
+                wanted = base64.b64encode(root).decode()
+                await eventually(lambda: _ca_bundle_is(admin, "plait-rbac-validator", wanted), "the caBundle set")
+                caller = await identity.authenticator.authenticate(pods_token)
+                assert (caller.namespace, caller.service_account) == ("shop", "bookinfo-ratings")
+            finally:
+                await identity.close()
+        await asyncio.to_thread(cluster.kubectl, "delete", "validatingwebhookconfiguration", "plait-rbac-validator")
+    on_cluster(cluster, test)
+
+
+async def _role_in_force(api) -> bool:
+    try:
+        await client.CoreV1Api(api).read_namespaced_secret("no-such-secret", "plait-rbac")
+    except ApiException as error:
+        return error.status == 404
+    return True
+
+
+async def _ca_bundle_is(api, name: str, wanted: str) -> bool:
+    config = await client.AdmissionregistrationV1Api(api).read_validating_webhook_configuration(name)
+    return all(w.client_config.ca_bundle == wanted for w in config.webhooks)
 
 
 def test_a_leader_cut_off_from_the_api_server_stops_its_jobs_and_leads_again_when_it_returns(cluster):

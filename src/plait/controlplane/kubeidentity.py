@@ -50,6 +50,20 @@ from plait.controlplane.webhook import (
 log = logging.getLogger("plait.controlplane")
 
 
+# The RBAC these duties need, for the manifests that install the control plane (its service account):
+CLUSTER_RULES = (  # ClusterRole
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "update"]},
+    {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"],
+     "verbs": ["get", "list", "watch", "update"]},
+)
+NAMESPACE_RULES = (  # Role in the control plane's namespace
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+)
+
+
 @dataclass(frozen=True)
 class ClusterSettings:
     namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE") or "istio-system")
