@@ -160,7 +160,11 @@ def test_no_ca_listening_is_unavailable(authority):
 
 def test_ads_authenticator(tokens):
     registry = CollectorRegistry()
-    authenticate = ads_authenticator(tokens, registry=registry)
+    check = ads_authenticator(tokens, registry=registry)
+
+    def authenticate(metadata, node):
+        return asyncio.run(check(metadata, node))
+
     proxy = Proxy(kind="sidecar", ip="127.0.0.1", name="productpage-v1", namespace="default",
                   service_account="productpage")
     node = make_node(proxy)

@@ -8,8 +8,11 @@ namespace/service account the caller is. Flows out: certificate chains (leaf wit
 with ``--xds-auth strict`` (`service.ads_authenticator`).
 
 Modules: `authority` (the CA's key and chain, CSR checks and signing — pure, plus loading and
-creating the files), `tokens` (pod tokens: issue and verify, HS256), `wire` (Istio's CA
-messages, built without protoc), `service` (the gRPC server), `client` (key + CSR, the call).
+creating the files), `tokens` (pod tokens: issue and verify, HS256; the `Authenticator`
+protocol), `wire` (Istio's CA messages, built without protoc), `service` (the gRPC server),
+`client` (key + CSR, the call). On Kubernetes: `kubeauth` (callers proved by TokenReview of
+their service-account token) and `kubesecrets` (the CA's key from Secret ``cacerts`` or
+``istio-ca-secret``, created once for all replicas).
 
 State: the `CertificateAuthority` (loaded once by the control plane; its key file is 0600 in a
 0700 directory, or stays in the plug-in ``--cacerts`` directory) and the token signing key

@@ -1,11 +1,12 @@
 """The CA's gRPC service (Istio's ``IstioCertificateService/CreateCertificate``, TLS) and the
 identity check of ADS streams on that TLS port (the control plane serves xDS there too).
 
-A caller proves who it is with gRPC metadata ``authorization: Bearer <pod token>``
-(`plait.ca.tokens`); the CA signs a CSR only for the identity that token gives,
-``spiffe://<trust domain>/ns/<namespace>/sa/<service account>``. Refusals:
+A caller proves who it is with gRPC metadata ``authorization: Bearer <pod token>``, checked by
+an `Authenticator` (`plait.ca.tokens` locally, `plait.ca.kubeauth` on Kubernetes); the CA signs
+a CSR only for the identity that token gives, ``spiffe://<trust domain>/ns/<namespace>/sa/<service account>``. Refusals:
 
-* no or invalid token → UNAUTHENTICATED;
+* no or invalid token → UNAUTHENTICATED; a token that cannot be checked now (on Kubernetes: the
+  API server does not answer the TokenReview) → UNAVAILABLE, which agents retry;
 * a CSR for any other identity (or extra names) → PERMISSION_DENIED, logged at WARNING with
   the caller's namespace/service account/pod, its address and what it asked for;
 * a malformed or weak CSR → INVALID_ARGUMENT; a lifetime above the maximum → INVALID_ARGUMENT.
@@ -27,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from plait.ca import wire
 from plait.ca.authority import MAX_WORKLOAD_TTL, CaError, CertificateAuthority, CsrRefused, check_csr
-from plait.ca.tokens import InvalidToken, TokenIdentity, TokenIssuer, bearer_token
+from plait.ca.tokens import Authenticator, AuthenticatorUnavailable, InvalidToken, TokenIdentity, bearer_token
 from plait.model.proxy import TRUST_DOMAIN, spiffe_id
 from plait.xds.server import Authenticate, Refusal
 
@@ -37,7 +38,8 @@ CA_PORT = 15012
 DEFAULT_WORKLOAD_TTL = 24 * 3600
 REFUSAL_CODES = {"unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
                  "wrong_identity": grpc.StatusCode.PERMISSION_DENIED,
-                 "bad_csr": grpc.StatusCode.INVALID_ARGUMENT, "ttl": grpc.StatusCode.INVALID_ARGUMENT}
+                 "bad_csr": grpc.StatusCode.INVALID_ARGUMENT, "ttl": grpc.StatusCode.INVALID_ARGUMENT,
+                 "unavailable": grpc.StatusCode.UNAVAILABLE}
 
 
 class CaMetrics:
@@ -45,13 +47,14 @@ class CaMetrics:
         self.issued = Counter("plait_ca_certificates_issued_total", "Workload certificates signed",
                               registry=registry)
         self.refused = Counter("plait_ca_requests_refused_total", "Certificate requests refused, by reason "
-                               "(unauthenticated, wrong_identity, bad_csr, ttl)", ["reason"], registry=registry)
+                               "(unauthenticated, wrong_identity, bad_csr, ttl; unavailable: the token could not be "
+                               "reviewed now)", ["reason"], registry=registry)
 
 
 class CaService:
     """Handles CreateCertificate calls; `clock` gives the time (seconds since the epoch)."""
 
-    def __init__(self, authority: CertificateAuthority, tokens: TokenIssuer, *, trust_domain: str,
+    def __init__(self, authority: CertificateAuthority, tokens: Authenticator, *, trust_domain: str,
                  default_ttl: int, max_ttl: int, metrics: CaMetrics, clock: Callable[[], float] = time.time):
         self.authority, self.tokens, self.trust_domain = authority, tokens, trust_domain
         self.default_ttl, self.max_ttl, self.metrics, self.clock = default_ttl, max_ttl, metrics, clock
@@ -60,7 +63,7 @@ class CaService:
         metadata = dict(context.invocation_metadata() or ())
         caller = None
         try:
-            caller = self._caller(metadata)
+            caller = await self._caller(metadata)
             identity = spiffe_id(caller.namespace, caller.service_account, self.trust_domain)
             csr = check_csr(request.csr.encode(), identity)
             now = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
@@ -75,19 +78,20 @@ class CaService:
             log.error("cannot sign: %s", error)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         self.metrics.issued.inc()
-        log.info("issued a certificate for %s to pod %s/%s at %s", identity, caller.namespace, caller.pod,
-                 context.peer())
+        log.info("issued a certificate for %s to %s at %s", identity, caller, context.peer())
         return wire.IstioCertificateResponse(cert_chain=[c.decode() for c in chain])
 
-    def _caller(self, metadata: dict) -> TokenIdentity:
+    async def _caller(self, metadata: dict) -> TokenIdentity:
         token = bearer_token(metadata)
         if token is None:
             raise CsrRefused("no token: send gRPC metadata 'authorization: Bearer <pod token>'",
                              kind="unauthenticated")
         try:
-            return self.tokens.verify(token, self.clock())
+            return await self.tokens.authenticate(token)
         except InvalidToken as error:
             raise CsrRefused(f"invalid token: {error}", kind="unauthenticated") from None
+        except AuthenticatorUnavailable as error:
+            raise CsrRefused(f"cannot check the token now: {error}", kind="unavailable") from None
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(wire.SERVICE, {
@@ -96,7 +100,7 @@ class CaService:
                 response_serializer=wire.IstioCertificateResponse.SerializeToString)})
 
 
-async def serve_ca(authority: CertificateAuthority, tokens: TokenIssuer, host: str, port: int = CA_PORT, *,
+async def serve_ca(authority: CertificateAuthority, tokens: Authenticator, host: str, port: int = CA_PORT, *,
                    trust_domain: str = TRUST_DOMAIN, default_ttl: int = DEFAULT_WORKLOAD_TTL,
                    max_ttl: int = MAX_WORKLOAD_TTL, registry: CollectorRegistry | None = None,
                    also: tuple[grpc.GenericRpcHandler, ...] = ()) -> grpc.aio.Server:
@@ -116,29 +120,31 @@ async def serve_ca(authority: CertificateAuthority, tokens: TokenIssuer, host: s
     return server
 
 
-def ads_authenticator(tokens: TokenIssuer, *, registry: CollectorRegistry | None = None) -> Authenticate:
+def ads_authenticator(tokens: Authenticator, *, registry: CollectorRegistry | None = None) -> Authenticate:
     """For `ads_handler`: a stream is admitted only with a valid pod token whose namespace and
     service account are the node's (node id and NAMESPACE / SERVICE_ACCOUNT metadata)."""
     rejected = Counter("plait_xds_rejected_streams_total", "ADS streams refused on the TLS port (no, invalid or wrong pod token)",
                        ["reason"], registry=registry or CollectorRegistry())
 
-    def authenticate(metadata: dict[str, str], node) -> Refusal | None:
-        refusal = _check_node(tokens, metadata, node)
+    async def authenticate(metadata: dict[str, str], node) -> Refusal | None:
+        refusal = await _check_node(tokens, metadata, node)
         if refusal is not None:
             rejected.labels(reason=refusal.code.name.lower()).inc()
         return refusal
     return authenticate
 
 
-def _check_node(tokens: TokenIssuer, metadata: dict[str, str], node) -> Refusal | None:
+async def _check_node(tokens: Authenticator, metadata: dict[str, str], node) -> Refusal | None:
     token = bearer_token(metadata)
     if token is None:
         return Refusal(grpc.StatusCode.UNAUTHENTICATED, "no token: xDS on this port needs gRPC metadata "
                        "'authorization: Bearer <pod token>' (plait agent --token-file)")
     try:
-        caller = tokens.verify(token)
+        caller = await tokens.authenticate(token)
     except InvalidToken as error:
         return Refusal(grpc.StatusCode.UNAUTHENTICATED, f"invalid token: {error}")
+    except AuthenticatorUnavailable as error:
+        return Refusal(grpc.StatusCode.UNAVAILABLE, f"cannot check the token now: {error}")
     fields = node.metadata.fields
     parts = node.id.split("~")
     namespaces = {parts[2].rpartition(".")[2] if len(parts) == 4 else "",  # the hub reads it from the id

@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from plait.ca.authority import ca_dir_of, load_or_create_secret
 
@@ -36,6 +37,10 @@ class InvalidToken(Exception):
     """The token cannot be trusted; the message says why."""
 
 
+class AuthenticatorUnavailable(Exception):
+    """Whether the token is good cannot be known now (the API server did not answer): try later."""
+
+
 @dataclass(frozen=True)
 class TokenIdentity:
     namespace: str
@@ -43,7 +48,18 @@ class TokenIdentity:
     pod: str
 
     def __str__(self) -> str:
-        return f"{self.namespace}/{self.service_account} (pod {self.pod})"
+        return f"{self.namespace}/{self.service_account}" + (f" (pod {self.pod})" if self.pod else "")
+
+
+class Authenticator(Protocol):
+    """Who a bearer token speaks for: the CA's and the TLS xDS port's check of callers. Local mode
+    verifies plait's own pod tokens (`TokenIssuer`); on Kubernetes the API server reviews the
+    pod's service-account token (`plait.ca.kubeauth.TokenReviewAuthenticator`)."""
+
+    async def authenticate(self, token: str) -> TokenIdentity:
+        """The caller's identity; InvalidToken if the token is not good, AuthenticatorUnavailable if
+        that cannot be decided now."""
+        ...
 
 
 def token_key_path(state_dir: Path) -> Path:
@@ -109,6 +125,10 @@ class TokenIssuer:
         if not hmac.compare_digest(signature, self._mac(f"{parts[0]}.{parts[1]}")):
             raise InvalidToken("bad signature (not issued by this mesh, or altered)")
         return _identity(claims, time.time() if now is None else now)
+
+    async def authenticate(self, token: str) -> TokenIdentity:
+        """`verify` at the current time (the `Authenticator` protocol)."""
+        return self.verify(token)
 
     def _mac(self, signing_input: str) -> bytes:
         return hmac.new(self._key, signing_input.encode(), hashlib.sha256).digest()

@@ -23,6 +23,7 @@ from plait.sources.workloads import WorkloadRegistry
 if TYPE_CHECKING:
     from plait.ca.authority import CertificateAuthority
     from plait.ca.tokens import TokenIssuer
+    from plait.controlplane.kubeidentity import ClusterIdentity, ClusterSettings
     from plait.sources.kubernetes import KubernetesSource
 
 log = logging.getLogger("plait.controlplane")
@@ -39,6 +40,7 @@ class Settings:
     state_dir: Path = Path(".plait/control-plane")  # the CA's files live in state_dir/ca (owner-only)
     ca_port: int = 15012
     cacerts_dir: Path | None = None  # Istio's plug-in CA files; None: a self-signed root in state_dir/ca
+    cluster: ClusterSettings | None = None  # identity duties with `kubernetes` (None: their defaults)
     workload_cert_ttl: int = 24 * 3600  # seconds, when the agent asks for no particular lifetime
     xds_auth: Literal["permissive", "strict"] = "permissive"
     # Read the configuration and the registry from a Kubernetes cluster instead of config_dir:
@@ -105,6 +107,14 @@ async def open_config(settings: Settings) -> tuple[ConfigSource, KubernetesSourc
     return store, None
 
 
+async def open_identity(cluster: KubernetesSource, settings: Settings) -> ClusterIdentity:
+    """On Kubernetes: the CA from Secrets, TokenReview, the webhook and the leader's duties
+    (`plait.controlplane.kubeidentity`), on the cluster source's API client."""
+    from plait.controlplane.kubeidentity import ClusterIdentity, ClusterSettings  # the Kubernetes client: see above
+
+    return await ClusterIdentity.open(cluster.api, settings.state_dir, settings.cluster or ClusterSettings())
+
+
 async def wait_for_cluster(source: KubernetesSource, stop: asyncio.Event, every: float = 10.0) -> None:
     """Wait until every watched type has been listed once (istiod waits for its caches too), saying
     so every `every` seconds; nothing is served before, so no proxy gets a half-read mesh."""
@@ -124,8 +134,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     from plait.xds.server import ads_handler, serve_ads
 
     stop = stop or asyncio.Event()
-    authority, tokens = load_ca(settings)
     store, cluster = await open_config(settings)
+    identity = await open_identity(cluster, settings) if cluster is not None else None
+    authority, tokens = (identity.authority, identity.authenticator) if identity else load_ca(settings)
     hub = XdsHub(MeshSnapshot([]), mutate=testhooks.from_environment())
     metrics = OwnMetrics(store, cluster)
 
@@ -149,10 +160,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     ca = await serve_ca(authority, tokens, settings.host, settings.ca_port, default_ttl=settings.workload_cert_ttl,
                         registry=metrics.registry, also=(tls_ads,))
     admin_token = load_or_create_admin_token(admin_token_path(settings.state_dir))
-    api = Api(state, hub, metrics.registry, admin_token=admin_token, token_verifier=tokens.verify)
+    api = Api(state, hub, metrics.registry, admin_token=admin_token,
+              token_verifier=None if identity else tokens.verify)  # on Kubernetes pods are not registered by API
     runner = web.AppRunner(api.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.http_port).start()
+    if identity:
+        await identity.start(settings.host, settings.state_dir, metrics.registry)
     api.serving = True
     plaintext = "off (--xds-auth strict)" if ads is None else f"{settings.host}:{settings.xds_port}"
     where = f"Kubernetes API {cluster.server}" if cluster is not None else settings.config_dir
@@ -169,6 +183,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if identity:
+            await identity.close()
         if cluster is not None:
             await cluster.api.close()
         await runner.cleanup()

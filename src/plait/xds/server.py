@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NamedTuple
 
 import grpc
@@ -39,13 +39,14 @@ _WAKE, _CLOSED = object(), object()
 
 
 class Refusal(NamedTuple):
-    """Why a stream may not be served: UNAUTHENTICATED (who is calling is unknown) or
-    PERMISSION_DENIED (known, but not entitled to this node)."""
+    """Why a stream may not be served: UNAUTHENTICATED (who is calling is unknown),
+    PERMISSION_DENIED (known, but not entitled to this node) or UNAVAILABLE (cannot tell now)."""
     code: grpc.StatusCode
     reason: str
 
 
-Authenticate = Callable[[dict[str, str], object], "Refusal | None"]  # (gRPC metadata, node) → refusal or None
+# (gRPC metadata, node) → refusal or None; a coroutine, as it may ask the API server (TokenReview)
+Authenticate = Callable[[dict[str, str], object], Awaitable["Refusal | None"]]
 
 
 async def _read(requests: AsyncIterator, queue: asyncio.Queue) -> None:
@@ -62,7 +63,7 @@ async def _admit(authenticate: Authenticate | None, node, context: grpc.aio.Serv
     """Abort the stream unless `authenticate` accepts the caller for `node`."""
     if authenticate is None:
         return
-    refusal = authenticate({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}, node)
+    refusal = await authenticate({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}, node)
     if refusal is not None:
         log.warning("ADS stream from %s for node %s refused: %s", context.peer(), node.id, refusal.reason)
         await context.abort(refusal.code, refusal.reason)

@@ -1,0 +1,179 @@
+"""The control plane's identity duties on Kubernetes, wired together: what `app.run` starts when it
+runs against a cluster.
+
+* The CA comes from the Secrets ``cacerts`` / ``istio-ca-secret`` (`plait.ca.kubesecrets`), so
+  every replica signs with the same key; callers are proved by TokenReview of their pod's token
+  (`plait.ca.kubeauth`), for the CA and for xDS on the TLS port.
+* Every replica serves the validating webhook (`plait.controlplane.webhook`) over TLS on 15017
+  with a certificate its CA issues (``istiod.istio-system.svc``, ``localhost``).
+* One replica, the leader of Lease ``<namespace>/plait-leader`` (`plait.controlplane.kubelease`),
+  writes what is written once per cluster: the root certificate ConfigMap in every namespace
+  (`plait.controlplane.rootcert`) and the root as ``caBundle`` of the validating webhook
+  configuration, so the API server trusts the webhook's certificate (`keep_webhook_ca_bundle`).
+
+As istiod, the namespace is ``$POD_NAMESPACE`` (default ``istio-system``) and the election
+identity ``$POD_NAME`` (default: the host name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+from prometheus_client import CollectorRegistry
+
+from plait.ca.authority import CaError, CertificateAuthority, ca_dir_of, fingerprint, pem
+from plait.ca.kubeauth import TokenReviewAuthenticator
+from plait.ca.kubesecrets import load_cluster_ca
+from plait.ca.tokens import AUDIENCE
+from plait.controlplane.kubefollow import follow
+from plait.controlplane.kubelease import DEFAULT_LEASE_NAME, LeaseElection
+from plait.controlplane.leader import ElectionConfig
+from plait.controlplane.rootcert import publish_root_cert
+from plait.controlplane.webhook import (
+    CONFIGURATION_NAME,
+    WEBHOOK_PORT,
+    WebhookMetrics,
+    serve_webhook,
+    tls_context,
+)
+
+log = logging.getLogger("plait.controlplane")
+
+
+# The RBAC these duties need, for the manifests that install the control plane (its service account):
+CLUSTER_RULES = (  # ClusterRole
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "update"]},
+    {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"],
+     "verbs": ["get", "list", "watch", "update"]},
+)
+NAMESPACE_RULES = (  # Role in the control plane's namespace
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+)
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE") or "istio-system")
+    identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or socket.gethostname())
+    lease_name: str = DEFAULT_LEASE_NAME
+    election: ElectionConfig = field(default_factory=ElectionConfig)
+    webhook_port: int = WEBHOOK_PORT
+    webhook_configuration: str = CONFIGURATION_NAME  # whose caBundle the leader keeps
+    token_audiences: tuple[str, ...] = (AUDIENCE,)  # Istio's TOKEN_AUDIENCES
+
+
+class ClusterIdentity:
+    """The CA, the TokenReview authenticator, the webhook server and the election of one replica."""
+
+    def __init__(self, api: client.ApiClient, authority: CertificateAuthority, settings: ClusterSettings):
+        self.api, self.authority, self.settings = api, authority, settings
+        self.authenticator = TokenReviewAuthenticator(api, audiences=settings.token_audiences)
+        self.election = LeaseElection(api, namespace=settings.namespace, name=settings.lease_name,
+                                      identity=settings.identity, config=settings.election)
+        self._runner: web.AppRunner | None = None
+        self._election: asyncio.Task | None = None
+
+    @classmethod
+    async def open(cls, api: client.ApiClient, state_dir: Path, settings: ClusterSettings) -> ClusterIdentity:
+        """Load the CA from the cluster's Secrets (CaError if they hold an unusable CA); the namespace
+        is created if missing (a control plane run from outside the cluster, for development)."""
+        await _ensure_namespace(api, settings.namespace)
+        authority, where = await load_cluster_ca(api, ca_dir_of(state_dir), namespace=settings.namespace)
+        log.info("CA from %s: root %s (SHA-256 %s)", where, authority.root.subject.rfc4514_string(),
+                 fingerprint(authority.root))
+        return cls(api, authority, settings)
+
+    async def start(self, host: str, state_dir: Path, registry: CollectorRegistry | None = None) -> None:
+        """Serve the webhook and take part in the election."""
+        key, chain = self.authority.issue_server_certificate()
+        context = tls_context(b"".join(chain), key, ca_dir_of(state_dir) / "webhook")
+        self._runner = await serve_webhook(context, host, self.settings.webhook_port,
+                                           metrics=WebhookMetrics(registry))
+        root = pem(self.authority.root)
+        jobs = [lambda: publish_root_cert(self.api, root.decode()),
+                lambda: keep_webhook_ca_bundle(self.api, self.settings.webhook_configuration, root)]
+        self._election = asyncio.create_task(self.election.run(jobs))
+        log.info("validating webhook on https://%s:%d/validate; leader election on Lease %s/%s as %s", host,
+                 self.settings.webhook_port, self.settings.namespace, self.settings.lease_name,
+                 self.settings.identity)
+
+    async def close(self) -> None:
+        """Leave the election (handing the Lease over) and stop serving the webhook."""
+        if self._election is not None:
+            self._election.cancel()
+            await asyncio.gather(self._election, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def _ensure_namespace(api: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(api)
+    try:
+        await core.read_namespace(namespace)
+    except ApiException as error:
+        if error.status == 403:  # may not look: in its own namespace in a cluster, which exists
+            return
+        if error.status != 404:
+            raise CaError(f"cannot read namespace {namespace}: {error.status} {error.reason}") from None
+        try:
+            await core.create_namespace({"metadata": {"name": namespace}})
+            log.info("created namespace %s for the control plane's Secrets and Lease", namespace)
+        except ApiException as create_error:
+            if create_error.status != 409:
+                raise CaError(f"namespace {namespace} does not exist and cannot be created: "
+                              f"{create_error.status} {create_error.reason}") from None
+
+
+def ca_bundle_update(configuration: dict, ca_bundle: bytes) -> dict | None:
+    """`configuration` (a webhook configuration as a dict) with every webhook's caBundle set to
+    `ca_bundle` (PEM), or None if they all have it."""
+    wanted = base64.b64encode(ca_bundle).decode()
+    webhooks = configuration.get("webhooks") or []
+    if all((w.get("clientConfig") or {}).get("caBundle") == wanted for w in webhooks):
+        return None
+    return {**configuration, "webhooks": [{**w, "clientConfig": {**(w.get("clientConfig") or {}), "caBundle": wanted}}
+                                          for w in webhooks]}
+
+
+async def keep_webhook_ca_bundle(api: client.ApiClient, name: str, ca_bundle: bytes) -> None:
+    """Keep `ca_bundle` in every webhook of ValidatingWebhookConfiguration `name` (when it exists)
+    until cancelled: the leader's job, as istiod patches its webhooks."""
+    registration = client.AdmissionregistrationV1Api(api)
+    changed = asyncio.Event()
+    await_change = asyncio.create_task(follow(registration.list_validating_webhook_configuration,
+                                              lambda kind, obj: changed.set(), field_selector=f"metadata.name={name}"))
+    try:
+        while True:
+            await changed.wait()
+            changed.clear()
+            await _patch_ca_bundle(registration, name, ca_bundle)
+    finally:
+        await_change.cancel()
+        await asyncio.gather(await_change, return_exceptions=True)
+
+
+async def _patch_ca_bundle(registration: client.AdmissionregistrationV1Api, name: str, ca_bundle: bytes) -> None:
+    try:
+        current = await registration.read_validating_webhook_configuration(name)
+        update = ca_bundle_update(registration.api_client.sanitize_for_serialization(current), ca_bundle)
+        if update is not None:
+            await registration.replace_validating_webhook_configuration(name, update)
+            log.info("webhook: set the caBundle of ValidatingWebhookConfiguration %s to the mesh's root", name)
+    except ApiException as error:
+        if error.status not in (404, 409):  # gone, or changed meanwhile (the change brings another event)
+            log.warning("webhook: cannot set the caBundle of %s: %s %s", name, error.status, error.reason)
+    except (aiohttp.ClientError, OSError, TimeoutError) as error:  # the watch lists again when it is back
+        log.warning("webhook: cannot set the caBundle of %s: the API server is away (%s)", name, error)
