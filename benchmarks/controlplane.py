@@ -71,13 +71,17 @@ SCENARIOS = ("sotw", "delta", "sotw_scoped", "delta_scoped", "memory_sotw", "mem
 TARGETS = [
     *[(s, "sync_all_s", 10.0, "s") for s in ("sotw", "delta", "sotw_scoped", "delta_scoped")],
     *[(s, f"{f}_p99_s", 1.0, "s") for s in ("sotw", "delta") for f in ("convergence", "push_convergence")],
-    *[(s, f"{f}_p99_s", 0.1, "s") for s in ("sotw_scoped", "delta_scoped")
-      for f in ("convergence", "push_convergence")],
+    *[
+        (s, f"{f}_p99_s", 0.1, "s")
+        for s in ("sotw_scoped", "delta_scoped")
+        for f in ("convergence", "push_convergence")
+    ],
     *[(s, "per_proxy_kb", 100.0, "KB") for s in ("memory_sotw", "memory_delta")],
 ]
 
 
 # ------------------------------------------------------------------ measuring processes
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -92,8 +96,11 @@ def usage(pid: int) -> Usage:
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # fields 3 onwards
     utime, stime = int(after_name[11]), int(after_name[12])  # fields 14 and 15, in clock ticks
-    return Usage(rss_mb=int(status["VmRSS"].split()[0]) / 1024, peak_rss_mb=int(status["VmHWM"].split()[0]) / 1024,
-                 cpu_s=(utime + stime) / os.sysconf("SC_CLK_TCK"))
+    return Usage(
+        rss_mb=int(status["VmRSS"].split()[0]) / 1024,
+        peak_rss_mb=int(status["VmHWM"].split()[0]) / 1024,
+        cpu_s=(utime + stime) / os.sysconf("SC_CLK_TCK"),
+    )
 
 
 def metric(text: str, name: str) -> float:
@@ -106,16 +113,20 @@ def metric(text: str, name: str) -> float:
 
 def hub_figures(cp: ControlPlaneProcess) -> dict[str, float]:
     text = cp.api.get("/metrics")
-    return {name: metric(text, f"plait_xds_{name}") for name in
-            ("convergence_seconds_sum", "convergence_seconds_count", "push_seconds_sum", "push_seconds_count")}
+    return {
+        name: metric(text, f"plait_xds_{name}")
+        for name in ("convergence_seconds_sum", "convergence_seconds_count", "push_seconds_sum", "push_seconds_count")
+    }
 
 
 def hub_update(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """What the control plane itself measured for the update(s) between two looks at /metrics:
     regeneration time, and change → last affected proxy ACKed (Istio's convergence)."""
-    return {"hub_updates": after["push_seconds_count"] - before["push_seconds_count"],
-            "hub_push_s": after["push_seconds_sum"] - before["push_seconds_sum"],
-            "hub_convergence_s": after["convergence_seconds_sum"] - before["convergence_seconds_sum"]}
+    return {
+        "hub_updates": after["push_seconds_count"] - before["push_seconds_count"],
+        "hub_push_s": after["push_seconds_sum"] - before["push_seconds_sum"],
+        "hub_convergence_s": after["convergence_seconds_sum"] - before["convergence_seconds_sum"],
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -125,11 +136,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def distribution(prefix: str, seconds: list[float]) -> dict[str, float]:
-    return {f"{prefix}_p50_s": percentile(seconds, 0.5), f"{prefix}_p99_s": percentile(seconds, 0.99),
-            f"{prefix}_max_s": max(seconds)}
+    return {
+        f"{prefix}_p50_s": percentile(seconds, 0.5),
+        f"{prefix}_p99_s": percentile(seconds, 0.99),
+        f"{prefix}_max_s": max(seconds),
+    }
 
 
 # ------------------------------------------------------------------ the mesh
+
 
 def write_config_dir(directory: Path, shape: MeshShape, *, scoped: bool) -> Path:
     """The synthetic mesh as a user would keep it: one YAML file per namespace (plus, when
@@ -159,14 +174,24 @@ def sidecars(shape: MeshShape, count: int) -> list[dict]:
     (Proxy fields, labels as a plain dict so they can be sent to another process)."""
     entries = {r.name: r for r in mesh_resources(shape) if r.kind == "WorkloadEntry"}
     if count > shape.services * shape.endpoints_per_service:
-        raise SystemExit(f"--proxies {count}: the mesh has only {shape.services * shape.endpoints_per_service} "
-                         "workloads")
+        raise SystemExit(
+            f"--proxies {count}: the mesh has only {shape.services * shape.endpoints_per_service} workloads"
+        )
     out = []
     for i in range(count):
         endpoint, service = divmod(i, shape.services)
         proxy = Proxy.from_workload_entry(entries[shape.workload_name(service, endpoint)])
-        out.append({"kind": proxy.kind, "ip": proxy.ip, "name": proxy.name, "namespace": proxy.namespace,
-                    "labels": dict(proxy.labels), "mode": proxy.mode, "service_account": proxy.service_account})
+        out.append(
+            {
+                "kind": proxy.kind,
+                "ip": proxy.ip,
+                "name": proxy.name,
+                "namespace": proxy.namespace,
+                "labels": dict(proxy.labels),
+                "mode": proxy.mode,
+                "service_account": proxy.service_account,
+            }
+        )
     return out
 
 
@@ -183,6 +208,7 @@ def change_virtual_service(cp: ControlPlaneProcess, shape: MeshShape) -> tuple[f
 
 # ------------------------------------------------------------------ simulated proxies: the client processes
 
+
 def client_process(pipe, target: str, specs: list[tuple[int, dict]], delta: bool) -> None:
     """A client process: one AdsClient per spec (global index, Proxy fields) on its own event loop,
     driven by commands from the benchmark over `pipe`."""
@@ -190,8 +216,9 @@ def client_process(pipe, target: str, specs: list[tuple[int, dict]], delta: bool
 
 
 async def _client_loop(pipe, target: str, specs: list[tuple[int, dict]], delta: bool) -> None:
-    clients = {i: AdsClient(target, make_node(Proxy(**fields)), delta=delta, keep_resources=False)
-               for i, fields in specs}
+    clients = {
+        i: AdsClient(target, make_node(Proxy(**fields)), delta=delta, keep_resources=False) for i, fields in specs
+    }
     namespaces = {i: fields["namespace"] for i, fields in specs}
     loop = asyncio.get_running_loop()
     pipe.send(("ready",))
@@ -213,6 +240,7 @@ async def _client_loop(pipe, target: str, specs: list[tuple[int, dict]], delta: 
 
 async def _connect(clients: dict, first: int, end: int, timeout: float) -> dict[int, float | str]:
     """Start clients first..end-1 at once; per client the monotonic time it was synced, or why not."""
+
     async def synced_at(client) -> float | str:
         try:
             await client.start()
@@ -255,8 +283,9 @@ class ClientFleet:
         for k in range(processes):
             ours, theirs = context.Pipe()
             specs = [(i, p) for i, p in enumerate(proxies) if i % processes == k]
-            process = context.Process(target=client_process, args=(theirs, target, specs, delta), daemon=True,
-                                      name=f"ads-clients-{k}")
+            process = context.Process(
+                target=client_process, args=(theirs, target, specs, delta), daemon=True, name=f"ads-clients-{k}"
+            )
             process.start()
             theirs.close()
             self.workers.append((process, ours))
@@ -315,6 +344,7 @@ class ClientFleet:
 
 # ------------------------------------------------------------------ simulated proxies: scenarios
 
+
 def all_synced_in_syncz(cp: ControlPlaneProcess, count: int) -> bool:
     statuses = cp.api.get("/debug/syncz")
     return sum(all(t["state"] == "SYNCED" for t in s["types"].values()) for s in statuses) >= count
@@ -339,13 +369,16 @@ def connected_and_synced(fleet: ClientFleet, cp: ControlPlaneProcess, first: int
     if failed:
         raise RuntimeError(f"{len(failed)} simulated proxies never synced, e.g. {next(iter(failed.values()))}")
     in_syncz = poll(lambda: all_synced_in_syncz(cp, end), 60, "/debug/syncz to show every proxy SYNCED", 0.1)
-    return {"sync_all_s": max(synced.values()) - started,
-            "sync_p50_s": percentile([t - started for t in synced.values()], 0.5),
-            "sync_all_syncz_s": in_syncz - started}
+    return {
+        "sync_all_s": max(synced.values()) - started,
+        "sync_p50_s": percentile([t - started for t in synced.values()], 0.5),
+        "sync_all_syncz_s": in_syncz - started,
+    }
 
 
-def converged(fleet: ClientFleet, cp: ControlPlaneProcess, shape: MeshShape, reached: list[str] | None,
-              expected: int) -> dict[str, float]:
+def converged(
+    fleet: ClientFleet, cp: ControlPlaneProcess, shape: MeshShape, reached: list[str] | None, expected: int
+) -> dict[str, float]:
     """Apply the VirtualService change; per reached proxy, seconds until it ACKed the new version."""
     fleet.arm(reached)
     metrics_before = hub_figures(cp)
@@ -354,16 +387,22 @@ def converged(fleet: ClientFleet, cp: ControlPlaneProcess, shape: MeshShape, rea
     times = [t for t in acked.values() if t is not None]
     if not times:
         raise RuntimeError("no simulated proxy received the VirtualService change")
-    figures = {"apply_call_s": answered - started, "reached": len(times), "expected_reached": expected,
-               "not_reached_in_time": len(acked) - len(times), "unexpected_changes": unexpected,
-               **distribution("convergence", [t - started for t in times]),
-               **distribution("push_convergence", [t - answered for t in times])}
+    figures = {
+        "apply_call_s": answered - started,
+        "reached": len(times),
+        "expected_reached": expected,
+        "not_reached_in_time": len(acked) - len(times),
+        "unexpected_changes": unexpected,
+        **distribution("convergence", [t - started for t in times]),
+        **distribution("push_convergence", [t - answered for t in times]),
+    }
     figures.update(hub_update(metrics_before, hub_figures(cp)))
     return figures
 
 
-def run_simulated(args: argparse.Namespace, shape: MeshShape, proxies: list[dict], workdir: Path, *,
-                  delta: bool, scoped: bool) -> dict:
+def run_simulated(
+    args: argparse.Namespace, shape: MeshShape, proxies: list[dict], workdir: Path, *, delta: bool, scoped: bool
+) -> dict:
     config = write_config_dir(workdir / "mesh", shape, scoped=scoped)
     cp = ControlPlaneProcess(config, workdir, debounce=args.debounce)
     fleet = ClientFleet(cp.address, proxies, args.client_processes, delta=delta)
@@ -382,15 +421,21 @@ def run_simulated(args: argparse.Namespace, shape: MeshShape, proxies: list[dict
     finally:
         fleet.stop()
         cp.stop()
-    return {**figures, "proxies": len(proxies), "cp_rss_before_mb": before.rss_mb,
-            "cp_rss_synced_mb": synced.rss_mb, "cp_rss_settled_mb": settled.rss_mb,
-            "cp_peak_rss_synced_mb": synced.peak_rss_mb, "cp_peak_rss_mb": after.peak_rss_mb,
-            "cp_cpu_before_s": before.cpu_s,
-            "cp_cpu_connect_s": synced.cpu_s - before.cpu_s, "cp_cpu_change_s": after.cpu_s - settled.cpu_s}
+    return {
+        **figures,
+        "proxies": len(proxies),
+        "cp_rss_before_mb": before.rss_mb,
+        "cp_rss_synced_mb": synced.rss_mb,
+        "cp_rss_settled_mb": settled.rss_mb,
+        "cp_peak_rss_synced_mb": synced.peak_rss_mb,
+        "cp_peak_rss_mb": after.peak_rss_mb,
+        "cp_cpu_before_s": before.cpu_s,
+        "cp_cpu_connect_s": synced.cpu_s - before.cpu_s,
+        "cp_cpu_change_s": after.cpu_s - settled.cpu_s,
+    }
 
 
-def run_memory(args: argparse.Namespace, shape: MeshShape, proxies: list[dict], workdir: Path, *,
-               delta: bool) -> dict:
+def run_memory(args: argparse.Namespace, shape: MeshShape, proxies: list[dict], workdir: Path, *, delta: bool) -> dict:
     """RSS with a few proxies and with all of them, each after a settle period; the slope per proxy."""
     few = max(1, len(proxies) // 5)
     config = write_config_dir(workdir / "mesh", shape, scoped=False)
@@ -410,16 +455,24 @@ def run_memory(args: argparse.Namespace, shape: MeshShape, proxies: list[dict], 
     finally:
         fleet.stop()
         cp.stop()
-    return {"few_proxies": few, "proxies": len(proxies), "cp_rss_empty_mb": empty.rss_mb,
-            "cp_rss_few_mb": with_few.rss_mb, "cp_rss_all_mb": with_all.rss_mb, "cp_peak_rss_mb": with_all.peak_rss_mb,
-            "per_proxy_kb": (with_all.rss_mb - with_few.rss_mb) * 1024 / (len(proxies) - few),
-            "per_proxy_raw_kb": (with_all.rss_mb - empty.rss_mb) * 1024 / len(proxies)}
+    return {
+        "few_proxies": few,
+        "proxies": len(proxies),
+        "cp_rss_empty_mb": empty.rss_mb,
+        "cp_rss_few_mb": with_few.rss_mb,
+        "cp_rss_all_mb": with_all.rss_mb,
+        "cp_peak_rss_mb": with_all.peak_rss_mb,
+        "per_proxy_kb": (with_all.rss_mb - with_few.rss_mb) * 1024 / (len(proxies) - few),
+        "per_proxy_raw_kb": (with_all.rss_mb - empty.rss_mb) * 1024 / len(proxies),
+    }
 
 
 # ------------------------------------------------------------------ real Envoys
 
-def envoy_agents(cp: ControlPlaneProcess, shape: MeshShape, workdir: Path, net: str, count: int,
-                 xds: str) -> list[AgentProcess]:
+
+def envoy_agents(
+    cp: ControlPlaneProcess, shape: MeshShape, workdir: Path, net: str, count: int, xds: str
+) -> list[AgentProcess]:
     """Explicit-proxy sidecars of the first `count` services' first workloads, on net.1, net.2, ...
     Each agent's ports are checked against all others: `free_port()` releases the port it found,
     so with a hundred picks the kernel hands the same one out twice now and then."""
@@ -427,9 +480,16 @@ def envoy_agents(cp: ControlPlaneProcess, shape: MeshShape, workdir: Path, net: 
     agents = []
     for i in range(count):
         for _ in range(20):
-            agent = AgentProcess(cp, workdir, mode="proxy", name=shape.workload_name(i, 0),
-                                 namespace=shape.namespace(i), ip=f"{net}.{i + 1}",
-                                 labels={"app": shape.service_name(i), "version": "v1"}, xds=xds)
+            agent = AgentProcess(
+                cp,
+                workdir,
+                mode="proxy",
+                name=shape.workload_name(i, 0),
+                namespace=shape.namespace(i),
+                ip=f"{net}.{i + 1}",
+                labels={"app": shape.service_name(i), "version": "v1"},
+                xds=xds,
+            )
             ports = {agent.admin_port, agent.status_port}
             if len(ports) == 2 and not ports & used:
                 break
@@ -441,8 +501,11 @@ def envoy_agents(cp: ControlPlaneProcess, shape: MeshShape, workdir: Path, net: 
 
 
 def synced_ids(statuses: list[dict], ids: set[str]) -> set[str]:
-    return {s["proxy_id"] for s in statuses
-            if s["proxy_id"] in ids and all(t["state"] == "SYNCED" for t in s["types"].values())}
+    return {
+        s["proxy_id"]
+        for s in statuses
+        if s["proxy_id"] in ids and all(t["state"] == "SYNCED" for t in s["types"].values())
+    }
 
 
 def wait_envoys_synced(cp: ControlPlaneProcess, agents: list[AgentProcess], timeout: float) -> list[dict]:
@@ -472,13 +535,20 @@ def envoy_convergence(cp: ControlPlaneProcess, shape: MeshShape, ids: set[str]) 
         statuses = cp.api.get("/debug/syncz")
         now = time.monotonic()
         for s in statuses:
-            if s["proxy_id"] in ids and s["proxy_id"] not in seen and s["types"]["rds"]["acked_version"] != \
-                    rds_before.get(s["proxy_id"]) and all(t["state"] == "SYNCED" for t in s["types"].values()):
+            if (
+                s["proxy_id"] in ids
+                and s["proxy_id"] not in seen
+                and s["types"]["rds"]["acked_version"] != rds_before.get(s["proxy_id"])
+                and all(t["state"] == "SYNCED" for t in s["types"].values())
+            ):
                 seen[s["proxy_id"]] = now
         time.sleep(0.01)
-    return {"apply_call_s": answered - started, **distribution("convergence", [t - started for t in seen.values()]),
-            **distribution("push_convergence", [t - answered for t in seen.values()]),
-            **hub_update(metrics_before, hub_figures(cp))}
+    return {
+        "apply_call_s": answered - started,
+        **distribution("convergence", [t - started for t in seen.values()]),
+        **distribution("push_convergence", [t - answered for t in seen.values()]),
+        **hub_update(metrics_before, hub_figures(cp)),
+    }
 
 
 def envoy_pid(agent: AgentProcess, workdir: Path) -> int:
@@ -499,8 +569,9 @@ def run_envoys(args: argparse.Namespace, shape: MeshShape, workdir: Path) -> dic
                 PlaitProcess.start(agent)  # start only: AgentProcess.start would wait for each to be ready
             statuses = wait_envoys_synced(cp, agents, args.envoy_timeout)
             synced = time.monotonic()
-            connected = [s["connected_at"] - started_wall for s in statuses if s["proxy_id"] in
-                         {a.proxy_id for a in agents}]
+            connected = [
+                s["connected_at"] - started_wall for s in statuses if s["proxy_id"] in {a.proxy_id for a in agents}
+            ]
             cp_synced = usage(cp.pid)
             time.sleep(args.settle)
             envoys = [usage(envoy_pid(a, workdir)) for a in agents]
@@ -513,17 +584,26 @@ def run_envoys(args: argparse.Namespace, shape: MeshShape, workdir: Path) -> dic
             for agent in agents:
                 agent.stop()
             cp.stop()
-    return {"envoys": len(agents), "sync_all_s": synced - started, "connected_all_s": max(connected),
-            "connected_first_s": min(connected), **figures,
-            "envoy_rss_total_mb": sum(u.rss_mb for u in envoys), "envoy_rss_each_mb": statistics.mean(
-                u.rss_mb for u in envoys), "envoy_cpu_total_s": sum(u.cpu_s for u in envoys),
-            "agent_rss_total_mb": sum(u.rss_mb for u in agent_usage),
-            "agent_cpu_total_s": sum(u.cpu_s for u in agent_usage),
-            "cp_rss_before_mb": before.rss_mb, "cp_rss_synced_mb": cp_synced.rss_mb, "cp_peak_rss_mb": after.peak_rss_mb,
-            "cp_cpu_connect_s": cp_synced.cpu_s - before.cpu_s}
+    return {
+        "envoys": len(agents),
+        "sync_all_s": synced - started,
+        "connected_all_s": max(connected),
+        "connected_first_s": min(connected),
+        **figures,
+        "envoy_rss_total_mb": sum(u.rss_mb for u in envoys),
+        "envoy_rss_each_mb": statistics.mean(u.rss_mb for u in envoys),
+        "envoy_cpu_total_s": sum(u.cpu_s for u in envoys),
+        "agent_rss_total_mb": sum(u.rss_mb for u in agent_usage),
+        "agent_cpu_total_s": sum(u.cpu_s for u in agent_usage),
+        "cp_rss_before_mb": before.rss_mb,
+        "cp_rss_synced_mb": cp_synced.rss_mb,
+        "cp_peak_rss_mb": after.peak_rss_mb,
+        "cp_cpu_connect_s": cp_synced.cpu_s - before.cpu_s,
+    }
 
 
 # ------------------------------------------------------------------ running and reporting
+
 
 def scenarios(args: argparse.Namespace, shape: MeshShape, proxies: list[dict]) -> list[tuple[str, object]]:
     """(name, function of a work directory) in the order one repeat runs them."""
@@ -531,24 +611,50 @@ def scenarios(args: argparse.Namespace, shape: MeshShape, proxies: list[dict]) -
     for scoped in (False, True):
         for delta in (False, True):
             name = ("delta" if delta else "sotw") + ("_scoped" if scoped else "")
-            out.append((name, lambda d, delta=delta, scoped=scoped:
-                        run_simulated(args, shape, proxies, d, delta=delta, scoped=scoped)))
+            out.append(
+                (
+                    name,
+                    lambda d, delta=delta, scoped=scoped: run_simulated(
+                        args, shape, proxies, d, delta=delta, scoped=scoped
+                    ),
+                )
+            )
     for delta in (False, True):
-        out.append(("memory_delta" if delta else "memory_sotw",
-                    lambda d, delta=delta: run_memory(args, shape, proxies, d, delta=delta)))
+        out.append(
+            (
+                "memory_delta" if delta else "memory_sotw",
+                lambda d, delta=delta: run_memory(args, shape, proxies, d, delta=delta),
+            )
+        )
     if args.envoys:
         out.append(("envoys", lambda d: run_envoys(args, shape, d)))
     return [(name, scenario) for name, scenario in out if not args.only or name in args.only]
 
 
 def summarise(runs: list[dict]) -> dict[str, dict[str, float]]:
-    return {figure: {"median": statistics.median(r[figure] for r in runs), "min": min(r[figure] for r in runs),
-                     "max": max(r[figure] for r in runs)} for figure in runs[0]}
+    return {
+        figure: {
+            "median": statistics.median(r[figure] for r in runs),
+            "min": min(r[figure] for r in runs),
+            "max": max(r[figure] for r in runs),
+        }
+        for figure in runs[0]
+    }
 
 
 def verdicts(summary: dict) -> list[dict]:
-    return [{"scenario": s, "figure": f, "target": target, "unit": unit, "measured": summary[s][f]["median"],
-             "pass": summary[s][f]["median"] <= target} for s, f, target, unit in TARGETS if s in summary]
+    return [
+        {
+            "scenario": s,
+            "figure": f,
+            "target": target,
+            "unit": unit,
+            "measured": summary[s][f]["median"],
+            "pass": summary[s][f]["median"] <= target,
+        }
+        for s, f, target, unit in TARGETS
+        if s in summary
+    ]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -568,29 +674,42 @@ def run(args: argparse.Namespace) -> dict:
             shutil.rmtree(workdir, ignore_errors=True)
             print(f"repeat {repeat + 1}/{args.repeat}: {name} done in {time.monotonic() - t:.1f}s", file=sys.stderr)
     summary = {name: summarise(r) for name, r in runs.items()}
-    return {"benchmark": "controlplane", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": machine(), "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "shape": {"services": shape.services, "endpoints_per_service": shape.endpoints_per_service,
-                      "namespaces": shape.namespaces, "routed_every": shape.routed_every},
-            "changed_virtual_service": f"{shape.namespace(CHANGED_SERVICE)}/{shape.service_name(CHANGED_SERVICE)}",
-            "wall_seconds": time.monotonic() - started, "summary": summary, "targets": verdicts(summary),
-            "runs": runs}
+    return {
+        "benchmark": "controlplane",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "shape": {
+            "services": shape.services,
+            "endpoints_per_service": shape.endpoints_per_service,
+            "namespaces": shape.namespaces,
+            "routed_every": shape.routed_every,
+        },
+        "changed_virtual_service": f"{shape.namespace(CHANGED_SERVICE)}/{shape.service_name(CHANGED_SERVICE)}",
+        "wall_seconds": time.monotonic() - started,
+        "summary": summary,
+        "targets": verdicts(summary),
+        "runs": runs,
+    }
 
 
 def table(results: dict) -> str:
     targets = {(t["scenario"], t["figure"]): t for t in results["targets"]}
     s = results["settings"]
-    heading = (f"plait control-plane benchmark: {results['shape']['services']} services, {s['proxies']} simulated "
-               f"proxies in {s['client_processes']} processes, {s['envoys']} Envoys ({s['envoy_xds']}), "
-               f"debounce {s['debounce']}, {s['repeat']} repeats, {results['machine']['cores']} cores, "
-               f"{results['wall_seconds']:.0f} s")
+    heading = (
+        f"plait control-plane benchmark: {results['shape']['services']} services, {s['proxies']} simulated "
+        f"proxies in {s['client_processes']} processes, {s['envoys']} Envoys ({s['envoy_xds']}), "
+        f"debounce {s['debounce']}, {s['repeat']} repeats, {results['machine']['cores']} cores, "
+        f"{results['wall_seconds']:.0f} s"
+    )
     lines = [heading, ""]
     for scenario, figures in results["summary"].items():
         lines.append(f"{scenario}")
         for figure, v in figures.items():
             target = targets.get((scenario, figure))
-            verdict = f"≤ {target['target']:g} {target['unit']}  {'PASS' if target['pass'] else 'MISS'}" \
-                if target else ""
+            verdict = (
+                f"≤ {target['target']:g} {target['unit']}  {'PASS' if target['pass'] else 'MISS'}" if target else ""
+            )
             lines.append(f"  {figure:26} {v['median']:10.3f} {v['min']:10.3f} {v['max']:10.3f}   {verdict}")
     return "\n".join(lines)
 

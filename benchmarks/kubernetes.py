@@ -43,47 +43,88 @@ CLUSTER_IPS = 200  # the test cluster's service range is a /24: the other Servic
 
 def objects(services: int, endpoints: int, namespaces: int) -> list[dict]:
     """Namespaces, then per service: a Service, its pods (v1/v2 alternating) and one EndpointSlice."""
-    docs: list[dict] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns-{n:02d}"}}
-                        for n in range(namespaces)]
+    docs: list[dict] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns-{n:02d}"}} for n in range(namespaces)
+    ]
     for s in range(services):
         name, namespace = f"svc-{s:04d}", f"ns-{s % namespaces:02d}"
         spec = {"selector": {"app": name}, "ports": [{"name": "http", "port": 9080}]}
         if s >= CLUSTER_IPS:
             spec["clusterIP"] = "None"
-        docs.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace},
-                     "spec": spec})
+        docs.append(
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        )
         slice_endpoints = []
         for e in range(endpoints):
             pod, address = f"{name}-{e}", f"10.{100 + s // 250}.{s % 250}.{e + 1}"
-            docs.append({"apiVersion": "v1", "kind": "Pod",
-                         "metadata": {"name": pod, "namespace": namespace,
-                                      "labels": {"app": name, "version": f"v{e % 2 + 1}"}},
-                         "spec": {"containers": [{"name": "app", "image": "app:1",
-                                                  "ports": [{"name": "http", "containerPort": 9080}]}]}})
-            slice_endpoints.append({"addresses": [address], "conditions": {"ready": True},
-                                    "targetRef": {"kind": "Pod", "namespace": namespace, "name": pod}})
-        docs.append({"apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
-                     "metadata": {"name": f"{name}-a", "namespace": namespace,
-                                  "labels": {"kubernetes.io/service-name": name}},
-                     "addressType": "IPv4", "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}],
-                     "endpoints": slice_endpoints})
+            docs.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": pod,
+                        "namespace": namespace,
+                        "labels": {"app": name, "version": f"v{e % 2 + 1}"},
+                    },
+                    "spec": {
+                        "containers": [
+                            {"name": "app", "image": "app:1", "ports": [{"name": "http", "containerPort": 9080}]}
+                        ]
+                    },
+                }
+            )
+            slice_endpoints.append(
+                {
+                    "addresses": [address],
+                    "conditions": {"ready": True},
+                    "targetRef": {"kind": "Pod", "namespace": namespace, "name": pod},
+                }
+            )
+        docs.append(
+            {
+                "apiVersion": "discovery.k8s.io/v1beta1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": f"{name}-a",
+                    "namespace": namespace,
+                    "labels": {"kubernetes.io/service-name": name},
+                },
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}],
+                "endpoints": slice_endpoints,
+            }
+        )
     return docs
 
 
 def virtual_service(v1_weight: int, namespaces: int) -> dict:
     host = f"svc-0010.ns-{10 % namespaces:02d}.svc.cluster.local"
-    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-            "metadata": {"name": "svc-0010", "namespace": f"ns-{10 % namespaces:02d}"},
-            "spec": {"hosts": [host], "http": [{"route": [
-                {"destination": {"host": host, "subset": "v1"}, "weight": v1_weight},
-                {"destination": {"host": host, "subset": "v2"}, "weight": 100 - v1_weight}]}]}}
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "svc-0010", "namespace": f"ns-{10 % namespaces:02d}"},
+        "spec": {
+            "hosts": [host],
+            "http": [
+                {
+                    "route": [
+                        {"destination": {"host": host, "subset": "v1"}, "weight": v1_weight},
+                        {"destination": {"host": host, "subset": "v2"}, "weight": 100 - v1_weight},
+                    ]
+                }
+            ],
+        },
+    }
 
 
 def destination_rule(namespaces: int) -> dict:
     host = f"svc-0010.ns-{10 % namespaces:02d}.svc.cluster.local"
-    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-            "metadata": {"name": "svc-0010", "namespace": f"ns-{10 % namespaces:02d}"},
-            "spec": {"host": host, "subsets": [{"name": v, "labels": {"version": v}} for v in ("v1", "v2")]}}
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "svc-0010", "namespace": f"ns-{10 % namespaces:02d}"},
+        "spec": {"host": host, "subsets": [{"name": v, "labels": {"version": v}} for v in ("v1", "v2")]},
+    }
 
 
 def proxies(args: argparse.Namespace) -> list[Proxy]:
@@ -92,8 +133,15 @@ def proxies(args: argparse.Namespace) -> list[Proxy]:
     for i in range(args.proxies):
         e, k = divmod(i, args.services // args.namespaces)
         s = k * args.namespaces
-        out.append(Proxy(kind="sidecar", ip=f"10.{100 + s // 250}.{s % 250}.{e + 1}", name=f"svc-{s:04d}-{e}",
-                         namespace="ns-00", labels={"app": f"svc-{s:04d}", "version": f"v{e % 2 + 1}"}))
+        out.append(
+            Proxy(
+                kind="sidecar",
+                ip=f"10.{100 + s // 250}.{s % 250}.{e + 1}",
+                name=f"svc-{s:04d}-{e}",
+                namespace="ns-00",
+                labels={"app": f"svc-{s:04d}", "version": f"v{e % 2 + 1}"},
+            )
+        )
     return out
 
 
@@ -116,8 +164,9 @@ async def measure(cluster: KubeTestenv, cp: ControlPlaneProcess, args: argparse.
             await asyncio.to_thread(cluster.apply, text)
             t1 = time.monotonic()
             acked = await asyncio.gather(*(acked_at(c, b) for c, b in zip(clients, before)))
-            figures["changes"].append({"kubectl_s": t1 - t0, "p50_s": statistics.median(a - t0 for a in acked),
-                                       "max_s": max(acked) - t0})
+            figures["changes"].append(
+                {"kubectl_s": t1 - t0, "p50_s": statistics.median(a - t0 for a in acked), "max_s": max(acked) - t0}
+            )
     finally:
         await asyncio.gather(*(c.close() for c in clients))
     return figures
@@ -137,14 +186,17 @@ def run(args: argparse.Namespace) -> dict:
         cluster.load_crds()
         docs = objects(args.services, args.endpoints, args.namespaces)
         path = cluster.dir / "objects.yaml"
-        path.write_text(yaml.safe_dump_all(docs[:args.namespaces]) + "---\n" + yaml.safe_dump_all(docs[args.namespaces:]))
+        path.write_text(
+            yaml.safe_dump_all(docs[: args.namespaces]) + "---\n" + yaml.safe_dump_all(docs[args.namespaces :])
+        )
         started = time.monotonic()
         cluster.kubectl("create", "-f", str(path))
         created = time.monotonic() - started
         cluster.apply(yaml.safe_dump_all([destination_rule(args.namespaces), virtual_service(90, args.namespaces)]))
         with tempfile.TemporaryDirectory(prefix="plait-kube-bench-cp-") as workdir:
-            cp = ControlPlaneProcess(Path(workdir) / "unused", Path(workdir),
-                                     extra_args=["--kubeconfig", cluster.kubeconfig])
+            cp = ControlPlaneProcess(
+                Path(workdir) / "unused", Path(workdir), extra_args=["--kubeconfig", cluster.kubeconfig]
+            )
             started = time.monotonic()
             try:
                 cp.start()  # returns once /ready answers: every type listed, first snapshot built
@@ -153,8 +205,7 @@ def run(args: argparse.Namespace) -> dict:
                 figures["control_plane_rss_mb"] = round(rss_mb(cp.pid), 1)
             finally:
                 cp.stop()
-        return {"objects_created": len(docs), "kubectl_create_s": created, "control_plane_ready_s": ready_s,
-                **figures}
+        return {"objects_created": len(docs), "kubectl_create_s": created, "control_plane_ready_s": ready_s, **figures}
     finally:
         cluster.remove()
 
@@ -170,11 +221,18 @@ def main() -> None:
     args = parser.parse_args()
     figures = run(args)
     changes = figures["changes"]
-    summary = {"change_p50_s": statistics.median(c["p50_s"] for c in changes),
-               "change_max_s": statistics.median(c["max_s"] for c in changes),
-               "kubectl_apply_s": statistics.median(c["kubectl_s"] for c in changes)}
-    result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-              "args": vars(args), **figures, **summary}
+    summary = {
+        "change_p50_s": statistics.median(c["p50_s"] for c in changes),
+        "change_max_s": statistics.median(c["max_s"] for c in changes),
+        "kubectl_apply_s": statistics.median(c["kubectl_s"] for c in changes),
+    }
+    result = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "args": vars(args),
+        **figures,
+        **summary,
+    }
     for key, value in result.items():
         if key not in ("machine", "args", "changes"):
             print(f"{key:28} {value:.3f}" if isinstance(value, float) else f"{key:28} {value}")

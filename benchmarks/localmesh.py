@@ -135,6 +135,7 @@ spec:
 
 # ------------------------------------------------------------------ small helpers
 
+
 def stats(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
@@ -178,9 +179,25 @@ def isolate(script: Path = Path(__file__)) -> None:
     try:
         subprocess.run(["cp", "-a", "/etc/.", etc_copy], check=True, timeout=60)
         Path("/run/netns").mkdir(parents=True, exist_ok=True)
-        setup = 'set -e; mount --bind "$1" /etc; mount -t tmpfs localmesh /run/netns; ip link set lo up; shift; exec "$@"'
-        argv = ["unshare", "--mount", "--net", "--propagation", "private", "--", "sh", "-c", setup, "sh", etc_copy,
-                sys.executable, str(script.resolve()), *sys.argv[1:]]
+        setup = (
+            'set -e; mount --bind "$1" /etc; mount -t tmpfs localmesh /run/netns; ip link set lo up; shift; exec "$@"'
+        )
+        argv = [
+            "unshare",
+            "--mount",
+            "--net",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            setup,
+            "sh",
+            etc_copy,
+            sys.executable,
+            str(script.resolve()),
+            *sys.argv[1:],
+        ]
         code = subprocess.run(argv, check=False, env={**os.environ, ISOLATED_ENV: "1"}).returncode
     finally:
         shutil.rmtree(etc_copy, ignore_errors=True)
@@ -217,13 +234,16 @@ def cpu_seconds(pid: int) -> float:
 
 # ------------------------------------------------------------------ a mesh's lifetime
 
+
 def own_namespaces(state: State, mode: str) -> list[str]:
     """The network namespaces of this mesh's pods that still exist (capture mode)."""
     if mode != "capture":
         return []
     network = netns.Network()
     existing = set(netns.namespaces(network))
-    return [network.namespace(p.name) for p in state.pods if p.kind != "gateway" and network.namespace(p.name) in existing]
+    return [
+        network.namespace(p.name) for p in state.pods if p.kind != "gateway" and network.namespace(p.name) in existing
+    ]
 
 
 def force_cleanup(state: State | None, mode: str) -> None:
@@ -276,8 +296,9 @@ def mesh_up(args: list[str], mode: str, workdir: Path):
         kept = Path(tempfile.mkdtemp(prefix=f"localmesh-failed-{mode}-"))
         shutil.copytree(state_dir / "logs", kept / "logs", dirs_exist_ok=True)
         cleanup = plait_down_quietly(workdir, state_dir, mode)
-        raise RuntimeError(f"plait {' '.join(command)} failed (logs kept in {kept}): "
-                           f"{result.stdout}{result.stderr}{cleanup}")
+        raise RuntimeError(
+            f"plait {' '.join(command)} failed (logs kept in {kept}): {result.stdout}{result.stderr}{cleanup}"
+        )
     stopped = False
     try:
         yield elapsed, State.load(state_dir), lambda: plait_down(workdir, state_dir, mode)
@@ -297,18 +318,20 @@ def plait_down_quietly(workdir: Path, state_dir: Path, mode: str) -> str:
 
 # ------------------------------------------------------------------ start-up
 
+
 def bench_startup(modes: list[str], repeat: int) -> dict:
     results = {m: {"up_s": [], "down_s": []} for m in modes}
     for i in range(repeat):
         for mode in modes:
-            with tempfile.TemporaryDirectory(prefix=f"localmesh-demo-{mode}-") as tmp, \
-                    mesh_up(["demo", "bookinfo"], mode, Path(tmp)) as (up_s, state, down):
+            with (
+                tempfile.TemporaryDirectory(prefix=f"localmesh-demo-{mode}-") as tmp,
+                mesh_up(["demo", "bookinfo"], mode, Path(tmp)) as (up_s, state, down),
+            ):
                 pods = len(state.pods)
                 down_s = down()
             results[mode]["up_s"].append(round(up_s, 2))
             results[mode]["down_s"].append(round(down_s, 2))
-            print(f"  start-up {mode:<8} run {i + 1}: up {up_s:5.1f} s ({pods} pods), down {down_s:4.1f} s",
-                  flush=True)
+            print(f"  start-up {mode:<8} run {i + 1}: up {up_s:5.1f} s ({pods} pods), down {down_s:4.1f} s", flush=True)
     return {m: {"up_s": stats(r["up_s"]), "down_s": stats(r["down_s"])} for m, r in results.items()}
 
 
@@ -325,13 +348,17 @@ def parse_wrk(text: str) -> dict:
     requests = int(re.search(r"(\d+) requests in", text).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     socket_errors = re.search(r"Socket errors: (.*)", text)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)), "requests": requests,
-            "p50_ms": latency("50"), "p99_ms": latency("99"), "non_2xx": int(errors.group(1)) if errors else 0,
-            "socket_errors": socket_errors.group(1).strip() if socket_errors else ""}
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+        "requests": requests,
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1).strip() if socket_errors else "",
+    }
 
 
-def wrk(url: str, load: dict, *, host: str | None = None, namespace: str | None = None,
-        envoys: list[int] = ()) -> dict:
+def wrk(url: str, load: dict, *, host: str | None = None, namespace: str | None = None, envoys: list[int] = ()) -> dict:
     """One wrk run (`load`: connections, threads, duration); with `envoys`, their CPU per request."""
     argv = ["wrk", f"-t{load['threads']}", f"-c{load['connections']}", f"-d{load['duration']}s", "--latency", url]
     if host:
@@ -340,8 +367,7 @@ def wrk(url: str, load: dict, *, host: str | None = None, namespace: str | None 
         argv = ["ip", "netns", "exec", namespace, *argv]
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
     before = [cpu_seconds(p) for p in envoys]
-    result = subprocess.run(argv, check=False, capture_output=True, text=True,
-                            timeout=load["duration"] + 30, env=env)
+    result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=load["duration"] + 30, env=env)
     after = [cpu_seconds(p) for p in envoys]
     if result.returncode != 0:
         raise RuntimeError(f"wrk failed: {result.stdout}{result.stderr}")
@@ -349,12 +375,14 @@ def wrk(url: str, load: dict, *, host: str | None = None, namespace: str | None 
     if figures["non_2xx"] or figures["socket_errors"]:
         print(f"    warning: {url}: {figures['non_2xx']} non-2xx, socket errors: {figures['socket_errors']}")
     if envoys:
-        figures["envoy_cpu_us_per_request"] = [round((a - b) / figures["requests"] * 1e6, 2)
-                                               for a, b in zip(after, before)]
+        figures["envoy_cpu_us_per_request"] = [
+            round((a - b) / figures["requests"] * 1e6, 2) for a, b in zip(after, before)
+        ]
     return figures
 
 
 # ------------------------------------------------------------------ overhead
+
 
 @contextmanager
 def host_nginx(workdir: Path, script: Path):
@@ -362,8 +390,14 @@ def host_nginx(workdir: Path, script: Path):
     port = free_port()
     env = {**os.environ, "POD_NAME": "host", "BIND_ADDRESS": "127.0.0.1", "PORT": str(port)}
     log = open(workdir / "host-nginx.log", "ab")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(["sh", str(script)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        ["sh", str(script)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 10
         while not port_busy(port):
@@ -397,12 +431,15 @@ def paths_for(mode: str, state: State, direct_url: str | None) -> tuple[dict, di
 
 def loads(opts: argparse.Namespace) -> dict[str, dict]:
     """`loaded`: the baseline's load (16 connections); `one_connection`: latency without queueing."""
-    return {"loaded": {"connections": opts.connections, "threads": opts.threads, "duration": opts.duration},
-            "one_connection": {"connections": 1, "threads": 1, "duration": max(1, opts.duration // 2)}}
+    return {
+        "loaded": {"connections": opts.connections, "threads": opts.threads, "duration": opts.duration},
+        "one_connection": {"connections": 1, "threads": 1, "duration": max(1, opts.duration // 2)},
+    }
 
 
 def run_pairs(mesh: dict, direct: dict, opts: argparse.Namespace, mode: str) -> dict:
     """For each repeat and load: direct, then mesh. Returns {load: {"direct": [...], "mesh": [...]}}."""
+
     def through_mesh(load: dict, envoys: list[int] = ()) -> dict:
         return wrk(mesh["url"], load, host=mesh.get("host"), namespace=mesh.get("namespace"), envoys=envoys)
 
@@ -415,9 +452,12 @@ def run_pairs(mesh: dict, direct: dict, opts: argparse.Namespace, mode: str) -> 
             d, m = wrk(direct["url"], load), through_mesh(load, mesh["envoys"])
             runs[name]["direct"].append(d)
             runs[name]["mesh"].append(m)
-            print(f"  overhead {mode:<8} {name:<14} run {i + 1}: direct {d['rps']:6.0f} req/s p50 {d['p50_ms']:.3f} ms"
-                  f" | mesh {m['rps']:6.0f} req/s p50 {m['p50_ms']:.3f} ms, Envoy CPU "
-                  f"{sum(m['envoy_cpu_us_per_request']):.0f} µs/req", flush=True)
+            print(
+                f"  overhead {mode:<8} {name:<14} run {i + 1}: direct {d['rps']:6.0f} req/s p50 {d['p50_ms']:.3f} ms"
+                f" | mesh {m['rps']:6.0f} req/s p50 {m['p50_ms']:.3f} ms, Envoy CPU "
+                f"{sum(m['envoy_cpu_us_per_request']):.0f} µs/req",
+                flush=True,
+            )
     return runs
 
 
@@ -429,11 +469,14 @@ def summarise(runs: dict) -> dict:
         out[path]["non_2xx"] = sum(r["non_2xx"] for r in runs[path])
     per_request = [r["envoy_cpu_us_per_request"] for r in runs["mesh"]]
     out["mesh"]["envoy_cpu_us_per_request"] = {
-        "client_sidecar": stats([c for c, _ in per_request]), "backend_sidecar": stats([b for _, b in per_request]),
-        "both": stats([round(c + b, 2) for c, b in per_request])}
+        "client_sidecar": stats([c for c, _ in per_request]),
+        "backend_sidecar": stats([b for _, b in per_request]),
+        "both": stats([round(c + b, 2) for c, b in per_request]),
+    }
     pairs = list(zip(runs["direct"], runs["mesh"]))
-    out["ratios_mesh_over_direct"] = {f: stats([round(m[f] / d[f], 3) for d, m in pairs])
-                                      for f in ("rps", "p50_ms", "p99_ms")}
+    out["ratios_mesh_over_direct"] = {
+        f: stats([round(m[f] / d[f], 3) for d, m in pairs]) for f in ("rps", "p50_ms", "p99_ms")
+    }
     out["added_latency_ms"] = {f: stats([round(m[f] - d[f], 3) for d, m in pairs]) for f in ("p50_ms", "p99_ms")}
     return out
 
@@ -446,18 +489,25 @@ def bench_overhead(modes: list[str], opts: argparse.Namespace) -> dict:
             script = workdir / "backend.sh"
             script.write_text(NGINX_SCRIPT.format(root=workdir, body=BODY))
             (workdir / "app.yaml").write_text(MANIFEST.format(script=script))
-            with host_nginx(workdir, script) as host_url, \
-                    mesh_up(["up", "-f", "app.yaml"], mode, workdir) as (up_s, state, down):
+            with (
+                host_nginx(workdir, script) as host_url,
+                mesh_up(["up", "-f", "app.yaml"], mode, workdir) as (up_s, state, down),
+            ):
                 mesh, direct = paths_for(mode, state, host_url if mode == "capture" else None)
                 runs = run_pairs(mesh, direct, opts, mode)
                 down()
-            results[mode] = {"mesh_target": {k: v for k, v in mesh.items() if k != "envoys"},
-                             "direct_target": direct, "up_s": round(up_s, 2), "loads": loads(opts),
-                             **{name: summarise(r) for name, r in runs.items()}}
+            results[mode] = {
+                "mesh_target": {k: v for k, v in mesh.items() if k != "envoys"},
+                "direct_target": direct,
+                "up_s": round(up_s, 2),
+                "loads": loads(opts),
+                **{name: summarise(r) for name, r in runs.items()},
+            }
     return results
 
 
 # ------------------------------------------------------------------ report
+
 
 def tool_version(argv: list[str]) -> str:
     result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=10)
@@ -475,7 +525,9 @@ def print_report(report: dict) -> None:
                 print(f"{mode:<8} {figure[:-2]:<6} {s['median']:7.2f} {s['min']:6.2f} {s['max']:6.2f}  {verdict}")
     if "overhead" in report:
         print("\nMesh path (client → sidecar → sidecar → nginx) against direct (client → nginx); medians [min–max]")
-        print(f"{'mode':<8} {'load':<7} {'path':<7} {'req/s':>24} {'p50 ms':>20} {'p99 ms':>20} {'Envoy CPU µs/req':>17}")
+        print(
+            f"{'mode':<8} {'load':<7} {'path':<7} {'req/s':>24} {'p50 ms':>20} {'p99 ms':>20} {'Envoy CPU µs/req':>17}"
+        )
         for mode, by_load in report["overhead"].items():
             for name in by_load["loads"]:
                 print_load(mode, name, by_load[name])
@@ -494,8 +546,10 @@ def print_load(mode: str, name: str, r: dict) -> None:
         label = "ratio" if path.startswith("ratios") else path
         print(f"{mode:<8} {load:<7} {label:<7} {cells[0]:>24} {cells[1]:>20} {cells[2]:>20} {cpu_cell:>17}")
     added = r["added_latency_ms"]
-    print(f"{mode:<8} {load:<7} added latency: p50 {added['p50_ms']['median']:+.3f} ms, "
-          f"p99 {added['p99_ms']['median']:+.3f} ms")
+    print(
+        f"{mode:<8} {load:<7} added latency: p50 {added['p50_ms']['median']:+.3f} ms, "
+        f"p99 {added['p99_ms']['median']:+.3f} ms"
+    )
 
 
 def main() -> None:
@@ -507,20 +561,36 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--only", choices=("startup", "overhead"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "localmesh.json")
-    parser.add_argument("--no-isolate", action="store_true",
-                        help="run on the machine's own network (default as root: a namespace of its own)")
+    parser.add_argument(
+        "--no-isolate",
+        action="store_true",
+        help="run on the machine's own network (default as root: a namespace of its own)",
+    )
     opts = parser.parse_args()
     preflight(opts.modes)
     isolated = os.environ.get(ISOLATED_ENV) == "1"
     if os.geteuid() == 0 and not opts.no_isolate and not isolated:
         isolate()
     started = time.monotonic()
-    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                          "wrk": tool_version(["wrk", "-v"]), "nginx": tool_version(["nginx", "-v"])},
-              "settings": {"repeat": opts.repeat, "duration_s": opts.duration, "connections": opts.connections,
-                           "wrk_threads": opts.threads, "body_bytes": len(BODY), "modes": opts.modes,
-                           "isolated_namespace": isolated}}
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "wrk": tool_version(["wrk", "-v"]),
+            "nginx": tool_version(["nginx", "-v"]),
+        },
+        "settings": {
+            "repeat": opts.repeat,
+            "duration_s": opts.duration,
+            "connections": opts.connections,
+            "wrk_threads": opts.threads,
+            "body_bytes": len(BODY),
+            "modes": opts.modes,
+            "isolated_namespace": isolated,
+        },
+    }
     if opts.only in (None, "startup"):
         report["startup"] = bench_startup(opts.modes, opts.repeat)
     if opts.only in (None, "overhead"):

@@ -75,11 +75,15 @@ BACKEND_CLUSTER = "outbound|9080||backend.default.svc.cluster.local"
 CONFIGS = ("plaintext", "mtls", "mtls_no_reuse", "plaintext_no_reuse")  # one step apart, in this order
 SWITCH_TIMEOUT_S = 30.0
 # the client sidecar's counters of the backend cluster (summed over its transport socket matches)
-COUNTERS = {"ssl.handshake": "ssl_handshakes", "ssl.session_reused": "ssl_sessions_reused",
-            "upstream_cx_total": "connections"}
+COUNTERS = {
+    "ssl.handshake": "ssl_handshakes",
+    "ssl.session_reused": "ssl_sessions_reused",
+    "upstream_cx_total": "connections",
+}
 TLS_PARAMETERS = re.compile(r"ssl\.(versions|ciphers|curves|sigalgs)\.")
-ADMIN_FETCH = ("import sys, urllib.request; "
-               "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())")
+ADMIN_FETCH = (
+    "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+)
 
 PLAINTEXT_DOC = """apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -109,6 +113,7 @@ def reuses(config: str) -> bool:
 
 # ------------------------------------------------------------------ the sidecars' admin APIs
 
+
 class Sidecar:
     """One pod's sidecar Envoy, through its admin API (on the pod's loopback: inside its network namespace
     in capture mode)."""
@@ -134,8 +139,11 @@ class Sidecar:
 
     def reuse_time_wait_ports(self) -> None:
         """Let the pod's new connections reuse local ports in TIME_WAIT (see the module's docstring)."""
-        subprocess.run(["ip", "netns", "exec", self.namespace, "sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1"],
-                       check=True, timeout=15)
+        subprocess.run(
+            ["ip", "netns", "exec", self.namespace, "sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1"],
+            check=True,
+            timeout=15,
+        )
 
     def backend_cluster(self) -> dict | None:
         dump = json.loads(self.admin("/config_dump?resource=dynamic_active_clusters"))
@@ -157,6 +165,7 @@ def client_shows(client: Sidecar, config: str) -> bool:
 
 # ------------------------------------------------------------------ switching configurations
 
+
 def switch(current: str, target: str, workdir: Path, client: Sidecar, backend: Sidecar) -> None:
     """Apply or delete the two documents so the mesh runs `target`; return once both sidecars show it."""
     changes = []
@@ -172,9 +181,14 @@ def switch(current: str, target: str, workdir: Path, client: Sidecar, backend: S
     while not (client_shows(client, target) and backend.accepts_tls() == is_mtls(target)):
         if time.monotonic() > deadline:
             warming = BACKEND_CLUSTER in client.admin("/config_dump?resource=dynamic_warming_clusters")
-            raise RuntimeError(f"the sidecars did not show configuration {target} within {SWITCH_TIMEOUT_S:.0f} s"
-                               + (" (the client's backend cluster is still warming: Envoy waits for its endpoints"
-                                  " to be sent again)" if warming else ""))
+            raise RuntimeError(
+                f"the sidecars did not show configuration {target} within {SWITCH_TIMEOUT_S:.0f} s"
+                + (
+                    " (the client's backend cluster is still warming: Envoy waits for its endpoints to be sent again)"
+                    if warming
+                    else ""
+                )
+            )
         time.sleep(0.2)
 
 
@@ -182,8 +196,10 @@ def connection_figures(before: dict[str, int], after: dict[str, int]) -> dict:
     """What the client sidecar's backend counters moved by: TLS handshakes (of which resumed sessions),
     connections, and the TLS versions, ciphers, curves and signature algorithms used."""
     moved = {name: value - before.get(name, 0) for name, value in after.items() if value != before.get(name, 0)}
-    figures = {counter: sum(v for name, v in moved.items() if name == stat or name.endswith("." + stat))
-               for stat, counter in COUNTERS.items()}
+    figures = {
+        counter: sum(v for name, v in moved.items() if name == stat or name.endswith("." + stat))
+        for stat, counter in COUNTERS.items()
+    }
     figures["tls"] = {name.removeprefix("ssl."): v for name, v in moved.items() if TLS_PARAMETERS.match(name)}
     return figures
 
@@ -191,8 +207,7 @@ def connection_figures(before: dict[str, int], after: dict[str, int]) -> dict:
 def measure(mesh: dict, load: dict, client: Sidecar) -> dict:
     """One wrk run through the mesh, with both Envoys' CPU and the client's handshakes and connections."""
     before = client.backend_counters()
-    figures = lm.wrk(mesh["url"], load, host=mesh.get("host"), namespace=mesh.get("namespace"),
-                     envoys=mesh["envoys"])
+    figures = lm.wrk(mesh["url"], load, host=mesh.get("host"), namespace=mesh.get("namespace"), envoys=mesh["envoys"])
     return {**figures, **connection_figures(before, client.backend_counters())}
 
 
@@ -200,8 +215,9 @@ def config_order(repeat_index: int) -> tuple[str, ...]:
     return CONFIGS if repeat_index % 2 == 0 else tuple(reversed(CONFIGS))
 
 
-def run_configs(mesh: dict, workdir: Path, client: Sidecar, backend: Sidecar, opts: argparse.Namespace,
-                mode: str) -> list[dict]:
+def run_configs(
+    mesh: dict, workdir: Path, client: Sidecar, backend: Sidecar, opts: argparse.Namespace, mode: str
+) -> list[dict]:
     """Every repeat: the four configurations, each warmed up then measured under both loads."""
     warm_up = {**lm.loads(opts)["loaded"], "duration": 1}
     current, runs = "mtls", []
@@ -213,15 +229,19 @@ def run_configs(mesh: dict, workdir: Path, client: Sidecar, backend: Sidecar, op
             for name, load in lm.loads(opts).items():
                 run = {"repeat": i, "config": config, "load": name, **measure(mesh, load, client)}
                 runs.append(run)
-                print(f"  {mode:<8} run {i + 1} {config:<19} {name:<14} {run['rps']:6.0f} req/s "
-                      f"p50 {run['p50_ms']:.3f} ms p99 {run['p99_ms']:.3f} ms, Envoy CPU "
-                      f"{sum(run['envoy_cpu_us_per_request']):5.1f} µs/req, {run['ssl_handshakes']} handshakes "
-                      f"({run['ssl_sessions_reused']} resumed), "
-                      f"{run['connections']} connections / {run['requests']} requests", flush=True)
+                print(
+                    f"  {mode:<8} run {i + 1} {config:<19} {name:<14} {run['rps']:6.0f} req/s "
+                    f"p50 {run['p50_ms']:.3f} ms p99 {run['p99_ms']:.3f} ms, Envoy CPU "
+                    f"{sum(run['envoy_cpu_us_per_request']):5.1f} µs/req, {run['ssl_handshakes']} handshakes "
+                    f"({run['ssl_sessions_reused']} resumed), "
+                    f"{run['connections']} connections / {run['requests']} requests",
+                    flush=True,
+                )
     return runs
 
 
 # ------------------------------------------------------------------ figures
+
 
 def per_config(runs: list[dict]) -> dict:
     """Medians [min–max] of one load and configuration's runs."""
@@ -229,7 +249,8 @@ def per_config(runs: list[dict]) -> dict:
     out["envoy_cpu_us_per_request"] = {
         "client_sidecar": lm.stats([r["envoy_cpu_us_per_request"][0] for r in runs]),
         "backend_sidecar": lm.stats([r["envoy_cpu_us_per_request"][1] for r in runs]),
-        "both": lm.stats([round(sum(r["envoy_cpu_us_per_request"]), 2) for r in runs])}
+        "both": lm.stats([round(sum(r["envoy_cpu_us_per_request"]), 2) for r in runs]),
+    }
     for counter in COUNTERS.values():
         out[counter] = lm.stats([r[counter] for r in runs])
         out[f"{counter}_per_request"] = lm.stats([round(r[counter] / r["requests"], 4) for r in runs])
@@ -241,9 +262,12 @@ def per_config(runs: list[dict]) -> dict:
 
 def difference(a: dict, b: dict) -> dict:
     """What run `b` adds over run `a`: CPU µs per request (both sidecars), latency ms, req/s ratio."""
-    return {"cpu_us_per_request": sum(b["envoy_cpu_us_per_request"]) - sum(a["envoy_cpu_us_per_request"]),
-            "p50_ms": b["p50_ms"] - a["p50_ms"], "p99_ms": b["p99_ms"] - a["p99_ms"],
-            "rps_ratio": b["rps"] / a["rps"]}
+    return {
+        "cpu_us_per_request": sum(b["envoy_cpu_us_per_request"]) - sum(a["envoy_cpu_us_per_request"]),
+        "p50_ms": b["p50_ms"] - a["p50_ms"],
+        "p99_ms": b["p99_ms"] - a["p99_ms"],
+        "rps_ratio": b["rps"] / a["rps"],
+    }
 
 
 def summarise_pairs(pairs: list[dict]) -> dict:
@@ -257,14 +281,17 @@ def summarise_load(runs: list[dict]) -> dict:
     repeats = sorted({r["repeat"] for r in runs})
     mtls_reuse = [difference(by[i, "plaintext"], by[i, "mtls"]) for i in repeats]
     mtls_no_reuse = [difference(by[i, "plaintext_no_reuse"], by[i, "mtls_no_reuse"]) for i in repeats]
-    handshake = [{f: n[f] - r[f] for f in ("cpu_us_per_request", "p50_ms", "p99_ms")}
-                 for r, n in zip(mtls_reuse, mtls_no_reuse)]
+    handshake = [
+        {f: n[f] - r[f] for f in ("cpu_us_per_request", "p50_ms", "p99_ms")} for r, n in zip(mtls_reuse, mtls_no_reuse)
+    ]
     connection = [difference(by[i, "plaintext"], by[i, "plaintext_no_reuse"]) for i in repeats]
-    return {"configs": {c: per_config([r for r in runs if r["config"] == c]) for c in CONFIGS},
-            "mtls_cost_with_reuse": summarise_pairs(mtls_reuse),
-            "mtls_cost_without_reuse": summarise_pairs(mtls_no_reuse),
-            "handshake_cost": summarise_pairs(handshake),
-            "plaintext_new_connection_cost": summarise_pairs(connection)}
+    return {
+        "configs": {c: per_config([r for r in runs if r["config"] == c]) for c in CONFIGS},
+        "mtls_cost_with_reuse": summarise_pairs(mtls_reuse),
+        "mtls_cost_without_reuse": summarise_pairs(mtls_no_reuse),
+        "handshake_cost": summarise_pairs(handshake),
+        "plaintext_new_connection_cost": summarise_pairs(connection),
+    }
 
 
 def bench_mode(mode: str, opts: argparse.Namespace) -> dict:
@@ -283,35 +310,50 @@ def bench_mode(mode: str, opts: argparse.Namespace) -> dict:
             mesh, _ = lm.paths_for(mode, state, None)
             runs = run_configs(mesh, workdir, client, backend, opts, mode)
             down()
-    return {"mesh_target": {k: v for k, v in mesh.items() if k != "envoys"}, "up_s": round(up_s, 2),
-            "time_wait_reuse_in_client_pod": mode == "capture",
-            "loads": lm.loads(opts), **{name: summarise_load([r for r in runs if r["load"] == name])
-                                         for name in lm.loads(opts)}, "runs": runs}
+    return {
+        "mesh_target": {k: v for k, v in mesh.items() if k != "envoys"},
+        "up_s": round(up_s, 2),
+        "time_wait_reuse_in_client_pod": mode == "capture",
+        "loads": lm.loads(opts),
+        **{name: summarise_load([r for r in runs if r["load"] == name]) for name in lm.loads(opts)},
+        "runs": runs,
+    }
 
 
 # ------------------------------------------------------------------ report
 
-COSTS = {"mtls_cost_with_reuse": "mTLS, reuse", "mtls_cost_without_reuse": "mTLS, no reuse",
-         "handshake_cost": "handshake", "plaintext_new_connection_cost": "new plaintext conn"}
+COSTS = {
+    "mtls_cost_with_reuse": "mTLS, reuse",
+    "mtls_cost_without_reuse": "mTLS, no reuse",
+    "handshake_cost": "handshake",
+    "plaintext_new_connection_cost": "new plaintext conn",
+}
 
 
 def print_config(prefix: str, config: str, c: dict) -> None:
-    per_request = " ".join(f"{c[f'{counter}_per_request']['median']:{width}.4f}"
-                           for counter, width in zip(COUNTERS.values(), (15, 12, 10)))
-    print(f"{prefix} {config:<19} {lm.cell(c['rps'], '.0f'):>20} {lm.cell(c['p50_ms'], '.3f'):>20} "
-          f"{lm.cell(c['p99_ms'], '.3f'):>20} {c['envoy_cpu_us_per_request']['both']['median']:11.1f} {per_request}")
+    per_request = " ".join(
+        f"{c[f'{counter}_per_request']['median']:{width}.4f}" for counter, width in zip(COUNTERS.values(), (15, 12, 10))
+    )
+    print(
+        f"{prefix} {config:<19} {lm.cell(c['rps'], '.0f'):>20} {lm.cell(c['p50_ms'], '.3f'):>20} "
+        f"{lm.cell(c['p99_ms'], '.3f'):>20} {c['envoy_cpu_us_per_request']['both']['median']:11.1f} {per_request}"
+    )
 
 
 def print_cost(prefix: str, label: str, d: dict) -> None:
     ratio = f", req/s ×{d['rps_ratio']['median']:.3f}" if "rps_ratio" in d else ""
-    print(f"{prefix} cost of {label:<19} CPU {d['cpu_us_per_request']['median']:+6.1f} µs/req, "
-          f"p50 {d['p50_ms']['median']:+.3f} ms, p99 {d['p99_ms']['median']:+.3f} ms{ratio}")
+    print(
+        f"{prefix} cost of {label:<19} CPU {d['cpu_us_per_request']['median']:+6.1f} µs/req, "
+        f"p50 {d['p50_ms']['median']:+.3f} ms, p99 {d['p99_ms']['median']:+.3f} ms{ratio}"
+    )
 
 
 def print_report(results: dict) -> None:
     print("\nmTLS against plaintext on the mesh path (client → sidecar → sidecar → nginx); medians [min–max]")
-    print(f"{'mode':<8} {'load':<5} {'config':<19} {'req/s':>20} {'p50 ms':>20} {'p99 ms':>20} "
-          f"{'CPU µs/req':>11} {'handshakes/req':>15} {'resumed/req':>12} {'conns/req':>10}")
+    print(
+        f"{'mode':<8} {'load':<5} {'config':<19} {'req/s':>20} {'p50 ms':>20} {'p99 ms':>20} "
+        f"{'CPU µs/req':>11} {'handshakes/req':>15} {'resumed/req':>12} {'conns/req':>10}"
+    )
     for mode, by_load in results.items():
         for name in by_load["loads"]:
             prefix = f"{mode:<8} {'c16' if name == 'loaded' else 'c1':<5}"
@@ -329,21 +371,35 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--modes", nargs="+", choices=lm.MODES, default=list(lm.MODES))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "mtls.json")
-    parser.add_argument("--no-isolate", action="store_true",
-                        help="run on the machine's own network (default as root: a namespace of its own)")
+    parser.add_argument(
+        "--no-isolate",
+        action="store_true",
+        help="run on the machine's own network (default as root: a namespace of its own)",
+    )
     opts = parser.parse_args()
     lm.preflight(opts.modes)
     isolated = os.environ.get(lm.ISOLATED_ENV) == "1"
     if os.geteuid() == 0 and not opts.no_isolate and not isolated:
         lm.isolate(Path(__file__))
     started = time.monotonic()
-    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "machine": {**machine(), "wrk": lm.tool_version(["wrk", "-v"]),
-                          "nginx": lm.tool_version(["nginx", "-v"]),
-                          "envoy": lm.tool_version([str(find_envoy()), "--version"])},
-              "settings": {"repeat": opts.repeat, "duration_s": opts.duration, "connections": opts.connections,
-                           "wrk_threads": opts.threads, "body_bytes": len(lm.BODY), "modes": opts.modes,
-                           "isolated_namespace": isolated}}
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            **machine(),
+            "wrk": lm.tool_version(["wrk", "-v"]),
+            "nginx": lm.tool_version(["nginx", "-v"]),
+            "envoy": lm.tool_version([str(find_envoy()), "--version"]),
+        },
+        "settings": {
+            "repeat": opts.repeat,
+            "duration_s": opts.duration,
+            "connections": opts.connections,
+            "wrk_threads": opts.threads,
+            "body_bytes": len(lm.BODY),
+            "modes": opts.modes,
+            "isolated_namespace": isolated,
+        },
+    }
     report["results"] = {mode: bench_mode(mode, opts) for mode in opts.modes}
     report["wall_s"] = round(time.monotonic() - started, 1)
     print_report(report["results"])

@@ -55,8 +55,12 @@ from plait.testing.synthetic import (
 from plait.xds.generator import affected_route_names, generate, generate_routes
 from plait.xds.resources import TYPE_URLS, ResourceSet
 
-MESSAGE_TYPES = {"cds": cluster_pb2.Cluster, "eds": endpoint_pb2.ClusterLoadAssignment,
-                 "lds": listener_pb2.Listener, "rds": route_pb2.RouteConfiguration}
+MESSAGE_TYPES = {
+    "cds": cluster_pb2.Cluster,
+    "eds": endpoint_pb2.ClusterLoadAssignment,
+    "lds": listener_pb2.Listener,
+    "rds": route_pb2.RouteConfiguration,
+}
 
 # (figure, target, unit); the machine has 2 cores and is noisy, so compare medians.
 TARGETS = [
@@ -68,6 +72,7 @@ TARGETS = [
 
 
 # ------------------------------------------------------------------ measuring
+
 
 def timed(fn: Callable[[], object], repeat: int) -> dict:
     """Run `fn` `repeat` times after a gc.collect() each; milliseconds: median, min, max, all runs."""
@@ -103,16 +108,22 @@ def traced_mb(build: Callable[[], object]) -> float:
 
 # ------------------------------------------------------------------ the work being measured
 
+
 def to_messages(resources: ResourceSet) -> list:
     """Each resource as its Envoy message type, as the ADS server will need it."""
-    return [json_format.ParseDict(item, MESSAGE_TYPES[short]())
-            for short in TYPE_URLS for item in resources.of_type(short).values()]
+    return [
+        json_format.ParseDict(item, MESSAGE_TYPES[short]())
+        for short in TYPE_URLS
+        for item in resources.of_type(short).values()
+    ]
 
 
 def serialise(messages: list) -> list[any_pb2.Any]:
     """Messages packed into Any, as they go into a DiscoveryResponse."""
-    return [any_pb2.Any(type_url="type.googleapis.com/" + m.DESCRIPTOR.full_name, value=m.SerializeToString())
-            for m in messages]
+    return [
+        any_pb2.Any(type_url="type.googleapis.com/" + m.DESCRIPTOR.full_name, value=m.SerializeToString())
+        for m in messages
+    ]
 
 
 def to_protobuf(resources: ResourceSet) -> list[any_pb2.Any]:
@@ -124,8 +135,9 @@ def routes_to_protobuf(routes: list[dict]) -> list[any_pb2.Any]:
     return serialise([json_format.ParseDict(r, route_pb2.RouteConfiguration()) for r in routes])
 
 
-def incremental(snapshot: MeshSnapshot, proxy: Proxy, changed_vs: Resource,
-                hosts: list[str]) -> tuple[list[str], list[dict]]:
+def incremental(
+    snapshot: MeshSnapshot, proxy: Proxy, changed_vs: Resource, hosts: list[str]
+) -> tuple[list[str], list[dict]]:
     """The rebuild after one VirtualService changed: a new snapshot, then only the routes it can affect."""
     updated = snapshot.with_changes(upserts=[changed_vs])
     names = affected_route_names(updated, proxy, hosts)
@@ -134,13 +146,17 @@ def incremental(snapshot: MeshSnapshot, proxy: Proxy, changed_vs: Resource,
 
 # ------------------------------------------------------------------ describing
 
+
 def counts(resources: ResourceSet) -> dict:
     virtual_hosts = [vh for rc in resources.routes.values() for vh in rc.get("virtual_hosts", [])]
     return {
         "clusters": len(resources.clusters),
         "endpoint_assignments": len(resources.endpoints),
-        "lb_endpoints": sum(len(group.get("lb_endpoints", [])) for cla in resources.endpoints.values()
-                            for group in cla.get("endpoints", [])),
+        "lb_endpoints": sum(
+            len(group.get("lb_endpoints", []))
+            for cla in resources.endpoints.values()
+            for group in cla.get("endpoints", [])
+        ),
         "listeners": len(resources.listeners),
         "route_configurations": len(resources.routes),
         "virtual_hosts": len(virtual_hosts),
@@ -159,6 +175,7 @@ def profile_top(fn: Callable[[], object], limit: int = 25) -> str:
 
 
 # ------------------------------------------------------------------ running
+
 
 def run(args: argparse.Namespace) -> dict:
     shape = MeshShape(services=args.services, endpoints_per_service=args.endpoints, namespaces=args.namespaces)
@@ -210,9 +227,13 @@ def run(args: argparse.Namespace) -> dict:
         "benchmark": "translate",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "shape": {"services": shape.services, "endpoints_per_service": shape.endpoints_per_service,
-                  "namespaces": shape.namespaces, "routed_every": shape.routed_every,
-                  "objects": len(resources)},
+        "shape": {
+            "services": shape.services,
+            "endpoints_per_service": shape.endpoints_per_service,
+            "namespaces": shape.namespaces,
+            "routed_every": shape.routed_every,
+            "objects": len(resources),
+        },
         "repeat": n,
         "load_text_ms": load_ms,
         "timings_ms": timings,
@@ -240,13 +261,17 @@ def verdicts(results: dict) -> list[dict]:
 
 # ------------------------------------------------------------------ reporting
 
+
 def table(results: dict) -> str:
     targets = {t["name"]: t for t in results["targets"]}
     shape = results["shape"]
-    lines = [f"plait translation benchmark: {shape['services']} services × {shape['endpoints_per_service']} endpoints, "
-             f"{shape['objects']} objects, {results['repeat']} runs, {results['machine']['cores']} cores",
-             f"(load_text of the mesh YAML, once: {results['load_text_ms']:.0f} ms)", "",
-             f"{'figure':34} {'median':>9} {'min':>9} {'max':>9}   target"]
+    lines = [
+        f"plait translation benchmark: {shape['services']} services × {shape['endpoints_per_service']} endpoints, "
+        f"{shape['objects']} objects, {results['repeat']} runs, {results['machine']['cores']} cores",
+        f"(load_text of the mesh YAML, once: {results['load_text_ms']:.0f} ms)",
+        "",
+        f"{'figure':34} {'median':>9} {'min':>9} {'max':>9}   target",
+    ]
     for name, t in results["timings_ms"].items():
         verdict = ""
         if name in targets:
@@ -256,7 +281,9 @@ def table(results: dict) -> str:
     for name, value in results["memory_mb"].items():
         verdict = ""
         if name == "peak_rss_mb":
-            verdict = f"   ≤ {targets['peak_rss']['target']:.0f} MB  {'PASS' if targets['peak_rss']['pass'] else 'MISS'}"
+            verdict = (
+                f"   ≤ {targets['peak_rss']['target']:.0f} MB  {'PASS' if targets['peak_rss']['pass'] else 'MISS'}"
+            )
         lines.append(f"{name:40} {value:9.1f} MB{verdict}")
     lines.append("")
     lines.append(f"incremental path rebuilt route configurations: {results['incremental_rebuilt_routes']}")

@@ -59,8 +59,9 @@ class Http:
         return headers
 
     def request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/yaml") -> Any:
-        req = urllib.request.Request(self.base + path, data=body, method=method,
-                                     headers=self.headers(body, content_type))
+        req = urllib.request.Request(
+            self.base + path, data=body, method=method, headers=self.headers(body, content_type)
+        )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through HTTP_PROXY
         try:
             with opener.open(req, timeout=self.timeout) as resp:
@@ -71,12 +72,16 @@ class Http:
                 payload = json.loads(data)
             except ValueError:
                 payload = {}
-            raise ClientError(payload.get("error") or f"{self.what} answered {exc.code}", exc.code,
-                              payload.get("problems")) from None
+            raise ClientError(
+                payload.get("error") or f"{self.what} answered {exc.code}", exc.code, payload.get("problems")
+            ) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
-            hint = (" Start one with 'plait control-plane', or point --control-plane / PLAIT_CONTROL_PLANE at it"
-                    if self.what == CONTROL_PLANE else "")
+            hint = (
+                " Start one with 'plait control-plane', or point --control-plane / PLAIT_CONTROL_PLANE at it"
+                if self.what == CONTROL_PLANE
+                else ""
+            )
             raise ClientError(f"cannot reach {self.what} at {self.base} ({reason}); is it running?{hint}") from None
         return decode(data)
 

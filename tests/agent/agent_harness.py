@@ -71,12 +71,14 @@ class RunningAgent:
 
     def envoy_pid(self, other_than: int | None = None) -> int:
         """The PID in the agent's PID file, once there is one (different from `other_than`)."""
+
         def read() -> int | None:
             try:
                 pid = int((self.state_dir / "envoy.pid").read_text())
             except (FileNotFoundError, ValueError):
                 return None
             return pid if pid != other_than else None
+
         pid = wait_for(read, "the agent to report an Envoy PID")
         self.seen_pids.add(pid)
         return pid

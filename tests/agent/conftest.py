@@ -20,14 +20,36 @@ from fixed_ads import FixedAdsServer
 def start_agent(tmp_path: Path) -> Iterator[Callable[..., RunningAgent]]:
     agents: list[RunningAgent] = []
 
-    def start(*flags: str, control_plane_port: int, status_port: int | None = None, app: list[str] | None = None,
-              drain: float = 0.3, name: str = "reviews-v1", ip: str = "127.0.0.1") -> RunningAgent:
+    def start(
+        *flags: str,
+        control_plane_port: int,
+        status_port: int | None = None,
+        app: list[str] | None = None,
+        drain: float = 0.3,
+        name: str = "reviews-v1",
+        ip: str = "127.0.0.1",
+    ) -> RunningAgent:
         state_dir = tmp_path / f"agent-{len(agents)}"
         admin_port, status_port = free_port(), status_port or free_port()
-        command = [str(PLAIT), "agent", "--name", name, "--ip", ip,
-                   "--control-plane", f"127.0.0.1:{control_plane_port}", "--admin-port", str(admin_port),
-                   "--status-port", str(status_port), "--state-dir", str(state_dir),
-                   "--drain-duration", str(drain), *flags]
+        command = [
+            str(PLAIT),
+            "agent",
+            "--name",
+            name,
+            "--ip",
+            ip,
+            "--control-plane",
+            f"127.0.0.1:{control_plane_port}",
+            "--admin-port",
+            str(admin_port),
+            "--status-port",
+            str(status_port),
+            "--state-dir",
+            str(state_dir),
+            "--drain-duration",
+            str(drain),
+            *flags,
+        ]
         if app:
             command += ["--", *app]
         log_path = tmp_path / f"agent-{len(agents)}.log"

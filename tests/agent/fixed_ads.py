@@ -29,21 +29,55 @@ HELLO = "hello from the test control plane"
 def fixed_resources(listener_port: int) -> dict[str, dict[str, any_pb2.Any]]:
     """type URL → {name: resource}: a static cluster and a listener on 127.0.0.1:`listener_port` that
     answers HELLO."""
-    cluster = {"name": "backend", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
-        "cluster_name": "backend", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-            "socket_address": {"address": "127.0.0.1", "port_value": 9}}}}]}]}}
-    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-                    "HttpConnectionManager",
-           "stat_prefix": "hello",
-           "route_config": {"name": "hello", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-               {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": HELLO}}}]}]},
-           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
-    listener = {"name": "hello", "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
-                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                                "typed_config": hcm}]}]}
-    return {CLUSTER_TYPE: {"backend": _pack(json_format.ParseDict(cluster, cluster_pb2.Cluster()))},
-            LISTENER_TYPE: {"hello": _pack(json_format.ParseDict(listener, listener_pb2.Listener()))}}
+    cluster = {
+        "name": "backend",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "backend",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9}}}}
+                    ]
+                }
+            ],
+        },
+    }
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+        "HttpConnectionManager",
+        "stat_prefix": "hello",
+        "route_config": {
+            "name": "hello",
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [
+                        {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": HELLO}}}
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            }
+        ],
+    }
+    listener = {
+        "name": "hello",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+    return {
+        CLUSTER_TYPE: {"backend": _pack(json_format.ParseDict(cluster, cluster_pb2.Cluster()))},
+        LISTENER_TYPE: {"hello": _pack(json_format.ParseDict(listener, listener_pb2.Listener()))},
+    }
 
 
 def _pack(message) -> any_pb2.Any:
@@ -68,16 +102,30 @@ class FixedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 yield response(request.type_url)
 
     async def StreamAggregatedResources(self, requests, context):
-        async for response in self._answer_once_per_type(requests, lambda type_url: discovery_pb2.DiscoveryResponse(
-                version_info="1", type_url=type_url, nonce=f"{type_url}/1",
-                resources=list(self.resources[type_url].values()))):
+        async for response in self._answer_once_per_type(
+            requests,
+            lambda type_url: discovery_pb2.DiscoveryResponse(
+                version_info="1",
+                type_url=type_url,
+                nonce=f"{type_url}/1",
+                resources=list(self.resources[type_url].values()),
+            ),
+        ):
             yield response
 
     async def DeltaAggregatedResources(self, requests, context):
-        async for response in self._answer_once_per_type(requests, lambda type_url: discovery_pb2.DeltaDiscoveryResponse(
-                system_version_info="1", type_url=type_url, nonce=f"{type_url}/1",
-                resources=[discovery_pb2.Resource(name=name, version="1", resource=resource)
-                           for name, resource in self.resources[type_url].items()])):
+        async for response in self._answer_once_per_type(
+            requests,
+            lambda type_url: discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info="1",
+                type_url=type_url,
+                nonce=f"{type_url}/1",
+                resources=[
+                    discovery_pb2.Resource(name=name, version="1", resource=resource)
+                    for name, resource in self.resources[type_url].items()
+                ],
+            ),
+        ):
             yield response
 
 

@@ -30,17 +30,46 @@ TESTDATA = Path(__file__).parent / "testdata"
 
 CASES = {
     "capture-sotw": BootstrapSettings(
-        proxy=proxy_for_mode("capture", name="reviews-v1", namespace="default", ip="127.0.10.1",
-                             labels={"app": "reviews", "version": "v1"}, service_account="bookinfo-reviews"),
-        control_plane="127.0.0.1:15010", admin_port=15000, xds="sotw", sds_socket="/run/plait/reviews/sds.sock"),
+        proxy=proxy_for_mode(
+            "capture",
+            name="reviews-v1",
+            namespace="default",
+            ip="127.0.10.1",
+            labels={"app": "reviews", "version": "v1"},
+            service_account="bookinfo-reviews",
+        ),
+        control_plane="127.0.0.1:15010",
+        admin_port=15000,
+        xds="sotw",
+        sds_socket="/run/plait/reviews/sds.sock",
+    ),
     "proxy-delta": BootstrapSettings(
-        proxy=proxy_for_mode("proxy", name="productpage-v1", namespace="shop", ip="127.0.10.2",
-                             labels={"app": "productpage"}, app_address="127.0.10.2"),
-        control_plane="controlplane.local:15010", admin_port=15100, xds="delta", sds_socket="/run/plait/pp/sds.sock"),
+        proxy=proxy_for_mode(
+            "proxy",
+            name="productpage-v1",
+            namespace="shop",
+            ip="127.0.10.2",
+            labels={"app": "productpage"},
+            app_address="127.0.10.2",
+        ),
+        control_plane="controlplane.local:15010",
+        admin_port=15100,
+        xds="delta",
+        sds_socket="/run/plait/pp/sds.sock",
+    ),
     "gateway-sotw": BootstrapSettings(
-        proxy=proxy_for_mode("gateway", name="ingressgateway", namespace="istio-system", ip="127.0.20.1",
-                             labels={"istio": "ingressgateway"}),
-        control_plane="[::1]:15010", admin_port=15200, xds="sotw", sds_socket="/run/plait/gw/sds.sock"),
+        proxy=proxy_for_mode(
+            "gateway",
+            name="ingressgateway",
+            namespace="istio-system",
+            ip="127.0.20.1",
+            labels={"istio": "ingressgateway"},
+        ),
+        control_plane="[::1]:15010",
+        admin_port=15200,
+        xds="sotw",
+        sds_socket="/run/plait/gw/sds.sock",
+    ),
 }
 
 
@@ -61,8 +90,9 @@ def test_golden(case: str) -> None:
         golden.write_text(actual)
     assert golden.exists(), f"{golden.name} missing; run with REFRESH_GOLDEN=1 and review it"
     if actual != golden.read_text():
-        diff = "".join(difflib.unified_diff(golden.read_text().splitlines(True), actual.splitlines(True),
-                                            golden.name, "generated"))
+        diff = "".join(
+            difflib.unified_diff(golden.read_text().splitlines(True), actual.splitlines(True), golden.name, "generated")
+        )
         pytest.fail(f"bootstrap {case} changed (REFRESH_GOLDEN=1 to accept):\n{diff}")
 
 
@@ -77,16 +107,25 @@ def test_node_is_istios_form_for_a_capture_sidecar() -> None:
     assert node["id"] == "sidecar~127.0.10.1~reviews-v1.default~default.svc.cluster.local"
     assert node["cluster"] == "reviews-v1.default"
     assert node["metadata"] == {
-        "NAMESPACE": "default", "LABELS": {"app": "reviews", "version": "v1"},
-        "SERVICE_ACCOUNT": "bookinfo-reviews", "WORKLOAD_NAME": "reviews-v1", "INTERCEPTION_MODE": "REDIRECT",
-        "PLAIT_MODE": "capture", "ISTIO_VERSION": __version__, "APP_ADDRESS": "127.0.0.1",
-        "ADMIN_ADDRESS": "127.0.0.1:15000"}
+        "NAMESPACE": "default",
+        "LABELS": {"app": "reviews", "version": "v1"},
+        "SERVICE_ACCOUNT": "bookinfo-reviews",
+        "WORKLOAD_NAME": "reviews-v1",
+        "INTERCEPTION_MODE": "REDIRECT",
+        "PLAIT_MODE": "capture",
+        "ISTIO_VERSION": __version__,
+        "APP_ADDRESS": "127.0.0.1",
+        "ADMIN_ADDRESS": "127.0.0.1:15000",
+    }
 
 
 def test_explicit_proxy_sidecar_intercepts_nothing() -> None:
     metadata = build_bootstrap(CASES["proxy-delta"])["node"]["metadata"]
-    assert (metadata["INTERCEPTION_MODE"], metadata["PLAIT_MODE"], metadata["APP_ADDRESS"]) == \
-        ("NONE", "proxy", "127.0.10.2")
+    assert (metadata["INTERCEPTION_MODE"], metadata["PLAIT_MODE"], metadata["APP_ADDRESS"]) == (
+        "NONE",
+        "proxy",
+        "127.0.10.2",
+    )
 
 
 def test_gateway_is_a_router() -> None:
@@ -101,8 +140,13 @@ def test_control_plane_rebuilds_the_same_proxy_from_the_node(case: str) -> None:
     settings = CASES[case]
     node = build_bootstrap(settings)["node"]
     metadata = node["metadata"]
-    rebuilt = Proxy.from_node_id(node["id"], labels=metadata["LABELS"], mode=metadata["PLAIT_MODE"],
-                                 service_account=metadata["SERVICE_ACCOUNT"], app_address=metadata["APP_ADDRESS"])
+    rebuilt = Proxy.from_node_id(
+        node["id"],
+        labels=metadata["LABELS"],
+        mode=metadata["PLAIT_MODE"],
+        service_account=metadata["SERVICE_ACCOUNT"],
+        app_address=metadata["APP_ADDRESS"],
+    )
     assert rebuilt == settings.proxy
 
 
@@ -121,7 +165,8 @@ def test_xds_cluster_is_http2_with_keepalive_static_for_an_ip_dns_for_a_name() -
     by_ip = xds_cluster("127.0.0.1:15010")
     assert by_ip["type"] == "STATIC"
     assert by_ip["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
-        "explicit_http_config"] == {"http2_protocol_options": {}}
+        "explicit_http_config"
+    ] == {"http2_protocol_options": {}}
     assert by_ip["upstream_connection_options"]["tcp_keepalive"]["keepalive_time"] > 0
     by_name = xds_cluster("istiod.istio-system:15012")
     assert (by_name["type"], by_name["dns_lookup_family"]) == ("STRICT_DNS", "V4_PREFERRED")
@@ -133,8 +178,9 @@ def test_xds_cluster_is_http2_with_keepalive_static_for_an_ip_dns_for_a_name() -
 def test_sds_cluster_is_http2_on_the_unix_socket() -> None:
     clusters = {c["name"]: c for c in build_bootstrap(CASES["capture-sotw"])["static_resources"]["clusters"]}
     sds = clusters["sds-grpc"]
-    assert sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == \
-        {"pipe": {"path": "/run/plait/reviews/sds.sock"}}
+    assert sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
+        "pipe": {"path": "/run/plait/reviews/sds.sock"}
+    }
     assert "http2_protocol_options" in json.dumps(sds["typed_extension_protocol_options"])
 
 
@@ -147,10 +193,18 @@ def test_admin_listens_on_loopback_and_connections_are_not_capped() -> None:
     assert [layer["name"] for layer in bootstrap["layered_runtime"]["layers"]] == ["global config", "admin"]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("127.0.0.1:15010", ("127.0.0.1", 15010)), ("istiod:15012", ("istiod", 15012)), ("[::1]:15010", ("::1", 15010)),
-    ("localhost", ("localhost", 15010)), ("127.0.0.2", ("127.0.0.2", 15010)), ("::1", ("::1", 15010)),
-    ("http://cp.local:15014", ("cp.local", 15010))])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("127.0.0.1:15010", ("127.0.0.1", 15010)),
+        ("istiod:15012", ("istiod", 15012)),
+        ("[::1]:15010", ("::1", 15010)),
+        ("localhost", ("localhost", 15010)),
+        ("127.0.0.2", ("127.0.0.2", 15010)),
+        ("::1", ("::1", 15010)),
+        ("http://cp.local:15014", ("cp.local", 15010)),
+    ],
+)
 def test_parse_control_plane(text: str, expected: tuple[str, int]) -> None:
     assert parse_control_plane(text) == expected
 

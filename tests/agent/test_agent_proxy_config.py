@@ -12,11 +12,13 @@ from agent_harness import free_port, http_get, wait_for
 
 def concurrency_stat(admin_port: int) -> str:
     """Envoy's ``server.concurrency`` line, once its admin API answers."""
+
     def read() -> str:
         try:
             return http_get(f"http://127.0.0.1:{admin_port}/stats?filter=^server.concurrency$")[1]
         except urllib.error.URLError:
             return ""
+
     return str(wait_for(read, "Envoy's admin API")).strip()
 
 

@@ -30,8 +30,9 @@ def test_not_ready_without_a_first_cds_and_lds(missing: str) -> None:
 
 @pytest.mark.parametrize("state", ["PRE_INITIALIZING", "INITIALIZING", "DRAINING"])
 def test_not_ready_unless_live(state: str) -> None:
-    assert readiness_of(state, CONFIG) == Readiness(False, f"Envoy is not live ({state}): its config is still "
-                                                           "warming up")
+    assert readiness_of(state, CONFIG) == Readiness(
+        False, f"Envoy is not live ({state}): its config is still warming up"
+    )
 
 
 def test_parse_stats_keeps_integers_and_skips_histograms() -> None:
@@ -46,8 +47,13 @@ def test_backoff_doubles_to_a_cap_and_starts_over_after_a_long_run() -> None:
 
 
 def test_envoy_argv_disables_hot_restart_and_drains_like_istio() -> None:
-    argv = envoy_argv("/bin/envoy", "/state/envoy-bootstrap.json", concurrency=2, log_level="info",  # type: ignore[arg-type]
-                      drain_seconds=0.3)
+    argv = envoy_argv(
+        "/bin/envoy",
+        "/state/envoy-bootstrap.json",
+        concurrency=2,
+        log_level="info",  # type: ignore[arg-type]
+        drain_seconds=0.3,
+    )
     assert "--disable-hot-restart" in argv
     assert argv[argv.index("--concurrency") + 1] == "2"
     assert argv[argv.index("--drain-time-s") + 1] == "1"  # whole seconds, at least one

@@ -54,17 +54,32 @@ http.server.ThreadingHTTPServer(("127.0.0.1", http_port), Handler).serve_forever
 
 def app_pod(http_port: int, grpc_port: int, closed_port: int) -> dict:
     """A pod whose probes cover every kind the injector hands over."""
-    return {"containers": [
-        {"name": "web", "ports": [{"name": "http", "containerPort": http_port}],
-         "readinessProbe": {"httpGet": {"path": "/ok", "port": "http"}, "timeoutSeconds": 2},
-         "livenessProbe": {"httpGet": {"path": "/sick", "port": http_port}},
-         "startupProbe": {"httpGet": {"path": "/moved", "port": http_port}},
-         "lifecycle": {"preStop": {"httpGet": {"path": "/header", "port": http_port,
-                                               "httpHeaders": [{"name": "X-Probe", "value": "yes"}]}}}},
-        {"name": "tcp", "readinessProbe": {"tcpSocket": {"port": http_port}},
-         "livenessProbe": {"tcpSocket": {"port": closed_port}}},
-        {"name": "rpc", "readinessProbe": {"grpc": {"port": grpc_port}}},
-    ]}
+    return {
+        "containers": [
+            {
+                "name": "web",
+                "ports": [{"name": "http", "containerPort": http_port}],
+                "readinessProbe": {"httpGet": {"path": "/ok", "port": "http"}, "timeoutSeconds": 2},
+                "livenessProbe": {"httpGet": {"path": "/sick", "port": http_port}},
+                "startupProbe": {"httpGet": {"path": "/moved", "port": http_port}},
+                "lifecycle": {
+                    "preStop": {
+                        "httpGet": {
+                            "path": "/header",
+                            "port": http_port,
+                            "httpHeaders": [{"name": "X-Probe", "value": "yes"}],
+                        }
+                    }
+                },
+            },
+            {
+                "name": "tcp",
+                "readinessProbe": {"tcpSocket": {"port": http_port}},
+                "livenessProbe": {"tcpSocket": {"port": closed_port}},
+            },
+            {"name": "rpc", "readinessProbe": {"grpc": {"port": grpc_port}}},
+        ]
+    }
 
 
 @pytest.fixture
@@ -90,8 +105,9 @@ def test_agent_answers_the_apps_probes_on_the_probe_port(start_agent, ads_server
     http_port, grpc_port, closed_port = app
     probers = app_probers(app_pod(http_port, grpc_port, closed_port), status_port=15020)
     probe_port = free_port()
-    agent = start_agent("--probe-port", str(probe_port), "--app-probers", probers_env(probers),
-                        control_plane_port=ads_server().port)
+    agent = start_agent(
+        "--probe-port", str(probe_port), "--app-probers", probers_env(probers), control_plane_port=ads_server().port
+    )
     agent.wait_ready()
 
     def health(path: str) -> int:
@@ -110,9 +126,22 @@ def test_agent_answers_the_apps_probes_on_the_probe_port(start_agent, ads_server
 
 
 def test_agent_refuses_probers_that_are_not_the_injectors_json(tmp_path) -> None:
-    result = subprocess.run([str(PLAIT), "agent", "--name", "a", "--ip", "127.0.0.1",
-                             "--app-probers", '{"/app-health/web/readyz": {"httpGet": {"port": "http"}}}'],
-                            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    result = subprocess.run(
+        [
+            str(PLAIT),
+            "agent",
+            "--name",
+            "a",
+            "--ip",
+            "127.0.0.1",
+            "--app-probers",
+            '{"/app-health/web/readyz": {"httpGet": {"port": "http"}}}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert result.returncode == 2
     assert "ISTIO_KUBE_APP_PROBERS['/app-health/web/readyz'].httpGet.port: expected a port number" in result.stderr
 
@@ -121,16 +150,21 @@ def test_agent_wait_returns_once_the_proxy_is_ready(start_agent, ads_server) -> 
     agent = start_agent(control_plane_port=ads_server().port)
     url = f"http://127.0.0.1:{agent.status_port}/healthz/ready"
     agent.wait_ready()
-    waited = subprocess.run([str(PLAIT), "agent-wait", "--url", url, "--timeout", "10"],
-                            capture_output=True, text=True, timeout=60)
+    waited = subprocess.run(
+        [str(PLAIT), "agent-wait", "--url", url, "--timeout", "10"], capture_output=True, text=True, timeout=60
+    )
     assert waited.returncode == 0, waited.stderr
     assert f"{url} is ready" in waited.stderr
 
 
 def test_agent_wait_gives_up_after_its_timeout() -> None:
     url = f"http://127.0.0.1:{free_port()}/healthz/ready"  # nothing listens
-    waited = subprocess.run([str(PLAIT), "agent-wait", "--url", url, "--timeout", "0.5", "--period", "0.1"],
-                            capture_output=True, text=True, timeout=60)
+    waited = subprocess.run(
+        [str(PLAIT), "agent-wait", "--url", url, "--timeout", "0.5", "--period", "0.1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert waited.returncode == 1
     assert f"{url} not ready after 0.5s" in waited.stderr
 
@@ -138,30 +172,42 @@ def test_agent_wait_gives_up_after_its_timeout() -> None:
 def test_probers_json_is_what_the_agent_parses() -> None:
     probers = app_probers(app_pod(8080, 9090, 1), status_port=15020)
     assert json.loads(probers_env(probers))["/app-health/web/readyz"] == {
-        "httpGet": {"path": "/ok", "port": 8080}, "timeoutSeconds": 2}
+        "httpGet": {"path": "/ok", "port": 8080},
+        "timeoutSeconds": 2,
+    }
 
 
 def test_the_injected_sidecar_command_runs_and_answers_the_kubelets_probe(tmp_path, ads_server, app) -> None:
     """The istio-proxy container the injector writes, run here: the kubelet's $(VAR)s filled in, the
     control plane swapped for a local plaintext one (no pod token here), ports moved to free ones."""
     http_port, _, _ = app
-    pod = {"metadata": {"name": "web"}, "spec": {"containers": [
-        {"name": "web", "readinessProbe": {"httpGet": {"path": "/ok", "port": http_port}}}]}}
+    pod = {
+        "metadata": {"name": "web"},
+        "spec": {"containers": [{"name": "web", "readinessProbe": {"httpGet": {"path": "/ok", "port": http_port}}}]},
+    }
     injected = inject(pod, InjectSettings())
     web, proxy = injected["spec"]["containers"]
     env = {e["name"]: e["value"] for e in proxy["env"] if "value" in e}
     env.update(POD_NAME="web", POD_NAMESPACE="default", INSTANCE_IP="127.0.0.1", SERVICE_ACCOUNT="default")
     probe_port, status_port = free_port(), free_port()
-    replaced = {"--control-plane": f"127.0.0.1:{ads_server().port}", "--state-dir": str(tmp_path / "proxy"),
-                "--status-port": str(status_port), "--probe-port": str(probe_port)}
+    replaced = {
+        "--control-plane": f"127.0.0.1:{ads_server().port}",
+        "--state-dir": str(tmp_path / "proxy"),
+        "--status-port": str(status_port),
+        "--probe-port": str(probe_port),
+    }
     args = ["agent"]
     flags = iter(proxy["args"][1:])
     for flag, value in zip(flags, flags, strict=True):  # every flag of the injected command has a value
         if flag not in ("--token-file", "--root-cert"):
             args += [flag, re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], replaced.get(flag, value))]
     log = (tmp_path / "agent.log").open("w")
-    agent = subprocess.Popen([str(PLAIT), *args, "--admin-port", str(free_port())], env={**os.environ, **env},
-                             stdout=log, stderr=subprocess.STDOUT)
+    agent = subprocess.Popen(
+        [str(PLAIT), *args, "--admin-port", str(free_port())],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for(lambda: _status(status_port, "/healthz/ready") == 200, "the injected sidecar to be ready")
         path = web["readinessProbe"]["httpGet"]["path"]  # what the kubelet now asks, on the probe port

@@ -75,6 +75,7 @@ def seconds(n: float) -> datetime.timedelta:
 
 # ------------------------------------------------------------------ when to renew
 
+
 def test_rotation_is_at_half_life() -> None:
     assert rotation_delay(T0, T0 + seconds(86400), T0) == 43200
     assert rotation_delay(T0, T0 + seconds(6), T0 + seconds(1)) == 2
@@ -93,11 +94,15 @@ def test_retries_back_off_from_half_a_second_to_thirty() -> None:
 
 # ------------------------------------------------------------------ the CA's answer
 
+
 def leaf_for(authority: CertificateAuthority, identity: str, ttl: int = 3600, now=None) -> tuple[bytes, list[bytes]]:
     key = ec.generate_private_key(ec.SECP256R1())
-    csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
-           .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]), critical=True)
-           .sign(key, hashes.SHA256()))
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     return b"key", authority.sign(csr, identity, ttl, now or datetime.datetime.now(datetime.UTC))
 
 
@@ -110,12 +115,17 @@ def authority() -> CertificateAuthority:
 def intermediate_authority(root_authority: CertificateAuthority) -> CertificateAuthority:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "inter")]))
-            .issuer_name(root_authority.root.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - seconds(60))
-            .not_valid_after(now + seconds(86400))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(root_authority.signing_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "inter")]))
+        .issuer_name(root_authority.root.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - seconds(60))
+        .not_valid_after(now + seconds(86400))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(root_authority.signing_key, hashes.SHA256())
+    )
     return CertificateAuthority(key, (cert, root_authority.root), Path("unused"))
 
 
@@ -140,7 +150,8 @@ def test_without_a_root_in_the_answer_the_trust_anchor_is_the_root(authority: Ce
 
 
 def test_renewal_counts_from_when_it_was_asked_not_from_the_backdated_not_before(
-        authority: CertificateAuthority) -> None:
+    authority: CertificateAuthority,
+) -> None:
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     key, chain = leaf_for(authority, REVIEWS, ttl=6, now=now)
     cert = certificate_from(chain, key, b"", now)
@@ -150,6 +161,7 @@ def test_renewal_counts_from_when_it_was_asked_not_from_the_backdated_not_before
 
 # ------------------------------------------------------------------ the manager, with the CA's signing in-process
 
+
 class InProcessCa:
     """`request_certificate`'s contract over the CA's own checks: the token says who, the CSR must ask
     for exactly that identity. `unavailable` calls fail with CaUnavailable first."""
@@ -158,8 +170,9 @@ class InProcessCa:
         self.authority, self.tokens, self.unavailable = authority, tokens, 0
         self.tokens_seen: list[str] = []
 
-    async def __call__(self, address: str, *, root_pem: bytes, token: str, csr_pem: bytes,
-                       ttl_seconds: int) -> list[bytes]:
+    async def __call__(
+        self, address: str, *, root_pem: bytes, token: str, csr_pem: bytes, ttl_seconds: int
+    ) -> list[bytes]:
         self.tokens_seen.append(token)
         if self.unavailable:
             self.unavailable -= 1
@@ -167,8 +180,9 @@ class InProcessCa:
         try:
             caller = self.tokens.verify(token)
             identity = spiffe_id(caller.namespace, caller.service_account)
-            return self.authority.sign(check_csr(csr_pem, identity), identity, ttl_seconds,
-                                       datetime.datetime.now(datetime.UTC))
+            return self.authority.sign(
+                check_csr(csr_pem, identity), identity, ttl_seconds, datetime.datetime.now(datetime.UTC)
+            )
         except (InvalidToken, CsrRefused) as exc:
             raise CertificateRefused(str(exc)) from None
 
@@ -192,16 +206,23 @@ def test_the_first_certificate_waits_for_an_unavailable_ca(authority, tokens, tm
     cert = asyncio.run(manager.first_certificate())
     assert time.monotonic() - started >= 0.5  # the first retry's backoff
     assert len(ca.tokens_seen) == 2 and cert.identity == REVIEWS and seen == [cert] and manager.current is cert
-    assert x509.load_pem_x509_certificate(cert.chain_pem).public_key().public_numbers() == \
-        serialization.load_pem_private_key(cert.key_pem, None).public_key().public_numbers()  # our key, signed
+    assert (
+        x509.load_pem_x509_certificate(cert.chain_pem).public_key().public_numbers()
+        == serialization.load_pem_private_key(cert.key_pem, None).public_key().public_numbers()
+    )  # our key, signed
 
 
 def test_a_refused_identity_is_an_error_that_names_it(authority, tokens, tmp_path: Path) -> None:
     (tmp_path / "token").write_text(tokens.issue("default", "ratings", "ratings-v1"))
     manager = manager_for(InProcessCa(authority, tokens), tmp_path / "token")
-    with pytest.raises(CertificateError, match=re.escape(f"the CA refused {REVIEWS}: the CSR asks for URI:{REVIEWS}; "
-                                                         "this caller may only have spiffe://cluster.local/ns/"
-                                                         "default/sa/ratings")):
+    with pytest.raises(
+        CertificateError,
+        match=re.escape(
+            f"the CA refused {REVIEWS}: the CSR asks for URI:{REVIEWS}; "
+            "this caller may only have spiffe://cluster.local/ns/"
+            "default/sa/ratings"
+        ),
+    ):
         asyncio.run(manager.first_certificate())
     assert manager.current is None and manager.problem.startswith(f"the CA refused {REVIEWS}")
 
@@ -237,12 +258,23 @@ def test_renewal_uses_a_new_key_and_the_token_file_as_it_is_now(authority, token
 
 # ------------------------------------------------------------------ the bootstrap of an agent with an identity
 
+
 def sidecar_with_identity() -> BootstrapSettings:
     return BootstrapSettings(
-        proxy=proxy_for_mode("proxy", name="reviews-v1", namespace="default", ip="127.0.10.1",
-                             labels={"app": "reviews"}, service_account="reviews", identity=REVIEWS),
-        control_plane="127.0.0.1:15012", sds_socket="/run/plait/reviews/proxy/sds.sock", token="header.payload.sig",
-        xds_tls=True)
+        proxy=proxy_for_mode(
+            "proxy",
+            name="reviews-v1",
+            namespace="default",
+            ip="127.0.10.1",
+            labels={"app": "reviews"},
+            service_account="reviews",
+            identity=REVIEWS,
+        ),
+        control_plane="127.0.0.1:15012",
+        sds_socket="/run/plait/reviews/proxy/sds.sock",
+        token="header.payload.sig",
+        xds_tls=True,
+    )
 
 
 def test_golden_bootstrap_with_an_identity_and_real_envoy_accepts_it() -> None:
@@ -270,8 +302,14 @@ def test_a_sidecar_with_an_identity_says_so_and_is_labelled_for_mtls() -> None:
 
 
 def test_a_gateway_with_an_identity_gets_no_tls_mode_label() -> None:
-    proxy = proxy_for_mode("gateway", name="ingressgateway", namespace="istio-system", ip="127.0.20.1",
-                           labels={"istio": "ingressgateway"}, identity=spiffe_id("istio-system", "ingressgateway"))
+    proxy = proxy_for_mode(
+        "gateway",
+        name="ingressgateway",
+        namespace="istio-system",
+        ip="127.0.20.1",
+        labels={"istio": "ingressgateway"},
+        identity=spiffe_id("istio-system", "ingressgateway"),
+    )
     metadata = build_bootstrap(BootstrapSettings(proxy=proxy))["node"]["metadata"]
     assert metadata["LABELS"] == {"istio": "ingressgateway"}
     assert metadata["PLAIT_IDENTITY"] == "spiffe://cluster.local/ns/istio-system/sa/ingressgateway"
@@ -286,14 +324,16 @@ def test_the_ads_stream_carries_the_token_and_envoy_accepts_it() -> None:
 
 
 def test_xds_over_tls_checks_the_control_plane_name_against_rootca() -> None:
-    [xds] = [c for c in build_bootstrap(sidecar_with_identity())["static_resources"]["clusters"]
-             if c["name"] == "xds-grpc"]
+    [xds] = [
+        c for c in build_bootstrap(sidecar_with_identity())["static_resources"]["clusters"] if c["name"] == "xds-grpc"
+    ]
     tls = xds["transport_socket"]["typed_config"]
     assert tls["sni"] == CONTROL_PLANE_NAME == SERVER_DNS_NAMES[0]  # what the control plane's certificate names
     validation = tls["common_tls_context"]["combined_validation_context"]
     assert validation["validation_context_sds_secret_config"]["name"] == "ROOTCA"
     assert validation["default_validation_context"]["match_typed_subject_alt_names"] == [
-        {"san_type": "DNS", "matcher": {"exact": CONTROL_PLANE_NAME}}]
+        {"san_type": "DNS", "matcher": {"exact": CONTROL_PLANE_NAME}}
+    ]
     plaintext = build_bootstrap(dataclasses.replace(sidecar_with_identity(), xds_tls=False))
     assert all("transport_socket" not in c for c in plaintext["static_resources"]["clusters"])
 
@@ -323,8 +363,9 @@ def test_registration_sends_the_token_as_it_is_in_the_file(tmp_path: Path) -> No
         token = tmp_path / "token"
         token.write_text("first\n")
         proxy = sidecar_with_identity().proxy
-        reg = Registration(api=f"http://127.0.0.1:{port}", proxy=proxy, address=proxy.ip, ports={"http": 9080},
-                           token_file=token)
+        reg = Registration(
+            api=f"http://127.0.0.1:{port}", proxy=proxy, address=proxy.ip, ports={"http": 9080}, token_file=token
+        )
         stop = asyncio.Event()
 
         async def ready() -> bool:
@@ -372,8 +413,9 @@ def control_plane(tmp_path_factory) -> Iterator[ControlPlaneProcess]:
     work = tmp_path_factory.mktemp("identity")
     (work / "mesh").mkdir()
     (work / "mesh" / "upstream.yaml").write_text(MESH)  # ISTIO_MUTUAL: Envoy asks SDS for default and ROOTCA
-    with ControlPlaneProcess(work / "mesh", work, extra_args=["--xds-auth", "strict",
-                                                              "--workload-cert-ttl", "1h"]) as cp:
+    with ControlPlaneProcess(
+        work / "mesh", work, extra_args=["--xds-auth", "strict", "--workload-cert-ttl", "1h"]
+    ) as cp:
         yield cp
 
 
@@ -383,12 +425,39 @@ def subnet() -> Iterator[str]:
         yield prefix
 
 
-def agent(cp: ControlPlaneProcess, tmp_path: Path, ip: str, *, sa: str = "reviews", token_sa: str | None = None,
-          ttl: str = "1h", flags: tuple[str, ...] = ()) -> AgentProcess:
+def agent(
+    cp: ControlPlaneProcess,
+    tmp_path: Path,
+    ip: str,
+    *,
+    sa: str = "reviews",
+    token_sa: str | None = None,
+    ttl: str = "1h",
+    flags: tuple[str, ...] = (),
+) -> AgentProcess:
     token = cp.issue_token("default", token_sa or sa, f"{sa}-v1")
-    return AgentProcess(cp, tmp_path, mode="proxy", name=f"{sa}-v1", ip=ip, labels={"app": sa}, tls=True,
-                        extra_args=["--service-account", sa, "--token-file", str(token), "--root-cert",
-                                    str(cp.root_cert_path), "--ca-address", cp.ca_address, "--cert-ttl", ttl, *flags])
+    return AgentProcess(
+        cp,
+        tmp_path,
+        mode="proxy",
+        name=f"{sa}-v1",
+        ip=ip,
+        labels={"app": sa},
+        tls=True,
+        extra_args=[
+            "--service-account",
+            sa,
+            "--token-file",
+            str(token),
+            "--root-cert",
+            str(cp.root_cert_path),
+            "--ca-address",
+            cp.ca_address,
+            "--cert-ttl",
+            ttl,
+            *flags,
+        ],
+    )
 
 
 def served_leaves(process: AgentProcess) -> list[dict]:
@@ -408,8 +477,11 @@ def test_an_agent_with_a_token_serves_its_spiffe_certificate(control_plane, subn
         assert roots and {int(r["serial_number"], 16) for r in roots} == {root.serial_number}
         secrets = sidecar.admin.get("/config_dump?resource=dynamic_active_secrets")["configs"]
         assert {s["name"] for s in secrets} == {"default", "ROOTCA"}
-        wait_until(lambda: {w["name"] for w in control_plane.api.get("/api/v1/workloads")} >= {"reviews-v1"}, 10,
-                   "the registration")
+        wait_until(
+            lambda: {w["name"] for w in control_plane.api.get("/api/v1/workloads")} >= {"reviews-v1"},
+            10,
+            "the registration",
+        )
         registered = {w["name"]: w for w in control_plane.api.get("/api/v1/workloads")}
         assert registered["reviews-v1"]["labels"][TLS_MODE_LABEL] == "istio"
         bootstrap = tmp_path / "agent-reviews-v1" / "envoy-bootstrap.json"
@@ -426,13 +498,18 @@ def test_an_agent_with_a_token_serves_its_spiffe_certificate(control_plane, subn
 def test_envoy_gets_its_config_over_tls_with_its_token(control_plane, subnet, tmp_path: Path) -> None:
     """The fixture's control plane is strict: no plaintext port, so whatever Envoy holds came over TLS."""
     with agent(control_plane, tmp_path, f"{subnet}.5") as sidecar:
-        stats = {s["name"]: s.get("value") for s in
-                 sidecar.admin.get("/stats?format=json&filter=^cluster\\.xds-grpc\\.")["stats"] if "name" in s}
+        stats = {
+            s["name"]: s.get("value")
+            for s in sidecar.admin.get("/stats?format=json&filter=^cluster\\.xds-grpc\\.")["stats"]
+            if "name" in s
+        }
         assert stats["cluster.xds-grpc.ssl.handshake"] >= 1 and stats["cluster.xds-grpc.ssl.connection_error"] == 0
+
         def synced() -> bool:
             [status] = [s for s in control_plane.api.get("/debug/syncz") if s["proxy_id"] == sidecar.proxy_id]
             states = {short: t["state"] for short, t in status["types"].items()}
             return set(states.values()) <= {"SYNCED", "NOT SENT"} and states["lds"] == "SYNCED"
+
         wait_until(synced, 10, "its config acknowledged")
 
 
@@ -454,8 +531,9 @@ def test_certificates_rotate_at_half_life_before_they_expire(control_plane, subn
     assert "renewal in 3s" in sidecar.log_path.read_text()
 
 
-def test_a_token_for_another_service_account_is_refused_and_the_agent_exits_1(control_plane, subnet,
-                                                                              tmp_path: Path) -> None:
+def test_a_token_for_another_service_account_is_refused_and_the_agent_exits_1(
+    control_plane, subnet, tmp_path: Path
+) -> None:
     impostor = agent(control_plane, tmp_path, f"{subnet}.3", sa="reviews", token_sa="ratings")
     PlaitProcess.start(impostor)  # not AgentProcess.start: it would wait for readiness
     assert impostor.process.wait(20) == 1
@@ -465,7 +543,8 @@ def test_a_token_for_another_service_account_is_refused_and_the_agent_exits_1(co
 
 
 def test_envoy_as_the_proxy_user_reaches_the_socket_and_its_command_line_has_no_token(
-        control_plane, subnet, tmp_path: Path) -> None:
+    control_plane, subnet, tmp_path: Path
+) -> None:
     if os.geteuid() != 0:
         pytest.fail("running Envoy as uid 1337 needs root; CI runs this as root")
     assert not reachable_by(tmp_path, 1337)  # pytest's temporary directory is 0700: Envoy cannot reach the state dir
@@ -482,12 +561,20 @@ def test_envoy_as_the_proxy_user_reaches_the_socket_and_its_command_line_has_no_
 
 
 def test_while_the_ca_is_unreachable_the_agent_is_not_ready_and_stops_without_starting_envoy(
-        start_agent, authority: CertificateAuthority, tmp_path: Path) -> None:
+    start_agent, authority: CertificateAuthority, tmp_path: Path
+) -> None:
     (tmp_path / "token").write_text("header.payload.signature")
     (tmp_path / "root.pem").write_bytes(pem(authority.root))
     ca = f"127.0.0.1:{free_port()}"  # nothing listens there
-    waiting = start_agent("--token-file", str(tmp_path / "token"), "--root-cert", str(tmp_path / "root.pem"),
-                          "--ca-address", ca, control_plane_port=free_port())
+    waiting = start_agent(
+        "--token-file",
+        str(tmp_path / "token"),
+        "--root-cert",
+        str(tmp_path / "root.pem"),
+        "--ca-address",
+        ca,
+        control_plane_port=free_port(),
+    )
     wait_until(lambda: "unavailable" in waiting.readiness()[1], 10, "the agent to report the CA unavailable")
     status, reason = waiting.readiness()
     assert status == 503 and reason.startswith(f"no workload certificate yet: the CA at {ca} is unavailable")
@@ -498,22 +585,30 @@ def test_while_the_ca_is_unreachable_the_agent_is_not_ready_and_stops_without_st
 
 
 def test_token_file_without_root_cert_is_a_usage_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli_app, ["agent", "--name", "a", "--ip", "127.0.0.1", "--token-file",
-                                          str(tmp_path / "token")], env={"PLAIT_ROOT_CERT": ""})
+    result = CliRunner().invoke(
+        cli_app,
+        ["agent", "--name", "a", "--ip", "127.0.0.1", "--token-file", str(tmp_path / "token")],
+        env={"PLAIT_ROOT_CERT": ""},
+    )
     assert result.exit_code == 2
     assert "--token-file needs the CA's root certificate" in result.output
 
 
 @pytest.mark.parametrize("ttl, message", [("1s", "shorter than the 2s minimum"), ("soon", "is not a duration")])
 def test_cert_ttl_is_checked(tmp_path: Path, ttl: str, message: str) -> None:
-    result = CliRunner().invoke(cli_app, ["agent", "--name", "a", "--ip", "127.0.0.1", "--token-file", "t",
-                                          "--root-cert", "r", "--cert-ttl", ttl])
+    result = CliRunner().invoke(
+        cli_app,
+        ["agent", "--name", "a", "--ip", "127.0.0.1", "--token-file", "t", "--root-cert", "r", "--cert-ttl", ttl],
+    )
     assert result.exit_code == 2 and message in result.output
 
 
 def test_the_tls_port_without_a_token_is_a_usage_error_that_says_what_to_do() -> None:
-    result = CliRunner().invoke(cli_app, ["agent", "--name", "a", "--ip", "127.0.0.1", "--control-plane",
-                                          "127.0.0.1:15012"], env={"PLAIT_TOKEN_FILE": ""})
+    result = CliRunner().invoke(
+        cli_app,
+        ["agent", "--name", "a", "--ip", "127.0.0.1", "--control-plane", "127.0.0.1:15012"],
+        env={"PLAIT_TOKEN_FILE": ""},
+    )
     assert result.exit_code == 2
     said = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())  # unwrapped from rich's error box
     assert "port 15012 is the control plane's TLS port, where xDS needs a pod token: give --token-file" in said

@@ -46,13 +46,15 @@ WAIT = 15.0
 
 # ------------------------------------------------------------------ certificates made in the test
 
+
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 @dataclass(frozen=True)
@@ -65,22 +67,34 @@ class Root:
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test root")])
         now = datetime.datetime.now(datetime.UTC)
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-                .not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .sign(key, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
         return cls(key, cert)
 
     def issue(self, uri: str, serial: int) -> Material:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.cert.subject)
-                .public_key(key.public_key()).serial_number(serial)
-                .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(hours=1))
-                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .sign(self.key, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
         return Material(chain_pem=_pem(cert), key_pem=_key_pem(key), root_pem=_pem(self.cert))
 
 
@@ -98,9 +112,11 @@ def root() -> Root:
 
 # ------------------------------------------------------------------ the protocol, without I/O
 
+
 def request(*names: str, nonce: str = "", version: str = "", error: str = "") -> discovery_pb2.DiscoveryRequest:
-    req = discovery_pb2.DiscoveryRequest(resource_names=list(names), type_url=SECRET_TYPE, response_nonce=nonce,
-                                         version_info=version)
+    req = discovery_pb2.DiscoveryRequest(
+        resource_names=list(names), type_url=SECRET_TYPE, response_nonce=nonce, version_info=version
+    )
     if error:
         req.error_detail.code, req.error_detail.message = 3, error
     return req
@@ -155,8 +171,10 @@ def test_rotation_pushes_default_with_a_new_version_and_leaves_rootca_alone(root
 
 def test_versions_are_content_hashes(root: Root) -> None:
     material = root.issue(IDENTITY, 1)
-    assert SecretStream().receive(request("default"), material).version_info == \
+    assert (
         SecretStream().receive(request("default"), material).version_info
+        == SecretStream().receive(request("default"), material).version_info
+    )
 
 
 def test_unknown_names_get_no_response(root: Root) -> None:
@@ -171,7 +189,9 @@ def test_a_nack_is_logged_with_envoys_reason_and_not_answered(root: Root, caplog
     stream, material = SecretStream(), root.issue(IDENTITY, 1)
     sent = stream.receive(request("default"), material)
     with caplog.at_level(logging.WARNING, logger="plait.agent"):
-        assert stream.receive(request("default", nonce=sent.nonce, error="Failed to load private key"), material) is None
+        assert (
+            stream.receive(request("default", nonce=sent.nonce, error="Failed to load private key"), material) is None
+        )
     assert "Envoy rejected secrets default version " + sent.version_info in caplog.text
     assert "Failed to load private key" in caplog.text
     assert stream.acked_version == ""
@@ -187,6 +207,7 @@ def test_stale_nonces_are_ignored_but_new_names_are_answered(root: Root) -> None
 
 
 # ------------------------------------------------------------------ where the socket lives
+
 
 def test_the_socket_is_0600_and_owned_by_the_proxy_user(tmp_path: Path, root: Root) -> None:
     if os.geteuid() != 0:
@@ -242,6 +263,7 @@ def test_proxy_dir_moves_to_tmp_when_the_socket_path_would_be_too_long(tmp_path:
 
 # ------------------------------------------------------------------ real Envoy
 
+
 class ServerThread:
     """An `SdsServer` on an event loop in a thread of its own, so a synchronous test can drive Envoy."""
 
@@ -267,24 +289,57 @@ class ServerThread:
 
 def mtls_bootstrap(socket_path: Path, port: int) -> dict:
     """One listener, mutual TLS from SDS (``default``, ``ROOTCA``), answering 200 to every request."""
-    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-                    "HttpConnectionManager",
-           "stat_prefix": "mtls", "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-           "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-               {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]}}
-    tls = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-           "require_client_certificate": True,
-           "common_tls_context": {"tls_certificate_sds_secret_configs": [sds_secret("default")],
-                                  "validation_context_sds_secret_config": sds_secret("ROOTCA")}}
-    return {"node": {"id": "sidecar~127.0.0.1~reviews-v1.default~default.svc.cluster.local", "cluster": "reviews-v1.default"},
-            "static_resources": {
-        "clusters": [sds_cluster(str(socket_path))],
-        "listeners": [{"name": "mtls", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                       "filter_chains": [{
-                           "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
-                           "filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                        "typed_config": hcm}]}]}]}}
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+        "HttpConnectionManager",
+        "stat_prefix": "mtls",
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            }
+        ],
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [
+                        {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
+                    ],
+                }
+            ]
+        },
+    }
+    tls = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "require_client_certificate": True,
+        "common_tls_context": {
+            "tls_certificate_sds_secret_configs": [sds_secret("default")],
+            "validation_context_sds_secret_config": sds_secret("ROOTCA"),
+        },
+    }
+    return {
+        "node": {
+            "id": "sidecar~127.0.0.1~reviews-v1.default~default.svc.cluster.local",
+            "cluster": "reviews-v1.default",
+        },
+        "static_resources": {
+            "clusters": [sds_cluster(str(socket_path))],
+            "listeners": [
+                {
+                    "name": "mtls",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                    "filter_chains": [
+                        {
+                            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+                            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}],
+                        }
+                    ],
+                }
+            ],
+        },
+    }
 
 
 def client_context(root: Root, tmp_path: Path) -> ssl.SSLContext:
@@ -315,7 +370,8 @@ def get(context: ssl.SSLContext, port: int) -> tuple[str, x509.Certificate]:
 
 def uri_san(cert: x509.Certificate) -> list[str]:
     return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.UniformResourceIdentifier)
+        x509.UniformResourceIdentifier
+    )
 
 
 def wait_for(condition, what: str, timeout: float = WAIT):
@@ -345,8 +401,9 @@ def test_envoy_serves_the_workload_certificate_from_sds(envoy_with_sds, root: Ro
     assert uri_san(peer) == [IDENTITY] and peer.serial_number == 1001
     certs = json.loads(envoy.admin("/certs"))["certificates"]
     leaves = [c["cert_chain"][0] for c in certs if c["cert_chain"]]
-    assert [(int(leaf["serial_number"], 16), leaf["subject_alt_names"]) for leaf in leaves] == \
-        [(1001, [{"uri": IDENTITY}])]
+    assert [(int(leaf["serial_number"], 16), leaf["subject_alt_names"]) for leaf in leaves] == [
+        (1001, [{"uri": IDENTITY}])
+    ]
     assert int(certs[0]["ca_cert"][0]["serial_number"], 16) == root.cert.serial_number
     dump = json.loads(envoy.admin("/config_dump?resource=dynamic_active_secrets"))
     assert sorted(s["name"] for s in dump["configs"]) == ["ROOTCA", "default"]
@@ -383,8 +440,9 @@ def test_rotation_under_a_request_loop_fails_no_request(envoy_with_sds, root: Ro
     assert envoy.stat("sds.ROOTCA.update_success") == 1  # same root: not pushed again
 
 
-def test_a_secret_envoy_rejects_is_logged_and_the_old_one_stays(envoy_with_sds, root: Root, tmp_path: Path,
-                                                                 caplog) -> None:
+def test_a_secret_envoy_rejects_is_logged_and_the_old_one_stays(
+    envoy_with_sds, root: Root, tmp_path: Path, caplog
+) -> None:
     server, envoy, port = envoy_with_sds
     good, other = root.issue(IDENTITY, 3003), root.issue(IDENTITY, 4004)
     with caplog.at_level(logging.WARNING, logger="plait.agent"):

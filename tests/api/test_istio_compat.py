@@ -23,11 +23,17 @@ def only_error(text: str):
     return result.errors[0]
 
 
-@pytest.mark.parametrize("line, path, field", [
-    ("    fault: {delay: {fixedDelay: 1s, exponentialDelay: 1s}}", "spec.http[0].fault.delay.exponentialDelay",
-     "exponentialDelay"),
-    ("    redirect_unused: 1", "spec.http[0].redirect_unused", None),
-])
+@pytest.mark.parametrize(
+    "line, path, field",
+    [
+        (
+            "    fault: {delay: {fixedDelay: 1s, exponentialDelay: 1s}}",
+            "spec.http[0].fault.delay.exponentialDelay",
+            "exponentialDelay",
+        ),
+        ("    redirect_unused: 1", "spec.http[0].redirect_unused", None),
+    ],
+)
 def test_real_istio_fields_are_not_supported_yet_and_typos_are_unknown(line: str, path: str, field: str | None) -> None:
     problem = only_error(VS + line + "\n")
     assert problem.path == path
@@ -65,8 +71,10 @@ def test_a_model_field_wins_over_the_not_supported_list(monkeypatch: pytest.Monk
 
 def test_values_istio_has_are_not_supported_yet_and_other_values_are_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(unsupported.NOT_SUPPORTED_VALUES, ("ServiceEntry", "resolution"), frozenset({"LATER"}))
-    se = ("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\n"
-          "spec: {hosts: [a.example.com], resolution: LATER, ports: [{number: 80, name: h, protocol: HTTP}]}\n")
+    se = (
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\n"
+        "spec: {hosts: [a.example.com], resolution: LATER, ports: [{number: 80, name: h, protocol: HTTP}]}\n"
+    )
     problem = only_error(se)
     assert problem.path == "spec.resolution"
     assert problem.message == "'LATER' is valid in Istio but not supported by plait yet"
@@ -76,18 +84,25 @@ def test_values_istio_has_are_not_supported_yet_and_other_values_are_wrong(monke
 
 def test_condition_keys_istio_has_are_not_supported_yet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(security, "NOT_SUPPORTED_CONDITION_KEYS", ("source.later",))
-    ap = ("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n"
-          "spec: {rules: [{when: [{key: source.later, values: [td]}]}]}\n")
+    ap = (
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n"
+        "spec: {rules: [{when: [{key: source.later, values: [td]}]}]}\n"
+    )
     problem = only_error(ap)
     assert problem.path == "spec.rules[0].when[0].key"
     assert problem.message == "condition key 'source.later' is valid in Istio but not supported by plait yet"
     assert "unknown condition key" in only_error(ap.replace("source.later", "source.latter")).message
 
 
-@pytest.mark.parametrize("api_version, kind", [("telemetry.istio.io/v1", "Telemetry"),
-                                               ("networking.istio.io/v1", "WorkloadGroup"),
-                                               ("gateway.networking.k8s.io/v1", "Gateway"),
-                                               ("gateway.networking.k8s.io/v1", "HTTPRoute")])
+@pytest.mark.parametrize(
+    "api_version, kind",
+    [
+        ("telemetry.istio.io/v1", "Telemetry"),
+        ("networking.istio.io/v1", "WorkloadGroup"),
+        ("gateway.networking.k8s.io/v1", "Gateway"),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    ],
+)
 def test_istio_and_gateway_api_kinds_without_a_model_are_not_supported_yet(api_version: str, kind: str) -> None:
     problem = only_error(f"apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: a}}\nspec: {{}}\n")
     assert problem.message == f"kind {kind} ({api_version}) is not supported by plait yet"
@@ -101,9 +116,11 @@ def test_snake_case_field_names_are_refused_naming_the_camel_case_spelling() -> 
 
 
 def test_legacy_spellings_in_istios_crd_are_accepted() -> None:
-    result = load_text(VS + "    mirror: {host: ratings}\n    mirror_percent: 5\n---\n"
-                       "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: j}\n"
-                       "spec: {jwtRules: [{issuer: i, jwks_uri: 'https://i/keys'}]}\n")
+    result = load_text(
+        VS + "    mirror: {host: ratings}\n    mirror_percent: 5\n---\n"
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: j}\n"
+        "spec: {jwtRules: [{issuer: i, jwks_uri: 'https://i/keys'}]}\n"
+    )
     assert not result.errors, [str(p) for p in result.errors]
     vs, ra = result.resources
     assert vs.spec.http[0].mirror_percent == 5
@@ -112,8 +129,10 @@ def test_legacy_spellings_in_istios_crd_are_accepted() -> None:
 
 def test_upper_case_header_names_in_matches_are_lower_cased_jwt_claims_kept() -> None:
     text = VS.replace("  hosts: [reviews]", "  hosts: [reviews]\n  gateways: [bookinfo-gateway]").replace(
-        "  - route:", "  - match: [{headers: {X-User: {exact: Jason}, '@request.auth.claims.Group': "
-                                    "{exact: a}}, withoutHeaders: {X-Debug: {}}}]\n    route:")
+        "  - route:",
+        "  - match: [{headers: {X-User: {exact: Jason}, '@request.auth.claims.Group': "
+        "{exact: a}}, withoutHeaders: {X-Debug: {}}}]\n    route:",
+    )
     (vs,) = load_text(text).raise_for_errors()
     match = vs.spec.http[0].match[0]
     assert list(match.headers) == ["x-user", "@request.auth.claims.Group"]
@@ -122,17 +141,26 @@ def test_upper_case_header_names_in_matches_are_lower_cased_jwt_claims_kept() ->
 
 
 def test_yaml_is_read_as_kubernetes_reads_it() -> None:
-    (doc,) = load_documents("addresses: [2001:db8::1, 10.0.0.1, 'fe80::']\ntime: 10:30\nday: 2026-12-06\n"
-                            "big: 1e3\nflag: yes\nport: 0x1F\n")
-    assert doc == {"addresses": ["2001:db8::1", "10.0.0.1", "fe80::"], "time": "10:30", "day": "2026-12-06",
-                   "big": 1000.0, "flag": True, "port": 31}
+    (doc,) = load_documents(
+        "addresses: [2001:db8::1, 10.0.0.1, 'fe80::']\ntime: 10:30\nday: 2026-12-06\nbig: 1e3\nflag: yes\nport: 0x1F\n"
+    )
+    assert doc == {
+        "addresses": ["2001:db8::1", "10.0.0.1", "fe80::"],
+        "time": "10:30",
+        "day": "2026-12-06",
+        "big": 1000.0,
+        "flag": True,
+        "port": 31,
+    }
 
 
 def test_a_service_entry_with_unquoted_ipv6_addresses_loads() -> None:
-    text = ("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: v6}\nspec:\n"
-            "  hosts: [db.example.com]\n  addresses: [2001:db8::1, 2001:db8::/64]\n"
-            "  ports: [{number: 5432, name: pg, protocol: TCP}]\n  resolution: STATIC\n"
-            "  endpoints: [{address: 2001:db8::10}]\n")
+    text = (
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: v6}\nspec:\n"
+        "  hosts: [db.example.com]\n  addresses: [2001:db8::1, 2001:db8::/64]\n"
+        "  ports: [{number: 5432, name: pg, protocol: TCP}]\n  resolution: STATIC\n"
+        "  endpoints: [{address: 2001:db8::10}]\n"
+    )
     (se,) = load_text(text).raise_for_errors()
     assert se.spec.addresses == ["2001:db8::1", "2001:db8::/64"]
     assert se.spec.endpoints[0].address == "2001:db8::10"
@@ -147,7 +175,8 @@ def test_a_key_written_twice_is_refused_as_kubectl_refuses_it() -> None:
 
 def test_without_headers_regex_star_means_absent_as_in_istio() -> None:
     text = VS.replace("  hosts: [reviews]", "  hosts: [reviews]\n  gateways: [bookinfo-gateway]").replace(
-        "  - route:", "  - match: [{withoutHeaders: {x-debug: {regex: '*'}}}]\n    route:")
+        "  - route:", "  - match: [{withoutHeaders: {x-debug: {regex: '*'}}}]\n    route:"
+    )
     (vs,) = load_text(text).raise_for_errors()
     assert vs.spec.http[0].match[0].without_headers["x-debug"].kind == "present"
 
@@ -176,7 +205,9 @@ def _model_fields_by_path(model: type, prefix: str = "", seen: frozenset = froze
     for name, info in model.model_fields.items():
         path = prefix + (info.alias or name)
         paths.add(path)
-        for sub in models_in(info.annotation if not isinstance(info.annotation, types.GenericAlias) else info.annotation):
+        for sub in models_in(
+            info.annotation if not isinstance(info.annotation, types.GenericAlias) else info.annotation
+        ):
             paths |= _model_fields_by_path(sub, path + ".", seen | {model})
     return paths
 
@@ -188,6 +219,7 @@ def test_no_field_listed_as_not_supported_is_one_a_model_implements() -> None:
     implemented = []
     for kind, entries in unsupported.NOT_SUPPORTED_FIELDS.items():
         paths = _model_fields_by_path(SPEC_MODELS[kind][1])
-        implemented += [f"{kind}: {entry}" for entry in entries
-                        if any(p == entry or p.endswith("." + entry) for p in paths)]
+        implemented += [
+            f"{kind}: {entry}" for entry in entries if any(p == entry or p.endswith("." + entry) for p in paths)
+        ]
     assert implemented == []

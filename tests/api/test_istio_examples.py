@@ -35,8 +35,15 @@ def errors_of(name: str, index: int, doc: dict) -> list[str]:
     return [str(p) for p in problems if p.severity == "error"]
 
 
-VALID = documents("crds/*-valid.yaml") + documents("config/*.yaml") + [
-    (name, index, doc) for name, index, doc in documents("samples/*.yaml") if "istio.io/" in str(doc.get("apiVersion"))]
+VALID = (
+    documents("crds/*-valid.yaml")
+    + documents("config/*.yaml")
+    + [
+        (name, index, doc)
+        for name, index, doc in documents("samples/*.yaml")
+        if "istio.io/" in str(doc.get("apiVersion"))
+    ]
+)
 INVALID = documents("crds/*-invalid.yaml")
 
 

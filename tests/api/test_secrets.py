@@ -13,8 +13,9 @@ def secret(body: str) -> str:
 
 def test_data_and_string_data_are_read_with_either_key_naming():
     encoded = base64.b64encode(b"CERT").decode()
-    (tls,) = load_text(secret(f"type: kubernetes.io/tls\ndata: {{tls.crt: {encoded}}}\n"
-                              "stringData: {tls.key: KEY, ca.crt: CA}\n")).raise_for_errors()
+    (tls,) = load_text(
+        secret(f"type: kubernetes.io/tls\ndata: {{tls.crt: {encoded}}}\nstringData: {{tls.key: KEY, ca.crt: CA}}\n")
+    ).raise_for_errors()
     assert tls.spec.certificate_and_key() == (b"CERT", b"KEY") and tls.spec.ca_certificate() == b"CA"
     (generic,) = load_text(secret("stringData: {cert: C, key: K, cacert: A}\n")).raise_for_errors()
     assert generic.spec.certificate_and_key() == (b"C", b"K") and generic.spec.ca_certificate() == b"A"

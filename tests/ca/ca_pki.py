@@ -25,29 +25,48 @@ def pem(cert: x509.Certificate) -> bytes:
 
 
 def key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
-def ca_cert(name: str, key, issuer: x509.Certificate | None = None, issuer_key=None, *,
-            ca: bool = True) -> x509.Certificate:
+def ca_cert(
+    name: str, key, issuer: x509.Certificate | None = None, issuer_key=None, *, ca: bool = True
+) -> x509.Certificate:
     """A CA certificate for `key` named O=example, CN=`name`; self-signed without `issuer`."""
-    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "example"),
-                         x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "example"), x509.NameAttribute(NameOID.COMMON_NAME, name)]
+    )
     now = utcnow()
-    return (x509.CertificateBuilder().subject_name(subject)
-            .issuer_name(issuer.subject if issuer else subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=ca, crl_sign=ca,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False),
-                           critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key((issuer_key or key).public_key()),
-                           critical=False)
-            .sign(issuer_key or key, hashes.SHA256()))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key((issuer_key or key).public_key()), critical=False
+        )
+        .sign(issuer_key or key, hashes.SHA256())
+    )
 
 
 class OperatorPki:
@@ -64,8 +83,7 @@ class OperatorPki:
         (directory / "ca-cert.pem").write_bytes(pem(self.intermediate))
         (directory / "ca-key.pem").write_bytes(key_pem(key or self.intermediate_key))
         (directory / "root-cert.pem").write_bytes(pem(self.root))
-        (directory / "cert-chain.pem").write_bytes(pem(self.intermediate) + pem(self.root) if chain is None
-                                                   else chain)
+        (directory / "cert-chain.pem").write_bytes(pem(self.intermediate) + pem(self.root) if chain is None else chain)
         return directory
 
 
@@ -91,8 +109,7 @@ def verified_identity(chain: list[bytes], root_pem: bytes, at: datetime.datetime
     cryptography's path builder; returns the leaf's URI SANs."""
     root = x509.load_pem_x509_certificate(root_pem)
     certs = [x509.load_pem_x509_certificate(c) for c in chain]
-    verifier = (verification.PolicyBuilder().store(verification.Store([root])).time(at)
-                .build_client_verifier())
+    verifier = verification.PolicyBuilder().store(verification.Store([root])).time(at).build_client_verifier()
     result = verifier.verify(certs[0], certs[1:])
     assert result.chain[-1] == root
     return [n.value for n in result.subjects if isinstance(n, x509.UniformResourceIdentifier)]

@@ -43,6 +43,7 @@ def issue(authority, identity=PRODUCTPAGE, ttl=HOUR, now=None):
 
 # ------------------------------------------------------------------ the self-signed root
 
+
 def test_root_is_generated_once_and_kept_owner_only(tmp_path):
     ca_dir = tmp_path / "state" / "ca"
     first = load_or_create(ca_dir)
@@ -71,12 +72,14 @@ def test_root_fields(authority):
 def test_a_root_without_its_key_is_an_error_that_says_what_to_do(tmp_path):
     load_or_create(tmp_path / "ca")
     (tmp_path / "ca" / "ca-key.pem").unlink()
-    with pytest.raises(CaError, match="ca-cert.pem exists but its key .*ca-key.pem does not; restore the key, "
-                                      "or remove"):
+    with pytest.raises(
+        CaError, match="ca-cert.pem exists but its key .*ca-key.pem does not; restore the key, or remove"
+    ):
         load_or_create(tmp_path / "ca")
 
 
 # ------------------------------------------------------------------ Istio's plug-in CA
+
 
 def test_plugin_ca_signs_with_the_intermediate_and_chains_to_the_operators_root(tmp_path):
     pki = OperatorPki()
@@ -129,17 +132,25 @@ def test_plugin_ca_with_missing_files(tmp_path):
 
 # ------------------------------------------------------------------ CSR checks
 
-@pytest.mark.parametrize("pem_csr, kind, message", [
-    (csr(uri(REVIEWS)), "wrong_identity", f"asks for URI:{REVIEWS}; this caller may only have {PRODUCTPAGE}"),
-    (csr(uri(PRODUCTPAGE), x509.DNSName("reviews.default.svc")), "wrong_identity", "DNS:reviews.default.svc"),
-    (csr(uri(PRODUCTPAGE), uri(REVIEWS)), "wrong_identity", f"URI:{PRODUCTPAGE}, URI:{REVIEWS}"),
-    (csr(uri(PRODUCTPAGE), uri(PRODUCTPAGE)), "bad_csr", "2 times; name it once"),
-    (csr(), "bad_csr", "no subjectAltName"),
-    (weak_rsa_csr(PRODUCTPAGE), "bad_csr", "RSA key of 1024 bits is too weak"),
-    (csr(uri(PRODUCTPAGE), key=ec.generate_private_key(ec.SECP521R1())), "bad_csr", "secp521r1 is not accepted"),
-    (b"-----BEGIN CERTIFICATE REQUEST-----\nnot base64\n-----END CERTIFICATE REQUEST-----\n", "bad_csr",
-     "not a PEM certificate signing request"),
-], ids=["other-identity", "extra-dns", "two-uris", "same-uri-twice", "no-san", "rsa-1024", "p521", "garbage"])
+
+@pytest.mark.parametrize(
+    "pem_csr, kind, message",
+    [
+        (csr(uri(REVIEWS)), "wrong_identity", f"asks for URI:{REVIEWS}; this caller may only have {PRODUCTPAGE}"),
+        (csr(uri(PRODUCTPAGE), x509.DNSName("reviews.default.svc")), "wrong_identity", "DNS:reviews.default.svc"),
+        (csr(uri(PRODUCTPAGE), uri(REVIEWS)), "wrong_identity", f"URI:{PRODUCTPAGE}, URI:{REVIEWS}"),
+        (csr(uri(PRODUCTPAGE), uri(PRODUCTPAGE)), "bad_csr", "2 times; name it once"),
+        (csr(), "bad_csr", "no subjectAltName"),
+        (weak_rsa_csr(PRODUCTPAGE), "bad_csr", "RSA key of 1024 bits is too weak"),
+        (csr(uri(PRODUCTPAGE), key=ec.generate_private_key(ec.SECP521R1())), "bad_csr", "secp521r1 is not accepted"),
+        (
+            b"-----BEGIN CERTIFICATE REQUEST-----\nnot base64\n-----END CERTIFICATE REQUEST-----\n",
+            "bad_csr",
+            "not a PEM certificate signing request",
+        ),
+    ],
+    ids=["other-identity", "extra-dns", "two-uris", "same-uri-twice", "no-san", "rsa-1024", "p521", "garbage"],
+)
 def test_csrs_that_are_refused(pem_csr, kind, message):
     with pytest.raises(CsrRefused) as refused:
         check_csr(pem_csr, PRODUCTPAGE)
@@ -158,11 +169,11 @@ def test_a_csr_whose_signature_does_not_verify_is_refused():
 def test_good_csrs_are_accepted():
     assert check_csr(csr(uri(PRODUCTPAGE)), PRODUCTPAGE).is_signature_valid
     check_csr(csr(uri(PRODUCTPAGE), key=ec.generate_private_key(ec.SECP384R1())), PRODUCTPAGE)
-    check_csr(csr(uri(PRODUCTPAGE), key=rsa.generate_private_key(public_exponent=65537, key_size=2048)),
-              PRODUCTPAGE)
+    check_csr(csr(uri(PRODUCTPAGE), key=rsa.generate_private_key(public_exponent=65537, key_size=2048)), PRODUCTPAGE)
 
 
 # ------------------------------------------------------------------ issued certificates
+
 
 def test_leaf_fields(authority):
     now = utcnow().replace(microsecond=0)
@@ -178,10 +189,12 @@ def test_leaf_fields(authority):
     usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
     assert usage.digital_signature and usage.key_encipherment and not usage.key_cert_sign
     assert list(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
-        ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+    ]
     assert leaf.not_valid_before_utc == now - datetime.timedelta(seconds=60)
     assert leaf.not_valid_after_utc == now + datetime.timedelta(hours=24)
-    assert 0 < leaf.serial_number < 2 ** 128
+    assert 0 < leaf.serial_number < 2**128
     assert verified_identity(chain, pem(authority.root), now) == [PRODUCTPAGE]
 
 
@@ -213,8 +226,12 @@ def test_the_control_planes_server_certificate(authority):
     key = serialization.load_pem_private_key(key_pem, None)
     assert leaf.public_key() == key.public_key()
     assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.DNSName) == list(SERVER_DNS_NAMES)
+        x509.DNSName
+    ) == list(SERVER_DNS_NAMES)
     assert chain[-1] == pem(authority.root)
-    server = (x509.verification.PolicyBuilder().store(x509.verification.Store([authority.root]))
-              .build_server_verifier(x509.DNSName("istiod.istio-system.svc")))
+    server = (
+        x509.verification.PolicyBuilder()
+        .store(x509.verification.Store([authority.root]))
+        .build_server_verifier(x509.DNSName("istiod.istio-system.svc"))
+    )
     assert server.verify(leaf, [])[-1] == authority.root

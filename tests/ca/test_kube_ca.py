@@ -58,6 +58,7 @@ def on_cluster(cluster: KubeTestenv, test) -> None:
             await test(api)
         finally:
             await api.close()
+
     asyncio.run(asyncio.wait_for(run(), TIMEOUT))
 
 
@@ -69,8 +70,9 @@ class KubeCa:
 
     async def request(self, identity: str, token: str) -> list[bytes]:
         _, csr = new_key_and_csr(identity)
-        return await request_certificate(self.address, root_pem=pem(self.authority.root), token=token, csr_pem=csr,
-                                         ttl_seconds=3600, timeout=20)
+        return await request_certificate(
+            self.address, root_pem=pem(self.authority.root), token=token, csr_pem=csr, ttl_seconds=3600, timeout=20
+        )
 
     async def refusal(self, identity: str, token: str) -> str:
         with pytest.raises(CertificateRefused) as refused:
@@ -104,7 +106,9 @@ def test_a_pods_projected_token_gets_exactly_its_own_identity(cluster, tmp_path,
             assert f"this caller may only have {A_IN_X}" in message
             assert f"may only have {A_IN_X}" in await ca.refusal("spiffe://cluster.local/ns/y/sa/a", token)
             assert ca.refused("wrong_identity") == 2
+
         await serving(api, tmp_path, calls)
+
     on_cluster(cluster, test)
     assert "issued a certificate for spiffe://cluster.local/ns/x/sa/a to x/a (pod a-0)" in caplog.text
 
@@ -121,10 +125,12 @@ def test_tokens_the_api_server_does_not_vouch_for_istio_ca_are_unauthenticated(c
                 message = await ca.refusal(A_IN_X, token)
                 assert 'is invalid for the target audiences ["istio-ca"]' in message
             assert ca.refused("unauthenticated") == 4
+
         await serving(api, tmp_path, calls)
         # the legacy token itself is good: the API server authenticates it without an audience
         review = await client.AuthenticationV1Api(api).create_token_review({"spec": {"token": legacy}})
         assert review.status.authenticated and review.status.user.username == "system:serviceaccount:x:a"
+
     on_cluster(cluster, test)
 
 
@@ -134,19 +140,25 @@ def test_the_grpc_status_codes(cluster, tmp_path):
 
         async def calls(ca: KubeCa):
             credentials = grpc.ssl_channel_credentials(root_certificates=pem(ca.authority.root))
-            async with grpc.aio.secure_channel(ca.address, credentials, options=[
-                    ("grpc.ssl_target_name_override", "istiod.istio-system.svc")]) as channel:
-                call = channel.unary_unary(wire.METHOD_PATH,
-                                           request_serializer=wire.IstioCertificateRequest.SerializeToString,
-                                           response_deserializer=wire.IstioCertificateResponse.FromString)
-                for identity, bearer, code in ((A_IN_X, "garbage", grpc.StatusCode.UNAUTHENTICATED),
-                                               ("spiffe://cluster.local/ns/x/sa/b", token,
-                                                grpc.StatusCode.PERMISSION_DENIED)):
+            async with grpc.aio.secure_channel(
+                ca.address, credentials, options=[("grpc.ssl_target_name_override", "istiod.istio-system.svc")]
+            ) as channel:
+                call = channel.unary_unary(
+                    wire.METHOD_PATH,
+                    request_serializer=wire.IstioCertificateRequest.SerializeToString,
+                    response_deserializer=wire.IstioCertificateResponse.FromString,
+                )
+                for identity, bearer, code in (
+                    (A_IN_X, "garbage", grpc.StatusCode.UNAUTHENTICATED),
+                    ("spiffe://cluster.local/ns/x/sa/b", token, grpc.StatusCode.PERMISSION_DENIED),
+                ):
                     request = wire.IstioCertificateRequest(csr=new_key_and_csr(identity)[1].decode())
                     with pytest.raises(grpc.aio.AioRpcError) as error:
                         await call(request, metadata=(("authorization", f"Bearer {bearer}"),), timeout=20)
                     assert error.value.code() == code
+
         await serving(api, tmp_path, calls)
+
     on_cluster(cluster, test)
 
 
@@ -156,6 +168,7 @@ def test_an_unreachable_api_server_is_unavailable_not_a_refusal():
         async with client.ApiClient(configuration) as api:
             with pytest.raises(AuthenticatorUnavailable, match="did not answer the TokenReview"):
                 await TokenReviewAuthenticator(api, timeout=5).authenticate("x.y.z")
+
     asyncio.run(asyncio.wait_for(test(), TIMEOUT))
 
 
@@ -169,10 +182,12 @@ def test_xds_on_the_tls_port_takes_the_pods_token_for_its_own_node(cluster):
         refused = await check({"authorization": f"Bearer {token}"}, other)
         assert refused.code == grpc.StatusCode.PERMISSION_DENIED and "the token is for x/a" in refused.reason
         assert (await check({"authorization": "Bearer nope"}, node)).code == grpc.StatusCode.UNAUTHENTICATED
+
     on_cluster(cluster, test)
 
 
 # ------------------------------------------------------------------ the CA's key from Secrets
+
 
 def test_without_secrets_a_root_is_generated_once_and_shared_by_every_replica(cluster, tmp_path):
     async def test(api):
@@ -187,16 +202,19 @@ def test_without_secrets_a_root_is_generated_once_and_shared_by_every_replica(cl
         assert (tmp_path / "replica-2" / "ca" / "root-cert.pem").read_bytes() == pem(first.root)
         key_file = tmp_path / "replica-2" / "ca" / "istio-ca-secret" / "ca-key.pem"
         assert key_file.stat().st_mode & 0o077 == 0
+
     on_cluster(cluster, test)
 
 
 def test_two_replicas_starting_at_once_agree_on_one_root(cluster, tmp_path):
     async def test(api):
         await ensure_namespace(api, "plait-b")
-        results = await asyncio.gather(*(load_cluster_ca(api, tmp_path / f"r{i}" / "ca", namespace="plait-b")
-                                         for i in range(3)))
+        results = await asyncio.gather(
+            *(load_cluster_ca(api, tmp_path / f"r{i}" / "ca", namespace="plait-b") for i in range(3))
+        )
         assert len({authority.root for authority, _ in results}) == 1
         assert sorted(where for _, where in results).count("Secret plait-b/istio-ca-secret (new)") == 1
+
     on_cluster(cluster, test)
 
 
@@ -209,10 +227,15 @@ def test_a_plug_in_ca_in_secret_cacerts_is_used(cluster, tmp_path):
 
     async def test(api):
         await ensure_namespace(api, "plait-c")
-        files = {"ca-cert.pem": pem(pki.intermediate), "ca-key.pem": key_pem(pki.intermediate_key),
-                 "root-cert.pem": pem(pki.root), "cert-chain.pem": pem(pki.intermediate) + pem(pki.root)}
-        await client.CoreV1Api(api).create_namespaced_secret("plait-c", {
-            "metadata": {"name": "cacerts"}, "data": data(files)})
+        files = {
+            "ca-cert.pem": pem(pki.intermediate),
+            "ca-key.pem": key_pem(pki.intermediate_key),
+            "root-cert.pem": pem(pki.root),
+            "cert-chain.pem": pem(pki.intermediate) + pem(pki.root),
+        }
+        await client.CoreV1Api(api).create_namespaced_secret(
+            "plait-c", {"metadata": {"name": "cacerts"}, "data": data(files)}
+        )
         authority, where = await load_cluster_ca(api, tmp_path / "ca", namespace="plait-c")
         assert where == "Secret plait-c/cacerts (plug-in CA)"
         assert authority.chain == (pki.intermediate, pki.root)
@@ -226,6 +249,7 @@ def test_a_plug_in_ca_in_secret_cacerts_is_used(cluster, tmp_path):
         assert verified_identity(chain, pem(pki.root), utcnow()) == [A_IN_X]
         secrets = await client.CoreV1Api(api).list_namespaced_secret("plait-c")
         assert [s.metadata.name for s in secrets.items if s.metadata.name.startswith("istio")] == []
+
     on_cluster(cluster, test)
 
 
@@ -235,20 +259,27 @@ def test_a_broken_cacerts_secret_is_an_error_naming_it(cluster, tmp_path):
     async def test(api):
         core = client.CoreV1Api(api)
         await ensure_namespace(api, "plait-d")
-        await core.create_namespaced_secret("plait-d", {"metadata": {"name": "cacerts"},
-                                                        "data": data({"ca-cert.pem": pem(pki.intermediate)})})
+        await core.create_namespaced_secret(
+            "plait-d", {"metadata": {"name": "cacerts"}, "data": data({"ca-cert.pem": pem(pki.intermediate)})}
+        )
         with pytest.raises(CaError, match="Secret plait-d/cacerts has ca-cert.pem but not ca-key.pem"):
             await load_cluster_ca(api, tmp_path / "ca", namespace="plait-d")
-        wrong_key = {"ca-cert.pem": pem(pki.intermediate), "ca-key.pem": key_pem(pki.root_key),
-                     "root-cert.pem": pem(pki.root)}
-        await core.replace_namespaced_secret("cacerts", "plait-d", {"metadata": {"name": "cacerts"},
-                                                                    "data": data(wrong_key)})
+        wrong_key = {
+            "ca-cert.pem": pem(pki.intermediate),
+            "ca-key.pem": key_pem(pki.root_key),
+            "root-cert.pem": pem(pki.root),
+        }
+        await core.replace_namespaced_secret(
+            "cacerts", "plait-d", {"metadata": {"name": "cacerts"}, "data": data(wrong_key)}
+        )
         with pytest.raises(CaError, match=r"Secret plait-d/cacerts \(copied to .*\): .*ca-key.pem is not the key of"):
             await load_cluster_ca(api, tmp_path / "ca", namespace="plait-d")
-        await core.replace_namespaced_secret("cacerts", "plait-d", {"metadata": {"name": "cacerts"},
-                                                                    "data": data({"root-cert.pem": pem(pki.root)})})
+        await core.replace_namespaced_secret(
+            "cacerts", "plait-d", {"metadata": {"name": "cacerts"}, "data": data({"root-cert.pem": pem(pki.root)})}
+        )
         _, where = await load_cluster_ca(api, tmp_path / "ca", namespace="plait-d")  # no signing CA: passed over
         assert where == "Secret plait-d/istio-ca-secret (new)"
+
     on_cluster(cluster, test)
 
 
@@ -258,11 +289,17 @@ def test_without_rbac_for_secrets_the_error_says_what_is_needed(cluster, tmp_pat
     ca_key = serialization.load_pem_private_key((Path(cluster.dir) / "ca.key").read_bytes(), password=None)
     key = ec.generate_private_key(ec.SECP256R1())
     now = utcnow()
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nobody")]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nobody")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     (tmp_path / "nobody.crt").write_bytes(pem(cert))
     (tmp_path / "nobody.key").write_bytes(key_pem(key))
 
@@ -271,7 +308,10 @@ def test_without_rbac_for_secrets_the_error_says_what_is_needed(cluster, tmp_pat
         configuration.ssl_ca_cert = str(Path(cluster.dir) / "ca.crt")
         configuration.cert_file, configuration.key_file = str(tmp_path / "nobody.crt"), str(tmp_path / "nobody.key")
         async with client.ApiClient(configuration) as api:
-            with pytest.raises(CaError, match="403 Forbidden; the control plane needs get and create on secrets in "
-                                              "namespace istio-system"):
+            with pytest.raises(
+                CaError,
+                match="403 Forbidden; the control plane needs get and create on secrets in namespace istio-system",
+            ):
                 await load_cluster_ca(api, tmp_path / "ca", namespace="istio-system")
+
     asyncio.run(asyncio.wait_for(test(), TIMEOUT))

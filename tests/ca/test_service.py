@@ -43,17 +43,21 @@ class Ca:
     async def request(self, identity: str, *, token: str | None = None, ttl: int = 0, **kw) -> list[bytes]:
         token = token or self.tokens.issue("default", "productpage", "productpage-v1-0")
         _, csr = new_key_and_csr(identity)
-        return await request_certificate(self.address, root_pem=self.root_pem, token=token, csr_pem=csr,
-                                         ttl_seconds=ttl, **kw)
+        return await request_certificate(
+            self.address, root_pem=self.root_pem, token=token, csr_pem=csr, ttl_seconds=ttl, **kw
+        )
 
     async def status_of(self, metadata: tuple, identity: str = PRODUCTPAGE) -> grpc.StatusCode:
         """The status of a raw call with this metadata (no client-side mapping of errors)."""
         credentials = grpc.ssl_channel_credentials(root_certificates=self.root_pem)
-        async with grpc.aio.secure_channel(self.address, credentials, options=[
-                ("grpc.ssl_target_name_override", "istiod.istio-system.svc")]) as channel:
-            call = channel.unary_unary(wire.METHOD_PATH,
-                                       request_serializer=wire.IstioCertificateRequest.SerializeToString,
-                                       response_deserializer=wire.IstioCertificateResponse.FromString)
+        async with grpc.aio.secure_channel(
+            self.address, credentials, options=[("grpc.ssl_target_name_override", "istiod.istio-system.svc")]
+        ) as channel:
+            call = channel.unary_unary(
+                wire.METHOD_PATH,
+                request_serializer=wire.IstioCertificateRequest.SerializeToString,
+                response_deserializer=wire.IstioCertificateResponse.FromString,
+            )
             request = wire.IstioCertificateRequest(csr=new_key_and_csr(identity)[1].decode())
             with pytest.raises(grpc.aio.AioRpcError) as error:
                 await call(request, metadata=metadata, timeout=10)
@@ -71,6 +75,7 @@ def scenario(authority, tokens, test, **serve):
             await test(Ca(authority, tokens, f"127.0.0.1:{server.bound_port}", registry))
         finally:
             await server.stop(0)
+
     asyncio.run(asyncio.wait_for(run(), TIMEOUT))
 
 
@@ -86,20 +91,22 @@ def test_a_pod_gets_a_certificate_for_its_own_identity(authority, tokens):
         short = x509.load_pem_x509_certificate((await ca.request(PRODUCTPAGE, ttl=600))[0])
         assert short.not_valid_after_utc - short.not_valid_before_utc == datetime.timedelta(seconds=660)
         assert ca.count("plait_ca_certificates_issued_total") == 2
+
     scenario(authority, tokens, test)
 
 
 def test_a_pod_asking_for_another_identity_is_refused_and_logged(authority, tokens, caplog):
     async def test(ca: Ca):
-        with (caplog.at_level(logging.WARNING, logger="plait.ca.service"),
-              pytest.raises(CertificateRefused, match=f"asks for URI:{REVIEWS}; this caller may only have "
-                                                      f"{PRODUCTPAGE}")):
+        with (
+            caplog.at_level(logging.WARNING, logger="plait.ca.service"),
+            pytest.raises(CertificateRefused, match=f"asks for URI:{REVIEWS}; this caller may only have {PRODUCTPAGE}"),
+        ):
             await ca.request(REVIEWS)
         token = ca.tokens.issue("default", "productpage", "productpage-v1-0")
-        assert await ca.status_of((("authorization", f"Bearer {token}"),), REVIEWS) == \
-            grpc.StatusCode.PERMISSION_DENIED
+        assert await ca.status_of((("authorization", f"Bearer {token}"),), REVIEWS) == grpc.StatusCode.PERMISSION_DENIED
         assert ca.count("plait_ca_requests_refused_total", reason="wrong_identity") == 2
         assert ca.count("plait_ca_certificates_issued_total") == 0
+
     scenario(authority, tokens, test)
     refusal = caplog.records[0]
     assert refusal.levelno == logging.WARNING
@@ -123,6 +130,7 @@ def test_callers_without_a_valid_token_are_unauthenticated(authority, tokens, tm
         with pytest.raises(CertificateRefused, match="invalid token: expired"):
             await ca.request(PRODUCTPAGE, token=expired)
         assert ca.count("plait_ca_requests_refused_total", reason="unauthenticated") == 5
+
     scenario(authority, tokens, test)
 
 
@@ -133,6 +141,7 @@ def test_lifetime_limits(authority, tokens):
         leaf = x509.load_pem_x509_certificate((await ca.request(PRODUCTPAGE))[0])
         assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == datetime.timedelta(seconds=660)
         assert ca.count("plait_ca_requests_refused_total", reason="ttl") == 1
+
     scenario(authority, tokens, test, default_ttl=600, max_ttl=7200)
 
 
@@ -144,6 +153,7 @@ def test_the_client_checks_the_cas_name_and_root(authority, tokens, tmp_path):
         ca.root_pem = pem(other_root)
         with pytest.raises(CaUnavailable, match="UNAVAILABLE"):
             await ca.request(PRODUCTPAGE, timeout=5)
+
     scenario(authority, tokens, test)
 
 
@@ -151,12 +161,20 @@ def test_no_ca_listening_is_unavailable(authority):
     async def test():
         _, csr = new_key_and_csr(PRODUCTPAGE)
         with pytest.raises(CaUnavailable, match="UNAVAILABLE|DEADLINE_EXCEEDED"):
-            await request_certificate(f"127.0.0.1:{free_port()}", root_pem=pem(authority.root), token="t",
-                                      csr_pem=csr, ttl_seconds=0, timeout=3)
+            await request_certificate(
+                f"127.0.0.1:{free_port()}",
+                root_pem=pem(authority.root),
+                token="t",
+                csr_pem=csr,
+                ttl_seconds=0,
+                timeout=3,
+            )
+
     asyncio.run(test())
 
 
 # ------------------------------------------------------------------ the ADS check (--xds-auth strict)
+
 
 def test_ads_authenticator(tokens):
     registry = CollectorRegistry()
@@ -165,8 +183,9 @@ def test_ads_authenticator(tokens):
     def authenticate(metadata, node):
         return asyncio.run(check(metadata, node))
 
-    proxy = Proxy(kind="sidecar", ip="127.0.0.1", name="productpage-v1", namespace="default",
-                  service_account="productpage")
+    proxy = Proxy(
+        kind="sidecar", ip="127.0.0.1", name="productpage-v1", namespace="default", service_account="productpage"
+    )
     node = make_node(proxy)
 
     def bearer(namespace: str, service_account: str) -> dict[str, str]:

@@ -38,10 +38,17 @@ def test_issue_and_verify(issuer):
     token = issuer.issue("default", "bookinfo-productpage", "productpage-v1-0", ttl_seconds=3600, now=NOW)
     assert issuer.verify(token, now=NOW + 10) == TokenIdentity("default", "bookinfo-productpage", "productpage-v1-0")
     assert claims_of(token) == {
-        "iss": "plait/local", "sub": "system:serviceaccount:default:bookinfo-productpage", "aud": ["istio-ca"],
-        "iat": NOW, "exp": NOW + 3600,
-        "kubernetes.io": {"namespace": "default", "serviceaccount": {"name": "bookinfo-productpage"},
-                          "pod": {"name": "productpage-v1-0"}}}
+        "iss": "plait/local",
+        "sub": "system:serviceaccount:default:bookinfo-productpage",
+        "aud": ["istio-ca"],
+        "iat": NOW,
+        "exp": NOW + 3600,
+        "kubernetes.io": {
+            "namespace": "default",
+            "serviceaccount": {"name": "bookinfo-productpage"},
+            "pod": {"name": "productpage-v1-0"},
+        },
+    }
 
 
 def test_default_lifetime_is_a_year(issuer):
@@ -49,14 +56,29 @@ def test_default_lifetime_is_a_year(issuer):
     assert claims["exp"] - claims["iat"] == 365 * 86400
 
 
-@pytest.mark.parametrize("alter, reason", [
-    (lambda t: with_claims(t, **{"kubernetes.io": {"namespace": "default", "serviceaccount": {"name": "reviews"},
-                                                   "pod": {"name": "x"}}}), "bad signature"),
-    (lambda t: t[:-2] + ("AA" if t[-2:] != "AA" else "BB"), "bad signature"),
-    (lambda t: t.rsplit(".", 1)[0], "not a JWT"),
-    (lambda t: "***." + t.split(".", 1)[1], "not a JWT"),
-    (lambda t: "", "not a JWT"),
-], ids=["claims-changed", "signature-changed", "no-signature", "bad-base64", "empty"])
+@pytest.mark.parametrize(
+    "alter, reason",
+    [
+        (
+            lambda t: with_claims(
+                t,
+                **{
+                    "kubernetes.io": {
+                        "namespace": "default",
+                        "serviceaccount": {"name": "reviews"},
+                        "pod": {"name": "x"},
+                    }
+                },
+            ),
+            "bad signature",
+        ),
+        (lambda t: t[:-2] + ("AA" if t[-2:] != "AA" else "BB"), "bad signature"),
+        (lambda t: t.rsplit(".", 1)[0], "not a JWT"),
+        (lambda t: "***." + t.split(".", 1)[1], "not a JWT"),
+        (lambda t: "", "not a JWT"),
+    ],
+    ids=["claims-changed", "signature-changed", "no-signature", "bad-base64", "empty"],
+)
 def test_altered_tokens_are_refused(issuer, alter, reason):
     token = issuer.issue("default", "productpage", "productpage-v1-0", now=NOW)
     with pytest.raises(InvalidToken, match=reason):
@@ -85,8 +107,9 @@ def test_wrong_audience_and_algorithm():
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
     header = b64(b'{"alg":"HS256","typ":"JWT"}')
-    payload = b64(json.dumps(claims_of(issuer.issue("default", "productpage", "p", now=NOW))
-                             | {"aud": ["kubernetes"]}).encode())
+    payload = b64(
+        json.dumps(claims_of(issuer.issue("default", "productpage", "p", now=NOW)) | {"aud": ["kubernetes"]}).encode()
+    )
     signature = b64(hmac.new(key, f"{header}.{payload}".encode(), hashlib.sha256).digest())
     with pytest.raises(InvalidToken, match="wrong audience"):
         issuer.verify(f"{header}.{payload}.{signature}", now=NOW)
@@ -125,6 +148,7 @@ def test_bearer_token():
 
 # ------------------------------------------------------------------ wire
 
+
 def test_wire_messages_round_trip_with_istios_field_numbers():
     request = wire.IstioCertificateRequest(csr="-----BEGIN CERTIFICATE REQUEST-----", validity_duration=86400)
     request.metadata.update({"WorkloadName": "productpage-v1"})
@@ -139,5 +163,8 @@ def test_wire_messages_round_trip_with_istios_field_numbers():
     response = wire.IstioCertificateResponse(cert_chain=["leaf", "intermediate", "root"])
     assert response.SerializeToString() == b"\n\x04leaf\n\x0cintermediate\n\x04root"
     assert list(wire.IstioCertificateResponse.FromString(response.SerializeToString()).cert_chain) == [
-        "leaf", "intermediate", "root"]
+        "leaf",
+        "intermediate",
+        "root",
+    ]
     assert wire.METHOD_PATH == "/istio.v1.auth.IstioCertificateService/CreateCertificate"

@@ -20,17 +20,29 @@ runner = CliRunner()
 
 
 def explain(*args: str, sample: str = "virtual-service-reviews-jason-v2-v3.yaml"):
-    files = ["services.yaml", "networking/bookinfo-gateway.yaml", "networking/destination-rule-all.yaml",
-             f"networking/{sample}"]
+    files = [
+        "services.yaml",
+        "networking/bookinfo-gateway.yaml",
+        "networking/destination-rule-all.yaml",
+        f"networking/{sample}",
+    ]
     return runner.invoke(app, ["explain", *[a for f in files for a in ("-f", str(BOOKINFO / f))], *args])
 
 
 def test_explain_names_the_listener_route_cluster_and_endpoint() -> None:
     result = explain("--from", "productpage-v1", "--url", "http://reviews:9080/reviews/0", "-H", "end-user: jason")
     assert result.exit_code == 0, result.output
-    for expected in ("0.0.0.0_9080", "reviews.default.svc.cluster.local:9080", "VirtualService default/reviews",
-                     "http[0].match[0]", "outbound|9080|v2|reviews.default.svc.cluster.local",
-                     "10.244.0.14:9080", "default/reviews-v2", "version=v2", "retries"):
+    for expected in (
+        "0.0.0.0_9080",
+        "reviews.default.svc.cluster.local:9080",
+        "VirtualService default/reviews",
+        "http[0].match[0]",
+        "outbound|9080|v2|reviews.default.svc.cluster.local",
+        "10.244.0.14:9080",
+        "default/reviews-v2",
+        "version=v2",
+        "retries",
+    ):
         assert expected in result.output, expected
 
 
@@ -42,12 +54,20 @@ def test_explain_without_the_header_shows_the_skipped_rule_and_v3() -> None:
 
 
 def test_explain_shows_weights_and_faults() -> None:
-    split = explain("--from", "productpage-v1", "--url", "http://reviews:9080/",
-                    sample="virtual-service-reviews-80-20.yaml")
+    split = explain(
+        "--from", "productpage-v1", "--url", "http://reviews:9080/", sample="virtual-service-reviews-80-20.yaml"
+    )
     assert "outbound|9080|v1|reviews.default.svc.cluster.local  80%" in split.output
     assert "outbound|9080|v2|reviews.default.svc.cluster.local  20%" in split.output
-    delay = explain("--from", "reviews-v2", "--url", "http://ratings:9080/ratings/0", "-H", "end-user: jason",
-                    sample="virtual-service-ratings-test-delay.yaml")
+    delay = explain(
+        "--from",
+        "reviews-v2",
+        "--url",
+        "http://ratings:9080/ratings/0",
+        "-H",
+        "end-user: jason",
+        sample="virtual-service-ratings-test-delay.yaml",
+    )
     assert "delay 7s (100%)" in delay.output and "VirtualService default/ratings" in delay.output
 
 
@@ -84,11 +104,21 @@ def test_demo_bookinfo_explains_every_task() -> None:
     result = runner.invoke(app, ["demo", "bookinfo", "--explain"])
     elapsed = time.monotonic() - started
     assert result.exit_code == 0, result.output
-    for expected in ("No VirtualService", "virtual-service-all-v1.yaml", "virtual-service-reviews-test-v2.yaml",
-                     "virtual-service-reviews-jason-v2-v3.yaml", "virtual-service-reviews-80-20.yaml",
-                     "virtual-service-ratings-test-delay.yaml", "virtual-service-ratings-test-abort.yaml",
-                     "reviews v1, v2, v3", "reviews v1 80%, v2 20%", "delay 7s (100%)", "abort 500 (100%)",
-                     "bookinfo http[0].match[0]", "404 no route (NR)"):
+    for expected in (
+        "No VirtualService",
+        "virtual-service-all-v1.yaml",
+        "virtual-service-reviews-test-v2.yaml",
+        "virtual-service-reviews-jason-v2-v3.yaml",
+        "virtual-service-reviews-80-20.yaml",
+        "virtual-service-ratings-test-delay.yaml",
+        "virtual-service-ratings-test-abort.yaml",
+        "reviews v1, v2, v3",
+        "reviews v1 80%, v2 20%",
+        "delay 7s (100%)",
+        "abort 500 (100%)",
+        "bookinfo http[0].match[0]",
+        "404 no route (NR)",
+    ):
         assert expected in result.output, expected
     last = result.output.strip().splitlines()[-1]
     assert "plait explain" in last and "--from productpage-v1" in last and "end-user: jason" in last
@@ -105,13 +135,20 @@ def test_demo_tables_say_where_jason_lands() -> None:
 def test_the_installed_command_runs_the_demo_and_its_hint() -> None:
     plait = Path(sys.executable).parent / "plait"
     repo = BOOKINFO.parents[3]
-    demo = subprocess.run([str(plait), "demo", "bookinfo", "--explain"], capture_output=True, text=True, timeout=120,
-                          check=False, cwd=repo)
+    demo = subprocess.run(
+        [str(plait), "demo", "bookinfo", "--explain"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=repo,
+    )
     assert demo.returncode == 0, demo.stderr
     hint = demo.stdout.strip().splitlines()[-1].strip()
     assert hint.startswith("plait explain ")
-    again = subprocess.run([str(plait), *shlex.split(hint)[1:]], capture_output=True, text=True, timeout=120,
-                           check=False, cwd=repo)
+    again = subprocess.run(
+        [str(plait), *shlex.split(hint)[1:]], capture_output=True, text=True, timeout=120, check=False, cwd=repo
+    )
     assert again.returncode == 0, again.stderr
     assert "outbound|9080|v2|reviews.default.svc.cluster.local" in again.stdout
 
@@ -187,12 +224,18 @@ spec:
 def secured_mesh(directory: Path) -> list[str]:
     """Bookinfo whose workloads have sidecars with certificates (tlsMode label), plus AUTHZ_POLICIES."""
     services = (BOOKINFO / "services.yaml").read_text()
-    services = re.sub(r"labels: \{app: (\w+), version: (v\d)\}",
-                      r"labels: {app: \1, version: \2, security.istio.io/tlsMode: istio}", services)
+    services = re.sub(
+        r"labels: \{app: (\w+), version: (v\d)\}",
+        r"labels: {app: \1, version: \2, security.istio.io/tlsMode: istio}",
+        services,
+    )
     (directory / "services.yaml").write_text(services)
     (directory / "security.yaml").write_text(AUTHZ_POLICIES)
-    files = [directory, BOOKINFO / "networking" / "bookinfo-gateway.yaml",
-             BOOKINFO / "networking" / "destination-rule-all.yaml"]
+    files = [
+        directory,
+        BOOKINFO / "networking" / "bookinfo-gateway.yaml",
+        BOOKINFO / "networking" / "destination-rule-all.yaml",
+    ]
     return [a for f in files for a in ("-f", str(f))]
 
 
@@ -204,40 +247,56 @@ def unsigned_token(**claims) -> str:
 
 
 def test_explain_names_the_allow_policy_and_the_field_that_matched(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["explain", *secured_mesh(tmp_path), "--from", "productpage-v1",
-                                 "--url", "http://reviews:9080/reviews/0"])
+    result = runner.invoke(
+        app, ["explain", *secured_mesh(tmp_path), "--from", "productpage-v1", "--url", "http://reviews:9080/reviews/0"]
+    )
     assert result.exit_code == 0, result.output
     for expected in (
-            "authorization at default/reviews-v1, default/reviews-v2, default/reviews-v3",
-            "filter chain inbound|9080|mtls",
-            "source        spiffe://cluster.local/ns/default/sa/bookinfo-productpage (mTLS), 10.244.0.16",
-            "no DENY policy matched (DENY policies: default/deny-delete)",
-            "→ ALLOWED by default/allow-productpage rules[0] (from[0].source.principals matched "
-            "spiffe://cluster.local/ns/default/sa/bookinfo-productpage; to[0].operation.methods matched GET)"):
+        "authorization at default/reviews-v1, default/reviews-v2, default/reviews-v3",
+        "filter chain inbound|9080|mtls",
+        "source        spiffe://cluster.local/ns/default/sa/bookinfo-productpage (mTLS), 10.244.0.16",
+        "no DENY policy matched (DENY policies: default/deny-delete)",
+        "→ ALLOWED by default/allow-productpage rules[0] (from[0].source.principals matched "
+        "spiffe://cluster.local/ns/default/sa/bookinfo-productpage; to[0].operation.methods matched GET)",
+    ):
         assert expected in result.output, expected
     assert "→ lands on" in result.output
 
 
 def test_explain_a_request_no_allow_policy_lets_through(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["explain", *secured_mesh(tmp_path), "--from", "ratings-v1",
-                                 "--url", "http://reviews:9080/reviews/0"])
+    result = runner.invoke(
+        app, ["explain", *secured_mesh(tmp_path), "--from", "ratings-v1", "--url", "http://reviews:9080/reviews/0"]
+    )
     assert result.exit_code == 0, result.output
     for expected in (
-            "→ lands on",  # the client's sidecar forwards it; the destination's refuses it
-            "default/allow-productpage rules[0]: from[0].source.principals did not match "
-            "spiffe://cluster.local/ns/default/sa/bookinfo-ratings",
-            "→ DENIED: no ALLOW policy matched (policies in force: default/allow-productpage)",
-            "→ 403: default/reviews-v1 (and 2 more): DENIED: no ALLOW policy matched"):
+        "→ lands on",  # the client's sidecar forwards it; the destination's refuses it
+        "default/allow-productpage rules[0]: from[0].source.principals did not match "
+        "spiffe://cluster.local/ns/default/sa/bookinfo-ratings",
+        "→ DENIED: no ALLOW policy matched (policies in force: default/allow-productpage)",
+        "→ 403: default/reviews-v1 (and 2 more): DENIED: no ALLOW policy matched",
+    ):
         assert expected in result.output, expected
 
 
 def test_explain_a_deny_policy_and_an_assumed_identity(tmp_path: Path) -> None:
     args = [*secured_mesh(tmp_path), "--from", "ratings-v1", "--url", "http://reviews:9080/reviews/0"]
-    delete = runner.invoke(app, ["explain", *args, "-X", "DELETE",
-                                 "--source-principal", "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"])
-    assert "DENIED by DENY policy default/deny-delete rules[0] (to[0].operation.methods matched DELETE)" in delete.output
-    assumed = runner.invoke(app, ["explain", *args, "--source-principal",
-                                  "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"])
+    delete = runner.invoke(
+        app,
+        [
+            "explain",
+            *args,
+            "-X",
+            "DELETE",
+            "--source-principal",
+            "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+        ],
+    )
+    assert (
+        "DENIED by DENY policy default/deny-delete rules[0] (to[0].operation.methods matched DELETE)" in delete.output
+    )
+    assumed = runner.invoke(
+        app, ["explain", *args, "--source-principal", "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"]
+    )
     assert "→ ALLOWED by default/allow-productpage rules[0]" in assumed.output
 
 
@@ -249,11 +308,15 @@ def test_explain_jwt_outcomes(tmp_path: Path) -> None:
     assert "→ 403: default/ratings-v1: DENIED: no ALLOW policy matched" in missing.output
     token = unsigned_token(iss="https://issuer.example.com", sub="alice", exp=int(time.time()) + 600)
     valid = runner.invoke(app, [*args, "-H", f"Authorization: Bearer {token}"])
-    assert ("token from issuer https://issuer.example.com (https://issuer.example.com/alice) in the header "
-            "authorization, accepted if its signature is good; its signature is not checked here: Envoy verifies "
-            "it against the keys at https://issuer.example.com/jwks.json") in valid.output
-    assert ("→ ALLOWED by default/ratings-needs-jwt rules[0] (from[0].source.requestPrincipals matched "
-            "https://issuer.example.com/alice)") in valid.output
+    assert (
+        "token from issuer https://issuer.example.com (https://issuer.example.com/alice) in the header "
+        "authorization, accepted if its signature is good; its signature is not checked here: Envoy verifies "
+        "it against the keys at https://issuer.example.com/jwks.json"
+    ) in valid.output
+    assert (
+        "→ ALLOWED by default/ratings-needs-jwt rules[0] (from[0].source.requestPrincipals matched "
+        "https://issuer.example.com/alice)"
+    ) in valid.output
     expired = unsigned_token(iss="https://issuer.example.com", sub="alice", exp=int(time.time()) - 3600)
     rejected = runner.invoke(app, [*args, "-H", f"Authorization: Bearer {expired}"])
     assert "→ UNAUTHENTICATED: 401 Jwt is expired" in rejected.output
@@ -261,8 +324,14 @@ def test_explain_jwt_outcomes(tmp_path: Path) -> None:
 
 
 def test_explain_a_gateway_policy_on_the_outside_client(tmp_path: Path) -> None:
-    args = ["explain", *secured_mesh(tmp_path), "--from", "istio-ingressgateway",
-            "--url", "http://bookinfo.example.com/productpage"]
+    args = [
+        "explain",
+        *secured_mesh(tmp_path),
+        "--from",
+        "istio-ingressgateway",
+        "--url",
+        "http://bookinfo.example.com/productpage",
+    ]
     stranger = runner.invoke(app, [*args, "--source-ip", "198.51.100.4"])
     assert "authorization at istio-system/istio-ingressgateway (gateway)" in stranger.output
     assert "from[0].source.remoteIpBlocks did not match 198.51.100.4" in stranger.output
@@ -271,4 +340,5 @@ def test_explain_a_gateway_policy_on_the_outside_client(tmp_path: Path) -> None:
     data = json.loads(partner.stdout)
     assert data["status"] is None and data["summary"] == "outbound|9080||productpage.default.svc.cluster.local"
     assert data["authorization"][0]["summary"].startswith(
-        "ALLOWED by istio-system/ingress-from-partners rules[0] (from[0].source.remoteIpBlocks matched 203.0.113.8)")
+        "ALLOWED by istio-system/ingress-from-partners rules[0] (from[0].source.remoteIpBlocks matched 203.0.113.8)"
+    )

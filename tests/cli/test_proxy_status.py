@@ -15,15 +15,20 @@ GATEWAY_ID = "router~10.244.0.1~istio-ingressgateway.istio-system~istio-system.s
 
 
 def status(proxy_id: str, name: str | None, namespace: str | None) -> dict:
-    return {"proxy_id": proxy_id, "envoy_version": "1.40.0",
-            "types": {t: {"state": "SYNCED"} for t in proxies.TYPES},
-            "proxy": {"kind": "sidecar", "name": name, "namespace": namespace}}
+    return {
+        "proxy_id": proxy_id,
+        "envoy_version": "1.40.0",
+        "types": {t: {"state": "SYNCED"} for t in proxies.TYPES},
+        "proxy": {"kind": "sidecar", "name": name, "namespace": namespace},
+    }
 
 
-STATUSES = [status(SIDECAR_ID, "productpage-v1-0", "default"),
-            status(GATEWAY_ID, "istio-ingressgateway", "istio-system"),
-            status("sidecar~10.244.0.6~reviews-v1-0.shop~shop.svc.cluster.local", "reviews-v1-0", "shop"),
-            status("sidecar~10.244.0.7~reviews-v1-0.other~other.svc.cluster.local", "reviews-v1-0", "other")]
+STATUSES = [
+    status(SIDECAR_ID, "productpage-v1-0", "default"),
+    status(GATEWAY_ID, "istio-ingressgateway", "istio-system"),
+    status("sidecar~10.244.0.6~reviews-v1-0.shop~shop.svc.cluster.local", "reviews-v1-0", "shop"),
+    status("sidecar~10.244.0.7~reviews-v1-0.other~other.svc.cluster.local", "reviews-v1-0", "other"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -40,8 +45,12 @@ def test_proxies_are_named_pod_dot_namespace() -> None:
     code, text = run("proxy-status")
     assert code == 0, text
     rows = [line.split() for line in text.splitlines()[1:]]
-    assert [row[0] for row in rows] == ["istio-ingressgateway.istio-system", "productpage-v1-0.default",
-                                        "reviews-v1-0.other", "reviews-v1-0.shop"]
+    assert [row[0] for row in rows] == [
+        "istio-ingressgateway.istio-system",
+        "productpage-v1-0.default",
+        "reviews-v1-0.other",
+        "reviews-v1-0.shop",
+    ]
     assert all(row[1:5] == ["SYNCED"] * 4 for row in rows)
     assert "~" not in text
 

@@ -38,8 +38,13 @@ FORGED = TokenIssuer(b"x" * 32).issue("default", "reviews", "reviews-v1-abc")
 
 
 def workload(service_account: str, address: str = "127.0.0.3") -> dict:
-    return {"address": address, "labels": {"app": "reviews"}, "ports": {"http": 9080},
-            "serviceAccount": service_account, "ready": True}
+    return {
+        "address": address,
+        "labels": {"app": "reviews"},
+        "ports": {"http": 9080},
+        "serviceAccount": service_account,
+        "ready": True,
+    }
 
 
 class Served:
@@ -48,13 +53,23 @@ class Served:
     def __init__(self, api: Api, urls: dict[str, str]):
         self.api, self.urls = api, urls
 
-    async def call(self, method: str, path: str, *, source: str = "127.0.0.3", token: str | None = None,
-                   body: str | dict | None = None, server: str = "127.0.0.2") -> tuple[int, str]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        source: str = "127.0.0.3",
+        token: str | None = None,
+        body: str | dict | None = None,
+        server: str = "127.0.0.2",
+    ) -> tuple[int, str]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         data = json.dumps(body) if isinstance(body, dict) else body
         connector = aiohttp.TCPConnector(local_addr=(source, 0))
-        async with (aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session,
-                    session.request(method, self.urls[server] + path, data=data, headers=headers) as resp):
+        async with (
+            aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.request(method, self.urls[server] + path, data=data, headers=headers) as resp,
+        ):
             return resp.status, await resp.text()
 
     @property
@@ -93,8 +108,13 @@ def test_without_a_token_only_readiness_metrics_and_version_answer(tmp_path) -> 
     async def test(api: Served) -> None:
         for path in ("/ready", "/metrics", "/version"):
             assert (await api.call("GET", path))[0] == 200, path
-        for method, path in (("GET", "/debug/syncz"), ("GET", "/debug/config_dump?proxy=x"),
-                             ("GET", "/api/v1/config"), ("GET", "/api/v1/workloads"), ("GET", "/no/such/page")):
+        for method, path in (
+            ("GET", "/debug/syncz"),
+            ("GET", "/debug/config_dump?proxy=x"),
+            ("GET", "/api/v1/config"),
+            ("GET", "/api/v1/workloads"),
+            ("GET", "/no/such/page"),
+        ):
             status, text = await api.call(method, path)
             assert status == 401, (path, text)
             assert "run the CLI on the control plane's host" in json.loads(text)["error"]
@@ -111,8 +131,9 @@ def test_the_admin_token_opens_everything_and_a_wrong_one_nothing(tmp_path) -> N
         assert (await api.call("GET", "/debug/syncz", token=ADMIN)) == (200, "[]")
         assert (await api.call("POST", "/api/v1/config", token=ADMIN, body=VS))[0] == 200
         assert ("VirtualService", "default", "reviews") in api.api.state.store.resources
-        assert (await api.call("PUT", "/api/v1/workloads/default/reviews-v1", token=ADMIN,
-                               body=workload("reviews")))[0] == 200
+        assert (await api.call("PUT", "/api/v1/workloads/default/reviews-v1", token=ADMIN, body=workload("reviews")))[
+            0
+        ] == 200
         for wrong in (ADMIN[:-1], ADMIN + "x", REVIEWS):  # a pod's token is no admin token
             status, text = await api.call("GET", "/api/v1/config", token=wrong)
             assert status == 401 and "not it" in text
@@ -122,26 +143,33 @@ def test_the_admin_token_opens_everything_and_a_wrong_one_nothing(tmp_path) -> N
 
 def test_a_pod_token_registers_only_its_own_namespace_and_service_account(tmp_path) -> None:
     async def test(api: Served) -> None:
-        status, _ = await api.call("PUT", "/api/v1/workloads/default/reviews-v1", token=REVIEWS,
-                                   body=workload("reviews"))
+        status, _ = await api.call(
+            "PUT", "/api/v1/workloads/default/reviews-v1", token=REVIEWS, body=workload("reviews")
+        )
         assert status == 200 and api.registered == {"default/reviews-v1"}
-        assert (await api.call("PUT", "/api/v1/workloads/default/reviews-v1/ready", token=REVIEWS,
-                               body={"ready": False}))[0] == 200
+        assert (
+            await api.call("PUT", "/api/v1/workloads/default/reviews-v1/ready", token=REVIEWS, body={"ready": False})
+        )[0] == 200
 
-        status, text = await api.call("PUT", "/api/v1/workloads/default/productpage", token=REVIEWS,
-                                      body=workload("productpage"))
+        status, text = await api.call(
+            "PUT", "/api/v1/workloads/default/productpage", token=REVIEWS, body=workload("productpage")
+        )
         assert status == 403 and "service account 'reviews', not 'productpage'" in text
-        status, text = await api.call("PUT", "/api/v1/workloads/other/reviews-v1", token=REVIEWS,
-                                      body=workload("reviews"))
+        status, text = await api.call(
+            "PUT", "/api/v1/workloads/other/reviews-v1", token=REVIEWS, body=workload("reviews")
+        )
         assert status == 403 and "namespace 'default', not 'other'" in text
         assert api.registered == {"default/reviews-v1"}
 
         # a workload registered under another service account cannot be taken over, readied or removed
-        assert (await api.call("PUT", "/api/v1/workloads/default/ratings-v1", token=RATINGS,
-                               body=workload("ratings")))[0] == 200
-        for method, path, body in (("PUT", "/api/v1/workloads/default/ratings-v1", workload("reviews")),
-                                   ("PUT", "/api/v1/workloads/default/ratings-v1/ready", {"ready": False}),
-                                   ("DELETE", "/api/v1/workloads/default/ratings-v1", None)):
+        assert (await api.call("PUT", "/api/v1/workloads/default/ratings-v1", token=RATINGS, body=workload("ratings")))[
+            0
+        ] == 200
+        for method, path, body in (
+            ("PUT", "/api/v1/workloads/default/ratings-v1", workload("reviews")),
+            ("PUT", "/api/v1/workloads/default/ratings-v1/ready", {"ready": False}),
+            ("DELETE", "/api/v1/workloads/default/ratings-v1", None),
+        ):
             status, text = await api.call(method, path, token=REVIEWS, body=body)
             assert status == 403 and "'reviews', not 'ratings'" in text, (method, path)
         assert api.api.state.registry.workloads[("WorkloadEntry", "default", "ratings-v1")].ready
@@ -156,8 +184,9 @@ def test_a_pod_token_opens_nothing_but_registration_and_a_bad_one_nothing(tmp_pa
     async def test(api: Served) -> None:
         for method, path in (("GET", "/debug/syncz"), ("GET", "/api/v1/workloads"), ("POST", "/api/v1/config")):
             assert (await api.call(method, path, token=REVIEWS, body=VS))[0] == 401, path
-        status, text = await api.call("PUT", "/api/v1/workloads/default/reviews-v1", token=FORGED,
-                                      body=workload("reviews"))
+        status, text = await api.call(
+            "PUT", "/api/v1/workloads/default/reviews-v1", token=FORGED, body=workload("reviews")
+        )
         assert status == 401 and "not valid (bad signature" in text
         status, text = await api.call("PUT", "/api/v1/workloads/default/reviews-v1", body=workload("reviews"))
         assert status == 401 and "pod's token" in text
@@ -168,11 +197,13 @@ def test_a_pod_token_opens_nothing_but_registration_and_a_bad_one_nothing(tmp_pa
 
 def test_without_a_verifier_pod_tokens_are_refused(tmp_path) -> None:
     async def test(api: Served) -> None:
-        status, text = await api.call("PUT", "/api/v1/workloads/default/reviews-v1", token=REVIEWS,
-                                      body=workload("reviews"))
+        status, text = await api.call(
+            "PUT", "/api/v1/workloads/default/reviews-v1", token=REVIEWS, body=workload("reviews")
+        )
         assert status == 401 and "no token verifier" in text
-        assert (await api.call("PUT", "/api/v1/workloads/default/reviews-v1", token=ADMIN,
-                               body=workload("reviews")))[0] == 200
+        assert (await api.call("PUT", "/api/v1/workloads/default/reviews-v1", token=ADMIN, body=workload("reviews")))[
+            0
+        ] == 200
 
     run(test, tmp_path, admin_token=ADMIN)
 
@@ -182,8 +213,15 @@ def test_the_host_needs_no_token_but_a_proxy_mode_pod_address_is_not_the_host(tm
         for server in ("127.0.0.1", "127.0.0.2"):
             assert (await api.call("GET", "/debug/syncz", source="127.0.0.1", server=server))[0] == 200
             assert (await api.call("POST", "/api/v1/config", source="127.0.0.1", server=server, body=VS))[0] == 200
-            assert (await api.call("PUT", "/api/v1/workloads/default/productpage", source="127.0.0.1", server=server,
-                                   body=workload("productpage")))[0] == 200
+            assert (
+                await api.call(
+                    "PUT",
+                    "/api/v1/workloads/default/productpage",
+                    source="127.0.0.1",
+                    server=server,
+                    body=workload("productpage"),
+                )
+            )[0] == 200
         for pod in ("127.1.0.5", "127.0.0.3"):
             assert (await api.call("GET", "/debug/syncz", source=pod, server="127.0.0.1"))[0] == 401, pod
 
@@ -192,12 +230,22 @@ def test_the_host_needs_no_token_but_a_proxy_mode_pod_address_is_not_the_host(tm
 
 def test_a_pod_registers_only_the_address_it_calls_from(tmp_path) -> None:
     async def test(api: Served) -> None:
-        status, text = await api.call("PUT", "/api/v1/workloads/default/reviews-v1", token=REVIEWS, source="127.0.0.3",
-                                      body=workload("reviews", address="127.0.0.9"))
+        status, text = await api.call(
+            "PUT",
+            "/api/v1/workloads/default/reviews-v1",
+            token=REVIEWS,
+            source="127.0.0.3",
+            body=workload("reviews", address="127.0.0.9"),
+        )
         assert status == 403 and "calls from 127.0.0.3 but registers address 127.0.0.9" in text
         assert api.registered == set()
-        status, _ = await api.call("PUT", "/api/v1/workloads/default/reviews-v1", token=REVIEWS, source="127.0.0.9",
-                                   body=workload("reviews", address="127.0.0.9"))
+        status, _ = await api.call(
+            "PUT",
+            "/api/v1/workloads/default/reviews-v1",
+            token=REVIEWS,
+            source="127.0.0.9",
+            body=workload("reviews", address="127.0.0.9"),
+        )
         assert status == 200 and api.registered == {"default/reviews-v1"}
 
     run(test, tmp_path, admin_token=ADMIN, token_verifier=TOKENS.verify)
@@ -231,6 +279,7 @@ def test_the_admin_token_file_is_owner_only_and_kept_across_restarts(tmp_path) -
 def test_mesh_state_settles_only_once_a_change_is_in_the_snapshot(tmp_path) -> None:
     """/debug/syncz waits on `settled()`, so a workload registered before it asks is in what proxies
     were sent (`plait up -d` relies on this to not call a mesh ready a debounce interval too early)."""
+
     async def test() -> None:
         store = FileStore(tmp_path)
         store.load()

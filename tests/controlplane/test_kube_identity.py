@@ -54,6 +54,7 @@ def on_cluster(cluster: KubeTestenv, test) -> None:
             await test(api)
         finally:
             await api.close()
+
     asyncio.run(asyncio.wait_for(run(), TIMEOUT))
 
 
@@ -74,11 +75,13 @@ async def eventually(condition: Callable, what: str, timeout: float = 30.0):
 class Replica:
     """One control-plane replica taking part in the election; its job notes when it runs."""
 
-    def __init__(self, api, identity: str, running: dict[str, int], namespace: str, *, release: bool = False,
-                 jobs=None):
+    def __init__(
+        self, api, identity: str, running: dict[str, int], namespace: str, *, release: bool = False, jobs=None
+    ):
         self.identity = identity
-        self.election = LeaseElection(api, namespace=namespace, name="plait-leader", identity=identity, config=FAST,
-                                      release_on_stop=release)
+        self.election = LeaseElection(
+            api, namespace=namespace, name="plait-leader", identity=identity, config=FAST, release_on_stop=release
+        )
 
         async def job():
             running[identity] = running.get(identity, 0) + 1
@@ -86,6 +89,7 @@ class Replica:
                 await asyncio.Event().wait()
             finally:
                 running[identity] -= 1
+
         self.task = asyncio.create_task(self.election.run([job, *(jobs or [])]))
 
     async def stop(self) -> None:
@@ -93,8 +97,9 @@ class Replica:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
-async def watch_leaders(replicas: list[Replica], running: dict[str, int], seen: list[set[str]],
-                        stop: asyncio.Event) -> None:
+async def watch_leaders(
+    replicas: list[Replica], running: dict[str, int], seen: list[set[str]], stop: asyncio.Event
+) -> None:
     """Sample who leads and whose job runs, every 50 ms."""
     while not stop.is_set():
         leaders = {r.identity for r in replicas if r.election.leading}
@@ -132,6 +137,7 @@ def test_one_leader_and_a_takeover_when_it_dies(cluster):
         assert lease.spec.holder_identity == standby.identity and lease.spec.lease_duration_seconds == 3
         assert lease.spec.lease_transitions == 1
         await standby.stop()
+
     on_cluster(cluster, test)
 
 
@@ -150,10 +156,12 @@ def test_a_graceful_stop_hands_the_lease_over(cluster):
         await b.stop()
         lease = await client.CoordinationV1Api(api).read_namespaced_lease("plait-leader", "lease-2")
         assert lease.spec.holder_identity in ("", None) and lease.spec.lease_duration_seconds == 1
+
     on_cluster(cluster, test)
 
 
 # ------------------------------------------------------------------ the root certificate, by the leader
+
 
 async def root_in(api, namespace: str) -> str | None:
     try:
@@ -176,7 +184,9 @@ def test_the_leader_publishes_the_root_in_every_namespace_and_keeps_it_there(clu
         def publisher(root):
             async def job():
                 await publish_root_cert(api, root)
+
             return job
+
         a = Replica(api, "cp-a", running, "istio-system", jobs=[publisher(ROOT_A)])
         await eventually(lambda: a.election.leading, "a leads")
         b = Replica(api, "cp-b", running, "istio-system", jobs=[publisher(ROOT_B)])  # never leads while a lives
@@ -201,6 +211,7 @@ def test_the_leader_publishes_the_root_in_every_namespace_and_keeps_it_there(clu
         await a.stop()  # crash of the leader: b takes over and publishes its own root
         await eventually(lambda: _is(root_in(api, "shop"), ROOT_B), "the new leader's root", timeout=30)
         await b.stop()
+
     on_cluster(cluster, test)
 
 
@@ -263,11 +274,14 @@ def kubectl_apply(cluster: KubeTestenv, text: str, *extra: str) -> tuple[bool, s
 def test_kubectl_apply_of_invalid_istio_config_is_refused_with_plaits_message(cluster, istio_crds, tmp_path):
     env = cluster.env
     port = free_port()
-    context = tls_context(Path(env["KUBE_TESTENV_WEBHOOK_CERT"]).read_bytes(),
-                          Path(env["KUBE_TESTENV_WEBHOOK_KEY"]).read_bytes(), tmp_path / "tls")
-    configuration = validating_webhook_configuration(Path(env["KUBE_TESTENV_CA"]).read_bytes(),
-                                                     url=f"https://127.0.0.1:{port}/validate",
-                                                     name="istio-validator-test")
+    context = tls_context(
+        Path(env["KUBE_TESTENV_WEBHOOK_CERT"]).read_bytes(),
+        Path(env["KUBE_TESTENV_WEBHOOK_KEY"]).read_bytes(),
+        tmp_path / "tls",
+    )
+    configuration = validating_webhook_configuration(
+        Path(env["KUBE_TESTENV_CA"]).read_bytes(), url=f"https://127.0.0.1:{port}/validate", name="istio-validator-test"
+    )
 
     async def test(api):
         runner = await serve_webhook(context, "127.0.0.1", port)
@@ -277,22 +291,31 @@ def test_kubectl_apply_of_invalid_istio_config_is_refused_with_plaits_message(cl
             async def denied():  # the API server picks the configuration up shortly after it is stored
                 ok, _ = await asyncio.to_thread(kubectl_apply, cluster, INVALID_VS, "--dry-run=server")
                 return not ok
+
             await eventually(denied, "the webhook is called")
 
             ok, message = await asyncio.to_thread(kubectl_apply, cluster, INVALID_VS)
             assert not ok
-            assert ('admission webhook "validation.istio.io" denied the request: configuration is invalid: '
-                    "VirtualService shop/reviews: spec.http[0].timeout: '5 seconds' is not a duration") in message
+            assert (
+                'admission webhook "validation.istio.io" denied the request: configuration is invalid: '
+                "VirtualService shop/reviews: spec.http[0].timeout: '5 seconds' is not a duration"
+            ) in message
             assert "not found" in await asyncio.to_thread(_get_error, cluster, "virtualservice", "reviews")
 
             ok, message = await asyncio.to_thread(kubectl_apply, cluster, INVALID_AP)  # the CRD's schema lets it in
-            assert not ok and ("AuthorizationPolicy shop/ratings: spec.rules[0].from[0].source: a source needs at "
-                               "least one field") in message
+            assert (
+                not ok
+                and (
+                    "AuthorizationPolicy shop/ratings: spec.rules[0].from[0].source: a source needs at least one field"
+                )
+                in message
+            )
 
             ok, message = await asyncio.to_thread(kubectl_apply, cluster, VALID_VS)
             assert ok, message
-            stored = yaml.safe_load(await asyncio.to_thread(cluster.kubectl, "get", "-n", "shop", "virtualservice",
-                                                            "reviews", "-o", "yaml"))
+            stored = yaml.safe_load(
+                await asyncio.to_thread(cluster.kubectl, "get", "-n", "shop", "virtualservice", "reviews", "-o", "yaml")
+            )
             assert stored["spec"]["http"][0]["timeout"] == "5s"
             ok, message = await asyncio.to_thread(kubectl_apply, cluster, INVALID_VS)  # an UPDATE is checked too
             assert not ok and "is not a duration" in message
@@ -308,6 +331,7 @@ def test_kubectl_apply_of_invalid_istio_config_is_refused_with_plaits_message(cl
         ok, message = await asyncio.to_thread(kubectl_apply, cluster, TELEMETRY.replace("mesh-default", "other"))
         assert ok, message
         await asyncio.to_thread(cluster.kubectl, "delete", "validatingwebhookconfiguration", "istio-validator-test")
+
     on_cluster(cluster, test)
     assert base64.b64decode(configuration["webhooks"][0]["clientConfig"]["caBundle"]).startswith(b"-----BEGIN")
 
@@ -321,21 +345,33 @@ def _get_error(cluster: KubeTestenv, kind: str, name: str) -> str:
 
 # ------------------------------------------------------------------ all of it in the control plane
 
+
 def test_the_control_plane_on_a_cluster_does_all_of_it(cluster, istio_crds, tmp_path):
     """`plait control-plane` against the cluster: its CA from istio-ca-secret, a pod's certificate
     through TokenReview over TLS, the root in every namespace, the Lease, and the webhook whose
     caBundle the leader sets to the mesh's root, so that the API server calls it."""
     webhook_port = free_port()
-    settings = Settings(config_dir=tmp_path / "mesh", host="127.0.0.1", xds_port=free_port(), http_port=free_port(),
-                        ca_port=free_port(), state_dir=tmp_path / "state", kubernetes=True,
-                        kubeconfig=cluster.kubeconfig,
-                        cluster=ClusterSettings(namespace="istio-system", identity="istiod-0", election=FAST,
-                                                webhook_port=webhook_port,
-                                                webhook_configuration="istio-validator-plait"))
+    settings = Settings(
+        config_dir=tmp_path / "mesh",
+        host="127.0.0.1",
+        xds_port=free_port(),
+        http_port=free_port(),
+        ca_port=free_port(),
+        state_dir=tmp_path / "state",
+        kubernetes=True,
+        kubeconfig=cluster.kubeconfig,
+        cluster=ClusterSettings(
+            namespace="istio-system",
+            identity="istiod-0",
+            election=FAST,
+            webhook_port=webhook_port,
+            webhook_configuration="istio-validator-plait",
+        ),
+    )
     (tmp_path / "mesh").mkdir()
-    configuration = validating_webhook_configuration(b"not yet the mesh's root",
-                                                     url=f"https://localhost:{webhook_port}/validate",
-                                                     name="istio-validator-plait")
+    configuration = validating_webhook_configuration(
+        b"not yet the mesh's root", url=f"https://localhost:{webhook_port}/validate", name="istio-validator-plait"
+    )
 
     async def test(api):
         core = client.CoreV1Api(api)
@@ -354,20 +390,23 @@ def test_the_control_plane_on_a_cluster_does_all_of_it(cluster, istio_crds, tmp_
             async def denied():
                 ok, _ = await asyncio.to_thread(kubectl_apply, cluster, INVALID_VS, "--dry-run=server")
                 return not ok
+
             await eventually(denied, "the API server calls the webhook, trusting the root as caBundle")
             ok, message = await asyncio.to_thread(kubectl_apply, cluster, INVALID_VS, "--dry-run=server")
             assert "VirtualService shop/reviews: spec.http[0].timeout: '5 seconds' is not a duration" in message
 
             identity = "spiffe://cluster.local/ns/shop/sa/bookinfo-reviews"
             _, csr = new_key_and_csr(identity)
-            chain = await request_certificate(f"127.0.0.1:{settings.ca_port}", root_pem=root, token=token,
-                                              csr_pem=csr, ttl_seconds=3600, timeout=20)
+            chain = await request_certificate(
+                f"127.0.0.1:{settings.ca_port}", root_pem=root, token=token, csr_pem=csr, ttl_seconds=3600, timeout=20
+            )
             assert leaf_identity(chain, root) == identity
         finally:
             stop.set()
             await control_plane
         lease = await client.CoordinationV1Api(api).read_namespaced_lease("plait-leader", "istio-system")
         assert lease.spec.holder_identity in ("", None)  # handed over on the way out
+
     on_cluster(cluster, test)
 
 
@@ -400,17 +439,20 @@ def test_a_failing_leaders_job_is_started_again(cluster):
             if len(starts) == 1:
                 raise RuntimeError("first start fails")
             await asyncio.Event().wait()
+
         election = LeaseElection(api, namespace="lease-3", identity="cp-a", config=FAST)
         task = asyncio.create_task(election.run([flaky]))
         await eventually(lambda: len(starts) == 2, "the job started again")
         assert starts[1] - starts[0] >= FAST.retry_period and election.leading
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
     on_cluster(cluster, test)
 
 
 def test_the_control_planes_namespace_is_created_when_missing(cluster, tmp_path):
     """Run from outside the cluster, for development: its Secrets and Lease need the namespace."""
+
     async def test(api):
         settings = ClusterSettings(namespace="plait-dev", identity="laptop", election=FAST)
         identity = await ClusterIdentity.open(api, tmp_path / "state", settings)
@@ -418,6 +460,7 @@ def test_the_control_planes_namespace_is_created_when_missing(cluster, tmp_path)
         assert namespace.metadata.name == "plait-dev"
         secret = await client.CoreV1Api(api).read_namespaced_secret("istio-ca-secret", "plait-dev")
         assert base64.b64decode(secret.data["root-cert.pem"]) == pem(identity.authority.root)
+
     on_cluster(cluster, test)
 
 
@@ -430,21 +473,36 @@ def test_the_rbac_rules_given_are_all_the_duties_need(cluster, tmp_path):
         await ensure_namespace(admin, "plait-rbac")
         subject = [{"kind": "ServiceAccount", "name": "istiod", "namespace": "plait-rbac"}]
         await rbac.create_cluster_role({"metadata": {"name": "plait-rbac-test"}, "rules": list(CLUSTER_RULES)})
-        await rbac.create_cluster_role_binding({
-            "metadata": {"name": "plait-rbac-test"}, "subjects": subject,
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "plait-rbac-test"}})
-        await rbac.create_namespaced_role("plait-rbac", {"metadata": {"name": "istiod"}, "rules": list(NAMESPACE_RULES)})
-        await rbac.create_namespaced_role_binding("plait-rbac", {
-            "metadata": {"name": "istiod"}, "subjects": subject,
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "istiod"}})
-        configuration = validating_webhook_configuration(b"", url=f"https://localhost:{webhook_port}/validate",
-                                                         name="plait-rbac-validator")
+        await rbac.create_cluster_role_binding(
+            {
+                "metadata": {"name": "plait-rbac-test"},
+                "subjects": subject,
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "plait-rbac-test"},
+            }
+        )
+        await rbac.create_namespaced_role(
+            "plait-rbac", {"metadata": {"name": "istiod"}, "rules": list(NAMESPACE_RULES)}
+        )
+        await rbac.create_namespaced_role_binding(
+            "plait-rbac",
+            {
+                "metadata": {"name": "istiod"},
+                "subjects": subject,
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "istiod"},
+            },
+        )
+        configuration = validating_webhook_configuration(
+            b"", url=f"https://localhost:{webhook_port}/validate", name="plait-rbac-validator"
+        )
         await asyncio.to_thread(cluster.kubectl, "apply", "-f", "-", stdin=yaml.safe_dump(configuration))
         own_token = await pod_token(admin, "plait-rbac", "istiod", audiences=())
         pods_token = await pod_token(admin, "shop", "bookinfo-ratings")
 
-        restricted = client.Configuration(host=cluster.env["KUBE_TESTENV_SERVER"],
-                                          api_key={"BearerToken": own_token}, api_key_prefix={"BearerToken": "Bearer"})
+        restricted = client.Configuration(
+            host=cluster.env["KUBE_TESTENV_SERVER"],
+            api_key={"BearerToken": own_token},
+            api_key_prefix={"BearerToken": "Bearer"},
+        )
         restricted.ssl_ca_cert = cluster.env["KUBE_TESTENV_CA"]
         async with client.ApiClient(restricted) as api:
             with pytest.raises(ApiException) as forbidden:  # it really is restricted
@@ -452,8 +510,13 @@ def test_the_rbac_rules_given_are_all_the_duties_need(cluster, tmp_path):
             assert forbidden.value.status == 403
             assert "system:serviceaccount:plait-rbac:istiod" in str(forbidden.value.body)
             await eventually(lambda: _role_in_force(api), "the Role bound (the API server's RBAC cache)")
-            settings = ClusterSettings(namespace="plait-rbac", identity="istiod-0", election=FAST,
-                                       webhook_port=webhook_port, webhook_configuration="plait-rbac-validator")
+            settings = ClusterSettings(
+                namespace="plait-rbac",
+                identity="istiod-0",
+                election=FAST,
+                webhook_port=webhook_port,
+                webhook_configuration="plait-rbac-validator",
+            )
             identity = await ClusterIdentity.open(api, tmp_path / "state", settings)
             await identity.start("127.0.0.1", tmp_path / "state")
             try:
@@ -467,6 +530,7 @@ def test_the_rbac_rules_given_are_all_the_duties_need(cluster, tmp_path):
             finally:
                 await identity.close()
         await asyncio.to_thread(cluster.kubectl, "delete", "validatingwebhookconfiguration", "plait-rbac-validator")
+
     on_cluster(cluster, test)
 
 
@@ -485,6 +549,7 @@ async def _ca_bundle_is(api, name: str, wanted: str) -> bool:
 
 def test_a_leader_cut_off_from_the_api_server_stops_its_jobs_and_leads_again_when_it_returns(cluster):
     """Last in this module: it stops the module's API server for a while."""
+
     async def test(api):
         await ensure_namespace(api, "lease-4")
         running: dict[str, int] = {}
@@ -492,10 +557,14 @@ def test_a_leader_cut_off_from_the_api_server_stops_its_jobs_and_leads_again_whe
         await eventually(lambda: a.election.leading and running.get("cp-a") == 1, "a leads")
         await asyncio.to_thread(cluster.stop)
         try:
-            await eventually(lambda: not a.election.leading and running.get("cp-a") == 0,
-                             "a stops leading and its job once it cannot renew", timeout=30)
+            await eventually(
+                lambda: not a.election.leading and running.get("cp-a") == 0,
+                "a stops leading and its job once it cannot renew",
+                timeout=30,
+            )
         finally:
             await asyncio.to_thread(cluster.start)
         await eventually(lambda: a.election.leading and running.get("cp-a") == 1, "a leads again", timeout=60)
         await a.stop()
+
     on_cluster(cluster, test)

@@ -46,8 +46,14 @@ def attempt(elector: Elector, store: LeaseStore, now: float) -> None:
         elector.on_failed(now)
 
 
-def run(electors: list[Elector], store: LeaseStore, start: float, end: float, step: float = 1.0,
-        attempts: dict[str, bool] | None = None) -> list[tuple[float, set[str]]]:
+def run(
+    electors: list[Elector],
+    store: LeaseStore,
+    start: float,
+    end: float,
+    step: float = 1.0,
+    attempts: dict[str, bool] | None = None,
+) -> list[tuple[float, set[str]]]:
     """Each elector attempts every `retry_period` (those with attempts[id] False are crashed);
     returns who considers itself leader at each step."""
     timeline, t = [], start
@@ -158,10 +164,13 @@ def test_waits_between_attempts():
     assert a.next_attempt_in(1, jitter=0.5) == 2  # the leader renews every retry period
 
 
-@pytest.mark.parametrize(("lease", "deadline", "retry", "message"), [
-    (10, 10, 2, "lease duration must be longer"),
-    (15, 2, 2, "renew deadline must be longer"),
-])
+@pytest.mark.parametrize(
+    ("lease", "deadline", "retry", "message"),
+    [
+        (10, 10, 2, "lease duration must be longer"),
+        (15, 2, 2, "renew deadline must be longer"),
+    ],
+)
 def test_inconsistent_timings_are_refused(lease, deadline, retry, message):
     with pytest.raises(ValueError, match=message):
         ElectionConfig(lease_duration=lease, renew_deadline=deadline, retry_period=retry)

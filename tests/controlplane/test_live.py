@@ -25,28 +25,48 @@ BOOKINFO = Path(__file__).parents[2] / "src" / "plait" / "demo" / "bookinfo" / "
 CONVERGE = 10.0  # seconds a change may take to show in traffic (it takes well under one)
 
 
-
-
 def registry_yaml(net: str) -> str:
     """reviews v1/v2/v3 and ratings v1 backends as Services + WorkloadEntries; ratings has a sidecar."""
     docs = [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews"},
-         "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080, "targetPort": 8080}]}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ratings"},
-         "spec": {"selector": {"app": "ratings"}, "ports": [{"name": "http", "port": 9080}]}},
-        {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": {"name": "ratings-v1"},
-         "spec": {"address": f"{net}.21", "labels": {"app": "ratings", "version": "v1"}}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "reviews"},
+            "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080, "targetPort": 8080}]},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "ratings"},
+            "spec": {"selector": {"app": "ratings"}, "ports": [{"name": "http", "port": 9080}]},
+        },
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "WorkloadEntry",
+            "metadata": {"name": "ratings-v1"},
+            "spec": {"address": f"{net}.21", "labels": {"app": "ratings", "version": "v1"}},
+        },
     ]
     for i, version in enumerate(("v1", "v2", "v3"), start=11):
-        docs.append({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
-                     "metadata": {"name": f"reviews-{version}"},
-                     "spec": {"address": f"{net}.{i}", "labels": {"app": "reviews", "version": version}}})
+        docs.append(
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "WorkloadEntry",
+                "metadata": {"name": f"reviews-{version}"},
+                "spec": {"address": f"{net}.{i}", "labels": {"app": "reviews", "version": version}},
+            }
+        )
     return yaml.safe_dump_all(docs)
 
 
 class Mesh:
-    def __init__(self, net: str, control_plane: ControlPlaneProcess, agents: dict[str, AgentProcess],
-                 backends: dict[str, HttpBackend]):
+    def __init__(
+        self,
+        net: str,
+        control_plane: ControlPlaneProcess,
+        agents: dict[str, AgentProcess],
+        backends: dict[str, HttpBackend],
+    ):
         self.net, self.cp, self.agents, self.backends = net, control_plane, agents, backends
 
     def get(self, url: str, headers: dict | None = None):
@@ -81,8 +101,10 @@ def mesh(tmp_path_factory):
     hook = {REJECTED_ROUTE_ENV: "plait-test-rejected"}
     with loopback_subnet() as net, ControlPlaneProcess(workdir / "mesh", workdir, env=hook) as cp:
         cp.apply(registry_yaml(net))
-        backends = {f"reviews-{v}": HttpBackend(f"reviews-{v}", f"{net}.{i}", 8080)
-                    for i, v in enumerate(("v1", "v2", "v3"), start=11)}
+        backends = {
+            f"reviews-{v}": HttpBackend(f"reviews-{v}", f"{net}.{i}", 8080)
+            for i, v in enumerate(("v1", "v2", "v3"), start=11)
+        }
         backends["ratings-v1"] = HttpBackend("ratings-v1", f"{net}.121", 9080)  # the app behind its sidecar
         for b in backends.values():
             b.__enter__()
@@ -104,13 +126,29 @@ spec:
 """
         cp.apply(gateway_yaml)
         agents = {
-            "client": AgentProcess(cp, workdir, mode="proxy", name="client", ip=f"{net}.1",
-                                   labels={"app": "client"}, xds="sotw"),
-            "ratings": AgentProcess(cp, workdir, mode="proxy", name="ratings-v1", ip=f"{net}.21",
-                                    labels={"app": "ratings", "version": "v1"}, app_address=f"{net}.121",
-                                    xds="delta"),
-            "gateway": AgentProcess(cp, workdir, mode="gateway", name="ingressgateway", namespace="istio-system",
-                                    ip=f"{net}.2", labels={"istio": "ingressgateway"}, xds="delta"),
+            "client": AgentProcess(
+                cp, workdir, mode="proxy", name="client", ip=f"{net}.1", labels={"app": "client"}, xds="sotw"
+            ),
+            "ratings": AgentProcess(
+                cp,
+                workdir,
+                mode="proxy",
+                name="ratings-v1",
+                ip=f"{net}.21",
+                labels={"app": "ratings", "version": "v1"},
+                app_address=f"{net}.121",
+                xds="delta",
+            ),
+            "gateway": AgentProcess(
+                cp,
+                workdir,
+                mode="gateway",
+                name="ingressgateway",
+                namespace="istio-system",
+                ip=f"{net}.2",
+                labels={"istio": "ingressgateway"},
+                xds="delta",
+            ),
         }
         try:
             for agent in agents.values():
@@ -165,8 +203,9 @@ def test_every_proxy_is_synced_with_its_envoy_version(mesh: Mesh) -> None:
     statuses = mesh.cp.statuses()
     for agent in mesh.agents.values():
         status = statuses[agent.proxy_id]
-        assert {t: s["state"] for t, s in status["types"].items()} == dict.fromkeys(("cds", "lds", "eds", "rds"),
-                                                                                  "SYNCED")
+        assert {t: s["state"] for t, s in status["types"].items()} == dict.fromkeys(
+            ("cds", "lds", "eds", "rds"), "SYNCED"
+        )
         assert status["envoy_version"].startswith("1.")
     assert {statuses[a.proxy_id]["stream"] for a in mesh.agents.values()} == {"sotw", "delta"}
 
@@ -214,8 +253,11 @@ def test_bookinfo_samples_give_the_documented_behaviour(mesh: Mesh) -> None:
         mesh.eventually(lambda: mesh.get("http://ratings:9080/", jason).status == 500, "abort for jason")
         assert mesh.get("http://ratings:9080/").status == 200
     finally:
-        mesh.remove_sample("virtual-service-reviews-80-20.yaml", "virtual-service-ratings-test-abort.yaml",
-                           "virtual-service-ratings-test-delay.yaml")
+        mesh.remove_sample(
+            "virtual-service-reviews-80-20.yaml",
+            "virtual-service-ratings-test-abort.yaml",
+            "virtual-service-ratings-test-delay.yaml",
+        )
 
 
 def test_an_endpoint_added_and_removed_follows_eds_without_failed_requests(mesh: Mesh) -> None:
@@ -280,7 +322,9 @@ def test_proxy_status_cli_shows_every_proxy(mesh: Mesh) -> None:
     from plait.cli.main import app
 
     mesh.eventually(all_synced(mesh), "every proxy to be SYNCED")  # the previous test's last change may be on its way
-    result = CliRunner().invoke(app, ["proxy-status", "-o", "wide", "--control-plane", f"127.0.0.1:{mesh.cp.http_port}"])
+    result = CliRunner().invoke(
+        app, ["proxy-status", "-o", "wide", "--control-plane", f"127.0.0.1:{mesh.cp.http_port}"]
+    )
     assert result.exit_code == 0, result.output
     for agent in mesh.agents.values():  # named POD.NAMESPACE as istioctl names them; the node id in wide output
         row = next(row.split() for row in result.output.splitlines() if agent.proxy_id in row)
@@ -289,8 +333,10 @@ def test_proxy_status_cli_shows_every_proxy(mesh: Mesh) -> None:
 
 def test_apply_rejects_bad_config_and_changes_nothing(mesh: Mesh) -> None:
     with pytest.raises(ClientError) as rejected:
-        mesh.cp.apply("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\n"
-                      "spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}], timeout: soon}]}\n")
+        mesh.cp.apply(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\n"
+            "spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}], timeout: soon}]}\n"
+        )
     assert rejected.value.status == 400
     assert rejected.value.problems[0]["path"] == "spec.http[0].timeout"
     assert not any(i["metadata"]["name"] == "x" for i in mesh.cp.api.get("/api/v1/config")["items"])
@@ -322,9 +368,15 @@ def test_proxy_config_finds_the_envoy_through_the_control_plane(mesh: Mesh) -> N
 def test_version_and_metrics(mesh: Mesh) -> None:
     assert "control plane version: 0." in cli(mesh, "version")
     metrics = mesh.cp.api.get("/metrics")
-    for name in ("plait_xds_pushes_total", "plait_xds_push_seconds", "plait_xds_connected_proxies 3.0",
-                 "plait_xds_nacks_total", "plait_xds_convergence_seconds", "plait_snapshot_rebuilds_total",
-                 "plait_xds_refused_proxies 0.0"):
+    for name in (
+        "plait_xds_pushes_total",
+        "plait_xds_push_seconds",
+        "plait_xds_connected_proxies 3.0",
+        "plait_xds_nacks_total",
+        "plait_xds_convergence_seconds",
+        "plait_snapshot_rebuilds_total",
+        "plait_xds_refused_proxies 0.0",
+    ):
         assert name in metrics, name
     # The test hook is on, yet the production push path ran: route-only changes (deleting a VirtualService
     # above) regenerated only routes.
@@ -368,10 +420,23 @@ def test_an_agent_registers_its_workload_and_leaves_eds_before_it_stops(mesh: Me
     """`plait agent --register`: the workload joins EDS once its proxy is ready, and on SIGTERM it
     leaves every EDS while its Envoy drains — so callers see no failed request."""
     app = HttpBackend("reviews-v5", f"{mesh.net}.115", 8080)
-    agent = AgentProcess(mesh.cp, tmp_path, mode="proxy", name="reviews-v5", ip=f"{mesh.net}.15",
-                         labels={"app": "reviews", "version": "v5"}, app_address=app.address,
-                         extra=["--register", "http=8080", "--control-plane-api", f"http://127.0.0.1:{mesh.cp.http_port}",
-                                "--drain-duration", "2"])
+    agent = AgentProcess(
+        mesh.cp,
+        tmp_path,
+        mode="proxy",
+        name="reviews-v5",
+        ip=f"{mesh.net}.15",
+        labels={"app": "reviews", "version": "v5"},
+        app_address=app.address,
+        extra=[
+            "--register",
+            "http=8080",
+            "--control-plane-api",
+            f"http://127.0.0.1:{mesh.cp.http_port}",
+            "--drain-duration",
+            "2",
+        ],
+    )
     with app, Load(mesh) as load:
         agent.start()
         try:
@@ -388,6 +453,7 @@ def test_an_agent_registers_its_workload_and_leaves_eds_before_it_stops(mesh: Me
 
 # ------------------------------------------------------------------ gateway credentials over SDS (ADS)
 
+
 def self_signed(host: str) -> tuple[str, str]:
     """A certificate for `host` (its own CA) and its key, in PEM."""
     import datetime
@@ -400,14 +466,21 @@ def self_signed(host: str) -> tuple[str, str]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
 
 
@@ -419,8 +492,10 @@ def https_get(address: str, port: int, host: str, ca_pem: str) -> tuple[int, byt
     import ssl
 
     context = ssl.create_default_context(cadata=ca_pem)
-    with socket.create_connection((address, port), timeout=10) as raw, \
-            context.wrap_socket(raw, server_hostname=host) as tls:
+    with (
+        socket.create_connection((address, port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
         tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         response = http.client.HTTPResponse(tls)
         response.begin()
@@ -453,9 +528,15 @@ spec:
 
 
 def tls_secret(cert: str, key: str) -> str:
-    return yaml.safe_dump({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-                           "metadata": {"name": "secure-cred", "namespace": "istio-system"},
-                           "stringData": {"tls.crt": cert, "tls.key": key}})
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": "secure-cred", "namespace": "istio-system"},
+            "stringData": {"tls.crt": cert, "tls.key": key},
+        }
+    )
 
 
 def test_a_gateway_credential_is_served_over_ads_and_a_missing_one_is_refused(mesh: Mesh) -> None:
@@ -469,8 +550,10 @@ def test_a_gateway_credential_is_served_over_ads_and_a_missing_one_is_refused(me
     secret = tls_secret(cert, key)
     mesh.cp.apply(secure_gateway_yaml(mesh.net, secret))
     try:
-        mesh.eventually(lambda: https_get(f"{mesh.net}.2", 8443, "secure.example.com", cert)[0] == 200,
-                        "HTTPS on the gateway with the credential")
+        mesh.eventually(
+            lambda: https_get(f"{mesh.net}.2", 8443, "secure.example.com", cert)[0] == 200,
+            "HTTPS on the gateway with the credential",
+        )
         status, body, served = https_get(f"{mesh.net}.2", 8443, "secure.example.com", cert)
         assert status == 200 and b"ratings-v1" in body
         assert served == ssl.PEM_cert_to_DER_cert(cert)

@@ -14,26 +14,65 @@ from plait.testing.live import AgentProcess, ControlPlaneProcess, wait_until
 
 CONVERGE = 10.0
 
-LUA_FILTER = json.dumps({
-    "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
-    "metadata": {"name": "ratings-lua", "namespace": "default"},
-    "spec": {"workloadSelector": {"labels": {"app": "ratings"}}, "configPatches": [{
-        "applyTo": "HTTP_FILTER",
-        "match": {"context": "SIDECAR_INBOUND", "listener": {"portNumber": 9080, "filterChain": {"filter": {
-            "name": "envoy.filters.network.http_connection_manager",
-            "subFilter": {"name": "envoy.filters.http.router"}}}}},
-        "patch": {"operation": "INSERT_BEFORE", "value": {"name": "envoy.filters.http.lua", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-            "defaultSourceCode": {"inlineString":
-                                  "function envoy_on_response(h) h:headers():add('x-patched', 'lua') end"}}}}}]}})
+LUA_FILTER = json.dumps(
+    {
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
+        "metadata": {"name": "ratings-lua", "namespace": "default"},
+        "spec": {
+            "workloadSelector": {"labels": {"app": "ratings"}},
+            "configPatches": [
+                {
+                    "applyTo": "HTTP_FILTER",
+                    "match": {
+                        "context": "SIDECAR_INBOUND",
+                        "listener": {
+                            "portNumber": 9080,
+                            "filterChain": {
+                                "filter": {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "subFilter": {"name": "envoy.filters.http.router"},
+                                }
+                            },
+                        },
+                    },
+                    "patch": {
+                        "operation": "INSERT_BEFORE",
+                        "value": {
+                            "name": "envoy.filters.http.lua",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                                "defaultSourceCode": {
+                                    "inlineString": "function envoy_on_response(h) h:headers():add('x-patched', 'lua') end"
+                                },
+                            },
+                        },
+                    },
+                }
+            ],
+        },
+    }
+)
 
 
 def registry(net: str) -> str:
-    return "\n---\n".join(json.dumps(doc) for doc in (
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ratings"},
-         "spec": {"selector": {"app": "ratings"}, "ports": [{"name": "http", "port": 9080}]}},
-        {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": {"name": "ratings-v1"},
-         "spec": {"address": f"{net}.21", "labels": {"app": "ratings", "version": "v1"}}}))
+    return "\n---\n".join(
+        json.dumps(doc)
+        for doc in (
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "ratings"},
+                "spec": {"selector": {"app": "ratings"}, "ports": [{"name": "http", "port": 9080}]},
+            },
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "WorkloadEntry",
+                "metadata": {"name": "ratings-v1"},
+                "spec": {"address": f"{net}.21", "labels": {"app": "ratings", "version": "v1"}},
+            },
+        )
+    )
 
 
 class Ratings:
@@ -52,11 +91,22 @@ class Ratings:
 @pytest.fixture(scope="module")
 def ratings(tmp_path_factory) -> Iterator[Ratings]:
     workdir = tmp_path_factory.mktemp("live-envoyfilter")
-    with loopback_subnet() as net, ControlPlaneProcess(workdir / "mesh", workdir) as cp, \
-            HttpBackend("ratings-v1", f"{net}.121", 9080):
+    with (
+        loopback_subnet() as net,
+        ControlPlaneProcess(workdir / "mesh", workdir) as cp,
+        HttpBackend("ratings-v1", f"{net}.121", 9080),
+    ):
         cp.apply(registry(net))
-        with AgentProcess(cp, workdir, mode="proxy", name="ratings-v1", ip=f"{net}.21",
-                          labels={"app": "ratings", "version": "v1"}, app_address=f"{net}.121", xds="delta") as agent:
+        with AgentProcess(
+            cp,
+            workdir,
+            mode="proxy",
+            name="ratings-v1",
+            ip=f"{net}.21",
+            labels={"app": "ratings", "version": "v1"},
+            app_address=f"{net}.121",
+            xds="delta",
+        ) as agent:
             yield Ratings(net, cp, agent)
 
 

@@ -11,27 +11,43 @@ ROOT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 def test_a_namespace_without_the_configmap_gets_it():
     change = reconcile("shop", ROOT, None)
     assert change.version is None and change.namespace == "shop"
-    assert change.body == {"apiVersion": "v1", "kind": "ConfigMap",
-                           "metadata": {"name": CONFIGMAP, "namespace": "shop",
-                                        "labels": {"istio.io/config": "true"}},
-                           "data": {ROOT_CERT_KEY: ROOT}}
+    assert change.body == {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": CONFIGMAP, "namespace": "shop", "labels": {"istio.io/config": "true"}},
+        "data": {ROOT_CERT_KEY: ROOT},
+    }
 
 
 def test_a_configmap_with_the_root_is_left_alone():
-    existing = {"metadata": {"name": CONFIGMAP, "namespace": "shop", "resourceVersion": "7"},
-                "data": {ROOT_CERT_KEY: ROOT, "extra": "x"}}
+    existing = {
+        "metadata": {"name": CONFIGMAP, "namespace": "shop", "resourceVersion": "7"},
+        "data": {ROOT_CERT_KEY: ROOT, "extra": "x"},
+    }
     assert reconcile("shop", ROOT, existing) is None
 
 
 def test_an_edited_root_is_restored_keeping_what_the_user_added():
-    existing = {"metadata": {"name": CONFIGMAP, "namespace": "shop", "resourceVersion": "7",
-                             "labels": {"team": "a"}, "uid": "u", "managedFields": []},
-                "data": {ROOT_CERT_KEY: "garbage", "extra": "x"}}
+    existing = {
+        "metadata": {
+            "name": CONFIGMAP,
+            "namespace": "shop",
+            "resourceVersion": "7",
+            "labels": {"team": "a"},
+            "uid": "u",
+            "managedFields": [],
+        },
+        "data": {ROOT_CERT_KEY: "garbage", "extra": "x"},
+    }
     change = reconcile("shop", ROOT, existing)
     assert change.version == "7"
     assert change.body["data"] == {ROOT_CERT_KEY: ROOT, "extra": "x"}
-    assert change.body["metadata"] == {"name": CONFIGMAP, "namespace": "shop", "labels": {"team": "a"},
-                                       "resourceVersion": "7"}
+    assert change.body["metadata"] == {
+        "name": CONFIGMAP,
+        "namespace": "shop",
+        "labels": {"team": "a"},
+        "resourceVersion": "7",
+    }
 
 
 def test_a_configmap_without_data_is_filled():

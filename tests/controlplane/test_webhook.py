@@ -44,9 +44,17 @@ GOOD = BAD_TIMEOUT.replace("5 seconds", "5s")
 
 
 def review(obj: dict | None, *, version: str = "admission.k8s.io/v1", operation: str = "CREATE", **request) -> dict:
-    return {"apiVersion": version, "kind": "AdmissionReview",
-            "request": {"uid": "0df28fbd-5f5f-11e8-bc74-36e6bb280816", "operation": operation, "object": obj,
-                        "namespace": "shop", **request}}
+    return {
+        "apiVersion": version,
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "0df28fbd-5f5f-11e8-bc74-36e6bb280816",
+            "operation": operation,
+            "object": obj,
+            "namespace": "shop",
+            **request,
+        },
+    }
 
 
 def test_an_invalid_object_is_denied_with_plait_validates_message():
@@ -55,8 +63,9 @@ def test_an_invalid_object_is_denied_with_plait_validates_message():
     assert answer["apiVersion"] == "admission.k8s.io/v1" and answer["kind"] == "AdmissionReview"
     assert response["uid"] == "0df28fbd-5f5f-11e8-bc74-36e6bb280816" and response["allowed"] is False
     (problem,) = parse_text(BAD_TIMEOUT, "f.yaml").errors  # what `plait validate` reports
-    assert response["status"]["message"] == ("configuration is invalid: VirtualService shop/reviews: "
-                                             f"spec.http[0].timeout: {problem.message}")
+    assert response["status"]["message"] == (
+        f"configuration is invalid: VirtualService shop/reviews: spec.http[0].timeout: {problem.message}"
+    )
     assert "'5 seconds' is not a duration" in response["status"]["message"]
 
 
@@ -98,16 +107,23 @@ def test_only_create_and_update_are_checked():
 
 
 def test_kinds_plait_does_not_model_are_allowed_with_a_warning_and_others_silently():
-    telemetry = {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
-                 "metadata": {"name": "mesh-default", "namespace": "istio-system"},
-                 "spec": {"accessLogging": [{"providers": [{"name": "envoy"}]}]}}
+    telemetry = {
+        "apiVersion": "telemetry.istio.io/v1",
+        "kind": "Telemetry",
+        "metadata": {"name": "mesh-default", "namespace": "istio-system"},
+        "spec": {"accessLogging": [{"providers": [{"name": "envoy"}]}]},
+    }
     response = admission_response(review(telemetry))["response"]
     assert response["allowed"] is True
-    assert response["warnings"] == ["kind Telemetry (telemetry.istio.io/v1) is not supported by plait yet: "
-                                    "it is stored but has no effect on the mesh"]
+    assert response["warnings"] == [
+        "kind Telemetry (telemetry.istio.io/v1) is not supported by plait yet: "
+        "it is stored but has no effect on the mesh"
+    ]
     widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"x": 1}}
-    assert admission_response(review(widget))["response"] == {"uid": "0df28fbd-5f5f-11e8-bc74-36e6bb280816",
-                                                              "allowed": True}
+    assert admission_response(review(widget))["response"] == {
+        "uid": "0df28fbd-5f5f-11e8-bc74-36e6bb280816",
+        "allowed": True,
+    }
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 0}]}}
     assert admission_response(review(service))["response"]["allowed"] is True  # not Istio config: not judged
 
@@ -120,11 +136,18 @@ def test_counted_by_kind_and_result():
 
     def count(result):
         return metrics.reviews.labels(kind="VirtualService", result=result)._value.get()
+
     assert (count("denied"), count("allowed")) == (1, 2)
 
 
-@pytest.mark.parametrize("bad", [{}, {"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v2"},
-                                 {"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {}}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {},
+        {"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v2"},
+        {"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {}},
+    ],
+)
 def test_what_is_not_an_admission_review_is_an_error(bad):
     with pytest.raises(ValueError):
         admission_response(bad)
@@ -132,8 +155,11 @@ def test_what_is_not_an_admission_review_is_an_error(bad):
 
 def test_the_configuration_lists_exactly_the_istio_kinds_plait_validates():
     plurals = {r for resources in VALIDATED_RESOURCES.values() for r in resources}
-    plural = {"ServiceEntry": "serviceentries", "WorkloadEntry": "workloadentries",
-              "AuthorizationPolicy": "authorizationpolicies"}
+    plural = {
+        "ServiceEntry": "serviceentries",
+        "WorkloadEntry": "workloadentries",
+        "AuthorizationPolicy": "authorizationpolicies",
+    }
     assert plurals == {plural.get(k, k.lower() + "s") for k in VALIDATED_KINDS}
     assert VALIDATED_KINDS == set(SPEC_MODELS) - {"Service", "Secret"}
     config = validating_webhook_configuration(b"PEM", url="https://127.0.0.1:1/validate")
@@ -164,14 +190,17 @@ def test_served_over_https(tmp_path):
                 async with session.post(url, json=review(yaml.safe_load(BAD_TIMEOUT)), ssl=client_context) as r:
                     assert r.status == 200
                     assert (await r.json())["response"]["allowed"] is False
-                async with session.post(url, data=b"{}", ssl=client_context,
-                                        headers={"Content-Type": "text/plain"}) as r:
+                async with session.post(
+                    url, data=b"{}", ssl=client_context, headers={"Content-Type": "text/plain"}
+                ) as r:
                     assert r.status == 415
-                async with session.post(url, data=b"not json", ssl=client_context,
-                                        headers={"Content-Type": "application/json"}) as r:
+                async with session.post(
+                    url, data=b"not json", ssl=client_context, headers={"Content-Type": "application/json"}
+                ) as r:
                     assert r.status == 400 and "not an AdmissionReview" in await r.text()
         finally:
             await runner.cleanup()
+
     asyncio.run(asyncio.wait_for(scenario(), 30))
     assert (tmp_path / "tls" / "webhook-key.pem").stat().st_mode & 0o077 == 0
 

@@ -77,9 +77,12 @@ def start_app(service: str, address: str, log_dir: Path, **env: str) -> App:
     clean_env = {name: value for name, value in os.environ.items() if name.lower() not in PROXY_VARIABLES}
     log_path = log_dir / f"{service}-{address}.log"
     with log_path.open("w") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", f"plait.demo.bookinfo.apps.{service}"],
-                                   env={**clean_env, "BIND_ADDRESS": address, "PORT": str(port), **env},
-                                   stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"plait.demo.bookinfo.apps.{service}"],
+            env={**clean_env, "BIND_ADDRESS": address, "PORT": str(port), **env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     return App(process, address, port, log_path)
 
 
@@ -136,8 +139,14 @@ class Reply:
         return json.loads(self.body)
 
 
-def get(app: App, path: str, headers: dict[str, str] | None = None, method: str = "GET",
-        body: str | Iterator[bytes] | None = None, timeout: float = 15.0) -> Reply:
+def get(
+    app: App,
+    path: str,
+    headers: dict[str, str] | None = None,
+    method: str = "GET",
+    body: str | Iterator[bytes] | None = None,
+    timeout: float = 15.0,
+) -> Reply:
     """One request on a fresh connection; an iterator body goes chunked. Status 0 when no answer came."""
     connection = http.client.HTTPConnection(app.address, app.port, timeout=timeout)
     try:
@@ -195,10 +204,21 @@ class Stub:
         return self.requests[-1][1]
 
 
-DETAILS_JSON = {"id": 0, "type": "paperback", "pages": 200, "publisher": "PublisherA", "language": "English",
-                "ISBN-10": "1234567890", "ISBN-13": "123-1234567890"}
-REVIEWS_JSON = {"id": "0", "podname": "stub", "clustername": "null",
-                "reviews": [{"reviewer": "Reviewer1", "text": "good"}, {"reviewer": "Reviewer2", "text": "fun"}]}
+DETAILS_JSON = {
+    "id": 0,
+    "type": "paperback",
+    "pages": 200,
+    "publisher": "PublisherA",
+    "language": "English",
+    "ISBN-10": "1234567890",
+    "ISBN-13": "123-1234567890",
+}
+REVIEWS_JSON = {
+    "id": "0",
+    "podname": "stub",
+    "clustername": "null",
+    "reviews": [{"reviewer": "Reviewer1", "text": "good"}, {"reviewer": "Reviewer2", "text": "fun"}],
+}
 RATINGS_JSON = {"id": 0, "ratings": {"Reviewer1": 5, "Reviewer2": 4}}
 
 
@@ -238,12 +258,28 @@ def bookinfo(log_dir: Path, addresses: Iterator[str]):
     """The whole app: ratings, details, reviews v1/v2/v3 and one productpage per reviews version."""
     ratings = start_app("ratings", next(addresses), log_dir)
     details = start_app("details", next(addresses), log_dir)
-    reviews = {version: start_app("reviews", next(addresses), log_dir, SERVICE_VERSION=version,
-                                  POD_NAME=f"reviews-{version}-0", **points_at("ratings", ratings))
-               for version in ("v1", "v2", "v3")}
-    productpages = {version: start_app("productpage", next(addresses), log_dir, **points_at("details", details),
-                                       **points_at("reviews", reviews[version]), **points_at("ratings", ratings))
-                    for version in reviews}
+    reviews = {
+        version: start_app(
+            "reviews",
+            next(addresses),
+            log_dir,
+            SERVICE_VERSION=version,
+            POD_NAME=f"reviews-{version}-0",
+            **points_at("ratings", ratings),
+        )
+        for version in ("v1", "v2", "v3")
+    }
+    productpages = {
+        version: start_app(
+            "productpage",
+            next(addresses),
+            log_dir,
+            **points_at("details", details),
+            **points_at("reviews", reviews[version]),
+            **points_at("ratings", ratings),
+        )
+        for version in reviews
+    }
     everything = [ratings, details, *reviews.values(), *productpages.values()]
     try:
         wait_ready(*everything)
@@ -255,8 +291,16 @@ def bookinfo(log_dir: Path, addresses: Iterator[str]):
 def test_details_answers_like_istios(bookinfo):
     details = bookinfo["details"]
     assert get(details, "/details/0").json() == {
-        "id": 0, "author": "William Shakespeare", "year": 1595, "type": "paperback", "pages": 200,
-        "publisher": "PublisherA", "language": "English", "ISBN-10": "1234567890", "ISBN-13": "123-1234567890"}
+        "id": 0,
+        "author": "William Shakespeare",
+        "year": 1595,
+        "type": "paperback",
+        "pages": 200,
+        "publisher": "PublisherA",
+        "language": "English",
+        "ISBN-10": "1234567890",
+        "ISBN-13": "123-1234567890",
+    }
     assert get(details, "/details/7").json()["id"] == 7
     bad = get(details, "/details/abc")
     assert (bad.status, bad.json()) == (400, {"error": "please provide numeric product id"})
@@ -271,11 +315,14 @@ def test_ratings_answers_like_istios(bookinfo):
     assert get(ratings, "/nothing").status == 404
 
 
-@pytest.mark.parametrize("version, rating1, rating2", [
-    ("v1", None, None),
-    ("v2", {"stars": 5, "color": "black"}, {"stars": 4, "color": "black"}),
-    ("v3", {"stars": 5, "color": "red"}, {"stars": 4, "color": "red"}),
-])
+@pytest.mark.parametrize(
+    "version, rating1, rating2",
+    [
+        ("v1", None, None),
+        ("v2", {"stars": 5, "color": "black"}, {"stars": 4, "color": "black"}),
+        ("v3", {"stars": 5, "color": "red"}, {"stars": 4, "color": "red"}),
+    ],
+)
 def test_reviews_versions_answer_like_istios(bookinfo, version, rating1, rating2):
     answer = get(bookinfo["reviews"][version], "/reviews/0").json()
     assert (answer["id"], answer["podname"], answer["clustername"]) == ("0", f"reviews-{version}-0", "null")
@@ -322,8 +369,9 @@ def test_login_sets_a_user_cookie_and_reviews_then_get_end_user(apps):
         login = get(productpage, "/login", method="POST", body="username=jason&passwd=secret", headers=form)
         assert (login.status, login.headers["Location"]) == (302, "/productpage")
         assert login.headers["Set-Cookie"] == "user=jason; Path=/"
-        chunked = get(productpage, "/login", method="POST", body=iter([b"username=jason", b"&passwd=secret"]),
-                      headers=form)  # no Content-Length: as a proxy may forward an HTTP/2 form
+        chunked = get(
+            productpage, "/login", method="POST", body=iter([b"username=jason", b"&passwd=secret"]), headers=form
+        )  # no Content-Length: as a proxy may forward an HTTP/2 form
         assert chunked.headers["Set-Cookie"] == "user=jason; Path=/"
 
         signed_in = get(productpage, "/productpage", headers={"Cookie": "user=jason"})
@@ -354,11 +402,16 @@ def test_trace_headers_and_end_user_travel_from_productpage_through_reviews_to_r
 
 def test_failed_backends_show_istios_messages(apps, bookinfo, nowhere):
     with Stub({"error": "Service unavailable"}, status=503) as failing_details:
-        productpage = apps("productpage", **points_at("details", failing_details), **points_at("reviews", nowhere),
-                           **points_at("ratings", nowhere))
+        productpage = apps(
+            "productpage",
+            **points_at("details", failing_details),
+            **points_at("reviews", nowhere),
+            **points_at("ratings", nowhere),
+        )
         reviews_without_ratings = apps("reviews", SERVICE_VERSION="v3", **points_at("ratings", nowhere))
-        productpage_v3 = apps("productpage", **points_at("details", bookinfo["details"]),
-                              **points_at("reviews", reviews_without_ratings))
+        productpage_v3 = apps(
+            "productpage", **points_at("details", bookinfo["details"]), **points_at("reviews", reviews_without_ratings)
+        )
         wait_ready(productpage, reviews_without_ratings, productpage_v3)
 
         broken = get(productpage, "/productpage")
@@ -371,7 +424,8 @@ def test_failed_backends_show_istios_messages(apps, bookinfo, nowhere):
         assert (api.status, api.json()) == (503, {"error": DETAILS_UNAVAILABLE})
         assert get(productpage, "/api/v1/products/0/reviews").status == 500
         assert get(productpage, "/api/v1/products/0/ratings").json() == {
-            "error": "Sorry, product ratings are currently unavailable for this book."}
+            "error": "Sorry, product ratings are currently unavailable for this book."
+        }
 
         no_ratings = read_product_page(get(productpage_v3, "/productpage").body)
         assert [review.rating_error for review in no_ratings.reviews] == [RATINGS_UNAVAILABLE] * 2
@@ -382,23 +436,34 @@ def test_outgoing_calls_go_through_http_proxy_unless_no_proxy(apps, bookinfo, no
     with Stub(RATINGS_JSON) as proxy:
         proxied = apps("reviews", SERVICE_VERSION="v3", HTTP_PROXY=f"http://127.0.0.1:{proxy.port}")
         details, reviews = bookinfo["details"], bookinfo["reviews"]["v1"]
-        bypassing = apps("productpage", HTTP_PROXY=nowhere.url, NO_PROXY=f"{details.address},{reviews.address}",
-                         **points_at("details", details), **points_at("reviews", reviews))
+        bypassing = apps(
+            "productpage",
+            HTTP_PROXY=nowhere.url,
+            NO_PROXY=f"{details.address},{reviews.address}",
+            **points_at("details", details),
+            **points_at("reviews", reviews),
+        )
         wait_ready(proxied, bypassing)
 
         answer = get(proxied, "/reviews/0", headers={"x-request-id": "through-proxy"}).json()
         assert answer["reviews"][0]["rating"] == {"stars": 5, "color": "red"}
         target, headers = proxy.requests[-1]
         assert (target, headers["host"], headers["x-request-id"]) == (
-            "http://ratings:9080/ratings/0", "ratings:9080", "through-proxy")
+            "http://ratings:9080/ratings/0",
+            "ratings:9080",
+            "through-proxy",
+        )
 
         assert read_product_page(get(bypassing, "/productpage").body).reviews_version == "v1"
 
 
 def test_timeouts_give_istios_fault_injection_outcomes(apps):
     """productpage: 3 s per try, 2 tries for reviews; reviews → ratings: 10 s for v2 (black), 2.5 s for v3 (red)."""
-    with Stub(DETAILS_JSON) as details, Stub(REVIEWS_JSON, delay=10) as slow_reviews, \
-            Stub(RATINGS_JSON, delay=4.5) as slow_ratings:
+    with (
+        Stub(DETAILS_JSON) as details,
+        Stub(REVIEWS_JSON, delay=10) as slow_reviews,
+        Stub(RATINGS_JSON, delay=4.5) as slow_ratings,
+    ):
         productpage = apps("productpage", **points_at("details", details), **points_at("reviews", slow_reviews))
         reviews_v2 = apps("reviews", SERVICE_VERSION="v2", **points_at("ratings", slow_ratings))
         reviews_v3 = apps("reviews", SERVICE_VERSION="v3", **points_at("ratings", slow_ratings))
@@ -414,12 +479,17 @@ def test_timeouts_give_istios_fault_injection_outcomes(apps):
             v2_call = pool.submit(timed, reviews_v2, "/reviews/0")
             v3_call = pool.submit(timed, reviews_v3, "/reviews/0")
             (page_seconds, page), (v2_seconds, v2), (v3_seconds, v3) = (
-                page_call.result(), v2_call.result(), v3_call.result())
+                page_call.result(),
+                v2_call.result(),
+                v3_call.result(),
+            )
 
         assert read_product_page(page.body).reviews_error == REVIEWS_UNAVAILABLE
         assert 5.9 <= page_seconds < 8.0 and len(slow_reviews.requests) == 2
         assert [review["rating"] for review in v2.json()["reviews"]] == [
-            {"stars": 5, "color": "black"}, {"stars": 4, "color": "black"}]
+            {"stars": 5, "color": "black"},
+            {"stars": 4, "color": "black"},
+        ]
         assert v2_seconds >= 4.5
         assert [review["rating"] for review in v3.json()["reviews"]] == [{"error": RATINGS_UNAVAILABLE}] * 2
         assert 2.4 <= v3_seconds < 4.0
@@ -449,7 +519,13 @@ def test_manifest_deploys_the_apps_like_istios_bookinfo():
         assert service["spec"]["selector"] == {"app": name}
     assert sorted(by_kind["ServiceAccount"]) == sorted(f"bookinfo-{name}" for name in services)
     assert sorted(by_kind["Deployment"]) == [
-        "details-v1", "productpage-v1", "ratings-v1", "reviews-v1", "reviews-v2", "reviews-v3"]
+        "details-v1",
+        "productpage-v1",
+        "ratings-v1",
+        "reviews-v1",
+        "reviews-v2",
+        "reviews-v3",
+    ]
 
     reviews_settings = {}
     for name, deployment in by_kind["Deployment"].items():
@@ -465,6 +541,6 @@ def test_manifest_deploys_the_apps_like_istios_bookinfo():
         if app == "reviews":
             env = {variable["name"]: variable["value"] for variable in container["env"]}
             reviews_settings[version] = Settings.from_env(env)
-    assert {version: (settings.ratings_enabled, settings.star_color)
-            for version, settings in reviews_settings.items()} == {
-        "v1": (False, "black"), "v2": (True, "black"), "v3": (True, "red")}
+    assert {
+        version: (settings.ratings_enabled, settings.star_color) for version, settings in reviews_settings.items()
+    } == {"v1": (False, "black"), "v2": (True, "black"), "v3": (True, "red")}

@@ -86,8 +86,13 @@ class Mesh:
 
     def ingress_gateway(self, *yaml_parts: str) -> Gateway:
         """An ingress gateway (labels ``istio: ingressgateway``); its servers should ``bind: 127.0.N.1``."""
-        proxy = Proxy(kind="router", ip=self.client_ip, name="istio-ingressgateway", namespace="istio-system",
-                      labels={"istio": "ingressgateway"})
+        proxy = Proxy(
+            kind="router",
+            ip=self.client_ip,
+            name="istio-ingressgateway",
+            namespace="istio-system",
+            labels={"istio": "ingressgateway"},
+        )
         return Gateway(self.envoy(proxy, *yaml_parts), self.client_ip)
 
 

@@ -20,9 +20,13 @@ def yaml_used_by_tests() -> list[str]:
     texts = []
     for path in sorted(HERE.glob("test_*.py")):
         for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) \
-                    and isinstance(node.value.value, str) and "apiVersion:" in node.value.value \
-                    and "{{" not in node.value.value:  # str.format templates are filled in by their tests
+            if (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+                and "apiVersion:" in node.value.value
+                and "{{" not in node.value.value
+            ):  # str.format templates are filled in by their tests
                 texts.append(node.value.value.replace("{gateway_ip}", DOC_GATEWAY_IP))
     backends = {v: HttpBackend(f"reviews-{v}", f"127.0.150.{10 + i}", 8080) for i, v in enumerate(("v1", "v2"), 1)}
     texts.append(service_yaml("reviews", 9080, backends))

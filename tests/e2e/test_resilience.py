@@ -245,8 +245,9 @@ def test_default_retry_policy_retries_a_503_like_istio(mesh):
 
 def test_mirror_sends_a_copy_with_a_shadow_host(mesh):
     reviews, audit = mesh.http_backend("reviews-v1", 11), mesh.http_backend("audit-v1", 21)
-    sidecar = mesh.sidecar(service_yaml("reviews", 9080, {"v1": reviews}), service_yaml("audit", 9080, {"v1": audit}),
-                           MIRROR)
+    sidecar = mesh.sidecar(
+        service_yaml("reviews", 9080, {"v1": reviews}), service_yaml("audit", 9080, {"v1": audit}), MIRROR
+    )
 
     reply = sidecar.get("http://reviews:9080/reviews/3", {"end-user": "jason"})
     assert reply.backend == "reviews-v1"
@@ -293,8 +294,9 @@ def test_circuit_breaker_overflow_answers_503_overloaded(mesh):
 def test_outlier_detection_ejects_most_endpoints_without_panic_like_istio(mesh):
     good = mesh.http_backend("reviews-good", 11)
     bad = [mesh.http_backend(f"reviews-bad{i}", 12 + i, status=500) for i in range(2)]
-    sidecar = mesh.sidecar(service_yaml("reviews", 9080, {"good": good, "bad0": bad[0], "bad1": bad[1]}),
-                           OUTLIER_DETECTION)
+    sidecar = mesh.sidecar(
+        service_yaml("reviews", 9080, {"good": good, "bad0": bad[0], "bad1": bad[1]}), OUTLIER_DETECTION
+    )
 
     for _ in range(40):  # until the load balancer (random choices) has picked each bad endpoint once
         if all(b.count for b in bad):

@@ -185,8 +185,10 @@ def test_header_match_routes_jason_to_v2_and_everyone_else_to_v1(mesh):
 
 
 def test_uri_exact_prefix_and_regex_matches(mesh):
-    backends = {name: mesh.http_backend(f"shop-{name}", host)
-                for name, host in (("auth", 11), ("api", 12), ("items", 13), ("web", 14))}
+    backends = {
+        name: mesh.http_backend(f"shop-{name}", host)
+        for name, host in (("auth", 11), ("api", 12), ("items", 13), ("web", 14))
+    }
     sidecar = mesh.sidecar(service_yaml("shop", 9080, backends), URI_ROUTING)
 
     expected = {
@@ -218,8 +220,9 @@ def test_weighted_split_80_20_within_binomial_bounds(mesh):
 
 def test_ingress_gateway_routes_by_host_and_path(mesh):
     v1, v2 = mesh.http_backend("reviews-v1", 11), mesh.http_backend("reviews-v2", 12)
-    gateway = mesh.ingress_gateway(service_yaml("reviews", 9080, {"v1": v1, "v2": v2}), REVIEWS_SUBSETS,
-                                   INGRESS.format(gateway_ip=mesh.client_ip))
+    gateway = mesh.ingress_gateway(
+        service_yaml("reviews", 9080, {"v1": v1, "v2": v2}), REVIEWS_SUBSETS, INGRESS.format(gateway_ip=mesh.client_ip)
+    )
 
     for _ in range(3):
         assert gateway.get(80, "/reviews/7", "bookinfo.example.com").backend == "reviews-v2"

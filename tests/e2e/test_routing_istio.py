@@ -45,8 +45,9 @@ class LabelledSidecar:
     """A client sidecar (explicit-proxy mode) with labels, and the simulation of the same mesh."""
 
     def __init__(self, mesh, labels: dict[str, str], *yaml_parts: str):
-        self.proxy = Proxy(kind="sidecar", ip=mesh.client_ip, name="client", namespace="default", mode="proxy",
-                           labels=labels)
+        self.proxy = Proxy(
+            kind="sidecar", ip=mesh.client_ip, name="client", namespace="default", mode="proxy", labels=labels
+        )
         self.snapshot = MeshSnapshot(load_text("---\n".join(yaml_parts)).raise_for_errors())
         self.envoy, self.ip = mesh.envoy(self.proxy, *yaml_parts), mesh.client_ip
 
@@ -57,22 +58,30 @@ class LabelledSidecar:
         return simulate_mesh(self.snapshot, self.proxy, Request.from_url(url, headers=(headers or {}).items()))
 
 
-@pytest.mark.parametrize(("labels", "expected"), [({"app": "canary"}, {"reviews-v2"}),
-                                                   ({"app": "client"}, {"reviews-v1", "reviews-v2"})],
-                         ids=["matching-source", "other-source"])
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [({"app": "canary"}, {"reviews-v2"}), ({"app": "client"}, {"reviews-v1", "reviews-v2"})],
+    ids=["matching-source", "other-source"],
+)
 def test_a_virtual_service_with_no_route_for_the_client_leaves_the_default_route(mesh, labels, expected):
     v1, v2 = mesh.http_backend("reviews-v1", 11), mesh.http_backend("reviews-v2", 12)
-    sidecar = LabelledSidecar(mesh, labels, service_yaml("reviews", 9080, {"v1": v1, "v2": v2}), REVIEWS_SUBSETS,
-                              CANARY_ONLY)
+    sidecar = LabelledSidecar(
+        mesh, labels, service_yaml("reviews", 9080, {"v1": v1, "v2": v2}), REVIEWS_SUBSETS, CANARY_ONLY
+    )
     answers = {sidecar.get("http://reviews:9080/reviews/1").backend for _ in range(12)}
     assert answers == expected  # 12 round-robin requests reach both versions
     simulated = sidecar.simulate("http://reviews:9080/reviews/1")
     if labels["app"] == "canary":
         assert (simulated.virtual_service, simulated.cluster_names) == (
-            "default/reviews", ["outbound|9080|v2|reviews.default.svc.cluster.local"])
+            "default/reviews",
+            ["outbound|9080|v2|reviews.default.svc.cluster.local"],
+        )
     else:
         assert (simulated.route, simulated.virtual_service, simulated.cluster_names) == (
-            "default", None, ["outbound|9080||reviews.default.svc.cluster.local"])
+            "default",
+            None,
+            ["outbound|9080||reviews.default.svc.cluster.local"],
+        )
 
 
 UNEVEN_WEIGHTS = """
@@ -91,8 +100,9 @@ spec:
 
 def test_weights_that_do_not_add_up_to_100_are_shares_of_their_sum(mesh):
     v1, v2 = mesh.http_backend("reviews-v1", 11), mesh.http_backend("reviews-v2", 12)
-    sidecar = LabelledSidecar(mesh, {"app": "client"}, service_yaml("reviews", 9080, {"v1": v1, "v2": v2}),
-                              REVIEWS_SUBSETS, UNEVEN_WEIGHTS)
+    sidecar = LabelledSidecar(
+        mesh, {"app": "client"}, service_yaml("reviews", 9080, {"v1": v1, "v2": v2}), REVIEWS_SUBSETS, UNEVEN_WEIGHTS
+    )
     simulated = sidecar.simulate("http://reviews:9080/")
     assert [(c.weight, c.percent) for c in simulated.clusters] == [(1, 25.0), (3, 75.0)]  # weight 0 dropped
     total = 400
@@ -155,14 +165,19 @@ spec:
 
 def test_a_delegate_virtual_services_routes_serve_under_the_roots_match(mesh):
     v1, v2 = mesh.http_backend("reviews-v1", 11), mesh.http_backend("reviews-v2", 12)
-    sidecar = LabelledSidecar(mesh, {"app": "client"}, service_yaml("reviews", 9080, {"v1": v1, "v2": v2}),
-                              REVIEWS_SUBSETS, DELEGATION)
-    cases = [("/reviews/1", {"end-user": "jason"}, "reviews-v2", "http[0].delegate[default/reviews-routes].http[0]"),
-             ("/reviews/1", {}, "reviews-v1", "http[0].delegate[default/reviews-routes].http[2]"),
-             ("/elsewhere", {}, None, None)]  # outside the root's /reviews: the delegate's route was dropped
+    sidecar = LabelledSidecar(
+        mesh, {"app": "client"}, service_yaml("reviews", 9080, {"v1": v1, "v2": v2}), REVIEWS_SUBSETS, DELEGATION
+    )
+    cases = [
+        ("/reviews/1", {"end-user": "jason"}, "reviews-v2", "http[0].delegate[default/reviews-routes].http[0]"),
+        ("/reviews/1", {}, "reviews-v1", "http[0].delegate[default/reviews-routes].http[2]"),
+        ("/elsewhere", {}, None, None),
+    ]  # outside the root's /reviews: the delegate's route was dropped
     for path, headers, backend, rule in cases:
-        reply, simulated = sidecar.get(f"http://reviews:9080{path}", headers), sidecar.simulate(
-            f"http://reviews:9080{path}", headers)
+        reply, simulated = (
+            sidecar.get(f"http://reviews:9080{path}", headers),
+            sidecar.simulate(f"http://reviews:9080{path}", headers),
+        )
         assert (reply.backend, simulated.vs_route and simulated.vs_route.rsplit(".match", 1)[0]) == (backend, rule)
         if backend is None:
             assert (reply.status, simulated.status) == (404, 404)
@@ -219,8 +234,7 @@ spec:
 def test_proxy_protocol_sends_the_clients_address_first(mesh):
     address = f"{mesh.net}.20"
     with FirstLineServer(address, 8080) as server:
-        sidecar = LabelledSidecar(mesh, {"app": "client"}, service_yaml("legacy", 9080, {"v1": server}),
-                                  PROXY_PROTOCOL)
+        sidecar = LabelledSidecar(mesh, {"app": "client"}, service_yaml("legacy", 9080, {"v1": server}), PROXY_PROTOCOL)
         reply = sidecar.get("http://legacy:9080/")
         assert (reply.status, reply.body) == (200, b"ok")
         # the downstream connection's addresses: the test client, and the sidecar's proxy listener
@@ -257,7 +271,10 @@ def test_setting_the_host_header_rewrites_the_host_as_istio_does(mesh):
     assert sidecar.get("http://reviews:9080/reviews/1").backend == "reviews-v1"
     received = reviews.requests[0]
     assert (received.headers["host"], received.headers["x-from"], received.path) == (
-        "reviews.internal", "mesh", "/reviews/1")
+        "reviews.internal",
+        "mesh",
+        "/reviews/1",
+    )
     assert sidecar.simulate("http://reviews:9080/reviews/1").upstream_host == "reviews.internal"
 
 
@@ -295,12 +312,20 @@ spec:
 
 def test_a_catch_all_of_one_virtual_service_does_not_hide_anothers_routes_on_a_gateway(mesh):
     v1, v2 = mesh.http_backend("reviews-v1", 11), mesh.http_backend("reviews-v2", 12)
-    parts = (service_yaml("reviews", 9080, {"v1": v1, "v2": v2}), REVIEWS_SUBSETS,
-             TWO_VIRTUAL_SERVICES_ON_A_GATEWAY.format(gateway_ip=mesh.client_ip))
+    parts = (
+        service_yaml("reviews", 9080, {"v1": v1, "v2": v2}),
+        REVIEWS_SUBSETS,
+        TWO_VIRTUAL_SERVICES_ON_A_GATEWAY.format(gateway_ip=mesh.client_ip),
+    )
     gateway = mesh.ingress_gateway(*parts)
     snapshot = MeshSnapshot(load_text("---\n".join(parts)).raise_for_errors())
-    proxy = Proxy(kind="router", ip=mesh.client_ip, name="istio-ingressgateway", namespace="istio-system",
-                  labels={"istio": "ingressgateway"})
+    proxy = Proxy(
+        kind="router",
+        ip=mesh.client_ip,
+        name="istio-ingressgateway",
+        namespace="istio-system",
+        labels={"istio": "ingressgateway"},
+    )
     for path, backend, vs in (("/api/items", "reviews-v2", "default/b-api"), ("/", "reviews-v1", "default/a-site")):
         assert gateway.get(80, path, "shop.example.com").backend == backend
         simulated = simulate_mesh(snapshot, proxy, Request.from_url(f"http://shop.example.com{path}"))

@@ -158,8 +158,10 @@ def exchange(gateway, port: int, payload: bytes) -> tuple[str, bytes]:
 def test_tcp_routes_by_gateway_port_and_by_weight(mesh):
     v1 = mesh.tcp_backend("tcp-echo-v1", 11, ECHO_PORT)
     v2 = mesh.tcp_backend("tcp-echo-v2", 12, ECHO_PORT)
-    gateway = mesh.ingress_gateway(service_yaml("tcp-echo", ECHO_PORT, {"v1": v1, "v2": v2}, port_name="tcp"),
-                                   TCP_GATEWAY.format(gateway_ip=mesh.client_ip))
+    gateway = mesh.ingress_gateway(
+        service_yaml("tcp-echo", ECHO_PORT, {"v1": v1, "v2": v2}, port_name="tcp"),
+        TCP_GATEWAY.format(gateway_ip=mesh.client_ip),
+    )
 
     assert exchange(gateway, 31400, b"hello v1\n") == ("tcp-echo-v1", b"hello v1\n")
     assert exchange(gateway, 31401, b"hello v2\n") == ("tcp-echo-v2", b"hello v2\n")
@@ -196,9 +198,11 @@ def closed_without_answer(sock) -> bool:
 
 def test_tls_passthrough_routes_by_sni(mesh):
     shop, blog = mesh.tcp_backend("shop", 11, 8443), mesh.tcp_backend("blog", 12, 8443)
-    gateway = mesh.ingress_gateway(service_yaml("shop", 8443, {"v1": shop}, port_name="tls"),
-                                   service_yaml("blog", 8443, {"v1": blog}, port_name="tls"),
-                                   TLS_PASSTHROUGH.format(gateway_ip=mesh.client_ip))
+    gateway = mesh.ingress_gateway(
+        service_yaml("shop", 8443, {"v1": shop}, port_name="tls"),
+        service_yaml("blog", 8443, {"v1": blog}, port_name="tls"),
+        TLS_PASSTHROUGH.format(gateway_ip=mesh.client_ip),
+    )
 
     assert backend_behind_sni(gateway, 443, "shop.example.com") == "shop"
     assert backend_behind_sni(gateway, 443, "blog.example.com") == "blog"

@@ -9,15 +9,24 @@ import jsonpatch
 
 from plait.inject import InjectSettings, inject, review_response
 
-POD = {"apiVersion": "v1", "kind": "Pod",
-       "metadata": {"generateName": "web-", "labels": {"app": "web"},
-                    "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
-       "spec": {"containers": [{"name": "web", "image": "web:1"}]}}
+POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {
+        "generateName": "web-",
+        "labels": {"app": "web"},
+        "managedFields": [{"manager": "kubectl", "operation": "Update"}],
+    },
+    "spec": {"containers": [{"name": "web", "image": "web:1"}]},
+}
 
 
 def review(pod=POD, operation="CREATE") -> dict:
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {"uid": "1234", "operation": operation, "namespace": "shop", "object": pod}}
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {"uid": "1234", "operation": operation, "namespace": "shop", "object": pod},
+    }
 
 
 def test_injected_pod_gets_a_patch_the_api_server_can_apply() -> None:
@@ -50,7 +59,8 @@ def test_bad_annotation_refuses_the_pod_with_the_message() -> None:
     assert response["allowed"] is False
     assert response["status"]["message"] == (
         "sidecar injection: annotation sidecar.istio.io/proxyCPU: 'lots' is not a Kubernetes quantity "
-        "(e.g. 100m, 128Mi)")
+        "(e.g. 100m, 128Mi)"
+    )
 
 
 def test_other_operations_pass() -> None:

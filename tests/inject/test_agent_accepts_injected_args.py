@@ -16,8 +16,12 @@ from plait.agent.app_probe import parse_app_probers
 from plait.cli.main import app
 
 TESTDATA = Path(__file__).parent / "testdata"
-DOWNWARD = {"POD_NAME": "reviews-v1-7d4b9c-x2v9q", "POD_NAMESPACE": "bookinfo", "INSTANCE_IP": "10.244.0.7",
-            "SERVICE_ACCOUNT": "bookinfo-reviews"}
+DOWNWARD = {
+    "POD_NAME": "reviews-v1-7d4b9c-x2v9q",
+    "POD_NAMESPACE": "bookinfo",
+    "INSTANCE_IP": "10.244.0.7",
+    "SERVICE_ACCOUNT": "bookinfo-reviews",
+}
 
 
 def expand(arg: str, env: dict[str, str]) -> str:
@@ -51,8 +55,13 @@ def test_default_sidecar_flags() -> None:
 def test_probes_and_proxy_config_reach_the_agent() -> None:
     params = parsed_agent("06-probes")
     probers = parse_app_probers(params["_env"]["ISTIO_KUBE_APP_PROBERS"])  # what the agent will run
-    assert sorted(probers) == ["/app-health/rpc/readyz", "/app-health/web/livez", "/app-health/web/prestopz",
-                               "/app-health/web/readyz", "/app-health/web/startupz"]
+    assert sorted(probers) == [
+        "/app-health/rpc/readyz",
+        "/app-health/web/livez",
+        "/app-health/web/prestopz",
+        "/app-health/web/readyz",
+        "/app-health/web/startupz",
+    ]
     assert (probers["/app-health/web/livez"].scheme, probers["/app-health/web/livez"].port) == ("HTTPS", 8443)
     assert probers["/app-health/rpc/readyz"].service == "ready"
     held = parsed_agent("08-proxy-config")

@@ -61,8 +61,30 @@ def dry_run(args: list[str]) -> str:
 
 
 def test_istios_init_command_as_written() -> None:
-    assert dry_run(["iptables", "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "",
-                    "-b", "*", "-d", "15090,15021,15020"]) == ISTIO_DEFAULT_RULES
+    assert (
+        dry_run(
+            [
+                "iptables",
+                "-p",
+                "15001",
+                "-z",
+                "15006",
+                "-u",
+                "1337",
+                "-m",
+                "REDIRECT",
+                "-i",
+                "*",
+                "-x",
+                "",
+                "-b",
+                "*",
+                "-d",
+                "15090,15021,15020",
+            ]
+        )
+        == ISTIO_DEFAULT_RULES
+    )
 
 
 def test_the_injected_default_init_container() -> None:
@@ -80,12 +102,16 @@ def test_every_traffic_annotation_becomes_its_rules() -> None:
         "-A ISTIO_OUTPUT -d 192.168.0.0/16 -j ISTIO_REDIRECT",
         "-A ISTIO_OUTPUT -j RETURN",
     ]
-    assert outbound[:2] == ["-A ISTIO_OUTPUT -p tcp --dport 3306 -j RETURN",  # excludeOutboundPorts
-                            "-A ISTIO_OUTPUT -p tcp --dport 6379 -j RETURN"]
+    assert outbound[:2] == [
+        "-A ISTIO_OUTPUT -p tcp --dport 3306 -j RETURN",  # excludeOutboundPorts
+        "-A ISTIO_OUTPUT -p tcp --dport 6379 -j RETURN",
+    ]
     inbound = [r for r in rules if r.startswith("-A ISTIO_INBOUND")]
-    assert inbound == ["-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN",  # includeInboundPorts: only these
-                       "-A ISTIO_INBOUND -p tcp --dport 9080 -j ISTIO_IN_REDIRECT",
-                       "-A ISTIO_INBOUND -p tcp --dport 9443 -j ISTIO_IN_REDIRECT"]
+    assert inbound == [
+        "-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN",  # includeInboundPorts: only these
+        "-A ISTIO_INBOUND -p tcp --dport 9080 -j ISTIO_IN_REDIRECT",
+        "-A ISTIO_INBOUND -p tcp --dport 9443 -j ISTIO_IN_REDIRECT",
+    ]
 
 
 def test_excluded_inbound_ports_and_no_outbound_capture() -> None:
@@ -94,10 +120,13 @@ def test_excluded_inbound_ports_and_no_outbound_capture() -> None:
     assert "ISTIO_REDIRECT\n" not in rules.replace("-A ISTIO_REDIRECT", "")  # includeOutboundIPRanges ""
 
 
-@pytest.mark.parametrize(("flag", "value", "message"), [
-    ("-q", "db", "-q: 'db' is not a port number"),
-    ("-m", "TPROXY", "-m TPROXY is not supported"),
-])
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("-q", "db", "-q: 'db' is not a port number"),
+        ("-m", "TPROXY", "-m TPROXY is not supported"),
+    ],
+)
 def test_bad_values_are_refused(flag: str, value: str, message: str) -> None:
     result = runner.invoke(app, ["iptables", flag, value, "--dry-run"])
     assert result.exit_code == 1

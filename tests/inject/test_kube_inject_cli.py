@@ -32,9 +32,21 @@ def test_reads_stdin_writes_a_file_and_names_skipped_workloads(tmp_path: Path) -
 
 
 def test_flags_reach_the_sidecar() -> None:
-    result = runner.invoke(app, ["kube-inject", "-f", str(TESTDATA / "01-plain-pod.input.yaml"),
-                                 "--revision", "canary", "--image", "reg/proxy:2", "--log-level", "debug",
-                                 "--hold-application-until-proxy-starts"])
+    result = runner.invoke(
+        app,
+        [
+            "kube-inject",
+            "-f",
+            str(TESTDATA / "01-plain-pod.input.yaml"),
+            "--revision",
+            "canary",
+            "--image",
+            "reg/proxy:2",
+            "--log-level",
+            "debug",
+            "--hold-application-until-proxy-starts",
+        ],
+    )
     assert result.exit_code == 0, result.output
     [pod] = yaml.safe_load_all(result.stdout)
     proxy = pod["spec"]["containers"][0]
@@ -48,14 +60,18 @@ def test_flags_reach_the_sidecar() -> None:
 
 def test_bad_annotation_names_file_document_and_object(tmp_path: Path) -> None:
     manifest = tmp_path / "bad.yaml"
-    manifest.write_text("kind: Service\nmetadata: {name: s}\n---\napiVersion: apps/v1\nkind: Deployment\n"
-                        "metadata: {name: web, namespace: shop}\nspec:\n  template:\n    metadata:\n"
-                        "      annotations: {sidecar.istio.io/logLevel: loud}\n"
-                        "    spec: {containers: [{name: web, image: 'web:1'}]}\n")
+    manifest.write_text(
+        "kind: Service\nmetadata: {name: s}\n---\napiVersion: apps/v1\nkind: Deployment\n"
+        "metadata: {name: web, namespace: shop}\nspec:\n  template:\n    metadata:\n"
+        "      annotations: {sidecar.istio.io/logLevel: loud}\n"
+        "    spec: {containers: [{name: web, image: 'web:1'}]}\n"
+    )
     result = runner.invoke(app, ["kube-inject", "-f", str(manifest)])
     assert result.exit_code == 1
-    assert (f"error: {manifest}: document 2: Deployment shop/web: annotation sidecar.istio.io/logLevel: "
-            "'loud' is not one of") in result.stderr
+    assert (
+        f"error: {manifest}: document 2: Deployment shop/web: annotation sidecar.istio.io/logLevel: "
+        "'loud' is not one of"
+    ) in result.stderr
     assert result.stdout == ""
 
 
@@ -70,13 +86,16 @@ def test_unreadable_and_invalid_yaml_are_named(tmp_path: Path) -> None:
 
 def test_mesh_config_file_sets_the_mesh_defaults(tmp_path: Path) -> None:
     mesh = tmp_path / "mesh.yaml"
-    mesh.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n"
-                    "  mesh: |\n    trustDomain: example.org\n    enableTracing: false\n    defaultConfig:\n"
-                    "      discoveryAddress: istiod.mesh.svc:15012\n      holdApplicationUntilProxyStarts: true\n"
-                    "      concurrency: 3\n      proxyMetadata: {ISTIO_META_DNS_CAPTURE: 'true'}\n"
-                    "      tracing: {sampling: 1}\n")
-    result = runner.invoke(app, ["kube-inject", "-f", str(TESTDATA / "01-plain-pod.input.yaml"),
-                                 "--meshConfigFile", str(mesh)])
+    mesh.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n"
+        "  mesh: |\n    trustDomain: example.org\n    enableTracing: false\n    defaultConfig:\n"
+        "      discoveryAddress: istiod.mesh.svc:15012\n      holdApplicationUntilProxyStarts: true\n"
+        "      concurrency: 3\n      proxyMetadata: {ISTIO_META_DNS_CAPTURE: 'true'}\n"
+        "      tracing: {sampling: 1}\n"
+    )
+    result = runner.invoke(
+        app, ["kube-inject", "-f", str(TESTDATA / "01-plain-pod.input.yaml"), "--meshConfigFile", str(mesh)]
+    )
     assert result.exit_code == 0, result.output
     [pod] = yaml.safe_load_all(result.stdout)
     proxy = pod["spec"]["containers"][0]  # held: first
@@ -90,7 +109,8 @@ def test_mesh_config_file_sets_the_mesh_defaults(tmp_path: Path) -> None:
 def test_bad_mesh_config_names_the_file_and_field(tmp_path: Path) -> None:
     mesh = tmp_path / "mesh.yaml"
     mesh.write_text("defaultConfig:\n  holdApplicationUntilProxyStart: true\n")
-    result = runner.invoke(app, ["kube-inject", "-f", str(TESTDATA / "01-plain-pod.input.yaml"),
-                                 "--meshConfigFile", str(mesh)])
+    result = runner.invoke(
+        app, ["kube-inject", "-f", str(TESTDATA / "01-plain-pod.input.yaml"), "--meshConfigFile", str(mesh)]
+    )
     assert result.exit_code == 1
     assert f"{mesh}: defaultConfig: unknown ProxyConfig field 'holdApplicationUntilProxyStart'" in result.stderr

@@ -7,8 +7,11 @@ import pytest
 from plait.inject import InjectError, InjectSettings, inject
 
 BAD = [
-    ("traffic.sidecar.istio.io/includeOutboundIPRanges", "10.0.0.0/33",
-     "'10.0.0.0/33' is not an IP range in CIDR form"),
+    (
+        "traffic.sidecar.istio.io/includeOutboundIPRanges",
+        "10.0.0.0/33",
+        "'10.0.0.0/33' is not an IP range in CIDR form",
+    ),
     ("traffic.sidecar.istio.io/excludeOutboundIPRanges", "*", "'*' is not an IP range"),
     ("traffic.sidecar.istio.io/includeOutboundIPRanges", "fd00::/8", "is IPv6"),
     ("traffic.sidecar.istio.io/excludeInboundPorts", "80,http", "'http' is not a port number"),
@@ -39,19 +42,28 @@ def test_bad_annotation_is_refused(annotation: str, value: str, message: str) ->
 
 
 def test_input_is_not_modified() -> None:
-    pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "readinessProbe": {
-        "httpGet": {"path": "/", "port": 80}}}]}}
+    pod = {
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "a", "readinessProbe": {"httpGet": {"path": "/", "port": 80}}}]},
+    }
     before = repr(pod)
     inject(pod, InjectSettings())
     assert repr(pod) == before
 
 
 def test_settings_choose_images_addresses_and_resources() -> None:
-    settings = InjectSettings(proxy_image="reg/proxy:9", init_image="reg/init:9", control_plane="cp.mesh:15012",
-                              trust_domain="example.org", cluster_id="east", image_pull_policy="Never",
-                              image_pull_secrets=("regcred",), resources={"requests": {"cpu": "10m"}})
+    settings = InjectSettings(
+        proxy_image="reg/proxy:9",
+        init_image="reg/init:9",
+        control_plane="cp.mesh:15012",
+        trust_domain="example.org",
+        cluster_id="east",
+        image_pull_policy="Never",
+        image_pull_secrets=("regcred",),
+        resources={"requests": {"cpu": "10m"}},
+    )
     out = inject({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}}, settings)
-    init, = out["spec"]["initContainers"]
+    (init,) = out["spec"]["initContainers"]
     proxy = out["spec"]["containers"][-1]
     assert (init["image"], proxy["image"], proxy["imagePullPolicy"]) == ("reg/init:9", "reg/proxy:9", "Never")
     args = proxy["args"]
@@ -64,11 +76,17 @@ def test_settings_choose_images_addresses_and_resources() -> None:
 
 
 def test_pod_made_by_a_deployment_names_the_deployment() -> None:
-    pod = {"metadata": {"generateName": "reviews-v1-7d4b9c-", "namespace": "bookinfo",
-                        "labels": {"app": "reviews", "pod-template-hash": "7d4b9c"},
-                        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                                             "name": "reviews-v1-7d4b9c", "controller": True}]},
-           "spec": {"containers": [{"name": "reviews"}]}}
+    pod = {
+        "metadata": {
+            "generateName": "reviews-v1-7d4b9c-",
+            "namespace": "bookinfo",
+            "labels": {"app": "reviews", "pod-template-hash": "7d4b9c"},
+            "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "reviews-v1-7d4b9c", "controller": True}
+            ],
+        },
+        "spec": {"containers": [{"name": "reviews"}]},
+    }
     env = {e["name"]: e.get("value") for e in inject(pod, InjectSettings())["spec"]["containers"][-1]["env"]}
     assert env["ISTIO_META_WORKLOAD_NAME"] == "reviews-v1"
     assert env["ISTIO_META_OWNER"] == "kubernetes://apis/apps/v1/namespaces/bookinfo/deployments/reviews-v1"

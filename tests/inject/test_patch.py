@@ -37,8 +37,10 @@ def test_patch_turns_original_into_wanted(original, wanted) -> None:
 
 def test_patch_operations_are_the_smallest_for_common_changes() -> None:
     original = {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "app"}]}}
-    wanted = {"metadata": {"labels": {"app": "x", "security.istio.io/tlsMode": "istio"}},
-              "spec": {"containers": [{"name": "app"}, {"name": "istio-proxy"}]}}
+    wanted = {
+        "metadata": {"labels": {"app": "x", "security.istio.io/tlsMode": "istio"}},
+        "spec": {"containers": [{"name": "app"}, {"name": "istio-proxy"}]},
+    }
     assert json_patch(original, wanted) == [
         {"op": "add", "path": "/metadata/labels/security.istio.io~1tlsMode", "value": "istio"},
         {"op": "add", "path": "/spec/containers/1", "value": {"name": "istio-proxy"}},

@@ -14,8 +14,10 @@ def pod(labels=None, annotations=None, namespace="shop", host_network=False) -> 
     spec = {"containers": [{"name": "app", "image": "app:1"}]}
     if host_network:
         spec["hostNetwork"] = True
-    return {"metadata": {"name": "p", "namespace": namespace, "labels": labels or {},
-                         "annotations": annotations or {}}, "spec": spec}
+    return {
+        "metadata": {"name": "p", "namespace": namespace, "labels": labels or {}, "annotations": annotations or {}},
+        "spec": spec,
+    }
 
 
 ENABLED = {"istio-injection": "enabled"}
@@ -64,11 +66,16 @@ def test_should_inject(the_pod, namespace_labels, settings, injected, reason) ->
 def test_namespace_of_the_request_counts_when_the_pod_has_none() -> None:
     the_pod = pod(namespace="")
     assert should_inject(the_pod, ENABLED, DEFAULT, namespace="kube-system") == (
-        False, "namespace kube-system is never injected")
+        False,
+        "namespace kube-system is never injected",
+    )
 
 
 def test_policy_disabled_injects_only_pods_that_ask() -> None:
     disabled = InjectSettings(injection_policy="disabled")
     assert injection_required(pod(), disabled)[0] is False
-    assert injection_required(pod(annotations=OPT_IN), disabled) == (True, "pod annotation sidecar.istio.io/inject=true")
+    assert injection_required(pod(annotations=OPT_IN), disabled) == (
+        True,
+        "pod annotation sidecar.istio.io/inject=true",
+    )
     assert should_inject(pod(), ENABLED, disabled)[0] is False

@@ -72,18 +72,35 @@ def test_wildcard_matching() -> None:
 
 def test_client_names_cover_kubernetes_dns_forms() -> None:
     names = client_names("reviews.default.svc.cluster.local", 9080, "default", ("10.96.0.12",))
-    for expected in ("reviews", "reviews:9080", "reviews.default", "reviews.default.svc:9080",
-                     "reviews.default.svc.cluster.local", "10.96.0.12:9080"):
+    for expected in (
+        "reviews",
+        "reviews:9080",
+        "reviews.default",
+        "reviews.default.svc:9080",
+        "reviews.default.svc.cluster.local",
+        "10.96.0.12:9080",
+    ):
         assert expected in names
     assert "reviews" not in client_names("reviews.default.svc.cluster.local", 9080, "other")
 
 
-@pytest.mark.parametrize("name, app_protocol, expected", [
-    ("http", None, Protocol.HTTP), ("http-web", None, Protocol.HTTP), ("grpc-web", None, Protocol.GRPC_WEB),
-    ("grpc", None, Protocol.GRPC), ("tcp-db", None, Protocol.TCP), ("https", None, Protocol.HTTPS),
-    ("mongo", None, Protocol.MONGO), ("web", None, Protocol.AUTO), ("", None, Protocol.AUTO),
-    ("web", "http", Protocol.HTTP), ("http", "tcp", Protocol.TCP), ("x", "kubernetes.io/h2c", Protocol.HTTP2),
-])
+@pytest.mark.parametrize(
+    "name, app_protocol, expected",
+    [
+        ("http", None, Protocol.HTTP),
+        ("http-web", None, Protocol.HTTP),
+        ("grpc-web", None, Protocol.GRPC_WEB),
+        ("grpc", None, Protocol.GRPC),
+        ("tcp-db", None, Protocol.TCP),
+        ("https", None, Protocol.HTTPS),
+        ("mongo", None, Protocol.MONGO),
+        ("web", None, Protocol.AUTO),
+        ("", None, Protocol.AUTO),
+        ("web", "http", Protocol.HTTP),
+        ("http", "tcp", Protocol.TCP),
+        ("x", "kubernetes.io/h2c", Protocol.HTTP2),
+    ],
+)
 def test_protocol_selection(name: str, app_protocol: str | None, expected: Protocol) -> None:
     assert from_port(name, app_protocol) is expected
 
@@ -112,8 +129,10 @@ def test_inbound_ports_of_a_workload(snapshot: MeshSnapshot) -> None:
 
 
 def test_with_changes_reuses_registry_unless_registry_kinds_change(snapshot: MeshSnapshot) -> None:
-    vs = load_text("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\n"
-                   "spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}\n").resources
+    vs = load_text(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\n"
+        "spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}\n"
+    ).resources
     routed = snapshot.with_changes(upserts=vs)
     assert routed.services is snapshot.services and len(routed.virtual_services) == 1
     removed = routed.with_changes(deletes=[("WorkloadEntry", "default", "reviews-v1")])

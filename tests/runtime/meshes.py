@@ -24,8 +24,12 @@ def listening(port: int) -> bool:
 def wait_for_no_other_mesh(extra_ports: tuple[int, ...] = ()) -> None:
     """Local meshes share fixed ports and the capture bridge: wait (bounded) until none runs here."""
     ports = CONTROL_PLANE_PORTS + extra_ports
-    wait_until(lambda: not any(listening(p) for p in ports) and not netns.leftovers(netns.Network()),
-               120, f"another local mesh on this machine to stop (ports {ports}, bridge plait0)", interval=1)
+    wait_until(
+        lambda: not any(listening(p) for p in ports) and not netns.leftovers(netns.Network()),
+        120,
+        f"another local mesh on this machine to stop (ports {ports}, bridge plait0)",
+        interval=1,
+    )
 
 
 def down_leaves_nothing(workdir: Path, state_dir: Path, mode: str) -> None:
@@ -48,8 +52,7 @@ def envoy_admin(state_dir: Path, pod_name: str, path: str) -> str:
     pod = next(p for p in state.pods if p.name == pod_name)
     if state.mode == "proxy" or pod.kind == "gateway":
         return http_request("127.0.0.1", pod.admin_port, path).body.decode()
-    argv = pod_argv(state_dir, pod_name,
-                    ["curl", "-sf", "--max-time", "5", f"http://127.0.0.1:{pod.admin_port}{path}"])
+    argv = pod_argv(state_dir, pod_name, ["curl", "-sf", "--max-time", "5", f"http://127.0.0.1:{pod.admin_port}{path}"])
     done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
     assert done.returncode == 0, f"{pod_name} admin {path}: curl exit {done.returncode} {done.stderr}"
     return done.stdout

@@ -32,9 +32,14 @@ class Browser:
 
     def login(self, user: str) -> None:
         body = urllib.parse.urlencode({"username": user, "passwd": "password"})
-        reply = http_request("127.0.0.1", self.port, "/login", {"Content-Type": "application/x-www-form-urlencoded",
-                                                               "Content-Length": str(len(body))}, method="POST",
-                             body=body.encode())
+        reply = http_request(
+            "127.0.0.1",
+            self.port,
+            "/login",
+            {"Content-Type": "application/x-www-form-urlencoded", "Content-Length": str(len(body))},
+            method="POST",
+            body=body.encode(),
+        )
         assert reply.status in (200, 302), reply
         self.cookie = reply.headers["set-cookie"].split(";")[0]
 
@@ -113,8 +118,12 @@ def test_fault_injection_tasks(demo) -> None:
     workdir, browser = demo
     jason = Browser(browser.port)
     jason.login("jason")
-    apply(workdir, "destination-rule-all.yaml", "virtual-service-reviews-test-v2.yaml",
-          "virtual-service-ratings-test-delay.yaml")
+    apply(
+        workdir,
+        "destination-rule-all.yaml",
+        "virtual-service-reviews-test-v2.yaml",
+        "virtual-service-ratings-test-delay.yaml",
+    )
     # Istio's documented outcome: the 7 s delay exceeds productpage's timeout to reviews
     eventually(lambda: jason.stars() == "unavailable", "the delay makes reviews unavailable for jason")
     assert browser.stars() == "none"
@@ -131,8 +140,11 @@ def test_a_killed_replica_is_restarted_and_the_page_recovers(demo) -> None:
     apps = [int(c) for c in children if "plait.demo.bookinfo.apps" in Path(f"/proc/{c}/cmdline").read_text()]
     assert apps, "productpage's app process was not found under its agent"
     os.kill(apps[0], signal.SIGKILL)
-    wait_until(lambda: next(p for p in State.load(workdir / ".plait").pods
-                            if p.name == "productpage-v1-0").restarts >= 1, 30, "productpage to be restarted")
+    wait_until(
+        lambda: next(p for p in State.load(workdir / ".plait").pods if p.name == "productpage-v1-0").restarts >= 1,
+        30,
+        "productpage to be restarted",
+    )
     wait_until(lambda: browser.page(timeout=5).status == 200, 60, "the product page to come back")
     status = plait("status", cwd=workdir).stdout
     assert " 1 " in next(line for line in status.splitlines() if "productpage-v1-0" in line) + " "
@@ -143,18 +155,27 @@ def test_istio_mutual_destination_rules(demo) -> None:
     workdir, browser = demo
     apply(workdir, "destination-rule-all-mtls.yaml", "virtual-service-all-v1.yaml")
     eventually(lambda: {browser.stars() for _ in range(10)} == {"none"}, "all-v1 over ISTIO_MUTUAL: reviews v1")
+
     def active_v1() -> dict:
         dump = json.loads(envoy_admin(workdir / ".plait", "productpage-v1-0", "/config_dump"))
         clusters = next(c for c in dump["configs"] if c["@type"].endswith("ClustersConfigDump"))
-        return next(c["cluster"] for c in clusters["dynamic_active_clusters"]
-                    if c["cluster"]["name"] == "outbound|9080|v1|reviews.default.svc.cluster.local")
+        return next(
+            c["cluster"]
+            for c in clusters["dynamic_active_clusters"]
+            if c["cluster"]["name"] == "outbound|9080|v1|reviews.default.svc.cluster.local"
+        )
 
     eventually(lambda: "transport_socket" in active_v1(), "the v1 cluster active with the rule's ISTIO_MUTUAL")
     tls = active_v1()["transport_socket"]["typed_config"]["common_tls_context"]  # the rule's, for every endpoint
     assert tls["tls_certificate_sds_secret_configs"][0]["name"] == "default"
     assert "ROOTCA" in json.dumps(tls["combined_validation_context"])
     assert "spiffe://cluster.local/ns/default/sa/bookinfo-reviews" in json.dumps(tls)
-    stats = envoy_admin(workdir / ".plait", "productpage-v1-0", "/stats?filter=^cluster\\.outbound\\|9080\\|v1\\|reviews")
-    handshakes = re.search(r"^cluster\.outbound\|9080\|v1\|reviews\.default\.svc\.cluster\.local\.ssl\.handshake: (\d+)$",
-                           stats, flags=re.MULTILINE)
+    stats = envoy_admin(
+        workdir / ".plait", "productpage-v1-0", "/stats?filter=^cluster\\.outbound\\|9080\\|v1\\|reviews"
+    )
+    handshakes = re.search(
+        r"^cluster\.outbound\|9080\|v1\|reviews\.default\.svc\.cluster\.local\.ssl\.handshake: (\d+)$",
+        stats,
+        flags=re.MULTILINE,
+    )
     assert handshakes and int(handshakes.group(1)) > 0, stats

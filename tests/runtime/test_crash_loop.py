@@ -9,14 +9,31 @@ from plait.runtime.local import CRASH_LOOP_RESTARTS, LOG_TAIL_LINES, Pod, crash_
 
 
 def pod(name: str, restarts: int, log: str = "") -> Pod:
-    return Pod(name=name, namespace="default", deployment=name, labels={}, service_account="default",
-               ip="127.1.0.2", app_ip="127.2.0.2", admin_port=1, status_port=2, command=["app"], env={},
-               ports={}, restarts=restarts, log=log)
+    return Pod(
+        name=name,
+        namespace="default",
+        deployment=name,
+        labels={},
+        service_account="default",
+        ip="127.1.0.2",
+        app_ip="127.2.0.2",
+        admin_port=1,
+        status_port=2,
+        command=["app"],
+        env={},
+        ports={},
+        restarts=restarts,
+        log=log,
+    )
 
 
 def test_only_pods_restarted_often_and_not_ready_are_crash_looping() -> None:
-    pods = [pod("fresh", 0), pod("flaky", CRASH_LOOP_RESTARTS - 1), pod("looping", CRASH_LOOP_RESTARTS),
-            pod("recovered", CRASH_LOOP_RESTARTS + 2)]
+    pods = [
+        pod("fresh", 0),
+        pod("flaky", CRASH_LOOP_RESTARTS - 1),
+        pod("looping", CRASH_LOOP_RESTARTS),
+        pod("recovered", CRASH_LOOP_RESTARTS + 2),
+    ]
     assert [p.name for p in crash_looping(pods, ready={"default/recovered"})] == ["looping"]
 
 

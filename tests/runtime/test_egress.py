@@ -234,8 +234,21 @@ def mesh(request, tmp_path_factory):
         wait_for_no_other_mesh(extra_ports=(8081,))
         started = time.monotonic()
         try:
-            up = plait("up", "-f", "client.yaml", "-f", "egress.yaml", "-d", "--mode", mesh.mode,
-                       "--ingress-port", str(free_port()), "--state-dir", str(mesh.state_dir), cwd=workdir)
+            up = plait(
+                "up",
+                "-f",
+                "client.yaml",
+                "-f",
+                "egress.yaml",
+                "-d",
+                "--mode",
+                mesh.mode,
+                "--ingress-port",
+                str(free_port()),
+                "--state-dir",
+                str(mesh.state_dir),
+                cwd=workdir,
+            )
             assert up.returncode == 0, up.stdout + up.stderr
             print(f"{mesh.mode}: mesh ready in {time.monotonic() - started:.1f}s")
             yield mesh

@@ -37,8 +37,24 @@ from plait.runtime.iptables import (
     save_nat,
 )
 
-ISTIO_INIT_FLAGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "",
-                    "-b", "*", "-d", "15090,15021,15020"]
+ISTIO_INIT_FLAGS = [
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+]
 
 SIDECAR_GOLDEN = """\
 *nat
@@ -99,9 +115,16 @@ COMMIT
 
 
 def test_istio_init_container_flags_give_istios_sidecar_rules() -> None:
-    config = CaptureConfig.from_flags(proxy_port="15001", inbound_capture_port="15006", proxy_uid="1337",
-                                      interception_mode="REDIRECT", outbound_ranges="*", outbound_ranges_exclude="",
-                                      inbound_ports="*", inbound_ports_exclude="15090,15021,15020")
+    config = CaptureConfig.from_flags(
+        proxy_port="15001",
+        inbound_capture_port="15006",
+        proxy_uid="1337",
+        interception_mode="REDIRECT",
+        outbound_ranges="*",
+        outbound_ranges_exclude="",
+        inbound_ports="*",
+        inbound_ports_exclude="15090,15021,15020",
+    )
     assert render_rules(config) == SIDECAR_GOLDEN
     assert render_rules(CaptureConfig()) == SIDECAR_GOLDEN  # the defaults are the injector's flags
 
@@ -113,9 +136,15 @@ def test_docs_show_the_rules_plait_installs() -> None:
 
 def test_ranges_ports_and_gid() -> None:
     config = CaptureConfig.from_flags(
-        proxy_port="15002", inbound_capture_port="15007", proxy_gid="2000",
-        outbound_ranges="10.96.0.0/16, 10.244.0.0/16", outbound_ranges_exclude="10.96.5.0/24",
-        inbound_ports="9080,9443", inbound_ports_exclude="9090", outbound_ports_exclude="22,3306")
+        proxy_port="15002",
+        inbound_capture_port="15007",
+        proxy_gid="2000",
+        outbound_ranges="10.96.0.0/16, 10.244.0.0/16",
+        outbound_ranges_exclude="10.96.5.0/24",
+        inbound_ports="9080,9443",
+        inbound_ports_exclude="9090",
+        outbound_ports_exclude="22,3306",
+    )
     assert render_rules(config) == RANGES_AND_PORTS_GOLDEN
 
 
@@ -129,8 +158,11 @@ def test_empty_lists_capture_nothing_but_keep_the_proxy_rules() -> None:
 
 def test_excluded_inbound_ports_keep_istios_own_ports_once() -> None:
     rules = render_rules(CaptureConfig.from_flags(inbound_ports_exclude="22,15021"))
-    excluded = [line.split("--dport ")[1].split()[0] for line in rules.splitlines()
-                if line.startswith("-A ISTIO_INBOUND") and line.endswith("-j RETURN")]
+    excluded = [
+        line.split("--dport ")[1].split()[0]
+        for line in rules.splitlines()
+        if line.startswith("-A ISTIO_INBOUND") and line.endswith("-j RETURN")
+    ]
     assert excluded == ["15008", "22", "15021", "15090", "15020"]
 
 
@@ -140,16 +172,19 @@ def test_loopback_in_outbound_ranges_captures_the_apps_loopback_traffic() -> Non
     assert "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j ISTIO_REDIRECT" in rules
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    ({"interception_mode": "TPROXY"}, "-m TPROXY is not supported"),
-    ({"interception_mode": "NAT"}, "unknown inbound interception mode"),
-    ({"proxy_port": "http"}, "-p: 'http' is not a port number"),
-    ({"inbound_ports": "80,70000"}, "-b: '70000' is not a port number"),
-    ({"proxy_uid": "istio-proxy"}, "-u: expected numeric ids"),
-    ({"outbound_ranges": "10.0.0.0/33"}, "-i: '10.0.0.0/33' is not an IP range"),
-    ({"outbound_ranges": "fd00::/8"}, "IPv6; plait captures IPv4 only"),
-    ({"outbound_ranges_exclude": "*"}, "-x: '*' is not allowed"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"interception_mode": "TPROXY"}, "-m TPROXY is not supported"),
+        ({"interception_mode": "NAT"}, "unknown inbound interception mode"),
+        ({"proxy_port": "http"}, "-p: 'http' is not a port number"),
+        ({"inbound_ports": "80,70000"}, "-b: '70000' is not a port number"),
+        ({"proxy_uid": "istio-proxy"}, "-u: expected numeric ids"),
+        ({"outbound_ranges": "10.0.0.0/33"}, "-i: '10.0.0.0/33' is not an IP range"),
+        ({"outbound_ranges": "fd00::/8"}, "IPv6; plait captures IPv4 only"),
+        ({"outbound_ranges_exclude": "*"}, "-x: '*' is not allowed"),
+    ],
+)
 def test_bad_flags_are_refused_with_a_reason(flags: dict[str, str], message: str) -> None:
     with pytest.raises(IptablesError, match=re.escape(message)):
         CaptureConfig.from_flags(**flags)
@@ -177,7 +212,8 @@ COMMIT
 def test_removal_deletes_only_istios_chains_and_the_jumps_into_them() -> None:
     assert removal_input(SAVED) == (
         "*nat\n-D PREROUTING -p tcp -j ISTIO_INBOUND\n-D OUTPUT -p tcp -j ISTIO_OUTPUT\n"
-        "-F ISTIO_INBOUND\n-F ISTIO_OUTPUT\n-X ISTIO_INBOUND\n-X ISTIO_OUTPUT\nCOMMIT\n")
+        "-F ISTIO_INBOUND\n-F ISTIO_OUTPUT\n-X ISTIO_INBOUND\n-X ISTIO_OUTPUT\nCOMMIT\n"
+    )
     assert installed_chains(SAVED) == ["ISTIO_INBOUND", "ISTIO_OUTPUT"]
     assert removal_input("*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n") == ""
 
@@ -242,8 +278,9 @@ def require_root() -> None:
 @pytest.fixture
 def network() -> Iterator[netns.Network]:
     require_root()
-    net = netns.Network(bridge=f"plt-i{os.getpid()}", subnet=f"10.250.{os.getpid() % 250}.0/24",
-                        prefix=f"plti{os.getpid()}-")
+    net = netns.Network(
+        bridge=f"plt-i{os.getpid()}", subnet=f"10.250.{os.getpid() % 250}.0/24", prefix=f"plti{os.getpid()}-"
+    )
     netns.teardown(net)
     netns.ensure_bridge(net)
     yield net
@@ -252,8 +289,9 @@ def network() -> Iterator[netns.Network]:
 
 
 def listen(processes: list[subprocess.Popen[str]], ns: str, *ports: str, uid: int | None = None) -> None:
-    proc = subprocess.Popen(netns.exec_argv(ns, [sys.executable, "-I", "-c", LISTENER, *ports], uid=uid),
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        netns.exec_argv(ns, [sys.executable, "-I", "-c", LISTENER, *ports], uid=uid), stdout=subprocess.PIPE, text=True
+    )
     processes.append(proc)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
 
@@ -271,13 +309,19 @@ def get(ns: str, ip: str, port: int, uid: int | None = None, path: str = "/") ->
 
 
 def plait_iptables(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(netns.exec_argv(ns, [sys.executable, "-m", "plait", "iptables", *args]),
-                          check=False, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        netns.exec_argv(ns, [sys.executable, "-m", "plait", "iptables", *args]),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
-def test_capture_in_a_pod_namespace(network: netns.Network, processes: list[subprocess.Popen[str]],
-                                    backend: str) -> None:
+def test_capture_in_a_pod_namespace(
+    network: netns.Network, processes: list[subprocess.Popen[str]], backend: str
+) -> None:
     base = network.gateway.rsplit(".", 1)[0]
     a_ip, b_ip = f"{base}.2", f"{base}.3"
     pod_a = netns.add_pod(network, "a", a_ip)
@@ -300,8 +344,9 @@ def test_capture_in_a_pod_namespace(network: netns.Network, processes: list[subp
     assert get(pod_b, a_ip, 15021) == f"health {a_ip}:15021 0", "excluded inbound port"
     assert get(pod_a, "127.0.0.1", 15021) == "health 127.0.0.1:15021 0", "loopback is not captured"
     assert get(pod_a, a_ip, 15021) == f"health {a_ip}:15021 0", "the app calling its own pod IP is not captured"
-    assert get(pod_a, a_ip, 9080, uid=netns.PROXY_UID) == f"inbound {a_ip}:9080 1337", \
+    assert get(pod_a, a_ip, 9080, uid=netns.PROXY_UID) == f"inbound {a_ip}:9080 1337", (
         "the proxy calling its own pod IP goes inbound"
+    )
 
     removed = plait_iptables(pod_a, "--cleanup", "--backend", backend)
     assert removed.returncode == 0, removed.stderr
@@ -320,11 +365,17 @@ def test_install_into_a_missing_namespace_says_what_failed() -> None:
 
 
 def tcp_passthrough(name: str, port: int, cluster: str, **listener: object) -> dict:
-    proxy = {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-             "stat_prefix": cluster, "cluster": cluster}
-    return {"name": name, "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
-            "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": proxy}]}],
-            **listener}
+    proxy = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": cluster,
+        "cluster": cluster,
+    }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": proxy}]}],
+        **listener,
+    }
 
 
 def original_dst_cluster(name: str, **cluster: object) -> dict:
@@ -336,22 +387,34 @@ SIDECAR = {  # Istio's capture listeners, reduced to passthrough
     "static_resources": {
         "listeners": [
             tcp_passthrough("virtualOutbound", 15001, "PassthroughCluster", use_original_dst=True),
-            tcp_passthrough("virtualInbound", 15006, "InboundPassthroughCluster", listener_filters=[{
-                "name": "envoy.filters.listener.original_dst",
-                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3"
-                                          ".OriginalDst"}}]),
+            tcp_passthrough(
+                "virtualInbound",
+                15006,
+                "InboundPassthroughCluster",
+                listener_filters=[
+                    {
+                        "name": "envoy.filters.listener.original_dst",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+                        },
+                    }
+                ],
+            ),
         ],
         "clusters": [
             original_dst_cluster("PassthroughCluster"),
-            original_dst_cluster("InboundPassthroughCluster", upstream_bind_config={
-                "source_address": {"address": "127.0.0.6", "port_value": 0}}),
+            original_dst_cluster(
+                "InboundPassthroughCluster",
+                upstream_bind_config={"source_address": {"address": "127.0.0.6", "port_value": 0}},
+            ),
         ],
     },
 }
 
 
 def test_envoy_as_uid_1337_passes_captured_traffic_through(
-        network: netns.Network, processes: list[subprocess.Popen[str]]) -> None:
+    network: netns.Network, processes: list[subprocess.Popen[str]]
+) -> None:
     base = network.gateway.rsplit(".", 1)[0]
     a_ip, b_ip = f"{base}.2", f"{base}.3"
     pod_a = netns.add_pod(network, "a", a_ip)
@@ -369,5 +432,7 @@ def test_envoy_as_uid_1337_passes_captured_traffic_through(
     assert get(pod_a, b_ip, 8000) == f"app-b {b_ip}:8000 0"
     assert get(pod_b, a_ip, 9080) == f"app-a {a_ip}:9080 0"
     stats = get(pod_a, "127.0.0.1", 15000, path="/stats?filter=Passthrough.*upstream_cx_total")
-    assert stats.splitlines() == ["cluster.InboundPassthroughCluster.upstream_cx_total: 1",
-                                  "cluster.PassthroughCluster.upstream_cx_total: 1"]
+    assert stats.splitlines() == [
+        "cluster.InboundPassthroughCluster.upstream_cx_total: 1",
+        "cluster.PassthroughCluster.upstream_cx_total: 1",
+    ]

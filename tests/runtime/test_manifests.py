@@ -15,25 +15,28 @@ from plait.runtime.manifests import load_manifests
 VARIABLES = {"A": "a", "EMPTY": "", "REF": "$(A)"}
 
 
-@pytest.mark.parametrize(("text", "expanded"), [
-    ("$(A)", "a"),
-    ("--bind=$(A):80", "--bind=a:80"),
-    ("$(A)$(A)", "aa"),
-    ("x$(EMPTY)y", "xy"),
-    ("$(UNKNOWN)", "$(UNKNOWN)"),         # undefined: kept literally
-    ("$$(A)", "$(A)"),                    # escaped
-    ("$$$(A)", "$a"),                     # an escaped $, then a reference
-    ("$$", "$"),
-    ("$$$", "$$"),
-    ("$A", "$A"),                         # shell syntax passes through
-    ("${A}", "${A}"),
-    ("$", "$"),
-    ("a$", "a$"),
-    ("$(A", "$(A"),                       # unclosed
-    ("$()", "$()"),
-    ("$(REF)", "$(A)"),                   # one pass: a value is not expanded again
-    ("$(A$(A))", "$(A$(A))"),             # the name runs to the first ')'
-])
+@pytest.mark.parametrize(
+    ("text", "expanded"),
+    [
+        ("$(A)", "a"),
+        ("--bind=$(A):80", "--bind=a:80"),
+        ("$(A)$(A)", "aa"),
+        ("x$(EMPTY)y", "xy"),
+        ("$(UNKNOWN)", "$(UNKNOWN)"),  # undefined: kept literally
+        ("$$(A)", "$(A)"),  # escaped
+        ("$$$(A)", "$a"),  # an escaped $, then a reference
+        ("$$", "$"),
+        ("$$$", "$$"),
+        ("$A", "$A"),  # shell syntax passes through
+        ("${A}", "${A}"),
+        ("$", "$"),
+        ("a$", "a$"),
+        ("$(A", "$(A"),  # unclosed
+        ("$()", "$()"),
+        ("$(REF)", "$(A)"),  # one pass: a value is not expanded again
+        ("$(A$(A))", "$(A$(A))"),  # the name runs to the first ')'
+    ],
+)
 def test_expansion_follows_the_kubelet(text: str, expanded: str) -> None:
     assert expand(text, VARIABLES) == expanded
 
@@ -72,8 +75,18 @@ def test_command_and_args_expand_from_the_container_environment(tmp_path: Path) 
     manifests = load(tmp_path, DEPLOYMENT)
     assert manifests.errors == []
     [pod] = pods_for(manifests.deployments[0], Addresses("proxy"), "proxy")
-    assert pod.command == ["server", "--bind", pod.app_ip, "--port=9080", "--name", "web-0",
-                           "--greeting", "hello web-0 in shop, later $(LATER)", "$(MY_NAME)", "$(NOT_SET)"]
+    assert pod.command == [
+        "server",
+        "--bind",
+        pod.app_ip,
+        "--port=9080",
+        "--name",
+        "web-0",
+        "--greeting",
+        "hello web-0 in shop, later $(LATER)",
+        "$(MY_NAME)",
+        "$(NOT_SET)",
+    ]
     assert (pod.env["MY_IP"], pod.env["MY_SA"], pod.env["MY_VERSION"]) == (pod.app_ip, "web-sa", "v2")
     assert pod.env["BIND_ADDRESS"] == pod.app_ip and pod.env["POD_NAME"] == "web-0"
 
@@ -84,19 +97,37 @@ def test_capture_mode_pod_ip_is_the_pods_own_address(tmp_path: Path) -> None:
     assert pod.command[:3] == ["server", "--bind", "0.0.0.0"]
 
 
-@pytest.mark.parametrize(("env", "path", "message"), [
-    ("{name: X, valueFrom: {secretKeyRef: {name: s, key: k}}}", "env[0].valueFrom",
-     "valueFrom.secretKeyRef is not supported by plait's local mesh yet"),
-    ("{name: X, valueFrom: {configMapKeyRef: {name: c, key: k}}}", "env[0].valueFrom",
-     "valueFrom.configMapKeyRef is not supported"),
-    ("{name: X, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}", "env[0].valueFrom.fieldRef.fieldPath",
-     "'spec.nodeName' is not a field a local pod has"),
-    ("{name: X, value: v, valueFrom: {fieldRef: {fieldPath: metadata.name}}}", "env[0]",
-     "may not have both 'value' and 'valueFrom'"),
-])
-def test_env_the_local_mesh_cannot_fill_is_refused_with_its_path(tmp_path: Path, env: str, path: str,
-                                                                message: str) -> None:
-    manifests = load(tmp_path, f"""
+@pytest.mark.parametrize(
+    ("env", "path", "message"),
+    [
+        (
+            "{name: X, valueFrom: {secretKeyRef: {name: s, key: k}}}",
+            "env[0].valueFrom",
+            "valueFrom.secretKeyRef is not supported by plait's local mesh yet",
+        ),
+        (
+            "{name: X, valueFrom: {configMapKeyRef: {name: c, key: k}}}",
+            "env[0].valueFrom",
+            "valueFrom.configMapKeyRef is not supported",
+        ),
+        (
+            "{name: X, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}",
+            "env[0].valueFrom.fieldRef.fieldPath",
+            "'spec.nodeName' is not a field a local pod has",
+        ),
+        (
+            "{name: X, value: v, valueFrom: {fieldRef: {fieldPath: metadata.name}}}",
+            "env[0]",
+            "may not have both 'value' and 'valueFrom'",
+        ),
+    ],
+)
+def test_env_the_local_mesh_cannot_fill_is_refused_with_its_path(
+    tmp_path: Path, env: str, path: str, message: str
+) -> None:
+    manifests = load(
+        tmp_path,
+        f"""
 apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: web}}
@@ -105,7 +136,8 @@ spec:
     spec:
       containers:
       - {{name: web, command: [server], env: [{env}]}}
-""")
+""",
+    )
     [problem] = manifests.errors
     assert problem.path == f"spec.template.spec.containers[0].{path}"
     assert message in problem.message and problem.name == "web" and problem.file.endswith("app.yaml")

@@ -49,8 +49,11 @@ def test_names_fit_linux_limits() -> None:
 
 
 def test_hosts_file_maps_service_names_to_addresses() -> None:
-    text = netns.hosts_text("reviews-v1-0", "10.244.0.5",
-                            {"10.96.0.12": ["ratings", "ratings.default", "ratings.default.svc.cluster.local"]})
+    text = netns.hosts_text(
+        "reviews-v1-0",
+        "10.244.0.5",
+        {"10.96.0.12": ["ratings", "ratings.default", "ratings.default.svc.cluster.local"]},
+    )
     assert text.splitlines()[1:] == [
         "127.0.0.1\tlocalhost",
         "::1\tlocalhost ip6-localhost ip6-loopback",
@@ -61,8 +64,18 @@ def test_hosts_file_maps_service_names_to_addresses() -> None:
 
 def test_exec_argv_runs_the_proxy_as_uid_1337() -> None:
     assert netns.exec_argv("plait-a", ["envoy", "-c", "x.yaml"], uid=netns.PROXY_UID) == [
-        "ip", "netns", "exec", "plait-a", "setpriv", "--reuid=1337", "--regid=1337", "--clear-groups",
-        "envoy", "-c", "x.yaml"]
+        "ip",
+        "netns",
+        "exec",
+        "plait-a",
+        "setpriv",
+        "--reuid=1337",
+        "--regid=1337",
+        "--clear-groups",
+        "envoy",
+        "-c",
+        "x.yaml",
+    ]
     assert netns.exec_argv("plait-a", ["app"]) == ["ip", "netns", "exec", "plait-a", "app"]
 
 
@@ -77,8 +90,7 @@ def require_root() -> None:
 @pytest.fixture
 def network() -> Iterator[Network]:
     require_root()
-    net = Network(bridge=f"plt-n{os.getpid()}", subnet=f"10.251.{os.getpid() % 250}.0/24",
-                  prefix=f"pltn{os.getpid()}-")
+    net = Network(bridge=f"plt-n{os.getpid()}", subnet=f"10.251.{os.getpid() % 250}.0/24", prefix=f"pltn{os.getpid()}-")
     netns.teardown(net)
     netns.ensure_bridge(net)
     yield net
@@ -101,8 +113,13 @@ def serve(processes: list[subprocess.Popen[str]], ns: str, port: int) -> None:
 
 
 def run_in(ns: str, code: str, *args: str, uid: int | None = None) -> str:
-    done = subprocess.run(netns.exec_argv(ns, [sys.executable, "-I", "-c", code, *args], uid=uid),
-                          check=False, capture_output=True, text=True, timeout=20)
+    done = subprocess.run(
+        netns.exec_argv(ns, [sys.executable, "-I", "-c", code, *args], uid=uid),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -113,7 +130,8 @@ def test_capture_is_available_here() -> None:
 
 
 def test_pods_reach_each_other_by_name_and_the_host_reaches_them(
-        network: Network, processes: list[subprocess.Popen[str]]) -> None:
+    network: Network, processes: list[subprocess.Popen[str]]
+) -> None:
     netns.ensure_bridge(network)  # again: the existing bridge is kept as it is
     a_ip, b_ip = address(network, 2), address(network, 3)
     pod_a = netns.add_pod(network, "client-v1-0", a_ip, {b_ip: ["backend", "backend.default"]})
@@ -128,12 +146,13 @@ def test_pods_reach_each_other_by_name_and_the_host_reaches_them(
     assert ifaces == "['eth0', 'lo']"
 
 
-def test_hosts_file_updates_reach_running_processes(
-        network: Network, processes: list[subprocess.Popen[str]]) -> None:
+def test_hosts_file_updates_reach_running_processes(network: Network, processes: list[subprocess.Popen[str]]) -> None:
     a_ip = address(network, 2)
     pod = netns.add_pod(network, "a", a_ip, {"10.96.0.20": ["reviews"]})
-    lookup = "import socket, sys\nfor _ in range(2):\n    print(socket.gethostbyname('reviews'), flush=True)\n" \
-             "    sys.stdin.readline()\n"
+    lookup = (
+        "import socket, sys\nfor _ in range(2):\n    print(socket.gethostbyname('reviews'), flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
     proc = start(processes, netns.exec_argv(pod, [sys.executable, "-I", "-c", lookup]))
     assert proc.stdout is not None and proc.stdin is not None
     assert proc.stdout.readline().strip() == "10.96.0.20"
@@ -172,7 +191,8 @@ def test_add_pod_refuses_bad_input_and_leaves_nothing(network: Network) -> None:
 
 
 def test_teardown_removes_everything_and_can_run_again(
-        network: Network, processes: list[subprocess.Popen[str]]) -> None:
+    network: Network, processes: list[subprocess.Popen[str]]
+) -> None:
     pods = {"a": address(network, 2), "b": address(network, 3)}
     for pod, ip in pods.items():
         netns.add_pod(network, pod, ip, {"10.96.0.30": ["svc"]})

@@ -289,9 +289,25 @@ def mesh(request, tmp_path_factory):
     started = time.monotonic()
     try:
         gateway = BOOKINFO / "networking" / "bookinfo-gateway.yaml"
-        up = plait("up", "-f", str(BOOKINFO / "manifests"), "-f", str(gateway),
-                   "-d", "--mode", mesh.mode, "--state-dir", str(mesh.state_dir), "--cert-ttl", f"{CERT_TTL}s",
-                   "--ingress-port", str(mesh.ingress_port), "--ingress-tls-port", str(free_port()), cwd=workdir)
+        up = plait(
+            "up",
+            "-f",
+            str(BOOKINFO / "manifests"),
+            "-f",
+            str(gateway),
+            "-d",
+            "--mode",
+            mesh.mode,
+            "--state-dir",
+            str(mesh.state_dir),
+            "--cert-ttl",
+            f"{CERT_TTL}s",
+            "--ingress-port",
+            str(mesh.ingress_port),
+            "--ingress-tls-port",
+            str(free_port()),
+            cwd=workdir,
+        )
         assert up.returncode == 0, up.stdout + up.stderr
         print(f"{mesh.mode}: mesh ready in {time.monotonic() - started:.1f}s")
         yield mesh
@@ -312,10 +328,18 @@ def test_sidecars_talk_mutual_tls_with_their_own_spiffe_identities(mesh: Mesh) -
     # (and the ingress gateway's to productpage) did
     assert mesh.counter("details-v1-0", f"listener.{mesh.inbound_listener('details-v1-0')}.ssl.handshake") > 0
     for service in ("details", "reviews"):
-        assert mesh.counter("productpage-v1-0", f"cluster.outbound|9080||{service}.default.svc.cluster.local"
-                                                ".ssl.handshake") > 0
-    assert mesh.counter("istio-ingressgateway",
-                        "cluster.outbound|9080||productpage.default.svc.cluster.local.ssl.handshake") > 0
+        assert (
+            mesh.counter(
+                "productpage-v1-0", f"cluster.outbound|9080||{service}.default.svc.cluster.local.ssl.handshake"
+            )
+            > 0
+        )
+    assert (
+        mesh.counter(
+            "istio-ingressgateway", "cluster.outbound|9080||productpage.default.svc.cluster.local.ssl.handshake"
+        )
+        > 0
+    )
     # the client accepts only the destination's service account
     clusters = envoyconfig.clusters(json.loads(mesh.admin("productpage-v1-0", "/config_dump")))
     reviews = next(c for c in clusters if c["name"] == "outbound|9080||reviews.default.svc.cluster.local")
@@ -323,8 +347,11 @@ def test_sidecars_talk_mutual_tls_with_their_own_spiffe_identities(mesh: Mesh) -
 
     root = x509.load_pem_x509_certificate((mesh.state_dir / "root-cert.pem").read_bytes())
     gateway = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
-    for pod, identity in (("productpage-v1-0", TRUST + "bookinfo-productpage"),
-                          ("details-v1-0", TRUST + "bookinfo-details"), ("istio-ingressgateway", gateway)):
+    for pod, identity in (
+        ("productpage-v1-0", TRUST + "bookinfo-productpage"),
+        ("details-v1-0", TRUST + "bookinfo-details"),
+        ("istio-ingressgateway", gateway),
+    ):
         secrets = mesh.secrets(pod)
         assert secrets["default"]["identity"] == [identity], secrets["default"]
         assert secrets["default"]["valid"] and secrets["default"]["root"]["chains_to"] == "ROOTCA"
@@ -410,8 +437,20 @@ class Issuer:
 
     def jwks(self) -> str:
         numbers = self.key.public_key().public_numbers()
-        return json.dumps({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": self.kid,
-                                     "n": _b64(_uint(numbers.n)), "e": _b64(_uint(numbers.e))}]})
+        return json.dumps(
+            {
+                "keys": [
+                    {
+                        "kty": "RSA",
+                        "alg": "RS256",
+                        "use": "sig",
+                        "kid": self.kid,
+                        "n": _b64(_uint(numbers.n)),
+                        "e": _b64(_uint(numbers.e)),
+                    }
+                ]
+            }
+        )
 
     def token(self, *, subject: str = SUBJECT, lifetime: int = 3600, signer: rsa.RSAPrivateKey | None = None) -> str:
         now = int(time.time())
@@ -432,11 +471,18 @@ def _uint(number: int) -> bytes:
 
 def request_authentication(issuer: Issuer) -> str:
     """Istio's task's RequestAuthentication on the ingress gateway, with the keys inline."""
-    return yaml.safe_dump({
-        "apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
-        "metadata": {"name": "jwt-example", "namespace": "istio-system"},
-        "spec": {"selector": {"matchLabels": {"istio": "ingressgateway"}},
-                 "jwtRules": [{"issuer": ISSUER, "jwks": issuer.jwks()}]}}, sort_keys=False)
+    return yaml.safe_dump(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "RequestAuthentication",
+            "metadata": {"name": "jwt-example", "namespace": "istio-system"},
+            "spec": {
+                "selector": {"matchLabels": {"istio": "ingressgateway"}},
+                "jwtRules": [{"issuer": ISSUER, "jwks": issuer.jwks()}],
+            },
+        },
+        sort_keys=False,
+    )
 
 
 def test_jwt_on_the_ingress_gateway(mesh: Mesh) -> None:
@@ -534,19 +580,33 @@ def test_a_pod_asking_for_another_identity_is_refused_and_logged(mesh: Mesh) -> 
     root = mesh.state_dir / "root-cert.pem"
     own, other = TRUST + "bookinfo-ratings", TRUST + "bookinfo-reviews"
     if mesh.mode == "capture":
-        done = mesh.in_pod("ratings-v1-0", [sys.executable, "-c", IMPERSONATE, f"{netns.Network().gateway}:15012",
-                                            str(token), str(root), own, other], timeout=30)
+        done = mesh.in_pod(
+            "ratings-v1-0",
+            [sys.executable, "-c", IMPERSONATE, f"{netns.Network().gateway}:15012", str(token), str(root), own, other],
+            timeout=30,
+        )
     else:
-        done = subprocess.run([sys.executable, "-c", IMPERSONATE, "127.0.0.1:15012", str(token), str(root), own, other],
-                              capture_output=True, text=True, timeout=30, check=False)
+        done = subprocess.run(
+            [sys.executable, "-c", IMPERSONATE, "127.0.0.1:15012", str(token), str(root), own, other],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     assert done.returncode == 0, done.stdout + done.stderr
     answers = json.loads(done.stdout)
     assert answers["own"] == ["OK", [own]]
     assert answers["other"][0] == "PERMISSION_DENIED" and other in answers["other"][1], answers
     assert answers["client"][0] == "refused" and other in answers["client"][1], answers
     log = mesh.state_dir / "logs" / "control-plane.log"
-    eventually(lambda: any("certificate refused (wrong_identity)" in line and other in line and "ratings-v1-0" in line
-                           for line in log.read_text().splitlines()), "the refusal in the control plane's log", 5)
+    eventually(
+        lambda: any(
+            "certificate refused (wrong_identity)" in line and other in line and "ratings-v1-0" in line
+            for line in log.read_text().splitlines()
+        ),
+        "the refusal in the control plane's log",
+        5,
+    )
 
 
 def test_every_proxy_gets_its_config_over_tls_and_there_is_no_plaintext_xds(mesh: Mesh) -> None:

@@ -43,7 +43,9 @@ spec:
   http: [{route: [{destination: {host: web}}]}]
 """
 
-EXPANDED_ARGS = SERVICE_AND_ROUTE + """
+EXPANDED_ARGS = (
+    SERVICE_AND_ROUTE
+    + """
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -60,8 +62,11 @@ spec:
         ports: [{containerPort: 9080}]
         readinessProbe: {httpGet: {path: /, port: 9080}}
 """
+)
 
-CRASH_LOOP = SERVICE_AND_ROUTE + """
+CRASH_LOOP = (
+    SERVICE_AND_ROUTE
+    + """
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -75,13 +80,25 @@ spec:
         command: ["python3", "-c", "import sys; print('cannot open the database', flush=True); sys.exit(3)"]
         ports: [{containerPort: 9080}]
 """
+)
 
 
 def up(workdir: Path, manifest: str, ingress_port: int):
     wait_for_no_other_mesh()
     (workdir / "app.yaml").write_text(manifest)
-    return plait("up", "-f", "app.yaml", "-d", "--mode", "proxy", "--ingress-port", str(ingress_port),
-                 "--ingress-tls-port", str(free_port()), cwd=workdir)
+    return plait(
+        "up",
+        "-f",
+        "app.yaml",
+        "-d",
+        "--mode",
+        "proxy",
+        "--ingress-port",
+        str(ingress_port),
+        "--ingress-tls-port",
+        str(free_port()),
+        cwd=workdir,
+    )
 
 
 @pytest.fixture
@@ -117,12 +134,33 @@ def test_a_crash_looping_pod_is_reported_in_the_foreground_too(tmp_path: Path) -
     output = tmp_path / "up.out"
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
     with open(output, "wb") as sink:
-        up = subprocess.Popen([sys.executable, "-m", "plait", "up", "-f", "app.yaml", "--mode", "proxy",
-                               "--ingress-port", str(free_port()), "--ingress-tls-port", str(free_port())],
-                              cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        up = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "plait",
+                "up",
+                "-f",
+                "app.yaml",
+                "--mode",
+                "proxy",
+                "--ingress-port",
+                str(free_port()),
+                "--ingress-tls-port",
+                str(free_port()),
+            ],
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     try:
-        wait_until(lambda: "keeps crashing" in output.read_text(errors="replace"), 120,
-                   f"plait up to report the crash loop ({output})", interval=0.5)
+        wait_until(
+            lambda: "keeps crashing" in output.read_text(errors="replace"),
+            120,
+            f"plait up to report the crash loop ({output})",
+            interval=0.5,
+        )
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0

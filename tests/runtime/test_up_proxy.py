@@ -71,10 +71,23 @@ def children(pid: int) -> list[int]:
 def mesh(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("up")
     certs = Path(__file__).parents[1] / "xds" / "testdata" / "certs"
-    (workdir / "app.yaml").write_text(MANIFEST.replace("CERT", str(certs / "cert.pem")).replace("KEY", str(certs / "key.pem")))
+    (workdir / "app.yaml").write_text(
+        MANIFEST.replace("CERT", str(certs / "cert.pem")).replace("KEY", str(certs / "key.pem"))
+    )
     port, tls_port = free_port(), free_port()
-    result = plait("up", "-f", "app.yaml", "-d", "--mode", "proxy", "--ingress-port", str(port),
-                   "--ingress-tls-port", str(tls_port), cwd=workdir)
+    result = plait(
+        "up",
+        "-f",
+        "app.yaml",
+        "-d",
+        "--mode",
+        "proxy",
+        "--ingress-port",
+        str(port),
+        "--ingress-tls-port",
+        str(tls_port),
+        cwd=workdir,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     try:
         yield workdir, port, tls_port
@@ -114,15 +127,20 @@ def test_a_killed_app_is_restarted_and_traffic_recovers(mesh) -> None:
     assert apps, "the app process of web-v1-1 was not found"
     os.kill(apps[0], signal.SIGKILL)
     wait_until(lambda: State.load(workdir / ".plait").pods[1].restarts >= 1, 30, "the pod to be restarted")
-    wait_until(lambda: "ready" in next(row for row in plait("status", cwd=workdir).stdout.splitlines()
-                                       if "web-v1-1" in row), 60, "the restarted pod to be ready")
+    wait_until(
+        lambda: "ready" in next(row for row in plait("status", cwd=workdir).stdout.splitlines() if "web-v1-1" in row),
+        60,
+        "the restarted pod to be ready",
+    )
     assert [http_request("127.0.0.1", port, "/").status for _ in range(20)] == [200] * 20
     assert " 1 " in next(row for row in plait("status", cwd=workdir).stdout.splitlines() if "web-v1-1" in row) + " "
 
 
 def test_https_server_with_a_user_certificate_on_the_ingress_gateway(mesh) -> None:
     _, _, tls_port = mesh
-    context = ssl.create_default_context(cafile=str(Path(__file__).parents[1] / "xds" / "testdata" / "certs" / "cert.pem"))
+    context = ssl.create_default_context(
+        cafile=str(Path(__file__).parents[1] / "xds" / "testdata" / "certs" / "cert.pem")
+    )
     context.check_hostname = False  # the test certificate names store.example.com
     connection = http.client.HTTPSConnection("127.0.0.1", tls_port, context=context, timeout=10)
     try:

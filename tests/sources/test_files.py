@@ -101,8 +101,15 @@ def test_hand_edits_are_picked_up_and_a_broken_edit_keeps_the_last_good_config(t
 
 def test_registered_workloads_carry_readiness() -> None:
     registry = WorkloadRegistry()
-    w = parse_workload({"name": "reviews-v1", "namespace": "default", "address": "10.0.0.1",
-                        "labels": {"app": "reviews"}, "ports": {"http": 9080}})
+    w = parse_workload(
+        {
+            "name": "reviews-v1",
+            "namespace": "default",
+            "address": "10.0.0.1",
+            "labels": {"app": "reviews"},
+            "ports": {"http": 9080},
+        }
+    )
     key = registry.register(w)
     assert registry.resources()[key].meta.annotations == {"plait.io/ready": "false"}
     registry.set_ready("default", "reviews-v1", True)

@@ -32,8 +32,14 @@ TOOL = find_testenv()
 pytestmark = pytest.mark.skipif(TOOL is None, reason="kube-testenv not found (set PLAIT_KUBE_TESTENV)")
 CONVERGE = 30.0  # seconds; a change shows within the debounce interval, an outage within the backoff
 REVIEWS = "reviews.shop.svc.cluster.local"
-PRODUCTPAGE = Proxy(kind="sidecar", ip="10.1.0.2", name="productpage-v1", namespace="shop",
-                    labels={"app": "productpage", "version": "v1"}, service_account="bookinfo-productpage")
+PRODUCTPAGE = Proxy(
+    kind="sidecar",
+    ip="10.1.0.2",
+    name="productpage-v1",
+    namespace="shop",
+    labels={"app": "productpage", "version": "v1"},
+    service_account="bookinfo-productpage",
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,47 +53,82 @@ def cluster():
 
 
 def pod(name: str, app: str, version: str, sa: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "shop", "labels": {"app": app, "version": version}},
-            "spec": {"serviceAccountName": sa,
-                     "containers": [{"name": app, "image": f"{app}:1",
-                                     "ports": [{"name": "http", "containerPort": 9080}]}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "labels": {"app": app, "version": version}},
+        "spec": {
+            "serviceAccountName": sa,
+            "containers": [{"name": app, "image": f"{app}:1", "ports": [{"name": "http", "containerPort": 9080}]}],
+        },
+    }
 
 
 def service(name: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
-            "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 9080}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 9080}]},
+    }
 
 
 def endpoint_slice(service_name: str, endpoints: list[tuple[str, str, bool]]) -> dict:
     """What the EndpointSlice controller would write for (address, pod, ready) endpoints."""
-    return {"apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
-            "metadata": {"name": f"{service_name}-abcde", "namespace": "shop",
-                         "labels": {"kubernetes.io/service-name": service_name}},
-            "addressType": "IPv4", "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}],
-            "endpoints": [{"addresses": [address], "conditions": {"ready": ready},
-                           "targetRef": {"kind": "Pod", "namespace": "shop", "name": pod_name}}
-                          for address, pod_name, ready in endpoints]}
+    return {
+        "apiVersion": "discovery.k8s.io/v1beta1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service_name}-abcde",
+            "namespace": "shop",
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}],
+        "endpoints": [
+            {
+                "addresses": [address],
+                "conditions": {"ready": ready},
+                "targetRef": {"kind": "Pod", "namespace": "shop", "name": pod_name},
+            }
+            for address, pod_name, ready in endpoints
+        ],
+    }
 
 
 def virtual_service(subset: str, timeout: str = "5s") -> dict:
-    return {"apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
-            "metadata": {"name": "reviews", "namespace": "shop"},
-            "spec": {"hosts": ["reviews"], "http": [{"timeout": timeout,
-                                                     "route": [{"destination": {"host": "reviews", "subset": subset}}]}]}}
+    return {
+        "apiVersion": "networking.istio.io/v1beta1",
+        "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": "shop"},
+        "spec": {
+            "hosts": ["reviews"],
+            "http": [{"timeout": timeout, "route": [{"destination": {"host": "reviews", "subset": subset}}]}],
+        },
+    }
 
 
 def bookinfo_part() -> list[dict]:
     subsets = [{"name": v, "labels": {"version": v}} for v in ("v1", "v2")]
     return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"istio-injection": "enabled"}}},
-        service("reviews"), service("productpage"),
-        pod("reviews-v1", "reviews", "v1", "bookinfo-reviews"), pod("reviews-v2", "reviews", "v2", "bookinfo-reviews"),
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": {"istio-injection": "enabled"}},
+        },
+        service("reviews"),
+        service("productpage"),
+        pod("reviews-v1", "reviews", "v1", "bookinfo-reviews"),
+        pod("reviews-v2", "reviews", "v2", "bookinfo-reviews"),
         pod("productpage-v1", "productpage", "v1", "bookinfo-productpage"),
         endpoint_slice("reviews", [("10.1.0.5", "reviews-v1", True), ("10.1.0.6", "reviews-v2", True)]),
         endpoint_slice("productpage", [("10.1.0.2", "productpage-v1", True)]),
-        {"apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
-         "metadata": {"name": "reviews", "namespace": "shop"}, "spec": {"host": "reviews", "subsets": subsets}},
+        {
+            "apiVersion": "networking.istio.io/v1beta1",
+            "kind": "DestinationRule",
+            "metadata": {"name": "reviews", "namespace": "shop"},
+            "spec": {"host": "reviews", "subsets": subsets},
+        },
         virtual_service("v1"),
     ]
 
@@ -121,16 +162,22 @@ async def _follow_the_cluster(cluster: KubeTestenv, cp: ControlPlaneProcess) -> 
 
     async with AdsClient(cp.address, make_node(PRODUCTPAGE)) as client:
         # what the cluster holds: Services, EndpointSlices + Pods, DestinationRule subsets, VirtualService
-        await client.wait_for(lambda c: eds_addresses(c, f"outbound|9080||{REVIEWS}") == {"10.1.0.5", "10.1.0.6"}
-                              and f"outbound|9080|v1|{REVIEWS}" in route_text(c), CONVERGE)
+        await client.wait_for(
+            lambda c: (
+                eds_addresses(c, f"outbound|9080||{REVIEWS}") == {"10.1.0.5", "10.1.0.6"}
+                and f"outbound|9080|v1|{REVIEWS}" in route_text(c)
+            ),
+            CONVERGE,
+        )
         assert eds_addresses(client, f"outbound|9080|v2|{REVIEWS}") == {"10.1.0.6"}
         assert f"outbound|9080|v2|{REVIEWS}" in client.held["cds"]
 
         # updates propagate: the route, and an endpoint that stops being ready leaves EDS
         await kubectl_apply(virtual_service("v2"))
         await client.wait_for(lambda c: f"outbound|9080|v2|{REVIEWS}" in route_text(c), CONVERGE)
-        await kubectl_apply(endpoint_slice("reviews", [("10.1.0.5", "reviews-v1", True),
-                                                       ("10.1.0.6", "reviews-v2", False)]))
+        await kubectl_apply(
+            endpoint_slice("reviews", [("10.1.0.5", "reviews-v1", True), ("10.1.0.6", "reviews-v2", False)])
+        )
         await client.wait_for(lambda c: eds_addresses(c, f"outbound|9080||{REVIEWS}") == {"10.1.0.5"}, CONVERGE)
 
         # an invalid VirtualService (the CRD's schema lets it through on 1.20) is left out, the last good
@@ -140,7 +187,8 @@ async def _follow_the_cluster(cluster: KubeTestenv, cp: ControlPlaneProcess) -> 
         await client.wait_for(lambda c: "outbound|9080||ratings.shop.svc.cluster.local" in c.held["cds"], CONVERGE)
         problems = cp.api.get("/api/v1/config")["problems"]
         assert [(p["kind"], p["namespace"], p["name"], p["path"]) for p in problems] == [
-            ("VirtualService", "shop", "reviews", "spec.http[0].timeout")]
+            ("VirtualService", "shop", "reviews", "spec.http[0].timeout")
+        ]
         assert "error: kubernetes, VirtualService shop/reviews: field spec.http[0].timeout:" in cp.log_path.read_text()
         assert f"outbound|9080|v2|{REVIEWS}" in route_text(client)
         assert "plait_config_problems 1.0" in cp.api.get("/metrics")
@@ -162,8 +210,7 @@ async def _follow_the_cluster(cluster: KubeTestenv, cp: ControlPlaneProcess) -> 
 
         # deletes propagate
         await asyncio.to_thread(cluster.kubectl, "delete", "-n", "shop", "service", "ratings")
-        await client.wait_for(lambda c: "outbound|9080||ratings.shop.svc.cluster.local" not in c.held["cds"],
-                              CONVERGE)
+        await client.wait_for(lambda c: "outbound|9080||ratings.shop.svc.cluster.local" not in c.held["cds"], CONVERGE)
 
 
 def test_a_watch_whose_resource_version_was_compacted_relists(cluster, caplog):
@@ -177,11 +224,20 @@ def test_a_watch_whose_resource_version_was_compacted_relists(cluster, caplog):
         task = asyncio.create_task(source.run())
         try:
             await asyncio.wait_for(source.wait_synced(), CONVERGE)
-            await asyncio.to_thread(cluster.apply, dump(
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "relist"}},
-                {"apiVersion": "networking.istio.io/v1beta1", "kind": "Gateway",
-                 "metadata": {"name": "before", "namespace": "relist"},
-                 "spec": {"servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}))
+            await asyncio.to_thread(
+                cluster.apply,
+                dump(
+                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "relist"}},
+                    {
+                        "apiVersion": "networking.istio.io/v1beta1",
+                        "kind": "Gateway",
+                        "metadata": {"name": "before", "namespace": "relist"},
+                        "spec": {
+                            "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]
+                        },
+                    },
+                ),
+            )
             await until(lambda: ("Gateway", "relist", "before") in source.resources)
             relists = source.relists
             await asyncio.to_thread(cluster.bump_etcd_revision)
@@ -222,19 +278,35 @@ READER_RULES = [  # what the control plane needs to read the mesh (the install's
 
 
 def test_with_only_its_rbac_the_control_plane_reads_everything_and_a_kind_it_may_not_list_is_left_aside(
-        cluster, caplog):
+    cluster, caplog
+):
     """Read-only RBAC suffices; without the right to list nodes it starts all the same (no localities)."""
     caplog.set_level(logging.WARNING, logger="plait.sources.kubernetes")
     no_nodes = [dict(rule, resources=[r for r in rule["resources"] if r != "nodes"]) for rule in READER_RULES]
-    cluster.apply(dump(
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "plait-reader"},
-         "rules": no_nodes},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "plait-reader"},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "plait-reader"},
-         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "plait-reader"}]},
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "rbac"}},
-        {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "r", "namespace": "rbac"},
-         "spec": {"host": "r"}}))
+    cluster.apply(
+        dump(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": "plait-reader"},
+                "rules": no_nodes,
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "plait-reader"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "plait-reader"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "plait-reader"}],
+            },
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "rbac"}},
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "DestinationRule",
+                "metadata": {"name": "r", "namespace": "rbac"},
+                "spec": {"host": "r"},
+            },
+        )
+    )
     kubeconfig = cluster.user_kubeconfig("plait-reader")
 
     async def scenario() -> None:
@@ -246,11 +318,22 @@ def test_with_only_its_rbac_the_control_plane_reads_everything_and_a_kind_it_may
             assert ("DestinationRule", "rbac", "r") in source.resources
             assert source.view.collections["Node"].objects == {}
             # granted later: read without a restart
-            await asyncio.to_thread(cluster.apply, dump(
-                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                 "metadata": {"name": "plait-reader"}, "rules": READER_RULES},
-                {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "labels": {
-                    "topology.kubernetes.io/region": "eu"}}}))
+            await asyncio.to_thread(
+                cluster.apply,
+                dump(
+                    {
+                        "apiVersion": "rbac.authorization.k8s.io/v1",
+                        "kind": "ClusterRole",
+                        "metadata": {"name": "plait-reader"},
+                        "rules": READER_RULES,
+                    },
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Node",
+                        "metadata": {"name": "n1", "labels": {"topology.kubernetes.io/region": "eu"}},
+                    },
+                ),
+            )
             await until(lambda: ("", "n1") in source.view.collections["Node"].objects)
         finally:
             task.cancel()
@@ -264,30 +347,65 @@ def test_with_only_its_rbac_the_control_plane_reads_everything_and_a_kind_it_may
 def test_a_real_envoy_routes_by_what_kubectl_applied(cluster, tmp_path):
     """`plait agent` runs Envoy for a client pod of the cluster; its requests to reviews land where
     the cluster's VirtualService says, and move when kubectl applies another one."""
-    with loopback_subnet() as net, HttpBackend("reviews-v1", f"{net}.11", 8080), \
-            HttpBackend("reviews-v2", f"{net}.12", 8080):
+    with (
+        loopback_subnet() as net,
+        HttpBackend("reviews-v1", f"{net}.11", 8080),
+        HttpBackend("reviews-v2", f"{net}.12", 8080),
+    ):
         subsets = [{"name": v, "labels": {"version": v}} for v in ("v1", "v2")]
-        cluster.apply(dump(
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "traffic"}},
-            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": "traffic"},
-             "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080, "targetPort": 8080}]}},
-            *({**pod(f"reviews-{v}", "reviews", v, "bookinfo-reviews"),
-               "metadata": {"name": f"reviews-{v}", "namespace": "traffic", "labels": {"app": "reviews", "version": v}}}
-              for v in ("v1", "v2")),
-            {**endpoint_slice("reviews", [(f"{net}.11", "reviews-v1", True), (f"{net}.12", "reviews-v2", True)]),
-             "metadata": {"name": "reviews-x", "namespace": "traffic", "labels": {"kubernetes.io/service-name": "reviews"}},
-             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]},
-            {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-             "metadata": {"name": "reviews", "namespace": "traffic"}, "spec": {"host": "reviews", "subsets": subsets}},
-            {**virtual_service("v1"), "metadata": {"name": "reviews", "namespace": "traffic"}}))
+        cluster.apply(
+            dump(
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "traffic"}},
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {"name": "reviews", "namespace": "traffic"},
+                    "spec": {
+                        "selector": {"app": "reviews"},
+                        "ports": [{"name": "http", "port": 9080, "targetPort": 8080}],
+                    },
+                },
+                *(
+                    {
+                        **pod(f"reviews-{v}", "reviews", v, "bookinfo-reviews"),
+                        "metadata": {
+                            "name": f"reviews-{v}",
+                            "namespace": "traffic",
+                            "labels": {"app": "reviews", "version": v},
+                        },
+                    }
+                    for v in ("v1", "v2")
+                ),
+                {
+                    **endpoint_slice("reviews", [(f"{net}.11", "reviews-v1", True), (f"{net}.12", "reviews-v2", True)]),
+                    "metadata": {
+                        "name": "reviews-x",
+                        "namespace": "traffic",
+                        "labels": {"kubernetes.io/service-name": "reviews"},
+                    },
+                    "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                },
+                {
+                    "apiVersion": "networking.istio.io/v1",
+                    "kind": "DestinationRule",
+                    "metadata": {"name": "reviews", "namespace": "traffic"},
+                    "spec": {"host": "reviews", "subsets": subsets},
+                },
+                {**virtual_service("v1"), "metadata": {"name": "reviews", "namespace": "traffic"}},
+            )
+        )
         with ControlPlaneProcess(tmp_path / "unused", tmp_path, extra_args=["--kubeconfig", cluster.kubeconfig]) as cp:
-            client = AgentProcess(cp, tmp_path, mode="proxy", name="client", namespace="traffic", ip=f"{net}.1",
-                                  labels={"app": "client"})
+            client = AgentProcess(
+                cp, tmp_path, mode="proxy", name="client", namespace="traffic", ip=f"{net}.1", labels={"app": "client"}
+            )
             client.start()
             try:
+
                 def landing() -> set[str]:
-                    replies = [http_request(f"{net}.1", EXPLICIT_PROXY_PORT, "http://reviews:9080/", timeout=5)
-                               for _ in range(10)]
+                    replies = [
+                        http_request(f"{net}.1", EXPLICIT_PROXY_PORT, "http://reviews:9080/", timeout=5)
+                        for _ in range(10)
+                    ]
                     return {r.backend for r in replies if r.status == 200}
 
                 wait_until(lambda: landing() == {"reviews-v1"}, CONVERGE, "requests to land on reviews-v1")

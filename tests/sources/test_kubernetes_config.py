@@ -42,7 +42,17 @@ def test_an_unusable_kubeconfig_is_named(tmp_path):
 
 
 def test_the_cli_says_which_kubeconfig_it_cannot_use(tmp_path):
-    result = CliRunner().invoke(app, ["control-plane", "--kubeconfig", str(tmp_path / "missing"),
-                                      "--state-dir", str(tmp_path / "state"), "--http-port", "0"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "control-plane",
+            "--kubeconfig",
+            str(tmp_path / "missing"),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--http-port",
+            "0",
+        ],
+    )
     assert result.exit_code == 1
     assert f"Kubernetes: cannot use {tmp_path / 'missing'}" in " ".join(result.output.split())

@@ -17,28 +17,42 @@ def meta(name: str, namespace: str | None = "default", rv: str = "1", **extra) -
 
 
 def service(name: str, rv: str = "1", selector: dict | None = None, ports: list | None = None) -> dict:
-    spec = {"ports": ports or [{"name": "http", "port": 9080, "targetPort": 9080, "protocol": "TCP"}],
-            "clusterIP": "10.0.0.10", "type": "ClusterIP"}
+    spec = {
+        "ports": ports or [{"name": "http", "port": 9080, "targetPort": 9080, "protocol": "TCP"}],
+        "clusterIP": "10.0.0.10",
+        "type": "ClusterIP",
+    }
     if selector is not None:
         spec["selector"] = selector
     return {"metadata": meta(name, rv=rv), "spec": spec, "status": {"loadBalancer": {}}}
 
 
-def pod(name: str, ip: str | None = None, rv: str = "1", labels: dict | None = None, ready: bool | None = None,
-        sa: str = "bookinfo-reviews") -> dict:
+def pod(
+    name: str,
+    ip: str | None = None,
+    rv: str = "1",
+    labels: dict | None = None,
+    ready: bool | None = None,
+    sa: str = "bookinfo-reviews",
+) -> dict:
     status: dict = {"phase": "Running" if ip else "Pending"}
     if ip:
         status["podIP"] = ip
     if ready is not None:
         status["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
-    return {"metadata": meta(name, rv=rv, labels=labels or {"app": "reviews", "version": "v1"}),
-            "spec": {"serviceAccountName": sa,
-                     "containers": [{"name": "app", "ports": [{"name": "http", "containerPort": 9080}]}]},
-            "status": status}
+    return {
+        "metadata": meta(name, rv=rv, labels=labels or {"app": "reviews", "version": "v1"}),
+        "spec": {
+            "serviceAccountName": sa,
+            "containers": [{"name": "app", "ports": [{"name": "http", "containerPort": 9080}]}],
+        },
+        "status": status,
+    }
 
 
-def endpoint_slice(name: str, service_name: str, endpoints: list[tuple[str, str | None, bool | None]],
-                   rv: str = "1", port: int = 9080) -> dict:
+def endpoint_slice(
+    name: str, service_name: str, endpoints: list[tuple[str, str | None, bool | None]], rv: str = "1", port: int = 9080
+) -> dict:
     """endpoints: (address, pod name or None, ready or None for unset)."""
     eps = []
     for address, pod_name, ready in endpoints:
@@ -48,15 +62,23 @@ def endpoint_slice(name: str, service_name: str, endpoints: list[tuple[str, str 
         if pod_name:
             ep["targetRef"] = {"kind": "Pod", "namespace": "default", "name": pod_name}
         eps.append(ep)
-    return {"apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice", "addressType": "IPv4",
-            "metadata": meta(name, rv=rv, labels={"kubernetes.io/service-name": service_name}),
-            "endpoints": eps, "ports": [{"name": "http", "port": port, "protocol": "TCP"}]}
+    return {
+        "apiVersion": "discovery.k8s.io/v1beta1",
+        "kind": "EndpointSlice",
+        "addressType": "IPv4",
+        "metadata": meta(name, rv=rv, labels={"kubernetes.io/service-name": service_name}),
+        "endpoints": eps,
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+    }
 
 
 def virtual_service(name: str, rv: str = "1", timeout: str = "5s") -> dict:
-    return {"apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
-            "metadata": meta(name, rv=rv, annotations={"kubectl.kubernetes.io/last-applied-configuration": "{}"}),
-            "spec": {"hosts": ["reviews"], "http": [{"timeout": timeout, "route": [{"destination": {"host": "reviews"}}]}]}}
+    return {
+        "apiVersion": "networking.istio.io/v1beta1",
+        "kind": "VirtualService",
+        "metadata": meta(name, rv=rv, annotations={"kubectl.kubernetes.io/last-applied-configuration": "{}"}),
+        "spec": {"hosts": ["reviews"], "http": [{"timeout": timeout, "route": [{"destination": {"host": "reviews"}}]}]},
+    }
 
 
 def listed(view: ClusterView, **by_kind: list[dict]) -> None:
@@ -80,17 +102,25 @@ def test_synced_only_after_every_type_was_listed():
 
 def test_pods_services_and_slices_become_the_registry():
     view = ClusterView()
-    listed(view, Service=[service("reviews", selector={"app": "reviews"})],
-           Pod=[pod("reviews-v1-abc", "10.1.0.5", ready=True)],
-           EndpointSlice=[endpoint_slice("reviews-x1", "reviews", [("10.1.0.5", "reviews-v1-abc", True)])])
+    listed(
+        view,
+        Service=[service("reviews", selector={"app": "reviews"})],
+        Pod=[pod("reviews-v1-abc", "10.1.0.5", ready=True)],
+        EndpointSlice=[endpoint_slice("reviews-x1", "reviews", [("10.1.0.5", "reviews-v1-abc", True)])],
+    )
     resources = view.resources()
     we = resources[("WorkloadEntry", "default", "reviews-v1-abc")]
     assert (we.spec.address, dict(we.spec.labels), we.spec.service_account, dict(we.spec.ports)) == (
-        "10.1.0.5", {"app": "reviews", "version": "v1"}, "bookinfo-reviews", {"http": 9080})
+        "10.1.0.5",
+        {"app": "reviews", "version": "v1"},
+        "bookinfo-reviews",
+        {"http": 9080},
+    )
     assert READY_ANNOTATION not in we.meta.annotations
     svc = MeshSnapshot(resources).services["reviews.default.svc.cluster.local"]
     assert [(e.address, e.port, e.workload, e.ready) for e in svc.endpoints[9080]] == [
-        ("10.1.0.5", 9080, "default/reviews-v1-abc", True)]
+        ("10.1.0.5", 9080, "default/reviews-v1-abc", True)
+    ]
 
 
 def test_a_slice_gives_readiness_and_the_address_of_a_pod_without_status():
@@ -117,23 +147,32 @@ def test_without_a_slice_the_pod_ready_condition_decides_and_terminating_pods_ar
 
 def test_not_ready_endpoints_stay_out_of_eds():
     view = ClusterView()
-    listed(view, Service=[service("reviews", selector={"app": "reviews"})],
-           Pod=[pod("p1", "10.1.0.5"), pod("p2", "10.1.0.6")],
-           EndpointSlice=[endpoint_slice("s", "reviews", [("10.1.0.5", "p1", True), ("10.1.0.6", "p2", False)])])
+    listed(
+        view,
+        Service=[service("reviews", selector={"app": "reviews"})],
+        Pod=[pod("p1", "10.1.0.5"), pod("p2", "10.1.0.6")],
+        EndpointSlice=[endpoint_slice("s", "reviews", [("10.1.0.5", "p1", True), ("10.1.0.6", "p2", False)])],
+    )
     svc = MeshSnapshot(view.resources()).services["reviews.default.svc.cluster.local"]
     assert {e.address: e.ready for e in svc.endpoints[9080]} == {"10.1.0.5": True, "10.1.0.6": False}
 
 
 def test_a_service_without_selector_takes_its_endpoints_and_target_ports_from_its_slices():
     view = ClusterView()
-    listed(view, Service=[service("legacy", ports=[{"name": "http", "port": 80, "targetPort": 80}])],
-           EndpointSlice=[endpoint_slice("legacy-1", "legacy", [("192.0.2.10", None, None), ("192.0.2.11", None, False)],
-                                         port=8080)])
+    listed(
+        view,
+        Service=[service("legacy", ports=[{"name": "http", "port": 80, "targetPort": 80}])],
+        EndpointSlice=[
+            endpoint_slice("legacy-1", "legacy", [("192.0.2.10", None, None), ("192.0.2.11", None, False)], port=8080)
+        ],
+    )
     resources = view.resources()
     assert resources[("Service", "default", "legacy")].spec.selector == {ENDPOINTS_OF_LABEL: "legacy"}
     svc = MeshSnapshot(resources).services["legacy.default.svc.cluster.local"]
     assert sorted((e.address, e.port, e.ready) for e in svc.endpoints[80]) == [
-        ("192.0.2.10", 8080, True), ("192.0.2.11", 8080, False)]
+        ("192.0.2.10", 8080, True),
+        ("192.0.2.11", 8080, False),
+    ]
 
 
 def test_events_add_modify_delete_and_report_the_changed_objects():
@@ -157,7 +196,10 @@ def test_events_add_modify_delete_and_report_the_changed_objects():
 def test_bookmarks_move_the_resume_point_and_change_nothing():
     view = ClusterView()
     listed(view)
-    bookmark = {"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": "555"}}}
+    bookmark = {
+        "type": "BOOKMARK",
+        "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": "555"}},
+    }
     assert view.on_event("Pod", bookmark) == Delta()
     assert view.collections["Pod"].resource_version == "555"
 
@@ -165,8 +207,17 @@ def test_bookmarks_move_the_resume_point_and_change_nothing():
 def test_410_gone_asks_for_a_relist_and_the_relist_drops_what_vanished_meanwhile():
     view = ClusterView()
     listed(view, VirtualService=[virtual_service("a"), virtual_service("b")])
-    gone = {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
-                                        "reason": "Expired", "message": "too old resource version: 5 (90)"}}
+    gone = {
+        "type": "ERROR",
+        "object": {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "code": 410,
+            "reason": "Expired",
+            "message": "too old resource version: 5 (90)",
+        },
+    }
     outcome = view.on_event("VirtualService", gone)
     assert isinstance(outcome, Restart) and outcome.relist and "too old" in outcome.reason
     delta = view.on_list("VirtualService", [virtual_service("a"), virtual_service("c", rv="95")], "96")
@@ -178,7 +229,9 @@ def test_410_gone_asks_for_a_relist_and_the_relist_drops_what_vanished_meanwhile
 def test_other_watch_errors_resume_without_relisting():
     view = ClusterView()
     listed(view)
-    outcome = view.on_event("Pod", {"type": "ERROR", "object": {"code": 500, "reason": "InternalError", "message": "x"}})
+    outcome = view.on_event(
+        "Pod", {"type": "ERROR", "object": {"code": 500, "reason": "InternalError", "message": "x"}}
+    )
     assert outcome == Restart(relist=False, reason="InternalError (500): x")
 
 
@@ -189,7 +242,12 @@ def test_an_invalid_object_is_left_out_with_plait_validates_message_and_its_last
     assert [str(p) for p in delta.problems] == [str(p) for p in view.problems]
     (problem,) = view.problems
     assert (problem.file, problem.kind, problem.namespace, problem.name, problem.path) == (
-        "kubernetes", "VirtualService", "default", "reviews", "spec.http[0].timeout")
+        "kubernetes",
+        "VirtualService",
+        "default",
+        "reviews",
+        "spec.http[0].timeout",
+    )
     assert str(problem).startswith("error: kubernetes, VirtualService default/reviews: field spec.http[0].timeout:")
     kept = view.resources()[("VirtualService", "default", "reviews")]
     assert kept.spec.http[0].timeout == "5s"  # the last good version
@@ -206,9 +264,17 @@ def test_an_invalid_object_is_left_out_with_plait_validates_message_and_its_last
 
 def test_a_missing_crd_counts_as_listed_and_its_objects_go_when_it_is_removed():
     view = ClusterView()
-    listed(view, Gateway=[{"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": meta("gw"),
-                           "spec": {"servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"},
-                                                 "hosts": ["*"]}]}}])
+    listed(
+        view,
+        Gateway=[
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "Gateway",
+                "metadata": meta("gw"),
+                "spec": {"servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]},
+            }
+        ],
+    )
     assert ("Gateway", "default", "gw") in view.resources()
     assert view.forget("Gateway").changed == {("Gateway", "default", "gw")}
     assert ("Gateway", "default", "gw") not in view.resources() and view.synced
@@ -233,33 +299,61 @@ def test_unchanged_pods_are_not_converted_again():
 def test_every_kind_is_watched_at_its_api_path_newest_version_first():
     paths = {t.kind: [t.path(v) for v in t.versions] for t in WATCHED_TYPES}
     assert paths["Pod"] == ["/api/v1/pods"]
-    assert paths["EndpointSlice"] == ["/apis/discovery.k8s.io/v1/endpointslices",
-                                      "/apis/discovery.k8s.io/v1beta1/endpointslices"]
+    assert paths["EndpointSlice"] == [
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "/apis/discovery.k8s.io/v1beta1/endpointslices",
+    ]
     assert paths["Gateway"] == [f"/apis/networking.istio.io/{v}/gateways" for v in ("v1", "v1beta1", "v1alpha3")]
     assert paths["ServiceEntry"][0] == "/apis/networking.istio.io/v1/serviceentries"
-    assert paths["AuthorizationPolicy"] == [f"/apis/security.istio.io/{v}/authorizationpolicies"
-                                            for v in ("v1", "v1beta1")]
-    assert set(paths) == {"Namespace", "Node", "Service", "Pod", "EndpointSlice", "VirtualService", "DestinationRule",
-                          "ServiceEntry", "Gateway", "Sidecar", "WorkloadEntry", "PeerAuthentication",
-                          "AuthorizationPolicy", "RequestAuthentication"}
+    assert paths["AuthorizationPolicy"] == [
+        f"/apis/security.istio.io/{v}/authorizationpolicies" for v in ("v1", "v1beta1")
+    ]
+    assert set(paths) == {
+        "Namespace",
+        "Node",
+        "Service",
+        "Pod",
+        "EndpointSlice",
+        "VirtualService",
+        "DestinationRule",
+        "ServiceEntry",
+        "Gateway",
+        "Sidecar",
+        "WorkloadEntry",
+        "PeerAuthentication",
+        "AuthorizationPolicy",
+        "RequestAuthentication",
+    }
 
 
 def test_locality_comes_from_the_pods_label_else_from_its_nodes_topology_labels():
-    assert locality({"istio-locality": "us-west.zone1.sub1"}, {"topology.kubernetes.io/region": "eu"}) == "us-west/zone1/sub1"
+    assert (
+        locality({"istio-locality": "us-west.zone1.sub1"}, {"topology.kubernetes.io/region": "eu"})
+        == "us-west/zone1/sub1"
+    )
     assert locality({}, {"topology.kubernetes.io/region": "eu", "topology.kubernetes.io/zone": "eu-a"}) == "eu/eu-a"
     assert locality({}, {}) is None
     view = ClusterView()
     scheduled = pod("p1", "10.1.0.1", ready=True)
     scheduled["spec"]["nodeName"] = "n1"
-    node = {"metadata": meta("n1", namespace=None, labels={"topology.kubernetes.io/region": "eu",
-                                                         "topology.kubernetes.io/zone": "eu-a"})}
+    node = {
+        "metadata": meta(
+            "n1", namespace=None, labels={"topology.kubernetes.io/region": "eu", "topology.kubernetes.io/zone": "eu-a"}
+        )
+    }
     listed(view, Pod=[scheduled], Node=[node])
     assert view.resources()[("WorkloadEntry", "default", "p1")].spec.locality == "eu/eu-a"
     # a node's heartbeat (a new resourceVersion, same labels) is no change; a new zone is
     heartbeat = {**node, "metadata": {**node["metadata"], "resourceVersion": "2"}, "status": {"conditions": []}}
     assert view.on_event("Node", event("MODIFIED", heartbeat)).changed == set()
-    moved = {**node, "metadata": {**node["metadata"], "resourceVersion": "3",
-                                  "labels": {"topology.kubernetes.io/region": "eu", "topology.kubernetes.io/zone": "eu-b"}}}
+    moved = {
+        **node,
+        "metadata": {
+            **node["metadata"],
+            "resourceVersion": "3",
+            "labels": {"topology.kubernetes.io/region": "eu", "topology.kubernetes.io/zone": "eu-b"},
+        },
+    }
     assert view.on_event("Node", event("MODIFIED", moved)).changed == {("Node", "", "n1")}
     assert view.resources()[("WorkloadEntry", "default", "p1")].spec.locality == "eu/eu-b"
 

@@ -19,8 +19,13 @@ def snapshot() -> MeshSnapshot:
 
 def test_object_counts():
     kinds = Counter(r.kind for r in mesh_resources(SHAPE))
-    assert kinds == {"Service": 20, "WorkloadEntry": 20 * 3 + 1, "DestinationRule": 2,
-                     "VirtualService": 2 + 1, "Gateway": 1}
+    assert kinds == {
+        "Service": 20,
+        "WorkloadEntry": 20 * 3 + 1,
+        "DestinationRule": 2,
+        "VirtualService": 2 + 1,
+        "Gateway": 1,
+    }
 
 
 def test_services_spread_over_namespaces_with_versioned_endpoints(snapshot):

@@ -38,8 +38,14 @@ spec: {address: 10.0.0.3, labels: {app: reviews, version: v1}, serviceAccount: r
 
 
 def policy(spec: dict, name: str = "p", namespace: str = "default") -> str:
-    return json.dumps({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-                       "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    return json.dumps(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+    )
 
 
 def snapshot_of(*documents: str) -> MeshSnapshot:
@@ -58,8 +64,11 @@ def filters(*documents: str, tcp: bool = False) -> list[dict]:
 
 def only_rule(*documents: str, action: str = "ALLOW", tcp: bool = False) -> dict:
     """The Envoy policy of the single rule of policy `p`."""
-    rules = next(f["typed_config"]["rules"] for f in filters(*documents, tcp=tcp)
-                 if f["typed_config"]["rules"]["action"] == rbac.ENVOY_ACTIONS[action])
+    rules = next(
+        f["typed_config"]["rules"]
+        for f in filters(*documents, tcp=tcp)
+        if f["typed_config"]["rules"]["action"] == rbac.ENVOY_ACTIONS[action]
+    )
     return rules["policies"]["ns[default]-policy[p]-rule[0]"]
 
 
@@ -75,8 +84,11 @@ def permission_rules(rule: dict) -> list[dict]:
 
 
 def test_filters_run_audit_deny_allow_and_name_the_rule() -> None:
-    found = filters(policy({"action": "ALLOW", "rules": [{}]}, "a"), policy({"action": "DENY", "rules": [{}]}, "d"),
-                    policy({"action": "AUDIT", "rules": [{}, {}]}, "l"))
+    found = filters(
+        policy({"action": "ALLOW", "rules": [{}]}, "a"),
+        policy({"action": "DENY", "rules": [{}]}, "d"),
+        policy({"action": "AUDIT", "rules": [{}, {}]}, "l"),
+    )
     assert [f["name"] for f in found] == ["envoy.filters.http.rbac"] * 3
     configs = [f["typed_config"] for f in found]
     assert [c["rules"]["action"] for c in configs] == ["LOG", "DENY", "ALLOW"]
@@ -88,102 +100,250 @@ def test_filters_run_audit_deny_allow_and_name_the_rule() -> None:
 
 def test_no_policy_no_filter_and_only_the_actions_in_use() -> None:
     assert filters() == []
-    assert [f["typed_config"]["rules"]["action"] for f in filters(policy({"action": "DENY", "rules": [{}]}))] == ["DENY"]
+    assert [f["typed_config"]["rules"]["action"] for f in filters(policy({"action": "DENY", "rules": [{}]}))] == [
+        "DENY"
+    ]
 
 
 def test_empty_spec_matches_nothing_and_an_empty_rule_everything() -> None:
-    assert only_rule(policy({})) == {"permissions": [{"not_rule": {"any": True}}],
-                                     "principals": [{"not_id": {"any": True}}]}
-    assert only_rule(policy({"rules": [{}]})) == {"permissions": [{"and_rules": {"rules": [{"any": True}]}}],
-                                                  "principals": [{"and_ids": {"ids": [{"any": True}]}}]}
+    assert only_rule(policy({})) == {
+        "permissions": [{"not_rule": {"any": True}}],
+        "principals": [{"not_id": {"any": True}}],
+    }
+    assert only_rule(policy({"rules": [{}]})) == {
+        "permissions": [{"and_rules": {"rules": [{"any": True}]}}],
+        "principals": [{"and_ids": {"ids": [{"any": True}]}}],
+    }
 
 
 def test_principals_with_wildcards_are_spiffe_uri_sans() -> None:
-    rule = only_rule(policy({"rules": [{"from": [{"source": {
-        "principals": ["cluster.local/ns/default/sa/productpage", "cluster.local/ns/ops/*", "*/sa/admin", "*"]}}]}]}))
+    rule = only_rule(
+        policy(
+            {
+                "rules": [
+                    {
+                        "from": [
+                            {
+                                "source": {
+                                    "principals": [
+                                        "cluster.local/ns/default/sa/productpage",
+                                        "cluster.local/ns/ops/*",
+                                        "*/sa/admin",
+                                        "*",
+                                    ]
+                                }
+                            }
+                        ]
+                    }
+                ]
+            }
+        )
+    )
     names = [p["authenticated"]["principal_name"] for p in principal_ids(rule)[0]["or_ids"]["ids"]]
-    assert names == [{"exact": "spiffe://cluster.local/ns/default/sa/productpage"},
-                     {"prefix": "spiffe://cluster.local/ns/ops/"},
-                     {"safe_regex": {"regex": "spiffe://.*/sa/admin"}},
-                     {"safe_regex": {"regex": ".+"}}]
+    assert names == [
+        {"exact": "spiffe://cluster.local/ns/default/sa/productpage"},
+        {"prefix": "spiffe://cluster.local/ns/ops/"},
+        {"safe_regex": {"regex": "spiffe://.*/sa/admin"}},
+        {"safe_regex": {"regex": ".+"}},
+    ]
 
 
 def test_namespaces_and_service_accounts_are_regexes_on_the_principal() -> None:
-    rule = only_rule(policy({"rules": [{"from": [{"source": {
-        "namespaces": ["prod", "team-*"], "notNamespaces": ["prod.legacy"]}}]}]}))
+    rule = only_rule(
+        policy(
+            {"rules": [{"from": [{"source": {"namespaces": ["prod", "team-*"], "notNamespaces": ["prod.legacy"]}}]}]}
+        )
+    )
     namespaces, not_namespaces = principal_ids(rule)
     # Istio refuses serviceAccounts beside namespaces or principals in one source: a source of their own
-    (accounts,) = principal_ids(only_rule(policy({"rules": [{"from": [{"source": {
-        "serviceAccounts": ["ops/deployer", "bot"]}}]}]})))
+    (accounts,) = principal_ids(
+        only_rule(policy({"rules": [{"from": [{"source": {"serviceAccounts": ["ops/deployer", "bot"]}}]}]}))
+    )
 
     def regexes(ids: list[dict]) -> list[str]:
         return [p["authenticated"]["principal_name"]["safe_regex"]["regex"] for p in ids]
 
-    assert regexes(accounts["or_ids"]["ids"]) == ["spiffe://.+/ns/ops/(.+/|)sa/deployer(/.+)?",
-                                                  "spiffe://.+/ns/default/(.+/|)sa/bot(/.+)?"]
+    assert regexes(accounts["or_ids"]["ids"]) == [
+        "spiffe://.+/ns/ops/(.+/|)sa/deployer(/.+)?",
+        "spiffe://.+/ns/default/(.+/|)sa/bot(/.+)?",
+    ]
     assert regexes(namespaces["or_ids"]["ids"]) == [".*/ns/prod/.*", ".*/ns/team-.*/.*"]
     assert regexes(not_namespaces["not_id"]["or_ids"]["ids"]) == [r".*/ns/prod\.legacy/.*"]
 
 
 def test_trust_domains_are_prefixes_of_the_principal_and_match_as_istio() -> None:
     """Istio's source.trustDomains (extended channel): exact, ``*`` present, one ``*`` inside the domain."""
-    rule = only_rule(policy({"rules": [{"from": [{"source": {
-        "trustDomains": ["cluster.local", "*.corp.example", "*"], "notTrustDomains": ["legacy.local"]}}]}]}))
+    rule = only_rule(
+        policy(
+            {
+                "rules": [
+                    {
+                        "from": [
+                            {
+                                "source": {
+                                    "trustDomains": ["cluster.local", "*.corp.example", "*"],
+                                    "notTrustDomains": ["legacy.local"],
+                                }
+                            }
+                        ]
+                    }
+                ]
+            }
+        )
+    )
     domains, not_domains = principal_ids(rule)
     assert [p["authenticated"]["principal_name"] for p in domains["or_ids"]["ids"]] == [
         {"prefix": "spiffe://cluster.local/"},
         {"safe_regex": {"regex": r"spiffe://[^/]*\.corp\.example/.*"}},
-        {"prefix": "spiffe://"}]
+        {"prefix": "spiffe://"},
+    ]
     assert not_domains["not_id"]["or_ids"]["ids"] == [
-        {"authenticated": {"principal_name": {"prefix": "spiffe://legacy.local/"}}}]
-    matcher = {"and_ids": {"ids": principal_ids(only_rule(policy({"rules": [{"from": [{"source": {
-        "trustDomains": ["*.corp.example"], "notTrustDomains": ["old.corp.example"]}}]}]})))}}
-    for principal, expected in (("spiffe://eu.corp.example/ns/a/sa/b", True),
-                                ("spiffe://old.corp.example/ns/a/sa/b", False),
-                                ("spiffe://cluster.local/ns/corp.example/sa/b", False), (None, False)):
+        {"authenticated": {"principal_name": {"prefix": "spiffe://legacy.local/"}}}
+    ]
+    matcher = {
+        "and_ids": {
+            "ids": principal_ids(
+                only_rule(
+                    policy(
+                        {
+                            "rules": [
+                                {
+                                    "from": [
+                                        {
+                                            "source": {
+                                                "trustDomains": ["*.corp.example"],
+                                                "notTrustDomains": ["old.corp.example"],
+                                            }
+                                        }
+                                    ]
+                                }
+                            ]
+                        }
+                    )
+                )
+            )
+        }
+    }
+    for principal, expected in (
+        ("spiffe://eu.corp.example/ns/a/sa/b", True),
+        ("spiffe://old.corp.example/ns/a/sa/b", False),
+        ("spiffe://cluster.local/ns/corp.example/sa/b", False),
+        (None, False),
+    ):
         assert principal_matches(matcher, Peer(dest_port=80, principal=principal)) is expected, principal
 
 
 def test_ip_blocks_are_the_peer_and_remote_ip_blocks_the_forwarded_client() -> None:
-    rule = only_rule(policy({"rules": [{"from": [{"source": {
-        "ipBlocks": ["10.1.2.3", "10.2.0.0/16"], "notIpBlocks": ["10.2.9.0/24"], "remoteIpBlocks": ["2001:db8::1"]}}]}]}))
+    rule = only_rule(
+        policy(
+            {
+                "rules": [
+                    {
+                        "from": [
+                            {
+                                "source": {
+                                    "ipBlocks": ["10.1.2.3", "10.2.0.0/16"],
+                                    "notIpBlocks": ["10.2.9.0/24"],
+                                    "remoteIpBlocks": ["2001:db8::1"],
+                                }
+                            }
+                        ]
+                    }
+                ]
+            }
+        )
+    )
     remote, direct, not_direct = principal_ids(rule)
     assert remote == {"or_ids": {"ids": [{"remote_ip": {"address_prefix": "2001:db8::1", "prefix_len": 128}}]}}
-    assert direct == {"or_ids": {"ids": [{"direct_remote_ip": {"address_prefix": "10.1.2.3", "prefix_len": 32}},
-                                         {"direct_remote_ip": {"address_prefix": "10.2.0.0", "prefix_len": 16}}]}}
-    assert not_direct == {"not_id": {"or_ids": {"ids": [
-        {"direct_remote_ip": {"address_prefix": "10.2.9.0", "prefix_len": 24}}]}}}
+    assert direct == {
+        "or_ids": {
+            "ids": [
+                {"direct_remote_ip": {"address_prefix": "10.1.2.3", "prefix_len": 32}},
+                {"direct_remote_ip": {"address_prefix": "10.2.0.0", "prefix_len": 16}},
+            ]
+        }
+    }
+    assert not_direct == {
+        "not_id": {"or_ids": {"ids": [{"direct_remote_ip": {"address_prefix": "10.2.9.0", "prefix_len": 24}}]}}
+    }
 
 
 def test_request_principals_are_issuer_and_subject_in_the_jwt_payload() -> None:
-    rule = only_rule(policy({"rules": [{"from": [{"source": {
-        "requestPrincipals": ["https://accounts.example.com/alice"], "notRequestPrincipals": ["*"]}}]}]}))
+    rule = only_rule(
+        policy(
+            {
+                "rules": [
+                    {
+                        "from": [
+                            {
+                                "source": {
+                                    "requestPrincipals": ["https://accounts.example.com/alice"],
+                                    "notRequestPrincipals": ["*"],
+                                }
+                            }
+                        ]
+                    }
+                ]
+            }
+        )
+    )
     wanted, unwanted = principal_ids(rule)
 
     def pair(ids: dict) -> list[tuple[list[str], dict]]:
-        return [([k["key"] for k in m["metadata"]["path"]], m["metadata"]["value"]["string_match"])
-                for m in ids["and_ids"]["ids"]]
+        return [
+            ([k["key"] for k in m["metadata"]["path"]], m["metadata"]["value"]["string_match"])
+            for m in ids["and_ids"]["ids"]
+        ]
 
     assert all(m["metadata"]["filter"] == "envoy.filters.http.jwt_authn" for m in wanted["and_ids"]["ids"])
-    assert pair(wanted) == [(["payload", "iss"], {"exact": "https://accounts.example.com"}),
-                            (["payload", "sub"], {"exact": "alice"})]
-    assert pair(unwanted["not_id"]) == [(["payload", "iss"], {"safe_regex": {"regex": ".+"}}),
-                                        (["payload", "sub"], {"safe_regex": {"regex": ".+"}})]
+    assert pair(wanted) == [
+        (["payload", "iss"], {"exact": "https://accounts.example.com"}),
+        (["payload", "sub"], {"exact": "alice"}),
+    ]
+    assert pair(unwanted["not_id"]) == [
+        (["payload", "iss"], {"safe_regex": {"regex": ".+"}}),
+        (["payload", "sub"], {"safe_regex": {"regex": ".+"}}),
+    ]
 
 
 def test_operations_hosts_methods_paths_ports() -> None:
-    rule = only_rule(policy({"rules": [{"to": [{"operation": {
-        "hosts": ["Shop.example.com", "*.example.org"], "methods": ["GET"], "notMethods": ["DELETE"],
-        "paths": ["/api/*", "*.css", "/exact", "*", "/users/{*}/profile"], "notPaths": ["/api/admin*"],
-        "ports": ["9080"], "notPorts": ["15000"]}}]}]}))
+    rule = only_rule(
+        policy(
+            {
+                "rules": [
+                    {
+                        "to": [
+                            {
+                                "operation": {
+                                    "hosts": ["Shop.example.com", "*.example.org"],
+                                    "methods": ["GET"],
+                                    "notMethods": ["DELETE"],
+                                    "paths": ["/api/*", "*.css", "/exact", "*", "/users/{*}/profile"],
+                                    "notPaths": ["/api/admin*"],
+                                    "ports": ["9080"],
+                                    "notPorts": ["15000"],
+                                }
+                            }
+                        ]
+                    }
+                ]
+            }
+        )
+    )
     hosts, methods, not_methods, paths, not_paths, ports, not_ports = permission_rules(rule)
     assert [r["header"] for r in hosts["or_rules"]["rules"]] == [
         {"name": ":authority", "string_match": {"exact": "Shop.example.com", "ignore_case": True}},
-        {"name": ":authority", "string_match": {"suffix": ".example.org", "ignore_case": True}}]
+        {"name": ":authority", "string_match": {"suffix": ".example.org", "ignore_case": True}},
+    ]
     assert methods == {"or_rules": {"rules": [{"header": {"name": ":method", "string_match": {"exact": "GET"}}}]}}
     assert not_methods["not_rule"]["or_rules"]["rules"][0]["header"]["string_match"] == {"exact": "DELETE"}
     assert [r.get("url_path", {}).get("path") for r in paths["or_rules"]["rules"]] == [
-        {"prefix": "/api/"}, {"suffix": ".css"}, {"exact": "/exact"}, {"safe_regex": {"regex": ".+"}}, None]
+        {"prefix": "/api/"},
+        {"suffix": ".css"},
+        {"exact": "/exact"},
+        {"safe_regex": {"regex": ".+"}},
+        None,
+    ]
     assert paths["or_rules"]["rules"][4]["uri_template"]["typed_config"]["path_template"] == "/users/*/profile"
     assert not_paths == {"not_rule": {"or_rules": {"rules": [{"url_path": {"path": {"prefix": "/api/admin"}}}]}}}
     assert ports == {"or_rules": {"rules": [{"destination_port": 9080}]}}
@@ -191,89 +351,183 @@ def test_operations_hosts_methods_paths_ports() -> None:
 
 
 def test_when_conditions_go_to_their_side() -> None:
-    rule = only_rule(policy({"rules": [{"when": [
-        {"key": "request.headers[x-token]", "values": ["abc*"], "notValues": ["*"]},
-        {"key": "source.ip", "values": ["10.0.0.0/8"]},
-        {"key": "request.auth.claims[groups]", "values": ["admin", "ops"]},
-        {"key": "request.auth.claims[org][unit]", "values": ["core"]},
-        {"key": "destination.port", "values": ["9080"]},
-        {"key": "connection.sni", "values": ["*.svc.cluster.local"]}]}]}))
+    rule = only_rule(
+        policy(
+            {
+                "rules": [
+                    {
+                        "when": [
+                            {"key": "request.headers[x-token]", "values": ["abc*"], "notValues": ["*"]},
+                            {"key": "source.ip", "values": ["10.0.0.0/8"]},
+                            {"key": "request.auth.claims[groups]", "values": ["admin", "ops"]},
+                            {"key": "request.auth.claims[org][unit]", "values": ["core"]},
+                            {"key": "destination.port", "values": ["9080"]},
+                            {"key": "connection.sni", "values": ["*.svc.cluster.local"]},
+                        ]
+                    }
+                ]
+            }
+        )
+    )
     header, not_header, source_ip, groups, nested = principal_ids(rule)
     assert header == {"or_ids": {"ids": [{"header": {"name": "x-token", "string_match": {"prefix": "abc"}}}]}}
     assert not_header == {"not_id": {"or_ids": {"ids": [{"header": {"name": "x-token", "present_match": True}}]}}}
     assert source_ip["or_ids"]["ids"][0] == {"direct_remote_ip": {"address_prefix": "10.0.0.0", "prefix_len": 8}}
-    strings = {"or_match": {"value_matchers": [{"string_match": {"exact": "admin"}},
-                                               {"string_match": {"exact": "ops"}}]}}
+    strings = {
+        "or_match": {"value_matchers": [{"string_match": {"exact": "admin"}}, {"string_match": {"exact": "ops"}}]}
+    }
     assert groups["metadata"]["path"] == [{"key": "payload"}, {"key": "groups"}]
-    assert groups["metadata"]["value"] == {"or_match": {"value_matchers": [{"list_match": {"one_of": strings}},
-                                                                           strings]}}
+    assert groups["metadata"]["value"] == {
+        "or_match": {"value_matchers": [{"list_match": {"one_of": strings}}, strings]}
+    }
     assert [k["key"] for k in nested["metadata"]["path"]] == ["payload", "org", "unit"]
-    assert permission_rules(rule) == [{"or_rules": {"rules": [{"destination_port": 9080}]}},
-                                      {"or_rules": {"rules": [{"requested_server_name": {"suffix": ".svc.cluster.local"}}]}}]
+    assert permission_rules(rule) == [
+        {"or_rules": {"rules": [{"destination_port": 9080}]}},
+        {"or_rules": {"rules": [{"requested_server_name": {"suffix": ".svc.cluster.local"}}]}},
+    ]
 
 
 def test_each_from_entry_is_one_principal_each_to_entry_one_permission() -> None:
-    rule = only_rule(policy({"rules": [{
-        "from": [{"source": {"namespaces": ["a"]}}, {"source": {"ipBlocks": ["10.0.0.1"]}}],
-        "to": [{"operation": {"methods": ["GET"]}}, {"operation": {"ports": ["8080"]}}],
-        "when": [{"key": "remote.ip", "values": ["1.2.3.4"]}]}]}))
+    rule = only_rule(
+        policy(
+            {
+                "rules": [
+                    {
+                        "from": [{"source": {"namespaces": ["a"]}}, {"source": {"ipBlocks": ["10.0.0.1"]}}],
+                        "to": [{"operation": {"methods": ["GET"]}}, {"operation": {"ports": ["8080"]}}],
+                        "when": [{"key": "remote.ip", "values": ["1.2.3.4"]}],
+                    }
+                ]
+            }
+        )
+    )
     assert len(rule["principals"]) == 2 and len(rule["permissions"]) == 2
     # a principal-side `when` condition is ANDed into every from entry
-    assert all(p["and_ids"]["ids"][-1] == {"or_ids": {"ids": [{"remote_ip": {"address_prefix": "1.2.3.4",
-                                                                             "prefix_len": 32}}]}}
-               for p in rule["principals"])
+    assert all(
+        p["and_ids"]["ids"][-1] == {"or_ids": {"ids": [{"remote_ip": {"address_prefix": "1.2.3.4", "prefix_len": 32}}]}}
+        for p in rule["principals"]
+    )
 
 
 def test_tcp_drops_allow_rules_that_need_http_and_http_conditions_of_deny_rules() -> None:
-    allow = policy({"rules": [{"to": [{"operation": {"methods": ["GET"]}}]},
-                              {"from": [{"source": {"principals": ["cluster.local/ns/a/sa/b"]}}]}]}, "a")
-    deny = policy({"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin"], "ports": ["9080"]}}]},
-                                               {"when": [{"key": "request.headers[x]", "values": ["1"]}]}]}, "d")
+    allow = policy(
+        {
+            "rules": [
+                {"to": [{"operation": {"methods": ["GET"]}}]},
+                {"from": [{"source": {"principals": ["cluster.local/ns/a/sa/b"]}}]},
+            ]
+        },
+        "a",
+    )
+    deny = policy(
+        {
+            "action": "DENY",
+            "rules": [
+                {"to": [{"operation": {"paths": ["/admin"], "ports": ["9080"]}}]},
+                {"when": [{"key": "request.headers[x]", "values": ["1"]}]},
+            ],
+        },
+        "d",
+    )
     found = {f["typed_config"]["rules"]["action"]: f["typed_config"] for f in filters(allow, deny, tcp=True)}
     assert [f for f in found] == ["DENY", "ALLOW"]
     assert found["ALLOW"]["stat_prefix"] == "tcp.allow."
     assert list(found["ALLOW"]["rules"]["policies"]) == ["ns[default]-policy[a]-rule[1]"]
     deny_rules = found["DENY"]["rules"]["policies"]
     assert permission_rules(deny_rules["ns[default]-policy[d]-rule[0]"]) == [
-        {"or_rules": {"rules": [{"destination_port": 9080}]}}]
+        {"or_rules": {"rules": [{"destination_port": 9080}]}}
+    ]
     assert deny_rules["ns[default]-policy[d]-rule[1]"] == {  # every condition needed HTTP: it denies every connection
-        "permissions": [{"and_rules": {"rules": [{"any": True}]}}], "principals": [{"and_ids": {"ids": [{"any": True}]}}]}
+        "permissions": [{"and_rules": {"rules": [{"any": True}]}}],
+        "principals": [{"and_ids": {"ids": [{"any": True}]}}],
+    }
 
 
 def test_scope_root_namespace_namespace_and_selector() -> None:
-    found = filters(policy({"rules": [{}]}, "mesh", "istio-system"),
-                    policy({"selector": {"matchLabels": {"app": "reviews"}}, "rules": [{}]}, "mine"),
-                    policy({"selector": {"matchLabels": {"app": "ratings"}}, "rules": [{}]}, "theirs"),
-                    policy({"rules": [{}]}, "elsewhere", "shop"))
+    found = filters(
+        policy({"rules": [{}]}, "mesh", "istio-system"),
+        policy({"selector": {"matchLabels": {"app": "reviews"}}, "rules": [{}]}, "mine"),
+        policy({"selector": {"matchLabels": {"app": "ratings"}}, "rules": [{}]}, "theirs"),
+        policy({"rules": [{}]}, "elsewhere", "shop"),
+    )
     assert list(found[0]["typed_config"]["rules"]["policies"]) == [
-        "ns[istio-system]-policy[mesh]-rule[0]", "ns[default]-policy[mine]-rule[0]"]
+        "ns[istio-system]-policy[mesh]-rule[0]",
+        "ns[default]-policy[mine]-rule[0]",
+    ]
 
 
 def test_every_kind_of_rule_is_valid_envoy_config() -> None:
-    everything = policy({"rules": [{
-        "from": [{"source": {"principals": ["*"], "notPrincipals": ["a*"], "requestPrincipals": ["i/s", "*"],
-                             "namespaces": ["n*"], "ipBlocks": ["10.0.0.0/8"],
-                             "remoteIpBlocks": ["1.1.1.1"], "notRemoteIpBlocks": ["::1"],
-                             "trustDomains": ["td", "*.td", "*"], "notTrustDomains": ["x.td"]}},
-                 {"source": {"serviceAccounts": ["s"]}}],  # Istio refuses it beside namespaces/principals
-        "to": [{"operation": {"hosts": ["*"], "methods": ["*T"], "paths": ["/{**}"], "ports": ["1"]}}],
-        "when": [{"key": k, "values": ["v*"]} for k in (
-            "request.headers[h]", "source.namespace", "source.principal", "source.serviceAccount", "source.trustDomain",
-            "request.auth.principal", "request.auth.audiences", "request.auth.presenter", "request.auth.claims[a][b]",
-            "connection.sni")] + [{"key": "destination.ip", "values": ["10.0.0.1"]},
-                                  {"key": "remote.ip", "notValues": ["10.0.0.1"]}]}]})
-    documents = (everything, policy({"action": "DENY", "rules": [{"to": [{"operation": {"methods": ["X"]}}]}]}, "d"),
-                 policy({"action": "AUDIT", "rules": [{}]}, "l"), policy({}, "none"))
-    http = http_connection_manager("inbound_0.0.0.0_9080", route_config={"name": "r", "virtual_hosts": []},
-                                   authz=filters(*documents))
+    everything = policy(
+        {
+            "rules": [
+                {
+                    "from": [
+                        {
+                            "source": {
+                                "principals": ["*"],
+                                "notPrincipals": ["a*"],
+                                "requestPrincipals": ["i/s", "*"],
+                                "namespaces": ["n*"],
+                                "ipBlocks": ["10.0.0.0/8"],
+                                "remoteIpBlocks": ["1.1.1.1"],
+                                "notRemoteIpBlocks": ["::1"],
+                                "trustDomains": ["td", "*.td", "*"],
+                                "notTrustDomains": ["x.td"],
+                            }
+                        },
+                        {"source": {"serviceAccounts": ["s"]}},
+                    ],  # Istio refuses it beside namespaces/principals
+                    "to": [{"operation": {"hosts": ["*"], "methods": ["*T"], "paths": ["/{**}"], "ports": ["1"]}}],
+                    "when": [
+                        {"key": k, "values": ["v*"]}
+                        for k in (
+                            "request.headers[h]",
+                            "source.namespace",
+                            "source.principal",
+                            "source.serviceAccount",
+                            "source.trustDomain",
+                            "request.auth.principal",
+                            "request.auth.audiences",
+                            "request.auth.presenter",
+                            "request.auth.claims[a][b]",
+                            "connection.sni",
+                        )
+                    ]
+                    + [
+                        {"key": "destination.ip", "values": ["10.0.0.1"]},
+                        {"key": "remote.ip", "notValues": ["10.0.0.1"]},
+                    ],
+                }
+            ]
+        }
+    )
+    documents = (
+        everything,
+        policy({"action": "DENY", "rules": [{"to": [{"operation": {"methods": ["X"]}}]}]}, "d"),
+        policy({"action": "AUDIT", "rules": [{}]}, "l"),
+        policy({}, "none"),
+    )
+    http = http_connection_manager(
+        "inbound_0.0.0.0_9080", route_config={"name": "r", "virtual_hosts": []}, authz=filters(*documents)
+    )
     tcp = [*filters(*documents, tcp=True), tcp_proxy("t", "app")]
-    app = {"name": "app", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
-        "cluster_name": "app", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address("127.0.0.1", 9)}}]}]}}
+    app = {
+        "name": "app",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "app",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address("127.0.0.1", 9)}}]}],
+        },
+    }
     resources = ResourceSet()
     resources.add_clusters([app])
-    resources.add_listeners([
-        {"name": "http", "address": socket_address("127.0.0.1", 9080), "filter_chains": [{"filters": [http]}]},
-        {"name": "tcp", "address": socket_address("127.0.0.1", 9300), "filter_chains": [{"filters": tcp}]}])
+    resources.add_listeners(
+        [
+            {"name": "http", "address": socket_address("127.0.0.1", 9080), "filter_chains": [{"filters": [http]}]},
+            {"name": "tcp", "address": socket_address("127.0.0.1", 9300), "filter_chains": [{"filters": tcp}]},
+        ]
+    )
     verdict = envoy_validate(static_bootstrap(resources))
     assert verdict.ok, verdict.output
 
@@ -283,8 +537,13 @@ def test_every_kind_of_rule_is_valid_envoy_config() -> None:
 
 def test_envoy_rbac_semantics() -> None:
     request = Request.from_url("http://shop/api/items?x=1", "POST", [("x-token", "abc"), ("x-token", "def")])
-    peer = Peer(dest_port=9080, principal="spiffe://cluster.local/ns/a/sa/b", source_ip="10.0.0.5", request=request,
-                metadata={"envoy.filters.http.jwt_authn": {"payload": {"aud": ["x", "y"], "iss": "i"}}})
+    peer = Peer(
+        dest_port=9080,
+        principal="spiffe://cluster.local/ns/a/sa/b",
+        source_ip="10.0.0.5",
+        request=request,
+        metadata={"envoy.filters.http.jwt_authn": {"payload": {"aud": ["x", "y"], "iss": "i"}}},
+    )
     assert permission_matches({"url_path": {"path": {"exact": "/api/items"}}}, peer)  # no query
     assert permission_matches({"header": {"name": ":path", "string_match": {"exact": "/api/items?x=1"}}}, peer)
     assert principal_matches({"header": {"name": "x-token", "string_match": {"exact": "abc,def"}}}, peer)
@@ -294,8 +553,11 @@ def test_envoy_rbac_semantics() -> None:
     assert not principal_matches({"authenticated": {}}, replace(peer, principal=None))
     assert principal_matches({"direct_remote_ip": {"address_prefix": "10.0.0.0", "prefix_len": 24}}, peer)
     assert not principal_matches({"remote_ip": {"address_prefix": "10.0.0.0", "prefix_len": 24}}, peer)  # unknown
-    audience = {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "aud"}],
-                "value": {"list_match": {"one_of": {"string_match": {"exact": "y"}}}}}
+    audience = {
+        "filter": "envoy.filters.http.jwt_authn",
+        "path": [{"key": "payload"}, {"key": "aud"}],
+        "value": {"list_match": {"one_of": {"string_match": {"exact": "y"}}}},
+    }
     assert principal_matches({"metadata": audience}, peer)
     assert not principal_matches({"metadata": {**audience, "path": [{"key": "payload"}, {"key": "nope"}]}}, peer)
     assert permission_matches({"uri_template": {"typed_config": {"path_template": "/api/*"}}}, peer)
@@ -321,9 +583,18 @@ def test_envoy_actions_and_the_reported_policy() -> None:
 # ------------------------------------------------------------------ through the mesh: Bookinfo
 
 
-ALLOW_PRODUCTPAGE = policy({"selector": {"matchLabels": {"app": "reviews"}}, "rules": [{
-    "from": [{"source": {"principals": ["cluster.local/ns/default/sa/bookinfo-productpage"]}}],
-    "to": [{"operation": {"methods": ["GET"]}}]}]}, "allow-productpage")
+ALLOW_PRODUCTPAGE = policy(
+    {
+        "selector": {"matchLabels": {"app": "reviews"}},
+        "rules": [
+            {
+                "from": [{"source": {"principals": ["cluster.local/ns/default/sa/bookinfo-productpage"]}}],
+                "to": [{"operation": {"methods": ["GET"]}}],
+            }
+        ],
+    },
+    "allow-productpage",
+)
 DENY_DELETE = policy({"action": "DENY", "rules": [{"to": [{"operation": {"methods": ["DELETE"]}}]}]}, "deny-delete")
 
 
@@ -331,14 +602,24 @@ def bookinfo(*documents: str, mtls: bool = True) -> MeshSnapshot:
     """Bookinfo's services; with `mtls`, every workload has a sidecar with certificates (tlsMode label)."""
     text = (BOOKINFO / "services.yaml").read_text()
     if mtls:
-        text = re.sub(r"labels: \{app: (\w+), version: (v\d)\}",
-                      r"labels: {app: \1, version: \2, security.istio.io/tlsMode: istio}", text)
+        text = re.sub(
+            r"labels: \{app: (\w+), version: (v\d)\}",
+            r"labels: {app: \1, version: \2, security.istio.io/tlsMode: istio}",
+            text,
+        )
     resources = load_text("\n---\n".join([text, *documents])).raise_for_errors()
     return MeshSnapshot(resources + load_paths([BOOKINFO / "networking" / "destination-rule-all.yaml"]).resources)
 
 
-def ask(snapshot: MeshSnapshot, source: str, url: str, method: str = "GET", headers=(), mode: str = "capture",
-        caller: Caller = Caller()):
+def ask(
+    snapshot: MeshSnapshot,
+    source: str,
+    url: str,
+    method: str = "GET",
+    headers=(),
+    mode: str = "capture",
+    caller: Caller = Caller(),
+):
     proxy = with_mesh_identity(Proxy.from_workload_entry(snapshot.workload(source), mode=mode), snapshot)  # type: ignore[arg-type]
     return simulate_mesh(snapshot, proxy, Request.from_url(url, method, headers), caller=caller)
 
@@ -348,17 +629,25 @@ def test_productpage_may_call_reviews_and_ratings_may_not(mode: str) -> None:
     snapshot = bookinfo(ALLOW_PRODUCTPAGE, DENY_DELETE)
     allowed = ask(snapshot, "productpage-v1", "http://reviews:9080/reviews/0", mode=mode)
     assert not allowed.failed
-    assert [a.proxy for a in allowed.authorization] == ["default/reviews-v1", "default/reviews-v2", "default/reviews-v3"]
+    assert [a.proxy for a in allowed.authorization] == [
+        "default/reviews-v1",
+        "default/reviews-v2",
+        "default/reviews-v3",
+    ]
     assert allowed.authorization[0].summary == (
         "ALLOWED by default/allow-productpage rules[0] (from[0].source.principals matched "
-        "spiffe://cluster.local/ns/default/sa/bookinfo-productpage; to[0].operation.methods matched GET)")
+        "spiffe://cluster.local/ns/default/sa/bookinfo-productpage; to[0].operation.methods matched GET)"
+    )
     assert allowed.authorization[0].peer.principal == "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
     denied = ask(snapshot, "ratings-v1", "http://reviews:9080/reviews/0", mode=mode)
     assert denied.status == 403
     assert denied.authorization[0].summary == (
-        "DENIED: no ALLOW policy matched (policies in force: default/allow-productpage)")
-    assert "from[0].source.principals did not match spiffe://cluster.local/ns/default/sa/bookinfo-ratings" in \
-        denied.authorization[0].details[-1]
+        "DENIED: no ALLOW policy matched (policies in force: default/allow-productpage)"
+    )
+    assert (
+        "from[0].source.principals did not match spiffe://cluster.local/ns/default/sa/bookinfo-ratings"
+        in denied.authorization[0].details[-1]
+    )
     assert denied.summary().startswith("403: default/reviews-v1 (and 2 more): DENIED: no ALLOW policy matched")
 
 
@@ -378,22 +667,32 @@ def test_without_mtls_there_is_no_principal_to_allow() -> None:
     assert outcome.status == 403
     assert outcome.authorization[0].peer.principal is None
     assert "did not match no peer certificate (plaintext)" in outcome.authorization[0].details[0]
-    assumed = ask(bookinfo(ALLOW_PRODUCTPAGE, mtls=False), "productpage-v1", "http://reviews:9080/reviews/0",
-                  caller=Caller(principal="spiffe://cluster.local/ns/default/sa/bookinfo-productpage"))
+    assumed = ask(
+        bookinfo(ALLOW_PRODUCTPAGE, mtls=False),
+        "productpage-v1",
+        "http://reviews:9080/reviews/0",
+        caller=Caller(principal="spiffe://cluster.local/ns/default/sa/bookinfo-productpage"),
+    )
     assert not assumed.failed
 
 
 def test_a_plaintext_caller_of_a_strict_workload_is_refused_before_any_policy() -> None:
-    strict = json.dumps({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-                         "metadata": {"name": "strict", "namespace": "default"},
-                         "spec": {"selector": {"matchLabels": {"app": "reviews"}}, "mtls": {"mode": "STRICT"}}})
+    strict = json.dumps(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "PeerAuthentication",
+            "metadata": {"name": "strict", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "reviews"}}, "mtls": {"mode": "STRICT"}},
+        }
+    )
     snapshot = bookinfo(ALLOW_PRODUCTPAGE, strict)
     client = Proxy.from_workload_entry(snapshot.workload("productpage-v1"))  # no identity: plaintext
     outcome = simulate_mesh(snapshot, client, Request.from_url("http://reviews:9080/reviews/0"))
     assert outcome.failed and outcome.refused
     assert outcome.authorization[0].summary == (
         "REFUSED: filter chain inbound|9080|plaintext-refused refuses the connection (the client sends plaintext "
-        "and the port accepts only mutual TLS)")
+        "and the port accepts only mutual TLS)"
+    )
 
 
 def test_workloads_without_policies_are_not_checked() -> None:
@@ -417,17 +716,39 @@ def gateway_snapshot(*documents: str) -> MeshSnapshot:
 
 
 def test_a_gateway_checks_the_outside_client_and_the_sidecar_checks_the_gateway() -> None:
-    at_gateway = policy({"selector": {"matchLabels": {"istio": "ingressgateway"}},
-                         "rules": [{"from": [{"source": {"ipBlocks": ["203.0.113.0/24"]}}]}]}, "ingress", "istio-system")
-    at_productpage = policy({"selector": {"matchLabels": {"app": "productpage"}}, "rules": [{"from": [{"source": {
-        "principals": ["cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"]}}]}]}, "from-gateway")
+    at_gateway = policy(
+        {
+            "selector": {"matchLabels": {"istio": "ingressgateway"}},
+            "rules": [{"from": [{"source": {"ipBlocks": ["203.0.113.0/24"]}}]}],
+        },
+        "ingress",
+        "istio-system",
+    )
+    at_productpage = policy(
+        {
+            "selector": {"matchLabels": {"app": "productpage"}},
+            "rules": [
+                {
+                    "from": [
+                        {
+                            "source": {
+                                "principals": ["cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"]
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+        "from-gateway",
+    )
     snapshot = gateway_snapshot(at_gateway, at_productpage)
     url = "http://bookinfo.example.com/productpage"
     outside = ask(snapshot, "istio-ingressgateway", url, caller=Caller(ip="198.51.100.1"))
     assert outside.status == 403 and outside.authorization[0].role == "gateway"
     assert outside.authorization[0].proxy == "istio-system/istio-ingressgateway"
     assert outside.authorization[0].details == [
-        "istio-system/ingress rules[0]: from[0].source.ipBlocks did not match 198.51.100.1"]
+        "istio-system/ingress rules[0]: from[0].source.ipBlocks did not match 198.51.100.1"
+    ]
     inside = ask(snapshot, "istio-ingressgateway", url, caller=Caller(ip="203.0.113.9"))
     gateway, productpage = inside.authorization
     assert gateway.summary.startswith("ALLOWED by istio-system/ingress rules[0] (from[0].source.ipBlocks matched")
@@ -436,8 +757,14 @@ def test_a_gateway_checks_the_outside_client_and_the_sidecar_checks_the_gateway(
 
 
 def test_remote_ip_blocks_use_x_forwarded_for_behind_a_sidecar() -> None:
-    snapshot = bookinfo(policy({"selector": {"matchLabels": {"app": "ratings"}}, "rules": [{"from": [{"source": {
-        "remoteIpBlocks": ["192.0.2.0/24"]}}]}]}))
+    snapshot = bookinfo(
+        policy(
+            {
+                "selector": {"matchLabels": {"app": "ratings"}},
+                "rules": [{"from": [{"source": {"remoteIpBlocks": ["192.0.2.0/24"]}}]}],
+            }
+        )
+    )
     url = "http://ratings:9080/ratings/0"
     assert ask(snapshot, "reviews-v2", url).status == 403
     assert not ask(snapshot, "reviews-v2", url, headers=[("x-forwarded-for", "10.9.9.9, 192.0.2.7")]).failed
@@ -458,9 +785,16 @@ kind: WorkloadEntry
 metadata: {name: db, namespace: default}
 spec: {address: 10.244.0.50, labels: {app: db, security.istio.io/tlsMode: istio}, serviceAccount: db}
 """
-    only_reviews = policy({"selector": {"matchLabels": {"app": "db"}}, "rules": [
-        {"from": [{"source": {"principals": ["cluster.local/ns/default/sa/bookinfo-reviews"]}}]},
-        {"to": [{"operation": {"methods": ["GET"]}}]}]}, "db-clients")
+    only_reviews = policy(
+        {
+            "selector": {"matchLabels": {"app": "db"}},
+            "rules": [
+                {"from": [{"source": {"principals": ["cluster.local/ns/default/sa/bookinfo-reviews"]}}]},
+                {"to": [{"operation": {"methods": ["GET"]}}]},
+            ],
+        },
+        "db-clients",
+    )
     snapshot = bookinfo(db, only_reviews)
     ok = ask(snapshot, "reviews-v1", "http://db:5432/")
     assert ok.protocol == "tcp" and not ok.failed
@@ -493,13 +827,32 @@ metadata: {{name: client, namespace: default}}
 spec: {{address: {net}.1, labels: {{app: client}}}}
 """
 API_POLICIES = (  # on the TCP port: the DENY rules keep only their port, the ALLOW rules only ipBlocks
-    policy({"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin*"], "ports": ["8080"]}}]},
-                                        {"to": [{"operation": {"ports": ["8080"]}}],
-                                         "when": [{"key": "request.headers[x-debug]", "values": ["*"]}]}]}, "deny"),
-    policy({"rules": [{"to": [{"operation": {"methods": ["GET"], "paths": ["/public/*"]}}]},
-                      {"to": [{"operation": {"methods": ["POST"]}}],
-                       "when": [{"key": "request.headers[x-token]", "values": ["secret"]}]},
-                      {"from": [{"source": {"ipBlocks": ["{net}.1/32"]}}]}]}, "allow"),
+    policy(
+        {
+            "action": "DENY",
+            "rules": [
+                {"to": [{"operation": {"paths": ["/admin*"], "ports": ["8080"]}}]},
+                {
+                    "to": [{"operation": {"ports": ["8080"]}}],
+                    "when": [{"key": "request.headers[x-debug]", "values": ["*"]}],
+                },
+            ],
+        },
+        "deny",
+    ),
+    policy(
+        {
+            "rules": [
+                {"to": [{"operation": {"methods": ["GET"], "paths": ["/public/*"]}}]},
+                {
+                    "to": [{"operation": {"methods": ["POST"]}}],
+                    "when": [{"key": "request.headers[x-token]", "values": ["secret"]}],
+                },
+                {"from": [{"source": {"ipBlocks": ["{net}.1/32"]}}]},
+            ]
+        },
+        "allow",
+    ),
 )
 
 
@@ -511,8 +864,11 @@ def api_envoy(tmp_path: Path):
         text = "\n---\n".join([API.format(net=net), *(p.replace("{net}", net) for p in API_POLICIES)])
         snapshot = MeshSnapshot(load_text(text).raise_for_errors())
         proxy = replace(Proxy.from_workload_entry(snapshot.workload("api"), mode="proxy"), app_address=f"{net}.3")
-        with HttpBackend("api", f"{net}.3", 8080), TcpBackend("feed", f"{net}.3", 9000), \
-                run_envoy(static_bootstrap(generate(snapshot, proxy)), workdir=tmp_path) as envoy:
+        with (
+            HttpBackend("api", f"{net}.3", 8080),
+            TcpBackend("feed", f"{net}.3", 9000),
+            run_envoy(static_bootstrap(generate(snapshot, proxy)), workdir=tmp_path) as envoy,
+        ):
             yield net, snapshot, envoy
 
 
@@ -532,13 +888,17 @@ def test_envoy_enforces_paths_methods_headers_and_ip_blocks_as_simulated(tmp_pat
         client = Proxy.from_workload_entry(snapshot.workload("client"), mode="proxy")
         for source, method, path, headers, expected in cases:
             source_ip = f"{net}.1" if source == "client" else source
-            with contextlib.closing(http.client.HTTPConnection(f"{net}.2", 8080, timeout=10,
-                                                               source_address=(source_ip, 0))) as connection:
+            with contextlib.closing(
+                http.client.HTTPConnection(f"{net}.2", 8080, timeout=10, source_address=(source_ip, 0))
+            ) as connection:
                 connection.request(method, path, headers=headers)
                 status = connection.getresponse().status
-            simulated = simulate_mesh(snapshot, client, Request.from_url(f"http://api:8080{path}", method,
-                                                                         list(headers.items())),
-                                      caller=Caller(ip=source_ip))
+            simulated = simulate_mesh(
+                snapshot,
+                client,
+                Request.from_url(f"http://api:8080{path}", method, list(headers.items())),
+                caller=Caller(ip=source_ip),
+            )
             assert (status, simulated.status or 200) == (expected, expected), (method, path, headers, source)
         deny_stats = envoy.stats(r"\.rbac\.deny\.policy\.")
         assert deny_stats["http.inbound_0.0.0.0_8080.rbac.deny.policy.ns[default]-policy[deny]-rule[0].denied"] == 2
@@ -568,6 +928,15 @@ def test_envoy_enforces_l4_rules_on_a_tcp_port_as_simulated(tmp_path: Path) -> N
         client = Proxy.from_workload_entry(snapshot.workload("client"), mode="proxy")
         api = Proxy.from_workload_entry(snapshot.workload("api"), mode="proxy")
         for source_ip, refused in ((f"{net}.1", False), ("127.0.0.1", True)):
-            auth = check_endpoint(snapshot, api, {}, Endpoint(f"{net}.2:9000"), client,
-                                  Request.from_url("http://api:9000/"), http=False, now=None, caller=Caller(ip=source_ip))
+            auth = check_endpoint(
+                snapshot,
+                api,
+                {},
+                Endpoint(f"{net}.2:9000"),
+                client,
+                Request.from_url("http://api:9000/"),
+                http=False,
+                now=None,
+                caller=Caller(ip=source_ip),
+            )
             assert auth.peer.request is None and auth.refused is refused  # the network filters decided

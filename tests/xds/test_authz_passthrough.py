@@ -76,17 +76,26 @@ class Passthrough:
     app: HttpBackend
 
     def http_status(self, source_ip: str, path: str) -> int:
-        with contextlib.closing(http.client.HTTPConnection(f"{self.net}.2", UNDECLARED_PORT, timeout=10,
-                                                           source_address=(source_ip, 0))) as connection:
+        with contextlib.closing(
+            http.client.HTTPConnection(f"{self.net}.2", UNDECLARED_PORT, timeout=10, source_address=(source_ip, 0))
+        ) as connection:
             connection.request("GET", path)
             return connection.getresponse().status
 
     def simulated(self, source_ip: str, path: str, *, http: bool = True):
         api = Proxy.from_workload_entry(self.snapshot.workload("api"), mode="capture")
         client = Proxy.from_workload_entry(self.snapshot.workload("client"), mode="capture")
-        return check_endpoint(self.snapshot, api, {}, Endpoint(f"{self.net}.2:{UNDECLARED_PORT}"), client,
-                              Request.from_url(f"http://{self.net}.2:{UNDECLARED_PORT}{path}"), http=http, now=None,
-                              caller=Caller(ip=source_ip))
+        return check_endpoint(
+            self.snapshot,
+            api,
+            {},
+            Endpoint(f"{self.net}.2:{UNDECLARED_PORT}"),
+            client,
+            Request.from_url(f"http://{self.net}.2:{UNDECLARED_PORT}{path}"),
+            http=http,
+            now=None,
+            caller=Caller(ip=source_ip),
+        )
 
 
 def passthrough_bootstrap(snapshot: MeshSnapshot, proxy: Proxy, net: str) -> dict:
@@ -100,8 +109,12 @@ def passthrough_bootstrap(snapshot: MeshSnapshot, proxy: Proxy, net: str) -> dic
     for key in ("lb_policy", "upstream_bind_config"):
         passthrough.pop(key)
     app = {"endpoint": {"address": socket_address(f"{net}.3", UNDECLARED_PORT)}}
-    passthrough.update({"type": "STATIC", "load_assignment": {"cluster_name": INBOUND_PASSTHROUGH_CLUSTER,
-                                                              "endpoints": [{"lb_endpoints": [app]}]}})
+    passthrough.update(
+        {
+            "type": "STATIC",
+            "load_assignment": {"cluster_name": INBOUND_PASSTHROUGH_CLUSTER, "endpoints": [{"lb_endpoints": [app]}]},
+        }
+    )
     return bootstrap
 
 
@@ -128,20 +141,30 @@ def passthrough(tmp_path_factory) -> Iterator[Passthrough]:
 def test_the_passthrough_chains_carry_the_policies(passthrough: Passthrough) -> None:
     api = Proxy.from_workload_entry(passthrough.snapshot.workload("api"), mode="capture")
     chains = generate(passthrough.snapshot, api).listeners["virtualInbound"]["filter_chains"]
-    catch_all = {c["name"]: [f["name"] for f in c["filters"]] for c in chains
-                 if c["name"].startswith("virtualInbound-catchall")}
-    assert catch_all == {"virtualInbound-catchall|http": ["envoy.filters.network.http_connection_manager"],
-                         "virtualInbound-catchall|tcp": ["envoy.filters.network.rbac", "envoy.filters.network.rbac",
-                                                         "envoy.filters.network.tcp_proxy"]}
+    catch_all = {
+        c["name"]: [f["name"] for f in c["filters"]] for c in chains if c["name"].startswith("virtualInbound-catchall")
+    }
+    assert catch_all == {
+        "virtualInbound-catchall|http": ["envoy.filters.network.http_connection_manager"],
+        "virtualInbound-catchall|tcp": [
+            "envoy.filters.network.rbac",
+            "envoy.filters.network.rbac",
+            "envoy.filters.network.tcp_proxy",
+        ],
+    }
 
 
-@pytest.mark.parametrize(("source", "path", "expected"), [
-    ("client", "/public", 200),  # ALLOW: the client's address
-    ("client", "/admin/users", 403),  # DENY: the path, seen because the chain is HTTP
-    ("127.0.0.1", "/public", 403),  # no ALLOW rule matches
-])
-def test_http_to_an_undeclared_port_is_authorized_as_simulated(passthrough: Passthrough, source: str, path: str,
-                                                                 expected: int) -> None:
+@pytest.mark.parametrize(
+    ("source", "path", "expected"),
+    [
+        ("client", "/public", 200),  # ALLOW: the client's address
+        ("client", "/admin/users", 403),  # DENY: the path, seen because the chain is HTTP
+        ("127.0.0.1", "/public", 403),  # no ALLOW rule matches
+    ],
+)
+def test_http_to_an_undeclared_port_is_authorized_as_simulated(
+    passthrough: Passthrough, source: str, path: str, expected: int
+) -> None:
     source_ip = f"{passthrough.net}.1" if source == "client" else source
     before = passthrough.app.count
     assert passthrough.http_status(source_ip, path) == expected
@@ -193,5 +216,6 @@ def test_the_mesh_simulation_follows_a_passed_through_request_to_its_workload(pa
         outcome = simulate_mesh(snapshot, client, Request.from_url(f"http://10.1.0.2:{UNDECLARED_PORT}{path}"))
         assert [t.name for t in outcome.clusters] == ["PassthroughCluster"]
         assert [a.where for a in outcome.authorization] == [
-            "virtualInbound port 7777, filter chain virtualInbound-catchall|http"]
+            "virtualInbound port 7777, filter chain virtualInbound-catchall|http"
+        ]
         assert (outcome.status or 200) == expected == passthrough.http_status(f"{passthrough.net}.1", path)

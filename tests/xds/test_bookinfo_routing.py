@@ -13,8 +13,11 @@ from plait.model import MeshSnapshot, Proxy
 from plait.xds.simulate import Outcome, Request, simulate_mesh
 
 BOOKINFO = Path(__file__).parents[2] / "src" / "plait" / "demo" / "bookinfo"
-BASE = [BOOKINFO / "services.yaml", BOOKINFO / "networking" / "bookinfo-gateway.yaml",
-        BOOKINFO / "networking" / "destination-rule-all.yaml"]
+BASE = [
+    BOOKINFO / "services.yaml",
+    BOOKINFO / "networking" / "bookinfo-gateway.yaml",
+    BOOKINFO / "networking" / "destination-rule-all.yaml",
+]
 JASON = {"end-user": "jason"}
 MODES = ["capture", "proxy"]
 
@@ -31,8 +34,9 @@ def mesh(*samples: str) -> MeshSnapshot:
     return MeshSnapshot(load_paths(BASE + [BOOKINFO / "networking" / s for s in samples]).raise_for_errors())
 
 
-def send(snapshot: MeshSnapshot, workload: str, url: str, headers: dict[str, str] | None = None,
-         mode: str = "capture") -> Outcome:
+def send(
+    snapshot: MeshSnapshot, workload: str, url: str, headers: dict[str, str] | None = None, mode: str = "capture"
+) -> Outcome:
     proxy = Proxy.from_workload_entry(snapshot.workload(workload), mode=mode)  # type: ignore[arg-type]
     return simulate_mesh(snapshot, proxy, Request.from_url(url, headers=(headers or {}).items()))
 
@@ -50,7 +54,10 @@ def test_without_virtual_service_reviews_round_robins_over_every_version(mode: s
     outcome = to_reviews(mesh(), mode=mode)
     assert outcome.cluster_names == [reviews()] and outcome.route == "default"
     assert sorted(e.address for e in outcome.clusters[0].endpoints) == [
-        "10.244.0.13:9080", "10.244.0.14:9080", "10.244.0.15:9080"]
+        "10.244.0.13:9080",
+        "10.244.0.14:9080",
+        "10.244.0.15:9080",
+    ]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -92,7 +99,9 @@ def test_reviews_80_20_splits_exactly_80_20_between_v1_and_v2(mode: str) -> None
         outcome = to_reviews(snapshot, headers, mode)
         assert outcome.action == "weighted_clusters"
         assert [(c.name, c.weight, c.percent) for c in outcome.clusters] == [
-            (reviews("v1"), 80, 80.0), (reviews("v2"), 20, 20.0)]
+            (reviews("v1"), 80, 80.0),
+            (reviews("v2"), 20, 20.0),
+        ]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -114,9 +123,15 @@ def test_ratings_abort_answers_jason_500(mode: str) -> None:
     assert to_ratings(snapshot, mode=mode).policies.fault is None
 
 
-@pytest.mark.parametrize(("path", "rule"), [
-    ("/productpage", "http[0].match[0]"), ("/static/style.css", "http[0].match[1]"),
-    ("/login", "http[0].match[2]"), ("/api/v1/products/1", "http[0].match[4]")])
+@pytest.mark.parametrize(
+    ("path", "rule"),
+    [
+        ("/productpage", "http[0].match[0]"),
+        ("/static/style.css", "http[0].match[1]"),
+        ("/login", "http[0].match[2]"),
+        ("/api/v1/products/1", "http[0].match[4]"),
+    ],
+)
 def test_gateway_sends_bookinfo_paths_to_productpage(path: str, rule: str) -> None:
     outcome = send(mesh(), "istio-ingressgateway", f"http://bookinfo.example.com{path}")
     assert outcome.listener == "0.0.0.0_80"
@@ -145,8 +160,9 @@ spec:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_virtual_service_for_other_sources_leaves_the_default_route(mode: str) -> None:
-    snapshot = MeshSnapshot([*load_paths(BASE).raise_for_errors(),
-                             *load_text(RATINGS_FOR_REVIEWS_V2_ONLY).raise_for_errors()])
+    snapshot = MeshSnapshot(
+        [*load_paths(BASE).raise_for_errors(), *load_text(RATINGS_FOR_REVIEWS_V2_ONLY).raise_for_errors()]
+    )
     chosen = send(snapshot, "reviews-v2", "http://ratings:9080/ratings/0", mode=mode)
     assert (chosen.cluster_names, chosen.virtual_service) == ([ratings("v1")], "default/ratings")
     other = send(snapshot, "reviews-v3", "http://ratings:9080/ratings/0", mode=mode)

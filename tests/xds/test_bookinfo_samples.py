@@ -30,13 +30,18 @@ def test_sample_translates_to_valid_envoy_config(sample: Path) -> None:
 
 
 def test_mtls_destination_rules_translate_to_istio_mutual_clusters() -> None:
-    snapshot = MeshSnapshot(load_paths([BOOKINFO / "services.yaml",
-                                        BOOKINFO / "networking" / "destination-rule-all-mtls.yaml"]).raise_for_errors())
+    snapshot = MeshSnapshot(
+        load_paths(
+            [BOOKINFO / "services.yaml", BOOKINFO / "networking" / "destination-rule-all-mtls.yaml"]
+        ).raise_for_errors()
+    )
     resources = generate(snapshot, Proxy.from_workload_entry(snapshot.workload("productpage-v1")))
     cluster = resources.clusters["outbound|9080|v1|reviews.default.svc.cluster.local"]
     tls = cluster["transport_socket"]["typed_config"]
     assert tls["sni"] == "outbound_.9080_.v1_.reviews.default.svc.cluster.local"
     sans = tls["common_tls_context"]["combined_validation_context"]["default_validation_context"]
-    assert sans["match_typed_subject_alt_names"][0]["matcher"]["exact"] == \
-        "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
+    assert (
+        sans["match_typed_subject_alt_names"][0]["matcher"]["exact"]
+        == "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
+    )
     assert envoy_validate(static_bootstrap(resources)).ok

@@ -14,25 +14,34 @@ from plait.xds.translate.delegate import http_routes, merge_matches
 
 
 def vs(name: str, spec: dict, namespace: str = "default") -> str:
-    return json.dumps({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-                       "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    return json.dumps(
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+    )
 
 
 def match(**fields) -> net.HTTPMatchRequest:
     return net.HTTPMatchRequest.model_validate(fields)
 
 
-@pytest.mark.parametrize(("root", "leaf", "merged"), [
-    ({"uri": {"prefix": "/api"}}, {"uri": {"prefix": "/api/v2"}}, {"prefix": "/api/v2"}),
-    ({"uri": {"prefix": "/api"}}, {"uri": {"exact": "/api/login"}}, {"exact": "/api/login"}),
-    ({"uri": {"prefix": "/api"}}, {"uri": {"prefix": "/other"}}, None),      # not under the root's prefix
-    ({"uri": {"exact": "/a"}}, {"uri": {"exact": "/a"}}, {"exact": "/a"}),
-    ({"uri": {"exact": "/a"}}, {"uri": {"prefix": "/a"}}, None),             # wider than an exact root
-    ({"uri": {"regex": "/a.*"}}, {"uri": {"exact": "/a"}}, None),            # a regex admits nothing beside it
-    ({"uri": {"prefix": "/api"}}, {}, {"prefix": "/api"}),                   # the delegate inherits the root's
-    ({"uri": {"prefix": "/api"}, "port": 80}, {"port": 8080}, None),
-    ({"sourceLabels": {"app": "a"}}, {"sourceLabels": {"app": "b"}}, None),
-])
+@pytest.mark.parametrize(
+    ("root", "leaf", "merged"),
+    [
+        ({"uri": {"prefix": "/api"}}, {"uri": {"prefix": "/api/v2"}}, {"prefix": "/api/v2"}),
+        ({"uri": {"prefix": "/api"}}, {"uri": {"exact": "/api/login"}}, {"exact": "/api/login"}),
+        ({"uri": {"prefix": "/api"}}, {"uri": {"prefix": "/other"}}, None),  # not under the root's prefix
+        ({"uri": {"exact": "/a"}}, {"uri": {"exact": "/a"}}, {"exact": "/a"}),
+        ({"uri": {"exact": "/a"}}, {"uri": {"prefix": "/a"}}, None),  # wider than an exact root
+        ({"uri": {"regex": "/a.*"}}, {"uri": {"exact": "/a"}}, None),  # a regex admits nothing beside it
+        ({"uri": {"prefix": "/api"}}, {}, {"prefix": "/api"}),  # the delegate inherits the root's
+        ({"uri": {"prefix": "/api"}, "port": 80}, {"port": 8080}, None),
+        ({"sourceLabels": {"app": "a"}}, {"sourceLabels": {"app": "b"}}, None),
+    ],
+)
 def test_a_delegate_match_must_fall_within_a_root_match(root: dict, leaf: dict, merged: dict | None) -> None:
     result = merge_matches([match(**root)], [match(**leaf)])
     if merged is None:
@@ -51,19 +60,42 @@ def test_headers_and_labels_combine_and_each_fitting_root_match_gives_one_match(
 
 
 def test_merged_routes_inherit_what_they_lack_and_resolve_hosts_in_the_delegates_namespace() -> None:
-    root = vs("root", {"hosts": ["shop"], "http": [
-        {"name": "api", "match": [{"uri": {"prefix": "/api"}}], "delegate": {"name": "leaf", "namespace": "team"},
-         "timeout": "3s", "retries": {"attempts": 1}},
-        {"match": [{"uri": {"prefix": "/private"}}], "delegate": {"name": "private", "namespace": "team"}},
-        {"route": [{"destination": {"host": "shop"}}]}]})
-    leaf = vs("leaf", {"http": [{"name": "v2", "timeout": "1s", "route": [{"destination": {"host": "api"}}]},
-                                {"match": [{"uri": {"prefix": "/elsewhere"}}], "route": [{"destination": {"host": "api"}}]},
-                                {"route": [{"destination": {"host": "api"}}]}]}, "team")
+    root = vs(
+        "root",
+        {
+            "hosts": ["shop"],
+            "http": [
+                {
+                    "name": "api",
+                    "match": [{"uri": {"prefix": "/api"}}],
+                    "delegate": {"name": "leaf", "namespace": "team"},
+                    "timeout": "3s",
+                    "retries": {"attempts": 1},
+                },
+                {"match": [{"uri": {"prefix": "/private"}}], "delegate": {"name": "private", "namespace": "team"}},
+                {"route": [{"destination": {"host": "shop"}}]},
+            ],
+        },
+    )
+    leaf = vs(
+        "leaf",
+        {
+            "http": [
+                {"name": "v2", "timeout": "1s", "route": [{"destination": {"host": "api"}}]},
+                {"match": [{"uri": {"prefix": "/elsewhere"}}], "route": [{"destination": {"host": "api"}}]},
+                {"route": [{"destination": {"host": "api"}}]},
+            ]
+        },
+        "team",
+    )
     private = vs("private", {"exportTo": ["."], "http": [{"route": [{"destination": {"host": "api"}}]}]}, "team")
     snapshot = MeshSnapshot(load_text("\n---\n".join([root, leaf, private])).raise_for_errors())
     routes = list(http_routes(snapshot.resources[("VirtualService", "default", "root")], snapshot))
-    assert [label for label, _ in routes] == ["http[0].delegate[team/leaf].http[0]",
-                                              "http[0].delegate[team/leaf].http[2]", "http[2]"]
+    assert [label for label, _ in routes] == [
+        "http[0].delegate[team/leaf].http[0]",
+        "http[0].delegate[team/leaf].http[2]",
+        "http[2]",
+    ]
     first, second = routes[0][1], routes[1][1]
     assert (first.name, first.timeout, first.retries.attempts) == ("api-v2", "1s", 1)
     assert (second.name, second.timeout) == ("api", "3s")
@@ -76,6 +108,10 @@ def test_a_delegate_is_refused_with_gateways_or_when_it_delegates_again() -> Non
     assert "must have no gateways" in str(with_gateways.errors[0])
     nested = load_text(vs("leaf", {"http": [{"delegate": {"name": "other"}}]}))
     assert "cannot delegate again" in str(nested.errors[0])
-    root_with_route = load_text(vs("root", {"hosts": ["a"], "http": [
-        {"delegate": {"name": "leaf"}, "route": [{"destination": {"host": "a"}}]}]}))
+    root_with_route = load_text(
+        vs(
+            "root",
+            {"hosts": ["a"], "http": [{"delegate": {"name": "leaf"}, "route": [{"destination": {"host": "a"}}]}]},
+        )
+    )
     assert "must not specify route or redirect" in str(root_with_route.errors[0])

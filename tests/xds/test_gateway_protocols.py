@@ -67,11 +67,14 @@ spec:
 
 def echo_server(address: str) -> grpc.Server:
     """A gRPC server whose method /test.Echo/Say answers ``echo:`` + the request (raw bytes, no protobuf)."""
+
     def say(request: bytes, context) -> bytes:
         return b"echo:" + request
 
-    handler = grpc.method_handlers_generic_handler("test.Echo", {"Say": grpc.unary_unary_rpc_method_handler(
-        say, request_deserializer=None, response_serializer=None)})
+    handler = grpc.method_handlers_generic_handler(
+        "test.Echo",
+        {"Say": grpc.unary_unary_rpc_method_handler(say, request_deserializer=None, response_serializer=None)},
+    )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[handler])
     server.add_insecure_port(f"{address}:9000")
     return server
@@ -90,11 +93,14 @@ def gateway(tmp_path_factory) -> Iterator[Gateway]:
         server.start()
         stack.callback(server.stop, None)
         stack.enter_context(TcpBackend("mongo", f"{net}.20", 7000))
-        snapshot = MeshSnapshot(load_text(MESH.format(net=net, grpc_web=GRPC_WEB_PORT, http2=HTTP2_PORT,
-                                                              mongo=MONGO_PORT))
-                                .raise_for_errors())
-        bootstrap = static_bootstrap(generate(snapshot, Proxy.from_workload_entry(
-            snapshot.workload("istio-system/ingress"))))
+        snapshot = MeshSnapshot(
+            load_text(
+                MESH.format(net=net, grpc_web=GRPC_WEB_PORT, http2=HTTP2_PORT, mongo=MONGO_PORT)
+            ).raise_for_errors()
+        )
+        bootstrap = static_bootstrap(
+            generate(snapshot, Proxy.from_workload_entry(snapshot.workload("istio-system/ingress")))
+        )
         for listener in bootstrap["static_resources"]["listeners"]:
             listener["address"]["socket_address"]["address"] = f"{net}.10"
         stack.enter_context(run_envoy(bootstrap, workdir=tmp_path_factory.mktemp("gateway")))
@@ -106,8 +112,8 @@ def grpc_web_frames(body: bytes) -> list[tuple[int, bytes]]:
     frames = []
     while body:
         flags, length = struct.unpack(">BI", body[:5])
-        frames.append((flags, body[5:5 + length]))
-        body = body[5 + length:]
+        frames.append((flags, body[5 : 5 + length]))
+        body = body[5 + length :]
     return frames
 
 
@@ -115,8 +121,12 @@ def grpc_web_call(address: str, port: int) -> tuple[int, str | None, bytes]:
     """POST a gRPC-Web request for /test.Echo/Say with payload ``hello``: (status, content-type, body)."""
     connection = http.client.HTTPConnection(address, port, timeout=10)
     try:
-        connection.request("POST", "/test.Echo/Say", body=struct.pack(">BI", 0, 5) + b"hello",
-                           headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"})
+        connection.request(
+            "POST",
+            "/test.Echo/Say",
+            body=struct.pack(">BI", 0, 5) + b"hello",
+            headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"},
+        )
         response = connection.getresponse()
         return response.status, response.getheader("content-type"), response.read()
     finally:

@@ -109,8 +109,10 @@ def client_context(*, ciphers: str | None = None, certificate: bool = False) -> 
 
 def https_get(address: str, host: str, context: ssl.SSLContext) -> tuple[int, str]:
     """(status, negotiated cipher) of GET https://<host>/ sent to the gateway with SNI <host>."""
-    with socket.create_connection((address, GATEWAY_PORT), timeout=10) as raw, \
-            context.wrap_socket(raw, server_hostname=host) as tls:
+    with (
+        socket.create_connection((address, GATEWAY_PORT), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
         tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         response = http.client.HTTPResponse(tls)
         response.begin()
@@ -136,7 +138,9 @@ def gateway(tmp_path_factory) -> Iterator[tuple[str, EnvoyProcess]]:
 
 def test_the_configured_cipher_suite_is_negotiated(gateway: tuple[str, EnvoyProcess]) -> None:
     assert https_get(gateway[0], "store.example.com", client_context(ciphers="ECDHE-ECDSA-AES256-GCM-SHA384")) == (
-        200, "ECDHE-ECDSA-AES256-GCM-SHA384")
+        200,
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+    )
 
 
 def test_a_client_offering_only_other_cipher_suites_is_refused(gateway: tuple[str, EnvoyProcess]) -> None:
@@ -157,19 +161,27 @@ def signed_by_the_test_ca(directory: Path) -> tuple[Path, Path]:
     ca = x509.load_pem_x509_certificate(CERT.read_bytes())
     ca_key = serialization.load_pem_private_key(KEY.read_bytes(), None)
     key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "other")]))
-            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(hours=1))
-            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "other")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(ca_key, hashes.SHA256())
+    )  # type: ignore[arg-type]
     cert_path, key_path = directory / "other.pem", directory / "other-key.pem"
     cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
 def test_verify_certificate_spki_refuses_a_valid_client_whose_key_is_not_pinned(
-        gateway: tuple[str, EnvoyProcess], tmp_path: Path) -> None:
+    gateway: tuple[str, EnvoyProcess], tmp_path: Path
+) -> None:
     address, envoy = gateway
     assert https_get(address, "pinned.example.com", client_context(certificate=True))[0] == 200
     other = client_context()

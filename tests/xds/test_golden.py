@@ -57,8 +57,9 @@ def test_golden(case: str) -> None:
     assert golden.exists(), f"{case}: golden missing; run with REFRESH_GOLDEN=1 and review it"
     expected = golden.read_text()
     if actual != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), actual.splitlines(True),
-                                            f"{case}.golden.yaml", "generated"))
+        diff = "".join(
+            difflib.unified_diff(expected.splitlines(True), actual.splitlines(True), f"{case}.golden.yaml", "generated")
+        )
         pytest.fail(f"translation of {case} changed (REFRESH_GOLDEN=1 to accept):\n{diff}")
 
 
@@ -87,8 +88,10 @@ def test_credential_secrets_go_only_to_the_proxy_that_names_them() -> None:
     assert set(gateway.secrets["admin-cert"]["tls_certificate"]) == {"certificate_chain", "private_key"}
     assert "trusted_ca" in gateway.secrets["admin-cert-cacert"]["validation_context"]
     shown = yaml.safe_dump(gateway.to_dict(["sds"]))
-    assert "[redacted]" in shown and gateway.secrets["admin-cert"]["tls_certificate"]["private_key"]["inline_bytes"] \
-        not in shown
+    assert (
+        "[redacted]" in shown
+        and gateway.secrets["admin-cert"]["tls_certificate"]["private_key"]["inline_bytes"] not in shown
+    )
     sidecar = generate(snapshot, Proxy.from_workload_entry(snapshot.workload("web/store-1")))
     assert sidecar.secrets == {}
 
@@ -107,6 +110,7 @@ def test_golden_is_valid_envoy_config(case: str) -> None:
 
 def with_test_certificates(bootstrap: dict) -> dict:
     """Envoy checks that certificate files exist: point the inputs' /etc/... paths at test files."""
+
     def swap(match: re.Match) -> str:
         path = match.group(1)
         kind = "key.pem" if path.endswith("key.pem") else "crl.pem" if path.endswith(".crl") else "cert.pem"
@@ -158,5 +162,6 @@ spec: {address: 10.0.0.2, labels: {istio: ingressgateway}}
     assert Publisher().publish(cart).inconsistencies == ()
     other = generate(snapshot, Proxy.from_workload_entry(snapshot.workload("elsewhere/other")))
     assert other.secrets == {}
-    assert [p.split(",")[0] for p in Publisher().publish(other).inconsistencies] == \
-        ["cds outbound|443||bank.example.com refers to secret bank-ca-cacert"]
+    assert [p.split(",")[0] for p in Publisher().publish(other).inconsistencies] == [
+        "cds outbound|443||bank.example.com refers to secret bank-ca-cacert"
+    ]

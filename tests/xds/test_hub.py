@@ -43,9 +43,12 @@ class FakeEnvoy:
 
     def request(self, short: str, response=None, error: str | None = None):
         return discovery_pb2.DiscoveryRequest(
-            type_url=TYPE_URLS[short], resource_names=self.names[short],
-            response_nonce=response.nonce if response else "", version_info=response.payload.version if response else "",
-            error_detail=status_pb2.Status(code=3, message=error) if error else None)
+            type_url=TYPE_URLS[short],
+            resource_names=self.names[short],
+            response_nonce=response.nonce if response else "",
+            version_info=response.payload.version if response else "",
+            error_detail=status_pb2.Status(code=3, message=error) if error else None,
+        )
 
     def answer(self, responses, error: str | None = None) -> None:
         for response in responses:
@@ -92,6 +95,7 @@ def synced(hub: XdsHub, proxies) -> list[FakeEnvoy]:
 
 # ------------------------------------------------------------------ what a proxy gets
 
+
 def _testdata_cases():
     for path in sorted(TESTDATA.glob("*.input.yaml")):
         snapshot = MeshSnapshot(load_text(path.read_text(), path.name).raise_for_errors())
@@ -110,8 +114,9 @@ def test_every_proxy_gets_exactly_what_the_generator_makes_for_it(mode):
             proxy = Proxy.from_workload_entry(we, mode=mode)
             got = hub.connect(make_node(proxy), delta=False, wake=lambda: None).stream.published
             want = publisher.publish(generate(snapshot, proxy))
-            assert {s: m.version for s, m in got.types.items()} == {s: m.version for s, m in want.types.items()}, \
+            assert {s: m.version for s, m in got.types.items()} == {s: m.version for s, m in want.types.items()}, (
                 f"{case}: {proxy.id}"
+            )
 
 
 def test_alike_proxies_share_resources_and_others_do_not():
@@ -124,8 +129,9 @@ def test_alike_proxies_share_resources_and_others_do_not():
 
     assert published("reviews-v1") is published("ratings-v1")  # same namespace, same inbound port 9080
     assert published("reviews-v1") is not published("reviews-v1", mode="proxy", ip="127.0.0.2")
-    assert published("reviews-v1", mode="proxy", ip="127.0.0.2") is not published("reviews-v1", mode="proxy",
-                                                                                    ip="127.0.0.3")
+    assert published("reviews-v1", mode="proxy", ip="127.0.0.2") is not published(
+        "reviews-v1", mode="proxy", ip="127.0.0.3"
+    )
     assert published("reviews-v1", app_address="127.0.0.9") is not published("reviews-v1")
 
 
@@ -134,8 +140,9 @@ def test_labels_split_groups_only_when_a_selector_reads_them():
     hub = XdsHub(snapshot)
     a, b = synced(hub, [workload_proxy(snapshot, 0), workload_proxy(snapshot, 4)])  # mesh-0, other labels
     assert a.conn.stream.published is b.conn.stream.published
-    selecting = load_one(sidecar("for-svc-0000", "mesh-0").replace(
-        "spec:\n", "spec:\n  workloadSelector: {labels: {app: svc-0000}}\n"))
+    selecting = load_one(
+        sidecar("for-svc-0000", "mesh-0").replace("spec:\n", "spec:\n  workloadSelector: {labels: {app: svc-0000}}\n")
+    )
     hub.update(snapshot.with_changes(upserts=[selecting]), [selecting.key])
     assert [r.type for r in a.pushes()] == ["cds", "rds"]  # scoped to its namespace now
     assert b.pushes() == []
@@ -143,14 +150,23 @@ def test_labels_split_groups_only_when_a_selector_reads_them():
 
 
 def test_proxy_from_node_reads_istio_metadata():
-    proxy = Proxy(kind="sidecar", ip="10.0.0.5", name="web-1", namespace="shop", labels={"app": "web"},
-                  mode="proxy", service_account="web-sa", app_address="127.0.0.7")
+    proxy = Proxy(
+        kind="sidecar",
+        ip="10.0.0.5",
+        name="web-1",
+        namespace="shop",
+        labels={"app": "web"},
+        mode="proxy",
+        service_account="web-sa",
+        app_address="127.0.0.7",
+    )
     assert proxy_from_node(make_node(proxy)) == dataclasses.replace(proxy, labels=dict(proxy.labels))
     with pytest.raises(ValueError):
         proxy_from_node(base_pb2.Node(id="not-istio"))
 
 
 # ------------------------------------------------------------------ which proxies a change reaches
+
 
 def _change_svc(snapshot: MeshSnapshot, index: int, weight: int):
     vs = load_one(virtual_service_yaml(SHAPE, index, v1_weight=weight))
@@ -188,13 +204,15 @@ def test_an_endpoint_change_pushes_endpoints_only_and_a_no_op_pushes_nothing():
     we = snapshot.workload(f"{SHAPE.namespace(5)}/{SHAPE.workload_name(5, 1)}")
     moved = dataclasses.replace(we, spec=we.spec.model_copy(update={"address": "10.200.0.1"}))
     hub.update(snapshot.with_changes(upserts=[moved]), [we.key])
-    assert [[(r.type, r.names) for r in e.pushes()] for e in envoys] == \
-           [[("eds", ["outbound|8080||svc-0005.mesh-1.svc.cluster.local"])]] * 4
+    assert [[(r.type, r.names) for r in e.pushes()] for e in envoys] == [
+        [("eds", ["outbound|8080||svc-0005.mesh-1.svc.cluster.local"])]
+    ] * 4
     hub.update(hub.snapshot, None)  # "unknown change": everything regenerated, nothing differs
     assert hub.last_update.regenerated == 4 and all(e.pushes() == [] for e in envoys)
 
 
 # ------------------------------------------------------------------ errors
+
 
 def test_a_failing_generation_keeps_the_last_good_resources_and_is_reported():
     snapshot = synthetic(scoped=False)
@@ -238,8 +256,10 @@ def test_a_config_with_a_dangling_reference_is_refused_and_the_last_good_one_sta
     snapshot = MeshSnapshot(load_text((TESTDATA / "07-gateway-tls.input.yaml").read_text()).raise_for_errors())
     secret = ("Secret", "istio-system", "admin-cert")
     hub = XdsHub(snapshot)
-    gateway, store = synced(hub, [Proxy.from_workload_entry(snapshot.workload(n))
-                                  for n in ("istio-system/istio-ingressgateway", "web/store-1")])
+    gateway, store = synced(
+        hub,
+        [Proxy.from_workload_entry(snapshot.workload(n)) for n in ("istio-system/istio-ingressgateway", "web/store-1")],
+    )
     good = gateway.conn.stream.published
     assert sorted(good.types["sds"].resources) == ["admin-cert", "admin-cert-cacert"]
     assert store.conn.stream.published.types["sds"].resources == {}  # a sidecar never gets the gateway's key
@@ -253,7 +273,8 @@ def test_a_config_with_a_dangling_reference_is_refused_and_the_last_good_one_sta
         "lds 0.0.0.0_443 refers to secret admin-cert, which nothing serves (credentialName admin-cert: no Secret "
         "with that name in the proxy's namespace holds it)",
         "lds 0.0.0.0_443 refers to secret admin-cert-cacert, which nothing serves (credentialName admin-cert: no "
-        "Secret with that name in the proxy's namespace holds it)")
+        "Secret with that name in the proxy's namespace holds it)",
+    )
     assert status.to_dict()["refused"] == list(status.refused)
     sample = hub.metrics.get_sample_value
     assert sample("plait_xds_refused_proxies") == 1 and sample("plait_xds_refused_generations_total") == 1
@@ -266,9 +287,14 @@ def test_a_new_proxy_whose_first_config_is_inconsistent_gets_nothing():
     snapshot = MeshSnapshot(load_text((TESTDATA / "07-gateway-tls.input.yaml").read_text()).raise_for_errors())
     snapshot = snapshot.with_changes(deletes=[("Secret", "istio-system", "admin-cert")])
     hub = XdsHub(snapshot)
-    conn = hub.connect(make_node(Proxy.from_workload_entry(snapshot.workload("istio-system/istio-ingressgateway"))),
-                       delta=False, wake=lambda: None)
-    assert conn.stream.published is None and conn.receive(discovery_pb2.DiscoveryRequest(type_url=TYPE_URLS["cds"])) == []
+    conn = hub.connect(
+        make_node(Proxy.from_workload_entry(snapshot.workload("istio-system/istio-ingressgateway"))),
+        delta=False,
+        wake=lambda: None,
+    )
+    assert (
+        conn.stream.published is None and conn.receive(discovery_pb2.DiscoveryRequest(type_url=TYPE_URLS["cds"])) == []
+    )
     assert hub.statuses()[0].refused
 
 
@@ -278,8 +304,11 @@ def test_a_route_to_an_unknown_destination_stays_consistent_on_the_routes_only_p
     snapshot = synthetic(scoped=False)
     hub = XdsHub(snapshot)
     (envoy,) = synced(hub, [workload_proxy(snapshot, 0)])
-    vs = load_one(virtual_service_yaml(SHAPE, 4).replace(
-        f"{{host: {SHAPE.service_name(4)}, subset: v2}}", "{host: nowhere.example.com}", 1))
+    vs = load_one(
+        virtual_service_yaml(SHAPE, 4).replace(
+            f"{{host: {SHAPE.service_name(4)}, subset: v2}}", "{host: nowhere.example.com}", 1
+        )
+    )
     hub.update(snapshot.with_changes(upserts=[vs]), [vs.key])
     assert hub.statuses()[0].refused == ()
     assert [r.type for r in envoy.pushes()] == ["cds", "rds"]
@@ -308,6 +337,7 @@ def test_a_mutate_hook_keeps_sharing_and_routes_only_updates():
 
 
 # ------------------------------------------------------------------ status, convergence, metrics
+
 
 def test_statuses_config_dump_convergence_and_metrics():
     snapshot = synthetic(scoped=False)
@@ -356,8 +386,10 @@ def test_a_disconnect_ends_the_wait_for_that_proxy():
 def test_per_proxy_memory_is_small_beyond_the_shared_resources():
     snapshot = MeshSnapshot(mesh_resources(MeshShape(services=200, endpoints_per_service=2)))
     hub = XdsHub(snapshot)
-    proxies = [Proxy(kind="sidecar", ip=f"10.128.0.{i + 1}", name=f"svc-{i:04d}-0", namespace="mesh-0")
-               for i in range(0, 200, 4)]
+    proxies = [
+        Proxy(kind="sidecar", ip=f"10.128.0.{i + 1}", name=f"svc-{i:04d}-0", namespace="mesh-0")
+        for i in range(0, 200, 4)
+    ]
     synced(hub, proxies[:1])  # the shared part: generated and published once
     gc.collect()
     tracemalloc.start()
@@ -374,9 +406,25 @@ def test_per_proxy_memory_is_small_beyond_the_shared_resources():
 
 # ------------------------------------------------------------------ change impact and grouping vs a fresh generation
 
-EDIT_KINDS = ("weights", "vs-delete", "vs-source-labels", "dr-policy", "dr-delete", "we-move", "we-add", "we-delete",
-              "svc-port", "svc-add", "sidecar", "sidecar-delete", "gateway-vs", "authz", "gateway-tls", "secret",
-              "secret-delete")
+EDIT_KINDS = (
+    "weights",
+    "vs-delete",
+    "vs-source-labels",
+    "dr-policy",
+    "dr-delete",
+    "we-move",
+    "we-add",
+    "we-delete",
+    "svc-port",
+    "svc-add",
+    "sidecar",
+    "sidecar-delete",
+    "gateway-vs",
+    "authz",
+    "gateway-tls",
+    "secret",
+    "secret-delete",
+)
 CERT, KEY = ((TESTDATA / "certs" / n).read_text() for n in ("cert.pem", "key.pem"))
 
 
@@ -403,39 +451,46 @@ def _edit(rng, snapshot: MeshSnapshot, step: int) -> tuple[list, list]:
         return [], [("VirtualService", namespace, name)]
     if kind == "vs-source-labels":
         text = virtual_service_yaml(SHAPE, index).replace(
-            "- headers: {end-user: {exact: jason}}", f"- sourceLabels: {{app: {SHAPE.service_name(rng.randrange(4))}}}")
+            "- headers: {end-user: {exact: jason}}", f"- sourceLabels: {{app: {SHAPE.service_name(rng.randrange(4))}}}"
+        )
         return [load_one(text)], []
     if kind == "dr-policy":
         policy = rng.choice(["ROUND_ROBIN", "RANDOM", "LEAST_REQUEST"])
-        return [load_one(f"""apiVersion: networking.istio.io/v1
+        return [
+            load_one(f"""apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: {name}, namespace: {namespace}}}
 spec:
   host: {name}
   trafficPolicy: {{loadBalancer: {{simple: {policy}}}}}
   subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
-""")], []
+""")
+        ], []
     if kind == "dr-delete":
         return [], [("DestinationRule", namespace, name)]
     if kind in ("we-move", "we-add"):
         endpoint = rng.randrange(SHAPE.endpoints_per_service) if kind == "we-move" else 10 + step
-        return [load_one(f"""apiVersion: networking.istio.io/v1
+        return [
+            load_one(f"""apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: {SHAPE.workload_name(index, endpoint)}, namespace: {namespace}}}
 spec: {{address: 10.200.{step}.{rng.randrange(1, 250)}, labels: {{app: {name}, version: v{rng.randrange(1, 3)}}},
         ports: {{http: 8080}}}}
-""")], []
+""")
+        ], []
     if kind == "we-delete":
         return [], [("WorkloadEntry", namespace, SHAPE.workload_name(index, SHAPE.endpoints_per_service - 1))]
     if kind in ("svc-port", "svc-add"):
         svc = name if kind == "svc-port" else f"extra-{step}"
-        return [load_one(f"""apiVersion: v1
+        return [
+            load_one(f"""apiVersion: v1
 kind: Service
 metadata: {{name: {svc}, namespace: {namespace}}}
 spec:
   selector: {{app: {name}}}
   ports: [{{name: http, port: 8080}}, {{name: http-admin, port: {9000 + rng.randrange(3)}}}]
-""")], []
+""")
+        ], []
     if kind == "sidecar":
         return [load_one(sidecar("default", namespace, hosts=rng.choice(["./*", "*/*"])))], []
     if kind == "sidecar-delete":
@@ -443,27 +498,41 @@ spec:
     if kind == "gateway-tls":
         return [load_one(_gateway_with_credential())], []
     if kind == "secret":
-        return [load_one(yaml.safe_dump({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-                                         "metadata": {"name": "gw-cred", "namespace": "istio-system"},
-                                         "stringData": {"tls.crt": CERT, "tls.key": KEY}}))], []
+        return [
+            load_one(
+                yaml.safe_dump(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Secret",
+                        "type": "kubernetes.io/tls",
+                        "metadata": {"name": "gw-cred", "namespace": "istio-system"},
+                        "stringData": {"tls.crt": CERT, "tls.key": KEY},
+                    }
+                )
+            )
+        ], []
     if kind == "secret-delete":
         return [], [("Secret", "istio-system", "gw-cred")]
     if kind == "gateway-vs":
-        return [load_one(f"""apiVersion: networking.istio.io/v1
+        return [
+            load_one(f"""apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: ingress, namespace: istio-system}}
 spec:
   hosts: [shop.example.com]
   gateways: [istio-system/ingress]
   http: [{{route: [{{destination: {{host: {SHAPE.hostname(index)}, port: {{number: 8080}}}}}}]}}]
-""")], []
-    return [load_one(f"""apiVersion: security.istio.io/v1
+""")
+        ], []
+    return [
+        load_one(f"""apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: only-{step % 3}, namespace: {namespace}}}
 spec:
   selector: {{matchLabels: {{app: {name}}}}}
   rules: [{{to: [{{operation: {{methods: [GET]}}}}]}}]
-""")], []
+""")
+    ], []
 
 
 def _versions(published) -> dict[str, dict[str, str]]:
@@ -502,5 +571,7 @@ def test_after_random_edits_every_proxy_holds_what_a_fresh_generation_gives():
     assert len(hub._groups) < len(proxies)  # sharing was in play
     assert kinds_seen >= {"VirtualService", "DestinationRule", "WorkloadEntry", "Service", "Sidecar", "Secret"}
     assert refusals  # a credential went missing at some point (and came back: the last steps compared)
-    generations = {k: hub.metrics.get_sample_value("plait_xds_generations_total", {"kind": k}) for k in ("full", "routes")}
+    generations = {
+        k: hub.metrics.get_sample_value("plait_xds_generations_total", {"kind": k}) for k in ("full", "routes")
+    }
     assert generations["routes"] and generations["full"]  # both update paths were exercised (with this seed)

@@ -58,8 +58,14 @@ class Signer:
         numbers = self.key.public_key().public_numbers()
         if self.alg == "RS256":
             return {"kty": "RSA", "alg": "RS256", "kid": self.kid, "n": int_b64(numbers.n), "e": int_b64(numbers.e)}
-        return {"kty": "EC", "alg": "ES256", "crv": "P-256", "kid": self.kid,
-                "x": int_b64(numbers.x, 32), "y": int_b64(numbers.y, 32)}
+        return {
+            "kty": "EC",
+            "alg": "ES256",
+            "crv": "P-256",
+            "kid": self.kid,
+            "x": int_b64(numbers.x, 32),
+            "y": int_b64(numbers.y, 32),
+        }
 
     def jwks(self) -> str:
         return json.dumps({"keys": [self.jwk()]})
@@ -118,15 +124,27 @@ def request_authentication(rules: list[dict], name: str = "jwt", selector: dict 
     spec: dict = {"jwtRules": rules}
     if selector is not None:
         spec["selector"] = {"matchLabels": selector}
-    return json.dumps({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
-                       "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+    return json.dumps(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "RequestAuthentication",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": spec,
+        }
+    )
 
 
-REQUIRE_TOKEN = json.dumps({
-    "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-    "metadata": {"name": "require-jwt", "namespace": "default"},
-    "spec": {"selector": {"matchLabels": {"app": "api"}},
-             "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]}})
+REQUIRE_TOKEN = json.dumps(
+    {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "require-jwt", "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "api"}},
+            "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}],
+        },
+    }
+)
 
 
 REQUIRED_RULE = "ns[default]-policy[require-jwt]-rule[0]"
@@ -158,28 +176,56 @@ def test_one_rule_is_one_provider_and_a_missing_token_is_allowed(signer: Signer)
     assert provider["payload_in_metadata"] == "payload"
     assert provider["normalize_payload_in_metadata"] == {"space_delimited_claims": ["permission", "scope"]}
     assert "from_headers" not in provider and "forward" not in provider  # Envoy's default: Authorization: Bearer
-    assert config["rules"] == [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
-        {"provider_name": name}, {"allow_missing": {}}]}}}]
+    assert config["rules"] == [
+        {
+            "match": {"prefix": "/"},
+            "requires": {"requires_any": {"requirements": [{"provider_name": name}, {"allow_missing": {}}]}},
+        }
+    ]
     assert config["bypass_cors_preflight"] is True
 
 
 def test_several_rules_accept_any_provider_or_no_token(signer: Signer) -> None:
-    config = jwt_filter(snapshot_of(request_authentication([
-        {"issuer": ISSUER, "jwks": signer.jwks()}, {"issuer": "other", "jwks": signer.jwks()}])))
+    config = jwt_filter(
+        snapshot_of(
+            request_authentication(
+                [{"issuer": ISSUER, "jwks": signer.jwks()}, {"issuer": "other", "jwks": signer.jwks()}]
+            )
+        )
+    )
     first, second = config["providers"]
     requirements = config["rules"][0]["requires"]["requires_any"]["requirements"]
     assert requirements[:2] == [{"provider_name": first}, {"provider_name": second}]
-    assert requirements[2] == {"requires_all": {"requirements": [
-        {"requires_any": {"requirements": [{"provider_name": first}, {"allow_missing": {}}]}},
-        {"requires_any": {"requirements": [{"provider_name": second}, {"allow_missing": {}}]}}]}}
+    assert requirements[2] == {
+        "requires_all": {
+            "requirements": [
+                {"requires_any": {"requirements": [{"provider_name": first}, {"allow_missing": {}}]}},
+                {"requires_any": {"requirements": [{"provider_name": second}, {"allow_missing": {}}]}},
+            ]
+        }
+    }
 
 
 def test_token_locations_and_outputs(signer: Signer) -> None:
-    config = jwt_filter(snapshot_of(request_authentication([{
-        "issuer": ISSUER, "jwks": signer.jwks(), "audiences": ["api", "web"],
-        "fromHeaders": [{"name": "x-jwt", "prefix": "Token "}, {"name": "x-raw"}], "fromParams": ["token"],
-        "fromCookies": ["session"], "forwardOriginalToken": True, "outputPayloadToHeader": "x-jwt-payload",
-        "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}]}])))
+    config = jwt_filter(
+        snapshot_of(
+            request_authentication(
+                [
+                    {
+                        "issuer": ISSUER,
+                        "jwks": signer.jwks(),
+                        "audiences": ["api", "web"],
+                        "fromHeaders": [{"name": "x-jwt", "prefix": "Token "}, {"name": "x-raw"}],
+                        "fromParams": ["token"],
+                        "fromCookies": ["session"],
+                        "forwardOriginalToken": True,
+                        "outputPayloadToHeader": "x-jwt-payload",
+                        "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}],
+                    }
+                ]
+            )
+        )
+    )
     provider = next(iter(config["providers"].values()))
     assert provider["audiences"] == ["api", "web"]
     assert provider["from_headers"] == [{"name": "x-jwt", "value_prefix": "Token "}, {"name": "x-raw"}]
@@ -189,8 +235,9 @@ def test_token_locations_and_outputs(signer: Signer) -> None:
 
 
 def test_space_delimited_claims_add_to_istios_defaults_and_are_split_in_metadata(signer: Signer) -> None:
-    snapshot = snapshot_of(request_authentication([{"issuer": ISSUER, "jwks": signer.jwks(),
-                                                    "spaceDelimitedClaims": ["roles", "scope"]}]))
+    snapshot = snapshot_of(
+        request_authentication([{"issuer": ISSUER, "jwks": signer.jwks(), "spaceDelimitedClaims": ["roles", "scope"]}])
+    )
     config = jwt_filter(snapshot)
     provider = next(iter(config["providers"].values()))
     assert provider["normalize_payload_in_metadata"] == {"space_delimited_claims": ["permission", "roles", "scope"]}
@@ -201,14 +248,24 @@ def test_space_delimited_claims_add_to_istios_defaults_and_are_split_in_metadata
 
 
 def test_jwks_uri_is_fetched_by_envoy_through_its_own_cluster() -> None:
-    snapshot = snapshot_of(request_authentication([
-        {"issuer": ISSUER, "jwksUri": "https://login.example.com/keys.json", "timeout": "2s"},
-        {"issuer": "b", "jwksUri": "https://login.example.com/other.json"},
-        {"issuer": "c", "jwksUri": "http://127.0.0.1:8081/jwks"}]))
+    snapshot = snapshot_of(
+        request_authentication(
+            [
+                {"issuer": ISSUER, "jwksUri": "https://login.example.com/keys.json", "timeout": "2s"},
+                {"issuer": "b", "jwksUri": "https://login.example.com/other.json"},
+                {"issuer": "c", "jwksUri": "http://127.0.0.1:8081/jwks"},
+            ]
+        )
+    )
     provider = jwt_filter(snapshot)["providers"]["ns[default]-requestauthentication[jwt]-rule[0]"]
-    assert provider["remote_jwks"] == {"http_uri": {"uri": "https://login.example.com/keys.json",
-                                                    "cluster": "outbound|443||login.example.com", "timeout": "2s"},
-                                       "cache_duration": "300s"}
+    assert provider["remote_jwks"] == {
+        "http_uri": {
+            "uri": "https://login.example.com/keys.json",
+            "cluster": "outbound|443||login.example.com",
+            "timeout": "2s",
+        },
+        "cache_duration": "300s",
+    }
     clusters = {c["name"]: c for c in jwt.jwks_clusters(snapshot, workload(snapshot))}
     assert sorted(clusters) == ["outbound|443||login.example.com", "outbound|8081||127.0.0.1"]
     https = clusters["outbound|443||login.example.com"]
@@ -217,22 +274,23 @@ def test_jwks_uri_is_fetched_by_envoy_through_its_own_cluster() -> None:
     assert tls["sni"] == "login.example.com"
     assert tls["common_tls_context"]["validation_context"] == {
         "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"},
-        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "login.example.com"}}]}
+        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "login.example.com"}}],
+    }
     plain = clusters["outbound|8081||127.0.0.1"]
     assert plain["type"] == "STATIC" and "transport_socket" not in plain
 
 
 def test_a_jwks_uri_on_a_mesh_service_uses_its_outbound_cluster() -> None:
-    snapshot = snapshot_of(request_authentication(
-        [{"issuer": ISSUER, "jwksUri": "http://api.default.svc.cluster.local:8080/jwks"}]))
+    snapshot = snapshot_of(
+        request_authentication([{"issuer": ISSUER, "jwksUri": "http://api.default.svc.cluster.local:8080/jwks"}])
+    )
     proxy = workload(snapshot, "client")
     assert jwt.jwks_clusters(snapshot, proxy) == []
     assert "outbound|8080||api.default.svc.cluster.local" in generate(snapshot, proxy).clusters
 
 
 def test_only_the_selected_workloads_get_the_filter(signer: Signer) -> None:
-    snapshot = snapshot_of(request_authentication([{"issuer": ISSUER, "jwks": signer.jwks()}],
-                                                  selector={"app": "api"}))
+    snapshot = snapshot_of(request_authentication([{"issuer": ISSUER, "jwks": signer.jwks()}], selector={"app": "api"}))
     assert jwt.jwt_authn_filter(snapshot, workload(snapshot)) is not None
     assert jwt.jwt_authn_filter(snapshot, workload(snapshot, "client")) is None
     assert jwt.jwks_clusters(snapshot, workload(snapshot, "client")) == []
@@ -240,16 +298,34 @@ def test_only_the_selected_workloads_get_the_filter(signer: Signer) -> None:
 
 def test_generated_jwt_config_is_valid_envoy_config(signer: Signer) -> None:
     es = Signer("ES256")
-    snapshot = snapshot_of(request_authentication([
-        {"issuer": ISSUER, "jwks": signer.jwks(), "audiences": ["api"], "fromHeaders": [{"name": "x-jwt"}],
-         "fromParams": ["t"], "fromCookies": ["c"], "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}],
-         "outputPayloadToHeader": "x-payload", "forwardOriginalToken": True},
-        {"issuer": "es", "jwks": es.jwks()},
-        {"issuer": "remote", "jwksUri": "https://login.example.com/keys.json"}]), REQUIRE_TOKEN)
+    snapshot = snapshot_of(
+        request_authentication(
+            [
+                {
+                    "issuer": ISSUER,
+                    "jwks": signer.jwks(),
+                    "audiences": ["api"],
+                    "fromHeaders": [{"name": "x-jwt"}],
+                    "fromParams": ["t"],
+                    "fromCookies": ["c"],
+                    "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}],
+                    "outputPayloadToHeader": "x-payload",
+                    "forwardOriginalToken": True,
+                },
+                {"issuer": "es", "jwks": es.jwks()},
+                {"issuer": "remote", "jwksUri": "https://login.example.com/keys.json"},
+            ]
+        ),
+        REQUIRE_TOKEN,
+    )
     resources = generate(snapshot, workload(snapshot))
     listener = resources.listeners["virtualInbound"]
-    names = [f["name"] for c in listener["filter_chains"] if "http_filters" in c["filters"][0]["typed_config"]
-             for f in c["filters"][0]["typed_config"]["http_filters"]]
+    names = [
+        f["name"]
+        for c in listener["filter_chains"]
+        if "http_filters" in c["filters"][0]["typed_config"]
+        for f in c["filters"][0]["typed_config"]["http_filters"]
+    ]
     assert names[:2] == ["envoy.filters.http.jwt_authn", "envoy.filters.http.rbac"]
     verdict = envoy_validate(static_bootstrap(resources))
     assert verdict.ok, verdict.output
@@ -274,11 +350,14 @@ def test_a_valid_token_is_accepted_and_its_payload_goes_to_metadata(signer: Sign
     assert "verified against the inline jwks" in outcome.checks[0].notes[0]
 
 
-@pytest.mark.parametrize(("claims", "error"), [
-    ({"exp": int(time.time()) - 3600}, "Jwt is expired"),
-    ({"nbf": int(time.time()) + 3600}, "Jwt not yet valid"),
-    ({"iss": "https://somebody.else"}, "Jwt issuer is not configured"),
-])
+@pytest.mark.parametrize(
+    ("claims", "error"),
+    [
+        ({"exp": int(time.time()) - 3600}, "Jwt is expired"),
+        ({"nbf": int(time.time()) + 3600}, "Jwt not yet valid"),
+        ({"iss": "https://somebody.else"}, "Jwt issuer is not configured"),
+    ],
+)
 def test_invalid_tokens_get_401(signer: Signer, claims: dict, error: str) -> None:
     outcome = judge(provider_config(signer), bearer(signer.token(**claims)))
     assert (outcome.status, outcome.reason) == (401, error)
@@ -302,8 +381,9 @@ def test_a_missing_token_goes_on_unauthenticated(signer: Signer) -> None:
 
 
 def test_tokens_are_found_where_the_rule_says(signer: Signer) -> None:
-    config = provider_config(signer, fromHeaders=[{"name": "x-jwt", "prefix": "Token "}], fromParams=["t"],
-                             fromCookies=["session"])
+    config = provider_config(
+        signer, fromHeaders=[{"name": "x-jwt", "prefix": "Token "}], fromParams=["t"], fromCookies=["session"]
+    )
     token = signer.token()
     assert judge(config, [("x-jwt", f"Token {token}")]).checks[0].token.where == "header x-jwt"
     assert judge(config, url=f"http://api:8080/?t={token}").checks[0].token.where == "query parameter t"
@@ -322,8 +402,9 @@ def test_remote_keys_are_not_fetched_by_the_simulation(signer: Signer) -> None:
     outcome = judge(config, bearer(signer.token()))
     assert outcome.status is None
     assert not outcome.checks[0].signature_checked
-    assert outcome.checks[0].notes == ["its signature is not checked here: Envoy verifies it against the keys "
-                                       "at https://k.example/jwks"]
+    assert outcome.checks[0].notes == [
+        "its signature is not checked here: Envoy verifies it against the keys at https://k.example/jwks"
+    ]
 
 
 # ------------------------------------------------------------------ simulation through the mesh
@@ -338,14 +419,18 @@ def test_simulation_missing_token_is_403_only_when_a_policy_requires_one(signer:
     ra = request_authentication([{"issuer": ISSUER, "jwks": signer.jwks()}], selector={"app": "api"})
     free = simulate_from_client(snapshot_of(ra))
     assert not free.failed
-    assert free.authorization[0].jwt_lines[0].startswith(
-        "no token: allowed by RequestAuthentication default/jwt (allow missing")
+    assert (
+        free.authorization[0]
+        .jwt_lines[0]
+        .startswith("no token: allowed by RequestAuthentication default/jwt (allow missing")
+    )
     required = simulate_from_client(snapshot_of(ra, REQUIRE_TOKEN))
     assert required.status == 403
     auth = required.authorization[0]
     assert auth.summary == "DENIED: no ALLOW policy matched (policies in force: default/require-jwt)"
-    assert auth.details == ["default/require-jwt rules[0]: from[0].source.requestPrincipals did not match "
-                            "no verified token"]
+    assert auth.details == [
+        "default/require-jwt rules[0]: from[0].source.requestPrincipals did not match no verified token"
+    ]
 
 
 def test_simulation_valid_token_matches_request_principals(signer: Signer) -> None:
@@ -353,10 +438,13 @@ def test_simulation_valid_token_matches_request_principals(signer: Signer) -> No
     outcome = simulate_from_client(snapshot_of(ra, REQUIRE_TOKEN), bearer(signer.token()))
     assert not outcome.failed
     auth = outcome.authorization[0]
-    assert auth.summary == (f"ALLOWED by default/require-jwt rules[0] (from[0].source.requestPrincipals matched "
-                            f"{ISSUER}/alice)")
-    assert auth.jwt_lines[0].startswith("RequestAuthentication default/jwt jwtRules[0]: token from issuer "
-                                        f"{ISSUER} ({ISSUER}/alice) in the header authorization, accepted")
+    assert auth.summary == (
+        f"ALLOWED by default/require-jwt rules[0] (from[0].source.requestPrincipals matched {ISSUER}/alice)"
+    )
+    assert auth.jwt_lines[0].startswith(
+        "RequestAuthentication default/jwt jwtRules[0]: token from issuer "
+        f"{ISSUER} ({ISSUER}/alice) in the header authorization, accepted"
+    )
 
 
 def test_simulation_bad_token_is_401_at_the_destination(signer: Signer, other_signer: Signer) -> None:
@@ -367,11 +455,23 @@ def test_simulation_bad_token_is_401_at_the_destination(signer: Signer, other_si
 
 
 def test_simulation_checks_claims_in_when_conditions(signer: Signer) -> None:
-    policy = json.dumps({
-        "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-        "metadata": {"name": "admins", "namespace": "default"},
-        "spec": {"rules": [{"when": [{"key": "request.auth.claims[groups]", "values": ["admin"]},
-                                     {"key": "request.auth.claims[org][team]", "values": ["core"]}]}]}})
+    policy = json.dumps(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "admins", "namespace": "default"},
+            "spec": {
+                "rules": [
+                    {
+                        "when": [
+                            {"key": "request.auth.claims[groups]", "values": ["admin"]},
+                            {"key": "request.auth.claims[org][team]", "values": ["core"]},
+                        ]
+                    }
+                ]
+            },
+        }
+    )
     snapshot = snapshot_of(request_authentication([{"issuer": ISSUER, "jwks": signer.jwks()}]), policy)
     admin = simulate_from_client(snapshot, bearer(signer.token(groups=["dev", "admin"], org={"team": "core"})))
     assert not admin.failed
@@ -379,7 +479,8 @@ def test_simulation_checks_claims_in_when_conditions(signer: Signer) -> None:
     other = simulate_from_client(snapshot, bearer(signer.token(groups=["dev"], org={"team": "core"})))
     assert other.status == 403
     assert other.authorization[0].details == [
-        "default/admins rules[0]: when[0] request.auth.claims[groups] did not match ['dev']"]
+        "default/admins rules[0]: when[0] request.auth.claims[groups] did not match ['dev']"
+    ]
 
 
 # ------------------------------------------------------------------ a real Envoy
@@ -424,8 +525,10 @@ def inbound_envoy(net: str, tmp_path, *documents: str):
     snapshot = snapshot_of(*documents, address=f"{net}.2", client=f"{net}.9")
     proxy = replace(workload(snapshot, mode="proxy"), app_address=f"{net}.3")
     resources: ResourceSet = generate(snapshot, proxy)
-    with HttpBackend("api", f"{net}.3", 8080) as backend, \
-            run_envoy(static_bootstrap(resources), workdir=tmp_path) as envoy:
+    with (
+        HttpBackend("api", f"{net}.3", 8080) as backend,
+        run_envoy(static_bootstrap(resources), workdir=tmp_path) as envoy,
+    ):
         yield snapshot, backend, envoy
 
 
@@ -435,17 +538,22 @@ def get(net: str, headers: dict[str, str] | None = None, path: str = "/data") ->
 
 def simulated_status(snapshot: MeshSnapshot, headers: dict[str, str]) -> int:
     client = workload(snapshot, "client", mode="proxy")
-    outcome = simulate_mesh(snapshot, client, Request.from_url("http://api:8080/data", headers=list(headers.items())),
-                            now=time.time())
+    outcome = simulate_mesh(
+        snapshot, client, Request.from_url("http://api:8080/data", headers=list(headers.items())), now=time.time()
+    )
     return outcome.status or 200
 
 
-def test_envoy_judges_tokens_as_the_translation_and_the_simulation_say(tmp_path, signer: Signer,
-                                                                       other_signer: Signer) -> None:
-    ra = request_authentication([{"issuer": ISSUER, "jwks": signer.jwks(), "outputClaimToHeaders": [
-        {"header": "x-jwt-sub", "claim": "sub"}]}])
-    two = request_authentication([{"issuer": "https://other.example", "jwks": other_signer.jwks()},
-                                  {"issuer": ISSUER, "jwks": signer.jwks()}], name="two")
+def test_envoy_judges_tokens_as_the_translation_and_the_simulation_say(
+    tmp_path, signer: Signer, other_signer: Signer
+) -> None:
+    ra = request_authentication(
+        [{"issuer": ISSUER, "jwks": signer.jwks(), "outputClaimToHeaders": [{"header": "x-jwt-sub", "claim": "sub"}]}]
+    )
+    two = request_authentication(
+        [{"issuer": "https://other.example", "jwks": other_signer.jwks()}, {"issuer": ISSUER, "jwks": signer.jwks()}],
+        name="two",
+    )
     valid = {"authorization": f"Bearer {signer.token()}"}
     cases = [  # (policies, headers, status)
         ((ra,), valid, 200),
@@ -462,8 +570,10 @@ def test_envoy_judges_tokens_as_the_translation_and_the_simulation_say(tmp_path,
         ((two,), {}, 200),
     ]
     for index, documents in enumerate(dict.fromkeys(c[0] for c in cases)):
-        with loopback_subnet() as net, inbound_envoy(net, tmp_path / f"envoy-{index}", *documents) as (
-                snapshot, backend, envoy):
+        with (
+            loopback_subnet() as net,
+            inbound_envoy(net, tmp_path / f"envoy-{index}", *documents) as (snapshot, backend, envoy),
+        ):
             for headers, expected in [(h, s) for d, h, s in cases if d == documents]:
                 assert (get(net, headers), simulated_status(snapshot, headers)) == (expected, expected), headers
             assert "authorization" not in backend.requests[0].headers  # forwardOriginalToken is off
@@ -475,8 +585,7 @@ def test_envoy_judges_tokens_as_the_translation_and_the_simulation_say(tmp_path,
                 assert stats[f"http.inbound_0.0.0.0_8080.rbac.allow.policy.{REQUIRED_RULE}.allowed"] == 1
 
 
-def test_envoy_fetches_a_jwks_uri_through_the_generated_cluster(tmp_path, signer: Signer,
-                                                               other_signer: Signer) -> None:
+def test_envoy_fetches_a_jwks_uri_through_the_generated_cluster(tmp_path, signer: Signer, other_signer: Signer) -> None:
     with loopback_subnet() as net, JwksServer(f"{net}.4", signer.jwks()) as keys:
         ra = request_authentication([{"issuer": ISSUER, "jwksUri": keys.url}])
         with inbound_envoy(net, tmp_path, ra, REQUIRE_TOKEN):
@@ -535,14 +644,20 @@ spec:
 
 
 def claim_routing_mesh(net: str, signer: Signer, backends: dict[str, HttpBackend]) -> MeshSnapshot:
-    text = "\n---\n".join([CLAIM_ROUTING.format(net=net, issuer=ISSUER, jwks=signer.jwks()),
-                           service_yaml("httpbin", 8000, backends)])
+    text = "\n---\n".join(
+        [CLAIM_ROUTING.format(net=net, issuer=ISSUER, jwks=signer.jwks()), service_yaml("httpbin", 8000, backends)]
+    )
     return MeshSnapshot(load_text(text).raise_for_errors())
 
 
 def ingress_gateway(net: str) -> Proxy:
-    return Proxy(kind="router", ip=f"{net}.1", name="istio-ingressgateway", namespace="istio-system",
-                 labels={"istio": "ingressgateway"})
+    return Proxy(
+        kind="router",
+        ip=f"{net}.1",
+        name="istio-ingressgateway",
+        namespace="istio-system",
+        labels={"istio": "ingressgateway"},
+    )
 
 
 def test_claim_matches_are_metadata_matchers_on_the_verified_payload(signer: Signer) -> None:
@@ -552,9 +667,13 @@ def test_claim_matches_are_metadata_matchers_on_the_verified_payload(signer: Sig
     assert [p["clear_route_cache"] for p in providers.values()] == [True]  # the route is chosen again
     route = generate(snapshot, gateway).routes["http.80"]["virtual_hosts"][0]["routes"][0]
     value = {"string_match": {"exact": "group1"}}
-    assert route["match"]["dynamic_metadata"] == [{
-        "filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "groups"}],
-        "value": {"or_match": {"value_matchers": [{"list_match": {"one_of": value}}, value]}}}]
+    assert route["match"]["dynamic_metadata"] == [
+        {
+            "filter": "envoy.filters.http.jwt_authn",
+            "path": [{"key": "payload"}, {"key": "groups"}],
+            "value": {"or_match": {"value_matchers": [{"list_match": {"one_of": value}}, value]}},
+        }
+    ]
     assert "headers" not in route["match"]
 
 
@@ -570,8 +689,10 @@ def test_envoy_routes_on_claims_at_the_gateway_as_simulated(tmp_path, signer: Si
         ({"groups": "group1"}, other_signer, 401),  # a bad signature is refused before routing
     ]
     with loopback_subnet() as net, contextlib.ExitStack() as stack:
-        backends = {v: stack.enter_context(HttpBackend(f"httpbin-{v}", f"{net}.{i}", 8000))
-                    for i, v in ((11, "v1"), (12, "v2"), (13, "v3"))}
+        backends = {
+            v: stack.enter_context(HttpBackend(f"httpbin-{v}", f"{net}.{i}", 8000))
+            for i, v in ((11, "v1"), (12, "v2"), (13, "v3"))
+        }
         snapshot, gateway = claim_routing_mesh(net, signer, backends), ingress_gateway(net)
         stack.enter_context(run_envoy(static_bootstrap(generate(snapshot, gateway)), workdir=tmp_path))
         for claims, issuer_key, expected in cases:
@@ -579,9 +700,12 @@ def test_envoy_routes_on_claims_at_the_gateway_as_simulated(tmp_path, signer: Si
             if claims is not None:
                 headers["authorization"] = f"Bearer {issuer_key.token(**claims)}"
             reply = http_request(f"{net}.1", 80, "/headers", headers)
-            outcome = simulate_mesh(snapshot, gateway, Request.from_url("http://httpbin.example.com/headers",
-                                                                        headers=list(headers.items())),
-                                    now=time.time())
+            outcome = simulate_mesh(
+                snapshot,
+                gateway,
+                Request.from_url("http://httpbin.example.com/headers", headers=list(headers.items())),
+                now=time.time(),
+            )
             got = reply.status if isinstance(expected, int) else (reply.backend or "").removeprefix("httpbin-")
             simulated = outcome.status if isinstance(expected, int) else outcome.cluster_names[0].split("|")[2]
             assert (got, simulated) == (expected, expected), claims
@@ -589,9 +713,20 @@ def test_envoy_routes_on_claims_at_the_gateway_as_simulated(tmp_path, signer: Si
 
 @pytest.mark.parametrize("gateways", [[], ["httpbin-gateway", "mesh"]])
 def test_claim_routing_on_sidecars_is_refused_as_istio_refuses_it(gateways: list[str]) -> None:
-    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "httpbin"},
-          "spec": {"hosts": ["httpbin"], "gateways": gateways, "http": [{
-              "match": [{"headers": {"@request.auth.claims.groups": {"exact": "group1"}}}],
-              "route": [{"destination": {"host": "httpbin"}}]}]}}
+    vs = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "httpbin"},
+        "spec": {
+            "hosts": ["httpbin"],
+            "gateways": gateways,
+            "http": [
+                {
+                    "match": [{"headers": {"@request.auth.claims.groups": {"exact": "group1"}}}],
+                    "route": [{"destination": {"host": "httpbin"}}],
+                }
+            ],
+        },
+    }
     errors = load_text(json.dumps(vs)).errors
     assert len(errors) == 1 and "only supported for gateways" in str(errors[0])

@@ -49,8 +49,14 @@ def workload_proxy(snapshot: MeshSnapshot, name: str, *, mode: str = "capture", 
     return with_identity(proxy) if identity else proxy
 
 
-def peer_authentication(name: str, namespace: str = "default", *, mode: str | None = None,
-                        selector: dict | None = None, ports: dict | None = None) -> str:
+def peer_authentication(
+    name: str,
+    namespace: str = "default",
+    *,
+    mode: str | None = None,
+    selector: dict | None = None,
+    ports: dict | None = None,
+) -> str:
     spec: dict = {}
     if selector:
         spec["selector"] = {"matchLabels": selector}
@@ -58,8 +64,17 @@ def peer_authentication(name: str, namespace: str = "default", *, mode: str | No
         spec["mtls"] = {"mode": mode}
     if ports:
         spec["portLevelMtls"] = {port: {"mode": m} for port, m in ports.items()}
-    return json.dumps({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-                       "metadata": {"name": name, "namespace": namespace}, "spec": spec}) + "\n---\n"
+    return (
+        json.dumps(
+            {
+                "apiVersion": "security.istio.io/v1",
+                "kind": "PeerAuthentication",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": spec,
+            }
+        )
+        + "\n---\n"
+    )
 
 
 SERVER = """
@@ -95,9 +110,12 @@ def test_other_namespaces_do_not_apply() -> None:
 
 
 def test_workload_policy_beats_namespace_and_port_level_beats_both() -> None:
-    policy = effective(peer_authentication("default", "shop", mode="STRICT"),
-                       peer_authentication("server", "shop", mode="DISABLE", selector={"app": "server"},
-                                           ports={8080: "STRICT", 9090: "UNSET"}))
+    policy = effective(
+        peer_authentication("default", "shop", mode="STRICT"),
+        peer_authentication(
+            "server", "shop", mode="DISABLE", selector={"app": "server"}, ports={8080: "STRICT", 9090: "UNSET"}
+        ),
+    )
     assert policy.mode == "DISABLE"
     assert policy.for_port(8080) == "STRICT"
     assert policy.for_port(9090) == "DISABLE"  # UNSET at port level: the workload's mode
@@ -105,13 +123,17 @@ def test_workload_policy_beats_namespace_and_port_level_beats_both() -> None:
 
 
 def test_unset_workload_policy_keeps_the_namespace_mode_for_its_other_ports() -> None:
-    policy = effective(peer_authentication("default", "shop", mode="STRICT"),
-                       peer_authentication("server", "shop", selector={"app": "server"}, ports={8080: "PERMISSIVE"}))
+    policy = effective(
+        peer_authentication("default", "shop", mode="STRICT"),
+        peer_authentication("server", "shop", selector={"app": "server"}, ports={8080: "PERMISSIVE"}),
+    )
     assert (policy.mode, policy.for_port(8080)) == ("STRICT", "PERMISSIVE")
 
 
 def test_selector_that_does_not_match_is_ignored() -> None:
-    assert effective(peer_authentication("other", "shop", mode="STRICT", selector={"app": "other"})).mode == "PERMISSIVE"
+    assert (
+        effective(peer_authentication("other", "shop", mode="STRICT", selector={"app": "other"})).mode == "PERMISSIVE"
+    )
 
 
 def test_competing_workload_policies_pick_own_namespace_then_first_name() -> None:
@@ -125,9 +147,12 @@ def test_competing_workload_policies_pick_own_namespace_then_first_name() -> Non
 
 
 def test_namespace_mode_is_the_client_hint() -> None:
-    snapshot = snapshot_of(peer_authentication("default", "istio-system", mode="DISABLE")
-                           + peer_authentication("default", "shop", mode="STRICT")
-                           + peer_authentication("wl", "other", mode="STRICT", selector={"app": "x"}) + SERVER)
+    snapshot = snapshot_of(
+        peer_authentication("default", "istio-system", mode="DISABLE")
+        + peer_authentication("default", "shop", mode="STRICT")
+        + peer_authentication("wl", "other", mode="STRICT", selector={"app": "x"})
+        + SERVER
+    )
     assert peer_auth.namespace_mode(snapshot, "shop") == "STRICT"
     assert peer_auth.namespace_mode(snapshot, "other") == "DISABLE"  # workload-level policies do not count
     assert peer_auth.namespace_mode(snapshot_of(SERVER), "shop") is None
@@ -159,11 +184,22 @@ def test_a_proxy_without_identity_gets_no_mesh_tls() -> None:
     assert not [n for n in nodes if "forward_client_cert_details" in n]
     inbound = next(lst for lst in resources["lds"] if lst["name"] == "virtualInbound")
     assert [c["name"] for c in inbound["filter_chains"]] == [
-        "inbound|9080", "inbound|9081", "inbound|9082", "inbound|9090", "inbound|9091",
-        "inbound|9092|http", "inbound|9092|tcp", "inbound|9093|http", "inbound|9093|tcp",
-        "virtualInbound-catchall|http", "virtualInbound-catchall|tcp"]
+        "inbound|9080",
+        "inbound|9081",
+        "inbound|9082",
+        "inbound|9090",
+        "inbound|9091",
+        "inbound|9092|http",
+        "inbound|9092|tcp",
+        "inbound|9093|http",
+        "inbound|9093|tcp",
+        "virtualInbound-catchall|http",
+        "virtualInbound-catchall|tcp",
+    ]
     assert [f["name"] for f in inbound["listener_filters"]] == [
-        "envoy.filters.listener.original_dst", "envoy.filters.listener.http_inspector"]
+        "envoy.filters.listener.original_dst",
+        "envoy.filters.listener.http_inspector",
+    ]
 
 
 def test_destination_rule_istio_mutual_is_kept_for_a_client_without_identity() -> None:
@@ -221,8 +257,10 @@ def test_gateway_with_identity_uses_auto_mtls_towards_sidecars() -> None:
     context = matches[0]["transport_socket"]["typed_config"]
     assert [m["name"] for m in matches] == ["tlsMode-istio", "tlsMode-disabled"]
     assert context["common_tls_context"]["combined_validation_context"]["default_validation_context"] == {
-        "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {
-            "exact": "spiffe://cluster.local/ns/default/sa/server"}}]}
+        "match_typed_subject_alt_names": [
+            {"san_type": "URI", "matcher": {"exact": "spiffe://cluster.local/ns/default/sa/server"}}
+        ]
+    }
 
 
 AUTHZ_HTTP = {"name": "test.authz.http"}
@@ -290,8 +328,9 @@ def _name(text: str) -> x509.Name:
 
 
 def _pem_key(key) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,25 +343,51 @@ def make_certificates(accounts: list[str]) -> Certificates:
     """A root CA and, per service account, a leaf with URI SAN ``spiffe://cluster.local/ns/default/sa/<sa>``."""
     now = datetime.datetime.now(datetime.UTC)
     root_key = ec.generate_private_key(ec.SECP256R1())
-    root = (x509.CertificateBuilder().subject_name(_name("plait test root")).issuer_name(_name("plait test root"))
-            .public_key(root_key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .sign(root_key, hashes.SHA256()))
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(_name("plait test root"))
+        .issuer_name(_name("plait test root"))
+        .public_key(root_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(root_key, hashes.SHA256())
+    )
     leaves = {}
     for account in accounts:
         key = ec.generate_private_key(ec.SECP256R1())
-        leaf = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(root.subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(hours=2))
-                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(TRUST + account)]),
-                               critical=True)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                               critical=False)
-                .sign(root_key, hashes.SHA256()))
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(root.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(hours=2))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(TRUST + account)]), critical=True
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .sign(root_key, hashes.SHA256())
+        )
         leaves[account] = (leaf.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key))
     return Certificates(root.public_bytes(serialization.Encoding.PEM).decode(), leaves)
 
@@ -336,9 +401,12 @@ def with_static_secrets(bootstrap: dict, certs: Certificates, account: str) -> d
     static = bootstrap["static_resources"]
     static["clusters"] = [c for c in static["clusters"] if c["name"] != SDS_CLUSTER]
     static["secrets"] = [
-        {"name": "default", "tls_certificate": {"certificate_chain": {"inline_string": chain},
-                                                "private_key": {"inline_string": key}}},
-        {"name": "ROOTCA", "validation_context": {"trusted_ca": {"inline_string": certs.root}}}]
+        {
+            "name": "default",
+            "tls_certificate": {"certificate_chain": {"inline_string": chain}, "private_key": {"inline_string": key}},
+        },
+        {"name": "ROOTCA", "validation_context": {"trusted_ca": {"inline_string": certs.root}}},
+    ]
     return bootstrap
 
 
@@ -346,16 +414,30 @@ def mesh_yaml(net: str) -> str:
     """Four services on port 80 (workload port 8080, and 7000 of unknown protocol on `permissive`):
     three workloads with a sidecar (service account b), one without (`plain`)."""
     parts = []
-    for host, name, sidecar in ((10, "permissive", True), (11, "strict", True), (12, "imposter", True),
-                                (13, "plain", False)):
+    for host, name, sidecar in (
+        (10, "permissive", True),
+        (11, "strict", True),
+        (12, "imposter", True),
+        (13, "plain", False),
+    ):
         labels = {"app": name, **({"security.istio.io/tlsMode": "istio"} if sidecar else {})}
         ports = [{"name": "http", "port": 80, "targetPort": 8080}]
         if name == "permissive":
             ports.append({"name": "misc", "port": 7000})
-        parts += [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-                   "spec": {"selector": {"app": name}, "ports": ports}},
-                  {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": {"name": name},
-                   "spec": {"address": f"{net}.{host}", "labels": labels, "serviceAccount": "b"}}]
+        parts += [
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name},
+                "spec": {"selector": {"app": name}, "ports": ports},
+            },
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "WorkloadEntry",
+                "metadata": {"name": name},
+                "spec": {"address": f"{net}.{host}", "labels": labels, "serviceAccount": "b"},
+            },
+        ]
     text = "".join(json.dumps(p) + "\n---\n" for p in parts)
     return text + peer_authentication("strict", mode="STRICT", selector={"app": "strict"})
 
@@ -391,16 +473,24 @@ def start_mesh(stack: contextlib.ExitStack, net: str, certs: Certificates, workd
         bootstrap = with_static_secrets(static_bootstrap(generate(snapshot, proxy)), certs, account)
         return stack.enter_context(run_envoy(bootstrap, workdir=workdir / proxy.name))
 
-    apps = {name: stack.enter_context(HttpBackend(f"{name}-app", f"{net}.{host + 10}", 8080))
-            for name, (host, _) in SIDECARS.items()}
+    apps = {
+        name: stack.enter_context(HttpBackend(f"{name}-app", f"{net}.{host + 10}", 8080))
+        for name, (host, _) in SIDECARS.items()
+    }
     apps["permissive-misc"] = stack.enter_context(HttpBackend("permissive-misc", f"{net}.20", 7000))
     apps["plain"] = stack.enter_context(HttpBackend("plain-app", f"{net}.13", 8080))
     servers = {}
     for name, (host, account) in SIDECARS.items():
         proxy = Proxy.from_workload_entry(snapshot.workload(name), mode="proxy")
         servers[name] = start(with_identity(dataclasses.replace(proxy, app_address=f"{net}.{host + 10}")), account)
-    client = Proxy(kind="sidecar", ip=f"{net}.1", name="client", mode="proxy", service_account="a",
-                   identity=spiffe_id("default", "a"))
+    client = Proxy(
+        kind="sidecar",
+        ip=f"{net}.1",
+        name="client",
+        mode="proxy",
+        service_account="a",
+        identity=spiffe_id("default", "a"),
+    )
     return MtlsMesh(net, start(client, "a"), servers, apps)
 
 

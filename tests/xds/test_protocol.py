@@ -20,21 +20,41 @@ def eds_cluster(name: str, timeout: str = "1s") -> dict:
 
 
 def endpoints(name: str, port: int = 8080) -> dict:
-    return {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}
+    return {
+        "cluster_name": name,
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+                ]
+            }
+        ],
+    }
 
 
 def listener(name: str, route: str) -> dict:
-    hcm = {"@type": HCM, "stat_prefix": name, "rds": {"route_config_name": route, "config_source": {"ads": {}}},
-           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}]}
-    return {"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15001}},
-            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                            "typed_config": hcm}]}]}
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": name,
+        "rds": {"route_config_name": route, "config_source": {"ads": {}}},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15001}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
 
 
 def route(name: str, cluster: str) -> dict:
-    return {"name": name, "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-        {"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}]}
+    return {
+        "name": name,
+        "virtual_hosts": [
+            {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}
+        ],
+    }
 
 
 def published(clusters=("a", "b"), ports=None, route_to="a", timeout="1s") -> Published:
@@ -49,15 +69,25 @@ def published(clusters=("a", "b"), ports=None, route_to="a", timeout="1s") -> Pu
 
 def sotw(short: str, names=(), nonce: str = "", version: str = "", error: str | None = None):
     detail = status_pb2.Status(code=3, message=error) if error else None
-    return discovery_pb2.DiscoveryRequest(type_url=TYPE_URLS[short], resource_names=list(names),
-                                          response_nonce=nonce, version_info=version, error_detail=detail)
+    return discovery_pb2.DiscoveryRequest(
+        type_url=TYPE_URLS[short],
+        resource_names=list(names),
+        response_nonce=nonce,
+        version_info=version,
+        error_detail=detail,
+    )
 
 
 def delta(short: str, subscribe=(), unsubscribe=(), nonce: str = "", initial=None, error: str | None = None):
     detail = status_pb2.Status(code=3, message=error) if error else None
-    return discovery_pb2.DeltaDiscoveryRequest(type_url=TYPE_URLS[short], resource_names_subscribe=list(subscribe),
-                                               resource_names_unsubscribe=list(unsubscribe), response_nonce=nonce,
-                                               initial_resource_versions=initial or {}, error_detail=detail)
+    return discovery_pb2.DeltaDiscoveryRequest(
+        type_url=TYPE_URLS[short],
+        resource_names_subscribe=list(subscribe),
+        resource_names_unsubscribe=list(unsubscribe),
+        response_nonce=nonce,
+        initial_resource_versions=initial or {},
+        error_detail=detail,
+    )
 
 
 def responses(outputs) -> list[Response]:
@@ -88,6 +118,7 @@ def synced_sotw_stream(p: Published) -> AdsStream:
 
 
 # ------------------------------------------------------------------ state of the world
+
 
 def test_initial_requests_are_answered_and_acks_make_a_type_synced():
     p = published()
@@ -140,8 +171,9 @@ def test_the_same_change_sent_twice_on_one_stream_gets_a_new_nonce():
     stream.receive(sotw("eds", ["a"], nonce=add.nonce))  # drops "b" ...
     again = only(stream.receive(sotw("eds", ["a", "b"], nonce=add.nonce)))  # ... and wants it back
     assert again.names == ["b"] and again.nonce != add.nonce
-    assert stream.receive(sotw("eds", ["a", "b"], nonce=again.nonce)) == [Ack("eds", again.payload.version,
-                                                                                again.nonce)]
+    assert stream.receive(sotw("eds", ["a", "b"], nonce=again.nonce)) == [
+        Ack("eds", again.payload.version, again.nonce)
+    ]
     assert stream.status("eds").state == SYNCED
 
 
@@ -163,8 +195,14 @@ def test_a_nack_records_its_message_and_the_last_good_state_is_resent_next_time(
     stream = synced_sotw_stream(published())
     bad = cds_push(stream.update(published(timeout="-1s")))
     assert bad.type == "cds"
-    events = stream.receive(sotw("cds", nonce=bad.nonce, version=stream.status("cds").acked_version,
-                                 error="cluster a: invalid connect_timeout"))
+    events = stream.receive(
+        sotw(
+            "cds",
+            nonce=bad.nonce,
+            version=stream.status("cds").acked_version,
+            error="cluster a: invalid connect_timeout",
+        )
+    )
     assert events == [Nack("cds", bad.nonce, "cluster a: invalid connect_timeout")]
     status = stream.status("cds")
     assert status.state == NACKED and status.nack_message == "cluster a: invalid connect_timeout"
@@ -206,8 +244,10 @@ def test_an_updated_cluster_gets_its_endpoints_again_unchanged_or_not():
         answer(delta_stream, only(delta_stream.receive(delta(short, subscribe=names))))
     for stream in (synced_sotw_stream(published()), delta_stream):
         pushed = responses(stream.update(published(timeout="3s")))  # cluster a changes, endpoints do not
-        assert [(r.type, r.names) for r in pushed] == [("cds", ["a", "b"] if not stream.delta else ["a"]),
-                                                        ("eds", ["a"])]
+        assert [(r.type, r.names) for r in pushed] == [
+            ("cds", ["a", "b"] if not stream.delta else ["a"]),
+            ("eds", ["a"]),
+        ]
         answer(stream, pushed[0])
         if stream.delta:
             answer(stream, pushed[1])
@@ -234,8 +274,9 @@ def test_types_that_were_never_requested_are_not_pushed():
 
 def test_unknown_types_are_ignored():
     stream = AdsStream(published=published())
-    request = discovery_pb2.DiscoveryRequest(type_url="type.googleapis.com/envoy.service.runtime.v3.Runtime",
-                                             resource_names=["rtds"])
+    request = discovery_pb2.DiscoveryRequest(
+        type_url="type.googleapis.com/envoy.service.runtime.v3.Runtime", resource_names=["rtds"]
+    )
     assert stream.receive(request) == []
 
 
@@ -254,8 +295,13 @@ def test_secrets_are_named_sent_only_as_asked_and_reported_once_asked_for():
     assert isinstance(stream.receive(sotw("sds", ["gw-cert"], nonce=sent.nonce))[0], Ack)
     assert stream.statuses()["sds"].state == SYNCED
     assert stream.update(with_secrets("gw-cert", "third")) == []  # nothing it asked for changed
-    rotated = PUBLISHER.publish(ResourceSet(secrets={"gw-cert": {"name": "gw-cert", "validation_context": {
-        "trusted_ca": {"inline_string": "a new CA"}}}}))
+    rotated = PUBLISHER.publish(
+        ResourceSet(
+            secrets={
+                "gw-cert": {"name": "gw-cert", "validation_context": {"trusted_ca": {"inline_string": "a new CA"}}}
+            }
+        )
+    )
     assert only(stream.update(rotated)).names == ["gw-cert"]
 
 
@@ -267,6 +313,7 @@ def test_nothing_is_sent_before_resources_are_known_then_everything_is():
 
 
 # ------------------------------------------------------------------ delta
+
 
 def test_delta_sends_changes_and_removed_resources():
     stream = AdsStream(delta=True, published=published(clusters=("a", "b")))
@@ -321,13 +368,17 @@ def test_delta_nack_then_fix():
 
 # ------------------------------------------------------------------ encoding and sharing
 
+
 def test_encoded_sotw_response_is_the_protobuf_message():
     p = published()
     response = only(AdsStream(published=p).receive(sotw("cds")))
     message = response.to_proto()
     assert isinstance(message, discovery_pb2.DiscoveryResponse)
-    assert (message.version_info, message.type_url, message.nonce) == (p.types["cds"].version, TYPE_URLS["cds"],
-                                                                        response.nonce)
+    assert (message.version_info, message.type_url, message.nonce) == (
+        p.types["cds"].version,
+        TYPE_URLS["cds"],
+        response.nonce,
+    )
     assert list(message.resources) == [r.to_any() for r in response.payload.resources]
 
 
@@ -338,7 +389,8 @@ def test_encoded_delta_response_is_the_protobuf_message():
     message = response.to_proto()
     assert isinstance(message, discovery_pb2.DeltaDiscoveryResponse)
     assert [(r.name, r.version, r.resource) for r in message.resources] == [
-        (r.name, r.version, r.to_any()) for r in response.payload.resources]
+        (r.name, r.version, r.to_any()) for r in response.payload.resources
+    ]
     assert list(message.removed_resources) == ["b"] and message.nonce == response.nonce
 
 

@@ -94,25 +94,50 @@ def test_references_to_missing_resources_are_inconsistencies():
     del broken.endpoints["outbound|9080|v1|ratings.default.svc.cluster.local"]
     del broken.routes["9080"]
     problems = Publisher().publish(broken).inconsistencies
-    assert "cds outbound|9080|v1|ratings.default.svc.cluster.local asks for endpoints " \
-           "outbound|9080|v1|ratings.default.svc.cluster.local, which are not generated" in problems
+    assert (
+        "cds outbound|9080|v1|ratings.default.svc.cluster.local asks for endpoints "
+        "outbound|9080|v1|ratings.default.svc.cluster.local, which are not generated" in problems
+    )
     assert "lds 0.0.0.0_9080 refers to route configuration 9080, which is not generated" in problems
     broken.routes = dict(resources.routes)
-    assert "rds 9080 routes to cluster outbound|9080|v1|reviews.default.svc.cluster.local, which is not generated" \
+    assert (
+        "rds 9080 routes to cluster outbound|9080|v1|reviews.default.svc.cluster.local, which is not generated"
         in inconsistencies(broken)
+    )
 
 
 def test_weighted_clusters_tcp_proxies_and_grpc_services_are_checked():
     resources = ResourceSet()
-    resources.add_routes([{"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
-        {"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [
-            {"name": "a", "weight": 50}, {"name": "b", "weight": 50}]}}}]}]}])
+    resources.add_routes(
+        [
+            {
+                "name": "r",
+                "virtual_hosts": [
+                    {
+                        "name": "v",
+                        "domains": ["*"],
+                        "routes": [
+                            {
+                                "match": {"prefix": "/"},
+                                "route": {
+                                    "weighted_clusters": {
+                                        "clusters": [{"name": "a", "weight": 50}, {"name": "b", "weight": 50}]
+                                    }
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
+    )
     hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {"rds": {"route_config_name": "r"}}}
     tcp = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {"cluster": "c"}}
     grpc = {"envoy_grpc": {"cluster_name": "authz"}}
     sds = {"envoy_grpc": {"cluster_name": "sds-grpc"}}  # in every bootstrap: not a dangling reference
-    resources.add_listeners([{"name": "l", "filter_chains": [{"filters": [hcm]}, {"filters": [tcp]}],
-                              "access_log": [grpc, sds]}])
+    resources.add_listeners(
+        [{"name": "l", "filter_chains": [{"filters": [hcm]}, {"filters": [tcp]}], "access_log": [grpc, sds]}]
+    )
     resources.add_clusters([{"name": "a", "type": "STATIC"}])
     assert inconsistencies(resources) == [
         "rds r routes to cluster b, which is not generated",
@@ -132,7 +157,8 @@ def test_a_secret_asked_for_over_ads_must_be_served():
         "lds gw refers to secret gw-cert, which nothing serves (credentialName gw-cert: no Secret with that name "
         "in the proxy's namespace holds it)",
         "cds up refers to secret gw-cert, which nothing serves (credentialName gw-cert: no Secret with that name "
-        "in the proxy's namespace holds it)"]
+        "in the proxy's namespace holds it)",
+    ]
     resources.add_secrets([{"name": "gw-cert"}])
     assert inconsistencies(resources) == []
 
@@ -216,7 +242,8 @@ def test_impact_of_gateways_sidecars_rules_and_endpoints():
     assert impact.routers and impact.affects("router", "istio-system", set())
     dr_key = ("DestinationRule", "default", "reviews")
     assert change_impact(snapshot, snapshot.with_changes(deletes=[dr_key]), [dr_key]).hosts == {
-        "reviews.default.svc.cluster.local"}
+        "reviews.default.svc.cluster.local"
+    }
     we = snapshot.workload("ratings-v1")
     moved = dataclasses.replace(we, spec=we.spec.model_copy(update={"address": "10.244.9.9"}))
     impact = change_impact(snapshot, snapshot.with_changes(upserts=[moved]), [we.key])

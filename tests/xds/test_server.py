@@ -33,8 +33,11 @@ INVALID = "plait-test-invalid"
 
 
 def bookinfo(*files: str) -> MeshSnapshot:
-    paths = [BOOKINFO / "services.yaml", BOOKINFO / "networking/destination-rule-all.yaml",
-             *(BOOKINFO / "networking" / f for f in files)]
+    paths = [
+        BOOKINFO / "services.yaml",
+        BOOKINFO / "networking/destination-rule-all.yaml",
+        *(BOOKINFO / "networking" / f for f in files),
+    ]
     return MeshSnapshot(load_paths(paths).raise_for_errors())
 
 
@@ -75,6 +78,7 @@ def productpage(snapshot: MeshSnapshot, **changes) -> Proxy:
 
 # ------------------------------------------------------------------ with the in-process client
 
+
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 def test_clients_sync_and_converge_after_a_change(delta):
     async def scenario():
@@ -92,9 +96,11 @@ def test_clients_sync_and_converge_after_a_change(delta):
 
             def routes_to_v1(c: AdsClient) -> bool:
                 return V1 in str(c.decoded("rds")["9080"])
+
             await client.wait_for(routes_to_v1, TIMEOUT)
             await eventually(lambda: all_states(hub) and hub.last_update.finished)
             assert list(hub.last_update.acked) == [proxy.id]
+
     run(scenario())
 
 
@@ -106,14 +112,17 @@ def test_a_nack_is_recorded_and_the_client_keeps_its_last_good_config(delta):
     async def scenario():
         snapshot = bookinfo()
         hub = XdsHub(snapshot)
-        async with ads_server(hub) as target, \
-                AdsClient(target, make_node(productpage(snapshot)), delta=delta, reject=reject) as client:
+        async with (
+            ads_server(hub) as target,
+            AdsClient(target, make_node(productpage(snapshot)), delta=delta, reject=reject) as client,
+        ):
             status = await eventually(lambda: [s for s in hub.statuses() if s.types["cds"].state == NACKED])
             message = status[0].types["cds"].nack_message
             assert message.startswith("outbound|9080||ratings.default.svc.cluster.local: ratings clusters are not")
             assert client.held["cds"] == {} and client.nacks[0] == ("cds", message)
             assert client.versions.get("cds") is None  # nothing accepted
             assert hub.metrics.get_sample_value("plait_xds_nacks_total", {"type": "cds"}) >= 1
+
     run(scenario())
 
 
@@ -133,6 +142,7 @@ def test_reconnect_resyncs_and_a_closed_stream_leaves_the_hub(delta):
             await client.close()
             await eventually(lambda: hub.statuses() == [])
             assert hub.metrics.get_sample_value("plait_xds_connected_proxies") == 0
+
     run(scenario())
 
 
@@ -140,15 +150,17 @@ def test_a_stream_without_a_node_is_refused():
     async def scenario():
         hub = XdsHub(bookinfo())
         async with ads_server(hub) as target, grpc.aio.insecure_channel(target) as channel:
-            call = channel.stream_stream("/envoy.service.discovery.v3.AggregatedDiscoveryService/"
-                                         "StreamAggregatedResources",
-                                         request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-                                         response_deserializer=discovery_pb2.DiscoveryResponse.FromString)()
+            call = channel.stream_stream(
+                "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+                request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+                response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+            )()
             await call.write(discovery_pb2.DiscoveryRequest(type_url="type.googleapis.com/x"))
             with pytest.raises(grpc.aio.AioRpcError) as failure:
                 await call.read()
             assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert hub.statuses() == []
+
     run(scenario())
 
 
@@ -168,28 +180,48 @@ def test_stopping_the_server_ends_streams_and_empties_the_hub():
             assert hub.statuses() == [] and client.synced  # what it holds, it keeps
         finally:
             await client.close()
+
     run(scenario())
 
 
 # ------------------------------------------------------------------ with a real Envoy
 
+
 def envoy_bootstrap(proxy: Proxy, ads_port: int, api_type: str) -> dict:
     node = make_node(proxy)
-    h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {"http2_protocol_options": {}}}}
+    h2 = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
     address = {"socket_address": {"address": "127.0.0.1", "port_value": ads_port}}
     return {
         "node": {"id": node.id, "cluster": node.cluster, "metadata": json_format.MessageToDict(node.metadata)},
         "dynamic_resources": {
-            "ads_config": {"api_type": api_type, "transport_api_version": "V3", "set_node_on_first_message_only": True,
-                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
+            "ads_config": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
+            },
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
-            "lds_config": {"ads": {}, "resource_api_version": "V3"}},
-        "static_resources": {"clusters": [{
-            "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s", "typed_extension_protocol_options": h2,
-            "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": address}}]}]}}]},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": "xds-grpc",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": h2,
+                    "load_assignment": {
+                        "cluster_name": "xds-grpc",
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+                    },
+                }
+            ]
+        },
     }
 
 
@@ -254,8 +286,7 @@ async def _envoy_scenario(hub: XdsHub, envoy: EnvoyView, want, api_type: str, in
     assert await envoy.clusters() == set(want.clusters)
     assert await envoy.listeners() == set(want.listeners)
     (status,) = await eventually(lambda: all_states(hub) and hub.statuses())
-    assert status.envoy_version.startswith("1.") and status.stream == ("delta" if api_type == "DELTA_GRPC"
-                                                                       else "sotw")
+    assert status.envoy_version.startswith("1.") and status.stream == ("delta" if api_type == "DELTA_GRPC" else "sotw")
 
     assert not await _contains(envoy, V1)
     hub.update(*with_file(hub.snapshot, "virtual-service-all-v1.yaml"))

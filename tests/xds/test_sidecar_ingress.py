@@ -65,8 +65,9 @@ def workload(tmp_path_factory) -> Iterator[Workload]:
             stack.enter_context(HttpBackend(f"app-{port}", f"{net}.3", port))
         snapshot = MeshSnapshot(load_text(MESH.format(net=net)).raise_for_errors())
         proxy = replace(Proxy.from_workload_entry(snapshot.workload("api"), mode="proxy"), app_address=f"{net}.3")
-        envoy = stack.enter_context(run_envoy(static_bootstrap(generate(snapshot, proxy)),
-                                              workdir=tmp_path_factory.mktemp("ingress")))
+        envoy = stack.enter_context(
+            run_envoy(static_bootstrap(generate(snapshot, proxy)), workdir=tmp_path_factory.mktemp("ingress"))
+        )
         yield Workload(net, envoy)
 
 

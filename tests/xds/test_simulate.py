@@ -25,34 +25,77 @@ VIP = {"shop": "10.0.0.1", "db": "10.0.0.2"}
 
 
 def hcm(route_config: dict) -> dict:
-    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-        "@type": HCM_TYPE, "stat_prefix": "test", "route_config": route_config, "normalize_path": True,
-        "http_filters": [
-            {"name": "envoy.filters.http.fault", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}},
-            {"name": "envoy.filters.http.router", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM_TYPE,
+            "stat_prefix": "test",
+            "route_config": route_config,
+            "normalize_path": True,
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.fault",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"},
+                },
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                },
+            ],
+        },
+    }
 
 
 def eds_cluster(name: str, *addresses: str) -> tuple[dict, dict]:
     cluster = {"name": name, "type": "EDS", "eds_cluster_config": {"service_name": name}}
-    assignment = {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-        {"endpoint": {"address": {"socket_address": {"address": a, "port_value": 8080}}}} for a in addresses]}]}
+    assignment = {
+        "cluster_name": name,
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": a, "port_value": 8080}}}} for a in addresses
+                ]
+            }
+        ],
+    }
     return cluster, assignment
 
 
-def mesh(routes: list[dict], *, domains: tuple[str, ...] = ("*",), clusters: dict[str, tuple[str, ...]] | None = None,
-         vhost_extra: dict | None = None) -> ResourceSet:
+def mesh(
+    routes: list[dict],
+    *,
+    domains: tuple[str, ...] = ("*",),
+    clusters: dict[str, tuple[str, ...]] | None = None,
+    vhost_extra: dict | None = None,
+) -> ResourceSet:
     """A capture-mode sidecar with one HTTP listener on port 80 and one virtual host."""
     resources = ResourceSet()
     vhost = {"name": "vh", "domains": list(domains), "routes": routes, **(vhost_extra or {})}
-    resources.add_listeners([
-        {"name": "virtualOutbound", "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15001}},
-         "use_original_dst": True, "filter_chains": [{"filters": [
-             {"name": "envoy.filters.network.tcp_proxy", "typed_config": {"cluster": "PassthroughCluster"}}]}]},
-        {"name": "0.0.0.0_80", "address": {"socket_address": {"address": "0.0.0.0", "port_value": 80}},
-         "bind_to_port": False, "filter_chains": [{"filters": [hcm({"name": "80", "virtual_hosts": [vhost]})]}]},
-    ])
+    resources.add_listeners(
+        [
+            {
+                "name": "virtualOutbound",
+                "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15001}},
+                "use_original_dst": True,
+                "filter_chains": [
+                    {
+                        "filters": [
+                            {
+                                "name": "envoy.filters.network.tcp_proxy",
+                                "typed_config": {"cluster": "PassthroughCluster"},
+                            }
+                        ]
+                    }
+                ],
+            },
+            {
+                "name": "0.0.0.0_80",
+                "address": {"socket_address": {"address": "0.0.0.0", "port_value": 80}},
+                "bind_to_port": False,
+                "filter_chains": [{"filters": [hcm({"name": "80", "virtual_hosts": [vhost]})]}],
+            },
+        ]
+    )
     resources.add_clusters([{"name": "PassthroughCluster", "type": "ORIGINAL_DST"}])
     for name, addresses in (clusters or {"shop-v1": ("10.2.0.1",), "shop-v2": ("10.2.0.2",)}).items():
         cluster, assignment = eds_cluster(name, *addresses)
@@ -92,16 +135,19 @@ def vhosts(*domain_lists: list[str]) -> dict:
     return {"virtual_hosts": [{"name": f"vh{i}", "domains": d, "routes": []} for i, d in enumerate(domain_lists)]}
 
 
-@pytest.mark.parametrize(("host", "chosen"), [
-    ("foo.example.com", "vh0"),           # exact wins over every wildcard
-    ("foo-bar.example.com", "vh2"),       # the longest suffix wildcard wins
-    ("x.example.com", "vh1"),
-    ("api.internal", "vh3"),              # prefix wildcard when no suffix wildcard matches
-    ("api.example.com", "vh1"),           # a suffix wildcard beats a prefix wildcard
-    ("FOO.Example.COM", "vh0"),           # domains are matched case-insensitively
-    ("foo.example.com:8080", "vh4"),      # the port is part of the Host: no exact match, only "*"
-    (".example.com", "vh4"),              # "*.example.com" needs at least one character for "*"
-])
+@pytest.mark.parametrize(
+    ("host", "chosen"),
+    [
+        ("foo.example.com", "vh0"),  # exact wins over every wildcard
+        ("foo-bar.example.com", "vh2"),  # the longest suffix wildcard wins
+        ("x.example.com", "vh1"),
+        ("api.internal", "vh3"),  # prefix wildcard when no suffix wildcard matches
+        ("api.example.com", "vh1"),  # a suffix wildcard beats a prefix wildcard
+        ("FOO.Example.COM", "vh0"),  # domains are matched case-insensitively
+        ("foo.example.com:8080", "vh4"),  # the port is part of the Host: no exact match, only "*"
+        (".example.com", "vh4"),  # "*.example.com" needs at least one character for "*"
+    ],
+)
 def test_virtual_host_domain_search_order(host: str, chosen: str) -> None:
     config = vhosts(["foo.example.com"], ["*.example.com"], ["*-bar.example.com"], ["api.*"], ["*"])
     vhost, _ = find_virtual_host(config, host)
@@ -131,49 +177,65 @@ def test_strip_any_host_port_routes_on_the_bare_host() -> None:
 # ----------------------------------------------------------------------------- route matching
 
 
-@pytest.mark.parametrize(("matcher", "value", "matches"), [
-    ({"string_match": {"exact": "jason"}}, "jason", True),
-    ({"string_match": {"exact": "jason"}}, "Jason", False),
-    ({"string_match": {"exact": "jason", "ignore_case": True}}, "JASON", True),
-    ({"string_match": {"prefix": "ja"}}, "jason", True),
-    ({"string_match": {"suffix": "son"}}, "jason", True),
-    ({"string_match": {"contains": "as"}}, "jason", True),
-    ({"string_match": {"safe_regex": {"regex": "j.*n"}}}, "jason", True),
-    ({"string_match": {"safe_regex": {"regex": "j.*s"}}}, "jason", False),   # RE2 full match, not search
-    ({"string_match": {"exact": "jason"}, "invert_match": True}, "anna", True),
-    ({"string_match": {"exact": "jason"}, "invert_match": True}, "jason", False),
-    ({"present_match": True}, "anything", True),
-    ({"range_match": {"start": 10, "end": 20}}, "15", True),
-    ({"range_match": {"start": 10, "end": 20}}, "20", False),
-])
+@pytest.mark.parametrize(
+    ("matcher", "value", "matches"),
+    [
+        ({"string_match": {"exact": "jason"}}, "jason", True),
+        ({"string_match": {"exact": "jason"}}, "Jason", False),
+        ({"string_match": {"exact": "jason", "ignore_case": True}}, "JASON", True),
+        ({"string_match": {"prefix": "ja"}}, "jason", True),
+        ({"string_match": {"suffix": "son"}}, "jason", True),
+        ({"string_match": {"contains": "as"}}, "jason", True),
+        ({"string_match": {"safe_regex": {"regex": "j.*n"}}}, "jason", True),
+        ({"string_match": {"safe_regex": {"regex": "j.*s"}}}, "jason", False),  # RE2 full match, not search
+        ({"string_match": {"exact": "jason"}, "invert_match": True}, "anna", True),
+        ({"string_match": {"exact": "jason"}, "invert_match": True}, "jason", False),
+        ({"present_match": True}, "anything", True),
+        ({"range_match": {"start": 10, "end": 20}}, "15", True),
+        ({"range_match": {"start": 10, "end": 20}}, "20", False),
+    ],
+)
 def test_header_matchers(matcher: dict, value: str, matches: bool) -> None:
     match = {"prefix": "/", "headers": [{"name": "end-user", **matcher}]}
     request = Request.from_url("http://shop/", headers=[("end-user", value)])
     assert (route_mismatch(match, request) is None) is matches
 
 
-@pytest.mark.parametrize(("matcher", "matches"), [
-    ({"string_match": {"exact": "jason"}}, False),
-    ({"string_match": {"exact": "jason"}, "invert_match": True}, False),  # Envoy: a missing header fails it
-    ({"string_match": {"exact": "jason"}, "invert_match": True, "treat_missing_header_as_empty": True}, True),
-    ({"present_match": True}, False),
-    ({"present_match": True, "invert_match": True}, True),
-    ({"present_match": False}, True),
-])
+@pytest.mark.parametrize(
+    ("matcher", "matches"),
+    [
+        ({"string_match": {"exact": "jason"}}, False),
+        ({"string_match": {"exact": "jason"}, "invert_match": True}, False),  # Envoy: a missing header fails it
+        ({"string_match": {"exact": "jason"}, "invert_match": True, "treat_missing_header_as_empty": True}, True),
+        ({"present_match": True}, False),
+        ({"present_match": True, "invert_match": True}, True),
+        ({"present_match": False}, True),
+    ],
+)
 def test_header_matchers_on_a_missing_header(matcher: dict, matches: bool) -> None:
     match = {"prefix": "/", "headers": [{"name": "end-user", **matcher}]}
     assert (route_mismatch(match, Request.from_url("http://shop/")) is None) is matches
 
 
-CLAIM = {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "payload"}, {"key": "groups"}],
-         "value": {"or_match": {"value_matchers": [{"list_match": {"one_of": {"string_match": {"exact": "g1"}}}},
-                                                   {"string_match": {"exact": "g1"}}]}}}
+CLAIM = {
+    "filter": "envoy.filters.http.jwt_authn",
+    "path": [{"key": "payload"}, {"key": "groups"}],
+    "value": {
+        "or_match": {
+            "value_matchers": [
+                {"list_match": {"one_of": {"string_match": {"exact": "g1"}}}},
+                {"string_match": {"exact": "g1"}},
+            ]
+        }
+    },
+}
 
 
 def test_dynamic_metadata_matchers_are_reported_when_nothing_evaluates_them() -> None:
     reason = route_mismatch({"prefix": "/", "dynamic_metadata": [CLAIM]}, Request.from_url("http://shop/"))
-    assert reason == ("wants JWT claim groups exact 'g1' (or a list holding it): "
-                      "dynamic metadata is not simulated here")
+    assert reason == (
+        "wants JWT claim groups exact 'g1' (or a list holding it): dynamic metadata is not simulated here"
+    )
 
 
 @pytest.mark.parametrize("verdict", [True, False])
@@ -193,23 +255,27 @@ def test_repeated_headers_are_matched_joined_with_commas() -> None:
     assert route_mismatch(match, Request.from_url("http://shop/", headers=[("x-tag", "a"), ("x-tag", "b")])) is None
 
 
-@pytest.mark.parametrize(("match", "path", "matches"), [
-    ({"prefix": "/api"}, "/api/v1", True),
-    ({"prefix": "/api"}, "/API/v1", False),
-    ({"prefix": "/api", "case_sensitive": False}, "/API/v1", True),
-    ({"path": "/login"}, "/login?next=/", True),               # the query is not part of the path
-    ({"path": "/login"}, "/login/", False),
-    ({"safe_regex": {"regex": "/api/v[0-9]+"}}, "/api/v1/x", False),
-    ({"safe_regex": {"regex": "/api/v[0-9]+/.*"}}, "/api/v1/x?q=1", True),
-    ({"path_separated_prefix": "/api"}, "/api/x", True),
-    ({"path_separated_prefix": "/api"}, "/apix", False),
-])
+@pytest.mark.parametrize(
+    ("match", "path", "matches"),
+    [
+        ({"prefix": "/api"}, "/api/v1", True),
+        ({"prefix": "/api"}, "/API/v1", False),
+        ({"prefix": "/api", "case_sensitive": False}, "/API/v1", True),
+        ({"path": "/login"}, "/login?next=/", True),  # the query is not part of the path
+        ({"path": "/login"}, "/login/", False),
+        ({"safe_regex": {"regex": "/api/v[0-9]+"}}, "/api/v1/x", False),
+        ({"safe_regex": {"regex": "/api/v[0-9]+/.*"}}, "/api/v1/x?q=1", True),
+        ({"path_separated_prefix": "/api"}, "/api/x", True),
+        ({"path_separated_prefix": "/api"}, "/apix", False),
+    ],
+)
 def test_path_matchers(match: dict, path: str, matches: bool) -> None:
     assert (route_mismatch(match, Request.from_url("http://shop" + path)) is None) is matches
 
 
-@pytest.mark.parametrize(("query", "matches"), [("?v=2", True), ("?v=2&v=3", True), ("?v=3&v=2", False),
-                                                ("?x=1", False), ("", False)])
+@pytest.mark.parametrize(
+    ("query", "matches"), [("?v=2", True), ("?v=2&v=3", True), ("?v=3&v=2", False), ("?x=1", False), ("", False)]
+)
 def test_query_parameter_matchers_use_the_first_value(query: str, matches: bool) -> None:
     match = {"prefix": "/", "query_parameters": [{"name": "v", "string_match": {"exact": "2"}}]}
     assert (route_mismatch(match, Request.from_url("http://shop/" + query)) is None) is matches
@@ -222,9 +288,11 @@ def test_query_parameter_presence() -> None:
 
 
 def test_the_first_matching_route_wins_and_earlier_ones_say_why_they_did_not() -> None:
-    routes = [to("shop-v2", {"prefix": "/", "headers": [{"name": "end-user", "string_match": {"exact": "jason"}}]}),
-              to("shop-v1", {"prefix": "/cart"}),
-              to("shop-v2")]
+    routes = [
+        to("shop-v2", {"prefix": "/", "headers": [{"name": "end-user", "string_match": {"exact": "jason"}}]}),
+        to("shop-v1", {"prefix": "/cart"}),
+        to("shop-v2"),
+    ]
     outcome = run(mesh(routes), "http://shop/cart/1")
     assert outcome.cluster_names == ["shop-v1"] and outcome.route_index == 1
     assert "end-user" in outcome.skipped_routes[0]
@@ -248,8 +316,9 @@ def test_dot_segments_are_removed_before_routing() -> None:
 
 def test_weighted_clusters_report_their_shares_and_endpoints() -> None:
     v2 = {"name": "shop-v2", "weight": 20, "response_headers_to_add": [{"header": {"key": "x-v", "value": "2"}}]}
-    action = {"weighted_clusters": {"clusters": [{"name": "shop-v1", "weight": 80}, v2,
-                                                 {"name": "shop-v3", "weight": 0}]}}
+    action = {
+        "weighted_clusters": {"clusters": [{"name": "shop-v1", "weight": 80}, v2, {"name": "shop-v3", "weight": 0}]}
+    }
     outcome = run(mesh([{"match": {"prefix": "/"}, "route": action}]), "http://shop/")
     assert [(c.name, c.percent) for c in outcome.clusters] == [("shop-v1", 80.0), ("shop-v2", 20.0), ("shop-v3", 0.0)]
     assert [e.address for e in outcome.clusters[0].endpoints] == ["10.2.0.1:8080"]
@@ -259,8 +328,10 @@ def test_weighted_clusters_report_their_shares_and_endpoints() -> None:
 
 
 def test_redirect_builds_the_location() -> None:
-    route = {"match": {"prefix": "/old"}, "redirect": {"https_redirect": True, "path_redirect": "/new",
-                                                       "response_code": "PERMANENT_REDIRECT"}}
+    route = {
+        "match": {"prefix": "/old"},
+        "redirect": {"https_redirect": True, "path_redirect": "/new", "response_code": "PERMANENT_REDIRECT"},
+    }
     outcome = run(mesh([route]), "http://shop:80/old?x=1")
     assert (outcome.action, outcome.status, outcome.location) == ("redirect", 308, "https://shop/new?x=1")
 
@@ -289,18 +360,33 @@ def test_missing_cluster_is_503_no_cluster_and_empty_cluster_is_503_no_healthy_u
 
 
 def test_route_policies_are_reported() -> None:
-    action = {"cluster": "shop-v1", "timeout": "3s", "prefix_rewrite": "/v2/",
-              "retry_policy": {"retry_on": "5xx", "num_retries": 3, "per_try_timeout": "1s"},
-              "request_mirror_policies": [{"cluster": "shop-v2", "runtime_fraction": {
-                  "default_value": {"numerator": 250000, "denominator": "MILLION"}}}],
-              "hash_policy": [{"header": {"header_name": "x-user"}}]}
-    route = {"match": {"prefix": "/v1/"}, "route": action,
-             "request_headers_to_add": [{"header": {"key": "x-a", "value": "1"},
-                                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
-             "response_headers_to_remove": ["server"],
-             "typed_per_filter_config": {"envoy.filters.http.fault": {
-                 "delay": {"fixed_delay": "7s", "percentage": {"numerator": 500000, "denominator": "MILLION"}},
-                 "abort": {"http_status": 500, "percentage": {"numerator": 100}}}}}
+    action = {
+        "cluster": "shop-v1",
+        "timeout": "3s",
+        "prefix_rewrite": "/v2/",
+        "retry_policy": {"retry_on": "5xx", "num_retries": 3, "per_try_timeout": "1s"},
+        "request_mirror_policies": [
+            {
+                "cluster": "shop-v2",
+                "runtime_fraction": {"default_value": {"numerator": 250000, "denominator": "MILLION"}},
+            }
+        ],
+        "hash_policy": [{"header": {"header_name": "x-user"}}],
+    }
+    route = {
+        "match": {"prefix": "/v1/"},
+        "route": action,
+        "request_headers_to_add": [
+            {"header": {"key": "x-a", "value": "1"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        ],
+        "response_headers_to_remove": ["server"],
+        "typed_per_filter_config": {
+            "envoy.filters.http.fault": {
+                "delay": {"fixed_delay": "7s", "percentage": {"numerator": 500000, "denominator": "MILLION"}},
+                "abort": {"http_status": 500, "percentage": {"numerator": 100}},
+            }
+        },
+    }
     outcome = run(mesh([route]), "http://shop/v1/items?id=3")
     p = outcome.policies
     assert p.timeout == "3s" and (p.retries.attempts, p.retries.retry_on, p.retries.per_try_timeout) == (3, "5xx", "1s")
@@ -312,8 +398,10 @@ def test_route_policies_are_reported() -> None:
 
 
 def test_regex_rewrite_uses_re2_groups() -> None:
-    action = {"cluster": "shop-v1", "regex_rewrite": {"pattern": {"regex": "^/users/([0-9]+)/profile$"},
-                                                      "substitution": "/profiles/\\1"}}
+    action = {
+        "cluster": "shop-v1",
+        "regex_rewrite": {"pattern": {"regex": "^/users/([0-9]+)/profile$"}, "substitution": "/profiles/\\1"},
+    }
     outcome = run(mesh([{"match": {"prefix": "/users"}, "route": action}]), "http://shop/users/42/profile")
     assert outcome.upstream_path == "/profiles/42"
 
@@ -335,8 +423,11 @@ def chosen(listener: dict, **conn) -> str | None:
 
 
 def test_filter_chain_prefers_the_longest_destination_prefix() -> None:
-    listener = chains({"prefix_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]},
-                      {"prefix_ranges": [{"address_prefix": "10.1.0.0", "prefix_len": 16}]}, {})
+    listener = chains(
+        {"prefix_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]},
+        {"prefix_ranges": [{"address_prefix": "10.1.0.0", "prefix_len": 16}]},
+        {},
+    )
     assert chosen(listener, dest_ip="10.1.2.3") == "c1"
     assert chosen(listener, dest_ip="10.2.0.1") == "c0"
     assert chosen(listener, dest_ip="192.168.0.1") == "c2"
@@ -368,9 +459,15 @@ def test_filter_chain_transport_and_application_protocols() -> None:
 def test_capture_mode_prefers_the_exact_address_listener_then_the_wildcard_then_passthrough() -> None:
     resources = mesh([to("shop-v1")])
     tcp = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {"cluster": "shop-v2"}}
-    resources.add_listeners([{"name": "10.0.0.2_80", "address": {"socket_address": {"address": "10.0.0.2",
-                                                                                    "port_value": 80}},
-                              "filter_chains": [{"filters": [tcp]}]}])
+    resources.add_listeners(
+        [
+            {
+                "name": "10.0.0.2_80",
+                "address": {"socket_address": {"address": "10.0.0.2", "port_value": 80}},
+                "filter_chains": [{"filters": [tcp]}],
+            }
+        ]
+    )
     assert run(resources, "http://db/").listener == "10.0.0.2_80"
     assert run(resources, "http://db/").protocol == "tcp"
     assert run(resources, "http://shop/").listener == "0.0.0.0_80"
@@ -420,7 +517,10 @@ def test_generated_capture_mode_http_and_tcp() -> None:
     assert [e.address for e in http.clusters[0].endpoints] == ["10.2.0.1:8080"]
     tcp = simulate_mesh(snap, client(snap), Request.from_url("http://shop.default.svc.cluster.local:5432/"))
     assert (tcp.protocol, tcp.listener, tcp.cluster_names) == (
-        "tcp", "10.0.0.1_5432", ["outbound|5432||shop.default.svc.cluster.local"])
+        "tcp",
+        "10.0.0.1_5432",
+        ["outbound|5432||shop.default.svc.cluster.local"],
+    )
 
 
 def test_generated_explicit_proxy_mode_routes_by_host() -> None:
@@ -452,4 +552,3 @@ def test_without_headers_matches_a_request_that_lacks_the_header() -> None:
     assert outcome.vs_route == "http[0].match[0]"
     jason = simulate_mesh(snap, client(snap), Request.from_url("http://shop/", headers=[("end-user", "jason")]))
     assert jason.vs_route == "http[1]"
-

@@ -33,8 +33,7 @@ from plait.xds.generator import generate
 from plait.xds.static import static_bootstrap
 from plait.xds.translate.tls import SYSTEM_TRUST_BUNDLE
 
-CERTIFIED_HOSTS = ["untrusted.example", "trusted.example", "insecure.example", "wrongsan.example",
-                   "revoked.example"]
+CERTIFIED_HOSTS = ["untrusted.example", "trusted.example", "insecure.example", "wrongsan.example", "revoked.example"]
 SERVER_PORT = 8443
 
 
@@ -49,20 +48,37 @@ def make_server_files(directory: Path) -> ServerFiles:
     now = datetime.datetime.now(datetime.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "self-signed test server")])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(hours=2))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in CERTIFIED_HOSTS]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    revoked = (x509.RevokedCertificateBuilder().serial_number(cert.serial_number)
-               .revocation_date(now - datetime.timedelta(minutes=5)).build())
-    crl = (x509.CertificateRevocationListBuilder().issuer_name(name).last_update(now - datetime.timedelta(minutes=5))
-           .next_update(now + datetime.timedelta(hours=2)).add_revoked_certificate(revoked).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in CERTIFIED_HOSTS]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    revoked = (
+        x509.RevokedCertificateBuilder()
+        .serial_number(cert.serial_number)
+        .revocation_date(now - datetime.timedelta(minutes=5))
+        .build()
+    )
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(name)
+        .last_update(now - datetime.timedelta(minutes=5))
+        .next_update(now + datetime.timedelta(hours=2))
+        .add_revoked_certificate(revoked)
+        .sign(key, hashes.SHA256())
+    )
     files = ServerFiles(directory / "server.pem", directory / "server-key.pem", directory / "server.crl")
     files.certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
+    files.key.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     files.crl.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
     return files
 
@@ -103,18 +119,36 @@ def mesh_yaml(net: str, files: ServerFiles) -> str:
         "wrongsan.example": {"mode": "SIMPLE", "caCertificates": ca, "subjectAltNames": ["other.example"]},
         "autosan.example": {"mode": "SIMPLE", "caCertificates": ca},
         "revoked.example": {"mode": "SIMPLE", "caCertificates": ca, "caCrl": str(files.crl)},
-        "named.example": {"mode": "SIMPLE", "caCertificates": ca, "sni": "trusted.example",
-                          "subjectAltNames": ["trusted.example"]},
+        "named.example": {
+            "mode": "SIMPLE",
+            "caCertificates": ca,
+            "sni": "trusted.example",
+            "subjectAltNames": ["trusted.example"],
+        },
     }
     parts = []
     for host, tls in policies.items():
         name = host.split(".")[0]
-        parts += [{"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": name},
-                   "spec": {"hosts": [host], "location": "MESH_EXTERNAL", "resolution": "STATIC",
-                            "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
-                            "endpoints": [{"address": f"{net}.30", "ports": {"http": SERVER_PORT}}]}},
-                  {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": name},
-                   "spec": {"host": host, "trafficPolicy": {"tls": tls}}}]
+        parts += [
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "ServiceEntry",
+                "metadata": {"name": name},
+                "spec": {
+                    "hosts": [host],
+                    "location": "MESH_EXTERNAL",
+                    "resolution": "STATIC",
+                    "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                    "endpoints": [{"address": f"{net}.30", "ports": {"http": SERVER_PORT}}],
+                },
+            },
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "DestinationRule",
+                "metadata": {"name": name},
+                "spec": {"host": host, "trafficPolicy": {"tls": tls}},
+            },
+        ]
     return "".join(json.dumps(p) + "\n---\n" for p in parts)
 
 
@@ -163,8 +197,12 @@ def test_the_server_passes_with_its_ca_certificates(origination: Origination) ->
 
 
 def test_a_port_in_the_host_is_not_part_of_the_automatic_sni(origination: Origination) -> None:
-    reply = http_request(f"{origination.net}.1", EXPLICIT_PROXY_PORT, "http://trusted.example:80/",
-                         headers={"Host": "trusted.example:80"})
+    reply = http_request(
+        f"{origination.net}.1",
+        EXPLICIT_PROXY_PORT,
+        "http://trusted.example:80/",
+        headers={"Host": "trusted.example:80"},
+    )
     assert (reply.status, reply.backend) == (200, "tls-server")
 
 

@@ -47,8 +47,10 @@ class EnvoyAdmin:
     async def _exchange(self, method: str, path: str) -> tuple[int, bytes]:
         reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
-            writer.write(f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                         f"Connection: close\r\nContent-Length: 0\r\n\r\n".encode())
+            writer.write(
+                f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Connection: close\r\nContent-Length: 0\r\n\r\n".encode()
+            )
             head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
             status_line, *lines = head.split("\r\n")
             headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}

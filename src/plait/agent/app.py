@@ -31,8 +31,13 @@ def app_environment(proxy: Proxy, base: Mapping[str, str]) -> dict[str, str]:
 
 
 async def start_app(command: Sequence[str], env: Mapping[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(*command, env=dict(env), stdin=asyncio.subprocess.DEVNULL,
-                                                start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
+    return await asyncio.create_subprocess_exec(
+        *command,
+        env=dict(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=die_with_parent(signal.SIGTERM),
+    )
 
 
 async def wait_for_app(app: asyncio.subprocess.Process, grace: float) -> None:

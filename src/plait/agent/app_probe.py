@@ -78,9 +78,16 @@ def _prober(path: str, spec: Any) -> AppProber:
         raise ProberError(f"{where}.{kinds[0]}.port: expected a port number, got {port!r}")
     timeout = spec.get("timeoutSeconds") or DEFAULT_TIMEOUT
     headers = tuple((h.get("name", ""), h.get("value", "")) for h in action.get("httpHeaders") or ())
-    return AppProber(kind=kinds[0], port=port, path=action.get("path") or "/", scheme=action.get("scheme") or "HTTP",
-                     host=action.get("host") or None, headers=headers, service=action.get("service") or "",
-                     timeout=float(timeout))
+    return AppProber(
+        kind=kinds[0],
+        port=port,
+        path=action.get("path") or "/",
+        scheme=action.get("scheme") or "HTTP",
+        host=action.get("host") or None,
+        headers=headers,
+        service=action.get("service") or "",
+        timeout=float(timeout),
+    )
 
 
 async def run_prober(prober: AppProber, app_address: str) -> ProbeResult:
@@ -107,8 +114,10 @@ async def _http(prober: AppProber, host: str) -> ProbeResult:
     scheme = "https" if prober.scheme.upper() == "HTTPS" else "http"
     url = f"{scheme}://{_bracket(host)}:{prober.port}{prober.path}"
     headers = {"User-Agent": "kube-probe/plait", **dict(prober.headers)}
-    async with aiohttp.ClientSession() as session, \
-            session.get(url, headers=headers, allow_redirects=False, ssl=False) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, headers=headers, allow_redirects=False, ssl=False) as response,
+    ):
         if 200 <= response.status < 400:
             return ProbeResult(200, f"GET {url}: {response.status}")
         return ProbeResult(response.status, f"GET {url}: {response.status}")
@@ -139,4 +148,3 @@ def _varint(value: int) -> bytes:
         out.append(byte | (0x80 if value else 0))
         if not value:
             return bytes(out)
-

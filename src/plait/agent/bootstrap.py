@@ -49,32 +49,42 @@ ADS_PORT = 15010
 DEFAULT_CONTROL_PLANE = f"127.0.0.1:{ADS_PORT}"
 CONTROL_PLANE_NAME = "istiod.istio-system.svc"  # the name the control plane's TLS certificate carries
 
-HTTP2_ONLY = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-    "explicit_http_config": {"http2_protocol_options": {}}}}
+HTTP2_ONLY = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }
+}
 ADS_SOURCE = {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}
 # Istio's runtime defaults (extractRuntimeFlags): big regexes allowed. Istio also sets
 # overload.global_downstream_max_connections = 2147483647 here; Envoy 1.40 deprecates that key and
 # warns on every start, so the same limit is set through the overload manager instead.
 RUNTIME_DEFAULTS = {"re2.max_program_size.error_level": "32768"}
 MAX_DOWNSTREAM_CONNECTIONS = 2147483647
-OVERLOAD_MANAGER = {"resource_monitors": [{
-    "name": "envoy.resource_monitors.global_downstream_max_connections",
-    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3."
-                              "DownstreamConnectionsConfig",
-                     "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS}}]}
+OVERLOAD_MANAGER = {
+    "resource_monitors": [
+        {
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3."
+                "DownstreamConnectionsConfig",
+                "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+            },
+        }
+    ]
+}
 # Istio's stats tags, so that per-cluster and per-listener stats carry the names dashboards expect.
 STATS_TAGS = [
     {"tag_name": "cluster_name", "regex": r"^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)"},
     {"tag_name": "tcp_prefix", "regex": r"^tcp\.((.*?)\.)\w+?$"},
     {"tag_name": "response_code", "regex": r"_rq(_(\d{3}))$"},
     {"tag_name": "response_code_class", "regex": r"_rq(_(\dxx))$"},
-    {"tag_name": "http_conn_manager_listener_prefix",
-     "regex": r"^listener(?=\.).*?\.http\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"},
-    {"tag_name": "http_conn_manager_prefix",
-     "regex": r"^http\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"},
-    {"tag_name": "listener_address",
-     "regex": r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"},
+    {
+        "tag_name": "http_conn_manager_listener_prefix",
+        "regex": r"^listener(?=\.).*?\.http\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)",
+    },
+    {"tag_name": "http_conn_manager_prefix", "regex": r"^http\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"},
+    {"tag_name": "listener_address", "regex": r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"},
 ]
 
 
@@ -91,9 +101,17 @@ class BootstrapSettings:
     xds_tls: bool = False  # TLS to the control plane, verified against the ROOTCA secret (needs an identity)
 
 
-def proxy_for_mode(mode: AgentMode, *, name: str, namespace: str, ip: str, labels: dict[str, str] | None = None,
-                   service_account: str = "default", app_address: str = "127.0.0.1",
-                   identity: str | None = None) -> Proxy:
+def proxy_for_mode(
+    mode: AgentMode,
+    *,
+    name: str,
+    namespace: str,
+    ip: str,
+    labels: dict[str, str] | None = None,
+    service_account: str = "default",
+    app_address: str = "127.0.0.1",
+    identity: str | None = None,
+) -> Proxy:
     """The `Proxy` an agent stands for: a capture or explicit-proxy sidecar, or a gateway (``router``).
     A sidecar with an `identity` (SPIFFE id) is labelled ``security.istio.io/tlsMode: istio``."""
     if mode not in ("capture", "proxy", "gateway"):
@@ -102,9 +120,17 @@ def proxy_for_mode(mode: AgentMode, *, name: str, namespace: str, ip: str, label
     labels = dict(labels or {})
     if identity and kind == "sidecar":
         labels[TLS_MODE_LABEL] = "istio"
-    return Proxy(kind=kind, ip=ip, name=name, namespace=namespace, labels=labels,
-                 mode="capture" if mode == "capture" else "proxy", service_account=service_account,
-                 app_address=app_address, identity=identity)
+    return Proxy(
+        kind=kind,
+        ip=ip,
+        name=name,
+        namespace=namespace,
+        labels=labels,
+        mode="capture" if mode == "capture" else "proxy",
+        service_account=service_account,
+        app_address=app_address,
+        identity=identity,
+    )
 
 
 def node_metadata(proxy: Proxy, admin_port: int = 15000) -> dict:
@@ -175,19 +201,32 @@ def xds_cluster(control_plane: str, tls: bool = False) -> dict:
 
 
 def control_plane_tls() -> dict:
-    return {"name": "envoy.transport_sockets.tls", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-        "sni": CONTROL_PLANE_NAME,
-        "common_tls_context": {"alpn_protocols": ["h2"], "combined_validation_context": {
-            "default_validation_context": {"match_typed_subject_alt_names": [
-                {"san_type": "DNS", "matcher": {"exact": CONTROL_PLANE_NAME}}]},
-            "validation_context_sds_secret_config": sds_secret("ROOTCA")}}}}
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": CONTROL_PLANE_NAME,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "combined_validation_context": {
+                    "default_validation_context": {
+                        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": CONTROL_PLANE_NAME}}]
+                    },
+                    "validation_context_sds_secret_config": sds_secret("ROOTCA"),
+                },
+            },
+        },
+    }
 
 
 def sds_cluster(socket_path: str) -> dict:
-    return {"name": SDS_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
-            "load_assignment": _endpoint(SDS_CLUSTER, {"pipe": {"path": socket_path}}),
-            "typed_extension_protocol_options": HTTP2_ONLY}
+    return {
+        "name": SDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": _endpoint(SDS_CLUSTER, {"pipe": {"path": socket_path}}),
+        "typed_extension_protocol_options": HTTP2_ONLY,
+    }
 
 
 def ads_config(xds: XdsFlavour, token: str | None = None) -> dict:
@@ -195,27 +234,45 @@ def ads_config(xds: XdsFlavour, token: str | None = None) -> dict:
     if xds not in ("sotw", "delta"):
         raise ValueError(f"xds must be sotw or delta, not {xds!r}")
     # Reconnect quickly after a control-plane restart (Envoy's default backoff grows to 30 s).
-    service: dict = {"envoy_grpc": {"cluster_name": XDS_CLUSTER, "retry_policy": {
-        "retry_back_off": {"base_interval": "0.2s", "max_interval": "5s"}}}}
+    service: dict = {
+        "envoy_grpc": {
+            "cluster_name": XDS_CLUSTER,
+            "retry_policy": {"retry_back_off": {"base_interval": "0.2s", "max_interval": "5s"}},
+        }
+    }
     if token:
         service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {token}"}]
-    return {"api_type": "DELTA_GRPC" if xds == "delta" else "GRPC",
-            "transport_api_version": "V3",
-            "set_node_on_first_message_only": True,
-            "grpc_services": [service]}
+    return {
+        "api_type": "DELTA_GRPC" if xds == "delta" else "GRPC",
+        "transport_api_version": "V3",
+        "set_node_on_first_message_only": True,
+        "grpc_services": [service],
+    }
 
 
 def build_bootstrap(settings: BootstrapSettings) -> dict:
     proxy = settings.proxy
     return {
-        "node": {"id": proxy.id, "cluster": f"{proxy.name}.{proxy.namespace}", "metadata": node_metadata(proxy, settings.admin_port)},
+        "node": {
+            "id": proxy.id,
+            "cluster": f"{proxy.name}.{proxy.namespace}",
+            "metadata": node_metadata(proxy, settings.admin_port),
+        },
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": settings.admin_port}}},
-        "dynamic_resources": {"ads_config": ads_config(settings.xds, settings.token), "cds_config": ADS_SOURCE,
-                              "lds_config": ADS_SOURCE},
-        "static_resources": {"clusters": [xds_cluster(settings.control_plane, settings.xds_tls),
-                                                 sds_cluster(settings.sds_socket)]},
-        "layered_runtime": {"layers": [{"name": "global config", "static_layer": RUNTIME_DEFAULTS},
-                                       {"name": "admin", "admin_layer": {}}]},
+        "dynamic_resources": {
+            "ads_config": ads_config(settings.xds, settings.token),
+            "cds_config": ADS_SOURCE,
+            "lds_config": ADS_SOURCE,
+        },
+        "static_resources": {
+            "clusters": [xds_cluster(settings.control_plane, settings.xds_tls), sds_cluster(settings.sds_socket)]
+        },
+        "layered_runtime": {
+            "layers": [
+                {"name": "global config", "static_layer": RUNTIME_DEFAULTS},
+                {"name": "admin", "admin_layer": {}},
+            ]
+        },
         "overload_manager": OVERLOAD_MANAGER,
         "stats_config": {"use_all_default_tags": False, "stats_tags": STATS_TAGS},
     }

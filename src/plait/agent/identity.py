@@ -55,8 +55,7 @@ def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def rotation_delay(not_before: datetime.datetime, not_after: datetime.datetime,
-                   now: datetime.datetime) -> float:
+def rotation_delay(not_before: datetime.datetime, not_after: datetime.datetime, now: datetime.datetime) -> float:
     """Seconds from `now` until half the lifetime [not_before, not_after] has passed; at least
     `MIN_ROTATION_DELAY`, so that a tiny or already half-spent lifetime cannot make the agent spin."""
     half_life = not_before + (not_after - not_before) / 2
@@ -91,8 +90,12 @@ class Certificate:
         return max(self.not_before, self.received_at)
 
 
-def certificate_from(chain: list[bytes], key_pem: bytes, trust_anchor: bytes, asked_at: datetime.datetime,
-                     ) -> Certificate:
+def certificate_from(
+    chain: list[bytes],
+    key_pem: bytes,
+    trust_anchor: bytes,
+    asked_at: datetime.datetime,
+) -> Certificate:
     """A `Certificate` from the CA's answer (PEM, leaf first). A self-signed last certificate is the
     root (Istio's CA sends the root last); without one the trust anchor is the root."""
     certs = [x509.load_pem_x509_certificate(pem) for pem in chain]
@@ -106,10 +109,16 @@ def certificate_from(chain: list[bytes], key_pem: bytes, trust_anchor: bytes, as
         uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
     except x509.ExtensionNotFound:
         uris = []
-    return Certificate(chain_pem=b"".join(_pem_block(p) for p in leaf_and_intermediates), key_pem=key_pem,
-                       root_pem=_pem_block(chain[-1]) if has_root else trust_anchor,
-                       identity=uris[0] if len(uris) == 1 else "", serial=leaf.serial_number,
-                       not_before=leaf.not_valid_before_utc, not_after=leaf.not_valid_after_utc, received_at=asked_at)
+    return Certificate(
+        chain_pem=b"".join(_pem_block(p) for p in leaf_and_intermediates),
+        key_pem=key_pem,
+        root_pem=_pem_block(chain[-1]) if has_root else trust_anchor,
+        identity=uris[0] if len(uris) == 1 else "",
+        serial=leaf.serial_number,
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
+        received_at=asked_at,
+    )
 
 
 def _pem_block(pem: bytes) -> bytes:
@@ -119,8 +128,17 @@ def _pem_block(pem: bytes) -> bytes:
 class CertificateManager:
     """The current certificate for one identity, renewed at half life; see the module docstring."""
 
-    def __init__(self, identity: str, ca_address: str, root_pem: bytes, token_file: Path, ttl_seconds: int, *,
-                 clock: Clock = utc_now, request: RequestCertificate = request_certificate):
+    def __init__(
+        self,
+        identity: str,
+        ca_address: str,
+        root_pem: bytes,
+        token_file: Path,
+        ttl_seconds: int,
+        *,
+        clock: Clock = utc_now,
+        request: RequestCertificate = request_certificate,
+    ):
         self.identity, self.ca_address, self.root_pem = identity, ca_address, root_pem
         self.token_file, self.ttl_seconds = token_file, ttl_seconds
         self.current: Certificate | None = None
@@ -157,9 +175,14 @@ class CertificateManager:
                     await self._renew()
                     break
                 except (CaUnavailable, CertificateError) as exc:
-                    log.error("renewing the certificate for %s failed: %s; the current one (valid until %s) "
-                              "stays; trying again in %.1fs", self.identity, exc,
-                              f"{current.not_after:%Y-%m-%d %H:%M:%S} UTC", delay)
+                    log.error(
+                        "renewing the certificate for %s failed: %s; the current one (valid until %s) "
+                        "stays; trying again in %.1fs",
+                        self.identity,
+                        exc,
+                        f"{current.not_after:%Y-%m-%d %H:%M:%S} UTC",
+                        delay,
+                    )
                     await asyncio.sleep(delay)
 
     async def _renew(self) -> Certificate:
@@ -167,21 +190,27 @@ class CertificateManager:
         token = self._read_token()
         asked_at, started = self._clock(), time.monotonic()
         try:
-            chain = await self._request(self.ca_address, root_pem=self.root_pem, token=token, csr_pem=csr_pem,
-                                        ttl_seconds=self.ttl_seconds)
+            chain = await self._request(
+                self.ca_address, root_pem=self.root_pem, token=token, csr_pem=csr_pem, ttl_seconds=self.ttl_seconds
+            )
         except CertificateRefused as exc:
             self.problem = f"the CA refused {self.identity}: {exc}"
             raise CertificateError(self.problem) from None
         certificate = certificate_from(chain, key_pem, self.root_pem, asked_at)
         if certificate.identity != self.identity:
-            self.problem = f"the CA issued a certificate for {certificate.identity or 'no single URI SAN'}, " \
-                           f"not {self.identity}"
+            self.problem = (
+                f"the CA issued a certificate for {certificate.identity or 'no single URI SAN'}, not {self.identity}"
+            )
             raise CertificateError(self.problem)
         self.current, self.problem = certificate, ""
-        log.info("certificate for %s: serial %x, valid until %s UTC (took %.0f ms); renewal in %.0fs",
-                 self.identity, certificate.serial, f"{certificate.not_after:%Y-%m-%d %H:%M:%S}",
-                 (time.monotonic() - started) * 1000,
-                 rotation_delay(certificate.renew_from, certificate.not_after, self._clock()))
+        log.info(
+            "certificate for %s: serial %x, valid until %s UTC (took %.0f ms); renewal in %.0fs",
+            self.identity,
+            certificate.serial,
+            f"{certificate.not_after:%Y-%m-%d %H:%M:%S}",
+            (time.monotonic() - started) * 1000,
+            rotation_delay(certificate.renew_from, certificate.not_after, self._clock()),
+        )
         for callback in self._subscribers:
             callback(certificate)
         return certificate

@@ -22,8 +22,10 @@ from plait.agent.admin import AdminUnavailable, EnvoyAdmin
 
 log = logging.getLogger("plait.agent")
 CONFIG_STATS = [
-    "cluster_manager.cds.update_success", "cluster_manager.cds.update_rejected",
-    "listener_manager.lds.update_success", "listener_manager.lds.update_rejected",
+    "cluster_manager.cds.update_success",
+    "cluster_manager.cds.update_rejected",
+    "listener_manager.lds.update_success",
+    "listener_manager.lds.update_rejected",
 ]
 
 
@@ -37,10 +39,13 @@ def readiness_of(server_state: str, stats: dict[str, int]) -> Readiness:
     """From what ``/ready`` says (LIVE, PRE_INITIALIZING, …) and the CDS/LDS counters."""
     cds, lds = (stats.get(f"{p}.update_success", 0) for p in ("cluster_manager.cds", "listener_manager.lds"))
     if not (cds and lds):
-        return Readiness(False, "config not received from the control plane: "
-                                f"cds updates: {cds} successful, {stats.get('cluster_manager.cds.update_rejected', 0)} "
-                                f"rejected; lds updates: {lds} successful, "
-                                f"{stats.get('listener_manager.lds.update_rejected', 0)} rejected")
+        return Readiness(
+            False,
+            "config not received from the control plane: "
+            f"cds updates: {cds} successful, {stats.get('cluster_manager.cds.update_rejected', 0)} "
+            f"rejected; lds updates: {lds} successful, "
+            f"{stats.get('listener_manager.lds.update_rejected', 0)} rejected",
+        )
     if server_state != "LIVE":
         return Readiness(False, f"Envoy is not live ({server_state}): its config is still warming up")
     return Readiness(True, "ready")
@@ -54,8 +59,9 @@ async def check_readiness(admin: EnvoyAdmin) -> Readiness:
         return Readiness(False, f"Envoy admin API not answering ({exc})")
 
 
-async def wait_until_ready(check: Callable[[], Awaitable[Readiness]], *, interval: float = 0.1,
-                           report_every: float = 5.0) -> None:
+async def wait_until_ready(
+    check: Callable[[], Awaitable[Readiness]], *, interval: float = 0.1, report_every: float = 5.0
+) -> None:
     """Poll `check` until ready, saying why not every `report_every` seconds; cancel it to give up."""
     next_report = time.monotonic() + report_every
     while not (readiness := await check()).ready:

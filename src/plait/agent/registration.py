@@ -42,8 +42,13 @@ class Registration:
         return f"{self.api}/api/v1/workloads/{self.proxy.namespace}/{self.proxy.name}"
 
     def body(self, ready: bool) -> dict:
-        return {"address": self.address, "labels": dict(self.proxy.labels), "ports": self.ports,
-                "serviceAccount": self.proxy.service_account, "ready": ready}
+        return {
+            "address": self.address,
+            "labels": dict(self.proxy.labels),
+            "ports": self.ports,
+            "serviceAccount": self.proxy.service_account,
+            "ready": ready,
+        }
 
     def headers(self) -> dict[str, str]:
         """``Authorization: Bearer TOKEN`` with the token file's current content; none without one."""
@@ -63,8 +68,12 @@ async def keep_registered(reg: Registration, is_ready: Callable[[], Awaitable[bo
         while not stop.is_set():
             ready = await is_ready()
             if await _send(session, "PUT", reg.url, reg.body(ready), reg.headers()) and ready != last:
-                log.info("registered %s/%s with the control plane as %s", reg.proxy.namespace, reg.proxy.name,
-                         "ready" if ready else "not ready")
+                log.info(
+                    "registered %s/%s with the control plane as %s",
+                    reg.proxy.namespace,
+                    reg.proxy.name,
+                    "ready" if ready else "not ready",
+                )
                 last = ready
             try:
                 await asyncio.wait_for(stop.wait(), REFRESH_SECONDS if ready == last else 0.2)
@@ -76,8 +85,10 @@ async def keep_registered(reg: Registration, is_ready: Callable[[], Awaitable[bo
 async def app_probe_ok(url: str) -> bool:
     """The app's own readiness check: a 2xx or 3xx answer within a second, as Kubernetes counts it."""
     try:
-        async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1), trust_env=False) as session,
-                    session.get(url, allow_redirects=False) as resp):
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1), trust_env=False) as session,
+            session.get(url, allow_redirects=False) as resp,
+        ):
             return 200 <= resp.status < 400
     except (aiohttp.ClientError, TimeoutError):
         return False
@@ -88,11 +99,13 @@ async def deregister(reg: Registration) -> None:
         await _send(session, "DELETE", reg.url, None, reg.headers())
 
 
-async def _send(session: aiohttp.ClientSession, method: str, url: str, body: dict | None,
-                headers: dict[str, str]) -> bool:
+async def _send(
+    session: aiohttp.ClientSession, method: str, url: str, body: dict | None, headers: dict[str, str]
+) -> bool:
     try:
-        async with session.request(method, url, data=json.dumps(body) if body is not None else None,
-                                   headers=headers) as resp:
+        async with session.request(
+            method, url, data=json.dumps(body) if body is not None else None, headers=headers
+        ) as resp:
             if resp.status >= 400 and resp.status != 404:
                 log.warning("control plane refused %s %s: %s", method, url, (await resp.text())[:200])
             return resp.status < 400

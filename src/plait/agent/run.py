@@ -106,13 +106,18 @@ def make_proxy_dir(state_dir: Path, proxy_uid: int | None) -> tuple[Path, bool]:
     a temporary one (``STATE_DIR/proxy`` is out of the proxy user's reach, or too long a path)."""
     preferred = state_dir.resolve() / PROXY_DIR
     if len(os.fsencode(preferred / SDS_SOCKET)) <= MAX_SOCKET_PATH and (
-            proxy_uid is None or reachable_by(preferred.parent, proxy_uid)):
+        proxy_uid is None or reachable_by(preferred.parent, proxy_uid)
+    ):
         preferred.mkdir(mode=0o700, exist_ok=True)
         directory, temporary = preferred, False
     else:
         directory, temporary = Path(tempfile.mkdtemp(prefix="plait-proxy-")), True
-        log.info("%s is out of reach for Envoy (uid %s) or too long a path for a socket; using %s", preferred,
-                 proxy_uid, directory)
+        log.info(
+            "%s is out of reach for Envoy (uid %s) or too long a path for a socket; using %s",
+            preferred,
+            proxy_uid,
+            directory,
+        )
     os.chmod(directory, 0o700)
     if proxy_uid is not None:
         os.chown(directory, proxy_uid, proxy_uid)
@@ -175,16 +180,26 @@ class Agent:
             self._remove_proxy_dir()
             return 1
         bootstrap_path = self._write_bootstrap(settings)
-        envoy = EnvoySupervisor(self._envoy_argv(bootstrap_path, settings), pid_file=self.config.state_dir / PID_FILE,
-                                env=self.config.proxy_env)
-        status = StatusServer(self.readiness, self.admin, app_probers=self.config.app_probers,
-                              app_address=self.proxy.app_address)
+        envoy = EnvoySupervisor(
+            self._envoy_argv(bootstrap_path, settings),
+            pid_file=self.config.state_dir / PID_FILE,
+            env=self.config.proxy_env,
+        )
+        status = StatusServer(
+            self.readiness, self.admin, app_probers=self.config.app_probers, app_address=self.proxy.app_address
+        )
         await status.start(self.config.status_address, self.config.status_port)
         if self.config.probe_port:
             await status.start(self.config.status_address, self.config.probe_port)
-        log.info("proxy %s; status on %s:%d, Envoy admin on 127.0.0.1:%d, control plane %s (%s)",
-                 self.proxy.id, self.config.status_address, self.config.status_port,
-                 self.config.bootstrap.admin_port, self.config.bootstrap.control_plane, self.config.bootstrap.xds)
+        log.info(
+            "proxy %s; status on %s:%d, Envoy admin on 127.0.0.1:%d, control plane %s (%s)",
+            self.proxy.id,
+            self.config.status_address,
+            self.config.status_port,
+            self.config.bootstrap.admin_port,
+            self.config.bootstrap.control_plane,
+            self.config.bootstrap.xds,
+        )
         registered = self._start_registration()
         with self._signal_handlers():
             try:
@@ -216,10 +231,12 @@ class Agent:
             root_pem = settings.root_cert.read_bytes()
         except OSError as exc:
             raise CertificateError(f"cannot read the root certificate {settings.root_cert}: {exc.strerror}") from None
-        self.certificates = CertificateManager(self.proxy.identity, settings.ca_address, root_pem, settings.token_file,
-                                               settings.ttl_seconds)
-        return replace(self.config.bootstrap, sds_socket=str(self.proxy_dir / SDS_SOCKET),
-                       token=read_token(settings.token_file))
+        self.certificates = CertificateManager(
+            self.proxy.identity, settings.ca_address, root_pem, settings.token_file, settings.ttl_seconds
+        )
+        return replace(
+            self.config.bootstrap, sds_socket=str(self.proxy_dir / SDS_SOCKET), token=read_token(settings.token_file)
+        )
 
     def _write_bootstrap(self, settings: BootstrapSettings) -> Path:
         path = self.config.state_dir / BOOTSTRAP_FILE
@@ -228,10 +245,14 @@ class Agent:
 
     def _envoy_argv(self, bootstrap_path: Path, settings: BootstrapSettings) -> list[str]:
         uid = self.config.proxy_uid
-        argv = envoy_argv(self.config.envoy or find_envoy(), bootstrap_path,
-                          concurrency=self.config.concurrency or os.cpu_count() or 1,
-                          proxy_uid=uid, log_level=self.config.envoy_log_level,
-                          drain_seconds=self.config.drain_seconds)
+        argv = envoy_argv(
+            self.config.envoy or find_envoy(),
+            bootstrap_path,
+            concurrency=self.config.concurrency or os.cpu_count() or 1,
+            proxy_uid=uid,
+            log_level=self.config.envoy_log_level,
+            drain_seconds=self.config.drain_seconds,
+        )
         if uid is None or settings.token is None or self.proxy_dir is None:
             return argv
         # For another user envoy_argv puts the bootstrap on the command line, which every user can read (and
@@ -239,15 +260,20 @@ class Agent:
         copy = self.proxy_dir / BOOTSTRAP_FILE
         write_private(copy, bootstrap_path.read_text(), owner=uid)
         at = argv.index("--config-yaml")
-        argv[at:at + 2] = ["-c", str(copy)]
+        argv[at : at + 2] = ["-c", str(copy)]
         return argv
 
     async def _start_certificates(self, settings: BootstrapSettings) -> int | None:
         """Get the first certificate, serve it over SDS and keep it renewed; or the exit status if the
         agent must stop instead (1: refused; 0: asked to stop while waiting for the CA)."""
         assert self.certificates is not None
-        log.info("identity %s: asking the CA at %s for a %ds certificate; SDS on %s", self.proxy.identity,
-                 self.certificates.ca_address, self.certificates.ttl_seconds, settings.sds_socket)
+        log.info(
+            "identity %s: asking the CA at %s for a %ds certificate; SDS on %s",
+            self.proxy.identity,
+            self.certificates.ca_address,
+            self.certificates.ttl_seconds,
+            settings.sds_socket,
+        )
         first = asyncio.create_task(self.certificates.first_certificate())
         stop = asyncio.create_task(self.stop_requested.wait())
         await asyncio.wait({first, stop}, return_when=asyncio.FIRST_COMPLETED)

@@ -88,14 +88,19 @@ class SecretStream:
         self.acked_version = ""
         self._nonce = 0
 
-    def receive(self, request: discovery_pb2.DiscoveryRequest,
-                material: SecretMaterial | None) -> discovery_pb2.DiscoveryResponse | None:
+    def receive(
+        self, request: discovery_pb2.DiscoveryRequest, material: SecretMaterial | None
+    ) -> discovery_pb2.DiscoveryResponse | None:
         if request.response_nonce and request.response_nonce != str(self._nonce):
             if tuple(request.resource_names) == self.names:
                 return None  # a stale ACK or NACK of an earlier response
         elif request.HasField("error_detail"):
-            log.warning("Envoy rejected secrets %s version %s: %s", ", ".join(self.names), self.sent_version,
-                        request.error_detail.message)
+            log.warning(
+                "Envoy rejected secrets %s version %s: %s",
+                ", ".join(self.names),
+                self.sent_version,
+                request.error_detail.message,
+            )
             return None
         elif request.response_nonce and tuple(request.resource_names) == self.names:
             self.acked_version = request.version_info
@@ -153,8 +158,9 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         for queue in self._streams:
             queue.put_nowait(_WAKE)
 
-    async def StreamSecrets(self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
-                            context: grpc.aio.ServicerContext) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+    async def StreamSecrets(
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         stream, queue = SecretStream(), asyncio.Queue()
         reader = asyncio.create_task(_read(request_iterator, queue))
         self._streams.add(queue)
@@ -175,8 +181,9 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
     def _log_unknown(self, names: tuple[str, ...]) -> None:
         for name in sorted(set(names) - self._unknown_logged):
             self._unknown_logged.add(name)
-            log.warning("Envoy asked for secret %r; this agent serves only %r and %r", name,
-                        WORKLOAD_SECRET, ROOT_SECRET)
+            log.warning(
+                "Envoy asked for secret %r; this agent serves only %r and %r", name, WORKLOAD_SECRET, ROOT_SECRET
+            )
 
 
 async def _read(requests: AsyncIterator[discovery_pb2.DiscoveryRequest], queue: asyncio.Queue) -> None:

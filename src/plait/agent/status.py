@@ -25,8 +25,14 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class StatusServer:
-    def __init__(self, readiness: Callable[[], Awaitable[Readiness]], admin: EnvoyAdmin, *,
-                 app_probers: Mapping[str, AppProber] | None = None, app_address: str = "127.0.0.1"):
+    def __init__(
+        self,
+        readiness: Callable[[], Awaitable[Readiness]],
+        admin: EnvoyAdmin,
+        *,
+        app_probers: Mapping[str, AppProber] | None = None,
+        app_address: str = "127.0.0.1",
+    ):
         self._readiness = readiness
         self._admin = admin
         self._app_probers = dict(app_probers or {})
@@ -49,8 +55,10 @@ class StatusServer:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
             method, path, *_ = head.split("\r\n", 1)[0].split(" ") + ["", ""]
             status, content_type, body = await self._answer(method, path)
-            writer.write(f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: {content_type}\r\n"
-                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+            writer.write(
+                f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            )
             if method != "HEAD":
                 writer.write(body)
             await writer.drain()

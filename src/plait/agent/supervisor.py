@@ -29,17 +29,34 @@ log = logging.getLogger("plait.agent")
 LOG_LINE_LIMIT = 1 << 20
 
 
-def envoy_argv(envoy: str, bootstrap_path: Path, *, concurrency: int, log_level: str,
-               drain_seconds: float, proxy_uid: int | None = None) -> list[str]:
+def envoy_argv(
+    envoy: str,
+    bootstrap_path: Path,
+    *,
+    concurrency: int,
+    log_level: str,
+    drain_seconds: float,
+    proxy_uid: int | None = None,
+) -> list[str]:
     """Envoy's command line: no hot restart (many Envoys share a host), Istio's drain settings.
 
     With `proxy_uid` (capture mode) Envoy runs as that user, whose connections iptables leaves
     alone, and gets its bootstrap inline (that user may not be able to read the state directory).
     """
     config = ["--config-yaml", bootstrap_path.read_text()] if proxy_uid is not None else ["-c", str(bootstrap_path)]
-    argv = [envoy, *config, "--disable-hot-restart", "--concurrency", str(concurrency),
-            "--log-level", log_level, "--drain-time-s", str(max(1, math.ceil(drain_seconds))),
-            "--drain-strategy", "immediate"]
+    argv = [
+        envoy,
+        *config,
+        "--disable-hot-restart",
+        "--concurrency",
+        str(concurrency),
+        "--log-level",
+        log_level,
+        "--drain-time-s",
+        str(max(1, math.ceil(drain_seconds))),
+        "--drain-strategy",
+        "immediate",
+    ]
     if proxy_uid is None:
         return argv
     return ["setpriv", f"--reuid={proxy_uid}", f"--regid={proxy_uid}", "--clear-groups", *argv]
@@ -63,8 +80,15 @@ class Backoff:
 
 
 class EnvoySupervisor:
-    def __init__(self, argv: list[str], *, pid_file: Path, output: TextIO | None = None,
-                 backoff: Backoff | None = None, env: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        pid_file: Path,
+        output: TextIO | None = None,
+        backoff: Backoff | None = None,
+        env: Mapping[str, str] | None = None,
+    ):
         self.argv = argv
         self.env = {**os.environ, **env} if env else None  # None: the agent's own environment
         self.pid_file = pid_file
@@ -94,9 +118,15 @@ class EnvoySupervisor:
 
     async def _spawn(self) -> None:
         self._process = await asyncio.create_subprocess_exec(
-            *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, limit=LOG_LINE_LIMIT, preexec_fn=die_with_parent(signal.SIGKILL),
-            start_new_session=True, env=self.env)  # a terminal's Ctrl-C reaches the agent, which drains first
+            *self.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            limit=LOG_LINE_LIMIT,
+            preexec_fn=die_with_parent(signal.SIGKILL),
+            start_new_session=True,
+            env=self.env,
+        )  # a terminal's Ctrl-C reaches the agent, which drains first
         self._started_at = time.monotonic()
         self._pump = asyncio.create_task(self._pass_log_through(self._process.stdout))
         temporary = self.pid_file.with_suffix(".tmp")

@@ -11,8 +11,16 @@ EXTENSION_WARNINGS = {"EnvoyFilter": envoy_filter_warnings, "ProxyConfig": proxy
 
 
 def _problem(r: Resource, path: str, message: str, severity: str = "error") -> Problem:
-    return Problem(message=message, file=r.source.file, document=r.source.document, kind=r.kind,
-                   namespace=r.namespace, name=r.name, path=path, severity=severity)  # type: ignore[arg-type]
+    return Problem(
+        message=message,
+        file=r.source.file,
+        document=r.source.document,
+        kind=r.kind,
+        namespace=r.namespace,
+        name=r.name,
+        path=path,
+        severity=severity,
+    )  # type: ignore[arg-type]
 
 
 def _destinations(vs: Resource):
@@ -42,12 +50,22 @@ def check_references(resources: list[Resource]) -> list[Problem]:
     for r in resources:
         if r.key in seen:
             first = seen[r.key]
-            problems.append(_problem(r, "metadata.name", f"{r.kind} {r.namespace}/{r.name} is defined twice; "
-                                     f"first in {first.source.file} document {first.source.document}"))
+            problems.append(
+                _problem(
+                    r,
+                    "metadata.name",
+                    f"{r.kind} {r.namespace}/{r.name} is defined twice; "
+                    f"first in {first.source.file} document {first.source.document}",
+                )
+            )
         seen[r.key] = r
 
-    problems += [_problem(r, path, message, "warning") for r in resources if r.kind in EXTENSION_WARNINGS
-                 for path, message in EXTENSION_WARNINGS[r.kind](r.spec)]
+    problems += [
+        _problem(r, path, message, "warning")
+        for r in resources
+        if r.kind in EXTENSION_WARNINGS
+        for path, message in EXTENSION_WARNINGS[r.kind](r.spec)
+    ]
     subsets: dict[str, set[str]] = {}
     for dr in (r for r in resources if r.kind == "DestinationRule"):
         subsets.setdefault(fqdn(dr.spec.host, dr.namespace), set()).update(s.name for s in dr.spec.subsets)
@@ -58,14 +76,33 @@ def check_references(resources: list[Resource]) -> list[Problem]:
         for path, dest in _destinations(vs):
             host = fqdn(dest.host, vs.namespace)
             if not any(matches(k, host) for k in known) and not host.startswith("*"):
-                problems.append(_problem(vs, f"{path}.host", f"no Service or ServiceEntry defines host {host!r}; "
-                                         "requests routed there will fail (503)", "warning"))
+                problems.append(
+                    _problem(
+                        vs,
+                        f"{path}.host",
+                        f"no Service or ServiceEntry defines host {host!r}; requests routed there will fail (503)",
+                        "warning",
+                    )
+                )
             if dest.subset and not any(dest.subset in names for h, names in subsets.items() if matches(h, host)):
-                problems.append(_problem(vs, f"{path}.subset", f"subset {dest.subset!r} of {host} is not defined by "
-                                         "any DestinationRule; requests routed there will fail (503)", "warning"))
+                problems.append(
+                    _problem(
+                        vs,
+                        f"{path}.subset",
+                        f"subset {dest.subset!r} of {host} is not defined by "
+                        "any DestinationRule; requests routed there will fail (503)",
+                        "warning",
+                    )
+                )
         for i, gw in enumerate(vs.spec.gateways):
             ref = gw if gw == "mesh" or "/" in gw else f"{vs.namespace}/{gw}"
             if ref != "mesh" and ref not in gateways:
-                problems.append(_problem(vs, f"spec.gateways[{i}]", f"gateway {ref!r} is not defined; "
-                                         "this VirtualService does not apply there", "warning"))
+                problems.append(
+                    _problem(
+                        vs,
+                        f"spec.gateways[{i}]",
+                        f"gateway {ref!r} is not defined; this VirtualService does not apply there",
+                        "warning",
+                    )
+                )
     return problems

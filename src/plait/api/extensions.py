@@ -26,11 +26,23 @@ from pydantic import AfterValidator, Field, model_validator
 from plait import __version__
 from plait.api.common import IstioModel, Labels, Regex, parse_duration
 
-ApplyTo = Literal["LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER", "ROUTE_CONFIGURATION",
-                  "VIRTUAL_HOST", "HTTP_ROUTE", "CLUSTER", "EXTENSION_CONFIG", "BOOTSTRAP", "LISTENER_FILTER"]
+ApplyTo = Literal[
+    "LISTENER",
+    "FILTER_CHAIN",
+    "NETWORK_FILTER",
+    "HTTP_FILTER",
+    "ROUTE_CONFIGURATION",
+    "VIRTUAL_HOST",
+    "HTTP_ROUTE",
+    "CLUSTER",
+    "EXTENSION_CONFIG",
+    "BOOTSTRAP",
+    "LISTENER_FILTER",
+]
 PatchContext = Literal["ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY", "WAYPOINT"]
-Operation = Literal["MERGE", "ADD", "REMOVE", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "REPLACE",
-                    "MERGE_AND_REPLACE_LIST"]
+Operation = Literal[
+    "MERGE", "ADD", "REMOVE", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "REPLACE", "MERGE_AND_REPLACE_LIST"
+]
 FilterClass = Literal["UNSPECIFIED", "AUTHN", "AUTHZ", "STATS"]
 RouteAction = Literal["ANY", "ROUTE", "REDIRECT", "DIRECT_RESPONSE"]
 
@@ -58,14 +70,22 @@ TYPE_PREFIX = "type.googleapis.com/"
 
 # Canonical names of filters whose pre-1.14 names Istio still warns about (pkg/config/xds/deprecated.go).
 DEPRECATED_FILTER_NAMES = {
-    "envoy.buffer": "envoy.filters.http.buffer", "envoy.cors": "envoy.filters.http.cors",
-    "envoy.csrf": "envoy.filters.http.csrf", "envoy.ext_authz": "envoy.filters.http.ext_authz",
-    "envoy.fault": "envoy.filters.http.fault", "envoy.grpc_web": "envoy.filters.http.grpc_web",
-    "envoy.gzip": "envoy.filters.http.gzip", "envoy.health_check": "envoy.filters.http.health_check",
-    "envoy.lua": "envoy.filters.http.lua", "envoy.rate_limit": "envoy.filters.http.ratelimit",
-    "envoy.router": "envoy.filters.http.router", "envoy.http_connection_manager": HCM_FILTER,
-    "envoy.tcp_proxy": "envoy.filters.network.tcp_proxy", "envoy.mongo_proxy": "envoy.filters.network.mongo_proxy",
-    "envoy.redis_proxy": "envoy.filters.network.redis_proxy", "envoy.ratelimit": "envoy.filters.network.ratelimit",
+    "envoy.buffer": "envoy.filters.http.buffer",
+    "envoy.cors": "envoy.filters.http.cors",
+    "envoy.csrf": "envoy.filters.http.csrf",
+    "envoy.ext_authz": "envoy.filters.http.ext_authz",
+    "envoy.fault": "envoy.filters.http.fault",
+    "envoy.grpc_web": "envoy.filters.http.grpc_web",
+    "envoy.gzip": "envoy.filters.http.gzip",
+    "envoy.health_check": "envoy.filters.http.health_check",
+    "envoy.lua": "envoy.filters.http.lua",
+    "envoy.rate_limit": "envoy.filters.http.ratelimit",
+    "envoy.router": "envoy.filters.http.router",
+    "envoy.http_connection_manager": HCM_FILTER,
+    "envoy.tcp_proxy": "envoy.filters.network.tcp_proxy",
+    "envoy.mongo_proxy": "envoy.filters.network.mongo_proxy",
+    "envoy.redis_proxy": "envoy.filters.network.redis_proxy",
+    "envoy.ratelimit": "envoy.filters.network.ratelimit",
     "envoy.listener.tls_inspector": "envoy.filters.listener.tls_inspector",
     "envoy.listener.http_inspector": "envoy.filters.listener.http_inspector",
     "envoy.listener.original_dst": "envoy.filters.listener.original_dst",
@@ -73,11 +93,11 @@ DEPRECATED_FILTER_NAMES = {
 }
 MAX_PROXY_VERSION_LENGTH = 1024  # Istio treats a longer proxyVersion as matching no proxy
 # Node metadata keys plait's proxies carry whose values translation knows (see `xds.envoyfilter`).
-KNOWN_METADATA_KEYS = ("NAMESPACE", "INTERCEPTION_MODE", "PLAIT_MODE", "ISTIO_VERSION", "APP_ADDRESS",
-                       "PLAIT_IDENTITY")
+KNOWN_METADATA_KEYS = ("NAMESPACE", "INTERCEPTION_MODE", "PLAIT_MODE", "ISTIO_VERSION", "APP_ADDRESS", "PLAIT_IDENTITY")
 
 
 # ---------------------------------------------------------------- Envoy message types by name
+
 
 @functools.cache
 def message_class(full_name: str) -> type | None:
@@ -209,6 +229,7 @@ def envoy_value(apply_to: str, value: dict, *, strict: bool = False) -> dict:
 
 # ---------------------------------------------------------------- EnvoyFilter
 
+
 class WorkloadSelector(IstioModel):
     labels: Labels = {}
 
@@ -300,8 +321,10 @@ class EnvoyConfigObjectMatch(IstioModel):
     def _one_object_type(self) -> "EnvoyConfigObjectMatch":
         set_ = [name for name in OBJECT_TYPES if getattr(self, name) is not None]
         if len(set_) > 1:
-            raise ValueError("set only one of listener, routeConfiguration, cluster (got "
-                             f"{', '.join(OBJECT_TYPES[name] for name in set_)})")
+            raise ValueError(
+                "set only one of listener, routeConfiguration, cluster (got "
+                f"{', '.join(OBJECT_TYPES[name] for name in set_)})"
+            )
         if (self.waypoint is not None) != (self.context == "WAYPOINT"):
             raise ValueError("waypoint matches go with context WAYPOINT only")
         return self
@@ -311,8 +334,12 @@ class EnvoyConfigObjectMatch(IstioModel):
         return next((name for name in OBJECT_TYPES if getattr(self, name) is not None), None)
 
 
-OBJECT_TYPES = {"listener": "listener", "route_configuration": "routeConfiguration", "cluster": "cluster",
-                "waypoint": "waypoint"}  # the oneof of a match: field → Istio's name
+OBJECT_TYPES = {
+    "listener": "listener",
+    "route_configuration": "routeConfiguration",
+    "cluster": "cluster",
+    "waypoint": "waypoint",
+}  # the oneof of a match: field → Istio's name
 
 
 class Patch(IstioModel):
@@ -399,6 +426,7 @@ class EnvoyFilterSpec(IstioModel):
 
 # ---------------------------------------------------------------- ProxyConfig
 
+
 def _check_env_name(name: str) -> str:
     if not name or "=" in name or "\x00" in name:
         raise ValueError(f"{name!r} is not an environment variable name")
@@ -430,6 +458,7 @@ class ProxyConfigSpec(IstioModel):
 
 # ---------------------------------------------------------------- what plait accepts without effect
 
+
 def _patch_warnings(i: int, cp: EnvoyConfigObjectPatch) -> list[tuple[str, str]]:
     path = f"spec.configPatches[{i}]"
     out: list[tuple[str, str]] = []
@@ -439,37 +468,72 @@ def _patch_warnings(i: int, cp: EnvoyConfigObjectPatch) -> list[tuple[str, str]]
     if apply_to in NOT_SUPPORTED_YET:
         out.append((f"{path}.applyTo", f"applyTo {apply_to} is not supported by plait yet; this patch is ignored"))
     elif apply_to == "ROUTE_CONFIGURATION" and op not in ("MERGE", "MERGE_AND_REPLACE_LIST"):
-        out.append((f"{path}.patch.operation",
-                    f"{op} has no effect on ROUTE_CONFIGURATION (only MERGE does, as in Istio)"))
+        out.append(
+            (f"{path}.patch.operation", f"{op} has no effect on ROUTE_CONFIGURATION (only MERGE does, as in Istio)")
+        )
     elif op == "REPLACE" and apply_to not in ("HTTP_FILTER", "NETWORK_FILTER", "LISTENER_FILTER", "VIRTUAL_HOST"):
         out.append((f"{path}.patch.operation", f"REPLACE has no effect on {apply_to} (as in Istio)"))
     if isinstance(cp.patch.value, dict) and ({"config_discovery", "configDiscovery"} & set(cp.patch.value)):
-        out.append((f"{path}.patch.value", "config_discovery asks for an EXTENSION_CONFIG (ECDS), which plait does "
-                    "not serve yet: Envoy would wait for it; give the filter a typed_config instead"))
+        out.append(
+            (
+                f"{path}.patch.value",
+                "config_discovery asks for an EXTENSION_CONFIG (ECDS), which plait does "
+                "not serve yet: Envoy would wait for it; give the filter a typed_config instead",
+            )
+        )
     if cp.patch.filter_class != "UNSPECIFIED":
-        out.append((f"{path}.patch.filterClass", "filterClass has no effect (Istio ignores it too): "
-                    "ADD appends the filter at the end of the list"))
+        out.append(
+            (
+                f"{path}.patch.filterClass",
+                "filterClass has no effect (Istio ignores it too): ADD appends the filter at the end of the list",
+            )
+        )
     if cp.match and cp.match.proxy and len(cp.match.proxy.proxy_version) > MAX_PROXY_VERSION_LENGTH:
-        out.append((f"{path}.match.proxy.proxyVersion", f"longer than {MAX_PROXY_VERSION_LENGTH} characters: "
-                    "matches no proxy (as in Istio)"))
-    elif cp.match and cp.match.proxy and cp.match.proxy.proxy_version \
-            and not re2.search(cp.match.proxy.proxy_version, __version__):
-        out.append((f"{path}.match.proxy.proxyVersion", f"matches no plait proxy: they report ISTIO_VERSION "
-                    f"{__version__} (plait's version); this patch applies to none"))
+        out.append(
+            (
+                f"{path}.match.proxy.proxyVersion",
+                f"longer than {MAX_PROXY_VERSION_LENGTH} characters: matches no proxy (as in Istio)",
+            )
+        )
+    elif (
+        cp.match
+        and cp.match.proxy
+        and cp.match.proxy.proxy_version
+        and not re2.search(cp.match.proxy.proxy_version, __version__)
+    ):
+        out.append(
+            (
+                f"{path}.match.proxy.proxyVersion",
+                f"matches no plait proxy: they report ISTIO_VERSION "
+                f"{__version__} (plait's version); this patch applies to none",
+            )
+        )
     if cp.match and cp.match.proxy:
         unknown = sorted(set(cp.match.proxy.metadata) - set(KNOWN_METADATA_KEYS))
         if unknown:
-            out.append((f"{path}.match.proxy.metadata", f"plait proxies do not report {', '.join(unknown)}; "
-                        f"this patch applies to none (known keys: {', '.join(KNOWN_METADATA_KEYS)})"))
+            out.append(
+                (
+                    f"{path}.match.proxy.metadata",
+                    f"plait proxies do not report {', '.join(unknown)}; "
+                    f"this patch applies to none (known keys: {', '.join(KNOWN_METADATA_KEYS)})",
+                )
+            )
     listener = cp.match.listener if cp.match else None
     if listener and listener.port_name:
         out.append((f"{path}.match.listener.portName", "portName is not implemented (in Istio either); ignored"))
-    names = [listener.filter_chain.filter.name, (listener.filter_chain.filter.sub_filter or SubFilterMatch()).name] \
-        if listener and listener.filter_chain and listener.filter_chain.filter else []
+    names = (
+        [listener.filter_chain.filter.name, (listener.filter_chain.filter.sub_filter or SubFilterMatch()).name]
+        if listener and listener.filter_chain and listener.filter_chain.filter
+        else []
+    )
     for name in filter(None, [*names, listener.listener_filter if listener else ""]):
         if name in DEPRECATED_FILTER_NAMES:
-            out.append((f"{path}.match.listener", f"deprecated filter name {name!r} matches nothing; "
-                        f"use {DEPRECATED_FILTER_NAMES[name]!r}"))
+            out.append(
+                (
+                    f"{path}.match.listener",
+                    f"deprecated filter name {name!r} matches nothing; use {DEPRECATED_FILTER_NAMES[name]!r}",
+                )
+            )
     if cp.patch.value is not None:
         try:
             envoy_value(apply_to, cp.patch.value, strict=True)
@@ -482,8 +546,9 @@ def envoy_filter_warnings(spec: EnvoyFilterSpec) -> list[tuple[str, str]]:
     """(field path, message) for what an EnvoyFilter asks that plait (or Istio) will not do."""
     out: list[tuple[str, str]] = []
     if spec.workload_selector is not None and not spec.workload_selector.labels:
-        out.append(("spec.workloadSelector", "workloadSelector without labels: applies to every workload "
-                    "of the namespace"))
+        out.append(
+            ("spec.workloadSelector", "workloadSelector without labels: applies to every workload of the namespace")
+        )
     for i, cp in enumerate(spec.config_patches):
         out += _patch_warnings(i, cp)
     return out

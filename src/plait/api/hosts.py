@@ -48,10 +48,16 @@ def check_host(host: str) -> str:
     As in Istio, a trailing dot is allowed (``istio.io.``)."""
     first, _, rest = host.partition(".")
     labels = rest.removesuffix(".").split(".") if rest else []
-    if not host or len(host) > 255 or not (_WILDCARD_LABEL.match(first) or _HOST_LABEL.match(first)) \
-            or not all(_HOST_LABEL.match(label) for label in labels):
-        raise ValueError(f"{host!r} is not a valid host; expected a DNS name such as 'reviews', "
-                         "'reviews.default.svc.cluster.local' or a wildcard such as '*.example.com'")
+    if (
+        not host
+        or len(host) > 255
+        or not (_WILDCARD_LABEL.match(first) or _HOST_LABEL.match(first))
+        or not all(_HOST_LABEL.match(label) for label in labels)
+    ):
+        raise ValueError(
+            f"{host!r} is not a valid host; expected a DNS name such as 'reviews', "
+            "'reviews.default.svc.cluster.local' or a wildcard such as '*.example.com'"
+        )
     return host
 
 

@@ -31,12 +31,18 @@ _BLANK_OR_END = "\0 \t\r\n\x85\u2028\u2029"
 _FLOW_INDICATORS = ",?[]{}"
 
 _IMPLICIT = (
-    ("tag:yaml.org,2002:bool", r"yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF",
-     "yYnNtTfFoO"),
+    (
+        "tag:yaml.org,2002:bool",
+        r"yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF",
+        "yYnNtTfFoO",
+    ),
     ("tag:yaml.org,2002:int", r"[-+]?(?:0b[01_]+|0[0-7_]+|0x[0-9a-fA-F_]+|0|[1-9][0-9_]*)", "-+0123456789"),
-    ("tag:yaml.org,2002:float",
-     r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?)"
-     r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)", "-+0123456789."),
+    (
+        "tag:yaml.org,2002:float",
+        r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?)"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+        "-+0123456789.",
+    ),
     ("tag:yaml.org,2002:null", r"~|null|Null|NULL|", ["~", "n", "N", ""]),
     ("tag:yaml.org,2002:merge", r"<<", "<"),
 )
@@ -61,8 +67,12 @@ class KubeConstructor(SafeConstructor):
                     continue
                 key = (key_node.tag, key_node.value)
                 if key in seen:
-                    raise ConstructorError("while constructing a mapping", node.start_mark,
-                                           f"found duplicate key {key_node.value!r}", key_node.start_mark)
+                    raise ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {key_node.value!r}",
+                        key_node.start_mark,
+                    )
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -100,8 +110,9 @@ class KubeScanner(yaml.scanner.Scanner):
         return ScalarToken("".join(chunks), True, start_mark, end_mark)
 
 
-class _PureLoader(yaml.reader.Reader, KubeScanner, yaml.parser.Parser, yaml.composer.Composer,
-                  KubeConstructor, KubeResolver):
+class _PureLoader(
+    yaml.reader.Reader, KubeScanner, yaml.parser.Parser, yaml.composer.Composer, KubeConstructor, KubeResolver
+):
     def __init__(self, stream: str):
         yaml.reader.Reader.__init__(self, stream)
         KubeScanner.__init__(self)
@@ -112,6 +123,7 @@ class _PureLoader(yaml.reader.Reader, KubeScanner, yaml.parser.Parser, yaml.comp
 
 
 if hasattr(yaml, "CParser"):
+
     class FastLoader(yaml.CParser, KubeConstructor, KubeResolver):  # libyaml: ~10x faster
         def __init__(self, stream: str):
             yaml.CParser.__init__(self, stream)

@@ -70,8 +70,7 @@ def _unknown_field_message(kind: str, loc: list[Any]) -> str:
         return f"{name} is an Istio field that is not supported by plait yet; remove it or see docs/configuration.md"
     camel = to_camel(name)
     if "_" in name and camel != name:
-        return (f"unknown field {name!r}: field names are camelCase as in Istio's API and Kubernetes "
-                f"(write {camel!r})")
+        return f"unknown field {name!r}: field names are camelCase as in Istio's API and Kubernetes (write {camel!r})"
     return "unknown field; check its spelling against Istio's API reference (field names are camelCase)"
 
 
@@ -104,8 +103,9 @@ def _kind_refusal(kind: str, api_version: str) -> dict[str, str] | None:
     """Why a document of this kind is not loaded (path, message, severity), or None to load it.
 
     A kind with a model always loads; the not-supported lists only name what has none."""
-    if kind in SPEC_MODELS and (api_version in SPEC_MODELS[kind][0]
-                                or api_version.rpartition("/")[0] not in NOT_SUPPORTED_GROUPS):
+    if kind in SPEC_MODELS and (
+        api_version in SPEC_MODELS[kind][0] or api_version.rpartition("/")[0] not in NOT_SUPPORTED_GROUPS
+    ):
         return None  # a wrong apiVersion of a modelled kind is reported by the caller
     not_supported = kind_not_supported(kind, api_version)
     if not_supported:
@@ -133,8 +133,15 @@ def parse_document(doc: Any, source: Source) -> tuple[list[Resource], list[Probl
             problems += p
         return resources, problems
     if not isinstance(kind, str) or not isinstance(api_version, str):
-        return [], [Problem(**{**base.__dict__, "path": "kind" if not isinstance(kind, str) else "apiVersion",
-                               "message": "every document needs apiVersion and kind"})]
+        return [], [
+            Problem(
+                **{
+                    **base.__dict__,
+                    "path": "kind" if not isinstance(kind, str) else "apiVersion",
+                    "message": "every document needs apiVersion and kind",
+                }
+            )
+        ]
     meta_raw = doc.get("metadata") or {}
     name = meta_raw.get("name", "") if isinstance(meta_raw, dict) else ""
     namespace = (meta_raw.get("namespace") if isinstance(meta_raw, dict) else None) or "default"
@@ -144,8 +151,15 @@ def parse_document(doc: Any, source: Source) -> tuple[list[Resource], list[Probl
         return [], [Problem(**{**base.__dict__, **refusal})]
     versions, model = SPEC_MODELS[kind]
     if api_version not in versions:
-        return [], [Problem(**{**base.__dict__, "path": "apiVersion",
-                               "message": f"{api_version!r} is not an apiVersion of {kind}; expected one of {', '.join(versions)}"})]
+        return [], [
+            Problem(
+                **{
+                    **base.__dict__,
+                    "path": "apiVersion",
+                    "message": f"{api_version!r} is not an apiVersion of {kind}; expected one of {', '.join(versions)}",
+                }
+            )
+        ]
     unknown = sorted(set(doc) - {"apiVersion", "kind", "metadata", "spec", "status"})
     if unknown and kind not in FLAT_KINDS:
         expected = "unknown top-level field; expected apiVersion, kind, metadata, spec"
@@ -163,8 +177,10 @@ def parse_document(doc: Any, source: Source) -> tuple[list[Resource], list[Probl
     rules = SPEC_RULES.get(kind)
     findings = list(rules(spec)) if rules else []
     if findings:
-        return [], [Problem(**{**base.__dict__, "path": _path([path], "spec"), "message": message})
-                    for path, message in findings]
+        return [], [
+            Problem(**{**base.__dict__, "path": _path([path], "spec"), "message": message})
+            for path, message in findings
+        ]
     return [Resource(kind=kind, api_version=api_version, meta=meta, spec=spec, source=source)], []
 
 

@@ -28,7 +28,6 @@ def check_weights(destinations: list) -> list:
 Weighted = AfterValidator(check_weights)
 
 
-
 class Destination(IstioModel):
     host: str
     subset: str | None = None
@@ -228,15 +227,22 @@ class HTTPRoute(IstioModel):
     mirror: Destination | None = None
     mirrors: list[HTTPMirrorPolicy] = []
     mirror_percentage: Percent | None = None
-    mirror_percent: int | None = Field(default=None, ge=0, le=100,  # the CRD also lists the legacy spelling
-                                       validation_alias=AliasChoices("mirrorPercent", "mirror_percent"))
+    mirror_percent: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,  # the CRD also lists the legacy spelling
+        validation_alias=AliasChoices("mirrorPercent", "mirror_percent"),
+    )
     cors_policy: CorsPolicy | None = None
     headers: Headers | None = None
 
     @model_validator(mode="after")
     def _action(self) -> "HTTPRoute":
-        actions = [a for a, v in (("route", self.route), ("redirect", self.redirect),
-                                  ("directResponse", self.direct_response)) if v]
+        actions = [
+            a
+            for a, v in (("route", self.route), ("redirect", self.redirect), ("directResponse", self.direct_response))
+            if v
+        ]
         if self.delegate is not None:
             if self.route or self.redirect:
                 raise ValueError("a root HTTP route with a delegate must not specify route or redirect")
@@ -265,8 +271,9 @@ class TLSMatchAttributes(L4MatchAttributes):
     @model_validator(mode="after")
     def _no_source_subnet(self) -> "TLSMatchAttributes":
         if self.source_subnet is not None:
-            raise ValueError("sourceSubnet is not a field of a TLS match (Istio removed it); "
-                             "it exists only in tcp matches")
+            raise ValueError(
+                "sourceSubnet is not a field of a TLS match (Istio removed it); it exists only in tcp matches"
+            )
         return self
 
 
@@ -311,8 +318,10 @@ class VirtualServiceSpec(IstioModel):
             for match in route.match:
                 for name in (*match.headers, *match.without_headers):
                     if name.lower().startswith("@request.auth.claims"):
-                        raise ValueError(f"JWT claim based routing ({name}) is only supported for gateways: "
-                                         "list gateways (and not mesh) in spec.gateways")
+                        raise ValueError(
+                            f"JWT claim based routing ({name}) is only supported for gateways: "
+                            "list gateways (and not mesh) in spec.gateways"
+                        )
         return self
 
 
@@ -352,8 +361,11 @@ class ConsistentHashLB(IstioModel):
 
     @model_validator(mode="after")
     def _one_key(self) -> "ConsistentHashLB":
-        keys = [k for k in ("http_header_name", "http_cookie", "use_source_ip", "http_query_parameter_name")
-                if getattr(self, k)]
+        keys = [
+            k
+            for k in ("http_header_name", "http_cookie", "use_source_ip", "http_query_parameter_name")
+            if getattr(self, k)
+        ]
         if len(keys) != 1:
             raise ValueError("set exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName")
         return self
@@ -572,8 +584,10 @@ class ServiceEntrySpec(IstioModel):
         if self.resolution in ("DNS", "DNS_ROUND_ROBIN") and not self.endpoints:
             wild = [h for h in self.hosts if h.startswith("*")]
             if wild:
-                raise ValueError(f"resolution {self.resolution} cannot resolve wildcard hosts ({', '.join(wild)}); "
-                                 "use resolution NONE or list endpoints")
+                raise ValueError(
+                    f"resolution {self.resolution} cannot resolve wildcard hosts ({', '.join(wild)}); "
+                    "use resolution NONE or list endpoints"
+                )
         return self
 
 
@@ -593,6 +607,7 @@ TlsServerMode = Literal["PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "
 
 class TLSCertificate(IstioModel):
     """One of a Gateway server's ``tls.tlsCertificates`` (e.g. an RSA and an ECDSA pair)."""
+
     server_certificate: str | None = None
     private_key: str | None = None
     ca_certificates: str | None = None
@@ -639,10 +654,17 @@ class Server(IstioModel):
         if proto in ("HTTPS", "TLS") and (self.tls is None or self.tls.mode is None):
             raise ValueError(f"a {proto} server needs tls.mode (SIMPLE, MUTUAL, PASSTHROUGH, ...)")
         tls = self.tls
-        if tls and tls.mode in ("SIMPLE", "MUTUAL") and not tls.credential_name and not tls.credential_names \
-                and not tls.tls_certificates and not (tls.server_certificate and tls.private_key):
-            raise ValueError(f"tls mode {tls.mode} needs credentialName, tlsCertificates, "
-                             "or serverCertificate and privateKey")
+        if (
+            tls
+            and tls.mode in ("SIMPLE", "MUTUAL")
+            and not tls.credential_name
+            and not tls.credential_names
+            and not tls.tls_certificates
+            and not (tls.server_certificate and tls.private_key)
+        ):
+            raise ValueError(
+                f"tls mode {tls.mode} needs credentialName, tlsCertificates, or serverCertificate and privateKey"
+            )
         return self
 
 
@@ -665,7 +687,9 @@ class IstioEgressListener(IstioModel):
     def _ns_host_form(cls, hosts: list[str]) -> list[str]:
         for entry in hosts:
             if "/" not in entry:
-                raise ValueError(f"egress host {entry!r} must have the form 'namespace/host', e.g. './*' or 'istio-system/*'")
+                raise ValueError(
+                    f"egress host {entry!r} must have the form 'namespace/host', e.g. './*' or 'istio-system/*'"
+                )
             ns, host = entry.split("/", 1)
             if not ns:
                 raise ValueError(f"egress host {entry!r} has an empty namespace; use '.', '*', '~' or a name")
@@ -675,6 +699,7 @@ class IstioEgressListener(IstioModel):
 
 class IstioIngressListener(IstioModel):
     """A Sidecar ``ingress`` listener: the workload's inbound ports, instead of its services' ports."""
+
     port: GatewayPort
     bind: str | None = None  # accepted; capture mode matches on the port only
     capture_mode: Literal["DEFAULT", "IPTABLES", "NONE"] | None = None
@@ -688,10 +713,10 @@ class IstioIngressListener(IstioModel):
         if not value or value.startswith("unix://"):
             return value
         host, _, port = value.rpartition(":")
-        if host not in ("127.0.0.1", "0.0.0.0", "[::1]", "[::]") or not port.isdigit() \
-                or not 1 <= int(port) <= 65535:
-            raise ValueError(f"defaultEndpoint {value!r} must be 127.0.0.1:PORT, 0.0.0.0:PORT, [::1]:PORT, "
-                             "[::]:PORT or unix:///path")
+        if host not in ("127.0.0.1", "0.0.0.0", "[::1]", "[::]") or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(
+                f"defaultEndpoint {value!r} must be 127.0.0.1:PORT, 0.0.0.0:PORT, [::1]:PORT, [::]:PORT or unix:///path"
+            )
         return value
 
 

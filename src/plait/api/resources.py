@@ -105,10 +105,18 @@ class Resource:
         if self.meta.annotations:
             meta["annotations"] = dict(self.meta.annotations)
         if self.kind in FLAT_KINDS:
-            return {"apiVersion": self.api_version, "kind": self.kind, "metadata": meta,
-                    **self.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)}
-        return {"apiVersion": self.api_version, "kind": self.kind, "metadata": meta,
-                "spec": self.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)}
+            return {
+                "apiVersion": self.api_version,
+                "kind": self.kind,
+                "metadata": meta,
+                **self.spec.model_dump(mode="json", by_alias=True, exclude_unset=True),
+            }
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "metadata": meta,
+            "spec": self.spec.model_dump(mode="json", by_alias=True, exclude_unset=True),
+        }
 
     def config_path(self) -> str:
         """Istio's config reference, as it appears in route metadata: /apis/GROUP/VERSION/namespaces/NS/KIND/NAME."""

@@ -22,11 +22,26 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Istio's port protocols (pkg/config/protocol), compared without case.
 PROTOCOLS = ("HTTP", "HTTPS", "HTTP2", "HTTP_PROXY", "GRPC", "GRPC-WEB", "TCP", "TLS", "UDP", "MONGO", "REDIS", "MYSQL")
 # x-envoy-retry-on and x-envoy-retry-grpc-on policies Istio accepts in retryOn (besides HTTP status codes).
-RETRY_ON = frozenset({
-    "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "retriable-4xx", "refused-stream",
-    "retriable-status-codes", "retriable-headers", "envoy-ratelimited", "http3-post-connect-failure",
-    "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
-})
+RETRY_ON = frozenset(
+    {
+        "5xx",
+        "gateway-error",
+        "reset",
+        "reset-before-request",
+        "connect-failure",
+        "retriable-4xx",
+        "refused-stream",
+        "retriable-status-codes",
+        "retriable-headers",
+        "envoy-ratelimited",
+        "http3-post-connect-failure",
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
+    }
+)
 _STATUS_CODES = frozenset(int(s) for s in http.HTTPStatus)
 
 
@@ -54,8 +69,13 @@ def protocol_name(path: str, protocol: str | None) -> Iterator[Finding]:
 
 def port_name(path: str, name: str) -> Iterator[Finding]:
     if not DNS1123_LABEL.match(name):
-        yield path, (f"port name {name!r} is not valid; expected a DNS label (lower-case letters, digits "
-                     "and '-'), e.g. 'http-web'")
+        yield (
+            path,
+            (
+                f"port name {name!r} is not valid; expected a DNS label (lower-case letters, digits "
+                "and '-'), e.g. 'http-web'"
+            ),
+        )
 
 
 def port_number(path: str, number: int) -> Iterator[Finding]:

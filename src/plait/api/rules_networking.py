@@ -36,13 +36,20 @@ def virtual_service(vs: net.VirtualServiceSpec) -> Iterator[Finding]:
     applies_to_mesh = not vs.gateways or MESH in vs.gateways
     for i, host in enumerate(vs.hosts):
         if host == "*" and applies_to_mesh:
-            yield f"hosts[{i}]", ("'*' is not allowed as the host of a VirtualService that applies to the mesh "
-                                  "(no gateways, or 'mesh' among them); name the hosts")
+            yield (
+                f"hosts[{i}]",
+                (
+                    "'*' is not allowed as the host of a VirtualService that applies to the mesh "
+                    "(no gateways, or 'mesh' among them); name the hosts"
+                ),
+            )
     for i in range(len(vs.hosts)):
         for j in range(i + 1, len(vs.hosts)):
             if hosts_overlap(vs.hosts[i], vs.hosts[j]):
-                yield f"hosts[{j}]", (f"duplicate hosts: {vs.hosts[i]!r} and {vs.hosts[j]!r} overlap; "
-                                      "list each host once")
+                yield (
+                    f"hosts[{j}]",
+                    (f"duplicate hosts: {vs.hosts[i]!r} and {vs.hosts[j]!r} overlap; list each host once"),
+                )
     for i, name in enumerate(vs.gateways):
         yield from gateway_name(f"gateways[{i}]", name)
     for i, route in enumerate(vs.http):
@@ -88,12 +95,17 @@ def http_route(path: str, route: net.HTTPRoute) -> Iterator[Finding]:
         yield from header_operations(f"{path}.route[{i}].headers", dest.headers)
     if route.redirect is not None:
         yield from redirect(f"{path}.redirect", route.redirect)
-    if route.rewrite is not None and not (route.rewrite.uri or route.rewrite.uri_regex_rewrite or route.rewrite.authority):
+    if route.rewrite is not None and not (
+        route.rewrite.uri or route.rewrite.uri_regex_rewrite or route.rewrite.authority
+    ):
         yield f"{path}.rewrite", "a rewrite needs uri, uriRegexRewrite or authority"
     if route.cors_policy is not None:
         for i, method in enumerate(route.cors_policy.allow_methods):
             if method not in CORS_METHODS:
-                yield f"{path}.corsPolicy.allowMethods[{i}]", f"{method!r} is not an HTTP method ({', '.join(CORS_METHODS)})"
+                yield (
+                    f"{path}.corsPolicy.allowMethods[{i}]",
+                    f"{method!r} is not an HTTP method ({', '.join(CORS_METHODS)})",
+                )
     for i, match in enumerate(route.match):
         yield from string_matches(f"{path}.match[{i}]", match)
 
@@ -121,8 +133,9 @@ def header_operations(path: str, headers: net.Headers | None) -> Iterator[Findin
 
 
 def redirect(path: str, target: net.HTTPRedirect) -> Iterator[Finding]:
-    if not (target.uri or target.prefix_rewrite or target.authority or target.scheme or target.port
-            or target.derive_port):
+    if not (
+        target.uri or target.prefix_rewrite or target.authority or target.scheme or target.port or target.derive_port
+    ):
         yield path, "a redirect needs uri, prefixRewrite, authority, scheme or port"
     if target.scheme is not None and target.scheme not in ("http", "https"):
         yield f"{path}.scheme", f"redirect scheme {target.scheme!r} must be 'http' or 'https'"
@@ -150,16 +163,29 @@ def destination(path: str, dest: net.Destination) -> Iterator[Finding]:
 
 def retries(path: str, retry: net.HTTPRetry) -> Iterator[Finding]:
     if retry.attempts == 0:
-        extra = [name for name, field in (("perTryTimeout", retry.per_try_timeout), ("retryOn", retry.retry_on),
-                                          ("retryRemoteLocalities", retry.retry_remote_localities))
-                 if field is not None and field != ""]
+        extra = [
+            name
+            for name, field in (
+                ("perTryTimeout", retry.per_try_timeout),
+                ("retryOn", retry.retry_on),
+                ("retryRemoteLocalities", retry.retry_remote_localities),
+            )
+            if field is not None and field != ""
+        ]
         if extra:
-            yield path, (f"{', '.join(extra)} set while attempts is 0 (retries disabled); "
-                         "set attempts, or remove the retry settings")
+            yield (
+                path,
+                (
+                    f"{', '.join(extra)} set while attempts is 0 (retries disabled); "
+                    "set attempts, or remove the retry settings"
+                ),
+            )
     for policy in (retry.retry_on or "").split(",") if retry.retry_on else []:
         if policy not in RETRY_ON and not status_code(policy):
-            yield f"{path}.retryOn", (f"{policy!r} is not a retryOn policy; expected HTTP status codes or "
-                                      f"{', '.join(sorted(RETRY_ON))}")
+            yield (
+                f"{path}.retryOn",
+                (f"{policy!r} is not a retryOn policy; expected HTTP status codes or {', '.join(sorted(RETRY_ON))}"),
+            )
 
 
 def l4_match(path: str, match: net.L4MatchAttributes) -> Iterator[Finding]:
@@ -182,8 +208,10 @@ def sni_hosts(path: str, names: list[str], vs_hosts: list[str]) -> Iterator[Find
     """Each SNI host must lie within one of the VirtualService's hosts."""
     for i, name in enumerate(names):
         if not any(_sni_within(name, host) for host in vs_hosts):
-            yield f"{path}[{i}]", (f"SNI host {name!r} is not within any of the VirtualService's hosts "
-                                   f"({', '.join(vs_hosts)})")
+            yield (
+                f"{path}[{i}]",
+                (f"SNI host {name!r} is not within any of the VirtualService's hosts ({', '.join(vs_hosts)})"),
+            )
 
 
 # ---------------------------------------------------------------- DestinationRule
@@ -240,20 +268,31 @@ def consistent_hash(path: str, lb: net.ConsistentHashLB) -> Iterator[Finding]:
 
 
 def _is_prime(n: int) -> bool:
-    return n > 1 and all(n % f for f in range(2, int(n ** 0.5) + 1))
+    return n > 1 and all(n % f for f in range(2, int(n**0.5) + 1))
 
 
 def client_tls(path: str, tls: net.ClientTLSSettings) -> Iterator[Finding]:
     """Istio's ClientTLSSettings rules (insecureSkipVerify, credentialName exclusivity)."""
-    if tls.insecure_skip_verify and tls.mode == "SIMPLE" and (tls.ca_certificates or tls.credential_name
-                                                             or tls.subject_alt_names):
+    if (
+        tls.insecure_skip_verify
+        and tls.mode == "SIMPLE"
+        and (tls.ca_certificates or tls.credential_name or tls.subject_alt_names)
+    ):
         yield path, "insecureSkipVerify cannot be combined with caCertificates, credentialName or subjectAltNames"
     if tls.insecure_skip_verify and tls.mode == "MUTUAL" and (tls.ca_certificates or tls.subject_alt_names):
         yield path, "insecureSkipVerify cannot be combined with caCertificates or subjectAltNames"
-    if tls.mode in ("SIMPLE", "MUTUAL") and tls.credential_name and (
-            tls.client_certificate or tls.private_key or tls.ca_certificates):
-        yield path, ("credentialName cannot be combined with clientCertificate, privateKey or caCertificates "
-                     "(the credential holds them)")
+    if (
+        tls.mode in ("SIMPLE", "MUTUAL")
+        and tls.credential_name
+        and (tls.client_certificate or tls.private_key or tls.ca_certificates)
+    ):
+        yield (
+            path,
+            (
+                "credentialName cannot be combined with clientCertificate, privateKey or caCertificates "
+                "(the credential holds them)"
+            ),
+        )
 
 
 # ---------------------------------------------------------------- Gateway
@@ -262,8 +301,13 @@ def client_tls(path: str, tls: net.ClientTLSSettings) -> Iterator[Finding]:
 def gateway(gw: net.GatewaySpec) -> Iterator[Finding]:
     yield from selector("selector", gw.selector)
     for i in duplicates([server.port.name for server in gw.servers]):
-        yield f"servers[{i}].port.name", (f"port name {gw.servers[i].port.name!r} is used by another server; "
-                                          "port names must be unique in a Gateway")
+        yield (
+            f"servers[{i}].port.name",
+            (
+                f"port name {gw.servers[i].port.name!r} is used by another server; "
+                "port names must be unique in a Gateway"
+            ),
+        )
     for i, server in enumerate(gw.servers):
         yield from gateway_server(f"servers[{i}]", server)
 
@@ -281,8 +325,8 @@ def gateway_server(path: str, server: net.Server) -> Iterator[Finding]:
     if server.tls is not None and protocol not in ("HTTPS", "TLS"):
         tls = server.tls
         if protocol not in ("HTTP", "HTTP2", "HTTP_PROXY", "GRPC", "GRPC-WEB") or (
-                tls.mode not in (None, "PASSTHROUGH") or tls.ca_certificates or tls.private_key
-                or tls.server_certificate):
+            tls.mode not in (None, "PASSTHROUGH") or tls.ca_certificates or tls.private_key or tls.server_certificate
+        ):
             yield f"{path}.tls", f"a {port.protocol} server cannot have TLS settings (only httpsRedirect on HTTP)"
     if server.tls is not None:
         yield from server_tls(f"{path}.tls", server.tls)
@@ -290,9 +334,13 @@ def gateway_server(path: str, server: net.Server) -> Iterator[Finding]:
 
 def server_tls(path: str, tls: net.ServerTLSSettings) -> Iterator[Finding]:
     if tls.mode == "ISTIO_MUTUAL":
-        for name, value in (("serverCertificate", tls.server_certificate), ("privateKey", tls.private_key),
-                            ("caCertificates", tls.ca_certificates), ("credentialName", tls.credential_name),
-                            ("credentialNames", tls.credential_names)):
+        for name, value in (
+            ("serverCertificate", tls.server_certificate),
+            ("privateKey", tls.private_key),
+            ("caCertificates", tls.ca_certificates),
+            ("credentialName", tls.credential_name),
+            ("credentialNames", tls.credential_names),
+        ):
             if value:
                 yield f"{path}.{name}", f"ISTIO_MUTUAL uses the mesh's certificates; remove {name}"
         return
@@ -301,8 +349,10 @@ def server_tls(path: str, tls: net.ServerTLSSettings) -> Iterator[Finding]:
         yield path, "set only one of credentialName, credentialNames, serverCertificate/privateKey"
     by_credential = tls.credential_name or tls.credential_names
     if tls.mode in ("MUTUAL", "OPTIONAL_MUTUAL") and not by_credential and not tls.ca_certificates:
-        yield f"{path}.caCertificates", (f"tls mode {tls.mode} needs caCertificates to verify clients "
-                                         "(or a credentialName)")
+        yield (
+            f"{path}.caCertificates",
+            (f"tls mode {tls.mode} needs caCertificates to verify clients (or a credentialName)"),
+        )
 
 
 # ---------------------------------------------------------------- ServiceEntry, WorkloadEntry
@@ -318,11 +368,21 @@ def service_entry(se: net.ServiceEntrySpec) -> Iterator[Finding]:
         yield "addresses", f"CIDR addresses are allowed only with resolution NONE or STATIC (not {se.resolution})"
     yield from service_ports(se.ports)
     yield from endpoints(se)
-    if se.resolution != "NONE" and len(se.hosts) > 1 and any(
+    if (
+        se.resolution != "NONE"
+        and len(se.hosts) > 1
+        and any(
             (p.protocol or "TCP").upper() not in ("HTTP", "HTTP2", "HTTP_PROXY", "GRPC", "GRPC-WEB", "HTTPS", "TLS")
-            for p in se.ports):
-        yield "hosts", ("several hosts need HTTP or TLS ports (with plain TCP the hosts cannot be told apart), "
-                        "or resolution NONE")
+            for p in se.ports
+        )
+    ):
+        yield (
+            "hosts",
+            (
+                "several hosts need HTTP or TLS ports (with plain TCP the hosts cannot be told apart), "
+                "or resolution NONE"
+            ),
+        )
     yield from export_to("exportTo", se.export_to)
 
 

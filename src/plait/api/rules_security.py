@@ -27,8 +27,13 @@ def authorization_policy(spec: sec.AuthorizationPolicySpec) -> Iterator[Finding]
     if spec.selector is not None:
         yield from selector("selector.matchLabels", spec.selector.match_labels)
     if spec.action in ("DENY", "CUSTOM") and not spec.rules:
-        yield "rules", (f"a {spec.action} policy without rules never matches; "
-                        "add an empty rule `rules: [{}]` to match every request")
+        yield (
+            "rules",
+            (
+                f"a {spec.action} policy without rules never matches; "
+                "add an empty rule `rules: [{}]` to match every request"
+            ),
+        )
     for i, rule in enumerate(spec.rules):
         yield from _rule(f"rules[{i}]", rule)
 
@@ -75,5 +80,7 @@ def request_authentication(spec: sec.RequestAuthenticationSpec) -> Iterator[Find
         yield from empty_strings(f"jwtRules[{i}].fromCookies", rule.from_cookies)
         for j, claim in enumerate(rule.output_claim_to_headers):
             if not _CLAIM_HEADER.match(claim.header):
-                yield (f"jwtRules[{i}].outputClaimToHeaders[{j}].header",
-                       f"{claim.header!r} is not a header name (letters, digits, '-' and '_')")
+                yield (
+                    f"jwtRules[{i}].outputClaimToHeaders[{j}].header",
+                    f"{claim.header!r} is not a header name (letters, digits, '-' and '_')",
+                )

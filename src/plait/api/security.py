@@ -24,8 +24,8 @@ class WorkloadSelector(IstioModel):
 IpBlock = Cidr  # an IP address or a CIDR block
 
 
-
 # ---------------------------------------------------------------- PeerAuthentication
+
 
 class PeerMtls(IstioModel):
     mode: MtlsMode = "UNSET"
@@ -53,19 +53,32 @@ class PeerAuthenticationSpec(IstioModel):
 
 # ---------------------------------------------------------------- AuthorizationPolicy
 
+
 def check_port(text: str) -> str:
     if not (isinstance(text, str) and text.isdigit() and 1 <= int(text) <= 65535):
-        raise ValueError(f"{text!r} is not a port; expected a port number as a string, such as \"8080\"")
+        raise ValueError(f'{text!r} is not a port; expected a port number as a string, such as "8080"')
     return text
 
 
 PortString = Annotated[str, AfterValidator(check_port)]
 
 # Istio's documented `when` keys; ``[...]`` keys take a name inside the brackets.
-CONDITION_KEYS = ("request.headers", "source.ip", "remote.ip", "source.namespace", "source.principal",
-                  "source.serviceAccount", "request.auth.principal", "request.auth.audiences",
-                  "request.auth.presenter", "request.auth.claims", "destination.ip", "destination.port",
-                  "connection.sni", "source.trustDomain")
+CONDITION_KEYS = (
+    "request.headers",
+    "source.ip",
+    "remote.ip",
+    "source.namespace",
+    "source.principal",
+    "source.serviceAccount",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+    "request.auth.claims",
+    "destination.ip",
+    "destination.port",
+    "connection.sni",
+    "source.trustDomain",
+)
 EXPERIMENTAL_PREFIX = "experimental.envoy.filters."  # experimental.envoy.filters.<filter>[<key>]
 BRACKETED_KEYS = ("request.headers", "request.auth.claims")
 
@@ -79,8 +92,10 @@ def check_condition_key(key: str) -> str:
     if not bracket and base not in CONDITION_KEYS and base in NOT_SUPPORTED_CONDITION_KEYS:
         raise ValueError(f"condition key {key!r} is valid in Istio but not supported by plait yet")
     if bracket or base not in CONDITION_KEYS:
-        raise ValueError(f"unknown condition key {key!r}; expected one of "
-                         + ", ".join(k + ("[...]" if k in BRACKETED_KEYS else "") for k in CONDITION_KEYS))
+        raise ValueError(
+            f"unknown condition key {key!r}; expected one of "
+            + ", ".join(k + ("[...]" if k in BRACKETED_KEYS else "") for k in CONDITION_KEYS)
+        )
     return key
 
 
@@ -151,14 +166,17 @@ class AuthorizationPolicySpec(IstioModel):
     @model_validator(mode="after")
     def _custom_needs_provider(self) -> "AuthorizationPolicySpec":
         if self.action == "CUSTOM":
-            raise ValueError("action CUSTOM (external authorization) is valid in Istio but not supported by plait yet; "
-                             "use ALLOW, DENY or AUDIT")
+            raise ValueError(
+                "action CUSTOM (external authorization) is valid in Istio but not supported by plait yet; "
+                "use ALLOW, DENY or AUDIT"
+            )
         if self.provider is not None:
             raise ValueError("provider is only used with action CUSTOM, which is not supported by plait yet")
         return self
 
 
 # ---------------------------------------------------------------- RequestAuthentication
+
 
 class JwtHeader(IstioModel):
     name: str = Field(min_length=1)
@@ -196,9 +214,11 @@ class JwtRule(IstioModel):
         if self.jwks and self.jwks_uri:
             raise ValueError("set only one of jwks and jwksUri")
         if not self.jwks and not self.jwks_uri:
-            raise ValueError("a jwtRule without jwks or jwksUri has its keys discovered through OpenID Connect "
-                             "(<issuer>/.well-known/openid-configuration), which plait does not support yet: "
-                             "set jwksUri to the issuer's jwks_uri, or jwks to the keys")
+            raise ValueError(
+                "a jwtRule without jwks or jwksUri has its keys discovered through OpenID Connect "
+                "(<issuer>/.well-known/openid-configuration), which plait does not support yet: "
+                "set jwksUri to the issuer's jwks_uri, or jwks to the keys"
+            )
         return self
 
 

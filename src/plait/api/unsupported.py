@@ -19,7 +19,9 @@ from __future__ import annotations
 NOT_SUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
     "VirtualService": ("http.fault.delay.exponentialDelay",),
     "DestinationRule": (
-        "loadBalancer.zoneAwareLbSetting", "outlierDetection.outlierDetectionHttpErrorCodes", "trafficPolicy.tunnel",
+        "loadBalancer.zoneAwareLbSetting",
+        "outlierDetection.outlierDetectionHttpErrorCodes",
+        "trafficPolicy.tunnel",
     ),
     "AuthorizationPolicy": ("targetRef", "targetRefs"),
     "RequestAuthentication": ("jwtRules.presence", "targetRef", "targetRefs"),
@@ -57,8 +59,9 @@ def field_not_supported(kind: str, path: str) -> bool:
 
 def value_not_supported(kind: str, path: str, value: object) -> bool:
     """Is `value` valid Istio at `path` of `kind`, but not acted on by plait yet?"""
-    return any(_covers(entry, path) and value in values
-               for (k, entry), values in NOT_SUPPORTED_VALUES.items() if k == kind)
+    return any(
+        _covers(entry, path) and value in values for (k, entry), values in NOT_SUPPORTED_VALUES.items() if k == kind
+    )
 
 
 def kind_not_supported(kind: str, api_version: str) -> str | None:

@@ -38,16 +38,28 @@ from plait.model.proxy import TRUST_DOMAIN
 ROOT_TTL = datetime.timedelta(days=3650)
 MAX_WORKLOAD_TTL = 90 * 86400  # Istio's default maximum workload certificate lifetime, in seconds
 CLOCK_SKEW = datetime.timedelta(seconds=60)  # leaves start this much in the past, as Istio's do
-SERVER_DNS_NAMES = ("istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local",
-                    "plait-control-plane", "localhost")
+SERVER_DNS_NAMES = (
+    "istiod.istio-system.svc",
+    "istiod.istio-system.svc.cluster.local",
+    "plait-control-plane",
+    "localhost",
+)
 SERVER_CERT_TTL = 365 * 86400  # the control plane's own TLS certificate; a restart issues a new one
 PLUGIN_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
 RSA_MIN_BITS = 2048
 ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
 
-LEAF_KEY_USAGE = x509.KeyUsage(digital_signature=True, key_encipherment=True, content_commitment=False,
-                               data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                               encipher_only=False, decipher_only=False)
+LEAF_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    key_encipherment=True,
+    content_commitment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
 
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -66,6 +78,7 @@ class CsrRefused(Exception):
 
 
 # ------------------------------------------------------------------ files
+
 
 def ca_dir_of(state_dir: Path) -> Path:
     return Path(state_dir) / "ca"
@@ -117,8 +130,9 @@ def pem(cert: x509.Certificate) -> bytes:
 
 
 def key_pem(key: SigningKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -127,6 +141,7 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 # ------------------------------------------------------------------ the authority
+
 
 @dataclass(frozen=True)
 class CertificateAuthority:
@@ -145,53 +160,81 @@ class CertificateAuthority:
     def root(self) -> x509.Certificate:
         return self.chain[-1]
 
-    def sign(self, csr: x509.CertificateSigningRequest, identity: str, ttl_seconds: int,
-             now: datetime.datetime, *, max_ttl_seconds: int = MAX_WORKLOAD_TTL) -> list[bytes]:
+    def sign(
+        self,
+        csr: x509.CertificateSigningRequest,
+        identity: str,
+        ttl_seconds: int,
+        now: datetime.datetime,
+        *,
+        max_ttl_seconds: int = MAX_WORKLOAD_TTL,
+    ) -> list[bytes]:
         """A workload certificate for `identity` (a CSR that passed `check_csr`), valid from
         60 s before `now` for `ttl_seconds` but never past the signing certificate. Returns PEM:
         leaf, intermediates, root last (as Istio's CA answers)."""
         if ttl_seconds <= 0:
             raise CsrRefused(f"requested lifetime {ttl_seconds}s is not positive", kind="ttl")
         if ttl_seconds > max_ttl_seconds:
-            raise CsrRefused(f"requested lifetime {ttl_seconds}s is longer than the maximum "
-                             f"{max_ttl_seconds}s", kind="ttl")
-        builder = (self._leaf_builder(csr.public_key(), now, ttl_seconds)
-                   .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]),
-                                  critical=True)  # the subject is empty, so the SAN is critical (RFC 5280)
-                   .add_extension(LEAF_KEY_USAGE, critical=True)
-                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                         ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+            raise CsrRefused(
+                f"requested lifetime {ttl_seconds}s is longer than the maximum {max_ttl_seconds}s", kind="ttl"
+            )
+        builder = (
+            self._leaf_builder(csr.public_key(), now, ttl_seconds)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]), critical=True
+            )  # the subject is empty, so the SAN is critical (RFC 5280)
+            .add_extension(LEAF_KEY_USAGE, critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+        )
         return self._finish(builder.subject_name(x509.Name([])))
 
-    def issue_server_certificate(self, dns_names: tuple[str, ...] = SERVER_DNS_NAMES,
-                                 ttl_seconds: int = SERVER_CERT_TTL,
-                                 now: datetime.datetime | None = None) -> tuple[bytes, list[bytes]]:
+    def issue_server_certificate(
+        self,
+        dns_names: tuple[str, ...] = SERVER_DNS_NAMES,
+        ttl_seconds: int = SERVER_CERT_TTL,
+        now: datetime.datetime | None = None,
+    ) -> tuple[bytes, list[bytes]]:
         """A new key and a TLS server certificate for the control plane itself:
         (PEM key, PEM chain leaf first, root last)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        builder = (self._leaf_builder(key.public_key(), now or _utcnow(), ttl_seconds)
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "plait"),
-                                            x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
-                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]),
-                                  critical=False)
-                   .add_extension(LEAF_KEY_USAGE, critical=True)
-                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
+        builder = (
+            self._leaf_builder(key.public_key(), now or _utcnow(), ttl_seconds)
+            .subject_name(
+                x509.Name(
+                    [
+                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "plait"),
+                        x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0]),
+                    ]
+                )
+            )
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False)
+            .add_extension(LEAF_KEY_USAGE, critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        )
         return key_pem(key), self._finish(builder)
 
     def _leaf_builder(self, public_key, now: datetime.datetime, ttl_seconds: int) -> x509.CertificateBuilder:
         not_after = min(now + datetime.timedelta(seconds=ttl_seconds), self.signing_cert.not_valid_after_utc)
         if not_after <= now:
-            raise CaError(f"the CA certificate expired on {self.signing_cert.not_valid_after_utc:%Y-%m-%d %H:%M} "
-                          "UTC; give the control plane a new CA")
-        return (x509.CertificateBuilder()
-                .issuer_name(self.signing_cert.subject)
-                .public_key(public_key)
-                .serial_number(secrets.randbits(128) or 1)
-                .not_valid_before(now - CLOCK_SKEW)
-                .not_valid_after(not_after)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    self.signing_key.public_key()), critical=False))
+            raise CaError(
+                f"the CA certificate expired on {self.signing_cert.not_valid_after_utc:%Y-%m-%d %H:%M} "
+                "UTC; give the control plane a new CA"
+            )
+        return (
+            x509.CertificateBuilder()
+            .issuer_name(self.signing_cert.subject)
+            .public_key(public_key)
+            .serial_number(secrets.randbits(128) or 1)
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.signing_key.public_key()), critical=False
+            )
+        )
 
     def _finish(self, builder: x509.CertificateBuilder) -> list[bytes]:
         leaf = builder.sign(self.signing_key, _hash_for(self.signing_key))
@@ -210,6 +253,7 @@ def _hash_for(key: SigningKey) -> hashes.HashAlgorithm:
 
 # ------------------------------------------------------------------ CSR checks
 
+
 def check_csr(csr_pem: bytes, identity: str) -> x509.CertificateSigningRequest:
     """The parsed CSR if it asks for exactly `identity` (its only subjectAltName, a URI) with a
     strong enough key and a valid signature; CsrRefused saying why not otherwise."""
@@ -226,8 +270,9 @@ def check_csr(csr_pem: bytes, identity: str) -> x509.CertificateSigningRequest:
     _check_key(key)
     asked = [_describe_name(n) for n in names]
     if any(name != x509.UniformResourceIdentifier(identity) for name in names):
-        raise CsrRefused(f"the CSR asks for {', '.join(asked)}; this caller may only have {identity}",
-                         kind="wrong_identity")
+        raise CsrRefused(
+            f"the CSR asks for {', '.join(asked)}; this caller may only have {identity}", kind="wrong_identity"
+        )
     if len(names) != 1:
         raise CsrRefused(f"the CSR names {identity} {len(names)} times; name it once")
     return csr
@@ -236,8 +281,9 @@ def check_csr(csr_pem: bytes, identity: str) -> x509.CertificateSigningRequest:
 def _check_key(key) -> None:
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < RSA_MIN_BITS:
-            raise CsrRefused(f"RSA key of {key.key_size} bits is too weak; use at least {RSA_MIN_BITS} bits "
-                             "or EC P-256")
+            raise CsrRefused(
+                f"RSA key of {key.key_size} bits is too weak; use at least {RSA_MIN_BITS} bits or EC P-256"
+            )
     elif isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, ALLOWED_CURVES):
             raise CsrRefused(f"EC curve {key.curve.name} is not accepted; use P-256 or P-384")
@@ -246,15 +292,16 @@ def _check_key(key) -> None:
 
 
 def _describe_name(name: x509.GeneralName) -> str:
-    kinds = {x509.UniformResourceIdentifier: "URI", x509.DNSName: "DNS", x509.IPAddress: "IP",
-             x509.RFC822Name: "email"}
+    kinds = {x509.UniformResourceIdentifier: "URI", x509.DNSName: "DNS", x509.IPAddress: "IP", x509.RFC822Name: "email"}
     return f"{kinds.get(type(name), type(name).__name__)}:{name.value}"
 
 
 # ------------------------------------------------------------------ loading and creating
 
-def load_or_create(ca_dir: Path, *, cacerts_dir: Path | None = None,
-                   trust_domain: str = TRUST_DOMAIN) -> CertificateAuthority:
+
+def load_or_create(
+    ca_dir: Path, *, cacerts_dir: Path | None = None, trust_domain: str = TRUST_DOMAIN
+) -> CertificateAuthority:
     """The plug-in CA in `cacerts_dir` if given, else the self-signed root kept in `ca_dir`
     (generated on first use). Writes the root to ``ca_dir/root-cert.pem``. CaError if the files
     are unusable."""
@@ -275,8 +322,10 @@ def _load_or_create_root(ca_dir: Path, trust_domain: str) -> CertificateAuthorit
         write_file(cert_file, pem(cert), mode=0o644)
         return CertificateAuthority(key, (cert,), key_file)
     if not key_file.exists():
-        raise CaError(f"{cert_file} exists but its key {key_file} does not; restore the key, or remove "
-                      f"{ca_dir} to start a new root (every workload then needs new certificates)")
+        raise CaError(
+            f"{cert_file} exists but its key {key_file} does not; restore the key, or remove "
+            f"{ca_dir} to start a new root (every workload then needs new certificates)"
+        )
     cert = _read_certs(cert_file)[0]
     key = _read_key(key_file)
     _check_pair(cert, key, cert_file, key_file)
@@ -284,23 +333,44 @@ def _load_or_create_root(ca_dir: Path, trust_domain: str) -> CertificateAuthorit
     return CertificateAuthority(key, (cert,), key_file)
 
 
-def generate_root(trust_domain: str = TRUST_DOMAIN, now: datetime.datetime | None = None
-                  ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def generate_root(
+    trust_domain: str = TRUST_DOMAIN, now: datetime.datetime | None = None
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A new self-signed root: EC P-256, 10 years, ``O=plait, CN=plait root CA <trust domain>``."""
     now = now or _utcnow()
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "plait"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, f"plait root CA {trust_domain}")])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + ROOT_TTL)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, encipher_only=False,
-                                         decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "plait"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"plait root CA {trust_domain}"),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + ROOT_TTL)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     return key, cert
 
 
@@ -310,9 +380,11 @@ def _load_plugin(cacerts: Path) -> CertificateAuthority:
     required = PLUGIN_FILES[:3]
     missing = [n for n in required if not (cacerts / n).is_file()]
     if missing:
-        raise CaError(f"{cacerts}: missing {', '.join(missing)}; a plug-in CA directory holds Istio's "
-                      f"{', '.join(PLUGIN_FILES)} (cert-chain.pem may be left out when root-cert.pem "
-                      "signed ca-cert.pem)")
+        raise CaError(
+            f"{cacerts}: missing {', '.join(missing)}; a plug-in CA directory holds Istio's "
+            f"{', '.join(PLUGIN_FILES)} (cert-chain.pem may be left out when root-cert.pem "
+            "signed ca-cert.pem)"
+        )
     cert_file, key_file, root_file = (cacerts / n for n in required)
     cert, key, root = _read_certs(cert_file)[0], _read_key(key_file), _read_certs(root_file)[0]
     _check_pair(cert, key, cert_file, key_file)
@@ -323,8 +395,9 @@ def _load_plugin(cacerts: Path) -> CertificateAuthority:
     return CertificateAuthority(key, _path_to_root(cert, root, pool, cacerts), key_file)
 
 
-def _path_to_root(cert: x509.Certificate, root: x509.Certificate, pool: list[x509.Certificate],
-                  cacerts: Path) -> tuple[x509.Certificate, ...]:
+def _path_to_root(
+    cert: x509.Certificate, root: x509.Certificate, pool: list[x509.Certificate], cacerts: Path
+) -> tuple[x509.Certificate, ...]:
     """ca-cert, the intermediates that link it to root (taken from cert-chain.pem), root."""
     path = [cert]
     while path[-1] != root:
@@ -334,9 +407,11 @@ def _path_to_root(cert: x509.Certificate, root: x509.Certificate, pool: list[x50
             break
         issuer = next((c for c in pool if c not in path and c != root and _issued_by(current, c)), None)
         if issuer is None:
-            raise CaError(f"{cacerts}: '{current.subject.rfc4514_string()}' was not issued by root-cert.pem, "
-                          "and cert-chain.pem holds no certificate that issued it; cert-chain.pem must hold the "
-                          "chain from ca-cert.pem up to root-cert.pem")
+            raise CaError(
+                f"{cacerts}: '{current.subject.rfc4514_string()}' was not issued by root-cert.pem, "
+                "and cert-chain.pem holds no certificate that issued it; cert-chain.pem must hold the "
+                "chain from ca-cert.pem up to root-cert.pem"
+            )
         path.append(issuer)
     return tuple(path)
 
@@ -360,8 +435,10 @@ def _read_key(path: Path) -> SigningKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except TypeError:
-        raise CaError(f"{path}: the key is encrypted; give plait the unencrypted key (as in Istio's cacerts "
-                      "secret) and protect the file with permissions 0600") from None
+        raise CaError(
+            f"{path}: the key is encrypted; give plait the unencrypted key (as in Istio's cacerts "
+            "secret) and protect the file with permissions 0600"
+        ) from None
     except ValueError:
         raise CaError(f"{path}: not a PEM private key") from None
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
@@ -381,7 +458,9 @@ def _check_ca(cert: x509.Certificate, path: Path) -> None:
     except x509.ExtensionNotFound:
         ca = False
     if not ca:
-        raise CaError(f"{path}: '{cert.subject.rfc4514_string()}' is not a CA certificate (basicConstraints "
-                      "CA:TRUE is missing); use a CA certificate made for signing")
+        raise CaError(
+            f"{path}: '{cert.subject.rfc4514_string()}' is not a CA certificate (basicConstraints "
+            "CA:TRUE is missing); use a CA certificate made for signing"
+        )
     if cert.not_valid_after_utc <= _utcnow():
         raise CaError(f"{path}: expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; renew it")

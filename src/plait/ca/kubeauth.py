@@ -39,38 +39,55 @@ REVIEW_TIMEOUT = 10.0  # seconds
 class TokenReviewAuthenticator:
     """`plait.ca.tokens.Authenticator` that asks the Kubernetes API server."""
 
-    def __init__(self, api: client.ApiClient, *, audiences: Iterable[str] = (AUDIENCE,),
-                 timeout: float = REVIEW_TIMEOUT):
+    def __init__(
+        self, api: client.ApiClient, *, audiences: Iterable[str] = (AUDIENCE,), timeout: float = REVIEW_TIMEOUT
+    ):
         self.reviews = client.AuthenticationV1Api(api)
         self.audiences, self.timeout = list(audiences), timeout
         if not self.audiences:
             raise ValueError("a TokenReview authenticator needs at least one audience")
 
     async def authenticate(self, token: str) -> TokenIdentity:
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                "spec": {"token": token, "audiences": self.audiences}}
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": self.audiences},
+        }
         try:
             review = await asyncio.wait_for(self.reviews.create_token_review(body), self.timeout)
         except ApiException as error:
             if error.status == 403:
-                raise AuthenticatorUnavailable("the control plane may not create TokenReviews; give its service "
-                                               "account the ClusterRole system:auth-delegator") from None
+                raise AuthenticatorUnavailable(
+                    "the control plane may not create TokenReviews; give its service "
+                    "account the ClusterRole system:auth-delegator"
+                ) from None
             raise AuthenticatorUnavailable(f"TokenReview failed: {error.status} {error.reason}") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as error:
-            raise AuthenticatorUnavailable(f"the Kubernetes API server did not answer the TokenReview "
-                                           f"({type(error).__name__}: {error})") from None
+            raise AuthenticatorUnavailable(
+                f"the Kubernetes API server did not answer the TokenReview ({type(error).__name__}: {error})"
+            ) from None
         status = review.status
         return identity_of_review(
-            authenticated=bool(status and status.authenticated), error=(status and status.error) or "",
+            authenticated=bool(status and status.authenticated),
+            error=(status and status.error) or "",
             username=(status and status.user and status.user.username) or "",
             groups=(status and status.user and status.user.groups) or [],
             extra=(status and status.user and status.user.extra) or {},
-            audiences=(status and status.audiences) or [], wanted=self.audiences)
+            audiences=(status and status.audiences) or [],
+            wanted=self.audiences,
+        )
 
 
-def identity_of_review(*, authenticated: bool, error: str, username: str, groups: Iterable[str],
-                       extra: Mapping[str, list[str]], audiences: Iterable[str], wanted: Iterable[str]
-                       ) -> TokenIdentity:
+def identity_of_review(
+    *,
+    authenticated: bool,
+    error: str,
+    username: str,
+    groups: Iterable[str],
+    extra: Mapping[str, list[str]],
+    audiences: Iterable[str],
+    wanted: Iterable[str],
+) -> TokenIdentity:
     """The caller a TokenReview's status describes; InvalidToken saying why if it is not a service
     account the review authenticated for one of the `wanted` audiences."""
     if error:

@@ -47,32 +47,44 @@ SELF_SIGNED_TYPE = "istio.io/ca-root"
 SIGNING_FILES = ("ca-cert.pem", "ca-key.pem")
 
 
-async def load_cluster_ca(api: client.ApiClient, ca_dir: Path, *, namespace: str = "istio-system",
-                          trust_domain: str = TRUST_DOMAIN) -> tuple[CertificateAuthority, str]:
+async def load_cluster_ca(
+    api: client.ApiClient, ca_dir: Path, *, namespace: str = "istio-system", trust_domain: str = TRUST_DOMAIN
+) -> tuple[CertificateAuthority, str]:
     """(the CA, which Secret it came from). CaError if a Secret holds an unusable CA or the API
     server refuses to read or create them (no RBAC, no such namespace)."""
     try:
         return await _load_cluster_ca(client.CoreV1Api(api), ca_dir, namespace, trust_domain)
     except ApiException as error:
-        hint = {403: f"; the control plane needs get and create on secrets in namespace {namespace}",
-                404: f"; does namespace {namespace} exist?"}.get(error.status, "")
-        raise CaError(f"cannot read or create the CA's Secrets in namespace {namespace}: {error.status} "
-                      f"{error.reason}{hint}") from None
+        hint = {
+            403: f"; the control plane needs get and create on secrets in namespace {namespace}",
+            404: f"; does namespace {namespace} exist?",
+        }.get(error.status, "")
+        raise CaError(
+            f"cannot read or create the CA's Secrets in namespace {namespace}: {error.status} {error.reason}{hint}"
+        ) from None
 
 
-async def _load_cluster_ca(core: client.CoreV1Api, ca_dir: Path, namespace: str, trust_domain: str
-                           ) -> tuple[CertificateAuthority, str]:
+async def _load_cluster_ca(
+    core: client.CoreV1Api, ca_dir: Path, namespace: str, trust_domain: str
+) -> tuple[CertificateAuthority, str]:
     plugin = await _read(core, namespace, PLUGIN_SECRET)
     if plugin is not None:
         if all(plugin.get(name) for name in SIGNING_FILES):
             return _load(plugin, ca_dir, namespace, PLUGIN_SECRET), f"Secret {namespace}/{PLUGIN_SECRET} (plug-in CA)"
         present = sorted(n for n in SIGNING_FILES if plugin.get(n))
         if present:
-            raise CaError(f"Secret {namespace}/{PLUGIN_SECRET} has {', '.join(present)} but not "
-                          f"{', '.join(n for n in SIGNING_FILES if n not in present)}; a plug-in CA needs "
-                          f"{', '.join(PLUGIN_FILES)}")
-        log.info("Secret %s/%s holds no signing CA (no %s); using %s", namespace, PLUGIN_SECRET,
-                 " or ".join(SIGNING_FILES), SELF_SIGNED_SECRET)
+            raise CaError(
+                f"Secret {namespace}/{PLUGIN_SECRET} has {', '.join(present)} but not "
+                f"{', '.join(n for n in SIGNING_FILES if n not in present)}; a plug-in CA needs "
+                f"{', '.join(PLUGIN_FILES)}"
+            )
+        log.info(
+            "Secret %s/%s holds no signing CA (no %s); using %s",
+            namespace,
+            PLUGIN_SECRET,
+            " or ".join(SIGNING_FILES),
+            SELF_SIGNED_SECRET,
+        )
     for _ in range(3):
         own = await _read(core, namespace, SELF_SIGNED_SECRET)
         if own is not None:
@@ -91,9 +103,13 @@ async def _load_cluster_ca(core: client.CoreV1Api, ca_dir: Path, namespace: str,
 
 
 def self_signed_secret(namespace: str, files: dict[str, bytes]) -> dict:
-    return {"apiVersion": "v1", "kind": "Secret", "type": SELF_SIGNED_TYPE,
-            "metadata": {"name": SELF_SIGNED_SECRET, "namespace": namespace},
-            "data": {name: base64.b64encode(data).decode() for name, data in files.items()}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": SELF_SIGNED_TYPE,
+        "metadata": {"name": SELF_SIGNED_SECRET, "namespace": namespace},
+        "data": {name: base64.b64encode(data).decode() for name, data in files.items()},
+    }
 
 
 async def _read(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, bytes] | None:

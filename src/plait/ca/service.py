@@ -36,26 +36,42 @@ log = logging.getLogger(__name__)
 
 CA_PORT = 15012
 DEFAULT_WORKLOAD_TTL = 24 * 3600
-REFUSAL_CODES = {"unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
-                 "wrong_identity": grpc.StatusCode.PERMISSION_DENIED,
-                 "bad_csr": grpc.StatusCode.INVALID_ARGUMENT, "ttl": grpc.StatusCode.INVALID_ARGUMENT,
-                 "unavailable": grpc.StatusCode.UNAVAILABLE}
+REFUSAL_CODES = {
+    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+    "wrong_identity": grpc.StatusCode.PERMISSION_DENIED,
+    "bad_csr": grpc.StatusCode.INVALID_ARGUMENT,
+    "ttl": grpc.StatusCode.INVALID_ARGUMENT,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+}
 
 
 class CaMetrics:
     def __init__(self, registry: CollectorRegistry):
-        self.issued = Counter("plait_ca_certificates_issued_total", "Workload certificates signed",
-                              registry=registry)
-        self.refused = Counter("plait_ca_requests_refused_total", "Certificate requests refused, by reason "
-                               "(unauthenticated, wrong_identity, bad_csr, ttl; unavailable: the token could not be "
-                               "reviewed now)", ["reason"], registry=registry)
+        self.issued = Counter("plait_ca_certificates_issued_total", "Workload certificates signed", registry=registry)
+        self.refused = Counter(
+            "plait_ca_requests_refused_total",
+            "Certificate requests refused, by reason "
+            "(unauthenticated, wrong_identity, bad_csr, ttl; unavailable: the token could not be "
+            "reviewed now)",
+            ["reason"],
+            registry=registry,
+        )
 
 
 class CaService:
     """Handles CreateCertificate calls; `clock` gives the time (seconds since the epoch)."""
 
-    def __init__(self, authority: CertificateAuthority, tokens: Authenticator, *, trust_domain: str,
-                 default_ttl: int, max_ttl: int, metrics: CaMetrics, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        authority: CertificateAuthority,
+        tokens: Authenticator,
+        *,
+        trust_domain: str,
+        default_ttl: int,
+        max_ttl: int,
+        metrics: CaMetrics,
+        clock: Callable[[], float] = time.time,
+    ):
         self.authority, self.tokens, self.trust_domain = authority, tokens, trust_domain
         self.default_ttl, self.max_ttl, self.metrics, self.clock = default_ttl, max_ttl, metrics, clock
 
@@ -67,12 +83,18 @@ class CaService:
             identity = spiffe_id(caller.namespace, caller.service_account, self.trust_domain)
             csr = check_csr(request.csr.encode(), identity)
             now = datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
-            chain = self.authority.sign(csr, identity, request.validity_duration or self.default_ttl, now,
-                                        max_ttl_seconds=self.max_ttl)
+            chain = self.authority.sign(
+                csr, identity, request.validity_duration or self.default_ttl, now, max_ttl_seconds=self.max_ttl
+            )
         except CsrRefused as refused:
             self.metrics.refused.labels(reason=refused.kind).inc()
-            log.warning("certificate refused (%s) to %s at %s: %s", refused.kind, caller or "unknown caller",
-                        context.peer(), refused.reason)
+            log.warning(
+                "certificate refused (%s) to %s at %s: %s",
+                refused.kind,
+                caller or "unknown caller",
+                context.peer(),
+                refused.reason,
+            )
             await context.abort(REFUSAL_CODES[refused.kind], refused.reason)
         except CaError as error:
             log.error("cannot sign: %s", error)
@@ -84,8 +106,7 @@ class CaService:
     async def _caller(self, metadata: dict) -> TokenIdentity:
         token = bearer_token(metadata)
         if token is None:
-            raise CsrRefused("no token: send gRPC metadata 'authorization: Bearer <pod token>'",
-                             kind="unauthenticated")
+            raise CsrRefused("no token: send gRPC metadata 'authorization: Bearer <pod token>'", kind="unauthenticated")
         try:
             return await self.tokens.authenticate(token)
         except InvalidToken as error:
@@ -94,20 +115,40 @@ class CaService:
             raise CsrRefused(f"cannot check the token now: {error}", kind="unavailable") from None
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(wire.SERVICE, {
-            wire.METHOD: grpc.unary_unary_rpc_method_handler(
-                self.create_certificate, request_deserializer=wire.IstioCertificateRequest.FromString,
-                response_serializer=wire.IstioCertificateResponse.SerializeToString)})
+        return grpc.method_handlers_generic_handler(
+            wire.SERVICE,
+            {
+                wire.METHOD: grpc.unary_unary_rpc_method_handler(
+                    self.create_certificate,
+                    request_deserializer=wire.IstioCertificateRequest.FromString,
+                    response_serializer=wire.IstioCertificateResponse.SerializeToString,
+                )
+            },
+        )
 
 
-async def serve_ca(authority: CertificateAuthority, tokens: Authenticator, host: str, port: int = CA_PORT, *,
-                   trust_domain: str = TRUST_DOMAIN, default_ttl: int = DEFAULT_WORKLOAD_TTL,
-                   max_ttl: int = MAX_WORKLOAD_TTL, registry: CollectorRegistry | None = None,
-                   also: tuple[grpc.GenericRpcHandler, ...] = ()) -> grpc.aio.Server:
+async def serve_ca(
+    authority: CertificateAuthority,
+    tokens: Authenticator,
+    host: str,
+    port: int = CA_PORT,
+    *,
+    trust_domain: str = TRUST_DOMAIN,
+    default_ttl: int = DEFAULT_WORKLOAD_TTL,
+    max_ttl: int = MAX_WORKLOAD_TTL,
+    registry: CollectorRegistry | None = None,
+    also: tuple[grpc.GenericRpcHandler, ...] = (),
+) -> grpc.aio.Server:
     """Start the CA's gRPC server over TLS on host:port (port 0: see `server.bound_port`), serving
     `also` too (the control plane's xDS, as istiod's 15012 does). Stop it with ``await server.stop(grace)``."""
-    service = CaService(authority, tokens, trust_domain=trust_domain, default_ttl=default_ttl, max_ttl=max_ttl,
-                        metrics=CaMetrics(registry or CollectorRegistry()))
+    service = CaService(
+        authority,
+        tokens,
+        trust_domain=trust_domain,
+        default_ttl=default_ttl,
+        max_ttl=max_ttl,
+        metrics=CaMetrics(registry or CollectorRegistry()),
+    )
     key, chain = authority.issue_server_certificate()
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)])
     server.add_generic_rpc_handlers((service.handler(), *also))
@@ -123,22 +164,30 @@ async def serve_ca(authority: CertificateAuthority, tokens: Authenticator, host:
 def ads_authenticator(tokens: Authenticator, *, registry: CollectorRegistry | None = None) -> Authenticate:
     """For `ads_handler`: a stream is admitted only with a valid pod token whose namespace and
     service account are the node's (node id and NAMESPACE / SERVICE_ACCOUNT metadata)."""
-    rejected = Counter("plait_xds_rejected_streams_total", "ADS streams refused on the TLS port (no, invalid or wrong pod token)",
-                       ["reason"], registry=registry or CollectorRegistry())
+    rejected = Counter(
+        "plait_xds_rejected_streams_total",
+        "ADS streams refused on the TLS port (no, invalid or wrong pod token)",
+        ["reason"],
+        registry=registry or CollectorRegistry(),
+    )
 
     async def authenticate(metadata: dict[str, str], node) -> Refusal | None:
         refusal = await _check_node(tokens, metadata, node)
         if refusal is not None:
             rejected.labels(reason=refusal.code.name.lower()).inc()
         return refusal
+
     return authenticate
 
 
 async def _check_node(tokens: Authenticator, metadata: dict[str, str], node) -> Refusal | None:
     token = bearer_token(metadata)
     if token is None:
-        return Refusal(grpc.StatusCode.UNAUTHENTICATED, "no token: xDS on this port needs gRPC metadata "
-                       "'authorization: Bearer <pod token>' (plait agent --token-file)")
+        return Refusal(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "no token: xDS on this port needs gRPC metadata "
+            "'authorization: Bearer <pod token>' (plait agent --token-file)",
+        )
     try:
         caller = await tokens.authenticate(token)
     except InvalidToken as error:
@@ -147,11 +196,15 @@ async def _check_node(tokens: Authenticator, metadata: dict[str, str], node) -> 
         return Refusal(grpc.StatusCode.UNAVAILABLE, f"cannot check the token now: {error}")
     fields = node.metadata.fields
     parts = node.id.split("~")
-    namespaces = {parts[2].rpartition(".")[2] if len(parts) == 4 else "",  # the hub reads it from the id
-                  fields["NAMESPACE"].string_value if "NAMESPACE" in fields else caller.namespace}
+    namespaces = {
+        parts[2].rpartition(".")[2] if len(parts) == 4 else "",  # the hub reads it from the id
+        fields["NAMESPACE"].string_value if "NAMESPACE" in fields else caller.namespace,
+    }
     account = fields["SERVICE_ACCOUNT"].string_value if "SERVICE_ACCOUNT" in fields else "default"
     if namespaces != {caller.namespace} or account != caller.service_account:
-        return Refusal(grpc.StatusCode.PERMISSION_DENIED,
-                       f"the token is for {caller.namespace}/{caller.service_account}, but node {node.id} claims "
-                       f"namespace {' and '.join(sorted(namespaces))} and service account {account}")
+        return Refusal(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"the token is for {caller.namespace}/{caller.service_account}, but node {node.id} claims "
+            f"namespace {' and '.join(sorted(namespaces))} and service account {account}",
+        )
     return None

@@ -96,16 +96,31 @@ class TokenIssuer:
         the runtime and the control plane both call it at once: one file wins, both read it."""
         return cls(load_or_create_secret(Path(path), lambda: os.urandom(KEY_BYTES)))
 
-    def issue(self, namespace: str, service_account: str, pod: str, ttl_seconds: int = DEFAULT_TTL, *,
-              now: float | None = None) -> str:
+    def issue(
+        self,
+        namespace: str,
+        service_account: str,
+        pod: str,
+        ttl_seconds: int = DEFAULT_TTL,
+        *,
+        now: float | None = None,
+    ) -> str:
         for what, value in (("namespace", namespace), ("service account", service_account), ("pod", pod)):
             if not _NAME.fullmatch(value):
                 raise ValueError(f"{what} {value!r} is not a Kubernetes name (lower case, digits, '-', '.')")
         issued = int(time.time() if now is None else now)
-        claims = {"iss": ISSUER, "sub": f"system:serviceaccount:{namespace}:{service_account}", "aud": [AUDIENCE],
-                  "iat": issued, "exp": issued + int(ttl_seconds),
-                  "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": service_account},
-                                    "pod": {"name": pod}}}
+        claims = {
+            "iss": ISSUER,
+            "sub": f"system:serviceaccount:{namespace}:{service_account}",
+            "aud": [AUDIENCE],
+            "iat": issued,
+            "exp": issued + int(ttl_seconds),
+            "kubernetes.io": {
+                "namespace": namespace,
+                "serviceaccount": {"name": service_account},
+                "pod": {"name": pod},
+            },
+        }
         signing_input = _b64(json.dumps(_HEADER).encode()) + "." + _b64(json.dumps(claims).encode())
         return signing_input + "." + _b64(self._mac(signing_input))
 

@@ -25,23 +25,47 @@ _F = descriptor_pb2.FieldDescriptorProto
 
 def _file() -> descriptor_pb2.FileDescriptorProto:
     def field(name: str, number: int, kind: int, *, repeated: bool = False, type_name: str | None = None):
-        return _F(name=name, number=number, type=kind, type_name=type_name, json_name=_camel(name),
-                  label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
+        return _F(
+            name=name,
+            number=number,
+            type=kind,
+            type_name=type_name,
+            json_name=_camel(name),
+            label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL,
+        )
 
-    request = descriptor_pb2.DescriptorProto(name="IstioCertificateRequest", field=[
-        field("csr", 1, _F.TYPE_STRING),
-        field("validity_duration", 3, _F.TYPE_INT64),
-        field("metadata", 4, _F.TYPE_MESSAGE, type_name=".google.protobuf.Struct"),
-    ])
-    response = descriptor_pb2.DescriptorProto(name="IstioCertificateResponse", field=[
-        field("cert_chain", 1, _F.TYPE_STRING, repeated=True),
-    ])
-    service = descriptor_pb2.ServiceDescriptorProto(name="IstioCertificateService", method=[
-        descriptor_pb2.MethodDescriptorProto(name=METHOD, input_type=f".{PACKAGE}.IstioCertificateRequest",
-                                             output_type=f".{PACKAGE}.IstioCertificateResponse")])
-    return descriptor_pb2.FileDescriptorProto(name=_FILE, package=PACKAGE, syntax="proto3",
-                                              dependency=[struct_pb2.DESCRIPTOR.name],
-                                              message_type=[request, response], service=[service])
+    request = descriptor_pb2.DescriptorProto(
+        name="IstioCertificateRequest",
+        field=[
+            field("csr", 1, _F.TYPE_STRING),
+            field("validity_duration", 3, _F.TYPE_INT64),
+            field("metadata", 4, _F.TYPE_MESSAGE, type_name=".google.protobuf.Struct"),
+        ],
+    )
+    response = descriptor_pb2.DescriptorProto(
+        name="IstioCertificateResponse",
+        field=[
+            field("cert_chain", 1, _F.TYPE_STRING, repeated=True),
+        ],
+    )
+    service = descriptor_pb2.ServiceDescriptorProto(
+        name="IstioCertificateService",
+        method=[
+            descriptor_pb2.MethodDescriptorProto(
+                name=METHOD,
+                input_type=f".{PACKAGE}.IstioCertificateRequest",
+                output_type=f".{PACKAGE}.IstioCertificateResponse",
+            )
+        ],
+    )
+    return descriptor_pb2.FileDescriptorProto(
+        name=_FILE,
+        package=PACKAGE,
+        syntax="proto3",
+        dependency=[struct_pb2.DESCRIPTOR.name],
+        message_type=[request, response],
+        service=[service],
+    )
 
 
 def _camel(name: str) -> str:
@@ -55,8 +79,10 @@ def _messages() -> tuple[type, type]:
         pool.FindFileByName(_FILE)
     except KeyError:
         pool.AddSerializedFile(_file().SerializeToString())
-    return tuple(message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{name}"))
-                 for name in ("IstioCertificateRequest", "IstioCertificateResponse"))
+    return tuple(
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{name}"))
+        for name in ("IstioCertificateRequest", "IstioCertificateResponse")
+    )
 
 
 IstioCertificateRequest, IstioCertificateResponse = _messages()

@@ -122,88 +122,172 @@ def agent(
     mode: Annotated[str, typer.Option(help="capture | proxy | gateway.")] = "capture",
     namespace: Annotated[str, typer.Option(help="Workload namespace.")] = "default",
     labels: Annotated[str, typer.Option(help="Workload labels, KEY=VALUE,KEY=VALUE.")] = "",
-    service_account: Annotated[str, typer.Option(
-        help="Service account: the workload's identity, spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT.")
+    service_account: Annotated[
+        str,
+        typer.Option(
+            help="Service account: the workload's identity, spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT."
+        ),
     ] = "default",
-    control_plane: Annotated[str, typer.Option(
-        envvar="PLAIT_CONTROL_PLANE",
-        help="ADS server HOST:PORT; a bare HOST or an http:// URL means that host's port 15010 (plaintext). "
-             "HOST:15012 (the CA's address) is TLS and needs --token-file.",
-    )] = DEFAULT_CONTROL_PLANE,
+    control_plane: Annotated[
+        str,
+        typer.Option(
+            envvar="PLAIT_CONTROL_PLANE",
+            help="ADS server HOST:PORT; a bare HOST or an http:// URL means that host's port 15010 (plaintext). "
+            "HOST:15012 (the CA's address) is TLS and needs --token-file.",
+        ),
+    ] = DEFAULT_CONTROL_PLANE,
     xds: Annotated[str, typer.Option(help="sotw (state of the world) or delta xDS.")] = "sotw",
     admin_port: Annotated[int, typer.Option(help="Envoy admin port on 127.0.0.1.")] = 15000,
     status_port: Annotated[int, typer.Option(help="Readiness port (/healthz/ready), on all addresses.")] = 15021,
     app_address: Annotated[str, typer.Option(help="Where the sidecar reaches its application.")] = "127.0.0.1",
-    state_dir: Annotated[Path | None, typer.Option(
-        help="Bootstrap (0600), Envoy PID file, and proxy/ with the SDS socket. "
-             "Default: $TMPDIR/plait-agent/NAME.NS.")] = None,
-    concurrency: Annotated[int, typer.Option(help="Envoy worker threads; 0: one per CPU (ProxyConfig concurrency).")] = 1,
-    proxy_env: Annotated[list[str] | None, typer.Option(
-        "--proxy-env", help="NAME=VALUE in Envoy's environment (ProxyConfig environmentVariables); repeatable.")] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Bootstrap (0600), Envoy PID file, and proxy/ with the SDS socket. "
+            "Default: $TMPDIR/plait-agent/NAME.NS."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(help="Envoy worker threads; 0: one per CPU (ProxyConfig concurrency).")
+    ] = 1,
+    proxy_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--proxy-env", help="NAME=VALUE in Envoy's environment (ProxyConfig environmentVariables); repeatable."
+        ),
+    ] = None,
     drain_duration: Annotated[float, typer.Option(help="Seconds Envoy drains before it is stopped.")] = 5.0,
     log_level: Annotated[str, typer.Option(help="Envoy's log level.")] = "warning",
-    register_ports: Annotated[str | None, typer.Option(
-        "--register", help="Register this workload with the control plane, with these ports (NAME=PORT,…; "
-                           "'' for none): ready when the proxy (and app) is, not ready while draining, "
-                           "removed on exit. Needs --control-plane-api.")] = None,
-    proxy_uid: Annotated[int | None, typer.Option(
-        help="Run Envoy as this user: 1337 in capture mode, whose traffic iptables does not redirect.")] = None,
-    app_probe: Annotated[str | None, typer.Option(
-        help="With --register: the app's readiness URL (its readinessProbe); not ready until it answers 2xx.")] = None,
-    control_plane_api: Annotated[str | None, typer.Option(
-        help="The control plane's HTTP API for --register. Default: http://HOST:15014 of --control-plane.")] = None,
-    token_file: Annotated[Path | None, typer.Option(
-        envvar="PLAIT_TOKEN_FILE",
-        help="The pod's token (Istio's istio-token): with it the agent gets a certificate for "
-             "spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT and serves it to Envoy over SDS; the CA signs "
-             "only the identity the token was issued for. Re-read before each renewal. Without it: no "
-             "certificates, plaintext only.")] = None,
-    ca_address: Annotated[str | None, typer.Option(
-        help="The CA, HOST:PORT (TLS, gRPC). Default: port 15012 of the --control-plane host.")] = None,
-    root_cert: Annotated[Path | None, typer.Option(
-        envvar="PLAIT_ROOT_CERT",
-        help="PEM root certificate that the CA's TLS certificate must chain to; the local control plane "
-             "writes it to STATE_DIR/ca/root-cert.pem (default .plait/control-plane/ca/root-cert.pem). "
-             "Needed with --token-file.")] = None,
-    cert_ttl: Annotated[str, typer.Option(
-        help="Lifetime to ask the CA for (24h, 1h, 90s…); the agent renews at half of it.")] = "24h",
-    trust_domain: Annotated[str, typer.Option(
-        help="Trust domain of the identity (its SPIFFE id's host); the CA's must match.")] = TRUST_DOMAIN,
-    probe_port: Annotated[int | None, typer.Option(
-        help="Also serve the status port's routes on this port, with the app's rewritten probes under "
-             "/app-health/CONTAINER/KIND (Istio's status port 15020; the injector passes it).",
-        show_default=False)] = None,
-    app_probers: Annotated[str | None, typer.Option(
-        envvar="ISTIO_KUBE_APP_PROBERS",
-        help="The app's original probes as JSON, /app-health path → httpGet|tcpSocket|grpc (what the injector "
-             "writes); the agent runs them against --app-address.", show_default=False)] = None,
-    app_command: Annotated[list[str] | None, typer.Argument(
-        metavar="-- APP COMMAND", help="Started once the proxy is ready.", show_default=False)] = None,
+    register_ports: Annotated[
+        str | None,
+        typer.Option(
+            "--register",
+            help="Register this workload with the control plane, with these ports (NAME=PORT,…; "
+            "'' for none): ready when the proxy (and app) is, not ready while draining, "
+            "removed on exit. Needs --control-plane-api.",
+        ),
+    ] = None,
+    proxy_uid: Annotated[
+        int | None,
+        typer.Option(help="Run Envoy as this user: 1337 in capture mode, whose traffic iptables does not redirect."),
+    ] = None,
+    app_probe: Annotated[
+        str | None,
+        typer.Option(
+            help="With --register: the app's readiness URL (its readinessProbe); not ready until it answers 2xx."
+        ),
+    ] = None,
+    control_plane_api: Annotated[
+        str | None,
+        typer.Option(
+            help="The control plane's HTTP API for --register. Default: http://HOST:15014 of --control-plane."
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="PLAIT_TOKEN_FILE",
+            help="The pod's token (Istio's istio-token): with it the agent gets a certificate for "
+            "spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT and serves it to Envoy over SDS; the CA signs "
+            "only the identity the token was issued for. Re-read before each renewal. Without it: no "
+            "certificates, plaintext only.",
+        ),
+    ] = None,
+    ca_address: Annotated[
+        str | None, typer.Option(help="The CA, HOST:PORT (TLS, gRPC). Default: port 15012 of the --control-plane host.")
+    ] = None,
+    root_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="PLAIT_ROOT_CERT",
+            help="PEM root certificate that the CA's TLS certificate must chain to; the local control plane "
+            "writes it to STATE_DIR/ca/root-cert.pem (default .plait/control-plane/ca/root-cert.pem). "
+            "Needed with --token-file.",
+        ),
+    ] = None,
+    cert_ttl: Annotated[
+        str, typer.Option(help="Lifetime to ask the CA for (24h, 1h, 90s…); the agent renews at half of it.")
+    ] = "24h",
+    trust_domain: Annotated[
+        str, typer.Option(help="Trust domain of the identity (its SPIFFE id's host); the CA's must match.")
+    ] = TRUST_DOMAIN,
+    probe_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Also serve the status port's routes on this port, with the app's rewritten probes under "
+            "/app-health/CONTAINER/KIND (Istio's status port 15020; the injector passes it).",
+            show_default=False,
+        ),
+    ] = None,
+    app_probers: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ISTIO_KUBE_APP_PROBERS",
+            help="The app's original probes as JSON, /app-health path → httpGet|tcpSocket|grpc (what the injector "
+            "writes); the agent runs them against --app-address.",
+            show_default=False,
+        ),
+    ] = None,
+    app_command: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="-- APP COMMAND", help="Started once the proxy is ready.", show_default=False),
+    ] = None,
 ) -> None:
     try:
         parse_control_plane(control_plane)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--control-plane") from None
-    identity = None if token_file is None else IdentitySettings(
-        token_file=token_file, root_cert=_root_cert(root_cert), ca_address=ca_address or _ca_address(control_plane),
-        ttl_seconds=_ttl_seconds(cert_ttl))
+    identity = (
+        None
+        if token_file is None
+        else IdentitySettings(
+            token_file=token_file,
+            root_cert=_root_cert(root_cert),
+            ca_address=ca_address or _ca_address(control_plane),
+            ttl_seconds=_ttl_seconds(cert_ttl),
+        )
+    )
     xds_tls = _xds_over_tls(control_plane, identity)
-    proxy = proxy_for_mode(_check_choice(mode, MODES, "--mode"), name=name, namespace=namespace, ip=ip,  # type: ignore[arg-type]
-                           labels=parse_labels(labels), service_account=service_account, app_address=app_address,
-                           identity=spiffe_id(namespace, service_account, trust_domain) if identity else None)
+    proxy = proxy_for_mode(
+        _check_choice(mode, MODES, "--mode"),
+        name=name,
+        namespace=namespace,
+        ip=ip,  # type: ignore[arg-type]
+        labels=parse_labels(labels),
+        service_account=service_account,
+        app_address=app_address,
+        identity=spiffe_id(namespace, service_account, trust_domain) if identity else None,
+    )
     config = AgentConfig(
-        bootstrap=BootstrapSettings(proxy=proxy, control_plane=control_plane, admin_port=admin_port,
-                                    xds=_check_choice(xds, ("sotw", "delta"), "--xds"),  # type: ignore[arg-type]
-                                    xds_tls=xds_tls),
-        state_dir=state_dir or default_state_dir(name, namespace), status_port=status_port,
-        concurrency=_check_concurrency(concurrency), proxy_env=_parse_env(proxy_env or []),
-        drain_seconds=drain_duration, envoy_log_level=_check_choice(log_level, ENVOY_LOG_LEVELS, "--log-level"),
-        app_command=tuple(app_command or ()), proxy_uid=proxy_uid, identity=identity, probe_port=probe_port,
+        bootstrap=BootstrapSettings(
+            proxy=proxy,
+            control_plane=control_plane,
+            admin_port=admin_port,
+            xds=_check_choice(xds, ("sotw", "delta"), "--xds"),  # type: ignore[arg-type]
+            xds_tls=xds_tls,
+        ),
+        state_dir=state_dir or default_state_dir(name, namespace),
+        status_port=status_port,
+        concurrency=_check_concurrency(concurrency),
+        proxy_env=_parse_env(proxy_env or []),
+        drain_seconds=drain_duration,
+        envoy_log_level=_check_choice(log_level, ENVOY_LOG_LEVELS, "--log-level"),
+        app_command=tuple(app_command or ()),
+        proxy_uid=proxy_uid,
+        identity=identity,
+        probe_port=probe_port,
         app_probers=_app_probers(app_probers),
-        registration=None if register_ports is None else Registration(
-            api=control_plane_api or f"http://{parse_control_plane(control_plane)[0]}:15014", proxy=proxy, address=ip,
-            ports={k: int(v) for k, v in parse_labels(register_ports).items()}, app_probe=app_probe,
-            token_file=token_file))
+        registration=None
+        if register_ports is None
+        else Registration(
+            api=control_plane_api or f"http://{parse_control_plane(control_plane)[0]}:15014",
+            proxy=proxy,
+            address=ip,
+            ports={k: int(v) for k, v in parse_labels(register_ports).items()},
+            app_probe=app_probe,
+            token_file=token_file,
+        ),
+    )
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="[agent] %(message)s")
     try:
         code = asyncio.run(run_agent(config))
@@ -246,17 +330,21 @@ def _xds_over_tls(control_plane: str, identity: IdentitySettings | None) -> bool
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--ca-address") from None
     if address[1] == CA_PORT:
-        raise typer.BadParameter(f"port {CA_PORT} is the control plane's TLS port, where xDS needs a pod token: "
-                                 "give --token-file and --root-cert, or use port 15010 (plaintext)",
-                                 param_hint="--control-plane")
+        raise typer.BadParameter(
+            f"port {CA_PORT} is the control plane's TLS port, where xDS needs a pod token: "
+            "give --token-file and --root-cert, or use port 15010 (plaintext)",
+            param_hint="--control-plane",
+        )
     return False
 
 
 def _root_cert(path: Path | None) -> Path:
     if path is None:
-        raise typer.BadParameter("--token-file needs the CA's root certificate, e.g. "
-                                 "--root-cert .plait/control-plane/ca/root-cert.pem (or PLAIT_ROOT_CERT)",
-                                 param_hint="--root-cert")
+        raise typer.BadParameter(
+            "--token-file needs the CA's root certificate, e.g. "
+            "--root-cert .plait/control-plane/ca/root-cert.pem (or PLAIT_ROOT_CERT)",
+            param_hint="--root-cert",
+        )
     return path
 
 

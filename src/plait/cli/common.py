@@ -11,8 +11,10 @@ from plait.api import LoadResult, load_paths
 from plait.cli.console import err, print_problems
 from plait.model import MeshSnapshot, Proxy
 
-FilesOption = Annotated[list[Path], typer.Option(
-    "-f", "--filename", help="A YAML file or a directory of them (read recursively). Repeatable.")]
+FilesOption = Annotated[
+    list[Path],
+    typer.Option("-f", "--filename", help="A YAML file or a directory of them (read recursively). Repeatable."),
+]
 
 
 def load_or_exit(paths: list[Path], show_warnings: bool = True) -> LoadResult:
@@ -20,7 +22,9 @@ def load_or_exit(paths: list[Path], show_warnings: bool = True) -> LoadResult:
     result = load_paths(paths)
     if result.errors:
         print_problems(result.problems)
-        err.print(f"[red]{len(result.errors)} error(s)[/]; nothing from this input was used. Fix them and run the command again.")
+        err.print(
+            f"[red]{len(result.errors)} error(s)[/]; nothing from this input was used. Fix them and run the command again."
+        )
         raise typer.Exit(1)
     if show_warnings:
         print_problems(result.warnings)

@@ -39,9 +39,19 @@ def validate(filename: FilesOption) -> None:
 
 def translate(
     filename: FilesOption,
-    proxy: Annotated[str, typer.Option("--proxy", help="Workload (WorkloadEntry name or namespace/name) whose proxy to show.")],
-    type_: Annotated[list[str], typer.Option("--type", "-t", help=(
-        "cds, eds, lds, rds or sds (secrets, private keys redacted); repeatable. Default: cds, eds, lds, rds."))] = [],  # noqa: B006
+    proxy: Annotated[
+        str, typer.Option("--proxy", help="Workload (WorkloadEntry name or namespace/name) whose proxy to show.")
+    ],
+    type_: Annotated[
+        list[str],
+        typer.Option(
+            "--type",
+            "-t",
+            help=(
+                "cds, eds, lds, rds or sds (secrets, private keys redacted); repeatable. Default: cds, eds, lds, rds."
+            ),
+        ),
+    ] = [],  # noqa: B006
     mode: Annotated[str, typer.Option(help="Sidecar mode: 'capture' (iptables) or 'proxy' (HTTP_PROXY).")] = "capture",
     output: Annotated[str, typer.Option("-o", "--output", help="yaml or json")] = "yaml",
 ) -> None:
@@ -64,8 +74,13 @@ def translate(
         out.print(yaml.safe_dump(resources, sort_keys=False), markup=False, end="")
 
 
-def version(control_plane: Annotated[str | None, typer.Option(
-        "--control-plane", help="Control plane host, host:port or URL (default $PLAIT_CONTROL_PLANE or localhost).")] = None,
+def version(
+    control_plane: Annotated[
+        str | None,
+        typer.Option(
+            "--control-plane", help="Control plane host, host:port or URL (default $PLAIT_CONTROL_PLANE or localhost)."
+        ),
+    ] = None,
 ) -> None:
     """Print the versions of this client, the control plane (if one answers) and Envoy."""
     out.print(f"client version: {__version__}")

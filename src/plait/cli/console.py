@@ -16,5 +16,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 def print_problems(problems: list[Problem]) -> None:
     for p in problems:
         colour = "red" if p.severity == "error" else "yellow"
-        err.print(f"[{colour}]{p.severity}[/]: {p.where()}" + (f": [bold]{p.path}[/]" if p.path else "")
-                  + f": {p.message}", markup=True)
+        err.print(
+            f"[{colour}]{p.severity}[/]: {p.where()}" + (f": [bold]{p.path}[/]" if p.path else "") + f": {p.message}",
+            markup=True,
+        )

@@ -24,18 +24,27 @@ from plait.client import ClientError, Http, control_plane_url
 from plait.controlplane.app import Settings, run
 from plait.sources.kube_objects import KubeConfigError
 
-ControlPlane = Annotated[str | None, typer.Option(
-    "--control-plane", help="Control plane host, host:port (HTTP API, default port 15014) or URL. "
-                            "Default: $PLAIT_CONTROL_PLANE or localhost.")]
-Files = Annotated[list[str], typer.Option("-f", "--filename", help="YAML file, directory (recursive) or '-' "
-                                                                    "for standard input. Repeatable.")]
+ControlPlane = Annotated[
+    str | None,
+    typer.Option(
+        "--control-plane",
+        help="Control plane host, host:port (HTTP API, default port 15014) or URL. "
+        "Default: $PLAIT_CONTROL_PLANE or localhost.",
+    ),
+]
+Files = Annotated[
+    list[str],
+    typer.Option("-f", "--filename", help="YAML file, directory (recursive) or '-' for standard input. Repeatable."),
+]
 
 
 def fail(exc: ClientError, verb: str = "applied") -> None:
     if exc.problems:
         print_problems([Problem(**p) for p in exc.problems])
-        err.print(f"[red]{sum(p['severity'] == 'error' for p in exc.problems)} error(s)[/]; nothing was {verb}. "
-                  "Fix them and run the command again.")
+        err.print(
+            f"[red]{sum(p['severity'] == 'error' for p in exc.problems)} error(s)[/]; nothing was {verb}. "
+            "Fix them and run the command again."
+        )
     else:
         err.print(f"[red]error[/]: {exc}")
     raise typer.Exit(1)
@@ -69,40 +78,68 @@ class XdsAuth(str, Enum):
 
 
 def control_plane(
-    config_dir: Annotated[Path, typer.Option(help="Directory of Istio YAML; watched for edits. Not used with "
-                                                  "--kubernetes.")] = Path("mesh"),
-    kubernetes: Annotated[bool, typer.Option(
-        "--kubernetes", help="Read the mesh from a Kubernetes cluster instead of --config-dir: watch its Services, "
-                             "EndpointSlices, Pods, Namespaces and Istio CRDs (kubectl apply changes the mesh). "
-                             "The cluster is the one --kubeconfig names, else $KUBECONFIG, else the pod's own "
-                             "service account when run in the cluster, else ~/.kube/config.")] = False,
-    kubeconfig: Annotated[str | None, typer.Option(
-        help="Kubeconfig file of the cluster to read (implies --kubernetes).")] = None,
+    config_dir: Annotated[
+        Path, typer.Option(help="Directory of Istio YAML; watched for edits. Not used with --kubernetes.")
+    ] = Path("mesh"),
+    kubernetes: Annotated[
+        bool,
+        typer.Option(
+            "--kubernetes",
+            help="Read the mesh from a Kubernetes cluster instead of --config-dir: watch its Services, "
+            "EndpointSlices, Pods, Namespaces and Istio CRDs (kubectl apply changes the mesh). "
+            "The cluster is the one --kubeconfig names, else $KUBECONFIG, else the pod's own "
+            "service account when run in the cluster, else ~/.kube/config.",
+        ),
+    ] = False,
+    kubeconfig: Annotated[
+        str | None, typer.Option(help="Kubeconfig file of the cluster to read (implies --kubernetes).")
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (use 0.0.0.0 to serve other hosts).")] = "127.0.0.1",
-    xds_port: Annotated[int, typer.Option(help="Plaintext ADS (gRPC) port for Envoy, unauthenticated; "
-                                               "none with --xds-auth strict.")] = 15010,
+    xds_port: Annotated[
+        int, typer.Option(help="Plaintext ADS (gRPC) port for Envoy, unauthenticated; none with --xds-auth strict.")
+    ] = 15010,
     http_port: Annotated[int, typer.Option(help="HTTP API, debug and /metrics port.")] = 15014,
     debounce: Annotated[str, typer.Option(help="Coalesce changes for this long before pushing.")] = "100ms",
-    state_dir: Annotated[Path, typer.Option(
-        help="Where the control plane keeps its state. The CA lives in DIR/ca/ (mode 0700, keys 0600): "
-             "its root, its key unless --cacerts is given, and the key that signs pod tokens. Agents trust "
-             "DIR/ca/root-cert.pem.")] = Path(".plait/control-plane"),
-    ca_port: Annotated[int, typer.Option(
-        help="TLS port (gRPC), istiod's 15012: the CA (Istio's IstioCertificateService; agents send a CSR and "
-             "their pod token and get their workload certificate) and xDS authenticated by pod token.")] = 15012,
-    cacerts: Annotated[Path | None, typer.Option(
-        help="Istio's plug-in CA directory (the files of the cacerts secret: ca-cert.pem, ca-key.pem, "
-             "root-cert.pem, cert-chain.pem), to sign with your own intermediate under your own root. "
-             "Default: a self-signed root generated in --state-dir.")] = None,
-    workload_cert_ttl: Annotated[str, typer.Option(
-        help="Lifetime of workload certificates when the agent asks for none, e.g. 24h or 10m (at most "
-             "2160h, Istio's 90 days). Agents renew at half life.")] = "24h",
-    xds_auth: Annotated[XdsAuth, typer.Option(
-        help="xDS is always served over TLS on --ca-port, where a stream needs gRPC metadata "
-             "'authorization: Bearer <pod token>' whose namespace and service account match the node's "
-             "(NAMESPACE / SERVICE_ACCOUNT metadata). permissive: plaintext xDS on --xds-port too, open to "
-             "any Envoy (istiod's 15010). strict: no plaintext port; every proxy is authenticated and "
-             "its xDS encrypted.")] = XdsAuth.permissive,
+    state_dir: Annotated[
+        Path,
+        typer.Option(
+            help="Where the control plane keeps its state. The CA lives in DIR/ca/ (mode 0700, keys 0600): "
+            "its root, its key unless --cacerts is given, and the key that signs pod tokens. Agents trust "
+            "DIR/ca/root-cert.pem."
+        ),
+    ] = Path(".plait/control-plane"),
+    ca_port: Annotated[
+        int,
+        typer.Option(
+            help="TLS port (gRPC), istiod's 15012: the CA (Istio's IstioCertificateService; agents send a CSR and "
+            "their pod token and get their workload certificate) and xDS authenticated by pod token."
+        ),
+    ] = 15012,
+    cacerts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Istio's plug-in CA directory (the files of the cacerts secret: ca-cert.pem, ca-key.pem, "
+            "root-cert.pem, cert-chain.pem), to sign with your own intermediate under your own root. "
+            "Default: a self-signed root generated in --state-dir."
+        ),
+    ] = None,
+    workload_cert_ttl: Annotated[
+        str,
+        typer.Option(
+            help="Lifetime of workload certificates when the agent asks for none, e.g. 24h or 10m (at most "
+            "2160h, Istio's 90 days). Agents renew at half life."
+        ),
+    ] = "24h",
+    xds_auth: Annotated[
+        XdsAuth,
+        typer.Option(
+            help="xDS is always served over TLS on --ca-port, where a stream needs gRPC metadata "
+            "'authorization: Bearer <pod token>' whose namespace and service account match the node's "
+            "(NAMESPACE / SERVICE_ACCOUNT metadata). permissive: plaintext xDS on --xds-port too, open to "
+            "any Envoy (istiod's 15010). strict: no plaintext port; every proxy is authenticated and "
+            "its xDS encrypted."
+        ),
+    ] = XdsAuth.permissive,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the control plane (plait's istiod): serve xDS to Envoys from a directory of Istio config,
@@ -131,10 +168,20 @@ def control_plane(
     if not 60 <= cert_ttl <= MAX_WORKLOAD_TTL:
         err.print(f"[red]error[/]: --workload-cert-ttl {workload_cert_ttl} must be between 1m and 2160h")
         raise typer.Exit(2)
-    settings = Settings(config_dir=config_dir, host=host, xds_port=xds_port, http_port=http_port,
-                        debounce=parse_duration(debounce), state_dir=state_dir, ca_port=ca_port,
-                        cacerts_dir=cacerts, workload_cert_ttl=int(cert_ttl), xds_auth=xds_auth.value,
-                        kubernetes=kubernetes or kubeconfig is not None, kubeconfig=kubeconfig)
+    settings = Settings(
+        config_dir=config_dir,
+        host=host,
+        xds_port=xds_port,
+        http_port=http_port,
+        debounce=parse_duration(debounce),
+        state_dir=state_dir,
+        ca_port=ca_port,
+        cacerts_dir=cacerts,
+        workload_cert_ttl=int(cert_ttl),
+        xds_auth=xds_auth.value,
+        kubernetes=kubernetes or kubeconfig is not None,
+        kubeconfig=kubeconfig,
+    )
     try:
         asyncio.run(run(settings))
     except CaError as exc:
@@ -157,8 +204,13 @@ def _summarise(result: dict, verb: str) -> None:
         out.print(f"nothing to {verb}")
 
 
-def apply(filename: Files, control_plane: ControlPlane = None,
-          dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate against the live config; change nothing.")] = False) -> None:
+def apply(
+    filename: Files,
+    control_plane: ControlPlane = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate against the live config; change nothing.")
+    ] = False,
+) -> None:
     """Create or update Istio config in the running mesh: every document, or none.
 
     The input is validated with the rest of the mesh's config first; on any error nothing changes
@@ -183,15 +235,22 @@ def delete(filename: Files, control_plane: ControlPlane = None) -> None:
     """
     name, text = _joined(filename)
     try:
-        result = Http(control_plane_url(control_plane)).request("POST", "/api/v1/config/delete?" + urlencode({"filename": name}),
-                                                                text.encode())
+        result = Http(control_plane_url(control_plane)).request(
+            "POST", "/api/v1/config/delete?" + urlencode({"filename": name}), text.encode()
+        )
     except ClientError as exc:
         fail(exc, "deleted")
     _summarise(result, "delete")
 
 
-KIND_NAMES = {"vs": "VirtualService", "dr": "DestinationRule", "se": "ServiceEntry", "gw": "Gateway",
-              "we": "WorkloadEntry", "svc": "Service"}
+KIND_NAMES = {
+    "vs": "VirtualService",
+    "dr": "DestinationRule",
+    "se": "ServiceEntry",
+    "gw": "Gateway",
+    "we": "WorkloadEntry",
+    "svc": "Service",
+}
 
 
 def kind_name(text: str) -> str:
@@ -204,17 +263,25 @@ def kind_name(text: str) -> str:
     return lowered.removesuffix("s")
 
 
-def get(kind: Annotated[str, typer.Argument(help="VirtualService, DestinationRule, ServiceEntry, Gateway, "
-                                                 "Sidecar, WorkloadEntry or Service (any case)")],
-        name: Annotated[str | None, typer.Argument(help="Object name; all when omitted")] = None,
-        namespace: Annotated[str | None, typer.Option("-n", "--namespace", help="Namespace; all when omitted")] = None,
-        output: Annotated[str, typer.Option("-o", "--output", help="table, yaml or json")] = "table",
-        control_plane: ControlPlane = None) -> None:
+def get(
+    kind: Annotated[
+        str,
+        typer.Argument(
+            help="VirtualService, DestinationRule, ServiceEntry, Gateway, Sidecar, WorkloadEntry or Service (any case)"
+        ),
+    ],
+    name: Annotated[str | None, typer.Argument(help="Object name; all when omitted")] = None,
+    namespace: Annotated[str | None, typer.Option("-n", "--namespace", help="Namespace; all when omitted")] = None,
+    output: Annotated[str, typer.Option("-o", "--output", help="table, yaml or json")] = "table",
+    control_plane: ControlPlane = None,
+) -> None:
     """List stored Istio config, as kubectl get does.
 
     Example: [bold]plait get virtualservice reviews -o yaml[/]
     """
-    query = "?" + urlencode({k: v for k, v in (("kind", kind_name(kind)), ("name", name), ("namespace", namespace)) if v})
+    query = "?" + urlencode(
+        {k: v for k, v in (("kind", kind_name(kind)), ("name", name), ("namespace", namespace)) if v}
+    )
     try:
         items = Http(control_plane_url(control_plane)).get("/api/v1/config" + query)["items"]
     except ClientError as exc:

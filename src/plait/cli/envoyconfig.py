@@ -49,7 +49,9 @@ def routes(dump: dict) -> list[dict]:
 
 def endpoints(dump: dict) -> list[dict]:
     part = section(dump, "endpoint")
-    return [e["endpoint_config"] for e in part.get("static_endpoint_configs", []) + part.get("dynamic_endpoint_configs", [])]
+    return [
+        e["endpoint_config"] for e in part.get("static_endpoint_configs", []) + part.get("dynamic_endpoint_configs", [])
+    ]
 
 
 def cluster_rows(dump: dict) -> list[tuple[str, ...]]:
@@ -90,7 +92,9 @@ def _match(chain: dict) -> str:
     if "application_protocols" in m:
         parts.append("App: " + ",".join(m["application_protocols"]))
     if "prefix_ranges" in m:
-        parts.append("Addr: " + ",".join(f"{r['address_prefix']}/{r.get('prefix_len', 32)}" for r in m["prefix_ranges"]))
+        parts.append(
+            "Addr: " + ",".join(f"{r['address_prefix']}/{r.get('prefix_len', 32)}" for r in m["prefix_ranges"])
+        )
     if "transport_protocol" in m:
         parts.append(f"Trans: {m['transport_protocol']}")
     return "; ".join(parts) or "ALL"
@@ -102,10 +106,18 @@ def listener_rows(dump: dict) -> list[tuple[str, ...]]:
     for listener in listeners(dump):
         addr = listener.get("address", {}).get("socket_address", {})
         chains = listener.get("filter_chains", []) + (
-            [listener["default_filter_chain"]] if "default_filter_chain" in listener else [])
+            [listener["default_filter_chain"]] if "default_filter_chain" in listener else []
+        )
         for chain in chains:
-            rows.append((listener["name"], addr.get("address", ""), str(addr.get("port_value", "")),
-                         _match(chain), _filters(chain)))
+            rows.append(
+                (
+                    listener["name"],
+                    addr.get("address", ""),
+                    str(addr.get("port_value", "")),
+                    _match(chain),
+                    _filters(chain),
+                )
+            )
     return rows
 
 
@@ -134,8 +146,9 @@ def route_rows(dump: dict) -> list[tuple[str, ...]]:
             domains = vhost.get("domains", [])
             shown = domains[0] + (f" +{len(domains) - 1} more" if len(domains) > 1 else "")
             for route in vhost.get("routes", []):
-                rows.append((config.get("name", ""), vhost.get("name", ""), shown, _route_match(route),
-                             _virtual_service(route)))
+                rows.append(
+                    (config.get("name", ""), vhost.get("name", ""), shown, _route_match(route), _virtual_service(route))
+                )
     return rows
 
 
@@ -155,15 +168,16 @@ def endpoint_rows(clusters_json: dict) -> list[tuple[str, ...]]:
 def resource_names(dump: dict) -> dict[str, set[str]]:
     """Names of what Envoy got over xDS (not its bootstrap or inline config), by short type."""
     cds, lds, rds = section(dump, "cluster"), section(dump, "listener"), section(dump, "route")
-    return {"cds": {c["cluster"]["name"] for c in cds.get("dynamic_active_clusters", [])},
-            "lds": {item["name"] for item in lds.get("dynamic_listeners", []) if "active_state" in item},
-            "rds": {r["route_config"].get("name", "") for r in rds.get("dynamic_route_configs", [])},
-            "eds": {e.get("cluster_name", "") for e in endpoints(dump)}}
+    return {
+        "cds": {c["cluster"]["name"] for c in cds.get("dynamic_active_clusters", [])},
+        "lds": {item["name"] for item in lds.get("dynamic_listeners", []) if "active_state" in item},
+        "rds": {r["route_config"].get("name", "") for r in rds.get("dynamic_route_configs", [])},
+        "eds": {e.get("cluster_name", "") for e in endpoints(dump)},
+    }
 
 
 def bootstrap(dump: dict) -> Any:
     return section(dump, "bootstrap").get("bootstrap", {})
-
 
 
 # ------------------------------------------------------------------ secrets (SDS)
@@ -171,8 +185,11 @@ def bootstrap(dump: dict) -> Any:
 SECRETS_DUMP = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"
 NOT_RECEIVED = "not received yet: is the SDS server (the proxy's agent) serving?"
 FINGERPRINT_PREFIX = 12  # hex digits of a SHA-256 fingerprint shown in tables
-SECRET_LISTS = (("static_secrets", "STATIC"), ("dynamic_active_secrets", "ACTIVE"),
-                ("dynamic_warming_secrets", "WARMING"))
+SECRET_LISTS = (
+    ("static_secrets", "STATIC"),
+    ("dynamic_active_secrets", "ACTIVE"),
+    ("dynamic_warming_secrets", "WARMING"),
+)
 
 
 def secret_entries(dump: dict) -> list[dict]:
@@ -249,11 +266,17 @@ def _validity(cert: x509.Certificate, now: datetime) -> str:
 
 def certificate_info(cert: x509.Certificate, now: datetime) -> dict:
     """What a person checks in one certificate: who it names, its serial (hex) and validity."""
-    return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
-            "serial": format(cert.serial_number, "x"), "uri_sans": _sans(cert, x509.UniformResourceIdentifier),
-            "dns_sans": _sans(cert, x509.DNSName), "not_before": _time(cert.not_valid_before_utc),
-            "not_after": _time(cert.not_valid_after_utc), "validity": _validity(cert, now),
-            "sha256": _fingerprint(cert)}
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": format(cert.serial_number, "x"),
+        "uri_sans": _sans(cert, x509.UniformResourceIdentifier),
+        "dns_sans": _sans(cert, x509.DNSName),
+        "not_before": _time(cert.not_valid_before_utc),
+        "not_after": _time(cert.not_valid_after_utc),
+        "validity": _validity(cert, now),
+        "sha256": _fingerprint(cert),
+    }
 
 
 def _root(cert: x509.Certificate, chains_to: str | None, **problem: str) -> dict:
@@ -320,8 +343,10 @@ def _short_root(root: dict | None, cert: dict) -> str:
     if root is None:  # a CA certificate: it is a root itself
         return f"{_common_name(cert['subject'])} sha256:{cert['sha256'][:FINGERPRINT_PREFIX]}"
     if root.get("chains_to"):
-        return (f"chains to {root['chains_to']} ({_common_name(root['subject'])} "
-                f"sha256:{root['sha256'][:FINGERPRINT_PREFIX]})")
+        return (
+            f"chains to {root['chains_to']} ({_common_name(root['subject'])} "
+            f"sha256:{root['sha256'][:FINGERPRINT_PREFIX]})"
+        )
     return f"NOT VERIFIED: {root['problem']}" + (f" ({_common_name(root['subject'])})" if root.get("subject") else "")
 
 
@@ -332,11 +357,21 @@ def secret_rows(infos: list[dict]) -> list[tuple[str, ...]]:
     for info in infos:
         certs = info["certificates"] if info["type"] == "CA" else info["certificates"][:1]
         if not certs:
-            rows.append((info["name"], info["type"], info["status"], "-", "-", "-", "-", "-",
-                         info.get("problem", "-")))
+            rows.append((info["name"], info["type"], info["status"], "-", "-", "-", "-", "-", info.get("problem", "-")))
         for cert in certs:
             valid = "true" if info["valid"] else "false"
             identity = ",".join(cert["uri_sans"] or cert["dns_sans"]) or cert["subject"]
-            rows.append((info["name"], info["type"], info["status"], valid, cert["serial"], cert["not_after"],
-                         cert["not_before"], identity, _short_root(info["root"], cert)))
+            rows.append(
+                (
+                    info["name"],
+                    info["type"],
+                    info["status"],
+                    valid,
+                    cert["serial"],
+                    cert["not_after"],
+                    cert["not_before"],
+                    identity,
+                    _short_root(info["root"], cert),
+                )
+            )
     return rows

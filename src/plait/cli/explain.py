@@ -47,7 +47,7 @@ DEMO_DIR = Path(__file__).resolve().parents[1] / "demo" / "bookinfo"
 def parse_header(text: str) -> tuple[str, str]:
     """``'end-user: jason'`` → ``('end-user', 'jason')``; a leading ``:`` (pseudo-header) is kept."""
     lead = ":" if text.startswith(":") else ""
-    name, sep, value = text[len(lead):].partition(":")
+    name, sep, value = text[len(lead) :].partition(":")
     if not sep or not name.strip():
         raise ValueError(f"header {text!r} is not of the form 'name: value'")
     return lead + name.strip(), value.strip()
@@ -55,28 +55,49 @@ def parse_header(text: str) -> tuple[str, str]:
 
 def endpoint_index(snapshot: MeshSnapshot) -> dict[str, RegistryEndpoint]:
     """Registry endpoints by ``address:port``, to name the workload behind an Envoy endpoint."""
-    return {f"{ep.address}:{ep.port}": ep for svc in snapshot.services.values()
-            for eps in svc.endpoints.values() for ep in eps}
+    return {
+        f"{ep.address}:{ep.port}": ep
+        for svc in snapshot.services.values()
+        for eps in svc.endpoints.values()
+        for ep in eps
+    }
 
 
 def explain(
-    filename: Annotated[list[Path], typer.Option(
-        "-f", "--filename", help="A YAML file or a directory of them (read recursively). Repeatable.")],
-    source: Annotated[str, typer.Option(
-        "--from", help="The workload sending the request (WorkloadEntry name or namespace/name); "
-                       "a gateway workload (istio=ingressgateway) receives it instead.")],
+    filename: Annotated[
+        list[Path],
+        typer.Option("-f", "--filename", help="A YAML file or a directory of them (read recursively). Repeatable."),
+    ],
+    source: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="The workload sending the request (WorkloadEntry name or namespace/name); "
+            "a gateway workload (istio=ingressgateway) receives it instead.",
+        ),
+    ],
     url: Annotated[str, typer.Option("--url", help="The request URL, e.g. http://reviews:9080/reviews/0")],
-    header: Annotated[list[str], typer.Option(
-        "-H", "--header", help="A request header 'name: value'. Repeatable.")] = [],  # noqa: B006
+    header: Annotated[
+        list[str], typer.Option("-H", "--header", help="A request header 'name: value'. Repeatable.")
+    ] = [],  # noqa: B006
     method: Annotated[str, typer.Option("--method", "-X", help="HTTP method.")] = "GET",
     mode: Annotated[str, typer.Option(help="Sidecar mode: 'capture' (iptables) or 'proxy' (HTTP_PROXY).")] = "capture",
     output: Annotated[str, typer.Option("-o", "--output", help="text or json")] = "text",
-    source_principal: Annotated[str | None, typer.Option(
-        "--source-principal", help="Assume the caller presents this mTLS identity "
-                                   "(spiffe://cluster.local/ns/NS/sa/SA) to the destination.")] = None,
-    source_ip: Annotated[str | None, typer.Option(
-        "--source-ip", help="The caller's address: the outside client of a gateway, or instead of the "
-                            "source workload's.")] = None,
+    source_principal: Annotated[
+        str | None,
+        typer.Option(
+            "--source-principal",
+            help="Assume the caller presents this mTLS identity "
+            "(spiffe://cluster.local/ns/NS/sa/SA) to the destination.",
+        ),
+    ] = None,
+    source_ip: Annotated[
+        str | None,
+        typer.Option(
+            "--source-ip",
+            help="The caller's address: the outside client of a gateway, or instead of the source workload's.",
+        ),
+    ] = None,
 ) -> None:
     """Follow a request through the source proxy's Envoy configuration, as Envoy would.
 
@@ -121,8 +142,10 @@ def outcome_json(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> di
 
 def print_outcome(outcome: Outcome, workloads: dict[str, RegistryEndpoint], source: str) -> None:
     request = outcome.request
-    out.print(f"[bold]{escape(request.method)} {escape(request.url)}[/]  from [bold]{escape(source)}[/] "
-              f"({outcome.mode})\n  [dim]proxy {escape(outcome.proxy)}[/]")
+    out.print(
+        f"[bold]{escape(request.method)} {escape(request.url)}[/]  from [bold]{escape(source)}[/] "
+        f"({outcome.mode})\n  [dim]proxy {escape(outcome.proxy)}[/]"
+    )
     for name, value in request.headers:
         out.print(f"  [dim]header[/] {escape(name)}: {escape(value)}")
     out.print()
@@ -263,21 +286,45 @@ class Scenario:
 
 
 SCENARIOS = (
-    Scenario("No VirtualService", "Istio's default: least-request load balancing over every reviews pod (v1, v2, v3).", ()),
-    Scenario("virtual-service-all-v1.yaml", "Request routing: every service pinned to v1.",
-             ("virtual-service-all-v1.yaml",)),
-    Scenario("virtual-service-reviews-test-v2.yaml", "Routing on a header: jason gets reviews v2, everyone else v1.",
-             ("virtual-service-all-v1.yaml", "virtual-service-reviews-test-v2.yaml")),
-    Scenario("virtual-service-reviews-jason-v2-v3.yaml", "jason gets reviews v2, everyone else v3.",
-             ("virtual-service-all-v1.yaml", "virtual-service-reviews-jason-v2-v3.yaml")),
-    Scenario("virtual-service-reviews-80-20.yaml", "Traffic shifting: 80% of requests to v1, 20% to v2.",
-             ("virtual-service-all-v1.yaml", "virtual-service-reviews-80-20.yaml")),
-    Scenario("virtual-service-ratings-test-delay.yaml", "Fault injection: ratings answers jason after a 7s delay.",
-             ("virtual-service-all-v1.yaml", "virtual-service-reviews-test-v2.yaml",
-              "virtual-service-ratings-test-delay.yaml")),
-    Scenario("virtual-service-ratings-test-abort.yaml", "Fault injection: ratings answers jason with HTTP 500.",
-             ("virtual-service-all-v1.yaml", "virtual-service-reviews-test-v2.yaml",
-              "virtual-service-ratings-test-abort.yaml")),
+    Scenario(
+        "No VirtualService", "Istio's default: least-request load balancing over every reviews pod (v1, v2, v3).", ()
+    ),
+    Scenario(
+        "virtual-service-all-v1.yaml", "Request routing: every service pinned to v1.", ("virtual-service-all-v1.yaml",)
+    ),
+    Scenario(
+        "virtual-service-reviews-test-v2.yaml",
+        "Routing on a header: jason gets reviews v2, everyone else v1.",
+        ("virtual-service-all-v1.yaml", "virtual-service-reviews-test-v2.yaml"),
+    ),
+    Scenario(
+        "virtual-service-reviews-jason-v2-v3.yaml",
+        "jason gets reviews v2, everyone else v3.",
+        ("virtual-service-all-v1.yaml", "virtual-service-reviews-jason-v2-v3.yaml"),
+    ),
+    Scenario(
+        "virtual-service-reviews-80-20.yaml",
+        "Traffic shifting: 80% of requests to v1, 20% to v2.",
+        ("virtual-service-all-v1.yaml", "virtual-service-reviews-80-20.yaml"),
+    ),
+    Scenario(
+        "virtual-service-ratings-test-delay.yaml",
+        "Fault injection: ratings answers jason after a 7s delay.",
+        (
+            "virtual-service-all-v1.yaml",
+            "virtual-service-reviews-test-v2.yaml",
+            "virtual-service-ratings-test-delay.yaml",
+        ),
+    ),
+    Scenario(
+        "virtual-service-ratings-test-abort.yaml",
+        "Fault injection: ratings answers jason with HTTP 500.",
+        (
+            "virtual-service-all-v1.yaml",
+            "virtual-service-reviews-test-v2.yaml",
+            "virtual-service-ratings-test-abort.yaml",
+        ),
+    ),
 )
 
 JASON = (("end-user", "jason"),)
@@ -318,8 +365,11 @@ def lands_on(outcome: Outcome, workloads: dict[str, RegistryEndpoint]) -> str:
         return parts[0]
     services = {part.split(" ")[0] for part in parts}
     if len(services) == 1:  # "reviews v1 80%, v2 20%"
-        return services.pop() + " " + ", ".join(f"{part.partition(' ')[2]} {c.percent:g}%"
-                                                for part, c in zip(parts, outcome.clusters))
+        return (
+            services.pop()
+            + " "
+            + ", ".join(f"{part.partition(' ')[2]} {c.percent:g}%" for part, c in zip(parts, outcome.clusters))
+        )
     return ", ".join(f"{part} {c.percent:g}%" for part, c in zip(parts, outcome.clusters))
 
 
@@ -331,8 +381,9 @@ def _cluster_short(cluster: ClusterTarget, workloads: dict[str, RegistryEndpoint
     service = host.split(".")[0]
     if subset:
         return f"{service} {subset}"
-    versions = sorted({workloads[e.address].labels.get("version", "?") for e in cluster.endpoints
-                       if e.address in workloads})
+    versions = sorted(
+        {workloads[e.address].labels.get("version", "?") for e in cluster.endpoints if e.address in workloads}
+    )
     if len(versions) > 1:
         return f"{service} {', '.join(versions)}"
     return f"{service} {versions[0]}" if versions else service
@@ -355,15 +406,24 @@ def scenario_rows(snapshot: MeshSnapshot) -> list[tuple[str, str, str]]:
         outcome = simulate_mesh(snapshot, proxy, Request.from_url(url, headers=headers))
         user = dict(headers).get("end-user")
         fault = describe_fault(outcome.policies)
-        rows.append((label + (f" [magenta]{escape(user)}[/]" if user else ""),
-                     lands_on(outcome, workloads) + (f"\n[yellow]{escape(fault)}[/]" if fault else ""),
-                     escape(_rule(outcome))))
+        rows.append(
+            (
+                label + (f" [magenta]{escape(user)}[/]" if user else ""),
+                lands_on(outcome, workloads) + (f"\n[yellow]{escape(fault)}[/]" if fault else ""),
+                escape(_rule(outcome)),
+            )
+        )
     return rows
 
 
 def scenario_table(scenario: Scenario, snapshot: MeshSnapshot, number: int) -> Table:
-    table = Table(title=f"[bold]{number}. {scenario.title}[/]\n[dim]{scenario.lesson}[/]", title_justify="left",
-                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table = Table(
+        title=f"[bold]{number}. {scenario.title}[/]\n[dim]{scenario.lesson}[/]",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
     table.add_column("request", overflow="fold")
     table.add_column("lands on", style="bold", overflow="fold")
     table.add_column("rule", overflow="fold")
@@ -382,11 +442,17 @@ def shown_path(path: Path) -> str:
 
 def next_step_hint() -> str:
     """The `plait explain` command line for jason's request to reviews, with paths the user can paste."""
-    files = ["services.yaml", "networking/destination-rule-all.yaml",
-             "networking/virtual-service-reviews-jason-v2-v3.yaml"]
+    files = [
+        "services.yaml",
+        "networking/destination-rule-all.yaml",
+        "networking/virtual-service-reviews-jason-v2-v3.yaml",
+    ]
     args = [arg for f in files for arg in ("-f", shlex.quote(shown_path(DEMO_DIR / f)))]
-    return ("plait explain " + " ".join(args)
-            + " --from productpage-v1 --url http://reviews:9080/reviews/0 -H 'end-user: jason'")
+    return (
+        "plait explain "
+        + " ".join(args)
+        + " --from productpage-v1 --url http://reviews:9080/reviews/0 -H 'end-user: jason'"
+    )
 
 
 def bookinfo() -> None:
@@ -396,11 +462,13 @@ def bookinfo() -> None:
     This is `plait demo bookinfo --explain`.
     """
     base = _load([DEMO_DIR / f for f in BASE_FILES])
-    out.print("[bold]Bookinfo[/], routed by Istio's own sample configuration, one task at a time.\n"
-              "Each table follows requests through the Envoy configuration plait generates: where each lands "
-              "and by which rule (VirtualService http\\[i].match\\[j]).\n"
-              "[magenta]jason[/] marks a request with the header end-user: jason "
-              f"(Bookinfo's logged-in user).  [dim]Files: {shown_path(DEMO_DIR)}[/]\n")
+    out.print(
+        "[bold]Bookinfo[/], routed by Istio's own sample configuration, one task at a time.\n"
+        "Each table follows requests through the Envoy configuration plait generates: where each lands "
+        "and by which rule (VirtualService http\\[i].match\\[j]).\n"
+        "[magenta]jason[/] marks a request with the header end-user: jason "
+        f"(Bookinfo's logged-in user).  [dim]Files: {shown_path(DEMO_DIR)}[/]\n"
+    )
     cache: dict[str, list[Resource]] = {}
     for number, scenario in enumerate(SCENARIOS, 1):
         snapshot = scenario_snapshot(base, scenario, cache)
@@ -408,8 +476,11 @@ def bookinfo() -> None:
         if scenario.files:
             out.print(f"   [dim]applied: {', '.join(scenario.files)}[/]")
         out.print()
-    out.print("[bold]Next[/]: see every step Envoy takes for one request (listener, route, cluster, endpoints, "
-              f"policies):\n  [green]{escape(next_step_hint())}[/]", markup=True)
+    out.print(
+        "[bold]Next[/]: see every step Envoy takes for one request (listener, route, cluster, endpoints, "
+        f"policies):\n  [green]{escape(next_step_hint())}[/]",
+        markup=True,
+    )
 
 
 def register(app: typer.Typer) -> None:

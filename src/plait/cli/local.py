@@ -51,17 +51,36 @@ def _pod_rows(state: State) -> list[tuple[str, ...]]:
     for pod in state.pods:
         status = next((s for pid, s in syncz.items() if f"~{pod.name}.{pod.namespace}~" in pid), None)
         # NOT SENT is fine for a type the proxy has nothing of (a gateway without routes)
-        synced = status and all(t["state"] in ("SYNCED", "NOT SENT") for t in status["types"].values()) \
+        synced = (
+            status
+            and all(t["state"] in ("SYNCED", "NOT SENT") for t in status["types"].values())
             and status["types"]["cds"]["state"] == "SYNCED"
+        )
         ready = workloads.get((pod.namespace, pod.name), {}).get("ready", False)
-        rows.append((f"{pod.namespace}/{pod.name}", pod.ip, "ready" if ready else "starting",
-                     "SYNCED" if synced else ("connected" if status else "-"), str(pod.restarts)))
+        rows.append(
+            (
+                f"{pod.namespace}/{pod.name}",
+                pod.ip,
+                "ready" if ready else "starting",
+                "SYNCED" if synced else ("connected" if status else "-"),
+                str(pod.restarts),
+            )
+        )
     return rows
 
 
 def status_table(state: State, rows: list[tuple[str, ...]] | None = None) -> Table:
-    table = Table("POD", "ADDRESS", "READY", "PROXY", "RESTARTS", box=None, header_style="bold",
-                  title=f"plait local mesh ({state.mode} mode) — ingress {state.ingress}", title_justify="left")
+    table = Table(
+        "POD",
+        "ADDRESS",
+        "READY",
+        "PROXY",
+        "RESTARTS",
+        box=None,
+        header_style="bold",
+        title=f"plait local mesh ({state.mode} mode) — ingress {state.ingress}",
+        title_justify="left",
+    )
     for row in _pod_rows(state) if rows is None else rows:
         table.add_row(*row)
     return table
@@ -75,8 +94,10 @@ def ready_pods(rows: list[tuple[str, ...]]) -> set[str]:
 def crash_report(pod: Pod) -> str:
     """What `plait up` says of a crash-looping pod: its name, its restarts, the last lines of its log."""
     tail = "\n".join(f"  | {line}" for line in log_tail(pod.log)) or "  (its log is empty)"
-    return (f"pod {pod.namespace}/{pod.name} keeps crashing: restarted {pod.restarts} times without becoming "
-            f"ready. Last lines of its log ({pod.log}):\n{tail}")
+    return (
+        f"pod {pod.namespace}/{pod.name} keeps crashing: restarted {pod.restarts} times without becoming "
+        f"ready. Last lines of its log ({pod.log}):\n{tail}"
+    )
 
 
 def _all_ready(rows: list[tuple[str, ...]]) -> bool:
@@ -118,15 +139,30 @@ async def _foreground(mesh: LocalMesh, quiet: bool) -> None:
 
 
 def up(
-    filename: Annotated[list[Path], typer.Option("-f", "--filename", help="Kubernetes manifests (Deployments, "
-                                                 "Services, …) and Istio config: files or directories.")],
-    mode: Annotated[str, typer.Option(help="auto (capture when root on Linux, else proxy), capture or proxy.")] = "auto",
+    filename: Annotated[
+        list[Path],
+        typer.Option(
+            "-f",
+            "--filename",
+            help="Kubernetes manifests (Deployments, Services, …) and Istio config: files or directories.",
+        ),
+    ],
+    mode: Annotated[
+        str, typer.Option(help="auto (capture when root on Linux, else proxy), capture or proxy.")
+    ] = "auto",
     detach: Annotated[bool, typer.Option("-d", "--detach", help="Return once every pod is ready and synced.")] = False,
     state_dir: StateDir = Path(".plait"),
     ingress_port: Annotated[int, typer.Option(help="Host port of the ingress gateway (its port 80).")] = 8080,
-    ingress_tls_port: Annotated[int, typer.Option(help="Host port of the ingress gateway's port 443 (HTTPS servers).")] = 8443,
-    cert_ttl: Annotated[str, typer.Option(help="Lifetime of the workload certificates the CA issues to every pod "
-                                                "(agents renew them at half life); e.g. 1m to watch rotation.")] = "24h",
+    ingress_tls_port: Annotated[
+        int, typer.Option(help="Host port of the ingress gateway's port 443 (HTTPS servers).")
+    ] = 8443,
+    cert_ttl: Annotated[
+        str,
+        typer.Option(
+            help="Lifetime of the workload certificates the CA issues to every pod "
+            "(agents renew them at half life); e.g. 1m to watch rotation."
+        ),
+    ] = "24h",
     quiet: Annotated[bool, typer.Option(hidden=True)] = False,
     landing: Annotated[str, typer.Option(hidden=True, help="Path to suggest opening on the ingress.")] = "/",
 ) -> None:
@@ -147,13 +183,22 @@ def up(
         out.print(f"mode: {chosen} ({why})")
     existing = State.load(state_dir)
     if existing and existing.supervisor_pid and alive(existing.supervisor_pid):
-        err.print(f"[red]error[/]: a mesh is already running from {state_dir} (pid {existing.supervisor_pid}); "
-                  "stop it with 'plait down' first")
+        err.print(
+            f"[red]error[/]: a mesh is already running from {state_dir} (pid {existing.supervisor_pid}); "
+            "stop it with 'plait down' first"
+        )
         raise typer.Exit(1)
     if detach:
         return _detach(filename, chosen, state_dir, ingress_port, ingress_tls_port, landing, cert_ttl)
-    mesh = LocalMesh(manifests, state_dir, mode=chosen, ingress_port=ingress_port, ingress_tls_port=ingress_tls_port,
-                     landing=landing, cert_ttl=cert_seconds)
+    mesh = LocalMesh(
+        manifests,
+        state_dir,
+        mode=chosen,
+        ingress_port=ingress_port,
+        ingress_tls_port=ingress_tls_port,
+        landing=landing,
+        cert_ttl=cert_seconds,
+    )
     try:
         asyncio.run(_foreground(mesh, quiet))
     except RuntimeError as exc:
@@ -169,31 +214,55 @@ def _duration_or_exit(text: str, flag: str) -> float:
         raise typer.Exit(2) from None
 
 
-def _detach(files: list[Path], mode: str, state_dir: Path, ingress_port: int, ingress_tls_port: int,
-            landing: str, cert_ttl: str) -> None:
+def _detach(
+    files: list[Path], mode: str, state_dir: Path, ingress_port: int, ingress_tls_port: int, landing: str, cert_ttl: str
+) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "logs").mkdir(exist_ok=True)
-    args = [sys.executable, "-m", "plait", "up", "--mode", mode, "--state-dir", str(state_dir),
-            "--ingress-port", str(ingress_port), "--ingress-tls-port", str(ingress_tls_port), "--landing", landing,
-            "--cert-ttl", cert_ttl, "--quiet"] + [a for f in files for a in ("-f", str(f))]
+    args = [
+        sys.executable,
+        "-m",
+        "plait",
+        "up",
+        "--mode",
+        mode,
+        "--state-dir",
+        str(state_dir),
+        "--ingress-port",
+        str(ingress_port),
+        "--ingress-tls-port",
+        str(ingress_tls_port),
+        "--landing",
+        landing,
+        "--cert-ttl",
+        cert_ttl,
+        "--quiet",
+    ] + [a for f in files for a in ("-f", str(f))]
     with open(state_dir / "logs" / "up.log", "ab") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     started = time.monotonic()
     with out.status("starting the mesh…") as spinner:
         while time.monotonic() - started < UP_TIMEOUT:
             if process.poll() is not None:
                 log_lines = (state_dir / "logs" / "up.log").read_text(errors="replace").strip().splitlines()
                 reason = next((line for line in reversed(log_lines) if "error" in line.lower()), "")
-                err.print(f"the mesh stopped{': ' + reason.removeprefix('error: ') if reason else ''} "
-                          f"(log: {state_dir / 'logs' / 'up.log'})", markup=False, style="red")
+                err.print(
+                    f"the mesh stopped{': ' + reason.removeprefix('error: ') if reason else ''} "
+                    f"(log: {state_dir / 'logs' / 'up.log'})",
+                    markup=False,
+                    style="red",
+                )
                 raise typer.Exit(1)
             state = State.load(state_dir)
             rows = _pod_rows(state) if state else []
             if state and state.pods and _all_ready(rows):
                 out.print(status_table(state, rows))
-                out.print(f"ready in {time.monotonic() - started:.1f}s. Open {state.ingress}  —  "
-                          "'plait status' to watch, 'plait down' to stop.")
+                out.print(
+                    f"ready in {time.monotonic() - started:.1f}s. Open {state.ingress}  —  "
+                    "'plait status' to watch, 'plait down' to stop."
+                )
                 return
             crashing = crash_looping(state.pods, ready_pods(rows)) if state else []
             if crashing:
@@ -201,16 +270,21 @@ def _detach(files: list[Path], mode: str, state_dir: Path, ingress_port: int, in
             if state:
                 spinner.update(f"starting the mesh… {len(ready_pods(rows))}/{len(state.pods)} pods ready")
             time.sleep(0.5)
-    err.print(f"[red]error[/]: not every pod was ready after {UP_TIMEOUT:.0f}s; see 'plait status' and "
-              f"{state_dir / 'logs'}")
+    err.print(
+        f"[red]error[/]: not every pod was ready after {UP_TIMEOUT:.0f}s; see 'plait status' and {state_dir / 'logs'}"
+    )
     raise typer.Exit(1)
 
 
 def _fail_crash_looping(pods: list[Pod], state_dir: Path) -> None:
     for pod in pods:
         err.print(crash_report(pod), markup=False, style="red")
-    err.print(f"error: {len(pods)} pod(s) keep crashing; the mesh is still running ('plait status' to watch, "
-              f"'plait down' to stop; logs in {state_dir / 'logs'})", markup=False, style="red")
+    err.print(
+        f"error: {len(pods)} pod(s) keep crashing; the mesh is still running ('plait status' to watch, "
+        f"'plait down' to stop; logs in {state_dir / 'logs'})",
+        markup=False,
+        style="red",
+    )
     raise typer.Exit(1)
 
 
@@ -250,11 +324,17 @@ BOOKINFO = Path(__file__).parents[1] / "demo" / "bookinfo"
 
 def demo_bookinfo(
     detach: Annotated[bool, typer.Option("-d", "--detach", help="Return once every pod is ready and synced.")] = False,
-    mode: Annotated[str, typer.Option(help="auto (capture when root on Linux, else proxy), capture or proxy.")] = "auto",
+    mode: Annotated[
+        str, typer.Option(help="auto (capture when root on Linux, else proxy), capture or proxy.")
+    ] = "auto",
     state_dir: StateDir = Path(".plait"),
     ingress_port: Annotated[int, typer.Option(help="Host port of the ingress gateway.")] = 8080,
-    explain: Annotated[bool, typer.Option("--explain", help="Start nothing: show how each of Istio's Bookinfo "
-                                                           "routing samples routes requests.")] = False,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain", help="Start nothing: show how each of Istio's Bookinfo routing samples routes requests."
+        ),
+    ] = False,
 ) -> None:
     """Istio's Bookinfo on this machine: productpage, details, reviews v1/v2/v3, ratings, each with a
     sidecar, behind an ingress gateway programmed by Istio's bookinfo-gateway.yaml.
@@ -266,16 +346,21 @@ def demo_bookinfo(
     """
     if explain:
         return bookinfo()
-    up(filename=[BOOKINFO / "manifests", BOOKINFO / "networking" / "bookinfo-gateway.yaml"], mode=mode,
-       detach=detach, state_dir=state_dir, ingress_port=ingress_port, ingress_tls_port=8443, landing="/productpage")
+    up(
+        filename=[BOOKINFO / "manifests", BOOKINFO / "networking" / "bookinfo-gateway.yaml"],
+        mode=mode,
+        detach=detach,
+        state_dir=state_dir,
+        ingress_port=ingress_port,
+        ingress_tls_port=8443,
+        landing="/productpage",
+    )
 
 
 def register(app: typer.Typer) -> None:
     app.command()(up)
     app.command()(down)
     app.command()(status)
-    demo = typer.Typer(name="demo", help="Sample applications, run in a local mesh or explained.",
-                       no_args_is_help=True)
+    demo = typer.Typer(name="demo", help="Sample applications, run in a local mesh or explained.", no_args_is_help=True)
     demo.command("bookinfo")(demo_bookinfo)
     app.add_typer(demo, name="demo")
-

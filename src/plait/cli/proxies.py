@@ -25,9 +25,14 @@ from plait.runtime import netns
 
 TYPES = ("cds", "lds", "eds", "rds")
 NETNS_DIR = Path("/run/netns")
-Admin = Annotated[str | None, typer.Option(
-    "--admin", help="The proxy's Envoy admin address (host:port). Default: the address its agent reported, "
-                    "read inside the pod's network namespace for a capture-mode pod of the local mesh (root).")]
+Admin = Annotated[
+    str | None,
+    typer.Option(
+        "--admin",
+        help="The proxy's Envoy admin address (host:port). Default: the address its agent reported, "
+        "read inside the pod's network namespace for a capture-mode pod of the local mesh (root).",
+    ),
+]
 
 
 def _statuses(control_plane: str | None) -> list[dict]:
@@ -42,16 +47,20 @@ def proxy_name(status: dict) -> str:
     """The name istioctl gives a proxy: ``POD.NAMESPACE`` (``productpage-v1-0.default``); the node id
     when the proxy's node carried no pod name."""
     proxy = status.get("proxy") or {}
-    return f"{proxy['name']}.{proxy['namespace']}" if proxy.get("name") and proxy.get("namespace") \
-        else status["proxy_id"]
+    return (
+        f"{proxy['name']}.{proxy['namespace']}" if proxy.get("name") and proxy.get("namespace") else status["proxy_id"]
+    )
 
 
 def find_proxy(statuses: list[dict], proxy: str) -> dict | list[dict]:
     """The proxy `proxy` names: its node id, its ``POD.NAMESPACE`` name, its pod name alone, else a unique part
     of either; a list (empty, or of the candidates) when none or several match."""
-    tries = (lambda s: s["proxy_id"] == proxy, lambda s: proxy_name(s) == proxy,
-             lambda s: (s.get("proxy") or {}).get("name") == proxy,
-             lambda s: proxy in s["proxy_id"] or proxy in proxy_name(s))
+    tries = (
+        lambda s: s["proxy_id"] == proxy,
+        lambda s: proxy_name(s) == proxy,
+        lambda s: (s.get("proxy") or {}).get("name") == proxy,
+        lambda s: proxy in s["proxy_id"] or proxy in proxy_name(s),
+    )
     for matches in tries:
         found = [s for s in statuses if matches(s)]
         if found:
@@ -63,8 +72,11 @@ def _find(statuses: list[dict], proxy: str) -> dict:
     found = find_proxy(statuses, proxy)
     if isinstance(found, list):
         names = ", ".join(proxy_name(s) for s in found or statuses) or "none connected"
-        which = f"more than one proxy matches {proxy!r}: {names}" if found else \
-            f"no proxy matches {proxy!r}; known: {names}"
+        which = (
+            f"more than one proxy matches {proxy!r}: {names}"
+            if found
+            else f"no proxy matches {proxy!r}; known: {names}"
+        )
         err.print(f"[red]error[/]: {which}", markup=True)
         raise typer.Exit(1)
     return found
@@ -78,11 +90,14 @@ def _state(status: dict, short: str) -> str:
     return state
 
 
-def proxy_status(proxy: Annotated[str | None, typer.Argument(
-                     help="Show one proxy in detail: POD.NAMESPACE, the pod name or the full node id")] = None,
-                 output: Annotated[str, typer.Option(
-                     "-o", "--output", help="'wide' adds each proxy's full node id")] = "",
-                 control_plane: ControlPlane = None, admin: Admin = None) -> None:
+def proxy_status(
+    proxy: Annotated[
+        str | None, typer.Argument(help="Show one proxy in detail: POD.NAMESPACE, the pod name or the full node id")
+    ] = None,
+    output: Annotated[str, typer.Option("-o", "--output", help="'wide' adds each proxy's full node id")] = "",
+    control_plane: ControlPlane = None,
+    admin: Admin = None,
+) -> None:
     """Show every connected proxy and whether it has the latest config, per xDS type, as istioctl does.
 
     Proxies are named POD.NAMESPACE, as istioctl names them ([bold]-o wide[/] adds the node id).
@@ -103,8 +118,12 @@ def proxy_status(proxy: Annotated[str | None, typer.Argument(
     wide = ("NODE ID",) if output == "wide" else ()
     table = Table("NAME", "CDS", "LDS", "EDS", "RDS", "ENVOY VERSION", *wide, box=None, header_style="bold")
     for s in sorted(statuses, key=lambda s: (proxy_name(s), s["proxy_id"])):
-        table.add_row(proxy_name(s), *(_state(s, t) for t in TYPES), s.get("envoy_version") or "-",
-                      *((s["proxy_id"],) if wide else ()))
+        table.add_row(
+            proxy_name(s),
+            *(_state(s, t) for t in TYPES),
+            s.get("envoy_version") or "-",
+            *((s["proxy_id"],) if wide else ()),
+        )
     out.print(table)
     if not statuses:
         out.print("no proxies connected")
@@ -113,17 +132,21 @@ def proxy_status(proxy: Annotated[str | None, typer.Argument(
 def admin_address(status: dict) -> str:
     address = status.get("admin_address")
     if not address:
-        err.print(f"[red]error[/]: the control plane does not know the admin address of {proxy_name(status)}; "
-                  "pass --admin HOST:PORT")
+        err.print(
+            f"[red]error[/]: the control plane does not know the admin address of {proxy_name(status)}; "
+            "pass --admin HOST:PORT"
+        )
         raise typer.Exit(1)
     return address
 
 
 ADMIN_API = "the proxy's Envoy admin API"
 # GET argv[1] and write the body to stdout; run inside a pod's network namespace by PodAdmin
-FETCH = ("import sys, urllib.request\n"
-         "opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))\n"
-         "sys.stdout.buffer.write(opener.open(sys.argv[1], timeout=30).read())")
+FETCH = (
+    "import sys, urllib.request\n"
+    "opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))\n"
+    "sys.stdout.buffer.write(opener.open(sys.argv[1], timeout=30).read())"
+)
 
 
 @dataclass
@@ -138,16 +161,20 @@ class PodAdmin:
     def get(self, path: str) -> Any:
         url = f"http://{self.address}{path}"
         try:
-            done = subprocess.run(netns.exec_argv(self.namespace, [sys.executable, "-c", FETCH, url]),
-                                  capture_output=True, timeout=60, check=False)
+            done = subprocess.run(
+                netns.exec_argv(self.namespace, [sys.executable, "-c", FETCH, url]),
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ClientError(f"cannot reach {ADMIN_API} at {url} in network namespace {self.namespace}: {exc}") \
-                from None
+            raise ClientError(
+                f"cannot reach {ADMIN_API} at {url} in network namespace {self.namespace}: {exc}"
+            ) from None
         if done.returncode != 0:
             why = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
             hint = " (entering a pod's network namespace needs root)" if os.geteuid() != 0 else ""
-            raise ClientError(f"cannot reach {ADMIN_API} at {url} in network namespace {self.namespace}: "
-                              f"{why}{hint}")
+            raise ClientError(f"cannot reach {ADMIN_API} at {url} in network namespace {self.namespace}: {why}{hint}")
         return decode(done.stdout)
 
 
@@ -180,9 +207,11 @@ def _proxy_diff(status: dict, control_plane: str | None, admin: str | None) -> N
         state = _state(status, short)
         if missing or extra or state != "SYNCED":
             clean = False
-        out.print(f"{short.upper()}: {state}; sent {len(names)}, Envoy holds {len(held[short])}"
-                  + (f"; not in Envoy: {', '.join(missing[:5])}" if missing else "")
-                  + (f"; only in Envoy: {', '.join(extra[:5])}" if extra else ""))
+        out.print(
+            f"{short.upper()}: {state}; sent {len(names)}, Envoy holds {len(held[short])}"
+            + (f"; not in Envoy: {', '.join(missing[:5])}" if missing else "")
+            + (f"; only in Envoy: {', '.join(extra[:5])}" if extra else "")
+        )
     out.print("Envoy holds what the control plane sent." if clean else "Envoy differs from what was sent (above).")
     for problem in status.get("refused", []):  # dangling references: the newest config was not pushed
         out.print(f"REFUSED (the last good config stays): {problem}", markup=False)
@@ -190,17 +219,25 @@ def _proxy_diff(status: dict, control_plane: str | None, admin: str | None) -> N
 
 CONFIG_KINDS = ("cluster", "listener", "route", "endpoint", "bootstrap", "secret")
 IDENTITY_METADATA = "PLAIT_IDENTITY"  # node metadata: the SPIFFE id, set by an agent that serves certificates
-NO_IDENTITY = ("no secrets: this proxy has no workload identity (no certificate, so no mTLS); start its agent "
-               "with --token-file (the pod's token) so that it gets certificates from the control plane's CA")
-NOT_USED_YET = ("no secrets yet: this proxy's identity is {}, but nothing in its configuration uses a certificate "
-                "yet (Envoy asks its agent for 'default' and 'ROOTCA' only once a listener or cluster needs them)")
+NO_IDENTITY = (
+    "no secrets: this proxy has no workload identity (no certificate, so no mTLS); start its agent "
+    "with --token-file (the pod's token) so that it gets certificates from the control plane's CA"
+)
+NOT_USED_YET = (
+    "no secrets yet: this proxy's identity is {}, but nothing in its configuration uses a certificate "
+    "yet (Envoy asks its agent for 'default' and 'ROOTCA' only once a listener or cluster needs them)"
+)
 
 
-def proxy_config(kind: Annotated[str, typer.Argument(help="cluster, listener, route, endpoint, bootstrap or secret")],
-                 proxy: Annotated[str, typer.Argument(
-                     help="The proxy: POD.NAMESPACE (as proxy-status names it), the pod name or the node id")],
-                 output: Annotated[str, typer.Option("-o", "--output", help="short, yaml or json")] = "short",
-                 control_plane: ControlPlane = None, admin: Admin = None) -> None:
+def proxy_config(
+    kind: Annotated[str, typer.Argument(help="cluster, listener, route, endpoint, bootstrap or secret")],
+    proxy: Annotated[
+        str, typer.Argument(help="The proxy: POD.NAMESPACE (as proxy-status names it), the pod name or the node id")
+    ],
+    output: Annotated[str, typer.Option("-o", "--output", help="short, yaml or json")] = "short",
+    control_plane: ControlPlane = None,
+    admin: Admin = None,
+) -> None:
     """Show what one Envoy holds, read from its admin API: a short table by default, as istioctl does.
 
     [bold]secret[/] decodes its certificates (default: the workload's SPIFFE identity; ROOTCA: the
@@ -222,8 +259,13 @@ def proxy_config(kind: Annotated[str, typer.Argument(help="cluster, listener, ro
     if kind == "secret":
         return _show_secrets(dump, output)
     if output != "short" or kind == "bootstrap":
-        full = {"cluster": envoyconfig.clusters, "listener": envoyconfig.listeners, "route": envoyconfig.routes,
-                "endpoint": envoyconfig.endpoints, "bootstrap": envoyconfig.bootstrap}[kind](dump)
+        full = {
+            "cluster": envoyconfig.clusters,
+            "listener": envoyconfig.listeners,
+            "route": envoyconfig.routes,
+            "endpoint": envoyconfig.endpoints,
+            "bootstrap": envoyconfig.bootstrap,
+        }[kind](dump)
         return _dump(full, output)
     headers, rows = {
         "cluster": (("SERVICE FQDN", "PORT", "SUBSET", "DIRECTION", "TYPE"), lambda: envoyconfig.cluster_rows(dump)),
@@ -246,8 +288,14 @@ def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     for row in rows:
         table.add_row(*row)
     needed = sum(max(len(cell) for cell in column) + 2 for column in zip(headers, *rows, strict=True))
-    wide = Console(file=out.file, highlight=False, soft_wrap=True, width=max(needed, out.width),
-                   force_terminal=out.is_terminal, no_color=out.no_color)
+    wide = Console(
+        file=out.file,
+        highlight=False,
+        soft_wrap=True,
+        width=max(needed, out.width),
+        force_terminal=out.is_terminal,
+        no_color=out.no_color,
+    )
     wide.print(table)
 
 
@@ -259,8 +307,20 @@ def _show_secrets(dump: dict, output: str) -> None:
         identity = envoyconfig.bootstrap(dump).get("node", {}).get("metadata", {}).get(IDENTITY_METADATA)
         out.print(NOT_USED_YET.format(identity) if identity else NO_IDENTITY, markup=False)
         return
-    _table(("RESOURCE NAME", "TYPE", "STATUS", "VALID CERT", "SERIAL NUMBER", "NOT AFTER", "NOT BEFORE",
-            "IDENTITY", "ROOT"), envoyconfig.secret_rows(secrets))
+    _table(
+        (
+            "RESOURCE NAME",
+            "TYPE",
+            "STATUS",
+            "VALID CERT",
+            "SERIAL NUMBER",
+            "NOT AFTER",
+            "NOT BEFORE",
+            "IDENTITY",
+            "ROOT",
+        ),
+        envoyconfig.secret_rows(secrets),
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -52,8 +52,10 @@ log = logging.getLogger("plait.controlplane")
 HOST_PEERS = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 OPEN_ROUTES = ("/ready", "/metrics", "/version")
 WORKLOAD_ROUTES = ("/api/v1/workloads/{namespace}/{name}", "/api/v1/workloads/{namespace}/{name}/ready")
-HOW_TO_GET_ACCESS = ("run the CLI on the control plane's host, or set PLAIT_API_TOKEN to the control plane's "
-                     "admin token (the file api-token in its state directory)")
+HOW_TO_GET_ACCESS = (
+    "run the CLI on the control plane's host, or set PLAIT_API_TOKEN to the control plane's "
+    "admin token (the file api-token in its state directory)"
+)
 
 
 def admin_token_path(state_dir: Path) -> Path:
@@ -88,9 +90,13 @@ def problem_dict(p: Problem) -> dict:
 
 def change_dict(change: Change) -> dict:
     as_ref = lambda keys: [f"{k[0]} {k[1]}/{k[2]}" for k in keys]  # noqa: E731
-    return {"created": as_ref(change.created), "updated": as_ref(change.updated),
-            "deleted": as_ref(change.deleted), "unchanged": as_ref(change.unchanged),
-            "problems": [problem_dict(p) for p in change.problems]}
+    return {
+        "created": as_ref(change.created),
+        "updated": as_ref(change.updated),
+        "deleted": as_ref(change.deleted),
+        "unchanged": as_ref(change.unchanged),
+        "problems": [problem_dict(p) for p in change.problems],
+    }
 
 
 def _rejected(problems: list[Problem], status: int = 400) -> web.Response:
@@ -104,8 +110,10 @@ async def _json_object(request: web.Request) -> dict:
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text='{"error": "expected a JSON object body, e.g. {\\"address\\": \\"10.0.0.1\\"}"}',
-                                 content_type="application/json")
+        raise web.HTTPBadRequest(
+            text='{"error": "expected a JSON object body, e.g. {\\"address\\": \\"10.0.0.1\\"}"}',
+            content_type="application/json",
+        )
     return body
 
 
@@ -156,8 +164,10 @@ class Access:
             return
         log.warning("refused %s %s from %s: no admin token", request.method, request.path, _peer_ip(request))
         given = " (the one given is not it)" if _bearer(request) else ""
-        raise _unauthorized(f"{request.method} {request.path} from {_peer_ip(request)} needs the admin token"
-                            f"{given}: {HOW_TO_GET_ACCESS}")
+        raise _unauthorized(
+            f"{request.method} {request.path} from {_peer_ip(request)} needs the admin token"
+            f"{given}: {HOW_TO_GET_ACCESS}"
+        )
 
     def pod_identity(self, request: web.Request) -> PodIdentity | None:
         """Whose pod token authorised this request; None when no pod token was needed."""
@@ -189,29 +199,43 @@ class Access:
 
 
 class Api:
-    def __init__(self, state: MeshState, hub: HubView, own_metrics: CollectorRegistry, *,
-                 admin_token: str | None = None, token_verifier: TokenVerifier | None = None):
+    def __init__(
+        self,
+        state: MeshState,
+        hub: HubView,
+        own_metrics: CollectorRegistry,
+        *,
+        admin_token: str | None = None,
+        token_verifier: TokenVerifier | None = None,
+    ):
         self.state, self.hub, self.own_metrics = state, hub, own_metrics
         self.access = Access(admin_token, token_verifier)
         self.serving = False  # set once the ADS server listens
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._authenticate])
-        app.add_routes([
-            web.get("/ready", self.ready), web.get("/metrics", self.metrics), web.get("/version", self.version),
-            web.get("/debug/syncz", self.syncz), web.get("/debug/config_dump", self.config_dump),
-            web.get("/api/v1/config", self.get_config), web.post("/api/v1/config", self.apply),
-            web.post("/api/v1/config/delete", self.delete),
-            web.get("/api/v1/workloads", self.list_workloads),
-            web.put("/api/v1/workloads/{namespace}/{name}", self.register),
-            web.put("/api/v1/workloads/{namespace}/{name}/ready", self.set_ready),
-            web.delete("/api/v1/workloads/{namespace}/{name}", self.deregister),
-        ])
+        app.add_routes(
+            [
+                web.get("/ready", self.ready),
+                web.get("/metrics", self.metrics),
+                web.get("/version", self.version),
+                web.get("/debug/syncz", self.syncz),
+                web.get("/debug/config_dump", self.config_dump),
+                web.get("/api/v1/config", self.get_config),
+                web.post("/api/v1/config", self.apply),
+                web.post("/api/v1/config/delete", self.delete),
+                web.get("/api/v1/workloads", self.list_workloads),
+                web.put("/api/v1/workloads/{namespace}/{name}", self.register),
+                web.put("/api/v1/workloads/{namespace}/{name}/ready", self.set_ready),
+                web.delete("/api/v1/workloads/{namespace}/{name}", self.deregister),
+            ]
+        )
         return app
 
     @web.middleware
-    async def _authenticate(self, request: web.Request,
-                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def _authenticate(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         self.access.check(request)
         return await handler(request)
 
@@ -227,8 +251,10 @@ class Api:
         else:
             return
         log.warning("refused %s %s from %s: %s", request.method, request.path, _peer_ip(request), reason)
-        raise _error(web.HTTPForbidden, f"this pod may not {request.method} workload {namespace}/"
-                     f"{request.match_info['name']}: {reason}")
+        raise _error(
+            web.HTTPForbidden,
+            f"this pod may not {request.method} workload {namespace}/{request.match_info['name']}: {reason}",
+        )
 
     def _own_address(self, request: web.Request, address: str) -> None:
         """403 unless a pod registers the address it calls from: a pod cannot register an endpoint
@@ -237,12 +263,16 @@ class Api:
             return
         reason = f"it calls from {_peer_ip(request)} but registers address {address}"
         log.warning("refused %s %s: %s", request.method, request.path, reason)
-        raise _error(web.HTTPForbidden, f"this pod may not register workload {request.match_info['namespace']}/"
-                     f"{request.match_info['name']}: {reason}")
+        raise _error(
+            web.HTTPForbidden,
+            f"this pod may not register workload {request.match_info['namespace']}/"
+            f"{request.match_info['name']}: {reason}",
+        )
 
     def _registered_account(self, request: web.Request) -> str | None:
-        workload = self.state.registry.workloads.get(("WorkloadEntry", request.match_info["namespace"],
-                                                      request.match_info["name"]))
+        workload = self.state.registry.workloads.get(
+            ("WorkloadEntry", request.match_info["namespace"], request.match_info["name"])
+        )
         return workload.service_account if workload else None
 
     async def ready(self, _: web.Request) -> web.Response:
@@ -271,10 +301,13 @@ class Api:
 
     async def get_config(self, request: web.Request) -> web.Response:
         q = request.query
-        items = [r.to_dict() for key, r in sorted(self.state.store.resources.items())
-                 if (not q.get("kind") or key[0].lower() == q["kind"].lower())
-                 and (not q.get("namespace") or key[1] == q["namespace"])
-                 and (not q.get("name") or key[2] == q["name"])]
+        items = [
+            r.to_dict()
+            for key, r in sorted(self.state.store.resources.items())
+            if (not q.get("kind") or key[0].lower() == q["kind"].lower())
+            and (not q.get("namespace") or key[1] == q["namespace"])
+            and (not q.get("name") or key[2] == q["name"])
+        ]
         return web.json_response({"items": items, "problems": [problem_dict(p) for p in self.state.store.problems]})
 
     async def _parse(self, request: web.Request) -> LoadResult:
@@ -299,8 +332,9 @@ class Api:
             return _rejected(parsed.problems)
         change = self.state.store.delete([r.key for r in parsed.resources])
         if not change.ok:
-            return _rejected(change.problems, status=404 if all("not found" in p.message
-                                                                for p in change.problems) else 400)
+            return _rejected(
+                change.problems, status=404 if all("not found" in p.message for p in change.problems) else 400
+            )
         self.state.changed()
         return web.json_response(change_dict(change))
 
@@ -315,8 +349,9 @@ class Api:
         try:
             workload = parse_workload(body)
         except ValueError as exc:
-            return _rejected([Problem(message=str(exc), kind="WorkloadEntry", namespace=body["namespace"],
-                                      name=body["name"])])
+            return _rejected(
+                [Problem(message=str(exc), kind="WorkloadEntry", namespace=body["namespace"], name=body["name"])]
+            )
         self._entitled(request, workload.namespace, workload.service_account)
         self._entitled(request, workload.namespace, self._registered_account(request))  # no taking over another's
         self._own_address(request, workload.address)

@@ -53,21 +53,31 @@ class OwnMetrics:
     def __init__(self, store: ConfigSource, cluster: KubernetesSource | None = None) -> None:
         self.registry = CollectorRegistry()
         self.rebuilds = Counter("plait_snapshot_rebuilds_total", "Mesh snapshots built", registry=self.registry)
-        self.objects = Gauge("plait_config_objects", "Configuration objects in force", ["kind"],
-                             registry=self.registry)
-        self.invalid = Gauge("plait_config_problems", "Problems that keep configuration out of force (an "
-                             "invalid object in the cluster, or a configuration directory that does not "
-                             "validate); listed by GET /api/v1/config", registry=self.registry)
+        self.objects = Gauge("plait_config_objects", "Configuration objects in force", ["kind"], registry=self.registry)
+        self.invalid = Gauge(
+            "plait_config_problems",
+            "Problems that keep configuration out of force (an "
+            "invalid object in the cluster, or a configuration directory that does not "
+            "validate); listed by GET /api/v1/config",
+            registry=self.registry,
+        )
         self.invalid.set_function(lambda: sum(p.severity == "error" for p in store.problems))
         if cluster is not None:
-            reachable = Gauge("plait_kubernetes_api_reachable", "1 while the Kubernetes API answers; 0 while the "
-                              "control plane serves the last state it read", registry=self.registry)
+            reachable = Gauge(
+                "plait_kubernetes_api_reachable",
+                "1 while the Kubernetes API answers; 0 while the control plane serves the last state it read",
+                registry=self.registry,
+            )
             reachable.set_function(lambda: float(cluster.reachable))
-            relists = Gauge("plait_kubernetes_relists", "Lists made again after the first (410 Gone, a kind "
-                            "served again)", registry=self.registry)
+            relists = Gauge(
+                "plait_kubernetes_relists",
+                "Lists made again after the first (410 Gone, a kind served again)",
+                registry=self.registry,
+            )
             relists.set_function(lambda: float(cluster.relists))
-        self.build_seconds = Histogram("plait_snapshot_build_seconds", "Time to build a snapshot and hand it "
-                                       "to the hub", registry=self.registry)
+        self.build_seconds = Histogram(
+            "plait_snapshot_build_seconds", "Time to build a snapshot and hand it to the hub", registry=self.registry
+        )
 
     def observe(self, snapshot: MeshSnapshot) -> None:
         self.rebuilds.inc()
@@ -84,9 +94,13 @@ def load_ca(settings: Settings) -> tuple[CertificateAuthority, TokenIssuer]:
     from plait.ca.tokens import TokenIssuer, token_key_path
 
     authority = load_or_create(ca_dir_of(settings.state_dir), cacerts_dir=settings.cacerts_dir)
-    log.info("CA: root %s (SHA-256 %s); signing key %s; trust anchor for agents: %s",
-             authority.root.subject.rfc4514_string(), fingerprint(authority.root), authority.key_path,
-             root_cert_path(settings.state_dir))
+    log.info(
+        "CA: root %s (SHA-256 %s); signing key %s; trust anchor for agents: %s",
+        authority.root.subject.rfc4514_string(),
+        fingerprint(authority.root),
+        authority.key_path,
+        root_cert_path(settings.state_dir),
+    )
     return authority, TokenIssuer.load_or_create(token_key_path(settings.state_dir))
 
 
@@ -157,11 +171,19 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     # xDS over TLS with a pod token beside the CA (istiod's 15012); plaintext xDS (15010) unless strict
     ads = None if settings.xds_auth == "strict" else await serve_ads(hub, settings.host, settings.xds_port)
     tls_ads = ads_handler(hub, ads_authenticator(tokens, registry=metrics.registry))
-    ca = await serve_ca(authority, tokens, settings.host, settings.ca_port, default_ttl=settings.workload_cert_ttl,
-                        registry=metrics.registry, also=(tls_ads,))
+    ca = await serve_ca(
+        authority,
+        tokens,
+        settings.host,
+        settings.ca_port,
+        default_ttl=settings.workload_cert_ttl,
+        registry=metrics.registry,
+        also=(tls_ads,),
+    )
     admin_token = load_or_create_admin_token(admin_token_path(settings.state_dir))
-    api = Api(state, hub, metrics.registry, admin_token=admin_token,
-              token_verifier=None if identity else tokens.verify)  # on Kubernetes pods are not registered by API
+    api = Api(
+        state, hub, metrics.registry, admin_token=admin_token, token_verifier=None if identity else tokens.verify
+    )  # on Kubernetes pods are not registered by API
     runner = web.AppRunner(api.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.http_port).start()
@@ -170,9 +192,17 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     api.serving = True
     plaintext = "off (--xds-auth strict)" if ads is None else f"{settings.host}:{settings.xds_port}"
     where = f"Kubernetes API {cluster.server}" if cluster is not None else settings.config_dir
-    log.info("control plane ready: xDS and CA over TLS on %s:%d (pod tokens), plaintext xDS %s, HTTP API on "
-             "%s:%d, config from %s (%d objects)", settings.host, settings.ca_port, plaintext,
-             settings.host, settings.http_port, where, len(store.resources))
+    log.info(
+        "control plane ready: xDS and CA over TLS on %s:%d (pod tokens), plaintext xDS %s, HTTP API on "
+        "%s:%d, config from %s (%d objects)",
+        settings.host,
+        settings.ca_port,
+        plaintext,
+        settings.host,
+        settings.http_port,
+        where,
+        len(store.resources),
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

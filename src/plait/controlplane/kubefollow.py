@@ -30,8 +30,12 @@ async def follow(list_func: Callable[..., Awaitable], on_event: Callable[[str, o
             for item in listing.items:
                 on_event("ADDED", item)
             async with watch.Watch() as stream:
-                async for event in stream.stream(list_func, resource_version=listing.metadata.resource_version,
-                                                 timeout_seconds=WATCH_SECONDS, **kwargs):
+                async for event in stream.stream(
+                    list_func,
+                    resource_version=listing.metadata.resource_version,
+                    timeout_seconds=WATCH_SECONDS,
+                    **kwargs,
+                ):
                     if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
                         on_event(event["type"], event["object"])
         except ApiException as error:

@@ -55,8 +55,11 @@ CLUSTER_RULES = (  # ClusterRole
     {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "update"]},
-    {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"],
-     "verbs": ["get", "list", "watch", "update"]},
+    {
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["validatingwebhookconfigurations"],
+        "verbs": ["get", "list", "watch", "update"],
+    },
 )
 NAMESPACE_RULES = (  # Role in the control plane's namespace
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
@@ -81,8 +84,13 @@ class ClusterIdentity:
     def __init__(self, api: client.ApiClient, authority: CertificateAuthority, settings: ClusterSettings):
         self.api, self.authority, self.settings = api, authority, settings
         self.authenticator = TokenReviewAuthenticator(api, audiences=settings.token_audiences)
-        self.election = LeaseElection(api, namespace=settings.namespace, name=settings.lease_name,
-                                      identity=settings.identity, config=settings.election)
+        self.election = LeaseElection(
+            api,
+            namespace=settings.namespace,
+            name=settings.lease_name,
+            identity=settings.identity,
+            config=settings.election,
+        )
         self._runner: web.AppRunner | None = None
         self._election: asyncio.Task | None = None
 
@@ -92,23 +100,33 @@ class ClusterIdentity:
         is created if missing (a control plane run from outside the cluster, for development)."""
         await _ensure_namespace(api, settings.namespace)
         authority, where = await load_cluster_ca(api, ca_dir_of(state_dir), namespace=settings.namespace)
-        log.info("CA from %s: root %s (SHA-256 %s)", where, authority.root.subject.rfc4514_string(),
-                 fingerprint(authority.root))
+        log.info(
+            "CA from %s: root %s (SHA-256 %s)",
+            where,
+            authority.root.subject.rfc4514_string(),
+            fingerprint(authority.root),
+        )
         return cls(api, authority, settings)
 
     async def start(self, host: str, state_dir: Path, registry: CollectorRegistry | None = None) -> None:
         """Serve the webhook and take part in the election."""
         key, chain = self.authority.issue_server_certificate()
         context = tls_context(b"".join(chain), key, ca_dir_of(state_dir) / "webhook")
-        self._runner = await serve_webhook(context, host, self.settings.webhook_port,
-                                           metrics=WebhookMetrics(registry))
+        self._runner = await serve_webhook(context, host, self.settings.webhook_port, metrics=WebhookMetrics(registry))
         root = pem(self.authority.root)
-        jobs = [lambda: publish_root_cert(self.api, root.decode()),
-                lambda: keep_webhook_ca_bundle(self.api, self.settings.webhook_configuration, root)]
+        jobs = [
+            lambda: publish_root_cert(self.api, root.decode()),
+            lambda: keep_webhook_ca_bundle(self.api, self.settings.webhook_configuration, root),
+        ]
         self._election = asyncio.create_task(self.election.run(jobs))
-        log.info("validating webhook on https://%s:%d/validate; leader election on Lease %s/%s as %s", host,
-                 self.settings.webhook_port, self.settings.namespace, self.settings.lease_name,
-                 self.settings.identity)
+        log.info(
+            "validating webhook on https://%s:%d/validate; leader election on Lease %s/%s as %s",
+            host,
+            self.settings.webhook_port,
+            self.settings.namespace,
+            self.settings.lease_name,
+            self.settings.identity,
+        )
 
     async def close(self) -> None:
         """Leave the election (handing the Lease over) and stop serving the webhook."""
@@ -133,8 +151,10 @@ async def _ensure_namespace(api: client.ApiClient, namespace: str) -> None:
             log.info("created namespace %s for the control plane's Secrets and Lease", namespace)
         except ApiException as create_error:
             if create_error.status != 409:
-                raise CaError(f"namespace {namespace} does not exist and cannot be created: "
-                              f"{create_error.status} {create_error.reason}") from None
+                raise CaError(
+                    f"namespace {namespace} does not exist and cannot be created: "
+                    f"{create_error.status} {create_error.reason}"
+                ) from None
 
 
 def ca_bundle_update(configuration: dict, ca_bundle: bytes) -> dict | None:
@@ -144,8 +164,10 @@ def ca_bundle_update(configuration: dict, ca_bundle: bytes) -> dict | None:
     webhooks = configuration.get("webhooks") or []
     if all((w.get("clientConfig") or {}).get("caBundle") == wanted for w in webhooks):
         return None
-    return {**configuration, "webhooks": [{**w, "clientConfig": {**(w.get("clientConfig") or {}), "caBundle": wanted}}
-                                          for w in webhooks]}
+    return {
+        **configuration,
+        "webhooks": [{**w, "clientConfig": {**(w.get("clientConfig") or {}), "caBundle": wanted}} for w in webhooks],
+    }
 
 
 async def keep_webhook_ca_bundle(api: client.ApiClient, name: str, ca_bundle: bytes) -> None:
@@ -153,8 +175,13 @@ async def keep_webhook_ca_bundle(api: client.ApiClient, name: str, ca_bundle: by
     until cancelled: the leader's job, as istiod patches its webhooks."""
     registration = client.AdmissionregistrationV1Api(api)
     changed = asyncio.Event()
-    await_change = asyncio.create_task(follow(registration.list_validating_webhook_configuration,
-                                              lambda kind, obj: changed.set(), field_selector=f"metadata.name={name}"))
+    await_change = asyncio.create_task(
+        follow(
+            registration.list_validating_webhook_configuration,
+            lambda kind, obj: changed.set(),
+            field_selector=f"metadata.name={name}",
+        )
+    )
     try:
         while True:
             await changed.wait()

@@ -36,9 +36,18 @@ class LeaseElection:
     """Leader election for `identity` (the pod name, or the host name outside a cluster) over the
     Lease `namespace`/`name`."""
 
-    def __init__(self, api: client.ApiClient, *, namespace: str, name: str = DEFAULT_LEASE_NAME, identity: str,
-                 config: ElectionConfig | None = None, release_on_stop: bool = True,
-                 clock: Callable[[], float] = time.time, jitter: Callable[[], float] = random.random):
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        namespace: str,
+        name: str = DEFAULT_LEASE_NAME,
+        identity: str,
+        config: ElectionConfig | None = None,
+        release_on_stop: bool = True,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+    ):
         self.leases = client.CoordinationV1Api(api)
         self.namespace, self.name, self.release_on_stop = namespace, name, release_on_stop
         self.elector = Elector(identity, config or ElectionConfig())
@@ -57,13 +66,18 @@ class LeaseElection:
                 await self._attempt()
                 now = self.clock()
                 if self.elector.leading(now) and not running:
-                    log.info("leader election: %s leads (Lease %s/%s)", self.elector.identity, self.namespace,
-                             self.name)
-                    running = [asyncio.create_task(self._supervised(job), name=f"leader job {i}")
-                               for i, job in enumerate(jobs)]
+                    log.info(
+                        "leader election: %s leads (Lease %s/%s)", self.elector.identity, self.namespace, self.name
+                    )
+                    running = [
+                        asyncio.create_task(self._supervised(job), name=f"leader job {i}") for i, job in enumerate(jobs)
+                    ]
                 elif not self.elector.leading(now) and running:
-                    log.warning("leader election: %s lost the lease (now held by %r); stopping the leader's jobs",
-                                self.elector.identity, self.elector.holder)
+                    log.warning(
+                        "leader election: %s lost the lease (now held by %r); stopping the leader's jobs",
+                        self.elector.identity,
+                        self.elector.holder,
+                    )
                     await _cancel(running)
                     running = []
                 await asyncio.sleep(self.elector.next_attempt_in(now, self.jitter()))
@@ -122,8 +136,9 @@ class LeaseElection:
             self.elector.on_released()
             log.info("leader election: %s released Lease %s/%s", self.elector.identity, self.namespace, self.name)
         except (ApiException, OSError, TimeoutError) as error:
-            log.warning("leader election: could not release Lease %s/%s: %s", self.namespace, self.name,
-                        _describe(error))
+            log.warning(
+                "leader election: could not release Lease %s/%s: %s", self.namespace, self.name, _describe(error)
+            )
 
 
 async def _cancel(tasks: list[asyncio.Task]) -> None:
@@ -142,6 +157,7 @@ def _describe(error: BaseException) -> str:
 
 # ------------------------------------------------------------------ Lease ↔ LeaseRecord
 
+
 def _stamp(seconds: float | None) -> str | None:
     """A MicroTime as the API server wants it (RFC 3339, always six fraction digits)."""
     if seconds is None:
@@ -158,15 +174,28 @@ def lease_body(namespace: str, name: str, record: LeaseRecord) -> dict:
     metadata: dict = {"name": name, "namespace": namespace}
     if record.version is not None:
         metadata["resourceVersion"] = record.version
-    spec = {"holderIdentity": record.holder, "leaseDurationSeconds": record.lease_seconds,
-            "acquireTime": _stamp(record.acquire_time), "renewTime": _stamp(record.renew_time),
-            "leaseTransitions": record.transitions}
-    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata,
-            "spec": {k: v for k, v in spec.items() if v is not None}}
+    spec = {
+        "holderIdentity": record.holder,
+        "leaseDurationSeconds": record.lease_seconds,
+        "acquireTime": _stamp(record.acquire_time),
+        "renewTime": _stamp(record.renew_time),
+        "leaseTransitions": record.transitions,
+    }
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": metadata,
+        "spec": {k: v for k, v in spec.items() if v is not None},
+    }
 
 
 def record_of(lease: client.V1Lease) -> LeaseRecord:
     spec = lease.spec or client.V1LeaseSpec()
-    return LeaseRecord(holder=spec.holder_identity or "", lease_seconds=spec.lease_duration_seconds or 0,
-                       acquire_time=_seconds(spec.acquire_time), renew_time=_seconds(spec.renew_time),
-                       transitions=spec.lease_transitions or 0, version=lease.metadata.resource_version)
+    return LeaseRecord(
+        holder=spec.holder_identity or "",
+        lease_seconds=spec.lease_duration_seconds or 0,
+        acquire_time=_seconds(spec.acquire_time),
+        renew_time=_seconds(spec.renew_time),
+        transitions=spec.lease_transitions or 0,
+        version=lease.metadata.resource_version,
+    )

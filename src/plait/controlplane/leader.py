@@ -116,8 +116,9 @@ class Elector:
         if held_by_other and now < self.observed_at + self.config.lease_duration:
             return None
         if current.holder == self.identity:  # a renewal (or our own lease from before a restart)
-            return Write(self._ours(now, acquired=current.acquire_time, transitions=current.transitions,
-                                    version=current.version))
+            return Write(
+                self._ours(now, acquired=current.acquire_time, transitions=current.transitions, version=current.version)
+            )
         return Write(self._ours(now, acquired=now, transitions=current.transitions + 1, version=current.version))
 
     def on_written(self, now: float, written: LeaseRecord) -> None:
@@ -132,8 +133,16 @@ class Elector:
         """On a graceful stop: the write that hands the lease back, if we lead."""
         if not self.leading(now) or self.observed is None:
             return None
-        return Write(LeaseRecord(holder="", lease_seconds=1, acquire_time=now, renew_time=now,
-                                 transitions=self.observed.transitions, version=self.observed.version))
+        return Write(
+            LeaseRecord(
+                holder="",
+                lease_seconds=1,
+                acquire_time=now,
+                renew_time=now,
+                transitions=self.observed.transitions,
+                version=self.observed.version,
+            )
+        )
 
     def on_released(self) -> None:
         self.renewed_at = None
@@ -147,6 +156,11 @@ class Elector:
             self.observed = self.observed_at = None
 
     def _ours(self, now: float, *, acquired: float | None, transitions: int, version: str | None) -> LeaseRecord:
-        return LeaseRecord(holder=self.identity, lease_seconds=max(1, int(self.config.lease_duration)),
-                           acquire_time=acquired, renew_time=now, transitions=transitions, version=version)
-
+        return LeaseRecord(
+            holder=self.identity,
+            lease_seconds=max(1, int(self.config.lease_duration)),
+            acquire_time=acquired,
+            renew_time=now,
+            transitions=transitions,
+            version=version,
+        )

@@ -41,8 +41,14 @@ class ConfigSource(Protocol):
 
 
 class MeshState:
-    def __init__(self, store: ConfigSource, registry: WorkloadRegistry, *, debounce: float = 0.1,
-                 on_snapshot: Callable[[MeshSnapshot, set[Key]], None] | None = None):
+    def __init__(
+        self,
+        store: ConfigSource,
+        registry: WorkloadRegistry,
+        *,
+        debounce: float = 0.1,
+        on_snapshot: Callable[[MeshSnapshot, set[Key]], None] | None = None,
+    ):
         self.store, self.registry, self.debounce = store, registry, debounce
         self.on_snapshot = on_snapshot
         self.merged: dict[Key, Resource] = {}
@@ -63,12 +69,17 @@ class MeshState:
         if not keys and self.rebuilds:
             return keys
         started = time.perf_counter()
-        self.snapshot = self.snapshot.with_changes(upserts=[merged[k] for k in keys if k in merged],
-                                                   deletes=[k for k in keys if k not in merged])
+        self.snapshot = self.snapshot.with_changes(
+            upserts=[merged[k] for k in keys if k in merged], deletes=[k for k in keys if k not in merged]
+        )
         self.merged = merged
         self.rebuilds += 1
-        log.info("snapshot %d: %d object(s) changed, built in %.1f ms", self.rebuilds, len(keys),
-                 (time.perf_counter() - started) * 1000)
+        log.info(
+            "snapshot %d: %d object(s) changed, built in %.1f ms",
+            self.rebuilds,
+            len(keys),
+            (time.perf_counter() - started) * 1000,
+        )
         if self.on_snapshot:
             self.on_snapshot(self.snapshot, keys)
         return keys

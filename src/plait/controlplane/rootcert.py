@@ -50,9 +50,12 @@ class Change:
 
 def wanted(namespace: str, root_pem: str) -> dict:
     """The ConfigMap a namespace should have."""
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": CONFIGMAP, "namespace": namespace, "labels": dict(LABELS)},
-            "data": {ROOT_CERT_KEY: root_pem}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": CONFIGMAP, "namespace": namespace, "labels": dict(LABELS)},
+        "data": {ROOT_CERT_KEY: root_pem},
+    }
 
 
 def reconcile(namespace: str, root_pem: str, existing: dict | None) -> Change | None:
@@ -64,9 +67,12 @@ def reconcile(namespace: str, root_pem: str, existing: dict | None) -> Change | 
     if data.get(ROOT_CERT_KEY) == root_pem:
         return None
     metadata = existing.get("metadata") or {}
-    body = {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {k: v for k, v in metadata.items() if k in ("name", "namespace", "labels", "annotations")},
-            "data": {**data, ROOT_CERT_KEY: root_pem}}
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {k: v for k, v in metadata.items() if k in ("name", "namespace", "labels", "annotations")},
+        "data": {**data, ROOT_CERT_KEY: root_pem},
+    }
     body["metadata"]["resourceVersion"] = metadata.get("resourceVersion")
     return Change(namespace, body, metadata.get("resourceVersion"))
 
@@ -96,9 +102,10 @@ async def publish_root_cert(api: client.ApiClient, root_pem: str) -> None:
             enqueue(cm.metadata.namespace)
 
     selector = f"metadata.name={CONFIGMAP}"
-    followers = [asyncio.create_task(follow(core.list_namespace, namespace_event)),
-                 asyncio.create_task(follow(core.list_config_map_for_all_namespaces, configmap_event,
-                                             field_selector=selector))]
+    followers = [
+        asyncio.create_task(follow(core.list_namespace, namespace_event)),
+        asyncio.create_task(follow(core.list_config_map_for_all_namespaces, configmap_event, field_selector=selector)),
+    ]
     try:
         while True:
             namespace = await queue.get()
@@ -106,8 +113,11 @@ async def publish_root_cert(api: client.ApiClient, root_pem: str) -> None:
             try:
                 await _bring(core, namespace, root_pem)
             except (aiohttp.ClientError, OSError, TimeoutError) as error:
-                log.warning("root certificate: namespace %s: the API server is away (%s); trying again",
-                            namespace, error or type(error).__name__)
+                log.warning(
+                    "root certificate: namespace %s: the API server is away (%s); trying again",
+                    namespace,
+                    error or type(error).__name__,
+                )
                 await asyncio.sleep(RETRY_SECONDS)
                 enqueue(namespace)
     finally:
@@ -135,8 +145,9 @@ async def _bring(core: client.CoreV1Api, namespace: str, root_pem: str) -> bool:
                 log.info("root certificate: skipped namespace %s (%s %s)", namespace, error.status, error.reason)
                 return False
             if error.status != 409:
-                log.warning("root certificate: ConfigMap %s/%s: %s %s", namespace, CONFIGMAP, error.status,
-                            error.reason)
+                log.warning(
+                    "root certificate: ConfigMap %s/%s: %s %s", namespace, CONFIGMAP, error.status, error.reason
+                )
                 return False
     return False
 

@@ -25,7 +25,8 @@ def rejecting_routes(route_name: str):
                 for route in vhost.get("routes", []):
                     if route.get("name") == route_name:
                         route.setdefault("request_headers_to_add", []).append(
-                            {"header": {"key": ":path", "value": "/rejected"}})
+                            {"header": {"key": ":path", "value": "/rejected"}}
+                        )
         return resources
 
     return mutate

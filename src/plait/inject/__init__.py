@@ -27,5 +27,15 @@ from plait.inject.settings import InjectError, InjectSettings
 from plait.inject.sidecar import inject
 from plait.inject.workload import Workload
 
-__all__ = ["InjectError", "InjectSettings", "KubeInjectResult", "Workload", "inject", "injection_required",
-           "json_patch", "kube_inject", "review_response", "should_inject"]
+__all__ = [
+    "InjectError",
+    "InjectSettings",
+    "KubeInjectResult",
+    "Workload",
+    "inject",
+    "injection_required",
+    "json_patch",
+    "kube_inject",
+    "review_response",
+    "should_inject",
+]

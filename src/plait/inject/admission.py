@@ -21,13 +21,17 @@ from plait.inject.settings import InjectError, InjectSettings
 from plait.inject.sidecar import inject
 
 
-def review_response(review: Mapping[str, Any], namespace_labels: Mapping[str, str],
-                    settings: InjectSettings) -> tuple[dict[str, Any], str]:
+def review_response(
+    review: Mapping[str, Any], namespace_labels: Mapping[str, str], settings: InjectSettings
+) -> tuple[dict[str, Any], str]:
     """(the AdmissionReview to send back, why: injected or not, or the error)."""
     request = review.get("request") or {}
     response: dict[str, Any] = {"uid": request.get("uid", ""), "allowed": True}
-    answer = {"apiVersion": review.get("apiVersion", "admission.k8s.io/v1"), "kind": "AdmissionReview",
-              "response": response}
+    answer = {
+        "apiVersion": review.get("apiVersion", "admission.k8s.io/v1"),
+        "kind": "AdmissionReview",
+        "response": response,
+    }
     pod = request.get("object")
     if request.get("operation", "CREATE") != "CREATE" or not isinstance(pod, dict) or pod.get("kind", "Pod") != "Pod":
         return answer, "not a Pod being created"

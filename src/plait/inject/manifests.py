@@ -48,8 +48,10 @@ def _inject_object(obj: Any, settings: InjectSettings, where: str, warnings: lis
         return obj
     if obj.get("kind") == "List" or (str(obj.get("kind", "")).endswith("List") and isinstance(obj.get("items"), list)):
         out = dict(obj)
-        out["items"] = [_inject_object(item, settings, f"{where}, item {i}", warnings)
-                        for i, item in enumerate(obj.get("items") or (), start=1)]
+        out["items"] = [
+            _inject_object(item, settings, f"{where}, item {i}", warnings)
+            for i, item in enumerate(obj.get("items") or (), start=1)
+        ]
         return out
     if obj.get("kind") == "Pod":
         return _inject_pod_like(obj, obj, settings, where, warnings)
@@ -64,8 +66,9 @@ def _inject_object(obj: Any, settings: InjectSettings, where: str, warnings: lis
     return out
 
 
-def _inject_pod_like(obj: dict[str, Any], pod: dict[str, Any], settings: InjectSettings, where: str,
-                     warnings: list[str]) -> dict[str, Any]:
+def _inject_pod_like(
+    obj: dict[str, Any], pod: dict[str, Any], settings: InjectSettings, where: str, warnings: list[str]
+) -> dict[str, Any]:
     namespace = (obj.get("metadata") or {}).get("namespace") or (pod.get("metadata") or {}).get("namespace")
     required, reason = injection_required(pod, settings, namespace=namespace)
     if not required:

@@ -43,9 +43,12 @@ def apply_mesh_config(settings: InjectSettings, mesh: Mapping[str, Any], where: 
         changes["trust_domain"] = str(mesh["trustDomain"])
     if "discoveryAddress" in default_config:
         changes["control_plane"] = str(default_config["discoveryAddress"])
-    for field, setting in (("holdApplicationUntilProxyStarts", "hold_application_until_proxy_starts"),
-                           ("concurrency", "concurrency"), ("terminationDrainDuration", "drain_seconds"),
-                           ("proxyMetadata", "proxy_metadata")):
+    for field, setting in (
+        ("holdApplicationUntilProxyStarts", "hold_application_until_proxy_starts"),
+        ("concurrency", "concurrency"),
+        ("terminationDrainDuration", "drain_seconds"),
+        ("proxyMetadata", "proxy_metadata"),
+    ):
         if field in default_config:
             changes[setting] = proxy_config_value(default_config, field, context)
     return dataclasses.replace(settings, **changes)

@@ -43,15 +43,48 @@ from plait.inject.settings import (
 
 # ProxyConfig fields that change the injected sidecar; every other field Istio defines is accepted
 # and has no effect here (istio/api mesh/v1alpha1/proxy.proto).
-PROXY_CONFIG_SUPPORTED = ("holdApplicationUntilProxyStarts", "concurrency", "terminationDrainDuration",
-                          "proxyMetadata", "interceptionMode")
+PROXY_CONFIG_SUPPORTED = (
+    "holdApplicationUntilProxyStarts",
+    "concurrency",
+    "terminationDrainDuration",
+    "proxyMetadata",
+    "interceptionMode",
+)
 PROXY_CONFIG_NO_EFFECT = (
-    "configPath", "binaryPath", "serviceCluster", "drainDuration", "parentShutdownDuration", "discoveryAddress",
-    "discoveryRefreshDelay", "zipkinAddress", "statsdUdpAddress", "envoyMetricsServiceAddress", "proxyAdminPort",
-    "availabilityZone", "controlPlaneAuthPolicy", "customConfigFile", "statNameLength", "proxyBootstrapTemplatePath",
-    "tracing", "sds", "envoyAccessLogService", "envoyMetricsService", "runtimeValues", "statusPort",
-    "extraStatTags", "gatewayTopology", "meshId", "readinessProbe", "proxyStatsMatcher", "caCertificatesPem",
-    "image", "privateKeyProvider", "proxyHeaders", "fileFlushInterval", "fileFlushMinSizeKb", "tracingServiceName",
+    "configPath",
+    "binaryPath",
+    "serviceCluster",
+    "drainDuration",
+    "parentShutdownDuration",
+    "discoveryAddress",
+    "discoveryRefreshDelay",
+    "zipkinAddress",
+    "statsdUdpAddress",
+    "envoyMetricsServiceAddress",
+    "proxyAdminPort",
+    "availabilityZone",
+    "controlPlaneAuthPolicy",
+    "customConfigFile",
+    "statNameLength",
+    "proxyBootstrapTemplatePath",
+    "tracing",
+    "sds",
+    "envoyAccessLogService",
+    "envoyMetricsService",
+    "runtimeValues",
+    "statusPort",
+    "extraStatTags",
+    "gatewayTopology",
+    "meshId",
+    "readinessProbe",
+    "proxyStatsMatcher",
+    "caCertificatesPem",
+    "image",
+    "privateKeyProvider",
+    "proxyHeaders",
+    "fileFlushInterval",
+    "fileFlushMinSizeKb",
+    "tracingServiceName",
     "statsCompression",
 )
 INTERCEPTION_MODES = ("REDIRECT", "NONE")
@@ -94,17 +127,23 @@ def pod_options(annotations: Mapping[str, str], settings: InjectSettings) -> Pod
         include_inbound_ports=_ports(annotations, INCLUDE_INBOUND_PORTS, "*", wildcard=True),
         exclude_inbound_ports=_ports(annotations, EXCLUDE_INBOUND_PORTS, "", wildcard=False),
         include_outbound_ports=_ports(annotations, INCLUDE_OUTBOUND_PORTS, "", wildcard=False)
-        if INCLUDE_OUTBOUND_PORTS in annotations else None,
+        if INCLUDE_OUTBOUND_PORTS in annotations
+        else None,
         exclude_outbound_ports=_ports(annotations, EXCLUDE_OUTBOUND_PORTS, "", wildcard=False)
-        if EXCLUDE_OUTBOUND_PORTS in annotations else None,
+        if EXCLUDE_OUTBOUND_PORTS in annotations
+        else None,
         status_port=_status_port(annotations, settings.status_port),
-        readiness=(_seconds(annotations, READINESS_INITIAL_DELAY, 0), _seconds(annotations, READINESS_PERIOD, 15),
-                   _seconds(annotations, READINESS_FAILURE_THRESHOLD, 4)),
+        readiness=(
+            _seconds(annotations, READINESS_INITIAL_DELAY, 0),
+            _seconds(annotations, READINESS_PERIOD, 15),
+            _seconds(annotations, READINESS_FAILURE_THRESHOLD, 4),
+        ),
         resources=proxy_resources(annotations, settings.resources),
         log_level=_log_level(annotations, settings.log_level),
         rewrite_probes=_boolean(annotations, REWRITE_PROBES, settings.rewrite_app_probers),
-        hold_application=_from_proxy_config(proxy_config, "holdApplicationUntilProxyStarts",
-                                            settings.hold_application_until_proxy_starts),
+        hold_application=_from_proxy_config(
+            proxy_config, "holdApplicationUntilProxyStarts", settings.hold_application_until_proxy_starts
+        ),
         # Istio: 0 means one worker per core; plait keeps the default
         concurrency=_from_proxy_config(proxy_config, "concurrency", settings.concurrency) or settings.concurrency,
         drain_seconds=_from_proxy_config(proxy_config, "terminationDrainDuration", settings.drain_seconds),
@@ -124,8 +163,10 @@ def parse_proxy_config(text: str | None) -> dict[str, Any]:
     if config is None:
         return {}
     if not isinstance(config, dict):
-        raise InjectError(f"{where}: expected a ProxyConfig object (fields such as holdApplicationUntilProxyStarts), "
-                          f"got {type(config).__name__}")
+        raise InjectError(
+            f"{where}: expected a ProxyConfig object (fields such as holdApplicationUntilProxyStarts), "
+            f"got {type(config).__name__}"
+        )
     check_proxy_config_fields(config, where)
     return config
 
@@ -134,14 +175,20 @@ def check_proxy_config_fields(config: Mapping[str, Any], where: str) -> None:
     """Every field is one of Istio's ProxyConfig fields (a typo is an error, not a silent no-op)."""
     for key in config:
         if key not in PROXY_CONFIG_SUPPORTED and key not in PROXY_CONFIG_NO_EFFECT:
-            raise InjectError(f"{where}: unknown ProxyConfig field {key!r}; "
-                              f"fields that change the sidecar: {', '.join(PROXY_CONFIG_SUPPORTED)}")
+            raise InjectError(
+                f"{where}: unknown ProxyConfig field {key!r}; "
+                f"fields that change the sidecar: {', '.join(PROXY_CONFIG_SUPPORTED)}"
+            )
 
 
 def proxy_resources(annotations: Mapping[str, str], default: Mapping[str, Any]) -> dict[str, Any]:
     """Istio's "resources" template: any proxyCPU/Memory(Limit) annotation replaces the defaults wholesale."""
-    wanted = {(PROXY_CPU, "requests", "cpu"), (PROXY_MEMORY, "requests", "memory"),
-              (PROXY_CPU_LIMIT, "limits", "cpu"), (PROXY_MEMORY_LIMIT, "limits", "memory")}
+    wanted = {
+        (PROXY_CPU, "requests", "cpu"),
+        (PROXY_MEMORY, "requests", "memory"),
+        (PROXY_CPU_LIMIT, "limits", "cpu"),
+        (PROXY_MEMORY_LIMIT, "limits", "memory"),
+    }
     if not any(name in annotations for name, _, _ in wanted):
         return json.loads(json.dumps(default))
     resources: dict[str, dict[str, str]] = {}
@@ -175,8 +222,10 @@ def _ranges(annotations: Mapping[str, str], name: str, default: str, *, wildcard
         try:
             network = ipaddress.ip_network(item, strict=False)
         except ValueError:
-            raise InjectError(f"annotation {name}: {item!r} is not an IP range in CIDR form (e.g. 10.96.0.0/12)"
-                              + (" or '*'" if wildcard else "")) from None
+            raise InjectError(
+                f"annotation {name}: {item!r} is not an IP range in CIDR form (e.g. 10.96.0.0/12)"
+                + (" or '*'" if wildcard else "")
+            ) from None
         if network.version != 4:
             raise InjectError(f"annotation {name}: {item!r} is IPv6; plait captures IPv4 only")
     return ",".join(_items(value))
@@ -188,8 +237,10 @@ def _ports(annotations: Mapping[str, str], name: str, default: str, *, wildcard:
         return "*"
     for item in _items(value):
         if not item.isdigit() or not 0 < int(item) < 65536:
-            raise InjectError(f"annotation {name}: {item!r} is not a port number (1-65535); "
-                              "expected a comma-separated list" + (" or '*'" if wildcard else ""))
+            raise InjectError(
+                f"annotation {name}: {item!r} is not a port number (1-65535); "
+                "expected a comma-separated list" + (" or '*'" if wildcard else "")
+            )
     return ",".join(_items(value))
 
 

@@ -48,4 +48,4 @@ def _diff(old: Any, new: Any, path: tuple[str | int, ...], ops: list[Op]) -> Non
 
 def _lists_patchable(old: list, new: list) -> bool:
     """Same length (patch item by item), or `new` starts with `old` (append)."""
-    return len(old) == len(new) or (len(new) > len(old) and new[:len(old)] == old)
+    return len(old) == len(new) or (len(new) > len(old) and new[: len(old)] == old)

@@ -22,8 +22,13 @@ IGNORED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "local-pa
 Decision = tuple[bool, str]
 
 
-def should_inject(pod: Mapping[str, Any], namespace_labels: Mapping[str, str], settings: InjectSettings,
-                  *, namespace: str | None = None) -> Decision:
+def should_inject(
+    pod: Mapping[str, Any],
+    namespace_labels: Mapping[str, str],
+    settings: InjectSettings,
+    *,
+    namespace: str | None = None,
+) -> Decision:
     """(inject?, why) for a pod being created in a namespace with these labels.
 
     `namespace` defaults to the pod's ``metadata.namespace`` (the webhook passes the request's).
@@ -38,8 +43,9 @@ def should_inject(pod: Mapping[str, Any], namespace_labels: Mapping[str, str], s
     return required, reason if not required else why
 
 
-def webhook_selects(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str],
-                    settings: InjectSettings) -> Decision:
+def webhook_selects(
+    pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str], settings: InjectSettings
+) -> Decision:
     """Whether Istio's webhook selectors for `settings.revision` send this pod to the injector."""
     revision = settings.revision_name
     default_revision = settings.revision == ""
@@ -49,8 +55,10 @@ def webhook_selects(pod_labels: Mapping[str, str], namespace_labels: Mapping[str
         if value != "enabled":
             return False, f"namespace label {NAMESPACE_INJECTION_LABEL}={value}"
         if not default_revision:
-            return False, f"namespace label {NAMESPACE_INJECTION_LABEL}=enabled selects the default revision, " \
-                          f"not {revision!r}"
+            return (
+                False,
+                f"namespace label {NAMESPACE_INJECTION_LABEL}=enabled selects the default revision, not {revision!r}",
+            )
         if pod_opt_out:
             return False, f"pod label {INJECT}=false"
         return True, f"namespace label {NAMESPACE_INJECTION_LABEL}=enabled"
@@ -75,8 +83,10 @@ def _object_selects(pod_labels: Mapping[str, str], revision: str, default_revisi
         return True, f"pod label {REVISION_LABEL}={value}"
     if default_revision and pod_labels.get(INJECT) == "true":
         return True, f"pod label {INJECT}=true"
-    return False, (f"namespace has neither {NAMESPACE_INJECTION_LABEL}=enabled nor {REVISION_LABEL}={revision}, "
-                   f"and the pod has no {INJECT}=true label")
+    return False, (
+        f"namespace has neither {NAMESPACE_INJECTION_LABEL}=enabled nor {REVISION_LABEL}={revision}, "
+        f"and the pod has no {INJECT}=true label"
+    )
 
 
 def injection_required(pod: Mapping[str, Any], settings: InjectSettings, *, namespace: str | None = None) -> Decision:
@@ -89,8 +99,11 @@ def injection_required(pod: Mapping[str, Any], settings: InjectSettings, *, name
     if namespace in IGNORED_NAMESPACES:
         return False, f"namespace {namespace} is never injected"
     labels, annotations = metadata.get("labels") or {}, metadata.get("annotations") or {}
-    source, value = (f"label {INJECT}", labels[INJECT]) if INJECT in labels else \
-        (f"annotation {INJECT}", annotations.get(INJECT, ""))
+    source, value = (
+        (f"label {INJECT}", labels[INJECT])
+        if INJECT in labels
+        else (f"annotation {INJECT}", annotations.get(INJECT, ""))
+    )
     if value == "true":
         return True, f"pod {source}=true"
     if value == "false":

@@ -43,16 +43,19 @@ def app_probers(spec: dict[str, Any], status_port: int) -> dict[str, dict[str, A
             continue
         named = {p["name"]: p["containerPort"] for p in container.get("ports") or () if p.get("name")}
         hooks = container.get("lifecycle") or {}
-        for kind, handler, actions in [*((k, container.get(f), PROBE_ACTIONS) for f, k in PROBES),
-                                       *((k, hooks.get(f), HOOK_ACTIONS) for f, k in HOOKS)]:
+        for kind, handler, actions in [
+            *((k, container.get(f), PROBE_ACTIONS) for f, k in PROBES),
+            *((k, hooks.get(f), HOOK_ACTIONS) for f, k in HOOKS),
+        ]:
             prober = _prober(handler, actions, named, status_port)
             if prober is not None:
                 probers[prober_path(container["name"], kind)] = prober
     return probers
 
 
-def _prober(handler: dict[str, Any] | None, actions: tuple[str, ...], named: dict[str, int],
-            status_port: int) -> dict[str, Any] | None:
+def _prober(
+    handler: dict[str, Any] | None, actions: tuple[str, ...], named: dict[str, int], status_port: int
+) -> dict[str, Any] | None:
     if not handler:
         return None
     action = next((a for a in actions if handler.get(a) is not None), None)
@@ -80,13 +83,13 @@ def rewrite_probes(spec: dict[str, Any], status_port: int) -> None:
             continue
         for field, kind in PROBES:
             if container.get(field):
-                container[field] = _rewritten(container[field], PROBE_ACTIONS,
-                                              prober_path(container["name"], kind), status_port)
+                container[field] = _rewritten(
+                    container[field], PROBE_ACTIONS, prober_path(container["name"], kind), status_port
+                )
         hooks = container.get("lifecycle") or {}
         for field, kind in HOOKS:
             if hooks.get(field):
-                hooks[field] = _rewritten(hooks[field], HOOK_ACTIONS, prober_path(container["name"], kind),
-                                          status_port)
+                hooks[field] = _rewritten(hooks[field], HOOK_ACTIONS, prober_path(container["name"], kind), status_port)
 
 
 def _rewritten(handler: dict[str, Any], actions: tuple[str, ...], path: str, port: int) -> dict[str, Any]:

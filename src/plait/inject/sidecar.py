@@ -68,8 +68,9 @@ def inject(pod: Mapping[str, Any], settings: InjectSettings, *, workload: Worklo
         probers = app_probers(spec, options.status_port)
         rewrite_probes(spec, options.status_port)
     _add_labels(labels, workload)
-    proxy = proxy_container(options, settings, labels=labels, workload=workload, app_containers=app_containers,
-                            probers=probers)
+    proxy = proxy_container(
+        options, settings, labels=labels, workload=workload, app_containers=app_containers, probers=probers
+    )
     injected_init = [init_container(options)] if options.interception_mode != "NONE" else []
     inits, injected_init = _apply_overrides(spec.get("initContainers") or [], injected_init)
     spec["initContainers"] = [*inits, *injected_init]
@@ -119,24 +120,39 @@ def merge_container(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, 
     return out
 
 
-def injection_status(init: list[dict], containers: list[dict], volumes: list[dict], secrets: list[dict],
-                     settings: InjectSettings) -> str:
+def injection_status(
+    init: list[dict], containers: list[dict], volumes: list[dict], secrets: list[dict], settings: InjectSettings
+) -> str:
     """``sidecar.istio.io/status``: what was injected (Istio's SidecarInjectionStatus JSON)."""
+
     def names(items: list[dict]) -> list[str] | None:
         return [item["name"] for item in items] or None
-    return json.dumps({"initContainers": names(init), "containers": names(containers), "volumes": names(volumes),
-                       "imagePullSecrets": names(secrets), "revision": settings.revision_name},
-                      separators=(",", ":"))
+
+    return json.dumps(
+        {
+            "initContainers": names(init),
+            "containers": names(containers),
+            "volumes": names(volumes),
+            "imagePullSecrets": names(secrets),
+            "revision": settings.revision_name,
+        },
+        separators=(",", ":"),
+    )
 
 
 def _add_labels(labels: dict[str, str], workload: Workload) -> None:
     """Istio's template labels: tlsMode, canonical service name and revision (a user's value wins)."""
     labels.setdefault(TLS_MODE_LABEL, "istio")
-    name = labels.get(CANONICAL_NAME_LABEL) or labels.get("app.kubernetes.io/name") or labels.get("app") \
-        or workload.name
+    name = (
+        labels.get(CANONICAL_NAME_LABEL) or labels.get("app.kubernetes.io/name") or labels.get("app") or workload.name
+    )
     labels[CANONICAL_NAME_LABEL] = name[:63].strip("-_.")
-    labels[CANONICAL_REVISION_LABEL] = labels.get(CANONICAL_REVISION_LABEL) \
-        or labels.get("app.kubernetes.io/version") or labels.get("version") or "latest"
+    labels[CANONICAL_REVISION_LABEL] = (
+        labels.get(CANONICAL_REVISION_LABEL)
+        or labels.get("app.kubernetes.io/version")
+        or labels.get("version")
+        or "latest"
+    )
 
 
 def iptables_args(options: PodOptions) -> list[str]:
@@ -146,10 +162,25 @@ def iptables_args(options: PodOptions) -> list[str]:
     extra = [p for p in options.exclude_inbound_ports.split(",") if p]
     if options.status_port and str(options.status_port) not in extra:
         extra.append(str(options.status_port))
-    args = ["iptables", "-p", str(OUTBOUND_CAPTURE_PORT), "-z", str(INBOUND_CAPTURE_PORT), "-u", str(PROXY_UID),
-            "-m", options.interception_mode, "-i", options.include_outbound_ranges,
-            "-x", options.exclude_outbound_ranges, "-b", options.include_inbound_ports,
-            "-d", ",".join([*excluded_inbound, *extra])]
+    args = [
+        "iptables",
+        "-p",
+        str(OUTBOUND_CAPTURE_PORT),
+        "-z",
+        str(INBOUND_CAPTURE_PORT),
+        "-u",
+        str(PROXY_UID),
+        "-m",
+        options.interception_mode,
+        "-i",
+        options.include_outbound_ranges,
+        "-x",
+        options.exclude_outbound_ranges,
+        "-b",
+        options.include_inbound_ports,
+        "-d",
+        ",".join([*excluded_inbound, *extra]),
+    ]
     if options.include_outbound_ports is not None:
         args += ["-q", options.include_outbound_ports]
     if options.exclude_outbound_ports is not None:
@@ -187,24 +218,57 @@ class _ProxyEnv:
 
 def agent_args(options: PodOptions, settings: InjectSettings, labels: Mapping[str, str]) -> list[str]:
     """``plait agent`` for this pod; ``$(VAR)`` is expanded by the kubelet from the container's env."""
-    args = ["agent", "--mode", "capture" if options.interception_mode == "REDIRECT" else "proxy",
-            "--name", "$(POD_NAME)", "--namespace", "$(POD_NAMESPACE)", "--ip", "$(INSTANCE_IP)",
-            "--service-account", "$(SERVICE_ACCOUNT)"]
+    args = [
+        "agent",
+        "--mode",
+        "capture" if options.interception_mode == "REDIRECT" else "proxy",
+        "--name",
+        "$(POD_NAME)",
+        "--namespace",
+        "$(POD_NAMESPACE)",
+        "--ip",
+        "$(INSTANCE_IP)",
+        "--service-account",
+        "$(SERVICE_ACCOUNT)",
+    ]
     if labels:
         args += ["--labels", ",".join(f"{k}={v}" for k, v in labels.items())]
-    args += ["--control-plane", settings.control_plane,
-             "--token-file", f"{TOKEN_DIR}/{TOKEN_VOLUME}", "--root-cert", f"{ROOT_CERT_DIR}/root-cert.pem",
-             "--trust-domain", settings.trust_domain, "--state-dir", ENVOY_DIR,
-             "--status-port", str(READINESS_PORT)]
+    args += [
+        "--control-plane",
+        settings.control_plane,
+        "--token-file",
+        f"{TOKEN_DIR}/{TOKEN_VOLUME}",
+        "--root-cert",
+        f"{ROOT_CERT_DIR}/root-cert.pem",
+        "--trust-domain",
+        settings.trust_domain,
+        "--state-dir",
+        ENVOY_DIR,
+        "--status-port",
+        str(READINESS_PORT),
+    ]
     if options.status_port:
         args += ["--probe-port", str(options.status_port)]
-    args += ["--log-level", options.log_level, "--concurrency", str(options.concurrency),
-             "--drain-duration", f"{options.drain_seconds:g}"]
+    args += [
+        "--log-level",
+        options.log_level,
+        "--concurrency",
+        str(options.concurrency),
+        "--drain-duration",
+        f"{options.drain_seconds:g}",
+    ]
     return args
 
 
-def proxy_container(options: PodOptions, settings: InjectSettings, *, labels: Mapping[str, str], workload: Workload,
-                    app_containers: list[str], probers: dict[str, Any]) -> dict[str, Any]:
+def proxy_container(
+    options: PodOptions,
+    settings: InjectSettings,
+    *,
+    labels: Mapping[str, str],
+    workload: Workload,
+    app_containers: list[str],
+    probers: dict[str, Any],
+) -> dict[str, Any]:
     """``istio-proxy``: ``plait agent`` as uid/gid 1337 (whose traffic iptables never captures)."""
     container: dict[str, Any] = {
         "name": PROXY_CONTAINER,
@@ -243,8 +307,13 @@ def proxy_container(options: PodOptions, settings: InjectSettings, *, labels: Ma
 
 def _readiness_probe(*, period: int, failures: int, delay: int = 0) -> dict[str, Any]:
     """The agent's /healthz/ready (Istio's sidecar startup and readiness probes)."""
-    return {"httpGet": {"path": "/healthz/ready", "port": READINESS_PORT}, "initialDelaySeconds": delay,
-            "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures}
+    return {
+        "httpGet": {"path": "/healthz/ready", "port": READINESS_PORT},
+        "initialDelaySeconds": delay,
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    }
 
 
 def _field(path: str) -> dict[str, Any]:
@@ -267,8 +336,10 @@ def proxy_env(options: PodOptions, settings: InjectSettings, pod: _ProxyEnv) -> 
     ]
     if pod.workload.api_version and pod.workload.name:
         env.append({"name": "ISTIO_META_OWNER", "value": pod.workload.owner_uri})
-    env += [{"name": "ISTIO_META_MESH_ID", "value": settings.trust_domain},
-            {"name": "TRUST_DOMAIN", "value": settings.trust_domain}]
+    env += [
+        {"name": "ISTIO_META_MESH_ID", "value": settings.trust_domain},
+        {"name": "TRUST_DOMAIN", "value": settings.trust_domain},
+    ]
     env += [{"name": name, "value": value} for name, value in options.proxy_metadata.items()]
     if pod.probers:
         env.append({"name": APP_PROBERS_ENV, "value": probers_env(pod.probers)})
@@ -279,8 +350,19 @@ def sidecar_volumes(settings: InjectSettings) -> list[dict[str, Any]]:
     """Envoy's writable directory, the pod's token for the CA (audience istio-ca), the mesh's root certificate."""
     return [
         {"name": ENVOY_VOLUME, "emptyDir": {"medium": "Memory"}},
-        {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
-            "path": TOKEN_VOLUME, "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
-            "audience": settings.token_audience}}]}},
+        {
+            "name": TOKEN_VOLUME,
+            "projected": {
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "path": TOKEN_VOLUME,
+                            "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
+                            "audience": settings.token_audience,
+                        }
+                    }
+                ]
+            },
+        },
         {"name": ROOT_CERT_VOLUME, "configMap": {"name": ROOT_CERT_CONFIGMAP}},
     ]

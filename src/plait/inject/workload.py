@@ -38,8 +38,10 @@ class Workload:
     @property
     def owner_uri(self) -> str:
         """Istio's ISTIO_META_OWNER."""
-        return (f"kubernetes://apis/{self.api_version}/namespaces/{self.namespace or 'default'}/"
-                f"{self.kind.lower()}s/{self.name}")
+        return (
+            f"kubernetes://apis/{self.api_version}/namespaces/{self.namespace or 'default'}/"
+            f"{self.kind.lower()}s/{self.name}"
+        )
 
 
 def workload_of_pod(pod: Mapping[str, Any]) -> Workload:
@@ -61,8 +63,12 @@ def workload_of_pod(pod: Mapping[str, Any]) -> Workload:
 
 def workload_of_object(obj: Mapping[str, Any]) -> Workload:
     metadata = obj.get("metadata") or {}
-    return Workload(kind=obj.get("kind", ""), api_version=obj.get("apiVersion", ""), name=metadata.get("name", ""),
-                    namespace=metadata.get("namespace", ""))
+    return Workload(
+        kind=obj.get("kind", ""),
+        api_version=obj.get("apiVersion", ""),
+        name=metadata.get("name", ""),
+        namespace=metadata.get("namespace", ""),
+    )
 
 
 def pod_template(obj: dict[str, Any]) -> dict[str, Any] | None:

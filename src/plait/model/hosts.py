@@ -11,8 +11,9 @@ def overlaps(a: str, b: str) -> bool:
     return matches(a, b) or matches(b, a)
 
 
-def client_names(hostname: str, port: int, proxy_namespace: str, addresses: tuple[str, ...] = (),
-                 domain: str = DOMAIN_SUFFIX) -> list[str]:
+def client_names(
+    hostname: str, port: int, proxy_namespace: str, addresses: tuple[str, ...] = (), domain: str = DOMAIN_SUFFIX
+) -> list[str]:
     """Every Host header a client may send for a service: the domains of its virtual host.
 
     For ``reviews.default.svc.cluster.local`` seen from namespace ``default``:

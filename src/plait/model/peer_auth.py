@@ -69,13 +69,11 @@ def workload_policy(snapshot: MeshSnapshot, proxy: Proxy) -> PeerPolicy:
     applying = snapshot.policies_for(proxy, snapshot.peer_authentications)
     mode = _broad_modes(applying, proxy.namespace, snapshot.root_namespace) or PERMISSIVE
     selecting = [p for p in applying if _selects(p)]
-    workload = (_first_by_name(p for p in selecting if p.namespace == proxy.namespace)
-                or _first_by_name(selecting))
+    workload = _first_by_name(p for p in selecting if p.namespace == proxy.namespace) or _first_by_name(selecting)
     if workload is None:
         return PeerPolicy(mode)
     mode = _inherit(mode, workload)
-    ports = {port: mode if mtls.mode == UNSET else mtls.mode
-             for port, mtls in workload.spec.port_level_mtls.items()}
+    ports = {port: mode if mtls.mode == UNSET else mtls.mode for port, mtls in workload.spec.port_level_mtls.items()}
     return PeerPolicy(mode, MappingProxyType(ports))
 
 

@@ -71,11 +71,19 @@ class Proxy:
         return cls(kind=kind, ip=ip, name=name, namespace=namespace, **kw)  # type: ignore[arg-type]
 
     @classmethod
-    def from_workload_entry(cls, we: Resource, *, mode: ProxyMode = "capture", kind: ProxyKind | None = None) -> "Proxy":
+    def from_workload_entry(
+        cls, we: Resource, *, mode: ProxyMode = "capture", kind: ProxyKind | None = None
+    ) -> "Proxy":
         """A proxy for a WorkloadEntry; labels ``istio: ingressgateway|egressgateway`` make it a gateway."""
         labels = dict(we.spec.labels)
         if kind is None:
             kind = "router" if labels.get("istio") in GATEWAY_LABEL_VALUES else "sidecar"
-        return cls(kind=kind, ip=we.spec.address, name=we.name, namespace=we.namespace,
-                   labels=MappingProxyType(labels), mode=mode,
-                   service_account=we.spec.service_account or "default")
+        return cls(
+            kind=kind,
+            ip=we.spec.address,
+            name=we.name,
+            namespace=we.namespace,
+            labels=MappingProxyType(labels),
+            mode=mode,
+            service_account=we.spec.service_account or "default",
+        )

@@ -33,20 +33,28 @@ def _first(candidates: Iterable[Resource]) -> Resource | None:
     return min(candidates, key=lambda pc: pc.name, default=None)
 
 
-def applicable_proxy_configs(proxy_configs: Iterable[Resource], namespace: str, labels: Mapping[str, str],
-                             root_namespace: str = ROOT_NAMESPACE) -> list[Resource]:
+def applicable_proxy_configs(
+    proxy_configs: Iterable[Resource], namespace: str, labels: Mapping[str, str], root_namespace: str = ROOT_NAMESPACE
+) -> list[Resource]:
     """The ProxyConfigs that apply to a workload, lowest precedence first (root, namespace, workload)."""
     configs = [pc for pc in proxy_configs if pc.kind == "ProxyConfig"]
     root = _first(pc for pc in configs if pc.namespace == root_namespace and not _selector(pc))
-    own = None if namespace == root_namespace else _first(
-        pc for pc in configs if pc.namespace == namespace and not _selector(pc))
-    workload = _first(pc for pc in configs if pc.namespace == namespace and _selector(pc)
-                      and all(labels.get(k) == v for k, v in _selector(pc).items()))
+    own = (
+        None
+        if namespace == root_namespace
+        else _first(pc for pc in configs if pc.namespace == namespace and not _selector(pc))
+    )
+    workload = _first(
+        pc
+        for pc in configs
+        if pc.namespace == namespace and _selector(pc) and all(labels.get(k) == v for k, v in _selector(pc).items())
+    )
     return [pc for pc in (root, own, workload) if pc is not None]
 
 
-def effective_proxy_config(proxy_configs: Iterable[Resource], namespace: str, labels: Mapping[str, str],
-                           root_namespace: str = ROOT_NAMESPACE) -> EffectiveProxyConfig:
+def effective_proxy_config(
+    proxy_configs: Iterable[Resource], namespace: str, labels: Mapping[str, str], root_namespace: str = ROOT_NAMESPACE
+) -> EffectiveProxyConfig:
     concurrency, environment = None, {}
     for pc in applicable_proxy_configs(proxy_configs, namespace, labels, root_namespace):
         if pc.spec.concurrency is not None:

@@ -80,10 +80,16 @@ READY_ANNOTATION = "plait.io/ready"  # "false" on a WorkloadEntry: registered bu
 
 def _workload_endpoint(we: Resource | None, spec: net.WorkloadEntrySpec, port: int, namespace: str) -> Endpoint:
     return Endpoint(
-        address=spec.address, port=port, labels=MappingProxyType(dict(spec.labels)), locality=spec.locality,
-        weight=spec.weight, service_account=spec.service_account or "default",
-        workload=f"{we.namespace}/{we.name}" if we else None, namespace=namespace,
-        ready=not we or we.meta.annotations.get(READY_ANNOTATION) != "false")
+        address=spec.address,
+        port=port,
+        labels=MappingProxyType(dict(spec.labels)),
+        locality=spec.locality,
+        weight=spec.weight,
+        service_account=spec.service_account or "default",
+        workload=f"{we.namespace}/{we.name}" if we else None,
+        namespace=namespace,
+        ready=not we or we.meta.annotations.get(READY_ANNOTATION) != "false",
+    )
 
 
 def _k8s_target(target: int | str | None, we: net.WorkloadEntrySpec, number: int, name: str) -> int | None:
@@ -115,8 +121,9 @@ class WorkloadIndex:
 
 def from_k8s_service(svc: Resource, workloads: WorkloadIndex, domain: str = DOMAIN_SUFFIX) -> Service:
     spec: K8sServiceSpec = svc.spec
-    ports = tuple(Port(p.name, p.port, proto.from_port(p.name, p.app_protocol, p.protocol), p.target_port)
-                  for p in spec.ports)
+    ports = tuple(
+        Port(p.name, p.port, proto.from_port(p.name, p.app_protocol, p.protocol), p.target_port) for p in spec.ports
+    )
     endpoints: dict[int, tuple[Endpoint, ...]] = {}
     selected = workloads.select(svc.namespace, spec.selector)
     for port in spec.ports:
@@ -127,16 +134,24 @@ def from_k8s_service(svc: Resource, workloads: WorkloadIndex, domain: str = DOMA
                 eps.append(_workload_endpoint(we, we.spec, target, we.namespace))
         endpoints[port.port] = tuple(eps)
     addresses = (spec.cluster_ip,) if spec.cluster_ip and spec.cluster_ip != "None" else ()
-    return Service(hostname=f"{svc.name}.{svc.namespace}.{domain}", namespace=svc.namespace, name=svc.name,
-                   origin="Service", ports=ports, addresses=addresses, resolution="EDS",
-                   endpoints=MappingProxyType(endpoints))
+    return Service(
+        hostname=f"{svc.name}.{svc.namespace}.{domain}",
+        namespace=svc.namespace,
+        name=svc.name,
+        origin="Service",
+        ports=ports,
+        addresses=addresses,
+        resolution="EDS",
+        endpoints=MappingProxyType(endpoints),
+    )
 
 
 def from_service_entry(se: Resource, workloads: WorkloadIndex) -> list[Service]:
     """One Service per host, as Istio does; endpoints from the entry or from selected WorkloadEntries."""
     spec: net.ServiceEntrySpec = se.spec
-    ports = tuple(Port(p.name, p.number, proto.parse(p.protocol) or proto.from_port(p.name), p.target_port)
-                  for p in spec.ports)
+    ports = tuple(
+        Port(p.name, p.number, proto.parse(p.protocol) or proto.from_port(p.name), p.target_port) for p in spec.ports
+    )
     if spec.workload_selector:
         sources = [(we, we.spec) for we in workloads.select(se.namespace, spec.workload_selector.labels)]
     else:
@@ -150,12 +165,21 @@ def from_service_entry(se: Resource, workloads: WorkloadIndex) -> list[Service]:
                 number = ep.ports.get(port.name) or port.target_port or port.number
                 eps.append(_workload_endpoint(we, ep, number, se.namespace))
             endpoints[port.number] = tuple(eps)
-        services.append(Service(
-            hostname=host, namespace=se.namespace, name=se.name, origin="ServiceEntry", ports=ports,
-            addresses=tuple(a for a in spec.addresses if "/" not in a or a.endswith("/32")),
-            resolution=spec.resolution, mesh_external=spec.location == "MESH_EXTERNAL",
-            export_to=frozenset(spec.export_to or ["*"]), endpoints=MappingProxyType(endpoints),
-            subject_alt_names=tuple(spec.subject_alt_names)))
+        services.append(
+            Service(
+                hostname=host,
+                namespace=se.namespace,
+                name=se.name,
+                origin="ServiceEntry",
+                ports=ports,
+                addresses=tuple(a for a in spec.addresses if "/" not in a or a.endswith("/32")),
+                resolution=spec.resolution,
+                mesh_external=spec.location == "MESH_EXTERNAL",
+                export_to=frozenset(spec.export_to or ["*"]),
+                endpoints=MappingProxyType(endpoints),
+                subject_alt_names=tuple(spec.subject_alt_names),
+            )
+        )
     return services
 
 

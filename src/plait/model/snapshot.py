@@ -78,7 +78,9 @@ def _rule_visible(dr: Resource, proxy: Proxy) -> bool:
 def _uses_consistent_hash(dr: Resource) -> bool:
     """Does any policy of this DestinationRule (top, subset or port level) hash requests?"""
     policies = [dr.spec.traffic_policy, *(s.traffic_policy for s in dr.spec.subsets)]
-    balancers = [lb for p in policies if p for lb in (p.load_balancer, *(pl.load_balancer for pl in p.port_level_settings))]
+    balancers = [
+        lb for p in policies if p for lb in (p.load_balancer, *(pl.load_balancer for pl in p.port_level_settings))
+    ]
     return any(lb and lb.consistent_hash for lb in balancers)
 
 
@@ -104,10 +106,17 @@ class Registry:
 
 
 class MeshSnapshot:
-    def __init__(self, resources: Iterable[Resource], *, root_namespace: str = ROOT_NAMESPACE,
-                 _registry: Registry | None = None, _by_kind: dict[str, list[Resource]] | None = None):
+    def __init__(
+        self,
+        resources: Iterable[Resource],
+        *,
+        root_namespace: str = ROOT_NAMESPACE,
+        _registry: Registry | None = None,
+        _by_kind: dict[str, list[Resource]] | None = None,
+    ):
         self.resources: dict[Key, Resource] = (
-            resources if isinstance(resources, dict) else {r.key: r for r in resources})
+            resources if isinstance(resources, dict) else {r.key: r for r in resources}
+        )
         self.root_namespace = root_namespace
         self.registry = _registry or Registry(r for r in self.resources.values() if r.kind in REGISTRY_KINDS)
         self.services = self.registry.services
@@ -157,7 +166,9 @@ class MeshSnapshot:
         for s in candidates:
             if not s.spec.workload_selector:
                 return s
-        return next((s for s in self.sidecars if s.namespace == self.root_namespace and not s.spec.workload_selector), None)
+        return next(
+            (s for s in self.sidecars if s.namespace == self.root_namespace and not s.spec.workload_selector), None
+        )
 
     def outbound_policy(self, proxy: Proxy) -> str:
         sidecar = self.sidecar_for(proxy)
@@ -181,16 +192,19 @@ class MeshSnapshot:
         if pairs is None:
             return True
         hosts = list(hosts)
-        return any(ns != "~" and (ns == "*" or ns == namespace) and any(matches(h, host) or matches(host, h)
-                                                                        for host in hosts)
-                   for ns, h in pairs)
+        return any(
+            ns != "~" and (ns == "*" or ns == namespace) and any(matches(h, host) or matches(host, h) for host in hosts)
+            for ns, h in pairs
+        )
 
     def services_for(self, proxy: Proxy) -> list[Service]:
         """Services this proxy may reach: exported to its namespace and imported by its Sidecar."""
         pairs = self._egress_hosts(proxy)
-        return [s for s in sorted(self.services.values(), key=lambda s: s.hostname)
-                if visible(s.namespace, s.export_to, proxy.namespace)
-                and self._imported(pairs, s.namespace, [s.hostname])]
+        return [
+            s
+            for s in sorted(self.services.values(), key=lambda s: s.hostname)
+            if visible(s.namespace, s.export_to, proxy.namespace) and self._imported(pairs, s.namespace, [s.hostname])
+        ]
 
     def virtual_services_for(self, proxy: Proxy, gateway: str = MESH_GATEWAY) -> list[Resource]:
         """VirtualServices bound to `gateway` (``mesh`` = sidecars) and visible to the proxy."""
@@ -217,14 +231,19 @@ class MeshSnapshot:
         as in Istio, so only a rule without one is returned."""
         for namespace in (proxy.namespace, service.namespace, self.root_namespace):
             exact, wild = self._rules.get(namespace, ({}, []))
-            hosts = [exact.get(service.hostname, [])] + [rules for host, rules in wild
-                                                          if matches(host, service.hostname)]
+            hosts = [exact.get(service.hostname, [])] + [
+                rules for host, rules in wild if matches(host, service.hostname)
+            ]
             for rules in hosts:
-                seen = [dr for dr in rules if _rule_visible(dr, proxy) or
-                        (dr.spec.workload_selector and dr.namespace == proxy.namespace)]
+                seen = [
+                    dr
+                    for dr in rules
+                    if _rule_visible(dr, proxy) or (dr.spec.workload_selector and dr.namespace == proxy.namespace)
+                ]
                 if seen:
-                    chosen = [dr for dr in seen if _rule_visible(dr, proxy)
-                              and not (inbound and dr.spec.workload_selector)]
+                    chosen = [
+                        dr for dr in seen if _rule_visible(dr, proxy) and not (inbound and dr.spec.workload_selector)
+                    ]
                     return min(chosen, key=lambda dr: not dr.spec.workload_selector, default=None)
         return None
 
@@ -237,6 +256,7 @@ class MeshSnapshot:
         """Security policies (PeerAuthentication, AuthorizationPolicy, RequestAuthentication) that apply
         to a proxy: those in the root namespace (mesh-wide) and in its own namespace, whose selector,
         if any, matches its labels. Ordered root namespace first, then namespace-wide, then selecting."""
+
         def applies(policy: Resource) -> bool:
             if policy.namespace not in (self.root_namespace, proxy.namespace):
                 return False
@@ -244,8 +264,10 @@ class MeshSnapshot:
             return all(proxy.labels.get(k) == v for k, v in selector.items())
 
         def rank(policy: Resource) -> tuple:
-            return (policy.namespace != self.root_namespace, bool(policy.spec.selector and
-                                                                  policy.spec.selector.match_labels))
+            return (
+                policy.namespace != self.root_namespace,
+                bool(policy.spec.selector and policy.spec.selector.match_labels),
+            )
 
         return sorted((p for p in policies if applies(p)), key=rank)
 
@@ -285,13 +307,23 @@ class MeshSnapshot:
             number = listener.port.number
             port = Port(listener.port.name, number, parse_protocol(listener.port.protocol) or Protocol.AUTO)
             service = served.get(number) or Service(
-                hostname=f"{sidecar.name}.{sidecar.namespace}", namespace=sidecar.namespace, name=sidecar.name,
-                origin="Sidecar", ports=(port,))
+                hostname=f"{sidecar.name}.{sidecar.namespace}",
+                namespace=sidecar.namespace,
+                name=sidecar.name,
+                origin="Sidecar",
+                ports=(port,),
+            )
             endpoint = Endpoint(address=proxy.ip, port=number, workload=proxy.workload, namespace=proxy.namespace)
-            pool = (listener.connection_pool or sidecar.spec.inbound_connection_pool
-                    or self._rule_pool(proxy, service, number))
-            out.append(InboundPort(service, port, endpoint, default_endpoint=listener.default_endpoint or "",
-                                   connection_pool=pool))
+            pool = (
+                listener.connection_pool
+                or sidecar.spec.inbound_connection_pool
+                or self._rule_pool(proxy, service, number)
+            )
+            out.append(
+                InboundPort(
+                    service, port, endpoint, default_endpoint=listener.default_endpoint or "", connection_pool=pool
+                )
+            )
         return out
 
     def workload(self, name: str) -> Resource | None:

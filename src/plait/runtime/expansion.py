@@ -32,11 +32,10 @@ def expand(text: str, variables: Mapping[str, str]) -> str:
             out.append("$")
             i += 2
         elif following == "(" and (close := text.find(")", i + 2)) != -1:
-            name = text[i + 2:close]
+            name = text[i + 2 : close]
             out.append(variables[name] if name in variables else f"$({name})")
             i = close + 1
         else:  # not a reference: the "$" and the character after it stay
             out.append("$" + following)
             i += 2
     return "".join(out)
-

@@ -64,15 +64,27 @@ class CaptureConfig:
     outbound_ports_include: tuple[int, ...] = ()  # -q: captured whatever their destination (before -i's ranges)
 
     @classmethod
-    def from_flags(cls, *, proxy_port: str = "15001", inbound_capture_port: str = "15006",
-                   proxy_uid: str = "1337", proxy_gid: str | None = None, interception_mode: str = "REDIRECT",
-                   outbound_ranges: str = WILDCARD, outbound_ranges_exclude: str = "",
-                   inbound_ports: str = WILDCARD, inbound_ports_exclude: str = "",
-                   outbound_ports_exclude: str = "", outbound_ports_include: str = "") -> CaptureConfig:
+    def from_flags(
+        cls,
+        *,
+        proxy_port: str = "15001",
+        inbound_capture_port: str = "15006",
+        proxy_uid: str = "1337",
+        proxy_gid: str | None = None,
+        interception_mode: str = "REDIRECT",
+        outbound_ranges: str = WILDCARD,
+        outbound_ranges_exclude: str = "",
+        inbound_ports: str = WILDCARD,
+        inbound_ports_exclude: str = "",
+        outbound_ports_exclude: str = "",
+        outbound_ports_include: str = "",
+    ) -> CaptureConfig:
         """Parse istio-iptables' flag values (strings, comma-separated lists) into a config."""
         if interception_mode.upper() == "TPROXY":
-            raise IptablesError("-m TPROXY is not supported: plait redirects inbound traffic with REDIRECT "
-                                "(Istio's default); use -m REDIRECT")
+            raise IptablesError(
+                "-m TPROXY is not supported: plait redirects inbound traffic with REDIRECT "
+                "(Istio's default); use -m REDIRECT"
+            )
         if interception_mode.upper() != "REDIRECT":
             raise IptablesError(f"-m: unknown inbound interception mode {interception_mode!r}; use REDIRECT")
         uids = parse_ids(proxy_uid, "-u")
@@ -173,8 +185,10 @@ def outbound_rules(config: CaptureConfig) -> list[str]:
     owners = [("--uid-owner", uid) for uid in config.proxy_uids] + [("--gid-owner", gid) for gid in config.proxy_gids]
     for match, owner in owners:
         # The proxy talking to the pod's own IP over loopback is inbound traffic: send it to 15006.
-        rules.append(f"-A ISTIO_OUTPUT -o lo ! -d {LOCALHOST} -p tcp ! --dport {TUNNEL_PORT} "
-                     f"-m owner {match} {owner} -j ISTIO_IN_REDIRECT")
+        rules.append(
+            f"-A ISTIO_OUTPUT -o lo ! -d {LOCALHOST} -p tcp ! --dport {TUNNEL_PORT} "
+            f"-m owner {match} {owner} -j ISTIO_IN_REDIRECT"
+        )
         if not loopback_captured:  # the app talking to itself over loopback is left alone
             rules.append(f"-A ISTIO_OUTPUT -o lo -m owner ! {match} {owner} -j RETURN")
         rules.append(f"-A ISTIO_OUTPUT -m owner {match} {owner} -j RETURN")  # the proxy's own connections
@@ -216,8 +230,9 @@ def jump_target(words: Sequence[str]) -> str | None:
 
 def installed_chains(saved_nat: str) -> list[str]:
     """Which of Istio's chains ``iptables-save -t nat`` output shows."""
-    return [line[1:].split()[0] for line in saved_nat.splitlines()
-            if line.startswith(":") and line[1:].split()[0] in CHAINS]
+    return [
+        line[1:].split()[0] for line in saved_nat.splitlines() if line.startswith(":") and line[1:].split()[0] in CHAINS
+    ]
 
 
 def apply(config: CaptureConfig, *, backend: Backend = "nft", netns: str | None = None) -> str:
@@ -256,8 +271,9 @@ def run_tool(tool: str, args: list[str], *, netns: str | None, stdin: str | None
     except subprocess.TimeoutExpired:
         raise IptablesError(f"{shlex.join(argv)} did not finish in {COMMAND_TIMEOUT:.0f} s") from None
     if proc.returncode != 0:
-        raise IptablesError(f"{shlex.join(argv)} failed (exit {proc.returncode}): {proc.stderr.strip()}"
-                            + permission_hint(proc.stderr))
+        raise IptablesError(
+            f"{shlex.join(argv)} failed (exit {proc.returncode}): {proc.stderr.strip()}" + permission_hint(proc.stderr)
+        )
     return proc.stdout
 
 

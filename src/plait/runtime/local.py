@@ -99,8 +99,7 @@ class State:
 
 def crash_looping(pods: list[Pod], ready: set[str]) -> list[Pod]:
     """Pods restarted `CRASH_LOOP_RESTARTS` times or more that are not ready now (by ``namespace/name``)."""
-    return [pod for pod in pods
-            if pod.restarts >= CRASH_LOOP_RESTARTS and f"{pod.namespace}/{pod.name}" not in ready]
+    return [pod for pod in pods if pod.restarts >= CRASH_LOOP_RESTARTS and f"{pod.namespace}/{pod.name}" not in ready]
 
 
 def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -122,17 +121,23 @@ def pod_argv(state_dir: Path, pod_name: str, argv: list[str]) -> list[str]:
     namespace, seeing neither the control plane's keys nor other pods' directories (their tokens,
     their SDS sockets), only its own (see `netns.exec_argv`)."""
     state_dir = state_dir.resolve()
-    return capture.exec_argv(capture.Network().namespace(pod_name), argv,
-                             hide=[control_plane_state(state_dir), state_dir / "pods"],
-                             keep=state_dir / "pods" / pod_name)
+    return capture.exec_argv(
+        capture.Network().namespace(pod_name),
+        argv,
+        hide=[control_plane_state(state_dir), state_dir / "pods"],
+        keep=state_dir / "pods" / pod_name,
+    )
 
 
 def _probe_url(container, app_ip: str) -> str | None:
     probe = container.readiness_probe.http_get if container.readiness_probe else None
     if probe is None:
         return None
-    port = probe.port if isinstance(probe.port, int) else next(
-        (p.container_port for p in container.ports if p.name == probe.port), 80)
+    port = (
+        probe.port
+        if isinstance(probe.port, int)
+        else next((p.container_port for p in container.ports if p.name == probe.port), 80)
+    )
     return f"http://{app_ip}:{port}{probe.path}"
 
 
@@ -150,42 +155,84 @@ def pods_for(deployment: Deployment, addresses: Addresses, mode: str) -> list[Po
         # explicit-proxy: the app has a loopback address of its own; capture: the pod's own loopback
         app_ip = addresses.app_ip() if mode == "proxy" else "127.0.0.1"
         ports = {p.name or f"port-{p.container_port}": p.container_port for p in container.ports}
-        provided = dict(POD_NAME=name, POD_NAMESPACE=deployment.namespace,
-                        BIND_ADDRESS=app_ip if mode == "proxy" else "0.0.0.0",
-                        NO_PROXY=f"127.0.0.1,localhost,{app_ip}",
-                        # "python" in a container command is plait's own Python, with plait importable
-                        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        provided = dict(
+            POD_NAME=name,
+            POD_NAMESPACE=deployment.namespace,
+            BIND_ADDRESS=app_ip if mode == "proxy" else "0.0.0.0",
+            NO_PROXY=f"127.0.0.1,localhost,{app_ip}",
+            # "python" in a container command is plait's own Python, with plait importable
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        )
         defaults = {"PORT": str(container.ports[0].container_port)} if container.ports else {}
-        fields = pod_fields(name, deployment.namespace, deployment.service_account,
-                            app_ip if mode == "proxy" else ip, deployment.labels)
+        fields = pod_fields(
+            name, deployment.namespace, deployment.service_account, app_ip if mode == "proxy" else ip, deployment.labels
+        )
         env = container.environment(fields, defaults, provided)
-        pods.append(Pod(name=name, namespace=deployment.namespace, deployment=deployment.name,
-                        labels=dict(deployment.labels), service_account=deployment.service_account, ip=ip,
-                        app_ip=app_ip, admin_port=addresses.port(), status_port=addresses.port(),
-                        command=container.argv(env), env=env, ports=ports, probe=_probe_url(container, app_ip)))
+        pods.append(
+            Pod(
+                name=name,
+                namespace=deployment.namespace,
+                deployment=deployment.name,
+                labels=dict(deployment.labels),
+                service_account=deployment.service_account,
+                ip=ip,
+                app_ip=app_ip,
+                admin_port=addresses.port(),
+                status_port=addresses.port(),
+                command=container.argv(env),
+                env=env,
+                ports=ports,
+                probe=_probe_url(container, app_ip),
+            )
+        )
     return pods
 
 
 def gateway_pod(name: str, labels: dict[str, str], ports: dict[str, int], addresses: Addresses, ip: str) -> Pod:
     """Gateways run on the host: reachable at 127.0.0.1 from it and, in capture mode, at the bridge's
     address from the pods."""
-    return Pod(name=name, namespace="istio-system", deployment=name, labels=labels,
-               service_account=f"{name}-service-account", ip=ip, app_ip="127.0.0.1",
-               admin_port=addresses.port(), status_port=addresses.port(), command=[], env={}, ports=ports,
-               kind="gateway")
+    return Pod(
+        name=name,
+        namespace="istio-system",
+        deployment=name,
+        labels=labels,
+        service_account=f"{name}-service-account",
+        ip=ip,
+        app_ip="127.0.0.1",
+        admin_port=addresses.port(),
+        status_port=addresses.port(),
+        command=[],
+        env={},
+        ports=ports,
+        kind="gateway",
+    )
 
 
 def gateway_services(ingress_port: int, egress_port: int, ingress_tls_port: int) -> list[dict]:
     """Istio's gateway Services: the Gateway's server ports map to where the gateways listen."""
+
     def service(name: str, labels: dict, ports: list[dict]) -> dict:
-        return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "istio-system"},
-                "spec": {"selector": labels, "ports": ports}}
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": "istio-system"},
+            "spec": {"selector": labels, "ports": ports},
+        }
+
     return [
-        service("istio-ingressgateway", {"istio": "ingressgateway"},
-                [{"name": "http2", "port": 80, "targetPort": ingress_port},
-                 {"name": "https", "port": 443, "targetPort": ingress_tls_port}]),
-        service("istio-egressgateway", {"istio": "egressgateway"},
-                [{"name": "http2", "port": 80, "targetPort": egress_port}]),
+        service(
+            "istio-ingressgateway",
+            {"istio": "ingressgateway"},
+            [
+                {"name": "http2", "port": 80, "targetPort": ingress_port},
+                {"name": "https", "port": 443, "targetPort": ingress_tls_port},
+            ],
+        ),
+        service(
+            "istio-egressgateway",
+            {"istio": "egressgateway"},
+            [{"name": "http2", "port": 80, "targetPort": egress_port}],
+        ),
     ]
 
 
@@ -201,23 +248,38 @@ def config_documents(manifests: Manifests, addresses: Addresses, state: State) -
         if r.kind == "ServiceEntry":
             for host in r.spec.hosts:
                 if not host.startswith("*"):
-                    state.external_hosts[host] = next(
-                        (a for a in r.spec.addresses if "/" not in a), None) or addresses.external_ip()
+                    state.external_hosts[host] = (
+                        next((a for a in r.spec.addresses if "/" not in a), None) or addresses.external_ip()
+                    )
         docs.append(doc)
     return docs
 
 
 class LocalMesh:
-    def __init__(self, manifests: Manifests, state_dir: Path, *, mode: str = "proxy", ingress_port: int = 8080,
-                 egress_port: int = 8081, ingress_tls_port: int = 8443, python: str = sys.executable,
-                 landing: str = "/", cert_ttl: float = 24 * 3600):
+    def __init__(
+        self,
+        manifests: Manifests,
+        state_dir: Path,
+        *,
+        mode: str = "proxy",
+        ingress_port: int = 8080,
+        egress_port: int = 8081,
+        ingress_tls_port: int = 8443,
+        python: str = sys.executable,
+        landing: str = "/",
+        cert_ttl: float = 24 * 3600,
+    ):
         self.manifests, self.state_dir, self.mode, self.python = manifests, state_dir, mode, python
         self.ingress_port, self.egress_port, self.ingress_tls_port = ingress_port, egress_port, ingress_tls_port
         self.cert_ttl = cert_ttl
         self.addresses = Addresses(mode)
         self.network = capture.Network()
-        self.state = State(mode=mode, state_dir=str(state_dir), supervisor_pid=os.getpid(),
-                           ingress=f"http://127.0.0.1:{ingress_port}{landing}")
+        self.state = State(
+            mode=mode,
+            state_dir=str(state_dir),
+            supervisor_pid=os.getpid(),
+            ingress=f"http://127.0.0.1:{ingress_port}{landing}",
+        )
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         self.control_plane: asyncio.subprocess.Process | None = None
         self.stop = asyncio.Event()
@@ -248,8 +310,9 @@ class LocalMesh:
         """The control plane's token issuer (its key is read once, after the control plane made it)."""
         return TokenIssuer.load_or_create(token_key_path(self.control_plane_state))
 
-    async def _spawn(self, args: list[str], log_name: str, env: dict[str, str] | None = None,
-                     pod_name: str | None = None):
+    async def _spawn(
+        self, args: list[str], log_name: str, env: dict[str, str] | None = None, pod_name: str | None = None
+    ):
         """Start `plait ARGS`, logging to logs/LOG_NAME.log; with `pod_name`, inside that capture-mode pod."""
         log_path = self.state_dir / "logs" / f"{log_name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -258,24 +321,58 @@ class LocalMesh:
             argv = pod_argv(self.state_dir, pod_name, argv)
         with open(log_path, "ab") as out:
             process = await asyncio.create_subprocess_exec(
-                *argv, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **(env or {})}, start_new_session=True,
-                preexec_fn=die_with_parent(signal.SIGTERM))
+                *argv,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM),
+            )
         return process, str(log_path)
 
     def _agent_args(self, pod: Pod) -> list[str]:
         in_pod = self.mode == "capture" and pod.kind != "gateway"
         control_plane = self.network.gateway if in_pod else "127.0.0.1"
-        args = ["agent", "--mode", "gateway" if pod.kind == "gateway" else self.mode, "--name", pod.name,
-                "--namespace", pod.namespace, "--ip", pod.ip, "--app-address", pod.app_ip,
-                "--labels", ",".join(f"{k}={v}" for k, v in pod.labels.items()),
-                "--service-account", pod.service_account, "--admin-port", str(pod.admin_port),
-                "--status-port", str(pod.status_port), "--control-plane", f"{control_plane}:{CA_PORT}",
-                "--control-plane-api", f"http://{control_plane}:{API_PORT}", "--drain-duration", "1",
-                "--state-dir", str(self._pod_dir(pod)),
-                "--token-file", str(self._issue_token(pod)), "--root-cert", str(self.root_cert),
-                "--ca-address", f"{control_plane}:{CA_PORT}", "--cert-ttl", f"{round(self.cert_ttl)}s",
-                "--register", ",".join(f"{k}={v}" for k, v in pod.ports.items())]
+        args = [
+            "agent",
+            "--mode",
+            "gateway" if pod.kind == "gateway" else self.mode,
+            "--name",
+            pod.name,
+            "--namespace",
+            pod.namespace,
+            "--ip",
+            pod.ip,
+            "--app-address",
+            pod.app_ip,
+            "--labels",
+            ",".join(f"{k}={v}" for k, v in pod.labels.items()),
+            "--service-account",
+            pod.service_account,
+            "--admin-port",
+            str(pod.admin_port),
+            "--status-port",
+            str(pod.status_port),
+            "--control-plane",
+            f"{control_plane}:{CA_PORT}",
+            "--control-plane-api",
+            f"http://{control_plane}:{API_PORT}",
+            "--drain-duration",
+            "1",
+            "--state-dir",
+            str(self._pod_dir(pod)),
+            "--token-file",
+            str(self._issue_token(pod)),
+            "--root-cert",
+            str(self.root_cert),
+            "--ca-address",
+            f"{control_plane}:{CA_PORT}",
+            "--cert-ttl",
+            f"{round(self.cert_ttl)}s",
+            "--register",
+            ",".join(f"{k}={v}" for k, v in pod.ports.items()),
+        ]
         if pod.probe:
             args += ["--app-probe", pod.probe]
         if in_pod:
@@ -317,14 +414,30 @@ class LocalMesh:
     async def _start_control_plane(self) -> None:
         for port in (CA_PORT, API_PORT):
             if not _port_free(port):
-                raise RuntimeError(f"port {port} is in use: another control plane (another 'plait up'?) is "
-                                   "running on this machine; stop it with 'plait down' first")
+                raise RuntimeError(
+                    f"port {port} is in use: another control plane (another 'plait up'?) is "
+                    "running on this machine; stop it with 'plait down' first"
+                )
         config_dir = self.state_dir / "mesh"
         host = "0.0.0.0" if self.mode == "capture" else "127.0.0.1"  # capture: pods reach it over the bridge
         self.control_plane, _ = await self._spawn(
-            ["control-plane", "--config-dir", str(config_dir), "--xds-auth", "strict",
-             "--http-port", str(API_PORT), "--ca-port", str(CA_PORT), "--state-dir", str(self.control_plane_state),
-             "--host", host], "control-plane")
+            [
+                "control-plane",
+                "--config-dir",
+                str(config_dir),
+                "--xds-auth",
+                "strict",
+                "--http-port",
+                str(API_PORT),
+                "--ca-port",
+                str(CA_PORT),
+                "--state-dir",
+                str(self.control_plane_state),
+                "--host",
+                host,
+            ],
+            "control-plane",
+        )
         self.state.control_plane_pid = self.control_plane.pid
         api = Http(f"http://127.0.0.1:{API_PORT}")
         deadline = time.monotonic() + 30
@@ -344,19 +457,34 @@ class LocalMesh:
 
     async def _apply_config(self) -> None:
         docs = gateway_services(self.ingress_port, self.egress_port, self.ingress_tls_port) + config_documents(
-            self.manifests, self.addresses, self.state)
+            self.manifests, self.addresses, self.state
+        )
         text = yaml.safe_dump_all(docs, sort_keys=False)
-        await asyncio.to_thread(Http(f"http://127.0.0.1:{API_PORT}").request, "POST",
-                                "/api/v1/config?filename=plait-up", text.encode())
+        await asyncio.to_thread(
+            Http(f"http://127.0.0.1:{API_PORT}").request, "POST", "/api/v1/config?filename=plait-up", text.encode()
+        )
 
     def plan(self) -> list[Pod]:
         pods = [p for d in self.manifests.deployments for p in pods_for(d, self.addresses, self.mode)]
         gateway_ip = self.network.gateway if self.mode == "capture" else "127.0.0.1"
-        pods.append(gateway_pod("istio-ingressgateway", {"app": "istio-ingressgateway", "istio": "ingressgateway"},
-                                {"http2": self.ingress_port, "https": self.ingress_tls_port}, self.addresses,
-                                gateway_ip))
-        pods.append(gateway_pod("istio-egressgateway", {"app": "istio-egressgateway", "istio": "egressgateway"},
-                                {"http2": self.egress_port}, self.addresses, gateway_ip))
+        pods.append(
+            gateway_pod(
+                "istio-ingressgateway",
+                {"app": "istio-ingressgateway", "istio": "ingressgateway"},
+                {"http2": self.ingress_port, "https": self.ingress_tls_port},
+                self.addresses,
+                gateway_ip,
+            )
+        )
+        pods.append(
+            gateway_pod(
+                "istio-egressgateway",
+                {"app": "istio-egressgateway", "istio": "egressgateway"},
+                {"http2": self.egress_port},
+                self.addresses,
+                gateway_ip,
+            )
+        )
         return pods
 
     def _hosts(self, namespace: str) -> dict[str, list[str]]:

@@ -76,8 +76,9 @@ class Container(_K8s):
     ports: list[ContainerPort] = []
     readiness_probe: Probe | None = Field(default=None, alias="readinessProbe")
 
-    def environment(self, fields: Mapping[str, str], defaults: Mapping[str, str],
-                    provided: Mapping[str, str]) -> dict[str, str]:
+    def environment(
+        self, fields: Mapping[str, str], defaults: Mapping[str, str], provided: Mapping[str, str]
+    ) -> dict[str, str]:
         """The process environment, as the kubelet builds it: each ``env`` value in order, its ``$(VAR)``
         references expanded from the variables before it; ``valueFrom.fieldRef`` from the pod's `fields`.
         `defaults` give way to the manifest's variables; the runtime's `provided` ones win over both."""
@@ -140,8 +141,13 @@ class Manifests:
 
 def pod_fields(name: str, namespace: str, service_account: str, ip: str, labels: Mapping[str, str]) -> dict[str, str]:
     """The values of a pod's downward-API ``fieldRef`` paths."""
-    fields = {"metadata.name": name, "metadata.namespace": namespace, "spec.serviceAccountName": service_account,
-              "status.podIP": ip, "status.podIPs": ip}
+    fields = {
+        "metadata.name": name,
+        "metadata.namespace": namespace,
+        "spec.serviceAccountName": service_account,
+        "status.podIP": ip,
+        "status.podIPs": ip,
+    }
     fields.update((f"metadata.labels['{key}']", value) for key, value in labels.items())
     return fields
 
@@ -159,16 +165,31 @@ def env_problems(containers: list[Container]) -> list[tuple[str, str]]:
             if var.value:
                 problems.append((path, f"{var.name}: may not have both 'value' and 'valueFrom'"))
             elif source.field_ref is None:
-                kinds = [alias for alias, value in (("configMapKeyRef", source.config_map_key_ref),
-                                                    ("secretKeyRef", source.secret_key_ref),
-                                                    ("resourceFieldRef", source.resource_field_ref)) if value is not None]
+                kinds = [
+                    alias
+                    for alias, value in (
+                        ("configMapKeyRef", source.config_map_key_ref),
+                        ("secretKeyRef", source.secret_key_ref),
+                        ("resourceFieldRef", source.resource_field_ref),
+                    )
+                    if value is not None
+                ]
                 what = f"valueFrom.{kinds[0]}" if kinds else "valueFrom without fieldRef"
-                problems.append((f"{path}.valueFrom", f"{var.name}: {what} is not supported by plait's local "
-                                                      "mesh yet; use 'value' or valueFrom.fieldRef"))
+                problems.append(
+                    (
+                        f"{path}.valueFrom",
+                        f"{var.name}: {what} is not supported by plait's local "
+                        "mesh yet; use 'value' or valueFrom.fieldRef",
+                    )
+                )
             elif not known_field(source.field_ref.field_path):
-                problems.append((f"{path}.valueFrom.fieldRef.fieldPath",
-                                 f"{var.name}: {source.field_ref.field_path!r} is not a field a local pod has; "
-                                 f"expected one of {', '.join(FIELD_PATHS)} or metadata.labels['KEY']"))
+                problems.append(
+                    (
+                        f"{path}.valueFrom.fieldRef.fieldPath",
+                        f"{var.name}: {source.field_ref.field_path!r} is not a field a local pod has; "
+                        f"expected one of {', '.join(FIELD_PATHS)} or metadata.labels['KEY']",
+                    )
+                )
     return problems
 
 
@@ -179,24 +200,41 @@ def known_field(path: str) -> bool:
 
 def _deployment(doc: dict, file: str, index: int) -> tuple[Deployment | None, list[Problem]]:
     meta_raw = doc.get("metadata") or {}
-    base = dict(file=file, document=index, kind="Deployment", name=meta_raw.get("name", ""),
-                namespace=meta_raw.get("namespace") or "default")
+    base = dict(
+        file=file,
+        document=index,
+        kind="Deployment",
+        name=meta_raw.get("name", ""),
+        namespace=meta_raw.get("namespace") or "default",
+    )
     try:
         meta = ObjectMeta.model_validate(meta_raw)
         spec = DeploymentSpec.model_validate(doc.get("spec") or {})
     except ValidationError as exc:
-        return None, [Problem(message=e["msg"], path=".".join(str(p) for p in e["loc"]), **base)
-                      for e in exc.errors()]
-    problems = [Problem(message="container has no command; locally plait runs the container's command "
-                                "(the image is not used)", path=f"spec.template.spec.containers[{i}].command", **base)
-                for i, c in enumerate(spec.template.spec.containers) if not c.command]
-    problems += [Problem(message=message, path=path, **base)
-                 for path, message in env_problems(spec.template.spec.containers)]
+        return None, [Problem(message=e["msg"], path=".".join(str(p) for p in e["loc"]), **base) for e in exc.errors()]
+    problems = [
+        Problem(
+            message="container has no command; locally plait runs the container's command (the image is not used)",
+            path=f"spec.template.spec.containers[{i}].command",
+            **base,
+        )
+        for i, c in enumerate(spec.template.spec.containers)
+        if not c.command
+    ]
+    problems += [
+        Problem(message=message, path=path, **base) for path, message in env_problems(spec.template.spec.containers)
+    ]
     if problems:
         return None, problems
-    return Deployment(name=meta.name, namespace=meta.namespace, replicas=spec.replicas,
-                      labels=dict(spec.template.metadata.labels), service_account=spec.template.spec.service_account_name,
-                      containers=tuple(spec.template.spec.containers), source=file), []
+    return Deployment(
+        name=meta.name,
+        namespace=meta.namespace,
+        replicas=spec.replicas,
+        labels=dict(spec.template.metadata.labels),
+        service_account=spec.template.spec.service_account_name,
+        containers=tuple(spec.template.spec.containers),
+        source=file,
+    ), []
 
 
 def load_manifests(paths: list[str | Path]) -> Manifests:

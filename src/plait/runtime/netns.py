@@ -34,8 +34,10 @@ PROXY_UID = 1337
 IFNAME_MAX = 15  # Linux interface names: at most 15 characters
 POD_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 COMMAND_TIMEOUT = 30.0
-RESOLV_CONF = ("# plait: names resolve from this pod's /etc/hosts; no DNS server is reachable, so fail fast\n"
-               "options timeout:1 attempts:1\n")
+RESOLV_CONF = (
+    "# plait: names resolve from this pod's /etc/hosts; no DNS server is reachable, so fail fast\n"
+    "options timeout:1 attempts:1\n"
+)
 
 
 class NetnsError(Exception):
@@ -158,8 +160,12 @@ def add_pod(network: Network, pod: str, address: str, hosts: Mapping[str, Iterab
 
 def hosts_text(pod: str, address: str, hosts: Mapping[str, Iterable[str]]) -> str:
     """The pod's /etc/hosts: localhost, the pod's own name, then `hosts` (address → names)."""
-    lines = ["# plait: this pod's hosts file (service names → service addresses)",
-             "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback", f"{address}\t{pod}"]
+    lines = [
+        "# plait: this pod's hosts file (service names → service addresses)",
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        f"{address}\t{pod}",
+    ]
     lines += [f"{addr}\t{' '.join(names)}" for addr, names in hosts.items()]
     return "\n".join(lines) + "\n"
 
@@ -176,8 +182,15 @@ def write_hosts(network: Network, pod: str, address: str, hosts: Mapping[str, It
 DROPPED_CAPABILITIES = "-sys_admin,-sys_ptrace,-sys_module"
 
 
-def exec_argv(namespace: str, argv: Sequence[str], *, uid: int | None = None, gid: int | None = None,
-              hide: Sequence[Path] = (), keep: Path | None = None) -> list[str]:
+def exec_argv(
+    namespace: str,
+    argv: Sequence[str],
+    *,
+    uid: int | None = None,
+    gid: int | None = None,
+    hide: Sequence[Path] = (),
+    keep: Path | None = None,
+) -> list[str]:
     """The command line running `argv` in `namespace`, as `uid`/`gid` (gid defaults to uid) if given.
 
     Use ``uid=PROXY_UID`` for the sidecar: iptables leaves uid 1337's own connections alone.

@@ -118,8 +118,11 @@ class FileStore:
         for r in upserts:
             candidate[r.key] = r
         touched = {(r.kind, r.namespace, r.name) for r in upserts}
-        problems = [p for p in check_references(list(candidate.values()))
-                    if p.severity == "error" or (p.kind, p.namespace, p.name) in touched]
+        problems = [
+            p
+            for p in check_references(list(candidate.values()))
+            if p.severity == "error" or (p.kind, p.namespace, p.name) in touched
+        ]
         return candidate, problems
 
     def apply(self, resources: list[Resource], *, dry_run: bool = False) -> Change:
@@ -127,8 +130,9 @@ class FileStore:
         keys = [r.key for r in resources]
         repeated = sorted({k for k in keys if keys.count(k) > 1})
         if repeated:
-            return Change(problems=[Problem(message=f"{k[0]} {k[1]}/{k[2]} appears twice in the input")
-                                    for k in repeated])
+            return Change(
+                problems=[Problem(message=f"{k[0]} {k[1]}/{k[2]} appears twice in the input") for k in repeated]
+            )
         candidate, problems = self._candidate(resources, [])
         change = diff({k: v for k, v in self.resources.items() if k in keys}, {k: candidate[k] for k in keys})
         change.problems = problems
@@ -139,8 +143,18 @@ class FileStore:
     def delete(self, keys: list[Key], *, dry_run: bool = False) -> Change:
         missing = [k for k in keys if k not in self.resources]
         if missing:
-            return Change(problems=[Problem(message="not found in the mesh's configuration", file="delete request",
-                                            kind=k[0], namespace=k[1], name=k[2]) for k in missing])
+            return Change(
+                problems=[
+                    Problem(
+                        message="not found in the mesh's configuration",
+                        file="delete request",
+                        kind=k[0],
+                        namespace=k[1],
+                        name=k[2],
+                    )
+                    for k in missing
+                ]
+            )
         _, problems = self._candidate([], keys)
         change = Change(deleted=list(keys), problems=problems)
         if change.ok and not dry_run:

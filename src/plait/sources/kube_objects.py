@@ -76,7 +76,9 @@ PODS = WatchedType("Pod", "", ("v1",), "pods")
 ENDPOINT_SLICES = WatchedType("EndpointSlice", "discovery.k8s.io", ("v1", "v1beta1"), "endpointslices")
 CONFIG_TYPES = tuple(
     WatchedType(kind, versions[0].split("/")[0], _version_names(versions), _plural(kind))
-    for kind, (versions, _) in SPEC_MODELS.items() if versions in (NETWORKING_VERSIONS, SECURITY_VERSIONS))
+    for kind, (versions, _) in SPEC_MODELS.items()
+    if versions in (NETWORKING_VERSIONS, SECURITY_VERSIONS)
+)
 WATCHED_TYPES = (NAMESPACES, NODES, SERVICES, PODS, ENDPOINT_SLICES, *CONFIG_TYPES)
 LOCALITY_LABEL = "istio-locality"  # on a pod: its locality as region.zone.subzone, instead of its node's
 NODE_LOCALITY_LABELS = ("topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone")
@@ -168,15 +170,24 @@ def _condition(pod: Mapping, name: str) -> bool:
 
 def _container_ports(pod: Mapping) -> dict[str, int]:
     containers = (pod.get("spec") or {}).get("containers") or ()
-    return {p["name"]: int(p["containerPort"]) for c in containers for p in c.get("ports") or ()
-            if p.get("name") and p.get("containerPort")}
+    return {
+        p["name"]: int(p["containerPort"])
+        for c in containers
+        for p in c.get("ports") or ()
+        if p.get("name") and p.get("containerPort")
+    }
 
 
 def _workload_entry(name: str, namespace: str, spec: net.WorkloadEntrySpec, ready: bool, origin: str) -> Resource:
     annotations = {} if ready else {READY_ANNOTATION: "false"}
     meta = ObjectMeta(name=name, namespace=namespace, annotations=annotations)
-    return Resource(kind="WorkloadEntry", api_version=NETWORKING_VERSIONS[0], meta=meta, spec=spec,
-                    source=Source(file=f"{SOURCE_FILE} {origin}"))
+    return Resource(
+        kind="WorkloadEntry",
+        api_version=NETWORKING_VERSIONS[0],
+        meta=meta,
+        spec=spec,
+        source=Source(file=f"{SOURCE_FILE} {origin}"),
+    )
 
 
 def locality(pod_labels: Mapping[str, str], node_labels: Mapping[str, str]) -> str | None:
@@ -188,8 +199,9 @@ def locality(pod_labels: Mapping[str, str], node_labels: Mapping[str, str]) -> s
     return "/".join(parts).rstrip("/") or None
 
 
-def pod_workload(pod: Mapping, endpoints: Iterable[SliceEndpoint] = (),
-                 node_labels: Mapping[str, str] | None = None) -> Resource | None:
+def pod_workload(
+    pod: Mapping, endpoints: Iterable[SliceEndpoint] = (), node_labels: Mapping[str, str] | None = None
+) -> Resource | None:
     """A Pod (with the slice endpoints that name it, and its node's labels) → its WorkloadEntry; None
     for a pod that has no address yet or has finished."""
     namespace, name = object_key(pod)
@@ -201,9 +213,13 @@ def pod_workload(pod: Mapping, endpoints: Iterable[SliceEndpoint] = (),
     listed_ready = any(e.ready for e in endpoints) if endpoints else _condition(pod, "Ready")
     ready = listed_ready and not (pod.get("metadata") or {}).get("deletionTimestamp")
     labels = dict((pod.get("metadata") or {}).get("labels") or {})
-    we = net.WorkloadEntrySpec(address=address, labels=labels, ports=_container_ports(pod),
-                               locality=locality(labels, node_labels or {}),
-                               service_account=spec.get("serviceAccountName") or spec.get("serviceAccount") or "default")
+    we = net.WorkloadEntrySpec(
+        address=address,
+        labels=labels,
+        ports=_container_ports(pod),
+        locality=locality(labels, node_labels or {}),
+        service_account=spec.get("serviceAccountName") or spec.get("serviceAccount") or "default",
+    )
     return _workload_entry(name, namespace, we, ready, f"Pod {namespace}/{name}")
 
 
@@ -227,15 +243,19 @@ def selectorless_service(service: Resource, endpoints: list[SliceEndpoint]) -> t
         previous = entries.get(name)
         ready = e.ready or (previous is not None and READY_ANNOTATION not in previous.meta.annotations)
         we = net.WorkloadEntrySpec(address=e.address, labels=label)
-        entries[name] = _workload_entry(name, service.namespace, we, ready,
-                                        f"EndpointSlice of Service {service.namespace}/{service.name}")
+        entries[name] = _workload_entry(
+            name, service.namespace, we, ready, f"EndpointSlice of Service {service.namespace}/{service.name}"
+        )
     return dataclasses.replace(service, spec=spec), list(entries.values())
 
 
-def registry_resources(services: Mapping[ObjectKey, Resource], pods: Iterable[Mapping],
-                       endpoints: Iterable[SliceEndpoint], *,
-                       workload_of: Callable[[Mapping, tuple[SliceEndpoint, ...]], Resource | None] | None = None,
-                       ) -> dict[Key, Resource]:
+def registry_resources(
+    services: Mapping[ObjectKey, Resource],
+    pods: Iterable[Mapping],
+    endpoints: Iterable[SliceEndpoint],
+    *,
+    workload_of: Callable[[Mapping, tuple[SliceEndpoint, ...]], Resource | None] | None = None,
+) -> dict[Key, Resource]:
     """Services and the workloads behind them (from the Pods and every EndpointSlice's endpoints), as
     the snapshot's registry reads them. `workload_of` (default `pod_workload`) lets a caller memoise
     the per-pod conversion."""

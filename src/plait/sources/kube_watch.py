@@ -82,8 +82,11 @@ class Collection:
     def replace(self, items: Iterable[dict], list_version: str | None) -> tuple[set[ObjectKey], set[ObjectKey]]:
         """A fresh list: (keys stored or changed, keys gone)."""
         new = {object_key(obj): slim(obj) for obj in items}
-        stored = {k for k, obj in new.items()
-                  if k not in self.objects or resource_version(self.objects[k]) != resource_version(obj)}
+        stored = {
+            k
+            for k, obj in new.items()
+            if k not in self.objects or resource_version(self.objects[k]) != resource_version(obj)
+        }
         gone = set(self.objects) - set(new)
         self.objects, self.resource_version, self.synced = new, list_version, True
         return stored, gone
@@ -207,8 +210,9 @@ class ClusterView:
         """The cluster's configuration and registry, as the mesh snapshot reads them."""
         if self._registry is None:
             pods = self._objects(PODS.kind)
-            self._registry = registry_resources(self.services, pods, self._slice_endpoints(),
-                                                workload_of=self._workload)
+            self._registry = registry_resources(
+                self.services, pods, self._slice_endpoints(), workload_of=self._workload
+            )
             live = {object_key(p) for p in pods}
             self._pod_memo = {k: v for k, v in self._pod_memo.items() if k in live}
         if self._resources is None:
@@ -218,8 +222,9 @@ class ClusterView:
     def _slice_endpoints(self) -> list[SliceEndpoint]:
         """Every EndpointSlice's endpoints; a slice is read again only when its resourceVersion changed."""
         memo, out = {}, []
-        for key, obj in (self.collections[ENDPOINT_SLICES.kind].objects.items()
-                         if ENDPOINT_SLICES.kind in self.collections else ()):
+        for key, obj in (
+            self.collections[ENDPOINT_SLICES.kind].objects.items() if ENDPOINT_SLICES.kind in self.collections else ()
+        ):
             version = resource_version(obj)
             seen = self._slice_memo.get(key)
             endpoints = seen[1] if seen and seen[0] == version and version else slice_endpoints(obj)

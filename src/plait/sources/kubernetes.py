@@ -42,8 +42,10 @@ log = logging.getLogger("plait.sources.kubernetes")
 PAGE_SIZE = 500
 FORBIDDEN = 403
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-READ_ONLY = ("the mesh's configuration comes from the Kubernetes API: change it with kubectl "
-             "(kubectl apply -f FILE / kubectl delete -f FILE)")
+READ_ONLY = (
+    "the mesh's configuration comes from the Kubernetes API: change it with kubectl "
+    "(kubectl apply -f FILE / kubectl delete -f FILE)"
+)
 UNREACHABLE = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
 
 
@@ -79,9 +81,17 @@ def _status_of(body: bytes | str) -> dict:
 
 
 class KubernetesSource:
-    def __init__(self, api: ApiClient, *, on_change: Callable[[], None] = lambda: None,
-                 view: ClusterView | None = None, types: tuple[WatchedType, ...] = WATCHED_TYPES,
-                 watch_timeout: int = 300, backoff: tuple[float, float] = (0.2, 5.0), rediscover: float = 10.0):
+    def __init__(
+        self,
+        api: ApiClient,
+        *,
+        on_change: Callable[[], None] = lambda: None,
+        view: ClusterView | None = None,
+        types: tuple[WatchedType, ...] = WATCHED_TYPES,
+        watch_timeout: int = 300,
+        backoff: tuple[float, float] = (0.2, 5.0),
+        rediscover: float = 10.0,
+    ):
         self.api, self.on_change = api, on_change
         self.view = view or ClusterView(types)
         self.types = types
@@ -158,8 +168,13 @@ class KubernetesSource:
             log.info("%s: %s %s; looking for it again", watched.plural, exc.status, exc.reason)
             return None, True
         if exc.status == FORBIDDEN:  # no RBAC for it: go on without it (it may be granted later)
-            log.warning("%s may not list %s (%s); going on without them, asking again in %.0f s",
-                        self.server, watched.plural, exc.reason, self.rediscover)
+            log.warning(
+                "%s may not list %s (%s); going on without them, asking again in %.0f s",
+                self.server,
+                watched.plural,
+                exc.reason,
+                self.rediscover,
+            )
             if not self.view.collections[watched.kind].synced:
                 self._report(self.view.forget(watched.kind))
                 self._check_synced()
@@ -180,13 +195,23 @@ class KubernetesSource:
     def _down(self, why: BaseException | str) -> None:
         if self.reachable:
             self.reachable = False
-            log.warning("Kubernetes API %s unreachable (%s): proxies keep the last configuration; retrying",
-                        self.server, why or type(why).__name__)
+            log.warning(
+                "Kubernetes API %s unreachable (%s): proxies keep the last configuration; retrying",
+                self.server,
+                why or type(why).__name__,
+            )
 
     async def _get(self, path: str, query: list[tuple[str, str]]) -> dict:
-        return await self.api.call_api(path, "GET", query_params=query, header_params={"Accept": "application/json"},
-                                       response_types_map={200: "object"}, auth_settings=["BearerToken"],
-                                       _return_http_data_only=True, _request_timeout=30)
+        return await self.api.call_api(
+            path,
+            "GET",
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            response_types_map={200: "object"},
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _request_timeout=30,
+        )
 
     async def _discover(self, watched: WatchedType) -> str | None:
         """The newest version of `watched` the API serves; None (and its objects forgotten) when none is."""
@@ -231,12 +256,21 @@ class KubernetesSource:
         """Watch from the collection's resourceVersion until the server ends the watch (None) or asks
         for a restart."""
         timeout = int(self.watch_timeout * random.uniform(1.0, 1.2))
-        query = [("watch", "true"), ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(timeout)),
-                 ("resourceVersion", self.view.collections[watched.kind].resource_version or "")]
-        response = await self.api.call_api(watched.path(version), "GET", query_params=query,
-                                           header_params={"Accept": "application/json"},
-                                           auth_settings=["BearerToken"], _preload_content=False,
-                                           _request_timeout=aiohttp.ClientTimeout(connect=10, sock_read=timeout + 30))
+        query = [
+            ("watch", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(timeout)),
+            ("resourceVersion", self.view.collections[watched.kind].resource_version or ""),
+        ]
+        response = await self.api.call_api(
+            watched.path(version),
+            "GET",
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=aiohttp.ClientTimeout(connect=10, sock_read=timeout + 30),
+        )
         try:
             if response.status != 200:
                 status = _status_of(await response.read())

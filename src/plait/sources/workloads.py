@@ -34,27 +34,46 @@ class Workload:
         return ("WorkloadEntry", self.namespace, self.name)
 
     def to_resource(self) -> Resource:
-        spec = net.WorkloadEntrySpec(address=self.address, labels=self.labels, ports=self.ports,
-                                     service_account=self.service_account, locality=self.locality)
+        spec = net.WorkloadEntrySpec(
+            address=self.address,
+            labels=self.labels,
+            ports=self.ports,
+            service_account=self.service_account,
+            locality=self.locality,
+        )
         annotations = {} if self.ready else {READY_ANNOTATION: "false"}
         meta = ObjectMeta(name=self.name, namespace=self.namespace, annotations=annotations)
-        return Resource(kind="WorkloadEntry", api_version=NETWORKING_VERSIONS[0], meta=meta, spec=spec,
-                        source=Source(file="<registered workload>"))
+        return Resource(
+            kind="WorkloadEntry",
+            api_version=NETWORKING_VERSIONS[0],
+            meta=meta,
+            spec=spec,
+            source=Source(file="<registered workload>"),
+        )
 
 
 def parse_workload(data: dict) -> Workload:
     """A registration request (JSON) → Workload; ValueError says what is wrong."""
     try:
         meta = ObjectMeta.model_validate({"name": data.get("name"), "namespace": data.get("namespace") or "default"})
-        spec = net.WorkloadEntrySpec.model_validate({k: data[k] for k in ("address", "labels", "ports", "locality")
-                                                      if k in data} | {"serviceAccount": data.get("serviceAccount")})
+        spec = net.WorkloadEntrySpec.model_validate(
+            {k: data[k] for k in ("address", "labels", "ports", "locality") if k in data}
+            | {"serviceAccount": data.get("serviceAccount")}
+        )
     except ValidationError as exc:
         raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
     if not spec.address:
         raise ValueError("address: required (the workload's IP address)")
-    return Workload(name=meta.name, namespace=meta.namespace, address=spec.address, labels=dict(spec.labels),
-                    ports=dict(spec.ports), service_account=spec.service_account or "default",
-                    locality=spec.locality, ready=bool(data.get("ready", False)))
+    return Workload(
+        name=meta.name,
+        namespace=meta.namespace,
+        address=spec.address,
+        labels=dict(spec.labels),
+        ports=dict(spec.ports),
+        service_account=spec.service_account or "default",
+        locality=spec.locality,
+        ready=bool(data.get("ready", False)),
+    )
 
 
 class WorkloadRegistry:

@@ -40,8 +40,12 @@ from plait.xds.resources import TYPE_URLS
 
 SERVICE = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 SHORT = {url: short for short, url in TYPE_URLS.items()}
-MESSAGES = {"cds": cluster_pb2.Cluster, "eds": endpoint_pb2.ClusterLoadAssignment,
-            "lds": listener_pb2.Listener, "rds": route_pb2.RouteConfiguration}
+MESSAGES = {
+    "cds": cluster_pb2.Cluster,
+    "eds": endpoint_pb2.ClusterLoadAssignment,
+    "lds": listener_pb2.Listener,
+    "rds": route_pb2.RouteConfiguration,
+}
 HCM_TYPE = "type.googleapis.com/" + hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 DEPENDENT = {"cds": "eds", "lds": "rds"}  # names in the first type's resources are subscribed in the second
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1)]
@@ -52,14 +56,27 @@ Reject = Callable[[str, str, any_pb2.Any], "str | None"]  # (type, name, resourc
 def make_node(proxy: Proxy, *, envoy_version: tuple[int, int, int] = (1, 40, 0)) -> base_pb2.Node:
     """Envoy's node for `proxy`: Istio's id, ``node.cluster`` NAME.NS and the metadata keys of the contract."""
     metadata = struct_pb2.Struct()
-    metadata.update({"NAMESPACE": proxy.namespace, "LABELS": dict(proxy.labels),
-                     "SERVICE_ACCOUNT": proxy.service_account, "WORKLOAD_NAME": proxy.name,
-                     "INTERCEPTION_MODE": "REDIRECT" if proxy.mode == "capture" else "NONE",
-                     "PLAIT_MODE": proxy.mode, "APP_ADDRESS": proxy.app_address})
+    metadata.update(
+        {
+            "NAMESPACE": proxy.namespace,
+            "LABELS": dict(proxy.labels),
+            "SERVICE_ACCOUNT": proxy.service_account,
+            "WORKLOAD_NAME": proxy.name,
+            "INTERCEPTION_MODE": "REDIRECT" if proxy.mode == "capture" else "NONE",
+            "PLAIT_MODE": proxy.mode,
+            "APP_ADDRESS": proxy.app_address,
+        }
+    )
     major, minor, patch = envoy_version
-    return base_pb2.Node(id=proxy.id, cluster=f"{proxy.name}.{proxy.namespace}", metadata=metadata,
-                         user_agent_name="envoy", user_agent_build_version=base_pb2.BuildVersion(
-                             version={"major_number": major, "minor_number": minor, "patch": patch}))
+    return base_pb2.Node(
+        id=proxy.id,
+        cluster=f"{proxy.name}.{proxy.namespace}",
+        metadata=metadata,
+        user_agent_name="envoy",
+        user_agent_build_version=base_pb2.BuildVersion(
+            version={"major_number": major, "minor_number": minor, "patch": patch}
+        ),
+    )
 
 
 def describe(short: str, value: bytes) -> tuple[str, tuple[str, ...]]:
@@ -72,8 +89,11 @@ def describe(short: str, value: bytes) -> tuple[str, tuple[str, ...]]:
 def _describe(short: str, value: bytes) -> tuple[str, tuple[str, ...]]:
     message = MESSAGES[short].FromString(value)
     if short == "cds":
-        needs = (message.eds_cluster_config.service_name or message.name,) \
-            if message.type == cluster_pb2.Cluster.EDS else ()
+        needs = (
+            (message.eds_cluster_config.service_name or message.name,)
+            if message.type == cluster_pb2.Cluster.EDS
+            else ()
+        )
         return message.name, needs
     if short == "lds":
         return message.name, tuple(sorted(_route_names(message)))
@@ -102,8 +122,16 @@ def _route_names(listener: listener_pb2.Listener) -> set[str]:
 class AdsClient:
     """One simulated Envoy on one ADS stream; `await start()` (or ``async with``) then wait on it."""
 
-    def __init__(self, target: str, node: base_pb2.Node, *, delta: bool = False, reject: Reject | None = None,
-                 keep_resources: bool = True, channel: grpc.aio.Channel | None = None):
+    def __init__(
+        self,
+        target: str,
+        node: base_pb2.Node,
+        *,
+        delta: bool = False,
+        reject: Reject | None = None,
+        keep_resources: bool = True,
+        channel: grpc.aio.Channel | None = None,
+    ):
         self.target, self.node, self.delta, self.reject = target, node, delta, reject
         self.keep_resources = keep_resources
         self.held: dict[str, dict[str, any_pb2.Any | None]] = {short: {} for short in TYPE_URLS}
@@ -129,8 +157,9 @@ class AdsClient:
         method = "DeltaAggregatedResources" if self.delta else "StreamAggregatedResources"
         request = discovery_pb2.DeltaDiscoveryRequest if self.delta else discovery_pb2.DiscoveryRequest
         response = discovery_pb2.DeltaDiscoveryResponse if self.delta else discovery_pb2.DiscoveryResponse
-        self._call = self._channel.stream_stream(SERVICE + method, request_serializer=request.SerializeToString,
-                                                 response_deserializer=response.FromString)()
+        self._call = self._channel.stream_stream(
+            SERVICE + method, request_serializer=request.SerializeToString, response_deserializer=response.FromString
+        )()
         self._nonces = {}
         first = True
         for short in ("cds", "lds", "eds", "rds"):
@@ -170,8 +199,11 @@ class AdsClient:
     @property
     def synced(self) -> bool:
         """CDS and LDS accepted, and every EDS and RDS name they need is held."""
-        return ("cds" in self.versions and "lds" in self.versions
-                and all(self._subscribed[s] <= self.held[s].keys() for s in ("eds", "rds")))
+        return (
+            "cds" in self.versions
+            and "lds" in self.versions
+            and all(self._subscribed[s] <= self.held[s].keys() for s in ("eds", "rds"))
+        )
 
     async def wait_for(self, condition: Callable[["AdsClient"], bool], timeout: float = 10.0) -> None:
         """Wait until `condition(self)` holds (checked after each response); TimeoutError otherwise."""
@@ -192,22 +224,33 @@ class AdsClient:
         if self.delta:
             names = [] if short in ("cds", "lds") else sorted(self._subscribed[short])
             return discovery_pb2.DeltaDiscoveryRequest(
-                node=node, type_url=TYPE_URLS[short], resource_names_subscribe=names,
-                initial_resource_versions=self._resource_versions[short])
+                node=node,
+                type_url=TYPE_URLS[short],
+                resource_names_subscribe=names,
+                initial_resource_versions=self._resource_versions[short],
+            )
         return self._sotw_request(short, node=node)
 
     def _sotw_request(self, short: str, node=None, error: str | None = None):
         names = sorted(self._subscribed[short]) if short in self._subscribed else []
         detail = status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=error) if error else None
-        return discovery_pb2.DiscoveryRequest(node=node, type_url=TYPE_URLS[short], resource_names=names,
-                                              version_info=self.versions.get(short, ""),
-                                              response_nonce=self._nonces.get(short, ""), error_detail=detail)
+        return discovery_pb2.DiscoveryRequest(
+            node=node,
+            type_url=TYPE_URLS[short],
+            resource_names=names,
+            version_info=self.versions.get(short, ""),
+            response_nonce=self._nonces.get(short, ""),
+            error_detail=detail,
+        )
 
     async def _answer(self, short: str, error: str | None) -> None:
         if self.delta:
             detail = status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=error) if error else None
-            await self._call.write(discovery_pb2.DeltaDiscoveryRequest(
-                type_url=TYPE_URLS[short], response_nonce=self._nonces[short], error_detail=detail))
+            await self._call.write(
+                discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=TYPE_URLS[short], response_nonce=self._nonces[short], error_detail=detail
+                )
+            )
         else:
             await self._call.write(self._sotw_request(short, error=error))
 
@@ -223,9 +266,13 @@ class AdsClient:
             self.held[dependent].pop(name, None)
             self._resource_versions[dependent].pop(name, None)
         if self.delta:
-            await self._call.write(discovery_pb2.DeltaDiscoveryRequest(
-                type_url=TYPE_URLS[dependent], resource_names_subscribe=sorted(wanted - before),
-                resource_names_unsubscribe=sorted(before - wanted)))
+            await self._call.write(
+                discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=TYPE_URLS[dependent],
+                    resource_names_subscribe=sorted(wanted - before),
+                    resource_names_unsubscribe=sorted(before - wanted),
+                )
+            )
         else:
             await self._call.write(self._sotw_request(dependent))
 

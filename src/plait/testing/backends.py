@@ -104,8 +104,17 @@ class HttpBackend(_Backend):
 
     server_class = _ThreadingHTTPServer
 
-    def __init__(self, name: str, address: str, port: int, *, status: int = 200, fail_first: int = 0,
-                 fail_status: int = 503, delay: float = 0.0):
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        port: int,
+        *,
+        status: int = 200,
+        fail_first: int = 0,
+        fail_status: int = 503,
+        delay: float = 0.0,
+    ):
         self.name, self.address, self.port = name, address, port
         self.status, self.fail_first, self.fail_status, self.delay = status, fail_first, fail_status, delay
         self.requests: list[ReceivedRequest] = []
@@ -143,8 +152,9 @@ class HttpBackend(_Backend):
                 status, delay = backend._record(ReceivedRequest(self.command, self.path, headers, body))
                 if delay:
                     time.sleep(delay)
-                payload = json.dumps({"name": backend.name, "method": self.command, "path": self.path,
-                                      "headers": headers}).encode()
+                payload = json.dumps(
+                    {"name": backend.name, "method": self.command, "path": self.path, "headers": headers}
+                ).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -157,6 +167,7 @@ class HttpBackend(_Backend):
                 pass
 
         return Handler
+
 
 class TcpBackend(_Backend):
     """A TCP server at ``address:port`` that sends ``<name>\\n`` on connect, then echoes."""
@@ -186,7 +197,6 @@ class TcpBackend(_Backend):
         return Handler
 
 
-
 SUBNET_RANGE = range(128, 255)  # 127.0.N: kept clear of the low numbers people pick by hand
 LOCK_DIRECTORY = Path(tempfile.gettempdir()) / "plait-loopback-subnets"
 
@@ -212,20 +222,38 @@ def loopback_subnet() -> Iterator[str]:
     raise RuntimeError(f"every 127.0.N subnet in {SUBNET_RANGE} is in use")
 
 
-def service_yaml(service: str, port: int, versions: Mapping[str, HttpBackend | TcpBackend], *,
-                 port_name: str = "http", namespace: str = "default") -> str:
+def service_yaml(
+    service: str,
+    port: int,
+    versions: Mapping[str, HttpBackend | TcpBackend],
+    *,
+    port_name: str = "http",
+    namespace: str = "default",
+) -> str:
     """A Kubernetes Service (selector ``app: <service>``) and one WorkloadEntry per backend.
 
     Each WorkloadEntry is ``<service>-<version>``, labelled ``app`` and ``version``, at the
     backend's address, its port given by the ``ports: {<port_name>: <backend port>}`` map.
     """
-    documents: list[dict] = [{
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": service, "namespace": namespace},
-        "spec": {"selector": {"app": service}, "ports": [{"name": port_name, "port": port}]}}]
+    documents: list[dict] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": service, "namespace": namespace},
+            "spec": {"selector": {"app": service}, "ports": [{"name": port_name, "port": port}]},
+        }
+    ]
     for version, backend in versions.items():
-        documents.append({
-            "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
-            "metadata": {"name": f"{service}-{version}", "namespace": namespace},
-            "spec": {"address": backend.address, "labels": {"app": service, "version": version},
-                     "ports": {port_name: backend.port}}})
+        documents.append(
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "WorkloadEntry",
+                "metadata": {"name": f"{service}-{version}", "namespace": namespace},
+                "spec": {
+                    "address": backend.address,
+                    "labels": {"app": service, "version": version},
+                    "ports": {port_name: backend.port},
+                },
+            }
+        )
     return "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in documents)

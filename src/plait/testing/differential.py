@@ -46,6 +46,7 @@ HEADERS = ("x-plait-listener", "x-plait-chain", "x-plait-route", "x-plait-cluste
 
 # ------------------------------------------------------------------ the Envoy copy
 
+
 def _literal(value: str) -> str:
     return value.replace("%", "%%")  # header values are format strings
 
@@ -67,8 +68,11 @@ def _hcm(chain: dict) -> dict | None:
 
 def _tag_routes(config: dict, listener: str, chain: str) -> dict:
     config = copy.deepcopy(config)
-    config["response_headers_to_add"] = [*config.get("response_headers_to_add", []),
-                                         _say("x-plait-listener", listener), _say("x-plait-chain", chain)]
+    config["response_headers_to_add"] = [
+        *config.get("response_headers_to_add", []),
+        _say("x-plait-listener", listener),
+        _say("x-plait-chain", chain),
+    ]
     for vhost in config.get("virtual_hosts", []):
         for index, route in enumerate(vhost.get("routes", [])):
             said = [_say("x-plait-route", f"{vhost.get('name', '')}|{index}")]
@@ -76,8 +80,10 @@ def _tag_routes(config: dict, listener: str, chain: str) -> dict:
             if isinstance(action.get("cluster"), str):
                 said.append(_say("x-plait-cluster", action["cluster"]))
             for weighted in action.get("weighted_clusters", {}).get("clusters", []):
-                weighted["response_headers_to_add"] = [*weighted.get("response_headers_to_add", []),
-                                                       _say("x-plait-cluster", weighted["name"])]
+                weighted["response_headers_to_add"] = [
+                    *weighted.get("response_headers_to_add", []),
+                    _say("x-plait-cluster", weighted["name"]),
+                ]
             route["response_headers_to_add"] = [*route.get("response_headers_to_add", []), *said]
             route.get("typed_per_filter_config", {}).pop(FAULT, None)  # faults are policies, not choices
     return config
@@ -88,8 +94,9 @@ def _has_hosts(cluster: dict, resources: ResourceSet) -> bool:
     if "cluster_type" in cluster or cluster.get("type") == "ORIGINAL_DST":
         return True
     if cluster.get("type") == "EDS":
-        assignment = resources.endpoints.get(cluster.get("eds_cluster_config", {}).get("service_name")
-                                             or cluster["name"], {})
+        assignment = resources.endpoints.get(
+            cluster.get("eds_cluster_config", {}).get("service_name") or cluster["name"], {}
+        )
     else:
         assignment = cluster.get("load_assignment", {})
     return any(group.get("lb_endpoints") for group in assignment.get("endpoints", []))
@@ -100,8 +107,12 @@ def _echo_cluster(cluster: dict, resources: ResourceSet, echo: tuple[str, int]) 
     name = cluster["name"]
     address = {"socket_address": {"address": echo[0], "port_value": echo[1]}}
     hosts = [{"lb_endpoints": [{"endpoint": {"address": address}}]}] if _has_hosts(cluster, resources) else []
-    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": name, "endpoints": hosts}}
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": hosts},
+    }
 
 
 @dataclass
@@ -134,8 +145,7 @@ def envoy_copy(resources: ResourceSet, proxy: Proxy, addresses: Addresses, echo:
         listener = copy.deepcopy(original)
         ip, port = _address(listener)
         single = proxy.kind == "router" or proxy.mode == "proxy"  # one address: the client knows no other
-        listener["address"] = {"socket_address": {"address": addresses.of(ip, single),
-                                                  "port_value": port}}
+        listener["address"] = {"socket_address": {"address": addresses.of(ip, single), "port_value": port}}
         listener.pop("bind_to_port", None)
         listener.pop("use_original_dst", None)
         for chain_name, chain in _chains(listener):
@@ -152,6 +162,7 @@ def envoy_copy(resources: ResourceSet, proxy: Proxy, addresses: Addresses, echo:
 
 
 # ------------------------------------------------------------------ requests the configuration suggests
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -184,8 +195,12 @@ def _header_value(matcher: dict) -> str | None:
     if matcher.get("present_match"):
         return "1"
     string = matcher.get("string_match", {})
-    for kind, make in (("exact", lambda v: v), ("prefix", lambda v: v + "x"), ("suffix", lambda v: "x" + v),
-                       ("contains", lambda v: v)):
+    for kind, make in (
+        ("exact", lambda v: v),
+        ("prefix", lambda v: v + "x"),
+        ("suffix", lambda v: "x" + v),
+        ("contains", lambda v: v),
+    ):
         if kind in string:
             return make(string[kind])
     return None
@@ -236,15 +251,20 @@ def requests_for(resources: ResourceSet, proxy: Proxy) -> tuple[list[Probe], lis
             if "transport_socket" in chain:
                 left_out.append(f"{name} {chain_name}: a TLS chain (the harness sends plaintext only)")
                 continue
-            config = resources.routes.get(hcm["rds"]["route_config_name"], {}) if "rds" in hcm \
+            config = (
+                resources.routes.get(hcm["rds"]["route_config_name"], {})
+                if "rds" in hcm
                 else hcm.get("route_config", {})
+            )
             for vhost in config.get("virtual_hosts", []):
                 domains = [concrete(d) for d in vhost.get("domains", [])]
                 for index, route in enumerate(vhost.get("routes", [])):
                     made = _path_and_extras(route.get("match", {}))
                     if made is None:
-                        left_out.append(f"{name} {vhost.get('name')} route #{index}: no request is made for a "
-                                        "regex or CONNECT match")
+                        left_out.append(
+                            f"{name} {vhost.get('name')} route #{index}: no request is made for a "
+                            "regex or CONNECT match"
+                        )
                         continue
                     for domain in domains:
                         probes[Probe(ip, port, domain, made[0], tuple(made[1]), made[2])] = None
@@ -255,6 +275,7 @@ def requests_for(resources: ResourceSet, proxy: Proxy) -> tuple[list[Probe], lis
 
 
 # ------------------------------------------------------------------ both sides' choices
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -285,8 +306,12 @@ def agree(simulated: Choice, envoy: Choice) -> bool:
     if simulated.route is None:  # the simulator stopped before routing: Envoy's route is not compared
         where = envoy.listener is None or (simulated.listener, simulated.chain) == (envoy.listener, envoy.chain)
         return simulated.status_kind == envoy.status_kind and where
-    same = (simulated.status_kind, simulated.listener, simulated.chain, simulated.route) == \
-        (envoy.status_kind, envoy.listener, envoy.chain, envoy.route)
+    same = (simulated.status_kind, simulated.listener, simulated.chain, simulated.route) == (
+        envoy.status_kind,
+        envoy.listener,
+        envoy.chain,
+        envoy.route,
+    )
     return same and envoy.clusters <= simulated.clusters and bool(envoy.clusters) == bool(simulated.clusters)
 
 
@@ -295,8 +320,13 @@ def envoy_choice(status: int, headers: dict[str, str], forwarded: bool) -> Choic
         return Choice("no route" if status == 404 else f"answered {status}")
     cluster = headers.get("x-plait-cluster")
     kind = "forwarded" if forwarded else f"answered {status}"
-    return Choice(kind, headers.get("x-plait-listener"), headers.get("x-plait-chain"), headers["x-plait-route"],
-                  frozenset([cluster]) if cluster and forwarded else frozenset())
+    return Choice(
+        kind,
+        headers.get("x-plait-listener"),
+        headers.get("x-plait-chain"),
+        headers["x-plait-route"],
+        frozenset([cluster]) if cluster and forwarded else frozenset(),
+    )
 
 
 def _host(authority: str) -> str:
@@ -325,12 +355,17 @@ def envoy_address(resources: ResourceSet, proxy: Proxy, probe: Probe, resolve: R
     if probe.dest_ip != "0.0.0.0":
         return addresses.of(probe.dest_ip, False)
     ip = resolve(_host(probe.authority))
-    exact = ip is not None and any(_address(listener) == (ip, probe.port) for n, listener in resources.listeners.items()
-                                   if n not in CAPTURE_LISTENERS)
+    exact = ip is not None and any(
+        _address(listener) == (ip, probe.port)
+        for n, listener in resources.listeners.items()
+        if n not in CAPTURE_LISTENERS
+    )
     return addresses.of(ip, False) if exact else addresses.wildcard
 
 
-def send_probe(address: str, probe: Probe, *, absolute: bool = False, echo_name: str) -> tuple[int, dict[str, str], bool]:
+def send_probe(
+    address: str, probe: Probe, *, absolute: bool = False, echo_name: str
+) -> tuple[int, dict[str, str], bool]:
     """(status, response headers lower-cased, did the echo backend answer) of the probe sent to the Envoy copy."""
     target = f"http://{probe.authority}{probe.path}" if absolute else probe.path
     connection = http.client.HTTPConnection(address, probe.port, timeout=10)

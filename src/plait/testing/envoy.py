@@ -133,8 +133,12 @@ class EnvoyProcess:
 def _host_status(raw: dict) -> HostStatus:
     socket = raw["address"]["socket_address"]
     stats = {s["name"]: int(s.get("value", 0)) for s in raw.get("stats", [])}
-    return HostStatus(address=socket["address"], port=int(socket["port_value"]),
-                      outlier_ejected=bool(raw.get("health_status", {}).get("failed_outlier_check")), stats=stats)
+    return HostStatus(
+        address=socket["address"],
+        port=int(socket["port_value"]),
+        outlier_ejected=bool(raw.get("health_status", {}).get("failed_outlier_check")),
+        stats=stats,
+    )
 
 
 def _wait_for_admin_address(envoy: EnvoyProcess, path: Path, deadline: float) -> str:
@@ -143,8 +147,9 @@ def _wait_for_admin_address(envoy: EnvoyProcess, path: Path, deadline: float) ->
         if text:
             return text
         time.sleep(POLL_INTERVAL)
-    raise EnvoyStartError(f"Envoy did not report its admin address (exit status {envoy.process.poll()}):\n"
-                          f"{envoy.log_tail()}")
+    raise EnvoyStartError(
+        f"Envoy did not report its admin address (exit status {envoy.process.poll()}):\n{envoy.log_tail()}"
+    )
 
 
 def _wait_until_ready(envoy: EnvoyProcess, listeners: list[str], deadline: float) -> None:
@@ -162,9 +167,17 @@ def _admin_on_loopback(bootstrap: dict, port: int) -> dict:
 
 
 @contextlib.contextmanager
-def run_envoy(bootstrap: dict, *, workdir: str | Path | None = None, listeners: list[str] | None = None,
-              admin_port: int = 0, concurrency: int = 1, log_level: str = "info", envoy: str | None = None,
-              start_timeout: float = START_TIMEOUT) -> Iterator[EnvoyProcess]:
+def run_envoy(
+    bootstrap: dict,
+    *,
+    workdir: str | Path | None = None,
+    listeners: list[str] | None = None,
+    admin_port: int = 0,
+    concurrency: int = 1,
+    log_level: str = "info",
+    envoy: str | None = None,
+    start_timeout: float = START_TIMEOUT,
+) -> Iterator[EnvoyProcess]:
     """Start Envoy on `bootstrap`, wait until it serves `listeners` (default: every bound one), stop it after.
 
     `workdir` keeps the bootstrap and ``envoy.log`` (a temporary directory, removed after, if not given).
@@ -175,9 +188,18 @@ def run_envoy(bootstrap: dict, *, workdir: str | Path | None = None, listeners: 
         config, admin_path = directory / "bootstrap.json", directory / "admin-address"
         config.write_text(json.dumps(_admin_on_loopback(bootstrap, admin_port), indent=1))
         admin_path.unlink(missing_ok=True)
-        command = [envoy or find_envoy(), "-c", str(config), "--disable-hot-restart",
-                   "--admin-address-path", str(admin_path), "--concurrency", str(concurrency),
-                   "--log-level", log_level]
+        command = [
+            envoy or find_envoy(),
+            "-c",
+            str(config),
+            "--disable-hot-restart",
+            "--admin-address-path",
+            str(admin_path),
+            "--concurrency",
+            str(concurrency),
+            "--log-level",
+            log_level,
+        ]
         log_path = directory / "envoy.log"
         log = stack.enter_context(log_path.open("w"))
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -26,8 +26,15 @@ class Reply:
             return None
 
 
-def http_request(address: str, port: int, target: str, headers: dict[str, str] | None = None,
-                 method: str = "GET", timeout: float = REQUEST_TIMEOUT, body: bytes | None = None) -> Reply:
+def http_request(
+    address: str,
+    port: int,
+    target: str,
+    headers: dict[str, str] | None = None,
+    method: str = "GET",
+    timeout: float = REQUEST_TIMEOUT,
+    body: bytes | None = None,
+) -> Reply:
     """One request on a new connection; `target` is a path, or an absolute URL for a proxy."""
     connection = http.client.HTTPConnection(address, port, timeout=timeout)
     try:

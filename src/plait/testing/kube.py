@@ -48,8 +48,9 @@ class KubeTestenv:
     def start(self) -> "KubeTestenv":
         """Start (or start again, on the same port once it has one) and read DIR/env."""
         extra = {"KUBE_TESTENV_PORT": self.env["KUBE_TESTENV_SERVER"].rsplit(":", 1)[1]} if self.env else {}
-        subprocess.run([self.tool / "start.sh", self.dir], check=True, env={**os.environ, **extra},
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [self.tool / "start.sh", self.dir], check=True, env={**os.environ, **extra}, stdout=subprocess.DEVNULL
+        )
         lines = (self.dir / "env").read_text().splitlines()
         self.env = dict(shlex.split(line)[1].split("=", 1) for line in lines if line.startswith("export "))
         return self
@@ -63,13 +64,18 @@ class KubeTestenv:
 
     def load_crds(self) -> None:
         """Istio's (and the Gateway API's) CRDs, made loadable by 1.20."""
-        subprocess.run([self.tool / "crds.sh"], check=True, env={**os.environ, "KUBECONFIG": self.kubeconfig},
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [self.tool / "crds.sh"],
+            check=True,
+            env={**os.environ, "KUBECONFIG": self.kubeconfig},
+            stdout=subprocess.DEVNULL,
+        )
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         kubectl = Path(self.env["KUBE_TESTENV_BIN"]) / "kubectl"
-        done = subprocess.run([str(kubectl), "--kubeconfig", self.kubeconfig, *args], input=stdin, text=True,
-                              capture_output=True)
+        done = subprocess.run(
+            [str(kubectl), "--kubeconfig", self.kubeconfig, *args], input=stdin, text=True, capture_output=True
+        )
         if done.returncode:
             raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()[-2000:]}")
         return done.stdout
@@ -83,24 +89,51 @@ class KubeTestenv:
         ca_cert = x509.load_pem_x509_certificate((self.dir / "ca.crt").read_bytes())
         ca_key = serialization.load_pem_private_key((self.dir / "ca.key").read_bytes(), password=None)
         key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user),
-                             *(x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups)])
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, user),
+                *(x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups),
+            ]
+        )
         now = datetime.datetime.now(datetime.UTC)
-        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-                .sign(ca_key, hashes.SHA256()))
-        pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-        config = {"apiVersion": "v1", "kind": "Config", "current-context": user,
-                  "clusters": [{"name": "testenv", "cluster": {
-                      "server": self.env["KUBE_TESTENV_SERVER"],
-                      "certificate-authority-data": b64encode((self.dir / "ca.crt").read_bytes()).decode()}}],
-                  "users": [{"name": user, "user": {
-                      "client-certificate-data": b64encode(cert.public_bytes(serialization.Encoding.PEM)).decode(),
-                      "client-key-data": b64encode(pem_key).decode()}}],
-                  "contexts": [{"name": user, "context": {"cluster": "testenv", "user": user}}]}
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        pem_key = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": user,
+            "clusters": [
+                {
+                    "name": "testenv",
+                    "cluster": {
+                        "server": self.env["KUBE_TESTENV_SERVER"],
+                        "certificate-authority-data": b64encode((self.dir / "ca.crt").read_bytes()).decode(),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": user,
+                    "user": {
+                        "client-certificate-data": b64encode(cert.public_bytes(serialization.Encoding.PEM)).decode(),
+                        "client-key-data": b64encode(pem_key).decode(),
+                    },
+                }
+            ],
+            "contexts": [{"name": user, "context": {"cluster": "testenv", "user": user}}],
+        }
         path = self.dir / f"kubeconfig-{user}"
         path.write_text(json.dumps(config))
         return str(path)
@@ -110,8 +143,9 @@ class KubeTestenv:
         sees, so after a restart of the API server (whose watch cache then starts at the new revision)
         a watch that resumes from before is told 410 Gone."""
         for i in range(times):
-            body = json.dumps({"key": b64encode(b"/plait-test/bump").decode(),
-                               "value": b64encode(str(i).encode()).decode()}).encode()
+            body = json.dumps(
+                {"key": b64encode(b"/plait-test/bump").decode(), "value": b64encode(str(i).encode()).decode()}
+            ).encode()
             request = urllib.request.Request(self.env["KUBE_TESTENV_ETCD"] + "/v3/kv/put", data=body, method="POST")
             with urllib.request.urlopen(request, timeout=5) as response:
                 response.read()

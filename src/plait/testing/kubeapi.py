@@ -29,8 +29,15 @@ async def ensure_namespace(api: client.ApiClient, name: str, labels: dict[str, s
             raise
 
 
-async def pod_token(api: client.ApiClient, namespace: str, service_account: str, *, audiences=("istio-ca",),
-                    pod: str | None = None, seconds: int = 3600) -> str:
+async def pod_token(
+    api: client.ApiClient,
+    namespace: str,
+    service_account: str,
+    *,
+    audiences=("istio-ca",),
+    pod: str | None = None,
+    seconds: int = 3600,
+) -> str:
     """A token from the TokenRequest API for `service_account` (created if missing), as the kubelet
     projects it into a pod: for `audiences`, bound to `pod` (created, never run) if given."""
     core = client.CoreV1Api(api)
@@ -44,9 +51,13 @@ async def pod_token(api: client.ApiClient, namespace: str, service_account: str,
     if audiences:
         spec["audiences"] = list(audiences)
     if pod:
-        created = await core.create_namespaced_pod(namespace, {
-            "metadata": {"name": pod}, "spec": {"serviceAccountName": service_account,
-                                                "containers": [{"name": "app", "image": "app:1"}]}})
+        created = await core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": pod},
+                "spec": {"serviceAccountName": service_account, "containers": [{"name": "app", "image": "app:1"}]},
+            },
+        )
         spec["boundObjectRef"] = {"kind": "Pod", "apiVersion": "v1", "name": pod, "uid": created.metadata.uid}
     request = await core.create_namespaced_service_account_token(service_account, namespace, {"spec": spec})
     return request.status.token
@@ -60,17 +71,31 @@ async def legacy_token(api: client.ApiClient, namespace: str, service_account: s
     account = await core.read_namespaced_service_account(service_account, namespace)
     secret = f"{service_account}-token-legacy"
     prefix = "kubernetes.io/serviceaccount/"
-    claims = {"iss": "kubernetes/serviceaccount", f"{prefix}namespace": namespace, f"{prefix}secret.name": secret,
-              f"{prefix}service-account.name": service_account,
-              f"{prefix}service-account.uid": account.metadata.uid,
-              "sub": f"system:serviceaccount:{namespace}:{service_account}"}
+    claims = {
+        "iss": "kubernetes/serviceaccount",
+        f"{prefix}namespace": namespace,
+        f"{prefix}secret.name": secret,
+        f"{prefix}service-account.name": service_account,
+        f"{prefix}service-account.uid": account.metadata.uid,
+        "sub": f"system:serviceaccount:{namespace}:{service_account}",
+    }
     key = serialization.load_pem_private_key(signing_key.read_bytes(), password=None)
     signing_input = _b64(json.dumps({"alg": "RS256"}).encode()) + "." + _b64(json.dumps(claims).encode())
     token = signing_input + "." + _b64(key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256()))
-    await core.create_namespaced_secret(namespace, {
-        "metadata": {"name": secret, "annotations": {"kubernetes.io/service-account.name": service_account,
-                                                     "kubernetes.io/service-account.uid": account.metadata.uid}},
-        "type": "kubernetes.io/service-account-token", "data": {"token": base64.b64encode(token.encode()).decode()}})
+    await core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {
+                "name": secret,
+                "annotations": {
+                    "kubernetes.io/service-account.name": service_account,
+                    "kubernetes.io/service-account.uid": account.metadata.uid,
+                },
+            },
+            "type": "kubernetes.io/service-account-token",
+            "data": {"token": base64.b64encode(token.encode()).decode()},
+        },
+    )
     return token
 
 

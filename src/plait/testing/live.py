@@ -67,9 +67,14 @@ class PlaitProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
         env.update(self.extra_env)
-        self.process = subprocess.Popen([sys.executable, "-m", "plait", *self.args], stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                        preexec_fn=die_with_parent(signal.SIGKILL))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "plait", *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=die_with_parent(signal.SIGKILL),
+        )
         log.close()
 
     @property
@@ -101,14 +106,38 @@ class PlaitProcess:
 
 
 class ControlPlaneProcess(PlaitProcess):
-    def __init__(self, config_dir: Path, workdir: Path, *, debounce: str = "100ms", env: dict[str, str] | None = None,
-                 state_dir: Path | None = None, extra_args: Sequence[str] = ()):
+    def __init__(
+        self,
+        config_dir: Path,
+        workdir: Path,
+        *,
+        debounce: str = "100ms",
+        env: dict[str, str] | None = None,
+        state_dir: Path | None = None,
+        extra_args: Sequence[str] = (),
+    ):
         self.config_dir, self.xds_port, self.http_port, self.ca_port = config_dir, free_port(), free_port(), free_port()
         self.workdir, self.state_dir = workdir, state_dir or workdir / "cp-state"
-        super().__init__(["control-plane", "--config-dir", str(config_dir), "--xds-port", str(self.xds_port),
-                          "--http-port", str(self.http_port), "--debounce", debounce, "--state-dir",
-                          str(self.state_dir), "--ca-port", str(self.ca_port), *extra_args],
-                         workdir / "control-plane.log", env)
+        super().__init__(
+            [
+                "control-plane",
+                "--config-dir",
+                str(config_dir),
+                "--xds-port",
+                str(self.xds_port),
+                "--http-port",
+                str(self.http_port),
+                "--debounce",
+                debounce,
+                "--state-dir",
+                str(self.state_dir),
+                "--ca-port",
+                str(self.ca_port),
+                *extra_args,
+            ],
+            workdir / "control-plane.log",
+            env,
+        )
         self.api = Http(f"http://127.0.0.1:{self.http_port}")
 
     @property
@@ -150,12 +179,25 @@ class ControlPlaneProcess(PlaitProcess):
     def delete(self, text: str) -> dict:
         return self.api.request("POST", "/api/v1/config/delete", text.encode())
 
-    def register(self, name: str, address: str, labels: dict, ports: dict | None = None, *,
-                 namespace: str = "default", ready: bool = True, service_account: str = "default") -> None:
-        body = {"address": address, "labels": labels, "ports": ports or {}, "ready": ready,
-                "serviceAccount": service_account}
-        self.api.request("PUT", f"/api/v1/workloads/{namespace}/{name}", json.dumps(body).encode(),
-                         "application/json")
+    def register(
+        self,
+        name: str,
+        address: str,
+        labels: dict,
+        ports: dict | None = None,
+        *,
+        namespace: str = "default",
+        ready: bool = True,
+        service_account: str = "default",
+    ) -> None:
+        body = {
+            "address": address,
+            "labels": labels,
+            "ports": ports or {},
+            "ready": ready,
+            "serviceAccount": service_account,
+        }
+        self.api.request("PUT", f"/api/v1/workloads/{namespace}/{name}", json.dumps(body).encode(), "application/json")
 
     def deregister(self, name: str, namespace: str = "default") -> None:
         self.api.request("DELETE", f"/api/v1/workloads/{namespace}/{name}")
@@ -180,17 +222,48 @@ class AgentProcess(PlaitProcess):
     `extra_args` are appended to the agent's arguments (e.g. ``--token-file``). With `tls` its
     Envoy gets xDS from the control plane's TLS port (it then needs a token and the root)."""
 
-    def __init__(self, control_plane: ControlPlaneProcess, workdir: Path, *, mode: str, name: str, ip: str,
-                 labels: dict[str, str] | None = None, namespace: str = "default", app_address: str | None = None,
-                 xds: str = "sotw", extra: list[str] | None = None, extra_args: Sequence[str] = (),
-                 tls: bool = False):
+    def __init__(
+        self,
+        control_plane: ControlPlaneProcess,
+        workdir: Path,
+        *,
+        mode: str,
+        name: str,
+        ip: str,
+        labels: dict[str, str] | None = None,
+        namespace: str = "default",
+        app_address: str | None = None,
+        xds: str = "sotw",
+        extra: list[str] | None = None,
+        extra_args: Sequence[str] = (),
+        tls: bool = False,
+    ):
         self.admin_port, self.status_port = free_port(), free_port()
         self.name, self.namespace, self.ip = name, namespace, ip
         state = workdir / f"agent-{name}"
-        args = ["agent", "--mode", mode, "--name", name, "--namespace", namespace, "--ip", ip,
-                "--control-plane", control_plane.ca_address if tls else control_plane.address, "--admin-port", str(self.admin_port),
-                "--status-port", str(self.status_port), "--state-dir", str(state), "--xds", xds,
-                "--drain-duration", "0.5"]
+        args = [
+            "agent",
+            "--mode",
+            mode,
+            "--name",
+            name,
+            "--namespace",
+            namespace,
+            "--ip",
+            ip,
+            "--control-plane",
+            control_plane.ca_address if tls else control_plane.address,
+            "--admin-port",
+            str(self.admin_port),
+            "--status-port",
+            str(self.status_port),
+            "--state-dir",
+            str(state),
+            "--xds",
+            xds,
+            "--drain-duration",
+            "0.5",
+        ]
         if labels:
             args += ["--labels", ",".join(f"{k}={v}" for k, v in labels.items())]
         if app_address:
@@ -231,5 +304,6 @@ class AgentProcess(PlaitProcess):
 def run_plait(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
     """Run the ``plait`` command as a user would (no HTTP_PROXY from the test's environment)."""
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
-    return subprocess.run([sys.executable, "-m", "plait", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "plait", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )

@@ -131,7 +131,9 @@ def _gateway_objects(shape: MeshShape) -> str:
     - uri: {{prefix: /{shape.service_name(i)}}}
     route:
     - destination: {{host: {shape.hostname(i)}, port: {{number: {SERVICE_PORT}}}}}
-""" for i in range(min(GATEWAY_ROUTED_SERVICES, shape.services)))
+"""
+        for i in range(min(GATEWAY_ROUTED_SERVICES, shape.services))
+    )
     return f"""apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: {GATEWAY_NAME}, namespace: {GATEWAY_NAMESPACE}}}

@@ -39,13 +39,21 @@ from plait.xds.translate.listeners import gateway_servers
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 # Istio turns INSERT_* into ADD except where order means something (wrapper conversion).
 ORDERED = ("HTTP_FILTER", "NETWORK_FILTER", "HTTP_ROUTE", "LISTENER_FILTER")
-APPLIED = ("LISTENER", "LISTENER_FILTER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER",
-           "ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE", "CLUSTER")
-
-
+APPLIED = (
+    "LISTENER",
+    "LISTENER_FILTER",
+    "FILTER_CHAIN",
+    "NETWORK_FILTER",
+    "HTTP_FILTER",
+    "ROUTE_CONFIGURATION",
+    "VIRTUAL_HOST",
+    "HTTP_ROUTE",
+    "CLUSTER",
+)
 
 
 # ------------------------------------------------------------------ which patches apply
+
 
 def _selects(ef: Resource, proxy: Proxy, root: str) -> bool:
     """Istio's policy attachment for EnvoyFilter (PolicyMatcherForProxy.ShouldAttachPolicy)."""
@@ -56,9 +64,17 @@ def _selects(ef: Resource, proxy: Proxy, root: str) -> bool:
     gateway = proxy.labels.get(GATEWAY_NAME_LABEL)
     if not ef.spec.target_refs:
         return selected
-    return gateway is not None and ef.namespace == proxy.namespace and any(
-        ref.kind == "Gateway" and ref.group == "gateway.networking.k8s.io" and ref.name == gateway
-        and ref.namespace in ("", proxy.namespace) for ref in ef.spec.target_refs)
+    return (
+        gateway is not None
+        and ef.namespace == proxy.namespace
+        and any(
+            ref.kind == "Gateway"
+            and ref.group == "gateway.networking.k8s.io"
+            and ref.name == gateway
+            and ref.namespace in ("", proxy.namespace)
+            for ref in ef.spec.target_refs
+        )
+    )
 
 
 def envoy_filters_for(snapshot: MeshSnapshot, proxy: Proxy) -> list[Resource]:
@@ -70,8 +86,13 @@ def envoy_filters_for(snapshot: MeshSnapshot, proxy: Proxy) -> list[Resource]:
 
 def proxy_metadata(proxy: Proxy) -> dict[str, str]:
     """The string-valued node metadata a plait agent reports (see `plait.agent.bootstrap`)."""
-    metadata = {"NAMESPACE": proxy.namespace, "INTERCEPTION_MODE": "REDIRECT" if proxy.mode == "capture" else "NONE",
-                "PLAIT_MODE": proxy.mode, "ISTIO_VERSION": __version__, "APP_ADDRESS": proxy.app_address}
+    metadata = {
+        "NAMESPACE": proxy.namespace,
+        "INTERCEPTION_MODE": "REDIRECT" if proxy.mode == "capture" else "NONE",
+        "PLAIT_MODE": proxy.mode,
+        "ISTIO_VERSION": __version__,
+        "APP_ADDRESS": proxy.app_address,
+    }
     if proxy.identity:
         metadata["PLAIT_IDENTITY"] = proxy.identity
     return metadata
@@ -106,12 +127,12 @@ def patches_for(snapshot: MeshSnapshot, proxy: Proxy) -> Patches:
             if operation in ("INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST") and cp.apply_to not in ORDERED:
                 operation = "ADD"
             value = cp.patch.value and _canonical(cp.apply_to, json.dumps(cp.patch.value, sort_keys=True))
-            out.setdefault(cp.apply_to, []).append(
-                ConfigPatch(cp.apply_to, match.context, match, operation, value))
+            out.setdefault(cp.apply_to, []).append(ConfigPatch(cp.apply_to, match.context, match, operation, value))
     return out
 
 
 # ------------------------------------------------------------------ entry points
+
 
 def patch_resources(snapshot: MeshSnapshot, proxy: Proxy, resources: ResourceSet) -> ResourceSet:
     """`resources` with the proxy's listener and cluster patches applied (route configurations sent
@@ -123,8 +144,9 @@ def patch_resources(snapshot: MeshSnapshot, proxy: Proxy, resources: ResourceSet
     clusters = patch_clusters(patches, proxy, resources.clusters, _inbound_hosts(snapshot, proxy))
     out = ResourceSet(clusters=clusters, listeners=listeners, routes=resources.routes, secrets=resources.secrets)
     kept = {c.get("eds_cluster_config", {}).get("service_name") or name for name, c in clusters.items()}
-    out.endpoints = {name: e for name, e in resources.endpoints.items()
-                     if name in kept or name not in resources.clusters}  # a removed cluster's endpoints go too
+    out.endpoints = {
+        name: e for name, e in resources.endpoints.items() if name in kept or name not in resources.clusters
+    }  # a removed cluster's endpoints go too
     return out
 
 
@@ -140,8 +162,10 @@ def patch_route_configs(snapshot: MeshSnapshot, proxy: Proxy, configs: list[dict
 
 def gateway_port_map(snapshot: MeshSnapshot, proxy: Proxy) -> dict[int, set[int]]:
     """Port a gateway listens on → the Gateway server ports served there (Istio's GatewayPortMap)."""
-    return {port: {server.port.number for _, server in servers}
-            for port, servers in gateway_servers(snapshot, proxy).items()}
+    return {
+        port: {server.port.number for _, server in servers}
+        for port, servers in gateway_servers(snapshot, proxy).items()
+    }
 
 
 def _inbound_hosts(snapshot: MeshSnapshot, proxy: Proxy) -> dict[int, list[str]]:
@@ -149,5 +173,3 @@ def _inbound_hosts(snapshot: MeshSnapshot, proxy: Proxy) -> dict[int, list[str]]
     for ip in snapshot.workload_ports(proxy):
         hosts.setdefault(ip.endpoint.port, []).append(ip.service.hostname)
     return hosts
-
-

@@ -68,12 +68,18 @@ def unknown_destination_clusters(snapshot: MeshSnapshot, proxy: Proxy, out: Reso
     never sends, and Envoy answers 503; plait sends that cluster, empty, so the answer is the same 503
     (no healthy upstream) while every reference resolves and the push stays consistent."""
     names = {c for config in out.routes.values() for c in route_config_clusters(config)}
-    names |= {n for listener in out.listeners.values() for kind, n in listener_references(listener)
-              if kind == "cluster"}
+    names |= {
+        n for listener in out.listeners.values() for kind, n in listener_references(listener) if kind == "cluster"
+    }
     services = {s.hostname: s for s in snapshot.services_for(proxy)}
-    return [{"name": n, "type": "STATIC", "connect_timeout": "10s", "metadata": UNKNOWN_DESTINATION}
-            for n in sorted(names) if n not in out.clusters and n.startswith("outbound|")
-            and parse_cluster_name(n) is not None and not _known_destination(snapshot, proxy, services, n)]
+    return [
+        {"name": n, "type": "STATIC", "connect_timeout": "10s", "metadata": UNKNOWN_DESTINATION}
+        for n in sorted(names)
+        if n not in out.clusters
+        and n.startswith("outbound|")
+        and parse_cluster_name(n) is not None
+        and not _known_destination(snapshot, proxy, services, n)
+    ]
 
 
 def has_unknown_destinations(resources: ResourceSet) -> bool:
@@ -84,9 +90,14 @@ def has_unknown_destinations(resources: ResourceSet) -> bool:
 
 def route_names(snapshot: MeshSnapshot, proxy: Proxy) -> list[str]:
     if proxy.kind == "router":
-        return sorted({lds.gateway_route_name(server, gw, port)
-                       for port, servers in lds.gateway_servers(snapshot, proxy).items()
-                       for gw, server in servers if lds.gateway_server_kind(server) == "http"})
+        return sorted(
+            {
+                lds.gateway_route_name(server, gw, port)
+                for port, servers in lds.gateway_servers(snapshot, proxy).items()
+                for gw, server in servers
+                if lds.gateway_server_kind(server) == "http"
+            }
+        )
     if proxy.mode == "proxy":
         return ["explicit_proxy"]
     ports = _http_ports(snapshot.services_for(proxy))
@@ -96,8 +107,11 @@ def route_names(snapshot: MeshSnapshot, proxy: Proxy) -> list[str]:
 
 
 def _unregistered_vs_hosts(snapshot: MeshSnapshot, proxy: Proxy) -> bool:
-    return any(fqdn(h, vs.namespace) not in snapshot.services and not h.startswith("*") and vs.spec.http
-               for vs in snapshot.virtual_services_for(proxy) for h in vs.spec.hosts)
+    return any(
+        fqdn(h, vs.namespace) not in snapshot.services and not h.startswith("*") and vs.spec.http
+        for vs in snapshot.virtual_services_for(proxy)
+        for h in vs.spec.hosts
+    )
 
 
 def affected_route_names(snapshot: MeshSnapshot, proxy: Proxy, hosts: Iterable[str]) -> list[str]:
@@ -106,8 +120,12 @@ def affected_route_names(snapshot: MeshSnapshot, proxy: Proxy, hosts: Iterable[s
     if proxy.kind == "router" or proxy.mode == "proxy":
         return names
     hosts = list(hosts)
-    ports = {str(p.number) for s in snapshot.services_for(proxy) if any(matches(h, s.hostname) for h in hosts)
-             for p in s.ports}
+    ports = {
+        str(p.number)
+        for s in snapshot.services_for(proxy)
+        if any(matches(h, s.hostname) for h in hosts)
+        for p in s.ports
+    }
     if any(h not in snapshot.services for h in hosts):
         ports.add("80")
     return [n for n in names if n in ports]

@@ -68,6 +68,7 @@ SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 # ------------------------------------------------------------------ node → Proxy
 
+
 def proxy_from_node(node) -> Proxy:
     """A Proxy from an Envoy node (envoy.config.core.v3.Node): Istio's node id plus metadata
     NAMESPACE, LABELS, SERVICE_ACCOUNT, PLAIT_MODE / INTERCEPTION_MODE, APP_ADDRESS and PLAIT_IDENTITY."""
@@ -79,10 +80,14 @@ def proxy_from_node(node) -> Proxy:
     if mode not in ("capture", "proxy"):
         mode = "proxy" if meta.get("INTERCEPTION_MODE") == "NONE" else "capture"
     labels = meta.get("LABELS") if isinstance(meta.get("LABELS"), dict) else {}
-    return Proxy.from_node_id(node.id, labels=MappingProxyType({str(k): str(v) for k, v in labels.items()}),
-                              mode=mode, service_account=str(meta.get("SERVICE_ACCOUNT") or "default"),
-                              app_address=str(meta.get("APP_ADDRESS") or "127.0.0.1"),
-                              identity=str(meta["PLAIT_IDENTITY"]) if meta.get("PLAIT_IDENTITY") else None)
+    return Proxy.from_node_id(
+        node.id,
+        labels=MappingProxyType({str(k): str(v) for k, v in labels.items()}),
+        mode=mode,
+        service_account=str(meta.get("SERVICE_ACCOUNT") or "default"),
+        app_address=str(meta.get("APP_ADDRESS") or "127.0.0.1"),
+        identity=str(meta["PLAIT_IDENTITY"]) if meta.get("PLAIT_IDENTITY") else None,
+    )
 
 
 def admin_address(node) -> str | None:
@@ -117,14 +122,14 @@ def selector_label_keys(snapshot: MeshSnapshot) -> tuple[str, ...]:
         keys.update(ef.spec.workload_selector.labels if ef.spec.workload_selector else ())
         if ef.spec.target_refs:
             keys.add(GATEWAY_NAME_LABEL)
-    for policy in (*snapshot.peer_authentications, *snapshot.authorization_policies,
-                   *snapshot.request_authentications):
+    for policy in (*snapshot.peer_authentications, *snapshot.authorization_policies, *snapshot.request_authentications):
         if policy.spec.selector:
             keys.update(policy.spec.selector.match_labels)
     return tuple(sorted(keys))
 
 
 # ------------------------------------------------------------------ records and statuses
+
 
 @dataclass
 class UpdateRecord:
@@ -152,13 +157,26 @@ class ProxyStatus:
 
     def to_dict(self) -> dict:
         p = self.proxy
-        return {"proxy_id": self.proxy_id, "envoy_version": self.envoy_version, "connected_at": self.connected_at,
-                "admin_address": self.admin_address,
-                "stream": self.stream, "types": {short: s.to_dict() for short, s in self.types.items()},
-                "errors": list(self.errors), "refused": list(self.refused),
-                "proxy": {"kind": p.kind, "ip": p.ip, "name": p.name, "namespace": p.namespace,
-                          "labels": dict(p.labels), "mode": p.mode, "service_account": p.service_account,
-                          "app_address": p.app_address}}
+        return {
+            "proxy_id": self.proxy_id,
+            "envoy_version": self.envoy_version,
+            "connected_at": self.connected_at,
+            "admin_address": self.admin_address,
+            "stream": self.stream,
+            "types": {short: s.to_dict() for short, s in self.types.items()},
+            "errors": list(self.errors),
+            "refused": list(self.refused),
+            "proxy": {
+                "kind": p.kind,
+                "ip": p.ip,
+                "name": p.name,
+                "namespace": p.namespace,
+                "labels": dict(p.labels),
+                "mode": p.mode,
+                "service_account": p.service_account,
+                "app_address": p.app_address,
+            },
+        }
 
 
 class _Group:
@@ -220,11 +238,13 @@ class ProxyConnection:
 
 # ------------------------------------------------------------------ the hub
 
+
 class XdsHub:
     """The snapshot, the connected proxies and their resources; see the module docstring."""
 
-    def __init__(self, snapshot: MeshSnapshot, *, mutate: Mutate | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, snapshot: MeshSnapshot, *, mutate: Mutate | None = None, clock: Callable[[], float] = time.monotonic
+    ):
         self.snapshot = snapshot
         self._mutate = mutate
         self._clock = clock
@@ -236,21 +256,35 @@ class XdsHub:
         self.updates: collections.deque[UpdateRecord] = collections.deque(maxlen=RECENT_UPDATES)
         self.metrics = CollectorRegistry()
         self._pushes = Counter("plait_xds_pushes", "xDS responses sent, by type", ["type"], registry=self.metrics)
-        self._push_seconds = Histogram("plait_xds_push_seconds", "Time to regenerate and publish after a change",
-                                       buckets=SECONDS_BUCKETS, registry=self.metrics)
+        self._push_seconds = Histogram(
+            "plait_xds_push_seconds",
+            "Time to regenerate and publish after a change",
+            buckets=SECONDS_BUCKETS,
+            registry=self.metrics,
+        )
         self._connected = Gauge("plait_xds_connected_proxies", "Connected ADS streams", registry=self.metrics)
-        self._nacks = Counter("plait_xds_nacks", "xDS responses rejected by proxies, by type", ["type"],
-                              registry=self.metrics)
-        self._convergence = Histogram("plait_xds_convergence_seconds",
-                                      "Config change until every affected proxy acknowledged it",
-                                      buckets=SECONDS_BUCKETS, registry=self.metrics)
-        self._generations = Counter("plait_xds_generations", "Group generations, by kind (full or routes-only)",
-                                    ["kind"], registry=self.metrics)
-        self._refusals = Counter("plait_xds_refused_generations",
-                                 "Generations not pushed because they referred to missing resources",
-                                 registry=self.metrics)
-        Gauge("plait_xds_refused_proxies", "Connected proxies whose newest config was refused (they keep "
-              "their last good one)", registry=self.metrics).set_function(self._refused_count)
+        self._nacks = Counter(
+            "plait_xds_nacks", "xDS responses rejected by proxies, by type", ["type"], registry=self.metrics
+        )
+        self._convergence = Histogram(
+            "plait_xds_convergence_seconds",
+            "Config change until every affected proxy acknowledged it",
+            buckets=SECONDS_BUCKETS,
+            registry=self.metrics,
+        )
+        self._generations = Counter(
+            "plait_xds_generations", "Group generations, by kind (full or routes-only)", ["kind"], registry=self.metrics
+        )
+        self._refusals = Counter(
+            "plait_xds_refused_generations",
+            "Generations not pushed because they referred to missing resources",
+            registry=self.metrics,
+        )
+        Gauge(
+            "plait_xds_refused_proxies",
+            "Connected proxies whose newest config was refused (they keep their last good one)",
+            registry=self.metrics,
+        ).set_function(self._refused_count)
 
     # -------------------------------------------------------------- streams
 
@@ -353,10 +387,17 @@ class XdsHub:
 
     def _group_key(self, proxy: Proxy) -> tuple:
         workload = tuple((p.port.number, p.port.protocol, p.endpoint.port) for p in self.snapshot.workload_ports(proxy))
-        key = (proxy.kind, proxy.mode, proxy.namespace, proxy.identity, proxy.app_address,
-               proxy.ip if proxy.mode == "proxy" else "",
-               tuple(sorted(proxy.listen_ports.items())), tuple((k, proxy.labels.get(k)) for k in self._label_keys),
-               workload)
+        key = (
+            proxy.kind,
+            proxy.mode,
+            proxy.namespace,
+            proxy.identity,
+            proxy.app_address,
+            proxy.ip if proxy.mode == "proxy" else "",
+            tuple(sorted(proxy.listen_ports.items())),
+            tuple((k, proxy.labels.get(k)) for k in self._label_keys),
+            workload,
+        )
         return key
 
     def _group_for(self, proxy: Proxy) -> _Group:
@@ -375,7 +416,8 @@ class XdsHub:
             self._generations.labels("full" if full is not None else "routes").inc()
             # The services it sees, and those it serves (their DestinationRules shape its inbound clusters).
             group.hosts = frozenset(s.hostname for s in self.snapshot.services_for(proxy)) | {
-                ip.service.hostname for ip in self.snapshot.workload_ports(proxy)}
+                ip.service.hostname for ip in self.snapshot.workload_ports(proxy)
+            }
         except Exception as error:  # user config must never take the control plane down
             group.error = f"generation failed: {type(error).__name__}: {error}"
             log.exception("generating resources for %s failed; keeping its last good ones", proxy.id)
@@ -408,8 +450,11 @@ class XdsHub:
         self._refusals.inc()
         members = sorted(c.proxy_id for c in self._connections.values() if c.group is group) or [group.proxy.id]
         shown = ", ".join(members[:3]) + (f" and {len(members) - 3} more" if len(members) > 3 else "")
-        log.error("refusing to push inconsistent config to %s (the last good config stays): %s",
-                  shown, "; ".join(group.refused))
+        log.error(
+            "refusing to push inconsistent config to %s (the last good config stays): %s",
+            shown,
+            "; ".join(group.refused),
+        )
         if group.published is None:
             group.published = previous
 
@@ -420,9 +465,14 @@ class XdsHub:
         """When only HTTP routes changed: just the route configurations they reach, published over
         the group's current resources. None when more may change (then everything is regenerated)."""
         proxy = group.proxy
-        if not impact.routes_only or proxy.kind != "sidecar" or group.published is None or group.refused \
-                or group.route_bound \
-                or frozenset(route_names(self.snapshot, proxy)) != group.route_names:
+        if (
+            not impact.routes_only
+            or proxy.kind != "sidecar"
+            or group.published is None
+            or group.refused
+            or group.route_bound
+            or frozenset(route_names(self.snapshot, proxy)) != group.route_names
+        ):
             return None
         names = affected_route_names(self.snapshot, proxy, impact.hosts)
         routes = generate_routes(self.snapshot, proxy, only=names)
@@ -444,9 +494,19 @@ class XdsHub:
             if conn._dirty:  # an update is assigned but not yet sent: what it holds is not the latest
                 for t in types.values():
                     t.state = STALE if t.state == SYNCED else t.state
-            out.append(ProxyStatus(conn.proxy_id, conn.proxy, conn.envoy_version, conn.connected_at, conn.stream.kind,
-                                   types,
-                                   errors, refused, conn.admin_address))
+            out.append(
+                ProxyStatus(
+                    conn.proxy_id,
+                    conn.proxy,
+                    conn.envoy_version,
+                    conn.connected_at,
+                    conn.stream.kind,
+                    types,
+                    errors,
+                    refused,
+                    conn.admin_address,
+                )
+            )
         return out
 
     def config_dump(self, proxy_id: str) -> dict | None:
@@ -464,5 +524,9 @@ class XdsHub:
 
 def _same(a: Published | None, b: Published) -> bool:
     """Would `b` send nothing new compared with `a`?"""
-    return a is not None and a.inconsistencies == b.inconsistencies and a.errors == b.errors and all(
-        a.types[s] is b.types[s] or a.types[s].version == b.types[s].version for s in TYPES)
+    return (
+        a is not None
+        and a.inconsistencies == b.inconsistencies
+        and a.errors == b.errors
+        and all(a.types[s] is b.types[s] or a.types[s].version == b.types[s].version for s in TYPES)
+    )

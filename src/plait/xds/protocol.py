@@ -60,6 +60,7 @@ def intern_names(names: frozenset[str]) -> frozenset[str]:
 
 # ------------------------------------------------------------------ outputs
 
+
 @dataclass(frozen=True)
 class Ack:
     type: str  # "cds" | "eds" | "lds" | "rds"
@@ -99,8 +100,10 @@ class Payload:
         if self._encoded is None:
             parts = [wire_field(1, self.version)]
             if self.delta:
-                parts += [wire_field(2, wire_field(3, r.name) + wire_field(1, r.version) + wire_field(2, r.any_bytes()))
-                          for r in self.resources]
+                parts += [
+                    wire_field(2, wire_field(3, r.name) + wire_field(1, r.version) + wire_field(2, r.any_bytes()))
+                    for r in self.resources
+                ]
                 parts += [wire_field(6, name) for name in self.removed]
             else:
                 parts += [wire_field(2, r.any_bytes()) for r in self.resources]
@@ -170,8 +173,14 @@ def _held_names(held: Held, held_names: frozenset[str] | None) -> list[str]:
     return [n for n in names if held_names is None or n in held_names]
 
 
-def _compute(delta: bool, held: Held, held_names: frozenset[str] | None, current: ResourceMap,
-             names: frozenset[str] | None, force: bool) -> Payload | None:
+def _compute(
+    delta: bool,
+    held: Held,
+    held_names: frozenset[str] | None,
+    current: ResourceMap,
+    names: frozenset[str] | None,
+    force: bool,
+) -> Payload | None:
     resources = current.resources
     wanted = resources if names is None else {n: resources[n] for n in names if n in resources}
     changed = [r for n, r in wanted.items() if _held_version(held, held_names, n) != r.version]
@@ -183,8 +192,14 @@ def _compute(delta: bool, held: Held, held_names: frozenset[str] | None, current
     return Payload(current, changed, [], False) if changed or force else None
 
 
-def payload_for(delta: bool, held: Held, held_names: frozenset[str] | None, current: ResourceMap,
-                names: frozenset[str] | None, force: bool) -> Payload | None:
+def payload_for(
+    delta: bool,
+    held: Held,
+    held_names: frozenset[str] | None,
+    current: ResourceMap,
+    names: frozenset[str] | None,
+    force: bool,
+) -> Payload | None:
     """What brings a client from `held` (restricted to `held_names`) to `current` (restricted to
     `names`); memoised on `current` when `held` is shared, so alike streams share one Payload."""
     if isinstance(held, dict):
@@ -199,6 +214,7 @@ def payload_for(delta: bool, held: Held, held_names: frozenset[str] | None, curr
 
 
 # ------------------------------------------------------------------ the state machine
+
 
 @dataclass
 class _TypeState:
@@ -217,7 +233,9 @@ def _sotw_names(short: str, names) -> frozenset[str] | None:
     return intern_names(frozenset(names))
 
 
-def _delta_names(short: str, current: frozenset[str] | None, first: bool, subscribe, unsubscribe) -> frozenset[str] | None:
+def _delta_names(
+    short: str, current: frozenset[str] | None, first: bool, subscribe, unsubscribe
+) -> frozenset[str] | None:
     if "*" in subscribe or (first and short in WILDCARD_TYPES and not subscribe):
         return None
     if first:
@@ -262,11 +280,13 @@ class AdsStream:
         first = short not in self._types
         state = self._types.setdefault(short, _TypeState(short))
         error = request.error_detail.message if request.HasField("error_detail") else None
-        out: list[Response | Ack | Nack] = list(self._answer(state, request.response_nonce, error,
-                                                             getattr(request, "version_info", "")))
+        out: list[Response | Ack | Nack] = list(
+            self._answer(state, request.response_nonce, error, getattr(request, "version_info", ""))
+        )
         if self.delta:
-            names = _delta_names(short, state.names, first, request.resource_names_subscribe,
-                                 request.resource_names_unsubscribe)
+            names = _delta_names(
+                short, state.names, first, request.resource_names_subscribe, request.resource_names_unsubscribe
+            )
             if first and request.initial_resource_versions:
                 state.held = dict(request.initial_resource_versions)
         else:
@@ -302,8 +322,11 @@ class AdsStream:
     @staticmethod
     def _updated(state: _TypeState, payload: Payload) -> frozenset[str]:
         """Resources the client holds in another version, which this payload replaces."""
-        return frozenset(r.name for r in payload.resources
-                         if _held_version(state.held, state.held_names, r.name) not in (None, r.version))
+        return frozenset(
+            r.name
+            for r in payload.resources
+            if _held_version(state.held, state.held_names, r.name) not in (None, r.version)
+        )
 
     def _forget_endpoints_of(self, clusters: frozenset[str]) -> None:
         """Envoy warms an updated cluster until it gets that cluster's endpoints again, even unchanged

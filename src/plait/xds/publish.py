@@ -48,8 +48,13 @@ from plait.xds.resources import TYPE_URLS, ResourceSet
 from plait.xds.translate.secrets import ads_secret_names, redacted
 
 TYPES = ("cds", "eds", "lds", "rds", "sds")  # also the push order: make before break
-MESSAGES = {"cds": cluster_pb2.Cluster, "eds": endpoint_pb2.ClusterLoadAssignment,
-            "lds": listener_pb2.Listener, "rds": route_pb2.RouteConfiguration, "sds": secret_pb2.Secret}
+MESSAGES = {
+    "cds": cluster_pb2.Cluster,
+    "eds": endpoint_pb2.ClusterLoadAssignment,
+    "lds": listener_pb2.Listener,
+    "rds": route_pb2.RouteConfiguration,
+    "sds": secret_pb2.Secret,
+}
 # json_format resolves an "@type" only once its message type is imported: every type translation emits.
 TYPED_CONFIG_MODULES = [
     "envoy.extensions.clusters.dynamic_forward_proxy.v3.cluster_pb2",
@@ -82,6 +87,7 @@ VHOST_CACHE_SIZE = 50_000
 
 # ------------------------------------------------------------------ protobuf wire format
 
+
 def varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
@@ -107,6 +113,7 @@ def content_hash(item: object) -> str:
 
 
 # ------------------------------------------------------------------ published resources
+
 
 class VersionedResource:
     """One resource as sent: its type, name, version (content hash) and serialised message.
@@ -174,12 +181,12 @@ class Published:
 
 # ------------------------------------------------------------------ converting, with caches
 
+
 class Publisher:
     """Converts ResourceSets, caching conversions by content hash across proxies and pushes."""
 
     def __init__(self, *, vhost_cache_size: int = VHOST_CACHE_SIZE):
-        self._converted: weakref.WeakValueDictionary[tuple[str, str], VersionedResource] = \
-            weakref.WeakValueDictionary()
+        self._converted: weakref.WeakValueDictionary[tuple[str, str], VersionedResource] = weakref.WeakValueDictionary()
         self._vhosts: OrderedDict[str, bytes] = OrderedDict()
         self._vhost_cache_size = vhost_cache_size
         self.conversions = 0  # resources actually converted (for tests and benchmarks)
@@ -206,11 +213,20 @@ class Publisher:
         problems = [p for p in previous.inconsistencies if not p.startswith(prefixes)]
         problems += [p for r in routes for p in _route_problems(r["name"], r, clusters)]
         stale = tuple(e for e in previous.errors if not e.startswith(prefixes))
-        return Published({**previous.types, "rds": last if fresh.version == last.version else fresh},
-                         tuple(problems), stale + tuple(errors))
+        return Published(
+            {**previous.types, "rds": last if fresh.version == last.version else fresh},
+            tuple(problems),
+            stale + tuple(errors),
+        )
 
-    def _publish_type(self, short: str, items: Mapping[str, dict], last: ResourceMap | None,
-                      errors: list[str], fallback: Mapping[str, VersionedResource] | None = None) -> ResourceMap:
+    def _publish_type(
+        self,
+        short: str,
+        items: Mapping[str, dict],
+        last: ResourceMap | None,
+        errors: list[str],
+        fallback: Mapping[str, VersionedResource] | None = None,
+    ) -> ResourceMap:
         """The new map of one type; `last` itself when nothing in it changed (so it is not re-sent)."""
         out = {}
         fallback = fallback if fallback is not None else (last.resources if last is not None else {})
@@ -268,6 +284,7 @@ class Publisher:
 
 # ------------------------------------------------------------------ consistency checks
 
+
 def _route_problems(name: str, config: dict, clusters: Collection[str]) -> list[str]:
     missing = sorted({c for c in route_config_clusters(config) if c not in clusters})
     return [f"rds {name} routes to cluster {c}, which is not generated" for c in missing]
@@ -275,8 +292,11 @@ def _route_problems(name: str, config: dict, clusters: Collection[str]) -> list[
 
 def _secret_problems(short: str, name: str, resource: dict, secrets: Collection[str]) -> list[str]:
     missing = sorted({s for s in ads_secret_names(resource) if s not in secrets})
-    return [f"{short} {name} refers to secret {s}, which nothing serves (credentialName {s.removesuffix('-cacert')}: "
-            f"no Secret with that name in the proxy's namespace holds it)" for s in missing]
+    return [
+        f"{short} {name} refers to secret {s}, which nothing serves (credentialName {s.removesuffix('-cacert')}: "
+        f"no Secret with that name in the proxy's namespace holds it)"
+        for s in missing
+    ]
 
 
 def inconsistencies(resources: ResourceSet) -> list[str]:
@@ -287,8 +307,11 @@ def inconsistencies(resources: ResourceSet) -> list[str]:
         problems += _route_problems(name, config, resources.clusters)
     for name, listener in sorted(resources.listeners.items()):
         refs = sorted(set(listener_references(listener)))
-        problems += [f"lds {name} refers to {kind} {ref}, which is not generated" for kind, ref in refs
-                     if ref not in (resources.clusters if kind == "cluster" else resources.routes)]
+        problems += [
+            f"lds {name} refers to {kind} {ref}, which is not generated"
+            for kind, ref in refs
+            if ref not in (resources.clusters if kind == "cluster" else resources.routes)
+        ]
         problems += _secret_problems("lds", name, listener, resources.secrets)
     for name, cluster in sorted(resources.clusters.items()):
         if cluster.get("type") == "EDS":
@@ -300,6 +323,7 @@ def inconsistencies(resources: ResourceSet) -> list[str]:
 
 
 # ------------------------------------------------------------------ which proxies a change can affect
+
 
 @dataclass(frozen=True)
 class Impact:
@@ -316,8 +340,10 @@ class Impact:
     def affects(self, kind: str, namespace: str, visible_hosts: Collection[str]) -> bool:
         if self.everything or namespace in self.namespaces or (self.routers and kind == "router"):
             return True
-        return any(h in visible_hosts if not h.startswith("*") else any(matches(h, v) for v in visible_hosts)
-                   for h in self.hosts)
+        return any(
+            h in visible_hosts if not h.startswith("*") else any(matches(h, v) for v in visible_hosts)
+            for h in self.hosts
+        )
 
 
 EVERYTHING = Impact(everything=True)
@@ -356,8 +382,11 @@ def _virtual_service_impact(old: MeshSnapshot, new: MeshSnapshot, versions: list
         hosts |= vs_hosts
         bound = [gateway_ref(g, vs.namespace) for g in vs.spec.gateways] or ["mesh"]
         routers = routers or any(g != "mesh" for g in bound)
-        more = more or bool(vs.spec.tcp or vs.spec.tls) or not all(
-            _http_only(old, h) and _http_only(new, h) for h in vs_hosts)
+        more = (
+            more
+            or bool(vs.spec.tcp or vs.spec.tls)
+            or not all(_http_only(old, h) and _http_only(new, h) for h in vs_hosts)
+        )
     return hosts, routers, more
 
 
@@ -395,5 +424,9 @@ def change_impact(old: MeshSnapshot, new: MeshSnapshot, changed: Iterable[Key] |
     unregistered = any(not h.startswith("*") and h not in old.services and h not in new.services for h in hosts)
     if registry is None or unregistered:
         return EVERYTHING
-    return Impact(hosts=frozenset(hosts | registry), namespaces=frozenset(namespaces), routers=routers,
-                  routes_only=routes_only and bool(changed) and not registry)
+    return Impact(
+        hosts=frozenset(hosts | registry),
+        namespaces=frozenset(namespaces),
+        routers=routers,
+        routes_only=routes_only and bool(changed) and not registry,
+    )

@@ -10,8 +10,7 @@ from plait.xds.translate.secrets import redacted
 
 # Short names as used by istioctl and the CLI, in the order Envoy should receive them. Secrets (sds) are
 # the credentials a credentialName names, served over ADS to the proxies that refer to them.
-TYPE_URLS = {"cds": CLUSTER_TYPE, "eds": ENDPOINT_TYPE, "lds": LISTENER_TYPE, "rds": ROUTE_TYPE,
-             "sds": SECRET_TYPE}
+TYPE_URLS = {"cds": CLUSTER_TYPE, "eds": ENDPOINT_TYPE, "lds": LISTENER_TYPE, "rds": ROUTE_TYPE, "sds": SECRET_TYPE}
 CONFIG_TYPES = ("cds", "eds", "lds", "rds")  # what `to_dict` shows unless asked for secrets
 
 
@@ -39,8 +38,13 @@ class ResourceSet:
         self.secrets.update((s["name"], s) for s in items)
 
     def of_type(self, short: str) -> dict[str, dict]:
-        return {"cds": self.clusters, "eds": self.endpoints, "lds": self.listeners, "rds": self.routes,
-                "sds": self.secrets}[short]
+        return {
+            "cds": self.clusters,
+            "eds": self.endpoints,
+            "lds": self.listeners,
+            "rds": self.routes,
+            "sds": self.secrets,
+        }[short]
 
     def to_dict(self, types: Iterable[str] = CONFIG_TYPES) -> dict[str, list[dict]]:
         """Canonical form for golden files and `plait translate`: each type sorted by name; private

@@ -41,6 +41,7 @@ _WAKE, _CLOSED = object(), object()
 class Refusal(NamedTuple):
     """Why a stream may not be served: UNAUTHENTICATED (who is calling is unknown),
     PERMISSION_DENIED (known, but not entitled to this node) or UNAVAILABLE (cannot tell now)."""
+
     code: grpc.StatusCode
     reason: str
 
@@ -69,8 +70,13 @@ async def _admit(authenticate: Authenticate | None, node, context: grpc.aio.Serv
         await context.abort(refusal.code, refusal.reason)
 
 
-async def _serve_stream(hub: XdsHub, authenticate: Authenticate | None, delta: bool, requests: AsyncIterator,
-                        context: grpc.aio.ServicerContext) -> AsyncIterator[Response]:
+async def _serve_stream(
+    hub: XdsHub,
+    authenticate: Authenticate | None,
+    delta: bool,
+    requests: AsyncIterator,
+    context: grpc.aio.ServicerContext,
+) -> AsyncIterator[Response]:
     queue: asyncio.Queue = asyncio.Queue()
     reader = asyncio.create_task(_read(requests, queue))
     conn = None
@@ -100,18 +106,26 @@ async def _serve_stream(hub: XdsHub, authenticate: Authenticate | None, delta: b
 
 def ads_handler(hub: XdsHub, authenticate: Authenticate | None = None) -> grpc.GenericRpcHandler:
     """The AggregatedDiscoveryService, both methods, for `hub`."""
+
     def method(delta: bool, request_type):
-        return grpc.stream_stream_rpc_method_handler(functools.partial(_serve_stream, hub, authenticate, delta),
-                                                     request_deserializer=request_type.FromString,
-                                                     response_serializer=Response.encode)
-    return grpc.method_handlers_generic_handler(SERVICE, {
-        "StreamAggregatedResources": method(False, discovery_pb2.DiscoveryRequest),
-        "DeltaAggregatedResources": method(True, discovery_pb2.DeltaDiscoveryRequest),
-    })
+        return grpc.stream_stream_rpc_method_handler(
+            functools.partial(_serve_stream, hub, authenticate, delta),
+            request_deserializer=request_type.FromString,
+            response_serializer=Response.encode,
+        )
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "StreamAggregatedResources": method(False, discovery_pb2.DiscoveryRequest),
+            "DeltaAggregatedResources": method(True, discovery_pb2.DeltaDiscoveryRequest),
+        },
+    )
 
 
-async def serve_ads(hub: XdsHub, host: str = "0.0.0.0", port: int = ADS_PORT, *,
-                    authenticate: Authenticate | None = None) -> grpc.aio.Server:
+async def serve_ads(
+    hub: XdsHub, host: str = "0.0.0.0", port: int = ADS_PORT, *, authenticate: Authenticate | None = None
+) -> grpc.aio.Server:
     """Start serving ADS; with port 0 the port chosen is in `server.bound_port`. With
     `authenticate`, each stream is admitted only if it returns None for the stream's metadata
     and first node. Stop it with ``await server.stop(grace)``: streams get `grace` seconds,

@@ -20,9 +20,12 @@ from plait.xds.translate.common import SDS_CLUSTER
 
 HCM = "envoy.filters.network.http_connection_manager"
 XDS_CLUSTER = "xds-grpc"
-_H2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-    "explicit_http_config": {"http2_protocol_options": {}}}}
+_H2 = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }
+}
 
 
 def _inline_routes(listener: dict, routes: dict[str, dict]) -> None:
@@ -37,8 +40,13 @@ def _inline_routes(listener: dict, routes: dict[str, dict]) -> None:
                 config["route_config"] = routes.get(name, {"name": name})
 
 
-def static_bootstrap(resources: ResourceSet, *, node_id: str = "static~127.0.0.1~static.default~default.svc.cluster.local",
-                     admin_port: int = 0, sds_socket: str = "/tmp/plait-sds.sock") -> dict:
+def static_bootstrap(
+    resources: ResourceSet,
+    *,
+    node_id: str = "static~127.0.0.1~static.default~default.svc.cluster.local",
+    admin_port: int = 0,
+    sds_socket: str = "/tmp/plait-sds.sock",
+) -> dict:
     clusters = []
     for cluster in copy.deepcopy(list(resources.clusters.values())):
         if cluster.get("type") == "EDS":
@@ -54,23 +62,53 @@ def static_bootstrap(resources: ResourceSet, *, node_id: str = "static~127.0.0.1
         _inline_routes(listener, resources.routes)
     text = json.dumps([clusters, listeners])
     if f'"{SDS_CLUSTER}"' in text:
-        clusters.append({"name": SDS_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
-                         "typed_extension_protocol_options": _H2,
-                         "load_assignment": {"cluster_name": SDS_CLUSTER, "endpoints": [{"lb_endpoints": [
-                             {"endpoint": {"address": {"pipe": {"path": sds_socket}}}}]}]}})
+        clusters.append(
+            {
+                "name": SDS_CLUSTER,
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": _H2,
+                "load_assignment": {
+                    "cluster_name": SDS_CLUSTER,
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": sds_socket}}}}]}],
+                },
+            }
+        )
     bootstrap: dict = {
         "node": {"id": node_id, "cluster": "plait-static"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
     if '"ads": {}' in text:  # credentialName secrets come over ADS
-        clusters.append({"name": XDS_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
-                         "typed_extension_protocol_options": _H2,
-                         "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": [
-                             {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15010}}}}]}]}})
-        bootstrap["dynamic_resources"] = {"ads_config": {
-            "api_type": "GRPC", "transport_api_version": "V3",
-            "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}]}}
+        clusters.append(
+            {
+                "name": XDS_CLUSTER,
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": _H2,
+                "load_assignment": {
+                    "cluster_name": XDS_CLUSTER,
+                    "endpoints": [
+                        {
+                            "lb_endpoints": [
+                                {
+                                    "endpoint": {
+                                        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15010}}
+                                    }
+                                }
+                            ]
+                        }
+                    ],
+                },
+            }
+        )
+        bootstrap["dynamic_resources"] = {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+            }
+        }
     return bootstrap
 
 
@@ -86,8 +124,12 @@ def envoy_validate(bootstrap: dict, envoy: str | None = None) -> Verdict:
         json.dump(bootstrap, f)
         path = f.name
     try:
-        proc = subprocess.run([envoy or find_envoy(), "--mode", "validate", "-c", path, "--disable-hot-restart",
-                               "--log-level", "error"], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [envoy or find_envoy(), "--mode", "validate", "-c", path, "--disable-hot-restart", "--log-level", "error"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         return Verdict(proc.returncode == 0, (proc.stdout + proc.stderr).strip())
     finally:
         os.unlink(path)

@@ -44,8 +44,9 @@ def _configs(filters: list[dict], *names: str) -> list[tuple[str, dict]]:
     return [(f.get("name", ""), f.get("typed_config", {})) for f in filters if f.get("name") in names]
 
 
-def check_http(http_filters: list[dict], peer: Peer, now: float | None, *, proxy: str, where: str,
-               role: str = "destination") -> Authorization:
+def check_http(
+    http_filters: list[dict], peer: Peer, now: float | None, *, proxy: str, where: str, role: str = "destination"
+) -> Authorization:
     """Run the connection manager's jwt_authn and RBAC filters on the request, in their order."""
     auth = Authorization(proxy=proxy, where=where, peer=peer, role=role)
     for name, config in _configs(http_filters, JWT_FILTER, HTTP_RBAC):
@@ -67,8 +68,9 @@ def check_http(http_filters: list[dict], peer: Peer, now: float | None, *, proxy
     return auth
 
 
-def check_tcp(network_filters: list[dict], peer: Peer, *, proxy: str, where: str,
-              role: str = "destination") -> Authorization:
+def check_tcp(
+    network_filters: list[dict], peer: Peer, *, proxy: str, where: str, role: str = "destination"
+) -> Authorization:
     """Run a TCP chain's network RBAC filters on the connection."""
     auth = Authorization(proxy=proxy, where=where, peer=peer, role=role)
     for _, config in _configs(network_filters, NETWORK_RBAC):
@@ -119,22 +121,32 @@ def observed(label: str, peer: Peer) -> str:
     principal = peer.principal or "no peer certificate (plaintext)"
     payload = peer.metadata.get(JWT_FILTER, {}).get(jwt_translate.PAYLOAD_KEY)
     simple = {
-        "principals": principal, "namespaces": principal, "serviceAccounts": principal,
-        "source.principal": principal, "source.namespace": principal, "source.serviceAccount": principal,
-        "trustDomains": principal, "source.trustDomain": principal,
-        "ipBlocks": peer.source_ip or "unknown", "source.ip": peer.source_ip or "unknown",
-        "remoteIpBlocks": peer.remote_ip or "unknown", "remote.ip": peer.remote_ip or "unknown",
+        "principals": principal,
+        "namespaces": principal,
+        "serviceAccounts": principal,
+        "source.principal": principal,
+        "source.namespace": principal,
+        "source.serviceAccount": principal,
+        "trustDomains": principal,
+        "source.trustDomain": principal,
+        "ipBlocks": peer.source_ip or "unknown",
+        "source.ip": peer.source_ip or "unknown",
+        "remoteIpBlocks": peer.remote_ip or "unknown",
+        "remote.ip": peer.remote_ip or "unknown",
         "requestPrincipals": (f"{payload.get('iss', '')}/{payload.get('sub', '')}" if payload else "no verified token"),
-        "ports": str(peer.dest_port), "destination.port": str(peer.dest_port),
-        "destination.ip": peer.dest_ip or "unknown", "connection.sni": peer.sni or "no SNI",
-        "hosts": request.authority if request else "", "methods": request.method if request else "",
+        "ports": str(peer.dest_port),
+        "destination.port": str(peer.dest_port),
+        "destination.ip": peer.dest_ip or "unknown",
+        "connection.sni": peer.sni or "no SNI",
+        "hosts": request.authority if request else "",
+        "methods": request.method if request else "",
         "paths": request.path if request else "",
     }
     simple["request.auth.principal"] = simple["requestPrincipals"]
     if key in simple:
         return simple[key]
     if key.startswith("request.headers["):
-        value = request.header(key[len("request.headers["):-1].lower()) if request else None
+        value = request.header(key[len("request.headers[") : -1].lower()) if request else None
         return value if value is not None else "absent"
     claims = {"request.auth.audiences": ["aud"], "request.auth.presenter": ["azp"]}
     path = claims.get(key) or (rbac_translate.bracketed_names(key) if key.startswith("request.auth.claims[") else None)
@@ -178,8 +190,11 @@ def _misses(snapshot: MeshSnapshot, verdict: RbacVerdict, peer: Peer, for_tcp: b
         if not policy.spec.rules:
             lines.append(f"{policy.namespace}/{policy.name} has no rules: it matches nothing")
             continue
-        failed = [f"{label} did not match {observed(label, peer)}"
-                  for label, ok in clause_results(policy, index, peer, for_tcp=for_tcp) if not ok]
+        failed = [
+            f"{label} did not match {observed(label, peer)}"
+            for label, ok in clause_results(policy, index, peer, for_tcp=for_tcp)
+            if not ok
+        ]
         why = "; ".join(failed) or "each field holds, but never all of one from entry and one to entry together"
         lines.append(f"{_rule_label(name)}: {why}")
     return lines
@@ -235,8 +250,11 @@ def _jwt_line(check: Check) -> str:
     if token is None:
         return f"{_provider_label(check.provider)}: no token"
     what = "a malformed token" if token.malformed else f"token from issuer {token.issuer} ({token.principal})"
-    verdict = f"rejected: {check.error}" if check.error else (
-        "accepted" if check.signature_checked else "accepted if its signature is good")
+    verdict = (
+        f"rejected: {check.error}"
+        if check.error
+        else ("accepted" if check.signature_checked else "accepted if its signature is good")
+    )
     notes = f"; {'; '.join(check.notes)}" if check.notes else ""
     return f"{_provider_label(check.provider)}: {what} in the {token.where}, {verdict}{notes}"
 
@@ -247,8 +265,10 @@ def _explain_jwt(auth: Authorization, outcome: JwtOutcome) -> None:
         auth.summary = f"UNAUTHENTICATED: {outcome.status} {outcome.reason}"
     elif all(c.missing for c in outcome.checks):
         providers = ", ".join(dict.fromkeys(_provider_label(c.provider).rsplit(" ", 1)[0] for c in outcome.checks))
-        auth.jwt_lines = [f"no token: allowed by {providers} (allow missing: only an AuthorizationPolicy "
-                          "asking for requestPrincipals refuses a request without one)"]
+        auth.jwt_lines = [
+            f"no token: allowed by {providers} (allow missing: only an AuthorizationPolicy "
+            "asking for requestPrincipals refuses a request without one)"
+        ]
 
 
 def explain(snapshot: MeshSnapshot, auth: Authorization) -> Authorization:

@@ -20,8 +20,14 @@ def _endpoints(assignment: dict | None) -> list[Endpoint]:
         where = "/".join(v for v in (locality.get(k) for k in ("region", "zone", "sub_zone")) if v) or None
         for lb in group.get("lb_endpoints", []):
             sock = lb.get("endpoint", {}).get("address", {}).get("socket_address", {})
-            out.append(Endpoint(f"{sock.get('address')}:{sock.get('port_value')}", lb.get("load_balancing_weight"),
-                                where, lb.get("metadata", {})))
+            out.append(
+                Endpoint(
+                    f"{sock.get('address')}:{sock.get('port_value')}",
+                    lb.get("load_balancing_weight"),
+                    where,
+                    lb.get("metadata", {}),
+                )
+            )
     return out
 
 
@@ -56,8 +62,9 @@ def cluster_target(name: str, resources: ResourceSet, conn: Connection, request:
     return target
 
 
-def cluster_targets(entries: list[tuple[str, int | None, list[str]]], resources: ResourceSet, conn: Connection,
-             request: Request) -> list[ClusterTarget]:
+def cluster_targets(
+    entries: list[tuple[str, int | None, list[str]]], resources: ResourceSet, conn: Connection, request: Request
+) -> list[ClusterTarget]:
     total = sum(w for _, w, _ in entries if w is not None)
     out = []
     for name, weight, headers in entries:

@@ -41,8 +41,13 @@ from plait.xds.simulate.routes import (
 
 HCM = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
-_REDIRECT_CODES = {"MOVED_PERMANENTLY": 301, "FOUND": 302, "SEE_OTHER": 303, "TEMPORARY_REDIRECT": 307,
-                   "PERMANENT_REDIRECT": 308}
+_REDIRECT_CODES = {
+    "MOVED_PERMANENTLY": 301,
+    "FOUND": 302,
+    "SEE_OTHER": 303,
+    "TEMPORARY_REDIRECT": 307,
+    "PERMANENT_REDIRECT": 308,
+}
 
 
 def _filter(chain: dict, name: str) -> dict | None:
@@ -87,9 +92,14 @@ def _direct_response(spec: dict, out: Outcome) -> Outcome:
 def _route_clusters(action: dict, request: Request, out: Outcome) -> list[tuple[str, int | None, list[str]]]:
     if "weighted_clusters" in action:
         out.action = "weighted_clusters"
-        return [(c.get("name", ""), int(c.get("weight", 0)),
-                 [f"{side} {change}" for side in ("request", "response") for change in header_changes(c, side)])
-                for c in action["weighted_clusters"].get("clusters", [])]
+        return [
+            (
+                c.get("name", ""),
+                int(c.get("weight", 0)),
+                [f"{side} {change}" for side in ("request", "response") for change in header_changes(c, side)],
+            )
+            for c in action["weighted_clusters"].get("clusters", [])
+        ]
     out.action = "cluster"
     if "cluster_header" in action:
         name = request.header(action["cluster_header"].lower()) or ""
@@ -98,12 +108,24 @@ def _route_clusters(action: dict, request: Request, out: Outcome) -> list[tuple[
     return [(action.get("cluster", ""), None, [])]
 
 
-def _follow_route(index: int, route: dict, vhost: dict, route_config: dict, hcm: dict, request: Request,
-                  out: Outcome, resources: ResourceSet, conn: Connection) -> Outcome:
+def _follow_route(
+    index: int,
+    route: dict,
+    vhost: dict,
+    route_config: dict,
+    hcm: dict,
+    request: Request,
+    out: Outcome,
+    resources: ResourceSet,
+    conn: Connection,
+) -> Outcome:
     out.route, out.route_index = route.get("name") or f"#{index}", index
     out.virtual_service, out.vs_route = virtual_service_of(route)
-    owner = f"VirtualService {out.virtual_service} {out.vs_route}" if out.virtual_service else (
-        "Istio's default route (no VirtualService)" if route.get("name") == "default" else "")
+    owner = (
+        f"VirtualService {out.virtual_service} {out.vs_route}"
+        if out.virtual_service
+        else ("Istio's default route (no VirtualService)" if route.get("name") == "default" else "")
+    )
     conditions = describe_match(route.get("match", {}))
     name = f"#{index}" + (f" {route['name']}" if route.get("name") else "")
     out.step("route", name, "; ".join(filter(None, [owner, f"matches {conditions}"])))
@@ -137,24 +159,33 @@ def _prepare(hcm: dict, request: Request, conn: Connection, out: Outcome) -> Req
         request = replace(request, path=normalize_path(request.path))
     authority = request.authority
     strip = hcm.get("strip_any_host_port") or (
-        hcm.get("strip_matching_host_port") and authority.endswith(f":{conn.dest_port}"))
+        hcm.get("strip_matching_host_port") and authority.endswith(f":{conn.dest_port}")
+    )
     if strip and strip_port(authority) != authority:
         kept = tuple((k, v) for k, v in request.headers if k not in ("host", ":authority"))
         request = replace(request, headers=kept + (("host", strip_port(authority)),))
     return request
 
 
-def _authorize_http(hcm: dict, request: Request, conn: Connection, out: Outcome,
-                    now: float | None) -> tuple[bool, dict]:
+def _authorize_http(
+    hcm: dict, request: Request, conn: Connection, out: Outcome, now: float | None
+) -> tuple[bool, dict]:
     """The connection manager's own jwt_authn and RBAC filters (a gateway's: a sidecar's outbound HCM has
     none); False when Envoy answers 401/403. With it, the dynamic metadata route matching sees."""
     filters = hcm.get("http_filters", [])
     if not has_authz(filters):
         return True, {}
-    peer = Peer(dest_port=conn.dest_port, source_ip=conn.source_ip, remote_ip=remote_ip(hcm, request, conn.source_ip),
-                dest_ip=conn.dest_ip, sni=conn.server_name, request=request)
-    auth = check_http(filters, peer, now, proxy=out.proxy, where=f"{out.listener}, filter chain {out.filter_chain}",
-                      role="gateway")
+    peer = Peer(
+        dest_port=conn.dest_port,
+        source_ip=conn.source_ip,
+        remote_ip=remote_ip(hcm, request, conn.source_ip),
+        dest_ip=conn.dest_ip,
+        sni=conn.server_name,
+        request=request,
+    )
+    auth = check_http(
+        filters, peer, now, proxy=out.proxy, where=f"{out.listener}, filter chain {out.filter_chain}", role="gateway"
+    )
     out.authorization.append(auth)
     if auth.status:
         out.fail(auth.status, None, auth.summary)
@@ -166,30 +197,36 @@ def _authorize_http(hcm: dict, request: Request, conn: Connection, out: Outcome,
 
 # HTTP filters whose effect the simulator knows: it evaluates RBAC and jwt_authn, follows fault
 # injection and CORS in the route's policies; gRPC-Web, buffering and the router leave routing alone.
-MODELLED_HTTP_FILTERS = frozenset("type.googleapis.com/" + name for name in (
-    "envoy.extensions.filters.http.fault.v3.HTTPFault",
-    "envoy.extensions.filters.http.cors.v3.Cors",
-    "envoy.extensions.filters.http.rbac.v3.RBAC",
-    "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-    "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
-    "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
-    "envoy.extensions.filters.http.buffer.v3.Buffer",
-    "envoy.extensions.filters.http.router.v3.Router",
-))
+MODELLED_HTTP_FILTERS = frozenset(
+    "type.googleapis.com/" + name
+    for name in (
+        "envoy.extensions.filters.http.fault.v3.HTTPFault",
+        "envoy.extensions.filters.http.cors.v3.Cors",
+        "envoy.extensions.filters.http.rbac.v3.RBAC",
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
+        "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
+        "envoy.extensions.filters.http.buffer.v3.Buffer",
+        "envoy.extensions.filters.http.router.v3.Router",
+    )
+)
 
 
 def unmodelled_http_filters(hcm: dict) -> list[str]:
     """The connection manager's HTTP filters the simulator does not know (e.g. Lua or rate limiting
     added by an EnvoyFilter): what they do to a request is not modelled, so it must not guess."""
+
     def types(f: dict) -> list[str]:  # its typed config, or what an extension config (ECDS) may hold
         return f.get("config_discovery", {}).get("type_urls") or [f.get("typed_config", {}).get("@type")]
 
-    return [f.get("name", "?") for f in hcm.get("http_filters", [])
-            if not all(t in MODELLED_HTTP_FILTERS for t in types(f))]
+    return [
+        f.get("name", "?") for f in hcm.get("http_filters", []) if not all(t in MODELLED_HTTP_FILTERS for t in types(f))
+    ]
 
 
-def _follow_http(hcm: dict, chain: dict, request: Request, conn: Connection, out: Outcome,
-                 resources: ResourceSet, now: float | None) -> Outcome:
+def _follow_http(
+    hcm: dict, chain: dict, request: Request, conn: Connection, out: Outcome, resources: ResourceSet, now: float | None
+) -> Outcome:
     tls_chain = "transport_socket" in chain
     if (request.scheme == "https") != tls_chain and request.method != "CONNECT":
         what = "TLS to a plain-HTTP" if not tls_chain else "plain HTTP to a TLS-terminating"
@@ -201,8 +238,9 @@ def _follow_http(hcm: dict, chain: dict, request: Request, conn: Connection, out
     out.step("route config", name, f"HTTP connection manager, {source}")
     unknown_filters = unmodelled_http_filters(hcm)
     if unknown_filters:
-        return out.not_modelled(f"the connection manager runs HTTP filters plait does not simulate: "
-                                f"{', '.join(unknown_filters)}")
+        return out.not_modelled(
+            f"the connection manager runs HTTP filters plait does not simulate: {', '.join(unknown_filters)}"
+        )
     request = _prepare(hcm, request, conn, out)
     allowed, metadata = _authorize_http(hcm, request, conn, out, now)
     if not allowed:
@@ -221,8 +259,10 @@ def _follow_http(hcm: dict, chain: dict, request: Request, conn: Connection, out
     for index, route in enumerate(vhost.get("routes", [])):
         unknown = unmodelled_matchers(route.get("match", {}))
         if unknown:
-            return out.not_modelled(f"route {_route_label(index, route)} of virtual host {out.virtual_host} "
-                                    f"matches on {', '.join(unknown)}, which plait does not evaluate")
+            return out.not_modelled(
+                f"route {_route_label(index, route)} of virtual host {out.virtual_host} "
+                f"matches on {', '.join(unknown)}, which plait does not evaluate"
+            )
         reason = route_mismatch(route.get("match", {}), request, functools.partial(metadata_matches, peer=peer))
         if reason is None:
             return _follow_route(index, route, vhost, route_config, hcm, request, out, resources, conn)
@@ -247,10 +287,16 @@ def _authorize_tcp(chain: dict, conn: Connection, out: Outcome) -> bool:
     filters = chain.get("filters", [])
     if not has_authz(filters):
         return True
-    peer = Peer(dest_port=conn.dest_port, source_ip=conn.source_ip, remote_ip=conn.source_ip, dest_ip=conn.dest_ip,
-                sni=conn.server_name)
-    auth = check_tcp(filters, peer, proxy=out.proxy, where=f"{out.listener}, filter chain {out.filter_chain}",
-                     role="gateway")
+    peer = Peer(
+        dest_port=conn.dest_port,
+        source_ip=conn.source_ip,
+        remote_ip=conn.source_ip,
+        dest_ip=conn.dest_ip,
+        sni=conn.server_name,
+    )
+    auth = check_tcp(
+        filters, peer, proxy=out.proxy, where=f"{out.listener}, filter chain {out.filter_chain}", role="gateway"
+    )
     out.authorization.append(auth)
     if auth.refused:
         out.protocol, out.refused = "tcp", True
@@ -259,8 +305,9 @@ def _authorize_tcp(chain: dict, conn: Connection, out: Outcome) -> bool:
     return True
 
 
-def _follow_chain(chain: dict, request: Request, conn: Connection, out: Outcome, resources: ResourceSet,
-                  now: float | None) -> Outcome:
+def _follow_chain(
+    chain: dict, request: Request, conn: Connection, out: Outcome, resources: ResourceSet, now: float | None
+) -> Outcome:
     hcm = _filter(chain, HCM)
     if hcm is not None:
         return _follow_http(hcm, chain, request, conn, out, resources, now)
@@ -273,8 +320,15 @@ def _follow_chain(chain: dict, request: Request, conn: Connection, out: Outcome,
     return out.not_modelled(f"the filter chain runs {names or 'no filters'}, which plait does not follow")
 
 
-def simulate(resources: ResourceSet, proxy: Proxy, request: Request, resolve: Resolver | None = None, *,
-             now: float | None = None, source_ip: str | None = None) -> Outcome:
+def simulate(
+    resources: ResourceSet,
+    proxy: Proxy,
+    request: Request,
+    resolve: Resolver | None = None,
+    *,
+    now: float | None = None,
+    source_ip: str | None = None,
+) -> Outcome:
     """Where `request`, sent by the application behind `proxy` (or to the gateway `proxy`), ends up.
     `now` (epoch seconds) lets JWT expiry be checked; `source_ip` is the outside client of a gateway."""
     mode = "gateway" if proxy.kind == "router" else f"sidecar, {proxy.mode} mode"
@@ -300,8 +354,11 @@ def simulate(resources: ResourceSet, proxy: Proxy, request: Request, resolve: Re
         return out.not_modelled(f"{out.listener}: {unknown}")
     chosen = select_filter_chain(listener, conn)
     if chosen is None:
-        return out.fail(None, None, f"no filter chain of {out.listener} matches and it has no default chain: "
-                                    "Envoy closes the connection")
+        return out.fail(
+            None,
+            None,
+            f"no filter chain of {out.listener} matches and it has no default chain: Envoy closes the connection",
+        )
     out.filter_chain, chain, reasons = chosen
     out.step("filter chain", out.filter_chain, "; ".join(reasons))
     return _follow_chain(chain, request, conn, out, resources, now)

@@ -97,8 +97,9 @@ def _upstream_request(request: Request, outcome: Outcome) -> Request:
     return request
 
 
-def _connection(cluster: dict, endpoint: Endpoint, client: Proxy, caller: Caller,
-                http: bool) -> tuple[Connection, str | None]:
+def _connection(
+    cluster: dict, endpoint: Endpoint, client: Proxy, caller: Caller, http: bool
+) -> tuple[Connection, str | None]:
     """The connection as the destination's listener sees it, and the peer principal it carries."""
     ip, _, port = endpoint.address.rpartition(":")
     mtls, alpn, sni = client_tls(cluster, endpoint)
@@ -107,29 +108,60 @@ def _connection(cluster: dict, endpoint: Endpoint, client: Proxy, caller: Caller
         principal, mtls, alpn = caller.principal, True, alpn or tuple(ISTIO_ALPN)
     if not mtls:
         alpn = ("http/1.1",) if http else ()
-    conn = Connection(dest_ip=ip, dest_port=int(port), source_ip=caller.ip or client.ip,
-                      transport="tls" if mtls else "raw_buffer", alpn=alpn, server_name=sni if mtls else None)
+    conn = Connection(
+        dest_ip=ip,
+        dest_port=int(port),
+        source_ip=caller.ip or client.ip,
+        transport="tls" if mtls else "raw_buffer",
+        alpn=alpn,
+        server_name=sni if mtls else None,
+    )
     return conn, principal
 
 
-def check_endpoint(snapshot: MeshSnapshot, destination: Proxy, cluster: dict, endpoint: Endpoint, client: Proxy,
-                   request: Request, http: bool, *, now: float | None, caller: Caller) -> Authorization:
+def check_endpoint(
+    snapshot: MeshSnapshot,
+    destination: Proxy,
+    cluster: dict,
+    endpoint: Endpoint,
+    client: Proxy,
+    request: Request,
+    http: bool,
+    *,
+    now: float | None,
+    caller: Caller,
+) -> Authorization:
     """Run the destination sidecar's inbound filters on what the client sends to `endpoint`."""
     resources = generate(snapshot, destination)
     conn, principal = _connection(cluster, endpoint, client, caller, http)
     listener = _inbound_listener(resources, destination, conn.dest_ip or "", conn.dest_port)
     chosen = select_filter_chain(listener, conn) if listener else None
-    peer = Peer(dest_port=conn.dest_port, principal=principal, source_ip=conn.source_ip, dest_ip=conn.dest_ip,
-                sni=conn.server_name, request=request)
+    peer = Peer(
+        dest_port=conn.dest_port,
+        principal=principal,
+        source_ip=conn.source_ip,
+        dest_ip=conn.dest_ip,
+        sni=conn.server_name,
+        request=request,
+    )
     if chosen is None:
-        return _closed(destination, peer, f"no inbound listener or filter chain of {destination.workload} takes "
-                                          f"the connection to port {conn.dest_port}: it is closed")
+        return _closed(
+            destination,
+            peer,
+            f"no inbound listener or filter chain of {destination.workload} takes "
+            f"the connection to port {conn.dest_port}: it is closed",
+        )
     chain_name, chain, _ = chosen
     where = f"{listener.get('name')} port {conn.dest_port}, filter chain {chain_name}"
     filters = chain.get("filters", [])
     if any(f.get("typed_config", {}).get("cluster") == BLACKHOLE_CLUSTER for f in filters):
-        return _closed(destination, peer, f"filter chain {chain_name} refuses the connection (the client sends "
-                                          "plaintext and the port accepts only mutual TLS)", where)
+        return _closed(
+            destination,
+            peer,
+            f"filter chain {chain_name} refuses the connection (the client sends "
+            "plaintext and the port accepts only mutual TLS)",
+            where,
+        )
     hcm = next((f.get("typed_config", {}) for f in filters if f.get("name") == HCM), None)
     peer = replace(peer, request=request if hcm is not None else None)
     if hcm is not None:
@@ -145,16 +177,23 @@ def _closed(destination: Proxy, peer: Peer, why: str, where: str = "") -> Author
 
 
 def _governed(snapshot: MeshSnapshot, proxy: Proxy) -> bool:
-    return bool(snapshot.policies_for(proxy, snapshot.authorization_policies)
-                or snapshot.policies_for(proxy, snapshot.request_authentications))
+    return bool(
+        snapshot.policies_for(proxy, snapshot.authorization_policies)
+        or snapshot.policies_for(proxy, snapshot.request_authentications)
+    )
 
 
 def _destinations(snapshot: MeshSnapshot, targets: list[ClusterTarget], mode: str):
     """(cluster name, endpoint, destination proxy) once per destination workload under some policy.
     An original-destination target (passthrough) reaches the workload at that address on any port:
     its inbound passthrough chains decide."""
-    workloads = {f"{ep.address}:{ep.port}": ep.workload for svc in snapshot.services.values()
-                 for eps in svc.endpoints.values() for ep in eps if ep.workload}
+    workloads = {
+        f"{ep.address}:{ep.port}": ep.workload
+        for svc in snapshot.services.values()
+        for eps in svc.endpoints.values()
+        for ep in eps
+        if ep.workload
+    }
     by_address = {we.spec.address: f"{we.namespace}/{we.name}" for we in snapshot.workload_entries}
     seen = set()
     for target in targets:
@@ -171,8 +210,16 @@ def _destinations(snapshot: MeshSnapshot, targets: list[ClusterTarget], mode: st
                 yield target, endpoint, proxy
 
 
-def destination_checks(snapshot: MeshSnapshot, client: Proxy, resources: ResourceSet, outcome: Outcome,
-                       request: Request, *, now: float | None = None, caller: Caller = Caller()) -> list[Authorization]:
+def destination_checks(
+    snapshot: MeshSnapshot,
+    client: Proxy,
+    resources: ResourceSet,
+    outcome: Outcome,
+    request: Request,
+    *,
+    now: float | None = None,
+    caller: Caller = Caller(),
+) -> list[Authorization]:
     """Authorization at each destination workload the request may reach (those with policies in force)."""
     live = [t for t in outcome.clusters if t.exists and t.percent > 0]
     upstream = _upstream_request(request, outcome)
@@ -181,6 +228,17 @@ def destination_checks(snapshot: MeshSnapshot, client: Proxy, resources: Resourc
         # Passed through, the app's own bytes arrive: plaintext HTTP for an http:// request, which the
         # destination's passthrough chains detect; otherwise what the client's proxy speaks.
         http = request.scheme == "http" if target.kind == "ORIGINAL_DST" else outcome.protocol != "tcp"
-        out.append(check_endpoint(snapshot, destination, resources.clusters.get(target.name, {}), endpoint, client,
-                                  upstream, http, now=now, caller=caller))
+        out.append(
+            check_endpoint(
+                snapshot,
+                destination,
+                resources.clusters.get(target.name, {}),
+                endpoint,
+                client,
+                upstream,
+                http,
+                now=now,
+                caller=caller,
+            )
+        )
     return out

@@ -135,7 +135,7 @@ def extract(provider: Mapping[str, Any], request: Request) -> Token | None:
             value = request.header(name)
             if value is None or not value.startswith(prefix):
                 continue
-            raw, where = value[len(prefix):].strip(), f"header {name}"
+            raw, where = value[len(prefix) :].strip(), f"header {name}"
         elif kind == "param":
             raw, where = params.get(name, ""), f"query parameter {name}"
         else:
@@ -233,8 +233,9 @@ class _Result:
     error: str | None = None
 
 
-def _requirement(req: Mapping[str, Any], providers: Mapping[str, Any], request: Request, now: float | None,
-                 cache: dict[str, Check]) -> _Result:
+def _requirement(
+    req: Mapping[str, Any], providers: Mapping[str, Any], request: Request, now: float | None, cache: dict[str, Check]
+) -> _Result:
     if "provider_name" in req:
         name = req["provider_name"]
         if name not in cache:
@@ -250,12 +251,16 @@ def _requirement(req: Mapping[str, Any], providers: Mapping[str, Any], request: 
     return _Result(True, [])  # allow_missing alone, or an empty requirement: nothing to verify
 
 
-def _any(reqs: list, providers: Mapping[str, Any], request: Request, now: float | None,
-         cache: dict[str, Check]) -> _Result:
+def _any(
+    reqs: list, providers: Mapping[str, Any], request: Request, now: float | None, cache: dict[str, Check]
+) -> _Result:
     allow_missing = any("allow_missing" in r for r in reqs)
     allow_failed = any("allow_missing_or_failed" in r for r in reqs)
-    results = [_requirement(r, providers, request, now, cache) for r in reqs
-               if "allow_missing" not in r and "allow_missing_or_failed" not in r]
+    results = [
+        _requirement(r, providers, request, now, cache)
+        for r in reqs
+        if "allow_missing" not in r and "allow_missing_or_failed" not in r
+    ]
     checks = [c for r in results for c in r.checks]
     if any(r.ok for r in results) or allow_failed:
         return _Result(True, checks)
@@ -274,8 +279,9 @@ def _normalized(payload: Mapping[str, Any], provider: Mapping[str, Any]) -> dict
 def authenticate(config: Mapping[str, Any], request: Request, now: float | None) -> JwtOutcome:
     """What the jwt_authn filter does with the request."""
     providers = config.get("providers", {})
-    rule = next((r for r in config.get("rules", []) if request.path.startswith(r.get("match", {}).get("prefix", "/"))),
-                None)
+    rule = next(
+        (r for r in config.get("rules", []) if request.path.startswith(r.get("match", {}).get("prefix", "/"))), None
+    )
     if rule is None or "requires" not in rule:
         return JwtOutcome(None, "no requirement applies to this path", [], {})
     cache: dict[str, Check] = {}
@@ -289,8 +295,11 @@ def authenticate(config: Mapping[str, Any], request: Request, now: float | None)
     if not result.ok:
         return JwtOutcome(401, result.error or "Jwt verification fails", checks, metadata)
     accepted = [c for c in checks if c.ok]
-    reason = f"token from issuer {accepted[0].token.issuer} accepted" if accepted and accepted[0].token else \
-        "no token: the requirement allows a request without one"
+    reason = (
+        f"token from issuer {accepted[0].token.issuer} accepted"
+        if accepted and accepted[0].token
+        else "no token: the requirement allows a request without one"
+    )
     return JwtOutcome(None, reason, checks, metadata)
 
 

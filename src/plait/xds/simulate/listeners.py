@@ -29,12 +29,19 @@ def _address(listener: dict) -> tuple[str, int]:
 
 def listener_at(resources: ResourceSet, ip: str, port: int, skip: str = "") -> dict | None:
     """The listener whose address is exactly ip:port."""
-    return next((listener for name, listener in sorted(resources.listeners.items())
-                 if name != skip and _address(listener) == (ip, port)), None)
+    return next(
+        (
+            listener
+            for name, listener in sorted(resources.listeners.items())
+            if name != skip and _address(listener) == (ip, port)
+        ),
+        None,
+    )
 
 
-def captured_listener(resources: ResourceSet, proxy: Proxy, request: Request, out: Outcome,
-                       resolve: Resolver | None) -> tuple[dict, Connection] | None:
+def captured_listener(
+    resources: ResourceSet, proxy: Proxy, request: Request, out: Outcome, resolve: Resolver | None
+) -> tuple[dict, Connection] | None:
     """Capture mode: iptables → virtualOutbound, which hands the connection on by original destination."""
     host, port = request.host, request.port
     ip = host if is_ip(host) else (resolve(host) if resolve else None)
@@ -45,8 +52,10 @@ def captured_listener(resources: ResourceSet, proxy: Proxy, request: Request, ou
         out.step("destination", f"{host}:{port}", f"{host} is not a name the mesh resolves: only port {port} is known")
     if ip and ipaddress.ip_address(ip).is_loopback:
         out.action = "bypass"
-        out.notes.append("iptables does not capture traffic to loopback: it goes straight to the local "
-                         "application, the sidecar is not involved")
+        out.notes.append(
+            "iptables does not capture traffic to loopback: it goes straight to the local "
+            "application, the sidecar is not involved"
+        )
         return None
     conn = Connection(dest_ip=ip, dest_port=port, source_ip=proxy.ip)
     exact = listener_at(resources, ip, port, skip=CAPTURE_LISTENER) if ip else None
@@ -55,9 +64,11 @@ def captured_listener(resources: ResourceSet, proxy: Proxy, request: Request, ou
         return exact, conn
     wildcard = listener_at(resources, "0.0.0.0", port, skip=CAPTURE_LISTENER)
     if wildcard:
-        out.step("listener", wildcard["name"],
-                 f"virtualOutbound hands the connection on: no listener on {ip or host}:{port}, "
-                 f"the wildcard 0.0.0.0:{port}")
+        out.step(
+            "listener",
+            wildcard["name"],
+            f"virtualOutbound hands the connection on: no listener on {ip or host}:{port}, the wildcard 0.0.0.0:{port}",
+        )
         return wildcard, conn
     capture = resources.listeners.get(CAPTURE_LISTENER)
     if capture is None:
@@ -67,8 +78,9 @@ def captured_listener(resources: ResourceSet, proxy: Proxy, request: Request, ou
     return capture, conn
 
 
-def gateway_listener(resources: ResourceSet, proxy: Proxy, request: Request,
-                      out: Outcome) -> tuple[dict, Connection] | None:
+def gateway_listener(
+    resources: ResourceSet, proxy: Proxy, request: Request, out: Outcome
+) -> tuple[dict, Connection] | None:
     """A gateway serves the port the client connects to (its Service may map it, e.g. 80 → 8080)."""
     ip = request.host if is_ip(request.host) else proxy.ip
     mapped = proxy.listen_ports.get(request.port, request.port)
@@ -80,13 +92,17 @@ def gateway_listener(resources: ResourceSet, proxy: Proxy, request: Request,
             out.step("listener", listener["name"], f"the gateway's listener on port {port}{via}")
             return listener, Connection(dest_ip=ip, dest_port=port)
     ports = ", ".join(str(_address(lst)[1]) for lst in resources.listeners.values()) or "none"
-    out.fail(None, None, f"the gateway has no listener on port {request.port} (it listens on {ports}): "
-                         "the connection is refused")
+    out.fail(
+        None,
+        None,
+        f"the gateway has no listener on port {request.port} (it listens on {ports}): the connection is refused",
+    )
     return None
 
 
-def explicit_listener(resources: ResourceSet, proxy: Proxy, request: Request,
-                       out: Outcome) -> tuple[dict, Connection] | None:
+def explicit_listener(
+    resources: ResourceSet, proxy: Proxy, request: Request, out: Outcome
+) -> tuple[dict, Connection] | None:
     """Explicit-proxy mode: the application sends every request to its sidecar (HTTP_PROXY)."""
     listener = resources.listeners.get(EXPLICIT_PROXY_LISTENER)
     if listener is None:
@@ -136,8 +152,11 @@ def _longest_prefix(cands: Candidates, key: str, ip: str | None, label: str) -> 
         ranges = _fcm(c).get(key)
         length, cidr = 0, None
         if ranges:
-            hits = [(int(r.get("prefix_len", 0)), f"{r['address_prefix']}/{r.get('prefix_len', 0)}")
-                    for r in ranges if is_ip(ip) and _in_range(ip, r)]
+            hits = [
+                (int(r.get("prefix_len", 0)), f"{r['address_prefix']}/{r.get('prefix_len', 0)}")
+                for r in ranges
+                if is_ip(ip) and _in_range(ip, r)
+            ]
             if not hits:
                 continue
             length, cidr = max(hits)
@@ -182,8 +201,9 @@ def _by_direct_source(cands: Candidates, conn: Connection) -> tuple[Candidates, 
 
 
 def _by_source_type(cands: Candidates, conn: Connection) -> tuple[Candidates, str | None]:
-    local = is_ip(conn.source_ip) and (conn.source_ip == conn.dest_ip
-                                        or ipaddress.ip_address(conn.source_ip).is_loopback)
+    local = is_ip(conn.source_ip) and (
+        conn.source_ip == conn.dest_ip or ipaddress.ip_address(conn.source_ip).is_loopback
+    )
     wanted = "SAME_IP_OR_LOOPBACK" if local else "EXTERNAL"
     hit = [c for c in cands if _fcm(c).get("source_type") == wanted]
     if hit:
@@ -199,8 +219,17 @@ def _by_source_port(cands: Candidates, conn: Connection) -> tuple[Candidates, st
     return [c for c in cands if not _fcm(c).get("source_ports")], None  # the client's port is not known
 
 
-_CHAIN_LEVELS = (_by_port, _by_dest_ip, _by_server_name, _by_transport, _by_alpn, _by_direct_source,
-                 _by_source_type, _by_source_ip, _by_source_port)
+_CHAIN_LEVELS = (
+    _by_port,
+    _by_dest_ip,
+    _by_server_name,
+    _by_transport,
+    _by_alpn,
+    _by_direct_source,
+    _by_source_type,
+    _by_source_ip,
+    _by_source_port,
+)
 
 
 def _matching_chains(listener: dict, conn: Connection) -> tuple[Candidates, list[str], str | None]:

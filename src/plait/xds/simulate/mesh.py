@@ -44,8 +44,15 @@ def mesh_resolver(snapshot: MeshSnapshot, namespace: str) -> Resolver:
     return resolve
 
 
-def simulate_mesh(snapshot: MeshSnapshot, proxy: Proxy, request: Request, resources: ResourceSet | None = None, *,
-                  now: float | None = None, caller: Caller = Caller()) -> Outcome:
+def simulate_mesh(
+    snapshot: MeshSnapshot,
+    proxy: Proxy,
+    request: Request,
+    resources: ResourceSet | None = None,
+    *,
+    now: float | None = None,
+    caller: Caller = Caller(),
+) -> Outcome:
     """Generate the proxy's configuration (unless given) and simulate with the mesh's own DNS; a
     request to a gateway's port goes where the gateway's Service sends it (its targetPort). Then
     the authorization of the gateway itself and of each destination workload under a policy.

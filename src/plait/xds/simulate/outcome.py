@@ -164,8 +164,11 @@ class Outcome:
     def failed(self) -> bool:
         """Envoy does not forward the request (and does not answer it with a redirect or direct response)."""
         answered = self.action in ("redirect", "direct_response", "bypass")
-        return self.unmodelled is not None or not answered and (
-            self.status is not None or self.response_flag is not None or not self.clusters or self.refused)
+        return (
+            self.unmodelled is not None
+            or not answered
+            and (self.status is not None or self.response_flag is not None or not self.clusters or self.refused)
+        )
 
     @property
     def cluster_names(self) -> list[str]:

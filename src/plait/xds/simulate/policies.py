@@ -35,8 +35,12 @@ def _python_substitution(substitution: str) -> str:
     return re.sub(r"\\(\d|\\)", lambda m: "\\\\" if m.group(1) == "\\" else f"\\g<{m.group(1)}>", substitution)
 
 
-_APPEND_ACTIONS = {"OVERWRITE_IF_EXISTS_OR_ADD": "set", "APPEND_IF_EXISTS_OR_ADD": "add",
-                   "ADD_IF_ABSENT": "add if absent", "OVERWRITE_IF_EXISTS": "overwrite if present"}
+_APPEND_ACTIONS = {
+    "OVERWRITE_IF_EXISTS_OR_ADD": "set",
+    "APPEND_IF_EXISTS_OR_ADD": "add",
+    "ADD_IF_ABSENT": "add if absent",
+    "OVERWRITE_IF_EXISTS": "overwrite if present",
+}
 
 
 def header_changes(obj: dict, side: str) -> list[str]:
@@ -44,7 +48,8 @@ def header_changes(obj: dict, side: str) -> list[str]:
     out = []
     for option in obj.get(f"{side}_headers_to_add", []):
         action = option.get("append_action") or (
-            "APPEND_IF_EXISTS_OR_ADD" if option.get("append", True) else "OVERWRITE_IF_EXISTS_OR_ADD")
+            "APPEND_IF_EXISTS_OR_ADD" if option.get("append", True) else "OVERWRITE_IF_EXISTS_OR_ADD"
+        )
         header = option.get("header", {})
         out.append(f"{_APPEND_ACTIONS.get(action, action)} {header.get('key')}: {header.get('value', '')}")
     if side == "request" and "host_rewrite_literal" in obj and "cluster" not in obj and "weighted_clusters" not in obj:
@@ -83,10 +88,13 @@ def _retry_how(policy: dict) -> list[str]:
 def _retries(policy: dict | None) -> Retries | None:
     if policy is None:
         return None
-    return Retries(attempts=int(policy.get("num_retries", 1)), retry_on=policy.get("retry_on", ""),
-                   per_try_timeout=policy.get("per_try_timeout"),
-                   retriable_status_codes=[int(c) for c in policy.get("retriable_status_codes", [])],
-                   how=_retry_how(policy))
+    return Retries(
+        attempts=int(policy.get("num_retries", 1)),
+        retry_on=policy.get("retry_on", ""),
+        per_try_timeout=policy.get("per_try_timeout"),
+        retriable_status_codes=[int(c) for c in policy.get("retriable_status_codes", [])],
+        how=_retry_how(policy),
+    )
 
 
 def _describe_hash(policy: dict) -> str:
@@ -103,8 +111,9 @@ def _describe_hash(policy: dict) -> str:
 
 def _per_filter(name: str, *levels: dict) -> dict | None:
     """The most specific typed_per_filter_config for a filter: route, then virtual host, then route config."""
-    return next((lvl["typed_per_filter_config"][name] for lvl in levels
-                 if name in lvl.get("typed_per_filter_config", {})), None)
+    return next(
+        (lvl["typed_per_filter_config"][name] for lvl in levels if name in lvl.get("typed_per_filter_config", {})), None
+    )
 
 
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
@@ -125,24 +134,33 @@ def _grpc_timeout(action: dict, request: Request | None) -> str | None:
     return f"{seconds:g}s (the grpc-timeout header {header})"
 
 
-def route_policies(route: dict, vhost: dict, route_config: dict, action: dict, hcm: dict,
-                   request: Request | None = None) -> tuple[Policies, list[str]]:
+def route_policies(
+    route: dict, vhost: dict, route_config: dict, action: dict, hcm: dict, request: Request | None = None
+) -> tuple[Policies, list[str]]:
     notes = []
-    policies = Policies(fault=_fault(_per_filter(FAULT, route, vhost, route_config)),
-                        cors=_per_filter(CORS, route, vhost, route_config) or action.get("cors") or vhost.get("cors"))
+    policies = Policies(
+        fault=_fault(_per_filter(FAULT, route, vhost, route_config)),
+        cors=_per_filter(CORS, route, vhost, route_config) or action.get("cors") or vhost.get("cors"),
+    )
     filters = {f.get("name") for f in hcm.get("http_filters", [])}
     if policies.fault and FAULT not in filters:
-        notes.append("the route configures a fault but the HTTP filters lack envoy.filters.http.fault: "
-                     "nothing is injected")
+        notes.append(
+            "the route configures a fault but the HTTP filters lack envoy.filters.http.fault: nothing is injected"
+        )
     timeout = action.get("timeout")
-    policies.timeout = f"{ENVOY_DEFAULT_TIMEOUT} (Envoy's default)" if timeout is None else (
-        "none (0s disables it)" if timeout in ("0s", "0") else timeout)
+    policies.timeout = (
+        f"{ENVOY_DEFAULT_TIMEOUT} (Envoy's default)"
+        if timeout is None
+        else ("none (0s disables it)" if timeout in ("0s", "0") else timeout)
+    )
     grpc = _grpc_timeout(action, request)
     if grpc:
         policies.timeout = grpc
     policies.retries = _retries(action.get("retry_policy") or vhost.get("retry_policy"))
-    policies.mirrors = [(m.get("cluster", ""), percent(m.get("runtime_fraction", {}).get("default_value")))
-                        for m in action.get("request_mirror_policies", [])]
+    policies.mirrors = [
+        (m.get("cluster", ""), percent(m.get("runtime_fraction", {}).get("default_value")))
+        for m in action.get("request_mirror_policies", [])
+    ]
     policies.hash_policy = [_describe_hash(h) for h in action.get("hash_policy", [])]
     for level in (route, vhost, route_config):
         policies.request_headers += header_changes(level, "request")

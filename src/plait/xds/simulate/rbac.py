@@ -173,8 +173,9 @@ def principal_matches(principal: Mapping[str, Any], peer: Peer) -> bool:
 
 
 def policy_matches(policy: Mapping[str, Any], peer: Peer) -> bool:
-    return (any(permission_matches(p, peer) for p in policy.get("permissions", []))
-            and any(principal_matches(p, peer) for p in policy.get("principals", [])))
+    return any(permission_matches(p, peer) for p in policy.get("permissions", [])) and any(
+        principal_matches(p, peer) for p in policy.get("principals", [])
+    )
 
 
 def evaluate_rbac(rules: Mapping[str, Any], peer: Peer) -> RbacVerdict:

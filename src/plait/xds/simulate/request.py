@@ -45,9 +45,16 @@ class Request:
         if not parts.hostname:
             raise ValueError(f"{url!r}: no host name; expected e.g. http://reviews:9080/reviews/0")
         default_port = 443 if parts.scheme == "https" else 80
-        return cls(scheme=parts.scheme, host=parts.hostname, port=port or default_port, path=parts.path or "/",
-                   query=parts.query, method=method.upper(),
-                   headers=tuple((k.strip().lower(), v.strip()) for k, v in headers), explicit_port=port is not None)
+        return cls(
+            scheme=parts.scheme,
+            host=parts.hostname,
+            port=port or default_port,
+            path=parts.path or "/",
+            query=parts.query,
+            method=method.upper(),
+            headers=tuple((k.strip().lower(), v.strip()) for k, v in headers),
+            explicit_port=port is not None,
+        )
 
     @property
     def url(self) -> str:
@@ -71,8 +78,11 @@ class Request:
         """A header's value as Envoy matches it (repeated headers joined with ','); pseudo-headers too."""
         if name in (":authority", "host"):
             return self.authority
-        pseudo = {":method": self.method, ":scheme": self.scheme,
-                  ":path": self.path + (f"?{self.query}" if self.query else "")}
+        pseudo = {
+            ":method": self.method,
+            ":scheme": self.scheme,
+            ":path": self.path + (f"?{self.query}" if self.query else ""),
+        }
         if name in pseudo:
             return pseudo[name]
         values = self._values(name)
@@ -101,7 +111,7 @@ def is_ip(text: str | None) -> bool:
 
 def strip_port(host: str) -> str:
     if host.startswith("["):
-        return host[:host.index("]") + 1] if "]" in host else host
+        return host[: host.index("]") + 1] if "]" in host else host
     name, sep, port = host.rpartition(":")
     return name if sep and port.isdigit() and ":" not in name else host
 

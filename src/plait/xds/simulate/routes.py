@@ -40,8 +40,12 @@ def string_matches(matcher: dict, value: str) -> bool:
         return full_match(matcher["safe_regex"]["regex"], value)
     fold = matcher.get("ignore_case", False)
     subject = value.lower() if fold else value
-    for kind, test in (("exact", str.__eq__), ("prefix", str.startswith), ("suffix", str.endswith),
-                       ("contains", str.__contains__)):
+    for kind, test in (
+        ("exact", str.__eq__),
+        ("prefix", str.startswith),
+        ("suffix", str.endswith),
+        ("contains", str.__contains__),
+    ):
         if kind in matcher:
             wanted = matcher[kind].lower() if fold else matcher[kind]
             return test(subject, wanted)
@@ -135,8 +139,13 @@ def _header_value_matches(hm: dict, value: str) -> bool:
     if "range_match" in hm:
         r = hm["range_match"]
         return value.lstrip("-").isdigit() and int(r.get("start", 0)) <= int(value) < int(r.get("end", 0))
-    legacy = {"exact_match": "exact", "prefix_match": "prefix", "suffix_match": "suffix",
-              "contains_match": "contains", "safe_regex_match": "safe_regex"}
+    legacy = {
+        "exact_match": "exact",
+        "prefix_match": "prefix",
+        "suffix_match": "suffix",
+        "contains_match": "contains",
+        "safe_regex_match": "safe_regex",
+    }
     for key, kind in legacy.items():
         if key in hm:
             return string_matches({kind: hm[key]}, value)

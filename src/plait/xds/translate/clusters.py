@@ -40,12 +40,19 @@ from plait.xds.translate.tls import (
 DEFAULT_CONNECT_TIMEOUT = "10s"  # Istio's meshConfig.connectTimeout default
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
-_LB = {"ROUND_ROBIN": "ROUND_ROBIN", "LEAST_CONN": "LEAST_REQUEST", "LEAST_REQUEST": "LEAST_REQUEST",
-       "RANDOM": "RANDOM", "UNSPECIFIED": "LEAST_REQUEST"}
+_LB = {
+    "ROUND_ROBIN": "ROUND_ROBIN",
+    "LEAST_CONN": "LEAST_REQUEST",
+    "LEAST_REQUEST": "LEAST_REQUEST",
+    "RANDOM": "RANDOM",
+    "UNSPECIFIED": "LEAST_REQUEST",
+}
 DEFAULT_LB = "LEAST_REQUEST"  # Istio's default since 1.14
 
 
-def merge_policy(base: net.TrafficPolicy | None, override: net.TrafficPolicy | None, port: int) -> net.TrafficPolicy | None:
+def merge_policy(
+    base: net.TrafficPolicy | None, override: net.TrafficPolicy | None, port: int
+) -> net.TrafficPolicy | None:
     """A subset's policy overrides the top level field by field (loadBalancer, connectionPool, …), as in Istio."""
     base_p = base.for_port(port) if base else None
     over_p = override.for_port(port) if override else None
@@ -72,8 +79,10 @@ def _circuit_breakers(pool: net.ConnectionPoolSettings | None, budget: net.Retry
         "track_remaining": True,
     }
     if budget is not None:  # budgetInterval has no field in the xDS protos plait publishes with: not sent
-        threshold["retry_budget"] = {"budget_percent": {"value": 20.0 if budget.percent is None else budget.percent},
-                                     "min_retry_concurrency": budget.min_retry_concurrency or 3}
+        threshold["retry_budget"] = {
+            "budget_percent": {"value": 20.0 if budget.percent is None else budget.percent},
+            "min_retry_concurrency": budget.min_retry_concurrency or 3,
+        }
     return {"thresholds": [threshold]}
 
 
@@ -84,10 +93,14 @@ def _slow_start(lb: net.LoadBalancerSettings | None) -> dict | None:
         return None
     if lb.warmup is None:
         return {"slow_start_window": duration(lb.warmup_duration_secs)}
-    return {"slow_start_window": duration(lb.warmup.duration),
-            "aggression": {"default_value": 1.0 if lb.warmup.aggression is None else lb.warmup.aggression,
-                           "runtime_key": "("},  # as Istio: a key no runtime layer can set
-            "min_weight_percent": {"value": 10.0 if lb.warmup.minimum_percent is None else lb.warmup.minimum_percent}}
+    return {
+        "slow_start_window": duration(lb.warmup.duration),
+        "aggression": {
+            "default_value": 1.0 if lb.warmup.aggression is None else lb.warmup.aggression,
+            "runtime_key": "(",
+        },  # as Istio: a key no runtime layer can set
+        "min_weight_percent": {"value": 10.0 if lb.warmup.minimum_percent is None else lb.warmup.minimum_percent},
+    }
 
 
 def _outlier_detection(od: net.OutlierDetection) -> tuple[dict, int | None]:
@@ -126,8 +139,9 @@ def _http2_options(http: net.HTTPSettings | None) -> dict:
         options["max_concurrent_streams"] = http.max_concurrent_streams
     keepalive = http.http2_keep_alive if http else None
     if keepalive and (keepalive.interval or keepalive.timeout):
-        options["connection_keepalive"] = {k: duration(v) for k, v in
-                                           (("interval", keepalive.interval), ("timeout", keepalive.timeout)) if v}
+        options["connection_keepalive"] = {
+            k: duration(v) for k, v in (("interval", keepalive.interval), ("timeout", keepalive.timeout)) if v
+        }
     return options
 
 
@@ -217,8 +231,15 @@ def _apply_policy(cluster: dict, policy: net.TrafficPolicy | None, port: Port) -
         cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": panic or 0}}
 
 
-def build_cluster(svc: Service, port: Port, subset: str | None, policy: net.TrafficPolicy | None,
-                  sans: list[str], *, auto_mtls: bool = False) -> dict:
+def build_cluster(
+    svc: Service,
+    port: Port,
+    subset: str | None,
+    policy: net.TrafficPolicy | None,
+    sans: list[str],
+    *,
+    auto_mtls: bool = False,
+) -> dict:
     """One outbound cluster; `auto_mtls`: the client may use Istio's automatic mTLS to this service."""
     name = cluster_name("outbound", port.number, subset, svc.hostname)
     cluster: dict = {"name": name, "connect_timeout": DEFAULT_CONNECT_TIMEOUT}
@@ -229,7 +250,8 @@ def build_cluster(svc: Service, port: Port, subset: str | None, policy: net.Traf
         cluster["type"] = "STRICT_DNS" if svc.resolution == "DNS" else "LOGICAL_DNS"
         cluster["dns_lookup_family"] = "V4_PREFERRED"
         endpoints = svc.endpoints.get(port.number) or (
-            Endpoint(address=svc.hostname, port=port.target_port or port.number),)
+            Endpoint(address=svc.hostname, port=port.target_port or port.number),
+        )
         cluster["load_assignment"] = load_assignment(name, endpoints)
     else:  # NONE: send to wherever the app was going
         cluster["type"] = "ORIGINAL_DST"
@@ -249,16 +271,23 @@ def build_cluster(svc: Service, port: Port, subset: str | None, policy: net.Traf
 
 
 def _proxy_protocol_socket(version: str, inner: dict) -> dict:
-    return {"name": "envoy.transport_sockets.upstream_proxy_protocol", "typed_config": {
-        "@type": TYPE + "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport",
-        "config": {"version": version}, "transport_socket": inner}}
+    return {
+        "name": "envoy.transport_sockets.upstream_proxy_protocol",
+        "typed_config": {
+            "@type": TYPE + "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport",
+            "config": {"version": version},
+            "transport_socket": inner,
+        },
+    }
 
 
 def _wrap_in_proxy_protocol(cluster: dict, version: str) -> None:
     """DestinationRule ``proxyProtocol``: each upstream connection starts with a PROXY header (v1 or
     v2), then runs the transport it had (TLS, auto-mTLS matches, or plain bytes), as Istio wraps it."""
-    plain = {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {
-        "@type": TYPE + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}
+    plain = {
+        "name": "envoy.transport_sockets.raw_buffer",
+        "typed_config": {"@type": TYPE + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"},
+    }
     for match in cluster.get("transport_socket_matches", []):
         match["transport_socket"] = _proxy_protocol_socket(version, match["transport_socket"])
     if "transport_socket" in cluster or not cluster.get("transport_socket_matches"):
@@ -268,16 +297,18 @@ def _wrap_in_proxy_protocol(cluster: dict, version: str) -> None:
 def service_sans(svc: Service) -> list[str]:
     """SPIFFE identities of the workloads behind a service, which mesh mTLS clients verify, after a
     ServiceEntry's own subjectAltNames (as Istio's service accounts of a service)."""
-    accounts = sorted({(ep.namespace, ep.service_account or "default")
-                       for eps in svc.endpoints.values() for ep in eps})
+    accounts = sorted({(ep.namespace, ep.service_account or "default") for eps in svc.endpoints.values() for ep in eps})
     return [*svc.subject_alt_names, *(spiffe_id(ns, sa) for ns, sa in accounts)]
 
 
 def uses_auto_mtls(snapshot: MeshSnapshot, proxy: Proxy, svc: Service) -> bool:
     """Istio's auto mTLS applies: the client has certificates, the service is in the mesh, and its
     namespace (or the mesh) does not turn mTLS off. Workload-level PeerAuthentications do not count."""
-    return (proxy.identity is not None and not svc.mesh_external
-            and peer_auth.namespace_mode(snapshot, svc.namespace) != peer_auth.DISABLE)
+    return (
+        proxy.identity is not None
+        and not svc.mesh_external
+        and peer_auth.namespace_mode(snapshot, svc.namespace) != peer_auth.DISABLE
+    )
 
 
 def outbound_clusters(snapshot: MeshSnapshot, proxy: Proxy, services: list[Service]) -> list[dict]:
@@ -291,12 +322,16 @@ def outbound_clusters(snapshot: MeshSnapshot, proxy: Proxy, services: list[Servi
             if port.protocol is Protocol.UDP:
                 continue
             top = spec.traffic_policy.for_port(port.number) if spec and spec.traffic_policy else None
-            out.append(build_cluster(svc, port, None, dr and sidecar_credential_scope(top, proxy, dr), sans,
-                                     auto_mtls=auto))
+            out.append(
+                build_cluster(svc, port, None, dr and sidecar_credential_scope(top, proxy, dr), sans, auto_mtls=auto)
+            )
             for subset in spec.subsets if spec else ():
                 merged = merge_policy(spec.traffic_policy, subset.traffic_policy, port.number)
-                out.append(build_cluster(svc, port, subset.name, dr and sidecar_credential_scope(merged, proxy, dr),
-                                         sans, auto_mtls=auto))
+                out.append(
+                    build_cluster(
+                        svc, port, subset.name, dr and sidecar_credential_scope(merged, proxy, dr), sans, auto_mtls=auto
+                    )
+                )
     return out
 
 
@@ -335,17 +370,28 @@ def inbound_cluster(proxy: Proxy, inbound: InboundPort) -> dict:
     name = cluster_name("inbound", inbound.endpoint.port, None, "")
     address = _ingress_address(proxy, inbound)
     if address is None:
-        cluster: dict = {"name": name, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
-                         "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
-                         "upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0}}}
+        cluster: dict = {
+            "name": name,
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+            "upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0}},
+        }
     else:
-        cluster = {"name": name, "type": "STATIC", "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
-                   "load_assignment": {"cluster_name": name, "endpoints": [
-                       {"lb_endpoints": [{"endpoint": {"address": address}}]}]}}
+        cluster = {
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+            "load_assignment": {
+                "cluster_name": name,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+            },
+        }
     cluster["circuit_breakers"] = _circuit_breakers(None)
     if inbound.port.protocol.is_http2:
-        cluster["typed_extension_protocol_options"] = {HTTP_OPTIONS: {
-            "@type": TYPE + HTTP_OPTIONS, "explicit_http_config": {"http2_protocol_options": {}}}}
+        cluster["typed_extension_protocol_options"] = {
+            HTTP_OPTIONS: {"@type": TYPE + HTTP_OPTIONS, "explicit_http_config": {"http2_protocol_options": {}}}
+        }
     if inbound.connection_pool:
         _inbound_pool(cluster, inbound.port, inbound.connection_pool)
     return cluster
@@ -353,20 +399,41 @@ def inbound_cluster(proxy: Proxy, inbound: InboundPort) -> dict:
 
 def special_clusters(proxy: Proxy) -> list[dict]:
     clusters = [
-        {"name": PASSTHROUGH_CLUSTER, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
-         "connect_timeout": DEFAULT_CONNECT_TIMEOUT, "circuit_breakers": _circuit_breakers(None)},
+        {
+            "name": PASSTHROUGH_CLUSTER,
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+            "circuit_breakers": _circuit_breakers(None),
+        },
         {"name": BLACKHOLE_CLUSTER, "type": "STATIC", "connect_timeout": DEFAULT_CONNECT_TIMEOUT},
     ]
     if proxy.kind == "sidecar" and proxy.mode == "capture":
         # From 127.0.0.6, as Istio: iptables lets that source through, so a connection to the pod's own
         # address on a port no Service names reaches the app instead of looping back into Envoy.
-        clusters.append({"name": INBOUND_PASSTHROUGH_CLUSTER, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
-                         "connect_timeout": DEFAULT_CONNECT_TIMEOUT, "circuit_breakers": _circuit_breakers(None),
-                         "upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0}}})
+        clusters.append(
+            {
+                "name": INBOUND_PASSTHROUGH_CLUSTER,
+                "type": "ORIGINAL_DST",
+                "lb_policy": "CLUSTER_PROVIDED",
+                "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+                "circuit_breakers": _circuit_breakers(None),
+                "upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0}},
+            }
+        )
     if proxy.kind == "sidecar" and proxy.mode == "proxy":
-        clusters.append({"name": DYNAMIC_FORWARD_PROXY_CLUSTER, "lb_policy": "CLUSTER_PROVIDED",
-                         "connect_timeout": DEFAULT_CONNECT_TIMEOUT, "cluster_type": {
-                             "name": "envoy.clusters.dynamic_forward_proxy",
-                             "typed_config": {"@type": TYPE + "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig",
-                                              "dns_cache_config": DNS_CACHE}}})
+        clusters.append(
+            {
+                "name": DYNAMIC_FORWARD_PROXY_CLUSTER,
+                "lb_policy": "CLUSTER_PROVIDED",
+                "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+                "cluster_type": {
+                    "name": "envoy.clusters.dynamic_forward_proxy",
+                    "typed_config": {
+                        "@type": TYPE + "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig",
+                        "dns_cache_config": DNS_CACHE,
+                    },
+                },
+            }
+        )
     return clusters

@@ -90,66 +90,99 @@ DFP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
 DNS_CACHE = {"name": "dynamic_forward_proxy_cache_config", "dns_lookup_family": "V4_PREFERRED"}
 
 
-def http_filters(*, dynamic_forward_proxy: bool = False, authz: list[dict] | None = None,
-                 grpc_web: bool = False) -> list[dict]:
+def http_filters(
+    *, dynamic_forward_proxy: bool = False, authz: list[dict] | None = None, grpc_web: bool = False
+) -> list[dict]:
     """The HCM's filters; `authz` (jwt_authn, RBAC) go first, as in Istio: before grpc_web (`grpc_web`),
     fault, CORS and the router."""
     filters = [*(authz or [])]
     if grpc_web:
         filters.append(typed(GRPC_WEB_FILTER, "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"))
-    filters += [typed(FAULT_FILTER, "envoy.extensions.filters.http.fault.v3.HTTPFault"),
-               typed(CORS_FILTER, "envoy.extensions.filters.http.cors.v3.Cors")]
+    filters += [
+        typed(FAULT_FILTER, "envoy.extensions.filters.http.fault.v3.HTTPFault"),
+        typed(CORS_FILTER, "envoy.extensions.filters.http.cors.v3.Cors"),
+    ]
     if dynamic_forward_proxy:
-        filters.append(typed(DFP_FILTER, "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
-                             dns_cache_config=DNS_CACHE))
+        filters.append(
+            typed(
+                DFP_FILTER,
+                "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
+                dns_cache_config=DNS_CACHE,
+            )
+        )
     filters.append(typed(ROUTER_FILTER, "envoy.extensions.filters.http.router.v3.Router"))
     return filters
 
 
 # Istio's sidecar inbound: append the peer's certificate details (subject, URI and DNS SANs) to
 # X-Forwarded-Client-Cert, so the application sees who called it over mTLS.
-FORWARD_CLIENT_CERT = {"forward_client_cert_details": "APPEND_FORWARD",
-                       "set_current_client_cert_details": {"subject": True, "uri": True, "dns": True}}
+FORWARD_CLIENT_CERT = {
+    "forward_client_cert_details": "APPEND_FORWARD",
+    "set_current_client_cert_details": {"subject": True, "uri": True, "dns": True},
+}
 
 
-def http_connection_manager(stat_prefix: str, *, rds: str | None = None, route_config: dict | None = None,
-                            gateway: bool = False, dynamic_forward_proxy: bool = False,
-                            authz: list[dict] | None = None, forward_client_cert: bool = False,
-                            grpc_web: bool = False) -> dict:
+def http_connection_manager(
+    stat_prefix: str,
+    *,
+    rds: str | None = None,
+    route_config: dict | None = None,
+    gateway: bool = False,
+    dynamic_forward_proxy: bool = False,
+    authz: list[dict] | None = None,
+    forward_client_cert: bool = False,
+    grpc_web: bool = False,
+) -> dict:
     """`authz`, `grpc_web`: see `http_filters`; `forward_client_cert`: Istio's XFCC handling."""
     config: dict = {"stat_prefix": stat_prefix}
     if rds is not None:
         config["rds"] = {"config_source": ADS, "route_config_name": rds}
     else:
         config["route_config"] = route_config
-    config.update({
-        "http_filters": http_filters(dynamic_forward_proxy=dynamic_forward_proxy, authz=authz, grpc_web=grpc_web),
-        "use_remote_address": gateway,
-        "normalize_path": True,
-        "upgrade_configs": [{"upgrade_type": "websocket"}],
-        "stream_idle_timeout": "0s",
-    })
+    config.update(
+        {
+            "http_filters": http_filters(dynamic_forward_proxy=dynamic_forward_proxy, authz=authz, grpc_web=grpc_web),
+            "use_remote_address": gateway,
+            "normalize_path": True,
+            "upgrade_configs": [{"upgrade_type": "websocket"}],
+            "stream_idle_timeout": "0s",
+        }
+    )
     if forward_client_cert:
         config.update(FORWARD_CLIENT_CERT)
-    return typed("envoy.filters.network.http_connection_manager",
-                 "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", **config)
+    return typed(
+        "envoy.filters.network.http_connection_manager",
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        **config,
+    )
 
 
 LISTENER_FILTERS = {
-    "original_dst": typed("envoy.filters.listener.original_dst",
-                          "envoy.extensions.filters.listener.original_dst.v3.OriginalDst"),
-    "tls_inspector": typed("envoy.filters.listener.tls_inspector",
-                           "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"),
-    "http_inspector": typed("envoy.filters.listener.http_inspector",
-                            "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"),
+    "original_dst": typed(
+        "envoy.filters.listener.original_dst", "envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+    ),
+    "tls_inspector": typed(
+        "envoy.filters.listener.tls_inspector", "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+    ),
+    "http_inspector": typed(
+        "envoy.filters.listener.http_inspector", "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
+    ),
 }
 
 
 def sds_secret(name: str) -> dict:
     """An SDS reference to the agent's secret server (Istio's ``default`` / ``ROOTCA``)."""
-    return {"name": name, "sds_config": {"api_config_source": {
-        "api_type": "GRPC", "transport_api_version": "V3",
-        "grpc_services": [{"envoy_grpc": {"cluster_name": SDS_CLUSTER}}]}, "resource_api_version": "V3"}}
+    return {
+        "name": name,
+        "sds_config": {
+            "api_config_source": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": SDS_CLUSTER}}],
+            },
+            "resource_api_version": "V3",
+        },
+    }
 
 
 def ads_secret(name: str) -> dict:

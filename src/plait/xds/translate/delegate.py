@@ -20,8 +20,18 @@ from plait.model.hosts import fqdn
 from plait.model.services import visible
 from plait.model.snapshot import MeshSnapshot
 
-_INHERITED = ("rewrite", "direct_response", "timeout", "retries", "fault", "mirror", "mirror_percent",
-              "mirror_percentage", "cors_policy", "headers")
+_INHERITED = (
+    "rewrite",
+    "direct_response",
+    "timeout",
+    "retries",
+    "fault",
+    "mirror",
+    "mirror_percent",
+    "mirror_percentage",
+    "cors_policy",
+    "headers",
+)
 _MATCH_STRINGS = ("uri", "scheme", "method", "authority")
 
 
@@ -44,13 +54,17 @@ def http_routes(vs: Resource, snapshot: MeshSnapshot) -> Iterator[tuple[str, net
 
 def _resolved(route: net.HTTPRoute, namespace: str) -> net.HTTPRoute:
     """The route with its destination hosts written as FQDNs of the namespace it was written in."""
+
     def dest(d: net.Destination) -> net.Destination:
         return d.model_copy(update={"host": fqdn(d.host, namespace)})
 
-    return route.model_copy(update={
-        "route": [r.model_copy(update={"destination": dest(r.destination)}) for r in route.route],
-        "mirror": dest(route.mirror) if route.mirror else None,
-        "mirrors": [m.model_copy(update={"destination": dest(m.destination)}) for m in route.mirrors]})
+    return route.model_copy(
+        update={
+            "route": [r.model_copy(update={"destination": dest(r.destination)}) for r in route.route],
+            "mirror": dest(route.mirror) if route.mirror else None,
+            "mirrors": [m.model_copy(update={"destination": dest(m.destination)}) for m in route.mirrors],
+        }
+    )
 
 
 def merge_route(root: net.HTTPRoute, leaf: net.HTTPRoute) -> net.HTTPRoute | None:
@@ -68,8 +82,9 @@ def merge_route(root: net.HTTPRoute, leaf: net.HTTPRoute) -> net.HTTPRoute | Non
     return leaf.model_copy(update=update)
 
 
-def merge_matches(root: list[net.HTTPMatchRequest],
-                  leaf: list[net.HTTPMatchRequest]) -> list[net.HTTPMatchRequest] | None:
+def merge_matches(
+    root: list[net.HTTPMatchRequest], leaf: list[net.HTTPMatchRequest]
+) -> list[net.HTTPMatchRequest] | None:
     """Each delegate match combined with every root match it does not conflict with; None if some
     delegate match fits no root match."""
     if not root or not leaf:

@@ -53,6 +53,10 @@ def service_load_assignments(snapshot: MeshSnapshot, proxy: Proxy, svc: Service)
         endpoints = svc.endpoints.get(port.number, ())
         out.append(load_assignment(cluster_name("outbound", port.number, None, svc.hostname), endpoints))
         for subset in subsets:
-            out.append(load_assignment(cluster_name("outbound", port.number, subset.name, svc.hostname),
-                                       [ep for ep in endpoints if ep.has_labels(subset.labels)]))
+            out.append(
+                load_assignment(
+                    cluster_name("outbound", port.number, subset.name, svc.hostname),
+                    [ep for ep in endpoints if ep.has_labels(subset.labels)],
+                )
+            )
     return out

@@ -50,18 +50,23 @@ def chain_matches(patch: ConfigPatch, listener: dict, chain: dict) -> bool:
     if wanted is None:
         return True
     chain_match = chain.get("filter_chain_match", {})
-    if listener.get("name") in VIRTUAL_LISTENERS and wanted.port_number \
-            and chain_match.get("destination_port") != wanted.port_number:
+    if (
+        listener.get("name") in VIRTUAL_LISTENERS
+        and wanted.port_number
+        and chain_match.get("destination_port") != wanted.port_number
+    ):
         return False
     fc = wanted.filter_chain
     if fc is None:
         return True
     protocols = [p for p in fc.application_protocols.split(",") if p] if fc.application_protocols else []
-    return (not fc.name or fc.name == chain.get("name")) \
-        and (not fc.sni or fc.sni in chain_match.get("server_names", ())) \
-        and (not fc.transport_protocol or fc.transport_protocol == chain_match.get("transport_protocol")) \
-        and all(p in chain_match.get("application_protocols", ()) for p in protocols) \
+    return (
+        (not fc.name or fc.name == chain.get("name"))
+        and (not fc.sni or fc.sni in chain_match.get("server_names", ()))
+        and (not fc.transport_protocol or fc.transport_protocol == chain_match.get("transport_protocol"))
+        and all(p in chain_match.get("application_protocols", ()) for p in protocols)
         and (not fc.destination_port or fc.destination_port == chain_match.get("destination_port"))
+    )
 
 
 def _filter_name(patch: ConfigPatch) -> str | None:
@@ -85,8 +90,12 @@ ROUTE_CLASS = ("ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE")
 def _may_change(patches: Patches, context: str, listener: dict) -> bool:
     """Could any patch change this listener? (Every patch on a listener's parts matches it first.)"""
     kinds = LISTENER_CLASS + (ROUTE_CLASS if context == "SIDECAR_INBOUND" else ())
-    return any(p.fits(context) and (kind in ROUTE_CLASS or listener_matches(p, listener))
-               for kind in kinds for p in patches.get(kind, ()) if not (kind == "LISTENER" and p.operation == "ADD"))
+    return any(
+        p.fits(context) and (kind in ROUTE_CLASS or listener_matches(p, listener))
+        for kind in kinds
+        for p in patches.get(kind, ())
+        if not (kind == "LISTENER" and p.operation == "ADD")
+    )
 
 
 def patch_listeners(patches: Patches, proxy: Proxy, listeners: dict[str, dict]) -> dict[str, dict]:
@@ -147,13 +156,17 @@ def _patch_listener_filters(patches: Patches, context: str, listener: dict) -> N
 
 
 def _patch_chains(patches: Patches, context: str, listener: dict) -> None:
-    chains = [c for c in listener.get("filter_chains", ())
-              if c.get("filters") and _patch_chain(patches, context, listener, c)]
+    chains = [
+        c for c in listener.get("filter_chains", ()) if c.get("filters") and _patch_chain(patches, context, listener, c)
+    ]
     default = listener.get("default_filter_chain")
     if default and default.get("filters") and not _patch_chain(patches, context, listener, default):
         del listener["default_filter_chain"]
-    chains += [p.fresh_value() for p in patches.get("FILTER_CHAIN", ())
-               if p.operation == "ADD" and p.fits(context) and listener_matches(p, listener)]
+    chains += [
+        p.fresh_value()
+        for p in patches.get("FILTER_CHAIN", ())
+        if p.operation == "ADD" and p.fits(context) and listener_matches(p, listener)
+    ]
     listener["filter_chains"] = chains
 
 
@@ -177,15 +190,21 @@ def _patch_chain(patches: Patches, context: str, listener: dict, chain: dict) ->
             return False
         if p.operation in MERGES:
             _merge_chain(chain, p)
-    network = [p for p in patches.get("NETWORK_FILTER", ())
-               if p.fits(context) and listener_matches(p, listener) and chain_matches(p, listener, chain)]
+    network = [
+        p
+        for p in patches.get("NETWORK_FILTER", ())
+        if p.fits(context) and listener_matches(p, listener) and chain_matches(p, listener, chain)
+    ]
     filters = chain["filters"]
     for p in network:
         if p.operation not in MERGES:
             filters = apply_list_operation(filters, p, _by_name(_filter_name(p)))
     chain["filters"] = filters
-    http = [p for p in patches.get("HTTP_FILTER", ())
-            if p.fits(context) and listener_matches(p, listener) and chain_matches(p, listener, chain)]
+    http = [
+        p
+        for p in patches.get("HTTP_FILTER", ())
+        if p.fits(context) and listener_matches(p, listener) and chain_matches(p, listener, chain)
+    ]
     for item in filters:
         for p in network:
             if p.operation == "MERGE" and _filter_name(p) in (None, item.get("name")):

@@ -48,6 +48,7 @@ Patches = dict[str, list[ConfigPatch]]
 
 # ------------------------------------------------------------------ list operations
 
+
 def apply_list_operation(items: list, patch: ConfigPatch, matches: Callable[[dict], bool] | None) -> list:
     """ADD / INSERT_* / REPLACE / REMOVE on a list of named filters; `matches` is None when the patch
     names no element (INSERT_BEFORE then goes first, INSERT_AFTER last, REPLACE and REMOVE do nothing)."""
@@ -66,9 +67,9 @@ def apply_list_operation(items: list, patch: ConfigPatch, matches: Callable[[dic
     if op == "INSERT_BEFORE":
         return [*items[:index], patch.fresh_value(), *items[index:]]
     if op == "INSERT_AFTER":
-        return [*items[:index + 1], patch.fresh_value(), *items[index + 1:]]
+        return [*items[: index + 1], patch.fresh_value(), *items[index + 1 :]]
     if op == "REPLACE":
-        return [*items[:index], patch.fresh_value(), *items[index + 1:]]
+        return [*items[:index], patch.fresh_value(), *items[index + 1 :]]
     return items
 
 
@@ -89,6 +90,7 @@ def merge_named_filter(item: dict, patch: ConfigPatch, *, named: bool) -> None:
 
 
 # ------------------------------------------------------------------ route configurations
+
 
 def _port_from_route_name(name: str) -> int:
     if name.startswith("inbound"):
@@ -126,7 +128,8 @@ def _vhost_matches(patch: ConfigPatch, vhost: dict) -> bool:
     if wanted is None:
         return True
     return (not wanted.name or wanted.name == vhost.get("name")) and (
-        not wanted.domain_name or wanted.domain_name in vhost.get("domains", ()))
+        not wanted.domain_name or wanted.domain_name in vhost.get("domains", ())
+    )
 
 
 def _route_match_given(patch: ConfigPatch) -> bool:
@@ -148,6 +151,7 @@ def _route_matches(patch: ConfigPatch, route: dict) -> bool:
 
 def patch_route_config(patches: Patches, context: str, rc: dict, ports: dict[int, set[int]]) -> dict:
     """One route configuration (a copy the caller owns) with its patches applied."""
+
     def applies(p: ConfigPatch) -> bool:
         return p.fits(context) and route_config_matches(p, context, rc, ports)
 
@@ -200,6 +204,7 @@ def _patch_routes(patches: Patches, applies: Callable[[ConfigPatch], bool], vhos
 
 # ------------------------------------------------------------------ clusters
 
+
 def cluster_context(proxy: Proxy, name: str) -> str:
     if proxy.kind == "router":
         return "GATEWAY"
@@ -215,8 +220,11 @@ def cluster_matches(patch: ConfigPatch, cluster: dict, inbound_hosts: dict[int, 
         return wanted.name == cluster.get("name")
     direction, port, subset, host = parse_cluster_name(cluster.get("name", "")) or ("", 0, "", "")
     hosts = inbound_hosts.get(port, []) if direction == "inbound" else [host]
-    return (not wanted.subset or wanted.subset == subset) and (not wanted.service or wanted.service in hosts) \
+    return (
+        (not wanted.subset or wanted.subset == subset)
+        and (not wanted.service or wanted.service in hosts)
         and (not wanted.port_number or wanted.port_number == port)
+    )
 
 
 def _merge_cluster(cluster: dict, patch: ConfigPatch) -> None:
@@ -228,8 +236,10 @@ def _merge_cluster(cluster: dict, patch: ConfigPatch) -> None:
         return
     matches = cluster.get("transport_socket_matches")
     if matches:
-        target = next((m["transport_socket"] for m in matches
-                       if m.get("transport_socket", {}).get("name") == socket.get("name")), None)
+        target = next(
+            (m["transport_socket"] for m in matches if m.get("transport_socket", {}).get("name") == socket.get("name")),
+            None,
+        )
         if target is None:
             return  # merging would leave both transport_socket and transport_socket_matches
     else:
@@ -241,8 +251,9 @@ def _merge_cluster(cluster: dict, patch: ConfigPatch) -> None:
         target["typed_config"] = merge_any(target["typed_config"], socket["typed_config"])
 
 
-def patch_clusters(patches: Patches, proxy: Proxy, clusters: dict[str, dict],
-                   inbound_hosts: dict[int, list[str]]) -> dict[str, dict]:
+def patch_clusters(
+    patches: Patches, proxy: Proxy, clusters: dict[str, dict], inbound_hosts: dict[int, list[str]]
+) -> dict[str, dict]:
     """The clusters with CLUSTER patches applied; a cluster a patch changes is copied first (the
     dicts given are never changed), removed ones are dropped, added ones appended."""
     cluster_patches = patches.get("CLUSTER", ())

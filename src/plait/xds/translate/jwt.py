@@ -52,9 +52,11 @@ def parse_provider_name(text: str) -> tuple[str, str, int] | None:
 
 def jwt_rules(snapshot: MeshSnapshot, proxy: Proxy) -> list[tuple[str, Resource, JwtRule]]:
     """(provider name, RequestAuthentication, jwtRule) for every rule that applies to the proxy."""
-    return [(provider_name(ra.namespace, ra.name, i), ra, rule)
-            for ra in snapshot.policies_for(proxy, snapshot.request_authentications)
-            for i, rule in enumerate(ra.spec.jwt_rules)]
+    return [
+        (provider_name(ra.namespace, ra.name, i), ra, rule)
+        for ra in snapshot.policies_for(proxy, snapshot.request_authentications)
+        for i, rule in enumerate(ra.spec.jwt_rules)
+    ]
 
 
 def jwks_address(uri: str) -> tuple[str, str, int]:
@@ -72,10 +74,16 @@ def jwks_cluster_name(uri: str) -> str:
 def _key_source(rule: JwtRule) -> dict:
     if rule.jwks:
         return {"local_jwks": {"inline_string": rule.jwks}}
-    return {"remote_jwks": {
-        "http_uri": {"uri": rule.jwks_uri, "cluster": jwks_cluster_name(rule.jwks_uri or ""),
-                     "timeout": duration(rule.timeout or DEFAULT_FETCH_TIMEOUT)},
-        "cache_duration": JWKS_CACHE_DURATION}}
+    return {
+        "remote_jwks": {
+            "http_uri": {
+                "uri": rule.jwks_uri,
+                "cluster": jwks_cluster_name(rule.jwks_uri or ""),
+                "timeout": duration(rule.timeout or DEFAULT_FETCH_TIMEOUT),
+            },
+            "cache_duration": JWKS_CACHE_DURATION,
+        }
+    }
 
 
 def _provider(rule: JwtRule, clear_route_cache: bool) -> dict:
@@ -86,8 +94,9 @@ def _provider(rule: JwtRule, clear_route_cache: bool) -> dict:
         provider["audiences"] = list(rule.audiences)
     provider.update(_key_source(rule))
     if rule.from_headers:
-        provider["from_headers"] = [{"name": h.name, **({"value_prefix": h.prefix} if h.prefix else {})}
-                                    for h in rule.from_headers]
+        provider["from_headers"] = [
+            {"name": h.name, **({"value_prefix": h.prefix} if h.prefix else {})} for h in rule.from_headers
+        ]
     if rule.from_params:
         provider["from_params"] = list(rule.from_params)
     if rule.from_cookies:
@@ -97,8 +106,9 @@ def _provider(rule: JwtRule, clear_route_cache: bool) -> dict:
     if rule.output_payload_to_header:
         provider["forward_payload_header"] = rule.output_payload_to_header
     if rule.output_claim_to_headers:
-        provider["claim_to_headers"] = [{"header_name": c.header, "claim_name": c.claim}
-                                        for c in rule.output_claim_to_headers]
+        provider["claim_to_headers"] = [
+            {"header_name": c.header, "claim_name": c.claim} for c in rule.output_claim_to_headers
+        ]
     provider["payload_in_metadata"] = PAYLOAD_KEY
     provider["normalize_payload_in_metadata"] = {"space_delimited_claims": space_delimited_claims(rule)}
     if clear_route_cache:
@@ -115,6 +125,7 @@ def space_delimited_claims(rule: JwtRule) -> list[str]:
 
 def _requirement(names: list[str]) -> dict:
     """A token, if present, must be valid for some provider; a missing token is let through."""
+
     def token_or_missing(name: str) -> dict:
         return {"requires_any": {"requirements": [{"provider_name": name}, {"allow_missing": {}}]}}
 
@@ -130,9 +141,13 @@ def jwt_authn_filter(snapshot: MeshSnapshot, proxy: Proxy) -> dict | None:
     if not rules:
         return None
     providers = {name: _provider(rule, clear_route_cache=proxy.kind != "sidecar") for name, _, rule in rules}
-    return typed(JWT_FILTER, JWT_TYPE, providers=providers,
-                 rules=[{"match": {"prefix": "/"}, "requires": _requirement(list(providers))}],
-                 bypass_cors_preflight=True)
+    return typed(
+        JWT_FILTER,
+        JWT_TYPE,
+        providers=providers,
+        rules=[{"match": {"prefix": "/"}, "requires": _requirement(list(providers))}],
+        bypass_cors_preflight=True,
+    )
 
 
 def _is_ip(host: str) -> bool:
@@ -145,15 +160,24 @@ def _is_ip(host: str) -> bool:
 
 def _jwks_cluster(name: str, scheme: str, host: str, port: int) -> dict:
     literal = _is_ip(host)
-    cluster: dict = {"name": name, "type": "STATIC" if literal else "STRICT_DNS",
-                     "connect_timeout": JWKS_CONNECT_TIMEOUT}
+    cluster: dict = {
+        "name": name,
+        "type": "STATIC" if literal else "STRICT_DNS",
+        "connect_timeout": JWKS_CONNECT_TIMEOUT,
+    }
     if not literal:
         cluster["dns_lookup_family"] = "V4_PREFERRED"
-    cluster["load_assignment"] = {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-        {"endpoint": {"address": socket_address(host, port)}}]}]}
+    cluster["load_assignment"] = {
+        "cluster_name": name,
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}}]}],
+    }
     if scheme == "https":
-        validation = {"trusted_ca": {"filename": SYSTEM_TRUST_BUNDLE}, "match_typed_subject_alt_names": [
-            {"san_type": "IP_ADDRESS" if literal else "DNS", "matcher": {"exact": host}}]}
+        validation = {
+            "trusted_ca": {"filename": SYSTEM_TRUST_BUNDLE},
+            "match_typed_subject_alt_names": [
+                {"san_type": "IP_ADDRESS" if literal else "DNS", "matcher": {"exact": host}}
+            ],
+        }
         context: dict = {"@type": UPSTREAM_TLS, "common_tls_context": {"validation_context": validation}}
         if not literal:
             context["sni"] = host
@@ -164,8 +188,7 @@ def _jwks_cluster(name: str, scheme: str, host: str, port: int) -> dict:
 def jwks_clusters(snapshot: MeshSnapshot, proxy: Proxy) -> list[dict]:
     """Clusters that jwt_authn fetches remote JWKS (jwksUri) through, except those the mesh already
     gives the proxy (a jwksUri on a service it sees uses that service's outbound cluster)."""
-    mesh = {cluster_name("outbound", p.number, None, s.hostname)
-            for s in snapshot.services_for(proxy) for p in s.ports}
+    mesh = {cluster_name("outbound", p.number, None, s.hostname) for s in snapshot.services_for(proxy) for p in s.ports}
     clusters: dict[str, dict] = {}
     for _, _, rule in jwt_rules(snapshot, proxy):
         if not rule.jwks_uri:

@@ -49,10 +49,23 @@ from plait.xds.translate.tls import ALL_MTLS_ALPNS, ISTIO_ALPN, MTLS_HTTP_ALPNS,
 HTTP_SNIFF = {"application_protocols": ["http/1.1", "h2c"]}
 
 
-def _listener(name: str, address: str, port: int, chains: list[dict], *, bind: bool = True,
-              direction: str = "OUTBOUND", filters: tuple[str, ...] = (), default_chain: dict | None = None) -> dict:
-    listener: dict = {"name": name, "address": socket_address(address, port), "filter_chains": chains,
-                      "traffic_direction": direction}
+def _listener(
+    name: str,
+    address: str,
+    port: int,
+    chains: list[dict],
+    *,
+    bind: bool = True,
+    direction: str = "OUTBOUND",
+    filters: tuple[str, ...] = (),
+    default_chain: dict | None = None,
+) -> dict:
+    listener: dict = {
+        "name": name,
+        "address": socket_address(address, port),
+        "filter_chains": chains,
+        "traffic_direction": direction,
+    }
     if default_chain:
         listener["default_filter_chain"] = default_chain
     if filters:
@@ -63,8 +76,11 @@ def _listener(name: str, address: str, port: int, chains: list[dict], *, bind: b
 
 
 def _weighted(route: net.TCPRoute | net.TLSRoute, ctx: RouteContext, namespace: str) -> list[tuple[str, int]]:
-    return [(destination_cluster(d.destination, ctx, namespace), d.weight or 100) for d in route.route
-            if d.weight is None or d.weight > 0 or len(route.route) == 1]
+    return [
+        (destination_cluster(d.destination, ctx, namespace), d.weight or 100)
+        for d in route.route
+        if d.weight is None or d.weight > 0 or len(route.route) == 1
+    ]
 
 
 def _l4_applies(m: net.L4MatchAttributes, ctx: RouteContext, vs_namespace: str, port: int | None = None) -> bool:
@@ -105,8 +121,13 @@ def tcp_chains(vs: Resource | None, ctx: RouteContext, stat: str, default: str) 
     return list(chains.values())
 
 
-def tls_chains(vs: Resource | None, ctx: RouteContext, stat: str, allowed_hosts: list[str] | None = None,
-               server_port: int | None = None) -> list[dict]:
+def tls_chains(
+    vs: Resource | None,
+    ctx: RouteContext,
+    stat: str,
+    allowed_hosts: list[str] | None = None,
+    server_port: int | None = None,
+) -> list[dict]:
     """Filter chains for TLS by SNI from VirtualService tls routes (sniHosts); `server_port`: the
     gateway server's port, which their ``port`` matches."""
     chains, seen = [], set()
@@ -122,17 +143,24 @@ def tls_chains(vs: Resource | None, ctx: RouteContext, stat: str, allowed_hosts:
             match: dict = {"server_names": names, "transport_protocol": "tls"}
             if m.destination_subnets:
                 match["prefix_ranges"] = _cidr_ranges(m.destination_subnets)
-            chains.append({"filter_chain_match": match,
-                           "filters": [tcp_proxy(stat, weighted=_weighted(route, ctx, vs.namespace))]})
+            chains.append(
+                {
+                    "filter_chain_match": match,
+                    "filters": [tcp_proxy(stat, weighted=_weighted(route, ctx, vs.namespace))],
+                }
+            )
     return chains
 
 
 def _vs_for(virtual_services: list[Resource], hostname: str) -> Resource | None:
-    return next((vs for vs in virtual_services for h in vs.spec.hosts if matches(fqdn(h, vs.namespace), hostname)), None)
+    return next(
+        (vs for vs in virtual_services for h in vs.spec.hosts if matches(fqdn(h, vs.namespace), hostname)), None
+    )
 
 
-def outbound_service_listeners(snapshot: MeshSnapshot, proxy: Proxy, services: list[Service],
-                               virtual_services: list[Resource]) -> list[dict]:
+def outbound_service_listeners(
+    snapshot: MeshSnapshot, proxy: Proxy, services: list[Service], virtual_services: list[Resource]
+) -> list[dict]:
     """Capture-mode listeners that virtualOutbound hands connections to (not bound to ports)."""
     listeners: dict[str, dict] = {}
     for svc in services:
@@ -145,8 +173,9 @@ def outbound_service_listeners(snapshot: MeshSnapshot, proxy: Proxy, services: l
     return [listeners[name] for name in sorted(listeners)]
 
 
-def _outbound_listener(snapshot: MeshSnapshot, proxy: Proxy, svc: Service, port: Port,
-                       virtual_services: list[Resource]) -> dict | None:
+def _outbound_listener(
+    snapshot: MeshSnapshot, proxy: Proxy, svc: Service, port: Port, virtual_services: list[Resource]
+) -> dict | None:
     p, ctx = port.number, RouteContext(snapshot, proxy, port.number)
     default = cluster_name("outbound", p, None, svc.hostname)
     if port.protocol.is_http:
@@ -166,11 +195,19 @@ def _outbound_listener(snapshot: MeshSnapshot, proxy: Proxy, svc: Service, port:
         chains = tls_chains(vs, ctx, stat)
         if address == "0.0.0.0":  # no VIP: pick the service by SNI
             if not any(matches(n, svc.hostname) for c in chains for n in c["filter_chain_match"]["server_names"]):
-                chains.append({"filter_chain_match": {"server_names": [svc.hostname]},
-                               "filters": [tcp_proxy(stat, default)]})
+                chains.append(
+                    {"filter_chain_match": {"server_names": [svc.hostname]}, "filters": [tcp_proxy(stat, default)]}
+                )
             fallback = BLACKHOLE_CLUSTER if snapshot.outbound_policy(proxy) == REGISTRY_ONLY else PASSTHROUGH_CLUSTER
-            return _listener(f"0.0.0.0_{p}", "0.0.0.0", p, chains, bind=False, filters=("tls_inspector",),
-                             default_chain={"filters": [tcp_proxy(fallback, fallback)]})
+            return _listener(
+                f"0.0.0.0_{p}",
+                "0.0.0.0",
+                p,
+                chains,
+                bind=False,
+                filters=("tls_inspector",),
+                default_chain={"filters": [tcp_proxy(fallback, fallback)]},
+            )
         chains.append({"filters": [tcp_proxy(stat, default)]})
         return _listener(f"{address}_{p}", address, p, chains, bind=False, filters=("tls_inspector",))
     if address == "0.0.0.0":
@@ -201,11 +238,18 @@ _PLAINTEXT: dict[str, list[ChainSpec]] = {
 # connections take the TCP chain: still mTLS, but opaque to L7 policy. Name the port (http-…) for HTTP.
 _PERMISSIVE: dict[str, list[ChainSpec]] = {
     "http": [("|mtls", "tls", ALL_MTLS_ALPNS, "http", True), ("", "raw_buffer", None, "http", False)],
-    "tcp": [("|mtls", "tls", ALL_MTLS_ALPNS, "tcp", True), ("|tls", "tls", None, "tcp", False),
-            ("", "raw_buffer", None, "tcp", False)],
-    "auto": [("|http-mtls", "tls", MTLS_HTTP_ALPNS, "http", True), ("|tcp-mtls", "tls", ISTIO_ALPN, "tcp", True),
-             ("|tcp-tls", "tls", None, "tcp", False), ("|http", "raw_buffer", SNIFFED_HTTP, "http", False),
-             ("|tcp", "raw_buffer", None, "tcp", False)],
+    "tcp": [
+        ("|mtls", "tls", ALL_MTLS_ALPNS, "tcp", True),
+        ("|tls", "tls", None, "tcp", False),
+        ("", "raw_buffer", None, "tcp", False),
+    ],
+    "auto": [
+        ("|http-mtls", "tls", MTLS_HTTP_ALPNS, "http", True),
+        ("|tcp-mtls", "tls", ISTIO_ALPN, "tcp", True),
+        ("|tcp-tls", "tls", None, "tcp", False),
+        ("|http", "raw_buffer", SNIFFED_HTTP, "http", False),
+        ("|tcp", "raw_buffer", None, "tcp", False),
+    ],
 }
 _STRICT: dict[str, list[ChainSpec]] = {
     "http": [("|mtls", "tls", None, "http", True), _REFUSE],
@@ -226,10 +270,14 @@ def _inbound_filters(snapshot: MeshSnapshot, proxy: Proxy, port: int | None, ser
     no service declares, which send to the address the client dialled (``InboundPassthroughCluster``)."""
     cluster = cluster_name("inbound", port, None, "") if port is not None else INBOUND_PASSTHROUGH_CLUSTER
     if serves == "http":
-        return [http_connection_manager(f"inbound_0.0.0.0_{port or 0}",
-                                        route_config=inbound_route_config(cluster, port or 0),
-                                        authz=rbac.inbound_http_filters(snapshot, proxy, port or 0),
-                                        forward_client_cert=proxy.identity is not None)]
+        return [
+            http_connection_manager(
+                f"inbound_0.0.0.0_{port or 0}",
+                route_config=inbound_route_config(cluster, port or 0),
+                authz=rbac.inbound_http_filters(snapshot, proxy, port or 0),
+                forward_client_cert=proxy.identity is not None,
+            )
+        ]
     if serves == "refuse":
         stat = f"inbound|{port}" if port is not None else "virtualInbound"
         return [tcp_proxy(f"{stat}|strict-mtls-refused-plaintext", BLACKHOLE_CLUSTER)]
@@ -243,8 +291,9 @@ def inbound_mode(snapshot: MeshSnapshot, proxy: Proxy, port: int) -> str:
     return peer_auth.workload_policy(snapshot, proxy).for_port(port)
 
 
-def _chains(snapshot: MeshSnapshot, proxy: Proxy, specs: list[ChainSpec], name: str, port: int | None,
-            match: dict) -> list[dict]:
+def _chains(
+    snapshot: MeshSnapshot, proxy: Proxy, specs: list[ChainSpec], name: str, port: int | None, match: dict
+) -> list[dict]:
     chains = []
     for suffix, transport, alpns, serves, mtls in specs:
         chain_match = dict(match)
@@ -271,9 +320,11 @@ def _inbound_chains(snapshot: MeshSnapshot, proxy: Proxy, inbound: InboundPort, 
 def _inbound_listener_filters(chains: list[dict], *, capture: bool) -> tuple[str, ...]:
     """original_dst (capture), tls_inspector where a chain matches TLS, http_inspector where one sniffs HTTP."""
     chain_matches = [c.get("filter_chain_match", {}) for c in chains]
-    needed = {"original_dst": capture,
-              "tls_inspector": any(m.get("transport_protocol") for m in chain_matches),
-              "http_inspector": any(set(m.get("application_protocols", ())) & set(SNIFFED_HTTP) for m in chain_matches)}
+    needed = {
+        "original_dst": capture,
+        "tls_inspector": any(m.get("transport_protocol") for m in chain_matches),
+        "http_inspector": any(set(m.get("application_protocols", ())) & set(SNIFFED_HTTP) for m in chain_matches),
+    }
     return tuple(name for name, wanted in needed.items() if wanted)
 
 
@@ -291,8 +342,14 @@ def virtual_inbound(snapshot: MeshSnapshot, proxy: Proxy, inbound_ports: list[In
     for inbound in inbound_ports:
         chains += _inbound_chains(snapshot, proxy, inbound, {"destination_port": inbound.endpoint.port})
     chains += _passthrough_chains(snapshot, proxy)
-    listener = _listener("virtualInbound", "0.0.0.0", INBOUND_CAPTURE_PORT, chains, direction="INBOUND",
-                         filters=_inbound_listener_filters(chains, capture=True))
+    listener = _listener(
+        "virtualInbound",
+        "0.0.0.0",
+        INBOUND_CAPTURE_PORT,
+        chains,
+        direction="INBOUND",
+        filters=_inbound_listener_filters(chains, capture=True),
+    )
     _skip_http_inspection(listener, chains)
     return listener
 
@@ -312,8 +369,9 @@ def _skip_http_inspection(listener: dict, chains: list[dict]) -> None:
         return
     ranges = [{"destination_port_range": {"start": port, "end": port + 1}} for port in quiet]
     disabled = ranges[0] if len(ranges) == 1 else {"or_match": {"rules": ranges}}
-    listener["listener_filters"] = [{**f, "filter_disabled": disabled} if f is LISTENER_FILTERS["http_inspector"]
-                                    else f for f in filters]
+    listener["listener_filters"] = [
+        {**f, "filter_disabled": disabled} if f is LISTENER_FILTERS["http_inspector"] else f for f in filters
+    ]
 
 
 def explicit_proxy_listeners(snapshot: MeshSnapshot, proxy: Proxy, inbound_ports: list[InboundPort]) -> list[dict]:
@@ -323,8 +381,16 @@ def explicit_proxy_listeners(snapshot: MeshSnapshot, proxy: Proxy, inbound_ports
     for inbound in inbound_ports:
         port = inbound.endpoint.port
         chains = _inbound_chains(snapshot, proxy, inbound, {})
-        out.append(_listener(f"{proxy.ip}_{port}", proxy.ip, port, chains, direction="INBOUND",
-                             filters=_inbound_listener_filters(chains, capture=False)))
+        out.append(
+            _listener(
+                f"{proxy.ip}_{port}",
+                proxy.ip,
+                port,
+                chains,
+                direction="INBOUND",
+                filters=_inbound_listener_filters(chains, capture=False),
+            )
+        )
     return out
 
 
@@ -365,8 +431,9 @@ def _server_names(server: net.Server) -> list[str]:
     return [] if "*" in hosts else hosts
 
 
-def _gateway_server_chains(snapshot: MeshSnapshot, proxy: Proxy, gw: Resource, server: net.Server,
-                           listen_port: int, *, grpc_web: bool = False) -> list[dict]:
+def _gateway_server_chains(
+    snapshot: MeshSnapshot, proxy: Proxy, gw: Resource, server: net.Server, listen_port: int, *, grpc_web: bool = False
+) -> list[dict]:
     """The filter chains of one server; `grpc_web`: its HCM converts gRPC-Web (Istio's GRPC-WEB servers)."""
     kind = gateway_server_kind(server)
     mode = server.tls.mode if server.tls else None
@@ -390,8 +457,13 @@ def _gateway_server_chains(snapshot: MeshSnapshot, proxy: Proxy, gw: Resource, s
                         chain["transport_socket"] = gateway_server_tls(server.tls)
                 return _with_network_authz(snapshot, proxy, listen_port, chains)
         return []
-    hcm = http_connection_manager(stat, rds=gateway_route_name(server, gw, listen_port), gateway=True,
-                                  authz=rbac.inbound_http_filters(snapshot, proxy, listen_port), grpc_web=grpc_web)
+    hcm = http_connection_manager(
+        stat,
+        rds=gateway_route_name(server, gw, listen_port),
+        gateway=True,
+        authz=rbac.inbound_http_filters(snapshot, proxy, listen_port),
+        grpc_web=grpc_web,
+    )
     chain: dict = {"filters": [hcm]}
     if mode in TERMINATING_MODES:
         chain["transport_socket"] = gateway_server_tls(server.tls)
@@ -418,8 +490,12 @@ def _auto_passthrough_chains(snapshot: MeshSnapshot, proxy: Proxy, stat: str) ->
         for port in svc.ports:
             for subset in subsets:
                 sni = f"outbound_.{port.number}_.{subset or ''}_.{svc.hostname}"
-                chains.append({"filter_chain_match": {"server_names": [sni], "transport_protocol": "tls"},
-                               "filters": [tcp_proxy(stat, cluster_name("outbound", port.number, subset, svc.hostname))]})
+                chains.append(
+                    {
+                        "filter_chain_match": {"server_names": [sni], "transport_protocol": "tls"},
+                        "filters": [tcp_proxy(stat, cluster_name("outbound", port.number, subset, svc.hostname))],
+                    }
+                )
     return chains
 
 
@@ -462,6 +538,9 @@ def gateway_listeners(snapshot: MeshSnapshot, proxy: Proxy) -> list[dict]:
             continue
         needs_tls = any(c.get("filter_chain_match", {}).get("transport_protocol") == "tls" for c in chains)
         bind = servers[0][1].bind or "0.0.0.0"
-        out.append(_listener(f"{bind}_{listen_port}", bind, listen_port, chains,
-                             filters=("tls_inspector",) if needs_tls else ()))
+        out.append(
+            _listener(
+                f"{bind}_{listen_port}", bind, listen_port, chains, filters=("tls_inspector",) if needs_tls else ()
+            )
+        )
     return out

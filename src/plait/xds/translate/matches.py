@@ -34,7 +34,7 @@ def jwt_claim_path(header: str) -> list[str] | None:
     [``a``, ``b``]; None for a real header name."""
     if not header.lower().startswith(JWT_CLAIM_HEADER):
         return None
-    rest = header[len(JWT_CLAIM_HEADER):]
+    rest = header[len(JWT_CLAIM_HEADER) :]
     if rest.startswith(".") and len(rest) > 1:
         return rest[1:].split(".")
     if rest.startswith("[") and rest.endswith("]") and len(rest) > 2:
@@ -45,11 +45,15 @@ def jwt_claim_path(header: str) -> list[str] | None:
 def _claim_matcher(claims: list[str], match: net.StringMatch, invert: bool = False) -> dict:
     """As Istio: a dynamic-metadata matcher on jwt_authn's verified payload, true when the claim is
     the string or a list holding it."""
+
     def value() -> dict:
         return {"present_match": True} if match.kind == "present" else {"string_match": string_matcher(match)}
 
-    out: dict = {"filter": JWT_FILTER, "path": [{"key": key} for key in [JWT_PAYLOAD_KEY, *claims]],
-                 "value": {"or_match": {"value_matchers": [{"list_match": {"one_of": value()}}, value()]}}}
+    out: dict = {
+        "filter": JWT_FILTER,
+        "path": [{"key": key} for key in [JWT_PAYLOAD_KEY, *claims]],
+        "value": {"or_match": {"value_matchers": [{"list_match": {"one_of": value()}}, value()]}},
+    }
     if invert:
         out["invert"] = True
     return out
@@ -89,6 +93,9 @@ def route_match(m: net.HTTPMatchRequest | None) -> dict:
         out["dynamic_metadata"] = claims
     if m.query_params:
         out["query_parameters"] = [
-            {"name": k, "present_match": True} if v.kind == "present" else {"name": k, "string_match": string_matcher(v)}
-            for k, v in sorted(m.query_params.items())]
+            {"name": k, "present_match": True}
+            if v.kind == "present"
+            else {"name": k, "string_match": string_matcher(v)}
+            for k, v in sorted(m.query_params.items())
+        ]
     return out

@@ -21,13 +21,26 @@ from plait.api.extensions import message_class
 
 # Messages that merge as a whole (their JSON form is not an object of their fields, or Istio
 # replaces them: Duration), and Struct, whose JSON object is a map.
-REPLACED_TYPES = frozenset({
-    "google.protobuf.Any", "google.protobuf.Duration", "google.protobuf.Timestamp", "google.protobuf.FieldMask",
-    "google.protobuf.Value", "google.protobuf.ListValue", "google.protobuf.Empty",
-    "google.protobuf.DoubleValue", "google.protobuf.FloatValue", "google.protobuf.Int64Value",
-    "google.protobuf.UInt64Value", "google.protobuf.Int32Value", "google.protobuf.UInt32Value",
-    "google.protobuf.BoolValue", "google.protobuf.StringValue", "google.protobuf.BytesValue",
-})
+REPLACED_TYPES = frozenset(
+    {
+        "google.protobuf.Any",
+        "google.protobuf.Duration",
+        "google.protobuf.Timestamp",
+        "google.protobuf.FieldMask",
+        "google.protobuf.Value",
+        "google.protobuf.ListValue",
+        "google.protobuf.Empty",
+        "google.protobuf.DoubleValue",
+        "google.protobuf.FloatValue",
+        "google.protobuf.Int64Value",
+        "google.protobuf.UInt64Value",
+        "google.protobuf.Int32Value",
+        "google.protobuf.UInt32Value",
+        "google.protobuf.BoolValue",
+        "google.protobuf.StringValue",
+        "google.protobuf.BytesValue",
+    }
+)
 STRUCT = "google.protobuf.Struct"
 
 

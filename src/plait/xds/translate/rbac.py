@@ -150,9 +150,15 @@ def _trust_domain(value: str, _: str) -> dict:
 def _path(value: str) -> dict:
     if "{*}" in value or "{**}" in value:
         template = value.replace("{**}", "**").replace("{*}", "*")
-        return {"uri_template": {"name": "uri-template", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
-            "path_template": template}}}
+        return {
+            "uri_template": {
+                "name": "uri-template",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
+                    "path_template": template,
+                },
+            }
+        }
     return {"url_path": {"path": string_matcher(value)}}
 
 
@@ -167,11 +173,13 @@ def _one_or_any_of(matchers: list[dict]) -> dict:
 
 def _claim(path: list[str], values: list[str]) -> dict:
     """A claim that may be a string or a list of strings (``aud``, ``groups``): either form matches."""
+
     def strings() -> dict:
         return _one_or_any_of([{"string_match": string_matcher(v)} for v in values])
 
-    return {"metadata": _payload(path, {"or_match": {"value_matchers": [{"list_match": {"one_of": strings()}},
-                                                                         strings()]}})}
+    return {
+        "metadata": _payload(path, {"or_match": {"value_matchers": [{"list_match": {"one_of": strings()}}, strings()]}})
+    }
 
 
 def _request_principal(value: str) -> dict:
@@ -193,8 +201,14 @@ def _request_principal(value: str) -> dict:
             iss, sub = {"prefix": value[:-1]}, any_value()
     else:
         iss, sub = {"exact": issuer}, {"exact": subject}
-    return {"and_ids": {"ids": [{"metadata": _payload(["iss"], {"string_match": iss})},
-                                {"metadata": _payload(["sub"], {"string_match": sub})}]}}
+    return {
+        "and_ids": {
+            "ids": [
+                {"metadata": _payload(["iss"], {"string_match": iss})},
+                {"metadata": _payload(["sub"], {"string_match": sub})},
+            ]
+        }
+    }
 
 
 def _request_principals(values: list[str], _: str) -> dict:
@@ -204,7 +218,7 @@ def _request_principals(values: list[str], _: str) -> dict:
 
 def bracketed_names(key: str) -> list[str]:
     """``request.auth.claims[a][b]`` → [``a``, ``b``]; ``request.headers[x-token]`` → [``x-token``]."""
-    rest = key[key.index("["):]
+    rest = key[key.index("[") :]
     nested = re.fullmatch(r"(\[[^\[\]]+\])+", rest)
     return re.findall(r"\[([^\[\]]+)\]", rest) if nested else [rest[1:-1]]
 
@@ -220,8 +234,12 @@ def envoy_filter_target(key: str) -> tuple[str, str]:
 def _envoy_filter(key: str, values: list[str]) -> dict:
     """Another filter's dynamic metadata; a value ``[v]`` matches v in a list."""
     name, path = envoy_filter_target(key)
-    matchers = [{"list_match": {"one_of": {"string_match": string_matcher(v[1:-1])}}}
-                if v.startswith("[") and v.endswith("]") else {"string_match": string_matcher(v)} for v in values]
+    matchers = [
+        {"list_match": {"one_of": {"string_match": string_matcher(v[1:-1])}}}
+        if v.startswith("[") and v.endswith("]")
+        else {"string_match": string_matcher(v)}
+        for v in values
+    ]
     return {"metadata": {"filter": name, "path": [{"key": path}], "value": _one_or_any_of(matchers)}}
 
 
@@ -258,10 +276,15 @@ ATTRIBUTES = {
 }
 
 # (API field, attribute), in the order Istio emits them.
-SOURCE_FIELDS = (("trustDomains", "source.trustDomain"),
-                 ("principals", "source.principal"), ("requestPrincipals", "request.auth.principal"),
-                 ("serviceAccounts", "source.serviceAccount"), ("namespaces", "source.namespace"),
-                 ("remoteIpBlocks", "remote.ip"), ("ipBlocks", "source.ip"))
+SOURCE_FIELDS = (
+    ("trustDomains", "source.trustDomain"),
+    ("principals", "source.principal"),
+    ("requestPrincipals", "request.auth.principal"),
+    ("serviceAccounts", "source.serviceAccount"),
+    ("namespaces", "source.namespace"),
+    ("remoteIpBlocks", "remote.ip"),
+    ("ipBlocks", "source.ip"),
+)
 OPERATION_FIELDS = (("hosts", "host"), ("methods", "method"), ("paths", "path"), ("ports", "destination.port"))
 
 
@@ -302,8 +325,18 @@ def _combine(attr: Attribute, values: list[str], namespace: str, negate: bool) -
     return {"not_id": matcher} if attr.side == "principal" else {"not_rule": matcher}
 
 
-def _clauses(label: str, attr: Attribute, entry: int | None, values: list[str], not_values: list[str],
-             namespace: str, *, for_tcp: bool, action: str, not_label: str) -> list[Clause]:
+def _clauses(
+    label: str,
+    attr: Attribute,
+    entry: int | None,
+    values: list[str],
+    not_values: list[str],
+    namespace: str,
+    *,
+    for_tcp: bool,
+    action: str,
+    not_label: str,
+) -> list[Clause]:
     out = []
     try:
         if for_tcp and attr.http_only and (values or not_values):
@@ -329,14 +362,24 @@ def rule_clauses(rule: Rule, namespace: str, *, for_tcp: bool, action: str) -> l
     that cannot be translated (an ALLOW rule is then left out, a DENY rule loses the condition)."""
     out: list[Clause] = []
     options = {"for_tcp": for_tcp, "action": action}
-    sides = (("from[{}].source.", [e.source for e in rule.from_], SOURCE_FIELDS),
-             ("to[{}].operation.", [e.operation for e in rule.to], OPERATION_FIELDS))
+    sides = (
+        ("from[{}].source.", [e.source for e in rule.from_], SOURCE_FIELDS),
+        ("to[{}].operation.", [e.operation for e in rule.to], OPERATION_FIELDS),
+    )
     for prefix, entries, fields in sides:
         for i, entry in enumerate(entries):
             values, label = entry.model_dump(by_alias=True), prefix.format(i)
             for field, key in fields:
-                out += _clauses(label + field, ATTRIBUTES[key], i, values[field], values[_not(field)], namespace,
-                                not_label=label + _not(field), **options)
+                out += _clauses(
+                    label + field,
+                    ATTRIBUTES[key],
+                    i,
+                    values[field],
+                    values[_not(field)],
+                    namespace,
+                    not_label=label + _not(field),
+                    **options,
+                )
     for i, condition in enumerate(rule.when):
         try:
             attr = attribute(condition.key)
@@ -345,16 +388,27 @@ def rule_clauses(rule: Rule, namespace: str, *, for_tcp: bool, action: str) -> l
                 raise
             continue
         label = f"when[{i}] {condition.key}"
-        out += _clauses(label, attr, None, condition.values, condition.not_values, namespace,
-                        not_label=label + " (notValues)", **options)
+        out += _clauses(
+            label,
+            attr,
+            None,
+            condition.values,
+            condition.not_values,
+            namespace,
+            not_label=label + " (notValues)",
+            **options,
+        )
     return out
 
 
 def rule_policy(rule: Rule, clauses: list[Clause]) -> dict:
     """Envoy's Policy: one principal per `from` entry, one permission per `to` entry, each an AND."""
+
     def side(kind: str, entries: int) -> list[list[dict]]:
-        return [[c.matcher for c in clauses if c.side == kind and c.entry in (i, None)]
-                for i in (range(entries) if entries else [None])]
+        return [
+            [c.matcher for c in clauses if c.side == kind and c.entry in (i, None)]
+            for i in (range(entries) if entries else [None])
+        ]
 
     principals = [{"and_ids": {"ids": ids or [{"any": True}]}} for ids in side("principal", len(rule.from_))]
     permissions = [{"and_rules": {"rules": rules or [{"any": True}]}} for rules in side("permission", len(rule.to))]
@@ -392,8 +446,15 @@ def inbound_http_filters(snapshot: MeshSnapshot, proxy: Proxy, port: int) -> lis
     for action in ENVOY_ACTIONS:
         rules = rbac_rules(policies, action, for_tcp=False)
         if rules is not None:
-            filters.append(typed(RBAC_FILTER, HTTP_RBAC_TYPE, rules=rules, rules_stat_prefix=STAT_PREFIXES[action],
-                                 track_per_rule_stats=True))
+            filters.append(
+                typed(
+                    RBAC_FILTER,
+                    HTTP_RBAC_TYPE,
+                    rules=rules,
+                    rules_stat_prefix=STAT_PREFIXES[action],
+                    track_per_rule_stats=True,
+                )
+            )
     return filters
 
 
@@ -404,6 +465,12 @@ def inbound_network_filters(snapshot: MeshSnapshot, proxy: Proxy, port: int) -> 
     for action in ENVOY_ACTIONS:
         rules = rbac_rules(policies, action, for_tcp=True)
         if rules is not None:
-            filters.append(typed(NETWORK_RBAC_FILTER, NETWORK_RBAC_TYPE, rules=rules,
-                                 stat_prefix=f"{TCP_STAT_PREFIX}{STAT_PREFIXES[action]}."))
+            filters.append(
+                typed(
+                    NETWORK_RBAC_FILTER,
+                    NETWORK_RBAC_TYPE,
+                    rules=rules,
+                    stat_prefix=f"{TCP_STAT_PREFIX}{STAT_PREFIXES[action]}.",
+                )
+            )
     return filters

@@ -14,15 +14,21 @@ DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriab
 
 
 def _previous_hosts() -> dict:
-    return {"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
-        "@type": TYPE + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}
+    return {
+        "name": "envoy.retry_host_predicates.previous_hosts",
+        "typed_config": {"@type": TYPE + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"},
+    }
 
 
 def _previous_priorities() -> dict:
     """``retryRemoteLocalities``: each retry goes to the next priority (locality), as Istio sets it."""
-    return {"name": "envoy.retry_priorities.previous_priorities", "typed_config": {
-        "@type": TYPE + "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
-        "update_frequency": 2}}
+    return {
+        "name": "envoy.retry_priorities.previous_priorities",
+        "typed_config": {
+            "@type": TYPE + "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+            "update_frequency": 2,
+        },
+    }
 
 
 def default_retry_policy(consistent_hash: bool = False) -> dict:

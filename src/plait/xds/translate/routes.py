@@ -34,12 +34,37 @@ from plait.xds.translate.delegate import http_routes
 from plait.xds.translate.matches import route_match
 from plait.xds.translate.retries import default_retry_policy, retry_policy
 
-_REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
-                   308: "PERMANENT_REDIRECT"}
-_GRPC_CODES = {name: i for i, name in enumerate(
-    ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-     "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-     "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"])}
+_REDIRECT_CODES = {
+    301: "MOVED_PERMANENTLY",
+    302: "FOUND",
+    303: "SEE_OTHER",
+    307: "TEMPORARY_REDIRECT",
+    308: "PERMANENT_REDIRECT",
+}
+_GRPC_CODES = {
+    name: i
+    for i, name in enumerate(
+        [
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        ]
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -62,10 +87,16 @@ def _internal(name: str) -> bool:
 def _header_value_options(ops: net.HeaderOperations | None) -> tuple[list[dict], list[str]]:
     if ops is None:
         return [], []
-    add = [{"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
-           for k, v in ops.set.items() if not _internal(k)]
-    add += [{"header": {"key": k, "value": v}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
-            for k, v in ops.add.items() if not _internal(k)]
+    add = [
+        {"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        for k, v in ops.set.items()
+        if not _internal(k)
+    ]
+    add += [
+        {"header": {"key": k, "value": v}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
+        for k, v in ops.add.items()
+        if not _internal(k)
+    ]
     return add, [k for k in ops.remove if not _internal(k)]
 
 
@@ -148,8 +179,10 @@ def hash_policy(ctx: RouteContext, cluster: str) -> list[dict]:
         if ch.http_cookie.ttl:
             cookie["ttl"] = duration(ch.http_cookie.ttl)
         if ch.http_cookie.attributes:
-            cookie["attributes"] = [{"name": a.name, **({"value": a.value} if a.value is not None else {})}
-                                    for a in ch.http_cookie.attributes]
+            cookie["attributes"] = [
+                {"name": a.name, **({"value": a.value} if a.value is not None else {})}
+                for a in ch.http_cookie.attributes
+            ]
         return [{"cookie": cookie}]
     if ch.use_source_ip:
         return [{"connection_properties": {"source_ip": True}}]
@@ -159,8 +192,10 @@ def hash_policy(ctx: RouteContext, cluster: str) -> list[dict]:
 def _fault(fault: net.HTTPFaultInjection) -> dict:
     config: dict = {"@type": TYPE + "envoy.extensions.filters.http.fault.v3.HTTPFault"}
     if fault.delay:
-        config["delay"] = {"fixed_delay": duration(fault.delay.fixed_delay),
-                           "percentage": fraction(fault.delay.percentage, fault.delay.percent)}
+        config["delay"] = {
+            "fixed_delay": duration(fault.delay.fixed_delay),
+            "percentage": fraction(fault.delay.percentage, fault.delay.percent),
+        }
     if fault.abort:
         abort: dict = {"percentage": fraction(fault.abort.percentage, fault.abort.percent)}
         if fault.abort.http_status is not None:
@@ -211,7 +246,9 @@ def _destinations(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, act
     return hashes
 
 
-def _route_action(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, match: net.HTTPMatchRequest | None) -> dict:
+def _route_action(
+    http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, match: net.HTTPMatchRequest | None
+) -> dict:
     action: dict = {}
     hashes = _destinations(http, ctx, vs_namespace, action)
     action["timeout"] = duration(http.timeout) if http.timeout else "0s"
@@ -226,10 +263,15 @@ def _route_action(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, mat
             else:
                 action["prefix_rewrite"] = http.rewrite.uri
         if http.rewrite.uri_regex_rewrite:
-            action["regex_rewrite"] = {"pattern": {"regex": http.rewrite.uri_regex_rewrite.match},
-                                       "substitution": http.rewrite.uri_regex_rewrite.rewrite}
-    authority = (http.rewrite.authority if http.rewrite else None) or header_authority(http.headers) or (
-        header_authority(http.route[0].headers) if len(http.route) == 1 else None)
+            action["regex_rewrite"] = {
+                "pattern": {"regex": http.rewrite.uri_regex_rewrite.match},
+                "substitution": http.rewrite.uri_regex_rewrite.rewrite,
+            }
+    authority = (
+        (http.rewrite.authority if http.rewrite else None)
+        or header_authority(http.headers)
+        or (header_authority(http.route[0].headers) if len(http.route) == 1 else None)
+    )
     if authority:
         action["host_rewrite_literal"] = authority
     mirrors = [(m.destination, m.percentage) for m in http.mirrors]
@@ -238,9 +280,13 @@ def _route_action(http: net.HTTPRoute, ctx: RouteContext, vs_namespace: str, mat
         mirrors.append((http.mirror, http.mirror_percentage or legacy))
     if mirrors:
         action["request_mirror_policies"] = [
-            {"cluster": destination_cluster(dest, ctx, vs_namespace),
-             "runtime_fraction": {"default_value": fraction(pct)}, "trace_sampled": False}
-            for dest, pct in mirrors]
+            {
+                "cluster": destination_cluster(dest, ctx, vs_namespace),
+                "runtime_fraction": {"default_value": fraction(pct)},
+                "trace_sampled": False,
+            }
+            for dest, pct in mirrors
+        ]
     if hashes:
         action["hash_policy"] = hashes
     return action
@@ -314,9 +360,12 @@ def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> 
             _apply_headers(route, http.headers)
             if len(http.route) == 1 and "route" in route:
                 _apply_headers(route, http.route[0].headers)
-            route["metadata"] = {"filter_metadata": {
-                "istio": {"config": vs.config_path()},
-                "plait": {"route": label + (f".match[{j}]" if m else "")}}}
+            route["metadata"] = {
+                "filter_metadata": {
+                    "istio": {"config": vs.config_path()},
+                    "plait": {"route": label + (f".match[{j}]" if m else "")},
+                }
+            }
             route["decorator"] = {"operation": f"{vhost_name}/*"}
             out.append(route)
             if m is None or is_catch_all(route):
@@ -328,20 +377,30 @@ def is_catch_all(route: dict) -> bool:
     """Istio's IsCatchAllRoute: path ``/`` (prefix or separated prefix) or regex ``.*``, and no
     header, query or metadata condition."""
     match = route.get("match", {})
-    path = match.get("prefix") == "/" or match.get("path_separated_prefix") == "/" or (
-        match.get("safe_regex", {}).get("regex") == ".*")
+    path = (
+        match.get("prefix") == "/"
+        or match.get("path_separated_prefix") == "/"
+        or (match.get("safe_regex", {}).get("regex") == ".*")
+    )
     return path and not any(match.get(k) for k in ("headers", "query_parameters", "dynamic_metadata"))
 
 
 def default_route(svc: Service, port: int, ctx: RouteContext) -> dict:
-    action: dict = {"cluster": cluster_name("outbound", port, None, svc.hostname), "timeout": "0s",
-                    "max_grpc_timeout": "0s",
-                    "retry_policy": default_retry_policy()}
+    action: dict = {
+        "cluster": cluster_name("outbound", port, None, svc.hostname),
+        "timeout": "0s",
+        "max_grpc_timeout": "0s",
+        "retry_policy": default_retry_policy(),
+    }
     hashes = hash_policy(ctx, action["cluster"])
     if hashes:
         action["hash_policy"] = hashes
-    return {"name": "default", "match": {"prefix": "/"}, "route": action,
-            "decorator": {"operation": f"{svc.hostname}:{port}/*"}}
+    return {
+        "name": "default",
+        "match": {"prefix": "/"},
+        "route": action,
+        "decorator": {"operation": f"{svc.hostname}:{port}/*"},
+    }
 
 
 class HostIndex:
@@ -365,12 +424,17 @@ class HostIndex:
 
 def catch_all_vhost(policy: str, explicit_proxy: bool = False) -> dict:
     if policy == "REGISTRY_ONLY":
-        return {"name": "block_all", "domains": ["*"], "routes": [
-            {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 502}}]}
+        return {
+            "name": "block_all",
+            "domains": ["*"],
+            "routes": [{"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 502}}],
+        }
     cluster = DYNAMIC_FORWARD_PROXY_CLUSTER if explicit_proxy else PASSTHROUGH_CLUSTER
-    return {"name": "allow_any", "domains": ["*"], "routes": [
-        {"name": "allow_any", "match": {"prefix": "/"},
-         "route": {"cluster": cluster, "timeout": "0s"}}]}
+    return {
+        "name": "allow_any",
+        "domains": ["*"],
+        "routes": [{"name": "allow_any", "match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}}],
+    }
 
 
 def service_vhost(svc: Service, port: int, ctx: RouteContext, index: HostIndex, domains: list[str]) -> dict:
@@ -385,8 +449,9 @@ def service_vhost(svc: Service, port: int, ctx: RouteContext, index: HostIndex, 
     return vhost
 
 
-def sidecar_route_config(snapshot: MeshSnapshot, proxy: Proxy, port: int, services: list[Service],
-                         virtual_services: list[Resource]) -> dict:
+def sidecar_route_config(
+    snapshot: MeshSnapshot, proxy: Proxy, port: int, services: list[Service], virtual_services: list[Resource]
+) -> dict:
     """Route configuration ``"<port>"`` for a capture-mode sidecar."""
     ctx = RouteContext(snapshot, proxy, port)
     index = HostIndex(virtual_services)
@@ -404,8 +469,9 @@ def sidecar_route_config(snapshot: MeshSnapshot, proxy: Proxy, port: int, servic
     return {"name": str(port), "virtual_hosts": vhosts, "validate_clusters": False}
 
 
-def _vhosts_for_unregistered_hosts(snapshot: MeshSnapshot, ctx: RouteContext, index: HostIndex,
-                                   used: set[str]) -> list[dict]:
+def _vhosts_for_unregistered_hosts(
+    snapshot: MeshSnapshot, ctx: RouteContext, index: HostIndex, used: set[str]
+) -> list[dict]:
     """VirtualService hosts with no service behind them are served on port 80, as Istio does."""
     out = []
     for host, vs in index.pairs:
@@ -415,13 +481,20 @@ def _vhosts_for_unregistered_hosts(snapshot: MeshSnapshot, ctx: RouteContext, in
         if not routes:  # none applies to this proxy: Istio leaves the host to the catch-all
             continue
         used.update({host, f"{host}:80"})
-        out.append({"name": f"{host}:80", "domains": [host, f"{host}:80"],
-                    "routes": routes, "include_request_attempt_count": True})
+        out.append(
+            {
+                "name": f"{host}:80",
+                "domains": [host, f"{host}:80"],
+                "routes": routes,
+                "include_request_attempt_count": True,
+            }
+        )
     return out
 
 
-def explicit_proxy_route_config(snapshot: MeshSnapshot, proxy: Proxy, services: list[Service],
-                                virtual_services: list[Resource]) -> dict:
+def explicit_proxy_route_config(
+    snapshot: MeshSnapshot, proxy: Proxy, services: list[Service], virtual_services: list[Resource]
+) -> dict:
     """One route configuration for the HTTP_PROXY listener: services on every port, told apart by Host."""
     index = HostIndex(virtual_services)
     vhosts, used = [], set()
@@ -440,12 +513,28 @@ def explicit_proxy_route_config(snapshot: MeshSnapshot, proxy: Proxy, services: 
 
 
 def inbound_route_config(cluster: str, port: int) -> dict:
-    return {"name": cluster, "validate_clusters": False, "virtual_hosts": [{
-        "name": f"inbound|http|{port}", "domains": ["*"], "routes": [{
-            "name": "default", "match": {"prefix": "/"},
-            "route": {"cluster": cluster, "timeout": "0s",
-                      "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"}},
-            "decorator": {"operation": f"inbound|{port}/*"}}]}]}
+    return {
+        "name": cluster,
+        "validate_clusters": False,
+        "virtual_hosts": [
+            {
+                "name": f"inbound|http|{port}",
+                "domains": ["*"],
+                "routes": [
+                    {
+                        "name": "default",
+                        "match": {"prefix": "/"},
+                        "route": {
+                            "cluster": cluster,
+                            "timeout": "0s",
+                            "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"},
+                        },
+                        "decorator": {"operation": f"inbound|{port}/*"},
+                    }
+                ],
+            }
+        ],
+    }
 
 
 def _gateway_domains(vs_host: str, server_host: str) -> str | None:
@@ -465,20 +554,28 @@ def _server_host_applies(entry: str, gateway_ns: str, vs_ns: str) -> str | None:
     return None
 
 
-def gateway_route_config(snapshot: MeshSnapshot, proxy: Proxy, name: str,
-                         servers: list[tuple[Resource, net.Server]]) -> dict:
+def gateway_route_config(
+    snapshot: MeshSnapshot, proxy: Proxy, name: str, servers: list[tuple[Resource, net.Server]]
+) -> dict:
     """Route configuration for the HTTP(S) servers that share one gateway port."""
     vhosts: dict[str, dict] = {}
 
     def vhost_for(domain: str, port: int) -> dict:
-        return vhosts.setdefault(domain, {
-            "name": f"{domain}:{port}", "domains": [domain] if domain == "*" else [domain, f"{domain}:*"],
-            "routes": [], "include_request_attempt_count": True})
+        return vhosts.setdefault(
+            domain,
+            {
+                "name": f"{domain}:{port}",
+                "domains": [domain] if domain == "*" else [domain, f"{domain}:*"],
+                "routes": [],
+                "include_request_attempt_count": True,
+            },
+        )
 
     for gw, server in servers:
         ref = f"{gw.namespace}/{gw.name}"
-        ctx = RouteContext(snapshot, proxy, None, gateway=ref, server_port=server.port.number,
-                           tls=server.tls is not None)  # as Istio's IsTLS
+        ctx = RouteContext(
+            snapshot, proxy, None, gateway=ref, server_port=server.port.number, tls=server.tls is not None
+        )  # as Istio's IsTLS
         if server.tls and server.tls.https_redirect:
             for entry in server.hosts:
                 vhost_for(entry.rpartition("/")[2], server.port.number)["require_tls"] = "ALL"
@@ -492,14 +589,21 @@ def gateway_route_config(snapshot: MeshSnapshot, proxy: Proxy, name: str,
                     if domain is None:
                         continue
                     vhost = vhost_for(domain, server.port.number)
-                    if not any(r.get("metadata", {}).get("filter_metadata", {}).get("istio", {}).get("config")
-                               == vs.config_path() for r in vhost["routes"]):
+                    if not any(
+                        r.get("metadata", {}).get("filter_metadata", {}).get("istio", {}).get("config")
+                        == vs.config_path()
+                        for r in vhost["routes"]
+                    ):
                         vhost["routes"] += virtual_service_routes(vs, ctx, vhost["name"])
     for vhost in vhosts.values():
         # As Istio's SortVHostRoutes: catch-alls go last, so another VirtualService's routes stay reachable.
-        vhost["routes"] = ([r for r in vhost["routes"] if not is_catch_all(r)] +
-                           [r for r in vhost["routes"] if is_catch_all(r)])
+        vhost["routes"] = [r for r in vhost["routes"] if not is_catch_all(r)] + [
+            r for r in vhost["routes"] if is_catch_all(r)
+        ]
         if not vhost["routes"] and vhost.get("require_tls"):
             vhost["routes"] = [{"match": {"prefix": "/"}, "direct_response": {"status": 404}}]
-    return {"name": name, "virtual_hosts": sorted(vhosts.values(), key=lambda v: (v["domains"][0] == "*", v["name"])),
-            "validate_clusters": False}
+    return {
+        "name": name,
+        "virtual_hosts": sorted(vhosts.values(), key=lambda v: (v["domains"][0] == "*", v["name"])),
+        "validate_clusters": False,
+    }

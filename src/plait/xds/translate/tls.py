@@ -27,8 +27,10 @@ from plait.xds.translate.common import TYPE, ads_secret, sds_secret
 UPSTREAM_TLS = TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 DOWNSTREAM_TLS = TYPE + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 TLS_SOCKET = "envoy.transport_sockets.tls"
-RAW_BUFFER = {"name": "envoy.transport_sockets.raw_buffer",
-              "typed_config": {"@type": TYPE + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}
+RAW_BUFFER = {
+    "name": "envoy.transport_sockets.raw_buffer",
+    "typed_config": {"@type": TYPE + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"},
+}
 
 # What mesh clients offer in ALPN: plait's (upstream Envoy) always send ISTIO_ALPN. Istio's sidecars
 # replace it with istio-http/* when they carry HTTP (their istio.alpn filter), which lets a server tell
@@ -66,7 +68,8 @@ def istio_mutual(sni: str, sans: list[str]) -> dict:
         "tls_certificate_sds_secret_configs": [sds_secret("default")],
         "combined_validation_context": {
             "default_validation_context": {"match_typed_subject_alt_names": _spiffe_matchers(sans)},
-            "validation_context_sds_secret_config": sds_secret("ROOTCA")},
+            "validation_context_sds_secret_config": sds_secret("ROOTCA"),
+        },
         "alpn_protocols": ISTIO_ALPN,
     }
     return {"name": TLS_SOCKET, "typed_config": {"@type": UPSTREAM_TLS, "common_tls_context": context, "sni": sni}}
@@ -75,13 +78,16 @@ def istio_mutual(sni: str, sans: list[str]) -> dict:
 def auto_mtls_matches(sni: str, sans: list[str]) -> list[dict]:
     """Istio's auto mTLS: mutual TLS to endpoints labelled ``security.istio.io/tlsMode: istio`` (their
     metadata says so), plaintext to the others."""
-    return [{"name": "tlsMode-istio", "match": ISTIO_TLS_MODE, "transport_socket": istio_mutual(sni, sans)},
-            {"name": "tlsMode-disabled", "match": {}, "transport_socket": RAW_BUFFER}]
+    return [
+        {"name": "tlsMode-istio", "match": ISTIO_TLS_MODE, "transport_socket": istio_mutual(sni, sans)},
+        {"name": "tlsMode-disabled", "match": {}, "transport_socket": RAW_BUFFER},
+    ]
 
 
 def san_matchers(sans: list[str]) -> list[dict]:
     """Exact SAN matchers. Istio matches each name against any SAN type; the typed form names the one
     the value can be: a URI (``spiffe://…``), an IP address, else a DNS name."""
+
     def san_type(san: str) -> str:
         if "://" in san:
             return "URI"
@@ -120,12 +126,14 @@ def _credential_context(tls: net.ClientTLSSettings) -> dict:
             default["match_typed_subject_alt_names"] = san_matchers(tls.subject_alt_names)
         context["combined_validation_context"] = {
             "default_validation_context": default,
-            "validation_context_sds_secret_config": ads_secret(f"{tls.credential_name}-cacert")}
+            "validation_context_sds_secret_config": ads_secret(f"{tls.credential_name}-cacert"),
+        }
     return context
 
 
-def client_tls(tls: net.ClientTLSSettings, svc: Service, port: Port, subset: str | None,
-               sans: list[str]) -> dict | None:
+def client_tls(
+    tls: net.ClientTLSSettings, svc: Service, port: Port, subset: str | None, sans: list[str]
+) -> dict | None:
     """A DestinationRule's ``tls``: None for DISABLE, else the upstream TLS socket it asks for."""
     if tls.mode == "DISABLE":
         return None
@@ -138,8 +146,12 @@ def client_tls(tls: net.ClientTLSSettings, svc: Service, port: Port, subset: str
     else:
         context = {}
         if tls.mode == "MUTUAL":
-            context["tls_certificates"] = [{"certificate_chain": {"filename": tls.client_certificate},
-                                            "private_key": {"filename": tls.private_key}}]
+            context["tls_certificates"] = [
+                {
+                    "certificate_chain": {"filename": tls.client_certificate},
+                    "private_key": {"filename": tls.private_key},
+                }
+            ]
         if not tls.insecure_skip_verify:
             context["validation_context"] = _server_validation(tls)
     if port.protocol.is_http2:
@@ -150,14 +162,21 @@ def client_tls(tls: net.ClientTLSSettings, svc: Service, port: Port, subset: str
     return {"name": TLS_SOCKET, "typed_config": tls_context}
 
 
-def sidecar_credential_scope(policy: net.TrafficPolicy | None, proxy: Proxy,
-                             rule: Resource) -> net.TrafficPolicy | None:
+def sidecar_credential_scope(
+    policy: net.TrafficPolicy | None, proxy: Proxy, rule: Resource
+) -> net.TrafficPolicy | None:
     """Istio hands a sidecar a DestinationRule's ``credentialName`` (SIMPLE/MUTUAL) only when the rule
     has a workloadSelector naming it; from a rule without one, Istio builds no TLS at all for sidecars
     (gateways keep it), so the credential reaches no workload the rule did not name."""
     tls = policy.tls if policy else None
-    if (policy is None or tls is None or not tls.credential_name or tls.mode not in ("SIMPLE", "MUTUAL")
-            or proxy.kind != "sidecar" or rule.spec.workload_selector):
+    if (
+        policy is None
+        or tls is None
+        or not tls.credential_name
+        or tls.mode not in ("SIMPLE", "MUTUAL")
+        or proxy.kind != "sidecar"
+        or rule.spec.workload_selector
+    ):
         return policy
     return policy.model_copy(update={"tls": net.ClientTLSSettings(mode="DISABLE")})
 
@@ -183,13 +202,20 @@ def inbound_mtls() -> dict:
         "alpn_protocols": SERVER_ALPN,
         "tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"},
     }
-    return {"name": TLS_SOCKET, "typed_config": {"@type": DOWNSTREAM_TLS, "common_tls_context": context,
-                                                 "require_client_certificate": True}}
+    return {
+        "name": TLS_SOCKET,
+        "typed_config": {"@type": DOWNSTREAM_TLS, "common_tls_context": context, "require_client_certificate": True},
+    }
 
 
 # Istio's ServerTLSSettings.TLSProtocol → Envoy's TlsParameters.TlsProtocol (TLS_AUTO: Envoy's default).
-TLS_PROTOCOLS = {"TLS_AUTO": "TLS_AUTO", "TLSV1_0": "TLSv1_0", "TLSV1_1": "TLSv1_1", "TLSV1_2": "TLSv1_2",
-                 "TLSV1_3": "TLSv1_3"}
+TLS_PROTOCOLS = {
+    "TLS_AUTO": "TLS_AUTO",
+    "TLSV1_0": "TLSv1_0",
+    "TLSV1_1": "TLSv1_1",
+    "TLSV1_2": "TLSv1_2",
+    "TLSV1_3": "TLSv1_3",
+}
 CLIENT_VALIDATING_MODES = ("MUTUAL", "OPTIONAL_MUTUAL")
 
 
@@ -197,8 +223,10 @@ def _tls_params(tls: net.ServerTLSSettings) -> dict:
     """``minProtocolVersion``, ``maxProtocolVersion``, ``cipherSuites`` (Istio applies them to SIMPLE,
     MUTUAL and OPTIONAL_MUTUAL servers)."""
     params: dict = {}
-    for field, key in ((tls.min_protocol_version, "tls_minimum_protocol_version"),
-                       (tls.max_protocol_version, "tls_maximum_protocol_version")):
+    for field, key in (
+        (tls.min_protocol_version, "tls_minimum_protocol_version"),
+        (tls.max_protocol_version, "tls_maximum_protocol_version"),
+    ):
         if field and field != "TLS_AUTO":
             params[key] = TLS_PROTOCOLS.get(field, field)
     if tls.cipher_suites:
@@ -235,13 +263,17 @@ def _server_credentials(tls: net.ServerTLSSettings) -> dict:
         if validates:
             context["combined_validation_context"] = {
                 "default_validation_context": _client_checks(tls),
-                "validation_context_sds_secret_config": ads_secret(tls.ca_cert_credential_name
-                                                                   or f"{names[0]}-cacert")}
+                "validation_context_sds_secret_config": ads_secret(tls.ca_cert_credential_name or f"{names[0]}-cacert"),
+            }
         return context
     pairs = [(c.server_certificate, c.private_key) for c in tls.tls_certificates] or [
-        (tls.server_certificate, tls.private_key)]
-    context = {"tls_certificates": [{"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}
-                                    for cert, key in pairs]}
+        (tls.server_certificate, tls.private_key)
+    ]
+    context = {
+        "tls_certificates": [
+            {"certificate_chain": {"filename": cert}, "private_key": {"filename": key}} for cert, key in pairs
+        ]
+    }
     if validates and tls.ca_certificates:
         context["validation_context"] = {"trusted_ca": {"filename": tls.ca_certificates}, **_client_checks(tls)}
     return context
@@ -250,12 +282,15 @@ def _server_credentials(tls: net.ServerTLSSettings) -> dict:
 def _istio_mutual_server(tls: net.ServerTLSSettings) -> dict:
     """ISTIO_MUTUAL: the mesh certificate, clients from the mesh root; as Istio, ``subjectAltNames``,
     ``caCrl`` and ``insecureSkipVerify`` apply (the pins do not)."""
-    checks = {k: v for k, v in _client_checks(tls).items()
-              if k not in ("verify_certificate_spki", "verify_certificate_hash")}
+    checks = {
+        k: v for k, v in _client_checks(tls).items() if k not in ("verify_certificate_spki", "verify_certificate_hash")
+    }
     context: dict = {"tls_certificate_sds_secret_configs": [sds_secret("default")]}
     if checks:
-        context["combined_validation_context"] = {"default_validation_context": checks,
-                                                  "validation_context_sds_secret_config": sds_secret("ROOTCA")}
+        context["combined_validation_context"] = {
+            "default_validation_context": checks,
+            "validation_context_sds_secret_config": sds_secret("ROOTCA"),
+        }
     else:
         context["validation_context_sds_secret_config"] = sds_secret("ROOTCA")
     return context

@@ -41,14 +41,16 @@ from plait.demo.bookinfo.apps.server import (
     text_response,
 )
 
-PRODUCTS = [{
-    "id": 0,
-    "title": "The Comedy of Errors",
-    "descriptionHtml": '<a href="https://en.wikipedia.org/wiki/The_Comedy_of_Errors">Wikipedia Summary</a>: '
-                       "The Comedy of Errors is one of <b>William Shakespeare's</b> early plays. It is his shortest "
-                       "and one of his most farcical comedies, with a major part of the humour coming from slapstick "
-                       "and mistaken identity, in addition to puns and word play.",
-}]
+PRODUCTS = [
+    {
+        "id": 0,
+        "title": "The Comedy of Errors",
+        "descriptionHtml": '<a href="https://en.wikipedia.org/wiki/The_Comedy_of_Errors">Wikipedia Summary</a>: '
+        "The Comedy of Errors is one of <b>William Shakespeare's</b> early plays. It is his shortest "
+        "and one of his most farcical comedies, with a major part of the humour coming from slapstick "
+        "and mistaken identity, in addition to puns and word play.",
+    }
+]
 UNAVAILABLE = "Sorry, product {} are currently unavailable for this book."
 TIMEOUT_SECONDS = 3.0
 REVIEWS_ATTEMPTS = 2  # Istio's productpage retries reviews once, on purpose, for the fault-injection task
@@ -96,8 +98,11 @@ class Backends:
         return cls(service_url("details"), service_url("reviews"), service_url("ratings"))
 
     def services(self) -> list[tuple[str, str, str]]:
-        return [("details", self.details_url, "details"), ("reviews", self.reviews_url, "reviews"),
-                ("ratings", self.ratings_url, "ratings")]
+        return [
+            ("details", self.details_url, "details"),
+            ("reviews", self.reviews_url, "reviews"),
+            ("ratings", self.ratings_url, "ratings"),
+        ]
 
     def details(self, product_id: str, headers: dict[str, str]) -> tuple[int, dict]:
         return self._get("details", f"{self.details_url}/details/{product_id}", headers, attempts=1)
@@ -138,6 +143,7 @@ def routes(backends: Backends) -> list[Route]:
         def handler(request: Request) -> Response:
             status, payload = fetch(quote(request.params[0], safe=""), outgoing_headers(request))
             return json_response(payload, status)
+
         return handler
 
     return [

@@ -33,8 +33,10 @@ from plait.demo.bookinfo.apps.server import Request, Response, Route, json_respo
 VERSION_DEFAULTS = {"v1": (False, "black"), "v2": (True, "black"), "v3": (True, "red")}
 REVIEWS = (
     ("Reviewer1", "An extremely entertaining play by Shakespeare. The slapstick humour is refreshing!"),
-    ("Reviewer2", ("Absolutely fun and entertaining. The play lacks thematic depth when compared to other "
-                   "plays by Shakespeare.")),
+    (
+        "Reviewer2",
+        ("Absolutely fun and entertaining. The play lacks thematic depth when compared to other plays by Shakespeare."),
+    ),
 )
 RATINGS_UNAVAILABLE = "Ratings service is currently unavailable"
 FORWARDED_HEADERS = TRACE_HEADERS + ("end-user",) + CONTEXT_HEADERS
@@ -105,12 +107,14 @@ def routes(settings: Settings) -> list[Route]:
     def reviews(request: Request) -> Response:
         product_id = str(int(request.params[0]))
         stars = fetch_stars(settings, product_id, request) if settings.ratings_enabled else {}
-        return json_response({
-            "id": product_id,
-            "podname": settings.pod_name,
-            "clustername": settings.cluster_name,
-            "reviews": review_list(settings, stars),
-        })
+        return json_response(
+            {
+                "id": product_id,
+                "podname": settings.pod_name,
+                "clustername": settings.cluster_name,
+                "reviews": review_list(settings, stars),
+            }
+        )
 
     def health(_request: Request) -> Response:
         return json_response({"status": "Reviews is healthy"})

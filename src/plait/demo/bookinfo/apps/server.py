@@ -120,8 +120,11 @@ def _handler_class(app_name: str, routes: list[Route]) -> type[BaseHTTPRequestHa
                 response = text_response(f"internal error: {error!r}\n", 500)
             self._send(response)
             elapsed_ms = (time.monotonic() - started) * 1000
-            log(app_name, f'{self.client_address[0]} "{self.command} {self.path}" {response.status} '
-                          f"{len(response.body)} {elapsed_ms:.1f}ms")
+            log(
+                app_name,
+                f'{self.client_address[0]} "{self.command} {self.path}" {response.status} '
+                f"{len(response.body)} {elapsed_ms:.1f}ms",
+            )
 
         def _body(self) -> bytes:
             if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():

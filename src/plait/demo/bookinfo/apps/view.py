@@ -46,8 +46,13 @@ class ProductPageView:
 
 
 # (tag, class) → the field the element's text goes to.
-_TEXT_FIELDS = {("p", "error"): "error", ("p", "rating-error"): "rating_error", ("p", "review-text"): "text",
-                ("dt", ""): "label", ("dd", ""): "value"}
+_TEXT_FIELDS = {
+    ("p", "error"): "error",
+    ("p", "rating-error"): "rating_error",
+    ("p", "review-text"): "text",
+    ("dt", ""): "label",
+    ("dd", ""): "value",
+}
 
 
 class _PageParser(HTMLParser):

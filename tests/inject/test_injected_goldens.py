@@ -3,7 +3,7 @@
 Each input is a set of manifests, injected as ``plait kube-inject`` does (`kube_inject`); the golden
 holds the injected documents, preceded by one ``# skipped: …`` line per workload left alone. An
 optional ``# settings: KEY=VALUE …`` line in the input sets `InjectSettings` fields. Regenerate
-with ``REFRESH_GOLDEN=1 pytest tests/inject/test_golden.py``; a failure prints a unified diff.
+with ``REFRESH_GOLDEN=1 pytest tests/inject/test_injected_goldens.py``; a failure prints a unified diff.
 Beside each golden: the webhook's JSON patch applied to the original (by the independent
 ``jsonpatch`` package) gives the same pod, and injecting the golden again changes nothing.
 """
@@ -49,8 +49,9 @@ def test_golden(case: str) -> None:
     assert golden.exists(), f"{case}: golden missing; run with REFRESH_GOLDEN=1 and review it"
     expected = golden.read_text()
     if actual != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), actual.splitlines(True),
-                                            f"{case}.golden.yaml", "injected"))
+        diff = "".join(
+            difflib.unified_diff(expected.splitlines(True), actual.splitlines(True), f"{case}.golden.yaml", "injected")
+        )
         pytest.fail(f"injection of {case} changed (REFRESH_GOLDEN=1 to accept):\n{diff}")
 
 
