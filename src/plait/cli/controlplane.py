@@ -159,6 +159,13 @@ def control_plane(
             "istio-injection=enabled) and points them at istiod-REVISION.<namespace>.svc:15012."
         ),
     ] = "",
+    webhook_port: Annotated[
+        int,
+        typer.Option(
+            help="On Kubernetes: TLS port of the admission webhooks (/validate, /inject), istiod's 15017 "
+            "(Service istiod port 443)."
+        ),
+    ] = 15017,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the control plane (plait's istiod): serve xDS to Envoys from a directory of Istio config,
@@ -201,6 +208,7 @@ def control_plane(
         kubernetes=kubernetes or kubeconfig is not None,
         kubeconfig=kubeconfig,
         inject=injector_settings(proxy_image, init_image, revision),
+        webhook_port=webhook_port,
     )
     try:
         asyncio.run(run(settings))

@@ -50,6 +50,7 @@ class Settings:
     kubernetes: bool = False
     kubeconfig: str | None = None
     inject: InjectSettings | None = None  # the sidecar injector's settings on Kubernetes (None: cluster's)
+    webhook_port: int | None = None  # the webhooks' TLS port on Kubernetes (None: cluster's, 15017)
 
 
 class OwnMetrics:
@@ -132,6 +133,8 @@ async def open_identity(cluster: KubernetesSource, settings: Settings) -> Cluste
     cluster_settings = settings.cluster or ClusterSettings()
     if settings.inject is not None:
         cluster_settings = dataclasses.replace(cluster_settings, inject=settings.inject)
+    if settings.webhook_port is not None:
+        cluster_settings = dataclasses.replace(cluster_settings, webhook_port=settings.webhook_port)
     return await ClusterIdentity.open(cluster.api, settings.state_dir, cluster_settings)
 
 
