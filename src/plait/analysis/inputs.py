@@ -75,6 +75,6 @@ class Reading:
     def inputs(self) -> Inputs:
         """The inputs; an object given both by the cluster and a file is the file's (istioctl's
         files override the cluster's objects of the same name)."""
-        resources = {r.key: r for r in self.resources}
-        objects = {(o.kind, o.namespace, o.name): o for o in self.objects}
+        resources = {r.key: r for r in sorted(self.resources, key=lambda r: bool(r.source.file))}
+        objects = {(o.kind, o.namespace, o.name): o for o in sorted(self.objects, key=lambda o: bool(o.file))}
         return Inputs(tuple(resources.values()), tuple(self.problems), tuple(objects.values()))
