@@ -311,8 +311,8 @@ def test_files_win_over_the_cluster_for_the_same_object():
     cluster_ns = {"kind": "Namespace", "metadata": {"name": "shop"}}
     reading.add_text(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio-injection: enabled}}\n", "ns.yaml"
-    reading.add_cluster([], [], [cluster_ns])  # read after the file: the file still wins
     )
+    reading.add_cluster([], [], [cluster_ns])  # read after the file: the file still wins
     assert injection(reading.inputs()) == []
     reading.add_text(": not yaml: [", "broken.yaml")
     assert reading.unreadable and reading.unreadable[0].startswith("broken.yaml: ")
