@@ -23,7 +23,7 @@ def _problem(r: Resource, path: str, message: str, severity: str = "error") -> P
     )  # type: ignore[arg-type]
 
 
-def _destinations(vs: Resource):
+def destinations(vs: Resource):
     """(field path, Destination) for every destination a VirtualService names."""
     for i, http in enumerate(vs.spec.http):
         for j, rd in enumerate(http.route):
@@ -38,7 +38,8 @@ def _destinations(vs: Resource):
                 yield f"spec.{section}[{i}].route[{j}].destination", rd.destination
 
 
-def _known_hosts(resources: list[Resource]) -> list[str]:
+def known_hosts(resources: list[Resource]) -> list[str]:
+    """Every host a Service (its FQDN) or a ServiceEntry defines."""
     hosts = [f"{r.name}.{r.namespace}.svc.cluster.local" for r in resources if r.kind == "Service"]
     hosts += [h for r in resources if r.kind == "ServiceEntry" for h in r.spec.hosts]
     return hosts
@@ -69,11 +70,11 @@ def check_references(resources: list[Resource]) -> list[Problem]:
     subsets: dict[str, set[str]] = {}
     for dr in (r for r in resources if r.kind == "DestinationRule"):
         subsets.setdefault(fqdn(dr.spec.host, dr.namespace), set()).update(s.name for s in dr.spec.subsets)
-    known = _known_hosts(resources)
+    known = known_hosts(resources)
     gateways = {f"{r.namespace}/{r.name}" for r in resources if r.kind == "Gateway"}
 
     for vs in (r for r in resources if r.kind == "VirtualService"):
-        for path, dest in _destinations(vs):
+        for path, dest in destinations(vs):
             host = fqdn(dest.host, vs.namespace)
             if not any(matches(k, host) for k in known) and not host.startswith("*"):
                 problems.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -22,6 +23,8 @@ from plait.ca.authority import MAX_WORKLOAD_TTL, CaError
 from plait.cli.console import err, out, print_problems
 from plait.client import ClientError, Http, control_plane_url
 from plait.controlplane.app import Settings, run
+from plait.controlplane.injector import control_plane_address
+from plait.inject.settings import InjectSettings
 from plait.sources.kube_objects import KubeConfigError
 
 ControlPlane = Annotated[
@@ -140,6 +143,29 @@ def control_plane(
             "its xDS encrypted."
         ),
     ] = XdsAuth.permissive,
+    proxy_image: Annotated[
+        str | None,
+        typer.Option(
+            help="On Kubernetes: the image of the sidecars the injector adds (istio-proxy, and istio-init "
+            "unless --init-image). Default: plait/proxy:<plait's version>."
+        ),
+    ] = None,
+    init_image: Annotated[str | None, typer.Option(help="On Kubernetes: the istio-init image.")] = None,
+    revision: Annotated[
+        str,
+        typer.Option(
+            help="On Kubernetes: the revision this control plane serves (Istio's istio.io/rev). The injector "
+            "takes pods of namespaces labelled istio.io/rev=REVISION (or, for the default revision, "
+            "istio-injection=enabled) and points them at istiod-REVISION.<namespace>.svc:15012."
+        ),
+    ] = "",
+    webhook_port: Annotated[
+        int,
+        typer.Option(
+            help="On Kubernetes: TLS port of the admission webhooks (/validate, /inject), istiod's 15017 "
+            "(Service istiod port 443)."
+        ),
+    ] = 15017,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the control plane (plait's istiod): serve xDS to Envoys from a directory of Istio config,
@@ -181,6 +207,8 @@ def control_plane(
         xds_auth=xds_auth.value,
         kubernetes=kubernetes or kubeconfig is not None,
         kubeconfig=kubeconfig,
+        inject=injector_settings(proxy_image, init_image, revision),
+        webhook_port=webhook_port,
     )
     try:
         asyncio.run(run(settings))
@@ -193,6 +221,17 @@ def control_plane(
     except OSError as exc:
         err.print(f"[red]error[/]: cannot start the control plane: {exc}")
         raise typer.Exit(1) from None
+
+
+def injector_settings(proxy_image: str | None, init_image: str | None, revision: str) -> InjectSettings:
+    """The sidecar injector's settings from the flags; the control plane's address is Istio's Service
+    ``istiod[-REVISION]`` in the control plane's namespace ($POD_NAMESPACE, else istio-system)."""
+    return InjectSettings(
+        **({"proxy_image": proxy_image} if proxy_image else {}),
+        init_image=init_image,
+        revision=revision,
+        control_plane=control_plane_address(revision, os.environ.get("POD_NAMESPACE") or "istio-system"),
+    )
 
 
 def _summarise(result: dict, verb: str) -> None:

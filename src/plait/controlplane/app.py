@@ -4,6 +4,7 @@ HTTP API, stop gracefully."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from plait.controlplane import testhooks
 from plait.controlplane.api import Api, admin_token_path, load_or_create_admin_token
 from plait.controlplane.mesh import ConfigSource, MeshState
+from plait.inject.settings import InjectSettings
 from plait.model import MeshSnapshot
 from plait.sources.files import FileStore
 from plait.sources.workloads import WorkloadRegistry
@@ -47,6 +49,8 @@ class Settings:
     # kubeconfig, else $KUBECONFIG, else the pod's service account, else ~/.kube/config.
     kubernetes: bool = False
     kubeconfig: str | None = None
+    inject: InjectSettings | None = None  # the sidecar injector's settings on Kubernetes (None: cluster's)
+    webhook_port: int | None = None  # the webhooks' TLS port on Kubernetes (None: cluster's, 15017)
 
 
 class OwnMetrics:
@@ -126,7 +130,12 @@ async def open_identity(cluster: KubernetesSource, settings: Settings) -> Cluste
     (`plait.controlplane.kubeidentity`), on the cluster source's API client."""
     from plait.controlplane.kubeidentity import ClusterIdentity, ClusterSettings  # the Kubernetes client: see above
 
-    return await ClusterIdentity.open(cluster.api, settings.state_dir, settings.cluster or ClusterSettings())
+    cluster_settings = settings.cluster or ClusterSettings()
+    if settings.inject is not None:
+        cluster_settings = dataclasses.replace(cluster_settings, inject=settings.inject)
+    if settings.webhook_port is not None:
+        cluster_settings = dataclasses.replace(cluster_settings, webhook_port=settings.webhook_port)
+    return await ClusterIdentity.open(cluster.api, settings.state_dir, cluster_settings)
 
 
 async def wait_for_cluster(source: KubernetesSource, stop: asyncio.Event, every: float = 10.0) -> None:
@@ -188,7 +197,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.http_port).start()
     if identity:
-        await identity.start(settings.host, settings.state_dir, metrics.registry)
+        await identity.start(settings.host, settings.state_dir, metrics.registry, view=cluster.view)
     api.serving = True
     plaintext = "off (--xds-auth strict)" if ads is None else f"{settings.host}:{settings.xds_port}"
     where = f"Kubernetes API {cluster.server}" if cluster is not None else settings.config_dir

@@ -4,12 +4,14 @@ runs against a cluster.
 * The CA comes from the Secrets ``cacerts`` / ``istio-ca-secret`` (`plait.ca.kubesecrets`), so
   every replica signs with the same key; callers are proved by TokenReview of their pod's token
   (`plait.ca.kubeauth`), for the CA and for xDS on the TLS port.
-* Every replica serves the validating webhook (`plait.controlplane.webhook`) over TLS on 15017
-  with a certificate its CA issues (``istiod.istio-system.svc``, ``localhost``).
+* Every replica serves the validating webhook (`plait.controlplane.webhook`) and the sidecar
+  injector (`plait.controlplane.injector`, ``/inject``) over TLS on 15017 with a certificate its CA
+  issues (``istiod.istio-system.svc``, ``localhost``).
 * One replica, the leader of Lease ``<namespace>/plait-leader`` (`plait.controlplane.kubelease`),
   writes what is written once per cluster: the root certificate ConfigMap in every namespace
-  (`plait.controlplane.rootcert`) and the root as ``caBundle`` of the validating webhook
-  configuration, so the API server trusts the webhook's certificate (`keep_webhook_ca_bundle`).
+  (`plait.controlplane.rootcert`) and the root as ``caBundle`` of the validating and the
+  mutating webhook configurations, so the API server trusts the webhooks' certificate
+  (`keep_webhook_ca_bundle`).
 
 As istiod, the namespace is ``$POD_NAMESPACE`` (default ``istio-system``) and the election
 identity ``$POD_NAME`` (default: the host name).
@@ -35,6 +37,7 @@ from plait.ca.authority import CaError, CertificateAuthority, ca_dir_of, fingerp
 from plait.ca.kubeauth import TokenReviewAuthenticator
 from plait.ca.kubesecrets import load_cluster_ca
 from plait.ca.tokens import AUDIENCE
+from plait.controlplane.injector import InjectionMetrics, NamespaceLabels, configuration_name, inject_handler
 from plait.controlplane.kubefollow import follow
 from plait.controlplane.kubelease import DEFAULT_LEASE_NAME, LeaseElection
 from plait.controlplane.leader import ElectionConfig
@@ -46,6 +49,8 @@ from plait.controlplane.webhook import (
     serve_webhook,
     tls_context,
 )
+from plait.inject.settings import InjectSettings
+from plait.sources.kube_watch import ClusterView
 
 log = logging.getLogger("plait.controlplane")
 
@@ -57,7 +62,7 @@ CLUSTER_RULES = (  # ClusterRole
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "update"]},
     {
         "apiGroups": ["admissionregistration.k8s.io"],
-        "resources": ["validatingwebhookconfigurations"],
+        "resources": ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"],
         "verbs": ["get", "list", "watch", "update"],
     },
 )
@@ -75,6 +80,13 @@ class ClusterSettings:
     election: ElectionConfig = field(default_factory=ElectionConfig)
     webhook_port: int = WEBHOOK_PORT
     webhook_configuration: str = CONFIGURATION_NAME  # whose caBundle the leader keeps
+    inject: InjectSettings = field(default_factory=InjectSettings)  # what the injector adds to pods
+    injector_configuration: str | None = None  # whose caBundle the leader keeps; None: Istio's name for the revision
+
+    @property
+    def mutating_configuration(self) -> str:
+        return self.injector_configuration or configuration_name(self.inject.revision)
+
     token_audiences: tuple[str, ...] = (AUDIENCE,)  # Istio's TOKEN_AUDIENCES
 
 
@@ -108,21 +120,31 @@ class ClusterIdentity:
         )
         return cls(api, authority, settings)
 
-    async def start(self, host: str, state_dir: Path, registry: CollectorRegistry | None = None) -> None:
-        """Serve the webhook and take part in the election."""
+    async def start(
+        self, host: str, state_dir: Path, registry: CollectorRegistry | None = None, view: ClusterView | None = None
+    ) -> None:
+        """Serve the webhooks and take part in the election. `view`: the Kubernetes source's state,
+        where the injector finds namespace labels."""
         key, chain = self.authority.issue_server_certificate()
         context = tls_context(b"".join(chain), key, ca_dir_of(state_dir) / "webhook")
-        self._runner = await serve_webhook(context, host, self.settings.webhook_port, metrics=WebhookMetrics(registry))
+        inject = inject_handler(self.settings.inject, namespace_labels(self.api, view), InjectionMetrics(registry))
+        self._runner = await serve_webhook(
+            context, host, self.settings.webhook_port, metrics=WebhookMetrics(registry), inject=inject
+        )
         root = pem(self.authority.root)
         jobs = [
             lambda: publish_root_cert(self.api, root.decode()),
             lambda: keep_webhook_ca_bundle(self.api, self.settings.webhook_configuration, root),
+            lambda: keep_webhook_ca_bundle(self.api, self.settings.mutating_configuration, root, kind="mutating"),
         ]
         self._election = asyncio.create_task(self.election.run(jobs))
         log.info(
-            "validating webhook on https://%s:%d/validate; leader election on Lease %s/%s as %s",
+            "validating webhook on https://%s:%d/validate, sidecar injector on /inject (proxy image %s, "
+            "revision %s); leader election on Lease %s/%s as %s",
             host,
             self.settings.webhook_port,
+            self.settings.inject.proxy_image,
+            self.settings.inject.revision_name,
             self.settings.namespace,
             self.settings.lease_name,
             self.settings.identity,
@@ -135,6 +157,26 @@ class ClusterIdentity:
             await asyncio.gather(self._election, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def namespace_labels(api: client.ApiClient, view: ClusterView | None) -> NamespaceLabels:
+    """The labels of a namespace as the watch has them, else (a namespace created an instant ago)
+    read from the API server."""
+    core = client.CoreV1Api(api)
+
+    async def labels(namespace: str) -> dict[str, str]:
+        known = view.known_namespace_labels(namespace) if view is not None else None
+        if known is not None:
+            return known
+        try:
+            found = await core.read_namespace(namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return {}
+            raise
+        return dict(found.metadata.labels or {})
+
+    return labels
 
 
 async def _ensure_namespace(api: client.ApiClient, namespace: str) -> None:
@@ -170,14 +212,16 @@ def ca_bundle_update(configuration: dict, ca_bundle: bytes) -> dict | None:
     }
 
 
-async def keep_webhook_ca_bundle(api: client.ApiClient, name: str, ca_bundle: bytes) -> None:
-    """Keep `ca_bundle` in every webhook of ValidatingWebhookConfiguration `name` (when it exists)
-    until cancelled: the leader's job, as istiod patches its webhooks."""
+async def keep_webhook_ca_bundle(
+    api: client.ApiClient, name: str, ca_bundle: bytes, *, kind: str = "validating"
+) -> None:
+    """Keep `ca_bundle` in every webhook of the (`kind`: validating or mutating) webhook configuration
+    `name` (when it exists) until cancelled: the leader's job, as istiod patches its webhooks."""
     registration = client.AdmissionregistrationV1Api(api)
     changed = asyncio.Event()
     await_change = asyncio.create_task(
         follow(
-            registration.list_validating_webhook_configuration,
+            getattr(registration, f"list_{kind}_webhook_configuration"),
             lambda kind, obj: changed.set(),
             field_selector=f"metadata.name={name}",
         )
@@ -186,19 +230,21 @@ async def keep_webhook_ca_bundle(api: client.ApiClient, name: str, ca_bundle: by
         while True:
             await changed.wait()
             changed.clear()
-            await _patch_ca_bundle(registration, name, ca_bundle)
+            await _patch_ca_bundle(registration, kind, name, ca_bundle)
     finally:
         await_change.cancel()
         await asyncio.gather(await_change, return_exceptions=True)
 
 
-async def _patch_ca_bundle(registration: client.AdmissionregistrationV1Api, name: str, ca_bundle: bytes) -> None:
+async def _patch_ca_bundle(
+    registration: client.AdmissionregistrationV1Api, kind: str, name: str, ca_bundle: bytes
+) -> None:
     try:
-        current = await registration.read_validating_webhook_configuration(name)
+        current = await getattr(registration, f"read_{kind}_webhook_configuration")(name)
         update = ca_bundle_update(registration.api_client.sanitize_for_serialization(current), ca_bundle)
         if update is not None:
-            await registration.replace_validating_webhook_configuration(name, update)
-            log.info("webhook: set the caBundle of ValidatingWebhookConfiguration %s to the mesh's root", name)
+            await getattr(registration, f"replace_{kind}_webhook_configuration")(name, update)
+            log.info("webhook: set the caBundle of %s webhook configuration %s to the mesh's root", kind, name)
     except ApiException as error:
         if error.status not in (404, 409):  # gone, or changed meanwhile (the change brings another event)
             log.warning("webhook: cannot set the caBundle of %s: %s %s", name, error.status, error.reason)

@@ -25,6 +25,7 @@ import base64
 import json
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -37,9 +38,11 @@ from plait.api.unsupported import kind_not_supported
 from plait.ca.authority import make_private_dir, write_file
 
 log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 WEBHOOK_PORT = 15017  # istiod's webhook port (Service istiod port 443 → 15017)
 WEBHOOK_PATH = "/validate"
+INJECT_PATH = "/inject"  # the sidecar injector's, served beside (plait.controlplane.injector)
 WEBHOOK_NAME = "validation.istio.io"
 CONFIGURATION_NAME = "istio-validator-istio-system"
 REVIEW_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
@@ -134,8 +137,9 @@ def admission_response(review: object, metrics: WebhookMetrics | None = None) ->
     }
 
 
-def webhook_app(metrics: WebhookMetrics | None = None) -> web.Application:
-    """POST /validate (and /validate/…): AdmissionReview in, AdmissionReview out."""
+def webhook_app(metrics: WebhookMetrics | None = None, *, inject: Handler | None = None) -> web.Application:
+    """POST /validate (and /validate/…): AdmissionReview in, AdmissionReview out; with `inject`, the
+    sidecar injector (`plait.controlplane.injector`) on POST /inject too."""
 
     async def validate(request: web.Request) -> web.Response:
         if request.content_type != "application/json":
@@ -149,6 +153,9 @@ def webhook_app(metrics: WebhookMetrics | None = None) -> web.Application:
     app = web.Application(client_max_size=32 * 1024 * 1024)
     app.router.add_post(WEBHOOK_PATH, validate)
     app.router.add_post(WEBHOOK_PATH + "/{rest:.*}", validate)
+    if inject is not None:
+        app.router.add_post(INJECT_PATH, inject)
+        app.router.add_post(INJECT_PATH + "/{rest:.*}", inject)
     return app
 
 
@@ -164,10 +171,16 @@ def tls_context(chain_pem: bytes, key_pem: bytes, directory: Path) -> ssl.SSLCon
 
 
 async def serve_webhook(
-    context: ssl.SSLContext, host: str, port: int = WEBHOOK_PORT, *, metrics: WebhookMetrics | None = None
+    context: ssl.SSLContext,
+    host: str,
+    port: int = WEBHOOK_PORT,
+    *,
+    metrics: WebhookMetrics | None = None,
+    inject: Handler | None = None,
 ) -> web.AppRunner:
-    """Serve the webhook over TLS on host:port until ``await runner.cleanup()``."""
-    runner = web.AppRunner(webhook_app(metrics), access_log=None)
+    """Serve the webhook (and the injector, given its handler) over TLS on host:port until
+    ``await runner.cleanup()``."""
+    runner = web.AppRunner(webhook_app(metrics, inject=inject), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port, ssl_context=context).start()
     return runner

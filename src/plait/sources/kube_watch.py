@@ -202,9 +202,13 @@ class ClusterView:
         return [p for key in sorted(self.invalid) for p in self.invalid[key]]
 
     def namespace_labels(self, namespace: str) -> dict[str, str]:
+        return self.known_namespace_labels(namespace) or {}
+
+    def known_namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        """The labels of `namespace`; None when the watch has not seen it (yet)."""
         namespaces = self.collections.get(NAMESPACES.kind)
         obj = namespaces.objects.get(("", namespace)) if namespaces else None
-        return dict(((obj or {}).get("metadata") or {}).get("labels") or {})
+        return None if obj is None else dict((obj.get("metadata") or {}).get("labels") or {})
 
     def resources(self) -> dict[Key, Resource]:
         """The cluster's configuration and registry, as the mesh snapshot reads them."""
