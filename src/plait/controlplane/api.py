@@ -8,6 +8,8 @@
     GET  /api/v1/config[?kind=&namespace=&name=]   stored objects
     POST /api/v1/config[?dryRun=true&filename=F]   apply YAML: every document, or none
     POST /api/v1/config/delete           delete the objects named by a YAML body
+    GET  /api/v1/nametable?proxy=ID[&autoAllocate=true]   that proxy's DNS name table (Istio's NDS, as JSON;
+                                         ETag / If-None-Match → 304)
     GET  /api/v1/workloads               registered workloads
     PUT  /api/v1/workloads/{ns}/{name}   register (JSON: address, labels, ports, serviceAccount, ready)
     PUT  /api/v1/workloads/{ns}/{name}/ready   {"ready": true|false}
@@ -18,7 +20,8 @@ Handlers only translate between HTTP and `MeshState`/the hub; errors are JSON
 
 Access (when the control plane gives an admin token; without one everything is open, as before):
 requests from the host itself (peer 127.0.0.1 or ::1; not 127.1.x.y, where proxy-mode pods
-live) are allowed; from elsewhere, /ready, /metrics and /version are open (as istiod's 15014),
+live) are allowed; from elsewhere, /ready, /metrics, /version and /api/v1/nametable are open (as
+istiod's 15014; the name table holds service names and addresses, what cluster DNS tells anyone),
 workload registration (PUT/DELETE /api/v1/workloads/{ns}/{name}…) takes a pod's token for that
 namespace and service account, and everything else takes the admin token: 401 without it, 403
 when a pod's token does not entitle it.
@@ -27,6 +30,7 @@ when a pod's token does not entitle it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -45,12 +49,14 @@ from plait.api.loader import LoadResult, parse_text
 from plait.ca.authority import load_or_create_secret
 from plait.ca.tokens import InvalidToken
 from plait.controlplane.mesh import MeshState
+from plait.model import Proxy
 from plait.sources.files import Change
 from plait.sources.workloads import parse_workload
+from plait.xds.nametable import build_name_table
 
 log = logging.getLogger("plait.controlplane")
 HOST_PEERS = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
-OPEN_ROUTES = ("/ready", "/metrics", "/version")
+OPEN_ROUTES = ("/ready", "/metrics", "/version", "/api/v1/nametable")
 WORKLOAD_ROUTES = ("/api/v1/workloads/{namespace}/{name}", "/api/v1/workloads/{namespace}/{name}/ready")
 HOW_TO_GET_ACCESS = (
     "run the CLI on the control plane's host, or set PLAIT_API_TOKEN to the control plane's "
@@ -82,6 +88,8 @@ class HubView(Protocol):
     def statuses(self) -> list[Any]: ...
 
     def config_dump(self, proxy_id: str) -> dict | None: ...
+
+    def proxy(self, proxy_id: str) -> Proxy | None: ...
 
 
 def problem_dict(p: Problem) -> dict:
@@ -224,6 +232,7 @@ class Api:
                 web.get("/api/v1/config", self.get_config),
                 web.post("/api/v1/config", self.apply),
                 web.post("/api/v1/config/delete", self.delete),
+                web.get("/api/v1/nametable", self.name_table),
                 web.get("/api/v1/workloads", self.list_workloads),
                 web.put("/api/v1/workloads/{namespace}/{name}", self.register),
                 web.put("/api/v1/workloads/{namespace}/{name}/ready", self.set_ready),
@@ -296,6 +305,25 @@ class Api:
         if dump is None:
             return web.json_response({"error": f"no connected proxy {proxy!r}; see /debug/syncz"}, status=404)
         return web.json_response(dump)
+
+    async def name_table(self, request: web.Request) -> web.Response:
+        """The DNS name table of the proxy `?proxy=NODE_ID` (connected or not: the node id names it)."""
+        node_id = request.query.get("proxy", "")
+        try:
+            proxy = self.hub.proxy(node_id) or Proxy.from_node_id(node_id)
+        except ValueError:
+            raise _error(
+                web.HTTPBadRequest, f"proxy={node_id!r}: expected a node id TYPE~IP~NAME.NAMESPACE~DOMAIN"
+            ) from None
+        await self.state.settled()
+        table = build_name_table(
+            self.state.snapshot, proxy, auto_allocate=request.query.get("autoAllocate", "") == "true"
+        )
+        body = json.dumps(table.to_json(), sort_keys=True).encode()
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(body=body, content_type="application/json", headers={"ETag": etag})
 
     # ------------------------------------------------------------ configuration
 
