@@ -39,10 +39,24 @@ REFRESH_SECONDS = 2.0
 
 @dataclass(frozen=True)
 class DnsSettings:
+    """The agent's DNS proxy: where it listens, its upstreams, and where its name table comes from."""
+
     resolv: ResolvConf  # upstream nameservers and search domains (the pod's /etc/resolv.conf)
+    api: str  # the control plane's HTTP API, e.g. http://istiod.istio-system.svc:15014
     address: str = "127.0.0.1"
     port: int = DNS_PROXY_PORT
     auto_allocate: bool = False  # ask for VIPs for ServiceEntry hosts without addresses
+    token_file: Path | None = None  # the pod's token, sent as Authorization: Bearer
+
+
+async def start_dns(settings: DnsSettings, proxy: Proxy) -> tuple[DnsProxy, asyncio.Task]:
+    """Serve DNS and keep the name table current; cancel the task and stop the proxy to end both."""
+    server = DnsProxy(settings.resolv, proxy.namespace)
+    await server.start(settings.address, settings.port)
+    follower = NameTableFollower(
+        settings.api, proxy, server.update, token_file=settings.token_file, auto_allocate=settings.auto_allocate
+    )
+    return server, asyncio.create_task(follower.run(), name="name-table")
 
 
 class DnsProxy:
