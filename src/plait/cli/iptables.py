@@ -79,7 +79,7 @@ def iptables(
         bool,
         typer.Option(
             "--redirect-dns",
-            envvar="REDIRECT_DNS",
+            envvar="ISTIO_META_DNS_CAPTURE",
             help="Send DNS (UDP and TCP port 53) to --resolv-conf's nameservers to the agent's DNS proxy (15053), "
             "except the proxy user's own queries (Istio's DNS capture).",
         ),
