@@ -219,6 +219,8 @@ class Api:
         self.state, self.hub, self.own_metrics = state, hub, own_metrics
         self.access = Access(admin_token, token_verifier)
         self.serving = False  # set once the ADS server listens
+        self._tables_snapshot: object = None  # the snapshot `_tables` were built from
+        self._tables: dict[tuple, tuple[str, bytes]] = {}
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._authenticate])
@@ -316,14 +318,23 @@ class Api:
                 web.HTTPBadRequest, f"proxy={node_id!r}: expected a node id TYPE~IP~NAME.NAMESPACE~DOMAIN"
             ) from None
         await self.state.settled()
-        table = build_name_table(
-            self.state.snapshot, proxy, auto_allocate=request.query.get("autoAllocate", "") == "true"
-        )
-        body = json.dumps(table.to_json(), sort_keys=True).encode()
-        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        etag, body = self._name_table(proxy, auto_allocate=request.query.get("autoAllocate", "") == "true")
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers={"ETag": etag})
         return web.Response(body=body, content_type="application/json", headers={"ETag": etag})
+
+    def _name_table(self, proxy: Proxy, *, auto_allocate: bool) -> tuple[str, bytes]:
+        """(ETag, JSON body) of the proxy's table, built once per snapshot for each namespace, label
+        set and allocation choice (what the table depends on), however often agents poll."""
+        snapshot = self.state.snapshot
+        if self._tables_snapshot is not snapshot:
+            self._tables_snapshot, self._tables = snapshot, {}
+        key = (proxy.namespace, tuple(sorted(proxy.labels.items())), auto_allocate)
+        if key not in self._tables:
+            table = build_name_table(snapshot, proxy, auto_allocate=auto_allocate)
+            body = json.dumps(table.to_json(), sort_keys=True).encode()
+            self._tables[key] = ('"' + hashlib.sha256(body).hexdigest()[:32] + '"', body)
+        return self._tables[key]
 
     # ------------------------------------------------------------ configuration
 
