@@ -154,3 +154,17 @@ def test_table_updates_take_effect() -> None:
         assert addresses(await query("reviews", "127.0.0.1", proxy.port)) == ["203.0.113.5"]  # now the upstream's
 
     with_proxy(test)
+
+
+def test_answers_too_big_for_udp_are_truncated_and_complete_over_tcp() -> None:
+    many = tuple(f"10.1.{i // 250}.{i % 250 + 1}" for i in range(100))  # 100 A records: > 512 bytes
+    headless = NameTable({"db.default.svc.cluster.local": NameInfo(ips=many, registry="Kubernetes")})
+
+    async def test(proxy: DnsProxy, upstream: FakeNameserver) -> None:
+        proxy.update(headless)
+        over_udp = await query("db.default.svc.cluster.local", "127.0.0.1", proxy.port)
+        assert over_udp.flags & dns.flags.TC and over_udp.answer == []
+        over_tcp = await query("db.default.svc.cluster.local", "127.0.0.1", proxy.port, tcp=True)
+        assert sorted(addresses(over_tcp)) == sorted(many)
+
+    with_proxy(test)

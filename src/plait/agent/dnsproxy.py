@@ -25,6 +25,7 @@ from pathlib import Path
 import aiohttp
 import dns.asyncquery
 import dns.exception
+import dns.flags
 import dns.message
 
 from plait.agent.dnslookup import LookupTable, ResolvConf, servfail
@@ -89,7 +90,12 @@ class DnsProxy:
         except dns.exception.DNSException:
             return None
         response = self.table.answer(query) or await self._forward(query, tcp=tcp)
-        return response.to_wire(max_size=65535 if tcp else _udp_limit(query))
+        try:
+            return response.to_wire(max_size=65535 if tcp else _udp_limit(query))
+        except dns.exception.TooBig:  # too big for UDP: say so (TC); the client asks again over TCP
+            truncated = dns.message.make_response(query)
+            truncated.flags |= dns.flags.TC | (response.flags & dns.flags.AA)
+            return truncated.to_wire()
 
     async def _forward(self, query: dns.message.Message, *, tcp: bool) -> dns.message.Message:
         ask = dns.asyncquery.tcp if tcp else dns.asyncquery.udp
@@ -149,7 +155,7 @@ async def serve_udp_and_tcp(address: str, port: int, udp_protocol, tcp_handler, 
 
 
 def _udp_limit(query: dns.message.Message) -> int:
-    """512 bytes, or the client's EDNS buffer size (truncating beyond it, as a server must)."""
+    """512 bytes, or the client's EDNS buffer size (beyond it a response is truncated, as a server must)."""
     return max(512, query.payload) if query.edns >= 0 else 512
 
 

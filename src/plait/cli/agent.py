@@ -182,7 +182,8 @@ def agent(
     control_plane_api: Annotated[
         str | None,
         typer.Option(
-            help="The control plane's HTTP API for --register. Default: http://HOST:15014 of --control-plane."
+            help="The control plane's HTTP API for --register and --dns-capture's name table. "
+            "Default: http://HOST:15014 of --control-plane."
         ),
     ] = None,
     token_file: Annotated[
