@@ -10,9 +10,11 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
+from typer.testing import CliRunner
 
 from plait.agent.dnslookup import LookupTable, ResolvConf, parse_resolv_conf, parse_upstream
 from plait.agent.dnsproxy import DnsProxy
+from plait.cli.main import app
 from plait.testing.dns import FakeNameserver, addresses, query
 from plait.xds.nametable import NameInfo, NameTable
 
@@ -168,3 +170,16 @@ def test_answers_too_big_for_udp_are_truncated_and_complete_over_tcp() -> None:
         assert sorted(addresses(over_tcp)) == sorted(many)
 
     with_proxy(test)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dns-upstream", "dns.example"], "upstream nameserver 'dns.example': expected IP or IP:PORT"),
+        (["--resolv-conf", "/nonexistent/resolv.conf"], "cannot read /nonexistent/resolv.conf"),
+    ],
+)
+def test_bad_dns_settings_are_refused_before_anything_starts(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["agent", "--name", "a", "--ip", "127.0.0.1", "--dns-capture", *args])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.replace("│", " ").split())
