@@ -26,6 +26,12 @@ def test_dns_rules_follow_istio_order() -> None:
     assert lines.index("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN") == lines.index(DNS_TCP) + 1
     # UDP: in OUTPUT itself, the proxy's queries first
     assert lines[-4:-1] == DNS_UDP
+    # TCP DNS stays out of the loopback rules (Istio: `! --dport 53`), so DNS to a loopback nameserver is captured
+    assert "-A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --uid-owner 1337 -j RETURN" in lines
+    assert (
+        "-A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 53 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT"
+        in lines
+    )
     assert not any("fd00" in line for line in lines)  # IPv6 nameservers: plait captures IPv4 only
 
 
@@ -33,7 +39,7 @@ def test_capture_all_dns_and_no_dns() -> None:
     rules = render_rules(CaptureConfig.from_flags(redirect_dns=True, capture_all_dns=True))
     assert "-A ISTIO_OUTPUT -p tcp --dport 53 -j REDIRECT --to-ports 15053\n" in rules
     assert "-A OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053\n" in rules
-    assert "53" not in render_rules(CaptureConfig.from_flags(dns_servers=["10.96.0.10"]))
+    assert render_rules(CaptureConfig.from_flags(dns_servers=["10.96.0.10"])) == render_rules(CaptureConfig())
 
 
 def test_bad_nameserver_is_named() -> None:

@@ -215,14 +215,17 @@ def outbound_rules(config: CaptureConfig) -> list[str]:
     rules.append(f"-A ISTIO_OUTPUT -o lo -s {PASSTHROUGH_SOURCE} -j RETURN")
     loopback_captured = config.outbound_ranges != WILDCARD and any(r.is_loopback for r in config.outbound_ranges)
     owners = [("--uid-owner", uid) for uid in config.proxy_uids] + [("--gid-owner", gid) for gid in config.proxy_gids]
+    # With DNS capture, TCP DNS is kept out of the loopback rules, as Istio does: the proxy's DNS over
+    # loopback is not sent inbound, and the app's DNS to a nameserver on loopback is still captured.
+    not_port = "! --dport 53" if config.redirect_dns else f"! --dport {TUNNEL_PORT}"
+    app_loopback = "-o lo -p tcp ! --dport 53" if config.redirect_dns else "-o lo"
     for match, owner in owners:
         # The proxy talking to the pod's own IP over loopback is inbound traffic: send it to 15006.
         rules.append(
-            f"-A ISTIO_OUTPUT -o lo ! -d {LOCALHOST} -p tcp ! --dport {TUNNEL_PORT} "
-            f"-m owner {match} {owner} -j ISTIO_IN_REDIRECT"
+            f"-A ISTIO_OUTPUT -o lo ! -d {LOCALHOST} -p tcp {not_port} -m owner {match} {owner} -j ISTIO_IN_REDIRECT"
         )
         if not loopback_captured:  # the app talking to itself over loopback is left alone
-            rules.append(f"-A ISTIO_OUTPUT -o lo -m owner ! {match} {owner} -j RETURN")
+            rules.append(f"-A ISTIO_OUTPUT {app_loopback} -m owner ! {match} {owner} -j RETURN")
         rules.append(f"-A ISTIO_OUTPUT -m owner {match} {owner} -j RETURN")  # the proxy's own connections
     rules += dns_tcp_rules(config)
     rules.append(f"-A ISTIO_OUTPUT -d {LOCALHOST} -j RETURN")
