@@ -141,7 +141,9 @@ def test_agent_answers_mesh_names_and_forwards_the_rest(tmp_path: Path, upstream
             "--control-plane-api",
             f"http://127.0.0.1:{cp.http_port}",
         ]
-        with AgentProcess(cp, tmp_path, mode="proxy", name="productpage-1", ip=f"{net}.1", extra=dns_args):
+        agent = AgentProcess(cp, tmp_path, mode="proxy", name="productpage-1", ip=f"{net}.1", extra=dns_args)
+        agent_log = agent.log_path
+        with agent:
             wait_until(
                 lambda: addresses(resolve("legacy.corp.example", dns_port, tcp=tcp)) == ["192.168.7.10"],
                 CONVERGE,
@@ -163,3 +165,7 @@ def test_agent_answers_mesh_names_and_forwards_the_rest(tmp_path: Path, upstream
             assert addresses(resolve("legacy.corp.example", dns_port, tcp=tcp)) == ["192.168.7.10"]
             assert addresses(resolve("reviews.default", dns_port, tcp=tcp)) == ["10.96.0.12"]
             assert resolve("www.example.org", dns_port, tcp=tcp).rcode() == dns.rcode.SERVFAIL
+
+            cp.stop()  # the control plane goes away too: the agent keeps its last table
+            wait_until(lambda: "keeping the last one" in agent_log.read_text(), CONVERGE, "a failed table fetch")
+            assert addresses(resolve("payments.partner.example", dns_port, tcp=tcp)) == ["192.168.7.20"]

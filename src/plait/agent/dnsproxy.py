@@ -125,12 +125,15 @@ class _Udp(asyncio.DatagramProtocol):
     def __init__(self, proxy: DnsProxy):
         self.proxy = proxy
         self.transport: asyncio.DatagramTransport | None = None
+        self._replies: set[asyncio.Task] = set()  # held until done (the loop keeps only weak references)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
-        asyncio.get_running_loop().create_task(self._reply(data, addr))
+        task = asyncio.get_running_loop().create_task(self._reply(data, addr))
+        self._replies.add(task)
+        task.add_done_callback(self._replies.discard)
 
     async def _reply(self, data: bytes, addr) -> None:
         response = await self.proxy.resolve(data, tcp=False)
