@@ -4,6 +4,7 @@ and keeps answering mesh names when that upstream is gone."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from plait.testing.backends import loopback_subnet
 from plait.testing.dns import addresses
 from plait.testing.live import AgentProcess, ControlPlaneProcess, free_port, wait_until
 
-CONVERGE = 10.0  # seconds a change may take to reach the agent's table (it polls every 2 s)
+CONVERGE = 10.0  # seconds a change may take to reach the agent's table (well under one: it long-polls)
 MESH = """\
 apiVersion: v1
 kind: Service
@@ -103,8 +104,12 @@ def test_control_plane_serves_name_tables_with_etags(tmp_path: Path) -> None:
         assert table["table"]["legacy.corp.example"] == {"ips": ["192.168.7.10"], "registry": "External"}
         assert table["table"]["reviews.default.svc.cluster.local"]["shortname"] == "reviews"
         assert get_table(cp, proxy_id, etag)[0] == 304
-        cp.apply(LATER)
-        wait_until(lambda: get_table(cp, proxy_id, etag)[0] == 200, CONVERGE, "a new table after the change")
+        assert get_table(cp, proxy_id, etag, wait="0.2")[0] == 304  # nothing changed while it waited
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(get_table, cp, proxy_id, etag, wait="60")  # answered by the change
+            cp.apply(LATER)
+            status, changed, _ = waiting.result(timeout=CONVERGE)
+        assert status == 200 and changed["table"]["payments.partner.example"]["ips"] == ["192.168.7.20"]
         assert get_table(cp, proxy_id)[1]["table"]["payments.partner.example"]["ips"] == ["192.168.7.20"]
         cp.apply(LATER.replace("payments", "billing").replace("  addresses: [192.168.7.20]\n", ""))
         wait_until(
@@ -119,6 +124,8 @@ def test_control_plane_serves_name_tables_with_etags(tmp_path: Path) -> None:
         assert "billing.partner.example" not in get_table(cp, proxy_id)[1]["table"]
         status, body, _ = get_table(cp, "not-a-node-id")
         assert status == 400 and "expected a node id" in body["error"]
+        status, body, _ = get_table(cp, proxy_id, wait="soon")
+        assert status == 400 and "expected a number of seconds" in body["error"]
 
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])

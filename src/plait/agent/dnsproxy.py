@@ -8,9 +8,10 @@ agent's own upstream queries leave as the proxy user (uid 1337), which the captu
 Because table names never wait on the upstream, mesh names keep resolving when cluster DNS is slow
 or down.
 
-`NameTableFollower` keeps the table current: it GETs the proxy's table from the control plane's
-HTTP API (``/api/v1/nametable?proxy=ID``) every few seconds with the last ETag (304 when nothing
-changed). A failed fetch keeps the last table; nothing here ever stops the agent.
+`NameTableFollower` keeps the table current: it long-polls the proxy's table from the control
+plane's HTTP API (``/api/v1/nametable?proxy=ID&wait=30`` with the last ETag: the control plane
+answers as soon as the table changes, or 304 after 30 s), and asks again at once. A failed fetch
+keeps the last table and is retried after a pause; nothing here ever stops the agent.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from plait.xds.nametable import NameTable, from_json
 log = logging.getLogger("plait.agent.dns")
 DNS_PROXY_PORT = 15053
 UPSTREAM_TIMEOUT = 2.0  # seconds for each upstream nameserver
-REFRESH_SECONDS = 2.0
+RETRY_SECONDS = 2.0  # pause after a failed name-table fetch
+LONG_POLL_SECONDS = 30  # how long the control plane may hold a name-table request
 
 
 @dataclass(frozen=True)
@@ -173,33 +175,37 @@ class NameTableFollower:
         *,
         token_file: Path | None = None,
         auto_allocate: bool = False,
-        interval: float = REFRESH_SECONDS,
+        interval: float = RETRY_SECONDS,
     ):
         self.api, self.proxy, self.on_table = api.rstrip("/"), proxy, on_table
         self.token_file, self.auto_allocate, self.interval = token_file, auto_allocate, interval
         self.etag: str | None = None
 
     async def run(self) -> None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=LONG_POLL_SECONDS + 15)) as session:
             while True:
-                await self.fetch(session)
-                await asyncio.sleep(self.interval)
+                if await self.fetch(session) is None:
+                    await asyncio.sleep(self.interval)
 
-    async def fetch(self, session: aiohttp.ClientSession) -> bool:
-        """Fetch once; True when a new table was handed over. Errors are logged, the old table stays."""
+    async def fetch(self, session: aiohttp.ClientSession) -> bool | None:
+        """Fetch once (waiting up to LONG_POLL_SECONDS for a change once there is a table): True when a
+        new table was handed over, False when it is unchanged, None on an error (logged; the old table
+        stays)."""
         params = {"proxy": self.proxy.id, **({"autoAllocate": "true"} if self.auto_allocate else {})}
+        if self.etag:
+            params["wait"] = str(LONG_POLL_SECONDS)
         try:
             async with session.get(f"{self.api}/api/v1/nametable", params=params, headers=self._headers()) as response:
                 if response.status == 304:
                     return False
                 if response.status != 200:
                     log.warning("name table: %s answered %d: %s", self.api, response.status, await response.text())
-                    return False
+                    return None
                 table = from_json(await response.json())
                 self.etag = response.headers.get("ETag")
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             log.warning("name table from %s: %s (keeping the last one)", self.api, exc or type(exc).__name__)
-            return False
+            return None
         self.on_table(table)
         return True
 

@@ -8,8 +8,9 @@
     GET  /api/v1/config[?kind=&namespace=&name=]   stored objects
     POST /api/v1/config[?dryRun=true&filename=F]   apply YAML: every document, or none
     POST /api/v1/config/delete           delete the objects named by a YAML body
-    GET  /api/v1/nametable?proxy=ID[&autoAllocate=true]   that proxy's DNS name table (Istio's NDS, as JSON;
-                                         ETag / If-None-Match → 304)
+    GET  /api/v1/nametable?proxy=ID[&autoAllocate=true][&wait=SECONDS]   that proxy's DNS name table
+                                         (Istio's NDS, as JSON; ETag / If-None-Match → 304, after up
+                                         to `wait` seconds, at most 60, unless it changes meanwhile)
     GET  /api/v1/workloads               registered workloads
     PUT  /api/v1/workloads/{ns}/{name}   register (JSON: address, labels, ports, serviceAccount, ready)
     PUT  /api/v1/workloads/{ns}/{name}/ready   {"ready": true|false}
@@ -29,6 +30,8 @@ when a pod's token does not entitle it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -56,6 +59,7 @@ from plait.xds.nametable import build_name_table
 
 log = logging.getLogger("plait.controlplane")
 HOST_PEERS = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+MAX_NAME_TABLE_WAIT = 60.0  # seconds a name-table request may wait for a change
 OPEN_ROUTES = ("/ready", "/metrics", "/version", "/api/v1/nametable")
 WORKLOAD_ROUTES = ("/api/v1/workloads/{namespace}/{name}", "/api/v1/workloads/{namespace}/{name}/ready")
 HOW_TO_GET_ACCESS = (
@@ -149,6 +153,16 @@ def _peer_ip(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6Addr
     return ip
 
 
+def _seconds(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise _error(web.HTTPBadRequest, f"{name}={text!r}: expected a number of seconds")
+    return value
+
+
 def _bearer(request: web.Request) -> str | None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
@@ -221,6 +235,18 @@ class Api:
         self.serving = False  # set once the ADS server listens
         self._tables_snapshot: object = None  # the snapshot `_tables` were built from
         self._tables: dict[tuple, tuple[str, bytes]] = {}
+        self._snapshot_changed = asyncio.Event()  # replaced by a fresh one after each new snapshot
+        self._stopping = False
+
+    def stopping(self) -> None:
+        """The control plane is stopping: answer waiting name-table requests at once."""
+        self._stopping = True
+        self.snapshot_changed()
+
+    def snapshot_changed(self) -> None:
+        """A new snapshot is in `state`: wake the name-table requests waiting for a change."""
+        self._snapshot_changed.set()
+        self._snapshot_changed = asyncio.Event()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._authenticate])
@@ -317,9 +343,19 @@ class Api:
             raise _error(
                 web.HTTPBadRequest, f"proxy={node_id!r}: expected a node id TYPE~IP~NAME.NAMESPACE~DOMAIN"
             ) from None
+        auto_allocate = request.query.get("autoAllocate", "") == "true"
+        seen = request.headers.get("If-None-Match")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(_seconds(request.query.get("wait", "0"), "wait"), MAX_NAME_TABLE_WAIT)
         await self.state.settled()
-        etag, body = self._name_table(proxy, auto_allocate=request.query.get("autoAllocate", "") == "true")
-        if request.headers.get("If-None-Match") == etag:
+        etag, body = self._name_table(proxy, auto_allocate=auto_allocate)
+        while (
+            seen == etag and loop.time() < deadline and not self._stopping
+        ):  # long poll: answer when the table changes
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._snapshot_changed.wait(), deadline - loop.time())
+            etag, body = self._name_table(proxy, auto_allocate=auto_allocate)
+        if seen == etag:
             return web.Response(status=304, headers={"ETag": etag})
         return web.Response(body=body, content_type="application/json", headers={"ETag": etag})
 
