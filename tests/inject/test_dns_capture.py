@@ -43,7 +43,7 @@ def test_off_by_default() -> None:
 
 
 @pytest.mark.parametrize(("value", "on"), [("true", True), ("1", True), ("false", False), ("", False)])
-def test_the_agent_reads_the_env_as_istio_does(value: str, on: bool, tmp_path, monkeypatch) -> None:
+def test_plait_iptables_reads_the_env_as_istio_iptables_does(value: str, on: bool, tmp_path, monkeypatch) -> None:
     """`plait iptables` reads ISTIO_META_DNS_CAPTURE as istio-iptables does (the injected env works alone)."""
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 10.96.0.10\n")
