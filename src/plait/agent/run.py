@@ -43,6 +43,7 @@ from plait.agent.admin import AdminUnavailable, EnvoyAdmin
 from plait.agent.app import app_environment, start_app, wait_for_app
 from plait.agent.app_probe import AppProber
 from plait.agent.bootstrap import BootstrapSettings, build_bootstrap
+from plait.agent.dnsproxy import DnsProxy, DnsSettings, start_dns
 from plait.agent.identity import CertificateError, CertificateManager, read_token
 from plait.agent.readiness import Readiness, check_readiness, wait_until_ready
 from plait.agent.registration import (
@@ -99,6 +100,7 @@ class AgentConfig:
     identity: IdentitySettings | None = None  # get a certificate and serve it over SDS
     probe_port: int | None = None  # also serve the status routes here, with /app-health (Istio's 15020)
     app_probers: Mapping[str, AppProber] = field(default_factory=dict)  # /app-health path → the app's probe
+    dns: DnsSettings | None = None  # answer the pod's DNS (Istio's ISTIO_META_DNS_CAPTURE)
 
 
 def make_proxy_dir(state_dir: Path, proxy_uid: int | None) -> tuple[Path, bool]:
@@ -134,6 +136,16 @@ def reachable_by(directory: Path, uid: int) -> bool:
         if not mode.st_mode & bit:
             return False
     return True
+
+
+async def _stop_dns(dns: tuple[DnsProxy, asyncio.Task] | None) -> None:
+    if dns is None:
+        return
+    server, follower = dns
+    follower.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await follower
+    await server.stop()
 
 
 def write_private(path: Path, text: str, *, owner: int | None = None) -> None:
@@ -201,6 +213,7 @@ class Agent:
             self.config.bootstrap.xds,
         )
         registered = self._start_registration()
+        dns = await start_dns(self.config.dns, self.proxy) if self.config.dns else None
         with self._signal_handlers():
             try:
                 if self.certificates is not None and (code := await self._start_certificates(settings)) is not None:
@@ -213,6 +226,7 @@ class Agent:
                 return 0
             finally:
                 await self._stop_registration(registered)
+                await _stop_dns(dns)
                 await envoy.stop()
                 await self._stop_certificates()
                 await status.close()

@@ -22,6 +22,8 @@ from plait.agent.bootstrap import (
     parse_control_plane,
     proxy_for_mode,
 )
+from plait.agent.dnslookup import ResolvConf, parse_upstream, read_resolv_conf
+from plait.agent.dnsproxy import DnsSettings
 from plait.agent.readiness import wait_for_ready_url
 from plait.agent.registration import Registration
 from plait.agent.run import AgentConfig, IdentitySettings, default_state_dir, run_agent
@@ -180,7 +182,8 @@ def agent(
     control_plane_api: Annotated[
         str | None,
         typer.Option(
-            help="The control plane's HTTP API for --register. Default: http://HOST:15014 of --control-plane."
+            help="The control plane's HTTP API for --register and --dns-capture's name table. "
+            "Default: http://HOST:15014 of --control-plane."
         ),
     ] = None,
     token_file: Annotated[
@@ -228,6 +231,34 @@ def agent(
             show_default=False,
         ),
     ] = None,
+    dns_capture: Annotated[
+        bool,
+        typer.Option(
+            envvar="ISTIO_META_DNS_CAPTURE",
+            help="Answer the pod's DNS on --dns-address:--dns-port (UDP and TCP): mesh service names and ServiceEntry "
+            "hosts from the control plane's name table, everything else forwarded to --dns-upstream. With "
+            "`plait iptables --redirect-dns` the pod's port-53 queries arrive here.",
+        ),
+    ] = False,
+    dns_auto_allocate: Annotated[
+        bool,
+        typer.Option(
+            envvar="ISTIO_META_DNS_AUTO_ALLOCATE",
+            help="With --dns-capture: ServiceEntry hosts without addresses resolve to VIPs from 240.240.0.0/16.",
+        ),
+    ] = False,
+    dns_address: Annotated[str, typer.Option(help="Where the DNS proxy listens.")] = "127.0.0.1",
+    dns_port: Annotated[int, typer.Option(help="The DNS proxy's port (Istio's 15053).")] = 15053,
+    dns_upstream: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Upstream nameserver IP[:PORT] for names not in the mesh; repeatable. Default: --resolv-conf's.",
+            show_default=False,
+        ),
+    ] = None,
+    resolv_conf: Annotated[
+        Path, typer.Option(help="The pod's resolv.conf: upstream nameservers and search domains.")
+    ] = Path("/etc/resolv.conf"),
     app_command: Annotated[
         list[str] | None,
         typer.Argument(metavar="-- APP COMMAND", help="Started once the proxy is ready.", show_default=False),
@@ -277,6 +308,17 @@ def agent(
         identity=identity,
         probe_port=probe_port,
         app_probers=_app_probers(app_probers),
+        dns=_dns_settings(
+            resolv_conf,
+            dns_upstream or [],
+            api=control_plane_api or f"http://{parse_control_plane(control_plane)[0]}:15014",
+            address=dns_address,
+            port=dns_port,
+            auto_allocate=dns_auto_allocate,
+            token_file=token_file,
+        )
+        if dns_capture
+        else None,
         registration=None
         if register_ports is None
         else Registration(
@@ -295,6 +337,21 @@ def agent(
         typer.echo(f"[agent] error: {exc}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+def _dns_settings(resolv_conf: Path, upstreams: list[str], **settings) -> DnsSettings:
+    """The DNS proxy's settings: search domains (and by default nameservers) from `resolv_conf`."""
+    try:
+        resolv = read_resolv_conf(resolv_conf)
+    except OSError as exc:
+        if not upstreams:
+            raise typer.BadParameter(f"cannot read {resolv_conf}: {exc.strerror}", param_hint="--resolv-conf") from None
+        resolv = ResolvConf(())
+    try:
+        nameservers = tuple(parse_upstream(u) for u in upstreams) or resolv.nameservers
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--dns-upstream") from None
+    return DnsSettings(resolv=ResolvConf(nameservers, resolv.search), **settings)
 
 
 def _app_probers(text: str | None) -> dict[str, AppProber]:

@@ -6,10 +6,12 @@ A thin shell over `plait.runtime.iptables`: parse the flags into a `CaptureConfi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from plait.agent.dnslookup import read_resolv_conf
 from plait.runtime.iptables import BACKENDS, CaptureConfig, IptablesError, apply, cleanup, render_rules
 
 HELP = "\n\n".join(
@@ -23,6 +25,7 @@ HELP = "\n\n".join(
         ),
         "Istio's init-container command, accepted as is:",
         "  [bold]plait iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020[/]",
+        "DNS capture (with the agent's --dns-capture): add [bold]--redirect-dns[/].",
         "Show the rules without installing them: add [bold]--dry-run[/]. Remove them: [bold]plait iptables --cleanup[/].",
     ]
 )
@@ -72,6 +75,22 @@ def iptables(
             help="Outbound ports always captured, whatever the destination (with -i '' : only these).",
         ),
     ] = "",
+    redirect_dns: Annotated[
+        bool,
+        typer.Option(
+            "--redirect-dns",
+            envvar="ISTIO_META_DNS_CAPTURE",
+            help="Send DNS (UDP and TCP port 53) to --resolv-conf's nameservers to the agent's DNS proxy (15053), "
+            "except the proxy user's own queries (Istio's DNS capture).",
+        ),
+    ] = False,
+    capture_all_dns: Annotated[
+        bool,
+        typer.Option("--capture-all-dns", help="With --redirect-dns: DNS to any address, not only the nameservers."),
+    ] = False,
+    resolv_conf: Annotated[Path, typer.Option(help="Where --redirect-dns reads the pod's nameservers.")] = Path(
+        "/etc/resolv.conf"
+    ),
     dry_run: Annotated[bool, typer.Option("-n", "--dry-run", help="Print the rules; change nothing.")] = False,
     remove: Annotated[
         bool,
@@ -109,6 +128,9 @@ def iptables(
             inbound_ports_exclude=inbound_ports_exclude,
             outbound_ports_exclude=outbound_ports_exclude,
             outbound_ports_include=outbound_ports_include,
+            redirect_dns=redirect_dns,
+            capture_all_dns=capture_all_dns,
+            dns_servers=_nameservers(resolv_conf) if redirect_dns and not capture_all_dns else (),
         )
         if dry_run:
             typer.echo(render_rules(config), nl=False)
@@ -118,6 +140,13 @@ def iptables(
     except IptablesError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _nameservers(resolv_conf: Path) -> list[str]:
+    try:
+        return [address for address, _ in read_resolv_conf(resolv_conf).nameservers]
+    except OSError as exc:
+        raise IptablesError(f"--redirect-dns: cannot read {resolv_conf}: {exc.strerror}") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,9 @@
     GET  /api/v1/config[?kind=&namespace=&name=]   stored objects
     POST /api/v1/config[?dryRun=true&filename=F]   apply YAML: every document, or none
     POST /api/v1/config/delete           delete the objects named by a YAML body
+    GET  /api/v1/nametable?proxy=ID[&autoAllocate=true][&wait=SECONDS]   that proxy's DNS name table
+                                         (Istio's NDS, as JSON; ETag / If-None-Match → 304, after up
+                                         to `wait` seconds, at most 60, unless it changes meanwhile)
     GET  /api/v1/workloads               registered workloads
     PUT  /api/v1/workloads/{ns}/{name}   register (JSON: address, labels, ports, serviceAccount, ready)
     PUT  /api/v1/workloads/{ns}/{name}/ready   {"ready": true|false}
@@ -18,7 +21,8 @@ Handlers only translate between HTTP and `MeshState`/the hub; errors are JSON
 
 Access (when the control plane gives an admin token; without one everything is open, as before):
 requests from the host itself (peer 127.0.0.1 or ::1; not 127.1.x.y, where proxy-mode pods
-live) are allowed; from elsewhere, /ready, /metrics and /version are open (as istiod's 15014),
+live) are allowed; from elsewhere, /ready, /metrics, /version and /api/v1/nametable are open (as
+istiod's 15014; the name table holds service names and addresses, what cluster DNS tells anyone),
 workload registration (PUT/DELETE /api/v1/workloads/{ns}/{name}…) takes a pod's token for that
 namespace and service account, and everything else takes the admin token: 401 without it, 403
 when a pod's token does not entitle it.
@@ -26,7 +30,10 @@ when a pod's token does not entitle it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -45,12 +52,15 @@ from plait.api.loader import LoadResult, parse_text
 from plait.ca.authority import load_or_create_secret
 from plait.ca.tokens import InvalidToken
 from plait.controlplane.mesh import MeshState
+from plait.model import Proxy
 from plait.sources.files import Change
 from plait.sources.workloads import parse_workload
+from plait.xds.nametable import build_name_table
 
 log = logging.getLogger("plait.controlplane")
 HOST_PEERS = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
-OPEN_ROUTES = ("/ready", "/metrics", "/version")
+MAX_NAME_TABLE_WAIT = 60.0  # seconds a name-table request may wait for a change
+OPEN_ROUTES = ("/ready", "/metrics", "/version", "/api/v1/nametable")
 WORKLOAD_ROUTES = ("/api/v1/workloads/{namespace}/{name}", "/api/v1/workloads/{namespace}/{name}/ready")
 HOW_TO_GET_ACCESS = (
     "run the CLI on the control plane's host, or set PLAIT_API_TOKEN to the control plane's "
@@ -82,6 +92,8 @@ class HubView(Protocol):
     def statuses(self) -> list[Any]: ...
 
     def config_dump(self, proxy_id: str) -> dict | None: ...
+
+    def proxy(self, proxy_id: str) -> Proxy | None: ...
 
 
 def problem_dict(p: Problem) -> dict:
@@ -139,6 +151,16 @@ def _peer_ip(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6Addr
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         return ip.ipv4_mapped
     return ip
+
+
+def _seconds(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise _error(web.HTTPBadRequest, f"{name}={text!r}: expected a number of seconds")
+    return value
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -211,6 +233,20 @@ class Api:
         self.state, self.hub, self.own_metrics = state, hub, own_metrics
         self.access = Access(admin_token, token_verifier)
         self.serving = False  # set once the ADS server listens
+        self._tables_snapshot: object = None  # the snapshot `_tables` were built from
+        self._tables: dict[tuple, tuple[str, bytes]] = {}
+        self._snapshot_changed = asyncio.Event()  # replaced by a fresh one after each new snapshot
+        self._stopping = False
+
+    def stopping(self) -> None:
+        """The control plane is stopping: answer waiting name-table requests at once."""
+        self._stopping = True
+        self.snapshot_changed()
+
+    def snapshot_changed(self) -> None:
+        """A new snapshot is in `state`: wake the name-table requests waiting for a change."""
+        self._snapshot_changed.set()
+        self._snapshot_changed = asyncio.Event()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._authenticate])
@@ -224,6 +260,7 @@ class Api:
                 web.get("/api/v1/config", self.get_config),
                 web.post("/api/v1/config", self.apply),
                 web.post("/api/v1/config/delete", self.delete),
+                web.get("/api/v1/nametable", self.name_table),
                 web.get("/api/v1/workloads", self.list_workloads),
                 web.put("/api/v1/workloads/{namespace}/{name}", self.register),
                 web.put("/api/v1/workloads/{namespace}/{name}/ready", self.set_ready),
@@ -296,6 +333,44 @@ class Api:
         if dump is None:
             return web.json_response({"error": f"no connected proxy {proxy!r}; see /debug/syncz"}, status=404)
         return web.json_response(dump)
+
+    async def name_table(self, request: web.Request) -> web.Response:
+        """The DNS name table of the proxy `?proxy=NODE_ID` (connected or not: the node id names it)."""
+        node_id = request.query.get("proxy", "")
+        try:
+            proxy = self.hub.proxy(node_id) or Proxy.from_node_id(node_id)
+        except ValueError:
+            raise _error(
+                web.HTTPBadRequest, f"proxy={node_id!r}: expected a node id TYPE~IP~NAME.NAMESPACE~DOMAIN"
+            ) from None
+        auto_allocate = request.query.get("autoAllocate", "") == "true"
+        seen = request.headers.get("If-None-Match")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(_seconds(request.query.get("wait", "0"), "wait"), MAX_NAME_TABLE_WAIT)
+        await self.state.settled()
+        etag, body = self._name_table(proxy, auto_allocate=auto_allocate)
+        while (
+            seen == etag and loop.time() < deadline and not self._stopping
+        ):  # long poll: answer when the table changes
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._snapshot_changed.wait(), deadline - loop.time())
+            etag, body = self._name_table(proxy, auto_allocate=auto_allocate)
+        if seen == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(body=body, content_type="application/json", headers={"ETag": etag})
+
+    def _name_table(self, proxy: Proxy, *, auto_allocate: bool) -> tuple[str, bytes]:
+        """(ETag, JSON body) of the proxy's table, built once per snapshot for each namespace, label
+        set and allocation choice (what the table depends on), however often agents poll."""
+        snapshot = self.state.snapshot
+        if self._tables_snapshot is not snapshot:
+            self._tables_snapshot, self._tables = snapshot, {}
+        key = (proxy.namespace, tuple(sorted(proxy.labels.items())), auto_allocate)
+        if key not in self._tables:
+            table = build_name_table(snapshot, proxy, auto_allocate=auto_allocate)
+            body = json.dumps(table.to_json(), sort_keys=True).encode()
+            self._tables[key] = ('"' + hashlib.sha256(body).hexdigest()[:32] + '"', body)
+        return self._tables[key]
 
     # ------------------------------------------------------------ configuration
 

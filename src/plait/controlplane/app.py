@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -163,10 +164,14 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     hub = XdsHub(MeshSnapshot([]), mutate=testhooks.from_environment())
     metrics = OwnMetrics(store, cluster)
 
+    also_notify: list[Callable[[], None]] = []  # beside the hub: the API's waiting name-table requests
+
     def publish(snapshot: MeshSnapshot, changed: set) -> None:
         with metrics.build_seconds.time():
             hub.update(snapshot, changed)
         metrics.observe(snapshot)
+        for notify in also_notify:
+            notify()
 
     state = MeshState(store, WorkloadRegistry(), debounce=settings.debounce, on_snapshot=publish)
     tasks = [asyncio.create_task(state.run())]
@@ -193,6 +198,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     api = Api(
         state, hub, metrics.registry, admin_token=admin_token, token_verifier=None if identity else tokens.verify
     )  # on Kubernetes pods are not registered by API
+    also_notify.append(api.snapshot_changed)
     runner = web.AppRunner(api.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.http_port).start()
@@ -226,6 +232,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             await identity.close()
         if cluster is not None:
             await cluster.api.close()
+        api.stopping()  # waiting name-table requests answer now, not when their wait ends
         await runner.cleanup()
         if ads is not None:
             await ads.stop(grace=1.0)

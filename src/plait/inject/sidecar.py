@@ -185,7 +185,14 @@ def iptables_args(options: PodOptions) -> list[str]:
         args += ["-q", options.include_outbound_ports]
     if options.exclude_outbound_ports is not None:
         args += ["-o", options.exclude_outbound_ports]
+    if dns_capture(options.proxy_metadata):
+        args.append("--redirect-dns")
     return args
+
+
+def dns_capture(proxy_metadata: Mapping[str, str]) -> bool:
+    """Does proxyMetadata turn on the agent's DNS proxy (``ISTIO_META_DNS_CAPTURE``, read as Go's ParseBool)?"""
+    return proxy_metadata.get("ISTIO_META_DNS_CAPTURE", "") in ("1", "t", "T", "true", "TRUE", "True")
 
 
 def init_container(options: PodOptions) -> dict[str, Any]:

@@ -13,6 +13,12 @@ unless it comes from the proxy's uid/gid (1337), goes to 127.0.0.1, or to an exc
 or port. The proxy's own connections over loopback to the pod's IP are sent inbound (15006),
 so app → own service VIP → sidecar → sidecar inbound → app works, as in Istio.
 
+With ``--redirect-dns`` (Istio's DNS capture, for the agent's DNS proxy): DNS the pod sends to the
+nameservers of its /etc/resolv.conf (or to any address, ``--capture-all-dns``) goes to the agent's
+port 15053, over UDP (rules in OUTPUT, after RETURNs for the proxy's uid/gid, whose upstream
+queries must get out) and over TCP (in ISTIO_OUTPUT, after the proxy's own RETURNs), as Istio
+writes them. Istio's raw-table conntrack zones for DNS are not written.
+
 `apply` and `cleanup` block on subprocesses (each bounded by a timeout).
 """
 
@@ -39,6 +45,7 @@ BACKENDS = {
 }
 Backend = Literal["nft", "legacy"]
 COMMAND_TIMEOUT = 30.0
+DNS_PROXY_PORT = 15053  # the agent's DNS proxy
 
 Ranges = Literal["*"] | tuple[IPv4Network, ...]
 Ports = Literal["*"] | tuple[int, ...]
@@ -62,6 +69,10 @@ class CaptureConfig:
     inbound_ports_exclude: tuple[int, ...] = ()  # -d (with -b "*"); 15090, 15021, 15020 are always excluded
     outbound_ports_exclude: tuple[int, ...] = ()  # -o
     outbound_ports_include: tuple[int, ...] = ()  # -q: captured whatever their destination (before -i's ranges)
+    redirect_dns: bool = False  # --redirect-dns: DNS to `dns_servers` goes to the agent's `dns_port`
+    dns_servers: tuple[IPv4Network, ...] = ()  # the IPv4 nameservers of the pod's resolv.conf
+    capture_all_dns: bool = False  # --capture-all-dns: DNS to any address, not only `dns_servers`
+    dns_port: int = DNS_PROXY_PORT
 
     @classmethod
     def from_flags(
@@ -78,6 +89,9 @@ class CaptureConfig:
         inbound_ports_exclude: str = "",
         outbound_ports_exclude: str = "",
         outbound_ports_include: str = "",
+        redirect_dns: bool = False,
+        capture_all_dns: bool = False,
+        dns_servers: Sequence[str] = (),
     ) -> CaptureConfig:
         """Parse istio-iptables' flag values (strings, comma-separated lists) into a config."""
         if interception_mode.upper() == "TPROXY":
@@ -99,7 +113,24 @@ class CaptureConfig:
             inbound_ports_exclude=parse_ports(inbound_ports_exclude, "-d"),
             outbound_ports_exclude=parse_ports(outbound_ports_exclude, "-o"),
             outbound_ports_include=parse_ports(outbound_ports_include, "-q"),
+            redirect_dns=redirect_dns,
+            capture_all_dns=capture_all_dns,
+            dns_servers=ipv4_nameservers(dns_servers),
         )
+
+
+def ipv4_nameservers(addresses: Sequence[str]) -> tuple[IPv4Network, ...]:
+    """The IPv4 nameservers among `addresses` (resolv.conf's, in order) as /32s; IPv6 ones are left
+    out (plait captures IPv4 only)."""
+    out = []
+    for address in addresses:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            raise IptablesError(f"nameserver {address!r} is not an IP address") from None
+        if ip.version == 4:
+            out.append(IPv4Network(f"{ip}/32"))
+    return tuple(dict.fromkeys(out))
 
 
 def split_list(text: str) -> list[str]:
@@ -157,6 +188,7 @@ def render_rules(config: CaptureConfig) -> str:
         f"-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {config.inbound_capture_port}",
         *inbound_rules(config),
         *outbound_rules(config),
+        *dns_udp_rules(config),
         "COMMIT",
     ]
     return "\n".join(lines) + "\n"
@@ -183,15 +215,19 @@ def outbound_rules(config: CaptureConfig) -> list[str]:
     rules.append(f"-A ISTIO_OUTPUT -o lo -s {PASSTHROUGH_SOURCE} -j RETURN")
     loopback_captured = config.outbound_ranges != WILDCARD and any(r.is_loopback for r in config.outbound_ranges)
     owners = [("--uid-owner", uid) for uid in config.proxy_uids] + [("--gid-owner", gid) for gid in config.proxy_gids]
+    # With DNS capture, TCP DNS is kept out of the loopback rules, as Istio does: the proxy's DNS over
+    # loopback is not sent inbound, and the app's DNS to a nameserver on loopback is still captured.
+    not_port = "! --dport 53" if config.redirect_dns else f"! --dport {TUNNEL_PORT}"
+    app_loopback = "-o lo -p tcp ! --dport 53" if config.redirect_dns else "-o lo"
     for match, owner in owners:
         # The proxy talking to the pod's own IP over loopback is inbound traffic: send it to 15006.
         rules.append(
-            f"-A ISTIO_OUTPUT -o lo ! -d {LOCALHOST} -p tcp ! --dport {TUNNEL_PORT} "
-            f"-m owner {match} {owner} -j ISTIO_IN_REDIRECT"
+            f"-A ISTIO_OUTPUT -o lo ! -d {LOCALHOST} -p tcp {not_port} -m owner {match} {owner} -j ISTIO_IN_REDIRECT"
         )
         if not loopback_captured:  # the app talking to itself over loopback is left alone
-            rules.append(f"-A ISTIO_OUTPUT -o lo -m owner ! {match} {owner} -j RETURN")
+            rules.append(f"-A ISTIO_OUTPUT {app_loopback} -m owner ! {match} {owner} -j RETURN")
         rules.append(f"-A ISTIO_OUTPUT -m owner {match} {owner} -j RETURN")  # the proxy's own connections
+    rules += dns_tcp_rules(config)
     rules.append(f"-A ISTIO_OUTPUT -d {LOCALHOST} -j RETURN")
     rules += [f"-A ISTIO_OUTPUT -d {cidr} -j RETURN" for cidr in config.outbound_ranges_exclude]
     rules += [f"-A ISTIO_OUTPUT -p tcp --dport {port} -j ISTIO_REDIRECT" for port in config.outbound_ports_include]
@@ -203,8 +239,48 @@ def outbound_rules(config: CaptureConfig) -> list[str]:
     return rules
 
 
+def _dns_destinations(config: CaptureConfig) -> list[str]:
+    """``-d SERVER/32`` for each nameserver, or one empty match with --capture-all-dns."""
+    return [""] if config.capture_all_dns else [f"-d {server} " for server in config.dns_servers]
+
+
+def dns_tcp_rules(config: CaptureConfig) -> list[str]:
+    """ISTIO_OUTPUT: TCP DNS to the nameservers → the agent (after the proxy's own RETURNs)."""
+    if not config.redirect_dns:
+        return []
+    return [
+        f"-A ISTIO_OUTPUT {match}-p tcp --dport 53 -j REDIRECT --to-ports {config.dns_port}"
+        for match in _dns_destinations(config)
+    ]
+
+
+def dns_udp_rules(config: CaptureConfig) -> list[str]:
+    """OUTPUT: UDP DNS to the nameservers → the agent, except the proxy's (uid/gid) own queries."""
+    if not config.redirect_dns:
+        return []
+    owners = [("--uid-owner", uid) for uid in config.proxy_uids] + [("--gid-owner", gid) for gid in config.proxy_gids]
+    rules = [f"-A OUTPUT -p udp --dport 53 -m owner {match} {owner} -j RETURN" for match, owner in owners]
+    rules += [
+        f"-A OUTPUT {match}-p udp --dport 53 -j REDIRECT --to-ports {config.dns_port}"
+        for match in _dns_destinations(config)
+    ]
+    return rules
+
+
+def is_dns_udp_rule(words: Sequence[str]) -> bool:
+    """Is this saved ``-A OUTPUT …`` rule one of `dns_udp_rules` (UDP to port 53, RETURN or REDIRECT)?"""
+    return (
+        words[:2] == ["-A", "OUTPUT"]
+        and "udp" in words
+        and "--dport" in words[:-1]
+        and words[words.index("--dport") + 1] == "53"
+        and jump_target(words) in ("RETURN", "REDIRECT")
+    )
+
+
 def removal_input(saved_nat: str) -> str:
-    """``iptables-restore --noflush`` input removing Istio's chains and every jump into them.
+    """``iptables-restore --noflush`` input removing Istio's chains, every jump into them and the UDP
+    DNS rules in OUTPUT.
 
     `saved_nat` is ``iptables-save -t nat`` output. Returns "" when there is nothing to remove.
     """
@@ -213,7 +289,9 @@ def removal_input(saved_nat: str) -> str:
         words = line.split()
         if line.startswith(":") and line[1:].split()[0] in CHAINS:
             present.append(line[1:].split()[0])
-        elif words[:1] == ["-A"] and words[1] not in CHAINS and jump_target(words) in CHAINS:
+        elif (
+            words[:1] == ["-A"] and words[1] not in CHAINS and (jump_target(words) in CHAINS or is_dns_udp_rule(words))
+        ):
             jumps.append("-D" + line[2:])
     if not present and not jumps:
         return ""

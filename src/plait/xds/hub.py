@@ -509,6 +509,11 @@ class XdsHub:
             )
         return out
 
+    def proxy(self, proxy_id: str) -> Proxy | None:
+        """The connected proxy with that node id (its labels and metadata as it sent them), or None."""
+        streams = [c for c in self._connections.values() if c.proxy_id == proxy_id]
+        return max(streams, key=lambda c: c.id).proxy if streams else None
+
     def config_dump(self, proxy_id: str) -> dict | None:
         """What the newest stream of that proxy was last sent: {type: [resources in Envoy's JSON form]}."""
         streams = [c for c in self._connections.values() if c.proxy_id == proxy_id]
