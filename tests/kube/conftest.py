@@ -1,0 +1,46 @@
+"""One real Kubernetes node per session with plait installed in it (kube-testenv ``start.sh --node``).
+
+`mesh_node` starts the node (root), builds and loads the images (``./dev images --load``, cached),
+loads Istio's CRDs and runs ``plait install -y``; it is stopped and removed at the end. Set
+``PLAIT_KUBE_TESTENV`` to use another kube-testenv, ``PLAIT_KUBE_NODE_PREFIX`` for its directory's
+name (default /tmp/plait-node-…).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plait.testing.kube import KubeTestenv, find_testenv
+from plait.testing.kubenode import IMAGE, MeshNode
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def mesh_node() -> Iterator[MeshNode]:
+    tool = find_testenv()
+    if tool is None:
+        pytest.fail(
+            "kube-testenv not found: put shared/tools/kube-testenv beside the checkout or set PLAIT_KUBE_TESTENV"
+        )
+    if os.geteuid() != 0:
+        pytest.skip("a kube-testenv node needs root")
+    prefix = os.environ.get("PLAIT_KUBE_NODE_PREFIX", "plait-node-")
+    cluster = KubeTestenv(tool, prefix=prefix, node=True)
+    try:
+        cluster.start()
+        env = {**os.environ, "PLAIT_KUBE_TESTENV": str(tool)}
+        subprocess.run([CHECKOUT / "dev", "images", "--load", cluster.dir], check=True, env=env)
+        cluster.load_crds()
+        node = MeshNode(cluster)
+        installed = node.plait("install", "-y", "--image", IMAGE, "--timeout", "180")
+        assert installed.returncode == 0, installed.stdout + installed.stderr
+        node.install_output = installed.stdout
+        yield node
+    finally:
+        cluster.remove()

@@ -1,0 +1,207 @@
+"""Bookinfo on a real Kubernetes node with plait installed in it, as Istio's getting-started runs it.
+
+Istio's own ``samples/bookinfo/platform/kube/bookinfo.yaml`` (testdata; images substituted by
+name only) in a namespace labelled ``istio-injection=enabled``, sidecars added by ``plait
+kube-inject`` (the pure builder the injection webhook uses), Istio's bookinfo-gateway through the
+ingress gateway that ``plait install`` put in istio-system. Then Istio's tasks: request routing
+(virtual-service-reviews-jason-v2-v3.yaml), STRICT mutual TLS, and the validating webhook.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from plait.demo.bookinfo.apps.view import ProductPageView, read_product_page
+from plait.testing.kubenode import BOOKINFO_HUB, BOOKINFO_TAG, IMAGE, MeshNode, eventually
+
+TESTDATA = Path(__file__).parent / "testdata"
+SAMPLES = Path(__file__).resolve().parents[2] / "src/plait/demo/bookinfo/networking"
+NAMESPACE = "bookinfo"
+DEPLOYMENTS = ("details-v1", "ratings-v1", "reviews-v1", "reviews-v2", "reviews-v3", "productpage-v1")
+ISTIO_IMAGE = re.compile(r"docker\.io/istio/examples-bookinfo-([a-z0-9-]+):[0-9.]+")
+
+
+def bookinfo_manifest() -> str:
+    """Istio's bookinfo.yaml with its images renamed to ours (nothing else changed)."""
+    text = (TESTDATA / "bookinfo.yaml").read_text()
+    return ISTIO_IMAGE.sub(lambda m: f"{BOOKINFO_HUB}/examples-bookinfo-{m.group(1)}:{BOOKINFO_TAG}", text)
+
+
+@pytest.fixture(scope="module")
+def bookinfo(mesh_node: MeshNode) -> MeshNode:
+    node = mesh_node
+    node.kubectl("create", "namespace", NAMESPACE)
+    node.kubectl("label", "namespace", NAMESPACE, "istio-injection=enabled")
+    injected = node.plait("kube-inject", "-f", "-", "--image", IMAGE, stdin=bookinfo_manifest())
+    assert injected.returncode == 0, injected.stderr
+    eventually(lambda: node.kubectl("get", "serviceaccount", "default", "-n", NAMESPACE), timeout=30)
+    node.apply(injected.stdout, NAMESPACE)
+    node.apply((SAMPLES / "bookinfo-gateway.yaml").read_text(), NAMESPACE)
+    for deployment in DEPLOYMENTS:
+        node.kubectl("rollout", "status", f"deployment/{deployment}", "-n", NAMESPACE, "--timeout=300s")
+    return node
+
+
+def ingress_url(node: MeshNode, path: str) -> str:
+    address = node.kubectl(
+        "get", "service", "istio-ingressgateway", "-n", "istio-system", "-o", "jsonpath={.spec.clusterIP}"
+    )
+    return f"http://{address}:80{path}"
+
+
+def product_page(node: MeshNode, user: str | None = None) -> ProductPageView:
+    request = urllib.request.Request(ingress_url(node, "/productpage"))
+    if user:
+        request.add_header("Cookie", f"user={user}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+        return read_product_page(response.read().decode())
+
+
+def test_every_bookinfo_pod_runs_with_its_sidecar_after_istio_init(bookinfo):
+    pods = json.loads(bookinfo.kubectl("get", "pods", "-n", NAMESPACE, "-o", "json"))["items"]
+    assert len(pods) == len(DEPLOYMENTS)
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        containers = pod["status"]["containerStatuses"]
+        assert sorted(c["name"] for c in containers) == sorted([pod["metadata"]["labels"]["app"], "istio-proxy"]), name
+        assert all(c["ready"] for c in containers), name
+        [init] = pod["status"]["initContainerStatuses"]
+        assert init["name"] == "istio-init"
+        assert init["state"]["terminated"]["exitCode"] == 0, name
+
+
+def test_proxy_status_lists_every_sidecar_and_the_gateway_synced(bookinfo):
+    pods = bookinfo.kubectl("get", "pods", "-n", NAMESPACE, "-o", "jsonpath={.items[*].metadata.name}").split()
+    gateway = bookinfo.kubectl(
+        "get", "pods", "-n", "istio-system", "-l", "istio=ingressgateway", "-o", "jsonpath={.items[*].metadata.name}"
+    ).split()
+    expected = {f"{pod}.{NAMESPACE}" for pod in pods} | {f"{pod}.istio-system" for pod in gateway}
+
+    def all_synced() -> dict[str, list[str]]:
+        text = bookinfo.kubectl("exec", "-n", "istio-system", "deploy/istiod", "--", "plait", "proxy-status")
+        rows = {line.split()[0]: line.split()[1:5] for line in text.splitlines()[1:] if line.strip()}
+        assert expected <= set(rows), text
+        for proxy in expected:
+            assert rows[proxy][:2] == ["SYNCED", "SYNCED"], text  # CDS, LDS (EDS/RDS: SYNCED or unused)
+            assert all(state in ("SYNCED", "NOT SENT") for state in rows[proxy]), text
+        return rows
+
+    rows = eventually(all_synced, timeout=60)
+    assert len(gateway) == 1 and len(pods) == len(DEPLOYMENTS) and expected <= set(rows)
+
+
+def test_the_product_page_through_the_ingress_gateway_shows_reviews(bookinfo):
+    page = eventually(lambda: _with_reviews(product_page(bookinfo)), timeout=60)
+    assert page.details and not page.details_error
+    assert len(page.reviews) == 2
+
+
+def _with_reviews(page: ProductPageView) -> ProductPageView:
+    assert page.reviews and not page.reviews_error, page
+    return page
+
+
+def test_reviews_jason_v2_v3_routes_jason_to_v2_and_everyone_else_to_v1(bookinfo):
+    bookinfo.apply((SAMPLES / "destination-rule-all.yaml").read_text(), NAMESPACE)
+    bookinfo.apply((SAMPLES / "virtual-service-all-v1.yaml").read_text(), NAMESPACE)
+    eventually(lambda: _versions(bookinfo, None, {"v1"}), timeout=60)
+    bookinfo.apply((SAMPLES / "virtual-service-reviews-jason-v2-v3.yaml").read_text(), NAMESPACE)
+    try:
+        eventually(lambda: _versions(bookinfo, "jason", {"v2"}), timeout=60)
+        _versions(bookinfo, None, {"v1"})
+    finally:
+        bookinfo.kubectl("delete", "virtualservice", "--all", "-n", NAMESPACE)
+        bookinfo.kubectl("delete", "destinationrule", "--all", "-n", NAMESPACE)
+        bookinfo.apply((SAMPLES / "bookinfo-gateway.yaml").read_text(), NAMESPACE)
+
+
+def _versions(node: MeshNode, user: str | None, expected: set[str]) -> None:
+    """Ten page loads as `user` all show reviews of the `expected` versions."""
+    seen = {product_page(node, user).reviews_version for _ in range(10)}
+    assert seen == expected, f"{user or 'anonymous'} saw reviews {seen}, expected {expected}"
+
+
+OUTSIDE_CALL = (
+    "import urllib.request; "
+    "print(urllib.request.urlopen('http://productpage.bookinfo:9080/productpage', timeout=5).status)"
+)
+
+
+def test_strict_mtls_keeps_the_page_working_and_refuses_plaintext_from_outside_the_mesh(bookinfo):
+    bookinfo.kubectl("create", "namespace", "outside")
+    eventually(lambda: bookinfo.kubectl("get", "serviceaccount", "default", "-n", "outside"), timeout=30)
+    image = f"{BOOKINFO_HUB}/examples-bookinfo-details-v1:{BOOKINFO_TAG}"
+    bookinfo.kubectl(
+        "run", "client", "-n", "outside", f"--image={image}", "--restart=Never", "--command", "--", "sleep", "1d"
+    )
+    bookinfo.kubectl("wait", "--for=condition=Ready", "pod/client", "-n", "outside", "--timeout=120s")
+    outside = ("exec", "-n", "outside", "client", "--", "python3", "-c", OUTSIDE_CALL)
+    assert eventually(lambda: bookinfo.kubectl(*outside), timeout=30).strip() == "200"  # PERMISSIVE: plaintext in
+    strict = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": NAMESPACE},
+        "spec": {"mtls": {"mode": "STRICT"}},
+    }
+    bookinfo.apply(json.dumps(strict))
+    try:
+
+        def refused() -> str:
+            with pytest.raises(RuntimeError) as failed:
+                bookinfo.kubectl(*outside)
+            return str(failed.value)
+
+        error = eventually(refused, timeout=60)
+        assert "Connection reset" in error or "RemoteDisconnected" in error or "timed out" in error, error
+        page = product_page(bookinfo)
+        assert page.reviews and not page.reviews_error and page.details and not page.details_error
+    finally:
+        bookinfo.kubectl("delete", "peerauthentication", "default", "-n", NAMESPACE)
+        bookinfo.kubectl("delete", "namespace", "outside", "--wait=false")
+
+
+INVALID = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews-bad
+spec:
+  hosts: [reviews]
+  http:
+  - timeout: 5 seconds
+    route:
+    - destination: {host: reviews}
+"""
+
+
+def test_kubectl_apply_of_an_invalid_virtual_service_fails_with_plaits_message_and_stores_nothing(bookinfo):
+    with pytest.raises(RuntimeError) as refused:
+        bookinfo.apply(INVALID, NAMESPACE)
+    message = str(refused.value)
+    assert "configuration is invalid: VirtualService bookinfo/reviews-bad: spec.http[0].timeout" in message
+    assert "'5 seconds' is not a duration" in message
+    assert bookinfo.kubectl("get", "virtualservices", "-n", NAMESPACE, "-o", "name").split() == [
+        "virtualservice.networking.istio.io/bookinfo"
+    ]
+
+
+def test_plait_install_reports_each_part_as_istioctl_does(mesh_node):
+    assert mesh_node.install_output.splitlines() == [
+        "✔ Istio core installed",
+        "✔ Istiod installed",
+        "✔ Ingress gateways installed",
+        "✔ Installation complete",
+    ]
+
+
+def test_the_ingress_gateway_is_the_one_plait_install_made(bookinfo):
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(ingress_url(bookinfo, "/no-such-route"), timeout=10)
+    assert missing.value.code == 404
