@@ -270,7 +270,6 @@ def test_kubectl_is_how_config_changes_and_the_http_api_says_so(cluster, tmp_pat
     assert "change it with kubectl" in refused.value.problems[0]["message"]
 
 
-
 def test_with_only_its_rbac_the_control_plane_reads_everything_and_a_kind_it_may_not_list_is_left_aside(
     cluster, caplog
 ):
