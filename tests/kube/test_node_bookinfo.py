@@ -1,16 +1,17 @@
 """Bookinfo on a real Kubernetes node with plait installed in it, as Istio's getting-started runs it.
 
-Istio's own ``samples/bookinfo/platform/kube/bookinfo.yaml`` (testdata; images substituted by
-name only) in a namespace labelled ``istio-injection=enabled``, sidecars added by ``plait
-kube-inject`` (the pure builder the injection webhook uses), Istio's bookinfo-gateway through the
-ingress gateway that ``plait install`` put in istio-system. Then Istio's tasks: request routing
-(virtual-service-reviews-jason-v2-v3.yaml), STRICT mutual TLS, and the validating webhook.
+``plait install`` (session fixture) puts istiod and the ingress gateway in istio-system; ``plait
+demo bookinfo --kube`` applies Istio's own ``samples/bookinfo/platform/kube/bookinfo.yaml`` (images
+substituted by name only) in a namespace labelled ``istio-injection=enabled`` with Istio's
+bookinfo-gateway. Until the control plane serves the injection webhook, the sidecars are added by
+the pure builder the webhook uses (`plait.inject.kube_inject`, as ``plait kube-inject``). Then
+Istio's tasks: request routing (virtual-service-reviews-jason-v2-v3.yaml), STRICT mutual TLS, and
+the validating webhook refusing an invalid VirtualService.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,33 +19,26 @@ from pathlib import Path
 import pytest
 
 from plait.demo.bookinfo.apps.view import ProductPageView, read_product_page
+from plait.install.bookinfo import ISTIO_BOOKINFO, deployments
 from plait.testing.kubenode import BOOKINFO_HUB, BOOKINFO_TAG, IMAGE, MeshNode, eventually
 
-TESTDATA = Path(__file__).parent / "testdata"
 SAMPLES = Path(__file__).resolve().parents[2] / "src/plait/demo/bookinfo/networking"
 NAMESPACE = "bookinfo"
-DEPLOYMENTS = ("details-v1", "ratings-v1", "reviews-v1", "reviews-v2", "reviews-v3", "productpage-v1")
-ISTIO_IMAGE = re.compile(r"docker\.io/istio/examples-bookinfo-([a-z0-9-]+):[0-9.]+")
-
-
-def bookinfo_manifest() -> str:
-    """Istio's bookinfo.yaml with its images renamed to ours (nothing else changed)."""
-    text = (TESTDATA / "bookinfo.yaml").read_text()
-    return ISTIO_IMAGE.sub(lambda m: f"{BOOKINFO_HUB}/examples-bookinfo-{m.group(1)}:{BOOKINFO_TAG}", text)
+DEPLOYMENTS = deployments(ISTIO_BOOKINFO.read_text())
 
 
 @pytest.fixture(scope="module")
 def bookinfo(mesh_node: MeshNode) -> MeshNode:
+    """Bookinfo as ``plait demo bookinfo --kube`` deploys it, in its own namespace."""
     node = mesh_node
     node.kubectl("create", "namespace", NAMESPACE)
-    node.kubectl("label", "namespace", NAMESPACE, "istio-injection=enabled")
-    injected = node.plait("kube-inject", "-f", "-", "--image", IMAGE, stdin=bookinfo_manifest())
-    assert injected.returncode == 0, injected.stderr
     eventually(lambda: node.kubectl("get", "serviceaccount", "default", "-n", NAMESPACE), timeout=30)
-    node.apply(injected.stdout, NAMESPACE)
-    node.apply((SAMPLES / "bookinfo-gateway.yaml").read_text(), NAMESPACE)
-    for deployment in DEPLOYMENTS:
-        node.kubectl("rollout", "status", f"deployment/{deployment}", "-n", NAMESPACE, "--timeout=300s")
+    demo = node.plait(
+        "demo", "bookinfo", "--kube", "--namespace", NAMESPACE, "--image", IMAGE,
+        "--bookinfo-hub", BOOKINFO_HUB, "--bookinfo-tag", BOOKINFO_TAG,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    node.demo_output = demo.stdout
     return node
 
 
@@ -200,6 +194,18 @@ def test_plait_install_reports_each_part_as_istioctl_does(mesh_node):
         "✔ Ingress gateways installed",
         "✔ Installation complete",
     ]
+
+
+def test_demo_bookinfo_kube_found_plait_installed_and_says_how_to_open_the_page(bookinfo):
+    lines = bookinfo.demo_output.splitlines()
+    assert lines[0] == "plait is installed (namespace istio-system)"
+    assert "✔ every Bookinfo pod is ready" in lines
+    assert "kubectl port-forward -n istio-system svc/istio-ingressgateway 8080:80" in lines
+    labels = json.loads(bookinfo.kubectl("get", "namespace", NAMESPACE, "-o", "json"))["metadata"]["labels"]
+    assert labels["istio-injection"] == "enabled"
+    images = bookinfo.kubectl("get", "pods", "-n", NAMESPACE, "-o", "jsonpath={.items[*].spec.containers[*].image}")
+    assert not any(image.startswith("docker.io/istio/") for image in images.split())
+    assert len(DEPLOYMENTS) == 6
 
 
 def test_the_ingress_gateway_is_the_one_plait_install_made(bookinfo):

@@ -13,6 +13,7 @@ import yaml
 
 from plait import __version__
 from plait.install.apply import InstallError, Kubectl, install
+from plait.install.bookinfo import deploy_bookinfo, how_to_open
 from plait.install.manifests import InstallSettings, manifest
 
 Namespace = Annotated[str, typer.Option(help="The control plane's namespace.")]
@@ -68,6 +69,18 @@ def install_command(
         typer.echo(f"✘ {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo("✔ Installation complete")
+
+
+def demo_bookinfo_kube(kubeconfig: str | None, namespace: str, image: str, hub: str, tag: str) -> None:
+    """Istio's getting-started on the cluster kubectl names (`plait demo bookinfo --kube`)."""
+    settings = InstallSettings(image=image)
+    try:
+        deploy_bookinfo(Kubectl(kubeconfig=kubeconfig), settings, typer.echo, namespace=namespace, hub=hub, tag=tag)
+    except InstallError as exc:
+        typer.echo(f"✘ {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo("Open the product page through the ingress gateway (no load balancer here):")
+    typer.echo(how_to_open(settings))
 
 
 def register(app: typer.Typer) -> None:

@@ -45,6 +45,7 @@ class MeshNode:
     def __init__(self, cluster: KubeTestenv):
         self.cluster = cluster
         self.install_output = ""  # what `plait install` printed
+        self.demo_output = ""  # what `plait demo bookinfo --kube` printed
 
     @property
     def env(self) -> dict[str, str]:
