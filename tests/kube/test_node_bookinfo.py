@@ -12,6 +12,7 @@ the validating webhook refusing an invalid VirtualService.
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -71,24 +72,29 @@ def test_every_bookinfo_pod_runs_with_its_sidecar_after_istio_init(bookinfo):
         assert init["state"]["terminated"]["exitCode"] == 0, name
 
 
-def test_proxy_status_lists_every_sidecar_and_the_gateway_synced(bookinfo):
-    pods = bookinfo.kubectl("get", "pods", "-n", NAMESPACE, "-o", "jsonpath={.items[*].metadata.name}").split()
-    gateway = bookinfo.kubectl(
+def every_proxy_synced(node: MeshNode) -> None:
+    """``plait proxy-status`` (run in the control plane's pod) lists every Bookinfo sidecar and the
+    gateway, CDS and LDS SYNCED, EDS and RDS SYNCED or not used; waits until it does."""
+    pods = node.kubectl("get", "pods", "-n", NAMESPACE, "-o", "jsonpath={.items[*].metadata.name}").split()
+    gateway = node.kubectl(
         "get", "pods", "-n", "istio-system", "-l", "istio=ingressgateway", "-o", "jsonpath={.items[*].metadata.name}"
     ).split()
+    assert len(gateway) == 1 and len(pods) == len(DEPLOYMENTS)
     expected = {f"{pod}.{NAMESPACE}" for pod in pods} | {f"{pod}.istio-system" for pod in gateway}
 
-    def all_synced() -> dict[str, list[str]]:
-        text = bookinfo.kubectl("exec", "-n", "istio-system", "deploy/istiod", "--", "plait", "proxy-status")
+    def all_synced() -> None:
+        text = node.kubectl("exec", "-n", "istio-system", "deploy/istiod", "--", "plait", "proxy-status")
         rows = {line.split()[0]: line.split()[1:5] for line in text.splitlines()[1:] if line.strip()}
         assert expected <= set(rows), text
         for proxy in expected:
-            assert rows[proxy][:2] == ["SYNCED", "SYNCED"], text  # CDS, LDS (EDS/RDS: SYNCED or unused)
+            assert rows[proxy][:2] == ["SYNCED", "SYNCED"], text
             assert all(state in ("SYNCED", "NOT SENT") for state in rows[proxy]), text
-        return rows
 
-    rows = eventually(all_synced, timeout=60)
-    assert len(gateway) == 1 and len(pods) == len(DEPLOYMENTS) and expected <= set(rows)
+    eventually(all_synced, timeout=60)
+
+
+def test_proxy_status_lists_every_sidecar_and_the_gateway_synced(bookinfo):
+    every_proxy_synced(bookinfo)
 
 
 def test_the_product_page_through_the_ingress_gateway_shows_reviews(bookinfo):
@@ -212,3 +218,47 @@ def test_the_ingress_gateway_is_the_one_plait_install_made(bookinfo):
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(ingress_url(bookinfo, "/no-such-route"), timeout=10)
     assert missing.value.code == 404
+
+
+class RequestLoop(threading.Thread):
+    """GET the product page through the ingress gateway, one request after another, until stopped."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.ok, self.failures = url, 0, []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=10) as response:
+                    response.read()
+                self.ok += 1
+            except (urllib.error.URLError, OSError) as exc:
+                self.failures.append(repr(exc))
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+
+
+def test_killing_the_control_plane_pod_under_load_fails_no_request_and_the_new_pod_resyncs_every_proxy(bookinfo):
+    old = bookinfo.kubectl("get", "pods", "-n", "istio-system", "-l", "app=istiod", "-o", "name").split()
+    loop = RequestLoop(ingress_url(bookinfo, "/productpage"))
+    loop.start()
+    try:
+        eventually(lambda: _served(loop, 20), timeout=30, interval=0.2)
+        bookinfo.kubectl("delete", "-n", "istio-system", *old, "--wait=true")
+        bookinfo.kubectl("rollout", "status", "deployment/istiod", "-n", "istio-system", "--timeout=120s")
+        served_before = loop.ok
+        every_proxy_synced(bookinfo)  # as the new pod sees them
+        eventually(lambda: _served(loop, served_before + 20), timeout=30, interval=0.2)
+    finally:
+        loop.stop()
+    new = bookinfo.kubectl("get", "pods", "-n", "istio-system", "-l", "app=istiod", "-o", "name").split()
+    assert len(new) == 1 and new != old
+    assert loop.failures == [], f"{len(loop.failures)} failed of {loop.ok + len(loop.failures)}: {loop.failures[:3]}"
+
+
+def _served(loop: RequestLoop, count: int) -> None:
+    assert loop.ok >= count, f"{loop.ok} requests served so far"
