@@ -21,6 +21,19 @@ from plait.testing.kubenode import IMAGE, MeshNode
 CHECKOUT = Path(__file__).resolve().parents[2]
 
 
+def _check_containerd_umask(directory: Path) -> None:
+    """Fail at once, saying why, where the node's containerd would give pods a root directory of mode 0700
+    (no container running as non-root, such as istio-proxy as uid 1337, could start)."""
+    pids = dict(reversed(line.split()[:2]) for line in (directory / "pids").read_text().splitlines() if line.strip())
+    status = Path(f"/proc/{pids['containerd']}/status").read_text()
+    umask = next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:"))
+    if int(umask, 8) & 0o055:
+        pytest.fail(
+            f"kube-testenv runs containerd with umask {umask}: pods' root directories are not readable by non-root "
+            "containers (istio-proxy runs as uid 1337); kube-testenv's lib/node-up.sh must set umask 022 in node_up"
+        )
+
+
 @pytest.fixture(scope="session")
 def mesh_node() -> Iterator[MeshNode]:
     tool = find_testenv()
@@ -34,6 +47,7 @@ def mesh_node() -> Iterator[MeshNode]:
     cluster = KubeTestenv(tool, prefix=prefix, node=True)
     try:
         cluster.start()
+        _check_containerd_umask(cluster.dir)
         env = {**os.environ, "PLAIT_KUBE_TESTENV": str(tool)}
         subprocess.run([CHECKOUT / "dev", "images", "--load", cluster.dir], check=True, env=env)
         cluster.load_crds()
