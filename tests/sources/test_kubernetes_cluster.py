@@ -21,7 +21,7 @@ import yaml
 
 from plait.client import ClientError
 from plait.model.proxy import EXPLICIT_PROXY_PORT, Proxy
-from plait.sources.kubernetes import KubernetesSource, connect
+from plait.sources.kubernetes import READER_RULES, KubernetesSource, connect
 from plait.testing.ads_client import AdsClient, make_node
 from plait.testing.backends import HttpBackend, loopback_subnet
 from plait.testing.http import http_request
@@ -270,13 +270,6 @@ def test_kubectl_is_how_config_changes_and_the_http_api_says_so(cluster, tmp_pat
     assert "change it with kubectl" in refused.value.problems[0]["message"]
 
 
-READER_RULES = [  # what the control plane needs to read the mesh (the install's ClusterRole starts here)
-    {"apiGroups": [""], "resources": ["namespaces", "nodes", "services", "pods"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["networking.istio.io", "security.istio.io"], "resources": ["*"], "verbs": ["get", "list", "watch"]},
-]
-
-
 def test_with_only_its_rbac_the_control_plane_reads_everything_and_a_kind_it_may_not_list_is_left_aside(
     cluster, caplog
 ):
@@ -325,7 +318,7 @@ def test_with_only_its_rbac_the_control_plane_reads_everything_and_a_kind_it_may
                         "apiVersion": "rbac.authorization.k8s.io/v1",
                         "kind": "ClusterRole",
                         "metadata": {"name": "plait-reader"},
-                        "rules": READER_RULES,
+                        "rules": list(READER_RULES),
                     },
                     {
                         "apiVersion": "v1",

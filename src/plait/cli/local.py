@@ -15,7 +15,9 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from plait import __version__
 from plait.api.common import parse_duration
+from plait.cli import install as install_cli
 from plait.cli.console import err, out, print_problems
 from plait.cli.explain import bookinfo
 from plait.client import ClientError, Http
@@ -335,6 +337,19 @@ def demo_bookinfo(
             "--explain", help="Start nothing: show how each of Istio's Bookinfo routing samples routes requests."
         ),
     ] = False,
+    kube: Annotated[
+        bool,
+        typer.Option(
+            "--kube",
+            help="On the Kubernetes cluster $KUBECONFIG names instead: install plait if absent, label the namespace "
+            "istio-injection=enabled, apply Istio's bookinfo.yaml and gateway, wait, say how to open the page.",
+        ),
+    ] = False,
+    kubeconfig: Annotated[str | None, typer.Option(help="With --kube: the cluster's kubeconfig.")] = None,
+    namespace: Annotated[str, typer.Option(help="With --kube: Bookinfo's namespace.")] = "default",
+    image: Annotated[str, typer.Option(help="With --kube: plait's image.")] = install_cli.DEFAULT_IMAGE,
+    bookinfo_hub: Annotated[str, typer.Option(help="With --kube: where the Bookinfo images are.")] = "plait",
+    bookinfo_tag: Annotated[str, typer.Option(help="With --kube: the Bookinfo images' tag.")] = __version__,
 ) -> None:
     """Istio's Bookinfo on this machine: productpage, details, reviews v1/v2/v3, ratings, each with a
     sidecar, behind an ingress gateway programmed by Istio's bookinfo-gateway.yaml.
@@ -343,9 +358,13 @@ def demo_bookinfo(
     and [bold]…/virtual-service-reviews-jason-v2-v3.yaml[/], log in as jason on the product page, and watch the stars change.
 
     Example: [bold]plait demo bookinfo -d[/]  then open http://127.0.0.1:8080/productpage
+
+    With [bold]--kube[/], Istio's getting-started on a cluster: [bold]plait demo bookinfo --kube[/]
     """
     if explain:
         return bookinfo()
+    if kube:
+        return install_cli.demo_bookinfo_kube(kubeconfig, namespace, image, bookinfo_hub, bookinfo_tag)
     up(
         filename=[BOOKINFO / "manifests", BOOKINFO / "networking" / "bookinfo-gateway.yaml"],
         mode=mode,

@@ -46,6 +46,12 @@ READ_ONLY = (
     "the mesh's configuration comes from the Kubernetes API: change it with kubectl "
     "(kubectl apply -f FILE / kubectl delete -f FILE)"
 )
+# The RBAC the control plane needs to read the mesh (the install's ClusterRole starts here).
+READER_RULES = (
+    {"apiGroups": [""], "resources": ["namespaces", "nodes", "services", "pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["networking.istio.io", "security.istio.io"], "resources": ["*"], "verbs": ["get", "list", "watch"]},
+)
 UNREACHABLE = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
 
 

@@ -36,9 +36,10 @@ def find_testenv() -> Path | None:
 
 
 class KubeTestenv:
-    def __init__(self, tool: Path, *, prefix: str = "plait-kube-"):
+    def __init__(self, tool: Path, *, prefix: str = "plait-kube-", node: bool = False):
         self.tool = tool
         self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+        self.node = node  # a whole node (start.sh --node, root): pods really run
         self.env: dict[str, str] = {}
 
     @property
@@ -49,7 +50,10 @@ class KubeTestenv:
         """Start (or start again, on the same port once it has one) and read DIR/env."""
         extra = {"KUBE_TESTENV_PORT": self.env["KUBE_TESTENV_SERVER"].rsplit(":", 1)[1]} if self.env else {}
         subprocess.run(
-            [self.tool / "start.sh", self.dir], check=True, env={**os.environ, **extra}, stdout=subprocess.DEVNULL
+            [self.tool / "start.sh", self.dir, *(["--node"] if self.node else [])],
+            check=True,
+            env={**os.environ, **extra},
+            stdout=subprocess.DEVNULL,
         )
         lines = (self.dir / "env").read_text().splitlines()
         self.env = dict(shlex.split(line)[1].split("=", 1) for line in lines if line.startswith("export "))

@@ -1,0 +1,1 @@
+"""Installing plait in a Kubernetes cluster: the manifests as pure functions of settings (`manifests`)."""

@@ -1,0 +1,266 @@
+"""Bookinfo on a real Kubernetes node with plait installed in it, as Istio's getting-started runs it.
+
+``plait install`` (session fixture) puts istiod and the ingress gateway in istio-system; ``plait
+demo bookinfo --kube`` applies Istio's own ``samples/bookinfo/platform/kube/bookinfo.yaml`` (images
+substituted by name only) in a namespace labelled ``istio-injection=enabled`` with Istio's
+bookinfo-gateway. Until the control plane serves the injection webhook, the sidecars are added by
+the pure builder the webhook uses (`plait.inject.kube_inject`, as ``plait kube-inject``). Then
+Istio's tasks: request routing (virtual-service-reviews-jason-v2-v3.yaml), STRICT mutual TLS, and
+the validating webhook refusing an invalid VirtualService.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from plait.demo.bookinfo.apps.view import ProductPageView, read_product_page
+from plait.install.bookinfo import ISTIO_BOOKINFO, deployments
+from plait.testing.kubenode import BOOKINFO_HUB, BOOKINFO_TAG, IMAGE, MeshNode, eventually
+
+SAMPLES = Path(__file__).resolve().parents[2] / "src/plait/demo/bookinfo/networking"
+NAMESPACE = "bookinfo"
+DEPLOYMENTS = deployments(ISTIO_BOOKINFO.read_text())
+
+
+@pytest.fixture(scope="module")
+def bookinfo(mesh_node: MeshNode) -> MeshNode:
+    """Bookinfo as ``plait demo bookinfo --kube`` deploys it, in its own namespace."""
+    node = mesh_node
+    node.kubectl("create", "namespace", NAMESPACE)
+    eventually(lambda: node.kubectl("get", "serviceaccount", "default", "-n", NAMESPACE), timeout=30)
+    demo = node.plait(
+        "demo", "bookinfo", "--kube", "--namespace", NAMESPACE, "--image", IMAGE,
+        "--bookinfo-hub", BOOKINFO_HUB, "--bookinfo-tag", BOOKINFO_TAG,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    node.demo_output = demo.stdout
+    return node
+
+
+def ingress_url(node: MeshNode, path: str) -> str:
+    address = node.kubectl(
+        "get", "service", "istio-ingressgateway", "-n", "istio-system", "-o", "jsonpath={.spec.clusterIP}"
+    )
+    return f"http://{address}:80{path}"
+
+
+def product_page(node: MeshNode, user: str | None = None) -> ProductPageView:
+    request = urllib.request.Request(ingress_url(node, "/productpage"))
+    if user:
+        request.add_header("Cookie", f"user={user}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+        return read_product_page(response.read().decode())
+
+
+def test_every_bookinfo_pod_runs_with_its_sidecar_after_istio_init(bookinfo):
+    pods = json.loads(bookinfo.kubectl("get", "pods", "-n", NAMESPACE, "-o", "json"))["items"]
+    assert len(pods) == len(DEPLOYMENTS)
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        containers = pod["status"]["containerStatuses"]
+        assert sorted(c["name"] for c in containers) == sorted([pod["metadata"]["labels"]["app"], "istio-proxy"]), name
+        assert all(c["ready"] for c in containers), name
+        [init] = pod["status"]["initContainerStatuses"]
+        assert init["name"] == "istio-init"
+        assert init["state"]["terminated"]["exitCode"] == 0, name
+
+
+def every_proxy_synced(node: MeshNode) -> None:
+    """``plait proxy-status`` (run in the control plane's pod) lists every Bookinfo sidecar and the
+    gateway, CDS and LDS SYNCED, EDS and RDS SYNCED or not used; waits until it does."""
+    pods = node.kubectl("get", "pods", "-n", NAMESPACE, "-o", "jsonpath={.items[*].metadata.name}").split()
+    gateway = node.kubectl(
+        "get", "pods", "-n", "istio-system", "-l", "istio=ingressgateway", "-o", "jsonpath={.items[*].metadata.name}"
+    ).split()
+    assert len(gateway) == 1 and len(pods) == len(DEPLOYMENTS)
+    expected = {f"{pod}.{NAMESPACE}" for pod in pods} | {f"{pod}.istio-system" for pod in gateway}
+
+    def all_synced() -> None:
+        text = node.kubectl("exec", "-n", "istio-system", "deploy/istiod", "--", "plait", "proxy-status")
+        rows = {line.split()[0]: line.split()[1:5] for line in text.splitlines()[1:] if line.strip()}
+        assert expected <= set(rows), text
+        for proxy in expected:
+            assert rows[proxy][:2] == ["SYNCED", "SYNCED"], text
+            assert all(state in ("SYNCED", "NOT SENT") for state in rows[proxy]), text
+
+    eventually(all_synced, timeout=60)
+
+
+def test_proxy_status_lists_every_sidecar_and_the_gateway_synced(bookinfo):
+    every_proxy_synced(bookinfo)
+
+
+def test_the_product_page_through_the_ingress_gateway_shows_reviews(bookinfo):
+    page = eventually(lambda: _with_reviews(product_page(bookinfo)), timeout=60)
+    assert page.details and not page.details_error
+    assert len(page.reviews) == 2
+
+
+def _with_reviews(page: ProductPageView) -> ProductPageView:
+    assert page.reviews and not page.reviews_error, page
+    return page
+
+
+def test_reviews_jason_v2_v3_moves_jason_to_v2_and_everyone_else_to_v3(bookinfo):
+    """Istio's request-routing task: all traffic on v1, then jason on v2 (black stars), everyone else on v3."""
+    bookinfo.apply((SAMPLES / "destination-rule-all.yaml").read_text(), NAMESPACE)
+    bookinfo.apply((SAMPLES / "virtual-service-all-v1.yaml").read_text(), NAMESPACE)
+    eventually(lambda: _versions(bookinfo, None, {"v1"}), timeout=60)
+    bookinfo.apply((SAMPLES / "virtual-service-reviews-jason-v2-v3.yaml").read_text(), NAMESPACE)
+    try:
+        eventually(lambda: _versions(bookinfo, "jason", {"v2"}), timeout=60)
+        _versions(bookinfo, None, {"v3"})
+    finally:
+        bookinfo.kubectl("delete", "virtualservice", "--all", "-n", NAMESPACE)
+        bookinfo.kubectl("delete", "destinationrule", "--all", "-n", NAMESPACE)
+        bookinfo.apply((SAMPLES / "bookinfo-gateway.yaml").read_text(), NAMESPACE)
+
+
+def _versions(node: MeshNode, user: str | None, expected: set[str]) -> None:
+    """Ten page loads as `user` all show reviews of the `expected` versions."""
+    seen = {product_page(node, user).reviews_version for _ in range(10)}
+    assert seen == expected, f"{user or 'anonymous'} saw reviews {seen}, expected {expected}"
+
+
+OUTSIDE_CALL = (
+    "import urllib.request; "
+    "print(urllib.request.urlopen('http://productpage.bookinfo:9080/productpage', timeout=5).status)"
+)
+
+
+def test_strict_mtls_keeps_the_page_working_and_refuses_plaintext_from_outside_the_mesh(bookinfo):
+    bookinfo.kubectl("create", "namespace", "outside")
+    eventually(lambda: bookinfo.kubectl("get", "serviceaccount", "default", "-n", "outside"), timeout=30)
+    image = f"{BOOKINFO_HUB}/examples-bookinfo-details-v1:{BOOKINFO_TAG}"
+    bookinfo.kubectl(
+        "run", "client", "-n", "outside", f"--image={image}", "--restart=Never", "--command", "--", "sleep", "1d"
+    )
+    bookinfo.kubectl("wait", "--for=condition=Ready", "pod/client", "-n", "outside", "--timeout=120s")
+    outside = ("exec", "-n", "outside", "client", "--", "python3", "-c", OUTSIDE_CALL)
+    assert eventually(lambda: bookinfo.kubectl(*outside), timeout=30).strip() == "200"  # PERMISSIVE: plaintext in
+    strict = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": NAMESPACE},
+        "spec": {"mtls": {"mode": "STRICT"}},
+    }
+    bookinfo.apply(json.dumps(strict))
+    try:
+
+        def refused() -> str:  # an AssertionError until the push has reached the sidecars (eventually retries)
+            try:
+                reply = bookinfo.kubectl(*outside)
+            except RuntimeError as failed:
+                return str(failed)
+            raise AssertionError(f"plaintext from outside the mesh still answered: {reply!r}")
+
+        error = eventually(refused, timeout=60)
+        assert "Connection reset" in error or "RemoteDisconnected" in error or "timed out" in error, error
+        page = product_page(bookinfo)
+        assert page.reviews and not page.reviews_error and page.details and not page.details_error
+    finally:
+        bookinfo.kubectl("delete", "peerauthentication", "default", "-n", NAMESPACE)
+        bookinfo.kubectl("delete", "namespace", "outside", "--wait=false")
+
+
+INVALID = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews-bad
+spec:
+  hosts: [reviews]
+  http:
+  - timeout: 5 seconds
+    route:
+    - destination: {host: reviews}
+"""
+
+
+def test_kubectl_apply_of_an_invalid_virtual_service_fails_with_plaits_message_and_stores_nothing(bookinfo):
+    with pytest.raises(RuntimeError) as refused:
+        bookinfo.apply(INVALID, NAMESPACE)
+    message = str(refused.value)
+    assert "configuration is invalid: VirtualService bookinfo/reviews-bad: spec.http[0].timeout" in message
+    assert "'5 seconds' is not a duration" in message
+    assert bookinfo.kubectl("get", "virtualservices", "-n", NAMESPACE, "-o", "name").split() == [
+        "virtualservice.networking.istio.io/bookinfo"
+    ]
+
+
+def test_plait_install_reports_each_part_as_istioctl_does(mesh_node):
+    assert mesh_node.install_output.splitlines() == [
+        "✔ Istio core installed",
+        "✔ Istiod installed",
+        "✔ Ingress gateways installed",
+        "✔ Installation complete",
+    ]
+
+
+def test_demo_bookinfo_kube_found_plait_installed_and_says_how_to_open_the_page(bookinfo):
+    lines = bookinfo.demo_output.splitlines()
+    assert lines[0] == "plait is installed (namespace istio-system)"
+    assert "✔ every Bookinfo pod is ready" in lines
+    assert "kubectl port-forward -n istio-system svc/istio-ingressgateway 8080:80" in lines
+    labels = json.loads(bookinfo.kubectl("get", "namespace", NAMESPACE, "-o", "json"))["metadata"]["labels"]
+    assert labels["istio-injection"] == "enabled"
+    images = bookinfo.kubectl("get", "pods", "-n", NAMESPACE, "-o", "jsonpath={.items[*].spec.containers[*].image}")
+    assert not any(image.startswith("docker.io/istio/") for image in images.split())
+    assert len(DEPLOYMENTS) == 6
+
+
+def test_the_ingress_gateway_is_the_one_plait_install_made(bookinfo):
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(ingress_url(bookinfo, "/no-such-route"), timeout=10)
+    assert missing.value.code == 404
+
+
+class RequestLoop(threading.Thread):
+    """GET the product page through the ingress gateway, one request after another, until stopped."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.ok, self.failures = url, 0, []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=10) as response:
+                    response.read()
+                self.ok += 1
+            except (urllib.error.URLError, OSError) as exc:
+                self.failures.append(repr(exc))
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+
+
+def test_killing_the_control_plane_pod_under_load_fails_no_request_and_the_new_pod_resyncs_every_proxy(bookinfo):
+    old = bookinfo.kubectl("get", "pods", "-n", "istio-system", "-l", "app=istiod", "-o", "name").split()
+    loop = RequestLoop(ingress_url(bookinfo, "/productpage"))
+    loop.start()
+    try:
+        eventually(lambda: _served(loop, 20), timeout=30, interval=0.2)
+        bookinfo.kubectl("delete", "-n", "istio-system", *old, "--wait=true")
+        bookinfo.kubectl("rollout", "status", "deployment/istiod", "-n", "istio-system", "--timeout=120s")
+        served_before = loop.ok
+        every_proxy_synced(bookinfo)  # as the new pod sees them
+        eventually(lambda: _served(loop, served_before + 20), timeout=30, interval=0.2)
+    finally:
+        loop.stop()
+    new = bookinfo.kubectl("get", "pods", "-n", "istio-system", "-l", "app=istiod", "-o", "name").split()
+    assert len(new) == 1 and new != old
+    assert loop.failures == [], f"{len(loop.failures)} failed of {loop.ok + len(loop.failures)}: {loop.failures[:3]}"
+
+
+def _served(loop: RequestLoop, count: int) -> None:
+    assert loop.ok >= count, f"{loop.ok} requests served so far"
