@@ -40,3 +40,10 @@ def test_ruff_finds_nothing() -> None:
 def test_code_is_formatted() -> None:
     result = run(tool("ruff"), "format", "--check", "--no-cache", *CODE)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test modules by their base name (no packages under tests/): two files of one name
+    in different directories cannot both be collected in one run."""
+    names = sorted(path.name for path in (ROOT / "tests").rglob("test_*.py"))
+    assert [n for i, n in enumerate(names) if n in names[:i]] == []
