@@ -70,6 +70,39 @@ def test_every_bookinfo_pod_runs_with_its_sidecar_after_istio_init(bookinfo):
         [init] = pod["status"]["initContainerStatuses"]
         assert init["name"] == "istio-init"
         assert init["state"]["terminated"]["exitCode"] == 0, name
+        assert "sidecar.istio.io/status" in pod["metadata"]["annotations"], name  # the injection webhook's
+
+
+def test_a_pod_that_opts_out_and_a_pod_of_an_unlabelled_namespace_are_left_alone(bookinfo):
+    image = f"{BOOKINFO_HUB}/examples-bookinfo-details-v1:{BOOKINFO_TAG}"
+    bookinfo.kubectl("create", "namespace", "plain")
+    eventually(lambda: bookinfo.kubectl("get", "serviceaccount", "default", "-n", "plain"), timeout=30)
+    try:
+        for name, namespace, labels in (
+            ("opted-out", NAMESPACE, ["--labels", "sidecar.istio.io/inject=false"]),
+            ("unlabelled", "plain", []),
+        ):
+            bookinfo.kubectl(
+                "run",
+                name,
+                "-n",
+                namespace,
+                f"--image={image}",
+                "--restart=Never",
+                *labels,
+                "--command",
+                "--",
+                "sleep",
+                "1d",
+            )
+            pod = json.loads(bookinfo.kubectl("get", "pod", name, "-n", namespace, "-o", "json"))
+            assert [c["name"] for c in pod["spec"]["containers"]] == [name], pod["spec"]
+            assert not pod["spec"].get("initContainers") and "sidecar.istio.io/status" not in pod["metadata"].get(
+                "annotations", {}
+            )
+    finally:
+        bookinfo.kubectl("delete", "pod", "opted-out", "-n", NAMESPACE, "--wait=false")
+        bookinfo.kubectl("delete", "namespace", "plain", "--wait=false")
 
 
 def every_proxy_synced(node: MeshNode) -> None:

@@ -40,7 +40,7 @@ def manifest_generate(
     namespace: Namespace = "istio-system",
     image: Image = DEFAULT_IMAGE,
     ingress_gateway: Gateway = True,
-    sidecar_injector: Injector = False,
+    sidecar_injector: Injector = True,
 ) -> None:
     """Print the objects `plait install` applies (YAML), as [bold]istioctl manifest generate[/]."""
     objects = manifest(_settings(namespace, image, ingress_gateway, sidecar_injector))
@@ -55,7 +55,7 @@ def install_command(
     namespace: Namespace = "istio-system",
     image: Image = DEFAULT_IMAGE,
     ingress_gateway: Gateway = True,
-    sidecar_injector: Injector = False,
+    sidecar_injector: Injector = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each part to become ready.")] = 300,
 ) -> None:
     """Install plait's control plane (istiod) and ingress gateway into the cluster and wait until they are ready,

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,29 @@ def _deployments(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in objects if o["kind"] == "Deployment"]
 
 
+WEBHOOK_KINDS = {
+    "MutatingWebhookConfiguration": "mutatingwebhookconfiguration",
+    "ValidatingWebhookConfiguration": "validatingwebhookconfiguration",
+}
+
+
+def wait_for_ca_bundles(kubectl: Kubectl, objects: list[dict[str, Any]], timeout: float) -> None:
+    """Wait until the control plane's leader has given each webhook configuration the mesh root as its
+    caBundle: before that the API server cannot call the webhooks, and with failurePolicy Fail it
+    refuses every pod a namespace's injection selects."""
+    deadline = time.monotonic() + timeout
+    for obj in (o for o in objects if o["kind"] in WEBHOOK_KINDS):
+        name = obj["metadata"]["name"]
+        jsonpath = 'jsonpath={range .webhooks[*]}{.clientConfig.caBundle}{"\\n"}{end}'
+        while not all(kubectl.run("get", WEBHOOK_KINDS[obj["kind"]], name, "-o", jsonpath).splitlines() or [""]):
+            if time.monotonic() > deadline:
+                raise InstallError(
+                    f"{obj['kind']} {name} has no caBundle after {timeout:g}s: is istiod leading? "
+                    f"see kubectl logs -n istio-system deploy/istiod"
+                )
+            time.sleep(0.5)
+
+
 def install(
     kubectl: Kubectl,
     settings: InstallSettings,
@@ -88,6 +112,7 @@ def install(
                 f"--timeout={timeout:g}s",
                 timeout=timeout + 10,
             )
+        wait_for_ca_bundles(kubectl, objects, timeout)
         report(f"{name} installed")
 
 

@@ -3,9 +3,9 @@ bookinfo --kube`).
 
 `with_plait_images` renames Istio's Bookinfo images to plait's (pure). `deploy_bookinfo` installs
 plait if the cluster has no control plane, labels the namespace ``istio-injection=enabled``,
-applies Istio's bookinfo.yaml and bookinfo-gateway.yaml and waits for every Deployment. While the
-control plane does not serve the sidecar injector (``InstallSettings.sidecar_injector`` off),
-the sidecars are added before applying by the same pure builder (`plait.inject.kube_inject`).
+applies Istio's bookinfo.yaml and bookinfo-gateway.yaml and waits for every Deployment: the control
+plane's injection webhook adds the sidecars. Installed without it (``--no-sidecar-injector``), the
+sidecars are added before applying by the same pure builder (`plait.inject.kube_inject`).
 """
 
 from __future__ import annotations

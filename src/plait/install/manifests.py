@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plait import __version__
+from plait.controlplane.injector import mutating_webhook_configuration
 from plait.controlplane.kubeidentity import CLUSTER_RULES, NAMESPACE_RULES
 from plait.controlplane.webhook import validating_webhook_configuration
 from plait.sources.kubernetes import READER_RULES
@@ -49,7 +50,7 @@ class InstallSettings:
     image_pull_policy: str = "IfNotPresent"
     ingress_gateway: bool = True
     ingress_service_type: str = "LoadBalancer"
-    sidecar_injector: bool = False  # the MutatingWebhookConfiguration; needs the control plane's /inject
+    sidecar_injector: bool = True  # the MutatingWebhookConfiguration (istiod's /inject)
     log_level: str = "info"
 
     @property
@@ -121,7 +122,8 @@ def istiod_deployment(settings: InstallSettings) -> dict[str, Any]:
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["plait"],
-        "args": ["control-plane", "--kubernetes", "--host", "0.0.0.0", "--log-level", settings.log_level],
+        "args": ["control-plane", "--kubernetes", "--host", "0.0.0.0", "--log-level", settings.log_level]
+        + ["--proxy-image", settings.image, "--init-image", settings.image],
         "ports": [{"containerPort": target, "protocol": "TCP"} for _, _, target in ISTIOD_PORTS],
         "env": [_field_env("POD_NAME", "metadata.name"), _field_env("POD_NAMESPACE", "metadata.namespace")],
         "readinessProbe": {
@@ -177,40 +179,13 @@ def validating_webhook(settings: InstallSettings) -> dict[str, Any]:
 
 
 def mutating_webhook(settings: InstallSettings) -> dict[str, Any]:
-    """The sidecar injector's MutatingWebhookConfiguration (Istio's namespace.sidecar-injector.istio.io):
-    pods created in namespaces labelled ``istio-injection=enabled``, unless the pod says
-    ``sidecar.istio.io/inject: "false"``; sent to istiod's /inject."""
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": _meta(INJECTOR_CONFIGURATION, labels={"app": "sidecar-injector"}),
-        "webhooks": [
-            {
-                "name": "namespace.sidecar-injector.istio.io",
-                "clientConfig": {
-                    "service": {"name": ISTIOD, "namespace": settings.namespace, "path": "/inject", "port": 443}
-                },
-                "rules": [
-                    {
-                        "apiGroups": [""],
-                        "apiVersions": ["v1"],
-                        "operations": ["CREATE"],
-                        "resources": ["pods"],
-                        "scope": "*",
-                    }
-                ],
-                "namespaceSelector": {"matchLabels": {"istio-injection": "enabled"}},
-                "objectSelector": {
-                    "matchExpressions": [{"key": "sidecar.istio.io/inject", "operator": "NotIn", "values": ["false"]}]
-                },
-                "failurePolicy": "Fail",
-                "sideEffects": "None",
-                "reinvocationPolicy": "Never",
-                "admissionReviewVersions": ["v1", "v1beta1"],
-                "timeoutSeconds": 10,
-            }
-        ],
-    }
+    """The sidecar injector's MutatingWebhookConfiguration, as the control plane's injector describes it
+    (Istio's four webhooks: namespace or pod selected, never ``sidecar.istio.io/inject: "false"``), sent
+    to istiod's /inject; its caBundle is left to the control plane's leader."""
+    config = mutating_webhook_configuration(b"", namespace=settings.namespace, service=ISTIOD)
+    for hook in config["webhooks"]:
+        hook["clientConfig"].pop("caBundle", None)
+    return config
 
 
 def istiod(settings: InstallSettings) -> list[dict[str, Any]]:
