@@ -101,7 +101,7 @@ def test_a_pod_that_opts_out_and_a_pod_of_an_unlabelled_namespace_are_left_alone
                 "annotations", {}
             )
     finally:
-        bookinfo.kubectl("delete", "pod", "opted-out", "-n", NAMESPACE, "--wait=false")
+        bookinfo.kubectl("delete", "pod", "opted-out", "-n", NAMESPACE, "--grace-period=0", "--force", "--wait=true")
         bookinfo.kubectl("delete", "namespace", "plain", "--wait=false")
 
 
