@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> dict:
     tool = find_testenv()
     if tool is None:
         raise SystemExit("kube-testenv not found: set PLAIT_KUBE_TESTENV")
-    cluster = KubeTestenv(tool, prefix="kube-h11-webhook-bench-").start()
+    cluster = KubeTestenv(tool, prefix="plait-webhook-bench-").start()
     try:
         namespaces = [
             {
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> dict:
             b"set by the control plane's leader", url=f"https://localhost:{webhook_port}/inject"
         )
         cluster.apply(yaml.safe_dump(configuration))
-        with tempfile.TemporaryDirectory(prefix="kube-h11-webhook-bench-cp-") as workdir:
+        with tempfile.TemporaryDirectory(prefix="plait-webhook-bench-cp-") as workdir:
             cp = ControlPlaneProcess(
                 Path(workdir) / "unused",
                 Path(workdir),

@@ -8,10 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from plait.cli.main import app
-from plait.testing.kube import KubeTestenv, find_testenv
+from plait.testing.kube import KubeTestenv, require_testenv
 
-TOOL = find_testenv()
-pytestmark = pytest.mark.skipif(TOOL is None, reason="kube-testenv not found (set PLAIT_KUBE_TESTENV)")
 runner = CliRunner()
 
 CLUSTER = """
@@ -66,7 +64,7 @@ spec:
 
 @pytest.fixture(scope="module")
 def cluster():
-    env = KubeTestenv(TOOL, prefix="kube-h11-kwebhook-analyze-").start()
+    env = KubeTestenv(require_testenv(), prefix="plait-kube-analyze-").start()
     try:
         env.load_crds()
         env.apply(CLUSTER)

@@ -32,19 +32,17 @@ from plait.ca.service import ads_authenticator, serve_ca
 from plait.ca.tokens import AuthenticatorUnavailable
 from plait.model import Proxy
 from plait.testing.ads_client import make_node
-from plait.testing.kube import KubeTestenv, find_testenv
+from plait.testing.kube import KubeTestenv, require_testenv
 from plait.testing.kubeapi import api_client, ensure_namespace, legacy_token, pod_token
 from plait.testing.live import free_port
 
-TOOL = find_testenv()
-pytestmark = pytest.mark.skipif(TOOL is None, reason="kube-testenv not found (set PLAIT_KUBE_TESTENV)")
 TIMEOUT = 60
 A_IN_X = "spiffe://cluster.local/ns/x/sa/a"
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    env = KubeTestenv(TOOL, prefix="kube-h9-kca-ca-").start()
+    env = KubeTestenv(require_testenv(), prefix="plait-kube-ca-").start()
     try:
         yield env
     finally:

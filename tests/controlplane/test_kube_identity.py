@@ -26,12 +26,10 @@ from plait.controlplane.kubelease import LeaseElection
 from plait.controlplane.leader import ElectionConfig
 from plait.controlplane.rootcert import CONFIGMAP, ROOT_CERT_KEY, publish_root_cert
 from plait.controlplane.webhook import serve_webhook, tls_context, validating_webhook_configuration
-from plait.testing.kube import KubeTestenv, find_testenv
+from plait.testing.kube import KubeTestenv, require_testenv
 from plait.testing.kubeapi import api_client, ensure_namespace, pod_token
 from plait.testing.live import free_port
 
-TOOL = find_testenv()
-pytestmark = pytest.mark.skipif(TOOL is None, reason="kube-testenv not found (set PLAIT_KUBE_TESTENV)")
 TIMEOUT = 90
 FAST = ElectionConfig(lease_duration=3, renew_deadline=2, retry_period=0.5)
 ROOT_A = "-----BEGIN CERTIFICATE-----\nroot of a\n-----END CERTIFICATE-----\n"
@@ -40,7 +38,7 @@ ROOT_B = "-----BEGIN CERTIFICATE-----\nroot of b\n-----END CERTIFICATE-----\n"
 
 @pytest.fixture(scope="module")
 def cluster():
-    env = KubeTestenv(TOOL, prefix="kube-h9-kca-cp-").start()
+    env = KubeTestenv(require_testenv(), prefix="plait-kube-identity-").start()
     try:
         yield env
     finally:

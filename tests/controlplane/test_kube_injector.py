@@ -18,12 +18,10 @@ from plait.controlplane.kubeidentity import ClusterSettings, namespace_labels
 from plait.controlplane.leader import ElectionConfig
 from plait.controlplane.webhook import serve_webhook, tls_context
 from plait.inject import InjectSettings
-from plait.testing.kube import KubeTestenv, find_testenv
+from plait.testing.kube import KubeTestenv, require_testenv
 from plait.testing.kubeapi import api_client
 from plait.testing.live import free_port
 
-TOOL = find_testenv()
-pytestmark = pytest.mark.skipif(TOOL is None, reason="kube-testenv not found (set PLAIT_KUBE_TESTENV)")
 TIMEOUT = 120
 PROXY_IMAGE = "registry.test/plait-proxy:1.2"
 
@@ -57,7 +55,7 @@ def pod(name: str, ns: str, **annotations: str) -> str:
 
 @pytest.fixture(scope="module")
 def cluster():
-    env = KubeTestenv(TOOL, prefix="kube-h11-kwebhook-").start()
+    env = KubeTestenv(require_testenv(), prefix="plait-kube-injector-").start()
     try:
         yield env
     finally:

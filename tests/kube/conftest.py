@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from plait.testing.kube import KubeTestenv, find_testenv
+from plait.testing.kube import KubeTestenv, require_testenv
 from plait.testing.kubenode import IMAGE, MeshNode
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -57,11 +57,7 @@ def _check_containerd_umask(directory: Path) -> None:
 
 @pytest.fixture(scope="session")
 def mesh_node() -> Iterator[MeshNode]:
-    tool = find_testenv()
-    if tool is None:
-        pytest.fail(
-            "kube-testenv not found: put shared/tools/kube-testenv beside the checkout or set PLAIT_KUBE_TESTENV"
-        )
+    tool = require_testenv()
     if os.geteuid() != 0:
         pytest.fail("a kube-testenv node needs root (CI runs as root): run the tests as root")
     prefix = os.environ.get("PLAIT_KUBE_NODE_PREFIX", "plait-node-")

@@ -25,11 +25,9 @@ from plait.sources.kubernetes import READER_RULES, KubernetesSource, connect
 from plait.testing.ads_client import AdsClient, make_node
 from plait.testing.backends import HttpBackend, loopback_subnet
 from plait.testing.http import http_request
-from plait.testing.kube import KubeTestenv, find_testenv
+from plait.testing.kube import KubeTestenv, require_testenv
 from plait.testing.live import AgentProcess, ControlPlaneProcess, wait_until
 
-TOOL = find_testenv()
-pytestmark = pytest.mark.skipif(TOOL is None, reason="kube-testenv not found (set PLAIT_KUBE_TESTENV)")
 CONVERGE = 30.0  # seconds; a change shows within the debounce interval, an outage within the backoff
 REVIEWS = "reviews.shop.svc.cluster.local"
 PRODUCTPAGE = Proxy(
@@ -44,7 +42,7 @@ PRODUCTPAGE = Proxy(
 
 @pytest.fixture(scope="module")
 def cluster():
-    env = KubeTestenv(TOOL, prefix=os.environ.get("PLAIT_KUBE_DIR_PREFIX", "plait-kube-")).start()
+    env = KubeTestenv(require_testenv(), prefix=os.environ.get("PLAIT_KUBE_DIR_PREFIX", "plait-kube-")).start()
     try:
         env.load_crds()
         yield env

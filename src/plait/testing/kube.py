@@ -35,6 +35,17 @@ def find_testenv() -> Path | None:
     return next((p.resolve() for p in candidates if (p / "start.sh").exists()), None)
 
 
+def require_testenv() -> Path:
+    """`find_testenv`, or an error saying where it is looked for: a test that needs a real cluster fails
+    without one, it is not skipped."""
+    found = find_testenv()
+    if found is None:
+        raise FileNotFoundError(
+            "kube-testenv not found: put shared/tools/kube-testenv beside the checkout or set PLAIT_KUBE_TESTENV"
+        )
+    return found
+
+
 class KubeTestenv:
     def __init__(self, tool: Path, *, prefix: str = "plait-kube-", node: bool = False):
         self.tool = tool
