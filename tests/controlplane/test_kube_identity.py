@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from plait.ca.authority import pem
 from plait.ca.client import new_key_and_csr, request_certificate
-from plait.controlplane.app import Settings, run
+from plait.controlplane.app import Settings, api_server_away, run
 from plait.controlplane.kubeidentity import CLUSTER_RULES, NAMESPACE_RULES, ClusterIdentity, ClusterSettings
 from plait.controlplane.kubelease import LeaseElection
 from plait.controlplane.leader import ElectionConfig
@@ -569,3 +570,82 @@ def test_a_leader_cut_off_from_the_api_server_stops_its_jobs_and_leads_again_whe
 
     # its own waits add up to 90 s, and stopping and starting the API server takes longer on a busy machine
     on_cluster(cluster, test, timeout=240)
+
+
+def test_a_control_plane_started_before_the_api_server_waits_for_it_instead_of_exiting(cluster, tmp_path, caplog):
+    """Last in this module too (it stops the API server): a control plane whose pod starts while the API
+    server is away (a node's restart) says so and tries again; once the API server is back it gets its CA
+    and leads, with no restart of its own."""
+    settings = Settings(
+        config_dir=tmp_path / "mesh",
+        host="127.0.0.1",
+        xds_port=free_port(),
+        http_port=free_port(),
+        ca_port=free_port(),
+        state_dir=tmp_path / "state",
+        kubernetes=True,
+        kubeconfig=cluster.kubeconfig,
+        cluster=ClusterSettings(namespace="early", identity="istiod-early", election=FAST, webhook_port=free_port()),
+    )
+    (tmp_path / "mesh").mkdir()
+    cluster.stop()
+
+    async def test():
+        stop = asyncio.Event()
+        control_plane = asyncio.create_task(run(settings, stop=stop))
+        try:
+            await eventually(lambda: "cannot reach the Kubernetes API server" in caplog.text, "it says why it waits")
+            await asyncio.sleep(2)
+            assert not control_plane.done(), control_plane
+            await asyncio.to_thread(cluster.start)
+            api = await api_client(cluster.kubeconfig)
+            try:
+                core = client.CoreV1Api(api)
+                await eventually(lambda: _secret_in(core, "early"), "the CA's Secret, once it is back", timeout=60)
+                leases = client.CoordinationV1Api(api)
+                lease = await eventually(lambda: _lease(leases, "early"), "the Lease", timeout=30)
+                assert lease.spec.holder_identity == "istiod-early"
+            finally:
+                await api.close()
+        finally:
+            stop.set()
+            await control_plane
+
+    with caplog.at_level(logging.WARNING, logger="plait.controlplane"):
+        try:
+            asyncio.run(asyncio.wait_for(test(), 180))
+        finally:
+            if not _answers(cluster):  # the test failed before it started it again
+                cluster.start()
+
+
+def _answers(cluster: KubeTestenv) -> bool:
+    try:
+        cluster.kubectl("get", "--raw", "/readyz")
+    except RuntimeError:
+        return False
+    return True
+
+
+async def _secret_in(core, namespace: str):
+    try:
+        return await core.read_namespaced_secret("istio-ca-secret", namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+async def _lease(leases, namespace: str):
+    try:
+        return await leases.read_namespaced_lease("plait-leader", namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def test_only_an_absent_api_server_is_waited_out():
+    assert api_server_away(ConnectionRefusedError()) and api_server_away(TimeoutError())
+    assert api_server_away(ApiException(status=503)) and not api_server_away(ApiException(status=403))
+    assert not api_server_away(ValueError("a bad CA"))

@@ -55,6 +55,8 @@ async def load_cluster_ca(
     try:
         return await _load_cluster_ca(client.CoreV1Api(api), ca_dir, namespace, trust_domain)
     except ApiException as error:
+        if error.status is not None and error.status >= 500:
+            raise  # the API server is not ready: the caller waits and tries again
         hint = {
             403: f"; the control plane needs get and create on secrets in namespace {namespace}",
             404: f"; does namespace {namespace} exist?",

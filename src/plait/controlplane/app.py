@@ -126,9 +126,13 @@ async def open_config(settings: Settings) -> tuple[ConfigSource, KubernetesSourc
     return store, None
 
 
-async def open_identity(cluster: KubernetesSource, settings: Settings) -> ClusterIdentity:
+async def open_identity(
+    cluster: KubernetesSource, settings: Settings, *, retry_at_most: float = 10.0
+) -> ClusterIdentity:
     """On Kubernetes: the CA from Secrets, TokenReview, the webhook and the leader's duties
-    (`plait.controlplane.kubeidentity`), on the cluster source's API client."""
+    (`plait.controlplane.kubeidentity`), on the cluster source's API client. While the API server
+    cannot be reached (a control plane started before it, or during its restart) this waits and
+    tries again, saying so, as istiod does, instead of exiting."""
     from plait.controlplane.kubeidentity import ClusterIdentity, ClusterSettings  # the Kubernetes client: see above
 
     cluster_settings = settings.cluster or ClusterSettings()
@@ -136,7 +140,32 @@ async def open_identity(cluster: KubernetesSource, settings: Settings) -> Cluste
         cluster_settings = dataclasses.replace(cluster_settings, inject=settings.inject)
     if settings.webhook_port is not None:
         cluster_settings = dataclasses.replace(cluster_settings, webhook_port=settings.webhook_port)
-    return await ClusterIdentity.open(cluster.api, settings.state_dir, cluster_settings)
+    delay = 0.5
+    while True:
+        try:
+            return await ClusterIdentity.open(cluster.api, settings.state_dir, cluster_settings)
+        except Exception as error:  # noqa: BLE001 - only the API server being away is waited out
+            if not api_server_away(error):
+                raise
+            log.warning(
+                "cannot reach the Kubernetes API server at %s (%s); trying again in %.0f s",
+                cluster.server,
+                error,
+                delay,
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, retry_at_most)
+
+
+def api_server_away(error: BaseException) -> bool:
+    """Whether `error` says the API server is not there (yet): no connection, a timeout, or a 5xx
+    while it starts; anything else (a refusal, an unusable CA) is the operator's to fix."""
+    import aiohttp
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    if isinstance(error, ApiException):
+        return error.status is not None and error.status >= 500
+    return isinstance(error, aiohttp.ClientError | OSError | TimeoutError)
 
 
 async def wait_for_cluster(source: KubernetesSource, stop: asyncio.Event, every: float = 10.0) -> None:

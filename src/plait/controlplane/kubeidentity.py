@@ -186,6 +186,8 @@ async def _ensure_namespace(api: client.ApiClient, namespace: str) -> None:
     except ApiException as error:
         if error.status == 403:  # may not look: in its own namespace in a cluster, which exists
             return
+        if error.status >= 500:
+            raise  # the API server is not ready: the caller waits and tries again
         if error.status != 404:
             raise CaError(f"cannot read namespace {namespace}: {error.status} {error.reason}") from None
         try:
