@@ -1,7 +1,8 @@
 """One real Kubernetes node per session with plait installed in it (kube-testenv ``start.sh --node``).
 
 `mesh_node` starts the node (root), builds and loads the images (``./dev images --load``, cached),
-loads Istio's CRDs and runs ``plait install -y``; it is stopped and removed at the end. Set
+loads Istio's CRDs and runs ``plait install -y``; it is stopped and removed at the end. `bookinfo`
+deploys Bookinfo on it as ``plait demo bookinfo --kube`` does, once per session. Set
 ``PLAIT_KUBE_TESTENV`` to use another kube-testenv, ``PLAIT_KUBE_NODE_PREFIX`` for its directory's
 name (default /tmp/plait-node-…).
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from plait.testing.kube import KubeTestenv, require_testenv
-from plait.testing.kubenode import IMAGE, MeshNode
+from plait.testing.kubenode import BOOKINFO_HUB, BOOKINFO_NAMESPACE, BOOKINFO_TAG, IMAGE, MeshNode, eventually
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 
@@ -76,3 +77,18 @@ def mesh_node() -> Iterator[MeshNode]:
         yield node
     finally:
         cluster.remove()
+
+
+@pytest.fixture(scope="session")
+def bookinfo(mesh_node: MeshNode) -> MeshNode:
+    """Bookinfo as ``plait demo bookinfo --kube`` deploys it, in its own namespace."""
+    node = mesh_node
+    node.kubectl("create", "namespace", BOOKINFO_NAMESPACE)
+    eventually(lambda: node.kubectl("get", "serviceaccount", "default", "-n", BOOKINFO_NAMESPACE), timeout=30)
+    demo = node.plait(
+        "demo", "bookinfo", "--kube", "--namespace", BOOKINFO_NAMESPACE, "--image", IMAGE,
+        "--bookinfo-hub", BOOKINFO_HUB, "--bookinfo-tag", BOOKINFO_TAG,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    node.demo_output = demo.stdout
+    return node

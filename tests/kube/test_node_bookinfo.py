@@ -3,60 +3,27 @@
 ``plait install`` (session fixture) puts istiod and the ingress gateway in istio-system; ``plait
 demo bookinfo --kube`` applies Istio's own ``samples/bookinfo/platform/kube/bookinfo.yaml`` (images
 substituted by name only) in a namespace labelled ``istio-injection=enabled`` with Istio's
-bookinfo-gateway. Until the control plane serves the injection webhook, the sidecars are added by
-the pure builder the webhook uses (`plait.inject.kube_inject`, as ``plait kube-inject``). Then
-Istio's tasks: request routing (virtual-service-reviews-jason-v2-v3.yaml), STRICT mutual TLS, and
+bookinfo-gateway (the `bookinfo` fixture, in conftest.py); the control plane's injection webhook adds
+the sidecars. Then Istio's tasks: request routing (virtual-service-reviews-jason-v2-v3.yaml), STRICT mutual TLS, and
 the validating webhook refusing an invalid VirtualService.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from plait.demo.bookinfo.apps.view import ProductPageView, read_product_page
+from plait.demo.bookinfo.apps.view import ProductPageView
 from plait.install.bookinfo import ISTIO_BOOKINFO, deployments
-from plait.testing.kubenode import BOOKINFO_HUB, BOOKINFO_TAG, IMAGE, MeshNode, eventually
+from plait.testing.kubenode import BOOKINFO_HUB, BOOKINFO_NAMESPACE, BOOKINFO_TAG, MeshNode, RequestLoop, eventually
 
 SAMPLES = Path(__file__).resolve().parents[2] / "src/plait/demo/bookinfo/networking"
-NAMESPACE = "bookinfo"
+NAMESPACE = BOOKINFO_NAMESPACE
 DEPLOYMENTS = deployments(ISTIO_BOOKINFO.read_text())
-
-
-@pytest.fixture(scope="module")
-def bookinfo(mesh_node: MeshNode) -> MeshNode:
-    """Bookinfo as ``plait demo bookinfo --kube`` deploys it, in its own namespace."""
-    node = mesh_node
-    node.kubectl("create", "namespace", NAMESPACE)
-    eventually(lambda: node.kubectl("get", "serviceaccount", "default", "-n", NAMESPACE), timeout=30)
-    demo = node.plait(
-        "demo", "bookinfo", "--kube", "--namespace", NAMESPACE, "--image", IMAGE,
-        "--bookinfo-hub", BOOKINFO_HUB, "--bookinfo-tag", BOOKINFO_TAG,
-    )  # fmt: skip
-    assert demo.returncode == 0, demo.stdout + demo.stderr
-    node.demo_output = demo.stdout
-    return node
-
-
-def ingress_url(node: MeshNode, path: str) -> str:
-    address = node.kubectl(
-        "get", "service", "istio-ingressgateway", "-n", "istio-system", "-o", "jsonpath={.spec.clusterIP}"
-    )
-    return f"http://{address}:80{path}"
-
-
-def product_page(node: MeshNode, user: str | None = None) -> ProductPageView:
-    request = urllib.request.Request(ingress_url(node, "/productpage"))
-    if user:
-        request.add_header("Cookie", f"user={user}")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 200
-        return read_product_page(response.read().decode())
 
 
 def test_every_bookinfo_pod_runs_with_its_sidecar_after_istio_init(bookinfo):
@@ -131,7 +98,7 @@ def test_proxy_status_lists_every_sidecar_and_the_gateway_synced(bookinfo):
 
 
 def test_the_product_page_through_the_ingress_gateway_shows_reviews(bookinfo):
-    page = eventually(lambda: _with_reviews(product_page(bookinfo)), timeout=60)
+    page = eventually(lambda: _with_reviews(bookinfo.product_page()), timeout=60)
     assert page.details and not page.details_error
     assert len(page.reviews) == 2
 
@@ -158,7 +125,7 @@ def test_reviews_jason_v2_v3_moves_jason_to_v2_and_everyone_else_to_v3(bookinfo)
 
 def _versions(node: MeshNode, user: str | None, expected: set[str]) -> None:
     """Ten page loads as `user` all show reviews of the `expected` versions."""
-    seen = {product_page(node, user).reviews_version for _ in range(10)}
+    seen = {node.product_page(user).reviews_version for _ in range(10)}
     assert seen == expected, f"{user or 'anonymous'} saw reviews {seen}, expected {expected}"
 
 
@@ -196,7 +163,7 @@ def test_strict_mtls_keeps_the_page_working_and_refuses_plaintext_from_outside_t
 
         error = eventually(refused, timeout=60)
         assert "Connection reset" in error or "RemoteDisconnected" in error or "timed out" in error, error
-        page = product_page(bookinfo)
+        page = bookinfo.product_page()
         assert page.reviews and not page.reviews_error and page.details and not page.details_error
     finally:
         bookinfo.kubectl("delete", "peerauthentication", "default", "-n", NAMESPACE)
@@ -251,49 +218,23 @@ def test_demo_bookinfo_kube_found_plait_installed_and_says_how_to_open_the_page(
 
 def test_the_ingress_gateway_is_the_one_plait_install_made(bookinfo):
     with pytest.raises(urllib.error.HTTPError) as missing:
-        urllib.request.urlopen(ingress_url(bookinfo, "/no-such-route"), timeout=10)
+        urllib.request.urlopen(bookinfo.ingress_url("/no-such-route"), timeout=10)
     assert missing.value.code == 404
-
-
-class RequestLoop(threading.Thread):
-    """GET the product page through the ingress gateway, one request after another, until stopped."""
-
-    def __init__(self, url: str):
-        super().__init__(daemon=True)
-        self.url, self.ok, self.failures = url, 0, []
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                with urllib.request.urlopen(self.url, timeout=10) as response:
-                    response.read()
-                self.ok += 1
-            except (urllib.error.URLError, OSError) as exc:
-                self.failures.append(repr(exc))
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join()
 
 
 def test_killing_the_control_plane_pod_under_load_fails_no_request_and_the_new_pod_resyncs_every_proxy(bookinfo):
     old = bookinfo.kubectl("get", "pods", "-n", "istio-system", "-l", "app=istiod", "-o", "name").split()
-    loop = RequestLoop(ingress_url(bookinfo, "/productpage"))
+    loop = RequestLoop(bookinfo.ingress_url("/productpage"))
     loop.start()
     try:
-        eventually(lambda: _served(loop, 20), timeout=30, interval=0.2)
+        eventually(lambda: loop.served(20), timeout=30, interval=0.2)
         bookinfo.kubectl("delete", "-n", "istio-system", *old, "--wait=true")
         bookinfo.kubectl("rollout", "status", "deployment/istiod", "-n", "istio-system", "--timeout=120s")
         served_before = loop.ok
         every_proxy_synced(bookinfo)  # as the new pod sees them
-        eventually(lambda: _served(loop, served_before + 20), timeout=30, interval=0.2)
+        eventually(lambda: loop.served(served_before + 20), timeout=30, interval=0.2)
     finally:
         loop.stop()
     new = bookinfo.kubectl("get", "pods", "-n", "istio-system", "-l", "app=istiod", "-o", "name").split()
     assert len(new) == 1 and new != old
-    assert loop.failures == [], f"{len(loop.failures)} failed of {loop.ok + len(loop.failures)}: {loop.failures[:3]}"
-
-
-def _served(loop: RequestLoop, count: int) -> None:
-    assert loop.ok >= count, f"{loop.ok} requests served so far"
+    loop.assert_none_failed()
