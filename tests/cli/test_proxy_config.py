@@ -387,16 +387,19 @@ def status_of(mode: str, kind: str = "sidecar") -> dict:
 def test_a_capture_mode_pod_is_read_inside_its_network_namespace(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(proxies, "NETNS_DIR", tmp_path)
     (tmp_path / "plait-ratings-v1-0").touch()  # what `ip netns add` leaves in /run/netns
-    assert proxies.admin_api(status_of("capture"), None) == proxies.PodAdmin("plait-ratings-v1-0", "127.0.0.1:15123")
+    with proxies.admin_api(status_of("capture"), None) as envoy:
+        assert envoy == proxies.PodAdmin("plait-ratings-v1-0", "127.0.0.1:15123")
     # an explicit-proxy sidecar, a gateway (on the host), --admin, or no such namespace: plain HTTP
     for status, override in (
         (status_of("proxy"), None),
         (status_of("capture", "router"), None),
         (status_of("capture"), "127.0.0.1:9"),
     ):
-        assert isinstance(proxies.admin_api(status, override), Http)
+        with proxies.admin_api(status, override) as envoy:
+            assert isinstance(envoy, Http)
     (tmp_path / "plait-ratings-v1-0").unlink()
-    assert proxies.admin_api(status_of("capture"), None).base == "http://127.0.0.1:15123"
+    with proxies.admin_api(status_of("capture"), None) as envoy:
+        assert envoy.base == "http://127.0.0.1:15123"
 
 
 def test_a_pod_namespace_that_is_gone_is_a_clear_error() -> None:
@@ -406,3 +409,17 @@ def test_a_pod_namespace_that_is_gone_is_a_clear_error() -> None:
         r"in network namespace plait-no-such-pod-\d+: ",
     ):
         proxies.PodAdmin(f"plait-no-such-pod-{os.getpid()}", "127.0.0.1:1").get("/ready")
+
+
+def test_the_control_plane_is_looked_for_in_a_cluster_only_when_a_kubeconfig_says_so(monkeypatch) -> None:
+    monkeypatch.delenv("PLAIT_CONTROL_PLANE", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    assert proxies.cluster_of(None, None, "istio-system", "") is None  # the local mesh
+    assert proxies.cluster_of(None, "/k", "istio-system", "") == proxies.Cluster("/k")
+    monkeypatch.setenv("KUBECONFIG", "/env/k")
+    assert proxies.cluster_of(None, None, "mesh", "1-9-1") == proxies.Cluster(None, "mesh", "1-9-1")
+    assert proxies.cluster_of(None, None, "mesh", "1-9-1").selector == "app=istiod,istio.io/rev=1-9-1"
+    assert proxies.cluster_of("localhost:15014", None, "istio-system", "") is None  # named: that one
+    monkeypatch.setenv("PLAIT_CONTROL_PLANE", "cp:15014")
+    assert proxies.cluster_of(None, None, "istio-system", "") is None
+    assert proxies.cluster_of(None, "/k", "istio-system", "") == proxies.Cluster("/k")  # --kubeconfig wins

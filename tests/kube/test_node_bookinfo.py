@@ -73,8 +73,9 @@ def test_a_pod_that_opts_out_and_a_pod_of_an_unlabelled_namespace_are_left_alone
 
 
 def every_proxy_synced(node: MeshNode) -> None:
-    """``plait proxy-status`` (run in the control plane's pod) lists every Bookinfo sidecar and the
-    gateway, CDS and LDS SYNCED, EDS and RDS SYNCED or not used; waits until it does."""
+    """``plait proxy-status`` from outside the cluster (KUBECONFIG set: it port-forwards to the istiod
+    pod, as istioctl does) lists every Bookinfo sidecar and the gateway, CDS and LDS SYNCED, EDS and
+    RDS SYNCED or not used; waits until it does."""
     pods = node.kubectl("get", "pods", "-n", NAMESPACE, "-o", "jsonpath={.items[*].metadata.name}").split()
     gateway = node.kubectl(
         "get", "pods", "-n", "istio-system", "-l", "istio=ingressgateway", "-o", "jsonpath={.items[*].metadata.name}"
@@ -83,18 +84,42 @@ def every_proxy_synced(node: MeshNode) -> None:
     expected = {f"{pod}.{NAMESPACE}" for pod in pods} | {f"{pod}.istio-system" for pod in gateway}
 
     def all_synced() -> None:
-        text = node.kubectl("exec", "-n", "istio-system", "deploy/istiod", "--", "plait", "proxy-status")
-        rows = {line.split()[0]: line.split()[1:5] for line in text.splitlines()[1:] if line.strip()}
-        assert expected <= set(rows), text
+        done = node.plait("proxy-status")
+        assert done.returncode == 0, done.stdout + done.stderr
+        rows = {line.split()[0]: line.split()[1:5] for line in done.stdout.splitlines()[1:] if line.strip()}
+        assert expected <= set(rows), done.stdout
         for proxy in expected:
-            assert rows[proxy][:2] == ["SYNCED", "SYNCED"], text
-            assert all(state in ("SYNCED", "NOT SENT") for state in rows[proxy]), text
+            assert rows[proxy][:2] == ["SYNCED", "SYNCED"], done.stdout
+            assert all(state in ("SYNCED", "NOT SENT") for state in rows[proxy]), done.stdout
 
     eventually(all_synced, timeout=60)
 
 
 def test_proxy_status_lists_every_sidecar_and_the_gateway_synced(bookinfo):
     every_proxy_synced(bookinfo)
+
+
+def test_proxy_status_and_proxy_config_of_one_pod_from_outside_the_cluster(bookinfo):
+    """``plait proxy-status POD`` compares what istiod sent with what the pod's Envoy holds, and
+    ``plait proxy-config`` reads that Envoy: both port-forward to the pod's admin port (15000)."""
+    pod = bookinfo.kubectl(
+        "get", "pods", "-n", NAMESPACE, "-l", "app=ratings", "-o", "jsonpath={.items[0].metadata.name}"
+    )
+    diff = eventually(lambda: _succeeded(bookinfo.plait("proxy-status", f"{pod}.{NAMESPACE}")), timeout=60)
+    assert diff.splitlines()[-1] == "Envoy holds what the control plane sent.", diff
+    clusters = _succeeded(bookinfo.plait("proxy-config", "cluster", f"{pod}.{NAMESPACE}"))
+    assert any(
+        line.split()[:4] == ["reviews.bookinfo.svc.cluster.local", "9080", "-", "outbound"]
+        for line in clusters.splitlines()
+    ), clusters
+    missing = bookinfo.plait("proxy-status", "-i", "no-such-namespace")
+    assert missing.returncode == 1
+    assert "no ready pod with labels app=istiod in namespace no-such-namespace" in missing.stderr
+
+
+def _succeeded(done) -> str:
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 def test_the_product_page_through_the_ingress_gateway_shows_reviews(bookinfo):

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,11 +22,25 @@ from rich.table import Table
 from plait.cli import envoyconfig
 from plait.cli.console import err, out
 from plait.cli.controlplane import ControlPlane, fail
-from plait.client import ClientError, Http, control_plane_url, decode
+from plait.cli.kubeforward import ForwardError, PortForward
+from plait.client import HTTP_PORT, ClientError, Http, control_plane_url, decode
 from plait.runtime import netns
 
 TYPES = ("cds", "lds", "eds", "rds")
+ENVOY_ADMIN_PORT = 15000  # a sidecar's or gateway's Envoy admin, on the pod's loopback
 NETNS_DIR = Path("/run/netns")
+Kubeconfig = Annotated[
+    str | None,
+    typer.Option(
+        "--kubeconfig",
+        help="Reach a control plane in a Kubernetes cluster (port-forwarding through its API, as istioctl does). "
+        "Default: $KUBECONFIG when set and neither --control-plane nor $PLAIT_CONTROL_PLANE is given.",
+    ),
+]
+IstioNamespace = Annotated[
+    str, typer.Option("-i", "--istio-namespace", help="The control plane's namespace, on Kubernetes.")
+]
+Revision = Annotated[str, typer.Option("-r", "--revision", help="The control plane revision to ask, on Kubernetes.")]
 Admin = Annotated[
     str | None,
     typer.Option(
@@ -35,9 +51,45 @@ Admin = Annotated[
 ]
 
 
-def _statuses(control_plane: str | None) -> list[dict]:
+@dataclass(frozen=True)
+class Cluster:
+    """A control plane in a Kubernetes cluster, reached by port-forwarding (`plait.cli.kubeforward`)."""
+
+    kubeconfig: str | None
+    namespace: str = "istio-system"
+    revision: str = ""
+
+    @property
+    def selector(self) -> str:
+        return "app=istiod" + (f",istio.io/rev={self.revision}" if self.revision else "")
+
+
+def cluster_of(control_plane: str | None, kubeconfig: str | None, namespace: str, revision: str) -> Cluster | None:
+    """The cluster to ask, when the control plane is to be found in one: --kubeconfig, or $KUBECONFIG
+    unless a control plane was named (--control-plane, $PLAIT_CONTROL_PLANE); else None (the local mesh)."""
+    named = control_plane or os.environ.get("PLAIT_CONTROL_PLANE")
+    if kubeconfig or (os.environ.get("KUBECONFIG") and not named):
+        return Cluster(kubeconfig, namespace, revision)
+    return None
+
+
+@contextmanager
+def control_plane_reached(control_plane: str | None, cluster: Cluster | None) -> Iterator[str]:
+    """The control plane's HTTP API URL: given, local, or through a port-forward to an istiod pod."""
+    if cluster is None:
+        yield control_plane_url(control_plane)
+        return
     try:
-        return Http(control_plane_url(control_plane)).get("/debug/syncz")
+        with PortForward(cluster.kubeconfig, cluster.namespace, HTTP_PORT, selector=cluster.selector) as address:
+            yield f"http://{address}"
+    except ForwardError as exc:
+        err.print(f"[red]error[/]: {exc}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _statuses(url: str) -> list[dict]:
+    try:
+        return Http(url).get("/debug/syncz")
     except ClientError as exc:
         fail(exc)
         raise
@@ -97,10 +149,14 @@ def proxy_status(
     output: Annotated[str, typer.Option("-o", "--output", help="'wide' adds each proxy's full node id")] = "",
     control_plane: ControlPlane = None,
     admin: Admin = None,
+    kubeconfig: Kubeconfig = None,
+    istio_namespace: IstioNamespace = "istio-system",
+    revision: Revision = "",
 ) -> None:
     """Show every connected proxy and whether it has the latest config, per xDS type, as istioctl does.
 
     Proxies are named POD.NAMESPACE, as istioctl names them ([bold]-o wide[/] adds the node id).
+    On Kubernetes ($KUBECONFIG or --kubeconfig) plait port-forwards to an istiod pod, as istioctl does.
 
     SYNCED: sent and acknowledged; NOT SENT: nothing sent yet; STALE: newer config sent (or about to
     be), not acknowledged yet; NACKED: Envoy rejected it (the reason is shown) and keeps serving its
@@ -112,9 +168,11 @@ def proxy_status(
     if output not in ("", "wide"):
         err.print("[red]error[/]: -o takes wide")
         raise typer.Exit(2)
-    statuses = _statuses(control_plane)
-    if proxy:
-        return _proxy_diff(_find(statuses, proxy), control_plane, admin)
+    cluster = cluster_of(control_plane, kubeconfig, istio_namespace, revision)
+    with control_plane_reached(control_plane, cluster) as url:
+        statuses = _statuses(url)
+        if proxy:
+            return _proxy_diff(_find(statuses, proxy), url, admin, cluster)
     wide = ("NODE ID",) if output == "wide" else ()
     table = Table("NAME", "CDS", "LDS", "EDS", "RDS", "ENVOY VERSION", *wide, box=None, header_style="bold")
     for s in sorted(statuses, key=lambda s: (proxy_name(s), s["proxy_id"])):
@@ -178,11 +236,25 @@ class PodAdmin:
         return decode(done.stdout)
 
 
-def admin_api(status: dict, override: str | None) -> Http | PodAdmin:
-    """Where to read a proxy's Envoy: --admin if given; a capture-mode sidecar of the local mesh
-    through its network namespace; else the admin address its agent reported."""
+@contextmanager
+def admin_api(status: dict, override: str | None, cluster: Cluster | None = None) -> Iterator[Http | PodAdmin]:
+    """Where to read a proxy's Envoy: --admin if given; on Kubernetes its pod's 15000 through a
+    port-forward; a capture-mode sidecar of the local mesh through its network namespace; else the
+    admin address its agent reported."""
+    proxy = status.get("proxy", {})
     if override:
-        return Http(f"http://{override}", what=ADMIN_API)
+        yield Http(f"http://{override}", what=ADMIN_API)
+    elif cluster is not None and proxy.get("name") and proxy.get("namespace"):
+        try:
+            with PortForward(cluster.kubeconfig, proxy["namespace"], ENVOY_ADMIN_PORT, pod=proxy["name"]) as address:
+                yield Http(f"http://{address}", what=ADMIN_API)
+        except ForwardError as exc:
+            raise ClientError(f"cannot reach {ADMIN_API} of pod {proxy_name(status)}: {exc}") from None
+    else:
+        yield _local_admin(status)
+
+
+def _local_admin(status: dict) -> Http | PodAdmin:
     address, proxy = admin_address(status), status.get("proxy", {})
     if proxy.get("mode") == "capture" and proxy.get("kind") == "sidecar":
         namespace = netns.Network().namespace(proxy["name"])
@@ -191,10 +263,11 @@ def admin_api(status: dict, override: str | None) -> Http | PodAdmin:
     return Http(f"http://{address}", what=ADMIN_API)
 
 
-def _proxy_diff(status: dict, control_plane: str | None, admin: str | None) -> None:
+def _proxy_diff(status: dict, url: str, admin: str | None, cluster: Cluster | None) -> None:
     try:
-        sent = Http(control_plane_url(control_plane)).get(f"/debug/config_dump?proxy={status['proxy_id']}")
-        held = envoyconfig.resource_names(admin_api(status, admin).get("/config_dump?include_eds"))
+        sent = Http(url).get(f"/debug/config_dump?proxy={status['proxy_id']}")
+        with admin_api(status, admin, cluster) as envoy:
+            held = envoyconfig.resource_names(envoy.get("/config_dump?include_eds"))
     except ClientError as exc:
         fail(exc)
         raise
@@ -237,6 +310,9 @@ def proxy_config(
     output: Annotated[str, typer.Option("-o", "--output", help="short, yaml or json")] = "short",
     control_plane: ControlPlane = None,
     admin: Admin = None,
+    kubeconfig: Kubeconfig = None,
+    istio_namespace: IstioNamespace = "istio-system",
+    revision: Revision = "",
 ) -> None:
     """Show what one Envoy holds, read from its admin API: a short table by default, as istioctl does.
 
@@ -249,10 +325,16 @@ def proxy_config(
         err.print(f"[red]error[/]: KIND is one of {', '.join(CONFIG_KINDS)}; -o is short, yaml or json")
         raise typer.Exit(2)
     kind = kind.rstrip("s")
+    cluster = cluster_of(control_plane, kubeconfig, istio_namespace, revision)
     try:
-        envoy = admin_api({} if admin else _find(_statuses(control_plane), proxy), admin)
-        dump = envoy.get("/config_dump?include_eds" if kind == "endpoint" else "/config_dump")
-        data = envoy.get("/clusters?format=json") if kind == "endpoint" and output == "short" else None
+        if admin:
+            status = {}
+        else:
+            with control_plane_reached(control_plane, cluster) as url:
+                status = _find(_statuses(url), proxy)
+        with admin_api(status, admin, cluster) as envoy:
+            dump = envoy.get("/config_dump?include_eds" if kind == "endpoint" else "/config_dump")
+            data = envoy.get("/clusters?format=json") if kind == "endpoint" and output == "short" else None
     except ClientError as exc:
         fail(exc)
         raise
