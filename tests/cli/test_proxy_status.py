@@ -18,6 +18,8 @@ def status(proxy_id: str, name: str | None, namespace: str | None) -> dict:
     return {
         "proxy_id": proxy_id,
         "envoy_version": "1.40.0",
+        "proxy_version": "0.1.0",
+        "istiod": "istiod-7d4b9c-x2x5q",
         "types": {t: {"state": "SYNCED"} for t in proxies.TYPES},
         "proxy": {"kind": "sidecar", "name": name, "namespace": namespace},
     }
@@ -33,7 +35,7 @@ STATUSES = [
 
 @pytest.fixture(autouse=True)
 def syncz(monkeypatch) -> None:
-    monkeypatch.setattr(proxies, "_statuses", lambda control_plane: STATUSES)
+    monkeypatch.setattr(proxies, "_statuses", lambda urls: STATUSES)
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -52,6 +54,8 @@ def test_proxies_are_named_pod_dot_namespace() -> None:
         "reviews-v1-0.shop",
     ]
     assert all(row[1:5] == ["SYNCED"] * 4 for row in rows)
+    assert text.split()[:7] == ["NAME", "CDS", "LDS", "EDS", "RDS", "ISTIOD", "VERSION"]
+    assert all(row[5:] == ["istiod-7d4b9c-x2x5q", "0.1.0"] for row in rows)  # who serves it, its agent's version
     assert "~" not in text
 
 

@@ -3,6 +3,7 @@
 Kubernetes' own control plane away for 30 s: the proxies keep their configuration and serve, the
 control plane says it cannot reach the API server, and catches up when it returns (a change made then
 takes effect, without a restart). An endpoint scaled down under load: its pod drains, no request fails.
+Two control plane replicas: both serve, one leads, the other takes over when the leader's pod goes.
 (The istiod pod killed under load is in test_node_bookinfo.py.)
 """
 
@@ -12,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from plait.controlplane.kubelease import DEFAULT_LEASE_NAME as LEASE
 from plait.testing.kubenode import BOOKINFO_NAMESPACE, MeshNode, RequestLoop, eventually
 
 SAMPLES = Path(__file__).resolve().parents[2] / "src/plait/demo/bookinfo/networking"
@@ -106,3 +108,61 @@ def _endpoints(node: MeshNode, count: int) -> None:
 
 def _count(items: list, count: int) -> None:
     assert len(items) == count, items
+
+
+def test_two_control_plane_replicas_each_serve_xds_one_leads_and_the_other_takes_over(bookinfo):
+    """istiod scaled to 2: ``plait proxy-status`` merges what both serve (its ISTIOD column names the
+    replica of each proxy), one replica holds the Lease; its pod deleted under a request loop, no request
+    fails and the other replica leads."""
+    deployment = ("deployment/istiod", "-n", "istio-system")
+    bookinfo.kubectl("scale", *deployment, "--replicas=2")
+    try:
+        bookinfo.kubectl("rollout", "status", *deployment, "--timeout=120s")
+        pods = set(_istiod_pods(bookinfo))
+        assert len(pods) == 2
+        rows = _proxy_rows(bookinfo)
+        assert {row[5] for row in rows} <= pods and len(rows) >= 7, rows  # 6 Bookinfo sidecars, the gateway
+        leader = eventually(lambda: _leader(bookinfo, pods), timeout=30)
+        loop = RequestLoop(bookinfo.ingress_url("/productpage"))
+        loop.start()
+        try:
+            eventually(lambda: loop.served(20), timeout=30, interval=0.2)
+            bookinfo.kubectl("delete", "pod", leader, "-n", "istio-system", "--wait=true")
+            (other,) = pods - {leader}
+            eventually(lambda: _is_leader(bookinfo, other), timeout=60)  # the Lease expires, the other takes it
+            served_after = loop.ok
+            eventually(lambda: loop.served(served_after + 20), timeout=30, interval=0.2)
+        finally:
+            loop.stop()
+        loop.assert_none_failed()
+    finally:
+        bookinfo.kubectl("scale", *deployment, "--replicas=1")
+        bookinfo.kubectl("rollout", "status", *deployment, "--timeout=120s")
+
+
+def _istiod_pods(node: MeshNode) -> list[str]:
+    return node.kubectl(
+        "get", "pods", "-n", "istio-system", "-l", "app=istiod", "--field-selector=status.phase=Running",
+        "-o", "jsonpath={.items[*].metadata.name}",
+    ).split()  # fmt: skip
+
+
+def _proxy_rows(node: MeshNode) -> list[list[str]]:
+    def synced() -> list[list[str]]:
+        done = node.plait("proxy-status")
+        assert done.returncode == 0, done.stdout + done.stderr
+        rows = [line.split() for line in done.stdout.splitlines()[1:] if line.strip()]
+        assert rows and all(row[1:3] == ["SYNCED", "SYNCED"] for row in rows), done.stdout
+        return rows
+
+    return eventually(synced, timeout=60)
+
+
+def _leader(node: MeshNode, pods: set[str]) -> str:
+    holder = node.kubectl("get", "lease", LEASE, "-n", "istio-system", "-o", "jsonpath={.spec.holderIdentity}").strip()
+    assert holder in pods, f"Lease held by {holder!r}, not one of {pods}"
+    return holder
+
+
+def _is_leader(node: MeshNode, pod: str) -> None:
+    _leader(node, {pod})

@@ -3,7 +3,7 @@
 (15014) and ``proxy-config`` a sidecar's Envoy admin (15000) on Kubernetes.
 
 In: a kubeconfig (None: ``$KUBECONFIG``, else ``~/.kube/config``, else in-cluster), a namespace, a pod
-(or a label selector: a running, ready pod of it is picked) and a port. Out: ``127.0.0.1:PORT`` on
+(`ready_pods` lists those of a label selector) and a port. Out: ``127.0.0.1:PORT`` on
 this machine for as long as the `PortForward` is open; every connection made to it is one stream of
 the pod's ``portforward`` subresource (a websocket of the ``v4.channel.k8s.io`` protocol: channel 0
 carries the data, channel 1 the kubelet's errors, each starting with the port as two bytes). The
@@ -39,7 +39,21 @@ def _ready(pod: client.V1Pod) -> bool:
     return pod.status.phase == "Running" and any(c.type == "Ready" and c.status == "True" for c in conditions)
 
 
-async def _pick_pod(api: client.ApiClient, namespace: str, selector: str) -> str:
+def ready_pods(kubeconfig: str | None, namespace: str, selector: str) -> list[str]:
+    """The names of the running, ready pods with labels `selector` in `namespace` (ForwardError if none)."""
+
+    async def listed() -> list[str]:
+        try:
+            configuration = await load_configuration(kubeconfig)
+        except KubeConfigError as error:
+            raise ForwardError(str(error)) from None
+        async with client.ApiClient(configuration) as api:
+            return await _ready_pods(api, namespace, selector)
+
+    return asyncio.run(listed())
+
+
+async def _ready_pods(api: client.ApiClient, namespace: str, selector: str) -> list[str]:
     try:
         pods = await client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector)
     except ApiException as error:
@@ -52,17 +66,15 @@ async def _pick_pod(api: client.ApiClient, namespace: str, selector: str) -> str
             f"no ready pod with labels {selector} in namespace {namespace}; is plait installed "
             f"('plait install'), and in that namespace (-i/--istio-namespace)?"
         )
-    return ready[0]
+    return ready
 
 
 class PortForward:
-    """``with PortForward(kubeconfig, namespace, port, pod=… | selector=…) as address:`` — `address`
+    """``with PortForward(kubeconfig, namespace, port, pod=NAME) as address:`` — `address`
     (``127.0.0.1:N``) reaches `port` of the pod."""
 
-    def __init__(
-        self, kubeconfig: str | None, namespace: str, port: int, *, pod: str | None = None, selector: str = ""
-    ):
-        self.kubeconfig, self.namespace, self.port, self.pod, self.selector = kubeconfig, namespace, port, pod, selector
+    def __init__(self, kubeconfig: str | None, namespace: str, port: int, *, pod: str):
+        self.kubeconfig, self.namespace, self.port, self.pod = kubeconfig, namespace, port, pod
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._api: WsApiClient | None = None
@@ -91,9 +103,6 @@ class PortForward:
         except KubeConfigError as error:
             raise ForwardError(str(error)) from None
         self._api = WsApiClient(configuration)
-        if self.pod is None:
-            async with client.ApiClient(configuration) as api:
-                self.pod = await _pick_pod(api, self.namespace, self.selector)
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         host, port = self._server.sockets[0].getsockname()[:2]
         return f"{host}:{port}"
@@ -106,7 +115,7 @@ class PortForward:
             await self._api.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        assert self._api is not None and self.pod is not None
+        assert self._api is not None
         try:
             stream = await client.CoreV1Api(self._api).connect_get_namespaced_pod_portforward(
                 self.pod, self.namespace, ports=str(self.port), _preload_content=False

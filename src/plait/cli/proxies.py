@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +22,7 @@ from rich.table import Table
 from plait.cli import envoyconfig
 from plait.cli.console import err, out
 from plait.cli.controlplane import ControlPlane, fail
-from plait.cli.kubeforward import ForwardError, PortForward
+from plait.cli.kubeforward import ForwardError, PortForward, ready_pods
 from plait.client import HTTP_PORT, ClientError, Http, control_plane_url, decode
 from plait.runtime import netns
 
@@ -74,25 +74,45 @@ def cluster_of(control_plane: str | None, kubeconfig: str | None, namespace: str
 
 
 @contextmanager
-def control_plane_reached(control_plane: str | None, cluster: Cluster | None) -> Iterator[str]:
-    """The control plane's HTTP API URL: given, local, or through a port-forward to an istiod pod."""
+def control_planes_reached(control_plane: str | None, cluster: Cluster | None) -> Iterator[list[str]]:
+    """The HTTP API URLs of the control plane: the one given (or the local one), or on Kubernetes one
+    per ready istiod pod, each through a port-forward (each replica serves its own proxies)."""
     if cluster is None:
-        yield control_plane_url(control_plane)
+        yield [control_plane_url(control_plane)]
         return
     try:
-        with PortForward(cluster.kubeconfig, cluster.namespace, HTTP_PORT, selector=cluster.selector) as address:
-            yield f"http://{address}"
+        with ExitStack() as forwards:
+            pods = ready_pods(cluster.kubeconfig, cluster.namespace, cluster.selector)
+            yield [
+                f"http://{forwards.enter_context(PortForward(cluster.kubeconfig, cluster.namespace, HTTP_PORT, pod=pod))}"
+                for pod in pods
+            ]
     except ForwardError as exc:
         err.print(f"[red]error[/]: {exc}", markup=True, highlight=False)
         raise typer.Exit(1) from None
 
 
-def _statuses(url: str) -> list[dict]:
+def _statuses(urls: list[str]) -> list[dict]:
+    """Every proxy connected to any of the control planes at `urls`, each with the name (``istiod``),
+    version and URL of the one it is connected to."""
+    statuses = []
     try:
-        return Http(url).get("/debug/syncz")
+        for url in urls:
+            api = Http(url)
+            served_by = api.get("/version") or {}
+            for status in api.get("/debug/syncz"):
+                statuses.append(
+                    {
+                        **status,
+                        "istiod": served_by.get("name") or "-",
+                        "istiod_version": served_by.get("plait"),
+                        "url": url,
+                    }
+                )
     except ClientError as exc:
         fail(exc)
         raise
+    return statuses
 
 
 def proxy_name(status: dict) -> str:
@@ -155,7 +175,8 @@ def proxy_status(
 ) -> None:
     """Show every connected proxy and whether it has the latest config, per xDS type, as istioctl does.
 
-    Proxies are named POD.NAMESPACE, as istioctl names them ([bold]-o wide[/] adds the node id).
+    Proxies are named POD.NAMESPACE, as istioctl names them; ISTIOD is the control plane (pod) it is
+    connected to, VERSION its agent's ([bold]-o wide[/] adds Envoy's version and the node id).
     On Kubernetes ($KUBECONFIG or --kubeconfig) plait port-forwards to an istiod pod, as istioctl does.
 
     SYNCED: sent and acknowledged; NOT SENT: nothing sent yet; STALE: newer config sent (or about to
@@ -169,18 +190,19 @@ def proxy_status(
         err.print("[red]error[/]: -o takes wide")
         raise typer.Exit(2)
     cluster = cluster_of(control_plane, kubeconfig, istio_namespace, revision)
-    with control_plane_reached(control_plane, cluster) as url:
-        statuses = _statuses(url)
+    with control_planes_reached(control_plane, cluster) as urls:
+        statuses = _statuses(urls)
         if proxy:
-            return _proxy_diff(_find(statuses, proxy), url, admin, cluster)
-    wide = ("NODE ID",) if output == "wide" else ()
-    table = Table("NAME", "CDS", "LDS", "EDS", "RDS", "ENVOY VERSION", *wide, box=None, header_style="bold")
+            return _proxy_diff(_find(statuses, proxy), admin, cluster)
+    wide = ("ENVOY VERSION", "NODE ID") if output == "wide" else ()
+    table = Table("NAME", "CDS", "LDS", "EDS", "RDS", "ISTIOD", "VERSION", *wide, box=None, header_style="bold")
     for s in sorted(statuses, key=lambda s: (proxy_name(s), s["proxy_id"])):
         table.add_row(
             proxy_name(s),
             *(_state(s, t) for t in TYPES),
-            s.get("envoy_version") or "-",
-            *((s["proxy_id"],) if wide else ()),
+            s.get("istiod") or "-",
+            s.get("proxy_version") or "-",
+            *((s.get("envoy_version") or "-", s["proxy_id"]) if wide else ()),
         )
     out.print(table)
     if not statuses:
@@ -263,9 +285,9 @@ def _local_admin(status: dict) -> Http | PodAdmin:
     return Http(f"http://{address}", what=ADMIN_API)
 
 
-def _proxy_diff(status: dict, url: str, admin: str | None, cluster: Cluster | None) -> None:
+def _proxy_diff(status: dict, admin: str | None, cluster: Cluster | None) -> None:
     try:
-        sent = Http(url).get(f"/debug/config_dump?proxy={status['proxy_id']}")
+        sent = Http(status["url"]).get(f"/debug/config_dump?proxy={status['proxy_id']}")
         with admin_api(status, admin, cluster) as envoy:
             held = envoyconfig.resource_names(envoy.get("/config_dump?include_eds"))
     except ClientError as exc:
@@ -330,8 +352,8 @@ def proxy_config(
         if admin:
             status = {}
         else:
-            with control_plane_reached(control_plane, cluster) as url:
-                status = _find(_statuses(url), proxy)
+            with control_planes_reached(control_plane, cluster) as urls:
+                status = _find(_statuses(urls), proxy)
         with admin_api(status, admin, cluster) as envoy:
             dump = envoy.get("/config_dump?include_eds" if kind == "endpoint" else "/config_dump")
             data = envoy.get("/clusters?format=json") if kind == "endpoint" and output == "short" else None

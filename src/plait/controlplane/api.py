@@ -2,7 +2,7 @@
 
     GET  /ready                          200 once config is loaded and the ADS server listens
     GET  /metrics                        Prometheus text
-    GET  /version                        plait version
+    GET  /version                        plait version and this control plane's name ($POD_NAME, else the host name)
     GET  /debug/syncz                    every connected proxy and its per-type sync state
     GET  /debug/config_dump?proxy=ID     what was last sent to that proxy
     GET  /api/v1/config[?kind=&namespace=&name=]   stored objects
@@ -229,8 +229,10 @@ class Api:
         *,
         admin_token: str | None = None,
         token_verifier: TokenVerifier | None = None,
+        name: str = "",
     ):
         self.state, self.hub, self.own_metrics = state, hub, own_metrics
+        self.name = name  # this control plane's (its pod's) name, as proxy-status shows it
         self.access = Access(admin_token, token_verifier)
         self.serving = False  # set once the ADS server listens
         self._tables_snapshot: object = None  # the snapshot `_tables` were built from
@@ -321,7 +323,7 @@ class Api:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def version(self, _: web.Request) -> web.Response:
-        return web.json_response({"plait": __version__})
+        return web.json_response({"plait": __version__, "name": self.name})
 
     async def syncz(self, _: web.Request) -> web.Response:
         await self.state.settled()  # what proxies were sent reflects every change made before this request

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,8 +227,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     )
     admin_token = load_or_create_admin_token(admin_token_path(settings.state_dir))
     api = Api(
-        state, hub, metrics.registry, admin_token=admin_token, token_verifier=None if identity else tokens.verify
-    )  # on Kubernetes pods are not registered by API
+        state,
+        hub,
+        metrics.registry,
+        admin_token=admin_token,
+        token_verifier=None if identity else tokens.verify,  # on Kubernetes pods are not registered by API
+        name=os.environ.get("POD_NAME") or socket.gethostname(),
+    )
     also_notify.append(api.snapshot_changed)
     runner = web.AppRunner(api.app(), access_log=None)
     await runner.setup()

@@ -96,6 +96,13 @@ def admin_address(node) -> str | None:
     return field.string_value if field is not None and field.string_value else None
 
 
+def proxy_version(node) -> str:
+    """The version of the agent that started the proxy (node metadata ``ISTIO_VERSION``, as Istio's
+    pilot-agent sets it); empty when not given."""
+    field = node.metadata.fields.get("ISTIO_VERSION") if node.HasField("metadata") else None
+    return field.string_value if field is not None else ""
+
+
 def envoy_version(node) -> str:
     if node.HasField("user_agent_build_version"):
         v = node.user_agent_build_version.version
@@ -154,12 +161,14 @@ class ProxyStatus:
     errors: tuple[str, ...] = ()  # generation and conversion errors (its last good resources are kept)
     refused: tuple[str, ...] = ()  # dangling references that made the newest config unpushable
     admin_address: str | None = None  # the proxy's Envoy admin API, for proxy-config
+    proxy_version: str = ""  # its agent's (ISTIO_VERSION)
 
     def to_dict(self) -> dict:
         p = self.proxy
         return {
             "proxy_id": self.proxy_id,
             "envoy_version": self.envoy_version,
+            "proxy_version": self.proxy_version,
             "connected_at": self.connected_at,
             "admin_address": self.admin_address,
             "stream": self.stream,
@@ -201,6 +210,7 @@ class ProxyConnection:
         self.hub, self.id, self.proxy = hub, conn_id, proxy
         self.proxy_id = node.id
         self.envoy_version = envoy_version(node)
+        self.proxy_version = proxy_version(node)
         self.admin_address = admin_address(node)
         self.connected_at = time.time()
         self.stream = AdsStream(delta=delta)
@@ -505,6 +515,7 @@ class XdsHub:
                     errors,
                     refused,
                     conn.admin_address,
+                    conn.proxy_version,
                 )
             )
         return out
