@@ -9,6 +9,7 @@ Two control plane replicas: both serve, one leads, the other takes over when the
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from pathlib import Path
@@ -110,16 +111,15 @@ def _count(items: list, count: int) -> None:
     assert len(items) == count, items
 
 
-def test_two_control_plane_replicas_each_serve_xds_one_leads_and_the_other_takes_over(bookinfo):
+def test_two_control_plane_replicas_each_serve_xds_one_leads_and_another_takes_over(bookinfo):
     """istiod scaled to 2: ``plait proxy-status`` merges what both serve (its ISTIOD column names the
     replica of each proxy), one replica holds the Lease; its pod deleted under a request loop, no request
-    fails and the other replica leads."""
+    fails and another replica leads."""
     deployment = ("deployment/istiod", "-n", "istio-system")
     bookinfo.kubectl("scale", *deployment, "--replicas=2")
     try:
         bookinfo.kubectl("rollout", "status", *deployment, "--timeout=120s")
-        pods = set(_istiod_pods(bookinfo))
-        assert len(pods) == 2
+        pods = eventually(lambda: _istiod_pods(bookinfo, 2), timeout=60)
         rows = _proxy_rows(bookinfo)
         assert {row[5] for row in rows} <= pods and len(rows) >= 7, rows  # 6 Bookinfo sidecars, the gateway
         leader = eventually(lambda: _leader(bookinfo, pods), timeout=30)
@@ -128,8 +128,9 @@ def test_two_control_plane_replicas_each_serve_xds_one_leads_and_the_other_takes
         try:
             eventually(lambda: loop.served(20), timeout=30, interval=0.2)
             bookinfo.kubectl("delete", "pod", leader, "-n", "istio-system", "--wait=true")
-            (other,) = pods - {leader}
-            eventually(lambda: _is_leader(bookinfo, other), timeout=60)  # the Lease expires, the other takes it
+            # handed over on the way out: the other replica (or the one replacing the deleted pod) leads
+            new_leader = eventually(lambda: _leader(bookinfo, _istiod_pods(bookinfo, 2)), timeout=90)
+            assert new_leader != leader
             served_after = loop.ok
             eventually(lambda: loop.served(served_after + 20), timeout=30, interval=0.2)
         finally:
@@ -140,11 +141,17 @@ def test_two_control_plane_replicas_each_serve_xds_one_leads_and_the_other_takes
         bookinfo.kubectl("rollout", "status", *deployment, "--timeout=120s")
 
 
-def _istiod_pods(node: MeshNode) -> list[str]:
-    return node.kubectl(
-        "get", "pods", "-n", "istio-system", "-l", "app=istiod", "--field-selector=status.phase=Running",
-        "-o", "jsonpath={.items[*].metadata.name}",
-    ).split()  # fmt: skip
+def _istiod_pods(node: MeshNode, count: int) -> set[str]:
+    """The names of the `count` ready istiod pods (none on its way out), for `eventually`."""
+    pods = json.loads(node.kubectl("get", "pods", "-n", "istio-system", "-l", "app=istiod", "-o", "json"))["items"]
+    ready = {
+        pod["metadata"]["name"]
+        for pod in pods
+        if "deletionTimestamp" not in pod["metadata"]
+        and any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+    }
+    assert len(ready) == count, ready
+    return ready
 
 
 def _proxy_rows(node: MeshNode) -> list[list[str]]:
@@ -162,7 +169,3 @@ def _leader(node: MeshNode, pods: set[str]) -> str:
     holder = node.kubectl("get", "lease", LEASE, "-n", "istio-system", "-o", "jsonpath={.spec.holderIdentity}").strip()
     assert holder in pods, f"Lease held by {holder!r}, not one of {pods}"
     return holder
-
-
-def _is_leader(node: MeshNode, pod: str) -> None:
-    _leader(node, {pod})

@@ -35,8 +35,13 @@ class ForwardError(RuntimeError):
 
 
 def _ready(pod: client.V1Pod) -> bool:
+    """Running, ready and not on its way out (a terminating pod may still say ready)."""
     conditions = (pod.status and pod.status.conditions) or []
-    return pod.status.phase == "Running" and any(c.type == "Ready" and c.status == "True" for c in conditions)
+    return (
+        pod.metadata.deletion_timestamp is None
+        and pod.status.phase == "Running"
+        and any(c.type == "Ready" and c.status == "True" for c in conditions)
+    )
 
 
 def ready_pods(kubeconfig: str | None, namespace: str, selector: str) -> list[str]:
