@@ -107,7 +107,7 @@ def _show(value: Any) -> str:
 
 
 def check_spec(spec: Any, schema: Any, path: str, source: str) -> list[str]:
-    """The paths under `path` that plait does not implement; OperatorError for a value of the wrong type."""
+    """The paths under `path` that plait does not implement, in document order; OperatorError for a value of the wrong type."""
     if isinstance(schema, tuple):
         what, ok = schema
         if not ok(spec):
@@ -121,14 +121,11 @@ def check_spec(spec: Any, schema: Any, path: str, source: str) -> list[str]:
         return []
     if not isinstance(spec, dict):
         raise OperatorError(f"{source}: {path}: expected a mapping, got {_show(spec)}")
-    unsupported = [f"{path}.{key}" for key in spec if key not in schema]
-    nested = [
-        w
+    return [
+        found
         for key, value in spec.items()
-        if key in schema
-        for w in check_spec(value, schema[key], f"{path}.{key}", source)
+        for found in (check_spec(value, schema[key], f"{path}.{key}", source) if key in schema else [f"{path}.{key}"])
     ]
-    return unsupported + nested
 
 
 # ---------------------------------------------------------------- reading files, merging, --set
