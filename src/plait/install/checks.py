@@ -209,7 +209,7 @@ def _proxies(facts: Facts, settings: InstallSettings) -> list[Result]:
                 "can read the proxies' sync state",
                 False,
                 facts.errors.get("proxies", "no answer"),
-                f"the control plane's HTTP API: kubectl port-forward -n {settings.namespace} svc/{settings.istiod} 15014",
+                f"is the control plane running? kubectl exec -n {settings.namespace} deploy/{settings.istiod} -- plait proxy-status",
             )
         ]
     stale = [

@@ -20,9 +20,11 @@ CRD_FILE = Path(__file__).parent / "data" / "istio-1.30.3-crd-all.gen.yaml.gz"
 
 
 @functools.cache
-def _istio_crds() -> tuple[dict[str, Any], ...]:
+def _istio_crds(old_api_server: bool) -> tuple[dict[str, Any], ...]:
     text = gzip.decompress(CRD_FILE.read_bytes()).decode()
-    return tuple(d for d in yaml.safe_load_all(text) if d and d.get("kind") == "CustomResourceDefinition")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the file is 0.9 MB
+    crds = [d for d in yaml.load_all(text, Loader=loader) if d and d.get("kind") == "CustomResourceDefinition"]
+    return tuple(for_old_api_server(crd) if old_api_server else crd for crd in crds)
 
 
 def for_old_api_server(node: Any) -> Any:
@@ -39,6 +41,6 @@ def for_old_api_server(node: Any) -> Any:
 
 
 def istio_crds(old_api_server: bool = False) -> list[dict[str, Any]]:
-    """Istio's CRDs (fresh copies), made loadable by an old API server when asked."""
-    crds = [copy.deepcopy(crd) for crd in _istio_crds()]
-    return [for_old_api_server(crd) for crd in crds] if old_api_server else crds
+    """Istio's CRDs, made loadable by an old API server when asked: fresh top-level mappings and metadata
+    (callers may label them); the schemas are shared, read-only."""
+    return [{**crd, "metadata": copy.deepcopy(crd["metadata"])} for crd in _istio_crds(old_api_server)]

@@ -3,7 +3,7 @@
 In: a `Kubectl` and the install's settings. Out: `checks.Facts` (the API's version, SelfSubjectAccess
 reviews through ``kubectl auth can-i``, CRDs, Deployments, webhook caBundles, the answer to a
 server-side dry run of an invalid VirtualService, the root certificate ConfigMap, the control
-plane's /debug/syncz through the API server's service proxy), or for verify-install the objects
+plane's /debug/syncz read inside its pod with kubectl exec), or for verify-install the objects
 found by kind, namespace and name. Every failure to read becomes a fact, never an exception.
 """
 
@@ -79,9 +79,15 @@ def _root_cert(kubectl: Kubectl, namespace: str) -> str | None:
         return None
 
 
+SYNCZ = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:15014/debug/syncz').read().decode())"
+
+
 def _proxies(kubectl: Kubectl, settings: InstallSettings) -> tuple[dict[str, Any], ...]:
-    path = f"/api/v1/namespaces/{settings.namespace}/services/http:{settings.istiod}:15014/proxy/debug/syncz"
-    return tuple(json.loads(kubectl.run("get", "--raw", path, timeout=30)))
+    """/debug/syncz, read inside the control plane's pod: its HTTP API answers only there without a token."""
+    deployment = f"deploy/{settings.istiod}"
+    return tuple(
+        json.loads(kubectl.run("exec", "-n", settings.namespace, deployment, "--", "python3", "-c", SYNCZ, timeout=30))
+    )
 
 
 def gather_facts(
