@@ -281,8 +281,8 @@ def istiod_service(settings: InstallSettings) -> dict[str, Any]:
 
 
 def _without_ca_bundle(config: dict[str, Any], settings: InstallSettings) -> dict[str, Any]:
-    for hook in config["webhooks"]:
-        hook["clientConfig"].pop("caBundle", None)
+    for hook in config["webhooks"]:  # each its own copy (no YAML aliases in manifest generate)
+        hook["clientConfig"] = {k: copy.deepcopy(v) for k, v in hook["clientConfig"].items() if k != "caBundle"}
     return _labelled(config, owner_labels(settings, "Pilot"))
 
 
