@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import copy
 import functools
-import gzip
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-CRD_FILE = Path(__file__).parent / "data" / "istio-1.30.3-crd-all.gen.yaml.gz"
+CRD_FILE = Path(__file__).parent / "data" / "crd-all.gen.yaml"  # Istio 1.30.3; charts/base links to it
 
 
 @functools.cache
 def _istio_crds(old_api_server: bool) -> tuple[dict[str, Any], ...]:
-    text = gzip.decompress(CRD_FILE.read_bytes()).decode()
+    text = CRD_FILE.read_text()
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the file is 0.9 MB
     crds = [d for d in yaml.load_all(text, Loader=loader) if d and d.get("kind") == "CustomResourceDefinition"]
     return tuple(for_old_api_server(crd) if old_api_server else crd for crd in crds)

@@ -334,7 +334,7 @@ def _service_ports(gateway: GatewaySettings) -> list[dict[str, Any]]:
 
 
 def _gateway_container(settings: InstallSettings, gateway: GatewaySettings) -> dict[str, Any]:
-    labels = ",".join(f"{k}={v}" for k, v in gateway.labels.items())
+    labels = ",".join(f"{k}={v}" for k, v in sorted(gateway.labels.items()))
     args = ["agent", "--mode", "gateway", "--name", "$(POD_NAME)", "--namespace", "$(POD_NAMESPACE)"]
     args += ["--ip", "$(INSTANCE_IP)", "--service-account", "$(SERVICE_ACCOUNT)", "--labels", labels]
     args += ["--control-plane", settings.control_plane, "--token-file", "/var/run/secrets/tokens/istio-token"]
