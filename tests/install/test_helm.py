@@ -15,7 +15,6 @@ from plait.install.manifests import manifest
 from plait.install.operator import resolve
 from plait.install.settings import InstallSettings
 
-
 CHARTS = Path(__file__).parents[2] / "charts"
 OPERATOR = Path(__file__).parent / "testdata" / "operator"
 
