@@ -38,6 +38,8 @@ CREATED_RESOURCES = (
     "deployments.apps",
     "roles.rbac.authorization.k8s.io",
     "rolebindings.rbac.authorization.k8s.io",
+    "poddisruptionbudgets.policy",
+    "horizontalpodautoscalers.autoscaling",
 )
 GROUP_TITLES = {
     "kubernetes-api": "kubernetes-api",
