@@ -12,6 +12,7 @@ from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
 from plait.cli.main import app
+from plait.install.apply import describe, is_legacy_version, owned_selector
 from plait.install.checks import CREATED_RESOURCES, Facts, check_results, pre_check_results, verify_results
 from plait.install.manifests import manifest
 from plait.install.settings import InstallSettings
@@ -188,3 +189,20 @@ def test_install_reports_unsupported_fields_and_refuses_bad_ones_before_touching
     assert f"✘ {bad}: spec.tag: expected a string, got [1]" in result.output
     generated = CliRunner().invoke(app, ["manifest", "generate", "--set", "components.cni.enabled=true"])
     assert "! --set: spec.components.cni is not implemented by plait; ignored" in generated.stderr
+
+
+def test_api_versions_follow_the_servers_version():
+    assert is_legacy_version({"serverVersion": {"major": "1", "minor": "20"}})
+    assert is_legacy_version({"serverVersion": {"major": "1", "minor": "24+"}})
+    assert not is_legacy_version({"serverVersion": {"major": "1", "minor": "25"}})
+    assert not is_legacy_version({"serverVersion": {"major": "1", "minor": "31"}})
+
+
+def test_uninstall_selects_by_plaits_labels_and_names_objects_as_istioctl():
+    assert owned_selector("") == "app.kubernetes.io/managed-by=plait,istio.io/rev=default"
+    assert owned_selector("1-9-1") == "app.kubernetes.io/managed-by=plait,istio.io/rev=1-9-1"
+    assert owned_selector(None) == "app.kubernetes.io/managed-by=plait"
+    assert describe({"kind": "Deployment", "metadata": {"name": "istiod", "namespace": "istio-system"}}) == (
+        "Deployment:istio-system:istiod"
+    )
+    assert describe({"kind": "ClusterRole", "metadata": {"name": "r"}}) == "ClusterRole::r"
