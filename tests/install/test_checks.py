@@ -12,7 +12,7 @@ from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
 from plait.cli.main import app
-from plait.install.apply import describe, is_legacy_version, owned_selector
+from plait.install.apply import describe, is_legacy_version, owned_selector, why_not_ready
 from plait.install.checks import CREATED_RESOURCES, Facts, check_results, pre_check_results, verify_results
 from plait.install.manifests import manifest
 from plait.install.settings import InstallSettings
@@ -206,3 +206,42 @@ def test_uninstall_selects_by_plaits_labels_and_names_objects_as_istioctl():
         "Deployment:istio-system:istiod"
     )
     assert describe({"kind": "ClusterRole", "metadata": {"name": "r"}}) == "ClusterRole::r"
+
+
+def test_install_says_why_pods_are_not_ready():
+    pods = [
+        {"metadata": {"name": "ok"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+        {
+            "metadata": {"name": "istiod-1-9-1-x"},
+            "status": {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/1 nodes are available: 1 node(s) didn't match node selector.",
+                    }
+                ],
+            },
+        },
+        {
+            "metadata": {"name": "gw-y"},
+            "status": {
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
+                "containerStatuses": [
+                    {
+                        "name": "istio-proxy",
+                        "state": {"waiting": {"reason": "ErrImageNeverPull", "message": "no image"}},
+                    }
+                ],
+            },
+        },
+        {"metadata": {"name": "z"}, "status": {"phase": "Running"}},
+    ]
+    assert why_not_ready(pods) == [
+        "pod istiod-1-9-1-x: not scheduled: 0/1 nodes are available: 1 node(s) didn't match node selector.",
+        "pod gw-y: istio-proxy: ErrImageNeverPull no image",
+        "pod z: phase Running, not ready",
+    ]

@@ -124,3 +124,14 @@ def test_install_of_a_gateway_alone_needs_the_crds(cluster, kubectl):
     assert result.exit_code == 1
     assert "the cluster lacks Istio's CRDs" in result.output and "--set profile=minimal" in result.output
     assert json.loads(kubectl.run("get", "deployments", "-A", "-o", "json"))["items"] == []
+
+
+def test_install_says_which_deployment_is_not_ready_and_why(cluster, kubectl):
+    result = plait(cluster, "install", "-y", "--set", "profile=minimal", "--timeout", "3")
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == "✔ Istio core installed"
+    assert "✘ Deployment istio-system/istiod is not ready: kubectl rollout status" in result.output
+    assert "no pod was created" in result.output  # an API server alone runs no controllers
+    assert "see kubectl describe pods -n istio-system -l app=istiod,istio.io/rev=default" in result.output
+    purged = plait(cluster, "uninstall", "--purge", "-y")
+    assert purged.exit_code == 0 and installed_objects(kubectl, None, purge=True) == []

@@ -99,8 +99,49 @@ def missing_crds(kubectl: Kubectl) -> list[str]:
     return [crd for crd in REQUIRED_CRDS if f"customresourcedefinition.apiextensions.k8s.io/{crd}" not in names]
 
 
-def _deployments(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    return [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in objects if o["kind"] == "Deployment"]
+def why_not_ready(pods: list[dict[str, Any]]) -> list[str]:
+    """One line per pod that is not ready, saying why as far as its status tells (unschedulable and the
+    scheduler's message, a container waiting with its reason, or its phase)."""
+    lines = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        if (conditions.get("Ready") or {}).get("status") == "True":
+            continue
+        scheduled = conditions.get("PodScheduled") or {}
+        waiting = [
+            f"{c['name']}: {c['state']['waiting'].get('reason', 'waiting')} {c['state']['waiting'].get('message', '')}".strip()
+            for c in (*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or []))
+            if "waiting" in (c.get("state") or {})
+        ]
+        if scheduled.get("status") == "False":
+            why = f"not scheduled: {scheduled.get('message') or scheduled.get('reason', '')}"
+        elif waiting:
+            why = "; ".join(waiting)
+        else:
+            why = f"phase {status.get('phase', 'unknown')}, not ready"
+        lines.append(f"pod {pod['metadata']['name']}: {why}")
+    return lines
+
+
+def wait_for_rollout(kubectl: Kubectl, deployment: dict[str, Any], timeout: float) -> None:
+    """Wait until the Deployment's rollout is complete; else an InstallError saying which pods are not ready and why."""
+    namespace, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
+    try:
+        kubectl.run(
+            "rollout", "status", f"deployment/{name}", "-n", namespace, f"--timeout={timeout:g}s", timeout=timeout + 10
+        )
+    except InstallError as failed:
+        selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
+        try:
+            pods = kubectl.get_json("pods", "-n", namespace, "-l", selector).get("items", [])
+        except InstallError:
+            pods = []
+        reasons = "\n  ".join(why_not_ready(pods)) or "no pod was created (kubectl describe deployment)"
+        raise InstallError(
+            f"Deployment {namespace}/{name} is not ready: {failed}\n  {reasons}\n"
+            f"  see kubectl describe pods -n {namespace} -l {selector}"
+        ) from None
 
 
 WEBHOOK_KINDS = {
@@ -156,16 +197,8 @@ def install(
             apply_crds(kubectl, crds, timeout)
         kubectl.apply(o for o in objects if o["kind"] != "CustomResourceDefinition")
         if wait:
-            for namespace, deployment in _deployments(objects):
-                kubectl.run(
-                    "rollout",
-                    "status",
-                    f"deployment/{deployment}",
-                    "-n",
-                    namespace,
-                    f"--timeout={timeout:g}s",
-                    timeout=timeout + 10,
-                )
+            for deployment in (o for o in objects if o["kind"] == "Deployment"):
+                wait_for_rollout(kubectl, deployment, timeout)
             wait_for_ca_bundles(kubectl, settings, objects, timeout)
         report(f"{name} installed")
 
