@@ -43,7 +43,6 @@ from plait.controlplane.kubelease import DEFAULT_LEASE_NAME, LeaseElection
 from plait.controlplane.leader import ElectionConfig
 from plait.controlplane.rootcert import publish_root_cert
 from plait.controlplane.webhook import (
-    CONFIGURATION_NAME,
     WEBHOOK_PORT,
     WebhookMetrics,
     serve_webhook,
@@ -76,16 +75,28 @@ NAMESPACE_RULES = (  # Role in the control plane's namespace
 class ClusterSettings:
     namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE") or "istio-system")
     identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or socket.gethostname())
-    lease_name: str = DEFAULT_LEASE_NAME
+    lease_name: str | None = None  # None: plait-leader[-REV], one leader per revision
     election: ElectionConfig = field(default_factory=ElectionConfig)
     webhook_port: int = WEBHOOK_PORT
-    webhook_configuration: str = CONFIGURATION_NAME  # whose caBundle the leader keeps
+    webhook_configuration: str | None = None  # whose caBundle the leader keeps; None: Istio's name for the revision
     inject: InjectSettings = field(default_factory=InjectSettings)  # what the injector adds to pods
     injector_configuration: str | None = None  # whose caBundle the leader keeps; None: Istio's name for the revision
 
     @property
     def mutating_configuration(self) -> str:
         return self.injector_configuration or configuration_name(self.inject.revision)
+
+    @property
+    def validating_configuration(self) -> str:
+        """Istio's ``istio-validator[-REV]-<namespace>`` unless given."""
+        revision = f"-{self.inject.revision}" if self.inject.revision else ""
+        return self.webhook_configuration or f"istio-validator{revision}-{self.namespace}"
+
+    @property
+    def lease(self) -> str:
+        """The leader Lease: each revision elects its own leader (it keeps its own webhooks' caBundles)."""
+        revision = self.inject.revision
+        return self.lease_name or (f"{DEFAULT_LEASE_NAME}-{revision}" if revision else DEFAULT_LEASE_NAME)
 
     token_audiences: tuple[str, ...] = (AUDIENCE,)  # Istio's TOKEN_AUDIENCES
 
@@ -99,7 +110,7 @@ class ClusterIdentity:
         self.election = LeaseElection(
             api,
             namespace=settings.namespace,
-            name=settings.lease_name,
+            name=settings.lease,
             identity=settings.identity,
             config=settings.election,
         )
@@ -134,7 +145,7 @@ class ClusterIdentity:
         root = pem(self.authority.root)
         jobs = [
             lambda: publish_root_cert(self.api, root.decode()),
-            lambda: keep_webhook_ca_bundle(self.api, self.settings.webhook_configuration, root),
+            lambda: keep_webhook_ca_bundle(self.api, self.settings.validating_configuration, root),
             lambda: keep_webhook_ca_bundle(self.api, self.settings.mutating_configuration, root, kind="mutating"),
         ]
         self._election = asyncio.create_task(self.election.run(jobs))
@@ -146,7 +157,7 @@ class ClusterIdentity:
             self.settings.inject.proxy_image,
             self.settings.inject.revision_name,
             self.settings.namespace,
-            self.settings.lease_name,
+            self.settings.lease,
             self.settings.identity,
         )
 

@@ -1,9 +1,12 @@
-"""Applying the manifests to a cluster with kubectl and waiting until each part is ready (I/O).
+"""Applying the manifests to a cluster with kubectl, waiting until each part is ready, and removing
+them again (I/O).
 
-`Kubectl` runs the kubectl binary against one kubeconfig; `install` applies `components` in order,
-waits for each Deployment's rollout, and reports progress through a callback, as ``istioctl
-install`` prints it (``✔ Istiod installed``). Istio's CRDs must be in the cluster already (plait
-reads them; it does not ship them): `missing_crds` names the ones that are not.
+`Kubectl` runs the kubectl binary against one kubeconfig. `install` applies `components` in order
+(Istio's CRDs server-side: they exceed kubectl's last-applied annotation), waits for each
+Deployment's rollout and the webhooks' caBundle, and reports progress through a callback, as
+``istioctl install`` prints it (``✔ Istiod installed``). `uninstall` deletes the objects labelled as
+made by plait (one revision's, or with ``purge`` every revision's and the CRDs) and nothing else.
+`legacy_apis` asks the server which API versions to write.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from plait.install.manifests import InstallSettings, components
+from plait.install.manifests import MANAGED_BY, REVISION, components
+from plait.install.settings import InstallSettings
 
 REQUIRED_CRDS = (
     "virtualservices.networking.istio.io",
@@ -25,6 +29,23 @@ REQUIRED_CRDS = (
     "gateways.networking.istio.io",
     "peerauthentications.security.istio.io",
 )
+# What install makes, by kind (kubectl's resource.group names); uninstall looks only at these.
+OWNED_RESOURCES = (
+    "deployments.apps",
+    "services",
+    "serviceaccounts",
+    "configmaps",
+    "roles.rbac.authorization.k8s.io",
+    "rolebindings.rbac.authorization.k8s.io",
+    "poddisruptionbudgets.policy",
+    "horizontalpodautoscalers.autoscaling",
+    "clusterroles.rbac.authorization.k8s.io",
+    "clusterrolebindings.rbac.authorization.k8s.io",
+    "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+    "validatingwebhookconfigurations.admissionregistration.k8s.io",
+)
+CRD_RESOURCE = "customresourcedefinitions.apiextensions.k8s.io"
+NEWEST_LEGACY_MINOR = 24  # 1.25 removed policy/v1beta1 and understands CEL rules; 1.23 added autoscaling/v2
 
 
 class InstallError(RuntimeError):
@@ -51,9 +72,25 @@ class Kubectl:
             raise InstallError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
         return done.stdout
 
-    def apply(self, objects: Iterable[dict[str, Any]]) -> str:
+    def apply(self, objects: Iterable[dict[str, Any]], *flags: str) -> str:
         items = {"apiVersion": "v1", "kind": "List", "items": list(objects)}
-        return self.run("apply", "-f", "-", stdin=json.dumps(items))
+        return self.run("apply", *flags, "-f", "-", stdin=json.dumps(items))
+
+    def get_json(self, *args: str) -> dict[str, Any]:
+        return json.loads(self.run("get", *args, "-o", "json"))
+
+
+def is_legacy_version(version: dict[str, Any]) -> bool:
+    """Whether `kubectl version -o json`'s serverVersion is older than 1.25 (then autoscaling/v2beta2,
+    policy/v1beta1 and CRDs without CEL rules are written)."""
+    server = version.get("serverVersion") or {}
+    minor = "".join(c for c in str(server.get("minor", "")) if c.isdigit())
+    return str(server.get("major")) == "1" and bool(minor) and int(minor) <= NEWEST_LEGACY_MINOR
+
+
+def legacy_apis(kubectl: Kubectl) -> bool:
+    """Whether the cluster's API server needs the legacy API versions (`is_legacy_version`)."""
+    return is_legacy_version(json.loads(kubectl.run("version", "-o", "json")))
 
 
 def missing_crds(kubectl: Kubectl) -> list[str]:
@@ -62,8 +99,49 @@ def missing_crds(kubectl: Kubectl) -> list[str]:
     return [crd for crd in REQUIRED_CRDS if f"customresourcedefinition.apiextensions.k8s.io/{crd}" not in names]
 
 
-def _deployments(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    return [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in objects if o["kind"] == "Deployment"]
+def why_not_ready(pods: list[dict[str, Any]]) -> list[str]:
+    """One line per pod that is not ready, saying why as far as its status tells (unschedulable and the
+    scheduler's message, a container waiting with its reason, or its phase)."""
+    lines = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        if (conditions.get("Ready") or {}).get("status") == "True":
+            continue
+        scheduled = conditions.get("PodScheduled") or {}
+        waiting = [
+            f"{c['name']}: {c['state']['waiting'].get('reason', 'waiting')} {c['state']['waiting'].get('message', '')}".strip()
+            for c in (*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or []))
+            if "waiting" in (c.get("state") or {})
+        ]
+        if scheduled.get("status") == "False":
+            why = f"not scheduled: {scheduled.get('message') or scheduled.get('reason', '')}"
+        elif waiting:
+            why = "; ".join(waiting)
+        else:
+            why = f"phase {status.get('phase', 'unknown')}, not ready"
+        lines.append(f"pod {pod['metadata']['name']}: {why}")
+    return lines
+
+
+def wait_for_rollout(kubectl: Kubectl, deployment: dict[str, Any], timeout: float) -> None:
+    """Wait until the Deployment's rollout is complete; else an InstallError saying which pods are not ready and why."""
+    namespace, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
+    try:
+        kubectl.run(
+            "rollout", "status", f"deployment/{name}", "-n", namespace, f"--timeout={timeout:g}s", timeout=timeout + 10
+        )
+    except InstallError as failed:
+        selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
+        try:
+            pods = kubectl.get_json("pods", "-n", namespace, "-l", selector).get("items", [])
+        except InstallError:
+            pods = []
+        reasons = "\n  ".join(why_not_ready(pods)) or "no pod was created (kubectl describe deployment)"
+        raise InstallError(
+            f"Deployment {namespace}/{name} is not ready: {failed}\n  {reasons}\n"
+            f"  see kubectl describe pods -n {namespace} -l {selector}"
+        ) from None
 
 
 WEBHOOK_KINDS = {
@@ -72,7 +150,7 @@ WEBHOOK_KINDS = {
 }
 
 
-def wait_for_ca_bundles(kubectl: Kubectl, objects: list[dict[str, Any]], timeout: float) -> None:
+def wait_for_ca_bundles(kubectl: Kubectl, settings: InstallSettings, objects: list[dict[str, Any]], timeout: float):
     """Wait until the control plane's leader has given each webhook configuration the mesh root as its
     caBundle: before that the API server cannot call the webhooks, and with failurePolicy Fail it
     refuses every pod a namespace's injection selects."""
@@ -83,10 +161,17 @@ def wait_for_ca_bundles(kubectl: Kubectl, objects: list[dict[str, Any]], timeout
         while not all(kubectl.run("get", WEBHOOK_KINDS[obj["kind"]], name, "-o", jsonpath).splitlines() or [""]):
             if time.monotonic() > deadline:
                 raise InstallError(
-                    f"{obj['kind']} {name} has no caBundle after {timeout:g}s: is istiod leading? "
-                    f"see kubectl logs -n istio-system deploy/istiod"
+                    f"{obj['kind']} {name} has no caBundle after {timeout:g}s: is {settings.istiod} leading? "
+                    f"see kubectl logs -n {settings.namespace} deploy/{settings.istiod}"
                 )
             time.sleep(0.5)
+
+
+def apply_crds(kubectl: Kubectl, crds: list[dict[str, Any]], timeout: float) -> None:
+    """Server-side apply (a CRD can exceed the last-applied annotation), then wait until each is Established."""
+    kubectl.apply(crds, "--server-side", "--force-conflicts", "--validate=false")
+    names = [f"crd/{crd['metadata']['name']}" for crd in crds]
+    kubectl.run("wait", "--for", "condition=established", f"--timeout={timeout:g}s", *names, timeout=timeout + 10)
 
 
 def install(
@@ -95,31 +180,68 @@ def install(
     report: Callable[[str], None],
     *,
     timeout: float = 300,
+    wait: bool = True,
 ) -> None:
-    """Apply each part in order and wait for its Deployments; `report` gets "<part> installed" after each."""
-    missing = missing_crds(kubectl)
-    if missing:
-        raise InstallError(f"the cluster lacks Istio's CRDs ({', '.join(missing)}); apply Istio's base CRDs first")
-    for name, objects in components(settings):
-        kubectl.apply(objects)
-        for namespace, deployment in _deployments(objects):
-            kubectl.run(
-                "rollout",
-                "status",
-                f"deployment/{deployment}",
-                "-n",
-                namespace,
-                f"--timeout={timeout:g}s",
-                timeout=timeout + 10,
+    """Apply each part in order and (unless not `wait`) wait for its Deployments and webhooks; `report` gets
+    "<part> installed" after each."""
+    if not settings.base:
+        missing = missing_crds(kubectl)
+        if missing:
+            raise InstallError(
+                f"the cluster lacks Istio's CRDs ({', '.join(missing)}); install a profile with the base "
+                "component first (plait install --set profile=minimal)"
             )
-        wait_for_ca_bundles(kubectl, objects, timeout)
+    for name, objects in components(settings):
+        crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
+        if crds:
+            apply_crds(kubectl, crds, timeout)
+        kubectl.apply(o for o in objects if o["kind"] != "CustomResourceDefinition")
+        if wait:
+            for deployment in (o for o in objects if o["kind"] == "Deployment"):
+                wait_for_rollout(kubectl, deployment, timeout)
+            wait_for_ca_bundles(kubectl, settings, objects, timeout)
         report(f"{name} installed")
 
 
 def is_installed(kubectl: Kubectl, settings: InstallSettings) -> bool:
     """Whether the control plane's Deployment exists (what `plait demo bookinfo --kube` checks)."""
     try:
-        kubectl.run("get", "deployment", "istiod", "-n", settings.namespace, "-o", "name")
+        kubectl.run("get", "deployment", settings.istiod, "-n", settings.namespace, "-o", "name")
     except InstallError:
         return False
     return True
+
+
+def owned_selector(revision: str | None) -> str:
+    """The label selector of what plait installed: one revision's objects ("" is the default revision),
+    or (None) every revision's."""
+    selector = f"{MANAGED_BY[0]}={MANAGED_BY[1]}"
+    return selector if revision is None else f"{selector},{REVISION}={revision or 'default'}"
+
+
+def owned_resources(purge: bool) -> str:
+    return ",".join((*OWNED_RESOURCES, *((CRD_RESOURCE,) if purge else ())))
+
+
+def installed_objects(kubectl: Kubectl, revision: str | None, purge: bool = False) -> list[dict[str, Any]]:
+    """What plait installed in the cluster (see `owned_selector`), CRDs only with `purge`."""
+    listed = kubectl.get_json(owned_resources(purge), "--all-namespaces", "-l", owned_selector(revision))
+    return listed.get("items", [])
+
+
+def describe(obj: dict[str, Any]) -> str:
+    """``Kind:namespace:name`` (``Kind::name`` when cluster-scoped), as istioctl uninstall names objects."""
+    meta = obj["metadata"]
+    return f"{obj['kind']}:{meta.get('namespace', '')}:{meta['name']}"
+
+
+def uninstall(kubectl: Kubectl, revision: str | None, purge: bool, report: Callable[[str], None]) -> int:
+    """Delete what install made: `revision`'s objects ("" the default revision), or with `purge` every
+    revision's and Istio's CRDs. Namespaces stay (plait may not have made them). Returns how many."""
+    found = installed_objects(kubectl, None if purge else revision, purge)
+    if found:
+        selector = owned_selector(None if purge else revision)
+        kubectl.run("delete", owned_resources(purge), "--all-namespaces", "-l", selector, "--ignore-not-found")
+    for obj in found:
+        report(f"Removed {describe(obj)}.")
+    return len(found)

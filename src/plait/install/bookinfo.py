@@ -19,7 +19,7 @@ import yaml
 
 from plait.inject import InjectSettings, kube_inject
 from plait.install.apply import Kubectl, install, is_installed
-from plait.install.manifests import InstallSettings
+from plait.install.settings import InstallSettings
 
 BOOKINFO = Path(__file__).resolve().parents[1] / "demo" / "bookinfo"
 ISTIO_BOOKINFO = BOOKINFO / "platform" / "kube" / "bookinfo.yaml"

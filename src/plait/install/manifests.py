@@ -1,34 +1,43 @@
-"""The objects that put plait in a cluster, as Istio's default profile names them (pure).
+"""The objects that put plait in a cluster, named as Istio names them (pure).
 
-In: `InstallSettings` (namespace, image, which parts). Out: lists of Kubernetes objects as dicts,
-grouped in the order they are applied (`components`): the core (namespace, service accounts, RBAC),
-istiod (Deployment + Service, the validating webhook and, when enabled, the sidecar injector's
-mutating webhook) and the ingress gateway (Deployment + Service). No I/O: `plait manifest
-generate` prints them and `plait install` applies them.
+In: `InstallSettings` (from `plait.install.operator`). Out: lists of Kubernetes objects as dicts,
+grouped in the order they are applied (`components`), as istioctl reports them: "Istio core" (Istio's
+CRDs and the namespace), "Istiod" (service account, RBAC, the mesh ConfigMap ``istio[-REV]``,
+Deployment and Service ``istiod[-REV]``, PodDisruptionBudget, HorizontalPodAutoscaler, the
+validating and sidecar-injector webhooks), "Ingress gateways" and "Egress gateways" (per gateway: its
+namespace, service account and Role, Deployment, Service, PodDisruptionBudget, HPA). No I/O: `plait
+manifest generate` prints them and `plait install` applies them.
 
-The control plane's RBAC is the union of what its parts declare: `READER_RULES` (the Kubernetes
-source's watches) and `CLUSTER_RULES`/`NAMESPACE_RULES` (the CA, the webhook, the leader's writes).
+Every object but namespaces carries `owner_labels`, which `plait uninstall` selects by: Istio's
+``install.operator.istio.io/owning-resource``, ``operator.istio.io/component`` and ``istio.io/rev``
+(not on the CRDs, which revisions share), and ``app.kubernetes.io/managed-by: plait``. The control
+plane's RBAC is the union of what its parts declare: `READER_RULES` (the Kubernetes source's
+watches) and `CLUSTER_RULES`/`NAMESPACE_RULES` (the CA, the webhook, the leader's writes).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from plait import __version__
+import yaml
+
 from plait.controlplane.injector import mutating_webhook_configuration
 from plait.controlplane.kubeidentity import CLUSTER_RULES, NAMESPACE_RULES
 from plait.controlplane.webhook import validating_webhook_configuration
+from plait.install.crds import istio_crds
+from plait.install.settings import ISTIOD, GatewaySettings, InstallSettings, K8sSettings
 from plait.sources.kubernetes import READER_RULES
 
-ISTIOD = "istiod"
-INGRESS = "istio-ingressgateway"
-INGRESS_ACCOUNT = "istio-ingressgateway-service-account"
-INJECTOR_CONFIGURATION = "istio-sidecar-injector"
+MANAGED_BY = ("app.kubernetes.io/managed-by", "plait")
+OWNER = "install.operator.istio.io/owning-resource"
+COMPONENT = "operator.istio.io/component"
+REVISION = "istio.io/rev"
 TOKEN_AUDIENCE = "istio-ca"
 ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"
 PROXY_UID = 1337
+STATUS_PORT = 15021
 
 # istiod's ports: plaintext xDS, xDS + CA over TLS, HTTP API / monitoring, webhooks (Service 443 → 15017).
 ISTIOD_PORTS = (
@@ -37,26 +46,17 @@ ISTIOD_PORTS = (
     ("https-webhook", 443, 15017),
     ("http-monitoring", 15014, 15014),
 )
-# The ingress gateway's Service ports, as Istio's default profile (port → the gateway pod's targetPort).
+# The gateways' Service ports, as Istio's default profile (port → the gateway pod's targetPort).
 INGRESS_PORTS = (("status-port", 15021, 15021), ("http2", 80, 8080), ("https", 443, 8443))
+EGRESS_PORTS = (("http2", 80, 8080), ("https", 443, 8443))
+CPU_UTILIZATION = 80  # Istio's default HPA target
+RBAC = "rbac.authorization.k8s.io/v1"
 
 
-@dataclass(frozen=True)
-class InstallSettings:
-    """What `plait install` is configured with; the defaults are Istio's names and plait's image."""
-
-    namespace: str = "istio-system"
-    image: str = f"plait/proxy:{__version__}"  # control plane, gateway agent (and the injected proxy)
-    image_pull_policy: str = "IfNotPresent"
-    ingress_gateway: bool = True
-    ingress_service_type: str = "LoadBalancer"
-    sidecar_injector: bool = True  # the MutatingWebhookConfiguration (istiod's /inject)
-    log_level: str = "info"
-
-    @property
-    def control_plane(self) -> str:
-        """Where proxies find xDS and the CA (TLS, pod token)."""
-        return f"{ISTIOD}.{self.namespace}.svc:15012"
+def owner_labels(settings: InstallSettings, component: str, revisioned: bool = True) -> dict[str, str]:
+    """The labels that mark an object as made by this install (and let uninstall find it and only it)."""
+    labels = {MANAGED_BY[0]: MANAGED_BY[1], OWNER: settings.owner, COMPONENT: component}
+    return {**labels, REVISION: settings.revision_label} if revisioned else labels
 
 
 def _meta(name: str, namespace: str | None = None, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -68,62 +68,194 @@ def _meta(name: str, namespace: str | None = None, labels: Mapping[str, str] | N
     return meta
 
 
-def core(settings: InstallSettings) -> list[dict[str, Any]]:
-    """The namespace, the control plane's and the gateway's service accounts, and the control plane's RBAC."""
-    ns = settings.namespace
-    labels = {"app": ISTIOD, "release": "istio"}
-    role = f"{ISTIOD}-clusterrole-{ns}"
-    objects: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(ns)},
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(ISTIOD, ns, labels)},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": _meta(role, labels=labels),
-            "rules": [dict(rule) for rule in (*READER_RULES, *CLUSTER_RULES)],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": _meta(role, labels=labels),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [{"kind": "ServiceAccount", "name": ISTIOD, "namespace": ns}],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": _meta(ISTIOD, ns, labels),
-            "rules": [dict(rule) for rule in NAMESPACE_RULES],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": _meta(ISTIOD, ns, labels),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ISTIOD},
-            "subjects": [{"kind": "ServiceAccount", "name": ISTIOD, "namespace": ns}],
-        },
-    ]
-    if settings.ingress_gateway:
-        objects.append(
-            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(INGRESS_ACCOUNT, ns, {"app": INGRESS})}
-        )
-    return objects
+def _labelled(obj: dict[str, Any], labels: Mapping[str, str]) -> dict[str, Any]:
+    obj["metadata"]["labels"] = {**obj["metadata"].get("labels", {}), **labels}
+    return obj
+
+
+def _namespace(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(name)}
+
+
+def base(settings: InstallSettings) -> list[dict[str, Any]]:
+    """Istio's CRDs (shared by every revision) and the control plane's namespace."""
+    labels = owner_labels(settings, "Base", revisioned=False)
+    crds = [_labelled(crd, labels) for crd in istio_crds(settings.legacy_apis)]
+    return [*crds, _namespace(settings.namespace)]
 
 
 def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
+def _pod_spec(k8s: K8sSettings, account: str, containers: list[dict[str, Any]], volumes: list[dict[str, Any]]):
+    spec: dict[str, Any] = {"serviceAccountName": account, "containers": containers, "volumes": volumes}
+    if k8s.node_selector:
+        spec["nodeSelector"] = dict(k8s.node_selector)
+    return spec
+
+
+def _container_extras(container: dict[str, Any], k8s: K8sSettings) -> dict[str, Any]:
+    container["env"] += [copy.deepcopy(e) for e in k8s.env]
+    if k8s.resources:
+        container["resources"] = copy.deepcopy(k8s.resources)
+    return container
+
+
+def _deployment(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    selector: Mapping[str, str],
+    pod_labels: Mapping[str, str],
+    k8s: K8sSettings,
+    pod_spec: dict[str, Any],
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    replicas = k8s.replicas if k8s.replicas is not None else (k8s.hpa or {}).get("minReplicas", 1)
+    spec["replicas"] = replicas
+    spec["selector"] = {"matchLabels": dict(selector)}
+    spec["template"] = {
+        "metadata": {"labels": dict(pod_labels), "annotations": {"sidecar.istio.io/inject": "false"}},
+        "spec": pod_spec,
+    }
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, namespace, labels), "spec": spec}
+
+
+def _service(name: str, namespace: str, labels: Mapping[str, str], selector: Mapping[str, str], ports, kind=None):
+    spec: dict[str, Any] = {"type": kind} if kind else {}
+    spec["selector"] = dict(selector)
+    spec["ports"] = [dict(port) for port in ports]
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, namespace, labels), "spec": spec}
+
+
+def _port(name: str, port: int, target: int) -> dict[str, Any]:
+    return {"name": name, "port": port, "targetPort": target, "protocol": "TCP"}
+
+
+def disruption_budget(
+    settings: InstallSettings, name: str, namespace: str, labels: Mapping[str, str], selector: Mapping[str, str]
+) -> dict[str, Any]:
+    """A PodDisruptionBudget with minAvailable 1, as Istio's (policy/v1beta1 on an old API server)."""
+    return {
+        "apiVersion": "policy/v1beta1" if settings.legacy_apis else "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(name, namespace, labels),
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": dict(selector)}},
+    }
+
+
+def autoscaler(
+    settings: InstallSettings, name: str, namespace: str, labels: Mapping[str, str], hpa: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A HorizontalPodAutoscaler of Deployment `name` from a hpaSpec (autoscaling/v2beta2 on an old API server);
+    without metrics it scales on CPU at 80 % as Istio's."""
+    metrics = hpa.get("metrics") or [
+        {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": CPU_UTILIZATION}},
+        }
+    ]
+    return {
+        "apiVersion": "autoscaling/v2beta2" if settings.legacy_apis else "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta(name, namespace, labels),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": hpa.get("minReplicas", 1),
+            "maxReplicas": hpa.get("maxReplicas", 5),
+            "metrics": copy.deepcopy(metrics),
+        },
+    }
+
+
+def _scaling(
+    settings: InstallSettings,
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    selector: Mapping[str, str],
+    k8s: K8sSettings,
+) -> list[dict[str, Any]]:
+    objects = [disruption_budget(settings, name, namespace, labels, selector)]
+    if k8s.hpa and k8s.replicas is None:
+        objects.append(autoscaler(settings, name, namespace, labels, k8s.hpa))
+    return objects
+
+
+def istiod_rbac(settings: InstallSettings) -> list[dict[str, Any]]:
+    """The control plane's service account, ClusterRole (cluster-wide reads and writes) and Role (its namespace)."""
+    ns, name = settings.namespace, settings.istiod
+    labels = {"app": ISTIOD, **owner_labels(settings, "Pilot")}
+    role = f"{ISTIOD}-clusterrole{'-' + settings.revision if settings.revision else ''}-{ns}"
+    subjects = [{"kind": "ServiceAccount", "name": name, "namespace": ns}]
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, ns, labels)},
+        {
+            "apiVersion": RBAC,
+            "kind": "ClusterRole",
+            "metadata": _meta(role, labels=labels),
+            "rules": [dict(rule) for rule in (*READER_RULES, *CLUSTER_RULES)],
+        },
+        {
+            "apiVersion": RBAC,
+            "kind": "ClusterRoleBinding",
+            "metadata": _meta(role, labels=labels),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": subjects,
+        },
+        {
+            "apiVersion": RBAC,
+            "kind": "Role",
+            "metadata": _meta(name, ns, labels),
+            "rules": [dict(rule) for rule in NAMESPACE_RULES],
+        },
+        {
+            "apiVersion": RBAC,
+            "kind": "RoleBinding",
+            "metadata": _meta(name, ns, labels),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": subjects,
+        },
+    ]
+
+
+def mesh_config(settings: InstallSettings) -> dict[str, Any]:
+    """meshConfig as this revision's proxies see it: the given fields, discoveryAddress filled in."""
+    config = copy.deepcopy(settings.mesh_config)
+    config.setdefault("defaultConfig", {})["discoveryAddress"] = settings.control_plane
+    return config
+
+
+def mesh_configmap(settings: InstallSettings) -> dict[str, Any]:
+    """Istio's mesh ConfigMap ``istio[-REV]``: key ``mesh`` holds meshConfig as YAML."""
+    name = f"istio-{settings.revision}" if settings.revision else "istio"
+    labels = {"app": ISTIOD, **owner_labels(settings, "Pilot")}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(name, settings.namespace, labels),
+        "data": {"mesh": yaml.safe_dump(mesh_config(settings), sort_keys=True)},
+    }
+
+
+def _istiod_labels(settings: InstallSettings) -> dict[str, str]:
+    return {"app": ISTIOD, REVISION: settings.revision_label}
+
+
 def istiod_deployment(settings: InstallSettings) -> dict[str, Any]:
-    """istiod: ``plait control-plane --kubernetes`` with the in-cluster service account, ready on /ready (15014)."""
-    labels = {"app": ISTIOD, "istio": "pilot"}
+    """istiod[-REV]: ``plait control-plane --kubernetes [--revision REV]`` with its own service account,
+    ready on /ready (15014)."""
+    k8s = settings.pilot or K8sSettings()
+    args = ["control-plane", "--kubernetes", "--host", "0.0.0.0", "--log-level", settings.log_level]
+    args += ["--proxy-image", settings.image, "--init-image", settings.image]
+    args += ["--revision", settings.revision] if settings.revision else []
     container = {
         "name": "discovery",
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["plait"],
-        "args": ["control-plane", "--kubernetes", "--host", "0.0.0.0", "--log-level", settings.log_level]
-        + ["--proxy-image", settings.image, "--init-image", settings.image],
+        "args": args,
         "ports": [{"containerPort": target, "protocol": "TCP"} for _, _, target in ISTIOD_PORTS],
         "env": [_field_env("POD_NAME", "metadata.name"), _field_env("POD_NAMESPACE", "metadata.namespace")],
         "readinessProbe": {
@@ -135,88 +267,94 @@ def istiod_deployment(settings: InstallSettings) -> dict[str, Any]:
         "volumeMounts": [{"name": "state", "mountPath": "/var/lib/plait"}],
         "workingDir": "/var/lib/plait",
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta(ISTIOD, settings.namespace, labels),
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"istio": "pilot"}},
-            "template": {
-                "metadata": {"labels": labels, "annotations": {"sidecar.istio.io/inject": "false"}},
-                "spec": {
-                    "serviceAccountName": ISTIOD,
-                    "containers": [container],
-                    "volumes": [{"name": "state", "emptyDir": {}}],
-                },
-            },
-        },
-    }
+    pod_labels = {**_istiod_labels(settings), "istio": "pilot"}
+    pod = _pod_spec(k8s, settings.istiod, [_container_extras(container, k8s)], [{"name": "state", "emptyDir": {}}])
+    labels = {**pod_labels, **owner_labels(settings, "Pilot")}
+    return _deployment(settings.istiod, settings.namespace, labels, _istiod_labels(settings), pod_labels, k8s, pod)
 
 
 def istiod_service(settings: InstallSettings) -> dict[str, Any]:
-    """Service istiod: 15010, 15012, 443 → 15017 (webhooks), 15014."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta(ISTIOD, settings.namespace, {"app": ISTIOD, "istio": "pilot"}),
-        "spec": {
-            "selector": {"app": ISTIOD, "istio": "pilot"},
-            "ports": [
-                {"name": name, "port": port, "targetPort": target, "protocol": "TCP"}
-                for name, port, target in ISTIOD_PORTS
-            ],
-        },
-    }
+    """Service istiod[-REV]: 15010, 15012, 443 → 15017 (webhooks), 15014; it selects its revision's pods."""
+    labels = {"app": ISTIOD, "istio": "pilot", **owner_labels(settings, "Pilot")}
+    ports = [_port(name, port, target) for name, port, target in ISTIOD_PORTS]
+    return _service(settings.istiod, settings.namespace, labels, _istiod_labels(settings), ports)
+
+
+def _without_ca_bundle(config: dict[str, Any], settings: InstallSettings) -> dict[str, Any]:
+    for hook in config["webhooks"]:  # each its own copy (no YAML aliases in manifest generate)
+        hook["clientConfig"] = {k: copy.deepcopy(v) for k, v in hook["clientConfig"].items() if k != "caBundle"}
+    return _labelled(config, owner_labels(settings, "Pilot"))
 
 
 def validating_webhook(settings: InstallSettings) -> dict[str, Any]:
-    """The validating webhook configuration; its caBundle is left to the control plane's leader."""
-    config = validating_webhook_configuration(b"", namespace=settings.namespace, service=ISTIOD)
-    for hook in config["webhooks"]:
-        hook["clientConfig"].pop("caBundle", None)
-    return config
+    """``istio-validator[-REV]-<namespace>``; its caBundle is left to the control plane's leader."""
+    revision = f"-{settings.revision}" if settings.revision else ""
+    config = validating_webhook_configuration(
+        b"",
+        namespace=settings.namespace,
+        service=settings.istiod,
+        name=f"istio-validator{revision}-{settings.namespace}",
+    )
+    return _without_ca_bundle(config, settings)
 
 
 def mutating_webhook(settings: InstallSettings) -> dict[str, Any]:
-    """The sidecar injector's MutatingWebhookConfiguration, as the control plane's injector describes it
-    (Istio's four webhooks: namespace or pod selected, never ``sidecar.istio.io/inject: "false"``), sent
-    to istiod's /inject; its caBundle is left to the control plane's leader."""
-    config = mutating_webhook_configuration(b"", namespace=settings.namespace, service=ISTIOD)
-    for hook in config["webhooks"]:
-        hook["clientConfig"].pop("caBundle", None)
-    return config
+    """The sidecar injector's ``istio-sidecar-injector[-REV]``, as the control plane's injector describes it
+    (namespace ``istio-injection=enabled`` or ``istio.io/rev=REV``, or the pod's labels), sent to
+    istiod[-REV]'s /inject; its caBundle is left to the control plane's leader."""
+    config = mutating_webhook_configuration(
+        b"", namespace=settings.namespace, service=settings.istiod, revision=settings.revision
+    )
+    return _without_ca_bundle(config, settings)
 
 
 def istiod(settings: InstallSettings) -> list[dict[str, Any]]:
-    """The control plane: Deployment, Service, and the admission webhooks it serves."""
-    objects = [istiod_deployment(settings), istiod_service(settings), validating_webhook(settings)]
+    """The control plane: RBAC, mesh ConfigMap, Deployment, Service, PDB/HPA and the webhooks it serves."""
+    k8s = settings.pilot or K8sSettings()
+    labels = {"app": ISTIOD, **owner_labels(settings, "Pilot")}
+    scaling = _scaling(settings, settings.istiod, settings.namespace, labels, _istiod_labels(settings), k8s)
+    objects = [*istiod_rbac(settings), mesh_configmap(settings), istiod_deployment(settings), istiod_service(settings)]
+    objects += [*scaling, validating_webhook(settings)]
     if settings.sidecar_injector:
         objects.append(mutating_webhook(settings))
     return objects
 
 
-def _gateway_container(settings: InstallSettings) -> dict[str, Any]:
-    labels = "app=istio-ingressgateway,istio=ingressgateway"
+def _default_ports(gateway: GatewaySettings) -> list[dict[str, Any]]:
+    return [_port(*port) for port in (EGRESS_PORTS if gateway.egress else INGRESS_PORTS)]
+
+
+def _service_ports(gateway: GatewaySettings) -> list[dict[str, Any]]:
+    if gateway.k8s.service_ports is None:
+        return _default_ports(gateway)
+    return [
+        {"protocol": "TCP", **copy.deepcopy(port), "targetPort": port.get("targetPort", port.get("port"))}
+        for port in gateway.k8s.service_ports
+    ]
+
+
+def _gateway_container(settings: InstallSettings, gateway: GatewaySettings) -> dict[str, Any]:
+    labels = ",".join(f"{k}={v}" for k, v in sorted(gateway.labels.items()))
     args = ["agent", "--mode", "gateway", "--name", "$(POD_NAME)", "--namespace", "$(POD_NAMESPACE)"]
     args += ["--ip", "$(INSTANCE_IP)", "--service-account", "$(SERVICE_ACCOUNT)", "--labels", labels]
     args += ["--control-plane", settings.control_plane, "--token-file", "/var/run/secrets/tokens/istio-token"]
     args += ["--root-cert", "/var/run/secrets/istio/root-cert.pem", "--state-dir", "/etc/istio/proxy"]
-    args += ["--status-port", "15021"]
-    return {
+    args += ["--status-port", str(STATUS_PORT)]
+    targets = dict.fromkeys([STATUS_PORT, *(p["targetPort"] for p in _service_ports(gateway))])
+    container = {
         "name": "istio-proxy",
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["plait"],
         "args": args,
-        "ports": [{"containerPort": target, "protocol": "TCP"} for _, _, target in INGRESS_PORTS],
+        "ports": [{"containerPort": target, "protocol": "TCP"} for target in targets],
         "env": [
             _field_env("POD_NAME", "metadata.name"),
             _field_env("POD_NAMESPACE", "metadata.namespace"),
             _field_env("INSTANCE_IP", "status.podIP"),
             _field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         ],
-        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 2},
+        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": STATUS_PORT}, "periodSeconds": 2},
         "securityContext": {"runAsUser": PROXY_UID, "runAsGroup": PROXY_UID, "runAsNonRoot": True},
         "volumeMounts": [
             {"name": "istio-envoy", "mountPath": "/etc/istio/proxy"},
@@ -224,67 +362,83 @@ def _gateway_container(settings: InstallSettings) -> dict[str, Any]:
             {"name": "istiod-ca-cert", "mountPath": "/var/run/secrets/istio"},
         ],
     }
+    return _container_extras(container, gateway.k8s)
 
 
-def ingress_gateway(settings: InstallSettings) -> list[dict[str, Any]]:
-    """istio-ingressgateway: ``plait agent --mode gateway`` with a projected token (audience istio-ca)."""
-    labels = {"app": INGRESS, "istio": "ingressgateway"}
-    volumes = [
-        {"name": "istio-envoy", "emptyDir": {}},
+GATEWAY_VOLUMES = (
+    {"name": "istio-envoy", "emptyDir": {}},
+    {
+        "name": "istio-token",
+        "projected": {
+            "sources": [
+                {"serviceAccountToken": {"audience": TOKEN_AUDIENCE, "expirationSeconds": 43200, "path": "istio-token"}}
+            ]
+        },
+    },
+    {"name": "istiod-ca-cert", "configMap": {"name": ROOT_CERT_CONFIGMAP}},
+)
+
+
+def gateway(settings: InstallSettings, gateway: GatewaySettings) -> list[dict[str, Any]]:
+    """One gateway: ``plait agent --mode gateway`` pointed at its revision's control plane, with a projected
+    token (audience istio-ca), its service account and Role (read its namespace's secrets: the TLS
+    credentials of its Gateways), Service, PodDisruptionBudget and HPA."""
+    component = "EgressGateways" if gateway.egress else "IngressGateways"
+    ns, name = gateway.namespace, gateway.name
+    labels = {**gateway.labels, **owner_labels(settings, component)}
+    pod_labels = {**gateway.labels, REVISION: settings.revision_label}
+    account = gateway.service_account
+    role = f"{name}-sds"
+    pod = _pod_spec(gateway.k8s, account, [_gateway_container(settings, gateway)], copy.deepcopy(list(GATEWAY_VOLUMES)))
+    default_type = "ClusterIP" if gateway.egress else "LoadBalancer"
+    objects = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(account, ns, labels)},
         {
-            "name": "istio-token",
-            "projected": {
-                "sources": [
-                    {
-                        "serviceAccountToken": {
-                            "audience": TOKEN_AUDIENCE,
-                            "expirationSeconds": 43200,
-                            "path": "istio-token",
-                        }
-                    }
-                ]
-            },
+            "apiVersion": RBAC,
+            "kind": "Role",
+            "metadata": _meta(role, ns, labels),
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "watch", "list"]}],
         },
-        {"name": "istiod-ca-cert", "configMap": {"name": ROOT_CERT_CONFIGMAP}},
+        {
+            "apiVersion": RBAC,
+            "kind": "RoleBinding",
+            "metadata": _meta(role, ns, labels),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": account}],
+        },
+        _deployment(name, ns, labels, gateway.labels, pod_labels, gateway.k8s, pod),
+        _service(name, ns, labels, gateway.labels, _service_ports(gateway), gateway.k8s.service_type or default_type),
     ]
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta(INGRESS, settings.namespace, labels),
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels, "annotations": {"sidecar.istio.io/inject": "false"}},
-                "spec": {
-                    "serviceAccountName": INGRESS_ACCOUNT,
-                    "containers": [_gateway_container(settings)],
-                    "volumes": volumes,
-                },
-            },
-        },
-    }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta(INGRESS, settings.namespace, labels),
-        "spec": {
-            "type": settings.ingress_service_type,
-            "selector": labels,
-            "ports": [
-                {"name": name, "port": port, "targetPort": target, "protocol": "TCP"}
-                for name, port, target in INGRESS_PORTS
-            ],
-        },
-    }
-    return [deployment, service]
+    return objects + _scaling(settings, name, ns, labels, gateway.labels, gateway.k8s)
+
+
+def gateways(settings: InstallSettings, egress: bool, namespaces: set[str]) -> list[dict[str, Any]]:
+    """The ingress (or egress) gateways, each namespace not made before (`namespaces`) made first."""
+    objects: list[dict[str, Any]] = []
+    for each in settings.egress_gateways if egress else settings.ingress_gateways:
+        if each.namespace not in namespaces:
+            namespaces.add(each.namespace)
+            objects.append(_namespace(each.namespace))
+        objects += gateway(settings, each)
+    return objects
 
 
 def components(settings: InstallSettings) -> list[tuple[str, list[dict[str, Any]]]]:
-    """(component, objects) in the order they are applied, named as istioctl reports them."""
-    parts = [("Istio core", core(settings)), ("Istiod", istiod(settings))]
-    if settings.ingress_gateway:
-        parts.append(("Ingress gateways", ingress_gateway(settings)))
+    """(component, objects) in the order they are applied, named as istioctl reports them; components
+    the settings leave out are not listed."""
+    parts: list[tuple[str, list[dict[str, Any]]]] = []
+    namespaces: set[str] = set()
+    if settings.base:
+        parts.append(("Istio core", base(settings)))
+        namespaces.add(settings.namespace)
+    if settings.pilot is not None:
+        made = [] if settings.namespace in namespaces else [_namespace(settings.namespace)]
+        namespaces.add(settings.namespace)
+        parts.append(("Istiod", made + istiod(settings)))
+    for title, egress in (("Ingress gateways", False), ("Egress gateways", True)):
+        objects = gateways(settings, egress, namespaces)
+        if objects:
+            parts.append((title, objects))
     return parts
 
 
