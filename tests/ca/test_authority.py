@@ -235,3 +235,17 @@ def test_the_control_planes_server_certificate(authority):
         .build_server_verifier(x509.DNSName("istiod.istio-system.svc"))
     )
     assert server.verify(leaf, [])[-1] == authority.root
+
+
+def test_a_revisions_control_plane_certificate_names_its_own_service_and_the_name_agents_check():
+    from plait.ca.authority import control_plane_dns_names
+
+    assert control_plane_dns_names() == SERVER_DNS_NAMES
+    names = control_plane_dns_names("mesh", "canary")
+    assert names[: len(SERVER_DNS_NAMES)] == SERVER_DNS_NAMES  # istiod.istio-system.svc: what agents verify
+    assert names[len(SERVER_DNS_NAMES) :] == (
+        "istiod.mesh.svc",
+        "istiod.mesh.svc.cluster.local",
+        "istiod-canary.mesh.svc",  # the revision's webhooks are called on its own Service
+        "istiod-canary.mesh.svc.cluster.local",
+    )

@@ -44,6 +44,18 @@ SERVER_DNS_NAMES = (
     "plait-control-plane",
     "localhost",
 )
+
+
+def control_plane_dns_names(namespace: str = "istio-system", revision: str = "") -> tuple[str, ...]:
+    """The names the control plane's TLS certificate (xDS and CA on 15012, the webhooks) is valid for:
+    `SERVER_DNS_NAMES` (``istiod.istio-system.svc`` is the name every agent checks, whatever address it
+    dials), and its Services ``istiod`` and ``istiod-REVISION`` in `namespace`, as the API server calls
+    its webhooks (Istio's istiod carries the same pair)."""
+    services = ("istiod", f"istiod-{revision}") if revision else ("istiod",)
+    names = [f"{service}.{namespace}.{suffix}" for service in services for suffix in ("svc", "svc.cluster.local")]
+    return tuple(dict.fromkeys((*SERVER_DNS_NAMES, *names)))
+
+
 SERVER_CERT_TTL = 365 * 86400  # the control plane's own TLS certificate; a restart issues a new one
 PLUGIN_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
 RSA_MIN_BITS = 2048

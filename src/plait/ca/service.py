@@ -27,7 +27,14 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter
 
 from plait.ca import wire
-from plait.ca.authority import MAX_WORKLOAD_TTL, CaError, CertificateAuthority, CsrRefused, check_csr
+from plait.ca.authority import (
+    MAX_WORKLOAD_TTL,
+    SERVER_DNS_NAMES,
+    CaError,
+    CertificateAuthority,
+    CsrRefused,
+    check_csr,
+)
 from plait.ca.tokens import Authenticator, AuthenticatorUnavailable, InvalidToken, TokenIdentity, bearer_token
 from plait.model.proxy import TRUST_DOMAIN, spiffe_id
 from plait.xds.server import Authenticate, Refusal
@@ -138,9 +145,11 @@ async def serve_ca(
     max_ttl: int = MAX_WORKLOAD_TTL,
     registry: CollectorRegistry | None = None,
     also: tuple[grpc.GenericRpcHandler, ...] = (),
+    server_names: tuple[str, ...] = SERVER_DNS_NAMES,
 ) -> grpc.aio.Server:
     """Start the CA's gRPC server over TLS on host:port (port 0: see `server.bound_port`), serving
-    `also` too (the control plane's xDS, as istiod's 15012 does). Stop it with ``await server.stop(grace)``."""
+    `also` too (the control plane's xDS, as istiod's 15012 does), with a certificate for `server_names`.
+    Stop it with ``await server.stop(grace)``."""
     service = CaService(
         authority,
         tokens,
@@ -149,7 +158,7 @@ async def serve_ca(
         max_ttl=max_ttl,
         metrics=CaMetrics(registry or CollectorRegistry()),
     )
-    key, chain = authority.issue_server_certificate()
+    key, chain = authority.issue_server_certificate(server_names)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)])
     server.add_generic_rpc_handlers((service.handler(), *also))
     try:

@@ -224,6 +224,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         default_ttl=settings.workload_cert_ttl,
         registry=metrics.registry,
         also=(tls_ads,),
+        **({"server_names": identity.settings.server_names} if identity else {}),
     )
     admin_token = load_or_create_admin_token(admin_token_path(settings.state_dir))
     api = Api(

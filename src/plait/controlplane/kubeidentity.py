@@ -33,7 +33,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
-from plait.ca.authority import CaError, CertificateAuthority, ca_dir_of, fingerprint, pem
+from plait.ca.authority import CaError, CertificateAuthority, ca_dir_of, control_plane_dns_names, fingerprint, pem
 from plait.ca.kubeauth import TokenReviewAuthenticator
 from plait.ca.kubesecrets import load_cluster_ca
 from plait.ca.tokens import AUDIENCE
@@ -93,6 +93,11 @@ class ClusterSettings:
         return self.webhook_configuration or f"istio-validator{revision}-{self.namespace}"
 
     @property
+    def server_names(self) -> tuple[str, ...]:
+        """What the control plane's certificate is valid for: its Service ``istiod[-REV].NAMESPACE.svc``."""
+        return control_plane_dns_names(self.namespace, self.inject.revision)
+
+    @property
     def lease(self) -> str:
         """The leader Lease: each revision elects its own leader (it keeps its own webhooks' caBundles)."""
         revision = self.inject.revision
@@ -136,7 +141,7 @@ class ClusterIdentity:
     ) -> None:
         """Serve the webhooks and take part in the election. `view`: the Kubernetes source's state,
         where the injector finds namespace labels."""
-        key, chain = self.authority.issue_server_certificate()
+        key, chain = self.authority.issue_server_certificate(self.settings.server_names)
         context = tls_context(b"".join(chain), key, ca_dir_of(state_dir) / "webhook")
         inject = inject_handler(self.settings.inject, namespace_labels(self.api, view), InjectionMetrics(registry))
         self._runner = await serve_webhook(

@@ -1,0 +1,159 @@
+"""Istio's egress gateway task on a real node: ``plait install --set profile=demo`` adds the
+istio-egressgateway Deployment (``plait agent`` in gateway mode), and a mesh pod's request to an
+external host goes sidecar → egress gateway → the host, as Istio's "Egress Gateways" task routes it.
+
+The external host is a plain HTTP server in a namespace outside the mesh, known to the mesh only
+through a ServiceEntry (``web.external.test``, resolved in the client pod by its agent's DNS proxy).
+The server's own access log shows who called it: the egress gateway's pod, not the client.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from plait.testing.kubenode import BOOKINFO_HUB, BOOKINFO_NAMESPACE, BOOKINFO_TAG, IMAGE, MeshNode, eventually
+
+EXTERNAL = "external"
+IMAGE_WITH_PYTHON = f"{BOOKINFO_HUB}/examples-bookinfo-details-v1:{BOOKINFO_TAG}"
+# Istio's task (samples of istio.io "Egress Gateways"), for an HTTP host of ours.
+EGRESS_CONFIG = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: web
+spec:
+  hosts: [web.external.test]
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints:
+  - address: WEB_POD_IP
+    ports: {http: 8000}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: istio-egressgateway
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [web.external.test]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: egressgateway-for-web
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets:
+  - name: web
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: direct-web-through-egress-gateway
+spec:
+  hosts: [web.external.test]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match:
+    - gateways: [mesh]
+      port: 80
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        subset: web
+        port: {number: 80}
+  - match:
+    - gateways: [istio-egressgateway]
+      port: 80
+    route:
+    - destination:
+        host: web.external.test
+        port: {number: 80}
+"""
+CAPTURE = 'proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: "true"\n  ISTIO_META_DNS_AUTO_ALLOCATE: "true"\n'
+FETCH = "import urllib.request; print(urllib.request.urlopen('http://web.external.test/', timeout=5).status)"
+
+
+def pod(name: str, namespace: str, command: list[str], annotations: dict[str, str] | None = None) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
+            "spec": {"containers": [{"name": name, "image": IMAGE_WITH_PYTHON, "command": command}]},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def egress(bookinfo: MeshNode):
+    node = bookinfo
+    demo = node.plait("install", "--set", "profile=demo", "-y", "--image", IMAGE, "--timeout", "180")
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    node.demo_install_output = demo.stdout
+    node.kubectl("create", "namespace", EXTERNAL)
+    eventually(lambda: node.kubectl("get", "serviceaccount", "default", "-n", EXTERNAL), timeout=30)
+    node.apply(pod("web", EXTERNAL, ["python3", "-m", "http.server", "8000"]))
+    node.apply(pod("egress-client", BOOKINFO_NAMESPACE, ["sleep", "1d"], {"proxy.istio.io/config": CAPTURE}))
+    try:
+        node.kubectl("wait", "--for=condition=Ready", "pod/web", "-n", EXTERNAL, "--timeout=120s")
+        node.kubectl("wait", "--for=condition=Ready", "pod/egress-client", "-n", BOOKINFO_NAMESPACE, "--timeout=120s")
+        web = node.kubectl("get", "pod", "web", "-n", EXTERNAL, "-o", "jsonpath={.status.podIP}")
+        node.apply(EGRESS_CONFIG.replace("WEB_POD_IP", web), BOOKINFO_NAMESPACE)
+        yield node
+    finally:
+        node.kubectl("delete", "-n", BOOKINFO_NAMESPACE, "-f", "-", stdin=EGRESS_CONFIG)
+        node.kubectl("delete", "pod", "egress-client", "-n", BOOKINFO_NAMESPACE, "--wait=false")
+        node.kubectl("delete", "namespace", EXTERNAL, "--wait=false")
+
+
+def test_the_demo_profile_installs_the_egress_gateway_as_istioctl_says(egress):
+    assert egress.demo_install_output.splitlines() == [
+        "✔ Istio core installed",
+        "✔ Istiod installed",
+        "✔ Ingress gateways installed",
+        "✔ Egress gateways installed",
+        "✔ Installation complete",
+    ]
+    [gateway] = json.loads(
+        egress.kubectl("get", "pods", "-n", "istio-system", "-l", "istio=egressgateway", "-o", "json")
+    )["items"]
+    [proxy] = gateway["spec"]["containers"]
+    assert proxy["args"][:3] == ["agent", "--mode", "gateway"]
+    assert all(c["ready"] for c in gateway["status"]["containerStatuses"])
+
+
+def test_a_mesh_pods_request_to_an_external_host_leaves_through_the_egress_gateway(egress):
+    status = eventually(
+        lambda: egress.kubectl(
+            "exec", "-n", BOOKINFO_NAMESPACE, "egress-client", "-c", "egress-client", "--", "python3", "-c", FETCH
+        ),
+        timeout=60,
+    )
+    assert status.strip() == "200"
+    gateway_ip = egress.kubectl(
+        "get", "pods", "-n", "istio-system", "-l", "istio=egressgateway", "-o", "jsonpath={.items[0].status.podIP}"
+    )
+    client_ip = egress.kubectl(
+        "get", "pod", "egress-client", "-n", BOOKINFO_NAMESPACE, "-o", "jsonpath={.status.podIP}"
+    )
+    callers = {
+        line.split()[0] for line in egress.kubectl("logs", "web", "-n", EXTERNAL).splitlines() if '"GET /' in line
+    }
+    assert callers == {gateway_ip}, (
+        f"the server was called by {callers}; egress gateway {gateway_ip}, client {client_ip}"
+    )
+
+
+def test_proxy_status_lists_the_egress_gateway(egress):
+    done = egress.plait("proxy-status")
+    assert done.returncode == 0, done.stderr
+    [row] = [line.split() for line in done.stdout.splitlines() if line.strip().startswith("istio-egressgateway-")]
+    assert row[1:3] == ["SYNCED", "SYNCED"], done.stdout
