@@ -163,6 +163,19 @@ def test_a_stale_nonce_is_no_ack_but_its_names_change_is_answered():
     assert stream.held("eds").keys() == {"a", "b"}
 
 
+def test_a_response_in_flight_when_the_client_stops_watching_its_type_is_not_waited_for():
+    """Envoy ignores, without an ACK, a response of a type it no longer watches: a gateway whose last
+    listener went empties its RDS subscription while a change of that listener's route is on its way."""
+    stream = synced_sotw_stream(published())
+    acked = stream.status("rds").nonce
+    pushed = only(stream.update(published(route_to="b")))  # route "r" changed
+    assert pushed.type == "rds" and stream.status("rds").state == STALE
+    outputs = stream.receive(sotw("rds", [], nonce=acked))  # the listener is gone: no route wanted
+    assert not responses(outputs) and stream.status("rds").state == SYNCED  # nothing wanted, nothing awaited
+    again = only(stream.receive(sotw("rds", ["r"], nonce=acked)))  # a listener names it again
+    assert again.names == ["r"] and again.payload.version == pushed.payload.version  # the change it never took
+
+
 def test_the_same_change_sent_twice_on_one_stream_gets_a_new_nonce():
     stream = AdsStream(published=published(clusters=("a", "b")))
     first = only(stream.receive(sotw("eds", ["a"])))

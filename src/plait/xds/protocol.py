@@ -12,6 +12,8 @@ Rules, per type URL (cds, eds, lds, rds, sds; other types are ignored):
 * A request whose nonce is the last one sent ACKs it, or NACKs it when it carries
   error_detail (each nonce is answered once). Other nonces are stale and are not
   ACKs, but a change of resource names is answered whatever nonce it rides on.
+* A SotW request that empties a named type's subscription while a response is unacknowledged
+  ends the wait for it: Envoy ignores, without an ACK, responses of a type it no longer watches.
 * A NACK keeps the client's last good state as our belief of what it holds. The
   rejected version is not sent again; the next different one is sent as a change
   from that last good state (even an empty one, so that its ACK ends NACKED).
@@ -291,6 +293,8 @@ class AdsStream:
                 state.held = dict(request.initial_resource_versions)
         else:
             names = _sotw_names(short, request.resource_names)
+            if names == frozenset() and state.status.state == STALE:
+                self._drop_unwatched(state)
         if first or names != state.names:
             self._subscribe(state, names)
             out += self._push(state)
@@ -318,6 +322,16 @@ class AdsStream:
         status.acked_version = version or status.sent_version
         state.acked = (state.held, state.held_names)
         return [Ack(state.short, status.acked_version, nonce)]
+
+    @staticmethod
+    def _drop_unwatched(state: _TypeState) -> None:
+        """The client watches nothing of this named type any more (a gateway's last listener went):
+        Envoy ignores a response of a type it does not watch, without an ACK, so the one in flight is
+        not waited for; the client holds what it last acknowledged."""
+        status = state.status
+        state.answered = status.nonce
+        status.state = SYNCED if status.acked_version else NOT_SENT
+        state.held, state.held_names = state.acked
 
     @staticmethod
     def _updated(state: _TypeState, payload: Payload) -> frozenset[str]:
