@@ -140,6 +140,7 @@ def test_named_types_get_the_requested_names_only():
 def test_empty_names_for_eds_mean_nothing_not_wildcard():
     stream = AdsStream(published=published())
     assert only(stream.receive(sotw("eds", []))).names == []  # answered (so Envoy's init ends), but empty
+    assert stream.status("eds").state == SYNCED  # Envoy acknowledges nothing of a type it watches nothing of
 
 
 def test_a_names_change_riding_on_an_ack_is_answered_with_the_new_names_only():

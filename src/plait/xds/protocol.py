@@ -12,8 +12,10 @@ Rules, per type URL (cds, eds, lds, rds, sds; other types are ignored):
 * A request whose nonce is the last one sent ACKs it, or NACKs it when it carries
   error_detail (each nonce is answered once). Other nonces are stale and are not
   ACKs, but a change of resource names is answered whatever nonce it rides on.
-* A SotW request that empties a named type's subscription while a response is unacknowledged
-  ends the wait for it: Envoy ignores, without an ACK, responses of a type it no longer watches.
+* Envoy ignores, without an ACK, responses of a type it watches nothing of: a SotW request that
+  empties a named type's subscription ends the wait for a response in flight, and a response to
+  an empty subscription (a reconnecting gateway without listeners asks for no routes) is not
+  waited for.
 * A NACK keeps the client's last good state as our belief of what it holds. The
   rejected version is not sent again; the next different one is sent as a change
   from that last good state (even an empty one, so that its ACK ends NACKED).
@@ -375,4 +377,7 @@ class AdsStream:
             self._forget_endpoints_of(self._updated(state, payload))
         state.held, state.held_names = current, state.names
         status.state, status.sent_version, status.nonce = STALE, current.version, payload.nonce
+        if not self.delta and state.names == frozenset():  # Envoy acknowledges nothing of a type it does not watch
+            state.answered, state.acked = payload.nonce, (state.held, state.held_names)
+            status.state, status.acked_version = SYNCED, current.version
         return [Response(payload)]
