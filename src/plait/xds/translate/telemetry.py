@@ -1,0 +1,99 @@
+"""Istio's standard metrics in a proxy's resources: a pass over the listeners and clusters built by the
+other translators (`plait.telemetry.metrics` holds what is measured and its labels).
+
+* every HCM and tcp_proxy gets the stats access loggers of its side: reporter=source on a gateway
+  and on a sidecar's outbound listeners, reporter=destination on a sidecar's inbound ones (mutual TLS
+  or not by its chain's transport socket; the service by the inbound port);
+* every client HCM (reporter=source) stamps the proxy's identity on requests (``x-plait-peer-*``)
+  before its router;
+* every ``outbound|…`` cluster names its service in its metadata, the special clusters their own
+  name (``destination_service_name="PassthroughCluster"``, as Istio's).
+
+Pure: (snapshot, proxy, listeners, clusters) in, the same listeners and clusters with these additions out.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from plait.model.proxy import Proxy
+from plait.model.snapshot import MeshSnapshot
+from plait.telemetry import metrics
+from plait.xds.translate.common import (
+    BLACKHOLE_CLUSTER,
+    INBOUND_PASSTHROUGH_CLUSTER,
+    PASSTHROUGH_CLUSTER,
+    ROUTER_FILTER,
+    parse_cluster_name,
+)
+
+HCM = "envoy.filters.network.http_connection_manager"
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
+SPECIAL_CLUSTERS = (PASSTHROUGH_CLUSTER, BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER)
+
+
+class _Loggers:
+    """The access logs of one proxy, built once per kind; each filter gets its own copy."""
+
+    def __init__(self, snapshot: MeshSnapshot, proxy: Proxy):
+        self.snapshot, self.proxy = snapshot, proxy
+        self.services = {i.endpoint.port: i.service for i in snapshot.inbound_ports(proxy)}
+        self.source_tags = metrics.source_tags(proxy)
+        self.peer_filter = metrics.peer_identity_filter(proxy)
+        self._cache: dict[tuple, list[dict]] = {}
+
+    def logs(self, *, inbound: bool, mtls: bool, port: int | None, http: bool) -> list[dict]:
+        key = (inbound, mtls, port if inbound else None, http)
+        if key not in self._cache:
+            service = self.services.get(port) if port is not None else None
+            tags = metrics.destination_tags(self.proxy, service, mtls=mtls, http=http) if inbound else self.source_tags
+            self._cache[key] = metrics.http_access_logs(tags) if http else metrics.tcp_access_logs(tags)
+        return copy.deepcopy(self._cache[key])
+
+
+def _inbound_port(listener: dict, chain: dict, config: dict) -> int | None:
+    """The workload port of an inbound chain: its destination_port match, the bound listener's port
+    (explicit-proxy mode), or for an HCM the port in its stat prefix (``inbound_0.0.0.0_9080``)."""
+    port = chain.get("filter_chain_match", {}).get("destination_port")
+    if port is None and listener.get("name") != "virtualInbound":
+        port = listener["address"]["socket_address"]["port_value"]
+    if port is None and config.get("stat_prefix", "").startswith("inbound_0.0.0.0_"):
+        port = int(config["stat_prefix"].rpartition("_")[2]) or None
+    return port
+
+
+def _add_to_chain(loggers: _Loggers, listener: dict, chain: dict, inbound: bool) -> None:
+    mtls = "transport_socket" in chain and inbound
+    for network_filter in chain.get("filters", []):
+        config = network_filter.get("typed_config", {})
+        if network_filter.get("name") == HCM:
+            port = _inbound_port(listener, chain, config) if inbound else None
+            config["access_log"] = loggers.logs(inbound=inbound, mtls=mtls, port=port, http=True)
+            if not inbound:
+                filters = config["http_filters"]
+                at = next(i for i, f in enumerate(filters) if f["name"] == ROUTER_FILTER)
+                config["http_filters"] = [*filters[:at], copy.deepcopy(loggers.peer_filter), *filters[at:]]
+        elif network_filter.get("name") == TCP_PROXY:
+            port = _inbound_port(listener, chain, config) if inbound else None
+            config["access_log"] = loggers.logs(inbound=inbound, mtls=mtls, port=port, http=False)
+            config["access_log_options"] = metrics.tcp_access_log_options()
+
+
+def add_metrics(snapshot: MeshSnapshot, proxy: Proxy, listeners: dict[str, dict], clusters: dict[str, dict]) -> None:
+    """Add the loggers, the peer-identity filter and the cluster metadata, in place, to a proxy's
+    `listeners` and `clusters` (by name)."""
+    loggers = _Loggers(snapshot, proxy)
+    for listener in listeners.values():
+        inbound = proxy.kind != "router" and listener.get("traffic_direction") == "INBOUND"
+        chains = [*listener.get("filter_chains", []), *filter(None, [listener.get("default_filter_chain")])]
+        for chain in chains:
+            _add_to_chain(loggers, listener, chain, inbound)
+    services = {s.hostname: s for s in snapshot.services_for(proxy)}
+    for name, cluster in clusters.items():
+        if "metadata" in cluster:
+            continue  # a route's unknown destination keeps its marker; its labels stay unknown
+        parsed = parse_cluster_name(name)
+        if parsed and parsed[0] == "outbound" and parsed[3] in services:
+            cluster["metadata"] = metrics.cluster_metadata(services[parsed[3]])
+        elif name in SPECIAL_CLUSTERS:
+            cluster["metadata"] = metrics.cluster_metadata(None, name)
