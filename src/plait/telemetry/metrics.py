@@ -1,13 +1,13 @@
 """Istio's standard metrics, made by Envoy's stats access logger: definitions and label values.
 
-In: a proxy (who reports), and for the destination side of a sidecar the service of the inbound
-port and whether the chain is mutual TLS. Out: Envoy access-log entries (dicts) for an HCM or a
+In: for the destination side of a sidecar, the service of the inbound port and whether the chain is
+mutual TLS; for the agent, its proxy. Out: Envoy access-log entries (dicts) for an HCM or a
 tcp_proxy, the header filter that stamps a client's identity on its requests, and the metadata
 that EDS endpoints and clusters carry so that the client side can name its destination.
 
 Where each label comes from (nothing is taken from the request's host or path):
 
-* the reporting proxy's own side: literal values, fixed when its configuration is generated;
+* the reporting proxy's own side: its Envoy's environment (`ENVIRONMENT`, set by its agent);
 * the other side, reporter=source: the endpoint's EDS metadata (``istio`` filter metadata, set by
   `endpoint_metadata`), the cluster's metadata (`cluster_metadata`) and the peer certificate's URI
   SAN (``destination_principal``);
@@ -114,46 +114,67 @@ def cluster_metadata(service: Service | None, name: str = UNKNOWN) -> dict:
     return {"filter_metadata": {METADATA_KEY: service_identity(service, name)}}
 
 
-def _literal(value: str) -> str:
-    return value.replace("%", "%%")
+# The reporting proxy's own labels come from Envoy's environment (``%ENVIRONMENT(…)%``, read once when
+# the configuration loads): the configuration stays the same for every proxy of a generation group, and
+# the agent gives each Envoy its values (`proxy_environment`). Istio's variable names where Istio's
+# injector sets one (a pod's own values are kept), plait's for app and version.
+ENVIRONMENT = {
+    "workload": "ISTIO_META_WORKLOAD_NAME",
+    "workload_namespace": "POD_NAMESPACE",
+    "app": "PLAIT_APP",
+    "version": "PLAIT_VERSION",
+    "canonical_service": "CANONICAL_SERVICE",
+    "canonical_revision": "CANONICAL_REVISION",
+    "cluster": "ISTIO_META_CLUSTER_ID",
+}
+
+
+def proxy_environment(proxy: Proxy) -> dict[str, str]:
+    """The environment variables an agent gives its Envoy for its own labels."""
+    values = {**proxy_identity(proxy), "cluster": CLUSTER_ID}
+    return {variable: values[field] for field, variable in ENVIRONMENT.items()}
+
+
+def _own() -> dict[str, str]:
+    return {field: f"%ENVIRONMENT({variable})%" for field, variable in ENVIRONMENT.items()}
 
 
 def _side(side: str, values: Mapping[str, str], principal: str) -> dict[str, str]:
     tags = {f"{side}_{f}": values[f] for f in WORKLOAD_FIELDS}
-    return {**tags, f"{side}_principal": principal, f"{side}_cluster": values.get("cluster", CLUSTER_ID)}
+    return {**tags, f"{side}_principal": principal, f"{side}_cluster": values["cluster"]}
 
 
-def _literals(proxy: Proxy) -> dict[str, str]:
-    return {k: _literal(v) for k, v in proxy_identity(proxy).items()}
-
-
-def source_tags(proxy: Proxy) -> dict[str, str]:
-    """reporter=source (a client sidecar or a gateway): itself literally, the destination from the
-    endpoint's and cluster's metadata and the server certificate."""
+def source_tags() -> dict[str, str]:
+    """reporter=source (a client sidecar or a gateway): itself from its environment, the destination
+    from the endpoint's and cluster's metadata and the server certificate."""
     destination = {f: f"%UPSTREAM_METADATA({METADATA_KEY}:{f})%" for f in WORKLOAD_FIELDS}
+    destination["cluster"] = _own()["cluster"]  # one cluster: plait does not span several yet
     return {
         "reporter": "source",
-        **_side("source", _literals(proxy), "%UPSTREAM_LOCAL_URI_SAN%"),
+        **_side("source", _own(), "%UPSTREAM_LOCAL_URI_SAN%"),
         **_side("destination", destination, "%UPSTREAM_PEER_URI_SAN%"),
         **{f"destination_{f}": f"%CLUSTER_METADATA({METADATA_KEY}:{f})%" for f in SERVICE_FIELDS},
         "connection_security_policy": UNKNOWN,  # as Istio: the client side does not report it
     }
 
 
-def destination_tags(proxy: Proxy, service: Service | None, *, mtls: bool, http: bool = True) -> dict[str, str]:
-    """reporter=destination (a server sidecar's inbound chain): itself literally; the caller from its
-    certificate and, on HTTP, the peer headers its sidecar set, only on a mutual-TLS chain."""
+def _peer_header(field: str) -> str:
+    return PEER_HEADER_PREFIX + field.replace("_", "-")
+
+
+def destination_tags(service: Service | None, *, mtls: bool, http: bool = True) -> dict[str, str]:
+    """reporter=destination (a server sidecar's inbound chain for `service`): itself from its
+    environment; the caller from its certificate and, on HTTP, the peer headers its sidecar set,
+    only on a mutual-TLS chain (``unknown`` on a plaintext one)."""
     if mtls and http:
-        source = {f: f"%REQ({PEER_HEADER_PREFIX}{f.replace('_', '-')}):{PEER_HEADER_MAX}%" for f in WORKLOAD_FIELDS}
-        source["cluster"] = f"%REQ({PEER_HEADER_PREFIX}cluster):{PEER_HEADER_MAX}%"
+        source = {f: f"%REQ({_peer_header(f)}):{PEER_HEADER_MAX}%" for f in ENVIRONMENT}
     else:
-        source = dict.fromkeys((*WORKLOAD_FIELDS, "cluster"), UNKNOWN)
-    own = _literals(proxy)
+        source = dict.fromkeys(ENVIRONMENT, UNKNOWN)
     return {
         "reporter": "destination",
         **_side("source", source, "%DOWNSTREAM_PEER_URI_SAN%" if mtls else UNKNOWN),
-        **_side("destination", own, _literal(proxy.identity or UNKNOWN) if mtls else UNKNOWN),
-        **{f"destination_{k}": _literal(v) for k, v in service_identity(service).items()},
+        **_side("destination", _own(), "%DOWNSTREAM_LOCAL_URI_SAN%" if mtls else UNKNOWN),
+        **{f"destination_{k}": v.replace("%", "%%") for k, v in service_identity(service).items()},
         "connection_security_policy": "mutual_tls" if mtls else "none",
     }
 
@@ -226,18 +247,17 @@ def tcp_access_log_options() -> dict:
     return {"flush_access_log_on_connected": True}
 
 
-def peer_identity_filter(proxy: Proxy) -> dict:
+def peer_identity_filter() -> dict:
     """An HTTP filter for a client's HCM: sets the ``x-plait-peer-*`` headers to this proxy's
-    identity on every request, replacing whatever the application sent."""
-    values = {**proxy_identity(proxy), "cluster": CLUSTER_ID}
+    identity (from its environment) on every request, replacing whatever the application sent."""
     mutations = [
         {
             "append": {
-                "header": {"key": f"{PEER_HEADER_PREFIX}{field.replace('_', '-')}", "value": _literal(value)},
+                "header": {"key": _peer_header(field), "value": value},
                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
             }
         }
-        for field, value in values.items()
+        for field, value in _own().items()
     ]
     return {
         "name": HEADER_MUTATION,
@@ -246,3 +266,15 @@ def peer_identity_filter(proxy: Proxy) -> dict:
             "mutations": {"request_mutations": mutations},
         },
     }
+
+
+def is_peer_identity_filter(http_filter: dict) -> bool:
+    """Is this HTTP filter `peer_identity_filter`'s (it only sets ``x-plait-peer-*`` headers)?"""
+    mutations = http_filter.get("typed_config", {}).get("mutations", {})
+    request = mutations.get("request_mutations", [])
+    return (
+        http_filter.get("name") == HEADER_MUTATION
+        and set(mutations) == {"request_mutations"}
+        and bool(request)
+        and all(m.get("append", {}).get("header", {}).get("key", "").startswith(PEER_HEADER_PREFIX) for m in request)
+    )

@@ -36,17 +36,16 @@ class _Loggers:
     """The access logs of one proxy, built once per kind; each filter gets its own copy."""
 
     def __init__(self, snapshot: MeshSnapshot, proxy: Proxy):
-        self.snapshot, self.proxy = snapshot, proxy
         self.services = {i.endpoint.port: i.service for i in snapshot.inbound_ports(proxy)}
-        self.source_tags = metrics.source_tags(proxy)
-        self.peer_filter = metrics.peer_identity_filter(proxy)
+        self.source_tags = metrics.source_tags()
+        self.peer_filter = metrics.peer_identity_filter()
         self._cache: dict[tuple, list[dict]] = {}
 
     def logs(self, *, inbound: bool, mtls: bool, port: int | None, http: bool) -> list[dict]:
         key = (inbound, mtls, port if inbound else None, http)
         if key not in self._cache:
             service = self.services.get(port) if port is not None else None
-            tags = metrics.destination_tags(self.proxy, service, mtls=mtls, http=http) if inbound else self.source_tags
+            tags = metrics.destination_tags(service, mtls=mtls, http=http) if inbound else self.source_tags
             self._cache[key] = metrics.http_access_logs(tags) if http else metrics.tcp_access_logs(tags)
         return copy.deepcopy(self._cache[key])
 
