@@ -190,7 +190,13 @@ def _stats_logger(config: dict, log_filter: dict | None = None) -> dict:
     return logger
 
 
-GRPC_CONTENT_TYPE = {"name": "content-type", "string_match": {"prefix": "application/grpc"}}
+# A request without content-type counts as not gRPC: without treat_missing_header_as_empty, an absent
+# header matches neither the matcher nor its inversion.
+GRPC_CONTENT_TYPE = {
+    "name": "content-type",
+    "string_match": {"prefix": "application/grpc"},
+    "treat_missing_header_as_empty": True,
+}
 
 
 def http_access_logs(tags: Mapping[str, str]) -> list[dict]:
