@@ -5,6 +5,7 @@ Prometheus reads them."""
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,14 +14,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from plait.client import Http
 from plait.model.proxy import EXPLICIT_PROXY_PORT
-from plait.telemetry.metrics import HTTP_LABELS
+from plait.telemetry.metrics import HTTP_LABELS, TCP_LABELS
 from plait.telemetry.prometheus import istio_exposition
-from plait.testing.backends import HttpBackend, loopback_subnet
+from plait.testing.backends import HttpBackend, TcpBackend, loopback_subnet
 from plait.testing.http import http_request
 from plait.testing.live import AgentProcess, ControlPlaneProcess, free_port, wait_until
 
 N = 7
 SERVICE_PORT = 9080
+TCP_PORT = 9000
+ECHO_ID = "spiffe://cluster.local/ns/default/sa/echo"
+GATEWAY_ID = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
 CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
 SERVER_ID = "spiffe://cluster.local/ns/default/sa/server"
 
@@ -45,23 +49,65 @@ apiVersion: v1
 kind: Service
 metadata: {{name: nowhere, namespace: default}}
 spec: {{selector: {{app: nowhere}}, ports: [{{name: http, port: {SERVICE_PORT}}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: default}}
+spec: {{selector: {{app: echo}}, ports: [{{name: tcp, port: {TCP_PORT}}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: echo-v1, namespace: default}}
+spec:
+  address: {net}.22
+  labels: {{app: echo, version: v1, security.istio.io/tlsMode: istio}}
+  serviceAccount: echo
+  ports: {{tcp: {TCP_PORT}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: tcp, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: {TCP_PORT}, name: tcp, protocol: TCP}}, hosts: ["*"], bind: {net}.2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo, namespace: istio-system}}
+spec:
+  hosts: ["*"]
+  gateways: [tcp]
+  tcp: [{{route: [{{destination: {{host: echo.default.svc.cluster.local, port: {{number: {TCP_PORT}}}}}}}]}}]
 """
 
 
 class Proxies:
-    def __init__(self, net: str, client: AgentProcess, server: AgentProcess, backend: HttpBackend):
-        self.net, self.client, self.server, self.backend = net, client, server, backend
+    def __init__(self, net: str, agents: dict[str, AgentProcess], backend: HttpBackend):
+        self.net, self.agents, self.backend = net, agents, backend
+        self.client, self.server = agents["client"], agents["server"]
 
     def call(self, url: str, headers: dict | None = None) -> int:
         return http_request(f"{self.net}.1", EXPLICIT_PROXY_PORT, url, headers, timeout=15).status
 
 
-def agent(cp: ControlPlaneProcess, workdir: Path, *, name: str, sa: str, ip: str, labels: dict, **kw) -> AgentProcess:
-    token = cp.issue_token("default", sa, name)
+def agent(
+    cp: ControlPlaneProcess,
+    workdir: Path,
+    *,
+    name: str,
+    sa: str,
+    ip: str,
+    labels: dict,
+    mode: str = "proxy",
+    namespace: str = "default",
+    **kw,
+) -> AgentProcess:
+    token = cp.issue_token(namespace, sa, name)
     process = AgentProcess(
         cp,
         workdir,
-        mode="proxy",
+        mode=mode,
+        namespace=namespace,
         name=name,
         ip=ip,
         labels=labels,
@@ -84,6 +130,12 @@ def agent(cp: ControlPlaneProcess, workdir: Path, *, name: str, sa: str, ip: str
     return process
 
 
+def synced(cp: ControlPlaneProcess, process: AgentProcess) -> bool:
+    """Every type it was sent acknowledged (a gateway without HTTP servers is sent no routes)."""
+    status = cp.statuses().get(process.proxy_id)
+    return bool(status) and {t["state"] for t in status["types"].values()} <= {"SYNCED", "NOT SENT"}
+
+
 @pytest.fixture(scope="module")
 def proxies(tmp_path_factory) -> Iterator[Proxies]:
     work = tmp_path_factory.mktemp("telemetry")
@@ -93,17 +145,45 @@ def proxies(tmp_path_factory) -> Iterator[Proxies]:
         (work / "mesh" / "mesh.yaml").write_text(mesh_yaml(net))
         cp = stack.enter_context(ControlPlaneProcess(work / "mesh", work, extra_args=["--xds-auth", "strict"]))
         backend = stack.enter_context(HttpBackend("server-v1", f"{net}.121", SERVICE_PORT))
-        labels = {"app": "server", "version": "v1"}
-        server = agent(cp, work, name="server-v1", sa="server", ip=f"{net}.21", labels=labels, app_address=f"{net}.121")
-        client = agent(
-            cp, work, name="client-v1", sa="client", ip=f"{net}.1", labels={"app": "client", "version": "v1"}
-        )
-        stack.enter_context(server)
-        stack.enter_context(client)
-        wait_until(lambda: cp.synced(client.proxy_id) and cp.synced(server.proxy_id), 20, "both proxies SYNCED")
-        certificates = lambda: all(p.admin.get("/certs")["certificates"] for p in (client, server))  # noqa: E731
-        wait_until(certificates, 20, "both proxies' certificates")
-        yield Proxies(net, client, server, backend)
+        stack.enter_context(TcpBackend("echo-v1", f"{net}.122", TCP_PORT))
+        v1 = {"version": "v1"}
+        agents = {
+            "server": agent(
+                cp,
+                work,
+                name="server-v1",
+                sa="server",
+                ip=f"{net}.21",
+                labels={"app": "server", **v1},
+                app_address=f"{net}.121",
+            ),
+            "client": agent(cp, work, name="client-v1", sa="client", ip=f"{net}.1", labels={"app": "client", **v1}),
+            "echo": agent(
+                cp,
+                work,
+                name="echo-v1",
+                sa="echo",
+                ip=f"{net}.22",
+                labels={"app": "echo", **v1},
+                app_address=f"{net}.122",
+            ),
+            "gateway": agent(
+                cp,
+                work,
+                mode="gateway",
+                namespace="istio-system",
+                name="istio-ingressgateway",
+                sa="istio-ingressgateway-service-account",
+                ip=f"{net}.2",
+                labels={"istio": "ingressgateway"},
+            ),
+        }
+        for process in agents.values():
+            stack.enter_context(process)
+        wait_until(lambda: all(synced(cp, p) for p in agents.values()), 20, "every proxy SYNCED")
+        certificates = lambda: all(p.admin.get("/certs")["certificates"] for p in agents.values())  # noqa: E731
+        wait_until(certificates, 20, "every proxy's certificates")
+        yield Proxies(net, agents, backend)
 
 
 def scrape(process: AgentProcess) -> str:
@@ -234,3 +314,52 @@ def test_envoy_and_the_agent_rename_alike(proxies: Proxies) -> None:
     from_agent = proxies.client.status.get("/stats/prometheus")
     assert counters(from_agent) == counters(by_envoy)
     assert "envoy_istio_" not in by_envoy and "envoy_istio_" not in from_agent
+
+
+def tcp_samples(process: AgentProcess, reporter: str) -> dict[str, dict]:
+    """The TCP metrics of one reporter on a proxy's 15090 endpoint: name → the labels and value (one
+    series each: the same labels for every connection)."""
+    names = {"opened": "connections_opened", "closed": "connections_closed", "sent": "sent_bytes"}
+    out = {}
+    for short, name in {**names, "received": "received_bytes"}.items():
+        series = [s for s in samples(process, f"istio_tcp_{name}_total") if s["reporter"] == reporter]
+        assert len(series) <= 1, series
+        if series:
+            out[short] = series[0]
+    return out
+
+
+def test_tcp_connections_and_bytes_through_a_gateway_are_counted_on_both_sides(proxies: Proxies) -> None:
+    connections, message = 3, b"hello, echo"
+    for _ in range(connections):
+        with socket.create_connection((f"{proxies.net}.2", TCP_PORT), timeout=10) as conn:
+            conn.sendall(message)
+            received = b""
+            while len(received) < len(b"echo-v1\n") + len(message):
+                received += conn.recv(1024)
+            assert received == b"echo-v1\n" + message
+    gateway, echo = proxies.agents["gateway"], proxies.agents["echo"]
+    done = lambda process, reporter: tcp_samples(process, reporter).get("closed", {}).get("value") == connections  # noqa: E731
+    wait_until(lambda: done(gateway, "source") and done(echo, "destination"), 10, "every connection closed")
+    for process, reporter in ((gateway, "source"), (echo, "destination")):
+        tcp = tcp_samples(process, reporter)
+        assert {name: s["value"] for name, s in tcp.items()} == {
+            "opened": connections,
+            "closed": connections,
+            "received": connections * len(message),
+            "sent": connections * (len(b"echo-v1\n") + len(message)),
+        }, reporter
+        labels = {k: v for k, v in tcp["closed"].items() if k != "value"}
+        assert set(labels) == set(TCP_LABELS)
+        assert labels["destination_service"] == "echo.default.svc.cluster.local"
+        assert labels["destination_workload"] == "echo-v1" and labels["request_protocol"] == "tcp"
+    source_side = {k: v for k, v in tcp_samples(gateway, "source")["closed"].items()}
+    assert (source_side["source_workload"], source_side["source_workload_namespace"]) == (
+        "istio-ingressgateway",
+        "istio-system",
+    )
+    assert (source_side["source_principal"], source_side["destination_principal"]) == (GATEWAY_ID, ECHO_ID)
+    destination_side = tcp_samples(echo, "destination")["closed"]
+    assert destination_side["connection_security_policy"] == "mutual_tls"
+    assert destination_side["source_principal"] == GATEWAY_ID  # the certificate; TCP carries no peer headers
+    assert destination_side["source_workload"] == "unknown"

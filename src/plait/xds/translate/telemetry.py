@@ -3,7 +3,9 @@ other translators (`plait.telemetry.metrics` holds what is measured and its labe
 
 * every HCM and tcp_proxy gets the stats access loggers of its side: reporter=source on a gateway
   and on a sidecar's outbound listeners, reporter=destination on a sidecar's inbound ones (mutual TLS
-  or not by its chain's transport socket; the service by the inbound port);
+  or not by its chain's transport socket; the service by the inbound port); an inbound mutual-TLS
+  tcp_proxy connects to the app once the caller's handshake is done, so that the connection it
+  counts as opened already names the caller;
 * every client HCM (reporter=source) stamps the proxy's identity on requests (``x-plait-peer-*``)
   before its router;
 * every ``outbound|…`` cluster names its service in its metadata, the special clusters their own
@@ -29,6 +31,7 @@ from plait.xds.translate.common import (
 
 HCM = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
+EARLY_DATA = 65536  # what an inbound mutual-TLS tcp_proxy may buffer from the caller before it connects on
 SPECIAL_CLUSTERS = (PASSTHROUGH_CLUSTER, BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER)
 
 
@@ -76,6 +79,8 @@ def _add_to_chain(loggers: _Loggers, listener: dict, chain: dict, inbound: bool)
             port = _inbound_port(listener, chain, config) if inbound else None
             config["access_log"] = loggers.logs(inbound=inbound, mtls=mtls, port=port, http=False)
             config["access_log_options"] = metrics.tcp_access_log_options()
+            if mtls:  # the opened count names the caller: wait for its certificate before connecting on
+                config.update(upstream_connect_mode="ON_DOWNSTREAM_TLS_HANDSHAKE", max_early_data_bytes=EARLY_DATA)
 
 
 def add_metrics(snapshot: MeshSnapshot, proxy: Proxy, listeners: dict[str, dict], clusters: dict[str, dict]) -> None:
