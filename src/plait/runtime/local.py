@@ -376,7 +376,7 @@ class LocalMesh:
         ]
         if pod.probe:
             args += ["--app-probe", pod.probe]
-        if in_pod or self.mode == "proxy":  # Istio's metrics on POD_IP:15090 (own network or own address)
+        if pod.kind != "gateway":  # Istio's metrics on POD_IP:15090 (gateways share the host's address)
             args += ["--prometheus-port", str(PROMETHEUS_PORT)]
         if in_pod:
             args += ["--proxy-uid", str(capture.PROXY_UID)]
