@@ -5,6 +5,8 @@ Prometheus reads them."""
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from plait.client import Http
 from plait.model.proxy import EXPLICIT_PROXY_PORT
+from plait.telemetry.logs import ISTIO_JSON_FORMAT
 from plait.telemetry.metrics import HTTP_LABELS, TCP_LABELS
 from plait.telemetry.prometheus import istio_exposition
 from plait.testing.backends import HttpBackend, TcpBackend, loopback_subnet
@@ -29,8 +32,21 @@ CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
 SERVER_ID = "spiffe://cluster.local/ns/default/sa/server"
 
 
+ACCESS_LOG = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    accessLogFile: /dev/stdout
+    accessLogEncoding: {encoding}
+"""
+
+
 def mesh_yaml(net: str) -> str:
-    return f"""
+    return (
+        ACCESS_LOG.format(encoding="TEXT")
+        + f"""---
 apiVersion: v1
 kind: Service
 metadata: {{name: server, namespace: default}}
@@ -79,11 +95,12 @@ spec:
   gateways: [tcp]
   tcp: [{{route: [{{destination: {{host: echo.default.svc.cluster.local, port: {{number: {TCP_PORT}}}}}}}]}}]
 """
+    )
 
 
 class Proxies:
-    def __init__(self, net: str, agents: dict[str, AgentProcess], backend: HttpBackend):
-        self.net, self.agents, self.backend = net, agents, backend
+    def __init__(self, net: str, cp: ControlPlaneProcess, agents: dict[str, AgentProcess], backend: HttpBackend):
+        self.net, self.cp, self.agents, self.backend = net, cp, agents, backend
         self.client, self.server = agents["client"], agents["server"]
 
     def call(self, url: str, headers: dict | None = None) -> int:
@@ -183,7 +200,7 @@ def proxies(tmp_path_factory) -> Iterator[Proxies]:
         wait_until(lambda: all(synced(cp, p) for p in agents.values()), 20, "every proxy SYNCED")
         certificates = lambda: all(p.admin.get("/certs")["certificates"] for p in agents.values())  # noqa: E731
         wait_until(certificates, 20, "every proxy's certificates")
-        yield Proxies(net, agents, backend)
+        yield Proxies(net, cp, agents, backend)
 
 
 def scrape(process: AgentProcess) -> str:
@@ -363,3 +380,70 @@ def test_tcp_connections_and_bytes_through_a_gateway_are_counted_on_both_sides(p
     assert destination_side["connection_security_policy"] == "mutual_tls"
     assert destination_side["source_principal"] == GATEWAY_ID  # the certificate; TCP carries no peer headers
     assert destination_side["source_workload"] == "unknown"
+
+
+# Istio's default TEXT format, field by field: [start] "METHOD PATH PROTOCOL" CODE FLAGS DETAILS
+# TERMINATION "FAILURE" IN OUT DURATION UPSTREAM_TIME "XFF" "AGENT" "ID" "AUTHORITY" "HOST" CLUSTER
+# UPSTREAM_LOCAL DOWNSTREAM_LOCAL DOWNSTREAM_REMOTE SNI ROUTE
+ISTIO_TEXT_LINE = re.compile(
+    r'^\[(?P<start>\d{4}-\d\d-\d\dT[\d:.]+Z)\] "(?P<method>\S+) (?P<path>\S+) (?P<protocol>\S+)" '
+    r"(?P<code>\d+) (?P<flags>\S+) (?P<details>\S+) (?P<termination>\S+) "
+    r'"(?P<failure>[^"]*)" (?P<received>\d+) (?P<sent>\d+) (?P<duration>\d+) (?P<upstream_time>\S+) '
+    r'"(?P<xff>[^"]*)" "(?P<agent>[^"]*)" "(?P<request_id>[^"]*)" "(?P<authority>[^"]*)" "(?P<host>[^"]*)" '
+    r"(?P<cluster>\S+) (?P<upstream_local>\S+) (?P<downstream_local>\S+) (?P<downstream_remote>\S+) "
+    r"(?P<sni>\S+) (?P<route>\S+)$"
+)
+
+
+def access_log_lines(process: AgentProcess, marker: str) -> list[str]:
+    """Envoy's access log lines in the agent's log (Envoy's stdout, prefixed ``[envoy] ``) that hold `marker`."""
+    lines = process.log_path.read_text(errors="replace").splitlines()
+    return [line.removeprefix("[envoy] ") for line in lines if marker in line and "[envoy] " in line]
+
+
+def test_access_logs_are_istios_default_text_format(proxies: Proxies) -> None:
+    agent_string = "plait-telemetry-text-check"
+    assert proxies.call(f"http://server:{SERVICE_PORT}/logged?x=1", {"User-Agent": agent_string}) == 200
+    wait_until(lambda: access_log_lines(proxies.client, agent_string), 10, "the client's access log line")
+    wait_until(lambda: access_log_lines(proxies.server, agent_string), 10, "the server's access log line")
+    [client_line] = access_log_lines(proxies.client, agent_string)
+    client = ISTIO_TEXT_LINE.match(client_line)
+    assert client, client_line
+    assert (client["method"], client["path"], client["protocol"], client["code"]) == (
+        "GET",
+        "/logged?x=1",
+        "HTTP/1.1",
+        "200",
+    )
+    assert (client["flags"], client["details"], client["agent"]) == ("-", "via_upstream", agent_string)
+    assert client["cluster"] == f"outbound|{SERVICE_PORT}||server.default.svc.cluster.local"
+    assert client["host"] == f"{proxies.net}.21:{SERVICE_PORT}"
+    [server_line] = access_log_lines(proxies.server, agent_string)
+    server = ISTIO_TEXT_LINE.match(server_line)
+    assert server, server_line
+    assert server["cluster"] == f"inbound|{SERVICE_PORT}||" and server["request_id"] == client["request_id"]
+
+
+def test_access_log_encoding_json_follows_the_mesh_config(proxies: Proxies) -> None:
+    cp = proxies.cp
+    cp.apply(ACCESS_LOG.format(encoding="JSON"))
+    try:
+        agent_string = "plait-telemetry-json-check"
+
+        def logged_as_json() -> bool:
+            proxies.call(f"http://server:{SERVICE_PORT}/json", {"User-Agent": agent_string})
+            return any(line.startswith("{") for line in access_log_lines(proxies.client, agent_string))
+
+        wait_until(logged_as_json, 15, "a JSON access log line", interval=0.5)
+        entry = json.loads(
+            next(line for line in access_log_lines(proxies.client, agent_string) if line.startswith("{"))
+        )
+        assert set(entry) == set(ISTIO_JSON_FORMAT)
+        assert (entry["method"], entry["path"], entry["response_code"], entry["user_agent"]) == (
+            "GET",
+            "/json",
+            200,
+            agent_string,
+        )
+    finally:
+        cp.apply(ACCESS_LOG.format(encoding="TEXT"))

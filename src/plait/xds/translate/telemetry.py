@@ -8,6 +8,8 @@ other translators (`plait.telemetry.metrics` holds what is measured and its labe
   counts as opened already names the caller;
 * every client HCM (reporter=source) stamps the proxy's identity on requests (``x-plait-peer-*``)
   before its router;
+* with ``meshConfig.accessLogFile``, every HCM and tcp_proxy also writes Istio's access log
+  (`plait.telemetry.logs`);
 * every ``outbound|…`` cluster names its service in its metadata, the special clusters their own
   name (``destination_service_name="PassthroughCluster"``, as Istio's).
 
@@ -20,7 +22,7 @@ import copy
 
 from plait.model.proxy import Proxy
 from plait.model.snapshot import MeshSnapshot
-from plait.telemetry import metrics
+from plait.telemetry import logs, metrics
 from plait.xds.translate.common import (
     BLACKHOLE_CLUSTER,
     INBOUND_PASSTHROUGH_CLUSTER,
@@ -42,6 +44,7 @@ class _Loggers:
         self.services = {i.endpoint.port: i.service for i in snapshot.inbound_ports(proxy)}
         self.source_tags = metrics.source_tags()
         self.peer_filter = metrics.peer_identity_filter()
+        self.file_log = logs.file_access_log(snapshot.mesh_config)
         self._cache: dict[tuple, list[dict]] = {}
 
     def logs(self, *, inbound: bool, mtls: bool, port: int | None, http: bool) -> list[dict]:
@@ -49,7 +52,8 @@ class _Loggers:
         if key not in self._cache:
             service = self.services.get(port) if port is not None else None
             tags = metrics.destination_tags(service, mtls=mtls, http=http) if inbound else self.source_tags
-            self._cache[key] = metrics.http_access_logs(tags) if http else metrics.tcp_access_logs(tags)
+            made = metrics.http_access_logs(tags) if http else metrics.tcp_access_logs(tags)
+            self._cache[key] = [*made, self.file_log] if self.file_log else made
         return copy.deepcopy(self._cache[key])
 
 
