@@ -61,7 +61,7 @@ VALIDATED_RESOURCES = {
     ),
     "security.istio.io": ("peerauthentications", "authorizationpolicies", "requestauthentications"),
 }
-VALIDATED_KINDS = frozenset(kind for kind in SPEC_MODELS if kind not in ("Service", "Secret"))
+VALIDATED_KINDS = frozenset(kind for kind in SPEC_MODELS if kind not in ("Service", "Secret", "ConfigMap"))
 
 
 class WebhookMetrics:
