@@ -108,3 +108,61 @@ def test_a_bad_mesh_config_is_refused_naming_file_document_and_field(mesh: str, 
 def test_other_mesh_config_fields_are_accepted() -> None:
     text = mesh_map("accessLogFile: /dev/stdout\nenableTracing: true\ndefaultConfig: {concurrency: 2}")
     assert load_text(text).raise_for_errors()[0].spec.mesh_config().access_log_file == "/dev/stdout"
+
+
+def telemetry(spec: str, name: str = "t", namespace: str = "istio-system") -> str:
+    return f"apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n"
+
+
+def sides(*documents: str) -> dict[str, dict | None]:
+    """The file logger of reviews-v1's client and server sides."""
+    snapshot = MeshSnapshot(load_text("\n---\n".join([*documents, SERVICES])).raise_for_errors())
+    proxy = Proxy.from_workload_entry(snapshot.workload("reviews-v1"))
+    return {side: logs.proxy_access_log(snapshot, proxy, side) for side in ("CLIENT", "SERVER")}
+
+
+def test_a_telemetry_turns_access_logs_on_with_a_cel_filter() -> None:
+    found = sides(
+        telemetry('{accessLogging: [{providers: [{name: envoy}], filter: {expression: "response.code >= 400"}}]}')
+    )
+    for logger in found.values():
+        assert logger["typed_config"]["path"] == "/dev/stdout"  # Istio's built-in envoy provider
+        assert logger["filter"]["extension_filter"]["typed_config"]["expression"] == "response.code >= 400"
+
+
+def test_the_most_specific_telemetry_wins_and_modes_pick_a_side() -> None:
+    root = telemetry("{accessLogging: [{disabled: true}]}")
+    namespace = telemetry("{accessLogging: [{match: {mode: SERVER}}]}", namespace="default")
+    workload = telemetry(
+        "{selector: {matchLabels: {app: reviews}}, accessLogging: [{match: {mode: CLIENT}}]}", "w", "default"
+    )
+    assert sides(root) == {"CLIENT": None, "SERVER": None}
+    found = sides(root, namespace)
+    assert found["CLIENT"] is None and found["SERVER"] is not None
+    found = sides(root, namespace, workload)
+    assert found["CLIENT"] is not None and found["SERVER"] is None
+    other = workload.replace("app: reviews", "app: ratings")
+    assert sides(root, namespace, other)["SERVER"] is not None  # selects another workload: the namespace's applies
+
+
+def test_a_disabled_telemetry_turns_the_mesh_config_log_off() -> None:
+    found = sides(mesh_map("accessLogFile: /dev/stdout"), telemetry("{accessLogging: [{disabled: true}]}"))
+    assert found == {"CLIENT": None, "SERVER": None}
+
+
+@pytest.mark.parametrize(
+    ("spec", "path", "expected"),
+    [
+        (
+            "{accessLogging: [{providers: [{name: otel}]}]}",
+            "spec.accessLogging[0].providers[0].name",
+            "built-in 'envoy'",
+        ),
+        ("{metrics: [{overrides: []}]}", "spec.metrics", "not supported by plait yet"),
+        ("{accessLogging: [{filter: {}}]}", "spec.accessLogging[0].filter.expression", "required field is missing"),
+    ],
+)
+def test_telemetry_fields_plait_does_not_act_on_say_so(spec: str, path: str, expected: str) -> None:
+    [problem] = load_text(telemetry(spec), "telemetry.yaml").problems
+    assert (problem.kind, problem.path) == ("Telemetry", path)
+    assert expected in problem.message, problem.message

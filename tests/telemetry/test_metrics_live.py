@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -447,3 +448,37 @@ def test_access_log_encoding_json_follows_the_mesh_config(proxies: Proxies) -> N
         )
     finally:
         cp.apply(ACCESS_LOG.format(encoding="TEXT"))
+
+
+ERRORS_ONLY = """
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  accessLogging:
+  - providers: [{name: envoy}]
+    filter: {expression: "response.code >= 400"}
+"""
+
+
+def test_a_telemetry_filter_expression_logs_only_errors(proxies: Proxies) -> None:
+    proxies.cp.apply(ERRORS_ONLY)
+    try:
+        marker = "plait-telemetry-errors-only"
+
+        def filtered() -> bool:  # the filter is in place once a successful request is no longer logged
+            before = len(access_log_lines(proxies.client, marker + "-ok"))
+            proxies.call(f"http://server:{SERVICE_PORT}/", {"User-Agent": marker + "-ok"})
+            time.sleep(1.2)  # Envoy flushes its access log file every second
+            return len(access_log_lines(proxies.client, marker + "-ok")) == before
+
+        wait_until(filtered, 20, "the CEL filter to apply", interval=0.5)
+        for _ in range(3):
+            assert proxies.call(f"http://server:{SERVICE_PORT}/", {"User-Agent": marker + "-ok2"}) == 200
+            assert proxies.call(f"http://nowhere:{SERVICE_PORT}/", {"User-Agent": marker + "-err"}) == 503
+        wait_until(lambda: len(access_log_lines(proxies.client, marker + "-err")) == 3, 10, "three error lines")
+        time.sleep(1.2)
+        assert access_log_lines(proxies.client, marker + "-ok2") == []
+        assert all(" 503 UH " in line for line in access_log_lines(proxies.client, marker + "-err"))
+    finally:
+        proxies.cp.delete(ERRORS_ONLY)

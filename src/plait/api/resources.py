@@ -15,6 +15,7 @@ from plait.api import networking as net
 from plait.api import rules_networking as net_rules
 from plait.api import rules_security as sec_rules
 from plait.api import security as sec
+from plait.api import telemetry as tel
 from plait.api.common import Labels
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -144,6 +145,7 @@ SPEC_MODELS: dict[str, tuple[tuple[str, ...], type[BaseModel]]] = {
     "Service": (("v1",), K8sServiceSpec),
     "Secret": (("v1",), secrets.SecretSpec),
     "ConfigMap": (("v1",), mesh.ConfigMapSpec),
+    "Telemetry": (("telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1"), tel.TelemetrySpec),
 }
 
 # kind → Istio's cross-field rules (rules_networking, rules_security): spec → (path in spec, message)

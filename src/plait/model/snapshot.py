@@ -137,6 +137,7 @@ class MeshSnapshot:
         self.request_authentications = _by_kind.get("RequestAuthentication", [])
         self.envoy_filters = _by_kind.get("EnvoyFilter", [])
         self.proxy_configs = _by_kind.get("ProxyConfig", [])
+        self.telemetries = _by_kind.get("Telemetry", [])
         mesh_map = self.resources.get(("ConfigMap", root_namespace, MESH_CONFIG_MAP))
         self.mesh_config: MeshConfig = mesh_map.spec.mesh_config() if mesh_map else MeshConfig()
         self._rules = _index_rules(self.destination_rules)

@@ -8,8 +8,8 @@ other translators (`plait.telemetry.metrics` holds what is measured and its labe
   counts as opened already names the caller;
 * every client HCM (reporter=source) stamps the proxy's identity on requests (``x-plait-peer-*``)
   before its router;
-* with ``meshConfig.accessLogFile``, every HCM and tcp_proxy also writes Istio's access log
-  (`plait.telemetry.logs`);
+* with ``meshConfig.accessLogFile`` or a Telemetry's ``accessLogging``, every HCM and tcp_proxy
+  of that side also writes Istio's access log (`plait.telemetry.logs`);
 * every ``outbound|…`` cluster names its service in its metadata, the special clusters their own
   name (``destination_service_name="PassthroughCluster"``, as Istio's).
 
@@ -44,7 +44,7 @@ class _Loggers:
         self.services = {i.endpoint.port: i.service for i in snapshot.inbound_ports(proxy)}
         self.source_tags = metrics.source_tags()
         self.peer_filter = metrics.peer_identity_filter()
-        self.file_log = logs.file_access_log(snapshot.mesh_config)
+        self.file_logs = {side: logs.proxy_access_log(snapshot, proxy, side) for side in ("CLIENT", "SERVER")}
         self._cache: dict[tuple, list[dict]] = {}
 
     def logs(self, *, inbound: bool, mtls: bool, port: int | None, http: bool) -> list[dict]:
@@ -53,7 +53,8 @@ class _Loggers:
             service = self.services.get(port) if port is not None else None
             tags = metrics.destination_tags(service, mtls=mtls, http=http) if inbound else self.source_tags
             made = metrics.http_access_logs(tags) if http else metrics.tcp_access_logs(tags)
-            self._cache[key] = [*made, self.file_log] if self.file_log else made
+            file_log = self.file_logs["SERVER" if inbound else "CLIENT"]
+            self._cache[key] = [*made, file_log] if file_log else made
         return copy.deepcopy(self._cache[key])
 
 
