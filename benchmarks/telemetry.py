@@ -85,7 +85,7 @@ def bootstrap(config: str, listen_port: int, admin_port: int, prometheus_port: i
         at = next(i for i, f in enumerate(typed["http_filters"]) if f["name"] == ROUTER_FILTER)
         typed["http_filters"].insert(at, metrics.peer_identity_filter())
     elif config == "destination":
-        typed["access_log"] = metrics.http_access_logs(metrics.destination_tags(SERVICE, mtls=True))
+        typed["access_log"] = metrics.http_access_logs(metrics.destination_tags(mtls=True))
     endpoint = Endpoint(
         "127.0.0.1", nginx_port, labels={"app": "backend", "version": "v1"}, workload="default/backend-v1"
     )

@@ -59,7 +59,7 @@ def test_every_metric_has_exactly_istios_labels() -> None:
         config = logger["typed_config"]
         for stat in [*config["counters"], *config["histograms"]]:
             assert [t["name"] for t in stat["stat"]["tags"]] == list(metrics.HTTP_LABELS)
-    for logger in metrics.tcp_access_logs(metrics.destination_tags(None, mtls=False, http=False)):
+    for logger in metrics.tcp_access_logs(metrics.destination_tags(mtls=False, http=False)):
         for stat in logger["typed_config"]["counters"]:
             assert [t["name"] for t in stat["stat"]["tags"]] == list(metrics.TCP_LABELS)
     assert len(metrics.HTTP_LABELS) == 25 and "response_code" not in metrics.TCP_LABELS
@@ -67,8 +67,8 @@ def test_every_metric_has_exactly_istios_labels() -> None:
 
 def test_no_label_comes_from_the_request_but_a_verified_callers_identity() -> None:
     """Only the destination side of a mutual-TLS chain reads request headers, and only the peer headers."""
-    plaintext = metrics.destination_tags(None, mtls=False)
-    mtls = metrics.destination_tags(None, mtls=True)
+    plaintext = metrics.destination_tags(mtls=False)
+    mtls = metrics.destination_tags(mtls=True)
     source = metrics.source_tags()
     assert not any("%REQ(" in v for v in [*plaintext.values(), *source.values()])
     read = {v for v in mtls.values() if "%REQ(" in v}
@@ -84,7 +84,7 @@ def test_the_peer_filter_overwrites_every_header_the_server_reads() -> None:
     assert metrics.is_peer_identity_filter(peer)
     set_headers = {m["append"]["header"]["key"] for m in peer["typed_config"]["mutations"]["request_mutations"]}
     actions = {m["append"]["append_action"] for m in peer["typed_config"]["mutations"]["request_mutations"]}
-    read = {v[len("%REQ(") :].split(")")[0] for v in metrics.destination_tags(None, mtls=True).values() if "%REQ(" in v}
+    read = {v[len("%REQ(") :].split(")")[0] for v in metrics.destination_tags(mtls=True).values() if "%REQ(" in v}
     assert read == set_headers and actions == {"OVERWRITE_IF_EXISTS_OR_ADD"}
 
 

@@ -280,11 +280,15 @@ def test_request_duration_and_sizes_are_histograms_with_envoys_buckets(proxies: 
 
 
 def test_a_header_forged_by_the_app_still_reports_the_real_caller(proxies: Proxies) -> None:
-    forged = {"x-plait-peer-workload": "impostor", "x-plait-peer-app": "impostor"}
+    forged = {
+        "x-plait-peer-workload": "impostor",
+        "x-plait-peer-app": "impostor",
+        "x-plait-peer-destination-service": "impostor",
+    }
     for _ in range(3):
         assert proxies.call(f"http://server:{SERVICE_PORT}/forged", forged) == 200
-    assert requests_total(proxies.server, source_workload="impostor") == []
-    assert requests_total(proxies.server, source_app="impostor") == []
+    for label in ("source_workload", "source_app", "destination_service"):
+        assert requests_total(proxies.server, **{label: "impostor"}) == []
     [destination] = requests_total(proxies.server, reporter="destination", source_workload="client-v1")
     assert destination["value"] >= 3
 
@@ -295,10 +299,11 @@ def test_a_plaintext_caller_is_unknown_even_with_a_forged_header(proxies: Proxie
         reply = http_request(f"{proxies.net}.21", SERVICE_PORT, "/plain", headers)
         assert reply.status == 200
     [plain] = requests_total(proxies.server, connection_security_policy="none")
-    unknown_source = {k: "unknown" for k in expected_source() if k.startswith("source_")}
+    # nothing the caller says is believed: who it is, and which service it called
+    unknown = {k: "unknown" for k in expected_source() if k.startswith(("source_", "destination_service"))}
     assert plain == {
         **expected_destination(connection_security_policy="none", destination_principal="unknown"),
-        **unknown_source,
+        **unknown,
         "value": 2,
     }
 
@@ -369,7 +374,6 @@ def test_tcp_connections_and_bytes_through_a_gateway_are_counted_on_both_sides(p
         }, reporter
         labels = {k: v for k, v in tcp["closed"].items() if k != "value"}
         assert set(labels) == set(TCP_LABELS)
-        assert labels["destination_service"] == "echo.default.svc.cluster.local"
         assert labels["destination_workload"] == "echo-v1" and labels["request_protocol"] == "tcp"
     source_side = {k: v for k, v in tcp_samples(gateway, "source")["closed"].items()}
     assert (source_side["source_workload"], source_side["source_workload_namespace"]) == (
@@ -377,10 +381,11 @@ def test_tcp_connections_and_bytes_through_a_gateway_are_counted_on_both_sides(p
         "istio-system",
     )
     assert (source_side["source_principal"], source_side["destination_principal"]) == (GATEWAY_ID, ECHO_ID)
+    assert source_side["destination_service"] == "echo.default.svc.cluster.local"
     destination_side = tcp_samples(echo, "destination")["closed"]
     assert destination_side["connection_security_policy"] == "mutual_tls"
     assert destination_side["source_principal"] == GATEWAY_ID  # the certificate; TCP carries no peer headers
-    assert destination_side["source_workload"] == "unknown"
+    assert destination_side["source_workload"] == destination_side["destination_service"] == "unknown"
 
 
 # Istio's default TEXT format, field by field: [start] "METHOD PATH PROTOCOL" CODE FLAGS DETAILS

@@ -127,8 +127,7 @@ def test_alike_proxies_share_resources_and_others_do_not():
         proxy = dataclasses.replace(Proxy.from_workload_entry(snapshot.workload(workload)), **changes)
         return hub.connect(make_node(proxy), delta=False, wake=lambda: None).stream.published
 
-    assert published("reviews-v1") is published("reviews-v2")  # same namespace, same service and port 9080
-    assert published("reviews-v1") is not published("ratings-v1")  # another service: its metrics name it
+    assert published("reviews-v1") is published("ratings-v1")  # same namespace, same inbound port 9080
     assert published("reviews-v1") is not published("reviews-v1", mode="proxy", ip="127.0.0.2")
     assert published("reviews-v1", mode="proxy", ip="127.0.0.2") is not published(
         "reviews-v1", mode="proxy", ip="127.0.0.3"
@@ -139,11 +138,11 @@ def test_alike_proxies_share_resources_and_others_do_not():
 def test_labels_split_groups_only_when_a_selector_reads_them():
     snapshot = synthetic(scoped=False)
     hub = XdsHub(snapshot)
-    # Two workloads of one service, versions v1 and v2 (a proxy's service is part of its group).
-    a, b = synced(hub, [workload_proxy(snapshot, 0, 0), workload_proxy(snapshot, 0, 1)])
+    a, b = synced(hub, [workload_proxy(snapshot, 0), workload_proxy(snapshot, 4)])  # mesh-0, other labels
     assert a.conn.stream.published is b.conn.stream.published
-    selector = "workloadSelector: {labels: {app: svc-0000, version: v1}}"
-    selecting = load_one(sidecar("for-svc-0000", "mesh-0").replace("spec:\n", f"spec:\n  {selector}\n"))
+    selecting = load_one(
+        sidecar("for-svc-0000", "mesh-0").replace("spec:\n", "spec:\n  workloadSelector: {labels: {app: svc-0000}}\n")
+    )
     hub.update(snapshot.with_changes(upserts=[selecting]), [selecting.key])
     assert [r.type for r in a.pushes()] == ["cds", "rds"]  # scoped to its namespace now
     assert b.pushes() == []
@@ -385,11 +384,11 @@ def test_a_disconnect_ends_the_wait_for_that_proxy():
 
 
 def test_per_proxy_memory_is_small_beyond_the_shared_resources():
-    snapshot = MeshSnapshot(mesh_resources(MeshShape(services=40, endpoints_per_service=50)))
+    snapshot = MeshSnapshot(mesh_resources(MeshShape(services=200, endpoints_per_service=2)))
     hub = XdsHub(snapshot)
-    # 50 workloads of one service (a proxy's service is part of its group: its metrics name it)
     proxies = [
-        Proxy(kind="sidecar", ip=f"10.128.0.{i + 1}", name=f"svc-0000-{i}", namespace="mesh-0") for i in range(50)
+        Proxy(kind="sidecar", ip=f"10.128.0.{i + 1}", name=f"svc-{i:04d}-0", namespace="mesh-0")
+        for i in range(0, 200, 4)
     ]
     synced(hub, proxies[:1])  # the shared part: generated and published once
     gc.collect()

@@ -1,7 +1,7 @@
 """Istio's standard metrics, made by Envoy's stats access logger: definitions and label values.
 
-In: for the destination side of a sidecar, the service of the inbound port and whether the chain is
-mutual TLS; for the agent, its proxy. Out: Envoy access-log entries (dicts) for an HCM or a
+In: for the destination side of a sidecar, whether the chain is mutual TLS; for the agent, its
+proxy. Out: Envoy access-log entries (dicts) for an HCM or a
 tcp_proxy, the header filter that stamps a client's identity on its requests, and the metadata
 that EDS endpoints and clusters carry so that the client side can name its destination.
 
@@ -13,7 +13,9 @@ Where each label comes from (nothing is taken from the request's host or path):
   SAN (``destination_principal``);
 * the other side, reporter=destination: on mutual-TLS chains the peer certificate's URI SAN and
   the ``x-plait-peer-*`` headers (every plait client overwrites them, `peer_identity_filter`, so
-  an application cannot choose them); on plaintext chains ``unknown``.
+  an application cannot choose them), which also name the service the client called
+  (``destination_service…``); on plaintext chains and for TCP those are ``unknown``. So nothing
+  about a proxy's own services is in its configuration, which stays shared by alike proxies.
 
 Values Envoy cannot fill come out empty and are shown as ``unknown`` (`plait.telemetry.prometheus`).
 """
@@ -162,21 +164,26 @@ def _peer_header(field: str) -> str:
     return PEER_HEADER_PREFIX + field.replace("_", "-")
 
 
-def destination_tags(service: Service | None, *, mtls: bool, http: bool = True) -> dict[str, str]:
-    """reporter=destination (a server sidecar's inbound chain for `service`): itself from its
-    environment; the caller from its certificate and, on HTTP, the peer headers its sidecar set,
-    only on a mutual-TLS chain (``unknown`` on a plaintext one)."""
-    if mtls and http:
-        source = {f: f"%REQ({_peer_header(f)}):{PEER_HEADER_MAX}%" for f in ENVIRONMENT}
+def destination_tags(*, mtls: bool, http: bool = True) -> dict[str, str]:
+    """reporter=destination (a server sidecar's inbound chain): itself from its environment; the
+    caller from its certificate and, on HTTP, from the peer headers its sidecar set (who it is, which
+    service it called), only on a mutual-TLS chain (``unknown`` on a plaintext one)."""
+    trusted = mtls and http
+    if trusted:
+        source = {f: _from_peer(f) for f in ENVIRONMENT}
     else:
         source = dict.fromkeys(ENVIRONMENT, UNKNOWN)
     return {
         "reporter": "destination",
         **_side("source", source, "%DOWNSTREAM_PEER_URI_SAN%" if mtls else UNKNOWN),
         **_side("destination", _own(), "%DOWNSTREAM_LOCAL_URI_SAN%" if mtls else UNKNOWN),
-        **{f"destination_{k}": v.replace("%", "%%") for k, v in service_identity(service).items()},
+        **{f"destination_{f}": _from_peer(f"destination_{f}") if trusted else UNKNOWN for f in SERVICE_FIELDS},
         "connection_security_policy": "mutual_tls" if mtls else "none",
     }
+
+
+def _from_peer(field: str) -> str:
+    return f"%REQ({_peer_header(field)}):{PEER_HEADER_MAX}%"
 
 
 def _tags(tags: Mapping[str, str], labels: tuple[str, ...]) -> list[dict]:
@@ -253,17 +260,25 @@ def tcp_access_log_options() -> dict:
     return {"flush_access_log_on_connected": True}
 
 
+def _peer_values() -> dict[str, str]:
+    """What a client stamps: who it is (its environment) and which service it called (the cluster's
+    metadata; the route is chosen before this filter runs)."""
+    called = {f"destination_{f}": f"%CLUSTER_METADATA({METADATA_KEY}:{f})%" for f in SERVICE_FIELDS}
+    return {**_own(), **called}
+
+
 def peer_identity_filter() -> dict:
-    """An HTTP filter for a client's HCM: sets the ``x-plait-peer-*`` headers to this proxy's
-    identity (from its environment) on every request, replacing whatever the application sent."""
+    """An HTTP filter for a client's HCM: sets the ``x-plait-peer-*`` headers on every request,
+    replacing whatever the application sent (an empty value too: no app value survives)."""
     mutations = [
         {
             "append": {
                 "header": {"key": _peer_header(field), "value": value},
                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                "keep_empty_value": True,
             }
         }
-        for field, value in _own().items()
+        for field, value in _peer_values().items()
     ]
     return {
         "name": HEADER_MUTATION,

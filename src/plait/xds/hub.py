@@ -9,8 +9,7 @@ Prometheus metrics (`metrics`).
 Sharing: proxies whose translation is identical form a generation group, keyed on
 what translation reads from a Proxy: kind, mode, namespace, app address, the labels
 that some Sidecar workloadSelector, VirtualService sourceLabels or Gateway selector
-names or a security policy or EnvoyFilter selects on, its IP in explicit-proxy mode, and its workload's
-services and ports (the inbound side; the service names the destination in its metrics).
+names or a security policy or EnvoyFilter selects on, its IP in explicit-proxy mode, and its workload's ports (the inbound side).
 Each group is generated (`plait.xds.generator`) and published (`plait.xds.publish`)
 once; its members hold references to the same ResourceMaps, so per-proxy memory is
 the protocol state only. A `mutate` hook (tests only) edits each group's generated
@@ -392,10 +391,7 @@ class XdsHub:
         return fresh
 
     def _group_key(self, proxy: Proxy) -> tuple:
-        workload = tuple(
-            (p.service.hostname, p.port.number, p.port.protocol, p.endpoint.port)
-            for p in self.snapshot.workload_ports(proxy)
-        )
+        workload = tuple((p.port.number, p.port.protocol, p.endpoint.port) for p in self.snapshot.workload_ports(proxy))
         key = (
             proxy.kind,
             proxy.mode,

@@ -3,11 +3,11 @@ other translators (`plait.telemetry.metrics` holds what is measured and its labe
 
 * every HCM and tcp_proxy gets the stats access loggers of its side: reporter=source on a gateway
   and on a sidecar's outbound listeners, reporter=destination on a sidecar's inbound ones (mutual TLS
-  or not by its chain's transport socket; the service by the inbound port); an inbound mutual-TLS
+  or not by its chain's transport socket); an inbound mutual-TLS
   tcp_proxy connects to the app once the caller's handshake is done, so that the connection it
   counts as opened already names the caller;
-* every client HCM (reporter=source) stamps the proxy's identity on requests (``x-plait-peer-*``)
-  before its router;
+* every client HCM (reporter=source) stamps the proxy's identity and the service it calls on
+  requests (``x-plait-peer-*``) before its router;
 * with ``meshConfig.accessLogFile`` or a Telemetry's ``accessLogging``, every HCM and tcp_proxy
   of that side also writes Istio's access log (`plait.telemetry.logs`);
 * every ``outbound|…`` cluster names its service in its metadata, the special clusters their own
@@ -41,48 +41,33 @@ class _Loggers:
     """The access logs of one proxy, built once per kind; each filter gets its own copy."""
 
     def __init__(self, snapshot: MeshSnapshot, proxy: Proxy):
-        self.services = {i.endpoint.port: i.service for i in snapshot.inbound_ports(proxy)}
         self.source_tags = metrics.source_tags()
         self.peer_filter = metrics.peer_identity_filter()
         self.file_logs = {side: logs.proxy_access_log(snapshot, proxy, side) for side in ("CLIENT", "SERVER")}
         self._cache: dict[tuple, list[dict]] = {}
 
-    def logs(self, *, inbound: bool, mtls: bool, port: int | None, http: bool) -> list[dict]:
-        key = (inbound, mtls, port if inbound else None, http)
+    def logs(self, *, inbound: bool, mtls: bool, http: bool) -> list[dict]:
+        key = (inbound, mtls, http)
         if key not in self._cache:
-            service = self.services.get(port) if port is not None else None
-            tags = metrics.destination_tags(service, mtls=mtls, http=http) if inbound else self.source_tags
+            tags = metrics.destination_tags(mtls=mtls, http=http) if inbound else self.source_tags
             made = metrics.http_access_logs(tags) if http else metrics.tcp_access_logs(tags)
             file_log = self.file_logs["SERVER" if inbound else "CLIENT"]
             self._cache[key] = [*made, file_log] if file_log else made
         return copy.deepcopy(self._cache[key])
 
 
-def _inbound_port(listener: dict, chain: dict, config: dict) -> int | None:
-    """The workload port of an inbound chain: its destination_port match, the bound listener's port
-    (explicit-proxy mode), or for an HCM the port in its stat prefix (``inbound_0.0.0.0_9080``)."""
-    port = chain.get("filter_chain_match", {}).get("destination_port")
-    if port is None and listener.get("name") != "virtualInbound":
-        port = listener["address"]["socket_address"]["port_value"]
-    if port is None and config.get("stat_prefix", "").startswith("inbound_0.0.0.0_"):
-        port = int(config["stat_prefix"].rpartition("_")[2]) or None
-    return port
-
-
-def _add_to_chain(loggers: _Loggers, listener: dict, chain: dict, inbound: bool) -> None:
+def _add_to_chain(loggers: _Loggers, chain: dict, inbound: bool) -> None:
     mtls = "transport_socket" in chain and inbound
     for network_filter in chain.get("filters", []):
         config = network_filter.get("typed_config", {})
         if network_filter.get("name") == HCM:
-            port = _inbound_port(listener, chain, config) if inbound else None
-            config["access_log"] = loggers.logs(inbound=inbound, mtls=mtls, port=port, http=True)
+            config["access_log"] = loggers.logs(inbound=inbound, mtls=mtls, http=True)
             if not inbound:
                 filters = config["http_filters"]
                 at = next(i for i, f in enumerate(filters) if f["name"] == ROUTER_FILTER)
                 config["http_filters"] = [*filters[:at], copy.deepcopy(loggers.peer_filter), *filters[at:]]
         elif network_filter.get("name") == TCP_PROXY:
-            port = _inbound_port(listener, chain, config) if inbound else None
-            config["access_log"] = loggers.logs(inbound=inbound, mtls=mtls, port=port, http=False)
+            config["access_log"] = loggers.logs(inbound=inbound, mtls=mtls, http=False)
             config["access_log_options"] = metrics.tcp_access_log_options()
             if mtls:  # the opened count names the caller: wait for its certificate before connecting on
                 config.update(upstream_connect_mode="ON_DOWNSTREAM_TLS_HANDSHAKE", max_early_data_bytes=EARLY_DATA)
@@ -96,7 +81,7 @@ def add_metrics(snapshot: MeshSnapshot, proxy: Proxy, listeners: dict[str, dict]
         inbound = proxy.kind != "router" and listener.get("traffic_direction") == "INBOUND"
         chains = [*listener.get("filter_chains", []), *filter(None, [listener.get("default_filter_chain")])]
         for chain in chains:
-            _add_to_chain(loggers, listener, chain, inbound)
+            _add_to_chain(loggers, chain, inbound)
     services = {s.hostname: s for s in snapshot.services_for(proxy)}
     for name, cluster in clusters.items():
         if "metadata" in cluster:
