@@ -97,7 +97,7 @@ def test_condition_keys_istio_has_are_not_supported_yet(monkeypatch: pytest.Monk
 @pytest.mark.parametrize(
     "api_version, kind",
     [
-        ("telemetry.istio.io/v1", "Telemetry"),
+        ("extensions.istio.io/v1alpha1", "WasmPlugin"),
         ("networking.istio.io/v1", "WorkloadGroup"),
         ("gateway.networking.k8s.io/v1", "Gateway"),
         ("gateway.networking.k8s.io/v1", "HTTPRoute"),

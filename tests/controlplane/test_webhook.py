@@ -107,16 +107,16 @@ def test_only_create_and_update_are_checked():
 
 
 def test_kinds_plait_does_not_model_are_allowed_with_a_warning_and_others_silently():
-    telemetry = {
-        "apiVersion": "telemetry.istio.io/v1",
-        "kind": "Telemetry",
+    wasm = {
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
         "metadata": {"name": "mesh-default", "namespace": "istio-system"},
-        "spec": {"accessLogging": [{"providers": [{"name": "envoy"}]}]},
+        "spec": {"url": "oci://example.com/filter:1"},
     }
-    response = admission_response(review(telemetry))["response"]
+    response = admission_response(review(wasm))["response"]
     assert response["allowed"] is True
     assert response["warnings"] == [
-        "kind Telemetry (telemetry.istio.io/v1) is not supported by plait yet: "
+        "kind WasmPlugin (extensions.istio.io/v1alpha1) is not supported by plait yet: "
         "it is stored but has no effect on the mesh"
     ]
     widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"x": 1}}
@@ -161,7 +161,7 @@ def test_the_configuration_lists_exactly_the_istio_kinds_plait_validates():
         "AuthorizationPolicy": "authorizationpolicies",
     }
     assert plurals == {plural.get(k, k.lower() + "s") for k in VALIDATED_KINDS}
-    assert VALIDATED_KINDS == set(SPEC_MODELS) - {"Service", "Secret"}
+    assert VALIDATED_KINDS == set(SPEC_MODELS) - {"Service", "Secret", "ConfigMap", "Telemetry"}
     config = validating_webhook_configuration(b"PEM", url="https://127.0.0.1:1/validate")
     (webhook,) = config["webhooks"]
     assert webhook["clientConfig"] == {"caBundle": "UEVN", "url": "https://127.0.0.1:1/validate"}
@@ -172,8 +172,8 @@ def test_the_configuration_lists_exactly_the_istio_kinds_plait_validates():
 
 
 def test_describe_without_a_path():
-    problem = parse_text("apiVersion: networking.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\n").errors[0]
-    assert describe(problem).startswith("Telemetry default/t: kind: ")
+    problem = parse_text("apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\nmetadata: {name: t}\n").errors[0]
+    assert describe(problem).startswith("WorkloadGroup default/t: kind: ")
 
 
 def test_served_over_https(tmp_path):

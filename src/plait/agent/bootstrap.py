@@ -16,7 +16,11 @@ reads with ``-c``. It follows Istio's ``envoy_bootstrap.json``:
   socket where the agent serves the ``default`` and ``ROOTCA`` secrets,
   `plait.agent.sds`; declared even without certificates, so that ISTIO_MUTUAL
   configuration is valid);
-* Istio's runtime defaults, connection limit and stats tags.
+* Istio's runtime defaults, connection limit and stats tags;
+* with a ``prometheus_port`` (Istio's 15090), a static listener serving ``/stats/prometheus`` from
+  the admin API with Istio's metric names (`plait.telemetry.prometheus`), on all addresses in
+  capture mode (the pod's own network) and on the proxy's address otherwise (many proxies share
+  the host's).
 
 A proxy with an identity (its agent has a token and serves certificates) also
 has ``PLAIT_IDENTITY`` in its metadata, the label
@@ -40,6 +44,7 @@ from urllib.parse import urlsplit
 from plait import __version__
 from plait.model import Proxy
 from plait.model.proxy import TLS_MODE_LABEL
+from plait.telemetry.prometheus import prometheus_cluster, prometheus_listener
 from plait.xds.static import XDS_CLUSTER
 from plait.xds.translate.common import SDS_CLUSTER, sds_secret
 
@@ -99,6 +104,7 @@ class BootstrapSettings:
     sds_socket: str = "/tmp/plait-sds.sock"
     token: str | None = None  # the pod's token, sent on the ADS stream
     xds_tls: bool = False  # TLS to the control plane, verified against the ROOTCA secret (needs an identity)
+    prometheus_port: int | None = None  # Istio's 15090: Envoy serves /stats/prometheus there
 
 
 def proxy_for_mode(
@@ -250,6 +256,17 @@ def ads_config(xds: XdsFlavour, token: str | None = None) -> dict:
     }
 
 
+def _static_resources(settings: BootstrapSettings) -> dict:
+    clusters = [xds_cluster(settings.control_plane, settings.xds_tls), sds_cluster(settings.sds_socket)]
+    if settings.prometheus_port is None:
+        return {"clusters": clusters}
+    address = "0.0.0.0" if settings.proxy.mode == "capture" else settings.proxy.ip
+    return {
+        "clusters": [*clusters, prometheus_cluster(settings.admin_port)],
+        "listeners": [prometheus_listener(address, settings.prometheus_port)],
+    }
+
+
 def build_bootstrap(settings: BootstrapSettings) -> dict:
     proxy = settings.proxy
     return {
@@ -264,9 +281,7 @@ def build_bootstrap(settings: BootstrapSettings) -> dict:
             "cds_config": ADS_SOURCE,
             "lds_config": ADS_SOURCE,
         },
-        "static_resources": {
-            "clusters": [xds_cluster(settings.control_plane, settings.xds_tls), sds_cluster(settings.sds_socket)]
-        },
+        "static_resources": _static_resources(settings),
         "layered_runtime": {
             "layers": [
                 {"name": "global config", "static_layer": RUNTIME_DEFAULTS},

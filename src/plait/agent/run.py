@@ -57,6 +57,7 @@ from plait.agent.status import StatusServer
 from plait.agent.supervisor import EnvoySupervisor, envoy_argv
 from plait.host.envoy_binary import find_envoy
 from plait.host.processes import describe_exit, exit_status
+from plait.telemetry.metrics import proxy_environment
 
 log = logging.getLogger("plait.agent")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -184,6 +185,11 @@ class Agent:
             return Readiness(False, f"no workload certificate yet: {self.certificates.problem}")
         return await check_readiness(self.admin)
 
+    def _telemetry_env(self) -> dict[str, str]:
+        """Envoy's own metric labels (`plait.telemetry.metrics.ENVIRONMENT`); what the pod's environment
+        already says (an injected ISTIO_META_WORKLOAD_NAME, CANONICAL_SERVICE …) wins."""
+        return {k: v for k, v in proxy_environment(self.proxy).items() if k not in os.environ}
+
     async def run(self) -> int:
         try:
             settings = self._prepare()
@@ -195,7 +201,7 @@ class Agent:
         envoy = EnvoySupervisor(
             self._envoy_argv(bootstrap_path, settings),
             pid_file=self.config.state_dir / PID_FILE,
-            env=self.config.proxy_env,
+            env={**self._telemetry_env(), **self.config.proxy_env},
         )
         status = StatusServer(
             self.readiness, self.admin, app_probers=self.config.app_probers, app_address=self.proxy.app_address

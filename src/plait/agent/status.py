@@ -2,7 +2,8 @@
 
 * ``GET /healthz/ready`` → 200 ``ready`` once the proxy has its first full
   config, else 503 with the reason (also 503 while draining);
-* ``GET /stats/prometheus`` → Envoy's admin ``/stats/prometheus``, passed through;
+* ``GET /stats/prometheus`` → Envoy's admin ``/stats/prometheus`` with Istio's metric names
+  (`plait.telemetry.prometheus.istio_exposition`: ``istio_requests_total`` …);
 * ``GET /app-health/CONTAINER/KIND`` → the app's original probe, run by the agent
   (`plait.agent.app_probe`; 404 for a path the injector did not hand over).
 
@@ -19,6 +20,7 @@ from http import HTTPStatus
 from plait.agent.admin import AdminUnavailable, EnvoyAdmin
 from plait.agent.app_probe import AppProber, run_prober
 from plait.agent.readiness import Readiness
+from plait.telemetry.prometheus import istio_exposition
 
 READ_TIMEOUT = 5.0
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -80,7 +82,7 @@ class StatusServer:
                 status, body = await self._admin.get("/stats/prometheus", timeout=10.0)
             except AdminUnavailable as exc:
                 return HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", f"{exc}\n".encode()
-            return HTTPStatus(status), PROMETHEUS_TEXT, body
+            return HTTPStatus(status), PROMETHEUS_TEXT, istio_exposition(body.decode()).encode()
         if route.startswith("/app-health/"):
             return await self._app_health(route)
         return HTTPStatus.NOT_FOUND, "text/plain", b"not found: try /healthz/ready or /stats/prometheus\n"

@@ -29,7 +29,7 @@ from plait.api.unsupported import (
 YAML_SUFFIXES = (".yaml", ".yml")
 
 # Kubernetes kinds that may sit beside Istio configuration; plait's config loader skips them.
-KNOWN_IGNORED_KINDS = {"Namespace", "ServiceAccount", "Deployment", "ConfigMap", "Pod"}
+KNOWN_IGNORED_KINDS = {"Namespace", "ServiceAccount", "Deployment", "Pod"}
 
 
 @dataclass
@@ -178,7 +178,7 @@ def parse_document(doc: Any, source: Source) -> tuple[list[Resource], list[Probl
     findings = list(rules(spec)) if rules else []
     if findings:
         return [], [
-            Problem(**{**base.__dict__, "path": _path([path], "spec"), "message": message})
+            Problem(**{**base.__dict__, "path": _path([path], "" if flat else "spec"), "message": message})
             for path, message in findings
         ]
     return [Resource(kind=kind, api_version=api_version, meta=meta, spec=spec, source=source)], []

@@ -10,11 +10,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from plait.api import extensions as ext
+from plait.api import mesh, secrets
 from plait.api import networking as net
 from plait.api import rules_networking as net_rules
 from plait.api import rules_security as sec_rules
-from plait.api import secrets
 from plait.api import security as sec
+from plait.api import telemetry as tel
 from plait.api.common import Labels
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -143,6 +144,8 @@ SPEC_MODELS: dict[str, tuple[tuple[str, ...], type[BaseModel]]] = {
     "ProxyConfig": (("networking.istio.io/v1beta1",), ext.ProxyConfigSpec),
     "Service": (("v1",), K8sServiceSpec),
     "Secret": (("v1",), secrets.SecretSpec),
+    "ConfigMap": (("v1",), mesh.ConfigMapSpec),
+    "Telemetry": (("telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1"), tel.TelemetrySpec),
 }
 
 # kind → Istio's cross-field rules (rules_networking, rules_security): spec → (path in spec, message)
@@ -156,7 +159,8 @@ SPEC_RULES: dict[str, Callable[[Any], Iterable[tuple[str, str]]]] = {
     "PeerAuthentication": sec_rules.peer_authentication,
     "AuthorizationPolicy": sec_rules.authorization_policy,
     "RequestAuthentication": sec_rules.request_authentication,
+    "ConfigMap": mesh.mesh_config_problems,
 }
 
 # Kinds whose fields sit at the top level of the document (no ``spec``); the loader reads them as the spec.
-FLAT_KINDS = frozenset({"Secret"})
+FLAT_KINDS = frozenset({"Secret", "ConfigMap"})

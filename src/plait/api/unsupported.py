@@ -25,6 +25,7 @@ NOT_SUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "AuthorizationPolicy": ("targetRef", "targetRefs"),
     "RequestAuthentication": ("jwtRules.presence", "targetRef", "targetRefs"),
+    "Telemetry": ("metrics", "tracing", "targetRef", "targetRefs"),
 }
 
 # (kind, field path as above) → values Istio accepts there that plait does not act on yet.
@@ -38,7 +39,6 @@ NOT_SUPPORTED_CONDITION_KEYS: tuple[str, ...] = ()  # every key Istio documents 
 # Istio kinds without a model in plait, with their API group.
 NOT_SUPPORTED_KINDS: dict[str, str] = {
     "WorkloadGroup": "networking.istio.io",
-    "Telemetry": "telemetry.istio.io",
     "WasmPlugin": "extensions.istio.io",
     "TrafficExtension": "extensions.istio.io",
     "IstioOperator": "install.istio.io",

@@ -141,6 +141,13 @@ def agent(
     xds: Annotated[str, typer.Option(help="sotw (state of the world) or delta xDS.")] = "sotw",
     admin_port: Annotated[int, typer.Option(help="Envoy admin port on 127.0.0.1.")] = 15000,
     status_port: Annotated[int, typer.Option(help="Readiness port (/healthz/ready), on all addresses.")] = 15021,
+    prometheus_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Istio's metrics (istio_requests_total …) at /stats/prometheus on this port, from Envoy "
+            "itself (Istio's 15090): on all addresses in capture mode, on --ip otherwise.",
+        ),
+    ] = None,
     app_address: Annotated[str, typer.Option(help="Where the sidecar reaches its application.")] = "127.0.0.1",
     state_dir: Annotated[
         Path | None,
@@ -294,6 +301,7 @@ def agent(
             proxy=proxy,
             control_plane=control_plane,
             admin_port=admin_port,
+            prometheus_port=prometheus_port,
             xds=_check_choice(xds, ("sotw", "delta"), "--xds"),  # type: ignore[arg-type]
             xds_tls=xds_tls,
         ),

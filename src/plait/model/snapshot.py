@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from plait.api.mesh import MESH_CONFIG_MAP, MeshConfig
 from plait.api.networking import ConnectionPoolSettings
 from plait.api.resources import Resource
 from plait.model.hosts import fqdn, matches
@@ -136,6 +137,9 @@ class MeshSnapshot:
         self.request_authentications = _by_kind.get("RequestAuthentication", [])
         self.envoy_filters = _by_kind.get("EnvoyFilter", [])
         self.proxy_configs = _by_kind.get("ProxyConfig", [])
+        self.telemetries = _by_kind.get("Telemetry", [])
+        mesh_map = self.resources.get(("ConfigMap", root_namespace, MESH_CONFIG_MAP))
+        self.mesh_config: MeshConfig = mesh_map.spec.mesh_config() if mesh_map else MeshConfig()
         self._rules = _index_rules(self.destination_rules)
         self.hashing_rules = any(_uses_consistent_hash(dr) for dr in self.destination_rules)
 

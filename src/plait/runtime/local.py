@@ -31,6 +31,7 @@ from plait.ca.authority import root_cert_path, write_file
 from plait.ca.tokens import TokenIssuer, token_key_path
 from plait.client import ClientError, Http
 from plait.host.processes import die_with_parent
+from plait.model.proxy import PROMETHEUS_PORT
 from plait.model.proxy_config import effective_proxy_config
 from plait.runtime import iptables
 from plait.runtime import netns as capture
@@ -375,6 +376,8 @@ class LocalMesh:
         ]
         if pod.probe:
             args += ["--app-probe", pod.probe]
+        if pod.kind != "gateway":  # Istio's metrics on POD_IP:15090 (gateways share the host's address)
+            args += ["--prometheus-port", str(PROMETHEUS_PORT)]
         if in_pod:
             args += ["--proxy-uid", str(capture.PROXY_UID)]
         proxy_config = effective_proxy_config(self.manifests.config.resources, pod.namespace, pod.labels)

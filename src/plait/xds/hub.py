@@ -129,7 +129,12 @@ def selector_label_keys(snapshot: MeshSnapshot) -> tuple[str, ...]:
         keys.update(ef.spec.workload_selector.labels if ef.spec.workload_selector else ())
         if ef.spec.target_refs:
             keys.add(GATEWAY_NAME_LABEL)
-    for policy in (*snapshot.peer_authentications, *snapshot.authorization_policies, *snapshot.request_authentications):
+    for policy in (
+        *snapshot.peer_authentications,
+        *snapshot.authorization_policies,
+        *snapshot.request_authentications,
+        *snapshot.telemetries,
+    ):
         if policy.spec.selector:
             keys.update(policy.spec.selector.match_labels)
     return tuple(sorted(keys))

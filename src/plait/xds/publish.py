@@ -57,11 +57,15 @@ MESSAGES = {
 }
 # json_format resolves an "@type" only once its message type is imported: every type translation emits.
 TYPED_CONFIG_MODULES = [
+    "envoy.extensions.access_loggers.file.v3.file_pb2",
+    "envoy.extensions.access_loggers.filters.cel.v3.cel_pb2",
+    "envoy.extensions.access_loggers.stats.v3.stats_pb2",
     "envoy.extensions.clusters.dynamic_forward_proxy.v3.cluster_pb2",
     "envoy.extensions.filters.http.cors.v3.cors_pb2",
     "envoy.extensions.filters.http.dynamic_forward_proxy.v3.dynamic_forward_proxy_pb2",
     "envoy.extensions.filters.http.fault.v3.fault_pb2",
     "envoy.extensions.filters.http.grpc_web.v3.grpc_web_pb2",
+    "envoy.extensions.filters.http.header_mutation.v3.header_mutation_pb2",
     "envoy.extensions.filters.http.jwt_authn.v3.config_pb2",
     "envoy.extensions.filters.http.rbac.v3.rbac_pb2",
     "envoy.extensions.filters.http.router.v3.router_pb2",

@@ -15,6 +15,7 @@ import functools
 from dataclasses import replace
 
 from plait.model.proxy import Proxy
+from plait.telemetry.metrics import is_peer_identity_filter
 from plait.xds.resources import ResourceSet
 from plait.xds.simulate.authz import JWT_FILTER, check_http, check_tcp, has_authz, remote_ip
 from plait.xds.simulate.clusters import cluster_targets, settle
@@ -214,13 +215,17 @@ MODELLED_HTTP_FILTERS = frozenset(
 
 def unmodelled_http_filters(hcm: dict) -> list[str]:
     """The connection manager's HTTP filters the simulator does not know (e.g. Lua or rate limiting
-    added by an EnvoyFilter): what they do to a request is not modelled, so it must not guess."""
+    added by an EnvoyFilter): what they do to a request is not modelled, so it must not guess. The
+    telemetry filter that stamps the client's identity (``x-plait-peer-*``) is known: it runs after
+    the fault filter has fixed the route, so it never changes routing."""
 
     def types(f: dict) -> list[str]:  # its typed config, or what an extension config (ECDS) may hold
         return f.get("config_discovery", {}).get("type_urls") or [f.get("typed_config", {}).get("@type")]
 
     return [
-        f.get("name", "?") for f in hcm.get("http_filters", []) if not all(t in MODELLED_HTTP_FILTERS for t in types(f))
+        f.get("name", "?")
+        for f in hcm.get("http_filters", [])
+        if not all(t in MODELLED_HTTP_FILTERS for t in types(f)) and not is_peer_identity_filter(f)
     ]
 
 

@@ -2,7 +2,9 @@
 
 As Istio does, an endpoint whose workload has a sidecar with certificates (label
 ``security.istio.io/tlsMode: istio``) carries metadata
-``envoy.transport_socket_match: {tlsMode: istio}``, which auto-mTLS clusters match on.
+``envoy.transport_socket_match: {tlsMode: istio}``, which auto-mTLS clusters match on. Every
+endpoint carries its workload's identity under ``istio`` (`plait.telemetry.metrics.endpoint_metadata`):
+the destination labels of the client side's metrics.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterable
 from plait.model.proxy import TLS_MODE_LABEL, Proxy
 from plait.model.services import Endpoint, Service
 from plait.model.snapshot import MeshSnapshot
+from plait.telemetry.metrics import METADATA_KEY, endpoint_metadata
 from plait.xds.translate.common import cluster_name, socket_address
 from plait.xds.translate.tls import ISTIO_TLS_MODE, TRANSPORT_SOCKET_MATCH_KEY
 
@@ -30,8 +33,10 @@ def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> dict:
         lb_endpoint: dict = {"endpoint": {"address": socket_address(ep.address, ep.port)}}
         if ep.weight:
             lb_endpoint["load_balancing_weight"] = ep.weight
+        metadata = {METADATA_KEY: endpoint_metadata(ep)}
         if ep.labels.get(TLS_MODE_LABEL) == "istio":
-            lb_endpoint["metadata"] = {"filter_metadata": {TRANSPORT_SOCKET_MATCH_KEY: dict(ISTIO_TLS_MODE)}}
+            metadata[TRANSPORT_SOCKET_MATCH_KEY] = dict(ISTIO_TLS_MODE)
+        lb_endpoint["metadata"] = {"filter_metadata": metadata}
         groups.setdefault(ep.locality or "", []).append(lb_endpoint)
     localities = []
     for locality, lb_endpoints in groups.items():

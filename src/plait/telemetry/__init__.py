@@ -1,0 +1,13 @@
+"""Telemetry: what Envoy is told to measure and log, and how its measurements are shown.
+
+Flows in: the model's view of a proxy, of the endpoints and services it talks to
+(`plait.model.Proxy`, `Endpoint`, `Service`) and of the mesh's MeshConfig and Telemetry
+objects. Flows out: plain dicts of Envoy configuration (`metrics`: the stats access
+loggers that make Istio's standard metrics, the peer headers, the endpoint and cluster
+metadata they read; `logs`: the file access logger of ``meshConfig.accessLogFile`` and
+Telemetry ``accessLogging``), the environment an agent gives its Envoy, and the
+Prometheus exposition rules (`prometheus`: Envoy's ``envoy_istio_*`` names become Istio's
+``istio_*``, empty label values become ``unknown``). Pure: no I/O, no state; the translator
+(`plait.xds.translate.telemetry`) places the pieces into listeners and clusters, the
+agent's bootstrap serves the metrics on its Prometheus port (Istio's 15090).
+"""

@@ -1,0 +1,301 @@
+"""Istio's standard metrics, made by Envoy's stats access logger: definitions and label values.
+
+In: for the destination side of a sidecar, whether the chain is mutual TLS; for the agent, its
+proxy. Out: Envoy access-log entries (dicts) for an HCM or a
+tcp_proxy, the header filter that stamps a client's identity on its requests, and the metadata
+that EDS endpoints and clusters carry so that the client side can name its destination.
+
+Where each label comes from (nothing is taken from the request's host or path):
+
+* the reporting proxy's own side: its Envoy's environment (`ENVIRONMENT`, set by its agent);
+* the other side, reporter=source: the endpoint's EDS metadata (``istio`` filter metadata, set by
+  `endpoint_metadata`), the cluster's metadata (`cluster_metadata`) and the peer certificate's URI
+  SAN (``destination_principal``);
+* the other side, reporter=destination: on mutual-TLS chains the peer certificate's URI SAN and
+  the ``x-plait-peer-*`` headers (every plait client overwrites them, `peer_identity_filter`, so
+  an application cannot choose them), which also name the service the client called
+  (``destination_service…``); on plaintext chains and for TCP those are ``unknown``. So nothing
+  about a proxy's own services is in its configuration, which stays shared by alike proxies.
+
+Values Envoy cannot fill come out empty and are shown as ``unknown`` (`plait.telemetry.prometheus`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from plait.model.proxy import Proxy
+from plait.model.services import Endpoint, Service
+
+UNKNOWN = "unknown"
+CLUSTER_ID = "Kubernetes"  # Istio's default cluster name (values.global.multiCluster.clusterName)
+STAT_PREFIX = "istio"  # Envoy names the stats istio.<metric>; Prometheus shows envoy_istio_<metric>
+METADATA_KEY = "istio"  # the filter_metadata namespace of endpoints and clusters
+STATS_LOGGER = "envoy.access_loggers.stats"
+STATS_CONFIG = "type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config"
+HEADER_MUTATION = "envoy.filters.http.header_mutation"
+PEER_HEADER_PREFIX = "x-plait-peer-"
+PEER_HEADER_MAX = 128  # a header value longer than this is cut: bounded cardinality
+
+# One side of a request (source_… or destination_…), principal apart: it comes from certificates.
+WORKLOAD_FIELDS = ("workload", "workload_namespace", "app", "version", "canonical_service", "canonical_revision")
+SERVICE_FIELDS = ("service", "service_name", "service_namespace")
+
+CANONICAL_NAME_LABEL = "service.istio.io/canonical-name"
+CANONICAL_REVISION_LABEL = "service.istio.io/canonical-revision"
+WORKLOAD_NAME_LABEL = "service.istio.io/workload-name"
+
+HTTP_METRICS = ("requests_total", "request_duration_milliseconds", "request_bytes", "response_bytes")
+TCP_METRICS = (
+    "tcp_sent_bytes_total",
+    "tcp_received_bytes_total",
+    "tcp_connections_opened_total",
+    "tcp_connections_closed_total",
+)
+
+
+def _peer_labels(side: str) -> tuple[str, ...]:
+    workload = tuple(f"{side}_{f}" for f in WORKLOAD_FIELDS)
+    return (*workload[:2], f"{side}_principal", *workload[2:], f"{side}_cluster")
+
+
+# Istio's label sets, in Istio's order.
+HTTP_LABELS = (
+    "reporter",
+    *_peer_labels("source"),
+    *_peer_labels("destination"),
+    *(f"destination_{f}" for f in SERVICE_FIELDS),
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+)
+TCP_LABELS = tuple(label for label in HTTP_LABELS if label not in ("response_code", "grpc_response_status"))
+
+
+def workload_identity(name: str, namespace: str, labels: Mapping[str, str]) -> dict[str, str]:
+    """A workload's labels as Istio derives them: canonical service from the canonical-name label,
+    else ``app.kubernetes.io/name``, ``app``, the workload name; canonical revision likewise, else
+    ``latest``; app and version from the ``app`` and ``version`` labels (``unknown`` without)."""
+    return {
+        "workload": labels.get(WORKLOAD_NAME_LABEL) or name or UNKNOWN,
+        "workload_namespace": namespace or UNKNOWN,
+        "app": labels.get("app") or UNKNOWN,
+        "version": labels.get("version") or UNKNOWN,
+        "canonical_service": labels.get(CANONICAL_NAME_LABEL)
+        or labels.get("app.kubernetes.io/name")
+        or labels.get("app")
+        or name
+        or UNKNOWN,
+        "canonical_revision": labels.get(CANONICAL_REVISION_LABEL)
+        or labels.get("app.kubernetes.io/version")
+        or labels.get("version")
+        or "latest",
+    }
+
+
+def proxy_identity(proxy: Proxy) -> dict[str, str]:
+    return workload_identity(proxy.name, proxy.namespace, proxy.labels)
+
+
+def endpoint_metadata(endpoint: Endpoint) -> dict[str, str]:
+    """What an EDS endpoint carries under ``istio`` for the client side's destination labels."""
+    name = endpoint.workload.rpartition("/")[2] if endpoint.workload else ""
+    return workload_identity(name, endpoint.namespace if endpoint.workload else "", endpoint.labels)
+
+
+def service_identity(service: Service | None, name: str = UNKNOWN) -> dict[str, str]:
+    """destination_service, _name, _namespace; without a service (`name`: PassthroughCluster …) only a name."""
+    if service is None:
+        return {"service": UNKNOWN, "service_name": name, "service_namespace": UNKNOWN}
+    return {"service": service.hostname, "service_name": service.name, "service_namespace": service.namespace}
+
+
+def cluster_metadata(service: Service | None, name: str = UNKNOWN) -> dict:
+    return {"filter_metadata": {METADATA_KEY: service_identity(service, name)}}
+
+
+# The reporting proxy's own labels come from Envoy's environment (``%ENVIRONMENT(…)%``, read once when
+# the configuration loads): the configuration stays the same for every proxy of a generation group, and
+# the agent gives each Envoy its values (`proxy_environment`). Istio's variable names where Istio's
+# injector sets one (a pod's own values are kept), plait's for app and version.
+ENVIRONMENT = {
+    "workload": "ISTIO_META_WORKLOAD_NAME",
+    "workload_namespace": "POD_NAMESPACE",
+    "app": "PLAIT_APP",
+    "version": "PLAIT_VERSION",
+    "canonical_service": "CANONICAL_SERVICE",
+    "canonical_revision": "CANONICAL_REVISION",
+    "cluster": "ISTIO_META_CLUSTER_ID",
+}
+
+
+def proxy_environment(proxy: Proxy) -> dict[str, str]:
+    """The environment variables an agent gives its Envoy for its own labels."""
+    values = {**proxy_identity(proxy), "cluster": CLUSTER_ID}
+    return {variable: values[field] for field, variable in ENVIRONMENT.items()}
+
+
+def _own() -> dict[str, str]:
+    return {field: f"%ENVIRONMENT({variable})%" for field, variable in ENVIRONMENT.items()}
+
+
+def _side(side: str, values: Mapping[str, str], principal: str) -> dict[str, str]:
+    tags = {f"{side}_{f}": values[f] for f in WORKLOAD_FIELDS}
+    return {**tags, f"{side}_principal": principal, f"{side}_cluster": values["cluster"]}
+
+
+def source_tags() -> dict[str, str]:
+    """reporter=source (a client sidecar or a gateway): itself from its environment, the destination
+    from the endpoint's and cluster's metadata and the server certificate."""
+    destination = {f: f"%UPSTREAM_METADATA({METADATA_KEY}:{f})%" for f in WORKLOAD_FIELDS}
+    destination["cluster"] = _own()["cluster"]  # one cluster: plait does not span several yet
+    return {
+        "reporter": "source",
+        **_side("source", _own(), "%UPSTREAM_LOCAL_URI_SAN%"),
+        **_side("destination", destination, "%UPSTREAM_PEER_URI_SAN%"),
+        **{f"destination_{f}": f"%CLUSTER_METADATA({METADATA_KEY}:{f})%" for f in SERVICE_FIELDS},
+        "connection_security_policy": UNKNOWN,  # as Istio: the client side does not report it
+    }
+
+
+def _peer_header(field: str) -> str:
+    return PEER_HEADER_PREFIX + field.replace("_", "-")
+
+
+def destination_tags(*, mtls: bool, http: bool = True) -> dict[str, str]:
+    """reporter=destination (a server sidecar's inbound chain): itself from its environment; the
+    caller from its certificate and, on HTTP, from the peer headers its sidecar set (who it is, which
+    service it called), only on a mutual-TLS chain (``unknown`` on a plaintext one)."""
+    trusted = mtls and http
+    if trusted:
+        source = {f: _from_peer(f) for f in ENVIRONMENT}
+    else:
+        source = dict.fromkeys(ENVIRONMENT, UNKNOWN)
+    return {
+        "reporter": "destination",
+        **_side("source", source, "%DOWNSTREAM_PEER_URI_SAN%" if mtls else UNKNOWN),
+        **_side("destination", _own(), "%DOWNSTREAM_LOCAL_URI_SAN%" if mtls else UNKNOWN),
+        **{f"destination_{f}": _from_peer(f"destination_{f}") if trusted else UNKNOWN for f in SERVICE_FIELDS},
+        "connection_security_policy": "mutual_tls" if mtls else "none",
+    }
+
+
+def _from_peer(field: str) -> str:
+    return f"%REQ({_peer_header(field)}):{PEER_HEADER_MAX}%"
+
+
+def _tags(tags: Mapping[str, str], labels: tuple[str, ...]) -> list[dict]:
+    return [{"name": label, "value_format": tags[label]} for label in labels]
+
+
+def _stats_logger(config: dict, log_filter: dict | None = None) -> dict:
+    logger: dict = {"name": STATS_LOGGER, "typed_config": {"@type": STATS_CONFIG, "stat_prefix": STAT_PREFIX, **config}}
+    if log_filter:
+        logger["filter"] = log_filter
+    return logger
+
+
+# A request without content-type counts as not gRPC: without treat_missing_header_as_empty, an absent
+# header matches neither the matcher nor its inversion.
+GRPC_CONTENT_TYPE = {
+    "name": "content-type",
+    "string_match": {"prefix": "application/grpc"},
+    "treat_missing_header_as_empty": True,
+}
+
+
+def http_access_logs(tags: Mapping[str, str]) -> list[dict]:
+    """The four HTTP metrics, one logger for gRPC requests (content-type application/grpc…) and one for
+    the others: request_protocol is ``grpc`` or ``http`` as Istio's."""
+    out = []
+    for protocol, invert in (("http", True), ("grpc", False)):
+        full = {
+            **tags,
+            "request_protocol": protocol,
+            "response_code": "%RESPONSE_CODE%",
+            "grpc_response_status": "%GRPC_STATUS_NUMBER%",
+            "response_flags": "%RESPONSE_FLAGS%",
+        }
+        config = {
+            "counters": [{"stat": {"name": "requests_total", "tags": _tags(full, HTTP_LABELS)}, "value_fixed": 1}],
+            "histograms": [
+                {"stat": {"name": name, "tags": _tags(full, HTTP_LABELS)}, "unit": unit, "value_format": value}
+                for name, unit, value in (
+                    ("request_duration_milliseconds", "Milliseconds", "%DURATION%"),
+                    ("request_bytes", "Bytes", "%BYTES_RECEIVED%"),
+                    ("response_bytes", "Bytes", "%BYTES_SENT%"),
+                )
+            ],
+        }
+        header = {**GRPC_CONTENT_TYPE, "invert_match": True} if invert else GRPC_CONTENT_TYPE
+        out.append(_stats_logger(config, {"header_filter": {"header": header}}))
+    return out
+
+
+def tcp_access_logs(tags: Mapping[str, str]) -> list[dict]:
+    """The four TCP metrics: opened when the upstream connection is made (tcp_proxy must flush its
+    access log then: `TCP_ACCESS_LOG_OPTIONS`), bytes and closed at the end of the connection."""
+    full = {**tags, "request_protocol": "tcp", "response_flags": "%RESPONSE_FLAGS%"}
+
+    def counter(name: str, **value) -> dict:
+        return {"stat": {"name": name, "tags": _tags(full, TCP_LABELS)}, **value}
+
+    def at(log_type: str) -> dict:
+        return {"log_type_filter": {"types": [log_type]}}
+
+    opened = {"counters": [counter("tcp_connections_opened_total", value_fixed=1)]}
+    closed = {
+        "counters": [
+            counter("tcp_sent_bytes_total", value_format="%BYTES_SENT%"),
+            counter("tcp_received_bytes_total", value_format="%BYTES_RECEIVED%"),
+            counter("tcp_connections_closed_total", value_fixed=1),
+        ]
+    }
+    return [_stats_logger(opened, at("TcpUpstreamConnected")), _stats_logger(closed, at("TcpConnectionEnd"))]
+
+
+def tcp_access_log_options() -> dict:
+    return {"flush_access_log_on_connected": True}
+
+
+def _peer_values() -> dict[str, str]:
+    """What a client stamps: who it is (its environment) and which service it called (the cluster's
+    metadata; the route is chosen before this filter runs)."""
+    called = {f"destination_{f}": f"%CLUSTER_METADATA({METADATA_KEY}:{f})%" for f in SERVICE_FIELDS}
+    return {**_own(), **called}
+
+
+def peer_identity_filter() -> dict:
+    """An HTTP filter for a client's HCM: sets the ``x-plait-peer-*`` headers on every request,
+    replacing whatever the application sent (an empty value too: no app value survives)."""
+    mutations = [
+        {
+            "append": {
+                "header": {"key": _peer_header(field), "value": value},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                "keep_empty_value": True,
+            }
+        }
+        for field, value in _peer_values().items()
+    ]
+    return {
+        "name": HEADER_MUTATION,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"request_mutations": mutations},
+        },
+    }
+
+
+def is_peer_identity_filter(http_filter: dict) -> bool:
+    """Is this HTTP filter `peer_identity_filter`'s (it only sets ``x-plait-peer-*`` headers)?"""
+    mutations = http_filter.get("typed_config", {}).get("mutations", {})
+    request = mutations.get("request_mutations", [])
+    return (
+        http_filter.get("name") == HEADER_MUTATION
+        and set(mutations) == {"request_mutations"}
+        and bool(request)
+        and all(m.get("append", {}).get("header", {}).get("key", "").startswith(PEER_HEADER_PREFIX) for m in request)
+    )
