@@ -4,8 +4,8 @@ canary upgrade (revision ``canary`` beside the default one, Bookinfo's namespace
 restarted, the gateways moved, the old revision uninstalled) under a steady request loop through the
 ingress gateway fails no request.
 
-Written by the install helper without a node to run it on: the lead runs it. It changes the session's
-install (the default revision is gone at the end), so it runs last (file name order).
+It changes the session's install (the default revision is gone at the end), so it runs last (file
+name order).
 """
 
 from __future__ import annotations
