@@ -18,13 +18,17 @@ from rich.table import Table
 
 from plait.api.common import parse_duration
 from plait.api.errors import Problem
-from plait.api.loader import yaml_files
+from plait.api.loader import parse_text, yaml_files
+from plait.api.mesh import MESH_CONFIG_MAP, MESH_KEY
+from plait.api.resources import Resource
 from plait.ca.authority import MAX_WORKLOAD_TTL, CaError
 from plait.cli.console import err, out, print_problems
 from plait.client import ClientError, Http, control_plane_url
 from plait.controlplane.app import Settings, run
 from plait.controlplane.injector import control_plane_address
-from plait.inject.settings import InjectSettings
+from plait.inject.mesh_config import apply_mesh_config, mesh_config_from_text
+from plait.inject.settings import InjectError, InjectSettings
+from plait.model.snapshot import ROOT_NAMESPACE
 from plait.sources.kube_objects import KubeConfigError
 
 ControlPlane = Annotated[
@@ -166,6 +170,16 @@ def control_plane(
             "(Service istiod port 443)."
         ),
     ] = 15017,
+    mesh_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="On Kubernetes: Istio's MeshConfig (plain MeshConfig YAML, or a ConfigMap whose data.mesh holds "
+            "it), read at start as istiod's --meshConfig; plait install mounts ConfigMap istio[-REV] at "
+            "/etc/istio/config/mesh. Used: defaultConfig (the injector's proxy defaults: discoveryAddress, "
+            "proxyMetadata, holdApplicationUntilProxyStarts, …) and the access log settings (accessLogFile, "
+            "accessLogEncoding, accessLogFormat). Locally, put ConfigMap istio in --config-dir instead."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the control plane (plait's istiod): serve xDS to Envoys from a directory of Istio config,
@@ -194,6 +208,9 @@ def control_plane(
     if not 60 <= cert_ttl <= MAX_WORKLOAD_TTL:
         err.print(f"[red]error[/]: --workload-cert-ttl {workload_cert_ttl} must be between 1m and 2160h")
         raise typer.Exit(2)
+    inject, mesh = injector_settings(proxy_image, init_image, revision), ()
+    if mesh_config is not None:
+        inject, mesh = read_mesh_config(mesh_config, inject)
     settings = Settings(
         config_dir=config_dir,
         host=host,
@@ -207,8 +224,9 @@ def control_plane(
         xds_auth=xds_auth.value,
         kubernetes=kubernetes or kubeconfig is not None,
         kubeconfig=kubeconfig,
-        inject=injector_settings(proxy_image, init_image, revision),
+        inject=inject,
         webhook_port=webhook_port,
+        mesh_config=mesh,
     )
     try:
         asyncio.run(run(settings))
@@ -221,6 +239,33 @@ def control_plane(
     except OSError as exc:
         err.print(f"[red]error[/]: cannot start the control plane: {exc}")
         raise typer.Exit(1) from None
+
+
+def read_mesh_config(path: Path, inject: InjectSettings) -> tuple[InjectSettings, tuple[Resource, ...]]:
+    """--mesh-config: the injector's settings with the mesh's proxy defaults, and the MeshConfig as the
+    ConfigMap ``istio`` of the root namespace that translation reads (access logs); exits saying what is
+    wrong with the file."""
+    where = str(path)
+    try:
+        mesh = mesh_config_from_text(path.read_text(), where)
+        inject = apply_mesh_config(inject, mesh, where)
+    except OSError as exc:
+        err.print(f"[red]error[/]: --mesh-config {where}: {exc.strerror or exc}")
+        raise typer.Exit(2) from None
+    except InjectError as exc:
+        err.print(f"[red]error[/]: --mesh-config: {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": MESH_CONFIG_MAP, "namespace": ROOT_NAMESPACE},
+        "data": {MESH_KEY: yaml.safe_dump(mesh, sort_keys=False)},
+    }
+    loaded = parse_text(yaml.safe_dump(config_map), where)
+    if loaded.errors:
+        print_problems(loaded.problems)
+        raise typer.Exit(2)
+    return inject, tuple(loaded.resources)
 
 
 def injector_settings(proxy_image: str | None, init_image: str | None, revision: str) -> InjectSettings:

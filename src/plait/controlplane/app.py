@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from plait.api.resources import Resource
 from plait.controlplane import testhooks
 from plait.controlplane.api import Api, admin_token_path, load_or_create_admin_token
 from plait.controlplane.mesh import ConfigSource, MeshState
@@ -46,6 +47,7 @@ class Settings:
     ca_port: int = 15012
     cacerts_dir: Path | None = None  # Istio's plug-in CA files; None: a self-signed root in state_dir/ca
     cluster: ClusterSettings | None = None  # identity duties with `kubernetes` (None: their defaults)
+    mesh_config: tuple[Resource, ...] = ()  # on Kubernetes: the ConfigMap istio read from --mesh-config
     workload_cert_ttl: int = 24 * 3600  # seconds, when the agent asks for no particular lifetime
     xds_auth: Literal["permissive", "strict"] = "permissive"
     # Read the configuration and the registry from a Kubernetes cluster instead of config_dir:
@@ -120,7 +122,7 @@ async def open_config(settings: Settings) -> tuple[ConfigSource, KubernetesSourc
         # other plait command would pay
         from plait.sources.kubernetes import KubernetesSource, connect
 
-        cluster = KubernetesSource(await connect(settings.kubeconfig))
+        cluster = KubernetesSource(await connect(settings.kubeconfig), extra=settings.mesh_config)
         return cluster, cluster
     store = FileStore(settings.config_dir)
     for p in store.load().problems:

@@ -195,12 +195,35 @@ def install(
         crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
         if crds:
             apply_crds(kubectl, crds, timeout)
+        before = _mesh_configs(kubectl, objects)
         kubectl.apply(o for o in objects if o["kind"] != "CustomResourceDefinition")
+        if any(before.get(_key(o)) not in (None, o.get("data")) for o in objects if o["kind"] == "ConfigMap"):
+            for deployment in (o for o in objects if o["kind"] == "Deployment"):  # istiod reads it at start
+                meta = deployment["metadata"]
+                kubectl.run("rollout", "restart", f"deployment/{meta['name']}", "-n", meta["namespace"])
         if wait:
             for deployment in (o for o in objects if o["kind"] == "Deployment"):
                 wait_for_rollout(kubectl, deployment, timeout)
             wait_for_ca_bundles(kubectl, settings, objects, timeout)
         report(f"{name} installed")
+
+
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    return obj["metadata"]["namespace"], obj["metadata"]["name"]
+
+
+def _mesh_configs(kubectl: Kubectl, objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict | None]:
+    """The data of the ConfigMaps among `objects` (the mesh config) as the cluster holds them now: a
+    control plane reads its mesh config when it starts, so a changed one restarts istiod (a rolling
+    restart: proxies keep their configuration meanwhile)."""
+    found: dict[tuple[str, str], dict | None] = {}
+    for config_map in (o for o in objects if o["kind"] == "ConfigMap"):
+        namespace, name = _key(config_map)
+        try:
+            found[(namespace, name)] = kubectl.get_json("configmap", name, "-n", namespace).get("data")
+        except InstallError:  # not there yet
+            found[(namespace, name)] = None
+    return found
 
 
 def is_installed(kubectl: Kubectl, settings: InstallSettings) -> bool:

@@ -227,9 +227,14 @@ def mesh_config(settings: InstallSettings) -> dict[str, Any]:
     return config
 
 
+def mesh_configmap_name(settings: InstallSettings) -> str:
+    return f"istio-{settings.revision}" if settings.revision else "istio"
+
+
 def mesh_configmap(settings: InstallSettings) -> dict[str, Any]:
-    """Istio's mesh ConfigMap ``istio[-REV]``: key ``mesh`` holds meshConfig as YAML."""
-    name = f"istio-{settings.revision}" if settings.revision else "istio"
+    """Istio's mesh ConfigMap ``istio[-REV]``: key ``mesh`` holds meshConfig as YAML; istiod[-REV] reads
+    it mounted at MESH_CONFIG_DIR, as Istio's does."""
+    name = mesh_configmap_name(settings)
     labels = {"app": ISTIOD, **owner_labels(settings, "Pilot")}
     return {
         "apiVersion": "v1",
@@ -243,13 +248,17 @@ def _istiod_labels(settings: InstallSettings) -> dict[str, str]:
     return {"app": ISTIOD, REVISION: settings.revision_label}
 
 
+MESH_CONFIG_DIR = "/etc/istio/config"  # where istiod's mesh ConfigMap is mounted (Istio's path)
+
+
 def istiod_deployment(settings: InstallSettings) -> dict[str, Any]:
-    """istiod[-REV]: ``plait control-plane --kubernetes [--revision REV]`` with its own service account,
-    ready on /ready (15014)."""
+    """istiod[-REV]: ``plait control-plane --kubernetes [--revision REV] --mesh-config …`` with its own
+    service account and its mesh ConfigMap mounted, ready on /ready (15014)."""
     k8s = settings.pilot or K8sSettings()
     args = ["control-plane", "--kubernetes", "--host", "0.0.0.0", "--log-level", settings.log_level]
     args += ["--proxy-image", settings.image, "--init-image", settings.image]
     args += ["--revision", settings.revision] if settings.revision else []
+    args += ["--mesh-config", f"{MESH_CONFIG_DIR}/mesh"]
     container = {
         "name": "discovery",
         "image": settings.image,
@@ -264,11 +273,18 @@ def istiod_deployment(settings: InstallSettings) -> dict[str, Any]:
             "periodSeconds": 3,
             "timeoutSeconds": 5,
         },
-        "volumeMounts": [{"name": "state", "mountPath": "/var/lib/plait"}],
+        "volumeMounts": [
+            {"name": "state", "mountPath": "/var/lib/plait"},
+            {"name": "config-volume", "mountPath": MESH_CONFIG_DIR},
+        ],
         "workingDir": "/var/lib/plait",
     }
     pod_labels = {**_istiod_labels(settings), "istio": "pilot"}
-    pod = _pod_spec(k8s, settings.istiod, [_container_extras(container, k8s)], [{"name": "state", "emptyDir": {}}])
+    volumes = [
+        {"name": "state", "emptyDir": {}},
+        {"name": "config-volume", "configMap": {"name": mesh_configmap_name(settings)}},
+    ]
+    pod = _pod_spec(k8s, settings.istiod, [_container_extras(container, k8s)], volumes)
     labels = {**pod_labels, **owner_labels(settings, "Pilot")}
     return _deployment(settings.istiod, settings.namespace, labels, _istiod_labels(settings), pod_labels, k8s, pod)
 

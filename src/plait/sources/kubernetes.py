@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import aiohttp
@@ -97,12 +97,14 @@ class KubernetesSource:
         watch_timeout: int = 300,
         backoff: tuple[float, float] = (0.2, 5.0),
         rediscover: float = 10.0,
+        extra: Iterable[Resource] = (),
     ):
         self.api, self.on_change = api, on_change
         self.view = view or ClusterView(types)
         self.types = types
         self.watch_timeout, self.backoff, self.rediscover = watch_timeout, backoff, rediscover
         self.server = api.configuration.host
+        self.extra = {r.key: r for r in extra}  # not from the cluster: the mesh config file istiod was given
         self.reachable = True
         self.relists = 0  # lists made after the first one of each type (410 Gone, a CRD coming back)
         self._synced = asyncio.Event()
@@ -112,7 +114,7 @@ class KubernetesSource:
 
     @property
     def resources(self) -> dict[Key, Resource]:
-        return self.view.resources()
+        return {**self.view.resources(), **self.extra} if self.extra else self.view.resources()
 
     @property
     def problems(self) -> list[Problem]:
