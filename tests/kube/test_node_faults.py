@@ -22,9 +22,9 @@ OUTAGE_SECONDS = 30
 
 
 def istiod_address(node: MeshNode) -> str:
-    return node.kubectl(
-        "get", "pods", "-n", "istio-system", "-l", "app=istiod", "-o", "jsonpath={.items[0].status.podIP}"
-    )
+    """The IP of the one ready istiod pod (not one on its way out after a restart)."""
+    (pod,) = eventually(lambda: _istiod_pods(node, 1), timeout=60)
+    return node.kubectl("get", "pod", pod, "-n", "istio-system", "-o", "jsonpath={.status.podIP}")
 
 
 def control_plane_metric(address: str, name: str) -> float:

@@ -10,6 +10,8 @@ name order).
 
 from __future__ import annotations
 
+import time
+
 from plait.install.bookinfo import ISTIO_BOOKINFO, deployments
 from plait.testing.kubenode import BOOKINFO_NAMESPACE as NAMESPACE
 from plait.testing.kubenode import IMAGE, MeshNode, RequestLoop, eventually
@@ -48,14 +50,21 @@ def test_canary_upgrade_fails_no_request(bookinfo):
     node = bookinfo
     loop = RequestLoop(node.ingress_url("/productpage"))
     loop.start()
+    started, steps = time.monotonic(), []
+
+    def step(name: str) -> None:  # when each step began, to read the failures' times against
+        steps.append(f"{time.monotonic() - started:.1f}s {name}")
+
     try:
         eventually(lambda: loop.served(20), timeout=30, interval=0.2)
+        step("install canary")
         canary = node.plait("install", "--set", "profile=minimal", "--revision", "canary", "-y", "--image", IMAGE)
         assert canary.returncode == 0, canary.stdout + canary.stderr
         assert canary.stdout.splitlines() == ["✔ Istio core installed", "✔ Istiod installed", "✔ Installation complete"]
         verified = node.plait("verify-install", "--set", "profile=minimal", "--revision", "canary")
         assert verified.returncode == 0, verified.stdout
 
+        step("relabel and restart bookinfo")
         node.kubectl("label", "namespace", NAMESPACE, "istio-injection-", "istio.io/rev=canary", "--overwrite")
         node.kubectl("rollout", "restart", "deployment", "-n", NAMESPACE)
         for name in deployments(ISTIO_BOOKINFO.read_text()):
@@ -66,8 +75,10 @@ def test_canary_upgrade_fails_no_request(bookinfo):
         )
         assert "istiod-canary.istio-system.svc:15012" in args and "istiod.istio-system.svc:15012" not in args
 
+        step("move the gateways")
         gateways = node.plait("install", "--revision", "canary", "-y", "--image", IMAGE)  # the gateways move too
         assert gateways.returncode == 0, gateways.stdout + gateways.stderr
+        step("uninstall the default revision")
         removed = node.plait("uninstall", "-y")  # the default revision
         assert removed.returncode == 0 and removed.stdout.splitlines()[-1] == "✔ Uninstall complete", removed.stdout
         assert node.kubectl("get", "deployments", "-n", "istio-system", "-o", "name").split() == [
@@ -78,6 +89,8 @@ def test_canary_upgrade_fails_no_request(bookinfo):
         eventually(lambda: loop.served(served_before + 20), timeout=60, interval=0.2)
     finally:
         loop.stop()
-    loop.assert_none_failed()
+    assert loop.failures == [], (
+        f"{len(loop.failures)} failed of {loop.ok + len(loop.failures)}: {loop.failures[:5]}; steps: {steps}"
+    )
     rows = _proxies_of(node, "canary")
     assert any(name.startswith("istio-ingressgateway-") for name in rows), rows

@@ -171,13 +171,17 @@ class RequestLoop(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        started = time.monotonic()
         while not self.stopped.is_set():
             try:
                 with urllib.request.urlopen(self.url, timeout=10) as response:
                     response.read()
                 self.ok += 1
+            except urllib.error.HTTPError as exc:  # what Envoy says about its 503s (no healthy upstream, reset, …)
+                body = exc.read()[:160].decode(errors="replace")
+                self.failures.append(f"{time.monotonic() - started:.1f}s: {exc.code} {body!r}")
             except (urllib.error.URLError, OSError) as exc:
-                self.failures.append(repr(exc))
+                self.failures.append(f"{time.monotonic() - started:.1f}s: {exc!r}")
 
     def served(self, count: int) -> None:
         """AssertionError until `count` requests were served (for `eventually`)."""
