@@ -544,3 +544,23 @@ def test_manifest_deploys_the_apps_like_istios_bookinfo():
     assert {
         version: (settings.ratings_enabled, settings.star_color) for version, settings in reviews_settings.items()
     } == {"v1": (False, "black"), "v2": (True, "black"), "v3": (True, "red")}
+
+
+def test_after_sigterm_an_app_keeps_serving_for_its_shutdown_delay_then_exits(apps):
+    """In a Kubernetes pod (default 2 s there): callers' proxies learn a moment after SIGTERM that the pod
+    left the Service, and what they send meanwhile is still answered."""
+    details = apps("details", SHUTDOWN_DELAY_SECONDS="1.5")
+    wait_ready(details)
+    details.process.terminate()
+    time.sleep(0.5)
+    assert get(details, "/details/0").status == 200  # still serving, 0.5 s after SIGTERM
+    assert details.process.wait(timeout=5) == 0
+    assert "stopping on signal SIGTERM in 1.5 s" in details.log()
+
+
+def test_the_shutdown_delay_is_for_kubernetes_pods_unless_set():
+    from plait.demo.bookinfo.apps.server import shutdown_delay
+
+    assert shutdown_delay({}) == 0
+    assert shutdown_delay({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) == 2
+    assert shutdown_delay({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "SHUTDOWN_DELAY_SECONDS": "0"}) == 0

@@ -3,7 +3,10 @@
 Each app describes itself as a list of `Route`s (method, path regex, handler).
 `serve` binds ``BIND_ADDRESS:PORT`` (defaults 0.0.0.0:9080), answers with
 HTTP/1.1 keep-alive (so a sidecar can pool connections), logs one line per
-request on stdout and returns once SIGTERM or SIGINT arrives.
+request on stdout and returns once SIGTERM or SIGINT arrives. In a Kubernetes pod it keeps serving
+for `SHUTDOWN_DELAY_SECONDS` (default 2 there, 0 elsewhere) after SIGTERM, as Kubernetes' graceful
+termination asks of apps: the pod leaves the Services' endpoints while it is told to stop, and the
+proxies calling it learn that a moment later.
 """
 
 from __future__ import annotations
@@ -167,15 +170,24 @@ def _server_class(address: str) -> type[ThreadingHTTPServer]:
     return type("ThreadingHTTPServerV6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
 
 
+def shutdown_delay(environ: dict[str, str]) -> float:
+    """Seconds to keep serving after SIGTERM: $SHUTDOWN_DELAY_SECONDS, else 2 in a Kubernetes pod, else 0."""
+    default = "2" if environ.get("KUBERNETES_SERVICE_HOST") else "0"
+    return float(environ.get("SHUTDOWN_DELAY_SECONDS", default))
+
+
 def serve(app_name: str, routes: list[Route]) -> None:
     """Serve `routes` on BIND_ADDRESS:PORT until SIGTERM or SIGINT, then close the listening socket."""
     address = os.environ.get("BIND_ADDRESS", "0.0.0.0")
     port = int(os.environ.get("PORT", DEFAULT_PORT))
     server = _server_class(address)((address, port), _handler_class(app_name, routes))
 
+    delay = shutdown_delay(dict(os.environ))
+
     def stop(signum: int, _frame: object) -> None:
-        log(app_name, f"stopping on signal {signal.Signals(signum).name}")
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        wait = delay if signum == signal.SIGTERM else 0.0
+        log(app_name, f"stopping on signal {signal.Signals(signum).name}" + (f" in {wait:g} s" if wait else ""))
+        threading.Thread(target=lambda: (time.sleep(wait), server.shutdown()), daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
