@@ -128,6 +128,39 @@ def test_the_product_page_through_the_ingress_gateway_shows_reviews(bookinfo):
     assert len(page.reviews) == 2
 
 
+def test_every_sidecar_serves_istios_metrics_and_says_where(bookinfo):
+    """Injected pods carry Istio's ``prometheus.io/*`` annotations pointing at the sidecar's Envoy (15090,
+    Istio's names) unless the pod has its own (Istio's productpage points at its app's /metrics); after page
+    loads, the productpage pod's sidecar counts what it served with ``reporter="destination"``, the ingress
+    gateway as its caller over mutual TLS."""
+    for _ in range(5):
+        bookinfo.product_page()
+    pods = {
+        pod["metadata"]["labels"]["app"]: pod
+        for pod in json.loads(bookinfo.kubectl("get", "pods", "-n", NAMESPACE, "-o", "json"))["items"]
+    }
+    details = pods["details"]["metadata"]["annotations"]
+    assert (details["prometheus.io/port"], details["prometheus.io/path"]) == ("15090", "/stats/prometheus")
+    assert pods["productpage"]["metadata"]["annotations"]["prometheus.io/port"] == "9080"  # the app's own
+    url = f"http://{pods['productpage']['status']['podIP']}:15090/stats/prometheus"
+
+    def served() -> list[str]:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        lines = [
+            line
+            for line in text.splitlines()
+            if line.startswith("istio_requests_total{") and 'reporter="destination"' in line
+        ]
+        assert any('destination_app="productpage"' in line and 'response_code="200"' in line for line in lines), text[
+            -3000:
+        ]
+        return lines
+
+    lines = eventually(served, timeout=30)
+    assert all('connection_security_policy="mutual_tls"' in line for line in lines), lines
+
+
 def _with_reviews(page: ProductPageView) -> ProductPageView:
     assert page.reviews and not page.reviews_error, page
     return page

@@ -55,6 +55,12 @@ OUTBOUND_CAPTURE_PORT = 15001
 INBOUND_CAPTURE_PORT = 15006
 READINESS_PORT = 15021  # the agent's /healthz/ready
 PROMETHEUS_PORT = 15090
+# Istio's pod annotations telling Prometheus where the proxy's metrics are (Envoy's 15090, Istio's names)
+PROMETHEUS_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(PROMETHEUS_PORT),
+    "prometheus.io/path": "/stats/prometheus",
+}
 
 ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
 

@@ -27,6 +27,7 @@ from plait.inject.settings import (
     INBOUND_CAPTURE_PORT,
     INIT_CONTAINER,
     OUTBOUND_CAPTURE_PORT,
+    PROMETHEUS_ANNOTATIONS,
     PROMETHEUS_PORT,
     PROXY_CONTAINER,
     PROXY_UID,
@@ -84,6 +85,8 @@ def inject(pod: Mapping[str, Any], settings: InjectSettings, *, workload: Worklo
     if not spec["initContainers"]:
         del spec["initContainers"]
     annotations.setdefault(REVISION_LABEL, settings.revision_name)
+    for key, value in PROMETHEUS_ANNOTATIONS.items():  # Istio's scrape hints (a pod's own win)
+        annotations.setdefault(key, value)
     if app_containers:
         annotations.setdefault(DEFAULT_LOGS_CONTAINER, app_containers[0])
         annotations.setdefault(DEFAULT_CONTAINER, app_containers[0])
@@ -253,6 +256,8 @@ def agent_args(options: PodOptions, settings: InjectSettings, labels: Mapping[st
         ENVOY_DIR,
         "--status-port",
         str(READINESS_PORT),
+        "--prometheus-port",
+        str(PROMETHEUS_PORT),
     ]
     if options.status_port:
         args += ["--probe-port", str(options.status_port)]
