@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from plait.testing.kubenode import BOOKINFO_HUB, BOOKINFO_NAMESPACE, BOOKINFO_TAG, MeshNode, eventually
+from plait.testing.kubenode import BOOKINFO_NAMESPACE, DNS_CAPTURE, MeshNode, eventually, pod_manifest
 
 SERVICE_ENTRIES = """
 apiVersion: networking.istio.io/v1
@@ -41,26 +41,8 @@ spec:
   endpoints:
   - address: RATINGS_POD_IP
 """
-CAPTURE = 'proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: "true"\n  ISTIO_META_DNS_AUTO_ALLOCATE: "true"\n'
 
-
-def client_pod(name: str, annotations: dict[str, str]) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": BOOKINFO_NAMESPACE, "annotations": annotations},
-            "spec": {
-                "containers": [
-                    {
-                        "name": "client",
-                        "image": f"{BOOKINFO_HUB}/examples-bookinfo-details-v1:{BOOKINFO_TAG}",
-                        "command": ["sleep", "1d"],
-                    }
-                ]
-            },
-        }
-    )
+SLEEP = ["sleep", "1d"]
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +51,8 @@ def dns_clients(bookinfo: MeshNode):
         "get", "pods", "-n", BOOKINFO_NAMESPACE, "-l", "app=ratings", "-o", "jsonpath={.items[0].status.podIP}"
     )
     bookinfo.apply(SERVICE_ENTRIES.replace("RATINGS_POD_IP", ratings), BOOKINFO_NAMESPACE)
-    bookinfo.apply(client_pod("dns-capture", {"proxy.istio.io/config": CAPTURE}))
-    bookinfo.apply(client_pod("no-capture", {}))
+    bookinfo.apply(pod_manifest("dns-capture", BOOKINFO_NAMESPACE, SLEEP, {"proxy.istio.io/config": DNS_CAPTURE}))
+    bookinfo.apply(pod_manifest("no-capture", BOOKINFO_NAMESPACE, SLEEP))
     try:
         for pod in ("dns-capture", "no-capture"):
             bookinfo.kubectl("wait", "--for=condition=Ready", f"pod/{pod}", "-n", BOOKINFO_NAMESPACE, "--timeout=120s")
@@ -81,7 +63,7 @@ def dns_clients(bookinfo: MeshNode):
 
 
 def in_pod(node: MeshNode, pod: str, code: str) -> str:
-    return node.kubectl("exec", "-n", BOOKINFO_NAMESPACE, pod, "-c", "client", "--", "python3", "-c", code).strip()
+    return node.kubectl("exec", "-n", BOOKINFO_NAMESPACE, pod, "-c", pod, "--", "python3", "-c", code).strip()
 
 
 def resolve(node: MeshNode, pod: str, name: str) -> str:

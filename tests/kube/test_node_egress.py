@@ -13,10 +13,9 @@ import json
 
 import pytest
 
-from plait.testing.kubenode import BOOKINFO_HUB, BOOKINFO_NAMESPACE, BOOKINFO_TAG, IMAGE, MeshNode, eventually
+from plait.testing.kubenode import BOOKINFO_NAMESPACE, DNS_CAPTURE, IMAGE, MeshNode, eventually, pod_manifest
 
 EXTERNAL = "external"
-IMAGE_WITH_PYTHON = f"{BOOKINFO_HUB}/examples-bookinfo-details-v1:{BOOKINFO_TAG}"
 # Istio's task (samples of istio.io "Egress Gateways"), for an HTTP host of ours.
 EGRESS_CONFIG = """
 apiVersion: networking.istio.io/v1
@@ -77,19 +76,7 @@ spec:
         host: web.external.test
         port: {number: 80}
 """
-CAPTURE = 'proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: "true"\n  ISTIO_META_DNS_AUTO_ALLOCATE: "true"\n'
 FETCH = "import urllib.request; print(urllib.request.urlopen('http://web.external.test/', timeout=5).status)"
-
-
-def pod(name: str, namespace: str, command: list[str], annotations: dict[str, str] | None = None) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
-            "spec": {"containers": [{"name": name, "image": IMAGE_WITH_PYTHON, "command": command}]},
-        }
-    )
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +87,10 @@ def egress(bookinfo: MeshNode):
     node.demo_install_output = demo.stdout
     node.kubectl("create", "namespace", EXTERNAL)
     eventually(lambda: node.kubectl("get", "serviceaccount", "default", "-n", EXTERNAL), timeout=30)
-    node.apply(pod("web", EXTERNAL, ["python3", "-m", "http.server", "8000"]))
-    node.apply(pod("egress-client", BOOKINFO_NAMESPACE, ["sleep", "1d"], {"proxy.istio.io/config": CAPTURE}))
+    node.apply(pod_manifest("web", EXTERNAL, ["python3", "-m", "http.server", "8000"]))
+    node.apply(
+        pod_manifest("egress-client", BOOKINFO_NAMESPACE, ["sleep", "1d"], {"proxy.istio.io/config": DNS_CAPTURE})
+    )
     try:
         node.kubectl("wait", "--for=condition=Ready", "pod/web", "-n", EXTERNAL, "--timeout=120s")
         node.kubectl("wait", "--for=condition=Ready", "pod/egress-client", "-n", BOOKINFO_NAMESPACE, "--timeout=120s")

@@ -164,12 +164,13 @@ async def open_identity(
 def api_server_away(error: BaseException) -> bool:
     """Whether `error` says the API server is not there (yet): no connection, a timeout, or a 5xx
     while it starts; anything else (a refusal, an unusable CA) is the operator's to fix."""
-    import aiohttp
     from kubernetes_asyncio.client.exceptions import ApiException
+
+    from plait.sources.kubernetes import UNREACHABLE
 
     if isinstance(error, ApiException):
         return error.status is not None and error.status >= 500
-    return isinstance(error, aiohttp.ClientError | OSError | TimeoutError)
+    return isinstance(error, UNREACHABLE)
 
 
 async def wait_for_cluster(source: KubernetesSource, stop: asyncio.Event, every: float = 10.0) -> None:

@@ -11,6 +11,7 @@ names come from the same settings as ``./dev images``: ``PLAIT_IMAGE``, ``PLAIT_
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -33,8 +34,30 @@ IMAGE = os.environ.get("PLAIT_IMAGE", f"plait/proxy:{__version__}")
 BOOKINFO_HUB = os.environ.get("PLAIT_BOOKINFO_HUB", "plait")
 BOOKINFO_TAG = os.environ.get("PLAIT_BOOKINFO_TAG", __version__)
 BOOKINFO_NAMESPACE = "bookinfo"  # where the tests' `bookinfo` fixture deploys it
+# proxy.istio.io/config turning on the agent's DNS proxy with auto-allocated ServiceEntry addresses
+DNS_CAPTURE = 'proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: "true"\n  ISTIO_META_DNS_AUTO_ALLOCATE: "true"\n'
 
 T = TypeVar("T")
+
+
+def pod_manifest(name: str, namespace: str, command: list[str], annotations: dict[str, str] | None = None) -> str:
+    """A one-container Pod (Bookinfo's details image, which has python3) running `command`, as JSON."""
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
+            "spec": {
+                "containers": [
+                    {
+                        "name": name,
+                        "image": f"{BOOKINFO_HUB}/examples-bookinfo-details-v1:{BOOKINFO_TAG}",
+                        "command": command,
+                    }
+                ]
+            },
+        }
+    )
 
 
 def eventually(check: Callable[[], T], *, timeout: float = 120, interval: float = 1.0) -> T:
