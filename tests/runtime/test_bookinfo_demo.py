@@ -8,54 +8,18 @@ import json
 import os
 import re
 import signal
-import urllib.parse
 from pathlib import Path
 
 import pytest
-from meshes import down_leaves_nothing, envoy_admin, wait_for_no_other_mesh
 
 from plait.runtime.local import State
-from plait.testing.http import http_request
 from plait.testing.live import free_port, wait_until
 from plait.testing.live import run_plait as plait
+from plait.testing.localmesh import Browser, down_leaves_nothing, envoy_admin, wait_for_no_other_mesh
 
 MODES = ["proxy", "capture"]  # capture needs root (CI runs as root) and fails loudly without it
 
 NETWORKING = Path(__file__).parents[2] / "src" / "plait" / "demo" / "bookinfo" / "networking"
-
-
-class Browser:
-    """The product page through the ingress gateway, anonymous or logged in as a user."""
-
-    def __init__(self, port: int):
-        self.port, self.cookie = port, None
-
-    def login(self, user: str) -> None:
-        body = urllib.parse.urlencode({"username": user, "passwd": "password"})
-        reply = http_request(
-            "127.0.0.1",
-            self.port,
-            "/login",
-            {"Content-Type": "application/x-www-form-urlencoded", "Content-Length": str(len(body))},
-            method="POST",
-            body=body.encode(),
-        )
-        assert reply.status in (200, 302), reply
-        self.cookie = reply.headers["set-cookie"].split(";")[0]
-
-    def page(self, timeout: float = 20):
-        headers = {"Cookie": self.cookie} if self.cookie else {}
-        return http_request("127.0.0.1", self.port, "/productpage", headers, timeout=timeout)
-
-    def stars(self) -> str:
-        """What a reader sees in the reviews: 'none' (v1), 'black' (v2), 'red' (v3) or 'unavailable'."""
-        html = self.page().body.decode()
-        if "product reviews are currently unavailable" in html:
-            return "unavailable"
-        colors = set(re.findall(r'color="(black|red)"', html))
-        if "Ratings service is currently unavailable" in html:
-            return "ratings-unavailable"
-        return colors.pop() if len(colors) == 1 else ("none" if not colors else "mixed")
 
 
 @pytest.fixture(scope="module", params=MODES)

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from meshes import down_leaves_nothing, wait_for_no_other_mesh
 
 from plait.runtime import netns
 from plait.runtime.local import State
@@ -33,6 +32,7 @@ from plait.testing.backends import HttpBackend
 from plait.testing.http import http_request
 from plait.testing.live import free_port, wait_until
 from plait.testing.live import run_plait as plait
+from plait.testing.localmesh import down_leaves_nothing, wait_for_no_other_mesh
 
 MODES = ["proxy", "capture"]  # capture needs root (CI runs as root) and fails loudly without it
 DOC = Path(__file__).parents[2] / "docs" / "egress.md"

@@ -54,7 +54,6 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from meshes import down_leaves_nothing, envoy_admin, listening, wait_for_no_other_mesh
 
 from plait.ca.authority import root_cert_path
 from plait.ca.tokens import token_key_path
@@ -66,6 +65,7 @@ from plait.runtime.local import TOKEN_FILE, Pod, State, control_plane_state, pod
 from plait.testing.http import Reply, http_request
 from plait.testing.live import free_port, wait_until
 from plait.testing.live import run_plait as plait
+from plait.testing.localmesh import down_leaves_nothing, envoy_admin, listening, wait_for_no_other_mesh
 
 MODES = ["proxy", "capture"]  # capture needs root (CI runs as root) and fails loudly without it
 BOOKINFO = Path(__file__).parents[2] / "src" / "plait" / "demo" / "bookinfo"

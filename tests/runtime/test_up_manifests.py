@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from meshes import down_leaves_nothing, wait_for_no_other_mesh
 
 from plait.runtime.local import CRASH_LOOP_RESTARTS, State
 from plait.testing.http import http_request
 from plait.testing.live import free_port, wait_until
 from plait.testing.live import run_plait as plait
+from plait.testing.localmesh import down_leaves_nothing, wait_for_no_other_mesh
 
 SERVICE_AND_ROUTE = """
 apiVersion: v1

@@ -1,9 +1,13 @@
-"""Helpers shared by the tests that run whole local meshes (`plait up -d` … `plait down`)."""
+"""Helpers shared by the tests that run whole local meshes (`plait up -d` … `plait down`): waiting for
+another mesh to stop, `plait down` leaving nothing behind, a pod's Envoy admin API, and Bookinfo's product
+page as a browser sees it."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 from plait.host.processes import alive
@@ -56,3 +60,37 @@ def envoy_admin(state_dir: Path, pod_name: str, path: str) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
     assert done.returncode == 0, f"{pod_name} admin {path}: curl exit {done.returncode} {done.stderr}"
     return done.stdout
+
+
+class Browser:
+    """The product page through the ingress gateway, anonymous or logged in as a user."""
+
+    def __init__(self, port: int):
+        self.port, self.cookie = port, None
+
+    def login(self, user: str) -> None:
+        body = urllib.parse.urlencode({"username": user, "passwd": "password"})
+        reply = http_request(
+            "127.0.0.1",
+            self.port,
+            "/login",
+            {"Content-Type": "application/x-www-form-urlencoded", "Content-Length": str(len(body))},
+            method="POST",
+            body=body.encode(),
+        )
+        assert reply.status in (200, 302), reply
+        self.cookie = reply.headers["set-cookie"].split(";")[0]
+
+    def page(self, timeout: float = 20):
+        headers = {"Cookie": self.cookie} if self.cookie else {}
+        return http_request("127.0.0.1", self.port, "/productpage", headers, timeout=timeout)
+
+    def stars(self) -> str:
+        """What a reader sees in the reviews: 'none' (v1), 'black' (v2), 'red' (v3) or 'unavailable'."""
+        html = self.page().body.decode()
+        if "product reviews are currently unavailable" in html:
+            return "unavailable"
+        colors = set(re.findall(r'color="(black|red)"', html))
+        if "Ratings service is currently unavailable" in html:
+            return "ratings-unavailable"
+        return colors.pop() if len(colors) == 1 else ("none" if not colors else "mixed")
