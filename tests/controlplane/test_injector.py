@@ -67,7 +67,9 @@ def test_served_over_https_beside_validate_in_both_review_versions(tmp_path):
             raise OSError("the API server is away")
         return NAMESPACES.get(namespace, {})
 
-    handler = inject_handler(InjectSettings(proxy_image="registry.local/proxy:7"), labels, InjectionMetrics(registry))
+    handler = inject_handler(
+        lambda: InjectSettings(proxy_image="registry.local/proxy:7"), labels, InjectionMetrics(registry)
+    )
 
     async def post(session, port, body, path="/inject"):
         async with session.post(f"https://localhost:{port}{path}", json=body, ssl=client_context) as r:

@@ -7,17 +7,20 @@ to the mesh's root, so the API server trusts the injector's certificate."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+from plait.controlplane.api import admin_token_path
 from plait.controlplane.app import Settings, run
 from plait.controlplane.injector import inject_handler, mutating_webhook_configuration
 from plait.controlplane.kubeidentity import ClusterSettings, namespace_labels
 from plait.controlplane.leader import ElectionConfig
 from plait.controlplane.webhook import serve_webhook, tls_context
 from plait.inject import InjectSettings
+from plait.testing.http import http_request
 from plait.testing.kube import KubeTestenv, require_testenv
 from plait.testing.kubeapi import api_client
 from plait.testing.live import free_port
@@ -112,7 +115,7 @@ def test_kubectl_create_of_a_pod_stores_it_injected_or_untouched(cluster, tmp_pa
 
     async def test():
         api = await api_client(cluster.kubeconfig)
-        handler = inject_handler(InjectSettings(proxy_image=PROXY_IMAGE), namespace_labels(api, None))
+        handler = inject_handler(lambda: InjectSettings(proxy_image=PROXY_IMAGE), namespace_labels(api, None))
         runner = await serve_webhook(context, "127.0.0.1", port, inject=handler)
         try:
             await asyncio.to_thread(cluster.kubectl, "apply", "-f", "-", stdin=yaml.safe_dump(configuration))
@@ -229,3 +232,77 @@ def test_the_control_plane_injects_once_its_leader_set_the_ca_bundle(cluster, tm
     )
     roots = {w["clientConfig"]["caBundle"] for w in current["webhooks"]}
     assert len(roots) == 1 and roots != {configuration["webhooks"][0]["clientConfig"]["caBundle"]}
+
+
+def test_a_changed_mesh_config_file_is_in_force_without_a_restart(cluster, tmp_path):
+    """istiod's --meshConfig file, followed: the kubelet rewrites the mounted ConfigMap istio when it
+    changes; the injector's proxy defaults and the MeshConfig translation reads (access logs) follow
+    within seconds, and a wrong file is logged while the last good one stays in force."""
+    mesh_file = tmp_path / "mesh.yaml"
+    mesh_file.write_text("defaultConfig:\n  proxyMetadata: {GREETING: first}\n")
+    http_port = free_port()
+    settings = Settings(
+        config_dir=tmp_path / "mesh",
+        host="127.0.0.1",
+        xds_port=free_port(),
+        http_port=http_port,
+        ca_port=free_port(),
+        state_dir=tmp_path / "state",
+        kubernetes=True,
+        kubeconfig=cluster.kubeconfig,
+        cluster=ClusterSettings(
+            namespace="istio-system",
+            identity="istiod-mesh-0",
+            election=ElectionConfig(lease_duration=3, renew_deadline=2, retry_period=0.5),
+            webhook_port=free_port(),
+            webhook_configuration="istio-validator-none",
+            lease_name="plait-leader-meshfile",
+        ),
+        inject=InjectSettings(proxy_image=PROXY_IMAGE, revision="mesh"),
+        mesh_config=mesh_file,
+    )
+    (tmp_path / "mesh").mkdir()
+    configuration = mutating_webhook_configuration(
+        b"not yet the mesh's root", url=f"https://localhost:{settings.cluster.webhook_port}/inject", revision="mesh"
+    )
+    cluster.kubectl("apply", "-f", "-", stdin=namespace("mesh-apps", **{"istio.io/rev": "mesh"}))
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(configuration))
+
+    def greeting(pod: dict) -> str | None:
+        env = pod["spec"]["containers"][-1].get("env") or []
+        return next((e.get("value") for e in env if e["name"] == "GREETING"), None)
+
+    def mesh_config_in_force() -> dict:
+        token = admin_token_path(tmp_path / "state").read_text().strip()
+        reply = http_request(
+            "127.0.0.1",
+            http_port,
+            "/api/v1/config?kind=ConfigMap&namespace=istio-system&name=istio",
+            {"Authorization": f"Bearer {token}"},
+        )
+        items = json.loads(reply.body)["items"]
+        return yaml.safe_load(items[0]["data"]["mesh"]) if items else {}
+
+    async def test():
+        stop = asyncio.Event()
+        control_plane = asyncio.create_task(run(settings, stop=stop))
+        try:
+            assert greeting(await eventually_injected(cluster, "mesh-apps", "first")) == "first"
+            mesh_file.write_text("accessLogFile: /dev/stdout\ndefaultConfig:\n  proxyMetadata: {GREETING: second}\n")
+            for attempt in range(60):  # the file is read every 2 s
+                if greeting(await eventually_injected(cluster, "mesh-apps", f"second-{attempt}")) == "second":
+                    break
+                await asyncio.sleep(0.5)
+            else:
+                raise AssertionError("the injector never used the changed mesh config")
+            assert (await asyncio.to_thread(mesh_config_in_force))["accessLogFile"] == "/dev/stdout"
+
+            mesh_file.write_text("defaultConfig:\n  concurrency: lots\n")  # wrong: the last good one stays
+            await asyncio.sleep(5)
+            assert greeting(await eventually_injected(cluster, "mesh-apps", "third")) == "second"
+            assert (await asyncio.to_thread(mesh_config_in_force))["accessLogFile"] == "/dev/stdout"
+        finally:
+            stop.set()
+            await control_plane
+
+    asyncio.run(asyncio.wait_for(test(), TIMEOUT + 60))

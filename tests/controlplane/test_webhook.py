@@ -159,14 +159,19 @@ def test_the_configuration_lists_exactly_the_istio_kinds_plait_validates():
         "ServiceEntry": "serviceentries",
         "WorkloadEntry": "workloadentries",
         "AuthorizationPolicy": "authorizationpolicies",
+        "Telemetry": "telemetries",
     }
     assert plurals == {plural.get(k, k.lower() + "s") for k in VALIDATED_KINDS}
-    assert VALIDATED_KINDS == set(SPEC_MODELS) - {"Service", "Secret", "ConfigMap", "Telemetry"}
+    assert VALIDATED_KINDS == set(SPEC_MODELS) - {"Service", "Secret", "ConfigMap"}
     config = validating_webhook_configuration(b"PEM", url="https://127.0.0.1:1/validate")
     (webhook,) = config["webhooks"]
     assert webhook["clientConfig"] == {"caBundle": "UEVN", "url": "https://127.0.0.1:1/validate"}
     assert webhook["failurePolicy"] == "Fail" and webhook["sideEffects"] == "None"
-    assert {g for rule in webhook["rules"] for g in rule["apiGroups"]} == {"networking.istio.io", "security.istio.io"}
+    assert {g for rule in webhook["rules"] for g in rule["apiGroups"]} == {
+        "networking.istio.io",
+        "security.istio.io",
+        "telemetry.istio.io",
+    }
     in_cluster = validating_webhook_configuration(b"PEM")["webhooks"][0]["clientConfig"]
     assert in_cluster["service"] == {"name": "istiod", "namespace": "istio-system", "path": "/validate", "port": 443}
 

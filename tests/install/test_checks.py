@@ -89,6 +89,10 @@ def test_each_broken_part_is_named_with_a_hint():
             {"proxy_id": "a", "envoy_version": "1.40.0", "types": {"cds": {"state": "STALE"}}},
             {"proxy_id": "b", "envoy_version": "1.39.0", "types": {}},
         ),
+        namespace_labels={
+            "bookinfo": {"istio-injection": "enabled", "istio.io/rev": "canary"},
+            "shop": {"istio.io/rev": "canary"},
+        },
     )
     results = check_results(facts, SETTINGS)
     assert failing(results) == [
@@ -102,8 +106,10 @@ def test_each_broken_part_is_named_with_a_hint():
         ("root certificate is not expiring within 30 days", "it expires on 2026-12-16 (10 days)", True),
         ("data plane proxies are SYNCED (2 connected)", "not synced: a (cds: STALE)", False),
         ("data plane proxies run one version (no version skew)", "versions: 1.39.0, 1.40.0", True),
+        ("no namespace has both istio-injection and istio.io/rev labels", "both labels on: bookinfo", True),
     ]
     assert all(r.hint for r in results if not r.ok)
+    assert "kubectl label namespace bookinfo istio-injection-" in results[-1].hint
 
 
 def test_missing_crds_and_an_unreachable_api():

@@ -198,7 +198,7 @@ def test_k8s_settings_reach_the_deployments_services_and_autoscalers():
         ("tls", 15443, 15443, None),
     ]
     container = named(objects, "Deployment", "istio-ingressgateway")["spec"]["template"]["spec"]["containers"][0]
-    assert [p["containerPort"] for p in container["ports"]] == [15021, 8080, 8443, 31400, 15443]
+    assert [p["containerPort"] for p in container["ports"]] == [15021, 15090, 8080, 8443, 31400, 15443]
 
 
 def test_the_egress_gateway_is_istios():
@@ -284,3 +284,38 @@ def test_manifest_generate_prints_what_install_applies():
         [("control-plane.yaml", (OPERATOR / "control-plane.yaml").read_text())], ["values.global.istioNamespace=mesh"]
     )
     assert list(yaml.safe_load_all(result.stdout)) == manifest(expected.settings)
+
+
+def test_the_prometheus_addon_scrapes_what_istios_annotations_point_at():
+    """``--set addons.prometheus=true``: Istio's addon in the control plane's namespace (istioctl's "Addons"
+    part); its scrape job keeps pods annotated prometheus.io/scrape and reads their port and path, and every
+    pod plait installs is annotated so (istiod 15014 /metrics, gateways 15090 /stats/prometheus)."""
+    resolved = resolve(sets=["addons.prometheus=true"], image="registry.test/plait/proxy:7")
+    assert not resolved.warnings
+    parts = dict(components(resolved.settings))
+    addon = parts["Addons"]
+    assert [(o["kind"], o["metadata"]["name"]) for o in addon] == [
+        ("ServiceAccount", "prometheus"),
+        ("ClusterRole", "prometheus-istio-system"),
+        ("ClusterRoleBinding", "prometheus-istio-system"),
+        ("ConfigMap", "prometheus"),
+        ("Deployment", "prometheus"),
+        ("Service", "prometheus"),
+    ]
+    container = named(addon, "Deployment", "prometheus")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.test/plait/prometheus:7"
+    config = yaml.safe_load(named(addon, "ConfigMap", "prometheus")["data"]["prometheus.yml"])
+    (pods,) = [job for job in config["scrape_configs"] if job["job_name"] == "kubernetes-pods"]
+    keep = pods["relabel_configs"][0]
+    assert (keep["source_labels"], keep["action"], keep["regex"]) == (
+        ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
+        "keep",
+        "true",
+    )
+    for name, where in (("istiod", ("15014", "/metrics")), ("istio-ingressgateway", ("15090", "/stats/prometheus"))):
+        annotations = named(manifest(resolved.settings), "Deployment", name)["spec"]["template"]["metadata"][
+            "annotations"
+        ]
+        assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == where
+        assert annotations["prometheus.io/scrape"] == "true"
+    assert "Addons" not in dict(components(resolve().settings))  # off by default, as Istio's profiles

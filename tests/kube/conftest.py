@@ -71,7 +71,7 @@ def mesh_node() -> Iterator[MeshNode]:
         subprocess.run([CHECKOUT / "dev", "images", "--load", cluster.dir], check=True, env=env)
         cluster.load_crds()
         node = MeshNode(cluster)
-        installed = node.plait("install", "-y", "--image", IMAGE, "--timeout", "180")
+        installed = node.plait("install", "-y", "--image", IMAGE, "--set", "addons.prometheus=true", "--timeout", "180")
         assert installed.returncode == 0, installed.stdout + installed.stderr
         node.install_output = installed.stdout
         yield node

@@ -11,7 +11,9 @@ the validating webhook refusing an invalid VirtualService.
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -296,3 +298,83 @@ def test_killing_the_control_plane_pod_under_load_fails_no_request_and_the_new_p
     new = bookinfo.kubectl("get", "pods", "-n", "istio-system", "-l", "app=istiod", "-o", "name").split()
     assert len(new) == 1 and new != old
     loop.assert_none_failed()
+
+
+def prometheus_query(bookinfo: MeshNode, query: str) -> list[dict]:
+    """An instant PromQL query to the addon's Prometheus (its pod IP: the node's host reaches pods)."""
+    address = bookinfo.kubectl(
+        "get", "pods", "-n", "istio-system", "-l", "app=prometheus", "-o", "jsonpath={.items[0].status.podIP}"
+    )
+    url = f"http://{address}:9090/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        answer = json.loads(response.read())
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def test_the_prometheus_addon_scrapes_istios_metrics_and_kialis_graph_query_finds_bookinfos_edges(bookinfo):
+    """``plait install --set addons.prometheus=true`` (session fixture): Prometheus in istio-system scrapes
+    every pod by Istio's annotations; after page loads, Kiali's graph query (requests by source workload and
+    destination service, reporter=destination) returns Bookinfo's edges, secured by mutual TLS."""
+    assert "✔ Addons installed" in bookinfo.install_output
+    kiali = (
+        f'sum(rate(istio_requests_total{{reporter="destination",destination_workload_namespace="{NAMESPACE}"}}[5m])) '
+        "by (source_workload, destination_service_name, destination_workload, connection_security_policy)"
+    )
+
+    def edges() -> set[tuple[str, str, str]]:
+        for _ in range(3):
+            bookinfo.product_page()
+        found = {
+            (
+                r["metric"]["source_workload"],
+                r["metric"]["destination_workload"],
+                r["metric"]["connection_security_policy"],
+            )
+            for r in prometheus_query(bookinfo, kiali)
+        }
+        expected = {("productpage-v1", "details-v1"), ("reviews-v2", "ratings-v1"), ("reviews-v3", "ratings-v1")}
+        expected |= {("productpage-v1", f"reviews-{v}") for v in ("v1", "v2", "v3")}
+        assert expected <= {(src, dst) for src, dst, _ in found}, found
+        return found
+
+    found = eventually(edges, timeout=120, interval=5)
+    assert {security for _, _, security in found} == {"mutual_tls"}, found
+    targets = prometheus_query(bookinfo, 'up{job="kubernetes-pods"}')
+    scraped = {(t["metric"].get("namespace"), t["metric"].get("app")) for t in targets if t["value"][1] == "1"}
+    assert {("istio-system", "istiod"), ("istio-system", "istio-ingressgateway"), (NAMESPACE, "ratings")} <= scraped
+
+
+def test_a_telemetry_object_applied_with_kubectl_filters_the_access_log(bookinfo):
+    """Telemetry (telemetry.istio.io) is read from the cluster: a root-namespace Telemetry turning Envoy's
+    access log on only for ``response.code >= 400`` makes a 404 from productpage appear in its sidecar's
+    istio-proxy log, and the page's 200s do not."""
+    telemetry = """
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: errors-only, namespace: istio-system}
+spec:
+  accessLogging:
+  - providers: [{name: envoy}]
+    filter: {expression: "response.code >= 400"}
+"""
+    bookinfo.apply(telemetry)
+    try:
+        pod = bookinfo.kubectl(
+            "get", "pods", "-n", NAMESPACE, "-l", "app=productpage", "-o", "jsonpath={.items[0].metadata.name}"
+        )
+
+        def logged_404() -> str:
+            bookinfo.product_page()
+            request = urllib.request.Request(bookinfo.ingress_url("/api/v1/products/0/reviews-missing"))
+            with pytest.raises(urllib.error.HTTPError):
+                urllib.request.urlopen(request, timeout=10)
+            log = bookinfo.kubectl("logs", pod, "-c", "istio-proxy", "-n", NAMESPACE, "--since", "10m")
+            assert '" 404 ' in log, log[-2000:]
+            return log
+
+        log = eventually(logged_404, timeout=60, interval=2)
+        codes = re.findall(r'"[A-Z]+ \S+ HTTP/[\d.]+" (\d{3}) ', log)
+        assert codes and set(codes) == {"404"}, codes
+    finally:
+        bookinfo.kubectl("delete", "telemetry", "errors-only", "-n", "istio-system")

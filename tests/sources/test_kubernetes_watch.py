@@ -308,6 +308,7 @@ def test_every_kind_is_watched_at_its_api_path_newest_version_first():
     assert paths["AuthorizationPolicy"] == [
         f"/apis/security.istio.io/{v}/authorizationpolicies" for v in ("v1", "v1beta1")
     ]
+    assert paths["Telemetry"] == [f"/apis/telemetry.istio.io/{v}/telemetries" for v in ("v1", "v1alpha1")]
     assert set(paths) == {
         "Namespace",
         "Node",
@@ -322,6 +323,7 @@ def test_every_kind_is_watched_at_its_api_path_newest_version_first():
         "WorkloadEntry",
         "PeerAuthentication",
         "AuthorizationPolicy",
+        "Telemetry",
         "RequestAuthentication",
     }
 

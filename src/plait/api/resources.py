@@ -128,6 +128,7 @@ class Resource:
 
 NETWORKING_VERSIONS = ("networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3")
 SECURITY_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
+TELEMETRY_VERSIONS = ("telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1")
 
 # kind → (accepted apiVersions, spec model)
 SPEC_MODELS: dict[str, tuple[tuple[str, ...], type[BaseModel]]] = {
@@ -145,7 +146,7 @@ SPEC_MODELS: dict[str, tuple[tuple[str, ...], type[BaseModel]]] = {
     "Service": (("v1",), K8sServiceSpec),
     "Secret": (("v1",), secrets.SecretSpec),
     "ConfigMap": (("v1",), mesh.ConfigMapSpec),
-    "Telemetry": (("telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1"), tel.TelemetrySpec),
+    "Telemetry": (TELEMETRY_VERSIONS, tel.TelemetrySpec),
 }
 
 # kind → Istio's cross-field rules (rules_networking, rules_security): spec → (path in spec, message)

@@ -18,17 +18,14 @@ from rich.table import Table
 
 from plait.api.common import parse_duration
 from plait.api.errors import Problem
-from plait.api.loader import parse_text, yaml_files
-from plait.api.mesh import MESH_CONFIG_MAP, MESH_KEY
-from plait.api.resources import Resource
+from plait.api.loader import yaml_files
 from plait.ca.authority import MAX_WORKLOAD_TTL, CaError
 from plait.cli.console import err, out, print_problems
 from plait.client import ClientError, Http, control_plane_url
 from plait.controlplane.app import Settings, run
 from plait.controlplane.injector import control_plane_address
-from plait.inject.mesh_config import apply_mesh_config, mesh_config_from_text
+from plait.controlplane.meshfile import mesh_config_update
 from plait.inject.settings import InjectError, InjectSettings
-from plait.model.snapshot import ROOT_NAMESPACE
 from plait.sources.kube_objects import KubeConfigError
 
 ControlPlane = Annotated[
@@ -174,7 +171,8 @@ def control_plane(
         Path | None,
         typer.Option(
             help="On Kubernetes: Istio's MeshConfig (plain MeshConfig YAML, or a ConfigMap whose data.mesh holds "
-            "it), read at start as istiod's --meshConfig; plait install mounts ConfigMap istio[-REV] at "
+            "it), read at start and followed (a changed file is in force within seconds; a wrong one is logged "
+            "and the last good one kept), as istiod's --meshConfig; plait install mounts ConfigMap istio[-REV] at "
             "/etc/istio/config/mesh. Used: defaultConfig (the injector's proxy defaults: discoveryAddress, "
             "proxyMetadata, holdApplicationUntilProxyStarts, …) and the access log settings (accessLogFile, "
             "accessLogEncoding, accessLogFormat). Locally, put ConfigMap istio in --config-dir instead."
@@ -208,9 +206,9 @@ def control_plane(
     if not 60 <= cert_ttl <= MAX_WORKLOAD_TTL:
         err.print(f"[red]error[/]: --workload-cert-ttl {workload_cert_ttl} must be between 1m and 2160h")
         raise typer.Exit(2)
-    inject, mesh = injector_settings(proxy_image, init_image, revision), ()
+    inject = injector_settings(proxy_image, init_image, revision)
     if mesh_config is not None:
-        inject, mesh = read_mesh_config(mesh_config, inject)
+        check_mesh_config(mesh_config, inject)
     settings = Settings(
         config_dir=config_dir,
         host=host,
@@ -226,7 +224,7 @@ def control_plane(
         kubeconfig=kubeconfig,
         inject=inject,
         webhook_port=webhook_port,
-        mesh_config=mesh,
+        mesh_config=mesh_config,
     )
     try:
         asyncio.run(run(settings))
@@ -241,31 +239,17 @@ def control_plane(
         raise typer.Exit(1) from None
 
 
-def read_mesh_config(path: Path, inject: InjectSettings) -> tuple[InjectSettings, tuple[Resource, ...]]:
-    """--mesh-config: the injector's settings with the mesh's proxy defaults, and the MeshConfig as the
-    ConfigMap ``istio`` of the root namespace that translation reads (access logs); exits saying what is
-    wrong with the file."""
-    where = str(path)
+def check_mesh_config(path: Path, inject: InjectSettings) -> None:
+    """--mesh-config must be readable and valid at start (it is then followed: `controlplane.meshfile`);
+    exits saying what is wrong with the file."""
     try:
-        mesh = mesh_config_from_text(path.read_text(), where)
-        inject = apply_mesh_config(inject, mesh, where)
+        mesh_config_update(path.read_text(), str(path), inject)
     except OSError as exc:
-        err.print(f"[red]error[/]: --mesh-config {where}: {exc.strerror or exc}")
+        err.print(f"[red]error[/]: --mesh-config {path}: {exc.strerror or exc}")
         raise typer.Exit(2) from None
     except InjectError as exc:
         err.print(f"[red]error[/]: --mesh-config: {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": MESH_CONFIG_MAP, "namespace": ROOT_NAMESPACE},
-        "data": {MESH_KEY: yaml.safe_dump(mesh, sort_keys=False)},
-    }
-    loaded = parse_text(yaml.safe_dump(config_map), where)
-    if loaded.errors:
-        print_problems(loaded.problems)
-        raise typer.Exit(2)
-    return inject, tuple(loaded.resources)
 
 
 def injector_settings(proxy_image: str | None, init_image: str | None, revision: str) -> InjectSettings:

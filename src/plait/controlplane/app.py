@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Literal
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from plait.api.resources import Resource
 from plait.controlplane import testhooks
 from plait.controlplane.api import Api, admin_token_path, load_or_create_admin_token
 from plait.controlplane.mesh import ConfigSource, MeshState
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from plait.ca.authority import CertificateAuthority
     from plait.ca.tokens import TokenIssuer
     from plait.controlplane.kubeidentity import ClusterIdentity, ClusterSettings
+    from plait.controlplane.meshfile import MeshConfigUpdate
     from plait.sources.kubernetes import KubernetesSource
 
 log = logging.getLogger("plait.controlplane")
@@ -47,7 +47,7 @@ class Settings:
     ca_port: int = 15012
     cacerts_dir: Path | None = None  # Istio's plug-in CA files; None: a self-signed root in state_dir/ca
     cluster: ClusterSettings | None = None  # identity duties with `kubernetes` (None: their defaults)
-    mesh_config: tuple[Resource, ...] = ()  # on Kubernetes: the ConfigMap istio read from --mesh-config
+    mesh_config: Path | None = None  # on Kubernetes: istiod's --meshConfig file, followed (`meshfile`)
     workload_cert_ttl: int = 24 * 3600  # seconds, when the agent asks for no particular lifetime
     xds_auth: Literal["permissive", "strict"] = "permissive"
     # Read the configuration and the registry from a Kubernetes cluster instead of config_dir:
@@ -122,7 +122,7 @@ async def open_config(settings: Settings) -> tuple[ConfigSource, KubernetesSourc
         # other plait command would pay
         from plait.sources.kubernetes import KubernetesSource, connect
 
-        cluster = KubernetesSource(await connect(settings.kubeconfig), extra=settings.mesh_config)
+        cluster = KubernetesSource(await connect(settings.kubeconfig))
         return cluster, cluster
     store = FileStore(settings.config_dir)
     for p in store.load().problems:
@@ -193,6 +193,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
 
     stop = stop or asyncio.Event()
     store, cluster = await open_config(settings)
+    mesh_file = None
+    if cluster is not None and settings.mesh_config is not None:
+        from plait.controlplane.meshfile import MeshConfigFile
+
+        mesh_file = MeshConfigFile.open(settings.mesh_config, settings.inject or InjectSettings())
+        cluster.set_extra(mesh_file.current.resources)
+        settings = dataclasses.replace(settings, inject=mesh_file.current.inject)
     identity = await open_identity(cluster, settings) if cluster is not None else None
     authority, tokens = (identity.authority, identity.authenticator) if identity else load_ca(settings)
     hub = XdsHub(MeshSnapshot([]), mutate=testhooks.from_environment())
@@ -244,6 +251,15 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     await web.TCPSite(runner, settings.host, settings.http_port).start()
     if identity:
         await identity.start(settings.host, settings.state_dir, metrics.registry, view=cluster.view)
+    if mesh_file is not None:
+
+        def mesh_changed(update: MeshConfigUpdate) -> None:
+            cluster.set_extra(update.resources)
+            if identity:
+                identity.inject = update.inject
+            state.changed()
+
+        tasks.append(asyncio.create_task(mesh_file.follow(mesh_changed)))
     api.serving = True
     plaintext = "off (--xds-auth strict)" if ads is None else f"{settings.host}:{settings.xds_port}"
     where = f"Kubernetes API {cluster.server}" if cluster is not None else settings.config_dir

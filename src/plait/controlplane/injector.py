@@ -73,9 +73,10 @@ def result_of(answer: Mapping) -> str:
 
 
 def inject_handler(
-    settings: InjectSettings, namespace_labels: NamespaceLabels, metrics: InjectionMetrics | None = None
+    settings: Callable[[], InjectSettings], namespace_labels: NamespaceLabels, metrics: InjectionMetrics | None = None
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """The aiohttp handler of POST /inject."""
+    """The aiohttp handler of POST /inject; `settings()` gives the injector's settings in force (the
+    mesh config's proxy defaults change them while the control plane runs)."""
 
     async def handle(request: web.Request) -> web.Response:
         if request.content_type != "application/json":
@@ -94,7 +95,7 @@ def inject_handler(
             _count(metrics, "error")
             log.warning("inject: cannot read the labels of namespace %s: %s", namespace, error)
             return web.Response(status=503, text=f"cannot read namespace {namespace}: {error}")
-        answer, why = review_response(review, labels, settings)
+        answer, why = review_response(review, labels, settings())
         result = result_of(answer)
         _count(metrics, result)
         pod = (admission.get("object") or {}).get("metadata") or {}

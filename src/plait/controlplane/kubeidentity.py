@@ -111,6 +111,7 @@ class ClusterIdentity:
 
     def __init__(self, api: client.ApiClient, authority: CertificateAuthority, settings: ClusterSettings):
         self.api, self.authority, self.settings = api, authority, settings
+        self.inject = settings.inject  # the injector's settings now: replaced when the mesh config changes
         self.authenticator = TokenReviewAuthenticator(api, audiences=settings.token_audiences)
         self.election = LeaseElection(
             api,
@@ -143,7 +144,7 @@ class ClusterIdentity:
         where the injector finds namespace labels."""
         key, chain = self.authority.issue_server_certificate(self.settings.server_names)
         context = tls_context(b"".join(chain), key, ca_dir_of(state_dir) / "webhook")
-        inject = inject_handler(self.settings.inject, namespace_labels(self.api, view), InjectionMetrics(registry))
+        inject = inject_handler(lambda: self.inject, namespace_labels(self.api, view), InjectionMetrics(registry))
         self._runner = await serve_webhook(
             context, host, self.settings.webhook_port, metrics=WebhookMetrics(registry), inject=inject
         )

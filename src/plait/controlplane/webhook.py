@@ -10,7 +10,7 @@ each problem is reported as ``<Kind> <namespace>/<name>: <field path>: <what was
 
 * only CREATE and UPDATE are checked; anything else is allowed;
 * warnings (valid, but worth knowing) are returned as admission warnings, which kubectl prints;
-* an Istio kind plait has no model for yet (Telemetry, EnvoyFilter, WasmPlugin…) is allowed
+* an Istio kind plait has no model for yet (WasmPlugin…) is allowed
   with a warning that it has no effect; the webhook's configuration
   (`validating_webhook_configuration`) does not even send those, nor any other kind, so users'
   other CRDs are never blocked. Services are read by plait but never validated here.
@@ -60,10 +60,11 @@ VALIDATED_RESOURCES = {
         "proxyconfigs",
     ),
     "security.istio.io": ("peerauthentications", "authorizationpolicies", "requestauthentications"),
+    "telemetry.istio.io": ("telemetries",),
 }
 VALIDATED_KINDS = frozenset(
-    kind for kind in SPEC_MODELS if kind not in ("Service", "Secret", "ConfigMap", "Telemetry")
-)  # core kinds are the API server's; Telemetry's webhook rule is not registered yet
+    kind for kind in SPEC_MODELS if kind not in ("Service", "Secret", "ConfigMap")
+)  # core kinds are the API server's
 
 
 class WebhookMetrics:

@@ -16,6 +16,7 @@ from typing import Any
 
 from cryptography import x509
 
+from plait.inject.settings import NAMESPACE_INJECTION_LABEL, REVISION_LABEL
 from plait.install.manifests import manifest
 from plait.install.settings import InstallSettings
 
@@ -67,6 +68,7 @@ class Facts:
     webhook_answer: str | None = None  # the dry-run's error; "" when it was accepted
     root_cert: str | None = None  # PEM
     proxies: tuple[dict[str, Any], ...] | None = None  # /debug/syncz
+    namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # namespace → labels
     errors: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -240,6 +242,28 @@ def _proxies(facts: Facts, settings: InstallSettings) -> list[Result]:
     ]
 
 
+def _injection_labels(facts: Facts) -> list[Result]:
+    """Istio's IST0123: a namespace with both istio-injection and istio.io/rev is injected by whichever
+    webhook matches first; istio-injection wins in Istio's selectors, which is rarely what was meant."""
+    both = sorted(
+        name
+        for name, labels in facts.namespace_labels.items()
+        if NAMESPACE_INJECTION_LABEL in labels and REVISION_LABEL in labels
+    )
+    return [
+        Result(
+            "plait-data-plane",
+            "no namespace has both istio-injection and istio.io/rev labels",
+            not both,
+            "both labels on: " + ", ".join(both),
+            "keep one: kubectl label namespace "
+            + (both[0] if both else "NS")
+            + f" {NAMESPACE_INJECTION_LABEL}- (to move it to the revision) or {REVISION_LABEL}-",
+            warning=True,
+        )
+    ]
+
+
 def check_results(facts: Facts, settings: InstallSettings) -> list[Result]:
     """`plait check`: the API, the CRDs, the control plane and gateways ready, webhooks, certificate, proxies."""
     results = _api(facts)
@@ -274,6 +298,7 @@ def check_results(facts: Facts, settings: InstallSettings) -> list[Result]:
         + _webhooks(facts, settings, webhook_configurations)
         + _certificate(facts, settings)
         + _proxies(facts, settings)
+        + _injection_labels(facts)
     )
 
 

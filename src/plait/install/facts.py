@@ -2,7 +2,7 @@
 
 In: a `Kubectl` and the install's settings. Out: `checks.Facts` (the API's version, SelfSubjectAccess
 reviews through ``kubectl auth can-i``, CRDs, Deployments, webhook caBundles, the answer to a
-server-side dry run of an invalid VirtualService, the root certificate ConfigMap, the control
+server-side dry run of an invalid VirtualService, the namespaces' labels, the root certificate ConfigMap, the control
 plane's /debug/syncz read inside its pod with kubectl exec), or for verify-install the objects
 found by kind, namespace and name. Every failure to read becomes a fact, never an exception.
 """
@@ -128,10 +128,16 @@ def gather_facts(
         proxies: tuple[dict[str, Any], ...] | None = _proxies(kubectl, settings)
     except (InstallError, ValueError) as error:
         proxies, errors["proxies"] = None, str(error)
+    try:
+        namespaces = kubectl.get_json("namespaces").get("items") or []
+        labels = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in namespaces}
+    except (InstallError, KeyError, ValueError) as error:
+        labels, errors["namespaces"] = {}, str(error)
     return Facts(
         now=now,
         server_version=version,
         crds=crds,
+        namespace_labels=labels,
         deployments=deployments,
         ca_bundles={name: ok for name, ok in bundles.items() if ok is not None},
         webhook_answer=_dry_run_answer(kubectl, settings.namespace),

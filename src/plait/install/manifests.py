@@ -5,7 +5,9 @@ grouped in the order they are applied (`components`), as istioctl reports them: 
 CRDs and the namespace), "Istiod" (service account, RBAC, the mesh ConfigMap ``istio[-REV]``,
 Deployment and Service ``istiod[-REV]``, PodDisruptionBudget, HorizontalPodAutoscaler, the
 validating and sidecar-injector webhooks), "Ingress gateways" and "Egress gateways" (per gateway: its
-namespace, service account and Role, Deployment, Service, PodDisruptionBudget, HPA). No I/O: `plait
+namespace, service account and Role, Deployment, Service, PodDisruptionBudget, HPA), and "Addons"
+(``addons.prometheus``: `plait.install.addons`). Every pod plait installs carries Istio's
+``prometheus.io/scrape|port|path`` annotations (istiod 15014 /metrics, gateways 15090 /stats/prometheus). No I/O: `plait
 manifest generate` prints them and `plait install` applies them.
 
 Every object but namespaces carries `owner_labels`, which `plait uninstall` selects by: Istio's
@@ -26,6 +28,7 @@ import yaml
 from plait.controlplane.injector import mutating_webhook_configuration
 from plait.controlplane.kubeidentity import CLUSTER_RULES, NAMESPACE_RULES
 from plait.controlplane.webhook import validating_webhook_configuration
+from plait.install import addons
 from plait.install.crds import istio_crds
 from plait.install.settings import ISTIOD, GatewaySettings, InstallSettings, K8sSettings
 from plait.sources.kubernetes import READER_RULES
@@ -38,6 +41,7 @@ TOKEN_AUDIENCE = "istio-ca"
 ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"
 PROXY_UID = 1337
 STATUS_PORT = 15021
+PROMETHEUS_PORT = 15090  # the gateway's Istio metrics (`plait agent --prometheus-port`), Istio's 15090
 
 # istiod's ports: plaintext xDS, xDS + CA over TLS, HTTP API / monitoring, webhooks (Service 443 → 15017).
 ISTIOD_PORTS = (
@@ -110,13 +114,24 @@ def _deployment(
     pod_labels: Mapping[str, str],
     k8s: K8sSettings,
     pod_spec: dict[str, Any],
+    scrape: tuple[int, str],
 ) -> dict[str, Any]:
+    """A Deployment whose pods are never injected and are scraped (Istio's prometheus.io annotations)
+    on `scrape` = (port, path)."""
     spec: dict[str, Any] = {}
     replicas = k8s.replicas if k8s.replicas is not None else (k8s.hpa or {}).get("minReplicas", 1)
     spec["replicas"] = replicas
     spec["selector"] = {"matchLabels": dict(selector)}
     spec["template"] = {
-        "metadata": {"labels": dict(pod_labels), "annotations": {"sidecar.istio.io/inject": "false"}},
+        "metadata": {
+            "labels": dict(pod_labels),
+            "annotations": {
+                "prometheus.io/path": scrape[1],
+                "prometheus.io/port": str(scrape[0]),
+                "prometheus.io/scrape": "true",
+                "sidecar.istio.io/inject": "false",
+            },
+        },
         "spec": pod_spec,
     }
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, namespace, labels), "spec": spec}
@@ -286,7 +301,9 @@ def istiod_deployment(settings: InstallSettings) -> dict[str, Any]:
     ]
     pod = _pod_spec(k8s, settings.istiod, [_container_extras(container, k8s)], volumes)
     labels = {**pod_labels, **owner_labels(settings, "Pilot")}
-    return _deployment(settings.istiod, settings.namespace, labels, _istiod_labels(settings), pod_labels, k8s, pod)
+    return _deployment(
+        settings.istiod, settings.namespace, labels, _istiod_labels(settings), pod_labels, k8s, pod, (15014, "/metrics")
+    )
 
 
 def istiod_service(settings: InstallSettings) -> dict[str, Any]:
@@ -355,8 +372,8 @@ def _gateway_container(settings: InstallSettings, gateway: GatewaySettings) -> d
     args += ["--ip", "$(INSTANCE_IP)", "--service-account", "$(SERVICE_ACCOUNT)", "--labels", labels]
     args += ["--control-plane", settings.control_plane, "--token-file", "/var/run/secrets/tokens/istio-token"]
     args += ["--root-cert", "/var/run/secrets/istio/root-cert.pem", "--state-dir", "/etc/istio/proxy"]
-    args += ["--status-port", str(STATUS_PORT)]
-    targets = dict.fromkeys([STATUS_PORT, *(p["targetPort"] for p in _service_ports(gateway))])
+    args += ["--status-port", str(STATUS_PORT), "--prometheus-port", str(PROMETHEUS_PORT)]
+    targets = dict.fromkeys([STATUS_PORT, PROMETHEUS_PORT, *(p["targetPort"] for p in _service_ports(gateway))])
     container = {
         "name": "istio-proxy",
         "image": settings.image,
@@ -422,7 +439,9 @@ def gateway(settings: InstallSettings, gateway: GatewaySettings) -> list[dict[st
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
             "subjects": [{"kind": "ServiceAccount", "name": account}],
         },
-        _deployment(name, ns, labels, gateway.labels, pod_labels, gateway.k8s, pod),
+        _deployment(
+            name, ns, labels, gateway.labels, pod_labels, gateway.k8s, pod, (PROMETHEUS_PORT, "/stats/prometheus")
+        ),
         _service(name, ns, labels, gateway.labels, _service_ports(gateway), gateway.k8s.service_type or default_type),
     ]
     return objects + _scaling(settings, name, ns, labels, gateway.labels, gateway.k8s)
@@ -455,6 +474,10 @@ def components(settings: InstallSettings) -> list[tuple[str, list[dict[str, Any]
         objects = gateways(settings, egress, namespaces)
         if objects:
             parts.append((title, objects))
+    if settings.prometheus:
+        parts.append(
+            ("Addons", addons.prometheus(settings, owner_labels(settings, addons.COMPONENT, revisioned=False)))
+        )
     return parts
 
 

@@ -93,6 +93,7 @@ SPEC = {
         "defaultConfig": {"discoveryAddress": STR, "tracing": MAP, "proxyMetadata": STR_MAP},
     },
     "values": {"global": {"istioNamespace": STR, "logging": {"level": STR}}},
+    "addons": {"prometheus": BOOL},
     "components": {
         "base": {"enabled": BOOL},
         "pilot": {"enabled": BOOL, "k8s": K8S},
@@ -316,6 +317,7 @@ def to_settings(spec: dict[str, Any], owner: str = "", image: str | None = None,
         pilot=_k8s(pilot.get("k8s") or {}) if pilot.get("enabled") else None,
         gateways=tuple(gateways),
         mesh_config=copy.deepcopy(spec.get("meshConfig") or {}),
+        prometheus=bool((spec.get("addons") or {}).get("prometheus")),
     )
 
 

@@ -72,6 +72,7 @@ class InstallSettings:
     gateways: tuple[GatewaySettings, ...] = (default_gateway(),)
     sidecar_injector: bool = True  # the MutatingWebhookConfiguration (istiod's /inject)
     mesh_config: dict[str, Any] = field(default_factory=dict)  # meshConfig, stored in ConfigMap istio[-REV]
+    prometheus: bool = False  # addons.prometheus: a Prometheus server scraping the mesh (plait.install.addons)
     legacy_apis: bool = False  # autoscaling/v2beta2 and policy/v1beta1 (Kubernetes before 1.23 / 1.21)
 
     @property

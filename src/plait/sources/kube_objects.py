@@ -1,6 +1,6 @@
 """Kubernetes objects, as the API server returns them (JSON dicts), → plait Resources. Pure.
 
-* Istio's CRDs (VirtualService, DestinationRule, …, in whichever version the cluster serves) and
+* Istio's CRDs (VirtualService, DestinationRule, …, Telemetry, in whichever version the cluster serves) and
   core/v1 Services go through the same parser as files (`plait.api.loader.parse_document`), so an
   invalid object gets the message `plait validate` gives, with ``kubernetes`` as its file.
 * Pods become WorkloadEntries named after the pod (the proxy's node id names its pod, so its
@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from plait.api import networking as net
 from plait.api.errors import Problem
 from plait.api.loader import parse_document
-from plait.api.resources import NETWORKING_VERSIONS, SECURITY_VERSIONS, SPEC_MODELS, ObjectMeta, Resource, Source
+from plait.api.resources import (
+    NETWORKING_VERSIONS,
+    SECURITY_VERSIONS,
+    SPEC_MODELS,
+    TELEMETRY_VERSIONS,
+    ObjectMeta,
+    Resource,
+    Source,
+)
 from plait.model.services import READY_ANNOTATION
 
 SOURCE_FILE = "kubernetes"  # what problems name as their file
@@ -77,7 +85,7 @@ ENDPOINT_SLICES = WatchedType("EndpointSlice", "discovery.k8s.io", ("v1", "v1bet
 CONFIG_TYPES = tuple(
     WatchedType(kind, versions[0].split("/")[0], _version_names(versions), _plural(kind))
     for kind, (versions, _) in SPEC_MODELS.items()
-    if versions in (NETWORKING_VERSIONS, SECURITY_VERSIONS)
+    if versions in (NETWORKING_VERSIONS, SECURITY_VERSIONS, TELEMETRY_VERSIONS)
 )
 WATCHED_TYPES = (NAMESPACES, NODES, SERVICES, PODS, ENDPOINT_SLICES, *CONFIG_TYPES)
 LOCALITY_LABEL = "istio-locality"  # on a pod: its locality as region.zone.subzone, instead of its node's

@@ -50,7 +50,11 @@ READ_ONLY = (
 READER_RULES = (
     {"apiGroups": [""], "resources": ["namespaces", "nodes", "services", "pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["networking.istio.io", "security.istio.io"], "resources": ["*"], "verbs": ["get", "list", "watch"]},
+    {
+        "apiGroups": ["networking.istio.io", "security.istio.io", "telemetry.istio.io"],
+        "resources": ["*"],
+        "verbs": ["get", "list", "watch"],
+    },
 )
 UNREACHABLE = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
 
@@ -97,14 +101,13 @@ class KubernetesSource:
         watch_timeout: int = 300,
         backoff: tuple[float, float] = (0.2, 5.0),
         rediscover: float = 10.0,
-        extra: Iterable[Resource] = (),
     ):
         self.api, self.on_change = api, on_change
         self.view = view or ClusterView(types)
         self.types = types
         self.watch_timeout, self.backoff, self.rediscover = watch_timeout, backoff, rediscover
         self.server = api.configuration.host
-        self.extra = {r.key: r for r in extra}  # not from the cluster: the mesh config file istiod was given
+        self.extra: dict[Key, Resource] = {}  # not from the cluster: the mesh config file istiod was given
         self.reachable = True
         self.relists = 0  # lists made after the first one of each type (410 Gone, a CRD coming back)
         self._synced = asyncio.Event()
@@ -115,6 +118,10 @@ class KubernetesSource:
     @property
     def resources(self) -> dict[Key, Resource]:
         return {**self.view.resources(), **self.extra} if self.extra else self.view.resources()
+
+    def set_extra(self, resources: Iterable[Resource]) -> None:
+        """Objects served beside the cluster's (the MeshConfig from istiod's --meshConfig file)."""
+        self.extra = {r.key: r for r in resources}
 
     @property
     def problems(self) -> list[Problem]:
