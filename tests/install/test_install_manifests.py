@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -286,32 +287,31 @@ def test_manifest_generate_prints_what_install_applies():
     assert list(yaml.safe_load_all(result.stdout)) == manifest(expected.settings)
 
 
-def test_the_prometheus_addon_scrapes_what_istios_annotations_point_at():
+def test_the_prometheus_addon_scrapes_what_istios_annotations_point_at(tmp_path):
     """``--set addons.prometheus=true``: Istio's addon in the control plane's namespace (istioctl's "Addons"
-    part); its scrape job keeps pods annotated prometheus.io/scrape and reads their port and path, and every
-    pod plait installs is annotated so (istiod 15014 /metrics, gateways 15090 /stats/prometheus)."""
+    part); every
+    pod plait installs is annotated so (istiod 15014 /metrics, gateways 15090 /stats/prometheus). The pods
+    come from istiod's HTTP service discovery."""
     resolved = resolve(sets=["addons.prometheus=true"], image="registry.test/plait/proxy:7")
     assert not resolved.warnings
     parts = dict(components(resolved.settings))
     addon = parts["Addons"]
     assert [(o["kind"], o["metadata"]["name"]) for o in addon] == [
         ("ServiceAccount", "prometheus"),
-        ("ClusterRole", "prometheus-istio-system"),
-        ("ClusterRoleBinding", "prometheus-istio-system"),
         ("ConfigMap", "prometheus"),
         ("Deployment", "prometheus"),
         ("Service", "prometheus"),
     ]
     container = named(addon, "Deployment", "prometheus")["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "registry.test/plait/prometheus:7"
-    config = yaml.safe_load(named(addon, "ConfigMap", "prometheus")["data"]["prometheus.yml"])
-    (pods,) = [job for job in config["scrape_configs"] if job["job_name"] == "kubernetes-pods"]
-    keep = pods["relabel_configs"][0]
-    assert (keep["source_labels"], keep["action"], keep["regex"]) == (
-        ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
-        "keep",
-        "true",
+    text = named(addon, "ConfigMap", "prometheus")["data"]["prometheus.yml"]
+    (pods,) = [job for job in yaml.safe_load(text)["scrape_configs"] if job["job_name"] == "kubernetes-pods"]
+    assert pods["http_sd_configs"][0]["url"] == "http://istiod.istio-system.svc:15014/api/v1/prometheus/targets"
+    (tmp_path / "prometheus.yml").write_text(text)
+    checked = subprocess.run(
+        ["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
     )
+    assert checked.returncode == 0, checked.stdout + checked.stderr  # Debian's Prometheus takes it
     for name, where in (("istiod", ("15014", "/metrics")), ("istio-ingressgateway", ("15090", "/stats/prometheus"))):
         annotations = named(manifest(resolved.settings), "Deployment", name)["spec"]["template"]["metadata"][
             "annotations"

@@ -60,7 +60,7 @@ from plait.xds.nametable import build_name_table
 log = logging.getLogger("plait.controlplane")
 HOST_PEERS = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 MAX_NAME_TABLE_WAIT = 60.0  # seconds a name-table request may wait for a change
-OPEN_ROUTES = ("/ready", "/metrics", "/version", "/api/v1/nametable")
+OPEN_ROUTES = ("/ready", "/metrics", "/version", "/api/v1/nametable", "/api/v1/prometheus/targets")
 WORKLOAD_ROUTES = ("/api/v1/workloads/{namespace}/{name}", "/api/v1/workloads/{namespace}/{name}/ready")
 HOW_TO_GET_ACCESS = (
     "run the CLI on the control plane's host, or set PLAIT_API_TOKEN to the control plane's "
@@ -230,8 +230,10 @@ class Api:
         admin_token: str | None = None,
         token_verifier: TokenVerifier | None = None,
         name: str = "",
+        scrape_targets: Callable[[], list[dict]] | None = None,
     ):
         self.state, self.hub, self.own_metrics = state, hub, own_metrics
+        self.scrape_targets = scrape_targets  # on Kubernetes: the pods Prometheus scrapes (http_sd_configs)
         self.name = name  # this control plane's (its pod's) name, as proxy-status shows it
         self.access = Access(admin_token, token_verifier)
         self.serving = False  # set once the ADS server listens
@@ -269,6 +271,8 @@ class Api:
                 web.delete("/api/v1/workloads/{namespace}/{name}", self.deregister),
             ]
         )
+        if self.scrape_targets is not None:
+            app.add_routes([web.get("/api/v1/prometheus/targets", self.prometheus_targets)])
         return app
 
     @web.middleware
@@ -324,6 +328,11 @@ class Api:
 
     async def version(self, _: web.Request) -> web.Response:
         return web.json_response({"plait": __version__, "name": self.name})
+
+    async def prometheus_targets(self, _: web.Request) -> web.Response:
+        """Prometheus' HTTP service discovery: the pods annotated to be scraped (`kube_objects.scrape_targets`)."""
+        assert self.scrape_targets is not None
+        return web.json_response(self.scrape_targets())
 
     async def syncz(self, _: web.Request) -> web.Response:
         await self.state.settled()  # what proxies were sent reflects every change made before this request

@@ -188,6 +188,7 @@ async def wait_for_cluster(source: KubernetesSource, stop: asyncio.Event, every:
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set (or SIGINT/SIGTERM); then stop accepting, close streams, exit."""
     from plait.ca.service import ads_authenticator, serve_ca
+    from plait.sources.kube_objects import scrape_targets
     from plait.xds.hub import XdsHub
     from plait.xds.server import ads_handler, serve_ads
 
@@ -244,6 +245,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         admin_token=admin_token,
         token_verifier=None if identity else tokens.verify,  # on Kubernetes pods are not registered by API
         name=os.environ.get("POD_NAME") or socket.gethostname(),
+        scrape_targets=None if cluster is None else lambda: scrape_targets(cluster.view.pods()),
     )
     also_notify.append(api.snapshot_changed)
     runner = web.AppRunner(api.app(), access_log=None)

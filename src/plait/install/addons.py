@@ -2,10 +2,11 @@
 installs it (pure).
 
 In: `InstallSettings`. Out: the objects of a Prometheus server in the control plane's namespace: service
-account, ClusterRole/Binding to discover pods, the ConfigMap ``prometheus`` with its ``prometheus.yml``,
-the Deployment and Service ``prometheus`` (port 9090, Istio's). It scrapes every pod that asks to be
-scraped with Istio's ``prometheus.io/scrape|port|path`` annotations (sidecars on 15090, gateways on
-15090, istiod on 15014), labelling each series with its ``namespace`` and ``pod`` as Istio's addon does.
+account, the ConfigMap ``prometheus`` with its ``prometheus.yml``, the Deployment and Service
+``prometheus`` (port 9090, Istio's). It scrapes every pod that asks to be scraped with Istio's
+``prometheus.io/scrape|port|path`` annotations (sidecars, gateways on 15090, istiod on 15014), labelling
+each series with the pod's labels, ``namespace`` and ``pod`` as Istio's addon does; the pods come from
+istiod's HTTP service discovery (`plait.sources.kube_objects.scrape_targets`), not from the API server.
 The image is Debian's ``prometheus`` in plait's image repository (`prometheus_image`; ``./dev images``
 builds it). No sidecar: Prometheus reads the proxies' plaintext metrics ports, outside the mesh.
 """
@@ -32,42 +33,25 @@ def prometheus_image(settings: InstallSettings) -> str:
     return f"{directory}/{NAME}:{tag}" if directory else f"{NAME}:{tag}"
 
 
-def scrape_config(interval: str = SCRAPE_INTERVAL) -> dict[str, Any]:
-    """prometheus.yml: Prometheus itself, and every pod annotated ``prometheus.io/scrape: "true"``."""
-    annotation = "__meta_kubernetes_pod_annotation_prometheus_io_"
+def scrape_config(discovery_url: str, interval: str = SCRAPE_INTERVAL) -> dict[str, Any]:
+    """prometheus.yml: Prometheus itself, and every pod annotated ``prometheus.io/scrape: "true"``, found
+    through istiod's HTTP service discovery at `discovery_url` (Debian's Prometheus is built without
+    Kubernetes service discovery; istiod watches the pods anyway)."""
     return {
         "global": {"scrape_interval": interval, "scrape_timeout": "10s"},
         "scrape_configs": [
             {"job_name": "prometheus", "static_configs": [{"targets": [f"localhost:{PORT}"]}]},
             {
                 "job_name": "kubernetes-pods",
-                "kubernetes_sd_configs": [{"role": "pod"}],
-                "relabel_configs": [
-                    {"source_labels": [f"{annotation}scrape"], "action": "keep", "regex": "true"},
-                    {
-                        "source_labels": ["__meta_kubernetes_pod_phase"],
-                        "action": "drop",
-                        "regex": "Pending|Succeeded|Failed|Completed",
-                    },
-                    {"source_labels": [f"{annotation}path"], "action": "replace", "target_label": "__metrics_path__"},
-                    {
-                        "source_labels": ["__address__", f"{annotation}port"],
-                        "action": "replace",
-                        "regex": r"([^:]+)(?::\d+)?;(\d+)",
-                        "replacement": "$1:$2",
-                        "target_label": "__address__",
-                    },
-                    {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)"},
-                    {
-                        "source_labels": ["__meta_kubernetes_namespace"],
-                        "action": "replace",
-                        "target_label": "namespace",
-                    },
-                    {"source_labels": ["__meta_kubernetes_pod_name"], "action": "replace", "target_label": "pod"},
-                ],
+                "http_sd_configs": [{"url": discovery_url, "refresh_interval": interval}],
             },
         ],
     }
+
+
+def discovery_url(settings: InstallSettings) -> str:
+    """istiod's ``/api/v1/prometheus/targets`` on its monitoring port (15014), through its Service."""
+    return f"http://{settings.istiod}.{settings.namespace}.svc:15014/api/v1/prometheus/targets"
 
 
 def prometheus(settings: InstallSettings, labels: dict[str, str]) -> list[dict[str, Any]]:
@@ -75,7 +59,6 @@ def prometheus(settings: InstallSettings, labels: dict[str, str]) -> list[dict[s
     namespace = settings.namespace
     meta = {"name": NAME, "namespace": namespace, "labels": dict(labels)}
     pod_labels = {"app": NAME, "sidecar.istio.io/inject": "false"}
-    cluster_meta = {"name": f"{NAME}-{namespace}", "labels": dict(labels)}
     container = {
         "name": NAME,
         "image": prometheus_image(settings),
@@ -97,30 +80,10 @@ def prometheus(settings: InstallSettings, labels: dict[str, str]) -> list[dict[s
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
         {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": cluster_meta,
-            "rules": [
-                {
-                    "apiGroups": [""],
-                    "resources": ["nodes", "services", "endpoints", "pods"],
-                    "verbs": ["get", "list", "watch"],
-                },
-                {"nonResourceURLs": ["/metrics"], "verbs": ["get"]},
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": cluster_meta,
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_meta["name"]},
-            "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": namespace}],
-        },
-        {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": meta,
-            "data": {"prometheus.yml": yaml.safe_dump(scrape_config(), sort_keys=False)},
+            "data": {"prometheus.yml": yaml.safe_dump(scrape_config(discovery_url(settings)), sort_keys=False)},
         },
         {
             "apiVersion": "apps/v1",

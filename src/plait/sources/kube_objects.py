@@ -283,3 +283,35 @@ def registry_resources(
         out[service.key] = service
         out.update((we.key, we) for we in entries)
     return out
+
+
+SCRAPE_ANNOTATION = "prometheus.io/"  # Istio's (and Prometheus' kubernetes-pods habit): scrape, port, path
+
+
+def _label_name(key: str) -> str:
+    """A Kubernetes label key as a Prometheus label name (what Prometheus' labelmap makes of it)."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", key)
+
+
+def scrape_targets(pods: Iterable[Mapping]) -> list[dict]:
+    """Prometheus HTTP service discovery (``http_sd_configs``) for the running pods annotated
+    ``prometheus.io/scrape: "true"``: ``POD_IP:prometheus.io/port`` at ``prometheus.io/path``
+    (default /metrics), labelled with the pod's labels, ``namespace`` and ``pod``, as Istio's
+    Prometheus addon labels them with its kubernetes-pods job."""
+    targets = []
+    for pod in pods:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        annotations = meta.get("annotations") or {}
+        port = annotations.get(SCRAPE_ANNOTATION + "port", "")
+        if annotations.get(SCRAPE_ANNOTATION + "scrape") != "true" or not port.isdigit():
+            continue
+        if status.get("phase") != "Running" or not status.get("podIP"):
+            continue
+        labels = {_label_name(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+        labels.update(
+            namespace=meta.get("namespace", ""),
+            pod=meta.get("name", ""),
+            __metrics_path__=annotations.get(SCRAPE_ANNOTATION + "path") or "/metrics",
+        )
+        targets.append({"targets": [f"{status['podIP']}:{port}"], "labels": labels})
+    return sorted(targets, key=lambda t: (t["labels"]["namespace"], t["labels"]["pod"]))

@@ -237,6 +237,10 @@ class ClusterView:
         self._slice_memo = memo
         return out
 
+    def pods(self) -> list[dict]:
+        """The pods as last seen (Prometheus' service discovery reads their annotations)."""
+        return self._objects("Pod")
+
     def _objects(self, kind: str) -> list[dict]:
         return list(self.collections[kind].objects.values()) if kind in self.collections else []
 
