@@ -131,10 +131,10 @@ def test_the_product_page_through_the_ingress_gateway_shows_reviews(bookinfo):
 
 
 def test_every_sidecar_serves_istios_metrics_and_says_where(bookinfo):
-    """Injected pods carry Istio's ``prometheus.io/*`` annotations pointing at the sidecar's Envoy (15090,
-    Istio's names) unless the pod has its own (Istio's productpage points at its app's /metrics); after page
-    loads, the productpage pod's sidecar counts what it served with ``reporter="destination"``, the ingress
-    gateway as its caller over mutual TLS."""
+    """Injected pods carry Istio's ``prometheus.io/*`` annotations pointing at the agent's merged metrics
+    (15020, meshConfig.enablePrometheusMerge's default); Istio's productpage's own (its app's /metrics) move
+    to ISTIO_PROMETHEUS_ANNOTATIONS. After page loads, the productpage pod's merged endpoint counts what
+    its sidecar served with ``reporter="destination"``, the ingress gateway as its caller over mutual TLS."""
     for _ in range(5):
         bookinfo.product_page()
     pods = {
@@ -142,9 +142,12 @@ def test_every_sidecar_serves_istios_metrics_and_says_where(bookinfo):
         for pod in json.loads(bookinfo.kubectl("get", "pods", "-n", NAMESPACE, "-o", "json"))["items"]
     }
     details = pods["details"]["metadata"]["annotations"]
-    assert (details["prometheus.io/port"], details["prometheus.io/path"]) == ("15090", "/stats/prometheus")
-    assert pods["productpage"]["metadata"]["annotations"]["prometheus.io/port"] == "9080"  # the app's own
-    url = f"http://{pods['productpage']['status']['podIP']}:15090/stats/prometheus"
+    assert (details["prometheus.io/port"], details["prometheus.io/path"]) == ("15020", "/stats/prometheus")
+    assert pods["productpage"]["metadata"]["annotations"]["prometheus.io/port"] == "15020"
+    proxy = next(c for c in pods["productpage"]["spec"]["containers"] if c["name"] == "istio-proxy")
+    moved = next(e["value"] for e in proxy["env"] if e["name"] == "ISTIO_PROMETHEUS_ANNOTATIONS")
+    assert json.loads(moved) == {"scrape": "true", "path": "/metrics", "port": "9080"}  # the app's own
+    url = f"http://{pods['productpage']['status']['podIP']}:15020/stats/prometheus"
 
     def served() -> list[str]:
         with urllib.request.urlopen(url, timeout=10) as response:

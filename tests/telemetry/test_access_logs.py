@@ -158,7 +158,7 @@ def test_a_disabled_telemetry_turns_the_mesh_config_log_off() -> None:
             "spec.accessLogging[0].providers[0].name",
             "built-in 'envoy'",
         ),
-        ("{metrics: [{overrides: []}]}", "spec.metrics", "not supported by plait yet"),
+        ("{metrics: [{reportingInterval: 5s}]}", "spec.metrics[0].reportingInterval", "not supported by plait yet"),
         ("{accessLogging: [{filter: {}}]}", "spec.accessLogging[0].filter.expression", "required field is missing"),
     ],
 )

@@ -8,6 +8,7 @@ raises `AdminUnavailable` when Envoy does not answer.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 DEFAULT_TIMEOUT = 2.0
 
@@ -45,24 +46,34 @@ class EnvoyAdmin:
         return parse_stats(body.decode())
 
     async def _exchange(self, method: str, path: str) -> tuple[int, bytes]:
-        reader, writer = await asyncio.open_connection(self.host, self.port)
-        try:
-            writer.write(
-                f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Connection: close\r\nContent-Length: 0\r\n\r\n".encode()
-            )
-            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-            status_line, *lines = head.split("\r\n")
-            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
-            if headers.get("transfer-encoding", "").lower() == "chunked":
-                body = await _read_chunked(reader)
-            elif "content-length" in headers:
-                body = await reader.readexactly(int(headers["content-length"]))
-            else:
-                body = await reader.read()
-            return int(status_line.split()[1]), body
-        finally:
-            writer.close()
+        status, _, body = await exchange(self.host, self.port, method, path)
+        return status, body
+
+
+async def exchange(
+    host: str, port: int, method: str, path: str, headers: Mapping[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request to host:port: (status, response headers in lower case, body). No timeout of
+    its own: callers bound it."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}"
+            f"Connection: close\r\nContent-Length: 0\r\n\r\n".encode()
+        )
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        status_line, *lines = head.split("\r\n")
+        found = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
+        if found.get("transfer-encoding", "").lower() == "chunked":
+            body = await _read_chunked(reader)
+        elif "content-length" in found:
+            body = await reader.readexactly(int(found["content-length"]))
+        else:
+            body = await reader.read()
+        return int(status_line.split()[1]), found, body
+    finally:
+        writer.close()
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:

@@ -45,6 +45,7 @@ from plait.agent.app_probe import AppProber
 from plait.agent.bootstrap import BootstrapSettings, build_bootstrap
 from plait.agent.dnsproxy import DnsProxy, DnsSettings, start_dns
 from plait.agent.identity import CertificateError, CertificateManager, read_token
+from plait.agent.merged_metrics import AppScrape
 from plait.agent.readiness import Readiness, check_readiness, wait_until_ready
 from plait.agent.registration import (
     Registration,
@@ -102,6 +103,9 @@ class AgentConfig:
     probe_port: int | None = None  # also serve the status routes here, with /app-health (Istio's 15020)
     app_probers: Mapping[str, AppProber] = field(default_factory=dict)  # /app-health path → the app's probe
     dns: DnsSettings | None = None  # answer the pod's DNS (Istio's ISTIO_META_DNS_CAPTURE)
+    app_metrics: AppScrape | None = (
+        None  # merge the app's metrics into /stats/prometheus (ISTIO_PROMETHEUS_ANNOTATIONS)
+    )
 
 
 def make_proxy_dir(state_dir: Path, proxy_uid: int | None) -> tuple[Path, bool]:
@@ -204,7 +208,11 @@ class Agent:
             env={**self._telemetry_env(), **self.config.proxy_env},
         )
         status = StatusServer(
-            self.readiness, self.admin, app_probers=self.config.app_probers, app_address=self.proxy.app_address
+            self.readiness,
+            self.admin,
+            app_probers=self.config.app_probers,
+            app_address=self.proxy.app_address,
+            app_metrics=self.config.app_metrics,
         )
         await status.start(self.config.status_address, self.config.status_port)
         if self.config.probe_port:

@@ -1,9 +1,10 @@
-"""The agent's status port (Istio's 15021): readiness for probes, Envoy's Prometheus stats.
+"""The agent's status port (Istio's 15021, and 15020 with the probes): readiness for probes, the merged metrics.
 
 * ``GET /healthz/ready`` → 200 ``ready`` once the proxy has its first full
   config, else 503 with the reason (also 503 while draining);
-* ``GET /stats/prometheus`` → Envoy's admin ``/stats/prometheus`` with Istio's metric names
-  (`plait.telemetry.prometheus.istio_exposition`: ``istio_requests_total`` …);
+* ``GET /stats/prometheus`` (and ``/metrics``, as Istio's agent) → Istio's merged metrics
+  (`plait.agent.merged_metrics`): the agent's own, Envoy's with Istio's names
+  (``istio_requests_total`` …) and, when the pod names them, the application's;
 * ``GET /app-health/CONTAINER/KIND`` → the app's original probe, run by the agent
   (`plait.agent.app_probe`; 404 for a path the injector did not hand over).
 
@@ -17,13 +18,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 
-from plait.agent.admin import AdminUnavailable, EnvoyAdmin
+from plait.agent.admin import EnvoyAdmin
 from plait.agent.app_probe import AppProber, run_prober
+from plait.agent.merged_metrics import AppScrape, MergedMetrics
 from plait.agent.readiness import Readiness
-from plait.telemetry.prometheus import istio_exposition
 
 READ_TIMEOUT = 5.0
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+METRICS_ROUTES = ("/stats/prometheus", "/metrics")
 
 
 class StatusServer:
@@ -34,9 +35,10 @@ class StatusServer:
         *,
         app_probers: Mapping[str, AppProber] | None = None,
         app_address: str = "127.0.0.1",
+        app_metrics: AppScrape | None = None,
     ):
         self._readiness = readiness
-        self._admin = admin
+        self._metrics = MergedMetrics(admin, app_metrics, app_address)
         self._app_probers = dict(app_probers or {})
         self._app_address = app_address
         self._servers: list[asyncio.Server] = []
@@ -55,8 +57,10 @@ class StatusServer:
         try:
             async with asyncio.timeout(READ_TIMEOUT):
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-            method, path, *_ = head.split("\r\n", 1)[0].split(" ") + ["", ""]
-            status, content_type, body = await self._answer(method, path)
+            request_line, *lines = head.split("\r\n")
+            method, path, *_ = request_line.split(" ") + ["", ""]
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
+            status, content_type, body = await self._answer(method, path, headers)
             writer.write(
                 f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
@@ -69,7 +73,7 @@ class StatusServer:
         finally:
             writer.close()
 
-    async def _answer(self, method: str, path: str) -> tuple[HTTPStatus, str, bytes]:
+    async def _answer(self, method: str, path: str, headers: dict[str, str]) -> tuple[HTTPStatus, str, bytes]:
         if method not in ("GET", "HEAD"):
             return HTTPStatus.METHOD_NOT_ALLOWED, "text/plain", b"GET only\n"
         route = path.split("?", 1)[0]
@@ -77,12 +81,9 @@ class StatusServer:
             readiness = await self._readiness()
             status = HTTPStatus.OK if readiness.ready else HTTPStatus.SERVICE_UNAVAILABLE
             return status, "text/plain", readiness.reason.encode() + b"\n"
-        if route == "/stats/prometheus":
-            try:
-                status, body = await self._admin.get("/stats/prometheus", timeout=10.0)
-            except AdminUnavailable as exc:
-                return HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", f"{exc}\n".encode()
-            return HTTPStatus(status), PROMETHEUS_TEXT, istio_exposition(body.decode()).encode()
+        if route in METRICS_ROUTES:
+            content_type, body = await self._metrics.answer(headers)
+            return HTTPStatus.OK, content_type, body
         if route.startswith("/app-health/"):
             return await self._app_health(route)
         return HTTPStatus.NOT_FOUND, "text/plain", b"not found: try /healthz/ready or /stats/prometheus\n"

@@ -5,7 +5,8 @@ one applies to its namespace, or to the whole mesh in the root namespace. Each `
 rule may name ``providers`` (only Istio's built-in ``envoy``: the file log of
 ``meshConfig.accessLogFile``, else ``/dev/stdout``), set ``disabled``, keep only the requests its
 ``filter.expression`` (CEL, Envoy's attributes: ``response.code >= 400``) accepts, and apply to the
-client side, the server side or both (``match.mode``). ``metrics``, ``tracing`` and ``targetRefs``
+client side, the server side or both (``match.mode``). ``metrics`` (`plait.api.telemetry_metrics`)
+disables Istio's standard metrics and changes their labels. ``tracing`` and ``targetRefs``
 are Istio's and not acted on yet: loading them says so.
 """
 
@@ -17,6 +18,7 @@ from pydantic import Field, field_validator
 
 from plait.api.common import IstioModel
 from plait.api.extensions import PolicySelector
+from plait.api.telemetry_metrics import Metrics
 
 BUILTIN_PROVIDER = "envoy"
 
@@ -54,3 +56,4 @@ class AccessLogging(IstioModel):
 class TelemetrySpec(IstioModel):
     selector: PolicySelector | None = None
     access_logging: list[AccessLogging] = []
+    metrics: list[Metrics] = []

@@ -24,6 +24,7 @@ from plait.agent.bootstrap import (
 )
 from plait.agent.dnslookup import ResolvConf, parse_upstream, read_resolv_conf
 from plait.agent.dnsproxy import DnsSettings
+from plait.agent.merged_metrics import AppScrape, ScrapeConfigError, parse_prometheus_annotations
 from plait.agent.readiness import wait_for_ready_url
 from plait.agent.registration import Registration
 from plait.agent.run import AgentConfig, IdentitySettings, default_state_dir, run_agent
@@ -238,6 +239,16 @@ def agent(
             show_default=False,
         ),
     ] = None,
+    prometheus_annotations: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ISTIO_PROMETHEUS_ANNOTATIONS",
+            help="The app's metrics to merge into /stats/prometheus on the status ports, as JSON "
+            '{"scrape": "true", "port": "9080", "path": "/metrics"} (the pod\'s prometheus.io annotations, '
+            "which the injector writes here); scraped on --app-address.",
+            show_default=False,
+        ),
+    ] = None,
     dns_capture: Annotated[
         bool,
         typer.Option(
@@ -316,6 +327,7 @@ def agent(
         identity=identity,
         probe_port=probe_port,
         app_probers=_app_probers(app_probers),
+        app_metrics=_app_metrics(prometheus_annotations, status_port, probe_port),
         dns=_dns_settings(
             resolv_conf,
             dns_upstream or [],
@@ -367,6 +379,13 @@ def _app_probers(text: str | None) -> dict[str, AppProber]:
         return parse_app_probers(text)
     except ProberError as exc:
         raise typer.BadParameter(str(exc), param_hint="--app-probers") from None
+
+
+def _app_metrics(text: str | None, *status_ports: int | None) -> AppScrape | None:
+    try:
+        return parse_prometheus_annotations(text, tuple(p for p in status_ports if p))
+    except ScrapeConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--prometheus-annotations") from None
 
 
 def agent_wait(

@@ -1,6 +1,6 @@
 """Istio's MeshConfig (``--meshConfigFile``) applied to `InjectSettings`: the mesh-wide sidecar defaults.
 
-Read: ``trustDomain`` and, from ``defaultConfig`` (a ProxyConfig), ``discoveryAddress`` (the
+Read: ``trustDomain``, ``enablePrometheusMerge`` and, from ``defaultConfig`` (a ProxyConfig), ``discoveryAddress`` (the
 control plane), ``holdApplicationUntilProxyStarts``, ``concurrency``, ``terminationDrainDuration``
 and ``proxyMetadata``. Other MeshConfig and ProxyConfig fields are accepted and change nothing
 here. Also takes the ``istio`` ConfigMap itself (its ``data.mesh``). Pure.
@@ -41,6 +41,10 @@ def apply_mesh_config(settings: InjectSettings, mesh: Mapping[str, Any], where: 
     changes: dict[str, Any] = {}
     if "trustDomain" in mesh:
         changes["trust_domain"] = str(mesh["trustDomain"])
+    if "enablePrometheusMerge" in mesh:
+        if not isinstance(mesh["enablePrometheusMerge"], bool):
+            raise InjectError(f"{where}: enablePrometheusMerge: expected true or false")
+        changes["enable_prometheus_merge"] = mesh["enablePrometheusMerge"]
     if "discoveryAddress" in default_config:
         changes["control_plane"] = str(default_config["discoveryAddress"])
     for field, setting in (

@@ -49,13 +49,15 @@ TOKEN_DIR = "/var/run/secrets/tokens"
 ROOT_CERT_DIR = "/var/run/secrets/istio"
 ENVOY_DIR = "/etc/istio/proxy"
 APP_PROBERS_ENV = "ISTIO_KUBE_APP_PROBERS"
+APP_METRICS_ENV = "ISTIO_PROMETHEUS_ANNOTATIONS"  # the app's prometheus.io annotations, for the merged metrics
 
 PROXY_UID = 1337
 OUTBOUND_CAPTURE_PORT = 15001
 INBOUND_CAPTURE_PORT = 15006
 READINESS_PORT = 15021  # the agent's /healthz/ready
 PROMETHEUS_PORT = 15090
-# Istio's pod annotations telling Prometheus where the proxy's metrics are (Envoy's 15090, Istio's names)
+# Istio's pod annotations telling Prometheus where the proxy's metrics are when they are not merged
+# (Envoy's 15090, Istio's names; `plait.inject.prometheus`)
 PROMETHEUS_ANNOTATIONS = {
     "prometheus.io/scrape": "true",
     "prometheus.io/port": str(PROMETHEUS_PORT),
@@ -88,6 +90,7 @@ class InjectSettings:
     concurrency: int = 2  # Envoy worker threads (Istio's defaultConfig.concurrency for sidecars)
     drain_seconds: float = 5.0  # Istio's terminationDrainDuration
     status_port: int = 15020  # where the agent serves the rewritten app probes (/app-health/…)
+    enable_prometheus_merge: bool = True  # meshConfig.enablePrometheusMerge: scrape the merged 15020
     hold_application_until_proxy_starts: bool = False
     proxy_metadata: dict[str, str] = field(default_factory=dict)  # env of istio-proxy (defaultConfig.proxyMetadata)
     rewrite_app_probers: bool = True

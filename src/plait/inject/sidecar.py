@@ -20,14 +20,15 @@ from typing import Any
 
 from plait.inject.options import PodOptions, pod_options
 from plait.inject.probes import app_probers, probers_env, rewrite_probes
+from plait.inject.prometheus import merge_enabled, scrape_annotations
 from plait.inject.settings import (
+    APP_METRICS_ENV,
     APP_PROBERS_ENV,
     ENVOY_DIR,
     ENVOY_VOLUME,
     INBOUND_CAPTURE_PORT,
     INIT_CONTAINER,
     OUTBOUND_CAPTURE_PORT,
-    PROMETHEUS_ANNOTATIONS,
     PROMETHEUS_PORT,
     PROXY_CONTAINER,
     PROXY_UID,
@@ -69,9 +70,13 @@ def inject(pod: Mapping[str, Any], settings: InjectSettings, *, workload: Worklo
         probers = app_probers(spec, options.status_port)
         rewrite_probes(spec, options.status_port)
     _add_labels(labels, workload)
+    merge = merge_enabled(annotations, settings.enable_prometheus_merge)
+    scraped, app_metrics = scrape_annotations(annotations, merge=merge, status_port=options.status_port)
     proxy = proxy_container(
         options, settings, labels=labels, workload=workload, app_containers=app_containers, probers=probers
     )
+    if app_metrics is not None:  # after the template's, as Istio's injector adds it
+        proxy["env"].append({"name": APP_METRICS_ENV, "value": app_metrics})
     injected_init = [init_container(options)] if options.interception_mode != "NONE" else []
     inits, injected_init = _apply_overrides(spec.get("initContainers") or [], injected_init)
     spec["initContainers"] = [*inits, *injected_init]
@@ -85,8 +90,7 @@ def inject(pod: Mapping[str, Any], settings: InjectSettings, *, workload: Worklo
     if not spec["initContainers"]:
         del spec["initContainers"]
     annotations.setdefault(REVISION_LABEL, settings.revision_name)
-    for key, value in PROMETHEUS_ANNOTATIONS.items():  # Istio's scrape hints (a pod's own win)
-        annotations.setdefault(key, value)
+    annotations.update(scraped)  # Istio's scrape hints: the merged 15020, or Envoy's 15090
     if app_containers:
         annotations.setdefault(DEFAULT_LOGS_CONTAINER, app_containers[0])
         annotations.setdefault(DEFAULT_CONTAINER, app_containers[0])

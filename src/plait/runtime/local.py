@@ -31,6 +31,7 @@ from plait.ca.authority import root_cert_path, write_file
 from plait.ca.tokens import TokenIssuer, token_key_path
 from plait.client import ClientError, Http
 from plait.host.processes import die_with_parent
+from plait.inject.prometheus import scrape_annotations
 from plait.model.proxy import PROMETHEUS_PORT
 from plait.model.proxy_config import effective_proxy_config
 from plait.runtime import iptables
@@ -44,6 +45,7 @@ TOKEN_FILE = "istio-token"  # in each pod's directory, as Istio mounts /var/run/
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
 # A pod restarted this often and not ready is crash-looping (Kubernetes' CrashLoopBackOff): `plait up` says so.
 CRASH_LOOP_RESTARTS = 3
+MERGED_PORT = 15020  # Istio's merged metrics (and app probes) on the agent: POD_IP:15020 in capture mode
 LOG_TAIL_LINES = 12
 STATE_FILE = "state.json"
 
@@ -64,6 +66,7 @@ class Pod:
     ports: dict[str, int]
     probe: str | None = None
     kind: str = "sidecar"  # or "gateway"
+    app_metrics: str = ""  # ISTIO_PROMETHEUS_ANNOTATIONS: the app's metrics the agent merges (its prometheus.io/*)
     pid: int | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -184,6 +187,7 @@ def pods_for(deployment: Deployment, addresses: Addresses, mode: str) -> list[Po
                 env=env,
                 ports=ports,
                 probe=_probe_url(container, app_ip),
+                app_metrics=scrape_annotations(deployment.annotations, merge=True, status_port=MERGED_PORT)[1] or "",
             )
         )
     return pods
@@ -378,6 +382,10 @@ class LocalMesh:
             args += ["--app-probe", pod.probe]
         if pod.kind != "gateway":  # Istio's metrics on POD_IP:15090 (gateways share the host's address)
             args += ["--prometheus-port", str(PROMETHEUS_PORT)]
+        if in_pod:  # and the merged ones on POD_IP:15020 (in proxy mode: on the status port)
+            args += ["--probe-port", str(MERGED_PORT)]
+        if pod.app_metrics:
+            args += ["--prometheus-annotations", pod.app_metrics]
         if in_pod:
             args += ["--proxy-uid", str(capture.PROXY_UID)]
         proxy_config = effective_proxy_config(self.manifests.config.resources, pod.namespace, pod.labels)

@@ -1,7 +1,7 @@
 """Kubernetes manifests for the local mesh: Deployments (and Namespaces, ServiceAccounts) → pods to run.
 
 The same files run on Kubernetes later, so only the fields a local process needs
-are read (replicas, pod template labels, serviceAccountName, containers' command,
+are read (replicas, pod template labels and prometheus.io annotations, serviceAccountName, containers' command,
 args, env, ports, readinessProbe.httpGet); everything else — the image above all —
 is ignored. Services and Istio kinds go to the control plane as they are.
 
@@ -102,6 +102,7 @@ class PodSpec(_K8s):
 
 class TemplateMeta(_K8s):
     labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
 
 
 class PodTemplate(_K8s):
@@ -123,6 +124,7 @@ class Deployment:
     service_account: str
     containers: tuple[Container, ...]
     source: str = ""
+    annotations: dict[str, str] = field(default_factory=dict)  # the pod template's (prometheus.io/* are read)
 
     def pod_names(self) -> list[str]:
         return [f"{self.name}-{i}" for i in range(self.replicas)]
@@ -234,6 +236,7 @@ def _deployment(doc: dict, file: str, index: int) -> tuple[Deployment | None, li
         service_account=spec.template.spec.service_account_name,
         containers=tuple(spec.template.spec.containers),
         source=file,
+        annotations=dict(spec.template.metadata.annotations),
     ), []
 
 

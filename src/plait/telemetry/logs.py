@@ -17,6 +17,7 @@ from plait.api.mesh import MeshConfig
 from plait.api.telemetry import AccessLogging
 from plait.model.proxy import Proxy
 from plait.model.snapshot import MeshSnapshot
+from plait.telemetry.overrides import telemetry_levels
 
 FILE_LOGGER = "envoy.access_loggers.file"
 FILE_CONFIG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
@@ -74,15 +75,7 @@ def access_logging(snapshot: MeshSnapshot, proxy: Proxy, side: Side) -> AccessLo
     """The Telemetry rule for a proxy's side, as Istio picks it: the most specific Telemetry with
     access logging (one selecting the workload in its namespace, else its namespace's, else the
     root namespace's), and of its rules the first for this side."""
-    own = [t for t in snapshot.telemetries if t.namespace == proxy.namespace]
-    selecting = [
-        t
-        for t in own
-        if t.spec.selector and all(proxy.labels.get(k) == v for k, v in t.spec.selector.match_labels.items())
-    ]
-    namespace_wide = [t for t in own if not t.spec.selector]
-    root = [t for t in snapshot.telemetries if t.namespace == snapshot.root_namespace and not t.spec.selector]
-    for candidates in (selecting, namespace_wide, root):
+    for candidates in telemetry_levels(snapshot, proxy):
         rules = [rule for t in candidates for rule in t.spec.access_logging]
         if rules:
             return next((rule for rule in rules if rule.applies_to(side)), None)

@@ -23,9 +23,11 @@ Values Envoy cannot fill come out empty and are shown as ``unknown`` (`plait.tel
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from plait.model.proxy import Proxy
 from plait.model.services import Endpoint, Service
+from plait.telemetry.overrides import DEFAULT, MetricConfig
 
 UNKNOWN = "unknown"
 CLUSTER_ID = "Kubernetes"  # Istio's default cluster name (values.global.multiCluster.clusterName)
@@ -46,6 +48,7 @@ CANONICAL_REVISION_LABEL = "service.istio.io/canonical-revision"
 WORKLOAD_NAME_LABEL = "service.istio.io/workload-name"
 
 HTTP_METRICS = ("requests_total", "request_duration_milliseconds", "request_bytes", "response_bytes")
+Overrides = Mapping[str, MetricConfig]  # metric name → its Telemetry overrides (`plait.telemetry.overrides`)
 TCP_METRICS = (
     "tcp_sent_bytes_total",
     "tcp_received_bytes_total",
@@ -206,9 +209,26 @@ GRPC_CONTENT_TYPE = {
 }
 
 
-def http_access_logs(tags: Mapping[str, str]) -> list[dict]:
-    """The four HTTP metrics, one logger for gRPC requests (content-type application/grpc…) and one for
-    the others: request_protocol is ``grpc`` or ``http`` as Istio's."""
+def _stat(name: str, tags: Mapping[str, str], labels: tuple[str, ...], overrides: Overrides) -> dict:
+    return {"name": name, "tags": overrides.get(name, DEFAULT).labels(_tags(tags, labels))}
+
+
+def _enabled(names: tuple[str, ...], overrides: Overrides) -> tuple[str, ...]:
+    return tuple(name for name in names if not overrides.get(name, DEFAULT).disabled)
+
+
+def http_access_logs(tags: Mapping[str, str], overrides: Overrides = MappingProxyType({})) -> list[dict]:
+    """The four HTTP metrics (less those `overrides` disable, with its label changes), one logger for
+    gRPC requests (content-type application/grpc…) and one for the others: request_protocol is
+    ``grpc`` or ``http`` as Istio's. No logger when every HTTP metric is disabled."""
+    histograms = {
+        "request_duration_milliseconds": ("Milliseconds", "%DURATION%"),
+        "request_bytes": ("Bytes", "%BYTES_RECEIVED%"),
+        "response_bytes": ("Bytes", "%BYTES_SENT%"),
+    }
+    enabled = _enabled(HTTP_METRICS, overrides)
+    if not enabled:
+        return []
     out = []
     for protocol, invert in (("http", True), ("grpc", False)):
         full = {
@@ -218,42 +238,45 @@ def http_access_logs(tags: Mapping[str, str]) -> list[dict]:
             "grpc_response_status": "%GRPC_STATUS_NUMBER%",
             "response_flags": "%RESPONSE_FLAGS%",
         }
-        config = {
-            "counters": [{"stat": {"name": "requests_total", "tags": _tags(full, HTTP_LABELS)}, "value_fixed": 1}],
-            "histograms": [
-                {"stat": {"name": name, "tags": _tags(full, HTTP_LABELS)}, "unit": unit, "value_format": value}
-                for name, unit, value in (
-                    ("request_duration_milliseconds", "Milliseconds", "%DURATION%"),
-                    ("request_bytes", "Bytes", "%BYTES_RECEIVED%"),
-                    ("response_bytes", "Bytes", "%BYTES_SENT%"),
-                )
-            ],
-        }
+        config: dict = {}
+        if "requests_total" in enabled:
+            config["counters"] = [{"stat": _stat("requests_total", full, HTTP_LABELS, overrides), "value_fixed": 1}]
+        if measured := [name for name in histograms if name in enabled]:
+            config["histograms"] = [
+                {
+                    "stat": _stat(name, full, HTTP_LABELS, overrides),
+                    "unit": histograms[name][0],
+                    "value_format": histograms[name][1],
+                }
+                for name in measured
+            ]
         header = {**GRPC_CONTENT_TYPE, "invert_match": True} if invert else GRPC_CONTENT_TYPE
         out.append(_stats_logger(config, {"header_filter": {"header": header}}))
     return out
 
 
-def tcp_access_logs(tags: Mapping[str, str]) -> list[dict]:
-    """The four TCP metrics: opened when the upstream connection is made (tcp_proxy must flush its
-    access log then: `TCP_ACCESS_LOG_OPTIONS`), bytes and closed at the end of the connection."""
+def tcp_access_logs(tags: Mapping[str, str], overrides: Overrides = MappingProxyType({})) -> list[dict]:
+    """The four TCP metrics (less those `overrides` disable, with its label changes): opened when the
+    upstream connection is made (tcp_proxy must flush its access log then: `tcp_access_log_options`),
+    bytes and closed at the end of the connection. A logger left without a metric is left out."""
     full = {**tags, "request_protocol": "tcp", "response_flags": "%RESPONSE_FLAGS%"}
+    enabled = _enabled(TCP_METRICS, overrides)
 
-    def counter(name: str, **value) -> dict:
-        return {"stat": {"name": name, "tags": _tags(full, TCP_LABELS)}, **value}
+    def counters(*named: tuple[str, dict]) -> list[dict]:
+        return [{"stat": _stat(name, full, TCP_LABELS, overrides), **value} for name, value in named if name in enabled]
 
-    def at(log_type: str) -> dict:
-        return {"log_type_filter": {"types": [log_type]}}
-
-    opened = {"counters": [counter("tcp_connections_opened_total", value_fixed=1)]}
-    closed = {
-        "counters": [
-            counter("tcp_sent_bytes_total", value_format="%BYTES_SENT%"),
-            counter("tcp_received_bytes_total", value_format="%BYTES_RECEIVED%"),
-            counter("tcp_connections_closed_total", value_fixed=1),
-        ]
-    }
-    return [_stats_logger(opened, at("TcpUpstreamConnected")), _stats_logger(closed, at("TcpConnectionEnd"))]
+    opened = counters(("tcp_connections_opened_total", {"value_fixed": 1}))
+    closed = counters(
+        ("tcp_sent_bytes_total", {"value_format": "%BYTES_SENT%"}),
+        ("tcp_received_bytes_total", {"value_format": "%BYTES_RECEIVED%"}),
+        ("tcp_connections_closed_total", {"value_fixed": 1}),
+    )
+    loggers = ((opened, "TcpUpstreamConnected"), (closed, "TcpConnectionEnd"))
+    return [
+        _stats_logger({"counters": made}, {"log_type_filter": {"types": [log_type]}})
+        for made, log_type in loggers
+        if made
+    ]
 
 
 def tcp_access_log_options() -> dict:

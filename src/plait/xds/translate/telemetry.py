@@ -8,6 +8,8 @@ other translators (`plait.telemetry.metrics` holds what is measured and its labe
   counts as opened already names the caller;
 * every client HCM (reporter=source) stamps the proxy's identity and the service it calls on
   requests (``x-plait-peer-*``) before its router;
+* a Telemetry's ``metrics`` overrides leave out the metrics it disables and change their labels
+  (`plait.telemetry.overrides`), per side;
 * with ``meshConfig.accessLogFile`` or a Telemetry's ``accessLogging``, every HCM and tcp_proxy
   of that side also writes Istio's access log (`plait.telemetry.logs`);
 * every ``outbound|…`` cluster names its service in its metadata, the special clusters their own
@@ -22,7 +24,7 @@ import copy
 
 from plait.model.proxy import Proxy
 from plait.model.snapshot import MeshSnapshot
-from plait.telemetry import logs, metrics
+from plait.telemetry import logs, metrics, overrides
 from plait.xds.translate.common import (
     BLACKHOLE_CLUSTER,
     INBOUND_PASSTHROUGH_CLUSTER,
@@ -44,14 +46,16 @@ class _Loggers:
         self.source_tags = metrics.source_tags()
         self.peer_filter = metrics.peer_identity_filter()
         self.file_logs = {side: logs.proxy_access_log(snapshot, proxy, side) for side in ("CLIENT", "SERVER")}
+        self.overrides = {side: overrides.metric_overrides(snapshot, proxy, side) for side in ("CLIENT", "SERVER")}
         self._cache: dict[tuple, list[dict]] = {}
 
     def logs(self, *, inbound: bool, mtls: bool, http: bool) -> list[dict]:
         key = (inbound, mtls, http)
         if key not in self._cache:
             tags = metrics.destination_tags(mtls=mtls, http=http) if inbound else self.source_tags
-            made = metrics.http_access_logs(tags) if http else metrics.tcp_access_logs(tags)
-            file_log = self.file_logs["SERVER" if inbound else "CLIENT"]
+            side = "SERVER" if inbound else "CLIENT"
+            made = (metrics.http_access_logs if http else metrics.tcp_access_logs)(tags, self.overrides[side])
+            file_log = self.file_logs[side]
             self._cache[key] = [*made, file_log] if file_log else made
         return copy.deepcopy(self._cache[key])
 
