@@ -386,6 +386,7 @@ def _gateway_container(settings: InstallSettings, gateway: GatewaySettings) -> d
             _field_env("POD_NAMESPACE", "metadata.namespace"),
             _field_env("INSTANCE_IP", "status.podIP"),
             _field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+            {"name": "ISTIO_META_WORKLOAD_NAME", "value": gateway.name},  # its metrics' workload, as Istio's
         ],
         "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": STATUS_PORT}, "periodSeconds": 2},
         "securityContext": {"runAsUser": PROXY_UID, "runAsGroup": PROXY_UID, "runAsNonRoot": True},
