@@ -263,6 +263,7 @@ def test_plait_install_reports_each_part_as_istioctl_does(mesh_node):
         "✔ Istio core installed",
         "✔ Istiod installed",
         "✔ Ingress gateways installed",
+        "✔ Addons installed",  # --set addons.prometheus=true, as istioctl 1.6 printed it
         "✔ Installation complete",
     ]
 
@@ -320,7 +321,6 @@ def test_the_prometheus_addon_scrapes_istios_metrics_and_kialis_graph_query_find
     every pod by Istio's annotations (sidecars' merged 15020, which also carries productpage's own metrics);
     after page loads, Kiali's graph query (requests by source workload and destination service,
     reporter=destination) returns Bookinfo's edges from the gateway's workload on, secured by mutual TLS."""
-    assert "✔ Addons installed" in bookinfo.install_output
     kiali = (
         f'sum(rate(istio_requests_total{{reporter="destination",destination_workload_namespace="{NAMESPACE}"}}[5m])) '
         "by (source_workload, destination_service_name, destination_workload, connection_security_policy)"
