@@ -21,6 +21,7 @@ from plait.cli import (
     iptables,
     local,
     proxies,
+    stat,
 )
 
 app = typer.Typer(
@@ -31,7 +32,20 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-for module in (config, analyze, explain, controlplane, agent, proxies, local, iptables, inject, install, dashboard):
+for module in (
+    config,
+    analyze,
+    explain,
+    controlplane,
+    agent,
+    proxies,
+    local,
+    iptables,
+    inject,
+    install,
+    dashboard,
+    stat,
+):
     module.register(app)
 
 
