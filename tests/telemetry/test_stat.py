@@ -11,10 +11,10 @@ from plait.telemetry import stat
 
 EXPOSITION = """\
 # TYPE istio_requests_total counter
-istio_requests_total{reporter="destination",destination_workload="reviews-v2",destination_workload_namespace="default",response_code="200",path="a\\"b"} 10
-istio_requests_total{reporter="destination",destination_workload="reviews-v2",destination_workload_namespace="default",response_code="503"} 2
-istio_requests_total{reporter="source",destination_workload="reviews-v2",destination_workload_namespace="default",response_code="200"} 7
-istio_requests_total{reporter="destination",destination_workload="ratings-v1",destination_workload_namespace="default",response_code="200"} 4
+istio_requests_total{reporter="destination",destination_workload="reviews-v2",ns="default",response_code="200",path="a\\"b"} 10
+istio_requests_total{reporter="destination",destination_workload="reviews-v2",ns="default",response_code="503"} 2
+istio_requests_total{reporter="source",destination_workload="reviews-v2",ns="default",response_code="200"} 7
+istio_requests_total{reporter="destination",destination_workload="ratings-v1",ns="default",response_code="200"} 4
 not a sample line
 """
 
@@ -23,7 +23,7 @@ def test_deploy_query_reads_the_servers_side() -> None:
     query = stat.StatQuery("deploy", "default", "reviews-v2")
     [requests, latency, *_] = query.series()
     assert stat.promql(requests, query.matchers(), query.row_labels, "1m") == (
-        'sum(rate(istio_requests_total{reporter="destination",destination_workload_namespace="default",'
+        'sum(rate(istio_requests_total{reporter="destination",ns="default",'
         'destination_workload="reviews-v2"}[1m])) by (destination_workload_namespace,destination_workload,response_code)'
     )
     assert stat.promql(latency, query.matchers(), query.row_labels, "30s").endswith(
@@ -78,9 +78,13 @@ def test_exposition_is_parsed_with_the_targets_labels() -> None:
     assert samples[0].labels["pod"] == "reviews-v2-0" and samples[0].value == 10
 
 
+def _exposition(text: str) -> list[stat.Sample]:
+    return stat.parse_exposition(text.replace("ns=", "destination_workload_namespace="))
+
+
 def test_direct_reads_compute_what_promql_would() -> None:
-    before = stat.parse_exposition(EXPOSITION)
-    after = stat.parse_exposition(EXPOSITION.replace("} 10", "} 40").replace("} 2\n", "} 1\n"))
+    before = _exposition(EXPOSITION)
+    after = _exposition(EXPOSITION.replace("} 10", "} 40").replace("} 2\n", "} 1\n"))
     per_second = stat.rates(before, after, 10.0)
     query = stat.StatQuery("deploy")
     [requests, *_] = query.series()
