@@ -23,7 +23,7 @@ def test_deploy_query_reads_the_servers_side() -> None:
     query = stat.StatQuery("deploy", "default", "reviews-v2")
     [requests, latency, *_] = query.series()
     assert stat.promql(requests, query.matchers(), query.row_labels, "1m") == (
-        'sum(rate(istio_requests_total{reporter="destination",ns="default",'
+        'sum(rate(istio_requests_total{reporter="destination",destination_workload_namespace="default",'
         'destination_workload="reviews-v2"}[1m])) by (destination_workload_namespace,destination_workload,response_code)'
     )
     assert stat.promql(latency, query.matchers(), query.row_labels, "30s").endswith(
