@@ -69,9 +69,9 @@ def _read_proxies(state: State) -> list[stat.Sample]:
     return samples
 
 
-def _direct_fetch(state: State) -> Fetch:
+def _direct_fetch(state: State, why: str) -> Fetch:
     err.print(
-        f"no Prometheus in this mesh: rates from two reads of every proxy's /stats/prometheus {DIRECT_INTERVAL:.0f}s "
+        f"{why}: rates from two reads of every proxy's /stats/prometheus {DIRECT_INTERVAL:.0f}s "
         "apart (counters since each proxy started)",
         markup=False,
     )
@@ -90,7 +90,7 @@ def _direct_fetch(state: State) -> Fetch:
 def _fetcher(state: State, window: str, direct: bool) -> Fetch:
     if not direct and state.prometheus and state.prometheus_pid and alive(state.prometheus_pid):
         return _prometheus_fetch(state.prometheus, window)
-    return _direct_fetch(state)
+    return _direct_fetch(state, "--direct" if direct else "no Prometheus in this mesh")
 
 
 def inventory(state: State, kind: str) -> stat.Inventory:
