@@ -3,7 +3,7 @@ log) add per request, per proxy, and how long a Prometheus scrape of one proxy t
 
 Run:  .venv/bin/python benchmarks/telemetry.py [--repeat 5] [--duration 8] [--connections 16]
           [--threads 2] [--out benchmarks/results/telemetry.json]
-          (about 2½ minutes with the defaults)
+          (about 3½ minutes with the defaults)
 
 Needs wrk and nginx (Debian: ``apt-get install -y wrk nginx-light``).
 
