@@ -489,6 +489,20 @@ class LocalMesh:
             )
         self.state.prometheus, self.state.prometheus_pid = f"http://{listen}", self.prometheus.pid
         self.state.save()
+        await self._wait_prometheus_ready(log_path)
+
+    async def _wait_prometheus_ready(self, log_path: Path, timeout: float = 30) -> None:
+        api = Http(self.state.prometheus, what="Prometheus", timeout=2)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.prometheus.returncode is not None:
+                raise RuntimeError(f"Prometheus exited ({self.prometheus.returncode}); see {log_path}")
+            try:
+                await asyncio.to_thread(api.get, "/-/ready")
+                return
+            except ClientError:
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"Prometheus was not ready in {timeout:.0f} s; see {log_path}")
 
     # ------------------------------------------------------------ the mesh
 
