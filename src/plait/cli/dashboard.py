@@ -4,6 +4,8 @@ URL on stdout; an error naming how to get a Prometheus when the mesh runs none."
 
 from __future__ import annotations
 
+import os
+import sys
 import webbrowser
 from pathlib import Path
 from typing import Annotated
@@ -17,7 +19,10 @@ StateDir = Annotated[Path, typer.Option(help="The local mesh's run directory.")]
 
 
 def open_in_browser(url: str) -> bool:
-    """Open `url` when this machine has a browser to open it with; False when it has none."""
+    """Open `url` in a graphical browser when this session has a display; False otherwise (never a
+    terminal browser, which would take over the terminal)."""
+    if sys.platform != "darwin" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
     try:
         browser = webbrowser.get()
     except webbrowser.Error:
