@@ -63,7 +63,7 @@ def test_dashboard_without_a_mesh(tmp_path: Path) -> None:
         (["stat", "cronjob"], "unknown resource type 'cronjob': expected deploy, svc or po"),
         (["stat", "po", "--from", "deploy/web"], "--from works with deploy and svc"),
         (["stat", "deploy", "-t", "soon"], "--time-window"),
-        (["edges", "po"], "deploy edges"),
+        (["edges", "svc"], "plait edges lists deploy or po edges"),
     ],
 )
 def test_stat_refuses_what_it_cannot_answer(tmp_path: Path, args: list[str], message: str) -> None:

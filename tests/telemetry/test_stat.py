@@ -67,8 +67,8 @@ def test_unknown_kinds_name_the_expected_ones() -> None:
     assert stat.resource_kind("Deployments") == "deploy"
     with pytest.raises(stat.QueryError, match="unknown resource type 'cronjob': expected deploy, svc or po"):
         stat.resource_kind("cronjob")
-    with pytest.raises(stat.QueryError, match="deploy edges"):
-        stat.EdgesQuery("po")
+    with pytest.raises(stat.QueryError, match="plait edges lists deploy or po edges"):
+        stat.EdgesQuery("svc")
 
 
 def test_exposition_is_parsed_with_the_targets_labels() -> None:
@@ -145,9 +145,31 @@ def test_edges_are_secured_only_when_all_their_traffic_is_mutual_tls() -> None:
         },
         "tcp": {("mongo-client", "default", "mongodb-v1", "default", "none"): 1.0},
     }
-    assert stat.edges_table(stat.edges(results)) == [
+    assert stat.edges_table(stat.edges(stat.EdgesQuery(), results)) == [
         stat.EDGE_COLUMNS,
         ("mongo-client", "mongodb-v1", "default", "default", "×"),
         ("productpage-v1", "reviews-v2", "default", "default", "√"),
         ("reviews-v2", "ratings-v1", "default", "default", "×"),
+    ]
+
+
+def test_pod_edges_join_what_the_client_pod_and_the_server_pod_reported() -> None:
+    [server, server_tcp, client, client_tcp] = stat.EdgesQuery("po").plan()
+    assert (server.matchers["reporter"], client.matchers["reporter"]) == ("destination", "source")
+    assert server.by[-3:] == ("namespace", "pod", "connection_security_policy") and client.by[-2:] == (
+        "namespace",
+        "pod",
+    )
+    results = {
+        "requests": {
+            ("productpage-v1", "default", "reviews-v2", "default", "reviews-v2-0", "mutual_tls"): 4.0,
+            ("productpage-v1", "default", "reviews-v2", "default", "reviews-v2-1", "mutual_tls"): 3.0,
+            ("unknown", "unknown", "reviews-v2", "default", "reviews-v2-1", "none"): 1.0,  # no sidecar: no pod
+        },
+        "client_requests": {("productpage-v1", "default", "reviews-v2", "default", "productpage-v1-0"): 7.0},
+    }
+    assert stat.edges_table(stat.edges(stat.EdgesQuery("po"), results)) == [
+        stat.EDGE_COLUMNS,
+        ("productpage-v1-0", "reviews-v2-0", "default", "default", "√"),
+        ("productpage-v1-0", "reviews-v2-1", "default", "default", "√"),
     ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +28,7 @@ Output = Annotated[str, typer.Option("-o", "--output", help="table (default), wi
 # seconds between the two reads of the proxies without Prometheus: Envoy's histograms (the latencies) are
 # exported as of its last stats flush (every 5 s), so the reads must have one between them
 DIRECT_INTERVAL = 6.0
-Fetch = Callable[[stat.Series, dict, tuple], dict]
+Fetch = Callable[[stat.Series, Mapping[str, str], tuple[str, ...]], dict]
 Direct = Annotated[
     bool,
     typer.Option(
@@ -50,7 +50,7 @@ def _state_or_exit(state_dir: Path) -> State:
 def _prometheus_fetch(url: str, window: str) -> Fetch:
     api = Http(url, what="Prometheus", timeout=10)
 
-    def fetch(series: stat.Series, matchers: dict, by: tuple) -> dict:
+    def fetch(series: stat.Series, matchers: Mapping[str, str], by: tuple[str, ...]) -> dict:
         query = stat.promql(series, matchers, by, window)
         return stat.vector(api.get("/api/v1/query?" + urllib.parse.urlencode({"query": query})), [*by, *series.extra])
 
@@ -81,7 +81,7 @@ def _direct_fetch(state: State, why: str) -> Fetch:
     after = _read_proxies(state)
     per_second = stat.rates(before, after, time.monotonic() - started)
 
-    def fetch(series: stat.Series, matchers: dict, by: tuple) -> dict:
+    def fetch(series: stat.Series, matchers: Mapping[str, str], by: tuple[str, ...]) -> dict:
         return stat.evaluate(per_second if series.rate else after, series, matchers, by)
 
     return fetch
@@ -152,7 +152,7 @@ def stat_command(
     state = _state_or_exit(state_dir)
     fetch = _fetcher(state, time_window, direct)
     try:
-        results = {s.key: fetch(s, query.matchers(), query.row_labels) for s in query.series(output == "wide")}
+        results = {ask.series.key: fetch(*ask) for ask in query.plan(output == "wide")}
     except (ClientError, stat.QueryError) as exc:
         err.print(f"[red]error[/]: {exc}")
         raise typer.Exit(1) from None
@@ -164,7 +164,7 @@ def stat_command(
 
 
 def edges_command(
-    resource: Annotated[str, typer.Argument(help="deploy.")] = "deploy",
+    resource: Annotated[str, typer.Argument(help="deploy or po.")] = "deploy",
     namespace: Namespace = "default",
     output: Annotated[str, typer.Option("-o", "--output", help="table (default) or json.")] = "table",
     direct: Direct = False,
@@ -179,11 +179,11 @@ def edges_command(
     state = _state_or_exit(state_dir)
     fetch = _fetcher(state, "1m", direct)
     try:
-        results = {s.key: fetch(s, query.matchers(), query.row_labels) for s in query.series()}
+        results = {ask.series.key: fetch(*ask) for ask in query.plan()}
     except (ClientError, stat.QueryError) as exc:
         err.print(f"[red]error[/]: {exc}")
         raise typer.Exit(1) from None
-    rows = stat.edges(results)
+    rows = stat.edges(query, results)
     if output == "json":
         out.print_json(json.dumps(stat.edges_json(rows)))
     else:

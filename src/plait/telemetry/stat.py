@@ -20,6 +20,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 KINDS = {
     "deploy": "deploy",
@@ -96,6 +97,9 @@ class StatQuery:
             out |= {"source_workload": self.from_workload, "source_workload_namespace": self.namespace}
         return out
 
+    def plan(self, wide: bool = False) -> list[Ask]:
+        return [Ask(series, self.matchers(), self.row_labels) for series in self.series(wide)]
+
     def series(self, wide: bool = False) -> list[Series]:
         out = [
             Series("requests", "istio_requests_total", extra=("response_code",)),
@@ -113,31 +117,45 @@ class StatQuery:
 
 @dataclass(frozen=True)
 class EdgesQuery:
-    """linkerd viz edges: who called whom (HTTP or TCP), as the servers' sidecars saw it."""
+    """linkerd viz edges: who called whom (HTTP or TCP) into `namespace`, secured as the servers' sidecars
+    saw it. Pods: Istio's metrics name workloads, not pods, so a client pod's edge to a server pod is
+    where the client pod's sidecar reported calls to the server's workload and the server pod's sidecar
+    reported calls from the client's workload."""
 
     kind: str = "deploy"
     namespace: str = "default"
 
     def __post_init__(self):
-        if self.kind != "deploy":
-            raise QueryError("plait edges lists deploy edges (Istio's metrics name no calling pod)")
+        if self.kind not in ("deploy", "po"):
+            raise QueryError("plait edges lists deploy or po edges")
 
-    row_labels = (
-        "source_workload",
-        "source_workload_namespace",
-        "destination_workload",
-        "destination_workload_namespace",
-        "connection_security_policy",
-    )
-
-    def matchers(self) -> dict[str, str]:
-        return {"reporter": "destination", "destination_workload_namespace": self.namespace}
-
-    def series(self) -> list[Series]:
+    def plan(self) -> list[Ask]:
+        server = {"reporter": "destination", "destination_workload_namespace": self.namespace}
+        requests = Series("requests", "istio_requests_total", rate=False)
+        tcp = Series("tcp", "istio_tcp_connections_opened_total", rate=False)
+        if self.kind == "deploy":
+            by = (*WORKLOAD_EDGE, "destination_workload_namespace", "connection_security_policy")
+            return [Ask(requests, server, by), Ask(tcp, server, by)]
+        by = (*WORKLOAD_EDGE, "namespace", "pod", "connection_security_policy")
+        client = {"reporter": "source", "destination_workload_namespace": self.namespace}
+        client_by = (*WORKLOAD_EDGE, "namespace", "pod")
         return [
-            Series("requests", "istio_requests_total", rate=False),
-            Series("tcp", "istio_tcp_connections_opened_total", rate=False),
+            Ask(requests, server, by),
+            Ask(tcp, server, by),
+            Ask(Series("client_requests", requests.metric, rate=False), client, client_by),
+            Ask(Series("client_tcp", tcp.metric, rate=False), client, client_by),
         ]
+
+
+WORKLOAD_EDGE = ("source_workload", "source_workload_namespace", "destination_workload")
+
+
+class Ask(NamedTuple):
+    """One sum to ask for: a series, its label matchers, the labels it is summed by."""
+
+    series: Series
+    matchers: Mapping[str, str]
+    by: tuple[str, ...]
 
 
 # ------------------------------------------------------------------ PromQL
@@ -315,14 +333,27 @@ class Edge:
     secured: bool
 
 
-def edges(results: Mapping[str, Mapping[Key, float]]) -> list[Edge]:
+def edges(query: EdgesQuery, results: Mapping[str, Mapping[Key, float]]) -> list[Edge]:
     """Each (source, destination) pair with requests or connections; secured when every one was mTLS."""
     seen: dict[tuple[str, str, str, str], bool] = {}
-    for key in ("requests", "tcp"):
-        for (src, src_ns, dst, dst_ns, policy), value in results.get(key, {}).items():
+
+    def add(pair: tuple[str, str, str, str], policy: str) -> None:
+        seen[pair] = seen.get(pair, True) and policy == "mutual_tls"
+
+    clients: dict[tuple[str, str, str], set[tuple[str, str]]] = defaultdict(set)
+    for key in ("client_requests", "client_tcp"):
+        for (src, src_ns, dst, pod_ns, pod), value in results.get(key, {}).items():
             if value > 0:
-                pair = (src, dst, src_ns, dst_ns)
-                seen[pair] = seen.get(pair, True) and policy == "mutual_tls"
+                clients[(src, src_ns, dst)].add((pod, pod_ns))
+    for key in ("requests", "tcp"):
+        for (src, src_ns, dst, dst_ns, *pod, policy), value in results.get(key, {}).items():
+            if value <= 0:
+                continue
+            if query.kind == "deploy":
+                add((src, dst, src_ns, dst_ns), policy)
+                continue
+            for client, client_ns in clients.get((src, src_ns, dst), ()):
+                add((client, pod[0], client_ns, dst_ns), policy)
     return [Edge(*pair, secured) for pair, secured in sorted(seen.items())]
 
 
