@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from plait.runtime.addresses import Addresses
-from plait.runtime.local import gateway_pod, pods_for, scrape_targets
+from plait.runtime.local import LocalMesh, gateway_pod, pods_for, scrape_targets
 from plait.runtime.manifests import load_manifests
 from plait.telemetry import scrape
 from plait.telemetry.metrics import WORKLOAD_NAME_LABEL
@@ -120,3 +120,25 @@ def test_promtool_accepts_the_configuration_and_the_targets(tmp_path: Path) -> N
     done = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout + done.stderr
+
+
+def test_the_targets_file_follows_the_started_pods_without_needless_rewrites(tmp_path: Path) -> None:
+    (tmp_path / "app.yaml").write_text(DEPLOYMENT)
+    mesh = LocalMesh(load_manifests([tmp_path / "app.yaml"]), tmp_path / "state", mode="proxy", prometheus_port=9090)
+    mesh.state.pods = mesh.plan()
+    path = tmp_path / "state" / "prometheus" / "targets" / scrape.ENVOY_STATS_FILE
+
+    def written() -> list[str]:
+        return [group["labels"]["pod"] for group in json.loads(path.read_text())]
+
+    mesh.state.pods[0].pid = 101
+    mesh._write_scrape_targets()
+    assert written() == ["reviews-v2-0"]
+    before = path.stat().st_ino
+    mesh._write_scrape_targets()  # the same pods (a restart keeps a pod's address): the file is left alone
+    assert path.stat().st_ino == before
+    for number, pod in enumerate(mesh.state.pods):
+        pod.pid = 200 + number
+    mesh._write_scrape_targets()  # replaced whole (a rename), as file_sd expects
+    assert sorted(written()) == ["istio-egressgateway", "istio-ingressgateway", "reviews-v2-0", "reviews-v2-1"]
+    assert path.stat().st_ino != before
