@@ -57,14 +57,14 @@ ISTIO_HTTP_LABELS = {
 }
 # what the scrape adds: Prometheus' own, the target's namespace and pod, the pod's labels
 TARGET_LABELS = {"__name__", "job", "instance", "namespace", "pod", "app", "version", "service_istio_io_workload_name"}
-# Kiali's workload-graph query (kiali/kiali, business/graph telemetry for Istio: requests by reporter
-# "destination", rate over the graph's duration, grouped by these labels, "> 0")
+# Kiali's namespace-graph query for traffic into a namespace (kiali/kiali graph/telemetry/istio: destination
+# telemetry, by these labels, "> 0", rounded; its graph's duration here 60 s)
 KIALI_GRAPH = (
-    'sum(rate(istio_requests_total{reporter="destination",destination_service_namespace="default"}[1m])) by '
+    'round(sum(rate(istio_requests_total{reporter="destination",destination_workload_namespace="default"} [60s])) by '
     "(source_cluster,source_workload_namespace,source_workload,source_canonical_service,source_canonical_revision,"
     "destination_cluster,destination_service_namespace,destination_service,destination_service_name,"
     "destination_workload_namespace,destination_workload,destination_canonical_service,"
-    "destination_canonical_revision,request_protocol,response_code,grpc_response_status,response_flags) > 0"
+    "destination_canonical_revision,request_protocol,response_code,grpc_response_status,response_flags) > 0,0.001)"
 )
 V2_DESTINATION = 'istio_requests_total{reporter="destination",destination_workload="reviews-v2"}'
 V2_SOURCE = 'istio_requests_total{reporter="source",destination_workload="reviews-v2"}'
