@@ -88,7 +88,7 @@ class Prometheus:
 @pytest.fixture(scope="module")
 def prometheus(bookinfo) -> Prometheus:
     state = State.load(bookinfo.state_dir)
-    assert state.prometheus == "http://127.0.0.1:9090", "the demo runs Prometheus on Istio's addon port"
+    assert state.prometheus == "http://127.0.0.1:9090", "the demo runs Prometheus on 9090 (apt-get install prometheus)"
     return Prometheus(state.prometheus)
 
 
