@@ -1,9 +1,9 @@
-"""Telemetry cost benchmark: the Envoy CPU that Istio's standard metrics add per request, per proxy,
-and how long a Prometheus scrape of one proxy takes.
+"""Telemetry cost benchmark: the Envoy CPU that Istio's standard metrics (and metrics with Istio's access
+log) add per request, per proxy, and how long a Prometheus scrape of one proxy takes.
 
 Run:  .venv/bin/python benchmarks/telemetry.py [--repeat 5] [--duration 8] [--connections 16]
           [--threads 2] [--out benchmarks/results/telemetry.json]
-          (about 2½ minutes with the defaults)
+          (about 3½ minutes with the defaults)
 
 Needs wrk and nginx (Debian: ``apt-get install -y wrk nginx-light``).
 
@@ -17,12 +17,14 @@ service's metadata and an endpoint with the workload's (`plait.telemetry.metrics
   stamps the peer-identity headers (`source_tags`, `peer_identity_filter`);
 * ``destination``: a server sidecar's inbound side: the reporter=destination loggers of a
   mutual-TLS chain (`destination_tags(mtls=True)`: peer headers read, certificate SANs, which are
-  empty here as the benchmark runs plaintext).
+  empty here as the benchmark runs plaintext);
+* ``source+log``: ``source`` plus the file access log ``meshConfig.accessLogFile`` turns on (Istio's
+  TEXT format, `plait.telemetry.logs`), written to a file in the benchmark's directory.
 
 The Envoys run side by side, idle but for the one being measured; every repeat runs wrk (--connections,
 --threads, --duration s, after 1 s of warm-up) against each in turn, in an order reversed on every
 other repeat. Envoy CPU per request comes from /proc/PID/stat before and after each run. The cost of
-metrics is taken within each repeat (source − off, destination − off), then as medians over the
+metrics is taken within each repeat (source − off, destination − off, source+log − off), then as medians over the
 repeats. Scrape: after the runs, GET /stats/prometheus 20 times from the ``source`` Envoy's 15090-style
 listener (the Lua rename) and from its admin API (no rename); medians. Prints a table, writes JSON.
 Reports only; asserts nothing.
@@ -44,16 +46,17 @@ from pathlib import Path
 import localmesh as lm
 from common import machine
 
+from plait.api.mesh import MeshConfig
 from plait.model.protocol import Protocol
 from plait.model.proxy import Proxy
 from plait.model.services import Endpoint, Port, Service
-from plait.telemetry import metrics
+from plait.telemetry import logs, metrics
 from plait.telemetry.prometheus import prometheus_cluster, prometheus_listener
 from plait.testing.envoy import run_envoy
 from plait.testing.live import free_port
 from plait.xds.translate.common import ROUTER_FILTER, http_connection_manager, socket_address
 
-CONFIGS = ("off", "source", "destination")
+CONFIGS = ("off", "source", "destination", "source+log")
 SCRAPES = 20
 SERVICE = Service(
     hostname="backend.default.svc.cluster.local",
@@ -65,7 +68,9 @@ SERVICE = Service(
 CLIENT = Proxy(kind="sidecar", ip="127.0.0.1", name="client-v1", labels={"app": "client", "version": "v1"})
 
 
-def bootstrap(config: str, listen_port: int, admin_port: int, prometheus_port: int, nginx_port: int) -> dict:
+def bootstrap(
+    config: str, listen_port: int, admin_port: int, prometheus_port: int, nginx_port: int, log_file: Path
+) -> dict:
     hcm = http_connection_manager(
         f"bench_{config}",
         route_config={
@@ -80,12 +85,14 @@ def bootstrap(config: str, listen_port: int, admin_port: int, prometheus_port: i
         },
     )
     typed = hcm["typed_config"]
-    if config == "source":
+    if config in ("source", "source+log"):
         typed["access_log"] = metrics.http_access_logs(metrics.source_tags())
         at = next(i for i, f in enumerate(typed["http_filters"]) if f["name"] == ROUTER_FILTER)
         typed["http_filters"].insert(at, metrics.peer_identity_filter())
     elif config == "destination":
         typed["access_log"] = metrics.http_access_logs(metrics.destination_tags(mtls=True))
+    if config == "source+log":
+        typed["access_log"].append(logs.file_access_log(MeshConfig(accessLogFile=str(log_file))))
     endpoint = Endpoint(
         "127.0.0.1", nginx_port, labels={"app": "backend", "version": "v1"}, workload="default/backend-v1"
     )
@@ -144,7 +151,8 @@ def run(opts: argparse.Namespace) -> dict:
         envoys = {}
         for config in CONFIGS:
             ports = {"listen": free_port(), "admin": free_port(), "prometheus": free_port()}
-            boot = bootstrap(config, ports["listen"], ports["admin"], ports["prometheus"], nginx_port)
+            log_file = workdir / f"{config}-access.log"
+            boot = bootstrap(config, ports["listen"], ports["admin"], ports["prometheus"], nginx_port, log_file)
             envoy = stack.enter_context(run_envoy(boot, admin_port=ports["admin"], workdir=workdir / config))
             envoys[config] = (envoy, ports)
         repeats = []
@@ -182,7 +190,7 @@ def run(opts: argparse.Namespace) -> dict:
             }
             for c in CONFIGS
         },
-        "cost": {c: cost(c) for c in ("source", "destination")},
+        "cost": {c: cost(c) for c in CONFIGS if c != "off"},
         "scrape": {
             "bytes": size,
             "port_15090_ms": round(statistics.median(renamed) * 1000, 2),

@@ -39,7 +39,9 @@ def bookinfo(tmp_path_factory) -> Iterator[ObservedMesh]:
     mode = "capture" if os.geteuid() == 0 else "proxy"
     port = free_port()
     wait_for_no_other_mesh()
-    result = plait("demo", "bookinfo", "-d", "--mode", mode, "--ingress-port", str(port), cwd=workdir, timeout=300)
+    # Prometheus scraping every second (Istio's default is 15 s): metrics are in it a second or two later
+    args = ["--mode", mode, "--ingress-port", str(port), "--prometheus-scrape-interval", "1s"]
+    result = plait("demo", "bookinfo", "-d", *args, cwd=workdir, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     try:
         yield ObservedMesh(workdir, workdir / ".plait", port, mode, Browser(port), result.stdout)

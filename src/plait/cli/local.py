@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,12 +23,39 @@ from plait.cli.console import err, out, print_problems
 from plait.cli.explain import bookinfo
 from plait.client import ClientError, Http
 from plait.host.processes import alive
-from plait.runtime.local import API_PORT, LocalMesh, Pod, State, crash_looping, log_tail
+from plait.runtime.local import (
+    API_PORT,
+    PROMETHEUS_ADDON_PORT,
+    PROMETHEUS_INSTALL,
+    LocalMesh,
+    Pod,
+    State,
+    crash_looping,
+    log_tail,
+)
 from plait.runtime.manifests import load_manifests
 from plait.runtime.netns import why_not_capture
 
 StateDir = Annotated[Path, typer.Option(help="Run directory: logs, the control plane's config, state.")]
 UP_TIMEOUT = 180.0
+PrometheusPort = Annotated[
+    int,
+    typer.Option(
+        help="Run Prometheus (when installed) on 127.0.0.1:PORT, scraping every proxy and the control plane "
+        "with Istio's job names; 0: none."
+    ),
+]
+ScrapeInterval = Annotated[str, typer.Option(help="Prometheus' scrape interval (Istio's default: 15s).")]
+
+
+def prometheus_port_or_none(port: int) -> int | None:
+    """The port to run Prometheus on, or None (asked for none, or not installed: then say how to install it)."""
+    if not port:
+        return None
+    if shutil.which("prometheus") is None:
+        out.print(f"Prometheus is not installed: no metrics store ({PROMETHEUS_INSTALL} to have one)")
+        return None
+    return port
 
 
 def pick_mode(requested: str) -> tuple[str, str]:
@@ -80,7 +108,8 @@ def status_table(state: State, rows: list[tuple[str, ...]] | None = None) -> Tab
         "RESTARTS",
         box=None,
         header_style="bold",
-        title=f"plait local mesh ({state.mode} mode) — ingress {state.ingress}",
+        title=f"plait local mesh ({state.mode} mode) — ingress {state.ingress}"
+        + (f" — Prometheus {state.prometheus}" if state.prometheus else ""),
         title_justify="left",
     )
     for row in _pod_rows(state) if rows is None else rows:
@@ -165,6 +194,8 @@ def up(
             "(agents renew them at half life); e.g. 1m to watch rotation."
         ),
     ] = "24h",
+    prometheus_port: PrometheusPort = PROMETHEUS_ADDON_PORT,
+    prometheus_scrape_interval: ScrapeInterval = "15s",
     quiet: Annotated[bool, typer.Option(hidden=True)] = False,
     landing: Annotated[str, typer.Option(hidden=True, help="Path to suggest opening on the ingress.")] = "/",
 ) -> None:
@@ -180,6 +211,7 @@ def up(
     """
     manifests = _load_or_exit(filename)
     cert_seconds = _duration_or_exit(cert_ttl, "--cert-ttl")
+    _duration_or_exit(prometheus_scrape_interval, "--prometheus-scrape-interval")
     chosen, why = pick_mode(mode)
     if mode == "auto":
         out.print(f"mode: {chosen} ({why})")
@@ -190,8 +222,19 @@ def up(
             "stop it with 'plait down' first"
         )
         raise typer.Exit(1)
+    # the detached child is told what its parent decided
+    prometheus = (prometheus_port or None) if quiet else prometheus_port_or_none(prometheus_port)
     if detach:
-        return _detach(filename, chosen, state_dir, ingress_port, ingress_tls_port, landing, cert_ttl)
+        return _detach(
+            filename,
+            chosen,
+            state_dir,
+            ingress_port,
+            ingress_tls_port,
+            landing,
+            cert_ttl,
+            ["--prometheus-port", str(prometheus or 0), "--prometheus-scrape-interval", prometheus_scrape_interval],
+        )
     mesh = LocalMesh(
         manifests,
         state_dir,
@@ -200,6 +243,8 @@ def up(
         ingress_tls_port=ingress_tls_port,
         landing=landing,
         cert_ttl=cert_seconds,
+        prometheus_port=prometheus,
+        scrape_interval=prometheus_scrape_interval,
     )
     try:
         asyncio.run(_foreground(mesh, quiet))
@@ -217,7 +262,14 @@ def _duration_or_exit(text: str, flag: str) -> float:
 
 
 def _detach(
-    files: list[Path], mode: str, state_dir: Path, ingress_port: int, ingress_tls_port: int, landing: str, cert_ttl: str
+    files: list[Path],
+    mode: str,
+    state_dir: Path,
+    ingress_port: int,
+    ingress_tls_port: int,
+    landing: str,
+    cert_ttl: str,
+    extra: list[str],
 ) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "logs").mkdir(exist_ok=True)
@@ -238,6 +290,7 @@ def _detach(
         landing,
         "--cert-ttl",
         cert_ttl,
+        *extra,
         "--quiet",
     ] + [a for f in files for a in ("-f", str(f))]
     with open(state_dir / "logs" / "up.log", "ab") as log:
@@ -265,6 +318,8 @@ def _detach(
                     f"ready in {time.monotonic() - started:.1f}s. Open {state.ingress}  —  "
                     "'plait status' to watch, 'plait down' to stop."
                 )
+                if state.prometheus:
+                    out.print(f"Prometheus: {state.prometheus}  ('plait dashboard prometheus', 'plait stat deploy')")
                 return
             crashing = crash_looping(state.pods, ready_pods(rows)) if state else []
             if crashing:
@@ -301,7 +356,8 @@ def down(state_dir: StateDir = Path(".plait")) -> None:
         deadline = time.monotonic() + 60
         while alive(state.supervisor_pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-    leftovers = [p for p in [state.control_plane_pid] + [pod.pid for pod in state.pods] if p and alive(p)]
+    pids = [state.control_plane_pid, state.prometheus_pid] + [pod.pid for pod in state.pods]
+    leftovers = [p for p in pids if p and alive(p)]
     if leftovers:
         err.print(f"[red]error[/]: processes still running: {leftovers}")
         raise typer.Exit(1)
@@ -350,6 +406,8 @@ def demo_bookinfo(
     image: Annotated[str, typer.Option(help="With --kube: plait's image.")] = install_cli.DEFAULT_IMAGE,
     bookinfo_hub: Annotated[str, typer.Option(help="With --kube: where the Bookinfo images are.")] = "plait",
     bookinfo_tag: Annotated[str, typer.Option(help="With --kube: the Bookinfo images' tag.")] = __version__,
+    prometheus_port: PrometheusPort = PROMETHEUS_ADDON_PORT,
+    prometheus_scrape_interval: ScrapeInterval = "15s",
 ) -> None:
     """Istio's Bookinfo on this machine: productpage, details, reviews v1/v2/v3, ratings, each with a
     sidecar, behind an ingress gateway programmed by Istio's bookinfo-gateway.yaml.
@@ -373,6 +431,8 @@ def demo_bookinfo(
         ingress_port=ingress_port,
         ingress_tls_port=8443,
         landing="/productpage",
+        prometheus_port=prometheus_port,
+        prometheus_scrape_interval=prometheus_scrape_interval,
     )
 
 

@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -38,6 +39,8 @@ from plait.runtime import iptables
 from plait.runtime import netns as capture
 from plait.runtime.addresses import Addresses
 from plait.runtime.manifests import Deployment, Manifests, pod_fields
+from plait.telemetry import scrape
+from plait.telemetry.metrics import WORKLOAD_NAME_LABEL
 
 log = logging.getLogger("plait.runtime")
 CA_PORT, API_PORT = 15012, 15014  # xDS and the CA over TLS (istiod's 15012), the HTTP API
@@ -48,6 +51,9 @@ CRASH_LOOP_RESTARTS = 3
 MERGED_PORT = 15020  # Istio's merged metrics (and app probes) on the agent: POD_IP:15020 in capture mode
 LOG_TAIL_LINES = 12
 STATE_FILE = "state.json"
+PROMETHEUS_DIR = "prometheus"  # in the state dir: prometheus.yml, targets/, data/
+PROMETHEUS_INSTALL = "apt-get install prometheus"
+PROMETHEUS_ADDON_PORT = 9090  # Istio's prometheus addon's port
 
 
 @dataclass
@@ -84,6 +90,8 @@ class State:
     services: dict[str, str] = field(default_factory=dict)  # "ns/name" → VIP
     # ServiceEntry host → an address pods resolve it to (its own, else one that is only ever captured)
     external_hosts: dict[str, str] = field(default_factory=dict)
+    prometheus: str = ""  # its URL when the mesh runs one
+    prometheus_pid: int | None = None
 
     def save(self) -> None:
         path = Path(self.state_dir) / STATE_FILE
@@ -177,7 +185,8 @@ def pods_for(deployment: Deployment, addresses: Addresses, mode: str) -> list[Po
                 name=name,
                 namespace=deployment.namespace,
                 deployment=deployment.name,
-                labels=dict(deployment.labels),
+                # the workload is the Deployment, as Istio's injector names it (ISTIO_META_WORKLOAD_NAME)
+                labels={WORKLOAD_NAME_LABEL: deployment.name, **deployment.labels},
                 service_account=deployment.service_account,
                 ip=ip,
                 app_ip=app_ip,
@@ -211,6 +220,20 @@ def gateway_pod(name: str, labels: dict[str, str], ports: dict[str, int], addres
         ports=ports,
         kind="gateway",
     )
+
+
+def scrape_targets(pods: list[Pod]) -> list[scrape.ScrapeTarget]:
+    """Where Prometheus reads each pod's metrics: a sidecar's Envoy on POD_IP:15090, a gateway's agent on
+    its status port (the local gateways share the host's address, so not on 15090)."""
+    return [
+        scrape.ScrapeTarget(
+            f"{pod.ip}:{PROMETHEUS_PORT}" if pod.kind != "gateway" else f"127.0.0.1:{pod.status_port}",
+            pod.namespace,
+            pod.name,
+            pod.labels,
+        )
+        for pod in pods
+    ]
 
 
 def gateway_services(ingress_port: int, egress_port: int, ingress_tls_port: int) -> list[dict]:
@@ -273,10 +296,13 @@ class LocalMesh:
         python: str = sys.executable,
         landing: str = "/",
         cert_ttl: float = 24 * 3600,
+        prometheus_port: int | None = None,
+        scrape_interval: str = scrape.DEFAULT_SCRAPE_INTERVAL,
     ):
         self.manifests, self.state_dir, self.mode, self.python = manifests, state_dir, mode, python
         self.ingress_port, self.egress_port, self.ingress_tls_port = ingress_port, egress_port, ingress_tls_port
         self.cert_ttl = cert_ttl
+        self.prometheus_port, self.scrape_interval = prometheus_port, scrape_interval
         self.addresses = Addresses(mode)
         self.network = capture.Network()
         self.state = State(
@@ -287,6 +313,7 @@ class LocalMesh:
         )
         self.processes: dict[str, asyncio.subprocess.Process] = {}
         self.control_plane: asyncio.subprocess.Process | None = None
+        self.prometheus: asyncio.subprocess.Process | None = None
         self.stop = asyncio.Event()
 
     # ------------------------------------------------------------ processes
@@ -402,6 +429,8 @@ class LocalMesh:
         self.processes[pod.name] = process
         pod.pid, pod.started_at = process.pid, time.time()
         self.state.save()
+        if self.prometheus_port:
+            self._write_scrape_targets()
 
     async def _supervise(self, pod: Pod) -> None:
         """Restart a pod whose process exited, with exponential backoff, until the mesh stops."""
@@ -419,6 +448,69 @@ class LocalMesh:
                 return
             backoff = BACKOFF_START if time.time() - pod.started_at > 30 else min(backoff * 2, BACKOFF_MAX)
             await self._start_pod(pod)
+
+    # ------------------------------------------------------------ Prometheus
+
+    @property
+    def prometheus_dir(self) -> Path:
+        return self.state_dir / PROMETHEUS_DIR
+
+    def _write_scrape_targets(self) -> None:
+        """The ``envoy-stats`` file_sd file: every started pod's proxy; rewritten only when that set changes
+        (Prometheus reads it again by itself: no restart for a pod coming or going)."""
+        started = [pod for pod in self.state.pods if pod.pid]
+        text = json.dumps(scrape.file_sd_groups(scrape_targets(started)), indent=2)
+        path = self.prometheus_dir / "targets" / scrape.ENVOY_STATS_FILE
+        if path.exists() and path.read_text() == text:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+    async def _start_prometheus(self) -> None:
+        """Prometheus on 127.0.0.1:`prometheus_port`, config and data in the state dir (bounded retention)."""
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise RuntimeError(f"Prometheus is not installed ({PROMETHEUS_INSTALL})")
+        if not _port_free(self.prometheus_port):
+            raise RuntimeError(
+                f"port {self.prometheus_port} is in use: choose another with --prometheus-port (0: no Prometheus)"
+            )
+        directory = self.prometheus_dir.resolve()  # Prometheus reads file_sd paths relative to its config
+        (directory / "targets").mkdir(parents=True, exist_ok=True)
+        config = scrape.prometheus_config(str(directory / "targets"), f"127.0.0.1:{API_PORT}", self.scrape_interval)
+        (directory / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        self._write_scrape_targets()
+        listen = f"127.0.0.1:{self.prometheus_port}"
+        argv = scrape.prometheus_argv(binary, str(directory / "prometheus.yml"), str(directory / "data"), listen)
+        log_path = self.state_dir / "logs" / "prometheus.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as out:
+            self.prometheus = await asyncio.create_subprocess_exec(
+                *argv,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM),
+            )
+        self.state.prometheus, self.state.prometheus_pid = f"http://{listen}", self.prometheus.pid
+        self.state.save()
+        await self._wait_prometheus_ready(log_path)
+
+    async def _wait_prometheus_ready(self, log_path: Path, timeout: float = 30) -> None:
+        api = Http(self.state.prometheus, what="Prometheus", timeout=2)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.prometheus.returncode is not None:
+                raise RuntimeError(f"Prometheus exited ({self.prometheus.returncode}); see {log_path}")
+            try:
+                await asyncio.to_thread(api.get, "/-/ready")
+                return
+            except ClientError:
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"Prometheus was not ready in {timeout:.0f} s; see {log_path}")
 
     # ------------------------------------------------------------ the mesh
 
@@ -538,6 +630,8 @@ class LocalMesh:
             self.state.pods = self.plan()
             if self.mode == "capture":
                 self._create_namespaces()
+            if self.prometheus_port:
+                await self._start_prometheus()
             for pod in self.state.pods:
                 await self._start_pod(pod)
             supervisors = [asyncio.create_task(self._supervise(p)) for p in self.state.pods]
@@ -556,6 +650,10 @@ class LocalMesh:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
         await _wait_all(list(self.processes.values()), 10)
+        if self.prometheus:
+            with contextlib.suppress(ProcessLookupError):
+                self.prometheus.send_signal(signal.SIGTERM)
+            await _wait_all([self.prometheus], 10)
         if self.control_plane:
             with contextlib.suppress(ProcessLookupError):
                 self.control_plane.send_signal(signal.SIGTERM)

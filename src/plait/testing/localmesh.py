@@ -12,11 +12,11 @@ from pathlib import Path
 
 from plait.host.processes import alive
 from plait.runtime import netns
-from plait.runtime.local import API_PORT, CA_PORT, State, pod_argv
+from plait.runtime.local import API_PORT, CA_PORT, PROMETHEUS_ADDON_PORT, State, pod_argv
 from plait.testing.http import http_request
 from plait.testing.live import run_plait, wait_until
 
-CONTROL_PLANE_PORTS = (CA_PORT, API_PORT)
+CONTROL_PLANE_PORTS = (CA_PORT, API_PORT, PROMETHEUS_ADDON_PORT)  # with Prometheus, run by default
 
 
 def listening(port: int) -> bool:
@@ -37,13 +37,13 @@ def wait_for_no_other_mesh(extra_ports: tuple[int, ...] = ()) -> None:
 
 
 def down_leaves_nothing(workdir: Path, state_dir: Path, mode: str) -> None:
-    """`plait down`, then check that nothing is left: processes, and in capture mode namespaces,
-    veths, the bridge and hosts files."""
+    """`plait down`, then check that nothing is left: processes (Prometheus too), and in capture mode
+    namespaces, veths, the bridge and hosts files."""
     state = State.load(state_dir)
     down = run_plait("down", "--state-dir", str(state_dir), cwd=workdir)
     assert down.returncode == 0 and "nothing left running" in down.stdout, down.stdout + down.stderr
     if state:
-        pids = [state.supervisor_pid, state.control_plane_pid] + [p.pid for p in state.pods]
+        pids = [state.supervisor_pid, state.control_plane_pid, state.prometheus_pid] + [p.pid for p in state.pods]
         assert not [pid for pid in pids if pid and alive(pid)]
     if mode == "capture":
         assert netns.leftovers(netns.Network()) == []
