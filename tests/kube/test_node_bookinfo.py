@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -383,3 +385,24 @@ spec:
         assert codes and set(codes) == {"404"}, codes
     finally:
         bookinfo.kubectl("delete", "telemetry", "errors-only", "-n", "istio-system")
+
+
+def test_plait_dashboard_prometheus_forwards_to_the_addon_as_istioctl_does(bookinfo):
+    """``plait dashboard prometheus`` with KUBECONFIG: the addon's pod through a port-forward, its URL printed,
+    until stopped."""
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "plait", "dashboard", "prometheus", "--no-browser", "--port", "0"],
+        env=bookinfo.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(bookinfo.cluster.dir),
+    )
+    try:
+        url = dashboard.stdout.readline().strip()
+        assert url.startswith("http://localhost:"), (url, dashboard.stderr.read() if dashboard.poll() else "")
+        with urllib.request.urlopen(url + "/api/v1/query?query=up", timeout=10) as response:
+            assert json.loads(response.read())["status"] == "success"
+    finally:
+        dashboard.terminate()
+        assert dashboard.wait(timeout=20) == 0

@@ -1,19 +1,28 @@
-"""`plait dashboard prometheus`: the address of the local mesh's Prometheus, printed and (with a browser
-present) opened, as `istioctl dashboard prometheus`. In: the local mesh's state (``state.json``). Out: the
-URL on stdout; an error naming how to get a Prometheus when the mesh runs none."""
+"""`plait dashboard prometheus`: the address of the mesh's Prometheus, printed and (with a browser present)
+opened, as `istioctl dashboard prometheus`. In: the local mesh's state (``state.json``), or on Kubernetes
+the addon's pod (``app=prometheus`` in the control plane's namespace), port-forwarded through the API
+server until Ctrl-C. Out: the URL on stdout; an error naming how to get a Prometheus when there is none."""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import webbrowser
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from plait.cli.console import err, out
+from plait.cli.kubeforward import ForwardError, PortForward, ready_pods
+from plait.cli.proxies import IstioNamespace, Kubeconfig
 from plait.runtime.local import PROMETHEUS_INSTALL, State
+
+PROMETHEUS_PORT = 9090  # the addon's (Istio's)
+ADDON = "plait install --set addons.prometheus=true -y"
 
 StateDir = Annotated[Path, typer.Option(help="The local mesh's run directory.")]
 
@@ -33,15 +42,25 @@ def open_in_browser(url: str) -> bool:
 def prometheus(
     state_dir: StateDir = Path(".plait"),
     browser: Annotated[bool, typer.Option(help="Open it in a browser when one is present.")] = True,
+    kubeconfig: Kubeconfig = None,
+    istio_namespace: IstioNamespace = "istio-system",
+    port: Annotated[int, typer.Option(help="On Kubernetes: the local port to forward (0: any free one).")] = 9090,
 ) -> None:
-    """Prometheus of the local mesh ('plait up', 'plait demo bookinfo'): print its URL and open it.
+    """Prometheus of the mesh: print its URL and open it.
+
+    Locally ('plait up', 'plait demo bookinfo') the mesh's own Prometheus. On Kubernetes ($KUBECONFIG or
+    --kubeconfig, and no local mesh in --state-dir) the addon's ('plait install --set addons.prometheus=true'),
+    port-forwarded to localhost:--port through the API server, as istioctl does, until Ctrl-C.
 
     Example: [bold]plait dashboard prometheus[/]  then query e.g. istio_requests_total{reporter="destination"}
     """
     state = State.load(state_dir)
+    if kubeconfig or (state is None and os.environ.get("KUBECONFIG")):
+        return _forward_prometheus(kubeconfig, istio_namespace, port, browser)
     if state is None:
         err.print(
-            f"[red]error[/]: no mesh running from {state_dir} (start one with 'plait up' or 'plait demo bookinfo')"
+            f"[red]error[/]: no mesh running from {state_dir} (start one with 'plait up' or 'plait demo bookinfo'; "
+            "on Kubernetes set KUBECONFIG or --kubeconfig)"
         )
         raise typer.Exit(1)
     if not state.prometheus:
@@ -53,6 +72,28 @@ def prometheus(
     out.print(state.prometheus, markup=False, highlight=False)
     if browser:
         open_in_browser(state.prometheus)
+
+
+def _forward_prometheus(kubeconfig: str | None, namespace: str, port: int, browser: bool) -> None:
+    """Forward `port` to the addon's pod until SIGINT/SIGTERM."""
+    try:
+        pod = ready_pods(kubeconfig, namespace, "app=prometheus")[0]
+        with PortForward(kubeconfig, namespace, PROMETHEUS_PORT, pod=pod, local_port=port) as address:
+            url = f"http://{address.replace('127.0.0.1', 'localhost')}"
+            out.print(url, markup=False, highlight=False)
+            sys.stdout.flush()
+            if browser:
+                open_in_browser(url)
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            stop.wait()
+    except ForwardError as error:
+        err.print(f"[red]error[/]: {escape(str(error))}; the Prometheus addon: {ADDON}", highlight=False)
+        raise typer.Exit(1) from None
+    except OSError as error:
+        err.print(f"[red]error[/]: cannot listen on localhost:{port}: {error.strerror or error} (try --port 0)")
+        raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer) -> None:

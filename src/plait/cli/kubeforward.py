@@ -76,10 +76,11 @@ async def _ready_pods(api: client.ApiClient, namespace: str, selector: str) -> l
 
 class PortForward:
     """``with PortForward(kubeconfig, namespace, port, pod=NAME) as address:`` — `address`
-    (``127.0.0.1:N``) reaches `port` of the pod."""
+    (``127.0.0.1:N``, N = `local_port` or a free one) reaches `port` of the pod."""
 
-    def __init__(self, kubeconfig: str | None, namespace: str, port: int, *, pod: str):
+    def __init__(self, kubeconfig: str | None, namespace: str, port: int, *, pod: str, local_port: int = 0):
         self.kubeconfig, self.namespace, self.port, self.pod = kubeconfig, namespace, port, pod
+        self.local_port = local_port  # 0: any free port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._api: WsApiClient | None = None
@@ -108,7 +109,7 @@ class PortForward:
         except KubeConfigError as error:
             raise ForwardError(str(error)) from None
         self._api = WsApiClient(configuration)
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.local_port)
         host, port = self._server.sockets[0].getsockname()[:2]
         return f"{host}:{port}"
 
