@@ -10,6 +10,8 @@ other translators (`plait.telemetry.metrics` holds what is measured and its labe
   requests (``x-plait-peer-*``) before its router;
 * with ``meshConfig.accessLogFile`` or a Telemetry's ``accessLogging``, every HCM and tcp_proxy
   of that side also writes Istio's access log (`plait.telemetry.logs`);
+* every HCM has the tap logger of its side (`plait.telemetry.tap`): off (a runtime key at 0 %)
+  until the control plane turns it on for a tapped proxy;
 * every ``outbound|…`` cluster names its service in its metadata, the special clusters their own
   name (``destination_service_name="PassthroughCluster"``, as Istio's).
 
@@ -22,12 +24,13 @@ import copy
 
 from plait.model.proxy import Proxy
 from plait.model.snapshot import MeshSnapshot
-from plait.telemetry import logs, metrics
+from plait.telemetry import logs, metrics, tap
 from plait.xds.translate.common import (
     BLACKHOLE_CLUSTER,
     INBOUND_PASSTHROUGH_CLUSTER,
     PASSTHROUGH_CLUSTER,
     ROUTER_FILTER,
+    XDS_CLUSTER,
     parse_cluster_name,
 )
 
@@ -52,7 +55,8 @@ class _Loggers:
             tags = metrics.destination_tags(mtls=mtls, http=http) if inbound else self.source_tags
             made = metrics.http_access_logs(tags) if http else metrics.tcp_access_logs(tags)
             file_log = self.file_logs["SERVER" if inbound else "CLIENT"]
-            self._cache[key] = [*made, file_log] if file_log else made
+            tap_log = tap.tap_access_log("in" if inbound else "out", XDS_CLUSTER) if http else None
+            self._cache[key] = [*made, *filter(None, [file_log, tap_log])]
         return copy.deepcopy(self._cache[key])
 
 
