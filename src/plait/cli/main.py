@@ -9,7 +9,20 @@ from __future__ import annotations
 
 import typer
 
-from plait.cli import agent, analyze, config, controlplane, explain, inject, install, iptables, local, proxies, tap
+from plait.cli import (
+    agent,
+    analyze,
+    config,
+    controlplane,
+    explain,
+    inject,
+    install,
+    iptables,
+    local,
+    logs,
+    proxies,
+    tap,
+)
 
 app = typer.Typer(
     name="plait",
@@ -19,7 +32,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-for module in (config, analyze, explain, controlplane, agent, proxies, local, iptables, inject, install, tap):
+for module in (config, analyze, explain, controlplane, agent, proxies, local, iptables, inject, install, tap, logs):
     module.register(app)
 
 

@@ -179,7 +179,9 @@ def _is_destination(to: Target, event: Mapping) -> bool:
     if to.kind == "service":
         host = str(event.get("authority", "")).partition(":")[0]
         parts = host.split(".")
-        same_namespace = len(parts) == 1 or parts[1] == to.namespace
+        # a short name is the caller's namespace's service (the tapped pod's, for its outbound calls)
+        namespace = parts[1] if len(parts) > 1 else str(event.get("namespace", ""))
+        same_namespace = namespace == to.namespace
         return parts[0] == to.name and same_namespace
     workload = str(event.get("dst_workload", ""))
     namespace = str(event.get("dst_namespace", "") or to.namespace)
