@@ -84,7 +84,8 @@ def entry(**tags: str) -> accesslog_pb2.HTTPAccessLogEntry:
     return json_format.ParseDict(
         {
             "common_properties": {
-                "downstream_remote_address": {"socket_address": {"address": "10.244.0.3", "port_value": 40000}},
+                "downstream_remote_address": {"socket_address": {"address": "192.0.2.9", "port_value": 0}},  # XFF
+                "downstream_direct_remote_address": {"socket_address": {"address": "10.244.0.3", "port_value": 40000}},
                 "downstream_local_address": {"socket_address": {"address": "10.244.0.5", "port_value": 9080}},
                 "upstream_remote_address": {"socket_address": {"address": "10.244.0.7", "port_value": 9080}},
                 "tls_properties": {"tls_version": "TLSv1_3"},

@@ -211,7 +211,7 @@ def event_from_entry(entry, side: str, pod: str, namespace: str) -> dict:
         "pod": pod,
         "namespace": namespace,
         "id": request.request_id or common.stream_id,
-        "src": _address(common.downstream_remote_address),
+        "src": _address(common.downstream_direct_remote_address) or _address(common.downstream_remote_address),
         "dst": dst,
         "tls": tls,
         "src_workload": tags.get("source_workload", ""),
