@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -97,10 +98,19 @@ def test_follow_prints_lines_as_they_are_written(mesh: Path) -> None:
     log = mesh / "logs" / "productpage-v1-0.log"
     command = [sys.executable, "-m", "plait", "logs", "productpage-v1-0", "-c", "istio-proxy", "-f", "--tail", "0"]
     with subprocess.Popen([*command, "--state-dir", str(mesh)], stdout=subprocess.PIPE, text=True) as follower:
+        seen: list[str] = []
+        threading.Thread(target=lambda: seen.extend(follower.stdout), daemon=True).start()
         try:
-            time.sleep(1.5)  # started and read to the end
-            with log.open("a") as file:
-                file.write("ten\n[envoy] a new access line\n")
-            assert follower.stdout.readline() == "a new access line\n"
+            deadline = time.monotonic() + 30
+            n = 0
+            while not seen and time.monotonic() < deadline:  # until the follower, started at some point, prints
+                n += 1
+                with log.open("a") as file:
+                    file.write(f"ten\n[envoy] access line {n}\n")
+                time.sleep(0.3)
+            time.sleep(0.5)
         finally:
             follower.kill()
+    assert seen, "nothing followed"
+    numbers = [int(line.removeprefix("access line ")) for line in seen]
+    assert numbers == list(range(numbers[0], n + 1)), seen  # each new proxy line once, in order, nothing older
