@@ -31,9 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import localmesh as lm
-import telemetry as bench
 from common import machine
 
+import telemetry as bench
 from plait.telemetry import metrics, tap
 from plait.testing.envoy import run_envoy
 from plait.testing.live import free_port
