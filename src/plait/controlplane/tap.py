@@ -217,8 +217,8 @@ class TapService:
                     await response.write(b"\n")
                     continue
                 await response.write(_line(event))
-        except (ConnectionError, asyncio.CancelledError):
-            pass
+        except ConnectionError:
+            pass  # the client went away: the session ends
         finally:
             self.sessions.close(session.id)
             self.queues.pop(session.id, None)
