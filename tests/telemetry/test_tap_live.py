@@ -8,10 +8,12 @@ import threading
 import time
 import uuid
 
+import pytest
 import test_metrics_live
 from test_metrics_live import SERVICE_PORT, Proxies
 
 from plait.cli.tap import TapSession
+from plait.client import ClientError
 from plait.model.proxy import EXPLICIT_PROXY_PORT
 from plait.telemetry.tap import tap_lines
 from plait.testing.http import http_request
@@ -116,3 +118,11 @@ def test_filters_pick_path_and_method(proxies: Proxies) -> None:
         wait_until(lambda: reader.seen, WITHIN + 1, "the GET's event")
         time.sleep(0.5)
         assert [(e["method"], e["path"]) for _, e in reader.seen] == [("GET", f"/only/{marker}")]
+
+
+def test_a_bad_target_is_refused_with_what_is_expected(proxies: Proxies) -> None:
+    with pytest.raises(
+        ClientError, match="cannot tap 'svc/server': expected one of deploy/NAME, po/NAME, ns/NS"
+    ) as info:
+        TapSession(proxies.cp.api.base, {"target": "svc/server"})
+    assert info.value.status == 400
