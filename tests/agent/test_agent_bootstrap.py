@@ -190,7 +190,11 @@ def test_admin_listens_on_loopback_and_connections_are_not_capped() -> None:
     monitor = bootstrap["overload_manager"]["resource_monitors"][0]
     assert monitor["name"] == "envoy.resource_monitors.global_downstream_max_connections"
     assert monitor["typed_config"]["max_active_downstream_connections"] == 2147483647
-    assert [layer["name"] for layer in bootstrap["layered_runtime"]["layers"]] == ["global config", "admin"]
+    assert [layer["name"] for layer in bootstrap["layered_runtime"]["layers"]] == [
+        "global config",
+        "plait-tap",
+        "admin",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -135,6 +135,8 @@ def loggers_of(listener: dict) -> list[tuple[str, str]]:
     for chain in listener["filter_chains"]:
         for f in chain["filters"]:
             for logger in f["typed_config"].get("access_log", []):
+                if logger["name"] != "envoy.access_loggers.stats":
+                    continue  # the tap logger (plait.telemetry.tap)
                 tags = logger["typed_config"]["counters"][0]["stat"]["tags"]
                 reporter = next(t["value_format"] for t in tags if t["name"] == "reporter")
                 out.append((f["name"].rsplit(".", 1)[1], reporter))

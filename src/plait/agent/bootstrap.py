@@ -16,7 +16,9 @@ reads with ``-c``. It follows Istio's ``envoy_bootstrap.json``:
   socket where the agent serves the ``default`` and ``ROOTCA`` secrets,
   `plait.agent.sds`; declared even without certificates, so that ISTIO_MUTUAL
   configuration is valid);
-* Istio's runtime defaults, connection limit and stats tags;
+* Istio's runtime defaults, connection limit and stats tags; a runtime layer the control plane
+  feeds over RTDS on the ADS stream's connection (`plait.telemetry.tap`: ``plait.tap``, on while
+  someone taps this proxy);
 * with a ``prometheus_port`` (Istio's 15090), a static listener serving ``/stats/prometheus`` from
   the admin API with Istio's metric names (`plait.telemetry.prometheus`), on all addresses in
   capture mode (the pod's own network) and on the proxy's address otherwise (many proxies share
@@ -44,6 +46,7 @@ from urllib.parse import urlsplit
 from plait import __version__
 from plait.model import Proxy
 from plait.model.proxy import TLS_MODE_LABEL
+from plait.telemetry import tap
 from plait.telemetry.prometheus import prometheus_cluster, prometheus_listener
 from plait.xds.static import XDS_CLUSTER
 from plait.xds.translate.common import SDS_CLUSTER, sds_secret
@@ -269,6 +272,7 @@ def _static_resources(settings: BootstrapSettings) -> dict:
 
 def build_bootstrap(settings: BootstrapSettings) -> dict:
     proxy = settings.proxy
+    ads = ads_config(settings.xds, settings.token)
     return {
         "node": {
             "id": proxy.id,
@@ -277,7 +281,7 @@ def build_bootstrap(settings: BootstrapSettings) -> dict:
         },
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": settings.admin_port}}},
         "dynamic_resources": {
-            "ads_config": ads_config(settings.xds, settings.token),
+            "ads_config": ads,
             "cds_config": ADS_SOURCE,
             "lds_config": ADS_SOURCE,
         },
@@ -285,6 +289,7 @@ def build_bootstrap(settings: BootstrapSettings) -> dict:
         "layered_runtime": {
             "layers": [
                 {"name": "global config", "static_layer": RUNTIME_DEFAULTS},
+                tap.rtds_layer(ads["grpc_services"][0]),  # plait.tap, on while someone taps this proxy
                 {"name": "admin", "admin_layer": {}},
             ]
         },

@@ -117,18 +117,30 @@ class EnvoySupervisor:
         self.pid_file.unlink(missing_ok=True)
 
     async def _spawn(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            limit=LOG_LINE_LIMIT,
-            preexec_fn=die_with_parent(signal.SIGKILL),
-            start_new_session=True,
-            env=self.env,
-        )  # a terminal's Ctrl-C reaches the agent, which drains first
+        read_end, write_end = os.pipe()
+        # Envoy running as the proxy user may open /dev/stdout again (meshConfig.accessLogFile), as it
+        # can a container's stdout: a pipe is its creator's, mode 0600, unless opened up
+        os.fchmod(write_end, 0o666)
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=write_end,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=die_with_parent(signal.SIGKILL),
+                start_new_session=True,
+                env=self.env,
+            )  # a terminal's Ctrl-C reaches the agent, which drains first
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
         self._started_at = time.monotonic()
-        self._pump = asyncio.create_task(self._pass_log_through(self._process.stdout))
+        output = asyncio.StreamReader(limit=LOG_LINE_LIMIT)
+        protocol = asyncio.StreamReaderProtocol(output)
+        await asyncio.get_running_loop().connect_read_pipe(lambda: protocol, os.fdopen(read_end, "rb", buffering=0))
+        self._pump = asyncio.create_task(self._pass_log_through(output))
         temporary = self.pid_file.with_suffix(".tmp")
         temporary.write_text(f"{self._process.pid}\n")
         os.replace(temporary, self.pid_file)

@@ -20,8 +20,10 @@ from plait.cli import (
     install,
     iptables,
     local,
+    logs,
     proxies,
     stat,
+    tap,
 )
 
 app = typer.Typer(
@@ -45,6 +47,8 @@ for module in (
     install,
     dashboard,
     stat,
+    tap,
+    logs,
 ):
     module.register(app)
 

@@ -15,6 +15,8 @@
     PUT  /api/v1/workloads/{ns}/{name}   register (JSON: address, labels, ports, serviceAccount, ready)
     PUT  /api/v1/workloads/{ns}/{name}/ready   {"ready": true|false}
     DELETE /api/v1/workloads/{ns}/{name}
+    GET  /api/v1/tap?target=deploy/NAME&namespace=NS[&path=&method=&to=]   a tap session: JSON lines
+                                         while the connection lasts (`plait.controlplane.tap` adds it)
 
 Handlers only translate between HTTP and `MeshState`/the hub; errors are JSON
 ``{"problems": [...]}`` with the same fields `plait validate` prints.

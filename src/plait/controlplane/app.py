@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from plait.controlplane import testhooks
 from plait.controlplane.api import Api, admin_token_path, load_or_create_admin_token
 from plait.controlplane.mesh import ConfigSource, MeshState
+from plait.controlplane.tap import TapService
 from plait.inject.settings import InjectSettings
 from plait.model import MeshSnapshot
 from plait.sources.files import FileStore
@@ -224,9 +225,14 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     else:
         tasks.append(asyncio.create_task(state.watch_directory(settings.poll_interval)))
     state.rebuild()
-    # xDS over TLS with a pod token beside the CA (istiod's 15012); plaintext xDS (15010) unless strict
-    ads = None if settings.xds_auth == "strict" else await serve_ads(hub, settings.host, settings.xds_port)
-    tls_ads = ads_handler(hub, ads_authenticator(tokens, registry=metrics.registry))
+    # xDS over TLS with a pod token beside the CA (istiod's 15012); plaintext xDS (15010) unless strict;
+    # tap's RTDS and access log services beside ADS on both
+    tap = TapService(metrics.registry)
+    ads = None
+    if settings.xds_auth != "strict":
+        ads = await serve_ads(hub, settings.host, settings.xds_port, also=tap.handlers())
+    authenticate = ads_authenticator(tokens, registry=metrics.registry)
+    tls_ads = (ads_handler(hub, authenticate), *tap.handlers(authenticate))
     ca = await serve_ca(
         authority,
         tokens,
@@ -234,7 +240,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         settings.ca_port,
         default_ttl=settings.workload_cert_ttl,
         registry=metrics.registry,
-        also=(tls_ads,),
+        also=tls_ads,
         **({"server_names": identity.settings.server_names} if identity else {}),
     )
     admin_token = load_or_create_admin_token(admin_token_path(settings.state_dir))
@@ -248,7 +254,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         scrape_targets=None if cluster is None else lambda: scrape_targets(cluster.view.pods()),
     )
     also_notify.append(api.snapshot_changed)
-    runner = web.AppRunner(api.app(), access_log=None)
+    http_app = api.app()
+    tap.add_routes(http_app)
+    runner = web.AppRunner(http_app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.http_port).start()
     if identity:

@@ -7,7 +7,9 @@ loggers that make Istio's standard metrics, the peer headers, the endpoint and c
 metadata they read; `logs`: the file access logger of ``meshConfig.accessLogFile`` and
 Telemetry ``accessLogging``), the environment an agent gives its Envoy, and the
 Prometheus exposition rules (`prometheus`: Envoy's ``envoy_istio_*`` names become Istio's
-``istio_*``, empty label values become ``unknown``). Pure: no I/O, no state; the translator
+``istio_*``, empty label values become ``unknown``; `tap`, `tapsessions`, `top`: the tap logger
+gated by a runtime key, the runtime layer that turns it on, tap events and linkerd's lines, the
+open sessions, top's table). Pure: no I/O, no state (`tapsessions` keeps the sessions it is told of); the translator
 (`plait.xds.translate.telemetry`) places the pieces into listeners and clusters, the
 agent's bootstrap serves the metrics on its Prometheus port (Istio's 15090).
 """

@@ -124,14 +124,19 @@ def ads_handler(hub: XdsHub, authenticate: Authenticate | None = None) -> grpc.G
 
 
 async def serve_ads(
-    hub: XdsHub, host: str = "0.0.0.0", port: int = ADS_PORT, *, authenticate: Authenticate | None = None
+    hub: XdsHub,
+    host: str = "0.0.0.0",
+    port: int = ADS_PORT,
+    *,
+    authenticate: Authenticate | None = None,
+    also: tuple[grpc.GenericRpcHandler, ...] = (),
 ) -> grpc.aio.Server:
-    """Start serving ADS; with port 0 the port chosen is in `server.bound_port`. With
-    `authenticate`, each stream is admitted only if it returns None for the stream's metadata
-    and first node. Stop it with ``await server.stop(grace)``: streams get `grace` seconds,
-    then are cancelled."""
+    """Start serving ADS (and the services in `also`); with port 0 the port chosen is in
+    `server.bound_port`. With `authenticate`, each stream is admitted only if it returns None for
+    the stream's metadata and first node. Stop it with ``await server.stop(grace)``: streams get
+    `grace` seconds, then are cancelled."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)])
-    server.add_generic_rpc_handlers((ads_handler(hub, authenticate),))
+    server.add_generic_rpc_handlers((ads_handler(hub, authenticate), *also))
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as error:

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 from plait.host.envoy_binary import find_envoy
 from plait.xds.resources import ResourceSet
-from plait.xds.translate.common import SDS_CLUSTER
+from plait.xds.translate.common import SDS_CLUSTER, XDS_CLUSTER
 
 HCM = "envoy.filters.network.http_connection_manager"
-XDS_CLUSTER = "xds-grpc"
 _H2 = {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",

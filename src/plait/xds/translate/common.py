@@ -16,6 +16,7 @@ BLACKHOLE_CLUSTER = "BlackHoleCluster"
 INBOUND_PASSTHROUGH_CLUSTER = "InboundPassthroughCluster"
 DYNAMIC_FORWARD_PROXY_CLUSTER = "DynamicForwardProxyCluster"
 SDS_CLUSTER = "sds-grpc"  # defined in the agent's bootstrap, as in Istio
+XDS_CLUSTER = "xds-grpc"  # the control plane, in the agent's bootstrap (Istio's name)
 
 ADS = {"ads": {}, "resource_api_version": "V3"}
 ALLOW_ANY, REGISTRY_ONLY = "ALLOW_ANY", "REGISTRY_ONLY"

@@ -12,6 +12,8 @@ other translators (`plait.telemetry.metrics` holds what is measured and its labe
   (`plait.telemetry.overrides`), per side;
 * with ``meshConfig.accessLogFile`` or a Telemetry's ``accessLogging``, every HCM and tcp_proxy
   of that side also writes Istio's access log (`plait.telemetry.logs`);
+* every HCM has the tap logger of its side (`plait.telemetry.tap`): off (a runtime key at 0 %)
+  until the control plane turns it on for a tapped proxy;
 * every ``outbound|…`` cluster names its service in its metadata, the special clusters their own
   name (``destination_service_name="PassthroughCluster"``, as Istio's).
 
@@ -24,12 +26,13 @@ import copy
 
 from plait.model.proxy import Proxy
 from plait.model.snapshot import MeshSnapshot
-from plait.telemetry import logs, metrics, overrides
+from plait.telemetry import logs, metrics, overrides, tap
 from plait.xds.translate.common import (
     BLACKHOLE_CLUSTER,
     INBOUND_PASSTHROUGH_CLUSTER,
     PASSTHROUGH_CLUSTER,
     ROUTER_FILTER,
+    XDS_CLUSTER,
     parse_cluster_name,
 )
 
@@ -56,7 +59,8 @@ class _Loggers:
             side = "SERVER" if inbound else "CLIENT"
             made = (metrics.http_access_logs if http else metrics.tcp_access_logs)(tags, self.overrides[side])
             file_log = self.file_logs[side]
-            self._cache[key] = [*made, file_log] if file_log else made
+            tap_log = tap.tap_access_log("in" if inbound else "out", XDS_CLUSTER) if http else None
+            self._cache[key] = [*made, *filter(None, [file_log, tap_log])]
         return copy.deepcopy(self._cache[key])
 
 
