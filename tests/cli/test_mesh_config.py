@@ -8,7 +8,8 @@ import pytest
 import typer
 
 from plait.api.mesh import MESH_CONFIG_MAP
-from plait.cli.controlplane import injector_settings, read_mesh_config
+from plait.cli.controlplane import check_mesh_config, injector_settings
+from plait.controlplane.meshfile import mesh_config_update
 
 MESH = """\
 accessLogFile: /dev/stdout
@@ -24,7 +25,9 @@ defaultConfig:
 def test_the_mesh_config_sets_the_injectors_proxy_defaults_and_the_access_logs(tmp_path):
     path = tmp_path / "mesh"
     path.write_text(MESH)
-    inject, resources = read_mesh_config(path, injector_settings(None, None, "canary"))
+    check_mesh_config(path, injector_settings(None, None, "canary"))  # valid: no exit
+    update = mesh_config_update(path.read_text(), str(path), injector_settings(None, None, "canary"))
+    inject, resources = update.inject, update.resources
     assert inject.control_plane == "istiod-canary.istio-system.svc:15012"
     assert inject.hold_application_until_proxy_starts is True
     assert inject.proxy_metadata == {"ISTIO_META_DNS_CAPTURE": "true"}
@@ -39,7 +42,7 @@ def test_the_configmap_itself_is_read_too(tmp_path):
     path.write_text(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio}\ndata:\n  mesh: |\n    accessLogFile: /dev/stdout\n"
     )
-    _, [config_map] = read_mesh_config(path, injector_settings(None, None, ""))
+    [config_map] = mesh_config_update(path.read_text(), str(path), injector_settings(None, None, "")).resources
     assert config_map.spec.mesh_config().access_log_file == "/dev/stdout"
 
 
@@ -55,7 +58,7 @@ def test_a_bad_mesh_config_is_refused_naming_the_file_and_field(tmp_path, capsys
     path = tmp_path / "mesh"
     path.write_text(text)
     with pytest.raises(typer.Exit) as exited:
-        read_mesh_config(path, injector_settings(None, None, ""))
+        check_mesh_config(path, injector_settings(None, None, ""))
     assert exited.value.exit_code == 2
     printed = " ".join(capsys.readouterr().err.split())
     assert str(path) in printed and expected in printed, printed
@@ -63,5 +66,5 @@ def test_a_bad_mesh_config_is_refused_naming_the_file_and_field(tmp_path, capsys
 
 def test_a_missing_file_is_refused(tmp_path, capsys):
     with pytest.raises(typer.Exit):
-        read_mesh_config(tmp_path / "nope", injector_settings(None, None, ""))
+        check_mesh_config(tmp_path / "nope", injector_settings(None, None, ""))
     assert "--mesh-config" in capsys.readouterr().err

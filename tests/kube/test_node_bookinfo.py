@@ -355,7 +355,8 @@ def test_the_prometheus_addon_scrapes_istios_metrics_and_kialis_graph_query_find
 def test_a_telemetry_object_applied_with_kubectl_filters_the_access_log(bookinfo):
     """Telemetry (telemetry.istio.io) is read from the cluster: a root-namespace Telemetry turning Envoy's
     access log on only for ``response.code >= 400`` makes a 404 from productpage appear in its sidecar's
-    istio-proxy log, and the page's 200s do not."""
+    istio-proxy log, and the page's 200s do not; read with ``plait logs POD -c istio-proxy`` (pods/log, as
+    kubectl logs)."""
     telemetry = """
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry
@@ -376,9 +377,10 @@ spec:
             request = urllib.request.Request(bookinfo.ingress_url("/api/v1/products/0/reviews-missing"))
             with pytest.raises(urllib.error.HTTPError):
                 urllib.request.urlopen(request, timeout=10)
-            log = bookinfo.kubectl("logs", pod, "-c", "istio-proxy", "-n", NAMESPACE, "--since", "10m")
-            assert '" 404 ' in log, log[-2000:]
-            return log
+            shown = bookinfo.plait("logs", pod, "-c", "istio-proxy", "-n", NAMESPACE, "--tail", "400")
+            assert shown.returncode == 0, shown.stderr
+            assert '" 404 ' in shown.stdout, shown.stdout[-2000:]
+            return shown.stdout
 
         log = eventually(logged_404, timeout=60, interval=2)
         codes = re.findall(r'"[A-Z]+ \S+ HTTP/[\d.]+" (\d{3}) ', log)
