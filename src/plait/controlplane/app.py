@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from plait.api.resources import Resource
 from plait.controlplane import testhooks
 from plait.controlplane.api import Api, admin_token_path, load_or_create_admin_token
+from plait.controlplane.collector import Collector, serve_collector
 from plait.controlplane.mesh import ConfigSource, MeshState
 from plait.inject.settings import InjectSettings
 from plait.model import MeshSnapshot
@@ -41,6 +42,7 @@ class Settings:
     host: str = "127.0.0.1"
     xds_port: int = 15010
     http_port: int = 15014
+    zipkin_port: int | None = None  # the trace collector (`plait.controlplane.collector`); the CLI's default is 9411
     debounce: float = 0.1
     poll_interval: float = 0.5
     state_dir: Path = Path(".plait/control-plane")  # the CA's files live in state_dir/ca (owner-only)
@@ -242,6 +244,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     runner = web.AppRunner(api.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.http_port).start()
+    traces = (
+        None
+        if settings.zipkin_port is None
+        else await serve_collector(Collector(), settings.host, settings.zipkin_port)
+    )
     if identity:
         await identity.start(settings.host, settings.state_dir, metrics.registry, view=cluster.view)
     api.serving = True
@@ -274,6 +281,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             await cluster.api.close()
         api.stopping()  # waiting name-table requests answer now, not when their wait ends
         await runner.cleanup()
+        if traces is not None:
+            await traces.cleanup()
         if ads is not None:
             await ads.stop(grace=1.0)
         await ca.stop(grace=1.0)

@@ -155,14 +155,20 @@ def envoy_tag(name: str, tag: CustomTag) -> dict:
     if tag.literal is not None:
         return {"tag": name, "literal": {"value": tag.literal.value}}
     if tag.environment is not None:
-        return {"tag": name, "environment": {"name": tag.environment.name, "default_value": tag.environment.default_value}}
+        return {
+            "tag": name,
+            "environment": {"name": tag.environment.name, "default_value": tag.environment.default_value},
+        }
     assert tag.header is not None  # CustomTag holds exactly one
     return {"tag": name, "request_header": {"name": tag.header.name, "default_value": tag.header.default_value}}
 
 
 def span_tags(mesh: MeshConfig, custom: Mapping[str, CustomTag]) -> list[dict]:
     """Istio's service tags, then the custom ones (a custom tag of the same name wins), by name."""
-    tags = {name: {"tag": name, "environment": {"name": var, "default_value": default}} for name, (var, default) in SERVICE_TAGS.items()}
+    tags = {
+        name: {"tag": name, "environment": {"name": var, "default_value": default}}
+        for name, (var, default) in SERVICE_TAGS.items()
+    }
     tags["istio.mesh_id"] = {"tag": "istio.mesh_id", "literal": {"value": mesh.trust_domain}}
     tags.update({name: envoy_tag(name, tag) for name, tag in custom.items()})
     return [tags[name] for name in sorted(tags)]
