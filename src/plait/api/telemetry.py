@@ -7,7 +7,7 @@ rule may name ``providers`` (only Istio's built-in ``envoy``: the file log of
 ``filter.expression`` (CEL, Envoy's attributes: ``response.code >= 400``) accepts, and apply to the
 client side, the server side or both (``match.mode``). Each ``tracing`` rule may set
 ``randomSamplingPercentage``, ``customTags`` (literal, environment, header),
-``disableSpanReporting`` and ``match.mode``; its only provider is the mesh's Zipkin collector
+``disableSpanReporting``, ``enableIstioTags`` and ``match.mode``; its only provider is the mesh's Zipkin collector
 (``defaultConfig.tracing.zipkin``: no ``providers``). ``metrics`` and ``targetRefs`` are Istio's
 and not acted on yet: loading them says so.
 """
@@ -76,6 +76,7 @@ class Tracing(SideRule):
     providers: list[TracingProviderRef] = []
     random_sampling_percentage: float | None = Field(default=None, ge=0, le=100)
     disable_span_reporting: bool | None = None
+    enable_istio_tags: bool | None = None
     custom_tags: dict[str, CustomTag] = {}
 
 

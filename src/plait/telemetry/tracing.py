@@ -54,6 +54,7 @@ class TraceSettings:
 
     sampling: float
     report: bool = True
+    istio_tags: bool = True
     custom_tags: Mapping[str, CustomTag] = field(default_factory=dict)
 
 
@@ -79,7 +80,7 @@ def trace_settings(snapshot: MeshSnapshot, proxy: Proxy, side: Side) -> TraceSet
     if not mesh.enable_tracing:
         return None
     tracing = mesh.default_config.tracing
-    sampling, report, tags = tracing.sampling, True, dict(tracing.custom_tags)
+    sampling, report, istio_tags, tags = tracing.sampling, True, True, dict(tracing.custom_tags)
     for level in _rules(snapshot, proxy):
         rule = next((r for r in level if r.applies_to(side)), None)
         if rule is None:
@@ -88,8 +89,10 @@ def trace_settings(snapshot: MeshSnapshot, proxy: Proxy, side: Side) -> TraceSet
             sampling = rule.random_sampling_percentage
         if rule.disable_span_reporting is not None:
             report = not rule.disable_span_reporting
+        if rule.enable_istio_tags is not None:
+            istio_tags = rule.enable_istio_tags
         tags.update(rule.custom_tags)
-    return TraceSettings(sampling=sampling, report=report, custom_tags=tags)
+    return TraceSettings(sampling=sampling, report=report, istio_tags=istio_tags, custom_tags=tags)
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -163,13 +166,14 @@ def envoy_tag(name: str, tag: CustomTag) -> dict:
     return {"tag": name, "request_header": {"name": tag.header.name, "default_value": tag.header.default_value}}
 
 
-def span_tags(mesh: MeshConfig, custom: Mapping[str, CustomTag]) -> list[dict]:
-    """Istio's service tags, then the custom ones (a custom tag of the same name wins), by name."""
-    tags = {
-        name: {"tag": name, "environment": {"name": var, "default_value": default}}
-        for name, (var, default) in SERVICE_TAGS.items()
-    }
-    tags["istio.mesh_id"] = {"tag": "istio.mesh_id", "literal": {"value": mesh.trust_domain}}
+def span_tags(mesh: MeshConfig, custom: Mapping[str, CustomTag], istio_tags: bool = True) -> list[dict]:
+    """Istio's service tags (unless turned off), then the custom ones (a custom tag of the same name
+    wins), by name."""
+    tags: dict[str, dict] = {}
+    if istio_tags:
+        for name, (variable, default) in SERVICE_TAGS.items():
+            tags[name] = {"tag": name, "environment": {"name": variable, "default_value": default}}
+        tags["istio.mesh_id"] = {"tag": "istio.mesh_id", "literal": {"value": mesh.trust_domain}}
     tags.update({name: envoy_tag(name, tag) for name, tag in custom.items()})
     return [tags[name] for name in sorted(tags)]
 
@@ -201,7 +205,7 @@ def hcm_tracing(mesh: MeshConfig, settings: TraceSettings, target: Collector) ->
         "client_sampling": {"value": 100.0},
         "random_sampling": {"value": settings.sampling},
         "overall_sampling": {"value": 100.0},
-        "custom_tags": span_tags(mesh, settings.custom_tags),
+        "custom_tags": span_tags(mesh, settings.custom_tags, settings.istio_tags),
         "max_path_tag_length": MAX_PATH_TAG_LENGTH,
     }
     if settings.report:
