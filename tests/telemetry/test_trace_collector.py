@@ -12,10 +12,13 @@ import urllib.request
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1 import trace_pb2
+from typer.testing import CliRunner
 
+from plait.cli.main import app
 from plait.controlplane.collector import Collector, serve_collector
 from plait.telemetry.spans import SpanError, parse_otlp, parse_zipkin
 from plait.telemetry.tracestore import TraceQuery, TraceStore, trace_query
+from plait.telemetry.traceview import merge_traces, summarize, tree_lines
 from plait.testing.live import free_port
 
 TRACE = "463ac35c9f6413ad48485a3953bb6124"
@@ -222,3 +225,63 @@ def test_the_collector_over_http():
         assert [len(t) for t in json.loads(results[7][1])] == [2]
 
     asyncio.run(main())
+
+
+def test_traces_from_two_collectors_merge_and_draw_as_a_tree():
+    spans = [s for t in bookinfo_store().traces(TraceQuery(), NOW_US // 1000) for s in t if s["traceId"].endswith("2")]
+    half = len(spans) // 2
+    merged = merge_traces([spans[:half]], [spans[half - 1 :]])  # one span reported to both replicas
+    assert len(merged) == 1 and sorted(s["id"] for s in merged[0]) == sorted(s["id"] for s in spans)
+    summary = summarize(merged[0])
+    assert (summary.root_service, summary.spans, summary.duration_us) == (
+        "istio-ingressgateway.istio-system",
+        4,
+        90_000,
+    )
+    lines = tree_lines(merged[0], width=20)
+    assert lines[0] == f"trace {'2':0>32}: 4 spans, 90.0ms"
+    assert [line.split("|")[0].rsplit(None, 2)[0] for line in lines[1:]] == [
+        "istio-ingressgateway.istio-system get (client)",
+        "└─ productpage.default get (server)",
+        "   └─ productpage.default reviews (client)",
+        "      └─ reviews.default get (server)",
+    ]
+    bars = [line.split("|")[1] for line in lines[1:]]
+    assert bars[0] == "█" * 20 and all(len(b) == 20 for b in bars)
+    assert bars[3].strip() == "█"  # 2 ms of 90 ms: one cell
+    assert [line.split("|")[0].split()[-2:] for line in lines[1:]][-1] == ["+300µs", "2.0ms"]
+
+
+def test_plait_traces_lists_and_draws_from_a_collector():
+    async def main() -> list:
+        port = free_port()
+        store = TraceStore()
+        now_us = int(time.time() * 1e6)
+        for t in (1, 2):
+            spans = [
+                zipkin(f"{t:032x}", "a1", "istio-ingressgateway.istio-system", ts=now_us - t * 1000, dur=t * 40_000),
+                zipkin(f"{t:032x}", "b2", "productpage.default", parent="a1", ts=now_us - t * 1000 + 5, dur=30_000),
+            ]
+            store.add(parse_zipkin(json.dumps(spans).encode()))
+        runner = await serve_collector(Collector(store), "127.0.0.1", port)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            return [
+                await asyncio.to_thread(CliRunner().invoke, app, ["traces", "--zipkin", url, *args])
+                for args in ([], ["--min-duration", "50ms"], [f"{2:032x}"], ["--service", "nobody.default"], ["ffff"])
+            ]
+        finally:
+            await runner.cleanup()
+
+    listed, slow, tree, none, missing = asyncio.run(main())
+    assert listed.exit_code == 0, listed.output
+    rows = [line.split() for line in listed.output.splitlines()]
+    assert rows[0][:3] == ["TRACE", "ID", "ROOT"]
+    assert [(r[0][-1], r[1], r[3], r[4]) for r in rows[1:]] == [
+        ("1", "istio-ingressgateway.istio-system", "2", "40.0ms"),
+        ("2", "istio-ingressgateway.istio-system", "2", "80.0ms"),
+    ]
+    assert [line.split()[0][-1] for line in slow.output.splitlines()[1:]] == ["2"]
+    assert tree.exit_code == 0 and "└─ productpage.default get (server)" in tree.output
+    assert "no traces found" in none.output
+    assert missing.exit_code == 1 and "trace ffff not found" in missing.output

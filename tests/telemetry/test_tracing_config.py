@@ -37,7 +37,8 @@ def mesh_map(mesh: str) -> str:
 
 def telemetry(name: str, namespace: str, rule: str, selector: str = "") -> str:
     spec = f"  selector: {{matchLabels: {selector}}}\n" if selector else ""
-    return f"apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}  tracing:\n  - {rule}\n"
+    head = f"apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {namespace}}}\n"
+    return f"{head}spec:\n{spec}  tracing:\n  - {rule}\n"
 
 
 def resources(*docs: str):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from plait.cli import agent, analyze, config, controlplane, explain, inject, install, iptables, local, proxies
+from plait.cli import agent, analyze, config, controlplane, explain, inject, install, iptables, local, proxies, traces
 
 app = typer.Typer(
     name="plait",
@@ -19,7 +19,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-for module in (config, analyze, explain, controlplane, agent, proxies, local, iptables, inject, install):
+for module in (config, analyze, explain, controlplane, agent, proxies, local, iptables, inject, install, traces):
     module.register(app)
 
 
