@@ -301,7 +301,7 @@ def istiod_service(settings: InstallSettings) -> dict[str, Any]:
 def zipkin_service(settings: InstallSettings) -> dict[str, Any]:
     """Service zipkin: ``zipkin.istio-system:9411``, Istio's default ``defaultConfig.tracing.zipkin.address``,
     reaches the collector every istiod runs (of every revision: one Service, made by the default one)."""
-    labels = {"app": "zipkin", **owner_labels(settings, "Pilot", revisioned=False)}
+    labels = {"app": "zipkin", **owner_labels(settings, "Pilot")}
     ports = [_port("http-query", ZIPKIN_PORT, ZIPKIN_PORT)]
     return _service("zipkin", settings.namespace, labels, {"app": ISTIOD}, ports)
 
