@@ -352,8 +352,8 @@ def demo_bookinfo(
     bookinfo_tag: Annotated[str, typer.Option(help="With --kube: the Bookinfo images' tag.")] = __version__,
 ) -> None:
     """Istio's Bookinfo on this machine: productpage, details, reviews v1/v2/v3, ratings, each with a
-    sidecar, behind an ingress gateway programmed by Istio's bookinfo-gateway.yaml, with the mesh
-    settings of Istio's demo profile (access logs, every request traced: [bold]plait traces[/]).
+    sidecar, behind an ingress gateway programmed by Istio's bookinfo-gateway.yaml, with the trace
+    sampling of Istio's demo profile (every request traced: [bold]plait traces[/]).
 
     Then, as in Istio's tasks: [bold]plait apply -f src/plait/demo/bookinfo/networking/destination-rule-all.yaml[/]
     and [bold]…/virtual-service-reviews-jason-v2-v3.yaml[/], log in as jason on the product page, and watch the stars change.
