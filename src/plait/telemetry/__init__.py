@@ -10,4 +10,10 @@ Prometheus exposition rules (`prometheus`: Envoy's ``envoy_istio_*`` names becom
 ``istio_*``, empty label values become ``unknown``). Pure: no I/O, no state; the translator
 (`plait.xds.translate.telemetry`) places the pieces into listeners and clusters, the
 agent's bootstrap serves the metrics on its Prometheus port (Istio's 15090).
+
+Traces: `tracing` (the Zipkin tracer of each connection manager, from ``enableTracing``,
+``defaultConfig.tracing`` and Telemetry ``tracing``), `spans` (Zipkin v2 and OTLP bodies read into
+Zipkin's span shape), `tracestore` (the collector's bounded store and Zipkin's read queries, sans
+I/O; the control plane's `plait.controlplane.collector` serves it) and `traceview` (traces merged,
+summarised and drawn for ``plait traces``).
 """
