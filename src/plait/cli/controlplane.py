@@ -103,6 +103,12 @@ def control_plane(
         int, typer.Option(help="Plaintext ADS (gRPC) port for Envoy, unauthenticated; none with --xds-auth strict.")
     ] = 15010,
     http_port: Annotated[int, typer.Option(help="HTTP API, debug and /metrics port.")] = 15014,
+    zipkin_port: Annotated[
+        int,
+        typer.Option(
+            help="The trace collector's port (Zipkin v2 and OTLP/HTTP in, Zipkin's read API out); 0: no collector."
+        ),
+    ] = 9411,
     debounce: Annotated[str, typer.Option(help="Coalesce changes for this long before pushing.")] = "100ms",
     state_dir: Annotated[
         Path,
@@ -214,6 +220,7 @@ def control_plane(
         host=host,
         xds_port=xds_port,
         http_port=http_port,
+        zipkin_port=zipkin_port or None,
         debounce=parse_duration(debounce),
         state_dir=state_dir,
         ca_port=ca_port,
