@@ -26,6 +26,16 @@ NOT_SUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
     "AuthorizationPolicy": ("targetRef", "targetRefs"),
     "RequestAuthentication": ("jwtRules.presence", "targetRef", "targetRefs"),
     "Telemetry": ("metrics.reportingInterval", "tracing", "targetRef", "targetRefs"),
+    # Gateway API (standard channel) fields plait does not act on yet
+    "HTTPRoute": (
+        "rules.retry",
+        "rules.sessionPersistence",
+        "backendRefs.filters",
+        "filters.extensionRef",
+        "filters.cors",
+    ),
+    "Gateway": ("listeners.tls.options", "listeners.tls.frontendValidation", "infrastructure.parametersRef"),
+    "GatewayClass": ("parametersRef",),
 }
 
 # (kind, field path as above) → values Istio accepts there that plait does not act on yet.
