@@ -260,9 +260,9 @@ class HTTPRouteFilter(IstioModel):
         for field_name in FILTER_FIELDS.values():
             present = getattr(self, field_name) is not None
             if field_name == wanted and not present:
-                raise ValueError(f"filter type {self.type} needs its {self.model_fields[field_name].alias} field")
+                raise ValueError(f"filter type {self.type} needs its {type(self).model_fields[field_name].alias} field")
             if field_name != wanted and present:
-                raise ValueError(f"filter type {self.type} takes no {self.model_fields[field_name].alias} field")
+                raise ValueError(f"filter type {self.type} takes no {type(self).model_fields[field_name].alias} field")
         return self
 
     @property

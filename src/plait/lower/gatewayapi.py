@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -410,14 +411,27 @@ def _apply_filters(http: dict, filters: list[gw.HTTPRouteFilter], index: _Index,
     return problems
 
 
+def _prefix_rewrite(http: dict, m: gw.HTTPRouteMatch) -> dict:
+    """ReplacePrefixMatch after a PathPrefix match replaces whole path segments, as Istio: ``/v2`` → ``/``
+    turns ``/v2/items`` into ``/items`` (not ``//items``), so it becomes a regex rewrite of the prefix."""
+    rewrite = http.get("rewrite", {})
+    path = m.path or gw.HTTPPathMatch()
+    if "uri" not in rewrite or path.type != "PathPrefix":
+        return http
+    prefix, replacement = path.value.rstrip("/"), rewrite["uri"]
+    regex = {"match": f"^{re.escape(prefix)}/*", "rewrite": "/"} if replacement in ("", "/") else None
+    regex = regex or {"match": f"^{re.escape(prefix)}", "rewrite": replacement.rstrip("/")}
+    others = {k: v for k, v in rewrite.items() if k != "uri"}
+    return {**http, "rewrite": {**others, "uriRegexRewrite": regex}}
+
+
 def _precedence(item: tuple[int, gw.HTTPRouteMatch]) -> tuple:
-    """Gateway API's order within a route: exact path, longer prefix, method, more headers, more
-    query params, then as written."""
+    """Gateway API's order within a route: exact path, then (as Istio) regular expressions, then
+    longer prefix; then method, more headers, more query params, then as written."""
     position, m = item
     path = m.path or gw.HTTPPathMatch()
     return (
-        path.type != "Exact",
-        path.type == "RegularExpression",
+        ("Exact", "RegularExpression", "PathPrefix").index(path.type),
         -len(path.value),
         m.method is None,
         -len(m.headers),
@@ -452,7 +466,7 @@ def _http_routes(index: _Index, route: Resource, port: int | None) -> tuple[list
         if timeout and "route" in base:
             base["timeout"] = timeout
         for m in rule.matches:
-            entries.append((position, m, {**base, "match": [_match(m, port)]}))
+            entries.append((position, m, _prefix_rewrite({**base, "match": [_match(m, port)]}, m)))
             position += 1
     ordered = sorted(entries, key=lambda e: _precedence((e[0], e[1])))
     return [http for _, _, http in ordered], problems
