@@ -5,6 +5,6 @@ Istio Gateways, VirtualServices and Services, and the status each Gateway API ob
 Pure: no I/O, no clock; called wherever a MeshSnapshot is made from loaded configuration.
 """
 
-from plait.lower.gatewayapi import Lowered, lower, with_gateway_api
+from plait.lower.gatewayapi import GATEWAY_NAME_LABEL, Lowered, deployed_gateways, lower, with_gateway_api
 
-__all__ = ["Lowered", "lower", "with_gateway_api"]
+__all__ = ["GATEWAY_NAME_LABEL", "Lowered", "deployed_gateways", "lower", "with_gateway_api"]

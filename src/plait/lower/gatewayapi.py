@@ -87,6 +87,11 @@ def _istio_gateways(index: _Index) -> list[Resource]:
     return [g for g in index.kind(KUBERNETES_GATEWAY) if _class_accepted(index, g.spec.gateway_class_name)]
 
 
+def deployed_gateways(resources: Iterable[Resource]) -> list[Resource]:
+    """The Gateways Istio deploys a proxy for: those of class ``istio`` (or a class of its controller)."""
+    return _istio_gateways(_Index({r.key: r for r in resources}, {}))
+
+
 # ---------------------------------------------------------------- Gateways
 
 
