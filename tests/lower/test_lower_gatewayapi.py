@@ -3,17 +3,26 @@ requests land (simulated over the translation of the lowered config, as `plait e
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 
 from plait.api import load_text
 from plait.lower import lower, with_gateway_api
 from plait.model import MeshSnapshot, Proxy
+from plait.testing.live import run_plait
 from plait.xds.simulate import Request, simulate_mesh
 
 TESTDATA = Path(__file__).parents[1] / "xds" / "testdata"
-EGRESS = Path("/work/shared/examples/gateway-api-egress/egress.yaml")
+# The example as a user wrote it, beside the repository (../shared); in a worktree, the one in /work/shared.
+_EXAMPLE = Path("examples") / "gateway-api-egress" / "egress.yaml"
+EGRESS = next(
+    (p for p in (Path(__file__).parents[3] / "shared" / _EXAMPLE, Path("/work/shared") / _EXAMPLE) if p.exists()),
+    Path(__file__).parents[3] / "shared" / _EXAMPLE,
+)
 
 GATEWAY = """apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -300,3 +309,25 @@ def test_httproute_matches_on_the_gateway(method: str, url: str, headers: tuple,
         assert (outcome.status, outcome.location) == (301, "https://store.example.com/new")
     if name == "other.other.0":
         assert outcome.status == 500
+
+
+# ---------------------------------------------------------------- docs/gateway-api.md
+
+
+DOC = Path(__file__).parents[2] / "docs" / "gateway-api.md"
+
+
+def test_the_docs_walk_through_is_the_egress_example_unchanged() -> None:
+    blocks = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), re.DOTALL)
+    assert [list(yaml.safe_load_all(b)) for b in blocks] == [list(yaml.safe_load_all(EGRESS.read_text()))]
+
+
+def test_the_docs_explain_example_is_what_explain_prints() -> None:
+    shown = re.search(r"\$ (plait explain .*?)\n(.*?)```", DOC.read_text(), re.DOTALL)
+    assert shown is not None
+    args = shlex.split(shown.group(1))[1:]
+    done = run_plait(*args, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr
+    for line in shown.group(2).splitlines():
+        if line.strip() and line.strip() != "...":
+            assert line.rstrip() in done.stdout, line

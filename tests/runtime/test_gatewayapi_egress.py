@@ -29,7 +29,7 @@ from plait.testing.live import free_port, wait_until
 from plait.testing.live import run_plait as plait
 from plait.testing.localmesh import down_leaves_nothing, wait_for_no_other_mesh
 
-EXAMPLE = Path(__file__).parents[2].parent / "shared" / "examples" / "gateway-api-egress" / "egress.yaml"
+EXAMPLE = Path(__file__).parents[3] / "shared" / "examples" / "gateway-api-egress" / "egress.yaml"
 SHARED_EXAMPLE = Path("/work/shared/examples/gateway-api-egress/egress.yaml")
 EXTERNAL_ADDRESS = "127.77.0.1"  # the host's loopback: no pod reaches it but through the gateway
 
