@@ -7,17 +7,24 @@ backend into 500."""
 from __future__ import annotations
 
 import collections
+import ssl
+from pathlib import Path
 
 import pytest
+import yaml
+from test_live import https_get  # same directory
 
+from plait.model.proxy import EXPLICIT_PROXY_PORT
 from plait.testing.backends import HttpBackend, loopback_subnet
 from plait.testing.http import http_request
 from plait.testing.live import AgentProcess, ControlPlaneProcess, free_port, run_plait, wait_until
 
 CONVERGE = 10.0
+CERTS = Path(__file__).parents[1] / "xds" / "testdata" / "certs"
+CERT, KEY = CERTS / "cert.pem", CERTS / "key.pem"
 
 
-def config(net: str, port: int) -> str:
+def config(net: str, port: int, tls_port: int) -> str:
     return f"""
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -26,6 +33,11 @@ spec:
   gatewayClassName: istio
   listeners:
   - {{name: http, port: {port}, protocol: HTTP, hostname: "*.example.com", allowedRoutes: {{namespaces: {{from: All}}}}}}
+  - name: https
+    port: {tls_port}
+    protocol: HTTPS
+    hostname: store.example.com
+    tls: {{certificateRefs: [{{name: store-cert}}]}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -88,7 +100,55 @@ apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: store-v2}}
 spec: {{address: {net}.12, labels: {{app: store, version: v2}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: reviews}}
+spec: {{selector: {{app: reviews}}, ports: [{{name: http, port: 9080}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: reviews-v1}}
+spec: {{selector: {{app: reviews, version: v1}}, ports: [{{name: http, port: 9080}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: reviews-v2}}
+spec: {{selector: {{app: reviews, version: v2}}, ports: [{{name: http, port: 9080}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews-v1}}
+spec: {{address: {net}.21, labels: {{app: reviews, version: v1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews-v2}}
+spec: {{address: {net}.22, labels: {{app: reviews, version: v2}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: reviews}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: reviews, port: 9080}}]
+  rules:
+  - backendRefs:
+    - {{name: reviews-v1, port: 9080, weight: 80}}
+    - {{name: reviews-v2, port: 9080, weight: 20}}
 """
+
+
+def store_secret() -> str:
+    """The HTTPS listener's certificate (the goldens' test certificate, for store.example.com)."""
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": "store-cert", "namespace": "default"},
+            "stringData": {"tls.crt": CERT.read_text(), "tls.key": KEY.read_text()},
+        }
+    )
 
 
 GRANT = """apiVersion: gateway.networking.k8s.io/v1beta1
@@ -101,8 +161,12 @@ spec:
 
 
 class Gateway:
-    def __init__(self, net: str, port: int, cp: ControlPlaneProcess, backends: dict[str, HttpBackend]):
-        self.net, self.port, self.cp, self.backends = net, port, cp, backends
+    def __init__(self, net: str, ports: tuple[int, int], cp: ControlPlaneProcess, backends: dict[str, HttpBackend]):
+        self.net, (self.port, self.tls_port), self.cp, self.backends = net, ports, cp, backends
+
+    def from_client(self, url: str):
+        """A request from the client workload, through its sidecar (explicit-proxy mode)."""
+        return http_request(f"{self.net}.1", EXPLICIT_PROXY_PORT, url, timeout=15)
 
     def request(self, path: str, host: str = "store.example.com", method: str = "GET", headers: dict | None = None):
         return http_request(f"{self.net}.2", self.port, path, {"host": host, **(headers or {})}, method, timeout=15)
@@ -111,29 +175,29 @@ class Gateway:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("gatewayapi")
-    port = free_port()
+    ports = (free_port(), free_port())
     with loopback_subnet() as net, ControlPlaneProcess(workdir / "mesh", workdir) as cp:
-        cp.apply(config(net, port) + "---\n" + GRANT)
-        backends = {f"store-{v}": HttpBackend(f"store-{v}", f"{net}.{i}", 8080) for i, v in ((11, "v1"), (12, "v2"))}
+        cp.apply(config(net, *ports) + "---\n" + GRANT + "---\n" + store_secret())
+        addresses = {"store-v1": (11, 8080), "store-v2": (12, 8080), "reviews-v1": (21, 9080), "reviews-v2": (22, 9080)}
+        backends = {name: HttpBackend(name, f"{net}.{i}", port) for name, (i, port) in addresses.items()}
         for b in backends.values():
             b.__enter__()
-        agent = AgentProcess(
-            cp,
-            workdir,
-            mode="gateway",
-            name="web-istio",
-            ip=f"{net}.2",
-            labels={"gateway.networking.k8s.io/gateway-name": "web"},
-            xds="delta",
-        )
+        labels = {"gateway.networking.k8s.io/gateway-name": "web"}
+        agents = [
+            AgentProcess(cp, workdir, mode="gateway", name="web-istio", ip=f"{net}.2", labels=labels, xds="delta"),
+            AgentProcess(cp, workdir, mode="proxy", name="client", ip=f"{net}.1", labels={"app": "client"}),
+        ]
         try:
-            agent.start()
-            gw = Gateway(net, port, cp, backends)
-            wait_until(lambda: cp.synced(agent.proxy_id), CONVERGE, "the gateway SYNCED", interval=0.1)
+            for agent in agents:
+                agent.start()
+            gw = Gateway(net, ports, cp, backends)
+            for agent in agents:
+                wait_until(lambda a=agent: cp.synced(a.proxy_id), CONVERGE, f"{agent.name} SYNCED", interval=0.1)
             wait_until(lambda: _status(gw, "/login", method="POST") == 200, CONVERGE, "routes served", interval=0.1)
             yield gw
         finally:
-            agent.stop()
+            for agent in agents:
+                agent.stop()
             for b in backends.values():
                 b.__exit__(None, None, None)
 
@@ -204,3 +268,16 @@ def test_get_shows_gateway_and_route_status(gateway: Gateway) -> None:
     assert "kind: Gateway" in got.stdout and "attachedRoutes: 2" in got.stdout, got.stdout
     table = run_plait("get", "httproute", "--control-plane", gateway.cp.api.base, cwd=gateway.cp.workdir)
     assert "web: Accepted ResolvedRefs" in table.stdout, table.stdout
+
+
+def test_https_listener_serves_the_secret_certificate(gateway: Gateway) -> None:
+    cert = CERT.read_text()
+    status, body, served = https_get(f"{gateway.net}.2", gateway.tls_port, "store.example.com", cert)
+    assert status == 200 and b"store-v" in body
+    assert served == ssl.PEM_cert_to_DER_cert(cert)
+
+
+def test_gamma_route_splits_a_service_80_20_for_sidecars(gateway: Gateway) -> None:
+    landed = collections.Counter(gateway.from_client(f"http://reviews:9080/{i}").backend for i in range(200))
+    assert set(landed) == {"reviews-v1", "reviews-v2"}, landed
+    assert 120 <= landed["reviews-v1"] <= 190, landed  # 160 expected; bounds ~5 standard deviations
