@@ -72,6 +72,7 @@ class Case:
 
     path: str
     backend: int | None = None
+    host: str = "example.com"
     status: int = 200
     method: str = "GET"
     headers: dict[str, str] = field(default_factory=dict)
@@ -127,6 +128,16 @@ SCENARIOS: dict[str, list[Case]] = {
         v(2, "/v2/"),
         v(1, "/v2example"),
         v(1, "/foo/v2/example"),
+    ],
+    "httproute-matching-across-routes": [
+        v(1, "/"),
+        v(1, "/example"),
+        v(1, "/example", host="example.net"),
+        v(1, "/example", headers={"Version": "one"}),
+        v(2, "/v2"),
+        v(1, "/v2", host="example.net"),
+        v(2, "/v2/example"),
+        v(2, "/", headers={"Version": "two"}),
     ],
     "httproute-method-matching": [
         v(1, "/", method="POST"),
@@ -201,7 +212,7 @@ class Suite:
         self.net, self.port, self.cp, self.backends = net, port, cp, backends
 
     def send(self, case: Case):
-        return http_request(f"{self.net}.2", self.port, case.path, {"host": "example.com", **case.headers}, case.method)
+        return http_request(f"{self.net}.2", self.port, case.path, {"host": case.host, **case.headers}, case.method)
 
     def answers(self, case: Case) -> bool:
         try:
