@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -79,6 +80,7 @@ class Case:
     upstream_path: str | None = None
     upstream_headers: dict[str, str] = field(default_factory=dict)
     absent: tuple[str, ...] = ()
+    redirect: dict[str, str] = field(default_factory=dict)  # expected Location parts: scheme, host, path
 
 
 def v(n: int, path: str, **kw) -> Case:
@@ -87,6 +89,10 @@ def v(n: int, path: str, **kw) -> Case:
 
 def status(code: int, path: str, **kw) -> Case:
     return Case(path, status=code, **kw)
+
+
+def redirect(code: int, request_path: str, **location: str) -> Case:
+    return Case(request_path, status=code, redirect=location)
 
 
 MODIFIED = {
@@ -182,6 +188,24 @@ SCENARIOS: dict[str, list[Case]] = {
         v(1, "/match/prefix/any"),
         v(3, "/match/any"),
     ],
+    "httproute-redirect-path": [
+        redirect(302, "/original-prefix/lemon", path="/replacement-prefix/lemon"),
+        redirect(302, "/full/path/original", path="/full-path-replacement"),
+        redirect(302, "/path-and-host", host="example.org", path="/replacement-prefix"),
+        redirect(301, "/path-and-status", path="/replacement-prefix"),
+        redirect(302, "/full-path-and-host", host="example.org", path="/replacement-full"),
+        redirect(301, "/full-path-and-status", path="/replacement-full"),
+    ],
+    "httproute-redirect-host-and-status": [
+        redirect(302, "/hostname-redirect", host="example.org"),
+        redirect(301, "/host-and-status", host="example.org"),
+    ],
+    "httproute-redirect-scheme": [
+        redirect(302, "/scheme", scheme="https"),
+        redirect(302, "/scheme-and-host", host="example.org", scheme="https"),
+        redirect(301, "/scheme-and-status", scheme="https"),
+        redirect(302, "/scheme-and-host-and-status", scheme="https", host="example.org"),
+    ],
     "httproute-rewrite-path": [
         v(1, "/prefix/one/two", upstream_path="/one/two"),
         v(1, "/strip-prefix/three", upstream_path="/three"),
@@ -257,6 +281,10 @@ def test_conformance_scenario(suite: Suite, scenario: str) -> None:
         for case in cases:
             reply = suite.send(case)
             assert reply.status == case.status, case
+            if case.redirect:
+                location = urlsplit(reply.headers["location"])
+                got = {"scheme": location.scheme, "host": location.hostname, "path": location.path}
+                assert {k: got[k] for k in case.redirect} == case.redirect, (case, reply.headers["location"])
             if case.backend is None:
                 continue
             backend = suite.backends[case.backend]
