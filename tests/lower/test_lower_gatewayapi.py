@@ -331,3 +331,18 @@ def test_the_docs_explain_example_is_what_explain_prints() -> None:
     for line in shown.group(2).splitlines():
         if line.strip() and line.strip() != "...":
             assert line.rstrip() in done.stdout, line
+
+
+@pytest.mark.parametrize(
+    "parent, reason",
+    [
+        ("{name: web, namespace: infra, sectionName: https}", "NoMatchingParent"),
+        ("{name: web, namespace: infra, port: 8080}", "NoMatchingParent"),
+        ("{name: nothing, namespace: infra}", "NoMatchingParent"),
+        ("{name: web, namespace: infra, sectionName: http, port: 80}", "Accepted"),
+        ("{group: example.com, kind: Mesh, name: web}", "InvalidKind"),
+    ],
+)
+def test_parent_refs_name_listeners_by_section_and_port(parent: str, reason: str) -> None:
+    text = GATEWAY + SERVICE + route().replace("[{name: web, namespace: infra}]", f"[{parent}]") + grant()
+    assert route_conditions(lowered(text))["Accepted"][1] == reason
