@@ -14,6 +14,7 @@ import typer
 import yaml
 
 from plait import __version__
+from plait.api.resources import api_kind
 from plait.cli.common import FilesOption, load_or_exit, proxy_for
 from plait.cli.console import err, out
 from plait.client import ClientError, Http, control_plane_url
@@ -32,7 +33,7 @@ def validate(filename: FilesOption) -> None:
     Example: [bold]plait validate -f samples/bookinfo/networking/virtual-service-reviews-80-20.yaml[/]
     """
     result = load_or_exit(filename)
-    counts = Counter(r.kind for r in result.resources)
+    counts = Counter(api_kind(r.kind) for r in result.resources)
     summary = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "no objects"
     warn = f", {len(result.warnings)} warning(s)" if result.warnings else ""
     out.print(f"[green]valid[/]: {summary}{warn}")
