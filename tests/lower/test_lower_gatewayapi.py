@@ -14,6 +14,8 @@ from plait.api import load_text
 from plait.lower import lower, with_gateway_api
 from plait.model import MeshSnapshot, Proxy
 from plait.testing.live import run_plait
+from plait.xds.generator import generate
+from plait.xds.publish import Publisher
 from plait.xds.simulate import Request, simulate_mesh
 
 TESTDATA = Path(__file__).parents[1] / "xds" / "testdata"
@@ -173,7 +175,45 @@ def test_certificate_in_another_namespace_needs_a_reference_grant() -> None:
     (listener,) = accepted.status[("KubernetesGateway", "infra", "web")]["listeners"]
     assert conditions(listener)["ResolvedRefs"] == ("True", "ResolvedRefs")
     (gateway,) = [r for r in accepted.resources if r.kind == "Gateway"]
-    assert gateway.spec.servers[0].tls.credential_name == "certs/cert"
+    assert gateway.spec.servers[0].tls.credential_name == "kubernetes-gateway://certs/cert"
+
+
+def test_granted_certificate_in_another_namespace_is_served_to_the_gateway() -> None:
+    """The gateway proxy (in infra) gets the Secret of namespace certs over SDS, and the push is consistent."""
+    secret_grant = grant(kind="Gateway").replace("namespace: apps", "namespace: certs").replace("Service", "Secret")
+    cert, key = (TESTDATA / "certs" / "cert.pem").read_text(), (TESTDATA / "certs" / "key.pem").read_text()
+    secret = yaml.safe_dump({"tls.crt": cert, "tls.key": key})
+    text = HTTPS.replace("stringData: {tls.crt: x, tls.key: y}", "stringData:\n" + _indent(secret)) + secret_grant
+    text += """---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: web-istio, namespace: infra}
+spec: {address: 10.244.0.2, labels: {gateway.networking.k8s.io/gateway-name: web}}
+"""
+    snap = MeshSnapshot(with_gateway_api(load_text(text).raise_for_errors()))
+    resources = generate(snap, Proxy.from_workload_entry(snap.workload("infra/web-istio")))
+    published = Publisher().publish(resources)
+    assert (published.errors, published.inconsistencies) == ((), ())
+    secrets = resources.to_dict(["sds"])["sds"]
+    assert [s["name"] for s in secrets] == ["kubernetes-gateway://certs/cert"]
+
+
+def test_an_istio_gateway_cannot_name_another_namespaces_secret() -> None:
+    text = """apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: sneaky}
+spec:
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, credentialName: "kubernetes-gateway://certs/cert"}
+"""
+    (problem,) = load_text(text, "gw.yaml").errors
+    assert problem.path == "spec.servers[0].tls.credentialName"
+
+
+def _indent(text: str) -> str:
+    return "".join(f"  {line}\n" for line in text.splitlines())
 
 
 def test_missing_certificate_is_an_invalid_certificate_ref() -> None:

@@ -120,10 +120,9 @@ def _server(gateway: Resource, listener: gw.Listener) -> dict:
     elif listener.tls:
         ref = listener.tls.certificate_refs[0]
         ns = ref.namespace or gateway.namespace
-        server["tls"] = {
-            "mode": "SIMPLE",
-            "credentialName": ref.name if ns == gateway.namespace else f"{ns}/{ref.name}",
-        }
+        # another namespace's Secret (its ReferenceGrant checked above) is named as Istio's controller does
+        credential = ref.name if ns == gateway.namespace else f"kubernetes-gateway://{ns}/{ref.name}"
+        server["tls"] = {"mode": "SIMPLE", "credentialName": credential}
     return server
 
 
