@@ -15,6 +15,7 @@ import pytest
 from test_golden import _PROXY_LINE, CASES, TESTDATA, translate_case  # same directory
 
 from plait.api import load_text
+from plait.lower import with_gateway_api
 from plait.model import MeshSnapshot, Proxy
 from plait.testing.backends import HttpBackend, loopback_subnet
 from plait.testing.differential import (
@@ -43,7 +44,7 @@ def golden_proxy(case: str, workload: str, mode: str) -> tuple[MeshSnapshot, Pro
     """The golden input's mesh and one of its workloads' proxy (with the identity the golden's line gives it)."""
     text = (TESTDATA / f"{case}.input.yaml").read_text()
     named = _PROXY_LINE.search(text)
-    snapshot = MeshSnapshot(load_text(text).raise_for_errors())
+    snapshot = MeshSnapshot(with_gateway_api(load_text(text).raise_for_errors()))
     we = snapshot.workload(workload)
     proxy = Proxy.from_workload_entry(we, mode=mode)
     if named.group(3) and we.name == named.group(1) and mode == (named.group(2) or "capture"):
@@ -56,7 +57,9 @@ def _golden_proxies() -> tuple[list[tuple[str, str, str]], list[tuple[Proxy, lis
     has a plaintext HTTP route to probe; and the proxies that have none, with what was left out."""
     compared, without_probes = [], []
     for case in CASES:
-        snapshot = MeshSnapshot(load_text((TESTDATA / f"{case}.input.yaml").read_text()).raise_for_errors())
+        snapshot = MeshSnapshot(
+            with_gateway_api(load_text((TESTDATA / f"{case}.input.yaml").read_text()).raise_for_errors())
+        )
         for we in snapshot.workload_entries:
             kind = Proxy.from_workload_entry(we).kind
             for mode in ("capture",) if kind == "router" else ("capture", "proxy"):

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from plait.api import load_text
+from plait.lower import with_gateway_api
 from plait.model import MeshSnapshot, Proxy
 from plait.xds.generator import generate
 from plait.xds.publish import Publisher
@@ -35,7 +36,7 @@ def translate_case(case: str):
     text = (TESTDATA / f"{case}.input.yaml").read_text()
     found = _PROXY_LINE.search(text)
     assert found, f"{case}.input.yaml must start with '# proxy: WORKLOAD [capture|proxy]'"
-    snapshot = MeshSnapshot(load_text(text, f"{case}.input.yaml").raise_for_errors())
+    snapshot = MeshSnapshot(with_gateway_api(load_text(text, f"{case}.input.yaml").raise_for_errors()))
     we = snapshot.workload(found.group(1))
     assert we is not None, f"{case}: no WorkloadEntry {found.group(1)}"
     proxy = Proxy.from_workload_entry(we, mode=found.group(2) or "capture")
@@ -73,7 +74,7 @@ def test_golden_publishes_consistently_for_every_proxy(case: str) -> None:
     assert (named.errors, named.inconsistencies) == ((), ())
     loaded = load_text((TESTDATA / f"{case}.input.yaml").read_text())
     assert loaded.problems == [], f"{case}: {loaded.problems}"  # no warnings either
-    snapshot = MeshSnapshot(loaded.raise_for_errors())
+    snapshot = MeshSnapshot(with_gateway_api(loaded.raise_for_errors()))
     for we in snapshot.workload_entries:
         for mode in ("capture", "proxy"):
             proxy = Proxy.from_workload_entry(we, mode=mode)

@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 from plait.api.checks import check_references
 from plait.api.errors import ConfigError, Problem
 from plait.api.kubeyaml import load_documents
-from plait.api.resources import FLAT_KINDS, SPEC_MODELS, SPEC_RULES, ObjectMeta, Resource, Source
+from plait.api.resources import FLAT_KINDS, SPEC_MODELS, SPEC_RULES, ObjectMeta, Resource, Source, internal_kind
 from plait.api.unsupported import (
     NOT_SUPPORTED_GROUPS,
     field_not_supported,
@@ -27,6 +27,7 @@ from plait.api.unsupported import (
 )
 
 YAML_SUFFIXES = (".yaml", ".yml")
+GATEWAY_API_KINDS = frozenset({"GatewayClass", "HTTPRoute", "ReferenceGrant"})
 
 # Kubernetes kinds that may sit beside Istio configuration; plait's config loader skips them.
 KNOWN_IGNORED_KINDS = {"Namespace", "ServiceAccount", "Deployment", "Pod"}
@@ -66,6 +67,8 @@ def _field_path(loc: Iterable[Any]) -> str:
 
 def _unknown_field_message(kind: str, loc: list[Any]) -> str:
     name = str(loc[-1]) if loc else ""
+    if field_not_supported(kind, _field_path(loc)) and kind in GATEWAY_API_KINDS:
+        return f"{name} is a Gateway API field that is not supported by plait yet; see docs/gateway-api.md"
     if field_not_supported(kind, _field_path(loc)):
         return f"{name} is an Istio field that is not supported by plait yet; remove it or see docs/configuration.md"
     camel = to_camel(name)
@@ -146,6 +149,7 @@ def parse_document(doc: Any, source: Source) -> tuple[list[Resource], list[Probl
     name = meta_raw.get("name", "") if isinstance(meta_raw, dict) else ""
     namespace = (meta_raw.get("namespace") if isinstance(meta_raw, dict) else None) or "default"
     base = Problem(message="", file=source.file, document=source.document, kind=kind, namespace=namespace, name=name)
+    kind = internal_kind(kind, api_version)
     refusal = _kind_refusal(kind, api_version)
     if refusal:
         return [], [Problem(**{**base.__dict__, **refusal})]
@@ -156,7 +160,7 @@ def parse_document(doc: Any, source: Source) -> tuple[list[Resource], list[Probl
                 **{
                     **base.__dict__,
                     "path": "apiVersion",
-                    "message": f"{api_version!r} is not an apiVersion of {kind}; expected one of {', '.join(versions)}",
+                    "message": f"{api_version!r} is not an apiVersion of {base.kind}; expected one of {', '.join(versions)}",
                 }
             )
         ]

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from plait.api import extensions as ext
+from plait.api import gatewayapi as gw
 from plait.api import mesh, secrets
 from plait.api import networking as net
 from plait.api import rules_networking as net_rules
@@ -108,13 +109,13 @@ class Resource:
         if self.kind in FLAT_KINDS:
             return {
                 "apiVersion": self.api_version,
-                "kind": self.kind,
+                "kind": api_kind(self.kind),
                 "metadata": meta,
                 **self.spec.model_dump(mode="json", by_alias=True, exclude_unset=True),
             }
         return {
             "apiVersion": self.api_version,
-            "kind": self.kind,
+            "kind": api_kind(self.kind),
             "metadata": meta,
             "spec": self.spec.model_dump(mode="json", by_alias=True, exclude_unset=True),
         }
@@ -122,8 +123,23 @@ class Resource:
     def config_path(self) -> str:
         """Istio's config reference, as it appears in route metadata: /apis/GROUP/VERSION/namespaces/NS/KIND/NAME."""
         group_version = self.api_version if "/" in self.api_version else f"core/{self.api_version}"
-        kind = re.sub(r"(?<!^)(?=[A-Z])", "-", self.kind).lower()
+        kind = re.sub(r"(?<!^)(?=[A-Z])", "-", api_kind(self.kind)).lower()
         return f"/apis/{group_version}/namespaces/{self.namespace}/{kind}/{self.name}"
+
+
+# The Gateway API's Gateway shares its kind name with Istio's: inside plait it is a KubernetesGateway
+# (Istio's internal name for it too); users read and write ``kind: Gateway``.
+KUBERNETES_GATEWAY = "KubernetesGateway"
+
+
+def internal_kind(kind: str, api_version: str) -> str:
+    """``Gateway`` of gateway.networking.k8s.io → ``KubernetesGateway``; every other kind as written."""
+    return KUBERNETES_GATEWAY if kind == "Gateway" and api_version.startswith(gw.GROUP + "/") else kind
+
+
+def api_kind(kind: str) -> str:
+    """The kind as users write it (the inverse of `internal_kind`)."""
+    return "Gateway" if kind == KUBERNETES_GATEWAY else kind
 
 
 NETWORKING_VERSIONS = ("networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3")
@@ -147,6 +163,10 @@ SPEC_MODELS: dict[str, tuple[tuple[str, ...], type[BaseModel]]] = {
     "Secret": (("v1",), secrets.SecretSpec),
     "ConfigMap": (("v1",), mesh.ConfigMapSpec),
     "Telemetry": (TELEMETRY_VERSIONS, tel.TelemetrySpec),
+    "GatewayClass": (gw.VERSIONS, gw.GatewayClassSpec),
+    KUBERNETES_GATEWAY: (gw.VERSIONS, gw.GatewaySpec),
+    "HTTPRoute": (gw.VERSIONS, gw.HTTPRouteSpec),
+    "ReferenceGrant": ((f"{gw.GROUP}/v1beta1", f"{gw.GROUP}/v1alpha2"), gw.ReferenceGrantSpec),
 }
 
 # kind → Istio's cross-field rules (rules_networking, rules_security): spec → (path in spec, message)

@@ -333,6 +333,9 @@ def gateway_server(path: str, server: net.Server) -> Iterator[Finding]:
 
 
 def server_tls(path: str, tls: net.ServerTLSSettings) -> Iterator[Finding]:
+    for name in [tls.credential_name or "", *tls.credential_names]:
+        if name.startswith("kubernetes-gateway://"):  # only a ReferenceGrant may open another namespace's Secret
+            yield f"{path}.credentialName", "kubernetes-gateway:// names are made from Gateway API certificateRefs only"
     if tls.mode == "ISTIO_MUTUAL":
         for name, value in (
             ("serverCertificate", tls.server_certificate),

@@ -32,6 +32,16 @@ NOT_SUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
         "tracing.useRequestIdForTraceSampling",
         "tracing.disableContextPropagation",
     ),
+    # Gateway API (standard channel) fields plait does not act on yet
+    "HTTPRoute": (
+        "rules.retry",
+        "rules.sessionPersistence",
+        "backendRefs.filters",
+        "filters.extensionRef",
+        "filters.cors",
+    ),
+    "Gateway": ("listeners.tls.options", "listeners.tls.frontendValidation", "infrastructure.parametersRef"),
+    "GatewayClass": ("parametersRef",),
 }
 
 # (kind, field path as above) → values Istio accepts there that plait does not act on yet.

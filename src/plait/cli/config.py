@@ -14,10 +14,12 @@ import typer
 import yaml
 
 from plait import __version__
+from plait.api.resources import api_kind
 from plait.cli.common import FilesOption, load_or_exit, proxy_for
 from plait.cli.console import err, out
 from plait.client import ClientError, Http, control_plane_url
 from plait.host.envoy_binary import find_envoy
+from plait.lower import with_gateway_api
 from plait.model import MeshSnapshot
 from plait.xds.generator import generate
 
@@ -31,7 +33,7 @@ def validate(filename: FilesOption) -> None:
     Example: [bold]plait validate -f samples/bookinfo/networking/virtual-service-reviews-80-20.yaml[/]
     """
     result = load_or_exit(filename)
-    counts = Counter(r.kind for r in result.resources)
+    counts = Counter(api_kind(r.kind) for r in result.resources)
     summary = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "no objects"
     warn = f", {len(result.warnings)} warning(s)" if result.warnings else ""
     out.print(f"[green]valid[/]: {summary}{warn}")
@@ -66,7 +68,7 @@ def translate(
     if unknown or mode not in ("capture", "proxy") or output not in ("yaml", "json"):
         err.print("[red]error[/]: --type takes cds, eds, lds, rds, sds; --mode capture or proxy; -o yaml or json")
         raise typer.Exit(2)
-    snapshot = MeshSnapshot(load_or_exit(filename, show_warnings=False).resources)
+    snapshot = MeshSnapshot(with_gateway_api(load_or_exit(filename, show_warnings=False).resources))
     resources = generate(snapshot, proxy_for(snapshot, proxy, mode)).to_dict(types)
     if output == "json":
         out.print(json.dumps(resources, indent=2), markup=False)

@@ -325,6 +325,7 @@ KIND_NAMES = {
     "gw": "Gateway",
     "we": "WorkloadEntry",
     "svc": "Service",
+    "gtw": "Gateway",  # the Gateway API's short name; `gateway` lists both kinds, as they share the name
 }
 
 
@@ -342,7 +343,8 @@ def get(
     kind: Annotated[
         str,
         typer.Argument(
-            help="VirtualService, DestinationRule, ServiceEntry, Gateway, Sidecar, WorkloadEntry or Service (any case)"
+            help="VirtualService, DestinationRule, ServiceEntry, Gateway, Sidecar, WorkloadEntry, Service, HTTPRoute, "
+            "GatewayClass or ReferenceGrant (any case)"
         ),
     ],
     name: Annotated[str | None, typer.Argument(help="Object name; all when omitted")] = None,
@@ -371,10 +373,24 @@ def get(
     elif not items:
         out.print("No resources found")
     else:
-        table = Table("NAMESPACE", "NAME", "KIND", box=None, header_style="bold")
+        with_status = any("status" in item for item in items)
+        table = Table("NAMESPACE", "NAME", "KIND", *(["STATUS"] if with_status else []), box=None, header_style="bold")
         for item in items:
-            table.add_row(item["metadata"]["namespace"], item["metadata"]["name"], item["kind"])
+            cells = [item["metadata"]["namespace"], item["metadata"]["name"], item["kind"]]
+            table.add_row(*cells, *([status_summary(item.get("status", {}))] if with_status else []))
         out.print(table)
+
+
+def status_summary(status: dict) -> str:
+    """Gateway API conditions in a line: ``Accepted Programmed``, a false one with its reason
+    (``ResolvedRefs=False(RefNotPermitted)``), a route's per parent."""
+
+    def conditions(conds: list[dict]) -> str:
+        return " ".join(c["type"] if c["status"] == "True" else f"{c['type']}=False({c['reason']})" for c in conds)
+
+    if "parents" in status:
+        return "; ".join(f"{p['parentRef']['name']}: {conditions(p['conditions'])}" for p in status["parents"])
+    return conditions(status.get("conditions", []))
 
 
 def register(app: typer.Typer) -> None:

@@ -28,6 +28,7 @@ from rich.table import Table
 
 from plait.api.resources import Resource
 from plait.cli.common import load_or_exit, proxy_for
+from plait.lower import with_gateway_api
 from plait.model import MeshSnapshot
 from plait.model.services import Endpoint as RegistryEndpoint
 from plait.xds.simulate import Authorization, ClusterTarget, Outcome, Policies, Request, simulate_mesh
@@ -116,7 +117,7 @@ def explain(
     except ValueError as exc:
         err.print(f"[red]error[/]: {exc}", markup=True)
         raise typer.Exit(1) from None
-    snapshot = MeshSnapshot(load_or_exit(filename, show_warnings=False).resources)
+    snapshot = MeshSnapshot(with_gateway_api(load_or_exit(filename, show_warnings=False).resources))
     proxy = with_mesh_identity(proxy_for(snapshot, source, mode), snapshot)
     caller = Caller(ip=source_ip, principal=source_principal)
     outcome = simulate_mesh(snapshot, proxy, request, now=time.time(), caller=caller)

@@ -51,9 +51,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from plait import __version__
 from plait.api.errors import Problem
 from plait.api.loader import LoadResult, parse_text
+from plait.api.resources import api_kind
 from plait.ca.authority import load_or_create_secret
 from plait.ca.tokens import InvalidToken
 from plait.controlplane.mesh import MeshState
+from plait.lower import lower
 from plait.model import Proxy
 from plait.sources.files import Change
 from plait.sources.workloads import parse_workload
@@ -389,10 +391,12 @@ class Api:
 
     async def get_config(self, request: web.Request) -> web.Response:
         q = request.query
+        resources = self.state.store.resources
+        status = lower(resources.values()).status  # Gateway API objects' conditions, as Istio writes them
         items = [
-            r.to_dict()
-            for key, r in sorted(self.state.store.resources.items())
-            if (not q.get("kind") or key[0].lower() == q["kind"].lower())
+            {**r.to_dict(), **({"status": status[key]} if key in status else {})}
+            for key, r in sorted(resources.items())
+            if (not q.get("kind") or api_kind(key[0]).lower() == q["kind"].lower())
             and (not q.get("namespace") or key[1] == q["namespace"])
             and (not q.get("name") or key[2] == q["name"])
         ]

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from plait.api.errors import Problem
 from plait.api.resources import Resource
+from plait.lower import with_gateway_api
 from plait.model import MeshSnapshot
 from plait.sources.files import Change, FileStore, diff
 from plait.sources.workloads import WorkloadRegistry
@@ -58,8 +59,10 @@ class MeshState:
         self._task: asyncio.Task | None = None
 
     def merged_resources(self) -> dict[Key, Resource]:
-        """Config from the directory or the cluster, with registered workloads on top."""
-        return {**self.store.resources, **self.registry.resources()}
+        """Config from the directory or the cluster, with registered workloads on top, and the Istio
+        objects its Gateway API objects lower to."""
+        merged = {**self.store.resources, **self.registry.resources()}
+        return {r.key: r for r in with_gateway_api(merged.values())}
 
     def rebuild(self) -> set[Key]:
         """Make the next snapshot from whatever changed since the last one; returns the changed keys."""

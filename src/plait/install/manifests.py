@@ -488,9 +488,7 @@ def components(settings: InstallSettings) -> list[tuple[str, list[dict[str, Any]
         if objects:
             parts.append((title, objects))
     if settings.prometheus:
-        parts.append(
-            ("Addons", addons.prometheus(settings, owner_labels(settings, addons.COMPONENT, revisioned=False)))
-        )
+        parts.append(("Addons", addons.prometheus(settings, owner_labels(settings, addons.COMPONENT))))
     return parts
 
 

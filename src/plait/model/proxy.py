@@ -14,6 +14,7 @@ ProxyKind = Literal["sidecar", "router"]
 ProxyMode = Literal["capture", "proxy"]
 
 GATEWAY_LABEL_VALUES = {"ingressgateway", "egressgateway"}
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"  # a deployed Gateway API gateway
 
 # Istio's well-known proxy ports.
 ADMIN_PORT = 15000
@@ -77,7 +78,8 @@ class Proxy:
         """A proxy for a WorkloadEntry; labels ``istio: ingressgateway|egressgateway`` make it a gateway."""
         labels = dict(we.spec.labels)
         if kind is None:
-            kind = "router" if labels.get("istio") in GATEWAY_LABEL_VALUES else "sidecar"
+            gateway = labels.get("istio") in GATEWAY_LABEL_VALUES or GATEWAY_NAME_LABEL in labels
+            kind = "router" if gateway else "sidecar"
         return cls(
             kind=kind,
             ip=we.spec.address,

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from plait.api.loader import parse_document
+from plait.api.resources import Resource, Source
 from plait.ca.authority import root_cert_path, write_file
 from plait.ca.tokens import TokenIssuer, token_key_path
 from plait.client import ClientError, Http
@@ -35,7 +37,7 @@ from plait.host.processes import die_with_parent
 from plait.inject.prometheus import scrape_annotations
 from plait.model.proxy import PROMETHEUS_PORT
 from plait.model.proxy_config import effective_proxy_config
-from plait.runtime import iptables
+from plait.runtime import gatewayapi, iptables
 from plait.runtime import netns as capture
 from plait.runtime.addresses import Addresses
 from plait.runtime.manifests import Deployment, Manifests, pod_fields
@@ -204,12 +206,19 @@ def pods_for(deployment: Deployment, addresses: Addresses, mode: str) -> list[Po
     return pods
 
 
-def gateway_pod(name: str, labels: dict[str, str], ports: dict[str, int], addresses: Addresses, ip: str) -> Pod:
+def gateway_pod(
+    name: str,
+    labels: dict[str, str],
+    ports: dict[str, int],
+    addresses: Addresses,
+    ip: str,
+    namespace: str = "istio-system",
+) -> Pod:
     """Gateways run on the host: reachable at 127.0.0.1 from it and, in capture mode, at the bridge's
     address from the pods."""
     return Pod(
         name=name,
-        namespace="istio-system",
+        namespace=namespace,
         deployment=name,
         labels=labels,
         service_account=f"{name}-service-account",
@@ -345,6 +354,8 @@ class LocalMesh:
         self.control_plane: asyncio.subprocess.Process | None = None
         self.prometheus: asyncio.subprocess.Process | None = None
         self.stop = asyncio.Event()
+        self.gateway_api: dict[str, gatewayapi.DeployedGateway] = {}  # Gateway API gateways running
+        self.gateway_supervisors: dict[str, asyncio.Task] = {}
 
     # ------------------------------------------------------------ processes
 
@@ -461,6 +472,69 @@ class LocalMesh:
         self.state.save()
         if self.prometheus_port:
             self._write_scrape_targets()
+
+    # ------------------------------------------------------------ Gateway API gateways
+
+    async def _gateway_config(self) -> list[Resource]:
+        """Gateways and GatewayClasses as the control plane holds them now."""
+        api = Http(f"http://127.0.0.1:{API_PORT}")
+        items = []
+        for kind in ("Gateway", "GatewayClass"):
+            items += (await asyncio.to_thread(api.get, f"/api/v1/config?kind={kind}"))["items"]
+        return [r for item in items for r in parse_document(item, Source("control plane"))[0]]
+
+    async def _reconcile_gateways(self, start: bool = True) -> None:
+        """Run a gateway `<gateway>-istio` for each Gateway of class istio, and its Service; stop and
+        remove those whose Gateway is gone (or changed its ports). `start`: start new pods now (else
+        they are only added to the plan, started with the others)."""
+        wanted = gatewayapi.plan(await self._gateway_config(), self.gateway_api, self.addresses.port)
+        gone = [g for key, g in self.gateway_api.items() if wanted.get(key) != g]
+        new = [g for key, g in wanted.items() if self.gateway_api.get(key) != g]
+        api = Http(f"http://127.0.0.1:{API_PORT}")
+        for deployed in gone:
+            await self._remove_pod(deployed.name)
+            text = yaml.safe_dump(deployed.service()).encode()
+            with contextlib.suppress(ClientError):
+                await asyncio.to_thread(api.request, "POST", "/api/v1/config/delete", text)
+            self.state.services.pop(f"{deployed.namespace}/{deployed.name}", None)
+            log.info("gateway %s/%s removed", deployed.namespace, deployed.name)
+        gateway_ip = self.network.gateway if self.mode == "capture" else "127.0.0.1"
+        for deployed in new:
+            service = deployed.service()
+            service["spec"]["clusterIP"] = self.addresses.service_ip()
+            self.state.services[f"{deployed.namespace}/{deployed.name}"] = service["spec"]["clusterIP"]
+            text = yaml.safe_dump(service).encode()
+            await asyncio.to_thread(api.request, "POST", "/api/v1/config?filename=plait-gateway-api", text)
+            pod = gateway_pod(
+                deployed.name, deployed.labels, deployed.pod_ports, self.addresses, gateway_ip, deployed.namespace
+            )
+            self.state.pods.append(pod)
+            if start:
+                await self._start_pod(pod)
+                self.gateway_supervisors[pod.name] = asyncio.create_task(self._supervise(pod))
+            log.info("gateway %s/%s deployed (ports %s)", deployed.namespace, deployed.name, dict(deployed.ports))
+        self.gateway_api = wanted
+        self.state.save()
+
+    async def _remove_pod(self, name: str) -> None:
+        task = self.gateway_supervisors.pop(name, None)
+        if task:
+            task.cancel()
+        process = self.processes.pop(name, None)
+        if process:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            await _wait_all([process], 10)
+        self.state.pods = [p for p in self.state.pods if p.name != name]
+
+    async def _watch_gateways(self, interval: float = 1.0) -> None:
+        """Follow Gateways added, changed or deleted while the mesh runs."""
+        while not self.stop.is_set():
+            await asyncio.sleep(interval)
+            try:
+                await self._reconcile_gateways()
+            except (ClientError, OSError) as exc:
+                log.warning("cannot reconcile Gateway API gateways: %s", exc)
 
     async def _supervise(self, pod: Pod) -> None:
         """Restart a pod whose process exited, with exponential backoff, until the mesh stops."""
@@ -665,13 +739,19 @@ class LocalMesh:
                 self._create_namespaces()
             if self.prometheus_port:
                 await self._start_prometheus()
+            await self._reconcile_gateways(start=False)
             for pod in self.state.pods:
                 await self._start_pod(pod)
-            supervisors = [asyncio.create_task(self._supervise(p)) for p in self.state.pods]
+            deployed = {g.name for g in self.gateway_api.values()}
+            supervisors = [asyncio.create_task(self._supervise(p)) for p in self.state.pods if p.name not in deployed]
+            self.gateway_supervisors = {
+                p.name: asyncio.create_task(self._supervise(p)) for p in self.state.pods if p.name in deployed
+            }
+            watcher = asyncio.create_task(self._watch_gateways())
             if started:
                 started.set()
             await self.stop.wait()
-            for task in supervisors:
+            for task in [*supervisors, watcher, *self.gateway_supervisors.values()]:
                 task.cancel()
         finally:
             await self.shutdown()

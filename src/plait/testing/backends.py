@@ -148,7 +148,9 @@ class HttpBackend(_Backend):
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                headers = {k.lower(): v for k, v in self.headers.items()}
+                headers: dict[str, str] = {}
+                for k, v in self.headers.items():  # a repeated header: its values joined with ",", as HTTP allows
+                    headers[k.lower()] = f"{headers[k.lower()]},{v}" if k.lower() in headers else v
                 status, delay = backend._record(ReceivedRequest(self.command, self.path, headers, body))
                 if delay:
                     time.sleep(delay)

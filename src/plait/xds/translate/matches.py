@@ -59,7 +59,9 @@ def _claim_matcher(claims: list[str], match: net.StringMatch, invert: bool = Fal
     return out
 
 
-def route_match(m: net.HTTPMatchRequest | None) -> dict:
+def route_match(m: net.HTTPMatchRequest | None, gateway_semantics: bool = False) -> dict:
+    """`gateway_semantics` (a VirtualService lowered from a Gateway API route, as Istio marks it): a
+    prefix other than ``/`` matches whole path segments (Envoy's path_separated_prefix)."""
     if m is None:
         return {"prefix": "/"}
     out: dict = {}
@@ -69,6 +71,8 @@ def route_match(m: net.HTTPMatchRequest | None) -> dict:
         out["safe_regex"] = {"regex": m.uri.value}
     elif m.uri.kind == "exact":
         out["path"] = m.uri.value
+    elif gateway_semantics and m.uri.value != "/":
+        out["path_separated_prefix"] = m.uri.value
     else:
         out["prefix"] = m.uri.value
     if m.ignore_uri_case:

@@ -334,11 +334,12 @@ def _direct_response(dr: net.HTTPDirectResponse) -> dict:
 def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> list[dict]:
     """Envoy routes for one VirtualService: one per (http route, match), in order, delegates merged in."""
     out = []
+    gateway_semantics = vs.meta.annotations.get("internal.istio.io/route-semantics") == "gateway"
     for label, http in http_routes(vs, ctx.snapshot):
         for j, m in enumerate(http.match or [None]):
             if not _match_applies(m, ctx, vs.namespace):
                 continue
-            route: dict = {"match": route_match(m)}
+            route: dict = {"match": route_match(m, gateway_semantics=gateway_semantics)}
             name = ".".join(n for n in (http.name, m.name if m else None) if n)
             if name:
                 route["name"] = name

@@ -19,6 +19,9 @@ from plait.model.snapshot import MeshSnapshot
 
 CA_SUFFIX = "-cacert"
 KUBERNETES_PREFIX = "kubernetes://"  # Istio accepts credentialName: kubernetes://NAME too
+# What Istio's gateway controller writes for a certificateRef to another namespace (checked against
+# ReferenceGrants when the Gateway API was lowered): kubernetes-gateway://NAMESPACE/NAME.
+KUBERNETES_GATEWAY_PREFIX = "kubernetes-gateway://"
 REDACTED = "[redacted]"
 
 
@@ -55,6 +58,8 @@ def _inline(data: bytes) -> dict:
 
 
 def _secret_object(snapshot: MeshSnapshot, namespace: str, name: str):
+    if name.startswith(KUBERNETES_GATEWAY_PREFIX):  # a Gateway API certificateRef its ReferenceGrant allowed
+        namespace, _, name = name.removeprefix(KUBERNETES_GATEWAY_PREFIX).partition("/")
     found = snapshot.resources.get(("Secret", namespace, name.removeprefix(KUBERNETES_PREFIX)))
     return found.spec if found is not None else None
 

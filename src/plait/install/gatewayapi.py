@@ -1,0 +1,37 @@
+"""Kubernetes manifests for a Gateway of class ``istio``: what Istio's gateway controller deploys.
+
+In: a Gateway API Gateway (a loaded Resource) and the install settings. Out: the ServiceAccount, Role,
+RoleBinding, Deployment and Service ``<gateway>-istio`` (plait's gateway agent, labelled
+``gateway.networking.k8s.io/gateway-name``), built by the same builder as the profile's gateways. The
+Service has one port per listener port; its type is the ``networking.istio.io/service-type``
+annotation, else LoadBalancer, as in Istio. Pure; applying them (and deleting them with the Gateway)
+is the Kubernetes source's business.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plait.api.resources import Resource
+from plait.install.manifests import gateway
+from plait.install.settings import GatewaySettings, InstallSettings, K8sSettings
+from plait.lower import GATEWAY_NAME_LABEL
+
+SERVICE_TYPE_ANNOTATION = "networking.istio.io/service-type"
+
+
+def gateway_settings(resource: Resource) -> GatewaySettings:
+    """The deployed gateway of a Gateway API Gateway, as the settings of a profile gateway."""
+    ports = sorted({listener.port for listener in resource.spec.listeners})
+    service_ports = tuple({"name": f"port-{port}", "port": port, "targetPort": port} for port in ports)
+    k8s = K8sSettings(
+        service_type=resource.meta.annotations.get(SERVICE_TYPE_ANNOTATION, "LoadBalancer"),
+        service_ports=service_ports,
+    )
+    labels = {GATEWAY_NAME_LABEL: resource.name, "istio.io/gateway-name": resource.name}
+    return GatewaySettings(f"{resource.name}-istio", resource.namespace, labels, k8s=k8s)
+
+
+def gateway_manifests(settings: InstallSettings, resource: Resource) -> list[dict[str, Any]]:
+    """Everything `<gateway>-istio` needs on Kubernetes."""
+    return gateway(settings, gateway_settings(resource))
