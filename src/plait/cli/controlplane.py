@@ -16,12 +16,14 @@ import typer
 import yaml
 from rich.table import Table
 
+from plait import dashboard
 from plait.api.common import parse_duration
 from plait.api.errors import Problem
 from plait.api.loader import yaml_files
 from plait.ca.authority import MAX_WORKLOAD_TTL, CaError
 from plait.cli.console import err, out, print_problems
 from plait.client import ClientError, Http, control_plane_url
+from plait.controlplane.api import admin_token_path
 from plait.controlplane.app import Settings, run
 from plait.controlplane.injector import control_plane_address
 from plait.controlplane.meshfile import mesh_config_update
@@ -103,6 +105,16 @@ def control_plane(
         int, typer.Option(help="Plaintext ADS (gRPC) port for Envoy, unauthenticated; none with --xds-auth strict.")
     ] = 15010,
     http_port: Annotated[int, typer.Option(help="HTTP API, debug and /metrics port.")] = 15014,
+    dashboard_port: Annotated[
+        int,
+        typer.Option(
+            help="The mesh dashboard's port (Kiali's 20001; 0: none), bound on --host; open to the host itself, "
+            "others need the admin token. 'plait dashboard' opens it."
+        ),
+    ] = 0,
+    dashboard_prometheus: Annotated[
+        str | None, typer.Option(help="The Prometheus the dashboard reads metrics from, e.g. http://127.0.0.1:9090.")
+    ] = None,
     debounce: Annotated[str, typer.Option(help="Coalesce changes for this long before pushing.")] = "100ms",
     state_dir: Annotated[
         Path,
@@ -227,7 +239,7 @@ def control_plane(
         mesh_config=mesh_config,
     )
     try:
-        asyncio.run(run(settings))
+        asyncio.run(_serve(settings, dashboard_port, dashboard_prometheus))
     except CaError as exc:
         err.print(f"[red]error[/]: certificate authority: {exc}")
         raise typer.Exit(1) from None
@@ -237,6 +249,26 @@ def control_plane(
     except OSError as exc:
         err.print(f"[red]error[/]: cannot start the control plane: {exc}")
         raise typer.Exit(1) from None
+
+
+async def _serve(settings: Settings, dashboard_port: int, prometheus: str | None) -> None:
+    """The control plane, and beside it in this process the dashboard (reading the control plane's API)."""
+    if not dashboard_port:
+        return await run(settings)
+    stop = asyncio.Event()
+    api_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    backends = dashboard.Backends(
+        api=f"http://{api_host}:{settings.http_port}",
+        prometheus=prometheus.rstrip("/") if prometheus else None,
+        token_file=admin_token_path(settings.state_dir),
+    )
+    plane = asyncio.create_task(run(settings, stop=stop))
+    board = asyncio.create_task(dashboard.serve(backends, settings.host, dashboard_port, stop))
+    done, _ = await asyncio.wait((plane, board), return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    await asyncio.gather(plane, board, return_exceptions=True)
+    for task in done:
+        task.result()  # a failure to start (a port in use) is raised here
 
 
 def check_mesh_config(path: Path, inject: InjectSettings) -> None:
