@@ -54,6 +54,7 @@ STATE_FILE = "state.json"
 PROMETHEUS_DIR = "prometheus"  # in the state dir: prometheus.yml, targets/, data/
 PROMETHEUS_INSTALL = "apt-get install prometheus"
 PROMETHEUS_ADDON_PORT = 9090  # Istio's prometheus addon's port
+DASHBOARD_PORT = 20001  # the control plane's dashboard (Kiali's port)
 
 
 @dataclass
@@ -92,6 +93,7 @@ class State:
     external_hosts: dict[str, str] = field(default_factory=dict)
     prometheus: str = ""  # its URL when the mesh runs one
     prometheus_pid: int | None = None
+    dashboard: str = ""  # the control plane's dashboard URL
 
     def save(self) -> None:
         path = Path(self.state_dir) / STATE_FILE
@@ -515,7 +517,7 @@ class LocalMesh:
     # ------------------------------------------------------------ the mesh
 
     async def _start_control_plane(self) -> None:
-        for port in (CA_PORT, API_PORT):
+        for port in (CA_PORT, API_PORT, DASHBOARD_PORT):
             if not _port_free(port):
                 raise RuntimeError(
                     f"port {port} is in use: another control plane (another 'plait up'?) is "
@@ -538,9 +540,17 @@ class LocalMesh:
                 str(self.control_plane_state),
                 "--host",
                 host,
+                "--dashboard-port",
+                str(DASHBOARD_PORT),
+                *(
+                    ["--dashboard-prometheus", f"http://127.0.0.1:{self.prometheus_port}"]
+                    if self.prometheus_port
+                    else []
+                ),
             ],
             "control-plane",
         )
+        self.state.dashboard = f"http://127.0.0.1:{DASHBOARD_PORT}"
         self.state.control_plane_pid = self.control_plane.pid
         api = Http(f"http://127.0.0.1:{API_PORT}")
         deadline = time.monotonic() + 30
