@@ -105,7 +105,7 @@ def test_real_envoy_accepts_it(case: str) -> None:
 def test_node_is_istios_form_for_a_capture_sidecar() -> None:
     node = build_bootstrap(CASES["capture-sotw"])["node"]
     assert node["id"] == "sidecar~127.0.10.1~reviews-v1.default~default.svc.cluster.local"
-    assert node["cluster"] == "reviews-v1.default"
+    assert node["cluster"] == "reviews.default"  # Istio's service cluster: the app, not the pod
     assert node["metadata"] == {
         "NAMESPACE": "default",
         "LABELS": {"app": "reviews", "version": "v1"},

@@ -101,7 +101,7 @@ def test_ready_once_the_control_plane_serves_config(start_agent, ads_server, xds
     agent.wait_ready()
     assert http_get(f"http://127.0.0.1:{server.listener_port}/") == (200, HELLO)
     node = server.servicer.nodes[0]
-    assert node.id == NODE_ID and node.cluster == "reviews-v1.default"
+    assert node.id == NODE_ID and node.cluster == "reviews.default"
     labels = node.metadata.fields["LABELS"].struct_value.fields
     assert {k: v.string_value for k, v in labels.items()} == {"app": "reviews", "version": "v1"}
     assert node.metadata.fields["PLAIT_MODE"].string_value == "capture"

@@ -175,7 +175,8 @@ def test_profile_list_and_dump():
         "empty",
     ]
     dumped = runner.invoke(app, ["profile", "dump", "demo", "--config-path", "meshConfig"])
-    assert dumped.exit_code == 0 and dumped.output == "accessLogFile: /dev/stdout\n"
+    assert dumped.exit_code == 0
+    assert dumped.output == "accessLogFile: /dev/stdout\ndefaultConfig:\n  tracing:\n    sampling: 100.0\n"
     whole = runner.invoke(app, ["profile", "dump", "--set", "revision=canary"])
     assert whole.output.startswith(
         "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: default\n"

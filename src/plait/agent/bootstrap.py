@@ -4,7 +4,8 @@ Pure: `build_bootstrap(settings)` turns a `BootstrapSettings` into the dict Envo
 reads with ``-c``. It follows Istio's ``envoy_bootstrap.json``:
 
 * ``node``: Istio's id (``sidecar~IP~NAME.NS~NS.svc.cluster.local`` or
-  ``router~…``), ``cluster`` = ``NAME.NS``, and the metadata keys the control
+  ``router~…``), ``cluster`` = Istio's service cluster ``CANONICAL-SERVICE.NS``
+  (``reviews.default``: the service name in its trace spans), and the metadata keys the control
   plane reads to rebuild the `plait.model.Proxy` (`node_metadata`);
 * ``admin`` on 127.0.0.1 at the admin port;
 * ``dynamic_resources``: everything over one ADS stream (SotW ``GRPC`` or
@@ -47,6 +48,7 @@ from plait import __version__
 from plait.model import Proxy
 from plait.model.proxy import TLS_MODE_LABEL
 from plait.telemetry import tap
+from plait.telemetry.metrics import proxy_identity
 from plait.telemetry.prometheus import prometheus_cluster, prometheus_listener
 from plait.xds.static import XDS_CLUSTER
 from plait.xds.translate.common import SDS_CLUSTER, sds_secret
@@ -276,7 +278,7 @@ def build_bootstrap(settings: BootstrapSettings) -> dict:
     return {
         "node": {
             "id": proxy.id,
-            "cluster": f"{proxy.name}.{proxy.namespace}",
+            "cluster": f"{proxy_identity(proxy)['canonical_service']}.{proxy.namespace}",
             "metadata": node_metadata(proxy, settings.admin_port),
         },
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": settings.admin_port}}},

@@ -2,8 +2,11 @@
 
 Istio keeps its MeshConfig in the ConfigMap ``istio`` of the root namespace (``istio-system``), as
 YAML under the key ``mesh``. plait reads the same object (from the config directory, the HTTP API
-or, later, the cluster): ``accessLogFile``, ``accessLogEncoding`` (``TEXT`` or ``JSON``) and
-``accessLogFormat``. Other MeshConfig fields are accepted and change nothing yet. A ConfigMap has
+or, later, the cluster): ``accessLogFile``, ``accessLogEncoding`` (``TEXT`` or ``JSON``),
+``accessLogFormat``, and for traces ``enableTracing`` (Istio's default: on),
+``defaultConfig.tracing.sampling`` (percent, Istio's default 1), ``.zipkin.address`` (Istio's
+default ``zipkin.istio-system:9411``) and ``.customTags``. Other MeshConfig fields are accepted and
+change nothing yet. A ConfigMap has
 no ``spec``: ``data`` sits at the top level (the loader hands it to `ConfigMapSpec`); any
 ConfigMap's ``mesh`` key is checked as a MeshConfig (`mesh_config_problems`).
 """
@@ -15,15 +18,74 @@ from collections.abc import Iterator
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MESH_CONFIG_MAP = "istio"  # in the root namespace
 MESH_KEY = "mesh"
 
 
+DEFAULT_ZIPKIN_ADDRESS = "zipkin.istio-system:9411"
+DEFAULT_SAMPLING = 1.0  # percent: Istio's pilot.traceSampling
+
+
+class LiteralTag(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    value: str
+
+
+class EnvironmentTag(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    name: str = Field(min_length=1)
+    default_value: str = Field(default="", alias="defaultValue")
+
+
+class HeaderTag(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    name: str = Field(min_length=1)
+    default_value: str = Field(default="", alias="defaultValue")
+
+
+class CustomTag(BaseModel):
+    """One span tag: a ``literal`` value, an ``environment`` variable of the proxy, or a request ``header``
+    (Istio's ProxyConfig and Telemetry ``customTags``; exactly one of the three)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    literal: LiteralTag | None = None
+    environment: EnvironmentTag | None = None
+    header: HeaderTag | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CustomTag:
+        if sum(x is not None for x in (self.literal, self.environment, self.header)) != 1:
+            raise ValueError("a custom tag needs exactly one of literal, environment, header")
+        return self
+
+
+class ZipkinAddress(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    address: str = Field(default=DEFAULT_ZIPKIN_ADDRESS, pattern=r"^\[?[^\s:\[\]]+\]?:\d{1,5}$")
+
+
+class TracingConfig(BaseModel):
+    """``defaultConfig.tracing``: how often a request starts a trace and where spans go (Zipkin v2)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+    sampling: float = Field(default=DEFAULT_SAMPLING, ge=0, le=100)
+    zipkin: ZipkinAddress = ZipkinAddress()
+    custom_tags: dict[str, CustomTag] = Field(default={}, alias="customTags")
+
+
+class DefaultProxyConfig(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    tracing: TracingConfig = TracingConfig()
+
+
 class MeshConfig(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
+    enable_tracing: bool = Field(default=True, alias="enableTracing")
+    default_config: DefaultProxyConfig = Field(default=DefaultProxyConfig(), alias="defaultConfig")
+    trust_domain: str = Field(default="cluster.local", alias="trustDomain")
     access_log_file: str = Field(default="", alias="accessLogFile")
     access_log_encoding: Literal["TEXT", "JSON"] = Field(default="TEXT", alias="accessLogEncoding")
     access_log_format: str = Field(default="", alias="accessLogFormat")

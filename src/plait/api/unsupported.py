@@ -25,7 +25,13 @@ NOT_SUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "AuthorizationPolicy": ("targetRef", "targetRefs"),
     "RequestAuthentication": ("jwtRules.presence", "targetRef", "targetRefs"),
-    "Telemetry": ("metrics.reportingInterval", "tracing", "targetRef", "targetRefs"),
+    "Telemetry": (
+        "metrics.reportingInterval",
+        "targetRef",
+        "targetRefs",
+        "tracing.useRequestIdForTraceSampling",
+        "tracing.disableContextPropagation",
+    ),
 }
 
 # (kind, field path as above) → values Istio accepts there that plait does not act on yet.

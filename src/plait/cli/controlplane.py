@@ -115,6 +115,12 @@ def control_plane(
     dashboard_prometheus: Annotated[
         str | None, typer.Option(help="The Prometheus the dashboard reads metrics from, e.g. http://127.0.0.1:9090.")
     ] = None,
+    zipkin_port: Annotated[
+        int,
+        typer.Option(
+            help="The trace collector's port (Zipkin v2 and OTLP/HTTP in, Zipkin's read API out); 0: no collector."
+        ),
+    ] = 9411,
     debounce: Annotated[str, typer.Option(help="Coalesce changes for this long before pushing.")] = "100ms",
     state_dir: Annotated[
         Path,
@@ -226,6 +232,7 @@ def control_plane(
         host=host,
         xds_port=xds_port,
         http_port=http_port,
+        zipkin_port=zipkin_port or None,
         debounce=parse_duration(debounce),
         state_dir=state_dir,
         ca_port=ca_port,
@@ -260,6 +267,7 @@ async def _serve(settings: Settings, dashboard_port: int, prometheus: str | None
     backends = dashboard.Backends(
         api=f"http://{api_host}:{settings.http_port}",
         prometheus=prometheus.rstrip("/") if prometheus else None,
+        zipkin=f"http://{api_host}:{settings.zipkin_port}" if settings.zipkin_port else None,
         token_file=admin_token_path(settings.state_dir),
     )
     plane = asyncio.create_task(run(settings, stop=stop))

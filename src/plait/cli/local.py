@@ -410,7 +410,8 @@ def demo_bookinfo(
     prometheus_scrape_interval: ScrapeInterval = "15s",
 ) -> None:
     """Istio's Bookinfo on this machine: productpage, details, reviews v1/v2/v3, ratings, each with a
-    sidecar, behind an ingress gateway programmed by Istio's bookinfo-gateway.yaml.
+    sidecar, behind an ingress gateway programmed by Istio's bookinfo-gateway.yaml, with the trace
+    sampling of Istio's demo profile (every request traced: [bold]plait traces[/]).
 
     Then, as in Istio's tasks: [bold]plait apply -f src/plait/demo/bookinfo/networking/destination-rule-all.yaml[/]
     and [bold]…/virtual-service-reviews-jason-v2-v3.yaml[/], log in as jason on the product page, and watch the stars change.
@@ -424,7 +425,11 @@ def demo_bookinfo(
     if kube:
         return install_cli.demo_bookinfo_kube(kubeconfig, namespace, image, bookinfo_hub, bookinfo_tag)
     up(
-        filename=[BOOKINFO / "manifests", BOOKINFO / "networking" / "bookinfo-gateway.yaml"],
+        filename=[
+            BOOKINFO / "manifests",
+            BOOKINFO / "networking" / "bookinfo-gateway.yaml",
+            BOOKINFO / "demo-profile.yaml",
+        ],
         mode=mode,
         detach=detach,
         state_dir=state_dir,

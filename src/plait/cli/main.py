@@ -24,6 +24,7 @@ from plait.cli import (
     proxies,
     stat,
     tap,
+    traces,
 )
 
 app = typer.Typer(
@@ -49,6 +50,7 @@ for module in (
     stat,
     tap,
     logs,
+    traces,
 ):
     module.register(app)
 

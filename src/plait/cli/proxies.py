@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 import yaml
@@ -74,17 +75,21 @@ def cluster_of(control_plane: str | None, kubeconfig: str | None, namespace: str
 
 
 @contextmanager
-def control_planes_reached(control_plane: str | None, cluster: Cluster | None) -> Iterator[list[str]]:
-    """The HTTP API URLs of the control plane: the one given (or the local one), or on Kubernetes one
-    per ready istiod pod, each through a port-forward (each replica serves its own proxies)."""
+def control_planes_reached(
+    control_plane: str | None, cluster: Cluster | None, port: int = HTTP_PORT
+) -> Iterator[list[str]]:
+    """The URLs of the control plane's `port` (its HTTP API by default): the one given (or the local
+    one), or on Kubernetes one per ready istiod pod, each through a port-forward (each replica serves
+    its own proxies)."""
     if cluster is None:
-        yield [control_plane_url(control_plane)]
+        url = urlsplit(control_plane_url(control_plane))
+        yield [url._replace(netloc=f"{url.hostname}:{port}").geturl() if port != HTTP_PORT else url.geturl()]
         return
     try:
         with ExitStack() as forwards:
             pods = ready_pods(cluster.kubeconfig, cluster.namespace, cluster.selector)
             yield [
-                f"http://{forwards.enter_context(PortForward(cluster.kubeconfig, cluster.namespace, HTTP_PORT, pod=pod))}"
+                f"http://{forwards.enter_context(PortForward(cluster.kubeconfig, cluster.namespace, port, pod=pod))}"
                 for pod in pods
             ]
     except ForwardError as exc:

@@ -2,7 +2,8 @@
 registered workloads; flows out: xDS to every proxy).
 
 `mesh.MeshState` owns the sources and the current MeshSnapshot and debounces changes;
-`api.Api` is the HTTP API and debug port; `app.run` wires them to the xDS hub and the
+`api.Api` is the HTTP API and debug port; `collector.Collector` the trace collector (Zipkin's
+port 9411: spans in, Zipkin's read API out, in memory); `app.run` wires them to the xDS hub and the
 ADS server and handles shutdown. Everything runs on one asyncio event loop; snapshot
 builds and translation are synchronous and short.
 

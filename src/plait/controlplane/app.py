@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from plait.controlplane import testhooks
 from plait.controlplane.api import Api, admin_token_path, load_or_create_admin_token
+from plait.controlplane.collector import Collector, serve_collector
 from plait.controlplane.mesh import ConfigSource, MeshState
 from plait.controlplane.tap import TapService
 from plait.inject.settings import InjectSettings
@@ -42,6 +43,7 @@ class Settings:
     host: str = "127.0.0.1"
     xds_port: int = 15010
     http_port: int = 15014
+    zipkin_port: int | None = None  # the trace collector (`plait.controlplane.collector`); the CLI's default is 9411
     debounce: float = 0.1
     poll_interval: float = 0.5
     state_dir: Path = Path(".plait/control-plane")  # the CA's files live in state_dir/ca (owner-only)
@@ -259,6 +261,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     runner = web.AppRunner(http_app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.http_port).start()
+    traces = (
+        None
+        if settings.zipkin_port is None
+        else await serve_collector(Collector(), settings.host, settings.zipkin_port)
+    )
     if identity:
         await identity.start(settings.host, settings.state_dir, metrics.registry, view=cluster.view)
     if mesh_file is not None:
@@ -300,6 +307,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
             await cluster.api.close()
         api.stopping()  # waiting name-table requests answer now, not when their wait ends
         await runner.cleanup()
+        if traces is not None:
+            await traces.cleanup()
         if ads is not None:
             await ads.stop(grace=1.0)
         await ca.stop(grace=1.0)

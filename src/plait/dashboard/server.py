@@ -7,9 +7,13 @@
     GET /api/config[?namespace=]              Istio objects with their problems and analysis messages
     GET /api/namespaces                       namespaces of config objects, registered pods and proxies
     GET /api/tap?target=deploy/NAME&namespace=NS   the control plane's tap stream (JSON lines), passed through
+    GET /api/traces/services                  services with traces in the collector
+    GET /api/traces?service=&minDuration=MS&limit=N   recent traces, summarised (newest first)
+    GET /api/traces/{traceId}                 one trace as a waterfall (spans with offsets, depths)
 
-In: the control plane's HTTP API (`Backends.api`, its admin token when it has one) and Prometheus
-(`Backends.prometheus`). Out: JSON built by `graph` and `views`. Access as the control plane's API:
+In: the control plane's HTTP API (`Backends.api`, its admin token when it has one), Prometheus
+(`Backends.prometheus`) and the control plane's trace collector (`Backends.zipkin`, Zipkin's read API).
+Out: JSON built by `graph` and `views`. Access as the control plane's API:
 callers on the host itself (127.0.0.1, ::1) need nothing, others the admin token (``Authorization:
 Bearer``). Without Prometheus the metric endpoints answer 503 saying so.
 """
@@ -52,6 +56,7 @@ class BackendError(Exception):
 class Backends:
     api: str  # the control plane's HTTP API, e.g. http://127.0.0.1:15014
     prometheus: str | None = None
+    zipkin: str | None = None  # the control plane's trace collector (Zipkin's read API)
     token_file: Path | None = None  # the control plane's admin token (read when needed: created at its start)
 
     def token(self) -> str | None:
@@ -76,6 +81,9 @@ class Dashboard:
                 web.get("/api/config", self.config),
                 web.get("/api/namespaces", self.namespaces),
                 web.get("/api/tap", self.tap),
+                web.get("/api/traces/services", self.trace_services),
+                web.get("/api/traces", self.traces),
+                web.get("/api/traces/{trace_id}", self.trace),
                 web.static("/static", STATIC, follow_symlinks=False),
             ]
         )
@@ -208,6 +216,32 @@ class Dashboard:
         names = {i.get("metadata", {}).get("namespace") for i in config["items"]}
         names |= {w.get("namespace") for w in registry} | {s.get("proxy", {}).get("namespace") for s in syncz}
         return web.json_response({"namespaces": sorted(n for n in names if n)})
+
+    def _collector(self) -> str:
+        if not self.backends.zipkin:
+            raise BackendError("no trace collector: the control plane runs without one (--zipkin-port 0)", status=503)
+        return self.backends.zipkin
+
+    async def trace_services(self, _: web.Request) -> web.Response:
+        return web.json_response({"services": await self._get(self._collector(), "/api/v2/services", "the collector")})
+
+    async def traces(self, request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            min_ms, limit = float(q.get("minDuration") or 0), int(q.get("limit") or 20)
+        except ValueError:
+            raise graph.GraphError("minDuration (ms) and limit must be numbers") from None
+        params = {"limit": str(limit), "lookback": str(3600 * 1000)}
+        if q.get("service"):
+            params["serviceName"] = q["service"]
+        if min_ms > 0:
+            params["minDuration"] = str(int(min_ms * 1000))
+        found = await self._get(self._collector(), "/api/v2/traces", "the collector", params)
+        return web.json_response({"traces": views.trace_summaries(found)})
+
+    async def trace(self, request: web.Request) -> web.Response:
+        path = f"/api/v2/trace/{request.match_info['trace_id']}"
+        return web.json_response(views.waterfall(await self._get(self._collector(), path, "the collector")))
 
     async def tap(self, request: web.Request) -> web.StreamResponse:
         """The control plane's tap session, streamed through as it comes (JSON lines) until either side ends."""

@@ -1,8 +1,9 @@
-"""The dashboard's lists (Workloads, Services, Istio config) from what the control plane and Prometheus tell.
+"""The dashboard's lists (Workloads, Services, Istio config, Traces) from the control plane and Prometheus.
 
 In: the control plane's answers (``/api/v1/workloads``, ``/debug/syncz``, ``/api/v1/config``), rates from
-Prometheus (`health_queries`, answered as `graph.Series`) and analysis messages. Out: JSON-ready lists, each
-row with its health (Kiali's thresholds, `graph.health`), sidecar presence and proxy sync state. Pure.
+Prometheus (`health_queries`, answered as `graph.Series`), analysis messages, and Zipkin v2 spans from the
+trace collector. Out: JSON-ready lists, each row with its health (Kiali's thresholds, `graph.health`),
+sidecar presence and proxy sync state; traces summarised and as a waterfall. Pure.
 """
 
 from __future__ import annotations
@@ -177,3 +178,72 @@ def config(config_items: list[Mapping], problems: list[Mapping], messages: list[
         valid = not any(n["level"] == "Error" for n in found)
         out.append({**row, "valid": valid, "messages": found})
     return out
+
+
+def _ms(micros: float | None) -> float:
+    return round((micros or 0) / 1000.0, 3)
+
+
+def trace_summaries(traces: list[list[Mapping]]) -> list[dict]:
+    """Zipkin's ``/api/v2/traces`` answer (a list of traces, each a list of spans) as one row per trace: its
+    root span (the one without a parent, else the earliest), start, duration, span count, errors; newest first."""
+    out = []
+    for spans in traces:
+        if not spans:
+            continue
+        root = min(spans, key=lambda s: (s.get("parentId") is not None, s.get("timestamp", 0)))
+        start = min(s.get("timestamp", 0) for s in spans)
+        end = max(s.get("timestamp", 0) + s.get("duration", 0) for s in spans)
+        out.append(
+            {
+                "traceId": root.get("traceId", ""),
+                "service": (root.get("localEndpoint") or {}).get("serviceName", ""),
+                "name": root.get("name", ""),
+                "start": start,
+                "durationMs": _ms(end - start),
+                "spans": len(spans),
+                "errors": sum(1 for s in spans if "error" in (s.get("tags") or {})),
+            }
+        )
+    return sorted(out, key=lambda t: -t["start"])
+
+
+def waterfall(spans: list[Mapping]) -> dict:
+    """One trace's spans in tree order (parents before children, siblings by start), each with its depth and
+    its offset from the trace's start, in ms: what the waterfall view draws."""
+    if not spans:
+        return {"traceId": "", "durationMs": 0.0, "spans": []}
+    start = min(s.get("timestamp", 0) for s in spans)
+    end = max(s.get("timestamp", 0) + s.get("duration", 0) for s in spans)
+    ids = {s.get("id") for s in spans}
+    children: dict[str | None, list[Mapping]] = defaultdict(list)
+    for s in spans:
+        parent = s.get("parentId")
+        children[parent if parent in ids and parent != s.get("id") else None].append(s)
+    rows: list[dict] = []
+    seen: set[int] = set()
+
+    def visit(parent: str | None, depth: int) -> None:
+        for s in sorted(children.get(parent, []), key=lambda s: (s.get("timestamp", 0), s.get("kind", ""))):
+            if id(s) in seen:
+                continue
+            seen.add(id(s))
+            tags = s.get("tags") or {}
+            rows.append(
+                {
+                    "id": s.get("id", ""),
+                    "parentId": s.get("parentId"),
+                    "depth": depth,
+                    "service": (s.get("localEndpoint") or {}).get("serviceName", ""),
+                    "name": s.get("name", ""),
+                    "kind": s.get("kind", ""),
+                    "offsetMs": _ms(s.get("timestamp", 0) - start),
+                    "durationMs": _ms(s.get("duration", 0)),
+                    "status": tags.get("http.status_code", ""),
+                    "error": "error" in tags,
+                }
+            )
+            visit(s.get("id"), depth + 1)
+
+    visit(None, 0)
+    return {"traceId": spans[0].get("traceId", ""), "durationMs": _ms(end - start), "spans": rows}

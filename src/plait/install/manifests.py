@@ -50,6 +50,7 @@ ISTIOD_PORTS = (
     ("https-webhook", 443, 15017),
     ("http-monitoring", 15014, 15014),
 )
+ZIPKIN_PORT = 9411  # istiod's trace collector, behind the Service zipkin (Istio's default tracing address)
 # The gateways' Service ports, as Istio's default profile (port → the gateway pod's targetPort).
 INGRESS_PORTS = (("status-port", 15021, 15021), ("http2", 80, 8080), ("https", 443, 8443))
 EGRESS_PORTS = (("http2", 80, 8080), ("https", 443, 8443))
@@ -280,7 +281,8 @@ def istiod_deployment(settings: InstallSettings) -> dict[str, Any]:
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["plait"],
         "args": args,
-        "ports": [{"containerPort": target, "protocol": "TCP"} for _, _, target in ISTIOD_PORTS],
+        "ports": [{"containerPort": target, "protocol": "TCP"} for _, _, target in ISTIOD_PORTS]
+        + [{"containerPort": ZIPKIN_PORT, "protocol": "TCP"}],
         "env": [_field_env("POD_NAME", "metadata.name"), _field_env("POD_NAMESPACE", "metadata.namespace")],
         "readinessProbe": {
             "httpGet": {"path": "/ready", "port": 15014},
@@ -311,6 +313,14 @@ def istiod_service(settings: InstallSettings) -> dict[str, Any]:
     labels = {"app": ISTIOD, "istio": "pilot", **owner_labels(settings, "Pilot")}
     ports = [_port(name, port, target) for name, port, target in ISTIOD_PORTS]
     return _service(settings.istiod, settings.namespace, labels, _istiod_labels(settings), ports)
+
+
+def zipkin_service(settings: InstallSettings) -> dict[str, Any]:
+    """Service zipkin: ``zipkin.istio-system:9411``, Istio's default ``defaultConfig.tracing.zipkin.address``,
+    reaches the collector every istiod runs (of every revision: one Service, made by the default one)."""
+    labels = {"app": "zipkin", **owner_labels(settings, "Pilot")}
+    ports = [_port("http-query", ZIPKIN_PORT, ZIPKIN_PORT)]
+    return _service("zipkin", settings.namespace, labels, {"app": ISTIOD}, ports)
 
 
 def _without_ca_bundle(config: dict[str, Any], settings: InstallSettings) -> dict[str, Any]:
@@ -348,6 +358,8 @@ def istiod(settings: InstallSettings) -> list[dict[str, Any]]:
     scaling = _scaling(settings, settings.istiod, settings.namespace, labels, _istiod_labels(settings), k8s)
     objects = [*istiod_rbac(settings), mesh_configmap(settings), istiod_deployment(settings), istiod_service(settings)]
     objects += [*scaling, validating_webhook(settings)]
+    if not settings.revision:
+        objects.append(zipkin_service(settings))
     if settings.sidecar_injector:
         objects.append(mutating_webhook(settings))
     return objects

@@ -34,7 +34,9 @@ def _demo() -> dict[str, Any]:
     components["pilot"]["k8s"] = {"resources": {"requests": {"cpu": "10m", "memory": "100Mi"}}}
     for gateway in (*components["ingressGateways"], *components["egressGateways"]):
         gateway["k8s"] = {"resources": copy.deepcopy(_SMALL)}
-    return {"meshConfig": {"accessLogFile": "/dev/stdout"}, "components": components}
+    # Istio's demo profile: access logs on, every request traced (its values.pilot.traceSampling: 100)
+    mesh = {"accessLogFile": "/dev/stdout", "defaultConfig": {"tracing": {"sampling": 100.0}}}
+    return {"meshConfig": mesh, "components": components}
 
 
 _PROFILES = {

@@ -44,6 +44,8 @@ from plait.telemetry.metrics import WORKLOAD_NAME_LABEL
 
 log = logging.getLogger("plait.runtime")
 CA_PORT, API_PORT = 15012, 15014  # xDS and the CA over TLS (istiod's 15012), the HTTP API
+ZIPKIN_PORT = 9411  # the control plane's trace collector, behind the Service zipkin.istio-system as on Kubernetes
+CONTROL_PLANE_LABELS = {"app": "istiod", "istio": "pilot"}
 TOKEN_FILE = "istio-token"  # in each pod's directory, as Istio mounts /var/run/secrets/tokens/istio-token
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
 # A pod restarted this often and not ready is crash-looping (Kubernetes' CrashLoopBackOff): `plait up` says so.
@@ -264,6 +266,34 @@ def gateway_services(ingress_port: int, egress_port: int, ingress_tls_port: int)
             [{"name": "http2", "port": 80, "targetPort": egress_port}],
         ),
     ]
+
+
+def collector_service(addresses: Addresses, state: State) -> dict:
+    """Istio's ``zipkin`` Service in istio-system, in front of the control plane's collector (its
+    registered workload `control_plane_workload`), with a VIP as Kubernetes would give it."""
+    vip = addresses.service_ip()
+    state.services["istio-system/zipkin"] = vip
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "zipkin", "namespace": "istio-system"},
+        "spec": {
+            "clusterIP": vip,
+            "selector": {"app": "istiod"},
+            "ports": [{"name": "http-query", "port": ZIPKIN_PORT, "targetPort": ZIPKIN_PORT}],
+        },
+    }
+
+
+def control_plane_workload(address: str) -> dict:
+    """The control plane as a workload of the registry (its collector's endpoint), as istiod's pod is."""
+    return {
+        "address": address,
+        "labels": CONTROL_PLANE_LABELS,
+        "ports": {"http-query": ZIPKIN_PORT},
+        "serviceAccount": "istiod",
+        "ready": True,
+    }
 
 
 def config_documents(manifests: Manifests, addresses: Addresses, state: State) -> list[dict]:
@@ -572,10 +602,13 @@ class LocalMesh:
         docs = gateway_services(self.ingress_port, self.egress_port, self.ingress_tls_port) + config_documents(
             self.manifests, self.addresses, self.state
         )
+        docs.append(collector_service(self.addresses, self.state))
         text = yaml.safe_dump_all(docs, sort_keys=False)
-        await asyncio.to_thread(
-            Http(f"http://127.0.0.1:{API_PORT}").request, "POST", "/api/v1/config?filename=plait-up", text.encode()
-        )
+        api = Http(f"http://127.0.0.1:{API_PORT}")
+        await asyncio.to_thread(api.request, "POST", "/api/v1/config?filename=plait-up", text.encode())
+        address = self.network.gateway if self.mode == "capture" else "127.0.0.1"  # where the pods reach it
+        body = json.dumps(control_plane_workload(address)).encode()
+        await asyncio.to_thread(api.request, "PUT", "/api/v1/workloads/istio-system/istiod", body, "application/json")
 
     def plan(self) -> list[Pod]:
         pods = [p for d in self.manifests.deployments for p in pods_for(d, self.addresses, self.mode)]

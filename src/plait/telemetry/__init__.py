@@ -12,4 +12,10 @@ gated by a runtime key, the runtime layer that turns it on, tap events and linke
 open sessions, top's table). Pure: no I/O, no state (`tapsessions` keeps the sessions it is told of); the translator
 (`plait.xds.translate.telemetry`) places the pieces into listeners and clusters, the
 agent's bootstrap serves the metrics on its Prometheus port (Istio's 15090).
+
+Traces: `tracing` (the Zipkin tracer of each connection manager, from ``enableTracing``,
+``defaultConfig.tracing`` and Telemetry ``tracing``), `spans` (Zipkin v2 and OTLP bodies read into
+Zipkin's span shape), `tracestore` (the collector's bounded store and Zipkin's read queries, sans
+I/O; the control plane's `plait.controlplane.collector` serves it) and `traceview` (traces merged,
+summarised and drawn for ``plait traces``).
 """

@@ -12,7 +12,7 @@ from plait.xds.references import listener_references, route_config_clusters
 from plait.xds.resources import ResourceSet
 from plait.xds.translate import clusters as cds
 from plait.xds.translate import endpoints as eds
-from plait.xds.translate import jwt, telemetry
+from plait.xds.translate import jwt, telemetry, tracing
 from plait.xds.translate import listeners as lds
 from plait.xds.translate import routes as rds
 from plait.xds.translate import secrets as sds
@@ -46,6 +46,7 @@ def generate(snapshot: MeshSnapshot, proxy: Proxy) -> ResourceSet:
     out.add_routes(generate_routes(snapshot, proxy))
     out.add_clusters(unknown_destination_clusters(snapshot, proxy, out))
     telemetry.add_metrics(snapshot, proxy, out.listeners, out.clusters)
+    tracing.add_tracing(snapshot, proxy, out.listeners, out.clusters)
     out.add_secrets(sds.credential_secrets(snapshot, proxy, [*out.listeners.values(), *out.clusters.values()]))
     return envoyfilter.patch_resources(snapshot, proxy, out)
 

@@ -57,6 +57,7 @@ MESSAGES = {
 }
 # json_format resolves an "@type" only once its message type is imported: every type translation emits.
 TYPED_CONFIG_MODULES = [
+    "envoy.config.trace.v3.zipkin_pb2",
     "envoy.extensions.access_loggers.file.v3.file_pb2",
     "envoy.extensions.access_loggers.filters.cel.v3.cel_pb2",
     "envoy.extensions.access_loggers.grpc.v3.als_pb2",

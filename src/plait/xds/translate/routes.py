@@ -366,11 +366,24 @@ def virtual_service_routes(vs: Resource, ctx: RouteContext, vhost_name: str) -> 
                     "plait": {"route": label + (f".match[{j}]" if m else "")},
                 }
             }
-            route["decorator"] = {"operation": f"{vhost_name}/*"}
+            route["decorator"] = {"operation": route_operation(route, vs.name, vhost_name)}
             out.append(route)
             if m is None or is_catch_all(route):
                 return out  # as Istio: nothing after a catch-all can match, so nothing more is sent
     return out
+
+
+def route_operation(route: dict, vs_name: str, vhost_name: str) -> str:
+    """The span name of a VirtualService's route, as Istio's getRouteOperation: ``HOST:PORT`` of its one
+    destination (else ``VS-NAME:PORT`` of the virtual host), then its path (an exact path, a prefix
+    with ``*``, else ``/*``): ``productpage.default.svc.cluster.local:9080/productpage``."""
+    match = route.get("match", {})
+    prefix = match.get("prefix", match.get("path_separated_prefix"))
+    path = match["path"] if "path" in match else prefix + "*" if prefix is not None else "/*"
+    parsed = parse_cluster_name(route.get("route", {}).get("cluster", ""))
+    if parsed and parsed[0] == "outbound":
+        return f"{parsed[3]}:{parsed[1]}{path}"
+    return f"{vs_name}:{vhost_name.rpartition(':')[2]}{path}"
 
 
 def is_catch_all(route: dict) -> bool:
