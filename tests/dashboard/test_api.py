@@ -7,95 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import urllib.parse
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from plait.client import ClientError, Http
-from plait.dashboard import Backends, Dashboard, graph
-from plait.testing.live import ControlPlaneProcess, free_port
-
-CONFIG = """apiVersion: v1
-kind: Service
-metadata: {name: reviews, namespace: default}
-spec: {selector: {app: reviews}, ports: [{name: http, port: 9080}]}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: default}
-spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews, subset: v9}}]}]}
-"""
-SERIES = {
-    "source_workload_namespace": "default",
-    "source_workload": "productpage-v1",
-    "source_canonical_service": "productpage",
-    "source_canonical_revision": "v1",
-    "destination_service_namespace": "default",
-    "destination_service_name": "reviews",
-    "destination_service": "reviews.default.svc.cluster.local",
-    "destination_workload_namespace": "default",
-    "destination_workload": "reviews-v1",
-    "destination_canonical_service": "reviews",
-    "destination_canonical_revision": "v1",
-    "request_protocol": "http",
-    "connection_security_policy": "mutual_tls",
-}
-REQUESTS = graph.queries(graph.GraphQuery(window="5m"))["requests"]
-
-
-class FakePrometheus(BaseHTTPRequestHandler):
-    """Answers the graph's request query with two series (200s and 503s), every other query with nothing."""
-
-    asked: list[str] = []
-
-    def do_GET(self):  # noqa: N802 (http.server's name)
-        query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)["query"][0]
-        self.asked.append(query)
-        result = []
-        if query == REQUESTS:
-            result = [
-                {"metric": {**SERIES, "response_code": "200"}, "value": [0, "3"]},
-                {"metric": {**SERIES, "response_code": "503"}, "value": [0, "1"]},
-            ]
-        body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_):
-        pass
-
-
-@pytest.fixture(scope="module")
-def prometheus() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakePrometheus)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def control_plane(tmp_path_factory, prometheus) -> Iterator[tuple[ControlPlaneProcess, Http]]:
-    workdir = tmp_path_factory.mktemp("dashboard")
-    (workdir / "mesh").mkdir()
-    (workdir / "mesh" / "bookinfo.yaml").write_text(CONFIG)
-    port = free_port()
-    plane = ControlPlaneProcess(
-        workdir / "mesh", workdir, extra_args=["--dashboard-port", str(port), "--dashboard-prometheus", prometheus]
-    )
-    plane.start()
-    try:
-        plane.register("reviews-v1-0", "127.0.0.9", {"app": "reviews", "version": "v1"}, {"http": 9080})
-        plane.register("ingress-0", "127.0.0.10", {"istio": "ingressgateway"}, namespace="istio-system")
-        yield plane, Http(f"http://127.0.0.1:{port}")
-    finally:
-        plane.stop()
+from plait.client import ClientError
+from plait.dashboard import Backends, Dashboard
 
 
 def test_graph_from_prometheus(control_plane):
@@ -111,7 +30,6 @@ def test_graph_from_prometheus(control_plane):
         "failing",
         True,
     )
-    assert REQUESTS in FakePrometheus.asked
 
 
 def test_graph_rejects_a_bad_window(control_plane):
@@ -124,7 +42,7 @@ def test_workloads_services_config_namespaces(control_plane):
     _, dashboard = control_plane
     workloads = {w["name"]: w for w in dashboard.get("/api/workloads")["workloads"]}
     assert set(workloads) == {"reviews-v1-0", "ingress-0"}
-    assert workloads["reviews-v1-0"]["address"] == "127.0.0.9"
+    assert (workloads["reviews-v1-0"]["address"], workloads["reviews-v1-0"]["workload"]) == ("127.0.0.9", "reviews-v1")
     assert (workloads["reviews-v1-0"]["sidecar"], workloads["reviews-v1-0"]["sync"]) == (False, "-")
     assert workloads["ingress-0"]["gateway"] is True
     assert [w["name"] for w in dashboard.get("/api/workloads?namespace=istio-system")["workloads"]] == ["ingress-0"]
@@ -215,3 +133,51 @@ def test_tap_streams_through(control_plane):
 
     line = asyncio.run(first_line())
     assert (line["type"], line["target"], line["proxies"]) == ("tapping", "deploy/reviews-v1", [])
+
+
+NOW_US = int(time.time() * 1_000_000) - 1_000_000  # a second ago: inside the collector's lookback
+SPANS = [
+    {
+        "traceId": "a" * 16,
+        "id": "1" * 16,
+        "kind": "SERVER",
+        "name": "productpage.default.svc.cluster.local:9080/productpage",
+        "timestamp": NOW_US,
+        "duration": 30_000,
+        "localEndpoint": {"serviceName": "productpage.default"},
+        "tags": {"http.status_code": "200"},
+    },
+    {
+        "traceId": "a" * 16,
+        "id": "2" * 16,
+        "parentId": "1" * 16,
+        "kind": "CLIENT",
+        "name": "reviews.default.svc.cluster.local:9080/*",
+        "timestamp": NOW_US + 5_000,
+        "duration": 20_000,
+        "localEndpoint": {"serviceName": "productpage.default"},
+        "tags": {"http.status_code": "503", "error": "true"},
+    },
+]
+
+
+def test_traces_from_the_collector(control_plane):
+    plane, dashboard = control_plane
+    plane.zipkin.request("POST", "/api/v2/spans", json.dumps(SPANS).encode(), "application/json")
+    assert dashboard.get("/api/traces/services") == {"services": ["productpage.default"]}
+    [trace] = dashboard.get("/api/traces?service=productpage.default&minDuration=10")["traces"]
+    assert (trace["traceId"], trace["name"], trace["durationMs"], trace["spans"], trace["errors"]) == (
+        "a" * 16,
+        "productpage.default.svc.cluster.local:9080/productpage",
+        30.0,
+        2,
+        1,
+    )
+    assert dashboard.get("/api/traces?service=productpage.default&minDuration=31")["traces"] == []
+    waterfall = dashboard.get(f"/api/traces/{'a' * 16}")
+    assert [(s["depth"], s["offsetMs"], s["durationMs"], s["status"], s["error"]) for s in waterfall["spans"]] == [
+        (0, 0.0, 30.0, "200", False),
+        (1, 5.0, 20.0, "503", True),
+    ]
+    with pytest.raises(ClientError, match="404"):
+        dashboard.get(f"/api/traces/{'b' * 16}")

@@ -54,9 +54,10 @@ function nodeLabel(node) {
 }
 
 function edgeLabel(edge) {
-  const lock = edge.mtls ? "🔒 " : "";
+  const lock = edge.mtls ? "mTLS " : "";
   if (edge.protocol === "tcp") return `${lock}${fmt(edge.tcpBytes, 0)} B/s`;
-  return `${lock}${fmt(edge.rps)} rps ${fmt(edge.errorRate, 1)}% ${fmt(edge.p95, 0)}ms`;
+  const p95 = edge.p95 === null ? "" : ` p95 ${fmt(edge.p95, 0)}ms`;
+  return `${lock}${fmt(edge.rps)} rps ${fmt(edge.errorRate, 1)}%${p95}`;
 }
 
 function drawGraph(data) {
@@ -90,6 +91,11 @@ function drawGraph(data) {
   cy.elements().remove();
   cy.add(elements);
   cy.layout({ name: "dagre", rankDir: "LR", nodeSep: 30, rankSep: 120 }).run();
+  if (cy.zoom() > 1.2) {
+    cy.zoom(1.2); // a small graph is not blown up
+    cy.center();
+  }
+  $("#graph-empty").hidden = data.nodes.length > 0;
   fillTable("graph-nodes", data.nodes, (tr, n) => {
     tr.dataset.nodeId = n.id;
     cell(tr, nodeLabel(n));
@@ -112,7 +118,7 @@ function drawGraph(data) {
     cell(tr, fmt(e.rps), "num");
     cell(tr, fmt(e.errorRate, 1), "num");
     cell(tr, fmt(e.p95, 0), "num");
-    cell(tr, e.mtls ? "🔒 yes" : e.mtlsPercent === null ? "-" : `${fmt(e.mtlsPercent, 0)} %`);
+    cell(tr, e.mtls ? "yes" : e.mtlsPercent === null ? "-" : `${fmt(e.mtlsPercent, 0)} %`);
     cell(tr, fmt(e.tcpBytes, 0), "num");
     cell(tr, e.health, e.health);
   });
@@ -200,6 +206,51 @@ async function loadConfig() {
   });
 }
 
+// ------------------------------------------------------------------ traces
+
+async function loadTraces() {
+  const select = $("#trace-service");
+  if (select.options.length <= 1) {
+    const data = await getJSON("api/traces/services");
+    for (const name of data.services) select.add(new Option(name, name));
+  }
+  const params = new URLSearchParams({ service: select.value, minDuration: $("#trace-min").value || "0" });
+  const data = await getJSON(`api/traces?${params}`);
+  fillTable("traces", data.traces, (tr, t) => {
+    tr.dataset.traceId = t.traceId;
+    tr.tabIndex = 0;
+    cell(tr, new Date(t.start / 1000).toLocaleTimeString());
+    cell(tr, t.service);
+    cell(tr, t.name);
+    cell(tr, fmt(t.durationMs, 1), "num");
+    cell(tr, String(t.spans), "num");
+    cell(tr, String(t.errors), t.errors ? "failing" : "");
+    const open = () => showTrace(t.traceId).catch((error) => setStatus(error.message));
+    tr.addEventListener("click", open);
+    tr.addEventListener("keydown", (event) => { if (event.key === "Enter") open(); });
+  });
+}
+
+async function showTrace(traceId) {
+  const trace = await getJSON(`api/traces/${encodeURIComponent(traceId)}`);
+  $("#trace-title").textContent = `Trace ${trace.traceId} (${fmt(trace.durationMs, 1)} ms)`;
+  const total = trace.durationMs || 1;
+  fillTable("waterfall", trace.spans, (tr, s) => {
+    const name = cell(tr, s.service);
+    name.style.paddingLeft = `${8 + 14 * s.depth}px`;
+    cell(tr, s.name);
+    cell(tr, s.kind);
+    cell(tr, fmt(s.offsetMs, 1), "num");
+    cell(tr, fmt(s.durationMs, 1), "num");
+    cell(tr, s.status, s.error ? "failing" : "");
+    const bar = document.createElement("div");
+    bar.className = s.error ? "bar error" : "bar";
+    bar.style.left = `${(100 * s.offsetMs) / total}%`;
+    bar.style.width = `${Math.max(0.5, (100 * s.durationMs) / total)}%`;
+    cell(tr, "", "bar-cell").appendChild(bar);
+  });
+}
+
 // ------------------------------------------------------------------ live calls (tap)
 
 async function startTap(event) {
@@ -260,7 +311,7 @@ function stopTap() {
 // ------------------------------------------------------------------ pages and refresh
 
 const LOADERS = { graph: loadGraph, workloads: loadWorkloads, services: loadServices, config: loadConfig,
-  traces: async () => {}, live: loadWorkloads };
+  traces: loadTraces, live: loadWorkloads };
 
 function currentPage() {
   const page = location.hash.replace("#", "");
@@ -281,7 +332,8 @@ async function refresh() {
 function schedule() {
   clearInterval(timer);
   const seconds = Number($("#refresh").value);
-  if (seconds > 0) timer = setInterval(() => { if (currentPage() !== "live") refresh(); }, seconds * 1000);
+  const still = ["live", "traces"]; // a tap stream runs by itself; a trace being read should not move
+  if (seconds > 0) timer = setInterval(() => { if (!still.includes(currentPage())) refresh(); }, seconds * 1000);
 }
 
 function showPage() {
@@ -293,6 +345,15 @@ function showPage() {
   }
   if (page !== "live") stopTap();
   refresh();
+}
+
+function fromAddress() {
+  // ?namespace=&window=&type=&refresh= choose the initial settings (a link can share a view)
+  const params = new URLSearchParams(location.search);
+  for (const [name, id] of [["window", "#window"], ["type", "#graph-type"], ["refresh", "#refresh"]]) {
+    const value = params.get(name);
+    if (value && [...$(id).options].some((o) => o.value === value)) $(id).value = value;
+  }
 }
 
 async function loadNamespaces() {
@@ -307,11 +368,13 @@ async function loadNamespaces() {
 }
 
 async function main() {
+  fromAddress();
   await loadNamespaces();
   for (const id of ["#namespace", "#window", "#graph-type"]) $(id).addEventListener("change", refresh);
   $("#refresh").addEventListener("change", schedule);
   $("#tap-form").addEventListener("submit", startTap);
   $("#tap-stop").addEventListener("click", stopTap);
+  $("#trace-form").addEventListener("submit", (event) => { event.preventDefault(); refresh(); });
   window.addEventListener("hashchange", showPage);
   showPage();
   schedule();
