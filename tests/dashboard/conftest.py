@@ -39,23 +39,25 @@ SERIES = {
     "destination_canonical_service": "reviews",
     "destination_canonical_revision": "v1",
     "request_protocol": "http",
-    "connection_security_policy": "mutual_tls",
 }
-REQUESTS = graph.queries(graph.GraphQuery(window="5m"))["requests"]
+QUERIES = graph.queries(graph.GraphQuery(window="5m"))
 
 
 class FakePrometheus(BaseHTTPRequestHandler):
-    """Answers the graph's request query (exactly as `graph.queries` builds it) with two series (200s and 503s),
-    every other query with nothing: the graph in test_api shows the edge only if the PromQL matched."""
+    """Answers the graph's request query (exactly as `graph.queries` builds it) with two series (200s and 503s)
+    and its security query with mutual TLS, every other query with nothing: the graph in test_api shows the
+    edge only if the PromQL matched."""
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)["query"][0]
         result = []
-        if query == REQUESTS:
+        if query == QUERIES["requests"]:
             result = [
                 {"metric": {**SERIES, "response_code": "200"}, "value": [0, "3"]},
                 {"metric": {**SERIES, "response_code": "503"}, "value": [0, "1"]},
             ]
+        elif query == QUERIES["security"]:
+            result = [{"metric": {**SERIES, "connection_security_policy": "mutual_tls"}, "value": [0, "4"]}]
         body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

@@ -32,7 +32,7 @@ def labels(src: str, dst: str, src_ns: str = "default", dst_ns: str = "default",
         "destination_canonical_service": dst_app,
         "destination_canonical_revision": dst_version,
         "request_protocol": "http",
-        "connection_security_policy": "mutual_tls",
+        "connection_security_policy": "unknown",  # as the client's side reports it
         **extra,
     }
 
@@ -46,7 +46,17 @@ def buckets(src: str, dst: str, counts: dict[str, float], **extra: str):
 
 
 GATEWAY = ("istio-system", "istio-ingressgateway")
+EXTERNAL = {
+    "destination_service": "PassthroughCluster",
+    "destination_service_name": "PassthroughCluster",
+    "destination_service_namespace": "unknown",
+    "destination_canonical_service": "unknown",
+    "destination_canonical_revision": "unknown",
+    "destination_workload_namespace": "unknown",
+}
+MTLS = {"connection_security_policy": "mutual_tls"}
 ANSWERS = {
+    # the clients' reports
     "requests": [
         requests("istio-ingressgateway", "productpage-v1", 2.0, src_ns="istio-system"),
         requests("productpage-v1", "reviews-v1", 1.0),
@@ -55,30 +65,26 @@ ANSWERS = {
         requests("reviews-v2", "ratings-v1", 0.25, code="503"),  # half failing
         requests("productpage-v1", "details-v1", 0.999),
         requests("productpage-v1", "details-v1", 0.001, code="500"),  # 0.1 %: degraded
-        requests("unknown", "productpage-v1", 0.5, connection_security_policy="none"),
         requests("productpage-v1", "reviews-v1", 0.0, code="500"),  # a series without traffic in the window
+        requests("productpage-v1", "unknown", 0.2, **EXTERNAL),  # no sidecar answered
     ],
-    "external_requests": [
-        (
-            labels(
-                "productpage-v1",
-                "unknown",
-                destination_service="PassthroughCluster",
-                destination_service_name="PassthroughCluster",
-                destination_service_namespace="unknown",
-                destination_canonical_service="unknown",
-                destination_canonical_revision="unknown",
-                destination_workload_namespace="unknown",
-                response_code="200",
-                connection_security_policy="unknown",
-            ),
-            0.2,
-        )
-    ],
+    # the servers' reports of callers without a sidecar
+    "unknown_requests": [requests("unknown", "productpage-v1", 0.5, connection_security_policy="none")],
     "latency": buckets("productpage-v1", "reviews-v1", {"10": 0.5, "25": 1.0, "100": 1.0, "+Inf": 1.0})
     + buckets("productpage-v1", "reviews-v2", {"10": 0.0, "25": 0.0, "100": 0.5, "+Inf": 0.5}),
-    "tcp_sent": [(labels("reviews-v2", "mongodb-v1", connection_security_policy="mutual_tls"), 300.0)],
-    "tcp_received": [(labels("reviews-v2", "mongodb-v1", connection_security_policy="mutual_tls"), 100.0)],
+    "tcp_sent": [(labels("reviews-v2", "mongodb-v1", request_protocol="tcp"), 300.0)],
+    "tcp_received": [(labels("reviews-v2", "mongodb-v1", request_protocol="tcp"), 100.0)],
+    # the servers' view of mTLS (every in-mesh edge but one request in four to details)
+    "security": [
+        (labels("istio-ingressgateway", "productpage-v1", src_ns="istio-system", **MTLS), 2.0),
+        (labels("productpage-v1", "reviews-v1", **MTLS), 1.0),
+        (labels("productpage-v1", "reviews-v2", **MTLS), 0.5),
+        (labels("reviews-v2", "ratings-v1", **MTLS), 0.5),
+        (labels("productpage-v1", "details-v1", **MTLS), 0.75),
+        (labels("productpage-v1", "details-v1", connection_security_policy="none"), 0.25),
+        (labels("unknown", "productpage-v1", connection_security_policy="none"), 0.5),
+    ],
+    "tcp_security": [(labels("reviews-v2", "mongodb-v1", **MTLS), 300.0)],
 }
 
 
@@ -114,6 +120,7 @@ def test_versioned_app_graph_nodes_and_edges():
     assert (ratings["rps"], ratings["errorRate"], ratings["health"], ratings["mtls"]) == (0.5, 50.0, "failing", True)
     details = edges["app:default:productpage:v1->app:default:details:v1"]
     assert (details["rps"], details["errorRate"], details["health"]) == (1.0, 0.1, "degraded")
+    assert (details["mtls"], details["mtlsPercent"]) == (False, 75.0)
     reviews = edges["app:default:productpage:v1->app:default:reviews:v1"]
     assert (reviews["rps"], reviews["errorRate"], reviews["health"]) == (1.0, 0.0, "healthy")
     # rank 0.95 of 1.0 falls in (10, 25] holding 0.5 of it: 10 + 15 * 0.45 / 0.5
@@ -176,9 +183,10 @@ def test_kiali_thresholds(percent, expected):
 
 def test_queries_are_kialis():
     q = queries(GraphQuery(window="5m"))
-    assert q["requests"].startswith('sum(rate(istio_requests_total{reporter="destination"}[5m])) by (')
-    assert q["requests"].endswith(",request_protocol,response_code,connection_security_policy)")
-    assert 'reporter="source",destination_workload="unknown"' in q["external_requests"]
+    assert q["requests"].endswith(",request_protocol,response_code)")
+    assert q["requests"].startswith('sum(rate(istio_requests_total{reporter="source"}[5m])) by (')
+    assert 'reporter="destination",source_workload="unknown"' in q["unknown_requests"]
+    assert q["security"].endswith(",connection_security_policy)") and 'reporter="destination"' in q["security"]
     assert "istio_request_duration_milliseconds_bucket" in q["latency"] and q["latency"].endswith(",le)")
 
 

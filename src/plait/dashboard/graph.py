@@ -7,10 +7,11 @@ gateways, unknown callers and hosts outside the mesh, e.g. PassthroughCluster, m
 requests/s, error % (5xx), p95 latency, the share of mTLS traffic and TCP bytes/s, each with Kiali's
 default health (5xx ≥ 0.1 %: degraded, > 10 %: failing). Pure: no I/O, no clock.
 
-Which side reports what, as Kiali: traffic that reached a sidecar is read from the server's reports
-(``reporter="destination"``, which also name callers without a sidecar as ``unknown``); traffic to
-destinations without a sidecar (ServiceEntry hosts, PassthroughCluster) only from the client's
-(``reporter="source"`` with ``destination_workload="unknown"``).
+Which side reports what, as Kiali: requests, latency and TCP bytes are read from the client's reports
+(``reporter="source"``: sidecars and gateways; this also counts what the client's sidecar did itself, e.g. a
+fault injected there, and calls to hosts without a sidecar: ServiceEntry hosts, PassthroughCluster), and from
+the server's (``reporter="destination"``) only for callers without a sidecar, which it names ``unknown``.
+Whether an edge was mutual TLS only the server's side knows: its ``connection_security_policy``.
 """
 
 from __future__ import annotations
@@ -68,17 +69,20 @@ def queries(query: GraphQuery) -> dict[str, str]:
     def rate(metric: str, matchers: Mapping[str, str], extra: str) -> str:
         return f"sum(rate({metric}{{{selector(matchers)}}}[{query.window}])) by ({by},{extra})"
 
+    client = {"reporter": "source"}
+    unknown = {"reporter": "destination", "source_workload": UNKNOWN}
     server = {"reporter": "destination"}
-    outside = {"reporter": "source", "destination_workload": UNKNOWN}
     return {
-        "requests": rate("istio_requests_total", server, "request_protocol,response_code,connection_security_policy"),
-        "external_requests": rate("istio_requests_total", outside, "request_protocol,response_code"),
-        "latency": rate("istio_request_duration_milliseconds_bucket", server, "le"),
-        "external_latency": rate("istio_request_duration_milliseconds_bucket", outside, "le"),
-        "tcp_sent": rate("istio_tcp_sent_bytes_total", server, "connection_security_policy"),
-        "tcp_received": rate("istio_tcp_received_bytes_total", server, "connection_security_policy"),
-        "external_tcp_sent": rate("istio_tcp_sent_bytes_total", outside, "connection_security_policy"),
-        "external_tcp_received": rate("istio_tcp_received_bytes_total", outside, "connection_security_policy"),
+        "requests": rate("istio_requests_total", client, "request_protocol,response_code"),
+        "unknown_requests": rate("istio_requests_total", unknown, "request_protocol,response_code"),
+        "latency": rate("istio_request_duration_milliseconds_bucket", client, "le"),
+        "unknown_latency": rate("istio_request_duration_milliseconds_bucket", unknown, "le"),
+        "tcp_sent": rate("istio_tcp_sent_bytes_total", client, "request_protocol"),
+        "tcp_received": rate("istio_tcp_received_bytes_total", client, "request_protocol"),
+        "unknown_tcp_sent": rate("istio_tcp_sent_bytes_total", unknown, "request_protocol"),
+        "unknown_tcp_received": rate("istio_tcp_received_bytes_total", unknown, "request_protocol"),
+        "security": rate("istio_requests_total", server, "connection_security_policy"),
+        "tcp_security": rate("istio_tcp_sent_bytes_total", server, "connection_security_policy"),
     }
 
 
@@ -221,7 +225,7 @@ def build(
         nodes.setdefault(dst["id"], dst)
         return edges.setdefault((src["id"], dst["id"]), _Edge(src["id"], dst["id"]))
 
-    for key in ("requests", "external_requests"):
+    for key in ("requests", "unknown_requests"):
         for labels, value in answers.get(key, []):
             if value <= 0 or (e := edge(labels)) is None:
                 continue
@@ -229,13 +233,12 @@ def build(
             e.requests += value
             if labels.get("response_code", "").startswith("5"):
                 e.errors += value
-            _security(e, labels, value)
-    for key in ("latency", "external_latency"):
+    for key in ("latency", "unknown_latency"):
         for labels, value in answers.get(key, []):
             e = edges.get(_pair(labels, query, gateways))
             if e is not None:
                 e.add_buckets(labels.get("le", "+Inf"), value)
-    for key in ("tcp_sent", "tcp_received", "external_tcp_sent", "external_tcp_received"):
+    for key in ("tcp_sent", "tcp_received", "unknown_tcp_sent", "unknown_tcp_received"):
         for labels, value in answers.get(key, []):
             if value <= 0 or (e := edge(labels)) is None:
                 continue
@@ -243,6 +246,10 @@ def build(
                 e.protocol = "tcp"
             if e.protocol == "tcp":
                 e.tcp_bytes += value
+    for key, protocol in (("security", None), ("tcp_security", "tcp")):
+        for labels, value in answers.get(key, []):
+            e = edges.get(_pair(labels, query, gateways))
+            if e is not None and value > 0 and (protocol is None) == (e.protocol != "tcp"):
                 _security(e, labels, value)
     edge_list = [e.to_dict() for _, e in sorted(edges.items())]
     received: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
