@@ -55,6 +55,15 @@ EXTERNAL = {
     "destination_workload_namespace": "unknown",
 }
 MTLS = {"connection_security_policy": "mutual_tls"}
+FAULTED = {
+    "destination_service": "ratings.default.svc.cluster.local",
+    "destination_service_name": "ratings",
+    "destination_service_namespace": "default",
+    "destination_canonical_service": "unknown",
+    "destination_canonical_revision": "unknown",
+    "destination_workload_namespace": "unknown",
+    "response_flags": "FI",
+}
 ANSWERS = {
     # the clients' reports
     "requests": [
@@ -67,6 +76,8 @@ ANSWERS = {
         requests("productpage-v1", "details-v1", 0.001, code="500"),  # 0.1 %: degraded
         requests("productpage-v1", "reviews-v1", 0.0, code="500"),  # a series without traffic in the window
         requests("productpage-v1", "unknown", 0.2, **EXTERNAL),  # no sidecar answered
+        # a fault reviews-v2's sidecar injected: no upstream host, so no destination workload; the service node
+        requests("reviews-v2", "unknown", 0.1, code="500", **FAULTED),
     ],
     # the servers' reports of callers without a sidecar
     "unknown_requests": [requests("unknown", "productpage-v1", 0.5, connection_security_policy="none")],
@@ -104,13 +115,20 @@ def test_versioned_app_graph_nodes_and_edges():
         "app:default:details:v1",
         "app:default:mongodb:v1",
         "service:default:PassthroughCluster",
+        "service:default:ratings",
         "unknown",
     }
     assert nodes["app:istio-system:istio-ingressgateway:latest"]["isGateway"] is True
     assert nodes["app:istio-system:istio-ingressgateway:latest"]["name"] == "istio-ingressgateway"
     assert nodes["app:default:reviews:v2"]["name"] == "reviews v2"
     assert nodes["service:default:PassthroughCluster"]["isExternal"] is True
+    assert (nodes["service:default:ratings"]["name"], nodes["service:default:ratings"]["isExternal"]) == (
+        "ratings",
+        False,
+    )
     assert nodes["unknown"]["nodeType"] == "unknown"
+    faulted = edges["app:default:reviews:v2->service:default:ratings"]
+    assert (faulted["rps"], faulted["errorRate"], faulted["health"]) == (0.1, 100.0, "failing")
     assert nodes["app:default:productpage:v1"]["rpsIn"] == 2.5
     assert nodes["app:default:productpage:v1"]["rpsOut"] == 2.7
     assert nodes["app:default:ratings:v1"]["health"] == "failing"
@@ -138,7 +156,7 @@ def test_versioned_app_graph_nodes_and_edges():
         "na",
         True,
     )
-    assert len(edges) == 8
+    assert len(edges) == 9
 
 
 def test_workload_and_app_graphs_aggregate_differently():

@@ -3,7 +3,8 @@
 In: a `GraphQuery` (namespace, window, graph type), Prometheus' answers to the PromQL built here
 (`queries`, as label sets with values: `Series`), and the gateway workloads. Out: the graph as the
 dashboard's JSON (`build`): nodes (app, versioned app, workload or service nodes, as Kiali's graph types;
-gateways, unknown callers and hosts outside the mesh, e.g. PassthroughCluster, marked as such) and edges with
+gateways, unknown callers and hosts outside the mesh, e.g. PassthroughCluster, marked as such; a mesh
+service whose workload is not known, e.g. for a fault the client injected, as a service node) and edges with
 requests/s, error % (5xx), p95 latency, the share of mTLS traffic and TCP bytes/s, each with Kiali's
 default health (5xx ≥ 0.1 %: degraded, > 10 %: failing). Pure: no I/O, no clock.
 
@@ -126,8 +127,17 @@ def source_node(labels: Mapping[str, str], query: GraphQuery, gateways: set[tupl
 def destination_node(labels: Mapping[str, str], query: GraphQuery, gateways: set[tuple[str, str]]) -> dict:
     workload = labels.get("destination_workload", "")
     service_namespace = labels.get("destination_service_namespace", "")
-    if not _known(workload):  # no sidecar answered: a host outside the mesh, or PassthroughCluster
-        host = labels.get("destination_service") or labels.get("destination_service_name") or UNKNOWN
+    if not _known(workload):  # no sidecar answered: a fault the client injected, a host outside the mesh
+        name = labels.get("destination_service_name", "")
+        host = labels.get("destination_service") or name or UNKNOWN
+        if _known(service_namespace) and _known(name) and ".svc." in host:  # a mesh service: its service node
+            return {
+                "id": f"service:{service_namespace}:{name}",
+                "nodeType": "service",
+                "namespace": service_namespace,
+                "name": name,
+                "service": name,
+            }
         namespace = service_namespace if _known(service_namespace) else labels.get("source_workload_namespace", "")
         return {
             "id": f"service:{namespace}:{host}",

@@ -98,6 +98,7 @@ function drawGraph(data) {
   $("#graph-empty").hidden = data.nodes.length > 0;
   fillTable("graph-nodes", data.nodes, (tr, n) => {
     tr.dataset.nodeId = n.id;
+    tr.dataset.name = n.name;
     cell(tr, nodeLabel(n));
     cell(tr, n.isExternal ? "external service" : n.nodeType);
     cell(tr, n.namespace);
@@ -108,8 +109,8 @@ function drawGraph(data) {
   });
   fillTable("graph-edges", data.edges, (tr, e) => {
     tr.dataset.edgeId = e.id;
-    tr.dataset.source = e.source;
-    tr.dataset.target = e.target;
+    tr.dataset.source = names[e.source];
+    tr.dataset.target = names[e.target];
     tr.dataset.health = e.health;
     tr.dataset.rps = e.rps === null ? "" : String(e.rps);
     cell(tr, names[e.source]);
