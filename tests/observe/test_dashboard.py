@@ -203,10 +203,12 @@ def test_ratings_abort_turns_the_ratings_edges_red(bookinfo, load, urls, tmp_pat
                 timeout=(REFRESH + 2) * 1000,
             )
             assert time.monotonic() - said <= REFRESH + 2
-            colour = page.evaluate(
-                "cy.edges().filter(e => e.target().data('name').startsWith('ratings')).map(e => e.style('line-color'))"
+            drawn = page.evaluate(
+                "cy.edges().filter(e => e.target().data('name').startsWith('ratings'))"
+                ".map(e => [e.data('id'), e.data('health'), e.style('line-color').replace(/ /g, '')])"
             )
-            assert colour and all(c.replace(" ", "") == "rgb(211,47,47)" for c in colour), colour  # red, as #d32f2f
+            red = [edge for edge, health, colour in drawn if colour == "rgb(211,47,47)"]  # #d32f2f
+            assert red and red == [edge for edge, health, _ in drawn if health == "failing"], drawn
             page.screenshot(path=str(tmp_path / "graph-ratings-abort.png"))
         finally:
             deleted = bookinfo.plait("delete", *args)

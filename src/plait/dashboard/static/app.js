@@ -90,6 +90,7 @@ function drawGraph(data) {
   }
   cy.elements().remove();
   cy.add(elements);
+  cy.style().update(); // elements re-added under the same ids take their new data's colours
   cy.layout({ name: "dagre", rankDir: "LR", nodeSep: 30, rankSep: 120 }).run();
   if (cy.zoom() > 1.2) {
     cy.zoom(1.2); // a small graph is not blown up
