@@ -81,7 +81,8 @@ function drawGraph(data) {
         { selector: "node[?isExternal]", style: { "border-style": "dashed" } },
         { selector: "edge", style: { label: "data(label)", "line-color": "data(colour)",
           "target-arrow-color": "data(colour)", "target-arrow-shape": "triangle", "curve-style": "bezier",
-          width: 2, "font-size": 9, "text-background-color": "#fff", "text-background-opacity": 0.8 } },
+          width: 2, "font-size": 9, "text-rotation": "autorotate", "text-background-color": "#fff",
+          "text-background-opacity": 0.8 } },
         { selector: "edge[protocol = 'tcp']", style: { "line-style": "dashed" } },
         { selector: ":selected", style: { "overlay-opacity": 0.15 } },
       ],
@@ -91,7 +92,7 @@ function drawGraph(data) {
   cy.elements().remove();
   cy.add(elements);
   cy.style().update(); // elements re-added under the same ids take their new data's colours
-  cy.layout({ name: "dagre", rankDir: "LR", nodeSep: 30, rankSep: 120 }).run();
+  cy.layout({ name: "dagre", rankDir: "LR", nodeSep: 50, rankSep: 200 }).run();
   if (cy.zoom() > 1.2) {
     cy.zoom(1.2); // a small graph is not blown up
     cy.center();
