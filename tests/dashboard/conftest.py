@@ -68,6 +68,12 @@ class FakePrometheus(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.fixture
+def edge_labels() -> dict[str, str]:
+    """The labels of productpage-v1's calls to reviews-v1 (what the stand-ins report)."""
+    return dict(SERIES)
+
+
 @pytest.fixture(scope="package")
 def prometheus() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakePrometheus)

@@ -181,3 +181,61 @@ def test_traces_from_the_collector(control_plane):
     ]
     with pytest.raises(ClientError, match="404"):
         dashboard.get(f"/api/traces/{'b' * 16}")
+
+
+def test_without_prometheus_rates_come_from_the_proxies_own_stats(control_plane, edge_labels, tmp_path):
+    """A stand-in proxy whose /stats/prometheus counter grows by 10 requests (one 503) per read; the dashboard,
+    given the local mesh's targets file instead of Prometheus, reads it every 0.5 s."""
+    plane, _ = control_plane
+    common = ",".join(f'{k}="{v}"' for k, v in edge_labels.items())
+    reads = []
+
+    async def stats(_: web.Request) -> web.Response:
+        reads.append(1)
+        n = len(reads)
+        text = (
+            f'istio_requests_total{{reporter="source",{common},response_code="200"}} {9 * n}\n'
+            f'istio_requests_total{{reporter="source",{common},response_code="503"}} {n}\n'
+        )
+        return web.Response(text=text)
+
+    async def main() -> dict:
+        proxy = web.Application()
+        proxy.add_routes([web.get("/stats/prometheus", stats)])
+        proxy_runner = web.AppRunner(proxy, access_log=None)
+        await proxy_runner.setup()
+        await web.TCPSite(proxy_runner, "127.0.0.1", 0).start()
+        address = "{}:{}".format(*proxy_runner.addresses[0])
+        targets = tmp_path / "envoy-stats.json"
+        labels = {"namespace": "default", "pod": "productpage-v1-0", "__metrics_path__": "/stats/prometheus"}
+        targets.write_text(json.dumps([{"targets": [address], "labels": labels}]))
+        backends = Backends(api=f"http://127.0.0.1:{plane.http_port}", targets_file=targets)
+        runner = web.AppRunner(Dashboard(backends, read_interval=0.5).app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = "http://{}:{}/api/graph?type=workload".format(*runner.addresses[0])
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url) as response:  # before two reads: not yet
+                    assert (
+                        response.status == 503
+                        and "first rates come after two reads" in (await response.json())["error"]
+                    )
+                await asyncio.sleep(1.5)
+                async with session.get(url) as response:
+                    assert response.status == 200
+                    return await response.json()
+        finally:
+            await runner.cleanup()
+            await proxy_runner.cleanup()
+
+    answer = asyncio.run(main())
+    assert answer["source"] == "proxies"
+    [edge] = answer["edges"]
+    assert (edge["source"], edge["target"], edge["errorRate"], edge["health"]) == (
+        "workload:default:productpage-v1",
+        "workload:default:reviews-v1",
+        10.0,
+        "degraded",
+    )
+    assert edge["rps"] == pytest.approx(20.0, rel=0.3)  # 10 requests per 0.5 s, as timed by the event loop

@@ -217,3 +217,24 @@ def test_bad_query_names_field(field, value):
 def test_prometheus_error_is_reported():
     with pytest.raises(GraphError, match="bad_data: parse error"):
         graph.series({"status": "error", "errorType": "bad_data", "error": "parse error"})
+
+
+def test_evaluate_over_the_proxies_rates_answers_as_prometheus_would():
+    from plait.telemetry.stat import parse_exposition, rates
+
+    def exposition(ok: int, failed: int) -> str:
+        common = ",".join(f'{k}="{v}"' for k, v in labels("productpage-v1", "reviews-v1").items())
+        return (
+            f'istio_requests_total{{reporter="source",{common},response_code="200"}} {ok}\n'
+            f'istio_requests_total{{reporter="source",{common},response_code="503"}} {failed}\n'
+            f'istio_requests_total{{reporter="destination",{common.replace("unknown", "mutual_tls")},'
+            f'response_code="200"}} {ok}\n'
+        )
+
+    before = parse_exposition(exposition(10, 0), {"namespace": "default", "pod": "productpage-v1-0"})
+    after = parse_exposition(exposition(40, 10), {"namespace": "default", "pod": "productpage-v1-0"})
+    query = GraphQuery(type="workload")
+    answers = graph.evaluate(rates(before, after, 5.0), graph.asks(query))
+    assert sorted((row["response_code"], value) for row, value in answers["requests"]) == [("200", 6.0), ("503", 2.0)]
+    [edge] = build(query, answers)["edges"]
+    assert (edge["rps"], edge["errorRate"], edge["health"]) == (8.0, 25.0, "failing")

@@ -115,6 +115,13 @@ def control_plane(
     dashboard_prometheus: Annotated[
         str | None, typer.Option(help="The Prometheus the dashboard reads metrics from, e.g. http://127.0.0.1:9090.")
     ] = None,
+    dashboard_targets: Annotated[
+        Path | None,
+        typer.Option(
+            help="Without --dashboard-prometheus: a Prometheus file_sd JSON file naming the proxies whose "
+            "/stats/prometheus the dashboard reads itself (every 5 s)."
+        ),
+    ] = None,
     zipkin_port: Annotated[
         int,
         typer.Option(
@@ -246,7 +253,7 @@ def control_plane(
         mesh_config=mesh_config,
     )
     try:
-        asyncio.run(_serve(settings, dashboard_port, dashboard_prometheus))
+        asyncio.run(_serve(settings, dashboard_port, dashboard_prometheus, dashboard_targets))
     except CaError as exc:
         err.print(f"[red]error[/]: certificate authority: {exc}")
         raise typer.Exit(1) from None
@@ -258,7 +265,7 @@ def control_plane(
         raise typer.Exit(1) from None
 
 
-async def _serve(settings: Settings, dashboard_port: int, prometheus: str | None) -> None:
+async def _serve(settings: Settings, dashboard_port: int, prometheus: str | None, targets: Path | None) -> None:
     """The control plane, and beside it in this process the dashboard (reading the control plane's API)."""
     if not dashboard_port:
         return await run(settings)
@@ -268,6 +275,7 @@ async def _serve(settings: Settings, dashboard_port: int, prometheus: str | None
         api=f"http://{api_host}:{settings.http_port}",
         prometheus=prometheus.rstrip("/") if prometheus else None,
         zipkin=f"http://{api_host}:{settings.zipkin_port}" if settings.zipkin_port else None,
+        targets_file=targets,
         token_file=admin_token_path(settings.state_dir),
     )
     plane = asyncio.create_task(run(settings, stop=stop))

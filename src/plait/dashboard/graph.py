@@ -1,7 +1,8 @@
 """The dashboard's service graph (Kiali's graph) from Istio's standard metrics.
 
-In: a `GraphQuery` (namespace, window, graph type), Prometheus' answers to the PromQL built here
-(`queries`, as label sets with values: `Series`), and the gateway workloads. Out: the graph as the
+In: a `GraphQuery` (namespace, window, graph type), the answers to the sums it needs (`asks`): Prometheus'
+answers to their PromQL (`queries`, `series`), or the same sums computed over rates of the proxies' own
+series (`evaluate`), as label sets with values (`Series`); and the gateway workloads. Out: the graph as the
 dashboard's JSON (`build`): nodes (app, versioned app, workload or service nodes, as Kiali's graph types;
 gateways, unknown callers and hosts outside the mesh, e.g. PassthroughCluster, marked as such; a mesh
 service whose workload is not known, e.g. for a fault the client injected, as a service node) and edges with
@@ -21,8 +22,10 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from plait.telemetry.stat import histogram_quantile, selector
+from plait.telemetry import stat
+from plait.telemetry.stat import Sample, histogram_quantile, selector
 
 GRAPH_TYPES = ("app", "versionedApp", "workload", "service")
 WINDOWS = ("1m", "5m", "1h")
@@ -62,29 +65,55 @@ class GraphQuery:
             raise GraphError(f"window={self.window!r}: expected one of {', '.join(WINDOWS)}")
 
 
-def queries(query: GraphQuery) -> dict[str, str]:
-    """The PromQL the graph needs, by name: request rates by response code and mTLS (both reporters),
-    the duration histogram's bucket rates, TCP byte rates."""
-    by = ",".join(EDGE_LABELS)
+class Ask(NamedTuple):
+    """One sum the dashboard needs: the rate of `metric`'s series matching `matchers`, summed by `by`."""
 
-    def rate(metric: str, matchers: Mapping[str, str], extra: str) -> str:
-        return f"sum(rate({metric}{{{selector(matchers)}}}[{query.window}])) by ({by},{extra})"
+    metric: str
+    matchers: Mapping[str, str]
+    by: tuple[str, ...]
 
+    def promql(self, window: str) -> str:
+        return f"sum(rate({self.metric}{{{selector(self.matchers)}}}[{window}])) by ({','.join(self.by)})"
+
+
+def asks(query: GraphQuery) -> dict[str, Ask]:
+    """What the graph needs, by name: request rates by response code (both reporters), the duration
+    histogram's bucket rates, TCP byte rates, and the servers' view of mTLS."""
     client = {"reporter": "source"}
     unknown = {"reporter": "destination", "source_workload": UNKNOWN}
     server = {"reporter": "destination"}
+
+    def ask(metric: str, matchers: Mapping[str, str], *extra: str) -> Ask:
+        return Ask(metric, matchers, (*EDGE_LABELS, *extra))
+
     return {
-        "requests": rate("istio_requests_total", client, "request_protocol,response_code"),
-        "unknown_requests": rate("istio_requests_total", unknown, "request_protocol,response_code"),
-        "latency": rate("istio_request_duration_milliseconds_bucket", client, "le"),
-        "unknown_latency": rate("istio_request_duration_milliseconds_bucket", unknown, "le"),
-        "tcp_sent": rate("istio_tcp_sent_bytes_total", client, "request_protocol"),
-        "tcp_received": rate("istio_tcp_received_bytes_total", client, "request_protocol"),
-        "unknown_tcp_sent": rate("istio_tcp_sent_bytes_total", unknown, "request_protocol"),
-        "unknown_tcp_received": rate("istio_tcp_received_bytes_total", unknown, "request_protocol"),
-        "security": rate("istio_requests_total", server, "connection_security_policy"),
-        "tcp_security": rate("istio_tcp_sent_bytes_total", server, "connection_security_policy"),
+        "requests": ask("istio_requests_total", client, "request_protocol", "response_code"),
+        "unknown_requests": ask("istio_requests_total", unknown, "request_protocol", "response_code"),
+        "latency": ask("istio_request_duration_milliseconds_bucket", client, "le"),
+        "unknown_latency": ask("istio_request_duration_milliseconds_bucket", unknown, "le"),
+        "tcp_sent": ask("istio_tcp_sent_bytes_total", client, "request_protocol"),
+        "tcp_received": ask("istio_tcp_received_bytes_total", client, "request_protocol"),
+        "unknown_tcp_sent": ask("istio_tcp_sent_bytes_total", unknown, "request_protocol"),
+        "unknown_tcp_received": ask("istio_tcp_received_bytes_total", unknown, "request_protocol"),
+        "security": ask("istio_requests_total", server, "connection_security_policy"),
+        "tcp_security": ask("istio_tcp_sent_bytes_total", server, "connection_security_policy"),
     }
+
+
+def queries(query: GraphQuery) -> dict[str, str]:
+    """The PromQL of `asks`, over the query's window."""
+    return {name: ask.promql(query.window) for name, ask in asks(query).items()}
+
+
+def evaluate(rates: Iterable[Sample], wanted: Mapping[str, Ask]) -> dict[str, Series]:
+    """What Prometheus would answer to each ask, computed over per-second rates of the proxies' own series
+    (`plait.telemetry.stat.rates` of two reads): the same sums, as (labels, value) rows."""
+    rates = list(rates)
+    out = {}
+    for name, ask in wanted.items():
+        sums = stat.evaluate(rates, stat.Series(name, ask.metric), ask.matchers, ask.by)
+        out[name] = [(dict(zip(ask.by, key)), value) for key, value in sums.items()]
+    return out
 
 
 def series(answer: Mapping) -> Series:

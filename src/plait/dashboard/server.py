@@ -15,7 +15,8 @@ In: the control plane's HTTP API (`Backends.api`, its admin token when it has on
 (`Backends.prometheus`) and the control plane's trace collector (`Backends.zipkin`, Zipkin's read API).
 Out: JSON built by `graph` and `views`. Access as the control plane's API:
 callers on the host itself (127.0.0.1, ::1) need nothing, others the admin token (``Authorization:
-Bearer``). Without Prometheus the metric endpoints answer 503 saying so.
+Bearer``). Without Prometheus the figures are rates between the last two reads of every proxy's own stats
+(`ProxyStats`, given the targets file), or, without that either, the metric endpoints answer 503 saying so.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ from plait.analysis import Inputs, analyze
 from plait.analysis.analyzers import KubeObject
 from plait.analysis.inputs import Reading
 from plait.dashboard import graph, views
+from plait.telemetry.stat import Sample, parse_exposition, rates
 
 log = logging.getLogger("plait.dashboard")
 STATIC = Path(__file__).parent / "static"
@@ -57,6 +60,7 @@ class Backends:
     api: str  # the control plane's HTTP API, e.g. http://127.0.0.1:15014
     prometheus: str | None = None
     zipkin: str | None = None  # the control plane's trace collector (Zipkin's read API)
+    targets_file: Path | None = None  # without Prometheus: the proxies to read (Prometheus' file_sd JSON)
     token_file: Path | None = None  # the control plane's admin token (read when needed: created at its start)
 
     def token(self) -> str | None:
@@ -66,9 +70,11 @@ class Backends:
 
 
 class Dashboard:
-    def __init__(self, backends: Backends):
-        self.backends = backends
+    def __init__(self, backends: Backends, read_interval: float = 5.0):
+        self.backends, self.read_interval = backends, read_interval
         self.session: aiohttp.ClientSession | None = None
+        self.proxies: ProxyStats | None = None
+        self._reading: asyncio.Task | None = None
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._access, self._errors])
@@ -93,8 +99,14 @@ class Dashboard:
 
     async def _open(self, _: web.Application) -> None:
         self.session = aiohttp.ClientSession(timeout=TIMEOUT)
+        if not self.backends.prometheus and self.backends.targets_file is not None:
+            self.proxies = ProxyStats(self.backends.targets_file, self.session, self.read_interval)
+            self._reading = asyncio.create_task(self.proxies.run())
 
     async def _close(self, _: web.Application) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+            await asyncio.gather(self._reading, return_exceptions=True)
         if self.session is not None:
             await self.session.close()
 
@@ -139,18 +151,33 @@ class Dashboard:
     async def _control_plane(self, path: str, params: dict | None = None) -> object:
         return await self._get(self.backends.api, path, "the control plane", params)
 
-    async def _prometheus(self, queries: dict[str, str]) -> dict[str, graph.Series]:
-        if not self.backends.prometheus:
-            raise BackendError(
-                "no Prometheus: the dashboard's figures come from the mesh's Prometheus (locally 'plait up' starts "
-                "one when Debian's prometheus is installed; on Kubernetes: plait install --set addons.prometheus=true)",
-                status=503,
+    async def _metrics(self, wanted: dict[str, graph.Ask], window: str) -> tuple[dict[str, graph.Series], str]:
+        """The sums `wanted` over `window` from Prometheus, else over the proxies' last read interval; and which."""
+        if self.backends.prometheus:
+            names = list(wanted)
+            answers = await asyncio.gather(
+                *(
+                    self._get(
+                        self.backends.prometheus, "/api/v1/query", "Prometheus", {"query": wanted[n].promql(window)}
+                    )
+                    for n in names
+                )
             )
-        names = list(queries)
-        answers = await asyncio.gather(
-            *(self._get(self.backends.prometheus, "/api/v1/query", "Prometheus", {"query": queries[n]}) for n in names)
+            return {name: graph.series(answer) for name, answer in zip(names, answers)}, "prometheus"
+        if self.proxies is not None:
+            rates = self.proxies.latest
+            if rates is None:
+                raise BackendError(
+                    f"no Prometheus: reading the proxies' stats every {self.proxies.interval:.0f} s; the first rates "
+                    "come after two reads",
+                    status=503,
+                )
+            return graph.evaluate(rates, wanted), "proxies"
+        raise BackendError(
+            "no Prometheus: the dashboard's figures come from the mesh's Prometheus (locally 'plait up' starts "
+            "one when Debian's prometheus is installed; on Kubernetes: plait install --set addons.prometheus=true)",
+            status=503,
         )
-        return {name: graph.series(answer) for name, answer in zip(names, answers)}
 
     # ------------------------------------------------------------ routes
 
@@ -160,19 +187,19 @@ class Dashboard:
     async def graph(self, request: web.Request) -> web.Response:
         q = request.query
         query = graph.GraphQuery(q.get("namespace", "default"), q.get("window", "1m"), q.get("type", "versionedApp"))
-        answers, registry, syncz = await asyncio.gather(
-            self._prometheus(graph.queries(query)),
+        (answers, source), registry, syncz = await asyncio.gather(
+            self._metrics(graph.asks(query), query.window),
             self._control_plane("/api/v1/workloads"),
             self._control_plane("/debug/syncz"),
         )
         gateways = views.gateways(registry, syncz)
-        return web.json_response(graph.build(query, answers, gateways, source="prometheus"))
+        return web.json_response(graph.build(query, answers, gateways, source=source))
 
     async def _health(self, window: str) -> dict[str, graph.Series]:
         if window not in graph.WINDOWS:
             raise graph.GraphError(f"window={window!r}: expected one of {', '.join(graph.WINDOWS)}")
         try:
-            return await self._prometheus(views.health_queries(window))
+            return (await self._metrics(views.health_asks(), window))[0]
         except BackendError as error:
             log.debug("no health figures: %s", error)
             return {}
@@ -266,6 +293,46 @@ class Dashboard:
             except (aiohttp.ClientError, ConnectionResetError):
                 pass
             return response
+
+
+class ProxyStats:
+    """Without Prometheus: every proxy's ``/stats/prometheus`` (the targets of a Prometheus ``file_sd`` file, as
+    the local mesh writes it) read every `interval` seconds; `latest` holds the per-second rates between the
+    last two reads (as ``plait stat --direct``), whatever window is asked."""
+
+    def __init__(self, targets_file: Path, session: aiohttp.ClientSession, interval: float = 5.0):
+        self.targets_file, self.session, self.interval = targets_file, session, interval
+        self.latest: list[Sample] | None = None
+
+    async def run(self) -> None:
+        previous, then = None, 0.0
+        while True:
+            now = time.monotonic()
+            samples = await self.read()
+            if previous is not None:
+                self.latest = rates(previous, samples, now - then)
+            previous, then = samples, now
+            await asyncio.sleep(self.interval)
+
+    async def read(self) -> list[Sample]:
+        try:
+            groups = json.loads(self.targets_file.read_text())
+        except FileNotFoundError:
+            return []  # no proxy started yet
+        except (OSError, ValueError) as error:
+            log.warning("cannot read the proxies to scrape from %s: %s", self.targets_file, error)
+            return []
+        reads = [self._read(address, group.get("labels", {})) for group in groups for address in group["targets"]]
+        return [sample for samples in await asyncio.gather(*reads) for sample in samples]
+
+    async def _read(self, address: str, labels: dict) -> list[Sample]:
+        path = labels.get("__metrics_path__", "/stats/prometheus")
+        try:
+            async with self.session.get(f"http://{address}{path}", timeout=aiohttp.ClientTimeout(total=3)) as r:
+                text = await r.text() if r.status == 200 else ""
+        except (aiohttp.ClientError, TimeoutError):
+            return []
+        return parse_exposition(text, {k: labels[k] for k in ("namespace", "pod") if k in labels})
 
 
 def _analysis_inputs(items: list[dict], registry: list[dict]) -> Inputs:

@@ -1,7 +1,7 @@
 """The dashboard's lists (Workloads, Services, Istio config, Traces) from the control plane and Prometheus.
 
 In: the control plane's answers (``/api/v1/workloads``, ``/debug/syncz``, ``/api/v1/config``), rates from
-Prometheus (`health_queries`, answered as `graph.Series`), analysis messages, and Zipkin v2 spans from the
+Prometheus or the proxies (`health_asks`, answered as `graph.Series`), analysis messages, and Zipkin v2 spans from the
 trace collector. Out: JSON-ready lists, each row with its health (Kiali's thresholds, `graph.health`),
 sidecar presence and proxy sync state; traces summarised and as a waterfall. Pure.
 """
@@ -11,19 +11,25 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-from plait.dashboard.graph import Series, health
+from plait.dashboard.graph import Ask, Series, health
 from plait.telemetry.metrics import WORKLOAD_NAME_LABEL
 
 GATEWAY_LABELS = {"istio": ("ingressgateway", "egressgateway")}
 
 
-def health_queries(window: str) -> dict[str, str]:
+def health_asks() -> dict[str, Ask]:
     """Requests received per workload (the server's reports) and per service (the clients'), by code."""
     return {
-        "workloads": f'sum(rate(istio_requests_total{{reporter="destination"}}[{window}])) '
-        "by (destination_workload_namespace,destination_workload,response_code)",
-        "services": f'sum(rate(istio_requests_total{{reporter="source"}}[{window}])) '
-        "by (destination_service_namespace,destination_service_name,response_code)",
+        "workloads": Ask(
+            "istio_requests_total",
+            {"reporter": "destination"},
+            ("destination_workload_namespace", "destination_workload", "response_code"),
+        ),
+        "services": Ask(
+            "istio_requests_total",
+            {"reporter": "source"},
+            ("destination_service_namespace", "destination_service_name", "response_code"),
+        ),
     }
 
 

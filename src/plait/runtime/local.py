@@ -461,8 +461,7 @@ class LocalMesh:
         self.processes[pod.name] = process
         pod.pid, pod.started_at = process.pid, time.time()
         self.state.save()
-        if self.prometheus_port:
-            self._write_scrape_targets()
+        self._write_scrape_targets()  # Prometheus' targets, and the dashboard's without Prometheus
 
     async def _supervise(self, pod: Pod) -> None:
         """Restart a pod whose process exited, with exponential backoff, until the mesh stops."""
