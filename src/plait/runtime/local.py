@@ -574,7 +574,10 @@ class LocalMesh:
                 *(
                     ["--dashboard-prometheus", f"http://127.0.0.1:{self.prometheus_port}"]
                     if self.prometheus_port
-                    else []
+                    else [
+                        "--dashboard-targets",
+                        str((self.prometheus_dir / "targets" / scrape.ENVOY_STATS_FILE).resolve()),
+                    ]
                 ),
             ],
             "control-plane",
