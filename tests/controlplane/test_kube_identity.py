@@ -249,13 +249,12 @@ spec:
   - from:
     - source: {}
 """
-TELEMETRY = """
-apiVersion: telemetry.istio.io/v1
-kind: Telemetry
+WASM_PLUGIN = """
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
 metadata: {name: mesh-default, namespace: shop}
 spec:
-  accessLogging:
-  - providers: [{name: envoy}]
+  url: oci://registry.test/filters/auth:1
 """
 
 
@@ -321,7 +320,7 @@ def test_kubectl_apply_of_invalid_istio_config_is_refused_with_plaits_message(cl
             ok, message = await asyncio.to_thread(kubectl_apply, cluster, INVALID_VS)  # an UPDATE is checked too
             assert not ok and "is not a duration" in message
 
-            ok, message = await asyncio.to_thread(kubectl_apply, cluster, TELEMETRY)  # a kind plait does not read
+            ok, message = await asyncio.to_thread(kubectl_apply, cluster, WASM_PLUGIN)  # a kind plait does not read
             assert ok, message
         finally:
             await runner.cleanup()
@@ -329,7 +328,7 @@ def test_kubectl_apply_of_invalid_istio_config_is_refused_with_plaits_message(cl
         ok, message = await asyncio.to_thread(kubectl_apply, cluster, VALID_VS.replace("5s", "6s"))
         assert not ok and "failed calling webhook" in message
         # … but other kinds are never sent to it
-        ok, message = await asyncio.to_thread(kubectl_apply, cluster, TELEMETRY.replace("mesh-default", "other"))
+        ok, message = await asyncio.to_thread(kubectl_apply, cluster, WASM_PLUGIN.replace("mesh-default", "other"))
         assert ok, message
         await asyncio.to_thread(cluster.kubectl, "delete", "validatingwebhookconfiguration", "istio-validator-test")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import subprocess
 import sys
 import urllib.error
@@ -408,3 +409,28 @@ def test_plait_dashboard_prometheus_forwards_to_the_addon_as_istioctl_does(booki
     finally:
         dashboard.terminate()
         assert dashboard.wait(timeout=20) == 0
+
+
+def test_a_sampled_request_is_traced_through_istiods_collector_and_plait_traces_reads_it(bookinfo):
+    """Istio's default ``zipkin.istio-system:9411`` is istiod's collector (the Service ``zipkin`` install
+    makes): a page load under a sampled B3 trace of our own gives spans of the gateway and Bookinfo's
+    sidecars sharing its id, and ``plait traces TRACE_ID -o json`` (port-forwarded to istiod) returns them."""
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    request = urllib.request.Request(bookinfo.ingress_url("/productpage"))
+    for name, value in (("x-b3-traceid", trace_id), ("x-b3-spanid", span_id), ("x-b3-sampled", "1")):
+        request.add_header(name, value)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+    def spans() -> list[dict]:
+        shown = bookinfo.plait("traces", trace_id, "-o", "json")
+        assert shown.returncode == 0, shown.stderr
+        found = json.loads(shown.stdout)
+        services = {s["localEndpoint"]["serviceName"] for s in found}
+        assert {"istio-ingressgateway.istio-system", f"productpage.{NAMESPACE}", f"details.{NAMESPACE}"} <= services, (
+            services
+        )
+        return found
+
+    found = eventually(spans, timeout=60, interval=3)
+    assert {s["traceId"] for s in found} == {trace_id}
