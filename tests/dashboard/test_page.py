@@ -31,6 +31,9 @@ def test_every_page_renders_without_errors(control_plane):
         ]
         assert [r[0] for r in rows(page, "graph-nodes")] == ["productpage-v1", "reviews-v1"]
         assert page.eval_on_selector("#cy canvas", "c => c.width > 0")  # cytoscape drew
+        page.evaluate("cy.edges()[0].emit('tap')")  # as a click on the edge: its figures beside the graph
+        details = page.inner_text("#details")
+        assert "Requests/s\t4.00" in details and "Success %\t75.00" in details and "Health\tfailing" in details
         page.click("a[data-page=workloads]")
         page.wait_for_selector("#workloads tbody tr")
         assert [r[0] for r in rows(page, "workloads")] == ["reviews-v1-0"]
