@@ -16,12 +16,14 @@ import typer
 import yaml
 from rich.table import Table
 
+from plait import dashboard
 from plait.api.common import parse_duration
 from plait.api.errors import Problem
 from plait.api.loader import yaml_files
 from plait.ca.authority import MAX_WORKLOAD_TTL, CaError
 from plait.cli.console import err, out, print_problems
 from plait.client import ClientError, Http, control_plane_url
+from plait.controlplane.api import admin_token_path
 from plait.controlplane.app import Settings, run
 from plait.controlplane.injector import control_plane_address
 from plait.controlplane.meshfile import mesh_config_update
@@ -103,6 +105,23 @@ def control_plane(
         int, typer.Option(help="Plaintext ADS (gRPC) port for Envoy, unauthenticated; none with --xds-auth strict.")
     ] = 15010,
     http_port: Annotated[int, typer.Option(help="HTTP API, debug and /metrics port.")] = 15014,
+    dashboard_port: Annotated[
+        int,
+        typer.Option(
+            help="The mesh dashboard's port (Kiali's 20001; 0: none), bound on --host; open to the host itself, "
+            "others need the admin token. 'plait dashboard' opens it."
+        ),
+    ] = 0,
+    dashboard_prometheus: Annotated[
+        str | None, typer.Option(help="The Prometheus the dashboard reads metrics from, e.g. http://127.0.0.1:9090.")
+    ] = None,
+    dashboard_targets: Annotated[
+        Path | None,
+        typer.Option(
+            help="Without --dashboard-prometheus: a Prometheus file_sd JSON file naming the proxies whose "
+            "/stats/prometheus the dashboard reads itself (every 5 s)."
+        ),
+    ] = None,
     zipkin_port: Annotated[
         int,
         typer.Option(
@@ -234,7 +253,7 @@ def control_plane(
         mesh_config=mesh_config,
     )
     try:
-        asyncio.run(run(settings))
+        asyncio.run(_serve(settings, dashboard_port, dashboard_prometheus, dashboard_targets))
     except CaError as exc:
         err.print(f"[red]error[/]: certificate authority: {exc}")
         raise typer.Exit(1) from None
@@ -244,6 +263,28 @@ def control_plane(
     except OSError as exc:
         err.print(f"[red]error[/]: cannot start the control plane: {exc}")
         raise typer.Exit(1) from None
+
+
+async def _serve(settings: Settings, dashboard_port: int, prometheus: str | None, targets: Path | None) -> None:
+    """The control plane, and beside it in this process the dashboard (reading the control plane's API)."""
+    if not dashboard_port:
+        return await run(settings)
+    stop = asyncio.Event()
+    api_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    backends = dashboard.Backends(
+        api=f"http://{api_host}:{settings.http_port}",
+        prometheus=prometheus.rstrip("/") if prometheus else None,
+        zipkin=f"http://{api_host}:{settings.zipkin_port}" if settings.zipkin_port else None,
+        targets_file=targets,
+        token_file=admin_token_path(settings.state_dir),
+    )
+    plane = asyncio.create_task(run(settings, stop=stop))
+    board = asyncio.create_task(dashboard.serve(backends, settings.host, dashboard_port, stop))
+    done, _ = await asyncio.wait((plane, board), return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    await asyncio.gather(plane, board, return_exceptions=True)
+    for task in done:
+        task.result()  # a failure to start (a port in use) is raised here
 
 
 def check_mesh_config(path: Path, inject: InjectSettings) -> None:

@@ -1,7 +1,9 @@
-"""`plait dashboard prometheus`: the address of the mesh's Prometheus, printed and (with a browser present)
-opened, as `istioctl dashboard prometheus`. In: the local mesh's state (``state.json``), or on Kubernetes
-the addon's pod (``app=prometheus`` in the control plane's namespace), port-forwarded through the API
-server until Ctrl-C. Out: the URL on stdout; an error naming how to get a Prometheus when there is none."""
+"""`plait dashboard` (also `plait dashboard kiali`): the mesh dashboard the control plane serves (its graph,
+workloads, services, config, live calls), and `plait dashboard prometheus`: the mesh's Prometheus; each
+printed and (with a browser present) opened, as `istioctl dashboard kiali|prometheus`. In: the local mesh's
+state (``state.json``), or on Kubernetes the pod (istiod, ``app=istiod``; the addon's ``app=prometheus``)
+in the control plane's namespace, port-forwarded through the API server until Ctrl-C. Out: the URL on
+stdout; an error naming how to get one when there is none."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from plait.cli.proxies import IstioNamespace, Kubeconfig
 from plait.runtime.local import PROMETHEUS_INSTALL, State
 
 PROMETHEUS_PORT = 9090  # the addon's (Istio's)
+DASHBOARD_PORT = 20001  # istiod's dashboard port (Kiali's)
 ADDON = "plait install --set addons.prometheus=true -y"
 
 StateDir = Annotated[Path, typer.Option(help="The local mesh's run directory.")]
@@ -74,11 +77,60 @@ def prometheus(
         open_in_browser(state.prometheus)
 
 
+def mesh(
+    state_dir: StateDir = Path(".plait"),
+    browser: Annotated[bool, typer.Option(help="Open it in a browser when one is present.")] = True,
+    kubeconfig: Kubeconfig = None,
+    istio_namespace: IstioNamespace = "istio-system",
+    port: Annotated[int, typer.Option(help="On Kubernetes: the local port to forward (0: any free one).")] = 20001,
+) -> None:
+    """The mesh dashboard: print its URL and open it (the graph, workloads, services, Istio config, live calls).
+
+    Locally ('plait up', 'plait demo bookinfo') the control plane serves it on localhost:20001. On
+    Kubernetes ($KUBECONFIG or --kubeconfig, and no local mesh in --state-dir) istiod's port 20001 is
+    forwarded to localhost:--port through the API server, as 'istioctl dashboard kiali' does, until Ctrl-C.
+
+    Example: [bold]plait dashboard[/]   [bold]plait dashboard --browser=false[/] (only print the URL)
+    """
+    state = State.load(state_dir)
+    if kubeconfig or (state is None and os.environ.get("KUBECONFIG")):
+        return _forward(kubeconfig, istio_namespace, "app=istiod", DASHBOARD_PORT, port, browser, "istiod's dashboard")
+    if state is None:
+        err.print(
+            f"[red]error[/]: no mesh running from {state_dir} (start one with 'plait up' or 'plait demo bookinfo'; "
+            "on Kubernetes set KUBECONFIG or --kubeconfig)"
+        )
+        raise typer.Exit(1)
+    if not state.dashboard:
+        err.print("[red]error[/]: this mesh was started by an older plait, without the dashboard: restart it")
+        raise typer.Exit(1)
+    out.print(state.dashboard, markup=False, highlight=False)
+    if browser:
+        open_in_browser(state.dashboard)
+
+
+def _without_command(
+    context: typer.Context,
+    state_dir: StateDir = Path(".plait"),
+    browser: Annotated[bool, typer.Option(help="Open it in a browser when one is present.")] = True,
+    kubeconfig: Kubeconfig = None,
+    istio_namespace: IstioNamespace = "istio-system",
+    port: Annotated[int, typer.Option(help="On Kubernetes: the local port to forward (0: any free one).")] = 20001,
+) -> None:
+    """The mesh dashboard (as 'plait dashboard kiali'), or the dashboard a subcommand names."""
+    if context.invoked_subcommand is None:
+        mesh(state_dir, browser, kubeconfig, istio_namespace, port)
+
+
 def _forward_prometheus(kubeconfig: str | None, namespace: str, port: int, browser: bool) -> None:
-    """Forward `port` to the addon's pod until SIGINT/SIGTERM."""
+    _forward(kubeconfig, namespace, "app=prometheus", PROMETHEUS_PORT, port, browser, f"the Prometheus addon: {ADDON}")
+
+
+def _forward(kubeconfig: str | None, namespace: str, selector: str, remote: int, port: int, browser: bool, what: str):
+    """Forward `port` to `remote` of the first ready pod with `selector` until SIGINT/SIGTERM."""
     try:
-        pod = ready_pods(kubeconfig, namespace, "app=prometheus")[0]
-        with PortForward(kubeconfig, namespace, PROMETHEUS_PORT, pod=pod, local_port=port) as address:
+        pod = ready_pods(kubeconfig, namespace, selector)[0]
+        with PortForward(kubeconfig, namespace, remote, pod=pod, local_port=port) as address:
             url = f"http://{address.replace('127.0.0.1', 'localhost')}"
             out.print(url, markup=False, highlight=False)
             sys.stdout.flush()
@@ -89,7 +141,7 @@ def _forward_prometheus(kubeconfig: str | None, namespace: str, port: int, brows
                 signal.signal(sig, lambda *_: stop.set())
             stop.wait()
     except ForwardError as error:
-        err.print(f"[red]error[/]: {escape(str(error))}; the Prometheus addon: {ADDON}", highlight=False)
+        err.print(f"[red]error[/]: {escape(str(error))}; {what}", highlight=False)
         raise typer.Exit(1) from None
     except OSError as error:
         err.print(f"[red]error[/]: cannot listen on localhost:{port}: {error.strerror or error} (try --port 0)")
@@ -97,8 +149,8 @@ def _forward_prometheus(kubeconfig: str | None, namespace: str, port: int, brows
 
 
 def register(app: typer.Typer) -> None:
-    dashboard = typer.Typer(
-        name="dashboard", help="Open the mesh's dashboards (as istioctl dashboard).", no_args_is_help=True
-    )
+    dashboard = typer.Typer(name="dashboard", help="Open the mesh's dashboards (as istioctl dashboard).")
+    dashboard.callback(invoke_without_command=True)(_without_command)
+    dashboard.command("kiali")(mesh)
     dashboard.command("prometheus")(prometheus)
     app.add_typer(dashboard, name="dashboard")

@@ -320,6 +320,8 @@ def _detach(
                 )
                 if state.prometheus:
                     out.print(f"Prometheus: {state.prometheus}  ('plait dashboard prometheus', 'plait stat deploy')")
+                if state.dashboard:
+                    out.print(f"Dashboard: {state.dashboard}  ('plait dashboard')")
                 return
             crashing = crash_looping(state.pods, ready_pods(rows)) if state else []
             if crashing:

@@ -58,6 +58,7 @@ STATE_FILE = "state.json"
 PROMETHEUS_DIR = "prometheus"  # in the state dir: prometheus.yml, targets/, data/
 PROMETHEUS_INSTALL = "apt-get install prometheus"
 PROMETHEUS_ADDON_PORT = 9090  # Istio's prometheus addon's port
+DASHBOARD_PORT = 20001  # the control plane's dashboard (Kiali's port)
 
 
 @dataclass
@@ -96,6 +97,7 @@ class State:
     external_hosts: dict[str, str] = field(default_factory=dict)
     prometheus: str = ""  # its URL when the mesh runs one
     prometheus_pid: int | None = None
+    dashboard: str = ""  # the control plane's dashboard URL
 
     def save(self) -> None:
         path = Path(self.state_dir) / STATE_FILE
@@ -470,8 +472,7 @@ class LocalMesh:
         self.processes[pod.name] = process
         pod.pid, pod.started_at = process.pid, time.time()
         self.state.save()
-        if self.prometheus_port:
-            self._write_scrape_targets()
+        self._write_scrape_targets()  # Prometheus' targets, and the dashboard's without Prometheus
 
     # ------------------------------------------------------------ Gateway API gateways
 
@@ -619,7 +620,7 @@ class LocalMesh:
     # ------------------------------------------------------------ the mesh
 
     async def _start_control_plane(self) -> None:
-        for port in (CA_PORT, API_PORT):
+        for port in (CA_PORT, API_PORT, DASHBOARD_PORT):
             if not _port_free(port):
                 raise RuntimeError(
                     f"port {port} is in use: another control plane (another 'plait up'?) is "
@@ -642,9 +643,20 @@ class LocalMesh:
                 str(self.control_plane_state),
                 "--host",
                 host,
+                "--dashboard-port",
+                str(DASHBOARD_PORT),
+                *(
+                    ["--dashboard-prometheus", f"http://127.0.0.1:{self.prometheus_port}"]
+                    if self.prometheus_port
+                    else [
+                        "--dashboard-targets",
+                        str((self.prometheus_dir / "targets" / scrape.ENVOY_STATS_FILE).resolve()),
+                    ]
+                ),
             ],
             "control-plane",
         )
+        self.state.dashboard = f"http://127.0.0.1:{DASHBOARD_PORT}"
         self.state.control_plane_pid = self.control_plane.pid
         api = Http(f"http://127.0.0.1:{API_PORT}")
         deadline = time.monotonic() + 30

@@ -1,0 +1,65 @@
+"""The dashboard's page in real headless Chromium (Debian's, driven by Playwright), against the control plane
+of conftest.py: every page renders what the JSON API says, with no console error and no request to any other
+origin; the graph's figures are in its tables as text. (Bookinfo under load: tests/observe/test_dashboard.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from plait.testing.chromium import chromium_page, chromium_path
+
+pytestmark = pytest.mark.skipif(chromium_path() is None, reason="Debian's chromium is not installed")
+
+
+def rows(page, table: str) -> list[list[str]]:
+    return [
+        [c.strip() for c in r]
+        for r in page.eval_on_selector_all(
+            f"#{table} tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+        )
+    ]
+
+
+def test_every_page_renders_without_errors(control_plane):
+    _, dashboard = control_plane
+    with chromium_page(dashboard.base) as browser:
+        page = browser.page
+        page.goto(f"{dashboard.base}/?namespace=default&window=5m&type=workload#graph")
+        page.wait_for_selector("#graph-edges tbody tr")
+        assert rows(page, "graph-edges") == [
+            ["productpage-v1", "reviews-v1", "http", "4.00", "25.0", "-", "yes", "-", "failing"]
+        ]
+        assert [r[0] for r in rows(page, "graph-nodes")] == ["productpage-v1", "reviews-v1"]
+        assert page.eval_on_selector("#cy canvas", "c => c.width > 0")  # cytoscape drew
+        page.evaluate("cy.edges()[0].emit('tap')")  # as a click on the edge: its figures beside the graph
+        details = page.inner_text("#details")
+        assert "Requests/s\t4.00" in details and "Success %\t75.00" in details and "Health\tfailing" in details
+        page.click("a[data-page=workloads]")
+        page.wait_for_selector("#workloads tbody tr")
+        assert [r[0] for r in rows(page, "workloads")] == ["reviews-v1-0"]
+        page.select_option("#namespace", "istio-system")
+        page.wait_for_function("document.querySelector('#workloads tbody tr td').textContent === 'ingress-0'")
+        page.select_option("#namespace", "default")
+        page.click("a[data-page=services]")
+        page.wait_for_selector("#services tbody tr")
+        assert rows(page, "services")[0][:4] == ["reviews", "Service", "default", "9080"]
+        page.click("a[data-page=config]")
+        page.wait_for_selector("#config tbody tr")
+        [vs] = rows(page, "config")
+        assert vs[:4] == ["VirtualService", "default", "reviews", "✘"] and "IST0101" in vs[4]
+        page.click("a[data-page=traces]")
+        page.wait_for_function("document.body.dataset.loaded && location.hash === '#traces'")
+        page.click("a[data-page=live]")
+        page.wait_for_selector("#tap-target option", state="attached")
+        assert page.eval_on_selector_all("#tap-target option", "o => o.map(x => x.value)") == ["deploy/reviews-v1"]
+        assert page.inner_text("#status") == ""
+    assert browser.problems == []
+
+
+def test_a_request_elsewhere_is_caught(control_plane):
+    _, dashboard = control_plane
+    with chromium_page(dashboard.base) as browser:
+        browser.page.goto(dashboard.base + "/")
+        browser.page.evaluate("fetch('http://192.0.2.1/').catch(() => {})")
+        browser.page.wait_for_timeout(200)
+    assert any("request to another origin: http://192.0.2.1/" in p for p in browser.problems), browser.problems
