@@ -390,22 +390,55 @@ spec:
         bookinfo.kubectl("delete", "telemetry", "errors-only", "-n", "istio-system")
 
 
-def test_plait_dashboard_prometheus_forwards_to_the_addon_as_istioctl_does(bookinfo):
-    """``plait dashboard prometheus`` with KUBECONFIG: the addon's pod through a port-forward, its URL printed,
-    until stopped."""
+def dashboard_url(bookinfo: MeshNode, *args: str) -> tuple[subprocess.Popen, str]:
+    """``plait dashboard ARGS --no-browser --port 0`` with KUBECONFIG: the process and the URL it printed."""
     dashboard = subprocess.Popen(
-        [sys.executable, "-m", "plait", "dashboard", "prometheus", "--no-browser", "--port", "0"],
+        [sys.executable, "-m", "plait", "dashboard", *args, "--no-browser", "--port", "0"],
         env=bookinfo.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=Path(bookinfo.cluster.dir),
     )
+    url = dashboard.stdout.readline().strip()
+    if not url.startswith("http://localhost:"):
+        dashboard.kill()
+        raise AssertionError((url, dashboard.stderr.read()))
+    return dashboard, url
+
+
+def test_plait_dashboard_prometheus_forwards_to_the_addon_as_istioctl_does(bookinfo):
+    """``plait dashboard prometheus`` with KUBECONFIG: the addon's pod through a port-forward, its URL printed,
+    until stopped."""
+    dashboard, url = dashboard_url(bookinfo, "prometheus")
     try:
-        url = dashboard.stdout.readline().strip()
-        assert url.startswith("http://localhost:"), (url, dashboard.stderr.read() if dashboard.poll() else "")
         with urllib.request.urlopen(url + "/api/v1/query?query=up", timeout=10) as response:
             assert json.loads(response.read())["status"] == "success"
+    finally:
+        dashboard.terminate()
+        assert dashboard.wait(timeout=20) == 0
+
+
+def test_plait_dashboard_forwards_to_istiods_dashboard_whose_graph_has_bookinfos_edges(bookinfo):
+    """``plait dashboard`` (istioctl dashboard kiali's habit): istiod's dashboard on 20001, port-forwarded; its
+    graph API, reading the addon's Prometheus, has productpage's calls to details and reviews."""
+    dashboard, url = dashboard_url(bookinfo)
+    try:
+
+        def graph() -> dict:
+            bookinfo.product_page()
+            with urllib.request.urlopen(
+                url + f"/api/graph?namespace={NAMESPACE}&window=5m&type=workload", timeout=20
+            ) as r:
+                found = json.loads(r.read())
+            names = {n["id"]: n["name"] for n in found["nodes"]}
+            pairs = {(names[e["source"]], names[e["target"]]) for e in found["edges"]}
+            assert {("productpage-v1", "details-v1"), ("productpage-v1", "reviews-v2")} <= pairs, pairs
+            return found
+
+        eventually(graph, timeout=90, interval=5)
+        with urllib.request.urlopen(url + "/", timeout=10) as page:
+            assert page.status == 200 and "<html" in page.read().decode().lower()
     finally:
         dashboard.terminate()
         assert dashboard.wait(timeout=20) == 0

@@ -41,6 +41,7 @@ TOKEN_AUDIENCE = "istio-ca"
 ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"
 PROXY_UID = 1337
 STATUS_PORT = 15021
+DASHBOARD_PORT = 20001  # the mesh dashboard (Kiali's port), `plait dashboard` forwards to it
 PROMETHEUS_PORT = 15090  # the gateway's Istio metrics (`plait agent --prometheus-port`), Istio's 15090
 
 # istiod's ports: plaintext xDS, xDS + CA over TLS, HTTP API / monitoring, webhooks (Service 443 → 15017).
@@ -274,7 +275,9 @@ def istiod_deployment(settings: InstallSettings) -> dict[str, Any]:
     args = ["control-plane", "--kubernetes", "--host", "0.0.0.0", "--log-level", settings.log_level]
     args += ["--proxy-image", settings.image, "--init-image", settings.image]
     args += ["--revision", settings.revision] if settings.revision else []
-    args += ["--mesh-config", f"{MESH_CONFIG_DIR}/mesh"]
+    args += ["--mesh-config", f"{MESH_CONFIG_DIR}/mesh", "--dashboard-port", str(DASHBOARD_PORT)]
+    if settings.prometheus:  # the dashboard reads the addon's Prometheus
+        args += ["--dashboard-prometheus", f"http://{addons.NAME}.{settings.namespace}.svc:{addons.PORT}"]
     container = {
         "name": "discovery",
         "image": settings.image,
@@ -282,7 +285,7 @@ def istiod_deployment(settings: InstallSettings) -> dict[str, Any]:
         "command": ["plait"],
         "args": args,
         "ports": [{"containerPort": target, "protocol": "TCP"} for _, _, target in ISTIOD_PORTS]
-        + [{"containerPort": ZIPKIN_PORT, "protocol": "TCP"}],
+        + [{"containerPort": port, "protocol": "TCP"} for port in (ZIPKIN_PORT, DASHBOARD_PORT)],
         "env": [_field_env("POD_NAME", "metadata.name"), _field_env("POD_NAMESPACE", "metadata.namespace")],
         "readinessProbe": {
             "httpGet": {"path": "/ready", "port": 15014},
