@@ -309,6 +309,8 @@ def test_every_kind_is_watched_at_its_api_path_newest_version_first():
         f"/apis/security.istio.io/{v}/authorizationpolicies" for v in ("v1", "v1beta1")
     ]
     assert paths["Telemetry"] == [f"/apis/telemetry.istio.io/{v}/telemetries" for v in ("v1", "v1alpha1")]
+    assert paths["KubernetesGateway"] == [f"/apis/gateway.networking.k8s.io/{v}/gateways" for v in ("v1", "v1beta1")]
+    assert paths["ReferenceGrant"][0] == "/apis/gateway.networking.k8s.io/v1beta1/referencegrants"
     assert set(paths) == {
         "Namespace",
         "Node",
@@ -324,6 +326,10 @@ def test_every_kind_is_watched_at_its_api_path_newest_version_first():
         "PeerAuthentication",
         "AuthorizationPolicy",
         "Telemetry",
+        "GatewayClass",
+        "KubernetesGateway",
+        "HTTPRoute",
+        "ReferenceGrant",
         "RequestAuthentication",
     }
 

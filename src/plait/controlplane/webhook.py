@@ -63,8 +63,10 @@ VALIDATED_RESOURCES = {
     "telemetry.istio.io": ("telemetries",),
 }
 VALIDATED_KINDS = frozenset(
-    kind for kind in SPEC_MODELS if kind not in ("Service", "Secret", "ConfigMap")
-)  # core kinds are the API server's
+    kind
+    for kind, (versions, _) in SPEC_MODELS.items()
+    if kind not in ("Service", "Secret", "ConfigMap") and not versions[0].startswith("gateway.networking.k8s.io/")
+)  # core kinds are the API server's, the Gateway API's its CRDs' own rules (as with Istio)
 
 
 class WebhookMetrics:

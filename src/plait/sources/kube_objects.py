@@ -1,6 +1,7 @@
 """Kubernetes objects, as the API server returns them (JSON dicts), → plait Resources. Pure.
 
-* Istio's CRDs (VirtualService, DestinationRule, …, Telemetry, in whichever version the cluster serves) and
+* Istio's CRDs (VirtualService, DestinationRule, …, Telemetry) and the Gateway API's (GatewayClass,
+  Gateway, HTTPRoute, ReferenceGrant), in whichever version the cluster serves, and
   core/v1 Services go through the same parser as files (`plait.api.loader.parse_document`), so an
   invalid object gets the message `plait validate` gives, with ``kubernetes`` as its file.
 * Pods become WorkloadEntries named after the pod (the proxy's node id names its pod, so its
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 from plait.api import networking as net
 from plait.api.errors import Problem
+from plait.api.gatewayapi import GROUP as GATEWAY_API_GROUP
 from plait.api.loader import parse_document
 from plait.api.resources import (
     NETWORKING_VERSIONS,
@@ -33,6 +35,7 @@ from plait.api.resources import (
     ObjectMeta,
     Resource,
     Source,
+    api_kind,
 )
 from plait.model.services import READY_ANNOTATION
 
@@ -83,10 +86,11 @@ SERVICES = WatchedType("Service", "", ("v1",), "services")
 PODS = WatchedType("Pod", "", ("v1",), "pods")
 ENDPOINT_SLICES = WatchedType("EndpointSlice", "discovery.k8s.io", ("v1", "v1beta1"), "endpointslices")
 CONFIG_TYPES = tuple(
-    WatchedType(kind, versions[0].split("/")[0], _version_names(versions), _plural(kind))
+    WatchedType(kind, versions[0].split("/")[0], _version_names(versions), _plural(api_kind(kind)))
     for kind, (versions, _) in SPEC_MODELS.items()
     if versions in (NETWORKING_VERSIONS, SECURITY_VERSIONS, TELEMETRY_VERSIONS)
-)
+    or versions[0].startswith(GATEWAY_API_GROUP + "/")
+)  # Istio's kinds, and the Gateway API's (its Gateway is plait's KubernetesGateway, at .../gateways)
 WATCHED_TYPES = (NAMESPACES, NODES, SERVICES, PODS, ENDPOINT_SLICES, *CONFIG_TYPES)
 LOCALITY_LABEL = "istio-locality"  # on a pod: its locality as region.zone.subzone, instead of its node's
 NODE_LOCALITY_LABELS = ("topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone")

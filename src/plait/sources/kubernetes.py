@@ -51,7 +51,7 @@ READER_RULES = (
     {"apiGroups": [""], "resources": ["namespaces", "nodes", "services", "pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
     {
-        "apiGroups": ["networking.istio.io", "security.istio.io", "telemetry.istio.io"],
+        "apiGroups": ["networking.istio.io", "security.istio.io", "telemetry.istio.io", "gateway.networking.k8s.io"],
         "resources": ["*"],
         "verbs": ["get", "list", "watch"],
     },
