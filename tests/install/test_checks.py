@@ -12,7 +12,7 @@ from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
 from plait.cli.main import app
-from plait.install.apply import describe, is_legacy_version, owned_selector, why_not_ready
+from plait.install.apply import describe, is_legacy_version, owned_selector, why_no_pod, why_not_ready
 from plait.install.checks import CREATED_RESOURCES, Facts, check_results, pre_check_results, verify_results
 from plait.install.manifests import manifest
 from plait.install.settings import InstallSettings
@@ -252,3 +252,21 @@ def test_install_says_why_pods_are_not_ready():
         "pod gw-y: istio-proxy: ErrImageNeverPull no image",
         "pod z: phase Running, not ready",
     ]
+
+
+def test_a_deployment_without_pods_says_what_the_events_say():
+    def event(name: str, kind: str, reason: str, message: str, when: str) -> dict:
+        return {
+            "involvedObject": {"name": name},
+            "type": kind,
+            "reason": reason,
+            "message": message,
+            "lastTimestamp": when,
+        }
+
+    events = [
+        event("istiod-canary-5d9", "Warning", "FailedCreate", 'pods "istiod-canary-5d9-" is forbidden: quota', "2"),
+        event("istiod-canary", "Normal", "ScalingReplicaSet", "Scaled up replica set", "1"),
+    ]
+    assert why_no_pod(events) == 'istiod-canary-5d9: FailedCreate pods "istiod-canary-5d9-" is forbidden: quota'
+    assert "controller-manager" in why_no_pod(events[1:])

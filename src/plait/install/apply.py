@@ -124,6 +124,26 @@ def why_not_ready(pods: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def why_no_pod(events: list[dict[str, Any]]) -> str:
+    """What the cluster's events say about a Deployment without pods: the newest warnings of it and its
+    ReplicaSets (a refused pod, a quota), else that nothing reported (is the controller-manager running?)."""
+    warnings = [e for e in events if e.get("type") == "Warning"]
+    warnings.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    said = [
+        f"{e['involvedObject'].get('name', '')}: {e.get('reason', '')} {e.get('message', '')}".strip() for e in warnings
+    ]
+    return "; ".join(dict.fromkeys(said[-3:])) or "no event says why (is the cluster's controller-manager running?)"
+
+
+def _why_no_pod(kubectl: Kubectl, namespace: str, name: str) -> str:
+    try:
+        events = kubectl.get_json("events", "-n", namespace).get("items", [])
+    except InstallError as failed:
+        return f"cannot read the events: {failed}"
+    mine = [e for e in events if (e.get("involvedObject") or {}).get("name", "").startswith(name)]
+    return why_no_pod(mine)
+
+
 def wait_for_rollout(kubectl: Kubectl, deployment: dict[str, Any], timeout: float) -> None:
     """Wait until the Deployment's rollout is complete; else an InstallError saying which pods are not ready and why."""
     namespace, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
@@ -137,7 +157,7 @@ def wait_for_rollout(kubectl: Kubectl, deployment: dict[str, Any], timeout: floa
             pods = kubectl.get_json("pods", "-n", namespace, "-l", selector).get("items", [])
         except InstallError:
             pods = []
-        reasons = "\n  ".join(why_not_ready(pods)) or "no pod was created (kubectl describe deployment)"
+        reasons = "\n  ".join(why_not_ready(pods)) or "no pod was created: " + _why_no_pod(kubectl, namespace, name)
         raise InstallError(
             f"Deployment {namespace}/{name} is not ready: {failed}\n  {reasons}\n"
             f"  see kubectl describe pods -n {namespace} -l {selector}"

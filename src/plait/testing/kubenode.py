@@ -136,9 +136,19 @@ class MeshNode:
                 if process is stopped[0]:
                     eventually(lambda: self.kubectl("get", "--raw", "/readyz"), timeout=60, interval=0.5)
             pids.write_text("".join(f"{started.get(pid, pid)} {name}\n" for pid, name in entries))
+            time.sleep(5)  # a component that cannot start (its port still bound, …) exits within seconds
+            dead = [p for p in stopped if not _running(started[str(p.pid)])]
+            assert not dead, "not running after the restart: " + ", ".join(
+                f"{p.command[0].decode()} (see {p.log})" for p in dead
+            )
 
 
 CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")  # in the order they start
+
+
+def _running(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and not stat.read_text().split(") ", 1)[1].startswith("Z")
 
 
 @dataclass(frozen=True)
