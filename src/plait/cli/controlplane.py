@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +21,7 @@ from plait import dashboard
 from plait.api.common import parse_duration
 from plait.api.errors import Problem
 from plait.api.loader import yaml_files
+from plait.api.resources import Resource
 from plait.ca.authority import MAX_WORKLOAD_TTL, CaError
 from plait.cli.console import err, out, print_problems
 from plait.client import ClientError, Http, control_plane_url
@@ -251,6 +253,7 @@ def control_plane(
         inject=inject,
         webhook_port=webhook_port,
         mesh_config=mesh_config,
+        gateway_manifests=deployed_gateway(inject) if (kubernetes or kubeconfig is not None) else None,
     )
     try:
         asyncio.run(_serve(settings, dashboard_port, dashboard_prometheus, dashboard_targets))
@@ -298,6 +301,17 @@ def check_mesh_config(path: Path, inject: InjectSettings) -> None:
     except InjectError as exc:
         err.print(f"[red]error[/]: --mesh-config: {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
+
+
+def deployed_gateway(inject: InjectSettings) -> Callable[[Resource], list[dict]]:
+    """What a Gateway API Gateway of class istio gets on Kubernetes: its `<gateway>-istio` proxy, with this
+    control plane's image, namespace and revision (`plait.install.gatewayapi`)."""
+    from plait.install.gatewayapi import gateway_manifests  # the installer: only on Kubernetes
+    from plait.install.settings import InstallSettings
+
+    namespace = os.environ.get("POD_NAMESPACE") or "istio-system"
+    settings = InstallSettings(namespace=namespace, image=inject.proxy_image, revision=inject.revision)
+    return lambda gateway: gateway_manifests(settings, gateway)
 
 
 def injector_settings(proxy_image: str | None, init_image: str | None, revision: str) -> InjectSettings:

@@ -28,6 +28,7 @@ from plait.sources.files import FileStore
 from plait.sources.workloads import WorkloadRegistry
 
 if TYPE_CHECKING:
+    from plait.api.resources import Resource
     from plait.ca.authority import CertificateAuthority
     from plait.ca.tokens import TokenIssuer
     from plait.controlplane.kubeidentity import ClusterIdentity, ClusterSettings
@@ -59,6 +60,8 @@ class Settings:
     kubeconfig: str | None = None
     inject: InjectSettings | None = None  # the sidecar injector's settings on Kubernetes (None: cluster's)
     webhook_port: int | None = None  # the webhooks' TLS port on Kubernetes (None: cluster's, 15017)
+    # On Kubernetes: a Gateway API Gateway → the objects of its `<gateway>-istio` proxy (the leader deploys them)
+    gateway_manifests: Callable[[Resource], list[dict]] | None = None
 
 
 class OwnMetrics:
@@ -267,7 +270,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         else await serve_collector(Collector(), settings.host, settings.zipkin_port)
     )
     if identity:
-        await identity.start(settings.host, settings.state_dir, metrics.registry, view=cluster.view)
+        jobs = ()
+        if settings.gateway_manifests is not None:
+            from plait.controlplane.gatewaydeploy import keep_gateways_deployed
+
+            build = settings.gateway_manifests
+            jobs = (lambda: keep_gateways_deployed(cluster.api, lambda: cluster.resources, build),)
+        await identity.start(settings.host, settings.state_dir, metrics.registry, view=cluster.view, leader_jobs=jobs)
     if mesh_file is not None:
 
         def mesh_changed(update: MeshConfigUpdate) -> None:

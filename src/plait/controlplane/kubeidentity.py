@@ -24,6 +24,7 @@ import base64
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,7 +139,12 @@ class ClusterIdentity:
         return cls(api, authority, settings)
 
     async def start(
-        self, host: str, state_dir: Path, registry: CollectorRegistry | None = None, view: ClusterView | None = None
+        self,
+        host: str,
+        state_dir: Path,
+        registry: CollectorRegistry | None = None,
+        view: ClusterView | None = None,
+        leader_jobs: tuple[Callable[[], Awaitable[None]], ...] = (),
     ) -> None:
         """Serve the webhooks and take part in the election. `view`: the Kubernetes source's state,
         where the injector finds namespace labels."""
@@ -153,6 +159,7 @@ class ClusterIdentity:
             lambda: publish_root_cert(self.api, root.decode()),
             lambda: keep_webhook_ca_bundle(self.api, self.settings.validating_configuration, root),
             lambda: keep_webhook_ca_bundle(self.api, self.settings.mutating_configuration, root, kind="mutating"),
+            *leader_jobs,
         ]
         self._election = asyncio.create_task(self.election.run(jobs))
         log.info(

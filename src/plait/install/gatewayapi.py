@@ -20,10 +20,17 @@ from plait.lower import GATEWAY_NAME_LABEL
 SERVICE_TYPE_ANNOTATION = "networking.istio.io/service-type"
 
 
+def unprivileged(port: int) -> int:
+    """Where the proxy (uid 1337) listens for a listener port: ports below 1024 + 8000 (80 → 8080, 443 → 8443,
+    as Istio's profile gateways), since Kubernetes 1.20 counts the sysctl Istio sets
+    (net.ipv4.ip_unprivileged_port_start=0) as unsafe; the Service keeps the listener's port."""
+    return port + 8000 if port < 1024 else port
+
+
 def gateway_settings(resource: Resource) -> GatewaySettings:
     """The deployed gateway of a Gateway API Gateway, as the settings of a profile gateway."""
     ports = sorted({listener.port for listener in resource.spec.listeners})
-    service_ports = tuple({"name": f"port-{port}", "port": port, "targetPort": port} for port in ports)
+    service_ports = tuple({"name": f"port-{port}", "port": port, "targetPort": unprivileged(port)} for port in ports)
     k8s = K8sSettings(
         service_type=resource.meta.annotations.get(SERVICE_TYPE_ANNOTATION, "LoadBalancer"),
         service_ports=service_ports,
