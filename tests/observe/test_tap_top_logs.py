@@ -120,7 +120,9 @@ def test_top_counts_productpage_paths(bookinfo) -> None:
     rows = [line.split() for line in lines[1:] if line.strip()]
     by_path = {(row[1], row[3]): row for row in rows}
     productpage = next(row for (dst, path), row in by_path.items() if path == "/productpage")
-    assert productpage[0].startswith("istio-ingressgateway") and productpage[1] == "productpage-v1-0"
+    assert (
+        productpage[0].startswith("istio-ingressgateway") and productpage[1] == "productpage-v1"
+    )  # the workload (its Deployment)
     assert productpage[4] == "4" and productpage[-1] == "100.00%", rows
     assert any(path == "/details/0" and row[4] == "4" for (_, path), row in by_path.items()), rows
 

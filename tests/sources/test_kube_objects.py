@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plait.sources.kube_objects import scrape_targets
+from plait.sources.kube_objects import pod_workload, scrape_targets, workload_name
 
 
 def test_scrape_targets_are_the_running_pods_annotated_to_be_scraped():
@@ -51,3 +51,17 @@ def test_scrape_targets_are_the_running_pods_annotated_to_be_scraped():
             },
         },
     ]
+
+
+def test_a_pods_workload_is_its_deployment_as_istio_names_it():
+    def pod(owner: dict | None, **labels: str) -> dict:
+        meta = {"name": "reviews-v2-65754bbd4f-fnmtb", "namespace": "bookinfo", "labels": labels}
+        return {"metadata": {**meta, "ownerReferences": [owner] if owner else []}, "status": {"podIP": "10.1.0.7"}}
+
+    replica_set = {"kind": "ReplicaSet", "name": "reviews-v2-65754bbd4f", "controller": True}
+    assert workload_name(pod(replica_set, **{"pod-template-hash": "65754bbd4f"})) == "reviews-v2"
+    assert workload_name(pod({"kind": "StatefulSet", "name": "db", "controller": True})) == "db"
+    assert workload_name(pod(None)) == "reviews-v2-65754bbd4f-fnmtb"
+    entry = pod_workload(pod(replica_set, app="reviews", **{"pod-template-hash": "65754bbd4f"}))
+    assert entry.spec.labels["service.istio.io/workload-name"] == "reviews-v2"
+    assert entry.spec.labels["app"] == "reviews"

@@ -112,7 +112,7 @@ def test_pods_services_and_slices_become_the_registry():
     we = resources[("WorkloadEntry", "default", "reviews-v1-abc")]
     assert (we.spec.address, dict(we.spec.labels), we.spec.service_account, dict(we.spec.ports)) == (
         "10.1.0.5",
-        {"app": "reviews", "version": "v1"},
+        {"app": "reviews", "version": "v1", "service.istio.io/workload-name": "reviews-v1-abc"},  # no owner: the pod
         "bookinfo-reviews",
         {"http": 9080},
     )

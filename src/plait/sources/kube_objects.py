@@ -5,7 +5,8 @@
   core/v1 Services go through the same parser as files (`plait.api.loader.parse_document`), so an
   invalid object gets the message `plait validate` gives, with ``kubernetes`` as its file.
 * Pods become WorkloadEntries named after the pod (the proxy's node id names its pod, so its
-  inbound configuration finds it): labels, IP, service account, named container ports, and
+  inbound configuration finds it): labels (plus Istio's ``service.istio.io/workload-name``: its
+  Deployment, as callers' metrics name it), IP, service account, named container ports, and
   readiness. As Istio does, the EndpointSlices are the truth about endpoints: a pod that a slice
   lists is ready when that slice says so (``conditions.ready`` unset counts as ready), and it
   takes its address from the slice while the pod's status has none; a pod no slice lists is ready
@@ -38,6 +39,7 @@ from plait.api.resources import (
     api_kind,
 )
 from plait.model.services import READY_ANNOTATION
+from plait.telemetry.metrics import WORKLOAD_NAME_LABEL
 
 SOURCE_FILE = "kubernetes"  # what problems name as their file
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # on an EndpointSlice: the Service it serves
@@ -211,6 +213,20 @@ def locality(pod_labels: Mapping[str, str], node_labels: Mapping[str, str]) -> s
     return "/".join(parts).rstrip("/") or None
 
 
+def workload_name(pod: Mapping) -> str:
+    """The pod's workload as Istio names it in metrics: its Deployment (the owning ReplicaSet's name without
+    the ``pod-template-hash``), else its controller's name, else the pod's own."""
+    meta = pod.get("metadata") or {}
+    owners = meta.get("ownerReferences") or []
+    owner = next((o for o in owners if o.get("controller")), owners[0] if owners else None)
+    if owner is None:
+        return meta.get("name", "")
+    name, template_hash = owner.get("name", ""), (meta.get("labels") or {}).get("pod-template-hash")
+    if owner.get("kind") == "ReplicaSet" and template_hash and name.endswith(f"-{template_hash}"):
+        return name[: -len(template_hash) - 1]
+    return name
+
+
 def pod_workload(
     pod: Mapping, endpoints: Iterable[SliceEndpoint] = (), node_labels: Mapping[str, str] | None = None
 ) -> Resource | None:
@@ -225,6 +241,7 @@ def pod_workload(
     listed_ready = any(e.ready for e in endpoints) if endpoints else _condition(pod, "Ready")
     ready = listed_ready and not (pod.get("metadata") or {}).get("deletionTimestamp")
     labels = dict((pod.get("metadata") or {}).get("labels") or {})
+    labels.setdefault(WORKLOAD_NAME_LABEL, workload_name(pod))  # what callers' metrics name it by
     we = net.WorkloadEntrySpec(
         address=address,
         labels=labels,
