@@ -238,3 +238,8 @@ def test_evaluate_over_the_proxies_rates_answers_as_prometheus_would():
     assert sorted((row["response_code"], value) for row, value in answers["requests"]) == [("200", 6.0), ("503", 2.0)]
     [edge] = build(query, answers)["edges"]
     assert (edge["rps"], edge["errorRate"], edge["health"]) == (8.0, 25.0, "failing")
+
+
+def test_health_is_judged_on_the_percentage_as_shown():
+    assert health(10.000000000000002) == "degraded"  # a rate's float noise: shown as 10.0 %, not above 10 %
+    assert health(10.001) == "failing" and health(0.1) == "degraded" and health(0.0994) == "healthy"

@@ -124,9 +124,12 @@ def series(answer: Mapping) -> Series:
 
 
 def health(error_percent: float | None) -> str:
-    """Kiali's default request health: failing above 10 % of 5xx, degraded from 0.1 %, else healthy."""
+    """Kiali's default request health: failing above 10 % of 5xx, degraded from 0.1 %, else healthy. Judged
+    on the percentage as shown (3 decimals), so rates' float noise (1/10 of a rate = 10.000000000000002 %)
+    does not tip an edge over a threshold it shows it is on."""
     if error_percent is None:
         return "na"
+    error_percent = round(error_percent, 3)
     if error_percent > FAILING:
         return "failing"
     if error_percent >= DEGRADED:
