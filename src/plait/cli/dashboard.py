@@ -59,22 +59,16 @@ def prometheus(
     """
     state = State.load(state_dir)
     if kubeconfig or (state is None and os.environ.get("KUBECONFIG")):
-        return _forward_prometheus(kubeconfig, istio_namespace, port, browser)
-    if state is None:
-        err.print(
-            f"[red]error[/]: no mesh running from {state_dir} (start one with 'plait up' or 'plait demo bookinfo'; "
-            "on Kubernetes set KUBECONFIG or --kubeconfig)"
-        )
-        raise typer.Exit(1)
+        what = f"the Prometheus addon: {ADDON}"
+        return _forward(kubeconfig, istio_namespace, "app=prometheus", PROMETHEUS_PORT, port, browser, what)
+    state = _running(state, state_dir)
     if not state.prometheus:
         err.print(
             "[red]error[/]: this mesh runs no Prometheus: install it ("
             f"{PROMETHEUS_INSTALL}) and start the mesh again without --prometheus-port 0"
         )
         raise typer.Exit(1)
-    out.print(state.prometheus, markup=False, highlight=False)
-    if browser:
-        open_in_browser(state.prometheus)
+    _show(state.prometheus, browser)
 
 
 def mesh(
@@ -90,23 +84,16 @@ def mesh(
     Kubernetes ($KUBECONFIG or --kubeconfig, and no local mesh in --state-dir) istiod's port 20001 is
     forwarded to localhost:--port through the API server, as 'istioctl dashboard kiali' does, until Ctrl-C.
 
-    Example: [bold]plait dashboard[/]   [bold]plait dashboard --browser=false[/] (only print the URL)
+    Example: [bold]plait dashboard[/]   [bold]plait dashboard --no-browser[/] (only print the URL)
     """
     state = State.load(state_dir)
     if kubeconfig or (state is None and os.environ.get("KUBECONFIG")):
         return _forward(kubeconfig, istio_namespace, "app=istiod", DASHBOARD_PORT, port, browser, "istiod's dashboard")
-    if state is None:
-        err.print(
-            f"[red]error[/]: no mesh running from {state_dir} (start one with 'plait up' or 'plait demo bookinfo'; "
-            "on Kubernetes set KUBECONFIG or --kubeconfig)"
-        )
-        raise typer.Exit(1)
+    state = _running(state, state_dir)
     if not state.dashboard:
         err.print("[red]error[/]: this mesh was started by an older plait, without the dashboard: restart it")
         raise typer.Exit(1)
-    out.print(state.dashboard, markup=False, highlight=False)
-    if browser:
-        open_in_browser(state.dashboard)
+    _show(state.dashboard, browser)
 
 
 def _without_command(
@@ -122,8 +109,22 @@ def _without_command(
         mesh(state_dir, browser, kubeconfig, istio_namespace, port)
 
 
-def _forward_prometheus(kubeconfig: str | None, namespace: str, port: int, browser: bool) -> None:
-    _forward(kubeconfig, namespace, "app=prometheus", PROMETHEUS_PORT, port, browser, f"the Prometheus addon: {ADDON}")
+def _running(state: State | None, state_dir: Path) -> State:
+    """The local mesh's state; exits saying how to start one (or reach a cluster) when none runs."""
+    if state is None:
+        err.print(
+            f"[red]error[/]: no mesh running from {state_dir} (start one with 'plait up' or 'plait demo bookinfo'; "
+            "on Kubernetes set KUBECONFIG or --kubeconfig)"
+        )
+        raise typer.Exit(1)
+    return state
+
+
+def _show(url: str, browser: bool) -> None:
+    out.print(url, markup=False, highlight=False)
+    sys.stdout.flush()  # read at once by whoever waits for the URL (a port-forward keeps running)
+    if browser:
+        open_in_browser(url)
 
 
 def _forward(kubeconfig: str | None, namespace: str, selector: str, remote: int, port: int, browser: bool, what: str):
@@ -131,11 +132,7 @@ def _forward(kubeconfig: str | None, namespace: str, selector: str, remote: int,
     try:
         pod = ready_pods(kubeconfig, namespace, selector)[0]
         with PortForward(kubeconfig, namespace, remote, pod=pod, local_port=port) as address:
-            url = f"http://{address.replace('127.0.0.1', 'localhost')}"
-            out.print(url, markup=False, highlight=False)
-            sys.stdout.flush()
-            if browser:
-                open_in_browser(url)
+            _show(f"http://{address.replace('127.0.0.1', 'localhost')}", browser)
             stop = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.set())
