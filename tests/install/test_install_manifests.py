@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from plait.cli.main import app
 from plait.controlplane.gatewaydeploy import GATEWAY_CONTROLLER_RULES
+from plait.controlplane.gatewaystatus import STATUS_RULES
 from plait.controlplane.kubeidentity import CLUSTER_RULES, NAMESPACE_RULES
 from plait.install.crds import CRD_FILE
 from plait.install.manifests import components, manifest
@@ -119,7 +120,7 @@ def test_the_control_plane_may_do_what_its_parts_declare():
     objects = manifest(InstallSettings())
     [cluster_role] = by_kind(objects, "ClusterRole")
     [role] = by_kind(objects, "Role")[:1]
-    assert cluster_role["rules"] == [*READER_RULES, *CLUSTER_RULES, *GATEWAY_CONTROLLER_RULES]
+    assert cluster_role["rules"] == [*READER_RULES, *CLUSTER_RULES, *GATEWAY_CONTROLLER_RULES, *STATUS_RULES]
     assert role["metadata"]["name"] == "istiod" and role["rules"] == list(NAMESPACE_RULES)
     [binding] = by_kind(objects, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"] == "istiod-clusterrole-istio-system"

@@ -270,12 +270,14 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         else await serve_collector(Collector(), settings.host, settings.zipkin_port)
     )
     if identity:
-        jobs = ()
+        from plait.controlplane.gatewaystatus import keep_status_written
+
+        jobs = (lambda: keep_status_written(cluster.api, lambda: cluster.resources),)
         if settings.gateway_manifests is not None:
             from plait.controlplane.gatewaydeploy import keep_gateways_deployed
 
             build = settings.gateway_manifests
-            jobs = (lambda: keep_gateways_deployed(cluster.api, lambda: cluster.resources, build),)
+            jobs += (lambda: keep_gateways_deployed(cluster.api, lambda: cluster.resources, build),)
         await identity.start(settings.host, settings.state_dir, metrics.registry, view=cluster.view, leader_jobs=jobs)
     if mesh_file is not None:
 

@@ -66,13 +66,13 @@ def stale(found: Iterable[ObjectKey], wanted: Mapping[ObjectKey, Any]) -> list[O
     return sorted(key for key in found if key not in wanted)
 
 
-def _path(api_version: str, kind: str, namespace: str | None = None, name: str | None = None) -> str:
+def api_path(api_version: str, kind: str, namespace: str | None = None, name: str | None = None) -> str:
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     where = f"/namespaces/{namespace}" if namespace else ""
     return f"{base}{where}/{kind.lower()}s" + (f"/{name}" if name else "")
 
 
-async def _call(api: client.ApiClient, path: str, method: str, **kwargs: Any) -> Any:
+async def api_call(api: client.ApiClient, path: str, method: str, **kwargs: Any) -> Any:
     return await api.call_api(
         path,
         method,
@@ -89,8 +89,11 @@ async def _found(api: client.ApiClient) -> dict[ObjectKey, str]:
     """What plait deployed for Gateways, cluster-wide: key → apiVersion."""
     found: dict[ObjectKey, str] = {}
     for api_version, kind in KINDS:
-        listed = await _call(
-            api, _path(api_version, kind), "GET", query_params=[("labelSelector", f"{GATEWAY_NAME_LABEL},{MANAGED_BY}")]
+        listed = await api_call(
+            api,
+            api_path(api_version, kind),
+            "GET",
+            query_params=[("labelSelector", f"{GATEWAY_NAME_LABEL},{MANAGED_BY}")],
         )
         for item in listed.get("items") or []:
             meta = item["metadata"]
@@ -102,9 +105,9 @@ async def reconcile(api: client.ApiClient, resources: Mapping[tuple, Resource], 
     """Apply what the Gateways want, delete what they no longer want."""
     wanted = desired(resources, build)
     for (kind, namespace, name), obj in wanted.items():
-        await _call(
+        await api_call(
             api,
-            _path(obj["apiVersion"], kind, namespace, name),
+            api_path(obj["apiVersion"], kind, namespace, name),
             "PATCH",
             headers={"Content-Type": "application/apply-patch+yaml"},
             query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
@@ -114,7 +117,7 @@ async def reconcile(api: client.ApiClient, resources: Mapping[tuple, Resource], 
     for kind, namespace, name in stale(found, wanted):
         log.info("gateway controller: deleting %s %s/%s (its Gateway is gone)", kind, namespace, name)
         try:
-            await _call(api, _path(found[(kind, namespace, name)], kind, namespace, name), "DELETE")
+            await api_call(api, api_path(found[(kind, namespace, name)], kind, namespace, name), "DELETE")
         except ApiException as error:
             if error.status != 404:
                 raise

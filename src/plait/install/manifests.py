@@ -15,7 +15,7 @@ Every object but namespaces carries `owner_labels`, which `plait uninstall` sele
 (not on the CRDs, which revisions share), and ``app.kubernetes.io/managed-by: plait``. The control
 plane's RBAC is the union of what its parts declare: `READER_RULES` (the Kubernetes source's
 watches) and `CLUSTER_RULES`/`NAMESPACE_RULES` (the CA, the webhook, the leader's writes) and
-`GATEWAY_CONTROLLER_RULES` (the leader deploys Gateway API gateways).
+`GATEWAY_CONTROLLER_RULES` and `STATUS_RULES` (the leader deploys Gateway API gateways and writes their status).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from plait.controlplane.gatewaydeploy import GATEWAY_CONTROLLER_RULES
+from plait.controlplane.gatewaystatus import STATUS_RULES
 from plait.controlplane.injector import mutating_webhook_configuration
 from plait.controlplane.kubeidentity import CLUSTER_RULES, NAMESPACE_RULES
 from plait.controlplane.webhook import validating_webhook_configuration
@@ -214,7 +215,7 @@ def istiod_rbac(settings: InstallSettings) -> list[dict[str, Any]]:
             "apiVersion": RBAC,
             "kind": "ClusterRole",
             "metadata": _meta(role, labels=labels),
-            "rules": [dict(rule) for rule in (*READER_RULES, *CLUSTER_RULES, *GATEWAY_CONTROLLER_RULES)],
+            "rules": [dict(rule) for rule in (*READER_RULES, *CLUSTER_RULES, *GATEWAY_CONTROLLER_RULES, *STATUS_RULES)],
         },
         {
             "apiVersion": RBAC,
