@@ -124,10 +124,14 @@ def gather_facts(
     root_cert = _root_cert(kubectl, settings.namespace)
     if root_cert is None:
         errors["root_cert"] = f"no ConfigMap {ROOT_CERT_CONFIGMAP} with root-cert.pem in namespace {settings.namespace}"
-    try:
-        proxies: tuple[dict[str, Any], ...] | None = _proxies(kubectl, settings)
-    except (InstallError, ValueError) as error:
-        proxies, errors["proxies"] = None, str(error)
+    proxies: tuple[dict[str, Any], ...] | None = None
+    if deployments.get(f"{settings.namespace}/{settings.istiod}", (0, 0))[0] == 0:
+        errors["proxies"] = f"no ready pod of {settings.istiod} to ask"  # kubectl exec would wait for one
+    else:
+        try:
+            proxies = _proxies(kubectl, settings)
+        except (InstallError, ValueError) as error:
+            errors["proxies"] = str(error)
     try:
         namespaces = kubectl.get_json("namespaces").get("items") or []
         labels = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in namespaces}
