@@ -209,7 +209,7 @@ def test_without_prometheus_rates_come_from_the_proxies_own_stats(control_plane,
         targets = tmp_path / "envoy-stats.json"
         labels = {"namespace": "default", "pod": "productpage-v1-0", "__metrics_path__": "/stats/prometheus"}
         targets.write_text(json.dumps([{"targets": [address], "labels": labels}]))
-        backends = Backends(api=f"http://127.0.0.1:{plane.http_port}", targets_file=targets)
+        backends = Backends(api=f"http://127.0.0.1:{plane.http_port}", targets=str(targets))
         runner = web.AppRunner(Dashboard(backends, read_interval=0.5).app(), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
