@@ -32,6 +32,23 @@ def test_graph_from_prometheus(control_plane):
     )
 
 
+def test_series_from_prometheus(control_plane):
+    _, dashboard = control_plane
+    edge = "workload:default:productpage-v1->workload:default:reviews-v1"
+    before = time.time()
+    answer = dashboard.get(f"/api/graph/series?namespace=default&window=1m&type=workload&edge={edge}")
+    assert (answer["edge"], answer["step"], answer["source"]) == (edge, 5, "prometheus")
+    points = answer["points"]
+    assert len(points) == 13 and all(b["t"] - a["t"] == 5 for a, b in zip(points, points[1:]))
+    assert before - 65 <= points[0]["t"] <= before - 55
+    assert points[0] == {"t": points[0]["t"], "rps": 0.0, "errorRate": None, "p95": None, "tcpBytes": None}
+    assert {(p["rps"], p["errorRate"]) for p in points[1:]} == {(4.0, 25.0)}
+    node = dashboard.get("/api/graph/series?window=1m&type=workload&node=workload:default:reviews-v1")
+    assert {(p["rpsIn"], p["rpsOut"], p["errorRate"]) for p in node["points"][1:]} == {(4.0, 0.0, 25.0)}
+    with pytest.raises(ClientError, match="give one of node=ID or edge=ID"):
+        dashboard.get("/api/graph/series?window=1m")
+
+
 def test_graph_rejects_a_bad_window(control_plane):
     _, dashboard = control_plane
     with pytest.raises(ClientError, match="window='2h': expected one of 1m, 5m, 1h"):
@@ -183,53 +200,69 @@ def test_traces_from_the_collector(control_plane):
         dashboard.get(f"/api/traces/{'b' * 16}")
 
 
-def test_without_prometheus_rates_come_from_the_proxies_own_stats(control_plane, edge_labels, tmp_path):
-    """A stand-in proxy whose /stats/prometheus counter grows by 10 requests (one 503) per read; the dashboard,
-    given the local mesh's targets file instead of Prometheus, reads it every 0.5 s."""
+@pytest.mark.parametrize("discovery", ["file_sd", "http_sd"])
+def test_without_prometheus_rates_come_from_the_proxies_own_stats(control_plane, edge_labels, tmp_path, discovery):
+    """A stand-in proxy whose /stats/prometheus (Envoy's text format) grows by 10 requests (one 503) per read;
+    the dashboard, given instead of Prometheus the proxies to read as the local mesh names them (a file_sd
+    file) or as istiod on Kubernetes does (http_sd at /api/v1/prometheus/targets), reads it every 0.5 s."""
     plane, _ = control_plane
     common = ",".join(f'{k}="{v}"' for k, v in edge_labels.items())
     reads = []
+    groups = []
 
     async def stats(_: web.Request) -> web.Response:
         reads.append(1)
         n = len(reads)
         text = (
+            "# TYPE istio_requests_total counter\n"
             f'istio_requests_total{{reporter="source",{common},response_code="200"}} {9 * n}\n'
             f'istio_requests_total{{reporter="source",{common},response_code="503"}} {n}\n'
+            "# TYPE envoy_server_uptime gauge\n"
+            "envoy_server_uptime{} 12\n"
         )
-        return web.Response(text=text)
+        return web.Response(text=text, content_type="text/plain")
 
-    async def main() -> dict:
+    async def http_sd(_: web.Request) -> web.Response:
+        return web.json_response(groups)
+
+    async def main() -> tuple[dict, dict, int]:
         proxy = web.Application()
-        proxy.add_routes([web.get("/stats/prometheus", stats)])
+        proxy.add_routes([web.get("/stats/prometheus", stats), web.get("/api/v1/prometheus/targets", http_sd)])
         proxy_runner = web.AppRunner(proxy, access_log=None)
         await proxy_runner.setup()
         await web.TCPSite(proxy_runner, "127.0.0.1", 0).start()
         address = "{}:{}".format(*proxy_runner.addresses[0])
-        targets = tmp_path / "envoy-stats.json"
         labels = {"namespace": "default", "pod": "productpage-v1-0", "__metrics_path__": "/stats/prometheus"}
-        targets.write_text(json.dumps([{"targets": [address], "labels": labels}]))
-        backends = Backends(api=f"http://127.0.0.1:{plane.http_port}", targets=str(targets))
-        runner = web.AppRunner(Dashboard(backends, read_interval=0.5).app(), access_log=None)
+        groups.append({"targets": [address], "labels": labels})
+        targets = tmp_path / "envoy-stats.json"
+        targets.write_text(json.dumps(groups))
+        where = str(targets) if discovery == "file_sd" else f"http://{address}/api/v1/prometheus/targets"
+        board = Dashboard(Backends(api=f"http://127.0.0.1:{plane.http_port}", targets=where), read_interval=0.5)
+        runner = web.AppRunner(board.app(), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = "http://{}:{}/api/graph?type=workload".format(*runner.addresses[0])
+        url = "http://{}:{}/api/graph".format(*runner.addresses[0])
+        edge = "workload:default:productpage-v1->workload:default:reviews-v1"
         try:
             async with aiohttp.ClientSession() as session:
-                async with session.get(url) as response:  # before two reads: not yet
+                async with session.get(url, params={"type": "workload"}) as response:  # before two reads: not yet
                     assert (
                         response.status == 503
                         and "first rates come after two reads" in (await response.json())["error"]
                     )
-                await asyncio.sleep(1.5)
-                async with session.get(url) as response:
+                await asyncio.sleep(5.6)  # 11 reads: over 5 s, one step of the 1m series
+                async with session.get(url, params={"type": "workload"}) as response:
                     assert response.status == 200
-                    return await response.json()
+                    graph = await response.json()
+                series_params = {"type": "workload", "window": "1m", "edge": edge}
+                async with session.get(url + "/series", params=series_params) as response:
+                    assert response.status == 200
+                    return graph, await response.json(), len(board.proxies.history)
         finally:
             await runner.cleanup()
             await proxy_runner.cleanup()
 
-    answer = asyncio.run(main())
+    answer, over_time, kept = asyncio.run(main())
     assert answer["source"] == "proxies"
     [edge] = answer["edges"]
     assert (edge["source"], edge["target"], edge["errorRate"], edge["health"]) == (
@@ -239,3 +272,7 @@ def test_without_prometheus_rates_come_from_the_proxies_own_stats(control_plane,
         "degraded",
     )
     assert edge["rps"] == pytest.approx(20.0, rel=0.3)  # 10 requests per 0.5 s, as timed by the event loop
+    # over time: the 1m series' points are 5 s apart, the rates between the first read and one 5 s later
+    assert over_time["source"] == "proxies" and kept >= 11
+    [point] = over_time["points"]
+    assert point["errorRate"] == 10.0 and point["rps"] == pytest.approx(20.0, rel=0.3)
