@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import pytest
+from tests.dashboard.test_graph import buckets, labels, requests
 
 from plait.dashboard import series
 from plait.dashboard.graph import GraphError, GraphQuery
 from plait.dashboard.series import SeriesQuery
 from plait.telemetry.stat import Sample
-from tests.dashboard.test_graph import buckets, labels, requests
 
 EDGE = "app:default:productpage:v1->app:default:reviews:v2"
 
