@@ -266,7 +266,7 @@ def test_every_page_screenshot(bookinfo, load, urls, artefacts):
                 page.wait_for_selector("#tap tbody tr", timeout=30_000)
             elif name == "graph":  # with an edge selected: its figures and time series beside the graph
                 page.wait_for_selector("#graph-edges tbody tr")
-                page.evaluate(f"cy.getElementById({json.dumps(GATEWAY_EDGE)}).emit('tap')")
+                page.evaluate("cy.edges().filter(e => e.source().data('isGateway'))[0].emit('tap')")
                 page.wait_for_selector("#series-table tbody tr", state="attached")
             else:
                 page.wait_for_selector(f"#{name} tbody tr")
