@@ -14,7 +14,7 @@
 
 In: the control plane's HTTP API (`Backends.api`, its admin token when it has one), Prometheus
 (`Backends.prometheus`) and the control plane's trace collector (`Backends.zipkin`, Zipkin's read API).
-Out: JSON built by `graph` and `views`. Access as the control plane's API:
+Out: JSON built by `graph`, `series` and `views`. Access as the control plane's API:
 callers on the host itself (127.0.0.1, ::1) need nothing, others the admin token (``Authorization:
 Bearer``). Without Prometheus the figures are rates between the last two reads of every proxy's own stats
 (`ProxyStats`, given the proxies to read: a Prometheus file_sd file, or an http_sd URL such as istiod's
@@ -30,7 +30,7 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,8 +218,7 @@ class Dashboard:
         return web.FileResponse(STATIC / "index.html")
 
     async def graph(self, request: web.Request) -> web.Response:
-        q = request.query
-        query = graph.GraphQuery(q.get("namespace", "default"), q.get("window", "1m"), q.get("type", "versionedApp"))
+        query = _graph_query(request.query)
         (answers, source), registry, syncz = await asyncio.gather(
             self._metrics(graph.asks(query), query.window),
             self._control_plane("/api/v1/workloads"),
@@ -230,10 +229,7 @@ class Dashboard:
 
     async def series(self, request: web.Request) -> web.Response:
         q = request.query
-        graph_query = graph.GraphQuery(
-            q.get("namespace", "default"), q.get("window", "1m"), q.get("type", "versionedApp")
-        )
-        query = series.SeriesQuery(graph_query, node=q.get("node", ""), edge=q.get("edge", ""))
+        query = series.SeriesQuery(_graph_query(q), node=q.get("node", ""), edge=q.get("edge", ""))
         (answers, source), registry, syncz = await asyncio.gather(
             self._series(query),
             self._control_plane("/api/v1/workloads"),
@@ -410,6 +406,10 @@ class ProxyStats:
         except (aiohttp.ClientError, TimeoutError):
             return []
         return parse_exposition(text, {k: labels[k] for k in ("namespace", "pod") if k in labels})
+
+
+def _graph_query(q: Mapping[str, str]) -> graph.GraphQuery:
+    return graph.GraphQuery(q.get("namespace", "default"), q.get("window", "1m"), q.get("type", "versionedApp"))
 
 
 def _analysis_inputs(items: list[dict], registry: list[dict]) -> Inputs:
