@@ -9,6 +9,7 @@ import asyncio
 import json
 import re
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -278,3 +279,80 @@ def test_without_prometheus_rates_come_from_the_proxies_own_stats(control_plane,
     assert over_time["source"] == "proxies" and kept >= 11
     [point] = over_time["points"]
     assert point["errorRate"] == 10.0 and point["rps"] == pytest.approx(20.0, rel=0.3)
+
+
+TESTDATA = Path(__file__).parent / "testdata"
+
+
+def grown(text: str, n: int) -> str:
+    """Envoy's text with every Istio sample's value times `n`: the counters of the n-th read."""
+    return re.sub(r"^(istio_.*) (\S+)$", lambda m: f"{m[1]} {float(m[2]) * n:g}", text, flags=re.MULTILINE)
+
+
+def test_without_the_addon_the_proxies_envoy_text_is_read_through_http_sd(control_plane):
+    """As istiod on Kubernetes without the Prometheus addon: the targets come from an http_sd URL (as istiod's
+    /api/v1/prometheus/targets lists annotated pods: POD_IP:PORT, the path in __metrics_path__), and each proxy
+    answers real Envoy text (testdata: a client and a server sidecar), its counters growing read by read."""
+    plane, _ = control_plane
+    reads = {"client": 0, "server": 0}
+
+    async def stats(request: web.Request) -> web.Response:
+        proxy = request.match_info["proxy"]
+        reads[proxy] += 1
+        text = grown((TESTDATA / f"{proxy}-stats.prom").read_text(), reads[proxy])
+        return web.Response(text=text, content_type="text/plain")
+
+    groups: list[dict] = []
+
+    async def http_sd(_: web.Request) -> web.Response:
+        return web.json_response(groups)
+
+    async def main() -> tuple[dict, dict]:
+        proxies = web.Application()
+        proxies.add_routes(
+            [
+                web.get("/{proxy}/stats/prometheus", stats),
+                web.get("/api/v1/prometheus/targets", http_sd),
+            ]
+        )
+        proxies_runner = web.AppRunner(proxies, access_log=None)
+        await proxies_runner.setup()
+        await web.TCPSite(proxies_runner, "127.0.0.1", 0).start()
+        address = "{}:{}".format(*proxies_runner.addresses[0])
+        for proxy in ("client", "server"):
+            labels = {"app": proxy, "namespace": "default", "pod": f"{proxy}-v1-0"}
+            groups.append(
+                {"targets": [address], "labels": {**labels, "__metrics_path__": f"/{proxy}/stats/prometheus"}}
+            )
+        backends = Backends(
+            api=f"http://127.0.0.1:{plane.http_port}", targets=f"http://{address}/api/v1/prometheus/targets"
+        )
+        runner = web.AppRunner(Dashboard(backends, read_interval=0.5).app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = "http://{}:{}/api/graph".format(*runner.addresses[0])
+        try:
+            await asyncio.sleep(1.5)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url, params={"type": "workload"}) as response:
+                    assert response.status == 200
+                    graph = await response.json()
+                async with session.get(url, params={"type": "versionedApp"}) as response:
+                    assert response.status == 200
+                    return graph, await response.json()
+        finally:
+            await runner.cleanup()
+            await proxies_runner.cleanup()
+
+    workloads, apps = asyncio.run(main())
+    assert workloads["source"] == "proxies"
+    [edge] = workloads["edges"]
+    assert (edge["id"], edge["protocol"], edge["errorRate"], edge["health"], edge["mtls"]) == (
+        "workload:default:client-v1->workload:default:server-v1",
+        "http",
+        0.0,
+        "healthy",
+        True,  # the server's report: mutual_tls
+    )
+    assert edge["rps"] == pytest.approx(8.0, rel=0.3)  # 4 more requests per 0.5 s
+    assert [n["name"] for n in apps["nodes"]] == ["client v1", "server v1"]
