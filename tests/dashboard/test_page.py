@@ -46,6 +46,15 @@ def test_every_page_renders_without_errors(control_plane):
         assert len(series) == 31 and series[0][1:] == ["0.00", "-", "-"]  # 5m every 10 s
         assert {tuple(r[1:]) for r in series[1:]} == {("4.00", "25.0", "-")}
         assert page.eval_on_selector_all("#details-series svg path", "p => p.length") == 2  # no p95 line
+        page.focus("#graph-nodes tbody tr[data-name='reviews-v1']")  # from the keyboard: a row of the tables
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.querySelector('#details-figures').textContent.includes('Inbound rps')")
+        page.wait_for_selector("#details-series figure.spark[data-field='rpsIn']", state="attached")
+        assert "Node\treviews-v1" in page.inner_text("#details-figures")
+        before = page.evaluate("document.body.dataset.loaded")
+        page.dispatch_event("#window", "change")  # a refresh rebuilds the tables: the row keeps the focus
+        page.wait_for_function(f"document.body.dataset.loaded !== {before!r}")
+        assert page.evaluate("document.activeElement.dataset.name") == "reviews-v1"
         page.click("a[data-page=workloads]")
         page.wait_for_selector("#workloads tbody tr")
         assert [r[0] for r in rows(page, "workloads")] == ["reviews-v1-0"]

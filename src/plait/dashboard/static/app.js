@@ -103,7 +103,10 @@ function drawGraph(data) {
   $("#graph-empty").hidden = data.nodes.length > 0;
   const still = selected && [...data.nodes, ...data.edges].find((item) => item.id === selected.id);
   if (still) select(still);
+  const focused = document.activeElement && document.activeElement.closest("#graph-nodes, #graph-edges")
+    ? document.activeElement.dataset : null; // a keyboard user's row keeps its focus across refreshes
   fillTable("graph-nodes", data.nodes, (tr, n) => {
+    selectable(tr, n);
     tr.dataset.nodeId = n.id;
     tr.dataset.name = n.name;
     cell(tr, nodeLabel(n));
@@ -115,6 +118,7 @@ function drawGraph(data) {
     cell(tr, n.health, n.health);
   });
   fillTable("graph-edges", data.edges, (tr, e) => {
+    selectable(tr, e);
     tr.dataset.edgeId = e.id;
     tr.dataset.source = names[e.source];
     tr.dataset.target = names[e.target];
@@ -130,6 +134,19 @@ function drawGraph(data) {
     cell(tr, fmt(e.tcpBytes, 0), "num");
     cell(tr, e.health, e.health);
   });
+  if (focused) {
+    const row = focused.nodeId ? `#graph-nodes tr[data-node-id="${CSS.escape(focused.nodeId)}"]`
+      : `#graph-edges tr[data-edge-id="${CSS.escape(focused.edgeId)}"]`;
+    const again = document.querySelector(row);
+    if (again) again.focus();
+  }
+}
+
+function selectable(tr, item) {
+  // a row of the graph's tables selects its node or edge as a click on the canvas does (Enter from the keyboard)
+  tr.tabIndex = 0;
+  tr.addEventListener("click", () => select(item));
+  tr.addEventListener("keydown", (event) => { if (event.key === "Enter") select(item); });
 }
 
 function select(item) {
