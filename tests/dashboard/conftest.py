@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from plait.client import Http
-from plait.dashboard import graph
+from plait.dashboard import graph, series
 from plait.testing.live import ControlPlaneProcess, free_port
 
 CONFIG = """apiVersion: v1
@@ -41,24 +41,40 @@ SERIES = {
     "request_protocol": "http",
 }
 QUERIES = graph.queries(graph.GraphQuery(window="5m"))
+RANGE_REQUESTS = series.asks()["requests"].promql("30s")  # the 1m series' request sums
+
+
+def _answer(result_type: str, result: list) -> bytes:
+    return json.dumps({"status": "success", "data": {"resultType": result_type, "result": result}}).encode()
 
 
 class FakePrometheus(BaseHTTPRequestHandler):
     """Answers the graph's request query (exactly as `graph.queries` builds it) with two series (200s and 503s)
-    and its security query with mutual TLS, every other query with nothing: the graph in test_api shows the
-    edge only if the PromQL matched."""
+    and its security query with mutual TLS, and the same request query over 30 s in ``query_range`` (the 1m
+    series) at every step but the first; every other query with nothing: the graph and series in test_api
+    show the edge only if the PromQL matched."""
 
     def do_GET(self):  # noqa: N802 (http.server's name)
-        query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)["query"][0]
-        result = []
-        if query == QUERIES["requests"]:
-            result = [
-                {"metric": {**SERIES, "response_code": "200"}, "value": [0, "3"]},
-                {"metric": {**SERIES, "response_code": "503"}, "value": [0, "1"]},
-            ]
-        elif query == QUERIES["security"]:
-            result = [{"metric": {**SERIES, "connection_security_policy": "mutual_tls"}, "value": [0, "4"]}]
-        body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+        url = urllib.parse.urlparse(self.path)
+        params = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
+        query, result = params["query"], []
+        if url.path == "/api/v1/query_range":  # the series: the same two series, at every step but the first
+            times = series.steps(params)[1:]
+            if query == RANGE_REQUESTS:
+                result = [
+                    {"metric": {**SERIES, "response_code": code}, "values": [[t, value] for t in times]}
+                    for code, value in (("200", "3"), ("503", "1"))
+                ]
+            body = _answer("matrix", result)
+        else:
+            if query == QUERIES["requests"]:
+                result = [
+                    {"metric": {**SERIES, "response_code": "200"}, "value": [0, "3"]},
+                    {"metric": {**SERIES, "response_code": "503"}, "value": [0, "1"]},
+                ]
+            elif query == QUERIES["security"]:
+                result = [{"metric": {**SERIES, "connection_security_policy": "mutual_tls"}, "value": [0, "4"]}]
+            body = _answer("vector", result)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()

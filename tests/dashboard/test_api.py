@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -30,6 +32,23 @@ def test_graph_from_prometheus(control_plane):
         "failing",
         True,
     )
+
+
+def test_series_from_prometheus(control_plane):
+    _, dashboard = control_plane
+    edge = "workload:default:productpage-v1->workload:default:reviews-v1"
+    before = time.time()
+    answer = dashboard.get(f"/api/graph/series?namespace=default&window=1m&type=workload&edge={edge}")
+    assert (answer["edge"], answer["step"], answer["source"]) == (edge, 5, "prometheus")
+    points = answer["points"]
+    assert len(points) == 13 and all(b["t"] - a["t"] == 5 for a, b in zip(points, points[1:]))
+    assert before - 65 <= points[0]["t"] <= before - 55
+    assert points[0] == {"t": points[0]["t"], "rps": 0.0, "errorRate": None, "p95": None, "tcpBytes": None}
+    assert {(p["rps"], p["errorRate"]) for p in points[1:]} == {(4.0, 25.0)}
+    node = dashboard.get("/api/graph/series?window=1m&type=workload&node=workload:default:reviews-v1")
+    assert {(p["rpsIn"], p["rpsOut"], p["errorRate"]) for p in node["points"][1:]} == {(4.0, 0.0, 25.0)}
+    with pytest.raises(ClientError, match="give one of node=ID or edge=ID"):
+        dashboard.get("/api/graph/series?window=1m")
 
 
 def test_graph_rejects_a_bad_window(control_plane):
@@ -64,7 +83,8 @@ def test_page_and_assets_are_served(control_plane):
     assert "static/vendor/cytoscape.min.js" in page and 'id="graph-edges"' in page
     for asset in ("app.js", "style.css", "vendor/cytoscape.min.js", "vendor/dagre.min.js", "vendor/cytoscape-dagre.js"):
         assert len(dashboard.get(f"/static/{asset}")) > 1000, asset
-    assert "http://" not in dashboard.get("/static/app.js")  # nothing is fetched from elsewhere
+    # nothing is fetched from elsewhere: the only URL is SVG's namespace, a name (the page tests catch requests)
+    assert re.findall(r"https?://[^\"'\s]*", dashboard.get("/static/app.js")) == ["http://www.w3.org/2000/svg"]
 
 
 def test_tap_errors_pass_through(control_plane):
@@ -183,53 +203,69 @@ def test_traces_from_the_collector(control_plane):
         dashboard.get(f"/api/traces/{'b' * 16}")
 
 
-def test_without_prometheus_rates_come_from_the_proxies_own_stats(control_plane, edge_labels, tmp_path):
-    """A stand-in proxy whose /stats/prometheus counter grows by 10 requests (one 503) per read; the dashboard,
-    given the local mesh's targets file instead of Prometheus, reads it every 0.5 s."""
+@pytest.mark.parametrize("discovery", ["file_sd", "http_sd"])
+def test_without_prometheus_rates_come_from_the_proxies_own_stats(control_plane, edge_labels, tmp_path, discovery):
+    """A stand-in proxy whose /stats/prometheus (Envoy's text format) grows by 10 requests (one 503) per read;
+    the dashboard, given instead of Prometheus the proxies to read as the local mesh names them (a file_sd
+    file) or as istiod on Kubernetes does (http_sd at /api/v1/prometheus/targets), reads it every 0.5 s."""
     plane, _ = control_plane
     common = ",".join(f'{k}="{v}"' for k, v in edge_labels.items())
     reads = []
+    groups = []
 
     async def stats(_: web.Request) -> web.Response:
         reads.append(1)
         n = len(reads)
         text = (
+            "# TYPE istio_requests_total counter\n"
             f'istio_requests_total{{reporter="source",{common},response_code="200"}} {9 * n}\n'
             f'istio_requests_total{{reporter="source",{common},response_code="503"}} {n}\n'
+            "# TYPE envoy_server_uptime gauge\n"
+            "envoy_server_uptime{} 12\n"
         )
-        return web.Response(text=text)
+        return web.Response(text=text, content_type="text/plain")
 
-    async def main() -> dict:
+    async def http_sd(_: web.Request) -> web.Response:
+        return web.json_response(groups)
+
+    async def main() -> tuple[dict, dict, int]:
         proxy = web.Application()
-        proxy.add_routes([web.get("/stats/prometheus", stats)])
+        proxy.add_routes([web.get("/stats/prometheus", stats), web.get("/api/v1/prometheus/targets", http_sd)])
         proxy_runner = web.AppRunner(proxy, access_log=None)
         await proxy_runner.setup()
         await web.TCPSite(proxy_runner, "127.0.0.1", 0).start()
         address = "{}:{}".format(*proxy_runner.addresses[0])
-        targets = tmp_path / "envoy-stats.json"
         labels = {"namespace": "default", "pod": "productpage-v1-0", "__metrics_path__": "/stats/prometheus"}
-        targets.write_text(json.dumps([{"targets": [address], "labels": labels}]))
-        backends = Backends(api=f"http://127.0.0.1:{plane.http_port}", targets_file=targets)
-        runner = web.AppRunner(Dashboard(backends, read_interval=0.5).app(), access_log=None)
+        groups.append({"targets": [address], "labels": labels})
+        targets = tmp_path / "envoy-stats.json"
+        targets.write_text(json.dumps(groups))
+        where = str(targets) if discovery == "file_sd" else f"http://{address}/api/v1/prometheus/targets"
+        board = Dashboard(Backends(api=f"http://127.0.0.1:{plane.http_port}", targets=where), read_interval=0.5)
+        runner = web.AppRunner(board.app(), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = "http://{}:{}/api/graph?type=workload".format(*runner.addresses[0])
+        url = "http://{}:{}/api/graph".format(*runner.addresses[0])
+        edge = "workload:default:productpage-v1->workload:default:reviews-v1"
         try:
             async with aiohttp.ClientSession() as session:
-                async with session.get(url) as response:  # before two reads: not yet
+                async with session.get(url, params={"type": "workload"}) as response:  # before two reads: not yet
                     assert (
                         response.status == 503
                         and "first rates come after two reads" in (await response.json())["error"]
                     )
-                await asyncio.sleep(1.5)
-                async with session.get(url) as response:
+                await asyncio.sleep(5.6)  # 11 reads: over 5 s, one step of the 1m series
+                async with session.get(url, params={"type": "workload"}) as response:
                     assert response.status == 200
-                    return await response.json()
+                    graph = await response.json()
+                series_params = {"type": "workload", "window": "1m", "edge": edge}
+                async with session.get(url + "/series", params=series_params) as response:
+                    assert response.status == 200
+                    return graph, await response.json(), len(board.proxies.history)
         finally:
             await runner.cleanup()
             await proxy_runner.cleanup()
 
-    answer = asyncio.run(main())
+    answer, over_time, kept = asyncio.run(main())
     assert answer["source"] == "proxies"
     [edge] = answer["edges"]
     assert (edge["source"], edge["target"], edge["errorRate"], edge["health"]) == (
@@ -239,3 +275,84 @@ def test_without_prometheus_rates_come_from_the_proxies_own_stats(control_plane,
         "degraded",
     )
     assert edge["rps"] == pytest.approx(20.0, rel=0.3)  # 10 requests per 0.5 s, as timed by the event loop
+    # over time: the 1m series' points are 5 s apart, the rates between the first read and one 5 s later
+    assert over_time["source"] == "proxies" and kept >= 11
+    [point] = over_time["points"]
+    assert point["errorRate"] == 10.0 and point["rps"] == pytest.approx(20.0, rel=0.3)
+
+
+TESTDATA = Path(__file__).parent / "testdata"
+
+
+def grown(text: str, n: int) -> str:
+    """Envoy's text with every Istio sample's value times `n`: the counters of the n-th read."""
+    return re.sub(r"^(istio_.*) (\S+)$", lambda m: f"{m[1]} {float(m[2]) * n:g}", text, flags=re.MULTILINE)
+
+
+def test_without_the_addon_the_proxies_envoy_text_is_read_through_http_sd(control_plane):
+    """As istiod on Kubernetes without the Prometheus addon: the targets come from an http_sd URL (as istiod's
+    /api/v1/prometheus/targets lists annotated pods: POD_IP:PORT, the path in __metrics_path__), and each proxy
+    answers real Envoy text (testdata: a client and a server sidecar), its counters growing read by read."""
+    plane, _ = control_plane
+    reads = {"client": 0, "server": 0}
+
+    async def stats(request: web.Request) -> web.Response:
+        proxy = request.match_info["proxy"]
+        reads[proxy] += 1
+        text = grown((TESTDATA / f"{proxy}-stats.prom").read_text(), reads[proxy])
+        return web.Response(text=text, content_type="text/plain")
+
+    groups: list[dict] = []
+
+    async def http_sd(_: web.Request) -> web.Response:
+        return web.json_response(groups)
+
+    async def main() -> tuple[dict, dict]:
+        proxies = web.Application()
+        proxies.add_routes(
+            [
+                web.get("/{proxy}/stats/prometheus", stats),
+                web.get("/api/v1/prometheus/targets", http_sd),
+            ]
+        )
+        proxies_runner = web.AppRunner(proxies, access_log=None)
+        await proxies_runner.setup()
+        await web.TCPSite(proxies_runner, "127.0.0.1", 0).start()
+        address = "{}:{}".format(*proxies_runner.addresses[0])
+        for proxy in ("client", "server"):
+            labels = {"app": proxy, "namespace": "default", "pod": f"{proxy}-v1-0"}
+            groups.append(
+                {"targets": [address], "labels": {**labels, "__metrics_path__": f"/{proxy}/stats/prometheus"}}
+            )
+        backends = Backends(
+            api=f"http://127.0.0.1:{plane.http_port}", targets=f"http://{address}/api/v1/prometheus/targets"
+        )
+        runner = web.AppRunner(Dashboard(backends, read_interval=0.5).app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = "http://{}:{}/api/graph".format(*runner.addresses[0])
+        try:
+            await asyncio.sleep(1.5)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url, params={"type": "workload"}) as response:
+                    assert response.status == 200
+                    graph = await response.json()
+                async with session.get(url, params={"type": "versionedApp"}) as response:
+                    assert response.status == 200
+                    return graph, await response.json()
+        finally:
+            await runner.cleanup()
+            await proxies_runner.cleanup()
+
+    workloads, apps = asyncio.run(main())
+    assert workloads["source"] == "proxies"
+    [edge] = workloads["edges"]
+    assert (edge["id"], edge["protocol"], edge["errorRate"], edge["health"], edge["mtls"]) == (
+        "workload:default:client-v1->workload:default:server-v1",
+        "http",
+        0.0,
+        "healthy",
+        True,  # the server's report: mutual_tls
+    )
+    assert edge["rps"] == pytest.approx(8.0, rel=0.3)  # 4 more requests per 0.5 s
+    assert [n["name"] for n in apps["nodes"]] == ["client v1", "server v1"]

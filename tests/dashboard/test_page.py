@@ -32,8 +32,29 @@ def test_every_page_renders_without_errors(control_plane):
         assert [r[0] for r in rows(page, "graph-nodes")] == ["productpage-v1", "reviews-v1"]
         assert page.eval_on_selector("#cy canvas", "c => c.width > 0")  # cytoscape drew
         page.evaluate("cy.edges()[0].emit('tap')")  # as a click on the edge: its figures beside the graph
-        details = page.inner_text("#details")
+        details = page.inner_text("#details-figures")
         assert "Requests/s\t4.00" in details and "Success %\t75.00" in details and "Health\tfailing" in details
+        # and its time series (the stand-in Prometheus: no traffic at the first step, then 4 rps, 25 % 5xx)
+        page.wait_for_selector("#series-table tbody tr", state="attached")
+        captions = page.eval_on_selector_all("#details-series figcaption", "f => f.map(x => x.textContent)")
+        assert captions == [
+            "Requests/s: last 4.00, max 4.00",
+            "Error %: last 25.0, max 25.0",
+            "p95 ms: none in the window",
+        ]
+        series = rows(page, "series-table")
+        assert len(series) == 31 and series[0][1:] == ["0.00", "-", "-"]  # 5m every 10 s
+        assert {tuple(r[1:]) for r in series[1:]} == {("4.00", "25.0", "-")}
+        assert page.eval_on_selector_all("#details-series svg path", "p => p.length") == 2  # no p95 line
+        page.focus("#graph-nodes tbody tr[data-name='reviews-v1']")  # from the keyboard: a row of the tables
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.querySelector('#details-figures').textContent.includes('Inbound rps')")
+        page.wait_for_selector("#details-series figure.spark[data-field='rpsIn']", state="attached")
+        assert "Node\treviews-v1" in page.inner_text("#details-figures")
+        before = page.evaluate("document.body.dataset.loaded")
+        page.dispatch_event("#window", "change")  # a refresh rebuilds the tables: the row keeps the focus
+        page.wait_for_function(f"document.body.dataset.loaded !== {before!r}")
+        assert page.evaluate("document.activeElement.dataset.name") == "reviews-v1"
         page.click("a[data-page=workloads]")
         page.wait_for_selector("#workloads tbody tr")
         assert [r[0] for r in rows(page, "workloads")] == ["reviews-v1-0"]
@@ -63,3 +84,42 @@ def test_a_request_elsewhere_is_caught(control_plane):
         browser.page.evaluate("fetch('http://192.0.2.1/').catch(() => {})")
         browser.page.wait_for_timeout(200)
     assert any("request to another origin: http://192.0.2.1/" in p for p in browser.problems), browser.problems
+
+
+def lit_pixels(page) -> int:
+    """How many pixels of the traffic animation's canvas are drawn."""
+    return page.eval_on_selector(
+        "#traffic",
+        "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((v, i) => i % 4 === 3 && v).length",
+    )
+
+
+def test_traffic_animation_moves_and_is_off_for_reduced_motion(control_plane):
+    _, dashboard = control_plane
+    with chromium_page(dashboard.base) as browser:
+        page = browser.page
+        page.goto(f"{dashboard.base}/?namespace=default&window=5m&type=workload#graph")
+        page.wait_for_selector("#graph-edges tbody tr")
+        assert page.is_checked("#animate")
+        page.wait_for_function("document.querySelector('#traffic').width > 0")
+        first = page.eval_on_selector("#traffic", "c => c.toDataURL()")
+        page.wait_for_timeout(300)
+        assert lit_pixels(page) > 0 and page.eval_on_selector("#traffic", "c => c.toDataURL()") != first  # moving
+        red = page.eval_on_selector(
+            "#traffic",
+            "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;"
+            " for (let i = 0; i < d.length; i += 4) if (d[i] > 180 && d[i + 1] < 80 && d[i + 3] === 255) n++; return n; }",
+        )
+        assert red > 0  # a quarter of the edge's requests fail: red dots
+        page.uncheck("#animate")
+        assert lit_pixels(page) == 0
+
+        page.emulate_media(reduced_motion="reduce")
+        page.reload()
+        page.wait_for_selector("#graph-edges tbody tr")
+        page.wait_for_timeout(300)
+        assert not page.is_checked("#animate") and lit_pixels(page) == 0
+        page.check("#animate")  # the user may still ask for it
+        page.wait_for_timeout(300)
+        assert lit_pixels(page) > 0
+    assert browser.problems == []

@@ -3,8 +3,9 @@ shared Bookinfo demo under a steady, bounded load (page loads by an anonymous re
 nodes are exactly the workloads that carry traffic as Prometheus reports it, each edge's requests/s is within
 20 % of Prometheus' own figure, Istio's ratings abort sample (jason's calls to ratings get a 500 from the
 calling sidecar: no ratings workload sees them, so the edge goes to the ratings service node, as in Kiali)
-turns a ratings edge red within the page's refresh interval of the JSON API saying so, each page is screenshotted (test
-artefact and docs/images/) and not blank, with no console error and no request to any other origin.
+turns a ratings edge red within the page's refresh interval of the JSON API saying so, a selected edge's time series
+ends at Prometheus' own rate and its traffic dots move, each page is screenshotted (test artefact and
+docs/images/) and not blank, with no console error and no request to any other origin.
 
 Config applied here is deleted again at the end: other modules share the mesh."""
 
@@ -174,6 +175,37 @@ def test_graph_nodes_and_rates_are_prometheus(bookinfo, load, urls):
     assert load.statuses.get(200, 0) > 0 and set(load.statuses) == {200}, load.statuses
 
 
+GATEWAY_EDGE = "workload:istio-system:istio-ingressgateway->workload:default:productpage-v1"
+
+
+def test_an_edges_time_series_ends_at_prometheus_rate_and_its_traffic_moves(bookinfo, load, urls):
+    dashboard, prometheus = urls
+    query = (
+        'sum(rate(istio_requests_total{reporter="source",source_workload="istio-ingressgateway",'
+        'destination_workload="productpage-v1"}[30s]))'
+    )
+    with chromium_page(dashboard) as browser:
+        page = browser.page
+        page.goto(f"{dashboard}/?namespace=default&window=1m&type=workload#graph")
+        page.wait_for_selector("#graph-edges tbody tr")
+        page.evaluate(f"cy.getElementById({json.dumps(GATEWAY_EDGE)}).emit('tap')")
+        page.wait_for_selector("#series-table tbody tr", state="attached")
+        answer = Http(prometheus, what="Prometheus").get("/api/v1/query?" + urllib.parse.urlencode({"query": query}))
+        truth = float(answer["data"]["result"][0]["value"][1])
+        series = page.eval_on_selector_all(
+            "#series-table tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+        )
+        assert len(series) == 13  # 1 m, every 5 s
+        assert float(series[-1][1]) == pytest.approx(truth, rel=0.2), (series[-1], truth)
+        assert page.is_checked("#animate")
+        lit = (
+            "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data"
+            ".filter((v, i) => i % 4 === 3 && v).length"
+        )
+        page.wait_for_function(f"({lit})(document.querySelector('#traffic')) > 0")
+    assert browser.problems == []
+
+
 def test_ratings_abort_turns_the_ratings_edges_red(bookinfo, load, urls, tmp_path):
     dashboard, _ = urls
     api = Http(dashboard, what="the dashboard")
@@ -232,8 +264,12 @@ def test_every_page_screenshot(bookinfo, load, urls, artefacts):
                 page.select_option("#tap-target", "deploy/productpage-v1")
                 page.click("#tap-start")
                 page.wait_for_selector("#tap tbody tr", timeout=30_000)
+            elif name == "graph":  # with an edge selected: its figures and time series beside the graph
+                page.wait_for_selector("#graph-edges tbody tr")
+                page.evaluate("cy.edges().filter(e => e.source().data('isGateway'))[0].emit('tap')")
+                page.wait_for_selector("#series-table tbody tr", state="attached")
             else:
-                page.wait_for_selector("#graph-edges tbody tr" if name == "graph" else f"#{name} tbody tr")
+                page.wait_for_selector(f"#{name} tbody tr")
             png = page.screenshot(full_page=False)
             (artefacts / f"dashboard-{name}.png").write_bytes(png)
             (DOCS_IMAGES / f"dashboard-{name}.png").write_bytes(png)
@@ -248,7 +284,7 @@ def test_every_page_screenshot(bookinfo, load, urls, artefacts):
 def test_plait_dashboard_prints_the_url(bookinfo):
     shown = bookinfo.plait("dashboard", "--no-browser")
     assert shown.returncode == 0 and shown.stdout.strip() == "http://127.0.0.1:20001", shown.stdout + shown.stderr
-    kiali = bookinfo.plait("dashboard", "kiali", "--no-browser")
+    kiali = bookinfo.plait("dashboard", "kiali", "--browser=false")
     assert kiali.returncode == 0 and kiali.stdout.strip() == "http://127.0.0.1:20001", kiali.stdout + kiali.stderr
 
 

@@ -118,10 +118,11 @@ def control_plane(
         str | None, typer.Option(help="The Prometheus the dashboard reads metrics from, e.g. http://127.0.0.1:9090.")
     ] = None,
     dashboard_targets: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="Without --dashboard-prometheus: a Prometheus file_sd JSON file naming the proxies whose "
-            "/stats/prometheus the dashboard reads itself (every 5 s)."
+            help="Without --dashboard-prometheus: the proxies whose /stats/prometheus the dashboard reads itself "
+            "(every 5 s), as Prometheus finds them: a file_sd JSON file, or an http_sd URL (e.g. "
+            "http://127.0.0.1:15014/api/v1/prometheus/targets, this control plane's own on Kubernetes)."
         ),
     ] = None,
     zipkin_port: Annotated[
@@ -268,7 +269,7 @@ def control_plane(
         raise typer.Exit(1) from None
 
 
-async def _serve(settings: Settings, dashboard_port: int, prometheus: str | None, targets: Path | None) -> None:
+async def _serve(settings: Settings, dashboard_port: int, prometheus: str | None, targets: str | None) -> None:
     """The control plane, and beside it in this process the dashboard (reading the control plane's API)."""
     if not dashboard_port:
         return await run(settings)
@@ -278,7 +279,7 @@ async def _serve(settings: Settings, dashboard_port: int, prometheus: str | None
         api=f"http://{api_host}:{settings.http_port}",
         prometheus=prometheus.rstrip("/") if prometheus else None,
         zipkin=f"http://{api_host}:{settings.zipkin_port}" if settings.zipkin_port else None,
-        targets_file=targets,
+        targets=targets,
         token_file=admin_token_path(settings.state_dir),
     )
     plane = asyncio.create_task(run(settings, stop=stop))

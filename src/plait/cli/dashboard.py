@@ -3,7 +3,8 @@ workloads, services, config, live calls), and `plait dashboard prometheus`: the 
 printed and (with a browser present) opened, as `istioctl dashboard kiali|prometheus`. In: the local mesh's
 state (``state.json``), or on Kubernetes the pod (istiod, ``app=istiod``; the addon's ``app=prometheus``)
 in the control plane's namespace, port-forwarded through the API server until Ctrl-C. Out: the URL on
-stdout; an error naming how to get one when there is none."""
+stdout; an error naming how to get one when there is none. istioctl's ``--browser=false`` is accepted as
+``--no-browser`` (`istio_bool_flags`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from plait.cli.console import err, out
 from plait.cli.kubeforward import ForwardError, PortForward, ready_pods
@@ -28,6 +30,43 @@ DASHBOARD_PORT = 20001  # istiod's dashboard port (Kiali's)
 ADDON = "plait install --set addons.prometheus=true -y"
 
 StateDir = Annotated[Path, typer.Option(help="The local mesh's run directory.")]
+Browser = Annotated[
+    bool,
+    typer.Option(
+        help="Open it in a browser when one is present; --no-browser (istioctl's --browser=false) only prints it."
+    ),
+]
+BOOL_FLAGS = ("browser",)
+TRUE, FALSE = ("1", "t", "T", "TRUE", "true", "True"), ("0", "f", "F", "FALSE", "false", "False")  # Go's ParseBool
+
+
+def istio_bool_flags(args: list[str], names: tuple[str, ...] = BOOL_FLAGS) -> list[str]:
+    """istioctl's (cobra's) spelling of a bool flag with a value, ``--NAME=false`` or ``--NAME=true``, as
+    typer's ``--no-NAME`` or ``--NAME``; arguments after ``--`` are left alone."""
+    out = []
+    for index, arg in enumerate(args):
+        if arg == "--":
+            return out + args[index:]
+        name, equals, value = arg.partition("=")
+        if equals and name.startswith("--") and name[2:] in names:
+            if value not in TRUE + FALSE:
+                raise typer.BadParameter(f"{value!r}: expected true or false", param_hint=name)
+            arg = name if value in TRUE else f"--no-{name[2:]}"
+        out.append(arg)
+    return out
+
+
+class _IstioFlags:
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, istio_bool_flags(args))  # type: ignore[misc]
+
+
+class DashboardGroup(_IstioFlags, TyperGroup):
+    """`plait dashboard`, reading istioctl's --browser=false (the subcommands get the rewritten arguments)."""
+
+
+class DashboardCommand(_IstioFlags, TyperCommand):
+    """`plait dashboard kiali|prometheus`, reading istioctl's --browser=false."""
 
 
 def open_in_browser(url: str) -> bool:
@@ -44,7 +83,7 @@ def open_in_browser(url: str) -> bool:
 
 def prometheus(
     state_dir: StateDir = Path(".plait"),
-    browser: Annotated[bool, typer.Option(help="Open it in a browser when one is present.")] = True,
+    browser: Browser = True,
     kubeconfig: Kubeconfig = None,
     istio_namespace: IstioNamespace = "istio-system",
     port: Annotated[int, typer.Option(help="On Kubernetes: the local port to forward (0: any free one).")] = 9090,
@@ -73,7 +112,7 @@ def prometheus(
 
 def mesh(
     state_dir: StateDir = Path(".plait"),
-    browser: Annotated[bool, typer.Option(help="Open it in a browser when one is present.")] = True,
+    browser: Browser = True,
     kubeconfig: Kubeconfig = None,
     istio_namespace: IstioNamespace = "istio-system",
     port: Annotated[int, typer.Option(help="On Kubernetes: the local port to forward (0: any free one).")] = 20001,
@@ -84,7 +123,7 @@ def mesh(
     Kubernetes ($KUBECONFIG or --kubeconfig, and no local mesh in --state-dir) istiod's port 20001 is
     forwarded to localhost:--port through the API server, as 'istioctl dashboard kiali' does, until Ctrl-C.
 
-    Example: [bold]plait dashboard[/]   [bold]plait dashboard --no-browser[/] (only print the URL)
+    Example: [bold]plait dashboard[/]   [bold]plait dashboard --browser=false[/] (only print the URL)
     """
     state = State.load(state_dir)
     if kubeconfig or (state is None and os.environ.get("KUBECONFIG")):
@@ -99,7 +138,7 @@ def mesh(
 def _without_command(
     context: typer.Context,
     state_dir: StateDir = Path(".plait"),
-    browser: Annotated[bool, typer.Option(help="Open it in a browser when one is present.")] = True,
+    browser: Browser = True,
     kubeconfig: Kubeconfig = None,
     istio_namespace: IstioNamespace = "istio-system",
     port: Annotated[int, typer.Option(help="On Kubernetes: the local port to forward (0: any free one).")] = 20001,
@@ -146,8 +185,10 @@ def _forward(kubeconfig: str | None, namespace: str, selector: str, remote: int,
 
 
 def register(app: typer.Typer) -> None:
-    dashboard = typer.Typer(name="dashboard", help="Open the mesh's dashboards (as istioctl dashboard).")
+    dashboard = typer.Typer(
+        name="dashboard", help="Open the mesh's dashboards (as istioctl dashboard).", cls=DashboardGroup
+    )
     dashboard.callback(invoke_without_command=True)(_without_command)
-    dashboard.command("kiali")(mesh)
-    dashboard.command("prometheus")(prometheus)
+    dashboard.command("kiali", cls=DashboardCommand)(mesh)
+    dashboard.command("prometheus", cls=DashboardCommand)(prometheus)
     app.add_typer(dashboard, name="dashboard")

@@ -2,6 +2,7 @@
 
     GET /                      the page (static/index.html) and /static/… its assets (no CDN)
     GET /api/graph?namespace=&window=1m|5m|1h&type=app|versionedApp|workload|service   the service graph
+    GET /api/graph/series?namespace=&window=&type=&node=ID|edge=ID   one node's or edge's figures over the window
     GET /api/workloads[?namespace=&window=]   pods: health, sidecar, proxy sync state
     GET /api/services[?namespace=&window=]    Services and ServiceEntries with their health
     GET /api/config[?namespace=]              Istio objects with their problems and analysis messages
@@ -13,10 +14,12 @@
 
 In: the control plane's HTTP API (`Backends.api`, its admin token when it has one), Prometheus
 (`Backends.prometheus`) and the control plane's trace collector (`Backends.zipkin`, Zipkin's read API).
-Out: JSON built by `graph` and `views`. Access as the control plane's API:
+Out: JSON built by `graph`, `series` and `views`. Access as the control plane's API:
 callers on the host itself (127.0.0.1, ::1) need nothing, others the admin token (``Authorization:
 Bearer``). Without Prometheus the figures are rates between the last two reads of every proxy's own stats
-(`ProxyStats`, given the targets file), or, without that either, the metric endpoints answer 503 saying so.
+(`ProxyStats`, given the proxies to read: a Prometheus file_sd file, or an http_sd URL such as istiod's
+``/api/v1/prometheus/targets``), over time the rates between its reads of the last hour; without that either,
+the metric endpoints answer 503 saying so.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +40,7 @@ from aiohttp import web
 from plait.analysis import Inputs, analyze
 from plait.analysis.analyzers import KubeObject
 from plait.analysis.inputs import Reading
-from plait.dashboard import graph, views
+from plait.dashboard import graph, series, views
 from plait.telemetry.stat import Sample, parse_exposition, rates
 
 log = logging.getLogger("plait.dashboard")
@@ -55,12 +58,22 @@ class BackendError(Exception):
         self.status = status
 
 
+def no_metrics() -> BackendError:
+    return BackendError(
+        "no Prometheus: the dashboard's figures come from the mesh's Prometheus (locally 'plait up' starts one when "
+        "Debian's prometheus is installed; on Kubernetes: plait install --set addons.prometheus=true, or without "
+        "it istiod reads the proxies itself)",
+        status=503,
+    )
+
+
 @dataclass(frozen=True)
 class Backends:
     api: str  # the control plane's HTTP API, e.g. http://127.0.0.1:15014
     prometheus: str | None = None
     zipkin: str | None = None  # the control plane's trace collector (Zipkin's read API)
-    targets_file: Path | None = None  # without Prometheus: the proxies to read (Prometheus' file_sd JSON)
+    # without Prometheus: the proxies to read, Prometheus' file_sd JSON file or an http_sd URL (http://…)
+    targets: str | None = None
     token_file: Path | None = None  # the control plane's admin token (read when needed: created at its start)
 
     def token(self) -> str | None:
@@ -82,6 +95,7 @@ class Dashboard:
             [
                 web.get("/", self.index),
                 web.get("/api/graph", self.graph),
+                web.get("/api/graph/series", self.series),
                 web.get("/api/workloads", self.workloads),
                 web.get("/api/services", self.services),
                 web.get("/api/config", self.config),
@@ -99,8 +113,8 @@ class Dashboard:
 
     async def _open(self, _: web.Application) -> None:
         self.session = aiohttp.ClientSession(timeout=TIMEOUT)
-        if not self.backends.prometheus and self.backends.targets_file is not None:
-            self.proxies = ProxyStats(self.backends.targets_file, self.session, self.read_interval)
+        if not self.backends.prometheus and self.backends.targets:
+            self.proxies = ProxyStats(self.backends.targets, self.session, self.read_interval)
             self._reading = asyncio.create_task(self.proxies.run())
 
     async def _close(self, _: web.Application) -> None:
@@ -173,11 +187,30 @@ class Dashboard:
                     status=503,
                 )
             return graph.evaluate(rates, wanted), "proxies"
-        raise BackendError(
-            "no Prometheus: the dashboard's figures come from the mesh's Prometheus (locally 'plait up' starts "
-            "one when Debian's prometheus is installed; on Kubernetes: plait install --set addons.prometheus=true)",
-            status=503,
-        )
+        raise no_metrics()
+
+    async def _series(self, query: series.SeriesQuery) -> tuple[dict[float, dict[str, graph.Series]], str]:
+        """The graph's sums at each step of the window: Prometheus' ``query_range``, else the proxies' reads."""
+        now = time.time()
+        if self.backends.prometheus:
+            params = series.range_params(query, now)
+            wanted = series.asks()
+            answers = await asyncio.gather(
+                *(
+                    self._get(
+                        self.backends.prometheus,
+                        "/api/v1/query_range",
+                        "Prometheus",
+                        {"query": ask.promql(series.rate_range(query)), **params},
+                    )
+                    for ask in wanted.values()
+                )
+            )
+            matrices = {name: series.matrix(answer) for name, answer in zip(wanted, answers)}
+            return series.by_time(matrices, series.steps(params)), "prometheus"
+        if self.proxies is not None:
+            return series.proxy_answers(query, self.proxies.history, now), "proxies"
+        raise no_metrics()
 
     # ------------------------------------------------------------ routes
 
@@ -185,8 +218,7 @@ class Dashboard:
         return web.FileResponse(STATIC / "index.html")
 
     async def graph(self, request: web.Request) -> web.Response:
-        q = request.query
-        query = graph.GraphQuery(q.get("namespace", "default"), q.get("window", "1m"), q.get("type", "versionedApp"))
+        query = _graph_query(request.query)
         (answers, source), registry, syncz = await asyncio.gather(
             self._metrics(graph.asks(query), query.window),
             self._control_plane("/api/v1/workloads"),
@@ -194,6 +226,16 @@ class Dashboard:
         )
         gateways = views.gateways(registry, syncz)
         return web.json_response(graph.build(query, answers, gateways, source=source))
+
+    async def series(self, request: web.Request) -> web.Response:
+        q = request.query
+        query = series.SeriesQuery(_graph_query(q), node=q.get("node", ""), edge=q.get("edge", ""))
+        (answers, source), registry, syncz = await asyncio.gather(
+            self._series(query),
+            self._control_plane("/api/v1/workloads"),
+            self._control_plane("/debug/syncz"),
+        )
+        return web.json_response(series.build(query, answers, views.gateways(registry, syncz), source=source))
 
     async def _health(self, window: str) -> dict[str, graph.Series]:
         if window not in graph.WINDOWS:
@@ -296,13 +338,17 @@ class Dashboard:
 
 
 class ProxyStats:
-    """Without Prometheus: every proxy's ``/stats/prometheus`` (the targets of a Prometheus ``file_sd`` file, as
-    the local mesh writes it) read every `interval` seconds; `latest` holds the per-second rates between the
-    last two reads (as ``plait stat --direct``), whatever window is asked."""
+    """Without Prometheus: every proxy's ``/stats/prometheus`` read every `interval` seconds, the proxies named
+    by `targets` as Prometheus names what to scrape: a ``file_sd`` JSON file (as the local mesh writes it) or
+    an ``http_sd`` URL (as istiod serves ``/api/v1/prometheus/targets``), read again before every read of
+    the proxies. `latest` holds the per-second rates between the last two reads (as ``plait stat --direct``),
+    whatever window is asked; `history` the graph's series of the reads of the last hour (`series.thin`)."""
 
-    def __init__(self, targets_file: Path, session: aiohttp.ClientSession, interval: float = 5.0):
-        self.targets_file, self.session, self.interval = targets_file, session, interval
+    def __init__(self, targets: str, session: aiohttp.ClientSession, interval: float = 5.0):
+        self.targets, self.session, self.interval = targets, session, interval
         self.latest: list[Sample] | None = None
+        self.history: list[series.Read] = []
+        self._metrics = {ask.metric for ask in series.asks().values()}
 
     async def run(self) -> None:
         previous, then = None, 0.0
@@ -312,18 +358,45 @@ class ProxyStats:
             if previous is not None:
                 self.latest = rates(previous, samples, now - then)
             previous, then = samples, now
+            self._remember(samples)
             await asyncio.sleep(self.interval)
 
+    def _remember(self, samples: list[Sample]) -> None:
+        """Keep the graph's series of a read; a series' labels are shared with the previous read's (a read
+        of an hour ago costs its values only)."""
+        known = {s.identity: s.labels for s in self.history[-1][1]} if self.history else {}
+        kept = [Sample(s.name, known.get(s.identity, s.labels), s.value) for s in samples if s.name in self._metrics]
+        now = time.time()
+        self.history = series.thin([*self.history, (now, kept)], now)
+
     async def read(self) -> list[Sample]:
+        groups = await self._targets()
+        reads = [
+            self._read(address, group.get("labels") or {}) for group in groups for address in group.get("targets", [])
+        ]
+        return [sample for samples in await asyncio.gather(*reads) for sample in samples]
+
+    async def _targets(self) -> list[dict]:
+        """The target groups (``[{"targets": [HOST:PORT], "labels": {…}}]``); none when they cannot be read."""
         try:
-            groups = json.loads(self.targets_file.read_text())
+            if self.targets.startswith(("http://", "https://")):
+                async with self.session.get(self.targets, timeout=aiohttp.ClientTimeout(total=5)) as response:
+                    if response.status != 200:
+                        raise ValueError(f"answered {response.status}: {(await response.text())[:200]}")
+                    groups = await response.json(content_type=None)
+            else:
+                groups = json.loads(Path(self.targets).read_text())
         except FileNotFoundError:
             return []  # no proxy started yet
-        except (OSError, ValueError) as error:
-            log.warning("cannot read the proxies to scrape from %s: %s", self.targets_file, error)
+        except (OSError, ValueError, aiohttp.ClientError, TimeoutError) as error:
+            log.warning("cannot read the proxies to scrape from %s: %s", self.targets, error or type(error).__name__)
             return []
-        reads = [self._read(address, group.get("labels", {})) for group in groups for address in group["targets"]]
-        return [sample for samples in await asyncio.gather(*reads) for sample in samples]
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            log.warning(
+                "the proxies to scrape from %s: expected a list of target groups, got %.200s", self.targets, groups
+            )
+            return []
+        return groups
 
     async def _read(self, address: str, labels: dict) -> list[Sample]:
         path = labels.get("__metrics_path__", "/stats/prometheus")
@@ -333,6 +406,10 @@ class ProxyStats:
         except (aiohttp.ClientError, TimeoutError):
             return []
         return parse_exposition(text, {k: labels[k] for k in ("namespace", "pod") if k in labels})
+
+
+def _graph_query(q: Mapping[str, str]) -> graph.GraphQuery:
+    return graph.GraphQuery(q.get("namespace", "default"), q.get("window", "1m"), q.get("type", "versionedApp"))
 
 
 def _analysis_inputs(items: list[dict], registry: list[dict]) -> Inputs:

@@ -281,6 +281,8 @@ def istiod_deployment(settings: InstallSettings) -> dict[str, Any]:
     args += ["--mesh-config", f"{MESH_CONFIG_DIR}/mesh", "--dashboard-port", str(DASHBOARD_PORT)]
     if settings.prometheus:  # the dashboard reads the addon's Prometheus
         args += ["--dashboard-prometheus", f"http://{addons.NAME}.{settings.namespace}.svc:{addons.PORT}"]
+    else:  # without it the proxies' stats, found as the addon would find them: istiod's own http_sd, over loopback
+        args += ["--dashboard-targets", "http://127.0.0.1:15014/api/v1/prometheus/targets"]
     container = {
         "name": "discovery",
         "image": settings.image,

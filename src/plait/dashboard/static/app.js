@@ -8,6 +8,9 @@ const NODE_SHAPES = { app: "round-rectangle", workload: "ellipse", service: "tri
 let cy = null;
 let timer = null;
 let tapReader = null;
+let selected = null; // the node or edge whose details are shown: {id, isEdge}
+let names = {};
+const reducedMotion = window.matchMedia("(prefers-reduced-motion: reduce)");
 
 function fmt(value, digits = 2) {
   return value === null || value === undefined ? "-" : Number(value).toFixed(digits);
@@ -61,7 +64,7 @@ function edgeLabel(edge) {
 }
 
 function drawGraph(data) {
-  const names = Object.fromEntries(data.nodes.map((n) => [n.id, n.name]));
+  names = Object.fromEntries(data.nodes.map((n) => [n.id, n.name]));
   const elements = [
     ...data.nodes.map((n) => ({
       data: { ...n, label: nodeLabel(n), shape: n.isGateway ? "diamond" : NODE_SHAPES[n.nodeType] || "ellipse",
@@ -87,7 +90,7 @@ function drawGraph(data) {
         { selector: ":selected", style: { "overlay-opacity": 0.15 } },
       ],
     });
-    cy.on("tap", "node, edge", (event) => showDetails(event.target.data(), names));
+    cy.on("tap", "node, edge", (event) => select(event.target.data()));
   }
   cy.elements().remove();
   cy.add(elements);
@@ -98,7 +101,12 @@ function drawGraph(data) {
     cy.center();
   }
   $("#graph-empty").hidden = data.nodes.length > 0;
+  const still = selected && [...data.nodes, ...data.edges].find((item) => item.id === selected.id);
+  if (still) select(still);
+  const focused = document.activeElement && document.activeElement.closest("#graph-nodes, #graph-edges")
+    ? document.activeElement.dataset : null; // a keyboard user's row keeps its focus across refreshes
   fillTable("graph-nodes", data.nodes, (tr, n) => {
+    selectable(tr, n);
     tr.dataset.nodeId = n.id;
     tr.dataset.name = n.name;
     cell(tr, nodeLabel(n));
@@ -110,6 +118,7 @@ function drawGraph(data) {
     cell(tr, n.health, n.health);
   });
   fillTable("graph-edges", data.edges, (tr, e) => {
+    selectable(tr, e);
     tr.dataset.edgeId = e.id;
     tr.dataset.source = names[e.source];
     tr.dataset.target = names[e.target];
@@ -125,9 +134,28 @@ function drawGraph(data) {
     cell(tr, fmt(e.tcpBytes, 0), "num");
     cell(tr, e.health, e.health);
   });
+  if (focused) {
+    const row = focused.nodeId ? `#graph-nodes tr[data-node-id="${CSS.escape(focused.nodeId)}"]`
+      : `#graph-edges tr[data-edge-id="${CSS.escape(focused.edgeId)}"]`;
+    const again = document.querySelector(row);
+    if (again) again.focus();
+  }
 }
 
-function showDetails(item, names) {
+function selectable(tr, item) {
+  // a row of the graph's tables selects its node or edge as a click on the canvas does (Enter from the keyboard)
+  tr.tabIndex = 0;
+  tr.addEventListener("click", () => select(item));
+  tr.addEventListener("keydown", (event) => { if (event.key === "Enter") select(item); });
+}
+
+function select(item) {
+  selected = { id: item.id, isEdge: Boolean(item.source) };
+  showDetails(item);
+  loadSeries(item).catch((error) => setStatus(`time series: ${error.message}`));
+}
+
+function showDetails(item) {
   const rows = item.source
     ? [["From", names[item.source]], ["To", names[item.target]], ["Protocol", item.protocol],
       ["Requests/s", fmt(item.rps)], ["Error %", fmt(item.errorRate, 2)],
@@ -138,6 +166,7 @@ function showDetails(item, names) {
       ["Inbound rps", fmt(item.rpsIn)], ["Outbound rps", fmt(item.rpsOut)], ["Error %", fmt(item.errorRate, 2)],
       ["Health", item.health]];
   const table = document.createElement("table");
+  table.id = "details-figures";
   for (const [key, value] of rows) {
     const tr = document.createElement("tr");
     const th = document.createElement("th");
@@ -146,7 +175,143 @@ function showDetails(item, names) {
     cell(tr, value);
     table.appendChild(tr);
   }
-  $("#details").replaceChildren(table);
+  const over = document.createElement("div");
+  over.id = "details-series";
+  $("#details").replaceChildren(table, over);
+}
+
+// ------------------------------------------------------------------ the side panel's time series
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function seriesFigures(item) {
+  // [field, title, digits] drawn for a node, an HTTP edge or a TCP edge
+  if (!item.source) return [["rpsIn", "Requests/s in", 2], ["rpsOut", "Requests/s out", 2], ["errorRate", "Error %", 1]];
+  if (item.protocol === "tcp") return [["tcpBytes", "TCP bytes/s", 0]];
+  return [["rps", "Requests/s", 2], ["errorRate", "Error %", 1], ["p95", "p95 ms", 0]];
+}
+
+function svgElement(name, attributes) {
+  const element = document.createElementNS(SVG, name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
+  return element;
+}
+
+function sparkline(points, field, title, digits, window) {
+  // one figure over the window as a line (gaps where it has no value), its scale and last value as text
+  const width = 250, height = 48, values = points.map((p) => p[field]);
+  const known = values.filter((v) => v !== null);
+  const top = Math.max(...known, 0) || 1;
+  const first = points.length ? points[0].t : 0, span = points.length > 1 ? points[points.length - 1].t - first : 1;
+  let path = "", pen = "M";
+  points.forEach((p, i) => {
+    if (values[i] === null) { pen = "M"; return; }
+    const x = (width * (p.t - first)) / span, y = height - 2 - ((height - 4) * values[i]) / top;
+    path += `${pen}${x.toFixed(1)},${y.toFixed(1)} `;
+    pen = "L";
+  });
+  const last = known.length ? fmt(known[known.length - 1], digits) : "-";
+  const figure = document.createElement("figure");
+  figure.className = "spark";
+  figure.dataset.field = field;
+  const caption = document.createElement("figcaption");
+  caption.textContent = known.length ? `${title}: last ${last}, max ${fmt(Math.max(...known), digits)}`
+    : `${title}: none in the window`;
+  const svg = svgElement("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
+    "aria-label": `${title} over the last ${window}: ${known.length ? `from ${fmt(Math.min(...known), digits)} to `
+      + `${fmt(Math.max(...known), digits)}, last ${last}` : "no values"}` });
+  svg.appendChild(svgElement("line", { x1: 0, y1: height - 2, x2: width, y2: height - 2, class: "axis" }));
+  if (path) svg.appendChild(svgElement("path", { d: path, class: field === "errorRate" ? "line error" : "line" }));
+  figure.append(caption, svg);
+  return figure;
+}
+
+async function loadSeries(item) {
+  const which = item.source ? "edge" : "node";
+  const data = await getJSON(`api/graph/series?${query({ type: $("#graph-type").value, [which]: item.id })}`);
+  const box = $("#details-series");
+  if (!box || !selected || selected.id !== item.id) return; // another element was chosen meanwhile
+  const figures = seriesFigures(item);
+  const heading = document.createElement("h4");
+  heading.textContent = `Over the last ${data.window} (every ${data.step} s)`;
+  const charts = figures.map(([field, title, digits]) => sparkline(data.points, field, title, digits, data.window));
+  const details = document.createElement("details");
+  const summary = document.createElement("summary");
+  summary.textContent = "The same as a table";
+  const table = document.createElement("table");
+  table.id = "series-table";
+  const head = document.createElement("tr");
+  for (const title of ["Time", ...figures.map((f) => f[1])]) {
+    const th = document.createElement("th");
+    th.textContent = title;
+    head.appendChild(th);
+  }
+  table.appendChild(document.createElement("thead")).appendChild(head);
+  const body = table.appendChild(document.createElement("tbody"));
+  for (const p of data.points) {
+    const tr = body.insertRow();
+    tr.dataset.t = String(p.t);
+    cell(tr, new Date(p.t * 1000).toLocaleTimeString());
+    for (const [field, , digits] of figures) cell(tr, fmt(p[field], digits), "num");
+  }
+  details.append(summary, table);
+  box.replaceChildren(heading, ...charts, details);
+}
+
+// ------------------------------------------------------------------ traffic animation (Kiali's moving dots)
+
+let animation = null;
+
+function dots(edge) {
+  // how many dots an edge carries (more with more traffic) and how many of them are red (its 5xx share)
+  const amount = edge.protocol === "tcp" ? (edge.tcpBytes || 0) / 1000 : edge.rps || 0;
+  if (amount <= 0) return { count: 0, red: 0 };
+  const count = Math.min(12, Math.max(1, Math.ceil(2 * Math.log2(1 + amount))));
+  const red = edge.errorRate ? Math.max(1, Math.round((count * edge.errorRate) / 100)) : 0;
+  return { count, red };
+}
+
+function animate(now) {
+  const canvas = $("#traffic");
+  const box = $("#cy");
+  const ratio = window.devicePixelRatio || 1;
+  if (canvas.width !== box.clientWidth * ratio || canvas.height !== box.clientHeight * ratio) {
+    canvas.width = box.clientWidth * ratio;
+    canvas.height = box.clientHeight * ratio;
+  }
+  const context = canvas.getContext("2d");
+  context.setTransform(ratio, 0, 0, ratio, 0, 0);
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  if (cy) {
+    for (const edge of cy.edges()) {
+      const { count, red } = dots(edge.data());
+      if (!count) continue;
+      const s = edge.renderedSourceEndpoint(), t = edge.renderedTargetEndpoint(), m = edge.renderedMidpoint();
+      const c = { x: 2 * m.x - (s.x + t.x) / 2, y: 2 * m.y - (s.y + t.y) / 2 }; // the curve passes through m
+      const seconds = 3 / (1 + Math.log10(1 + (edge.data("rps") || 1))); // busier edges move faster too
+      for (let i = 0; i < count; i++) {
+        const u = (now / 1000 / seconds + i / count) % 1;
+        const x = (1 - u) * (1 - u) * s.x + 2 * (1 - u) * u * c.x + u * u * t.x;
+        const y = (1 - u) * (1 - u) * s.y + 2 * (1 - u) * u * c.y + u * u * t.y;
+        context.fillStyle = i < red ? "#d32f2f" : edge.data("protocol") === "tcp" ? "#35608f" : "#2e7d32";
+        context.beginPath();
+        context.arc(x, y, 2.5 * Math.min(cy.zoom(), 1.5), 0, 2 * Math.PI);
+        context.fill();
+      }
+    }
+  }
+  animation = requestAnimationFrame(animate);
+}
+
+function setAnimation() {
+  const on = $("#animate").checked && currentPage() === "graph";
+  if (on && animation === null) animation = requestAnimationFrame(animate);
+  if (!on && animation !== null) {
+    cancelAnimationFrame(animation);
+    animation = null;
+    const canvas = $("#traffic");
+    canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  }
 }
 
 async function loadGraph() {
@@ -347,6 +512,7 @@ function showPage() {
     else link.removeAttribute("aria-current");
   }
   if (page !== "live") stopTap();
+  setAnimation();
   refresh();
 }
 
@@ -375,6 +541,9 @@ async function main() {
   await loadNamespaces();
   for (const id of ["#namespace", "#window", "#graph-type"]) $(id).addEventListener("change", refresh);
   $("#refresh").addEventListener("change", schedule);
+  $("#animate").checked = !reducedMotion.matches; // off for those who prefer reduced motion; a toggle turns it on
+  $("#animate").addEventListener("change", setAnimation);
+  reducedMotion.addEventListener("change", () => { $("#animate").checked = !reducedMotion.matches; setAnimation(); });
   $("#tap-form").addEventListener("submit", startTap);
   $("#tap-stop").addEventListener("click", stopTap);
   $("#trace-form").addEventListener("submit", (event) => { event.preventDefault(); refresh(); });
