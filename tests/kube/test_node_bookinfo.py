@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import subprocess
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -390,40 +388,18 @@ spec:
         bookinfo.kubectl("delete", "telemetry", "errors-only", "-n", "istio-system")
 
 
-def dashboard_url(bookinfo: MeshNode, *args: str) -> tuple[subprocess.Popen, str]:
-    """``plait dashboard ARGS --no-browser --port 0`` with KUBECONFIG: the process and the URL it printed."""
-    dashboard = subprocess.Popen(
-        [sys.executable, "-m", "plait", "dashboard", *args, "--no-browser", "--port", "0"],
-        env=bookinfo.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=Path(bookinfo.cluster.dir),
-    )
-    url = dashboard.stdout.readline().strip()
-    if not url.startswith("http://localhost:"):
-        dashboard.kill()
-        raise AssertionError((url, dashboard.stderr.read()))
-    return dashboard, url
-
-
 def test_plait_dashboard_prometheus_forwards_to_the_addon_as_istioctl_does(bookinfo):
     """``plait dashboard prometheus`` with KUBECONFIG: the addon's pod through a port-forward, its URL printed,
     until stopped."""
-    dashboard, url = dashboard_url(bookinfo, "prometheus")
-    try:
+    with bookinfo.dashboard("prometheus") as url:
         with urllib.request.urlopen(url + "/api/v1/query?query=up", timeout=10) as response:
             assert json.loads(response.read())["status"] == "success"
-    finally:
-        dashboard.terminate()
-        assert dashboard.wait(timeout=20) == 0
 
 
 def test_plait_dashboard_forwards_to_istiods_dashboard_whose_graph_has_bookinfos_edges(bookinfo):
     """``plait dashboard`` (istioctl dashboard kiali's habit): istiod's dashboard on 20001, port-forwarded; its
     graph API, reading the addon's Prometheus, has productpage's calls to details and reviews."""
-    dashboard, url = dashboard_url(bookinfo)
-    try:
+    with bookinfo.dashboard() as url:
 
         def graph() -> dict:
             bookinfo.product_page()
@@ -434,14 +410,12 @@ def test_plait_dashboard_forwards_to_istiods_dashboard_whose_graph_has_bookinfos
             names = {n["id"]: n["name"] for n in found["nodes"]}
             pairs = {(names[e["source"]], names[e["target"]]) for e in found["edges"]}
             assert {("productpage-v1", "details-v1"), ("productpage-v1", "reviews-v2")} <= pairs, pairs
+            assert found["source"] == "prometheus"
             return found
 
         eventually(graph, timeout=90, interval=5)
         with urllib.request.urlopen(url + "/", timeout=10) as page:
             assert page.status == 200 and "<html" in page.read().decode().lower()
-    finally:
-        dashboard.terminate()
-        assert dashboard.wait(timeout=20) == 0
 
 
 def test_a_sampled_request_is_traced_through_istiods_collector_and_plait_traces_reads_it(bookinfo):

@@ -10,6 +10,7 @@ The server's own access log shows who called it: the egress gateway's pod, not t
 from __future__ import annotations
 
 import json
+import urllib.request
 
 import pytest
 
@@ -146,3 +147,21 @@ def test_proxy_status_lists_the_egress_gateway(egress):
     assert done.returncode == 0, done.stderr
     [row] = [line.split() for line in done.stdout.splitlines() if line.strip().startswith("istio-egressgateway-")]
     assert row[1:3] == ["SYNCED", "SYNCED"], done.stdout
+
+
+def test_without_the_prometheus_addon_the_dashboards_graph_reads_the_proxies_own_stats(egress):
+    """The demo profile installs no addon: istiod's dashboard reads the pods it serves as Prometheus service
+    discovery and their merged :15020 stats itself (every 5 s), so ``plait dashboard``'s graph still has
+    productpage's calls."""
+    with egress.dashboard() as url:
+
+        def graph() -> None:
+            egress.product_page()
+            with urllib.request.urlopen(f"{url}/api/graph?namespace={BOOKINFO_NAMESPACE}&window=1m&type=workload") as r:
+                found = json.loads(r.read())
+            assert found["source"] == "proxies", found
+            names = {n["id"]: n["name"] for n in found["nodes"]}
+            pairs = {(names[e["source"]], names[e["target"]]) for e in found["edges"]}
+            assert ("productpage-v1", "details-v1") in pairs, pairs
+
+        eventually(graph, timeout=90, interval=5)

@@ -117,6 +117,24 @@ class MeshNode:
         )
 
     @contextmanager
+    def dashboard(self, *args: str) -> Iterator[str]:
+        """``plait dashboard ARGS --browser=false --port 0`` (a port-forward to istiod's or the addon's pod)
+        while the block runs: the URL it printed. It must exit cleanly when stopped."""
+        command = [sys.executable, "-m", "plait", "dashboard", *args, "--browser=false", "--port", "0"]
+        process = subprocess.Popen(
+            command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.cluster.dir
+        )
+        url = process.stdout.readline().strip()
+        if not url.startswith("http://localhost:"):
+            process.kill()
+            raise AssertionError((url, process.stderr.read()))
+        try:
+            yield url
+        finally:
+            process.terminate()
+            assert process.wait(timeout=20) == 0
+
+    @contextmanager
     def control_plane_stopped(self) -> Iterator[None]:
         """The cluster's control plane (API server, controller-manager, scheduler) killed, as when its
         node restarts, then started again with their own command lines, logs and data once the block ends
