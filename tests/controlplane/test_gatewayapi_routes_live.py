@@ -75,6 +75,10 @@ spec:
     backendRefs:
     - {{name: greeter-v1, port: 50051, weight: 80}}
     - {{name: greeter-v2, port: 50051, weight: 20}}
+  - matches: [{{method: {{service: split.Half}}}}]
+    backendRefs:
+    - {{name: greeter-v1, port: 50051, weight: 1}}
+    - {{name: greeter-gone, port: 50051, weight: 1}}
 ---
 apiVersion: gateway.networking.k8s.io/v1alpha2
 kind: TCPRoute
@@ -194,6 +198,18 @@ def test_grpc_service_match_splits_by_weight(gateway: Gateway) -> None:
     assert 60 <= landed["greeter-v1"] <= 97, landed  # 80 expected; bounds ~5 standard deviations
 
 
+def test_grpc_invalid_backend_fails_its_share_of_calls(gateway: Gateway) -> None:
+    """The Gateway API's rule: a missing backend answers 500 (gRPC: UNKNOWN) for its share of the weight."""
+    outcomes = collections.Counter()
+    for _ in range(100):
+        try:
+            outcomes[gateway.call("/split.Half/Call")[0]["name"]] += 1
+        except grpc.RpcError as failed:
+            outcomes[failed.code()] += 1
+    assert set(outcomes) == {"greeter-v1", grpc.StatusCode.UNKNOWN}, outcomes
+    assert 25 <= outcomes["greeter-v1"] <= 75, outcomes  # 50 expected; bounds 5 standard deviations
+
+
 def test_grpc_method_without_a_rule_is_not_routed(gateway: Gateway) -> None:
     with pytest.raises(grpc.RpcError) as failed:
         gateway.call("/other.Service/Call")
@@ -220,7 +236,7 @@ def test_tls_route_sends_each_sni_to_its_backend(gateway: Gateway) -> None:
 
 def test_get_shows_the_routes_status(gateway: Gateway) -> None:
     for kind, expected in (
-        ("grpcroute", "web: Accepted ResolvedRefs"),
+        ("grpcroute", "web: Accepted ResolvedRefs=False(BackendNotFound)"),
         ("tlsroute", "web: Accepted ResolvedRefs"),
         ("tcproute", "web: Accepted=False(NotAllowedByListeners)"),
     ):

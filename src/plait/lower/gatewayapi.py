@@ -464,25 +464,33 @@ def _precedence(item: tuple[int, gw.HTTPRouteMatch]) -> tuple:
     )
 
 
-def _destinations(index: _Index, route: Resource, refs: list[gw.BackendRef]) -> tuple[list[dict], list[Condition]]:
-    """backendRefs → weighted Istio destinations (a single one unweighted); invalid ones are reported."""
-    destinations, problems = [], []
+def _destinations(index: _Index, route: Resource, refs: list[gw.BackendRef]) -> tuple[list[dict], list[Condition], int]:
+    """backendRefs → weighted Istio destinations (a single one unweighted), the problems of the invalid
+    ones, and the weight those invalid ones carried."""
+    destinations, problems, invalid = [], [], 0
     for ref in refs:
         dest, problem = _backend(index, route, ref)
         if problem:
             problems.append(problem)
+            invalid += ref.weight
         elif ref.weight:
             destinations.append({"destination": dest, "weight": ref.weight})
     if len(destinations) == 1:
         destinations = [{"destination": destinations[0]["destination"]}]
-    return destinations, problems
+    return destinations, problems, invalid
 
 
 def _forward(http: dict, index: _Index, route: Resource, refs: list[gw.BackendRef]) -> list[Condition]:
-    """An http route's action: its backends, or the Gateway API's 500 when none is usable."""
-    destinations, problems = _destinations(index, route, refs)
+    """An http route's action: its backends, or the Gateway API's 500 when none is usable. Invalid
+    backends among valid ones answer 500 for their share of the weight (an abort fault of that
+    percentage), as the Gateway API requires."""
+    destinations, problems, invalid = _destinations(index, route, refs)
     if destinations:
         http["route"] = destinations
+        if invalid:
+            valid = sum(ref.weight for ref in refs) - invalid
+            share = 100 * invalid / (valid + invalid)
+            http["fault"] = {"abort": {"httpStatus": 500, "percentage": {"value": share}}}
     else:
         http["directResponse"] = {"status": 500}
         http.pop("rewrite", None)
@@ -560,7 +568,7 @@ def _l4_routes(
     (its connections find no route and are closed)."""
     routes, problems = [], []
     for rule in route.spec.rules:
-        destinations, wrong = _destinations(index, route, rule.backend_refs)
+        destinations, wrong, _ = _destinations(index, route, rule.backend_refs)
         problems += wrong
         if not destinations:
             continue
