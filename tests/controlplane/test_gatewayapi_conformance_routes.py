@@ -104,10 +104,14 @@ def manifest(scenario: str, ports: dict[tuple[str, str], int] | None = None) -> 
     return yaml.safe_dump_all(docs)
 
 
-def gateway_listeners(scenario: str) -> list[tuple[str, str]]:
+def gateway_listeners(scenario: str) -> list[tuple[str, str, int]]:
+    """(gateway, listener, port) of each listener of the scenario's own Gateways."""
     docs = [d for d in yaml.safe_load_all(manifest(scenario)) if d]
     return [
-        (d["metadata"]["name"], lst["name"]) for d in docs if d["kind"] == "Gateway" for lst in d["spec"]["listeners"]
+        (d["metadata"]["name"], lst["name"], lst["port"])
+        for d in docs
+        if d["kind"] == "Gateway"
+        for lst in d["spec"]["listeners"]
     ]
 
 
@@ -307,8 +311,9 @@ def _configured(cp: ControlPlaneProcess, proxy_id: str) -> bool:
 def _own_gateways(suite: Suite, scenario: str):
     """Apply the scenario with its Gateways on free ports and run a proxy for each: (ports, agents)."""
     listeners = gateway_listeners(scenario)
-    ports = {key: free_port() for key in listeners}
-    gateways = sorted({gw for gw, _ in listeners})
+    free = {(gw, port): free_port() for gw, _, port in listeners}  # listeners sharing a port still share it
+    ports = {(gw, name): free[(gw, port)] for gw, name, port in listeners}
+    gateways = sorted({gw for gw, _, _ in listeners})
     addresses = {gw: f"{suite.net}.{10 + i}" for i, gw in enumerate(gateways)}
     text = manifest(scenario, ports)
     suite.cp.apply(text)
@@ -341,6 +346,39 @@ def test_tls_conformance_scenario(suite: Suite, scenario: str) -> None:
     finally:
         for agent in agents:
             agent.stop()
+        suite.cp.delete(text)
+
+
+def test_grpcroute_listener_hostname_matching(suite: Suite) -> None:
+    """Four listeners on one port, told apart by hostname; each GRPCRoute attaches to one or two."""
+    scenario = "grpcroute-listener-hostname-matching"
+    cases = [
+        ("bar.com", V1),
+        ("foo.bar.com", V2),
+        ("baz.bar.com", "grpc-infra-backend-v3"),
+        ("boo.bar.com", "grpc-infra-backend-v3"),
+        ("multiple.prefixes.bar.com", "grpc-infra-backend-v3"),
+        ("multiple.prefixes.foo.com", "grpc-infra-backend-v3"),
+        ("foo.com", UNIMPLEMENTED),
+        ("no.matching.host", UNIMPLEMENTED),
+    ]
+    text, ports, addresses, (agent,) = _own_gateways(suite, scenario)
+    address, port = addresses[scenario], ports[(scenario, "listener-1")]
+
+    def answer(authority: str):
+        try:
+            return grpc_call(address, port, ECHO + "/Echo", authority=authority)[0]["name"]
+        except grpc.RpcError as failed:
+            return failed.code()
+
+    try:
+        agent.start()
+        wait_until(lambda: _configured(suite.cp, agent.proxy_id), CONVERGE, "the gateway SYNCED", 0.1)
+        wait_until(lambda: all(answer(a) == b for a, b in cases), CONVERGE, f"{scenario} in force", 0.2)
+        for authority, expected in cases:
+            assert answer(authority) == expected, authority
+    finally:
+        agent.stop()
         suite.cp.delete(text)
 
 

@@ -7,6 +7,10 @@ answers that name the backend, and a record of what it received, for tests to as
 is JSON ``{"name", "method", "metadata"}`` (the call's method path and its request metadata), and
 the calls are kept in `calls`. `TlsBackend` terminates TLS and sends ``<name> <sni>\\n`` (the server
 name the client asked for), then echoes. Both are context managers, like `plait.testing.backends`.
+
+Tests using these start agents (fork, then exec) while gRPC threads serve; gRPC's fork handlers
+would run in the forked child and may abort it: they must be turned off before gRPC is first imported
+(``GRPC_ENABLE_FORK_SUPPORT=false``, as `plait.cli` and tests/controlplane/conftest.py do).
 """
 
 from __future__ import annotations
