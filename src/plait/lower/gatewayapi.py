@@ -592,8 +592,10 @@ def _virtual_service(index: _Index, route: Resource, attachment: _Attachment) ->
         vs["tcp"], problems = _l4_routes(index, route, attachment.port, None)
         if attachment.gateways != ["mesh"]:
             vs["hosts"] = ["*"]
-    else:
-        vs["tls"], problems = _l4_routes(index, route, attachment.port, attachment.hosts)
+    else:  # SNI: the hosts it serves on a listener; for a Service parent its hostnames, else the Service's
+        mesh = attachment.gateways == ["mesh"]
+        sni = list(route.spec.hostnames) if mesh and route.spec.hostnames else attachment.hosts
+        vs["tls"], problems = _l4_routes(index, route, attachment.port, sni)
     return vs, problems
 
 
