@@ -474,3 +474,19 @@ def test_tlsroute_invalid_backend_is_accepted_with_resolved_refs_false(
     status = _status(scenario)
     assert _route_condition(status, "TLSRoute", route, gateway, "Accepted") == ("True", "Accepted")
     assert _route_condition(status, "TLSRoute", route, gateway, "ResolvedRefs") == ("False", reason)
+
+
+@pytest.mark.parametrize(
+    "scenario, route, reason",
+    [
+        ("httproute-invalid-backendref-unknown-kind", "invalid-backend-ref-unknown-kind", "InvalidKind"),
+        ("httproute-invalid-nonexistent-backendref", "invalid-nonexistent-backend-ref", "BackendNotFound"),
+        ("httproute-invalid-cross-namespace-backend-ref", "invalid-cross-namespace-backend-ref", "RefNotPermitted"),
+    ],
+)
+def test_httproute_invalid_backend_status(scenario: str, route: str, reason: str) -> None:
+    """The status half of these HTTPRoute scenarios (their 500s run in test_gatewayapi_conformance.py)."""
+    text = base("127.0.0", 80) + "---\n" + manifest(scenario)
+    status = lower(load_text(text, scenario).raise_for_errors()).status
+    assert _route_condition(status, "HTTPRoute", route, "same-namespace", "Accepted") == ("True", "Accepted")
+    assert _route_condition(status, "HTTPRoute", route, "same-namespace", "ResolvedRefs") == ("False", reason)
