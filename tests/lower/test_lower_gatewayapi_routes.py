@@ -11,7 +11,9 @@ import pytest
 from plait.api import load_text
 from plait.lower import lower, with_gateway_api
 from plait.model import MeshSnapshot, Proxy
+from plait.xds.generator import generate
 from plait.xds.simulate import Request, simulate_mesh
+from plait.xds.static import envoy_validate, static_bootstrap
 
 TESTDATA = Path(__file__).parents[1] / "xds" / "testdata"
 
@@ -311,3 +313,23 @@ def test_gamma_grpc_route_sends_a_sidecars_calls_by_method(path: str, backend: s
         assert outcome.route == "default.greeter-mesh.0"
     else:
         assert (outcome.cluster_names, outcome.status) == ([], 404)
+
+
+def test_tls_route_without_hostnames_takes_every_sni_and_is_valid_envoy_config() -> None:
+    """sniHosts ``*`` (no hostnames anywhere) → a filter chain without server_names, as Istio: Envoy
+    refuses a bare ``*`` there."""
+    text = GATEWAY.replace(
+        '{name: tls, port: 443, protocol: TLS, hostname: "*.example.com",', "{name: tls, port: 443, protocol: TLS,"
+    )
+    text += route(
+        "TLSRoute",
+        "  parentRefs: [{name: web, sectionName: tls}]\n  rules: [{backendRefs: [{name: backend, port: 50051}]}]\n",
+    )
+    text += "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: gw}\n"
+    text += "spec: {address: 10.0.0.1, labels: {gateway.networking.k8s.io/gateway-name: web}}\n"
+    snap = MeshSnapshot(with_gateway_api(load_text(text).raise_for_errors()))
+    resources = generate(snap, Proxy.from_workload_entry(snap.workload("gw")))
+    (listener,) = [lst for lst in resources.to_dict(["lds"])["lds"] if lst["name"] == "0.0.0.0_443"]
+    assert [c["filter_chain_match"] for c in listener["filter_chains"]] == [{"transport_protocol": "tls"}]
+    verdict = envoy_validate(static_bootstrap(resources))
+    assert verdict.ok, verdict.output
