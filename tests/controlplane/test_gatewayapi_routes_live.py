@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
 from plait.testing.backends import TcpBackend, loopback_subnet
 from plait.testing.live import AgentProcess, ControlPlaneProcess, free_port, run_plait, wait_until
@@ -23,7 +24,7 @@ CERTS = Path(__file__).parents[1] / "xds" / "testdata" / "certs"
 CERT, KEY = CERTS / "cert.pem", CERTS / "key.pem"
 
 
-def config(net: str, http: int, tcp: int, tls: int) -> str:
+def config(net: str, http: int, tcp: int, tls: int, tls_terminate: int) -> str:
     backends = {"greeter-v1": 11, "greeter-v2": 12, "db-v1": 21, "db-v2": 22, "secure-a": 31, "secure-b": 32}
     ports = {"greeter": ("grpc", 50051), "db": ("tcp", 5432), "secure": ("tls", 8443)}
     services = "".join(
@@ -49,6 +50,17 @@ spec:
   - {{name: http, port: {http}, protocol: HTTP, hostname: "*.example.com"}}
   - {{name: tcp, port: {tcp}, protocol: TCP}}
   - {{name: tls, port: {tls}, protocol: TLS, hostname: "*.example.com", tls: {{mode: Passthrough}}}}
+  - name: tls-terminate
+    port: {tls_terminate}
+    protocol: TLS
+    tls: {{mode: Terminate, certificateRefs: [{{name: store-cert}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: db-tls}}
+spec:
+  parentRefs: [{{name: web, sectionName: tls-terminate}}]
+  rules: [{{backendRefs: [{{name: db-v2, port: 5432}}]}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
@@ -115,9 +127,23 @@ spec:
 {services}"""
 
 
+def store_secret() -> str:
+    """The TLS Terminate listener's certificate (the goldens' test certificate, for store.example.com)."""
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": "store-cert", "namespace": "default"},
+            "stringData": {"tls.crt": CERT.read_text(), "tls.key": KEY.read_text()},
+        }
+    )
+
+
 class Gateway:
-    def __init__(self, net: str, ports: tuple[int, int, int], cp: ControlPlaneProcess, backends: dict):
-        self.net, (self.http, self.tcp, self.tls), self.cp, self.backends = net, ports, cp, backends
+    def __init__(self, net: str, ports: tuple[int, ...], cp: ControlPlaneProcess, backends: dict):
+        self.net, (self.http, self.tcp, self.tls, self.tls_terminate), self.cp = net, ports, cp
+        self.backends = backends
         self.address = f"{net}.2"
 
     def call(self, method: str, metadata: dict[str, str] | None = None) -> tuple[dict, dict[str, str]]:
@@ -143,9 +169,9 @@ class Gateway:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("gatewayapi-routes")
-    ports = (free_port(), free_port(), free_port())
+    ports = (free_port(), free_port(), free_port(), free_port())
     with loopback_subnet() as net, ControlPlaneProcess(workdir / "mesh", workdir) as cp:
-        cp.apply(config(net, *ports))
+        cp.apply(config(net, *ports) + "---\n" + store_secret())
         backends = {
             "greeter-v1": GrpcBackend("greeter-v1", f"{net}.11", 50051),
             "greeter-v2": GrpcBackend("greeter-v2", f"{net}.12", 50051),
@@ -232,6 +258,17 @@ def test_tls_route_sends_each_sni_to_its_backend(gateway: Gateway) -> None:
     assert gateway.tls_hello("b.example.com") == "secure-b b.example.com"
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
         gateway.tls_hello("c.example.com")  # no TLSRoute for this name: the gateway closes the connection
+
+
+def test_tcp_route_behind_a_tls_terminate_listener(gateway: Gateway) -> None:
+    """The gateway terminates TLS with the Secret's certificate and proxies the plain bytes."""
+    context = ssl.create_default_context(cafile=CERT)  # the test certificate is self-signed
+    with socket.create_connection((gateway.address, gateway.tls_terminate), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="store.example.com") as conn:
+            reader = conn.makefile("rb")
+            assert reader.readline() == b"db-v2\n"
+            conn.sendall(b"over tls\n")
+            assert reader.readline() == b"over tls\n"
 
 
 def test_get_shows_the_routes_status(gateway: Gateway) -> None:
