@@ -99,8 +99,7 @@ def test_condition_keys_istio_has_are_not_supported_yet(monkeypatch: pytest.Monk
     [
         ("extensions.istio.io/v1alpha1", "WasmPlugin"),
         ("networking.istio.io/v1", "WorkloadGroup"),
-        ("gateway.networking.k8s.io/v1", "GRPCRoute"),
-        ("gateway.networking.k8s.io/v1alpha2", "TCPRoute"),
+        ("gateway.networking.k8s.io/v1alpha2", "UDPRoute"),
         ("gateway.networking.k8s.io/v1alpha2", "HTTPRoute"),
     ],
 )

@@ -124,6 +124,9 @@ SCENARIOS: dict[str, list[Case]] = {
         v(2, "/", headers={"Color": "yellow"}),
         status(404, "/", headers={"Color": "purple"}),
     ],
+    "httproute-invalid-backendref-unknown-kind": [status(500, "/v2")],
+    "httproute-invalid-cross-namespace-backend-ref": [status(500, "/")],
+    "httproute-invalid-nonexistent-backendref": [status(500, "/")],
     "httproute-matching": [
         v(1, "/"),
         v(1, "/example"),

@@ -162,7 +162,15 @@ def test_the_configuration_lists_exactly_the_istio_kinds_plait_validates():
         "Telemetry": "telemetries",
     }
     assert plurals == {plural.get(k, k.lower() + "s") for k in VALIDATED_KINDS}
-    gateway_api = {"GatewayClass", "KubernetesGateway", "HTTPRoute", "ReferenceGrant"}
+    gateway_api = {
+        "GatewayClass",
+        "KubernetesGateway",
+        "HTTPRoute",
+        "GRPCRoute",
+        "TCPRoute",
+        "TLSRoute",
+        "ReferenceGrant",
+    }
     assert VALIDATED_KINDS == set(SPEC_MODELS) - {"Service", "Secret", "ConfigMap"} - gateway_api
     config = validating_webhook_configuration(b"PEM", url="https://127.0.0.1:1/validate")
     (webhook,) = config["webhooks"]

@@ -362,15 +362,16 @@ def test_the_docs_walk_through_is_the_egress_example_unchanged() -> None:
     assert [list(yaml.safe_load_all(b)) for b in blocks] == [list(yaml.safe_load_all(EGRESS.read_text()))]
 
 
-def test_the_docs_explain_example_is_what_explain_prints() -> None:
-    shown = re.search(r"\$ (plait explain .*?)\n(.*?)```", DOC.read_text(), re.DOTALL)
-    assert shown is not None
-    args = shlex.split(shown.group(1))[1:]
-    done = run_plait(*args, cwd=Path(__file__).parents[2])
-    assert done.returncode == 0, done.stderr
-    for line in shown.group(2).splitlines():
-        if line.strip() and line.strip() != "...":
-            assert line.rstrip() in done.stdout, line
+def test_the_docs_explain_examples_are_what_explain_prints() -> None:
+    shown = list(re.finditer(r"\$ (plait explain .*?)\n(.*?)```", DOC.read_text(), re.DOTALL))
+    assert len(shown) == 2  # the gRPC route and the egress walk-through
+    for example in shown:
+        args = shlex.split(example.group(1))[1:]
+        done = run_plait(*args, cwd=Path(__file__).parents[2])
+        assert done.returncode == 0, done.stderr
+        for line in example.group(2).splitlines():
+            if line.strip() and line.strip() != "...":
+                assert line.rstrip() in done.stdout, line
 
 
 @pytest.mark.parametrize(

@@ -311,6 +311,11 @@ def test_every_kind_is_watched_at_its_api_path_newest_version_first():
     assert paths["Telemetry"] == [f"/apis/telemetry.istio.io/{v}/telemetries" for v in ("v1", "v1alpha1")]
     assert paths["KubernetesGateway"] == [f"/apis/gateway.networking.k8s.io/{v}/gateways" for v in ("v1", "v1beta1")]
     assert paths["ReferenceGrant"][0] == "/apis/gateway.networking.k8s.io/v1beta1/referencegrants"
+    assert paths["GRPCRoute"] == [f"/apis/gateway.networking.k8s.io/{v}/grpcroutes" for v in ("v1", "v1alpha2")]
+    assert paths["TCPRoute"] == [f"/apis/gateway.networking.k8s.io/{v}/tcproutes" for v in ("v1", "v1alpha2")]
+    assert paths["TLSRoute"] == [
+        f"/apis/gateway.networking.k8s.io/{v}/tlsroutes" for v in ("v1", "v1alpha3", "v1alpha2")
+    ]
     assert set(paths) == {
         "Namespace",
         "Node",
@@ -329,6 +334,9 @@ def test_every_kind_is_watched_at_its_api_path_newest_version_first():
         "GatewayClass",
         "KubernetesGateway",
         "HTTPRoute",
+        "GRPCRoute",
+        "TCPRoute",
+        "TLSRoute",
         "ReferenceGrant",
         "RequestAuthentication",
     }

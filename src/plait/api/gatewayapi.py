@@ -1,13 +1,15 @@
-"""Specs of the Kubernetes Gateway API kinds (gateway.networking.k8s.io v1 and v1beta1).
+"""Specs of the Kubernetes Gateway API kinds (gateway.networking.k8s.io v1, v1beta1, v1alpha2).
 
-GatewayClass, Gateway, HTTPRoute and ReferenceGrant, with the field names and value sets of the
-Gateway API's standard channel. Every model forbids unknown fields, so a typo is an error; fields of
-the API that plait does not act on yet are named as such (see unsupported.py). In: parsed YAML.
-Out: frozen models; `plait.lower.gatewayapi` turns them into Istio's Gateway and VirtualService.
+GatewayClass, Gateway, HTTPRoute, GRPCRoute, TCPRoute, TLSRoute and ReferenceGrant, with the field
+names and value sets of the Gateway API's standard and experimental channels. Every model forbids
+unknown fields, so a typo is an error; fields of the API that plait does not act on yet are named as
+such (see unsupported.py). In: parsed YAML. Out: frozen models; `plait.lower.gatewayapi` turns them
+into Istio's Gateway and VirtualService.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -17,6 +19,9 @@ from plait.api.networking import check_header_name
 
 GROUP = "gateway.networking.k8s.io"
 VERSIONS = (f"{GROUP}/v1", f"{GROUP}/v1beta1")
+GRPC_VERSIONS = (f"{GROUP}/v1", f"{GROUP}/v1alpha2")
+TCP_VERSIONS = (f"{GROUP}/v1", f"{GROUP}/v1alpha2")
+TLS_VERSIONS = (f"{GROUP}/v1", f"{GROUP}/v1alpha3", f"{GROUP}/v1alpha2")
 ISTIO_CONTROLLER = "istio.io/gateway-controller"
 
 
@@ -103,6 +108,8 @@ class Listener(IstioModel):
             raise ValueError("an HTTPS listener needs tls with mode Terminate and certificateRefs")
         if self.tls and self.tls.mode == "Terminate" and not self.tls.certificate_refs:
             raise ValueError("tls mode Terminate needs at least one certificateRefs entry")
+        if self.protocol == "TLS" and self.tls is None:
+            raise ValueError("a TLS listener needs tls (mode Passthrough, or Terminate with certificateRefs)")
         if self.protocol in ("HTTP", "TCP") and self.tls is not None:
             raise ValueError(f"a {self.protocol} listener takes no tls")
         return self
@@ -246,6 +253,19 @@ FILTER_FIELDS = {
 }
 
 
+def _check_filter_config(f: IstioModel, fields: dict[str, str]) -> IstioModel:
+    """A filter carries the config field of its type and no other (the CRDs' CEL rules)."""
+    wanted = fields[f.type]
+    for field_name in fields.values():
+        present = getattr(f, field_name) is not None
+        alias = type(f).model_fields[field_name].alias
+        if field_name == wanted and not present:
+            raise ValueError(f"filter type {f.type} needs its {alias} field")
+        if field_name != wanted and present:
+            raise ValueError(f"filter type {f.type} takes no {alias} field")
+    return f
+
+
 class HTTPRouteFilter(IstioModel):
     type: Literal["RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite", "RequestMirror"]
     request_header_modifier: HTTPHeaderFilter | None = None
@@ -256,14 +276,7 @@ class HTTPRouteFilter(IstioModel):
 
     @model_validator(mode="after")
     def _config_matches_type(self) -> "HTTPRouteFilter":
-        wanted = FILTER_FIELDS[self.type]
-        for field_name in FILTER_FIELDS.values():
-            present = getattr(self, field_name) is not None
-            if field_name == wanted and not present:
-                raise ValueError(f"filter type {self.type} needs its {type(self).model_fields[field_name].alias} field")
-            if field_name != wanted and present:
-                raise ValueError(f"filter type {self.type} takes no {type(self).model_fields[field_name].alias} field")
-        return self
+        return _check_filter_config(self, FILTER_FIELDS)
 
     @property
     def config(self) -> IstioModel:
@@ -299,6 +312,98 @@ class HTTPRouteSpec(IstioModel):
     parent_refs: list[ParentReference] = Field(default=[], max_length=32)
     hostnames: list[str] = []
     rules: list[HTTPRouteRule] = Field(default=[HTTPRouteRule()], max_length=16)
+
+
+# ---------------------------------------------------------------- GRPCRoute
+
+_GRPC_SERVICE = re.compile(r"^\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*$", re.IGNORECASE)
+_GRPC_METHOD = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*$")
+
+
+class GRPCMethodMatch(IstioModel):
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+    service: str | None = None
+    method: str | None = None
+
+    @model_validator(mode="after")
+    def _valid_names(self) -> "GRPCMethodMatch":
+        if self.service is None and self.method is None:
+            raise ValueError("one or both of service and method must be given")
+        for value, pattern, what in ((self.service, _GRPC_SERVICE, "service"), (self.method, _GRPC_METHOD, "method")):
+            if value is None:
+                continue
+            if self.type == "RegularExpression":
+                check_re2(value)
+            elif not pattern.match(value):
+                raise ValueError(f"{what} {value!r} must match {pattern.pattern}")
+        return self
+
+
+class GRPCRouteMatch(IstioModel):
+    method: GRPCMethodMatch | None = None
+    headers: list[HTTPHeaderMatch] = Field(default=[], max_length=16)
+
+
+GRPC_FILTER_FIELDS = {
+    "RequestHeaderModifier": "request_header_modifier",
+    "ResponseHeaderModifier": "response_header_modifier",
+    "RequestMirror": "request_mirror",
+}
+
+
+class GRPCRouteFilter(IstioModel):
+    type: Literal["RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror"]
+    request_header_modifier: HTTPHeaderFilter | None = None
+    response_header_modifier: HTTPHeaderFilter | None = None
+    request_mirror: HTTPRequestMirrorFilter | None = None
+
+    @model_validator(mode="after")
+    def _config_matches_type(self) -> "GRPCRouteFilter":
+        return _check_filter_config(self, GRPC_FILTER_FIELDS)
+
+    @property
+    def config(self) -> IstioModel:
+        return getattr(self, GRPC_FILTER_FIELDS[self.type])
+
+
+class GRPCRouteRule(IstioModel):
+    name: str | None = None
+    matches: list[GRPCRouteMatch] = Field(default=[], max_length=64)
+    filters: list[GRPCRouteFilter] = Field(default=[], max_length=16)
+    backend_refs: list[BackendRef] = Field(default=[], max_length=16)
+
+    @model_validator(mode="after")
+    def _filters_once(self) -> "GRPCRouteRule":
+        types = [f.type for f in self.filters]
+        for t in ("RequestHeaderModifier", "ResponseHeaderModifier"):
+            if types.count(t) > 1:
+                raise ValueError(f"filter {t} may appear only once in a rule")
+        return self
+
+
+class GRPCRouteSpec(IstioModel):
+    parent_refs: list[ParentReference] = Field(default=[], max_length=32)
+    hostnames: list[str] = Field(default=[], max_length=16)
+    rules: list[GRPCRouteRule] = Field(default=[], max_length=16)
+
+
+# ---------------------------------------------------------------- TCPRoute, TLSRoute
+
+
+class L4RouteRule(IstioModel):
+    name: str | None = None
+    backend_refs: list[BackendRef] = Field(min_length=1, max_length=16)
+
+
+class TCPRouteSpec(IstioModel):
+    parent_refs: list[ParentReference] = Field(default=[], max_length=32)
+    rules: list[L4RouteRule] = Field(min_length=1, max_length=16)
+
+
+class TLSRouteSpec(IstioModel):
+    parent_refs: list[ParentReference] = Field(default=[], max_length=32)
+    hostnames: list[str] = Field(default=[], max_length=16)
+    rules: list[L4RouteRule] = Field(min_length=1, max_length=16)
 
 
 # ---------------------------------------------------------------- ReferenceGrant

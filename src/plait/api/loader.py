@@ -27,7 +27,7 @@ from plait.api.unsupported import (
 )
 
 YAML_SUFFIXES = (".yaml", ".yml")
-GATEWAY_API_KINDS = frozenset({"GatewayClass", "HTTPRoute", "ReferenceGrant"})
+GATEWAY_API_KINDS = frozenset({"GatewayClass", "HTTPRoute", "GRPCRoute", "TCPRoute", "TLSRoute", "ReferenceGrant"})
 
 # Kubernetes kinds that may sit beside Istio configuration; plait's config loader skips them.
 KNOWN_IGNORED_KINDS = {"Namespace", "ServiceAccount", "Deployment", "Pod"}

@@ -166,6 +166,9 @@ SPEC_MODELS: dict[str, tuple[tuple[str, ...], type[BaseModel]]] = {
     "GatewayClass": (gw.VERSIONS, gw.GatewayClassSpec),
     KUBERNETES_GATEWAY: (gw.VERSIONS, gw.GatewaySpec),
     "HTTPRoute": (gw.VERSIONS, gw.HTTPRouteSpec),
+    "GRPCRoute": (gw.GRPC_VERSIONS, gw.GRPCRouteSpec),
+    "TCPRoute": (gw.TCP_VERSIONS, gw.TCPRouteSpec),
+    "TLSRoute": (gw.TLS_VERSIONS, gw.TLSRouteSpec),
     "ReferenceGrant": ((f"{gw.GROUP}/v1beta1", f"{gw.GROUP}/v1alpha2"), gw.ReferenceGrantSpec),
 }
 

@@ -40,6 +40,7 @@ NOT_SUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
         "filters.extensionRef",
         "filters.cors",
     ),
+    "GRPCRoute": ("rules.sessionPersistence", "backendRefs.filters", "filters.extensionRef"),
     "Gateway": ("listeners.tls.options", "listeners.tls.frontendValidation", "infrastructure.parametersRef"),
     "GatewayClass": ("parametersRef",),
 }

@@ -400,6 +400,7 @@ def get(
         str,
         typer.Argument(
             help="VirtualService, DestinationRule, ServiceEntry, Gateway, Sidecar, WorkloadEntry, Service, HTTPRoute, "
+            "GRPCRoute, TCPRoute, TLSRoute, "
             "GatewayClass or ReferenceGrant (any case)"
         ),
     ],

@@ -9,6 +9,11 @@
   or ServiceEntry parent (GAMMA, Istio's egress pattern). Each match is an http route named
   ``<namespace>.<route>.<rule>``, so `plait explain` names the rule that matched; the VirtualService
   carries ``internal.istio.io/route-semantics: gateway`` (PathPrefix matches whole path segments).
+* A GRPCRoute becomes the same (``<route>-grpc-<n>-…``), its method matched on the gRPC path
+  ``/<service>/<method>`` as Istio does; a TCPRoute a VirtualService of ``tcp`` routes
+  (``<route>-tcp-<n>-…``, hosts ``*``); a TLSRoute one of ``tls`` routes matched by SNI
+  (``<route>-tls-<n>-…``). Which kinds a listener takes follows Istio: HTTP/HTTPS take HTTPRoute and
+  GRPCRoute, TCP takes TCPRoute, TLS Passthrough takes TLSRoute, TLS Terminate takes TCPRoute.
 * Status (Accepted, Programmed, ResolvedRefs with Istio's reasons) is computed for every object.
   Cross-namespace backendRefs and certificateRefs need a ReferenceGrant.
 """
@@ -26,6 +31,7 @@ from plait.api.hosts import fqdn, matches
 from plait.api.resources import KUBERNETES_GATEWAY, K8sServiceSpec, ObjectMeta, Resource, Source
 
 CONTROLLER = gw.ISTIO_CONTROLLER
+ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TCPRoute", "TLSRoute")
 DEFAULT_CLASS = "istio"  # Istio's built-in class: usable without a GatewayClass object
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 ROUTE_SEMANTICS = "internal.istio.io/route-semantics"
@@ -137,20 +143,24 @@ def _lower_gateway(index: _Index, gateway: Resource, attached: dict[str, int], o
             ),
             None,
         )
-        kinds = [{"group": gw.GROUP, "kind": "HTTPRoute"}] if listener.protocol in ("HTTP", "HTTPS") else []
+        cert_ok = problem is None
+        kinds = _supported_kinds(listener)
+        if problem is None and len(kinds) < len(listener.allowed_routes.kinds):
+            wrong = [k.kind for k in listener.allowed_routes.kinds if k.kind not in kinds]
+            problem = _condition("ResolvedRefs", False, "InvalidRouteKinds", f"invalid route kinds {wrong}")
         listeners_status.append(
             {
                 "name": listener.name,
-                "supportedKinds": kinds,
+                "supportedKinds": [{"group": gw.GROUP, "kind": k} for k in kinds],
                 "attachedRoutes": attached.get(listener.name, 0),
                 "conditions": [
                     _condition("Accepted", True, "Accepted"),
-                    _condition("Programmed", problem is None, "Programmed" if problem is None else "Invalid"),
+                    _condition("Programmed", cert_ok, "Programmed" if cert_ok else "Invalid"),
                     problem or _condition("ResolvedRefs", True, "ResolvedRefs"),
                 ],
             }
         )
-        if problem is not None:
+        if not cert_ok:
             continue
         spec = net.GatewaySpec.model_validate(
             {"selector": {GATEWAY_NAME_LABEL: gateway.name}, "servers": [_server(gateway, listener)]}
@@ -205,11 +215,19 @@ def _namespace_allowed(index: _Index, gateway: Resource, listener: gw.Listener, 
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def _kind_allowed(listener: gw.Listener) -> bool:
-    kinds = listener.allowed_routes.kinds
-    if kinds:
-        return any(k.group == gw.GROUP and k.kind == "HTTPRoute" for k in kinds)
-    return listener.protocol in ("HTTP", "HTTPS")
+def _supported_kinds(listener: gw.Listener) -> list[str]:
+    """The route kinds a listener takes (Istio's list for its protocol, narrowed by allowedRoutes.kinds).
+    Istio lists TLSRoute on a TLS Terminate listener too; plait routes only TCPRoute there."""
+    if listener.protocol in ("HTTP", "HTTPS"):
+        kinds = ["HTTPRoute", "GRPCRoute"]
+    elif listener.protocol == "TLS" and listener.tls and listener.tls.mode == "Passthrough":
+        kinds = ["TLSRoute"]
+    else:
+        kinds = ["TCPRoute"]
+    allowed = listener.allowed_routes.kinds
+    if allowed:
+        return [k for k in kinds if any(a.group == gw.GROUP and a.kind == k for a in allowed)]
+    return kinds
 
 
 def _hostnames(route_hosts: list[str], listener_host: str | None) -> list[str]:
@@ -246,10 +264,12 @@ def _attach_to_gateway(index: _Index, route: Resource, ref: gw.ParentReference, 
     for listener in gateway.spec.listeners:
         if ref.section_name not in (None, listener.name) or ref.port not in (None, listener.port):
             continue
-        if not (_kind_allowed(listener) and _namespace_allowed(index, gateway, listener, route.namespace)):
+        if not (
+            route.kind in _supported_kinds(listener) and _namespace_allowed(index, gateway, listener, route.namespace)
+        ):
             reason = "NotAllowedByListeners"
             continue
-        names = _hostnames(route.spec.hostnames, listener.hostname)
+        names = ["*"] if route.kind == "TCPRoute" else _hostnames(route.spec.hostnames, listener.hostname)
         if not names:
             reason = "NoMatchingListenerHostname"
             continue
@@ -299,7 +319,7 @@ def _backend(index: _Index, route: Resource, ref: gw.BackendRef) -> tuple[dict |
     """A backendRef → an Istio destination, or the ResolvedRefs condition saying why not."""
     ns = ref.namespace or route.namespace
     if ref.group in ("", "core") and ref.kind == "Service":
-        if not index.granted("HTTPRoute", route.namespace, "", "Service", ns, ref.name):
+        if not index.granted(route.kind, route.namespace, "", "Service", ns, ref.name):
             return None, _condition(
                 "ResolvedRefs", False, "RefNotPermitted", f"no ReferenceGrant in {ns} for Service {ref.name}"
             )
@@ -444,6 +464,40 @@ def _precedence(item: tuple[int, gw.HTTPRouteMatch]) -> tuple:
     )
 
 
+def _destinations(index: _Index, route: Resource, refs: list[gw.BackendRef]) -> tuple[list[dict], list[Condition], int]:
+    """backendRefs → weighted Istio destinations (a single one unweighted), the problems of the invalid
+    ones, and the weight those invalid ones carried."""
+    destinations, problems, invalid = [], [], 0
+    for ref in refs:
+        dest, problem = _backend(index, route, ref)
+        if problem:
+            problems.append(problem)
+            invalid += ref.weight
+        elif ref.weight:
+            destinations.append({"destination": dest, "weight": ref.weight})
+    if len(destinations) == 1:
+        destinations = [{"destination": destinations[0]["destination"]}]
+    return destinations, problems, invalid
+
+
+def _forward(http: dict, index: _Index, route: Resource, refs: list[gw.BackendRef]) -> list[Condition]:
+    """An http route's action: its backends, or the Gateway API's 500 when none is usable. Invalid
+    backends among valid ones answer 500 for their share of the weight (an abort fault of that
+    percentage), as the Gateway API requires."""
+    destinations, problems, invalid = _destinations(index, route, refs)
+    if destinations:
+        http["route"] = destinations
+        if invalid:
+            valid = sum(ref.weight for ref in refs) - invalid
+            share = 100 * invalid / (valid + invalid)
+            http["fault"] = {"abort": {"httpStatus": 500, "percentage": {"value": share}}}
+    else:
+        http["directResponse"] = {"status": 500}
+        http.pop("rewrite", None)
+        http.pop("mirrors", None)
+    return problems
+
+
 def _http_routes(index: _Index, route: Resource, port: int | None) -> tuple[list[dict], list[Condition]]:
     entries, problems = [], []
     position = 0
@@ -451,21 +505,7 @@ def _http_routes(index: _Index, route: Resource, port: int | None) -> tuple[list
         base: dict = {"name": f"{route.namespace}.{route.name}.{number}"}
         problems += _apply_filters(base, rule.filters, index, route)
         if "redirect" not in base:
-            destinations = []
-            for ref in rule.backend_refs:
-                dest, problem = _backend(index, route, ref)
-                if problem:
-                    problems.append(problem)
-                elif ref.weight:
-                    destinations.append({"destination": dest, "weight": ref.weight})
-            if destinations:
-                base["route"] = (
-                    destinations if len(destinations) > 1 else [{"destination": destinations[0]["destination"]}]
-                )
-            else:  # no usable backend: Gateway API's 500
-                base["directResponse"] = {"status": 500}
-                base.pop("rewrite", None)
-                base.pop("mirrors", None)
+            problems += _forward(base, index, route, rule.backend_refs)
         timeout = rule.timeouts and (rule.timeouts.request or rule.timeouts.backend_request)
         if timeout and "route" in base:
             base["timeout"] = timeout
@@ -476,20 +516,107 @@ def _http_routes(index: _Index, route: Resource, port: int | None) -> tuple[list
     return [http for _, _, http in ordered], problems
 
 
+# ---------------------------------------------------------------- GRPCRoute, TCPRoute, TLSRoute rules
+
+
+def _grpc_uri(m: gw.GRPCMethodMatch) -> dict:
+    """A gRPC method match on the request path ``/<service>/<method>``, as Istio writes it."""
+    if m.method is None:
+        return {"prefix": f"/{m.service}/"} if m.type == "Exact" else {"regex": f"/{m.service}/.+"}
+    if m.service is None:
+        return {"regex": f"/[^/]+/{m.method}"}
+    path = f"/{m.service}/{m.method}"
+    return {"exact": path} if m.type == "Exact" else {"regex": path}
+
+
+def _grpc_match(m: gw.GRPCRouteMatch, port: int | None) -> dict:
+    out: dict = {"uri": _grpc_uri(m.method)} if m.method else {}
+    headers: dict = {}
+    for h in m.headers:
+        headers.setdefault(h.name.lower(), _string_match(h.type, h.value))
+    if headers:
+        out["headers"] = headers
+    if port:
+        out["port"] = port
+    return out
+
+
+def _grpc_precedence(item: tuple[int, dict]) -> tuple:
+    """Istio's order of generated routes: exact, prefix, then regex paths, longer first, more headers."""
+    position, http = item
+    match = (http.get("match") or [{}])[0]
+    kind, value = next(iter(match.get("uri", {"none": ""}).items()))
+    return (("exact", "prefix", "regex", "none").index(kind), -len(value), -len(match.get("headers", {})), position)
+
+
+def _grpc_routes(index: _Index, route: Resource, port: int | None) -> tuple[list[dict], list[Condition]]:
+    entries, problems = [], []
+    for number, rule in enumerate(route.spec.rules):
+        base: dict = {"name": f"{route.namespace}.{route.name}.{number}"}
+        problems += _apply_filters(base, rule.filters, index, route)
+        problems += _forward(base, index, route, rule.backend_refs)
+        matches = [_grpc_match(m, port) for m in rule.matches] or [{"port": port} if port else {}]
+        entries += [{**base, "match": [m]} if m else base for m in matches]
+    ordered = sorted(enumerate(entries), key=_grpc_precedence)
+    return [http for _, http in ordered], problems
+
+
+def _l4_routes(
+    index: _Index, route: Resource, port: int | None, sni_hosts: list[str] | None
+) -> tuple[list[dict], list[Condition]]:
+    """TCPRoute/TLSRoute rules → Istio tcp/tls routes; a rule without a usable backend is left out
+    (its connections find no route and are closed)."""
+    routes, problems = [], []
+    for rule in route.spec.rules:
+        destinations, wrong, _ = _destinations(index, route, rule.backend_refs)
+        problems += wrong
+        if not destinations:
+            continue
+        match: dict = {"sniHosts": sni_hosts} if sni_hosts is not None else {}
+        if port:
+            match["port"] = port
+        routes.append({"match": [match], "route": destinations} if match else {"route": destinations})
+    return routes, problems
+
+
+def _virtual_service(index: _Index, route: Resource, attachment: _Attachment) -> tuple[dict, list[Condition]]:
+    """The generated VirtualService's spec for one parent, and the problems of the route's backends."""
+    vs: dict = {"hosts": attachment.hosts}
+    if attachment.gateways != ["mesh"]:
+        vs["gateways"] = attachment.gateways
+    if route.kind == "HTTPRoute":
+        vs["http"], problems = _http_routes(index, route, attachment.port)
+    elif route.kind == "GRPCRoute":
+        vs["http"], problems = _grpc_routes(index, route, attachment.port)
+    elif route.kind == "TCPRoute":
+        vs["tcp"], problems = _l4_routes(index, route, attachment.port, None)
+        if attachment.gateways != ["mesh"]:
+            vs["hosts"] = ["*"]
+    else:  # SNI: the hosts it serves on a listener; for a Service parent its hostnames, else the Service's
+        mesh = attachment.gateways == ["mesh"]
+        sni = list(route.spec.hostnames) if mesh and route.spec.hostnames else attachment.hosts
+        vs["tls"], problems = _l4_routes(index, route, attachment.port, sni)
+    return vs, problems
+
+
+def _vs_name(route: Resource, number: int) -> str:
+    section = {"HTTPRoute": "", "GRPCRoute": "grpc-", "TCPRoute": "tcp-", "TLSRoute": "tls-"}[route.kind]
+    return f"{route.name}-{section}{number}-{GENERATED}"
+
+
 def _lower_route(index: _Index, route: Resource, attached: dict, out: Lowered) -> None:
     parents = []
     for number, ref in enumerate(route.spec.parent_refs):
         attachment = _attach(index, route, ref, attached)
         conditions = [attachment.condition]
         if attachment.gateways:
-            http, problems = _http_routes(index, route, attachment.port)
+            vs, problems = _virtual_service(index, route, attachment)
             conditions.append(problems[0] if problems else _condition("ResolvedRefs", True, "ResolvedRefs"))
-            vs: dict = {"hosts": attachment.hosts, "http": http}
-            if attachment.gateways != ["mesh"]:
-                vs["gateways"] = attachment.gateways
-            spec = net.VirtualServiceSpec.model_validate(vs)
-            name = f"{route.name}-{number}-{GENERATED}"
-            out.resources.append(_generated("VirtualService", name, route.namespace, spec, route))
+            if vs.get("http") or vs.get("tcp") or vs.get("tls"):
+                spec = net.VirtualServiceSpec.model_validate(vs)
+                out.resources.append(
+                    _generated("VirtualService", _vs_name(route, number), route.namespace, spec, route)
+                )
         parent = ref.model_dump(by_alias=True, exclude_defaults=False, exclude_none=True)
         parents.append({"parentRef": parent, "controllerName": CONTROLLER, "conditions": conditions})
     out.status[route.key] = {"parents": parents}
@@ -510,7 +637,7 @@ def lower(resources: Iterable[Resource], namespace_labels: dict[str, dict[str, s
         if ok:
             out.status[cls.key] = {"conditions": [_condition("Accepted", True, "Accepted")]}
     attached: dict[Key, dict[str, int]] = {}
-    for route in index.kind("HTTPRoute"):
+    for route in (r for kind in ROUTE_KINDS for r in index.kind(kind)):
         _lower_route(index, route, attached, out)
     for gateway in _istio_gateways(index):
         _lower_gateway(index, gateway, attached.get(gateway.key, {}), out)

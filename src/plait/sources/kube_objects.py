@@ -1,7 +1,7 @@
 """Kubernetes objects, as the API server returns them (JSON dicts), → plait Resources. Pure.
 
 * Istio's CRDs (VirtualService, DestinationRule, …, Telemetry) and the Gateway API's (GatewayClass,
-  Gateway, HTTPRoute, ReferenceGrant), in whichever version the cluster serves, and
+  Gateway, HTTPRoute, GRPCRoute, TCPRoute, TLSRoute, ReferenceGrant), in whichever version the cluster serves, and
   core/v1 Services go through the same parser as files (`plait.api.loader.parse_document`), so an
   invalid object gets the message `plait validate` gives, with ``kubernetes`` as its file.
 * Pods become WorkloadEntries named after the pod (the proxy's node id names its pod, so its

@@ -140,7 +140,9 @@ def tls_chains(
             if not names:
                 continue
             seen.update(names)
-            match: dict = {"server_names": names, "transport_protocol": "tls"}
+            # as Istio: an sniHost of * matches every name (Envoy refuses a bare * in server_names)
+            match: dict = {"server_names": names} if "*" not in names else {}
+            match["transport_protocol"] = "tls"
             if m.destination_subnets:
                 match["prefix_ranges"] = _cidr_ranges(m.destination_subnets)
             chains.append(
@@ -194,7 +196,8 @@ def _outbound_listener(
     if port.protocol.is_tls:
         chains = tls_chains(vs, ctx, stat)
         if address == "0.0.0.0":  # no VIP: pick the service by SNI
-            if not any(matches(n, svc.hostname) for c in chains for n in c["filter_chain_match"]["server_names"]):
+            names = [n for c in chains for n in c["filter_chain_match"].get("server_names", ["*"])]
+            if not any(matches(n, svc.hostname) for n in names):
                 chains.append(
                     {"filter_chain_match": {"server_names": [svc.hostname]}, "filters": [tcp_proxy(stat, default)]}
                 )

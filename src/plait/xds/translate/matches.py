@@ -61,7 +61,8 @@ def _claim_matcher(claims: list[str], match: net.StringMatch, invert: bool = Fal
 
 def route_match(m: net.HTTPMatchRequest | None, gateway_semantics: bool = False) -> dict:
     """`gateway_semantics` (a VirtualService lowered from a Gateway API route, as Istio marks it): a
-    prefix other than ``/`` matches whole path segments (Envoy's path_separated_prefix)."""
+    prefix other than ``/`` matches whole path segments (Envoy's path_separated_prefix; a trailing ``/``
+    is dropped, as Istio does: GRPCRoute's service match is the prefix ``/<service>/``)."""
     if m is None:
         return {"prefix": "/"}
     out: dict = {}
@@ -72,7 +73,7 @@ def route_match(m: net.HTTPMatchRequest | None, gateway_semantics: bool = False)
     elif m.uri.kind == "exact":
         out["path"] = m.uri.value
     elif gateway_semantics and m.uri.value != "/":
-        out["path_separated_prefix"] = m.uri.value
+        out["path_separated_prefix"] = m.uri.value.removesuffix("/")
     else:
         out["prefix"] = m.uri.value
     if m.ignore_uri_case:
