@@ -1,5 +1,5 @@
 """The Gateway API on a real Kubernetes node: its CRDs applied as Istio's docs ask users to, istiod reads
-GatewayClass, Gateway, HTTPRoute and ReferenceGrant from the cluster (found when their CRDs appear) and
+GatewayClass, Gateway, HTTPRoute, TCPRoute and ReferenceGrant from the cluster (found when their CRDs appear) and
 lowers them as it lowers files. A Gateway of class istio gets its own proxy, deployed by istiod's leader,
 as Istio's gateway controller does."""
 
@@ -15,14 +15,15 @@ from plait.install.crds import for_old_api_server
 from plait.testing.backends import HttpBackend
 from plait.testing.kubenode import BOOKINFO_NAMESPACE, MeshNode, eventually, pod_manifest
 
-CRDS = Path(__file__).parent / "testdata" / "gateway-api" / "standard-crds.yaml"
+TESTDATA = Path(__file__).parent / "testdata" / "gateway-api"
+CRDS = (TESTDATA / "standard-crds.yaml", TESTDATA / "experimental-route-crds.yaml")
 NAMESPACE = BOOKINFO_NAMESPACE
 
 
 def apply_crds(node: MeshNode) -> None:
-    """The standard CRDs without their CEL rules, which Kubernetes before 1.25 refuses (as `plait install`
-    applies Istio's)."""
-    crds = [for_old_api_server(crd) for crd in yaml.safe_load_all(CRDS.read_text()) if crd]
+    """The standard CRDs and the experimental channel's TCPRoute, TLSRoute and GRPCRoute, without their CEL
+    rules, which Kubernetes before 1.25 refuses (as `plait install` applies Istio's)."""
+    crds = [for_old_api_server(crd) for path in CRDS for crd in yaml.safe_load_all(path.read_text()) if crd]
     node.kubectl("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(crds))
     node.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
 
@@ -33,13 +34,15 @@ kind: Gateway
 metadata: {name: bookinfo-web}
 spec:
   gatewayClassName: istio
-  listeners: [{name: http, port: 80, protocol: HTTP}]
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: tcp, port: 9000, protocol: TCP}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: bookinfo-web}
 spec:
-  parentRefs: [{name: bookinfo-web}]
+  parentRefs: [{name: bookinfo-web, sectionName: http}]
   rules:
   - matches: [{path: {type: PathPrefix, value: /productpage}}]
     backendRefs: [{name: productpage, port: 9080}]
@@ -48,10 +51,18 @@ apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: bookinfo-nowhere}
 spec:
-  parentRefs: [{name: bookinfo-web}]
+  parentRefs: [{name: bookinfo-web, sectionName: http}]
   rules:
   - matches: [{path: {type: PathPrefix, value: /nowhere}}]
     backendRefs: [{name: no-such-service, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: bookinfo-details-tcp}
+spec:
+  parentRefs: [{name: bookinfo-web, sectionName: tcp}]
+  rules:
+  - backendRefs: [{name: details, port: 9080}]
 """
 
 
@@ -71,10 +82,16 @@ def status_written(node: MeshNode) -> None:
         "Programmed": ("True", "Programmed"),
     }, gateway
     assert gateway["addresses"] == [{"type": "Hostname", "value": f"bookinfo-web-istio.{NAMESPACE}.svc.cluster.local"}]
-    [listener] = gateway["listeners"]
-    assert listener["attachedRoutes"] == 2, listener
+    listeners = {listener["name"]: listener for listener in gateway["listeners"]}
+    assert (listeners["http"]["attachedRoutes"], listeners["tcp"]["attachedRoutes"]) == (2, 1), listeners
+    assert listeners["tcp"]["supportedKinds"] == [{"group": "gateway.networking.k8s.io", "kind": "TCPRoute"}]
     [parent] = _status(node, "httproute", "bookinfo-web")["parents"]
     assert parent["controllerName"] == "istio.io/gateway-controller"
+    assert _conditions(parent["conditions"]) == {
+        "Accepted": ("True", "Accepted"),
+        "ResolvedRefs": ("True", "ResolvedRefs"),
+    }
+    [parent] = _status(node, "tcproute", "bookinfo-details-tcp")["parents"]
     assert _conditions(parent["conditions"]) == {
         "Accepted": ("True", "Accepted"),
         "ResolvedRefs": ("True", "ResolvedRefs"),
@@ -85,7 +102,8 @@ def status_written(node: MeshNode) -> None:
 
 def test_a_gateway_of_class_istio_gets_its_own_proxy_that_serves_the_product_page_and_goes_with_it(bookinfo):
     """Istio's automated deployment: istiod's leader deploys ``bookinfo-web-istio`` (Deployment and Service)
-    for a Gateway of class istio; the HTTPRoute's product page answers through that Service; the Gateway and
+    for a Gateway of class istio; the HTTPRoute's product page answers through that Service, a TCPRoute on its
+    TCP listener passes a call to details; the Gateway and
     routes carry their status (a route to a missing Service says BackendNotFound); deleting the Gateway
     removes the deployment."""
     apply_crds(bookinfo)
@@ -104,6 +122,12 @@ def test_a_gateway_of_class_istio_gets_its_own_proxy_that_serves_the_product_pag
                 assert response.status == 200 and "Book Details" in response.read().decode()
 
         eventually(page, timeout=60, interval=2)
+
+        def details_over_tcp() -> None:  # the TCP listener passes the bytes of an HTTP call to details
+            with urllib.request.urlopen(f"http://{address}:9000/details/0", timeout=10) as response:
+                assert response.status == 200 and json.loads(response.read())["id"] == 0
+
+        eventually(details_over_tcp, timeout=30, interval=2)
         eventually(lambda: status_written(bookinfo), timeout=30, interval=2)
         bookinfo.kubectl("delete", "gateway.gateway.networking.k8s.io", "bookinfo-web", "-n", NAMESPACE)
 
