@@ -1,0 +1,546 @@
+"""Data plane against bare Envoy: in one run, on the same loopback path, the same nginx backend and
+the same wrk loads, a bare pair of minimal Envoys (the floor) and plait's sidecar pair with mutual
+TLS and Istio's metrics on; per-sidecar Envoy CPU per request and the pair's added latency, as
+ratios plait / bare.
+
+Run:  .venv/bin/python benchmarks/dataplane.py [--repeat 4] [--duration 3] [--connections 16]
+          [--threads 2] [--configs default no_metrics no_tracing plaintext lean leaner] [--no-isolate]
+          [--out benchmarks/results/dataplane.json]
+          (about 5½ minutes with the defaults; as root it isolates itself, see below)
+
+Needs wrk and nginx (Debian: ``apt-get install -y wrk nginx-light``).
+
+Paths, all ending at one nginx process (localmesh.py's overhead mesh, proxy mode: the ``backend``
+pod's nginx answering a 25-byte body, and an idle ``client`` pod whose sidecar wrk sends through):
+
+* ``direct``: wrk → nginx (the backend pod's app address);
+* ``bare``: wrk → bare client Envoy → bare server Envoy → nginx. Each bare Envoy has a static
+  bootstrap of one listener (HTTP connection manager with the router and nothing else, a static
+  route to its one cluster), one STATIC cluster (HTTP/1.1, as plait's sidecar-to-sidecar clusters
+  of an ``http`` port), an admin listener, no stats sinks, tags, tracing or access logs; plaintext.
+  It runs the same ``envoy`` binary as plait's sidecars, with their command-line flags read from
+  the client sidecar's /proc/PID/cmdline (``--concurrency``, ``--disable-hot-restart``,
+  ``--log-level``);
+* ``plait``: wrk → client sidecar's explicit-proxy listener (``Host: backend:9080``) → backend
+  sidecar → nginx, in one or more configurations switched live with ``plait apply``/``delete``:
+  ``default`` (nothing applied: auto mTLS, Istio's metrics, tracing at 1 %, the tap logger off),
+  ``no_metrics`` (a root-namespace Telemetry disabling ALL_METRICS: no stats access loggers),
+  ``no_tracing`` (the MeshConfig ConfigMap ``istio`` with ``enableTracing: false``), ``plaintext`` (a
+  mesh-wide PeerAuthentication DISABLE), ``lean`` (the three together), ``leaner`` (``lean`` and an
+  EnvoyFilter removing the HTTP filters fault, cors and header_mutation). After
+  each switch the script waits until both sidecars' config_dump shows it, then warms up 1 s.
+
+Loads: ``c16`` (--connections, --threads, --duration s: throughput and Envoy CPU per request) and
+``c1`` (1 connection, 1 thread, --duration s: latency without queueing). Every repeat runs each
+path under both loads; the order of the paths reverses on every other repeat, so that bare and
+plait runs are neighbours in time. Envoy CPU per request is utime+stime from /proc/PID/stat of
+each Envoy (bare: the two this script starts; plait: the sidecars under the agents in
+state.json) around each wrk run, divided by the requests wrk made.
+
+Derived figures, pair by pair within a repeat, then medians [min–max] over the repeats: per
+sidecar, CPU per request plait / bare (c16; target ≤ 1.1); the pair's added p99 at one connection
+(path p99 − direct p99), plait / bare (target ≤ 2); the same for p50; and what each configuration
+saves against ``default`` (CPU µs per request per sidecar, added latency).
+
+As root the script re-runs itself in a network and mount namespace of its own (localmesh.py's
+``isolate``), so meshes others run on the machine neither collide with nor disturb it. Prints a
+table and writes JSON. Reports only; asserts nothing. Everything started is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import localmesh as lm
+import mtls
+from common import machine
+
+from plait.host.envoy_binary import find_envoy
+from plait.testing.live import free_port, run_plait
+
+CPU_TARGET = 1.1
+ADDED_P99_TARGET = 2.0
+SIDES = ("client", "server")
+CONFIGS = ("default", "no_metrics", "no_tracing", "plaintext", "lean", "leaner")
+SWITCH_TIMEOUT_S = 30.0
+SIDECAR_FLAGS = ("--concurrency", "--log-level")  # flags with a value copied from plait's sidecar
+
+NO_METRICS_DOC = """apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: ALL_METRICS}
+      disabled: true
+"""
+
+NO_TRACING_DOC = """apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    enableTracing: false
+"""
+
+EXTRA_FILTERS = ("envoy.filters.http.fault", "envoy.filters.http.cors", "envoy.filters.http.header_mutation")
+REMOVE_FILTER = """  - applyTo: HTTP_FILTER
+    match:
+      listener:
+        filterChain:
+          filter: {{name: envoy.filters.network.http_connection_manager, subFilter: {{name: {name}}}}}
+    patch: {{operation: REMOVE}}
+"""
+NO_FILTERS_DOC = """apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: no-extra-filters, namespace: istio-system}
+spec:
+  configPatches:
+""" + "".join(REMOVE_FILTER.format(name=name) for name in EXTRA_FILTERS)
+
+# each document applied on top of the default mesh, and what the sidecars' listeners then lack
+DOCUMENTS = {
+    "plaintext.yaml": (mtls.PLAINTEXT_DOC, "DownstreamTlsContext"),
+    "no-metrics.yaml": (NO_METRICS_DOC, "envoy.access_loggers.stats"),
+    "no-tracing.yaml": (NO_TRACING_DOC, '"random_sampling"'),  # in an HCM's tracing, as config_dump prints it
+    "no-filters.yaml": (NO_FILTERS_DOC, EXTRA_FILTERS[0]),
+}
+APPLIED = {
+    "default": set(),
+    "no_metrics": {"no-metrics.yaml"},
+    "no_tracing": {"no-tracing.yaml"},
+    "plaintext": {"plaintext.yaml"},
+    "lean": {"plaintext.yaml", "no-metrics.yaml", "no-tracing.yaml"},
+    "leaner": {"plaintext.yaml", "no-metrics.yaml", "no-tracing.yaml", "no-filters.yaml"},
+}
+
+
+# ------------------------------------------------------------------ the bare pair
+
+
+def socket_address(host: str, port: int) -> dict:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def bare_bootstrap(listen_port: int, admin_port: int, upstream: tuple[str, int]) -> dict:
+    """A minimal static Envoy: one HTTP listener on 127.0.0.1 (connection manager + router, every
+    request to one cluster), one STATIC HTTP/1.1 cluster to `upstream`, an admin listener."""
+    router = {
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+        "HttpConnectionManager",
+        "stat_prefix": "bare",
+        "route_config": {
+            "virtual_hosts": [
+                {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}
+            ]
+        },
+        "http_filters": [router],
+    }
+    listener = {
+        "name": "bare",
+        "address": socket_address("127.0.0.1", listen_port),
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
+    }
+    cluster = {
+        "name": "up",
+        "type": "STATIC",
+        "connect_timeout": "10s",
+        "load_assignment": {
+            "cluster_name": "up",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(*upstream)}}]}],
+        },
+    }
+    return {
+        "admin": {"address": socket_address("127.0.0.1", admin_port)},
+        "static_resources": {"listeners": [listener], "clusters": [cluster]},
+    }
+
+
+def sidecar_flags(envoy_pid: int) -> tuple[str, list[str]]:
+    """The binary a sidecar Envoy runs and the flags the bare Envoys copy from its command line."""
+    argv = [a.decode() for a in Path(f"/proc/{envoy_pid}/cmdline").read_bytes().split(b"\0") if a]
+    flags = ["--disable-hot-restart"] if "--disable-hot-restart" in argv else []
+    for flag in SIDECAR_FLAGS:
+        if flag in argv:
+            flags += [flag, argv[argv.index(flag) + 1]]
+    return os.path.realpath(f"/proc/{envoy_pid}/exe"), flags
+
+
+def admin_ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as response:  # noqa: S310
+            return response.read().strip() == b"LIVE"
+    except OSError:
+        return False
+
+
+@contextmanager
+def bare_envoy(workdir: Path, name: str, binary: str, flags: list[str], upstream: tuple[str, int]):
+    """Start one bare Envoy; yields (its PID, its listener port). Stopped on exit."""
+    port, admin = free_port(), free_port()
+    config = workdir / f"bare-{name}.json"
+    config.write_text(json.dumps(bare_bootstrap(port, admin, upstream), indent=2) + "\n")
+    log_path = workdir / f"bare-{name}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [binary, "-c", str(config), *flags],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 15
+        while not admin_ready(admin):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bare Envoy {name} did not start; see {log_path}")
+            time.sleep(0.05)
+        yield process.pid, port
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@contextmanager
+def bare_pair(workdir: Path, sidecar_pid: int, nginx: tuple[str, int]):
+    """Both bare Envoys, server side first; yields the path's target (url, the Envoys' PIDs client
+    first) and the binary and flags they run with."""
+    binary, flags = sidecar_flags(sidecar_pid)
+    with (
+        bare_envoy(workdir, "server", binary, flags, nginx) as (server_pid, server_port),
+        bare_envoy(workdir, "client", binary, flags, ("127.0.0.1", server_port)) as (client_pid, client_port),
+    ):
+        yield (
+            {"url": f"http://127.0.0.1:{client_port}/", "envoys": [client_pid, server_pid]},
+            {
+                "binary": binary,
+                "flags": flags,
+            },
+        )
+
+
+# ------------------------------------------------------------------ plait's configurations
+
+
+def shows(client: mtls.Sidecar, backend: mtls.Sidecar, config: str) -> bool:
+    """Whether both sidecars' config_dump shows `config`: the client's backend cluster with auto mTLS
+    or without, and each document's mark in the listeners where it is not applied, none where it is."""
+    cluster = client.backend_cluster()
+    if cluster is None or bool(cluster.get("transport_socket_matches")) == ("plaintext.yaml" in APPLIED[config]):
+        return False
+    backend_listeners = backend.admin("/config_dump?resource=dynamic_listeners")
+    client_listeners = client.admin("/config_dump?resource=dynamic_listeners")
+    for name, (_, mark) in DOCUMENTS.items():
+        dumps = [backend_listeners] if name == "plaintext.yaml" else [backend_listeners, client_listeners]
+        if any((mark in dump) == (name in APPLIED[config]) for dump in dumps):
+            return False
+    return True
+
+
+def switch(current: str, target: str, workdir: Path, client: mtls.Sidecar, backend: mtls.Sidecar) -> None:
+    """Apply or delete documents so the mesh runs `target`; return once both sidecars show it."""
+    for name in sorted(APPLIED[current] - APPLIED[target]):
+        run_or_fail("delete", name, workdir)
+    for name in sorted(APPLIED[target] - APPLIED[current]):
+        run_or_fail("apply", name, workdir)
+    deadline = time.monotonic() + SWITCH_TIMEOUT_S
+    while not shows(client, backend, target):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the sidecars did not show configuration {target} within {SWITCH_TIMEOUT_S:.0f} s")
+        time.sleep(0.2)
+
+
+def run_or_fail(verb: str, name: str, workdir: Path) -> None:
+    result = run_plait(verb, "-f", name, cwd=workdir, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"plait {verb} -f {name} failed: {result.stdout}{result.stderr}")
+
+
+# ------------------------------------------------------------------ runs
+
+
+def idle_cpu(envoys: dict[str, list[int]], seconds: float = 3.0) -> dict[str, list[float]]:
+    """Each Envoy's CPU with no traffic (ms per second, one window for all): the background work
+    (stats flushes, xDS, timers) every request figure includes a share of."""
+    before = {path: [cpu_ns(p) for p in pids] for path, pids in envoys.items()}
+    time.sleep(seconds)
+    return {
+        path: [round((cpu_ns(p) - b) / seconds / 1e6, 2) for p, b in zip(pids, before[path])]
+        for path, pids in envoys.items()
+    }
+
+
+def cpu_ns(pid: int) -> int:
+    """A process's CPU time so far in ns, summed over its threads (schedstat: finer than /proc/PID/stat's ticks)."""
+    return sum(int(t.read_text().split()[0]) for t in Path(f"/proc/{pid}/task").glob("*/schedstat"))
+
+
+def loads(opts: argparse.Namespace) -> dict[str, dict]:
+    return {
+        "c16": {"connections": opts.connections, "threads": opts.threads, "duration": opts.duration},
+        "c1": {"connections": 1, "threads": 1, "duration": opts.duration},
+    }
+
+
+def measure_path(path: str, target: dict, opts: argparse.Namespace, repeat: int) -> list[dict]:
+    """The path under each load (after a 1 s warm-up); one record per load."""
+    runs = []
+    warm_up = {**loads(opts)["c16"], "duration": 1}
+    lm.wrk(target["url"], warm_up, host=target.get("host"))
+    for name, load in loads(opts).items():
+        figures = lm.wrk(target["url"], load, host=target.get("host"), envoys=target.get("envoys", ()))
+        runs.append({"repeat": repeat, "path": path, "load": name, **figures})
+        cpu = figures.get("envoy_cpu_us_per_request")
+        print(
+            f"  run {repeat + 1} {path:<27} {name:<4} {figures['rps']:7.0f} req/s p50 {figures['p50_ms']:.3f} ms"
+            f" p99 {figures['p99_ms']:.3f} ms" + (f", Envoy CPU µs/req {cpu[0]:.1f} + {cpu[1]:.1f}" if cpu else ""),
+            flush=True,
+        )
+    return runs
+
+
+def run_all(paths: dict, configs: list[str], mesh: dict, opts: argparse.Namespace, switch_to) -> list[dict]:
+    """Every repeat: direct, bare and each plait configuration, in an order reversed every other repeat."""
+    order = ["direct", "bare", *(f"plait_{c}" for c in configs)]
+    runs = []
+    for i in range(opts.repeat):
+        for path in order if i % 2 == 0 else reversed(order):
+            if path.startswith("plait_"):
+                switch_to(path.removeprefix("plait_"))
+                runs += measure_path(path, mesh, opts, i)
+            else:
+                runs += measure_path(path, paths[path], opts, i)
+    return runs
+
+
+# ------------------------------------------------------------------ figures
+
+
+def by_key(runs: list[dict]) -> dict:
+    return {(r["repeat"], r["path"], r["load"]): r for r in runs}
+
+
+def per_path(runs: list[dict]) -> dict:
+    """Medians [min–max] of one path and load's runs."""
+    out = {f: lm.stats([r[f] for r in runs]) for f in ("rps", "p50_ms", "p99_ms")}
+    if "envoy_cpu_us_per_request" in runs[0]:
+        out["envoy_cpu_us_per_request"] = {
+            side: lm.stats([r["envoy_cpu_us_per_request"][i] for r in runs]) for i, side in enumerate(SIDES)
+        }
+    out["non_2xx"] = sum(r["non_2xx"] for r in runs)
+    out["socket_errors"] = [r["socket_errors"] for r in runs if r["socket_errors"]]
+    return out
+
+
+def pairwise(runs: list[dict], path: str, baseline: str = "bare") -> dict:
+    """`path` against `baseline` pair by pair within each repeat: per-sidecar CPU per request ratio
+    (c16 and c1), added latency (path − direct) ratio and difference at each load."""
+    runs_by = by_key(runs)
+    repeats = sorted({r["repeat"] for r in runs})
+    out: dict = {}
+    for load in ("c16", "c1"):
+        pairs = [(runs_by[i, baseline, load], runs_by[i, path, load], runs_by[i, "direct", load]) for i in repeats]
+        figures: dict = {}
+        for s, side in enumerate(SIDES):
+            figures[f"cpu_ratio_{side}"] = lm.stats(
+                [round(p["envoy_cpu_us_per_request"][s] / b["envoy_cpu_us_per_request"][s], 3) for b, p, _ in pairs]
+            )
+            figures[f"cpu_extra_us_{side}"] = lm.stats(
+                [round(p["envoy_cpu_us_per_request"][s] - b["envoy_cpu_us_per_request"][s], 2) for b, p, _ in pairs]
+            )
+        for f in ("p50_ms", "p99_ms"):
+            added = [(b[f] - d[f], p[f] - d[f]) for b, p, d in pairs]
+            figures[f"added_{f}_baseline"] = lm.stats([round(a, 3) for a, _ in added])
+            figures[f"added_{f}"] = lm.stats([round(a, 3) for _, a in added])
+            figures[f"added_{f}_extra"] = lm.stats([round(a - b, 3) for b, a in added])
+            ratios = [round(a / b, 3) for b, a in added if b > 0]  # the baseline adding nothing: no ratio
+            figures[f"added_{f}_ratio"] = lm.stats(ratios) if ratios else None
+        figures["rps_ratio"] = lm.stats([round(p["rps"] / b["rps"], 3) for b, p, _ in pairs])
+        out[load] = figures
+    return out
+
+
+def summarise(runs: list[dict], configs: list[str]) -> dict:
+    paths = ["direct", "bare", *(f"plait_{c}" for c in configs)]
+    per = {
+        load: {p: per_path([r for r in runs if r["path"] == p and r["load"] == load]) for p in paths}
+        for load in ("c16", "c1")
+    }
+    against_bare = {c: pairwise(runs, f"plait_{c}") for c in configs}
+    against_default = {c: pairwise(runs, "plait_default", f"plait_{c}") for c in configs if c != "default"}
+    return {"paths": per, "plait_over_bare": against_bare, "default_over_config": against_default}
+
+
+def verdicts(summary: dict) -> dict:
+    """The issue's targets against the default configuration's medians."""
+    default = summary["plait_over_bare"].get("default")
+    if default is None:
+        return {}
+    cpu = {side: default["c16"][f"cpu_ratio_{side}"]["median"] for side in SIDES}
+    added = (default["c1"]["added_p99_ms_ratio"] or {}).get("median")
+    return {
+        "cpu_ratio_per_sidecar": cpu,
+        "cpu_target": CPU_TARGET,
+        "cpu_pass": all(v <= CPU_TARGET for v in cpu.values()),
+        "added_p99_c1_ratio": added,
+        "added_p99_target": ADDED_P99_TARGET,
+        "added_p99_pass": None if added is None else added <= ADDED_P99_TARGET,
+    }
+
+
+# ------------------------------------------------------------------ report
+
+
+def ratio_cell(values: dict | None) -> str:
+    return lm.cell(values, ".2f") if values else "n/a (bare added ≤ 0)"
+
+
+def verdict_word(passed: bool | None) -> str:
+    return {True: "pass", False: "FAIL", None: "n/a"}[passed]
+
+
+def print_report(summary: dict, verdict: dict) -> None:
+    print("\nPaths (medians [min–max]); Envoy CPU µs per request: client-side + server-side Envoy")
+    print(f"{'load':<5} {'path':<27} {'req/s':>22} {'p50 ms':>20} {'p99 ms':>20} {'CPU µs/req':>16}")
+    for load, per in summary["paths"].items():
+        for path, r in per.items():
+            cpu = r.get("envoy_cpu_us_per_request")
+            cpu_cell = f"{cpu['client']['median']:.1f} + {cpu['server']['median']:.1f}" if cpu else ""
+            print(
+                f"{load:<5} {path:<27} {lm.cell(r['rps'], '.0f'):>22} {lm.cell(r['p50_ms'], '.3f'):>20} "
+                f"{lm.cell(r['p99_ms'], '.3f'):>20} {cpu_cell:>16}"
+            )
+    print("\nplait against the bare pair, pair by pair (medians [min–max])")
+    print(f"{'config':<21} {'CPU ratio client (c16)':>24} {'CPU ratio server (c16)':>24} {'added p99 c1 ratio':>22}")
+    for config, r in summary["plait_over_bare"].items():
+        print(
+            f"{config:<21} {lm.cell(r['c16']['cpu_ratio_client'], '.2f'):>24} "
+            f"{lm.cell(r['c16']['cpu_ratio_server'], '.2f'):>24} {ratio_cell(r['c1']['added_p99_ms_ratio']):>22}"
+        )
+    print("\nWhat the default configuration costs over each other one (c16 CPU µs/req per sidecar; c1 added p99)")
+    for config, r in summary["default_over_config"].items():
+        print(
+            f"  default − {config:<21} client {r['c16']['cpu_extra_us_client']['median']:+6.1f} µs, "
+            f"server {r['c16']['cpu_extra_us_server']['median']:+6.1f} µs, "
+            f"added p99 at c1 {r['c1']['added_p99_ms_extra']['median']:+.3f} ms"
+        )
+    if verdict:
+        cpu = verdict["cpu_ratio_per_sidecar"]
+        print(
+            f"\nTargets: CPU per request per sidecar ≤ {CPU_TARGET}× bare: client {cpu['client']:.2f}×, "
+            f"server {cpu['server']:.2f}× → {verdict_word(verdict['cpu_pass'])}; added p99 at c1 ≤ "
+            f"{ADDED_P99_TARGET}× bare: {verdict['added_p99_c1_ratio']}× → {verdict_word(verdict['added_p99_pass'])}"
+        )
+
+
+# ------------------------------------------------------------------ main
+
+
+def bench(opts: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory(prefix="dataplane-") as tmp:
+        workdir = Path(tmp)
+        script = workdir / "backend.sh"
+        script.write_text(lm.NGINX_SCRIPT.format(root=workdir, body=lm.BODY))
+        (workdir / "app.yaml").write_text(lm.MANIFEST.format(script=script))
+        for name, (text, _) in DOCUMENTS.items():
+            (workdir / name).write_text(text)
+        with lm.mesh_up(["up", "-f", "app.yaml"], "proxy", workdir) as (up_s, state, down):
+            mesh, direct = lm.paths_for("proxy", state, None)
+            pods = {p.name: p for p in state.pods}
+            nginx = (pods["backend-0"].app_ip, pods["backend-0"].ports["port-9080"])
+            client, backend = mtls.Sidecar(pods["client-0"], "proxy"), mtls.Sidecar(pods["backend-0"], "proxy")
+            current = ["default"]
+
+            def switch_to(config: str) -> None:
+                switch(current[0], config, workdir, client, backend)
+                current[0] = config
+
+            with bare_pair(workdir, mesh["envoys"][0], nginx) as (bare, envoy):
+                idle = idle_cpu({"bare": bare["envoys"], "plait_default": mesh["envoys"]})
+                runs = run_all({"direct": direct, "bare": bare}, opts.configs, mesh, opts, switch_to)
+            down()
+    summary = summarise(runs, opts.configs)
+    return {
+        "targets": {"mesh": {k: v for k, v in mesh.items() if k != "envoys"}, "direct": direct, "bare": bare["url"]},
+        "envoy": envoy,
+        "up_s": round(up_s, 2),
+        "loads": loads(opts),
+        "idle_cpu_ms_per_s": idle,
+        "summary": summary,
+        "verdict": verdicts(summary),
+        "runs": runs,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=4)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS), help="plait's, in order")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dataplane.json")
+    parser.add_argument(
+        "--no-isolate",
+        action="store_true",
+        help="run on the machine's own network (default as root: a namespace of its own)",
+    )
+    opts = parser.parse_args()
+    if "default" not in opts.configs:
+        sys.exit("--configs must include default (the configuration the targets are about)")
+    lm.preflight(["proxy"])
+    isolated = os.environ.get(lm.ISOLATED_ENV) == "1"
+    if os.geteuid() == 0 and not opts.no_isolate and not isolated:
+        lm.isolate(Path(__file__))
+    started = time.monotonic()
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            **machine(),
+            "wrk": lm.tool_version(["wrk", "-v"]),
+            "nginx": lm.tool_version(["nginx", "-v"]),
+            "envoy": lm.tool_version([find_envoy(), "--version"]),
+        },
+        "settings": {
+            "repeat": opts.repeat,
+            "duration_s": opts.duration,
+            "connections": opts.connections,
+            "wrk_threads": opts.threads,
+            "body_bytes": len(lm.BODY),
+            "configs": opts.configs,
+            "mode": "proxy",
+            "isolated_namespace": isolated,
+        },
+        **bench(opts),
+    }
+    report["wall_s"] = round(time.monotonic() - started, 1)
+    print(f"\nIdle Envoy CPU, ms per second (client-side, server-side): {report['idle_cpu_ms_per_s']}")
+    print_report(report["summary"], report["verdict"])
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwall time {report['wall_s']} s; wrote {opts.out}")
+
+
+if __name__ == "__main__":
+    main()
