@@ -3,10 +3,11 @@ the same wrk loads, a bare pair of minimal Envoys (the floor) and plait's sideca
 TLS and Istio's metrics on; per-sidecar Envoy CPU per request and the pair's added latency, as
 ratios plait / bare.
 
-Run:  .venv/bin/python benchmarks/dataplane.py [--repeat 4] [--duration 3] [--connections 16]
-          [--threads 2] [--configs default no_metrics no_tracing plaintext lean leaner] [--no-isolate]
+Run:  .venv/bin/python benchmarks/dataplane.py [--repeat 3] [--duration 3] [--connections 16]
+          [--threads 2] [--configs default no_metrics no_tracing no_sampling plaintext
+                     no_peer_headers no_fault_cors leaner lean] [--no-isolate]
           [--out benchmarks/results/dataplane.json]
-          (about 5½ minutes with the defaults; as root it isolates itself, see below)
+          (about 5 minutes with the defaults; as root it isolates itself, see below)
 
 Needs wrk and nginx (Debian: ``apt-get install -y wrk nginx-light``).
 
@@ -23,12 +24,16 @@ pod's nginx answering a 25-byte body, and an idle ``client`` pod whose sidecar w
   ``--log-level``);
 * ``plait``: wrk → client sidecar's explicit-proxy listener (``Host: backend:9080``) → backend
   sidecar → nginx, in one or more configurations switched live with ``plait apply``/``delete``:
-  ``default`` (nothing applied: auto mTLS, Istio's metrics, tracing at 1 %, the tap logger off),
+  ``default`` (nothing applied: auto mTLS, Istio's metrics with the client's peer headers, tracing
+  at 1 %, the tap logger off, the fault and cors filters); each without one of them:
   ``no_metrics`` (a root-namespace Telemetry disabling ALL_METRICS: no stats access loggers),
-  ``no_tracing`` (the MeshConfig ConfigMap ``istio`` with ``enableTracing: false``), ``plaintext`` (a
-  mesh-wide PeerAuthentication DISABLE), ``lean`` (the three together), ``leaner`` (``lean`` and an
-  EnvoyFilter removing the HTTP filters fault, cors and header_mutation). After
-  each switch the script waits until both sidecars' config_dump shows it, then warms up 1 s.
+  ``no_tracing`` (the MeshConfig ConfigMap ``istio`` with ``enableTracing: false``),
+  ``no_sampling`` (a Telemetry with randomSamplingPercentage 0: tracing configured, nothing
+  sampled), ``plaintext`` (a mesh-wide PeerAuthentication DISABLE), ``no_peer_headers`` and
+  ``no_fault_cors`` (EnvoyFilters removing the HTTP filter header_mutation, i.e. the
+  x-plait-peer-* headers, or fault and cors); ``leaner`` (all of these off, but the sampling one
+  that no_tracing covers), and, only when named, ``lean`` (no metrics, no tracing, plaintext).
+  After each switch the script waits until both sidecars' config_dump shows it, then warms up 1 s.
 
 Loads: ``c16`` (--connections, --threads, --duration s: throughput and Envoy CPU per request) and
 ``c1`` (1 connection, 1 thread, --duration s: latency without queueing). Every repeat runs each
@@ -39,8 +44,11 @@ state.json) around each wrk run, divided by the requests wrk made.
 
 Derived figures, pair by pair within a repeat, then medians [min–max] over the repeats: per
 sidecar, CPU per request plait / bare (c16; target ≤ 1.1); the pair's added p99 at one connection
-(path p99 − direct p99), plait / bare (target ≤ 2); the same for p50; and what each configuration
-saves against ``default`` (CPU µs per request per sidecar, added latency).
+(path p99 − direct p99), plait / bare (target ≤ 2), the same for p90 and p50; and what ``default``
+costs over each other configuration (CPU µs per request per sidecar, added latency). The target's
+added-p99 ratio is also taken from the medians over the repeats ((plait − direct) / (bare − direct)),
+steadier than the pairwise one when one repeat's direct p99 is a scheduling hiccup. Before the
+runs, each Envoy's idle CPU (3 s without traffic, from /proc/PID/task/*/schedstat).
 
 As root the script re-runs itself in a network and mount namespace of its own (localmesh.py's
 ``isolate``), so meshes others run on the machine neither collide with nor disturb it. Prints a
@@ -52,12 +60,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,7 +81,6 @@ from plait.testing.live import free_port, run_plait
 CPU_TARGET = 1.1
 ADDED_P99_TARGET = 2.0
 SIDES = ("client", "server")
-CONFIGS = ("default", "no_metrics", "no_tracing", "plaintext", "lean", "leaner")
 SWITCH_TIMEOUT_S = 30.0
 SIDECAR_FLAGS = ("--concurrency", "--log-level")  # flags with a value copied from plait's sidecar
 
@@ -94,7 +103,14 @@ data:
     enableTracing: false
 """
 
-EXTRA_FILTERS = ("envoy.filters.http.fault", "envoy.filters.http.cors", "envoy.filters.http.header_mutation")
+NO_SAMPLING_DOC = """apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: no-sampling, namespace: default}
+spec:
+  tracing:
+  - randomSamplingPercentage: 0
+"""
+
 REMOVE_FILTER = """  - applyTo: HTTP_FILTER
     match:
       listener:
@@ -102,28 +118,60 @@ REMOVE_FILTER = """  - applyTo: HTTP_FILTER
           filter: {{name: envoy.filters.network.http_connection_manager, subFilter: {{name: {name}}}}}
     patch: {{operation: REMOVE}}
 """
-NO_FILTERS_DOC = """apiVersion: networking.istio.io/v1alpha3
-kind: EnvoyFilter
-metadata: {name: no-extra-filters, namespace: istio-system}
-spec:
-  configPatches:
-""" + "".join(REMOVE_FILTER.format(name=name) for name in EXTRA_FILTERS)
 
-# each document applied on top of the default mesh, and what the sidecars' listeners then lack
+
+def remove_filters(name: str, filters: tuple[str, ...]) -> str:
+    """An EnvoyFilter removing these HTTP filters from every connection manager of every proxy."""
+    head = f"apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {{name: {name}, namespace: istio-system}}\n"
+    return head + "spec:\n  configPatches:\n" + "".join(REMOVE_FILTER.format(name=f) for f in filters)
+
+
+PEER_HEADERS = "envoy.filters.http.header_mutation"  # the client's x-plait-peer-* headers for the server's metrics
+FAULT_CORS = ("envoy.filters.http.fault", "envoy.filters.http.cors")
+
+
+@dataclass(frozen=True)
+class Document:
+    """A document applied on top of the default mesh: its text, a pattern the sidecars' listeners
+    (config_dump) match until it applies, and the other documents whose pattern it removes too."""
+
+    text: str
+    mark: str
+    hides: frozenset[str] = frozenset()
+
+
 DOCUMENTS = {
-    "plaintext.yaml": (mtls.PLAINTEXT_DOC, "DownstreamTlsContext"),
-    "no-metrics.yaml": (NO_METRICS_DOC, "envoy.access_loggers.stats"),
-    "no-tracing.yaml": (NO_TRACING_DOC, '"random_sampling"'),  # in an HCM's tracing, as config_dump prints it
-    "no-filters.yaml": (NO_FILTERS_DOC, EXTRA_FILTERS[0]),
+    "plaintext.yaml": Document(mtls.PLAINTEXT_DOC, "DownstreamTlsContext"),
+    "no-metrics.yaml": Document(NO_METRICS_DOC, re.escape("envoy.access_loggers.stats")),
+    "no-tracing.yaml": Document(NO_TRACING_DOC, '"random_sampling"', frozenset({"no-sampling.yaml"})),
+    "no-sampling.yaml": Document(NO_SAMPLING_DOC, r'"random_sampling": \{\s*"value"'),  # 0 %: an empty value
+    "no-peer-headers.yaml": Document(remove_filters("no-peer-headers", (PEER_HEADERS,)), re.escape(PEER_HEADERS)),
+    "no-fault-cors.yaml": Document(remove_filters("no-fault-cors", FAULT_CORS), re.escape(FAULT_CORS[0])),
 }
+LEAN = {"plaintext.yaml", "no-metrics.yaml", "no-tracing.yaml"}
 APPLIED = {
     "default": set(),
     "no_metrics": {"no-metrics.yaml"},
     "no_tracing": {"no-tracing.yaml"},
     "plaintext": {"plaintext.yaml"},
-    "lean": {"plaintext.yaml", "no-metrics.yaml", "no-tracing.yaml"},
-    "leaner": {"plaintext.yaml", "no-metrics.yaml", "no-tracing.yaml", "no-filters.yaml"},
+    "lean": LEAN,
+    "leaner": LEAN | {"no-peer-headers.yaml", "no-fault-cors.yaml"},
+    # finer, not run by default
+    "no_sampling": {"no-sampling.yaml"},
+    "no_peer_headers": {"no-peer-headers.yaml"},
+    "no_fault_cors": {"no-fault-cors.yaml"},
 }
+CONFIGS = tuple(APPLIED)
+DEFAULT_CONFIGS = (
+    "default",
+    "no_metrics",
+    "no_tracing",
+    "no_sampling",
+    "plaintext",
+    "no_peer_headers",
+    "no_fault_cors",
+    "leaner",
+)
 
 
 # ------------------------------------------------------------------ the bare pair
@@ -243,17 +291,23 @@ def bare_pair(workdir: Path, sidecar_pid: int, nginx: tuple[str, int]):
 # ------------------------------------------------------------------ plait's configurations
 
 
+def hidden(config: str) -> set[str]:
+    """The documents whose mark the sidecars lack under `config`: those applied and those they hide."""
+    applied = APPLIED[config]
+    return applied | {h for name in applied for h in DOCUMENTS[name].hides}
+
+
 def shows(client: mtls.Sidecar, backend: mtls.Sidecar, config: str) -> bool:
     """Whether both sidecars' config_dump shows `config`: the client's backend cluster with auto mTLS
-    or without, and each document's mark in the listeners where it is not applied, none where it is."""
+    or without, and each document's mark in the listeners where it does not apply, none where it does."""
     cluster = client.backend_cluster()
     if cluster is None or bool(cluster.get("transport_socket_matches")) == ("plaintext.yaml" in APPLIED[config]):
         return False
     backend_listeners = backend.admin("/config_dump?resource=dynamic_listeners")
     client_listeners = client.admin("/config_dump?resource=dynamic_listeners")
-    for name, (_, mark) in DOCUMENTS.items():
+    for name, document in DOCUMENTS.items():
         dumps = [backend_listeners] if name == "plaintext.yaml" else [backend_listeners, client_listeners]
-        if any((mark in dump) == (name in APPLIED[config]) for dump in dumps):
+        if any(bool(re.search(document.mark, dump)) == (name in hidden(config)) for dump in dumps):
             return False
     return True
 
@@ -483,8 +537,8 @@ def bench(opts: argparse.Namespace) -> dict:
         script = workdir / "backend.sh"
         script.write_text(lm.NGINX_SCRIPT.format(root=workdir, body=lm.BODY))
         (workdir / "app.yaml").write_text(lm.MANIFEST.format(script=script))
-        for name, (text, _) in DOCUMENTS.items():
-            (workdir / name).write_text(text)
+        for name, document in DOCUMENTS.items():
+            (workdir / name).write_text(document.text)
         with lm.mesh_up(["up", "-f", "app.yaml"], "proxy", workdir) as (up_s, state, down):
             mesh, direct = lm.paths_for("proxy", state, None)
             pods = {p.name: p for p in state.pods}
@@ -515,11 +569,13 @@ def bench(opts: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS), help="plait's, in order")
+    parser.add_argument(
+        "--configs", nargs="+", choices=CONFIGS, default=list(DEFAULT_CONFIGS), help="plait's, in order"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dataplane.json")
     parser.add_argument(
         "--no-isolate",
