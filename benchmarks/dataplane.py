@@ -5,7 +5,7 @@ ratios plait / bare.
 
 Run:  .venv/bin/python benchmarks/dataplane.py [--repeat 3] [--duration 3] [--connections 16]
           [--threads 2] [--configs default no_metrics no_tracing no_sampling plaintext
-                     no_peer_headers no_fault_cors leaner lean] [--no-isolate]
+                     no_peer_headers leaner no_fault_cors lean] [--no-isolate]
           [--out benchmarks/results/dataplane.json]
           (about 5 minutes with the defaults; as root it isolates itself, see below)
 
@@ -15,13 +15,16 @@ Paths, all ending at one nginx process (localmesh.py's overhead mesh, proxy mode
 pod's nginx answering a 25-byte body, and an idle ``client`` pod whose sidecar wrk sends through):
 
 * ``direct``: wrk → nginx (the backend pod's app address);
-* ``bare``: wrk → bare client Envoy → bare server Envoy → nginx. Each bare Envoy has a static
-  bootstrap of one listener (HTTP connection manager with the router and nothing else, a static
-  route to its one cluster), one STATIC cluster (HTTP/1.1, as plait's sidecar-to-sidecar clusters
-  of an ``http`` port), an admin listener, no stats sinks, tags, tracing or access logs; plaintext.
-  It runs the same ``envoy`` binary as plait's sidecars, with their command-line flags read from
-  the client sidecar's /proc/PID/cmdline (``--concurrency``, ``--disable-hot-restart``,
+* ``bare`` (the floor): wrk → bare client Envoy → bare server Envoy → nginx. Each bare Envoy has a
+  static bootstrap of one listener (HTTP connection manager with the router and nothing else, a
+  static route to its one cluster), one STATIC cluster (HTTP/1.1, as plait's sidecar-to-sidecar
+  clusters of an ``http`` port), an admin listener, no stats sinks, tags, tracing or access logs;
+  plaintext. It runs the same ``envoy`` binary as plait's sidecars, with their command-line flags
+  read from the client sidecar's /proc/PID/cmdline (``--concurrency``, ``--disable-hot-restart``,
   ``--log-level``);
+* ``bare_mtls``: the same pair with mutual TLS between them, from Envoy's defaults as plait's
+  sidecars use them (TLS 1.2 upstream, an EC P-256 workload certificate with a SPIFFE identity
+  issued by plait's CA code, each side requiring the other's): the floor for what mTLS itself costs;
 * ``plait``: wrk → client sidecar's explicit-proxy listener (``Host: backend:9080``) → backend
   sidecar → nginx, in one or more configurations switched live with ``plait apply``/``delete``:
   ``default`` (nothing applied: auto mTLS, Istio's metrics with the client's peer headers, tracing
@@ -31,8 +34,9 @@ pod's nginx answering a 25-byte body, and an idle ``client`` pod whose sidecar w
   ``no_sampling`` (a Telemetry with randomSamplingPercentage 0: tracing configured, nothing
   sampled), ``plaintext`` (a mesh-wide PeerAuthentication DISABLE), ``no_peer_headers`` and
   ``no_fault_cors`` (EnvoyFilters removing the HTTP filter header_mutation, i.e. the
-  x-plait-peer-* headers, or fault and cors); ``leaner`` (all of these off, but the sampling one
-  that no_tracing covers), and, only when named, ``lean`` (no metrics, no tracing, plaintext).
+  x-plait-peer-* headers, or fault and cors: the latter only when named); ``leaner`` (all of these
+  off, but the sampling one that no_tracing covers), and, only when named, ``lean`` (no metrics, no
+  tracing, plaintext).
   After each switch the script waits until both sidecars' config_dump shows it, then warms up 1 s.
 
 Loads: ``c16`` (--connections, --threads, --duration s: throughput and Envoy CPU per request) and
@@ -43,7 +47,7 @@ each Envoy (bare: the two this script starts; plait: the sidecars under the agen
 state.json) around each wrk run, divided by the requests wrk made.
 
 Derived figures, pair by pair within a repeat, then medians [min–max] over the repeats: per
-sidecar, CPU per request plait / bare (c16; target ≤ 1.1); the pair's added p99 at one connection
+sidecar, CPU per request plait / bare (c16; target ≤ 1.1; and / bare_mtls); the pair's added p99 at one connection
 (path p99 − direct p99), plait / bare (target ≤ 2), the same for p90 and p50; and what ``default``
 costs over each other configuration (CPU µs per request per sidecar, added latency). The target's
 added-p99 ratio is also taken from the medians over the repeats ((plait − direct) / (bare − direct)),
@@ -74,13 +78,19 @@ from pathlib import Path
 import localmesh as lm
 import mtls
 from common import machine
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from plait.ca.authority import CertificateAuthority, generate_root, key_pem
 from plait.host.envoy_binary import find_envoy
 from plait.testing.live import free_port, run_plait
 
 CPU_TARGET = 1.1
 ADDED_P99_TARGET = 2.0
 SIDES = ("client", "server")
+FLOORS = ("bare", "bare_mtls")  # the bare pair in plaintext, and with mutual TLS as plait's sidecars speak it
+BARE_IDENTITY = "spiffe://cluster.local/ns/default/sa/bare"
 SWITCH_TIMEOUT_S = 30.0
 SIDECAR_FLAGS = ("--concurrency", "--log-level")  # flags with a value copied from plait's sidecar
 
@@ -162,16 +172,7 @@ APPLIED = {
     "no_fault_cors": {"no-fault-cors.yaml"},
 }
 CONFIGS = tuple(APPLIED)
-DEFAULT_CONFIGS = (
-    "default",
-    "no_metrics",
-    "no_tracing",
-    "no_sampling",
-    "plaintext",
-    "no_peer_headers",
-    "no_fault_cors",
-    "leaner",
-)
+DEFAULT_CONFIGS = ("default", "no_metrics", "no_tracing", "no_sampling", "plaintext", "no_peer_headers", "leaner")
 
 
 # ------------------------------------------------------------------ the bare pair
@@ -181,9 +182,61 @@ def socket_address(host: str, port: int) -> dict:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def bare_bootstrap(listen_port: int, admin_port: int, upstream: tuple[str, int]) -> dict:
+@dataclass(frozen=True)
+class TlsFiles:
+    """One workload certificate (with its key) both bare Envoys present, the root that signed it, and
+    its SPIFFE identity, which each side requires of the other."""
+
+    cert: Path
+    key: Path
+    root: Path
+    identity: str
+
+
+def bare_tls_files(workdir: Path, identity: str = BARE_IDENTITY) -> TlsFiles:
+    """A fresh root and a workload certificate from plait's own CA code (EC P-256, as a sidecar's)."""
+    key, root = generate_root()
+    authority = CertificateAuthority(key, (root,), workdir / "bare-ca-key.pem")
+    workload_key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(workload_key, hashes.SHA256())
+    chain = authority.sign(csr, identity, ttl_seconds=86400, now=datetime.now(UTC))
+    files = TlsFiles(workdir / "bare-cert.pem", workdir / "bare-key.pem", workdir / "bare-root.pem", identity)
+    files.cert.write_bytes(b"".join(chain[:-1]))
+    files.key.write_bytes(key_pem(workload_key))
+    files.root.write_bytes(chain[-1])
+    return files
+
+
+def tls_context(kind: str, tls: TlsFiles) -> dict:
+    """A transport socket with the certificate, requiring the peer's (`kind`: Downstream or Upstream)."""
+    context: dict = {
+        "@type": f"type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{kind}TlsContext",
+        "common_tls_context": {
+            "tls_certificates": [
+                {"certificate_chain": {"filename": str(tls.cert)}, "private_key": {"filename": str(tls.key)}}
+            ],
+            "validation_context": {
+                "trusted_ca": {"filename": str(tls.root)},
+                "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": tls.identity}}],
+            },
+        },
+    }
+    if kind == "Downstream":
+        context["require_client_certificate"] = True
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def bare_bootstrap(
+    listen_port: int,
+    admin_port: int,
+    upstream: tuple[str, int],
+    *,
+    downstream_tls: TlsFiles | None = None,
+    upstream_tls: TlsFiles | None = None,
+) -> dict:
     """A minimal static Envoy: one HTTP listener on 127.0.0.1 (connection manager + router, every
-    request to one cluster), one STATIC HTTP/1.1 cluster to `upstream`, an admin listener."""
+    request to one cluster), one STATIC HTTP/1.1 cluster to `upstream`, an admin listener; with
+    `downstream_tls` the listener, with `upstream_tls` the cluster speaks mutual TLS."""
     router = {
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
@@ -199,13 +252,10 @@ def bare_bootstrap(listen_port: int, admin_port: int, upstream: tuple[str, int])
         },
         "http_filters": [router],
     }
-    listener = {
-        "name": "bare",
-        "address": socket_address("127.0.0.1", listen_port),
-        "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
-        ],
-    }
+    chain: dict = {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+    if downstream_tls:
+        chain["transport_socket"] = tls_context("Downstream", downstream_tls)
+    listener = {"name": "bare", "address": socket_address("127.0.0.1", listen_port), "filter_chains": [chain]}
     cluster = {
         "name": "up",
         "type": "STATIC",
@@ -215,6 +265,8 @@ def bare_bootstrap(listen_port: int, admin_port: int, upstream: tuple[str, int])
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(*upstream)}}]}],
         },
     }
+    if upstream_tls:
+        cluster["transport_socket"] = tls_context("Upstream", upstream_tls)
     return {
         "admin": {"address": socket_address("127.0.0.1", admin_port)},
         "static_resources": {"listeners": [listener], "clusters": [cluster]},
@@ -240,15 +292,16 @@ def admin_ready(port: int) -> bool:
 
 
 @contextmanager
-def bare_envoy(workdir: Path, name: str, binary: str, flags: list[str], upstream: tuple[str, int]):
-    """Start one bare Envoy; yields (its PID, its listener port). Stopped on exit."""
+def bare_envoy(workdir: Path, name: str, command: list[str], upstream: tuple[str, int], **tls: TlsFiles | None):
+    """Start one bare Envoy (`command`: the binary and its flags; `tls`: bare_bootstrap's); yields
+    (its PID, its listener port). Stopped on exit."""
     port, admin = free_port(), free_port()
     config = workdir / f"bare-{name}.json"
-    config.write_text(json.dumps(bare_bootstrap(port, admin, upstream), indent=2) + "\n")
+    config.write_text(json.dumps(bare_bootstrap(port, admin, upstream, **tls), indent=2) + "\n")
     log_path = workdir / f"bare-{name}.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [binary, "-c", str(config), *flags],
+            [command[0], "-c", str(config), *command[1:]],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -271,21 +324,17 @@ def bare_envoy(workdir: Path, name: str, binary: str, flags: list[str], upstream
 
 
 @contextmanager
-def bare_pair(workdir: Path, sidecar_pid: int, nginx: tuple[str, int]):
-    """Both bare Envoys, server side first; yields the path's target (url, the Envoys' PIDs client
-    first) and the binary and flags they run with."""
-    binary, flags = sidecar_flags(sidecar_pid)
+def bare_pair(workdir: Path, name: str, command: list[str], nginx: tuple[str, int], tls: TlsFiles | None = None):
+    """Both bare Envoys of one path, server side first (mutual TLS between them with `tls`); yields
+    the path's target: its URL and the Envoys' PIDs, client first."""
     with (
-        bare_envoy(workdir, "server", binary, flags, nginx) as (server_pid, server_port),
-        bare_envoy(workdir, "client", binary, flags, ("127.0.0.1", server_port)) as (client_pid, client_port),
+        bare_envoy(workdir, f"{name}-server", command, nginx, downstream_tls=tls) as (server_pid, server_port),
+        bare_envoy(workdir, f"{name}-client", command, ("127.0.0.1", server_port), upstream_tls=tls) as (
+            client_pid,
+            client_port,
+        ),
     ):
-        yield (
-            {"url": f"http://127.0.0.1:{client_port}/", "envoys": [client_pid, server_pid]},
-            {
-                "binary": binary,
-                "flags": flags,
-            },
-        )
+        yield {"url": f"http://127.0.0.1:{client_port}/", "envoys": [client_pid, server_pid]}
 
 
 # ------------------------------------------------------------------ plait's configurations
@@ -376,7 +425,7 @@ def measure_path(path: str, target: dict, opts: argparse.Namespace, repeat: int)
 
 def run_all(paths: dict, configs: list[str], mesh: dict, opts: argparse.Namespace, switch_to) -> list[dict]:
     """Every repeat: direct, bare and each plait configuration, in an order reversed every other repeat."""
-    order = ["direct", "bare", *(f"plait_{c}" for c in configs)]
+    order = ["direct", *FLOORS, *(f"plait_{c}" for c in configs)]
     runs = []
     for i in range(opts.repeat):
         for path in order if i % 2 == 0 else reversed(order):
@@ -436,20 +485,26 @@ def pairwise(runs: list[dict], path: str, baseline: str = "bare") -> dict:
 
 
 def summarise(runs: list[dict], configs: list[str]) -> dict:
-    paths = ["direct", "bare", *(f"plait_{c}" for c in configs)]
+    paths = ["direct", *FLOORS, *(f"plait_{c}" for c in configs)]
     per = {
         load: {p: per_path([r for r in runs if r["path"] == p and r["load"] == load]) for p in paths}
         for load in ("c16", "c1")
     }
     against_bare = {c: pairwise(runs, f"plait_{c}") for c in configs}
+    against_bare_mtls = {c: pairwise(runs, f"plait_{c}", "bare_mtls") for c in configs}
     against_default = {c: pairwise(runs, "plait_default", f"plait_{c}") for c in configs if c != "default"}
-    return {"paths": per, "plait_over_bare": against_bare, "default_over_config": against_default}
+    return {
+        "paths": per,
+        "plait_over_bare": against_bare,
+        "plait_over_bare_mtls": against_bare_mtls,
+        "default_over_config": against_default,
+    }
 
 
-def added_ratio_of_medians(per_load: dict, path: str, f: str) -> float | None:
-    """(path − direct) / (bare − direct) of the medians over the repeats: steadier than the pairwise
+def added_ratio_of_medians(per_load: dict, path: str, f: str, floor: str = "bare") -> float | None:
+    """(path − direct) / (floor − direct) of the medians over the repeats: steadier than the pairwise
     ratio when the direct path's tail is noisy (on a shared machine it is)."""
-    direct, bare, mesh = (per_load[p][f]["median"] for p in ("direct", "bare", path))
+    direct, bare, mesh = (per_load[p][f]["median"] for p in ("direct", floor, path))
     return round((mesh - direct) / (bare - direct), 3) if bare > direct else None
 
 
@@ -459,12 +514,17 @@ def verdicts(summary: dict) -> dict:
     if default is None:
         return {}
     cpu = {side: default["c16"][f"cpu_ratio_{side}"]["median"] for side in SIDES}
+    over_mtls = summary["plait_over_bare_mtls"]["default"]["c16"]
     pairwise_added = (default["c1"]["added_p99_ms_ratio"] or {}).get("median")
     added = added_ratio_of_medians(summary["paths"]["c1"], "plait_default", "p99_ms")
     return {
         "cpu_ratio_per_sidecar": cpu,
         "cpu_target": CPU_TARGET,
         "cpu_pass": all(v <= CPU_TARGET for v in cpu.values()),
+        "cpu_ratio_per_sidecar_over_bare_mtls": {side: over_mtls[f"cpu_ratio_{side}"]["median"] for side in SIDES},
+        "added_p99_c1_ratio_over_bare_mtls": added_ratio_of_medians(
+            summary["paths"]["c1"], "plait_default", "p99_ms", "bare_mtls"
+        ),
         "added_p99_c1_ratio": added,
         "added_p99_c1_ratio_pairwise_median": pairwise_added,
         "added_p50_c1_ratio": added_ratio_of_medians(summary["paths"]["c1"], "plait_default", "p50_ms"),
@@ -496,20 +556,22 @@ def print_report(summary: dict, verdict: dict) -> None:
                 f"{load:<5} {path:<27} {lm.cell(r['rps'], '.0f'):>22} {lm.cell(r['p50_ms'], '.3f'):>20} "
                 f"{lm.cell(r['p90_ms'], '.3f'):>20} {lm.cell(r['p99_ms'], '.3f'):>20} {cpu_cell:>16}"
             )
-    print("\nplait against the bare pair, pair by pair (medians [min–max])")
-    print(
-        f"{'config':<21} {'CPU ratio client (c16)':>24} {'CPU ratio server (c16)':>24} {'added p99 c1 ratio':>22}"
-        f" {'of medians: p99':>16} {'p90':>6} {'p50':>6}"
-    )
-    for config, r in summary["plait_over_bare"].items():
-        of_medians = [
-            added_ratio_of_medians(summary["paths"]["c1"], f"plait_{config}", f) for f in ("p99_ms", "p90_ms", "p50_ms")
-        ]
+    for floor in FLOORS:
+        print(f"\nplait against the {floor} pair, pair by pair (medians [min–max])")
         print(
-            f"{config:<21} {lm.cell(r['c16']['cpu_ratio_client'], '.2f'):>24} "
-            f"{lm.cell(r['c16']['cpu_ratio_server'], '.2f'):>24} {ratio_cell(r['c1']['added_p99_ms_ratio']):>22} "
-            + " ".join(f"{'n/a' if v is None else f'{v:.2f}':>{w}}" for v, w in zip(of_medians, (16, 6, 6)))
+            f"{'config':<21} {'CPU ratio client (c16)':>24} {'CPU ratio server (c16)':>24} {'added p99 c1 ratio':>22}"
+            f" {'of medians: p99':>16} {'p90':>6} {'p50':>6}"
         )
+        for config, r in summary[f"plait_over_{floor}"].items():
+            of_medians = [
+                added_ratio_of_medians(summary["paths"]["c1"], f"plait_{config}", f, floor)
+                for f in ("p99_ms", "p90_ms", "p50_ms")
+            ]
+            print(
+                f"{config:<21} {lm.cell(r['c16']['cpu_ratio_client'], '.2f'):>24} "
+                f"{lm.cell(r['c16']['cpu_ratio_server'], '.2f'):>24} {ratio_cell(r['c1']['added_p99_ms_ratio']):>22} "
+                + " ".join(f"{'n/a' if v is None else f'{v:.2f}':>{w}}" for v, w in zip(of_medians, (16, 6, 6)))
+            )
     print("\nWhat the default configuration costs over each other one (c16 CPU µs/req per sidecar; c1 added p99)")
     for config, r in summary["default_over_config"].items():
         print(
@@ -550,14 +612,24 @@ def bench(opts: argparse.Namespace) -> dict:
                 switch(current[0], config, workdir, client, backend)
                 current[0] = config
 
-            with bare_pair(workdir, mesh["envoys"][0], nginx) as (bare, envoy):
-                idle = idle_cpu({"bare": bare["envoys"], "plait_default": mesh["envoys"]})
-                runs = run_all({"direct": direct, "bare": bare}, opts.configs, mesh, opts, switch_to)
+            binary, flags = sidecar_flags(mesh["envoys"][0])
+            command = [binary, *flags]
+            with (
+                bare_pair(workdir, "plain", command, nginx) as bare,
+                bare_pair(workdir, "mtls", command, nginx, bare_tls_files(workdir)) as bare_mtls,
+            ):
+                floors = {"bare": bare, "bare_mtls": bare_mtls}
+                idle = idle_cpu({**{p: t["envoys"] for p, t in floors.items()}, "plait_default": mesh["envoys"]})
+                runs = run_all({"direct": direct, **floors}, opts.configs, mesh, opts, switch_to)
             down()
     summary = summarise(runs, opts.configs)
     return {
-        "targets": {"mesh": {k: v for k, v in mesh.items() if k != "envoys"}, "direct": direct, "bare": bare["url"]},
-        "envoy": envoy,
+        "targets": {
+            "mesh": {k: v for k, v in mesh.items() if k != "envoys"},
+            "direct": direct,
+            **{p: t["url"] for p, t in floors.items()},
+        },
+        "envoy": {"binary": binary, "flags": flags},
         "up_s": round(up_s, 2),
         "loads": loads(opts),
         "idle_cpu_ms_per_s": idle,
