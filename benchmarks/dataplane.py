@@ -5,7 +5,7 @@ ratios plait / bare.
 
 Run:  .venv/bin/python benchmarks/dataplane.py [--repeat 3] [--duration 3] [--connections 16]
           [--threads 2] [--configs default no_metrics no_tracing no_sampling plaintext
-                     no_peer_headers leaner no_fault_cors lean] [--no-isolate]
+                     no_xfcc no_peer_headers leaner no_fault_cors lean] [--no-isolate]
           [--out benchmarks/results/dataplane.json]
           (about 5 minutes with the defaults; as root it isolates itself, see below)
 
@@ -32,7 +32,9 @@ pod's nginx answering a 25-byte body, and an idle ``client`` pod whose sidecar w
   ``no_metrics`` (a root-namespace Telemetry disabling ALL_METRICS: no stats access loggers),
   ``no_tracing`` (the MeshConfig ConfigMap ``istio`` with ``enableTracing: false``),
   ``no_sampling`` (a Telemetry with randomSamplingPercentage 0: tracing configured, nothing
-  sampled), ``plaintext`` (a mesh-wide PeerAuthentication DISABLE), ``no_peer_headers`` and
+  sampled), ``plaintext`` (a mesh-wide PeerAuthentication DISABLE), ``no_xfcc`` (an EnvoyFilter
+  setting the inbound connection managers' forward_client_cert_details from APPEND_FORWARD to
+  FORWARD_ONLY: no x-forwarded-client-cert built per request), ``no_peer_headers`` and
   ``no_fault_cors`` (EnvoyFilters removing the HTTP filter header_mutation, i.e. the
   x-plait-peer-* headers, or fault and cors: the latter only when named); ``leaner`` (all of these
   off, but the sampling one that no_tracing covers), and, only when named, ``lean`` (no metrics, no
@@ -140,18 +142,41 @@ PEER_HEADERS = "envoy.filters.http.header_mutation"  # the client's x-plait-peer
 FAULT_CORS = ("envoy.filters.http.fault", "envoy.filters.http.cors")
 
 
+NO_XFCC_DOC = """apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: no-xfcc, namespace: istio-system}
+spec:
+  configPatches:
+  - applyTo: NETWORK_FILTER
+    match:
+      context: SIDECAR_INBOUND
+      listener:
+        filterChain:
+          filter: {name: envoy.filters.network.http_connection_manager}
+    patch:
+      operation: MERGE
+      value:
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          forward_client_cert_details: FORWARD_ONLY
+"""  # not SANITIZE: that is the enum's 0, which a MERGE leaves alone (as Istio's does)
+
+
 @dataclass(frozen=True)
 class Document:
     """A document applied on top of the default mesh: its text, a pattern the sidecars' listeners
-    (config_dump) match until it applies, and the other documents whose pattern it removes too."""
+    (config_dump) match until it applies, the other documents whose pattern it removes too, and
+    whether the pattern is only in the backend sidecar's (an inbound setting)."""
 
     text: str
     mark: str
     hides: frozenset[str] = frozenset()
+    inbound_only: bool = False
 
 
 DOCUMENTS = {
-    "plaintext.yaml": Document(mtls.PLAINTEXT_DOC, "DownstreamTlsContext"),
+    "plaintext.yaml": Document(mtls.PLAINTEXT_DOC, "DownstreamTlsContext", inbound_only=True),
+    "no-xfcc.yaml": Document(NO_XFCC_DOC, "APPEND_FORWARD", inbound_only=True),
     "no-metrics.yaml": Document(NO_METRICS_DOC, re.escape("envoy.access_loggers.stats")),
     "no-tracing.yaml": Document(NO_TRACING_DOC, '"random_sampling"', frozenset({"no-sampling.yaml"})),
     "no-sampling.yaml": Document(NO_SAMPLING_DOC, r'"random_sampling": \{\s*"value"'),  # 0 %: an empty value
@@ -165,14 +190,24 @@ APPLIED = {
     "no_tracing": {"no-tracing.yaml"},
     "plaintext": {"plaintext.yaml"},
     "lean": LEAN,
-    "leaner": LEAN | {"no-peer-headers.yaml", "no-fault-cors.yaml"},
+    "leaner": LEAN | {"no-peer-headers.yaml", "no-fault-cors.yaml", "no-xfcc.yaml"},
     # finer, not run by default
     "no_sampling": {"no-sampling.yaml"},
     "no_peer_headers": {"no-peer-headers.yaml"},
     "no_fault_cors": {"no-fault-cors.yaml"},
+    "no_xfcc": {"no-xfcc.yaml"},
 }
 CONFIGS = tuple(APPLIED)
-DEFAULT_CONFIGS = ("default", "no_metrics", "no_tracing", "no_sampling", "plaintext", "no_peer_headers", "leaner")
+DEFAULT_CONFIGS = (
+    "default",
+    "no_metrics",
+    "no_tracing",
+    "no_sampling",
+    "plaintext",
+    "no_xfcc",
+    "no_peer_headers",
+    "leaner",
+)
 
 
 # ------------------------------------------------------------------ the bare pair
@@ -355,7 +390,7 @@ def shows(client: mtls.Sidecar, backend: mtls.Sidecar, config: str) -> bool:
     backend_listeners = backend.admin("/config_dump?resource=dynamic_listeners")
     client_listeners = client.admin("/config_dump?resource=dynamic_listeners")
     for name, document in DOCUMENTS.items():
-        dumps = [backend_listeners] if name == "plaintext.yaml" else [backend_listeners, client_listeners]
+        dumps = [backend_listeners] if document.inbound_only else [backend_listeners, client_listeners]
         if any(bool(re.search(document.mark, dump)) == (name in hidden(config)) for dump in dumps):
             return False
     return True
@@ -655,8 +690,8 @@ def main() -> None:
         help="run on the machine's own network (default as root: a namespace of its own)",
     )
     opts = parser.parse_args()
-    if "default" not in opts.configs:
-        sys.exit("--configs must include default (the configuration the targets are about)")
+    if "default" not in opts.configs or len(set(opts.configs)) != len(opts.configs):
+        sys.exit("--configs: name default (the configuration the targets are about), and each configuration once")
     lm.preflight(["proxy"])
     isolated = os.environ.get(lm.ISOLATED_ENV) == "1"
     if os.geteuid() == 0 and not opts.no_isolate and not isolated:
