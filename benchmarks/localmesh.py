@@ -352,6 +352,7 @@ def parse_wrk(text: str) -> dict:
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
         "requests": requests,
         "p50_ms": latency("50"),
+        "p90_ms": latency("90"),
         "p99_ms": latency("99"),
         "non_2xx": int(errors.group(1)) if errors else 0,
         "socket_errors": socket_errors.group(1).strip() if socket_errors else "",
