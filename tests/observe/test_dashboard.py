@@ -189,7 +189,7 @@ def test_an_edges_time_series_ends_at_prometheus_rate_and_its_traffic_moves(book
         page.goto(f"{dashboard}/?namespace=default&window=1m&type=workload#graph")
         page.wait_for_selector("#graph-edges tbody tr")
         page.evaluate(f"cy.getElementById({json.dumps(GATEWAY_EDGE)}).emit('tap')")
-        page.wait_for_selector("#series-table tbody tr", state="attached")
+        page.wait_for_function("document.querySelectorAll('#series-table tbody tr').length === 13")  # 1 m, every 5 s
         answer = Http(prometheus, what="Prometheus").get("/api/v1/query?" + urllib.parse.urlencode({"query": query}))
         truth = float(answer["data"]["result"][0]["value"][1])
         series = page.eval_on_selector_all(
@@ -267,7 +267,7 @@ def test_every_page_screenshot(bookinfo, load, urls, artefacts):
             elif name == "graph":  # with an edge selected: its figures and time series beside the graph
                 page.wait_for_selector("#graph-edges tbody tr")
                 page.evaluate("cy.edges().filter(e => e.source().data('isGateway'))[0].emit('tap')")
-                page.wait_for_selector("#series-table tbody tr", state="attached")
+                page.wait_for_function("document.querySelectorAll('#series-table tbody tr').length === 13")  # 1 m, every 5 s
             else:
                 page.wait_for_selector(f"#{name} tbody tr")
             png = page.screenshot(full_page=False)

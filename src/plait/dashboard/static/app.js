@@ -175,8 +175,11 @@ function showDetails(item) {
     cell(tr, value);
     table.appendChild(tr);
   }
-  const over = document.createElement("div");
+  // the same element refreshed keeps its time series until the new one arrives (no flicker, no empty table)
+  const previous = $("#details-series");
+  const over = previous && previous.dataset.item === item.id ? previous : document.createElement("div");
   over.id = "details-series";
+  over.dataset.item = item.id;
   $("#details").replaceChildren(table, over);
 }
 
