@@ -267,7 +267,9 @@ def test_every_page_screenshot(bookinfo, load, urls, artefacts):
             elif name == "graph":  # with an edge selected: its figures and time series beside the graph
                 page.wait_for_selector("#graph-edges tbody tr")
                 page.evaluate("cy.edges().filter(e => e.source().data('isGateway'))[0].emit('tap')")
-                page.wait_for_function("document.querySelectorAll('#series-table tbody tr').length === 13")  # 1 m, every 5 s
+                page.wait_for_function(
+                    "document.querySelectorAll('#series-table tbody tr').length === 13"
+                )  # 1 m, every 5 s
             else:
                 page.wait_for_selector(f"#{name} tbody tr")
             png = page.screenshot(full_page=False)
