@@ -694,16 +694,13 @@ def main() -> None:
         sys.exit("--configs: name default (the configuration the targets are about), and each configuration once")
     lm.preflight(["proxy"])
     isolated = os.environ.get(lm.ISOLATED_ENV) == "1"
-    if os.geteuid() == 0 and not opts.no_isolate and not isolated:
-        lm.isolate(Path(__file__))
+    lm.isolate_unless(opts.no_isolate, Path(__file__))
     started = time.monotonic()
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             **machine(),
-            "wrk": lm.tool_version(["wrk", "-v"]),
-            "nginx": lm.tool_version(["nginx", "-v"]),
-            "envoy": lm.tool_version([find_envoy(), "--version"]),
+            **lm.mesh_path_tools(str(find_envoy())),
         },
         "settings": {
             "repeat": opts.repeat,

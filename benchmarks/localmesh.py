@@ -515,6 +515,22 @@ def tool_version(argv: list[str]) -> str:
     return (result.stdout + result.stderr).strip().splitlines()[0]
 
 
+def isolate_unless(no_isolate: bool, script: Path) -> None:
+    """As root, re-run `script` in a network and mount namespace of its own (see `isolate`) unless told not to
+    or already there."""
+    if os.geteuid() == 0 and not no_isolate and os.environ.get(ISOLATED_ENV) != "1":
+        isolate(script)
+
+
+def mesh_path_tools(envoy: str) -> dict:
+    """The versions of what a mesh-path benchmark runs: wrk, nginx and Envoy."""
+    return {
+        "wrk": tool_version(["wrk", "-v"]),
+        "nginx": tool_version(["nginx", "-v"]),
+        "envoy": tool_version([envoy, "--version"]),
+    }
+
+
 def print_report(report: dict) -> None:
     if "startup" in report:
         print(f"\nStart-up of `plait demo bookinfo -d` (target ≤ {STARTUP_TARGET_S:.0f} s), seconds")

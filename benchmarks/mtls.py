@@ -379,16 +379,13 @@ def main() -> None:
     opts = parser.parse_args()
     lm.preflight(opts.modes)
     isolated = os.environ.get(lm.ISOLATED_ENV) == "1"
-    if os.geteuid() == 0 and not opts.no_isolate and not isolated:
-        lm.isolate(Path(__file__))
+    lm.isolate_unless(opts.no_isolate, Path(__file__))
     started = time.monotonic()
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             **machine(),
-            "wrk": lm.tool_version(["wrk", "-v"]),
-            "nginx": lm.tool_version(["nginx", "-v"]),
-            "envoy": lm.tool_version([str(find_envoy()), "--version"]),
+            **lm.mesh_path_tools(str(find_envoy())),
         },
         "settings": {
             "repeat": opts.repeat,
