@@ -8,9 +8,8 @@ is JSON ``{"name", "method", "metadata"}`` (the call's method path and its reque
 the calls are kept in `calls`. `TlsBackend` terminates TLS and sends ``<name> <sni>\\n`` (the server
 name the client asked for), then echoes. Both are context managers, like `plait.testing.backends`.
 
-Tests using these start agents (fork, then exec) while gRPC threads serve; gRPC's fork handlers
-would run in the forked child and may abort it: they must be turned off before gRPC is first imported
-(``GRPC_ENABLE_FORK_SUPPORT=false``, as `plait.cli` and tests/controlplane/conftest.py do).
+Tests using these start agents (fork, then exec) while gRPC threads serve; importing `plait` turns
+gRPC's fork handlers off, which would otherwise run in the forked child and may abort it.
 """
 
 from __future__ import annotations
