@@ -403,6 +403,12 @@ metadata: {name: upstream}
 spec:
   host: upstream.example
   trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  egress: [{hosts: ["*/upstream.example"]}]  # declared: sent without a first call (automatic scoping)
 """
 
 

@@ -588,7 +588,12 @@ def test_golden_50_applies_only_what_selects_reviews() -> None:
     assert resources.clusters["outbound|9080||details.default.svc.cluster.local"]["connect_timeout"] != "3s"
     outbound = http_filter_names(resources.listeners["0.0.0.0_9080"])[0]
     # fault removed, cors replaced; the telemetry filter (client identity) stays before the router
-    assert outbound == ["envoy.filters.http.buffer", "envoy.filters.http.header_mutation", "envoy.filters.http.router"]
+    assert outbound == [
+        "envoy.filters.http.buffer",
+        "envoy.filters.http.on_demand",
+        "envoy.filters.http.header_mutation",
+        "envoy.filters.http.router",
+    ]
 
 
 def test_explain_follows_the_patched_routes() -> None:

@@ -105,7 +105,7 @@ class BootstrapSettings:
     proxy: Proxy
     control_plane: str = DEFAULT_CONTROL_PLANE  # see parse_control_plane
     admin_port: int = 15000
-    xds: XdsFlavour = "sotw"
+    xds: XdsFlavour = "delta"
     sds_socket: str = "/tmp/plait-sds.sock"
     token: str | None = None  # the pod's token, sent on the ADS stream
     xds_tls: bool = False  # TLS to the control plane, verified against the ROOTCA secret (needs an identity)

@@ -139,7 +139,9 @@ def agent(
             "HOST:15012 (the CA's address) is TLS and needs --token-file.",
         ),
     ] = DEFAULT_CONTROL_PLANE,
-    xds: Annotated[str, typer.Option(help="sotw (state of the world) or delta xDS.")] = "sotw",
+    xds: Annotated[
+        str, typer.Option(help="delta (the default, as Istio since 1.22) or sotw (state of the world) xDS.")
+    ] = "delta",
     admin_port: Annotated[int, typer.Option(help="Envoy admin port on 127.0.0.1.")] = 15000,
     status_port: Annotated[int, typer.Option(help="Readiness port (/healthz/ready), on all addresses.")] = 15021,
     prometheus_port: Annotated[

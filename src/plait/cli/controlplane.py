@@ -132,6 +132,17 @@ def control_plane(
         ),
     ] = 9411,
     debounce: Annotated[str, typer.Option(help="Coalesce changes for this long before pushing.")] = "100ms",
+    scoping: Annotated[
+        bool,
+        typer.Option(
+            envvar="PLAIT_SCOPING",
+            help="Automatic scoping: a sidecar on delta xDS (the agent's default) is sent only the clusters of "
+            "the services its workload serves, calls, is allowed to call (AuthorizationPolicy) or declares in a "
+            "Sidecar; a first call to another service fetches its cluster on demand (one round trip to the "
+            "control plane). Routes, listeners and policies stay whole. --no-scoping (or PLAIT_SCOPING=false, "
+            "e.g. in components.pilot.k8s.env) sends every proxy every cluster, as Istio without Sidecar resources.",
+        ),
+    ] = True,
     state_dir: Annotated[
         Path,
         typer.Option(
@@ -244,6 +255,7 @@ def control_plane(
         http_port=http_port,
         zipkin_port=zipkin_port or None,
         debounce=parse_duration(debounce),
+        scoping=scoping,
         state_dir=state_dir,
         ca_port=ca_port,
         cacerts_dir=cacerts,

@@ -317,7 +317,7 @@ def _proxy_diff(status: dict, admin: str | None, cluster: Cluster | None) -> Non
         out.print(f"REFUSED (the last good config stays): {problem}", markup=False)
 
 
-CONFIG_KINDS = ("cluster", "listener", "route", "endpoint", "bootstrap", "secret")
+CONFIG_KINDS = ("cluster", "listener", "route", "endpoint", "bootstrap", "secret", "scope")
 IDENTITY_METADATA = "PLAIT_IDENTITY"  # node metadata: the SPIFFE id, set by an agent that serves certificates
 NO_IDENTITY = (
     "no secrets: this proxy has no workload identity (no certificate, so no mTLS); start its agent "
@@ -330,7 +330,7 @@ NOT_USED_YET = (
 
 
 def proxy_config(
-    kind: Annotated[str, typer.Argument(help="cluster, listener, route, endpoint, bootstrap or secret")],
+    kind: Annotated[str, typer.Argument(help="cluster, listener, route, endpoint, bootstrap, secret or scope")],
     proxy: Annotated[
         str, typer.Argument(help="The proxy: POD.NAMESPACE (as proxy-status names it), the pod name or the node id")
     ],
@@ -346,12 +346,19 @@ def proxy_config(
     [bold]secret[/] decodes its certificates (default: the workload's SPIFFE identity; ROOTCA: the
     trust bundle): identity, serial, validity and the root each chain leads to.
 
+    [bold]scope[/] asks the control plane instead: which mesh services' clusters the sidecar is sent
+    (automatic scoping) and why: it serves them, called them, its Sidecar declares them or an
+    AuthorizationPolicy lets it call them. A first call to any other service fetches its cluster on demand.
+
     Example: [bold]plait proxy-config route reviews-v1-0.default[/]   [bold]plait proxy-config secret reviews-v1-0[/]
     """
     if kind.rstrip("s") not in CONFIG_KINDS or output not in ("short", "yaml", "json"):
         err.print(f"[red]error[/]: KIND is one of {', '.join(CONFIG_KINDS)}; -o is short, yaml or json")
         raise typer.Exit(2)
     kind = kind.rstrip("s")
+    if kind == "scope" and admin:
+        err.print("[red]error[/]: proxy-config scope asks the control plane, not the Envoy: leave --admin out")
+        raise typer.Exit(2)
     cluster = cluster_of(control_plane, kubeconfig, istio_namespace, revision)
     try:
         if admin:
@@ -359,6 +366,8 @@ def proxy_config(
         else:
             with control_planes_reached(control_plane, cluster) as urls:
                 status = _find(_statuses(urls), proxy)
+                if kind == "scope":
+                    return _show_scope(Http(status["url"]).get(f"/debug/scopez?proxy={status['proxy_id']}"), output)
         with admin_api(status, admin, cluster) as envoy:
             dump = envoy.get("/config_dump?include_eds" if kind == "endpoint" else "/config_dump")
             data = envoy.get("/clusters?format=json") if kind == "endpoint" and output == "short" else None
@@ -383,6 +392,28 @@ def proxy_config(
         "endpoint": (("ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER"), lambda: envoyconfig.endpoint_rows(data)),
     }[kind]
     _table(headers, rows())
+
+
+def _show_scope(scope: dict, output: str) -> None:
+    if output != "short":
+        return _dump(scope, output)
+    clusters = scope["clusters"]
+    if not scope["scoped"]:
+        why = (
+            "the control plane runs with --no-scoping"
+            if not scope["scoping"]
+            else f"a {scope['stream']} xDS stream (on-demand clusters need delta; the agent's default)"
+            if scope["stream"] != "delta"
+            else "gateways hold every cluster their routes name"
+        )
+        out.print(f"not scoped ({why}): sent all {clusters['generated']} clusters", markup=False)
+        return
+    out.print(
+        f"scoped: sent {clusters['sent']} of {clusters['generated']} clusters; a first call to another mesh "
+        "service fetches its cluster on demand",
+        markup=False,
+    )
+    _table(("SERVICE FQDN", "WHY"), sorted(scope["hosts"].items()))
 
 
 def _dump(data: object, output: str) -> None:

@@ -5,6 +5,7 @@
     GET  /version                        plait version and this control plane's name ($POD_NAME, else the host name)
     GET  /debug/syncz                    every connected proxy and its per-type sync state
     GET  /debug/config_dump?proxy=ID     what was last sent to that proxy
+    GET  /debug/scopez?proxy=ID          which mesh clusters that sidecar is sent (automatic scoping), and why
     GET  /api/v1/config[?kind=&namespace=&name=]   stored objects
     POST /api/v1/config[?dryRun=true&filename=F]   apply YAML: every document, or none
     POST /api/v1/config/delete           delete the objects named by a YAML body
@@ -96,6 +97,8 @@ class HubView(Protocol):
     def statuses(self) -> list[Any]: ...
 
     def config_dump(self, proxy_id: str) -> dict | None: ...
+
+    def scope_of(self, proxy_id: str) -> dict | None: ...
 
     def proxy(self, proxy_id: str) -> Proxy | None: ...
 
@@ -265,6 +268,7 @@ class Api:
                 web.get("/version", self.version),
                 web.get("/debug/syncz", self.syncz),
                 web.get("/debug/config_dump", self.config_dump),
+                web.get("/debug/scopez", self.scopez),
                 web.get("/api/v1/config", self.get_config),
                 web.post("/api/v1/config", self.apply),
                 web.post("/api/v1/config/delete", self.delete),
@@ -348,6 +352,13 @@ class Api:
         if dump is None:
             return web.json_response({"error": f"no connected proxy {proxy!r}; see /debug/syncz"}, status=404)
         return web.json_response(dump)
+
+    async def scopez(self, request: web.Request) -> web.Response:
+        proxy = request.query.get("proxy", "")
+        scope = self.hub.scope_of(proxy)
+        if scope is None:
+            return web.json_response({"error": f"no connected proxy {proxy!r}; see /debug/syncz"}, status=404)
+        return web.json_response(scope)
 
     async def name_table(self, request: web.Request) -> web.Response:
         """The DNS name table of the proxy `?proxy=NODE_ID` (connected or not: the node id names it)."""

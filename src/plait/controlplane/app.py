@@ -54,6 +54,7 @@ class Settings:
     mesh_config: Path | None = None  # on Kubernetes: istiod's --meshConfig file, followed (`meshfile`)
     workload_cert_ttl: int = 24 * 3600  # seconds, when the agent asks for no particular lifetime
     xds_auth: Literal["permissive", "strict"] = "permissive"
+    scoping: bool = True  # automatic scoping of sidecars on delta xDS (`plait.xds.scope`)
     # Read the configuration and the registry from a Kubernetes cluster instead of config_dir:
     # kubeconfig, else $KUBECONFIG, else the pod's service account, else ~/.kube/config.
     kubernetes: bool = False
@@ -209,7 +210,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
         settings = dataclasses.replace(settings, inject=mesh_file.current.inject)
     identity = await open_identity(cluster, settings) if cluster is not None else None
     authority, tokens = (identity.authority, identity.authenticator) if identity else load_ca(settings)
-    hub = XdsHub(MeshSnapshot([]), mutate=testhooks.from_environment())
+    hub = XdsHub(MeshSnapshot([]), mutate=testhooks.from_environment(), scoping=settings.scoping)
     metrics = OwnMetrics(store, cluster)
 
     also_notify: list[Callable[[], None]] = []  # beside the hub: the API's waiting name-table requests

@@ -133,6 +133,8 @@ class ControlPlaneProcess(PlaitProcess):
                 str(self.state_dir),
                 "--ca-port",
                 str(self.ca_port),
+                # a free port for the trace collector, not Zipkin's 9411, which a local mesh may hold
+                *(() if "--zipkin-port" in extra_args else ("--zipkin-port", str(free_port()))),
                 *extra_args,
             ],
             workdir / "control-plane.log",
@@ -206,8 +208,13 @@ class ControlPlaneProcess(PlaitProcess):
         return {s["proxy_id"]: s for s in self.api.get("/debug/syncz")}
 
     def synced(self, proxy_id: str) -> bool:
+        """Every type acknowledged; endpoints may be NOT SENT: a scoped sidecar that holds no EDS cluster
+        yet asks for none."""
         status = self.statuses().get(proxy_id)
-        return bool(status) and all(t["state"] == "SYNCED" for t in status["types"].values())
+        return bool(status) and all(
+            t["state"] == "SYNCED" or (short == "eds" and t["state"] == "NOT SENT")
+            for short, t in status["types"].items()
+        )
 
     def __enter__(self) -> "ControlPlaneProcess":
         self.start()
@@ -233,7 +240,7 @@ class AgentProcess(PlaitProcess):
         labels: dict[str, str] | None = None,
         namespace: str = "default",
         app_address: str | None = None,
-        xds: str = "sotw",
+        xds: str = "delta",
         extra: list[str] | None = None,
         extra_args: Sequence[str] = (),
         tls: bool = False,

@@ -15,6 +15,13 @@ once; its members hold references to the same ResourceMaps, so per-proxy memory 
 the protocol state only. A `mutate` hook (tests only) edits each group's generated
 resources (full or routes-only) before publishing; it changes nothing else on the path.
 
+Automatic scoping (`scoping=True`, the control plane's default): a sidecar on a delta stream is sent
+its group's resources restricted to its workload's scope (`plait.xds.scope`: the clusters of the
+services it serves, called, may call or declares); the views of one group's workloads share
+everything but the CDS map. When its Envoy asks for a missing cluster by name (ODCDS), or a new
+stream says what it holds, the hosts join that workload's scope (kept per namespace, service account
+and app label, so replicas share them) and every proxy of the workload is sent them.
+
 Updates: `change_impact` says which groups a change can reach; those are regenerated
 (only their route configurations when only HTTP routes of VirtualServices changed),
 the rest keep theirs. Content hashes turn a no-op regeneration into no push.
@@ -58,11 +65,14 @@ from plait.xds.generator import (
 from plait.xds.protocol import STALE, SYNCED, Ack, AdsStream, Nack, Response, TypeStatus
 from plait.xds.publish import EVERYTHING, TYPES, Impact, Published, Publisher, change_impact
 from plait.xds.resources import ResourceSet
+from plait.xds.scope import ClusterIndex, Scope, pinned_clusters, scope_for, scoped_host
 
 log = logging.getLogger(__name__)
 
 Mutate = Callable[[Proxy, ResourceSet], ResourceSet]
 RECENT_UPDATES = 32
+# Kinds whose change may move a host in or out of a sidecar's scope without changing its resources.
+SCOPE_KINDS = frozenset({"AuthorizationPolicy", "Sidecar", "ServiceEntry", "Service", "WorkloadEntry", "Pod"})
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -196,7 +206,19 @@ class ProxyStatus:
 class _Group:
     """Proxies that translate identically: one generation, one Published, shared."""
 
-    __slots__ = ("key", "proxy", "published", "route_names", "hosts", "error", "refused", "route_bound")
+    __slots__ = (
+        "key",
+        "proxy",
+        "published",
+        "route_names",
+        "hosts",
+        "error",
+        "refused",
+        "route_bound",
+        "pinned",
+        "index",
+        "views",
+    )
 
     def __init__(self, key: tuple, proxy: Proxy):
         self.key, self.proxy = key, proxy
@@ -206,6 +228,10 @@ class _Group:
         self.error = ""
         self.refused: tuple[str, ...] = ()  # inconsistencies of the newest generation, which was not pushed
         self.route_bound = False  # some clusters exist only because routes name them: routes alone can change CDS
+        self.pinned: frozenset[str] = frozenset()  # clusters its listeners name: never scoped out
+        self.index: ClusterIndex | None = None  # of `published`, for scoped views
+        # per workload (`XdsHub._scope_key`): (scope epoch, the `published` it restricts, scope, view)
+        self.views: dict[tuple, tuple[int, Published, Scope, Published]] = {}
 
 
 class ProxyConnection:
@@ -227,6 +253,9 @@ class ProxyConnection:
         self._pending: list[UpdateRecord] = []
 
     def receive(self, request) -> list[Response]:
+        asked = self.stream.on_demand(request)
+        if asked:
+            self.hub._learn(self, asked)
         return self.hub._after(self, self.stream.receive(request))
 
     def take_pushes(self) -> list[Response]:
@@ -258,9 +287,17 @@ class XdsHub:
     """The snapshot, the connected proxies and their resources; see the module docstring."""
 
     def __init__(
-        self, snapshot: MeshSnapshot, *, mutate: Mutate | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        snapshot: MeshSnapshot,
+        *,
+        mutate: Mutate | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        scoping: bool = False,
     ):
         self.snapshot = snapshot
+        self.scoping = scoping
+        self._called: dict[tuple, set[str]] = {}  # per workload (`_scope_key`): hosts it asked for on demand
+        self._scope_epoch = 0  # bumped when a change may move what is in some scope (views are then redone)
         self._mutate = mutate
         self._clock = clock
         self._publisher = Publisher()
@@ -312,7 +349,7 @@ class XdsHub:
         if group.published is None and not group.error:
             self._generate(group, None, EVERYTHING)
         conn.group = group
-        conn.stream.published = conn._next = group.published
+        conn.stream.published = conn._next = self._served(conn)
         self._connections[conn.id] = conn
         self._connected.set(len(self._connections))
         return conn
@@ -375,9 +412,12 @@ class XdsHub:
             elif impact.affects(group.proxy.kind, group.proxy.namespace, group.hosts):
                 self._generate(group, group.published, impact)
                 record.regenerated += 1
+        if changed is None or any(key[0] in SCOPE_KINDS for key in changed):
+            self._scope_epoch += 1
         for conn in self._connections.values():
-            if conn.group.published is not conn._next:
-                conn._assign(conn.group.published, record)
+            served = self._served(conn)
+            if served is not conn._next:
+                conn._assign(served, record)
         self._push_seconds.observe(self._clock() - record.started)
         self.updates.append(record)
         if not record.waiting:
@@ -415,6 +455,12 @@ class XdsHub:
         )
         return key
 
+    def _scope_key(self, proxy: Proxy) -> tuple | None:
+        """The workload whose calls widen a sidecar's scope (its replicas share what one learns)."""
+        if not self.scoping or proxy.kind != "sidecar":
+            return None
+        return (proxy.namespace, proxy.service_account, proxy.labels.get("app", ""))
+
     def _group_for(self, proxy: Proxy) -> _Group:
         key = self._group_key(proxy)
         if key not in self._groups:
@@ -447,18 +493,89 @@ class XdsHub:
             self._refuse(group, previous)
             return
         if full is not None:
-            group.route_names, group.route_bound = full
+            group.route_names, group.route_bound, group.pinned = full
         if not _same(group.published, published):
             group.published = published
 
-    def _full_generation(self, proxy: Proxy, previous: Published | None) -> tuple[Published, tuple[frozenset, bool]]:
-        """Everything generated and published; with the route names and whether some clusters exist only
-        because routes name them (see `_Group`)."""
+    def _full_generation(
+        self, proxy: Proxy, previous: Published | None
+    ) -> tuple[Published, tuple[frozenset, bool, frozenset]]:
+        """Everything generated and published; with the route names, whether some clusters exist only
+        because routes name them, and the clusters listeners name (see `_Group`)."""
         resources = generate(self.snapshot, proxy)
         if self._mutate:
             resources = self._mutate(proxy, resources)
         published = self._publisher.publish(resources, previous)
-        return published, (frozenset(resources.routes), has_unknown_destinations(resources))
+        pinned = pinned_clusters(resources.listeners.values(), resources.clusters)
+        return published, (frozenset(resources.routes), has_unknown_destinations(resources), pinned)
+
+    # -------------------------------------------------------------- automatic scoping
+
+    def _served(self, conn: ProxyConnection) -> Published | None:
+        """What a stream is sent: on delta streams of sidecars (Envoy asks for a missing cluster over
+        delta only), its group's resources restricted to its workload's scope; else all of them."""
+        group = conn.group
+        key = self._scope_key(conn.proxy)
+        if group is None or group.published is None or key is None or not conn.stream.delta:
+            return group.published if group is not None else None
+        if group.index is None or group.index.published is not group.published:
+            group.index = ClusterIndex(group.published, group.pinned)
+        cached = group.views.get(key)
+        if cached is not None and cached[0] == self._scope_epoch and cached[1] is group.published:
+            return cached[3]
+        scope = scope_for(self.snapshot, conn.proxy, self._called.get(key, ()))
+        view = group.index.restrict(scope)
+        if cached is not None and _same(cached[3], view):
+            view = cached[3]
+        group.views[key] = (self._scope_epoch, group.published, scope, view)
+        return view
+
+    def _learn(self, conn: ProxyConnection, clusters: frozenset[str]) -> None:
+        """A proxy asked for clusters by name (a first call, or what it held before it reconnected):
+        their hosts join its workload's scope, and every proxy of that workload is sent them."""
+        group, key = conn.group, self._scope_key(conn.proxy)
+        if key is None or group is None or group.published is None or not conn.stream.delta:
+            return
+        scope = group.views[key][2] if key in group.views else Scope({})
+        known = group.published.types["cds"].resources
+        hosts = {h for name in clusters if name in known and (h := scoped_host(name)) and h not in scope}
+        if not hosts:
+            return
+        self._called.setdefault(key, set()).update(hosts)
+        for other in self._groups.values():
+            other.views.pop(key, None)
+        record = UpdateRecord(started=self._clock())
+        for member in self._connections.values():
+            if self._scope_key(member.proxy) != key:
+                continue
+            served = self._served(member)
+            if member is conn:  # its request is answered from the new view right away
+                member.stream.published = member._next = served
+            elif served is not member._next:
+                member._assign(served, record)
+        if not record.waiting:
+            record.finished = self._clock()
+
+    def scope_of(self, proxy_id: str) -> dict | None:
+        """What the newest stream of that proxy is sent of its mesh clusters, and why: {"scoped",
+        "stream", "hosts": {host: reason}, "clusters": {"sent", "generated"}}; None if not connected."""
+        streams = [c for c in self._connections.values() if c.proxy_id == proxy_id]
+        if not streams:
+            return None
+        conn = max(streams, key=lambda c: c.id)
+        group, key = conn.group, self._scope_key(conn.proxy)
+        served, full = self._served(conn), group.published if group else None
+        scope = group.views[key][2] if group is not None and key in group.views and conn.stream.delta else None
+        return {
+            "scoped": scope is not None,
+            "scoping": self.scoping,
+            "stream": conn.stream.kind,
+            "hosts": dict(sorted(scope.hosts.items())) if scope is not None else {},
+            "clusters": {
+                "sent": len(served.types["cds"]) if served else 0,
+                "generated": len(full.types["cds"]) if full else 0,
+            },
+        }
 
     def _refuse(self, group: _Group, previous: Published | None) -> None:
         """Keep the group's last good resources: its newest generation refers to what does not exist."""

@@ -22,6 +22,10 @@ Rules, per type URL (cds, eds, lds, rds, sds; other types are ignored):
 * What is sent: SotW sends the full set for wildcard types whenever anything in it
   changed, and only changed resources for named types (Envoy keeps named resources
   it is not sent); delta sends changed resources and `removed_resources`.
+* On demand (delta only, Envoy's ODCDS): names subscribed beside a wildcard subscription are
+  resources the client is missing (a route names a cluster it does not hold). `on_demand` tells
+  the hub first (so it can widen what the proxy is sent); then each name is answered: by the push,
+  by sending the resource again, or in removed_resources when there is no such resource.
 * Pushes go in the order CDS, EDS, LDS, RDS, SDS (make before break). An updated cluster is
   warming in Envoy until it receives its endpoints again, so the endpoints of every
   cluster a CDS push changes are resent with the EDS push that follows, changed or not.
@@ -287,20 +291,56 @@ class AdsStream:
         out: list[Response | Ack | Nack] = list(
             self._answer(state, request.response_nonce, error, getattr(request, "version_info", ""))
         )
+        asked: frozenset[str] = frozenset()
         if self.delta:
             names = _delta_names(
                 short, state.names, first, request.resource_names_subscribe, request.resource_names_unsubscribe
             )
             if first and request.initial_resource_versions:
                 state.held = dict(request.initial_resource_versions)
+            if names is None:  # named resources asked for beside the wildcard: Envoy's on-demand CDS
+                asked = frozenset(request.resource_names_subscribe) - {"*"}
         else:
             names = _sotw_names(short, request.resource_names)
             if names == frozenset() and state.status.state == STALE:
                 self._drop_unwatched(state)
-        if first or names != state.names:
+        pushed: list[Response] = []
+        if first or names != state.names or asked:
             self._subscribe(state, names)
-            out += self._push(state)
+            pushed = self._push(state)
+        out += pushed
+        if asked:
+            out += self._answer_on_demand(state, asked, pushed)
         return out
+
+    def on_demand(self, request) -> frozenset[str]:
+        """What a delta request asks for by name on a wildcard type (Envoy's on-demand CDS) and, on a
+        new stream, what the client says it already holds of one: read before `receive`, so that the
+        hub can widen the proxy's resources (`plait.xds.scope`) before they are sent."""
+        short = SHORT_NAMES.get(request.type_url)
+        if not self.delta or short not in WILDCARD_TYPES:
+            return frozenset()
+        state = self._types.get(short)
+        if state is not None and state.names is not None:
+            return frozenset()
+        asked = frozenset(request.resource_names_subscribe) - {"*"}
+        return asked | frozenset(request.initial_resource_versions) if state is None else asked
+
+    def _answer_on_demand(self, state: _TypeState, asked: frozenset[str], pushed: list[Response]) -> list[Response]:
+        """Every name asked for on demand gets an answer: the resource (unless the push just sent it),
+        or, when there is no such resource, its name in removed_resources, so Envoy stops waiting."""
+        if self.published is None:
+            return []
+        current = self.published.types[state.short]
+        sent = {name for response in pushed for name in response.names}
+        again = [current.resources[n] for n in sorted(asked) if n in current.resources and n not in sent]
+        missing = sorted(n for n in asked if n not in current.resources)
+        if not again and not missing:
+            return []
+        payload = Payload(current, again, missing, True)
+        status = state.status
+        status.state, status.sent_version, status.nonce = STALE, current.version, payload.nonce
+        return [Response(payload)]
 
     def update(self, published: Published | None) -> list[Response]:
         """New resources for this proxy: responses for every type the client asked for, in push order."""

@@ -69,6 +69,7 @@ TYPED_CONFIG_MODULES = [
     "envoy.extensions.filters.http.grpc_web.v3.grpc_web_pb2",
     "envoy.extensions.filters.http.header_mutation.v3.header_mutation_pb2",
     "envoy.extensions.filters.http.jwt_authn.v3.config_pb2",
+    "envoy.extensions.filters.http.on_demand.v3.on_demand_pb2",
     "envoy.extensions.filters.http.rbac.v3.rbac_pb2",
     "envoy.extensions.filters.http.router.v3.router_pb2",
     "envoy.extensions.filters.listener.http_inspector.v3.http_inspector_pb2",

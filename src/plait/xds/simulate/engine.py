@@ -197,7 +197,9 @@ def _authorize_http(
 
 
 # HTTP filters whose effect the simulator knows: it evaluates RBAC and jwt_authn, follows fault
-# injection and CORS in the route's policies; gRPC-Web, buffering and the router leave routing alone.
+# injection and CORS in the route's policies; gRPC-Web, buffering and the router leave routing alone;
+# on_demand only fetches a route's cluster the proxy does not hold yet (automatic scoping), and the
+# simulator is given every cluster translation made, so it changes nothing here.
 MODELLED_HTTP_FILTERS = frozenset(
     "type.googleapis.com/" + name
     for name in (
@@ -208,6 +210,7 @@ MODELLED_HTTP_FILTERS = frozenset(
         "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
         "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
         "envoy.extensions.filters.http.buffer.v3.Buffer",
+        "envoy.extensions.filters.http.on_demand.v3.OnDemand",
         "envoy.extensions.filters.http.router.v3.Router",
     )
 )

@@ -74,12 +74,28 @@ def typed(name: str, type_name: str, **config) -> dict:
     return {"name": name, "typed_config": {"@type": TYPE + type_name, **config}}
 
 
-def tcp_proxy(stat_prefix: str, cluster: str | None = None, weighted: list[tuple[str, int]] | None = None) -> dict:
+# On-demand cluster discovery (ODCDS) over the ADS stream: a sidecar's first call to a mesh service whose
+# cluster it does not hold yet (automatic scoping, `plait.xds.scope`) waits for the control plane to send
+# that cluster, then proceeds. Envoy asks only when the cluster is missing, so it costs nothing after.
+ON_DEMAND_TIMEOUT = "5s"
+ODCDS = {"source": ADS, "timeout": ON_DEMAND_TIMEOUT}
+
+
+def tcp_proxy(
+    stat_prefix: str,
+    cluster: str | None = None,
+    weighted: list[tuple[str, int]] | None = None,
+    *,
+    on_demand: bool = False,
+) -> dict:
+    """`on_demand`: fetch a missing cluster over ODCDS before connecting (a sidecar's outbound side)."""
     config: dict = {"stat_prefix": stat_prefix}
     if weighted and len(weighted) > 1:
         config["weighted_clusters"] = {"clusters": [{"name": c, "weight": w} for c, w in weighted]}
     else:
         config["cluster"] = weighted[0][0] if weighted else cluster
+    if on_demand:
+        config["on_demand"] = {"odcds_config": ADS, "timeout": ON_DEMAND_TIMEOUT}
     return typed("envoy.filters.network.tcp_proxy", "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", **config)
 
 
@@ -88,14 +104,20 @@ FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
 ROUTER_FILTER = "envoy.filters.http.router"
 DFP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
+ON_DEMAND_FILTER = "envoy.filters.http.on_demand"
 DNS_CACHE = {"name": "dynamic_forward_proxy_cache_config", "dns_lookup_family": "V4_PREFERRED"}
 
 
 def http_filters(
-    *, dynamic_forward_proxy: bool = False, authz: list[dict] | None = None, grpc_web: bool = False
+    *,
+    dynamic_forward_proxy: bool = False,
+    authz: list[dict] | None = None,
+    grpc_web: bool = False,
+    on_demand: bool = False,
 ) -> list[dict]:
     """The HCM's filters; `authz` (jwt_authn, RBAC) go first, as in Istio: before grpc_web (`grpc_web`),
-    fault, CORS and the router."""
+    fault, CORS and the router; `on_demand` (ODCDS) right after CORS, so that the dynamic forward proxy
+    and the router find the route's cluster."""
     filters = [*(authz or [])]
     if grpc_web:
         filters.append(typed(GRPC_WEB_FILTER, "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"))
@@ -103,6 +125,8 @@ def http_filters(
         typed(FAULT_FILTER, "envoy.extensions.filters.http.fault.v3.HTTPFault"),
         typed(CORS_FILTER, "envoy.extensions.filters.http.cors.v3.Cors"),
     ]
+    if on_demand:
+        filters.append(typed(ON_DEMAND_FILTER, "envoy.extensions.filters.http.on_demand.v3.OnDemand", odcds=ODCDS))
     if dynamic_forward_proxy:
         filters.append(
             typed(
@@ -133,8 +157,9 @@ def http_connection_manager(
     authz: list[dict] | None = None,
     forward_client_cert: bool = False,
     grpc_web: bool = False,
+    on_demand: bool = False,
 ) -> dict:
-    """`authz`, `grpc_web`: see `http_filters`; `forward_client_cert`: Istio's XFCC handling."""
+    """`authz`, `grpc_web`, `on_demand`: see `http_filters`; `forward_client_cert`: Istio's XFCC handling."""
     config: dict = {"stat_prefix": stat_prefix}
     if rds is not None:
         config["rds"] = {"config_source": ADS, "route_config_name": rds}
@@ -142,7 +167,9 @@ def http_connection_manager(
         config["route_config"] = route_config
     config.update(
         {
-            "http_filters": http_filters(dynamic_forward_proxy=dynamic_forward_proxy, authz=authz, grpc_web=grpc_web),
+            "http_filters": http_filters(
+                dynamic_forward_proxy=dynamic_forward_proxy, authz=authz, grpc_web=grpc_web, on_demand=on_demand
+            ),
             "use_remote_address": gateway,
             "normalize_path": True,
             "upgrade_configs": [{"upgrade_type": "websocket"}],

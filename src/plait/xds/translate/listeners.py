@@ -103,6 +103,11 @@ def _cidr_ranges(subnets: list[str]) -> list[dict]:
     return out
 
 
+def _on_demand(ctx: RouteContext) -> bool:
+    """Sidecars fetch a mesh cluster they do not hold on a first connection (ODCDS); gateways hold all theirs."""
+    return ctx.proxy.kind == "sidecar"
+
+
 def tcp_chains(vs: Resource | None, ctx: RouteContext, stat: str, default: str) -> list[dict]:
     """Filter chains for a TCP port: VirtualService tcp routes by destination subnet, else the default cluster."""
     chains: dict[str, dict] = {}
@@ -113,11 +118,12 @@ def tcp_chains(vs: Resource | None, ctx: RouteContext, stat: str, default: str) 
             key = ",".join(sorted(m.destination_subnets))
             if key in chains:
                 continue
-            chain: dict = {"filters": [tcp_proxy(stat, weighted=_weighted(route, ctx, vs.namespace))]}
+            weighted = _weighted(route, ctx, vs.namespace)
+            chain: dict = {"filters": [tcp_proxy(stat, weighted=weighted, on_demand=_on_demand(ctx))]}
             if m.destination_subnets:
                 chain["filter_chain_match"] = {"prefix_ranges": _cidr_ranges(m.destination_subnets)}
             chains[key] = chain
-    chains.setdefault("", {"filters": [tcp_proxy(stat, default)]})
+    chains.setdefault("", {"filters": [tcp_proxy(stat, default, on_demand=_on_demand(ctx))]})
     return list(chains.values())
 
 
@@ -148,7 +154,9 @@ def tls_chains(
             chains.append(
                 {
                     "filter_chain_match": match,
-                    "filters": [tcp_proxy(stat, weighted=_weighted(route, ctx, vs.namespace))],
+                    "filters": [
+                        tcp_proxy(stat, weighted=_weighted(route, ctx, vs.namespace), on_demand=_on_demand(ctx))
+                    ],
                 }
             )
     return chains
@@ -181,7 +189,7 @@ def _outbound_listener(
     p, ctx = port.number, RouteContext(snapshot, proxy, port.number)
     default = cluster_name("outbound", p, None, svc.hostname)
     if port.protocol.is_http:
-        hcm = http_connection_manager(f"outbound_0.0.0.0_{p}", rds=str(p))
+        hcm = http_connection_manager(f"outbound_0.0.0.0_{p}", rds=str(p), on_demand=True)
         return _listener(f"0.0.0.0_{p}", "0.0.0.0", p, [{"filters": [hcm]}], bind=False)
     if port.protocol is Protocol.UDP:
         return None
@@ -189,9 +197,12 @@ def _outbound_listener(
     vs = _vs_for(virtual_services, svc.hostname)
     stat = f"outbound|{p}||{svc.hostname}"
     if port.protocol is Protocol.AUTO:
-        hcm = http_connection_manager(f"outbound_0.0.0.0_{p}", rds=str(p))
+        hcm = http_connection_manager(f"outbound_0.0.0.0_{p}", rds=str(p), on_demand=True)
         fallback = default if address != "0.0.0.0" else PASSTHROUGH_CLUSTER
-        chains = [{"filter_chain_match": HTTP_SNIFF, "filters": [hcm]}, {"filters": [tcp_proxy(stat, fallback)]}]
+        chains = [
+            {"filter_chain_match": HTTP_SNIFF, "filters": [hcm]},
+            {"filters": [tcp_proxy(stat, fallback, on_demand=True)]},
+        ]
         return _listener(f"{address}_{p}", address, p, chains, bind=False, filters=("http_inspector",))
     if port.protocol.is_tls:
         chains = tls_chains(vs, ctx, stat)
@@ -199,7 +210,10 @@ def _outbound_listener(
             names = [n for c in chains for n in c["filter_chain_match"].get("server_names", ["*"])]
             if not any(matches(n, svc.hostname) for n in names):
                 chains.append(
-                    {"filter_chain_match": {"server_names": [svc.hostname]}, "filters": [tcp_proxy(stat, default)]}
+                    {
+                        "filter_chain_match": {"server_names": [svc.hostname]},
+                        "filters": [tcp_proxy(stat, default, on_demand=True)],
+                    }
                 )
             fallback = BLACKHOLE_CLUSTER if snapshot.outbound_policy(proxy) == REGISTRY_ONLY else PASSTHROUGH_CLUSTER
             return _listener(
@@ -211,7 +225,7 @@ def _outbound_listener(
                 filters=("tls_inspector",),
                 default_chain={"filters": [tcp_proxy(fallback, fallback)]},
             )
-        chains.append({"filters": [tcp_proxy(stat, default)]})
+        chains.append({"filters": [tcp_proxy(stat, default, on_demand=True)]})
         return _listener(f"{address}_{p}", address, p, chains, bind=False, filters=("tls_inspector",))
     if address == "0.0.0.0":
         return None  # a TCP service without an address cannot be told apart from others on its port
@@ -379,7 +393,9 @@ def _skip_http_inspection(listener: dict, chains: list[dict]) -> None:
 
 def explicit_proxy_listeners(snapshot: MeshSnapshot, proxy: Proxy, inbound_ports: list[InboundPort]) -> list[dict]:
     """Explicit-proxy mode: the HTTP_PROXY listener and one bound inbound listener per workload port."""
-    hcm = http_connection_manager("outbound_explicit_proxy", rds="explicit_proxy", dynamic_forward_proxy=True)
+    hcm = http_connection_manager(
+        "outbound_explicit_proxy", rds="explicit_proxy", dynamic_forward_proxy=True, on_demand=True
+    )
     out = [_listener("explicit_proxy", proxy.ip, EXPLICIT_PROXY_PORT, [{"filters": [hcm]}])]
     for inbound in inbound_ports:
         port = inbound.endpoint.port
