@@ -500,12 +500,13 @@ def envoy_agents(
     return agents
 
 
+def settled(status: dict) -> bool:
+    """Every type acknowledged; endpoints may be NOT SENT (a scoped sidecar holding no EDS cluster asks none)."""
+    return all(t["state"] == "SYNCED" or (k == "eds" and t["state"] == "NOT SENT") for k, t in status["types"].items())
+
+
 def synced_ids(statuses: list[dict], ids: set[str]) -> set[str]:
-    return {
-        s["proxy_id"]
-        for s in statuses
-        if s["proxy_id"] in ids and all(t["state"] == "SYNCED" for t in s["types"].values())
-    }
+    return {s["proxy_id"] for s in statuses if s["proxy_id"] in ids and settled(s)}
 
 
 def wait_envoys_synced(cp: ControlPlaneProcess, agents: list[AgentProcess], timeout: float) -> list[dict]:
@@ -539,7 +540,7 @@ def envoy_convergence(cp: ControlPlaneProcess, shape: MeshShape, ids: set[str]) 
                 s["proxy_id"] in ids
                 and s["proxy_id"] not in seen
                 and s["types"]["rds"]["acked_version"] != rds_before.get(s["proxy_id"])
-                and all(t["state"] == "SYNCED" for t in s["types"].values())
+                and settled(s)
             ):
                 seen[s["proxy_id"]] = now
         time.sleep(0.01)

@@ -104,17 +104,20 @@ def test_proxy_status_lists_every_sidecar_and_the_gateway_synced(bookinfo):
 
 def test_proxy_status_and_proxy_config_of_one_pod_from_outside_the_cluster(bookinfo):
     """``plait proxy-status POD`` compares what istiod sent with what the pod's Envoy holds, and
-    ``plait proxy-config`` reads that Envoy: both port-forward to the pod's admin port (15000)."""
+    ``plait proxy-config`` reads that Envoy: both port-forward to the pod's admin port (15000). Its
+    Envoy holds its own service's cluster, not those of services it never called (automatic scoping);
+    ``proxy-config scope`` asks istiod why."""
     pod = bookinfo.kubectl(
         "get", "pods", "-n", NAMESPACE, "-l", "app=ratings", "-o", "jsonpath={.items[0].metadata.name}"
     )
     diff = eventually(lambda: _succeeded(bookinfo.plait("proxy-status", f"{pod}.{NAMESPACE}")), timeout=60)
     assert diff.splitlines()[-1] == "Envoy holds what the control plane sent.", diff
     clusters = _succeeded(bookinfo.plait("proxy-config", "cluster", f"{pod}.{NAMESPACE}"))
-    assert any(
-        line.split()[:4] == ["reviews.bookinfo.svc.cluster.local", "9080", "-", "outbound"]
-        for line in clusters.splitlines()
-    ), clusters
+    held = [line.split()[:4] for line in clusters.splitlines()]
+    assert ["ratings.bookinfo.svc.cluster.local", "9080", "-", "outbound"] in held, clusters
+    assert not any(row[0] == "reviews.bookinfo.svc.cluster.local" for row in held), clusters  # ratings calls nobody
+    scope = _succeeded(bookinfo.plait("proxy-config", "scope", f"{pod}.{NAMESPACE}"))  # asks istiod, port-forwarded
+    assert scope.startswith("scoped: sent ") and re.search(r"ratings\.bookinfo\.svc\.cluster\.local +serves it", scope)
     missing = bookinfo.plait("proxy-status", "-i", "no-such-namespace")
     assert missing.returncode == 1
     assert "no ready pod with labels app=istiod in namespace no-such-namespace" in missing.stderr

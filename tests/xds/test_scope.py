@@ -232,8 +232,27 @@ def test_a_scoped_view_differs_from_the_full_generation_only_by_clusters_a_route
                     if short != "cds":
                         assert view.types[short].version == full.types[short].version, (case, proxy.id, short)
                 left_out = set(full.types["cds"].resources) - set(view.types["cds"].resources)
-                pinned = pinned_clusters(resources.listeners.values(), resources.clusters)
+                pinned = pinned_clusters(resources.listeners.values(), resources.routes.values(), resources.clusters)
                 assert all(scoped_host(n) and n not in pinned for n in left_out), (case, proxy.id)
                 if left_out:
                     envoy.ask(*sorted(left_out))
                 assert set(envoy.conn.stream.held("cds")) == set(full.types["cds"].resources), (case, proxy.id)
+
+
+def test_a_mirror_target_is_always_sent_as_envoy_does_not_fetch_it_on_demand():
+    mirror = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews, subset: v1}}], mirror: {host: ratings, subset: v1}}]
+"""
+    snapshot = bookinfo()
+    hub = XdsHub(snapshot, scoping=True)
+    envoy = DeltaEnvoy(hub, workload(snapshot, "productpage-v1"))
+    assert cluster("ratings.default.svc.cluster.local", "v1") not in envoy.conn.stream.held("cds")
+    change = load_text(mirror).raise_for_errors()
+    hub.update(snapshot.with_changes(upserts=change), [r.key for r in change])  # routes only: the cluster exists
+    envoy.pushes()
+    assert cluster("ratings.default.svc.cluster.local", "v1") in envoy.conn.stream.held("cds")
+    assert cluster(REVIEWS, "v1") not in envoy.conn.stream.held("cds")  # the route's own: on demand

@@ -65,7 +65,7 @@ from plait.xds.generator import (
 from plait.xds.protocol import STALE, SYNCED, Ack, AdsStream, Nack, Response, TypeStatus
 from plait.xds.publish import EVERYTHING, TYPES, Impact, Published, Publisher, change_impact
 from plait.xds.resources import ResourceSet
-from plait.xds.scope import ClusterIndex, Scope, pinned_clusters, scope_for, scoped_host
+from plait.xds.scope import ClusterIndex, Scope, mirror_clusters, pinned_clusters, scope_for, scoped_host
 
 log = logging.getLogger(__name__)
 
@@ -506,7 +506,7 @@ class XdsHub:
         if self._mutate:
             resources = self._mutate(proxy, resources)
         published = self._publisher.publish(resources, previous)
-        pinned = pinned_clusters(resources.listeners.values(), resources.clusters)
+        pinned = pinned_clusters(resources.listeners.values(), resources.routes.values(), resources.clusters)
         return published, (frozenset(resources.routes), has_unknown_destinations(resources), pinned)
 
     # -------------------------------------------------------------- automatic scoping
@@ -611,7 +611,10 @@ class XdsHub:
         if self._mutate:
             routes = list(self._mutate(proxy, ResourceSet(routes={r["name"]: r for r in routes})).routes.values())
         published = self._publisher.publish_routes(routes, group.published)
-        return None if published.inconsistencies else published  # e.g. a new route to a cluster: regenerate all
+        if published.inconsistencies:
+            return None  # e.g. a new route to a cluster: regenerate all
+        group.pinned |= mirror_clusters(routes)  # a new mirror to a cluster the group already has
+        return published
 
     # -------------------------------------------------------------- reporting
 

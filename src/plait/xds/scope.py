@@ -6,7 +6,7 @@ the hub from on-demand cluster requests). Flows out: a `Scope` (host → why it 
 `Published` restricted to it (`ClusterIndex`).
 
 What is restricted: only clusters of mesh services (``outbound|port|subset|host``) that nothing but a
-route or an on-demand TCP proxy names. Listeners, routes (every virtual host: scoping never hides a
+route or an on-demand TCP proxy names (a mirror target is kept: Envoy does not fetch those). Listeners, routes (every virtual host: scoping never hides a
 route rule), endpoints (Envoy asks for those of the clusters it holds), secrets and every cluster a
 listener names otherwise (JWKS fetches, gRPC services, tracing collectors…) are kept whole. A route to
 a cluster the proxy does not hold makes Envoy's on_demand filter (or the TCP proxy's on_demand) ask
@@ -66,10 +66,25 @@ def _strings(node: object, skip_on_demand: bool) -> Iterator[str]:
         yield node
 
 
-def pinned_clusters(listeners: Iterable[dict], clusters: Iterable[str]) -> frozenset[str]:
-    """Clusters a listener names other than through routes or on-demand TCP proxies: never scoped out."""
+def mirror_clusters(routes: Iterable[dict]) -> frozenset[str]:
+    """Clusters route configurations mirror to: Envoy skips a mirror whose cluster it does not hold
+    (only a route's own cluster is fetched on demand), so these are never scoped out."""
+    return frozenset(
+        mirror["cluster"]
+        for config in routes
+        for vhost in config.get("virtual_hosts", ())
+        for route in vhost.get("routes", ())
+        for mirror in route.get("route", {}).get("request_mirror_policies", ())
+        if isinstance(mirror.get("cluster"), str)
+    )
+
+
+def pinned_clusters(listeners: Iterable[dict], routes: Iterable[dict], clusters: Iterable[str]) -> frozenset[str]:
+    """Clusters never scoped out: those a listener names other than through routes or on-demand TCP
+    proxies, and mirror targets."""
     names = frozenset(clusters)
-    return frozenset(s for listener in listeners for s in _strings(listener, True) if s in names)
+    named = frozenset(s for listener in listeners for s in _strings(listener, True) if s in names)
+    return named | (mirror_clusters(routes) & names)
 
 
 # ------------------------------------------------------------------ why a host is in scope

@@ -77,7 +77,7 @@ def typed(name: str, type_name: str, **config) -> dict:
 # On-demand cluster discovery (ODCDS) over the ADS stream: a sidecar's first call to a mesh service whose
 # cluster it does not hold yet (automatic scoping, `plait.xds.scope`) waits for the control plane to send
 # that cluster, then proceeds. Envoy asks only when the cluster is missing, so it costs nothing after.
-ON_DEMAND_TIMEOUT = "5s"
+ON_DEMAND_TIMEOUT = "10s"  # Envoy's default is 5 s; a control plane under a connect storm may be slower
 ODCDS = {"source": ADS, "timeout": ON_DEMAND_TIMEOUT}
 
 
