@@ -6,11 +6,12 @@ the hub from on-demand cluster requests). Flows out: a `Scope` (host → why it 
 `Published` restricted to it (`ClusterIndex`).
 
 What is restricted: only clusters of mesh services (``outbound|port|subset|host``) that nothing but a
-route or an on-demand TCP proxy names (a mirror target is kept: Envoy does not fetch those). Listeners, routes (every virtual host: scoping never hides a
-route rule), endpoints (Envoy asks for those of the clusters it holds), secrets and every cluster a
-listener names otherwise (JWKS fetches, gRPC services, tracing collectors…) are kept whole. A route to
-a cluster the proxy does not hold makes Envoy's on_demand filter (or the TCP proxy's on_demand) ask
-for it over ADS (ODCDS); the hub then adds its host to the scope of every proxy of that workload.
+route or an on-demand TCP proxy names (a mirror target is kept: Envoy does not fetch those).
+Listeners, routes (every virtual host: scoping never hides a route rule), endpoints (Envoy asks for
+those of the clusters it holds), secrets and every cluster a listener names otherwise (JWKS fetches,
+gRPC services, tracing collectors…) are kept whole. A route to a cluster the proxy does not hold
+makes Envoy's on_demand filter (or the TCP proxy's on_demand) ask for it over ADS (ODCDS); the hub
+then adds its host to the scope of every proxy of that workload.
 
 A host is in scope when the workload serves it, when it was called, when the proxy's Sidecar resource
 lists its egress hosts (declared dependencies: then every host the Sidecar imports), or when an
