@@ -242,11 +242,12 @@ async def _connect(clients: dict, first: int, end: int, timeout: float) -> dict[
     """Start clients first..end-1 at once; per client the monotonic time it was synced, or why not."""
 
     async def synced_at(client) -> float | str:
+        t0 = time.monotonic()
         try:
             await client.start()
             await client.wait_synced(timeout)
-        except (TimeoutError, ConnectionError, grpc.aio.AioRpcError) as error:
-            return f"{type(error).__name__}: {error}"
+        except (TimeoutError, ConnectionError, grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
+            return f"after {time.monotonic() - t0:.1f}s: {type(error).__name__}: {error} {client.error!r}"
         return time.monotonic()
 
     batch = {i: c for i, c in clients.items() if first <= i < end}
@@ -367,7 +368,7 @@ def connected_and_synced(fleet: ClientFleet, cp: ControlPlaneProcess, first: int
     synced = fleet.connect(first, end)
     failed = {i: r for i, r in synced.items() if isinstance(r, str)}
     if failed:
-        raise RuntimeError(f"{len(failed)} simulated proxies never synced, e.g. {next(iter(failed.values()))}")
+        raise RuntimeError(f"{len(failed)} simulated proxies never synced, e.g. {sorted(failed.values())[:3]}")
     in_syncz = poll(lambda: all_synced_in_syncz(cp, end), 60, "/debug/syncz to show every proxy SYNCED", 0.1)
     return {
         "sync_all_s": max(synced.values()) - started,

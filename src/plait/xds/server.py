@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
 ADS_PORT = 15010
+# New streams gRPC holds until the event loop takes them: beyond 1,000 (its default) it refuses a
+# random share of them (CANCELLED at the client), which a storm of 2,000 reconnecting proxies reaches
+# while the loop is busy answering the first ones.
+MAX_PENDING_STREAMS = 20_000
 _WAKE, _CLOSED = object(), object()
 
 
@@ -135,7 +139,14 @@ async def serve_ads(
     `server.bound_port`. With `authenticate`, each stream is admitted only if it returns None for
     the stream's metadata and first node. Stop it with ``await server.stop(grace)``: streams get
     `grace` seconds, then are cancelled."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.server.max_pending_requests", MAX_PENDING_STREAMS),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_STREAMS),
+        ]
+    )
     server.add_generic_rpc_handlers((ads_handler(hub, authenticate), *also))
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
