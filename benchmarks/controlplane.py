@@ -1,9 +1,9 @@
 """Control-plane benchmark: `plait control-plane` serving the synthetic 1,000-service mesh to
-hundreds of simulated proxies, then to real Envoys run by `plait agent`.
+2,000 simulated proxies, then to real Envoys run by `plait agent`.
 
-Run:  .venv/bin/python benchmarks/controlplane.py [--services 1000] [--proxies 500] [--client-processes 2]
+Run:  .venv/bin/python benchmarks/controlplane.py [--services 1000] [--proxies 2000] [--client-processes 2]
           [--envoys 20] [--envoy-xds sotw|delta] [--debounce 0ms] [--repeat 3] [--only SCENARIO ...]
-          [--out benchmarks/results/controlplane.json]        (about 5½ minutes with the defaults)
+          [--out benchmarks/results/controlplane.json]        (about 25 minutes with the defaults)
 
 Only public interfaces are used: the control plane is a real process
 (`plait.testing.live.ControlPlaneProcess`) whose config directory holds the mesh as
@@ -12,10 +12,13 @@ YAML files (one per namespace); the change is made through its HTTP API (what
 and CPU from /proc. Each repeat runs, in this order:
 
 * ``sotw``, ``delta``, ``sotw_scoped``, ``delta_scoped``: N simulated proxies
-  (`plait.testing.ads_client.AdsClient`, keep_resources=False), the sidecars of the
-  first N workloads taken service by service (so every namespace gets its share),
-  spread over a few client processes, connect at once. Figures: time until every one
-  is synced (clients' own view; then /debug/syncz's, polled once they all are); then
+  (`plait.testing.ads_client.AdsClient`, keep_resources=False, each on its own TCP
+  connection), the sidecars of the first N workloads taken service by service (so every
+  namespace gets its share), spread over a few client processes, connect at once (a
+  connect storm). Figures: per proxy, the time from the start of the storm until it is
+  synced (clients' own view): median, p99, all (the last), and last / median (fairness:
+  no proxy starved); then /debug/syncz's view, polled once they all are; the CPU the
+  client processes used meanwhile (they share the cores with the control plane). Then
   svc-0010's VirtualService changes (weights 90/10 → 80/20), which every proxy sees,
   or with scoping (a Sidecar per namespace: its own namespace + istio-system) only
   the proxies of svc-0010's namespace. Each client notes when it ACKed the new
@@ -28,7 +31,7 @@ and CPU from /proc. Each repeat runs, in this order:
   SYNCED, and convergence of the same change polled from /debug/syncz; RSS of the
   Envoys, the agents and the control plane.
 
-Prints a table (medians over the repeats, min and max, targets) and writes JSON.
+Prints a table (medians over the repeats, min and max, issue 17's targets) and writes JSON.
 Reports only; asserts nothing. Every process is stopped by PID, on errors too.
 """
 
