@@ -196,7 +196,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     from plait.ca.service import ads_authenticator, serve_ca
     from plait.sources.kube_objects import scrape_targets
     from plait.xds.hub import XdsHub
-    from plait.xds.server import ads_handler, serve_ads
+    from plait.xds.server import Pacer, ads_handler, serve_ads
 
     stop = stop or asyncio.Event()
     store, cluster = await open_config(settings)
@@ -234,10 +234,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     # tap's RTDS and access log services beside ADS on both
     tap = TapService(metrics.registry)
     ads = None
+    pacer = Pacer()  # one pace for new streams on both ports
     if settings.xds_auth != "strict":
-        ads = await serve_ads(hub, settings.host, settings.xds_port, also=tap.handlers())
+        ads = await serve_ads(hub, settings.host, settings.xds_port, also=tap.handlers(), pacer=pacer)
     authenticate = ads_authenticator(tokens, registry=metrics.registry)
-    tls_ads = (ads_handler(hub, authenticate), *tap.handlers(authenticate))
+    tls_ads = (ads_handler(hub, authenticate, pacer), *tap.handlers(authenticate))
     ca = await serve_ca(
         authority,
         tokens,

@@ -45,6 +45,10 @@ WARMING_TIMEOUT = 10.0  # seconds a new stream may hold its turn without acknowl
 # random share of them (CANCELLED at the client), which a storm of 2,000 reconnecting proxies reaches
 # while the loop is busy answering the first ones.
 MAX_PENDING_STREAMS = 20_000
+PENDING_STREAMS = [  # gRPC server options; also those of the CA's port, which serves ADS over TLS
+    ("grpc.server.max_pending_requests", MAX_PENDING_STREAMS),
+    ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_STREAMS),
+]
 _WAKE, _CLOSED = object(), object()
 
 
@@ -192,8 +196,7 @@ async def serve_ads(
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", 64 << 20),
-            ("grpc.server.max_pending_requests", MAX_PENDING_STREAMS),
-            ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_STREAMS),
+            *PENDING_STREAMS,
         ]
     )
     server.add_generic_rpc_handlers((ads_handler(hub, authenticate, pacer), *also))
