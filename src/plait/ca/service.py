@@ -37,7 +37,7 @@ from plait.ca.authority import (
 )
 from plait.ca.tokens import Authenticator, AuthenticatorUnavailable, InvalidToken, TokenIdentity, bearer_token
 from plait.model.proxy import TRUST_DOMAIN, spiffe_id
-from plait.xds.server import Authenticate, Refusal
+from plait.xds.server import PENDING_STREAMS, Authenticate, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,9 @@ async def serve_ca(
         metrics=CaMetrics(registry or CollectorRegistry()),
     )
     key, chain = authority.issue_server_certificate(server_names)
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)])
+    server = grpc.aio.server(
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20), *PENDING_STREAMS]
+    )
     server.add_generic_rpc_handlers((service.handler(), *also))
     try:
         bound = server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials([(key, b"".join(chain))]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -192,14 +193,21 @@ async def wait_for_cluster(source: KubernetesSource, stop: asyncio.Event, every:
             log.warning("still waiting to read the cluster at %s", source.server)
 
 
+# The cyclic garbage collector's thresholds: Python's (700, 10, 10) made it ~19 % of the control
+# plane's CPU in a storm of 1,600 proxies (an in-process diagnostic: 218 young collections walking
+# the streams' objects); collecting young objects every 20,000 allocations instead made it ~1 %.
+GC_THRESHOLDS = (20_000, 10, 10)
+
+
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set (or SIGINT/SIGTERM); then stop accepting, close streams, exit."""
     from plait.ca.service import ads_authenticator, serve_ca
     from plait.sources.kube_objects import scrape_targets
     from plait.xds.hub import XdsHub
-    from plait.xds.server import ads_handler, serve_ads
+    from plait.xds.server import Pacer, ads_handler, serve_ads
 
     stop = stop or asyncio.Event()
+    gc.set_threshold(*GC_THRESHOLDS)
     store, cluster = await open_config(settings)
     mesh_file = None
     if cluster is not None and settings.mesh_config is not None:
@@ -235,10 +243,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     # tap's RTDS and access log services beside ADS on both
     tap = TapService(metrics.registry)
     ads = None
+    pacer = Pacer()  # one pace for new streams on both ports
     if settings.xds_auth != "strict":
-        ads = await serve_ads(hub, settings.host, settings.xds_port, also=tap.handlers())
+        ads = await serve_ads(hub, settings.host, settings.xds_port, also=tap.handlers(), pacer=pacer)
     authenticate = ads_authenticator(tokens, registry=metrics.registry)
-    tls_ads = (ads_handler(hub, authenticate), *tap.handlers(authenticate))
+    tls_ads = (ads_handler(hub, authenticate, pacer), *tap.handlers(authenticate))
     ca = await serve_ca(
         authority,
         tokens,

@@ -13,9 +13,11 @@ a message for one of its resources (then nothing in it is applied). State of the
 world or delta (`delta=True`); `reconnect()` opens a new stream and, like Envoy,
 sends what it already holds (versions, or delta's initial_resource_versions).
 
-Cheap enough to run hundreds in one event loop: one task per client, no threads;
+Cheap enough to run a thousand in one event loop: one task per client, no threads;
 resources are decoded only to learn names (cached by content, shared by clients),
-and `keep_resources=False` keeps names only.
+and `keep_resources=False` keeps names only. A whole response is decoded once per
+process: plait sends alike proxies byte-identical responses (nonce included), so the
+clients of one process share the decoding (`_decode`, keyed by the response's bytes).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
@@ -48,7 +51,9 @@ MESSAGES = {
 }
 HCM_TYPE = "type.googleapis.com/" + hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 DEPENDENT = {"cds": "eds", "lds": "rds"}  # names in the first type's resources are subscribed in the second
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1)]
+# Its own TCP connection per client, as every Envoy has (gRPC otherwise shares one connection between
+# the channels of a process that have the same target and options: 1,000 streams on one connection).
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.use_local_subchannel_pool", 1)]
 
 Reject = Callable[[str, str, any_pb2.Any], "str | None"]  # (type, name, resource) → NACK message or None
 
@@ -119,6 +124,31 @@ def _route_names(listener: listener_pb2.Listener) -> set[str]:
     return names
 
 
+class _Response(NamedTuple):
+    """A decoded DiscoveryResponse (or DeltaDiscoveryResponse): its type (None if not one of ours),
+    nonce, version, resources as ((name, names they need), Any, version) and removed names."""
+
+    short: str | None
+    nonce: str
+    version: str
+    described: tuple
+    removed: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=32)
+def _decode(data: bytes, delta: bool) -> _Response:
+    if delta:
+        message = discovery_pb2.DeltaDiscoveryResponse.FromString(data)
+        items = [(r.resource, r.version) for r in message.resources]
+        version, removed = message.system_version_info, tuple(message.removed_resources)
+    else:
+        message = discovery_pb2.DiscoveryResponse.FromString(data)
+        items, version, removed = [(a, "") for a in message.resources], message.version_info, ()
+    short = SHORT.get(message.type_url)
+    described = tuple((describe(short, a.value), a, v) for a, v in items) if short is not None else ()
+    return _Response(short, message.nonce, version, described, removed)
+
+
 class AdsClient:
     """One simulated Envoy on one ADS stream; `await start()` (or ``async with``) then wait on it."""
 
@@ -156,10 +186,7 @@ class AdsClient:
             self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
         method = "DeltaAggregatedResources" if self.delta else "StreamAggregatedResources"
         request = discovery_pb2.DeltaDiscoveryRequest if self.delta else discovery_pb2.DiscoveryRequest
-        response = discovery_pb2.DeltaDiscoveryResponse if self.delta else discovery_pb2.DiscoveryResponse
-        self._call = self._channel.stream_stream(
-            SERVICE + method, request_serializer=request.SerializeToString, response_deserializer=response.FromString
-        )()
+        self._call = self._channel.stream_stream(SERVICE + method, request_serializer=request.SerializeToString)()
         self._nonces = {}
         first = True
         for short in ("cds", "lds", "eds", "rds"):
@@ -280,8 +307,8 @@ class AdsClient:
 
     async def _read(self, call) -> None:
         try:
-            while (response := await call.read()) is not grpc.aio.EOF:
-                await self._on_response(response)
+            while (data := await call.read()) is not grpc.aio.EOF:
+                await self._on_response(_decode(data, self.delta))
                 self.responses += 1
                 self._progress.set()
                 self._progress = asyncio.Event()
@@ -290,21 +317,16 @@ class AdsClient:
         finally:
             self._progress.set()
 
-    async def _on_response(self, response) -> None:
-        short = SHORT.get(response.type_url)
+    async def _on_response(self, response: "_Response") -> None:
+        short = response.short
         if short is None:
             return
         self._nonces[short] = response.nonce
-        if self.delta:
-            items = [(r.resource, r.version) for r in response.resources]
-            version, removed = response.system_version_info, list(response.removed_resources)
-        else:
-            items, version, removed = [(a, "") for a in response.resources], response.version_info, []
-        described = [(describe(short, a.value), a, v) for a, v in items]
+        described = response.described
         error = self._rejection(short, described)
         if error is None:
-            self._apply(short, described, removed, full=not self.delta and short in DEPENDENT)
-            self.versions[short] = version
+            self._apply(short, described, response.removed, full=not self.delta and short in DEPENDENT)
+            self.versions[short] = response.version
             if short in DEPENDENT:
                 await self._resubscribe(short)
         else:

@@ -150,6 +150,12 @@ def patch_resources(snapshot: MeshSnapshot, proxy: Proxy, resources: ResourceSet
     return out
 
 
+def patch_listeners_only(snapshot: MeshSnapshot, proxy: Proxy, listeners: dict[str, dict]) -> dict[str, dict]:
+    """Listeners with the proxy's listener patches: what `patch_resources` makes of them."""
+    patches = patches_for(snapshot, proxy)
+    return patch_listeners(patches, proxy, listeners) if patches else listeners
+
+
 def patch_route_configs(snapshot: MeshSnapshot, proxy: Proxy, configs: list[dict]) -> list[dict]:
     """RDS route configurations with the proxy's ROUTE_CONFIGURATION, VIRTUAL_HOST and HTTP_ROUTE patches."""
     patches = patches_for(snapshot, proxy)

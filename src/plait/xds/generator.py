@@ -1,8 +1,12 @@
-"""(MeshSnapshot, Proxy) → ResourceSet: everything one Envoy is sent. Pure: no I/O, no clock."""
+"""(MeshSnapshot, Proxy) → ResourceSet: everything one Envoy is sent. Pure: no I/O, no clock.
+
+`generate` = `translate` (the translators) then `finish` (passes over the whole set: metrics, tracing,
+secrets, EnvoyFilter patches). Incremental parts for the hub: `generate_routes` (route configurations
+alone) and `explicit_proxy_listeners` (an explicit-proxy sidecar's listeners alone)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from plait.model.hosts import fqdn, matches
 from plait.model.proxy import Proxy
@@ -25,6 +29,11 @@ def _http_ports(services) -> list[int]:
 
 def generate(snapshot: MeshSnapshot, proxy: Proxy) -> ResourceSet:
     """All listeners, routes, clusters, endpoints and the secrets they name for one proxy."""
+    return finish(snapshot, proxy, translate(snapshot, proxy))
+
+
+def translate(snapshot: MeshSnapshot, proxy: Proxy) -> ResourceSet:
+    """What the translators make for one proxy, before `finish`'s passes over the whole set."""
     services = snapshot.services_for(proxy)
     out = ResourceSet()
     out.add_clusters(cds.special_clusters(proxy))
@@ -45,10 +54,32 @@ def generate(snapshot: MeshSnapshot, proxy: Proxy) -> ResourceSet:
             out.add_listeners(lds.explicit_proxy_listeners(snapshot, proxy, inbound))
     out.add_routes(generate_routes(snapshot, proxy))
     out.add_clusters(unknown_destination_clusters(snapshot, proxy, out))
+    return out
+
+
+def finish(snapshot: MeshSnapshot, proxy: Proxy, out: ResourceSet) -> ResourceSet:
+    """`translate`'s set (changed in place) with metrics, tracing, the secrets it names and the
+    EnvoyFilter patches."""
     telemetry.add_metrics(snapshot, proxy, out.listeners, out.clusters)
     tracing.add_tracing(snapshot, proxy, out.listeners, out.clusters)
     out.add_secrets(sds.credential_secrets(snapshot, proxy, [*out.listeners.values(), *out.clusters.values()]))
     return envoyfilter.patch_resources(snapshot, proxy, out)
+
+
+def explicit_proxy_listeners(snapshot: MeshSnapshot, proxy: Proxy, translated_clusters: Collection[str]) -> dict:
+    """An explicit-proxy sidecar's listeners exactly as `generate` makes them, without the rest of its
+    resources: only its listeners depend on its IP, so sidecars alike but for their IP share the rest.
+    `translated_clusters`: the cluster names `translate` gave one of them (tracing picks its collector
+    among them). Its listeners' references to clusters, routes and secrets are those of the others:
+    the IP is only in the listeners' names and addresses (EnvoyFilter listener patches aside, which
+    the consistency check of the whole set covers)."""
+    listeners = {
+        listener["name"]: listener
+        for listener in lds.explicit_proxy_listeners(snapshot, proxy, snapshot.inbound_ports(proxy))
+    }
+    telemetry.add_metrics(snapshot, proxy, listeners, {})
+    tracing.add_tracing(snapshot, proxy, listeners, dict.fromkeys(translated_clusters, {}))
+    return envoyfilter.patch_listeners_only(snapshot, proxy, listeners)
 
 
 UNKNOWN_DESTINATION = {"filter_metadata": {"plait": {"unknown_destination": True}}}

@@ -12,8 +12,13 @@ that some Sidecar workloadSelector, VirtualService sourceLabels or Gateway selec
 names or a security policy or EnvoyFilter selects on, its IP in explicit-proxy mode, and its workload's ports (the inbound side).
 Each group is generated (`plait.xds.generator`) and published (`plait.xds.publish`)
 once; its members hold references to the same ResourceMaps, so per-proxy memory is
-the protocol state only. A `mutate` hook (tests only) edits each group's generated
-resources (full or routes-only) before publishing; it changes nothing else on the path.
+the protocol state only. Explicit-proxy sidecars alike but for their IP (and listen ports)
+share more: only their listeners depend on the IP, so everything else is generated once per
+update for all of them (`_Shared`), and each group generates its listeners alone
+(`plait.xds.generator.explicit_proxy_listeners`) and publishes them over the shared maps; a
+change regenerates the shared part once. A `mutate` hook (tests only) edits each group's generated
+resources (full, routes-only, or the shared part and the listeners) before publishing; it changes
+nothing else on the path.
 
 Automatic scoping (`scoping=True`, the control plane's default): a sidecar on a delta stream is sent
 its group's resources restricted to its workload's scope (`plait.xds.scope`: the clusters of the
@@ -57,13 +62,25 @@ from plait.model.snapshot import Key
 from plait.xds.envoyfilter import GATEWAY_NAME_LABEL
 from plait.xds.generator import (
     affected_route_names,
+    explicit_proxy_listeners,
+    finish,
     generate,
     generate_routes,
     has_unknown_destinations,
     route_names,
+    translate,
 )
 from plait.xds.protocol import STALE, SYNCED, Ack, AdsStream, Nack, Response, TypeStatus
-from plait.xds.publish import EVERYTHING, TYPES, Impact, Published, Publisher, change_impact
+from plait.xds.publish import (
+    EVERYTHING,
+    TYPES,
+    Impact,
+    Published,
+    Publisher,
+    SharedNames,
+    change_impact,
+    with_own_listeners,
+)
 from plait.xds.resources import ResourceSet
 from plait.xds.scope import ClusterIndex, Scope, mirror_clusters, pinned_clusters, scope_for, scoped_host
 
@@ -234,6 +251,24 @@ class _Group:
         self.views: dict[tuple, tuple[int, Published, Scope, Published]] = {}
 
 
+class _Shared:
+    """What explicit-proxy sidecars alike but for their IP and listen ports share: everything but
+    their listeners, generated once per `XdsHub.update` (`epoch`; `published`'s listeners are those
+    of the proxy it was generated for, and go unused)."""
+
+    __slots__ = ("epoch", "published", "names", "translated_clusters", "full", "mirrors")
+
+    def __init__(self, epoch: int, published: Published, names: SharedNames, translated_clusters, full, mirrors):
+        self.epoch, self.published, self.names = epoch, published, names
+        self.translated_clusters: frozenset[str] = translated_clusters  # before `finish` (tracing reads them)
+        self.full: tuple[frozenset[str], bool] = full  # route names, route_bound (see `_Group`)
+        self.mirrors: frozenset[str] = mirrors  # clusters its routes mirror to (never scoped out)
+
+
+def _explicit(proxy: Proxy) -> bool:
+    return proxy.kind == "sidecar" and proxy.mode == "proxy"
+
+
 class ProxyConnection:
     """One ADS stream of one proxy, as the server sees it: hand it requests, take its pushes."""
 
@@ -303,6 +338,8 @@ class XdsHub:
         self._publisher = Publisher()
         self._label_keys = selector_label_keys(snapshot)
         self._groups: dict[tuple, _Group] = {}
+        self._shared: dict[tuple, _Shared] = {}  # by `_shared_key`
+        self._epoch = 0  # counts `update`s: a shared part is valid for the epoch it was made in
         self._connections: dict[int, ProxyConnection] = {}
         self._ids = itertools.count(1)
         self.updates: collections.deque[UpdateRecord] = collections.deque(maxlen=RECENT_UPDATES)
@@ -325,7 +362,10 @@ class XdsHub:
             registry=self.metrics,
         )
         self._generations = Counter(
-            "plait_xds_generations", "Group generations, by kind (full or routes-only)", ["kind"], registry=self.metrics
+            "plait_xds_generations",
+            "Group generations, by kind (full or routes-only; shared: the part explicit-proxy sidecars share)",
+            ["kind"],
+            registry=self.metrics,
         )
         self._refusals = Counter(
             "plait_xds_refused_generations",
@@ -398,6 +438,7 @@ class XdsHub:
         """A new snapshot; `changed` = (kind, namespace, name) of the objects that changed (None: unknown)."""
         record = UpdateRecord(started=self._clock())
         old, self.snapshot = self.snapshot, snapshot
+        self._epoch += 1
         try:
             impact = change_impact(old, snapshot, changed)
         except Exception:  # a change we cannot analyse: assume it reaches everyone
@@ -438,22 +479,29 @@ class XdsHub:
                 groups[key] = group
             conn.group = groups[key]
         self._groups = groups
+        live = {self._shared_key(g.proxy) for g in groups.values() if _explicit(g.proxy)}
+        self._shared = {k: v for k, v in self._shared.items() if k in live}
         return fresh
 
     def _group_key(self, proxy: Proxy) -> tuple:
+        return (
+            *self._shared_key(proxy),
+            proxy.ip if proxy.mode == "proxy" else "",
+            tuple(sorted(proxy.listen_ports.items())),
+        )
+
+    def _shared_key(self, proxy: Proxy) -> tuple:
+        """What translation reads from a Proxy, but for its IP and listen ports."""
         workload = tuple((p.port.number, p.port.protocol, p.endpoint.port) for p in self.snapshot.workload_ports(proxy))
-        key = (
+        return (
             proxy.kind,
             proxy.mode,
             proxy.namespace,
             proxy.identity,
             proxy.app_address,
-            proxy.ip if proxy.mode == "proxy" else "",
-            tuple(sorted(proxy.listen_ports.items())),
             tuple((k, proxy.labels.get(k)) for k in self._label_keys),
             workload,
         )
-        return key
 
     def _scope_key(self, proxy: Proxy) -> tuple | None:
         """The workload whose calls widen a sidecar's scope (its replicas share what one learns)."""
@@ -501,7 +549,9 @@ class XdsHub:
         self, proxy: Proxy, previous: Published | None
     ) -> tuple[Published, tuple[frozenset, bool, frozenset]]:
         """Everything generated and published; with the route names, whether some clusters exist only
-        because routes name them, and the clusters listeners name (see `_Group`)."""
+        because routes name them, and the clusters never scoped out (see `_Group`)."""
+        if _explicit(proxy):
+            return self._explicit_generation(proxy, previous)
         resources = generate(self.snapshot, proxy)
         if self._mutate:
             resources = self._mutate(proxy, resources)
@@ -577,6 +627,61 @@ class XdsHub:
             },
         }
 
+    def _explicit_generation(
+        self, proxy: Proxy, previous: Published | None
+    ) -> tuple[Published, tuple[frozenset, bool, frozenset]]:
+        """An explicit-proxy sidecar: its own listeners published over the part it shares."""
+        shared = self._shared_part(proxy, previous)
+        listeners = explicit_proxy_listeners(self.snapshot, proxy, shared.translated_clusters)
+        if self._mutate:
+            listeners = self._mutate(proxy, ResourceSet(listeners=listeners)).listeners
+        pinned = pinned_clusters(listeners.values(), (), shared.names.clusters) | shared.mirrors
+        published = self._publisher.publish_listeners(listeners, shared.published, shared.names, previous)
+        return published, (*shared.full, pinned)
+
+    def _shared_part(self, proxy: Proxy, previous: Published | None) -> _Shared:
+        """The shared part for this update: generated by the first explicit-proxy sidecar of its kind
+        that needs it after a change, reused by the others."""
+        key = self._shared_key(proxy)
+        shared = self._shared.get(key)
+        if shared is not None and shared.epoch == self._epoch:
+            return shared
+        translated = translate(self.snapshot, proxy)
+        clusters = frozenset(translated.clusters)
+        resources = finish(self.snapshot, proxy, translated)
+        if self._mutate:
+            resources = self._mutate(proxy, resources)
+        published = self._publisher.publish(resources, shared.published if shared is not None else previous)
+        full = (frozenset(resources.routes), has_unknown_destinations(resources))
+        mirrors = mirror_clusters(resources.routes.values()) & frozenset(resources.clusters)
+        self._shared[key] = shared = _Shared(self._epoch, published, SharedNames.of(resources), clusters, full, mirrors)
+        self._generations.labels("shared").inc()
+        return shared
+
+    def _explicit_routes_update(self, group: _Group, names: list[str]) -> Published | None:
+        """The routes-only path of an explicit-proxy sidecar: the shared part's route configurations,
+        regenerated once per update, under the group's own listeners. None when the shared part
+        changed more than its routes (then the group takes the full path)."""
+        key = self._shared_key(group.proxy)
+        shared = self._shared.get(key)
+        if shared is None:
+            return None
+        if shared.epoch != self._epoch:
+            routes = generate_routes(self.snapshot, group.proxy, only=names)
+            if self._mutate:
+                routes = list(
+                    self._mutate(group.proxy, ResourceSet(routes={r["name"]: r for r in routes})).routes.values()
+                )
+            published = self._publisher.publish_routes(routes, shared.published)
+            if any(not p.startswith("lds ") for p in published.inconsistencies):
+                return None  # e.g. a new route to a cluster: the full path regenerates the shared part
+            shared.published, shared.epoch = published, self._epoch
+            shared.mirrors |= mirror_clusters(routes) & shared.names.clusters
+        group.pinned |= shared.mirrors
+        if any(shared.published.types[t] is not group.published.types[t] for t in TYPES if t not in ("lds", "rds")):
+            return None
+        return with_own_listeners(shared.published, group.published)
+
     def _refuse(self, group: _Group, previous: Published | None) -> None:
         """Keep the group's last good resources: its newest generation refers to what does not exist."""
         self._refusals.inc()
@@ -607,6 +712,8 @@ class XdsHub:
         ):
             return None
         names = affected_route_names(self.snapshot, proxy, impact.hosts)
+        if _explicit(proxy):
+            return self._explicit_routes_update(group, names)
         routes = generate_routes(self.snapshot, proxy, only=names)
         if self._mutate:
             routes = list(self._mutate(proxy, ResourceSet(routes={r["name"]: r for r in routes})).routes.values())

@@ -172,6 +172,31 @@ class ResourceMap:
 
 
 @dataclass(frozen=True)
+class SharedNames:
+    """The names of a generated set that listeners may refer to (see `Publisher.publish_listeners`)."""
+
+    clusters: frozenset[str]
+    routes: frozenset[str]
+    secrets: frozenset[str]
+
+    @classmethod
+    def of(cls, resources: ResourceSet) -> "SharedNames":
+        return cls(frozenset(resources.clusters), frozenset(resources.routes), frozenset(resources.secrets))
+
+
+def _of_type(short: str, messages: tuple[str, ...]) -> list[str]:
+    return [m for m in messages if m.startswith(f"{short} ")]
+
+
+def _with_part(short: str, messages: tuple[str, ...], own: list[str], order: tuple[str, ...]) -> tuple[str, ...]:
+    """`messages` (each starting with its type's short name) with those of type `short` replaced by
+    `own`, in `order` of types."""
+    by_type = {t: _of_type(t, messages) for t in order}
+    by_type[short] = own
+    return tuple(m for t in order for m in by_type[t])
+
+
+@dataclass(frozen=True)
 class Published:
     """Everything one proxy may be sent, per type, in push order; plus what was wrong with it:
     `errors` (resources that failed conversion; their last good versions are kept) and
@@ -184,6 +209,16 @@ class Published:
     @classmethod
     def empty(cls) -> "Published":
         return cls({short: ResourceMap(TYPE_URLS[short], {}) for short in TYPES})
+
+
+def with_own_listeners(shared: Published, own: Published) -> Published:
+    """`shared` with `own`'s listeners and what was wrong with them (errors and inconsistencies in the
+    order `Publisher.publish` gives them), for proxies that share everything but their listeners."""
+    return Published(
+        {**shared.types, "lds": own.types["lds"]},
+        _with_part("lds", shared.inconsistencies, _of_type("lds", own.inconsistencies), ("rds", "lds", "cds")),
+        _with_part("lds", shared.errors, _of_type("lds", own.errors), TYPES),
+    )
 
 
 # ------------------------------------------------------------------ converting, with caches
@@ -225,6 +260,18 @@ class Publisher:
             tuple(problems),
             stale + tuple(errors),
         )
+
+    def publish_listeners(
+        self, listeners: Mapping[str, dict], shared: Published, names: SharedNames, previous: Published | None
+    ) -> Published:
+        """`shared` (published for proxies alike but for their listeners) with these listeners instead of
+        its own: as `publish` would make the whole set (errors and inconsistencies in the same order).
+        `names`: what the shared set generated; `previous` supplies last good listeners."""
+        errors: list[str] = []
+        last = previous.types["lds"] if previous is not None else None
+        lds = self._publish_type("lds", listeners, last, errors)
+        problems = listener_inconsistencies(listeners, names.clusters, names.routes, names.secrets)
+        return with_own_listeners(shared, Published({"lds": lds}, tuple(problems), tuple(errors)))
 
     def _publish_type(
         self,
@@ -306,20 +353,30 @@ def _secret_problems(short: str, name: str, resource: dict, secrets: Collection[
     ]
 
 
+def listener_inconsistencies(
+    listeners: Mapping[str, dict], clusters: Collection[str], routes: Collection[str], secrets: Collection[str]
+) -> list[str]:
+    """The listeners' part of `inconsistencies`: clusters, route configurations and secrets they name
+    that are not among the given names."""
+    problems: list[str] = []
+    for name, listener in sorted(listeners.items()):
+        refs = sorted(set(listener_references(listener)))
+        problems += [
+            f"lds {name} refers to {kind} {ref}, which is not generated"
+            for kind, ref in refs
+            if ref not in (clusters if kind == "cluster" else routes)
+        ]
+        problems += _secret_problems("lds", name, listener, secrets)
+    return problems
+
+
 def inconsistencies(resources: ResourceSet) -> list[str]:
     """Names that point nowhere (go-control-plane's `Snapshot.Consistent()`): route and listener
     clusters, RDS names, EDS names and ADS secrets. Each names the referring resource and the missing name."""
     problems: list[str] = []
     for name, config in sorted(resources.routes.items()):
         problems += _route_problems(name, config, resources.clusters)
-    for name, listener in sorted(resources.listeners.items()):
-        refs = sorted(set(listener_references(listener)))
-        problems += [
-            f"lds {name} refers to {kind} {ref}, which is not generated"
-            for kind, ref in refs
-            if ref not in (resources.clusters if kind == "cluster" else resources.routes)
-        ]
-        problems += _secret_problems("lds", name, listener, resources.secrets)
+    problems += listener_inconsistencies(resources.listeners, resources.clusters, resources.routes, resources.secrets)
     for name, cluster in sorted(resources.clusters.items()):
         if cluster.get("type") == "EDS":
             eds_name = cluster.get("eds_cluster_config", {}).get("service_name") or name

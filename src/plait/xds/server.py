@@ -10,6 +10,10 @@ Per stream: the node of the first request identifies the proxy (Envoy may send i
 only there), a reader task queues incoming requests, and the hub's wake-up queues a
 push; one loop takes both in order, so the protocol state is touched by one task.
 When the stream ends, for any reason, the connection leaves the hub.
+Storms are paced (`Pacer`): at most `WARMING_STREAMS` new streams are served at once until
+their proxy has acknowledged its first config; the others wait their turn in arrival order
+(before they reach the hub), so a storm of 2,000 reconnecting proxies is served proxy after
+proxy instead of all of them sharing the loop and the network until all finish together.
 With `authenticate` (the control plane's ``--xds-auth strict``), the first request's node and
 the stream's gRPC metadata are checked before the proxy reaches the hub; a refused stream is
 aborted (UNAUTHENTICATED or PERMISSION_DENIED, with the reason) and logged.
@@ -28,13 +32,23 @@ from typing import NamedTuple
 import grpc
 from envoy.service.discovery.v3 import ads_pb2, discovery_pb2
 
-from plait.xds.hub import XdsHub
-from plait.xds.protocol import Response
+from plait.xds.hub import ProxyConnection, XdsHub
+from plait.xds.protocol import NOT_SENT, STALE, Response
 
 log = logging.getLogger(__name__)
 
 SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
 ADS_PORT = 15010
+WARMING_STREAMS = 64
+WARMING_TIMEOUT = 10.0  # seconds a new stream may hold its turn without acknowledging its first config
+# New streams gRPC holds until the event loop takes them: beyond 1,000 (its default) it refuses a
+# random share of them (CANCELLED at the client), which a storm of 2,000 reconnecting proxies reaches
+# while the loop is busy answering the first ones.
+MAX_PENDING_STREAMS = 20_000
+PENDING_STREAMS = [  # gRPC server options; also those of the CA's port, which serves ADS over TLS
+    ("grpc.server.max_pending_requests", MAX_PENDING_STREAMS),
+    ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_STREAMS),
+]
 _WAKE, _CLOSED = object(), object()
 
 
@@ -48,6 +62,36 @@ class Refusal(NamedTuple):
 
 # (gRPC metadata, node) → refusal or None; a coroutine, as it may ask the API server (TokenReview)
 Authenticate = Callable[[dict[str, str], object], Awaitable["Refusal | None"]]
+
+
+class Pacer:
+    """At most `limit` streams warming at once: from their first request until `warmed` (or
+    `timeout` seconds); the others wait in arrival order (asyncio's semaphore is first come, first served)."""
+
+    def __init__(self, limit: int = WARMING_STREAMS, timeout: float = WARMING_TIMEOUT):
+        self._slots = asyncio.Semaphore(limit)
+        self.timeout = timeout
+
+    async def turn(self) -> Callable[[], None]:
+        """Wait for a turn; returns what ends it (idempotent; the timeout ends it too)."""
+        await self._slots.acquire()
+        done = False
+
+        def end() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                timer.cancel()
+                self._slots.release()
+
+        timer = asyncio.get_running_loop().call_later(self.timeout, end)
+        return end
+
+
+def warmed(conn: ProxyConnection) -> bool:
+    """Has the proxy acknowledged (or rejected) its clusters and listeners, with nothing else in flight?"""
+    states = {short: status.state for short, status in conn.stream.statuses().items()}
+    return all(states[short] not in (NOT_SENT, STALE) for short in ("cds", "lds")) and STALE not in states.values()
 
 
 async def _read(requests: AsyncIterator, queue: asyncio.Queue) -> None:
@@ -73,6 +117,7 @@ async def _admit(authenticate: Authenticate | None, node, context: grpc.aio.Serv
 async def _serve_stream(
     hub: XdsHub,
     authenticate: Authenticate | None,
+    pacer: Pacer,
     delta: bool,
     requests: AsyncIterator,
     context: grpc.aio.ServicerContext,
@@ -80,6 +125,7 @@ async def _serve_stream(
     queue: asyncio.Queue = asyncio.Queue()
     reader = asyncio.create_task(_read(requests, queue))
     conn = None
+    end_turn = None
     try:
         while (item := await queue.get()) is not _CLOSED:
             if item is _WAKE:
@@ -89,6 +135,7 @@ async def _serve_stream(
                     if not item.HasField("node"):
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry the node")
                     await _admit(authenticate, item.node, context)
+                    end_turn = await pacer.turn()
                     try:
                         conn = hub.connect(item.node, delta=delta, wake=lambda: queue.put_nowait(_WAKE))
                     except ValueError as error:
@@ -97,19 +144,27 @@ async def _serve_stream(
                 responses = conn.receive(item)
             for response in responses:
                 yield response
+            if end_turn is not None and warmed(conn):
+                end_turn()
+                end_turn = None
     finally:
+        if end_turn is not None:
+            end_turn()
         reader.cancel()
         if conn is not None:
             hub.disconnect(conn)
             log.info("%s disconnected", conn.proxy_id)
 
 
-def ads_handler(hub: XdsHub, authenticate: Authenticate | None = None) -> grpc.GenericRpcHandler:
-    """The AggregatedDiscoveryService, both methods, for `hub`."""
+def ads_handler(
+    hub: XdsHub, authenticate: Authenticate | None = None, pacer: Pacer | None = None
+) -> grpc.GenericRpcHandler:
+    """The AggregatedDiscoveryService, both methods, for `hub`; new streams paced by `pacer`."""
+    pacer = pacer or Pacer()
 
     def method(delta: bool, request_type):
         return grpc.stream_stream_rpc_method_handler(
-            functools.partial(_serve_stream, hub, authenticate, delta),
+            functools.partial(_serve_stream, hub, authenticate, pacer, delta),
             request_deserializer=request_type.FromString,
             response_serializer=Response.encode,
         )
@@ -130,13 +185,21 @@ async def serve_ads(
     *,
     authenticate: Authenticate | None = None,
     also: tuple[grpc.GenericRpcHandler, ...] = (),
+    pacer: Pacer | None = None,
 ) -> grpc.aio.Server:
     """Start serving ADS (and the services in `also`); with port 0 the port chosen is in
     `server.bound_port`. With `authenticate`, each stream is admitted only if it returns None for
-    the stream's metadata and first node. Stop it with ``await server.stop(grace)``: streams get
+    the stream's metadata and first node; new streams are paced by `pacer` (a `Pacer()` of its own
+    when not given). Stop it with ``await server.stop(grace)``: streams get
     `grace` seconds, then are cancelled."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)])
-    server.add_generic_rpc_handlers((ads_handler(hub, authenticate), *also))
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 64 << 20),
+            *PENDING_STREAMS,
+        ]
+    )
+    server.add_generic_rpc_handlers((ads_handler(hub, authenticate, pacer), *also))
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as error:
