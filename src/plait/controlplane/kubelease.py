@@ -132,7 +132,8 @@ class LeaseElection:
         if write is None:
             return
         try:
-            await asyncio.wait_for(self._write(write), self.elector.config.retry_period)
+            # as long as a renewal may take: a loaded API server must not keep the Lease from its next holder
+            await asyncio.wait_for(self._write(write), self.elector.config.renew_deadline)
             self.elector.on_released()
             log.info("leader election: %s released Lease %s/%s", self.elector.identity, self.namespace, self.name)
         except (ApiException, OSError, TimeoutError) as error:
