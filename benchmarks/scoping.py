@@ -42,6 +42,7 @@ from controlplane import (
     envoy_agents,
     envoy_convergence,
     envoy_pid,
+    summarise,
     usage,
     wait_envoys_synced,
     write_config_dir,
@@ -141,17 +142,6 @@ def run_mode(args: argparse.Namespace, shape: MeshShape, workdir: Path, *, scopi
         "convergence_p50_s": figures["convergence_p50_s"],
         "convergence_p99_s": figures["convergence_p99_s"],
         "cp_rss_synced_mb": cp_synced,
-    }
-
-
-def summarise(runs: list[dict]) -> dict[str, dict[str, float]]:
-    return {
-        figure: {
-            "median": statistics.median(r[figure] for r in runs),
-            "min": min(r[figure] for r in runs),
-            "max": max(r[figure] for r in runs),
-        }
-        for figure in runs[0]
     }
 
 

@@ -116,11 +116,6 @@ class Mesh:
         return {name.split("|")[3] for name in self.clusters(client) if name.startswith("outbound|")}
 
 
-def synced(cp: ControlPlaneProcess, process: AgentProcess) -> bool:
-    status = cp.statuses().get(process.proxy_id)
-    return bool(status) and {t["state"] for t in status["types"].values()} <= {"SYNCED", "NOT SENT"}
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory) -> Iterator[Mesh]:
     work = tmp_path_factory.mktemp("scoping")
@@ -140,7 +135,7 @@ def mesh(tmp_path_factory) -> Iterator[Mesh]:
         agents["client"] = agent(cp, work, name="client-v1", app="client", ip=f"{net}.1")
         for process in agents.values():
             stack.enter_context(process)
-        wait_until(lambda: all(synced(cp, p) for p in agents.values()), 30, "every proxy SYNCED")
+        wait_until(lambda: all(cp.synced(p.proxy_id) for p in agents.values()), 30, "every proxy SYNCED")
         wait_until(lambda: all(p.admin.get("/certs")["certificates"] for p in agents.values()), 20, "certificates")
         yield Mesh(net, cp, agents, backends)
 

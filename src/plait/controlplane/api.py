@@ -160,6 +160,15 @@ def _peer_ip(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6Addr
     return ip
 
 
+def _per_proxy(request: web.Request, view: Callable[[str], dict | None]) -> web.Response:
+    """A debug view of one connected proxy (``?proxy=NODE_ID``); 404 when none is connected."""
+    proxy = request.query.get("proxy", "")
+    found = view(proxy)
+    if found is None:
+        return web.json_response({"error": f"no connected proxy {proxy!r}; see /debug/syncz"}, status=404)
+    return web.json_response(found)
+
+
 def _seconds(text: str, name: str) -> float:
     try:
         value = float(text)
@@ -347,18 +356,10 @@ class Api:
         return web.json_response([s.to_dict() for s in self.hub.statuses()])
 
     async def config_dump(self, request: web.Request) -> web.Response:
-        proxy = request.query.get("proxy", "")
-        dump = self.hub.config_dump(proxy)
-        if dump is None:
-            return web.json_response({"error": f"no connected proxy {proxy!r}; see /debug/syncz"}, status=404)
-        return web.json_response(dump)
+        return _per_proxy(request, self.hub.config_dump)
 
     async def scopez(self, request: web.Request) -> web.Response:
-        proxy = request.query.get("proxy", "")
-        scope = self.hub.scope_of(proxy)
-        if scope is None:
-            return web.json_response({"error": f"no connected proxy {proxy!r}; see /debug/syncz"}, status=404)
-        return web.json_response(scope)
+        return _per_proxy(request, self.hub.scope_of)
 
     async def name_table(self, request: web.Request) -> web.Response:
         """The DNS name table of the proxy `?proxy=NODE_ID` (connected or not: the node id names it)."""
