@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from agent_harness import PLAIT, RunningAgent, free_port
+from agent_harness import PLAIT, RunningAgent
 from fixed_ads import FixedAdsServer
+
+from plait.testing.live import free_port
 
 
 @pytest.fixture

@@ -12,9 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent_harness import PLAIT, free_port, http_get, wait_for
+from agent_harness import PLAIT, http_get, wait_for
 
 from plait.testing.backends import loopback_subnet
+from plait.testing.live import free_port
 
 DOC = Path(__file__).parents[2] / "docs" / "agent.md"
 CURL = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} from %{url}\n", "http://reviews:9080/"]

@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_harness import alive, free_port, http_get, wait_for
+from agent_harness import alive, http_get, wait_for
 from fixed_ads import HELLO
+
+from plait.testing.live import free_port
 
 NODE_ID = "sidecar~127.0.0.1~reviews-v1.default~default.svc.cluster.local"
 

@@ -7,7 +7,9 @@ import os
 import urllib.error
 from pathlib import Path
 
-from agent_harness import free_port, http_get, wait_for
+from agent_harness import http_get, wait_for
+
+from plait.testing.live import free_port
 
 
 def concurrency_stat(admin_port: int) -> str:

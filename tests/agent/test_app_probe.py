@@ -16,10 +16,11 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from agent_harness import PLAIT, free_port, http_get, wait_for
+from agent_harness import PLAIT, http_get, wait_for
 
 from plait.inject import InjectSettings, inject
 from plait.inject.probes import app_probers, probers_env
+from plait.testing.live import free_port
 
 APP = r"""
 import sys, threading, http.server

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from agent_harness import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from plait.agent.merged_metrics import AppScrape, ScrapeConfigError, parse_prometheus_annotations
 from plait.testing.http import http_request
+from plait.testing.live import free_port
 
 APP_METRICS = "# HELP bookinfo_hits_total Pages served.\n# TYPE bookinfo_hits_total counter\nbookinfo_hits_total 42\n"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"

@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ import yaml
 from plait.demo.bookinfo.apps.reviews import Settings
 from plait.demo.bookinfo.apps.view import read_product_page
 from plait.testing.backends import loopback_subnet
+from plait.testing.live import free_port
 
 MANIFEST = Path(__file__).parents[2] / "src/plait/demo/bookinfo/manifests/bookinfo.yaml"
 PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
@@ -53,12 +53,6 @@ TRACE_HEADERS = {
 DETAILS_UNAVAILABLE = "Sorry, product details are currently unavailable for this book."
 REVIEWS_UNAVAILABLE = "Sorry, product reviews are currently unavailable for this book."
 RATINGS_UNAVAILABLE = "Ratings service is currently unavailable"
-
-
-def free_port(address: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((address, 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

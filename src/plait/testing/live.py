@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -30,19 +31,34 @@ from plait.host.processes import die_with_parent
 STARTUP_TIMEOUT = 30.0
 
 
+# Test ports come from below the kernel's ephemeral range (32768–60999 by default) and Kubernetes'
+# NodePorts (30000–32767): a port taken from the ephemeral range could meanwhile become the local
+# port of some process' outgoing connection, and a later bind on 0.0.0.0 then fails (seen in CI).
+_TEST_PORTS = range(20000, 30000)
 _HANDED_OUT: set[int] = set()
+_cursor = random.randrange(len(_TEST_PORTS))
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 now and not handed out before by this process (the kernel may offer
-    a just-released port again, and several processes take theirs only later)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _HANDED_OUT:
+def free_port(address: str = "0.0.0.0") -> int:
+    """A port nobody uses on `address` (by default any address) now, that no outgoing connection can
+    take, and that this process has not handed out before (several processes bind theirs only later)."""
+    global _cursor
+    for _ in range(len(_TEST_PORTS)):
+        port = _TEST_PORTS[_cursor % len(_TEST_PORTS)]
+        _cursor += 1
+        if port not in _HANDED_OUT and _bindable(address, port):
             _HANDED_OUT.add(port)
             return port
+    raise RuntimeError(f"no free port left in {_TEST_PORTS.start}–{_TEST_PORTS.stop - 1}")
+
+
+def _bindable(address: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> None:
