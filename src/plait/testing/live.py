@@ -32,9 +32,9 @@ STARTUP_TIMEOUT = 30.0
 
 
 # Test ports come from below the kernel's ephemeral range (32768–60999 by default) and Kubernetes'
-# NodePorts (30000–32767): a port taken from the ephemeral range could meanwhile become the local
+# NodePorts (30000–32767), above the dashboard's 20001: a port taken from the ephemeral range could meanwhile become the local
 # port of some process' outgoing connection, and a later bind on 0.0.0.0 then fails (seen in CI).
-_TEST_PORTS = range(20000, 30000)
+_TEST_PORTS = range(21000, 30000)
 _HANDED_OUT: set[int] = set()
 _cursor = random.randrange(len(_TEST_PORTS))
 
