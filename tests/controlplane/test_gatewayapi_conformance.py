@@ -276,8 +276,53 @@ def suite(tmp_path_factory):
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_conformance_scenario(suite: Suite, scenario: str) -> None:
-    manifest = (DATA / f"{scenario}.yaml").read_text()
-    cases = SCENARIOS[scenario]
+    check(suite, scenario, (DATA / f"{scenario}.yaml").read_text(), SCENARIOS[scenario])
+
+
+def example_route(name: str, rules: str) -> str:
+    head = f"apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {NS}}}\n"
+    return head + "spec:\n  parentRefs: [{name: same-namespace}]\n  hostnames: [example.com]\n  rules:\n" + rules
+
+
+def rule(matches: str, backend: int) -> str:
+    return f"  - matches: {matches}\n    backendRefs: [{{name: infra-backend-v{backend}, port: 8080}}]\n"
+
+
+# Not upstream's: routes whose matches interleave. Gateway API orders matches across all the routes of a
+# hostname (an exact path first, then longer prefixes, more headers…; the older route on a tie, here the
+# first by name); a per-route order would let `shop-broad`'s /shop prefix take /shop/cart.
+ACROSS_ROUTES = "---\n".join(
+    [
+        example_route(
+            "shop-broad",
+            rule("[{path: {type: PathPrefix, value: /shop}}, {path: {type: PathPrefix, value: /api}}]", 1)
+            + rule("[{path: {type: PathPrefix, value: /same}}]", 1),
+        ),
+        example_route(
+            "shop-narrow",
+            rule("[{path: {type: Exact, value: /shop/cart}}, {path: {type: PathPrefix, value: /shop/items}}]", 2)
+            + rule("[{path: {type: PathPrefix, value: /api}, headers: [{name: x-beta, value: 'yes'}]}]", 3)
+            + rule("[{path: {type: PathPrefix, value: /same}}]", 2),
+        ),
+    ]
+)
+
+
+def test_matches_are_ordered_across_the_routes_of_a_hostname(suite: Suite) -> None:
+    cases = [
+        v(2, "/shop/cart"),
+        v(1, "/shop/cart/old"),  # not the exact path: the broad route's prefix
+        v(2, "/shop/items/7"),
+        v(1, "/shop/other"),
+        v(3, "/api/orders", headers={"x-beta": "yes"}),
+        v(1, "/api/orders"),
+        v(1, "/same"),  # equally specific: the route first by name (Gateway API: the older one)
+    ]
+    check(suite, "matches across routes", ACROSS_ROUTES, cases)
+
+
+def check(suite: Suite, scenario: str, manifest: str, cases: list[Case]) -> None:
+    """Apply the manifest, wait until every case is answered as expected, check each closely, delete it."""
     suite.cp.apply(manifest)
     try:
         wait_until(lambda: all(suite.answers(c) for c in cases), CONVERGE, f"{scenario} in force", interval=0.2)

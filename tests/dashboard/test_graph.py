@@ -143,6 +143,8 @@ def test_versioned_app_graph_nodes_and_edges():
     assert (reviews["rps"], reviews["errorRate"], reviews["health"]) == (1.0, 0.0, "healthy")
     # rank 0.95 of 1.0 falls in (10, 25] holding 0.5 of it: 10 + 15 * 0.45 / 0.5
     assert reviews["p95"] == 23.5
+    assert nodes["app:default:reviews:v1"]["p95"] == 23.5
+    assert nodes["app:default:productpage:v1"]["p95"] is None  # no latency reported for its callers
     assert edges["app:default:productpage:v1->app:default:reviews:v2"]["p95"] == 96.25
     assert edges["unknown->app:default:productpage:v1"]["mtls"] is False
     assert edges["unknown->app:default:productpage:v1"]["mtlsPercent"] == 0.0
@@ -168,6 +170,8 @@ def test_workload_and_app_graphs_aggregate_differently():
     assert edges["app:default:productpage->app:default:reviews"]["rps"] == 1.5
     # histograms add before the quantile: rank 1.425 of 1.5 in (25, 100] holding 0.5 → 25 + 75 * 0.425 / 0.5
     assert edges["app:default:productpage->app:default:reviews"]["p95"] == 88.75
+    # a node's p95 is of what it received, over all its callers: the reviews app's, as its one edge's
+    assert by_id(apps["nodes"])["app:default:reviews"]["p95"] == 88.75
     services = build(GraphQuery(type="service"), ANSWERS, [GATEWAY])
     assert {n["id"] for n in services["nodes"]} >= {"service:default:reviews", "service:default:ratings"}
 

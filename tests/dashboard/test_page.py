@@ -45,12 +45,19 @@ def test_every_page_renders_without_errors(control_plane):
         series = rows(page, "series-table")
         assert len(series) == 31 and series[0][1:] == ["0.00", "-", "-"]  # 5m every 10 s
         assert {tuple(r[1:]) for r in series[1:]} == {("4.00", "25.0", "-")}
+        axes = page.eval_on_selector_all(
+            "#details-series .time-axis", "a => a.map(x => [...x.children].map(s => s.textContent))"
+        )
+        assert axes == [[series[0][0], series[-1][0]]] * 3  # each chart's time axis: the first and last step
         assert page.eval_on_selector_all("#details-series svg path", "p => p.length") == 2  # no p95 line
         page.focus("#graph-nodes tbody tr[data-name='reviews-v1']")  # from the keyboard: a row of the tables
         page.keyboard.press("Enter")
         page.wait_for_function("document.querySelector('#details-figures').textContent.includes('Inbound rps')")
-        page.wait_for_selector("#details-series figure.spark[data-field='rpsIn']", state="attached")
+        page.wait_for_selector("#details-series figure.spark[data-field='p95']", state="attached")
         assert "Node\treviews-v1" in page.inner_text("#details-figures")
+        assert "Inbound p95 ms\t-" in page.inner_text("#details-figures")  # the stand-in has no latency
+        fields = page.eval_on_selector_all("#details-series figure.spark", "f => f.map(x => x.dataset.field)")
+        assert fields == ["rpsIn", "rpsOut", "errorRate", "p95"]
         before = page.evaluate("document.body.dataset.loaded")
         page.dispatch_event("#window", "change")  # a refresh rebuilds the tables: the row keeps the focus
         page.wait_for_function(f"document.body.dataset.loaded !== {before!r}")

@@ -101,11 +101,17 @@ def test_a_nodes_points_are_its_rates_in_and_out():
     }
     query = SeriesQuery(GraphQuery(), node="app:default:reviews:v2")
     assert series.build(query, answers)["points"] == [
-        {"t": 10.0, "rpsIn": 2.0, "rpsOut": 1.0, "errorRate": 0.0},
-        {"t": 20.0, "rpsIn": 0.0, "rpsOut": 1.0, "errorRate": None},
+        {"t": 10.0, "rpsIn": 2.0, "rpsOut": 1.0, "errorRate": 0.0, "p95": None},
+        {"t": 20.0, "rpsIn": 0.0, "rpsOut": 1.0, "errorRate": None, "p95": None},
     ]
     gone = SeriesQuery(GraphQuery(), node="app:default:details:v1")
-    assert series.build(gone, answers)["points"][0] == {"t": 10.0, "rpsIn": 0.0, "rpsOut": 0.0, "errorRate": None}
+    assert series.build(gone, answers)["points"][0] == {
+        "t": 10.0,
+        "rpsIn": 0.0,
+        "rpsOut": 0.0,
+        "errorRate": None,
+        "p95": None,
+    }
 
 
 def reads(until: int, every: int = 5) -> list[series.Read]:

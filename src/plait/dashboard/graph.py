@@ -6,8 +6,9 @@ series (`evaluate`), as label sets with values (`Series`); and the gateway workl
 dashboard's JSON (`build`): nodes (app, versioned app, workload or service nodes, as Kiali's graph types;
 gateways, unknown callers and hosts outside the mesh, e.g. PassthroughCluster, marked as such; a mesh
 service whose workload is not known, e.g. for a fault the client injected, as a service node) and edges with
-requests/s, error % (5xx), p95 latency, the share of mTLS traffic and TCP bytes/s, each with Kiali's
-default health (5xx ≥ 0.1 %: degraded, > 10 %: failing). Pure: no I/O, no clock.
+requests/s, error % (5xx), p95 latency, the share of mTLS traffic and TCP bytes/s (a node: requests/s in
+and out, error % and p95 of what it received), each with Kiali's default health (5xx ≥ 0.1 %: degraded,
+> 10 %: failing). Pure: no I/O, no clock.
 
 Which side reports what, as Kiali: requests, latency and TCP bytes are read from the client's reports
 (``reporter="source"``: sidecars and gateways; this also counts what the client's sidecar did itself, e.g. a
@@ -296,15 +297,20 @@ def build(
     edge_list = [e.to_dict() for _, e in sorted(edges.items())]
     received: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     sent: dict[str, float] = defaultdict(float)
+    durations: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))  # inbound buckets
     for e in edges.values():
         received[e.target][0] += e.requests
         received[e.target][1] += e.errors
         sent[e.source] += e.requests
+        for le, count in (e.buckets or {}).items():
+            durations[e.target][le] += count
     for node_id, node in nodes.items():
         total, errors = received.get(node_id, (0.0, 0.0))
         error_percent = 100.0 * errors / total if total > 0 else None
+        p95 = histogram_quantile(0.95, durations[node_id]) if node_id in durations else None
         node["rpsIn"], node["rpsOut"] = round(total, 4), round(sent.get(node_id, 0.0), 4)
         node["errorRate"] = None if error_percent is None else round(error_percent, 3)
+        node["p95"] = None if p95 is None else round(p95, 2)  # of the requests it received, as Kiali's
         node["health"] = health(error_percent)
         node.setdefault("isGateway", False)
         node.setdefault("isExternal", False)

@@ -5,7 +5,7 @@ names it) and the graph's sums (`graph.asks`, without mTLS) at each step: Promet
 (`matrix`), or, without Prometheus, the rates between cumulative reads of the proxies' own stats
 (`proxy_answers` over a `thin`ned history of reads). Out: the series' JSON (`build`): one point per step
 with the element's figures as `graph.build` computes them from that step's sums (an edge: requests/s,
-error %, p95 ms, TCP bytes/s; a node: requests/s in and out, error %), zero requests/s when it had no
+error %, p95 ms, TCP bytes/s; a node: requests/s in and out, error %, p95 ms in), zero requests/s when it had no
 traffic. Pure: no I/O, no clock (the caller gives the time).
 """
 
@@ -150,5 +150,5 @@ def _edge_point(t: float, edge: Mapping | None) -> dict:
 
 def _node_point(t: float, node: Mapping | None) -> dict:
     if node is None:
-        return {"t": t, "rpsIn": 0.0, "rpsOut": 0.0, "errorRate": None}
-    return {"t": t} | {k: node[k] for k in ("rpsIn", "rpsOut", "errorRate")}
+        return {"t": t, "rpsIn": 0.0, "rpsOut": 0.0, "errorRate": None, "p95": None}
+    return {"t": t} | {k: node[k] for k in ("rpsIn", "rpsOut", "errorRate", "p95")}

@@ -164,7 +164,7 @@ function showDetails(item) {
       ["Health", item.health]]
     : [["Node", nodeLabel(item)], ["Type", item.nodeType], ["Namespace", item.namespace],
       ["Inbound rps", fmt(item.rpsIn)], ["Outbound rps", fmt(item.rpsOut)], ["Error %", fmt(item.errorRate, 2)],
-      ["Health", item.health]];
+      ["Inbound p95 ms", fmt(item.p95, 1)], ["Health", item.health]];
   const table = document.createElement("table");
   table.id = "details-figures";
   for (const [key, value] of rows) {
@@ -189,7 +189,10 @@ const SVG = "http://www.w3.org/2000/svg";
 
 function seriesFigures(item) {
   // [field, title, digits] drawn for a node, an HTTP edge or a TCP edge
-  if (!item.source) return [["rpsIn", "Requests/s in", 2], ["rpsOut", "Requests/s out", 2], ["errorRate", "Error %", 1]];
+  if (!item.source) {
+    return [["rpsIn", "Requests/s in", 2], ["rpsOut", "Requests/s out", 2], ["errorRate", "Error %", 1],
+      ["p95", "p95 ms in", 0]];
+  }
   if (item.protocol === "tcp") return [["tcpBytes", "TCP bytes/s", 0]];
   return [["rps", "Requests/s", 2], ["errorRate", "Error %", 1], ["p95", "p95 ms", 0]];
 }
@@ -200,8 +203,13 @@ function svgElement(name, attributes) {
   return element;
 }
 
+function clock(t) {
+  return new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
 function sparkline(points, field, title, digits, window) {
-  // one figure over the window as a line (gaps where it has no value), its scale and last value as text
+  // one figure over the window as a line (gaps where it has no value), its scale and last value as text,
+  // the time axis labelled at both ends
   const width = 250, height = 48, values = points.map((p) => p[field]);
   const known = values.filter((v) => v !== null);
   const top = Math.max(...known, 0) || 1;
@@ -225,7 +233,17 @@ function sparkline(points, field, title, digits, window) {
       + `${fmt(Math.max(...known), digits)}, last ${last}` : "no values"}` });
   svg.appendChild(svgElement("line", { x1: 0, y1: height - 2, x2: width, y2: height - 2, class: "axis" }));
   if (path) svg.appendChild(svgElement("path", { d: path, class: field === "errorRate" ? "line error" : "line" }));
-  figure.append(caption, svg);
+  const axis = document.createElement("div");
+  axis.className = "time-axis";
+  axis.setAttribute("aria-hidden", "true"); // the table below says the same
+  if (points.length) {
+    for (const t of [first, points[points.length - 1].t]) {
+      const label = document.createElement("span");
+      label.textContent = clock(t);
+      axis.appendChild(label);
+    }
+  }
+  figure.append(caption, svg, axis);
   return figure;
 }
 
@@ -254,7 +272,7 @@ async function loadSeries(item) {
   for (const p of data.points) {
     const tr = body.insertRow();
     tr.dataset.t = String(p.t);
-    cell(tr, new Date(p.t * 1000).toLocaleTimeString());
+    cell(tr, clock(p.t));
     for (const [field, , digits] of figures) cell(tr, fmt(p[field], digits), "num");
   }
   details.append(summary, table);
