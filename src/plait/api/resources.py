@@ -24,14 +24,23 @@ _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 
 
 class ObjectMeta(BaseModel):
-    """Kubernetes metadata; fields the API server adds (uid, managedFields…) are ignored."""
+    """Kubernetes metadata; of the fields the API server adds, only creationTimestamp is kept (uid,
+    managedFields… are ignored)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     name: str
     namespace: str = "default"
     labels: Labels = {}
     annotations: dict[str, str] = {}
+    # RFC 3339 in UTC as the API server writes it (so it sorts as text); "" when unknown
+    creation_timestamp: str = Field(default="", alias="creationTimestamp")
+
+    @field_validator("creation_timestamp", mode="before")
+    @classmethod
+    def _timestamp(cls, value: object) -> object:
+        """`kubectl create --dry-run=client -o yaml` writes ``creationTimestamp: null``."""
+        return "" if value is None else value
 
     @field_validator("name")
     @classmethod

@@ -453,8 +453,8 @@ def _prefix_rewrite(http: dict, m: gw.HTTPRouteMatch) -> dict:
 
 def _precedence(m: gw.HTTPRouteMatch) -> tuple:
     """Gateway API's order of matches: exact path, then (as Istio) regular expressions, then longer
-    prefix; then method, more headers, more query params. Ties go to the older route, then to the
-    rule written first (`_http_routes`)."""
+    prefix; then method, more headers, more query params. Ties go to the older route (`_age`), then to
+    the rule written first (`_http_routes`)."""
     path = m.path or gw.HTTPPathMatch()
     return (
         ("Exact", "RegularExpression", "PathPrefix").index(path.type),
@@ -504,7 +504,7 @@ Ranked = list[tuple[tuple, dict]]  # Istio http routes, each with its place in G
 
 def _http_routes(index: _Index, route: Resource, port: int | None, order: int) -> tuple[Ranked, list[Condition]]:
     """One route's matches as Istio http routes, each ranked by `_precedence`, then the route's `order`
-    among all routes (older first; without creation times, by namespace and name), then as written."""
+    among all routes (`_age`), then as written."""
     entries, problems = [], []
     position = 0
     for number, rule in enumerate(route.spec.rules):
@@ -649,6 +649,13 @@ class _HttpVirtualServices:
         return out
 
 
+def _age(route: Resource) -> tuple:
+    """Gateway API's tiebreak between routes: the older first (by creation time, which objects read from
+    the API server carry), then by namespace and name."""
+    created = route.meta.creation_timestamp
+    return (created == "", created, route.namespace, route.name)
+
+
 def _lower_route(
     index: _Index, route: Resource, order: int, attached: dict, http_vs: _HttpVirtualServices, out: Lowered
 ) -> None:
@@ -690,7 +697,8 @@ def lower(resources: Iterable[Resource], namespace_labels: dict[str, dict[str, s
             out.status[cls.key] = {"conditions": [_condition("Accepted", True, "Accepted")]}
     attached: dict[Key, dict[str, int]] = {}
     http_vs = _HttpVirtualServices()
-    for order, route in enumerate(r for kind in ROUTE_KINDS for r in index.kind(kind)):
+    by_age = (r for kind in ROUTE_KINDS for r in sorted(index.kind(kind), key=_age))
+    for order, route in enumerate(by_age):
         _lower_route(index, route, order, attached, http_vs, out)
     out.resources += http_vs.resources()
     for gateway in _istio_gateways(index):
