@@ -12,6 +12,7 @@ API as users.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -19,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,23 +34,30 @@ STARTUP_TIMEOUT = 30.0
 
 
 # Test ports come from below the kernel's ephemeral range (32768–60999 by default) and Kubernetes'
-# NodePorts (30000–32767), above the dashboard's 20001: a port taken from the ephemeral range could meanwhile become the local
-# port of some process' outgoing connection, and a later bind on 0.0.0.0 then fails (seen in CI).
+# NodePorts (30000–32767), above the dashboard's 20001: a port taken from the ephemeral range could
+# meanwhile become the local port of some process' outgoing connection, and a later bind on 0.0.0.0
+# then fails (seen in CI). They are handed out in turn across processes (test runs side by side, the
+# benchmarks' helpers), from a counter kept in a file under a lock.
 _TEST_PORTS = range(21000, 30000)
-_HANDED_OUT: set[int] = set()
-_cursor = random.randrange(len(_TEST_PORTS))
+_PORT_COUNTER = Path(tempfile.gettempdir()) / "plait-test-ports"
 
 
 def free_port(address: str = "0.0.0.0") -> int:
     """A port nobody uses on `address` (by default any address) now, that no outgoing connection can
-    take, and that this process has not handed out before (several processes bind theirs only later)."""
-    global _cursor
-    for _ in range(len(_TEST_PORTS)):
-        port = _TEST_PORTS[_cursor % len(_TEST_PORTS)]
-        _cursor += 1
-        if port not in _HANDED_OUT and _bindable(address, port):
-            _HANDED_OUT.add(port)
-            return port
+    take, and that no test process was handed recently (several processes bind theirs only later)."""
+    with open(_PORT_COUNTER, "a+") as counter:
+        fcntl.flock(counter, fcntl.LOCK_EX)
+        counter.seek(0)
+        text = counter.read().strip()
+        cursor = int(text) if text.isdigit() else random.randrange(len(_TEST_PORTS))
+        for _ in range(len(_TEST_PORTS)):
+            port = _TEST_PORTS[cursor % len(_TEST_PORTS)]
+            cursor = (cursor + 1) % len(_TEST_PORTS)
+            if _bindable(address, port):
+                counter.seek(0)
+                counter.truncate()
+                counter.write(str(cursor))
+                return port
     raise RuntimeError(f"no free port left in {_TEST_PORTS.start}–{_TEST_PORTS.stop - 1}")
 
 
