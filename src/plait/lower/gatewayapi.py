@@ -612,7 +612,7 @@ def _vs_name(route: Resource, number: int) -> str:
 
 @dataclass
 class _HttpVirtualService:
-    owner: Resource  # the first route that has routes for its gateway and host
+    owner: Resource  # the oldest route (`_age`) with rules for its gateway and host
     name: str
     gateway: str
     host: str
@@ -665,17 +665,17 @@ def _lower_route(
         conditions = [attachment.condition]
         if attachment.gateways and route.kind == "HTTPRoute":
             ranked, problems = _http_routes(index, route, attachment.port, order)
-            conditions.append(problems[0] if problems else _condition("ResolvedRefs", True, "ResolvedRefs"))
             if ranked:
                 http_vs.add(route, attachment, ranked)
         elif attachment.gateways:
             vs, problems = _virtual_service(index, route, attachment)
-            conditions.append(problems[0] if problems else _condition("ResolvedRefs", True, "ResolvedRefs"))
             if vs.get("http") or vs.get("tcp") or vs.get("tls"):
                 spec = net.VirtualServiceSpec.model_validate(vs)
                 out.resources.append(
                     _generated("VirtualService", _vs_name(route, number), route.namespace, spec, route)
                 )
+        if attachment.gateways:
+            conditions.append(problems[0] if problems else _condition("ResolvedRefs", True, "ResolvedRefs"))
         parent = ref.model_dump(by_alias=True, exclude_defaults=False, exclude_none=True)
         parents.append({"parentRef": parent, "controllerName": CONTROLLER, "conditions": conditions})
     out.status[route.key] = {"parents": parents}
