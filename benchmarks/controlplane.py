@@ -19,13 +19,19 @@ and CPU from /proc. Each repeat runs, in this order:
   synced (clients' own view): median, p99, all (the last), and last / median (fairness:
   no proxy starved); then /debug/syncz's view, polled once they all are; the CPU the
   client processes used meanwhile (they share the cores with the control plane). Then
-  svc-0010's VirtualService changes (weights 90/10 → 80/20), which every proxy sees,
-  or with scoping (a Sidecar per namespace: its own namespace + istio-system) only
-  the proxies of svc-0010's namespace. Each client notes when it ACKed the new
+  svc-0010's VirtualService changes (weights 90/10 → 80/20), which every proxy holding
+  svc-0010's routes sees: all of them on SotW; on delta (automatic scoping: virtual
+  hosts one by one, VHDS) those whose workload serves, called or may call it, as the
+  others fetch its virtual host on their first call; with a Sidecar per namespace (its
+  own namespace + istio-system) only those of svc-0010's namespace. Each client notes when it ACKed the new
   version; convergence is measured from the apply call and from its answer, and the
   control plane's own ``plait_xds_convergence_seconds`` for that update is read back.
 * ``memory_sotw``, ``memory_delta``: a fresh control plane, N/5 proxies, then the
   rest; per-proxy memory is the slope of settled RSS between the two counts.
+* ``memory_floor_sotw``, ``memory_floor_delta``: the same slope for a bare grpc.aio server
+  with the control plane's server options that answers each first request with an empty
+  response (`floor_server`): what gRPC holds per proxy (its connection and stream), the
+  floor below plait's own figure.
 * ``envoys``: real Envoys, each run by ``plait agent --mode proxy`` on its own
   127.0.N.x address, started together; time until /debug/syncz shows them all
   SYNCED, and convergence of the same change polled from /debug/syncz; RSS of the
@@ -39,6 +45,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import itertools
 import json
 import math
 import multiprocessing
@@ -50,25 +58,38 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 from common import machine
+from envoy.service.discovery.v3 import discovery_pb2
 
 from plait.model import Proxy
 from plait.testing.ads_client import AdsClient, make_node
 from plait.testing.backends import loopback_subnet
-from plait.testing.live import AgentProcess, ControlPlaneProcess, PlaitProcess
+from plait.testing.live import AgentProcess, ControlPlaneProcess, PlaitProcess, free_port
 from plait.testing.synthetic import GATEWAY_NAMESPACE, MeshShape, mesh_resources, mesh_yaml, virtual_service_yaml
+from plait.xds.server import PENDING_STREAMS
 
 CHANGED_SERVICE = 10  # svc-0010 (namespace mesh-2): its VirtualService's weights change
 CONNECT_TIMEOUT = 180.0
 CONVERGE_TIMEOUT = 60.0
 UNREACHED_GRACE = 0.5  # after the reached proxies ACKed: how long to watch that no other proxy changes
 MAX_ENVOYS = 253  # addresses in one 127.0.N subnet (.1 to .253)
-SCENARIOS = ("sotw", "delta", "sotw_scoped", "delta_scoped", "memory_sotw", "memory_delta", "envoys")
+SCENARIOS = (
+    "sotw",
+    "delta",
+    "sotw_scoped",
+    "delta_scoped",
+    "memory_sotw",
+    "memory_floor_sotw",
+    "memory_delta",
+    "memory_floor_delta",
+    "envoys",
+)
 
 SIMULATED = ("sotw", "delta", "sotw_scoped", "delta_scoped")
 # (scenario, figure, target, unit): issue 17's targets for 1,000 services and 2,000 simulated proxies:
@@ -256,12 +277,19 @@ async def _connect(clients: dict, first: int, end: int, timeout: float) -> dict[
     return dict(zip(batch, await asyncio.gather(*(synced_at(c) for c in batch.values()))))
 
 
-async def _watch(pipe, clients: dict, namespaces: dict, reached: list[str] | None, timeout: float) -> dict:
+def holds_route_to(client: AdsClient, host: str) -> bool:
+    """Does the client hold the routes of `host`? All of them, unless it is sent virtual hosts one by
+    one (a sidecar scoped automatically: VHDS), then only if it holds that host's."""
+    vhosts = client.held["vhds"]
+    return not vhosts or any(name.rpartition("/")[2].startswith(f"{host}:") for name in vhosts)
+
+
+async def _watch(pipe, clients: dict, namespaces: dict, reached: list[str] | None, host: str, timeout: float) -> dict:
     """Note what every connected client holds, say "armed", then wait for the clients in `reached`
-    namespaces (all when None) to ACK something new; the others must not change."""
+    namespaces (all when None) that hold `host`'s routes to ACK something new; the others must not change."""
     live = {i: c for i, c in clients.items() if c.versions}
     before = {i: dict(c.versions) for i, c in live.items()}
-    expected = [i for i in live if reached is None or namespaces[i] in reached]
+    expected = [i for i in live if (reached is None or namespaces[i] in reached) and holds_route_to(live[i], host)]
 
     async def acked_at(i: int) -> float | None:
         try:
@@ -323,9 +351,9 @@ class ClientFleet:
             merged.update(answer)
         return merged
 
-    def arm(self, reached: list[str] | None, timeout: float = CONVERGE_TIMEOUT) -> None:
+    def arm(self, reached: list[str] | None, host: str, timeout: float = CONVERGE_TIMEOUT) -> None:
         """Every client notes what it holds; afterwards `watched()` says when each ACKed something new."""
-        self._send("watch", reached, timeout)
+        self._send("watch", reached, host, timeout)
         self._answers("armed", 30)
 
     def watched(self, timeout: float = CONVERGE_TIMEOUT) -> tuple[dict[int, float | None], int]:
@@ -391,11 +419,11 @@ def connected_and_synced(fleet: ClientFleet, cp: ControlPlaneProcess, first: int
     }
 
 
-def converged(
-    fleet: ClientFleet, cp: ControlPlaneProcess, shape: MeshShape, reached: list[str] | None, expected: int
-) -> dict[str, float]:
-    """Apply the VirtualService change; per reached proxy, seconds until it ACKed the new version."""
-    fleet.arm(reached)
+def converged(fleet: ClientFleet, cp: ControlPlaneProcess, shape: MeshShape, reached: list[str] | None) -> dict:
+    """Apply the VirtualService change; per reached proxy, seconds until it ACKed the new version.
+    Reached: every proxy holding svc-0010's routes (with automatic scoping, those whose workload serves,
+    called or may call it: the others fetch its virtual host, new, on their first call)."""
+    fleet.arm(reached, shape.hostname(CHANGED_SERVICE))
     metrics_before = hub_figures(cp)
     started, answered = change_virtual_service(cp, shape)
     acked, unexpected = fleet.watched()
@@ -405,7 +433,7 @@ def converged(
     figures = {
         "apply_call_s": answered - started,
         "reached": len(times),
-        "expected_reached": expected,
+        "expected_reached": len(acked),
         "not_reached_in_time": len(acked) - len(times),
         "unexpected_changes": unexpected,
         **distribution("convergence", [t - started for t in times]),
@@ -430,8 +458,7 @@ def run_simulated(
         time.sleep(args.settle)
         settled = usage(cp.pid)
         reached = [shape.namespace(CHANGED_SERVICE)] if scoped else None
-        expected = sum(reached is None or p["namespace"] in reached for p in proxies)
-        figures.update(converged(fleet, cp, shape, reached, expected))
+        figures.update(converged(fleet, cp, shape, reached))
         after = usage(cp.pid)
     finally:
         fleet.stop()
@@ -479,6 +506,78 @@ def run_memory(args: argparse.Namespace, shape: MeshShape, proxies: list[dict], 
         "cp_peak_rss_mb": with_all.peak_rss_mb,
         "per_proxy_kb": (with_all.rss_mb - with_few.rss_mb) * 1024 / (len(proxies) - few),
         "per_proxy_raw_kb": (with_all.rss_mb - empty.rss_mb) * 1024 / len(proxies),
+    }
+
+
+def floor_server(port: int) -> None:
+    """The floor a Python ADS server cannot go below: a grpc.aio server with the control plane's server
+    options that answers each client's first request of a type with an empty response of that type
+    (enough for a simulated proxy to be synced) and keeps nothing of its own."""
+    asyncio.run(_floor(port))
+
+
+async def _floor(port: int) -> None:
+    nonces = itertools.count(1)
+
+    async def answer(requests, _context, response):
+        async for request in requests:
+            if not request.response_nonce:
+                yield response(type_url=request.type_url, nonce=str(next(nonces)))
+
+    def method(request, response):
+        return grpc.stream_stream_rpc_method_handler(
+            functools.partial(answer, response=response),
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+
+    handler = grpc.method_handlers_generic_handler(
+        "envoy.service.discovery.v3.AggregatedDiscoveryService",
+        {
+            "StreamAggregatedResources": method(discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse),
+            "DeltaAggregatedResources": method(
+                discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse
+            ),
+        },
+    )
+    server = grpc.aio.server(options=PENDING_STREAMS)
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def run_memory_floor(args: argparse.Namespace, proxies: list[dict], *, delta: bool) -> dict:
+    """`run_memory`'s slope for `floor_server`: what gRPC itself holds per proxy (a connection and a stream)."""
+    few = max(1, len(proxies) // 5)
+    port = free_port("127.0.0.1")
+    server = multiprocessing.get_context("spawn").Process(target=floor_server, args=(port,), daemon=True)
+    server.start()
+    fleet = ClientFleet(f"127.0.0.1:{port}", proxies, args.client_processes, delta=delta)
+    try:
+        fleet.wait_ready()
+        time.sleep(args.settle)
+        empty = usage(server.pid)
+        looks = []
+        for first, end in ((0, few), (few, len(proxies))):
+            failed = {i: r for i, r in fleet.connect(first, end).items() if isinstance(r, str)}
+            if failed:
+                raise RuntimeError(
+                    f"{len(failed)} clients of the floor server never synced: {list(failed.values())[:3]}"
+                )
+            time.sleep(args.settle)
+            looks.append(usage(server.pid))
+    finally:
+        fleet.stop()
+        server.kill()
+        server.join()
+    with_few, with_all = looks
+    return {
+        "few_proxies": few,
+        "proxies": len(proxies),
+        "floor_rss_empty_mb": empty.rss_mb,
+        "floor_rss_all_mb": with_all.rss_mb,
+        "per_proxy_kb": (with_all.rss_mb - with_few.rss_mb) * 1024 / (len(proxies) - few),
     }
 
 
@@ -537,12 +636,21 @@ def wait_envoys_synced(cp: ControlPlaneProcess, agents: list[AgentProcess], time
     raise TimeoutError(f"not every Envoy was SYNCED within {timeout:.0f}s")
 
 
-def envoy_convergence(cp: ControlPlaneProcess, shape: MeshShape, ids: set[str]) -> dict[str, float]:
-    """Apply the change, then poll /debug/syncz until every Envoy has ACKed new routes (RDS SYNCED at a
-    new version, everything else SYNCED); per Envoy, when that was first seen."""
-    rds_before = {s["proxy_id"]: s["types"]["rds"]["acked_version"] for s in cp.api.get("/debug/syncz")}
+def routes_acked(status: dict) -> tuple[str, str]:
+    """The route versions a proxy acknowledged: its route configurations' and (scoped sidecars) virtual hosts'."""
+    types = status["types"]
+    return types["rds"]["acked_version"], types.get("vhds", {}).get("acked_version", "")
+
+
+def envoy_convergence(
+    cp: ControlPlaneProcess, shape: MeshShape, ids: set[str], change: Callable[[], tuple[float, float]] | None = None
+) -> dict[str, float]:
+    """Apply the change (svc-0010's VirtualService unless given), then poll /debug/syncz until every
+    Envoy has ACKed new routes (route configurations or virtual hosts at a new version, everything else
+    SYNCED); per Envoy, when that was first seen."""
+    before = {s["proxy_id"]: routes_acked(s) for s in cp.api.get("/debug/syncz")}
     metrics_before = hub_figures(cp)
-    started, answered = change_virtual_service(cp, shape)
+    started, answered = change() if change is not None else change_virtual_service(cp, shape)
     seen: dict[str, float] = {}
     deadline = time.monotonic() + CONVERGE_TIMEOUT
     while len(seen) < len(ids):
@@ -554,7 +662,7 @@ def envoy_convergence(cp: ControlPlaneProcess, shape: MeshShape, ids: set[str]) 
             if (
                 s["proxy_id"] in ids
                 and s["proxy_id"] not in seen
-                and s["types"]["rds"]["acked_version"] != rds_before.get(s["proxy_id"])
+                and routes_acked(s) != before.get(s["proxy_id"])
                 and settled(s)
             ):
                 seen[s["proxy_id"]] = now
@@ -640,6 +748,12 @@ def scenarios(args: argparse.Namespace, shape: MeshShape, proxies: list[dict]) -
             (
                 "memory_delta" if delta else "memory_sotw",
                 lambda d, delta=delta: run_memory(args, shape, proxies, d, delta=delta),
+            )
+        )
+        out.append(
+            (
+                "memory_floor_delta" if delta else "memory_floor_sotw",
+                lambda d, delta=delta: run_memory_floor(args, proxies, delta=delta),
             )
         )
     if args.envoys:

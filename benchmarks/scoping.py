@@ -15,7 +15,8 @@ as the sidecar of one synthetic workload, started together. Figures:
 * the first and the second call of every Envoy to ``bench-target`` (a service it was never sent with
   scoping on: the first call waits for its cluster, fetched on demand), through its explicit-proxy
   port, timed by the client (median, p99, max);
-* a mesh-wide change (a VirtualService every sidecar routes with) until every Envoy ACKed it;
+* a route change every sidecar holds (a VirtualService for bench-target, which every Envoy called)
+  until every Envoy ACKed it;
 * the control plane's resident memory.
 
 Fewer Envoys run unscoped by default: each holds every cluster (~150 MB), and the figures compared
@@ -72,6 +73,23 @@ spec: {{address: {net}.{TARGET_ADDRESS}, labels: {{app: bench-target}}, ports: {
 """
 
 
+def change_target_routes(cp: ControlPlaneProcess) -> tuple[float, float]:
+    """A route change for bench-target, which every Envoy called: a VirtualService with a timeout
+    (monotonic time of the apply call, of its answer)."""
+    started = time.monotonic()
+    result = cp.apply("""apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bench-target, namespace: mesh-0}
+spec:
+  hosts: [bench-target]
+  http: [{route: [{destination: {host: bench-target}}], timeout: 7s}]
+""")
+    answered = time.monotonic()
+    if not result.get("created"):
+        raise RuntimeError(f"the VirtualService was not created: {result}")
+    return started, answered
+
+
 def private_mb(pid: int) -> float:
     """Resident memory of the process's own (anonymous) pages: what one more Envoy costs. Its RSS also
     counts the Envoy binary's file pages (~50 MB here), which every Envoy on the host shares."""
@@ -121,7 +139,7 @@ def run_mode(args: argparse.Namespace, shape: MeshShape, workdir: Path, *, scopi
             cp_synced = usage(cp.pid).rss_mb
             first, second = calls(agents)
             held_after = [clusters_held(a) for a in agents]
-            figures = envoy_convergence(cp, shape, {a.proxy_id for a in agents})
+            figures = envoy_convergence(cp, shape, {a.proxy_id for a in agents}, lambda: change_target_routes(cp))
         finally:
             for agent in agents:  # all at once: each drains for half a second
                 agent.signal(signal.SIGTERM)

@@ -23,6 +23,16 @@ FILLERS = 40  # services nobody calls: a sidecar without scoping holds all their
 CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
 SERVER = "server.default.svc.cluster.local"
 GUARDED = "guarded.default.svc.cluster.local"
+VIRTUAL_SERVICE = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: server, namespace: default}
+spec:
+  hosts: [server]
+  http:
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: server, subset: v2}}]
+  - route: [{destination: {host: server, subset: v1}}]
+"""
 
 
 def mesh_yaml(net: str) -> str:
@@ -62,16 +72,7 @@ spec:
   host: server
   subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
 """,
-        """apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: server, namespace: default}
-spec:
-  hosts: [server]
-  http:
-  - match: [{headers: {end-user: {exact: jason}}}]
-    route: [{destination: {host: server, subset: v2}}]
-  - route: [{destination: {host: server, subset: v1}}]
-""",
+        VIRTUAL_SERVICE,
         """apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: guarded, namespace: default}
@@ -112,6 +113,13 @@ class Mesh:
         dump = self.agents[client].admin.get("/config_dump?resource=dynamic_active_clusters")
         return {c["cluster"]["name"] for c in dump["configs"]}
 
+    def virtual_hosts(self, client: str = "client") -> dict[str, list[str]]:
+        """The virtual hosts of the Envoy's outbound route configuration, and their domains."""
+        dump = self.agents[client].admin.get("/config_dump?resource=dynamic_route_configs")
+        (config,) = [c["route_config"] for c in dump["configs"] if c["route_config"]["name"] == "explicit_proxy"]
+        assert config["vhds"]["config_source"] == {"ads": {}, "resource_api_version": "V3"}
+        return {v["name"]: v["domains"] for v in config.get("virtual_hosts", [])}
+
     def outbound_hosts(self, client: str = "client") -> set[str]:
         return {name.split("|")[3] for name in self.clusters(client) if name.startswith("outbound|")}
 
@@ -126,7 +134,7 @@ def mesh(tmp_path_factory) -> Iterator[Mesh]:
         cp = stack.enter_context(ControlPlaneProcess(work / "mesh", work, extra_args=["--xds-auth", "strict"]))
         backends = {
             name: stack.enter_context(HttpBackend(name, f"{net}.1{ip}", PORT))
-            for name, ip in (("server-v1", 21), ("server-v2", 23), ("guarded-v1", 24))
+            for name, ip in (("server-v1", 21), ("server-v2", 23), ("guarded-v1", 24), ("outside", 50))
         }
         agents = {
             name: agent(cp, work, name=name, app=name.split("-")[0], ip=f"{net}.{ip}", app_address=f"{net}.1{ip}", **kw)
@@ -143,6 +151,7 @@ def mesh(tmp_path_factory) -> Iterator[Mesh]:
 def test_before_any_call_the_client_holds_only_what_its_workload_uses(mesh: Mesh) -> None:
     assert mesh.outbound_hosts() == set()
     assert not any(SERVER in name or "filler" in name for name in mesh.clusters())
+    assert set(mesh.virtual_hosts()) == {"explicit_proxy/plait-vhds-ready"}  # no service's, no catch-all
     shown = run_plait(
         "proxy-config",
         "scope",
@@ -167,6 +176,7 @@ def test_before_any_call_the_client_holds_only_what_its_workload_uses(mesh: Mesh
     )
     assert scope["scoped"] and scope["stream"] == "delta" and scope["hosts"] == {}
     assert scope["clusters"]["generated"] - scope["clusters"]["sent"] >= FILLERS + 3  # server (3), guarded, fillers
+    assert scope["virtual_hosts"] == {"sent": 0, "generated": FILLERS + 2}  # fillers, server, guarded
 
 
 def test_the_first_call_to_an_unseen_service_succeeds_over_mtls_and_follows_its_route_rule(mesh: Mesh) -> None:
@@ -176,6 +186,9 @@ def test_the_first_call_to_an_unseen_service_succeeds_over_mtls_and_follows_its_
     assert f"URI={CLIENT_ID}" in received.headers["x-forwarded-client-cert"]  # the server's sidecar saw mTLS
     assert mesh.call("server").backend == "server-v1"
     assert SERVER in mesh.outbound_hosts()
+    held = mesh.virtual_hosts()  # fetched on demand (VHDS): the service's own virtual host, nothing else
+    assert {f"server:{PORT}", f"{SERVER}:{PORT}"} <= set(held[f"explicit_proxy/{SERVER}:{PORT}"])
+    assert not any("filler" in name for name in held)
     assert not any("filler" in name for name in mesh.clusters())
     why = mesh.cp.api.get(f"/debug/scopez?proxy={mesh.agents['client'].proxy_id}")["hosts"]
     assert why == {SERVER: "called it"}
@@ -186,6 +199,29 @@ def test_a_denied_service_stays_denied_on_the_first_call_and_after(mesh: Mesh) -
     assert [mesh.call("guarded").status for _ in range(2)] == [403, 403]
     assert len(mesh.backends["guarded-v1"].requests) == before
     assert GUARDED in mesh.outbound_hosts()  # it was fetched; the server's sidecar said no
+
+
+def test_a_route_change_reaches_the_virtual_host_the_client_holds(mesh: Mesh) -> None:
+    assert mesh.call("server").backend == "server-v1"
+    changed = VIRTUAL_SERVICE.replace("subset: v1}}]", "subset: v2}}]")
+    mesh.cp.apply(changed)
+    try:
+        wait_until(lambda: mesh.call("server").backend == "server-v2", 10, "the new default route")
+    finally:
+        mesh.cp.apply(VIRTUAL_SERVICE)
+    wait_until(lambda: mesh.call("server").backend == "server-v1", 10, "the route restored")
+
+
+def test_a_host_outside_the_mesh_passes_through_and_is_held_for_itself_alone(mesh: Mesh) -> None:
+    outside = mesh.backends["outside"]
+    response = http_request(
+        mesh.agents["client"].ip, EXPLICIT_PROXY_PORT, f"http://{outside.address}:{PORT}/", timeout=15
+    )
+    assert response.status == 200 and response.backend == "outside"
+    held = mesh.virtual_hosts()
+    name = f"explicit_proxy/{outside.address}:{PORT}"
+    assert held[name] == [f"{outside.address}:{PORT}"]  # Istio's allow_any, for that host only
+    assert not any(domains == ["*"] for domains in held.values())
 
 
 def test_a_replica_of_the_workload_is_sent_what_the_workload_learned(mesh: Mesh, tmp_path) -> None:

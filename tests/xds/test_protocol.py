@@ -3,12 +3,15 @@ ACK / NACK / stale nonces, subscriptions, removals, reconnects, and the encoded 
 
 from __future__ import annotations
 
+import dataclasses
+
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from plait.xds.protocol import NACKED, NOT_SENT, STALE, SYNCED, Ack, AdsStream, Nack, Response
-from plait.xds.publish import Published, Publisher
+from plait.xds.publish import Published, Publisher, ResourceMap
 from plait.xds.resources import TYPE_URLS, ResourceSet
+from plait.xds.scope import SplitRoute
 
 PUBLISHER = Publisher()
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -414,3 +417,46 @@ def test_alike_streams_share_one_payload_per_push():
     pushes = [stream.update(after) for stream in streams]
     assert all(p[0].payload is pushes[0][0].payload for p in pushes)
     assert all(p[0].encode() is pushes[0][0].encode() for p in pushes)  # serialised once for all
+
+
+def test_delta_virtual_hosts_are_wildcard_and_asked_hosts_are_answered_with_aliases():
+    """VHDS: Envoy subscribes without names, then asks ``<route config>/<Host header>`` when no virtual
+    host it holds serves a request; each ask is answered by the virtual host that serves it, the ask as
+    its alias, or by the ask alone (no resource: Envoy answers 404)."""
+    vhost = (
+        SplitRoute(
+            PUBLISHER.convert(
+                "rds",
+                "r",
+                route("r", "a")
+                | {
+                    "virtual_hosts": [
+                        {
+                            "name": "svc:80",
+                            "domains": ["svc", "svc:80"],
+                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "a"}}],
+                        }
+                    ]
+                },
+            )
+        )
+        .entries["r/svc:80"]
+        .resource
+    )
+    base = published()
+    view = dataclasses.replace(
+        base,
+        types={**base.types, "vhds": ResourceMap(TYPE_URLS["vhds"], {vhost.name: vhost})},
+        aliases={"r/svc": vhost.name},
+    )
+    stream = AdsStream(delta=True, published=view)
+    first = only(stream.receive(delta("vhds")))
+    assert first.names == ["r/svc:80"] and stream.on_demand(delta("vhds", subscribe=["r/svc"])) == {"r/svc"}
+    stream.receive(delta("vhds", nonce=first.nonce))
+    answer = only(stream.receive(delta("vhds", subscribe=["r/svc", "r/nowhere"]))).to_proto()
+    assert [(r.name, list(r.aliases), r.HasField("resource")) for r in answer.resources] == [
+        ("r/svc:80", ["r/svc"], True),
+        ("r/nowhere", ["r/nowhere"], False),
+    ]
+    assert stream.status("vhds").state == STALE and "vhds" in stream.statuses()
+    assert "vhds" not in AdsStream(delta=True, published=view).statuses()  # shown once subscribed

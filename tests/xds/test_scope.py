@@ -8,7 +8,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import json_format
 
 from plait.api import load_paths, load_text
 from plait.model import MeshSnapshot, Proxy
@@ -17,7 +19,16 @@ from plait.xds.generator import generate
 from plait.xds.hub import XdsHub
 from plait.xds.publish import TYPES, Publisher
 from plait.xds.resources import TYPE_URLS
-from plait.xds.scope import CALLED, SERVES, pinned_clusters, scoped_host
+from plait.xds.scope import (
+    CALLED,
+    SERVES,
+    VHDS_READY,
+    SplitRoute,
+    on_demand_route_configs,
+    pinned_clusters,
+    scoped_host,
+)
+from plait.xds.simulate.routes import find_virtual_host
 
 BOOKINFO = Path(__file__).parents[2] / "src/plait/demo/bookinfo"
 TESTDATA = Path(__file__).parent / "testdata"
@@ -82,6 +93,29 @@ class DeltaEnvoy:
 
     def pushes(self) -> list[str]:
         return self._take(self.conn.take_pushes())
+
+    def ask_host(self, *names: str) -> dict[str, str | None]:
+        """Envoy's on-demand VHDS request (``<route config>/<Host header>``): what answers each name
+        (the resource whose alias it is), None when the answer says nothing serves it."""
+        answers: dict[str, str | None] = {}
+        requests = [discovery_pb2.DeltaDiscoveryRequest(type_url=TYPE_URLS["vhds"], resource_names_subscribe=names)]
+        if self.conn.stream.status("vhds").state == "NOT SENT":  # Envoy subscribes (wildcard) with its first RDS
+            requests.insert(0, discovery_pb2.DeltaDiscoveryRequest(type_url=TYPE_URLS["vhds"]))
+        for response in (r for request in requests for r in self.conn.receive(request)):
+            if response.type == "vhds":
+                for resource in response.to_proto().resources:
+                    answers.update(
+                        {alias: resource.name if resource.HasField("resource") else None for alias in resource.aliases}
+                    )
+            self.conn.receive(
+                discovery_pb2.DeltaDiscoveryRequest(type_url=TYPE_URLS[response.type], response_nonce=response.nonce)
+            )
+        return answers
+
+    def virtual_hosts(self) -> dict[str, route_components_pb2.VirtualHost]:
+        return {
+            n: route_components_pb2.VirtualHost.FromString(r.value) for n, r in self.conn.stream.held("vhds").items()
+        }
 
     def outbound_hosts(self) -> set[str]:
         return {h for n in self.conn.stream.held("cds") if (h := scoped_host(n))}
@@ -214,10 +248,18 @@ def _cases():
         yield path.name, MeshSnapshot(load_text(path.read_text(), path.name).raise_for_errors())
 
 
-def test_a_scoped_view_differs_from_the_full_generation_only_by_clusters_a_route_can_fetch():
-    """Every testdata workload: listeners, routes, endpoints and secrets are the full generation's;
-    a left-out cluster is a mesh service's, named by no listener except through routes or on-demand
-    TCP proxies; and asking for every left-out cluster gives back exactly the full set."""
+def _request_host(domain: str) -> str:
+    """A Host header a domain matches (a wildcard's own text is not one)."""
+    return "x" + domain[1:] if domain.startswith("*") else domain[:-1] + "x" if domain.endswith("*") else domain
+
+
+def test_a_scoped_view_differs_from_the_full_generation_only_by_what_envoy_can_fetch():
+    """Every testdata workload: listeners, endpoints and secrets are the full generation's; a left-out
+    cluster is a mesh service's, named by no listener except through routes or on-demand TCP proxies;
+    a route configuration whose listener can fetch virtual hosts (the on_demand filter) is sent
+    without them (VHDS), the others whole. Asking for every left-out cluster, and for a host of every
+    virtual host, gives back exactly the full set: each answer is the virtual host Envoy's own domain
+    search picks in the full configuration."""
     publisher = Publisher()
     for case, snapshot in _cases():
         hub = XdsHub(snapshot, scoping=True)
@@ -229,9 +271,34 @@ def test_a_scoped_view_differs_from_the_full_generation_only_by_clusters_a_route
                 envoy = DeltaEnvoy(hub, proxy)
                 view = envoy.conn.stream.published
                 for short in TYPES:
-                    if short != "cds":
+                    if short not in ("cds", "rds", "vhds"):
                         assert view.types[short].version == full.types[short].version, (case, proxy.id, short)
-                left_out = set(full.types["cds"].resources) - set(view.types["cds"].resources)
+                fetched = on_demand_route_configs(resources.listeners.values())
+                for name, config in resources.routes.items():
+                    sent = json_format.MessageToDict(
+                        route_pb2.RouteConfiguration.FromString(view.types["rds"].resources[name].value),
+                        preserving_proto_field_name=True,
+                    )
+                    if name not in fetched:
+                        assert view.types["rds"].resources[name].version == full.types["rds"].resources[name].version, (
+                            name
+                        )
+                        continue
+                    assert "virtual_hosts" not in sent and sent["vhds"]["config_source"]["ads"] == {}, (case, name)
+                    for vhost in config["virtual_hosts"]:
+                        for domain in vhost["domains"]:
+                            if domain == "*":
+                                continue
+                            asked = f"{name}/{_request_host(domain)}"
+                            picked, _ = find_virtual_host(config, _request_host(domain))
+                            answer = envoy.ask_host(asked)[asked]
+                            assert answer == f"{name}/{picked['name']}", (case, proxy.id, asked)
+                    held = {
+                        n.partition("/")[2]: v for n, v in envoy.virtual_hosts().items() if n.startswith(f"{name}/")
+                    }
+                    expected = {v["name"] for v in config["virtual_hosts"] if "*" not in v["domains"]}
+                    assert set(held) - {VHDS_READY} == expected, (case, proxy.id, name)
+                left_out = set(full.types["cds"].resources) - set(envoy.conn.stream.held("cds"))
                 pinned = pinned_clusters(resources.listeners.values(), resources.routes.values(), resources.clusters)
                 assert all(scoped_host(n) and n not in pinned for n in left_out), (case, proxy.id)
                 if left_out:
@@ -256,3 +323,86 @@ spec:
     envoy.pushes()
     assert cluster("ratings.default.svc.cluster.local", "v1") in envoy.conn.stream.held("cds")
     assert cluster(REVIEWS, "v1") not in envoy.conn.stream.held("cds")  # the route's own: on demand
+
+
+def _split(*vhosts: dict) -> SplitRoute:
+    config = {"name": "80", "virtual_hosts": list(vhosts), "validate_clusters": False}
+    return SplitRoute(Publisher().convert("rds", "80", config))
+
+
+def _vhost(name: str, *domains: str) -> dict:
+    return {
+        "name": name,
+        "domains": list(domains),
+        "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}],
+    }
+
+
+def test_a_split_route_configuration_answers_as_envoy_picks_and_never_sends_the_catch_all_whole():
+    split = _split(
+        _vhost("a.default.svc.cluster.local:80", "a", "a.default.svc.cluster.local"),
+        _vhost("*.example.com:80", "*.example.com"),
+        _vhost("api.example.com:80", "api.example.com"),
+        {**_vhost("block_all", "*"), "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 502}}]},
+    )
+    shell = route_pb2.RouteConfiguration.FromString(split.shell.value)
+    assert not shell.virtual_hosts and shell.vhds.config_source.HasField("ads")
+    assert split.resolve("a").resource.name == "80/a.default.svc.cluster.local:80"
+    assert split.resolve("a").host == "a.default.svc.cluster.local"
+    assert split.resolve("api.example.com").resource.name == "80/api.example.com:80"  # exact before wildcard
+    assert split.resolve("www.example.com").resource.name == "80/*.example.com:80"
+    assert split.resolve("a.default.svc.cluster.local:80").resource.name == "80/a.default.svc.cluster.local:80"
+    # a host nothing but the catch-all serves: a copy of it (REGISTRY_ONLY's 502) for that host alone
+    other = split.resolve("elsewhere.org")
+    copy = route_components_pb2.VirtualHost.FromString(other.resource.value)
+    assert other.resource.name == copy.name == "80/elsewhere.org" and list(copy.domains) == ["elsewhere.org"]
+    assert copy.routes[0].direct_response.status == 502 and other.host is None
+    assert split.resolve(VHDS_READY) is None  # the marker every scoped configuration has answers nothing
+    # holding the wildcard brings the exact host it would otherwise take the requests of
+    assert set(split.held(["*.example.com"])) == {"80/*.example.com:80", "80/api.example.com:80", f"80/{VHDS_READY}"}
+    assert set(split.held([])) == {f"80/{VHDS_READY}"}
+
+
+def test_without_a_catch_all_an_unknown_host_resolves_to_nothing():
+    split = _split(_vhost("a.default.svc.cluster.local:80", "a"))
+    assert split.resolve("nowhere") is None
+
+
+def test_a_virtual_host_asked_for_by_its_host_brings_the_services_clusters_first_and_answers_with_an_alias():
+    snapshot = bookinfo()
+    hub = XdsHub(snapshot, scoping=True)
+    envoy = DeltaEnvoy(hub, workload(snapshot, "productpage-v1"))
+    assert cluster(REVIEWS, "v1") not in envoy.conn.stream.held("cds")
+    request = discovery_pb2.DeltaDiscoveryRequest(type_url=TYPE_URLS["vhds"])
+    envoy.conn.receive(request)
+    responses = envoy.conn.receive(
+        discovery_pb2.DeltaDiscoveryRequest(type_url=TYPE_URLS["vhds"], resource_names_subscribe=["9080/reviews:9080"])
+    )
+    assert [r.type for r in responses] == ["cds", "vhds", "vhds"]  # clusters first, then the virtual host
+    answer = responses[-1].to_proto().resources
+    assert [(r.name, list(r.aliases)) for r in answer] == [(f"9080/{REVIEWS}:9080", ["9080/reviews:9080"])]
+    assert cluster(REVIEWS, "v1") in {r.name for r in responses[0].payload.resources}
+    assert hub.scope_of(envoy.proxy_id)["hosts"][REVIEWS] == CALLED
+    passthrough = (
+        envoy.conn.receive(
+            discovery_pb2.DeltaDiscoveryRequest(
+                type_url=TYPE_URLS["vhds"], resource_names_subscribe=["9080/elsewhere:9080"]
+            )
+        )[-1]
+        .to_proto()
+        .resources
+    )
+    copy = route_components_pb2.VirtualHost.FromString(passthrough[0].resource.value)
+    assert copy.name == "9080/elsewhere:9080" and copy.routes[0].route.cluster == "PassthroughCluster"  # ALLOW_ANY
+    unknown = (
+        envoy.conn.receive(
+            discovery_pb2.DeltaDiscoveryRequest(
+                type_url=TYPE_URLS["vhds"], resource_names_subscribe=["no-such-config/x"]
+            )
+        )[-1]
+        .to_proto()
+        .resources
+    )
+    assert [(r.name, list(r.aliases), r.HasField("resource")) for r in unknown] == [
+        ("no-such-config/x", ["no-such-config/x"], False)  # Envoy then answers 404
+    ]

@@ -136,10 +136,10 @@ def control_plane(
         bool,
         typer.Option(
             envvar="PLAIT_SCOPING",
-            help="Automatic scoping: a sidecar on delta xDS (the agent's default) is sent only the clusters of "
-            "the services its workload serves, calls, is allowed to call (AuthorizationPolicy) or declares in a "
-            "Sidecar; a first call to another service fetches its cluster on demand (one round trip to the "
-            "control plane). Routes, listeners and policies stay whole. --no-scoping (or PLAIT_SCOPING=false, "
+            help="Automatic scoping: a sidecar on delta xDS (the agent's default) is sent only the clusters and "
+            "virtual hosts of the services its workload serves, calls, is allowed to call (AuthorizationPolicy) or "
+            "declares in a Sidecar; a first call to another service fetches them on demand (VHDS and ODCDS: one "
+            "round trip to the control plane). Listeners and policies stay whole. --no-scoping (or PLAIT_SCOPING=false, "
             "e.g. in components.pilot.k8s.env) sends every proxy every cluster, as Istio without Sidecar resources.",
         ),
     ] = True,

@@ -346,9 +346,10 @@ def proxy_config(
     [bold]secret[/] decodes its certificates (default: the workload's SPIFFE identity; ROOTCA: the
     trust bundle): identity, serial, validity and the root each chain leads to.
 
-    [bold]scope[/] asks the control plane instead: which mesh services' clusters the sidecar is sent
-    (automatic scoping) and why: it serves them, called them, its Sidecar declares them or an
-    AuthorizationPolicy lets it call them. A first call to any other service fetches its cluster on demand.
+    [bold]scope[/] asks the control plane instead: which mesh services' clusters and routes (virtual
+    hosts) the sidecar is sent (automatic scoping) and why: it serves them, called them, its Sidecar
+    declares them or an AuthorizationPolicy lets it call them. A first call to any other service
+    fetches its virtual host and clusters on demand.
 
     Example: [bold]plait proxy-config route reviews-v1-0.default[/]   [bold]plait proxy-config secret reviews-v1-0[/]
     """
@@ -408,9 +409,11 @@ def _show_scope(scope: dict, output: str) -> None:
         )
         out.print(f"not scoped ({why}): sent all {clusters['generated']} clusters", markup=False)
         return
+    vhosts = scope.get("virtual_hosts") or {}
+    routes = f", {vhosts['sent']} of {vhosts['generated']} virtual hosts" if vhosts.get("generated") else ""
     out.print(
-        f"scoped: sent {clusters['sent']} of {clusters['generated']} clusters; a first call to another mesh "
-        "service fetches its cluster on demand",
+        f"scoped: sent {clusters['sent']} of {clusters['generated']} clusters{routes}; a first call to another "
+        "mesh service fetches its routes and clusters on demand",
         markup=False,
     )
     _table(("SERVICE FQDN", "WHY"), sorted(scope["hosts"].items()))

@@ -8,6 +8,8 @@ and metadata, as the agent's bootstrap does). Flows out: what the client holds
 Like Envoy: the node goes on the first request only; CDS and LDS are wildcard; the
 EDS names the clusters need and the RDS names the listeners need are requested as
 they arrive (before the ACK of the response that made them needed, as Envoy does);
+a route configuration with ``vhds`` (a scoped sidecar's, delta only) subscribes to its
+virtual hosts (VHDS, wildcard, once);
 every response is ACKed with its nonce and version, or NACKed when `reject` returns
 a message for one of its resources (then nothing in it is applied). State of the
 world or delta (`delta=True`); `reconnect()` opens a new stream and, like Envoy,
@@ -32,7 +34,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2, struct_pb2
@@ -48,6 +50,7 @@ MESSAGES = {
     "eds": endpoint_pb2.ClusterLoadAssignment,
     "lds": listener_pb2.Listener,
     "rds": route_pb2.RouteConfiguration,
+    "vhds": route_components_pb2.VirtualHost,
 }
 HCM_TYPE = "type.googleapis.com/" + hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 DEPENDENT = {"cds": "eds", "lds": "rds"}  # names in the first type's resources are subscribed in the second
@@ -85,9 +88,10 @@ def make_node(proxy: Proxy, *, envoy_version: tuple[int, int, int] = (1, 40, 0))
 
 
 def describe(short: str, value: bytes) -> tuple[str, tuple[str, ...]]:
-    """(name, names it needs): a cluster's EDS name, a listener's RDS names. Cached by content
-    (route configurations, which can be large, in a small cache of their own)."""
-    return (_route_name(value), ()) if short == "rds" else _describe(short, value)
+    """(name, names it needs): a cluster's EDS name, a listener's RDS names, ("vhds",) for a route
+    configuration whose virtual hosts come apart. Cached by content (route configurations, which can
+    be large, in a small cache of their own)."""
+    return _route_name(value) if short == "rds" else _describe(short, value)
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -102,12 +106,15 @@ def _describe(short: str, value: bytes) -> tuple[str, tuple[str, ...]]:
         return message.name, needs
     if short == "lds":
         return message.name, tuple(sorted(_route_names(message)))
+    if short == "vhds":
+        return message.name, ()
     return message.cluster_name, ()
 
 
 @functools.lru_cache(maxsize=64)
-def _route_name(value: bytes) -> str:
-    return route_pb2.RouteConfiguration.FromString(value).name
+def _route_name(value: bytes) -> tuple[str, tuple[str, ...]]:
+    config = route_pb2.RouteConfiguration.FromString(value)
+    return config.name, ("vhds",) if config.HasField("vhds") else ()
 
 
 def _route_names(listener: listener_pb2.Listener) -> set[str]:
@@ -173,6 +180,7 @@ class AdsClient:
         self._needs: dict[str, dict[str, tuple[str, ...]]] = {"cds": {}, "lds": {}}
         self._subscribed: dict[str, frozenset[str]] = {"eds": frozenset(), "rds": frozenset()}
         self._nonces: dict[str, str] = {}
+        self._vhds = False  # subscribed to virtual hosts
         self._own_channel = channel is None
         self._channel = channel
         self._call = None
@@ -189,8 +197,8 @@ class AdsClient:
         self._call = self._channel.stream_stream(SERVICE + method, request_serializer=request.SerializeToString)()
         self._nonces = {}
         first = True
-        for short in ("cds", "lds", "eds", "rds"):
-            if short in ("cds", "lds") or self._subscribed[short]:
+        for short in ("cds", "lds", "eds", "rds", "vhds"):
+            if short in ("cds", "lds") or self._subscribed.get(short) or (short == "vhds" and self._vhds):
                 await self._call.write(self._initial_request(short, with_node=first))
                 first = False
         self._task = asyncio.create_task(self._read(self._call))
@@ -230,6 +238,7 @@ class AdsClient:
             "cds" in self.versions
             and "lds" in self.versions
             and all(self._subscribed[s] <= self.held[s].keys() for s in ("eds", "rds"))
+            and (not self._vhds or "vhds" in self.versions)
         )
 
     async def wait_for(self, condition: Callable[["AdsClient"], bool], timeout: float = 10.0) -> None:
@@ -249,7 +258,7 @@ class AdsClient:
     def _initial_request(self, short: str, with_node: bool):
         node = self.node if with_node else None
         if self.delta:
-            names = [] if short in ("cds", "lds") else sorted(self._subscribed[short])
+            names = sorted(self._subscribed[short]) if short in self._subscribed else []
             return discovery_pb2.DeltaDiscoveryRequest(
                 node=node,
                 type_url=TYPE_URLS[short],
@@ -329,6 +338,9 @@ class AdsClient:
             self.versions[short] = response.version
             if short in DEPENDENT:
                 await self._resubscribe(short)
+            if short == "rds" and not self._vhds and any(needs for (_, needs), _, _ in described):
+                self._vhds = True
+                await self._call.write(self._initial_request("vhds", with_node=False))
         else:
             self.nacks.append((short, error))
         await self._answer(short, error)

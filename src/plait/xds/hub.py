@@ -21,11 +21,13 @@ resources (full, routes-only, or the shared part and the listeners) before publi
 nothing else on the path.
 
 Automatic scoping (`scoping=True`, the control plane's default): a sidecar on a delta stream is sent
-its group's resources restricted to its workload's scope (`plait.xds.scope`: the clusters of the
-services it serves, called, may call or declares); the views of one group's workloads share
-everything but the CDS map. When its Envoy asks for a missing cluster by name (ODCDS), or a new
-stream says what it holds, the hosts join that workload's scope (kept per namespace, service account
-and app label, so replicas share them) and every proxy of the workload is sent them.
+its group's resources restricted to its workload's scope (`plait.xds.scope`: the clusters and
+virtual hosts of the services it serves, called, may call or declares); the views of one group's
+workloads share everything but the CDS and VHDS maps. When its Envoy asks for a missing cluster by
+name (ODCDS) or for the virtual host of a request's host (VHDS), or a new stream says what it holds,
+the hosts join that workload's scope (kept per namespace, service account and app label, so replicas
+share them) and every proxy of the workload is sent them; the asking proxy gets the host's clusters
+before the virtual host, so its waiting request finds them (one round trip).
 
 Updates: `change_impact` says which groups a change can reach; those are regenerated
 (only their route configurations when only HTTP routes of VirtualServices changed),
@@ -73,6 +75,7 @@ from plait.xds.generator import (
 from plait.xds.protocol import STALE, SYNCED, Ack, AdsStream, Nack, Response, TypeStatus
 from plait.xds.publish import (
     EVERYTHING,
+    SHORT_NAMES,
     TYPES,
     Impact,
     Published,
@@ -82,7 +85,16 @@ from plait.xds.publish import (
     with_own_listeners,
 )
 from plait.xds.resources import ResourceSet
-from plait.xds.scope import ClusterIndex, Scope, mirror_clusters, pinned_clusters, scope_for, scoped_host
+from plait.xds.scope import (
+    VHDS_READY,
+    Scope,
+    ScopeIndex,
+    mirror_clusters,
+    on_demand_route_configs,
+    pinned_clusters,
+    scope_for,
+    scoped_host,
+)
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +245,7 @@ class _Group:
         "refused",
         "route_bound",
         "pinned",
+        "vhds_routes",
         "index",
         "views",
     )
@@ -246,7 +259,8 @@ class _Group:
         self.refused: tuple[str, ...] = ()  # inconsistencies of the newest generation, which was not pushed
         self.route_bound = False  # some clusters exist only because routes name them: routes alone can change CDS
         self.pinned: frozenset[str] = frozenset()  # clusters its listeners name: never scoped out
-        self.index: ClusterIndex | None = None  # of `published`, for scoped views
+        self.vhds_routes: frozenset[str] = frozenset()  # route configurations its listeners may fetch hosts of
+        self.index: ScopeIndex | None = None  # of `published`, for scoped views
         # per workload (`XdsHub._scope_key`): (scope epoch, the `published` it restricts, scope, view)
         self.views: dict[tuple, tuple[int, Published, Scope, Published]] = {}
 
@@ -289,9 +303,13 @@ class ProxyConnection:
 
     def receive(self, request) -> list[Response]:
         asked = self.stream.on_demand(request)
-        if asked:
-            self.hub._learn(self, asked)
-        return self.hub._after(self, self.stream.receive(request))
+        pushed: list[Response] = []
+        short = SHORT_NAMES.get(request.type_url, "")
+        if asked and self.hub._learn(self, short, asked) and short == "vhds":
+            # A virtual host fetched on demand brings its service's clusters: they go first, so
+            # that the request Envoy holds finds them (one round trip, not a second one for ODCDS).
+            pushed = self.stream.update(self._next)
+        return self.hub._after(self, pushed + self.stream.receive(request))
 
     def take_pushes(self) -> list[Response]:
         """Responses for resources that changed since the last call (after a wake-up)."""
@@ -332,6 +350,7 @@ class XdsHub:
         self.snapshot = snapshot
         self.scoping = scoping
         self._called: dict[tuple, set[str]] = {}  # per workload (`_scope_key`): hosts it asked for on demand
+        self._asked: dict[tuple, set[str]] = {}  # per workload: virtual hosts (``<route config>/<host>``) asked for
         self._scope_epoch = 0  # bumped when a change may move what is in some scope (views are then redone)
         self._mutate = mutate
         self._clock = clock
@@ -541,23 +560,26 @@ class XdsHub:
             self._refuse(group, previous)
             return
         if full is not None:
-            group.route_names, group.route_bound, group.pinned = full
+            group.route_names, group.route_bound, group.pinned, group.vhds_routes = full
         if not _same(group.published, published):
             group.published = published
 
     def _full_generation(
         self, proxy: Proxy, previous: Published | None
-    ) -> tuple[Published, tuple[frozenset, bool, frozenset]]:
+    ) -> tuple[Published, tuple[frozenset, bool, frozenset, frozenset]]:
         """Everything generated and published; with the route names, whether some clusters exist only
-        because routes name them, and the clusters never scoped out (see `_Group`)."""
+        because routes name them, the clusters never scoped out and the route configurations whose
+        virtual hosts may be fetched on demand (see `_Group`)."""
         if _explicit(proxy):
             return self._explicit_generation(proxy, previous)
         resources = generate(self.snapshot, proxy)
         if self._mutate:
             resources = self._mutate(proxy, resources)
         published = self._publisher.publish(resources, previous)
-        pinned = pinned_clusters(resources.listeners.values(), resources.routes.values(), resources.clusters)
-        return published, (frozenset(resources.routes), has_unknown_destinations(resources), pinned)
+        listeners = resources.listeners.values()
+        pinned = pinned_clusters(listeners, resources.routes.values(), resources.clusters)
+        fetched = on_demand_route_configs(listeners)
+        return published, (frozenset(resources.routes), has_unknown_destinations(resources), pinned, fetched)
 
     # -------------------------------------------------------------- automatic scoping
 
@@ -569,29 +591,38 @@ class XdsHub:
         if group is None or group.published is None or key is None or not conn.stream.delta:
             return group.published if group is not None else None
         if group.index is None or group.index.published is not group.published:
-            group.index = ClusterIndex(group.published, group.pinned)
+            group.index = ScopeIndex(group.published, group.pinned, group.vhds_routes)
         cached = group.views.get(key)
         if cached is not None and cached[0] == self._scope_epoch and cached[1] is group.published:
             return cached[3]
         scope = scope_for(self.snapshot, conn.proxy, self._called.get(key, ()))
-        view = group.index.restrict(scope)
+        view = group.index.restrict(scope, self._asked.get(key, ()))
         if cached is not None and _same(cached[3], view):
             view = cached[3]
         group.views[key] = (self._scope_epoch, group.published, scope, view)
         return view
 
-    def _learn(self, conn: ProxyConnection, clusters: frozenset[str]) -> None:
-        """A proxy asked for clusters by name (a first call, or what it held before it reconnected):
-        their hosts join its workload's scope, and every proxy of that workload is sent them."""
+    def _learn(self, conn: ProxyConnection, short: str, names: frozenset[str]) -> bool:
+        """A proxy asked for clusters or virtual hosts (``<route config>/<host>``) by name (a first
+        call, or what it held before it reconnected): their hosts join its workload's scope, every
+        proxy of that workload is sent them; True when that changed what the proxy is sent."""
         group, key = conn.group, self._scope_key(conn.proxy)
         if key is None or group is None or group.published is None or not conn.stream.delta:
-            return
+            return False
         scope = group.views[key][2] if key in group.views else Scope({})
-        known = group.published.types["cds"].resources
-        hosts = {h for name in clusters if name in known and (h := scoped_host(name)) and h not in scope}
-        if not hosts:
-            return
+        asked: set[str] = set()
+        if short == "vhds":
+            self._served(conn)  # the group's index is current
+            resolved = {name: group.index.resolve(name) for name in names}
+            asked = {n for n, entry in resolved.items() if entry is not None} - self._asked.get(key, set())
+            hosts = {e.host for e in resolved.values() if e is not None and e.host and e.host not in scope}
+        else:
+            known = group.published.types["cds"].resources
+            hosts = {h for name in names if name in known and (h := scoped_host(name)) and h not in scope}
+        if not hosts and not asked:
+            return False
         self._called.setdefault(key, set()).update(hosts)
+        self._asked.setdefault(key, set()).update(asked)
         for other in self._groups.values():
             other.views.pop(key, None)
         record = UpdateRecord(started=self._clock())
@@ -605,10 +636,12 @@ class XdsHub:
                 member._assign(served, record)
         if not record.waiting:
             record.finished = self._clock()
+        return True
 
     def scope_of(self, proxy_id: str) -> dict | None:
-        """What the newest stream of that proxy is sent of its mesh clusters, and why: {"scoped",
-        "stream", "hosts": {host: reason}, "clusters": {"sent", "generated"}}; None if not connected."""
+        """What the newest stream of that proxy is sent of its mesh clusters and virtual hosts, and why:
+        {"scoped", "stream", "hosts": {host: reason}, "clusters": {"sent", "generated"}, "virtual_hosts":
+        {"sent", "generated"} (empty when not scoped)}; None if not connected."""
         streams = [c for c in self._connections.values() if c.proxy_id == proxy_id]
         if not streams:
             return None
@@ -625,11 +658,12 @@ class XdsHub:
                 "sent": len(served.types["cds"]) if served else 0,
                 "generated": len(full.types["cds"]) if full else 0,
             },
+            "virtual_hosts": _virtual_hosts_sent(served, group) if scope is not None else {},
         }
 
     def _explicit_generation(
         self, proxy: Proxy, previous: Published | None
-    ) -> tuple[Published, tuple[frozenset, bool, frozenset]]:
+    ) -> tuple[Published, tuple[frozenset, bool, frozenset, frozenset]]:
         """An explicit-proxy sidecar: its own listeners published over the part it shares."""
         shared = self._shared_part(proxy, previous)
         listeners = explicit_proxy_listeners(self.snapshot, proxy, shared.translated_clusters)
@@ -637,7 +671,7 @@ class XdsHub:
             listeners = self._mutate(proxy, ResourceSet(listeners=listeners)).listeners
         pinned = pinned_clusters(listeners.values(), (), shared.names.clusters) | shared.mirrors
         published = self._publisher.publish_listeners(listeners, shared.published, shared.names, previous)
-        return published, (*shared.full, pinned)
+        return published, (*shared.full, pinned, on_demand_route_configs(listeners.values()))
 
     def _shared_part(self, proxy: Proxy, previous: Published | None) -> _Shared:
         """The shared part for this update: generated by the first explicit-proxy sidecar of its kind
@@ -770,11 +804,22 @@ class XdsHub:
         return self.updates[-1] if self.updates else None
 
 
+def _virtual_hosts_sent(served: Published, group: _Group) -> dict[str, int]:
+    """Of the virtual hosts of the route configurations sent one by one (VHDS), how many a scoped view
+    holds (its `VHDS_READY` markers aside) and how many there are (catch-alls aside: never sent whole)."""
+    routes = group.index.routes.values() if group.index is not None else ()
+    return {
+        "sent": sum(1 for name in served.types["vhds"].resources if not name.endswith(f"/{VHDS_READY}")),
+        "generated": sum(len(split.entries) for split in routes),
+    }
+
+
 def _same(a: Published | None, b: Published) -> bool:
     """Would `b` send nothing new compared with `a`?"""
     return (
         a is not None
         and a.inconsistencies == b.inconsistencies
         and a.errors == b.errors
+        and a.aliases == b.aliases
         and all(a.types[s] is b.types[s] or a.types[s].version == b.types[s].version for s in TYPES)
     )

@@ -5,8 +5,8 @@ proxy's current resources, a `plait.xds.publish.Published` (`update`). Flows out
 `Response`s to send (encoded with `Response.encode()`), `Ack` / `Nack` events, and a
 `TypeStatus` per type (SYNCED, NOT SENT, STALE = sent but not acknowledged, NACKED).
 
-Rules, per type URL (cds, eds, lds, rds, sds; other types are ignored):
-* Subscriptions: CDS and LDS are wildcard when no names are given (or "*"); EDS, RDS
+Rules, per type URL (cds, eds, lds, rds, vhds, sds; other types are ignored):
+* Subscriptions: CDS, LDS and VHDS are wildcard when no names are given (or "*"); EDS, RDS
   and SDS (secrets: the credentials a listener or cluster names) are always named (an
   empty list means nothing is wanted).
 * A request whose nonce is the last one sent ACKs it, or NACKs it when it carries
@@ -22,11 +22,14 @@ Rules, per type URL (cds, eds, lds, rds, sds; other types are ignored):
 * What is sent: SotW sends the full set for wildcard types whenever anything in it
   changed, and only changed resources for named types (Envoy keeps named resources
   it is not sent); delta sends changed resources and `removed_resources`.
-* On demand (delta only, Envoy's ODCDS): names subscribed beside a wildcard subscription are
-  resources the client is missing (a route names a cluster it does not hold). `on_demand` tells
-  the hub first (so it can widen what the proxy is sent); then each name is answered: by the push,
-  by sending the resource again, or in removed_resources when there is no such resource.
-* Pushes go in the order CDS, EDS, LDS, RDS, SDS (make before break). An updated cluster is
+* On demand (delta only, Envoy's ODCDS and VHDS): names subscribed beside a wildcard subscription
+  are resources the client is missing (a route names a cluster it does not hold; no virtual host it
+  holds serves a request's host). `on_demand` tells the hub first (so it can widen what the proxy is
+  sent); then each name is answered: a cluster by the push, by sending it again, or in
+  removed_resources when there is none; a virtual host, asked for as ``<route config>/<host>``, by the
+  one that serves that host (`Published.aliases`) with the asked name as its alias, or by the asked
+  name without a resource when none does (Envoy answers 404).
+* Pushes go in the order CDS, EDS, LDS, RDS, VHDS, SDS (make before break). An updated cluster is
   warming in Envoy until it receives its endpoints again, so the endpoints of every
   cluster a CDS push changes are resent with the EDS push that follows, changed or not.
 
@@ -47,8 +50,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from plait.xds.publish import SHORT_NAMES, TYPES, Published, ResourceMap, VersionedResource, wire_field
 
-WILDCARD_TYPES = frozenset({"cds", "lds"})
-ON_REQUEST_TYPES = frozenset({"sds"})  # reported only on streams that subscribed to them
+WILDCARD_TYPES = frozenset({"cds", "lds", "vhds"})
+ON_REQUEST_TYPES = frozenset({"sds", "vhds"})  # reported only on streams that subscribed to them
 SYNCED, NOT_SENT, STALE, NACKED = "SYNCED", "NOT SENT", "STALE", "NACKED"
 NAME_SETS_KEPT = 4096
 
@@ -87,18 +90,29 @@ class Payload:
     """One response, shared by every stream that sends it: resources, version and a nonce unique in
     the process (so it is serialised once, not once per stream)."""
 
-    __slots__ = ("type_url", "version", "resources", "removed", "delta", "nonce", "_encoded")
+    __slots__ = ("type_url", "version", "resources", "removed", "delta", "aliases", "unresolved", "nonce", "_encoded")
 
-    def __init__(self, current: ResourceMap, resources: list[VersionedResource], removed: list[str], delta: bool):
+    def __init__(
+        self,
+        current: ResourceMap,
+        resources: list[VersionedResource],
+        removed: list[str],
+        delta: bool,
+        aliases: dict[str, list[str]] | None = None,
+        unresolved: list[str] = (),
+    ):
         self.type_url, self.version, self.delta = current.type_url, current.version, delta
         self.resources, self.removed = tuple(resources), tuple(removed)
+        # delta only: the names a client asked for that each resource answers (VHDS), and those
+        # nothing answers (sent as a resource without a body, the name as its own alias)
+        self.aliases, self.unresolved = aliases or {}, tuple(unresolved)
         self.nonce = str(next(_nonces))
         self._encoded: bytes | None = None
 
     def renamed(self) -> "Payload":
         """The same response under a new nonce (for a stream that was already sent this one)."""
         copy = Payload.__new__(Payload)
-        for name in ("type_url", "version", "resources", "removed", "delta"):
+        for name in ("type_url", "version", "resources", "removed", "delta", "aliases", "unresolved"):
             setattr(copy, name, getattr(self, name))
         copy.nonce, copy._encoded = str(next(_nonces)), None
         return copy
@@ -109,9 +123,16 @@ class Payload:
             parts = [wire_field(1, self.version)]
             if self.delta:
                 parts += [
-                    wire_field(2, wire_field(3, r.name) + wire_field(1, r.version) + wire_field(2, r.any_bytes()))
+                    wire_field(
+                        2,
+                        wire_field(3, r.name)
+                        + wire_field(1, r.version)
+                        + wire_field(2, r.any_bytes())
+                        + b"".join(wire_field(4, alias) for alias in self.aliases.get(r.name, ())),
+                    )
                     for r in self.resources
                 ]
+                parts += [wire_field(2, wire_field(3, name) + wire_field(4, name)) for name in self.unresolved]
                 parts += [wire_field(6, name) for name in self.removed]
             else:
                 parts += [wire_field(2, r.any_bytes()) for r in self.resources]
@@ -332,6 +353,8 @@ class AdsStream:
         if self.published is None:
             return []
         current = self.published.types[state.short]
+        if state.short == "vhds":
+            return [self._answer_aliases(state, current, asked)]
         sent = {name for response in pushed for name in response.names}
         again = [current.resources[n] for n in sorted(asked) if n in current.resources and n not in sent]
         missing = sorted(n for n in asked if n not in current.resources)
@@ -341,6 +364,21 @@ class AdsStream:
         status = state.status
         status.state, status.sent_version, status.nonce = STALE, current.version, payload.nonce
         return [Response(payload)]
+
+    def _answer_aliases(self, state: _TypeState, current: ResourceMap, asked: frozenset[str]) -> Response:
+        """Virtual hosts are asked for as ``<route config>/<Host header>``: each ask is answered by the
+        virtual host that serves that host, with the ask as its alias (Envoy then resumes the requests
+        waiting for it), or, when none does, by the ask without a resource (Envoy answers 404)."""
+        aliases: dict[str, list[str]] = {}
+        for name in sorted(asked):
+            target = self.published.aliases.get(name)
+            if target in current.resources:
+                aliases.setdefault(target, []).append(name)
+        unresolved = sorted(n for n in asked if not any(n in names for names in aliases.values()))
+        payload = Payload(current, [current.resources[n] for n in aliases], [], True, aliases, unresolved)
+        status = state.status
+        status.state, status.sent_version, status.nonce = STALE, current.version, payload.nonce
+        return Response(payload)
 
     def update(self, published: Published | None) -> list[Response]:
         """New resources for this proxy: responses for every type the client asked for, in push order."""

@@ -32,7 +32,7 @@ import json
 import weakref
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -47,12 +47,13 @@ from plait.xds.references import listener_references, route_config_clusters
 from plait.xds.resources import TYPE_URLS, ResourceSet
 from plait.xds.translate.secrets import ads_secret_names, redacted
 
-TYPES = ("cds", "eds", "lds", "rds", "sds")  # also the push order: make before break
+TYPES = ("cds", "eds", "lds", "rds", "vhds", "sds")  # also the push order: make before break
 MESSAGES = {
     "cds": cluster_pb2.Cluster,
     "eds": endpoint_pb2.ClusterLoadAssignment,
     "lds": listener_pb2.Listener,
     "rds": route_pb2.RouteConfiguration,
+    "vhds": route_components_pb2.VirtualHost,
     "sds": secret_pb2.Secret,
 }
 # json_format resolves an "@type" only once its message type is imported: every type translation emits.
@@ -112,6 +113,10 @@ def wire_field(number: int, payload: bytes | str) -> bytes:
 
 def digest(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+
+
+def digest_bytes(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=10).hexdigest()
 
 
 def content_hash(item: object) -> str:
@@ -200,11 +205,14 @@ def _with_part(short: str, messages: tuple[str, ...], own: list[str], order: tup
 class Published:
     """Everything one proxy may be sent, per type, in push order; plus what was wrong with it:
     `errors` (resources that failed conversion; their last good versions are kept) and
-    `inconsistencies` (dangling references: a set with any must not be pushed)."""
+    `inconsistencies` (dangling references: a set with any must not be pushed). A scoped view also
+    has `aliases`: what each virtual host a proxy asked for by ``<route config>/<host>`` resolved to
+    (the name of the `vhds` resource it is sent as), absent when none serves that host."""
 
     types: dict[str, ResourceMap]
     inconsistencies: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
+    aliases: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> "Published":

@@ -5,12 +5,28 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from plait.xds.translate.common import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE
+from plait.xds.translate.common import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+    SECRET_TYPE,
+    VIRTUAL_HOST_TYPE,
+)
 from plait.xds.translate.secrets import redacted
 
 # Short names as used by istioctl and the CLI, in the order Envoy should receive them. Secrets (sds) are
-# the credentials a credentialName names, served over ADS to the proxies that refer to them.
-TYPE_URLS = {"cds": CLUSTER_TYPE, "eds": ENDPOINT_TYPE, "lds": LISTENER_TYPE, "rds": ROUTE_TYPE, "sds": SECRET_TYPE}
+# the credentials a credentialName names, served over ADS to the proxies that refer to them. Virtual
+# hosts (vhds) are never generated apart: a scoped sidecar is sent its route configurations' virtual
+# hosts one by one (`plait.xds.scope`).
+TYPE_URLS = {
+    "cds": CLUSTER_TYPE,
+    "eds": ENDPOINT_TYPE,
+    "lds": LISTENER_TYPE,
+    "rds": ROUTE_TYPE,
+    "vhds": VIRTUAL_HOST_TYPE,
+    "sds": SECRET_TYPE,
+}
 CONFIG_TYPES = ("cds", "eds", "lds", "rds")  # what `to_dict` shows unless asked for secrets
 
 
@@ -43,6 +59,7 @@ class ResourceSet:
             "eds": self.endpoints,
             "lds": self.listeners,
             "rds": self.routes,
+            "vhds": {},
             "sds": self.secrets,
         }[short]
 

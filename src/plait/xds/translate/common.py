@@ -8,6 +8,7 @@ TYPE = "type.googleapis.com/"
 CLUSTER_TYPE = TYPE + "envoy.config.cluster.v3.Cluster"
 LISTENER_TYPE = TYPE + "envoy.config.listener.v3.Listener"
 ROUTE_TYPE = TYPE + "envoy.config.route.v3.RouteConfiguration"
+VIRTUAL_HOST_TYPE = TYPE + "envoy.config.route.v3.VirtualHost"
 ENDPOINT_TYPE = TYPE + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 SECRET_TYPE = TYPE + "envoy.extensions.transport_sockets.tls.v3.Secret"
 
