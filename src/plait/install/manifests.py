@@ -408,7 +408,14 @@ def _gateway_container(settings: InstallSettings, gateway: GatewaySettings) -> d
             _field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
             {"name": "ISTIO_META_WORKLOAD_NAME", "value": gateway.name},  # its metrics' workload, as Istio's
         ],
-        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": STATUS_PORT}, "periodSeconds": 2},
+        # Istio's gateway probe (3 s to answer, 4 misses) polled every 2 s instead of 15: ready sooner,
+        # and a gateway starved of CPU for a moment (a node restarting pods) is not taken out of service.
+        "readinessProbe": {
+            "httpGet": {"path": "/healthz/ready", "port": STATUS_PORT},
+            "periodSeconds": 2,
+            "timeoutSeconds": 3,
+            "failureThreshold": 4,
+        },
         "securityContext": {"runAsUser": PROXY_UID, "runAsGroup": PROXY_UID, "runAsNonRoot": True},
         "volumeMounts": [
             {"name": "istio-envoy", "mountPath": "/etc/istio/proxy"},
