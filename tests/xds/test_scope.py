@@ -98,9 +98,9 @@ class DeltaEnvoy:
         """Envoy's on-demand VHDS request (``<route config>/<Host header>``): what answers each name
         (the resource whose alias it is), None when the answer says nothing serves it."""
         answers: dict[str, str | None] = {}
-        requests = [discovery_pb2.DeltaDiscoveryRequest(type_url=TYPE_URLS["vhds"], resource_names_subscribe=names)]
+        requests = [vhds_request(*names)]
         if self.conn.stream.status("vhds").state == "NOT SENT":  # Envoy subscribes (wildcard) with its first RDS
-            requests.insert(0, discovery_pb2.DeltaDiscoveryRequest(type_url=TYPE_URLS["vhds"]))
+            requests.insert(0, vhds_request())
         for response in (r for request in requests for r in self.conn.receive(request)):
             if response.type == "vhds":
                 for resource in response.to_proto().resources:
@@ -368,41 +368,27 @@ def test_without_a_catch_all_an_unknown_host_resolves_to_nothing():
     assert split.resolve("nowhere") is None
 
 
+def vhds_request(*asked: str) -> discovery_pb2.DeltaDiscoveryRequest:
+    """A VHDS request as Envoy sends them: without names first, then ``<route config>/<host>`` asks."""
+    return discovery_pb2.DeltaDiscoveryRequest(type_url=TYPE_URLS["vhds"], resource_names_subscribe=asked)
+
+
 def test_a_virtual_host_asked_for_by_its_host_brings_the_services_clusters_first_and_answers_with_an_alias():
     snapshot = bookinfo()
     hub = XdsHub(snapshot, scoping=True)
     envoy = DeltaEnvoy(hub, workload(snapshot, "productpage-v1"))
     assert cluster(REVIEWS, "v1") not in envoy.conn.stream.held("cds")
-    request = discovery_pb2.DeltaDiscoveryRequest(type_url=TYPE_URLS["vhds"])
-    envoy.conn.receive(request)
-    responses = envoy.conn.receive(
-        discovery_pb2.DeltaDiscoveryRequest(type_url=TYPE_URLS["vhds"], resource_names_subscribe=["9080/reviews:9080"])
-    )
+    envoy.conn.receive(vhds_request())
+    responses = envoy.conn.receive(vhds_request("9080/reviews:9080"))
     assert [r.type for r in responses] == ["cds", "vhds", "vhds"]  # clusters first, then the virtual host
     answer = responses[-1].to_proto().resources
     assert [(r.name, list(r.aliases)) for r in answer] == [(f"9080/{REVIEWS}:9080", ["9080/reviews:9080"])]
     assert cluster(REVIEWS, "v1") in {r.name for r in responses[0].payload.resources}
     assert hub.scope_of(envoy.proxy_id)["hosts"][REVIEWS] == CALLED
-    passthrough = (
-        envoy.conn.receive(
-            discovery_pb2.DeltaDiscoveryRequest(
-                type_url=TYPE_URLS["vhds"], resource_names_subscribe=["9080/elsewhere:9080"]
-            )
-        )[-1]
-        .to_proto()
-        .resources
-    )
+    passthrough = envoy.conn.receive(vhds_request("9080/elsewhere:9080"))[-1].to_proto().resources
     copy = route_components_pb2.VirtualHost.FromString(passthrough[0].resource.value)
     assert copy.name == "9080/elsewhere:9080" and copy.routes[0].route.cluster == "PassthroughCluster"  # ALLOW_ANY
-    unknown = (
-        envoy.conn.receive(
-            discovery_pb2.DeltaDiscoveryRequest(
-                type_url=TYPE_URLS["vhds"], resource_names_subscribe=["no-such-config/x"]
-            )
-        )[-1]
-        .to_proto()
-        .resources
-    )
+    unknown = envoy.conn.receive(vhds_request("no-such-config/x"))[-1].to_proto().resources
     assert [(r.name, list(r.aliases), r.HasField("resource")) for r in unknown] == [
         ("no-such-config/x", ["no-such-config/x"], False)  # Envoy then answers 404
     ]

@@ -99,7 +99,7 @@ class Payload:
         removed: list[str],
         delta: bool,
         aliases: dict[str, list[str]] | None = None,
-        unresolved: list[str] = (),
+        unresolved: tuple[str, ...] = (),
     ):
         self.type_url, self.version, self.delta = current.type_url, current.version, delta
         self.resources, self.removed = tuple(resources), tuple(removed)
@@ -374,7 +374,8 @@ class AdsStream:
             target = self.published.aliases.get(name)
             if target in current.resources:
                 aliases.setdefault(target, []).append(name)
-        unresolved = sorted(n for n in asked if not any(n in names for names in aliases.values()))
+        answered = {name for names in aliases.values() for name in names}
+        unresolved = tuple(sorted(asked - answered))
         payload = Payload(current, [current.resources[n] for n in aliases], [], True, aliases, unresolved)
         status = state.status
         status.state, status.sent_version, status.nonce = STALE, current.version, payload.nonce
