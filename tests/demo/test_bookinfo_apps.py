@@ -541,7 +541,7 @@ def test_manifest_deploys_the_apps_like_istios_bookinfo():
 
 
 def test_after_sigterm_an_app_keeps_serving_for_its_shutdown_delay_then_exits(apps):
-    """In a Kubernetes pod (default 2 s there): callers' proxies learn a moment after SIGTERM that the pod
+    """In a Kubernetes pod (default 5 s there, the sidecar's drain period): callers' proxies learn a moment after SIGTERM that the pod
     left the Service, and what they send meanwhile is still answered."""
     details = apps("details", SHUTDOWN_DELAY_SECONDS="1.5")
     wait_ready(details)
@@ -556,5 +556,5 @@ def test_the_shutdown_delay_is_for_kubernetes_pods_unless_set():
     from plait.demo.bookinfo.apps.server import shutdown_delay
 
     assert shutdown_delay({}) == 0
-    assert shutdown_delay({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) == 2
+    assert shutdown_delay({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}) == 5
     assert shutdown_delay({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "SHUTDOWN_DELAY_SECONDS": "0"}) == 0

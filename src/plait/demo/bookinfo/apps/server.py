@@ -4,9 +4,10 @@ Each app describes itself as a list of `Route`s (method, path regex, handler).
 `serve` binds ``BIND_ADDRESS:PORT`` (defaults 0.0.0.0:9080), answers with
 HTTP/1.1 keep-alive (so a sidecar can pool connections), logs one line per
 request on stdout and returns once SIGTERM or SIGINT arrives. In a Kubernetes pod it keeps serving
-for `SHUTDOWN_DELAY_SECONDS` (default 2 there, 0 elsewhere) after SIGTERM, as Kubernetes' graceful
+for `SHUTDOWN_DELAY_SECONDS` (default 5 there, 0 elsewhere) after SIGTERM, as Kubernetes' graceful
 termination asks of apps: the pod leaves the Services' endpoints while it is told to stop, and the
-proxies calling it learn that a moment later.
+proxies calling it learn that a moment later. 5 s is the sidecar's own drain period (Istio's
+``terminationDrainDuration``): the sidecar accepts requests that long, so the app answers them.
 """
 
 from __future__ import annotations
@@ -171,8 +172,8 @@ def _server_class(address: str) -> type[ThreadingHTTPServer]:
 
 
 def shutdown_delay(environ: dict[str, str]) -> float:
-    """Seconds to keep serving after SIGTERM: $SHUTDOWN_DELAY_SECONDS, else 2 in a Kubernetes pod, else 0."""
-    default = "2" if environ.get("KUBERNETES_SERVICE_HOST") else "0"
+    """Seconds to keep serving after SIGTERM: $SHUTDOWN_DELAY_SECONDS, else 5 in a Kubernetes pod, else 0."""
+    default = "5" if environ.get("KUBERNETES_SERVICE_HOST") else "0"
     return float(environ.get("SHUTDOWN_DELAY_SECONDS", default))
 
 
