@@ -147,13 +147,15 @@ def test_after_random_edits_every_explicit_proxy_holds_what_a_full_generation_gi
     assert shared_seen > 25  # steps where at least two of them were not refused
     assert refusals  # the added listener naming a missing cluster was refused
     assert hub.metrics.get_sample_value("plait_xds_generations_total", {"kind": "shared"})
-    assert hub.metrics.get_sample_value("plait_xds_generations_total", {"kind": "routes"})
+    assert hub.metrics.get_sample_value("plait_xds_generations_total", {"kind": "virtual_hosts"})
 
 
 @pytest.fixture
 def calls(monkeypatch) -> dict[str, int]:
     """How often the hub calls each generator entry point."""
-    counts = {"translate": 0, "generate": 0, "generate_routes": 0, "explicit_proxy_listeners": 0}
+    counts = dict.fromkeys(
+        ("translate", "generate", "generate_routes", "changed_virtual_hosts", "explicit_proxy_listeners"), 0
+    )
     for name in counts:
         original = getattr(hub_module, name)
 
@@ -170,7 +172,13 @@ def test_a_change_regenerates_the_shared_part_once_and_listeners_only_when_they_
     proxies = [workload_proxy(snapshot, 2, mode="proxy", ip=f"10.250.0.{i}") for i in range(2, 12)]
     hub = XdsHub(snapshot)
     envoys = synced(hub, proxies)
-    assert calls == {"translate": 1, "generate": 0, "generate_routes": 0, "explicit_proxy_listeners": 10}
+    assert calls == {
+        "translate": 1,
+        "generate": 0,
+        "generate_routes": 0,
+        "changed_virtual_hosts": 0,
+        "explicit_proxy_listeners": 10,
+    }
     published = [e.conn.stream.published for e in envoys]
     assert all(p.types["cds"] is published[0].types["cds"] for p in published)
 
@@ -183,14 +191,21 @@ def test_a_change_regenerates_the_shared_part_once_and_listeners_only_when_they_
             envoy.answer(envoy.pushes())
         return dict(calls)
 
-    # HTTP routes only: the shared route configuration once, no listener.
+    # HTTP routes only: the changed virtual host of the shared route configuration once, no listener.
     routes = change(virtual_service_yaml(SHAPE, 0, v1_weight=70))  # svc-0000 has subsets
-    assert routes == {"translate": 0, "generate": 0, "generate_routes": 1, "explicit_proxy_listeners": 0}
+    assert routes == {
+        "translate": 0,
+        "generate": 0,
+        "generate_routes": 0,
+        "changed_virtual_hosts": 1,
+        "explicit_proxy_listeners": 0,
+    }
     # Mutual TLS of their namespace: what listeners read; the shared part still once.
     assert change(_peer_authentication("STRICT")) == {
         "translate": 1,
         "generate": 0,
         "generate_routes": 0,
+        "changed_virtual_hosts": 0,
         "explicit_proxy_listeners": 10,
     }
     assert all(e.conn.stream.status("lds").state == "SYNCED" for e in envoys)

@@ -317,6 +317,44 @@ def test_a_route_to_an_unknown_destination_stays_consistent_on_the_routes_only_p
     assert hub.metrics.get_sample_value("plait_xds_generations_total", {"kind": "full"}) == 2
 
 
+ROUTE_PATCH = """apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: vhost-header, namespace: mesh-0}
+spec:
+  configPatches:
+  - applyTo: VIRTUAL_HOST
+    match: {context: SIDECAR_OUTBOUND}
+    patch: {operation: MERGE, value: {response_headers_to_add: [{header: {key: x-patched, value: "yes"}}]}}
+"""
+
+
+@pytest.mark.parametrize("patched", [False, True], ids=["spliced", "envoyfilter"])
+def test_a_routes_only_change_makes_only_the_changed_virtual_hosts_unless_an_envoyfilter_patches_routes(patched):
+    """Only the changed service's virtual hosts are generated and spliced into the route configurations
+    (`virtual_hosts`); with an EnvoyFilter patching routes, whole route configurations are made and
+    patched (`routes`). Either way the proxy holds what a fresh generation gives."""
+    snapshot = synthetic(scoped=False)
+    if patched:
+        snapshot = snapshot.with_changes(upserts=[load_one(ROUTE_PATCH)])
+    hub = XdsHub(snapshot)
+    (envoy,) = synced(hub, [workload_proxy(snapshot, 0)])
+    conversions = hub._publisher.vhost_conversions
+    new, keys = _change_svc(snapshot, 4, 50)
+    hub.update(new, keys)
+    assert [r.type for r in envoy.pushes()] == ["rds"]
+    kind = "routes" if patched else "virtual_hosts"
+    assert hub.metrics.get_sample_value("plait_xds_generations_total", {"kind": kind}) == 1
+    assert hub._publisher.vhost_conversions == conversions + 1  # the changed virtual host alone is converted
+    fresh = Publisher().publish(generate(new, envoy.conn.proxy))
+    assert _versions(envoy.conn.stream.published) == _versions(fresh)
+    vhost = next(
+        v
+        for v in envoy.conn.stream.published.types["rds"].resources["8080"].to_dict()["virtual_hosts"]
+        if v["name"] == f"{SHAPE.hostname(4)}:8080"
+    )
+    assert ("response_headers_to_add" in vhost) is patched
+
+
 def test_a_mutate_hook_keeps_sharing_and_routes_only_updates():
     """The test hook edits generated resources; grouping and the routes-only path stay as in production."""
     snapshot = synthetic(scoped=False)
@@ -572,6 +610,6 @@ def test_after_random_edits_every_proxy_holds_what_a_fresh_generation_gives():
     assert kinds_seen >= {"VirtualService", "DestinationRule", "WorkloadEntry", "Service", "Sidecar", "Secret"}
     assert refusals  # a credential went missing at some point (and came back: the last steps compared)
     generations = {
-        k: hub.metrics.get_sample_value("plait_xds_generations_total", {"kind": k}) for k in ("full", "routes")
+        k: hub.metrics.get_sample_value("plait_xds_generations_total", {"kind": k}) for k in ("full", "virtual_hosts")
     }
-    assert generations["routes"] and generations["full"]  # both update paths were exercised (with this seed)
+    assert generations["virtual_hosts"] and generations["full"]  # both update paths were exercised (this seed)

@@ -12,7 +12,7 @@ from google.protobuf import json_format
 
 from plait.api import load_paths, load_text
 from plait.model import MeshSnapshot, Proxy
-from plait.xds.generator import generate
+from plait.xds.generator import changed_virtual_hosts, generate, route_names
 from plait.xds.publish import Publisher, change_impact, content_hash, inconsistencies
 from plait.xds.resources import ResourceSet
 
@@ -191,6 +191,47 @@ def test_publish_routes_replaces_only_route_configurations():
     after = publisher.publish_routes(routes, before)
     assert all(after.types[s] is before.types[s] for s in ("cds", "eds", "lds"))
     assert after.types["rds"].version == publisher.publish(generate(changed, productpage(changed))).types["rds"].version
+
+
+def _virtual_hosts_of(changed: MeshSnapshot, hosts: set[str]) -> dict[str, dict[str, dict]]:
+    proxy = productpage(changed)
+    return changed_virtual_hosts(changed, proxy, route_names(changed, proxy), hosts)
+
+
+def test_virtual_hosts_spliced_into_route_configurations_equal_publishing_the_whole_ones():
+    snapshot = bookinfo()
+    publisher = Publisher()
+    before = publisher.publish(generate(snapshot, productpage(snapshot)))
+    changed = bookinfo("virtual-service-reviews-jason-v2-v3.yaml")
+    vhosts = _virtual_hosts_of(changed, {"reviews.default.svc.cluster.local"})
+    assert {n: list(v) for n, v in vhosts.items()} == {"9080": ["reviews.default.svc.cluster.local:9080"]}
+    converted = publisher.vhost_conversions
+    spliced = publisher.publish_vhosts(vhosts, before)
+    assert publisher.vhost_conversions == converted + 1  # the changed virtual host alone
+    whole = Publisher().publish(generate(changed, productpage(changed)))
+    assert versions(spliced) == versions(whole)
+    assert spliced.types["rds"].resources["9080"].value == whole.types["rds"].resources["9080"].value
+    assert all(spliced.types[s] is before.types[s] for s in ("cds", "eds", "lds"))
+    # back as it was: the very resource published first (one object per content)
+    undone = publisher.publish_vhosts(_virtual_hosts_of(snapshot, {"reviews.default.svc.cluster.local"}), spliced)
+    assert undone.types["rds"].resources["9080"] is before.types["rds"].resources["9080"]
+
+
+def test_a_splice_that_cannot_be_done_says_so_and_a_dangling_route_is_an_inconsistency():
+    snapshot = bookinfo()
+    publisher = Publisher()
+    before = publisher.publish(generate(snapshot, productpage(snapshot)))
+    vhosts = _virtual_hosts_of(snapshot, {"reviews.default.svc.cluster.local"})
+    assert Publisher().publish_vhosts(vhosts, before) is None  # published by another publisher: no parts known
+    assert publisher.publish_vhosts({"9080": {"nowhere:9080": {"name": "nowhere:9080"}}}, before) is None
+    bad = copy.deepcopy(vhosts)
+    bad["9080"]["reviews.default.svc.cluster.local:9080"]["routes"][0]["no_such_field"] = 1
+    assert publisher.publish_vhosts(bad, before) is None  # fails conversion: the whole-configuration path reports it
+    dangling = copy.deepcopy(vhosts)
+    dangling["9080"]["reviews.default.svc.cluster.local:9080"]["routes"][0]["route"] = {"cluster": "outbound|1|x|y"}
+    assert publisher.publish_vhosts(dangling, before).inconsistencies == (
+        "rds 9080 routes to cluster outbound|1|x|y, which is not generated",
+    )
 
 
 # ------------------------------------------------------------------ change impact

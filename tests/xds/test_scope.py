@@ -368,6 +368,20 @@ def test_without_a_catch_all_an_unknown_host_resolves_to_nothing():
     assert split.resolve("nowhere") is None
 
 
+def test_a_route_change_keeps_the_domain_search_and_a_new_domain_makes_it_again():
+    a, b = _vhost("a:80", "a", "a:80"), _vhost("*.example.com:80", "*.example.com")
+    first = _split(a, b)
+    assert first.resolve("www.example.com").resource.name == "80/*.example.com:80"
+    rerouted = _split({**a, "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 503}}]}, b)
+    rerouted.keep_domains_of(first)
+    assert rerouted.domains() is first.domains()  # same names and domains: the search is reused
+    assert rerouted.resolve("a").resource is not first.resolve("a").resource  # answered with the new routes
+    renamed = _split(_vhost("a:80", "a", "a:80", "api.example.com"), b)
+    renamed.keep_domains_of(first)
+    assert renamed.domains() is not first.domains()
+    assert renamed.resolve("api.example.com").resource.name == "80/a:80"
+
+
 def vhds_request(*asked: str) -> discovery_pb2.DeltaDiscoveryRequest:
     """A VHDS request as Envoy sends them: without names first, then ``<route config>/<host>`` asks."""
     return discovery_pb2.DeltaDiscoveryRequest(type_url=TYPE_URLS["vhds"], resource_names_subscribe=asked)

@@ -142,6 +142,7 @@ class MeshSnapshot:
         self.mesh_config: MeshConfig = mesh_map.spec.mesh_config() if mesh_map else MeshConfig()
         self._rules = _index_rules(self.destination_rules)
         self.hashing_rules = any(_uses_consistent_hash(dr) for dr in self.destination_rules)
+        self._services_for: dict[tuple, tuple[Service, ...]] = {}
 
     def with_changes(self, upserts: Iterable[Resource] = (), deletes: Iterable[Key] = ()) -> "MeshSnapshot":
         """A new snapshot with some objects replaced or removed; untouched indexes are shared."""
@@ -202,13 +203,19 @@ class MeshSnapshot:
         )
 
     def services_for(self, proxy: Proxy) -> list[Service]:
-        """Services this proxy may reach: exported to its namespace and imported by its Sidecar."""
+        """Services this proxy may reach: exported to its namespace and imported by its Sidecar
+        (worked out once per namespace and Sidecar egress)."""
         pairs = self._egress_hosts(proxy)
-        return [
-            s
-            for s in sorted(self.services.values(), key=lambda s: s.hostname)
-            if visible(s.namespace, s.export_to, proxy.namespace) and self._imported(pairs, s.namespace, [s.hostname])
-        ]
+        key = (proxy.namespace, None if pairs is None else tuple(pairs))
+        found = self._services_for.get(key)
+        if found is None:
+            found = self._services_for[key] = tuple(
+                s
+                for s in sorted(self.services.values(), key=lambda s: s.hostname)
+                if visible(s.namespace, s.export_to, proxy.namespace)
+                and self._imported(pairs, s.namespace, [s.hostname])
+            )
+        return list(found)
 
     def virtual_services_for(self, proxy: Proxy, gateway: str = MESH_GATEWAY) -> list[Resource]:
         """VirtualServices bound to `gateway` (``mesh`` = sidecars) and visible to the proxy."""

@@ -156,10 +156,18 @@ def patch_listeners_only(snapshot: MeshSnapshot, proxy: Proxy, listeners: dict[s
     return patch_listeners(patches, proxy, listeners) if patches else listeners
 
 
+ROUTE_PATCHES = ("ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE")
+
+
+def patches_routes(snapshot: MeshSnapshot, proxy: Proxy) -> bool:
+    """Does an EnvoyFilter patch this proxy's route configurations?"""
+    return any(k in patches_for(snapshot, proxy) for k in ROUTE_PATCHES)
+
+
 def patch_route_configs(snapshot: MeshSnapshot, proxy: Proxy, configs: list[dict]) -> list[dict]:
     """RDS route configurations with the proxy's ROUTE_CONFIGURATION, VIRTUAL_HOST and HTTP_ROUTE patches."""
     patches = patches_for(snapshot, proxy)
-    if not any(k in patches for k in ("ROUTE_CONFIGURATION", "VIRTUAL_HOST", "HTTP_ROUTE")):
+    if not any(k in patches for k in ROUTE_PATCHES):
         return configs
     context = "GATEWAY" if proxy.kind == "router" else "SIDECAR_OUTBOUND"
     ports = gateway_port_map(snapshot, proxy) if proxy.kind == "router" else {}

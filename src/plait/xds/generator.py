@@ -170,6 +170,21 @@ def generate_routes(snapshot: MeshSnapshot, proxy: Proxy, only: Iterable[str] | 
     return envoyfilter.patch_route_configs(snapshot, proxy, _generate_routes(snapshot, proxy, only))
 
 
+def changed_virtual_hosts(
+    snapshot: MeshSnapshot, proxy: Proxy, names: Iterable[str], hosts: Collection[str]
+) -> dict[str, dict[str, dict]] | None:
+    """Of a sidecar's named route configurations, the virtual hosts that a change to the VirtualServices
+    of `hosts` alone can alter, by configuration and name (the rest are as last generated). None for
+    gateways and when an EnvoyFilter patches its routes: then whole configurations are regenerated."""
+    if proxy.kind == "router" or envoyfilter.patches_routes(snapshot, proxy):
+        return None
+    services = snapshot.services_for(proxy)
+    vss = snapshot.virtual_services_for(proxy)
+    if proxy.mode == "proxy":
+        return {n: rds.explicit_proxy_virtual_hosts(snapshot, proxy, services, vss, hosts) for n in names}
+    return {n: rds.sidecar_virtual_hosts(snapshot, proxy, int(n), services, vss, hosts) for n in names}
+
+
 def _generate_routes(snapshot: MeshSnapshot, proxy: Proxy, only: Iterable[str] | None) -> list[dict]:
     wanted = set(only) if only is not None else None
     names = [n for n in route_names(snapshot, proxy) if wanted is None or n in wanted]

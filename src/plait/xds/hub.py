@@ -30,7 +30,8 @@ share them) and every proxy of the workload is sent them; the asking proxy gets 
 before the virtual host, so its waiting request finds them (one round trip).
 
 Updates: `change_impact` says which groups a change can reach; those are regenerated
-(only their route configurations when only HTTP routes of VirtualServices changed),
+(only the changed services' virtual hosts, spliced into their route configurations, when only
+HTTP routes of VirtualServices changed),
 the rest keep theirs. Content hashes turn a no-op regeneration into no push.
 Errors in user config never escape: a group whose generation fails keeps its last
 good resources and records the error. A generation with dangling references (a route
@@ -52,7 +53,7 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -64,6 +65,7 @@ from plait.model.snapshot import Key
 from plait.xds.envoyfilter import GATEWAY_NAME_LABEL
 from plait.xds.generator import (
     affected_route_names,
+    changed_virtual_hosts,
     explicit_proxy_listeners,
     finish,
     generate,
@@ -270,10 +272,11 @@ class _Shared:
     their listeners, generated once per `XdsHub.update` (`epoch`; `published`'s listeners are those
     of the proxy it was generated for, and go unused)."""
 
-    __slots__ = ("epoch", "published", "names", "translated_clusters", "full", "mirrors")
+    __slots__ = ("epoch", "published", "names", "translated_clusters", "full", "mirrors", "routes_kind")
 
     def __init__(self, epoch: int, published: Published, names: SharedNames, translated_clusters, full, mirrors):
         self.epoch, self.published, self.names = epoch, published, names
+        self.routes_kind = "shared"  # how its routes were last made: whole ("shared"), "virtual_hosts" or "routes"
         self.translated_clusters: frozenset[str] = translated_clusters  # before `finish` (tracing reads them)
         self.full: tuple[frozenset[str], bool] = full  # route names, route_bound (see `_Group`)
         self.mirrors: frozenset[str] = mirrors  # clusters its routes mirror to (never scoped out)
@@ -382,7 +385,8 @@ class XdsHub:
         )
         self._generations = Counter(
             "plait_xds_generations",
-            "Group generations, by kind (full or routes-only; shared: the part explicit-proxy sidecars share)",
+            "Group generations, by kind (full; routes-only: virtual_hosts spliced in, or routes made whole; "
+            "shared: the part explicit-proxy sidecars share)",
             ["kind"],
             registry=self.metrics,
         )
@@ -538,10 +542,12 @@ class XdsHub:
         """Regenerate and publish one group; on any error or inconsistency keep its last good resources."""
         proxy = group.proxy
         try:
-            published, full = self._routes_update(group, impact), None
-            if published is None:
-                published, full = self._full_generation(proxy, previous)
-            self._generations.labels("full" if full is not None else "routes").inc()
+            update, full = self._routes_update(group, impact), None
+            if update is None:
+                (published, full), kind = self._full_generation(proxy, previous), "full"
+            else:
+                published, kind = update
+            self._generations.labels(kind).inc()
             # The services it sees, and those it serves (their DestinationRules shape its inbound clusters).
             group.hosts = frozenset(s.hostname for s in self.snapshot.services_for(proxy)) | {
                 ip.service.hostname for ip in self.snapshot.workload_ports(proxy)
@@ -591,7 +597,7 @@ class XdsHub:
         if group is None or group.published is None or key is None or not conn.stream.delta:
             return group.published if group is not None else None
         if group.index is None or group.index.published is not group.published:
-            group.index = ScopeIndex(group.published, group.pinned, group.vhds_routes)
+            group.index = ScopeIndex(group.published, group.pinned, group.vhds_routes, previous=group.index)
         cached = group.views.get(key)
         if cached is not None and cached[0] == self._scope_epoch and cached[1] is group.published:
             return cached[3]
@@ -692,29 +698,60 @@ class XdsHub:
         self._generations.labels("shared").inc()
         return shared
 
-    def _explicit_routes_update(self, group: _Group, names: list[str]) -> Published | None:
+    def _vhosts_update(
+        self, proxy: Proxy, names: list[str], hosts: Collection[str], previous: Published
+    ) -> tuple[Published, frozenset[str]] | None:
+        """The cheapest routes-only path: only the virtual hosts of the changed hosts are generated and
+        spliced into `previous`'s route configurations; with the clusters they mirror to. None when
+        that cannot be done (the test hook mutates resources, EnvoyFilters patch routes, the splice
+        fails, a route names a cluster not generated): then whole route configurations are."""
+        if self._mutate:
+            return None
+        vhosts = changed_virtual_hosts(self.snapshot, proxy, names, hosts)
+        if vhosts is None:
+            return None
+        published = self._publisher.publish_vhosts(vhosts, previous)
+        if published is None or published.inconsistencies != previous.inconsistencies:
+            return None
+        return published, mirror_clusters({"virtual_hosts": list(v.values())} for v in vhosts.values())
+
+    def _explicit_routes_update(
+        self, group: _Group, names: list[str], hosts: Collection[str]
+    ) -> tuple[Published, str] | None:
         """The routes-only path of an explicit-proxy sidecar: the shared part's route configurations,
-        regenerated once per update, under the group's own listeners. None when the shared part
+        updated once per update, under the group's own listeners. None when the shared part
         changed more than its routes (then the group takes the full path)."""
         key = self._shared_key(group.proxy)
         shared = self._shared.get(key)
         if shared is None:
             return None
         if shared.epoch != self._epoch:
-            routes = generate_routes(self.snapshot, group.proxy, only=names)
-            if self._mutate:
-                routes = list(
-                    self._mutate(group.proxy, ResourceSet(routes={r["name"]: r for r in routes})).routes.values()
-                )
-            published = self._publisher.publish_routes(routes, shared.published)
-            if any(not p.startswith("lds ") for p in published.inconsistencies):
-                return None  # e.g. a new route to a cluster: the full path regenerates the shared part
-            shared.published, shared.epoch = published, self._epoch
-            shared.mirrors |= mirror_clusters(routes) & shared.names.clusters
+            update = self._shared_routes_update(group.proxy, names, hosts, shared.published)
+            if update is None:
+                return None
+            (shared.published, mirrors), shared.routes_kind = update
+            shared.mirrors |= mirrors & shared.names.clusters
+            shared.epoch = self._epoch
         group.pinned |= shared.mirrors
         if any(shared.published.types[t] is not group.published.types[t] for t in TYPES if t not in ("lds", "rds")):
             return None
-        return with_own_listeners(shared.published, group.published)
+        return with_own_listeners(shared.published, group.published), shared.routes_kind
+
+    def _shared_routes_update(
+        self, proxy: Proxy, names: list[str], hosts: Collection[str], previous: Published
+    ) -> tuple[tuple[Published, frozenset[str]], str] | None:
+        """The shared part's route configurations updated: spliced virtual hosts, else whole ones. None
+        when a route names a cluster the shared part lacks (the full path regenerates it)."""
+        spliced = self._vhosts_update(proxy, names, hosts, previous)
+        if spliced is not None:
+            return spliced, "virtual_hosts"
+        routes = generate_routes(self.snapshot, proxy, only=names)
+        if self._mutate:
+            routes = list(self._mutate(proxy, ResourceSet(routes={r["name"]: r for r in routes})).routes.values())
+        published = self._publisher.publish_routes(routes, previous)
+        if any(not p.startswith("lds ") for p in published.inconsistencies):
+            return None
+        return (published, mirror_clusters(routes)), "routes"
 
     def _refuse(self, group: _Group, previous: Published | None) -> None:
         """Keep the group's last good resources: its newest generation refers to what does not exist."""
@@ -732,9 +769,11 @@ class XdsHub:
     def _refused_count(self) -> int:
         return sum(1 for c in self._connections.values() if c.group is not None and c.group.refused)
 
-    def _routes_update(self, group: _Group, impact: Impact) -> Published | None:
-        """When only HTTP routes changed: just the route configurations they reach, published over
-        the group's current resources. None when more may change (then everything is regenerated)."""
+    def _routes_update(self, group: _Group, impact: Impact) -> tuple[Published, str] | None:
+        """When only HTTP routes changed: the changed virtual hosts spliced into the group's route
+        configurations (kind ``virtual_hosts``), else the route configurations they reach made whole
+        (``routes``), over the group's current resources. None when more may change (then
+        everything is regenerated)."""
         proxy = group.proxy
         if (
             not impact.routes_only
@@ -747,7 +786,11 @@ class XdsHub:
             return None
         names = affected_route_names(self.snapshot, proxy, impact.hosts)
         if _explicit(proxy):
-            return self._explicit_routes_update(group, names)
+            return self._explicit_routes_update(group, names, impact.hosts)
+        spliced = self._vhosts_update(proxy, names, impact.hosts, group.published)
+        if spliced is not None:
+            group.pinned |= spliced[1]
+            return spliced[0], "virtual_hosts"
         routes = generate_routes(self.snapshot, proxy, only=names)
         if self._mutate:
             routes = list(self._mutate(proxy, ResourceSet(routes={r["name"]: r for r in routes})).routes.values())
@@ -755,7 +798,7 @@ class XdsHub:
         if published.inconsistencies:
             return None  # e.g. a new route to a cluster: regenerate all
         group.pinned |= mirror_clusters(routes)  # a new mirror to a cluster the group already has
-        return published
+        return published, "routes"
 
     # -------------------------------------------------------------- reporting
 

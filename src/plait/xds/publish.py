@@ -12,6 +12,9 @@ the same proxies. Flows out: a `Published`: per type (cds, eds, lds, rds, sds) a
   holds them weakly: one lives as long as some ResourceMap holds it). Route
   configurations are converted virtual host by virtual host (an LRU cache of their
   bytes), so a change to one VirtualService converts one virtual host, not all 1,000.
+  `publish_vhosts` goes further for routes-only changes: it splices the changed virtual
+  hosts into the published bytes (`RouteParts` records where each one lies), hashing
+  and converting nothing else; the result equals publishing the whole configuration.
 * Consistency (go-control-plane's `Snapshot.Consistent()`): every cluster a route or
   listener names (route actions, weighted clusters, mirrors, TCP proxies, JWKS fetches,
   gRPC services), every EDS name of a cluster, every RDS name of an HTTP connection
@@ -229,6 +232,19 @@ def with_own_listeners(shared: Published, own: Published) -> Published:
     )
 
 
+@dataclass(frozen=True)
+class RouteParts:
+    """How a published route configuration's bytes divide: its fields but its virtual hosts (their
+    hash, the first `head_length` bytes), then each virtual host as (name, content hash, end offset)."""
+
+    head_hash: str
+    head_length: int
+    vhosts: tuple[tuple[str, str, int], ...]
+
+    def version(self) -> str:
+        return digest(self.head_hash + "".join(h for _, h, _ in self.vhosts))
+
+
 # ------------------------------------------------------------------ converting, with caches
 
 
@@ -239,6 +255,7 @@ class Publisher:
         self._converted: weakref.WeakValueDictionary[tuple[str, str], VersionedResource] = weakref.WeakValueDictionary()
         self._vhosts: OrderedDict[str, bytes] = OrderedDict()
         self._vhost_cache_size = vhost_cache_size
+        self._route_parts: weakref.WeakKeyDictionary[VersionedResource, RouteParts] = weakref.WeakKeyDictionary()
         self.conversions = 0  # resources actually converted (for tests and benchmarks)
         self.vhost_conversions = 0  # virtual hosts actually run through ParseDict
 
@@ -323,13 +340,73 @@ class Publisher:
         appended as field 2 (protobuf concatenates repeated fields), each cached apart."""
         head = {k: v for k, v in item.items() if k != "virtual_hosts"}
         vhosts = [(content_hash(vh), vh) for vh in item.get("virtual_hosts", ())]
-        version = digest(content_hash(head) + "".join(h for h, _ in vhosts))
-        found = self._converted.get(("rds", version))
+        head_hash = content_hash(head)
+        found = self._converted.get(("rds", digest(head_hash + "".join(h for h, _ in vhosts))))
         if found is not None:
             return found
         parts = [json_format.ParseDict(head, route_pb2.RouteConfiguration()).SerializeToString()]
-        parts += [wire_field(2, self._vhost_bytes(h, vh)) for h, vh in vhosts]
-        return self._remember("rds", VersionedResource(TYPE_URLS["rds"], name, version, b"".join(parts)))
+        layout, end = [], len(parts[0])
+        for h, vh in vhosts:
+            parts.append(wire_field(2, self._vhost_bytes(h, vh)))
+            end += len(parts[-1])
+            layout.append((vh.get("name", ""), h, end))
+        return self._route(name, RouteParts(head_hash, len(parts[0]), tuple(layout)), b"".join(parts))
+
+    def _route(self, name: str, parts: RouteParts, value: bytes) -> VersionedResource:
+        resource = self._remember("rds", VersionedResource(TYPE_URLS["rds"], name, parts.version(), value))
+        self._route_parts[resource] = parts
+        return resource
+
+    def publish_vhosts(self, changed: Mapping[str, Mapping[str, dict]], previous: Published) -> Published | None:
+        """`previous` with these virtual hosts (by route configuration and name) replaced in place, the
+        others known unchanged: what `publish_routes` makes of the whole configurations, at the cost of
+        the changed virtual hosts. None when a configuration was not published here or lacks one of
+        them, one fails conversion, or these configurations had errors or inconsistencies: then
+        publish the whole configurations."""
+        prefixes = tuple(f"rds {name}" for name in changed)
+        if any(m.startswith(prefixes) for m in previous.errors + previous.inconsistencies):
+            return None
+        last = previous.types["rds"]
+        out = dict(last.resources)
+        problems: list[str] = []
+        for name, vhosts in changed.items():
+            resource = last.resources.get(name)
+            parts = self._route_parts.get(resource) if resource is not None else None
+            if parts is None or not vhosts.keys() <= {n for n, _, _ in parts.vhosts}:
+                return None
+            try:
+                out[name] = self._splice(resource, parts, vhosts)
+            except Exception:  # anything ParseDict raises: `publish_routes` reports it and keeps the last good one
+                return None
+            problems += _route_problems(name, {"virtual_hosts": list(vhosts.values())}, previous.types["cds"].resources)
+        fresh = ResourceMap(last.type_url, out)
+        return Published(
+            {**previous.types, "rds": last if fresh.version == last.version else fresh},
+            previous.inconsistencies + tuple(problems),
+            previous.errors,
+        )
+
+    def _splice(self, resource: VersionedResource, parts: RouteParts, vhosts: Mapping[str, dict]) -> VersionedResource:
+        """`resource` with `vhosts` in place of its virtual hosts of the same names."""
+        pieces, layout = [resource.value[: parts.head_length]], []
+        start = end = parts.head_length
+        for name, old_hash, old_end in parts.vhosts:
+            vhost = vhosts.get(name)
+            if vhost is None:
+                h, piece = old_hash, resource.value[start:old_end]
+            else:
+                h = content_hash(vhost)
+                piece = wire_field(2, self._vhost_bytes(h, vhost))
+            pieces.append(piece)
+            end += len(piece)
+            layout.append((name, h, end))
+            start = old_end
+        spliced = RouteParts(parts.head_hash, parts.head_length, tuple(layout))
+        version = spliced.version()
+        if version == resource.version:
+            return resource
+        found = self._converted.get(("rds", version))
+        return found if found is not None else self._route(resource.name, spliced, b"".join(pieces))
 
     def _vhost_bytes(self, key: str, vhost: dict) -> bytes:
         data = self._vhosts.get(key)

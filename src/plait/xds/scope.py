@@ -38,7 +38,7 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from plait.api.resources import Resource
 from plait.model import MeshSnapshot, Proxy
 from plait.xds.publish import Published, ResourceMap, VersionedResource, digest_bytes
-from plait.xds.simulate.routes import find_virtual_host
+from plait.xds.simulate.routes import DomainIndex
 from plait.xds.translate.common import ON_DEMAND_FILTER, VIRTUAL_HOST_TYPE, parse_cluster_name
 
 SERVES, CALLED, SIDECAR = "serves it", "called it", "declared by its Sidecar"
@@ -266,11 +266,8 @@ class SplitRoute:
         self.by_host: dict[str, list[VirtualHostEntry]] = {}
         for entry in self.entries.values():
             self.by_host.setdefault(entry.host, []).append(entry)
-        self._lookup = {
-            "ignore_port_in_host_matching": config.ignore_port_in_host_matching,
-            "virtual_hosts": [{"name": n, "domains": list(e.domains)} for n, e in self.entries.items()]
-            + ([{"name": None, "domains": ["*"]}] if self.catch_all is not None else []),
-        }
+        self._ignore_port = config.ignore_port_in_host_matching
+        self._domains: DomainIndex | None = None  # built on the first ask
         del config.virtual_hosts[:]
         config.vhds.config_source.ads.SetInParent()  # VHDS over the ADS stream (delta only)
         config.vhds.config_source.resource_api_version = config_source_pb2.ApiVersion.V3
@@ -283,12 +280,33 @@ class SplitRoute:
         found = self.entries.get(f"{self.name}/{host}")
         if found is not None or host == VHDS_READY:
             return found
-        vhost, _ = find_virtual_host(self._lookup, host)
+        vhost, _ = self.domains().find(host)
         if vhost is None:
             return None
         if vhost["name"] is not None:
             return self.entries[vhost["name"]]
         return self._catch_all_for(host)
+
+    def layout(self) -> tuple:
+        """What Envoy's domain search depends on: the virtual hosts' names and domains, in order."""
+        return (self._ignore_port, self.catch_all is not None, [(n, e.domains) for n, e in self.entries.items()])
+
+    def domains(self) -> DomainIndex:
+        if self._domains is None:
+            ignore_port, catch_all, vhosts = self.layout()
+            self._domains = DomainIndex(
+                {
+                    "ignore_port_in_host_matching": ignore_port,
+                    "virtual_hosts": [{"name": n, "domains": d} for n, d in vhosts]
+                    + ([{"name": None, "domains": ["*"]}] if catch_all else []),
+                }
+            )
+        return self._domains
+
+    def keep_domains_of(self, previous: "SplitRoute") -> None:
+        """Reuse `previous`'s domain search when the layout is the same (a route change keeps it)."""
+        if self._domains is None and previous._domains is not None and self.layout() == previous.layout():
+            self._domains = previous._domains
 
     def _catch_all_for(self, host: str) -> VirtualHostEntry | None:
         name = f"{self.name}/{host}"
@@ -338,7 +356,13 @@ class ScopeIndex:
     that is not a mesh service's) and the scoped ones by host, and its on-demand route configurations
     split into virtual hosts (`SplitRoute`), so that a view costs what it holds."""
 
-    def __init__(self, published: Published, pinned: frozenset[str], vhds_routes: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        published: Published,
+        pinned: frozenset[str],
+        vhds_routes: frozenset[str] = frozenset(),
+        previous: "ScopeIndex | None" = None,
+    ):
         self.published = published
         self.base: dict = {}
         self.by_host: dict[str, dict] = {}
@@ -347,6 +371,9 @@ class ScopeIndex:
             (self.base if host is None else self.by_host.setdefault(host, {}))[name] = resource
         rds = published.types["rds"]
         self.routes = {name: split_route(rds.resources[name]) for name in sorted(vhds_routes) if name in rds.resources}
+        for name, split in self.routes.items():
+            if previous is not None and name in previous.routes:
+                split.keep_domains_of(previous.routes[name])
         self.shells = (
             ResourceMap(
                 rds.type_url, {n: self.routes[n].shell if n in self.routes else r for n, r in rds.resources.items()}

@@ -68,36 +68,50 @@ def virtual_service_of(route: dict) -> tuple[str | None, str | None]:
     return (f"{found.group(1)}/{found.group(2)}" if found else None), meta.get("plait", {}).get("route")
 
 
+class DomainIndex:
+    """A route configuration's domains as Envoy searches them, built once: exact, longest
+    ``*suffix``, longest ``prefix*``, then ``*`` (the first virtual host to claim a domain has it)."""
+
+    def __init__(self, route_config: dict):
+        self.ignore_port = bool(route_config.get("ignore_port_in_host_matching"))
+        self.exact: dict[str, dict] = {}
+        suffixes: dict[str, dict] = {}
+        prefixes: dict[str, dict] = {}
+        self.default: dict | None = None
+        for vhost in route_config.get("virtual_hosts", []):
+            for domain in (d.lower() for d in vhost.get("domains", [])):
+                if domain == "*":
+                    self.default = self.default or vhost
+                elif domain.startswith("*"):
+                    suffixes.setdefault(domain[1:], vhost)
+                elif domain.endswith("*"):
+                    prefixes.setdefault(domain[:-1], vhost)
+                else:
+                    self.exact.setdefault(domain, vhost)
+        self.suffixes = sorted(suffixes.items(), key=lambda item: len(item[0]), reverse=True)
+        self.prefixes = sorted(prefixes.items(), key=lambda item: len(item[0]), reverse=True)
+
+    def find(self, authority: str) -> tuple[dict | None, str]:
+        """The virtual host Envoy picks for a Host header, and why."""
+        host = authority.lower()
+        if self.ignore_port:
+            host = strip_port(host)
+        if host in self.exact:
+            return self.exact[host], f'domain "{host}" (exact)'
+        for key, vhost in self.suffixes:
+            if len(key) < len(host) and host.endswith(key):
+                return vhost, f'domain "*{key}" (longest suffix wildcard)'
+        for key, vhost in self.prefixes:
+            if len(key) < len(host) and host.startswith(key):
+                return vhost, f'domain "{key}*" (longest prefix wildcard)'
+        if self.default is not None:
+            return self.default, f'domain "*" (no other domain matches {host!r})'
+        return None, f"no virtual host has a domain for {host!r}"
+
+
 def find_virtual_host(route_config: dict, authority: str) -> tuple[dict | None, str]:
-    """Envoy's domain search: exact, longest ``*suffix``, longest ``prefix*``, then ``*``."""
-    host = authority.lower()
-    if route_config.get("ignore_port_in_host_matching"):
-        host = strip_port(host)
-    exact: dict[str, dict] = {}
-    suffixes: dict[str, dict] = {}
-    prefixes: dict[str, dict] = {}
-    default = None
-    for vhost in route_config.get("virtual_hosts", []):
-        for domain in (d.lower() for d in vhost.get("domains", [])):
-            if domain == "*":
-                default = default or vhost
-            elif domain.startswith("*"):
-                suffixes.setdefault(domain[1:], vhost)
-            elif domain.endswith("*"):
-                prefixes.setdefault(domain[:-1], vhost)
-            else:
-                exact.setdefault(domain, vhost)
-    if host in exact:
-        return exact[host], f'domain "{host}" (exact)'
-    for key in sorted(suffixes, key=len, reverse=True):
-        if len(key) < len(host) and host.endswith(key):
-            return suffixes[key], f'domain "*{key}" (longest suffix wildcard)'
-    for key in sorted(prefixes, key=len, reverse=True):
-        if len(key) < len(host) and host.startswith(key):
-            return prefixes[key], f'domain "{key}*" (longest prefix wildcard)'
-    if default is not None:
-        return default, f'domain "*" (no other domain matches {host!r})'
-    return None, f"no virtual host has a domain for {host!r}"
+    """Envoy's domain search (`DomainIndex`) in one route configuration."""
+    return DomainIndex(route_config).find(authority)
 
 
 _PATH_KINDS = ("prefix", "path", "safe_regex", "path_separated_prefix", "connect_matcher")

@@ -9,6 +9,7 @@ VirtualService routes gets Istio's default route.
 from __future__ import annotations
 
 import base64
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from plait.api import networking as net
@@ -463,24 +464,56 @@ def service_vhost(svc: Service, port: int, ctx: RouteContext, index: HostIndex, 
     return vhost
 
 
-def sidecar_route_config(
-    snapshot: MeshSnapshot, proxy: Proxy, port: int, services: list[Service], virtual_services: list[Resource]
-) -> dict:
-    """Route configuration ``"<port>"`` for a capture-mode sidecar."""
-    ctx = RouteContext(snapshot, proxy, port)
-    index = HostIndex(virtual_services)
-    vhosts, used = [], set()
+def _service_domains(
+    proxy: Proxy, port: int, services: list[Service]
+) -> tuple[list[tuple[Service, list[str]]], set[str]]:
+    """The services with an HTTP port `port`, each with the domains of its virtual host (a name an
+    earlier service took is not repeated), and every domain taken."""
+    served, used = [], set()
     for svc in services:
         p = svc.port(port)
         if p is None or not (p.protocol.is_http or p.protocol.value == "AUTO"):
             continue
         domains = [d for d in client_names(svc.hostname, port, proxy.namespace, svc.addresses) if d not in used]
         used.update(domains)
-        vhosts.append(service_vhost(svc, port, ctx, index, domains))
+        served.append((svc, domains))
+    return served, used
+
+
+def sidecar_route_config(
+    snapshot: MeshSnapshot, proxy: Proxy, port: int, services: list[Service], virtual_services: list[Resource]
+) -> dict:
+    """Route configuration ``"<port>"`` for a capture-mode sidecar."""
+    ctx = RouteContext(snapshot, proxy, port)
+    index = HostIndex(virtual_services)
+    served, used = _service_domains(proxy, port, services)
+    vhosts = [service_vhost(svc, port, ctx, index, domains) for svc, domains in served]
     if port == 80:
         vhosts += _vhosts_for_unregistered_hosts(snapshot, ctx, index, used)
     vhosts.append(catch_all_vhost(snapshot.outbound_policy(proxy)))
     return {"name": str(port), "virtual_hosts": vhosts, "validate_clusters": False}
+
+
+def _covered(hostname: str, hosts: Collection[str]) -> bool:
+    return any(matches(h, hostname) for h in hosts)
+
+
+def sidecar_virtual_hosts(
+    snapshot: MeshSnapshot,
+    proxy: Proxy,
+    port: int,
+    services: list[Service],
+    virtual_services: list[Resource],
+    hosts: Collection[str],
+) -> dict[str, dict]:
+    """Of route configuration ``"<port>"`` (`sidecar_route_config`), the virtual hosts of the services
+    one of `hosts` (FQDNs or wildcard patterns) covers, by name: all that a change to the
+    VirtualServices of `hosts` alone can alter."""
+    ctx = RouteContext(snapshot, proxy, port)
+    index = HostIndex(virtual_services)
+    served, _ = _service_domains(proxy, port, services)
+    vhosts = [service_vhost(svc, port, ctx, index, domains) for svc, domains in served if _covered(svc.hostname, hosts)]
+    return {vhost["name"]: vhost for vhost in vhosts}
 
 
 def _vhosts_for_unregistered_hosts(
@@ -506,24 +539,50 @@ def _vhosts_for_unregistered_hosts(
     return out
 
 
+def _explicit_domains(proxy: Proxy, services: list[Service]) -> list[tuple[Service, int, list[str]]]:
+    """Each HTTP port of each service with the domains of its virtual host on the HTTP_PROXY listener
+    (``host:port``, the bare host for port 80; a name an earlier one took is not repeated)."""
+    served, used = [], set()
+    for svc in services:
+        for p in svc.ports:
+            if not (p.protocol.is_http or p.protocol.value == "AUTO"):
+                continue
+            names = client_names(svc.hostname, p.number, proxy.namespace, svc.addresses)
+            domains = [d for d in names if (d.endswith(f":{p.number}") or p.number == 80) and d not in used]
+            used.update(domains)
+            served.append((svc, p.number, domains))
+    return served
+
+
 def explicit_proxy_route_config(
     snapshot: MeshSnapshot, proxy: Proxy, services: list[Service], virtual_services: list[Resource]
 ) -> dict:
     """One route configuration for the HTTP_PROXY listener: services on every port, told apart by Host."""
     index = HostIndex(virtual_services)
-    vhosts, used = [], set()
-    for svc in services:
-        for p in svc.ports:
-            if not (p.protocol.is_http or p.protocol.value == "AUTO"):
-                continue
-            ctx = RouteContext(snapshot, proxy, p.number)
-            names = client_names(svc.hostname, p.number, proxy.namespace, svc.addresses)
-            domains = [d for d in names if (d.endswith(f":{p.number}") or p.number == 80) and d not in used]
-            used.update(domains)
-            vhosts.append(service_vhost(svc, p.number, ctx, index, domains))
+    served = _explicit_domains(proxy, services)
+    vhosts = [service_vhost(svc, port, RouteContext(snapshot, proxy, port), index, ds) for svc, port, ds in served]
+    used = {d for _, _, domains in served for d in domains}
     vhosts += _vhosts_for_unregistered_hosts(snapshot, RouteContext(snapshot, proxy, 80), index, used)
     vhosts.append(catch_all_vhost(snapshot.outbound_policy(proxy), explicit_proxy=True))
     return {"name": "explicit_proxy", "virtual_hosts": vhosts, "validate_clusters": False}
+
+
+def explicit_proxy_virtual_hosts(
+    snapshot: MeshSnapshot,
+    proxy: Proxy,
+    services: list[Service],
+    virtual_services: list[Resource],
+    hosts: Collection[str],
+) -> dict[str, dict]:
+    """Of `explicit_proxy_route_config`, the virtual hosts of the services `hosts` cover, by name (see
+    `sidecar_virtual_hosts`)."""
+    index = HostIndex(virtual_services)
+    vhosts = [
+        service_vhost(svc, port, RouteContext(snapshot, proxy, port), index, domains)
+        for svc, port, domains in _explicit_domains(proxy, services)
+        if _covered(svc.hostname, hosts)
+    ]
+    return {vhost["name"]: vhost for vhost in vhosts}
 
 
 def inbound_route_config(cluster: str, port: int) -> dict:
