@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from plait.cli.main import app
 from plait.controlplane.gatewaydeploy import GATEWAY_CONTROLLER_RULES
 from plait.controlplane.gatewaystatus import STATUS_RULES
+from plait.controlplane.injector import mutating_webhook_configuration
 from plait.controlplane.kubeidentity import CLUSTER_RULES, NAMESPACE_RULES
 from plait.install.crds import CRD_FILE
 from plait.install.manifests import components, manifest
@@ -114,6 +115,34 @@ def test_every_object_is_well_formed_and_labelled_for_uninstall(case: str) -> No
         assert pdb["spec"] == {"minAvailable": 1, "selector": spec["selector"]}
         account = spec["template"]["spec"]["serviceAccountName"]
         assert any(a["metadata"]["name"] == account for a in by_kind(same, "ServiceAccount"))
+
+
+def _selects(expressions: list[dict], labels: dict[str, str]) -> bool:
+    """A label selector's matchExpressions on these labels, as the API server evaluates them."""
+    tests = {
+        "In": lambda e: labels.get(e["key"]) in e["values"],
+        "NotIn": lambda e: labels.get(e["key"]) not in e["values"],
+        "Exists": lambda e: e["key"] in labels,
+        "DoesNotExist": lambda e: e["key"] not in labels,
+    }
+    return all(tests[e["operator"]](e) for e in expressions)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_no_pod_of_the_install_goes_through_its_injection_webhooks(case: str) -> None:
+    """Pods carry their revision's label, which the injector's object selectors read: without Istio's
+    ``sidecar.istio.io/inject: "false"`` label a new istiod pod needs the istiod it replaces to answer
+    the webhook (failurePolicy Fail), and none is created while no istiod runs (a node test caught it)."""
+    settings = settings_of(case)
+    objects = manifest(settings)
+    webhooks = by_kind(objects, "MutatingWebhookConfiguration") or [
+        mutating_webhook_configuration(b"", revision=settings.revision)  # an install without istiod: its revision's
+    ]
+    selectors = [w["objectSelector"]["matchExpressions"] for c in webhooks for w in c["webhooks"]]
+    for deployment in by_kind(objects, "Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert not any(_selects(expressions, labels) for expressions in selectors), deployment["metadata"]["name"]
+        assert _selects(selectors[0], {**labels, "sidecar.istio.io/inject": "true"})  # the selectors do read labels
 
 
 def test_the_control_plane_may_do_what_its_parts_declare():

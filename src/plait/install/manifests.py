@@ -122,14 +122,16 @@ def _deployment(
     scrape: tuple[int, str],
 ) -> dict[str, Any]:
     """A Deployment whose pods are never injected and are scraped (Istio's prometheus.io annotations)
-    on `scrape` = (port, path)."""
+    on `scrape` = (port, path). Never injected as Istio's charts say it: the label as well as the
+    annotation, as the injection webhooks' object selectors read labels only (a pod with its revision's
+    label would otherwise go through a webhook served by the istiod it may be replacing)."""
     spec: dict[str, Any] = {}
     replicas = k8s.replicas if k8s.replicas is not None else (k8s.hpa or {}).get("minReplicas", 1)
     spec["replicas"] = replicas
     spec["selector"] = {"matchLabels": dict(selector)}
     spec["template"] = {
         "metadata": {
-            "labels": dict(pod_labels),
+            "labels": {**pod_labels, "sidecar.istio.io/inject": "false"},
             "annotations": {
                 "prometheus.io/path": scrape[1],
                 "prometheus.io/port": str(scrape[0]),
