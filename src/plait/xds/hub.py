@@ -726,10 +726,10 @@ class XdsHub:
         if shared is None:
             return None
         if shared.epoch != self._epoch:
-            update = self._shared_routes_update(group.proxy, names, hosts, shared.published)
+            update = self._updated_routes(group.proxy, names, hosts, shared.published)
             if update is None:
                 return None
-            (shared.published, mirrors), shared.routes_kind = update
+            shared.published, mirrors, shared.routes_kind = update
             shared.mirrors |= mirrors & shared.names.clusters
             shared.epoch = self._epoch
         group.pinned |= shared.mirrors
@@ -737,21 +737,23 @@ class XdsHub:
             return None
         return with_own_listeners(shared.published, group.published), shared.routes_kind
 
-    def _shared_routes_update(
+    def _updated_routes(
         self, proxy: Proxy, names: list[str], hosts: Collection[str], previous: Published
-    ) -> tuple[tuple[Published, frozenset[str]], str] | None:
-        """The shared part's route configurations updated: spliced virtual hosts, else whole ones. None
-        when a route names a cluster the shared part lacks (the full path regenerates it)."""
+    ) -> tuple[Published, frozenset[str], str] | None:
+        """`previous` with its route configurations updated for a routes-only change to `hosts`, the
+        clusters they mirror to, and how: the changed virtual hosts spliced in (``virtual_hosts``),
+        else the named configurations made whole (``routes``). None when a route names a cluster not
+        generated (e.g. a new route to an unknown destination: then everything is regenerated)."""
         spliced = self._vhosts_update(proxy, names, hosts, previous)
         if spliced is not None:
-            return spliced, "virtual_hosts"
+            return *spliced, "virtual_hosts"
         routes = generate_routes(self.snapshot, proxy, only=names)
         if self._mutate:
             routes = list(self._mutate(proxy, ResourceSet(routes={r["name"]: r for r in routes})).routes.values())
         published = self._publisher.publish_routes(routes, previous)
-        if any(not p.startswith("lds ") for p in published.inconsistencies):
+        if published.inconsistencies != previous.inconsistencies:
             return None
-        return (published, mirror_clusters(routes)), "routes"
+        return published, mirror_clusters(routes), "routes"
 
     def _refuse(self, group: _Group, previous: Published | None) -> None:
         """Keep the group's last good resources: its newest generation refers to what does not exist."""
@@ -787,18 +789,12 @@ class XdsHub:
         names = affected_route_names(self.snapshot, proxy, impact.hosts)
         if _explicit(proxy):
             return self._explicit_routes_update(group, names, impact.hosts)
-        spliced = self._vhosts_update(proxy, names, impact.hosts, group.published)
-        if spliced is not None:
-            group.pinned |= spliced[1]
-            return spliced[0], "virtual_hosts"
-        routes = generate_routes(self.snapshot, proxy, only=names)
-        if self._mutate:
-            routes = list(self._mutate(proxy, ResourceSet(routes={r["name"]: r for r in routes})).routes.values())
-        published = self._publisher.publish_routes(routes, group.published)
-        if published.inconsistencies:
-            return None  # e.g. a new route to a cluster: regenerate all
-        group.pinned |= mirror_clusters(routes)  # a new mirror to a cluster the group already has
-        return published, "routes"
+        update = self._updated_routes(proxy, names, impact.hosts, group.published)
+        if update is None:
+            return None
+        published, mirrors, kind = update
+        group.pinned |= mirrors  # a new mirror to a cluster the group already has
+        return published, kind
 
     # -------------------------------------------------------------- reporting
 
