@@ -638,6 +638,7 @@ def bench(opts: argparse.Namespace) -> dict:
             (workdir / name).write_text(document.text)
         with lm.mesh_up(["up", "-f", "app.yaml"], "proxy", workdir) as (up_s, state, down):
             mesh, direct = lm.paths_for("proxy", state, None)
+            lm.call_once(mesh)
             pods = {p.name: p for p in state.pods}
             nginx = (pods["backend-0"].app_ip, pods["backend-0"].ports["port-9080"])
             client, backend = mtls.Sidecar(pods["client-0"], "proxy"), mtls.Sidecar(pods["backend-0"], "proxy")

@@ -430,6 +430,17 @@ def paths_for(mode: str, state: State, direct_url: str | None) -> tuple[dict, di
     return mesh, direct
 
 
+def call_once(mesh: dict) -> None:
+    """A second of traffic through the mesh path: automatic scoping sends the client's sidecar the
+    backend's cluster once it calls it, and the benchmarks read that cluster's configuration."""
+    wrk(
+        mesh["url"],
+        {"connections": 1, "threads": 1, "duration": 1},
+        host=mesh.get("host"),
+        namespace=mesh.get("namespace"),
+    )
+
+
 def loads(opts: argparse.Namespace) -> dict[str, dict]:
     """`loaded`: the baseline's load (16 connections); `one_connection`: latency without queueing."""
     return {

@@ -308,6 +308,7 @@ def bench_mode(mode: str, opts: argparse.Namespace) -> dict:
             if mode == "capture":
                 client.reuse_time_wait_ports()
             mesh, _ = lm.paths_for(mode, state, None)
+            lm.call_once(mesh)
             runs = run_configs(mesh, workdir, client, backend, opts, mode)
             down()
     return {
