@@ -187,6 +187,37 @@ def wait_for_ca_bundles(kubectl: Kubectl, settings: InstallSettings, objects: li
             time.sleep(0.5)
 
 
+WEBHOOK_PROBE = "plait-webhook-probe"
+
+
+def wait_for_webhooks(kubectl: Kubectl, namespace: str, timeout: float) -> None:
+    """Wait until the API server reaches the control plane's webhooks through their Service: a
+    server-side dry run of a VirtualService in `namespace` goes through the validation webhook. Ready
+    pods and caBundles are not enough: until the node's kube-proxy routes the Service to the pods, every
+    apply of Istio config (failurePolicy Fail) times out in the API server."""
+    probe = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": WEBHOOK_PROBE, "namespace": namespace},
+        "spec": {"hosts": [WEBHOOK_PROBE], "http": [{"route": [{"destination": {"host": WEBHOOK_PROBE}}]}]},
+    }
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            kubectl.run("create", "--dry-run=server", "-f", "-", stdin=json.dumps(probe))
+            return
+        except InstallError as error:
+            if "AlreadyExists" in str(error):  # admission ran before the store said so
+                return
+            if "failed calling webhook" not in str(error) or time.monotonic() > deadline:
+                raise InstallError(
+                    f"the API server does not take Istio config yet ({error}); is the control plane's "
+                    f"webhook reachable? see kubectl get endpoints -n {namespace} and "
+                    f"kubectl logs -n {namespace} -l app=istiod"
+                ) from None
+        time.sleep(1)
+
+
 def apply_crds(kubectl: Kubectl, crds: list[dict[str, Any]], timeout: float) -> None:
     """Server-side apply (a CRD can exceed the last-applied annotation), then wait until each is Established."""
     kubectl.apply(crds, "--server-side", "--force-conflicts", "--validate=false")
@@ -225,6 +256,8 @@ def install(
             for deployment in (o for o in objects if o["kind"] == "Deployment"):
                 wait_for_rollout(kubectl, deployment, timeout)
             wait_for_ca_bundles(kubectl, settings, objects, timeout)
+            if any(o["kind"] == "ValidatingWebhookConfiguration" for o in objects):
+                wait_for_webhooks(kubectl, settings.namespace, timeout)
         report(f"{name} installed")
 
 

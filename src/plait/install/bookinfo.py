@@ -2,7 +2,7 @@
 bookinfo --kube`).
 
 `with_plait_images` renames Istio's Bookinfo images to plait's (pure). `deploy_bookinfo` installs
-plait if the cluster has no control plane, labels the namespace ``istio-injection=enabled``,
+plait if the cluster has no control plane (else waits until its webhooks answer), labels the namespace ``istio-injection=enabled``,
 applies Istio's bookinfo.yaml and bookinfo-gateway.yaml and waits for every Deployment: the control
 plane's injection webhook adds the sidecars. Installed without it (``--no-sidecar-injector``), the
 sidecars are added before applying by the same pure builder (`plait.inject.kube_inject`).
@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from plait.inject import InjectSettings, kube_inject
-from plait.install.apply import Kubectl, install, is_installed
+from plait.install.apply import Kubectl, install, is_installed, wait_for_webhooks
 from plait.install.settings import InstallSettings
 
 BOOKINFO = Path(__file__).resolve().parents[1] / "demo" / "bookinfo"
@@ -50,6 +50,7 @@ def deploy_bookinfo(
     """Install plait if absent, then Bookinfo and its gateway in `namespace`; `report` gets each step."""
     if is_installed(kubectl, settings):
         report(f"plait is installed (namespace {settings.namespace})")
+        wait_for_webhooks(kubectl, settings.namespace, timeout)
     else:
         install(kubectl, settings, lambda line: report(f"✔ {line}"), timeout=timeout)
     kubectl.run("label", "namespace", namespace, "istio-injection=enabled", "--overwrite")
