@@ -341,7 +341,8 @@ class Publisher:
         head = {k: v for k, v in item.items() if k != "virtual_hosts"}
         vhosts = [(content_hash(vh), vh) for vh in item.get("virtual_hosts", ())]
         head_hash = content_hash(head)
-        found = self._converted.get(("rds", digest(head_hash + "".join(h for h, _ in vhosts))))
+        version = digest(head_hash + "".join(h for h, _ in vhosts))
+        found = self._converted.get(("rds", version))
         if found is not None:
             return found
         parts = [json_format.ParseDict(head, route_pb2.RouteConfiguration()).SerializeToString()]
@@ -350,10 +351,10 @@ class Publisher:
             parts.append(wire_field(2, self._vhost_bytes(h, vh)))
             end += len(parts[-1])
             layout.append((vh.get("name", ""), h, end))
-        return self._route(name, RouteParts(head_hash, len(parts[0]), tuple(layout)), b"".join(parts))
+        return self._route(name, version, RouteParts(head_hash, len(parts[0]), tuple(layout)), b"".join(parts))
 
-    def _route(self, name: str, parts: RouteParts, value: bytes) -> VersionedResource:
-        resource = self._remember("rds", VersionedResource(TYPE_URLS["rds"], name, parts.version(), value))
+    def _route(self, name: str, version: str, parts: RouteParts, value: bytes) -> VersionedResource:
+        resource = self._remember("rds", VersionedResource(TYPE_URLS["rds"], name, version, value))
         self._route_parts[resource] = parts
         return resource
 
@@ -406,7 +407,7 @@ class Publisher:
         if version == resource.version:
             return resource
         found = self._converted.get(("rds", version))
-        return found if found is not None else self._route(resource.name, spliced, b"".join(pieces))
+        return found if found is not None else self._route(resource.name, version, spliced, b"".join(pieces))
 
     def _vhost_bytes(self, key: str, vhost: dict) -> bytes:
         data = self._vhosts.get(key)
