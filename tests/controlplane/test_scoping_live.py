@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,8 +202,15 @@ def test_a_denied_service_stays_denied_on_the_first_call_and_after(mesh: Mesh) -
     assert GUARDED in mesh.outbound_hosts()  # it was fetched; the server's sidecar said no
 
 
+def _spliced_generations(mesh: Mesh) -> float:
+    found = re.search(r'^plait_xds_generations_total\{kind="virtual_hosts"\} (\S+)$', mesh.cp.api.get("/metrics"), re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def test_a_route_change_reaches_the_virtual_host_the_client_holds(mesh: Mesh) -> None:
+    """Through the production path: only the changed virtual host is made again and spliced in."""
     assert mesh.call("server").backend == "server-v1"
+    spliced = _spliced_generations(mesh)
     changed = VIRTUAL_SERVICE.replace("subset: v1}}]", "subset: v2}}]")
     mesh.cp.apply(changed)
     try:
@@ -210,6 +218,7 @@ def test_a_route_change_reaches_the_virtual_host_the_client_holds(mesh: Mesh) ->
     finally:
         mesh.cp.apply(VIRTUAL_SERVICE)
     wait_until(lambda: mesh.call("server").backend == "server-v1", 10, "the route restored")
+    assert _spliced_generations(mesh) > spliced
 
 
 def test_a_host_outside_the_mesh_passes_through_and_is_held_for_itself_alone(mesh: Mesh) -> None:
