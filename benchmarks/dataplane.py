@@ -36,7 +36,7 @@ pod's nginx answering a 25-byte body, and an idle ``client`` pod whose sidecar w
   setting the inbound connection managers' forward_client_cert_details from APPEND_FORWARD to
   FORWARD_ONLY: no x-forwarded-client-cert built per request), ``no_peer_headers`` and
   ``no_fault_cors`` (EnvoyFilters removing the HTTP filter header_mutation, i.e. the
-  x-plait-peer-* headers, or fault and cors: the latter only when named); ``leaner`` (all of these
+  x-plait-peer header, or fault and cors: the latter only when named); ``leaner`` (all of these
   off, but the sampling one that no_tracing covers), and, only when named, ``lean`` (no metrics, no
   tracing, plaintext).
   After each switch the script waits until both sidecars' config_dump shows it, then warms up 1 s.
@@ -138,7 +138,7 @@ def remove_filters(name: str, filters: tuple[str, ...]) -> str:
     return head + "spec:\n  configPatches:\n" + "".join(REMOVE_FILTER.format(name=f) for f in filters)
 
 
-PEER_HEADERS = "envoy.filters.http.header_mutation"  # the client's x-plait-peer-* headers for the server's metrics
+PEER_HEADERS = "envoy.filters.http.header_mutation"  # the client's x-plait-peer header for the server's metrics
 FAULT_CORS = ("envoy.filters.http.fault", "envoy.filters.http.cors")
 
 

@@ -124,7 +124,7 @@ def bootstrap(
     }
     return {
         "static_resources": {
-            "listeners": [listener, prometheus_listener("127.0.0.1", prometheus_port)],
+            "listeners": [listener, prometheus_listener("127.0.0.1", prometheus_port, metrics.own_values({}))],
             "clusters": [backend, prometheus_cluster(admin_port)],
         }
     }

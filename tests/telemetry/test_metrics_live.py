@@ -334,7 +334,17 @@ def test_envoy_and_the_agent_rename_alike(proxies: Proxies) -> None:
     raw = proxies.client.admin.get("/stats/prometheus")
     by_envoy = scrape(proxies.client)
     counters = lambda text: sorted(line for line in text.splitlines() if line.startswith("istio_requests_total"))  # noqa: E731
-    assert counters(istio_exposition(raw)) == counters(by_envoy) != []
+    own = {
+        "workload": "client-v1",
+        "workload_namespace": "default",
+        "app": "client",
+        "version": "v1",
+        "canonical_service": "client",
+        "canonical_revision": "v1",
+        "cluster": "Kubernetes",
+    }
+    assert counters(istio_exposition(raw, own)) == counters(by_envoy) != []
+    assert "destination_peer=" in raw and "source_workload" not in raw  # Envoy holds the short form
     from_agent = proxies.client.status.get("/stats/prometheus")
     assert counters(from_agent) == counters(by_envoy)
     assert "envoy_istio_" not in by_envoy and "envoy_istio_" not in from_agent

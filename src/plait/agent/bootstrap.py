@@ -40,7 +40,8 @@ over SDS, ALPN h2; the token then never crosses the network in clear.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -110,6 +111,7 @@ class BootstrapSettings:
     token: str | None = None  # the pod's token, sent on the ADS stream
     xds_tls: bool = False  # TLS to the control plane, verified against the ROOTCA secret (needs an identity)
     prometheus_port: int | None = None  # Istio's 15090: Envoy serves /stats/prometheus there
+    own_values: Mapping[str, str] = field(default_factory=dict)  # its metrics' own labels (`metrics.own_values`)
 
 
 def proxy_for_mode(
@@ -268,7 +270,7 @@ def _static_resources(settings: BootstrapSettings) -> dict:
     address = "0.0.0.0" if settings.proxy.mode == "capture" else settings.proxy.ip
     return {
         "clusters": [*clusters, prometheus_cluster(settings.admin_port)],
-        "listeners": [prometheus_listener(address, settings.prometheus_port)],
+        "listeners": [prometheus_listener(address, settings.prometheus_port, settings.own_values)],
     }
 
 

@@ -104,8 +104,8 @@ def _timeout(headers: Mapping[str, str]) -> float:
 
 
 class MergedMetrics:
-    def __init__(self, admin: EnvoyAdmin, app: AppScrape | None, app_address: str):
-        self.admin, self.app, self.app_address = admin, app, app_address
+    def __init__(self, admin: EnvoyAdmin, app: AppScrape | None, app_address: str, own: Mapping[str, str]):
+        self.admin, self.app, self.app_address, self.own = admin, app, app_address, own
         self.agent = AgentMetrics()
 
     async def answer(self, request_headers: Mapping[str, str]) -> tuple[str, bytes]:
@@ -131,7 +131,7 @@ class MergedMetrics:
             log.warning("failed scraping Envoy's metrics: %s", exc)
             self.agent.failures["envoy"] += 1
             return b""
-        return istio_exposition(body.decode()).encode()
+        return istio_exposition(body.decode(), self.own).encode()
 
     async def _app(self, headers: Mapping[str, str]) -> tuple[str, bytes] | None:
         if self.app is None:

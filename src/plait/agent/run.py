@@ -58,7 +58,7 @@ from plait.agent.status import StatusServer
 from plait.agent.supervisor import EnvoySupervisor, envoy_argv
 from plait.host.envoy_binary import find_envoy
 from plait.host.processes import describe_exit, exit_status
-from plait.telemetry.metrics import proxy_environment
+from plait.telemetry.metrics import own_values, proxy_environment
 
 log = logging.getLogger("plait.agent")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -194,6 +194,10 @@ class Agent:
         already says (an injected ISTIO_META_WORKLOAD_NAME, CANONICAL_SERVICE …) wins."""
         return {k: v for k, v in proxy_environment(self.proxy).items() if k not in os.environ}
 
+    def _envoy_env(self) -> dict[str, str]:
+        """What Envoy's environment adds to the agent's."""
+        return {**self._telemetry_env(), **self.config.proxy_env}
+
     async def run(self) -> int:
         try:
             settings = self._prepare()
@@ -201,11 +205,12 @@ class Agent:
             log.error("error: %s", exc)
             self._remove_proxy_dir()
             return 1
-        bootstrap_path = self._write_bootstrap(settings)
+        own = own_values({**os.environ, **self._envoy_env()})
+        bootstrap_path = self._write_bootstrap(replace(settings, own_values=own))
         envoy = EnvoySupervisor(
             self._envoy_argv(bootstrap_path, settings),
             pid_file=self.config.state_dir / PID_FILE,
-            env={**self._telemetry_env(), **self.config.proxy_env},
+            env=self._envoy_env(),
         )
         status = StatusServer(
             self.readiness,
@@ -213,6 +218,7 @@ class Agent:
             app_probers=self.config.app_probers,
             app_address=self.proxy.app_address,
             app_metrics=self.config.app_metrics,
+            own_values=own,
         )
         await status.start(self.config.status_address, self.config.status_port)
         if self.config.probe_port:

@@ -36,9 +36,10 @@ class StatusServer:
         app_probers: Mapping[str, AppProber] | None = None,
         app_address: str = "127.0.0.1",
         app_metrics: AppScrape | None = None,
+        own_values: Mapping[str, str] | None = None,
     ):
         self._readiness = readiness
-        self._metrics = MergedMetrics(admin, app_metrics, app_address)
+        self._metrics = MergedMetrics(admin, app_metrics, app_address, own_values or {})
         self._app_probers = dict(app_probers or {})
         self._app_address = app_address
         self._servers: list[asyncio.Server] = []

@@ -7,15 +7,23 @@ that EDS endpoints and clusters carry so that the client side can name its desti
 
 Where each label comes from (nothing is taken from the request's host or path):
 
-* the reporting proxy's own side: its Envoy's environment (`ENVIRONMENT`, set by its agent);
+* the reporting proxy's own side: its own identity, the same for every request, is not counted by
+  Envoy at all: the exposition adds it (`plait.telemetry.prometheus`, from the agent's values);
 * the other side, reporter=source: the endpoint's EDS metadata (``istio`` filter metadata, set by
   `endpoint_metadata`), the cluster's metadata (`cluster_metadata`) and the peer certificate's URI
   SAN (``destination_principal``);
 * the other side, reporter=destination: on mutual-TLS chains the peer certificate's URI SAN and
-  the ``x-plait-peer-*`` headers (every plait client overwrites them, `peer_identity_filter`, so
-  an application cannot choose them), which also name the service the client called
+  the ``x-plait-peer`` header (every plait client overwrites it, `peer_identity_filter`, so an
+  application cannot choose it), which also names the service the client called
   (``destination_service…``); on plaintext chains and for TCP those are ``unknown``. So nothing
   about a proxy's own services is in its configuration, which stays shared by alike proxies.
+
+Envoy formats every label of every metric on every request, so what it counts is kept small
+(Istio's 25 labels as 9): the other side's workload and service labels are one label
+(`DESTINATION_GROUP` or `SOURCE_GROUP`, the fields joined by ``;``) and the exposition spells them
+out, with the reporting proxy's own labels, into Istio's labels (`expand`). A Telemetry override
+of a label held in a group is an Envoy label of its own, which wins; a removed one is named in
+`REMOVED_LABEL`.
 
 Values Envoy cannot fill come out empty and are shown as ``unknown`` (`plait.telemetry.prometheus`).
 """
@@ -36,8 +44,6 @@ METADATA_KEY = "istio"  # the filter_metadata namespace of endpoints and cluster
 STATS_LOGGER = "envoy.access_loggers.stats"
 STATS_CONFIG = "type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config"
 HEADER_MUTATION = "envoy.filters.http.header_mutation"
-PEER_HEADER_PREFIX = "x-plait-peer-"
-PEER_HEADER_MAX = 128  # a header value longer than this is cut: bounded cardinality
 
 # One side of a request (source_… or destination_…), principal apart: it comes from certificates.
 WORKLOAD_FIELDS = ("workload", "workload_namespace", "app", "version", "canonical_service", "canonical_revision")
@@ -119,10 +125,11 @@ def cluster_metadata(service: Service | None, name: str = UNKNOWN) -> dict:
     return {"filter_metadata": {METADATA_KEY: service_identity(service, name)}}
 
 
-# The reporting proxy's own labels come from Envoy's environment (``%ENVIRONMENT(…)%``, read once when
-# the configuration loads): the configuration stays the same for every proxy of a generation group, and
-# the agent gives each Envoy its values (`proxy_environment`). Istio's variable names where Istio's
-# injector sets one (a pod's own values are kept), plait's for app and version.
+# The proxy's own identity is in Envoy's environment: the agent gives each Envoy its values
+# (`proxy_environment`), its client filter stamps them (``%ENVIRONMENT(…)%``, read once when the
+# configuration loads, so the configuration stays the same for every proxy of a generation group), and
+# the exposition adds them to its series (`own_values`). Istio's variable names where Istio's injector
+# sets one (a pod's own values are kept), plait's for app and version.
 ENVIRONMENT = {
     "workload": "ISTIO_META_WORKLOAD_NAME",
     "workload_namespace": "POD_NAMESPACE",
@@ -140,57 +147,99 @@ def proxy_environment(proxy: Proxy) -> dict[str, str]:
     return {variable: values[field] for field, variable in ENVIRONMENT.items()}
 
 
-def _own() -> dict[str, str]:
-    return {field: f"%ENVIRONMENT({variable})%" for field, variable in ENVIRONMENT.items()}
+# What Envoy holds of the other side: one label of ``;``-joined fields, Istio's labels in this order.
+GROUP_SEPARATOR = ";"
+SOURCE_GROUP = "source_peer"  # reporter=destination: the caller (its peer header) and the service it called
+SOURCE_GROUP_LABELS = (*(f"source_{f}" for f in ENVIRONMENT), *(f"destination_{f}" for f in SERVICE_FIELDS))
+DESTINATION_GROUP = "destination_peer"  # reporter=source: the endpoint's workload and the service called
+DESTINATION_GROUP_LABELS = tuple(f"destination_{f}" for f in (*WORKLOAD_FIELDS, *SERVICE_FIELDS))
+GROUPS = {SOURCE_GROUP: SOURCE_GROUP_LABELS, DESTINATION_GROUP: DESTINATION_GROUP_LABELS}
+REMOVED_LABEL = "removed_labels"  # the group's or own labels a Telemetry override removed, comma-separated
+PEER_HEADER = "x-plait-peer"  # the caller's SOURCE_GROUP fields, stamped by its sidecar
+PEER_HEADER_MAX = 1024  # a header value longer than this is cut: bounded cardinality
+# Envoy's labels of a series, the group's after reporter.
+ENVOY_HTTP_LABELS = (
+    "reporter",
+    "source_principal",
+    "destination_principal",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+)
+ENVOY_TCP_LABELS = tuple(label for label in ENVOY_HTTP_LABELS if label not in ("response_code", "grpc_response_status"))
 
 
-def _side(side: str, values: Mapping[str, str], principal: str) -> dict[str, str]:
-    tags = {f"{side}_{f}": values[f] for f in WORKLOAD_FIELDS}
-    return {**tags, f"{side}_principal": principal, f"{side}_cluster": values["cluster"]}
+def own_labels(group: str, own: Mapping[str, str]) -> dict[str, str]:
+    """The reporting proxy's own labels in a series holding `group`, from its values (`own`: field of
+    `ENVIRONMENT` → value): source_… and destination_cluster for reporter=source (one cluster: plait
+    does not span several yet), destination_… for reporter=destination."""
+    side = "destination" if group == SOURCE_GROUP else "source"
+    labels = {f"{side}_{field}": own.get(field, "") for field in ENVIRONMENT}
+    if group == DESTINATION_GROUP:
+        labels["destination_cluster"] = own.get("cluster", "")
+    return labels
+
+
+def own_values(environment: Mapping[str, str]) -> dict[str, str]:
+    """The proxy's own values (field → value) from the environment its Envoy runs with."""
+    return {field: environment.get(variable, "") for field, variable in ENVIRONMENT.items()}
+
+
+def expand(labels: list[tuple[str, str]], own: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Istio's labels of a series from Envoy's, in order: a group label is spelled out in its place
+    (the proxy's own labels, then the group's fields; a missing field is empty), labels named in
+    `REMOVED_LABEL` are left out, and a label Envoy holds itself (a Telemetry override) wins over a
+    spelled-out one. The exposition's rule (`plait.telemetry.prometheus`, in Python and in Lua)."""
+    held = {name for name, _ in labels}
+    removed = set(dict(labels).get(REMOVED_LABEL, "").split(","))
+    out: list[tuple[str, str]] = []
+    for name, value in labels:
+        if name in GROUPS:
+            fields = value.split(GROUP_SEPARATOR)
+            spelled = [*own_labels(name, own).items(), *zip(GROUPS[name], [*fields, *[""] * len(GROUPS[name])])]
+            out += [(label, v) for label, v in spelled if label not in held and label not in removed]
+        elif name != REMOVED_LABEL:
+            out.append((name, value))
+    return out
 
 
 def source_tags() -> dict[str, str]:
-    """reporter=source (a client sidecar or a gateway): itself from its environment, the destination
-    from the endpoint's and cluster's metadata and the server certificate."""
-    destination = {f: f"%UPSTREAM_METADATA({METADATA_KEY}:{f})%" for f in WORKLOAD_FIELDS}
-    destination["cluster"] = _own()["cluster"]  # one cluster: plait does not span several yet
+    """reporter=source (a client sidecar or a gateway): the destination from the endpoint's and
+    cluster's metadata and the server certificate; itself added by the exposition."""
+    fields = [
+        *(f"%UPSTREAM_METADATA({METADATA_KEY}:{f})%" for f in WORKLOAD_FIELDS),
+        *(f"%CLUSTER_METADATA({METADATA_KEY}:{f})%" for f in SERVICE_FIELDS),
+    ]
     return {
         "reporter": "source",
-        **_side("source", _own(), "%UPSTREAM_LOCAL_URI_SAN%"),
-        **_side("destination", destination, "%UPSTREAM_PEER_URI_SAN%"),
-        **{f"destination_{f}": f"%CLUSTER_METADATA({METADATA_KEY}:{f})%" for f in SERVICE_FIELDS},
+        DESTINATION_GROUP: GROUP_SEPARATOR.join(fields),
+        "source_principal": "%UPSTREAM_LOCAL_URI_SAN%",
+        "destination_principal": "%UPSTREAM_PEER_URI_SAN%",
         "connection_security_policy": UNKNOWN,  # as Istio: the client side does not report it
     }
 
 
-def _peer_header(field: str) -> str:
-    return PEER_HEADER_PREFIX + field.replace("_", "-")
-
-
 def destination_tags(*, mtls: bool, http: bool = True) -> dict[str, str]:
-    """reporter=destination (a server sidecar's inbound chain): itself from its environment; the
-    caller from its certificate and, on HTTP, from the peer headers its sidecar set (who it is, which
-    service it called), only on a mutual-TLS chain (``unknown`` on a plaintext one)."""
+    """reporter=destination (a server sidecar's inbound chain): the caller from its certificate and,
+    on HTTP, from the peer header its sidecar set (who it is, which service it called), only on a
+    mutual-TLS chain (``unknown`` on a plaintext one); itself added by the exposition."""
     trusted = mtls and http
-    if trusted:
-        source = {f: _from_peer(f) for f in ENVIRONMENT}
-    else:
-        source = dict.fromkeys(ENVIRONMENT, UNKNOWN)
+    unknown = GROUP_SEPARATOR.join([UNKNOWN] * len(SOURCE_GROUP_LABELS))
     return {
         "reporter": "destination",
-        **_side("source", source, "%DOWNSTREAM_PEER_URI_SAN%" if mtls else UNKNOWN),
-        **_side("destination", _own(), "%DOWNSTREAM_LOCAL_URI_SAN%" if mtls else UNKNOWN),
-        **{f"destination_{f}": _from_peer(f"destination_{f}") if trusted else UNKNOWN for f in SERVICE_FIELDS},
+        SOURCE_GROUP: f"%REQ({PEER_HEADER}):{PEER_HEADER_MAX}%" if trusted else unknown,
+        "source_principal": "%DOWNSTREAM_PEER_URI_SAN%" if mtls else UNKNOWN,
+        "destination_principal": "%DOWNSTREAM_LOCAL_URI_SAN%" if mtls else UNKNOWN,
         "connection_security_policy": "mutual_tls" if mtls else "none",
     }
 
 
-def _from_peer(field: str) -> str:
-    return f"%REQ({_peer_header(field)}):{PEER_HEADER_MAX}%"
-
-
 def _tags(tags: Mapping[str, str], labels: tuple[str, ...]) -> list[dict]:
-    return [{"name": label, "value_format": tags[label]} for label in labels]
+    """Envoy's tags in `labels`' order, the group's after the first (reporter)."""
+    [group] = [name for name in tags if name in GROUPS]
+    return [{"name": label, "value_format": tags[label]} for label in (labels[0], group, *labels[1:])]
 
 
 def _stats_logger(config: dict, log_filter: dict | None = None) -> dict:
@@ -210,7 +259,15 @@ GRPC_CONTENT_TYPE = {
 
 
 def _stat(name: str, tags: Mapping[str, str], labels: tuple[str, ...], overrides: Overrides) -> dict:
-    return {"name": name, "tags": overrides.get(name, DEFAULT).labels(_tags(tags, labels))}
+    """One metric's Envoy tags with its overrides: a removed label Envoy does not hold (one the
+    exposition spells out) is named in `REMOVED_LABEL`."""
+    config = overrides.get(name, DEFAULT)
+    made = config.labels(_tags(tags, labels))
+    held = {t["name"] for t in made}
+    removed = sorted(label for label, value in config.tags.items() if value is None and label not in held)
+    if removed:
+        made.append({"name": REMOVED_LABEL, "value_format": ",".join(removed)})
+    return {"name": name, "tags": made}
 
 
 def _enabled(names: tuple[str, ...], overrides: Overrides) -> tuple[str, ...]:
@@ -240,11 +297,13 @@ def http_access_logs(tags: Mapping[str, str], overrides: Overrides = MappingProx
         }
         config: dict = {}
         if "requests_total" in enabled:
-            config["counters"] = [{"stat": _stat("requests_total", full, HTTP_LABELS, overrides), "value_fixed": 1}]
+            config["counters"] = [
+                {"stat": _stat("requests_total", full, ENVOY_HTTP_LABELS, overrides), "value_fixed": 1}
+            ]
         if measured := [name for name in histograms if name in enabled]:
             config["histograms"] = [
                 {
-                    "stat": _stat(name, full, HTTP_LABELS, overrides),
+                    "stat": _stat(name, full, ENVOY_HTTP_LABELS, overrides),
                     "unit": histograms[name][0],
                     "value_format": histograms[name][1],
                 }
@@ -263,7 +322,11 @@ def tcp_access_logs(tags: Mapping[str, str], overrides: Overrides = MappingProxy
     enabled = _enabled(TCP_METRICS, overrides)
 
     def counters(*named: tuple[str, dict]) -> list[dict]:
-        return [{"stat": _stat(name, full, TCP_LABELS, overrides), **value} for name, value in named if name in enabled]
+        return [
+            {"stat": _stat(name, full, ENVOY_TCP_LABELS, overrides), **value}
+            for name, value in named
+            if name in enabled
+        ]
 
     opened = counters(("tcp_connections_opened_total", {"value_fixed": 1}))
     closed = counters(
@@ -283,42 +346,40 @@ def tcp_access_log_options() -> dict:
     return {"flush_access_log_on_connected": True}
 
 
-def _peer_values() -> dict[str, str]:
-    """What a client stamps: who it is (its environment) and which service it called (the cluster's
-    metadata; the route is chosen before this filter runs)."""
-    called = {f"destination_{f}": f"%CLUSTER_METADATA({METADATA_KEY}:{f})%" for f in SERVICE_FIELDS}
-    return {**_own(), **called}
+def peer_value() -> str:
+    """What a client stamps in `PEER_HEADER`, `SOURCE_GROUP`'s fields: who it is (its environment)
+    and which service it called (the cluster's metadata; the route is chosen before this filter runs)."""
+    own = [f"%ENVIRONMENT({variable})%" for variable in ENVIRONMENT.values()]
+    called = [f"%CLUSTER_METADATA({METADATA_KEY}:{f})%" for f in SERVICE_FIELDS]
+    return GROUP_SEPARATOR.join([*own, *called])
 
 
 def peer_identity_filter() -> dict:
-    """An HTTP filter for a client's HCM: sets the ``x-plait-peer-*`` headers on every request,
-    replacing whatever the application sent (an empty value too: no app value survives)."""
-    mutations = [
-        {
-            "append": {
-                "header": {"key": _peer_header(field), "value": value},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                "keep_empty_value": True,
-            }
+    """An HTTP filter for a client's HCM: sets the ``x-plait-peer`` header on every request,
+    replacing whatever the application sent."""
+    mutation = {
+        "append": {
+            "header": {"key": PEER_HEADER, "value": peer_value()},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            "keep_empty_value": True,
         }
-        for field, value in _peer_values().items()
-    ]
+    }
     return {
         "name": HEADER_MUTATION,
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
-            "mutations": {"request_mutations": mutations},
+            "mutations": {"request_mutations": [mutation]},
         },
     }
 
 
 def is_peer_identity_filter(http_filter: dict) -> bool:
-    """Is this HTTP filter `peer_identity_filter`'s (it only sets ``x-plait-peer-*`` headers)?"""
+    """Is this HTTP filter `peer_identity_filter`'s (it only sets the ``x-plait-peer`` header)?"""
     mutations = http_filter.get("typed_config", {}).get("mutations", {})
     request = mutations.get("request_mutations", [])
     return (
         http_filter.get("name") == HEADER_MUTATION
         and set(mutations) == {"request_mutations"}
         and bool(request)
-        and all(m.get("append", {}).get("header", {}).get("key", "").startswith(PEER_HEADER_PREFIX) for m in request)
+        and all(m.get("append", {}).get("header", {}).get("key", "") == PEER_HEADER for m in request)
     )

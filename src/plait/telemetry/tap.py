@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from plait.telemetry.metrics import ENVIRONMENT, METADATA_KEY, PEER_HEADER_PREFIX
+from plait.telemetry.metrics import ENVIRONMENT, GROUP_SEPARATOR, METADATA_KEY, PEER_HEADER, SOURCE_GROUP_LABELS
 
 RUNTIME_KEY = "plait.tap"  # percent of requests the tap logger sends: 0 unless a session taps the proxy
 RUNTIME_LAYER = "plait-tap"  # the RTDS resource (and layer) name every proxy subscribes to
@@ -46,9 +46,18 @@ def _environment_tag(tag: str, field: str) -> dict:
     return {"tag": tag, "environment": {"name": ENVIRONMENT[field], "default_value": ""}}
 
 
-def _header_tag(tag: str, field: str) -> dict:
-    header = PEER_HEADER_PREFIX + field.replace("_", "-")  # what the caller's sidecar stamps (`metrics`)
-    return {"tag": tag, "request_header": {"name": header, "default_value": ""}}
+PEER_TAG = "source_peer"  # the caller sidecar's peer header, whose fields are SOURCE_GROUP_LABELS (`metrics`)
+
+
+def _peer_fields(tags: dict[str, str]) -> dict[str, str]:
+    """source_workload and source_namespace from the peer header's fields (none without it)."""
+    if PEER_TAG not in tags:
+        return {}
+    fields = dict(zip(SOURCE_GROUP_LABELS, tags[PEER_TAG].split(GROUP_SEPARATOR)))
+    return {
+        "source_workload": fields.get("source_workload", ""),
+        "source_namespace": fields.get("source_workload_namespace", ""),
+    }
 
 
 def _host_tag(tag: str, key: str, field: str) -> dict:
@@ -65,8 +74,7 @@ def tap_access_log(side: str, cluster: str) -> dict:
     mutual TLS."""
     if side == "in":
         tags = [
-            _header_tag("source_workload", "workload"),
-            _header_tag("source_namespace", "workload_namespace"),
+            {"tag": PEER_TAG, "request_header": {"name": PEER_HEADER, "default_value": ""}},
             _environment_tag("destination_workload", "workload"),
             _environment_tag("destination_namespace", "workload_namespace"),
         ]
@@ -204,6 +212,7 @@ def event_from_entry(entry, side: str, pod: str, namespace: str) -> dict:
     """One ``HTTPAccessLogEntry`` from the proxy of `pod` (`side`: ``in`` or ``out``) as a tap event."""
     common, request, response = entry.common_properties, entry.request, entry.response
     tags = dict(common.custom_tags)
+    tags.update(_peer_fields(tags))
     tls = common.HasField("tls_properties") if side == "in" else tags.get("tls_mode") == "istio"
     dst = _address(common.downstream_local_address if side == "in" else common.upstream_remote_address)
     return {

@@ -219,7 +219,7 @@ MODELLED_HTTP_FILTERS = frozenset(
 def unmodelled_http_filters(hcm: dict) -> list[str]:
     """The connection manager's HTTP filters the simulator does not know (e.g. Lua or rate limiting
     added by an EnvoyFilter): what they do to a request is not modelled, so it must not guess. The
-    telemetry filter that stamps the client's identity (``x-plait-peer-*``) is known: it runs after
+    telemetry filter that stamps the client's identity (``x-plait-peer``) is known: it runs after
     the fault filter has fixed the route, so it never changes routing."""
 
     def types(f: dict) -> list[str]:  # its typed config, or what an extension config (ECDS) may hold

@@ -7,7 +7,7 @@ other translators (`plait.telemetry.metrics` holds what is measured and its labe
   tcp_proxy connects to the app once the caller's handshake is done, so that the connection it
   counts as opened already names the caller;
 * every client HCM (reporter=source) stamps the proxy's identity and the service it calls on
-  requests (``x-plait-peer-*``) before its router;
+  requests (``x-plait-peer``) before its router;
 * a Telemetry's ``metrics`` overrides leave out the metrics it disables and change their labels
   (`plait.telemetry.overrides`), per side;
 * with ``meshConfig.accessLogFile`` or a Telemetry's ``accessLogging``, every HCM and tcp_proxy
