@@ -13,7 +13,7 @@ request), and `istio_exposition` for the agent's merged endpoint.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from plait.telemetry.metrics import GROUP_SEPARATOR, GROUPS, REMOVED_LABEL, expand, own_labels
 
@@ -147,20 +147,28 @@ def _lua_string(value: str) -> str:
     return '"' + re.sub(r"[\x00-\x1f]", lambda m: f"\\{ord(m[0]):03d}", escaped) + '"'
 
 
+def _lua_list(items: Iterable[str]) -> str:
+    return "{" + ", ".join(items) + "}"
+
+
+def _lua_record(fields: Mapping[str, str]) -> str:
+    return "{" + ", ".join(f"{name} = {value}" for name, value in fields.items()) + "}"
+
+
 def lua_filter(own: Mapping[str, str]) -> str:
     """The Lua source of `istio_exposition` for a proxy whose own values are `own`."""
     escaped = {field: escape(value) for field, value in own.items()}
-    groups = ", ".join(f"{name} = {{{', '.join(map(_lua_string, labels))}}}" for name, labels in GROUPS.items())
-    owns = ", ".join(
-        f"{group} = {{{', '.join(f'{{{_lua_string(k)}, {_lua_string(v)}}}' for k, v in own_labels(group, escaped).items())}}}"
+    groups = {name: _lua_list(map(_lua_string, labels)) for name, labels in GROUPS.items()}
+    owns = {
+        group: _lua_list(_lua_list(map(_lua_string, pair)) for pair in own_labels(group, escaped).items())
         for group in GROUPS
-    )
+    }
     return _LUA % {
         "separator": _lua_string(GROUP_SEPARATOR),
         "removed": _lua_string(REMOVED_LABEL),
         "keep_empty": _lua_string(KEEP_EMPTY),
-        "groups": f"{{{groups}}}",
-        "own": f"{{{owns}}}",
+        "groups": _lua_record(groups),
+        "own": _lua_record(owns),
         "istio": ISTIO_PREFIX,
         "envoy": ENVOY_PREFIX,
         "prefix_length": len(ENVOY_PREFIX),
