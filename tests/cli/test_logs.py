@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from typer.testing import CliRunner
 from plait.cli.main import app
 from plait.runtime import podlogs
 from plait.runtime.local import Pod, State
+from plait.testing.backends import FixedHttpServer
 
 ACCESS = '[2026-12-07T00:19:32.796Z] "GET /productpage HTTP/1.1" 200 - via_upstream - "-" 0 5289 25 24 ...'
 LOG = f"""[agent] proxy ready
@@ -118,48 +118,27 @@ def test_follow_prints_lines_as_they_are_written(mesh: Path) -> None:
     assert numbers == list(range(numbers[0], n + 1)), seen  # each new proxy line once, in order, nothing older
 
 
-class PodLogApi(http.server.BaseHTTPRequestHandler):
-    """An API server's pods/log, as far as plait logs reads it."""
-
-    asked: list[str] = []
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        PodLogApi.asked.append(self.path)
-        body = f"{ACCESS}\nsecond line\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 def test_on_kubernetes_the_pods_log_api_is_read(tmp_path: Path) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PodLogApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    pod_logs = FixedHttpServer(f"{ACCESS}\nsecond line\n")  # an API server's pods/log, as plait logs reads it
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(
             {
                 "apiVersion": "v1",
                 "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
+                "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{pod_logs.port}"}}],
                 "users": [{"name": "u", "user": {"token": "t"}}],
                 "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
                 "current-context": "x",
             }
         )
     )
-    try:
-        args = ["logs", "productpage-v1-5d8f7c9b6-x2k4p", "-n", "bookinfo", "-c", "istio-proxy", "--tail", "2"]
+    args = ["logs", "productpage-v1-5d8f7c9b6-x2k4p", "-n", "bookinfo", "-c", "istio-proxy", "--tail", "2"]
+    with pod_logs:
         result = runner.invoke(app, [*args, "--kubeconfig", str(kubeconfig)])
-    finally:
-        server.shutdown()
     assert result.exit_code == 0, result.output
     assert result.output == f"{ACCESS}\nsecond line\n"
-    [asked] = PodLogApi.asked
+    [asked] = pod_logs.paths
     path, _, query = asked.partition("?")
     assert path == "/api/v1/namespaces/bookinfo/pods/productpage-v1-5d8f7c9b6-x2k4p/log"
     assert sorted(query.split("&")) == ["container=istio-proxy", "follow=False", "tailLines=2"]

@@ -3,11 +3,7 @@ Prometheus rename, and the translator's placement of the loggers (checked by Env
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import urllib.request
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,6 +14,7 @@ from plait.model import MeshSnapshot, Proxy
 from plait.model.services import Endpoint
 from plait.telemetry import metrics
 from plait.telemetry.prometheus import istio_exposition, prometheus_cluster, prometheus_listener
+from plait.testing.backends import FixedHttpServer
 from plait.testing.envoy import run_envoy
 from plait.testing.live import free_port
 from plait.xds.generator import generate
@@ -206,38 +203,13 @@ TRICKY = "".join(
 )
 
 
-@contextlib.contextmanager
-def serving(text: str) -> Iterator[int]:
-    """An HTTP server answering every GET with `text` (as Envoy's admin API would its stats); its port."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            body = text.encode()
-            self.send_response(200)
-            self.send_header("content-type", "text/plain; version=0.0.4")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_envoys_lua_and_the_agents_python_spell_out_alike() -> None:
     own = {**CLIENT, "app": 'say "hi"\\ there', "version": "semi;colon"}
     port = free_port()
-    with serving(TRICKY) as admin_port:
+    with FixedHttpServer(TRICKY, "text/plain; version=0.0.4") as admin:  # as Envoy's admin API answers
         bootstrap = {
             "static_resources": {
-                "clusters": [prometheus_cluster(admin_port)],
+                "clusters": [prometheus_cluster(admin.port)],
                 "listeners": [prometheus_listener("127.0.0.1", port, own)],
             }
         }

@@ -11,10 +11,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import threading
 import time
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -23,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from plait.api import load_text
 from plait.model import MeshSnapshot, Proxy
-from plait.testing.backends import HttpBackend, loopback_subnet, service_yaml
+from plait.testing.backends import FixedHttpServer, HttpBackend, loopback_subnet, service_yaml
 from plait.testing.envoy import run_envoy
 from plait.testing.http import http_request
 from plait.xds.generator import generate
@@ -486,39 +484,6 @@ def test_simulation_checks_claims_in_when_conditions(signer: Signer) -> None:
 # ------------------------------------------------------------------ a real Envoy
 
 
-class JwksServer:
-    """Serves one JWKS document over HTTP on loopback, counting the fetches."""
-
-    def __init__(self, address: str, body: str):
-        body_bytes, server = body.encode(), self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the base class's name
-                server.fetches += 1
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body_bytes)))
-                self.end_headers()
-                self.wfile.write(body_bytes)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.fetches = 0
-        self.httpd = ThreadingHTTPServer((address, 0), Handler)
-        self.url = f"http://{address}:{self.httpd.server_address[1]}/jwks.json"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self) -> "JwksServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
 @contextlib.contextmanager
 def inbound_envoy(net: str, tmp_path, *documents: str):
     """The workload api-v1 at <net>.2:8080 in explicit-proxy mode, its app a backend at <net>.3:8080."""
@@ -586,13 +551,13 @@ def test_envoy_judges_tokens_as_the_translation_and_the_simulation_say(
 
 
 def test_envoy_fetches_a_jwks_uri_through_the_generated_cluster(tmp_path, signer: Signer, other_signer: Signer) -> None:
-    with loopback_subnet() as net, JwksServer(f"{net}.4", signer.jwks()) as keys:
-        ra = request_authentication([{"issuer": ISSUER, "jwksUri": keys.url}])
+    with loopback_subnet() as net, FixedHttpServer(signer.jwks(), "application/json", f"{net}.4") as keys:
+        ra = request_authentication([{"issuer": ISSUER, "jwksUri": f"http://{keys.address}:{keys.port}/jwks.json"}])
         with inbound_envoy(net, tmp_path, ra, REQUIRE_TOKEN):
             assert get(net, {"authorization": f"Bearer {signer.token()}"}) == 200
             assert get(net, {"authorization": f"Bearer {other_signer.token()}"}) == 401
             assert get(net) == 403
-        assert keys.fetches >= 1
+        assert keys.paths and set(keys.paths) == {"/jwks.json"}
 
 
 # ------------------------------------------------------------------ routing on claims (gateways)

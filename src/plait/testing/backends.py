@@ -3,7 +3,9 @@
 Flows in: a name, a 127.x.y.z address and a port, and the behaviour to show
 (a status, "fail the first N requests", a delay). Flows out: answers that name
 the backend, and a record of what it received (`HttpBackend.requests`,
-`TcpBackend.connections`) for tests to assert on.
+`TcpBackend.connections`) for tests to assert on. `FixedHttpServer` stands in for a
+server that answers one document (a JWKS, an API's answer, Envoy's stats): every
+GET gets it, and the paths asked are kept.
 
 `HttpBackend` answers every request with JSON ``{"name", "method", "path",
 "headers"}`` (header names lower-cased) over HTTP/1.1 keep-alive. `TcpBackend`
@@ -197,6 +199,40 @@ class TcpBackend(_Backend):
                     pass
 
         return Handler
+
+
+class FixedHttpServer:
+    """An HTTP server on `address` (port chosen) answering every GET with `body` and status 200;
+    `paths` are the paths asked, in order. A context manager, as the backends above."""
+
+    def __init__(self, body: str, content_type: str = "text/plain", address: str = "127.0.0.1"):
+        data, paths = body.encode(), []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                paths.append(self.path)
+                self.send_response(200)
+                self.send_header("content-type", content_type)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.paths: list[str] = paths
+        self.httpd = ThreadingHTTPServer((address, 0), Handler)
+        self.address, self.port = address, self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self) -> FixedHttpServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
 
 
 SUBNET_RANGE = range(128, 255)  # 127.0.N: kept clear of the low numbers people pick by hand
