@@ -27,7 +27,10 @@ and CPU from /proc. Each repeat runs, in this order:
   version; convergence is measured from the apply call and from its answer, and the
   control plane's own ``plait_xds_convergence_seconds`` for that update is read back.
 * ``memory_sotw``, ``memory_delta``: a fresh control plane, N/5 proxies, then the
-  rest; per-proxy memory is the slope of settled RSS between the two counts.
+  rest; per-proxy memory is the slope of settled RSS between the two counts. Then an
+  endpoint of svc-0001 changes (its ``version`` label), so every proxy is sent that
+  service's endpoints and acknowledges them (on SotW, an EDS request naming every
+  cluster it holds); what that adds per proxy, once all are synced again and settled.
 * ``memory_floor_sotw``, ``memory_floor_delta``: the same slope for a bare grpc.aio server
   with the control plane's server options that answers each first request with an empty
   response (`floor_server`): what gRPC holds per proxy (its connection and stream), the
@@ -71,10 +74,18 @@ from plait.model import Proxy
 from plait.testing.ads_client import AdsClient, make_node
 from plait.testing.backends import loopback_subnet
 from plait.testing.live import AgentProcess, ControlPlaneProcess, PlaitProcess, free_port
-from plait.testing.synthetic import GATEWAY_NAMESPACE, MeshShape, mesh_resources, mesh_yaml, virtual_service_yaml
+from plait.testing.synthetic import (
+    GATEWAY_NAMESPACE,
+    MeshShape,
+    mesh_resources,
+    mesh_yaml,
+    virtual_service_yaml,
+    workload_entry_yaml,
+)
 from plait.xds.server import PENDING_STREAMS
 
 CHANGED_SERVICE = 10  # svc-0010 (namespace mesh-2): its VirtualService's weights change
+CHANGED_ENDPOINT_SERVICE = 1  # svc-0001: its last endpoint's version label changes (memory scenarios)
 CONNECT_TIMEOUT = 180.0
 CONVERGE_TIMEOUT = 60.0
 UNREACHED_GRACE = 0.5  # after the reached proxies ACKed: how long to watch that no other proxy changes
@@ -216,6 +227,14 @@ def sidecars(shape: MeshShape, count: int) -> list[dict]:
             }
         )
     return out
+
+
+def change_endpoint(cp: ControlPlaneProcess, shape: MeshShape) -> None:
+    """Apply svc-0001's last WorkloadEntry with a new version label: every proxy gets new endpoints."""
+    last = shape.endpoints_per_service - 1
+    result = cp.apply(workload_entry_yaml(shape, CHANGED_ENDPOINT_SERVICE, last, version="v3"))
+    if not result.get("updated"):
+        raise RuntimeError(f"the endpoint change was not applied: {result}")
 
 
 def change_virtual_service(cp: ControlPlaneProcess, shape: MeshShape) -> tuple[float, float]:
@@ -494,6 +513,11 @@ def run_memory(args: argparse.Namespace, shape: MeshShape, proxies: list[dict], 
         connected_and_synced(fleet, cp, few, len(proxies))
         time.sleep(args.settle)
         with_all = usage(cp.pid)
+        change_endpoint(cp, shape)
+        time.sleep(1.0)  # the update is pushed after the apply call answers
+        poll(lambda: all_synced_in_syncz(cp, len(proxies)), 60, "/debug/syncz to show every proxy SYNCED", 0.2)
+        time.sleep(args.settle)
+        changed = usage(cp.pid)
     finally:
         fleet.stop()
         cp.stop()
@@ -506,6 +530,8 @@ def run_memory(args: argparse.Namespace, shape: MeshShape, proxies: list[dict], 
         "cp_peak_rss_mb": with_all.peak_rss_mb,
         "per_proxy_kb": (with_all.rss_mb - with_few.rss_mb) * 1024 / (len(proxies) - few),
         "per_proxy_raw_kb": (with_all.rss_mb - empty.rss_mb) * 1024 / len(proxies),
+        "cp_rss_endpoint_change_mb": changed.rss_mb,
+        "per_proxy_endpoint_change_kb": (changed.rss_mb - with_all.rss_mb) * 1024 / len(proxies),
     }
 
 

@@ -24,7 +24,7 @@ from plait.xds.generator import generate
 from plait.xds.hub import XdsHub
 from plait.xds.protocol import NACKED, SYNCED
 from plait.xds.publish import TYPES
-from plait.xds.server import serve_ads
+from plait.xds.server import Inbox, boxed, read_requests, serve_ads
 
 BOOKINFO = Path(__file__).parents[2] / "src/plait/demo/bookinfo"
 TIMEOUT = 20.0
@@ -162,6 +162,45 @@ def test_a_stream_without_a_node_is_refused():
             assert hub.statuses() == []
 
     run(scenario())
+
+
+def test_the_reader_takes_each_request_out_of_the_box_grpc_handed_over():
+    """gRPC keeps the last object it handed over until the next request: the stream's reader empties
+    each box, so what gRPC keeps is an empty box, not the request."""
+    parse = boxed(discovery_pb2.DiscoveryRequest.FromString)
+    wire = [discovery_pb2.DiscoveryRequest(type_url=f"t{i}").SerializeToString() for i in range(3)]
+    handed = [parse(data) for data in wire]
+
+    async def requests():
+        for box in handed:
+            yield box
+
+    async def scenario():
+        inbox = Inbox()
+        await read_requests(requests(), inbox, closed := object())
+        return [await inbox.get() for _ in range(4)], closed
+
+    got, closed = run(scenario())
+    assert [r.type_url for r in got[:3]] == ["t0", "t1", "t2"] and got[3] is closed
+    assert [box.message for box in handed] == [None, None, None]
+
+
+def test_an_inbox_gives_items_in_arrival_order_and_wakes_its_waiting_reader():
+    async def scenario():
+        inbox = Inbox()
+        waiting = asyncio.create_task(inbox.get())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        inbox.put("first")
+        inbox.put("second")
+        assert await waiting == "first"
+        assert await inbox.get() == "second"
+        late = asyncio.create_task(inbox.get())
+        await asyncio.sleep(0)
+        inbox.put("third")
+        return await late
+
+    assert run(scenario()) == "third"
 
 
 def test_stopping_the_server_ends_streams_and_empties_the_hub():

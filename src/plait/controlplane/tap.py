@@ -44,7 +44,7 @@ from plait.telemetry.tap import (
     runtime_layer,
 )
 from plait.telemetry.tapsessions import TapSessions
-from plait.xds.server import Authenticate
+from plait.xds.server import Authenticate, Inbox, boxed, read_requests
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +72,12 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
 
 
-async def _read(requests: AsyncIterator, queue: asyncio.Queue) -> None:
-    try:
-        async for request in requests:
-            queue.put_nowait(request)
-    except (grpc.aio.AioRpcError, asyncio.CancelledError):
-        pass
-    finally:
-        queue.put_nowait(_CLOSED)
-
-
 class TapService:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.sessions = TapSessions()
         self.queues: dict[int, asyncio.Queue] = {}
         self.streams: dict[int, RuntimeStream] = {}
-        self._wakers: dict[int, asyncio.Queue] = {}
+        self._wakers: dict[int, Inbox] = {}
         self._ids = itertools.count(1)
         registry = registry or CollectorRegistry()
         self.events = Counter("plait_tap_events", "Access log entries received from tapped proxies", registry=registry)
@@ -102,7 +92,7 @@ class TapService:
         """RTDS and the AccessLogService; RTDS streams admitted as ADS ones (`authenticate`)."""
         runtime = grpc.stream_stream_rpc_method_handler(
             functools.partial(self._runtime, authenticate),
-            request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+            request_deserializer=boxed(discovery_pb2.DiscoveryRequest.FromString),
             response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString,
         )
         access_logs = grpc.stream_unary_rpc_method_handler(
@@ -116,24 +106,24 @@ class TapService:
         )
 
     def _changed(self) -> None:
-        for queue in self._wakers.values():
-            queue.put_nowait(_WAKE)
+        for inbox in self._wakers.values():
+            inbox.put(_WAKE)
 
     async def _runtime(
         self, authenticate: Authenticate | None, requests: AsyncIterator, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        queue: asyncio.Queue = asyncio.Queue()
-        reader = asyncio.create_task(_read(requests, queue))
+        inbox = Inbox()
+        reader = asyncio.create_task(read_requests(requests, inbox, _CLOSED))
         key = next(self._ids)
         stream: RuntimeStream | None = None
         versions = itertools.count(1)
         try:
-            while (item := await queue.get()) is not _CLOSED:
+            while (item := await inbox.get()) is not _CLOSED:
                 if stream is None:
                     if item is _WAKE:
                         continue
                     stream = await self._admit(authenticate, item, context)
-                    self.streams[key], self._wakers[key] = stream, queue
+                    self.streams[key], self._wakers[key] = stream, inbox
                 if item is not _WAKE and item.response_nonce:  # an ACK or a NACK of what was sent
                     stream.acked = not item.HasField("error_detail")
                     if not stream.acked:

@@ -74,10 +74,11 @@ spec:
 """
 
 
-def _workload_entry(shape: MeshShape, index: int, endpoint: int) -> str:
+def workload_entry_yaml(shape: MeshShape, index: int, endpoint: int, *, version: str | None = None) -> str:
+    """A service's endpoint; the benchmark gives it another `version` label to make an endpoint update."""
     name, namespace = shape.service_name(index), shape.namespace(index)
     address = WORKLOAD_NETWORK + index * shape.endpoints_per_service + endpoint + 1
-    version = "v2" if endpoint % 2 else "v1"
+    version = version or ("v2" if endpoint % 2 else "v1")
     return f"""apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: {shape.workload_name(index, endpoint)}, namespace: {namespace}}}
@@ -166,7 +167,7 @@ def mesh_yaml(shape: MeshShape = MeshShape()) -> str:
     docs = []
     for index in range(shape.services):
         docs.append(_service(shape, index))
-        docs += [_workload_entry(shape, index, k) for k in range(shape.endpoints_per_service)]
+        docs += [workload_entry_yaml(shape, index, k) for k in range(shape.endpoints_per_service)]
         if shape.is_routed(index):
             docs += [_destination_rule(shape, index), virtual_service_yaml(shape, index)]
     docs.append(_gateway_objects(shape))
