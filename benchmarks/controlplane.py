@@ -30,7 +30,8 @@ and CPU from /proc. Each repeat runs, in this order:
   rest; per-proxy memory is the slope of settled RSS between the two counts. Then an
   endpoint of svc-0001 changes (its ``version`` label), so every proxy is sent that
   service's endpoints and acknowledges them (on SotW, an EDS request naming every
-  cluster it holds); what that adds per proxy, once all are synced again and settled.
+  cluster it holds); what that adds per proxy, once all are synced again and settled;
+  and the same after 40 such changes (a long-running control plane's history).
 * ``memory_floor_sotw``, ``memory_floor_delta``: the same slope for a bare grpc.aio server
   with the control plane's server options that answers each first request with an empty
   response (`floor_server`): what gRPC holds per proxy (its connection and stream), the
@@ -86,6 +87,7 @@ from plait.xds.server import PENDING_STREAMS
 
 CHANGED_SERVICE = 10  # svc-0010 (namespace mesh-2): its VirtualService's weights change
 CHANGED_ENDPOINT_SERVICE = 1  # svc-0001: its last endpoint's version label changes (memory scenarios)
+ENDPOINT_CHANGES = 40  # that many times (v3, v4, v3, ...), memory read after the first and the last
 CONNECT_TIMEOUT = 180.0
 CONVERGE_TIMEOUT = 60.0
 UNREACHED_GRACE = 0.5  # after the reached proxies ACKed: how long to watch that no other proxy changes
@@ -229,10 +231,10 @@ def sidecars(shape: MeshShape, count: int) -> list[dict]:
     return out
 
 
-def change_endpoint(cp: ControlPlaneProcess, shape: MeshShape) -> None:
-    """Apply svc-0001's last WorkloadEntry with a new version label: every proxy gets new endpoints."""
+def change_endpoint(cp: ControlPlaneProcess, shape: MeshShape, *, version: str) -> None:
+    """Apply svc-0001's last WorkloadEntry with this version label: every proxy gets new endpoints."""
     last = shape.endpoints_per_service - 1
-    result = cp.apply(workload_entry_yaml(shape, CHANGED_ENDPOINT_SERVICE, last, version="v3"))
+    result = cp.apply(workload_entry_yaml(shape, CHANGED_ENDPOINT_SERVICE, last, version=version))
     if not result.get("updated"):
         raise RuntimeError(f"the endpoint change was not applied: {result}")
 
@@ -513,11 +515,15 @@ def run_memory(args: argparse.Namespace, shape: MeshShape, proxies: list[dict], 
         connected_and_synced(fleet, cp, few, len(proxies))
         time.sleep(args.settle)
         with_all = usage(cp.pid)
-        change_endpoint(cp, shape)
-        time.sleep(1.0)  # the update is pushed after the apply call answers
-        poll(lambda: all_synced_in_syncz(cp, len(proxies)), 60, "/debug/syncz to show every proxy SYNCED", 0.2)
-        time.sleep(args.settle)
-        changed = usage(cp.pid)
+        changes = []
+        for n in range(ENDPOINT_CHANGES):
+            change_endpoint(cp, shape, version=f"v{3 + n % 2}")
+            time.sleep(1.0)  # the update is pushed after the apply call answers
+            poll(lambda: all_synced_in_syncz(cp, len(proxies)), 60, "/debug/syncz to show every proxy SYNCED", 0.2)
+            if n in (0, ENDPOINT_CHANGES - 1):
+                time.sleep(args.settle)
+                changes.append(usage(cp.pid))
+        changed, changed_often = changes
     finally:
         fleet.stop()
         cp.stop()
@@ -532,6 +538,8 @@ def run_memory(args: argparse.Namespace, shape: MeshShape, proxies: list[dict], 
         "per_proxy_raw_kb": (with_all.rss_mb - empty.rss_mb) * 1024 / len(proxies),
         "cp_rss_endpoint_change_mb": changed.rss_mb,
         "per_proxy_endpoint_change_kb": (changed.rss_mb - with_all.rss_mb) * 1024 / len(proxies),
+        "cp_rss_endpoint_changes_mb": changed_often.rss_mb,
+        "per_proxy_endpoint_changes_kb": (changed_often.rss_mb - with_all.rss_mb) * 1024 / len(proxies),
     }
 
 

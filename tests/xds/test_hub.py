@@ -7,6 +7,7 @@ import dataclasses
 import gc
 import random
 import tracemalloc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -419,6 +420,21 @@ def test_a_disconnect_ends_the_wait_for_that_proxy():
     envoy.pushes()
     hub.disconnect(envoy.conn)
     assert hub.last_update.finished is not None and hub.last_update.acked == {}
+
+
+def test_an_answered_update_is_not_kept_once_a_newer_one_is_made():
+    """Each update records who answered it, per proxy: only the newest and those still awaited live on."""
+    snapshot = synthetic(scoped=False)
+    hub = XdsHub(snapshot)
+    (envoy,) = synced(hub, [workload_proxy(snapshot, 0)])
+    changed, keys = _change_svc(snapshot, 4, 50)
+    hub.update(changed, keys)
+    answered = weakref.ref(hub.last_update)
+    envoy.answer(envoy.pushes())
+    assert answered().finished is not None
+    hub.update(*_change_svc(changed, 4, 60))
+    gc.collect()
+    assert answered() is None and hub.last_update.waiting == {envoy.conn.id}
 
 
 def test_per_proxy_memory_is_small_beyond_the_shared_resources():

@@ -40,7 +40,9 @@ to a cluster nobody generates, a credentialName no Secret provides…; see
 last good config, and the refusal shows in the log, in `statuses()` and in metrics.
 
 Convergence: each `update` is an `UpdateRecord`; it waits for every proxy that was
-sent something to have no type left STALE (an ACK, or a NACK, ends the wait).
+sent something to have no type left STALE (an ACK, or a NACK, ends the wait). The hub
+keeps the newest (`last_update`); an older one lives only while a proxy still owes it an
+answer (each holds a time per proxy: keeping the last 32 cost 1–2 KB per proxy).
 
 State is owned by the hub and must be used from one thread: the event loop that runs
 the ADS server. `update` and `connect` run translation synchronously (CPU, no I/O).
@@ -48,7 +50,6 @@ the ADS server. `update` and `connect` run translation synchronously (CPU, no I/
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import itertools
 import logging
@@ -101,7 +102,6 @@ from plait.xds.scope import (
 log = logging.getLogger(__name__)
 
 Mutate = Callable[[Proxy, ResourceSet], ResourceSet]
-RECENT_UPDATES = 32
 # Kinds whose change may move a host in or out of a sidecar's scope without changing its resources.
 SCOPE_KINDS = frozenset({"AuthorizationPolicy", "Sidecar", "ServiceEntry", "Service", "WorkloadEntry", "Pod"})
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -364,7 +364,8 @@ class XdsHub:
         self._epoch = 0  # counts `update`s: a shared part is valid for the epoch it was made in
         self._connections: dict[int, ProxyConnection] = {}
         self._ids = itertools.count(1)
-        self.updates: collections.deque[UpdateRecord] = collections.deque(maxlen=RECENT_UPDATES)
+        # the newest update; older ones live only while some proxy still owes them an answer (`_pending`)
+        self.last_update: UpdateRecord | None = None
         self.metrics = CollectorRegistry()
         self._pushes = Counter("plait_xds_pushes", "xDS responses sent, by type", ["type"], registry=self.metrics)
         self._push_seconds = Histogram(
@@ -483,7 +484,7 @@ class XdsHub:
             if served is not conn._next:
                 conn._assign(served, record)
         self._push_seconds.observe(self._clock() - record.started)
-        self.updates.append(record)
+        self.last_update = record
         if not record.waiting:
             record.finished = self._clock()
 
@@ -837,10 +838,6 @@ class XdsHub:
             return None
         stream = max(streams, key=lambda c: c.id).stream
         return {short: [r.to_dict() for _, r in sorted(stream.held(short).items())] for short in TYPES}
-
-    @property
-    def last_update(self) -> UpdateRecord | None:
-        return self.updates[-1] if self.updates else None
 
 
 def _virtual_hosts_sent(served: Published, group: _Group) -> dict[str, int]:
