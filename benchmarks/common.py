@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -26,3 +27,23 @@ def machine() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One look at a process in /proc: resident and peak resident memory, CPU time so far."""
+
+    rss_mb: float
+    peak_rss_mb: float
+    cpu_s: float
+
+
+def usage(pid: int) -> Usage:
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # fields 3 onwards
+    utime, stime = int(after_name[11]), int(after_name[12])  # fields 14 and 15, in clock ticks
+    return Usage(
+        rss_mb=int(status["VmRSS"].split()[0]) / 1024,
+        peak_rss_mb=int(status["VmHWM"].split()[0]) / 1024,
+        cpu_s=(utime + stime) / os.sysconf("SC_CLK_TCK"),
+    )

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-from common import machine
+from common import machine, usage
 
 from plait.testing.live import free_port
 from plait.xds.server import PENDING_STREAMS, boxed
@@ -42,13 +42,6 @@ METHOD = "/plait.bench.Echo/Stream"
 ANSWER = b"ok"
 CASES = [(100, 1), (75_000, 1), (75_000, 2), (75_000, 4)]
 CLIENT_PROCESSES = 2
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 # ------------------------------------------------------------------ servers
@@ -98,8 +91,8 @@ def h2_server(port: int) -> None:
                 elif isinstance(event, h2.events.DataReceived):
                     self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                     buffered = self.pending[event.stream_id] + event.data
-                    while len(buffered) >= 5 and len(buffered) >= 5 + struct.unpack(">I", buffered[1:5])[0]:
-                        buffered = buffered[5 + struct.unpack(">I", buffered[1:5])[0] :]
+                    while len(buffered) >= 5 and len(buffered) >= (end := 5 + struct.unpack(">I", buffered[1:5])[0]):
+                        buffered = buffered[end:]  # one whole gRPC message: answer it
                         self.h2.send_data(event.stream_id, message)
                     self.pending[event.stream_id] = buffered
                 elif isinstance(event, h2.events.StreamEnded):
@@ -150,7 +143,7 @@ def measure(server_name: str, connections: int, size: int, count: int) -> dict:
     workers = []
     try:
         time.sleep(1.5)
-        before = rss_kb(server.pid)
+        before = usage(server.pid).rss_mb
         for k in range(CLIENT_PROCESSES):
             ours, theirs = context.Pipe()
             share = connections // CLIENT_PROCESSES + (k < connections % CLIENT_PROCESSES)
@@ -163,7 +156,7 @@ def measure(server_name: str, connections: int, size: int, count: int) -> dict:
                 raise TimeoutError(f"client process {worker.pid} did not open its connections in 120 s")
             opened += pipe.recv()
         time.sleep(3)
-        after = rss_kb(server.pid)
+        after = usage(server.pid).rss_mb
     finally:
         for worker, _ in workers:
             worker.kill()
@@ -174,7 +167,7 @@ def measure(server_name: str, connections: int, size: int, count: int) -> dict:
         "request_bytes": size,
         "requests": count,
         "connections": opened,
-        "per_connection_kb": (after - before) / opened,
+        "per_connection_kb": (after - before) * 1024 / opened,
     }
 
 

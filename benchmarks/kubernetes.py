@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
-from common import machine
+from common import machine, usage
 
 from plait.model import Proxy
 from plait.testing.ads_client import AdsClient, make_node
@@ -145,11 +145,6 @@ def proxies(args: argparse.Namespace) -> list[Proxy]:
     return out
 
 
-def rss_mb(pid: int) -> float:
-    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS"))
-    return int(line.split()[1]) / 1024
-
-
 async def measure(cluster: KubeTestenv, cp: ControlPlaneProcess, args: argparse.Namespace) -> dict:
     clients = [AdsClient(cp.address, make_node(p), keep_resources=False) for p in proxies(args)]
     started = time.monotonic()
@@ -202,7 +197,7 @@ def run(args: argparse.Namespace) -> dict:
                 cp.start()  # returns once /ready answers: every type listed, first snapshot built
                 ready_s = time.monotonic() - started
                 figures = asyncio.run(measure(cluster, cp, args))
-                figures["control_plane_rss_mb"] = round(rss_mb(cp.pid), 1)
+                figures["control_plane_rss_mb"] = round(usage(cp.pid).rss_mb, 1)
             finally:
                 cp.stop()
         return {"objects_created": len(docs), "kubectl_create_s": created, "control_plane_ready_s": ready_s, **figures}

@@ -36,7 +36,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import machine
+from common import machine, usage
 
 from controlplane import (
     distribution,
@@ -44,7 +44,6 @@ from controlplane import (
     envoy_convergence,
     envoy_pid,
     summarise,
-    usage,
     wait_envoys_synced,
     write_config_dir,
 )
